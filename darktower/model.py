@@ -1,0 +1,36 @@
+"""Typed identifiers and the enums shared by every layer (no I/O, no trio)."""
+
+from __future__ import annotations
+
+import enum
+from typing import NewType
+
+MeetingId = NewType("MeetingId", str)
+ParticipantId = NewType("ParticipantId", str)
+StreamId = NewType("StreamId", str)  # UUID string form; also a simulcast layer_id
+ControllerId = NewType("ControllerId", str)
+ClientId = NewType("ClientId", str)
+
+
+class LeaveReason(enum.IntEnum):
+    """Why a participant left (contract ``LeaveReason``; values equal the protobuf enum)."""
+
+    VOLUNTARY = 0
+    KICKED = 1
+    CONNECTION_LOST = 2
+    MEETING_ENDED = 3
+
+
+class StreamType(enum.IntEnum):
+    """Contract ``StreamType``."""
+
+    AUDIO = 0
+    VIDEO_CAMERA = 1
+    VIDEO_SCREEN = 2
+
+
+class Role(enum.StrEnum):
+    """Participant role carried in a join token."""
+
+    HOST = "host"
+    GUEST = "guest"

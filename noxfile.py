@@ -1,0 +1,67 @@
+"""Sessions: tests (the whole suite), lint, proto (regenerate protobuf code), bench.
+
+Environments are reused between runs; the project is (re)installed only when pyproject.toml
+changes, so a second ``nox -s tests`` starts in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import sys
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests"]
+
+ROOT = pathlib.Path(__file__).parent
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _install(session: nox.Session) -> None:
+    """Install the project with its dev extras unless this environment already has them."""
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    stamp = pathlib.Path(session.virtualenv.location) / ".darktower-installed"
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    session.install("-e", ".[dev]")
+    stamp.write_text(digest)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole suite; installs and starts what it needs (Chromium, PostgreSQL)."""
+    _install(session)
+    session.run("bash", "scripts/setup-test-system.sh", external=True)
+    args = session.posargs or []
+    session.run("python", "-m", "pytest", *args)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff on everything, mypy --strict on darktower/."""
+    _install(session)
+    session.run("ruff", "check", "darktower", "tests", "benchmarks", "examples", "noxfile.py")
+    session.run("mypy", "--strict", "darktower")
+
+
+@nox.session(python=PYTHON)
+def proto(session: nox.Session) -> None:
+    """Regenerate darktower/protocol/pb from proto/ (the result is committed)."""
+    _install(session)
+    session.run("python", "scripts/gen_proto.py")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Run every benchmark; each prints one JSON line of figures as its last line.
+
+    ``nox -s bench -- --quick`` shortens every benchmark.
+    """
+    _install(session)
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        if script.name.startswith("_"):
+            continue
+        session.log(f"benchmark {script.name}")
+        session.run("python", str(script), *session.posargs)
