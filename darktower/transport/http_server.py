@@ -1,0 +1,190 @@
+"""Serve an ASGI app on one port over TCP (HTTP/1.1 and HTTP/2 over TLS) and UDP (HTTP/3).
+
+hypercorn's trio worker serves both, but its QUIC listener (``hypercorn.trio.UDPServer``)
+keeps reading its socket until every QUIC connection is gone, and HTTP/3 clients keep idle
+connections open, so a graceful shutdown waits for the whole graceful timeout; it also never
+closes the UDP socket. We therefore hand hypercorn only the TCP socket and run the QUIC side
+with :class:`_QuicServer`, which on shutdown closes its connections with ``H3_NO_ERROR``,
+waits for them at most :data:`QUIC_CLOSE_GRACE_S`, and closes its socket (docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import trio
+from aioquic.h3.connection import ErrorCode as H3ErrorCode
+from hypercorn.app_wrappers import ASGIWrapper
+from hypercorn.config import Config, Sockets
+from hypercorn.events import RawData
+from hypercorn.protocol.quic import QuicProtocol
+from hypercorn.trio.run import worker_serve
+from hypercorn.trio.task_group import TaskGroup
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+
+MAX_DATAGRAM = 65_536
+# How long QUIC connections get to say goodbye after shutdown starts; then the socket closes.
+QUIC_CLOSE_GRACE_S = 1.0
+# Attempts at finding a port free on both TCP and UDP when asked for port 0.
+_PORT_ATTEMPTS = 20
+
+
+def bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """Bind a TCP and a UDP socket to the same (host, port); port 0 picks a free pair."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(_PORT_ATTEMPTS if port == 0 else 1):
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            tcp.bind((host, port))
+            udp.bind((host, tcp.getsockname()[1]))
+        except OSError as exc:
+            tcp.close()
+            udp.close()
+            if port == 0 and exc.errno == errno.EADDRINUSE:
+                continue
+            raise
+        tcp.setblocking(False)
+        udp.setblocking(False)
+        return tcp, udp
+    raise OSError(errno.EADDRINUSE, f"no port free on both TCP and UDP at {host}")
+
+
+class _TrackingQuicProtocol(QuicProtocol):
+    """Sets ``idle_event`` when the last connection is gone, so shutdown need not poll."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.idle_event = trio.Event()
+
+    async def _handle_events(self, connection: Any, client: Any = None) -> None:
+        await super()._handle_events(connection, client)
+        if self.idle:
+            self.idle_event.set()
+        elif self.idle_event.is_set():
+            self.idle_event = trio.Event()
+
+
+class _QuicServer:
+    """hypercorn's UDPServer, with a bounded shutdown that releases its socket."""
+
+    def __init__(
+        self, app: Any, config: Config, context: WorkerContext, sock: socket.socket
+    ) -> None:
+        self._app = app
+        self._config = config
+        self._context = context
+        self._socket = trio.socket.from_stdlib_socket(sock)
+        self._protocol: _TrackingQuicProtocol | None = None
+
+    async def run(self, shutdown: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
+        """Serve until ``shutdown`` is set; then close connections and the socket (bounded)."""
+        addr = self._socket.getsockname()
+        try:
+            async with TaskGroup() as task_group:
+                self._protocol = _TrackingQuicProtocol(
+                    self._app,
+                    self._config,
+                    self._context,
+                    task_group,
+                    ConnectionState({}),
+                    (addr[0], addr[1]),
+                    self._send,
+                )
+                task_status.started()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read_loop)
+                    await shutdown.wait()
+                    await self._context.terminated.set()
+                    await self._close_connections()
+                    if not self._protocol.idle:
+                        with trio.move_on_after(QUIC_CLOSE_GRACE_S):
+                            await self._protocol.idle_event.wait()
+                    nursery.cancel_scope.cancel()
+                task_group._nursery.cancel_scope.cancel()  # type: ignore[union-attr]
+        finally:
+            self._socket.close()
+
+    async def _read_loop(self) -> None:
+        assert self._protocol is not None
+        while True:
+            data, address = await self._socket.recvfrom(MAX_DATAGRAM)
+            await self._protocol.handle(RawData(data=data, address=address))
+
+    async def _close_connections(self) -> None:
+        assert self._protocol is not None
+        seen: set[int] = set()
+        for conn in list(self._protocol.connections.values()):
+            if id(conn) in seen:
+                continue
+            seen.add(id(conn))
+            conn.quic.close(error_code=H3ErrorCode.H3_NO_ERROR, reason_phrase="server shutdown")
+            await self._protocol.send_all(conn)
+
+    async def _send(self, event: Any) -> None:
+        if isinstance(event, RawData) and event.address is not None:
+            try:
+                await self._socket.sendto(event.data, event.address)
+            except OSError:
+                pass  # an unreachable peer must not take the listener down
+
+
+async def serve_http(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    certfile: str,
+    keyfile: str,
+    shutdown: trio.Event,
+    graceful_timeout_s: float = 5.0,
+    configure: Callable[[Config], None] | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` over TLS on TCP and HTTP/3 on UDP, both on ``port``; reports the port.
+
+    Owns both sockets and every connection task. Setting ``shutdown`` stops accepting and lets
+    requests in flight finish within ``graceful_timeout_s``; QUIC connections are closed at
+    once (``H3_NO_ERROR``). Cancellation stops everything at once. Both sockets are closed on
+    every exit path.
+    """
+    wrapped = ASGIWrapper(app)
+    tcp, udp = bind_pair(host, port)
+    bound_port: int = tcp.getsockname()[1]
+    config = Config()
+    config.certfile = certfile
+    config.keyfile = keyfile
+    config.bind = [f"{host}:{bound_port}"]
+    config.graceful_timeout = graceful_timeout_s
+    config.accesslog = None
+    config.errorlog = logging.getLogger("darktower.http")
+    config.include_server_header = False
+    config._quic_addresses = [(host, bound_port)]  # advertised in Alt-Svc
+    if configure is not None:
+        configure(config)
+    tcp.listen(config.backlog)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(
+                    worker_serve,
+                    wrapped,
+                    config,
+                    sockets=Sockets([tcp], [], []),
+                    shutdown_trigger=shutdown.wait,
+                )
+            )
+            quic = _QuicServer(wrapped, config, WorkerContext(None), udp)
+            await nursery.start(quic.run, shutdown)
+            task_status.started(bound_port)
+    finally:
+        tcp.close()
+        udp.close()

@@ -1,0 +1,104 @@
+"""The GC's HTTP server: TLS over TCP and HTTP/3 on the same port, Alt-Svc, bounded shutdown."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import pathlib
+import socket
+
+import httpx
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from quart_trio import QuartTrio
+
+from darktower.transport.http_server import serve_http
+
+
+@pytest.fixture(scope="module")
+def cert_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    d: pathlib.Path = tmp_path_factory.mktemp("tls")
+    (d / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "k.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(d / "c.pem"), str(d / "k.pem")
+
+
+def _app() -> QuartTrio:
+    app = QuartTrio(__name__)
+
+    @app.get("/ping")
+    async def ping() -> dict[str, str]:
+        return {"pong": "yes"}
+
+    return app
+
+
+def _get(port: int) -> httpx.Response:
+    with httpx.Client(verify=False, http2=False) as client:
+        return client.get(f"https://127.0.0.1:{port}/ping")
+
+
+def _port_free(kind: int, port: int) -> bool:
+    s = socket.socket(socket.AF_INET, kind)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+async def test_serves_tls_with_alt_svc_and_shuts_down_promptly(cert_files: tuple[str, str]) -> None:
+    certfile, keyfile = cert_files
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            lambda task_status: serve_http(
+                _app(),
+                host="127.0.0.1",
+                port=0,
+                certfile=certfile,
+                keyfile=keyfile,
+                shutdown=shutdown,
+                graceful_timeout_s=30,
+                task_status=task_status,
+            )
+        )
+        response = await trio.to_thread.run_sync(_get, port)
+        assert response.status_code == 200
+        assert response.json() == {"pong": "yes"}
+        assert f'h3=":{port}"' in response.headers["alt-svc"]
+        started = trio.current_time()
+        shutdown.set()
+    # Without our QUIC server, hypercorn would hold shutdown for graceful_timeout (30 s).
+    assert trio.current_time() - started < 5
+    assert _port_free(socket.SOCK_STREAM, port)
+    assert _port_free(socket.SOCK_DGRAM, port)
