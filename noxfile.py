@@ -43,6 +43,7 @@ def lint(session: nox.Session) -> None:
     """ruff on everything, mypy --strict on darktower/."""
     _install(session)
     session.run("ruff", "check", "darktower", "tests", "benchmarks", "examples", "noxfile.py")
+    session.run("ruff", "format", "--check", "darktower", "tests", "benchmarks", "examples")
     session.run("mypy", "--strict", "darktower")
 
 

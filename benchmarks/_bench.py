@@ -45,7 +45,11 @@ def summary(samples: Sequence[float]) -> dict[str, float]:
 
 def ratio_summary(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
     ratios = [x / y for x, y in zip(xs, ys, strict=True) if y]
-    return summary(ratios) if ratios else {"median": float("nan"), "min": float("nan"), "max": float("nan")}
+    return (
+        summary(ratios)
+        if ratios
+        else {"median": float("nan"), "min": float("nan"), "max": float("nan")}
+    )
 
 
 def percentiles(samples: Sequence[float], qs: Sequence[float] = (50, 99)) -> dict[str, float]:

@@ -31,7 +31,9 @@ def test_precedence_flags_over_env_over_file(tmp_path: pathlib.Path) -> None:
 
 
 def test_list_from_env_and_bool_flag() -> None:
-    s = load(Settings, ["--no-debug"], environ={"DARKTOWER_ORIGINS": "a, b", "DARKTOWER_DEBUG": "1"})
+    s = load(
+        Settings, ["--no-debug"], environ={"DARKTOWER_ORIGINS": "a, b", "DARKTOWER_DEBUG": "1"}
+    )
     assert s.origins == ["a", "b"]
     assert s.debug is False
 

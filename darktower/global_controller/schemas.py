@@ -1,0 +1,142 @@
+"""Request bodies of the GC's REST API, validated by hand into attrs classes.
+
+Each check says exactly what is wrong (``InvalidRequest`` naming the field), unknown fields
+are refused, and sizes are bounded. No I/O here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from darktower.errors import InvalidRequest
+
+# Bodies larger than this are refused before parsing (HTTP 413, INVALID_REQUEST).
+MAX_BODY_BYTES = 16 * 1024
+MAX_DISPLAY_NAME = 200
+MAX_PARTICIPANT_NAME = 100
+MAX_PARTICIPANTS_LIMIT = 1000
+DEFAULT_MAX_PARTICIPANTS = 100
+MAX_CREDENTIAL_FIELD = 256
+
+
+@attrs.frozen
+class MeetingSettings:
+    enable_e2e_encryption: bool = False
+    require_auth: bool = False
+    recording_enabled: bool = False
+
+
+@attrs.frozen
+class CreateMeeting:
+    display_name: str
+    max_participants: int = DEFAULT_MAX_PARTICIPANTS
+    settings: MeetingSettings = MeetingSettings()
+
+
+@attrs.frozen
+class TokenRequest:
+    client_id: str
+    client_secret: str
+
+
+@attrs.frozen
+class JoinMeeting:
+    participant_name: str = ""
+
+
+def parse_json(body: bytes) -> Any:
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidRequest(f"request body is larger than {MAX_BODY_BYTES} bytes")
+    if not body.strip():
+        raise InvalidRequest("request body is empty; a JSON object is expected")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+
+
+def _object(value: Any, where: str, allowed: set[str]) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where} must be a JSON object")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise InvalidRequest(f"unknown field(s) in {where}: {', '.join(unknown)}")
+    return value
+
+
+def _string(
+    obj: Mapping[str, Any], name: str, *, max_len: int, required: bool, min_len: int = 0
+) -> str:
+    if name not in obj:
+        if required:
+            raise InvalidRequest(f"field '{name}' is required")
+        return ""
+    value = obj[name]
+    if not isinstance(value, str):
+        raise InvalidRequest(f"field '{name}' must be a string")
+    value = value.strip()
+    if len(value) < min_len:
+        raise InvalidRequest(f"field '{name}' must not be empty")
+    if len(value) > max_len:
+        raise InvalidRequest(f"field '{name}' is longer than {max_len} characters")
+    return value
+
+
+def _bool(obj: Mapping[str, Any], name: str) -> bool:
+    value = obj.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"field 'settings.{name}' must be true or false")
+    return value
+
+
+def create_meeting(body: bytes) -> CreateMeeting:
+    obj = _object(parse_json(body), "the body", {"display_name", "max_participants", "settings"})
+    name = _string(obj, "display_name", max_len=MAX_DISPLAY_NAME, required=True, min_len=1)
+    maxp = obj.get("max_participants", DEFAULT_MAX_PARTICIPANTS)
+    if not isinstance(maxp, int) or isinstance(maxp, bool):
+        raise InvalidRequest("field 'max_participants' must be an integer")
+    if not 1 <= maxp <= MAX_PARTICIPANTS_LIMIT:
+        raise InvalidRequest(
+            f"field 'max_participants' must be between 1 and {MAX_PARTICIPANTS_LIMIT}"
+        )
+    raw_settings = obj.get("settings", {})
+    settings = _object(
+        raw_settings, "'settings'", {"enable_e2e_encryption", "require_auth", "recording_enabled"}
+    )
+    return CreateMeeting(
+        display_name=name,
+        max_participants=maxp,
+        settings=MeetingSettings(
+            enable_e2e_encryption=_bool(settings, "enable_e2e_encryption"),
+            require_auth=_bool(settings, "require_auth"),
+            recording_enabled=_bool(settings, "recording_enabled"),
+        ),
+    )
+
+
+def token_request(body: bytes) -> TokenRequest:
+    obj = _object(parse_json(body), "the body", {"grant_type", "client_id", "client_secret"})
+    grant = obj.get("grant_type")
+    if grant != "client_credentials":
+        raise InvalidRequest("field 'grant_type' must be 'client_credentials'")
+    return TokenRequest(
+        client_id=_string(obj, "client_id", max_len=MAX_CREDENTIAL_FIELD, required=True, min_len=1),
+        client_secret=_string(
+            obj, "client_secret", max_len=MAX_CREDENTIAL_FIELD, required=True, min_len=1
+        ),
+    )
+
+
+def join_meeting(body: bytes) -> JoinMeeting:
+    if not body.strip():
+        return JoinMeeting()
+    obj = _object(parse_json(body), "the body", {"participant_name"})
+    return JoinMeeting(
+        participant_name=_string(
+            obj, "participant_name", max_len=MAX_PARTICIPANT_NAME, required=False
+        )
+    )
