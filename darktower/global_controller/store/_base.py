@@ -1,0 +1,175 @@
+"""The async face shared by both SQL backends: each method is one transaction in a thread."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from darktower.errors import Conflict
+from darktower.model import ClientId, ControllerId, MeetingId
+
+from . import _migrations, _queries
+from ._dialect import Dialect, Tx
+from ._models import (
+    ClientRecord,
+    ControllerCapacity,
+    ControllerRecord,
+    HealthStatus,
+    Meeting,
+    NewMeeting,
+)
+from ._protocol import MAX_LIST_ROWS
+
+T = TypeVar("T")
+# Connections (and worker threads) per PostgreSQL store. A call beyond this waits for a free
+# connection: backpressure, never an unbounded queue of threads.
+DEFAULT_POOL_SIZE = 4
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqlStore(abc.ABC):
+    """Implements :class:`~darktower.global_controller.store.Store` over a backend's
+    :meth:`_transact`, which runs a function in one transaction in a worker thread."""
+
+    dialect: Dialect
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock or utc_now
+
+    @abc.abstractmethod
+    async def _transact(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in a worker thread inside one transaction: commit on return, roll
+        back on error. Raises ``trio.ClosedResourceError`` once the store is closed."""
+
+    @abc.abstractmethod
+    def _is_unique_violation(self, exc: BaseException) -> bool: ...
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _call(self, fn: Callable[..., T], *args: Any, conflict: str = "") -> T:
+        try:
+            return await self._transact(lambda tx: fn(tx, *args))
+        except Exception as exc:
+            if self._is_unique_violation(exc):
+                raise Conflict(conflict or "already exists") from exc
+            raise
+
+    # -- meetings ---------------------------------------------------------------------------
+    async def create_meeting(self, new: NewMeeting) -> Meeting:
+        return await self._call(
+            _queries.create_meeting,
+            new,
+            self._clock(),
+            conflict=f"meeting {new.meeting_id} already exists",
+        )
+
+    async def get_meeting(self, meeting_id: MeetingId) -> Meeting:
+        return await self._call(_queries.get_meeting, meeting_id)
+
+    async def list_meetings(
+        self,
+        *,
+        owner: ClientId | None = None,
+        active: bool | None = None,
+        controller_id: ControllerId | None = None,
+        before: datetime | None = None,
+        limit: int = MAX_LIST_ROWS,
+    ) -> list[Meeting]:
+        return await self._call(_queries.list_meetings, owner, active, controller_id, before, limit)
+
+    async def assign_meeting(self, meeting_id: MeetingId, controller_id: ControllerId) -> Meeting:
+        return await self._call(_queries.assign_meeting, meeting_id, controller_id)
+
+    async def end_meeting(self, meeting_id: MeetingId) -> Meeting:
+        return await self._call(_queries.end_meeting, meeting_id, self._clock())
+
+    async def update_participant_counts(self, counts: Mapping[MeetingId, int]) -> int:
+        return await self._call(_queries.update_participant_counts, dict(counts))
+
+    # -- controllers ------------------------------------------------------------------------
+    async def register_controller(
+        self,
+        controller_id: ControllerId,
+        region: str,
+        endpoint: str,
+        capacity: ControllerCapacity,
+    ) -> ControllerRecord:
+        return await self._call(
+            _queries.register_controller,
+            controller_id,
+            region,
+            endpoint,
+            capacity,
+            self._clock(),
+        )
+
+    async def record_heartbeat(
+        self,
+        controller_id: ControllerId,
+        capacity: ControllerCapacity,
+        health: HealthStatus,
+        participant_counts: Mapping[MeetingId, int] | None = None,
+    ) -> ControllerRecord:
+        return await self._call(
+            _queries.record_heartbeat,
+            controller_id,
+            capacity,
+            health,
+            dict(participant_counts or {}),
+            self._clock(),
+        )
+
+    async def get_controller(self, controller_id: ControllerId) -> ControllerRecord:
+        return await self._call(_queries.get_controller, controller_id)
+
+    async def list_controllers(self, *, region: str | None = None) -> list[ControllerRecord]:
+        return await self._call(_queries.list_controllers, region)
+
+    async def expire_controllers(self, older_than: datetime) -> list[ControllerId]:
+        return await self._call(_queries.expire_controllers, older_than, self._clock())
+
+    # -- clients ----------------------------------------------------------------------------
+    async def add_client(self, client: ClientRecord) -> None:
+        await self._call(
+            _queries.add_client,
+            client,
+            conflict=f"a client with id {client.client_id} or name {client.name!r} exists",
+        )
+
+    async def get_client(self, client_id: ClientId) -> ClientRecord:
+        return await self._call(_queries.get_client, client_id)
+
+    async def list_clients(self) -> list[ClientRecord]:
+        return await self._call(_queries.list_clients)
+
+    async def remove_client(self, client_id: ClientId) -> None:
+        await self._call(_queries.remove_client, client_id)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def schema_version(self) -> int:
+        return await self._call(_migrations.current_version)
+
+    async def _migrate(self) -> list[int]:
+        """Apply pending migrations (the backend's ``_transact`` supplies the lock)."""
+        now = self._clock()
+        # Not through _call: a uniqueness error here is a broken migration, not a Conflict.
+        return await self._transact(lambda tx: _migrations.apply_migrations(tx, now))

@@ -1,0 +1,132 @@
+"""Versioned schema migrations, applied in order at open, each recorded in ``schema_version``.
+
+A migration is never edited once released: a schema change is a new entry at the end. The
+backend runs :func:`apply_migrations` in one transaction under a lock (SQLite's write lock,
+a PostgreSQL advisory lock), so two GC processes opening one database at once apply each
+migration once: the second waits, then finds nothing left to do.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import attrs
+
+from ._dialect import Tx
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was migrated by a newer Dark Tower than this one; refuse to touch it."""
+
+
+@attrs.frozen
+class Migration:
+    version: int
+    description: str
+    # DDL with ``{timestamp}`` standing for the dialect's timestamp type.
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "api clients",
+        (
+            """CREATE TABLE clients (
+                client_id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                secret_hash TEXT NOT NULL,
+                created_at {timestamp} NOT NULL
+            )""",
+        ),
+    ),
+    Migration(
+        2,
+        "controller registry",
+        (
+            """CREATE TABLE controllers (
+                controller_id TEXT PRIMARY KEY,
+                region TEXT NOT NULL,
+                endpoint TEXT NOT NULL,
+                max_meetings INTEGER NOT NULL,
+                current_meetings INTEGER NOT NULL,
+                max_participants INTEGER NOT NULL,
+                current_participants INTEGER NOT NULL,
+                health INTEGER NOT NULL,
+                last_heartbeat {timestamp} NOT NULL,
+                registered_at {timestamp} NOT NULL,
+                expired_at {timestamp}
+            )""",
+            "CREATE INDEX controllers_region ON controllers (region)",
+        ),
+    ),
+    Migration(
+        3,
+        "meetings",
+        (
+            """CREATE TABLE meetings (
+                meeting_id TEXT PRIMARY KEY,
+                display_name TEXT NOT NULL,
+                max_participants INTEGER NOT NULL,
+                enable_e2e_encryption BOOLEAN NOT NULL,
+                require_auth BOOLEAN NOT NULL,
+                recording_enabled BOOLEAN NOT NULL,
+                owner_client_id TEXT NOT NULL,
+                controller_id TEXT,
+                status TEXT NOT NULL,
+                participant_count INTEGER NOT NULL,
+                created_at {timestamp} NOT NULL,
+                ended_at {timestamp}
+            )""",
+            "CREATE INDEX meetings_owner ON meetings (owner_client_id, created_at)",
+            "CREATE INDEX meetings_controller ON meetings (controller_id, status)",
+            "CREATE INDEX meetings_created ON meetings (created_at)",
+        ),
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def current_version(tx: Tx) -> int:
+    row = tx.one("SELECT MAX(version) FROM schema_version")
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
+def apply_migrations(
+    tx: Tx, now: datetime, migrations: tuple[Migration, ...] = MIGRATIONS
+) -> list[int]:
+    """Bring the schema up to date inside the caller's locked transaction.
+
+    Returns the versions applied (empty when already current). Raises
+    :class:`SchemaTooNewError` when the database is ahead of ``migrations``.
+    """
+    if tx.dialect.migration_lock_sql:
+        tx.one(tx.dialect.migration_lock_sql)
+    tx.run(
+        tx.dialect.ddl(
+            """CREATE TABLE IF NOT EXISTS schema_version (
+                version INTEGER PRIMARY KEY,
+                description TEXT NOT NULL,
+                applied_at {timestamp} NOT NULL
+            )"""
+        )
+    )
+    current = current_version(tx)
+    latest = migrations[-1].version if migrations else 0
+    if current > latest:
+        raise SchemaTooNewError(
+            f"database schema is version {current}, this Dark Tower knows up to {latest}"
+        )
+    applied = []
+    for migration in migrations:
+        if migration.version <= current:
+            continue
+        for statement in migration.statements:
+            tx.run(tx.dialect.ddl(statement))
+        tx.run(
+            "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+            (migration.version, migration.description, tx.dialect.ts_in(now)),
+        )
+        applied.append(migration.version)
+    return applied

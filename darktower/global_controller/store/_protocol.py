@@ -1,0 +1,139 @@
+"""The seam between the Global Controller and its database."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Protocol
+
+from darktower.model import ClientId, ControllerId, MeetingId
+
+from ._models import (
+    ClientRecord,
+    ControllerCapacity,
+    ControllerRecord,
+    HealthStatus,
+    Meeting,
+    NewMeeting,
+)
+
+# A list call returns at most this many rows (bounded result, newest first); callers that need
+# more page with ``before``.
+MAX_LIST_ROWS = 1000
+
+
+class Store(Protocol):
+    """GC state: meetings, the controller registry and API clients.
+
+    Every method is a trio coroutine that runs its SQL in a worker thread, so it never blocks
+    the event loop. A statement already sent runs to completion when the caller is cancelled
+    (threads cannot be interrupted); its transaction then commits or rolls back as usual and
+    ``Cancelled`` is raised at the caller's next checkpoint. Each call is one transaction.
+
+    Raises :class:`~darktower.errors.Conflict` on a uniqueness violation,
+    :class:`~darktower.errors.NotFound` for a missing row, and ``trio.ClosedResourceError``
+    after :meth:`aclose`. Timestamps come from the store's clock (injectable for tests).
+    """
+
+    # -- meetings --------------------------------------------------------------------------
+    async def create_meeting(self, new: NewMeeting) -> Meeting:
+        """Insert an ACTIVE meeting created now; Conflict if its id exists."""
+        ...
+
+    async def get_meeting(self, meeting_id: MeetingId) -> Meeting:
+        """NotFound if there is no such meeting (ended meetings are still found)."""
+        ...
+
+    async def list_meetings(
+        self,
+        *,
+        owner: ClientId | None = None,
+        active: bool | None = None,
+        controller_id: ControllerId | None = None,
+        before: datetime | None = None,
+        limit: int = MAX_LIST_ROWS,
+    ) -> list[Meeting]:
+        """Meetings matching every given filter, newest first, at most ``limit`` (capped at
+        :data:`MAX_LIST_ROWS`). ``active=True`` means not ENDED; ``before`` pages by
+        ``created_at``."""
+        ...
+
+    async def assign_meeting(self, meeting_id: MeetingId, controller_id: ControllerId) -> Meeting:
+        """Place (or move) a not-ended meeting on a controller; it becomes ACTIVE.
+        NotFound if the meeting or the controller is missing, Conflict if it has ended."""
+        ...
+
+    async def end_meeting(self, meeting_id: MeetingId) -> Meeting:
+        """Mark ENDED now. Idempotent: ending an ended meeting returns it unchanged.
+        NotFound if missing."""
+        ...
+
+    async def update_participant_counts(self, counts: Mapping[MeetingId, int]) -> int:
+        """Record participant counts; unknown ids are ignored. Returns rows updated."""
+        ...
+
+    # -- controller registry --------------------------------------------------------------
+    async def register_controller(
+        self,
+        controller_id: ControllerId,
+        region: str,
+        endpoint: str,
+        capacity: ControllerCapacity,
+    ) -> ControllerRecord:
+        """Insert or replace a controller (a restarted MC registers again); HEALTHY, with
+        ``registered_at`` and ``last_heartbeat`` set to now."""
+        ...
+
+    async def record_heartbeat(
+        self,
+        controller_id: ControllerId,
+        capacity: ControllerCapacity,
+        health: HealthStatus,
+        participant_counts: Mapping[MeetingId, int] | None = None,
+    ) -> ControllerRecord:
+        """Store a heartbeat: capacity, health, ``last_heartbeat = now``, and the participant
+        counts of meetings placed on this controller (ids placed elsewhere are ignored, so a
+        stale controller cannot overwrite another's counts). A CONTROLLER_LOST meeting that
+        the controller still reports becomes ACTIVE again. NotFound if not registered."""
+        ...
+
+    async def get_controller(self, controller_id: ControllerId) -> ControllerRecord:
+        """NotFound if not registered."""
+        ...
+
+    async def list_controllers(self, *, region: str | None = None) -> list[ControllerRecord]:
+        """Registered controllers (at most :data:`MAX_LIST_ROWS`), by id. Use
+        ``ControllerRecord.effective_health`` to judge staleness."""
+        ...
+
+    async def expire_controllers(self, older_than: datetime) -> list[ControllerId]:
+        """Mark UNHEALTHY every controller not yet so whose last heartbeat is before
+        ``older_than``, and mark their ACTIVE meetings CONTROLLER_LOST. Returns the ids
+        newly expired. Safe to run from several GC replicas at once."""
+        ...
+
+    # -- API clients ----------------------------------------------------------------------
+    async def add_client(self, client: ClientRecord) -> None:
+        """Conflict if the id or the name is taken."""
+        ...
+
+    async def get_client(self, client_id: ClientId) -> ClientRecord:
+        """NotFound if unknown."""
+        ...
+
+    async def list_clients(self) -> list[ClientRecord]:
+        """Every client (at most :data:`MAX_LIST_ROWS`), by name."""
+        ...
+
+    async def remove_client(self, client_id: ClientId) -> None:
+        """NotFound if unknown."""
+        ...
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def schema_version(self) -> int:
+        """The highest migration applied to this database."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connections. Idempotent; releases them even when cancelled."""
+        ...

@@ -1,0 +1,336 @@
+"""The store's SQL, once for both backends: synchronous functions over one open transaction.
+
+Each function runs inside a worker thread in the transaction the backend opened for it.
+Uniqueness violations surface as the driver's integrity error; the async layer maps them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from darktower.errors import Conflict, NotFound
+from darktower.model import ClientId, ControllerId, MeetingId
+
+from ._dialect import Row, Tx
+from ._models import (
+    ClientRecord,
+    ControllerCapacity,
+    ControllerRecord,
+    HealthStatus,
+    Meeting,
+    MeetingSettings,
+    MeetingStatus,
+    NewMeeting,
+)
+from ._protocol import MAX_LIST_ROWS
+
+_MEETING_COLS = (
+    "meeting_id, display_name, max_participants, enable_e2e_encryption, require_auth, "
+    "recording_enabled, owner_client_id, controller_id, status, participant_count, "
+    "created_at, ended_at"
+)
+_CONTROLLER_COLS = (
+    "controller_id, region, endpoint, max_meetings, current_meetings, max_participants, "
+    "current_participants, health, last_heartbeat, registered_at"
+)
+_CLIENT_COLS = "client_id, name, secret_hash, created_at"
+
+
+def _meeting(tx: Tx, row: Row) -> Meeting:
+    return Meeting(
+        meeting_id=MeetingId(row[0]),
+        display_name=row[1],
+        max_participants=int(row[2]),
+        settings=MeetingSettings(
+            enable_e2e_encryption=bool(row[3]),
+            require_auth=bool(row[4]),
+            recording_enabled=bool(row[5]),
+        ),
+        owner=ClientId(row[6]),
+        controller_id=None if row[7] is None else ControllerId(row[7]),
+        status=MeetingStatus(row[8]),
+        participant_count=int(row[9]),
+        created_at=tx.dialect.ts_out(row[10]),
+        ended_at=tx.dialect.ts_out_opt(row[11]),
+    )
+
+
+def _controller(tx: Tx, row: Row) -> ControllerRecord:
+    return ControllerRecord(
+        controller_id=ControllerId(row[0]),
+        region=row[1],
+        endpoint=row[2],
+        capacity=ControllerCapacity(
+            max_meetings=int(row[3]),
+            current_meetings=int(row[4]),
+            max_participants=int(row[5]),
+            current_participants=int(row[6]),
+        ),
+        health=HealthStatus(int(row[7])),
+        last_heartbeat=tx.dialect.ts_out(row[8]),
+        registered_at=tx.dialect.ts_out(row[9]),
+    )
+
+
+def _client(tx: Tx, row: Row) -> ClientRecord:
+    return ClientRecord(
+        client_id=ClientId(row[0]),
+        name=row[1],
+        secret_hash=row[2],
+        created_at=tx.dialect.ts_out(row[3]),
+    )
+
+
+def _bounded(limit: int) -> int:
+    if limit < 0:
+        raise ValueError(f"limit must not be negative, got {limit}")
+    return min(limit, MAX_LIST_ROWS)
+
+
+# -- meetings -------------------------------------------------------------------------------
+
+
+def get_meeting(tx: Tx, meeting_id: MeetingId) -> Meeting:
+    row = tx.one(f"SELECT {_MEETING_COLS} FROM meetings WHERE meeting_id = ?", (meeting_id,))
+    if row is None:
+        raise NotFound(f"meeting {meeting_id} not found", details={"meeting_id": meeting_id})
+    return _meeting(tx, row)
+
+
+def create_meeting(tx: Tx, new: NewMeeting, now: datetime) -> Meeting:
+    if new.controller_id is not None:
+        get_controller(tx, new.controller_id)
+    tx.run(
+        f"INSERT INTO meetings ({_MEETING_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            new.meeting_id,
+            new.display_name,
+            new.max_participants,
+            new.settings.enable_e2e_encryption,
+            new.settings.require_auth,
+            new.settings.recording_enabled,
+            new.owner,
+            new.controller_id,
+            MeetingStatus.ACTIVE.value,
+            0,
+            tx.dialect.ts_in(now),
+            None,
+        ),
+    )
+    return get_meeting(tx, new.meeting_id)
+
+
+def list_meetings(
+    tx: Tx,
+    owner: ClientId | None,
+    active: bool | None,
+    controller_id: ControllerId | None,
+    before: datetime | None,
+    limit: int,
+) -> list[Meeting]:
+    where: list[str] = []
+    params: list[object] = []
+    if owner is not None:
+        where.append("owner_client_id = ?")
+        params.append(owner)
+    if active is not None:
+        where.append("status <> ?" if active else "status = ?")
+        params.append(MeetingStatus.ENDED.value)
+    if controller_id is not None:
+        where.append("controller_id = ?")
+        params.append(controller_id)
+    if before is not None:
+        where.append("created_at < ?")
+        params.append(tx.dialect.ts_in(before))
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    params.append(_bounded(limit))
+    rows = tx.all(
+        f"SELECT {_MEETING_COLS} FROM meetings {clause} "
+        "ORDER BY created_at DESC, meeting_id DESC LIMIT ?",
+        params,
+    )
+    return [_meeting(tx, row) for row in rows]
+
+
+def assign_meeting(tx: Tx, meeting_id: MeetingId, controller_id: ControllerId) -> Meeting:
+    meeting = get_meeting(tx, meeting_id)
+    get_controller(tx, controller_id)
+    if not meeting.is_active:
+        raise Conflict(f"meeting {meeting_id} has ended", details={"meeting_id": meeting_id})
+    tx.run(
+        "UPDATE meetings SET controller_id = ?, status = ? WHERE meeting_id = ?",
+        (controller_id, MeetingStatus.ACTIVE.value, meeting_id),
+    )
+    return get_meeting(tx, meeting_id)
+
+
+def end_meeting(tx: Tx, meeting_id: MeetingId, now: datetime) -> Meeting:
+    get_meeting(tx, meeting_id)
+    # The status guard keeps the first ending's time when two replicas end it at once.
+    tx.run(
+        "UPDATE meetings SET status = ?, ended_at = ? WHERE meeting_id = ? AND status <> ?",
+        (MeetingStatus.ENDED.value, tx.dialect.ts_in(now), meeting_id, MeetingStatus.ENDED.value),
+    )
+    return get_meeting(tx, meeting_id)
+
+
+def _set_counts(tx: Tx, counts: Mapping[MeetingId, int], controller_id: ControllerId | None) -> int:
+    changed = 0
+    for meeting_id, count in sorted(counts.items()):  # sorted: same lock order on every replica
+        if count < 0:
+            raise ValueError(f"negative participant count {count} for meeting {meeting_id}")
+        if controller_id is None:
+            changed += tx.run(
+                "UPDATE meetings SET participant_count = ? WHERE meeting_id = ? AND status <> ?",
+                (count, meeting_id, MeetingStatus.ENDED.value),
+            )
+        else:
+            # Still listed by its controller: a meeting reported lost is alive after all.
+            changed += tx.run(
+                "UPDATE meetings SET participant_count = ?, status = ? "
+                "WHERE meeting_id = ? AND controller_id = ? AND status <> ?",
+                (
+                    count,
+                    MeetingStatus.ACTIVE.value,
+                    meeting_id,
+                    controller_id,
+                    MeetingStatus.ENDED.value,
+                ),
+            )
+    return changed
+
+
+def update_participant_counts(tx: Tx, counts: Mapping[MeetingId, int]) -> int:
+    return _set_counts(tx, counts, None)
+
+
+# -- controllers ----------------------------------------------------------------------------
+
+
+def get_controller(tx: Tx, controller_id: ControllerId) -> ControllerRecord:
+    row = tx.one(
+        f"SELECT {_CONTROLLER_COLS} FROM controllers WHERE controller_id = ?", (controller_id,)
+    )
+    if row is None:
+        raise NotFound(
+            f"controller {controller_id} is not registered",
+            details={"controller_id": controller_id},
+        )
+    return _controller(tx, row)
+
+
+def register_controller(
+    tx: Tx,
+    controller_id: ControllerId,
+    region: str,
+    endpoint: str,
+    capacity: ControllerCapacity,
+    now: datetime,
+) -> ControllerRecord:
+    stamp = tx.dialect.ts_in(now)
+    tx.run(
+        f"INSERT INTO controllers ({_CONTROLLER_COLS}, expired_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) "
+        "ON CONFLICT (controller_id) DO UPDATE SET region = excluded.region, "
+        "endpoint = excluded.endpoint, max_meetings = excluded.max_meetings, "
+        "current_meetings = excluded.current_meetings, "
+        "max_participants = excluded.max_participants, "
+        "current_participants = excluded.current_participants, health = excluded.health, "
+        "last_heartbeat = excluded.last_heartbeat, registered_at = excluded.registered_at, "
+        "expired_at = NULL",
+        (
+            controller_id,
+            region,
+            endpoint,
+            capacity.max_meetings,
+            capacity.current_meetings,
+            capacity.max_participants,
+            capacity.current_participants,
+            int(HealthStatus.HEALTHY),
+            stamp,
+            stamp,
+        ),
+    )
+    return get_controller(tx, controller_id)
+
+
+def record_heartbeat(
+    tx: Tx,
+    controller_id: ControllerId,
+    capacity: ControllerCapacity,
+    health: HealthStatus,
+    counts: Mapping[MeetingId, int],
+    now: datetime,
+) -> ControllerRecord:
+    changed = tx.run(
+        "UPDATE controllers SET max_meetings = ?, current_meetings = ?, max_participants = ?, "
+        "current_participants = ?, health = ?, last_heartbeat = ?, expired_at = NULL "
+        "WHERE controller_id = ?",
+        (
+            capacity.max_meetings,
+            capacity.current_meetings,
+            capacity.max_participants,
+            capacity.current_participants,
+            int(health),
+            tx.dialect.ts_in(now),
+            controller_id,
+        ),
+    )
+    if changed == 0:
+        get_controller(tx, controller_id)  # raises NotFound
+    _set_counts(tx, counts, controller_id)
+    return get_controller(tx, controller_id)
+
+
+def list_controllers(tx: Tx, region: str | None) -> list[ControllerRecord]:
+    clause, params = ("WHERE region = ?", [region]) if region is not None else ("", [])
+    rows = tx.all(
+        f"SELECT {_CONTROLLER_COLS} FROM controllers {clause} ORDER BY controller_id LIMIT ?",
+        [*params, MAX_LIST_ROWS],
+    )
+    return [_controller(tx, row) for row in rows]
+
+
+def expire_controllers(tx: Tx, older_than: datetime, now: datetime) -> list[ControllerId]:
+    # ``expired_at IS NULL`` makes this report each loss once, even with several replicas
+    # sweeping: PostgreSQL re-checks the condition after waiting for a concurrent update.
+    rows = tx.all(
+        "UPDATE controllers SET health = ?, expired_at = ? "
+        "WHERE last_heartbeat < ? AND expired_at IS NULL RETURNING controller_id",
+        (int(HealthStatus.UNHEALTHY), tx.dialect.ts_in(now), tx.dialect.ts_in(older_than)),
+    )
+    expired = sorted(ControllerId(row[0]) for row in rows)
+    for controller_id in expired:
+        tx.run(
+            "UPDATE meetings SET status = ? WHERE controller_id = ? AND status = ?",
+            (MeetingStatus.CONTROLLER_LOST.value, controller_id, MeetingStatus.ACTIVE.value),
+        )
+    return expired
+
+
+# -- clients --------------------------------------------------------------------------------
+
+
+def add_client(tx: Tx, client: ClientRecord) -> None:
+    tx.run(
+        f"INSERT INTO clients ({_CLIENT_COLS}) VALUES (?, ?, ?, ?)",
+        (client.client_id, client.name, client.secret_hash, tx.dialect.ts_in(client.created_at)),
+    )
+
+
+def get_client(tx: Tx, client_id: ClientId) -> ClientRecord:
+    row = tx.one(f"SELECT {_CLIENT_COLS} FROM clients WHERE client_id = ?", (client_id,))
+    if row is None:
+        raise NotFound(f"client {client_id} not found", details={"client_id": client_id})
+    return _client(tx, row)
+
+
+def list_clients(tx: Tx) -> list[ClientRecord]:
+    rows = tx.all(f"SELECT {_CLIENT_COLS} FROM clients ORDER BY name LIMIT ?", (MAX_LIST_ROWS,))
+    return [_client(tx, row) for row in rows]
+
+
+def remove_client(tx: Tx, client_id: ClientId) -> None:
+    if tx.run("DELETE FROM clients WHERE client_id = ?", (client_id,)) == 0:
+        raise NotFound(f"client {client_id} not found", details={"client_id": client_id})

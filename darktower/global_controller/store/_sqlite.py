@@ -1,0 +1,127 @@
+"""SQLite backend: one file, one connection, one transaction at a time in a worker thread."""
+
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
+
+from ._base import Clock, SqlStore
+from ._dialect import SQLITE, Tx
+
+T = TypeVar("T")
+
+MEMORY = ":memory:"
+_UNIQUE_ERRORS = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
+# How long a transaction waits for another process's write lock before failing.
+BUSY_TIMEOUT_MS = 10_000
+WAL_RETRY_S = 0.01
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    # WAL is recorded in the file, so usually this is a read. Switching a fresh file needs
+    # an exclusive lock, and SQLite answers "locked" at once (without the busy handler) while
+    # another process opens it too: retry until the busy timeout.
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(WAL_RETRY_S)  # in a worker thread, never the trio loop
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    if path != MEMORY:
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves. The connection moves between
+    # trio's worker threads, but the limiter guarantees one user at a time.
+    conn = sqlite3.connect(
+        path,
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=BUSY_TIMEOUT_MS / 1000,
+    )
+    try:
+        _enable_wal(conn)
+        # In WAL mode NORMAL loses at most the last transactions on power loss, never
+        # corrupts; a GC restart (a process exit) loses nothing.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[[Tx], T]) -> T:
+    # IMMEDIATE takes the write lock up front, so a transaction never fails half-way on
+    # lock upgrade when another process shares the file.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(Tx(conn, SQLITE))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+class SqliteStore(SqlStore):
+    """The default store: a SQLite file in WAL mode.
+
+    Owns one connection, used by one worker thread at a time (a ``CapacityLimiter(1)``), so
+    calls queue in FIFO order and the trio loop never blocks on the database.
+    """
+
+    dialect = SQLITE
+
+    def __init__(self, conn: sqlite3.Connection, path: str, clock: Clock | None) -> None:
+        super().__init__(clock)
+        self._conn: sqlite3.Connection | None = conn
+        self.path = path
+        self._limiter = trio.CapacityLimiter(1)
+
+    @classmethod
+    async def open(cls, path: str | pathlib.Path, *, clock: Clock | None = None) -> SqliteStore:
+        """Open (creating if needed) and migrate the database at ``path`` (``":memory:"``
+        for a private in-memory one). The caller owns the result and must ``aclose()`` it.
+        Raises ``sqlite3.Error`` or ``SchemaTooNewError``."""
+        path = str(path)
+        conn = await trio.to_thread.run_sync(_connect, path)
+        store = cls(conn, path, clock)
+        try:
+            await store._migrate()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+            raise
+        return store
+
+    async def _transact(self, fn: Callable[[Tx], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise trio.ClosedResourceError("the store is closed")
+        return await trio.to_thread.run_sync(_in_transaction, conn, fn, limiter=self._limiter)
+
+    def _is_unique_violation(self, exc: BaseException) -> bool:
+        # Only uniqueness: NOT NULL or CHECK failures are bugs, not conflicts.
+        return (
+            isinstance(exc, sqlite3.IntegrityError)
+            and getattr(exc, "sqlite_errorname", "") in _UNIQUE_ERRORS
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection after the call in flight, if any. Idempotent; shielded so a
+        cancelled caller still releases the file."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
