@@ -1,1 +1,104 @@
-"""protocol."""
+"""Pure codecs of the wire protocol (sans-IO: no trio, asyncio, sockets or grpclib).
+
+* The contract as generated protobuf modules: ``pb.signaling_pb2``, ``pb.common_pb2``,
+  ``pb.registry_pb2``, ``pb.meeting_control_pb2``, ``pb.media_control_pb2`` (source:
+  ``proto/darktower/v1``; regenerate with ``nox -s proto``). The signaling envelopes
+  :class:`ClientMessage` / :class:`ServerMessage` and :class:`ErrorMessage` are re-exported.
+  The grpclib service stubs live in ``darktower.protocol.pb.v1.*_grpc`` and are imported only
+  by the transport layer, because they load grpclib and asyncio.
+* Signaling framing (DESIGN 4): :func:`encode_message` and the incremental
+  :class:`MessageDecoder` for varint-length-delimited messages, at most
+  :data:`MAX_MESSAGE_SIZE` bytes each.
+* Errors: :data:`ERROR_TABLE` maps each :class:`~darktower.errors.ErrorCode` to its HTTP
+  status, JSON name, gRPC status (:class:`GrpcStatus`) and exception class; :func:`error_body`,
+  :func:`error_message` and their inverses convert at the boundary.
+* Enum conversions between :mod:`darktower.model` and protobuf.
+
+Token and rate-limit code lives in ``darktower.protocol.tokens`` and
+``darktower.protocol.ratelimit``.
+"""
+
+from darktower.protocol import pb
+from darktower.protocol._enums import (
+    error_code_from_pb,
+    error_code_to_pb,
+    leave_reason_from_pb,
+    leave_reason_to_pb,
+    stream_type_from_pb,
+    stream_type_to_pb,
+)
+from darktower.protocol._error_table import (
+    ERROR_TABLE,
+    INTERNAL_ERROR_MESSAGE,
+    PEER_CODE_DETAIL,
+    RETRY_AFTER_DETAIL,
+    ErrorSpec,
+    GrpcStatus,
+    UnknownError,
+    code_from_grpc_status,
+    code_from_name,
+    error_body,
+    error_from_body,
+    error_from_message,
+    error_message,
+    error_name,
+    grpc_status,
+    http_status,
+    make_error,
+    wire_details,
+    wire_error,
+)
+from darktower.protocol._framing import (
+    MAX_MESSAGE_SIZE,
+    MAX_VARINT_LEN,
+    REASON_BAD_VARINT,
+    REASON_TOO_LARGE,
+    REASON_TRUNCATED,
+    REASON_UNDECODABLE,
+    MessageDecoder,
+    encode_message,
+    encode_varint,
+)
+from darktower.protocol.pb.v1.common_pb2 import ErrorMessage
+from darktower.protocol.pb.v1.signaling_pb2 import ClientMessage, ServerMessage
+
+__all__ = [
+    "ERROR_TABLE",
+    "INTERNAL_ERROR_MESSAGE",
+    "MAX_MESSAGE_SIZE",
+    "MAX_VARINT_LEN",
+    "PEER_CODE_DETAIL",
+    "REASON_BAD_VARINT",
+    "REASON_TOO_LARGE",
+    "REASON_TRUNCATED",
+    "REASON_UNDECODABLE",
+    "RETRY_AFTER_DETAIL",
+    "ClientMessage",
+    "ErrorMessage",
+    "ErrorSpec",
+    "GrpcStatus",
+    "MessageDecoder",
+    "ServerMessage",
+    "UnknownError",
+    "code_from_grpc_status",
+    "code_from_name",
+    "encode_message",
+    "encode_varint",
+    "error_body",
+    "error_code_from_pb",
+    "error_code_to_pb",
+    "error_from_body",
+    "error_from_message",
+    "error_message",
+    "error_name",
+    "grpc_status",
+    "http_status",
+    "leave_reason_from_pb",
+    "leave_reason_to_pb",
+    "make_error",
+    "pb",
+    "stream_type_from_pb",
+    "stream_type_to_pb",
+    "wire_details",
+    "wire_error",
+]

@@ -1,0 +1,503 @@
+"""The signaling stream codec: varint-length-delimited protobuf envelopes (DESIGN 4)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+
+import pytest
+from google.protobuf.message import DecodeError, Message
+from hypothesis import given
+from hypothesis import strategies as st
+
+from darktower.errors import InternalError, InvalidRequest
+from darktower.protocol import (
+    MAX_MESSAGE_SIZE,
+    REASON_BAD_VARINT,
+    REASON_TOO_LARGE,
+    REASON_TRUNCATED,
+    REASON_UNDECODABLE,
+    ClientMessage,
+    MessageDecoder,
+    ServerMessage,
+    encode_message,
+    encode_varint,
+    pb,
+)
+
+common, signaling = pb.common_pb2, pb.signaling_pb2
+
+# --- strategies --------------------------------------------------------------------------------
+uint32s = st.integers(0, 2**32 - 1)
+uint64s = st.integers(0, 2**64 - 1)
+texts = st.text(max_size=20)
+blobs = st.binary(max_size=64)
+floats32 = st.floats(width=32, allow_nan=False)
+stream_types = st.sampled_from(list(common.StreamType.values()))
+leave_reasons = st.sampled_from(list(common.LeaveReason.values()))
+
+simulcast_layers = st.builds(
+    common.SimulcastLayer, layer_id=texts, width=uint32s, height=uint32s, max_bitrate=uint32s
+)
+metadata = st.builds(
+    common.StreamMetadata,
+    codec=texts,
+    max_bitrate=uint32s,
+    video=st.builds(
+        common.VideoMetadata,
+        width=uint32s,
+        height=uint32s,
+        framerate=uint32s,
+        simulcast_layers=st.lists(simulcast_layers, max_size=3),
+    ),
+)
+media_streams = st.builds(
+    common.MediaStream, stream_id=texts, stream_type=stream_types, metadata=metadata
+)
+participants = st.builds(
+    signaling.Participant,
+    participant_id=texts,
+    name=texts,
+    streams=st.lists(media_streams, max_size=2),
+    joined_at=uint64s,
+    public_key=blobs,
+    key_id=texts,
+)
+key_shares = st.builds(
+    signaling.E2EEKeyShare,
+    from_participant_id=texts,
+    to_participant_id=texts,
+    key_id=texts,
+    ciphertext=blobs,
+)
+quality = st.builds(
+    signaling.StreamQualityUpdate,
+    stream_id=texts,
+    available_bitrate=uint32s,
+    packet_loss=floats32,
+    rtt_ms=uint32s,
+)
+
+
+def _envelope(
+    cls: type[Message], field: str, inner: st.SearchStrategy[Message]
+) -> st.SearchStrategy[Message]:
+    return st.builds(lambda rid, m: cls(request_id=rid, **{field: m}), uint64s, inner)
+
+
+client_messages: st.SearchStrategy[Message] = st.one_of(
+    st.builds(ClientMessage, request_id=uint64s),  # no message set: still a valid envelope
+    _envelope(
+        ClientMessage,
+        "join",
+        st.builds(
+            signaling.JoinRequest,
+            meeting_id=texts,
+            join_token=texts,
+            participant_name=texts,
+            capabilities=st.builds(
+                signaling.ParticipantCapabilities,
+                video_codecs=st.lists(texts, max_size=3),
+                audio_codecs=st.lists(texts, max_size=3),
+                supports_simulcast=st.booleans(),
+                max_video_streams=uint32s,
+            ),
+            e2ee_public_key=blobs,
+        ),
+    ),
+    _envelope(
+        ClientMessage,
+        "publish",
+        st.builds(
+            signaling.PublishStream, stream_id=texts, stream_type=stream_types, metadata=metadata
+        ),
+    ),
+    _envelope(
+        ClientMessage,
+        "subscribe",
+        st.builds(
+            signaling.SubscribeStream,
+            stream_id=texts,
+            options=st.builds(
+                signaling.SubscriptionOptions, preferred_layer=texts, max_bitrate=uint32s
+            ),
+        ),
+    ),
+    _envelope(
+        ClientMessage, "unsubscribe", st.builds(signaling.UnsubscribeStream, stream_id=texts)
+    ),
+    _envelope(ClientMessage, "unpublish", st.builds(signaling.UnpublishStream, stream_id=texts)),
+    _envelope(ClientMessage, "quality", quality),
+    _envelope(ClientMessage, "leave", st.builds(signaling.LeaveRequest)),
+    _envelope(ClientMessage, "kick", st.builds(signaling.KickParticipant, participant_id=texts)),
+    _envelope(ClientMessage, "end_meeting", st.builds(signaling.EndMeeting)),
+    _envelope(ClientMessage, "ping", st.builds(signaling.Ping, timestamp=uint64s)),
+    _envelope(ClientMessage, "key_share", key_shares),
+)
+
+server_messages: st.SearchStrategy[Message] = st.one_of(
+    _envelope(
+        ServerMessage,
+        "join_response",
+        st.builds(
+            signaling.JoinResponse,
+            participant_id=texts,
+            existing_participants=st.lists(participants, max_size=3),
+            media_server=st.builds(
+                signaling.MediaServerInfo, media_handler_url=texts, connection_token=texts
+            ),
+            encryption_keys=st.builds(signaling.EncryptionKeys, public_key=blobs, key_id=texts),
+        ),
+    ),
+    _envelope(
+        ServerMessage,
+        "participant_joined",
+        st.builds(signaling.ParticipantJoined, participant=participants),
+    ),
+    _envelope(
+        ServerMessage,
+        "participant_left",
+        st.builds(signaling.ParticipantLeft, participant_id=texts, reason=leave_reasons),
+    ),
+    _envelope(
+        ServerMessage,
+        "stream_published",
+        st.builds(signaling.StreamPublished, participant_id=texts, stream=media_streams),
+    ),
+    _envelope(
+        ServerMessage,
+        "stream_unpublished",
+        st.builds(signaling.StreamUnpublished, participant_id=texts, stream_id=texts),
+    ),
+    _envelope(ServerMessage, "ack", st.builds(signaling.Ack, stream_id=texts)),
+    _envelope(ServerMessage, "quality", quality),
+    _envelope(
+        ServerMessage, "key_frame_request", st.builds(common.KeyFrameRequest, stream_id=texts)
+    ),
+    _envelope(ServerMessage, "pong", st.builds(signaling.Pong, timestamp=uint64s)),
+    _envelope(
+        ServerMessage,
+        "error",
+        st.builds(
+            common.ErrorMessage,
+            code=st.sampled_from(list(common.ErrorCode.values())),
+            message=texts,
+            details=st.dictionaries(texts, texts, max_size=3),
+        ),
+    ),
+    _envelope(ServerMessage, "key_share", key_shares),
+    _envelope(
+        ServerMessage,
+        "session_ended",
+        st.builds(signaling.SessionEnded, reason=leave_reasons, message=texts),
+    ),
+)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def _feed(decoder: MessageDecoder[Message], chunks: Iterable[bytes]) -> list[Message]:
+    """The single-reader pattern: feed a chunk, drain, repeat."""
+    out: list[Message] = []
+    for chunk in chunks:
+        decoder.receive_data(chunk)
+        out.extend(decoder)
+    return out
+
+
+def _split(data: bytes, cuts: Sequence[int]) -> list[bytes]:
+    points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+def _wire(messages: Sequence[Message]) -> bytes:
+    return b"".join(encode_message(m) for m in messages)
+
+
+def _same(a: Sequence[Message], b: Sequence[Message]) -> bool:
+    return [m.SerializeToString(deterministic=True) for m in a] == [
+        m.SerializeToString(deterministic=True) for m in b
+    ]
+
+
+def _reason(excinfo: pytest.ExceptionInfo[InvalidRequest]) -> str:
+    return excinfo.value.details["reason"]
+
+
+# --- round trips -------------------------------------------------------------------------------
+@given(st.lists(client_messages, max_size=8), st.lists(st.integers(0, 10_000), max_size=12))
+def test_client_messages_round_trip_in_random_chunks(
+    messages: list[Message], cuts: list[int]
+) -> None:
+    decoder = MessageDecoder(ClientMessage)
+    decoded = _feed(decoder, _split(_wire(messages), cuts))
+    decoder.end_of_stream()
+    assert decoded == messages
+    assert decoder.buffered == 0
+
+
+@given(st.lists(server_messages, max_size=8), st.lists(st.integers(0, 10_000), max_size=12))
+def test_server_messages_round_trip_in_random_chunks(
+    messages: list[Message], cuts: list[int]
+) -> None:
+    decoder = MessageDecoder(ServerMessage)
+    decoded = _feed(decoder, _split(_wire(messages), cuts))
+    decoder.end_of_stream()
+    assert decoded == messages
+
+
+@given(st.lists(st.one_of(client_messages), min_size=1, max_size=4))
+def test_round_trip_split_at_every_byte(messages: list[Message]) -> None:
+    data = _wire(messages)
+    for cut in range(len(data) + 1):
+        decoder = MessageDecoder(ClientMessage)
+        assert _feed(decoder, [data[:cut], data[cut:]]) == messages
+        decoder.end_of_stream()
+
+
+@given(st.lists(server_messages, min_size=1, max_size=4))
+def test_round_trip_one_byte_at_a_time(messages: list[Message]) -> None:
+    data = _wire(messages)
+    decoder = MessageDecoder(ServerMessage)
+    seen: list[Message] = []
+    for i in range(len(data)):
+        decoder.receive_data(data[i : i + 1])
+        seen.extend(decoder)
+        # Never more buffered than the unfinished message.
+        assert decoder.buffered <= len(data) - sum(len(encode_message(m)) for m in seen)
+    decoder.end_of_stream()
+    assert seen == messages
+
+
+def test_empty_envelope_is_one_zero_byte() -> None:
+    assert encode_message(ClientMessage()) == b"\x00"
+    decoder = MessageDecoder(ClientMessage)
+    decoder.receive_data(b"\x00\x00")
+    assert list(decoder) == [ClientMessage(), ClientMessage()]
+    assert decoder.next_message() is None
+
+
+def test_message_of_exactly_the_limit_is_accepted() -> None:
+    message = ServerMessage(key_share=signaling.E2EEKeyShare())
+    size = MAX_MESSAGE_SIZE - 16
+    while len(message.SerializeToString()) < MAX_MESSAGE_SIZE:
+        size += 1
+        message.key_share.ciphertext = b"x" * size
+    assert len(message.SerializeToString()) == MAX_MESSAGE_SIZE
+    decoder = MessageDecoder(ServerMessage)
+    decoder.receive_data(encode_message(message))
+    assert list(decoder) == [message]
+    message.key_share.ciphertext += b"x"
+    decoder.receive_data(encode_message(message, max_message_size=MAX_MESSAGE_SIZE + 1))
+    with pytest.raises(InvalidRequest):
+        decoder.next_message()
+
+
+@given(uint64s)
+def test_encode_varint_agrees_with_protobuf(value: int) -> None:
+    # request_id is field 1, a uint64: its wire form is tag 0x08 then the varint.
+    assert ClientMessage(request_id=value).SerializeToString() == (
+        b"\x08" + encode_varint(value) if value else b""
+    )
+
+
+def test_encode_varint_range() -> None:
+    assert encode_varint(0) == b"\x00"
+    assert encode_varint(300) == b"\xac\x02"
+    assert len(encode_varint(2**64 - 1)) == 10
+    with pytest.raises(ValueError):
+        encode_varint(2**64)
+    with pytest.raises(ValueError):
+        encode_varint(-1)
+
+
+def test_encoding_an_oversize_message_is_our_fault() -> None:
+    message = ServerMessage(key_share=signaling.E2EEKeyShare(ciphertext=b"x" * MAX_MESSAGE_SIZE))
+    with pytest.raises(InternalError) as excinfo:
+        encode_message(message)
+    assert excinfo.value.details["reason"] == REASON_TOO_LARGE
+    assert encode_message(message, max_message_size=2 * MAX_MESSAGE_SIZE)
+
+
+# --- faults: each has its own reason, and no wrong message is ever yielded ----------------------
+GOOD = [ClientMessage(request_id=1, ping=signaling.Ping(timestamp=7)), ClientMessage(request_id=2)]
+
+
+def _fails_after_good(
+    tail: bytes, reason: str, *, max_message_size: int = MAX_MESSAGE_SIZE
+) -> None:
+    """GOOD then ``tail``, fed whole and byte by byte: GOOD comes out, then the fault."""
+    data = _wire(GOOD) + tail
+    for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
+        decoder = MessageDecoder(ClientMessage, max_message_size=max_message_size)
+        seen: list[Message] = []
+        with pytest.raises(InvalidRequest) as excinfo:
+            for chunk in chunks:
+                decoder.receive_data(chunk)
+                while (m := decoder.next_message()) is not None:
+                    seen.append(m)
+            decoder.end_of_stream()
+        assert seen == GOOD
+        assert _reason(excinfo) == reason
+        _assert_terminal(decoder, reason)
+
+
+def _assert_terminal(decoder: MessageDecoder[Message], reason: str) -> None:
+    assert decoder.failed
+    assert decoder.buffered == 0
+    for call in (
+        lambda: decoder.receive_data(_wire(GOOD)),
+        decoder.next_message,
+        decoder.end_of_stream,
+    ):
+        with pytest.raises(InvalidRequest) as again:
+            call()
+        assert _reason(again) == reason
+
+
+def test_declared_length_over_the_limit() -> None:
+    _fails_after_good(encode_varint(MAX_MESSAGE_SIZE + 1), REASON_TOO_LARGE)
+
+
+def test_oversize_is_refused_from_the_varint_alone() -> None:
+    # Only the length prefix arrives: the decoder fails without waiting for any body byte.
+    decoder = MessageDecoder(ClientMessage, max_message_size=10)
+    decoder.receive_data(encode_varint(11))
+    with pytest.raises(InvalidRequest) as excinfo:
+        decoder.next_message()
+    assert _reason(excinfo) == REASON_TOO_LARGE
+    assert excinfo.value.details["limit"] == "10"
+    assert decoder.buffered == 0
+
+
+@given(client_messages.filter(lambda m: m.ByteSize() > 8))
+def test_a_real_message_over_a_small_limit(message: Message) -> None:
+    assert all(m.ByteSize() <= 8 for m in GOOD)
+    _fails_after_good(
+        encode_message(message), REASON_TOO_LARGE, max_message_size=message.ByteSize() - 1
+    )
+
+
+def test_varint_longer_than_ten_bytes() -> None:
+    _fails_after_good(b"\xff" * 10 + b"\x01", REASON_BAD_VARINT)
+
+
+def test_varint_over_64_bits() -> None:
+    _fails_after_good(b"\xff" * 9 + b"\x02", REASON_BAD_VARINT)
+
+
+def test_incomplete_varint_waits_and_buffers_at_most_ten_bytes() -> None:
+    decoder = MessageDecoder(ClientMessage)
+    decoder.receive_data(b"\x80" * 9)
+    assert decoder.next_message() is None
+    assert decoder.buffered == 9
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"\x00", id="field-number-0"),
+        pytest.param(b"\x0f", id="wire-type-7"),
+        pytest.param(b"\x12\x05ab", id="length-past-end"),
+        pytest.param(b"\x12\x04\x0a\x02\xff\xfe", id="bad-utf8-in-string"),
+        pytest.param(b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", id="bad-varint-in-body"),
+    ],
+)
+def test_undecodable_body(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        ClientMessage.FromString(body)  # the premise: protobuf itself refuses it
+    _fails_after_good(encode_varint(len(body)) + body, REASON_UNDECODABLE)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 5])
+def test_truncated_message(cut: int) -> None:
+    last = encode_message(
+        ClientMessage(request_id=3, kick=signaling.KickParticipant(participant_id="p"))
+    )
+    _fails_after_good(last[:-cut], REASON_TRUNCATED)
+
+
+def test_truncated_inside_the_length_prefix() -> None:
+    _fails_after_good(b"\x80", REASON_TRUNCATED)
+
+
+def test_end_of_stream_between_messages_is_clean() -> None:
+    decoder = MessageDecoder(ClientMessage)
+    decoder.receive_data(_wire(GOOD))
+    assert list(decoder) == GOOD
+    decoder.end_of_stream()
+    assert not decoder.failed
+    with pytest.raises(RuntimeError):
+        decoder.receive_data(b"\x00")
+
+
+def test_messages_before_a_fault_are_pulled_before_it_is_raised() -> None:
+    decoder = MessageDecoder(ClientMessage)
+    # After GOOD: an empty (valid) envelope, then a length of 15 whose body comes later.
+    decoder.receive_data(_wire(GOOD) + b"\x00\x0f")
+    assert decoder.next_message() == GOOD[0]
+    decoder.receive_data(b"\xff" * 15)  # a tag varint of 15 bytes: not a ClientMessage
+    assert decoder.next_message() == GOOD[1]
+    assert decoder.next_message() == ClientMessage()
+    with pytest.raises(InvalidRequest) as excinfo:
+        decoder.next_message()
+    assert _reason(excinfo) == REASON_UNDECODABLE
+
+
+def _reference_decode(data: bytes, limit: int) -> tuple[list[bytes], bool]:
+    """A plain, whole-buffer parser: the bodies of the valid prefix and whether it all parsed."""
+    bodies: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        value, shift, i = 0, 0, pos
+        while True:
+            if i >= len(data) or i - pos >= 10:
+                return bodies, False
+            byte = data[i]
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            i += 1
+            if not byte & 0x80:
+                break
+        if value >= 2**64 or value > limit or i + value > len(data):
+            return bodies, False
+        body = data[i : i + value]
+        try:
+            ClientMessage.FromString(body)
+        except DecodeError:
+            return bodies, False
+        bodies.append(body)
+        pos = i + value
+    return bodies, True
+
+
+@given(st.binary(max_size=200), st.lists(st.integers(0, 300), max_size=6), st.integers(0, 40))
+def test_garbage_never_yields_a_wrong_message(data: bytes, cuts: list[int], limit: int) -> None:
+    expected, clean = _reference_decode(data, limit)
+    decoder = MessageDecoder(ClientMessage, max_message_size=limit)
+    seen: list[Message] = []
+    try:
+        for chunk in _split(data, cuts):
+            decoder.receive_data(chunk)
+            seen.extend(decoder)
+        decoder.end_of_stream()
+    except InvalidRequest:
+        assert not clean
+    else:
+        assert clean
+    assert _same(seen, [ClientMessage.FromString(b) for b in expected])
+
+
+def test_decoder_rejects_a_negative_limit() -> None:
+    with pytest.raises(ValueError):
+        MessageDecoder(ClientMessage, max_message_size=-1)
+
+
+def test_decoder_is_typed_by_its_message_class() -> None:
+    decoder: MessageDecoder[ServerMessage] = MessageDecoder(ServerMessage)
+    assert decoder.message_type is ServerMessage
+    assert decoder.max_message_size == MAX_MESSAGE_SIZE
+    decoder.receive_data(
+        encode_message(ServerMessage(request_id=9, pong=signaling.Pong(timestamp=1)))
+    )
+    message = decoder.next_message()
+    assert message is not None and message.pong.timestamp == 1
