@@ -1,1 +1,44 @@
-"""frames."""
+"""Media frames (contract §3.2): the 46-byte header and an incremental decoder. Sans-IO.
+
+``FrameHeader`` encodes and decodes the header; ``encode_frame`` joins a header and a payload;
+``FrameDecoder`` turns a stream's bytes, in chunks of any size, into ``Frame`` objects whose
+``raw`` bytes a router forwards unchanged. Malformed input raises a ``FrameError`` (a
+``StreamError``, so ``ErrorCode.STREAM_ERROR``).
+"""
+
+from darktower.frames._decoder import FrameDecoder
+from darktower.frames._errors import (
+    FrameError,
+    FramePayloadTooLarge,
+    TruncatedFrame,
+    UnknownFrameType,
+    UnsupportedFrameVersion,
+)
+from darktower.frames._frame import Frame, encode_frame
+from darktower.frames._header import (
+    DEFAULT_MAX_PAYLOAD,
+    HEADER_SIZE,
+    MAX_PAYLOAD_LENGTH,
+    VERSION,
+    FrameFlags,
+    FrameHeader,
+    FrameType,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "HEADER_SIZE",
+    "MAX_PAYLOAD_LENGTH",
+    "VERSION",
+    "Frame",
+    "FrameDecoder",
+    "FrameError",
+    "FrameFlags",
+    "FrameHeader",
+    "FramePayloadTooLarge",
+    "FrameType",
+    "TruncatedFrame",
+    "UnknownFrameType",
+    "UnsupportedFrameVersion",
+    "encode_frame",
+]
