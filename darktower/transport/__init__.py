@@ -1,1 +1,96 @@
-"""transport."""
+"""transport: the only socket code. QUIC, HTTP/3 and WebTransport on aioquic's sans-IO core,
+driven by trio (server and client share the endpoint and connection code).
+
+Server::
+
+    server = WebTransportServer(ServerConfig(tls=generate_dev_certificate(), port=4433),
+                                {"/v1/media": Route(handler, authorize=check_token)})
+    (host, port) = await nursery.start(server.run)        # or serve_webtransport(config, routes)
+
+``authorize(request: ConnectRequest) -> context`` runs before the CONNECT is answered and may
+raise ``RejectSession(401)``; unknown paths get 404, origins outside ``allowed_origins`` 403.
+``handler(session, context)`` runs in the session's own cancel scope, owned by the connection:
+it returning closes the session (code 0), raising closes it with the error's code, and the
+session ending (peer close, connection lost, ``session.close``) cancels it.
+
+Client::
+
+    async with connect_webtransport("https://127.0.0.1:4433/v1/media?token=...",
+                                    server_certificate_hashes=[sha256]) as session: ...
+    async with open_http3_client("https://127.0.0.1:8443") as http: await http.request(...)
+
+Sessions: ``open_bidirectional_stream()``, ``open_unidirectional_stream()``, ``accept_stream()``,
+``send_datagram(data)`` (never blocks; DatagramTooLarge over ``max_datagram_size``),
+``receive_datagram()``, ``close(code, reason)``, ``peer_close_code``/``peer_close_reason``,
+``path``, ``query``, ``headers``, ``origin``, ``cancel_scope``.
+
+Streams are trio streams: ``send_all`` (waits while unacknowledged bytes are over the
+high-water mark), ``receive_some`` (b"" at end), ``send_eof``, ``reset(code)``,
+``stop_sending(code)``, ``aclose``. Errors: ``trio.ClosedResourceError`` = we closed it;
+``StreamReset`` (a ``trio.BrokenResourceError``) = the peer reset it, with its code;
+``SessionClosed`` (also broken) = the session is gone. Every bound is in ``TransportLimits``
+(``_config.py`` documents each policy).
+"""
+
+from ._certs import TlsCredentials, certificate_sha256, generate_dev_certificate
+from ._client import connect_webtransport, open_quic_connection, open_session
+from ._config import ServerConfig, TransportLimits
+from ._connection import Connection
+from ._endpoint import Endpoint
+from ._errors import (
+    ConnectFailed,
+    DatagramTooLarge,
+    RejectSession,
+    SessionClosed,
+    SessionRefused,
+    StreamLimitExceeded,
+    StreamReset,
+)
+from ._h3client import HTTP3Client, Response, ResponseTooLarge, open_http3_client
+from ._server import (
+    CLOSE_CODE_CANCELLED,
+    CLOSE_CODE_HANDLER_ERROR,
+    Route,
+    WebTransportServer,
+    serve_webtransport,
+)
+from ._session import ConnectRequest, SessionState, WebTransportSession
+from ._streams import WebTransportReceiveStream, WebTransportSendStream, WebTransportStream
+from ._wire import code_from_h3, code_to_h3
+
+__all__ = [
+    "CLOSE_CODE_CANCELLED",
+    "CLOSE_CODE_HANDLER_ERROR",
+    "ConnectFailed",
+    "ConnectRequest",
+    "Connection",
+    "DatagramTooLarge",
+    "Endpoint",
+    "HTTP3Client",
+    "RejectSession",
+    "Response",
+    "ResponseTooLarge",
+    "Route",
+    "ServerConfig",
+    "SessionClosed",
+    "SessionRefused",
+    "SessionState",
+    "StreamLimitExceeded",
+    "StreamReset",
+    "TlsCredentials",
+    "TransportLimits",
+    "WebTransportReceiveStream",
+    "WebTransportSendStream",
+    "WebTransportServer",
+    "WebTransportSession",
+    "WebTransportStream",
+    "certificate_sha256",
+    "code_from_h3",
+    "code_to_h3",
+    "connect_webtransport",
+    "generate_dev_certificate",
+    "open_http3_client",
+    "open_quic_connection",
+    "open_session",
+    "serve_webtransport",
+]

@@ -1,0 +1,98 @@
+"""Limits and configuration of the transport: every bound is named here with its policy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+from ._certs import TlsCredentials
+
+# --- Endpoint -------------------------------------------------------------------------------
+# New connections beyond this are refused: their Initial packets are dropped (the client
+# retries, then times out). Bounds the per-connection state a flood of handshakes can create.
+MAX_CONNECTIONS = 1000
+# Handshakes in progress at once; beyond it new Initial packets are dropped (as above).
+MAX_HANDSHAKES_IN_PROGRESS = 100
+# A connection whose TLS handshake has not completed by then is closed.
+HANDSHAKE_TIMEOUT_S = 10.0
+# Datagrams read from the socket per wake-up before the touched connections are flushed once.
+# Bounds the work done between two checkpoints (fairness with the other tasks).
+RECEIVE_BATCH = 64
+# Largest UDP payload accepted from the socket (bigger ones are truncated by the kernel and
+# then fail to decrypt, i.e. dropped).
+MAX_UDP_PAYLOAD = 65_535
+
+# --- Connection -----------------------------------------------------------------------------
+IDLE_TIMEOUT_S = 60.0
+# A PING is sent when nothing was received for this long, so that browsers (30 s idle) and
+# NATs keep the connection.
+KEEPALIVE_INTERVAL_S = 15.0
+# QUIC packet size; 1,200 is safe on every path, 1,452 saves CPU where the path allows.
+PACKET_SIZE = 1200
+# Advertised max_datagram_frame_size; the browser drops datagrams silently without it.
+MAX_DATAGRAM_FRAME_SIZE = 65_536
+# WebTransport sessions per QUIC connection; a CONNECT beyond it is answered 429.
+MAX_SESSIONS_PER_CONNECTION = 16
+
+# --- Session --------------------------------------------------------------------------------
+# Open streams (both kinds, both directions) per session. A peer stream beyond it is rejected
+# (STOP_SENDING/RESET_STREAM with WEBTRANSPORT_BUFFERED_STREAM_REJECTED); opening one locally
+# beyond it raises StreamLimitExceeded.
+MAX_STREAMS_PER_SESSION = 256
+# Incoming streams not yet taken by accept_stream(); a stream arriving when it is full is
+# rejected as above (the peer sees a reset, nothing is buffered).
+ACCEPT_QUEUE_SIZE = 32
+# Datagrams queued per direction. Full on receive: the oldest is dropped and counted (fresh
+# media matters more than old). Full on send: the oldest unsent is dropped and counted.
+DATAGRAM_QUEUE_SIZE = 64
+
+# --- Stream ---------------------------------------------------------------------------------
+# send_all() waits while this many bytes of the stream are written but not yet acknowledged
+# (QUIC flow control blocked by a peer that does not read shows up here too).
+STREAM_SEND_HIGH_WATER = 256 * 1024
+# Bytes the peer may send beyond what the application has read. Credit is granted as the
+# application reads, never as data merely arrives, so a stream buffers at most this much.
+STREAM_RECEIVE_WINDOW = 256 * 1024
+# Largest chunk handed to QUIC by one send_all() step.
+SEND_CHUNK = 64 * 1024
+# receive_some() without max_bytes returns at most this much.
+DEFAULT_RECEIVE_SIZE = 64 * 1024
+
+
+@attrs.frozen
+class TransportLimits:
+    """Every transport bound in one place (policies in the module constants above)."""
+
+    max_connections: int = MAX_CONNECTIONS
+    max_handshakes_in_progress: int = MAX_HANDSHAKES_IN_PROGRESS
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
+    idle_timeout_s: float = IDLE_TIMEOUT_S
+    keepalive_interval_s: float | None = KEEPALIVE_INTERVAL_S
+    packet_size: int = PACKET_SIZE
+    max_datagram_frame_size: int = MAX_DATAGRAM_FRAME_SIZE
+    max_sessions_per_connection: int = MAX_SESSIONS_PER_CONNECTION
+    max_streams_per_session: int = MAX_STREAMS_PER_SESSION
+    accept_queue_size: int = ACCEPT_QUEUE_SIZE
+    datagram_queue_size: int = DATAGRAM_QUEUE_SIZE
+    stream_send_high_water: int = STREAM_SEND_HIGH_WATER
+    stream_receive_window: int = STREAM_RECEIVE_WINDOW
+
+
+def _origins(value: Iterable[str] | None) -> frozenset[str] | None:
+    return None if value is None else frozenset(value)
+
+
+@attrs.frozen
+class ServerConfig:
+    """A WebTransport server: where it listens, its certificate, who may connect.
+
+    ``allowed_origins=None`` accepts any origin (and a missing one, as non-browser clients
+    send none); otherwise a CONNECT whose ``origin`` header is not listed gets 403.
+    """
+
+    tls: TlsCredentials
+    host: str = "127.0.0.1"
+    port: int = 0
+    allowed_origins: frozenset[str] | None = attrs.field(default=None, converter=_origins)
+    limits: TransportLimits = TransportLimits()

@@ -1,0 +1,408 @@
+"""One QUIC connection: aioquic's sans-IO core driven by one trio task that owns its timer.
+
+The endpoint's reader feeds datagrams in (``receive`` then ``process_events``) and flushes
+each touched connection once per batch; application calls (stream writes, datagrams, closes)
+only mark the connection for a flush and wake its task, so writes made in one scheduling tick
+leave in one batch of packets.
+
+WebTransport data never goes through ``H3Connection``: stream prefixes are parsed here and
+WebTransport streams and datagrams are routed around it (see DESIGN section 10); HTTP/3 only
+sees control, QPACK and request streams (the CONNECT stream included).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+from aioquic._buffer import Buffer, BufferReadError
+from aioquic.buffer import size_uint_var
+from aioquic.h3 import events as h3e
+from aioquic.h3.connection import H3Connection
+from aioquic.h3.connection import ProtocolError as H3ProtocolError
+from aioquic.quic import events as qe
+from aioquic.quic.connection import (
+    NetworkAddress,
+    stream_is_unidirectional,
+)
+from aioquic.quic.packet import QuicErrorCode
+
+from ._config import TransportLimits
+from ._errors import SessionClosed
+from ._quic import CreditedQuicConnection
+from ._routing import route_h3, route_stream_data
+from ._session import WebTransportSession
+from ._streams import StreamState
+from ._wire import (
+    H3_REQUEST_CANCELLED,
+    WT_BUFFERED_STREAM_REJECTED,
+    stream_prefix,
+)
+
+if TYPE_CHECKING:
+    from ._endpoint import Endpoint
+
+# Bytes of a QUIC packet that a DATAGRAM frame's payload cannot use: first byte, the longest
+# connection ID (20), packet number (4), AEAD tag (16), frame type (1), length varint (2).
+DATAGRAM_PACKET_OVERHEAD = 44
+
+# Called with each HTTP/3 event of a request stream, and with None if the connection is lost.
+H3Handler = Callable[[h3e.H3Event | None], None]
+
+
+class Connection:
+    """Per-connection state. Its ``run`` task owns the timer and the sessions' tasks."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        quic: CreditedQuicConnection,
+        limits: TransportLimits,
+    ) -> None:
+        self.endpoint = endpoint
+        self.quic = quic
+        self.limits = limits
+        self.is_client: bool = quic.configuration.is_client
+        self.h3 = H3Connection(quic, enable_webtransport=True)
+        self.streams: dict[int, StreamState] = {}
+        self.sessions: dict[int, WebTransportSession] = {}
+        # Peer streams whose first bytes do not yet say what they are (<= 16 bytes each;
+        # their number is bounded by QUIC's stream limit).
+        self.pending_prefix: dict[int, bytes] = {}
+        # Peer streams we refused: their late events are swallowed until QUIC forgets them.
+        self.rejected: set[int] = set()
+        # Streams done on our side, dropped from ``streams`` once QUIC has discarded them.
+        self.sweep: set[StreamState] = set()
+        self.blocked_senders: set[StreamState] = set()
+        self.request_handlers: dict[int, H3Handler] = {}
+        self.on_session_request: Callable[[WebTransportSession], None] | None = None
+        self.cids: set[bytes] = set()
+        self.handshake_complete = trio.Event()
+        self.terminated = trio.Event()
+        self.settled = trio.Event()  # handshake completed or connection terminated
+        self.close_error_code = 0
+        self.close_reason = ""
+        self.datagrams_dropped = 0
+        self.nursery: trio.Nursery | None = None
+        self._spawn_queue: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._wake_scope: trio.CancelScope | None = None
+        self._flush_scheduled = False
+        self._timer_at: float | None = None
+        now = trio.current_time()
+        self._last_rx = now
+        self._last_ping = now
+        self._handshake_deadline = now + limits.handshake_timeout_s
+        self._dispatch: dict[type, Callable[[Any], None]] = {
+            qe.StreamDataReceived: self._on_stream_data,
+            qe.DatagramFrameReceived: self._on_datagram,
+            qe.StreamReset: self._on_stream_reset,
+            qe.StopSendingReceived: self._on_stop_sending,
+            qe.HandshakeCompleted: self._on_handshake_completed,
+            qe.ConnectionIdIssued: self._on_cid_issued,
+            qe.ConnectionIdRetired: self._on_cid_retired,
+            qe.ConnectionTerminated: self._on_terminated,
+        }
+        quic._dt_consumed = self._consumed_offset
+
+    # --- the connection task --------------------------------------------------------------
+    async def run(self) -> None:
+        """Own the connection: its timer, keepalive, handshake timeout and session tasks.
+
+        Returns when the connection has terminated. Cancelled (endpoint shutdown), it sends a
+        CONNECTION_CLOSE best-effort and cancels the sessions' tasks.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                for fn, args in self._spawn_queue:
+                    nursery.start_soon(fn, *args)
+                self._spawn_queue.clear()
+                await self._timer_loop()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.nursery = None
+            if not self.terminated.is_set():
+                self.quic.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase="shutdown")
+                self.flush()
+                self._terminate(QuicErrorCode.NO_ERROR, "shutdown")
+            self.endpoint.forget(self)
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Start a task owned by this connection (cancelled when the connection ends)."""
+        if self.nursery is not None:
+            self.nursery.start_soon(fn, *args)
+        elif not self.terminated.is_set():
+            self._spawn_queue.append((fn, args))
+
+    async def _timer_loop(self) -> None:
+        while not self.terminated.is_set():
+            with trio.CancelScope(deadline=self._deadline()) as scope:
+                self._wake_scope = scope
+                if self._flush_scheduled:
+                    await trio.lowlevel.checkpoint()
+                else:
+                    await trio.sleep_forever()
+            self._wake_scope = None
+            now = trio.current_time()
+            timer = self._timer_at
+            if timer is not None and now >= timer:
+                self.quic.handle_timer(now=now)
+            if not self.handshake_complete.is_set():
+                if now >= self._handshake_deadline:
+                    self.quic.close(
+                        error_code=QuicErrorCode.CONNECTION_REFUSED,
+                        reason_phrase="handshake timeout",
+                    )
+                    self._handshake_deadline = math.inf
+            elif self._keepalive_at() <= now:
+                self._last_ping = now
+                self.quic.send_ping(0)
+            self.process_events()
+            self.flush()
+
+    def _keepalive_at(self) -> float:
+        interval = self.limits.keepalive_interval_s
+        if interval is None:
+            return math.inf
+        return max(self._last_rx, self._last_ping) + interval
+
+    def _deadline(self) -> float:
+        timer = self._timer_at
+        deadline = math.inf if timer is None else timer
+        if not self.handshake_complete.is_set():
+            return min(deadline, self._handshake_deadline)
+        return min(deadline, self._keepalive_at())
+
+    # --- I/O, called by the endpoint and the application ----------------------------------
+    def receive(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        self._last_rx = now
+        self.quic.receive_datagram(data, addr, now=now)
+
+    def process_events(self) -> None:
+        next_event = self.quic.next_event
+        dispatch = self._dispatch
+        event = next_event()
+        while event is not None:
+            handler = dispatch.get(type(event))
+            if handler is not None:
+                handler(event)
+            event = next_event()
+        if self.blocked_senders:
+            for state in list(self.blocked_senders):
+                state.check_writable()
+
+    def flush(self) -> None:
+        """Send what aioquic has to send; re-arm the timer; forget streams QUIC discarded."""
+        self._flush_scheduled = False
+        send = self.endpoint.send
+        for data, addr in self.quic.datagrams_to_send(now=trio.current_time()):
+            send(data, addr)
+        if self.sweep:
+            quic_streams = self.quic._streams
+            for state in [s for s in self.sweep if s.stream_id not in quic_streams]:
+                self.sweep.discard(state)
+                if self.streams.get(state.stream_id) is state:
+                    del self.streams[state.stream_id]
+        if self.rejected:
+            self.rejected.intersection_update(self.quic._streams)
+        # Every change of aioquic's timer (receive, handle_timer, API calls) is followed by a
+        # flush, so computing it here once is enough (get_timer is not cheap).
+        self._timer_at = self.quic.get_timer()
+        if self._wake_scope is not None:
+            self._wake_scope.deadline = self._deadline()
+
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            if self._wake_scope is not None:
+                self._wake_scope.cancel()
+
+    def close(self, error_code: int = QuicErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Close the QUIC connection (CONNECTION_CLOSE); ``run`` returns once it is drained."""
+        if not self.terminated.is_set():
+            self.quic.close(error_code=error_code, reason_phrase=reason)
+            self.schedule_flush()
+
+    # --- QUIC operations used by streams and sessions -------------------------------------
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        try:
+            self.quic.send_stream_data(stream_id, data, end_stream)
+        except ValueError:
+            return  # the stream finished and was discarded: nothing left to send on
+        self.schedule_flush()
+
+    def reset_stream(self, stream_id: int, h3_code: int) -> None:
+        try:
+            self.quic.reset_stream(stream_id, h3_code)
+        except ValueError:
+            return
+        self.schedule_flush()
+
+    def stop_stream(self, stream_id: int, h3_code: int) -> None:
+        try:
+            self.quic.stop_stream(stream_id, h3_code)
+        except ValueError:
+            return  # unknown or already discarded
+        self.schedule_flush()
+
+    def unacked(self, stream_id: int) -> int:
+        stream = self.quic._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return int(sender._buffer_stop - sender._buffer_start)
+
+    def on_consumed(self, stream_id: int, consumed: int) -> None:
+        stream = self.quic._streams.get(stream_id)
+        window = self.limits.stream_receive_window
+        if stream is not None and consumed + window - stream.max_stream_data_local >= window // 2:
+            self.schedule_flush()  # a MAX_STREAM_DATA is due (see _quic.py)
+
+    def _consumed_offset(self, stream_id: int) -> int | None:
+        state = self.streams.get(stream_id)
+        if state is not None:
+            return state.consumed
+        return 0 if stream_id in self.rejected else None
+
+    def stream_half_done(self, state: StreamState) -> None:
+        if (state.send_closed or state.send_error is not None) and (
+            state.recv_closed or state.recv_finished
+        ):
+            state.session.forget_stream(state)
+            self.sweep.add(state)
+
+    def open_stream(self, session: WebTransportSession, unidirectional: bool) -> StreamState:
+        stream_id = self.quic.get_next_available_stream_id(is_unidirectional=unidirectional)
+        self.quic.send_stream_data(stream_id, stream_prefix(session.session_id, unidirectional))
+        state = StreamState(
+            self, session, stream_id, readable=not unidirectional, writable=True, consumed=0
+        )
+        self.streams[stream_id] = state
+        self.schedule_flush()
+        return state
+
+    def max_datagram_payload(self, session_id: int) -> int:
+        remote = self.quic._remote_max_datagram_frame_size
+        if remote is None:
+            return 0
+        by_packet = self.limits.packet_size - DATAGRAM_PACKET_OVERHEAD
+        by_peer = remote - 1 - 8  # frame type and the longest length varint
+        return max(0, min(by_packet, by_peer) - size_uint_var(session_id // 4))
+
+    def queue_datagram(self, payload: bytes) -> None:
+        # aioquic's queue is unbounded: keep it at most datagram_queue_size, dropping oldest.
+        pending = self.quic._datagrams_pending
+        while len(pending) >= self.limits.datagram_queue_size:
+            pending.popleft()
+            self.datagrams_dropped += 1
+        pending.append(payload)
+        self.schedule_flush()
+
+    def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+        self.h3.send_headers(stream_id, headers, end_stream=end)
+        self.schedule_flush()
+
+    def send_data(self, stream_id: int, data: bytes, end: bool) -> None:
+        # H3Connection would re-create state for a stream it has forgotten (and leak it).
+        if stream_id not in self.h3._stream:
+            return
+        try:
+            self.h3.send_data(stream_id, data, end_stream=end)
+        except (H3ProtocolError, ValueError):
+            return  # our side already ended, or QUIC discarded the stream: nothing to send
+        self.schedule_flush()
+
+    def abandon_request(self, stream_id: int) -> None:
+        """Give up a request stream (CONNECT or plain): reset it and forget it everywhere."""
+        self.request_handlers.pop(stream_id, None)
+        self.reset_stream(stream_id, H3_REQUEST_CANCELLED)
+        self.stop_stream(stream_id, H3_REQUEST_CANCELLED)
+        self.h3._stream.pop(stream_id, None)
+
+    def reject_peer_stream(self, stream_id: int, fin: bool) -> None:
+        self.rejected.add(stream_id)
+        if not fin:
+            self.stop_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
+        if not stream_is_unidirectional(stream_id):
+            self.reset_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
+
+    def forget_session(self, session: WebTransportSession) -> None:
+        if self.sessions.get(session.session_id) is session:
+            del self.sessions[session.session_id]
+
+    # --- QUIC event handlers --------------------------------------------------------------
+    def _on_stream_data(self, event: qe.StreamDataReceived) -> None:
+        route_stream_data(self, event)
+
+    def _on_stream_reset(self, event: qe.StreamReset) -> None:
+        stream_id = event.stream_id
+        state = self.streams.get(stream_id)
+        if state is not None:
+            state.on_reset(event.error_code)
+        elif stream_id in self.rejected:
+            return
+        elif self.pending_prefix.pop(stream_id, None) is not None:
+            self.reject_peer_stream(stream_id, fin=True)
+        else:
+            self._to_h3(event)
+            session = self.sessions.get(stream_id)
+            if session is not None:
+                session.on_connect_stream_gone()
+
+    def _on_stop_sending(self, event: qe.StopSendingReceived) -> None:
+        state = self.streams.get(event.stream_id)
+        if state is not None:
+            state.on_stop_sending(event.error_code)
+        elif event.stream_id not in self.rejected:
+            self._to_h3(event)
+            session = self.sessions.get(event.stream_id)
+            if session is not None:
+                session.on_connect_stream_gone()
+
+    def _on_datagram(self, event: qe.DatagramFrameReceived) -> None:
+        buf = Buffer(data=event.data)
+        try:
+            quarter = buf.pull_uint_var()
+        except BufferReadError:
+            return  # malformed: dropped
+        session = self.sessions.get(quarter * 4)
+        if session is not None:
+            session.on_datagram(event.data[buf.tell() :])
+
+    def _on_handshake_completed(self, event: qe.HandshakeCompleted) -> None:
+        self.handshake_complete.set()
+        self.settled.set()
+        self.endpoint.handshake_done(self)
+
+    def _on_cid_issued(self, event: qe.ConnectionIdIssued) -> None:
+        self.endpoint.add_cid(event.connection_id, self)
+
+    def _on_cid_retired(self, event: qe.ConnectionIdRetired) -> None:
+        self.endpoint.remove_cid(event.connection_id, self)
+
+    def _on_terminated(self, event: qe.ConnectionTerminated) -> None:
+        self._terminate(event.error_code, event.reason_phrase)
+
+    def _terminate(self, error_code: int, reason: str) -> None:
+        if self.terminated.is_set():
+            return
+        self.close_error_code = error_code
+        self.close_reason = reason
+        self.terminated.set()
+        self.settled.set()
+        error = SessionClosed(0, "", message=f"connection closed: {reason or error_code}")
+        for session in list(self.sessions.values()):
+            session.on_connection_lost(error)
+        for handler in list(self.request_handlers.values()):
+            handler(None)
+        self.request_handlers.clear()
+        self.pending_prefix.clear()
+        self.blocked_senders.clear()
+        self.endpoint.forget(self)
+        if self._wake_scope is not None:
+            self._wake_scope.cancel()
+
+    def _to_h3(self, event: qe.QuicEvent) -> None:
+        route_h3(self, event)

@@ -1,0 +1,218 @@
+"""One UDP socket, many QUIC connections: batch reads, dispatch by connection ID, limits.
+
+The reader task reads up to RECEIVE_BATCH datagrams per wake-up, hands each to its connection
+(found by destination connection ID; issued and retired IDs are tracked), then processes the
+touched connections' events and flushes each of them once. A server endpoint creates
+connections for new Initial packets within its limits and answers unknown versions with
+Version Negotiation; a client endpoint uses the same code with connections it creates.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+import trio
+from aioquic._buffer import Buffer
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.connection import NetworkAddress
+from aioquic.quic.packet import (
+    QuicPacketType,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+
+from ._config import MAX_UDP_PAYLOAD, RECEIVE_BATCH, TransportLimits
+from ._connection import Connection
+from ._quic import CreditedQuicConnection
+
+
+def make_udp_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Endpoint:
+    """A UDP socket and the QUIC connections on it. ``run`` owns the reader and connections."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        limits: TransportLimits,
+        *,
+        server_configuration: QuicConfiguration | None = None,
+        on_connection: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self._sock = sock
+        self.limits = limits
+        self._server_configuration = server_configuration
+        self._on_connection = on_connection
+        self.by_cid: dict[bytes, Connection] = {}
+        self.connections: set[Connection] = set()
+        self.handshaking: set[Connection] = set()
+        self.refused_connections = 0
+        self.send_errors = 0
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Own the socket, the reader and every connection's task; report the bound address.
+
+        Cancelled, every connection sends a CONNECTION_CLOSE best-effort and the socket is
+        closed. Raises OSError from the socket.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started(self.local_address)
+                await self._read_loop()
+        finally:
+            self._nursery = None
+            self._closed = True
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
+
+    # --- connections ----------------------------------------------------------------------
+    def connect(self, addr: NetworkAddress, configuration: QuicConfiguration) -> Connection:
+        """Start a client connection to ``addr``; its task runs in this endpoint's nursery."""
+        assert self._nursery is not None, "the endpoint is not running"
+        quic = CreditedQuicConnection(
+            configuration=configuration,
+            consumed=lambda _sid: None,
+            window=self.limits.stream_receive_window,
+        )
+        conn = self._adopt(quic)
+        quic.connect(addr, now=trio.current_time())
+        conn.flush()
+        return conn
+
+    def _adopt(self, quic: CreditedQuicConnection, *cids: bytes) -> Connection:
+        assert self._nursery is not None
+        conn = Connection(self, quic, self.limits)
+        self.connections.add(conn)
+        self.handshaking.add(conn)
+        for cid in (*cids, quic.host_cid):
+            self.add_cid(cid, conn)
+        if self._on_connection is not None:
+            self._on_connection(conn)
+        self._nursery.start_soon(conn.run)
+        return conn
+
+    def add_cid(self, cid: bytes, conn: Connection) -> None:
+        self.by_cid[cid] = conn
+        conn.cids.add(cid)
+
+    def remove_cid(self, cid: bytes, conn: Connection) -> None:
+        if self.by_cid.get(cid) is conn:
+            del self.by_cid[cid]
+        conn.cids.discard(cid)
+
+    def handshake_done(self, conn: Connection) -> None:
+        self.handshaking.discard(conn)
+
+    def forget(self, conn: Connection) -> None:
+        for cid in conn.cids:
+            if self.by_cid.get(cid) is conn:
+                del self.by_cid[cid]
+        conn.cids.clear()
+        self.connections.discard(conn)
+        self.handshaking.discard(conn)
+
+    # --- I/O ------------------------------------------------------------------------------
+    def send(self, data: bytes, addr: NetworkAddress) -> None:
+        if self._closed:
+            return
+        try:
+            self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            # The kernel's buffer is full: dropped like a lost packet, QUIC retransmits.
+            self.send_errors += 1
+        except OSError:
+            self.send_errors += 1  # unreachable peer etc.: the connection will time out
+
+    async def _read_loop(self) -> None:
+        sock = self._sock
+        recvfrom = sock.recvfrom
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            now = trio.current_time()
+            touched: dict[Connection, None] = {}
+            for _ in range(RECEIVE_BATCH):
+                try:
+                    data, addr = recvfrom(MAX_UDP_PAYLOAD)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue  # e.g. ICMP port unreachable reported on the socket
+                conn = self._dispatch(data, addr, now)
+                if conn is not None:
+                    touched[conn] = None
+            for conn in touched:
+                conn.process_events()
+                conn.flush()
+
+    def _dispatch(self, data: bytes, addr: NetworkAddress, now: float) -> Connection | None:
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=8)
+        except ValueError:
+            return None
+        conn = self.by_cid.get(header.destination_cid)
+        if conn is None:
+            conn = self._maybe_accept(data, header, addr)
+            if conn is None:
+                return None
+        conn.receive(data, addr, now)
+        return conn
+
+    def _maybe_accept(self, data: bytes, header: object, addr: NetworkAddress) -> Connection | None:
+        config = self._server_configuration
+        if config is None:
+            return None
+        packet_type = getattr(header, "packet_type", None)
+        version = getattr(header, "version", None)
+        dcid: bytes = getattr(header, "destination_cid", b"")
+        scid: bytes = getattr(header, "source_cid", b"")
+        if (
+            packet_type != QuicPacketType.VERSION_NEGOTIATION
+            and version is not None
+            and version not in config.supported_versions
+        ):
+            # Never answer a Version Negotiation packet (reflection loops).
+            self.send(
+                encode_quic_version_negotiation(
+                    source_cid=dcid,
+                    destination_cid=scid,
+                    supported_versions=config.supported_versions,
+                ),
+                addr,
+            )
+            return None
+        if packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+            return None
+        if (
+            len(self.connections) >= self.limits.max_connections
+            or len(self.handshaking) >= self.limits.max_handshakes_in_progress
+        ):
+            self.refused_connections += 1
+            return None
+        quic = CreditedQuicConnection(
+            configuration=config,
+            original_destination_connection_id=dcid,
+            consumed=lambda _sid: None,
+            window=self.limits.stream_receive_window,
+        )
+        return self._adopt(quic, dcid)

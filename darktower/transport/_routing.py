@@ -1,0 +1,98 @@
+"""Routing of stream data around and through H3Connection (DESIGN section 10).
+
+Peer streams are classified by their first bytes: WebTransport streams (uni type 0x54, bidi
+frame 0x41, then the session ID) go to our stream objects and are never parsed as HTTP/3;
+everything else (control, QPACK, request streams) goes to H3Connection, whose events for
+the CONNECT streams and plain requests are dispatched here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aioquic.h3 import events as h3e
+from aioquic.quic import events as qe
+from aioquic.quic.connection import stream_is_client_initiated, stream_is_unidirectional
+
+from ._session import WebTransportSession, parse_connect
+from ._streams import StreamState
+from ._wire import PrefixKind, parse_prefix
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+
+
+def route_stream_data(conn: Connection, event: qe.StreamDataReceived) -> None:
+    stream_id = event.stream_id
+    state = conn.streams.get(stream_id)
+    if state is not None:
+        state.on_data(event.data, event.end_stream)
+        return
+    if stream_id in conn.rejected:
+        return
+    if stream_id in conn.h3._stream or stream_is_client_initiated(stream_id) == conn.is_client:
+        route_h3(conn, event)
+        return
+    data = conn.pending_prefix.pop(stream_id, b"") + event.data
+    uni = stream_is_unidirectional(stream_id)
+    kind, session_id, length = parse_prefix(data, uni)
+    if kind is PrefixKind.INCOMPLETE:
+        if event.end_stream:
+            conn.reject_peer_stream(stream_id, fin=True)
+        else:
+            conn.pending_prefix[stream_id] = data
+    elif kind is PrefixKind.OTHER:
+        route_h3(
+            conn, qe.StreamDataReceived(data=data, end_stream=event.end_stream, stream_id=stream_id)
+        )
+    else:
+        _new_peer_stream(conn, stream_id, session_id, length, data[length:], event.end_stream)
+
+
+def _new_peer_stream(
+    conn: Connection, stream_id: int, session_id: int, prefix: int, data: bytes, fin: bool
+) -> None:
+    session = conn.sessions.get(session_id)
+    uni = stream_is_unidirectional(stream_id)
+    if session is None or not session.can_take_stream():
+        conn.reject_peer_stream(stream_id, fin)
+        return
+    state = StreamState(conn, session, stream_id, readable=True, writable=not uni, consumed=prefix)
+    conn.streams[stream_id] = state
+    session.offer_stream(state)
+    state.on_data(data, fin)
+
+
+def route_h3(conn: Connection, event: qe.QuicEvent) -> None:
+    for h3_event in conn.h3.handle_event(event):
+        stream_id = getattr(h3_event, "stream_id", None)
+        if stream_id is None:
+            continue
+        handler = conn.request_handlers.get(stream_id)
+        if handler is not None:
+            handler(h3_event)
+            continue
+        session = conn.sessions.get(stream_id)
+        if session is not None:
+            if isinstance(h3_event, h3e.DataReceived):
+                session.on_connect_stream_data(h3_event.data, h3_event.stream_ended)
+            continue
+        if isinstance(h3_event, h3e.HeadersReceived) and not conn.is_client:
+            _on_request(conn, h3_event)
+
+
+def _on_request(conn: Connection, event: h3e.HeadersReceived) -> None:
+    request = parse_connect(event.headers)
+    if request is None:
+        # Not an extended CONNECT: this endpoint serves WebTransport only.
+        conn.send_headers(event.stream_id, [(b":status", b"404")], True)
+        return
+    if len(conn.sessions) >= conn.limits.max_sessions_per_connection:
+        conn.send_headers(event.stream_id, [(b":status", b"429")], True)
+        return
+    session = WebTransportSession(conn, event.stream_id, request)
+    conn.sessions[event.stream_id] = session
+    if conn.on_session_request is None:
+        session.reject(404)
+    else:
+        conn.on_session_request(session)

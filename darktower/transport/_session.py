@@ -1,0 +1,345 @@
+"""A WebTransport session: streams, datagrams, close with a code and reason."""
+
+from __future__ import annotations
+
+import collections
+import enum
+import urllib.parse
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+from aioquic.buffer import encode_uint_var
+
+from ._errors import DatagramTooLarge, SessionClosed, StreamLimitExceeded
+from ._streams import (
+    IncomingStream,
+    StreamState,
+    WebTransportReceiveStream,
+    WebTransportSendStream,
+    WebTransportStream,
+)
+from ._wire import (
+    CAPSULE_CLOSE_SESSION,
+    H3_NO_ERROR,
+    CapsuleError,
+    CapsuleParser,
+    decode_close,
+    encode_close,
+)
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+
+
+@attrs.frozen
+class ConnectRequest:
+    """The extended CONNECT that opened a session, as the server received it."""
+
+    path: str
+    query: Mapping[str, str]
+    authority: str
+    origin: str | None
+    headers: tuple[tuple[str, str], ...]
+
+
+def parse_connect(headers: list[tuple[bytes, bytes]]) -> ConnectRequest | None:
+    """The request of a WebTransport extended CONNECT, or None for any other request."""
+    pseudo: dict[bytes, bytes] = {}
+    plain: list[tuple[str, str]] = []
+    for name, value in headers:
+        if name.startswith(b":"):
+            pseudo[name] = value
+        else:
+            plain.append((name.decode("latin-1"), value.decode("latin-1")))
+    if pseudo.get(b":method") != b"CONNECT" or pseudo.get(b":protocol") != b"webtransport":
+        return None
+    target = urllib.parse.urlsplit(pseudo.get(b":path", b"/").decode("latin-1"))
+    origin = next((v for k, v in plain if k == "origin"), None)
+    return ConnectRequest(
+        path=target.path,
+        query=dict(urllib.parse.parse_qsl(target.query)),
+        authority=pseudo.get(b":authority", b"").decode("latin-1"),
+        origin=origin,
+        headers=tuple(plain),
+    )
+
+
+class SessionState(enum.Enum):
+    PENDING = enum.auto()  # CONNECT sent or received, not answered yet
+    OPEN = enum.auto()
+    CLOSED = enum.auto()
+
+
+class WebTransportSession:
+    """One WebTransport session over a QUIC connection (server or client side).
+
+    Buffers are bounded: incoming streams wait in an accept queue of ``accept_queue_size``
+    (a stream beyond it, or beyond ``max_streams_per_session`` open streams, is rejected with
+    a reset); incoming datagrams in a queue of ``datagram_queue_size`` that drops the oldest.
+    """
+
+    def __init__(self, conn: Connection, session_id: int, request: ConnectRequest) -> None:
+        self._conn = conn
+        self.session_id = session_id
+        self.request = request
+        self.state = SessionState.PENDING
+        self._limits = conn.limits
+        self._streams: set[StreamState] = set()
+        self._incoming: collections.deque[IncomingStream] = collections.deque()
+        self._incoming_wait: trio.Event | None = None
+        self._datagrams: collections.deque[bytes] = collections.deque()
+        self._datagram_wait: trio.Event | None = None
+        self._datagram_prefix = encode_uint_var(session_id // 4)
+        self._capsules = CapsuleParser()
+        self._closed = trio.Event()
+        self._error: BaseException | None = None
+        self._connect_ended = False  # the peer's side of the CONNECT stream is finished
+        self.peer_close_code: int | None = None
+        self.peer_close_reason: str | None = None
+        self.local_close_code: int | None = None
+        self.datagrams_dropped = 0
+        # Set by the server: the scope of the handler's nursery, cancelled when the session ends.
+        self.cancel_scope: trio.CancelScope | None = None
+
+    # --- request --------------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        return self.request.path
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        return self.request.query
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return self.request.headers
+
+    @property
+    def origin(self) -> str | None:
+        return self.request.origin
+
+    @property
+    def is_closed(self) -> bool:
+        return self.state is SessionState.CLOSED
+
+    @property
+    def open_stream_count(self) -> int:
+        return len(self._streams)
+
+    # --- streams --------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.state is SessionState.CLOSED:
+            if self._error is not None:
+                raise self._error
+            raise trio.ClosedResourceError("session closed")
+        if self.state is SessionState.PENDING:
+            raise trio.ClosedResourceError("session not accepted yet")
+
+    def _new_local_stream(self, unidirectional: bool) -> StreamState:
+        self._check_open()
+        if len(self._streams) >= self._limits.max_streams_per_session:
+            raise StreamLimitExceeded(
+                f"session has {len(self._streams)} open streams (limit reached)"
+            )
+        state = self._conn.open_stream(self, unidirectional)
+        self._streams.add(state)
+        return state
+
+    async def open_bidirectional_stream(self) -> WebTransportStream:
+        """Open a bidirectional stream. Raises StreamLimitExceeded, SessionClosed."""
+        await trio.lowlevel.checkpoint()
+        return WebTransportStream(self._new_local_stream(False))
+
+    async def open_unidirectional_stream(self) -> WebTransportSendStream:
+        """Open a unidirectional (send-only) stream. Raises StreamLimitExceeded, SessionClosed."""
+        await trio.lowlevel.checkpoint()
+        return WebTransportSendStream(self._new_local_stream(True))
+
+    async def accept_stream(self) -> IncomingStream:
+        """Wait for the next stream the peer opened. Raises SessionClosed once the session ends."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._incoming:
+            self._check_open_or_pending()
+            self._incoming_wait = event = trio.Event()
+            try:
+                await event.wait()
+            finally:
+                self._incoming_wait = None
+        stream = self._incoming.popleft()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return stream
+
+    def _check_open_or_pending(self) -> None:
+        if self.state is SessionState.CLOSED:
+            self._check_open()
+
+    # --- datagrams ------------------------------------------------------------------------
+    @property
+    def max_datagram_size(self) -> int:
+        """The largest datagram payload that fits in one QUIC packet to this peer."""
+        return self._conn.max_datagram_payload(self.session_id)
+
+    def send_datagram(self, data: bytes) -> None:
+        """Queue a datagram; never blocks. When the send queue is full the oldest queued datagram
+        is dropped (counted on the connection). Raises DatagramTooLarge if it cannot fit in one
+        packet, SessionClosed / ClosedResourceError once the session ended."""
+        self._check_open()
+        limit = self.max_datagram_size
+        if len(data) > limit:
+            raise DatagramTooLarge(len(data), limit)
+        self._conn.queue_datagram(self._datagram_prefix + data)
+
+    async def receive_datagram(self) -> bytes:
+        """Wait for the next datagram. Raises SessionClosed once the session ends."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._datagrams:
+            self._check_open_or_pending()
+            self._datagram_wait = event = trio.Event()
+            try:
+                await event.wait()
+            finally:
+                self._datagram_wait = None
+        data = self._datagrams.popleft()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+
+    # --- close ----------------------------------------------------------------------------
+    async def close(self, code: int = 0, reason: str = "") -> None:
+        """Close the session: CLOSE_WEBTRANSPORT_SESSION capsule with ``code`` and ``reason``,
+        every stream reset. Idempotent; completes even when cancelled (nothing waits)."""
+        self.close_nowait(code, reason)
+        await trio.lowlevel.checkpoint()
+
+    def close_nowait(self, code: int = 0, reason: str = "") -> None:
+        if self.state is SessionState.CLOSED:
+            return
+        if self.state is SessionState.OPEN:
+            self._conn.send_data(self.session_id, encode_close(code, reason), True)
+        self.local_close_code = code
+        # We closed it: further use is a ClosedResourceError, not a broken session.
+        self._finish(trio.ClosedResourceError(f"session closed locally (code {code})"))
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # --- called by the connection / server --------------------------------------------------
+    def accept(self) -> None:
+        if self.state is SessionState.PENDING:
+            self.state = SessionState.OPEN
+            self._conn.send_headers(
+                self.session_id,
+                [(b":status", b"200"), (b"sec-webtransport-http3-draft", b"draft02")],
+                False,
+            )
+
+    def reject(self, status: int) -> None:
+        if self.state is SessionState.PENDING:
+            self._conn.send_headers(self.session_id, [(b":status", str(status).encode())], True)
+            # Ask the peer to end its side too, so the CONNECT stream does not linger.
+            self._conn.stop_stream(self.session_id, H3_NO_ERROR)
+            self._finish(SessionClosed(0, "", message=f"session rejected with {status}"))
+
+    def reject_answered(self) -> None:
+        """Client: the server refused the CONNECT; end our side of the stream."""
+        if self.state is SessionState.PENDING:
+            self._conn.send_data(self.session_id, b"", True)
+            self._finish(SessionClosed(0, "", message="session refused"))
+
+    def check_usable(self) -> None:
+        """Raise the session's error if it is closed."""
+        if self.state is SessionState.CLOSED:
+            self._check_open()
+
+    def opened(self) -> None:
+        """Client: the server answered 200."""
+        if self.state is SessionState.PENDING:
+            self.state = SessionState.OPEN
+
+    def can_take_stream(self) -> bool:
+        return (
+            self.state is not SessionState.CLOSED
+            and len(self._streams) < self._limits.max_streams_per_session
+            and len(self._incoming) < self._limits.accept_queue_size
+        )
+
+    def offer_stream(self, state: StreamState) -> None:
+        self._streams.add(state)
+        if state.send_closed:
+            self._incoming.append(WebTransportReceiveStream(state))
+        else:
+            self._incoming.append(WebTransportStream(state))
+        if self._incoming_wait is not None:
+            self._incoming_wait.set()
+
+    def forget_stream(self, state: StreamState) -> None:
+        self._streams.discard(state)
+
+    def on_datagram(self, data: bytes) -> None:
+        if self.state is not SessionState.OPEN:
+            return
+        if len(self._datagrams) >= self._limits.datagram_queue_size:
+            self._datagrams.popleft()
+            self.datagrams_dropped += 1
+        self._datagrams.append(data)
+        if self._datagram_wait is not None:
+            self._datagram_wait.set()
+
+    def on_connect_stream_data(self, data: bytes, ended: bool) -> None:
+        try:
+            capsules = self._capsules.feed(data) if data else []
+        except CapsuleError:
+            self.close_nowait(1, "malformed capsule")
+            return
+        for capsule in capsules:
+            if capsule.type == CAPSULE_CLOSE_SESSION and self.state is not SessionState.CLOSED:
+                try:
+                    code, reason = decode_close(capsule.value)
+                except CapsuleError:
+                    code, reason = 0, ""
+                self._peer_closed(code, reason)
+        if ended:
+            self._connect_ended = True
+            self._peer_closed(0, "")
+
+    def on_connect_stream_gone(self) -> None:
+        self._connect_ended = True
+        self._peer_closed(0, "")
+
+    def on_connection_lost(self, error: SessionClosed) -> None:
+        self._connect_ended = True
+        self._finish(error)
+
+    def _peer_closed(self, code: int, reason: str) -> None:
+        if self.state is SessionState.CLOSED:
+            if self._connect_ended:
+                self._conn.forget_session(self)
+            return
+        self.peer_close_code = code
+        self.peer_close_reason = reason
+        # Our answer: end our side of the CONNECT stream too.
+        self._conn.send_data(self.session_id, b"", True)
+        self._finish(SessionClosed(code, reason, message="session closed by peer"))
+
+    def _finish(self, error: BaseException) -> None:
+        self.state = SessionState.CLOSED
+        self._error = error
+        # Cancel the handler first: its blocked tasks then see Cancelled, not the error below.
+        if self.cancel_scope is not None:
+            self.cancel_scope.cancel()
+        for state in list(self._streams):
+            state.on_session_gone(error)
+        self._streams.clear()
+        # Streams never accepted are dropped with their session.
+        self._incoming.clear()
+        self._datagrams.clear()
+        if self._incoming_wait is not None:
+            self._incoming_wait.set()
+        if self._datagram_wait is not None:
+            self._datagram_wait.set()
+        self._closed.set()
+        # Keep routing CONNECT-stream events to us until the peer has finished it, so its FIN is
+        # consumed here and not taken for a new request.
+        if self._connect_ended or self._conn.terminated.is_set():
+            self._conn.forget_session(self)

@@ -1,0 +1,56 @@
+"""QuicConfiguration for both ends: HTTP/3 ALPN, datagrams, our limits, TLS material."""
+
+from __future__ import annotations
+
+import ssl
+
+from aioquic.quic.configuration import QuicConfiguration
+
+from ._certs import TlsCredentials, certificate_sha256
+from ._config import TransportLimits
+from ._errors import ConnectFailed
+
+# Initial connection-level credit, in stream windows. aioquic doubles it as it is used; what is
+# actually buffered stays bounded by the per-stream windows times the open streams.
+CONNECTION_WINDOW_STREAMS = 16
+
+
+def quic_configuration(
+    limits: TransportLimits,
+    *,
+    is_client: bool,
+    tls: TlsCredentials | None = None,
+    server_name: str | None = None,
+    cafile: str | None = None,
+    verify: bool = True,
+) -> QuicConfiguration:
+    config = QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=["h3"],
+        # Without it a browser opens the session but its datagrams vanish (DESIGN section 10).
+        max_datagram_frame_size=limits.max_datagram_frame_size,
+        idle_timeout=limits.idle_timeout_s,
+        max_datagram_size=limits.packet_size,
+        max_stream_data=limits.stream_receive_window,
+        max_data=limits.stream_receive_window * CONNECTION_WINDOW_STREAMS,
+        server_name=server_name,
+    )
+    if tls is not None:
+        config.certificate = tls.certificate()
+        config.certificate_chain = tls.chain()
+        config.private_key = tls.private_key()
+    if is_client:
+        if cafile is not None:
+            config.load_verify_locations(cafile=cafile)
+        if not verify:
+            config.verify_mode = ssl.CERT_NONE
+    return config
+
+
+def check_pinned_certificate(peer_certificate: object, hashes: list[bytes]) -> None:
+    """Raise ConnectFailed unless the server's certificate has one of the pinned SHA-256s."""
+    if peer_certificate is None:
+        raise ConnectFailed("the server presented no certificate")
+    digest = certificate_sha256(peer_certificate)  # type: ignore[arg-type]
+    if digest not in hashes:
+        raise ConnectFailed("the server certificate matches none of the pinned hashes")
