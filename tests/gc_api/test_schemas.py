@@ -59,7 +59,9 @@ def test_token_request() -> None:
     body = _b({"grant_type": "client_credentials", "client_id": "a", "client_secret": "b"})
     assert schemas.token_request(body) == schemas.TokenRequest("a", "b")
     with pytest.raises(InvalidRequest, match="grant_type"):
-        schemas.token_request(_b({"grant_type": "password", "client_id": "a", "client_secret": "b"}))
+        schemas.token_request(
+            _b({"grant_type": "password", "client_id": "a", "client_secret": "b"})
+        )
     with pytest.raises(InvalidRequest, match="client_secret"):
         schemas.token_request(_b({"grant_type": "client_credentials", "client_id": "a"}))
 
