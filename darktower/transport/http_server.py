@@ -58,6 +58,19 @@ def bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
     raise OSError(errno.EADDRINUSE, f"no port free on both TCP and UDP at {host}")
 
 
+def bind_plain_http(port: int) -> socket.socket:
+    """A TCP socket on 127.0.0.1 only (never another address) for the development page."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
 class _TrackingQuicProtocol(QuicProtocol):
     """Sets ``idle_event`` when the last connection is gone, so shutdown need not poll."""
 
@@ -146,6 +159,7 @@ async def serve_http(
     keyfile: str,
     shutdown: trio.Event,
     graceful_timeout_s: float = 5.0,
+    plain_http_socket: socket.socket | None = None,
     configure: Callable[[Config], None] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -155,6 +169,11 @@ async def serve_http(
     requests in flight finish within ``graceful_timeout_s``; QUIC connections are closed at
     once (``H3_NO_ERROR``). Cancellation stops everything at once. Both sockets are closed on
     every exit path.
+
+    ``plain_http_socket`` (development only: see :func:`bind_plain_http`) also serves the app
+    over plain HTTP/1.1: a page from ``http://127.0.0.1`` is a secure context for browsers,
+    so the browser client works without trusting the self-signed certificate. This function
+    takes ownership of it and closes it on exit.
     """
     wrapped = ASGIWrapper(app)
     tcp, udp = bind_pair(host, port)
@@ -171,6 +190,9 @@ async def serve_http(
     if configure is not None:
         configure(config)
     tcp.listen(config.backlog)
+    plain = [plain_http_socket] if plain_http_socket is not None else []
+    for sock in plain:
+        sock.listen(config.backlog)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(
@@ -178,7 +200,7 @@ async def serve_http(
                     worker_serve,
                     wrapped,
                     config,
-                    sockets=Sockets([tcp], [], []),
+                    sockets=Sockets([tcp], plain, []),
                     shutdown_trigger=shutdown.wait,
                 )
             )
@@ -188,3 +210,5 @@ async def serve_http(
     finally:
         tcp.close()
         udp.close()
+        for sock in plain:
+            sock.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import ipaddress
 import pathlib
 import socket
@@ -16,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from quart_trio import QuartTrio
 
-from darktower.transport.http_server import serve_http
+from darktower.transport import open_http3_client
+from darktower.transport.http_server import bind_plain_http, serve_http
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,8 @@ def _port_free(kind: int, port: int) -> bool:
 async def test_serves_tls_with_alt_svc_and_shuts_down_promptly(cert_files: tuple[str, str]) -> None:
     certfile, keyfile = cert_files
     shutdown = trio.Event()
+    plain = bind_plain_http(0)
+    plain_port = plain.getsockname()[1]
     async with trio.open_nursery() as nursery:
         port = await nursery.start(
             lambda task_status: serve_http(
@@ -89,6 +93,7 @@ async def test_serves_tls_with_alt_svc_and_shuts_down_promptly(cert_files: tuple
                 keyfile=keyfile,
                 shutdown=shutdown,
                 graceful_timeout_s=30,
+                plain_http_socket=plain,
                 task_status=task_status,
             )
         )
@@ -96,9 +101,18 @@ async def test_serves_tls_with_alt_svc_and_shuts_down_promptly(cert_files: tuple
         assert response.status_code == 200
         assert response.json() == {"pong": "yes"}
         assert f'h3=":{port}"' in response.headers["alt-svc"]
+        plain_response = await trio.to_thread.run_sync(
+            lambda: httpx.get(f"http://127.0.0.1:{plain_port}/ping")
+        )
+        assert plain_response.json() == {"pong": "yes"}
+        async with open_http3_client(f"https://127.0.0.1:{port}", verify=False) as h3:
+            h3_response = await h3.request("GET", "/ping")
+        assert h3_response.status == 200
+        assert json.loads(h3_response.body) == {"pong": "yes"}
         started = trio.current_time()
         shutdown.set()
     # Without our QUIC server, hypercorn would hold shutdown for graceful_timeout (30 s).
     assert trio.current_time() - started < 5
     assert _port_free(socket.SOCK_STREAM, port)
     assert _port_free(socket.SOCK_DGRAM, port)
+    assert _port_free(socket.SOCK_STREAM, plain_port)
