@@ -1,0 +1,398 @@
+"""The Media Handler service object: the MediaControl RPCs, rooms and members.
+
+Task ownership (DESIGN §6)::
+
+    TaskTree (the service's)
+    └── room scope (one per meeting; its body expires stale registrations)
+        └── participant scope (one per media connection; its body accepts streams)
+            ├── "pub:<n>"            one per published QUIC stream: decode → route
+            └── "sub:<stream id>"    one per subscription: queue → a uni stream to the client
+
+The media plane (connections, publish and subscription tasks) is :class:`MediaPlane`.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+
+from darktower.errors import (
+    CapacityExceeded,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+)
+from darktower.model import LeaveReason, MeetingId, ParticipantId, StreamId, StreamType
+from darktower.nurseries import Meeting, TaskTree
+from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
+from darktower.protocol.tokens import ConnectionTokenAuthority
+
+from ._budget import ByteBudget
+from ._limits import REGISTRATION_SWEEP_S
+from ._plane import MediaPlane
+from ._room import (
+    Member,
+    Publication,
+    Room,
+    RouteOptions,
+    parse_stream_id,
+)
+from ._settings import Settings
+from ._simulcast import Layer
+from ._stats import StreamStats
+from ._telemetry import MediaMetrics, TelemetryHub
+
+
+class MediaHandler(MediaPlane):
+    """Rooms, members and routing of one MH process, on a running :class:`TaskTree`.
+
+    The MediaControl methods (``register_participant``, ``route_media``,
+    ``remove_participant``, ``telemetry``), and ``authorize``/``handle_session`` for the
+    ``/v1/media`` route, are called by the service's servers; every task they start is owned by
+    the tree (rooms, participants, streams).
+    """
+
+    def __init__(
+        self,
+        tree: TaskTree,
+        settings: Settings,
+        metrics: MediaMetrics,
+        *,
+        media_url: str = "",
+        authority: ConnectionTokenAuthority | None = None,
+    ) -> None:
+        self.tree = tree
+        self.settings = settings
+        self.metrics = metrics
+        self.media_url = media_url
+        self.authority = authority or ConnectionTokenAuthority()
+        self.telemetry_hub = TelemetryHub(metrics)
+        self.rooms: dict[MeetingId, Room] = {}
+        self._room_lock = trio.Lock()
+
+    # -- load --------------------------------------------------------------------------------
+
+    def load(self) -> tuple[int, int, int]:
+        """(rooms, registered participants, registered streams) on this MH now."""
+        rooms = self.rooms.values()
+        return (
+            len(self.rooms),
+            sum(len(r.members) for r in rooms),
+            sum(r.stream_count() for r in rooms),
+        )
+
+    def refresh_gauges(self) -> None:
+        rooms, participants, streams = self.load()
+        m = self.metrics
+        m.rooms.set(rooms)
+        m.participants.set(participants)
+        m.streams.set(streams)
+        m.connected.set(sum(1 for r in self.rooms.values() for x in r.members.values() if x.scope))
+        m.subscriptions.set(
+            sum(len(p.subscriptions) for r in self.rooms.values() for p in r.publications.values())
+        )
+
+    # -- RegisterParticipant -------------------------------------------------------------------
+
+    async def register_participant(
+        self, request: mc_pb.RegisterParticipant
+    ) -> mc_pb.RegisterParticipantResponse:
+        """Register (or add streams to) a participant; return its connection token and URL.
+
+        Creates the room at its first participant. Raises InvalidRequest (bad ids, types),
+        Conflict (a stream id another participant registered), CapacityExceeded (rooms,
+        participants, streams), ScopeClosed while draining.
+        """
+        pid = ParticipantId(request.participant_id)
+        mid = MeetingId(request.meeting_id)
+        if not pid or not mid:
+            raise InvalidRequest("participant_id and meeting_id are required")
+        streams = [_parse_stream(s) for s in request.streams]
+        room = await self._room_for(mid)
+        try:
+            member = room.members.get(pid)
+            new = [s for s in streams if member is None or s[0] not in member.publications]
+            wire_ids = [w for s in new for w in _wire_ids(s)]
+            if len(set(wire_ids)) != len(wire_ids):
+                raise InvalidRequest(
+                    "a stream or layer id is listed twice", details={"field": "streams"}
+                )
+            for wire in wire_ids:
+                if wire in room.layers:
+                    raise Conflict(f"stream {wire.hex()} is already registered in {mid}")
+            have = (
+                0
+                if member is None
+                else sum(len(p.layers) or 1 for p in member.publications.values())
+            )
+            if have + len(wire_ids) > self.settings.max_streams_per_participant:
+                raise CapacityExceeded(
+                    f"{pid} would have {have + len(wire_ids)} streams "
+                    f"(limit {self.settings.max_streams_per_participant})"
+                )
+            if member is None:
+                if len(room.members) >= self.settings.max_participants_per_room:
+                    raise CapacityExceeded(f"room {mid} is full")
+                now = trio.current_time()
+                member = Member(
+                    pid,
+                    room,
+                    now,
+                    ByteBudget(self.settings.budget_in_bytes_per_s, now=now),
+                    ByteBudget(self.settings.budget_out_bytes_per_s, now=now),
+                )
+                room.members[pid] = member
+            else:
+                member.registered_at = trio.current_time()  # a fresh token: a fresh wait
+            for stream_id, stream_type, layers in new:
+                room.add_publication(
+                    Publication(
+                        stream_id,
+                        stream_type,
+                        member,
+                        layers,
+                        StreamStats(stream_id),
+                        self._count_drops,
+                    )
+                )
+        except BaseException:
+            if not room.members and self.rooms.get(mid) is room:  # a room made for nothing
+                del self.rooms[mid]
+                room.scope.end()
+            raise
+        token = self.authority.issue(pid, mid, time.time())
+        return mc_pb.RegisterParticipantResponse(
+            connection_token=token, media_handler_url=self.media_url
+        )
+
+    async def _room_for(self, meeting_id: MeetingId) -> Room:
+        async with self._room_lock:
+            room = self.rooms.get(meeting_id)
+            if room is not None:
+                return room
+            if len(self.rooms) >= self.settings.max_rooms:
+                raise CapacityExceeded(f"this media handler has {len(self.rooms)} rooms")
+            old = self.tree.meeting(meeting_id)
+            if old is not None:  # an ended room still cleaning up
+                await old.wait_closed()
+            meeting = await self.tree.start_meeting(
+                meeting_id,
+                self._room_body,
+                cleanup=functools.partial(self._room_closed, meeting_id),
+                max_participants=self.settings.max_participants_per_room,
+            )
+            room = Room(meeting_id, meeting)
+            self.rooms[meeting_id] = room
+            return room
+
+    async def _room_body(self, meeting: Meeting) -> None:
+        """Expire registrations never followed by a connection; end the room when empty."""
+        ttl = self.settings.registration_ttl_s
+        while True:
+            await trio.sleep(min(REGISTRATION_SWEEP_S, ttl))
+            room = self.rooms.get(meeting.id)
+            if room is None or room.scope is not meeting:
+                return
+            now = trio.current_time()
+            for member in list(room.members.values()):
+                if (
+                    member.scope is None
+                    and not member.connecting
+                    and now - member.registered_at > ttl
+                ):
+                    self._forget_member(member)
+
+    async def _room_closed(self, meeting_id: MeetingId, reason: LeaveReason) -> None:
+        """The room's scope ended (last member gone, drain): forget whatever it still held,
+        e.g. registrations that never connected."""
+        room = self.rooms.get(meeting_id)
+        if room is not None and room.scope.ending:
+            del self.rooms[meeting_id]
+        await trio.lowlevel.checkpoint()
+
+    def _forget_member(self, member: Member) -> None:
+        """Drop a member's state; end its room if it was the last one."""
+        room = member.room
+        for publication in member.publications.values():  # bounds the requester to live streams
+            room.key_frames.forget(publication.stream_id)
+            for layer in publication.layers:
+                room.key_frames.forget(layer.layer_id)
+        for sub in room.remove_member(member):
+            if sub.task is not None:
+                sub.task.cancel()
+        if not room.members and self.rooms.get(room.id) is room:
+            del self.rooms[room.id]
+            room.scope.end()
+
+    # -- RouteMedia ----------------------------------------------------------------------------
+
+    async def route_media(self, command: mc_pb.RouteMediaCommand) -> mc_pb.RouteMediaResponse:
+        """Route (or with ``unroute`` stop routing) a stream to destination participants.
+
+        Returns once every new subscription's task runs. Raises InvalidRequest for
+        ``transcode``/``mix_audio`` (unsupported) and bad fields, NotFound for an unknown room,
+        stream or destination.
+        """
+        options = command.options
+        if options.transcode:
+            raise InvalidRequest(
+                "RoutingOptions.transcode is not supported by this media handler",
+                details={"field": "options.transcode"},
+            )
+        if options.mix_audio:
+            raise InvalidRequest(
+                "RoutingOptions.mix_audio is not supported by this media handler",
+                details={"field": "options.mix_audio"},
+            )
+        source = StreamId(command.source_stream_id)
+        room = self._room_of_stream(MeetingId(command.meeting_id), source)
+        # A stream nobody registered yet is routed ahead: its subscriptions start when its
+        # publisher's first frame claims it (see _room.py).
+        publication = room.publications.get(source)
+        destinations = [ParticipantId(d) for d in command.destination_participant_ids]
+        for dest in destinations:
+            if dest not in room.members:
+                raise NotFound(
+                    f"participant {dest} is not registered in {room.id}",
+                    details={"field": "destination_participant_ids"},
+                )
+            if publication is not None and dest == publication.publisher.id:
+                raise InvalidRequest(
+                    f"{dest} publishes {source}: cannot route it to itself",
+                    details={"field": "destination_participant_ids"},
+                )
+        if source not in room.routes and len(room.routes) >= self._max_routed_streams():
+            raise CapacityExceeded(f"room {room.id} routes {len(room.routes)} streams")
+        table = room.routes.setdefault(source, {})
+        wanted = RouteOptions(options.preferred_layer, options.target_bitrate)
+        for dest in destinations:
+            if command.unroute:
+                table.pop(dest, None)
+                sub = None if publication is None else publication.subscriptions.pop(dest, None)
+                if sub is not None and sub.task is not None:
+                    sub.task.cancel()
+                continue
+            table[dest] = wanted
+            member = room.members[dest]
+            if publication is not None and member.scope is not None and member.session:
+                await self._subscribe(publication, member, wanted)
+        if not table:
+            room.routes.pop(source, None)
+        return mc_pb.RouteMediaResponse()
+
+    def _max_routed_streams(self) -> int:
+        # Bounds RouteMedia's table per room, including streams routed before they exist.
+        return self.settings.max_participants_per_room * self.settings.max_streams_per_participant
+
+    def _room_of_stream(self, meeting_id: MeetingId, source: StreamId) -> Room:
+        parse_stream_id(source, "source_stream_id")
+        if meeting_id:
+            room = self.rooms.get(meeting_id)
+            if room is None:
+                raise NotFound(f"no room {meeting_id} on this media handler")
+            return room
+        for room in self.rooms.values():
+            if source in room.publications:
+                return room
+        raise NotFound(
+            f"stream {source} is in no room here (give meeting_id to route it ahead)",
+            details={"field": "source_stream_id"},
+        )
+
+    # -- RemoveParticipant ---------------------------------------------------------------------
+
+    async def remove_participant(
+        self, request: mc_pb.RemoveParticipantRequest
+    ) -> mc_pb.RemoveParticipantResponse:
+        """End a participant with the request's ``reason`` (the MC's kick, leave or end).
+
+        Returns once its scope closed: every task exited, its session is closed, nothing of it
+        can be sent or received any more. Unknown participants are already gone: no error.
+        """
+        room = self.rooms.get(MeetingId(request.meeting_id))
+        member = None if room is None else room.members.get(ParticipantId(request.participant_id))
+        if member is None:
+            return mc_pb.RemoveParticipantResponse()
+        reason = LeaveReason(request.reason)
+        if member.connecting:
+            await member.settled.wait()
+        member.removed = True
+        scope = member.scope
+        if scope is not None:
+            scope.leave(reason)
+            await scope.wait_closed()
+        else:
+            self._forget_member(member)
+        return mc_pb.RemoveParticipantResponse()
+
+    # -- Telemetry -------------------------------------------------------------------------------
+
+    async def telemetry(
+        self, request: mc_pb.TelemetryRequest, *, ready: trio.Event | None = None
+    ) -> AsyncIterator[mc_pb.TelemetryEvent]:
+        """The events for one MC, until it cancels the call."""
+        async for event in self.telemetry_hub.subscribe(request.meeting_id, ready=ready):
+            yield event
+
+    async def report_telemetry(self) -> None:
+        """Every ``telemetry_interval_s``: one MediaTelemetry per registered stream. Runs until
+        cancelled (owned by the service nursery)."""
+        while True:
+            await trio.sleep(self.settings.telemetry_interval_s)
+            self.report_once()
+
+    def report_once(self) -> None:
+        self.refresh_gauges()
+        if not self.telemetry_hub.listeners:
+            return
+        now = trio.current_time()
+        stamp = int(time.time() * 1_000_000)
+        for room in list(self.rooms.values()):
+            for publication in list(room.publications.values()):
+                snap = publication.stats.snapshot(now, timestamp=stamp)
+                self.telemetry_hub.publish(
+                    mc_pb.TelemetryEvent(
+                        meeting_id=room.id,
+                        telemetry=mc_pb.MediaTelemetry(
+                            stream_id=snap.stream_id,
+                            bytes_sent=snap.bytes_sent,
+                            bytes_received=snap.bytes_received,
+                            packet_loss=snap.packet_loss,
+                            bitrate=min(snap.bitrate, 0xFFFF_FFFF),
+                            jitter_ms=snap.jitter_ms,
+                            timestamp=snap.timestamp,
+                            frames_dropped=sum(snap.frames_dropped.values()),
+                        ),
+                    )
+                )
+
+
+def _parse_stream(stream: Any) -> tuple[StreamId, StreamType, tuple[Layer, ...]]:
+    stream_id = StreamId(stream.stream_id)
+    parse_stream_id(stream_id)
+    try:
+        stream_type = StreamType(stream.stream_type)
+    except ValueError:
+        raise InvalidRequest(
+            f"stream {stream_id}: unknown stream_type {stream.stream_type}"
+        ) from None
+    layers = tuple(
+        Layer(StreamId(la.layer_id), la.width, la.height, la.max_bitrate)
+        for la in stream.metadata.video.simulcast_layers
+    )
+    if layers and stream_type == StreamType.AUDIO:
+        raise InvalidRequest(f"stream {stream_id}: audio has no simulcast layers")
+    for la in layers:
+        parse_stream_id(la.layer_id, "layer_id")
+    return stream_id, stream_type, layers
+
+
+def _wire_ids(stream: tuple[StreamId, StreamType, tuple[Layer, ...]]) -> list[bytes]:
+    stream_id, _, layers = stream
+    if layers:
+        return [parse_stream_id(la.layer_id, "layer_id") for la in layers]
+    return [parse_stream_id(stream_id)]

@@ -1,0 +1,384 @@
+"""The media plane of the MH: the ``/v1/media`` route and the router's tasks (DESIGN §5, §6).
+
+:class:`MediaPlane` is the half of :class:`~darktower.media_handler.MediaHandler` that moves
+bytes: it accepts a participant's media connection into its room's scope, runs one task per
+published QUIC stream (decode, budget, route) and one per subscription (queue, then a uni
+stream to the subscriber). The control half (``_handler.py``) owns rooms and members.
+
+A participant may hold one media connection: a second CONNECT with a valid token while the
+first is open is refused with 409 (reconnecting after a loss works, because a lost connection
+ends the participant on the MH; the MC registers it again and gets a fresh token).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Sequence
+
+import trio
+
+from darktower.errors import (
+    CapacityExceeded,
+    Conflict,
+    DarkTowerError,
+    ErrorCode,
+    StreamError,
+    Unauthorized,
+)
+from darktower.frames import Frame, FrameDecoder, FrameError, FrameType
+from darktower.logs import fields
+from darktower.model import LeaveReason, MeetingId, StreamId, StreamType
+from darktower.nurseries import Participant, ScopeClosed
+from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
+from darktower.protocol.tokens import ConnectionTokenAuthority
+from darktower.transport import (
+    ConnectRequest,
+    RejectSession,
+    WebTransportReceiveStream,
+    WebTransportSendStream,
+    WebTransportSession,
+    WebTransportStream,
+)
+
+from ._budget import priority_of
+from ._limits import RECEIVE_CHUNK, SEND_BATCH_BYTES, SESSION_CLOSE_CODE_BASE
+from ._queue import Dropped, SubscriptionQueue
+from ._room import (
+    KeyFrameCallback,
+    Member,
+    Publication,
+    PublishedLayer,
+    Room,
+    RouteOptions,
+    Subscription,
+    frame_kind_matches,
+    request_key_frame,
+)
+from ._settings import Settings
+from ._simulcast import LayerSwitcher
+from ._stats import StreamStats
+from ._telemetry import MediaMetrics, TelemetryHub
+
+logger = logging.getLogger("darktower.media_handler")
+
+STREAM_ERROR = int(StreamError.code)
+
+
+def close_code(reason: LeaveReason) -> int:
+    """The session close code that tells a client why the MH ended its connection."""
+    return SESSION_CLOSE_CODE_BASE + int(reason)
+
+
+class MediaPlane:
+    """Sessions, publishers and subscriptions; the state lives in ``rooms`` (see MediaHandler)."""
+
+    settings: Settings
+    metrics: MediaMetrics
+    authority: ConnectionTokenAuthority
+    telemetry_hub: TelemetryHub
+    rooms: dict[MeetingId, Room]
+
+    def _forget_member(self, member: Member) -> None:
+        raise NotImplementedError
+
+    async def _subscribe(
+        self, publication: Publication, member: Member, options: RouteOptions
+    ) -> None:
+        """Start (or retarget) the subscription of ``member`` to ``publication``."""
+        available = int(member.budget_out.rate * 8)
+        sub = publication.subscriptions.get(member.id)
+        if sub is not None:
+            sub.options = options
+            target = publication.choose(options, available)
+            if sub.switcher is not None and target is not None:
+                sub.switcher.set_target(target)
+                self._request(sub)
+            return
+        target = publication.choose(options, available)
+        queue: SubscriptionQueue[memoryview] = SubscriptionQueue(
+            publication.kind,
+            max_frames=self.settings.queue_max_frames,
+            max_bytes=self.settings.queue_max_bytes,
+        )
+        switcher = LayerSwitcher(target) if target is not None else None
+        sub = Subscription(member, publication, options, queue, switcher)
+        scope, session = member.scope, member.session
+        assert scope is not None and session is not None
+        name = f"sub:{publication.stream_id}"
+        old = scope.stream(name)
+        if old is not None:  # unrouted a moment ago and still exiting: a route again waits
+            old.cancel()
+            await old.wait_closed()
+        publication.subscriptions[member.id] = sub
+        try:
+            sub.task = await scope.start_stream(name, self._run_subscription, sub, session)
+        except BaseException:
+            if publication.subscriptions.get(member.id) is sub:
+                del publication.subscriptions[member.id]
+            raise
+        self._request(sub)
+
+    def _request(self, sub: Subscription) -> None:
+        room = sub.subscriber.room
+        request_key_frame(sub, trio.current_time(), functools.partial(self._key_frame, room))
+
+    def _key_frame(self, room: Room, stream_id: StreamId, now: float) -> None:
+        if room.key_frames.should_request(stream_id, now):
+            self.metrics.key_frame_requests.inc()
+            self.telemetry_hub.publish(
+                mc_pb.TelemetryEvent(
+                    meeting_id=room.id,
+                    key_frame_request=common_pb2.KeyFrameRequest(stream_id=stream_id),
+                )
+            )
+
+    def _count_drops(self, publication: Publication, drops: Sequence[Dropped[memoryview]]) -> None:
+        publication.stats.on_drops(drops)
+        for dropped in drops:
+            self.metrics.frames_dropped.inc(1, dropped.reason.value)
+
+    async def _run_subscription(self, sub: Subscription, session: WebTransportSession) -> None:
+        """Write the subscription's queued frames, unchanged, to a uni stream of its own."""
+        stream: WebTransportSendStream | None = None
+        publication = sub.publication
+        stats = publication.stats
+        metrics = self.metrics
+        queue = sub.queue
+        try:
+            stream = await session.open_unidirectional_stream()
+            while True:
+                # Frames leave in batches: one write per wake-up costs far less than one per
+                # frame. Popped frames are committed (beyond the drop policy's reach), so the
+                # batch is bounded by SEND_BATCH_BYTES.
+                batch = []
+                size = 0
+                while size < SEND_BATCH_BYTES and (item := queue.pop()) is not None:
+                    batch.append(item.payload)
+                    size += item.size
+                if not batch:
+                    await sub.wake.park()
+                    continue
+                await stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
+                now = trio.current_time()
+                for payload in batch:
+                    stats.on_sent(payload.nbytes, now)
+                metrics.frames_forwarded.inc(len(batch))
+                metrics.bytes_forwarded.inc(size)
+        except trio.BrokenResourceError:
+            return  # the subscriber stopped the stream or its session is gone
+        finally:
+            if publication.subscriptions.get(sub.subscriber.id) is sub:
+                del publication.subscriptions[sub.subscriber.id]
+            if stream is not None:
+                try:
+                    stream.reset(0)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    pass
+
+    async def authorize(self, request: ConnectRequest) -> Member:
+        """Verify ``?token=`` before the session is accepted: 401 unless valid and registered,
+        409 while the participant has a media connection."""
+        token = request.query.get("token", "")
+        try:
+            claims = self.authority.verify(token, now=time.time())
+        except Unauthorized as exc:
+            self.metrics.sessions_refused.inc(1, "401")
+            raise RejectSession(401, str(exc)) from None
+        room = self.rooms.get(claims.meeting_id)
+        member = None if room is None else room.members.get(claims.participant_id)
+        if member is None:
+            self.metrics.sessions_refused.inc(1, "401")
+            raise RejectSession(401, "registration expired or removed")
+        if member.scope is not None or member.connecting:
+            self.metrics.sessions_refused.inc(1, "409")
+            raise RejectSession(409, "participant already has a media connection")
+        await trio.lowlevel.checkpoint()
+        return member
+
+    async def handle_session(self, session: WebTransportSession, member: Member) -> None:
+        """Run one participant's media connection in its room; returns when it ended."""
+        room = member.room
+        if (
+            member.scope is not None
+            or member.connecting
+            or room.members.get(member.id) is not member
+        ):
+            session.close_nowait(int(Conflict.code), "participant already connected or gone")
+            return
+        member.connecting = True
+        try:
+            member.session = session
+            participant = await room.scope.start_participant(
+                member.id,
+                functools.partial(self._serve_member, member, session),
+                cleanup=functools.partial(self._member_left, member, session),
+            )
+            member.scope = participant
+        except (ScopeClosed, Conflict, CapacityExceeded) as exc:
+            member.session = None
+            code = exc.code if isinstance(exc, DarkTowerError) else ErrorCode.CONFLICT
+            session.close_nowait(int(code), str(exc))
+            return
+        finally:
+            member.connecting = False
+            member.settled.set()
+        try:
+            await participant.wait_closed()
+        finally:
+            participant.leave(LeaveReason.CONNECTION_LOST)
+            with trio.move_on_after(self.settings.drain_grace_s, shield=True):
+                await participant.wait_closed()
+
+    async def _serve_member(
+        self, member: Member, session: WebTransportSession, participant: Participant
+    ) -> None:
+        """The participant body: subscribe to what is routed to it, accept published streams."""
+        member.scope = participant  # before start_participant returns: routes need it now
+        room = member.room
+        for source, table in list(room.routes.items()):
+            options = table.get(member.id)
+            publication = room.publications.get(source)
+            if options is not None and publication is not None:
+                await self._subscribe(publication, member, options)
+        serial = 0
+        try:
+            while True:
+                stream = await session.accept_stream()
+                if isinstance(stream, WebTransportReceiveStream):
+                    stream.stop_sending(STREAM_ERROR)  # clients publish on bidi streams only
+                    continue
+                serial += 1
+                await participant.start_stream(f"pub:{serial}", self._publish, member, stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            voluntary = session.peer_close_code is not None
+            participant.leave(LeaveReason.VOLUNTARY if voluntary else LeaveReason.CONNECTION_LOST)
+
+    async def _member_left(
+        self, member: Member, session: WebTransportSession, reason: LeaveReason
+    ) -> None:
+        session.close_nowait(close_code(reason), reason.name)
+        member.scope = None
+        member.session = None
+        room = member.room
+        if not member.removed and reason in (LeaveReason.VOLUNTARY, LeaveReason.CONNECTION_LOST):
+            self.telemetry_hub.publish(
+                mc_pb.TelemetryEvent(
+                    meeting_id=room.id,
+                    participant_disconnected=mc_pb.ParticipantDisconnected(
+                        participant_id=member.id
+                    ),
+                )
+            )
+        self._forget_member(member)
+        await trio.lowlevel.checkpoint()
+
+    async def _publish(self, member: Member, stream: WebTransportStream) -> None:
+        """Decode one published QUIC stream and route its frames. A bad frame resets this
+        stream with STREAM_ERROR and nothing else."""
+        decoder = FrameDecoder(self.settings.max_frame_payload)
+        layer: PublishedLayer | None = None
+        metrics = self.metrics
+        on_key = functools.partial(self._key_frame, member.room)
+        try:
+            while True:
+                data = await stream.receive_some(RECEIVE_CHUNK)
+                if not data:
+                    decoder.end_of_stream()
+                    # Every frame is routed: say so by finishing our side (frees the stream).
+                    await stream.send_eof()
+                    return
+                decoder.receive_data(data)
+                now = trio.current_time()
+                frames = 0
+                try:
+                    for frame in decoder:
+                        if layer is None:
+                            layer = await self._bind(member, frame)
+                        elif frame.stream_id_bytes != layer.key:
+                            raise StreamError("a publish stream carries one stream id")
+                        self._on_frame(member, layer, frame, now, on_key)
+                        frames += 1
+                finally:  # counted once per chunk: the per-frame path stays short
+                    metrics.frames_received.inc(frames)
+                    metrics.bytes_received.inc(len(data))
+        except (FrameError, StreamError) as exc:
+            cause = type(exc).__name__
+            self.metrics.stream_errors.inc(1, cause)
+            logger.info(
+                "publish stream reset: %s",
+                exc,
+                extra=fields(participant=member.id, meeting=member.room.id, cause=cause),
+            )
+            try:
+                stream.reset(STREAM_ERROR)
+                stream.stop_sending(STREAM_ERROR)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+        except trio.BrokenResourceError:
+            return  # the publisher reset the stream or the session ended
+        finally:
+            if layer is not None:
+                layer.bound = False
+
+    async def _bind(self, member: Member, frame: Frame) -> PublishedLayer:
+        """The layer a publish stream carries, from its first frame (StreamError if not its)."""
+        layer = member.room.layers.get(frame.stream_id_bytes)
+        if layer is None:
+            layer = await self._claim(member, frame)
+        if layer.publication.publisher is not member:
+            raise StreamError(f"stream {frame.stream_id} is published by another participant")
+        if layer.bound:
+            raise StreamError(f"stream {frame.stream_id} is already being published")
+        layer.bound = True
+        return layer
+
+    async def _claim(self, member: Member, frame: Frame) -> PublishedLayer:
+        """A stream id nobody registered becomes the sender's (its type from this frame), and
+        the routes made ahead for it start."""
+        room = member.room
+        have = sum(len(p.layers) or 1 for p in member.publications.values())
+        if have >= self.settings.max_streams_per_participant:
+            raise StreamError(f"{member.id} already publishes {have} streams")
+        stream_id = StreamId(str(frame.stream_id))
+        audio = frame.frame_type == FrameType.AUDIO
+        publication = Publication(
+            stream_id,
+            StreamType.AUDIO if audio else StreamType.VIDEO_CAMERA,
+            member,
+            (),
+            StreamStats(stream_id),
+            self._count_drops,
+        )
+        room.add_publication(publication)
+        for dest, options in list(room.routes.get(stream_id, {}).items()):
+            target = room.members.get(dest)
+            if target is None or target is member or target.scope is None or not target.session:
+                continue
+            try:
+                await self._subscribe(publication, target, options)
+            except (trio.ClosedResourceError, DarkTowerError):
+                continue  # that subscriber is leaving: its loss, not the publisher's
+        return room.layers[frame.stream_id_bytes]
+
+    def _on_frame(
+        self,
+        member: Member,
+        layer: PublishedLayer,
+        frame: Frame,
+        now: float,
+        on_key: KeyFrameCallback,
+    ) -> None:
+        publication = layer.publication
+        frame_type = frame.frame_type
+        if not frame_kind_matches(publication, frame_type):
+            raise StreamError(f"{frame_type.name} frame on a {publication.stream_type.name} stream")
+        size = frame.raw.nbytes
+        publication.stats.on_received(size, frame.timestamp_us, now)
+        priority = priority_of(frame_type, int(frame.flags), top_layer=layer.top)
+        if member.budget_in.admit(priority, size, now):
+            publication.route(layer, frame, now, on_key)
+        else:
+            publication.drop_at_ingress(frame, now, on_key)

@@ -1,0 +1,247 @@
+"""Rooms, members, publications and subscriptions: the routing state of the SFU (DESIGN §5).
+
+State only, plus the synchronous hot path :meth:`Publication.route`; the tasks that move bytes
+live in ``_handler.py``. One :class:`Room` per meeting, one :class:`Member` per registered
+participant (connected or not), one :class:`Publication` per registered stream (its simulcast
+layers are :class:`PublishedLayer` entries, each its own stream id on the wire) and one
+:class:`Subscription` per (subscriber, routed stream) with its bounded queue.
+
+**Who may publish what.** A stream id listed in ``RegisterParticipant.streams`` (with its type
+and simulcast layers; a later RegisterParticipant of the same participant adds streams) is
+publishable only by that participant. A stream id nobody registered is claimed by the first
+participant of the room whose frame carries it (an audio first frame makes it audio, else
+video without simulcast): the MC validates publications on signaling and need not tell the MH
+first. A frame whose stream id belongs to another participant resets that QUIC stream.
+RouteMedia may name a stream before anyone claims it; the route waits in ``Room.routes``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from darktower.errors import InvalidRequest
+from darktower.frames import Frame, FrameType
+from darktower.model import MeetingId, ParticipantId, StreamId, StreamType
+
+from ._budget import ByteBudget, priority_of
+from ._queue import (
+    Dropped,
+    DropReason,
+    KeyFrameRequester,
+    MediaKind,
+    QueuedFrame,
+    SubscriptionQueue,
+)
+from ._simulcast import Layer, LayerSwitcher, choose_layer
+from ._stats import StreamStats
+
+if TYPE_CHECKING:
+    from darktower.nurseries import Meeting, Participant, StreamTask
+    from darktower.transport import WebTransportSession
+
+# Called with (stream id to ask a key frame of, now) when a subscriber waits for one.
+KeyFrameCallback = Callable[[StreamId, float], None]
+# Called with what a queue dropped (counted in the stream's stats by the callee, and /metrics).
+DropSink = Callable[["Publication", Sequence[Dropped[memoryview]]], None]
+
+
+def parse_stream_id(text: str, what: str = "stream_id") -> bytes:
+    """The 16 header bytes of a stream id in UUID string form (INVALID_REQUEST otherwise)."""
+    try:
+        return uuid.UUID(text).bytes
+    except ValueError:
+        raise InvalidRequest(f"{what} {text!r} is not a UUID", details={"field": what}) from None
+
+
+@attrs.define(eq=False)
+class RouteOptions:
+    """What RouteMedia asked for one (source, destination)."""
+
+    preferred_layer: str = ""
+    target_bitrate: int = 0  # bits/s, 0: no cap
+
+
+@attrs.define(eq=False)
+class PublishedLayer:
+    """One stream id on the wire: a plain stream, or one simulcast layer of a video."""
+
+    publication: Publication
+    layer_id: StreamId
+    key: bytes  # the 16 header bytes of layer_id
+    top: bool  # the highest simulcast layer: its deltas go first under budget
+    bound: bool = False  # a QUIC stream of the publisher carries it now
+
+
+@attrs.define(eq=False)
+class Subscription:
+    """The bounded queue and layer choice of one (subscriber, routed stream)."""
+
+    subscriber: Member
+    publication: Publication
+    options: RouteOptions
+    queue: SubscriptionQueue[memoryview]
+    switcher: LayerSwitcher | None
+    wake: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
+    task: StreamTask | None = None
+
+
+@attrs.define(eq=False)
+class Publication:
+    """A registered stream of one member, and everyone it is routed to."""
+
+    stream_id: StreamId
+    stream_type: StreamType
+    publisher: Member
+    layers: tuple[Layer, ...]  # simulcast layers, empty for a plain stream
+    stats: StreamStats
+    on_drops: DropSink
+    subscriptions: dict[ParticipantId, Subscription] = attrs.Factory(dict)
+
+    @property
+    def kind(self) -> MediaKind:
+        return MediaKind.of_stream_type(self.stream_type)
+
+    def choose(self, options: RouteOptions, available_bitrate: int | None) -> StreamId | None:
+        if not self.layers:
+            return None
+        return choose_layer(
+            self.layers, options.preferred_layer, options.target_bitrate, available_bitrate
+        )
+
+    def route(
+        self, layer: PublishedLayer, frame: Frame, now: float, on_key_frame: KeyFrameCallback
+    ) -> None:
+        """Offer one frame of ``layer`` (already admitted by the publisher's budget) to every
+        subscription: layer choice, the subscriber's budget, its queue. Never blocks."""
+        frame_type = frame.frame_type
+        raw = frame.raw
+        item: QueuedFrame[memoryview] = QueuedFrame(frame_type, int(frame.flags), raw.nbytes, raw)
+        on_drops = self.on_drops
+        layer_id = layer.layer_id
+        priority = priority_of(frame_type, item.flags, top_layer=layer.top)
+        for sub in self.subscriptions.values():
+            switcher = sub.switcher
+            if switcher is not None and not switcher.on_frame(layer_id, frame_type):
+                continue
+            if not sub.subscriber.budget_out.admit(priority, item.size, now):
+                on_drops(self, sub.queue.drop(item, DropReason.BUDGET))
+            else:
+                drops = sub.queue.push(item)
+                if drops:
+                    on_drops(self, drops)
+            request_key_frame(sub, now, on_key_frame)
+            sub.wake.unpark_all()
+
+    def drop_at_ingress(self, frame: Frame, now: float, on_key_frame: KeyFrameCallback) -> None:
+        """The publisher's budget refused ``frame``: every subscriber loses it (counted once
+        each), and video subscribers wait for the next key frame."""
+        raw = frame.raw
+        item: QueuedFrame[memoryview] = QueuedFrame(
+            frame.frame_type, int(frame.flags), raw.nbytes, raw
+        )
+        for sub in self.subscriptions.values():
+            self.on_drops(self, sub.queue.drop(item, DropReason.BUDGET))
+            request_key_frame(sub, now, on_key_frame)
+
+
+def request_key_frame(sub: Subscription, now: float, on_key_frame: KeyFrameCallback) -> None:
+    """Ask for a key frame if ``sub`` just started waiting for one (join, loss, layer switch)."""
+    switcher = sub.switcher
+    if switcher is not None:
+        layer = switcher.take_key_frame_request()
+        waiting = sub.queue.take_key_frame_request()
+        if layer is not None:
+            on_key_frame(layer, now)
+        elif waiting and switcher.current is not None:
+            on_key_frame(switcher.current, now)
+    elif sub.queue.take_key_frame_request():
+        on_key_frame(sub.publication.stream_id, now)
+
+
+@attrs.define(eq=False)
+class Member:
+    """A registered participant of a room: its streams, budgets, and once connected, its
+    media session and task-tree scope."""
+
+    id: ParticipantId
+    room: Room
+    registered_at: float
+    budget_in: ByteBudget
+    budget_out: ByteBudget
+    publications: dict[StreamId, Publication] = attrs.Factory(dict)
+    session: WebTransportSession | None = None
+    scope: Participant | None = None
+    connecting: bool = False  # a session is being accepted for it
+    settled: trio.Event = attrs.Factory(trio.Event)  # set once a connection attempt settled
+    removed: bool = False  # the MC removed it (no ParticipantDisconnected back to the MC)
+
+    @property
+    def connected(self) -> bool:
+        return self.scope is not None
+
+
+@attrs.define(eq=False)
+class Room:
+    """One meeting on this MH: its members, its streams by wire id, its routes."""
+
+    id: MeetingId
+    scope: Meeting
+    key_frames: KeyFrameRequester = attrs.Factory(KeyFrameRequester)
+    members: dict[ParticipantId, Member] = attrs.Factory(dict)
+    # Wire stream id (16 bytes) -> the layer (or plain stream) it carries.
+    layers: dict[bytes, PublishedLayer] = attrs.Factory(dict)
+    publications: dict[StreamId, Publication] = attrs.Factory(dict)
+    # RouteMedia's table: source stream -> destination -> options. Kept for destinations not
+    # connected yet; a subscription is made from it when they connect.
+    routes: dict[StreamId, dict[ParticipantId, RouteOptions]] = attrs.Factory(dict)
+
+    def add_publication(self, publication: Publication) -> None:
+        self.publications[publication.stream_id] = publication
+        publication.publisher.publications[publication.stream_id] = publication
+        if publication.layers:
+            top = max(publication.layers, key=lambda la: (la.width * la.height, la.max_bitrate))
+            for la in publication.layers:
+                key = parse_stream_id(la.layer_id, "layer_id")
+                self.layers[key] = PublishedLayer(publication, la.layer_id, key, la is top)
+        else:
+            key = parse_stream_id(publication.stream_id)
+            self.layers[key] = PublishedLayer(publication, publication.stream_id, key, False)
+
+    def remove_publication(self, publication: Publication) -> list[Subscription]:
+        """Forget a stream; return its subscriptions, whose tasks the caller cancels."""
+        self.publications.pop(publication.stream_id, None)
+        publication.publisher.publications.pop(publication.stream_id, None)
+        ids = [la.layer_id for la in publication.layers] or [publication.stream_id]
+        for layer_id in ids:
+            self.layers.pop(parse_stream_id(layer_id), None)
+        self.routes.pop(publication.stream_id, None)
+        subs = list(publication.subscriptions.values())
+        publication.subscriptions.clear()
+        return subs
+
+    def remove_member(self, member: Member) -> list[Subscription]:
+        """Forget a member, its streams and every route to or from it; return the
+        subscriptions (of others) whose tasks the caller cancels."""
+        if self.members.get(member.id) is member:
+            del self.members[member.id]
+        orphans: list[Subscription] = []
+        for publication in list(member.publications.values()):
+            orphans.extend(self.remove_publication(publication))
+        for publication in self.publications.values():
+            publication.subscriptions.pop(member.id, None)
+        for destinations in self.routes.values():
+            destinations.pop(member.id, None)
+        return orphans
+
+    def stream_count(self) -> int:
+        return len(self.layers)
+
+
+def frame_kind_matches(publication: Publication, frame_type: FrameType) -> bool:
+    """Audio frames only on audio streams, video frames only on video streams."""
+    return (frame_type == FrameType.AUDIO) == (publication.stream_type == StreamType.AUDIO)

@@ -1,0 +1,53 @@
+"""Settings of the Media Handler (``python -m darktower.media --help`` lists them)."""
+
+from __future__ import annotations
+
+import attrs
+
+from darktower.config import option
+
+from ._limits import (
+    DEFAULT_BUDGET_IN_BYTES_PER_S,
+    DEFAULT_BUDGET_OUT_BYTES_PER_S,
+    MAX_FRAME_PAYLOAD,
+    MAX_PARTICIPANTS_PER_ROOM,
+    MAX_ROOMS,
+    MAX_STREAMS_PER_PARTICIPANT,
+    REGISTRATION_TTL_S,
+    TELEMETRY_INTERVAL_S,
+)
+from ._queue import DEFAULT_MAX_BYTES, DEFAULT_MAX_FRAMES
+
+
+@attrs.frozen
+class Settings:
+    host: str = option("127.0.0.1", "address to bind the WebTransport, gRPC and ops listeners to")
+    port: int = option(4434, "UDP port of the WebTransport media endpoint (0: any free port)")
+    grpc_port: int = option(50053, "TCP port of the MediaControl gRPC service (0: any)")
+    ops_port: int = option(9103, "plain-HTTP port on 127.0.0.1 for /metrics, /healthz (0: any)")
+    public_host: str = option("", "host name put in media URLs handed to clients (default: HOST)")
+    certfile: str = option("", "TLS certificate (PEM); empty: a generated dev certificate")
+    keyfile: str = option("", "TLS private key (PEM); empty: a generated dev key")
+    mc_grpc: str = option("", "HOST:PORT of the Meeting Controller to register with (empty: none)")
+    handler_id: str = option("", "this MH's id when registering (default: a random one)")
+    max_rooms: int = option(MAX_ROOMS, "rooms (meetings) on this MH")
+    max_participants_per_room: int = option(MAX_PARTICIPANTS_PER_ROOM, "participants per room")
+    max_streams_per_participant: int = option(
+        MAX_STREAMS_PER_PARTICIPANT, "registered streams (simulcast layers each) per participant"
+    )
+    budget_in_bytes_per_s: int = option(
+        DEFAULT_BUDGET_IN_BYTES_PER_S, "byte-rate budget of what one participant publishes"
+    )
+    budget_out_bytes_per_s: int = option(
+        DEFAULT_BUDGET_OUT_BYTES_PER_S, "byte-rate budget of what one participant is sent"
+    )
+    queue_max_frames: int = option(DEFAULT_MAX_FRAMES, "frames queued per subscription")
+    queue_max_bytes: int = option(DEFAULT_MAX_BYTES, "bytes queued per subscription")
+    max_frame_payload: int = option(MAX_FRAME_PAYLOAD, "largest frame payload accepted, bytes")
+    registration_ttl_s: float = option(
+        REGISTRATION_TTL_S, "seconds a registration waits for its media connection"
+    )
+    telemetry_interval_s: float = option(TELEMETRY_INTERVAL_S, "seconds between stream reports")
+    drain_grace_s: float = option(10.0, "on SIGTERM: seconds to end rooms before exit")
+    log_level: str = option("info", "log level: debug, info, warning, error")
+    log_json: bool = option(True, "log one JSON object per line (else text)")
