@@ -1,0 +1,244 @@
+// The Dark Tower browser client: the page's DOM and its test hooks. The meeting logic is in
+// session.js; the wire codecs in proto.js and frames.js; the GC calls in api.js.
+//
+// Served by the Global Controller: index.html at "/" and "/m/<meeting id>", this directory at
+// "/static/". The meeting id comes from the path "/m/<id>" or the query "?meeting=<id>".
+//
+// Test hooks (window.darktower), for Playwright and the browser tests. Everything is plain data
+// or returns a promise that settles when the action is done:
+//   darktower.create({name, displayName})   dev stack only: creates a meeting with the dev
+//                                           credential, joins it as its host; -> snapshot()
+//   darktower.join({meetingId, name, accessToken?})   joins (as host when accessToken is the
+//                                           owner's); resolves once published; -> snapshot()
+//   darktower.kick(participantId)           host only; resolves on the MC's Ack
+//   darktower.endMeeting()                  host only; resolves on the MC's Ack
+//   darktower.leave()                       resolves once the session has ended
+//   darktower.state                         "idle" | "joining" | "joined" | "ended"
+//   darktower.participantId, .role ("host" | "guest"), .meetingId
+//   darktower.participants                  [{participantId, name}] of the others
+//   darktower.stats.decodedFrames           {participantId: decoded video frames}
+//   darktower.stats.decodedAudio            {participantId: decoded audio chunks}
+//   darktower.endReason                     null, or {code, name: "KICKED" | "MEETING_ENDED" |
+//                                           "CONNECTION_LOST" | "VOLUNTARY", text, detail}
+//   darktower.snapshot()                    all of the above as one JSON-able object
+// E.g. `await page.wait_for_function("darktower.stats.decodedFrames[pid] >= 30", arg=...)`;
+// the grid to screenshot is `#grid`, the reason shown to the person is `#end-reason`.
+
+import * as api from "./api.js";
+import { MeetingSession } from "./session.js";
+
+const $ = (id) => document.getElementById(id);
+// Limit: notices kept on screen; the oldest goes first.
+const MAX_NOTICES = 5;
+
+export function meetingIdFromLocation(loc = window.location) {
+  const m = loc.pathname.match(/^\/m\/([^/]+)/);
+  if (m) return decodeURIComponent(m[1]);
+  return new URLSearchParams(loc.search).get("meeting") || "";
+}
+
+const hostTokenKey = (meetingId) => `darktower.host.${meetingId}`;
+
+// The DOM side of a MeetingSession (its `view`).
+class PageView {
+  constructor() {
+    this.tiles = new Map();
+  }
+
+  addTile(participantId, name, { self, kickable }) {
+    const tile = document.createElement("figure");
+    tile.className = self ? "tile self" : "tile";
+    tile.dataset.participantId = participantId;
+    const media = document.createElement(self ? "video" : "canvas");
+    if (self) {
+      media.muted = true;
+      media.autoplay = true;
+      media.playsInline = true;
+      media.srcObject = this.preview ?? null;
+    } else {
+      media.width = 640;
+      media.height = 480;
+    }
+    const caption = document.createElement("figcaption");
+    const label = document.createElement("span");
+    label.className = "name";
+    label.textContent = name;
+    caption.append(label);
+    if (kickable) {
+      const kick = document.createElement("button");
+      kick.className = "kick";
+      kick.textContent = "Remove";
+      kick.title = `Remove ${name} from the meeting`;
+      kick.addEventListener("click", () => {
+        kick.disabled = true;
+        hooks.kick(participantId).catch((e) => {
+          kick.disabled = false;
+          this.notice(`Could not remove ${name}: ${e.message}`);
+        });
+      });
+      caption.append(kick);
+    }
+    tile.append(media, caption);
+    $("grid").append(tile);
+    this.tiles.set(participantId, tile);
+    return { canvas: self ? null : media };
+  }
+
+  removeTile(participantId) {
+    this.tiles.get(participantId)?.remove();
+    this.tiles.delete(participantId);
+  }
+
+  setPreview(stream) {
+    this.preview = stream;
+    for (const video of document.querySelectorAll(".tile.self video")) video.srcObject = stream;
+  }
+
+  notice(text) {
+    const list = $("notices");
+    const item = document.createElement("li");
+    item.textContent = text;
+    list.append(item);
+    while (list.children.length > MAX_NOTICES) list.firstElementChild.remove();
+  }
+
+  update(session) {
+    document.body.dataset.state = session.state;
+    $("lobby").hidden = session.state !== "idle" && session.state !== "joining";
+    $("meeting").hidden = session.state !== "joined";
+    $("ended").hidden = session.state !== "ended";
+    $("end-meeting").hidden = session.role !== "host";
+    $("meeting-label").textContent = session.meetingId ?? "";
+    const link = new URL(`/m/${encodeURIComponent(session.meetingId ?? "")}`, location.href);
+    $("share-link").href = link.href;
+    $("share-link").textContent = link.href;
+    $("status").textContent =
+      session.state === "joined"
+        ? `${session.participants.size + 1} in the meeting · you are ${session.role}`
+        : session.state;
+    for (const button of document.querySelectorAll("#lobby button")) {
+      button.disabled = session.state === "joining";
+    }
+  }
+
+  ended(text) {
+    $("meeting").hidden = true;
+    $("lobby").hidden = true;
+    $("ended").hidden = false;
+    $("end-reason").textContent = text;
+    $("grid").replaceChildren();
+    this.tiles.clear();
+  }
+}
+
+const view = new PageView();
+let session = null;
+let audioContext = null;
+
+function newSession(certHash) {
+  // Created on the person's click when there is one; without a gesture it stays suspended and
+  // audio is decoded but not played.
+  audioContext ??= typeof AudioContext === "undefined" ? null : new AudioContext();
+  audioContext?.resume().catch(() => {});
+  session = new MeetingSession(view, { certHash, audioContext });
+  return session;
+}
+
+async function join({ meetingId, name, accessToken = null }) {
+  if (!meetingId) throw new Error("a meeting id is needed to join");
+  if (session && session.state !== "ended") throw new Error(`already ${session.state}`);
+  const token = accessToken ?? sessionStorage.getItem(hostTokenKey(meetingId));
+  const certHash = await api.certificateHash();
+  const s = newSession(certHash);
+  await s.join({ meetingId, name: name || "Guest", accessToken: token });
+  history.replaceState(null, "", `/m/${encodeURIComponent(meetingId)}`);
+  return s.snapshot();
+}
+
+// Dev stack only: the development credential makes this page a meeting owner.
+async function create({ name, displayName } = {}) {
+  const accessToken = await api.devAccessToken();
+  const meeting = await api.createMeeting(accessToken, displayName || `${name || "Guest"}'s meeting`);
+  sessionStorage.setItem(hostTokenKey(meeting.meeting_id), accessToken);
+  return join({ meetingId: meeting.meeting_id, name, accessToken });
+}
+
+function current() {
+  if (!session || session.state !== "joined") throw new Error("not in a meeting");
+  return session;
+}
+
+const EMPTY = { decodedFrames: {}, decodedAudio: {}, unknownFrames: 0, sent: { video: 0, audio: 0 } };
+
+const hooks = {
+  create,
+  join,
+  kick: async (participantId) => current().kick(participantId).then(() => undefined),
+  endMeeting: async () => current().endMeeting().then(() => undefined),
+  leave: async () => session?.leave(),
+  snapshot: () => session?.snapshot() ?? { state: "idle", endReason: null, stats: EMPTY },
+  get state() {
+    return session?.state ?? "idle";
+  },
+  get participantId() {
+    return session?.participantId ?? null;
+  },
+  get role() {
+    return session?.role ?? null;
+  },
+  get meetingId() {
+    return session?.meetingId ?? null;
+  },
+  get participants() {
+    return session?.snapshot().participants ?? [];
+  },
+  get stats() {
+    return session?.stats ?? EMPTY;
+  },
+  get endReason() {
+    return session?.endReason ?? null;
+  },
+};
+window.darktower = hooks;
+
+// --- the lobby ------------------------------------------------------------------------------------
+
+function lobbyAction(action) {
+  return async (event) => {
+    event.preventDefault();
+    const name = $("name").value.trim();
+    localStorage.setItem("darktower.name", name);
+    try {
+      await action(name);
+    } catch (e) {
+      view.notice(e.message);
+      // A failed attempt leaves an ended session: let the person try again from the lobby.
+      if (session?.state === "ended" && !session.participantId) {
+        session = null;
+        $("ended").hidden = true;
+        $("lobby").hidden = false;
+        for (const button of document.querySelectorAll("#lobby button")) button.disabled = false;
+      }
+    }
+  };
+}
+
+function init() {
+  $("name").value = localStorage.getItem("darktower.name") ?? "";
+  $("meeting-id").value = meetingIdFromLocation();
+  $("create").addEventListener(
+    "click",
+    lobbyAction((name) => create({ name })),
+  );
+  $("lobby").addEventListener(
+    "submit",
+    lobbyAction((name) => join({ meetingId: $("meeting-id").value.trim(), name })),
+  );
+  $("leave").addEventListener("click", () => session?.leave());
+  $("end-meeting").addEventListener("click", () => {
+    hooks.endMeeting().catch((e) => view.notice(`Could not end the meeting: ${e.message}`));
+  });
+  $("rejoin").addEventListener("click", () => location.reload());
+}
+
+init();

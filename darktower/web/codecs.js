@@ -1,0 +1,342 @@
+// WebCodecs on both ends: camera and microphone to encoded chunks, encoded chunks to pictures
+// on a canvas and sound. No transport here: encoders hand chunks to a callback, decoders take
+// media frames as frames.js decodes them.
+
+import { FrameType } from "./frames.js";
+
+// Key frames: at least every KEY_FRAME_INTERVAL_MS, and on request (KeyFrameRequest, a dropped
+// delta frame on a congested stream).
+export const KEY_FRAME_INTERVAL_MS = 2000;
+export const VIDEO_BITRATE = 1_000_000;
+export const AUDIO_BITRATE = 64_000;
+export const VIDEO_FRAMERATE = 30;
+// Limit: raw frames waiting in an encoder. Policy when full: the newest captured frame is closed
+// unencoded (counted in `dropped`), so a slow encoder lowers the frame rate instead of the delay.
+const MAX_ENCODE_QUEUE = 2;
+// Limit: audio buffers waiting in the encoder. Policy when full: the newest is dropped (counted);
+// a gap of 20 ms is better than a growing delay.
+const MAX_AUDIO_ENCODE_QUEUE = 10;
+// Limit: chunks waiting in a decoder. Policy when full: video waits for the next key frame (a
+// delta frame cannot be skipped alone), audio drops the chunk; both counted in `dropped`.
+const MAX_DECODE_QUEUE = 30;
+// Audio scheduled ahead of the playback clock beyond this is dropped rather than delayed.
+const MAX_AUDIO_AHEAD_S = 0.3;
+
+// Signaling codec names (StreamMetadata.codec) -> WebCodecs codec strings.
+const CODECS = {
+  vp8: "vp8",
+  vp9: "vp09.00.10.08",
+  av1: "av01.0.04M.08",
+  h264: "avc1.42001f",
+  opus: "opus",
+};
+
+export function webCodec(name) {
+  const codec = CODECS[String(name).toLowerCase()];
+  if (!codec) throw new Error(`unsupported codec ${name}`);
+  return codec;
+}
+
+function nowUs() {
+  return Math.round((performance.timeOrigin + performance.now()) * 1000);
+}
+
+function chunkBytes(chunk) {
+  const out = new Uint8Array(chunk.byteLength);
+  chunk.copyTo(out);
+  return out;
+}
+
+// Reads a MediaStreamTrack's frames (VideoFrame or AudioData) until stopped.
+async function pumpTrack(track, onItem, signal) {
+  if (typeof MediaStreamTrackProcessor === "undefined") {
+    throw new Error("this browser lacks MediaStreamTrackProcessor (use Chromium)");
+  }
+  const reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
+  try {
+    while (!signal.aborted) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      if (signal.aborted) {
+        value.close();
+        return;
+      }
+      onItem(value);
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+}
+
+// Camera track -> VP8 chunks: onChunk(frameType, payload, timestampUs). Owns its encoder and the
+// track reader; stop() ends both.
+export class VideoSender {
+  constructor(track, onChunk, { codec = "VP8", bitrate = VIDEO_BITRATE } = {}) {
+    this.track = track;
+    this.codec = codec;
+    this.bitrate = bitrate;
+    this.onChunk = onChunk;
+    this.stats = { encoded: 0, keyFrames: 0, dropped: 0 };
+    this.wantKey = true;
+    this.lastKeyAt = -Infinity;
+    this.abort = new AbortController();
+    this.encoder = new VideoEncoder({
+      output: (chunk) => {
+        const type = chunk.type === "key" ? FrameType.VIDEO_KEY : FrameType.VIDEO_DELTA;
+        this.stats.encoded++;
+        if (type === FrameType.VIDEO_KEY) this.stats.keyFrames++;
+        this.onChunk(type, chunkBytes(chunk), nowUs());
+      },
+      error: (e) => this.fail(e),
+    });
+    this.configured = null;
+    this.done = pumpTrack(track, (frame) => this.encode(frame), this.abort.signal);
+  }
+
+  // The next frame is encoded as a key frame.
+  requestKeyFrame() {
+    this.wantKey = true;
+  }
+
+  setBitrate(bitrate) {
+    this.bitrate = bitrate;
+    if (this.configured) this.configure(this.configured.width, this.configured.height);
+  }
+
+  configure(width, height) {
+    this.configured = {
+      codec: webCodec(this.codec),
+      width,
+      height,
+      bitrate: this.bitrate,
+      framerate: VIDEO_FRAMERATE,
+      latencyMode: "realtime",
+    };
+    this.encoder.configure(this.configured);
+  }
+
+  encode(frame) {
+    try {
+      if (this.encoder.state === "closed") return;
+      const { displayWidth: w, displayHeight: h } = frame;
+      if (!this.configured || this.configured.width !== w || this.configured.height !== h) {
+        this.configure(w, h);
+        this.wantKey = true;
+      }
+      if (this.encoder.encodeQueueSize >= MAX_ENCODE_QUEUE) {
+        this.stats.dropped++;
+        return;
+      }
+      const now = performance.now();
+      const keyFrame = this.wantKey || now - this.lastKeyAt >= KEY_FRAME_INTERVAL_MS;
+      if (keyFrame) {
+        this.wantKey = false;
+        this.lastKeyAt = now;
+      }
+      this.encoder.encode(frame, { keyFrame });
+    } finally {
+      frame.close();
+    }
+  }
+
+  fail(error) {
+    this.error = error;
+    this.stop();
+  }
+
+  stop() {
+    this.abort.abort();
+    if (this.encoder.state !== "closed") this.encoder.close();
+  }
+}
+
+// Microphone track -> Opus chunks: onChunk(FrameType.AUDIO, payload, timestampUs).
+export class AudioSender {
+  constructor(track, onChunk, { bitrate = AUDIO_BITRATE } = {}) {
+    this.onChunk = onChunk;
+    this.bitrate = bitrate;
+    this.stats = { encoded: 0, dropped: 0 };
+    this.abort = new AbortController();
+    this.encoder = new AudioEncoder({
+      output: (chunk) => {
+        this.stats.encoded++;
+        this.onChunk(FrameType.AUDIO, chunkBytes(chunk), nowUs());
+      },
+      error: (e) => this.fail(e),
+    });
+    this.done = pumpTrack(track, (data) => this.encode(data), this.abort.signal);
+  }
+
+  encode(data) {
+    try {
+      if (this.encoder.state === "closed") return;
+      if (this.encoder.state === "unconfigured") {
+        this.encoder.configure({
+          codec: "opus",
+          sampleRate: data.sampleRate,
+          numberOfChannels: data.numberOfChannels,
+          bitrate: this.bitrate,
+        });
+      }
+      if (this.encoder.encodeQueueSize >= MAX_AUDIO_ENCODE_QUEUE) {
+        this.stats.dropped++;
+        return;
+      }
+      this.encoder.encode(data);
+    } finally {
+      data.close();
+    }
+  }
+
+  fail(error) {
+    this.error = error;
+    this.stop();
+  }
+
+  stop() {
+    this.abort.abort();
+    if (this.encoder.state !== "closed") this.encoder.close();
+  }
+}
+
+// Media frames of one remote video stream -> pictures on `canvas`. Decoding starts at a key
+// frame; after an error or an overflow it waits for the next one.
+export class VideoReceiver {
+  constructor(codec, canvas, { onDecoded } = {}) {
+    this.codec = webCodec(codec);
+    this.canvas = canvas;
+    this.onDecoded = onDecoded ?? (() => {});
+    this.stats = { decoded: 0, dropped: 0, errors: 0 };
+    this.needKey = true;
+    this.decoder = this.makeDecoder();
+  }
+
+  makeDecoder() {
+    return new VideoDecoder({
+      output: (frame) => {
+        try {
+          this.draw(frame);
+        } finally {
+          frame.close();
+        }
+        this.stats.decoded++;
+        this.onDecoded(this.stats.decoded);
+      },
+      error: () => {
+        // The decoder closes itself on error: start again at the next key frame.
+        this.stats.errors++;
+        this.needKey = true;
+        if (!this.stopped) this.decoder = this.makeDecoder();
+      },
+    });
+  }
+
+  draw(frame) {
+    const c = this.canvas;
+    if (!c) return;
+    if (c.width !== frame.displayWidth || c.height !== frame.displayHeight) {
+      c.width = frame.displayWidth;
+      c.height = frame.displayHeight;
+    }
+    c.getContext("2d").drawImage(frame, 0, 0, c.width, c.height);
+  }
+
+  // `frame` as frames.js decodes it.
+  push(frame) {
+    if (this.stopped) return;
+    const key = frame.frameType === FrameType.VIDEO_KEY;
+    if (this.decoder.state !== "closed" && this.decoder.decodeQueueSize >= MAX_DECODE_QUEUE) {
+      this.needKey = true;
+    }
+    if (this.needKey && !key) {
+      this.stats.dropped++;
+      return;
+    }
+    if (this.decoder.state === "unconfigured" || (key && this.needKey)) {
+      if (this.decoder.state === "closed") this.decoder = this.makeDecoder();
+      // Whatever is queued is stale behind this key frame: discard it.
+      if (this.decoder.state === "configured") this.decoder.reset();
+      this.decoder.configure({ codec: this.codec, optimizeForLatency: true });
+    }
+    this.needKey = false;
+    this.decoder.decode(
+      new EncodedVideoChunk({
+        type: key ? "key" : "delta",
+        timestamp: Number(frame.timestampUs),
+        data: frame.payload,
+      }),
+    );
+  }
+
+  stop() {
+    this.stopped = true;
+    if (this.decoder.state !== "closed") this.decoder.close();
+  }
+}
+
+// Media frames of one remote audio stream -> decoded AudioData, played through `audioContext`
+// when one is given (else only decoded and counted).
+export class AudioReceiver {
+  constructor(codec, { audioContext = null, numberOfChannels = 1, onDecoded } = {}) {
+    this.codec = webCodec(codec);
+    this.ctx = audioContext;
+    this.onDecoded = onDecoded ?? (() => {});
+    this.playAt = 0;
+    this.stats = { decoded: 0, dropped: 0, errors: 0 };
+    this.decoder = new AudioDecoder({
+      output: (data) => {
+        try {
+          this.play(data);
+        } finally {
+          data.close();
+        }
+        this.stats.decoded++;
+        this.onDecoded(this.stats.decoded);
+      },
+      error: () => {
+        this.stats.errors++;
+      },
+    });
+    this.decoder.configure({ codec: this.codec, sampleRate: 48000, numberOfChannels });
+  }
+
+  play(data) {
+    const ctx = this.ctx;
+    if (!ctx || ctx.state !== "running") return;
+    const buffer = ctx.createBuffer(data.numberOfChannels, data.numberOfFrames, data.sampleRate);
+    for (let ch = 0; ch < data.numberOfChannels; ch++) {
+      const plane = new Float32Array(data.numberOfFrames);
+      data.copyTo(plane, { planeIndex: ch, format: "f32-planar" });
+      buffer.copyToChannel(plane, ch);
+    }
+    const start = Math.max(this.playAt, ctx.currentTime + 0.02);
+    if (start - ctx.currentTime > MAX_AUDIO_AHEAD_S) {
+      this.stats.dropped++;
+      return;
+    }
+    const source = ctx.createBufferSource();
+    source.buffer = buffer;
+    source.connect(ctx.destination);
+    source.start(start);
+    this.playAt = start + buffer.duration;
+  }
+
+  push(frame) {
+    if (this.decoder.state !== "configured") return;
+    if (this.decoder.decodeQueueSize >= MAX_DECODE_QUEUE) {
+      this.stats.dropped++;
+      return;
+    }
+    this.decoder.decode(
+      new EncodedAudioChunk({
+        type: "key",
+        timestamp: Number(frame.timestampUs),
+        data: frame.payload,
+      }),
+    );
+  }
+
+  stop() {
+    if (this.decoder.state !== "closed") this.decoder.close();
+  }
+}

@@ -1,0 +1,156 @@
+// The signaling session with the Meeting Controller (DESIGN 4): the first bidirectional stream
+// of a WebTransport session carries length-delimited ClientMessage (out) and ServerMessage (in)
+// envelopes. Requests carry a request id and settle on the reply with the same id; everything
+// else is an event for `onEvent(kind, body, envelope)`.
+
+import { openWebTransport } from "./media.js";
+import { ErrorCode, encodeDelimited, kindOf, readMessages } from "./proto.js";
+
+// A request not answered within this long fails (the session is still usable).
+export const REQUEST_TIMEOUT_MS = 10_000;
+// Pings keep the QUIC connection alive: browsers idle out after 30 s and our servers send no
+// keepalive of their own (DESIGN 10).
+export const PING_INTERVAL_MS = 10_000;
+// Limit: requests awaiting a reply. Policy when full: request() throws at once; the page never
+// has more than a few in flight, so reaching it means the MC stopped answering.
+const MAX_PENDING_REQUESTS = 64;
+
+// An ErrorMessage in reply to a request.
+export class SignalingError extends Error {
+  constructor(code, message, details = {}) {
+    super(message);
+    this.name = "SignalingError";
+    this.code = code;
+    this.details = details;
+  }
+
+  get codeName() {
+    return Object.keys(ErrorCode).find((k) => ErrorCode[k] === this.code) ?? String(this.code);
+  }
+}
+
+export class Signaling {
+  // Use Signaling.open(). `onEvent(kind, body, envelope)` gets unsolicited messages;
+  // `onClose({error, closeInfo})` is called once when the session ends, for any reason.
+  constructor(wt, stream, { onEvent, onClose }) {
+    this.wt = wt;
+    this.writer = stream.writable.getWriter();
+    this.onEvent = onEvent;
+    this.onClose = onClose;
+    this.nextRequestId = 1;
+    this.pending = new Map(); // request id -> {resolve, reject, timer}
+    this.closedInfo = null;
+    this.pinger = setInterval(() => this.ping(), PING_INTERVAL_MS);
+    this.reading = this.readLoop(stream.readable);
+  }
+
+  // Opens the session at `url` (the meeting_controller_url) and its signaling stream.
+  static async open(url, certHash, handlers) {
+    const wt = await openWebTransport(url, certHash);
+    try {
+      const stream = await wt.createBidirectionalStream();
+      return new Signaling(wt, stream, handlers);
+    } catch (e) {
+      wt.close();
+      throw e;
+    }
+  }
+
+  async readLoop(readable) {
+    let error = null;
+    try {
+      for await (const envelope of readMessages(readable, "ServerMessage")) {
+        this.dispatch(envelope);
+      }
+    } catch (e) {
+      error = e;
+    }
+    let closeInfo = null;
+    try {
+      closeInfo = await this.wt.closed;
+    } catch (e) {
+      error = error ?? e;
+    }
+    this.finish(error, closeInfo);
+  }
+
+  dispatch(envelope) {
+    const kind = kindOf(envelope, "ServerMessage");
+    const id = envelope.requestId;
+    const waiter = id ? this.pending.get(Number(id)) : undefined;
+    if (waiter) {
+      this.pending.delete(Number(id));
+      clearTimeout(waiter.timer);
+      if (kind === "error") {
+        const e = envelope.error;
+        waiter.reject(new SignalingError(e.code, e.message, e.details));
+      } else {
+        waiter.resolve(envelope);
+      }
+      // The MC answers LeaveRequest with SessionEnded: the end of the session is an event too.
+      if (kind !== "sessionEnded") return;
+    }
+    if (kind !== undefined) this.onEvent(kind, envelope[kind], envelope);
+  }
+
+  finish(error, closeInfo) {
+    if (this.closedInfo) return;
+    clearInterval(this.pinger);
+    this.closedInfo = { error, closeInfo };
+    for (const waiter of this.pending.values()) {
+      clearTimeout(waiter.timer);
+      waiter.reject(error ?? new Error("signaling session closed"));
+    }
+    this.pending.clear();
+    this.onClose(this.closedInfo);
+  }
+
+  // Sends `{[kind]: body}` without expecting a reply.
+  async send(kind, body) {
+    await this.writer.write(encodeDelimited("ClientMessage", { requestId: 0, [kind]: body }));
+  }
+
+  // Sends `{[kind]: body}` and resolves with the reply envelope; rejects with SignalingError for
+  // an ErrorMessage reply, or an Error on timeout or when the session closes first.
+  request(kind, body, timeoutMs = REQUEST_TIMEOUT_MS) {
+    if (this.closedInfo) return Promise.reject(new Error("signaling session closed"));
+    if (this.pending.size >= MAX_PENDING_REQUESTS) {
+      return Promise.reject(new Error("too many signaling requests in flight"));
+    }
+    const requestId = this.nextRequestId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(requestId);
+        reject(new Error(`no reply to ${kind} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(requestId, { resolve, reject, timer });
+      const bytes = encodeDelimited("ClientMessage", { requestId, [kind]: body });
+      this.writer.write(bytes).catch((e) => {
+        if (this.pending.delete(requestId)) {
+          clearTimeout(timer);
+          reject(e);
+        }
+      });
+    });
+  }
+
+  ping() {
+    const timestamp = Math.round((performance.timeOrigin + performance.now()) * 1000);
+    this.request("ping", { timestamp }).then(
+      (reply) => {
+        const rtt = Date.now() * 1000 - Number(reply.pong?.timestamp ?? timestamp);
+        this.lastRttMs = Math.max(0, Math.round(rtt / 1000));
+      },
+      () => {},
+    );
+  }
+
+  close(closeCode = 0, reason = "") {
+    clearInterval(this.pinger);
+    try {
+      this.wt.close({ closeCode, reason });
+    } catch {
+      // Already closed.
+    }
+  }
+}
