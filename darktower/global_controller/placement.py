@@ -21,12 +21,12 @@ Rules, in order (each decided here and covered by ``tests/test_placement.py``):
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable
 
 import attrs
 
 from darktower.errors import CapacityExceeded
+from darktower.global_controller.store import HealthStatus
 from darktower.model import ControllerId
 
 HEARTBEAT_INTERVAL_S = 10.0  # how often MCs heartbeat
@@ -34,12 +34,9 @@ HEARTBEAT_MISSES_ALLOWED = 3
 HEARTBEAT_EXPIRY_S = HEARTBEAT_MISSES_ALLOWED * HEARTBEAT_INTERVAL_S
 
 
-class Health(enum.IntEnum):
-    """Contract ``HealthStatus`` (values equal the protobuf enum's); lower is better."""
-
-    HEALTHY = 0
-    DEGRADED = 1
-    UNHEALTHY = 2
+# The contract's ``HealthStatus`` (values equal the protobuf enum's; lower is better). One
+# definition, the store's: placement reads it from the records the store returns.
+Health = HealthStatus
 
 
 @attrs.frozen

@@ -1,7 +1,8 @@
 """Request bodies of the GC's REST API, validated by hand into attrs classes.
 
 Each check says exactly what is wrong (``InvalidRequest`` naming the field), unknown fields
-are refused, and sizes are bounded. No I/O here.
+are refused, and sizes are bounded. No I/O here. ``MeetingSettings`` is the store's (one
+definition), re-exported here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import attrs
 
 from darktower.errors import InvalidRequest
+from darktower.global_controller.store import MeetingSettings as MeetingSettings
 
 # Bodies larger than this are refused before parsing (HTTP 413, INVALID_REQUEST).
 MAX_BODY_BYTES = 16 * 1024
@@ -21,13 +23,6 @@ MAX_PARTICIPANT_NAME = 100
 MAX_PARTICIPANTS_LIMIT = 1000
 DEFAULT_MAX_PARTICIPANTS = 100
 MAX_CREDENTIAL_FIELD = 256
-
-
-@attrs.frozen
-class MeetingSettings:
-    enable_e2e_encryption: bool = False
-    require_auth: bool = False
-    recording_enabled: bool = False
 
 
 @attrs.frozen

@@ -71,15 +71,42 @@ def bind_plain_http(port: int) -> socket.socket:
     return sock
 
 
+class _DiscardStream:
+    async def handle(self, event: Any) -> None:
+        pass
+
+
+_DISCARD = _DiscardStream()
+
+
+class _StreamTable(dict[int, Any]):
+    """hypercorn's ``H3Protocol`` looks its streams up with ``streams[stream_id]``: data that
+    arrives for a stream it has already answered and forgotten (a 413 sent before the whole
+    body came) raised ``KeyError`` and took the whole QUIC listener down. Such data is dropped.
+    """
+
+    def __missing__(self, stream_id: int) -> Any:
+        return _DISCARD
+
+
+def _guard_streams(connection: Any) -> None:
+    h3 = getattr(connection, "h3", None)
+    if h3 is not None and not isinstance(h3.streams, _StreamTable):
+        h3.streams = _StreamTable(h3.streams)
+
+
 class _TrackingQuicProtocol(QuicProtocol):
-    """Sets ``idle_event`` when the last connection is gone, so shutdown need not poll."""
+    """Sets ``idle_event`` when the last connection is gone, so shutdown need not poll; guards
+    each connection's HTTP/3 stream table (:class:`_StreamTable`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.idle_event = trio.Event()
 
     async def _handle_events(self, connection: Any, client: Any = None) -> None:
+        _guard_streams(connection)
         await super()._handle_events(connection, client)
+        _guard_streams(connection)  # the H3 protocol may have been created just now
         if self.idle:
             self.idle_event.set()
         elif self.idle_event.is_set():

@@ -1,0 +1,130 @@
+"""The Global Controller's REST API over HTTP/3, from trio (contract §1)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+
+from darktower.errors import DarkTowerError
+from darktower.protocol import error_from_body
+from darktower.transport import HTTP3Client, open_http3_client
+
+
+@attrs.frozen
+class CreatedMeeting:
+    meeting_id: str
+    meeting_url: str
+    join_token: str
+    meeting_controller_url: str
+    created_at: str
+
+
+@attrs.frozen
+class JoinTicket:
+    meeting_id: str
+    join_token: str
+    meeting_controller_url: str
+    role: str
+
+
+class GlobalControllerClient:
+    """REST calls to one GC over one HTTP/3 connection. Errors raise the contract's
+    :class:`~darktower.errors.DarkTowerError` subclass named by the response body."""
+
+    def __init__(self, http: HTTP3Client) -> None:
+        self._http = http
+        self.access_token: str | None = None
+
+    async def _call(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
+        headers = [("content-type", "application/json")]
+        if auth and self.access_token:
+            headers.append(("authorization", f"Bearer {self.access_token}"))
+        data = b"" if body is None else json.dumps(body).encode()
+        response = await self._http.request(method, path, headers, data)
+        if response.status >= 400:
+            try:
+                raise error_from_body(json.loads(response.body))
+            except (ValueError, TypeError, KeyError):
+                raise DarkTowerError(
+                    f"HTTP {response.status} from {path}: {response.body[:200]!r}"
+                ) from None
+        return json.loads(response.body) if response.body else None
+
+    async def authenticate(self, client_id: str, client_secret: str) -> str:
+        """Client credentials → access token, kept for later calls."""
+        reply = await self._call(
+            "POST",
+            "/api/v1/auth/token",
+            {
+                "grant_type": "client_credentials",
+                "client_id": client_id,
+                "client_secret": client_secret,
+            },
+            auth=False,
+        )
+        self.access_token = str(reply["access_token"])
+        return self.access_token
+
+    async def create_meeting(
+        self,
+        display_name: str,
+        *,
+        max_participants: int = 100,
+        enable_e2e_encryption: bool = False,
+        require_auth: bool = False,
+        recording_enabled: bool = False,
+    ) -> CreatedMeeting:
+        reply = await self._call(
+            "POST",
+            "/api/v1/meetings",
+            {
+                "display_name": display_name,
+                "max_participants": max_participants,
+                "settings": {
+                    "enable_e2e_encryption": enable_e2e_encryption,
+                    "require_auth": require_auth,
+                    "recording_enabled": recording_enabled,
+                },
+            },
+        )
+        return CreatedMeeting(**{f.name: str(reply[f.name]) for f in attrs.fields(CreatedMeeting)})
+
+    async def get_meeting(self, meeting_id: str) -> dict[str, Any]:
+        reply: dict[str, Any] = await self._call("GET", f"/api/v1/meetings/{meeting_id}")
+        return reply
+
+    async def list_meetings(self, *, active: bool | None = None) -> dict[str, Any]:
+        query = "" if active is None else f"?active={'true' if active else 'false'}"
+        reply: dict[str, Any] = await self._call("GET", f"/api/v1/meetings{query}")
+        return reply
+
+    async def join_meeting(self, meeting_id: str, participant_name: str = "") -> JoinTicket:
+        body = {"participant_name": participant_name} if participant_name else {}
+        reply = await self._call("POST", f"/api/v1/meetings/{meeting_id}/join", body)
+        return JoinTicket(
+            meeting_id=str(reply["meeting_id"]),
+            join_token=str(reply["join_token"]),
+            meeting_controller_url=str(reply["meeting_controller_url"]),
+            role=str(reply.get("role", "guest")),
+        )
+
+    async def end_meeting(self, meeting_id: str) -> None:
+        await self._call("DELETE", f"/api/v1/meetings/{meeting_id}")
+
+    async def kick(self, meeting_id: str, participant_id: str) -> None:
+        await self._call("DELETE", f"/api/v1/meetings/{meeting_id}/participants/{participant_id}")
+
+
+@asynccontextmanager
+async def open_gc_client(
+    url: str, *, server_certificate_hashes: Sequence[bytes] | None = None, verify: bool = True
+) -> AsyncIterator[GlobalControllerClient]:
+    """A :class:`GlobalControllerClient` on one HTTP/3 connection, closed on exit."""
+    async with open_http3_client(
+        url, server_certificate_hashes=server_certificate_hashes, verify=verify
+    ) as http:
+        yield GlobalControllerClient(http)

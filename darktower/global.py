@@ -1,0 +1,35 @@
+"""Launcher: ``python -m darktower.global`` runs the Global Controller (nothing imports this;
+``global`` is a keyword, the code lives in ``darktower.global_controller``).
+
+Settings come from flags, ``DARKTOWER_*`` environment variables and ``--config FILE.toml``
+(``--help`` lists every option). SIGINT/SIGTERM start a drain of ``--drain-grace-s`` seconds.
+
+Operator commands: ``python -m darktower.global clients add NAME`` (prints the client id and
+secret once), ``clients list``, ``clients remove ID``; they take the same settings flags.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from darktower.global_controller import Settings, serve
+from darktower.global_controller import clients as clients_cli
+from darktower.launch import run_service
+
+PROG = "python -m darktower.global"
+DESCRIPTION = (
+    "Dark Tower Global Controller: the meeting REST API (HTTPS + HTTP/3 on one port), the "
+    "ControllerRegistry gRPC service and placement. "
+    f"Operator commands: '{PROG} clients add NAME | list | remove ID'."
+)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv[:1] == ["clients"]:
+        sys.exit(clients_cli.main(argv[1:], prog=PROG))
+    run_service(Settings, serve, prog=PROG, description=DESCRIPTION, argv=argv)
+
+
+if __name__ == "__main__":
+    main()

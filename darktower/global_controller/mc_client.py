@@ -1,0 +1,130 @@
+"""``MeetingControllers`` over gRPC: the GC calling each MC's ``MeetingControl`` service."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+from typing import Any
+
+import trio
+
+from darktower.errors import CapacityExceeded
+from darktower.global_controller.service import grpc_endpoint
+from darktower.global_controller.store import ControllerRecord, Meeting
+from darktower.logs import fields
+from darktower.model import MeetingId, ParticipantId
+from darktower.protocol.pb.v1 import meeting_control_pb2 as mc_pb
+from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
+from darktower.transport.rpc import RpcError, call, open_rpc_channel
+
+log = logging.getLogger("darktower.gc.mc")
+
+# Open channels kept, one per MC endpoint. Full: the least recently used one is closed (its
+# next call reconnects), so a GC that has seen many MCs come and go holds a bounded number.
+MAX_CHANNELS = 64
+END_MESSAGE = "The meeting was ended by its host."
+KICK_MESSAGE = "You were removed from the meeting by its host."
+
+
+def _split(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        raise CapacityExceeded(f"meeting controller endpoint {endpoint!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+class GrpcMeetingControllers:
+    """Channels to MCs, cached per endpoint (at most :data:`MAX_CHANNELS`).
+
+    Construct with :meth:`open`, which owns the channels and closes them all on exit. An MC
+    that cannot be reached raises ``CapacityExceeded`` (503: the caller may retry); an MC's
+    own refusal comes back as its ``DarkTowerError`` subclass.
+    """
+
+    def __init__(self, *, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._channels: collections.OrderedDict[str, tuple[MeetingControlStub, Any]] = (
+            collections.OrderedDict()
+        )
+        self._lock = trio.Lock()  # one task opens or evicts channels at a time
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, *, timeout_s: float = 5.0) -> Any:
+        """Yield the client; on exit (also when cancelled) close every channel."""
+        client = cls(timeout_s=timeout_s)
+        try:
+            yield client
+        finally:
+            with trio.CancelScope(shield=True):
+                await client._close_all()
+
+    async def _close_all(self) -> None:
+        while self._channels:
+            _, (_, channel_cm) = self._channels.popitem(last=False)
+            await channel_cm.__aexit__(None, None, None)
+
+    async def _stub(self, endpoint: str) -> MeetingControlStub:
+        async with self._lock:
+            entry = self._channels.get(endpoint)
+            if entry is not None:
+                self._channels.move_to_end(endpoint)
+                return entry[0]
+            host, port = _split(endpoint)
+            channel_cm = open_rpc_channel(host, port)
+            channel = await channel_cm.__aenter__()
+            self._channels[endpoint] = (MeetingControlStub(channel), channel_cm)
+            if len(self._channels) > MAX_CHANNELS:
+                _, (_, old_cm) = self._channels.popitem(last=False)
+                with trio.CancelScope(shield=True):
+                    await old_cm.__aexit__(None, None, None)
+            return self._channels[endpoint][0]
+
+    async def _call(self, controller: ControllerRecord, name: str, request: Any) -> Any:
+        endpoint = grpc_endpoint(controller)
+        stub = await self._stub(endpoint)
+        try:
+            return await call(getattr(stub, name), request, deadline_s=self._timeout_s)
+        except RpcError as exc:
+            log.warning(
+                "meeting controller unreachable",
+                extra=fields(controller=controller.controller_id, rpc=name, error=exc.message),
+            )
+            raise CapacityExceeded(
+                f"meeting controller {controller.controller_id} is unreachable ({exc.message})",
+                details={"controller_id": str(controller.controller_id)},
+            ) from exc
+
+    async def assign_meeting(self, controller: ControllerRecord, meeting: Meeting) -> None:
+        await self._call(
+            controller,
+            "AssignMeeting",
+            mc_pb.AssignMeeting(
+                meeting_id=meeting.meeting_id,
+                config=mc_pb.MeetingConfig(
+                    display_name=meeting.display_name,
+                    max_participants=meeting.max_participants,
+                    enable_e2e_encryption=meeting.settings.enable_e2e_encryption,
+                    recording_enabled=meeting.settings.recording_enabled,
+                ),
+            ),
+        )
+
+    async def end_meeting(self, controller: ControllerRecord, meeting_id: MeetingId) -> None:
+        await self._call(
+            controller,
+            "EndMeeting",
+            mc_pb.EndMeetingRequest(meeting_id=meeting_id, message=END_MESSAGE),
+        )
+
+    async def kick(
+        self, controller: ControllerRecord, meeting_id: MeetingId, participant_id: ParticipantId
+    ) -> None:
+        await self._call(
+            controller,
+            "KickParticipant",
+            mc_pb.KickParticipantRequest(
+                meeting_id=meeting_id, participant_id=participant_id, message=KICK_MESSAGE
+            ),
+        )

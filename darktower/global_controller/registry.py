@@ -1,0 +1,147 @@
+"""The ``ControllerRegistry`` gRPC service (contract §5) and the heartbeat sweeper.
+
+MCs register (getting the join-token public key, the heartbeat interval and the token
+audience) and heartbeat (capacity, health, per-meeting participant counts, meetings that ended
+on them). The sweeper marks controllers that stopped heartbeating UNHEALTHY and their meetings
+CONTROLLER_LOST, so a dead MC's meetings are reported as such, never silently lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import trio
+
+from darktower.errors import InvalidRequest, NotFound
+from darktower.global_controller.service import GlobalController, pack_endpoint
+from darktower.global_controller.store import ControllerCapacity, HealthStatus
+from darktower.logs import fields
+from darktower.model import ControllerId, MeetingId
+from darktower.protocol.pb.v1 import registry_pb2 as pb
+
+log = logging.getLogger("darktower.gc.registry")
+
+MAX_ID_LENGTH = 128
+MAX_ENDPOINT_LENGTH = 512
+# A heartbeat listing more meetings than this is refused: no MC holds that many, and the
+# store updates one row per listed meeting.
+MAX_MEETINGS_PER_HEARTBEAT = 10_000
+
+
+def _capacity(msg: pb.ControllerCapacity) -> ControllerCapacity:
+    return ControllerCapacity(
+        max_meetings=msg.max_meetings,
+        current_meetings=msg.current_meetings,
+        max_participants=msg.max_participants,
+        current_participants=msg.current_participants,
+    )
+
+
+def _check_id(controller_id: str) -> ControllerId:
+    if not controller_id or len(controller_id) > MAX_ID_LENGTH:
+        raise InvalidRequest(f"controller_id must be 1 to {MAX_ID_LENGTH} characters")
+    return ControllerId(controller_id)
+
+
+class ControllerRegistry:
+    """The trio implementation served with ``rpc_service(ControllerRegistryBase, ...)``."""
+
+    def __init__(
+        self,
+        gc: GlobalController,
+        *,
+        heartbeat_interval_s: float,
+        token_audience: str,
+    ) -> None:
+        self._gc = gc
+        self._interval_ms = int(heartbeat_interval_s * 1000)
+        self._audience = token_audience
+
+    async def RegisterMeetingController(
+        self, request: pb.RegisterMeetingController
+    ) -> pb.RegisterMeetingControllerResponse:
+        controller_id = _check_id(request.controller_id)
+        if not request.endpoint or len(request.endpoint) > MAX_ENDPOINT_LENGTH:
+            raise InvalidRequest("endpoint (host:port of MeetingControl) is required")
+        if " " in request.endpoint or " " in request.signaling_url:
+            raise InvalidRequest("endpoint and signaling_url must not contain spaces")
+        if len(request.signaling_url) > MAX_ENDPOINT_LENGTH or (
+            request.signaling_url and not request.signaling_url.startswith("https://")
+        ):
+            raise InvalidRequest("signaling_url must be an https:// URL")
+        await self._gc.store.register_controller(
+            controller_id,
+            request.region,
+            pack_endpoint(request.endpoint, request.signaling_url),
+            _capacity(request.capacity),
+        )
+        self._gc.controllers_changed()
+        log.info(
+            "meeting controller registered",
+            extra=fields(
+                controller=controller_id, region=request.region, endpoint=request.endpoint
+            ),
+        )
+        return pb.RegisterMeetingControllerResponse(
+            join_token_public_key_pem=self._gc.tokens.join.public_key_pem,
+            heartbeat_interval_ms=self._interval_ms,
+            token_audience=self._audience,
+        )
+
+    async def Heartbeat(self, request: pb.Heartbeat) -> pb.HeartbeatResponse:
+        """NotFound for an unregistered controller (the MC then registers again)."""
+        controller_id = _check_id(request.controller_id)
+        if len(request.meetings) + len(request.ended_meeting_ids) > MAX_MEETINGS_PER_HEARTBEAT:
+            raise InvalidRequest(f"more than {MAX_MEETINGS_PER_HEARTBEAT} meetings listed")
+        try:
+            health = HealthStatus(int(request.health))
+        except ValueError:
+            raise InvalidRequest(f"unknown health status {request.health}") from None
+        counts = {MeetingId(m.meeting_id): m.participant_count for m in request.meetings}
+        await self._gc.store.record_heartbeat(
+            controller_id, _capacity(request.capacity), health, counts
+        )
+        # The GC's controller cache is not invalidated here: heartbeats come all the time, and
+        # placement on figures up to CONTROLLER_CACHE_S old is good enough.
+        for meeting_id in request.ended_meeting_ids:
+            await self._end_reported(controller_id, MeetingId(meeting_id))
+        return pb.HeartbeatResponse()
+
+    async def _end_reported(self, controller_id: ControllerId, meeting_id: MeetingId) -> None:
+        # Only the meeting's own controller may end it this way.
+        try:
+            meeting = await self._gc.store.get_meeting(meeting_id)
+        except NotFound:
+            return
+        if meeting.controller_id == controller_id and meeting.is_active:
+            await self._gc.store.end_meeting(meeting_id)
+
+
+async def sweep_controllers(
+    gc: GlobalController,
+    *,
+    interval_s: float,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Every ``interval_s``, expire controllers silent for longer than the heartbeat timeout
+    (their meetings become CONTROLLER_LOST). Runs until cancelled; owned by the service
+    nursery. Safe with several GC replicas on one database (the store's expiry is)."""
+    task_status.started()
+    while True:
+        await sweep_once(gc)
+        await trio.sleep(interval_s)
+
+
+async def sweep_once(gc: GlobalController) -> list[ControllerId]:
+    """One sweep; returns the controllers newly expired."""
+    cutoff = datetime.fromtimestamp(gc.now() - gc.heartbeat_timeout_s, UTC)
+    expired = await gc.store.expire_controllers(cutoff)
+    if expired:
+        gc.controllers_changed()
+    for controller_id in expired:
+        log.warning(
+            "meeting controller missed its heartbeats; its meetings are CONTROLLER_LOST",
+            extra=fields(controller=controller_id),
+        )
+    return expired

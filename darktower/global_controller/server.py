@@ -1,0 +1,225 @@
+"""``serve``: the whole Global Controller in one trio task (wave-2 service convention)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from functools import partial
+
+import attrs
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from darktower.global_controller import keys
+from darktower.global_controller.api import DevCertificate, create_app
+from darktower.global_controller.gc_metrics import GcMetrics, refresh_gauges
+from darktower.global_controller.mc_client import GrpcMeetingControllers
+from darktower.global_controller.registry import ControllerRegistry, sweep_once
+from darktower.global_controller.service import (
+    Clock,
+    GlobalController,
+    MeetingControllers,
+    Tokens,
+)
+from darktower.global_controller.settings import Settings
+from darktower.global_controller.store import SqlStore, open_store
+from darktower.logs import fields
+from darktower.metrics import Registry
+from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryBase
+from darktower.protocol.ratelimit import KeyedRateLimiter
+from darktower.protocol.tokens import (
+    AccessTokenIssuer,
+    AccessTokenVerifier,
+    GcSigningKeys,
+    JoinTokenIssuer,
+    load_private_key_file,
+)
+from darktower.transport.http_server import serve_http
+from darktower.transport.rpc import open_rpc_loop, rpc_service, serve_rpc
+
+log = logging.getLogger("darktower.gc")
+
+# gRPC handlers still running at shutdown get this long (shielded) once the drain is over.
+RPC_STOP_GRACE_S = 1.0
+
+
+@attrs.frozen
+class Running:
+    """What a started GC reports: where it listens and what clients need to pin."""
+
+    url: str  # https://HOST:PORT (TCP and UDP)
+    port: int
+    grpc_port: int
+    grpc_endpoint: str  # host:port for MCs' ControllerRegistry client
+    certificate_sha256: bytes
+    dev_certificate: bool
+    controller: GlobalController = attrs.field(repr=False, eq=False)
+    metrics: GcMetrics = attrs.field(repr=False, eq=False)
+
+
+def load_signing_keys(settings: Settings) -> GcSigningKeys:
+    """Join and access keys: the configured files (which must exist: replicas share them, so
+    one must not quietly mint its own), else ``DATA_DIR/*.pem``, generated on first start."""
+
+    def key(configured: str, default: str) -> Ed25519PrivateKey:
+        if configured:
+            return load_private_key_file(configured)  # OSError / ValueError if unusable
+        return keys.load_or_create_signing_key(settings.data_path / default)
+
+    return GcSigningKeys(
+        join_key=key(settings.join_key_file, keys.JOIN_KEY_FILE),
+        access_key=key(settings.access_key_file, keys.ACCESS_KEY_FILE),
+    )
+
+
+def make_tokens(signing: GcSigningKeys, settings: Settings) -> Tokens:
+    return Tokens(
+        join=JoinTokenIssuer(
+            signing.join_key, audience=settings.token_audience, ttl_s=settings.join_token_ttl_s
+        ),
+        access=AccessTokenIssuer(signing.access_key),
+        access_verifier=AccessTokenVerifier(signing.access_key.public_key()),
+    )
+
+
+def store_clock(clock: Clock) -> Callable[[], datetime]:
+    return lambda: datetime.fromtimestamp(clock(), UTC)
+
+
+@asynccontextmanager
+async def open_gc_store(settings: Settings, clock: Clock = time.time) -> AsyncIterator[SqlStore]:
+    """The configured store (created and migrated if new), closed on exit."""
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    async with await open_store(settings.store_url, clock=store_clock(clock)) as store:
+        yield store
+
+
+async def _housekeeping(gc: GlobalController, metrics: GcMetrics, interval_s: float) -> None:
+    # Expire silent controllers and refresh the gauges, forever; a failing database is
+    # logged and retried at the next round rather than taking the GC down.
+    while True:
+        try:
+            await sweep_once(gc)
+            await refresh_gauges(
+                metrics, gc.store, now=gc.now(), heartbeat_timeout_s=gc.heartbeat_timeout_s
+            )
+        except Exception as exc:  # a periodic task must survive a bad round
+            log.error("housekeeping failed", extra=fields(error=repr(exc)))
+        await trio.sleep(interval_s)
+
+
+async def serve(
+    settings: Settings,
+    *,
+    shutdown: trio.Event,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+    clock: Clock = time.time,
+    controllers: MeetingControllers | None = None,
+) -> None:
+    """Run the GC: store, keys, HTTPS + HTTP/3 API, ``ControllerRegistry`` gRPC, sweeper.
+
+    Owns every task and socket it starts; reports :class:`Running` once both listeners are
+    bound. When ``shutdown`` is set it stops accepting, lets requests in flight finish within
+    ``settings.drain_grace_s`` (a deadline on the whole service), then cancels what is left
+    and returns. ``clock`` (unix seconds) and ``controllers`` (the MC seam) are for tests.
+    Raises ``OSError`` when a port cannot be bound, the store's errors when it cannot open.
+    """
+    signing = load_signing_keys(settings)
+    tls = keys.load_or_create_tls(settings.certfile, settings.keyfile, settings.data_path)
+    if tls.generated:
+        log.info(
+            "serving a generated development certificate",
+            extra=fields(sha256=tls.credentials.sha256.hex(), certfile=tls.certfile),
+        )
+    registry = Registry()
+    metrics = GcMetrics(registry)
+    serving = trio.Event()
+    async with (
+        open_rpc_loop(),
+        open_gc_store(settings, clock) as store,
+        GrpcMeetingControllers.open(timeout_s=settings.mc_call_timeout_s) as grpc_mcs,
+    ):
+        gc = GlobalController(
+            store,
+            make_tokens(signing, settings),
+            controllers if controllers is not None else grpc_mcs,
+            public_url=settings.public_url,
+            heartbeat_timeout_s=settings.heartbeat_timeout_s,
+            default_region=settings.region,
+            clock=clock,
+        )
+        app = create_app(
+            gc,
+            limiter=KeyedRateLimiter(settings.rate_limit_per_min),
+            metrics=metrics,
+            certificate=DevCertificate(tls.credentials.sha256, tls.generated),
+            is_ready=lambda: serving.is_set() and not shutdown.is_set(),
+        )
+        registry_service = ControllerRegistry(
+            gc,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+            token_audience=settings.token_audience,
+        )
+        async with trio.open_nursery() as nursery:
+
+            async def http(task_status: trio.TaskStatus[int]) -> None:
+                await serve_http(
+                    app,
+                    host=settings.host,
+                    port=settings.port,
+                    certfile=tls.certfile,
+                    keyfile=tls.keyfile,
+                    shutdown=shutdown,
+                    graceful_timeout_s=settings.drain_grace_s,
+                    task_status=task_status,
+                )
+                nursery.cancel_scope.cancel()  # drained: stop gRPC and housekeeping
+
+            port: int = await nursery.start(http)
+            grpc_port: int = await nursery.start(
+                partial(
+                    serve_rpc,
+                    [rpc_service(ControllerRegistryBase, registry_service)],
+                    settings.host,
+                    settings.grpc_port,
+                    shutdown_grace_s=RPC_STOP_GRACE_S,
+                )
+            )
+            nursery.start_soon(_housekeeping, gc, metrics, settings.heartbeat_interval_s)
+            host = f"[{settings.host}]" if ":" in settings.host else settings.host
+            url = f"https://{host}:{port}"
+            gc.public_url = (settings.public_url or url).rstrip("/")
+            serving.set()
+            log.info(
+                "global controller serving",
+                extra=fields(url=url, grpc=f"{host}:{grpc_port}", store=_safe(settings)),
+            )
+            task_status.started(
+                Running(
+                    url=url,
+                    port=port,
+                    grpc_port=grpc_port,
+                    grpc_endpoint=f"{host}:{grpc_port}",
+                    certificate_sha256=tls.credentials.sha256,
+                    dev_certificate=tls.generated,
+                    controller=gc,
+                    metrics=metrics,
+                )
+            )
+            await shutdown.wait()
+            log.info("draining", extra=fields(grace_s=settings.drain_grace_s))
+            # STYLE 7: the drain is a deadline on everything the service runs.
+            nursery.cancel_scope.deadline = trio.current_time() + settings.drain_grace_s
+    log.info("global controller stopped")
+
+
+def _safe(settings: Settings) -> str:
+    # Never log a DSN's password.
+    url = settings.store_url
+    if "@" in url and "://" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://...@{rest.rpartition('@')[2]}"
+    return url

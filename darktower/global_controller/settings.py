@@ -1,0 +1,59 @@
+"""Settings of the Global Controller (``python -m darktower.global --help`` lists them)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import attrs
+
+from darktower.config import option
+from darktower.protocol.ratelimit import GC_REQUESTS_PER_MIN
+from darktower.protocol.tokens import JOIN_TOKEN_TTL_S, MC_AUDIENCE
+
+
+@attrs.frozen
+class Settings:
+    host: str = option("127.0.0.1", "address to bind the HTTPS/HTTP3 and gRPC listeners to")
+    port: int = option(8443, "HTTPS port: TCP (HTTP/1.1, HTTP/2) and UDP (HTTP/3); 0 = any")
+    grpc_port: int = option(50051, "gRPC port of the controller registry; 0 = any")
+    public_url: str = option("", "base URL clients use to reach this GC; empty: https://HOST:PORT")
+    data_dir: str = option("./data", "directory for the SQLite file, keys and dev certificate")
+    database: str = option(
+        "", "store: sqlite:///PATH, a path or postgresql://...; empty: DATA_DIR/gc.db"
+    )
+    certfile: str = option("", "TLS certificate (PEM); empty: a dev certificate in DATA_DIR")
+    keyfile: str = option("", "TLS private key (PEM); empty: the dev certificate's key")
+    join_key_file: str = option(
+        "", "Ed25519 private key (PEM) signing join tokens; empty: DATA_DIR/join-key.pem"
+    )
+    access_key_file: str = option(
+        "", "Ed25519 private key (PEM) signing access tokens; empty: DATA_DIR/access-key.pem"
+    )
+    token_audience: str = option(MC_AUDIENCE, "audience of the join tokens MCs verify")
+    region: str = option("", "region assumed for requests that name none (empty: any)")
+    join_token_ttl_s: int = option(JOIN_TOKEN_TTL_S, "lifetime of join tokens, seconds")
+    rate_limit_per_min: int = option(
+        GC_REQUESTS_PER_MIN, "requests per minute per client id (or address)"
+    )
+    heartbeat_interval_s: float = option(5.0, "heartbeat interval asked of meeting controllers")
+    heartbeat_misses: int = option(3, "missed heartbeats after which a controller is unhealthy")
+    mc_call_timeout_s: float = option(5.0, "deadline of each gRPC call to a meeting controller")
+    drain_grace_s: float = option(10.0, "on SIGTERM: seconds to finish requests before exit")
+    log_level: str = option("info", "log level: debug, info, warning, error")
+    log_json: bool = option(True, "log one JSON object per line (else text)")
+
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        return self.heartbeat_interval_s * self.heartbeat_misses
+
+    @property
+    def data_path(self) -> pathlib.Path:
+        return pathlib.Path(self.data_dir)
+
+    @property
+    def store_url(self) -> str:
+        return self.database or str(self.data_path / "gc.db")
+
+
+# The name the lead's first draft used.
+GlobalSettings = Settings

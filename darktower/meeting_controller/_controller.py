@@ -1,0 +1,331 @@
+"""The MeetingController: meetings as task-tree scopes, sessions as participant scopes.
+
+Owns no tasks of its own: meetings and sessions live in the :class:`TaskTree` it is given,
+Media Handler links in :class:`MediaHandlers`. Leave, kick, connection loss and end are
+cancellations of those scopes with their ``LeaveReason`` (DESIGN 6).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+
+import trio
+
+from darktower.errors import (
+    CapacityExceeded,
+    DarkTowerError,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+)
+from darktower.logs import fields
+from darktower.metrics import Registry
+from darktower.model import LeaveReason, MeetingId, ParticipantId
+from darktower.nurseries import Participant, ScopeClosed, TaskTree
+from darktower.protocol import (
+    MessageDecoder,
+    encode_message,
+)
+from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
+from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
+from darktower.protocol.pb.v1 import signaling_pb2 as sig
+from darktower.protocol.tokens import MC_AUDIENCE, JoinTokenVerifier
+
+from ._limits import (
+    DEFAULT_MAX_PARTICIPANTS,
+    HANDSHAKE_TIMEOUT_S,
+    MAX_MEETINGS,
+    MAX_NAME_CHARS,
+    OUTBOUND_QUEUE_SIZE,
+    READ_SIZE,
+    SESSION_END_GRACE_S,
+)
+from ._metrics import ControllerMetrics
+from ._mh import MediaHandlers
+from ._port import SignalPort
+from ._room import Member, Room
+from ._session import SessionMixin, error_reply
+
+logger = logging.getLogger("darktower.meeting_controller")
+
+# ended_meeting_ids reported with the next heartbeat; bounded: older ones are dropped (the GC
+# also learns of ends through EndMeeting replies and the meeting's absence in heartbeats).
+MAX_ENDED_REPORTED = 1000
+
+
+class MeetingController(SessionMixin):
+    """Meetings, sessions and signaling of one MC (see the module docstring)."""
+
+    def __init__(
+        self,
+        tree: TaskTree,
+        mhs: MediaHandlers,
+        *,
+        verifier: JoinTokenVerifier | None = None,
+        registry: Registry | None = None,
+        max_meetings: int = MAX_MEETINGS,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        outbound_queue_size: int = OUTBOUND_QUEUE_SIZE,
+        token_audience: str = MC_AUDIENCE,
+    ) -> None:
+        self.tree = tree
+        self.mhs = mhs
+        self.verifier = verifier
+        self.rooms: dict[MeetingId, Room] = {}
+        self.ended: list[str] = []
+        self.max_meetings = max_meetings
+        self.handshake_timeout_s = handshake_timeout_s
+        self.outbound_queue_size = outbound_queue_size
+        self.token_audience = token_audience
+        self.metrics = ControllerMetrics(registry if registry is not None else Registry(), self)
+
+    # -- GC side -----------------------------------------------------------------------------
+
+    @property
+    def participant_count(self) -> int:
+        return sum(len(room.members) for room in self.rooms.values())
+
+    async def assign(self, meeting_id: MeetingId, config: mtg_pb.MeetingConfig) -> None:
+        """Create the meeting's scope (idempotent). Raises CapacityExceeded, ScopeClosed."""
+        if not meeting_id:
+            raise InvalidRequest("meeting_id is required")
+        if meeting_id in self.rooms:
+            return
+        if len(self.rooms) >= self.max_meetings:
+            raise CapacityExceeded(f"this meeting controller is full ({self.max_meetings})")
+        limit = config.max_participants or DEFAULT_MAX_PARTICIPANTS
+        try:
+            scope = await self.tree.start_meeting(
+                meeting_id,
+                cleanup=functools.partial(self._meeting_closed, meeting_id),
+                max_participants=limit,
+            )
+        except ScopeClosed:
+            raise CapacityExceeded("this meeting controller is draining") from None
+        self.rooms[meeting_id] = Room(meeting_id, config, scope)
+        logger.info("meeting assigned", extra=fields(meeting_id=meeting_id))
+
+    async def _meeting_closed(self, meeting_id: MeetingId, reason: LeaveReason) -> None:
+        room = self.rooms.pop(meeting_id, None)
+        if room is not None and room.mh is not None:
+            room.mh.rooms -= 1
+        self.ended.append(meeting_id)
+        del self.ended[:-MAX_ENDED_REPORTED]
+        await trio.lowlevel.checkpoint()
+
+    def room(self, meeting_id: MeetingId) -> Room:
+        room = self.rooms.get(meeting_id)
+        if room is None:
+            raise NotFound(f"meeting {meeting_id} is not assigned to this controller")
+        return room
+
+    def end(self, meeting_id: MeetingId, message: str = "") -> int:
+        """End the meeting with MEETING_ENDED for everyone; return how many were in it."""
+        room = self.room(meeting_id)
+        room.end_message = message or "the meeting has ended"
+        count = len(room.members)
+        room.scope.end()
+        return count
+
+    def kick(self, meeting_id: MeetingId, participant_id: ParticipantId, message: str = "") -> None:
+        """Cancel the participant's scope with KICKED. Raises NotFound."""
+        member = self.room(meeting_id).members.get(participant_id)
+        if member is None:
+            raise NotFound(f"participant {participant_id} is not in meeting {meeting_id}")
+        member.end_message = message or "removed from the meeting"
+        member.leave(LeaveReason.KICKED)
+
+    # -- MH telemetry ------------------------------------------------------------------------
+
+    def on_telemetry(self, event: mh_pb.TelemetryEvent) -> None:
+        room = self.rooms.get(MeetingId(event.meeting_id))
+        if room is None:
+            return
+        kind = event.WhichOneof("event")
+        if kind == "telemetry":
+            report = event.telemetry
+            update = sig.ServerMessage(
+                quality=sig.StreamQualityUpdate(
+                    stream_id=report.stream_id,
+                    available_bitrate=report.bitrate,
+                    packet_loss=report.packet_loss,
+                )
+            )
+            publisher = room.publisher_of(report.stream_id)
+            if publisher is not None:
+                room.deliver(publisher, update)
+            for member in list(room.subscribers_of(report.stream_id)):
+                room.deliver(member, update)
+        elif kind == "key_frame_request":
+            publisher = room.publisher_of(event.key_frame_request.stream_id)
+            if publisher is not None:
+                room.deliver(
+                    publisher, sig.ServerMessage(key_frame_request=event.key_frame_request)
+                )
+        elif kind == "participant_disconnected":
+            # Media gone is not signaling gone: the client may reconnect its media session.
+            logger.info(
+                "media connection lost",
+                extra=fields(
+                    meeting_id=event.meeting_id,
+                    participant_id=event.participant_disconnected.participant_id,
+                ),
+            )
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def serve_session(self, port: SignalPort) -> None:
+        """Run one signaling session: handshake, join, then wait for its participant scope.
+
+        The participant scope is owned by the meeting, not by the caller; if the caller is
+        cancelled (the session closed under it), the participant leaves VOLUNTARY when the
+        peer closed cleanly, CONNECTION_LOST otherwise. Errors go to the client as
+        ``ErrorMessage`` and close the session with their code; nothing is raised.
+        """
+        started = trio.current_time()
+        decoder: MessageDecoder[sig.ClientMessage] = MessageDecoder(sig.ClientMessage)
+        request_id = 0
+        try:
+            with trio.fail_after(self.handshake_timeout_s):
+                first = await self._read_first(port, decoder)
+            if first is None:
+                return
+            request_id = first.request_id
+            if first.WhichOneof("message") != "join":
+                raise InvalidRequest("the first message must be a JoinRequest")
+            room, member, recv = await self._admit(first.join)
+        except trio.TooSlowError:
+            await self._refuse(
+                port, 0, InvalidRequest("no JoinRequest within the handshake timeout")
+            )
+            return
+        except DarkTowerError as exc:
+            await self._refuse(port, request_id, exc)
+            return
+        body = functools.partial(
+            self._session, room, member, port, decoder, recv, request_id, started
+        )
+        cleanup = functools.partial(self._session_ended, room, member, port)
+        try:
+            participant = await room.scope.start_participant(member.id, body, cleanup=cleanup)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await self._release_media(room, member, LeaveReason.CONNECTION_LOST)
+            if isinstance(exc, ScopeClosed):
+                exc = NotFound(f"meeting {room.id} is ending")
+            if isinstance(exc, DarkTowerError):
+                await self._refuse(port, request_id, exc)
+                return
+            raise
+        try:
+            await participant.wait_closed()
+        except trio.Cancelled:
+            participant.leave(port.leave_reason(None))
+            raise
+
+    async def _read_first(
+        self, port: SignalPort, decoder: MessageDecoder[sig.ClientMessage]
+    ) -> sig.ClientMessage | None:
+        while True:
+            message = decoder.next_message()
+            if message is not None:
+                return message
+            data = await port.stream.receive_some(READ_SIZE)
+            if not data:
+                return None
+            decoder.receive_data(data)
+
+    async def _refuse(self, port: SignalPort, request_id: int, exc: DarkTowerError) -> None:
+        self.metrics.errors.inc(1, exc.code.name)
+        with trio.move_on_after(SESSION_END_GRACE_S, shield=True):
+            try:
+                await port.stream.send_all(encode_message(error_reply(request_id, exc)))
+                await port.stream.send_eof()
+                await port.wait_closed()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        port.close(int(exc.code), exc.code.name)
+
+    async def _admit(
+        self, join: sig.JoinRequest
+    ) -> tuple[Room, Member, trio.MemoryReceiveChannel[sig.ServerMessage]]:
+        """Verify the token, then allocate: a participant id and its registration at the MH."""
+        if self.verifier is None:
+            raise InternalError("not ready: no join-token key yet")
+        meeting_id = MeetingId(join.meeting_id)
+        claims = self.verifier.verify(join.join_token, meeting_id=meeting_id, now=time.time())
+        room = self.room(meeting_id)
+        if len(room.members) >= room.scope.max_participants:
+            raise CapacityExceeded(f"meeting {meeting_id} is full")
+        now = trio.current_time()
+        if room.mh is None or not room.mh.usable(now):
+            link = self.mhs.choose(now)
+            if link is None:
+                raise InternalError("no media handler is available")
+            if room.mh is not None:
+                room.mh.rooms -= 1
+            room.mh, link.rooms = link, link.rooms + 1
+        participant_id = ParticipantId(str(uuid.uuid4()))
+        try:
+            reply = await room.mh.register_participant(
+                mh_pb.RegisterParticipant(participant_id=participant_id, meeting_id=meeting_id)
+            )
+        except DarkTowerError as exc:
+            if not room.members and room.mh is not None:
+                # Nobody uses this placement yet: let the next join choose again.
+                room.mh.rooms -= 1
+                room.mh = None
+            raise InternalError(f"media handler unavailable: {exc}") from exc
+        outbox, recv = trio.open_memory_channel[sig.ServerMessage](self.outbound_queue_size)
+        name = join.participant_name[:MAX_NAME_CHARS] or claims.participant_name or "guest"
+        member = Member(
+            id=participant_id,
+            name=name,
+            role=claims.role,
+            joined_at_us=int(time.time() * 1_000_000),
+            public_key=join.e2ee_public_key,
+            key_id=str(room.next_key_id),
+            outbox=outbox,
+            media=sig.MediaServerInfo(
+                media_handler_url=reply.media_handler_url,
+                connection_token=reply.connection_token,
+            ),
+        )
+        room.next_key_id += 1
+        return room, member, recv
+
+    async def _session(
+        self,
+        room: Room,
+        member: Member,
+        port: SignalPort,
+        decoder: MessageDecoder[sig.ClientMessage],
+        recv: trio.MemoryReceiveChannel[sig.ServerMessage],
+        request_id: int,
+        started: float,
+        participant: Participant,
+    ) -> None:
+        member.handle = participant
+        # Reply and announce without a checkpoint in between, so no event falls in the gap.
+        response = sig.JoinResponse(
+            participant_id=member.id,
+            existing_participants=[m.to_pb(e2ee=room.e2ee) for m in room.members.values()],
+            media_server=member.media,
+        )
+        if room.e2ee:
+            response.encryption_keys.public_key = member.public_key
+            response.encryption_keys.key_id = member.key_id
+        room.members[member.id] = member
+        room.deliver(member, sig.ServerMessage(request_id=request_id, join_response=response))
+        room.broadcast(
+            sig.ServerMessage(
+                participant_joined=sig.ParticipantJoined(participant=member.to_pb(e2ee=room.e2ee))
+            ),
+            skip=member.id,
+        )
+        self.metrics.join_latency.observe(trio.current_time() - started)
+        await participant.start_stream("signaling-writer", self._writer, member, port, recv)
+        await self._reader(room, member, port, decoder)

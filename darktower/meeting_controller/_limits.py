@@ -1,0 +1,39 @@
+"""Every bound of the Meeting Controller, each with its policy (STYLE 8)."""
+
+from __future__ import annotations
+
+# Per-participant outbound signaling queue (messages). Full: the participant is a slow reader
+# and leaves with CONNECTION_LOST; a fan-out never waits for one session (send_nowait).
+OUTBOUND_QUEUE_SIZE = 256
+# A new session must send its JoinRequest within this many seconds, or it is closed.
+HANDSHAKE_TIMEOUT_S = 10.0
+# Display names are cut to this many characters (the token's name obeys the same bound).
+MAX_NAME_CHARS = 256
+# Streams one participant may publish; more are refused with CAPACITY_EXCEEDED.
+MAX_PUBLISHED_STREAMS = 16
+# Meetings one MC holds; AssignMeeting past it is refused with CAPACITY_EXCEEDED.
+MAX_MEETINGS = 1000
+# Participants over all meetings, reported to the GC as capacity.
+MAX_PARTICIPANTS = 10_000
+# A meeting whose config says 0 gets this many participants at most.
+DEFAULT_MAX_PARTICIPANTS = 100
+# Heartbeat health turns DEGRADED above this share of either capacity.
+DEGRADED_LOAD = 0.9
+# Calls to a Media Handler (RegisterParticipant, RouteMedia, RemoveParticipant) give up after.
+MH_CALL_DEADLINE_S = 5.0
+# An MH that registered but has not heartbeated for this many intervals gets no new rooms.
+MH_MISSED_HEARTBEATS = 3
+MH_HEARTBEAT_INTERVAL_MS = 2000
+# Telemetry stream to an MH: reconnect after a failure, backing off up to the maximum.
+TELEMETRY_BACKOFF_S = 0.5
+TELEMETRY_BACKOFF_MAX_S = 10.0
+# Registration with the GC: retry with backoff; calls give up after the deadline.
+REGISTER_BACKOFF_S = 0.5
+REGISTER_BACKOFF_MAX_S = 10.0
+GC_CALL_DEADLINE_S = 5.0
+# Writing SessionEnded to a leaving client (and its final error) is bounded by this.
+SESSION_END_GRACE_S = 1.0
+# Read size of the signaling stream (the decoder bounds a message at 64 KiB).
+READ_SIZE = 64 * 1024
+# Server keepalive interval (at most a third of the idle timeout, see _service).
+KEEPALIVE_INTERVAL_S = 15.0

@@ -1,0 +1,34 @@
+"""The MC's Prometheus metrics (the task tree registers its own: cancellation latency...)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from darktower.metrics import Counter, Histogram, Registry
+
+if TYPE_CHECKING:
+    from ._controller import MeetingController
+
+
+class ControllerMetrics:
+    def __init__(self, registry: Registry, controller: MeetingController) -> None:
+        self.registry = registry
+        registry.gauge(
+            "darktower_mc_meetings",
+            "meetings assigned to this MC",
+            read=lambda: [((), float(len(controller.rooms)))],
+        )
+        registry.gauge(
+            "darktower_mc_participants",
+            "participants joined in this MC's meetings",
+            read=lambda: [((), float(controller.participant_count))],
+        )
+        self.messages: Counter = registry.counter(
+            "darktower_mc_messages_total", "signaling messages received, by type", ["type"]
+        )
+        self.errors: Counter = registry.counter(
+            "darktower_mc_errors_total", "errors sent to clients (and overflows), by code", ["code"]
+        )
+        self.join_latency: Histogram = registry.histogram(
+            "darktower_mc_join_seconds", "session start to JoinResponse queued"
+        )

@@ -1,0 +1,198 @@
+"""The Media Handlers this MC uses: registered ones (RegisterMediaHandler + heartbeats) and an
+optional static one; placement of rooms on the least-loaded live MH; one telemetry stream each.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+import attrs
+import trio
+
+from darktower.errors import DarkTowerError
+from darktower.logs import fields
+from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
+from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
+from darktower.protocol.pb.v1.media_control_grpc import MediaControlStub
+from darktower.transport.rpc import call, open_rpc_channel, open_stream_call
+
+from ._limits import (
+    MH_CALL_DEADLINE_S,
+    MH_HEARTBEAT_INTERVAL_MS,
+    MH_MISSED_HEARTBEATS,
+    TELEMETRY_BACKOFF_MAX_S,
+    TELEMETRY_BACKOFF_S,
+)
+
+logger = logging.getLogger("darktower.meeting_controller.mh")
+
+OnTelemetry = Callable[[mh_pb.TelemetryEvent], None]
+
+
+class MediaLink(Protocol):
+    """What the MC needs of one Media Handler (a gRPC link, or a fake in tests)."""
+
+    handler_id: str
+    rooms: int
+
+    def usable(self, now: float) -> bool: ...
+    def load_key(self) -> tuple[float, ...]: ...
+    async def register_participant(
+        self, request: mh_pb.RegisterParticipant
+    ) -> mh_pb.RegisterParticipantResponse: ...
+    async def route_media(self, request: mh_pb.RouteMediaCommand) -> None: ...
+    async def remove_participant(self, request: mh_pb.RemoveParticipantRequest) -> None: ...
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"not HOST:PORT: {address!r}")
+    return host.strip("[]"), int(port)
+
+
+@attrs.define(eq=False)
+class GrpcMediaLink:
+    """A Media Handler reached over gRPC; ``run`` owns its channel and telemetry stream."""
+
+    handler_id: str
+    address: tuple[str, int]
+    media_url: str = ""
+    static: bool = False
+    capacity: mtg_pb.MediaHandlerLoad = attrs.field(factory=mtg_pb.MediaHandlerLoad)
+    load: mtg_pb.MediaHandlerLoad = attrs.field(factory=mtg_pb.MediaHandlerLoad)
+    health: int = common_pb2.HEALTHY
+    last_seen: float = -math.inf
+    rooms: int = 0  # rooms this MC placed here
+    stub: MediaControlStub | None = None
+    cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+    def usable(self, now: float) -> bool:
+        if self.stub is None or self.health == common_pb2.UNHEALTHY:
+            return False
+        stale = MH_MISSED_HEARTBEATS * MH_HEARTBEAT_INTERVAL_MS / 1000
+        return self.static or now - self.last_seen <= stale
+
+    def load_key(self) -> tuple[float, ...]:
+        cap = self.capacity.participants or 0
+        share = self.load.participants / cap if cap else 0.0
+        return (float(self.health), share, float(max(self.rooms, self.load.rooms)))
+
+    async def register_participant(
+        self, request: mh_pb.RegisterParticipant
+    ) -> mh_pb.RegisterParticipantResponse:
+        return await call(self._stub().RegisterParticipant, request, deadline_s=MH_CALL_DEADLINE_S)
+
+    async def route_media(self, request: mh_pb.RouteMediaCommand) -> None:
+        await call(self._stub().RouteMedia, request, deadline_s=MH_CALL_DEADLINE_S)
+
+    async def remove_participant(self, request: mh_pb.RemoveParticipantRequest) -> None:
+        await call(self._stub().RemoveParticipant, request, deadline_s=MH_CALL_DEADLINE_S)
+
+    def _stub(self) -> MediaControlStub:
+        if self.stub is None:
+            raise DarkTowerError(f"media handler {self.handler_id} is not connected")
+        return self.stub
+
+    async def run(
+        self,
+        on_event: OnTelemetry,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Own the channel and the Telemetry stream until cancelled (re-opened on failure).
+
+        Reports started once calls can be made (the channel connects at the first call).
+        """
+        backoff = TELEMETRY_BACKOFF_S
+        with self.cancel_scope:
+            async with open_rpc_channel(*self.address) as channel:
+                self.stub = MediaControlStub(channel)
+                task_status.started()
+                while True:
+                    try:
+                        async with open_stream_call(
+                            self.stub.Telemetry, mh_pb.TelemetryRequest()
+                        ) as events:
+                            async for event in events:
+                                backoff = TELEMETRY_BACKOFF_S
+                                on_event(event)
+                    except DarkTowerError as exc:
+                        logger.info(
+                            "telemetry stream from MH ended",
+                            extra=fields(handler_id=self.handler_id, error=str(exc)),
+                        )
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, TELEMETRY_BACKOFF_MAX_S)
+
+
+class MediaHandlers:
+    """The MH links; ``run`` owns every link's task."""
+
+    def __init__(self, on_event: OnTelemetry) -> None:
+        self.links: dict[str, MediaLink] = {}
+        self._on_event = on_event
+        self._nursery: trio.Nursery | None = None
+        self._added = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the links' tasks until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def add(self, link: MediaLink) -> None:
+        """Use ``link`` (a fake or a gRPC link, whose task this pool then owns); returns once
+        it can take calls. Raises RuntimeError unless the pool runs."""
+        old = self.links.pop(link.handler_id, None)
+        if isinstance(old, GrpcMediaLink):
+            old.cancel_scope.cancel()
+        self.links[link.handler_id] = link
+        if isinstance(link, GrpcMediaLink):
+            if self._nursery is None:
+                raise RuntimeError("MediaHandlers is not running")
+            await self._nursery.start(link.run, self._on_event)
+        else:
+            await trio.lowlevel.checkpoint()
+        self._added.set()
+        self._added = trio.Event()
+
+    async def wait_for(self, handler_id: str) -> MediaLink:
+        """Wait until the MH ``handler_id`` is linked and callable (launchers, tests)."""
+        while handler_id not in self.links or not self.links[handler_id].usable(
+            trio.current_time()
+        ):
+            await self._added.wait()
+        return self.links[handler_id]
+
+    async def register(self, request: mtg_pb.RegisterMediaHandler, now: float) -> None:
+        link = self.links.get(request.handler_id)
+        address = split_address(request.endpoint)
+        if isinstance(link, GrpcMediaLink) and link.address == address:
+            link.media_url, link.last_seen = request.media_url, now
+            link.capacity.CopyFrom(request.capacity)
+            await trio.lowlevel.checkpoint()
+            return
+        new = GrpcMediaLink(request.handler_id, address, request.media_url, last_seen=now)
+        new.capacity.CopyFrom(request.capacity)
+        await self.add(new)
+        logger.info("media handler registered", extra=fields(handler_id=request.handler_id))
+
+    def heartbeat(self, request: mtg_pb.MediaHandlerHeartbeat, now: float) -> bool:
+        link = self.links.get(request.handler_id)
+        if not isinstance(link, GrpcMediaLink):
+            return False
+        link.load.CopyFrom(request.load)
+        link.health = request.health
+        link.last_seen = now
+        return True
+
+    def choose(self, now: float) -> MediaLink | None:
+        """The least-loaded usable MH, or None."""
+        usable = [link for link in self.links.values() if link.usable(now)]
+        return min(usable, key=lambda link: link.load_key(), default=None)

@@ -1,0 +1,106 @@
+"""The state of one meeting on the MC: its members, their streams and subscriptions.
+
+Only the meeting's own tasks touch it, and never across a checkpoint between a read and the
+write that depends on it, so it needs no lock (trio is cooperative).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from darktower.model import LeaveReason, MeetingId, ParticipantId, Role
+from darktower.nurseries import Meeting, Participant
+from darktower.protocol.pb.v1 import common_pb2, meeting_control_pb2, signaling_pb2
+
+if TYPE_CHECKING:
+    from ._mh import MediaLink
+
+
+@attrs.define(eq=False)
+class Member:
+    """One participant of a meeting: what the others are told about it, and its outbox."""
+
+    id: ParticipantId
+    name: str
+    role: Role
+    joined_at_us: int
+    public_key: bytes
+    key_id: str
+    # Bounded (settings.outbound_queue_size); full = slow reader, the member is dropped.
+    outbox: trio.MemorySendChannel[signaling_pb2.ServerMessage]
+    media: signaling_pb2.MediaServerInfo
+    streams: dict[str, common_pb2.MediaStream] = attrs.field(factory=dict)
+    subscriptions: dict[str, signaling_pb2.SubscriptionOptions] = attrs.field(factory=dict)
+    handle: Participant | None = None
+    # What the session's end writes before SessionEnded: a final error (abuse, bad input).
+    final_error: signaling_pb2.ServerMessage | None = None
+    end_request_id: int = 0  # the LeaveRequest / EndMeeting that ended the session, if any
+    end_message: str = ""
+    close_code: int = 0
+    overflowed: bool = False
+    media_released: bool = False
+
+    def to_pb(self, *, e2ee: bool) -> signaling_pb2.Participant:
+        info = signaling_pb2.Participant(
+            participant_id=self.id,
+            name=self.name,
+            streams=list(self.streams.values()),
+            joined_at=self.joined_at_us,
+        )
+        if e2ee:
+            info.public_key = self.public_key
+            info.key_id = self.key_id
+        return info
+
+    def leave(self, reason: LeaveReason) -> None:
+        if self.handle is not None:
+            self.handle.leave(reason)
+
+
+@attrs.define(eq=False)
+class Room:
+    """A meeting assigned to this MC (its scope is the tree's meeting)."""
+
+    id: MeetingId
+    config: meeting_control_pb2.MeetingConfig
+    scope: Meeting
+    mh: MediaLink | None = None
+    members: dict[ParticipantId, Member] = attrs.field(factory=dict)
+    next_key_id: int = 1
+    end_message: str = ""
+    overflows: int = 0
+
+    @property
+    def e2ee(self) -> bool:
+        return self.config.enable_e2e_encryption
+
+    def deliver(self, member: Member, message: signaling_pb2.ServerMessage) -> None:
+        """Queue ``message`` for ``member`` without waiting; a full queue drops the member."""
+        try:
+            member.outbox.send_nowait(message)
+        except trio.WouldBlock:
+            member.overflowed = True
+            self.overflows += 1
+            member.leave(LeaveReason.CONNECTION_LOST)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the member is leaving: its writer is gone
+
+    def broadcast(
+        self, message: signaling_pb2.ServerMessage, *, skip: ParticipantId | None = None
+    ) -> None:
+        for member in list(self.members.values()):
+            if member.id != skip:
+                self.deliver(member, message)
+
+    def publisher_of(self, stream_id: str) -> Member | None:
+        for member in self.members.values():
+            if stream_id in member.streams:
+                return member
+        return None
+
+    def subscribers_of(self, stream_id: str) -> Iterator[Member]:
+        return (m for m in self.members.values() if stream_id in m.subscriptions)

@@ -1,0 +1,50 @@
+"""The MeetingControl gRPC methods (trio), called by the GC and by Media Handlers."""
+
+from __future__ import annotations
+
+import trio
+
+from darktower.errors import NotFound
+from darktower.model import MeetingId, ParticipantId
+from darktower.protocol.pb.v1 import meeting_control_pb2 as pb
+
+from ._controller import MeetingController
+from ._limits import MH_HEARTBEAT_INTERVAL_MS
+
+
+class MeetingControl:
+    def __init__(self, controller: MeetingController) -> None:
+        self._ctl = controller
+
+    async def AssignMeeting(self, request: pb.AssignMeeting) -> pb.AssignMeetingResponse:
+        await self._ctl.assign(MeetingId(request.meeting_id), request.config)
+        return pb.AssignMeetingResponse()
+
+    async def EndMeeting(self, request: pb.EndMeetingRequest) -> pb.EndMeetingResponse:
+        await trio.lowlevel.checkpoint()
+        count = self._ctl.end(MeetingId(request.meeting_id), request.message)
+        return pb.EndMeetingResponse(participant_count=count)
+
+    async def KickParticipant(
+        self, request: pb.KickParticipantRequest
+    ) -> pb.KickParticipantResponse:
+        await trio.lowlevel.checkpoint()
+        self._ctl.kick(
+            MeetingId(request.meeting_id), ParticipantId(request.participant_id), request.message
+        )
+        return pb.KickParticipantResponse()
+
+    async def RegisterMediaHandler(
+        self, request: pb.RegisterMediaHandler
+    ) -> pb.RegisterMediaHandlerResponse:
+        await self._ctl.mhs.register(request, trio.current_time())
+        return pb.RegisterMediaHandlerResponse(heartbeat_interval_ms=MH_HEARTBEAT_INTERVAL_MS)
+
+    async def MediaHandlerHeartbeat(
+        self, request: pb.MediaHandlerHeartbeat
+    ) -> pb.MediaHandlerHeartbeatResponse:
+        await trio.lowlevel.checkpoint()
+        if not self._ctl.mhs.heartbeat(request, trio.current_time()):
+            # The MH registers again on NOT_FOUND (e.g. after this MC restarted).
+            raise NotFound(f"media handler {request.handler_id} is not registered")
+        return pb.MediaHandlerHeartbeatResponse()

@@ -1,0 +1,194 @@
+"""``serve``: the Meeting Controller process (or part of ``python -m darktower``).
+
+Owns, in one nursery: the task tree (meetings ⊃ sessions ⊃ reader/writer), the WebTransport
+server (``/v1/signal``), the MeetingControl gRPC server, the Media Handler links, the ops
+listener and the registration with the GC. On ``shutdown`` it drains (STYLE 7): stops
+accepting, ends every meeting (MEETING_ENDED) with a deadline of ``drain_grace_s``, then
+cancels the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+import attrs
+import trio
+
+from darktower.logs import fields
+from darktower.metrics import Registry
+from darktower.nurseries import TaskTree
+from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase
+from darktower.protocol.tokens import JoinTokenVerifier, load_public_key_pem
+from darktower.transport import (
+    Route,
+    ServerConfig,
+    TlsCredentials,
+    TransportLimits,
+    WebTransportServer,
+    WebTransportSession,
+    WebTransportStream,
+    generate_dev_certificate,
+)
+from darktower.transport.rpc import open_rpc_loop, rpc_service, serve_rpc
+
+from ._controller import MeetingController
+from ._limits import KEEPALIVE_INTERVAL_S
+from ._mh import GrpcMediaLink, MediaHandlers, split_address
+from ._ops import serve_ops
+from ._port import webtransport_port
+from ._registration import Registration
+from ._rpc import MeetingControl
+from ._settings import Settings
+
+logger = logging.getLogger("darktower.meeting_controller")
+
+SIGNAL_PATH = "/v1/signal"
+
+
+@attrs.frozen
+class Running:
+    """What a started MC listens on."""
+
+    controller_id: str
+    signal_url: str  # https://HOST:PORT/v1/signal
+    signal_address: tuple[str, int]
+    grpc_address: tuple[str, int]
+    ops_url: str
+    certificate_sha256: bytes
+    controller: MeetingController = attrs.field(eq=False, repr=False)  # for tests, the launcher
+    server: WebTransportServer = attrs.field(eq=False, repr=False)
+
+
+def _credentials(settings: Settings) -> TlsCredentials:
+    if settings.certfile and settings.keyfile:
+        return TlsCredentials.from_files(settings.certfile, settings.keyfile)
+    creds = generate_dev_certificate()
+    logger.info("generated a dev certificate", extra=fields(sha256=creds.sha256.hex()))
+    return creds
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve(
+    settings: Settings,
+    *,
+    shutdown: trio.Event,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the Meeting Controller until ``shutdown`` is set, then drain and return.
+
+    Reports :class:`Running` once every listener is bound. Owns every task and socket it
+    starts. Cancelled from outside, the tree still ends its meetings (bounded cleanups).
+    Raises OSError if a port cannot be bound, ValueError for a bad address or key file.
+    """
+    registry = Registry()
+    tls = _credentials(settings)
+    public_host = settings.public_host or settings.host
+    controller_id = settings.controller_id or f"mc-{secrets.token_hex(4)}"
+    verifier = None
+    if settings.join_public_key_file:
+        key = load_public_key_pem(await trio.Path(settings.join_public_key_file).read_bytes())
+        verifier = JoinTokenVerifier(
+            key, issuer=settings.token_issuer, audience=settings.token_audience
+        )
+    async with open_rpc_loop(), trio.open_nursery() as nursery:
+        tree = TaskTree(registry=registry)
+        await nursery.start(tree.run)
+        mhs = MediaHandlers(lambda event: controller.on_telemetry(event))
+        controller = MeetingController(
+            tree,
+            mhs,
+            verifier=verifier,
+            registry=registry,
+            max_meetings=settings.max_meetings,
+            handshake_timeout_s=settings.handshake_timeout_s,
+            outbound_queue_size=settings.outbound_queue_size,
+            token_audience=settings.token_audience,
+        )
+        await nursery.start(mhs.run)
+        if settings.media_handler:
+            await mhs.add(
+                GrpcMediaLink("static", split_address(settings.media_handler), static=True)
+            )
+
+        async def handle(session: WebTransportSession, context: object) -> None:
+            with trio.move_on_after(settings.handshake_timeout_s) as scope:
+                stream = await session.accept_stream()
+            if scope.cancelled_caught:
+                session.close_nowait(1, "no signaling stream within the handshake timeout")
+                return
+            if not isinstance(stream, WebTransportStream):
+                session.close_nowait(1, "the signaling stream must be bidirectional")
+                return
+            await controller.serve_session(webtransport_port(session, stream))
+
+        # Our keepalives hold live clients (a browser idles out after 30 s); a vanished one
+        # stops answering and is dropped within idle_timeout_s + one keepalive interval.
+        limits = TransportLimits(
+            idle_timeout_s=settings.idle_timeout_s,
+            keepalive_interval_s=min(KEEPALIVE_INTERVAL_S, settings.idle_timeout_s / 3),
+        )
+        server = WebTransportServer(
+            ServerConfig(tls=tls, host=settings.host, port=settings.port, limits=limits),
+            {SIGNAL_PATH: Route(handle)},
+        )
+        host, port = await nursery.start(server.run)
+        signal_url = f"https://{_netloc(public_host, port)}{SIGNAL_PATH}"
+        grpc_port = await nursery.start(
+            serve_rpc,
+            [rpc_service(MeetingControlBase, MeetingControl(controller))],
+            settings.host,
+            settings.grpc_port,
+        )
+        registration = Registration(
+            controller,
+            controller_id=controller_id,
+            region=settings.region,
+            endpoint=_netloc(public_host, grpc_port),
+            signaling_url=signal_url,
+            max_meetings=settings.max_meetings,
+            max_participants=settings.max_participants,
+            issuer=settings.token_issuer,
+        )
+
+        def ready() -> bool:
+            if registration.draining or controller.verifier is None:
+                return False
+            return not settings.gc_grpc or registration.fresh(trio.current_time())
+
+        ops_port = await nursery.start(
+            lambda task_status: serve_ops(
+                "127.0.0.1",
+                settings.ops_port,
+                metrics=registry.render,
+                ready=ready,
+                tree=tree.snapshot,
+                task_status=task_status,
+            )
+        )
+        if settings.gc_grpc:
+            nursery.start_soon(registration.run, settings.gc_grpc)
+        running = Running(
+            controller_id=controller_id,
+            signal_url=signal_url,
+            signal_address=(host, port),
+            grpc_address=(settings.host, grpc_port),
+            ops_url=f"http://127.0.0.1:{ops_port}",
+            certificate_sha256=tls.sha256,
+            controller=controller,
+            server=server,
+        )
+        logger.info(
+            "meeting controller running",
+            extra=fields(signal_url=signal_url, grpc=registration.endpoint, ops=running.ops_url),
+        )
+        task_status.started(running)
+        await shutdown.wait()
+        logger.info("meeting controller draining", extra=fields(grace_s=settings.drain_grace_s))
+        registration.draining = True
+        tree.drain(settings.drain_grace_s)
+        await tree.wait_closed()
+        nursery.cancel_scope.cancel(reason="meeting controller shut down")

@@ -1,0 +1,51 @@
+"""Settings of the Meeting Controller (``python -m darktower.meeting --help`` lists them)."""
+
+from __future__ import annotations
+
+import attrs
+
+from darktower.config import option
+from darktower.protocol.tokens import DEFAULT_ISSUER, MC_AUDIENCE
+
+from ._limits import (
+    HANDSHAKE_TIMEOUT_S,
+    MAX_MEETINGS,
+    MAX_PARTICIPANTS,
+    OUTBOUND_QUEUE_SIZE,
+)
+
+
+@attrs.frozen
+class Settings:
+    host: str = option("127.0.0.1", "address to bind the WebTransport and gRPC listeners to")
+    port: int = option(4433, "UDP port of the WebTransport signaling endpoint (0: any free port)")
+    grpc_port: int = option(50052, "TCP port of the MeetingControl gRPC service (0: any)")
+    ops_port: int = option(9102, "plain-HTTP port on 127.0.0.1 for /metrics, /healthz (0: any)")
+    public_host: str = option(
+        "", "host name put in signaling URLs and the GC endpoint (default: HOST)"
+    )
+    certfile: str = option("", "TLS certificate (PEM); empty: a generated dev certificate")
+    keyfile: str = option("", "TLS private key (PEM); empty: a generated dev key")
+    gc_grpc: str = option("", "HOST:PORT of the Global Controller registry (empty: none)")
+    controller_id: str = option("", "this MC's id when registering (default: a random one)")
+    region: str = option("local", "region reported to the GC")
+    join_public_key_file: str = option(
+        "", "PEM Ed25519 key verifying join tokens when no GC is configured"
+    )
+    token_issuer: str = option(DEFAULT_ISSUER, "expected issuer of join tokens")
+    token_audience: str = option(
+        MC_AUDIENCE, "expected audience of join tokens (the GC may override)"
+    )
+    media_handler: str = option(
+        "", "HOST:PORT of a static Media Handler's gRPC (besides registered ones)"
+    )
+    max_meetings: int = option(MAX_MEETINGS, "meetings this MC accepts")
+    max_participants: int = option(MAX_PARTICIPANTS, "participants over all meetings")
+    handshake_timeout_s: float = option(HANDSHAKE_TIMEOUT_S, "seconds to wait for the JoinRequest")
+    idle_timeout_s: float = option(60.0, "QUIC idle timeout: a vanished client leaves after it")
+    outbound_queue_size: int = option(
+        OUTBOUND_QUEUE_SIZE, "signaling messages queued per participant before it is dropped"
+    )
+    drain_grace_s: float = option(10.0, "on SIGTERM: seconds to end meetings before exit")
+    log_level: str = option("info", "log level: debug, info, warning, error")
+    log_json: bool = option(True, "log one JSON object per line (else text)")

@@ -1,0 +1,222 @@
+"""Handlers of the client's signaling requests, one per ``ClientMessage`` kind (STYLE 10).
+
+Each returns the reply (its ``request_id`` is set by the dispatcher) or None when the reply is
+the session's ``SessionEnded``; a ``DarkTowerError`` becomes the ``ErrorMessage`` reply.
+
+Quality reports from clients: a report on a stream the client *receives* becomes a
+``RouteMedia`` options update for that subscription (``target_bitrate`` = the reported
+available bitrate, the preferred layer kept), so the MH's layer choice follows the client's
+downlink; a report on a stream the client *publishes* is relayed to that stream's subscribers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from darktower.errors import (
+    CapacityExceeded,
+    Conflict,
+    Forbidden,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+)
+from darktower.model import LeaveReason, ParticipantId, Role
+from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
+from darktower.protocol.pb.v1 import signaling_pb2 as sig
+from darktower.transport.rpc import RpcError
+
+from ._limits import MAX_PUBLISHED_STREAMS
+from ._room import Member, Room
+
+if TYPE_CHECKING:
+    from ._controller import MeetingController
+
+Reply = sig.ServerMessage | None
+Handler = Callable[["MeetingController", Room, Member, sig.ClientMessage], Awaitable[Reply]]
+MAX_STREAM_ID_CHARS = 128
+
+
+def _ack(stream_id: str = "") -> sig.ServerMessage:
+    return sig.ServerMessage(ack=sig.Ack(stream_id=stream_id))
+
+
+def _stream_id(value: str) -> str:
+    if not value or len(value) > MAX_STREAM_ID_CHARS:
+        raise InvalidRequest("stream_id must be 1 to 128 characters")
+    return value
+
+
+async def _route(room: Room, command: mh_pb.RouteMediaCommand) -> None:
+    if room.mh is None:
+        raise InternalError("no media handler is assigned to this meeting")
+    command.meeting_id = room.id
+    try:
+        await room.mh.route_media(command)
+    except RpcError as exc:
+        raise InternalError(f"media handler unreachable: {exc}") from exc
+
+
+async def publish(
+    ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
+) -> Reply:
+    stream_id = _stream_id(m.publish.stream_id)
+    if room.publisher_of(stream_id) is not None:
+        raise Conflict(f"stream {stream_id} is already published")
+    if len(member.streams) >= MAX_PUBLISHED_STREAMS:
+        raise CapacityExceeded(f"at most {MAX_PUBLISHED_STREAMS} published streams")
+    stream = common_pb2.MediaStream(
+        stream_id=stream_id, stream_type=m.publish.stream_type, metadata=m.publish.metadata
+    )
+    member.streams[stream_id] = stream
+    room.broadcast(
+        sig.ServerMessage(
+            stream_published=sig.StreamPublished(participant_id=member.id, stream=stream)
+        ),
+        skip=member.id,
+    )
+    return _ack(stream_id)
+
+
+async def unpublish(
+    ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
+) -> Reply:
+    stream_id = m.unpublish.stream_id
+    if member.streams.pop(stream_id, None) is None:
+        raise NotFound(f"stream {stream_id} is not published by you")
+    for other in list(room.subscribers_of(stream_id)):
+        del other.subscriptions[stream_id]
+    room.broadcast(
+        sig.ServerMessage(
+            stream_unpublished=sig.StreamUnpublished(participant_id=member.id, stream_id=stream_id)
+        ),
+        skip=member.id,
+    )
+    return _ack(stream_id)
+
+
+async def subscribe(
+    ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
+) -> Reply:
+    stream_id = _stream_id(m.subscribe.stream_id)
+    publisher = room.publisher_of(stream_id)
+    if publisher is None:
+        raise NotFound(f"stream {stream_id} is not published in this meeting")
+    if publisher is member:
+        raise InvalidRequest("cannot subscribe to your own stream")
+    options = m.subscribe.options
+    await _route(
+        room,
+        mh_pb.RouteMediaCommand(
+            source_stream_id=stream_id,
+            destination_participant_ids=[member.id],
+            options=mh_pb.RoutingOptions(
+                preferred_layer=options.preferred_layer, target_bitrate=options.max_bitrate
+            ),
+        ),
+    )
+    if room.publisher_of(stream_id) is publisher:  # still there after the call
+        member.subscriptions[stream_id] = options
+    return _ack(stream_id)
+
+
+async def unsubscribe(
+    ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
+) -> Reply:
+    stream_id = m.unsubscribe.stream_id
+    if member.subscriptions.pop(stream_id, None) is None:
+        raise NotFound(f"you are not subscribed to stream {stream_id}")
+    await _route(
+        room,
+        mh_pb.RouteMediaCommand(
+            source_stream_id=stream_id, destination_participant_ids=[member.id], unroute=True
+        ),
+    )
+    return _ack(stream_id)
+
+
+async def quality(
+    ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
+) -> Reply:
+    report = m.quality
+    options = member.subscriptions.get(report.stream_id)
+    if options is not None:
+        await _route(
+            room,
+            mh_pb.RouteMediaCommand(
+                source_stream_id=report.stream_id,
+                destination_participant_ids=[member.id],
+                options=mh_pb.RoutingOptions(
+                    preferred_layer=options.preferred_layer,
+                    target_bitrate=report.available_bitrate,
+                ),
+            ),
+        )
+    elif report.stream_id in member.streams:
+        update = sig.ServerMessage(quality=report)
+        for subscriber in list(room.subscribers_of(report.stream_id)):
+            room.deliver(subscriber, update)
+    else:
+        raise NotFound(f"stream {report.stream_id} is neither yours nor subscribed")
+    return _ack(report.stream_id)
+
+
+async def leave(ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage) -> Reply:
+    member.end_request_id = m.request_id
+    member.leave(LeaveReason.VOLUNTARY)
+    return None
+
+
+def _host(member: Member) -> None:
+    if member.role is not Role.HOST:
+        raise Forbidden("only the host may do this")
+
+
+async def kick(ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage) -> Reply:
+    _host(member)
+    ctl.kick(room.id, ParticipantId(m.kick.participant_id), "removed by the host")
+    return _ack()
+
+
+async def end_meeting(
+    ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
+) -> Reply:
+    _host(member)
+    member.end_request_id = m.request_id
+    ctl.end(room.id, "the host ended the meeting")
+    return None
+
+
+async def ping(ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage) -> Reply:
+    return sig.ServerMessage(pong=sig.Pong(timestamp=m.ping.timestamp))
+
+
+async def key_share(
+    ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
+) -> Reply:
+    target = room.members.get(ParticipantId(m.key_share.to_participant_id))
+    if target is None:
+        raise NotFound(f"participant {m.key_share.to_participant_id} is not in this meeting")
+    relayed = sig.E2EEKeyShare()
+    relayed.CopyFrom(m.key_share)
+    relayed.from_participant_id = member.id  # the sender cannot speak for someone else
+    room.deliver(target, sig.ServerMessage(key_share=relayed))
+    return _ack()
+
+
+HANDLERS: dict[str, Handler] = {
+    "publish": publish,
+    "unpublish": unpublish,
+    "subscribe": subscribe,
+    "unsubscribe": unsubscribe,
+    "quality": quality,
+    "leave": leave,
+    "kick": kick,
+    "end_meeting": end_meeting,
+    "ping": ping,
+    "key_share": key_share,
+}
+
+__all__ = ["HANDLERS"]

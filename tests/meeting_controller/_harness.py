@@ -1,0 +1,180 @@
+"""A Meeting Controller on 127.0.0.1 with a Media Handler stand-in speaking the real
+MediaControl gRPC, join tokens minted here, and helpers to connect clients."""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from darktower.client._signaling import SignalingClient, open_signaling
+from darktower.meeting_controller import Running, Settings, serve
+from darktower.model import MeetingId, Role
+from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
+from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
+from darktower.protocol.pb.v1 import signaling_pb2 as sig
+from darktower.protocol.pb.v1.media_control_grpc import MediaControlBase
+from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
+from darktower.protocol.tokens import JoinTokenIssuer, generate_signing_key, public_key_pem
+from darktower.transport.rpc import call, open_rpc_channel, open_rpc_loop, rpc_service, serve_rpc
+
+WAIT_S = 10.0  # real-time bound on every wait below: a hang fails instead of blocking the run
+
+
+class FakeMediaControl:
+    """The MH stand-in: records every call; telemetry events are pushed by the test."""
+
+    def __init__(self) -> None:
+        self.registered: list[mh_pb.RegisterParticipant] = []
+        self.routes: list[mh_pb.RouteMediaCommand] = []
+        self.removed: list[mh_pb.RemoveParticipantRequest] = []
+        self._changed = trio.Event()
+        self.telemetry_send, self._telemetry_recv = trio.open_memory_channel[mh_pb.TelemetryEvent](
+            100
+        )
+        self.telemetry_subscribed = trio.Event()
+
+    def _touch(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        with trio.fail_after(WAIT_S):
+            while not predicate():
+                await self._changed.wait()
+
+    async def RegisterParticipant(
+        self, request: mh_pb.RegisterParticipant
+    ) -> mh_pb.RegisterParticipantResponse:
+        self.registered.append(request)
+        self._touch()
+        await trio.lowlevel.checkpoint()
+        return mh_pb.RegisterParticipantResponse(
+            connection_token=f"token-{request.participant_id}",
+            media_handler_url="https://127.0.0.1:4434/v1/media",
+        )
+
+    async def RouteMedia(self, request: mh_pb.RouteMediaCommand) -> mh_pb.RouteMediaResponse:
+        self.routes.append(request)
+        self._touch()
+        await trio.lowlevel.checkpoint()
+        return mh_pb.RouteMediaResponse()
+
+    async def RemoveParticipant(
+        self, request: mh_pb.RemoveParticipantRequest
+    ) -> mh_pb.RemoveParticipantResponse:
+        self.removed.append(request)
+        self._touch()
+        await trio.lowlevel.checkpoint()
+        return mh_pb.RemoveParticipantResponse()
+
+    async def Telemetry(
+        self, request: mh_pb.TelemetryRequest
+    ) -> AsyncIterator[mh_pb.TelemetryEvent]:
+        self.telemetry_subscribed.set()
+        async for event in self._telemetry_recv:
+            yield event
+
+
+@attrs.define
+class Stack:
+    running: Running
+    issuer: JoinTokenIssuer
+    mh: FakeMediaControl
+    mc: MeetingControlStub
+    keyfile: pathlib.Path
+
+    def token(self, meeting_id: str, role: Role = Role.GUEST, **kw: Any) -> str:
+        return self.issuer.issue(MeetingId(meeting_id), role, time.time(), **kw)
+
+    async def assign(self, meeting_id: str, **config: Any) -> None:
+        await call(
+            self.mc.AssignMeeting,
+            mtg_pb.AssignMeeting(meeting_id=meeting_id, config=mtg_pb.MeetingConfig(**config)),
+        )
+
+    def join(self, meeting_id: str, role: Role = Role.GUEST, name: str = "", **kw: Any) -> Any:
+        return open_signaling(
+            self.running.signal_url,
+            meeting_id=meeting_id,
+            join_token=kw.pop("token", None) or self.token(meeting_id, role),
+            participant_name=name,
+            server_certificate_hashes=[self.running.certificate_sha256],
+            **kw,
+        )
+
+
+async def next_event(client: SignalingClient, kind: str) -> sig.ServerMessage:
+    """The next event of ``kind`` (others of other kinds are skipped)."""
+    with trio.fail_after(WAIT_S):
+        async for event in client.events:
+            if event.WhichOneof("message") == kind:
+                return event
+    raise AssertionError(f"events ended before a {kind}")
+
+
+async def wait_ended(client: SignalingClient) -> sig.SessionEnded:
+    with trio.fail_after(WAIT_S):
+        await client.closed.wait()
+    assert client.session_ended is not None
+    return client.session_ended
+
+
+@asynccontextmanager
+async def open_stack(tmp_path: pathlib.Path, **overrides: Any) -> AsyncIterator[Stack]:
+    key = generate_signing_key()
+    keyfile = tmp_path / "join-key.pem"
+    keyfile.write_bytes(public_key_pem(key))
+    fake = FakeMediaControl()
+    async with open_rpc_loop(), trio.open_nursery() as nursery:
+        mh_port = await nursery.start(
+            serve_rpc, [rpc_service(MediaControlBase, fake)], "127.0.0.1", 0
+        )
+        options: dict[str, Any] = {
+            "port": 0,
+            "grpc_port": 0,
+            "ops_port": 0,
+            "media_handler": f"127.0.0.1:{mh_port}",
+            "join_public_key_file": str(keyfile),
+            "drain_grace_s": 2.0,
+        }
+        options.update(overrides)
+        shutdown = trio.Event()
+        running: Running = await nursery.start(
+            functools.partial(serve, Settings(**options), shutdown=shutdown)
+        )
+        async with open_rpc_channel(*running.grpc_address) as channel:
+            yield Stack(running, JoinTokenIssuer(key), fake, MeetingControlStub(channel), keyfile)
+        shutdown.set()
+        with trio.fail_after(WAIT_S):
+            await running.controller.tree.wait_closed()
+        nursery.cancel_scope.cancel()
+
+
+async def read_until_end(stream: Any) -> list[sig.ServerMessage]:
+    """Every server message until the stream ends or the session goes away."""
+    from darktower.protocol import MessageDecoder
+
+    decoder: MessageDecoder[sig.ServerMessage] = MessageDecoder(sig.ServerMessage)
+    with trio.fail_after(WAIT_S):
+        try:
+            while data := await stream.receive_some():
+                decoder.receive_data(data)
+        except trio.BrokenResourceError:
+            pass
+    return list(decoder)
+
+
+def join_message(
+    stack: Stack, meeting_id: str, request_id: int = 1, **kw: Any
+) -> sig.ClientMessage:
+    token = kw.pop("token", None) or stack.token(meeting_id)
+    return sig.ClientMessage(
+        request_id=request_id, join=sig.JoinRequest(meeting_id=meeting_id, join_token=token, **kw)
+    )

@@ -1,0 +1,170 @@
+"""Registration with a GC stand-in (real gRPC), heartbeats, MH registration and the ops pages."""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import time
+
+import httpx
+import trio
+
+from darktower.client._signaling import open_signaling
+from darktower.meeting_controller import Running, Settings, serve
+from darktower.model import MeetingId, Role
+from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
+from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
+from darktower.protocol.pb.v1.media_control_grpc import MediaControlBase
+from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
+from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryBase
+from darktower.protocol.tokens import JoinTokenIssuer, generate_signing_key
+from darktower.transport.rpc import call, open_rpc_channel, open_rpc_loop, rpc_service, serve_rpc
+
+from ._harness import WAIT_S, FakeMediaControl
+
+
+class FakeRegistry:
+    def __init__(self, issuer: JoinTokenIssuer) -> None:
+        self.issuer = issuer
+        self.registrations: list[reg_pb.RegisterMeetingController] = []
+        self.heartbeats: list[reg_pb.Heartbeat] = []
+        self.changed = trio.Event()
+
+    async def RegisterMeetingController(
+        self, request: reg_pb.RegisterMeetingController
+    ) -> reg_pb.RegisterMeetingControllerResponse:
+        await trio.lowlevel.checkpoint()
+        self.registrations.append(request)
+        self.changed.set()
+        return reg_pb.RegisterMeetingControllerResponse(
+            join_token_public_key_pem=self.issuer.public_key_pem,
+            heartbeat_interval_ms=50,
+            token_audience="mc-audience-from-gc",
+        )
+
+    async def Heartbeat(self, request: reg_pb.Heartbeat) -> reg_pb.HeartbeatResponse:
+        await trio.lowlevel.checkpoint()
+        self.heartbeats.append(request)
+        self.changed.set()
+        return reg_pb.HeartbeatResponse()
+
+    async def wait_for(self, predicate) -> None:  # type: ignore[no-untyped-def]
+        with trio.fail_after(WAIT_S):
+            while not predicate():
+                self.changed = trio.Event()
+                await self.changed.wait()
+
+
+async def test_registers_heartbeats_places_on_registered_mh_and_serves_ops(
+    tmp_path: pathlib.Path,
+) -> None:
+    issuer = JoinTokenIssuer(generate_signing_key(), audience="mc-audience-from-gc")
+    gc = FakeRegistry(issuer)
+    mh = FakeMediaControl()
+    async with open_rpc_loop(), trio.open_nursery() as nursery:
+        gc_port = await nursery.start(
+            serve_rpc, [rpc_service(ControllerRegistryBase, gc)], "127.0.0.1", 0
+        )
+        mh_port = await nursery.start(
+            serve_rpc, [rpc_service(MediaControlBase, mh)], "127.0.0.1", 0
+        )
+        settings = Settings(
+            port=0,
+            grpc_port=0,
+            ops_port=0,
+            gc_grpc=f"127.0.0.1:{gc_port}",
+            region="eu-1",
+            controller_id="mc-test",
+            max_meetings=10,
+        )
+        shutdown = trio.Event()
+        running: Running = await nursery.start(
+            functools.partial(serve, settings, shutdown=shutdown)
+        )
+        await gc.wait_for(lambda: bool(gc.registrations))
+        (registration,) = gc.registrations
+        assert registration.controller_id == "mc-test" and registration.region == "eu-1"
+        assert registration.signaling_url == running.signal_url
+        assert registration.endpoint.endswith(f":{running.grpc_address[1]}")
+        assert registration.capacity.max_meetings == 10
+
+        async with open_rpc_channel(*running.grpc_address) as channel:
+            stub = MeetingControlStub(channel)
+            # an MH registers itself with the MC; rooms go to it
+            reply = await call(
+                stub.RegisterMediaHandler,
+                mtg_pb.RegisterMediaHandler(
+                    handler_id="mh-1",
+                    endpoint=f"127.0.0.1:{mh_port}",
+                    media_url="https://mh/v1/media",
+                    capacity=mtg_pb.MediaHandlerLoad(rooms=10, participants=100),
+                ),
+            )
+            assert reply.heartbeat_interval_ms > 0
+            await call(
+                stub.MediaHandlerHeartbeat,
+                mtg_pb.MediaHandlerHeartbeat(
+                    handler_id="mh-1", load=mtg_pb.MediaHandlerLoad(rooms=0)
+                ),
+            )
+            await call(
+                stub.AssignMeeting,
+                mtg_pb.AssignMeeting(meeting_id="m", config=mtg_pb.MeetingConfig()),
+            )
+            token = issuer.issue(MeetingId("m"), Role.GUEST, time.time())
+            async with open_signaling(
+                running.signal_url,
+                meeting_id="m",
+                join_token=token,
+                server_certificate_hashes=[running.certificate_sha256],
+            ) as client:
+                assert [r.participant_id for r in mh.registered] == [client.participant_id]
+                await gc.wait_for(
+                    lambda: any(
+                        [(m.meeting_id, m.participant_count) for m in hb.meetings] == [("m", 1)]
+                        for hb in gc.heartbeats
+                    )
+                )
+                assert gc.heartbeats[-1].health == common_pb2.HEALTHY
+
+                async with httpx.AsyncClient(base_url=running.ops_url) as http:
+                    assert (await http.get("/healthz")).status_code == 200
+                    assert (await http.get("/readyz")).status_code == 200
+                    metrics = (await http.get("/metrics")).text
+                    assert "darktower_mc_participants 1" in metrics
+                    assert "darktower_mc_join_seconds_count 1" in metrics
+                    assert "darktower_tree_cancel_latency_seconds" in metrics
+                    tree = json.loads((await http.get("/debug/tree")).text)
+                    assert tree["counts"]["participants"] == 1
+        shutdown.set()
+        with trio.fail_after(WAIT_S):
+            await running.controller.tree.wait_closed()
+        nursery.cancel_scope.cancel()
+
+
+def test_health_follows_load_and_drain() -> None:
+    from darktower.meeting_controller import MediaHandlers, MeetingController, Registration
+    from darktower.nurseries import TaskTree
+
+    ctl = MeetingController(TaskTree(), MediaHandlers(lambda event: None))
+    registration = Registration(
+        ctl,
+        controller_id="c",
+        region="r",
+        endpoint="e",
+        signaling_url="s",
+        max_meetings=10,
+        max_participants=100,
+        issuer="darktower-gc",
+    )
+    assert registration.health() == common_pb2.HEALTHY
+    ctl.rooms.update({MeetingId(f"m{i}"): object() for i in range(9)})  # type: ignore[misc]
+    assert registration.health() == common_pb2.DEGRADED  # 90 % of the meetings
+    ctl.rooms.clear()
+    ctl.ended.append("gone")
+    beat = registration.heartbeat()
+    assert list(beat.ended_meeting_ids) == ["gone"] and beat.capacity.max_participants == 100
+    registration.draining = True
+    assert registration.health() == common_pb2.UNHEALTHY
