@@ -28,6 +28,10 @@ logger = logging.getLogger("darktower.meeting_controller.registration")
 DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
 
 
+# Shortest staleness window for /readyz, seconds.
+READY_FLOOR_S = 2.0
+
+
 class Registration:
     """What the MC tells the GC, and whether the GC heard it recently (for /readyz)."""
 
@@ -56,7 +60,9 @@ class Registration:
         self.interval_s = DEFAULT_HEARTBEAT_INTERVAL_S
 
     def fresh(self, now: float) -> bool:
-        return now - self.last_ok <= 3 * self.interval_s
+        # Three missed beats, but never under READY_FLOOR_S: readiness must not flap on
+        # scheduling jitter when the GC asks for very short intervals.
+        return now - self.last_ok <= max(3 * self.interval_s, READY_FLOOR_S)
 
     def capacity(self) -> pb.ControllerCapacity:
         return pb.ControllerCapacity(
