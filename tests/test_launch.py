@@ -7,6 +7,7 @@ import signal
 from typing import Any
 
 import trio
+import trio.lowlevel
 
 from darktower.launch import run_until_signal
 
@@ -18,7 +19,7 @@ async def test_signal_sets_shutdown_and_waits_for_the_drain() -> None:
         task_status.started(f"running {name}")
         await shutdown.wait()
         events.append("draining")
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         events.append("drained")
 
     def started(running: object) -> None:
