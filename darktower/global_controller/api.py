@@ -33,6 +33,7 @@ from darktower.errors import (
 from darktower.global_controller import schemas
 from darktower.global_controller.gc_metrics import GcMetrics
 from darktower.global_controller.service import GlobalController
+from darktower.global_controller.web import load_web_files
 from darktower.model import MeetingId, ParticipantId
 from darktower.protocol import error_body, http_status
 from darktower.protocol.ratelimit import KeyedRateLimiter, RateLimitDecision, client_key
@@ -76,6 +77,7 @@ def create_app(
     limiter: KeyedRateLimiter,
     metrics: GcMetrics,
     certificate: DevCertificate | None = None,
+    dev_credentials: dict[str, str] | None = None,
     is_ready: Any = None,
 ) -> QuartTrio:
     """The app. ``is_ready()`` (default: always) answers ``/readyz``. The app owns no task."""
@@ -221,11 +223,41 @@ def create_app(
             raise NotFound("this GC does not report its certificate")
         return _json(
             {
+                "sha256": certificate.sha256.hex(),  # what the browser client reads
                 "sha256_hex": certificate.sha256.hex(),
                 "sha256_base64": base64.b64encode(certificate.sha256).decode("ascii"),
                 "generated": certificate.generated,
             }
         )
+
+    @app.get("/api/v1/dev/credentials")
+    async def dev_client() -> Response:
+        # Only the development stack (python -m darktower) hands out a credential, so the
+        # browser page can create meetings; a deployment never configures one.
+        if dev_credentials is None:
+            raise NotFound("this GC has no development credential")
+        return _json(dev_credentials)
+
+    web_files = load_web_files()
+
+    def _web(name: str) -> Response:
+        found = web_files.get(name)
+        if found is None:
+            raise NotFound(f"no file {name}")
+        body, content_type = found
+        return Response(body, content_type=content_type)
+
+    @app.get("/")
+    async def index() -> Response:
+        return _web("index.html")
+
+    @app.get("/m/<meeting_id>")
+    async def meeting_page(meeting_id: str) -> Response:
+        return _web("index.html")
+
+    @app.get("/static/<name>")
+    async def static_file(name: str) -> Response:
+        return _web(name)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import pathlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -37,7 +39,7 @@ from darktower.protocol.tokens import (
     JoinTokenIssuer,
     load_private_key_file,
 )
-from darktower.transport.http_server import serve_http
+from darktower.transport.http_server import bind_plain_http, serve_http
 from darktower.transport.rpc import open_rpc_loop, rpc_service, serve_rpc
 
 log = logging.getLogger("darktower.gc")
@@ -58,6 +60,14 @@ class Running:
     dev_certificate: bool
     controller: GlobalController = attrs.field(repr=False, eq=False)
     metrics: GcMetrics = attrs.field(repr=False, eq=False)
+    page_url: str = ""  # development: http://127.0.0.1:PORT/ (a secure context for browsers)
+
+
+def _dev_credentials(settings: Settings) -> dict[str, str] | None:
+    if not settings.dev_credentials_file:
+        return None
+    data = json.loads(pathlib.Path(settings.dev_credentials_file).read_text())
+    return {"client_id": str(data["client_id"]), "client_secret": str(data["client_secret"])}
 
 
 def load_signing_keys(settings: Settings) -> GcSigningKeys:
@@ -156,6 +166,7 @@ async def serve(
             limiter=KeyedRateLimiter(settings.rate_limit_per_min),
             metrics=metrics,
             certificate=DevCertificate(tls.credentials.sha256, tls.generated),
+            dev_credentials=_dev_credentials(settings),
             is_ready=lambda: serving.is_set() and not shutdown.is_set(),
         )
         registry_service = ControllerRegistry(
@@ -163,6 +174,8 @@ async def serve(
             heartbeat_interval_s=settings.heartbeat_interval_s,
             token_audience=settings.token_audience,
         )
+        plain = bind_plain_http(settings.dev_http_port) if settings.dev_http_port >= 0 else None
+        plain_port = plain.getsockname()[1] if plain is not None else None
         async with trio.open_nursery() as nursery:
 
             async def http(task_status: trio.TaskStatus[int]) -> None:
@@ -174,6 +187,7 @@ async def serve(
                     keyfile=tls.keyfile,
                     shutdown=shutdown,
                     graceful_timeout_s=settings.drain_grace_s,
+                    plain_http_socket=plain,
                     task_status=task_status,
                 )
                 nursery.cancel_scope.cancel()  # drained: stop gRPC and housekeeping
@@ -207,6 +221,7 @@ async def serve(
                     dev_certificate=tls.generated,
                     controller=gc,
                     metrics=metrics,
+                    page_url=f"http://127.0.0.1:{plain_port}/" if plain_port is not None else "",
                 )
             )
             await shutdown.wait()

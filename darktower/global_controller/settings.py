@@ -38,6 +38,12 @@ class Settings:
     heartbeat_interval_s: float = option(5.0, "heartbeat interval asked of meeting controllers")
     heartbeat_misses: int = option(3, "missed heartbeats after which a controller is unhealthy")
     mc_call_timeout_s: float = option(5.0, "deadline of each gRPC call to a meeting controller")
+    dev_http_port: int = option(
+        -1, "development: also serve plain HTTP on 127.0.0.1 at this port (-1 off, 0 any)"
+    )
+    dev_credentials_file: str = option(
+        "", "development: JSON {client_id, client_secret} handed to the browser page"
+    )
     drain_grace_s: float = option(10.0, "on SIGTERM: seconds to finish requests before exit")
     log_level: str = option("info", "log level: debug, info, warning, error")
     log_json: bool = option(True, "log one JSON object per line (else text)")

@@ -1,0 +1,176 @@
+"""``python -m darktower``: the Global Controller, a Meeting Controller and a Media Handler in
+one trio process, on embedded defaults, for a first look.
+
+Everything lives in ``--data-dir`` (default ``./data``): the SQLite store, the signing keys, a
+generated development certificate (ECDSA P-256, ≤ 14 days, shared by all three services so the
+browser pins one hash) and a development client credential. The browser page is served over
+plain HTTP on 127.0.0.1 (a secure context), so nothing has to be trusted by hand.
+Ctrl-C (or SIGTERM) drains every service within ``--drain-grace-s``; a second one interrupts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+from typing import Any
+
+import attrs
+import trio
+
+from darktower import global_controller, media_handler, meeting_controller
+from darktower.config import option
+from darktower.global_controller import clients
+from darktower.global_controller.keys import DEV_CERT_FILE, DEV_KEY_FILE
+from darktower.launch import run_service
+
+DEV_CLIENT_FILE = "dev-client.json"
+DEV_CLIENT_NAME = "development"
+
+
+@attrs.frozen
+class Settings:
+    host: str = option("127.0.0.1", "address every service binds to")
+    data_dir: str = option("./data", "directory for the store, keys, certificate, dev credential")
+    api_port: int = option(8443, "Global Controller HTTPS port (TCP and UDP/HTTP3)")
+    page_port: int = option(8080, "plain-HTTP port on 127.0.0.1 for the browser page")
+    signal_port: int = option(4433, "Meeting Controller WebTransport port (UDP)")
+    media_port: int = option(4434, "Media Handler WebTransport port (UDP)")
+    gc_grpc_port: int = option(50051, "Global Controller gRPC port")
+    mc_grpc_port: int = option(50052, "Meeting Controller gRPC port")
+    mh_grpc_port: int = option(50053, "Media Handler gRPC port")
+    mc_ops_port: int = option(9102, "Meeting Controller /metrics port on 127.0.0.1")
+    mh_ops_port: int = option(9103, "Media Handler /metrics port on 127.0.0.1")
+    drain_grace_s: float = option(5.0, "on Ctrl-C/SIGTERM: seconds to drain before exit")
+    log_level: str = option("warning", "log level: debug, info, warning, error")
+    log_json: bool = option(False, "log one JSON object per line (else text)")
+
+
+@attrs.frozen
+class Running:
+    page_url: str
+    api_url: str
+    signal_url: str
+    media_url: str
+    certificate_sha256: bytes
+    client_id: str
+    gc: Any = attrs.field(repr=False, eq=False)
+    mc: Any = attrs.field(repr=False, eq=False)
+    mh: Any = attrs.field(repr=False, eq=False)
+
+
+def _write_private(path: pathlib.Path, data: dict[str, str]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out)
+
+
+async def _dev_client(gc_settings: global_controller.Settings, path: trio.Path) -> str:
+    """The development credential: created once (the secret is kept in ``path``, mode 0600)."""
+    if await path.exists():
+        return str(json.loads(await path.read_text())["client_id"])
+    client_id, secret = await clients.add_client(gc_settings, DEV_CLIENT_NAME)
+    record = {"client_id": str(client_id), "client_secret": secret}
+    await trio.to_thread.run_sync(_write_private, pathlib.Path(path), record)
+    return str(client_id)
+
+
+async def serve(
+    settings: Settings, *, shutdown: trio.Event, task_status: trio.TaskStatus[Running]
+) -> None:
+    """Start GC, then MC (registers with the GC), then MH (registers with the MC); report the
+    URLs; on ``shutdown`` every service drains and this returns."""
+    data = await trio.Path(settings.data_dir).resolve()
+    await data.mkdir(parents=True, exist_ok=True)
+    gc_settings = global_controller.Settings(
+        host=settings.host,
+        port=settings.api_port,
+        grpc_port=settings.gc_grpc_port,
+        data_dir=str(data),
+        dev_http_port=settings.page_port,
+        dev_credentials_file=str(data / DEV_CLIENT_FILE),
+        drain_grace_s=settings.drain_grace_s,
+    )
+    client_id = await _dev_client(gc_settings, data / DEV_CLIENT_FILE)
+    async with trio.open_nursery() as nursery:
+        gc = await nursery.start(
+            lambda task_status: global_controller.serve(
+                gc_settings, shutdown=shutdown, task_status=task_status
+            )
+        )
+        certfile, keyfile = str(data / DEV_CERT_FILE), str(data / DEV_KEY_FILE)
+        mc = await nursery.start(
+            lambda task_status: meeting_controller.serve(
+                meeting_controller.Settings(
+                    host=settings.host,
+                    port=settings.signal_port,
+                    grpc_port=settings.mc_grpc_port,
+                    ops_port=settings.mc_ops_port,
+                    gc_grpc=gc.grpc_endpoint,
+                    drain_grace_s=settings.drain_grace_s,
+                    certfile=certfile,
+                    keyfile=keyfile,
+                ),
+                shutdown=shutdown,
+                task_status=task_status,
+            )
+        )
+        mh = await nursery.start(
+            lambda task_status: media_handler.serve(
+                media_handler.Settings(
+                    host=settings.host,
+                    port=settings.media_port,
+                    grpc_port=settings.mh_grpc_port,
+                    ops_port=settings.mh_ops_port,
+                    mc_grpc=f"{mc.grpc_address[0]}:{mc.grpc_address[1]}",
+                    drain_grace_s=settings.drain_grace_s,
+                    certfile=certfile,
+                    keyfile=keyfile,
+                ),
+                shutdown=shutdown,
+                task_status=task_status,
+            )
+        )
+        task_status.started(
+            Running(
+                page_url=gc.page_url,
+                api_url=gc.url,
+                signal_url=mc.signal_url,
+                media_url=mh.media_url,
+                certificate_sha256=gc.certificate_sha256,
+                client_id=client_id,
+                gc=gc,
+                mc=mc,
+                mh=mh,
+            )
+        )
+
+
+def _print_urls(running: Running) -> None:
+    print(
+        "Dark Tower is running (Ctrl-C to stop)\n"
+        f"  browser page      {running.page_url}\n"
+        f"  API (HTTP/1-3)    {running.api_url}/api/v1\n"
+        f"  signaling (MC)    {running.signal_url}\n"
+        f"  media (MH)        {running.media_url}\n"
+        f"  certificate sha256 {running.certificate_sha256.hex()}\n"
+        f"  dev client id     {running.client_id} (secret in the data dir's {DEV_CLIENT_FILE})",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_service(
+        Settings,
+        serve,
+        prog="python -m darktower",
+        description="Dark Tower: Global Controller, Meeting Controller and Media Handler in one "
+        "process on embedded defaults.",
+        argv=argv if argv is not None else sys.argv[1:],
+        on_started=_print_urls,
+    )
+
+
+if __name__ == "__main__":
+    main()

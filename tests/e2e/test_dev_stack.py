@@ -1,0 +1,165 @@
+"""``python -m darktower``'s stack end to end, over real HTTP/3, WebTransport and gRPC:
+REST (create, join, kick, end) → signaling (join, publish, subscribe) → media (frames routed
+byte-identical) → kick and meeting end seen by each client with its reason."""
+
+from __future__ import annotations
+
+import pathlib
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import httpx
+import trio
+
+from darktower.__main__ import Running, Settings, serve
+from darktower.client._media import MediaClient, open_media_client
+from darktower.client._rest import open_gc_client
+from darktower.client._signaling import SignalingClient, open_signaling
+from darktower.frames import FrameType
+from darktower.model import LeaveReason
+from darktower.protocol.pb import common_pb2 as common
+from darktower.protocol.pb import signaling_pb2 as sig
+
+WAIT_S = 20
+FRAMES = 12
+
+
+@asynccontextmanager
+async def dev_stack(tmp_path: pathlib.Path) -> AsyncIterator[Running]:
+    settings = Settings(
+        data_dir=str(tmp_path / "data"),
+        api_port=0,
+        page_port=0,
+        signal_port=0,
+        media_port=0,
+        gc_grpc_port=0,
+        mc_grpc_port=0,
+        mh_grpc_port=0,
+        mc_ops_port=0,
+        mh_ops_port=0,
+        drain_grace_s=2,
+    )
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        running: Running = await nursery.start(
+            lambda task_status: serve(settings, shutdown=shutdown, task_status=task_status)
+        )
+        # The MH registers with the MC right after starting; wait until rooms can be placed.
+        await running.mc.controller.mhs.wait_for(running.mh.handler_id)
+        try:
+            yield running
+        finally:
+            shutdown.set()
+
+
+def _media_url(join: sig.JoinResponse) -> str:
+    info = join.media_server
+    query = urllib.parse.urlencode({"token": info.connection_token})
+    return f"{info.media_handler_url}?{query}"
+
+
+async def _next(client: SignalingClient, kind: str) -> sig.ServerMessage:
+    with trio.fail_after(WAIT_S):
+        async for event in client.events:
+            if event.WhichOneof("message") == kind:
+                return event
+    raise AssertionError(f"no {kind}")
+
+
+async def _frames(media: MediaClient, n: int) -> list[bytes]:
+    out = []
+    with trio.fail_after(WAIT_S):
+        while len(out) < n:
+            frame = await media.receive_frame()
+            out.append(bytes(frame.raw))
+    return out
+
+
+async def test_create_join_publish_subscribe_kick_end(tmp_path: pathlib.Path) -> None:
+    async with dev_stack(tmp_path) as stack, AsyncExitStack() as stack_cm:
+        pins = [stack.certificate_sha256]
+        # The browser page and the dev credential are served on plain HTTP at 127.0.0.1.
+        async with httpx.AsyncClient(base_url=stack.page_url) as page:
+            assert "<html" in (await page.get("/")).text
+            creds: dict[str, Any] = (await page.get("/api/v1/dev/credentials")).json()
+            cert = (await page.get("/api/v1/dev/certificate")).json()
+        assert bytes.fromhex(cert["sha256"]) == stack.certificate_sha256
+
+        gc = await stack_cm.enter_async_context(
+            open_gc_client(stack.api_url, server_certificate_hashes=pins)
+        )
+        await gc.authenticate(creds["client_id"], creds["client_secret"])
+        meeting = await gc.create_meeting("Standup")
+        assert meeting.meeting_controller_url == stack.signal_url
+
+        async def member(token: str, name: str) -> tuple[SignalingClient, MediaClient]:
+            signaling = await stack_cm.enter_async_context(
+                open_signaling(
+                    meeting.meeting_controller_url,
+                    meeting_id=meeting.meeting_id,
+                    join_token=token,
+                    participant_name=name,
+                    server_certificate_hashes=pins,
+                )
+            )
+            assert signaling.join_response is not None
+            media = await stack_cm.enter_async_context(
+                open_media_client(
+                    _media_url(signaling.join_response), server_certificate_hashes=pins
+                )
+            )
+            return signaling, media
+
+        host, host_media = await member(meeting.join_token, "host")
+        guests = []
+        owner_token, gc.access_token = gc.access_token, None  # guests join without a token
+        for name in ("ann", "bob"):
+            ticket = await gc.join_meeting(meeting.meeting_id, name)
+            assert ticket.role == "guest"
+            guests.append(await member(ticket.join_token, name))
+        gc.access_token = owner_token
+
+        info = await gc.get_meeting(meeting.meeting_id)
+        assert info["meeting_id"] == meeting.meeting_id
+
+        stream_id = str(uuid.uuid4())
+        await host.request(
+            sig.ClientMessage(
+                publish=sig.PublishStream(stream_id=stream_id, stream_type=common.VIDEO_CAMERA)
+            )
+        )
+        for signaling, _ in guests:
+            published = await _next(signaling, "stream_published")
+            assert published.stream_published.stream.stream_id == stream_id
+            await signaling.request(
+                sig.ClientMessage(subscribe=sig.SubscribeStream(stream_id=stream_id))
+            )
+
+        publisher = await host_media.publish(stream_id)
+        sent = []
+        for i in range(FRAMES):
+            kind = FrameType.VIDEO_KEY if i == 0 else FrameType.VIDEO_DELTA
+            sent.append(bytes(await publisher.send_frame(kind, bytes([i]) * (100 + i))))
+        for _, media in guests:
+            assert await _frames(media, FRAMES) == sent
+
+        # Kick bob through the REST API: he sees KICKED, the others ParticipantLeft(KICKED).
+        bob, _ = guests[1]
+        await gc.kick(meeting.meeting_id, bob.participant_id)
+        with trio.fail_after(WAIT_S):
+            await bob.closed.wait()
+        assert bob.end_reason == LeaveReason.KICKED
+        left = await _next(host, "participant_left")
+        assert left.participant_left.participant_id == bob.participant_id
+        assert left.participant_left.reason == common.KICKED
+
+        # End the meeting: everyone left gets MEETING_ENDED.
+        await gc.end_meeting(meeting.meeting_id)
+        for client in (host, guests[0][0]):
+            with trio.fail_after(WAIT_S):
+                await client.closed.wait()
+            assert client.end_reason == LeaveReason.MEETING_ENDED
+        assert (await gc.get_meeting(meeting.meeting_id))["status"] == "ended"
