@@ -31,6 +31,7 @@ from darktower.transport import (
     WebTransportServer,
     generate_dev_certificate,
 )
+from darktower.transport.ops_http import serve_ops
 from darktower.transport.rpc import (
     RpcError,
     call,
@@ -47,7 +48,6 @@ from ._limits import (
     REGISTER_BACKOFF_MAX_S,
     REGISTER_BACKOFF_S,
 )
-from ._ops import serve_ops
 from ._settings import Settings
 from ._telemetry import MediaMetrics
 

@@ -30,12 +30,12 @@ from darktower.transport import (
     WebTransportStream,
     generate_dev_certificate,
 )
+from darktower.transport.ops_http import serve_ops
 from darktower.transport.rpc import open_rpc_loop, rpc_service, serve_rpc
 
 from ._controller import MeetingController
 from ._limits import KEEPALIVE_INTERVAL_S
 from ._mh import GrpcMediaLink, MediaHandlers, split_address
-from ._ops import serve_ops
 from ._port import webtransport_port
 from ._registration import Registration
 from ._rpc import MeetingControl

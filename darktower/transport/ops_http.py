@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import trio
 
-logger = logging.getLogger("darktower.media_handler.ops")
+logger = logging.getLogger("darktower.ops")
 
 # Limit: bytes of request head read; a longer head gets 431 and the connection closes.
 MAX_REQUEST_HEAD = 8 * 1024
