@@ -1,41 +1,23 @@
-"""Launcher: ``python -m darktower.media`` runs one Media Handler (nothing imports this).
+"""Launcher: ``python -m darktower.media`` (nothing imports this).
 
 Settings come from flags, ``DARKTOWER_*`` environment variables and ``--config FILE.toml``
-(``--help`` lists every option). SIGINT/SIGTERM start a drain of ``--drain-grace-s`` seconds.
+(``--help`` lists every option). SIGINT/SIGTERM start a drain of ``--drain-grace-s`` seconds;
+a second signal interrupts at once.
 """
 
 from __future__ import annotations
 
-import signal
-
-import trio
-
-from darktower import config, logs
+from darktower.launch import run_service
 from darktower.media_handler import Settings, serve
-from darktower.transport.rpc import open_rpc_loop
-
-
-async def _main(settings: Settings) -> None:
-    shutdown = trio.Event()
-    async with open_rpc_loop(), trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            await nursery.start(
-                lambda task_status: serve(settings, shutdown=shutdown, task_status=task_status)
-            )
-            async for _ in signals:
-                shutdown.set()
-                break
-        # A second signal during the drain is the default: KeyboardInterrupt / termination.
 
 
 def main() -> None:
-    settings = config.load(
+    run_service(
         Settings,
+        serve,
         prog="python -m darktower.media",
         description="Dark Tower Media Handler: an SFU over WebTransport.",
     )
-    logs.configure(settings.log_level, json_lines=settings.log_json)
-    trio.run(_main, settings)
 
 
 if __name__ == "__main__":
