@@ -15,9 +15,13 @@ import httpx
 import trio
 
 from darktower.__main__ import Running, Settings, serve
-from darktower.client._media import MediaClient, open_media_client
-from darktower.client._rest import open_gc_client
-from darktower.client._signaling import SignalingClient, open_signaling
+from darktower.client import (
+    MediaClient,
+    SignalingClient,
+    open_gc_client,
+    open_media_client,
+    open_signaling,
+)
 from darktower.frames import FrameType
 from darktower.model import LeaveReason
 from darktower.protocol.pb import common_pb2 as common

@@ -2,54 +2,22 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
-import pathlib
 import socket
 
 import httpx
 import pytest
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from quart_trio import QuartTrio
 
-from darktower.transport import open_http3_client
+from darktower.transport import generate_dev_certificate, open_http3_client
 from darktower.transport.http_server import bind_plain_http, serve_http
 
 
 @pytest.fixture(scope="module")
 def cert_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    d: pathlib.Path = tmp_path_factory.mktemp("tls")
-    (d / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "k.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(d / "c.pem"), str(d / "k.pem")
+    certfile, keyfile = generate_dev_certificate().write(tmp_path_factory.mktemp("tls"))
+    return str(certfile), str(keyfile)
 
 
 def _app() -> QuartTrio:
