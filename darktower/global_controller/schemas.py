@@ -23,6 +23,7 @@ MAX_PARTICIPANT_NAME = 100
 MAX_PARTICIPANTS_LIMIT = 1000
 DEFAULT_MAX_PARTICIPANTS = 100
 MAX_CREDENTIAL_FIELD = 256
+MAX_REGION = 64
 
 
 @attrs.frozen
@@ -30,6 +31,8 @@ class CreateMeeting:
     display_name: str
     max_participants: int = DEFAULT_MAX_PARTICIPANTS
     settings: MeetingSettings = MeetingSettings()
+    # Our addition: the region to place the meeting in ("" = the GC's default region).
+    region: str = ""
 
 
 @attrs.frozen
@@ -89,7 +92,9 @@ def _bool(obj: Mapping[str, Any], name: str) -> bool:
 
 
 def create_meeting(body: bytes) -> CreateMeeting:
-    obj = _object(parse_json(body), "the body", {"display_name", "max_participants", "settings"})
+    obj = _object(
+        parse_json(body), "the body", {"display_name", "max_participants", "settings", "region"}
+    )
     name = _string(obj, "display_name", max_len=MAX_DISPLAY_NAME, required=True, min_len=1)
     maxp = obj.get("max_participants", DEFAULT_MAX_PARTICIPANTS)
     if not isinstance(maxp, int) or isinstance(maxp, bool):
@@ -110,6 +115,7 @@ def create_meeting(body: bytes) -> CreateMeeting:
             require_auth=_bool(settings, "require_auth"),
             recording_enabled=_bool(settings, "recording_enabled"),
         ),
+        region=_string(obj, "region", max_len=MAX_REGION, required=False),
     )
 
 

@@ -20,6 +20,7 @@ import trio
 
 from darktower.errors import (
     CapacityExceeded,
+    Conflict,
     DarkTowerError,
     Forbidden,
     InternalError,
@@ -226,7 +227,7 @@ class GlobalController:
                     raise CapacityExceeded("placement attempts exhausted")
                 choice = placement.place_meeting(
                     candidates,
-                    region=region or self.default_region,
+                    region=region or request.region or self.default_region,
                     now=self.now(),
                     heartbeat_expiry_s=self.heartbeat_timeout_s,
                 )
@@ -323,11 +324,11 @@ class GlobalController:
         self, meeting_id: MeetingId, request: schemas.JoinMeeting, caller: AccessClaims | None
     ) -> dict[str, Any]:
         """A join token: host for the owner, else guest. ``require_auth`` meetings need an
-        access token (``Unauthorized``); an ended meeting is ``NotFound``; a meeting whose
+        access token (``Unauthorized``); an ended meeting is ``Conflict``; a meeting whose
         controller is lost is ``CapacityExceeded`` (503: try again later)."""
         meeting = await self.store.get_meeting(meeting_id)
         if not meeting.is_active:
-            raise NotFound(f"meeting {meeting_id} has ended")
+            raise Conflict(f"meeting {meeting_id} has ended", details={"status": "ended"})
         if meeting.settings.require_auth and caller is None:
             raise Unauthorized(f"meeting {meeting_id} requires an access token to join")
         if meeting.status is MeetingStatus.CONTROLLER_LOST:
@@ -376,8 +377,9 @@ class GlobalController:
     async def kick(
         self, meeting_id: MeetingId, participant_id: ParticipantId, caller: AccessClaims
     ) -> None:
-        """Owner only; the MC answers ``NotFound`` for an unknown participant."""
+        """Owner only; ``Conflict`` once the meeting has ended; the MC answers ``NotFound``
+        for an unknown participant."""
         meeting = await self._owned(meeting_id, caller)
         if not meeting.is_active:
-            raise NotFound(f"meeting {meeting_id} has ended")
+            raise Conflict(f"meeting {meeting_id} has ended", details={"status": "ended"})
         await self.controllers.kick(await self._controller_of(meeting), meeting_id, participant_id)

@@ -32,7 +32,7 @@ class Case:
     body: Any = None  # JSON-encoded unless bytes
 
 
-def _cases(meeting_id: str, private_id: str) -> list[Case]:
+def _cases(meeting_id: str, private_id: str, ended_id: str) -> list[Case]:
     create = "/api/v1/meetings"
     return [
         # INVALID_REQUEST
@@ -41,6 +41,24 @@ def _cases(meeting_id: str, private_id: str) -> list[Case]:
         ),
         Case("empty body", "POST", create, 400, "INVALID_REQUEST", "empty", body=b""),
         Case("not an object", "POST", create, 400, "INVALID_REQUEST", "JSON object", body=[1]),
+        Case(
+            "region too long",
+            "POST",
+            create,
+            400,
+            "INVALID_REQUEST",
+            "'region' is longer than 64",
+            body={"display_name": "a", "region": "r" * 65},
+        ),
+        Case(
+            "region not a string",
+            "POST",
+            create,
+            400,
+            "INVALID_REQUEST",
+            "'region' must be a string",
+            body={"display_name": "a", "region": 7},
+        ),
         Case(
             "unknown field",
             "POST",
@@ -192,6 +210,24 @@ def _cases(meeting_id: str, private_id: str) -> list[Case]:
             "NOT_FOUND",
             "participant nobody",
         ),
+        # CONFLICT: the meeting exists but has ended
+        Case(
+            "join ended",
+            "POST",
+            f"/api/v1/meetings/{ended_id}/join",
+            409,
+            "CONFLICT",
+            f"meeting {ended_id} has ended",
+            auth="none",
+        ),
+        Case(
+            "kick in ended",
+            "DELETE",
+            f"/api/v1/meetings/{ended_id}/participants/p-1",
+            409,
+            "CONFLICT",
+            "has ended",
+        ),
     ]
 
 
@@ -221,8 +257,14 @@ async def test_every_error_is_in_the_contract_shape(api: Api, stack: Stack) -> N
         token=tokens["alice"],
         json_body={"display_name": "p", "settings": {"require_auth": True}},
     )
+    ended = await api.request(
+        "POST", "/api/v1/meetings", token=tokens["alice"], json_body={"display_name": "e"}
+    )
+    ended_id = ended.json()["meeting_id"]
+    gone = await api.request("DELETE", f"/api/v1/meetings/{ended_id}", token=tokens["alice"])
+    assert gone.status == 204
     failures = []
-    for case in _cases(created.json()["meeting_id"], private.json()["meeting_id"]):
+    for case in _cases(created.json()["meeting_id"], private.json()["meeting_id"], ended_id):
         reply = await _send(api, case, tokens)
         try:
             assert reply.status == case.status, reply.body
@@ -349,3 +391,22 @@ async def test_readyz_is_503_when_the_store_fails() -> None:
     response = await app.test_client().get("/readyz")
     assert response.status_code == 503
     assert await response.get_json() == {"status": "store unavailable", "error": "OSError"}
+
+
+async def test_requested_region_places_the_meeting_there(h1: Api, stack: Stack) -> None:
+    await register_mc(stack.running.grpc_port, "mc-eu", stack.mc_endpoint, region="eu-west-1")
+    token = await h1.token(stack.client_id, stack.client_secret)
+
+    async def placed(body: dict[str, Any]) -> str:
+        reply = await h1.request("POST", "/api/v1/meetings", token=token, json_body=body)
+        assert reply.status == 201, reply.body
+        info = await h1.request("GET", f"/api/v1/meetings/{reply.json()['meeting_id']}")
+        region: str = info.json()["meeting_controller_region"]
+        assert reply.json()["meeting_controller_url"].endswith(
+            "mc=mc-eu" if region == "eu-west-1" else "mc=mc-1"
+        )
+        return region
+
+    assert await placed({"display_name": "a", "region": "eu-west-1"}) == "eu-west-1"
+    assert await placed({"display_name": "b", "region": "eu-central-1"}) == "eu-west-1"  # nearest
+    assert await placed({"display_name": "c", "region": "local"}) == "local"

@@ -116,8 +116,15 @@ async def _walk_every_endpoint(api: Api, stack: Stack) -> None:
     # ending again is idempotent and does not bother the MC
     again = await api.request("DELETE", f"/api/v1/meetings/{meeting_id}", token=token)
     assert again.status == 204 and stack.mc.ended == [meeting_id]
+    # the meeting still exists, but its state refuses joins and kicks: 409 CONFLICT
     gone = await api.request("POST", f"/api/v1/meetings/{meeting_id}/join")
-    assert gone.status == 404 and gone.error_code == "NOT_FOUND"
+    assert gone.status == 409 and gone.error_code == "CONFLICT"
+    assert "has ended" in gone.json()["error"]["message"]
+    late_kick = await api.request(
+        "DELETE", f"/api/v1/meetings/{meeting_id}/participants/p-1", token=token
+    )
+    assert late_kick.status == 409 and late_kick.error_code == "CONFLICT"
+    assert stack.mc.kicked == [(meeting_id, "p-1")]  # the MC was not bothered
 
 
 async def test_every_endpoint(api: Api, stack: Stack) -> None:
