@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import sys
+import urllib.parse
 from typing import Any
 
 import attrs
@@ -76,6 +77,20 @@ async def _dev_client(gc_settings: global_controller.Settings, path: trio.Path) 
     return str(client_id)
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+
+
+def _page_origins(*urls: str) -> list[str]:
+    """The origins the page is served from (the plain-HTTP page and the API port), under both
+    names of the loopback address a person may type: only they may open WebTransport sessions."""
+    origins: set[str] = set()
+    for url in filter(None, urls):
+        parts = urllib.parse.urlsplit(url)
+        hosts = LOOPBACK_NAMES if parts.hostname in LOOPBACK_NAMES else (parts.hostname,)
+        origins.update(f"{parts.scheme}://{host}:{parts.port}" for host in hosts)
+    return sorted(origins)
+
+
 async def serve(
     settings: Settings, *, shutdown: trio.Event, task_status: trio.TaskStatus[Running]
 ) -> None:
@@ -100,6 +115,7 @@ async def serve(
             )
         )
         certfile, keyfile = str(data / DEV_CERT_FILE), str(data / DEV_KEY_FILE)
+        origins = ",".join(_page_origins(gc.page_url, gc.url))
         mc = await nursery.start(
             lambda task_status: meeting_controller.serve(
                 meeting_controller.Settings(
@@ -108,6 +124,7 @@ async def serve(
                     grpc_port=settings.mc_grpc_port,
                     ops_port=settings.mc_ops_port,
                     gc_grpc=gc.grpc_endpoint,
+                    allowed_origins=origins,
                     drain_grace_s=settings.drain_grace_s,
                     certfile=certfile,
                     keyfile=keyfile,
@@ -124,6 +141,7 @@ async def serve(
                     grpc_port=settings.mh_grpc_port,
                     ops_port=settings.mh_ops_port,
                     mc_grpc=f"{mc.grpc_address[0]}:{mc.grpc_address[1]}",
+                    allowed_origins=origins,
                     drain_grace_s=settings.drain_grace_s,
                     certfile=certfile,
                     keyfile=keyfile,

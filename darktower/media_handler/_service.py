@@ -30,6 +30,7 @@ from darktower.transport import (
     TlsCredentials,
     WebTransportServer,
     generate_dev_certificate,
+    parse_origins,
 )
 from darktower.transport.ops_http import serve_ops
 from darktower.transport.rpc import (
@@ -127,7 +128,12 @@ async def serve(
         await nursery.start(tree.run)
         handler = MediaHandler(tree, settings, metrics)
         server = WebTransportServer(
-            ServerConfig(tls=tls, host=settings.host, port=settings.port),
+            ServerConfig(
+                tls=tls,
+                host=settings.host,
+                port=settings.port,
+                allowed_origins=parse_origins(settings.allowed_origins),
+            ),
             {MEDIA_PATH: Route(handler.handle_session, authorize=handler.authorize)},
         )
         host, port = await nursery.start(server.run)

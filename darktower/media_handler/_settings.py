@@ -26,6 +26,10 @@ class Settings:
     grpc_port: int = option(50053, "TCP port of the MediaControl gRPC service (0: any)")
     ops_port: int = option(9103, "plain-HTTP port on 127.0.0.1 for /metrics, /healthz (0: any)")
     public_host: str = option("", "host name put in media URLs handed to clients (default: HOST)")
+    allowed_origins: str = option(
+        "",
+        "comma-separated browser origins allowed to connect (e.g. https://meet.example.com); empty: any",
+    )
     certfile: str = option("", "TLS certificate (PEM); empty: a generated dev certificate")
     keyfile: str = option("", "TLS private key (PEM); empty: a generated dev key")
     mc_grpc: str = option("", "HOST:PORT of the Meeting Controller to register with (empty: none)")

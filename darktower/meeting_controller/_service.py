@@ -29,6 +29,7 @@ from darktower.transport import (
     WebTransportSession,
     WebTransportStream,
     generate_dev_certificate,
+    parse_origins,
 )
 from darktower.transport.ops_http import serve_ops
 from darktower.transport.rpc import open_rpc_loop, rpc_service, serve_rpc
@@ -132,7 +133,13 @@ async def serve(
             keepalive_interval_s=min(KEEPALIVE_INTERVAL_S, settings.idle_timeout_s / 3),
         )
         server = WebTransportServer(
-            ServerConfig(tls=tls, host=settings.host, port=settings.port, limits=limits),
+            ServerConfig(
+                tls=tls,
+                host=settings.host,
+                port=settings.port,
+                allowed_origins=parse_origins(settings.allowed_origins),
+                limits=limits,
+            ),
             {SIGNAL_PATH: Route(handle)},
         )
         host, port = await nursery.start(server.run)

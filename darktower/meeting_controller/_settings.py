@@ -24,6 +24,10 @@ class Settings:
     public_host: str = option(
         "", "host name put in signaling URLs and the GC endpoint (default: HOST)"
     )
+    allowed_origins: str = option(
+        "",
+        "comma-separated browser origins allowed to connect (e.g. https://meet.example.com); empty: any",
+    )
     certfile: str = option("", "TLS certificate (PEM); empty: a generated dev certificate")
     keyfile: str = option("", "TLS private key (PEM); empty: a generated dev key")
     gc_grpc: str = option("", "HOST:PORT of the Global Controller registry (empty: none)")

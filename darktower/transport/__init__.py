@@ -34,7 +34,7 @@ high-water mark), ``receive_some`` (b"" at end), ``send_eof``, ``reset(code)``,
 
 from ._certs import TlsCredentials, certificate_sha256, generate_dev_certificate
 from ._client import connect_webtransport, open_quic_connection, open_session
-from ._config import ServerConfig, TransportLimits
+from ._config import ServerConfig, TransportLimits, parse_origins
 from ._connection import Connection
 from ._endpoint import Endpoint
 from ._errors import (
@@ -92,5 +92,6 @@ __all__ = [
     "open_http3_client",
     "open_quic_connection",
     "open_session",
+    "parse_origins",
     "serve_webtransport",
 ]

@@ -83,6 +83,13 @@ def _origins(value: Iterable[str] | None) -> frozenset[str] | None:
     return None if value is None else frozenset(value)
 
 
+def parse_origins(text: str) -> frozenset[str] | None:
+    """``"https://a.example, http://127.0.0.1:8080"`` → the set; an empty text → ``None``
+    (any origin). Origins are compared exactly as browsers send them: scheme://host[:port]."""
+    origins = frozenset(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+    return origins or None
+
+
 @attrs.frozen
 class ServerConfig:
     """A WebTransport server: where it listens, its certificate, who may connect.

@@ -26,6 +26,7 @@ from darktower.frames import FrameType
 from darktower.model import LeaveReason
 from darktower.protocol.pb import common_pb2 as common
 from darktower.protocol.pb import signaling_pb2 as sig
+from darktower.transport import SessionRefused, connect_webtransport
 
 WAIT_S = 20
 FRAMES = 12
@@ -167,3 +168,25 @@ async def test_create_join_publish_subscribe_kick_end(tmp_path: pathlib.Path) ->
                 await client.closed.wait()
             assert client.end_reason == LeaveReason.MEETING_ENDED
         assert (await gc.get_meeting(meeting.meeting_id))["status"] == "ended"
+
+
+async def test_only_the_pages_origins_may_open_sessions(tmp_path: pathlib.Path) -> None:
+    """MC and MH of the development stack accept the page's own origins (and clients that send
+    none), and refuse any other origin with 403 before anything else runs."""
+    async with dev_stack(tmp_path) as stack:
+        pins = [stack.certificate_sha256]
+        page = stack.page_url.rstrip("/")
+
+        async def status(url: str, origin: str | None) -> int:
+            try:
+                async with connect_webtransport(url, server_certificate_hashes=pins, origin=origin):
+                    return 200
+            except SessionRefused as exc:
+                return exc.status
+
+        for url in (stack.signal_url, stack.media_url):
+            assert await status(url, "https://evil.example") == 403
+            assert await status(url, page.replace("127.0.0.1", "localhost")) != 403
+        # the signaling session itself is accepted from the page's origin and without one
+        assert await status(stack.signal_url, page) == 200
+        assert await status(stack.signal_url, None) == 200
