@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import gc
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -67,7 +68,12 @@ def run_service(
     argv: Sequence[str] | None = None,
     on_started: Callable[[Any], None] | None = None,
 ) -> None:
-    settings = config.load(settings_cls, argv, prog=prog, description=description)
+    try:
+        settings = config.load(settings_cls, argv, prog=prog, description=description)
+    except config.ConfigError as exc:
+        # As argparse does for a bad flag: one line on stderr, exit status 2, no traceback.
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     level = getattr(settings, "log_level", "info")
     json_lines = getattr(settings, "log_json", True)
     logs.configure(level, json_lines=json_lines)

@@ -37,3 +37,29 @@ async def test_service_that_returns_ends_the_launcher_without_a_signal() -> None
 
     with trio.fail_after(10):
         await run_until_signal(serve)
+
+
+def test_bad_setting_is_one_line_and_exit_status_2(capsys: Any) -> None:
+    import attrs
+    import pytest
+
+    from darktower.config import option
+    from darktower.launch import run_service
+
+    @attrs.frozen
+    class Settings:
+        port: int = option(1, "a port")
+
+    async def serve(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("must not start")
+
+    os.environ["DARKTOWER_PORT"] = "not-a-port"
+    try:
+        with pytest.raises(SystemExit) as exited:
+            run_service(Settings, serve, prog="svc", description="d", argv=[])
+    finally:
+        del os.environ["DARKTOWER_PORT"]
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("svc: error: ") and "port" in err
+    assert "Traceback" not in err and err.count("\n") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 from datetime import timedelta
 
 import pytest
@@ -173,3 +174,15 @@ async def test_update_participant_counts(store: SqlStore) -> None:
         await store.update_participant_counts({m1.meeting_id: 7, m2.meeting_id: -1})
     # The failed call rolled back as a whole.
     assert (await store.get_meeting(m1.meeting_id)).participant_count == 5
+
+
+async def test_sqlite_file_is_owner_only(tmp_path: pathlib.Path) -> None:
+    from darktower.global_controller.store import open_store
+
+    path = tmp_path / "sub" / "gc.db"
+    async with await open_store(str(path)) as store:
+        await store.create_meeting(
+            NewMeeting(display_name="m", max_participants=2, owner=ClientId("c"))
+        )
+    for file in path.parent.iterdir():
+        assert file.stat().st_mode & 0o777 == 0o600, file

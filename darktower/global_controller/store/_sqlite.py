@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sqlite3
 import time
@@ -40,6 +41,9 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
 def _connect(path: str) -> sqlite3.Connection:
     if path != MEMORY:
         pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # The store holds client secret hashes: owner-only, like the key files. SQLite gives
+        # its -wal and -shm files the main file's mode.
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     # isolation_level=None: we issue BEGIN/COMMIT ourselves. The connection moves between
     # trio's worker threads, but the limiter guarantees one user at a time.
     conn = sqlite3.connect(
