@@ -1,0 +1,200 @@
+"""What a :class:`~darktower.client.MeetingSession` tells its application: participant and
+stream models, session events, the end-of-session exception, and the session's limits.
+
+Models are frozen attrs classes built from the signaling protobufs at the edge; nothing here
+does I/O.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Final
+
+import attrs
+
+from darktower.errors import InvalidRequest
+from darktower.model import LeaveReason, StreamType
+from darktower.protocol import stream_type_from_pb
+from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol.pb.v1 import signaling_pb2 as sig
+
+from ._signaling import SignalingEnded
+
+# Limit: session events not yet taken by the application. Policy when full: the oldest event
+# is dropped and counted in ``EventStream.dropped``. Blocking instead would stall the one
+# signaling reader, and with it the replies that publish()/subscribe() wait for; losing an old
+# event costs little because ``MeetingSession.participants`` is always exact.
+EVENT_BUFFER: Final = 256
+# Limit: frames of one subscription not yet taken by the application. Policy when full
+# (DESIGN 5, applied at the client): a discardable frame is dropped; audio drops its oldest
+# frame; video drops the new frame and every delta after it until the next key frame, which
+# evicts the oldest frame if it has to. Every drop is counted in ``Subscription.dropped``.
+# 256 frames is about 8 s of 30 fps video or 5 s of 20 ms audio: a few MiB at real frame sizes.
+SUBSCRIPTION_BUFFER: Final = 256
+# Bound on the goodbye: LeaveRequest sent and SessionEnded awaited, on leave() and on exit.
+LEAVE_GRACE_S: Final = 5.0
+# Bound on an UnsubscribeStream/UnpublishStream sent from aclose() (shielded).
+CLOSE_GRACE_S: Final = 2.0
+# After the media connection or a request broke: how long to wait for the signaling session to
+# say why (SessionEnded) before calling it CONNECTION_LOST.
+SETTLE_S: Final = 2.0
+# The MH closes a media session it ends with this code + LeaveReason (its _limits.py; the
+# browser client reads it the same way), so the reason survives a lost SessionEnded.
+MEDIA_CLOSE_CODE_BASE: Final = 0x4D00
+
+
+def reason_from_close_code(code: int | None) -> LeaveReason | None:
+    """The LeaveReason a media session's close code carries, if any."""
+    if code is None:
+        return None
+    try:
+        return LeaveReason(code - MEDIA_CLOSE_CODE_BASE)
+    except ValueError:
+        return None
+
+
+class SessionEnded(SignalingEnded):
+    """The meeting session is over; ``reason`` says why (a :class:`LeaveReason`, never None).
+
+    Raised by the session's waiting calls and iterators once it ended: KICKED, MEETING_ENDED
+    or CONNECTION_LOST from the server side, VOLUNTARY after :meth:`MeetingSession.leave` for
+    calls (iterators simply stop then). The ``async with`` block that made the session
+    swallows a SessionEnded of its own session, so a server-side end exits it cleanly.
+    """
+
+    reason: LeaveReason
+
+    def __init__(self, reason: LeaveReason, message: str, *, session: object = None) -> None:
+        super().__init__(reason, message)
+        self.session = session
+
+
+@attrs.frozen
+class SimulcastLayer:
+    """One layer of a simulcast video (contract ``SimulcastLayer``); each layer is its own
+    media stream whose UUID is ``layer_id`` (made up by :meth:`MeetingSession.publish` when
+    empty). ``max_bitrate`` in bits/s."""
+
+    width: int
+    height: int
+    max_bitrate: int = 0
+    layer_id: str = ""
+
+
+@attrs.frozen
+class StreamInfo:
+    """A stream published by another participant."""
+
+    stream_id: str
+    stream_type: StreamType
+    participant_id: str
+    codec: str = ""
+    max_bitrate: int = 0
+    width: int = 0  # video only, 0 if not said
+    height: int = 0
+    layer_ids: tuple[str, ...] = ()  # simulcast layers, each its own id on the wire
+
+    @classmethod
+    def from_pb(cls, participant_id: str, stream: common_pb2.MediaStream) -> StreamInfo | None:
+        """None for a stream type this version does not know."""
+        try:
+            stream_type = stream_type_from_pb(stream.stream_type)
+        except InvalidRequest:
+            return None
+        metadata = stream.metadata
+        return cls(
+            stream_id=stream.stream_id,
+            stream_type=stream_type,
+            participant_id=participant_id,
+            codec=metadata.codec,
+            max_bitrate=metadata.max_bitrate,
+            width=metadata.video.width,
+            height=metadata.video.height,
+            layer_ids=tuple(layer.layer_id for layer in metadata.video.simulcast_layers),
+        )
+
+
+@attrs.frozen
+class ParticipantInfo:
+    """Another participant as this session last heard of it. The wire does not say others'
+    roles; the session's own role is :attr:`MeetingSession.role`."""
+
+    participant_id: str
+    name: str
+    streams: tuple[StreamInfo, ...] = ()
+    joined_at_us: int = 0
+
+    @classmethod
+    def from_pb(cls, p: sig.Participant) -> ParticipantInfo:
+        streams = (StreamInfo.from_pb(p.participant_id, s) for s in p.streams)
+        return cls(
+            participant_id=p.participant_id,
+            name=p.name,
+            streams=tuple(s for s in streams if s is not None),
+            joined_at_us=p.joined_at,
+        )
+
+    def stream(self, stream_id: str) -> StreamInfo | None:
+        return next((s for s in self.streams if s.stream_id == stream_id), None)
+
+
+@attrs.frozen
+class ParticipantJoined:
+    participant: ParticipantInfo
+
+
+@attrs.frozen
+class ParticipantLeft:
+    participant: ParticipantInfo  # as last known (name only if it was known)
+    reason: LeaveReason
+
+
+@attrs.frozen
+class StreamPublished:
+    stream: StreamInfo
+
+
+@attrs.frozen
+class StreamUnpublished:
+    stream: StreamInfo
+
+
+@attrs.frozen
+class QualityUpdate:
+    """Contract ``StreamQualityUpdate``, from the MH's telemetry (via the MC) or relayed from a
+    publisher to its subscribers. ``available_bitrate`` in bits/s."""
+
+    stream_id: str
+    available_bitrate: int
+    packet_loss: float
+    rtt_ms: int
+
+
+@attrs.frozen
+class KeyFrameRequest:
+    """A subscriber of one of this session's streams needs a key frame."""
+
+    stream_id: str
+
+
+SessionEvent = (
+    ParticipantJoined
+    | ParticipantLeft
+    | StreamPublished
+    | StreamUnpublished
+    | QualityUpdate
+    | KeyFrameRequest
+)
+
+
+def wire_keys(stream_id: str, layer_ids: tuple[str, ...] = ()) -> list[bytes]:
+    """The 16-byte stream ids that frames of ``stream_id`` carry (its layers' for simulcast).
+    Raises InvalidRequest if ``stream_id`` is not a UUID (frames could never match it)."""
+    keys = []
+    for value in (stream_id, *layer_ids):
+        try:
+            keys.append(uuid.UUID(value).bytes)
+        except ValueError:
+            if value == stream_id:
+                raise InvalidRequest(f"stream id {value!r} is not a UUID") from None
+    return keys
