@@ -70,6 +70,15 @@ async def publish(
     stream = common_pb2.MediaStream(
         stream_id=stream_id, stream_type=m.publish.stream_type, metadata=m.publish.metadata
     )
+    # The MH learns the stream, and its simulcast layers, before anyone hears of it: its
+    # frames are then accepted from this participant only, each layer as its own wire id.
+    if room.mh is None:
+        raise InternalError("no media handler is assigned to this meeting")
+    await room.mh.register_participant(
+        mh_pb.RegisterParticipant(participant_id=member.id, meeting_id=room.id, streams=[stream])
+    )
+    if room.publisher_of(stream_id) is not None:  # published by another meanwhile
+        raise Conflict(f"stream {stream_id} is already published")
     member.streams[stream_id] = stream
     room.broadcast(
         sig.ServerMessage(

@@ -96,14 +96,19 @@ async def test_rate_limit_then_disconnect(tmp_path: pathlib.Path) -> None:
                     )
 
                 # phase 1: the burst allowance (200) plus 10 over it: 10 RATE_LIMITED replies
+                t0 = trio.current_time()
                 await stream.send_all(pings(2, 210))
                 replies: list[sig.ServerMessage] = []
                 with trio.fail_after(10):
                     while len(replies) < 211:
                         decoder.receive_data(await stream.receive_some())
                         replies.extend(decoder)
+                # the bucket refills 1000/min while the burst is being served (slow machines)
+                refilled = int((trio.current_time() - t0) * 1000 / 60) + 1
                 kinds = [r.WhichOneof("message") for r in replies]
-                assert kinds.count("pong") >= 200 and kinds.count("error") >= 9
+                assert kinds.count("pong") + kinds.count("error") == 210
+                assert 200 <= kinds.count("pong") <= 200 + refilled
+                assert kinds.count("error") >= 1
                 errors = [r for r in replies if r.WhichOneof("message") == "error"]
                 assert {r.error.code for r in errors} == {common_pb2.RATE_LIMITED}
                 # phase 2: sustained abuse -> the session is dropped
