@@ -38,6 +38,10 @@ export function reasonFromClose(closeInfo) {
   const reason = (closeInfo?.closeCode ?? -1) - SESSION_CLOSE_CODE_BASE;
   return REASON_NAME[reason] !== undefined ? reason : null;
 }
+// When the MH removes a participant (kick, meeting end) it resets the publish streams a moment
+// before its session close and the MC's SessionEnded say why: a publish stream's loss is shown
+// only if the session is still going this long after it.
+export const STREAM_LOSS_GRACE_MS = 1000;
 // Quality updates below this relative change do not reconfigure the encoder.
 const BITRATE_HYSTERESIS = 0.2;
 const CAPABILITIES = {
@@ -160,7 +164,7 @@ export class MeetingSession {
       });
       const publisher = await this.media.publish(streamId, {
         onNeedKeyFrame: () => this.local.video?.requestKeyFrame(),
-        onError: (e) => this.state !== "ended" && this.view.notice(`Video stopped: ${e.message ?? e}`),
+        onError: (e) => this.reportStreamLoss("Video", e),
       });
       if (this.state === "ended") return;
       this.local.videoId = streamId;
@@ -176,7 +180,7 @@ export class MeetingSession {
         metadata: { codec: "Opus", maxBitrate: 64_000 },
       });
       const publisher = await this.media.publish(streamId, {
-        onError: (e) => this.state !== "ended" && this.view.notice(`Audio stopped: ${e.message ?? e}`),
+        onError: (e) => this.reportStreamLoss("Audio", e),
       });
       if (this.state === "ended") return;
       this.local.audioId = streamId;
@@ -184,6 +188,16 @@ export class MeetingSession {
         if (publisher.send(type, payload, ts)) this.stats.sent.audio++;
       });
     }
+  }
+
+  // A publish stream failed: tell the person, unless the session ends within the grace (then the
+  // end reason says it all).
+  reportStreamLoss(what, error) {
+    if (this.state === "ended") return;
+    const grace = new Promise((resolve) => setTimeout(resolve, STREAM_LOSS_GRACE_MS));
+    Promise.race([grace, this.endedPromise]).then(() => {
+      if (this.state !== "ended") this.view.notice(`${what} stopped: ${error?.message ?? error}`);
+    });
   }
 
   // --- participants and their streams -----------------------------------------------------------
