@@ -20,6 +20,13 @@ from darktower.frames._header import (
 )
 
 _unpack_from: Final = HEADER_STRUCT.unpack_from
+# The decoder builds each Frame field by field from object.__new__ (what Frame.__init__ does,
+# inlined): in CPython 3.11 a class call with a Python __init__ costs more than the stores.
+_new: Final = object.__new__
+
+# A piece of the partial frame: a chunk the caller fed or a slice of one (``bytes``, or a byte
+# view of ``bytes``), or the joined header.
+_Piece = bytes | memoryview
 
 
 def _header_error(fields: HeaderFields, max_payload: int) -> FrameError:
@@ -28,6 +35,14 @@ def _header_error(fields: HeaderFields, max_payload: int) -> FrameError:
     except FrameError as exc:
         return exc
     raise AssertionError(f"header {fields!r} was rejected but is valid")  # pragma: no cover
+
+
+def _immutable(data: BytesLike) -> bytes | memoryview:
+    """``data`` as something no one can change under a frame: a byte-format view of ``bytes``
+    as it is, anything else copied once."""
+    if type(data) is memoryview and type(data.obj) is bytes and data.c_contiguous:
+        return data.cast("B")
+    return bytes(data)
 
 
 class FrameDecoder:
@@ -41,22 +56,27 @@ class FrameDecoder:
         ...
         decoder.end_of_stream()          # when the peer finished the stream
 
-    **No copies, and views that stay valid.** A frame that arrives within one chunk is a
-    ``memoryview`` into that chunk (``frame.raw.obj is chunk``). A frame that spans chunks is
-    joined once, when its last byte arrives, into its own ``bytes`` object; no buffer ever grows
-    and is re-copied. Every view handed out is over an immutable ``bytes`` object that the
-    decoder never touches again, so it stays valid, unchanged, for as long as the caller holds
-    it, whatever is fed later. A chunk that is not ``bytes`` (or a view of ``bytes``) is copied
-    once on entry, because the caller could otherwise change it under a frame already handed out.
-    The price of zero-copy: a small frame kept alive keeps its whole chunk alive; copy
-    ``bytes(frame.raw)`` to keep a frame for long.
+    **Zero copy where it is free, and views that stay valid.** A frame that arrives within one
+    chunk is a ``memoryview`` into that chunk (``frame.raw.obj is chunk``). A frame that spans
+    chunks is joined once, when its last byte arrives, into its own ``bytes`` object: the chunks
+    wholly inside it are kept as they are, its first and last pieces are sliced out of their
+    chunks (a slice of ``bytes`` is a copy, which CPython makes faster than a view, and it pins
+    nothing else of the chunk), and no buffer ever grows and is re-copied, so a 4 MiB frame in
+    1-byte chunks is linear, not quadratic. Every view handed out is over an immutable ``bytes``
+    object that the decoder never touches again, so it stays valid, unchanged, for as long as the
+    caller holds it, whatever is fed later. A chunk that is not ``bytes`` (or a view of ``bytes``)
+    is copied once on entry, because the caller could otherwise change it under a frame already
+    handed out. The price of zero-copy: a small frame kept alive keeps its whole chunk alive;
+    copy ``bytes(frame.raw)`` to keep a frame for long.
 
-    **Bounds.** The partial frame is at most ``HEADER_SIZE + max_payload`` bytes (its pieces are
-    views, so they also keep alive the rest of the first and last chunk they came from); a
-    header that announces more is an error before any of its payload is kept. Policy when over
-    the limit: :class:`FramePayloadTooLarge`, i.e. the stream is reset with STREAM_ERROR.
-    Complete frames wait in a queue until pulled; it holds only data the caller has fed, so a
-    caller that drains it after each :meth:`receive_data` holds at most one chunk's worth.
+    **Bounds.** Beyond the complete frames not yet pulled, the decoder holds one partial frame:
+    at most ``HEADER_SIZE + max_payload`` bytes and never more than was fed since the last
+    complete frame (:attr:`buffered`; pieces fed as views of ``bytes`` also keep their
+    underlying object alive). A header that announces more than ``max_payload`` is an error
+    before any of its payload is kept. Policy when over the limit: :class:`FramePayloadTooLarge`,
+    i.e. the stream is reset with STREAM_ERROR. Complete frames wait in a queue until pulled; it
+    holds only data the caller has fed, so a caller that drains it after each
+    :meth:`receive_data` holds at most one chunk's worth of frames.
 
     **Errors** (all :class:`~darktower.frames.FrameError`, a ``StreamError``): an unsupported
     version, an unknown frame type, a payload over ``max_payload``, and a stream that ends inside
@@ -71,9 +91,8 @@ class FrameDecoder:
         "_error",
         "_fields",
         "_frames",
-        "_have",
         "_max_payload",
-        "_need",
+        "_missing",
         "_parts",
     )
 
@@ -83,12 +102,13 @@ class FrameDecoder:
         self._max_payload = max_payload
         # Bounded by what the caller fed and has not pulled (see the class docstring).
         self._frames: deque[Frame] = deque()
-        # The partial frame: views of the chunks it came in, their total length, the length of
-        # the whole frame once its header is known (HEADER_SIZE until then), the parsed header.
-        self._parts: list[memoryview] = []
-        self._have = 0
-        self._need = HEADER_SIZE
+        # The partial frame, in three fields so that the hot path tests one integer:
+        # ``_missing`` bytes are still needed to complete its header (``_fields`` is None) or its
+        # payload (``_fields`` is the parsed header); 0 means there is no partial frame and
+        # ``_parts`` is empty. ``_parts`` holds the pieces received so far, joined once at the end.
+        self._missing = 0
         self._fields: HeaderFields | None = None
+        self._parts: list[_Piece] = []
         self._error: FrameError | None = None
         # Set by an error or by end_of_stream: one flag for receive_data's fast path to test.
         self._closed = False
@@ -99,8 +119,9 @@ class FrameDecoder:
 
     @property
     def buffered(self) -> int:
-        """Bytes of the partial frame held so far (0 between frames)."""
-        return self._have
+        """Bytes of the partial frame held so far (0 between frames). Sums its pieces: for
+        tests and metrics, not for a per-chunk loop."""
+        return sum(map(len, self._parts))
 
     def receive_data(self, data: BytesLike) -> None:
         """Feed the next bytes of the stream. Malformed data does not raise here: the error
@@ -110,86 +131,96 @@ class FrameDecoder:
             if self._error is not None:
                 raise self._error.again()
             raise RuntimeError("receive_data() after end_of_stream()")
-        if type(data) is bytes:
-            view = memoryview(data)
-        elif type(data) is memoryview and type(data.obj) is bytes and data.c_contiguous:
-            view = data.cast("B")
-        else:
-            # Mutable (or strided): copy once, so no frame can change under its holder.
-            view = memoryview(bytes(data))
-        end = len(view)
-        pos = 0
-        have = self._have
-        if have:
-            # Continue the partial frame. Its header may be incomplete too (rare: only when a
-            # chunk boundary falls inside the 46 header bytes).
-            parts = self._parts
+        if type(data) is not bytes:
+            data = _immutable(data)
+        end = len(data)
+        missing = self._missing
+        if missing:
+            if missing > end:
+                # Inside the partial frame (a key frame's middle chunks): keep the chunk whole.
+                self._parts.append(data)
+                self._missing = missing - end
+                return
             fields = self._fields
             if fields is None:
-                pos = HEADER_SIZE - have
-                if pos > end:
-                    parts.append(view)
-                    self._have = have + end
+                # Rare: a chunk boundary fell inside the 46 header bytes.
+                pos = self._finish_header(data, missing)
+                if pos < 0:
                     return
-                parts.append(view[:pos])
-                head = b"".join(parts)
-                fields = _unpack_from(head)
-                if (
-                    fields[0] != VERSION
-                    or fields[1] > MAX_FRAME_TYPE
-                    or fields[5] > self._max_payload
-                ):
-                    self._fail(_header_error(fields, self._max_payload))
-                    return
-                parts = self._parts = [memoryview(head)]
-                have = HEADER_SIZE
-                self._need = HEADER_SIZE + fields[5]
-                self._fields = fields
-            missing = self._need - have
-            if pos + missing > end:
-                parts.append(view[pos:] if pos else view)
-                self._have = have + end - pos
-                return
-            if missing:
-                parts.append(view[pos : pos + missing])
-                pos += missing
-            # Joined once, now that it is complete: one copy, into a buffer of its own.
-            raw = memoryview(b"".join(parts))
-            self._frames.append(Frame(raw, raw[HEADER_SIZE:], fields))
-            self._have = 0
-            self._fields = None
+            else:
+                parts = self._parts
+                parts.append(data[:missing])
+                # Joined once, now that it is complete, into a buffer of its own.
+                frame = _new(Frame)
+                frame.raw = raw = memoryview(b"".join(parts))
+                frame.payload = raw[HEADER_SIZE:]
+                frame._fields = fields
+                self._frames.append(frame)
+                pos = missing
+            view = None  # made only if a whole frame follows in this chunk
+        else:
+            pos = 0
+            view = memoryview(data)
 
-        # Hot path: whole frames inside this chunk, zero-copy. Locals, not attribute lookups.
-        unpack_from = _unpack_from
-        append = self._frames.append
-        max_payload = self._max_payload
-        version = VERSION
-        max_type = MAX_FRAME_TYPE
+        # Whole frames inside this chunk, zero-copy. Every exit sets the partial frame state
+        # afresh: at 1.2 KB chunks this runs once or twice per frame, and each bytecode counts.
         last_header = end - HEADER_SIZE
         while pos <= last_header:
-            fields = unpack_from(view, pos)
-            if fields[0] != version or fields[1] > max_type or fields[5] > max_payload:
-                self._fail(_header_error(fields, max_payload))
+            fields = _unpack_from(data, pos)
+            if fields[0] != VERSION or fields[1] > MAX_FRAME_TYPE or fields[5] > self._max_payload:
+                self._fail(_header_error(fields, self._max_payload))
                 return
             frame_end = pos + HEADER_SIZE + fields[5]
             if frame_end > end:
                 # Header known, payload incomplete: keep what we have and wait.
-                self._parts = [view[pos:]]
-                self._have = end - pos
-                self._need = frame_end - pos
+                self._parts = [data[pos:]]
+                self._missing = frame_end - end
                 self._fields = fields
                 return
-            append(Frame(view[pos:frame_end], view[pos + HEADER_SIZE : frame_end], fields))
+            if view is None:
+                view = memoryview(data)
+            frame = _new(Frame)
+            frame.raw = view[pos:frame_end]
+            frame.payload = view[pos + HEADER_SIZE : frame_end]
+            frame._fields = fields
+            self._frames.append(frame)
             pos = frame_end
         if pos < end:
-            self._parts = [view[pos:]]
-            self._have = end - pos
+            self._parts = [data[pos:]]
+            self._missing = pos - last_header
+            self._fields = None
+        else:
+            self._parts = []
+            self._missing = 0
+
+    def _finish_header(self, data: bytes | memoryview, missing: int) -> int:
+        """Complete the partial header with the chunk's first ``missing`` bytes, check it, and
+        complete the frame too if the chunk holds the rest. Returns where whole frames may
+        start in the chunk, or -1 if the chunk ended first (state kept) or after an error."""
+        parts = self._parts
+        parts.append(data[:missing])
+        head = b"".join(parts)
+        fields: HeaderFields = _unpack_from(head)
+        if fields[0] != VERSION or fields[1] > MAX_FRAME_TYPE or fields[5] > self._max_payload:
+            self._fail(_header_error(fields, self._max_payload))
+            return -1
+        pos = missing
+        frame_end = pos + fields[5]
+        end = len(data)
+        if frame_end > end:
+            self._parts = [head, data[pos:]] if pos < end else [head]
+            self._missing = frame_end - end
+            self._fields = fields
+            return -1
+        raw = memoryview(b"".join((head, data[pos:frame_end])))
+        self._frames.append(Frame(raw, raw[HEADER_SIZE:], fields))
+        return frame_end
 
     def _fail(self, error: FrameError) -> None:
         self._error = error
         self._closed = True
         self._parts = []
-        self._have = 0
+        self._missing = 0
         self._fields = None
 
     def next_frame(self) -> Frame | None:
@@ -202,7 +233,8 @@ class FrameDecoder:
         return None
 
     def __iter__(self) -> Iterator[Frame]:
-        """Pull frames until more data is needed (raises like :meth:`next_frame`)."""
+        """Pull frames until more data is needed (raises like :meth:`next_frame`). Frames not
+        pulled when the loop is left early stay queued."""
         frames = self._frames
         while frames:
             yield frames.popleft()
@@ -216,14 +248,17 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error.again()
         self._closed = True
-        if self._have:
-            have, need = self._have, self._need
-            known = self._fields is not None
-            error = TruncatedFrame(
-                f"stream ended {need - have} bytes short of a {need}-byte frame"
-                if known
-                else f"stream ended inside a frame header ({have} of {HEADER_SIZE} bytes)",
-                details={"buffered": str(have)},
-            )
+        missing = self._missing
+        if missing:
+            fields = self._fields
+            if fields is None:
+                message = (
+                    f"stream ended inside a frame header ({HEADER_SIZE - missing} of "
+                    f"{HEADER_SIZE} bytes)"
+                )
+            else:
+                need = HEADER_SIZE + fields[5]
+                message = f"stream ended {missing} bytes short of a {need}-byte frame"
+            error = TruncatedFrame(message, details={"buffered": str(self.buffered)})
             self._fail(error)
             raise error.again()

@@ -43,16 +43,17 @@ class Frame:
     raw: memoryview
     payload: memoryview
     _fields: HeaderFields
-    _header: FrameHeader | None
+    _header: FrameHeader
 
     def __init__(self, raw: memoryview, payload: memoryview, fields: HeaderFields) -> None:
         # Internal: ``payload`` is ``raw[HEADER_SIZE:]`` and ``fields`` is
         # ``HEADER_STRUCT.unpack_from(raw)``, already checked. Both views are made by the caller,
         # which slices them straight from its buffer (cheaper than slicing ``raw`` again).
+        # FrameDecoder inlines these stores on its hot path: keep the two in step.
         self.raw = raw
         self.payload = payload
         self._fields = fields
-        self._header = None
+        # ``_header`` stays unset until first asked for: one store less per frame.
 
     @classmethod
     def build(cls, header: FrameHeader, payload: BytesLike) -> Frame:
@@ -82,10 +83,11 @@ class Frame:
     @property
     def header(self) -> FrameHeader:
         """The typed header (built on first access; reserved flag bits masked off)."""
-        header = self._header
-        if header is None:
+        try:
+            return self._header
+        except AttributeError:
             header = self._header = header_from_fields(self._fields)
-        return header
+            return header
 
     @property
     def frame_type(self) -> FrameType:

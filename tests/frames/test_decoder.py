@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,52 +20,8 @@ from darktower.frames import (
     TruncatedFrame,
     UnknownFrameType,
     UnsupportedFrameVersion,
-    encode_frame,
 )
-
-SID = uuid.UUID("6f1d2c3b-4a59-4867-9786-a5b4c3d2e1f0")
-
-Expected = tuple[FrameHeader, bytes]
-
-
-def make(
-    sequence: int,
-    payload: bytes,
-    frame_type: FrameType = FrameType.AUDIO,
-    flags: FrameFlags = FrameFlags.END_OF_FRAME,
-) -> tuple[Expected, bytes]:
-    header = FrameHeader(
-        frame_type=frame_type,
-        stream_id=SID,
-        timestamp_us=1_000 * sequence,
-        sequence=sequence,
-        payload_length=len(payload),
-        flags=flags,
-    )
-    return (header, payload), encode_frame(header, payload)
-
-
-def stream_of(*payloads: bytes) -> tuple[list[Expected], bytes]:
-    types = [FrameType.AUDIO, FrameType.VIDEO_KEY, FrameType.VIDEO_DELTA]
-    expected, wire = [], b""
-    for i, payload in enumerate(payloads):
-        e, w = make(i, payload, types[i % 3], FrameFlags(i % 4))
-        expected.append(e)
-        wire += w
-    return expected, wire
-
-
-def feed(decoder: FrameDecoder, chunks: Iterable[bytes]) -> list[Frame]:
-    out: list[Frame] = []
-    for chunk in chunks:
-        decoder.receive_data(chunk)
-        out.extend(decoder)
-    return out
-
-
-def as_expected(frames: list[Frame]) -> list[Expected]:
-    return [(f.header, bytes(f.payload)) for f in frames]
-
+from tests.frames._wire import SID, as_expected, feed, make, stream_of
 
 EXPECTED, WIRE = stream_of(b"", b"a" * 5, bytes(range(100)), b"\x00" * 47, b"last")
 BOUNDARIES = {0}
