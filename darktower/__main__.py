@@ -15,6 +15,7 @@ import os
 import pathlib
 import sys
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -91,6 +92,19 @@ def _page_origins(*urls: str) -> list[str]:
     return sorted(origins)
 
 
+async def _until_done(
+    done: trio.Event,
+    start: Callable[[trio.TaskStatus[Any]], Awaitable[None]],
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one service (``start(task_status)``); ``done`` is set when it has returned."""
+    try:
+        await start(task_status)
+    finally:
+        done.set()
+
+
 async def serve(
     settings: Settings, *, shutdown: trio.Event, task_status: trio.TaskStatus[Running]
 ) -> None:
@@ -108,15 +122,31 @@ async def serve(
         drain_grace_s=settings.drain_grace_s,
     )
     client_id = await _dev_client(gc_settings, data / DEV_CLIENT_FILE)
+    # Drain in dependency order: the MC first (its meetings end while the MH can still remove
+    # participants and the GC still hears of it), then the MH, then the GC.
+    stop_gc, stop_mh, stop_mc = trio.Event(), trio.Event(), trio.Event()
+    mc_done, mh_done = trio.Event(), trio.Event()
+
+    async def drain_in_order() -> None:
+        await shutdown.wait()
+        stop_mc.set()
+        await mc_done.wait()
+        stop_mh.set()
+        await mh_done.wait()
+        stop_gc.set()
+
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain_in_order)
         gc = await nursery.start(
             lambda task_status: global_controller.serve(
-                gc_settings, shutdown=shutdown, task_status=task_status
+                gc_settings, shutdown=stop_gc, task_status=task_status
             )
         )
         certfile, keyfile = str(data / DEV_CERT_FILE), str(data / DEV_KEY_FILE)
         origins = ",".join(_page_origins(gc.page_url, gc.url))
         mc = await nursery.start(
+            _until_done,
+            mc_done,
             lambda task_status: meeting_controller.serve(
                 meeting_controller.Settings(
                     host=settings.host,
@@ -129,11 +159,13 @@ async def serve(
                     certfile=certfile,
                     keyfile=keyfile,
                 ),
-                shutdown=shutdown,
+                shutdown=stop_mc,
                 task_status=task_status,
-            )
+            ),
         )
         mh = await nursery.start(
+            _until_done,
+            mh_done,
             lambda task_status: media_handler.serve(
                 media_handler.Settings(
                     host=settings.host,
@@ -146,9 +178,9 @@ async def serve(
                     certfile=certfile,
                     keyfile=keyfile,
                 ),
-                shutdown=shutdown,
+                shutdown=stop_mh,
                 task_status=task_status,
-            )
+            ),
         )
         task_status.started(
             Running(

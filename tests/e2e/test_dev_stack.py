@@ -4,6 +4,7 @@ byte-identical) → kick and meeting end seen by each client with its reason."""
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import urllib.parse
 import uuid
@@ -12,6 +13,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from darktower.__main__ import Running, Settings, serve
@@ -33,7 +35,9 @@ FRAMES = 12
 
 
 @asynccontextmanager
-async def dev_stack(tmp_path: pathlib.Path) -> AsyncIterator[Running]:
+async def dev_stack(
+    tmp_path: pathlib.Path, shutdown: trio.Event | None = None
+) -> AsyncIterator[Running]:
     settings = Settings(
         data_dir=str(tmp_path / "data"),
         api_port=0,
@@ -47,7 +51,7 @@ async def dev_stack(tmp_path: pathlib.Path) -> AsyncIterator[Running]:
         mh_ops_port=0,
         drain_grace_s=2,
     )
-    shutdown = trio.Event()
+    shutdown = shutdown if shutdown is not None else trio.Event()
     async with trio.open_nursery() as nursery:
         running: Running = await nursery.start(
             lambda task_status: serve(settings, shutdown=shutdown, task_status=task_status)
@@ -83,7 +87,16 @@ async def _frames(media: MediaClient, n: int) -> list[bytes]:
     return out
 
 
-async def test_create_join_publish_subscribe_kick_end(tmp_path: pathlib.Path) -> None:
+async def test_create_join_publish_subscribe_kick_end(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="darktower")
+    await _create_join_publish_subscribe_kick_end(tmp_path)
+    # The stack drains MC, then MH, then GC: nobody calls a service that has already stopped.
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("darktower")] == []
+
+
+async def _create_join_publish_subscribe_kick_end(tmp_path: pathlib.Path) -> None:
     async with dev_stack(tmp_path) as stack, AsyncExitStack() as stack_cm:
         pins = [stack.certificate_sha256]
         # The browser page and the dev credential are served on plain HTTP at 127.0.0.1.
@@ -190,3 +203,38 @@ async def test_only_the_pages_origins_may_open_sessions(tmp_path: pathlib.Path) 
         # the signaling session itself is accepted from the page's origin and without one
         assert await status(stack.signal_url, page) == 200
         assert await status(stack.signal_url, None) == 200
+
+
+async def test_shutdown_with_a_live_meeting_drains_in_order(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C with people in a meeting: they get MEETING_ENDED, and the MC's cleanup still
+    reaches the MH and the GC (drained after it), so nothing is cut off or retried."""
+    caplog.set_level(logging.WARNING, logger="darktower")
+    shutdown = trio.Event()
+    async with dev_stack(tmp_path, shutdown) as stack, AsyncExitStack() as clients:
+        pins = [stack.certificate_sha256]
+        async with httpx.AsyncClient(base_url=stack.page_url) as page:
+            creds = (await page.get("/api/v1/dev/credentials")).json()
+        gc = await clients.enter_async_context(
+            open_gc_client(stack.api_url, server_certificate_hashes=pins)
+        )
+        await gc.authenticate(creds["client_id"], creds["client_secret"])
+        meeting = await gc.create_meeting("live")
+        host = await clients.enter_async_context(
+            open_signaling(
+                meeting.meeting_controller_url,
+                meeting_id=meeting.meeting_id,
+                join_token=meeting.join_token,
+                server_certificate_hashes=pins,
+            )
+        )
+        await clients.enter_async_context(
+            open_media_client(_media_url(host.join_response), server_certificate_hashes=pins)
+        )
+        shutdown.set()  # as Ctrl-C does, with the host still in the meeting
+        with trio.fail_after(WAIT_S):
+            await host.closed.wait()
+        assert host.end_reason == LeaveReason.MEETING_ENDED
+    # (leaving the block waits for every service to stop)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("darktower")] == []
