@@ -44,7 +44,7 @@ from ._room import (
 from ._settings import Settings
 from ._simulcast import Layer
 from ._stats import StreamStats
-from ._telemetry import MediaMetrics, TelemetryHub
+from ._telemetry import MediaMetrics, TelemetryHub, TelemetryReporter
 
 
 class MediaHandler(MediaPlane):
@@ -71,6 +71,7 @@ class MediaHandler(MediaPlane):
         self.media_url = media_url
         self.authority = authority or ConnectionTokenAuthority()
         self.telemetry_hub = TelemetryHub(metrics)
+        self.reporter = TelemetryReporter(self.telemetry_hub, metrics)
         self.rooms: dict[MeetingId, Room] = {}
         self._room_lock = trio.Lock()
 
@@ -346,29 +347,9 @@ class MediaHandler(MediaPlane):
             self.report_once()
 
     def report_once(self) -> None:
+        """Gauges, and one MediaTelemetry per stream with its publisher's QUIC loss."""
         self.refresh_gauges()
-        if not self.telemetry_hub.listeners:
-            return
-        now = trio.current_time()
-        stamp = int(time.time() * 1_000_000)
-        for room in list(self.rooms.values()):
-            for publication in list(room.publications.values()):
-                snap = publication.stats.snapshot(now, timestamp=stamp)
-                self.telemetry_hub.publish(
-                    mc_pb.TelemetryEvent(
-                        meeting_id=room.id,
-                        telemetry=mc_pb.MediaTelemetry(
-                            stream_id=snap.stream_id,
-                            bytes_sent=snap.bytes_sent,
-                            bytes_received=snap.bytes_received,
-                            packet_loss=snap.packet_loss,
-                            bitrate=min(snap.bitrate, 0xFFFF_FFFF),
-                            jitter_ms=snap.jitter_ms,
-                            timestamp=snap.timestamp,
-                            frames_dropped=sum(snap.frames_dropped.values()),
-                        ),
-                    )
-                )
+        self.reporter.report(self.rooms.values(), trio.current_time(), int(time.time() * 1e6))
 
 
 def _parse_stream(stream: Any) -> tuple[StreamId, StreamType, tuple[Layer, ...]]:

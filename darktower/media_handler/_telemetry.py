@@ -3,12 +3,18 @@
 :class:`TelemetryHub` fans events out to every open ``Telemetry`` call. Each call has its own
 bounded queue that drops its oldest event when full (and counts it): the router and the
 reporter publish synchronously and never wait for an MC.
+
+:class:`TelemetryReporter` builds one ``MediaTelemetry`` per stream per report; its
+``packet_loss`` is the QUIC loss of the publisher's connection since the previous report, in
+both directions (:class:`ConnectionLoss`, from ``WebTransportSession.transport_stats()``),
+and the same packet counts go to /metrics.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -19,6 +25,12 @@ from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 
 from ._limits import MAX_TELEMETRY_SUBSCRIBERS, TELEMETRY_QUEUE_SIZE
 from ._queue import DropReason
+from ._stats import TelemetrySnapshot
+
+if TYPE_CHECKING:
+    from darktower.transport import TransportStats, WebTransportSession
+
+    from ._room import Room
 
 
 class _Listener:
@@ -125,3 +137,108 @@ class MediaMetrics:
         )
         self.streams = registry.gauge("darktower_mh_streams", "registered streams (layers)")
         self.subscriptions = registry.gauge("darktower_mh_subscriptions", "live subscriptions")
+        # QUIC packets of the participants' connections, counted between telemetry reports:
+        # "out" = ours (lost: declared lost by QUIC's loss detection), "in" = the peers'
+        # (lost: missing from the packet numbers received).
+        self.quic_packets = registry.counter(
+            "darktower_mh_quic_packets_total",
+            "QUIC packets of media connections, by direction",
+            ("direction",),
+        )
+        self.quic_packets_lost = registry.counter(
+            "darktower_mh_quic_packets_lost_total",
+            "QUIC packets of media connections lost, by direction",
+            ("direction",),
+        )
+        for direction in ("in", "out"):
+            self.quic_packets.inc(0, direction)
+            self.quic_packets_lost.inc(0, direction)
+        self.quic_loss = registry.gauge(
+            "darktower_mh_quic_packet_loss_ratio",
+            "fraction of media connections' QUIC packets lost since the previous report",
+        )
+
+
+class ConnectionLoss:
+    """QUIC loss of each media connection between one :meth:`measure` and the next."""
+
+    def __init__(self, metrics: MediaMetrics) -> None:
+        self._metrics = metrics
+        # Bounded by the live sessions: each measure keeps only the sessions it was given.
+        self._last: dict[WebTransportSession, TransportStats] = {}
+
+    def measure(self, sessions: Iterable[WebTransportSession]) -> dict[WebTransportSession, float]:
+        """The loss (0..1) of each session's connection since the previous call; 0.0 for a
+        session seen for the first time (its sample becomes the baseline, which leaves the
+        handshake out). Counts the packets of the interval in /metrics."""
+        last, self._last = self._last, {}
+        losses: dict[WebTransportSession, float] = {}
+        counted = [0, 0, 0, 0]  # sent, lost, expected, missing
+        for session in sessions:
+            if session in self._last:
+                continue  # two streams of one publisher: one sample per report
+            sample = session.transport_stats()
+            self._last[session] = sample
+            before = last.get(session)
+            if before is None:
+                losses[session] = 0.0
+                continue
+            losses[session] = sample.loss_since(before)
+            expected = max(0, sample.peer_packets_expected - before.peer_packets_expected)
+            received = sample.datagrams_received - before.datagrams_received
+            counted[0] += max(0, sample.packets_sent - before.packets_sent)
+            counted[1] += max(0, sample.packets_lost - before.packets_lost)
+            counted[2] += expected
+            counted[3] += max(0, expected - received)
+        sent, lost, expected, missing = counted
+        m = self._metrics
+        m.quic_packets.inc(sent, "out")
+        m.quic_packets_lost.inc(lost, "out")
+        m.quic_packets.inc(expected, "in")
+        m.quic_packets_lost.inc(missing, "in")
+        m.quic_loss.set((lost + missing) / (sent + expected) if sent + expected else 0.0)
+        return losses
+
+
+class TelemetryReporter:
+    """One ``MediaTelemetry`` per registered stream per :meth:`report`, to the hub."""
+
+    def __init__(self, hub: TelemetryHub, metrics: MediaMetrics) -> None:
+        self.hub = hub
+        self.loss = ConnectionLoss(metrics)
+
+    def report(self, rooms: Iterable[Room], now: float, stamp: int) -> None:
+        """Publish every stream's figures at ``now`` (trio clock); ``stamp`` is the wall clock
+        in µs since the epoch. The loss is measured even with no listener (/metrics)."""
+        rooms = list(rooms)
+        losses = self.loss.measure(
+            member.session
+            for room in rooms
+            for member in room.members.values()
+            if member.session is not None
+        )
+        if not self.hub.listeners:
+            return
+        for room in rooms:
+            for publication in list(room.publications.values()):
+                session = publication.publisher.session
+                loss = 0.0 if session is None else losses.get(session, 0.0)
+                snap = publication.stats.snapshot(now, timestamp=stamp, packet_loss=loss)
+                self.hub.publish(telemetry_event(room.id, snap))
+
+
+def telemetry_event(meeting_id: str, snap: TelemetrySnapshot) -> mc_pb.TelemetryEvent:
+    """The wire form of one stream's figures."""
+    return mc_pb.TelemetryEvent(
+        meeting_id=meeting_id,
+        telemetry=mc_pb.MediaTelemetry(
+            stream_id=snap.stream_id,
+            bytes_sent=snap.bytes_sent,
+            bytes_received=snap.bytes_received,
+            packet_loss=snap.packet_loss,
+            bitrate=min(snap.bitrate, 0xFFFF_FFFF),
+            jitter_ms=snap.jitter_ms,
+            timestamp=snap.timestamp,
+            frames_dropped=sum(snap.frames_dropped.values()),
+        ),
+    )

@@ -22,7 +22,8 @@ Client::
 Sessions: ``open_bidirectional_stream()``, ``open_unidirectional_stream()``, ``accept_stream()``,
 ``send_datagram(data)`` (never blocks; DatagramTooLarge over ``max_datagram_size``),
 ``receive_datagram()``, ``close(code, reason)``, ``peer_close_code``/``peer_close_reason``,
-``path``, ``query``, ``headers``, ``origin``, ``cancel_scope``.
+``path``, ``query``, ``headers``, ``origin``, ``cancel_scope``, ``transport_stats()`` (the
+connection's packets sent, lost and received: :class:`TransportStats`, ``_stats.py``).
 
 Streams are trio streams: ``send_all`` (waits while unacknowledged bytes are over the
 high-water mark), ``receive_some`` (b"" at end), ``send_eof``, ``reset(code)``,
@@ -55,6 +56,7 @@ from ._server import (
     serve_webtransport,
 )
 from ._session import ConnectRequest, SessionState, WebTransportSession
+from ._stats import TransportStats
 from ._streams import WebTransportReceiveStream, WebTransportSendStream, WebTransportStream
 from ._wire import code_from_h3, code_to_h3
 
@@ -79,6 +81,7 @@ __all__ = [
     "StreamReset",
     "TlsCredentials",
     "TransportLimits",
+    "TransportStats",
     "WebTransportReceiveStream",
     "WebTransportSendStream",
     "WebTransportServer",

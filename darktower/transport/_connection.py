@@ -34,6 +34,7 @@ from ._errors import SessionClosed
 from ._quic import CreditedQuicConnection
 from ._routing import route_h3, route_stream_data
 from ._session import WebTransportSession
+from ._stats import TransportStats, count_losses, read_stats
 from ._streams import StreamState
 from ._wire import (
     H3_REQUEST_CANCELLED,
@@ -85,6 +86,7 @@ class Connection:
         self.close_error_code = 0
         self.close_reason = ""
         self.datagrams_dropped = 0
+        self.datagrams_received = 0  # for the incoming loss estimate (see _stats.py)
         self.nursery: trio.Nursery | None = None
         self._spawn_queue: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._wake_scope: trio.CancelScope | None = None
@@ -105,6 +107,7 @@ class Connection:
             qe.ConnectionTerminated: self._on_terminated,
         }
         quic._dt_consumed = self._consumed_offset
+        count_losses(quic)
 
     # --- the connection task --------------------------------------------------------------
     async def run(self) -> None:
@@ -178,6 +181,7 @@ class Connection:
     # --- I/O, called by the endpoint and the application ----------------------------------
     def receive(self, data: bytes, addr: NetworkAddress, now: float) -> None:
         self._last_rx = now
+        self.datagrams_received += 1
         self.quic.receive_datagram(data, addr, now=now)
 
     def process_events(self) -> None:
@@ -192,6 +196,10 @@ class Connection:
         if self.blocked_senders:
             for state in list(self.blocked_senders):
                 state.check_writable()
+
+    def transport_stats(self) -> TransportStats:
+        """Packet counts of this connection so far (see ``_stats.py``)."""
+        return read_stats(self.quic, self.datagrams_received)
 
     def flush(self) -> None:
         """Send what aioquic has to send; re-arm the timer; forget streams QUIC discarded."""

@@ -31,6 +31,7 @@ from ._wire import (
 
 if TYPE_CHECKING:
     from ._connection import Connection
+    from ._stats import TransportStats
 
 
 @attrs.frozen
@@ -127,6 +128,10 @@ class WebTransportSession:
     @property
     def open_stream_count(self) -> int:
         return len(self._streams)
+
+    def transport_stats(self) -> TransportStats:
+        """Packet counts (sent, lost, received) of the QUIC connection under this session."""
+        return self._conn.transport_stats()
 
     # --- streams --------------------------------------------------------------------------
     def _check_open(self) -> None:
