@@ -49,10 +49,6 @@ class RunContext:
     settled: int = 0
     all_gone: trio.Event = attrs.field(factory=trio.Event)  # every participant's task ended
     gone: int = 0
-    # GC calls go one at a time: concurrent requests on one HTTP/3 connection to the GC
-    # sometimes reach the app without their body (408/INVALID_REQUEST; reported). A call takes
-    # milliseconds, so serialising costs little next to the GC's own rate limit.
-    rest_lock: trio.Lock = attrs.field(factory=trio.Lock)
     # Every stream this run publishes, by stream id: subscribers count only these.
     streams: dict[str, PublishedStream] = attrs.field(factory=dict)
     # Per meeting: publishers that failed before publishing, and who to tell about one.
@@ -86,8 +82,9 @@ class RunContext:
             check()
 
     async def rest(self, call: Callable[[], Awaitable[T]]) -> T:
-        """A GC call: one at a time (see ``rest_lock``), retried after RATE_LIMITED."""
-        return await self.retrying(call, lock=self.rest_lock)
+        """A GC call (concurrent ones share the HTTP/3 connection), retried after
+        RATE_LIMITED."""
+        return await self.retrying(call)
 
     async def retrying(
         self, call: Callable[[], Awaitable[T]], *, lock: trio.Lock | None = None

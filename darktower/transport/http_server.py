@@ -31,6 +31,9 @@ from hypercorn.typing import ConnectionState
 MAX_DATAGRAM = 65_536
 # How long QUIC connections get to say goodbye after shutdown starts; then the socket closes.
 QUIC_CLOSE_GRACE_S = 1.0
+# A woken timer task delivers the events it took out of its connection even if a send restarts
+# it meanwhile; an app that stops reading its request body holds it at most this long.
+TIMER_DELIVERY_BOUND_S = 10.0
 # Attempts at finding a port free on both TCP and UDP when asked for port 0.
 _PORT_ATTEMPTS = 20
 
@@ -95,18 +98,43 @@ def _guard_streams(connection: Any) -> None:
         h3.streams = _StreamTable(h3.streams)
 
 
+def _events_lock(connection: Any) -> trio.StrictFIFOLock:
+    lock: trio.StrictFIFOLock | None = getattr(connection, "_darktower_events_lock", None)
+    if lock is None:
+        lock = connection._darktower_events_lock = trio.StrictFIFOLock()
+    return lock
+
+
 class _TrackingQuicProtocol(QuicProtocol):
-    """Sets ``idle_event`` when the last connection is gone, so shutdown need not poll; guards
-    each connection's HTTP/3 stream table (:class:`_StreamTable`)."""
+    """hypercorn's QUIC protocol, made safe for concurrent requests on one connection:
+
+    * the read loop and a connection's timer task both take events out of the connection and
+      hand them to the HTTP/3 layer; each does so holding the connection's lock, so one
+      stream's data is delivered in order by one task at a time;
+    * every send restarts (cancels) the timer task, even in the middle of delivering an event
+      it has already taken out of the connection: a request body was then lost and the request
+      timed out (408). Once awake, the timer task finishes its delivery shielded, bounded by
+      :data:`TIMER_DELIVERY_BOUND_S`.
+
+    Also sets ``idle_event`` when the last connection is gone, so shutdown need not poll, and
+    guards each connection's HTTP/3 stream table (:class:`_StreamTable`).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.idle_event = trio.Event()
 
+    async def _handle_timer(self, timer: float, connection: Any) -> None:
+        await self.context.sleep(max(0, timer - self.context.time()))
+        with trio.move_on_after(TIMER_DELIVERY_BOUND_S, shield=True):
+            connection.quic.handle_timer(now=self.context.time())
+            await self._handle_events(connection, None)
+
     async def _handle_events(self, connection: Any, client: Any = None) -> None:
-        _guard_streams(connection)
-        await super()._handle_events(connection, client)
-        _guard_streams(connection)  # the H3 protocol may have been created just now
+        async with _events_lock(connection):
+            _guard_streams(connection)
+            await super()._handle_events(connection, client)
+            _guard_streams(connection)  # the H3 protocol may have been created just now
         if self.idle:
             self.idle_event.set()
         elif self.idle_event.is_set():
