@@ -239,6 +239,7 @@ async def test_mh_telemetry_reports_the_publishers_quic_loss() -> None:
         await h.route(meeting, mic, ["p"])
         split = urllib.parse.urlsplit(h.running.media_url)
         assert split.hostname is not None and split.port is not None
+
         def report() -> None:
             h.handler.report_once()  # what the MH's telemetry loop does every second
 
