@@ -132,7 +132,7 @@ def serve_asyncio(certfile: str, keyfile: str) -> None:
 def load(port: int, cert_hash: str, receivers: int, warmup: float, window: float) -> None:
     import trio
 
-    from darktower.transport import TransportLimits, connect_webtransport
+    from darktower.transport import SessionClosed, TransportLimits, connect_webtransport
 
     pinned = [bytes.fromhex(cert_hash)]
     base = f"https://127.0.0.1:{port}/relay"
@@ -144,9 +144,12 @@ def load(port: int, cert_hash: str, receivers: int, warmup: float, window: float
         async with connect_webtransport(base + "?role=recv", server_certificate_hashes=pinned) as s:
             stream = await s.accept_stream()
             ready.set()
-            while data := await stream.receive_some(1 << 20):
-                if counting:
-                    counted[i] += len(data)
+            try:
+                while data := await stream.receive_some(1 << 20):
+                    if counting:
+                        counted[i] += len(data)
+            except SessionClosed:
+                pass  # the server may stop first once the result is printed
 
     async def sender() -> None:
         nonlocal sent
@@ -157,10 +160,13 @@ def load(port: int, cert_hash: str, receivers: int, warmup: float, window: float
         ) as s:
             stream = await s.open_unidirectional_stream()
             message = b"m" * MESSAGE
-            while True:
-                await stream.send_all(message)
-                if counting:
-                    sent += 1
+            try:
+                while True:
+                    await stream.send_all(message)
+                    if counting:
+                        sent += 1
+            except SessionClosed:
+                pass  # as for the receivers
 
     async def main() -> None:
         nonlocal counting
