@@ -176,6 +176,7 @@ class Meeting(Scope):
                         self.end()
                 finally:
                     self.end()
+                    self._nursery = None  # exited (and no cycle through its task's context)
                     self._state = ScopeState.CLOSING
                     await self._cleanup(cleanup, LeaveReason.MEETING_ENDED, grace)
         finally:

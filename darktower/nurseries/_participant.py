@@ -88,6 +88,7 @@ class StreamTask(Scope):
                     if rest is not None:
                         raise rest from None
         finally:
+            self._scope = None  # exited: nothing left to cancel (and no cycle through it)
             self._state = ScopeState.CLOSING
             if math.isnan(self._cancel_at):
                 self._cancel_at = participant._cancel_at
@@ -238,6 +239,10 @@ class Participant(Scope):
                     # A body that returns has finished the session: its streams end with it.
                     self.leave(LeaveReason.VOLUNTARY)
         finally:
+            # The nursery has exited. Dropping it also breaks the cycle nursery → task →
+            # context (current_participant_var) → participant, so a closed participant is
+            # freed by reference counting: kicks leave no garbage for the collector.
+            self._nursery = None
             if self._reason is None:
                 # Only an aborted start (the caller of start_participant was cancelled) gets
                 # here without a reason: the session never really began.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import trio
 import trio.testing
@@ -225,3 +227,22 @@ def test_current_scope_lookups_fail_outside_a_scope() -> None:
     with pytest.raises(RuntimeError, match="meeting"):
         current_meeting()
     assert issubclass(ScopeClosed, trio.ClosedResourceError)  # "closed": our side closed it
+
+
+async def test_a_kick_leaves_no_garbage_for_the_collector(tree: TaskTree, seen: Seen) -> None:
+    """A closed participant (its nursery, tasks, scopes, reason) is freed by reference
+    counting: no cycle is left for the collector, whose pauses would otherwise land in later
+    kicks (benchmarks/cancellation.py measures both)."""
+    kicked = await _meeting_with(tree, seen, 4)
+    await trio.testing.wait_all_tasks_blocked()
+    gc.collect()
+    gc.disable()
+    try:
+        for p in kicked:
+            p.leave(LeaveReason.KICKED)
+            await p.wait_closed()
+        await trio.testing.wait_all_tasks_blocked()
+        del p, kicked
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
