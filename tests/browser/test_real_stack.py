@@ -19,15 +19,13 @@ The browser's absence skips these tests, or fails them when ``CI`` is set (tests
 from __future__ import annotations
 
 import pathlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 
-from darktower.__main__ import Running, Settings, serve
-
+from .._devstack import dev_stack
 from ._pages import POLL_MS, run_in_browser, snapshot, wait_for_frames, wait_for_hooks
 
 if TYPE_CHECKING:
@@ -44,8 +42,6 @@ MIN_SCREENSHOT_BYTES = 5_000
 WANT_VIDEO_FRAMES = 30
 # Issue #8: the removed person sees why within 1 s.
 REASON_SHOWN_WITHIN_MS = 1000
-# The stack's start (GC, MC, MH, the MH's registration) on a loaded 2-core machine.
-STACK_START_S = 20
 # Every Playwright wait in the scenario.
 PAGE_WAIT_S = 20.0
 KICKED_TEXT = "You were removed from the meeting"
@@ -95,36 +91,6 @@ WATCH_CLICK_JS = """() => {
     if (e.target.closest(".kick")) window.__kickClickedAt = Date.now();
   }, {capture: true});
 }"""
-
-
-@asynccontextmanager
-async def real_stack(data_dir: pathlib.Path) -> AsyncIterator[Running]:
-    """GC, MC and MH as ``python -m darktower`` runs them, on free ports; shut down on exit."""
-    settings = Settings(
-        data_dir=str(data_dir),
-        api_port=0,
-        page_port=0,
-        signal_port=0,
-        media_port=0,
-        gc_grpc_port=0,
-        mc_grpc_port=0,
-        mh_grpc_port=0,
-        mc_ops_port=0,
-        mh_ops_port=0,
-        drain_grace_s=1,
-    )
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        with trio.fail_after(STACK_START_S):
-            running: Running = await nursery.start(
-                lambda task_status: serve(settings, shutdown=shutdown, task_status=task_status)
-            )
-            # Rooms are placed only once the MH has registered with the MC.
-            await running.mc.controller.mhs.wait_for(running.mh.handler_id)
-        try:
-            yield running
-        finally:
-            shutdown.set()
 
 
 def _wait_joined(page: Page) -> dict[str, Any]:
@@ -292,7 +258,7 @@ async def test_two_pages_see_each_other_and_the_removed_guest_is_told(
     RESULTS_DIR.mkdir(exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)
     results: dict[str, Any] = {}
-    async with real_stack(tmp_path / "data") as running:
+    async with dev_stack(tmp_path / "data", drain_grace_s=1) as running:
         page_url = running.page_url.rstrip("/")
         controller = running.mc.controller
 
@@ -362,7 +328,7 @@ async def test_two_pages_see_each_other_and_the_removed_guest_is_told(
 
 async def test_the_host_ends_the_meeting_for_everyone(tmp_path: pathlib.Path) -> None:
     results: dict[str, Any] = {}
-    async with real_stack(tmp_path / "data") as running:
+    async with dev_stack(tmp_path / "data", drain_grace_s=1) as running:
         scenario = _end_scenario(running.page_url.rstrip("/"), results)
         await trio.to_thread.run_sync(lambda: run_in_browser(scenario, timeout_s=PAGE_WAIT_S))
 

@@ -12,7 +12,7 @@ import attrs
 import httpx
 import trio
 
-from darktower.__main__ import Running, Settings, serve
+from darktower.__main__ import Running
 from darktower.client import (
     CreatedMeeting,
     GlobalControllerClient,
@@ -20,38 +20,11 @@ from darktower.client import (
     join_meeting_session,
     open_gc_client,
 )
+from tests._devstack import dev_stack
 
 WAIT_S = 20  # a generous bound on each wait: these run on real time over real QUIC
 
 E = TypeVar("E")
-
-
-@asynccontextmanager
-async def dev_stack(tmp_path: pathlib.Path) -> AsyncIterator[Running]:
-    settings = Settings(
-        data_dir=str(tmp_path / "data"),
-        api_port=0,
-        page_port=0,
-        signal_port=0,
-        media_port=0,
-        gc_grpc_port=0,
-        mc_grpc_port=0,
-        mh_grpc_port=0,
-        mc_ops_port=0,
-        mh_ops_port=0,
-        drain_grace_s=2,
-    )
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        running: Running = await nursery.start(
-            lambda task_status: serve(settings, shutdown=shutdown, task_status=task_status)
-        )
-        # The MH registers with the MC right after starting; wait until rooms can be placed.
-        await running.mc.controller.mhs.wait_for(running.mh.handler_id)
-        try:
-            yield running
-        finally:
-            shutdown.set()
 
 
 async def dev_credentials(stack: Running) -> dict[str, str]:
@@ -96,7 +69,7 @@ class Meeting:
 
 @asynccontextmanager
 async def meeting(tmp_path: pathlib.Path) -> AsyncIterator[Meeting]:
-    async with dev_stack(tmp_path) as stack, AsyncExitStack() as exits:
+    async with dev_stack(tmp_path / "data") as stack, AsyncExitStack() as exits:
         gc = await exits.enter_async_context(
             open_gc_client(stack.api_url, server_certificate_hashes=[stack.certificate_sha256])
         )

@@ -8,15 +8,13 @@ import logging
 import pathlib
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
 import pytest
 import trio
 
-from darktower.__main__ import Running, Settings, serve
 from darktower.client import (
     MediaClient,
     SignalingClient,
@@ -29,39 +27,10 @@ from darktower.model import LeaveReason
 from darktower.protocol.pb import common_pb2 as common
 from darktower.protocol.pb import signaling_pb2 as sig
 from darktower.transport import SessionRefused, connect_webtransport
+from tests._devstack import dev_stack
 
 WAIT_S = 20
 FRAMES = 12
-
-
-@asynccontextmanager
-async def dev_stack(
-    tmp_path: pathlib.Path, shutdown: trio.Event | None = None
-) -> AsyncIterator[Running]:
-    settings = Settings(
-        data_dir=str(tmp_path / "data"),
-        api_port=0,
-        page_port=0,
-        signal_port=0,
-        media_port=0,
-        gc_grpc_port=0,
-        mc_grpc_port=0,
-        mh_grpc_port=0,
-        mc_ops_port=0,
-        mh_ops_port=0,
-        drain_grace_s=2,
-    )
-    shutdown = shutdown if shutdown is not None else trio.Event()
-    async with trio.open_nursery() as nursery:
-        running: Running = await nursery.start(
-            lambda task_status: serve(settings, shutdown=shutdown, task_status=task_status)
-        )
-        # The MH registers with the MC right after starting; wait until rooms can be placed.
-        await running.mc.controller.mhs.wait_for(running.mh.handler_id)
-        try:
-            yield running
-        finally:
-            shutdown.set()
 
 
 def _media_url(join: sig.JoinResponse) -> str:
@@ -97,7 +66,7 @@ async def test_create_join_publish_subscribe_kick_end(
 
 
 async def _create_join_publish_subscribe_kick_end(tmp_path: pathlib.Path) -> None:
-    async with dev_stack(tmp_path) as stack, AsyncExitStack() as stack_cm:
+    async with dev_stack(tmp_path / "data") as stack, AsyncExitStack() as stack_cm:
         pins = [stack.certificate_sha256]
         # The browser page and the dev credential are served on plain HTTP at 127.0.0.1.
         async with httpx.AsyncClient(base_url=stack.page_url) as page:
@@ -186,7 +155,7 @@ async def _create_join_publish_subscribe_kick_end(tmp_path: pathlib.Path) -> Non
 async def test_only_the_pages_origins_may_open_sessions(tmp_path: pathlib.Path) -> None:
     """MC and MH of the development stack accept the page's own origins (and clients that send
     none), and refuse any other origin with 403 before anything else runs."""
-    async with dev_stack(tmp_path) as stack:
+    async with dev_stack(tmp_path / "data") as stack:
         pins = [stack.certificate_sha256]
         page = stack.page_url.rstrip("/")
 
@@ -212,7 +181,7 @@ async def test_shutdown_with_a_live_meeting_drains_in_order(
     reaches the MH and the GC (drained after it), so nothing is cut off or retried."""
     caplog.set_level(logging.WARNING, logger="darktower")
     shutdown = trio.Event()
-    async with dev_stack(tmp_path, shutdown) as stack, AsyncExitStack() as clients:
+    async with dev_stack(tmp_path / "data", shutdown) as stack, AsyncExitStack() as clients:
         pins = [stack.certificate_sha256]
         async with httpx.AsyncClient(base_url=stack.page_url) as page:
             creds = (await page.get("/api/v1/dev/credentials")).json()

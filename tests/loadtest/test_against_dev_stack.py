@@ -19,40 +19,13 @@ import attrs
 import pytest
 import trio
 
-from darktower.__main__ import DEV_CLIENT_FILE, Running, Settings, serve
+from darktower.__main__ import DEV_CLIENT_FILE, Running
 from darktower.client import open_gc_client
 from darktower.errors import Unauthorized
 from darktower.loadtest import LoadTestSettings, Stats, run_loadtest
+from tests._devstack import dev_stack
 
 WAIT_S = 60  # generous: the machine is shared; a healthy run takes a few seconds
-
-
-@asynccontextmanager
-async def dev_stack(tmp_path: pathlib.Path) -> AsyncIterator[Running]:
-    settings = Settings(
-        data_dir=str(tmp_path / "data"),
-        api_port=0,
-        page_port=0,
-        signal_port=0,
-        media_port=0,
-        gc_grpc_port=0,
-        mc_grpc_port=0,
-        mh_grpc_port=0,
-        mc_ops_port=0,
-        mh_ops_port=0,
-        drain_grace_s=2,
-    )
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        running: Running = await nursery.start(
-            lambda task_status: serve(settings, shutdown=shutdown, task_status=task_status)
-        )
-        # The MH registers with the MC right after starting; wait until rooms can be placed.
-        await running.mc.controller.mhs.wait_for(running.mh.handler_id)
-        try:
-            yield running
-        finally:
-            shutdown.set()
 
 
 def _settings(stack: Running, **kwargs: Any) -> LoadTestSettings:
@@ -88,7 +61,7 @@ async def _drain(stream: trio.abc.ReceiveStream) -> None:
 
 
 async def test_quick_run_delivers_and_accounts_for_every_frame(tmp_path: pathlib.Path) -> None:
-    async with dev_stack(tmp_path) as stack:
+    async with dev_stack(tmp_path / "data") as stack:
         stats = Stats()
         with trio.fail_after(WAIT_S):
             summary = await run_loadtest(
@@ -114,7 +87,7 @@ async def test_quick_run_delivers_and_accounts_for_every_frame(tmp_path: pathlib
 
 
 async def test_stop_leaves_early_and_still_summarises(tmp_path: pathlib.Path) -> None:
-    async with dev_stack(tmp_path) as stack:
+    async with dev_stack(tmp_path / "data") as stack:
         stats = Stats()
         stop = trio.Event()
         settings = _settings(stack, meetings=1, participants=2, duration=3600.0)
@@ -135,7 +108,7 @@ async def test_stop_leaves_early_and_still_summarises(tmp_path: pathlib.Path) ->
 
 
 async def test_cli_prints_the_json_summary_and_stops_on_sigint(tmp_path: pathlib.Path) -> None:
-    async with dev_stack(tmp_path) as stack:
+    async with dev_stack(tmp_path / "data") as stack:
         argv = [
             sys.executable, "-m", "darktower.loadtest", "--url", stack.page_url,
             "--api", stack.api_url, "--meetings", "1", "--participants", "2",
@@ -173,7 +146,7 @@ async def test_cli_prints_the_json_summary_and_stops_on_sigint(tmp_path: pathlib
 async def test_sessions_ended_by_the_server_are_errors_not_crashes(
     tmp_path: pathlib.Path,
 ) -> None:
-    async with dev_stack(tmp_path) as stack:
+    async with dev_stack(tmp_path / "data") as stack:
         stats = Stats()
         settings = _settings(stack, meetings=1, participants=2, duration=3600.0)
         creds = json.loads((tmp_path / "data" / DEV_CLIENT_FILE).read_text())
@@ -198,7 +171,7 @@ async def test_sessions_ended_by_the_server_are_errors_not_crashes(
 
 
 async def test_nothing_published_means_nothing_delivered(tmp_path: pathlib.Path) -> None:
-    async with dev_stack(tmp_path) as stack:
+    async with dev_stack(tmp_path / "data") as stack:
         with trio.fail_after(WAIT_S):
             summary = await run_loadtest(
                 _settings(stack, meetings=1, participants=2, publishers=0, duration=0.5), Stats()
@@ -217,7 +190,7 @@ async def test_refused_joins_are_counted_and_the_run_ends(
         yield  # pragma: no cover
 
     monkeypatch.setattr("darktower.loadtest._participant.open_signaling", refused)
-    async with dev_stack(tmp_path) as stack:
+    async with dev_stack(tmp_path / "data") as stack:
         with trio.fail_after(WAIT_S):
             summary = await run_loadtest(
                 _settings(stack, meetings=2, participants=2, duration=3600.0), Stats()
@@ -233,7 +206,7 @@ async def test_refused_joins_are_counted_and_the_run_ends(
 async def test_processes_share_the_meetings_and_merge_their_figures(
     tmp_path: pathlib.Path,
 ) -> None:
-    async with dev_stack(tmp_path) as stack:
+    async with dev_stack(tmp_path / "data") as stack:
         argv = [
             sys.executable, "-m", "darktower.loadtest", "--url", stack.page_url,
             "--api", stack.api_url, "--meetings", "3", "--participants", "2",
@@ -260,7 +233,7 @@ async def test_examples_run_and_pass_options_on(
 ) -> None:
     header = await trio.Path(script).read_text()
     assert "python -m darktower " in header and f"sh examples/{script.name}" in header
-    async with dev_stack(tmp_path) as stack:
+    async with dev_stack(tmp_path / "data") as stack:
         # The documented run, made small: later options win over the script's own.
         argv = [
             "sh", str(script), "--url", stack.page_url, "--api", stack.api_url,
