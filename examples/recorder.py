@@ -29,11 +29,9 @@ encryption the payloads are ciphertext: the files keep them, but no player can r
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import struct
 import sys
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +41,8 @@ from darktower.client import (
     MeetingSession,
     StreamInfo,
     StreamPublished,
+    fetch_dev_certificate,
+    fetch_dev_credentials,
     join_meeting_via_gc,
     open_gc_client,
 )
@@ -68,24 +68,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _get_json(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        data: dict[str, Any] = json.load(response)
-    return data
-
-
 async def dev_settings(args: argparse.Namespace) -> tuple[bytes, str, str]:
     """The certificate hash and the client credential: given, or the dev stack's."""
-    cert = (
-        args.cert_hash
-        or (await trio.to_thread.run_sync(_get_json, f"{args.page}/api/v1/dev/certificate"))[
-            "sha256"
-        ]
-    )
+    if args.cert_hash:
+        pin = bytes.fromhex(args.cert_hash)
+    else:
+        pin = await fetch_dev_certificate(args.page)
     if args.client_id and args.client_secret:
-        return bytes.fromhex(cert), args.client_id, args.client_secret
-    creds = await trio.to_thread.run_sync(_get_json, f"{args.page}/api/v1/dev/credentials")
-    return bytes.fromhex(cert), creds["client_id"], creds["client_secret"]
+        return pin, args.client_id, args.client_secret
+    client_id, secret = await fetch_dev_credentials(args.page)
+    return pin, client_id, secret
 
 
 def is_ivf(stream: StreamInfo) -> bool:

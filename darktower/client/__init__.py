@@ -5,8 +5,17 @@ Most applications need only :func:`join_meeting_session` (or :func:`join_meeting
 which yields a :class:`MeetingSession`: participants, events, ``publish()``, ``subscribe()``,
 ``leave()`` and the reason the session ended. The lower layers stay available:
 :func:`open_gc_client`, :func:`open_signaling`, :func:`open_media_client`.
+:func:`fetch_dev_access` reads the credential and certificate pin ``python -m darktower``
+serves on its page.
 """
 
+from ._dev import (
+    DevAccess,
+    DevStackError,
+    fetch_dev_access,
+    fetch_dev_certificate,
+    fetch_dev_credentials,
+)
 from ._events import (
     CLOSE_GRACE_S,
     EVENT_BUFFER,
@@ -37,6 +46,8 @@ __all__ = [
     "LEAVE_GRACE_S",
     "SUBSCRIPTION_BUFFER",
     "CreatedMeeting",
+    "DevAccess",
+    "DevStackError",
     "EventStream",
     "GlobalControllerClient",
     "JoinTicket",
@@ -58,6 +69,9 @@ __all__ = [
     "StreamPublished",
     "StreamUnpublished",
     "Subscription",
+    "fetch_dev_access",
+    "fetch_dev_certificate",
+    "fetch_dev_credentials",
     "join_meeting_session",
     "join_meeting_via_gc",
     "media_url",
