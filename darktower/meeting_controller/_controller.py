@@ -196,7 +196,12 @@ class MeetingController(SessionMixin):
             request_id = first.request_id
             if first.WhichOneof("message") != "join":
                 raise InvalidRequest("the first message must be a JoinRequest")
-            room, member, recv = await self._admit(first.join)
+            join = first.join
+            # Only request_id is needed after admission: the request (join token, public key)
+            # would otherwise stay referenced by this frame for the whole session.
+            del first
+            room, member, recv = await self._admit(join)
+            del join
         except trio.TooSlowError:
             await self._refuse(
                 port, 0, InvalidRequest("no JoinRequest within the handshake timeout")
@@ -289,10 +294,8 @@ class MeetingController(SessionMixin):
             public_key=join.e2ee_public_key,
             key_id=str(room.next_key_id),
             outbox=outbox,
-            media=sig.MediaServerInfo(
-                media_handler_url=reply.media_handler_url,
-                connection_token=reply.connection_token,
-            ),
+            media_handler_url=reply.media_handler_url,
+            connection_token=reply.connection_token,
         )
         room.next_key_id += 1
         return room, member, recv
@@ -313,13 +316,18 @@ class MeetingController(SessionMixin):
         response = sig.JoinResponse(
             participant_id=member.id,
             existing_participants=[m.to_pb(e2ee=room.e2ee) for m in room.members.values()],
-            media_server=member.media,
+            media_server=sig.MediaServerInfo(
+                media_handler_url=member.media_handler_url,
+                connection_token=member.connection_token,
+            ),
         )
         if room.e2ee:
             response.encryption_keys.public_key = member.public_key
             response.encryption_keys.key_id = member.key_id
         room.members[member.id] = member
         room.deliver(member, sig.ServerMessage(request_id=request_id, join_response=response))
+        # The outbox holds it until it is written; this frame lives as long as the session.
+        del response
         room.broadcast(
             sig.ServerMessage(
                 participant_joined=sig.ParticipantJoined(participant=member.to_pb(e2ee=room.e2ee))

@@ -32,7 +32,10 @@ class Member:
     key_id: str
     # Bounded (settings.outbound_queue_size); full = slow reader, the member is dropped.
     outbox: trio.MemorySendChannel[signaling_pb2.ServerMessage]
-    media: signaling_pb2.MediaServerInfo
+    # Where its media goes, told in the JoinResponse only (kept as plain strings: a stored
+    # protobuf message costs about 0.5 KB per member).
+    media_handler_url: str
+    connection_token: str
     streams: dict[str, common_pb2.MediaStream] = attrs.field(factory=dict)
     subscriptions: dict[str, signaling_pb2.SubscriptionOptions] = attrs.field(factory=dict)
     handle: Participant | None = None

@@ -45,8 +45,17 @@ class SessionMixin:
         recv: trio.MemoryReceiveChannel[sig.ServerMessage],
     ) -> None:
         try:
-            async for message in recv:
-                await port.stream.send_all(encode_message(message))
+            while True:
+                try:
+                    message = await recv.receive()
+                except trio.EndOfChannel:
+                    return
+                data = encode_message(message)
+                # Neither stays referenced while the writer waits for the next message (an
+                # idle session would keep its last message, e.g. a whole JoinResponse).
+                del message
+                await port.stream.send_all(data)
+                del data
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             member.leave(port.leave_reason(exc))
 
@@ -79,6 +88,7 @@ class SessionMixin:
                     decoder.end_of_stream()
                     return  # the client finished its stream: a voluntary leave
                 decoder.receive_data(data)
+                del data  # not held while the reader waits for the next chunk
         except InvalidRequest as exc:
             self._fail(member, 0, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

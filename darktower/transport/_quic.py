@@ -4,25 +4,80 @@ aioquic raises a stream's MAX_STREAM_DATA as data *arrives* (doubling the window
 that never reads would buffer without bound. Here, for the streams the driver owns, the credit
 is ``consumed + window``: it is raised only as the application consumes data. Other streams
 (HTTP/3 control, QPACK, request streams) keep aioquic's policy.
+
+Two savings of memory per connection (an idle connection is otherwise ~60 KB of aioquic state):
+the handshake's TLS output buffers are freed once the handshake is confirmed (aioquic keeps
+three 16 KiB buffers for the connection's lifetime), and the frame-handler table is shared by
+all connections instead of built for each (34 bound methods, tuples and frozensets, ~10 KB).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
+from aioquic._buffer import Buffer
 from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
 from aioquic.quic.packet import QuicFrameType
+
+# Capacity of each TLS output buffer once the handshake is confirmed (nothing is written then).
+POST_HANDSHAKE_CRYPTO_BUFFER = 0
 
 # Returns the offset the application has consumed up to, or None for streams we do not manage.
 ConsumedLookup = Callable[[int], int | None]
 
 
+# aioquic's per-connection frame table: {frame type: (bound handler, allowed epochs)}.
+_FRAME_TABLE_ATTR = "_QuicConnection__frame_handlers"
+
+
+class _FrameHandlers:
+    """Stands in for aioquic's per-connection frame table, which is only ever indexed (an
+    unknown type raises KeyError, as from the dict). The handlers are bound on lookup."""
+
+    __slots__ = ("_conn", "_table")
+
+    def __init__(self, conn: QuicConnection, table: dict[int, tuple[Any, frozenset[Any]]]) -> None:
+        self._conn = conn
+        self._table = table
+
+    def __getitem__(self, frame_type: int) -> tuple[Any, frozenset[Any]]:
+        handler, epochs = self._table[frame_type]
+        return handler.__get__(self._conn), epochs
+
+
 class CreditedQuicConnection(QuicConnection):
+    # The frame table with unbound handlers, built from the first connection of each class.
+    _dt_frame_table: ClassVar[dict[int, tuple[Any, frozenset[Any]]] | None] = None
+
     def __init__(self, *, consumed: ConsumedLookup, window: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._dt_consumed = consumed
         self._dt_window = window
+        self._dt_share_frame_table()
+
+    def _dt_share_frame_table(self) -> None:
+        cls = type(self)
+        # Looked up on this very class: a subclass may override handlers.
+        table = cls.__dict__.get("_dt_frame_table")
+        if table is None:
+            own = getattr(self, _FRAME_TABLE_ATTR)
+            table = {t: (bound.__func__, epochs) for t, (bound, epochs) in own.items()}
+            cls._dt_frame_table = table
+        setattr(self, _FRAME_TABLE_ATTR, _FrameHandlers(self, table))
+
+    def _confirm_handshake(self) -> None:
+        super()._confirm_handshake()
+        # aioquic keeps its TLS output buffers (3 x CRYPTO_BUFFER_SIZE = 48 KiB) for the life
+        # of the connection. Once the handshake is confirmed TLS never writes to them again:
+        # the Initial and Handshake keys are discarded (their packets no longer decrypt), and
+        # in the post-handshake states aioquic's TLS only reads (a client takes
+        # NewSessionTicket; a server refuses any message). _push_crypto_data still reads
+        # them on every CRYPTO frame, so they are replaced by empty ones rather than removed;
+        # should TLS ever write, BufferWriteError would surface instead of data being lost.
+        self._crypto_buffers = {
+            epoch: Buffer(capacity=POST_HANDSHAKE_CRYPTO_BUFFER) for epoch in self._crypto_buffers
+        }
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
         if not stream.max_stream_data_local:

@@ -127,7 +127,10 @@ class _TrackingQuicProtocol(QuicProtocol):
     async def _handle_timer(self, timer: float, connection: Any) -> None:
         await self.context.sleep(max(0, timer - self.context.time()))
         with trio.move_on_after(TIMER_DELIVERY_BOUND_S, shield=True):
-            connection.quic.handle_timer(now=self.context.time())
+            # The connection may have terminated since the timer was armed (its _close_at is
+            # then None, which aioquic's handle_timer does not expect).
+            if connection.quic._close_at is not None:
+                connection.quic.handle_timer(now=self.context.time())
             await self._handle_events(connection, None)
 
     async def _handle_events(self, connection: Any, client: Any = None) -> None:

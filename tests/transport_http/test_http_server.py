@@ -106,6 +106,8 @@ async def test_a_restarted_timer_task_still_delivers_the_event_it_took() -> None
     release = trio.Event()
 
     class FakeQuic:
+        _close_at = 1.0  # a live connection (idle timeout armed)
+
         def __init__(self) -> None:
             self.events = ["body of request 1", "end of request 1"]
 
@@ -180,3 +182,34 @@ async def test_concurrent_requests_with_bodies_on_one_http3_connection(
                         requests.start_soon(post, size)
         shutdown.set()
     assert answers == {size: size for size in sizes}
+
+
+async def test_a_timer_that_fires_after_the_connection_terminated_is_ignored() -> None:
+    """The read loop may terminate a connection after its timer task woke up but before it
+    ran; aioquic's handle_timer must not be called then (it raised TypeError)."""
+    from hypercorn.protocol.quic import _Connection
+    from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
+
+    from darktower.transport.http_server import _TrackingQuicProtocol
+
+    class TerminatedQuic:
+        _close_at = None  # as aioquic leaves it once terminated
+
+        def handle_timer(self, now: float) -> None:
+            raise TypeError("'>=' not supported between instances of 'float' and 'NoneType'")
+
+        def next_event(self) -> None:
+            return None
+
+        def datagrams_to_send(self, now: float) -> list[tuple[bytes, object]]:
+            return []
+
+        def get_timer(self) -> None:
+            return None
+
+    protocol = object.__new__(_TrackingQuicProtocol)
+    protocol.connections = {}
+    protocol.context = WorkerContext(None)
+    protocol.idle_event = trio.Event()
+    connection = _Connection(cids=set(), quic=TerminatedQuic(), task=TrioSingleTask())
+    await protocol._handle_timer(0.0, connection)  # returns quietly
