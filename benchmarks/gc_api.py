@@ -189,9 +189,18 @@ def _window(server: Server, token: str, seconds: float, api: bool) -> dict[str, 
             latencies.append(time.perf_counter() - t0)
 
     async def main() -> tuple[float, float]:
-        conns = [await _connect(server.url) for _ in range(CONNECTIONS)]
-        for conn in conns:  # warm-up
-            await conn.request("GET", "/healthz")
+        conns: list[_Conn] = []
+
+        async def open_one() -> None:
+            conn = await _connect(server.url)
+            await conn.request("GET", "/healthz")  # warm-up
+            conns.append(conn)
+
+        # Concurrently: opened one by one on a loaded machine, the first connections could sit
+        # idle past hypercorn's keep-alive timeout (5 s) and be closed before the window.
+        async with trio.open_nursery() as nursery:
+            for _ in range(CONNECTIONS):
+                nursery.start_soon(open_one)
         cpu0, t0 = _cpu_s(server.proc.pid), time.monotonic()
         deadline = t0 + seconds
         async with trio.open_nursery() as nursery:

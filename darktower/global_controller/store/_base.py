@@ -44,9 +44,11 @@ class SqlStore(abc.ABC):
         self._clock = clock or utc_now
 
     @abc.abstractmethod
-    async def _transact(self, fn: Callable[[Tx], T]) -> T:
+    async def _transact(self, fn: Callable[[Tx], T], *, single_read: bool = False) -> T:
         """Run ``fn`` in a worker thread inside one transaction: commit on return, roll
-        back on error. Raises ``trio.ClosedResourceError`` once the store is closed."""
+        back on error. ``single_read``: ``fn`` runs exactly one SELECT, which is atomic on its
+        own, so the backend may skip BEGIN/COMMIT (two round trips on PostgreSQL, the write
+        lock on SQLite). Raises ``trio.ClosedResourceError`` once the store is closed."""
 
     @abc.abstractmethod
     def _is_unique_violation(self, exc: BaseException) -> bool: ...
@@ -65,9 +67,11 @@ class SqlStore(abc.ABC):
     ) -> None:
         await self.aclose()
 
-    async def _call(self, fn: Callable[..., T], *args: Any, conflict: str = "") -> T:
+    async def _call(
+        self, fn: Callable[..., T], *args: Any, conflict: str = "", single_read: bool = False
+    ) -> T:
         try:
-            return await self._transact(lambda tx: fn(tx, *args))
+            return await self._transact(lambda tx: fn(tx, *args), single_read=single_read)
         except Exception as exc:
             if self._is_unique_violation(exc):
                 raise Conflict(conflict or "already exists") from exc
@@ -83,7 +87,7 @@ class SqlStore(abc.ABC):
         )
 
     async def get_meeting(self, meeting_id: MeetingId) -> Meeting:
-        return await self._call(_queries.get_meeting, meeting_id)
+        return await self._call(_queries.get_meeting, meeting_id, single_read=True)
 
     async def list_meetings(
         self,
@@ -94,7 +98,9 @@ class SqlStore(abc.ABC):
         before: datetime | None = None,
         limit: int = MAX_LIST_ROWS,
     ) -> list[Meeting]:
-        return await self._call(_queries.list_meetings, owner, active, controller_id, before, limit)
+        return await self._call(
+            _queries.list_meetings, owner, active, controller_id, before, limit, single_read=True
+        )
 
     async def assign_meeting(self, meeting_id: MeetingId, controller_id: ControllerId) -> Meeting:
         return await self._call(_queries.assign_meeting, meeting_id, controller_id)
@@ -139,10 +145,10 @@ class SqlStore(abc.ABC):
         )
 
     async def get_controller(self, controller_id: ControllerId) -> ControllerRecord:
-        return await self._call(_queries.get_controller, controller_id)
+        return await self._call(_queries.get_controller, controller_id, single_read=True)
 
     async def list_controllers(self, *, region: str | None = None) -> list[ControllerRecord]:
-        return await self._call(_queries.list_controllers, region)
+        return await self._call(_queries.list_controllers, region, single_read=True)
 
     async def expire_controllers(self, older_than: datetime) -> list[ControllerId]:
         return await self._call(_queries.expire_controllers, older_than, self._clock())
@@ -156,10 +162,10 @@ class SqlStore(abc.ABC):
         )
 
     async def get_client(self, client_id: ClientId) -> ClientRecord:
-        return await self._call(_queries.get_client, client_id)
+        return await self._call(_queries.get_client, client_id, single_read=True)
 
     async def list_clients(self) -> list[ClientRecord]:
-        return await self._call(_queries.list_clients)
+        return await self._call(_queries.list_clients, single_read=True)
 
     async def remove_client(self, client_id: ClientId) -> None:
         await self._call(_queries.remove_client, client_id)

@@ -1,4 +1,4 @@
-"""PostgreSQL backend: psycopg 3's sync API in worker threads over a small bounded pool.
+"""PostgreSQL backend: psycopg 3's sync API in the store's own threads over a small bounded pool.
 
 Several GC replicas share one database; each holds at most ``pool_size`` connections.
 """
@@ -14,6 +14,7 @@ import trio
 
 from ._base import DEFAULT_POOL_SIZE, Clock, SqlStore
 from ._dialect import POSTGRES, Tx
+from ._worker import SerialWorker
 
 T = TypeVar("T")
 CONNECT_TIMEOUT_S = 10
@@ -55,6 +56,21 @@ def _in_transaction(conn: psycopg.Connection[Any], fn: Callable[[Tx], T]) -> T:
     return result
 
 
+def _single_read(conn: psycopg.Connection[Any], fn: Callable[[Tx], T]) -> T:
+    # In autocommit the SELECT is sent alone: no BEGIN and no COMMIT round trip. Switching
+    # is a client-side flag, allowed because a pooled connection is idle.
+    conn.autocommit = True
+    try:
+        return fn(Tx(conn, POSTGRES))
+    except psycopg.OperationalError as exc:
+        if conn.broken:
+            raise _LostBeforeCommit(exc) from exc  # a read: safe to run again
+        raise
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.autocommit = False
+
+
 def _reusable(conn: psycopg.Connection[Any]) -> bool:
     """Open, and outside any transaction (a failed rollback would leave one)."""
     return (
@@ -74,8 +90,10 @@ class PostgresStore(SqlStore):
 
     Owns up to ``pool_size`` connections, opened lazily and reused. A pooled connection found
     broken (server restart, network) is dropped and, when the break came before COMMIT, the
-    transaction is run once more on a fresh connection. Each call runs in a worker thread
-    holding one connection for one transaction.
+    transaction is run once more on a fresh connection. Each call runs in one of the store's
+    ``pool_size`` long-lived threads (a :class:`SerialWorker` each: cheaper per call than
+    trio's thread cache), holding one connection for one transaction. Create it inside the
+    trio run that uses it.
     """
 
     dialect = POSTGRES
@@ -88,8 +106,9 @@ class PostgresStore(SqlStore):
         # Bounded by pool_size: a connection is only ever idle here or in one call.
         self._idle: list[psycopg.Connection[Any]] = []
         self._slots = trio.Semaphore(pool_size)
-        # Our own thread limiter so the store never queues behind trio's global default one.
-        self._threads = trio.CapacityLimiter(pool_size)
+        # One thread per slot, so a call holding a slot always finds a free one here.
+        self._workers = [SerialWorker(f"postgres-store {i}") for i in range(pool_size)]
+        self._free_workers = list(self._workers)
         self._closed = False
 
     @classmethod
@@ -109,27 +128,40 @@ class PostgresStore(SqlStore):
             raise
         return store
 
-    async def _transact(self, fn: Callable[[Tx], T]) -> T:
+    async def _transact(self, fn: Callable[[Tx], T], *, single_read: bool = False) -> T:
+        run = _single_read if single_read else _in_transaction
         async with self._slots:
+            worker = self._free_workers.pop()
             try:
-                return await self._attempt(fn, reuse=True)
-            except _LostBeforeCommit:
-                # A pooled connection had gone stale (server restart, idle timeout): the
-                # transaction did not happen, so run it once more on a fresh connection.
-                pass
-            try:
-                return await self._attempt(fn, reuse=False)
-            except _LostBeforeCommit as lost:
-                raise lost.cause from None
+                try:
+                    return await self._attempt(worker, run, fn, reuse=True)
+                except _LostBeforeCommit:
+                    # A pooled connection had gone stale (server restart, idle timeout): the
+                    # transaction did not happen, so run it once more on a fresh connection.
+                    pass
+                try:
+                    return await self._attempt(worker, run, fn, reuse=False)
+                except _LostBeforeCommit as lost:
+                    raise lost.cause from None
+            finally:
+                self._free_workers.append(worker)
 
-    async def _attempt(self, fn: Callable[[Tx], T], *, reuse: bool) -> T:
+    async def _attempt(
+        self,
+        worker: SerialWorker,
+        run: Callable[[psycopg.Connection[Any], Callable[[Tx], T]], T],
+        fn: Callable[[Tx], T],
+        *,
+        reuse: bool,
+    ) -> T:
         if self._closed:
             raise trio.ClosedResourceError("the store is closed")
         conn = self._idle.pop() if reuse and self._idle else None
         try:
             if conn is None:
-                conn = await trio.to_thread.run_sync(_connect, self._dsn, limiter=self._threads)
-            return await trio.to_thread.run_sync(_in_transaction, conn, fn, limiter=self._threads)
+                conn = await worker.run(lambda: _connect(self._dsn))
+            ready = conn
+            return await worker.run(lambda: run(ready, fn))
         finally:
             if conn is not None:
                 if _reusable(conn) and not self._closed:
@@ -142,11 +174,15 @@ class PostgresStore(SqlStore):
         return isinstance(exc, psycopg.errors.UniqueViolation)
 
     async def aclose(self) -> None:
-        """Close idle connections now; a call in flight closes its own when it ends.
-        Idempotent; shielded so a cancelled caller still releases them."""
+        """Close idle connections; a call in flight closes its own when it ends, and its
+        thread ends after it (this waits for that). Idempotent; shielded so a cancelled
+        caller still releases them."""
         if self._closed:
             return
         self._closed = True
         idle, self._idle = self._idle, []
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(_close_all, idle, limiter=self._threads)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._workers[0].stop, lambda: _close_all(idle))
+                for worker in self._workers[1:]:
+                    nursery.start_soon(worker.stop, lambda: None)

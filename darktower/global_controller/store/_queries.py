@@ -1,6 +1,7 @@
 """The store's SQL, once for both backends: synchronous functions over one open transaction.
 
-Each function runs inside a worker thread in the transaction the backend opened for it.
+Each function runs inside a worker thread in the transaction the backend opened for it (a
+read of one SELECT, ``single_read``, may run as that statement alone).
 Uniqueness violations surface as the driver's integrity error; the async layer maps them.
 """
 
@@ -101,24 +102,26 @@ def get_meeting(tx: Tx, meeting_id: MeetingId) -> Meeting:
 def create_meeting(tx: Tx, new: NewMeeting, now: datetime) -> Meeting:
     if new.controller_id is not None:
         get_controller(tx, new.controller_id)
-    tx.run(
-        f"INSERT INTO meetings ({_MEETING_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            new.meeting_id,
-            new.display_name,
-            new.max_participants,
-            new.settings.enable_e2e_encryption,
-            new.settings.require_auth,
-            new.settings.recording_enabled,
-            new.owner,
-            new.controller_id,
-            MeetingStatus.ACTIVE.value,
-            0,
-            tx.dialect.ts_in(now),
-            None,
-        ),
+    row = (
+        new.meeting_id,
+        new.display_name,
+        new.max_participants,
+        new.settings.enable_e2e_encryption,
+        new.settings.require_auth,
+        new.settings.recording_enabled,
+        new.owner,
+        new.controller_id,
+        MeetingStatus.ACTIVE.value,
+        0,
+        tx.dialect.ts_in(now),
+        None,
     )
-    return get_meeting(tx, new.meeting_id)
+    tx.run(
+        f"INSERT INTO meetings ({_MEETING_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row
+    )
+    # The row as stored, without reading it back (a query per create saved): both backends
+    # keep every column exactly, timestamps to the microsecond.
+    return _meeting(tx, row)
 
 
 def list_meetings(

@@ -1,4 +1,4 @@
-"""SQLite backend: one file, one connection, one transaction at a time in a worker thread."""
+"""SQLite backend: one file, one connection, one transaction at a time in its own thread."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import trio
 
 from ._base import Clock, SqlStore
 from ._dialect import SQLITE, Tx
+from ._worker import SerialWorker
 
 T = TypeVar("T")
 
@@ -44,8 +45,8 @@ def _connect(path: str) -> sqlite3.Connection:
         # The store holds client secret hashes: owner-only, like the key files. SQLite gives
         # its -wal and -shm files the main file's mode.
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-    # isolation_level=None: we issue BEGIN/COMMIT ourselves. The connection moves between
-    # trio's worker threads, but the limiter guarantees one user at a time.
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves. Only the store's own thread
+    # ever uses the connection (it is also created there).
     conn = sqlite3.connect(
         path,
         isolation_level=None,
@@ -80,17 +81,20 @@ def _in_transaction(conn: sqlite3.Connection, fn: Callable[[Tx], T]) -> T:
 class SqliteStore(SqlStore):
     """The default store: a SQLite file in WAL mode.
 
-    Owns one connection, used by one worker thread at a time (a ``CapacityLimiter(1)``), so
-    calls queue in FIFO order and the trio loop never blocks on the database.
+    Owns one connection and the one thread (a :class:`SerialWorker`) that uses it, so calls
+    run in FIFO order, one transaction at a time, and the trio loop never blocks on the
+    database.
     """
 
     dialect = SQLITE
 
-    def __init__(self, conn: sqlite3.Connection, path: str, clock: Clock | None) -> None:
+    def __init__(
+        self, worker: SerialWorker, conn: sqlite3.Connection, path: str, clock: Clock | None
+    ) -> None:
         super().__init__(clock)
+        self._worker = worker
         self._conn: sqlite3.Connection | None = conn
         self.path = path
-        self._limiter = trio.CapacityLimiter(1)
 
     @classmethod
     async def open(cls, path: str | pathlib.Path, *, clock: Clock | None = None) -> SqliteStore:
@@ -98,8 +102,13 @@ class SqliteStore(SqlStore):
         for a private in-memory one). The caller owns the result and must ``aclose()`` it.
         Raises ``sqlite3.Error`` or ``SchemaTooNewError``."""
         path = str(path)
-        conn = await trio.to_thread.run_sync(_connect, path)
-        store = cls(conn, path, clock)
+        worker = SerialWorker(f"sqlite-store {path}")
+        try:
+            conn = await worker.run(lambda: _connect(path))
+        except BaseException:
+            await worker.stop(lambda: None)
+            raise
+        store = cls(worker, conn, path, clock)
         try:
             await store._migrate()
         except BaseException:
@@ -108,11 +117,14 @@ class SqliteStore(SqlStore):
             raise
         return store
 
-    async def _transact(self, fn: Callable[[Tx], T]) -> T:
+    async def _transact(self, fn: Callable[[Tx], T], *, single_read: bool = False) -> T:
         conn = self._conn
         if conn is None:
             raise trio.ClosedResourceError("the store is closed")
-        return await trio.to_thread.run_sync(_in_transaction, conn, fn, limiter=self._limiter)
+        if single_read:
+            # One SELECT outside BEGIN is its own read transaction, and takes no write lock.
+            return await self._worker.run(lambda: fn(Tx(conn, SQLITE)))
+        return await self._worker.run(lambda: _in_transaction(conn, fn))
 
     def _is_unique_violation(self, exc: BaseException) -> bool:
         # Only uniqueness: NOT NULL or CHECK failures are bugs, not conflicts.
@@ -122,10 +134,9 @@ class SqliteStore(SqlStore):
         )
 
     async def aclose(self) -> None:
-        """Close the connection after the call in flight, if any. Idempotent; shielded so a
-        cancelled caller still releases the file."""
+        """Close the connection after the calls already queued, and end the store's thread.
+        Idempotent; shielded so a cancelled caller still releases the file."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
+        await self._worker.stop(conn.close)
