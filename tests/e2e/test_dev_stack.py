@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 import pathlib
-import urllib.parse
-import uuid
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -18,42 +16,17 @@ import trio
 from darktower.client import (
     MediaClient,
     SignalingClient,
+    media_url,
     open_gc_client,
     open_media_client,
     open_signaling,
 )
-from darktower.frames import FrameType
 from darktower.model import LeaveReason
 from darktower.protocol.pb import common_pb2 as common
-from darktower.protocol.pb import signaling_pb2 as sig
 from darktower.transport import SessionRefused, connect_webtransport
 from tests._devstack import dev_stack
 
-WAIT_S = 20
-FRAMES = 12
-
-
-def _media_url(join: sig.JoinResponse) -> str:
-    info = join.media_server
-    query = urllib.parse.urlencode({"token": info.connection_token})
-    return f"{info.media_handler_url}?{query}"
-
-
-async def _next(client: SignalingClient, kind: str) -> sig.ServerMessage:
-    with trio.fail_after(WAIT_S):
-        async for event in client.events:
-            if event.WhichOneof("message") == kind:
-                return event
-    raise AssertionError(f"no {kind}")
-
-
-async def _frames(media: MediaClient, n: int) -> list[bytes]:
-    out = []
-    with trio.fail_after(WAIT_S):
-        while len(out) < n:
-            frame = await media.receive_frame()
-            out.append(bytes(frame.raw))
-    return out
+from ._flow import WAIT_S, next_event, publish_to
 
 
 async def test_create_join_publish_subscribe_kick_end(
@@ -95,7 +68,7 @@ async def _create_join_publish_subscribe_kick_end(tmp_path: pathlib.Path) -> Non
             assert signaling.join_response is not None
             media = await stack_cm.enter_async_context(
                 open_media_client(
-                    _media_url(signaling.join_response), server_certificate_hashes=pins
+                    media_url(signaling.join_response), server_certificate_hashes=pins
                 )
             )
             return signaling, media
@@ -112,26 +85,7 @@ async def _create_join_publish_subscribe_kick_end(tmp_path: pathlib.Path) -> Non
         info = await gc.get_meeting(meeting.meeting_id)
         assert info["meeting_id"] == meeting.meeting_id
 
-        stream_id = str(uuid.uuid4())
-        await host.request(
-            sig.ClientMessage(
-                publish=sig.PublishStream(stream_id=stream_id, stream_type=common.VIDEO_CAMERA)
-            )
-        )
-        for signaling, _ in guests:
-            published = await _next(signaling, "stream_published")
-            assert published.stream_published.stream.stream_id == stream_id
-            await signaling.request(
-                sig.ClientMessage(subscribe=sig.SubscribeStream(stream_id=stream_id))
-            )
-
-        publisher = await host_media.publish(stream_id)
-        sent = []
-        for i in range(FRAMES):
-            kind = FrameType.VIDEO_KEY if i == 0 else FrameType.VIDEO_DELTA
-            sent.append(bytes(await publisher.send_frame(kind, bytes([i]) * (100 + i))))
-        for _, media in guests:
-            assert await _frames(media, FRAMES) == sent
+        await publish_to(host, host_media, guests)
 
         # Kick bob through the REST API: he sees KICKED, the others ParticipantLeft(KICKED).
         bob, _ = guests[1]
@@ -139,7 +93,7 @@ async def _create_join_publish_subscribe_kick_end(tmp_path: pathlib.Path) -> Non
         with trio.fail_after(WAIT_S):
             await bob.closed.wait()
         assert bob.end_reason == LeaveReason.KICKED
-        left = await _next(host, "participant_left")
+        left = await next_event(host, "participant_left")
         assert left.participant_left.participant_id == bob.participant_id
         assert left.participant_left.reason == common.KICKED
 
@@ -199,7 +153,7 @@ async def test_shutdown_with_a_live_meeting_drains_in_order(
             )
         )
         await clients.enter_async_context(
-            open_media_client(_media_url(host.join_response), server_certificate_hashes=pins)
+            open_media_client(media_url(host.join_response), server_certificate_hashes=pins)
         )
         shutdown.set()  # as Ctrl-C does, with the host still in the meeting
         with trio.fail_after(WAIT_S):

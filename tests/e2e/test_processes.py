@@ -21,7 +21,6 @@ import ssl
 import subprocess
 import sys
 import urllib.parse
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -34,11 +33,11 @@ from darktower.client import (
     GlobalControllerClient,
     MediaClient,
     SignalingClient,
+    media_url,
     open_gc_client,
     open_media_client,
     open_signaling,
 )
-from darktower.frames import FrameType
 from darktower.global_controller.keys import (
     ACCESS_KEY_FILE,
     DEV_CERT_FILE,
@@ -47,9 +46,9 @@ from darktower.global_controller.keys import (
 )
 from darktower.model import LeaveReason
 from darktower.protocol.pb import common_pb2 as common
-from darktower.protocol.pb import signaling_pb2 as sig
 from darktower.transport import TlsCredentials
 
+from ._flow import next_event, publish_to
 from ._processes import (
     MAX_CAPTURE_BYTES,
     Output,
@@ -70,7 +69,6 @@ EXIT_MARGIN_S = 3.0
 WAIT_S = 20.0
 # Interval between probes of a service's /debug/tree (an out-of-process observation).
 POLL_S = 0.05
-FRAMES = 12
 # The whole test, startup of three interpreters included, on a loaded 2-core machine.
 TEST_DEADLINE_S = 150.0
 # The log line each launcher writes when SIGTERM starts its drain (and not a plain death).
@@ -210,29 +208,6 @@ async def three_processes(tmp_path: pathlib.Path) -> AsyncIterator[Stack]:
         )
 
 
-def _media_url(join: sig.JoinResponse) -> str:
-    info = join.media_server
-    query = urllib.parse.urlencode({"token": info.connection_token})
-    return f"{info.media_handler_url}?{query}"
-
-
-async def _next(client: SignalingClient, kind: str) -> sig.ServerMessage:
-    with trio.fail_after(WAIT_S):
-        async for event in client.events:
-            if event.WhichOneof("message") == kind:
-                return event
-    raise AssertionError(f"no {kind}")
-
-
-async def _frames(media: MediaClient, n: int) -> list[bytes]:
-    out: list[bytes] = []
-    with trio.fail_after(WAIT_S):
-        while len(out) < n:
-            frame = await media.receive_frame()
-            out.append(bytes(frame.raw))
-    return out
-
-
 async def _member(
     clients: AsyncExitStack, stack: Stack, meeting: CreatedMeeting, token: str, name: str
 ) -> tuple[SignalingClient, MediaClient]:
@@ -248,7 +223,7 @@ async def _member(
         )
     )
     assert signaling.join_response is not None
-    url = _media_url(signaling.join_response)
+    url = media_url(signaling.join_response)
     assert url.startswith(stack.media_url + "?")  # placed on our MH process
     media = await clients.enter_async_context(
         open_media_client(url, server_certificate_hashes=pins)
@@ -268,34 +243,6 @@ async def _open_meeting(
     return gc, meeting
 
 
-async def _publish(
-    publisher_signaling: SignalingClient,
-    publisher_media: MediaClient,
-    subscribers: list[tuple[SignalingClient, MediaClient]],
-) -> None:
-    """One video stream published, subscribed by each of ``subscribers``, FRAMES frames sent;
-    each subscriber receives them byte-identical."""
-    stream_id = str(uuid.uuid4())
-    await publisher_signaling.request(
-        sig.ClientMessage(
-            publish=sig.PublishStream(stream_id=stream_id, stream_type=common.VIDEO_CAMERA)
-        )
-    )
-    for signaling, _ in subscribers:
-        published = await _next(signaling, "stream_published")
-        assert published.stream_published.stream.stream_id == stream_id
-        await signaling.request(
-            sig.ClientMessage(subscribe=sig.SubscribeStream(stream_id=stream_id))
-        )
-    publisher = await publisher_media.publish(stream_id)
-    sent = []
-    for i in range(FRAMES):
-        kind = FrameType.VIDEO_KEY if i == 0 else FrameType.VIDEO_DELTA
-        sent.append(bytes(await publisher.send_frame(kind, bytes([i]) * (100 + i))))
-    for _, media in subscribers:
-        assert await _frames(media, FRAMES) == sent
-
-
 async def _meeting_flow(stack: Stack) -> None:
     """Create (HTTP/3), three join, publish → 2 subscribers byte-identical, kick, end."""
     async with AsyncExitStack() as clients:
@@ -309,14 +256,14 @@ async def _meeting_flow(stack: Stack) -> None:
             guests.append(await _member(clients, stack, meeting, ticket.join_token, name))
         gc.access_token = owner_token
 
-        await _publish(host, host_media, guests)
+        await publish_to(host, host_media, guests)
 
         bob, _ = guests[1]
         await gc.kick(meeting.meeting_id, bob.participant_id)
         with trio.fail_after(WAIT_S):
             await bob.closed.wait()
         assert bob.end_reason == LeaveReason.KICKED
-        left = await _next(host, "participant_left")
+        left = await next_event(host, "participant_left")
         assert left.participant_left.participant_id == bob.participant_id
         assert left.participant_left.reason == common.KICKED
         # The kick reached the MH too: bob's participant scope (and its stream) are gone.
@@ -394,7 +341,7 @@ async def test_sigterm_drains_a_live_meeting(tmp_path: pathlib.Path) -> None:
             gc.access_token = None
             ticket = await gc.join_meeting(meeting.meeting_id, "ann")
             guest = await _member(clients, stack, meeting, ticket.join_token, "ann")
-            await _publish(*host, [guest])
+            await publish_to(*host, [guest])
             await _wait_counts(stack.mh.ready["ops"], participants=2, streams=2)
 
             await _stop(stack.mc, stack.ports["mc"])
