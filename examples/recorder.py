@@ -41,8 +41,7 @@ from darktower.client import (
     MeetingSession,
     StreamInfo,
     StreamPublished,
-    fetch_dev_certificate,
-    fetch_dev_credentials,
+    fetch_dev_access,
     join_meeting_via_gc,
     open_gc_client,
 )
@@ -70,14 +69,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 async def dev_settings(args: argparse.Namespace) -> tuple[bytes, str, str]:
     """The certificate hash and the client credential: given, or the dev stack's."""
-    if args.cert_hash:
-        pin = bytes.fromhex(args.cert_hash)
-    else:
-        pin = await fetch_dev_certificate(args.page)
-    if args.client_id and args.client_secret:
-        return pin, args.client_id, args.client_secret
-    client_id, secret = await fetch_dev_credentials(args.page)
-    return pin, client_id, secret
+    access = await fetch_dev_access(
+        args.page,
+        client_id=args.client_id or "",
+        client_secret=args.client_secret or "",
+        certificate_sha256=bytes.fromhex(args.cert_hash or ""),
+    )
+    return access.certificate_sha256, access.client_id, access.client_secret
 
 
 def is_ivf(stream: StreamInfo) -> bool:

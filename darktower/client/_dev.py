@@ -89,8 +89,18 @@ async def fetch_dev_certificate(page_url: str, *, timeout_s: float = 10.0) -> by
         raise DevStackError(f"{page_url}: {CERTIFICATE_PATH} has no sha256") from None
 
 
-async def fetch_dev_access(page_url: str, *, timeout_s: float = 10.0) -> DevAccess:
-    """Both, from the page server at ``page_url``. Raises :class:`DevStackError`."""
-    client_id, secret = await fetch_dev_credentials(page_url, timeout_s=timeout_s)
-    sha256 = await fetch_dev_certificate(page_url, timeout_s=timeout_s)
-    return DevAccess(client_id, secret, sha256)
+async def fetch_dev_access(
+    page_url: str,
+    *,
+    client_id: str = "",
+    client_secret: str = "",
+    certificate_sha256: bytes = b"",
+    timeout_s: float = 10.0,
+) -> DevAccess:
+    """The credential and the certificate pin: those given, the rest from the page server at
+    ``page_url`` (nothing is fetched when both are given). Raises :class:`DevStackError`."""
+    if not (client_id and client_secret):
+        client_id, client_secret = await fetch_dev_credentials(page_url, timeout_s=timeout_s)
+    if not certificate_sha256:
+        certificate_sha256 = await fetch_dev_certificate(page_url, timeout_s=timeout_s)
+    return DevAccess(client_id, client_secret, certificate_sha256)

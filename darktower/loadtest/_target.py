@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import attrs
 
-from darktower.client import DevStackError, fetch_dev_certificate, fetch_dev_credentials
+from darktower.client import DevStackError, fetch_dev_access
 
 from ._options import LoadTestSettings
 
@@ -33,16 +33,18 @@ async def resolve_target(settings: LoadTestSettings) -> Target:
         pins = (bytes.fromhex(settings.cert_sha256),)
     if not settings.dev_stack:
         return Target(settings.api_url, settings.client_id, settings.client_secret, pins)
-    client_id, secret = settings.client_id, settings.client_secret
     try:
-        if not client_id:
-            client_id, secret = await fetch_dev_credentials(
-                settings.url, timeout_s=settings.connect_timeout
-            )
-        if not pins:
-            pins = (await fetch_dev_certificate(settings.url, timeout_s=settings.connect_timeout),)
+        access = await fetch_dev_access(
+            settings.url,
+            client_id=settings.client_id,
+            client_secret=settings.client_secret,
+            certificate_sha256=pins[0] if pins else b"",
+            timeout_s=settings.connect_timeout,
+        )
     except DevStackError as exc:
         raise TargetError(
             f"{exc}. For a deployment give --api with --client-id and --client-secret."
         ) from None
-    return Target(settings.api_url, client_id, secret, pins)
+    return Target(
+        settings.api_url, access.client_id, access.client_secret, (access.certificate_sha256,)
+    )

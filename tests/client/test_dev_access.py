@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from darktower.client import DevStackError, fetch_dev_access, open_gc_client
+from darktower.client import DevAccess, DevStackError, fetch_dev_access, open_gc_client
 from tests._devstack import dev_stack
 
 
@@ -29,3 +29,15 @@ async def test_nobody_listening_is_a_clear_error() -> None:
         url = f"http://127.0.0.1:{s.getsockname()[1]}/"
     with pytest.raises(DevStackError, match="Is `python -m darktower` running there"):
         await fetch_dev_access(url, timeout_s=5)
+
+
+async def test_what_is_given_is_not_fetched() -> None:
+    with socket.socket() as s:  # nobody answers here: any fetch would fail
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    access = await fetch_dev_access(
+        url, client_id="id", client_secret="secret", certificate_sha256=b"\x01" * 32
+    )
+    assert access == DevAccess("id", "secret", b"\x01" * 32)
+    with pytest.raises(DevStackError):  # the pin is missing: it is fetched, and fails
+        await fetch_dev_access(url, client_id="id", client_secret="secret", timeout_s=5)
