@@ -1,4 +1,4 @@
-"""Sessions: tests (the whole suite), lint, proto (regenerate protobuf code), bench.
+"""Sessions: tests (the whole suite), lint, proto (regenerate protobuf code), bench, fuzz.
 
 Environments are reused between runs; the project is (re)installed only when pyproject.toml
 changes, so a second ``nox -s tests`` starts in seconds.
@@ -7,8 +7,10 @@ changes, so a second ``nox -s tests`` starts in seconds.
 from __future__ import annotations
 
 import hashlib
+import os
 import pathlib
 import sys
+import time
 
 import nox
 
@@ -66,3 +68,35 @@ def bench(session: nox.Session) -> None:
             continue
         session.log(f"benchmark {script.name}")
         session.run("python", str(script), *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """The fuzz properties (tests marked ``fuzz``) with long budgets, repeated with new seeds.
+
+    ``nox -s fuzz`` runs for 10 minutes; ``nox -s fuzz -- 2`` for 2. Each round prints
+    hypothesis' statistics (what it tried, how long) for every property.
+    """
+    _install(session)
+    minutes = float(session.posargs[0]) if session.posargs else 10.0
+    deadline = time.monotonic() + minutes * 60
+    env = {"DARKTOWER_FUZZ": "long"}
+    rounds = 0
+    while rounds == 0 or time.monotonic() < deadline:
+        seed = int.from_bytes(os.urandom(4), "big")
+        session.log(f"fuzz round {rounds + 1}, hypothesis seed {seed}")
+        session.run(
+            "python",
+            "-m",
+            "pytest",
+            "-m",
+            "fuzz",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--hypothesis-show-statistics",
+            f"--hypothesis-seed={seed}",
+            env=env,
+        )
+        rounds += 1
+    session.log(f"fuzz: {rounds} rounds in {minutes:g} minutes, no failure")
