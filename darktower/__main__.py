@@ -11,7 +11,6 @@ Ctrl-C (or SIGTERM) drains every service within ``--drain-grace-s``; a second on
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import sys
 import urllib.parse
@@ -26,6 +25,7 @@ from darktower.config import option
 from darktower.global_controller import clients
 from darktower.global_controller.keys import DEV_CERT_FILE, DEV_KEY_FILE
 from darktower.launch import run_service
+from darktower.transport import write_private_file
 
 DEV_CLIENT_FILE = "dev-client.json"
 DEV_CLIENT_NAME = "development"
@@ -63,9 +63,7 @@ class Running:
 
 
 def _write_private(path: pathlib.Path, data: dict[str, str]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(data, out)
+    write_private_file(path, json.dumps(data).encode())  # 0600, never through a symlink
 
 
 async def _dev_client(gc_settings: global_controller.Settings, path: trio.Path) -> str:

@@ -8,7 +8,6 @@ certificate's SHA-256 keep connecting. Plain file I/O, done once at startup.
 from __future__ import annotations
 
 import datetime
-import os
 import pathlib
 
 import attrs
@@ -19,7 +18,7 @@ from darktower.protocol.tokens import (
     load_private_key_file,
     private_key_pem,
 )
-from darktower.transport import TlsCredentials, generate_dev_certificate
+from darktower.transport import TlsCredentials, generate_dev_certificate, write_private_file
 
 JOIN_KEY_FILE = "join-key.pem"
 ACCESS_KEY_FILE = "access-key.pem"
@@ -31,15 +30,10 @@ DEV_CERT_RENEW_BEFORE = datetime.timedelta(days=1)
 
 
 def write_private(path: pathlib.Path, data: bytes) -> None:
-    """Write ``data`` to a new file readable by its owner only (0600 from the start)."""
+    """Write ``data`` to a new file readable by its owner only (0600 from the start), never
+    through a symlink (``OSError`` if one is at ``path``): see :func:`write_private_file`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written key
+    write_private_file(path, data)
 
 
 def load_or_create_signing_key(path: pathlib.Path) -> Ed25519PrivateKey:
@@ -87,6 +81,6 @@ def load_or_create_tls(
     if creds is None:
         creds = generate_dev_certificate(now=now)
         data_dir.mkdir(parents=True, exist_ok=True)
-        cert_path.write_bytes(creds.certificate_pem)
         write_private(key_path, creds.private_key_pem)
+        write_private_file(cert_path, creds.certificate_pem, mode=0o644)  # public
     return TlsFiles(str(cert_path), str(key_path), creds, True)

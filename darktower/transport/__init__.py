@@ -33,7 +33,12 @@ high-water mark), ``receive_some`` (b"" at end), ``send_eof``, ``reset(code)``,
 (``_config.py`` documents each policy).
 """
 
-from ._certs import TlsCredentials, certificate_sha256, generate_dev_certificate
+from ._certs import (
+    TlsCredentials,
+    certificate_sha256,
+    generate_dev_certificate,
+    write_private_file,
+)
 from ._client import connect_webtransport, open_quic_connection, open_session
 from ._config import ServerConfig, TransportLimits, parse_origins
 from ._connection import Connection
@@ -97,4 +102,5 @@ __all__ = [
     "open_session",
     "parse_origins",
     "serve_webtransport",
+    "write_private_file",
 ]

@@ -6,10 +6,15 @@ ECDSA P-256 and valid at most 14 days; the development certificate is valid 13.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import hashlib
 import ipaddress
+import os
 import pathlib
+import secrets
+import stat
 
 import attrs
 from cryptography import x509
@@ -51,13 +56,56 @@ class TlsCredentials:
         return certificate_sha256(self.certificate())
 
     def write(self, directory: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-        """Write ``cert.pem`` and ``key.pem`` (mode 0600) into ``directory``; return their paths."""
+        """Write ``cert.pem`` (0644) and ``key.pem`` (0600) into ``directory`` with
+        :func:`write_private_file`; return their paths. ``OSError`` if a symlink is in the way."""
         base = pathlib.Path(directory)
         certfile, keyfile = base / "cert.pem", base / "key.pem"
-        certfile.write_bytes(self.certificate_pem)
-        keyfile.touch(mode=0o600)
-        keyfile.write_bytes(self.private_key_pem)
+        write_private_file(keyfile, self.private_key_pem)
+        write_private_file(certfile, self.certificate_pem, mode=PUBLIC_FILE_MODE)
         return certfile, keyfile
+
+
+PRIVATE_FILE_MODE = 0o600  # keys and secrets: the owner only
+PUBLIC_FILE_MODE = 0o644  # certificates: anyone may read them
+
+
+def write_private_file(
+    path: str | pathlib.Path, data: bytes, *, mode: int = PRIVATE_FILE_MODE
+) -> None:
+    """Write ``data`` to ``path`` as a new file with ``mode`` (owner-only by default), never
+    through a symlink.
+
+    The bytes go to a fresh, unguessable name in the same directory, created with
+    ``O_CREAT | O_EXCL | O_NOFOLLOW`` and ``mode`` from the start (so nobody can open it in
+    between, and a symlink planted there is not followed), are synced, then renamed over
+    ``path`` (atomic: a crash never leaves half a key). A symlink at ``path`` itself is refused
+    with ``OSError`` (``ELOOP``): a planted one must not decide where a secret goes, and a
+    deliberate one is the operator's to resolve. Plain file I/O, for start-up and CLI use.
+    """
+    path = pathlib.Path(path)
+    if path.is_symlink():
+        raise OSError(errno.ELOOP, f"refusing to write {path}: it is a symlink", str(path))
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask took away
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # Checked again right before the rename: replacing a symlink would not follow it
+        # either, but the refusal should not depend on who won a race.
+        if os.path.lexists(path) and stat.S_ISLNK(os.lstat(path).st_mode):
+            raise OSError(errno.ELOOP, f"refusing to write {path}: it is a symlink", str(path))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def certificate_sha256(certificate: x509.Certificate) -> bytes:
