@@ -140,10 +140,17 @@ def test_hs256_signed_with_the_public_key_is_rejected(
         verifier.verify(token, meeting_id=MEETING, now=NOW)
 
 
-def test_wrong_key_is_rejected(verifier: t.JoinTokenVerifier) -> None:
-    other = t.JoinTokenIssuer(t.generate_signing_key())
+def test_wrong_key_is_rejected(keys: t.GcSigningKeys, verifier: t.JoinTokenVerifier) -> None:
+    other = t.generate_signing_key()
+    with pytest.raises(Unauthorized, match="unknown"):
+        verifier.verify(
+            t.JoinTokenIssuer(other).issue(MEETING, Role.HOST, NOW), meeting_id=MEETING, now=NOW
+        )
+    # Claiming our key id does not help: the signature is checked with our key.
+    header = {"alg": "EdDSA", "typ": "JWT", "kid": t.key_id(keys.join_key)}
+    forged = jwt.encode(_join_payload(), other, algorithm="EdDSA", headers=header)
     with pytest.raises(Unauthorized, match="signature invalid"):
-        verifier.verify(other.issue(MEETING, Role.HOST, NOW), meeting_id=MEETING, now=NOW)
+        verifier.verify(forged, meeting_id=MEETING, now=NOW)
 
 
 def test_tampered_payload_is_rejected(
@@ -292,6 +299,131 @@ def test_join_token_is_not_a_connection_token(issuer: t.JoinTokenIssuer) -> None
 def test_short_connection_secret_is_refused() -> None:
     with pytest.raises(ValueError):
         t.ConnectionTokenAuthority(b"short")
+
+
+# --- join keys: key ids and rotation ----------------------------------------------------------
+def test_join_tokens_name_their_key() -> None:
+    key = t.generate_signing_key()
+    token = t.JoinTokenIssuer(key).issue(MEETING, Role.HOST, NOW)
+    kid = jwt.get_unverified_header(token)["kid"]
+    # RFC 7638 / RFC 8037 thumbprint: base64url SHA-256 of the canonical OKP JWK.
+    raw = t.public_key_raw(key.public_key())
+    jwk = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": _b64(raw)}, separators=(",", ":"))
+    assert kid == _b64(hashlib.sha256(jwk.encode()).digest()) == t.key_id(key)
+    assert t.key_id(key) == t.key_id(key.public_key())
+
+
+def test_previous_key_verifies_until_the_overlap_ends() -> None:
+    old, new = t.generate_signing_key(), t.generate_signing_key()
+    old_token = t.JoinTokenIssuer(old).issue(MEETING, Role.HOST, NOW)
+    retired_until = NOW + 600
+    issuer = t.JoinTokenIssuer(
+        new, previous_keys=[t.JoinKey.of(old.public_key(), not_after=retired_until)]
+    )
+    published = issuer.verification_keys(NOW)
+    assert [k.kid for k in published] == [t.key_id(new), t.key_id(old)]
+    assert published[0].not_after is None and published[1].not_after == retired_until
+    verifier = t.JoinTokenVerifier(keys=published, leeway_s=0)
+    new_token = issuer.issue(MEETING, Role.GUEST, NOW)
+    assert verifier.verify(new_token, meeting_id=MEETING, now=NOW).role is Role.GUEST
+    assert verifier.verify(old_token, meeting_id=MEETING, now=retired_until - 1).role is Role.HOST
+    with pytest.raises(Unauthorized, match="retired"):
+        verifier.verify(old_token, meeting_id=MEETING, now=retired_until)
+    # The GC stops publishing a key once it is retired.
+    assert [k.kid for k in issuer.verification_keys(retired_until)] == [t.key_id(new)]
+
+
+def test_retirement_honours_the_leeway() -> None:
+    old = t.generate_signing_key()
+    token = t.JoinTokenIssuer(old).issue(MEETING, Role.HOST, NOW)
+    verifier = t.JoinTokenVerifier(keys=[t.JoinKey.of(old, not_after=NOW)], leeway_s=10)
+    verifier.verify(token, meeting_id=MEETING, now=NOW + 9)
+    with pytest.raises(Unauthorized, match="retired"):
+        verifier.verify(token, meeting_id=MEETING, now=NOW + 10)
+
+
+def test_unknown_key_id_is_refused_with_a_clear_message(verifier: t.JoinTokenVerifier) -> None:
+    token = t.JoinTokenIssuer(t.generate_signing_key()).issue(MEETING, Role.HOST, NOW)
+    kid = jwt.get_unverified_header(token)["kid"]
+    with pytest.raises(Unauthorized, match=f"join token key id '{kid}' unknown"):
+        verifier.verify(token, meeting_id=MEETING, now=NOW)
+
+
+@pytest.mark.parametrize("kid", [7, "", "x" * 200, ["a"]])
+def test_malformed_key_id_is_refused(
+    keys: t.GcSigningKeys, verifier: t.JoinTokenVerifier, kid: Any
+) -> None:
+    header = {"alg": "EdDSA", "typ": "JWT", "kid": kid}
+    token = _forge(header, _join_payload(), keys.join_key.sign)
+    with pytest.raises(Unauthorized, match="(?i)key id"):
+        verifier.verify(token, meeting_id=MEETING, now=NOW)
+
+
+def test_token_without_key_id_is_verified_with_the_current_key(keys: t.GcSigningKeys) -> None:
+    # Tokens minted before key ids existed (an older GC) still verify with the current key,
+    # never with a retired one.
+    old = t.generate_signing_key()
+    token = jwt.encode(_join_payload(), keys.join_key, algorithm="EdDSA")
+    current = t.JoinKey.of(keys.join_key)
+    retired = t.JoinKey.of(old, not_after=NOW + 600)
+    verifier = t.JoinTokenVerifier(keys=[retired, current])
+    assert verifier.verify(token, meeting_id=MEETING, now=NOW).token_id == "abc"
+    legacy_by_old = jwt.encode(_join_payload(), old, algorithm="EdDSA")
+    with pytest.raises(Unauthorized, match="signature invalid"):
+        verifier.verify(legacy_by_old, meeting_id=MEETING, now=NOW)
+
+
+def test_a_verifier_needs_a_key_and_caps_the_key_set() -> None:
+    with pytest.raises(ValueError):
+        t.JoinTokenVerifier()
+    many = [
+        t.JoinKey.of(t.generate_signing_key(), not_after=NOW) for _ in range(t.MAX_JOIN_KEYS + 1)
+    ]
+    with pytest.raises(ValueError, match="keys"):
+        t.JoinTokenVerifier(keys=many)
+
+
+def test_join_key_pem_round_trip() -> None:
+    key = t.JoinKey.of(t.generate_signing_key(), not_after=NOW)
+    again = t.JoinKey.from_pem(key.kid, key.public_key_pem, not_after=NOW)
+    assert again == key
+    with pytest.raises(ValueError, match="key id"):
+        t.JoinKey.from_pem("not-its-kid", key.public_key_pem)
+
+
+# --- clock-skew leeway --------------------------------------------------------------------------
+def test_default_leeway_is_thirty_seconds(
+    issuer: t.JoinTokenIssuer, verifier: t.JoinTokenVerifier, keys: t.GcSigningKeys
+) -> None:
+    assert t.DEFAULT_LEEWAY_S == 30.0
+    # A host whose clock is 29 s behind the GC's still accepts a token issued "now".
+    verifier.verify(issuer.issue(MEETING, Role.HOST, NOW + 29), meeting_id=MEETING, now=NOW)
+    access = t.AccessTokenIssuer(keys.access_key).issue(ClientId("c"), ["meetings"], NOW + 29)
+    t.AccessTokenVerifier(keys.access_key.public_key()).verify(access, now=NOW)
+    mh = t.ConnectionTokenAuthority()
+    mh.verify(mh.issue(ParticipantId("p"), MEETING, NOW + 29), now=NOW)
+
+
+def test_leeway_is_configurable_for_every_kind(
+    issuer: t.JoinTokenIssuer, keys: t.GcSigningKeys
+) -> None:
+    late = NOW + t.JOIN_TOKEN_TTL_S + 5
+    token = issuer.issue(MEETING, Role.HOST, NOW)
+    t.JoinTokenVerifier(keys.join_key.public_key(), leeway_s=10).verify(
+        token, meeting_id=MEETING, now=late
+    )
+    with pytest.raises(Unauthorized, match="expired"):
+        t.JoinTokenVerifier(keys.join_key.public_key(), leeway_s=2).verify(
+            token, meeting_id=MEETING, now=late
+        )
+    access = t.AccessTokenIssuer(keys.access_key).issue(ClientId("c"), [], NOW + 20)
+    with pytest.raises(Unauthorized, match="not yet valid"):
+        t.AccessTokenVerifier(keys.access_key.public_key(), leeway_s=10).verify(access, now=NOW)
+    mh = t.ConnectionTokenAuthority(leeway_s=10)
+    with pytest.raises(Unauthorized, match="not yet valid"):
+        mh.verify(mh.issue(ParticipantId("p"), MEETING, NOW + 20), now=NOW)
+    with pytest.raises(ValueError, match="leeway"):
+        t.JoinTokenVerifier(keys.join_key.public_key(), leeway_s=-1)
 
 
 # --- keys -------------------------------------------------------------------------------------

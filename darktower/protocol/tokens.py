@@ -3,8 +3,12 @@
 Three kinds of token, three keys, three audiences, so none is accepted in place of another:
 
 * **Join tokens** (GC -> client -> MC) are signed by the GC with Ed25519 (``EdDSA``). MCs hold
-  only the public key (it travels in ``RegisterMeetingControllerResponse`` as PEM), so an MC
-  can verify but never mint one.
+  only public keys (they travel in ``RegisterMeetingControllerResponse`` and every
+  ``HeartbeatResponse`` as PEM), so an MC can verify but never mint one. Each token names its
+  key in the header's ``kid`` (:func:`key_id`, the key's RFC 7638 thumbprint), and an MC
+  holds a small key set (:class:`JoinKey`): the GC's current key and the keys it retired less
+  than an overlap ago, each with the time from which its tokens are refused, so rotating the
+  GC's join key breaks no join (docs/decisions.md, "Join keys rotate with an overlap").
 * **Access tokens** (client credentials, ``POST /api/v1/auth/token``) are signed with a second
   Ed25519 key of the GC, never the join-token key (:class:`GcSigningKeys` refuses equal keys),
   and carry the audience ``darktower-api``.
@@ -16,7 +20,8 @@ Three kinds of token, three keys, three audiences, so none is accepted in place 
 
 Verification pins the algorithm (``alg: none`` and algorithm confusion, e.g. HS256 keyed with
 the public key's bytes, are rejected), requires every claim, and checks ``exp``/``nbf``/``iat``
-against the caller's ``now`` with a small leeway. Any failure raises
+against the caller's ``now`` with a clock-skew leeway (:data:`DEFAULT_LEEWAY_S`, configurable
+per verifier and per service). Any failure raises
 :class:`~darktower.errors.Unauthorized` with a message naming the reason; a valid join token for
 another meeting raises :class:`~darktower.errors.Forbidden`, because the caller *is*
 authenticated, just not for this meeting (HTTP 403 / ``FORBIDDEN``).
@@ -28,10 +33,13 @@ pyjwt is imported lazily: ``import jwt`` loads ``socket`` and ``ssl`` through
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import pathlib
 import secrets
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -51,7 +59,14 @@ MH_AUDIENCE = "darktower-mh"
 JOIN_TOKEN_TTL_S = 15 * 60  # long enough to open the meeting page and join, short if leaked
 ACCESS_TOKEN_TTL_S = 3600  # the contract's ``expires_in``
 CONNECTION_TOKEN_TTL_S = 60  # used at once, right after JoinResponse
-DEFAULT_LEEWAY_S = 5.0  # clock skew tolerated between GC and MC hosts
+# Clock skew tolerated between the host that issued a token and the one verifying it, for
+# exp, iat, nbf and a join key's retirement; each service's ``--token-leeway-s`` overrides it.
+DEFAULT_LEEWAY_S = 30.0
+# Join keys an MC accepts at once (current, previous ones within their overlap). Policy: a
+# larger set from the GC is refused (ValueError: the MC keeps its keys and registers again);
+# rotating more often than the overlap never comes near it.
+MAX_JOIN_KEYS = 16
+MAX_KEY_ID_LENGTH = 64  # ours are 43 characters (base64url of a SHA-256)
 CONNECTION_SECRET_BYTES = 32  # HS256 wants at least the hash size
 # Tokens longer than this are rejected before any parsing: a bounded input (STYLE 8). Ours are
 # a few hundred bytes; a display name is capped below so an issued token always fits.
@@ -144,6 +159,66 @@ def load_public_key_pem(data: bytes | str) -> Ed25519PublicKey:
     return key
 
 
+def public_key_raw(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    """The 32 raw bytes of an Ed25519 public key."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def key_id(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The ``kid`` of a join key: its JWK thumbprint (RFC 7638, OKP members per RFC 8037), so
+    GC replicas sharing a key agree on its id and nothing has to be stored beside it."""
+    jwk = {"crv": "Ed25519", "kty": "OKP", "x": _b64url(public_key_raw(key))}
+    canonical = json.dumps(jwk, separators=(",", ":"), sort_keys=True).encode("ascii")
+    return _b64url(hashlib.sha256(canonical).digest())
+
+
+@attrs.frozen
+class JoinKey:
+    """One public key verifying join tokens, as the GC publishes it to MCs.
+
+    ``not_after`` (unix seconds) is when a retired key stops verifying (its retirement plus the
+    GC's overlap); ``None`` for the key the GC signs with now.
+    """
+
+    kid: str
+    public_key: Ed25519PublicKey = attrs.field(eq=False, repr=False)
+    not_after: float | None = None
+    # Equality by the key's bytes (cryptography's key objects compare by identity on some
+    # versions).
+    _raw: bytes = attrs.field(init=False, repr=False)
+
+    @_raw.default
+    def _raw_default(self) -> bytes:
+        return public_key_raw(self.public_key)
+
+    @classmethod
+    def of(
+        cls, key: Ed25519PrivateKey | Ed25519PublicKey, *, not_after: float | None = None
+    ) -> JoinKey:
+        public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+        return cls(key_id(public), public, not_after)
+
+    @classmethod
+    def from_pem(cls, kid: str, pem: bytes | str, *, not_after: float | None = None) -> JoinKey:
+        """As received from the GC; ``ValueError`` if not Ed25519 or ``kid`` is not its id."""
+        key = load_public_key_pem(pem)
+        if key_id(key) != kid:
+            raise ValueError(f"join key id {kid[:MAX_KEY_ID_LENGTH]!r} does not match its key")
+        return cls(kid, key, not_after)
+
+    @property
+    def public_key_pem(self) -> bytes:
+        return public_key_pem(self.public_key)
+
+    def retired(self, now: float, leeway_s: float = 0.0) -> bool:
+        return self.not_after is not None and now >= self.not_after + leeway_s
+
+
 def _raw(key: Ed25519PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
@@ -173,15 +248,23 @@ def _jwt() -> types.ModuleType:
     return jwt
 
 
-def _encode(payload: Mapping[str, Any], key: Any, algorithm: str) -> str:
-    token: str = _jwt().encode(dict(payload), key, algorithm=algorithm)
+def _encode(
+    payload: Mapping[str, Any], key: Any, algorithm: str, headers: dict[str, Any] | None = None
+) -> str:
+    token: str = _jwt().encode(dict(payload), key, algorithm=algorithm, headers=headers)
     return token
+
+
+def _check_leeway(leeway_s: float) -> float:
+    if not leeway_s >= 0:
+        raise ValueError(f"token leeway must be >= 0 seconds, got {leeway_s}")
+    return float(leeway_s)
 
 
 def _decode(
     kind: str,
     token: str,
-    key: Any,
+    key: Any | Callable[[Mapping[str, Any]], Any],
     *,
     algorithm: str,
     audience: str,
@@ -206,6 +289,8 @@ def _decode(
         raise Unauthorized(
             f"{kind} token algorithm {header.get('alg')!r} not allowed (expected {algorithm})"
         )
+    if callable(key):
+        key = key(header)  # picks the key the header names; raises Unauthorized
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -277,15 +362,26 @@ class JoinTokenIssuer:
         issuer: str = DEFAULT_ISSUER,
         audience: str = MC_AUDIENCE,
         ttl_s: float = JOIN_TOKEN_TTL_S,
+        previous_keys: Iterable[JoinKey] = (),
     ) -> None:
         self._key = key
         self.issuer = issuer
         self.audience = audience
         self.ttl_s = ttl_s
+        self.kid = key_id(key)
+        # Retired keys still published to MCs until their ``not_after``.
+        self.previous_keys = tuple(k for k in previous_keys if k.kid != self.kid)
 
     @property
     def public_key_pem(self) -> bytes:
         return public_key_pem(self._key)
+
+    def verification_keys(self, now: float | None = None) -> tuple[JoinKey, ...]:
+        """What MCs need to verify this GC's join tokens: the current key first, then the
+        previous keys not yet retired at ``now`` (all of them when ``now`` is None)."""
+        current = JoinKey(self.kid, self._key.public_key())
+        previous = [k for k in self.previous_keys if now is None or not k.retired(now)]
+        return (current, *previous)
 
     def issue(
         self,
@@ -308,31 +404,70 @@ class JoinTokenIssuer:
         }
         if participant_name is not None:
             payload["name"] = participant_name
-        return _encode(payload, self._key, ASYMMETRIC_ALGORITHM)
+        return _encode(payload, self._key, ASYMMETRIC_ALGORITHM, headers={"kid": self.kid})
 
 
 class JoinTokenVerifier:
-    """Verifies join tokens on an MC with the GC's public key (it cannot mint any)."""
+    """Verifies join tokens on an MC with the GC's public keys (it cannot mint any).
+
+    ``public_key`` is the GC's current key (as older GCs send it); ``keys`` the set the GC
+    publishes (:meth:`JoinTokenIssuer.verification_keys`). A token is checked with the key its
+    ``kid`` names; one without a ``kid`` (an older GC's) with a current key only. Raises
+    ``ValueError`` for no key or more than :data:`MAX_JOIN_KEYS`.
+    """
 
     def __init__(
         self,
-        public_key: Ed25519PublicKey,
+        public_key: Ed25519PublicKey | None = None,
         *,
         issuer: str = DEFAULT_ISSUER,
         audience: str = MC_AUDIENCE,
         leeway_s: float = DEFAULT_LEEWAY_S,
+        keys: Iterable[JoinKey] = (),
     ) -> None:
-        self._key = public_key
+        ring = {k.kid: k for k in keys}
+        if public_key is not None:
+            ring.setdefault(key_id(public_key), JoinKey.of(public_key))
+        if not ring:
+            raise ValueError("a join-token verifier needs at least one key")
+        if len(ring) > MAX_JOIN_KEYS:
+            raise ValueError(f"more than {MAX_JOIN_KEYS} join keys")
+        self._keys = ring
+        current = [k for k in ring.values() if k.not_after is None]
+        self._current = current[0] if len(current) == 1 else None
         self.issuer = issuer
         self.audience = audience
-        self.leeway_s = leeway_s
+        self.leeway_s = _check_leeway(leeway_s)
+
+    @property
+    def keys(self) -> tuple[JoinKey, ...]:
+        return tuple(self._keys.values())
+
+    def _key_for(self, header: Mapping[str, Any], now: float) -> Ed25519PublicKey:
+        if "kid" not in header:
+            if self._current is None:
+                raise Unauthorized("join token names no key id ('kid')")
+            return self._current.public_key
+        kid = header["kid"]
+        if not isinstance(kid, str) or not 0 < len(kid) <= MAX_KEY_ID_LENGTH:
+            raise Unauthorized("join token key id ('kid') malformed")
+        key = self._keys.get(kid)
+        if key is None:
+            raise Unauthorized(
+                f"join token key id {kid!r} unknown: not a key of this GC, or retired"
+            )
+        if key.retired(now, self.leeway_s):
+            raise Unauthorized(
+                f"join token key {kid!r} was retired at {key.not_after:.0f} (now {now:.0f})"
+            )
+        return key.public_key
 
     def verify(self, token: str, *, meeting_id: MeetingId, now: float) -> JoinClaims:
         """Return the claims; ``Unauthorized`` if invalid, ``Forbidden`` for another meeting."""
         claims = _decode(
             "join",
             token,
-            self._key,
+            lambda header: self._key_for(header, now),
             algorithm=ASYMMETRIC_ALGORITHM,
             audience=self.audience,
             issuer=self.issuer,
@@ -407,7 +542,7 @@ class AccessTokenVerifier:
     ) -> None:
         self._key = public_key
         self.issuer = issuer
-        self.leeway_s = leeway_s
+        self.leeway_s = _check_leeway(leeway_s)
 
     def verify(self, token: str, *, now: float) -> AccessClaims:
         claims = _decode(
@@ -452,7 +587,7 @@ class ConnectionTokenAuthority:
             )
         self._secret = secret
         self.ttl_s = ttl_s
-        self.leeway_s = leeway_s
+        self.leeway_s = _check_leeway(leeway_s)
 
     def issue(self, participant_id: ParticipantId, meeting_id: MeetingId, now: float) -> str:
         return _encode(
