@@ -119,9 +119,13 @@ class FrameDecoder:
 
     @property
     def buffered(self) -> int:
-        """Bytes of the partial frame held so far (0 between frames). Sums its pieces: for
-        tests and metrics, not for a per-chunk loop."""
-        return sum(map(len, self._parts))
+        """Bytes of the partial frame held so far (0 between frames). O(1): a caller may ask
+        after every chunk (the Media Handler counts it against a per-participant cap)."""
+        missing = self._missing
+        if not missing:
+            return 0
+        fields = self._fields
+        return (HEADER_SIZE if fields is None else HEADER_SIZE + fields[5]) - missing
 
     def receive_data(self, data: BytesLike) -> None:
         """Feed the next bytes of the stream. Malformed data does not raise here: the error

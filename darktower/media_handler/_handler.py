@@ -32,6 +32,7 @@ from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.protocol.tokens import ConnectionTokenAuthority
 
 from ._budget import ByteBudget
+from ._ingress import IngressBuffer
 from ._limits import REGISTRATION_SWEEP_S
 from ._plane import MediaPlane
 from ._room import (
@@ -145,6 +146,7 @@ class MediaHandler(MediaPlane):
                     now,
                     ByteBudget(self.settings.budget_in_bytes_per_s, now=now),
                     ByteBudget(self.settings.budget_out_bytes_per_s, now=now),
+                    IngressBuffer(self.settings.max_buffered_bytes_per_participant),
                 )
                 room.members[pid] = member
             else:
@@ -219,9 +221,7 @@ class MediaHandler(MediaPlane):
         """Drop a member's state; end its room if it was the last one."""
         room = member.room
         for publication in member.publications.values():  # bounds the requester to live streams
-            room.key_frames.forget(publication.stream_id)
-            for layer in publication.layers:
-                room.key_frames.forget(layer.layer_id)
+            _forget_key_frames(room, publication)
         for sub in room.remove_member(member):
             if sub.task is not None:
                 sub.task.cancel()
@@ -330,6 +330,56 @@ class MediaHandler(MediaPlane):
             self._forget_member(member)
         return mc_pb.RemoveParticipantResponse()
 
+    # -- RemoveStream ----------------------------------------------------------------------------
+
+    async def remove_stream(self, request: mc_pb.RemoveStreamRequest) -> mc_pb.RemoveStreamResponse:
+        """Stop routing a stream its publisher unpublished, and forget it.
+
+        Returns once every subscription task of it exited (its subscribers' uni streams are
+        reset) and the publisher's QUIC streams carrying it (each simulcast layer's) are reset
+        and stopped; its layers and routes are forgotten, so the id can be registered again.
+        An unknown room or stream is already gone: no error (routes made ahead for it are
+        dropped). Raises InvalidRequest for a stream id that is not a UUID, NotFound if another
+        participant publishes it.
+        """
+        stream_id = StreamId(request.stream_id)
+        parse_stream_id(stream_id)
+        room = self.rooms.get(MeetingId(request.meeting_id))
+        publication = None if room is None else room.publications.get(stream_id)
+        if room is None or publication is None:
+            if room is not None:
+                room.routes.pop(stream_id, None)
+            await trio.lowlevel.checkpoint()
+            return mc_pb.RemoveStreamResponse()
+        if publication.publisher.id != request.participant_id:
+            raise NotFound(
+                f"{request.participant_id} does not publish {stream_id} in {room.id}",
+                details={"field": "participant_id"},
+            )
+        layers = [
+            layer
+            for layer in room.layers.values()
+            if layer.publication is publication and layer.stream is not None
+        ]
+        _forget_key_frames(room, publication)
+        subs = room.remove_publication(publication)
+        for layer in layers:
+            stream, layer.stream = layer.stream, None
+            assert stream is not None
+            try:
+                stream.reset(0)
+                stream.stop_sending(0)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+        for sub in subs:
+            if sub.task is not None:
+                sub.task.cancel()
+        for sub in subs:
+            if sub.task is not None:
+                await sub.task.wait_closed()
+        await trio.lowlevel.checkpoint()
+        return mc_pb.RemoveStreamResponse()
+
     # -- Telemetry -------------------------------------------------------------------------------
 
     async def telemetry(
@@ -350,6 +400,13 @@ class MediaHandler(MediaPlane):
         """Gauges, and one MediaTelemetry per stream with its publisher's QUIC loss."""
         self.refresh_gauges()
         self.reporter.report(self.rooms.values(), trio.current_time(), int(time.time() * 1e6))
+
+
+def _forget_key_frames(room: Room, publication: Publication) -> None:
+    """Bounds the key frame requester to live streams."""
+    room.key_frames.forget(publication.stream_id)
+    for layer in publication.layers:
+        room.key_frames.forget(layer.layer_id)
 
 
 def _parse_stream(stream: Any) -> tuple[StreamId, StreamType, tuple[Layer, ...]]:

@@ -11,10 +11,23 @@ from typing import Final
 # Participants (registered, connected or not) per room. Policy: RegisterParticipant beyond it
 # is refused with CAPACITY_EXCEEDED; nothing is allocated.
 MAX_PARTICIPANTS_PER_ROOM: Final = 100
-# Streams a participant may register (simulcast layers count one each) and publish at once.
-# Policy: RegisterParticipant over it is refused with CAPACITY_EXCEEDED; a publish stream over
-# it is reset with STREAM_ERROR.
+# Streams a participant may register (simulcast layers count one each), and QUIC publish
+# streams it may have open at once. Policy: RegisterParticipant over it is refused with
+# CAPACITY_EXCEEDED; a publish stream beyond it is refused as it is accepted, before any of
+# its bytes is read or buffered: reset and stopped with CAPACITY_EXCEEDED (counted in
+# stream_errors as "TooManyPublishStreams"); the participant's other streams are untouched.
+# Claiming one more unregistered stream id over it resets that stream with STREAM_ERROR.
 MAX_STREAMS_PER_PARTICIPANT: Final = 32
+# Bytes of partial frames (received, not yet complete) one participant's publish streams hold
+# together, counted as they arrive. Four largest frames in progress at once: a key frame on
+# each simulcast layer and a screen share. Policy when a received chunk would take the
+# participant over it: the stream that received it is reset and stopped with
+# CAPACITY_EXCEEDED and what it held is freed at once (before the next checkpoint); complete
+# frames already routed stay routed, and the participant's other streams are untouched
+# (counted in stream_errors as "PublishBufferFull"). With the transport's per-stream receive
+# window (transport/_config.py) this bounds what one participant makes the MH hold to
+# MAX_STREAMS_PER_PARTICIPANT * (STREAM_RECEIVE_WINDOW + RECEIVE_CHUNK) + this.
+MAX_BUFFERED_BYTES_PER_PARTICIPANT: Final = 4 * 1024 * 1024
 # Rooms per MH. Policy: the first RegisterParticipant of one more room gets CAPACITY_EXCEEDED.
 MAX_ROOMS: Final = 1000
 # A registration not followed by a media connection within this long is forgotten (its token
@@ -23,7 +36,8 @@ REGISTRATION_TTL_S: Final = 75.0
 # How often each room looks for expired registrations.
 REGISTRATION_SWEEP_S: Final = 5.0
 # Largest frame payload accepted from a publisher. Policy: the decoder resets the stream with
-# STREAM_ERROR before buffering any of it (FramePayloadTooLarge).
+# STREAM_ERROR before buffering any of it (FramePayloadTooLarge). Keep it at most
+# MAX_BUFFERED_BYTES_PER_PARTICIPANT, or the largest frame could never arrive.
 MAX_FRAME_PAYLOAD: Final = 1024 * 1024
 # Bytes read from a publisher's stream per receive; bounds the decoder's partial frame pieces
 # held between two checkpoints.

@@ -65,6 +65,12 @@ from ._telemetry import MediaMetrics, TelemetryHub
 logger = logging.getLogger("darktower.media_handler")
 
 STREAM_ERROR = int(StreamError.code)
+CAPACITY_EXCEEDED = int(CapacityExceeded.code)
+
+
+class PublishBufferFull(CapacityExceeded):
+    """A publish stream's partial frame would take its participant over the buffer cap (the
+    policy is in _limits.py; the class name is the stream_errors label)."""
 
 
 def close_code(reason: LeaveReason) -> int:
@@ -250,11 +256,33 @@ class MediaPlane:
                 if isinstance(stream, WebTransportReceiveStream):
                     stream.stop_sending(STREAM_ERROR)  # clients publish on bidi streams only
                     continue
+                # Refused before anything of it is read: the cap on open publish streams
+                # (_limits.py); the scope registers a stream task before it runs.
+                publishing = sum(1 for name in participant.streams if name.startswith("pub:"))
+                if publishing >= self.settings.max_streams_per_participant:
+                    self._refuse(member, stream, "TooManyPublishStreams")
+                    continue
                 serial += 1
-                await participant.start_stream(f"pub:{serial}", self._publish, member, stream)
+                try:
+                    await participant.start_stream(f"pub:{serial}", self._publish, member, stream)
+                except CapacityExceeded:  # the task tree's own bound on stream tasks
+                    self._refuse(member, stream, "TooManyPublishStreams")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             voluntary = session.peer_close_code is not None
             participant.leave(LeaveReason.VOLUNTARY if voluntary else LeaveReason.CONNECTION_LOST)
+
+    def _refuse(self, member: Member, stream: WebTransportStream, cause: str) -> None:
+        """Reset and stop a publish stream with CAPACITY_EXCEEDED, counted by ``cause``."""
+        self.metrics.stream_errors.inc(1, cause)
+        logger.info(
+            "publish stream refused",
+            extra=fields(participant=member.id, meeting=member.room.id, cause=cause),
+        )
+        try:
+            stream.reset(CAPACITY_EXCEEDED)
+            stream.stop_sending(CAPACITY_EXCEEDED)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
 
     async def _member_left(
         self, member: Member, session: WebTransportSession, reason: LeaveReason
@@ -277,11 +305,14 @@ class MediaPlane:
 
     async def _publish(self, member: Member, stream: WebTransportStream) -> None:
         """Decode one published QUIC stream and route its frames. A bad frame resets this
-        stream with STREAM_ERROR and nothing else."""
+        stream with STREAM_ERROR, a partial frame over the participant's buffer cap with
+        CAPACITY_EXCEEDED, and nothing else."""
         decoder = FrameDecoder(self.settings.max_frame_payload)
         layer: PublishedLayer | None = None
         metrics = self.metrics
         on_key = functools.partial(self._key_frame, member.room)
+        ingress = member.ingress
+        held = 0  # of the participant's ingress buffer: this stream's partial frame
         try:
             while True:
                 data = await stream.receive_some(RECEIVE_CHUNK)
@@ -291,21 +322,33 @@ class MediaPlane:
                     await stream.send_eof()
                     return
                 decoder.receive_data(data)
+                # The partial frame counts as its bytes arrive, before anything else runs.
+                delta = decoder.buffered - held
+                if delta:
+                    if not ingress.change(delta):
+                        raise PublishBufferFull(
+                            f"{member.id} would hold {ingress.held + delta} bytes of partial "
+                            f"frames (limit {ingress.cap})"
+                        )
+                    held += delta
                 now = trio.current_time()
                 frames = 0
                 try:
                     for frame in decoder:
                         if layer is None:
-                            layer = await self._bind(member, frame)
+                            layer = await self._bind(member, frame, stream)
                         elif frame.stream_id_bytes != layer.key:
                             raise StreamError("a publish stream carries one stream id")
+                        elif layer.removed:
+                            return  # RemoveStream reset this stream: route nothing more
                         self._on_frame(member, layer, frame, now, on_key)
                         frames += 1
                 finally:  # counted once per chunk: the per-frame path stays short
                     metrics.frames_received.inc(frames)
                     metrics.bytes_received.inc(len(data))
-        except (FrameError, StreamError) as exc:
+        except (FrameError, StreamError, PublishBufferFull) as exc:
             cause = type(exc).__name__
+            code = int(exc.code)
             self.metrics.stream_errors.inc(1, cause)
             logger.info(
                 "publish stream reset: %s",
@@ -313,17 +356,22 @@ class MediaPlane:
                 extra=fields(participant=member.id, meeting=member.room.id, cause=cause),
             )
             try:
-                stream.reset(STREAM_ERROR)
-                stream.stop_sending(STREAM_ERROR)
+                stream.reset(code)
+                stream.stop_sending(code)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 pass
-        except trio.BrokenResourceError:
-            return  # the publisher reset the stream or the session ended
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the publisher reset the stream, the session ended, or RemoveStream
         finally:
+            ingress.change(-held)
             if layer is not None:
                 layer.bound = False
+                if layer.stream is stream:
+                    layer.stream = None
 
-    async def _bind(self, member: Member, frame: Frame) -> PublishedLayer:
+    async def _bind(
+        self, member: Member, frame: Frame, stream: WebTransportStream
+    ) -> PublishedLayer:
         """The layer a publish stream carries, from its first frame (StreamError if not its)."""
         layer = member.room.layers.get(frame.stream_id_bytes)
         if layer is None:
@@ -333,6 +381,7 @@ class MediaPlane:
         if layer.bound:
             raise StreamError(f"stream {frame.stream_id} is already being published")
         layer.bound = True
+        layer.stream = stream
         return layer
 
     async def _claim(self, member: Member, frame: Frame) -> PublishedLayer:

@@ -29,6 +29,7 @@ from darktower.frames import Frame, FrameType
 from darktower.model import MeetingId, ParticipantId, StreamId, StreamType
 
 from ._budget import ByteBudget, priority_of
+from ._ingress import IngressBuffer
 from ._queue import (
     Dropped,
     DropReason,
@@ -42,7 +43,7 @@ from ._stats import StreamStats
 
 if TYPE_CHECKING:
     from darktower.nurseries import Meeting, Participant, StreamTask
-    from darktower.transport import WebTransportSession
+    from darktower.transport import WebTransportSession, WebTransportStream
 
 # Called with (stream id to ask a key frame of, now) when a subscriber waits for one.
 KeyFrameCallback = Callable[[StreamId, float], None]
@@ -75,6 +76,8 @@ class PublishedLayer:
     key: bytes  # the 16 header bytes of layer_id
     top: bool  # the highest simulcast layer: its deltas go first under budget
     bound: bool = False  # a QUIC stream of the publisher carries it now
+    stream: WebTransportStream | None = None  # that QUIC stream, while bound
+    removed: bool = False  # RemoveStream forgot it: its QUIC stream routes nothing more
 
 
 @attrs.define(eq=False)
@@ -173,6 +176,8 @@ class Member:
     registered_at: float
     budget_in: ByteBudget
     budget_out: ByteBudget
+    # Partial frames its publish streams hold (the cap's policy: _limits.py).
+    ingress: IngressBuffer
     publications: dict[StreamId, Publication] = attrs.Factory(dict)
     session: WebTransportSession | None = None
     scope: Participant | None = None
@@ -213,12 +218,16 @@ class Room:
             self.layers[key] = PublishedLayer(publication, publication.stream_id, key, False)
 
     def remove_publication(self, publication: Publication) -> list[Subscription]:
-        """Forget a stream; return its subscriptions, whose tasks the caller cancels."""
+        """Forget a stream; return its subscriptions, whose tasks the caller cancels. Its
+        layers are marked removed (a QUIC stream still bound to one routes nothing more)."""
         self.publications.pop(publication.stream_id, None)
         publication.publisher.publications.pop(publication.stream_id, None)
         ids = [la.layer_id for la in publication.layers] or [publication.stream_id]
         for layer_id in ids:
-            self.layers.pop(parse_stream_id(layer_id), None)
+            layer = self.layers.get(parse_stream_id(layer_id))
+            if layer is not None and layer.publication is publication:
+                layer.removed = True
+                del self.layers[layer.key]
         self.routes.pop(publication.stream_id, None)
         subs = list(publication.subscriptions.values())
         publication.subscriptions.clear()

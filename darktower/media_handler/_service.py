@@ -90,6 +90,9 @@ class MediaControl:
     ) -> mc_pb.RemoveParticipantResponse:
         return await self._handler.remove_participant(request)
 
+    async def RemoveStream(self, request: mc_pb.RemoveStreamRequest) -> mc_pb.RemoveStreamResponse:
+        return await self._handler.remove_stream(request)
+
     async def Telemetry(
         self, request: mc_pb.TelemetryRequest
     ) -> AsyncIterator[mc_pb.TelemetryEvent]:

@@ -9,6 +9,7 @@ from darktower.config import option
 from ._limits import (
     DEFAULT_BUDGET_IN_BYTES_PER_S,
     DEFAULT_BUDGET_OUT_BYTES_PER_S,
+    MAX_BUFFERED_BYTES_PER_PARTICIPANT,
     MAX_FRAME_PAYLOAD,
     MAX_PARTICIPANTS_PER_ROOM,
     MAX_ROOMS,
@@ -48,6 +49,10 @@ class Settings:
     queue_max_frames: int = option(DEFAULT_MAX_FRAMES, "frames queued per subscription")
     queue_max_bytes: int = option(DEFAULT_MAX_BYTES, "bytes queued per subscription")
     max_frame_payload: int = option(MAX_FRAME_PAYLOAD, "largest frame payload accepted, bytes")
+    max_buffered_bytes_per_participant: int = option(
+        MAX_BUFFERED_BYTES_PER_PARTICIPANT,
+        "bytes of partial frames one participant's publish streams may hold together",
+    )
     registration_ttl_s: float = option(
         REGISTRATION_TTL_S, "seconds a registration waits for its media connection"
     )

@@ -46,6 +46,7 @@ class MediaLink(Protocol):
     ) -> mh_pb.RegisterParticipantResponse: ...
     async def route_media(self, request: mh_pb.RouteMediaCommand) -> None: ...
     async def remove_participant(self, request: mh_pb.RemoveParticipantRequest) -> None: ...
+    async def remove_stream(self, request: mh_pb.RemoveStreamRequest) -> None: ...
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -92,6 +93,12 @@ class GrpcMediaLink:
 
     async def remove_participant(self, request: mh_pb.RemoveParticipantRequest) -> None:
         await call(self._stub().RemoveParticipant, request, deadline_s=MH_CALL_DEADLINE_S)
+
+    async def remove_stream(self, request: mh_pb.RemoveStreamRequest) -> None:
+        """The publisher unpublished ``request.stream_id``: the MH stops routing it and ends
+        its subscribers' streams before this returns. Idempotent; raises NotFound if another
+        participant publishes that stream id, RpcError if the MH is unreachable."""
+        await call(self._stub().RemoveStream, request, deadline_s=MH_CALL_DEADLINE_S)
 
     def _stub(self) -> MediaControlStub:
         if self.stub is None:

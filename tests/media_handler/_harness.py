@@ -103,6 +103,14 @@ class Harness:
             ),
         )
 
+    async def remove_stream(self, meeting: str, participant: str, stream: str) -> None:
+        await call(
+            self.stub.RemoveStream,
+            mc_pb.RemoveStreamRequest(
+                meeting_id=meeting, participant_id=participant, stream_id=stream
+            ),
+        )
+
     @asynccontextmanager
     async def client(self, url: str, **kwargs: Any) -> AsyncIterator[MediaClient]:
         async with open_media_client(

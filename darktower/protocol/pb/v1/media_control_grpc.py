@@ -28,6 +28,10 @@ class MediaControlBase(abc.ABC):
         pass
 
     @abc.abstractmethod
+    async def RemoveStream(self, stream: 'grpclib.server.Stream[darktower.protocol.pb.v1.media_control_pb2.RemoveStreamRequest, darktower.protocol.pb.v1.media_control_pb2.RemoveStreamResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
     async def Telemetry(self, stream: 'grpclib.server.Stream[darktower.protocol.pb.v1.media_control_pb2.TelemetryRequest, darktower.protocol.pb.v1.media_control_pb2.TelemetryEvent]') -> None:
         pass
 
@@ -50,6 +54,12 @@ class MediaControlBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 darktower.protocol.pb.v1.media_control_pb2.RemoveParticipantRequest,
                 darktower.protocol.pb.v1.media_control_pb2.RemoveParticipantResponse,
+            ),
+            '/darktower.v1.MediaControl/RemoveStream': grpclib.const.Handler(
+                self.RemoveStream,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                darktower.protocol.pb.v1.media_control_pb2.RemoveStreamRequest,
+                darktower.protocol.pb.v1.media_control_pb2.RemoveStreamResponse,
             ),
             '/darktower.v1.MediaControl/Telemetry': grpclib.const.Handler(
                 self.Telemetry,
@@ -80,6 +90,12 @@ class MediaControlStub:
             '/darktower.v1.MediaControl/RemoveParticipant',
             darktower.protocol.pb.v1.media_control_pb2.RemoveParticipantRequest,
             darktower.protocol.pb.v1.media_control_pb2.RemoveParticipantResponse,
+        )
+        self.RemoveStream = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/darktower.v1.MediaControl/RemoveStream',
+            darktower.protocol.pb.v1.media_control_pb2.RemoveStreamRequest,
+            darktower.protocol.pb.v1.media_control_pb2.RemoveStreamResponse,
         )
         self.Telemetry = grpclib.client.UnaryStreamMethod(
             channel,

@@ -217,6 +217,54 @@ class RemoveParticipantResponse(_message.Message):
 Global___RemoveParticipantResponse: _TypeAlias = RemoveParticipantResponse  # noqa: Y015
 
 @_typing.final
+class RemoveStreamRequest(_message.Message):
+    """Addition to the contract: stop routing a stream its publisher unpublished. The MH ends
+    the subscribers' streams of it, the publisher's QUIC streams that carry it, and forgets its
+    simulcast layers; the id may be registered again later. An unknown room or stream is
+    already gone (no error); a stream published by another participant is NOT_FOUND.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEETING_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    meeting_id: _builtins.str
+    participant_id: _builtins.str
+    stream_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        meeting_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        stream_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "participant_id", b"participant_id", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveStreamRequest: _TypeAlias = RemoveStreamRequest  # noqa: Y015
+
+@_typing.final
+class RemoveStreamResponse(_message.Message):
+    """Addition to the contract."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveStreamResponse: _TypeAlias = RemoveStreamResponse  # noqa: Y015
+
+@_typing.final
 class TelemetryRequest(_message.Message):
     """Addition to the contract: opens the telemetry stream."""
 
