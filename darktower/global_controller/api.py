@@ -66,8 +66,11 @@ def _error(error: DarkTowerError, status: int | None = None) -> Response:
 
 
 def _id(value: str, what: str) -> str:
-    if len(value) > MAX_ID_LENGTH:
-        raise NotFound(f"{what} {value[:MAX_ID_LENGTH]}... does not exist")
+    # Ids are UUIDs: anything long, non-ASCII or with control characters (NUL, which
+    # PostgreSQL refuses in text) names nothing and is never sent to the store.
+    if len(value) > MAX_ID_LENGTH or not (value.isascii() and value.isprintable()):
+        shown = value[:MAX_ID_LENGTH].encode("ascii", "backslashreplace").decode("ascii")
+        raise NotFound(f"{what} {shown!r} does not exist")
     return value
 
 

@@ -8,6 +8,7 @@ definition), re-exported here.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,8 +54,25 @@ def parse_json(body: bytes) -> Any:
         raise InvalidRequest("request body is empty; a JSON object is expected")
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and integers longer than
+        # Python converts (4,300 digits); RecursionError deeply nested arrays or objects.
+        why = str(exc) if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+        raise InvalidRequest(f"request body is not valid JSON: {why}") from exc
+
+
+def check_text(value: str, name: str) -> str:
+    """``value`` if every database and protobuf can carry it and a person can read it: valid
+    Unicode (no lone surrogate, which JSON's ``\\ud800`` escapes allow) and no control
+    character (NUL, which PostgreSQL refuses, line breaks, C1 codes). ``InvalidRequest``
+    naming the field otherwise."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"field '{name}' is not valid Unicode (a lone surrogate)") from None
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise InvalidRequest(f"field '{name}' contains a control character")
+    return value
 
 
 def _object(value: Any, where: str, allowed: set[str]) -> Mapping[str, Any]:
@@ -76,7 +94,7 @@ def _string(
     value = obj[name]
     if not isinstance(value, str):
         raise InvalidRequest(f"field '{name}' must be a string")
-    value = value.strip()
+    value = check_text(value.strip(), name)
     if len(value) < min_len:
         raise InvalidRequest(f"field '{name}' must not be empty")
     if len(value) > max_len:

@@ -71,3 +71,47 @@ def test_join_meeting_body_is_optional() -> None:
     assert schemas.join_meeting(_b({"participant_name": "Ann"})).participant_name == "Ann"
     with pytest.raises(InvalidRequest, match="unknown"):
         schemas.join_meeting(_b({"role": "host"}))
+
+
+# --- hostile bodies (docs/decisions.md: REST input) -------------------------------------------
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"1" * 5000,  # int() refuses more than 4300 digits with a plain ValueError
+        b'{"display_name": "x", "max_participants": ' + b"9" * 5000 + b"}",
+        b"[" * 10_000,  # RecursionError inside the JSON decoder
+        b'{"a":' * 3000,
+    ],
+)
+def test_bodies_that_break_the_json_decoder_are_invalid_requests(body: bytes) -> None:
+    for parse in (schemas.create_meeting, schemas.token_request, schemas.join_meeting):
+        with pytest.raises(InvalidRequest, match="not valid JSON"):
+            parse(body)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("\ud800", "not valid Unicode"),  # a lone surrogate: no database or protobuf takes it
+        ("a\x00b", "control character"),  # PostgreSQL refuses NUL in text
+        ("line\nbreak", "control character"),
+        ("bell\x07", "control character"),
+        ("c1\x85c1", "control character"),
+    ],
+)
+def test_strings_must_be_storable_text(text: str, needle: str) -> None:
+    with pytest.raises(InvalidRequest, match=f"display_name.*{needle}"):
+        schemas.create_meeting(_b({"display_name": text}))
+    with pytest.raises(InvalidRequest, match=f"participant_name.*{needle}"):
+        schemas.join_meeting(_b({"participant_name": text}))
+    with pytest.raises(InvalidRequest, match=f"client_id.*{needle}"):
+        schemas.token_request(
+            _b({"grant_type": "client_credentials", "client_id": text, "client_secret": "s"})
+        )
+    with pytest.raises(InvalidRequest, match=f"region.*{needle}"):
+        schemas.create_meeting(_b({"display_name": "x", "region": text}))
+
+
+def test_printable_unicode_is_kept() -> None:
+    name = "Zoë 会議 \u200d🙂"
+    assert schemas.create_meeting(_b({"display_name": name})).display_name == name
