@@ -180,3 +180,13 @@ def test_byte_budget_default_burst_is_one_second() -> None:
     budget = rl.ingress_budget()
     assert budget.available(0.0) == rl.MH_INGRESS_BYTES_PER_S * rl.MH_BURST_S
     assert rl.egress_budget().available(0.0) == rl.MH_EGRESS_BYTES_PER_S * rl.MH_BURST_S
+
+
+def test_gc_counts_unauthenticated_ipv6_peers_by_their_64() -> None:
+    # A host picks any address of its /64: counting full addresses would give it 2**64 budgets.
+    assert rl.client_key(None, "2001:db8:1:2::1") == rl.client_key(None, "2001:db8:1:2:ffff::9")
+    assert rl.client_key(None, "2001:db8:1:2::1") != rl.client_key(None, "2001:db8:1:3::1")
+    assert rl.client_key(None, "::ffff:192.0.2.7") == rl.client_key(None, "192.0.2.7")
+    assert rl.client_key(None, "192.0.2.7") != rl.client_key(None, "192.0.2.8")
+    # An authenticated request is its client's, wherever it comes from.
+    assert rl.client_key("c-1", "192.0.2.7") == rl.client_key("c-1", "2001:db8::1")

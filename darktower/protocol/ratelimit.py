@@ -2,7 +2,7 @@
 
 * :class:`TokenBucket`: the primitive. ``rate_per_s`` tokens flow in, at most ``burst`` are kept.
 * GC: :class:`KeyedRateLimiter`, 100 requests/min per client (client id when authenticated, else
-  the peer address, see :func:`client_key`), answering with what the ``X-RateLimit-*`` and
+  the peer's address: IPv4 address, IPv6 /64; see :func:`client_key`), answering with what the ``X-RateLimit-*`` and
   ``Retry-After`` headers need. ``now`` is unix seconds there, because ``X-RateLimit-Reset`` is.
 * MC: :class:`MessageRateLimiter`, 1000 messages/min per participant; over the limit the caller
   replies ``RATE_LIMITED``; sustained abuse turns the verdict into ``DISCONNECT``.
@@ -18,6 +18,8 @@ import enum
 import math
 
 import attrs
+
+from darktower.protocol.addresses import address_key
 
 # --- GC ----------------------------------------------------------------------------------------
 GC_REQUESTS_PER_MIN = 100  # contract: "Global Controller: 100 req/min per client"
@@ -96,8 +98,10 @@ class TokenBucket:
 
 # --- GC: keyed limiter with header values ------------------------------------------------------
 def client_key(client_id: str | None, address: str) -> str:
-    """The key a GC request is counted under: its client when authenticated, else its address."""
-    return f"client:{client_id}" if client_id else f"addr:{address}"
+    """The key a GC request is counted under: its client when authenticated, else its
+    address's :func:`~darktower.protocol.addresses.address_key` (an IPv6 peer picks any
+    address of its /64, so it is counted by the /64)."""
+    return f"client:{client_id}" if client_id else f"addr:{address_key(address)}"
 
 
 @attrs.frozen
