@@ -9,13 +9,33 @@ import attrs
 from ._certs import TlsCredentials
 
 # --- Endpoint -------------------------------------------------------------------------------
-# New connections beyond this are refused: their Initial packets are dropped (the client
-# retries, then times out). Bounds the per-connection state a flood of handshakes can create.
+# Admission of new connections (the rules and their order: _admission.py). A refused Initial
+# is dropped and counted: the client retransmits it, then times out. Per-address caps count a
+# peer by darktower.protocol.addresses.address_key (an IPv4 address, an IPv6 /64).
+# New connections beyond this are refused. Bounds the per-connection state a flood of
+# handshakes can create.
 MAX_CONNECTIONS = 1000
-# Handshakes in progress at once; beyond it new Initial packets are dropped (as above).
+# Handshakes in progress at once; beyond it new Initial packets are refused (as above).
 MAX_HANDSHAKES_IN_PROGRESS = 100
+# Connections one address may hold: a quarter of MAX_CONNECTIONS, so one client holding idle
+# connections cannot keep others out, while a NAT with a few hundred participants still fits.
+MAX_CONNECTIONS_PER_ADDRESS = 250
+# Handshakes in progress per address, counted apart for validated (Retry) and unvalidated
+# addresses. An unvalidated address beyond it gets a Retry; a validated one is refused (its
+# Initial retransmitted later), so a burst of joins from one address is smoothed, not lost.
+MAX_HANDSHAKES_PER_ADDRESS = 10
+# From this many handshakes in progress, a new client must validate its address with a
+# stateless Retry (one more round trip) before a connection is created, so a flood of spoofed
+# Initials holds at most this many handshake slots. RETRY_ALWAYS asks it of every client;
+# None never asks (an Initial beyond the caps is then refused).
+RETRY_ALWAYS = 0
+RETRY_THRESHOLD = 20
 # A connection whose TLS handshake has not completed by then is closed.
 HANDSHAKE_TIMEOUT_S = 10.0
+# Server side: a connection with no live WebTransport session this long after its handshake
+# (or after its last session ended) is closed with H3_NO_ERROR; keepalives do not extend it.
+# None keeps such connections until the idle timeout.
+NO_SESSION_TIMEOUT_S = 10.0
 # Datagrams read from the socket per wake-up before the touched connections are flushed once.
 # Bounds the work done between two checkpoints (fairness with the other tasks).
 RECEIVE_BATCH = 64
@@ -34,6 +54,14 @@ PACKET_SIZE = 1200
 MAX_DATAGRAM_FRAME_SIZE = 65_536
 # WebTransport sessions per QUIC connection; a CONNECT beyond it is answered 429.
 MAX_SESSIONS_PER_CONNECTION = 16
+
+# --- CONNECT --------------------------------------------------------------------------------
+# An extended CONNECT is checked before anything uses it; one that fails a check is answered
+# 400 (counted as "bad_connect") and the connection goes on. :path must start with "/", be
+# printable ASCII and at most this many bytes (query included).
+MAX_CONNECT_PATH = 8 * 1024
+# :authority must be a host[:port] of at most this many bytes (a DNS name is at most 253).
+MAX_CONNECT_AUTHORITY = 300
 
 # --- Session --------------------------------------------------------------------------------
 # Open streams (both kinds, both directions) per session. A peer stream beyond it is rejected
@@ -66,7 +94,11 @@ class TransportLimits:
 
     max_connections: int = MAX_CONNECTIONS
     max_handshakes_in_progress: int = MAX_HANDSHAKES_IN_PROGRESS
+    max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS
+    max_handshakes_per_address: int = MAX_HANDSHAKES_PER_ADDRESS
+    retry_threshold: int | None = RETRY_THRESHOLD
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
+    no_session_timeout_s: float | None = NO_SESSION_TIMEOUT_S
     idle_timeout_s: float = IDLE_TIMEOUT_S
     keepalive_interval_s: float | None = KEEPALIVE_INTERVAL_S
     packet_size: int = PACKET_SIZE

@@ -12,6 +12,7 @@ sees control, QPACK and request streams (the CONNECT stream included).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -37,13 +38,18 @@ from ._session import WebTransportSession
 from ._stats import TransportStats, count_losses, read_stats
 from ._streams import StreamState
 from ._wire import (
+    H3_GENERAL_PROTOCOL_ERROR,
+    H3_NO_ERROR,
     H3_REQUEST_CANCELLED,
     WT_BUFFERED_STREAM_REJECTED,
     stream_prefix,
 )
 
 if TYPE_CHECKING:
+    from ._admission import Admit
     from ._endpoint import Endpoint
+
+logger = logging.getLogger(__name__)
 
 # Bytes of a QUIC packet that a DATAGRAM frame's payload cannot use: first byte, the longest
 # connection ID (20), packet number (4), AEAD tag (16), frame type (1), length varint (2).
@@ -100,6 +106,14 @@ class Connection:
         self._last_rx = now
         self._last_ping = now
         self._handshake_deadline = now + limits.handshake_timeout_s
+        # Server side: when a connection with no live WebTransport session is closed (armed
+        # at the handshake and whenever the last session ends; keepalives do not move it).
+        self._no_session_deadline = math.inf
+        self.live_sessions = 0
+        self._failed = False  # the error boundary closed it (see fail)
+        # Server side: the admission that holds this connection's per-address slots.
+        self.admit: Admit | None = None
+        self.peer_host = "?"
         quic._dt_consumed = self._consumed_offset
         count_losses(quic)
 
@@ -142,22 +156,58 @@ class Connection:
                 else:
                     await trio.sleep_forever()
             self._wake_scope = None
-            now = trio.current_time()
-            timer = self._timer_at
-            if timer is not None and now >= timer:
-                self.quic.handle_timer(now=now)
-            if not self.handshake_complete.is_set():
-                if now >= self._handshake_deadline:
-                    self.quic.close(
-                        error_code=QuicErrorCode.CONNECTION_REFUSED,
-                        reason_phrase="handshake timeout",
-                    )
-                    self._handshake_deadline = math.inf
-            elif self._keepalive_at() <= now:
+            try:
+                self._on_wake(trio.current_time())
+            except Exception as exc:
+                self.fail(exc)
+
+    def _on_wake(self, now: float) -> None:
+        timer = self._timer_at
+        if timer is not None and now >= timer:
+            self.quic.handle_timer(now=now)
+        if not self.handshake_complete.is_set():
+            if now >= self._handshake_deadline:
+                self.quic.close(
+                    error_code=QuicErrorCode.CONNECTION_REFUSED,
+                    reason_phrase="handshake timeout",
+                )
+                self._handshake_deadline = math.inf
+        else:
+            if now >= self._no_session_deadline:
+                self._no_session_deadline = math.inf
+                self.endpoint.counters["no_session_timeout"] += 1
+                self.quic.close(error_code=H3_NO_ERROR, reason_phrase="no WebTransport session")
+            if self._keepalive_at() <= now:
                 self._last_ping = now
                 self.quic.send_ping(0)
-            self.process_events()
-            self.flush()
+        self.process_events()
+        self.flush()
+
+    def fail(self, exc: Exception) -> None:
+        """The error boundary: handling this connection's events raised ``exc``. Close this
+        connection (H3_GENERAL_PROTOCOL_ERROR), count and log it once; nothing else is touched.
+        Called by the endpoint's reader and by this connection's timer loop."""
+        if self.terminated.is_set():
+            return
+        if not self._failed:
+            self._failed = True
+            cause = f"peer_error:{type(exc).__name__}"
+            self.endpoint.counters[cause] += 1
+            logger.warning(
+                "closing QUIC connection from %s after an error: %s: %s",
+                self.peer_host,
+                type(exc).__name__,
+                exc,
+            )
+            logger.debug("the error that closed the connection", exc_info=exc)
+            try:
+                self.quic.close(error_code=H3_GENERAL_PROTOCOL_ERROR, reason_phrase="error")
+                self.flush()
+                return
+            except Exception:  # the state is unusable: dropped below
+                pass
+        # A second error, or the close itself failed: drop the connection without a word.
+        self._terminate(H3_GENERAL_PROTOCOL_ERROR, "error")
 
     def _keepalive_at(self) -> float:
         interval = self.limits.keepalive_interval_s
@@ -170,7 +220,27 @@ class Connection:
         deadline = math.inf if timer is None else timer
         if not self.handshake_complete.is_set():
             return min(deadline, self._handshake_deadline)
-        return min(deadline, self._keepalive_at())
+        return min(deadline, self._keepalive_at(), self._no_session_deadline)
+
+    # --- sessions alive on this connection (the no-session timeout) -----------------------
+    def session_started(self) -> None:
+        self.live_sessions += 1
+        self._set_no_session_deadline(math.inf)
+
+    def session_ended(self) -> None:
+        self.live_sessions -= 1
+        if self.live_sessions == 0 and self.handshake_complete.is_set():
+            self._arm_no_session_timeout()
+
+    def _arm_no_session_timeout(self) -> None:
+        timeout = self.limits.no_session_timeout_s
+        if not self.is_client and timeout is not None and not self.live_sessions:
+            self._set_no_session_deadline(trio.current_time() + timeout)
+
+    def _set_no_session_deadline(self, deadline: float) -> None:
+        self._no_session_deadline = deadline
+        if self._wake_scope is not None:
+            self._wake_scope.deadline = self._deadline()
 
     # --- I/O, called by the endpoint and the application ----------------------------------
     def receive(self, data: bytes, addr: NetworkAddress, now: float) -> None:
@@ -303,8 +373,20 @@ class Connection:
         self.schedule_flush()
 
     def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], end: bool) -> None:
-        self.h3.send_headers(stream_id, headers, end_stream=end)
+        try:
+            self.h3.send_headers(stream_id, headers, end_stream=end)
+        except (H3ProtocolError, ValueError):
+            return  # answered already, or the stream is gone: nothing to send on
         self.schedule_flush()
+
+    def refuse_request(self, stream_id: int, status: int, cause: str, detail: str = "") -> None:
+        """Answer a request stream with ``status`` and end it; counted under ``cause``."""
+        self.endpoint.counters[cause] += 1
+        if detail:
+            logger.debug("refused a request from %s with %d: %s", self.peer_host, status, detail)
+        self.send_headers(stream_id, [(b":status", str(status).encode())], True)
+        # Ask the peer to end its side too, so the request stream does not linger.
+        self.stop_stream(stream_id, H3_NO_ERROR)
 
     def send_data(self, stream_id: int, data: bytes, end: bool) -> None:
         # H3Connection would re-create state for a stream it has forgotten (and leak it).
@@ -377,6 +459,7 @@ class Connection:
         self.handshake_complete.set()
         self.settled.set()
         self.endpoint.handshake_done(self)
+        self._arm_no_session_timeout()
 
     def _on_cid_issued(self, event: qe.ConnectionIdIssued) -> None:
         self.endpoint.add_cid(event.connection_id, self)

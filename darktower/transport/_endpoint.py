@@ -2,9 +2,13 @@
 
 The reader task reads up to RECEIVE_BATCH datagrams per wake-up, hands each to its connection
 (found by destination connection ID; issued and retired IDs are tracked), then processes the
-touched connections' events and flushes each of them once. A server endpoint creates
-connections for new Initial packets within its limits and answers unknown versions with
-Version Negotiation; a client endpoint uses the same code with connections it creates.
+touched connections' events and flushes each of them once. A server endpoint decides what a
+datagram for no known connection gets with its ``Admission`` (_admission.py: caps, Retry,
+Version Negotiation); a client endpoint uses the same code with connections it creates.
+
+Error boundary: an exception while one connection handles its datagrams or events closes that
+connection (``Connection.fail``); the reader goes on with the others. Every refusal and close
+by cause is counted in ``Endpoint.counters``.
 
 A server endpoint also gives the heap back after handshakes (see ``HEAP_TRIM_INTERVAL_S``).
 """
@@ -12,22 +16,23 @@ A server endpoint also gives the heap back after handshakes (see ``HEAP_TRIM_INT
 from __future__ import annotations
 
 import ctypes
+import logging
 import socket
+from collections import Counter
 from collections.abc import Callable
 
 import trio
 from aioquic._buffer import Buffer
-from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
-from aioquic.quic.packet import (
-    QuicPacketType,
-    encode_quic_version_negotiation,
-    pull_quic_header,
-)
+from aioquic.quic.packet import QuicHeader, pull_quic_header
 
+from ._admission import Admission, Admit
 from ._config import MAX_UDP_PAYLOAD, RECEIVE_BATCH, TransportLimits
 from ._connection import Connection
 from ._quic import CreditedQuicConnection
+
+logger = logging.getLogger(__name__)
 
 # A handshake allocates far more than the connection keeps (TLS buffers and transcripts, key
 # derivations, packet buffers). After a burst of handshakes glibc holds the freed memory in
@@ -79,6 +84,7 @@ class Endpoint:
         *,
         server_configuration: QuicConfiguration | None = None,
         on_connection: Callable[[Connection], None] | None = None,
+        counters: Counter[str] | None = None,
     ) -> None:
         self._sock = sock
         self.limits = limits
@@ -87,13 +93,24 @@ class Endpoint:
         self.by_cid: dict[bytes, Connection] = {}
         self.connections: set[Connection] = set()
         self.handshaking: set[Connection] = set()
-        self.refused_connections = 0
+        # Refusals and closes by cause (see _admission.py, Connection.fail, the server).
+        self.counters: Counter[str] = Counter() if counters is None else counters
+        self.admission = (
+            None
+            if server_configuration is None
+            else Admission(limits, server_configuration.supported_versions, self.counters)
+        )
         self.send_errors = 0
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self.heap_trims = 0
         # Set when the last handshake in progress ends; the trim task waits on it.
         self._handshakes_idle = trio.Event()
+
+    @property
+    def refused_connections(self) -> int:
+        """New connections refused by a cap (all causes)."""
+        return sum(n for cause, n in self.counters.items() if cause.startswith("refused_"))
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -131,13 +148,17 @@ class Endpoint:
             window=self.limits.stream_receive_window,
         )
         conn = self._adopt(quic)
+        conn.peer_host = str(addr[0])
         quic.connect(addr, now=trio.current_time())
         conn.flush()
         return conn
 
-    def _adopt(self, quic: CreditedQuicConnection, *cids: bytes) -> Connection:
+    def _adopt(
+        self, quic: CreditedQuicConnection, *cids: bytes, admit: Admit | None = None
+    ) -> Connection:
         assert self._nursery is not None
         conn = Connection(self, quic, self.limits)
+        conn.admit = admit
         self.connections.add(conn)
         self.handshaking.add(conn)
         for cid in (*cids, quic.host_cid):
@@ -162,6 +183,8 @@ class Endpoint:
     def _end_handshake(self, conn: Connection) -> None:
         if conn in self.handshaking:
             self.handshaking.discard(conn)
+            if conn.admit is not None and self.admission is not None:
+                self.admission.handshake_ended(conn.admit)
             if not self.handshaking:
                 self._handshakes_idle.set()
 
@@ -179,8 +202,11 @@ class Endpoint:
             if self.by_cid.get(cid) is conn:
                 del self.by_cid[cid]
         conn.cids.clear()
-        self.connections.discard(conn)
         self._end_handshake(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            if conn.admit is not None and self.admission is not None:
+                self.admission.connection_ended(conn.admit)
 
     # --- I/O ------------------------------------------------------------------------------
     def send(self, data: bytes, addr: NetworkAddress) -> None:
@@ -212,8 +238,11 @@ class Endpoint:
                 if conn is not None:
                     touched[conn] = None
             for conn in touched:
-                conn.process_events()
-                conn.flush()
+                try:
+                    conn.process_events()
+                    conn.flush()
+                except Exception as exc:
+                    conn.fail(exc)
 
     def _dispatch(self, data: bytes, addr: NetworkAddress, now: float) -> Connection | None:
         try:
@@ -222,47 +251,47 @@ class Endpoint:
             return None
         conn = self.by_cid.get(header.destination_cid)
         if conn is None:
-            conn = self._maybe_accept(data, header, addr)
+            conn = self._maybe_accept(data, header, addr, now)
             if conn is None:
                 return None
-        conn.receive(data, addr, now)
+        try:
+            conn.receive(data, addr, now)
+        except Exception as exc:
+            conn.fail(exc)
         return conn
 
-    def _maybe_accept(self, data: bytes, header: object, addr: NetworkAddress) -> Connection | None:
+    def _maybe_accept(
+        self, data: bytes, header: QuicHeader, addr: NetworkAddress, now: float
+    ) -> Connection | None:
         config = self._server_configuration
-        if config is None:
+        admission = self.admission
+        if config is None or admission is None:
             return None
-        packet_type = getattr(header, "packet_type", None)
-        version = getattr(header, "version", None)
-        dcid: bytes = getattr(header, "destination_cid", b"")
-        scid: bytes = getattr(header, "source_cid", b"")
-        if (
-            packet_type != QuicPacketType.VERSION_NEGOTIATION
-            and version is not None
-            and version not in config.supported_versions
-        ):
-            # Never answer a Version Negotiation packet (reflection loops).
-            self.send(
-                encode_quic_version_negotiation(
-                    source_cid=dcid,
-                    destination_cid=scid,
-                    supported_versions=config.supported_versions,
-                ),
+        try:
+            verdict = admission.decide(
+                header,
+                len(data),
                 addr,
+                now,
+                connections=len(self.connections),
+                handshakes=len(self.handshaking),
             )
+        except Exception as exc:  # a header our admission code cannot handle: dropped
+            self.counters[f"peer_error:{type(exc).__name__}"] += 1
+            logger.warning("dropped a datagram from %s: %s: %s", addr[0], type(exc).__name__, exc)
             return None
-        if packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+        if verdict is None:
             return None
-        if (
-            len(self.connections) >= self.limits.max_connections
-            or len(self.handshaking) >= self.limits.max_handshakes_in_progress
-        ):
-            self.refused_connections += 1
+        if isinstance(verdict, bytes):
+            self.send(verdict, addr)  # Version Negotiation or Retry
             return None
         quic = CreditedQuicConnection(
             configuration=config,
-            original_destination_connection_id=dcid,
+            original_destination_connection_id=verdict.original_destination_cid,
+            retry_source_connection_id=verdict.retry_source_cid,
             consumed=lambda _sid: None,
             window=self.limits.stream_receive_window,
         )
-        return self._adopt(quic, dcid)
+        conn = self._adopt(quic, header.destination_cid, admit=verdict)
+        conn.peer_host = str(addr[0])
+        return conn

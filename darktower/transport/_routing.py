@@ -14,7 +14,7 @@ from aioquic.h3 import events as h3e
 from aioquic.quic import events as qe
 from aioquic.quic.connection import stream_is_client_initiated, stream_is_unidirectional
 
-from ._session import WebTransportSession, parse_connect
+from ._session import BadConnect, WebTransportSession, parse_connect
 from ._streams import StreamState
 from ._wire import PrefixKind, parse_prefix
 
@@ -82,13 +82,17 @@ def route_h3(conn: Connection, event: qe.QuicEvent) -> None:
 
 
 def _on_request(conn: Connection, event: h3e.HeadersReceived) -> None:
-    request = parse_connect(event.headers)
+    try:
+        request = parse_connect(event.headers)
+    except BadConnect as exc:
+        conn.refuse_request(event.stream_id, 400, "bad_connect", str(exc))
+        return
     if request is None:
         # Not an extended CONNECT: this endpoint serves WebTransport only.
-        conn.send_headers(event.stream_id, [(b":status", b"404")], True)
+        conn.refuse_request(event.stream_id, 404, "not_connect")
         return
     if len(conn.sessions) >= conn.limits.max_sessions_per_connection:
-        conn.send_headers(event.stream_id, [(b":status", b"429")], True)
+        conn.refuse_request(event.stream_id, 429, "too_many_sessions")
         return
     session = WebTransportSession(conn, event.stream_id, request)
     conn.sessions[event.stream_id] = session

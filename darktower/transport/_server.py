@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -55,6 +56,9 @@ class WebTransportServer:
         self.endpoint: Endpoint | None = None
         self.sessions: set[WebTransportSession] = set()
         self.session_tasks = 0
+        # Every refusal and close by cause, for /metrics (the causes: docs/decisions.md,
+        # "QUIC admission on the WebTransport servers"). Shared with the endpoint.
+        self.counters: Counter[str] = Counter()
 
     async def run(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
@@ -71,6 +75,7 @@ class WebTransportServer:
             self.config.limits,
             server_configuration=quic_config,
             on_connection=self._on_connection,
+            counters=self.counters,
         )
         await self.endpoint.run(task_status=task_status)
 

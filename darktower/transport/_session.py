@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ import attrs
 import trio
 from aioquic.buffer import encode_uint_var
 
+from ._config import MAX_CONNECT_AUTHORITY, MAX_CONNECT_PATH
 from ._errors import DatagramTooLarge, SessionClosed, StreamLimitExceeded
 from ._streams import (
     IncomingStream,
@@ -44,24 +46,63 @@ class ConnectRequest:
     headers: tuple[tuple[str, str], ...]
 
 
+class BadConnect(ValueError):
+    """An extended CONNECT that fails a check (see ``parse_connect``); answered 400."""
+
+
+# Pseudo-headers an extended CONNECT carries (RFC 9220, RFC 9114 section 4.3.1).
+_CONNECT_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path", b":protocol"))
+# :path is origin-form (RFC 3986): the path of pchars and "/", then an optional query of
+# printable ASCII without space or "#" (browsers leave some characters unescaped there).
+_PATH = re.compile(rb"/[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*(?:\?[\x21\x22\x24-\x7e]*)?\Z")
+# :authority is host[:port]: a reg-name or IPv4 address, or an IPv6 literal; no userinfo.
+_AUTHORITY = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::(?P<port>[0-9]{1,5}))?\Z"
+)
+
+
 def parse_connect(headers: list[tuple[bytes, bytes]]) -> ConnectRequest | None:
-    """The request of a WebTransport extended CONNECT, or None for any other request."""
+    """The request of a WebTransport extended CONNECT, or None for a request that is not a
+    CONNECT. Raises BadConnect for a CONNECT that is not a well-formed WebTransport one:
+    pseudo-headers duplicated, unknown or after regular headers; ``:protocol`` not
+    ``webtransport``; ``:scheme`` not ``https``; ``:path`` not "/" + printable ASCII of at most
+    ``MAX_CONNECT_PATH`` bytes; ``:authority`` not a host[:port]; two ``origin`` headers.
+    Pure: never raises anything else, whatever the bytes (a fuzz property checks it)."""
     pseudo: dict[bytes, bytes] = {}
     plain: list[tuple[str, str]] = []
     for name, value in headers:
-        if name.startswith(b":"):
+        if name[:1] == b":":
+            if plain or name in pseudo:
+                if pseudo.get(b":method") == b"CONNECT":
+                    raise BadConnect(f"pseudo-header {name!r} repeated or misplaced")
+                return None
             pseudo[name] = value
         else:
             plain.append((name.decode("latin-1"), value.decode("latin-1")))
-    if pseudo.get(b":method") != b"CONNECT" or pseudo.get(b":protocol") != b"webtransport":
+    if pseudo.get(b":method") != b"CONNECT":
         return None
-    target = urllib.parse.urlsplit(pseudo.get(b":path", b"/").decode("latin-1"))
-    origin = next((v for k, v in plain if k == "origin"), None)
+    if not pseudo.keys() <= _CONNECT_PSEUDO:
+        raise BadConnect(f"unknown pseudo-headers {sorted(pseudo.keys() - _CONNECT_PSEUDO)}")
+    if pseudo.get(b":protocol") != b"webtransport":
+        raise BadConnect("not a WebTransport CONNECT (:protocol)")
+    if pseudo.get(b":scheme") != b"https":
+        raise BadConnect(":scheme is not https")
+    raw_path = pseudo.get(b":path", b"")
+    if len(raw_path) > MAX_CONNECT_PATH or _PATH.match(raw_path) is None:
+        raise BadConnect(":path is not an origin-form path of at most 8 KiB")
+    authority = pseudo.get(b":authority", b"")
+    match = _AUTHORITY.match(authority) if len(authority) <= MAX_CONNECT_AUTHORITY else None
+    if match is None or (match["port"] is not None and int(match["port"]) > 0xFFFF):
+        raise BadConnect(":authority is not a host[:port]")
+    origins = [v for k, v in plain if k == "origin"]
+    if len(origins) > 1:
+        raise BadConnect("more than one origin header")
+    path, _, query = raw_path.decode("ascii").partition("?")
     return ConnectRequest(
-        path=target.path,
-        query=dict(urllib.parse.parse_qsl(target.query)),
-        authority=pseudo.get(b":authority", b"").decode("latin-1"),
-        origin=origin,
+        path=path,
+        query=dict(urllib.parse.parse_qsl(query)),
+        authority=authority.decode("ascii"),
+        origin=origins[0] if origins else None,
         headers=tuple(plain),
     )
 
@@ -104,6 +145,7 @@ class WebTransportSession:
         self.datagrams_dropped = 0
         # Set by the server: the scope of the handler's nursery, cancelled when the session ends.
         self.cancel_scope: trio.CancelScope | None = None
+        conn.session_started()
 
     # --- request --------------------------------------------------------------------------
     @property
@@ -329,7 +371,9 @@ class WebTransportSession:
         self._finish(SessionClosed(code, reason, message="session closed by peer"))
 
     def _finish(self, error: BaseException) -> None:
-        self.state = SessionState.CLOSED
+        if self.state is not SessionState.CLOSED:
+            self.state = SessionState.CLOSED
+            self._conn.session_ended()
         self._error = error
         # Cancel the handler first: its blocked tasks then see Cancelled, not the error below.
         if self.cancel_scope is not None:

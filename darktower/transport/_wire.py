@@ -28,6 +28,8 @@ WT_ERROR_LAST = 0x52E5AC983162
 WT_SESSION_GONE = 0x170D7B68
 WT_BUFFERED_STREAM_REJECTED = 0x3994BD84
 H3_NO_ERROR = 0x100
+# Closes a connection whose events raised (the error boundary, see _connection.py).
+H3_GENERAL_PROTOCOL_ERROR = 0x101
 H3_REQUEST_CANCELLED = 0x10C
 
 

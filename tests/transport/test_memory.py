@@ -110,6 +110,7 @@ class _FakeConnection:
 
     def __init__(self) -> None:
         self.cids: set[bytes] = set()
+        self.admit = None  # admitted without per-address slots
 
 
 async def test_heap_trim_waits_for_the_last_handshake_and_is_paced(
