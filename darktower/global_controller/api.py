@@ -29,6 +29,7 @@ from darktower.errors import (
     InvalidRequest,
     NotFound,
     RateLimited,
+    Unauthorized,
 )
 from darktower.global_controller import schemas
 from darktower.global_controller.gc_metrics import GcMetrics
@@ -45,6 +46,31 @@ log = logging.getLogger("darktower.gc.api")
 READY_STORE_TIMEOUT_S = 2.0
 # Path parameters longer than this cannot name anything (ids are UUIDs): 404 without a lookup.
 MAX_ID_LENGTH = 128
+# On every response (pages and API alike). The browser page loads its module scripts and its
+# style sheet from /static (no inline script or style, no eval), fetches the API from its own
+# origin and opens WebTransport to the MC and MH at https:// URLs (https://127.0.0.1:PORT in
+# development, any host in a deployment); it may never be framed (clickjacking of the host
+# controls). The favicon is an empty data: URL.
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "media-src 'self' blob: mediastream:",
+        "connect-src 'self' https:",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",  # meeting ids are in page URLs
+}
+LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
 @attrs.frozen
@@ -74,6 +100,13 @@ def _id(value: str, what: str) -> str:
     return value
 
 
+def on_page_listener() -> bool:
+    """Whether this request came in on the development page listener: plain HTTP (the public
+    listener speaks only TLS, and the scheme is the connection's, never a forwarded header's)
+    from a loopback address (the page listener binds 127.0.0.1 only)."""
+    return request.scope.get("scheme") == "http" and request.remote_addr in LOOPBACK_ADDRESSES
+
+
 def create_app(
     gc: GlobalController,
     *,
@@ -88,14 +121,19 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = schemas.MAX_BODY_BYTES
     app.config["PROPAGATE_EXCEPTIONS"] = False
 
+    async def _authenticate() -> None:
+        # Once per request, before the rate limit (which counts a client by its id).
+        header = request.headers.get("Authorization")
+        if header:
+            try:
+                g.claims = await gc.authenticate(header)
+            except DarkTowerError as exc:
+                g.claims = exc
+
     def _claims() -> AccessClaims:
         cached: AccessClaims | DarkTowerError | None = g.get("claims")
         if cached is None:
-            try:
-                cached = gc.authenticate(request.headers.get("Authorization"))
-            except DarkTowerError as exc:
-                cached = exc
-            g.claims = cached
+            raise Unauthorized("missing Authorization: Bearer <access token>")
         if isinstance(cached, DarkTowerError):
             raise cached
         return cached
@@ -108,12 +146,10 @@ def create_app(
         g.started = time.perf_counter()
         if not request.path.startswith("/api/"):
             return
-        client_id: str | None = None
-        if request.headers.get("Authorization"):
-            try:
-                client_id = _claims().client_id
-            except DarkTowerError:
-                pass  # counted per address; the handler reports the bad token
+        await _authenticate()
+        claims = g.get("claims")
+        # A bad token is counted per address; the handler reports it.
+        client_id = claims.client_id if isinstance(claims, AccessClaims) else None
         decision = limiter.hit(client_key(client_id, request.remote_addr or "?"), gc.now())
         g.rate = decision
         if not decision.allowed:
@@ -125,6 +161,8 @@ def create_app(
 
     @app.after_request
     async def _finish(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
         decision: RateLimitDecision | None = g.get("rate")
         if decision is not None:
             for name, value in decision.headers().items():
@@ -236,8 +274,9 @@ def create_app(
     @app.get("/api/v1/dev/credentials")
     async def dev_client() -> Response:
         # Only the development stack (python -m darktower) hands out a credential, so the
-        # browser page can create meetings; a deployment never configures one.
-        if dev_credentials is None:
+        # browser page can create meetings; a deployment never configures one. Only on the
+        # loopback page listener: the public API port never tells anyone a secret.
+        if dev_credentials is None or not on_page_listener():
             raise NotFound("this GC has no development credential")
         return _json(dev_credentials)
 

@@ -60,6 +60,10 @@ CONTROLLER_CACHE_S = 1.0
 # client's every request does not pay for signature checking again; an entry is used only
 # until the token's expiry.
 MAX_VERIFIED_TOKENS = 10_000
+# A removed client (``clients remove``, possibly run by another process or on another replica)
+# loses its access tokens within this many seconds of the GC's clock: a client seen present
+# is read from the store again at most this often (at most MAX_VERIFIED_TOKENS remembered).
+CLIENT_RECHECK_S = 5.0
 
 
 def pack_endpoint(grpc_endpoint: str, signaling_url: str) -> str:
@@ -145,6 +149,8 @@ class GlobalController:
         self.default_region = default_region
         self.clock = clock
         self._verified: collections.OrderedDict[str, AccessClaims] = collections.OrderedDict()
+        # client id -> GC time it was last read from the store and found present
+        self._clients_seen: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._controllers: dict[str, ControllerRecord] = {}
         self._controllers_read_at = -float("inf")
 
@@ -187,8 +193,28 @@ class GlobalController:
             "expires_in": int(self.tokens.access.ttl_s),
         }
 
-    def authenticate(self, authorization: str | None) -> AccessClaims:
-        """The claims of an ``Authorization: Bearer`` header; ``Unauthorized`` otherwise."""
+    async def authenticate(self, authorization: str | None) -> AccessClaims:
+        """The claims of an ``Authorization: Bearer`` header whose client still exists;
+        ``Unauthorized`` otherwise (a removed client's tokens within ``CLIENT_RECHECK_S``)."""
+        claims = self.verify_access_token(authorization)
+        now = self.now()
+        seen = self._clients_seen.get(claims.client_id)
+        if seen is not None and 0 <= now - seen < CLIENT_RECHECK_S:
+            return claims
+        try:
+            await self.store.get_client(claims.client_id)
+        except NotFound:
+            self._clients_seen.pop(claims.client_id, None)
+            raise Unauthorized("the client of this access token has been removed") from None
+        self._clients_seen[claims.client_id] = now
+        self._clients_seen.move_to_end(claims.client_id)
+        if len(self._clients_seen) > MAX_VERIFIED_TOKENS:
+            self._clients_seen.popitem(last=False)
+        return claims
+
+    def verify_access_token(self, authorization: str | None) -> AccessClaims:
+        """The claims of an ``Authorization: Bearer`` header (signature, expiry); the client's
+        existence is :meth:`authenticate`'s. ``Unauthorized`` otherwise."""
         if not authorization:
             raise Unauthorized("missing Authorization: Bearer <access token>")
         scheme, _, token = authorization.partition(" ")
