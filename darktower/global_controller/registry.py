@@ -87,7 +87,19 @@ class ControllerRegistry:
             join_token_public_key_pem=self._gc.tokens.join.public_key_pem,
             heartbeat_interval_ms=self._interval_ms,
             token_audience=self._audience,
+            join_token_keys=self._join_keys(),
         )
+
+    def _join_keys(self) -> list[pb.JoinTokenKey]:
+        # The current key and those retired less than the overlap ago (keys.py).
+        return [
+            pb.JoinTokenKey(
+                kid=key.kid,
+                public_key_pem=key.public_key_pem,
+                not_after=0 if key.not_after is None else int(key.not_after * 1_000_000),
+            )
+            for key in self._gc.tokens.join.verification_keys(self._gc.now())
+        ]
 
     async def Heartbeat(self, request: pb.Heartbeat) -> pb.HeartbeatResponse:
         """NotFound for an unregistered controller (the MC then registers again)."""
@@ -106,7 +118,7 @@ class ControllerRegistry:
         # placement on figures up to CONTROLLER_CACHE_S old is good enough.
         for meeting_id in request.ended_meeting_ids:
             await self._end_reported(controller_id, MeetingId(meeting_id))
-        return pb.HeartbeatResponse()
+        return pb.HeartbeatResponse(join_token_keys=self._join_keys())
 
     async def _end_reported(self, controller_id: ControllerId, meeting_id: MeetingId) -> None:
         # Only the meeting's own controller may end it this way.

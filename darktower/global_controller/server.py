@@ -6,7 +6,7 @@ import json
 import logging
 import pathlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -36,6 +36,7 @@ from darktower.protocol.tokens import (
     AccessTokenIssuer,
     AccessTokenVerifier,
     GcSigningKeys,
+    JoinKey,
     JoinTokenIssuer,
     load_private_key_file,
 )
@@ -85,13 +86,20 @@ def load_signing_keys(settings: Settings) -> GcSigningKeys:
     )
 
 
-def make_tokens(signing: GcSigningKeys, settings: Settings) -> Tokens:
+def make_tokens(
+    signing: GcSigningKeys, settings: Settings, previous_join_keys: Iterable[JoinKey] = ()
+) -> Tokens:
     return Tokens(
         join=JoinTokenIssuer(
-            signing.join_key, audience=settings.token_audience, ttl_s=settings.join_token_ttl_s
+            signing.join_key,
+            audience=settings.token_audience,
+            ttl_s=settings.join_token_ttl_s,
+            previous_keys=previous_join_keys,
         ),
         access=AccessTokenIssuer(signing.access_key),
-        access_verifier=AccessTokenVerifier(signing.access_key.public_key()),
+        access_verifier=AccessTokenVerifier(
+            signing.access_key.public_key(), leeway_s=settings.token_leeway_s
+        ),
     )
 
 
@@ -138,6 +146,10 @@ async def serve(
     Raises ``OSError`` when a port cannot be bound, the store's errors when it cannot open.
     """
     signing = load_signing_keys(settings)
+    # A replaced join key retires the previous one now, with an overlap (keys.py).
+    previous_join_keys = keys.previous_join_keys(
+        settings.data_path, signing.join_key, now=clock(), overlap_s=settings.join_key_overlap_s
+    )
     tls = keys.load_or_create_tls(settings.certfile, settings.keyfile, settings.data_path)
     if tls.generated:
         log.info(
@@ -154,7 +166,7 @@ async def serve(
     ):
         gc = GlobalController(
             store,
-            make_tokens(signing, settings),
+            make_tokens(signing, settings, previous_join_keys),
             controllers if controllers is not None else grpc_mcs,
             public_url=settings.public_url,
             heartbeat_timeout_s=settings.heartbeat_timeout_s,

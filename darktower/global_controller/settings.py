@@ -8,7 +8,7 @@ import attrs
 
 from darktower.config import option
 from darktower.protocol.ratelimit import GC_REQUESTS_PER_MIN
-from darktower.protocol.tokens import JOIN_TOKEN_TTL_S, MC_AUDIENCE
+from darktower.protocol.tokens import DEFAULT_LEEWAY_S, JOIN_TOKEN_TTL_S, MC_AUDIENCE
 
 
 @attrs.frozen
@@ -32,6 +32,13 @@ class Settings:
     token_audience: str = option(MC_AUDIENCE, "audience of the join tokens MCs verify")
     region: str = option("", "region assumed for requests that name none (empty: any)")
     join_token_ttl_s: int = option(JOIN_TOKEN_TTL_S, "lifetime of join tokens, seconds")
+    join_key_overlap_s: float = option(
+        2 * JOIN_TOKEN_TTL_S,
+        "after a join-key rotation, seconds the previous key still verifies (>= join token TTL)",
+    )
+    token_leeway_s: float = option(
+        DEFAULT_LEEWAY_S, "clock skew tolerated when verifying access tokens, seconds"
+    )
     rate_limit_per_min: int = option(
         GC_REQUESTS_PER_MIN, "requests per minute per client id (or address)"
     )

@@ -70,7 +70,7 @@ class MediaHandler(MediaPlane):
         self.settings = settings
         self.metrics = metrics
         self.media_url = media_url
-        self.authority = authority or ConnectionTokenAuthority()
+        self.authority = authority or ConnectionTokenAuthority(leeway_s=settings.token_leeway_s)
         self.telemetry_hub = TelemetryHub(metrics)
         self.reporter = TelemetryReporter(self.telemetry_hub, metrics)
         self.rooms: dict[MeetingId, Room] = {}

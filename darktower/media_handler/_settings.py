@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from darktower.config import option
+from darktower.protocol.tokens import DEFAULT_LEEWAY_S
 
 from ._limits import (
     DEFAULT_BUDGET_IN_BYTES_PER_S,
@@ -57,6 +58,9 @@ class Settings:
         REGISTRATION_TTL_S, "seconds a registration waits for its media connection"
     )
     telemetry_interval_s: float = option(TELEMETRY_INTERVAL_S, "seconds between stream reports")
+    token_leeway_s: float = option(
+        DEFAULT_LEEWAY_S, "clock skew tolerated when verifying connection tokens, seconds"
+    )
     drain_grace_s: float = option(10.0, "on SIGTERM: seconds to end rooms before exit")
     log_level: str = option("info", "log level: debug, info, warning, error")
     log_json: bool = option(True, "log one JSON object per line (else text)")

@@ -1,8 +1,15 @@
-"""Registration with the GC's ControllerRegistry and the heartbeat that follows it."""
+"""Registration with the GC's ControllerRegistry and the heartbeat that follows it.
+
+The MC learns the keys verifying join tokens from the GC: at registration, and again from every
+heartbeat reply, so a rotated GC join key reaches it within one heartbeat interval while the
+previous key keeps verifying until its ``not_after`` (docs/decisions.md, "Join keys rotate
+with an overlap").
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import trio
 
@@ -11,7 +18,13 @@ from darktower.logs import fields
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import registry_pb2 as pb
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryStub
-from darktower.protocol.tokens import JoinTokenVerifier, load_public_key_pem
+from darktower.protocol.tokens import (
+    DEFAULT_LEEWAY_S,
+    MAX_JOIN_KEYS,
+    JoinKey,
+    JoinTokenVerifier,
+    load_public_key_pem,
+)
 from darktower.transport.rpc import call, open_rpc_channel
 
 from ._controller import MeetingController
@@ -32,6 +45,17 @@ DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
 READY_FLOOR_S = 2.0
 
 
+def join_keys_from_pb(keys: Sequence[pb.JoinTokenKey]) -> tuple[JoinKey, ...]:
+    """The GC's published join keys; ``ValueError`` for more than ``MAX_JOIN_KEYS``, a key
+    that is not Ed25519 or a ``kid`` that is not its key's."""
+    if len(keys) > MAX_JOIN_KEYS:
+        raise ValueError(f"the GC sent {len(keys)} join keys (at most {MAX_JOIN_KEYS})")
+    return tuple(
+        JoinKey.from_pem(k.kid, k.public_key_pem, not_after=(k.not_after / 1e6) or None)
+        for k in keys
+    )
+
+
 class Registration:
     """What the MC tells the GC, and whether the GC heard it recently (for /readyz)."""
 
@@ -46,6 +70,7 @@ class Registration:
         max_meetings: int,
         max_participants: int,
         issuer: str,
+        leeway_s: float = DEFAULT_LEEWAY_S,
     ) -> None:
         self.controller = controller
         self.controller_id = controller_id
@@ -55,7 +80,10 @@ class Registration:
         self.max_meetings = max_meetings
         self.max_participants = max_participants
         self.issuer = issuer
+        self.leeway_s = leeway_s
         self.draining = False
+        # What the current verifier was built from, so an unchanged heartbeat reply is cheap.
+        self._keys_seen: tuple[tuple[str, bytes, int], ...] = ()
         self.last_ok = -float("inf")
         self.interval_s = DEFAULT_HEARTBEAT_INTERVAL_S
 
@@ -96,6 +124,30 @@ class Registration:
             ended_meeting_ids=list(ctl.ended),
         )
 
+    def use_keys(self, keys: Sequence[pb.JoinTokenKey], legacy_pem: bytes, audience: str) -> None:
+        """Verify join tokens with the GC's key set from now on (``legacy_pem``: the single
+        key an older GC sends, used when ``keys`` is empty). ``ValueError`` for an unusable
+        set; the verifier in use stays."""
+        seen = tuple((k.kid, k.public_key_pem, k.not_after) for k in keys)
+        if seen and seen == self._keys_seen and self.controller.verifier is not None:
+            return
+        verifier = JoinTokenVerifier(
+            # The single key only when the GC sends no set: it is the set's current key
+            # anyway, and it must not outlive its retirement.
+            load_public_key_pem(legacy_pem) if legacy_pem and not keys else None,
+            keys=join_keys_from_pb(keys),
+            issuer=self.issuer,
+            audience=audience,
+            leeway_s=self.leeway_s,
+        )
+        if self._keys_seen and seen != self._keys_seen:
+            logger.info(
+                "join-token keys changed",
+                extra=fields(kids=",".join(k.kid for k in verifier.keys)),
+            )
+        self.controller.verifier = verifier
+        self._keys_seen = seen
+
     async def run(self, gc_address: str) -> None:
         """Register, take the join-token key, heartbeat; re-register after failures.
 
@@ -118,11 +170,8 @@ class Registration:
                         ),
                         deadline_s=GC_CALL_DEADLINE_S,
                     )
-                    key = load_public_key_pem(reply.join_token_public_key_pem)
                     audience = reply.token_audience or self.controller.token_audience
-                    self.controller.verifier = JoinTokenVerifier(
-                        key, issuer=self.issuer, audience=audience
-                    )
+                    self.use_keys(reply.join_token_keys, reply.join_token_public_key_pem, audience)
                     self.interval_s = (reply.heartbeat_interval_ms / 1000) or self.interval_s
                     self.last_ok = trio.current_time()
                     backoff = REGISTER_BACKOFF_S
@@ -130,8 +179,12 @@ class Registration:
                     while True:
                         await trio.sleep(self.interval_s)
                         beat = self.heartbeat()
-                        await call(stub.Heartbeat, beat, deadline_s=GC_CALL_DEADLINE_S)
+                        answer = await call(stub.Heartbeat, beat, deadline_s=GC_CALL_DEADLINE_S)
                         self.last_ok = trio.current_time()
+                        if answer.join_token_keys:  # an older GC sends none: keep ours
+                            self.use_keys(
+                                answer.join_token_keys, reply.join_token_public_key_pem, audience
+                            )
                         # Reported ends are dropped only once the GC has them.
                         reported = set(beat.ended_meeting_ids)
                         ended = self.controller.ended

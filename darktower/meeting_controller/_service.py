@@ -93,7 +93,10 @@ async def serve(
     if settings.join_public_key_file:
         key = load_public_key_pem(await trio.Path(settings.join_public_key_file).read_bytes())
         verifier = JoinTokenVerifier(
-            key, issuer=settings.token_issuer, audience=settings.token_audience
+            key,
+            issuer=settings.token_issuer,
+            audience=settings.token_audience,
+            leeway_s=settings.token_leeway_s,
         )
     async with open_rpc_loop(), trio.open_nursery() as nursery:
         tree = TaskTree(registry=registry)
@@ -159,6 +162,7 @@ async def serve(
             max_meetings=settings.max_meetings,
             max_participants=settings.max_participants,
             issuer=settings.token_issuer,
+            leeway_s=settings.token_leeway_s,
         )
 
         def ready() -> bool:

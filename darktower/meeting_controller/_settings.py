@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from darktower.config import option
-from darktower.protocol.tokens import DEFAULT_ISSUER, MC_AUDIENCE
+from darktower.protocol.tokens import DEFAULT_ISSUER, DEFAULT_LEEWAY_S, MC_AUDIENCE
 
 from ._limits import (
     HANDSHAKE_TIMEOUT_S,
@@ -39,6 +39,9 @@ class Settings:
     token_issuer: str = option(DEFAULT_ISSUER, "expected issuer of join tokens")
     token_audience: str = option(
         MC_AUDIENCE, "expected audience of join tokens (the GC may override)"
+    )
+    token_leeway_s: float = option(
+        DEFAULT_LEEWAY_S, "clock skew tolerated when verifying join tokens, seconds"
     )
     media_handler: str = option(
         "", "HOST:PORT of a static Media Handler's gRPC (besides registered ones)"

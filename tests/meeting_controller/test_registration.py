@@ -8,9 +8,11 @@ import pathlib
 import time
 
 import httpx
+import pytest
 import trio
 
 from darktower.client._signaling import open_signaling
+from darktower.errors import Unauthorized
 from darktower.meeting_controller import Running, Settings, serve
 from darktower.model import MeetingId, Role
 from darktower.protocol.pb.v1 import common_pb2
@@ -19,7 +21,7 @@ from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
 from darktower.protocol.pb.v1.media_control_grpc import MediaControlBase
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryBase
-from darktower.protocol.tokens import JoinTokenIssuer, generate_signing_key
+from darktower.protocol.tokens import JoinKey, JoinTokenIssuer, generate_signing_key
 from darktower.transport.rpc import call, open_rpc_channel, open_rpc_loop, rpc_service, serve_rpc
 
 from ._harness import WAIT_S, FakeMediaControl
@@ -28,6 +30,8 @@ from ._harness import WAIT_S, FakeMediaControl
 class FakeRegistry:
     def __init__(self, issuer: JoinTokenIssuer) -> None:
         self.issuer = issuer
+        # The join keys published (none: as an older GC, only join_token_public_key_pem).
+        self.keys: list[reg_pb.JoinTokenKey] = []
         self.registrations: list[reg_pb.RegisterMeetingController] = []
         self.heartbeats: list[reg_pb.Heartbeat] = []
         self.changed = trio.Event()
@@ -42,13 +46,14 @@ class FakeRegistry:
             join_token_public_key_pem=self.issuer.public_key_pem,
             heartbeat_interval_ms=50,
             token_audience="mc-audience-from-gc",
+            join_token_keys=self.keys,
         )
 
     async def Heartbeat(self, request: reg_pb.Heartbeat) -> reg_pb.HeartbeatResponse:
         await trio.lowlevel.checkpoint()
         self.heartbeats.append(request)
         self.changed.set()
-        return reg_pb.HeartbeatResponse()
+        return reg_pb.HeartbeatResponse(join_token_keys=self.keys)
 
     async def wait_for(self, predicate) -> None:  # type: ignore[no-untyped-def]
         with trio.fail_after(WAIT_S):
@@ -168,3 +173,124 @@ def test_health_follows_load_and_drain() -> None:
     assert list(beat.ended_meeting_ids) == ["gone"] and beat.capacity.max_participants == 100
     registration.draining = True
     assert registration.health() == common_pb2.UNHEALTHY
+
+
+def _published(key: JoinKey) -> reg_pb.JoinTokenKey:
+    not_after = 0 if key.not_after is None else int(key.not_after * 1_000_000)
+    return reg_pb.JoinTokenKey(kid=key.kid, public_key_pem=key.public_key_pem, not_after=not_after)
+
+
+async def test_join_keys_rotate_with_an_overlap_learned_from_heartbeats(
+    tmp_path: pathlib.Path,
+) -> None:
+    old_key, new_key = generate_signing_key(), generate_signing_key()
+    audience = "mc-audience-from-gc"
+    old, new = (
+        JoinTokenIssuer(old_key, audience=audience),
+        JoinTokenIssuer(new_key, audience=audience),
+    )
+    gc = FakeRegistry(old)
+    gc.keys = [_published(JoinKey.of(old_key))]
+    async with open_rpc_loop(), trio.open_nursery() as nursery:
+        gc_port = await nursery.start(
+            serve_rpc, [rpc_service(ControllerRegistryBase, gc)], "127.0.0.1", 0
+        )
+        mh_port = await nursery.start(
+            serve_rpc, [rpc_service(MediaControlBase, FakeMediaControl())], "127.0.0.1", 0
+        )
+        settings = Settings(
+            port=0,
+            grpc_port=0,
+            ops_port=0,
+            gc_grpc=f"127.0.0.1:{gc_port}",
+            media_handler=f"127.0.0.1:{mh_port}",
+            token_leeway_s=0,
+        )
+        shutdown = trio.Event()
+        running: Running = await nursery.start(
+            functools.partial(serve, settings, shutdown=shutdown)
+        )
+        await gc.wait_for(lambda: bool(gc.registrations))
+        async with open_rpc_channel(*running.grpc_address) as channel:
+            await call(
+                MeetingControlStub(channel).AssignMeeting,
+                mtg_pb.AssignMeeting(meeting_id="m", config=mtg_pb.MeetingConfig()),
+            )
+
+        async def join(issuer: JoinTokenIssuer) -> None:
+            token = issuer.issue(MeetingId("m"), Role.GUEST, time.time())
+            async with open_signaling(
+                running.signal_url,
+                meeting_id="m",
+                join_token=token,
+                server_certificate_hashes=[running.certificate_sha256],
+            ):
+                pass
+
+        async def next_heartbeats() -> None:
+            # Two more beats: the reply to the first one sent after the change has been used.
+            seen = len(gc.heartbeats)
+            await gc.wait_for(lambda: len(gc.heartbeats) >= seen + 2)
+
+        await join(old)
+        with pytest.raises(Unauthorized, match=r"key id '.*' unknown"):
+            await join(new)
+
+        # The GC rotates: the new key is current, the old one verifies for the overlap.
+        gc.keys = [
+            _published(JoinKey.of(new_key)),
+            _published(JoinKey.of(old_key, not_after=time.time() + 600)),
+        ]
+        await next_heartbeats()
+        await join(new)
+        await join(old)
+        assert len(gc.registrations) == 1  # learned from heartbeats, not by registering again
+
+        # The overlap is over: tokens of the old key are refused, saying why.
+        gc.keys = [
+            _published(JoinKey.of(new_key)),
+            _published(JoinKey.of(old_key, not_after=time.time() - 1)),
+        ]
+        await next_heartbeats()
+        with pytest.raises(Unauthorized, match="retired"):
+            await join(old)
+        await join(new)
+        gc.keys = [_published(JoinKey.of(new_key))]
+        await next_heartbeats()
+        with pytest.raises(Unauthorized, match="unknown"):
+            await join(old)
+        shutdown.set()
+        with trio.fail_after(WAIT_S):
+            await running.controller.tree.wait_closed()
+        nursery.cancel_scope.cancel()
+
+
+def test_a_bad_key_set_from_the_gc_keeps_the_keys_in_use() -> None:
+    from darktower.meeting_controller import MediaHandlers, MeetingController, Registration
+    from darktower.nurseries import TaskTree
+
+    ctl = MeetingController(TaskTree(), MediaHandlers(lambda event: None))
+    registration = Registration(
+        ctl,
+        controller_id="c",
+        region="r",
+        endpoint="e",
+        signaling_url="s",
+        max_meetings=10,
+        max_participants=100,
+        issuer="darktower-gc",
+        leeway_s=7,
+    )
+    key = JoinKey.of(generate_signing_key())
+    registration.use_keys([_published(key)], b"", "aud")
+    verifier = ctl.verifier
+    assert verifier is not None and verifier.leeway_s == 7 and verifier.keys == (key,)
+    registration.use_keys([_published(key)], b"", "aud")
+    assert ctl.verifier is verifier  # unchanged keys: nothing rebuilt
+    forged = reg_pb.JoinTokenKey(kid="someone-else", public_key_pem=key.public_key_pem)
+    with pytest.raises(ValueError, match="does not match"):
+        registration.use_keys([forged], b"", "aud")
+    too_many = [_published(JoinKey.of(generate_signing_key())) for _ in range(17)]
+    with pytest.raises(ValueError, match="at most"):
+        registration.use_keys(too_many, b"", "aud")
+    assert ctl.verifier is verifier

@@ -102,25 +102,70 @@ class RegisterMeetingControllerResponse(_message.Message):
     JOIN_TOKEN_PUBLIC_KEY_PEM_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     TOKEN_AUDIENCE_FIELD_NUMBER: _builtins.int
+    JOIN_TOKEN_KEYS_FIELD_NUMBER: _builtins.int
     join_token_public_key_pem: _builtins.bytes
-    """Ed25519 public key (PEM) verifying join tokens"""
+    """The Ed25519 public key (PEM) the GC signs join tokens with now. Kept for MCs that predate
+    join_token_keys; it is always the current key listed there too.
+    """
     heartbeat_interval_ms: _builtins.int
     token_audience: _builtins.str
     """the audience claim join tokens for this MC carry"""
+    @_builtins.property
+    def join_token_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___JoinTokenKey]:
+        """Addition to the contract: every key that verifies join tokens now (the current one, then
+        those retired less than the GC's overlap ago), so rotating the GC's join key breaks no
+        join. An MC replaces its set with this one; empty means "only join_token_public_key_pem".
+        """
+
     def __init__(
         self,
         *,
         join_token_public_key_pem: _builtins.bytes = ...,
         heartbeat_interval_ms: _builtins.int = ...,
         token_audience: _builtins.str = ...,
+        join_token_keys: _abc.Iterable[Global___JoinTokenKey] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "join_token_public_key_pem", b"join_token_public_key_pem", "token_audience", b"token_audience"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "join_token_keys", b"join_token_keys", "join_token_public_key_pem", b"join_token_public_key_pem", "token_audience", b"token_audience"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterMeetingControllerResponse: _TypeAlias = RegisterMeetingControllerResponse  # noqa: Y015
+
+@_typing.final
+class JoinTokenKey(_message.Message):
+    """Addition to the contract: one key verifying join tokens; a token names it in its JWT
+    header's "kid".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    kid: _builtins.str
+    """RFC 7638 thumbprint of the key (base64url SHA-256)"""
+    public_key_pem: _builtins.bytes
+    """Ed25519 SubjectPublicKeyInfo, PEM"""
+    not_after: _builtins.int
+    """Microseconds since the Unix epoch from which tokens signed by this key are refused
+    (retirement + overlap); 0 for the key the GC signs with now.
+    """
+    def __init__(
+        self,
+        *,
+        kid: _builtins.str = ...,
+        public_key_pem: _builtins.bytes = ...,
+        not_after: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kid", b"kid", "not_after", b"not_after", "public_key_pem", b"public_key_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinTokenKey: _TypeAlias = JoinTokenKey  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
@@ -196,12 +241,21 @@ class HeartbeatResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    JOIN_TOKEN_KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def join_token_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___JoinTokenKey]:
+        """Addition to the contract: the GC's join-token keys as at registration, sent with every
+        heartbeat so an MC learns a rotated key within one heartbeat interval. Empty: unchanged.
+        """
+
     def __init__(
         self,
+        *,
+        join_token_keys: _abc.Iterable[Global___JoinTokenKey] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["join_token_keys", b"join_token_keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
