@@ -6,13 +6,21 @@ import asyncio
 import threading
 from typing import Any
 
+import pytest
 import trio
 from aioquic.asyncio import connect
 from aioquic.buffer import encode_uint_var
 from aioquic.h3 import events as h3e
 from aioquic.quic.events import StreamDataReceived
 
-from darktower.transport import Route, TlsCredentials, WebTransportSession, WebTransportStream
+from darktower.transport import (
+    Route,
+    TlsCredentials,
+    TransportLimits,
+    WebTransportSession,
+    WebTransportStream,
+)
+from darktower.transport._config import RETRY_ALWAYS, RETRY_THRESHOLD
 from tests._aioquic_peer import EVENT_TIMEOUT_S, AioquicPeer, peer_configuration
 
 from .conftest import start_server
@@ -53,7 +61,11 @@ async def _aioquic_session(port: int, server_saw_close: threading.Event) -> dict
     return out
 
 
-async def test_aioquic_asyncio_client_against_our_server(dev_cert: TlsCredentials) -> None:
+@pytest.mark.parametrize("retry", ["over threshold", "always"])
+async def test_aioquic_asyncio_client_against_our_server(
+    dev_cert: TlsCredentials, retry: str
+) -> None:
+    limits = TransportLimits(retry_threshold=RETRY_ALWAYS if retry == "always" else RETRY_THRESHOLD)
     closed: list[tuple[int | None, str | None]] = []
     done = trio.Event()
     saw_close = threading.Event()
@@ -81,7 +93,7 @@ async def test_aioquic_asyncio_client_against_our_server(dev_cert: TlsCredential
             saw_close.set()
 
     async with trio.open_nursery() as nursery:
-        _, base = await start_server(nursery, dev_cert, {"/echo": Route(echo)})
+        server, base = await start_server(nursery, dev_cert, {"/echo": Route(echo)}, limits=limits)
         port = int(base.rsplit(":", 1)[1])
         result = await trio.to_thread.run_sync(asyncio.run, _aioquic_session(port, saw_close))
         assert result["stream"] == b"interop hello"
@@ -89,4 +101,5 @@ async def test_aioquic_asyncio_client_against_our_server(dev_cert: TlsCredential
         with trio.fail_after(5):
             await done.wait()
         assert closed == [(9, "later")]
+        assert server.counters["retry_sent"] == (1 if retry == "always" else 0)
         nursery.cancel_scope.cancel()
