@@ -3,9 +3,13 @@
 hypercorn's trio worker serves both, but its QUIC listener (``hypercorn.trio.UDPServer``)
 keeps reading its socket until every QUIC connection is gone, and HTTP/3 clients keep idle
 connections open, so a graceful shutdown waits for the whole graceful timeout; it also never
-closes the UDP socket. We therefore hand hypercorn only the TCP socket and run the QUIC side
-with :class:`_QuicServer`, which on shutdown closes its connections with ``H3_NO_ERROR``,
-waits for them at most :data:`QUIC_CLOSE_GRACE_S`, and closes its socket (docs/decisions.md).
+closes the UDP socket. Neither of its listeners caps connections, and an exception raised while
+handling one connection ends the whole listener. We therefore run hypercorn's per-connection
+protocols (``TCPServer``, ``QuicProtocol``) from listeners of our own: :class:`_TcpServer`
+(``_http_tcp``) and :class:`_QuicServer` (``_http_quic``), which admit connections under the
+bounds of :class:`HttpLimits`, contain each connection's errors, and on shutdown close their
+sockets; QUIC connections are closed with ``H3_NO_ERROR`` and waited for at most
+:data:`QUIC_CLOSE_GRACE_S` (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -13,27 +17,40 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections import Counter
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import trio
-from aioquic.h3.connection import ErrorCode as H3ErrorCode
 from hypercorn.app_wrappers import ASGIWrapper
-from hypercorn.config import Config, Sockets
-from hypercorn.events import RawData
-from hypercorn.protocol.quic import QuicProtocol
-from hypercorn.trio.run import worker_serve
-from hypercorn.trio.task_group import TaskGroup
+from hypercorn.config import Config
+from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
 
-MAX_DATAGRAM = 65_536
-# How long QUIC connections get to say goodbye after shutdown starts; then the socket closes.
-QUIC_CLOSE_GRACE_S = 1.0
-# A woken timer task delivers the events it took out of its connection even if a send restarts
-# it meanwhile; an app that stops reading its request body holds it at most this long.
-TIMER_DELIVERY_BOUND_S = 10.0
+from ._http_limits import HttpLimits
+from ._http_quic import (
+    MAX_DATAGRAM,
+    QUIC_CLOSE_GRACE_S,
+    TIMER_DELIVERY_BOUND_S,
+    _QuicServer,
+    _StreamTable,
+    _TrackingQuicProtocol,
+)
+from ._http_tcp import _TcpServer, apply_limits
+
+__all__ = [
+    "MAX_DATAGRAM",
+    "QUIC_CLOSE_GRACE_S",
+    "TIMER_DELIVERY_BOUND_S",
+    "HttpLimits",
+    "_QuicServer",
+    "_StreamTable",
+    "_TrackingQuicProtocol",
+    "bind_pair",
+    "bind_plain_http",
+    "serve_http",
+]
+
 # Attempts at finding a port free on both TCP and UDP when asked for port 0.
 _PORT_ATTEMPTS = 20
 
@@ -74,140 +91,6 @@ def bind_plain_http(port: int) -> socket.socket:
     return sock
 
 
-class _DiscardStream:
-    async def handle(self, event: Any) -> None:
-        pass
-
-
-_DISCARD = _DiscardStream()
-
-
-class _StreamTable(dict[int, Any]):
-    """hypercorn's ``H3Protocol`` looks its streams up with ``streams[stream_id]``: data that
-    arrives for a stream it has already answered and forgotten (a 413 sent before the whole
-    body came) raised ``KeyError`` and took the whole QUIC listener down. Such data is dropped.
-    """
-
-    def __missing__(self, stream_id: int) -> Any:
-        return _DISCARD
-
-
-def _guard_streams(connection: Any) -> None:
-    h3 = getattr(connection, "h3", None)
-    if h3 is not None and not isinstance(h3.streams, _StreamTable):
-        h3.streams = _StreamTable(h3.streams)
-
-
-def _events_lock(connection: Any) -> trio.StrictFIFOLock:
-    lock: trio.StrictFIFOLock | None = getattr(connection, "_darktower_events_lock", None)
-    if lock is None:
-        lock = connection._darktower_events_lock = trio.StrictFIFOLock()
-    return lock
-
-
-class _TrackingQuicProtocol(QuicProtocol):
-    """hypercorn's QUIC protocol, made safe for concurrent requests on one connection:
-
-    * the read loop and a connection's timer task both take events out of the connection and
-      hand them to the HTTP/3 layer; each does so holding the connection's lock, so one
-      stream's data is delivered in order by one task at a time;
-    * every send restarts (cancels) the timer task, even in the middle of delivering an event
-      it has already taken out of the connection: a request body was then lost and the request
-      timed out (408). Once awake, the timer task finishes its delivery shielded, bounded by
-      :data:`TIMER_DELIVERY_BOUND_S`.
-
-    Also sets ``idle_event`` when the last connection is gone, so shutdown need not poll, and
-    guards each connection's HTTP/3 stream table (:class:`_StreamTable`).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.idle_event = trio.Event()
-
-    async def _handle_timer(self, timer: float, connection: Any) -> None:
-        await self.context.sleep(max(0, timer - self.context.time()))
-        with trio.move_on_after(TIMER_DELIVERY_BOUND_S, shield=True):
-            # The connection may have terminated since the timer was armed (its _close_at is
-            # then None, which aioquic's handle_timer does not expect).
-            if connection.quic._close_at is not None:
-                connection.quic.handle_timer(now=self.context.time())
-            await self._handle_events(connection, None)
-
-    async def _handle_events(self, connection: Any, client: Any = None) -> None:
-        async with _events_lock(connection):
-            _guard_streams(connection)
-            await super()._handle_events(connection, client)
-            _guard_streams(connection)  # the H3 protocol may have been created just now
-        if self.idle:
-            self.idle_event.set()
-        elif self.idle_event.is_set():
-            self.idle_event = trio.Event()
-
-
-class _QuicServer:
-    """hypercorn's UDPServer, with a bounded shutdown that releases its socket."""
-
-    def __init__(
-        self, app: Any, config: Config, context: WorkerContext, sock: socket.socket
-    ) -> None:
-        self._app = app
-        self._config = config
-        self._context = context
-        self._socket = trio.socket.from_stdlib_socket(sock)
-        self._protocol: _TrackingQuicProtocol | None = None
-
-    async def run(self, shutdown: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
-        """Serve until ``shutdown`` is set; then close connections and the socket (bounded)."""
-        addr = self._socket.getsockname()
-        try:
-            async with TaskGroup() as task_group:
-                self._protocol = _TrackingQuicProtocol(
-                    self._app,
-                    self._config,
-                    self._context,
-                    task_group,
-                    ConnectionState({}),
-                    (addr[0], addr[1]),
-                    self._send,
-                )
-                task_status.started()
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._read_loop)
-                    await shutdown.wait()
-                    await self._context.terminated.set()
-                    await self._close_connections()
-                    if not self._protocol.idle:
-                        with trio.move_on_after(QUIC_CLOSE_GRACE_S):
-                            await self._protocol.idle_event.wait()
-                    nursery.cancel_scope.cancel()
-                task_group._nursery.cancel_scope.cancel()  # type: ignore[union-attr]
-        finally:
-            self._socket.close()
-
-    async def _read_loop(self) -> None:
-        assert self._protocol is not None
-        while True:
-            data, address = await self._socket.recvfrom(MAX_DATAGRAM)
-            await self._protocol.handle(RawData(data=data, address=address))
-
-    async def _close_connections(self) -> None:
-        assert self._protocol is not None
-        seen: set[int] = set()
-        for conn in list(self._protocol.connections.values()):
-            if id(conn) in seen:
-                continue
-            seen.add(id(conn))
-            conn.quic.close(error_code=H3ErrorCode.H3_NO_ERROR, reason_phrase="server shutdown")
-            await self._protocol.send_all(conn)
-
-    async def _send(self, event: Any) -> None:
-        if isinstance(event, RawData) and event.address is not None:
-            try:
-                await self._socket.sendto(event.data, event.address)
-            except OSError:
-                pass  # an unreachable peer must not take the listener down
-
-
 async def serve_http(
     app: Any,
     *,
@@ -219,6 +102,8 @@ async def serve_http(
     graceful_timeout_s: float = 5.0,
     plain_http_socket: socket.socket | None = None,
     configure: Callable[[Config], None] | None = None,
+    limits: HttpLimits | None = None,
+    counters: Counter[str] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` over TLS on TCP and HTTP/3 on UDP, both on ``port``; reports the port.
@@ -228,11 +113,18 @@ async def serve_http(
     once (``H3_NO_ERROR``). Cancellation stops everything at once. Both sockets are closed on
     every exit path.
 
+    ``limits`` bounds connections, handshakes and timeouts (:class:`HttpLimits`; defaults
+    when None). What the listeners refuse or close, and why, is counted in ``counters`` (the
+    caller's mapping, read at any time: keys ``quic_*`` and ``tcp_*``, see ``_http_quic`` and
+    ``_http_tcp``). An exception while handling one connection closes that connection only.
+
     ``plain_http_socket`` (development only: see :func:`bind_plain_http`) also serves the app
     over plain HTTP/1.1: a page from ``http://127.0.0.1`` is a secure context for browsers,
     so the browser client works without trusting the self-signed certificate. This function
     takes ownership of it and closes it on exit.
     """
+    limits = limits if limits is not None else HttpLimits()
+    counters = counters if counters is not None else Counter()
     wrapped = ASGIWrapper(app)
     tcp, udp = bind_pair(host, port)
     bound_port: int = tcp.getsockname()[1]
@@ -245,26 +137,47 @@ async def serve_http(
     config.errorlog = logging.getLogger("darktower.http")
     config.include_server_header = False
     config._quic_addresses = [(host, bound_port)]  # advertised in Alt-Svc
+    apply_limits(config, limits)
     if configure is not None:
         configure(config)
-    tcp.listen(config.backlog)
     plain = [plain_http_socket] if plain_http_socket is not None else []
-    for sock in plain:
-        sock.listen(config.backlog)
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(
-                    worker_serve,
-                    wrapped,
-                    config,
-                    sockets=Sockets([tcp], plain, []),
-                    shutdown_trigger=shutdown.wait,
-                )
-            )
-            quic = _QuicServer(wrapped, config, WorkerContext(None), udp)
-            await nursery.start(quic.run, shutdown)
-            task_status.started(bound_port)
+        tcp.listen(config.backlog)
+        for sock in plain:
+            sock.listen(config.backlog)
+        context = WorkerContext(None)
+        lifespan = Lifespan(wrapped, config, {})
+        tcp_server = _TcpServer(wrapped, config, context, limits=limits, counters=counters)
+        quic = _QuicServer(wrapped, config, context, udp, limits=limits, counters=counters)
+        async with trio.open_nursery() as lifespan_nursery:
+            await lifespan_nursery.start(lifespan.handle_lifespan)
+            await lifespan.wait_for_startup()
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as listeners:
+                    await listeners.start(quic.run, shutdown)
+                    with trio.CancelScope() as accepting:
+                        async with trio.open_nursery() as acceptors:
+                            acceptors.start_soon(
+                                tcp_server.serve,
+                                trio.socket.from_stdlib_socket(tcp),
+                                config.create_ssl_context(),
+                                connections,
+                            )
+                            for sock in plain:
+                                acceptors.start_soon(
+                                    tcp_server.serve,
+                                    trio.socket.from_stdlib_socket(sock),
+                                    None,
+                                    connections,
+                                )
+                            task_status.started(bound_port)
+                            await shutdown.wait()
+                            accepting.cancel()
+                # Idle keep-alive connections close now; requests in flight get the grace.
+                await context.terminated.set()
+                connections.cancel_scope.deadline = trio.current_time() + graceful_timeout_s
+            await lifespan.wait_for_shutdown()
+            lifespan_nursery.cancel_scope.cancel()
     finally:
         tcp.close()
         udp.close()

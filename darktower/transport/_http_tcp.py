@@ -1,0 +1,144 @@
+"""The GC's TCP listeners (HTTP/1.1 and HTTP/2 over TLS; plain HTTP for the development page).
+
+hypercorn's ``worker_serve`` accepts every connection with ``trio.serve_listeners`` (no cap,
+and an exception in one connection's handler ends the server), so we accept ourselves and
+hand each admitted connection to hypercorn's ``TCPServer``, which applies the configured read
+and keep-alive timeouts (docs/decisions.md); the bounds are in :mod:`._http_limits`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import ssl
+from collections import Counter
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+
+from ._http_limits import ConnectionAdmission, HttpLimits
+
+logger = logging.getLogger("darktower.http")
+
+# accept() errors that mean "out of resources for now": wait this long and accept again
+# (as trio.serve_listeners does) instead of ending the listener.
+_ACCEPT_BACKOFF_S = 0.1
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+def apply_limits(config: Config, limits: HttpLimits) -> None:
+    """Set hypercorn's own bounds from ``limits``."""
+    config.ssl_handshake_timeout = limits.tls_handshake_timeout_s
+    config.read_timeout = limits.read_timeout_s  # type: ignore[assignment]  # float is fine
+    config.keep_alive_timeout = limits.keep_alive_timeout_s
+    config.h11_max_incomplete_size = limits.h11_max_incomplete_size
+    config.h2_max_header_list_size = limits.h2_max_header_list_size
+    config.h2_max_concurrent_streams = limits.h2_max_concurrent_streams
+
+
+class _TcpConnection(TCPServer):
+    """hypercorn's ``TCPServer``, which ends once reading has ended.
+
+    When reading ends (EOF, a reset or the read timeout) while the connection is idle, hypercorn
+    still waits for its keep-alive timer before closing: a client that sent half a request
+    line was closed after ``keep_alive_timeout`` instead of ``read_timeout``. Nothing more can
+    arrive, so the keep-alive timer is stopped; requests in flight still finish.
+    """
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        await self.idle_task.stop()
+
+
+class _TcpServer:
+    """Accepts on its listeners and runs one hypercorn ``TCPServer`` per admitted connection.
+
+    A connection beyond ``tcp_max_connections`` or ``tcp_max_connections_per_address`` is
+    closed at once; a TLS handshake not done within ``tls_handshake_timeout_s`` closes the
+    connection; an exception while serving one connection closes that connection only. Each
+    is counted in ``counters`` by cause (``tcp_refused_total``, ``tcp_refused_address``,
+    ``tcp_tls_handshake_timeout``, ``tcp_tls_handshake_failed``, ``tcp_error:<Type>``).
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        config: Config,
+        context: WorkerContext,
+        *,
+        limits: HttpLimits,
+        counters: Counter[str],
+    ) -> None:
+        self._app = app
+        self._config = config
+        self._context = context
+        self._limits = limits
+        self._counters = counters
+        self.admission = ConnectionAdmission(
+            "tcp", limits.tcp_max_connections, limits.tcp_max_connections_per_address
+        )
+
+    async def serve(
+        self,
+        sock: trio.socket.SocketType,
+        ssl_context: ssl.SSLContext | None,
+        connections: trio.Nursery,
+    ) -> None:
+        """Accept on ``sock`` until cancelled; connections run in ``connections``, which
+        outlives this loop (the caller drains it). Closes ``sock`` on exit."""
+        with sock:
+            while True:
+                try:
+                    conn, address = await sock.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    logger.error("accept failed", extra={"fields": {"error": repr(exc)}})
+                    await trio.sleep(_ACCEPT_BACKOFF_S)
+                    continue
+                stream = trio.SocketStream(conn)
+                host = str(address[0])
+                handle = object()
+                if not self.admission.admit(handle, host):
+                    self._counters[self.admission.refusal(host) or "tcp_refused_total"] += 1
+                    await trio.aclose_forcefully(stream)
+                    continue
+                connections.start_soon(self._serve_connection, stream, ssl_context, handle)
+
+    async def _serve_connection(
+        self, stream: trio.SocketStream, ssl_context: ssl.SSLContext | None, handle: object
+    ) -> None:
+        served: trio.abc.Stream = stream
+        try:
+            if ssl_context is not None:
+                tls = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
+                served = tls
+                with trio.move_on_after(self._limits.tls_handshake_timeout_s) as handshake:
+                    try:
+                        await tls.do_handshake()
+                    except trio.BrokenResourceError:
+                        self._counters["tcp_tls_handshake_failed"] += 1
+                        return
+                if handshake.cancelled_caught:
+                    self._counters["tcp_tls_handshake_timeout"] += 1
+                    return
+            await _TcpConnection(
+                self._app,
+                self._config,
+                self._context,
+                ConnectionState({}),
+                served,  # type: ignore[arg-type]  # TCPServer serves plain streams too
+            )
+        except Exception as exc:  # one connection's failure never ends the listener
+            self._counters[f"tcp_error:{type(exc).__name__}"] += 1
+            logger.warning(
+                "closing a TCP connection after an error",
+                extra={"fields": {"error": repr(exc)[:200]}},
+            )
+        finally:
+            self.admission.release(handle)
+            await trio.aclose_forcefully(served)

@@ -1,0 +1,336 @@
+"""The GC's HTTP listeners under hostile traffic, over real sockets on 127.0.0.x: QUIC admission
+(caps per peer, in total and on handshakes; stateless Retry under a flood), TCP caps and
+timeouts, and the error boundary of one connection."""
+
+from __future__ import annotations
+
+import ssl
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+import trio
+import trio.lowlevel
+from quart_trio import QuartTrio
+
+from darktower.transport import generate_dev_certificate, open_http3_client
+from darktower.transport.http_server import HttpLimits, serve_http
+from tests.transport_http._quic_peer import (
+    WAIT_S,
+    Http3Peer,
+    initial_datagram,
+    server_connections,
+    udp_socket,
+)
+
+
+@pytest.fixture(scope="module")
+def cert_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    certfile, keyfile = generate_dev_certificate().write(tmp_path_factory.mktemp("tls"))
+    return str(certfile), str(keyfile)
+
+
+def _app() -> QuartTrio:
+    app = QuartTrio(__name__)
+
+    @app.get("/healthz")
+    async def healthz() -> str:
+        return "ok"
+
+    @app.post("/echo")
+    async def echo() -> str:
+        from quart import request
+
+        return str(len(await request.get_data()))
+
+    return app
+
+
+@asynccontextmanager
+async def serving(
+    cert_files: tuple[str, str], limits: HttpLimits, counters: Counter[str]
+) -> AsyncIterator[int]:
+    certfile, keyfile = cert_files
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        port: int = await nursery.start(
+            lambda task_status: serve_http(
+                _app(),
+                host="127.0.0.1",
+                port=0,
+                certfile=certfile,
+                keyfile=keyfile,
+                shutdown=shutdown,
+                graceful_timeout_s=2,
+                limits=limits,
+                counters=counters,
+                task_status=task_status,
+            )
+        )
+        try:
+            yield port
+        finally:
+            shutdown.set()
+
+
+async def _h3_get(port: int, path: str = "/healthz") -> int:
+    with trio.fail_after(WAIT_S):
+        async with open_http3_client(f"https://127.0.0.1:{port}", verify=False) as h3:
+            return (await h3.request("GET", path)).status
+
+
+def _long_header(version: bytes, source_cid: bytes = b"s" * 8) -> bytes:
+    return bytes([0xC0]) + version + b"\x08" + b"d" * 8 + b"\x08" + source_cid
+
+
+# A datagram the server answers with Version Negotiation (to this source cid), creating nothing.
+PROBE_CID = b"probe-id"
+VN_PROBE = _long_header(b"\x0a\x0a\x0a\x0a", PROBE_CID).ljust(1200, b"\0")
+
+
+def _answers_probe(data: bytes) -> bool:
+    # Version Negotiation (version 0) sent to the probe's source connection id.
+    return data[0] & 0x80 != 0 and data[1:5] == b"\0\0\0\0" and data[6:14] == PROBE_CID
+
+
+async def _answers(sock: trio.socket.SocketType, port: int) -> list[bytes]:
+    """What the server sent to ``sock`` for everything sent before: the server handles one
+    socket's datagrams in order, so once the answer to a probe sent last arrives, the answers
+    to all earlier datagrams have arrived before it."""
+    await sock.sendto(VN_PROBE, ("127.0.0.1", port))
+    received = []
+    with trio.fail_after(WAIT_S):
+        while not received or not _answers_probe(received[-1]):
+            received.append(await sock.recv(65_536))
+    return received[:-1]
+
+
+async def _flood(port: int, hosts: list[str], per_host: int) -> list[set[bytes]]:
+    """Real Initials from each of ``hosts``, never answered; the server connections that
+    answered each host."""
+    socks = [trio.socket.from_stdlib_socket(udp_socket(host)) for host in hosts]
+    try:
+        for _ in range(per_host):
+            for sock in socks:
+                await sock.sendto(initial_datagram(port), ("127.0.0.1", port))
+                await trio.lowlevel.checkpoint()  # let the server read as we go
+        return [server_connections(await _answers(sock, port))[0] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+# --- QUIC ------------------------------------------------------------------------------------
+
+
+async def test_an_initial_flood_from_several_addresses_leaves_a_client_able_to_get(
+    cert_files: tuple[str, str],
+) -> None:
+    """Spoofed-looking Initials from 127.0.0.2-5 (never answered) beyond the Retry threshold
+    get a stateless Retry and create nothing; a real client answers its Retry and gets in."""
+    counters: Counter[str] = Counter()
+    limits = HttpLimits(quic_retry_threshold=8, quic_max_handshakes=32)
+    async with serving(cert_files, limits, counters) as port:
+        answered = await _flood(port, [f"127.0.0.{i}" for i in range(2, 6)], per_host=30)
+        assert sum(len(cids) for cids in answered) <= 8  # before: one connection per Initial
+        assert counters["quic_retry"] == 4 * 30 - 8
+        assert await _h3_get(port) == 200
+
+
+async def test_quic_connections_are_capped_per_address_and_in_total(
+    cert_files: tuple[str, str],
+) -> None:
+    counters: Counter[str] = Counter()
+    limits = HttpLimits(
+        quic_max_connections=12,
+        quic_max_connections_per_address=5,
+        quic_retry_threshold=1000,
+        quic_max_handshakes=1000,
+    )
+    async with serving(cert_files, limits, counters) as port:
+        # 127.0.0.2 at its cap does not keep 127.0.0.1 out.
+        (first,) = await _flood(port, ["127.0.0.2"], per_host=10)
+        assert len(first) == 5
+        peer = Http3Peer("127.0.0.1", port)
+        try:
+            assert await peer.connect()
+            assert await peer.get("/healthz") == 200
+            (second,) = await _flood(port, ["127.0.0.3"], per_host=10)
+            (third,) = await _flood(port, ["127.0.0.4"], per_host=10)
+            assert (len(second), len(third)) == (5, 1)  # 5 + 1 (peer) + 5 + 1 = 12
+            assert counters["quic_refused_address"] == 10
+            assert counters["quic_refused_total"] == 9
+            assert await peer.get("/healthz") == 200  # admitted connections are unaffected
+        finally:
+            peer.close()
+
+
+async def test_quic_handshakes_in_progress_are_capped(cert_files: tuple[str, str]) -> None:
+    counters: Counter[str] = Counter()
+    limits = HttpLimits(quic_max_handshakes=6, quic_retry_threshold=1000)
+    async with serving(cert_files, limits, counters) as port:
+        (answered,) = await _flood(port, ["127.0.0.2"], per_host=10)
+        assert len(answered) == 6
+        assert counters["quic_refused_handshakes"] == 4
+
+
+async def test_retry_always(cert_files: tuple[str, str]) -> None:
+    counters: Counter[str] = Counter()
+    async with serving(cert_files, HttpLimits(quic_retry_threshold=0), counters) as port:
+        (answered,) = await _flood(port, ["127.0.0.2"], per_host=3)
+        assert answered == set()
+        assert counters["quic_retry"] == 3
+
+
+async def test_version_negotiation_only_for_full_size_datagrams(
+    cert_files: tuple[str, str],
+) -> None:
+    async with serving(cert_files, HttpLimits(), Counter()) as port:
+        sock = trio.socket.from_stdlib_socket(udp_socket("127.0.0.2"))
+        with sock:
+            # An unknown version in 100 bytes, and a Version Negotiation packet (version 0,
+            # never answered: two servers would answer each other forever).
+            short = _long_header(b"\x0a\x0a\x0a\x0a").ljust(100, b"\0")
+            await sock.sendto(short, ("127.0.0.1", port))
+            await sock.sendto(_long_header(b"\0\0\0\0").ljust(1200, b"\0"), ("127.0.0.1", port))
+            assert await _answers(sock, port) == []
+
+
+async def test_an_error_in_one_connections_events_closes_only_that_connection(
+    cert_files: tuple[str, str],
+) -> None:
+    """hypercorn reads ``:path`` of every request it accepts: a CONNECT without ``:protocol``
+    (valid HTTP/3, no ``:path``) raised UnboundLocalError on the read loop and ended the QUIC
+    listener. Now it closes that connection with H3_GENERAL_PROTOCOL_ERROR."""
+    counters: Counter[str] = Counter()
+    async with serving(cert_files, HttpLimits(), counters) as port:
+        bystander = Http3Peer("127.0.0.1", port)
+        attacker = Http3Peer("127.0.0.2", port)
+        try:
+            assert await bystander.connect()
+            assert await attacker.connect()
+            connect = [(b":method", b"CONNECT"), (b":authority", f"127.0.0.1:{port}".encode())]
+            assert await attacker.request(connect) is None
+            assert attacker.terminated is not None
+            assert attacker.terminated.error_code == 0x101  # H3_GENERAL_PROTOCOL_ERROR
+            assert counters["quic_error:UnboundLocalError"] == 1
+            assert await bystander.get("/healthz") == 200
+            assert await _h3_get(port) == 200
+        finally:
+            bystander.close()
+            attacker.close()
+
+
+# --- TCP -------------------------------------------------------------------------------------
+
+
+def _client_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def _tcp(port: int, host: str = "127.0.0.1") -> trio.SocketStream:
+    sock = trio.socket.socket()
+    await sock.bind((host, 0))
+    await sock.connect(("127.0.0.1", port))
+    return trio.SocketStream(sock)
+
+
+async def _tls(port: int, host: str = "127.0.0.1") -> trio.SSLStream[trio.SocketStream]:
+    stream = trio.SSLStream(
+        await _tcp(port, host), _client_tls(), server_hostname="x", https_compatible=True
+    )
+    with trio.fail_after(WAIT_S):
+        await stream.do_handshake()
+    return stream
+
+
+async def _until_closed(stream: trio.abc.ReceiveStream) -> None:
+    """Read until the server closes the connection (EOF or reset)."""
+    try:
+        while await stream.receive_some():
+            pass
+    except trio.BrokenResourceError:
+        pass
+
+
+def _h1_get(port: int) -> int:
+    with httpx.Client(verify=False) as client:
+        return client.get(f"https://127.0.0.1:{port}/healthz").status_code
+
+
+def test_default_tcp_timeouts() -> None:
+    limits = HttpLimits()
+    assert limits.tls_handshake_timeout_s <= 5  # hypercorn's default: 60 s
+    assert limits.read_timeout_s is not None
+
+
+async def test_a_tcp_client_that_never_finishes_its_tls_handshake_is_closed(
+    cert_files: tuple[str, str],
+) -> None:
+    counters: Counter[str] = Counter()
+    async with serving(cert_files, HttpLimits(tls_handshake_timeout_s=0.3), counters) as port:
+        silent = await _tcp(port)
+        partial_hello = await _tcp(port)
+        await partial_hello.send_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        with trio.fail_after(WAIT_S):
+            await _until_closed(silent)
+            await _until_closed(partial_hello)
+        assert counters["tcp_tls_handshake_timeout"] == 2
+        assert await trio.to_thread.run_sync(_h1_get, port) == 200
+
+
+@pytest.mark.parametrize(
+    "half",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n",  # headers never end
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc",  # body never ends
+    ],
+)
+async def test_a_tcp_client_that_sends_half_a_request_is_closed_after_the_read_timeout(
+    cert_files: tuple[str, str], half: bytes
+) -> None:
+    # keep_alive_timeout (5 s) is longer than the wait: only the read timeout can close it.
+    limits = HttpLimits(read_timeout_s=0.3)
+    async with serving(cert_files, limits, Counter()) as port:
+        stream = await _tls(port)
+        await stream.send_all(half)
+        with trio.fail_after(3):
+            await _until_closed(stream)
+        assert await trio.to_thread.run_sync(_h1_get, port) == 200
+
+
+async def test_idle_tcp_connections_from_one_address_do_not_keep_another_out(
+    cert_files: tuple[str, str],
+) -> None:
+    counters: Counter[str] = Counter()
+    limits = HttpLimits(tcp_max_connections=8, tcp_max_connections_per_address=5)
+    async with serving(cert_files, limits, counters) as port:
+        admitted, refused = [], 0
+        for _ in range(10):
+            try:
+                admitted.append(await _tls(port, "127.0.0.2"))
+            except trio.BrokenResourceError:
+                refused += 1
+        assert (len(admitted), refused) == (5, 5)
+        assert counters["tcp_refused_address"] == 5
+        # 127.0.0.1 still gets in (3 places left in total), over TLS and HTTP/3.
+        assert await trio.to_thread.run_sync(_h1_get, port) == 200
+        assert await _h3_get(port) == 200
+        for stream in admitted:
+            await stream.aclose()
+
+
+async def test_a_plain_tcp_request_still_works_with_caps(cert_files: tuple[str, str]) -> None:
+    async with serving(cert_files, HttpLimits(), Counter()) as port:
+        stream = await _tls(port)
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        with trio.fail_after(WAIT_S):
+            while chunk := await stream.receive_some():
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200")
