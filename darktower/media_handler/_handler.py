@@ -97,6 +97,9 @@ class MediaHandler(MediaPlane):
         m.subscriptions.set(
             sum(len(p.subscriptions) for r in self.rooms.values() for p in r.publications.values())
         )
+        m.publish_buffered.set(
+            sum(x.ingress.held for r in self.rooms.values() for x in r.members.values())
+        )
 
     # -- RegisterParticipant -------------------------------------------------------------------
 

@@ -137,6 +137,10 @@ class MediaMetrics:
         )
         self.streams = registry.gauge("darktower_mh_streams", "registered streams (layers)")
         self.subscriptions = registry.gauge("darktower_mh_subscriptions", "live subscriptions")
+        self.publish_buffered = registry.gauge(
+            "darktower_mh_publish_buffered_bytes",
+            "bytes of partial frames the publish streams hold (capped per participant)",
+        )
         # QUIC packets of the participants' connections, counted between telemetry reports:
         # "out" = ours (lost: declared lost by QUIC's loss detection), "in" = the peers'
         # (lost: missing from the packet numbers received).

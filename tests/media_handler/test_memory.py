@@ -116,6 +116,8 @@ async def test_partial_frames_of_one_participant_are_capped_and_others_keep_rece
             assert 0 < attacker.ingress.peak <= cap
             assert attacker.ingress.held <= cap
             assert h.handler.metrics.stream_errors.value("PublishBufferFull") == 2
+            h.handler.refresh_gauges()
+            assert h.handler.metrics.publish_buffered.value() == attacker.ingress.held
             sent.append(await good.send_frame(FrameType.VIDEO_DELTA, b"after"))
             got = await receive_n(s, len(sent))
             assert [bytes(f.raw) for f in got] == sent
