@@ -63,3 +63,19 @@ def test_bad_setting_is_one_line_and_exit_status_2(capsys: Any) -> None:
     err = capsys.readouterr().err
     assert err.startswith("svc: error: ") and "port" in err
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_gc_launcher_runs_the_keys_command(tmp_path: Any, capsys: Any, monkeypatch: Any) -> None:
+    import importlib
+
+    launcher = importlib.import_module("darktower.global")
+    argv = ["python -m darktower.global", "keys", "rotate", "--data-dir", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", argv)
+    try:
+        launcher.main()
+    except SystemExit as exc:
+        assert exc.code == 0
+    else:
+        raise AssertionError("the keys command did not exit")
+    assert "new join key: kid " in capsys.readouterr().out
+    assert (tmp_path / "join-key.pem").stat().st_mode & 0o777 == 0o600
