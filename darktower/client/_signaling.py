@@ -169,8 +169,28 @@ async def _receive_join(
             return message
         data = await stream.receive_some(READ_SIZE)
         if not data:
-            raise SignalingEnded(None, "the server closed the stream before JoinResponse")
+            raise SignalingEnded(None, "the server closed the stream during the join")
         decoder.receive_data(data)
+
+
+async def _receive_batches(
+    stream: WebTransportStream,
+    decoder: MessageDecoder[sig.ServerMessage],
+    response: sig.JoinResponse,
+) -> None:
+    """Append the ParticipantsBatch messages that follow ``response`` to its participants.
+
+    The MC sends ``participant_batches`` of them right after the JoinResponse; anything else
+    in their place is a protocol fault (SignalingEnded)."""
+    for _ in range(response.participant_batches):
+        message = await _receive_join(stream, decoder)
+        if message.WhichOneof("message") != "participants_batch":
+            raise SignalingEnded(
+                None, f"unexpected {message.WhichOneof('message')} inside the participant list"
+            )
+        response.existing_participants.extend(message.participants_batch.participants)
+        if message.participants_batch.final:
+            break
 
 
 @asynccontextmanager
@@ -213,6 +233,8 @@ async def open_signaling(
                 None, f"unexpected {first.WhichOneof('message')} before JoinResponse"
             )
         client.join_response = first.join_response
+        # The rest of the participant list, if it did not fit (docs/protocol.md).
+        await _receive_batches(stream, client._decoder, client.join_response)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._read)
             try:

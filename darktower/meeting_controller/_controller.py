@@ -27,15 +27,18 @@ from darktower.model import LeaveReason, MeetingId, ParticipantId
 from darktower.nurseries import Participant, ScopeClosed, TaskTree
 from darktower.protocol import (
     MessageDecoder,
+    check_bounds,
     encode_message,
 )
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
-from darktower.protocol.tokens import MC_AUDIENCE, JoinTokenVerifier
+from darktower.protocol.tokens import MC_AUDIENCE, JoinClaims, JoinTokenVerifier
 
+from ._batches import join_messages
 from ._limits import (
     DEFAULT_MAX_PARTICIPANTS,
+    EMPTY_MEETING_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
     MAX_MEETINGS,
     MAX_NAME_CHARS,
@@ -46,7 +49,7 @@ from ._limits import (
 from ._metrics import ControllerMetrics
 from ._mh import MediaHandlers
 from ._port import SignalPort
-from ._room import Member, Room
+from ._room import Member, Outgoing, Room
 from ._session import SessionMixin, error_reply
 
 logger = logging.getLogger("darktower.meeting_controller")
@@ -70,6 +73,7 @@ class MeetingController(SessionMixin):
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
         outbound_queue_size: int = OUTBOUND_QUEUE_SIZE,
         token_audience: str = MC_AUDIENCE,
+        empty_meeting_timeout_s: float = EMPTY_MEETING_TIMEOUT_S,
     ) -> None:
         self.tree = tree
         self.mhs = mhs
@@ -80,6 +84,7 @@ class MeetingController(SessionMixin):
         self.handshake_timeout_s = handshake_timeout_s
         self.outbound_queue_size = outbound_queue_size
         self.token_audience = token_audience
+        self.empty_meeting_timeout_s = empty_meeting_timeout_s
         self.metrics = ControllerMetrics(registry if registry is not None else Registry(), self)
 
     # -- GC side -----------------------------------------------------------------------------
@@ -97,16 +102,44 @@ class MeetingController(SessionMixin):
         if len(self.rooms) >= self.max_meetings:
             raise CapacityExceeded(f"this meeting controller is full ({self.max_meetings})")
         limit = config.max_participants or DEFAULT_MAX_PARTICIPANTS
+        created = trio.Event()
         try:
             scope = await self.tree.start_meeting(
                 meeting_id,
+                functools.partial(self._end_when_empty, meeting_id, created),
                 cleanup=functools.partial(self._meeting_closed, meeting_id),
                 max_participants=limit,
             )
         except ScopeClosed:
             raise CapacityExceeded("this meeting controller is draining") from None
         self.rooms[meeting_id] = Room(meeting_id, config, scope)
+        created.set()
         logger.info("meeting assigned", extra=fields(meeting_id=meeting_id))
+
+    async def _end_when_empty(self, meeting_id: MeetingId, created: trio.Event, _: object) -> None:
+        """The meeting's body: return (which ends the meeting, MEETING_ENDED) once it has had
+        nobody in it for ``empty_meeting_timeout_s``, from its assignment or its last leave.
+        A join still being admitted when the time is up is refused (the meeting is ending)."""
+        await created.wait()
+        room = self.rooms.get(meeting_id)
+        if room is None:
+            return
+        empty_since = trio.current_time()
+        while True:
+            changed = room.membership_changed
+            if room.members:
+                await changed.wait()
+                empty_since = trio.current_time()
+                continue
+            with trio.move_on_at(empty_since + self.empty_meeting_timeout_s):
+                await changed.wait()
+                continue
+            break
+        room.end_message = "the meeting stayed empty"
+        logger.info(
+            "empty meeting ended",
+            extra=fields(meeting_id=meeting_id, timeout_s=self.empty_meeting_timeout_s),
+        )
 
     async def _meeting_closed(self, meeting_id: MeetingId, reason: LeaveReason) -> None:
         room = self.rooms.pop(meeting_id, None)
@@ -136,6 +169,8 @@ class MeetingController(SessionMixin):
         if member is None:
             raise NotFound(f"participant {participant_id} is not in meeting {meeting_id}")
         member.end_message = message or "removed from the meeting"
+        # The kick sticks: the same join token is refused for as long as it is valid.
+        self.room(meeting_id).ban_token(member.token_id, member.token_valid_until, time.time())
         member.leave(LeaveReason.KICKED)
 
     # -- MH telemetry ------------------------------------------------------------------------
@@ -196,6 +231,7 @@ class MeetingController(SessionMixin):
             request_id = first.request_id
             if first.WhichOneof("message") != "join":
                 raise InvalidRequest("the first message must be a JoinRequest")
+            check_bounds(first)
             join = first.join
             # Only request_id is needed after admission: the request (join token, public key)
             # would otherwise stay referenced by this frame for the whole session.
@@ -217,6 +253,7 @@ class MeetingController(SessionMixin):
         try:
             participant = await room.scope.start_participant(member.id, body, cleanup=cleanup)
         except BaseException as exc:
+            room.release_token(member.token_id)
             with trio.CancelScope(shield=True):
                 await self._release_media(room, member, LeaveReason.CONNECTION_LOST)
             if isinstance(exc, ScopeClosed):
@@ -256,8 +293,11 @@ class MeetingController(SessionMixin):
 
     async def _admit(
         self, join: sig.JoinRequest
-    ) -> tuple[Room, Member, trio.MemoryReceiveChannel[sig.ServerMessage]]:
-        """Verify the token, then allocate: a participant id and its registration at the MH."""
+    ) -> tuple[Room, Member, trio.MemoryReceiveChannel[Outgoing]]:
+        """Verify the token, then allocate: a participant id and its registration at the MH.
+
+        The token's ``jti`` is claimed for the session (released when it ends, or here on a
+        failure): a second session with the same token, or one kicked, is refused."""
         if self.verifier is None:
             raise InternalError("not ready: no join-token key yet")
         meeting_id = MeetingId(join.meeting_id)
@@ -265,6 +305,17 @@ class MeetingController(SessionMixin):
         room = self.room(meeting_id)
         if len(room.members) >= room.scope.max_participants:
             raise CapacityExceeded(f"meeting {meeting_id} is full")
+        room.claim_token(claims.token_id, time.time())
+        try:
+            return await self._allocate(room, join, claims)
+        except BaseException:
+            room.release_token(claims.token_id)
+            raise
+
+    async def _allocate(
+        self, room: Room, join: sig.JoinRequest, claims: JoinClaims
+    ) -> tuple[Room, Member, trio.MemoryReceiveChannel[Outgoing]]:
+        meeting_id = room.id
         now = trio.current_time()
         if room.mh is None or not room.mh.usable(now):
             link = self.mhs.choose(now)
@@ -284,8 +335,11 @@ class MeetingController(SessionMixin):
                 room.mh.rooms -= 1
                 room.mh = None
             raise InternalError(f"media handler unavailable: {exc}") from exc
-        outbox, recv = trio.open_memory_channel[sig.ServerMessage](self.outbound_queue_size)
-        name = join.participant_name[:MAX_NAME_CHARS] or claims.participant_name or "guest"
+        outbox, recv = trio.open_memory_channel[Outgoing](self.outbound_queue_size)
+        # The name others see is the signed one (a token without a name: its role), never
+        # the JoinRequest's: a client cannot pose as somebody else (docs/protocol.md).
+        name = (claims.participant_name or "")[:MAX_NAME_CHARS] or claims.role.value
+        assert self.verifier is not None
         member = Member(
             id=participant_id,
             name=name,
@@ -296,6 +350,8 @@ class MeetingController(SessionMixin):
             outbox=outbox,
             media_handler_url=reply.media_handler_url,
             connection_token=reply.connection_token,
+            token_id=claims.token_id,
+            token_valid_until=claims.expires_at + self.verifier.leeway_s,
         )
         room.next_key_id += 1
         return room, member, recv
@@ -306,7 +362,7 @@ class MeetingController(SessionMixin):
         member: Member,
         port: SignalPort,
         decoder: MessageDecoder[sig.ClientMessage],
-        recv: trio.MemoryReceiveChannel[sig.ServerMessage],
+        recv: trio.MemoryReceiveChannel[Outgoing],
         request_id: int,
         started: float,
         participant: Participant,
@@ -315,7 +371,6 @@ class MeetingController(SessionMixin):
         # Reply and announce without a checkpoint in between, so no event falls in the gap.
         response = sig.JoinResponse(
             participant_id=member.id,
-            existing_participants=[m.to_pb(e2ee=room.e2ee) for m in room.members.values()],
             media_server=sig.MediaServerInfo(
                 media_handler_url=member.media_handler_url,
                 connection_token=member.connection_token,
@@ -324,10 +379,13 @@ class MeetingController(SessionMixin):
         if room.e2ee:
             response.encryption_keys.public_key = member.public_key
             response.encryption_keys.key_id = member.key_id
+        existing = [m.to_pb(e2ee=room.e2ee) for m in room.members.values()]
         room.members[member.id] = member
-        room.deliver(member, sig.ServerMessage(request_id=request_id, join_response=response))
-        # The outbox holds it until it is written; this frame lives as long as the session.
-        del response
+        room.membership_change()
+        # One outbox slot: the JoinResponse and its batches go out back to back.
+        room.deliver(member, join_messages(request_id, response, existing))
+        # The outbox holds them until written; this frame lives as long as the session.
+        del response, existing
         room.broadcast(
             sig.ServerMessage(
                 participant_joined=sig.ParticipantJoined(participant=member.to_pb(e2ee=room.e2ee))

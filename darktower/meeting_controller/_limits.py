@@ -37,3 +37,6 @@ SESSION_END_GRACE_S = 1.0
 READ_SIZE = 64 * 1024
 # Server keepalive interval (at most a third of the idle timeout, see _service).
 KEEPALIVE_INTERVAL_S = 15.0
+# A meeting with nobody in it (never joined, or everybody left) ends after this long, with
+# MEETING_ENDED ("the meeting stayed empty"); the GC learns it with the next heartbeat.
+EMPTY_MEETING_TIMEOUT_S = 600.0

@@ -29,6 +29,11 @@ class ControllerMetrics:
         self.errors: Counter = registry.counter(
             "darktower_mc_errors_total", "errors sent to clients (and overflows), by code", ["code"]
         )
+        self.dropped: Counter = registry.counter(
+            "darktower_mc_messages_dropped_total",
+            "server messages dropped for one recipient because they cannot be encoded, by type",
+            ["type"],
+        )
         self.join_latency: Histogram = registry.histogram(
             "darktower_mc_join_seconds", "session start to JoinResponse queued"
         )

@@ -7,17 +7,22 @@ write that depends on it, so it needs no lock (trio is cooperative).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import attrs
 import trio
 
+from darktower.errors import Conflict, Forbidden
 from darktower.model import LeaveReason, MeetingId, ParticipantId, Role
 from darktower.nurseries import Meeting, Participant
 from darktower.protocol.pb.v1 import common_pb2, meeting_control_pb2, signaling_pb2
 
 if TYPE_CHECKING:
     from ._mh import MediaLink
+
+# One outbox entry: a message, or messages written back to back with nothing in between (a
+# JoinResponse and its ParticipantsBatch messages), which take one slot of the queue.
+Outgoing: TypeAlias = signaling_pb2.ServerMessage | tuple[signaling_pb2.ServerMessage, ...]
 
 
 @attrs.define(eq=False)
@@ -31,11 +36,14 @@ class Member:
     public_key: bytes
     key_id: str
     # Bounded (settings.outbound_queue_size); full = slow reader, the member is dropped.
-    outbox: trio.MemorySendChannel[signaling_pb2.ServerMessage]
+    outbox: trio.MemorySendChannel[Outgoing]
     # Where its media goes, told in the JoinResponse only (kept as plain strings: a stored
     # protobuf message costs about 0.5 KB per member).
     media_handler_url: str
     connection_token: str
+    # The join token's ``jti`` and until when (wall clock, leeway included) it is valid.
+    token_id: str = ""
+    token_valid_until: float = 0.0
     streams: dict[str, common_pb2.MediaStream] = attrs.field(factory=dict)
     subscriptions: dict[str, signaling_pb2.SubscriptionOptions] = attrs.field(factory=dict)
     handle: Participant | None = None
@@ -76,12 +84,42 @@ class Room:
     next_key_id: int = 1
     end_message: str = ""
     overflows: int = 0
+    # Join-token ids (jti) of live sessions: one session per token (docs/protocol.md).
+    live_tokens: set[str] = attrs.field(factory=set)
+    # jti of kicked participants -> until when it is refused (the token's own validity):
+    # bounded by the tokens that can still be presented, swept at every ban.
+    banned_tokens: dict[str, float] = attrs.field(factory=dict)
+    # Set and replaced whenever a member joins or leaves (the empty-meeting timer waits on it).
+    membership_changed: trio.Event = attrs.field(factory=trio.Event)
 
     @property
     def e2ee(self) -> bool:
         return self.config.enable_e2e_encryption
 
-    def deliver(self, member: Member, message: signaling_pb2.ServerMessage) -> None:
+    def claim_token(self, token_id: str, now: float) -> None:
+        """Reserve ``token_id`` for a session; Forbidden if kicked, Conflict if in use."""
+        until = self.banned_tokens.get(token_id)
+        if until is not None and until > now:
+            raise Forbidden("this join token was removed from the meeting")
+        if token_id in self.live_tokens:
+            raise Conflict("this join token is already in use by a live session")
+        self.live_tokens.add(token_id)
+
+    def release_token(self, token_id: str) -> None:
+        self.live_tokens.discard(token_id)
+
+    def ban_token(self, token_id: str, until: float, now: float) -> None:
+        """Refuse ``token_id`` until ``until`` (the token expires then anyway)."""
+        for expired in [t for t, end in self.banned_tokens.items() if end <= now]:
+            del self.banned_tokens[expired]
+        if until > now:
+            self.banned_tokens[token_id] = until
+
+    def membership_change(self) -> None:
+        self.membership_changed.set()
+        self.membership_changed = trio.Event()
+
+    def deliver(self, member: Member, message: Outgoing) -> None:
         """Queue ``message`` for ``member`` without waiting; a full queue drops the member."""
         try:
             member.outbox.send_nowait(message)

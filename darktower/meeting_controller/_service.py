@@ -111,6 +111,7 @@ async def serve(
             handshake_timeout_s=settings.handshake_timeout_s,
             outbound_queue_size=settings.outbound_queue_size,
             token_audience=settings.token_audience,
+            empty_meeting_timeout_s=settings.empty_meeting_timeout_s,
         )
         await nursery.start(mhs.run)
         if settings.media_handler:

@@ -11,10 +11,16 @@ from typing import TYPE_CHECKING, cast
 
 import trio
 
-from darktower.errors import DarkTowerError, InvalidRequest, RateLimited
+from darktower.errors import DarkTowerError, InternalError, InvalidRequest, RateLimited
 from darktower.logs import fields
 from darktower.model import LeaveReason
-from darktower.protocol import MessageDecoder, encode_message, error_message, leave_reason_to_pb
+from darktower.protocol import (
+    MessageDecoder,
+    check_bounds,
+    encode_message,
+    error_message,
+    leave_reason_to_pb,
+)
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.protocol.ratelimit import MessageRateLimiter, Verdict
@@ -23,7 +29,7 @@ from . import _signaling
 from ._limits import MH_CALL_DEADLINE_S, READ_SIZE, SESSION_END_GRACE_S
 from ._metrics import ControllerMetrics
 from ._port import SignalPort
-from ._room import Member, Room
+from ._room import Member, Outgoing, Room
 
 if TYPE_CHECKING:
     from ._controller import MeetingController
@@ -42,22 +48,40 @@ class SessionMixin:
         self,
         member: Member,
         port: SignalPort,
-        recv: trio.MemoryReceiveChannel[sig.ServerMessage],
+        recv: trio.MemoryReceiveChannel[Outgoing],
     ) -> None:
         try:
             while True:
                 try:
-                    message = await recv.receive()
+                    item = await recv.receive()
                 except trio.EndOfChannel:
                     return
-                data = encode_message(message)
+                data = self._encode(member, item)
                 # Neither stays referenced while the writer waits for the next message (an
                 # idle session would keep its last message, e.g. a whole JoinResponse).
-                del message
-                await port.stream.send_all(data)
+                del item
+                if data:
+                    await port.stream.send_all(data)
                 del data
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             member.leave(port.leave_reason(exc))
+
+    def _encode(self, member: Member, item: Outgoing) -> bytes:
+        """The item's messages framed; one that cannot be encoded (over the 64 KiB limit) is
+        dropped for this recipient, logged and counted, and the session carries on."""
+        messages = item if isinstance(item, tuple) else (item,)
+        out = bytearray()
+        for message in messages:
+            try:
+                out += encode_message(message)
+            except InternalError as exc:
+                kind = message.WhichOneof("message") or "empty"
+                self.metrics.dropped.inc(1, kind)
+                logger.warning(
+                    "server message dropped for one recipient: it cannot be encoded",
+                    extra=fields(participant_id=member.id, type=kind, error=str(exc)),
+                )
+        return bytes(out)
 
     async def _reader(
         self,
@@ -111,6 +135,7 @@ class SessionMixin:
                 raise InvalidRequest(
                     "empty envelope" if kind is None else f"{kind} is not allowed after joining"
                 )
+            check_bounds(message)
             reply = await handler(cast("MeetingController", self), room, member, message)
         except DarkTowerError as exc:
             self.metrics.errors.inc(1, exc.code.name)
@@ -136,6 +161,8 @@ class SessionMixin:
         """Shielded cleanup: tell the others, the MH and the leaving client; close."""
         if room.members.get(member.id) is member:
             del room.members[member.id]
+            room.membership_change()
+        room.release_token(member.token_id)
         for stream_id in member.streams:
             for other in list(room.subscribers_of(stream_id)):
                 del other.subscriptions[stream_id]
@@ -164,9 +191,9 @@ class SessionMixin:
             request_id=member.end_request_id,
             session_ended=sig.SessionEnded(reason=leave_reason_to_pb(reason), message=message),
         )
-        data = encode_message(ended)
+        data = self._encode(member, ended)
         if member.final_error is not None:
-            data = encode_message(member.final_error) + data
+            data = self._encode(member, member.final_error) + data
         with trio.move_on_after(SESSION_END_GRACE_S):
             try:
                 if not member.overflowed:  # a stuck reader would only hold us to the deadline

@@ -8,6 +8,7 @@ from darktower.config import option
 from darktower.protocol.tokens import DEFAULT_ISSUER, DEFAULT_LEEWAY_S, MC_AUDIENCE
 
 from ._limits import (
+    EMPTY_MEETING_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
     MAX_MEETINGS,
     MAX_PARTICIPANTS,
@@ -52,6 +53,10 @@ class Settings:
     idle_timeout_s: float = option(60.0, "QUIC idle timeout: a vanished client leaves after it")
     outbound_queue_size: int = option(
         OUTBOUND_QUEUE_SIZE, "signaling messages queued per participant before it is dropped"
+    )
+    empty_meeting_timeout_s: float = option(
+        EMPTY_MEETING_TIMEOUT_S,
+        "seconds a meeting with nobody in it lives (from its assignment or its last leave)",
     )
     drain_grace_s: float = option(10.0, "on SIGTERM: seconds to end meetings before exit")
     log_level: str = option("info", "log level: debug, info, warning, error")

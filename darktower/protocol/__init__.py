@@ -9,6 +9,8 @@
 * Signaling framing (DESIGN 4): :func:`encode_message` and the incremental
   :class:`MessageDecoder` for varint-length-delimited messages, at most
   :data:`MAX_MESSAGE_SIZE` bytes each.
+* Signaling bounds (docs/protocol.md, "Signaling limits"): :func:`check_bounds` refuses a
+  client message with a field over its maximum (:data:`CLIENT_FIELD_BOUNDS`) naming it.
 * Errors: :data:`ERROR_TABLE` maps each :class:`~darktower.errors.ErrorCode` to its HTTP
   status, JSON name, gRPC status (:class:`GrpcStatus`) and exception class; :func:`error_body`,
   :func:`error_message` and their inverses convert at the boundary.
@@ -19,6 +21,14 @@ Token and rate-limit code lives in ``darktower.protocol.tokens`` and
 """
 
 from darktower.protocol import pb
+from darktower.protocol._bounds import (
+    CLIENT_FIELD_BOUNDS,
+    REASON_BAD_VALUE,
+    REASON_FIELD_TOO_LARGE,
+    Bound,
+    check_bounds,
+    unbounded_fields,
+)
 from darktower.protocol._enums import (
     error_code_from_pb,
     error_code_to_pb,
@@ -63,16 +73,20 @@ from darktower.protocol.pb.v1.common_pb2 import ErrorMessage
 from darktower.protocol.pb.v1.signaling_pb2 import ClientMessage, ServerMessage
 
 __all__ = [
+    "CLIENT_FIELD_BOUNDS",
     "ERROR_TABLE",
     "INTERNAL_ERROR_MESSAGE",
     "MAX_MESSAGE_SIZE",
     "MAX_VARINT_LEN",
     "PEER_CODE_DETAIL",
+    "REASON_BAD_VALUE",
     "REASON_BAD_VARINT",
+    "REASON_FIELD_TOO_LARGE",
     "REASON_TOO_LARGE",
     "REASON_TRUNCATED",
     "REASON_UNDECODABLE",
     "RETRY_AFTER_DETAIL",
+    "Bound",
     "ClientMessage",
     "ErrorMessage",
     "ErrorSpec",
@@ -80,6 +94,7 @@ __all__ = [
     "MessageDecoder",
     "ServerMessage",
     "UnknownError",
+    "check_bounds",
     "code_from_grpc_status",
     "code_from_name",
     "encode_message",
@@ -99,6 +114,7 @@ __all__ = [
     "pb",
     "stream_type_from_pb",
     "stream_type_to_pb",
+    "unbounded_fields",
     "wire_details",
     "wire_error",
 ]

@@ -73,16 +73,27 @@ class MessageDecoder(Generic[M]):
     ``next_message()`` raises :class:`~darktower.errors.InvalidRequest` (``details["reason"]``
     names the fault), and so do ``receive_data`` and ``end_of_stream`` from then on.
 
+    Unknown fields (tags ``message_type`` does not define) are dropped from every message
+    before it is returned unless ``discard_unknown_fields`` is False: whatever a peer sent
+    beyond the schema is never kept or relayed (docs/protocol.md, "Signaling limits").
+
     Buffering: the unfinished message at the tail is at most ``MAX_VARINT_LEN +
     max_message_size`` bytes (an oversize length is refused before its body arrives).
     Completed messages wait until pulled; the caller bounds them by draining after every
     ``receive_data`` before reading more from the stream, as a single reader task does.
     """
 
-    def __init__(self, message_type: type[M], *, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
+    def __init__(
+        self,
+        message_type: type[M],
+        *,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+        discard_unknown_fields: bool = True,
+    ) -> None:
         if max_message_size < 0:
             raise ValueError(f"max_message_size must be ≥ 0, not {max_message_size}")
         self._message_type = message_type
+        self._discard_unknown = discard_unknown_fields
         self._max_message_size = max_message_size
         self._buffer = bytearray()  # the unfinished tail only, see the class docstring
         self._messages: deque[M] = deque()  # completed, not yet pulled
@@ -178,6 +189,8 @@ class MessageDecoder(Generic[M]):
                         REASON_UNDECODABLE,
                     )
                     break
+                if self._discard_unknown:
+                    message.DiscardUnknownFields()
                 self._messages.append(message)
                 offset = body_end
         if self._error is not None:

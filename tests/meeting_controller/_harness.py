@@ -34,6 +34,7 @@ class FakeMediaControl:
         self.registered: list[mh_pb.RegisterParticipant] = []
         self.routes: list[mh_pb.RouteMediaCommand] = []
         self.removed: list[mh_pb.RemoveParticipantRequest] = []
+        self.streams_removed: list[Any] = []
         self._changed = trio.Event()
         self.telemetry_send, self._telemetry_recv = trio.open_memory_channel[mh_pb.TelemetryEvent](
             100
@@ -74,6 +75,12 @@ class FakeMediaControl:
         await trio.lowlevel.checkpoint()
         return mh_pb.RemoveParticipantResponse()
 
+    async def RemoveStream(self, request: Any) -> Any:
+        self.streams_removed.append(request)
+        self._touch()
+        await trio.lowlevel.checkpoint()
+        return mh_pb.RemoveStreamResponse()  # type: ignore[attr-defined,unused-ignore]
+
     async def Telemetry(
         self, request: mh_pb.TelemetryRequest
     ) -> AsyncIterator[mh_pb.TelemetryEvent]:
@@ -103,7 +110,9 @@ class Stack:
         return open_signaling(
             self.running.signal_url,
             meeting_id=meeting_id,
-            join_token=kw.pop("token", None) or self.token(meeting_id, role),
+            # The name others see is the token's (the JoinRequest's is ignored).
+            join_token=kw.pop("token", None)
+            or self.token(meeting_id, role, **({"participant_name": name} if name else {})),
             participant_name=name,
             server_certificate_hashes=[self.running.certificate_sha256],
             **kw,

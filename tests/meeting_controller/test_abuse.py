@@ -11,7 +11,7 @@ from darktower.model import Role
 from darktower.protocol import MessageDecoder, encode_message, encode_varint
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
-from darktower.transport import connect_webtransport
+from darktower.transport import TransportLimits, connect_webtransport
 
 from ._harness import Stack, join_message, next_event, open_stack, read_until_end
 
@@ -22,9 +22,11 @@ async def _raw_join(stack: Stack, session: Any, meeting_id: str) -> Any:
     return stream
 
 
-def _connect(stack: Stack) -> Any:
+def _connect(stack: Stack, limits: TransportLimits | None = None) -> Any:
     return connect_webtransport(
-        stack.running.signal_url, server_certificate_hashes=[stack.running.certificate_sha256]
+        stack.running.signal_url,
+        server_certificate_hashes=[stack.running.certificate_sha256],
+        limits=limits,
     )
 
 
@@ -124,15 +126,29 @@ async def test_rate_limit_then_disconnect(tmp_path: pathlib.Path) -> None:
 async def test_slow_reader_is_dropped_without_slowing_the_meeting(tmp_path: pathlib.Path) -> None:
     async with open_stack(tmp_path, outbound_queue_size=4) as stack:
         await stack.assign("m")
-        async with stack.join("m", Role.HOST) as sender, _connect(stack) as session:
+        # Key shares are at most 1 KiB (docs/protocol.md) and one sender may send 200 in a
+        # burst: three senders fill the MC's send buffer (256 KiB) towards a reader that never
+        # reads (and grants a 2 KiB window), then its 4-message queue.
+        async with (
+            stack.join("m", Role.HOST) as sender,
+            stack.join("m") as second,
+            stack.join("m") as third,
+            _connect(stack, TransportLimits(stream_receive_window=2048)) as session,
+        ):
             await _raw_join(stack, session, "m")  # joins, then never reads again
             joined = await next_event(sender, "participant_joined")
+            while joined.participant_joined.participant.participant_id in (
+                second.participant_id,
+                third.participant_id,
+            ):
+                joined = await next_event(sender, "participant_joined")
             slow = joined.participant_joined.participant.participant_id
-            share = sig.E2EEKeyShare(to_participant_id=slow, ciphertext=b"k" * 60_000)
+            share = sig.E2EEKeyShare(to_participant_id=slow, ciphertext=b"k" * 1024)
             with trio.fail_after(20):
-                for _ in range(40):  # ~2.4 MB: far beyond the flow-control windows + 4 messages
+                for _ in range(100):
                     try:
-                        await sender.request(sig.ClientMessage(key_share=share))
+                        for client in (sender, second, third):
+                            await client.request(sig.ClientMessage(key_share=share))
                     except Exception:
                         break  # the slow one is gone: NOT_FOUND
             left = await next_event(sender, "participant_left")

@@ -90,7 +90,7 @@ async def test_independent_aioquic_peer_joins_and_vanishes(tmp_path: pathlib.Pat
         await stack.assign("m")
         async with stack.join("m", Role.HOST) as host:
             port = stack.running.signal_address[1]
-            token = stack.token("m")
+            token = stack.token("m", participant_name="aio")
             result = await trio.to_thread.run_sync(asyncio.run, _independent_peer(port, "m", token))
             join_response, ack = result["replies"]
             assert join_response.request_id == 1

@@ -115,6 +115,7 @@ class ServerMessage(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     KEY_SHARE_FIELD_NUMBER: _builtins.int
     SESSION_ENDED_FIELD_NUMBER: _builtins.int
+    PARTICIPANTS_BATCH_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     @_builtins.property
     def join_response(self) -> Global___JoinResponse: ...
@@ -140,6 +141,10 @@ class ServerMessage(_message.Message):
     def key_share(self) -> Global___E2EEKeyShare: ...
     @_builtins.property
     def session_ended(self) -> Global___SessionEnded: ...
+    @_builtins.property
+    def participants_batch(self) -> Global___ParticipantsBatch:
+        """Addition to the contract: the rest of a JoinResponse's existing participants."""
+
     def __init__(
         self,
         *,
@@ -156,12 +161,13 @@ class ServerMessage(_message.Message):
         error: _common_pb2.ErrorMessage | None = ...,
         key_share: Global___E2EEKeyShare | None = ...,
         session_ended: Global___SessionEnded | None = ...,
+        participants_batch: Global___ParticipantsBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "pong", b"pong", "quality", b"quality", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participants_batch", b"participants_batch", "pong", b"pong", "quality", b"quality", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "pong", b"pong", "quality", b"quality", "request_id", b"request_id", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participants_batch", b"participants_batch", "pong", b"pong", "quality", b"quality", "request_id", b"request_id", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["join_response", "participant_joined", "participant_left", "stream_published", "stream_unpublished", "ack", "quality", "key_frame_request", "pong", "error", "key_share", "session_ended"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["join_response", "participant_joined", "participant_left", "stream_published", "stream_unpublished", "ack", "quality", "key_frame_request", "pong", "error", "key_share", "session_ended", "participants_batch"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -250,7 +256,13 @@ class JoinResponse(_message.Message):
     EXISTING_PARTICIPANTS_FIELD_NUMBER: _builtins.int
     MEDIA_SERVER_FIELD_NUMBER: _builtins.int
     ENCRYPTION_KEYS_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_BATCHES_FIELD_NUMBER: _builtins.int
     participant_id: _builtins.str
+    participant_batches: _builtins.int
+    """Addition to the contract: how many ParticipantsBatch messages follow this JoinResponse to
+    complete existing_participants (0: the list is complete). A meeting's participant list
+    does not fit in one 64 KiB message (docs/protocol.md, "Signaling limits").
+    """
     @_builtins.property
     def existing_participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Participant]: ...
     @_builtins.property
@@ -264,14 +276,43 @@ class JoinResponse(_message.Message):
         existing_participants: _abc.Iterable[Global___Participant] | None = ...,
         media_server: Global___MediaServerInfo | None = ...,
         encryption_keys: Global___EncryptionKeys | None = ...,
+        participant_batches: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["encryption_keys", b"encryption_keys", "media_server", b"media_server"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encryption_keys", b"encryption_keys", "existing_participants", b"existing_participants", "media_server", b"media_server", "participant_id", b"participant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encryption_keys", b"encryption_keys", "existing_participants", b"existing_participants", "media_server", b"media_server", "participant_batches", b"participant_batches", "participant_id", b"participant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JoinResponse: _TypeAlias = JoinResponse  # noqa: Y015
+
+@_typing.final
+class ParticipantsBatch(_message.Message):
+    """Addition to the contract: more existing participants of the JoinResponse just sent. The
+    batches follow the JoinResponse at once, with its request_id and nothing in between; the
+    last one has final set. A client reports the participant list once it has them all.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
+    final: _builtins.bool
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Participant]: ...
+    def __init__(
+        self,
+        *,
+        participants: _abc.Iterable[Global___Participant] | None = ...,
+        final: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["final", b"final", "participants", b"participants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantsBatch: _TypeAlias = ParticipantsBatch  # noqa: Y015
 
 @_typing.final
 class Participant(_message.Message):
