@@ -6,6 +6,7 @@ import json
 import logging
 import pathlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -40,7 +41,7 @@ from darktower.protocol.tokens import (
     JoinTokenIssuer,
     load_private_key_file,
 )
-from darktower.transport.http_server import bind_plain_http, serve_http
+from darktower.transport.http_server import HttpLimits, bind_plain_http, serve_http
 from darktower.transport.rpc import open_rpc_loop, rpc_service, serve_rpc
 
 log = logging.getLogger("darktower.gc")
@@ -62,6 +63,8 @@ class Running:
     controller: GlobalController = attrs.field(repr=False, eq=False)
     metrics: GcMetrics = attrs.field(repr=False, eq=False)
     page_url: str = ""  # development: http://127.0.0.1:PORT/ (a secure context for browsers)
+    # What the HTTPS/HTTP/3 listeners refused or closed, by cause (see serve_http).
+    listener_counters: Counter[str] = attrs.field(factory=Counter, repr=False, eq=False)
 
 
 def _dev_credentials(settings: Settings) -> dict[str, str] | None:
@@ -116,11 +119,12 @@ async def open_gc_store(settings: Settings, clock: Clock = time.time) -> AsyncIt
 
 
 async def _housekeeping(gc: GlobalController, metrics: GcMetrics, interval_s: float) -> None:
-    # Expire silent controllers and refresh the gauges, forever; a failing database is
+    # Expire silent controllers, end empty meetings and refresh the gauges, forever; a failing database is
     # logged and retried at the next round rather than taking the GC down.
     while True:
         try:
             await sweep_once(gc)
+            await gc.end_empty_meetings()
             await refresh_gauges(
                 metrics, gc.store, now=gc.now(), heartbeat_timeout_s=gc.heartbeat_timeout_s
             )
@@ -172,6 +176,8 @@ async def serve(
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
             default_region=settings.region,
             clock=clock,
+            max_active_meetings_per_client=settings.max_active_meetings_per_client,
+            empty_meeting_timeout_s=settings.empty_meeting_timeout_s,
         )
         app = create_app(
             gc,
@@ -186,6 +192,7 @@ async def serve(
             heartbeat_interval_s=settings.heartbeat_interval_s,
             token_audience=settings.token_audience,
         )
+        listener_counters: Counter[str] = Counter()
         plain = bind_plain_http(settings.dev_http_port) if settings.dev_http_port >= 0 else None
         plain_port = plain.getsockname()[1] if plain is not None else None
         async with trio.open_nursery() as nursery:
@@ -200,6 +207,14 @@ async def serve(
                     shutdown=shutdown,
                     graceful_timeout_s=settings.drain_grace_s,
                     plain_http_socket=plain,
+                    limits=HttpLimits(
+                        quic_max_connections_per_address=settings.http_max_connections_per_address,
+                        quic_retry_threshold=settings.quic_retry_threshold,
+                        tcp_max_connections_per_address=settings.http_max_connections_per_address,
+                        tls_handshake_timeout_s=settings.tls_handshake_timeout_s,
+                        read_timeout_s=settings.http_read_timeout_s,
+                    ),
+                    counters=listener_counters,
                     task_status=task_status,
                 )
                 nursery.cancel_scope.cancel()  # drained: stop gRPC and housekeeping
@@ -234,6 +249,7 @@ async def serve(
                     controller=gc,
                     metrics=metrics,
                     page_url=f"http://127.0.0.1:{plain_port}/" if plain_port is not None else "",
+                    listener_counters=listener_counters,
                 )
             )
             await shutdown.wait()

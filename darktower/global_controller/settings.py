@@ -9,6 +9,12 @@ import attrs
 from darktower.config import option
 from darktower.protocol.ratelimit import GC_REQUESTS_PER_MIN
 from darktower.protocol.tokens import DEFAULT_LEEWAY_S, JOIN_TOKEN_TTL_S, MC_AUDIENCE
+from darktower.transport.http_server import (
+    QUIC_RETRY_THRESHOLD,
+    READ_TIMEOUT_S,
+    TCP_MAX_CONNECTIONS_PER_ADDRESS,
+    TLS_HANDSHAKE_TIMEOUT_S,
+)
 
 
 @attrs.frozen
@@ -52,6 +58,20 @@ class Settings:
         "", "development: JSON {client_id, client_secret} handed to the browser page"
     )
     drain_grace_s: float = option(10.0, "on SIGTERM: seconds to finish requests before exit")
+    http_max_connections_per_address: int = option(
+        TCP_MAX_CONNECTIONS_PER_ADDRESS,
+        "HTTPS listener: connections per address (IPv6: per /64), TCP and QUIC each",
+    )
+    quic_retry_threshold: int = option(
+        QUIC_RETRY_THRESHOLD,
+        "HTTP/3: QUIC handshakes in progress beyond which new clients get a Retry (0: always)",
+    )
+    tls_handshake_timeout_s: float = option(
+        TLS_HANDSHAKE_TIMEOUT_S, "HTTPS over TCP: seconds a client has to finish its TLS handshake"
+    )
+    http_read_timeout_s: float = option(
+        READ_TIMEOUT_S, "HTTPS over TCP: a connection silent this long mid-request is closed"
+    )
     log_level: str = option("info", "log level: debug, info, warning, error")
     log_json: bool = option(True, "log one JSON object per line (else text)")
 

@@ -27,7 +27,14 @@ from hypercorn.config import Config
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.worker_context import WorkerContext
 
-from ._http_limits import HttpLimits
+from ._http_limits import (
+    QUIC_MAX_CONNECTIONS_PER_ADDRESS,
+    QUIC_RETRY_THRESHOLD,
+    READ_TIMEOUT_S,
+    TCP_MAX_CONNECTIONS_PER_ADDRESS,
+    TLS_HANDSHAKE_TIMEOUT_S,
+    HttpLimits,
+)
 from ._http_quic import (
     MAX_DATAGRAM,
     QUIC_CLOSE_GRACE_S,
@@ -41,7 +48,12 @@ from ._http_tcp import _TcpServer, apply_limits
 __all__ = [
     "MAX_DATAGRAM",
     "QUIC_CLOSE_GRACE_S",
+    "QUIC_MAX_CONNECTIONS_PER_ADDRESS",
+    "QUIC_RETRY_THRESHOLD",
+    "READ_TIMEOUT_S",
+    "TCP_MAX_CONNECTIONS_PER_ADDRESS",
     "TIMER_DELIVERY_BOUND_S",
+    "TLS_HANDSHAKE_TIMEOUT_S",
     "HttpLimits",
     "_QuicServer",
     "_StreamTable",
