@@ -81,6 +81,7 @@ export const SCHEMA = {
     [11, "error", "ErrorMessage", "oneof"],
     [12, "keyShare", "E2EEKeyShare", "oneof"],
     [13, "sessionEnded", "SessionEnded", "oneof"],
+    [14, "participantsBatch", "ParticipantsBatch", "oneof"],
   ],
   JoinRequest: [
     [1, "meetingId", "string"],
@@ -100,6 +101,11 @@ export const SCHEMA = {
     [2, "existingParticipants", "Participant", "repeated"],
     [3, "mediaServer", "MediaServerInfo"],
     [4, "encryptionKeys", "EncryptionKeys"],
+    [5, "participantBatches", "uint32"],
+  ],
+  ParticipantsBatch: [
+    [1, "participants", "Participant", "repeated"],
+    [2, "final", "bool"],
   ],
   Participant: [
     [1, "participantId", "string"],

@@ -2,6 +2,10 @@
 // of a WebTransport session carries length-delimited ClientMessage (out) and ServerMessage (in)
 // envelopes. Requests carry a request id and settle on the reply with the same id; everything
 // else is an event for `onEvent(kind, body, envelope)`.
+//
+// A JoinResponse whose participant list did not fit one message says how many ParticipantsBatch
+// messages follow it (docs/protocol.md, "Signaling limits"); the join request settles only once
+// they are in, with the whole list in `joinResponse.existingParticipants`.
 
 import { openWebTransport } from "./media.js";
 import { ErrorCode, encodeDelimited, kindOf, readMessages } from "./proto.js";
@@ -39,6 +43,7 @@ export class Signaling {
     this.onClose = onClose;
     this.nextRequestId = 1;
     this.pending = new Map(); // request id -> {resolve, reject, timer}
+    this.assembling = null; // a JoinResponse waiting for its batches: {waiter, envelope, remaining}
     this.closedInfo = null;
     this.pinger = setInterval(() => this.ping(), PING_INTERVAL_MS);
     this.reading = this.readLoop(stream.readable);
@@ -76,6 +81,10 @@ export class Signaling {
 
   dispatch(envelope) {
     const kind = kindOf(envelope, "ServerMessage");
+    if (this.assembling) {
+      this.assembleJoin(kind, envelope);
+      return;
+    }
     const id = envelope.requestId;
     const waiter = id ? this.pending.get(Number(id)) : undefined;
     if (waiter) {
@@ -84,6 +93,10 @@ export class Signaling {
       if (kind === "error") {
         const e = envelope.error;
         waiter.reject(new SignalingError(e.code, e.message, e.details));
+      } else if (kind === "joinResponse" && envelope.joinResponse.participantBatches > 0) {
+        const remaining = envelope.joinResponse.participantBatches;
+        this.assembling = { waiter, envelope, remaining };
+        return;
       } else {
         waiter.resolve(envelope);
       }
@@ -93,10 +106,32 @@ export class Signaling {
     if (kind !== undefined) this.onEvent(kind, envelope[kind], envelope);
   }
 
+  // The batches follow the JoinResponse with nothing in between; anything else there is a
+  // protocol fault that fails the join.
+  assembleJoin(kind, envelope) {
+    const a = this.assembling;
+    if (kind !== "participantsBatch") {
+      this.assembling = null;
+      a.waiter.reject(new Error(`unexpected ${kind} inside the participant list`));
+      return;
+    }
+    const batch = envelope.participantsBatch;
+    a.envelope.joinResponse.existingParticipants.push(...batch.participants);
+    a.remaining -= 1;
+    if (batch.final || a.remaining === 0) {
+      this.assembling = null;
+      a.waiter.resolve(a.envelope);
+    }
+  }
+
   finish(error, closeInfo) {
     if (this.closedInfo) return;
     clearInterval(this.pinger);
     this.closedInfo = { error, closeInfo };
+    if (this.assembling) {
+      this.assembling.waiter.reject(error ?? new Error("signaling session closed"));
+      this.assembling = null;
+    }
     for (const waiter of this.pending.values()) {
       clearTimeout(waiter.timer);
       waiter.reject(error ?? new Error("signaling session closed"));

@@ -206,16 +206,27 @@ class FakeStack:
                     )
                 )
                 return
+            # The participant list in batches, as the MC sends a long one (docs/protocol.md):
+            # the page must assemble them before it reports the participants.
             await send(
                 sig.ServerMessage(
                     request_id=rid,
                     join_response=sig.JoinResponse(
                         participant_id=PAGE_ID,
-                        existing_participants=[_bot()],
                         media_server=sig.MediaServerInfo(
                             media_handler_url=self.mh_url, connection_token=MEDIA_TOKEN
                         ),
+                        participant_batches=2,
                     ),
+                )
+            )
+            await send(
+                sig.ServerMessage(request_id=rid, participants_batch=sig.ParticipantsBatch())
+            )
+            await send(
+                sig.ServerMessage(
+                    request_id=rid,
+                    participants_batch=sig.ParticipantsBatch(participants=[_bot()], final=True),
                 )
             )
         elif kind == "publish":
