@@ -59,6 +59,7 @@ def run_server(data_dir: str, database: str) -> None:
         data_dir=data_dir,
         database=database,
         rate_limit_per_min=10**9,
+        max_active_meetings_per_client=0,  # one client creates every meeting measured
         heartbeat_interval_s=3600.0,  # no MC heartbeats here: keep the controller placeable
         log_level="warning",
     )

@@ -15,7 +15,7 @@ import trio
 
 from darktower.errors import InvalidRequest, NotFound
 from darktower.global_controller.service import GlobalController, pack_endpoint
-from darktower.global_controller.store import ControllerCapacity, HealthStatus
+from darktower.global_controller.store import ControllerCapacity, EndReason, HealthStatus
 from darktower.logs import fields
 from darktower.model import ControllerId, MeetingId
 from darktower.protocol.pb.v1 import registry_pb2 as pb
@@ -127,7 +127,7 @@ class ControllerRegistry:
         except NotFound:
             return
         if meeting.controller_id == controller_id and meeting.is_active:
-            await self._gc.store.end_meeting(meeting_id)
+            await self._gc.store.end_meeting(meeting_id, EndReason.CONTROLLER)
 
 
 async def sweep_controllers(

@@ -30,6 +30,7 @@ from darktower.errors import (
 from darktower.global_controller import credentials, placement, schemas
 from darktower.global_controller.store import (
     ControllerRecord,
+    EndReason,
     Meeting,
     MeetingStatus,
     NewMeeting,
@@ -140,6 +141,8 @@ class GlobalController:
         heartbeat_timeout_s: float,
         default_region: str = "",
         clock: Clock = time.time,
+        max_active_meetings_per_client: int = 0,
+        empty_meeting_timeout_s: float = 0.0,
     ) -> None:
         self.store = store
         self.tokens = tokens
@@ -148,6 +151,8 @@ class GlobalController:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.default_region = default_region
         self.clock = clock
+        self.max_active_meetings_per_client = max_active_meetings_per_client  # 0: no cap
+        self.empty_meeting_timeout_s = empty_meeting_timeout_s  # 0: never
         self._verified: collections.OrderedDict[str, AccessClaims] = collections.OrderedDict()
         # client id -> GC time it was last read from the store and found present
         self._clients_seen: collections.OrderedDict[str, float] = collections.OrderedDict()
@@ -273,7 +278,9 @@ class GlobalController:
                     owner=owner,
                     settings=request.settings,
                     controller_id=controller.controller_id,
-                )
+                ),
+                # RateLimited past the cap: checked before any controller hears of it.
+                max_active_per_owner=self.max_active_meetings_per_client or None,
             )
             try:
                 await self.controllers.assign_meeting(controller, meeting)
@@ -282,7 +289,7 @@ class GlobalController:
                     "meeting controller did not take a meeting",
                     extra=fields(controller=controller.controller_id, error=exc.message),
                 )
-                await self.store.end_meeting(meeting.meeting_id)
+                await self.store.end_meeting(meeting.meeting_id, EndReason.NOT_PLACED)
                 errors.append(f"{controller.controller_id}: {exc.message}")
                 continue
             break
@@ -320,6 +327,8 @@ class GlobalController:
             "meeting_controller_region": "",
             "meeting_controller_url": "",
         }
+        if meeting.end_reason is not None:
+            info["end_reason"] = meeting.end_reason.value  # our addition: why it ended
         if meeting.controller_id is not None:
             try:
                 controller = await self._controller_of(meeting)
@@ -363,6 +372,8 @@ class GlobalController:
                 details={"status": meeting.status.value},
             )
         controller = await self._controller_of(meeting)
+        if meeting.empty_since is not None:
+            await self.store.touch_meeting(meeting_id)  # someone is on the way in
         role = Role.HOST if caller is not None and caller.client_id == meeting.owner else Role.GUEST
         token = self.tokens.join.issue(
             meeting.meeting_id,
@@ -399,6 +410,35 @@ class GlobalController:
                 extra=fields(meeting=meeting_id, error=exc.message),
             )
         await self.store.end_meeting(meeting_id)
+
+    async def end_empty_meetings(self) -> list[MeetingId]:
+        """End every meeting nobody has been in for ``empty_meeting_timeout_s`` (reason
+        ``empty``: not joined since its creation or its last join token, or reported empty by
+        its controller since), and tell each one's controller. Returns the meetings ended.
+        Safe with several replicas (each meeting is ended by one of them)."""
+        if self.empty_meeting_timeout_s <= 0:
+            return []
+        cutoff = datetime.fromtimestamp(self.now() - self.empty_meeting_timeout_s, UTC)
+        ended = await self.store.end_empty_meetings(cutoff)
+        for meeting in ended:
+            log.info(
+                "meeting ended: nobody in it",
+                extra=fields(
+                    meeting=meeting.meeting_id,
+                    reason=EndReason.EMPTY.value,
+                    empty_s=self.empty_meeting_timeout_s,
+                ),
+            )
+            try:
+                await self.controllers.end_meeting(
+                    await self._controller_of(meeting), meeting.meeting_id
+                )
+            except DarkTowerError as exc:
+                log.warning(
+                    "could not tell the meeting controller to end an empty meeting",
+                    extra=fields(meeting=meeting.meeting_id, error=exc.message),
+                )
+        return [m.meeting_id for m in ended]
 
     async def kick(
         self, meeting_id: MeetingId, participant_id: ParticipantId, caller: AccessClaims

@@ -16,6 +16,13 @@ from darktower.transport.http_server import (
     TLS_HANDSHAKE_TIMEOUT_S,
 )
 
+# Quotas (docs/decisions.md, "GC quotas"). A client is an application, not a person: 100
+# meetings at once is far above a person's use and keeps one leaked credential from filling
+# the controllers (1,000 meetings each).
+MAX_ACTIVE_MEETINGS_PER_CLIENT = 100
+# Nobody joined, or everyone left, this long ago: the meeting ends and its slot is freed.
+EMPTY_MEETING_TIMEOUT_S = 600.0
+
 
 @attrs.frozen
 class Settings:
@@ -51,6 +58,13 @@ class Settings:
     heartbeat_interval_s: float = option(5.0, "heartbeat interval asked of meeting controllers")
     heartbeat_misses: int = option(3, "missed heartbeats after which a controller is unhealthy")
     mc_call_timeout_s: float = option(5.0, "deadline of each gRPC call to a meeting controller")
+    max_active_meetings_per_client: int = option(
+        MAX_ACTIVE_MEETINGS_PER_CLIENT,
+        "meetings one API client may have active at once; more are refused (429); 0: no cap",
+    )
+    empty_meeting_timeout_s: float = option(
+        EMPTY_MEETING_TIMEOUT_S, "a meeting with nobody in it for this long is ended; 0: never"
+    )
     dev_http_port: int = option(
         -1, "development: also serve plain HTTP on 127.0.0.1 at this port (-1 off, 0 any)"
     )

@@ -47,6 +47,7 @@ class StandInMC:
         self.kicked: list[tuple[str, str]] = []
         self.participants: set[str] = {"p-1"}
         self.refuse: DarkTowerError | None = None
+        self.ended_one = trio.Event()  # set at the first EndMeeting
 
     async def AssignMeeting(self, request: mc_pb.AssignMeeting) -> mc_pb.AssignMeetingResponse:
         if self.refuse is not None:
@@ -56,6 +57,7 @@ class StandInMC:
 
     async def EndMeeting(self, request: mc_pb.EndMeetingRequest) -> mc_pb.EndMeetingResponse:
         self.ended.append(request.meeting_id)
+        self.ended_one.set()
         return mc_pb.EndMeetingResponse(participant_count=0)
 
     async def KickParticipant(

@@ -17,6 +17,7 @@ from ._models import (
     ClientRecord,
     ControllerCapacity,
     ControllerRecord,
+    EndReason,
     HealthStatus,
     Meeting,
     NewMeeting,
@@ -78,11 +79,14 @@ class SqlStore(abc.ABC):
             raise
 
     # -- meetings ---------------------------------------------------------------------------
-    async def create_meeting(self, new: NewMeeting) -> Meeting:
+    async def create_meeting(
+        self, new: NewMeeting, *, max_active_per_owner: int | None = None
+    ) -> Meeting:
         return await self._call(
             _queries.create_meeting,
             new,
             self._clock(),
+            max_active_per_owner,
             conflict=f"meeting {new.meeting_id} already exists",
         )
 
@@ -105,11 +109,19 @@ class SqlStore(abc.ABC):
     async def assign_meeting(self, meeting_id: MeetingId, controller_id: ControllerId) -> Meeting:
         return await self._call(_queries.assign_meeting, meeting_id, controller_id)
 
-    async def end_meeting(self, meeting_id: MeetingId) -> Meeting:
-        return await self._call(_queries.end_meeting, meeting_id, self._clock())
+    async def end_meeting(
+        self, meeting_id: MeetingId, reason: EndReason = EndReason.OWNER
+    ) -> Meeting:
+        return await self._call(_queries.end_meeting, meeting_id, self._clock(), reason)
+
+    async def end_empty_meetings(self, empty_before: datetime) -> list[Meeting]:
+        return await self._call(_queries.end_empty_meetings, empty_before, self._clock())
+
+    async def touch_meeting(self, meeting_id: MeetingId) -> None:
+        await self._call(_queries.touch_meeting, meeting_id, self._clock())
 
     async def update_participant_counts(self, counts: Mapping[MeetingId, int]) -> int:
-        return await self._call(_queries.update_participant_counts, dict(counts))
+        return await self._call(_queries.update_participant_counts, dict(counts), self._clock())
 
     # -- controllers ------------------------------------------------------------------------
     async def register_controller(

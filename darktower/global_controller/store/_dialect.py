@@ -28,6 +28,9 @@ class Dialect:
     # Serialises schema migrations between processes, held until the transaction ends.
     # Empty for SQLite, whose transactions begin with BEGIN IMMEDIATE (the write lock).
     migration_lock_sql: str
+    # Serialises the meeting creations of one owner (its argument), held until the transaction
+    # ends, so a count-then-insert never overshoots a cap. Empty for SQLite (write lock).
+    owner_lock_sql: str
 
     def sql(self, text: str) -> str:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
@@ -52,6 +55,9 @@ class Dialect:
 
 # Any fixed 64-bit number, the same in every Dark Tower release ("dtgcmigr").
 MIGRATION_LOCK_KEY = 0x6474_6763_6D69_6772
+# The first half of the two-key advisory lock of an owner's creations ("dtow"); the second is
+# the hash of the owner's id.
+OWNER_LOCK_CLASS = 0x6474_6F77
 
 SQLITE = Dialect(
     name="sqlite",
@@ -59,6 +65,7 @@ SQLITE = Dialect(
     timestamp_type="TEXT",
     text_timestamps=True,
     migration_lock_sql="",
+    owner_lock_sql="",
 )
 POSTGRES = Dialect(
     name="postgresql",
@@ -66,6 +73,7 @@ POSTGRES = Dialect(
     timestamp_type="TIMESTAMPTZ",
     text_timestamps=False,
     migration_lock_sql=f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})",
+    owner_lock_sql=f"SELECT pg_advisory_xact_lock({OWNER_LOCK_CLASS}, hashtext(?))",
 )
 
 Row = tuple[Any, ...]

@@ -83,6 +83,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX meetings_created ON meetings (created_at)",
         ),
     ),
+    Migration(
+        4,
+        "meeting quotas: empty since, end reason",
+        (
+            # NULL while someone is in the meeting (as its controller last reported).
+            "ALTER TABLE meetings ADD COLUMN empty_since {timestamp}",
+            "ALTER TABLE meetings ADD COLUMN end_reason TEXT",
+            "UPDATE meetings SET empty_since = created_at "
+            "WHERE participant_count = 0 AND status <> 'ended'",
+            "CREATE INDEX meetings_owner_status ON meetings (owner_client_id, status)",
+            "CREATE INDEX meetings_empty ON meetings (status, empty_since)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -42,6 +42,15 @@ class MeetingStatus(enum.StrEnum):
     CONTROLLER_LOST = "controller_lost"
 
 
+class EndReason(enum.StrEnum):
+    """Why a meeting ended. Stored by value, so values never change."""
+
+    OWNER = "owner"  # its owner ended it (DELETE /api/v1/meetings/{id})
+    EMPTY = "empty"  # nobody was in it for the GC's empty-meeting timeout
+    CONTROLLER = "controller"  # its controller reported it ended (e.g. its own empty timeout)
+    NOT_PLACED = "not_placed"  # its controller refused it or could not be reached
+
+
 @attrs.frozen
 class MeetingSettings:
     """Contract §1.1 ``settings``."""
@@ -79,6 +88,10 @@ class Meeting:
     participant_count: int  # as last reported by its controller
     created_at: datetime
     ended_at: datetime | None
+    # Since when nobody is in it (from its creation, or its controller's report); None while
+    # someone is. A join token issued restarts it.
+    empty_since: datetime | None = None
+    end_reason: EndReason | None = None  # None until it ends
 
     @property
     def is_active(self) -> bool:

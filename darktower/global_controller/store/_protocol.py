@@ -12,6 +12,7 @@ from ._models import (
     ClientRecord,
     ControllerCapacity,
     ControllerRecord,
+    EndReason,
     HealthStatus,
     Meeting,
     NewMeeting,
@@ -36,8 +37,12 @@ class Store(Protocol):
     """
 
     # -- meetings --------------------------------------------------------------------------
-    async def create_meeting(self, new: NewMeeting) -> Meeting:
-        """Insert an ACTIVE meeting created now; Conflict if its id exists."""
+    async def create_meeting(
+        self, new: NewMeeting, *, max_active_per_owner: int | None = None
+    ) -> Meeting:
+        """Insert an ACTIVE (and empty) meeting created now; Conflict if its id exists.
+        ``RateLimited`` if its owner already has ``max_active_per_owner`` meetings not ended
+        (checked atomically: concurrent creates on any replica never overshoot)."""
         ...
 
     async def get_meeting(self, meeting_id: MeetingId) -> Meeting:
@@ -63,13 +68,26 @@ class Store(Protocol):
         NotFound if the meeting or the controller is missing, Conflict if it has ended."""
         ...
 
-    async def end_meeting(self, meeting_id: MeetingId) -> Meeting:
-        """Mark ENDED now. Idempotent: ending an ended meeting returns it unchanged.
-        NotFound if missing."""
+    async def end_meeting(
+        self, meeting_id: MeetingId, reason: EndReason = EndReason.OWNER
+    ) -> Meeting:
+        """Mark ENDED now, for ``reason``. Idempotent: ending an ended meeting returns it
+        unchanged (the first end's time and reason). NotFound if missing."""
+        ...
+
+    async def end_empty_meetings(self, empty_before: datetime) -> list[Meeting]:
+        """End (reason EMPTY) the ACTIVE meetings empty since before ``empty_before``, at most
+        :data:`MAX_LIST_ROWS` per call; returns those this call ended (each meeting is ended
+        by one call only, whatever the replicas)."""
+        ...
+
+    async def touch_meeting(self, meeting_id: MeetingId) -> None:
+        """A join token was issued: an empty meeting counts as empty from now."""
         ...
 
     async def update_participant_counts(self, counts: Mapping[MeetingId, int]) -> int:
-        """Record participant counts; unknown ids are ignored. Returns rows updated."""
+        """Record participant counts (and emptiness: a count of zero starts it, above zero
+        clears it); unknown ids are ignored. Returns rows updated."""
         ...
 
     # -- controller registry --------------------------------------------------------------

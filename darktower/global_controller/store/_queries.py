@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from darktower.errors import Conflict, NotFound
+from darktower.errors import Conflict, NotFound, RateLimited
 from darktower.model import ClientId, ControllerId, MeetingId
 
 from ._dialect import Row, Tx
@@ -18,6 +18,7 @@ from ._models import (
     ClientRecord,
     ControllerCapacity,
     ControllerRecord,
+    EndReason,
     HealthStatus,
     Meeting,
     MeetingSettings,
@@ -29,7 +30,7 @@ from ._protocol import MAX_LIST_ROWS
 _MEETING_COLS = (
     "meeting_id, display_name, max_participants, enable_e2e_encryption, require_auth, "
     "recording_enabled, owner_client_id, controller_id, status, participant_count, "
-    "created_at, ended_at"
+    "created_at, ended_at, empty_since, end_reason"
 )
 _CONTROLLER_COLS = (
     "controller_id, region, endpoint, max_meetings, current_meetings, max_participants, "
@@ -54,6 +55,8 @@ def _meeting(tx: Tx, row: Row) -> Meeting:
         participant_count=int(row[9]),
         created_at=tx.dialect.ts_out(row[10]),
         ended_at=tx.dialect.ts_out_opt(row[11]),
+        empty_since=tx.dialect.ts_out_opt(row[12]),
+        end_reason=None if row[13] is None else EndReason(row[13]),
     )
 
 
@@ -99,9 +102,35 @@ def get_meeting(tx: Tx, meeting_id: MeetingId) -> Meeting:
     return _meeting(tx, row)
 
 
-def create_meeting(tx: Tx, new: NewMeeting, now: datetime) -> Meeting:
+# A client over its cap of active meetings is told to retry after this long: a meeting has to
+# end first, and a client retrying blindly is kept to one attempt a minute.
+ACTIVE_CAP_RETRY_AFTER_S = 60.0
+
+
+def _check_owner_cap(tx: Tx, owner: ClientId, cap: int) -> None:
+    if tx.dialect.owner_lock_sql:
+        tx.one(tx.dialect.owner_lock_sql, (owner,))
+    row = tx.one(
+        "SELECT COUNT(*) FROM meetings WHERE owner_client_id = ? AND status <> ?",
+        (owner, MeetingStatus.ENDED.value),
+    )
+    active = 0 if row is None else int(row[0])
+    if active >= cap:
+        raise RateLimited(
+            f"client {owner} has {active} active meetings, the most allowed: end one first",
+            retry_after_s=ACTIVE_CAP_RETRY_AFTER_S,
+            details={"active_meetings": str(active), "max_active_meetings": str(cap)},
+        )
+
+
+def create_meeting(
+    tx: Tx, new: NewMeeting, now: datetime, max_active_per_owner: int | None = None
+) -> Meeting:
     if new.controller_id is not None:
         get_controller(tx, new.controller_id)
+    if max_active_per_owner is not None:
+        _check_owner_cap(tx, new.owner, max_active_per_owner)
+    stamp = tx.dialect.ts_in(now)
     row = (
         new.meeting_id,
         new.display_name,
@@ -113,11 +142,14 @@ def create_meeting(tx: Tx, new: NewMeeting, now: datetime) -> Meeting:
         new.controller_id,
         MeetingStatus.ACTIVE.value,
         0,
-        tx.dialect.ts_in(now),
+        stamp,
+        None,
+        stamp,  # empty from the start
         None,
     )
     tx.run(
-        f"INSERT INTO meetings ({_MEETING_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row
+        f"INSERT INTO meetings ({_MEETING_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        row,
     )
     # The row as stored, without reading it back (a query per create saved): both backends
     # keep every column exactly, timestamps to the microsecond.
@@ -168,34 +200,92 @@ def assign_meeting(tx: Tx, meeting_id: MeetingId, controller_id: ControllerId) -
     return get_meeting(tx, meeting_id)
 
 
-def end_meeting(tx: Tx, meeting_id: MeetingId, now: datetime) -> Meeting:
+def end_meeting(tx: Tx, meeting_id: MeetingId, now: datetime, reason: EndReason) -> Meeting:
     get_meeting(tx, meeting_id)
     # The status guard keeps the first ending's time when two replicas end it at once.
     tx.run(
-        "UPDATE meetings SET status = ?, ended_at = ? WHERE meeting_id = ? AND status <> ?",
-        (MeetingStatus.ENDED.value, tx.dialect.ts_in(now), meeting_id, MeetingStatus.ENDED.value),
+        "UPDATE meetings SET status = ?, ended_at = ?, end_reason = ? "
+        "WHERE meeting_id = ? AND status <> ?",
+        (
+            MeetingStatus.ENDED.value,
+            tx.dialect.ts_in(now),
+            reason.value,
+            meeting_id,
+            MeetingStatus.ENDED.value,
+        ),
     )
     return get_meeting(tx, meeting_id)
 
 
-def _set_counts(tx: Tx, counts: Mapping[MeetingId, int], controller_id: ControllerId | None) -> int:
+def end_empty_meetings(tx: Tx, empty_before: datetime, now: datetime) -> list[Meeting]:
+    # Only ACTIVE meetings: a CONTROLLER_LOST one's count is stale. The guards are checked
+    # again by each UPDATE, so with several replicas sweeping each meeting ends once, and a
+    # meeting joined (or reported busy) since the SELECT is left alone.
+    cutoff = tx.dialect.ts_in(empty_before)
+    candidates = tx.all(
+        "SELECT meeting_id FROM meetings WHERE status = ? AND empty_since < ? "
+        "ORDER BY empty_since, meeting_id LIMIT ?",
+        (MeetingStatus.ACTIVE.value, cutoff, MAX_LIST_ROWS),
+    )
+    ended: list[Meeting] = []
+    for (meeting_id,) in candidates:
+        changed = tx.run(
+            "UPDATE meetings SET status = ?, ended_at = ?, end_reason = ? "
+            "WHERE meeting_id = ? AND status = ? AND empty_since < ?",
+            (
+                MeetingStatus.ENDED.value,
+                tx.dialect.ts_in(now),
+                EndReason.EMPTY.value,
+                meeting_id,
+                MeetingStatus.ACTIVE.value,
+                cutoff,
+            ),
+        )
+        if changed:
+            ended.append(get_meeting(tx, MeetingId(meeting_id)))
+    return ended
+
+
+def touch_meeting(tx: Tx, meeting_id: MeetingId, now: datetime) -> None:
+    """Someone is about to join: an empty meeting's emptiness starts again from ``now``."""
+    tx.run(
+        "UPDATE meetings SET empty_since = ? WHERE meeting_id = ? AND empty_since IS NOT NULL",
+        (tx.dialect.ts_in(now), meeting_id),
+    )
+
+
+# Emptiness as reported: cleared by a count above zero, started (kept if already) at zero.
+# Parameters: the count, then now.
+_EMPTY_SINCE = "empty_since = CASE WHEN ? > 0 THEN NULL ELSE COALESCE(empty_since, ?) END"
+
+
+def _set_counts(
+    tx: Tx,
+    counts: Mapping[MeetingId, int],
+    controller_id: ControllerId | None,
+    now: datetime,
+) -> int:
     changed = 0
+    stamp = tx.dialect.ts_in(now)
     for meeting_id, count in sorted(counts.items()):  # sorted: same lock order on every replica
         if count < 0:
             raise ValueError(f"negative participant count {count} for meeting {meeting_id}")
         if controller_id is None:
             changed += tx.run(
-                "UPDATE meetings SET participant_count = ? WHERE meeting_id = ? AND status <> ?",
-                (count, meeting_id, MeetingStatus.ENDED.value),
+                f"UPDATE meetings SET participant_count = ?, {_EMPTY_SINCE} "
+                "WHERE meeting_id = ? AND status <> ?",
+                (count, count, stamp, meeting_id, MeetingStatus.ENDED.value),
             )
         else:
             # Still listed by its controller: a meeting reported lost is alive after all.
             changed += tx.run(
-                "UPDATE meetings SET participant_count = ?, status = ? "
+                f"UPDATE meetings SET participant_count = ?, status = ?, {_EMPTY_SINCE} "
                 "WHERE meeting_id = ? AND controller_id = ? AND status <> ?",
                 (
                     count,
                     MeetingStatus.ACTIVE.value,
+                    count,
+                    stamp,
                     meeting_id,
                     controller_id,
                     MeetingStatus.ENDED.value,
@@ -204,8 +294,8 @@ def _set_counts(tx: Tx, counts: Mapping[MeetingId, int], controller_id: Controll
     return changed
 
 
-def update_participant_counts(tx: Tx, counts: Mapping[MeetingId, int]) -> int:
-    return _set_counts(tx, counts, None)
+def update_participant_counts(tx: Tx, counts: Mapping[MeetingId, int], now: datetime) -> int:
+    return _set_counts(tx, counts, None, now)
 
 
 # -- controllers ----------------------------------------------------------------------------
@@ -282,7 +372,7 @@ def record_heartbeat(
     )
     if changed == 0:
         get_controller(tx, controller_id)  # raises NotFound
-    _set_counts(tx, counts, controller_id)
+    _set_counts(tx, counts, controller_id, now)
     return get_controller(tx, controller_id)
 
 
