@@ -126,12 +126,15 @@ def parse_origins(text: str) -> frozenset[str] | None:
 class ServerConfig:
     """A WebTransport server: where it listens, its certificate, who may connect.
 
-    ``allowed_origins=None`` accepts any origin (and a missing one, as non-browser clients
-    send none); otherwise a CONNECT whose ``origin`` header is not listed gets 403.
+    ``allowed_origins=None`` accepts any origin (and a missing one); otherwise a CONNECT whose
+    ``origin`` header is not listed gets 403, and so does one without an ``origin`` header when
+    ``origin_required`` (browsers always send one; non-browser clients must then send an
+    allowed origin too). Off by default until every client of this code base sends one.
     """
 
     tls: TlsCredentials
     host: str = "127.0.0.1"
     port: int = 0
     allowed_origins: frozenset[str] | None = attrs.field(default=None, converter=_origins)
+    origin_required: bool = False
     limits: TransportLimits = TransportLimits()

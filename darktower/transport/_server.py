@@ -88,8 +88,14 @@ class WebTransportServer:
             session.reject(404)
             return
         allowed = self.config.allowed_origins
-        # Browsers always send an origin; other clients may send none and are not refused.
-        if allowed is not None and session.origin is not None and session.origin not in allowed:
+        # Browsers always send an origin. With ``origin_required`` a CONNECT without one is
+        # refused too (a page's script cannot drop it, but anything else could skip the
+        # check by leaving it out); non-browser clients then send an allowed origin.
+        origin = session.origin
+        if allowed is not None and (
+            origin not in allowed if origin is not None else self.config.origin_required
+        ):
+            self.counters["origin_missing" if origin is None else "origin_refused"] += 1
             session.reject(403)
             return
         session._conn.spawn(self._run_session, route, session)

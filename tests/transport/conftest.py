@@ -29,6 +29,7 @@ async def start_server(
     *,
     limits: TransportLimits | None = None,
     allowed_origins: frozenset[str] | None = None,
+    origin_required: bool = False,
 ) -> tuple[WebTransportServer, str]:
     """Start a server in ``nursery``; return it and its base URL."""
     config = ServerConfig(
@@ -36,6 +37,7 @@ async def start_server(
         host="127.0.0.1",
         port=0,
         allowed_origins=allowed_origins,
+        origin_required=origin_required,
         limits=limits or TransportLimits(),
     )
     server = WebTransportServer(config, routes)

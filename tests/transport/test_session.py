@@ -260,7 +260,9 @@ async def test_oversize_datagram_refused(dev_cert: TlsCredentials) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _refusal(dev_cert: TlsCredentials, url_path: str, **kwargs: Any) -> int:
+async def _refusal(
+    dev_cert: TlsCredentials, url_path: str, *, origin_required: bool = False, **kwargs: Any
+) -> int:
     async def deny(request: ConnectRequest) -> object:
         if request.query.get("token") != "good":
             raise RejectSession(401)
@@ -275,6 +277,7 @@ async def _refusal(dev_cert: TlsCredentials, url_path: str, **kwargs: Any) -> in
             dev_cert,
             {"/s": Route(handler, authorize=deny)},
             allowed_origins=frozenset({"https://good.example"}),
+            origin_required=origin_required,
         )
         try:
             async with connect_webtransport(
@@ -296,8 +299,17 @@ async def test_disallowed_origin_403(dev_cert: TlsCredentials) -> None:
     assert await _refusal(dev_cert, "/s?token=good", origin="https://good.example") == 200
 
 
+async def test_missing_origin_403_when_origins_are_restricted_and_required(
+    dev_cert: TlsCredentials,
+) -> None:
+    assert await _refusal(dev_cert, "/s?token=good", origin_required=True) == 403
+    assert await _refusal(dev_cert, "/s?token=good", origin_required=False) == 200
+    good = "https://good.example"
+    assert await _refusal(dev_cert, "/s?token=good", origin=good, origin_required=True) == 200
+
+
 async def test_authorize_hook_401(dev_cert: TlsCredentials) -> None:
-    assert await _refusal(dev_cert, "/s?token=bad") == 401
+    assert await _refusal(dev_cert, "/s?token=bad", origin="https://good.example") == 401
 
 
 async def test_idle_timeout_closes_session(dev_cert: TlsCredentials) -> None:
