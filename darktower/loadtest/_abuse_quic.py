@@ -377,28 +377,37 @@ def _deliver_misc(rng: random.Random, target: QuicTarget) -> list[tuple[str, Del
 async def abuse_requests(
     targets: Sequence[QuicTarget], rng: random.Random, tally: Tally, *, cases: int, seconds: float
 ) -> None:
-    """Malformed CONNECTs (WebTransport targets) and raw HTTP/3 on every target, one QUIC
-    connection each, ``cases`` in all within ``seconds``."""
-    plan: list[tuple[QuicTarget, str, Deliver]] = []
+    """Malformed CONNECTs and raw HTTP/3 on every target, one QUIC connection each: every
+    kind once, then repeats up to ``cases``, within ``seconds``."""
+    # Every kind once: malformed CONNECTs first, in their list's order (the likeliest to be
+    # fatal lead it) on every target in turn; the rest in a random order; then repeats.
+    connects: list[tuple[QuicTarget, str, Deliver]] = []
+    others: list[tuple[QuicTarget, str, Deliver]] = []
+    per_target = [connect_cases(target) for target in targets]
+    for row in zip(*per_target, strict=True):
+        for target, (kind, headers, end) in zip(targets, row, strict=True):
+            connects.append((target, kind, _deliver_headers(headers, end)))
     for target in targets:
-        if target.path:
-            for kind, headers, end in connect_cases(target):
-                plan.append((target, kind, _deliver_headers(headers, end)))
         for kind, unidirectional, data in raw_cases(rng):
-            plan.append((target, kind, _deliver_raw(unidirectional, data)))
+            others.append((target, kind, _deliver_raw(unidirectional, data)))
         for kind, deliver in _deliver_misc(rng, target):
-            plan.append((target, kind, deliver))
-    # Every kind once (in a random order, the fatal ones among them), then random repeats.
-    rng.shuffle(plan)
+            others.append((target, kind, deliver))
+    rng.shuffle(others)
+    plan = connects + others
     while len(plan) < cases:
-        plan.append(rng.choice(plan[: len(plan)]))
+        plan.append(rng.choice(plan))
     limiter = trio.CapacityLimiter(CONCURRENCY)
 
-    async def one(target: QuicTarget, kind: str, deliver: Deliver) -> None:
-        async with limiter:
+    async def one(target: QuicTarget, kind: str, deliver: Deliver, token: object) -> None:
+        try:
             await _run_case(target, kind, deliver, tally)
+        finally:
+            limiter.release_on_behalf_of(token)
 
     with trio.move_on_after(seconds):
         async with trio.open_nursery() as nursery:
-            for target, kind, deliver in plan[:cases]:
-                nursery.start_soon(one, target, kind, deliver)
+            for target, kind, deliver in plan[: max(cases, len(connects) + len(others))]:
+                # Taken here, in plan order (trio starts tasks in no promised order).
+                token = object()
+                await limiter.acquire_on_behalf_of(token)
+                nursery.start_soon(one, target, kind, deliver, token)

@@ -531,8 +531,8 @@ async def abuse_signaling(
         plan.append(rng.choice(plan))
     limiter = trio.CapacityLimiter(CONCURRENCY)
 
-    async def one(kind: str, case: Case) -> None:
-        async with limiter:
+    async def one(kind: str, case: Case, token: object) -> None:
+        try:
             try:
                 with trio.fail_after(CASE_S):
                     outcome = await case(meeting, rng)
@@ -543,8 +543,12 @@ async def abuse_signaling(
                     return
                 outcome = f"raised {type(exc).__name__}"  # the service refused: a reaction
             tally.record(kind, f"{kind}: {outcome}")
+        finally:
+            limiter.release_on_behalf_of(token)
 
     with trio.move_on_after(seconds):
         async with trio.open_nursery() as nursery:
-            for kind, case in plan[:cases]:
-                nursery.start_soon(one, kind, case)
+            for kind, case in plan[: max(cases, len(signaling_cases()))]:
+                token = object()  # taken in plan order (trio starts tasks in no promised order)
+                await limiter.acquire_on_behalf_of(token)
+                nursery.start_soon(one, kind, case, token)

@@ -9,14 +9,14 @@ Phases, each bounded in cases and time (``--cases``, ``--budget-s``):
 
 1. **udp**: random and mutated QUIC datagrams (every header form) at the GC, MC and MH's
    QUIC ports, from spoofed sources 127.0.0.2... .
-2. **flood**: real client Initials under fresh connection IDs at ``--flood-rate`` from
-   spoofed sources, never answered, while a legitimate participant joins.
-3. **tcp**: garbage and half-finished TLS, HTTP/1.1 and HTTP/2 at the GC's HTTPS port, the
+2. **tcp**: garbage and half-finished TLS, HTTP/1.1 and HTTP/2 at the GC's HTTPS port, the
    page, the three gRPC ports and the MC's and MH's ops ports; half-open connections held.
-4. **signaling**: oversized and malformed signaling messages and media frames after real joins,
+3. **signaling**: oversized and malformed signaling messages and media frames after real joins,
    next to a bystander participant who must stay in the meeting.
-5. **requests**: malformed WebTransport CONNECTs (``//[x``, 9 KiB paths, missing
+4. **requests**: malformed WebTransport CONNECTs (``//[x``, 9 KiB paths, missing
    pseudo-headers ...) and raw HTTP/3 frames, streams, capsules and datagrams.
+5. **flood**: real client Initials under fresh connection IDs at ``--flood-rate`` from
+   spoofed sources, never answered, while a legitimate participant joins.
 
 After each phase the TCP listeners are asked once (a crash shows up next to its phase); at the
 end every service gets a well-formed request: GC ``/healthz`` (HTTPS and HTTP/3), a real MC
@@ -53,7 +53,7 @@ from ._tally import Tally
 PROG = "python -m darktower.loadtest.hostile"
 EXIT_OK, EXIT_DEAD, EXIT_UNUSABLE = 0, 1, 2
 # Shares of --budget-s per phase (they add up to 1).
-PHASE_SHARES = {"udp": 0.1, "flood": 0.2, "tcp": 0.25, "signaling": 0.25, "requests": 0.2}
+PHASE_SHARES = {"udp": 0.1, "flood": 0.2, "tcp": 0.2, "signaling": 0.2, "requests": 0.3}
 # Datagram phases send this many times --cases (a datagram is far cheaper than a connection).
 DATAGRAM_FACTOR = 10
 SIGNAL_PATH, MEDIA_PATH = "/v1/signal", "/v1/media"
@@ -421,13 +421,15 @@ async def run_hostile(
                 sources=options.sources,
             ),
         )
-        await phase("flood", flood)
         await phase("tcp", lambda t: abuse_tcp(tcp, rng, t, cases=cases, seconds=budget["tcp"]))
         await phase("signaling", signaling)
         await phase(
             "requests",
             lambda t: abuse_requests(quic, rng, t, cases=cases, seconds=budget["requests"]),
         )
+        # Last: without address validation a flood keeps handshake slots busy after it ends,
+        # which would keep the other phases' cases from being delivered at all.
+        await phase("flood", flood)
         if meeting is not None:
             alive, detail = await bystander_alive(meeting)
             report.checks.append(Check("bystander participant", alive, detail))
