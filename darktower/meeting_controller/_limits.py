@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from darktower.protocol import _bounds
+
 # Per-participant outbound signaling queue (messages). Full: the participant is a slow reader
 # and leaves with CONNECTION_LOST; a fan-out never waits for one session (send_nowait).
 OUTBOUND_QUEUE_SIZE = 256
 # A new session must send its JoinRequest within this many seconds, or it is closed.
 HANDSHAKE_TIMEOUT_S = 10.0
-# Display names are cut to this many characters (the token's name obeys the same bound).
-MAX_NAME_CHARS = 256
+# Display names (the join token's) are cut to this many characters: the signaling bound.
+MAX_NAME_CHARS = _bounds.MAX_NAME_CHARS
 # Streams one participant may publish; more are refused with CAPACITY_EXCEEDED.
 MAX_PUBLISHED_STREAMS = 16
 # Meetings one MC holds; AssignMeeting past it is refused with CAPACITY_EXCEEDED.

@@ -46,7 +46,7 @@ MAX_CAPABILITY_CODECS: Final = 16
 MAX_LAYER_ID_CHARS: Final = 64
 # Simulcast layers of one stream.
 MAX_SIMULCAST_LAYERS: Final = 4
-# An X25519 public key is 32 bytes (DESIGN of E2EE in docs/protocol.md).
+# An X25519 public key is 32 bytes (docs/protocol.md, "Signaling limits").
 MAX_E2EE_PUBLIC_KEY_BYTES: Final = 32
 # A sender key id the MC assigned (a decimal number).
 MAX_KEY_ID_CHARS: Final = 64

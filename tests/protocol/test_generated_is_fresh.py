@@ -57,7 +57,13 @@ def test_stubs_cover_every_service() -> None:
     assert {"MeetingControlBase", "MeetingControlStub"} <= set(vars(meeting_control_grpc))
     assert {"MediaControlBase", "MediaControlStub"} <= set(vars(media_control_grpc))
     methods = set(media_control_grpc.MediaControlBase.__abstractmethods__)
-    assert methods == {"RegisterParticipant", "RouteMedia", "RemoveParticipant", "Telemetry"}
+    assert methods == {
+        "RegisterParticipant",
+        "RouteMedia",
+        "RemoveParticipant",
+        "RemoveStream",
+        "Telemetry",
+    }
 
 
 def test_protocol_and_messages_load_no_io_module() -> None:
