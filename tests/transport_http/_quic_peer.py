@@ -94,9 +94,11 @@ class Http3Peer:
         for data, addr in self.quic.datagrams_to_send(now=trio.current_time()):
             await self.sock.sendto(data, addr)
 
-    async def run_until(self, condition: object, on_event: object = None) -> None:
-        """Exchange packets until ``condition()`` or the connection ends (≤ WAIT_S)."""
-        with trio.move_on_after(WAIT_S):
+    async def run_until(
+        self, condition: object, on_event: object = None, wait_s: float = WAIT_S
+    ) -> None:
+        """Exchange packets until ``condition()`` or the connection ends (≤ ``wait_s``)."""
+        with trio.move_on_after(wait_s):
             while not condition() and self.terminated is None:  # type: ignore[operator]
                 await self.flush()
                 timer = self.quic.get_timer()
@@ -115,6 +117,9 @@ class Http3Peer:
                     for h3_event in self.h3.handle_event(event):
                         self._record(h3_event)
                     event = self.quic.next_event()
+                # The peer's CONNECTION_CLOSE is reported only after the draining period.
+                if self.terminated is None and self.quic._close_event is not None:
+                    self.terminated = self.quic._close_event
         await self.flush()
 
     def _record(self, event: object) -> None:
@@ -126,21 +131,23 @@ class Http3Peer:
             self.responses[event.stream_id] = (headers, body + event.data, event.stream_ended)
 
     async def request(
-        self, headers: list[tuple[bytes, bytes]], body: bytes = b""
+        self, headers: list[tuple[bytes, bytes]], body: bytes = b"", wait_s: float = WAIT_S
     ) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
-        """Send a request; its response, or None if the connection ended first."""
+        """Send a request; its response, or None if none came (within ``wait_s``)."""
         stream_id = self.quic.get_next_available_stream_id()
         self.h3.send_headers(stream_id, headers, end_stream=not body)
         if body:
             self.h3.send_data(stream_id, body, end_stream=True)
-        await self.run_until(lambda: self.responses.get(stream_id, ([], b"", False))[2])
+        await self.run_until(
+            lambda: self.responses.get(stream_id, ([], b"", False))[2], wait_s=wait_s
+        )
         if stream_id not in self.responses or not self.responses[stream_id][2]:
             return None
         headers_out, body_out, _ = self.responses.pop(stream_id)
         return headers_out, body_out
 
-    async def get(self, path: str) -> int | None:
-        """GET ``path``: the status, or None if the connection ended first."""
+    async def get(self, path: str, wait_s: float = WAIT_S) -> int | None:
+        """GET ``path``: the status, or None if none came (within ``wait_s``)."""
         port = self.address[1]
         response = await self.request(
             [
@@ -148,7 +155,8 @@ class Http3Peer:
                 (b":scheme", b"https"),
                 (b":authority", f"127.0.0.1:{port}".encode()),
                 (b":path", path.encode()),
-            ]
+            ],
+            wait_s=wait_s,
         )
         return None if response is None else int(dict(response[0])[b":status"])
 
