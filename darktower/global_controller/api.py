@@ -240,7 +240,11 @@ def create_app(
     async def join_meeting(meeting_id: str) -> Response:
         caller = _optional_claims()
         body = schemas.join_meeting(await _body())
-        return _json(await gc.join_meeting(MeetingId(_id(meeting_id, "meeting")), body, caller))
+        return _json(
+            await gc.join_meeting(
+                MeetingId(_id(meeting_id, "meeting")), body, caller, request.remote_addr or ""
+            )
+        )
 
     @app.delete("/api/v1/meetings/<meeting_id>")
     async def end_meeting(meeting_id: str) -> Response:
@@ -251,10 +255,13 @@ def create_app(
     @app.delete("/api/v1/meetings/<meeting_id>/participants/<participant_id>")
     async def kick(meeting_id: str, participant_id: str) -> Response:
         claims = _claims()
+        # Our addition: ?ban=true|SECONDS keeps the kicked identity out (docs/decisions.md).
+        ban_s = schemas.kick_ban(request.args.get("ban"), gc.kick_ban_s)
         await gc.kick(
             MeetingId(_id(meeting_id, "meeting")),
             ParticipantId(_id(participant_id, "participant")),
             claims,
+            ban_s,
         )
         return Response("", status=204)
 

@@ -120,11 +120,14 @@ class GrpcMeetingControllers:
 
     async def kick(
         self, controller: ControllerRecord, meeting_id: MeetingId, participant_id: ParticipantId
-    ) -> None:
-        await self._call(
+    ) -> str:
+        reply = await self._call(
             controller,
             "KickParticipant",
             mc_pb.KickParticipantRequest(
                 meeting_id=meeting_id, participant_id=participant_id, message=KICK_MESSAGE
             ),
         )
+        # The kicked session's join-token id, once the MC reports it (a field this version's
+        # KickParticipantResponse may not have yet): "" otherwise.
+        return str(getattr(reply, "token_id", ""))

@@ -25,6 +25,8 @@ MAX_PARTICIPANTS_LIMIT = 1000
 DEFAULT_MAX_PARTICIPANTS = 100
 MAX_CREDENTIAL_FIELD = 256
 MAX_REGION = 64
+# The longest ban a kick may ask for (``?ban=SECONDS``): a week.
+MAX_BAN_S = 7 * 24 * 3600
 
 
 @attrs.frozen
@@ -159,3 +161,20 @@ def join_meeting(body: bytes) -> JoinMeeting:
             obj, "participant_name", max_len=MAX_PARTICIPANT_NAME, required=False
         )
     )
+
+
+def kick_ban(value: str | None, default_s: float) -> float:
+    """The ``ban`` query parameter of a kick, in seconds (0: no ban): absent, ``false`` or
+    ``0`` → 0; ``true`` → ``default_s``; a whole number of seconds up to :data:`MAX_BAN_S`."""
+    if value is None or value in ("false", "0"):
+        return 0.0
+    if value == "true":
+        return float(default_s)
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
+        raise InvalidRequest(
+            f"query parameter 'ban' must be true, false or seconds (1 to {MAX_BAN_S})"
+        )
+    seconds = int(value)
+    if seconds > MAX_BAN_S:
+        raise InvalidRequest(f"query parameter 'ban' is more than {MAX_BAN_S} seconds")
+    return float(seconds)

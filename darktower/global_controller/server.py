@@ -125,6 +125,7 @@ async def _housekeeping(gc: GlobalController, metrics: GcMetrics, interval_s: fl
         try:
             await sweep_once(gc)
             await gc.end_empty_meetings()
+            await gc.store.purge_expired()
             await refresh_gauges(
                 metrics, gc.store, now=gc.now(), heartbeat_timeout_s=gc.heartbeat_timeout_s
             )
@@ -178,6 +179,7 @@ async def serve(
             clock=clock,
             max_active_meetings_per_client=settings.max_active_meetings_per_client,
             empty_meeting_timeout_s=settings.empty_meeting_timeout_s,
+            kick_ban_s=settings.kick_ban_s,
         )
         app = create_app(
             gc,

@@ -8,7 +8,9 @@ a fake or a stand-in server in tests).
 
 from __future__ import annotations
 
+import base64
 import collections
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -38,6 +40,7 @@ from darktower.global_controller.store import (
 )
 from darktower.logs import fields
 from darktower.model import ClientId, MeetingId, ParticipantId, Role
+from darktower.protocol.addresses import address_key
 from darktower.protocol.tokens import (
     AccessClaims,
     AccessTokenIssuer,
@@ -100,7 +103,10 @@ class MeetingControllers(Protocol):
 
     async def kick(
         self, controller: ControllerRecord, meeting_id: MeetingId, participant_id: ParticipantId
-    ) -> None: ...
+    ) -> str:
+        """Returns the join-token id (``jti``) the kicked session joined with, "" if the MC
+        does not say."""
+        ...
 
 
 @attrs.frozen
@@ -108,6 +114,27 @@ class Tokens:
     join: JoinTokenIssuer
     access: AccessTokenIssuer
     access_verifier: AccessTokenVerifier
+
+
+def token_id(token: str) -> str:
+    """The ``jti`` of a JWT this GC has just signed (its payload read without verifying)."""
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return str(claims["jti"])
+
+
+def join_identity(
+    meeting: Meeting, caller: AccessClaims | None, address: str, participant_name: str
+) -> str:
+    """Who asks for a join token, as a kick's ban sees it (docs/decisions.md, "A kick can
+    ban"): "" for the meeting's owner (its host is never banned); an API client vouches for
+    a user by name, so ``client:ID/name:NAME``; an anonymous guest is only its network
+    address, ``addr:`` + :func:`address_key` (IPv4 address, IPv6 /64)."""
+    if caller is not None and caller.client_id == meeting.owner:
+        return ""
+    if caller is not None:
+        return f"client:{caller.client_id}/name:{participant_name}"
+    return f"addr:{address_key(address)}"
 
 
 def iso(ts: datetime) -> str:
@@ -143,6 +170,7 @@ class GlobalController:
         clock: Clock = time.time,
         max_active_meetings_per_client: int = 0,
         empty_meeting_timeout_s: float = 0.0,
+        kick_ban_s: float = 3600.0,
     ) -> None:
         self.store = store
         self.tokens = tokens
@@ -153,6 +181,7 @@ class GlobalController:
         self.clock = clock
         self.max_active_meetings_per_client = max_active_meetings_per_client  # 0: no cap
         self.empty_meeting_timeout_s = empty_meeting_timeout_s  # 0: never
+        self.kick_ban_s = kick_ban_s  # what ?ban=true means
         self._verified: collections.OrderedDict[str, AccessClaims] = collections.OrderedDict()
         # client id -> GC time it was last read from the store and found present
         self._clients_seen: collections.OrderedDict[str, float] = collections.OrderedDict()
@@ -356,7 +385,11 @@ class GlobalController:
         }
 
     async def join_meeting(
-        self, meeting_id: MeetingId, request: schemas.JoinMeeting, caller: AccessClaims | None
+        self,
+        meeting_id: MeetingId,
+        request: schemas.JoinMeeting,
+        caller: AccessClaims | None,
+        address: str = "",
     ) -> dict[str, Any]:
         """A join token: host for the owner, else guest. ``require_auth`` meetings need an
         access token (``Unauthorized``); an ended meeting is ``Conflict``; a meeting whose
@@ -372,14 +405,21 @@ class GlobalController:
                 details={"status": meeting.status.value},
             )
         controller = await self._controller_of(meeting)
-        if meeting.empty_since is not None:
-            await self.store.touch_meeting(meeting_id)  # someone is on the way in
         role = Role.HOST if caller is not None and caller.client_id == meeting.owner else Role.GUEST
+        now = self.now()
         token = self.tokens.join.issue(
             meeting.meeting_id,
             role,
-            self.now(),
+            now,
             participant_name=request.participant_name or None,
+        )
+        # Forbidden while this identity is banned; else its token is on record (and the
+        # meeting's emptiness restarts: someone is on the way in).
+        await self.store.record_join(
+            meeting_id,
+            token_id(token),
+            join_identity(meeting, caller, address, request.participant_name),
+            datetime.fromtimestamp(now + self.tokens.join.ttl_s, UTC),
         )
         return {
             "meeting_id": meeting.meeting_id,
@@ -441,11 +481,35 @@ class GlobalController:
         return [m.meeting_id for m in ended]
 
     async def kick(
-        self, meeting_id: MeetingId, participant_id: ParticipantId, caller: AccessClaims
+        self,
+        meeting_id: MeetingId,
+        participant_id: ParticipantId,
+        caller: AccessClaims,
+        ban_s: float = 0.0,
     ) -> None:
         """Owner only; ``Conflict`` once the meeting has ended; the MC answers ``NotFound``
-        for an unknown participant."""
+        for an unknown participant. ``ban_s > 0``: the identity that got the kicked session's
+        join token gets no new one for this meeting for that long (when the MC reports which
+        token the session used; logged when it cannot be applied)."""
         meeting = await self._owned(meeting_id, caller)
         if not meeting.is_active:
             raise Conflict(f"meeting {meeting_id} has ended", details={"status": "ended"})
-        await self.controllers.kick(await self._controller_of(meeting), meeting_id, participant_id)
+        kicked_token = await self.controllers.kick(
+            await self._controller_of(meeting), meeting_id, participant_id
+        )
+        if ban_s <= 0:
+            return
+        identity = None
+        if kicked_token:
+            until = datetime.fromtimestamp(self.now() + ban_s, UTC)
+            identity = await self.store.ban_token_holder(meeting_id, kicked_token, until)
+        if identity is None:
+            log.warning(
+                "kick with ban: the participant's join token is not known, no ban applied",
+                extra=fields(meeting=meeting_id, participant=participant_id),
+            )
+        else:
+            log.info(
+                "participant kicked and banned",
+                extra=fields(meeting=meeting_id, participant=participant_id, ban_s=ban_s),
+            )

@@ -22,6 +22,9 @@ from darktower.transport.http_server import (
 MAX_ACTIVE_MEETINGS_PER_CLIENT = 100
 # Nobody joined, or everyone left, this long ago: the meeting ends and its slot is freed.
 EMPTY_MEETING_TIMEOUT_S = 600.0
+# A kick with ``?ban=true`` keeps the kicked identity out of the meeting this long: longer than
+# most meetings last.
+KICK_BAN_S = 3600.0
 
 
 @attrs.frozen
@@ -64,6 +67,9 @@ class Settings:
     )
     empty_meeting_timeout_s: float = option(
         EMPTY_MEETING_TIMEOUT_S, "a meeting with nobody in it for this long is ended; 0: never"
+    )
+    kick_ban_s: float = option(
+        KICK_BAN_S, "how long a kick with ?ban=true keeps that identity out of the meeting"
     )
     dev_http_port: int = option(
         -1, "development: also serve plain HTTP on 127.0.0.1 at this port (-1 off, 0 any)"

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import trio
 
-from darktower.errors import RateLimited
+from darktower.errors import Forbidden, RateLimited
 from darktower.global_controller.store import (
     ControllerCapacity,
     EndReason,
@@ -108,3 +108,30 @@ async def test_issuing_a_join_token_counts_as_activity(store: SqlStore, clock: F
     assert await store.end_empty_meetings(clock.now - timedelta(seconds=600)) == []
     owner_end = await store.end_meeting(meeting.meeting_id)
     assert owner_end.end_reason is EndReason.OWNER
+
+
+async def test_bans_are_shared_by_every_store_on_the_database(
+    store_url: str, clock: FakeClock
+) -> None:
+    async with (
+        await open_store(store_url, clock=clock) as a,
+        await open_store(store_url, clock=clock) as b,
+    ):
+        await a.register_controller(MC1, "eu", "mc1", CAP)
+        meeting = await a.create_meeting(_new())
+        later = clock.now + timedelta(seconds=300)
+        await a.record_join(meeting.meeting_id, "jti-1", "addr:192.0.2.7", later)
+        assert await a.ban_token_holder(meeting.meeting_id, "unknown", later) is None
+        banned = await b.ban_token_holder(meeting.meeting_id, "jti-1", later)
+        assert banned == "addr:192.0.2.7"
+        try:
+            await a.record_join(meeting.meeting_id, "jti-2", "addr:192.0.2.7", later)
+        except Forbidden as exc:
+            assert "banned_until" in exc.details
+        else:
+            raise AssertionError("a banned identity got a join token")
+        await b.record_join(meeting.meeting_id, "jti-3", "addr:192.0.2.8", later)  # others may
+        await a.record_join(meeting.meeting_id, "jti-4", "", later)  # the host always may
+        clock.advance(301)
+        assert await a.purge_expired() >= 2
+        await b.record_join(meeting.meeting_id, "jti-5", "addr:192.0.2.7", later)

@@ -120,6 +120,21 @@ class SqlStore(abc.ABC):
     async def touch_meeting(self, meeting_id: MeetingId) -> None:
         await self._call(_queries.touch_meeting, meeting_id, self._clock())
 
+    async def record_join(
+        self, meeting_id: MeetingId, token_id: str, identity: str, expires_at: datetime
+    ) -> None:
+        await self._call(
+            _queries.record_join, meeting_id, token_id, identity, expires_at, self._clock()
+        )
+
+    async def ban_token_holder(
+        self, meeting_id: MeetingId, token_id: str, until: datetime
+    ) -> str | None:
+        return await self._call(_queries.ban_token_holder, meeting_id, token_id, until)
+
+    async def purge_expired(self) -> int:
+        return await self._call(_queries.purge_expired, self._clock())
+
     async def update_participant_counts(self, counts: Mapping[MeetingId, int]) -> int:
         return await self._call(_queries.update_participant_counts, dict(counts), self._clock())
 

@@ -96,6 +96,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX meetings_empty ON meetings (status, empty_since)",
         ),
     ),
+    Migration(
+        5,
+        "join tokens issued and bans",
+        (
+            # Who asked for each join token (its identity), so a kick can ban that identity;
+            # kept until the token expires.
+            """CREATE TABLE join_tokens (
+                token_id TEXT PRIMARY KEY,
+                meeting_id TEXT NOT NULL,
+                identity TEXT NOT NULL,
+                expires_at {timestamp} NOT NULL
+            )""",
+            "CREATE INDEX join_tokens_expiry ON join_tokens (expires_at)",
+            """CREATE TABLE meeting_bans (
+                meeting_id TEXT NOT NULL,
+                identity TEXT NOT NULL,
+                until {timestamp} NOT NULL,
+                PRIMARY KEY (meeting_id, identity)
+            )""",
+            "CREATE INDEX meeting_bans_expiry ON meeting_bans (until)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -85,6 +85,26 @@ class Store(Protocol):
         """A join token was issued: an empty meeting counts as empty from now."""
         ...
 
+    async def record_join(
+        self, meeting_id: MeetingId, token_id: str, identity: str, expires_at: datetime
+    ) -> None:
+        """A join token is about to be handed to ``identity`` (docs/decisions.md, "A kick
+        can ban"): ``Forbidden`` while it is banned from the meeting; else the token's holder
+        is recorded until ``expires_at`` and the meeting's emptiness restarts. An empty
+        identity (the host) is never banned nor recorded."""
+        ...
+
+    async def ban_token_holder(
+        self, meeting_id: MeetingId, token_id: str, until: datetime
+    ) -> str | None:
+        """Ban whoever got join token ``token_id`` from the meeting until ``until``; returns
+        the identity banned, None if the token is not on record."""
+        ...
+
+    async def purge_expired(self) -> int:
+        """Forget expired join-token records and bans."""
+        ...
+
     async def update_participant_counts(self, counts: Mapping[MeetingId, int]) -> int:
         """Record participant counts (and emptiness: a count of zero starts it, above zero
         clears it); unknown ids are ignored. Returns rows updated."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from darktower.errors import Conflict, NotFound, RateLimited
+from darktower.errors import Conflict, Forbidden, NotFound, RateLimited
 from darktower.model import ClientId, ControllerId, MeetingId
 
 from ._dialect import Row, Tx
@@ -244,6 +244,65 @@ def end_empty_meetings(tx: Tx, empty_before: datetime, now: datetime) -> list[Me
         if changed:
             ended.append(get_meeting(tx, MeetingId(meeting_id)))
     return ended
+
+
+def record_join(
+    tx: Tx,
+    meeting_id: MeetingId,
+    token_id: str,
+    identity: str,
+    expires_at: datetime,
+    now: datetime,
+) -> None:
+    """A join token for ``identity`` is about to be handed out: ``Forbidden`` while that
+    identity is banned from the meeting; else remember who got the token and restart the
+    meeting's emptiness."""
+    if identity:
+        row = tx.one(
+            "SELECT until FROM meeting_bans WHERE meeting_id = ? AND identity = ? AND until > ?",
+            (meeting_id, identity, tx.dialect.ts_in(now)),
+        )
+        if row is not None:
+            until = tx.dialect.ts_out(row[0])
+            raise Forbidden(
+                f"you were removed from meeting {meeting_id} and may not join it again before "
+                f"{until.isoformat(timespec='seconds')}",
+                details={"banned_until": until.isoformat(timespec="seconds")},
+            )
+        tx.run(
+            "INSERT INTO join_tokens (token_id, meeting_id, identity, expires_at) "
+            "VALUES (?, ?, ?, ?)",
+            (token_id, meeting_id, identity, tx.dialect.ts_in(expires_at)),
+        )
+    touch_meeting(tx, meeting_id, now)
+
+
+def ban_token_holder(tx: Tx, meeting_id: MeetingId, token_id: str, until: datetime) -> str | None:
+    """Ban the identity that got join token ``token_id`` from the meeting until ``until`` (a
+    longer ban already there is kept). Returns that identity; None for a token this store
+    has no record of (another deployment's, expired and purged, or the host's)."""
+    row = tx.one(
+        "SELECT identity FROM join_tokens WHERE token_id = ? AND meeting_id = ?",
+        (token_id, meeting_id),
+    )
+    if row is None:
+        return None
+    identity = str(row[0])
+    stamp = tx.dialect.ts_in(until)
+    tx.run(
+        "INSERT INTO meeting_bans (meeting_id, identity, until) VALUES (?, ?, ?) "
+        "ON CONFLICT (meeting_id, identity) DO UPDATE SET until = excluded.until "
+        "WHERE meeting_bans.until < excluded.until",
+        (meeting_id, identity, stamp),
+    )
+    return identity
+
+
+def purge_expired(tx: Tx, now: datetime) -> int:
+    """Forget join tokens and bans that have expired; returns the rows removed."""
+    stamp = tx.dialect.ts_in(now)
+    removed = tx.run("DELETE FROM join_tokens WHERE expires_at < ?", (stamp,))
+    return removed + tx.run("DELETE FROM meeting_bans WHERE until < ?", (stamp,))
 
 
 def touch_meeting(tx: Tx, meeting_id: MeetingId, now: datetime) -> None:
