@@ -42,13 +42,28 @@ import trio
 
 from darktower.client import DevStackError, fetch_dev_access
 
+from ._abuse_meeting import Access, bystander_alive, open_meeting
 from ._abuse_quic import QuicTarget, abuse_requests, fuzz_udp, spoofed_flood
-from ._abuse_signal import Access, abuse_signaling, bystander_alive, open_meeting
+from ._abuse_signal import abuse_signaling
 from ._abuse_tcp import TcpTarget, abuse_tcp
-from ._flood import FloodResult
+from ._hostile_report import Report
+from ._hostile_targets import MEDIA_PATH, SIGNAL_PATH, Endpoint, Targets, endpoint_url
 from ._loopback import NotLoopback, ensure_loopback
-from ._probes import QUICK_S, Check, JoinResult, check_grpc, check_http, check_http3, timed_join
+from ._probes import QUICK_S, Check, check_grpc, check_http, check_http3, timed_join
 from ._tally import Tally
+
+__all__ = [
+    "Check",
+    "Endpoint",
+    "NotLoopback",
+    "Options",
+    "Report",
+    "Targets",
+    "ensure_loopback",
+    "main",
+    "parse_args",
+    "run_hostile",
+]
 
 PROG = "python -m darktower.loadtest.hostile"
 EXIT_OK, EXIT_DEAD, EXIT_UNUSABLE = 0, 1, 2
@@ -56,117 +71,6 @@ EXIT_OK, EXIT_DEAD, EXIT_UNUSABLE = 0, 1, 2
 PHASE_SHARES = {"udp": 0.1, "flood": 0.2, "tcp": 0.2, "signaling": 0.2, "requests": 0.3}
 # Datagram phases send this many times --cases (a datagram is far cheaper than a connection).
 DATAGRAM_FACTOR = 10
-SIGNAL_PATH, MEDIA_PATH = "/v1/signal", "/v1/media"
-
-
-@attrs.frozen
-class Endpoint:
-    name: str
-    host: str
-    port: int
-
-
-@attrs.frozen
-class Targets:
-    """Every port of a ``python -m darktower`` stack (each host checked: loopback only)."""
-
-    gc: Endpoint  # HTTPS on TCP and HTTP/3 on UDP
-    signal: Endpoint  # MC WebTransport (UDP)
-    media: Endpoint  # MH WebTransport (UDP)
-    page: Endpoint | None = None  # plain HTTP (dev credentials, browser page)
-    grpc: tuple[Endpoint, ...] = ()
-    ops: tuple[Endpoint, ...] = ()
-    signal_path: str = SIGNAL_PATH
-    media_path: str = MEDIA_PATH
-
-    def __attrs_post_init__(self) -> None:
-        for endpoint in self.endpoints():
-            ensure_loopback(endpoint.host)
-
-    def endpoints(self) -> list[Endpoint]:
-        return [
-            self.gc,
-            self.signal,
-            self.media,
-            *([self.page] if self.page else []),
-            *self.grpc,
-            *self.ops,
-        ]
-
-    @property
-    def api_url(self) -> str:
-        return _url("https", self.gc)
-
-    @property
-    def page_url(self) -> str:
-        return _url("http", self.page) + "/" if self.page else ""
-
-    @classmethod
-    def defaults(cls, host: str = "127.0.0.1") -> Targets:
-        """The ports ``python -m darktower`` opens by default."""
-        from darktower.__main__ import Settings
-
-        s = Settings()
-        return cls.on(host, s.api_port, s.page_port, s.signal_port, s.media_port,
-                      (s.gc_grpc_port, s.mc_grpc_port, s.mh_grpc_port), (s.mc_ops_port, s.mh_ops_port))  # fmt: skip
-
-    @classmethod
-    def on(
-        cls,
-        host: str,
-        api: int,
-        page: int | None,
-        signal: int,
-        media: int,
-        grpc: Sequence[int],
-        ops: Sequence[int],
-    ) -> Targets:
-        host = ensure_loopback(host)
-        return cls(
-            gc=Endpoint("GC", host, api),
-            signal=Endpoint("MC", host, signal),
-            media=Endpoint("MH", host, media),
-            page=Endpoint("page", "127.0.0.1", page) if page else None,
-            grpc=tuple(
-                Endpoint(f"{n} gRPC", host, p)
-                for n, p in zip(("GC", "MC", "MH"), grpc, strict=False)
-            ),
-            ops=tuple(
-                Endpoint(f"{n} ops", "127.0.0.1", p)
-                for n, p in zip(("MC", "MH"), ops, strict=False)
-            ),
-        )
-
-    @classmethod
-    def from_running(cls, running: Any) -> Targets:
-        """The targets of a started :func:`darktower.__main__.serve` (tests)."""
-        api = urllib.parse.urlsplit(running.api_url)
-        page = urllib.parse.urlsplit(running.page_url) if running.page_url else None
-        signal = urllib.parse.urlsplit(running.signal_url)
-        media = urllib.parse.urlsplit(running.media_url)
-        grpc = (running.gc.grpc_port, running.mc.grpc_address[1], running.mh.grpc_address[1])
-        ops = tuple(
-            urllib.parse.urlsplit(u).port or 0 for u in (running.mc.ops_url, running.mh.ops_url)
-        )
-        assert api.hostname and api.port and signal.port and media.port
-        return attrs.evolve(
-            cls.on(
-                api.hostname,
-                api.port,
-                page.port if page else None,
-                signal.port,
-                media.port,
-                grpc,
-                ops,
-            ),
-            signal_path=signal.path or SIGNAL_PATH,
-            media_path=media.path or MEDIA_PATH,
-        )
-
-
-def _url(scheme: str, endpoint: Endpoint) -> str:
-    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-    return f"{scheme}://{host}:{endpoint.port}"
 
 
 @attrs.frozen
@@ -179,77 +83,6 @@ class Options:
     client_id: str = ""
     client_secret: str = ""
     cert_sha256: bytes = b""
-
-
-@attrs.define
-class Report:
-    seed: int
-    tallies: list[Tally] = attrs.field(factory=list)
-    after_phase: dict[str, list[Check]] = attrs.field(factory=dict)
-    checks: list[Check] = attrs.field(factory=list)
-    flood: FloodResult | None = None
-    join_under_flood: JoinResult | None = None
-    notes: list[str] = attrs.field(factory=list)
-
-    @property
-    def cases(self) -> int:
-        return sum(t.cases for t in self.tallies)
-
-    @property
-    def fuzz_seconds(self) -> float:
-        return sum(t.seconds for t in self.tallies)
-
-    @property
-    def cases_per_s(self) -> float:
-        return self.cases / self.fuzz_seconds if self.fuzz_seconds else 0.0
-
-    @property
-    def dead(self) -> list[str]:
-        return [c.name for c in self.checks if not c.alive]
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.checks) and not self.dead
-
-    def text(self) -> str:
-        lines = [f"hostile traffic (seed {self.seed}):"]
-        for tally in self.tallies:
-            lines.append("  " + tally.line())
-            after = self.after_phase.get(tally.phase, [])
-            down = [c.name for c in after if not c.alive]
-            lines.append(
-                f"    then: {'no answer from ' + ', '.join(down) if down else 'TCP listeners answer'}"
-            )
-        if self.flood is not None:
-            joined = self.join_under_flood
-            how = (
-                f"{joined.seconds * 1000:.0f} ms"
-                if joined is not None and joined.seconds is not None
-                else f"failed ({joined.mc.detail if joined else '?'}; {joined.mh.detail if joined else ''})"
-            )
-            lines.append(
-                f"  flood: {self.flood.per_s:.0f} Initials/s achieved; a legitimate join under it: {how}"
-            )
-        lines += [f"  note: {n}" for n in self.notes]
-        lines.append(
-            f"{self.cases} malformed inputs in {self.fuzz_seconds:.1f} s ({self.cases_per_s:.0f}/s)"
-        )
-        lines.append("services afterwards:")
-        lines += ["  " + c.line() for c in self.checks]
-        lines.append("ALL ALIVE" if self.ok else f"DEAD: {', '.join(self.dead)}")
-        return "\n".join(lines)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "seed": self.seed,
-            "cases": self.cases,
-            "cases_per_s": self.cases_per_s,
-            "dead": self.dead,
-            "flood_initials_per_s": self.flood.per_s if self.flood else None,
-            "phases": {t.phase: t.cases for t in self.tallies},
-            "checks": {c.name: {"alive": c.alive, "detail": c.detail} for c in self.checks},
-        }
 
 
 async def quick_checks(targets: Targets) -> list[Check]:
@@ -454,9 +287,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Targets, Options, boo
     p.add_argument("--gc", default=d.api_url, help="GC URL (HTTPS on TCP and HTTP/3 on UDP)")
     p.add_argument("--page", default=d.page_url, help="page URL ('' if there is none)")
     p.add_argument(
-        "--signal", default=_url("https", d.signal) + SIGNAL_PATH, help="MC signaling URL"
+        "--signal", default=endpoint_url("https", d.signal) + SIGNAL_PATH, help="MC signaling URL"
     )
-    p.add_argument("--media", default=_url("https", d.media) + MEDIA_PATH, help="MH media URL")
+    p.add_argument(
+        "--media", default=endpoint_url("https", d.media) + MEDIA_PATH, help="MH media URL"
+    )
     p.add_argument(
         "--grpc",
         default=",".join(f"{e.host}:{e.port}" for e in d.grpc),
