@@ -355,7 +355,7 @@ def test_malformed_key_id_is_refused(
 ) -> None:
     header = {"alg": "EdDSA", "typ": "JWT", "kid": kid}
     token = _forge(header, _join_payload(), keys.join_key.sign)
-    with pytest.raises(Unauthorized, match="(?i)key id"):
+    with pytest.raises(Unauthorized, match=r"(?i)key id"):
         verifier.verify(token, meeting_id=MEETING, now=NOW)
 
 

@@ -115,8 +115,15 @@ class GlobalControllerClient:
     async def end_meeting(self, meeting_id: str) -> None:
         await self._call("DELETE", f"/api/v1/meetings/{meeting_id}")
 
-    async def kick(self, meeting_id: str, participant_id: str) -> None:
-        await self._call("DELETE", f"/api/v1/meetings/{meeting_id}/participants/{participant_id}")
+    async def kick(self, meeting_id: str, participant_id: str, *, ban: bool | int = False) -> None:
+        """Remove a participant. ``ban=True`` (the GC's default time) or ``ban=SECONDS`` also
+        refuses the identity that got its join token a new one for the meeting."""
+        path = f"/api/v1/meetings/{meeting_id}/participants/{participant_id}"
+        if ban is True:
+            path += "?ban=true"
+        elif ban:
+            path += f"?ban={int(ban)}"
+        await self._call("DELETE", path)
 
 
 @asynccontextmanager

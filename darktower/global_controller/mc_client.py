@@ -128,6 +128,5 @@ class GrpcMeetingControllers:
                 meeting_id=meeting_id, participant_id=participant_id, message=KICK_MESSAGE
             ),
         )
-        # The kicked session's join-token id, once the MC reports it (a field this version's
-        # KickParticipantResponse may not have yet): "" otherwise.
-        return str(getattr(reply, "token_id", ""))
+        # The kicked session's join-token id ("" from an MC that does not report it).
+        return str(reply.token_id)

@@ -163,8 +163,9 @@ class MeetingController(SessionMixin):
         room.scope.end()
         return count
 
-    def kick(self, meeting_id: MeetingId, participant_id: ParticipantId, message: str = "") -> None:
-        """Cancel the participant's scope with KICKED. Raises NotFound."""
+    def kick(self, meeting_id: MeetingId, participant_id: ParticipantId, message: str = "") -> str:
+        """Cancel the participant's scope with KICKED; return its join-token id (for a ban at
+        the GC). Raises NotFound."""
         member = self.room(meeting_id).members.get(participant_id)
         if member is None:
             raise NotFound(f"participant {participant_id} is not in meeting {meeting_id}")
@@ -172,6 +173,7 @@ class MeetingController(SessionMixin):
         # The kick sticks: the same join token is refused for as long as it is valid.
         self.room(meeting_id).ban_token(member.token_id, member.token_valid_until, time.time())
         member.leave(LeaveReason.KICKED)
+        return member.token_id
 
     # -- MH telemetry ------------------------------------------------------------------------
 

@@ -29,10 +29,10 @@ class MeetingControl:
         self, request: pb.KickParticipantRequest
     ) -> pb.KickParticipantResponse:
         await trio.lowlevel.checkpoint()
-        self._ctl.kick(
+        token_id = self._ctl.kick(
             MeetingId(request.meeting_id), ParticipantId(request.participant_id), request.message
         )
-        return pb.KickParticipantResponse()
+        return pb.KickParticipantResponse(token_id=token_id)
 
     async def RegisterMediaHandler(
         self, request: pb.RegisterMediaHandler

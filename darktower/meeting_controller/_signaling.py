@@ -93,8 +93,20 @@ async def unpublish(
     ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
 ) -> Reply:
     stream_id = m.unpublish.stream_id
-    if member.streams.pop(stream_id, None) is None:
+    if stream_id not in member.streams:
         raise NotFound(f"stream {stream_id} is not published by you")
+    # The MH stops routing it (and ends its QUIC streams) before anyone hears it is gone: a
+    # publisher that unpublishes and keeps writing frames reaches nobody.
+    if room.mh is not None:
+        try:
+            await room.mh.remove_stream(
+                mh_pb.RemoveStreamRequest(
+                    meeting_id=room.id, participant_id=member.id, stream_id=stream_id
+                )
+            )
+        except RpcError as exc:
+            raise InternalError(f"media handler unreachable: {exc}") from exc
+    member.streams.pop(stream_id, None)
     for other in list(room.subscribers_of(stream_id)):
         del other.subscriptions[stream_id]
     room.broadcast(

@@ -25,7 +25,8 @@ from darktower.client import (
 from darktower.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from darktower.frames import FrameType
 from darktower.model import LeaveReason, Role, StreamType
-from darktower.transport import SessionRefused
+from darktower.protocol.pb.v1 import signaling_pb2 as sig
+from darktower.transport import SessionRefused, StreamReset
 
 from ._stack import WAIT_S, meeting, next_event
 
@@ -146,6 +147,37 @@ async def test_publish_subscribe_two_streams_without_cross_talk(tmp_path: pathli
             await host.subscribe(mic.stream_id)  # one's own stream
 
 
+async def test_unpublish_stops_the_media_handler_routing_the_stream(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A publisher that unpublishes and keeps writing reaches nobody: the MH forgot the stream
+    and reset the publisher's QUIC stream of it before the MC acknowledged."""
+    async with meeting(tmp_path) as m:
+        host = await m.join("host", host=True)
+        ann = await m.join("ann")
+        camera = await host.publish(StreamType.VIDEO_CAMERA, codec="VP8")
+        await next_event(ann, StreamPublished)
+        video = await ann.subscribe(camera.stream_id)
+        sent = await camera.send_frame(FrameType.VIDEO_KEY, b"before")
+        assert await take(video, 1) == [sent]
+        room = m.stack.mh.handler.rooms[m.created.meeting_id]
+        assert camera.stream_id in room.publications
+
+        # Unpublish on the signaling stream only: the publish stream stays open on our side.
+        await host._request(
+            sig.ClientMessage(unpublish=sig.UnpublishStream(stream_id=camera.stream_id))
+        )
+        assert camera.stream_id not in room.publications
+        assert camera.stream_id not in room.routes
+        (publisher,) = camera.publishers.values()
+        with trio.fail_after(WAIT_S), pytest.raises(StreamReset):
+            for i in range(1000):  # the MH's reset arrives; writes then fail
+                await publisher.send_frame(FrameType.VIDEO_DELTA, bytes([i % 256]) * 100)
+                await trio.lowlevel.checkpoint()
+        await next_event(ann, StreamUnpublished)
+        assert await drain(video) == []
+
+
 async def test_quality_update_reaches_the_subscriber(tmp_path: pathlib.Path) -> None:
     async with meeting(tmp_path) as m:
         host = await m.join("host", host=True)
@@ -211,6 +243,25 @@ async def test_kick_raises_kicked_in_the_session_and_others_see_the_leave(
         assert host.participants == {}
         # The publisher is unaffected.
         await camera.send_frame(FrameType.VIDEO_DELTA, b"delta")
+
+
+async def test_a_kick_with_ban_through_the_gc_sticks(tmp_path: pathlib.Path) -> None:
+    """The real MC reports the kicked session's join token to the GC, which then refuses its
+    holder a new token; the old token is refused by the MC."""
+    async with meeting(tmp_path) as m:
+        host = await m.join("host", host=True)
+        token = await m.guest_token("ann")
+        async with m.session(token, "ann") as ann:
+            await m.gc.kick(m.created.meeting_id, ann.participant_id, ban=True)
+            with trio.fail_after(WAIT_S):
+                await ann.ended.wait()
+        assert ann.end_reason is LeaveReason.KICKED
+        await next_event(host, ParticipantLeft)
+        with pytest.raises(Forbidden):
+            await m.guest_token("ann")  # the same address, anonymously: banned
+        with pytest.raises(Forbidden):
+            async with m.session(token, "ann"):
+                pass  # the kicked token itself is refused by the MC
 
 
 async def test_meeting_end_ends_every_session(tmp_path: pathlib.Path) -> None:

@@ -47,6 +47,9 @@ class FakeLink:
     async def route_media(self, request: mh_pb.RouteMediaCommand) -> None:
         await trio.lowlevel.checkpoint()
 
+    async def remove_stream(self, request: mh_pb.RemoveStreamRequest) -> None:
+        await trio.lowlevel.checkpoint()
+
     async def remove_participant(self, request: mh_pb.RemoveParticipantRequest) -> None:
         await trio.lowlevel.checkpoint()
         self.removed.append(request.participant_id)

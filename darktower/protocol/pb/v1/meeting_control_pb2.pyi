@@ -178,12 +178,19 @@ class KickParticipantResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    """Addition to the contract: the join-token id (jti) of the kicked session, so the GC can ban
+    whoever was issued that token (docs/protocol.md).
+    """
     def __init__(
         self,
+        *,
+        token_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
