@@ -26,12 +26,20 @@ The rules, in order:
    up the victim's slots.
 
 Peers are counted by ``darktower.protocol.addresses.address_key`` (IPv6 by /64).
+
+One policy for every QUIC listener: the MC's and MH's WebTransport endpoint (numbers from
+``TransportLimits``) and the GC's HTTP/3 listener (``HttpLimits.quic_admission``), which also
+names its counters its own way (``counter_names``). Each admitted connection's handshake ends
+at its handshake timeout at the latest (the listener's timer closes it), so a stalled
+handshake never holds its slots longer than that.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Mapping
+from typing import Protocol
 
 import attrs
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
@@ -46,12 +54,42 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 
 from darktower.protocol.addresses import address_key
 
-from ._config import TransportLimits
-
 # RFC 9000 section 7.2: a client's first Destination Connection ID is at least 8 bytes.
 MIN_INITIAL_DCID = 8
 # Length of the connection ID a Retry asks the client to use (our connection IDs' length).
 RETRY_CID_LENGTH = 8
+
+
+# Every cause ``Admission`` counts, under these names unless the listener renames it.
+CAUSES = (
+    "dropped_version_negotiation",
+    "dropped_small_unknown_version",
+    "version_negotiation",
+    "dropped_unknown_connection",
+    "dropped_bad_initial",
+    "refused_per_address",
+    "retry_invalid",
+    "retry_sent",
+    "refused_connections",
+    "refused_handshakes",
+    "refused_handshakes_per_address",
+)
+
+
+class AdmissionLimits(Protocol):
+    """The numbers ``Admission`` applies (rules in the module docstring). ``TransportLimits``
+    has them (the MC and MH); ``HttpLimits.quic_admission`` makes them for the GC."""
+
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def max_connections_per_address(self) -> int: ...
+    @property
+    def max_handshakes_in_progress(self) -> int: ...
+    @property
+    def max_handshakes_per_address(self) -> int: ...
+    @property
+    def retry_threshold(self) -> int | None: ...
 
 
 class AddressCounter:
@@ -104,18 +142,25 @@ class Admit:
 
 
 class Admission:
-    """The admission policy of one server endpoint (module docstring). Holds the Retry token
-    key (random per process) and the per-address counts of live connections."""
+    """The admission policy of one QUIC listener (module docstring). Holds the Retry token
+    key (random per process) and the per-address counts of live connections.
+
+    Each outcome but a plain admission adds one to ``counters`` under its cause (``CAUSES``),
+    or under ``counter_names[cause]`` where the listener names it otherwise.
+    """
 
     def __init__(
         self,
-        limits: TransportLimits,
+        limits: AdmissionLimits,
         supported_versions: list[int],
         counters: Counter[str],
+        counter_names: Mapping[str, str] | None = None,
     ) -> None:
         self.limits = limits
         self.supported_versions = supported_versions
         self.counters = counters
+        names = counter_names or {}
+        self._names = {cause: names.get(cause, cause) for cause in CAUSES}
         self.connections = AddressCounter(limits.max_connections_per_address)
         self.unvalidated_handshakes = AddressCounter(limits.max_handshakes_per_address)
         self.validated_handshakes = AddressCounter(limits.max_handshakes_per_address)
@@ -134,32 +179,31 @@ class Admission:
         """What a datagram of ``size`` bytes from ``addr`` whose first packet has ``header``
         and matches no connection gets, given the endpoint's totals. An ``Admit`` holds the
         per-address slots until ``handshake_ended`` / ``connection_ended``."""
-        counters = self.counters
         packet_type = header.packet_type
         version = header.version
         if version is not None and version not in self.supported_versions:
             if packet_type == QuicPacketType.VERSION_NEGOTIATION:
-                counters["dropped_version_negotiation"] += 1  # never answered (loops)
+                self._count("dropped_version_negotiation")  # never answered (loops)
                 return None
             if size < SMALLEST_MAX_DATAGRAM_SIZE:
-                counters["dropped_small_unknown_version"] += 1
+                self._count("dropped_small_unknown_version")
                 return None
-            counters["version_negotiation"] += 1
+            self._count("version_negotiation")
             return encode_quic_version_negotiation(
                 source_cid=header.destination_cid,
                 destination_cid=header.source_cid,
                 supported_versions=self.supported_versions,
             )
         if packet_type != QuicPacketType.INITIAL:
-            counters["dropped_unknown_connection"] += 1
+            self._count("dropped_unknown_connection")
             return None
         if size < SMALLEST_MAX_DATAGRAM_SIZE or len(header.destination_cid) < MIN_INITIAL_DCID:
-            counters["dropped_bad_initial"] += 1
+            self._count("dropped_bad_initial")
             return None
         limits = self.limits
         key = address_key(addr[0])
         if self.connections[key] >= limits.max_connections_per_address:
-            counters["refused_per_address"] += 1
+            self._count("refused_per_address")
             return None
         retry_source_cid: bytes | None = None
         if header.token:
@@ -172,7 +216,7 @@ class Admission:
                 )
             except ValueError:
                 # Forged, expired, or for another address: the client retransmits or times out.
-                counters["retry_invalid"] += 1
+                self._count("retry_invalid")
                 return None
             retry_source_cid = header.destination_cid
         else:
@@ -180,21 +224,24 @@ class Admission:
             if (threshold is not None and handshakes >= threshold) or (
                 self.unvalidated_handshakes[key] >= limits.max_handshakes_per_address
             ):
-                counters["retry_sent"] += 1
+                self._count("retry_sent")
                 return self._retry(header, addr, now)
             original_dcid = header.destination_cid
         if connections >= limits.max_connections:
-            counters["refused_connections"] += 1
+            self._count("refused_connections")
             return None
         if handshakes >= limits.max_handshakes_in_progress:
-            counters["refused_handshakes"] += 1
+            self._count("refused_handshakes")
             return None
         handshaking = self.validated_handshakes if retry_source_cid else self.unvalidated_handshakes
         if not handshaking.try_acquire(key):
-            counters["refused_handshakes_per_address"] += 1
+            self._count("refused_handshakes_per_address")
             return None
         self.connections.try_acquire(key)  # below its cap: checked above
         return Admit(key, original_dcid, retry_source_cid)
+
+    def _count(self, cause: str) -> None:
+        self.counters[self._names[cause]] += 1
 
     def handshake_ended(self, admit: Admit) -> None:
         if admit.validated:

@@ -4,15 +4,16 @@ hypercorn's QUIC listener keeps reading until every connection is gone and never
 socket, delivers one connection's events from two tasks at once, creates a connection for
 every Initial with no cap, and lets any exception raised while handling one connection's
 events end the listener. :class:`_QuicServer` and :class:`_TrackingQuicProtocol` fix these
-(docs/decisions.md); the bounds are in :mod:`._http_limits`.
+(docs/decisions.md). New connections are admitted by the WebTransport endpoint's policy
+(``Admission``, _admission.py) with the GC's numbers (:mod:`._http_limits`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections import Counter
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -27,14 +28,7 @@ from aioquic.quic.events import (
     HandshakeCompleted,
     ProtocolNegotiated,
 )
-from aioquic.quic.packet import (
-    QuicErrorCode,
-    QuicPacketType,
-    encode_quic_retry,
-    encode_quic_version_negotiation,
-    pull_quic_header,
-)
-from aioquic.quic.retry import QuicRetryTokenHandler
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, pull_quic_header
 from hypercorn.config import Config
 from hypercorn.events import RawData
 from hypercorn.protocol.h3 import H3Protocol
@@ -43,7 +37,8 @@ from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
-from ._http_limits import QUIC_MIN_INITIAL_SIZE, ConnectionAdmission, HttpLimits
+from ._admission import CAUSES, Admission, Admit
+from ._http_limits import HttpLimits
 
 logger = logging.getLogger("darktower.http")
 
@@ -55,6 +50,15 @@ QUIC_CLOSE_GRACE_S = 1.0
 TIMER_DELIVERY_BOUND_S = 10.0
 # Length of the connection ids we issue (hypercorn parses headers with this length).
 _HOST_CID_LENGTH = 8
+# The names the GC's listener counts ``Admission``'s causes under (keys of its /metrics).
+COUNTER_NAMES = {cause: f"quic_{cause}" for cause in CAUSES} | {
+    "retry_sent": "quic_retry",
+    "retry_invalid": "quic_invalid_token",
+    "refused_connections": "quic_refused_total",
+    "refused_per_address": "quic_refused_address",
+    "refused_handshakes": "quic_refused_handshakes",
+    "refused_handshakes_per_address": "quic_refused_handshakes_address",
+}
 
 
 class _DiscardStream:
@@ -88,6 +92,15 @@ def _events_lock(connection: Any) -> trio.StrictFIFOLock:
     return lock
 
 
+@dataclass(eq=False)
+class _AdmittedConnection(_Connection):
+    """A connection with what its admission holds: per-address slots until it ends, a
+    handshake slot until ``handshake_deadline`` is cleared (handshake over or timed out)."""
+
+    admit: Admit | None = None
+    handshake_deadline: float | None = None
+
+
 def _cause(exc: BaseException) -> str:
     return f"quic_error:{type(exc).__name__}"
 
@@ -105,12 +118,11 @@ class _TrackingQuicProtocol(QuicProtocol):
     * an exception while handling one connection's datagrams, timers or HTTP/3 events closes
       that connection (``H3_GENERAL_PROTOCOL_ERROR``), logged and counted by cause in
       ``counters`` (``quic_error:<ExceptionType>``); nothing else is affected;
-    * a new connection is admitted under the caps of :class:`HttpLimits` (total, per peer,
-      handshakes in progress), with a stateless Retry once ``quic_retry_threshold``
-      handshakes are in progress; refusals are counted (``quic_refused_*``, ``quic_retry``,
-      ``quic_invalid_token``, ``quic_handshake_timeout``);
-    * Version Negotiation answers only datagrams of at least 1,200 bytes, never another
-      Version Negotiation packet.
+    * a datagram for no known connection gets what ``Admission`` decides (caps in total, per
+      peer and on handshakes, stateless Retry, Version Negotiation only for datagrams of at
+      least 1,200 bytes), counted under :data:`COUNTER_NAMES`; a handshake still in progress
+      ``quic_handshake_timeout_s`` after its first Initial is closed by the connection's
+      timer (``quic_handshake_timeout``).
 
     Also sets ``idle_event`` when the last connection is gone, so shutdown need not poll, and
     guards each connection's HTTP/3 stream table (:class:`_StreamTable`).
@@ -123,10 +135,11 @@ class _TrackingQuicProtocol(QuicProtocol):
         self.idle_event = trio.Event()
         self.limits = limits
         self.counters = counters
-        self.admission = ConnectionAdmission(
-            "quic", limits.quic_max_connections, limits.quic_max_connections_per_address
+        self.admission = Admission(
+            limits.quic_admission, self.quic_config.supported_versions, counters, COUNTER_NAMES
         )
-        self._retry = QuicRetryTokenHandler()
+        self.live_connections = 0
+        self.handshakes = 0  # in progress
 
     async def handle(self, event: Any) -> None:
         if not isinstance(event, RawData) or event.address is None:
@@ -153,94 +166,71 @@ class _TrackingQuicProtocol(QuicProtocol):
             header = pull_quic_header(Buffer(data=data), host_cid_length=_HOST_CID_LENGTH)
         except ValueError:
             return None
-        if header.version is not None and header.version not in self.quic_config.supported_versions:
-            if (
-                len(data) >= QUIC_MIN_INITIAL_SIZE
-                and header.packet_type != QuicPacketType.VERSION_NEGOTIATION
-            ):
-                vn = encode_quic_version_negotiation(
-                    source_cid=header.destination_cid,
-                    destination_cid=header.source_cid,
-                    supported_versions=self.quic_config.supported_versions,
-                )
-                await self.send(RawData(data=vn, address=address))
-            return None
         connection = self.connections.get(header.destination_cid)
-        if (
-            connection is not None
-            or len(data) < QUIC_MIN_INITIAL_SIZE
-            or header.packet_type != QuicPacketType.INITIAL
-            or self.context.terminated.is_set()
-        ):
+        if connection is not None or self.context.terminated.is_set():
             return connection
         now = self.context.time()
-        await self._expire_handshakes(now)
-        original_cid: bytes | None = header.destination_cid
-        retry_cid: bytes | None = None
-        if header.token:
-            try:
-                original_cid = self._retry.validate_token(
-                    address=address,
-                    destination_cid=header.destination_cid,
-                    token=header.token,
-                    now=now,
-                )
-                retry_cid = header.destination_cid
-            except ValueError:
-                original_cid = header.destination_cid  # not ours (e.g. NEW_TOKEN): no validation
-        if retry_cid is None and self.admission.handshakes >= self.limits.quic_retry_threshold:
-            if header.token:
-                self.counters["quic_invalid_token"] += 1
-                return None
-            source_cid = os.urandom(_HOST_CID_LENGTH)
-            token = self._retry.create_token(
-                address=address,
-                original_destination_connection_id=header.destination_cid,
-                retry_source_connection_id=source_cid,
-                now=now,
-            )
-            retry = encode_quic_retry(
-                version=header.version,  # type: ignore[arg-type]  # a long header has one
-                source_cid=source_cid,
-                destination_cid=header.source_cid,
-                original_destination_cid=header.destination_cid,
-                retry_token=token,
-            )
-            self.counters["quic_retry"] += 1
-            await self.send(RawData(data=retry, address=address))
+        verdict = self.admission.decide(
+            header,
+            len(data),
+            address,
+            now,
+            connections=self.live_connections,
+            handshakes=self.handshakes,
+        )
+        if verdict is None:
             return None
-        host = str(address[0])
-        refusal = self.admission.refusal(host)
-        if refusal is None and self.admission.handshakes >= self.limits.quic_max_handshakes:
-            refusal = "quic_refused_handshakes"
-        if refusal is not None:
-            self.counters[refusal] += 1
+        if isinstance(verdict, bytes):  # Version Negotiation or Retry
+            await self.send(RawData(data=verdict, address=address))
             return None
         quic = QuicConnection(
             configuration=self.quic_config,
-            original_destination_connection_id=original_cid,
-            retry_source_connection_id=retry_cid,
+            original_destination_connection_id=verdict.original_destination_cid,
+            retry_source_connection_id=verdict.retry_source_cid,
         )
-        connection = _Connection(
+        connection = _AdmittedConnection(
             cids={header.destination_cid, quic.host_cid},
             quic=quic,
             task=self.context.single_task_class(),
+            admit=verdict,
+            handshake_deadline=now + self.limits.quic_handshake_timeout_s,
         )
-        self.admission.admit(connection, host)
-        self.admission.handshake_started(connection, now)
+        self.live_connections += 1
+        self.handshakes += 1
         self.connections[header.destination_cid] = connection
         self.connections[quic.host_cid] = connection
         return connection
 
-    async def _expire_handshakes(self, now: float) -> None:
-        expired = self.admission.expired_handshakes(now, self.limits.quic_handshake_timeout_s)
-        for connection in expired:
-            assert isinstance(connection, _Connection)
-            self.counters["quic_handshake_timeout"] += 1
-            connection.quic.close(
-                error_code=QuicErrorCode.CONNECTION_REFUSED, reason_phrase="handshake timeout"
+    def _end_handshake(self, connection: _Connection) -> None:
+        """Release the handshake slot (idempotent)."""
+        if isinstance(connection, _AdmittedConnection) and connection.admit is not None:
+            if connection.handshake_deadline is not None:
+                connection.handshake_deadline = None
+                self.handshakes -= 1
+                self.admission.handshake_ended(connection.admit)
+
+    def _forget(self, connection: _Connection) -> None:
+        for cid in connection.cids:
+            self.connections.pop(cid, None)
+        connection.cids = set()
+        self._end_handshake(connection)
+        if isinstance(connection, _AdmittedConnection) and connection.admit is not None:
+            self.admission.connection_ended(connection.admit)
+            connection.admit = None
+            self.live_connections -= 1
+
+    async def send_all(self, connection: _Connection) -> None:
+        # hypercorn's, with the timer armed for the handshake deadline too.
+        for data, address in connection.quic.datagrams_to_send(now=self.context.time()):
+            await self.send(RawData(data=data, address=address))
+        timer = connection.quic.get_timer()
+        deadline = getattr(connection, "handshake_deadline", None)
+        if deadline is not None:
+            timer = deadline if timer is None else min(timer, deadline)
+        if timer is not None:
+            await connection.task.restart(
+                self.task_group, partial(self._handle_timer, timer, connection)
             )
-            await self.send_all(connection)
 
     async def _fail(self, connection: _Connection, exc: Exception) -> None:
         """The error boundary of one connection: close it, log and count the cause."""
@@ -260,23 +250,27 @@ class _TrackingQuicProtocol(QuicProtocol):
             # The connection cannot even be closed: forget it (aioquic drops its packets).
             self._forget(connection)
 
-    def _forget(self, connection: _Connection) -> None:
-        for cid in connection.cids:
-            self.connections.pop(cid, None)
-        connection.cids = set()
-        self.admission.release(connection)
-
     async def _handle_timer(self, timer: float, connection: Any) -> None:
         await self.context.sleep(max(0, timer - self.context.time()))
         with trio.move_on_after(TIMER_DELIVERY_BOUND_S, shield=True):
-            # The connection may have terminated since the timer was armed (its _close_at is
-            # then None, which aioquic's handle_timer does not expect).
-            if connection.quic._close_at is not None:
-                try:
-                    connection.quic.handle_timer(now=self.context.time())
-                except Exception as exc:
-                    await self._fail(connection, exc)
-                    return
+            now = self.context.time()
+            try:
+                deadline = getattr(connection, "handshake_deadline", None)
+                if deadline is not None and now >= deadline:
+                    self.counters["quic_handshake_timeout"] += 1
+                    self._end_handshake(connection)
+                    connection.quic.close(  # a transport close: readable before 1-RTT keys
+                        error_code=QuicErrorCode.CONNECTION_REFUSED,
+                        frame_type=QuicFrameType.PADDING,
+                        reason_phrase="handshake timeout",
+                    )
+                # The connection may have terminated since the timer was armed (its _close_at
+                # is then None, which aioquic's handle_timer does not expect).
+                if connection.quic._close_at is not None:
+                    connection.quic.handle_timer(now=now)
+            except Exception as exc:
+                await self._fail(connection, exc)
+                return
             await self._handle_events(connection, None)
 
     async def _handle_events(self, connection: Any, client: Any = None) -> None:
@@ -299,7 +293,7 @@ class _TrackingQuicProtocol(QuicProtocol):
                 await connection.task.stop()
                 self._forget(connection)
             elif isinstance(event, HandshakeCompleted):
-                self.admission.handshake_done(connection)
+                self._end_handshake(connection)
             elif isinstance(event, ProtocolNegotiated):
                 connection.h3 = H3Protocol(
                     self.app,

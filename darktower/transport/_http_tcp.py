@@ -20,7 +20,10 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
-from ._http_limits import ConnectionAdmission, HttpLimits
+from darktower.protocol.addresses import address_key
+
+from ._admission import AddressCounter
+from ._http_limits import HttpLimits
 
 logger = logging.getLogger("darktower.http")
 
@@ -78,9 +81,8 @@ class _TcpServer:
         self._context = context
         self._limits = limits
         self._counters = counters
-        self.admission = ConnectionAdmission(
-            "tcp", limits.tcp_max_connections, limits.tcp_max_connections_per_address
-        )
+        self.connections = 0
+        self.per_address = AddressCounter(limits.tcp_max_connections_per_address)
 
     async def serve(
         self,
@@ -101,16 +103,21 @@ class _TcpServer:
                     await trio.sleep(_ACCEPT_BACKOFF_S)
                     continue
                 stream = trio.SocketStream(conn)
-                host = str(address[0])
-                handle = object()
-                if not self.admission.admit(handle, host):
-                    self._counters[self.admission.refusal(host) or "tcp_refused_total"] += 1
+                key = address_key(str(address[0]))
+                refusal = None
+                if self.connections >= self._limits.tcp_max_connections:
+                    refusal = "tcp_refused_total"
+                elif not self.per_address.try_acquire(key):
+                    refusal = "tcp_refused_address"
+                if refusal is not None:
+                    self._counters[refusal] += 1
                     await trio.aclose_forcefully(stream)
                     continue
-                connections.start_soon(self._serve_connection, stream, ssl_context, handle)
+                self.connections += 1
+                connections.start_soon(self._serve_connection, stream, ssl_context, key)
 
     async def _serve_connection(
-        self, stream: trio.SocketStream, ssl_context: ssl.SSLContext | None, handle: object
+        self, stream: trio.SocketStream, ssl_context: ssl.SSLContext | None, key: str
     ) -> None:
         served: trio.abc.Stream = stream
         try:
@@ -140,5 +147,6 @@ class _TcpServer:
                 extra={"fields": {"error": repr(exc)[:200]}},
             )
         finally:
-            self.admission.release(handle)
+            self.connections -= 1
+            self.per_address.release(key)
             await trio.aclose_forcefully(served)

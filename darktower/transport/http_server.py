@@ -9,7 +9,8 @@ protocols (``TCPServer``, ``QuicProtocol``) from listeners of our own: :class:`_
 (``_http_tcp``) and :class:`_QuicServer` (``_http_quic``), which admit connections under the
 bounds of :class:`HttpLimits`, contain each connection's errors, and on shutdown close their
 sockets; QUIC connections are closed with ``H3_NO_ERROR`` and waited for at most
-:data:`QUIC_CLOSE_GRACE_S` (docs/decisions.md).
+:data:`QUIC_CLOSE_GRACE_S` (docs/decisions.md). The QUIC listener admits new connections by the
+same policy as the MC's and MH's WebTransport endpoint (``Admission``, _admission.py).
 """
 
 from __future__ import annotations

@@ -192,3 +192,15 @@ def test_small_or_short_cid_initial_dropped() -> None:
     header.destination_cid = b"1234567"
     assert admission.decide(header, 1200, ADDR, 0.0, connections=0, handshakes=0) is None
     assert counters["dropped_bad_initial"] == 2
+
+
+def test_a_listener_can_name_the_counters_its_own_way() -> None:
+    counters: Counter[str] = Counter()
+    admission = Admission(
+        TransportLimits(retry_threshold=0), V1, counters, {"retry_sent": "quic_retry"}
+    )
+    assert isinstance(_decide(admission, INITIAL), bytes)
+    unknown = bytearray(INITIAL)
+    unknown[1:5] = (0x1A2A3A4A).to_bytes(4, "big")
+    assert isinstance(_decide(admission, bytes(unknown)), bytes)
+    assert counters == {"quic_retry": 1, "version_negotiation": 1}

@@ -26,9 +26,11 @@ def _config() -> QuicConfiguration:
     return config
 
 
-def initial_datagram(port: int) -> bytes:
+def initial_datagram(port: int, token: bytes = b"") -> bytes:
     """The first datagram of a fresh client connection: an Initial padded to 1,200 bytes."""
-    quic = QuicConnection(configuration=_config())
+    config = _config()
+    config.token = token
+    quic = QuicConnection(configuration=config)
     quic.connect(("127.0.0.1", port), now=0.0)
     return quic.datagrams_to_send(now=0.0)[0][0]
 

@@ -16,6 +16,8 @@ import trio.lowlevel
 from quart_trio import QuartTrio
 
 from darktower.transport import generate_dev_certificate, open_http3_client
+from darktower.transport._admission import CAUSES
+from darktower.transport._http_quic import COUNTER_NAMES
 from darktower.transport.http_server import HttpLimits, serve_http
 from tests.transport_http._quic_peer import (
     WAIT_S,
@@ -125,6 +127,32 @@ async def _flood(port: int, hosts: list[str], per_host: int) -> list[set[bytes]]
 # --- QUIC ------------------------------------------------------------------------------------
 
 
+def test_admission_causes_keep_the_listeners_counter_names() -> None:
+    """The GC's HTTP/3 listener takes its decisions from the WebTransport endpoint's
+    ``Admission``; its /metrics keys stay those it had, each cause under a name of its own."""
+    assert set(COUNTER_NAMES) == set(CAUSES)
+    assert all(name.startswith("quic_") for name in COUNTER_NAMES.values())
+    assert len(set(COUNTER_NAMES.values())) == len(CAUSES)
+    assert {
+        COUNTER_NAMES[cause]
+        for cause in (
+            "retry_sent",
+            "retry_invalid",
+            "refused_connections",
+            "refused_per_address",
+            "refused_handshakes",
+        )
+    } == {
+        "quic_retry",
+        "quic_invalid_token",
+        "quic_refused_total",
+        "quic_refused_address",
+        "quic_refused_handshakes",
+    }
+    limits = HttpLimits(quic_max_handshakes=7, quic_retry_threshold=0).quic_admission
+    assert (limits.max_handshakes_in_progress, limits.retry_threshold) == (7, 0)
+
+
 async def test_an_initial_flood_from_several_addresses_leaves_a_client_able_to_get(
     cert_files: tuple[str, str],
 ) -> None:
@@ -167,21 +195,64 @@ async def test_quic_connections_are_capped_per_address_and_in_total(
             peer.close()
 
 
-async def test_quic_handshakes_in_progress_are_capped(cert_files: tuple[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("limits", "admitted", "cause"),
+    [
+        # handshakes in progress at once: beyond, dropped
+        (
+            HttpLimits(quic_max_handshakes=6, quic_retry_threshold=1000),
+            6,
+            "quic_refused_handshakes",
+        ),
+        # unvalidated handshakes of one address: beyond, a Retry
+        (HttpLimits(quic_max_handshakes_per_address=3, quic_retry_threshold=1000), 3, "quic_retry"),
+        (HttpLimits(quic_retry_threshold=0), 0, "quic_retry"),  # Retry always
+    ],
+)
+async def test_handshakes_are_capped_or_retried(
+    cert_files: tuple[str, str], limits: HttpLimits, admitted: int, cause: str
+) -> None:
     counters: Counter[str] = Counter()
-    limits = HttpLimits(quic_max_handshakes=6, quic_retry_threshold=1000)
     async with serving(cert_files, limits, counters) as port:
-        (answered,) = await _flood(port, ["127.0.0.2"], per_host=10)
-        assert len(answered) == 6
-        assert counters["quic_refused_handshakes"] == 4
+        (answered,) = await _flood(port, ["127.0.0.2"], per_host=8)
+        assert len(answered) == admitted
+        assert counters[cause] == 8 - admitted
+        if cause == "quic_retry":  # (all slots full, a new client waits for a timeout)
+            assert await _h3_get(port) == 200  # another address is not affected
 
 
-async def test_retry_always(cert_files: tuple[str, str]) -> None:
+async def test_an_initial_with_a_token_not_ours_is_dropped(cert_files: tuple[str, str]) -> None:
     counters: Counter[str] = Counter()
-    async with serving(cert_files, HttpLimits(quic_retry_threshold=0), counters) as port:
-        (answered,) = await _flood(port, ["127.0.0.2"], per_host=3)
-        assert answered == set()
-        assert counters["quic_retry"] == 3
+    async with serving(cert_files, HttpLimits(), counters) as port:
+        sock = trio.socket.from_stdlib_socket(udp_socket("127.0.0.2"))
+        with sock:
+            await sock.sendto(initial_datagram(port, token=b"\x01" * 40), ("127.0.0.1", port))
+            assert server_connections(await _answers(sock, port)) == (set(), 0)
+        assert counters["quic_invalid_token"] == 1
+
+
+async def test_a_stalled_handshake_is_closed_at_its_timeout(cert_files: tuple[str, str]) -> None:
+    """A client that sends its first Initial and nothing more is closed once its handshake is
+    older than the timeout, with no other Initial needed to notice it; its slot is free again."""
+    counters: Counter[str] = Counter()
+    limits = HttpLimits(
+        quic_handshake_timeout_s=0.5, quic_max_handshakes=1, quic_retry_threshold=1000
+    )
+    async with serving(cert_files, limits, counters) as port:
+        stalled = Http3Peer("127.0.0.2", port)
+        try:
+            stalled.quic.connect(stalled.address, now=trio.current_time())
+            await stalled.flush()  # the Initial; the server's answers are read, never acked
+            with trio.fail_after(WAIT_S):
+                while stalled.quic._close_event is None:
+                    data, addr = await stalled.sock.recvfrom(65_536)
+                    stalled.quic.receive_datagram(data, addr, now=trio.current_time())
+            assert stalled.quic._close_event.error_code == 0x2  # CONNECTION_REFUSED
+            assert stalled.quic._close_event.reason_phrase == "handshake timeout"
+            assert counters["quic_handshake_timeout"] == 1
+            assert await _h3_get(port) == 200
+        finally:
+            stalled.close()
 
 
 async def test_version_negotiation_only_for_full_size_datagrams(
