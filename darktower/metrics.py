@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 LabelValues = tuple[str, ...]
@@ -124,6 +124,25 @@ class Gauge(_Metric):
             yield f"{self.name}{_labels(self.labelnames, key)} {_fmt(value)}"
 
 
+class CountsView(_Metric):
+    """A counter with one label whose values a lower layer keeps in a mapping (e.g. the
+    transport's refusals by cause, a ``collections.Counter``), read at render time."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, help_: str, label: str, counts: Mapping[str, float]) -> None:
+        super().__init__(name, help_, (label,))
+        self._counts = counts
+
+    def value(self, key: str) -> float:
+        return float(self._counts.get(key, 0))
+
+    def render(self) -> Iterable[str]:
+        yield from super().render()
+        for key, value in sorted(self._counts.items()):
+            yield f"{self.name}{_labels(self.labelnames, (key,))} {_fmt(value)}"
+
+
 class Histogram(_Metric):
     kind = "histogram"
 
@@ -203,6 +222,9 @@ class Registry:
         read: Callable[[], Iterable[tuple[LabelValues, float]]] | None = None,
     ) -> Gauge:
         return self.register(Gauge(name, help_, labelnames, read=read))
+
+    def counts(self, name: str, help_: str, label: str, counts: Mapping[str, float]) -> CountsView:
+        return self.register(CountsView(name, help_, label, counts))
 
     def histogram(
         self,

@@ -195,6 +195,13 @@ async def serve(
             token_audience=settings.token_audience,
         )
         listener_counters: Counter[str] = Counter()
+        registry.counts(
+            "darktower_transport_refusals_total",
+            "HTTPS and HTTP/3 connections the GC's listeners refused or closed, by cause"
+            " (docs/protocol.md)",
+            "cause",
+            listener_counters,
+        )
         plain = bind_plain_http(settings.dev_http_port) if settings.dev_http_port >= 0 else None
         plain_port = plain.getsockname()[1] if plain is not None else None
         async with trio.open_nursery() as nursery:

@@ -139,6 +139,12 @@ async def serve(
             ),
             {MEDIA_PATH: Route(handler.handle_session, authorize=handler.authorize)},
         )
+        registry.counts(
+            "darktower_transport_refusals_total",
+            "QUIC connections, WebTransport sessions and datagrams the transport refused or closed, by cause (docs/protocol.md)",
+            "cause",
+            server.counters,
+        )
         host, port = await nursery.start(server.run)
         handler.media_url = f"https://{_netloc(public_host, port)}{MEDIA_PATH}"
         grpc_port = await nursery.start(

@@ -146,6 +146,12 @@ async def serve(
             ),
             {SIGNAL_PATH: Route(handle)},
         )
+        registry.counts(
+            "darktower_transport_refusals_total",
+            "QUIC connections, WebTransport sessions and datagrams the transport refused or closed, by cause (docs/protocol.md)",
+            "cause",
+            server.counters,
+        )
         host, port = await nursery.start(server.run)
         signal_url = f"https://{_netloc(public_host, port)}{SIGNAL_PATH}"
         grpc_port = await nursery.start(
