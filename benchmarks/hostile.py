@@ -148,9 +148,12 @@ async def _measure(
                         meeting_id=meeting,
                         join_token=ticket.join_token,
                         server_certificate_hashes=pins,
+                        origin=gc.origin,
                     ) as signaling:
                         async with open_media_client(
-                            media_url(signaling.join_response), server_certificate_hashes=pins
+                            media_url(signaling.join_response),
+                            server_certificate_hashes=pins,
+                            origin=gc.origin,
                         ):
                             elapsed = time.perf_counter() - started
                         await signaling.leave()

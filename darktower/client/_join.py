@@ -48,6 +48,7 @@ async def _run(
     pins: Sequence[bytes] | None,
     event_buffer: int,
     subscription_buffer: int,
+    origin: str | None,
     *,
     task_status: trio.TaskStatus[MeetingSession],
 ) -> None:
@@ -58,11 +59,14 @@ async def _run(
             join_token=join_token,
             participant_name=participant_name,
             server_certificate_hashes=pins,
+            origin=origin,
         ) as signaling:
             session: MeetingSession | None = None
             try:
                 async with open_media_client(
-                    media_url(signaling.join_response), server_certificate_hashes=pins
+                    media_url(signaling.join_response),
+                    server_certificate_hashes=pins,
+                    origin=origin,
                 ) as media:
                     session = MeetingSession(
                         signaling,
@@ -110,8 +114,13 @@ async def join_meeting_session(
     server_certificate_hashes: Sequence[bytes] | None = None,
     event_buffer: int = EVENT_BUFFER,
     subscription_buffer: int = SUBSCRIPTION_BUFFER,
+    origin: str | None = None,
 ) -> AsyncIterator[MeetingSession]:
     """Join the meeting at the MC's ``signal_url``, connect media, yield the session.
+
+    ``origin`` goes in both CONNECTs' ``origin`` header: services with a list of allowed
+    origins refuse a CONNECT without one (docs/protocol.md). :func:`join_meeting_via_gc` sends
+    the GC's origin.
 
     Owns both connections and their readers. Leaving the block (normally, by an exception or
     by cancellation) leaves the meeting: LeaveRequest, shielded and bounded by
@@ -134,6 +143,7 @@ async def join_meeting_session(
                 server_certificate_hashes,
                 event_buffer,
                 subscription_buffer,
+                origin,
             )
         except Exception as exc:  # re-raised below the nursery so it is not wrapped in a group
             error = _unwrap(exc)
@@ -160,11 +170,13 @@ async def join_meeting_via_gc(
     server_certificate_hashes: Sequence[bytes] | None = None,
     event_buffer: int = EVENT_BUFFER,
     subscription_buffer: int = SUBSCRIPTION_BUFFER,
+    origin: str | None = None,
 ) -> AsyncIterator[MeetingSession]:
     """Ask the GC for a join ticket (as the GC client's access token allows: the meeting's
     owner gets a host's) and join with :func:`join_meeting_session`. With ``join_token``
     (e.g. a :class:`CreatedMeeting`'s), the GC is asked only for the MC's URL. Raises what
-    they raise (NotFound for an unknown meeting)."""
+    they raise (NotFound for an unknown meeting). The CONNECTs carry ``origin``, by default the
+    GC's own (``https://host:port``), which the services of one deployment allow."""
     if join_token is None:
         ticket = await gc.join_meeting(meeting_id, participant_name)
         url, token = ticket.meeting_controller_url, ticket.join_token
@@ -178,6 +190,7 @@ async def join_meeting_via_gc(
         server_certificate_hashes=server_certificate_hashes,
         event_buffer=event_buffer,
         subscription_buffer=subscription_buffer,
+        origin=gc.origin if origin is None else origin,
     ) as session:
         yield session
 

@@ -171,8 +171,11 @@ async def open_media_client(
     server_certificate_hashes: Sequence[bytes] | None = None,
     connection: Connection | None = None,
     max_buffered_frames: int = MAX_BUFFERED_FRAMES,
+    origin: str | None = None,
 ) -> AsyncIterator[MediaClient]:
     """Connect to ``url`` (the MH's media URL with ``?token=``) and yield the client.
+
+    ``origin`` is sent as the CONNECT's ``origin`` header (see ``open_signaling``).
 
     Owns the session (and its own QUIC connection unless ``connection`` is given, to share one
     among several sessions) and the reader tasks; on exit the session is closed and the readers
@@ -181,14 +184,14 @@ async def open_media_client(
     send, receive = trio.open_memory_channel[Frame](max_buffered_frames)
     if connection is None:
         async with connect_webtransport(
-            url, server_certificate_hashes=server_certificate_hashes
+            url, server_certificate_hashes=server_certificate_hashes, origin=origin
         ) as session:
             async with _run(session, send, receive) as client:
                 yield client
         return
     split = urllib.parse.urlsplit(url)
     target = split.path + (f"?{split.query}" if split.query else "")
-    session = await open_session(connection, split.netloc, target)
+    session = await open_session(connection, split.netloc, target, origin=origin)
     try:
         async with _run(session, send, receive) as client:
             yield client

@@ -39,6 +39,12 @@ class GlobalControllerClient:
         self._http = http
         self.access_token: str | None = None
 
+    @property
+    def origin(self) -> str:
+        """The GC's origin, ``https://host:port``: what this client's WebTransport CONNECTs
+        send as their ``origin`` header (see ``join_meeting_via_gc``)."""
+        return f"https://{self._http.authority}"
+
     async def _call(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
         headers = [("content-type", "application/json")]
         if auth and self.access_token:

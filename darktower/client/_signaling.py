@@ -203,15 +203,19 @@ async def open_signaling(
     e2ee_public_key: bytes = b"",
     server_certificate_hashes: Sequence[bytes] | None = None,
     limits: TransportLimits | None = None,
+    origin: str | None = None,
 ) -> AsyncIterator[SignalingClient]:
     """Connect to the MC at ``url``, join, and yield the joined :class:`SignalingClient`.
+
+    ``origin`` is sent as the CONNECT's ``origin`` header: an MC with a list of allowed origins
+    refuses a CONNECT without one (403), as it would a foreign web page's.
 
     Owns the WebTransport session and the reader task; leaving the block closes the session
     (without a LeaveRequest: call :meth:`SignalingClient.leave` for a clean leave). Raises
     ConnectFailed/SessionRefused, the ``DarkTowerError`` of a refused join, SignalingEnded.
     """
     async with connect_webtransport(
-        url, server_certificate_hashes=server_certificate_hashes, limits=limits
+        url, server_certificate_hashes=server_certificate_hashes, limits=limits, origin=origin
     ) as session:
         stream = await session.open_bidirectional_stream()
         client = SignalingClient(session, stream)

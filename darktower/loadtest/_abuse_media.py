@@ -25,7 +25,9 @@ def _media(make: Callable[[MediaClient, random.Random], Awaitable[None]]) -> Cas
     async def case(meeting: Meeting, rng: random.Random) -> str:
         async with meeting.joined("media-abuser") as client:
             async with open_media_client(
-                media_url(client.join_response), server_certificate_hashes=meeting.pins
+                media_url(client.join_response),
+                server_certificate_hashes=meeting.pins,
+                origin=meeting.origin,
             ) as media:
                 await make(media, rng)
                 with trio.move_on_after(REACTION_S):
@@ -87,7 +89,9 @@ def _media_token(token: Callable[[str], str]) -> Case:
             split = urllib.parse.urlsplit(url)
             bad = urllib.parse.urlunsplit(split._replace(query=token(split.query)))
             try:
-                async with open_media_client(bad, server_certificate_hashes=meeting.pins):
+                async with open_media_client(
+                    bad, server_certificate_hashes=meeting.pins, origin=meeting.origin
+                ):
                     return "accepted"
             except Exception as exc:
                 return f"refused {getattr(exc, 'status', type(exc).__name__)}"
@@ -98,9 +102,13 @@ def _media_token(token: Callable[[str], str]) -> Case:
 async def _media_twice(meeting: Meeting, rng: random.Random) -> str:
     async with meeting.joined("twice") as client:
         url = media_url(client.join_response)
-        async with open_media_client(url, server_certificate_hashes=meeting.pins):
+        async with open_media_client(
+            url, server_certificate_hashes=meeting.pins, origin=meeting.origin
+        ):
             try:
-                async with open_media_client(url, server_certificate_hashes=meeting.pins):
+                async with open_media_client(
+                    url, server_certificate_hashes=meeting.pins, origin=meeting.origin
+                ):
                     return "second accepted"
             except Exception as exc:
                 return f"second refused {getattr(exc, 'status', type(exc).__name__)}"

@@ -121,6 +121,10 @@ class Meeting:
     def pins(self) -> list[bytes]:
         return list(self.access.pins)
 
+    @property
+    def origin(self) -> str:
+        return self.gc.origin  # what the client library sends; the services allow it
+
     async def ticket(self, name: str) -> tuple[str, str]:
         ticket = await self.gc.join_meeting(self.meeting_id, name)
         self.signal_url = ticket.meeting_controller_url
@@ -135,6 +139,7 @@ class Meeting:
             join_token=token,
             participant_name=name,
             server_certificate_hashes=self.pins,
+            origin=self.origin,
         ) as client:
             yield client
 
@@ -142,7 +147,9 @@ class Meeting:
     async def raw(self) -> AsyncIterator[tuple[WebTransportSession, str]]:
         """A WebTransport session to the MC, nothing sent yet; and a fresh join token."""
         url, token = await self.ticket("raw")
-        async with connect_webtransport(url, server_certificate_hashes=self.pins) as session:
+        async with connect_webtransport(
+            url, server_certificate_hashes=self.pins, origin=self.origin
+        ) as session:
             yield session, token
 
 
@@ -161,7 +168,9 @@ async def open_meeting(access: Access) -> AsyncIterator[Meeting]:
                 meeting.bystander = bystander
                 meeting.bystander_media = await stack.enter_async_context(
                     open_media_client(
-                        media_url(bystander.join_response), server_certificate_hashes=meeting.pins
+                        media_url(bystander.join_response),
+                        server_certificate_hashes=meeting.pins,
+                        origin=meeting.origin,
                     )
                 )
                 yield meeting

@@ -126,6 +126,7 @@ class Participant:
                 join_token=token,
                 participant_name=self.name,
                 server_certificate_hashes=ctx.pins,
+                origin=ctx.guest_gc.origin,
             ) as signaling:
                 stats.join_s.add(trio.current_time() - start)
                 self.phase = "media"
@@ -133,6 +134,7 @@ class Participant:
                     media_url(signaling.join_response),
                     server_certificate_hashes=ctx.pins,
                     max_buffered_frames=MEDIA_BUFFERED_FRAMES,
+                    origin=ctx.guest_gc.origin,
                 ) as media:
                     stats.join_e2e_s.add(trio.current_time() - start)
                     stats.joins_ok += 1

@@ -188,6 +188,7 @@ async def timed_join(
                     join_token=ticket.join_token,
                     participant_name="probe",
                     server_certificate_hashes=pins,
+                    origin=gc.origin,
                 ) as signaling:
                     mc = Check(
                         mc.name, True, f"JoinResponse in {(time.perf_counter() - t0) * 1000:.0f} ms"
@@ -195,7 +196,9 @@ async def timed_join(
                     stage = "MH"
                     t1 = time.perf_counter()
                     async with open_media_client(
-                        media_url(signaling.join_response), server_certificate_hashes=pins
+                        media_url(signaling.join_response),
+                        server_certificate_hashes=pins,
+                        origin=gc.origin,
                     ):
                         mh = Check(
                             mh.name,

@@ -127,14 +127,14 @@ class ServerConfig:
     """A WebTransport server: where it listens, its certificate, who may connect.
 
     ``allowed_origins=None`` accepts any origin (and a missing one); otherwise a CONNECT whose
-    ``origin`` header is not listed gets 403, and so does one without an ``origin`` header when
-    ``origin_required`` (browsers always send one; non-browser clients must then send an
-    allowed origin too). Off by default until every client of this code base sends one.
+    ``origin`` header is not listed gets 403, and so does one without an ``origin`` header
+    (browsers always send one; other clients must then send an allowed origin too: the client
+    library sends its GC's). ``origin_required=False`` admits a CONNECT without one.
     """
 
     tls: TlsCredentials
     host: str = "127.0.0.1"
     port: int = 0
     allowed_origins: frozenset[str] | None = attrs.field(default=None, converter=_origins)
-    origin_required: bool = False
+    origin_required: bool = True
     limits: TransportLimits = TransportLimits()

@@ -41,6 +41,11 @@ class HTTP3Client:
         self._conn = conn
         self._authority = authority
 
+    @property
+    def authority(self) -> str:
+        """``host:port`` of the server, as sent in ``:authority``."""
+        return self._authority
+
     async def request(
         self,
         method: str,

@@ -88,9 +88,9 @@ class WebTransportServer:
             session.reject(404)
             return
         allowed = self.config.allowed_origins
-        # Browsers always send an origin. With ``origin_required`` a CONNECT without one is
-        # refused too (a page's script cannot drop it, but anything else could skip the
-        # check by leaving it out); non-browser clients then send an allowed origin.
+        # Browsers always send an origin. A CONNECT without one is refused too unless
+        # ``origin_required`` is off (a page's script cannot drop it, but anything else could
+        # skip the check by leaving it out); other clients send an allowed origin.
         origin = session.origin
         if allowed is not None and (
             origin not in allowed if origin is not None else self.config.origin_required

@@ -59,6 +59,7 @@ class Meeting:
             join_token=token,
             participant_name=name,
             server_certificate_hashes=self.pins,
+            origin=self.gc.origin,
         )
 
     async def join(self, name: str, *, host: bool = False) -> MeetingSession:

@@ -63,12 +63,15 @@ async def _create_join_publish_subscribe_kick_end(tmp_path: pathlib.Path) -> Non
                     join_token=token,
                     participant_name=name,
                     server_certificate_hashes=pins,
+                    origin=gc.origin,
                 )
             )
             assert signaling.join_response is not None
             media = await stack_cm.enter_async_context(
                 open_media_client(
-                    media_url(signaling.join_response), server_certificate_hashes=pins
+                    media_url(signaling.join_response),
+                    server_certificate_hashes=pins,
+                    origin=gc.origin,
                 )
             )
             return signaling, media
@@ -107,8 +110,9 @@ async def _create_join_publish_subscribe_kick_end(tmp_path: pathlib.Path) -> Non
 
 
 async def test_only_the_pages_origins_may_open_sessions(tmp_path: pathlib.Path) -> None:
-    """MC and MH of the development stack accept the page's own origins (and clients that send
-    none), and refuse any other origin with 403 before anything else runs."""
+    """MC and MH of the development stack accept the page's own origins and the GC's (which the
+    client library sends), and refuse any other origin, or none, with 403 before anything
+    else runs."""
     async with dev_stack(tmp_path / "data") as stack:
         pins = [stack.certificate_sha256]
         page = stack.page_url.rstrip("/")
@@ -123,9 +127,10 @@ async def test_only_the_pages_origins_may_open_sessions(tmp_path: pathlib.Path) 
         for url in (stack.signal_url, stack.media_url):
             assert await status(url, "https://evil.example") == 403
             assert await status(url, page.replace("127.0.0.1", "localhost")) != 403
-        # the signaling session itself is accepted from the page's origin and without one
+            assert await status(url, None) == 403
+        # the signaling session itself is accepted from the page's origin and the GC's
         assert await status(stack.signal_url, page) == 200
-        assert await status(stack.signal_url, None) == 200
+        assert await status(stack.signal_url, stack.api_url.rstrip("/")) == 200
 
 
 async def test_shutdown_with_a_live_meeting_drains_in_order(
@@ -150,10 +155,13 @@ async def test_shutdown_with_a_live_meeting_drains_in_order(
                 meeting_id=meeting.meeting_id,
                 join_token=meeting.join_token,
                 server_certificate_hashes=pins,
+                origin=gc.origin,
             )
         )
         await clients.enter_async_context(
-            open_media_client(media_url(host.join_response), server_certificate_hashes=pins)
+            open_media_client(
+                media_url(host.join_response), server_certificate_hashes=pins, origin=gc.origin
+            )
         )
         shutdown.set()  # as Ctrl-C does, with the host still in the meeting
         with trio.fail_after(WAIT_S):

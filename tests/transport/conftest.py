@@ -29,7 +29,7 @@ async def start_server(
     *,
     limits: TransportLimits | None = None,
     allowed_origins: frozenset[str] | None = None,
-    origin_required: bool = False,
+    origin_required: bool = True,
 ) -> tuple[WebTransportServer, str]:
     """Start a server in ``nursery``; return it and its base URL."""
     config = ServerConfig(

@@ -261,7 +261,7 @@ async def test_oversize_datagram_refused(dev_cert: TlsCredentials) -> None:
 
 
 async def _refusal(
-    dev_cert: TlsCredentials, url_path: str, *, origin_required: bool = False, **kwargs: Any
+    dev_cert: TlsCredentials, url_path: str, *, origin_required: bool = True, **kwargs: Any
 ) -> int:
     async def deny(request: ConnectRequest) -> object:
         if request.query.get("token") != "good":
@@ -299,7 +299,7 @@ async def test_disallowed_origin_403(dev_cert: TlsCredentials) -> None:
     assert await _refusal(dev_cert, "/s?token=good", origin="https://good.example") == 200
 
 
-async def test_missing_origin_403_when_origins_are_restricted_and_required(
+async def test_missing_origin_403_when_origins_are_restricted(
     dev_cert: TlsCredentials,
 ) -> None:
     assert await _refusal(dev_cert, "/s?token=good", origin_required=True) == 403
