@@ -28,7 +28,7 @@ from aioquic.quic.connection import (
     NetworkAddress,
     stream_is_unidirectional,
 )
-from aioquic.quic.packet import QuicErrorCode
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ._config import TransportLimits
 from ._errors import SessionClosed
@@ -169,6 +169,7 @@ class Connection:
             if now >= self._handshake_deadline:
                 self.quic.close(
                     error_code=QuicErrorCode.CONNECTION_REFUSED,
+                    frame_type=QuicFrameType.PADDING,  # a transport close, as aioquic's own
                     reason_phrase="handshake timeout",
                 )
                 self._handshake_deadline = math.inf

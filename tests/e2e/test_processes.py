@@ -43,6 +43,7 @@ from darktower.global_controller.keys import (
     DEV_CERT_FILE,
     DEV_KEY_FILE,
     JOIN_KEY_FILE,
+    JOIN_KEY_HISTORY_FILE,
 )
 from darktower.model import LeaveReason
 from darktower.protocol.pb import common_pb2 as common
@@ -78,7 +79,14 @@ DRAIN_MESSAGES = {
     "mh": "media handler draining",
 }
 # What the GC leaves in its data dir: the SQLite store, the signing keys, the dev certificate.
-EXPECTED_DATA_FILES = {"gc.db", JOIN_KEY_FILE, ACCESS_KEY_FILE, DEV_CERT_FILE, DEV_KEY_FILE}
+EXPECTED_DATA_FILES = {
+    "gc.db",
+    JOIN_KEY_FILE,
+    JOIN_KEY_HISTORY_FILE,
+    ACCESS_KEY_FILE,
+    DEV_CERT_FILE,
+    DEV_KEY_FILE,
+}
 
 
 @attrs.frozen
