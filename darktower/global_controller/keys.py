@@ -195,8 +195,9 @@ def rotate_join_key(settings: Settings) -> tuple[str, str | None]:
     return key_id(new), old_kid
 
 
-def main(argv: Sequence[str], *, prog: str, out: TextIO = sys.stdout) -> int:
+def main(argv: Sequence[str], *, prog: str, out: TextIO | None = None) -> int:
     """``argv`` after ``keys``: ``rotate | list`` then settings flags."""
+    out = sys.stdout if out is None else out  # read at call time (tests replace it)
     parser = argparse.ArgumentParser(
         prog=f"{prog} keys",
         description="Rotate the join-token signing key. Settings flags after the command "
