@@ -157,6 +157,39 @@ async def test_a_client_hoarding_connections_does_not_keep_another_out(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_client_attempting_1000_idle_connections_does_not_keep_another_out(
+    dev_cert: TlsCredentials,
+) -> None:
+    """The issue's figure with the default limits: 127.0.0.2 tries to hold 1,000 idle
+    connections (the server's total); it gets its per-address share and no more, and a client
+    from another address still opens a session."""
+    limits = TransportLimits(no_session_timeout_s=None)
+    cap = limits.max_connections_per_address
+    assert limits.max_connections == 1000 and cap < limits.max_connections
+    hoarder_limits = TransportLimits(handshake_timeout_s=60.0)
+    async with trio.open_nursery() as nursery:
+        server, base = await start_server(nursery, dev_cert, {"/echo": Route(_echo)}, limits=limits)
+        endpoint = server.endpoint
+        assert endpoint is not None and endpoint.admission is not None
+        hoarder = Endpoint(make_udp_socket("127.0.0.2", 0), hoarder_limits)
+        await nursery.start(hoarder.run)
+        config = quic_configuration(hoarder_limits, is_client=True, verify=False)
+        conns = []
+        for i in range(1000):
+            conns.append(hoarder.connect(("127.0.0.1", _port(base)), config))
+            if i % 50 == 49:
+                await trio.lowlevel.checkpoint()  # let the server read as the client sends
+        await wait_until(
+            lambda: sum(c.handshake_complete.is_set() for c in conns) >= cap,
+            f"the hoarder holds {cap} connections",
+            timeout_s=60,
+        )
+        assert endpoint.admission.connections["127.0.0.2"] == cap
+        await _echo_session(base, dev_cert, TransportLimits(handshake_timeout_s=10.0))
+        assert server.counters["refused_per_address"] > 0
+        nursery.cancel_scope.cancel()
+
+
 # --- the no-session timeout -----------------------------------------------------------------
 def _server_conn(server: WebTransportServer) -> Connection:
     assert server.endpoint is not None
