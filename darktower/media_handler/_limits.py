@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from darktower.protocol.tokens import CONNECTION_TOKEN_TTL_S, DEFAULT_LEEWAY_S
+
 # Participants (registered, connected or not) per room. Policy: RegisterParticipant beyond it
 # is refused with CAPACITY_EXCEEDED; nothing is allocated.
 MAX_PARTICIPANTS_PER_ROOM: Final = 100
@@ -30,9 +32,9 @@ MAX_STREAMS_PER_PARTICIPANT: Final = 32
 MAX_BUFFERED_BYTES_PER_PARTICIPANT: Final = 4 * 1024 * 1024
 # Rooms per MH. Policy: the first RegisterParticipant of one more room gets CAPACITY_EXCEEDED.
 MAX_ROOMS: Final = 1000
-# A registration not followed by a media connection within this long is forgotten (its token
-# lives CONNECTION_TOKEN_TTL_S; the margin covers the token verifier's leeway).
-REGISTRATION_TTL_S: Final = 75.0
+# A registration not followed by a media connection within this long is forgotten: its token
+# lives CONNECTION_TOKEN_TTL_S, plus the verifier's default clock-skew leeway, plus a margin.
+REGISTRATION_TTL_S: Final = CONNECTION_TOKEN_TTL_S + DEFAULT_LEEWAY_S + 5.0
 # How often each room looks for expired registrations.
 REGISTRATION_SWEEP_S: Final = 5.0
 # Largest frame payload accepted from a publisher. Policy: the decoder resets the stream with

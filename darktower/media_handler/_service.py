@@ -28,6 +28,7 @@ from darktower.transport import (
     Route,
     ServerConfig,
     TlsCredentials,
+    TransportLimits,
     WebTransportServer,
     generate_dev_certificate,
     parse_origins,
@@ -136,6 +137,10 @@ async def serve(
                 host=settings.host,
                 port=settings.port,
                 allowed_origins=parse_origins(settings.allowed_origins),
+                limits=TransportLimits(
+                    retry_threshold=settings.quic_retry_threshold,
+                    max_connections_per_address=settings.max_connections_per_address,
+                ),
             ),
             {MEDIA_PATH: Route(handler.handle_session, authorize=handler.authorize)},
         )

@@ -6,6 +6,7 @@ import attrs
 
 from darktower.config import option
 from darktower.protocol.tokens import DEFAULT_LEEWAY_S
+from darktower.transport import MAX_CONNECTIONS_PER_ADDRESS, RETRY_THRESHOLD
 
 from ._limits import (
     DEFAULT_BUDGET_IN_BYTES_PER_S,
@@ -34,6 +35,13 @@ class Settings:
     )
     certfile: str = option("", "TLS certificate (PEM); empty: a generated dev certificate")
     keyfile: str = option("", "TLS private key (PEM); empty: a generated dev key")
+    quic_retry_threshold: int = option(
+        RETRY_THRESHOLD,
+        "QUIC handshakes in progress beyond which new clients get a stateless Retry (0: always)",
+    )
+    max_connections_per_address: int = option(
+        MAX_CONNECTIONS_PER_ADDRESS, "QUIC connections per client address (IPv6: per /64)"
+    )
     mc_grpc: str = option("", "HOST:PORT of the Meeting Controller to register with (empty: none)")
     handler_id: str = option("", "this MH's id when registering (default: a random one)")
     max_rooms: int = option(MAX_ROOMS, "rooms (meetings) on this MH")

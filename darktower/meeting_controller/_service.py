@@ -135,6 +135,8 @@ async def serve(
         limits = TransportLimits(
             idle_timeout_s=settings.idle_timeout_s,
             keepalive_interval_s=min(KEEPALIVE_INTERVAL_S, settings.idle_timeout_s / 3),
+            retry_threshold=settings.quic_retry_threshold,
+            max_connections_per_address=settings.max_connections_per_address,
         )
         server = WebTransportServer(
             ServerConfig(

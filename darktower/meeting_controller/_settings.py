@@ -6,6 +6,7 @@ import attrs
 
 from darktower.config import option
 from darktower.protocol.tokens import DEFAULT_ISSUER, DEFAULT_LEEWAY_S, MC_AUDIENCE
+from darktower.transport import MAX_CONNECTIONS_PER_ADDRESS, RETRY_THRESHOLD
 
 from ._limits import (
     EMPTY_MEETING_TIMEOUT_S,
@@ -51,6 +52,13 @@ class Settings:
     max_participants: int = option(MAX_PARTICIPANTS, "participants over all meetings")
     handshake_timeout_s: float = option(HANDSHAKE_TIMEOUT_S, "seconds to wait for the JoinRequest")
     idle_timeout_s: float = option(60.0, "QUIC idle timeout: a vanished client leaves after it")
+    quic_retry_threshold: int = option(
+        RETRY_THRESHOLD,
+        "QUIC handshakes in progress beyond which new clients get a stateless Retry (0: always)",
+    )
+    max_connections_per_address: int = option(
+        MAX_CONNECTIONS_PER_ADDRESS, "QUIC connections per client address (IPv6: per /64)"
+    )
     outbound_queue_size: int = option(
         OUTBOUND_QUEUE_SIZE, "signaling messages queued per participant before it is dropped"
     )

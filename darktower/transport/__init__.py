@@ -40,7 +40,14 @@ from ._certs import (
     write_private_file,
 )
 from ._client import connect_webtransport, open_quic_connection, open_session
-from ._config import RETRY_ALWAYS, ServerConfig, TransportLimits, parse_origins
+from ._config import (
+    MAX_CONNECTIONS_PER_ADDRESS,
+    RETRY_ALWAYS,
+    RETRY_THRESHOLD,
+    ServerConfig,
+    TransportLimits,
+    parse_origins,
+)
 from ._connection import Connection
 from ._endpoint import Endpoint
 from ._errors import (
@@ -68,7 +75,9 @@ from ._wire import code_from_h3, code_to_h3
 __all__ = [
     "CLOSE_CODE_CANCELLED",
     "CLOSE_CODE_HANDLER_ERROR",
+    "MAX_CONNECTIONS_PER_ADDRESS",
     "RETRY_ALWAYS",
+    "RETRY_THRESHOLD",
     "ConnectFailed",
     "ConnectRequest",
     "Connection",
