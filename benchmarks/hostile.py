@@ -24,6 +24,7 @@ QUIC ports.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
@@ -90,7 +91,9 @@ def _free_ports() -> dict[str, int]:
 
 
 def _start_stack(data_dir: str, ports: dict[str, int], log: Any) -> subprocess.Popen[str]:
+    # Every measured join asks the GC for a join token: more than its default 100 a minute.
     argv = [sys.executable, "-m", "darktower", "--data-dir", data_dir, "--drain-grace-s=1"]
+    argv += ["--rate-limit-per-min=100000"]
     argv += [f"--{name.replace('_', '-')}-port={port}" for name, port in ports.items()]
     env = {k: v for k, v in os.environ.items() if not k.startswith("DARKTOWER_")}
     env["PYTHONUNBUFFERED"] = "1"
@@ -138,6 +141,8 @@ async def _measure(
         await gc.authenticate(access.client_id, access.client_secret)
         meeting = (await gc.create_meeting("bench-hostile", max_participants=1000)).meeting_id
 
+        causes: collections.Counter[str] = collections.Counter()
+
         async def join_once() -> tuple[float, bool]:
             started = time.perf_counter()
             try:
@@ -158,7 +163,8 @@ async def _measure(
                             elapsed = time.perf_counter() - started
                         await signaling.leave()
                 return elapsed, True
-            except Exception:
+            except Exception as exc:
+                causes[f"{type(exc).__name__}: {str(exc)[:100]}"] += 1
                 return time.perf_counter() - started, False
 
         async def side(n: int) -> tuple[list[float], int, float]:
@@ -220,6 +226,8 @@ async def _measure(
             except Exception:  # the GC's fate is reported by the checker below
                 pass
 
+    for cause, count in causes.most_common():
+        print(f"join failed {count}x: {cause}", file=sys.stderr)
     q99 = [percentiles(s)["p99"] * 1000 for s in quiet]
     f99 = [percentiles(s)["p99"] * 1000 for s in flooded]
     ratios = [f / q for q, f in zip(q99, f99, strict=True) if q]

@@ -25,6 +25,7 @@ from darktower.config import option
 from darktower.global_controller import clients
 from darktower.global_controller.keys import DEV_CERT_FILE, DEV_KEY_FILE
 from darktower.launch import run_service
+from darktower.protocol.ratelimit import GC_REQUESTS_PER_MIN
 from darktower.transport import write_private_file
 
 DEV_CLIENT_FILE = "dev-client.json"
@@ -45,6 +46,9 @@ class Settings:
     mc_ops_port: int = option(9102, "Meeting Controller /metrics port on 127.0.0.1")
     mh_ops_port: int = option(9103, "Media Handler /metrics port on 127.0.0.1")
     drain_grace_s: float = option(5.0, "on Ctrl-C/SIGTERM: seconds to drain before exit")
+    rate_limit_per_min: int = option(
+        GC_REQUESTS_PER_MIN, "REST requests per minute per API client (or address) at the GC"
+    )
     log_level: str = option("warning", "log level: debug, info, warning, error")
     log_json: bool = option(False, "log one JSON object per line (else text)")
 
@@ -118,6 +122,7 @@ async def serve(
         dev_http_port=settings.page_port,
         dev_credentials_file=str(data / DEV_CLIENT_FILE),
         drain_grace_s=settings.drain_grace_s,
+        rate_limit_per_min=settings.rate_limit_per_min,
     )
     client_id = await _dev_client(gc_settings, data / DEV_CLIENT_FILE)
     # Drain in dependency order: the MC first (its meetings end while the MH can still remove

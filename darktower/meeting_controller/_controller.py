@@ -11,6 +11,7 @@ import functools
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -33,7 +34,7 @@ from darktower.protocol import (
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
-from darktower.protocol.tokens import MC_AUDIENCE, JoinClaims, JoinTokenVerifier
+from darktower.protocol.tokens import MC_AUDIENCE, JoinClaims, JoinTokenVerifier, UnknownKeyId
 
 from ._batches import join_messages
 from ._limits import (
@@ -78,6 +79,9 @@ class MeetingController(SessionMixin):
         self.tree = tree
         self.mhs = mhs
         self.verifier = verifier
+        # Set by the service when a Registration keeps the verifier's keys: learns the GC's
+        # keys at once (see Registration.refresh_keys).
+        self.refresh_keys: Callable[[], Awaitable[None]] | None = None
         self.rooms: dict[MeetingId, Room] = {}
         self.ended: list[str] = []
         self.max_meetings = max_meetings
@@ -303,7 +307,13 @@ class MeetingController(SessionMixin):
         if self.verifier is None:
             raise InternalError("not ready: no join-token key yet")
         meeting_id = MeetingId(join.meeting_id)
-        claims = self.verifier.verify(join.join_token, meeting_id=meeting_id, now=time.time())
+        try:
+            claims = self.verifier.verify(join.join_token, meeting_id=meeting_id, now=time.time())
+        except UnknownKeyId:
+            if self.refresh_keys is None:
+                raise
+            await self.refresh_keys()  # the GC may have rotated its key since our last beat
+            claims = self.verifier.verify(join.join_token, meeting_id=meeting_id, now=time.time())
         room = self.room(meeting_id)
         if len(room.members) >= room.scope.max_participants:
             raise CapacityExceeded(f"meeting {meeting_id} is full")

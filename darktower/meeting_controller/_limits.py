@@ -33,6 +33,10 @@ TELEMETRY_BACKOFF_MAX_S = 10.0
 REGISTER_BACKOFF_S = 0.5
 REGISTER_BACKOFF_MAX_S = 10.0
 GC_CALL_DEADLINE_S = 5.0
+# A join token naming a key id the MC does not know makes it ask the GC for its keys at once
+# (a heartbeat now), at most once per this many seconds: tokens with made-up key ids cannot
+# make the MC call the GC more often. A join waits for that refresh at most GC_CALL_DEADLINE_S.
+KEY_REFRESH_MIN_INTERVAL_S = 1.0
 # Writing SessionEnded to a leaving client (and its final error) is bounded by this.
 SESSION_END_GRACE_S = 1.0
 # Read size of the signaling stream (the decoder bounds a message at 64 KiB).

@@ -31,6 +31,7 @@ from ._controller import MeetingController
 from ._limits import (
     DEGRADED_LOAD,
     GC_CALL_DEADLINE_S,
+    KEY_REFRESH_MIN_INTERVAL_S,
     REGISTER_BACKOFF_MAX_S,
     REGISTER_BACKOFF_S,
 )
@@ -86,6 +87,28 @@ class Registration:
         self._keys_seen: tuple[tuple[str, bytes, int], ...] = ()
         self.last_ok = -float("inf")
         self.interval_s = DEFAULT_HEARTBEAT_INTERVAL_S
+        # refresh_keys() wakes the heartbeat loop and waits for the reply's keys.
+        self._beat_now = trio.Event()
+        self._keys_refreshed = trio.Event()
+        self._last_refresh = -float("inf")
+
+    async def refresh_keys(self) -> None:
+        """Heartbeat now and wait (at most ``GC_CALL_DEADLINE_S``) until its reply's join keys
+        are in use: a key the GC started signing with is learnt at once, not within a
+        heartbeat interval, so a key rotation breaks no join. At most once per
+        ``KEY_REFRESH_MIN_INTERVAL_S``; otherwise returns at once."""
+        now = trio.current_time()
+        if now - self._last_refresh < KEY_REFRESH_MIN_INTERVAL_S:
+            return
+        self._last_refresh = now
+        refreshed = self._keys_refreshed
+        self._beat_now.set()
+        with trio.move_on_after(GC_CALL_DEADLINE_S):
+            await refreshed.wait()
+
+    def _keys_in_use(self) -> None:
+        self._keys_refreshed.set()
+        self._keys_refreshed = trio.Event()
 
     def fresh(self, now: float) -> bool:
         # Three missed beats, but never under READY_FLOOR_S: readiness must not flap on
@@ -176,8 +199,11 @@ class Registration:
                     self.last_ok = trio.current_time()
                     backoff = REGISTER_BACKOFF_S
                     logger.info("registered with the GC", extra=fields(gc=gc_address))
+                    self._keys_in_use()
                     while True:
-                        await trio.sleep(self.interval_s)
+                        with trio.move_on_after(self.interval_s):
+                            await self._beat_now.wait()
+                        self._beat_now = trio.Event()
                         beat = self.heartbeat()
                         answer = await call(stub.Heartbeat, beat, deadline_s=GC_CALL_DEADLINE_S)
                         self.last_ok = trio.current_time()
@@ -185,6 +211,7 @@ class Registration:
                             self.use_keys(
                                 answer.join_token_keys, reply.join_token_public_key_pem, audience
                             )
+                        self._keys_in_use()
                         # Reported ends are dropped only once the GC has them.
                         reported = set(beat.ended_meeting_ids)
                         ended = self.controller.ended

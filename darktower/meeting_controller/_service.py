@@ -190,6 +190,7 @@ async def serve(
             )
         )
         if settings.gc_grpc:
+            controller.refresh_keys = registration.refresh_keys
             nursery.start_soon(registration.run, settings.gc_grpc)
         running = Running(
             controller_id=controller_id,

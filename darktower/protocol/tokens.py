@@ -79,6 +79,12 @@ _CONNECTION_CLAIMS = ("aud", "sub", "mid", "exp", "iat", "jti")
 
 
 # --- claims ------------------------------------------------------------------------------------
+class UnknownKeyId(Unauthorized):
+    """A join token names a key id the verifier does not hold: a key of another GC, a retired
+    one, or one the GC started signing with since the verifier last learnt its keys (the MC
+    then refreshes its keys once and verifies again)."""
+
+
 @attrs.frozen
 class JoinClaims:
     """A verified join token."""
@@ -453,7 +459,7 @@ class JoinTokenVerifier:
             raise Unauthorized("join token key id ('kid') malformed")
         key = self._keys.get(kid)
         if key is None:
-            raise Unauthorized(
+            raise UnknownKeyId(
                 f"join token key id {kid!r} unknown: not a key of this GC, or retired"
             )
         if key.retired(now, self.leeway_s):

@@ -35,6 +35,7 @@ class FakeRegistry:
         self.registrations: list[reg_pb.RegisterMeetingController] = []
         self.heartbeats: list[reg_pb.Heartbeat] = []
         self.changed = trio.Event()
+        self.heartbeat_interval_ms = 50
 
     async def RegisterMeetingController(
         self, request: reg_pb.RegisterMeetingController
@@ -44,7 +45,7 @@ class FakeRegistry:
         self.changed.set()
         return reg_pb.RegisterMeetingControllerResponse(
             join_token_public_key_pem=self.issuer.public_key_pem,
-            heartbeat_interval_ms=50,
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
             token_audience="mc-audience-from-gc",
             join_token_keys=self.keys,
         )
@@ -259,6 +260,72 @@ async def test_join_keys_rotate_with_an_overlap_learned_from_heartbeats(
         await next_heartbeats()
         with pytest.raises(Unauthorized, match="unknown"):
             await join(old)
+        shutdown.set()
+        with trio.fail_after(WAIT_S):
+            await running.controller.tree.wait_closed()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_join_with_a_key_newer_than_the_mcs_refreshes_its_keys_at_once(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Just after the GC rotated its key (its heartbeats an hour apart here), a token of the
+    new key makes the MC ask for the keys at once: the join succeeds, no join breaks."""
+    old_key, new_key = generate_signing_key(), generate_signing_key()
+    audience = "mc-audience-from-gc"
+    new = JoinTokenIssuer(new_key, audience=audience)
+    gc = FakeRegistry(JoinTokenIssuer(old_key, audience=audience))
+    gc.keys = [_published(JoinKey.of(old_key))]
+    gc.heartbeat_interval_ms = 3_600_000
+    async with open_rpc_loop(), trio.open_nursery() as nursery:
+        gc_port = await nursery.start(
+            serve_rpc, [rpc_service(ControllerRegistryBase, gc)], "127.0.0.1", 0
+        )
+        mh_port = await nursery.start(
+            serve_rpc, [rpc_service(MediaControlBase, FakeMediaControl())], "127.0.0.1", 0
+        )
+        settings = Settings(
+            port=0,
+            grpc_port=0,
+            ops_port=0,
+            gc_grpc=f"127.0.0.1:{gc_port}",
+            media_handler=f"127.0.0.1:{mh_port}",
+        )
+        shutdown = trio.Event()
+        running: Running = await nursery.start(
+            functools.partial(serve, settings, shutdown=shutdown)
+        )
+        await gc.wait_for(lambda: bool(gc.registrations))
+        async with open_rpc_channel(*running.grpc_address) as channel:
+            await call(
+                MeetingControlStub(channel).AssignMeeting,
+                mtg_pb.AssignMeeting(meeting_id="m", config=mtg_pb.MeetingConfig()),
+            )
+        gc.keys = [
+            _published(JoinKey.of(new_key)),
+            _published(JoinKey.of(old_key, not_after=time.time() + 600)),
+        ]
+        token = new.issue(MeetingId("m"), Role.GUEST, time.time())
+        with trio.fail_after(WAIT_S):
+            async with open_signaling(
+                running.signal_url,
+                meeting_id="m",
+                join_token=token,
+                server_certificate_hashes=[running.certificate_sha256],
+            ) as client:
+                assert client.join_response.participant_id
+        assert len(gc.heartbeats) == 1 and len(gc.registrations) == 1
+        # A made-up key id right after does not make the MC call the GC again.
+        forged = JoinTokenIssuer(generate_signing_key(), audience=audience)
+        with pytest.raises(Unauthorized, match="unknown"):
+            async with open_signaling(
+                running.signal_url,
+                meeting_id="m",
+                join_token=forged.issue(MeetingId("m"), Role.GUEST, time.time()),
+                server_certificate_hashes=[running.certificate_sha256],
+            ):
+                pass
+        assert len(gc.heartbeats) == 1
         shutdown.set()
         with trio.fail_after(WAIT_S):
             await running.controller.tree.wait_closed()
