@@ -304,6 +304,10 @@ class Connection:
             self.quic.send_stream_data(stream_id, data, end_stream)
         except ValueError:
             return  # the stream finished and was discarded: nothing left to send on
+        except RuntimeError:
+            # aioquic: already reset (by us, or for the peer's STOP_SENDING) or finished. The
+            # stream's state learns why from the event; nothing can be sent on it any more.
+            return
         self.schedule_flush()
 
     def reset_stream(self, stream_id: int, h3_code: int) -> None:
