@@ -323,7 +323,9 @@ def main() -> None:
                     except subprocess.TimeoutExpired:
                         stack.kill()
                         stack.wait()
-        tail = (pathlib.Path(tmp) / "stack.log").read_text().splitlines()[-5:]
+        # A dead stack's traceback in full; otherwise the last lines.
+        lines = (pathlib.Path(tmp) / "stack.log").read_text().splitlines()
+        tail = lines[-80:] if figures.get("crashes") else lines[-5:]
         if tail:
             print("stack log (last lines):", *tail, sep="\n  ")
     figures["elapsed_s"] = time.monotonic() - started

@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -43,6 +43,7 @@ from ._limits import (
     HANDSHAKE_TIMEOUT_S,
     MAX_MEETINGS,
     MAX_NAME_CHARS,
+    MAX_REVOKED_TOKENS,
     OUTBOUND_QUEUE_SIZE,
     READ_SIZE,
     SESSION_END_GRACE_S,
@@ -167,15 +168,27 @@ class MeetingController(SessionMixin):
         room.scope.end()
         return count
 
-    def kick(self, meeting_id: MeetingId, participant_id: ParticipantId, message: str = "") -> str:
+    def kick(
+        self,
+        meeting_id: MeetingId,
+        participant_id: ParticipantId,
+        message: str = "",
+        revoked: Sequence[tuple[str, float]] = (),
+    ) -> str:
         """Cancel the participant's scope with KICKED; return its join-token id (for a ban at
-        the GC). Raises NotFound."""
+        the GC). ``revoked`` are other join tokens (id, expiry in unix seconds) refused from now
+        on, at most ``MAX_REVOKED_TOKENS`` of them. Raises NotFound."""
         member = self.room(meeting_id).members.get(participant_id)
         if member is None:
             raise NotFound(f"participant {participant_id} is not in meeting {meeting_id}")
         member.end_message = message or "removed from the meeting"
-        # The kick sticks: the same join token is refused for as long as it is valid.
-        self.room(meeting_id).ban_token(member.token_id, member.token_valid_until, time.time())
+        # The kick sticks: the same join token is refused for as long as it is valid, and so
+        # are the others the GC revokes with it (a kick with ban).
+        room, now = self.room(meeting_id), time.time()
+        room.ban_token(member.token_id, member.token_valid_until, now)
+        leeway = self.verifier.leeway_s if self.verifier is not None else 0.0
+        for token_id, expires_at in revoked[:MAX_REVOKED_TOKENS]:
+            room.ban_token(token_id, expires_at + leeway, now)
         member.leave(LeaveReason.KICKED)
         return member.token_id
 

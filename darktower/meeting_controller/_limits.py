@@ -33,6 +33,9 @@ TELEMETRY_BACKOFF_MAX_S = 10.0
 REGISTER_BACKOFF_S = 0.5
 REGISTER_BACKOFF_MAX_S = 10.0
 GC_CALL_DEADLINE_S = 5.0
+# Join tokens one kick may revoke besides the kicked session's (a kick with ban); more are
+# ignored. Each is kept until it expires.
+MAX_REVOKED_TOKENS = 100
 # A join token naming a key id the MC does not know makes it ask the GC for its keys at once
 # (a heartbeat now), at most once per this many seconds: tokens with made-up key ids cannot
 # make the MC call the GC more often. A join waits for that refresh at most GC_CALL_DEADLINE_S.

@@ -30,7 +30,10 @@ class MeetingControl:
     ) -> pb.KickParticipantResponse:
         await trio.lowlevel.checkpoint()
         token_id = self._ctl.kick(
-            MeetingId(request.meeting_id), ParticipantId(request.participant_id), request.message
+            MeetingId(request.meeting_id),
+            ParticipantId(request.participant_id),
+            request.message,
+            [(t.token_id, t.expires_at_us / 1_000_000) for t in request.revoked_tokens],
         )
         return pb.KickParticipantResponse(token_id=token_id)
 

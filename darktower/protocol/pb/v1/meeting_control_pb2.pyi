@@ -9,9 +9,11 @@ Every contract message keeps exactly its names and field numbers; our additions 
 additive and each is marked "Addition to the contract".
 """
 
+from collections import abc as _abc
 from darktower.protocol.pb.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -153,24 +155,59 @@ class KickParticipantRequest(_message.Message):
     MEETING_ID_FIELD_NUMBER: _builtins.int
     PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    REVOKED_TOKENS_FIELD_NUMBER: _builtins.int
     meeting_id: _builtins.str
     participant_id: _builtins.str
     message: _builtins.str
     """shown to the kicked participant"""
+    @_builtins.property
+    def revoked_tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevokedToken]:
+        """Addition to the contract: a kick with ban also revokes the other join tokens the GC issued
+        to the kicked identity for this meeting, so one fetched in advance cannot rejoin. The MC
+        refuses each until it expires; it takes at most 100 (docs/protocol.md).
+        """
+
     def __init__(
         self,
         *,
         meeting_id: _builtins.str = ...,
         participant_id: _builtins.str = ...,
         message: _builtins.str = ...,
+        revoked_tokens: _abc.Iterable[Global___RevokedToken] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "message", b"message", "participant_id", b"participant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "message", b"message", "participant_id", b"participant_id", "revoked_tokens", b"revoked_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KickParticipantRequest: _TypeAlias = KickParticipantRequest  # noqa: Y015
+
+@_typing.final
+class RevokedToken(_message.Message):
+    """Addition to the contract: a join token the MC refuses until it expires."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_US_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    """the token's jti"""
+    expires_at_us: _builtins.int
+    """the token's exp, microseconds since the Unix epoch"""
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        expires_at_us: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_us", b"expires_at_us", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokedToken: _TypeAlias = RevokedToken  # noqa: Y015
 
 @_typing.final
 class KickParticipantResponse(_message.Message):
