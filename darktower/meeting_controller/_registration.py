@@ -87,28 +87,34 @@ class Registration:
         self._keys_seen: tuple[tuple[str, bytes, int], ...] = ()
         self.last_ok = -float("inf")
         self.interval_s = DEFAULT_HEARTBEAT_INTERVAL_S
-        # refresh_keys() wakes the heartbeat loop and waits for the reply's keys.
+        # refresh_keys() wakes the heartbeat loop and waits until the keys of a reply to a
+        # call sent after it asked are in use; callers meanwhile share that one refresh.
         self._beat_now = trio.Event()
-        self._keys_refreshed = trio.Event()
-        self._last_refresh = -float("inf")
+        self._refresh: trio.Event | None = None
+        self._refreshed_at = -float("inf")
 
     async def refresh_keys(self) -> None:
         """Heartbeat now and wait (at most ``GC_CALL_DEADLINE_S``) until its reply's join keys
         are in use: a key the GC started signing with is learnt at once, not within a
-        heartbeat interval, so a key rotation breaks no join. At most once per
-        ``KEY_REFRESH_MIN_INTERVAL_S``; otherwise returns at once."""
-        now = trio.current_time()
-        if now - self._last_refresh < KEY_REFRESH_MIN_INTERVAL_S:
-            return
-        self._last_refresh = now
-        refreshed = self._keys_refreshed
-        self._beat_now.set()
+        heartbeat interval, so a key rotation breaks no join. Callers while a refresh is
+        pending wait for that one; a new one starts at most ``KEY_REFRESH_MIN_INTERVAL_S``
+        after the last one ended (otherwise this returns at once)."""
+        done = self._refresh
+        if done is None:
+            if trio.current_time() - self._refreshed_at < KEY_REFRESH_MIN_INTERVAL_S:
+                return
+            done = self._refresh = trio.Event()
+            self._beat_now.set()
         with trio.move_on_after(GC_CALL_DEADLINE_S):
-            await refreshed.wait()
+            await done.wait()
 
-    def _keys_in_use(self) -> None:
-        self._keys_refreshed.set()
-        self._keys_refreshed = trio.Event()
+    def _keys_in_use(self, asked: trio.Event | None) -> None:
+        """The keys of a reply to a call sent after ``asked`` was created are in use."""
+        if asked is not None:
+            asked.set()
+            if self._refresh is asked:
+                self._refresh = None
+            self._refreshed_at = trio.current_time()
 
     def fresh(self, now: float) -> bool:
         # Three missed beats, but never under READY_FLOOR_S: readiness must not flap on
@@ -182,6 +188,7 @@ class Registration:
             stub = ControllerRegistryStub(channel)
             while True:
                 try:
+                    asked = self._refresh
                     reply = await call(
                         stub.RegisterMeetingController,
                         pb.RegisterMeetingController(
@@ -199,11 +206,12 @@ class Registration:
                     self.last_ok = trio.current_time()
                     backoff = REGISTER_BACKOFF_S
                     logger.info("registered with the GC", extra=fields(gc=gc_address))
-                    self._keys_in_use()
+                    self._keys_in_use(asked)
                     while True:
                         with trio.move_on_after(self.interval_s):
                             await self._beat_now.wait()
                         self._beat_now = trio.Event()
+                        asked = self._refresh
                         beat = self.heartbeat()
                         answer = await call(stub.Heartbeat, beat, deadline_s=GC_CALL_DEADLINE_S)
                         self.last_ok = trio.current_time()
@@ -211,7 +219,7 @@ class Registration:
                             self.use_keys(
                                 answer.join_token_keys, reply.join_token_public_key_pem, audience
                             )
-                        self._keys_in_use()
+                        self._keys_in_use(asked)
                         # Reported ends are dropped only once the GC has them.
                         reported = set(beat.ended_meeting_ids)
                         ended = self.controller.ended
