@@ -10,9 +10,10 @@ from typing import Final
 
 from darktower.protocol.tokens import CONNECTION_TOKEN_TTL_S, DEFAULT_LEEWAY_S
 
-# Participants (registered, connected or not) per room. Policy: RegisterParticipant beyond it
-# is refused with CAPACITY_EXCEEDED; nothing is allocated.
-MAX_PARTICIPANTS_PER_ROOM: Final = 100
+# Participants (registered, connected or not) per room: the largest meeting the GC creates
+# (max_participants at most 1,000). Policy: RegisterParticipant beyond it is refused with
+# CAPACITY_EXCEEDED; nothing is allocated.
+MAX_PARTICIPANTS_PER_ROOM: Final = 1000
 # Streams a participant may register (simulcast layers count one each), and QUIC publish
 # streams it may have open at once. Policy: RegisterParticipant over it is refused with
 # CAPACITY_EXCEEDED; a publish stream beyond it is refused as it is accepted, before any of

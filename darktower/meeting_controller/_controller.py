@@ -359,6 +359,8 @@ class MeetingController(SessionMixin):
                 # Nobody uses this placement yet: let the next join choose again.
                 room.mh.rooms -= 1
                 room.mh = None
+            if isinstance(exc, CapacityExceeded):  # the joiner is told the meeting is full
+                raise CapacityExceeded(f"the media handler's room is full: {exc}") from exc
             raise InternalError(f"media handler unavailable: {exc}") from exc
         outbox, recv = trio.open_memory_channel[Outgoing](self.outbound_queue_size)
         # The name others see is the signed one (a token without a name: its role), never

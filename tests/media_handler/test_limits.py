@@ -27,6 +27,17 @@ async def test_participants_per_room_and_rooms_are_bounded() -> None:
             await h.register(new_id(), "x")
 
 
+async def test_a_room_takes_the_largest_meeting_by_default() -> None:
+    """The GC creates meetings of up to 1,000: the MH's default room takes as many."""
+    async with open_harness() as h:
+        meeting = new_id()
+        with trio.fail_after(WAIT_S * 3):
+            for i in range(1000):
+                await h.register(meeting, f"p{i}")
+        with pytest.raises(CapacityExceeded):
+            await h.register(meeting, "one too many")
+
+
 async def test_a_registration_never_connected_expires_and_its_room_ends() -> None:
     meeting = new_id()
     async with open_harness(registration_ttl_s=0.2) as h:

@@ -9,6 +9,7 @@ import pathlib
 import pytest
 import trio
 
+from darktower.errors import CapacityExceeded
 from darktower.media_handler import Running as MhRunning
 from darktower.media_handler import Settings as MhSettings
 from darktower.media_handler import serve as serve_mh
@@ -53,4 +54,31 @@ async def test_join_and_kick_with_the_real_media_handler(tmp_path: pathlib.Path)
                 # the MH removed the participant at once: its media session is closed
                 with trio.fail_after(WAIT_S):
                     await media_session.wait_closed()
+        shutdown.set()
+
+
+async def test_a_full_media_handler_room_refuses_the_join_as_capacity_exceeded(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The MH's room cap reaches the joiner as CAPACITY_EXCEEDED (the meeting is full), not as
+    an internal error."""
+    async with open_stack(tmp_path, media_handler="") as stack, trio.open_nursery() as nursery:
+        mc_grpc = f"127.0.0.1:{stack.running.grpc_address[1]}"
+        settings = MhSettings(
+            port=0,
+            grpc_port=0,
+            ops_port=0,
+            mc_grpc=mc_grpc,
+            handler_id="mh-small",
+            max_participants_per_room=1,
+        )
+        shutdown = trio.Event()
+        await nursery.start(functools.partial(serve_mh, settings, shutdown=shutdown))
+        with trio.fail_after(WAIT_S):
+            await stack.running.controller.mhs.wait_for("mh-small")
+        await stack.assign("m")
+        async with stack.join("m", Role.HOST):
+            with pytest.raises(CapacityExceeded, match="full"):
+                async with stack.join("m"):
+                    raise AssertionError("joined a full room")
         shutdown.set()
