@@ -123,12 +123,15 @@ class MeetingController(SessionMixin):
 
     async def _end_when_empty(self, meeting_id: MeetingId, created: trio.Event, _: object) -> None:
         """The meeting's body: return (which ends the meeting, MEETING_ENDED) once it has had
-        nobody in it for ``empty_meeting_timeout_s``, from its assignment or its last leave.
-        A join still being admitted when the time is up is refused (the meeting is ending)."""
+        nobody in it for ``empty_meeting_timeout_s`` (0 or less: never), from its assignment,
+        its last leave or the last join it admitted. A join still being admitted when the time
+        is up is refused (the meeting is ending)."""
         await created.wait()
         room = self.rooms.get(meeting_id)
         if room is None:
             return
+        if self.empty_meeting_timeout_s <= 0:
+            await trio.sleep_forever()
         empty_since = trio.current_time()
         while True:
             changed = room.membership_changed
@@ -138,6 +141,8 @@ class MeetingController(SessionMixin):
                 continue
             with trio.move_on_at(empty_since + self.empty_meeting_timeout_s):
                 await changed.wait()
+                # A join admitted, or a join and its leave since we last looked: time anew.
+                empty_since = trio.current_time()
                 continue
             break
         room.end_message = "the meeting stayed empty"
@@ -177,18 +182,24 @@ class MeetingController(SessionMixin):
     ) -> str:
         """Cancel the participant's scope with KICKED; return its join-token id (for a ban at
         the GC). ``revoked`` are other join tokens (id, expiry in unix seconds) refused from now
-        on, at most ``MAX_REVOKED_TOKENS`` of them. Raises NotFound."""
-        member = self.room(meeting_id).members.get(participant_id)
+        on, at most ``MAX_REVOKED_TOKENS`` of them, also when the participant has already left
+        (the GC learns which tokens to revoke from this kick's reply and sends them in a second
+        kick); a session using one ends as kicked. Raises NotFound."""
+        room, now = self.room(meeting_id), time.time()
+        leeway = self.verifier.leeway_s if self.verifier is not None else 0.0
+        revoked_ids = set()
+        for token_id, expires_at in revoked[:MAX_REVOKED_TOKENS]:
+            room.ban_token(token_id, expires_at + leeway, now)
+            revoked_ids.add(token_id)
+        for other in [m for m in room.members.values() if m.token_id in revoked_ids]:
+            other.end_message = message or "removed from the meeting"
+            other.leave(LeaveReason.KICKED)
+        member = room.members.get(participant_id)
         if member is None:
             raise NotFound(f"participant {participant_id} is not in meeting {meeting_id}")
         member.end_message = message or "removed from the meeting"
-        # The kick sticks: the same join token is refused for as long as it is valid, and so
-        # are the others the GC revokes with it (a kick with ban).
-        room, now = self.room(meeting_id), time.time()
+        # The kick sticks: the same join token is refused for as long as it is valid.
         room.ban_token(member.token_id, member.token_valid_until, now)
-        leeway = self.verifier.leeway_s if self.verifier is not None else 0.0
-        for token_id, expires_at in revoked[:MAX_REVOKED_TOKENS]:
-            room.ban_token(token_id, expires_at + leeway, now)
         member.leave(LeaveReason.KICKED)
         return member.token_id
 
@@ -331,6 +342,7 @@ class MeetingController(SessionMixin):
         if len(room.members) >= room.scope.max_participants:
             raise CapacityExceeded(f"meeting {meeting_id} is full")
         room.claim_token(claims.token_id, time.time())
+        room.membership_change()  # a join under way: an empty meeting's time starts again
         try:
             return await self._allocate(room, join, claims)
         except BaseException:

@@ -197,3 +197,12 @@ async def test_a_meeting_everybody_left_ends_after_the_empty_timeout(
             await room.scope.wait_closed()
             assert trio.current_time() - left_at == 60
             assert room.end_message == "the meeting stayed empty"
+
+
+async def test_an_empty_timeout_of_zero_never_ends_the_meeting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with _controller(empty_meeting_timeout_s=0.0) as ctl:
+        await ctl.assign(MEETING, mtg_pb.MeetingConfig())
+        await trio.sleep(10 * 24 * 3600)
+        assert MEETING in ctl.rooms
