@@ -5,13 +5,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import trio
 
 from darktower.errors import CapacityExceeded
 from darktower.global_controller.service import grpc_endpoint
-from darktower.global_controller.store import ControllerRecord, Meeting
+from darktower.global_controller.store import ControllerRecord, IssuedJoinToken, Meeting
 from darktower.logs import fields
 from darktower.model import MeetingId, ParticipantId
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mc_pb
@@ -119,13 +120,26 @@ class GrpcMeetingControllers:
         )
 
     async def kick(
-        self, controller: ControllerRecord, meeting_id: MeetingId, participant_id: ParticipantId
+        self,
+        controller: ControllerRecord,
+        meeting_id: MeetingId,
+        participant_id: ParticipantId,
+        revoked: Sequence[IssuedJoinToken] = (),
     ) -> str:
         reply = await self._call(
             controller,
             "KickParticipant",
             mc_pb.KickParticipantRequest(
-                meeting_id=meeting_id, participant_id=participant_id, message=KICK_MESSAGE
+                meeting_id=meeting_id,
+                participant_id=participant_id,
+                message=KICK_MESSAGE,
+                revoked_tokens=[
+                    mc_pb.RevokedToken(
+                        token_id=t.token_id,
+                        expires_at_us=int(t.expires_at.timestamp() * 1_000_000),
+                    )
+                    for t in revoked
+                ],
             ),
         )
         # The kicked session's join-token id ("" from an MC that does not report it).

@@ -13,7 +13,7 @@ import collections
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from darktower.global_controller import credentials, placement, schemas
 from darktower.global_controller.store import (
     ControllerRecord,
     EndReason,
+    IssuedJoinToken,
     Meeting,
     MeetingStatus,
     NewMeeting,
@@ -68,6 +69,10 @@ MAX_VERIFIED_TOKENS = 10_000
 # loses its access tokens within this many seconds of the GC's clock: a client seen present
 # is read from the store again at most this often (at most MAX_VERIFIED_TOKENS remembered).
 CLIENT_RECHECK_S = 5.0
+# A kick with ban revokes at most this many of the banned identity's other join tokens for
+# the meeting at its MC, the newest (the MC takes no more per kick; docs/protocol.md). Older
+# ones stay usable until they expire: the rate limit bounds how many one identity can hold.
+MAX_REVOKED_TOKENS = 100
 
 
 def pack_endpoint(grpc_endpoint: str, signaling_url: str) -> str:
@@ -102,10 +107,15 @@ class MeetingControllers(Protocol):
     async def end_meeting(self, controller: ControllerRecord, meeting_id: MeetingId) -> None: ...
 
     async def kick(
-        self, controller: ControllerRecord, meeting_id: MeetingId, participant_id: ParticipantId
+        self,
+        controller: ControllerRecord,
+        meeting_id: MeetingId,
+        participant_id: ParticipantId,
+        revoked: Sequence[IssuedJoinToken] = (),
     ) -> str:
         """Returns the join-token id (``jti``) the kicked session joined with, "" if the MC
-        does not say."""
+        does not say. The MC refuses the ``revoked`` join tokens from now on (and ends a
+        session using one), also when the participant has already left (then ``NotFound``)."""
         ...
 
 
@@ -489,14 +499,20 @@ class GlobalController:
     ) -> None:
         """Owner only; ``Conflict`` once the meeting has ended; the MC answers ``NotFound``
         for an unknown participant. ``ban_s > 0``: the identity that got the kicked session's
-        join token gets no new one for this meeting for that long (when the MC reports which
-        token the session used; logged when it cannot be applied)."""
+        join token gets no new one for this meeting for that long, and the MC refuses the
+        tokens it already holds (when the MC reports which token the session used; logged
+        when it cannot be applied).
+
+        Only the MC knows which join token a participant used, and says so in its kick reply:
+        so the ban is stored after the kick, then the identity's other tokens (any it got
+        before the ban, newest first, at most :data:`MAX_REVOKED_TOKENS`) go to the MC in a
+        second ``KickParticipant`` for the same participant, which revokes them whether or not
+        the participant is still there."""
         meeting = await self._owned(meeting_id, caller)
         if not meeting.is_active:
             raise Conflict(f"meeting {meeting_id} has ended", details={"status": "ended"})
-        kicked_token = await self.controllers.kick(
-            await self._controller_of(meeting), meeting_id, participant_id
-        )
+        controller = await self._controller_of(meeting)
+        kicked_token = await self.controllers.kick(controller, meeting_id, participant_id)
         if ban_s <= 0:
             return
         identity = None
@@ -508,8 +524,22 @@ class GlobalController:
                 "kick with ban: the participant's join token is not known, no ban applied",
                 extra=fields(meeting=meeting_id, participant=participant_id),
             )
-        else:
-            log.info(
-                "participant kicked and banned",
-                extra=fields(meeting=meeting_id, participant=participant_id, ban_s=ban_s),
-            )
+            return
+        held = await self.store.join_tokens_of(meeting_id, identity, limit=MAX_REVOKED_TOKENS + 1)
+        revoked = [t for t in held if t.token_id != kicked_token][:MAX_REVOKED_TOKENS]
+        if revoked:
+            try:
+                await self.controllers.kick(controller, meeting_id, participant_id, revoked)
+            except NotFound:
+                pass  # the participant has left: the tokens are revoked all the same
+            except DarkTowerError as exc:
+                log.warning(
+                    "kick with ban: the banned identity's other join tokens were not revoked",
+                    extra=fields(meeting=meeting_id, tokens=len(revoked), error=exc.message),
+                )
+        log.info(
+            "participant kicked and banned",
+            extra=fields(
+                meeting=meeting_id, participant=participant_id, ban_s=ban_s, revoked=len(revoked)
+            ),
+        )

@@ -93,10 +93,12 @@ async def unpublish(
     ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
 ) -> Reply:
     stream_id = m.unpublish.stream_id
-    if stream_id not in member.streams:
+    stream = member.streams.pop(stream_id, None)
+    if stream is None:
         raise NotFound(f"stream {stream_id} is not published by you")
-    # The MH stops routing it (and ends its QUIC streams) before anyone hears it is gone: a
-    # publisher that unpublishes and keeps writing frames reaches nobody.
+    # Forgotten first, so a subscribe racing this one finds no stream to route. Then the MH
+    # stops routing it (and ends its QUIC streams) before anyone hears it is gone: a publisher
+    # that unpublishes and keeps writing frames reaches nobody.
     if room.mh is not None:
         try:
             await room.mh.remove_stream(
@@ -105,8 +107,8 @@ async def unpublish(
                 )
             )
         except RpcError as exc:
+            member.streams[stream_id] = stream  # still published: the client may try again
             raise InternalError(f"media handler unreachable: {exc}") from exc
-    member.streams.pop(stream_id, None)
     for other in list(room.subscribers_of(stream_id)):
         del other.subscriptions[stream_id]
     room.broadcast(

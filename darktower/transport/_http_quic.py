@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -31,6 +32,8 @@ from aioquic.quic.events import (
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType, pull_quic_header
 from hypercorn.config import Config
 from hypercorn.events import RawData
+from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h3 import H3Protocol
 from hypercorn.protocol.quic import QuicProtocol, _Connection
 from hypercorn.trio.task_group import TaskGroup
@@ -105,6 +108,80 @@ def _cause(exc: BaseException) -> str:
     return f"quic_error:{type(exc).__name__}"
 
 
+def _stream_cause(exc: BaseException) -> str:
+    return f"quic_stream_error:{type(exc).__name__}"
+
+
+class _GuardedH3Protocol(H3Protocol):
+    """hypercorn's ``H3Protocol`` whose sends are an error boundary per request stream.
+
+    ``stream_send`` runs in the app's task (hypercorn's task group), outside the connection's
+    error boundary: an answer on a stream the client has stopped or reset (aioquic raises
+    ``RuntimeError``/``ValueError``) or in a state HTTP/3 no longer allows
+    (``FrameUnexpected``) raised there, and the 500 hypercorn then sends from that task's
+    ``finally`` raised again, out of the task group, ending the listener. Now the first error
+    on a stream is handed to ``on_stream_error`` (which resets the stream) and every later
+    send on that stream is dropped, as hypercorn's HTTP/2 protocol drops sends on a closed
+    stream; the app is not told (its next sends succeed and go nowhere).
+    """
+
+    def __init__(
+        self, *args: Any, on_stream_error: Callable[[int, Exception], Awaitable[None]]
+    ) -> None:
+        super().__init__(*args)
+        self._on_stream_error = on_stream_error
+        self._failed_streams: set[int] = set()
+
+    async def stream_send(self, event: StreamEvent) -> None:
+        stream_id = event.stream_id
+        if stream_id in self._failed_streams:
+            if isinstance(event, StreamClosed):  # hypercorn forgets the stream: so do we
+                self._failed_streams.discard(stream_id)
+                self.streams.pop(stream_id, None)
+            return
+        try:
+            await super().stream_send(event)
+        except Exception as exc:
+            self._failed_streams.add(stream_id)
+            await self._on_stream_error(stream_id, exc)
+
+
+class _BoundedTaskGroup(TaskGroup):
+    """hypercorn's trio task group, in which nothing an app's task raises ends the listener.
+
+    hypercorn runs each request's app in a task that, in a ``finally``, calls the stream's
+    ``send(None)`` (which may answer 500); an exception there escaped into this group's
+    nursery. :class:`_GuardedH3Protocol` keeps sends from raising; should anything still
+    raise from that last call, it is counted (``quic_stream_error:<Type>``) and logged here.
+    """
+
+    def __init__(self, counters: Counter[str]) -> None:
+        super().__init__()
+        self._counters = counters
+
+    async def spawn_app(
+        self,
+        app: Any,
+        config: Config,
+        scope: Any,
+        send: Callable[[Any], Awaitable[None]],
+    ) -> Callable[[Any], Awaitable[None]]:
+        async def guarded_send(message: Any) -> None:
+            if message is not None:
+                await send(message)  # an error here is the app's, which hypercorn catches
+                return
+            try:
+                await send(None)
+            except Exception as exc:
+                self._counters[_stream_cause(exc)] += 1
+                logger.warning(
+                    "an HTTP/3 request ended with an error",
+                    extra={"fields": {"error": repr(exc)[:200]}},
+                )
+
+        return await super().spawn_app(app, config, scope, guarded_send)
+
+
 class _TrackingQuicProtocol(QuicProtocol):
     """hypercorn's QUIC protocol, made safe for concurrent requests and for hostile peers:
 
@@ -118,6 +195,9 @@ class _TrackingQuicProtocol(QuicProtocol):
     * an exception while handling one connection's datagrams, timers or HTTP/3 events closes
       that connection (``H3_GENERAL_PROTOCOL_ERROR``), logged and counted by cause in
       ``counters`` (``quic_error:<ExceptionType>``); nothing else is affected;
+    * an exception while sending on one request stream (from the app's task too) resets that
+      stream (``H3_INTERNAL_ERROR``), counted as ``quic_stream_error:<ExceptionType>``
+      (:class:`_GuardedH3Protocol`, :class:`_BoundedTaskGroup`);
     * a datagram for no known connection gets what ``Admission`` decides (caps in total, per
       peer and on handshakes, stateless Retry, Version Negotiation only for datagrams of at
       least 1,200 bytes), counted under :data:`COUNTER_NAMES`; a handshake still in progress
@@ -250,6 +330,30 @@ class _TrackingQuicProtocol(QuicProtocol):
             # The connection cannot even be closed: forget it (aioquic drops its packets).
             self._forget(connection)
 
+    async def _send_from_stream(self, connection: _Connection) -> None:
+        """``send_all`` for the HTTP/3 layer, which calls it from the app's task too (outside
+        the connection's other boundaries): an error closes the connection."""
+        try:
+            await self.send_all(connection)
+        except Exception as exc:
+            await self._fail(connection, exc)
+
+    async def _stream_failed(self, connection: _Connection, stream_id: int, exc: Exception) -> None:
+        """The error boundary of one request stream: reset it (``H3_INTERNAL_ERROR``), log and
+        count the cause (``quic_stream_error:<Type>``); the connection goes on. If even the
+        reset fails, the connection's state is unknown: it is closed (:meth:`_fail`)."""
+        self.counters[_stream_cause(exc)] += 1
+        logger.warning(
+            "resetting an HTTP/3 stream after an error",
+            extra={"fields": {"stream_id": stream_id, "error": repr(exc)[:200]}},
+        )
+        try:
+            connection.quic.reset_stream(stream_id, H3ErrorCode.H3_INTERNAL_ERROR)
+        except Exception as reset_exc:
+            await self._fail(connection, reset_exc)
+            return
+        await self._send_from_stream(connection)
+
     async def _handle_timer(self, timer: float, connection: Any) -> None:
         await self.context.sleep(max(0, timer - self.context.time()))
         with trio.move_on_after(TIMER_DELIVERY_BOUND_S, shield=True):
@@ -295,7 +399,7 @@ class _TrackingQuicProtocol(QuicProtocol):
             elif isinstance(event, HandshakeCompleted):
                 self._end_handshake(connection)
             elif isinstance(event, ProtocolNegotiated):
-                connection.h3 = H3Protocol(
+                connection.h3 = _GuardedH3Protocol(
                     self.app,
                     self.config,
                     self.context,
@@ -304,7 +408,8 @@ class _TrackingQuicProtocol(QuicProtocol):
                     client,
                     self.server,
                     connection.quic,
-                    partial(self.send_all, connection),
+                    partial(self._send_from_stream, connection),
+                    on_stream_error=partial(self._stream_failed, connection),
                 )
                 _guard_streams(connection)
             elif isinstance(event, ConnectionIdIssued):
@@ -344,7 +449,7 @@ class _QuicServer:
         """Serve until ``shutdown`` is set; then close connections and the socket (bounded)."""
         addr = self._socket.getsockname()
         try:
-            async with TaskGroup() as task_group:
+            async with _BoundedTaskGroup(self._counters) as task_group:
                 self.protocol = _TrackingQuicProtocol(
                     self._app,
                     self._config,

@@ -264,6 +264,28 @@ async def test_a_kick_with_ban_through_the_gc_sticks(tmp_path: pathlib.Path) -> 
                 pass  # the kicked token itself is refused by the MC
 
 
+async def test_a_kick_with_ban_revokes_the_tokens_fetched_in_advance(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A guest holding a second join token fetched before the kick cannot rejoin with it:
+    the GC sends the banned identity's other tokens to the MC, which refuses them."""
+    async with meeting(tmp_path) as m:
+        host = await m.join("host", host=True)
+        token = await m.guest_token("ann")
+        spare = await m.guest_token("ann")
+        async with m.session(token, "ann") as ann:
+            await m.gc.kick(m.created.meeting_id, ann.participant_id, ban=True)
+            with trio.fail_after(WAIT_S):
+                await ann.ended.wait()
+        assert ann.end_reason is LeaveReason.KICKED
+        await next_event(host, ParticipantLeft)
+        with pytest.raises(Forbidden):
+            async with m.session(spare, "ann"):
+                pass  # fetched in advance, revoked with the kick
+        with pytest.raises(Forbidden):
+            await m.guest_token("ann")  # and no new one from the GC
+
+
 async def test_meeting_end_ends_every_session(tmp_path: pathlib.Path) -> None:
     async with meeting(tmp_path) as m:
         host = await m.join("host", host=True)

@@ -5,17 +5,18 @@ is in the store). The MC seam reports which join token the kicked session used."
 from __future__ import annotations
 
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 
 from darktower.errors import NotFound
-from darktower.global_controller import Running, serve
+from darktower.global_controller import Running, serve, service
 from darktower.global_controller.clients import add_client
 from darktower.global_controller.service import token_id
-from darktower.global_controller.store import ControllerRecord, Meeting
+from darktower.global_controller.store import ControllerRecord, IssuedJoinToken, Meeting
 from darktower.model import MeetingId, ParticipantId
 from tests.gc_api._harness import ManualClock, gc_settings, open_api, register_mc
 
@@ -25,6 +26,7 @@ class JoinedControllers:
 
     def __init__(self) -> None:
         self.sessions: dict[str, str] = {}  # participant id -> join token id
+        self.revoked: list[list[str]] = []  # the token ids of each kick that revoked some
 
     async def assign_meeting(self, controller: ControllerRecord, meeting: Meeting) -> None:
         pass
@@ -33,8 +35,14 @@ class JoinedControllers:
         pass
 
     async def kick(
-        self, controller: ControllerRecord, meeting_id: MeetingId, participant_id: ParticipantId
+        self,
+        controller: ControllerRecord,
+        meeting_id: MeetingId,
+        participant_id: ParticipantId,
+        revoked: Sequence[IssuedJoinToken] = (),
     ) -> str:
+        if revoked:
+            self.revoked.append([t.token_id for t in revoked])
         if participant_id not in self.sessions:
             raise NotFound(f"participant {participant_id} is not in the meeting")
         return self.sessions.pop(participant_id)
@@ -110,3 +118,41 @@ async def test_a_kick_without_ban_lets_them_back(tmp_path: pathlib.Path) -> None
             kick = f"/api/v1/meetings/{meeting}/participants/p-1"
             assert (await api.request("DELETE", kick, token=owner)).status == 204
             assert (await api.request("POST", f"/api/v1/meetings/{meeting}/join")).status == 200
+
+
+async def test_a_kick_with_ban_revokes_the_tokens_that_identity_holds(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Join tokens fetched before the kick are sent to the MC to refuse: the banned
+    identity's only, newest first, at most MAX_REVOKED_TOKENS, not the kicked one."""
+    monkeypatch.setattr(service, "MAX_REVOKED_TOKENS", 2)
+    mcs, clock = JoinedControllers(), ManualClock()
+    async with _gc(tmp_path, mcs, clock) as (running, client_id, secret):
+        async with open_api("h1", running.url, running.certificate_sha256) as api:
+            owner = await api.token(client_id, secret)
+            meeting = (
+                await api.request(
+                    "POST", "/api/v1/meetings", json_body={"display_name": "m"}, token=owner
+                )
+            ).json()["meeting_id"]
+            join = f"/api/v1/meetings/{meeting}/join"
+
+            async def fetch(**kwargs: Any) -> str:
+                reply = await api.request("POST", join, json_body={}, **kwargs)
+                assert reply.status == 200, reply.body
+                clock.advance(1)  # each token expires a second after the one before
+                return token_id(reply.json()["join_token"])
+
+            spares = [await fetch() for _ in range(3)]  # anonymous: this address
+            first = mcs.sessions["p-1"] = await fetch()
+            host = await fetch(token=owner)
+            kick = f"/api/v1/meetings/{meeting}/participants/p-1"
+            assert (await api.request("DELETE", kick, token=owner)).status == 204
+            assert mcs.revoked == []  # no ban: nothing revoked
+            mcs.sessions["p-2"] = spares[0]
+            kick = f"/api/v1/meetings/{meeting}/participants/p-2"
+            assert (await api.request("DELETE", kick + "?ban=true", token=owner)).status == 204
+            # The newest two of the three it holds besides the kicked one (the first kick's
+            # included: the MC refuses it already, the GC does not know).
+            assert mcs.revoked == [[first, spares[2]]]
+            assert host not in mcs.revoked[0]

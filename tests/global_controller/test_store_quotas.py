@@ -24,6 +24,7 @@ from .conftest import FakeClock
 ALICE = ClientId("client-alice")
 BOB = ClientId("client-bob")
 MC1 = ControllerId("mc-1")
+HOUR = timedelta(hours=1)
 CAP = ControllerCapacity(max_meetings=10, max_participants=100)
 
 
@@ -135,3 +136,24 @@ async def test_bans_are_shared_by_every_store_on_the_database(
         clock.advance(301)
         assert await a.purge_expired() >= 2
         await b.record_join(meeting.meeting_id, "jti-5", "addr:192.0.2.7", later)
+
+
+async def test_an_identitys_join_tokens_newest_first(store: SqlStore, clock: FakeClock) -> None:
+    """What a kick with ban revokes at the MC: the identity's unexpired tokens for that
+    meeting only, newest first, at most the limit."""
+    await store.register_controller(MC1, "eu", "mc1", CAP)
+    meeting = await store.create_meeting(_new())
+    other = await store.create_meeting(_new())
+    troll, bystander = "addr:192.0.2.7", "addr:192.0.2.8"
+    for n in range(4):
+        expires = clock.now + timedelta(seconds=100 + n)
+        await store.record_join(meeting.meeting_id, f"jti-{n}", troll, expires)
+    await store.record_join(meeting.meeting_id, "jti-other", bystander, clock.now + HOUR)
+    await store.record_join(other.meeting_id, "jti-elsewhere", troll, clock.now + HOUR)
+    got = await store.join_tokens_of(meeting.meeting_id, troll, limit=3)
+    assert [t.token_id for t in got] == ["jti-3", "jti-2", "jti-1"]
+    assert got[0].expires_at == clock.now + timedelta(seconds=103)
+    clock.advance(101.5)  # jti-0 and jti-1 have expired
+    got = await store.join_tokens_of(meeting.meeting_id, troll, limit=100)
+    assert [t.token_id for t in got] == ["jti-3", "jti-2"]
+    assert await store.join_tokens_of(meeting.meeting_id, "addr:192.0.2.9", limit=100) == []

@@ -19,6 +19,7 @@ from ._models import (
     ControllerRecord,
     EndReason,
     HealthStatus,
+    IssuedJoinToken,
     Meeting,
     NewMeeting,
 )
@@ -131,6 +132,13 @@ class SqlStore(abc.ABC):
         self, meeting_id: MeetingId, token_id: str, until: datetime
     ) -> str | None:
         return await self._call(_queries.ban_token_holder, meeting_id, token_id, until)
+
+    async def join_tokens_of(
+        self, meeting_id: MeetingId, identity: str, *, limit: int
+    ) -> list[IssuedJoinToken]:
+        return await self._call(
+            _queries.join_tokens_of, meeting_id, identity, self._clock(), limit, single_read=True
+        )
 
     async def purge_expired(self) -> int:
         return await self._call(_queries.purge_expired, self._clock())

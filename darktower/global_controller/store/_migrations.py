@@ -118,6 +118,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX meeting_bans_expiry ON meeting_bans (until)",
         ),
     ),
+    Migration(
+        6,
+        "join tokens by holder",
+        # A kick with ban revokes the banned identity's other join tokens for the meeting.
+        ("CREATE INDEX join_tokens_holder ON join_tokens (meeting_id, identity, expires_at)",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -100,6 +100,14 @@ class Meeting:
 
 
 @attrs.frozen
+class IssuedJoinToken:
+    """A join token on record (its ``jti`` and expiry), as a kick with ban revokes it."""
+
+    token_id: str
+    expires_at: datetime
+
+
+@attrs.frozen
 class ControllerCapacity:
     """Contract §5.1 ``ControllerCapacity``."""
 

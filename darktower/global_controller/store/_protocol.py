@@ -14,6 +14,7 @@ from ._models import (
     ControllerRecord,
     EndReason,
     HealthStatus,
+    IssuedJoinToken,
     Meeting,
     NewMeeting,
 )
@@ -99,6 +100,13 @@ class Store(Protocol):
     ) -> str | None:
         """Ban whoever got join token ``token_id`` from the meeting until ``until``; returns
         the identity banned, None if the token is not on record."""
+        ...
+
+    async def join_tokens_of(
+        self, meeting_id: MeetingId, identity: str, *, limit: int
+    ) -> list[IssuedJoinToken]:
+        """The unexpired join tokens handed to ``identity`` for the meeting (recorded by
+        :meth:`record_join`), newest first, at most ``limit``."""
         ...
 
     async def purge_expired(self) -> int:

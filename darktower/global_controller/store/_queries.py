@@ -20,6 +20,7 @@ from ._models import (
     ControllerRecord,
     EndReason,
     HealthStatus,
+    IssuedJoinToken,
     Meeting,
     MeetingSettings,
     MeetingStatus,
@@ -296,6 +297,20 @@ def ban_token_holder(tx: Tx, meeting_id: MeetingId, token_id: str, until: dateti
         (meeting_id, identity, stamp),
     )
     return identity
+
+
+def join_tokens_of(
+    tx: Tx, meeting_id: MeetingId, identity: str, now: datetime, limit: int
+) -> list[IssuedJoinToken]:
+    """The unexpired join tokens ``identity`` got for the meeting, newest first, at most
+    ``limit``."""
+    rows = tx.all(
+        "SELECT token_id, expires_at FROM join_tokens "
+        "WHERE meeting_id = ? AND identity = ? AND expires_at > ? "
+        "ORDER BY expires_at DESC, token_id LIMIT ?",
+        (meeting_id, identity, tx.dialect.ts_in(now), limit),
+    )
+    return [IssuedJoinToken(str(r[0]), tx.dialect.ts_out(r[1])) for r in rows]
 
 
 def purge_expired(tx: Tx, now: datetime) -> int:
