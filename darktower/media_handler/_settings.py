@@ -63,7 +63,9 @@ class Settings:
         "bytes of partial frames one participant's publish streams may hold together",
     )
     registration_ttl_s: float = option(
-        REGISTRATION_TTL_S, "seconds a registration waits for its media connection"
+        REGISTRATION_TTL_S,
+        "seconds a registration waits for its media connection (keep it above the connection "
+        "token's 60 s plus --token-leeway-s: a late connection is refused after it)",
     )
     telemetry_interval_s: float = option(TELEMETRY_INTERVAL_S, "seconds between stream reports")
     token_leeway_s: float = option(
