@@ -240,3 +240,14 @@ class Registry:
         for metric in self._metrics.values():
             lines.extend(metric.render())
         return "\n".join(lines) + "\n"
+
+
+def count_refusals(registry: Registry, counts: Mapping[str, float]) -> CountsView:
+    """``darktower_transport_refusals_total{cause}`` of a service: what its listeners refused
+    or closed, by cause (the transport's counters; docs/protocol.md lists the causes)."""
+    return registry.counts(
+        "darktower_transport_refusals_total",
+        "connections, sessions and datagrams the listeners refused or closed, by cause",
+        "cause",
+        counts,
+    )

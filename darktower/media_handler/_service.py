@@ -17,7 +17,7 @@ import trio
 
 from darktower.errors import NotFound
 from darktower.logs import fields
-from darktower.metrics import Registry
+from darktower.metrics import Registry, count_refusals
 from darktower.nurseries import TaskTree
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
@@ -144,12 +144,7 @@ async def serve(
             ),
             {MEDIA_PATH: Route(handler.handle_session, authorize=handler.authorize)},
         )
-        registry.counts(
-            "darktower_transport_refusals_total",
-            "QUIC connections, WebTransport sessions and datagrams the transport refused or closed, by cause (docs/protocol.md)",
-            "cause",
-            server.counters,
-        )
+        count_refusals(registry, server.counters)
         host, port = await nursery.start(server.run)
         handler.media_url = f"https://{_netloc(public_host, port)}{MEDIA_PATH}"
         grpc_port = await nursery.start(

@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from darktower.logs import fields
-from darktower.metrics import Registry
+from darktower.metrics import Registry, count_refusals
 from darktower.nurseries import TaskTree
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase
 from darktower.protocol.tokens import JoinTokenVerifier, load_public_key_pem
@@ -148,12 +148,7 @@ async def serve(
             ),
             {SIGNAL_PATH: Route(handle)},
         )
-        registry.counts(
-            "darktower_transport_refusals_total",
-            "QUIC connections, WebTransport sessions and datagrams the transport refused or closed, by cause (docs/protocol.md)",
-            "cause",
-            server.counters,
-        )
+        count_refusals(registry, server.counters)
         host, port = await nursery.start(server.run)
         signal_url = f"https://{_netloc(public_host, port)}{SIGNAL_PATH}"
         grpc_port = await nursery.start(
