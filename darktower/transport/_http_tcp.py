@@ -31,6 +31,30 @@ logger = logging.getLogger("darktower.http")
 # (as trio.serve_listeners does) instead of ending the listener.
 _ACCEPT_BACKOFF_S = 0.1
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+# accept() errors that belong to one connection not yet accepted (Linux reports a pending
+# connection's network errors there): counted (``tcp_accept_error:<ERRNO>``) and accepting
+# goes on, as trio.SocketListener does (the same list as trio/_highlevel_socket.py).
+_ACCEPT_PEER_ERRNOS = {
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "ENOSR",
+        "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT",
+        "ETIMEDOUT",
+        "ECONNRESET",
+    )
+    if hasattr(errno, name)
+}
 
 
 def apply_limits(config: Config, limits: HttpLimits) -> None:
@@ -64,7 +88,9 @@ class _TcpServer:
     closed at once; a TLS handshake not done within ``tls_handshake_timeout_s`` closes the
     connection; an exception while serving one connection closes that connection only. Each
     is counted in ``counters`` by cause (``tcp_refused_total``, ``tcp_refused_address``,
-    ``tcp_tls_handshake_timeout``, ``tcp_tls_handshake_failed``, ``tcp_error:<Type>``).
+    ``tcp_tls_handshake_timeout``, ``tcp_tls_handshake_failed``, ``tcp_error:<Type>``); an
+    error ``accept()`` reports for one pending connection is counted as
+    ``tcp_accept_error:<ERRNO>`` and accepting goes on.
     """
 
     def __init__(
@@ -97,6 +123,10 @@ class _TcpServer:
                 try:
                     conn, address = await sock.accept()
                 except OSError as exc:
+                    if exc.errno in _ACCEPT_PEER_ERRNOS:
+                        name = errno.errorcode.get(exc.errno, str(exc.errno))
+                        self._counters[f"tcp_accept_error:{name}"] += 1
+                        continue
                     if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                         raise
                     logger.error("accept failed", extra={"fields": {"error": repr(exc)}})
@@ -141,12 +171,26 @@ class _TcpServer:
                 served,  # type: ignore[arg-type]  # TCPServer serves plain streams too
             )
         except Exception as exc:  # one connection's failure never ends the listener
-            self._counters[f"tcp_error:{type(exc).__name__}"] += 1
-            logger.warning(
-                "closing a TCP connection after an error",
-                extra={"fields": {"error": repr(exc)[:200]}},
-            )
+            self._count_error(exc)
+        except BaseExceptionGroup as group:
+            # An error beside a cancellation (the drain deadline): the error stays here, the
+            # cancellation goes on to its scope.
+            cancelled, errors = group.split(trio.Cancelled)
+            if not isinstance(errors, Exception):
+                raise
+            self._count_error(errors)
+            if cancelled is not None:
+                raise cancelled from None
         finally:
             self.connections -= 1
             self.per_address.release(key)
             await trio.aclose_forcefully(served)
+
+    def _count_error(self, exc: Exception) -> None:
+        while isinstance(exc, ExceptionGroup):  # hypercorn's task group wraps what it raises
+            exc = exc.exceptions[0]
+        self._counters[f"tcp_error:{type(exc).__name__}"] += 1
+        logger.warning(
+            "closing a TCP connection after an error",
+            extra={"fields": {"error": repr(exc)[:200]}},
+        )
