@@ -123,8 +123,8 @@ class _TcpServer:
                 try:
                     conn, address = await sock.accept()
                 except OSError as exc:
-                    if exc.errno in _ACCEPT_PEER_ERRNOS:
-                        name = errno.errorcode.get(exc.errno, str(exc.errno))
+                    if exc.errno is not None and exc.errno in _ACCEPT_PEER_ERRNOS:
+                        name = errno.errorcode[exc.errno]
                         self._counters[f"tcp_accept_error:{name}"] += 1
                         continue
                     if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
