@@ -161,11 +161,15 @@ class Endpoint:
         conn.admit = admit
         self.connections.add(conn)
         self.handshaking.add(conn)
-        for cid in (*cids, quic.host_cid):
-            self.add_cid(cid, conn)
-        if self._on_connection is not None:
-            self._on_connection(conn)
-        self._nursery.start_soon(conn.run)
+        try:
+            for cid in (*cids, quic.host_cid):
+                self.add_cid(cid, conn)
+            if self._on_connection is not None:
+                self._on_connection(conn)
+            self._nursery.start_soon(conn.run)
+        except BaseException:
+            self.forget(conn)  # releases what admission took for it
+            raise
         return conn
 
     def add_cid(self, cid: bytes, conn: Connection) -> None:
@@ -277,21 +281,34 @@ class Endpoint:
                 handshakes=len(self.handshaking),
             )
         except Exception as exc:  # a header our admission code cannot handle: dropped
-            self.counters[f"peer_error:{type(exc).__name__}"] += 1
-            logger.warning("dropped a datagram from %s: %s: %s", addr[0], type(exc).__name__, exc)
+            self._drop(exc, addr)
             return None
         if verdict is None:
             return None
         if isinstance(verdict, bytes):
             self.send(verdict, addr)  # Version Negotiation or Retry
             return None
-        quic = CreditedQuicConnection(
-            configuration=config,
-            original_destination_connection_id=verdict.original_destination_cid,
-            retry_source_connection_id=verdict.retry_source_cid,
-            consumed=lambda _sid: None,
-            window=self.limits.stream_receive_window,
-        )
-        conn = self._adopt(quic, header.destination_cid, admit=verdict)
+        try:
+            quic = CreditedQuicConnection(
+                configuration=config,
+                original_destination_connection_id=verdict.original_destination_cid,
+                retry_source_connection_id=verdict.retry_source_cid,
+                consumed=lambda _sid: None,
+                window=self.limits.stream_receive_window,
+            )
+        except Exception as exc:  # the datagram is dropped; what admission took is released
+            admission.handshake_ended(verdict)
+            admission.connection_ended(verdict)
+            self._drop(exc, addr)
+            return None
+        try:
+            conn = self._adopt(quic, header.destination_cid, admit=verdict)
+        except Exception as exc:  # _adopt forgot the connection, which released its slots
+            self._drop(exc, addr)
+            return None
         conn.peer_host = str(addr[0])
         return conn
+
+    def _drop(self, exc: Exception, addr: NetworkAddress) -> None:
+        self.counters[f"peer_error:{type(exc).__name__}"] += 1
+        logger.warning("dropped a datagram from %s: %s: %s", addr[0], type(exc).__name__, exc)

@@ -263,18 +263,23 @@ class _TrackingQuicProtocol(QuicProtocol):
         if isinstance(verdict, bytes):  # Version Negotiation or Retry
             await self.send(RawData(data=verdict, address=address))
             return None
-        quic = QuicConnection(
-            configuration=self.quic_config,
-            original_destination_connection_id=verdict.original_destination_cid,
-            retry_source_connection_id=verdict.retry_source_cid,
-        )
-        connection = _AdmittedConnection(
-            cids={header.destination_cid, quic.host_cid},
-            quic=quic,
-            task=self.context.single_task_class(),
-            admit=verdict,
-            handshake_deadline=now + self.limits.quic_handshake_timeout_s,
-        )
+        try:
+            quic = QuicConnection(
+                configuration=self.quic_config,
+                original_destination_connection_id=verdict.original_destination_cid,
+                retry_source_connection_id=verdict.retry_source_cid,
+            )
+            connection = _AdmittedConnection(
+                cids={header.destination_cid, quic.host_cid},
+                quic=quic,
+                task=self.context.single_task_class(),
+                admit=verdict,
+                handshake_deadline=now + self.limits.quic_handshake_timeout_s,
+            )
+        except BaseException:  # release what admission took; the caller drops the datagram
+            self.admission.handshake_ended(verdict)
+            self.admission.connection_ended(verdict)
+            raise
         self.live_connections += 1
         self.handshakes += 1
         self.connections[header.destination_cid] = connection

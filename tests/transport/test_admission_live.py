@@ -253,3 +253,64 @@ async def test_version_negotiation_not_for_small_datagrams(dev_cert: TlsCredenti
             assert reply[1:5] == b"\0\0\0\0"  # the only reply is to the full-size one
         assert server.counters["version_negotiation"] == 1
         nursery.cancel_scope.cancel()
+
+
+# --- admission slots are released -----------------------------------------------------------
+def _slots_held(endpoint: Endpoint) -> tuple[int, int, int, int, int]:
+    admission = endpoint.admission
+    assert admission is not None
+    return (
+        len(endpoint.connections),
+        len(endpoint.handshaking),
+        len(admission.connections),
+        len(admission.validated_handshakes),
+        len(admission.unvalidated_handshakes),
+    )
+
+
+async def test_timed_out_handshakes_of_a_flood_release_every_slot(
+    dev_cert: TlsCredentials,
+) -> None:
+    limits = TransportLimits(handshake_timeout_s=0.3)
+    async with trio.open_nursery() as nursery:
+        server, base = await start_server(nursery, dev_cert, {"/echo": Route(_echo)}, limits=limits)
+        endpoint = server.endpoint
+        assert endpoint is not None
+        for host in SPOOFED_SOURCES[:3]:
+            with await udp_socket(host) as sock:
+                for _ in range(4):
+                    await sock.sendto(client_initial(_port(base)), ("127.0.0.1", _port(base)))
+        await wait_until(lambda: len(endpoint.handshaking) == 12, "the flood's handshakes began")
+        await wait_until(lambda: not endpoint.connections, "the handshakes timed out")
+        assert _slots_held(endpoint) == (0, 0, 0, 0, 0)
+        await _echo_session(base, dev_cert, TransportLimits())
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_that_cannot_be_built_releases_its_slots(
+    dev_cert: TlsCredentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception building an admitted connection drops that datagram (counted), releases
+    what admission took for it, and the endpoint's read loop goes on."""
+    from darktower.transport import _endpoint
+
+    real = _endpoint.CreditedQuicConnection
+    failures = [1]
+
+    def failing_once(*args: object, **kwargs: object) -> object:
+        if failures:
+            failures.pop()
+            raise ValueError("cannot build it")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_endpoint, "CreditedQuicConnection", failing_once)
+    async with trio.open_nursery() as nursery:
+        server, base = await start_server(nursery, dev_cert, {"/echo": Route(_echo)})
+        endpoint = server.endpoint
+        assert endpoint is not None
+        with await udp_socket("127.0.0.2") as sock:
+            await sock.sendto(client_initial(_port(base)), ("127.0.0.1", _port(base)))
+        await wait_until(lambda: not failures and _slots_held(endpoint) == (0,) * 5, "dropped")
+        assert server.counters["peer_error:ValueError"] == 1
+        await _echo_session(base, dev_cert, TransportLimits())
+        nursery.cancel_scope.cancel()

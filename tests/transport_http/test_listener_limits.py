@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import ssl
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ import trio
 import trio.lowlevel
 from quart_trio import QuartTrio
 
-from darktower.transport import generate_dev_certificate, open_http3_client
+from darktower.transport import _http_quic, generate_dev_certificate, open_http3_client
 from darktower.transport._admission import CAUSES
 from darktower.transport._http_quic import COUNTER_NAMES
 from darktower.transport.http_server import HttpLimits, serve_http
@@ -405,3 +406,76 @@ async def test_a_plain_tcp_request_still_works_with_caps(cert_files: tuple[str, 
             while chunk := await stream.receive_some():
                 data += chunk
         assert data.startswith(b"HTTP/1.1 200")
+
+
+# --- admission slots are released ------------------------------------------------------------
+@pytest.fixture
+def listeners(monkeypatch: pytest.MonkeyPatch) -> list[_http_quic._TrackingQuicProtocol]:
+    """Every QUIC protocol ``serve_http`` creates in this test."""
+    created: list[_http_quic._TrackingQuicProtocol] = []
+
+    class Recorded(_http_quic._TrackingQuicProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+    monkeypatch.setattr(_http_quic, "_TrackingQuicProtocol", Recorded)
+    return created
+
+
+def _slots_held(protocol: _http_quic._TrackingQuicProtocol) -> tuple[int, ...]:
+    admission = protocol.admission
+    return (
+        protocol.live_connections,
+        protocol.handshakes,
+        len(admission.connections),
+        len(admission.validated_handshakes),
+        len(admission.unvalidated_handshakes),
+    )
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    # No event says "the connection's timer fired": polled, bounded (end-of-life checks only).
+    with trio.fail_after(WAIT_S):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
+async def test_timed_out_handshakes_of_a_flood_release_every_slot(
+    cert_files: tuple[str, str], listeners: list[_http_quic._TrackingQuicProtocol]
+) -> None:
+    counters: Counter[str] = Counter()
+    limits = HttpLimits(quic_handshake_timeout_s=0.3)
+    async with serving(cert_files, limits, counters) as port:
+        (protocol,) = listeners
+        answered = await _flood(port, [f"127.0.0.{i}" for i in range(2, 5)], per_host=4)
+        assert sum(len(cids) for cids in answered) == 12
+        await _until(lambda: protocol.live_connections == 0)
+        assert counters["quic_handshake_timeout"] == 12
+        assert _slots_held(protocol) == (0, 0, 0, 0, 0)
+        assert await _h3_get(port) == 200
+
+
+async def test_a_connection_that_cannot_be_built_releases_its_slots(
+    cert_files: tuple[str, str],
+    listeners: list[_http_quic._TrackingQuicProtocol],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = _http_quic.QuicConnection
+    failures = [1]
+
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            failures.pop()
+            raise ValueError("cannot build it")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_http_quic, "QuicConnection", failing_once)
+    counters: Counter[str] = Counter()
+    async with serving(cert_files, HttpLimits(), counters) as port:
+        (protocol,) = listeners
+        (answered,) = await _flood(port, ["127.0.0.2"], per_host=1)
+        assert answered == set()  # dropped
+        assert counters["quic_error:ValueError"] == 1
+        assert _slots_held(protocol) == (0, 0, 0, 0, 0)
+        assert await _h3_get(port) == 200
