@@ -69,6 +69,8 @@ MAX_VERIFIED_TOKENS = 10_000
 # loses its access tokens within this many seconds of the GC's clock: a client seen present
 # is read from the store again at most this often (at most MAX_VERIFIED_TOKENS remembered).
 CLIENT_RECHECK_S = 5.0
+MAX_CONCURRENT_END_CALLS = 8
+END_EMPTY_NOTIFY_S = 10.0
 # A kick with ban revokes at most this many of the banned identity's other join tokens for
 # the meeting at its MC, the newest (the MC takes no more per kick; docs/protocol.md). Older
 # ones stay usable until they expire: the rate limit bounds how many one identity can hold.
