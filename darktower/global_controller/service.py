@@ -66,15 +66,23 @@ CONTROLLER_CACHE_S = 1.0
 # until the token's expiry.
 MAX_VERIFIED_TOKENS = 10_000
 # A removed client (``clients remove``, possibly run by another process or on another replica)
-# loses its access tokens within this many seconds of the GC's clock: a client seen present
-# is read from the store again at most this often (at most MAX_VERIFIED_TOKENS remembered).
+# loses its access tokens within this many seconds of the GC's clock: a client is read from
+# the store again at most this often, whether it was found present or removed (so a removed
+# client's still-valid tokens cost one read per this time, whatever the requests; at most
+# MAX_VERIFIED_TOKENS clients remembered).
 CLIENT_RECHECK_S = 5.0
-MAX_CONCURRENT_END_CALLS = 8
-END_EMPTY_NOTIFY_S = 10.0
 # A kick with ban revokes at most this many of the banned identity's other join tokens for
 # the meeting at its MC, the newest (the MC takes no more per kick; docs/protocol.md). Older
 # ones stay usable until they expire: the rate limit bounds how many one identity can hold.
 MAX_REVOKED_TOKENS = 100
+# Telling MCs about the meetings housekeeping ended as empty: their controllers are told
+# concurrently, at most this many at once, each one's meetings in turn; a controller that
+# fails a call is not asked again this round; and the whole round of calls stops after
+# END_EMPTY_NOTIFY_S. So a slow or unreachable MC delays the rest of housekeeping (controller
+# expiry, purges, gauges) by at most that long. An MC not told ends the meeting itself (its
+# own empty timer, docs/decisions.md "A kick can ban; GC quotas").
+MAX_CONCURRENT_END_CALLS = 8
+END_EMPTY_NOTIFY_S = 10.0
 
 
 def pack_endpoint(grpc_endpoint: str, signaling_url: str) -> str:
@@ -195,8 +203,10 @@ class GlobalController:
         self.empty_meeting_timeout_s = empty_meeting_timeout_s  # 0: never
         self.kick_ban_s = kick_ban_s  # what ?ban=true means
         self._verified: collections.OrderedDict[str, AccessClaims] = collections.OrderedDict()
-        # client id -> GC time it was last read from the store and found present
-        self._clients_seen: collections.OrderedDict[str, float] = collections.OrderedDict()
+        # client id -> (GC time it was last read from the store, whether it was there)
+        self._clients_seen: collections.OrderedDict[str, tuple[float, bool]] = (
+            collections.OrderedDict()
+        )
         self._controllers: dict[str, ControllerRecord] = {}
         self._controllers_read_at = -float("inf")
 
@@ -245,17 +255,19 @@ class GlobalController:
         claims = self.verify_access_token(authorization)
         now = self.now()
         seen = self._clients_seen.get(claims.client_id)
-        if seen is not None and 0 <= now - seen < CLIENT_RECHECK_S:
-            return claims
-        try:
-            await self.store.get_client(claims.client_id)
-        except NotFound:
-            self._clients_seen.pop(claims.client_id, None)
-            raise Unauthorized("the client of this access token has been removed") from None
-        self._clients_seen[claims.client_id] = now
-        self._clients_seen.move_to_end(claims.client_id)
-        if len(self._clients_seen) > MAX_VERIFIED_TOKENS:
-            self._clients_seen.popitem(last=False)
+        if seen is None or not 0 <= now - seen[0] < CLIENT_RECHECK_S:
+            try:
+                await self.store.get_client(claims.client_id)
+            except NotFound:
+                seen = (now, False)
+            else:
+                seen = (now, True)
+            self._clients_seen[claims.client_id] = seen
+            self._clients_seen.move_to_end(claims.client_id)
+            if len(self._clients_seen) > MAX_VERIFIED_TOKENS:
+                self._clients_seen.popitem(last=False)
+        if not seen[1]:
+            raise Unauthorized("the client of this access token has been removed")
         return claims
 
     def verify_access_token(self, authorization: str | None) -> AccessClaims:
@@ -472,6 +484,8 @@ class GlobalController:
             return []
         cutoff = datetime.fromtimestamp(self.now() - self.empty_meeting_timeout_s, UTC)
         ended = await self.store.end_empty_meetings(cutoff)
+        by_controller: dict[str, list[MeetingId]] = collections.defaultdict(list)
+        controllers: dict[str, ControllerRecord] = {}
         for meeting in ended:
             log.info(
                 "meeting ended: nobody in it",
@@ -482,15 +496,52 @@ class GlobalController:
                 ),
             )
             try:
-                await self.controllers.end_meeting(
-                    await self._controller_of(meeting), meeting.meeting_id
-                )
+                controller = await self._controller_of(meeting)
             except DarkTowerError as exc:
                 log.warning(
                     "could not tell the meeting controller to end an empty meeting",
                     extra=fields(meeting=meeting.meeting_id, error=exc.message),
                 )
+                continue
+            controllers[controller.controller_id] = controller
+            by_controller[controller.controller_id].append(meeting.meeting_id)
+        limiter = trio.CapacityLimiter(MAX_CONCURRENT_END_CALLS)
+        with trio.move_on_after(END_EMPTY_NOTIFY_S) as scope:
+            async with trio.open_nursery() as nursery:
+                for controller_id, meeting_ids in by_controller.items():
+                    nursery.start_soon(
+                        self._tell_ended, controllers[controller_id], meeting_ids, limiter
+                    )
+        if scope.cancelled_caught:
+            log.warning(
+                "meeting controllers not all told of the empty meetings ended",
+                extra=fields(meetings=len(ended), deadline_s=END_EMPTY_NOTIFY_S),
+            )
         return [m.meeting_id for m in ended]
+
+    async def _tell_ended(
+        self,
+        controller: ControllerRecord,
+        meeting_ids: list[MeetingId],
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        """Tell one controller its meetings ended, one call at a time; stop at its first
+        failure (the rest would likely wait as long for nothing)."""
+        async with limiter:
+            for told, meeting_id in enumerate(meeting_ids):
+                try:
+                    await self.controllers.end_meeting(controller, meeting_id)
+                except DarkTowerError as exc:
+                    log.warning(
+                        "could not tell the meeting controller to end an empty meeting",
+                        extra=fields(
+                            controller=controller.controller_id,
+                            meeting=meeting_id,
+                            untold=len(meeting_ids) - told,
+                            error=exc.message,
+                        ),
+                    )
+                    return
 
     async def kick(
         self,

@@ -66,7 +66,9 @@ class Settings:
         "meetings one API client may have active at once; more are refused (429); 0: no cap",
     )
     empty_meeting_timeout_s: float = option(
-        EMPTY_MEETING_TIMEOUT_S, "a meeting with nobody in it for this long is ended; 0: never"
+        EMPTY_MEETING_TIMEOUT_S,
+        "a meeting with nobody in it for this long is ended (end_reason: empty); 0: never, "
+        "as at the MC",
     )
     kick_ban_s: float = option(
         KICK_BAN_S, "how long a kick with ?ban=true keeps that identity out of the meeting"
