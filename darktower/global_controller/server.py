@@ -30,7 +30,7 @@ from darktower.global_controller.service import (
 from darktower.global_controller.settings import Settings
 from darktower.global_controller.store import SqlStore, open_store
 from darktower.logs import fields
-from darktower.metrics import Registry
+from darktower.metrics import Registry, count_refusals
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryBase
 from darktower.protocol.ratelimit import KeyedRateLimiter
 from darktower.protocol.tokens import (
@@ -195,13 +195,7 @@ async def serve(
             token_audience=settings.token_audience,
         )
         listener_counters: Counter[str] = Counter()
-        registry.counts(
-            "darktower_transport_refusals_total",
-            "HTTPS and HTTP/3 connections the GC's listeners refused or closed, by cause"
-            " (docs/protocol.md)",
-            "cause",
-            listener_counters,
-        )
+        count_refusals(registry, listener_counters)
         plain = bind_plain_http(settings.dev_http_port) if settings.dev_http_port >= 0 else None
         plain_port = plain.getsockname()[1] if plain is not None else None
         async with trio.open_nursery() as nursery:
