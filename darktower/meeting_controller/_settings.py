@@ -64,7 +64,8 @@ class Settings:
     )
     empty_meeting_timeout_s: float = option(
         EMPTY_MEETING_TIMEOUT_S,
-        "seconds a meeting with nobody in it lives (from its assignment or its last leave)",
+        "seconds a meeting with nobody in it lives (from its assignment, its last leave or "
+        "join); 0: never",
     )
     drain_grace_s: float = option(10.0, "on SIGTERM: seconds to end meetings before exit")
     log_level: str = option("info", "log level: debug, info, warning, error")
