@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 
 class ErrorCode(enum.IntEnum):
-    """``ErrorCode`` of the contract (api-contracts.md, "WebTransport/Protobuf Errors").
+    """``ErrorCode`` of the contract (docs/protocol.md §1.2).
 
     The values equal the protobuf enum's; ``tests/protocol`` checks that they agree.
     """

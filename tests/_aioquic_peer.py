@@ -1,8 +1,9 @@
 """An independent WebTransport peer built only on aioquic's asyncio API (for interop tests).
 
-aioquic parses the peer's data on streams it opened itself as HTTP/3 frames and dies (DESIGN
-§10), so this client, like our transport, routes data of its own streams around
-``H3Connection.handle_event``. Run it with ``trio.to_thread.run_sync(asyncio.run, coro)``.
+aioquic parses the peer's data on streams it opened itself as HTTP/3 frames and dies
+(docs/decisions.md, "aioquic internals touched"), so this client, like our transport, routes data of
+its own streams around ``H3Connection.handle_event``. Run it with
+``trio.to_thread.run_sync(asyncio.run, coro)``.
 """
 
 from __future__ import annotations

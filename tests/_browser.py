@@ -24,7 +24,8 @@ from typing import Any, NoReturn
 import pytest
 
 CHROMIUM = os.environ.get("DARKTOWER_CHROMIUM", "/usr/bin/chromium")
-# DESIGN section 11. Playwright adds --headless, its own user data dir and debugging pipe.
+# Headless Chromium, kept off the network. Playwright adds --headless, its own user data dir and
+# debugging pipe.
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -1,4 +1,7 @@
-"""Imports flow one way: bytes -> protocol -> I/O -> supervision -> services (STYLE 1)."""
+"""Imports flow one way: bytes -> protocol -> I/O -> supervision -> services.
+
+The rule: docs/architecture.md §2.
+"""
 
 from __future__ import annotations
 

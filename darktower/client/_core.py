@@ -2,9 +2,9 @@
 
 One reader takes the signaling events: it keeps ``participants`` exact, ends subscriptions
 whose stream is gone and queues the application's events (through a table of handlers,
-STYLE 10). The other takes media frames and hands each to the subscription of its stream id
-(a dictionary lookup; frames of no live subscription are counted and dropped). Either ends the
-session when its connection ends, with the reason the MC (or the MH's close code) gave.
+docs/architecture.md §7). The other takes media frames and hands each to the subscription of its
+stream id (a dictionary lookup; frames of no live subscription are counted and dropped). Either ends
+the session when its connection ends, with the reason the MC (or the MH's close code) gave.
 """
 
 from __future__ import annotations

@@ -26,10 +26,11 @@ from ._signaling import SignalingEnded
 # event costs little because ``MeetingSession.participants`` is always exact.
 EVENT_BUFFER: Final = 256
 # Limit: frames of one subscription not yet taken by the application. Policy when full
-# (DESIGN 5, applied at the client): a discardable frame is dropped; audio drops its oldest
-# frame; video drops the new frame and every delta after it until the next key frame, which
-# evicts the oldest frame if it has to. Every drop is counted in ``Subscription.dropped``.
-# 256 frames is about 8 s of 30 fps video or 5 s of 20 ms audio: a few MiB at real frame sizes.
+# (the MH's, docs/architecture.md §5.4, applied at the client): a discardable frame is dropped;
+# audio drops its oldest frame; video drops the new frame and every delta after it until the next
+# key frame, which evicts the oldest frame if it has to. Every drop is counted in
+# ``Subscription.dropped``. 256 frames is about 8 s of 30 fps video or 5 s of 20 ms audio: a few MiB
+# at real frame sizes.
 SUBSCRIPTION_BUFFER: Final = 256
 # Bound on the goodbye: LeaveRequest sent and SessionEnded awaited, on leave() and on exit.
 LEAVE_GRACE_S: Final = 5.0

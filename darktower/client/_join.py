@@ -35,7 +35,7 @@ def _role_of(join_token: str) -> Role | None:
 
 
 def media_url(join: sig.JoinResponse) -> str:
-    """The MH URL with the connection token, from a JoinResponse (DESIGN 5)."""
+    """The MH URL with the connection token, from a JoinResponse (docs/protocol.md §5.1)."""
     info = join.media_server
     return f"{info.media_handler_url}?{urllib.parse.urlencode({'token': info.connection_token})}"
 

@@ -1,4 +1,4 @@
-"""A trio media client for the Media Handler (DESIGN §5): publish streams, receive frames.
+"""A trio media client for the Media Handler (docs/protocol.md §7): publish streams, receive frames.
 
 ::
 

@@ -1,4 +1,4 @@
-"""The Global Controller's REST API over HTTP/3, from trio (contract §1)."""
+"""The Global Controller's REST API over HTTP/3, from trio (docs/protocol.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A trio signaling client for the Meeting Controller (DESIGN 4).
+"""A trio signaling client for the Meeting Controller (docs/protocol.md §2).
 
 ::
 
@@ -12,7 +12,7 @@
 
 One reader task (owned by the ``open_signaling`` block) dispatches replies by ``request_id``
 and puts every other server message on :attr:`SignalingClient.events`; writes are serialised
-by a lock (STYLE 10).
+by a lock (docs/architecture.md §7).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Media frames (contract §3.2): the 46-byte header and an incremental decoder. Sans-IO.
+"""Media frames (docs/protocol.md §7): the 46-byte header and an incremental decoder. Sans-IO.
 
 ``FrameHeader`` encodes and decodes the header; ``encode_frame`` joins a header and a payload;
 ``FrameDecoder`` turns a stream's bytes, in chunks of any size, into ``Frame`` objects whose

@@ -1,4 +1,4 @@
-"""The 46-byte media frame header (contract §3.2, DESIGN §5).
+"""The 46-byte media frame header (docs/protocol.md §7).
 
 Layout, all integers big-endian::
 

@@ -5,7 +5,7 @@ the launcher is ``python -m darktower.global``. Pieces:
 
 - ``service.GlobalController``: the operations (tokens, meetings, placement), over a ``Store``
   and the ``MeetingControllers`` seam (``mc_client.GrpcMeetingControllers`` in production);
-- ``api.create_app``: the quart-trio app (contract §1, errors, rate limit, ``/metrics``,
+- ``api.create_app``: the quart-trio app (docs/protocol.md §1, errors, rate limit, ``/metrics``,
   ``/healthz``, ``/readyz``, ``/api/v1/dev/certificate``);
 - ``registry.ControllerRegistry``: the gRPC service MCs register and heartbeat with, and
   ``registry.sweep_once`` which marks silent MCs' meetings CONTROLLER_LOST;

@@ -1,4 +1,4 @@
-"""The GC's REST API (contract §1) as a quart-trio app.
+"""The GC's REST API (docs/protocol.md §1) as a quart-trio app.
 
 Every error leaves as the contract's JSON body (``{"error": {"code", "message", "details"}}``)
 with the status of the project's error table -- also unknown routes (404 NOT_FOUND), wrong

@@ -257,7 +257,7 @@ async def serve(
             )
             await shutdown.wait()
             log.info("draining", extra=fields(grace_s=settings.drain_grace_s))
-            # STYLE 7: the drain is a deadline on everything the service runs.
+            # The drain is a deadline on everything the service runs.
             nursery.cancel_scope.deadline = trio.current_time() + settings.drain_grace_s
     log.info("global controller stopped")
 

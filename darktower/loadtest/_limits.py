@@ -1,4 +1,4 @@
-"""Named limits and timings of the load tester (STYLE 8: each with its policy)."""
+"""Named limits and timings of the load tester (each with its policy: docs/architecture.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The per-participant byte-rate budget (DESIGN §7): a token bucket that drops low priority first.
+"""The per-participant byte-rate budget: a token bucket that drops low priority first.
+
+Its bounds: docs/architecture.md §5.4.
 
 Sans-IO: time is a parameter. One :class:`ByteBudget` per participant and direction (in: what it
 publishes, out: what it is sent). Over budget, frames go in this order: discardable, video deltas

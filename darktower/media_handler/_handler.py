@@ -1,6 +1,6 @@
 """The Media Handler service object: the MediaControl RPCs, rooms and members.
 
-Task ownership (DESIGN §6)::
+Task ownership (docs/architecture.md §4.3)::
 
     TaskTree (the service's)
     └── room scope (one per meeting; its body expires stale registrations)

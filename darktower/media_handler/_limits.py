@@ -1,4 +1,6 @@
-"""Named limits of the Media Handler service (STYLE 8: one module, each with its policy).
+"""Named limits of the Media Handler service (one module, each with its policy).
+
+A summary is in docs/architecture.md §5.4.
 
 The per-subscription queue bounds live in ``_queue.py`` (DEFAULT_MAX_FRAMES/BYTES) and the
 byte-budget burst in ``_budget.py``; settings override the ones an operator may tune.

@@ -1,4 +1,6 @@
-"""The media plane of the MH: the ``/v1/media`` route and the router's tasks (DESIGN §5, §6).
+"""The media plane of the MH: the ``/v1/media`` route and the router's tasks.
+
+Who owns which task: docs/architecture.md §4.3.
 
 :class:`MediaPlane` is the half of :class:`~darktower.media_handler.MediaHandler` that moves
 bytes: it accepts a participant's media connection into its room's scope, runs one task per

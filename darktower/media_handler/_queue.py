@@ -1,4 +1,6 @@
-"""Subscriber queues with the media drop policy (DESIGN §5). Sans-IO: no trio, time is a parameter.
+"""Subscriber queues with the media drop policy. Sans-IO: no trio, time is a parameter.
+
+The policy in brief: docs/architecture.md §5.4.
 
 One :class:`SubscriptionQueue` holds the outgoing frames of one (subscriber, routed stream). The
 publisher's task pushes, the subscription's task pops; ``push`` never blocks and never lets the

@@ -1,4 +1,6 @@
-"""Rooms, members, publications and subscriptions: the routing state of the SFU (DESIGN §5).
+"""Rooms, members, publications and subscriptions: the routing state of the SFU.
+
+See docs/architecture.md §4.3.
 
 State only, plus the synchronous hot path :meth:`Publication.route`; the tasks that move bytes
 live in ``_handler.py``. One :class:`Room` per meeting, one :class:`Member` per registered

@@ -2,8 +2,8 @@
 
 Owns, in one nursery: the task tree (rooms ⊃ participants ⊃ streams), the WebTransport server
 (``/v1/media``), the MediaControl gRPC server, the ops listener, the telemetry reporter and the
-registration with the MC. On ``shutdown`` it drains (STYLE 7): stops accepting, ends every room
-(MEETING_ENDED) with a deadline of ``drain_grace_s``, then cancels the rest.
+registration with the MC. On ``shutdown`` it drains (docs/architecture.md §3.5): stops accepting,
+ends every room (MEETING_ENDED) with a deadline of ``drain_grace_s``, then cancels the rest.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Simulcast layer selection and switching (DESIGN §5). Sans-IO.
+"""Simulcast layer selection and switching (docs/protocol.md §7). Sans-IO.
 
 Each layer of a simulcast video is its own media stream whose id is the layer id. A subscriber
 gets one layer: :func:`choose_layer` picks it, and a :class:`LayerSwitcher` per (subscriber,

@@ -1,4 +1,5 @@
-"""Per-stream media accounting for telemetry (contract §4.3) and /metrics. Sans-IO.
+"""Per-stream media accounting for telemetry (``MediaTelemetry``, media_control.proto) and /metrics.
+Sans-IO.
 
 One :class:`StreamStats` per routed stream counts what came in from the publisher, what went out
 to subscribers and what was dropped, by reason; it measures the incoming bitrate over the last

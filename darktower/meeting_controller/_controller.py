@@ -2,7 +2,7 @@
 
 Owns no tasks of its own: meetings and sessions live in the :class:`TaskTree` it is given,
 Media Handler links in :class:`MediaHandlers`. Leave, kick, connection loss and end are
-cancellations of those scopes with their ``LeaveReason`` (DESIGN 6).
+cancellations of those scopes with their ``LeaveReason`` (docs/architecture.md §3.2).
 """
 
 from __future__ import annotations

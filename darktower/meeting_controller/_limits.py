@@ -1,4 +1,4 @@
-"""Every bound of the Meeting Controller, each with its policy (STYLE 8)."""
+"""Every bound of the Meeting Controller, each with its policy (docs/architecture.md §5.3)."""
 
 from __future__ import annotations
 

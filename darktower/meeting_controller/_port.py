@@ -1,6 +1,6 @@
 """The signaling port of one session: its stream and how to close the session.
 
-A seam (STYLE 12) between the controller and the transport: over QUIC it wraps a
+A seam (docs/architecture.md §7) between the controller and the transport: over QUIC it wraps a
 WebTransport session; tests can use ``trio.testing.memory_stream_pair`` without QUIC.
 """
 

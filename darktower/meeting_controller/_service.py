@@ -2,8 +2,8 @@
 
 Owns, in one nursery: the task tree (meetings ⊃ sessions ⊃ reader/writer), the WebTransport
 server (``/v1/signal``), the MeetingControl gRPC server, the Media Handler links, the ops
-listener and the registration with the GC. On ``shutdown`` it drains (STYLE 7): stops
-accepting, ends every meeting (MEETING_ENDED) with a deadline of ``drain_grace_s``, then
+listener and the registration with the GC. On ``shutdown`` it drains (docs/architecture.md §3.5):
+stops accepting, ends every meeting (MEETING_ENDED) with a deadline of ``drain_grace_s``, then
 cancels the rest.
 """
 

@@ -1,4 +1,6 @@
-"""Handlers of the client's signaling requests, one per ``ClientMessage`` kind (STYLE 10).
+"""Handlers of the client's signaling requests, one per ``ClientMessage`` kind.
+
+A table of handlers, as docs/architecture.md §7 describes.
 
 Each returns the reply (its ``request_id`` is set by the dispatcher) or None when the reply is
 the session's ``SessionEnded``; a ``DarkTowerError`` becomes the ``ErrorMessage`` reply.

@@ -1,4 +1,4 @@
-"""The task tree: server ⊃ meeting (room) ⊃ participant ⊃ stream scopes (DESIGN §6).
+"""The task tree: server ⊃ meeting (room) ⊃ participant ⊃ stream scopes (docs/architecture.md §3).
 
 Every task of a service runs in one of these scopes; nothing is started outside a live owner.
 Services never write lifecycle code by hand::

@@ -69,6 +69,6 @@ Observer = Callable[[TreeEvent], None]
 class ScopeClosed(trio.ClosedResourceError):
     """Starting a task in an owner that is closing or closed (or a tree that is draining).
 
-    "Closed" in the STYLE 9 sense: our side closed it. Starting anything outside a live owner is
-    refused, so no task can outlive its owner.
+    "Closed" in the sense of docs/architecture.md §7: our side closed it. Starting anything outside
+    a live owner is refused, so no task can outlive its owner.
     """

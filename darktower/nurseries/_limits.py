@@ -1,4 +1,6 @@
-"""Named limits and grace periods of the task tree (STYLE 8: one module, each with its policy).
+"""Named limits and grace periods of the task tree (one module, each with its policy).
+
+See docs/architecture.md §3.3 and §4.4.
 
 The tree holds no queues; what it bounds is how many tasks an owner may start and how long
 cleanup may run. Services pass their own values where the contract fixes them.

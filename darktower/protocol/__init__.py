@@ -6,7 +6,7 @@
   :class:`ClientMessage` / :class:`ServerMessage` and :class:`ErrorMessage` are re-exported.
   The grpclib service stubs live in ``darktower.protocol.pb.v1.*_grpc`` and are imported only
   by the transport layer, because they load grpclib and asyncio.
-* Signaling framing (DESIGN 4): :func:`encode_message` and the incremental
+* Signaling framing (docs/protocol.md §2): :func:`encode_message` and the incremental
   :class:`MessageDecoder` for varint-length-delimited messages, at most
   :data:`MAX_MESSAGE_SIZE` bytes each.
 * Signaling bounds (docs/protocol.md, "Signaling limits"): :func:`check_bounds` refuses a

@@ -1,7 +1,7 @@
 """One table from :class:`ErrorCode` to every wire form of an error, and the conversions.
 
 A :class:`~darktower.errors.DarkTowerError` leaves the process in one of three forms, and
-comes back from a peer the same way (STYLE 9):
+comes back from a peer the same way (docs/architecture.md §6.4):
 
 * signaling: a protobuf ``ErrorMessage`` (``code``, ``message``, ``details``);
 * HTTP: a status and the contract's body ``{"error": {"code", "message", "details"}}``;
@@ -44,7 +44,7 @@ RETRY_AFTER_DETAIL: Final = "retry_after_s"
 # Where a code this version does not know is kept when it is read as UNKNOWN.
 PEER_CODE_DETAIL: Final = "peer_code"
 # What a peer sees of an exception that is not a DarkTowerError: nothing of its text, which
-# could leak internals (STYLE 9).
+# could leak internals (docs/architecture.md §6.4).
 INTERNAL_ERROR_MESSAGE: Final = "internal error"
 
 

@@ -1,9 +1,9 @@
-"""Length-delimited protobuf messages on a byte stream (the signaling stream, DESIGN 4).
+"""Length-delimited protobuf messages on a byte stream (the signaling stream, docs/protocol.md §2).
 
 Each message is preceded by its length as an unsigned varint, which is protobuf's delimited
 format (``writeDelimitedTo`` / ``parseDelimitedFrom`` in other runtimes). Sans-IO in aioquic's
-style (STYLE 2): feed bytes with :meth:`MessageDecoder.receive_data`, pull messages with
-:meth:`MessageDecoder.next_message`.
+style (docs/architecture.md §2): feed bytes with :meth:`MessageDecoder.receive_data`, pull
+messages with :meth:`MessageDecoder.next_message`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from google.protobuf.message import DecodeError, Message
 from darktower.errors import InternalError, InvalidRequest
 
 # --- limits ------------------------------------------------------------------------------------
-# Largest message body either side accepts (DESIGN 4). A larger declared length fails the
-# stream with INVALID_REQUEST as soon as its varint is read: the body is never buffered.
+# Largest message body either side accepts (docs/protocol.md §3.1). A larger declared length fails
+# the stream with INVALID_REQUEST as soon as its varint is read: the body is never buffered.
 MAX_MESSAGE_SIZE: Final = 64 * 1024
 # A varint encodes at most 64 bits in 7-bit groups; an eleventh byte is malformed input.
 MAX_VARINT_LEN: Final = 10

@@ -27,8 +27,8 @@ another meeting raises :class:`~darktower.errors.Forbidden`, because the caller 
 authenticated, just not for this meeting (HTTP 403 / ``FORBIDDEN``).
 
 pyjwt is imported lazily: ``import jwt`` loads ``socket`` and ``ssl`` through
-``jwt.jwks_client``, and the protocol layer must import without any I/O module (STYLE 1,
-``tests/test_layering.py``).
+``jwt.jwks_client``, and the protocol layer must import without any I/O module (docs/architecture.md
+§2, ``tests/test_layering.py``).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ DEFAULT_LEEWAY_S = 30.0
 MAX_JOIN_KEYS = 16
 MAX_KEY_ID_LENGTH = 64  # ours are 43 characters (base64url of a SHA-256)
 CONNECTION_SECRET_BYTES = 32  # HS256 wants at least the hash size
-# Tokens longer than this are rejected before any parsing: a bounded input (STYLE 8). Ours are
-# a few hundred bytes; a display name is capped below so an issued token always fits.
+# Tokens longer than this are rejected before any parsing: a bounded input (docs/architecture.md
+# §5). Ours are a few hundred bytes; a display name is capped below so an issued token always fits.
 MAX_TOKEN_LENGTH = 4096
 MAX_PARTICIPANT_NAME_LENGTH = 256
 

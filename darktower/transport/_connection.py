@@ -6,8 +6,8 @@ only mark the connection for a flush and wake its task, so writes made in one sc
 leave in one batch of packets.
 
 WebTransport data never goes through ``H3Connection``: stream prefixes are parsed here and
-WebTransport streams and datagrams are routed around it (see DESIGN section 10); HTTP/3 only
-sees control, QPACK and request streams (the CONNECT stream included).
+WebTransport streams and datagrams are routed around it (docs/decisions.md, "aioquic internals
+touched"); HTTP/3 only sees control, QPACK and request streams (the CONNECT stream included).
 """
 
 from __future__ import annotations

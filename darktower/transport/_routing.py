@@ -1,4 +1,6 @@
-"""Routing of stream data around and through H3Connection (DESIGN section 10).
+"""Routing of stream data around and through H3Connection.
+
+Why: docs/decisions.md, "aioquic internals touched".
 
 Peer streams are classified by their first bytes: WebTransport streams (uni type 0x54, bidi
 frame 0x41, then the session ID) go to our stream objects and are never parsed as HTTP/3;

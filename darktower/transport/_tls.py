@@ -27,7 +27,7 @@ def quic_configuration(
     config = QuicConfiguration(
         is_client=is_client,
         alpn_protocols=["h3"],
-        # Without it a browser opens the session but its datagrams vanish (DESIGN section 10).
+        # Without it a browser opens the session but its datagrams vanish.
         max_datagram_frame_size=limits.max_datagram_frame_size,
         idle_timeout=limits.idle_timeout_s,
         max_datagram_size=limits.packet_size,

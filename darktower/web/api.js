@@ -1,4 +1,4 @@
-// REST calls to the Global Controller (contract section 1), same origin as the page.
+// REST calls to the Global Controller (docs/protocol.md §1), same origin as the page.
 //
 // Errors: a non-2xx reply throws ApiError with the contract's error code ("MEETING_NOT_FOUND",
 // "UNAUTHORIZED", ...) and message from the body {"error": {code, message, details}}.
@@ -54,8 +54,9 @@ async function call(method, path, { body, accessToken } = {}) {
 // not serve this route: the page then needs an access token from elsewhere (pass it to
 // createMeeting) and can still join meetings, which needs no credential.
 export const DEV_CREDENTIALS_PATH = "/api/v1/dev/credentials";
-// The dev stack's self-signed certificate (DESIGN 11): the page pins it for WebTransport with
-// serverCertificateHashes. Returns null where the route does not exist (a real certificate).
+// The dev stack's self-signed certificate (docs/decisions.md, "Development-only GC routes"): the
+// page pins it for WebTransport with serverCertificateHashes. Returns null where the route does not
+// exist (a real certificate).
 export const DEV_CERTIFICATE_PATH = "/api/v1/dev/certificate";
 
 // {client_id, client_secret} of the dev stack's development client.

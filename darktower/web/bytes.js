@@ -121,7 +121,8 @@ export function fromHex(hex) {
 }
 
 // UUID string form ("xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx") <-> its 16 bytes, as in the media
-// frame header (DESIGN 5: the signaling stream_id is the string form of the header's bytes).
+// frame header (docs/protocol.md §7: the signaling stream_id is the string form of the header's
+// bytes).
 export function uuidToBytes(uuid) {
   const hex = uuid.replaceAll("-", "");
   if (!/^[0-9a-fA-F]{32}$/.test(hex)) throw new Error(`not a UUID: ${uuid}`);

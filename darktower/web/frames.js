@@ -1,4 +1,4 @@
-// The 46-byte media frame header (contract 3.2, DESIGN 5) and an incremental frame reader.
+// The 46-byte media frame header (docs/protocol.md §7) and an incremental frame reader.
 //
 //   offset size field
 //        0    1 version            (1)

@@ -1,4 +1,4 @@
-// The WebTransport session to the Media Handler (DESIGN 5): one bidirectional stream per
+// The WebTransport session to the Media Handler (docs/protocol.md §7): one bidirectional stream per
 // published stream carrying its frames, and the MH's unidirectional streams (one per routed
 // stream) read and demultiplexed by the stream id in each frame header.
 
@@ -10,14 +10,15 @@ import { FrameType, encodeFrame, readFrames } from "./frames.js";
 // always queued. Every drop is counted. So a congested uplink costs frames, never delay or memory.
 export const MAX_PENDING_BYTES = 512 * 1024;
 
-// The URL a WebTransport constructor accepts: the contract's examples say wss://, DESIGN 3 hands
+// The URL a WebTransport constructor accepts: URLs may be written wss://, the services hand
 // out https://; both name the same endpoint.
 export function webTransportUrl(url) {
   return String(url).replace(/^wss?:\/\//i, "https://");
 }
 
 // An open WebTransport session. `certHash` (32 bytes or null) pins the dev stack's self-signed
-// certificate (DESIGN 11). Throws when the session cannot be established.
+// certificate (ECDSA P-256, valid at most 14 days: what serverCertificateHashes accepts). Throws
+// when the session cannot be established.
 export async function openWebTransport(url, certHash) {
   const options = {};
   if (certHash) options.serverCertificateHashes = [{ algorithm: "sha-256", value: certHash }];
@@ -104,7 +105,7 @@ export class MediaConnection {
     this.receiving = this.acceptStreams();
   }
 
-  // Opens the session at `url` with the connection token as `?token=` (DESIGN 5).
+  // Opens the session at `url` with the connection token as `?token=` (docs/protocol.md §5.1).
   static async open(url, token, certHash, handlers) {
     const u = new URL(webTransportUrl(url));
     u.searchParams.set("token", token);

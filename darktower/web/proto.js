@@ -1,6 +1,6 @@
 // A hand-written protobuf codec for the signaling messages the page uses (proto/darktower/v1/
 // common.proto and signaling.proto), and the varint length-delimited framing of the signaling
-// stream (DESIGN 4).
+// stream (docs/protocol.md §2).
 //
 // Messages are plain objects whose keys are the protobuf JSON names (lowerCamelCase:
 // `participantId`, `existingParticipants`, `e2eePublicKey`). Decoding fills proto3 defaults for
@@ -19,9 +19,9 @@ import { ErrorCode, LeaveReason, SCHEMA, StreamType } from "./schema.js";
 
 export { ErrorCode, LeaveReason, StreamType };
 
-// Limit: the largest signaling message either side accepts (DESIGN 4). Policy: a larger
-// declared length fails the stream reader at once (the body is never buffered) and an encoder
-// refuses to build one; the page then closes the session.
+// Limit: the largest signaling message either side accepts (docs/protocol.md §3.1). Policy: a
+// larger declared length fails the stream reader at once (the body is never buffered) and an
+// encoder refuses to build one; the page then closes the session.
 export const MAX_MESSAGE_SIZE = 64 * 1024;
 const MAX_VARINT_LEN = 10;
 

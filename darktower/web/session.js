@@ -257,7 +257,7 @@ export class MeetingSession {
       this.view.notice(`Cannot play ${p.name}'s stream: ${e.message}`);
       return;
     }
-    // Each simulcast layer's frames carry the layer's UUID (DESIGN 5): all land here.
+    // Each simulcast layer's frames carry the layer's UUID (docs/protocol.md §7): all land here.
     const ids = [stream.streamId, ...(stream.metadata?.video?.simulcastLayers ?? []).map((l) => l.layerId)];
     for (const id of ids) this.remote.set(id, record);
     record.ids = ids;

@@ -1,10 +1,10 @@
-// The signaling session with the Meeting Controller (DESIGN 4): the first bidirectional stream
-// of a WebTransport session carries length-delimited ClientMessage (out) and ServerMessage (in)
-// envelopes. Requests carry a request id and settle on the reply with the same id; everything
+// The signaling session with the Meeting Controller (docs/protocol.md §2): the first bidirectional
+// stream of a WebTransport session carries length-delimited ClientMessage (out) and ServerMessage
+// (in) envelopes. Requests carry a request id and settle on the reply with the same id; everything
 // else is an event for `onEvent(kind, body, envelope)`.
 //
 // A JoinResponse whose participant list did not fit one message says how many ParticipantsBatch
-// messages follow it (docs/protocol.md, "Signaling limits"); the join request settles only once
+// messages follow it (docs/protocol.md §4); the join request settles only once
 // they are in, with the whole list in `joinResponse.existingParticipants`.
 
 import { openWebTransport } from "./media.js";
@@ -12,8 +12,8 @@ import { ErrorCode, encodeDelimited, kindOf, readMessages } from "./proto.js";
 
 // A request not answered within this long fails (the session is still usable).
 export const REQUEST_TIMEOUT_MS = 10_000;
-// Pings keep the QUIC connection alive: browsers idle out after 30 s and our servers send no
-// keepalive of their own (DESIGN 10).
+// Pings keep the QUIC connection alive from the page's side too: browsers idle out after 30 s
+// without traffic.
 export const PING_INTERVAL_MS = 10_000;
 // Limit: requests awaiting a reply. Policy when full: request() throws at once; the page never
 // has more than a few in flight, so reaching it means the MC stopped answering.

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.browser
 
 WANT_VIDEO_FRAMES = 30
 WANT_AUDIO_CHUNKS = 10
-# DESIGN/issue: the removed person sees why within 1 s.
+# The removed person sees why within 1 s.
 REASON_SHOWN_WITHIN_MS = 1000
 
 

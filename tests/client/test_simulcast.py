@@ -1,5 +1,5 @@
 """Simulcast through the whole stack: the MC registers the layers with the MH at publish, the
-MH forwards one layer per subscriber, chosen from its preferred layer (contract 2.2, 4.2)."""
+MH forwards one layer per subscriber, chosen from its preferred layer (docs/protocol.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The 46-byte header against vectors laid out by hand from the contract's drawing (§3.2)."""
+"""The 46-byte header against vectors laid out by hand from the layout in docs/protocol.md §7."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The generated protobuf code carries the contract exactly, and agrees with our enums.
 
-The tables below are copied from spec/api-contracts.md (every ``message`` and ``enum`` block):
+The tables below are the original contract's ``message`` and ``enum`` blocks, copied once:
 a contract field that is renamed, renumbered or retyped fails here. Our additions may add
 fields and values, never change these.
 """

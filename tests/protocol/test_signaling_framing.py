@@ -1,4 +1,4 @@
-"""The signaling stream codec: varint-length-delimited protobuf envelopes (DESIGN 4)."""
+"""The signaling stream codec: varint-length-delimited protobuf envelopes (docs/protocol.md §2)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 
 
 def new_meeting_id() -> MeetingId:
-    """A fresh meeting id: a random UUID in its string form (contract §1.1)."""
+    """A fresh meeting id: a random UUID in its string form (docs/protocol.md §1.1)."""
     return MeetingId(str(uuid.uuid4()))
 
 
