@@ -164,24 +164,6 @@ def test_mc_rejections_spread_out_do_not_disconnect() -> None:
         now += 6.0
 
 
-# --- MH byte budget ---------------------------------------------------------------------------
-def test_byte_budget_burst_refill_and_drop_count() -> None:
-    budget = rl.ByteBudget(bytes_per_s=1000, burst_bytes=1500)
-    assert budget.consume(0.0, 1200)
-    assert not budget.consume(0.0, 400)
-    assert budget.consume(0.1, 400)  # 300 left + 100 refilled
-    assert budget.refused_bytes == 400
-    assert budget.refused_count == 1
-    assert not budget.consume(100.0, 1501)  # larger than the burst never fits
-    assert budget.available(100.0) == 1500
-
-
-def test_byte_budget_default_burst_is_one_second() -> None:
-    budget = rl.ingress_budget()
-    assert budget.available(0.0) == rl.MH_INGRESS_BYTES_PER_S * rl.MH_BURST_S
-    assert rl.egress_budget().available(0.0) == rl.MH_EGRESS_BYTES_PER_S * rl.MH_BURST_S
-
-
 def test_gc_counts_unauthenticated_ipv6_peers_by_their_64() -> None:
     # A host picks any address of its /64: counting full addresses would give it 2**64 budgets.
     assert rl.client_key(None, "2001:db8:1:2::1") == rl.client_key(None, "2001:db8:1:2:ffff::9")

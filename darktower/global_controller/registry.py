@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-import trio
-
 from darktower.errors import InvalidRequest, NotFound
 from darktower.global_controller.service import GlobalController, pack_endpoint
 from darktower.global_controller.store import ControllerCapacity, EndReason, HealthStatus
@@ -128,21 +126,6 @@ class ControllerRegistry:
             return
         if meeting.controller_id == controller_id and meeting.is_active:
             await self._gc.store.end_meeting(meeting_id, EndReason.CONTROLLER)
-
-
-async def sweep_controllers(
-    gc: GlobalController,
-    *,
-    interval_s: float,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Every ``interval_s``, expire controllers silent for longer than the heartbeat timeout
-    (their meetings become CONTROLLER_LOST). Runs until cancelled; owned by the service
-    nursery. Safe with several GC replicas on one database (the store's expiry is)."""
-    task_status.started()
-    while True:
-        await sweep_once(gc)
-        await trio.sleep(interval_s)
 
 
 async def sweep_once(gc: GlobalController) -> list[ControllerId]:

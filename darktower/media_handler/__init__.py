@@ -1,12 +1,13 @@
-"""media_handler: the SFU. Rooms, publishers, subscribers, router, telemetry (DESIGN §5, §6).
+"""media_handler: the SFU. Rooms, publishers, subscribers, router, telemetry.
+
+Tasks: docs/architecture.md §4.3; bounds: §5.4.
 
 ``serve(settings, shutdown=..., task_status=...)`` runs the whole service (see ``_service``);
 :class:`MediaHandler` is the service object (MediaControl methods, the ``/v1/media`` route).
 The pure routing core: :class:`SubscriptionQueue` (bounded, the drop policy),
 :class:`KeyFrameRequester`, :class:`LayerSwitcher`/:func:`choose_layer` (simulcast),
-:class:`ByteBudget`/:class:`Priority` (per-participant byte-rate budgets, priority-aware; this
-is the MH's budget — ``darktower.protocol.ratelimit.ByteBudget`` is a flat bucket without
-priorities and is not used here), :class:`StreamStats` (telemetry figures).
+:class:`ByteBudget`/:class:`Priority` (per-participant byte-rate budgets, priority-aware),
+:class:`StreamStats` (telemetry figures).
 """
 
 from ._budget import ByteBudget, Priority, priority_of

@@ -6,7 +6,8 @@
   ``Retry-After`` headers need. ``now`` is unix seconds there, because ``X-RateLimit-Reset`` is.
 * MC: :class:`MessageRateLimiter`, 1000 messages/min per participant; over the limit the caller
   replies ``RATE_LIMITED``; sustained abuse turns the verdict into ``DISCONNECT``.
-* MH: :class:`ByteBudget`, a bytes/s budget with a burst, one per participant and direction.
+
+The MH's byte budgets are its own (``darktower.media_handler._budget``: priority-aware).
 
 A clock that steps backwards (``now`` smaller than last time) refills nothing; it never raises.
 """
@@ -40,11 +41,6 @@ MC_BURST = 200
 # the verdict becomes DISCONNECT and stays so. The rejection history is a deque of this length.
 MC_ABUSE_REJECTIONS = 50
 MC_ABUSE_WINDOW_S = 10.0
-
-# --- MH ----------------------------------------------------------------------------------------
-MH_INGRESS_BYTES_PER_S = 2_500_000  # 20 Mbit/s published per participant: 1080p simulcast + audio
-MH_EGRESS_BYTES_PER_S = 12_500_000  # 100 Mbit/s delivered per participant: many subscriptions
-MH_BURST_S = 1.0  # a budget's burst is this many seconds of its rate (a key frame fits)
 
 # Refill is floating-point arithmetic: a token that is due at exactly ``now`` may be short by a
 # rounding error; this much shortfall still counts as available.
@@ -210,35 +206,3 @@ class MessageRateLimiter:
     def retry_after(self, now: float) -> float:
         """Seconds until the next message would be allowed (for ``RateLimited.retry_after_s``)."""
         return self._bucket.retry_after(now)
-
-
-# --- MH: byte budget ---------------------------------------------------------------------------
-class ByteBudget:
-    """A bytes/s budget with a burst; what does not fit is refused and counted (media drops)."""
-
-    def __init__(self, bytes_per_s: float, burst_bytes: float | None = None) -> None:
-        burst = bytes_per_s * MH_BURST_S if burst_bytes is None else burst_bytes
-        self._bucket = TokenBucket(bytes_per_s, burst)
-        self.refused_bytes = 0
-        self.refused_count = 0
-
-    def consume(self, now: float, nbytes: int) -> bool:
-        """Spend ``nbytes`` if they fit; ``False`` means drop (more than the burst never fits)."""
-        if self._bucket.try_acquire(now, nbytes):
-            return True
-        self.refused_bytes += nbytes
-        self.refused_count += 1
-        return False
-
-    def available(self, now: float) -> float:
-        return self._bucket.tokens(now)
-
-
-def ingress_budget() -> ByteBudget:
-    """The MH budget for what one participant publishes."""
-    return ByteBudget(MH_INGRESS_BYTES_PER_S)
-
-
-def egress_budget() -> ByteBudget:
-    """The MH budget for what one participant is sent."""
-    return ByteBudget(MH_EGRESS_BYTES_PER_S)
