@@ -8,7 +8,6 @@ import pytest
 
 from darktower.errors import CapacityExceeded, ErrorCode
 from darktower.global_controller.placement import (
-    HEARTBEAT_EXPIRY_S,
     ControllerView,
     Health,
     effective_health,
@@ -18,6 +17,7 @@ from darktower.global_controller.placement import (
     region_distance,
 )
 from darktower.model import ControllerId
+from darktower.protocol.heartbeats import MC_HEARTBEAT_TIMEOUT_S as HEARTBEAT_EXPIRY_S
 
 NOW = 1000.0
 H, D, U = Health.HEALTHY, Health.DEGRADED, Health.UNHEALTHY

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
+from darktower.global_controller.placement import effective_health
+from darktower.global_controller.service import to_view
 from darktower.global_controller.store import HealthStatus, MeetingStatus, Store
 from darktower.metrics import Registry
 
@@ -36,10 +36,9 @@ async def refresh_gauges(
 ) -> None:
     """Read the store's meetings and controllers into the gauges (a controller whose heartbeat
     is older than the timeout counts as UNHEALTHY)."""
-    when = datetime.fromtimestamp(now, UTC)
     counts = dict.fromkeys(HealthStatus, 0)
     for record in await store.list_controllers():
-        counts[record.effective_health(when, timedelta(seconds=heartbeat_timeout_s))] += 1
+        counts[effective_health(to_view(record), now, heartbeat_timeout_s)] += 1
     for health, n in counts.items():
         metrics.controllers.set(n, health.name.lower())
     active = await store.list_meetings(active=True)

@@ -28,11 +28,7 @@ import attrs
 from darktower.errors import CapacityExceeded
 from darktower.global_controller.store import HealthStatus
 from darktower.model import ControllerId
-
-HEARTBEAT_INTERVAL_S = 10.0  # how often MCs heartbeat
-HEARTBEAT_MISSES_ALLOWED = 3
-HEARTBEAT_EXPIRY_S = HEARTBEAT_MISSES_ALLOWED * HEARTBEAT_INTERVAL_S
-
+from darktower.protocol.heartbeats import MC_HEARTBEAT_TIMEOUT_S
 
 # The contract's ``HealthStatus`` (values equal the protobuf enum's; lower is better). One
 # definition, the store's: placement reads it from the records the store returns.
@@ -54,14 +50,14 @@ class ControllerView:
 
 
 def is_alive(
-    view: ControllerView, now: float, heartbeat_expiry_s: float = HEARTBEAT_EXPIRY_S
+    view: ControllerView, now: float, heartbeat_expiry_s: float = MC_HEARTBEAT_TIMEOUT_S
 ) -> bool:
     """Whether the controller's last heartbeat is recent enough at ``now``."""
     return now - view.last_heartbeat <= heartbeat_expiry_s
 
 
 def effective_health(
-    view: ControllerView, now: float, heartbeat_expiry_s: float = HEARTBEAT_EXPIRY_S
+    view: ControllerView, now: float, heartbeat_expiry_s: float = MC_HEARTBEAT_TIMEOUT_S
 ) -> Health:
     """The reported health, or ``UNHEALTHY`` once the heartbeat has expired."""
     return view.health if is_alive(view, now, heartbeat_expiry_s) else Health.UNHEALTHY
@@ -102,7 +98,7 @@ def place_meeting(
     *,
     region: str,
     now: float,
-    heartbeat_expiry_s: float = HEARTBEAT_EXPIRY_S,
+    heartbeat_expiry_s: float = MC_HEARTBEAT_TIMEOUT_S,
 ) -> ControllerView:
     """Choose the controller for a new meeting (rules in the module docstring).
 

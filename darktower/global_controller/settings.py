@@ -7,6 +7,7 @@ import pathlib
 import attrs
 
 from darktower.config import option
+from darktower.protocol.heartbeats import HEARTBEAT_MISSES, MC_HEARTBEAT_INTERVAL_S
 from darktower.protocol.ratelimit import GC_REQUESTS_PER_MIN
 from darktower.protocol.tokens import DEFAULT_LEEWAY_S, JOIN_TOKEN_TTL_S, MC_AUDIENCE
 from darktower.transport.http_server import (
@@ -58,8 +59,12 @@ class Settings:
     rate_limit_per_min: int = option(
         GC_REQUESTS_PER_MIN, "requests per minute per client id (or address)"
     )
-    heartbeat_interval_s: float = option(5.0, "heartbeat interval asked of meeting controllers")
-    heartbeat_misses: int = option(3, "missed heartbeats after which a controller is unhealthy")
+    heartbeat_interval_s: float = option(
+        MC_HEARTBEAT_INTERVAL_S, "heartbeat interval asked of meeting controllers"
+    )
+    heartbeat_misses: int = option(
+        HEARTBEAT_MISSES, "missed heartbeats after which a controller is unhealthy"
+    )
     mc_call_timeout_s: float = option(5.0, "deadline of each gRPC call to a meeting controller")
     max_active_meetings_per_client: int = option(
         MAX_ACTIVE_MEETINGS_PER_CLIENT,

@@ -61,9 +61,9 @@ TELEMETRY_INTERVAL_S: Final = 1.0
 # Policy when exceeded: frames are dropped by priority (_budget.py), counted as "budget".
 DEFAULT_BUDGET_IN_BYTES_PER_S: Final = 2_500_000
 DEFAULT_BUDGET_OUT_BYTES_PER_S: Final = 12_500_000
-# Registration with the MC: heartbeat interval when the MC does not say, and the backoff
-# between failed attempts (doubling up to the maximum).
-HEARTBEAT_INTERVAL_S: Final = 5.0
+# Registration with the MC: the backoff between failed attempts (doubling up to the maximum).
+# The heartbeat interval when the MC does not say is MH_HEARTBEAT_INTERVAL_S
+# (darktower/protocol/heartbeats.py).
 REGISTER_BACKOFF_S: Final = 0.5
 REGISTER_BACKOFF_MAX_S: Final = 10.0
 # Deadline of each call to the MC.

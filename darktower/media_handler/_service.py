@@ -19,6 +19,7 @@ from darktower.errors import NotFound
 from darktower.logs import fields
 from darktower.metrics import Registry, count_refusals
 from darktower.nurseries import TaskTree
+from darktower.protocol.heartbeats import MH_HEARTBEAT_INTERVAL_S
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
@@ -45,7 +46,6 @@ from darktower.transport.rpc import (
 
 from ._handler import MediaHandler
 from ._limits import (
-    HEARTBEAT_INTERVAL_S,
     MC_CALL_DEADLINE_S,
     REGISTER_BACKOFF_MAX_S,
     REGISTER_BACKOFF_S,
@@ -234,7 +234,7 @@ async def _register_with_mc(
                 )
                 ready.set()
                 backoff = REGISTER_BACKOFF_S
-                interval = (reply.heartbeat_interval_ms / 1000) or HEARTBEAT_INTERVAL_S
+                interval = (reply.heartbeat_interval_ms / 1000) or MH_HEARTBEAT_INTERVAL_S
                 while True:
                     await trio.sleep(interval)
                     await call(

@@ -23,9 +23,8 @@ DEFAULT_MAX_PARTICIPANTS = 100
 DEGRADED_LOAD = 0.9
 # Calls to a Media Handler (RegisterParticipant, RouteMedia, RemoveParticipant) give up after.
 MH_CALL_DEADLINE_S = 5.0
-# An MH that registered but has not heartbeated for this many intervals gets no new rooms.
-MH_MISSED_HEARTBEATS = 3
-MH_HEARTBEAT_INTERVAL_MS = 2000
+# An MH that has not heartbeated for MH_HEARTBEAT_TIMEOUT_S (darktower/protocol/heartbeats.py)
+# gets no new rooms.
 # Telemetry stream to an MH: reconnect after a failure, backing off up to the maximum.
 TELEMETRY_BACKOFF_S = 0.5
 TELEMETRY_BACKOFF_MAX_S = 10.0

@@ -14,6 +14,7 @@ import trio
 
 from darktower.errors import DarkTowerError
 from darktower.logs import fields
+from darktower.protocol.heartbeats import MH_HEARTBEAT_TIMEOUT_S
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
@@ -22,8 +23,6 @@ from darktower.transport.rpc import call, open_rpc_channel, open_stream_call
 
 from ._limits import (
     MH_CALL_DEADLINE_S,
-    MH_HEARTBEAT_INTERVAL_MS,
-    MH_MISSED_HEARTBEATS,
     TELEMETRY_BACKOFF_MAX_S,
     TELEMETRY_BACKOFF_S,
 )
@@ -75,8 +74,7 @@ class GrpcMediaLink:
     def usable(self, now: float) -> bool:
         if self.stub is None or self.health == common_pb2.UNHEALTHY:
             return False
-        stale = MH_MISSED_HEARTBEATS * MH_HEARTBEAT_INTERVAL_MS / 1000
-        return self.static or now - self.last_seen <= stale
+        return self.static or now - self.last_seen <= MH_HEARTBEAT_TIMEOUT_S
 
     def load_key(self) -> tuple[float, ...]:
         cap = self.capacity.participants or 0

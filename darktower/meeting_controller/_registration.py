@@ -15,6 +15,7 @@ import trio
 
 from darktower.errors import DarkTowerError
 from darktower.logs import fields
+from darktower.protocol.heartbeats import HEARTBEAT_MISSES, MC_HEARTBEAT_INTERVAL_S
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import registry_pb2 as pb
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryStub
@@ -38,9 +39,6 @@ from ._limits import (
 from ._mh import split_address
 
 logger = logging.getLogger("darktower.meeting_controller.registration")
-
-DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
-
 
 # Shortest staleness window for /readyz, seconds.
 READY_FLOOR_S = 2.0
@@ -86,7 +84,7 @@ class Registration:
         # What the current verifier was built from, so an unchanged heartbeat reply is cheap.
         self._keys_seen: tuple[tuple[str, bytes, int], ...] = ()
         self.last_ok = -float("inf")
-        self.interval_s = DEFAULT_HEARTBEAT_INTERVAL_S
+        self.interval_s = MC_HEARTBEAT_INTERVAL_S  # until the GC says
         # refresh_keys() wakes the heartbeat loop and waits until the keys of a reply to a
         # call sent after it asked are in use; callers meanwhile share that one refresh.
         self._beat_now = trio.Event()
@@ -119,7 +117,7 @@ class Registration:
     def fresh(self, now: float) -> bool:
         # Three missed beats, but never under READY_FLOOR_S: readiness must not flap on
         # scheduling jitter when the GC asks for very short intervals.
-        return now - self.last_ok <= max(3 * self.interval_s, READY_FLOOR_S)
+        return now - self.last_ok <= max(HEARTBEAT_MISSES * self.interval_s, READY_FLOOR_S)
 
     def capacity(self) -> pb.ControllerCapacity:
         return pb.ControllerCapacity(

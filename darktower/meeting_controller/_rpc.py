@@ -6,10 +6,10 @@ import trio
 
 from darktower.errors import NotFound
 from darktower.model import MeetingId, ParticipantId
+from darktower.protocol.heartbeats import MH_HEARTBEAT_INTERVAL_S
 from darktower.protocol.pb.v1 import meeting_control_pb2 as pb
 
 from ._controller import MeetingController
-from ._limits import MH_HEARTBEAT_INTERVAL_MS
 
 
 class MeetingControl:
@@ -41,7 +41,9 @@ class MeetingControl:
         self, request: pb.RegisterMediaHandler
     ) -> pb.RegisterMediaHandlerResponse:
         await self._ctl.mhs.register(request, trio.current_time())
-        return pb.RegisterMediaHandlerResponse(heartbeat_interval_ms=MH_HEARTBEAT_INTERVAL_MS)
+        return pb.RegisterMediaHandlerResponse(
+            heartbeat_interval_ms=round(MH_HEARTBEAT_INTERVAL_S * 1000)
+        )
 
     async def MediaHandlerHeartbeat(
         self, request: pb.MediaHandlerHeartbeat

@@ -7,8 +7,9 @@ from datetime import timedelta
 import pytest
 
 from darktower.errors import Conflict, NotFound
+from darktower.global_controller.placement import effective_health
+from darktower.global_controller.service import to_view
 from darktower.global_controller.store import (
-    DEFAULT_HEARTBEAT_TIMEOUT,
     ClientRecord,
     ControllerCapacity,
     HealthStatus,
@@ -17,6 +18,7 @@ from darktower.global_controller.store import (
     SqlStore,
 )
 from darktower.model import ClientId, ControllerId, MeetingId
+from darktower.protocol.heartbeats import MC_HEARTBEAT_TIMEOUT_S
 
 from .conftest import FakeClock
 
@@ -90,11 +92,12 @@ async def test_list_controllers_by_region(store: SqlStore) -> None:
 async def test_effective_health_goes_unhealthy_when_heartbeats_stop(
     store: SqlStore, clock: FakeClock
 ) -> None:
-    record = await store.register_controller(MC1, "eu", "https://mc1", CAP)
-    assert record.effective_health(clock.now) is HealthStatus.HEALTHY
-    later = clock.now + DEFAULT_HEARTBEAT_TIMEOUT + timedelta(microseconds=1)
-    assert record.effective_health(later) is HealthStatus.UNHEALTHY
-    assert record.effective_health(later, timeout=timedelta(hours=1)) is HealthStatus.HEALTHY
+    view = to_view(await store.register_controller(MC1, "eu", "https://mc1", CAP))
+    now = clock.now.timestamp()
+    assert effective_health(view, now) is HealthStatus.HEALTHY
+    later = now + MC_HEARTBEAT_TIMEOUT_S + 0.001
+    assert effective_health(view, later) is HealthStatus.UNHEALTHY
+    assert effective_health(view, later, heartbeat_expiry_s=3600.0) is HealthStatus.HEALTHY
 
 
 async def test_dead_controller_meetings_are_reported_lost(

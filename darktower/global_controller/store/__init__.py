@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from ._base import DEFAULT_POOL_SIZE, Clock, SqlStore, utc_now
 from ._migrations import LATEST_VERSION, MIGRATIONS, Migration, SchemaTooNewError
 from ._models import (
-    DEFAULT_HEARTBEAT_TIMEOUT,
     ClientRecord,
     ControllerCapacity,
     ControllerRecord,
@@ -41,7 +40,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "DEFAULT_HEARTBEAT_TIMEOUT",
     "DEFAULT_POOL_SIZE",
     "LATEST_VERSION",
     "MAX_LIST_ROWS",

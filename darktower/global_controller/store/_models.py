@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import attrs
 
 from darktower.model import ClientId, ControllerId, MeetingId
-
-# A controller whose last heartbeat is older than this is treated as UNHEALTHY even before a
-# sweeper has written that down (three missed beats at the MC's default 10 s interval).
-DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 
 
 def new_meeting_id() -> MeetingId:
@@ -126,14 +122,6 @@ class ControllerRecord:
     health: HealthStatus  # as last reported (or UNHEALTHY once expired by the store)
     last_heartbeat: datetime
     registered_at: datetime
-
-    def effective_health(
-        self, now: datetime, timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT
-    ) -> HealthStatus:
-        """The reported health, or UNHEALTHY when the last heartbeat is older than ``timeout``."""
-        if now - self.last_heartbeat > timeout:
-            return HealthStatus.UNHEALTHY
-        return self.health
 
 
 @attrs.frozen

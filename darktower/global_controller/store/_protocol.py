@@ -149,7 +149,7 @@ class Store(Protocol):
 
     async def list_controllers(self, *, region: str | None = None) -> list[ControllerRecord]:
         """Registered controllers (at most :data:`MAX_LIST_ROWS`), by id. Use
-        ``ControllerRecord.effective_health`` to judge staleness."""
+        ``placement.effective_health`` to judge staleness."""
         ...
 
     async def expire_controllers(self, older_than: datetime) -> list[ControllerId]:
