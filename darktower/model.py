@@ -1,15 +1,19 @@
-"""Typed identifiers and the enums shared by every layer (no I/O, no trio)."""
+"""Typed identifiers, enums and defaults shared by every layer (no I/O, no trio)."""
 
 from __future__ import annotations
 
 import enum
-from typing import NewType
+from typing import Final, NewType
 
 MeetingId = NewType("MeetingId", str)
 ParticipantId = NewType("ParticipantId", str)
 StreamId = NewType("StreamId", str)  # UUID string form; also a simulcast layer_id
 ControllerId = NewType("ControllerId", str)
 ClientId = NewType("ClientId", str)
+
+# A meeting's participant cap when its creator names none (docs/protocol.md, REST: the GC's
+# default for "max_participants"; the MC applies it to a meeting whose config says 0).
+DEFAULT_MAX_PARTICIPANTS: Final = 100
 
 
 class LeaveReason(enum.IntEnum):

@@ -16,13 +16,13 @@ import attrs
 
 from darktower.errors import InvalidRequest
 from darktower.global_controller.store import MeetingSettings as MeetingSettings
+from darktower.model import DEFAULT_MAX_PARTICIPANTS
 
 # Bodies larger than this are refused before parsing (HTTP 413, INVALID_REQUEST).
 MAX_BODY_BYTES = 16 * 1024
 MAX_DISPLAY_NAME = 200
 MAX_PARTICIPANT_NAME = 100
 MAX_PARTICIPANTS_LIMIT = 1000
-DEFAULT_MAX_PARTICIPANTS = 100
 MAX_CREDENTIAL_FIELD = 256
 MAX_REGION = 64
 # The longest ban a kick may ask for (``?ban=SECONDS``): a week.

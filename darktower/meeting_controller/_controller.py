@@ -24,7 +24,7 @@ from darktower.errors import (
 )
 from darktower.logs import fields
 from darktower.metrics import Registry
-from darktower.model import LeaveReason, MeetingId, ParticipantId
+from darktower.model import DEFAULT_MAX_PARTICIPANTS, LeaveReason, MeetingId, ParticipantId
 from darktower.nurseries import Participant, ScopeClosed, TaskTree
 from darktower.protocol import (
     MessageDecoder,
@@ -38,7 +38,6 @@ from darktower.protocol.tokens import MC_AUDIENCE, JoinClaims, JoinTokenVerifier
 
 from ._batches import join_messages
 from ._limits import (
-    DEFAULT_MAX_PARTICIPANTS,
     EMPTY_MEETING_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
     MAX_MEETINGS,

@@ -17,14 +17,15 @@ MAX_PUBLISHED_STREAMS = 16
 MAX_MEETINGS = 1000
 # Participants over all meetings, reported to the GC as capacity.
 MAX_PARTICIPANTS = 10_000
-# A meeting whose config says 0 gets this many participants at most.
-DEFAULT_MAX_PARTICIPANTS = 100
+# (A meeting whose config says 0 gets darktower.model.DEFAULT_MAX_PARTICIPANTS at most.)
+
 # Heartbeat health turns DEGRADED above this share of either capacity.
 DEGRADED_LOAD = 0.9
 # Calls to a Media Handler (RegisterParticipant, RouteMedia, RemoveParticipant) give up after.
 MH_CALL_DEADLINE_S = 5.0
-# An MH that has not heartbeated for MH_HEARTBEAT_TIMEOUT_S (darktower/protocol/heartbeats.py)
-# gets no new rooms.
+# (An MH that has not heartbeated for MH_HEARTBEAT_TIMEOUT_S, darktower/protocol/heartbeats.py,
+# gets no new rooms.)
+
 # Telemetry stream to an MH: reconnect after a failure, backing off up to the maximum.
 TELEMETRY_BACKOFF_S = 0.5
 TELEMETRY_BACKOFF_MAX_S = 10.0
