@@ -1,4 +1,5 @@
-"""The ``ControllerRegistry`` gRPC service (contract §5) and the heartbeat sweeper.
+"""The ``ControllerRegistry`` gRPC service (proto/darktower/v1/registry.proto) and the heartbeat
+sweeper.
 
 MCs register (getting the join-token public key, the heartbeat interval and the token
 audience) and heartbeat (capacity, health, per-meeting participant counts, meetings that ended
