@@ -42,6 +42,9 @@ class QuicTarget:
     port: int
     path: str  # the WebTransport route ("" for the GC, which serves plain HTTP/3)
     pins: tuple[bytes, ...] = ()
+    # Sent by the CONNECTs meant to be well-formed: the services refuse one without an allowed
+    # origin (the client library sends its GC's, as here).
+    origin: str | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -135,6 +138,7 @@ def _connect_headers(target: QuicTarget, path: bytes) -> list[tuple[bytes, bytes
         (b":path", path),
         (b":protocol", b"webtransport"),
         (b"sec-webtransport-http3-draft02", b"1"),
+        *([(b"origin", target.origin.encode())] if target.origin else []),
     ]
 
 
@@ -350,7 +354,7 @@ def _deliver_misc(rng: random.Random, target: QuicTarget) -> list[tuple[str, Del
         return await settle(conn)
 
     async def capsules(conn: Connection) -> str:
-        session = await open_session(conn, target.authority, target.path)
+        session = await open_session(conn, target.authority, target.path, origin=target.origin)
         data = (
             encode_uint_var(0x2843) + encode_uint_var(2**30) + rng.randbytes(100)  # CLOSE, lies
             if rng.random() < 0.5

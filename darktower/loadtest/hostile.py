@@ -177,10 +177,13 @@ async def run_hostile(
     except DevStackError as exc:
         report.notes.append(f"no credentials ({exc}): signaling phase and join checks skipped")
     pins = access.pins if access else ()
+    origin = f"https://{targets.gc.host}:{targets.gc.port}"  # what the client library sends
     quic = [
         QuicTarget("GC", targets.gc.host, targets.gc.port, "", pins),
-        QuicTarget("MC", targets.signal.host, targets.signal.port, targets.signal_path, pins),
-        QuicTarget("MH", targets.media.host, targets.media.port, targets.media_path, pins),
+        QuicTarget(
+            "MC", targets.signal.host, targets.signal.port, targets.signal_path, pins, origin
+        ),
+        QuicTarget("MH", targets.media.host, targets.media.port, targets.media_path, pins, origin),
     ]
     tcp = [TcpTarget("GC", targets.gc.host, targets.gc.port, "https")]
     if targets.page:
