@@ -6,6 +6,9 @@ import functools
 import json
 import pathlib
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -181,6 +184,45 @@ def _published(key: JoinKey) -> reg_pb.JoinTokenKey:
     return reg_pb.JoinTokenKey(kid=key.kid, public_key_pem=key.public_key_pem, not_after=not_after)
 
 
+@asynccontextmanager
+async def _mc_registered_with(gc: FakeRegistry, **settings: Any) -> AsyncIterator[Running]:
+    """An MC registered with ``gc`` (a fake GC) and a fake MH, meeting "m" assigned; it drains
+    on exit."""
+    async with open_rpc_loop(), trio.open_nursery() as nursery:
+        gc_port = await nursery.start(
+            serve_rpc, [rpc_service(ControllerRegistryBase, gc)], "127.0.0.1", 0
+        )
+        mh_port = await nursery.start(
+            serve_rpc, [rpc_service(MediaControlBase, FakeMediaControl())], "127.0.0.1", 0
+        )
+        shutdown = trio.Event()
+        running: Running = await nursery.start(
+            functools.partial(
+                serve,
+                Settings(
+                    port=0,
+                    grpc_port=0,
+                    ops_port=0,
+                    gc_grpc=f"127.0.0.1:{gc_port}",
+                    media_handler=f"127.0.0.1:{mh_port}",
+                    **settings,
+                ),
+                shutdown=shutdown,
+            )
+        )
+        await gc.wait_for(lambda: bool(gc.registrations))
+        async with open_rpc_channel(*running.grpc_address) as channel:
+            await call(
+                MeetingControlStub(channel).AssignMeeting,
+                mtg_pb.AssignMeeting(meeting_id="m", config=mtg_pb.MeetingConfig()),
+            )
+        yield running
+        shutdown.set()
+        with trio.fail_after(WAIT_S):
+            await running.controller.tree.wait_closed()
+        nursery.cancel_scope.cancel()
+
+
 async def test_join_keys_rotate_with_an_overlap_learned_from_heartbeats(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -192,31 +234,7 @@ async def test_join_keys_rotate_with_an_overlap_learned_from_heartbeats(
     )
     gc = FakeRegistry(old)
     gc.keys = [_published(JoinKey.of(old_key))]
-    async with open_rpc_loop(), trio.open_nursery() as nursery:
-        gc_port = await nursery.start(
-            serve_rpc, [rpc_service(ControllerRegistryBase, gc)], "127.0.0.1", 0
-        )
-        mh_port = await nursery.start(
-            serve_rpc, [rpc_service(MediaControlBase, FakeMediaControl())], "127.0.0.1", 0
-        )
-        settings = Settings(
-            port=0,
-            grpc_port=0,
-            ops_port=0,
-            gc_grpc=f"127.0.0.1:{gc_port}",
-            media_handler=f"127.0.0.1:{mh_port}",
-            token_leeway_s=0,
-        )
-        shutdown = trio.Event()
-        running: Running = await nursery.start(
-            functools.partial(serve, settings, shutdown=shutdown)
-        )
-        await gc.wait_for(lambda: bool(gc.registrations))
-        async with open_rpc_channel(*running.grpc_address) as channel:
-            await call(
-                MeetingControlStub(channel).AssignMeeting,
-                mtg_pb.AssignMeeting(meeting_id="m", config=mtg_pb.MeetingConfig()),
-            )
+    async with _mc_registered_with(gc, token_leeway_s=0) as running:
 
         async def join(issuer: JoinTokenIssuer) -> None:
             token = issuer.issue(MeetingId("m"), Role.GUEST, time.time())
@@ -260,10 +278,6 @@ async def test_join_keys_rotate_with_an_overlap_learned_from_heartbeats(
         await next_heartbeats()
         with pytest.raises(Unauthorized, match="unknown"):
             await join(old)
-        shutdown.set()
-        with trio.fail_after(WAIT_S):
-            await running.controller.tree.wait_closed()
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_join_with_a_key_newer_than_the_mcs_refreshes_its_keys_at_once(
@@ -277,30 +291,7 @@ async def test_a_join_with_a_key_newer_than_the_mcs_refreshes_its_keys_at_once(
     gc = FakeRegistry(JoinTokenIssuer(old_key, audience=audience))
     gc.keys = [_published(JoinKey.of(old_key))]
     gc.heartbeat_interval_ms = 3_600_000
-    async with open_rpc_loop(), trio.open_nursery() as nursery:
-        gc_port = await nursery.start(
-            serve_rpc, [rpc_service(ControllerRegistryBase, gc)], "127.0.0.1", 0
-        )
-        mh_port = await nursery.start(
-            serve_rpc, [rpc_service(MediaControlBase, FakeMediaControl())], "127.0.0.1", 0
-        )
-        settings = Settings(
-            port=0,
-            grpc_port=0,
-            ops_port=0,
-            gc_grpc=f"127.0.0.1:{gc_port}",
-            media_handler=f"127.0.0.1:{mh_port}",
-        )
-        shutdown = trio.Event()
-        running: Running = await nursery.start(
-            functools.partial(serve, settings, shutdown=shutdown)
-        )
-        await gc.wait_for(lambda: bool(gc.registrations))
-        async with open_rpc_channel(*running.grpc_address) as channel:
-            await call(
-                MeetingControlStub(channel).AssignMeeting,
-                mtg_pb.AssignMeeting(meeting_id="m", config=mtg_pb.MeetingConfig()),
-            )
+    async with _mc_registered_with(gc) as running:
         gc.keys = [
             _published(JoinKey.of(new_key)),
             _published(JoinKey.of(old_key, not_after=time.time() + 600)),
@@ -334,10 +325,6 @@ async def test_a_join_with_a_key_newer_than_the_mcs_refreshes_its_keys_at_once(
             ):
                 pass
         assert len(gc.heartbeats) == 1
-        shutdown.set()
-        with trio.fail_after(WAIT_S):
-            await running.controller.tree.wait_closed()
-        nursery.cancel_scope.cancel()
 
 
 def test_a_bad_key_set_from_the_gc_keeps_the_keys_in_use() -> None:
