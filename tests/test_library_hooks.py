@@ -188,6 +188,20 @@ HOOKS = [
     Hook("aioquic", "QuicConnection._close_at", _HTTP_QUIC, lambda: _has(_quic(), "_close_at")),
     Hook(
         "aioquic",
+        "QuicConnection._close_at / _close_event (the idle-timeout test in handle_timer)",
+        "transport/_quic.py",
+        lambda: _has(_quic(), "_close_at") and _has(_quic(), "_close_event"),
+    ),
+    Hook(
+        "aioquic",
+        "QuicConnection._handle_connection_close_frame(context, frame_type, buf)",
+        "transport/_quic.py (overridden)",
+        lambda: _positional(
+            QuicConnection._handle_connection_close_frame, "context", "frame_type", "buf"
+        ),
+    ),
+    Hook(
+        "aioquic",
         "QuicConnection._loss (a QuicPacketRecovery)",
         "transport/_stats.py",
         lambda: type(_quic()._loss).__name__ == "QuicPacketRecovery",

@@ -13,7 +13,9 @@ import trio
 
 from darktower.model import LeaveReason
 from darktower.transport import (
-    SessionClosed,
+    ClosedByPeer,
+    ConnectionLost,
+    SessionEnd,
     StreamReset,
     WebTransportSession,
     WebTransportStream,
@@ -37,24 +39,22 @@ class SignalPort:
     wait_closed: Callable[[], Awaitable[None]] = _no_wait
 
 
-IDLE_TIMEOUT_PHRASE = "Idle timeout"
+def leave_reason_of(end: SessionEnd | None, exc: BaseException | None) -> LeaveReason:
+    """The LeaveReason of a session that ended ``end`` (None: still open), given the error a
+    read or write saw: the client closing (or resetting the stream) on purpose is VOLUNTARY,
+    anything else (idle timeout, network gone, connection dropped) CONNECTION_LOST."""
+    if isinstance(end, ClosedByPeer) or isinstance(exc, StreamReset):
+        return LeaveReason.VOLUNTARY
+    # A client that closes its QUIC connection right after the session may never get the
+    # close capsule to us: its CONNECTION_CLOSE with NO_ERROR is a clean leave too.
+    if isinstance(end, ConnectionLost) and end.by_peer and end.code == 0:
+        return LeaveReason.VOLUNTARY
+    return LeaveReason.CONNECTION_LOST
 
 
 def webtransport_port(session: WebTransportSession, stream: WebTransportStream) -> SignalPort:
     def leave_reason(exc: BaseException | None) -> LeaveReason:
-        if session.peer_close_code is not None or isinstance(exc, StreamReset):
-            return LeaveReason.VOLUNTARY  # the client closed or reset on purpose
-        if isinstance(exc, SessionClosed) and "by peer" in str(exc):
-            return LeaveReason.VOLUNTARY
-        # A client that closes its QUIC connection right after the session may never get the
-        # close capsule to us: a peer CONNECTION_CLOSE with NO_ERROR is a clean leave too.
-        # aioquic reports its idle timeout as NO_ERROR with this phrase. (The connection is
-        # reached through a private attribute: the transport has no public accessor yet.)
-        conn = session._conn
-        if conn.terminated.is_set() and conn.close_error_code == 0:
-            if conn.close_reason != IDLE_TIMEOUT_PHRASE:
-                return LeaveReason.VOLUNTARY
-        return LeaveReason.CONNECTION_LOST  # idle timeout, network gone, connection dropped
+        return leave_reason_of(session.end, exc)
 
     return SignalPort(
         stream=stream,

@@ -22,6 +22,8 @@ Client::
 Sessions: ``open_bidirectional_stream()``, ``open_unidirectional_stream()``, ``accept_stream()``,
 ``send_datagram(data)`` (never blocks; DatagramTooLarge over ``max_datagram_size``),
 ``receive_datagram()``, ``close(code, reason)``, ``peer_close_code``/``peer_close_reason``,
+``end`` (why it ended, None while open: ``ClosedByPeer(code, reason)``, ``ClosedLocally(code,
+reason)``, ``ConnectionLost(code, reason, by_peer)``, ``IdleTimeout()``; ``_end.py``),
 ``path``, ``query``, ``headers``, ``origin``, ``cancel_scope``, ``transport_stats()`` (the
 connection's packets sent, lost and received: :class:`TransportStats`, ``_stats.py``).
 
@@ -49,6 +51,7 @@ from ._config import (
     parse_origins,
 )
 from ._connection import Connection
+from ._end import ClosedByPeer, ClosedLocally, ConnectionLost, IdleTimeout, SessionEnd
 from ._endpoint import Endpoint
 from ._errors import (
     ConnectFailed,
@@ -78,18 +81,23 @@ __all__ = [
     "MAX_CONNECTIONS_PER_ADDRESS",
     "RETRY_ALWAYS",
     "RETRY_THRESHOLD",
+    "ClosedByPeer",
+    "ClosedLocally",
     "ConnectFailed",
     "ConnectRequest",
     "Connection",
+    "ConnectionLost",
     "DatagramTooLarge",
     "Endpoint",
     "HTTP3Client",
+    "IdleTimeout",
     "RejectSession",
     "Response",
     "ResponseTooLarge",
     "Route",
     "ServerConfig",
     "SessionClosed",
+    "SessionEnd",
     "SessionRefused",
     "SessionState",
     "StreamLimitExceeded",

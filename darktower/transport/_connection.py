@@ -31,6 +31,7 @@ from aioquic.quic.connection import (
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ._config import TransportLimits
+from ._end import ConnectionLost, IdleTimeout, SessionEnd
 from ._errors import SessionClosed
 from ._quic import CreditedQuicConnection
 from ._routing import route_h3, route_stream_data
@@ -482,9 +483,14 @@ class Connection:
         self.close_reason = reason
         self.terminated.set()
         self.settled.set()
+        end: SessionEnd = (
+            IdleTimeout()
+            if self.quic.dt_idle_timeout
+            else ConnectionLost(error_code, reason, by_peer=self.quic.dt_closed_by_peer)
+        )
         error = SessionClosed(0, "", message=f"connection closed: {reason or error_code}")
         for session in list(self.sessions.values()):
-            session.on_connection_lost(error)
+            session.on_connection_lost(error, end)
         for handler in list(self.request_handlers.values()):
             handler(None)
         self.request_handlers.clear()

@@ -52,6 +52,10 @@ class CreditedQuicConnection(QuicConnection):
 
     def __init__(self, *, consumed: ConsumedLookup, window: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # How the connection ended when this side did not close it (for ``ConnectionLost``
+        # and ``IdleTimeout``, _end.py): the peer's CONNECTION_CLOSE, or QUIC's idle timer.
+        self.dt_closed_by_peer = False
+        self.dt_idle_timeout = False
         self._dt_consumed = consumed
         self._dt_window = window
         self._dt_share_frame_table()
@@ -65,6 +69,18 @@ class CreditedQuicConnection(QuicConnection):
             table = {t: (bound.__func__, epochs) for t, (bound, epochs) in own.items()}
             cls._dt_frame_table = table
         setattr(self, _FRAME_TABLE_ATTR, _FrameHandlers(self, table))
+
+    def handle_timer(self, now: float) -> None:
+        # aioquic's own test: its close timer firing with no close under way is the idle timeout.
+        close_at = self._close_at
+        if close_at is not None and now >= close_at and self._close_event is None:
+            self.dt_idle_timeout = True
+        super().handle_timer(now)
+
+    def _handle_connection_close_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        if self._close_event is None:  # not already closing on our side
+            self.dt_closed_by_peer = True
+        super()._handle_connection_close_frame(context, frame_type, buf)
 
     def _confirm_handshake(self) -> None:
         super()._confirm_handshake()

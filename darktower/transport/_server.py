@@ -11,6 +11,7 @@ import attrs
 import trio
 
 from darktower.errors import DarkTowerError, ErrorCode
+from darktower.protocol import INTERNAL_ERROR_MESSAGE
 
 from ._config import ServerConfig
 from ._connection import Connection
@@ -128,8 +129,12 @@ class WebTransportServer:
                 try:
                     await route.handler(session, context)
                 except Exception as exc:
-                    code = exc.code if isinstance(exc, DarkTowerError) else CLOSE_CODE_HANDLER_ERROR
-                    reason = str(exc)[:MAX_REASON_CHARS]
+                    # Only a DarkTowerError's message is meant for the peer; anything else
+                    # may carry internals, so the peer gets a generic internal error.
+                    if isinstance(exc, DarkTowerError):
+                        code, reason = exc.code, exc.message[:MAX_REASON_CHARS]
+                    else:
+                        code, reason = CLOSE_CODE_HANDLER_ERROR, INTERNAL_ERROR_MESSAGE
                     if not isinstance(exc, trio.BrokenResourceError):
                         logger.exception("session handler for %s failed", session.path)
             if scope.cancelled_caught and not session.is_closed:

@@ -13,6 +13,7 @@ import trio
 from aioquic.buffer import encode_uint_var
 
 from ._config import MAX_CONNECT_AUTHORITY, MAX_CONNECT_PATH
+from ._end import ClosedByPeer, ClosedLocally, SessionEnd
 from ._errors import DatagramTooLarge, SessionClosed, StreamLimitExceeded
 from ._streams import (
     IncomingStream,
@@ -142,6 +143,8 @@ class WebTransportSession:
         self.peer_close_code: int | None = None
         self.peer_close_reason: str | None = None
         self.local_close_code: int | None = None
+        # Why the session ended (None while it has not): set once, where the transport learns it.
+        self.end: SessionEnd | None = None
         self.datagrams_dropped = 0
         # Set by the server: the scope of the handler's nursery, cancelled when the session ends.
         self.cancel_scope: trio.CancelScope | None = None
@@ -267,7 +270,10 @@ class WebTransportSession:
             self._conn.send_data(self.session_id, encode_close(code, reason), True)
         self.local_close_code = code
         # We closed it: further use is a ClosedResourceError, not a broken session.
-        self._finish(trio.ClosedResourceError(f"session closed locally (code {code})"))
+        self._finish(
+            trio.ClosedResourceError(f"session closed locally (code {code})"),
+            ClosedLocally(code, reason),
+        )
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -287,13 +293,16 @@ class WebTransportSession:
             self._conn.send_headers(self.session_id, [(b":status", str(status).encode())], True)
             # Ask the peer to end its side too, so the CONNECT stream does not linger.
             self._conn.stop_stream(self.session_id, H3_NO_ERROR)
-            self._finish(SessionClosed(0, "", message=f"session rejected with {status}"))
+            self._finish(
+                SessionClosed(0, "", message=f"session rejected with {status}"),
+                ClosedLocally(0, f"rejected with {status}"),
+            )
 
     def reject_answered(self) -> None:
         """Client: the server refused the CONNECT; end our side of the stream."""
         if self.state is SessionState.PENDING:
             self._conn.send_data(self.session_id, b"", True)
-            self._finish(SessionClosed(0, "", message="session refused"))
+            self._finish(SessionClosed(0, "", message="session refused"), ClosedByPeer(0, ""))
 
     def check_usable(self) -> None:
         """Raise the session's error if it is closed."""
@@ -355,9 +364,9 @@ class WebTransportSession:
         self._connect_ended = True
         self._peer_closed(0, "")
 
-    def on_connection_lost(self, error: SessionClosed) -> None:
+    def on_connection_lost(self, error: SessionClosed, end: SessionEnd) -> None:
         self._connect_ended = True
-        self._finish(error)
+        self._finish(error, end)
 
     def _peer_closed(self, code: int, reason: str) -> None:
         if self.state is SessionState.CLOSED:
@@ -368,11 +377,15 @@ class WebTransportSession:
         self.peer_close_reason = reason
         # Our answer: end our side of the CONNECT stream too.
         self._conn.send_data(self.session_id, b"", True)
-        self._finish(SessionClosed(code, reason, message="session closed by peer"))
+        self._finish(
+            SessionClosed(code, reason, message="session closed by peer"),
+            ClosedByPeer(code, reason),
+        )
 
-    def _finish(self, error: BaseException) -> None:
+    def _finish(self, error: BaseException, end: SessionEnd) -> None:
         if self.state is not SessionState.CLOSED:
             self.state = SessionState.CLOSED
+            self.end = end
             self._conn.session_ended()
         self._error = error
         # Cancel the handler first: its blocked tasks then see Cancelled, not the error below.
