@@ -85,3 +85,14 @@ class RateLimited(DarkTowerError):
     ) -> None:
         super().__init__(message, details=details)
         self.retry_after_s = retry_after_s
+
+
+def sole_error(exc: BaseException) -> BaseException:
+    """The error a group of exactly one error wraps (recursively); anything else unchanged.
+
+    Nurseries wrap what their tasks raise in exception groups; where a caller expects the one
+    error a single task raised, this unwraps it. A group of several errors stays a group.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -22,6 +22,8 @@ RANK = {
     "darktower.protocol": 2,
     "darktower.transport": 3,
     "darktower.nurseries": 4,
+    # What the three services share (TLS, addresses, ops listener, staying registered).
+    "darktower.servicekit": 4,
     "darktower.global_controller": 5,
     "darktower.meeting_controller": 5,
     "darktower.media_handler": 5,

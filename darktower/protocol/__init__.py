@@ -69,6 +69,11 @@ from darktower.protocol._framing import (
     encode_message,
     encode_varint,
 )
+from darktower.protocol.close_codes import (
+    SESSION_CLOSE_CODE_BASE,
+    close_code_for,
+    reason_from_close_code,
+)
 from darktower.protocol.pb.v1.common_pb2 import ErrorMessage
 from darktower.protocol.pb.v1.signaling_pb2 import ClientMessage, ServerMessage
 
@@ -86,6 +91,7 @@ __all__ = [
     "REASON_TRUNCATED",
     "REASON_UNDECODABLE",
     "RETRY_AFTER_DETAIL",
+    "SESSION_CLOSE_CODE_BASE",
     "Bound",
     "ClientMessage",
     "ErrorMessage",
@@ -95,6 +101,7 @@ __all__ = [
     "ServerMessage",
     "UnknownError",
     "check_bounds",
+    "close_code_for",
     "code_from_grpc_status",
     "code_from_name",
     "encode_message",
@@ -112,6 +119,7 @@ __all__ = [
     "leave_reason_to_pb",
     "make_error",
     "pb",
+    "reason_from_close_code",
     "stream_type_from_pb",
     "stream_type_to_pb",
     "unbounded_fields",
