@@ -35,7 +35,9 @@ from darktower.errors import (
     StreamError,
     Unauthorized,
 )
-from darktower.protocol import grpc_status, wire_details
+from darktower.protocol import PROTOCOL_VERSION, grpc_status, wire_details
+from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
+from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase, MeetingControlStub
 from darktower.transport import rpc
 
 # Real sockets, real time: a bound on every wait so a regression fails instead of hanging.
@@ -438,3 +440,41 @@ def test_client_streaming_is_refused_at_binding() -> None:
 
     with pytest.raises(TypeError, match="STREAM_UNARY"):
         rpc.rpc_service(Upload, Upload())
+
+
+# --- protocol version (docs/protocol.md §12) --------------------------------------------------
+class _Versions:
+    """A real generated service (MeetingControl) whose methods record the version they saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    async def EndMeeting(self, request: mtg_pb.EndMeetingRequest) -> mtg_pb.EndMeetingResponse:
+        self.seen.append(request.protocol_version)
+        return mtg_pb.EndMeetingResponse()
+
+    async def AssignMeeting(self, request: Any) -> Any:
+        raise NotImplementedError
+
+    KickParticipant = RegisterMediaHandler = MediaHandlerHeartbeat = AssignMeeting
+
+
+async def test_requests_carry_the_protocol_version_and_others_are_refused(
+    nursery: trio.Nursery,
+) -> None:
+    impl = _Versions()
+    port = await nursery.start(
+        rpc.serve_rpc, [rpc.rpc_service(MeetingControlBase, impl)], "127.0.0.1", 0
+    )
+    async with rpc.open_rpc_channel("127.0.0.1", port) as channel:
+        control = MeetingControlStub(channel)
+        with trio.fail_after(WAIT_S):
+            await rpc.call(control.EndMeeting, mtg_pb.EndMeetingRequest(meeting_id="m"))
+            with pytest.raises(
+                InvalidRequest, match=r"unsupported protocol version 9.*supported: 1"
+            ):
+                await rpc.call(
+                    control.EndMeeting, mtg_pb.EndMeetingRequest(meeting_id="m", protocol_version=9)
+                )
+    # The stamped request reached the method as version 1; the refused one never did.
+    assert impl.seen == [PROTOCOL_VERSION]

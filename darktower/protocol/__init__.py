@@ -76,6 +76,12 @@ from darktower.protocol.close_codes import (
 )
 from darktower.protocol.pb.v1.common_pb2 import ErrorMessage
 from darktower.protocol.pb.v1.signaling_pb2 import ClientMessage, ServerMessage
+from darktower.protocol.versions import (
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    check_version,
+    version_of,
+)
 
 __all__ = [
     "CLIENT_FIELD_BOUNDS",
@@ -84,6 +90,7 @@ __all__ = [
     "MAX_MESSAGE_SIZE",
     "MAX_VARINT_LEN",
     "PEER_CODE_DETAIL",
+    "PROTOCOL_VERSION",
     "REASON_BAD_VALUE",
     "REASON_BAD_VARINT",
     "REASON_FIELD_TOO_LARGE",
@@ -92,6 +99,7 @@ __all__ = [
     "REASON_UNDECODABLE",
     "RETRY_AFTER_DETAIL",
     "SESSION_CLOSE_CODE_BASE",
+    "SUPPORTED_VERSIONS",
     "Bound",
     "ClientMessage",
     "ErrorMessage",
@@ -101,6 +109,7 @@ __all__ = [
     "ServerMessage",
     "UnknownError",
     "check_bounds",
+    "check_version",
     "close_code_for",
     "code_from_grpc_status",
     "code_from_name",
@@ -123,6 +132,7 @@ __all__ = [
     "stream_type_from_pb",
     "stream_type_to_pb",
     "unbounded_fields",
+    "version_of",
     "wire_details",
     "wire_error",
 ]

@@ -72,6 +72,7 @@ from darktower.protocol import (
     make_error,
     wire_details,
 )
+from darktower.protocol.versions import PROTOCOL_VERSION, check_version, has_version_field
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,12 @@ async def _make_channel(host: str, port: int) -> Channel:
     return Channel(host, port)  # inside asyncio: grpclib looks up the running loop
 
 
+def _stamp_version(request: Any) -> None:
+    """Every request says which protocol version it speaks (docs/protocol.md §12)."""
+    if has_version_field(request) and not request.protocol_version:
+        request.protocol_version = PROTOCOL_VERSION
+
+
 async def call(
     method: UnaryUnaryMethod[RequestT, ReplyT],
     request: RequestT,
@@ -223,6 +230,8 @@ async def call(
     ``DarkTowerError`` subclass, :class:`RpcUnavailable`, :class:`RpcDeadlineExceeded` when
     ``deadline_s`` (seconds, also the server's gRPC deadline) elapses, or :class:`RpcError`.
     """
+
+    _stamp_version(request)
 
     async def unary() -> ReplyT:  # asyncio
         stream = method.open(timeout=deadline_s, metadata=metadata)
@@ -280,6 +289,7 @@ async def open_stream_call(
     stream, which cancels the server's handler. Raises what :func:`call` raises, from the
     ``async for`` (the server's error arrives after the replies it sent before it).
     """
+    _stamp_version(request)
     step = trio_asyncio.aio_as_trio(_client_step)
     stream = method.open(timeout=deadline_s, metadata=metadata)
     await step(method, stream, stream.__aenter__)
@@ -305,6 +315,12 @@ async def _close_client_stream(stream: Stream[Any, Any], finished: bool) -> None
 
 
 # --- server ------------------------------------------------------------------------------------
+def _check_version(request: Any) -> None:
+    """Refuse a request that speaks a protocol version we do not (docs/protocol.md §12)."""
+    if has_version_field(request):
+        check_version(request)
+
+
 async def _send_error(stream: Any, exc: DarkTowerError) -> None:
     await stream.send_trailing_metadata(
         status=Status(int(grpc_status(exc.code))),
@@ -317,6 +333,7 @@ def _unary_handler(fn: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Await
     async def handle(stream: Any) -> None:  # asyncio, called by grpclib
         request = await stream.recv_message()
         try:
+            _check_version(request)
             reply = await trio_asyncio.trio_as_aio(fn)(request)
         except DarkTowerError as exc:
             await _send_error(stream, exc)
@@ -335,6 +352,7 @@ def _stream_handler(fn: Callable[[Any], AsyncGenerator[Any, None]]) -> Callable[
     async def handle(stream: Any) -> None:  # asyncio, called by grpclib
         request = await stream.recv_message()
         try:
+            _check_version(request)
             await trio_asyncio.trio_as_aio(serve)(stream, request)
         except DarkTowerError as exc:
             await _send_error(stream, exc)

@@ -3,7 +3,7 @@
 isort:skip_file
 Types shared by signaling (client <-> MC) and the internal services (MC <-> MH, GC <-> MC).
 
-The contract is api-contracts.md (DESIGN.md, beside it, records our choices). Every
+The wire protocol is described in docs/protocol.md (our choices: docs/decisions.md). Every
 contract message and enum keeps exactly its names and field numbers; our additions are
 additive and each is marked "Addition to the contract".
 """
@@ -35,7 +35,7 @@ class _StreamTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StreamType
     VIDEO_SCREEN: _StreamType.ValueType  # 2
 
 class StreamType(_StreamType, metaclass=_StreamTypeEnumTypeWrapper):
-    """Contract 2.2 (PublishStream)."""
+    """Contract message (PublishStream)."""
 
 AUDIO: StreamType.ValueType  # 0
 VIDEO_CAMERA: StreamType.ValueType  # 1
@@ -54,7 +54,7 @@ class _LeaveReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeaveReas
     MEETING_ENDED: _LeaveReason.ValueType  # 3
 
 class LeaveReason(_LeaveReason, metaclass=_LeaveReasonEnumTypeWrapper):
-    """Contract 2.2 (ParticipantLeft)."""
+    """Contract message (ParticipantLeft)."""
 
 VOLUNTARY: LeaveReason.ValueType  # 0
 KICKED: LeaveReason.ValueType  # 1
@@ -73,7 +73,7 @@ class _HealthStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HealthSt
     UNHEALTHY: _HealthStatus.ValueType  # 2
 
 class HealthStatus(_HealthStatus, metaclass=_HealthStatusEnumTypeWrapper):
-    """Contract 5.2 (Heartbeat). Lives here because Media Handlers report it to their MC too."""
+    """Contract message (Heartbeat). Lives here because Media Handlers report it to their MC too."""
 
 HEALTHY: HealthStatus.ValueType  # 0
 DEGRADED: HealthStatus.ValueType  # 1
@@ -101,7 +101,7 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     """
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
-    """Contract "WebTransport/Protobuf Errors"."""
+    """Contract message (the error codes: docs/protocol.md §1.2)."""
 
 UNKNOWN: ErrorCode.ValueType  # 0
 INVALID_REQUEST: ErrorCode.ValueType  # 1
@@ -120,7 +120,7 @@ Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
 @_typing.final
 class ErrorMessage(_message.Message):
-    """Contract "WebTransport/Protobuf Errors"."""
+    """Contract message (the error codes: docs/protocol.md §1.2)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -168,7 +168,7 @@ Global___ErrorMessage: _TypeAlias = ErrorMessage  # noqa: Y015
 
 @_typing.final
 class MediaStream(_message.Message):
-    """Contract 2.2 (StreamPublished)."""
+    """Contract message (StreamPublished)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -196,7 +196,7 @@ Global___MediaStream: _TypeAlias = MediaStream  # noqa: Y015
 
 @_typing.final
 class StreamMetadata(_message.Message):
-    """Contract 2.2 (PublishStream)."""
+    """Contract message (PublishStream)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -226,7 +226,7 @@ Global___StreamMetadata: _TypeAlias = StreamMetadata  # noqa: Y015
 
 @_typing.final
 class VideoMetadata(_message.Message):
-    """Contract 2.2 (PublishStream)."""
+    """Contract message (PublishStream)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -257,8 +257,8 @@ Global___VideoMetadata: _TypeAlias = VideoMetadata  # noqa: Y015
 
 @_typing.final
 class SimulcastLayer(_message.Message):
-    """Contract 2.2 (PublishStream). layer_id is the UUID (string form) that stands in the media
-    frame header of that layer's frames (DESIGN 5).
+    """Contract message (PublishStream). layer_id is the UUID (string form) that stands in the media
+    frame header of that layer's frames (docs/protocol.md §7).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -27,15 +27,20 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class RegisterParticipant(_message.Message):
-    """Contract 4.1."""
+    """Contract message."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
     MEETING_ID_FIELD_NUMBER: _builtins.int
     STREAMS_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     participant_id: _builtins.str
     meeting_id: _builtins.str
+    protocol_version: _builtins.int
+    """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
+    A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
+    """
     @_builtins.property
     def streams(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.MediaStream]: ...
     def __init__(
@@ -44,10 +49,11 @@ class RegisterParticipant(_message.Message):
         participant_id: _builtins.str = ...,
         meeting_id: _builtins.str = ...,
         streams: _abc.Iterable[_common_pb2.MediaStream] | None = ...,
+        protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "participant_id", b"participant_id", "streams", b"streams"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "participant_id", b"participant_id", "protocol_version", b"protocol_version", "streams", b"streams"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -55,7 +61,7 @@ Global___RegisterParticipant: _TypeAlias = RegisterParticipant  # noqa: Y015
 
 @_typing.final
 class RegisterParticipantResponse(_message.Message):
-    """Contract 4.1."""
+    """Contract message."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -79,7 +85,7 @@ Global___RegisterParticipantResponse: _TypeAlias = RegisterParticipantResponse  
 
 @_typing.final
 class RouteMediaCommand(_message.Message):
-    """Contract 4.2."""
+    """Contract message."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -88,12 +94,17 @@ class RouteMediaCommand(_message.Message):
     OPTIONS_FIELD_NUMBER: _builtins.int
     MEETING_ID_FIELD_NUMBER: _builtins.int
     UNROUTE_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     source_stream_id: _builtins.str
     meeting_id: _builtins.str
     """Addition to the contract: the room the source stream belongs to."""
     unroute: _builtins.bool
     """Addition to the contract: when true, stop routing source_stream_id to the listed
     destinations instead of starting.
+    """
+    protocol_version: _builtins.int
+    """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
+    A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
     """
     @_builtins.property
     def destination_participant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -107,10 +118,11 @@ class RouteMediaCommand(_message.Message):
         options: Global___RoutingOptions | None = ...,
         meeting_id: _builtins.str = ...,
         unroute: _builtins.bool = ...,
+        protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_participant_ids", b"destination_participant_ids", "meeting_id", b"meeting_id", "options", b"options", "source_stream_id", b"source_stream_id", "unroute", b"unroute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_participant_ids", b"destination_participant_ids", "meeting_id", b"meeting_id", "options", b"options", "protocol_version", b"protocol_version", "source_stream_id", b"source_stream_id", "unroute", b"unroute"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -118,7 +130,7 @@ Global___RouteMediaCommand: _TypeAlias = RouteMediaCommand  # noqa: Y015
 
 @_typing.final
 class RoutingOptions(_message.Message):
-    """Contract 4.2."""
+    """Contract message."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -181,19 +193,25 @@ class RemoveParticipantRequest(_message.Message):
     MEETING_ID_FIELD_NUMBER: _builtins.int
     PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     meeting_id: _builtins.str
     participant_id: _builtins.str
     reason: _common_pb2.LeaveReason.ValueType
+    protocol_version: _builtins.int
+    """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
+    A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
+    """
     def __init__(
         self,
         *,
         meeting_id: _builtins.str = ...,
         participant_id: _builtins.str = ...,
         reason: _common_pb2.LeaveReason.ValueType = ...,
+        protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "participant_id", b"participant_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "participant_id", b"participant_id", "protocol_version", b"protocol_version", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -229,19 +247,25 @@ class RemoveStreamRequest(_message.Message):
     MEETING_ID_FIELD_NUMBER: _builtins.int
     PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
     STREAM_ID_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     meeting_id: _builtins.str
     participant_id: _builtins.str
     stream_id: _builtins.str
+    protocol_version: _builtins.int
+    """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
+    A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
+    """
     def __init__(
         self,
         *,
         meeting_id: _builtins.str = ...,
         participant_id: _builtins.str = ...,
         stream_id: _builtins.str = ...,
+        protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "participant_id", b"participant_id", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "participant_id", b"participant_id", "protocol_version", b"protocol_version", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -271,16 +295,22 @@ class TelemetryRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MEETING_ID_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     meeting_id: _builtins.str
     """only this meeting's events; empty for every meeting on the MH"""
+    protocol_version: _builtins.int
+    """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
+    A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
+    """
     def __init__(
         self,
         *,
         meeting_id: _builtins.str = ...,
+        protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "protocol_version", b"protocol_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -288,7 +318,7 @@ Global___TelemetryRequest: _TypeAlias = TelemetryRequest  # noqa: Y015
 
 @_typing.final
 class MediaTelemetry(_message.Message):
-    """Contract 4.3."""
+    """Contract message."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -309,7 +339,7 @@ class MediaTelemetry(_message.Message):
     timestamp: _builtins.int
     """microseconds since the Unix epoch, like media frame timestamps"""
     frames_dropped: _builtins.int
-    """Addition to the contract: frames of this stream dropped for slow subscribers (DESIGN 5)."""
+    """Addition to the contract: frames of this stream dropped for slow subscribers (docs/protocol.md §7)."""
     def __init__(
         self,
         *,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from darktower.protocol.pb.v1 import common_pb2 as darktower_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"darktower/v1/meeting_control.proto\x12\x0c\x64\x61rktower.v1\x1a\x19\x64\x61rktower/v1/common.proto\"P\n\rAssignMeeting\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1b.darktower.v1.MeetingConfig\"y\n\rMeetingConfig\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x18\n\x10max_participants\x18\x02 \x01(\r\x12\x1d\n\x15\x65nable_e2e_encryption\x18\x03 \x01(\x08\x12\x19\n\x11recording_enabled\x18\x04 \x01(\x08\"\x17\n\x15\x41ssignMeetingResponse\"8\n\x11\x45ndMeetingRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"/\n\x12\x45ndMeetingResponse\x12\x19\n\x11participant_count\x18\x01 \x01(\r\"\x89\x01\n\x16KickParticipantRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x32\n\x0erevoked_tokens\x18\x04 \x03(\x0b\x32\x1a.darktower.v1.RevokedToken\"7\n\x0cRevokedToken\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x15\n\rexpires_at_us\x18\x02 \x01(\x03\"+\n\x17KickParticipantResponse\x12\x10\n\x08token_id\x18\x01 \x01(\t\"\x81\x01\n\x14RegisterMediaHandler\x12\x12\n\nhandler_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x11\n\tmedia_url\x18\x03 \x01(\t\x12\x30\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x1e.darktower.v1.MediaHandlerLoad\"=\n\x1cRegisterMediaHandlerResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\"\x85\x01\n\x15MediaHandlerHeartbeat\x12\x12\n\nhandler_id\x18\x01 \x01(\t\x12,\n\x04load\x18\x02 \x01(\x0b\x32\x1e.darktower.v1.MediaHandlerLoad\x12*\n\x06health\x18\x03 \x01(\x0e\x32\x1a.darktower.v1.HealthStatus\"H\n\x10MediaHandlerLoad\x12\r\n\x05rooms\x18\x01 \x01(\r\x12\x14\n\x0cparticipants\x18\x02 \x01(\r\x12\x0f\n\x07streams\x18\x03 \x01(\r\"\x1f\n\x1dMediaHandlerHeartbeatResponse2\xe7\x03\n\x0eMeetingControl\x12Q\n\rAssignMeeting\x12\x1b.darktower.v1.AssignMeeting\x1a#.darktower.v1.AssignMeetingResponse\x12O\n\nEndMeeting\x12\x1f.darktower.v1.EndMeetingRequest\x1a .darktower.v1.EndMeetingResponse\x12^\n\x0fKickParticipant\x12$.darktower.v1.KickParticipantRequest\x1a%.darktower.v1.KickParticipantResponse\x12\x66\n\x14RegisterMediaHandler\x12\".darktower.v1.RegisterMediaHandler\x1a*.darktower.v1.RegisterMediaHandlerResponse\x12i\n\x15MediaHandlerHeartbeat\x12#.darktower.v1.MediaHandlerHeartbeat\x1a+.darktower.v1.MediaHandlerHeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"darktower/v1/meeting_control.proto\x12\x0c\x64\x61rktower.v1\x1a\x19\x64\x61rktower/v1/common.proto\"j\n\rAssignMeeting\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1b.darktower.v1.MeetingConfig\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"y\n\rMeetingConfig\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x18\n\x10max_participants\x18\x02 \x01(\r\x12\x1d\n\x15\x65nable_e2e_encryption\x18\x03 \x01(\x08\x12\x19\n\x11recording_enabled\x18\x04 \x01(\x08\"\x17\n\x15\x41ssignMeetingResponse\"R\n\x11\x45ndMeetingRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"/\n\x12\x45ndMeetingResponse\x12\x19\n\x11participant_count\x18\x01 \x01(\r\"\xa3\x01\n\x16KickParticipantRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x32\n\x0erevoked_tokens\x18\x04 \x03(\x0b\x32\x1a.darktower.v1.RevokedToken\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"7\n\x0cRevokedToken\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x15\n\rexpires_at_us\x18\x02 \x01(\x03\"+\n\x17KickParticipantResponse\x12\x10\n\x08token_id\x18\x01 \x01(\t\"\x9b\x01\n\x14RegisterMediaHandler\x12\x12\n\nhandler_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x11\n\tmedia_url\x18\x03 \x01(\t\x12\x30\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x1e.darktower.v1.MediaHandlerLoad\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"=\n\x1cRegisterMediaHandlerResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\"\x9f\x01\n\x15MediaHandlerHeartbeat\x12\x12\n\nhandler_id\x18\x01 \x01(\t\x12,\n\x04load\x18\x02 \x01(\x0b\x32\x1e.darktower.v1.MediaHandlerLoad\x12*\n\x06health\x18\x03 \x01(\x0e\x32\x1a.darktower.v1.HealthStatus\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"H\n\x10MediaHandlerLoad\x12\r\n\x05rooms\x18\x01 \x01(\r\x12\x14\n\x0cparticipants\x18\x02 \x01(\r\x12\x0f\n\x07streams\x18\x03 \x01(\r\"\x1f\n\x1dMediaHandlerHeartbeatResponse2\xe7\x03\n\x0eMeetingControl\x12Q\n\rAssignMeeting\x12\x1b.darktower.v1.AssignMeeting\x1a#.darktower.v1.AssignMeetingResponse\x12O\n\nEndMeeting\x12\x1f.darktower.v1.EndMeetingRequest\x1a .darktower.v1.EndMeetingResponse\x12^\n\x0fKickParticipant\x12$.darktower.v1.KickParticipantRequest\x1a%.darktower.v1.KickParticipantResponse\x12\x66\n\x14RegisterMediaHandler\x12\".darktower.v1.RegisterMediaHandler\x1a*.darktower.v1.RegisterMediaHandlerResponse\x12i\n\x15MediaHandlerHeartbeat\x12#.darktower.v1.MediaHandlerHeartbeat\x1a+.darktower.v1.MediaHandlerHeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,31 +33,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'darktower.protocol.pb.v1.me
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ASSIGNMEETING']._serialized_start=79
-  _globals['_ASSIGNMEETING']._serialized_end=159
-  _globals['_MEETINGCONFIG']._serialized_start=161
-  _globals['_MEETINGCONFIG']._serialized_end=282
-  _globals['_ASSIGNMEETINGRESPONSE']._serialized_start=284
-  _globals['_ASSIGNMEETINGRESPONSE']._serialized_end=307
-  _globals['_ENDMEETINGREQUEST']._serialized_start=309
-  _globals['_ENDMEETINGREQUEST']._serialized_end=365
-  _globals['_ENDMEETINGRESPONSE']._serialized_start=367
-  _globals['_ENDMEETINGRESPONSE']._serialized_end=414
-  _globals['_KICKPARTICIPANTREQUEST']._serialized_start=417
-  _globals['_KICKPARTICIPANTREQUEST']._serialized_end=554
-  _globals['_REVOKEDTOKEN']._serialized_start=556
-  _globals['_REVOKEDTOKEN']._serialized_end=611
-  _globals['_KICKPARTICIPANTRESPONSE']._serialized_start=613
-  _globals['_KICKPARTICIPANTRESPONSE']._serialized_end=656
-  _globals['_REGISTERMEDIAHANDLER']._serialized_start=659
-  _globals['_REGISTERMEDIAHANDLER']._serialized_end=788
-  _globals['_REGISTERMEDIAHANDLERRESPONSE']._serialized_start=790
-  _globals['_REGISTERMEDIAHANDLERRESPONSE']._serialized_end=851
-  _globals['_MEDIAHANDLERHEARTBEAT']._serialized_start=854
-  _globals['_MEDIAHANDLERHEARTBEAT']._serialized_end=987
-  _globals['_MEDIAHANDLERLOAD']._serialized_start=989
-  _globals['_MEDIAHANDLERLOAD']._serialized_end=1061
-  _globals['_MEDIAHANDLERHEARTBEATRESPONSE']._serialized_start=1063
-  _globals['_MEDIAHANDLERHEARTBEATRESPONSE']._serialized_end=1094
-  _globals['_MEETINGCONTROL']._serialized_start=1097
-  _globals['_MEETINGCONTROL']._serialized_end=1584
+  _globals['_ASSIGNMEETING']._serialized_end=185
+  _globals['_MEETINGCONFIG']._serialized_start=187
+  _globals['_MEETINGCONFIG']._serialized_end=308
+  _globals['_ASSIGNMEETINGRESPONSE']._serialized_start=310
+  _globals['_ASSIGNMEETINGRESPONSE']._serialized_end=333
+  _globals['_ENDMEETINGREQUEST']._serialized_start=335
+  _globals['_ENDMEETINGREQUEST']._serialized_end=417
+  _globals['_ENDMEETINGRESPONSE']._serialized_start=419
+  _globals['_ENDMEETINGRESPONSE']._serialized_end=466
+  _globals['_KICKPARTICIPANTREQUEST']._serialized_start=469
+  _globals['_KICKPARTICIPANTREQUEST']._serialized_end=632
+  _globals['_REVOKEDTOKEN']._serialized_start=634
+  _globals['_REVOKEDTOKEN']._serialized_end=689
+  _globals['_KICKPARTICIPANTRESPONSE']._serialized_start=691
+  _globals['_KICKPARTICIPANTRESPONSE']._serialized_end=734
+  _globals['_REGISTERMEDIAHANDLER']._serialized_start=737
+  _globals['_REGISTERMEDIAHANDLER']._serialized_end=892
+  _globals['_REGISTERMEDIAHANDLERRESPONSE']._serialized_start=894
+  _globals['_REGISTERMEDIAHANDLERRESPONSE']._serialized_end=955
+  _globals['_MEDIAHANDLERHEARTBEAT']._serialized_start=958
+  _globals['_MEDIAHANDLERHEARTBEAT']._serialized_end=1117
+  _globals['_MEDIAHANDLERLOAD']._serialized_start=1119
+  _globals['_MEDIAHANDLERLOAD']._serialized_end=1191
+  _globals['_MEDIAHANDLERHEARTBEATRESPONSE']._serialized_start=1193
+  _globals['_MEDIAHANDLERHEARTBEATRESPONSE']._serialized_end=1224
+  _globals['_MEETINGCONTROL']._serialized_start=1227
+  _globals['_MEETINGCONTROL']._serialized_end=1714
 # @@protoc_insertion_point(module_scope)

@@ -27,13 +27,18 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class AssignMeeting(_message.Message):
-    """Contract 5.3."""
+    """Contract message."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MEETING_ID_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     meeting_id: _builtins.str
+    protocol_version: _builtins.int
+    """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
+    A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
+    """
     @_builtins.property
     def config(self) -> Global___MeetingConfig: ...
     def __init__(
@@ -41,10 +46,11 @@ class AssignMeeting(_message.Message):
         *,
         meeting_id: _builtins.str = ...,
         config: Global___MeetingConfig | None = ...,
+        protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "meeting_id", b"meeting_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "meeting_id", b"meeting_id", "protocol_version", b"protocol_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -52,7 +58,7 @@ Global___AssignMeeting: _TypeAlias = AssignMeeting  # noqa: Y015
 
 @_typing.final
 class MeetingConfig(_message.Message):
-    """Contract 5.3."""
+    """Contract message."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -107,18 +113,24 @@ class EndMeetingRequest(_message.Message):
 
     MEETING_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     meeting_id: _builtins.str
     message: _builtins.str
     """shown to the participants"""
+    protocol_version: _builtins.int
+    """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
+    A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
+    """
     def __init__(
         self,
         *,
         meeting_id: _builtins.str = ...,
         message: _builtins.str = ...,
+        protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "message", b"message", "protocol_version", b"protocol_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -156,10 +168,15 @@ class KickParticipantRequest(_message.Message):
     PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     REVOKED_TOKENS_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     meeting_id: _builtins.str
     participant_id: _builtins.str
     message: _builtins.str
     """shown to the kicked participant"""
+    protocol_version: _builtins.int
+    """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
+    A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
+    """
     @_builtins.property
     def revoked_tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevokedToken]:
         """Addition to the contract: a kick with ban also revokes the other join tokens the GC issued
@@ -174,10 +191,11 @@ class KickParticipantRequest(_message.Message):
         participant_id: _builtins.str = ...,
         message: _builtins.str = ...,
         revoked_tokens: _abc.Iterable[Global___RevokedToken] | None = ...,
+        protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "message", b"message", "participant_id", b"participant_id", "revoked_tokens", b"revoked_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "message", b"message", "participant_id", b"participant_id", "protocol_version", b"protocol_version", "revoked_tokens", b"revoked_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,11 +261,16 @@ class RegisterMediaHandler(_message.Message):
     ENDPOINT_FIELD_NUMBER: _builtins.int
     MEDIA_URL_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     handler_id: _builtins.str
     endpoint: _builtins.str
     """host:port of the MH's MediaControl gRPC service"""
     media_url: _builtins.str
     """https:// URL of the MH's WebTransport media endpoint"""
+    protocol_version: _builtins.int
+    """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
+    A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
+    """
     @_builtins.property
     def capacity(self) -> Global___MediaHandlerLoad:
         """maxima this MH accepts"""
@@ -259,10 +282,11 @@ class RegisterMediaHandler(_message.Message):
         endpoint: _builtins.str = ...,
         media_url: _builtins.str = ...,
         capacity: Global___MediaHandlerLoad | None = ...,
+        protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "endpoint", b"endpoint", "handler_id", b"handler_id", "media_url", b"media_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "endpoint", b"endpoint", "handler_id", b"handler_id", "media_url", b"media_url", "protocol_version", b"protocol_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -298,8 +322,13 @@ class MediaHandlerHeartbeat(_message.Message):
     HANDLER_ID_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     handler_id: _builtins.str
     health: _common_pb2.HealthStatus.ValueType
+    protocol_version: _builtins.int
+    """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
+    A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
+    """
     @_builtins.property
     def load(self) -> Global___MediaHandlerLoad: ...
     def __init__(
@@ -308,10 +337,11 @@ class MediaHandlerHeartbeat(_message.Message):
         handler_id: _builtins.str = ...,
         load: Global___MediaHandlerLoad | None = ...,
         health: _common_pb2.HealthStatus.ValueType = ...,
+        protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["load", b"load"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["handler_id", b"handler_id", "health", b"health", "load", b"load"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handler_id", b"handler_id", "health", b"health", "load", b"load", "protocol_version", b"protocol_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
