@@ -14,7 +14,7 @@ from darktower.model import LeaveReason, MeetingId, ParticipantId
 from ._events import EventKind, Level, ScopeClosed, ScopeState
 from ._limits import PARTICIPANT_CLEANUP_GRACE_S
 from ._participant import Participant, ParticipantBody, ParticipantCleanup
-from ._scope import Scope, current_meeting_var
+from ._scope import Scope, current_meeting_var, start_scope
 
 if TYPE_CHECKING:
     from ._tree import TaskTree
@@ -122,18 +122,17 @@ class Meeting(Scope):
         if len(self._participants) >= self.max_participants:
             raise CapacityExceeded(f"{self.path} is full ({self.max_participants} participants)")
         participant = Participant(self, participant_id)
-        self._participants[participant_id] = participant
-        self._tree._live[Level.PARTICIPANT] += 1
-        try:
-            await nursery.start(participant._run, body, cleanup, grace, name=participant.path)
-            # A cancelled start can return (the task swallowed its Cancelled): raise it here.
-            await trio.lowlevel.checkpoint_if_cancelled()
-        except BaseException:
-            if participant._state is ScopeState.STARTING:  # never ran: unregister it here
-                participant._state = ScopeState.CLOSED
-                self._participant_closed(participant)
-            raise
-        return participant
+        return await start_scope(
+            nursery,
+            self._participants,
+            participant_id,
+            participant,
+            participant._run,
+            body,
+            cleanup,
+            grace,
+            unregister=self._participant_closed,
+        )
 
     def _participant_closed(self, participant: Participant) -> None:
         if self._participants.get(participant.id) is participant:

@@ -14,7 +14,7 @@ from darktower.model import LeaveReason, ParticipantId
 
 from ._events import EventKind, Level, ScopeClosed, ScopeState
 from ._limits import MAX_STREAMS_PER_PARTICIPANT, STREAM_CLEANUP_GRACE_S
-from ._scope import Scope, current_meeting_var, current_participant_var
+from ._scope import Scope, current_meeting_var, current_participant_var, start_scope
 
 if TYPE_CHECKING:
     from ._meeting import Meeting
@@ -187,18 +187,18 @@ class Participant(Scope):
         if len(self._streams) >= MAX_STREAMS_PER_PARTICIPANT:
             raise CapacityExceeded(f"{self.path} has {len(self._streams)} streams")
         stream = StreamTask(self, name)
-        self._streams[name] = stream
-        self._tree._live[Level.STREAM] += 1
-        try:
-            await nursery.start(stream._run, fn, args, cleanup, grace, name=stream.path)
-            # A cancelled start can return (the task swallowed its Cancelled): raise it here.
-            await trio.lowlevel.checkpoint_if_cancelled()
-        except BaseException:
-            if stream._state is ScopeState.STARTING:  # never ran: nothing else will unregister it
-                self._stream_closed(stream)
-                stream._state = ScopeState.CLOSED
-            raise
-        return stream
+        return await start_scope(
+            nursery,
+            self._streams,
+            name,
+            stream,
+            stream._run,
+            fn,
+            args,
+            cleanup,
+            grace,
+            unregister=self._stream_closed,
+        )
 
     def _stream_closed(self, stream: StreamTask) -> None:
         if self._streams.get(stream.name) is stream:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import trio
 
@@ -32,13 +32,6 @@ def only_cancelled(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(only_cancelled(e) for e in exc.exceptions)
     return False
-
-
-def unwrap(group: BaseException) -> BaseException:
-    """A group of one error is reported as that error."""
-    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
-        group = group.exceptions[0]
-    return group
 
 
 class Scope:
@@ -170,3 +163,36 @@ class Scope:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path} {self._state.value}>"
+
+
+_S = TypeVar("_S", bound=Scope)
+
+
+async def start_scope(
+    nursery: trio.Nursery,
+    children: dict[Any, _S],
+    key: object,
+    scope: _S,
+    run: Callable[..., Awaitable[object]],
+    *args: Any,
+    unregister: Callable[[_S], None],
+) -> _S:
+    """Register ``scope`` as ``children[key]`` (and count it live), start ``run(*args)``, the
+    task that owns it, in its owner's ``nursery``; return ``scope`` once it runs.
+
+    If the start fails, or the caller is cancelled before the task ran, the scope is closed
+    and ``unregister(scope)`` (the owner's, also called when the task ends) removes it again;
+    the error is re-raised. A cancelled start can return (the task swallowed its
+    ``Cancelled``): that cancellation is raised here.
+    """
+    children[key] = scope
+    scope._tree._live[scope.level] += 1
+    try:
+        await nursery.start(run, *args, name=scope.path)
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        if scope._state is ScopeState.STARTING:  # never ran: nothing else will unregister it
+            scope._state = ScopeState.CLOSED
+            unregister(scope)
+        raise
+    return scope

@@ -11,15 +11,15 @@ from typing import Any
 
 import trio
 
-from darktower.errors import Conflict
+from darktower.errors import Conflict, sole_error
 from darktower.metrics import Registry
 from darktower.model import LeaveReason, MeetingId
 
-from ._events import EventKind, Level, Observer, ScopeClosed, ScopeState, TreeEvent, TreeState
+from ._events import EventKind, Level, Observer, ScopeClosed, TreeEvent, TreeState
 from ._limits import DRAIN_GRACE_S, MAX_PARTICIPANTS_PER_MEETING, MEETING_CLEANUP_GRACE_S
 from ._meeting import Meeting, MeetingBody, MeetingCleanup
 from ._metrics import TreeMetrics
-from ._scope import Scope, unwrap
+from ._scope import Scope, start_scope
 
 logger = logging.getLogger("darktower.nurseries")
 
@@ -182,18 +182,17 @@ class TaskTree:
         if meeting_id in self._meetings:
             raise Conflict(f"meeting {meeting_id} is already running")
         meeting = Meeting(self, meeting_id, max_participants)
-        self._meetings[meeting_id] = meeting
-        self._live[Level.MEETING] += 1
-        try:
-            await nursery.start(meeting._run, body, cleanup, grace, name=meeting.path)
-            # A cancelled start can return (the meeting ended itself): raise it here.
-            await trio.lowlevel.checkpoint_if_cancelled()
-        except BaseException:
-            if meeting._state is ScopeState.STARTING:  # never ran: unregister it here
-                meeting._state = ScopeState.CLOSED
-                self._meeting_closed(meeting)
-            raise
-        return meeting
+        return await start_scope(
+            nursery,
+            self._meetings,
+            meeting_id,
+            meeting,
+            meeting._run,
+            body,
+            cleanup,
+            grace,
+            unregister=self._meeting_closed,
+        )
 
     def _meeting_closed(self, meeting: Meeting) -> None:
         if self._meetings.get(meeting.id) is meeting:
@@ -238,7 +237,7 @@ class TaskTree:
         )
 
     def _report_failure(self, scope: Scope, phase: str, group: BaseException) -> None:
-        error = unwrap(group)
+        error = sole_error(group)
         self.metrics.failures.inc(1, scope.level.value, phase)
         logger.error(
             "contained failure in %s %s at %s: %r",

@@ -202,6 +202,24 @@ async def test_cancelled_start_leaves_nothing_behind(
     assert_registry_matches_tasks(tree)
 
 
+async def test_cancelled_stream_start_leaves_nothing_behind(
+    autojump_clock: MockClock, tree: TaskTree
+) -> None:
+    meeting = await tree.start_meeting(M)
+    p = await meeting.start_participant(pid(1))
+    with trio.CancelScope() as cs:
+        cs.cancel()
+        await p.start_stream("reader", trio.sleep_forever)
+    assert cs.cancelled_caught
+    await trio.testing.wait_all_tasks_blocked()
+    assert p.stream("reader") is None
+    assert p.state is ScopeState.RUNNING  # only the stream's start was cancelled
+    assert tree.live_counts()[Level.STREAM] == 0
+    stream = await p.start_stream("reader", trio.sleep_forever)  # the name is free again
+    assert stream.state is ScopeState.RUNNING
+    assert_registry_matches_tasks(tree)
+
+
 async def test_end_during_participant_start(
     autojump_clock: MockClock, tree: TaskTree, seen: Seen
 ) -> None:
