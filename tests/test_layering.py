@@ -109,3 +109,77 @@ def test_sans_io_packages_load_without_io(package: str) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def _runtime_imports(module: str, path: pathlib.Path, known: set[str]) -> set[str]:
+    """The darktower modules ``module`` imports when it is loaded.
+
+    Imports under ``if TYPE_CHECKING:`` and inside functions do not run at load time and are
+    left out; ``from pkg import submodule`` is an edge to the submodule, not to the package.
+    """
+    is_pkg = path.name == "__init__.py"
+    found: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                visit(node.orelse)
+            elif isinstance(node, (ast.If, ast.With)):
+                visit(node.body)
+                visit(getattr(node, "orelse", []))
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+                visit(node.orelse)
+                visit(node.finalbody)
+                for handler in node.handlers:
+                    visit(handler.body)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = module.split(".") if is_pkg else module.split(".")[:-1]
+                    base = base[: len(base) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                subs = {f"{target}.{a.name}" for a in node.names} & known
+                found.update(subs)
+                if len(subs) < len(node.names):
+                    found.add(target)
+
+    visit(ast.parse(path.read_text(), str(path)).body)
+    return (found & known) - {module}
+
+
+def test_no_runtime_import_cycle() -> None:
+    modules = dict(_modules())
+    known = set(modules)
+    graph = {m: _runtime_imports(m, p, known) for m, p in modules.items()}
+    # Depth-first search for a back edge; a package importing its own submodules is the
+    # normal shape, a submodule importing its package (or a sibling importing back) is not.
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    cycles: list[list[str]] = []
+
+    def walk(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                walk(nxt, [*path, nxt])
+        state[node] = 2
+
+    for start in sorted(graph):
+        if start not in state:
+            walk(start, [start])
+    assert cycles == []
+
+
+def test_the_cycle_check_sees_a_cycle(tmp_path: pathlib.Path) -> None:
+    a = tmp_path / "a.py"
+    a.write_text("from pkg import b\n")
+    assert _runtime_imports("pkg.a", a, {"pkg", "pkg.a", "pkg.b"}) == {"pkg.b"}
+    a.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import c\n")
+    assert _runtime_imports("pkg.a", a, {"pkg", "pkg.a", "pkg.c"}) == set()
+    a.write_text("from pkg import Thing\n")
+    assert _runtime_imports("pkg.a", a, {"pkg", "pkg.a"}) == {"pkg"}
