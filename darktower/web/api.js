@@ -87,14 +87,14 @@ export async function certificateHash() {
 
 // --- contract -----------------------------------------------------------------------------------
 
-// Contract 1.4: client credentials -> {access_token, token_type, expires_in}.
+// docs/protocol.md §1.1 (POST /api/v1/auth/token): client credentials -> {access_token, token_type, expires_in}.
 export async function authenticate(clientId, clientSecret) {
   return call("POST", "/api/v1/auth/token", {
     body: { grant_type: "client_credentials", client_id: clientId, client_secret: clientSecret },
   });
 }
 
-// Contract 1.1 -> {meeting_id, meeting_url, join_token, meeting_controller_url, created_at}.
+// docs/protocol.md §1.1 (POST /api/v1/meetings) -> {meeting_id, meeting_url, join_token, meeting_controller_url, created_at}.
 export async function createMeeting(accessToken, displayName, settings = {}) {
   return call("POST", "/api/v1/meetings", {
     accessToken,
@@ -110,7 +110,7 @@ export async function createMeeting(accessToken, displayName, settings = {}) {
   });
 }
 
-// Contract 1.2.
+// docs/protocol.md §1.1 (GET /api/v1/meetings/{id}).
 export async function getMeeting(meetingId, accessToken) {
   return call("GET", `/api/v1/meetings/${encodeURIComponent(meetingId)}`, { accessToken });
 }
