@@ -8,6 +8,7 @@ does I/O.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Final
 
 import attrs
@@ -39,19 +40,6 @@ CLOSE_GRACE_S: Final = 2.0
 # After the media connection or a request broke: how long to wait for the signaling session to
 # say why (SessionEnded) before calling it CONNECTION_LOST.
 SETTLE_S: Final = 2.0
-# The MH closes a media session it ends with this code + LeaveReason (its _limits.py; the
-# browser client reads it the same way), so the reason survives a lost SessionEnded.
-MEDIA_CLOSE_CODE_BASE: Final = 0x4D00
-
-
-def reason_from_close_code(code: int | None) -> LeaveReason | None:
-    """The LeaveReason a media session's close code carries, if any."""
-    if code is None:
-        return None
-    try:
-        return LeaveReason(code - MEDIA_CLOSE_CODE_BASE)
-    except ValueError:
-        return None
 
 
 class SessionEnded(SignalingEnded):
@@ -186,6 +174,38 @@ SessionEvent = (
     | QualityUpdate
     | KeyFrameRequest
 )
+
+
+def stream_metadata(
+    stream_type: StreamType,
+    *,
+    codec: str,
+    max_bitrate: int,
+    width: int,
+    height: int,
+    framerate: int,
+    layers: Sequence[SimulcastLayer],
+) -> common_pb2.StreamMetadata:
+    """The ``StreamMetadata`` a PublishStream carries (video metadata for a video stream)."""
+    metadata = common_pb2.StreamMetadata(codec=codec, max_bitrate=max_bitrate)
+    if stream_type is not StreamType.AUDIO:
+        metadata.video.CopyFrom(
+            common_pb2.VideoMetadata(
+                width=width,
+                height=height,
+                framerate=framerate,
+                simulcast_layers=[
+                    common_pb2.SimulcastLayer(
+                        layer_id=la.layer_id,
+                        width=la.width,
+                        height=la.height,
+                        max_bitrate=la.max_bitrate,
+                    )
+                    for la in layers
+                ],
+            )
+        )
+    return metadata
 
 
 def wire_keys(stream_id: str, layer_ids: tuple[str, ...] = ()) -> list[bytes]:

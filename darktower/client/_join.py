@@ -1,7 +1,8 @@
 """Joining: from a join token (or a Global Controller) to a running :class:`MeetingSession`.
 
-The ``async with`` block owns a nursery; one task in it owns the signaling session, the media
-connection and the session's two readers, and is cancelled when the session ends.
+The ``async with`` block owns a nursery; one task in it owns the signaling session and the media
+connection and runs the session (:meth:`MeetingSession.run`, which owns the session's two
+readers); once the session ended, that task closes both connections.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from darktower.errors import sole_error
 from darktower.model import Role
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
@@ -52,48 +54,35 @@ async def _run(
     *,
     task_status: trio.TaskStatus[MeetingSession],
 ) -> None:
-    with trio.CancelScope() as scope:
-        async with open_signaling(
-            signal_url,
-            meeting_id=meeting_id,
-            join_token=join_token,
-            participant_name=participant_name,
-            server_certificate_hashes=pins,
-            origin=origin,
-        ) as signaling:
-            session: MeetingSession | None = None
-            try:
-                async with open_media_client(
-                    media_url(signaling.join_response),
-                    server_certificate_hashes=pins,
-                    origin=origin,
-                ) as media:
-                    session = MeetingSession(
-                        signaling,
-                        media,
-                        scope,
-                        meeting_id=meeting_id,
-                        role=_role_of(join_token),
-                        event_buffer=event_buffer,
-                        subscription_buffer=subscription_buffer,
-                    )
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(session._read_signaling)
-                        nursery.start_soon(session._read_media)
-                        task_status.started(session)
-            except BaseException:
-                if session is None:  # joined but could not carry media: say goodbye
-                    with trio.move_on_after(LEAVE_GRACE_S, shield=True):
-                        await signaling.leave()
-                raise
-
-
-def _unwrap(exc: Exception) -> Exception:
-    """The one error inside the groups that open_signaling's nursery wraps a failed media
-    connection in (the caller expects the ConnectFailed/SessionRefused itself)."""
-    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+    async with open_signaling(
+        signal_url,
+        meeting_id=meeting_id,
+        join_token=join_token,
+        participant_name=participant_name,
+        server_certificate_hashes=pins,
+        origin=origin,
+    ) as signaling:
+        session: MeetingSession | None = None
+        try:
+            async with open_media_client(
+                media_url(signaling.join_response),
+                server_certificate_hashes=pins,
+                origin=origin,
+            ) as media:
+                session = MeetingSession(
+                    signaling,
+                    media,
+                    meeting_id=meeting_id,
+                    role=_role_of(join_token),
+                    event_buffer=event_buffer,
+                    subscription_buffer=subscription_buffer,
+                )
+                await session.run(task_status=task_status)
+        except BaseException:
+            if session is None:  # joined but could not carry media: say goodbye
+                with trio.move_on_after(LEAVE_GRACE_S, shield=True):
+                    await signaling.leave()
+            raise
 
 
 def _own_end(session: MeetingSession | None, exc: BaseException) -> bool:
@@ -130,7 +119,7 @@ async def join_meeting_session(
     join (Unauthorized, NotFound, CapacityExceeded ...), SignalingEnded if the MC hangs up
     during the join; anything the block raises propagates as it is.
     """
-    error: Exception | None = None
+    error: BaseException | None = None
     session: MeetingSession | None = None
     async with trio.open_nursery() as nursery:
         try:
@@ -146,16 +135,19 @@ async def join_meeting_session(
                 origin,
             )
         except Exception as exc:  # re-raised below the nursery so it is not wrapped in a group
-            error = _unwrap(exc)
+            # open_signaling's nursery wraps a failed media connection in groups of one: the
+            # caller expects the ConnectFailed/SessionRefused itself.
+            error = sole_error(exc)
         if session is not None:
             try:
                 yield session
             except Exception as exc:
                 error = exc
             finally:
+                # Ends the session whatever the MC says in time, so its run() returns and the
+                # task that runs it closes both connections.
                 with trio.move_on_after(LEAVE_GRACE_S, shield=True):
                     await session.leave()
-                session._scope.cancel()
     if error is not None and not _own_end(session, error):
         raise error
 

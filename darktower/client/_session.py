@@ -15,11 +15,13 @@
 
 ``examples/echo_bot.py`` and ``examples/recorder.py`` are complete, runnable programs.
 
-Task tree: the block owns a nursery; one task in it owns the signaling session, the media
-connection and two readers (signaling events → participants and events; media frames →
-subscriptions by stream id). The session ends when the MC says so (SessionEnded), when either
-connection is lost, or on :meth:`MeetingSession.leave`; then every waiting call and iterator
-raises :class:`SessionEnded` with the reason (iterators just stop after a voluntary leave).
+Task tree: the block owns a nursery; one task in it owns the signaling session and the media
+connection and runs :meth:`MeetingSession.run`, whose own nursery holds the session's two readers
+(signaling events → participants and events, through a table of handlers, docs/architecture.md
+§7; media frames → the subscription of their stream id, a dictionary lookup: frames of no live
+subscription are counted and dropped). The session ends when the MC says so (SessionEnded),
+when either connection is lost, or on :meth:`MeetingSession.leave`; then every waiting call and
+iterator raises :class:`SessionEnded` with the reason (iterators just stop after a voluntary leave).
 
 A server-side end is a normal outcome, not an error: the ``async with`` block swallows a
 SessionEnded of its own session and exits cleanly, and the caller reads ``end_reason``.
@@ -29,29 +31,38 @@ Anything else raised in the block propagates unchanged (never wrapped in an Exce
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 import trio
 
-from darktower.errors import Conflict
-from darktower.model import LeaveReason, StreamType
-from darktower.protocol import stream_type_to_pb
-from darktower.protocol.pb.v1 import common_pb2
+from darktower.errors import Conflict, InvalidRequest
+from darktower.model import LeaveReason, Role, StreamType
+from darktower.protocol import reason_from_close_code, stream_type_to_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
+from darktower.transport import ClosedByPeer
 
-from ._core import Broken, SessionCore
 from ._events import (
     CLOSE_GRACE_S,
     LEAVE_GRACE_S,
+    SETTLE_S,
+    KeyFrameRequest,
+    ParticipantInfo,
+    QualityUpdate,
     SessionEnded,
     SimulcastLayer,
+    stream_metadata,
     wire_keys,
 )
-from ._streams import Publication, Subscription
+from ._media import MediaClient
+from ._roster import Roster
+from ._signaling import SignalingClient
+from ._streams import EventStream, Publication, Subscription
+
+Broken = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-class MeetingSession(SessionCore):
+class MeetingSession:
     """A joined meeting: made by :func:`join_meeting_session` (see the module docstring).
 
     Attributes: ``meeting_id``, ``participant_id`` (this session's), ``role`` (from the join
@@ -60,6 +71,165 @@ class MeetingSession(SessionCore):
     events say what changed since), ``events`` (:class:`EventStream`), ``publications``,
     ``end_reason`` / ``end_message`` / ``ended`` (a trio.Event) once the session is over.
     """
+
+    def __init__(
+        self,
+        signaling: SignalingClient,
+        media: MediaClient,
+        *,
+        meeting_id: str,
+        role: Role | None,
+        event_buffer: int,
+        subscription_buffer: int,
+    ) -> None:
+        self._signaling = signaling
+        self._media = media
+        self.meeting_id = meeting_id
+        self.participant_id: str = signaling.participant_id
+        self.role = role
+        self._roster = Roster(self.participant_id, signaling.join_response.existing_participants)
+        self.participants: Mapping[str, ParticipantInfo] = self._roster.participants
+        self.events = EventStream(self, max(1, event_buffer))
+        self.subscription_buffer = subscription_buffer
+        self._routes: dict[bytes, Subscription] = {}  # 16-byte wire id → subscription
+        self._subscriptions: dict[str, Subscription] = {}
+        self.publications: dict[str, Publication] = {}
+        self.end_reason: LeaveReason | None = None
+        self.end_message = ""
+        self.ended = trio.Event()
+        self.unrouted_frames = 0  # frames of no live subscription (late, after unsubscribe)
+        self._calls: set[trio.CancelScope] = set()  # requests waiting for their reply
+        self._handlers: dict[str, Callable[[sig.ServerMessage], None]] = {
+            "participant_joined": self._on_joined,
+            "participant_left": self._on_left,
+            "stream_published": self._on_published,
+            "stream_unpublished": self._on_unpublished,
+            "quality": self._on_quality,
+            "key_frame_request": self._on_key_frame_request,
+            "session_ended": self._on_session_ended,
+            "error": self._on_error,
+        }
+
+    def ended_error(self) -> SessionEnded:
+        """The exception that says why the session ended (call once it has)."""
+        reason = self.end_reason if self.end_reason is not None else LeaveReason.CONNECTION_LOST
+        return SessionEnded(reason, self.end_message, session=self)
+
+    def _finish(self, reason: LeaveReason, message: str = "") -> None:
+        """End the session (idempotent: the first reason wins): every waiting call and
+        iterator learns it, and :meth:`run` returns so that its owner closes the connections."""
+        if self.end_reason is not None:
+            return
+        self.end_reason = reason
+        self.end_message = message or self.end_message
+        self.events._close()
+        for subscription in list(self._subscriptions.values()):
+            subscription._end()
+        self._routes.clear()
+        for call in self._calls:
+            call.cancel()
+        self.ended.set()
+
+    async def _settle(self) -> None:
+        """A connection broke under a call: give the readers SETTLE_S to learn why."""
+        if self.end_reason is None:
+            with trio.move_on_after(SETTLE_S):
+                await self.ended.wait()
+
+    def _drop(self, subscription: Subscription) -> None:
+        subscription._end()
+        if self._subscriptions.get(subscription.stream_id) is subscription:
+            del self._subscriptions[subscription.stream_id]
+        for key in subscription.keys:
+            if self._routes.get(key) is subscription:
+                del self._routes[key]
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[MeetingSession] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the session's two readers in a nursery of its own until the session ends;
+        ``task_status.started(self)`` once they run.
+
+        Returns once the session ended (:meth:`leave`, the MC's or the MH's end, a lost
+        connection); its owner then closes the two connections. Cancelling it stops the readers
+        without choosing a reason (call :meth:`leave` for that). Raises nothing of its own.
+        """
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read_signaling)
+            nursery.start_soon(self._read_media)
+            task_status.started(self)
+            await self.ended.wait()
+            nursery.cancel_scope.cancel()
+
+    # -- the readers ---------------------------------------------------------------------
+    def _on_joined(self, m: sig.ServerMessage) -> None:
+        if (event := self._roster.joined(m.participant_joined)) is not None:
+            self.events._put(event)
+
+    def _on_left(self, m: sig.ServerMessage) -> None:
+        event = self._roster.left(m.participant_left)
+        for stream in event.participant.streams:
+            if (subscription := self._subscriptions.get(stream.stream_id)) is not None:
+                self._drop(subscription)
+        self.events._put(event)
+
+    def _on_published(self, m: sig.ServerMessage) -> None:
+        if (event := self._roster.published(m.stream_published)) is not None:
+            self.events._put(event)
+
+    def _on_unpublished(self, m: sig.ServerMessage) -> None:
+        event = self._roster.unpublished(m.stream_unpublished)
+        if event is None:
+            return
+        if (subscription := self._subscriptions.get(event.stream.stream_id)) is not None:
+            self._drop(subscription)
+        self.events._put(event)
+
+    def _on_quality(self, m: sig.ServerMessage) -> None:
+        q = m.quality
+        self.events._put(QualityUpdate(q.stream_id, q.available_bitrate, q.packet_loss, q.rtt_ms))
+
+    def _on_key_frame_request(self, m: sig.ServerMessage) -> None:
+        self.events._put(KeyFrameRequest(m.key_frame_request.stream_id))
+
+    def _on_session_ended(self, m: sig.ServerMessage) -> None:
+        self.end_message = m.session_ended.message or self.end_message
+
+    def _on_error(self, m: sig.ServerMessage) -> None:
+        # An unsolicited error precedes the SessionEnded of a session the MC fails.
+        self.end_message = m.error.message
+
+    async def _read_signaling(self) -> None:
+        try:
+            async for message in self._signaling.events:
+                handler = self._handlers.get(message.WhichOneof("message") or "")
+                if handler is not None:  # key shares: end-to-end encryption is not here yet
+                    handler(message)
+        except Broken:
+            pass
+        try:
+            reason = self._signaling.end_reason
+        except InvalidRequest:
+            reason = None
+        self._finish(LeaveReason.CONNECTION_LOST if reason is None else reason)
+
+    async def _read_media(self) -> None:
+        routes = self._routes
+        try:
+            async for frame in self._media:
+                subscription = routes.get(frame.stream_id_bytes)
+                if subscription is None:
+                    self.unrouted_frames += 1
+                else:
+                    subscription._deliver(frame)
+        except Broken:
+            pass
+        end = self._media.session.end  # the MH closes with the reason's code (docs/protocol.md §9)
+        reason = reason_from_close_code(end.code if isinstance(end, ClosedByPeer) else None)
+        if reason in (LeaveReason.KICKED, LeaveReason.MEETING_ENDED):
+            self._finish(reason)  # the MH said why before the MC did
+        await self._settle()
+        self._finish(LeaveReason.CONNECTION_LOST, "media connection lost")
 
     async def _request(self, message: sig.ClientMessage) -> sig.ServerMessage:
         """A request that raises SessionEnded once the session is over, also while waiting."""
@@ -115,24 +285,15 @@ class MeetingSession(SessionCore):
             layer if layer.layer_id else attrs.evolve(layer, layer_id=str(uuid.uuid4()))
             for layer in simulcast_layers
         ]
-        metadata = common_pb2.StreamMetadata(codec=codec, max_bitrate=max_bitrate)
-        if stream_type is not StreamType.AUDIO:
-            metadata.video.CopyFrom(
-                common_pb2.VideoMetadata(
-                    width=width,
-                    height=height,
-                    framerate=framerate,
-                    simulcast_layers=[
-                        common_pb2.SimulcastLayer(
-                            layer_id=la.layer_id,
-                            width=la.width,
-                            height=la.height,
-                            max_bitrate=la.max_bitrate,
-                        )
-                        for la in layers
-                    ],
-                )
-            )
+        metadata = stream_metadata(
+            stream_type,
+            codec=codec,
+            max_bitrate=max_bitrate,
+            width=width,
+            height=height,
+            framerate=framerate,
+            layers=layers,
+        )
         await self._request(
             sig.ClientMessage(
                 publish=sig.PublishStream(
@@ -149,7 +310,7 @@ class MeetingSession(SessionCore):
             await self._settle()
             self._finish(LeaveReason.CONNECTION_LOST, "media connection lost")
             raise self.ended_error() from exc
-        publication = Publication(self, sid, stream_type, publishers)
+        publication = Publication(self, sid, stream_type, publishers, close=self._unpublish)
         self.publications[sid] = publication
         return publication
 
@@ -176,10 +337,10 @@ class MeetingSession(SessionCore):
         ``DarkTowerError`` (NotFound, InvalidRequest), SessionEnded once the session is over."""
         if stream_id in self._subscriptions:
             raise Conflict(f"already subscribed to {stream_id}")
-        known = self._stream(stream_id)
+        known = self._roster.stream(stream_id)
         keys = wire_keys(stream_id, known.layer_ids if known else ())
         size = buffer if buffer is not None else self.subscription_buffer
-        subscription = Subscription(self, stream_id, keys, max(1, size))
+        subscription = Subscription(self, stream_id, keys, max(1, size), close=self._unsubscribe)
         # Registered first: the MH may send frames before the MC's Ack reaches us.
         self._subscriptions[stream_id] = subscription
         self._routes.update(dict.fromkeys(keys, subscription))

@@ -1,31 +1,44 @@
 """The application-facing streams of a :class:`~darktower.client.MeetingSession`: its event
 stream, one :class:`Subscription` per subscribed remote stream, one :class:`Publication` per
-published local stream."""
+published local stream.
+
+Each reads whether and why its session ended through :class:`SessionState` and is given a
+``close`` callback that withdraws it at the MC; none of them calls into the session otherwise.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
 from darktower.frames import Frame, FrameFlags, FrameType
 from darktower.model import LeaveReason, StreamType
 
-from ._events import SessionEvent
+from ._events import SETTLE_S, SessionEnded, SessionEvent
 from ._media import MediaPublisher
 
-if TYPE_CHECKING:
-    from ._core import SessionCore
-    from ._session import MeetingSession
+
+class SessionState(Protocol):
+    """What a session's streams read of it (a :class:`~darktower.client.MeetingSession`):
+    whether and why it ended."""
+
+    @property
+    def end_reason(self) -> LeaveReason | None: ...
+
+    @property
+    def ended(self) -> trio.Event: ...
+
+    def ended_error(self) -> SessionEnded: ...
 
 
 class _Ending:
     """What every stream of a session does once the session is over: raise the session's
     SessionEnded after a server-side end, stop after a voluntary leave."""
 
-    _session: SessionCore
+    _session: SessionState
 
     def _raise_end(self) -> None:
         session = self._session
@@ -41,7 +54,7 @@ class EventStream(_Ending):
     was taken. Bounded: see ``EVENT_BUFFER`` for the policy when full (oldest dropped).
     """
 
-    def __init__(self, session: SessionCore, size: int) -> None:
+    def __init__(self, session: SessionState, size: int) -> None:
         self._session = session
         self._send, self._receive = trio.open_memory_channel[SessionEvent](size)
         self.dropped = 0
@@ -89,12 +102,17 @@ class Subscription(_Ending):
     ``SUBSCRIPTION_BUFFER`` for the drop policy when full; ``dropped`` counts the drops.
     """
 
-    _session: MeetingSession
-
     def __init__(
-        self, session: MeetingSession, stream_id: str, keys: list[bytes], size: int
+        self,
+        session: SessionState,
+        stream_id: str,
+        keys: list[bytes],
+        size: int,
+        *,
+        close: Callable[[Subscription], Awaitable[None]],
     ) -> None:
         self._session = session
+        self._close = close  # unsubscribes at the MC
         self.stream_id = stream_id
         self.keys = tuple(keys)
         self._send, self._receive = trio.open_memory_channel[Frame](size)
@@ -157,7 +175,7 @@ class Subscription(_Ending):
             return
         self.closed = True
         self._end()
-        await self._session._unsubscribe(self)
+        await self._close(self)
 
     async def __aenter__(self) -> Subscription:
         return self
@@ -177,12 +195,15 @@ class Publication:
 
     def __init__(
         self,
-        session: MeetingSession,
+        session: SessionState,
         stream_id: str,
         stream_type: StreamType,
         publishers: Mapping[str, MediaPublisher],
+        *,
+        close: Callable[[Publication], Awaitable[None]],
     ) -> None:
         self._session = session
+        self._close = close  # finishes the media streams and unpublishes at the MC
         self.stream_id = stream_id
         self.stream_type = stream_type
         self.publishers = dict(publishers)  # wire stream id (the stream's or a layer's) → stream
@@ -217,7 +238,9 @@ class Publication:
                 frame_type, payload, flags=flags, timestamp_us=timestamp_us, sequence=sequence
             )
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            await self._session._settle()
+            if self._session.end_reason is None:  # give the session SETTLE_S to learn why
+                with trio.move_on_after(SETTLE_S):
+                    await self._session.ended.wait()
             if self._session.end_reason is not None:
                 raise self._session.ended_error() from exc
             raise
@@ -228,7 +251,7 @@ class Publication:
         if self.closed:
             return
         self.closed = True
-        await self._session._unpublish(self)
+        await self._close(self)
 
     async def __aenter__(self) -> Publication:
         return self
@@ -240,3 +263,6 @@ class Publication:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+__all__ = ["EventStream", "Publication", "SessionState", "Subscription"]

@@ -1,10 +1,10 @@
-"""The bounded buffers of a session, without a network: a subscription's drop policy and the
-event stream's drop-oldest, and how each ends."""
+"""The streams of a session without a network or a session: a subscription's drop policy and
+the event stream's drop-oldest, how each ends, and that closing one only calls its ``close``
+callback."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any, cast
 
 import pytest
 import trio
@@ -12,11 +12,12 @@ import trio
 from darktower.client import (
     EventStream,
     KeyFrameRequest,
+    Publication,
     SessionEnded,
     Subscription,
 )
 from darktower.frames import Frame, FrameFlags, FrameHeader, FrameType
-from darktower.model import LeaveReason
+from darktower.model import LeaveReason, StreamType
 
 STREAM = uuid.uuid4()
 
@@ -26,6 +27,7 @@ class FakeSession:
 
     def __init__(self) -> None:
         self.end_reason: LeaveReason | None = None
+        self.ended = trio.Event()
 
     def ended_error(self) -> SessionEnded:
         assert self.end_reason is not None
@@ -44,9 +46,13 @@ def frame(kind: FrameType, seq: int, flags: FrameFlags = FrameFlags.END_OF_FRAME
     return Frame.build(header, bytes([seq % 256]))
 
 
+async def never_closed(stream: object) -> None:
+    raise AssertionError("closed")
+
+
 def subscription(size: int) -> tuple[FakeSession, Subscription]:
     session = FakeSession()
-    return session, Subscription(cast(Any, session), str(STREAM), [STREAM.bytes], size)
+    return session, Subscription(session, str(STREAM), [STREAM.bytes], size, close=never_closed)
 
 
 def buffered(sub: Subscription) -> list[int]:
@@ -106,7 +112,7 @@ async def test_a_subscription_stops_on_its_end_and_raises_on_a_server_end() -> N
 
 async def test_events_drop_the_oldest_and_end_like_the_session() -> None:
     session = FakeSession()
-    events = EventStream(cast(Any, session), 2)
+    events = EventStream(session, 2)
     for i in range(3):
         events._put(KeyFrameRequest(str(i)))
     assert events.dropped == 1
@@ -117,9 +123,38 @@ async def test_events_drop_the_oldest_and_end_like_the_session() -> None:
     assert [e async for e in events] == [KeyFrameRequest("2")]
 
     session = FakeSession()
-    events = EventStream(cast(Any, session), 2)
+    events = EventStream(session, 2)
     session.end_reason = LeaveReason.CONNECTION_LOST
     events._close()
     with pytest.raises(SessionEnded) as ended:
         await events.receive()
     assert ended.value.reason is LeaveReason.CONNECTION_LOST
+
+
+async def test_closing_a_subscription_or_a_publication_calls_its_close_callback_once() -> None:
+    closed: list[object] = []
+
+    async def close(stream: object) -> None:
+        closed.append(stream)
+
+    session = FakeSession()
+    sub = Subscription(session, str(STREAM), [STREAM.bytes], 4, close=close)
+    sub._deliver(frame(FrameType.AUDIO, 0))
+    async with sub:
+        pass
+    await sub.aclose()
+    assert closed == [sub]
+    assert sub.closed
+    assert [f.sequence async for f in sub] == [0]  # ended locally: what was buffered, then stop
+
+    publication = Publication(session, str(STREAM), StreamType.AUDIO, {}, close=close)
+    async with publication:
+        pass
+    await publication.aclose()
+    assert closed == [sub, publication]
+    with pytest.raises(trio.ClosedResourceError):
+        await publication.send_frame(FrameType.AUDIO, b"late")
+    session.end_reason = LeaveReason.MEETING_ENDED  # the session's end wins over the close
+    with pytest.raises(SessionEnded) as ended:
+        await publication.send_frame(FrameType.AUDIO, b"late")
+    assert (ended.value.reason, ended.value.session) == (LeaveReason.MEETING_ENDED, session)

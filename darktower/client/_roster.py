@@ -1,0 +1,96 @@
+"""The other participants of a meeting session, as this session last heard of them.
+
+A :class:`Roster` starts from the JoinResponse's participant list and applies the MC's
+participant and stream events (docs/protocol.md §4), turning each into the
+:data:`~darktower.client.SessionEvent` the application sees. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+
+from darktower.errors import InvalidRequest
+from darktower.model import LeaveReason
+from darktower.protocol import leave_reason_from_pb
+from darktower.protocol.pb.v1 import signaling_pb2 as sig
+
+from ._events import (
+    ParticipantInfo,
+    ParticipantJoined,
+    ParticipantLeft,
+    StreamInfo,
+    StreamPublished,
+    StreamUnpublished,
+)
+
+
+class Roster:
+    """The participants other than ``own_id``, always exact: ``participants`` maps their ids to
+    :class:`ParticipantInfo` (a read-only view that follows every change)."""
+
+    def __init__(self, own_id: str, existing: Iterable[sig.Participant]) -> None:
+        self.own_id = own_id
+        self._participants = {
+            p.participant_id: ParticipantInfo.from_pb(p)
+            for p in existing
+            if p.participant_id != own_id
+        }
+        self.participants: Mapping[str, ParticipantInfo] = MappingProxyType(self._participants)
+
+    def stream(self, stream_id: str) -> StreamInfo | None:
+        """The stream ``stream_id`` of any participant, if one publishes it."""
+        for participant in self._participants.values():
+            found = participant.stream(stream_id)
+            if found is not None:
+                return found
+        return None
+
+    def joined(self, joined: sig.ParticipantJoined) -> ParticipantJoined | None:
+        """None for this session's own join."""
+        info = ParticipantInfo.from_pb(joined.participant)
+        if info.participant_id == self.own_id:
+            return None
+        self._participants[info.participant_id] = info
+        return ParticipantJoined(info)
+
+    def left(self, left: sig.ParticipantLeft) -> ParticipantLeft:
+        """The participant as last known (with the streams it took along); its id alone if it
+        was not known."""
+        info = self._participants.pop(left.participant_id, None) or ParticipantInfo(
+            left.participant_id, ""
+        )
+        try:
+            reason = leave_reason_from_pb(left.reason)
+        except InvalidRequest:  # a newer MC's reason: gone all the same
+            reason = LeaveReason.CONNECTION_LOST
+        return ParticipantLeft(info, reason)
+
+    def published(self, published: sig.StreamPublished) -> StreamPublished | None:
+        """None for a stream of an unknown participant or of a type this version does not
+        know."""
+        stream = StreamInfo.from_pb(published.participant_id, published.stream)
+        info = self._participants.get(published.participant_id)
+        if stream is None or info is None:
+            return None
+        self._participants[info.participant_id] = ParticipantInfo(
+            info.participant_id, info.name, (*info.streams, stream), info.joined_at_us
+        )
+        return StreamPublished(stream)
+
+    def unpublished(self, gone: sig.StreamUnpublished) -> StreamUnpublished | None:
+        """None for a stream this session did not know of."""
+        info = self._participants.get(gone.participant_id)
+        stream = info.stream(gone.stream_id) if info else None
+        if info is None or stream is None:
+            return None
+        self._participants[info.participant_id] = ParticipantInfo(
+            info.participant_id,
+            info.name,
+            tuple(s for s in info.streams if s is not stream),
+            info.joined_at_us,
+        )
+        return StreamUnpublished(stream)
+
+
+__all__ = ["Roster"]
