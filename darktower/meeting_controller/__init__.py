@@ -2,26 +2,30 @@
 
 ``serve(settings, shutdown=, task_status=)`` runs the whole service (see ``_service``) and
 reports a :class:`Running`; :class:`Settings` are its options (``python -m darktower.meeting
---help``). Inside: :class:`MeetingController` (meetings = tree meeting scopes, each signaling
-session = a participant scope with a reader body and a writer task; leave/kick/connection
-loss/end are cancellations with their ``LeaveReason``), :class:`MediaHandlers` (registered and
-static MHs, least-loaded placement, a telemetry stream per MH), the ``MeetingControl`` gRPC
-service and the GC registration. :class:`SignalPort` is the seam between a session and its
+--help``). Inside: :class:`MeetingController` (meetings = tree meeting scopes, each a
+:class:`RoomState`; leave/kick/connection loss/end are cancellations with their
+``LeaveReason``), :class:`SignalingSession` (one per participant, a :class:`RoomMember`: the
+body of its participant scope reads, a stream task writes, the scope's cleanup says goodbye),
+:class:`MediaHandlers` (registered and static MHs, least-loaded placement, a telemetry stream
+per MH), the ``MeetingControl`` gRPC service and the GC registration. :class:`SignalPort` is the seam between a session and its
 transport (WebTransport, or a memory stream in tests).
 """
 
 from ._controller import MeetingController
-from ._limits import HANDSHAKE_TIMEOUT_S, OUTBOUND_QUEUE_SIZE
+from ._limits import HANDSHAKE_TIMEOUT_S, MAX_PUBLISHED_STREAMS, OUTBOUND_QUEUE_SIZE
 from ._mh import GrpcMediaLink, MediaHandlers, MediaLink, split_address
 from ._port import SignalPort, webtransport_port
 from ._registration import Registration
+from ._room import RoomMember, RoomState
 from ._rpc import MeetingControl
 from ._service import SIGNAL_PATH, Running, serve
-from ._session import error_reply
+from ._session import SessionControls, SignalingSession
 from ._settings import Settings
+from ._wire import error_reply
 
 __all__ = [
     "HANDSHAKE_TIMEOUT_S",
+    "MAX_PUBLISHED_STREAMS",
     "OUTBOUND_QUEUE_SIZE",
     "SIGNAL_PATH",
     "GrpcMediaLink",
@@ -30,9 +34,13 @@ __all__ = [
     "MeetingControl",
     "MeetingController",
     "Registration",
+    "RoomMember",
+    "RoomState",
     "Running",
+    "SessionControls",
     "Settings",
     "SignalPort",
+    "SignalingSession",
     "error_reply",
     "serve",
     "split_address",

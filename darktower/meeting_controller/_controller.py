@@ -25,18 +25,16 @@ from darktower.errors import (
 from darktower.logs import fields
 from darktower.metrics import Registry
 from darktower.model import DEFAULT_MAX_PARTICIPANTS, LeaveReason, MeetingId, ParticipantId
-from darktower.nurseries import Participant, ScopeClosed, TaskTree
-from darktower.protocol import (
-    MessageDecoder,
-    check_bounds,
-    encode_message,
-)
+from darktower.nurseries import ScopeClosed, TaskTree
+from darktower.protocol import MessageDecoder
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
+from darktower.protocol.ratelimit import MessageRateLimiter
 from darktower.protocol.tokens import MC_AUDIENCE, JoinClaims, JoinTokenVerifier, UnknownKeyId
 
-from ._batches import join_messages
+from . import _wire
+from ._handshake import read_first, refuse
 from ._limits import (
     EMPTY_MEETING_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
@@ -44,14 +42,12 @@ from ._limits import (
     MAX_NAME_CHARS,
     MAX_REVOKED_TOKENS,
     OUTBOUND_QUEUE_SIZE,
-    READ_SIZE,
-    SESSION_END_GRACE_S,
 )
 from ._metrics import ControllerMetrics
 from ._mh import MediaHandlers
 from ._port import SignalPort
-from ._room import Member, Outgoing, Room
-from ._session import SessionMixin, error_reply
+from ._room import Outgoing, RoomMember, RoomState
+from ._session import SignalingSession
 
 logger = logging.getLogger("darktower.meeting_controller")
 
@@ -60,7 +56,7 @@ logger = logging.getLogger("darktower.meeting_controller")
 MAX_ENDED_REPORTED = 1000
 
 
-class MeetingController(SessionMixin):
+class MeetingController:
     """Meetings, sessions and signaling of one MC (see the module docstring)."""
 
     def __init__(
@@ -82,14 +78,18 @@ class MeetingController(SessionMixin):
         # Set by the service when a Registration keeps the verifier's keys: learns the GC's
         # keys at once (see Registration.refresh_keys).
         self.refresh_keys: Callable[[], Awaitable[None]] | None = None
-        self.rooms: dict[MeetingId, Room] = {}
+        self.rooms: dict[MeetingId, RoomState] = {}
         self.ended: list[str] = []
         self.max_meetings = max_meetings
         self.handshake_timeout_s = handshake_timeout_s
         self.outbound_queue_size = outbound_queue_size
         self.token_audience = token_audience
         self.empty_meeting_timeout_s = empty_meeting_timeout_s
-        self.metrics = ControllerMetrics(registry if registry is not None else Registry(), self)
+        self.metrics = ControllerMetrics(
+            registry if registry is not None else Registry(),
+            meetings=lambda: len(self.rooms),
+            participants=lambda: self.participant_count,
+        )
 
     # -- GC side -----------------------------------------------------------------------------
 
@@ -116,7 +116,7 @@ class MeetingController(SessionMixin):
             )
         except ScopeClosed:
             raise CapacityExceeded("this meeting controller is draining") from None
-        self.rooms[meeting_id] = Room(meeting_id, config, scope)
+        self.rooms[meeting_id] = RoomState(meeting_id, config, scope)
         created.set()
         logger.info("meeting assigned", extra=fields(meeting_id=meeting_id))
 
@@ -158,7 +158,7 @@ class MeetingController(SessionMixin):
         del self.ended[:-MAX_ENDED_REPORTED]
         await trio.lowlevel.checkpoint()
 
-    def room(self, meeting_id: MeetingId) -> Room:
+    def room(self, meeting_id: MeetingId) -> RoomState:
         room = self.rooms.get(meeting_id)
         if room is None:
             raise NotFound(f"meeting {meeting_id} is not assigned to this controller")
@@ -254,13 +254,13 @@ class MeetingController(SessionMixin):
         request_id = 0
         try:
             with trio.fail_after(self.handshake_timeout_s):
-                first = await self._read_first(port, decoder)
+                first = await read_first(port, decoder)
             if first is None:
                 return
             request_id = first.request_id
             if first.WhichOneof("message") != "join":
                 raise InvalidRequest("the first message must be a JoinRequest")
-            check_bounds(first)
+            _wire.check(first)
             join = first.join
             # Only request_id is needed after admission: the request (join token, public key)
             # would otherwise stay referenced by this frame for the whole session.
@@ -275,16 +275,26 @@ class MeetingController(SessionMixin):
         except DarkTowerError as exc:
             await self._refuse(port, request_id, exc)
             return
-        body = functools.partial(
-            self._session, room, member, port, decoder, recv, request_id, started
+        session = SignalingSession(
+            room,
+            member,
+            port,
+            MessageRateLimiter(),
+            self.metrics,
+            self,
+            decoder=decoder,
+            outgoing=recv,
+            join_request_id=request_id,
+            started_at=started,
         )
-        cleanup = functools.partial(self._session_ended, room, member, port)
         try:
-            participant = await room.scope.start_participant(member.id, body, cleanup=cleanup)
+            participant = await room.scope.start_participant(
+                member.id, session.run, cleanup=session.ended
+            )
         except BaseException as exc:
             room.release_token(member.token_id)
             with trio.CancelScope(shield=True):
-                await self._release_media(room, member, LeaveReason.CONNECTION_LOST)
+                await session.release_media(LeaveReason.CONNECTION_LOST)
             if isinstance(exc, ScopeClosed):
                 exc = NotFound(f"meeting {room.id} is ending")
             if isinstance(exc, DarkTowerError):
@@ -297,32 +307,13 @@ class MeetingController(SessionMixin):
             participant.leave(port.leave_reason(None))
             raise
 
-    async def _read_first(
-        self, port: SignalPort, decoder: MessageDecoder[sig.ClientMessage]
-    ) -> sig.ClientMessage | None:
-        while True:
-            message = decoder.next_message()
-            if message is not None:
-                return message
-            data = await port.stream.receive_some(READ_SIZE)
-            if not data:
-                return None
-            decoder.receive_data(data)
-
     async def _refuse(self, port: SignalPort, request_id: int, exc: DarkTowerError) -> None:
         self.metrics.errors.inc(1, exc.code.name)
-        with trio.move_on_after(SESSION_END_GRACE_S, shield=True):
-            try:
-                await port.stream.send_all(encode_message(error_reply(request_id, exc)))
-                await port.stream.send_eof()
-                await port.wait_closed()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        port.close(int(exc.code), exc.code.name)
+        await refuse(port, request_id, exc)
 
     async def _admit(
         self, join: sig.JoinRequest
-    ) -> tuple[Room, Member, trio.MemoryReceiveChannel[Outgoing]]:
+    ) -> tuple[RoomState, RoomMember, trio.MemoryReceiveChannel[Outgoing]]:
         """Verify the token, then allocate: a participant id and its registration at the MH.
 
         The token's ``jti`` is claimed for the session (released when it ends, or here on a
@@ -349,8 +340,8 @@ class MeetingController(SessionMixin):
             raise
 
     async def _allocate(
-        self, room: Room, join: sig.JoinRequest, claims: JoinClaims
-    ) -> tuple[Room, Member, trio.MemoryReceiveChannel[Outgoing]]:
+        self, room: RoomState, join: sig.JoinRequest, claims: JoinClaims
+    ) -> tuple[RoomState, RoomMember, trio.MemoryReceiveChannel[Outgoing]]:
         meeting_id = room.id
         now = trio.current_time()
         if room.mh is None or not room.mh.usable(now):
@@ -378,7 +369,7 @@ class MeetingController(SessionMixin):
         # the JoinRequest's: a client cannot pose as somebody else (docs/protocol.md).
         name = (claims.participant_name or "")[:MAX_NAME_CHARS] or claims.role.value
         assert self.verifier is not None
-        member = Member(
+        member = RoomMember(
             id=participant_id,
             name=name,
             role=claims.role,
@@ -393,43 +384,3 @@ class MeetingController(SessionMixin):
         )
         room.next_key_id += 1
         return room, member, recv
-
-    async def _session(
-        self,
-        room: Room,
-        member: Member,
-        port: SignalPort,
-        decoder: MessageDecoder[sig.ClientMessage],
-        recv: trio.MemoryReceiveChannel[Outgoing],
-        request_id: int,
-        started: float,
-        participant: Participant,
-    ) -> None:
-        member.handle = participant
-        # Reply and announce without a checkpoint in between, so no event falls in the gap.
-        response = sig.JoinResponse(
-            participant_id=member.id,
-            media_server=sig.MediaServerInfo(
-                media_handler_url=member.media_handler_url,
-                connection_token=member.connection_token,
-            ),
-        )
-        if room.e2ee:
-            response.encryption_keys.public_key = member.public_key
-            response.encryption_keys.key_id = member.key_id
-        existing = [m.to_pb(e2ee=room.e2ee) for m in room.members.values()]
-        room.members[member.id] = member
-        room.membership_change()
-        # One outbox slot: the JoinResponse and its batches go out back to back.
-        room.deliver(member, join_messages(request_id, response, existing))
-        # The outbox holds them until written; this frame lives as long as the session.
-        del response, existing
-        room.broadcast(
-            sig.ServerMessage(
-                participant_joined=sig.ParticipantJoined(participant=member.to_pb(e2ee=room.e2ee))
-            ),
-            skip=member.id,
-        )
-        self.metrics.join_latency.observe(trio.current_time() - started)
-        await participant.start_stream("signaling-writer", self._writer, member, port, recv)
-        await self._reader(room, member, port, decoder)

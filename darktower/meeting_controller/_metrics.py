@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from darktower.metrics import Counter, Histogram, Registry
 
-if TYPE_CHECKING:
-    from ._controller import MeetingController
-
 
 class ControllerMetrics:
-    def __init__(self, registry: Registry, controller: MeetingController) -> None:
+    """The MC's counters; the two gauges read ``meetings()`` and ``participants()`` when
+    scraped (the controller's live counts)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        meetings: Callable[[], int],
+        participants: Callable[[], int],
+    ) -> None:
         self.registry = registry
         registry.gauge(
             "darktower_mc_meetings",
             "meetings assigned to this MC",
-            read=lambda: [((), float(len(controller.rooms)))],
+            read=lambda: [((), float(meetings()))],
         )
         registry.gauge(
             "darktower_mc_participants",
             "participants joined in this MC's meetings",
-            read=lambda: [((), float(controller.participant_count))],
+            read=lambda: [((), float(participants()))],
         )
         self.messages: Counter = registry.counter(
             "darktower_mc_messages_total", "signaling messages received, by type", ["type"]

@@ -26,7 +26,7 @@ Outgoing: TypeAlias = signaling_pb2.ServerMessage | tuple[signaling_pb2.ServerMe
 
 
 @attrs.define(eq=False)
-class Member:
+class RoomMember:
     """One participant of a meeting: what the others are told about it, and its outbox."""
 
     id: ParticipantId
@@ -73,14 +73,14 @@ class Member:
 
 
 @attrs.define(eq=False)
-class Room:
+class RoomState:
     """A meeting assigned to this MC (its scope is the tree's meeting)."""
 
     id: MeetingId
     config: meeting_control_pb2.MeetingConfig
     scope: Meeting
     mh: MediaLink | None = None
-    members: dict[ParticipantId, Member] = attrs.field(factory=dict)
+    members: dict[ParticipantId, RoomMember] = attrs.field(factory=dict)
     next_key_id: int = 1
     end_message: str = ""
     overflows: int = 0
@@ -119,7 +119,7 @@ class Room:
         self.membership_changed.set()
         self.membership_changed = trio.Event()
 
-    def deliver(self, member: Member, message: Outgoing) -> None:
+    def deliver(self, member: RoomMember, message: Outgoing) -> None:
         """Queue ``message`` for ``member`` without waiting; a full queue drops the member."""
         try:
             member.outbox.send_nowait(message)
@@ -137,11 +137,11 @@ class Room:
             if member.id != skip:
                 self.deliver(member, message)
 
-    def publisher_of(self, stream_id: str) -> Member | None:
+    def publisher_of(self, stream_id: str) -> RoomMember | None:
         for member in self.members.values():
             if stream_id in member.streams:
                 return member
         return None
 
-    def subscribers_of(self, stream_id: str) -> Iterator[Member]:
+    def subscribers_of(self, stream_id: str) -> Iterator[RoomMember]:
         return (m for m in self.members.values() if stream_id in m.subscriptions)

@@ -1,102 +1,169 @@
-"""The running part of a signaling session: its writer, its reader and dispatch, and the
-shielded cleanup that tells the others, the Media Handler and the leaving client.
-
-A mixin of :class:`~darktower.meeting_controller.MeetingController` (split out for size).
+"""One participant's signaling on the MC, as an object that owns its work: the join announced,
+a writer task, the reader and its dispatch to the handlers (``_signaling``), and the cleanup
+that tells the others, the Media Handler and the leaving client (docs/architecture.md §3.2).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import Protocol
 
 import trio
 
 from darktower.errors import DarkTowerError, InternalError, InvalidRequest, RateLimited
 from darktower.logs import fields
-from darktower.model import LeaveReason
-from darktower.protocol import (
-    MessageDecoder,
-    check_bounds,
-    encode_message,
-    error_message,
-    leave_reason_to_pb,
-)
+from darktower.model import LeaveReason, MeetingId, ParticipantId
+from darktower.nurseries import Participant
+from darktower.protocol import MessageDecoder, leave_reason_to_pb
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.protocol.ratelimit import MessageRateLimiter, Verdict
 
-from . import _signaling
+from . import _signaling, _wire
+from ._batches import join_messages
 from ._limits import MH_CALL_DEADLINE_S, READ_SIZE, SESSION_END_GRACE_S
 from ._metrics import ControllerMetrics
 from ._port import SignalPort
-from ._room import Member, Outgoing, Room
-
-if TYPE_CHECKING:
-    from ._controller import MeetingController
+from ._room import Outgoing, RoomMember, RoomState
 
 logger = logging.getLogger("darktower.meeting_controller")
 
 
-def error_reply(request_id: int, exc: DarkTowerError) -> sig.ServerMessage:
-    return sig.ServerMessage(request_id=request_id, error=error_message(exc))
+class SessionControls(Protocol):
+    """What a session's requests may do beyond its own meeting state: the host's kick and
+    end of meeting (the :class:`MeetingController` is one)."""
+
+    def kick(self, meeting_id: MeetingId, participant_id: ParticipantId, message: str = "") -> str:
+        """Remove the participant (KICKED); return its join-token id. Raises NotFound."""
+        ...
+
+    def end(self, meeting_id: MeetingId, message: str = "") -> int:
+        """End the meeting for everyone (MEETING_ENDED). Raises NotFound."""
+        ...
 
 
-class SessionMixin:
-    metrics: ControllerMetrics
+class SignalingSession:
+    """The signaling of ``member``, admitted to ``room``, over ``port``.
 
-    async def _writer(
+    ``run`` is the body of the member's participant scope and ``ended`` its cleanup: the scope
+    owns both (leave, kick, connection loss and end are its cancellations). ``outgoing`` is the
+    reading end of ``member.outbox``, written by the session's writer task only.
+    """
+
+    __slots__ = (
+        "_decoder",
+        "_join_request_id",
+        "_outgoing",
+        "_started_at",
+        "controls",
+        "limiter",
+        "member",
+        "metrics",
+        "port",
+        "room",
+    )
+
+    def __init__(
         self,
-        member: Member,
+        room: RoomState,
+        member: RoomMember,
         port: SignalPort,
-        recv: trio.MemoryReceiveChannel[Outgoing],
+        limiter: MessageRateLimiter,
+        metrics: ControllerMetrics,
+        controls: SessionControls,
+        *,
+        decoder: MessageDecoder[sig.ClientMessage],
+        outgoing: trio.MemoryReceiveChannel[Outgoing],
+        join_request_id: int,
+        started_at: float,
     ) -> None:
+        self.room = room
+        self.member = member
+        self.port = port
+        self.limiter = limiter
+        self.metrics = metrics
+        self.controls = controls
+        self._decoder = decoder  # holds what the client sent after its JoinRequest
+        self._outgoing = outgoing
+        self._join_request_id = join_request_id
+        self._started_at = started_at  # when the session began, for the join latency
+
+    async def run(self, participant: Participant) -> None:
+        """Join the room, then write (a stream task of ``participant``) and read until the
+        client finishes its stream (a voluntary leave), the session breaks or is abusive (it
+        then asks ``participant`` to leave), or the scope is cancelled."""
+        room, member = self.room, self.member
+        member.handle = participant
+        # Reply and announce without a checkpoint in between, so no event falls in the gap.
+        response = sig.JoinResponse(
+            participant_id=member.id,
+            media_server=sig.MediaServerInfo(
+                media_handler_url=member.media_handler_url,
+                connection_token=member.connection_token,
+            ),
+        )
+        if room.e2ee:
+            response.encryption_keys.public_key = member.public_key
+            response.encryption_keys.key_id = member.key_id
+        existing = [m.to_pb(e2ee=room.e2ee) for m in room.members.values()]
+        room.members[member.id] = member
+        room.membership_change()
+        # One outbox slot: the JoinResponse and its batches go out back to back.
+        room.deliver(member, join_messages(self._join_request_id, response, existing))
+        # The outbox holds them until written; this frame lives as long as the session.
+        del response, existing
+        room.broadcast(
+            sig.ServerMessage(
+                participant_joined=sig.ParticipantJoined(participant=member.to_pb(e2ee=room.e2ee))
+            ),
+            skip=member.id,
+        )
+        self.metrics.join_latency.observe(trio.current_time() - self._started_at)
+        await participant.start_stream("signaling-writer", self._write)
+        await self._read()
+
+    async def _write(self) -> None:
         try:
             while True:
                 try:
-                    item = await recv.receive()
+                    item = await self._outgoing.receive()
                 except trio.EndOfChannel:
                     return
-                data = self._encode(member, item)
+                data = self._encode(item)
                 # Neither stays referenced while the writer waits for the next message (an
                 # idle session would keep its last message, e.g. a whole JoinResponse).
                 del item
                 if data:
-                    await port.stream.send_all(data)
+                    await self.port.stream.send_all(data)
                 del data
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            member.leave(port.leave_reason(exc))
+            self.member.leave(self.port.leave_reason(exc))
 
-    def _encode(self, member: Member, item: Outgoing) -> bytes:
+    def _encode(self, item: Outgoing) -> bytes:
         """The item's messages framed; one that cannot be encoded (over the 64 KiB limit) is
         dropped for this recipient, logged and counted, and the session carries on."""
         messages = item if isinstance(item, tuple) else (item,)
         out = bytearray()
         for message in messages:
             try:
-                out += encode_message(message)
+                out += _wire.encode(message)
             except InternalError as exc:
                 kind = message.WhichOneof("message") or "empty"
                 self.metrics.dropped.inc(1, kind)
                 logger.warning(
                     "server message dropped for one recipient: it cannot be encoded",
-                    extra=fields(participant_id=member.id, type=kind, error=str(exc)),
+                    extra=fields(participant_id=self.member.id, type=kind, error=str(exc)),
                 )
         return bytes(out)
 
-    async def _reader(
-        self,
-        room: Room,
-        member: Member,
-        port: SignalPort,
-        decoder: MessageDecoder[sig.ClientMessage],
-    ) -> None:
-        limiter = MessageRateLimiter()
+    async def _read(self) -> None:
+        decoder, limiter = self._decoder, self.limiter
         try:
             while True:
                 for message in decoder:
                     verdict = limiter.check(trio.current_time())
                     if verdict is Verdict.DISCONNECT:
-                        self._fail(member, message.request_id, RateLimited("too many messages"))
+                        self._fail(message.request_id, RateLimited("too many messages"))
                         return
                     if verdict is Verdict.REJECT:
                         exc = RateLimited(
@@ -104,29 +171,30 @@ class SessionMixin:
                             retry_after_s=limiter.retry_after(trio.current_time()),
                         )
                         self.metrics.errors.inc(1, exc.code.name)
-                        await self._reply(member, error_reply(message.request_id, exc))
+                        await self._reply(_wire.error_reply(message.request_id, exc))
                         continue
-                    await self._dispatch(room, member, message)
-                data = await port.stream.receive_some(READ_SIZE)
+                    await self._dispatch(message)
+                data = await self.port.stream.receive_some(READ_SIZE)
                 if not data:
                     decoder.end_of_stream()
                     return  # the client finished its stream: a voluntary leave
                 decoder.receive_data(data)
                 del data  # not held while the reader waits for the next chunk
         except InvalidRequest as exc:
-            self._fail(member, 0, exc)
+            self._fail(0, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            member.leave(port.leave_reason(exc))
+            self.member.leave(self.port.leave_reason(exc))
 
-    def _fail(self, member: Member, request_id: int, exc: DarkTowerError) -> None:
+    def _fail(self, request_id: int, exc: DarkTowerError) -> None:
         """End the session for abuse or bad input: the error goes out first, then SessionEnded."""
+        member = self.member
         self.metrics.errors.inc(1, exc.code.name)
-        member.final_error = error_reply(request_id, exc)
+        member.final_error = _wire.error_reply(request_id, exc)
         member.close_code = int(exc.code)
         member.end_message = str(exc)
         member.leave(LeaveReason.CONNECTION_LOST)
 
-    async def _dispatch(self, room: Room, member: Member, message: sig.ClientMessage) -> None:
+    async def _dispatch(self, message: sig.ClientMessage) -> None:
         kind = message.WhichOneof("message")
         self.metrics.messages.inc(1, kind or "empty")
         handler = _signaling.HANDLERS.get(kind or "")
@@ -135,30 +203,33 @@ class SessionMixin:
                 raise InvalidRequest(
                     "empty envelope" if kind is None else f"{kind} is not allowed after joining"
                 )
-            check_bounds(message)
-            reply = await handler(cast("MeetingController", self), room, member, message)
+            _wire.check(message)
+            reply = await handler(self, message)
         except DarkTowerError as exc:
             self.metrics.errors.inc(1, exc.code.name)
-            reply = error_reply(message.request_id, exc)
+            reply = _wire.error_reply(message.request_id, exc)
         if reply is not None:
             reply.request_id = message.request_id
-            await self._reply(member, reply)
+            await self._reply(reply)
 
-    async def _reply(self, member: Member, reply: sig.ServerMessage) -> None:
+    async def _reply(self, reply: sig.ServerMessage) -> None:
         """Queue a reply to the member's own request, waiting while its queue is full.
 
         Waiting here only slows the requester's own reader (backpressure on a client that
-        sends faster than it reads); events for others never wait (``Room.deliver``).
+        sends faster than it reads); events for others never wait (``RoomState.deliver``).
         """
         try:
-            await member.outbox.send(reply)
+            await self.member.outbox.send(reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the member is leaving
 
-    async def _session_ended(
-        self, room: Room, member: Member, port: SignalPort, reason: LeaveReason
-    ) -> None:
-        """Shielded cleanup: tell the others, the MH and the leaving client; close."""
+    async def ended(self, reason: LeaveReason) -> None:
+        """The participant scope's cleanup, which the scope runs shielded and bounded: leave
+        the room, tell the others (unless the meeting ends), and at once release the member at
+        the Media Handler (at most ``MH_CALL_DEADLINE_S``) and write the error that ended the
+        session, if any, and ``SessionEnded`` (at most ``SESSION_END_GRACE_S``); then close
+        the port. Never raises for a broken session or an unreachable Media Handler."""
+        room, member = self.room, self.member
         if room.members.get(member.id) is member:
             del room.members[member.id]
             room.membership_change()
@@ -181,19 +252,18 @@ class SessionMixin:
             room.end_message if reason is LeaveReason.MEETING_ENDED else ""
         )
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._release_media, room, member, reason)
-            await self._say_goodbye(member, port, reason, message)
+            nursery.start_soon(self.release_media, reason)
+            await self._say_goodbye(reason, message)
 
-    async def _say_goodbye(
-        self, member: Member, port: SignalPort, reason: LeaveReason, message: str
-    ) -> None:
+    async def _say_goodbye(self, reason: LeaveReason, message: str) -> None:
+        member, port = self.member, self.port
         ended = sig.ServerMessage(
             request_id=member.end_request_id,
             session_ended=sig.SessionEnded(reason=leave_reason_to_pb(reason), message=message),
         )
-        data = self._encode(member, ended)
+        data = self._encode(ended)
         if member.final_error is not None:
-            data = self._encode(member, member.final_error) + data
+            data = self._encode(member.final_error) + data
         with trio.move_on_after(SESSION_END_GRACE_S):
             try:
                 if not member.overflowed:  # a stuck reader would only hold us to the deadline
@@ -205,7 +275,11 @@ class SessionMixin:
                 pass
         port.close(member.close_code, reason.name)
 
-    async def _release_media(self, room: Room, member: Member, reason: LeaveReason) -> None:
+    async def release_media(self, reason: LeaveReason) -> None:
+        """Remove the member at the room's Media Handler (once; at most MH_CALL_DEADLINE_S).
+
+        Also called for a session whose participant scope never started."""
+        room, member = self.room, self.member
         # Once per member: a start cancelled half-way can reach here from both the session's
         # cleanup and the failed start.
         if room.mh is None or member.media_released:

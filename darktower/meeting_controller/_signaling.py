@@ -2,7 +2,8 @@
 
 A table of handlers, as docs/architecture.md §7 describes.
 
-Each returns the reply (its ``request_id`` is set by the dispatcher) or None when the reply is
+Each takes the session (its room, its member and the controller's controls) and the request,
+and returns the reply (its ``request_id`` is set by the dispatcher) or None when the reply is
 the session's ``SessionEnded``; a ``DarkTowerError`` becomes the ``ErrorMessage`` reply.
 
 Quality reports from clients: a report on a stream the client *receives* becomes a
@@ -31,13 +32,13 @@ from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.transport.rpc import RpcError
 
 from ._limits import MAX_PUBLISHED_STREAMS
-from ._room import Member, Room
+from ._room import RoomMember, RoomState
 
 if TYPE_CHECKING:
-    from ._controller import MeetingController
+    from ._session import SignalingSession
 
 Reply = sig.ServerMessage | None
-Handler = Callable[["MeetingController", Room, Member, sig.ClientMessage], Awaitable[Reply]]
+Handler = Callable[["SignalingSession", sig.ClientMessage], Awaitable[Reply]]
 MAX_STREAM_ID_CHARS = 128
 
 
@@ -51,7 +52,7 @@ def _stream_id(value: str) -> str:
     return value
 
 
-async def _route(room: Room, command: mh_pb.RouteMediaCommand) -> None:
+async def _route(room: RoomState, command: mh_pb.RouteMediaCommand) -> None:
     if room.mh is None:
         raise InternalError("no media handler is assigned to this meeting")
     command.meeting_id = room.id
@@ -61,9 +62,8 @@ async def _route(room: Room, command: mh_pb.RouteMediaCommand) -> None:
         raise InternalError(f"media handler unreachable: {exc}") from exc
 
 
-async def publish(
-    ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
-) -> Reply:
+async def publish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
+    room, member = session.room, session.member
     stream_id = _stream_id(m.publish.stream_id)
     if room.publisher_of(stream_id) is not None:
         raise Conflict(f"stream {stream_id} is already published")
@@ -91,9 +91,8 @@ async def publish(
     return _ack(stream_id)
 
 
-async def unpublish(
-    ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
-) -> Reply:
+async def unpublish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
+    room, member = session.room, session.member
     stream_id = m.unpublish.stream_id
     stream = member.streams.pop(stream_id, None)
     if stream is None:
@@ -122,9 +121,8 @@ async def unpublish(
     return _ack(stream_id)
 
 
-async def subscribe(
-    ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
-) -> Reply:
+async def subscribe(session: SignalingSession, m: sig.ClientMessage) -> Reply:
+    room, member = session.room, session.member
     stream_id = _stream_id(m.subscribe.stream_id)
     publisher = room.publisher_of(stream_id)
     if publisher is None:
@@ -147,9 +145,8 @@ async def subscribe(
     return _ack(stream_id)
 
 
-async def unsubscribe(
-    ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
-) -> Reply:
+async def unsubscribe(session: SignalingSession, m: sig.ClientMessage) -> Reply:
+    room, member = session.room, session.member
     stream_id = m.unsubscribe.stream_id
     if member.subscriptions.pop(stream_id, None) is None:
         raise NotFound(f"you are not subscribed to stream {stream_id}")
@@ -162,9 +159,8 @@ async def unsubscribe(
     return _ack(stream_id)
 
 
-async def quality(
-    ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
-) -> Reply:
+async def quality(session: SignalingSession, m: sig.ClientMessage) -> Reply:
+    room, member = session.room, session.member
     report = m.quality
     options = member.subscriptions.get(report.stream_id)
     if options is not None:
@@ -188,39 +184,39 @@ async def quality(
     return _ack(report.stream_id)
 
 
-async def leave(ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage) -> Reply:
+async def leave(session: SignalingSession, m: sig.ClientMessage) -> Reply:
+    member = session.member
     member.end_request_id = m.request_id
     member.leave(LeaveReason.VOLUNTARY)
     return None
 
 
-def _host(member: Member) -> None:
+def _host(member: RoomMember) -> None:
     if member.role is not Role.HOST:
         raise Forbidden("only the host may do this")
 
 
-async def kick(ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage) -> Reply:
+async def kick(session: SignalingSession, m: sig.ClientMessage) -> Reply:
+    room, member = session.room, session.member
     _host(member)
-    ctl.kick(room.id, ParticipantId(m.kick.participant_id), "removed by the host")
+    session.controls.kick(room.id, ParticipantId(m.kick.participant_id), "removed by the host")
     return _ack()
 
 
-async def end_meeting(
-    ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
-) -> Reply:
+async def end_meeting(session: SignalingSession, m: sig.ClientMessage) -> Reply:
+    room, member = session.room, session.member
     _host(member)
     member.end_request_id = m.request_id
-    ctl.end(room.id, "the host ended the meeting")
+    session.controls.end(room.id, "the host ended the meeting")
     return None
 
 
-async def ping(ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage) -> Reply:
+async def ping(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     return sig.ServerMessage(pong=sig.Pong(timestamp=m.ping.timestamp))
 
 
-async def key_share(
-    ctl: MeetingController, room: Room, member: Member, m: sig.ClientMessage
-) -> Reply:
+async def key_share(session: SignalingSession, m: sig.ClientMessage) -> Reply:
+    room, member = session.room, session.member
     target = room.members.get(ParticipantId(m.key_share.to_participant_id))
     if target is None:
         raise NotFound(f"participant {m.key_share.to_participant_id} is not in this meeting")

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from darktower.errors import InvalidRequest
+from darktower.meeting_controller import MAX_PUBLISHED_STREAMS
 from darktower.model import MeetingId, Role
 from darktower.protocol import MAX_MESSAGE_SIZE
 from darktower.protocol.pb.v1 import common_pb2
@@ -178,8 +179,6 @@ def _large_stream(owner: int, n: int) -> sig.PublishStream:
 
 
 async def _publish_all(stack: Stack, client: object, owner: int) -> None:
-    from darktower.meeting_controller._limits import MAX_PUBLISHED_STREAMS
-
     for n in range(MAX_PUBLISHED_STREAMS):
         await client.request(sig.ClientMessage(publish=_large_stream(owner, n)))  # type: ignore[attr-defined]
 

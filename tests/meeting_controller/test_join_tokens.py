@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from darktower.errors import Conflict, Forbidden
-from darktower.meeting_controller._room import Room
+from darktower.meeting_controller import RoomState
 from darktower.model import MeetingId, Role
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
@@ -81,7 +81,7 @@ async def test_the_name_others_see_is_the_signed_one(tmp_path: pathlib.Path) -> 
 
 
 def test_bans_expire_with_their_token() -> None:
-    room = Room(MeetingId("m"), mtg_pb.MeetingConfig(), scope=None)  # type: ignore[arg-type]
+    room = RoomState(MeetingId("m"), mtg_pb.MeetingConfig(), scope=None)  # type: ignore[arg-type]
     room.claim_token("a", now=0.0)
     room.release_token("a")
     room.ban_token("a", until=100.0, now=10.0)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from darktower.client._signaling import open_signaling
+from darktower.client import open_signaling
 from darktower.errors import Unauthorized
 from darktower.meeting_controller import Running, Settings, serve
 from darktower.model import MeetingId, Role

@@ -11,8 +11,7 @@ from contextlib import asynccontextmanager
 import trio
 import trio.testing
 
-from darktower.meeting_controller import MediaHandlers, MeetingController, SignalPort
-from darktower.meeting_controller._room import Member
+from darktower.meeting_controller import MediaHandlers, MeetingController, RoomMember, SignalPort
 from darktower.model import MeetingId, ParticipantId, Role
 from darktower.nurseries import TaskTree
 from darktower.protocol import MAX_MESSAGE_SIZE, MessageDecoder, encode_message
@@ -37,7 +36,7 @@ async def _controller(**kw: object) -> AsyncIterator[MeetingController]:
         nursery.cancel_scope.cancel()
 
 
-def _realistic_member(n: int) -> Member:
+def _realistic_member(n: int) -> RoomMember:
     """A participant with 3-layer simulcast camera, screen share, microphone and an E2EE key."""
     send, _ = trio.open_memory_channel[object](0)
     layers = [
@@ -72,7 +71,7 @@ def _realistic_member(n: int) -> Member:
         metadata=common_pb2.StreamMetadata(codec="opus", max_bitrate=64_000),
     )
     pid = ParticipantId(str(uuid.uuid4()))
-    return Member(
+    return RoomMember(
         id=pid,
         name=f"Participant number {n:04d}",
         role=Role.GUEST,
