@@ -25,6 +25,7 @@ import trio
 
 from darktower.model import LeaveReason
 from darktower.protocol import (
+    PROTOCOL_VERSION,
     MessageDecoder,
     encode_message,
     error_from_message,
@@ -83,7 +84,11 @@ class SignalingClient:
         return None if ended is None else leave_reason_from_pb(ended.reason)
 
     async def send(self, message: sig.ClientMessage) -> None:
-        """Send without waiting for a reply (the caller sets ``request_id`` if it wants one)."""
+        """Send without waiting for a reply (the caller sets ``request_id`` if it wants one).
+        Every message this client sends goes through here, which stamps the protocol version
+        (docs/protocol.md §12) unless the caller set one."""
+        if not message.protocol_version:
+            message.protocol_version = PROTOCOL_VERSION
         data = encode_message(message)
         async with self._lock:
             await self.stream.send_all(data)
