@@ -85,6 +85,7 @@ def _h3_protocol() -> H3Protocol:
 
 _QUIC = "darktower/transport/_connection.py"
 _HTTP_QUIC = "darktower/transport/_http_quic.py"
+_HTTP_STREAMS = "darktower/transport/_http_streams.py"
 
 HOOKS = [
     # --- aioquic -----------------------------------------------------------------------------
@@ -316,13 +317,13 @@ HOOKS = [
     Hook(
         "hypercorn",
         "H3Protocol.stream_send(event)",
-        f"{_HTTP_QUIC} (overridden)",
+        f"{_HTTP_STREAMS} (overridden)",
         lambda: _positional(H3Protocol.stream_send, "event"),
     ),
     Hook(
         "hypercorn",
         "H3Protocol.streams (dict, replaced by a guarded table)",
-        _HTTP_QUIC,
+        _HTTP_STREAMS,
         lambda: isinstance(_h3_protocol().streams, dict),
     ),
     Hook(
@@ -334,7 +335,7 @@ HOOKS = [
     Hook(
         "hypercorn",
         "trio TaskGroup.spawn_app(app, config, scope, send)",
-        f"{_HTTP_QUIC} (overridden)",
+        f"{_HTTP_STREAMS} (overridden)",
         lambda: _positional(TaskGroup.spawn_app, "app", "config", "scope", "send"),
     ),
     Hook(

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import trio
 from aioquic.h3 import events as h3e
 
-from darktower.errors import ErrorCode
+from darktower.errors import ErrorCode, sole_error
 
 from ._config import TransportLimits
 from ._connection import Connection
@@ -73,9 +73,10 @@ async def open_quic_connection(
     except BaseExceptionGroup as group:
         # The nursery is an implementation detail: a single error (the body's, or ours while
         # connecting) is raised as itself.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        error = sole_error(group)
+        if error is group:
+            raise
+        raise error from None
 
 
 async def open_session(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -32,16 +31,13 @@ from aioquic.quic.events import (
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType, pull_quic_header
 from hypercorn.config import Config
 from hypercorn.events import RawData
-from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.events import StreamClosed
-from hypercorn.protocol.h3 import H3Protocol
 from hypercorn.protocol.quic import QuicProtocol, _Connection
-from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
 from ._admission import CAUSES, Admission, Admit
 from ._http_limits import HttpLimits
+from ._http_streams import BoundedTaskGroup, GuardedH3Protocol, guard_streams, stream_cause
 
 logger = logging.getLogger("darktower.http")
 
@@ -64,30 +60,6 @@ COUNTER_NAMES = {cause: f"quic_{cause}" for cause in CAUSES} | {
 }
 
 
-class _DiscardStream:
-    async def handle(self, event: Any) -> None:
-        pass
-
-
-_DISCARD = _DiscardStream()
-
-
-class _StreamTable(dict[int, Any]):
-    """hypercorn's ``H3Protocol`` looks its streams up with ``streams[stream_id]``: data that
-    arrives for a stream it has already answered and forgotten (a 413 sent before the whole
-    body came) raised ``KeyError`` and took the whole QUIC listener down. Such data is dropped.
-    """
-
-    def __missing__(self, stream_id: int) -> Any:
-        return _DISCARD
-
-
-def _guard_streams(connection: Any) -> None:
-    h3 = getattr(connection, "h3", None)
-    if h3 is not None and not isinstance(h3.streams, _StreamTable):
-        h3.streams = _StreamTable(h3.streams)
-
-
 def _events_lock(connection: Any) -> trio.StrictFIFOLock:
     lock: trio.StrictFIFOLock | None = getattr(connection, "_darktower_events_lock", None)
     if lock is None:
@@ -108,80 +80,6 @@ def _cause(exc: BaseException) -> str:
     return f"quic_error:{type(exc).__name__}"
 
 
-def _stream_cause(exc: BaseException) -> str:
-    return f"quic_stream_error:{type(exc).__name__}"
-
-
-class _GuardedH3Protocol(H3Protocol):
-    """hypercorn's ``H3Protocol`` whose sends are an error boundary per request stream.
-
-    ``stream_send`` runs in the app's task (hypercorn's task group), outside the connection's
-    error boundary: an answer on a stream the client has stopped or reset (aioquic raises
-    ``RuntimeError``/``ValueError``) or in a state HTTP/3 no longer allows
-    (``FrameUnexpected``) raised there, and the 500 hypercorn then sends from that task's
-    ``finally`` raised again, out of the task group, ending the listener. Now the first error
-    on a stream is handed to ``on_stream_error`` (which resets the stream) and every later
-    send on that stream is dropped, as hypercorn's HTTP/2 protocol drops sends on a closed
-    stream; the app is not told (its next sends succeed and go nowhere).
-    """
-
-    def __init__(
-        self, *args: Any, on_stream_error: Callable[[int, Exception], Awaitable[None]]
-    ) -> None:
-        super().__init__(*args)
-        self._on_stream_error = on_stream_error
-        self._failed_streams: set[int] = set()
-
-    async def stream_send(self, event: StreamEvent) -> None:
-        stream_id = event.stream_id
-        if stream_id in self._failed_streams:
-            if isinstance(event, StreamClosed):  # hypercorn forgets the stream: so do we
-                self._failed_streams.discard(stream_id)
-                self.streams.pop(stream_id, None)
-            return
-        try:
-            await super().stream_send(event)
-        except Exception as exc:
-            self._failed_streams.add(stream_id)
-            await self._on_stream_error(stream_id, exc)
-
-
-class _BoundedTaskGroup(TaskGroup):
-    """hypercorn's trio task group, in which nothing an app's task raises ends the listener.
-
-    hypercorn runs each request's app in a task that, in a ``finally``, calls the stream's
-    ``send(None)`` (which may answer 500); an exception there escaped into this group's
-    nursery. :class:`_GuardedH3Protocol` keeps sends from raising; should anything still
-    raise from that last call, it is counted (``quic_stream_error:<Type>``) and logged here.
-    """
-
-    def __init__(self, counters: Counter[str]) -> None:
-        super().__init__()
-        self._counters = counters
-
-    async def spawn_app(
-        self,
-        app: Any,
-        config: Config,
-        scope: Any,
-        send: Callable[[Any], Awaitable[None]],
-    ) -> Callable[[Any], Awaitable[None]]:
-        async def guarded_send(message: Any) -> None:
-            if message is not None:
-                await send(message)  # an error here is the app's, which hypercorn catches
-                return
-            try:
-                await send(None)
-            except Exception as exc:
-                self._counters[_stream_cause(exc)] += 1
-                logger.warning(
-                    "an HTTP/3 request ended with an error",
-                    extra={"fields": {"error": repr(exc)[:200]}},
-                )
-
-        return await super().spawn_app(app, config, scope, guarded_send)
-
-
 class _TrackingQuicProtocol(QuicProtocol):
     """hypercorn's QUIC protocol, made safe for concurrent requests and for hostile peers:
 
@@ -197,7 +95,7 @@ class _TrackingQuicProtocol(QuicProtocol):
       ``counters`` (``quic_error:<ExceptionType>``); nothing else is affected;
     * an exception while sending on one request stream (from the app's task too) resets that
       stream (``H3_INTERNAL_ERROR``), counted as ``quic_stream_error:<ExceptionType>``
-      (:class:`_GuardedH3Protocol`, :class:`_BoundedTaskGroup`);
+      (:class:`GuardedH3Protocol`, :class:`BoundedTaskGroup`);
     * a datagram for no known connection gets what ``Admission`` decides (caps in total, per
       peer and on handshakes, stateless Retry, Version Negotiation only for datagrams of at
       least 1,200 bytes), counted under :data:`COUNTER_NAMES`; a handshake still in progress
@@ -205,7 +103,7 @@ class _TrackingQuicProtocol(QuicProtocol):
       timer (``quic_handshake_timeout``).
 
     Also sets ``idle_event`` when the last connection is gone, so shutdown need not poll, and
-    guards each connection's HTTP/3 stream table (:class:`_StreamTable`).
+    guards each connection's HTTP/3 stream table (:class:`StreamTable`).
     """
 
     def __init__(
@@ -347,7 +245,7 @@ class _TrackingQuicProtocol(QuicProtocol):
         """The error boundary of one request stream: reset it (``H3_INTERNAL_ERROR``), log and
         count the cause (``quic_stream_error:<Type>``); the connection goes on. If even the
         reset fails, the connection's state is unknown: it is closed (:meth:`_fail`)."""
-        self.counters[_stream_cause(exc)] += 1
+        self.counters[stream_cause(exc)] += 1
         logger.warning(
             "resetting an HTTP/3 stream after an error",
             extra={"fields": {"stream_id": stream_id, "error": repr(exc)[:200]}},
@@ -395,7 +293,7 @@ class _TrackingQuicProtocol(QuicProtocol):
 
     async def _deliver_events(self, connection: Any, client: Any) -> None:
         # hypercorn's QuicProtocol._handle_events, with admission bookkeeping.
-        _guard_streams(connection)
+        guard_streams(connection)
         event = connection.quic.next_event()
         while event is not None:
             if isinstance(event, ConnectionTerminated):
@@ -404,7 +302,7 @@ class _TrackingQuicProtocol(QuicProtocol):
             elif isinstance(event, HandshakeCompleted):
                 self._end_handshake(connection)
             elif isinstance(event, ProtocolNegotiated):
-                connection.h3 = _GuardedH3Protocol(
+                connection.h3 = GuardedH3Protocol(
                     self.app,
                     self.config,
                     self.context,
@@ -416,7 +314,7 @@ class _TrackingQuicProtocol(QuicProtocol):
                     partial(self._send_from_stream, connection),
                     on_stream_error=partial(self._stream_failed, connection),
                 )
-                _guard_streams(connection)
+                guard_streams(connection)
             elif isinstance(event, ConnectionIdIssued):
                 connection.cids.add(event.connection_id)
                 self.connections[event.connection_id] = connection
@@ -454,7 +352,7 @@ class _QuicServer:
         """Serve until ``shutdown`` is set; then close connections and the socket (bounded)."""
         addr = self._socket.getsockname()
         try:
-            async with _BoundedTaskGroup(self._counters) as task_group:
+            async with BoundedTaskGroup(self._counters) as task_group:
                 self.protocol = _TrackingQuicProtocol(
                     self._app,
                     self._config,

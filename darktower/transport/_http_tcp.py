@@ -20,6 +20,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
+from darktower.errors import sole_error
 from darktower.protocol.addresses import address_key
 
 from ._admission import AddressCounter
@@ -186,9 +187,8 @@ class _TcpServer:
             self.per_address.release(key)
             await trio.aclose_forcefully(served)
 
-    def _count_error(self, exc: Exception) -> None:
-        while isinstance(exc, ExceptionGroup):  # hypercorn's task group wraps what it raises
-            exc = exc.exceptions[0]
+    def _count_error(self, group: Exception) -> None:
+        exc = sole_error(group)  # hypercorn's task group wraps what it raises
         self._counters[f"tcp_error:{type(exc).__name__}"] += 1
         logger.warning(
             "closing a TCP connection after an error",

@@ -41,7 +41,6 @@ from ._http_quic import (
     QUIC_CLOSE_GRACE_S,
     TIMER_DELIVERY_BOUND_S,
     _QuicServer,
-    _StreamTable,
     _TrackingQuicProtocol,
 )
 from ._http_tcp import _TcpServer, apply_limits
@@ -57,7 +56,6 @@ __all__ = [
     "TLS_HANDSHAKE_TIMEOUT_S",
     "HttpLimits",
     "_QuicServer",
-    "_StreamTable",
     "_TrackingQuicProtocol",
     "bind_pair",
     "bind_plain_http",

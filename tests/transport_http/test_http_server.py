@@ -99,7 +99,8 @@ async def test_a_restarted_timer_task_still_delivers_the_event_it_took() -> None
     from hypercorn.protocol.quic import _Connection
     from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
 
-    from darktower.transport.http_server import _StreamTable, _TrackingQuicProtocol
+    from darktower.transport._http_streams import StreamTable
+    from darktower.transport.http_server import _TrackingQuicProtocol
 
     delivered: list[str] = []
     in_http3 = trio.Event()
@@ -124,7 +125,7 @@ async def test_a_restarted_timer_task_still_delivers_the_event_it_took() -> None
             return None
 
     class FakeHttp3:
-        streams = _StreamTable()
+        streams = StreamTable()
 
         async def handle(self, event: str) -> None:
             in_http3.set()

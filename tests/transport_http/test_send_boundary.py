@@ -19,7 +19,7 @@ from aioquic.quic.events import StreamReset
 from hypercorn.config import Config
 
 from darktower.transport import generate_dev_certificate
-from darktower.transport._http_quic import _BoundedTaskGroup
+from darktower.transport._http_streams import BoundedTaskGroup
 from darktower.transport.http_server import HttpLimits, serve_http
 from tests.transport_http._quic_peer import WAIT_S, Http3Peer
 
@@ -138,6 +138,6 @@ async def test_an_error_from_the_last_send_of_an_app_task_stays_in_its_task() ->
     async def send(message: Any) -> None:
         raise FrameUnexpected("HEADERS frame is not allowed in this state")
 
-    async with _BoundedTaskGroup(counters) as task_group:
+    async with BoundedTaskGroup(counters) as task_group:
         await task_group.spawn_app(app, Config(), {}, send)
     assert counters == {"quic_stream_error:FrameUnexpected": 1}
