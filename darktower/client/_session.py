@@ -44,8 +44,10 @@ from darktower.transport import ClosedByPeer
 
 from ._events import (
     CLOSE_GRACE_S,
+    EVENT_BUFFER,
     LEAVE_GRACE_S,
     SETTLE_S,
+    SUBSCRIPTION_BUFFER,
     KeyFrameRequest,
     ParticipantInfo,
     QualityUpdate,
@@ -63,7 +65,9 @@ Broken = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class MeetingSession:
-    """A joined meeting: made by :func:`join_meeting_session` (see the module docstring).
+    """A joined meeting: made by :func:`join_meeting_session` (see the module docstring), or
+    from a joined :class:`SignalingClient` and its :class:`MediaClient` and run with
+    :meth:`run` by an owner that closes both once ``run`` returns.
 
     Attributes: ``meeting_id``, ``participant_id`` (this session's), ``role`` (from the join
     token; None if unreadable), ``participants`` (the *other* participants' ids →
@@ -78,9 +82,9 @@ class MeetingSession:
         media: MediaClient,
         *,
         meeting_id: str,
-        role: Role | None,
-        event_buffer: int,
-        subscription_buffer: int,
+        role: Role | None = None,
+        event_buffer: int = EVENT_BUFFER,
+        subscription_buffer: int = SUBSCRIPTION_BUFFER,
     ) -> None:
         self._signaling = signaling
         self._media = media

@@ -21,6 +21,9 @@ from darktower.client import (
     Subscription,
     _join,
     join_meeting_via_gc,
+    media_url,
+    open_media_client,
+    open_signaling,
 )
 from darktower.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from darktower.frames import FrameType
@@ -31,7 +34,6 @@ from darktower.transport import SessionRefused, StreamReset
 from ._stack import WAIT_S, meeting, next_event
 
 FRAMES = 10
-_join_media_url = _join.media_url
 
 
 async def take(subscription: Subscription, n: int) -> list[bytes]:
@@ -352,7 +354,7 @@ async def test_a_refused_join_raises_its_error_unwrapped(
             async with m.session(m.created.join_token[:-4] + "AAAA", "mallory"):
                 raise AssertionError("joined with a forged token")
         # Joined, but the MH refuses the media connection: the error, and a clean leave.
-        monkeypatch.setattr(_join, "media_url", lambda join: _join_media_url(join) + "x")
+        monkeypatch.setattr(_join, "media_url", lambda join: media_url(join) + "x")
         with pytest.raises(SessionRefused) as refused:
             async with m.session(await m.guest_token("eve"), "eve"):
                 raise AssertionError("joined without media")
@@ -382,3 +384,37 @@ async def test_a_lost_connection_ends_the_session_with_connection_lost(
         # The MC reads a cleanly closed session as a leave: only that bob is gone is ours.
         left = await next_event(host, ParticipantLeft)
         assert left.participant.participant_id == bob.participant_id
+
+
+async def test_a_session_runs_its_own_readers_until_it_ends(tmp_path: pathlib.Path) -> None:
+    """MeetingSession.run owns the two readers: the session follows the meeting while it runs,
+    and run returns by itself once the session ended (here by a kick)."""
+    async with meeting(tmp_path) as m:
+        host = await m.join("host", host=True)
+        token = await m.guest_token("bob")
+        async with open_signaling(
+            m.stack.signal_url,
+            meeting_id=m.created.meeting_id,
+            join_token=token,
+            participant_name="bob",
+            server_certificate_hashes=m.pins,
+            origin=m.gc.origin,
+        ) as signaling:
+            async with open_media_client(
+                media_url(signaling.join_response),
+                server_certificate_hashes=m.pins,
+                origin=m.gc.origin,
+            ) as media:
+                bob = MeetingSession(signaling, media, meeting_id=m.created.meeting_id)
+                with trio.fail_after(WAIT_S):
+                    async with trio.open_nursery() as nursery:
+                        assert await nursery.start(bob.run) is bob
+                        await next_event(host, ParticipantJoined)
+                        await host.publish(StreamType.AUDIO)
+                        published = await next_event(bob, StreamPublished)
+                        assert published.stream.participant_id == host.participant_id
+                        await host.kick(bob.participant_id)
+                assert bob.end_reason is LeaveReason.KICKED
+                with pytest.raises(SessionEnded) as ended:
+                    await bob.events.receive()
+                assert ended.value.reason is LeaveReason.KICKED
