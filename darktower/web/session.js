@@ -31,7 +31,8 @@ export const END_TEXT = Object.freeze({
 });
 const REASON_NAME = Object.fromEntries(Object.entries(LeaveReason).map(([k, v]) => [v, k]));
 // A server that closes a WebTransport session for a reason uses the close code BASE + LeaveReason
-// (the MH does; darktower/media_handler/_limits.py), so a reason survives a lost SessionEnded.
+// (the MH does; docs/protocol.md §9), so a reason survives a lost SessionEnded. The one copy of
+// darktower/protocol/close_codes.py's base on the page: tests/browser/test_codes.py keeps them equal.
 export const SESSION_CLOSE_CODE_BASE = 0x4d00;
 
 export function reasonFromClose(closeInfo) {

@@ -20,6 +20,7 @@ import trio
 
 from darktower.frames import FrameDecoder
 from darktower.model import LeaveReason
+from darktower.protocol import SESSION_CLOSE_CODE_BASE
 from darktower.protocol._framing import MessageDecoder, encode_message
 from darktower.protocol.pb.v1 import common_pb2 as common
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
@@ -40,7 +41,6 @@ BOT_VIDEO = uuid.UUID("00000000-0000-4000-8000-00000000b0b1")
 BOT_AUDIO = uuid.UUID("00000000-0000-4000-8000-00000000b0b2")
 MEDIA_TOKEN = "media-token"
 ACCESS_TOKEN = "dev-access-token"
-SESSION_CLOSE_CODE_BASE = 0x4D00  # as darktower/media_handler/_limits.py
 # How long the MC waits, after SessionEnded, for the page to close the session itself: closing
 # first would reset the stream and could discard the SessionEnded still in flight.
 END_GRACE_S = 2.0
