@@ -23,6 +23,10 @@ export { ErrorCode, LeaveReason, StreamType };
 // larger declared length fails the stream reader at once (the body is never buffered) and an
 // encoder refuses to build one; the page then closes the session.
 export const MAX_MESSAGE_SIZE = 64 * 1024;
+// The protocol version every ClientMessage the page sends carries in `protocolVersion`
+// (docs/protocol.md §12): darktower/protocol/versions.py's, which tests/browser/test_codes.py
+// keeps equal.
+export const PROTOCOL_VERSION = 1;
 const MAX_VARINT_LEN = 10;
 
 export const MESSAGE_TYPES = Object.freeze(Object.keys(SCHEMA).filter((t) => !t.startsWith("_")));

@@ -66,6 +66,7 @@ export const SCHEMA = {
     [10, "endMeeting", "EndMeeting", "oneof"],
     [11, "ping", "Ping", "oneof"],
     [12, "keyShare", "E2EEKeyShare", "oneof"],
+    [15, "protocolVersion", "uint32"],
   ],
   ServerMessage: [
     [1, "requestId", "uint64"],
@@ -82,6 +83,7 @@ export const SCHEMA = {
     [12, "keyShare", "E2EEKeyShare", "oneof"],
     [13, "sessionEnded", "SessionEnded", "oneof"],
     [14, "participantsBatch", "ParticipantsBatch", "oneof"],
+    [15, "protocolVersion", "uint32"],
   ],
   JoinRequest: [
     [1, "meetingId", "string"],

@@ -8,13 +8,24 @@
 // they are in, with the whole list in `joinResponse.existingParticipants`.
 
 import { openWebTransport } from "./media.js";
-import { ErrorCode, encodeDelimited, kindOf, readMessages } from "./proto.js";
+import { ErrorCode, PROTOCOL_VERSION, encodeDelimited, kindOf, readMessages } from "./proto.js";
 
 // A request not answered within this long fails (the session is still usable).
 export const REQUEST_TIMEOUT_MS = 10_000;
 // Pings keep the QUIC connection alive from the page's side too: browsers idle out after 30 s
 // without traffic.
 export const PING_INTERVAL_MS = 10_000;
+
+// The bytes of the envelope `{[kind]: body}`: every ClientMessage the page sends is built here,
+// stamped with the protocol version (docs/protocol.md §12).
+export function encodeClientMessage(requestId, kind, body) {
+  return encodeDelimited("ClientMessage", {
+    requestId,
+    protocolVersion: PROTOCOL_VERSION,
+    [kind]: body,
+  });
+}
+
 // Limit: requests awaiting a reply. Policy when full: request() throws at once; the page never
 // has more than a few in flight, so reaching it means the MC stopped answering.
 const MAX_PENDING_REQUESTS = 64;
@@ -142,7 +153,7 @@ export class Signaling {
 
   // Sends `{[kind]: body}` without expecting a reply.
   async send(kind, body) {
-    await this.writer.write(encodeDelimited("ClientMessage", { requestId: 0, [kind]: body }));
+    await this.writer.write(encodeClientMessage(0, kind, body));
   }
 
   // Sends `{[kind]: body}` and resolves with the reply envelope; rejects with SignalingError for
@@ -159,7 +170,7 @@ export class Signaling {
         reject(new Error(`no reply to ${kind} within ${timeoutMs} ms`));
       }, timeoutMs);
       this.pending.set(requestId, { resolve, reject, timer });
-      const bytes = encodeDelimited("ClientMessage", { requestId, [kind]: body });
+      const bytes = encodeClientMessage(requestId, kind, body);
       this.writer.write(bytes).catch((e) => {
         if (this.pending.delete(requestId)) {
           clearTimeout(timer);

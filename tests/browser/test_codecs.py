@@ -110,7 +110,7 @@ CLIENT_MESSAGES = [
     sig.ClientMessage(request_id=5, leave=sig.LeaveRequest()),
     sig.ClientMessage(request_id=6, kick=sig.KickParticipant(participant_id="p-2")),
     sig.ClientMessage(request_id=7, end_meeting=sig.EndMeeting()),
-    sig.ClientMessage(request_id=U64_MAX, ping=sig.Ping(timestamp=BIG)),
+    sig.ClientMessage(request_id=U64_MAX, ping=sig.Ping(timestamp=BIG), protocol_version=1),
     sig.ClientMessage(request_id=8, key_share=KEY_SHARE),
     sig.ClientMessage(request_id=9),  # no oneof member
 ]
@@ -143,7 +143,7 @@ SERVER_MESSAGES = [
     sig.ServerMessage(request_id=2, ack=sig.Ack(stream_id="s")),
     sig.ServerMessage(quality=QUALITY),
     sig.ServerMessage(key_frame_request=common.KeyFrameRequest(stream_id="s")),
-    sig.ServerMessage(request_id=BIG, pong=sig.Pong(timestamp=U64_MAX)),
+    sig.ServerMessage(request_id=BIG, pong=sig.Pong(timestamp=U64_MAX), protocol_version=1),
     sig.ServerMessage(
         request_id=3,
         error=common.ErrorMessage(

@@ -1,5 +1,5 @@
 """The browser client's copies of the wire constants agree with the Python ones: the close-code
-base (docs/protocol.md §9) and the LeaveReason values. Plain Python reading the JS source; no
+base (docs/protocol.md §9), the LeaveReason values and the protocol version (§12). Plain Python reading the JS source; no
 browser needed."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pathlib
 import re
 
 from darktower.model import LeaveReason
-from darktower.protocol import SESSION_CLOSE_CODE_BASE
+from darktower.protocol import PROTOCOL_VERSION, SESSION_CLOSE_CODE_BASE
 
 WEB = pathlib.Path(__file__).parents[2] / "darktower" / "web"
 _NUMBER = r"(0x[0-9a-fA-F]+|\d+)"
@@ -56,3 +56,17 @@ def test_the_pages_leave_reasons_are_the_models() -> None:
     assert re.search(r"^export \{[^}]*\bLeaveReason\b[^}]*\};$", proto, re.MULTILINE)
     page = frozen_enum((WEB / "schema.js").read_text(), "LeaveReason")
     assert page == {reason.name: int(reason) for reason in LeaveReason}
+
+
+def test_the_page_speaks_the_protocols_version() -> None:
+    assert const((WEB / "proto.js").read_text(), "PROTOCOL_VERSION") == PROTOCOL_VERSION
+    # Both ways the page sends a ClientMessage go through the one encoder that stamps it.
+    signaling = (WEB / "signaling.js").read_text()
+    assert "protocolVersion: PROTOCOL_VERSION" in signaling
+    built = re.findall(r"encodeDelimited\(\s*\"ClientMessage\"", signaling)
+    assert len(built) == 1, built
+    assert not any(
+        'encodeDelimited("ClientMessage"' in path.read_text()
+        for path in WEB.glob("*.js")
+        if path.name != "signaling.js"
+    )

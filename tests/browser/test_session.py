@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
+from darktower.protocol import PROTOCOL_VERSION
 from darktower.protocol.pb.v1 import common_pb2 as common
 from darktower.transport import (
     ServerConfig,
@@ -164,6 +165,7 @@ def _check_published(stack: FakeStack, name: str) -> None:
     assert list(join.capabilities.audio_codecs) == ["Opus"]
     ids = [m.request_id for m in stack.received if m.request_id]
     assert len(ids) == len(set(ids))  # every request has its own id
+    assert {m.protocol_version for m in stack.received} == {PROTOCOL_VERSION}
     publishes = {m.publish.stream_type: m.publish for m in stack.received if m.HasField("publish")}
     assert set(publishes) == {common.VIDEO_CAMERA, common.AUDIO}
     video = publishes[common.VIDEO_CAMERA]
