@@ -116,13 +116,14 @@ def test_gc_tracked_keys_are_bounded_least_recently_seen_evicted() -> None:
     for key in ("a", "b", "c"):
         limiter.hit(key, T0)
     limiter.hit("a", T0 + 1)  # "a" seen again: "b" is now the least recently seen
-    limiter.hit("d", T0 + 2)
-    assert len(limiter) == 3
-    assert "b" not in limiter
-    assert {"a", "c", "d"} == {k for k in ("a", "b", "c", "d") if k in limiter}
-    assert limiter.evicted == 1
-    # The evicted key is forgotten: it starts with a fresh budget (documented policy).
+    limiter.hit("d", T0 + 2)  # a fourth key: "b" is forgotten
+    # The evicted key is forgotten: it starts with a fresh budget (documented policy); a
+    # remembered key has spent its one request per minute. "b" back evicts "c", then the
+    # least recently seen.
     assert limiter.hit("b", T0 + 3).allowed
+    assert [limiter.hit(k, T0 + 4).allowed for k in ("a", "d", "b")] == [False] * 3
+    assert limiter.hit("c", T0 + 5).allowed  # forgotten when "b" came back; evicts "a"
+    assert limiter.hit("a", T0 + 6).allowed
 
 
 def test_gc_default_key_bound_is_the_named_constant() -> None:

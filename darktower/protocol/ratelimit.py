@@ -23,10 +23,9 @@ import attrs
 from darktower.protocol.addresses import address_key
 
 # --- GC ----------------------------------------------------------------------------------------
+# The whole minute may be spent at once (the bucket holds a minute's requests): the contract
+# states a per-minute budget, and a page load fires a handful of requests together.
 GC_REQUESTS_PER_MIN = 100  # contract: "Global Controller: 100 req/min per client"
-# The whole minute may be spent at once: the contract states a per-minute budget, and a page
-# load fires a handful of requests together.
-GC_BURST = GC_REQUESTS_PER_MIN
 # Tracked keys are bounded; when full, the least recently seen key is evicted (forgotten: it
 # starts again with a full bucket). An attacker spraying addresses can thus only reset the
 # budget of keys idle longer than every one of its own, which by then had refilled anyway.
@@ -122,38 +121,26 @@ class RateLimitDecision:
 
 
 class KeyedRateLimiter:
-    """One token bucket per key, at most ``max_keys`` of them (least recently seen evicted)."""
+    """One token bucket per key holding a minute's requests, at most ``max_keys`` of them
+    (least recently seen evicted)."""
 
     def __init__(
-        self,
-        per_minute: int = GC_REQUESTS_PER_MIN,
-        *,
-        burst: int | None = None,
-        max_keys: int = GC_MAX_TRACKED_KEYS,
+        self, per_minute: int = GC_REQUESTS_PER_MIN, *, max_keys: int = GC_MAX_TRACKED_KEYS
     ) -> None:
         if max_keys < 1:
             raise ValueError("max_keys must be at least 1")
         self.limit = per_minute
-        self.burst = per_minute if burst is None else burst
         self.max_keys = max_keys
-        self.evicted = 0  # keys forgotten because the table was full (exported as a metric)
         self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._buckets
 
     def hit(self, key: str, now: float) -> RateLimitDecision:
         """Count one request of ``key`` at ``now`` (unix seconds) and decide."""
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = TokenBucket(self.limit / 60.0, self.burst)
+            bucket = TokenBucket(self.limit / 60.0, self.limit)
             self._buckets[key] = bucket
             if len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
-                self.evicted += 1
         else:
             self._buckets.move_to_end(key)
         allowed = bucket.try_acquire(now)
