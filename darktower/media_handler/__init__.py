@@ -3,7 +3,11 @@
 Tasks: docs/architecture.md §4.3; bounds: §5.4.
 
 ``serve(settings, shutdown=..., task_status=...)`` runs the whole service (see ``_service``);
-:class:`MediaHandler` is the service object (MediaControl methods, the ``/v1/media`` route).
+:class:`MediaHandler` is the service object (MediaControl methods, the ``/v1/media`` route),
+composed of :class:`RoomRegistry` (the rooms), :class:`MediaPlane` (media connections and
+publish streams) and :class:`MediaRouter` (subscriptions). Its state: :class:`MediaRoom`,
+:class:`MediaMember`, :class:`MediaPublication`, :class:`MediaSubscription`. Its Prometheus
+metrics are :class:`MediaMetrics`; the Telemetry stream to the MCs is :class:`TelemetryHub`.
 The pure routing core: :class:`SubscriptionQueue` (bounded, the drop policy),
 :class:`KeyFrameRequester`, :class:`LayerSwitcher`/:func:`choose_layer` (simulcast),
 :class:`ByteBudget`/:class:`Priority` (per-participant byte-rate budgets, priority-aware),
@@ -12,7 +16,8 @@ The pure routing core: :class:`SubscriptionQueue` (bounded, the drop policy),
 
 from ._budget import ByteBudget, Priority, priority_of
 from ._handler import MediaHandler
-from ._plane import MediaPlane, close_code
+from ._metrics import MediaMetrics
+from ._plane import MediaPlane, leave_reason_of
 from ._queue import (
     DropReason,
     KeyFrameRequester,
@@ -20,11 +25,14 @@ from ._queue import (
     QueuedFrame,
     SubscriptionQueue,
 )
+from ._registry import RoomRegistry
+from ._room import MediaMember, MediaPublication, MediaRoom, MediaSubscription
+from ._router import MediaRouter
 from ._service import MEDIA_PATH, MediaControl, Running, serve
 from ._settings import Settings
 from ._simulcast import Layer, LayerSwitcher, choose_layer
 from ._stats import StreamStats, TelemetrySnapshot
-from ._telemetry import MediaMetrics, TelemetryHub
+from ._telemetry import TelemetryHub
 
 __all__ = [
     "MEDIA_PATH",
@@ -36,10 +44,16 @@ __all__ = [
     "MediaControl",
     "MediaHandler",
     "MediaKind",
+    "MediaMember",
     "MediaMetrics",
     "MediaPlane",
+    "MediaPublication",
+    "MediaRoom",
+    "MediaRouter",
+    "MediaSubscription",
     "Priority",
     "QueuedFrame",
+    "RoomRegistry",
     "Running",
     "Settings",
     "StreamStats",
@@ -47,7 +61,7 @@ __all__ = [
     "TelemetryHub",
     "TelemetrySnapshot",
     "choose_layer",
-    "close_code",
+    "leave_reason_of",
     "priority_of",
     "serve",
 ]

@@ -8,12 +8,13 @@ Task ownership (docs/architecture.md §4.3)::
             ├── "pub:<n>"            one per published QUIC stream: decode → route
             └── "sub:<stream id>"    one per subscription: queue → a uni stream to the client
 
-The media plane (connections, publish and subscription tasks) is :class:`MediaPlane`.
+The handler composes its parts: the rooms (:class:`RoomRegistry`), the subscriptions
+(:class:`MediaRouter`), the media connections and publish streams (:class:`MediaPlane`) and the
+telemetry to the MCs.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,28 +28,31 @@ from darktower.errors import (
     NotFound,
 )
 from darktower.model import LeaveReason, MeetingId, ParticipantId, StreamId, StreamType
-from darktower.nurseries import Meeting, TaskTree
+from darktower.nurseries import TaskTree
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.protocol.tokens import ConnectionTokenAuthority
+from darktower.transport import ConnectRequest, WebTransportSession
 
 from ._budget import ByteBudget
 from ._ingress import IngressBuffer
-from ._limits import REGISTRATION_SWEEP_S
+from ._metrics import MediaMetrics
 from ._plane import MediaPlane
+from ._registry import RoomRegistry
 from ._room import (
-    Member,
-    Publication,
-    Room,
+    MediaMember,
+    MediaPublication,
+    MediaRoom,
     RouteOptions,
     parse_stream_id,
 )
+from ._router import MediaRouter
 from ._settings import Settings
 from ._simulcast import Layer
 from ._stats import StreamStats
-from ._telemetry import MediaMetrics, TelemetryHub, TelemetryReporter
+from ._telemetry import TelemetryHub, TelemetryReporter
 
 
-class MediaHandler(MediaPlane):
+class MediaHandler:
     """Rooms, members and routing of one MH process, on a running :class:`TaskTree`.
 
     The MediaControl methods (``register_participant``, ``route_media``,
@@ -73,19 +77,32 @@ class MediaHandler(MediaPlane):
         self.authority = authority or ConnectionTokenAuthority(leeway_s=settings.token_leeway_s)
         self.telemetry_hub = TelemetryHub(metrics)
         self.reporter = TelemetryReporter(self.telemetry_hub, metrics)
-        self.rooms: dict[MeetingId, Room] = {}
-        self._room_lock = trio.Lock()
+        self.registry = RoomRegistry(tree, settings)
+        self.router = MediaRouter(settings, metrics, self.telemetry_hub)
+        self.plane = MediaPlane(
+            settings, metrics, self.authority, self.registry, self.router, self.telemetry_hub
+        )
+
+    @property
+    def rooms(self) -> dict[MeetingId, MediaRoom]:
+        """The rooms on this MH by meeting id (the registry's; read-only use)."""
+        return self.registry.rooms
+
+    # -- the /v1/media route -------------------------------------------------------------------
+
+    async def authorize(self, request: ConnectRequest) -> MediaMember:
+        """Verify a media CONNECT's token (see :meth:`MediaPlane.authorize`)."""
+        return await self.plane.authorize(request)
+
+    async def handle_session(self, session: WebTransportSession, member: MediaMember) -> None:
+        """Serve one participant's media connection (see :meth:`MediaPlane.handle_session`)."""
+        await self.plane.handle_session(session, member)
 
     # -- load --------------------------------------------------------------------------------
 
     def load(self) -> tuple[int, int, int]:
         """(rooms, registered participants, registered streams) on this MH now."""
-        rooms = self.rooms.values()
-        return (
-            len(self.rooms),
-            sum(len(r.members) for r in rooms),
-            sum(r.stream_count() for r in rooms),
-        )
+        return self.registry.load()
 
     def refresh_gauges(self) -> None:
         rooms, participants, streams = self.load()
@@ -117,7 +134,7 @@ class MediaHandler(MediaPlane):
         if not pid or not mid:
             raise InvalidRequest("participant_id and meeting_id are required")
         streams = [_parse_stream(s) for s in request.streams]
-        room = await self._room_for(mid)
+        room = await self.registry.room_for(mid)
         try:
             member = room.members.get(pid)
             new = [s for s in streams if member is None or s[0] not in member.publications]
@@ -129,11 +146,7 @@ class MediaHandler(MediaPlane):
             for wire in wire_ids:
                 if wire in room.layers:
                     raise Conflict(f"stream {wire.hex()} is already registered in {mid}")
-            have = (
-                0
-                if member is None
-                else sum(len(p.layers) or 1 for p in member.publications.values())
-            )
+            have = 0 if member is None else member.stream_count()
             if have + len(wire_ids) > self.settings.max_streams_per_participant:
                 raise CapacityExceeded(
                     f"{pid} would have {have + len(wire_ids)} streams "
@@ -143,7 +156,7 @@ class MediaHandler(MediaPlane):
                 if len(room.members) >= self.settings.max_participants_per_room:
                     raise CapacityExceeded(f"room {mid} is full")
                 now = trio.current_time()
-                member = Member(
+                member = MediaMember(
                     pid,
                     room,
                     now,
@@ -156,81 +169,22 @@ class MediaHandler(MediaPlane):
                 member.registered_at = trio.current_time()  # a fresh token: a fresh wait
             for stream_id, stream_type, layers in new:
                 room.add_publication(
-                    Publication(
+                    MediaPublication(
                         stream_id,
                         stream_type,
                         member,
                         layers,
                         StreamStats(stream_id),
-                        self._count_drops,
+                        self.router.count_drops,
                     )
                 )
         except BaseException:
-            if not room.members and self.rooms.get(mid) is room:  # a room made for nothing
-                del self.rooms[mid]
-                room.scope.end()
+            self.registry.end_if_empty(room)  # a room made for nothing
             raise
         token = self.authority.issue(pid, mid, time.time())
         return mc_pb.RegisterParticipantResponse(
             connection_token=token, media_handler_url=self.media_url
         )
-
-    async def _room_for(self, meeting_id: MeetingId) -> Room:
-        async with self._room_lock:
-            room = self.rooms.get(meeting_id)
-            if room is not None:
-                return room
-            if len(self.rooms) >= self.settings.max_rooms:
-                raise CapacityExceeded(f"this media handler has {len(self.rooms)} rooms")
-            old = self.tree.meeting(meeting_id)
-            if old is not None:  # an ended room still cleaning up
-                await old.wait_closed()
-            meeting = await self.tree.start_meeting(
-                meeting_id,
-                self._room_body,
-                cleanup=functools.partial(self._room_closed, meeting_id),
-                max_participants=self.settings.max_participants_per_room,
-            )
-            room = Room(meeting_id, meeting)
-            self.rooms[meeting_id] = room
-            return room
-
-    async def _room_body(self, meeting: Meeting) -> None:
-        """Expire registrations never followed by a connection; end the room when empty."""
-        ttl = self.settings.registration_ttl_s
-        while True:
-            await trio.sleep(min(REGISTRATION_SWEEP_S, ttl))
-            room = self.rooms.get(meeting.id)
-            if room is None or room.scope is not meeting:
-                return
-            now = trio.current_time()
-            for member in list(room.members.values()):
-                if (
-                    member.scope is None
-                    and not member.connecting
-                    and now - member.registered_at > ttl
-                ):
-                    self._forget_member(member)
-
-    async def _room_closed(self, meeting_id: MeetingId, reason: LeaveReason) -> None:
-        """The room's scope ended (last member gone, drain): forget whatever it still held,
-        e.g. registrations that never connected."""
-        room = self.rooms.get(meeting_id)
-        if room is not None and room.scope.ending:
-            del self.rooms[meeting_id]
-        await trio.lowlevel.checkpoint()
-
-    def _forget_member(self, member: Member) -> None:
-        """Drop a member's state; end its room if it was the last one."""
-        room = member.room
-        for publication in member.publications.values():  # bounds the requester to live streams
-            _forget_key_frames(room, publication)
-        for sub in room.remove_member(member):
-            if sub.task is not None:
-                sub.task.cancel()
-        if not room.members and self.rooms.get(room.id) is room:
-            del self.rooms[room.id]
-            room.scope.end()
 
     # -- RouteMedia ----------------------------------------------------------------------------
 
@@ -253,7 +207,7 @@ class MediaHandler(MediaPlane):
                 details={"field": "options.mix_audio"},
             )
         source = StreamId(command.source_stream_id)
-        room = self._room_of_stream(MeetingId(command.meeting_id), source)
+        room = self.registry.room_of_stream(MeetingId(command.meeting_id), source)
         # A stream nobody registered yet is routed ahead: its subscriptions start when its
         # publisher's first frame claims it (see _room.py).
         publication = room.publications.get(source)
@@ -283,7 +237,7 @@ class MediaHandler(MediaPlane):
             table[dest] = wanted
             member = room.members[dest]
             if publication is not None and member.scope is not None and member.session:
-                await self._subscribe(publication, member, wanted)
+                await self.router.subscribe(publication, member, wanted)
         if not table:
             room.routes.pop(source, None)
         return mc_pb.RouteMediaResponse()
@@ -291,21 +245,6 @@ class MediaHandler(MediaPlane):
     def _max_routed_streams(self) -> int:
         # Bounds RouteMedia's table per room, including streams routed before they exist.
         return self.settings.max_participants_per_room * self.settings.max_streams_per_participant
-
-    def _room_of_stream(self, meeting_id: MeetingId, source: StreamId) -> Room:
-        parse_stream_id(source, "source_stream_id")
-        if meeting_id:
-            room = self.rooms.get(meeting_id)
-            if room is None:
-                raise NotFound(f"no room {meeting_id} on this media handler")
-            return room
-        for room in self.rooms.values():
-            if source in room.publications:
-                return room
-        raise NotFound(
-            f"stream {source} is in no room here (give meeting_id to route it ahead)",
-            details={"field": "source_stream_id"},
-        )
 
     # -- RemoveParticipant ---------------------------------------------------------------------
 
@@ -317,8 +256,9 @@ class MediaHandler(MediaPlane):
         Returns once its scope closed: every task exited, its session is closed, nothing of it
         can be sent or received any more. Unknown participants are already gone: no error.
         """
-        room = self.rooms.get(MeetingId(request.meeting_id))
-        member = None if room is None else room.members.get(ParticipantId(request.participant_id))
+        member = self.registry.member(
+            MeetingId(request.meeting_id), ParticipantId(request.participant_id)
+        )
         if member is None:
             return mc_pb.RemoveParticipantResponse()
         reason = LeaveReason(request.reason)
@@ -330,7 +270,7 @@ class MediaHandler(MediaPlane):
             scope.leave(reason)
             await scope.wait_closed()
         else:
-            self._forget_member(member)
+            self.registry.forget_member(member)
         return mc_pb.RemoveParticipantResponse()
 
     # -- RemoveStream ----------------------------------------------------------------------------
@@ -364,7 +304,7 @@ class MediaHandler(MediaPlane):
             for layer in room.layers.values()
             if layer.publication is publication and layer.stream is not None
         ]
-        _forget_key_frames(room, publication)
+        room.forget_key_frames(publication)
         subs = room.remove_publication(publication)
         for layer in layers:
             stream, layer.stream = layer.stream, None
@@ -403,13 +343,6 @@ class MediaHandler(MediaPlane):
         """Gauges, and one MediaTelemetry per stream with its publisher's QUIC loss."""
         self.refresh_gauges()
         self.reporter.report(self.rooms.values(), trio.current_time(), int(time.time() * 1e6))
-
-
-def _forget_key_frames(room: Room, publication: Publication) -> None:
-    """Bounds the key frame requester to live streams."""
-    room.key_frames.forget(publication.stream_id)
-    for layer in publication.layers:
-        room.key_frames.forget(layer.layer_id)
 
 
 def _parse_stream(stream: Any) -> tuple[StreamId, StreamType, tuple[Layer, ...]]:

@@ -68,5 +68,3 @@ REGISTER_BACKOFF_S: Final = 0.5
 REGISTER_BACKOFF_MAX_S: Final = 10.0
 # Deadline of each call to the MC.
 MC_CALL_DEADLINE_S: Final = 5.0
-# Grace for closing a participant's session after its scope ended.
-SESSION_CLOSE_CODE_BASE: Final = 0x4D00  # + LeaveReason: the client reads why it was closed

@@ -2,10 +2,10 @@
 
 Who owns which task: docs/architecture.md §4.3.
 
-:class:`MediaPlane` is the half of :class:`~darktower.media_handler.MediaHandler` that moves
-bytes: it accepts a participant's media connection into its room's scope, runs one task per
-published QUIC stream (decode, budget, route) and one per subscription (queue, then a uni
-stream to the subscriber). The control half (``_handler.py``) owns rooms and members.
+:class:`MediaPlane` moves the bytes of :class:`~darktower.media_handler.MediaHandler`: it
+accepts a participant's media connection into its room's scope and runs one task per published
+QUIC stream (decode, budget, route). It is given the rooms (:class:`RoomRegistry`, shared with
+the RPCs in ``_handler.py``) and the :class:`MediaRouter` that runs the subscriptions.
 
 A participant may hold one media connection: a second CONNECT with a valid token while the
 first is open is refused with 409 (reconnecting after a loss works, because a lost connection
@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Sequence
 
 import trio
 
@@ -31,38 +30,36 @@ from darktower.errors import (
 )
 from darktower.frames import Frame, FrameDecoder, FrameError, FrameType
 from darktower.logs import fields
-from darktower.model import LeaveReason, MeetingId, StreamId, StreamType
+from darktower.model import LeaveReason, StreamId, StreamType
 from darktower.nurseries import Participant, ScopeClosed
-from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol import close_code_for
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.protocol.tokens import ConnectionTokenAuthority
 from darktower.transport import (
+    ClosedByPeer,
     ConnectRequest,
     RejectSession,
+    SessionEnd,
     WebTransportReceiveStream,
-    WebTransportSendStream,
     WebTransportSession,
     WebTransportStream,
 )
 
 from ._budget import priority_of
-from ._limits import RECEIVE_CHUNK, SEND_BATCH_BYTES, SESSION_CLOSE_CODE_BASE
-from ._queue import Dropped, SubscriptionQueue
+from ._limits import RECEIVE_CHUNK
+from ._metrics import MediaMetrics
+from ._registry import RoomRegistry
 from ._room import (
     KeyFrameCallback,
-    Member,
-    Publication,
+    MediaMember,
+    MediaPublication,
     PublishedLayer,
-    Room,
-    RouteOptions,
-    Subscription,
     frame_kind_matches,
-    request_key_frame,
 )
+from ._router import MediaRouter
 from ._settings import Settings
-from ._simulcast import LayerSwitcher
 from ._stats import StreamStats
-from ._telemetry import MediaMetrics, TelemetryHub
+from ._telemetry import TelemetryHub
 
 logger = logging.getLogger("darktower.media_handler")
 
@@ -75,118 +72,32 @@ class PublishBufferFull(CapacityExceeded):
     policy is in _limits.py; the class name is the stream_errors label)."""
 
 
-def close_code(reason: LeaveReason) -> int:
-    """The session close code that tells a client why the MH ended its connection."""
-    return SESSION_CLOSE_CODE_BASE + int(reason)
+def leave_reason_of(end: SessionEnd | None) -> LeaveReason:
+    """Why a participant left when its media session ended ``end`` (None: not ended yet, its
+    streams failed): closed by the client is VOLUNTARY, any other end CONNECTION_LOST."""
+    return LeaveReason.VOLUNTARY if isinstance(end, ClosedByPeer) else LeaveReason.CONNECTION_LOST
 
 
 class MediaPlane:
-    """Sessions, publishers and subscriptions; the state lives in ``rooms`` (see MediaHandler)."""
+    """Media connections and publish streams of the members in ``rooms``."""
 
-    settings: Settings
-    metrics: MediaMetrics
-    authority: ConnectionTokenAuthority
-    telemetry_hub: TelemetryHub
-    rooms: dict[MeetingId, Room]
-
-    def _forget_member(self, member: Member) -> None:
-        raise NotImplementedError
-
-    async def _subscribe(
-        self, publication: Publication, member: Member, options: RouteOptions
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: MediaMetrics,
+        authority: ConnectionTokenAuthority,
+        rooms: RoomRegistry,
+        router: MediaRouter,
+        telemetry: TelemetryHub,
     ) -> None:
-        """Start (or retarget) the subscription of ``member`` to ``publication``."""
-        available = int(member.budget_out.rate * 8)
-        sub = publication.subscriptions.get(member.id)
-        if sub is not None:
-            sub.options = options
-            target = publication.choose(options, available)
-            if sub.switcher is not None and target is not None:
-                sub.switcher.set_target(target)
-                self._request(sub)
-            return
-        target = publication.choose(options, available)
-        queue: SubscriptionQueue[memoryview] = SubscriptionQueue(
-            publication.kind,
-            max_frames=self.settings.queue_max_frames,
-            max_bytes=self.settings.queue_max_bytes,
-        )
-        switcher = LayerSwitcher(target) if target is not None else None
-        sub = Subscription(member, publication, options, queue, switcher)
-        scope, session = member.scope, member.session
-        assert scope is not None and session is not None
-        name = f"sub:{publication.stream_id}"
-        old = scope.stream(name)
-        if old is not None:  # unrouted a moment ago and still exiting: a route again waits
-            old.cancel()
-            await old.wait_closed()
-        publication.subscriptions[member.id] = sub
-        try:
-            sub.task = await scope.start_stream(name, self._run_subscription, sub, session)
-        except BaseException:
-            if publication.subscriptions.get(member.id) is sub:
-                del publication.subscriptions[member.id]
-            raise
-        self._request(sub)
+        self.settings = settings
+        self.metrics = metrics
+        self.authority = authority
+        self.rooms = rooms
+        self.router = router
+        self.telemetry = telemetry
 
-    def _request(self, sub: Subscription) -> None:
-        room = sub.subscriber.room
-        request_key_frame(sub, trio.current_time(), functools.partial(self._key_frame, room))
-
-    def _key_frame(self, room: Room, stream_id: StreamId, now: float) -> None:
-        if room.key_frames.should_request(stream_id, now):
-            self.metrics.key_frame_requests.inc()
-            self.telemetry_hub.publish(
-                mc_pb.TelemetryEvent(
-                    meeting_id=room.id,
-                    key_frame_request=common_pb2.KeyFrameRequest(stream_id=stream_id),
-                )
-            )
-
-    def _count_drops(self, publication: Publication, drops: Sequence[Dropped[memoryview]]) -> None:
-        publication.stats.on_drops(drops)
-        for dropped in drops:
-            self.metrics.frames_dropped.inc(1, dropped.reason.value)
-
-    async def _run_subscription(self, sub: Subscription, session: WebTransportSession) -> None:
-        """Write the subscription's queued frames, unchanged, to a uni stream of its own."""
-        stream: WebTransportSendStream | None = None
-        publication = sub.publication
-        stats = publication.stats
-        metrics = self.metrics
-        queue = sub.queue
-        try:
-            stream = await session.open_unidirectional_stream()
-            while True:
-                # Frames leave in batches: one write per wake-up costs far less than one per
-                # frame. Popped frames are committed (beyond the drop policy's reach), so the
-                # batch is bounded by SEND_BATCH_BYTES.
-                batch = []
-                size = 0
-                while size < SEND_BATCH_BYTES and (item := queue.pop()) is not None:
-                    batch.append(item.payload)
-                    size += item.size
-                if not batch:
-                    await sub.wake.park()
-                    continue
-                await stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
-                now = trio.current_time()
-                for payload in batch:
-                    stats.on_sent(payload.nbytes, now)
-                metrics.frames_forwarded.inc(len(batch))
-                metrics.bytes_forwarded.inc(size)
-        except trio.BrokenResourceError:
-            return  # the subscriber stopped the stream or its session is gone
-        finally:
-            if publication.subscriptions.get(sub.subscriber.id) is sub:
-                del publication.subscriptions[sub.subscriber.id]
-            if stream is not None:
-                try:
-                    stream.reset(0)
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    pass
-
-    async def authorize(self, request: ConnectRequest) -> Member:
+    async def authorize(self, request: ConnectRequest) -> MediaMember:
         """Verify ``?token=`` before the session is accepted: 401 unless valid and registered,
         409 while the participant has a media connection."""
         token = request.query.get("token", "")
@@ -195,8 +106,7 @@ class MediaPlane:
         except Unauthorized as exc:
             self.metrics.sessions_refused.inc(1, "401")
             raise RejectSession(401, str(exc)) from None
-        room = self.rooms.get(claims.meeting_id)
-        member = None if room is None else room.members.get(claims.participant_id)
+        member = self.rooms.member(claims.meeting_id, claims.participant_id)
         if member is None:
             self.metrics.sessions_refused.inc(1, "401")
             raise RejectSession(401, "registration expired or removed")
@@ -206,7 +116,7 @@ class MediaPlane:
         await trio.lowlevel.checkpoint()
         return member
 
-    async def handle_session(self, session: WebTransportSession, member: Member) -> None:
+    async def handle_session(self, session: WebTransportSession, member: MediaMember) -> None:
         """Run one participant's media connection in its room; returns when it ended."""
         room = member.room
         if (
@@ -241,7 +151,7 @@ class MediaPlane:
                 await participant.wait_closed()
 
     async def _serve_member(
-        self, member: Member, session: WebTransportSession, participant: Participant
+        self, member: MediaMember, session: WebTransportSession, participant: Participant
     ) -> None:
         """The participant body: subscribe to what is routed to it, accept published streams."""
         member.scope = participant  # before start_participant returns: routes need it now
@@ -250,7 +160,7 @@ class MediaPlane:
             options = table.get(member.id)
             publication = room.publications.get(source)
             if options is not None and publication is not None:
-                await self._subscribe(publication, member, options)
+                await self.router.subscribe(publication, member, options)
         serial = 0
         try:
             while True:
@@ -270,10 +180,9 @@ class MediaPlane:
                 except CapacityExceeded:  # the task tree's own bound on stream tasks
                     self._refuse(member, stream, "TooManyPublishStreams")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            voluntary = session.peer_close_code is not None
-            participant.leave(LeaveReason.VOLUNTARY if voluntary else LeaveReason.CONNECTION_LOST)
+            participant.leave(leave_reason_of(session.end))
 
-    def _refuse(self, member: Member, stream: WebTransportStream, cause: str) -> None:
+    def _refuse(self, member: MediaMember, stream: WebTransportStream, cause: str) -> None:
         """Reset and stop a publish stream with CAPACITY_EXCEEDED, counted by ``cause``."""
         self.metrics.stream_errors.inc(1, cause)
         logger.info(
@@ -287,14 +196,14 @@ class MediaPlane:
             pass
 
     async def _member_left(
-        self, member: Member, session: WebTransportSession, reason: LeaveReason
+        self, member: MediaMember, session: WebTransportSession, reason: LeaveReason
     ) -> None:
-        session.close_nowait(close_code(reason), reason.name)
+        session.close_nowait(close_code_for(reason), reason.name)
         member.scope = None
         member.session = None
         room = member.room
         if not member.removed and reason in (LeaveReason.VOLUNTARY, LeaveReason.CONNECTION_LOST):
-            self.telemetry_hub.publish(
+            self.telemetry.publish(
                 mc_pb.TelemetryEvent(
                     meeting_id=room.id,
                     participant_disconnected=mc_pb.ParticipantDisconnected(
@@ -302,17 +211,17 @@ class MediaPlane:
                     ),
                 )
             )
-        self._forget_member(member)
+        self.rooms.forget_member(member)
         await trio.lowlevel.checkpoint()
 
-    async def _publish(self, member: Member, stream: WebTransportStream) -> None:
+    async def _publish(self, member: MediaMember, stream: WebTransportStream) -> None:
         """Decode one published QUIC stream and route its frames. A bad frame resets this
         stream with STREAM_ERROR, a partial frame over the participant's buffer cap with
         CAPACITY_EXCEEDED, and nothing else."""
         decoder = FrameDecoder(self.settings.max_frame_payload)
         layer: PublishedLayer | None = None
         metrics = self.metrics
-        on_key = functools.partial(self._key_frame, member.room)
+        on_key = functools.partial(self.router.key_frame, member.room)
         ingress = member.ingress
         held = 0  # of the participant's ingress buffer: this stream's partial frame
         try:
@@ -372,7 +281,7 @@ class MediaPlane:
                     layer.stream = None
 
     async def _bind(
-        self, member: Member, frame: Frame, stream: WebTransportStream
+        self, member: MediaMember, frame: Frame, stream: WebTransportStream
     ) -> PublishedLayer:
         """The layer a publish stream carries, from its first frame (StreamError if not its)."""
         layer = member.room.layers.get(frame.stream_id_bytes)
@@ -386,22 +295,22 @@ class MediaPlane:
         layer.stream = stream
         return layer
 
-    async def _claim(self, member: Member, frame: Frame) -> PublishedLayer:
+    async def _claim(self, member: MediaMember, frame: Frame) -> PublishedLayer:
         """A stream id nobody registered becomes the sender's (its type from this frame), and
         the routes made ahead for it start."""
         room = member.room
-        have = sum(len(p.layers) or 1 for p in member.publications.values())
+        have = member.stream_count()
         if have >= self.settings.max_streams_per_participant:
             raise StreamError(f"{member.id} already publishes {have} streams")
         stream_id = StreamId(str(frame.stream_id))
         audio = frame.frame_type == FrameType.AUDIO
-        publication = Publication(
+        publication = MediaPublication(
             stream_id,
             StreamType.AUDIO if audio else StreamType.VIDEO_CAMERA,
             member,
             (),
             StreamStats(stream_id),
-            self._count_drops,
+            self.router.count_drops,
         )
         room.add_publication(publication)
         for dest, options in list(room.routes.get(stream_id, {}).items()):
@@ -409,14 +318,14 @@ class MediaPlane:
             if target is None or target is member or target.scope is None or not target.session:
                 continue
             try:
-                await self._subscribe(publication, target, options)
+                await self.router.subscribe(publication, target, options)
             except (trio.ClosedResourceError, DarkTowerError):
                 continue  # that subscriber is leaving: its loss, not the publisher's
         return room.layers[frame.stream_id_bytes]
 
     def _on_frame(
         self,
-        member: Member,
+        member: MediaMember,
         layer: PublishedLayer,
         frame: Frame,
         now: float,

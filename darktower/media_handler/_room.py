@@ -2,11 +2,14 @@
 
 See docs/architecture.md §4.3.
 
-State only, plus the synchronous hot path :meth:`Publication.route`; the tasks that move bytes
-live in ``_handler.py``. One :class:`Room` per meeting, one :class:`Member` per registered
-participant (connected or not), one :class:`Publication` per registered stream (its simulcast
-layers are :class:`PublishedLayer` entries, each its own stream id on the wire) and one
-:class:`Subscription` per (subscriber, routed stream) with its bounded queue.
+State only, plus the synchronous hot path :meth:`MediaPublication.route`; the tasks that move
+bytes live in ``_plane.py`` (connections, publish streams) and ``_router.py`` (subscriptions).
+One :class:`MediaRoom` per meeting, one :class:`MediaMember` per registered participant
+(connected or not), one :class:`MediaPublication` per registered stream (its simulcast layers are
+:class:`PublishedLayer` entries, each its own stream id on the wire) and one
+:class:`MediaSubscription` per (subscriber, routed stream) with its bounded queue. The MC's
+counterparts are ``RoomState``/``RoomMember``; the client library's are its public
+``Publication``/``Subscription``.
 
 **Who may publish what.** A stream id listed in ``RegisterParticipant.streams`` (with its type
 and simulcast layers; a later RegisterParticipant of the same participant adds streams) is
@@ -14,7 +17,7 @@ publishable only by that participant. A stream id nobody registered is claimed b
 participant of the room whose frame carries it (an audio first frame makes it audio, else
 video without simulcast): the MC validates publications on signaling and need not tell the MH
 first. A frame whose stream id belongs to another participant resets that QUIC stream.
-RouteMedia may name a stream before anyone claims it; the route waits in ``Room.routes``.
+RouteMedia may name a stream before anyone claims it; the route waits in ``MediaRoom.routes``.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
 # Called with (stream id to ask a key frame of, now) when a subscriber waits for one.
 KeyFrameCallback = Callable[[StreamId, float], None]
 # Called with what a queue dropped (counted in the stream's stats by the callee, and /metrics).
-DropSink = Callable[["Publication", Sequence[Dropped[memoryview]]], None]
+DropSink = Callable[["MediaPublication", Sequence[Dropped[memoryview]]], None]
 
 
 def parse_stream_id(text: str, what: str = "stream_id") -> bytes:
@@ -73,7 +76,7 @@ class RouteOptions:
 class PublishedLayer:
     """One stream id on the wire: a plain stream, or one simulcast layer of a video."""
 
-    publication: Publication
+    publication: MediaPublication
     layer_id: StreamId
     key: bytes  # the 16 header bytes of layer_id
     top: bool  # the highest simulcast layer: its deltas go first under budget
@@ -83,11 +86,11 @@ class PublishedLayer:
 
 
 @attrs.define(eq=False)
-class Subscription:
+class MediaSubscription:
     """The bounded queue and layer choice of one (subscriber, routed stream)."""
 
-    subscriber: Member
-    publication: Publication
+    subscriber: MediaMember
+    publication: MediaPublication
     options: RouteOptions
     queue: SubscriptionQueue[memoryview]
     switcher: LayerSwitcher | None
@@ -96,16 +99,16 @@ class Subscription:
 
 
 @attrs.define(eq=False)
-class Publication:
+class MediaPublication:
     """A registered stream of one member, and everyone it is routed to."""
 
     stream_id: StreamId
     stream_type: StreamType
-    publisher: Member
+    publisher: MediaMember
     layers: tuple[Layer, ...]  # simulcast layers, empty for a plain stream
     stats: StreamStats
     on_drops: DropSink
-    subscriptions: dict[ParticipantId, Subscription] = attrs.Factory(dict)
+    subscriptions: dict[ParticipantId, MediaSubscription] = attrs.Factory(dict)
 
     @property
     def kind(self) -> MediaKind:
@@ -154,7 +157,7 @@ class Publication:
             request_key_frame(sub, now, on_key_frame)
 
 
-def request_key_frame(sub: Subscription, now: float, on_key_frame: KeyFrameCallback) -> None:
+def request_key_frame(sub: MediaSubscription, now: float, on_key_frame: KeyFrameCallback) -> None:
     """Ask for a key frame if ``sub`` just started waiting for one (join, loss, layer switch)."""
     switcher = sub.switcher
     if switcher is not None:
@@ -169,18 +172,18 @@ def request_key_frame(sub: Subscription, now: float, on_key_frame: KeyFrameCallb
 
 
 @attrs.define(eq=False)
-class Member:
+class MediaMember:
     """A registered participant of a room: its streams, budgets, and once connected, its
     media session and task-tree scope."""
 
     id: ParticipantId
-    room: Room
+    room: MediaRoom
     registered_at: float
     budget_in: ByteBudget
     budget_out: ByteBudget
     # Partial frames its publish streams hold (the cap's policy: _limits.py).
     ingress: IngressBuffer
-    publications: dict[StreamId, Publication] = attrs.Factory(dict)
+    publications: dict[StreamId, MediaPublication] = attrs.Factory(dict)
     session: WebTransportSession | None = None
     scope: Participant | None = None
     connecting: bool = False  # a session is being accepted for it
@@ -191,23 +194,27 @@ class Member:
     def connected(self) -> bool:
         return self.scope is not None
 
+    def stream_count(self) -> int:
+        """Stream ids it publishes on the wire (each simulcast layer counts one)."""
+        return sum(len(p.layers) or 1 for p in self.publications.values())
+
 
 @attrs.define(eq=False)
-class Room:
+class MediaRoom:
     """One meeting on this MH: its members, its streams by wire id, its routes."""
 
     id: MeetingId
     scope: Meeting
     key_frames: KeyFrameRequester = attrs.Factory(KeyFrameRequester)
-    members: dict[ParticipantId, Member] = attrs.Factory(dict)
+    members: dict[ParticipantId, MediaMember] = attrs.Factory(dict)
     # Wire stream id (16 bytes) -> the layer (or plain stream) it carries.
     layers: dict[bytes, PublishedLayer] = attrs.Factory(dict)
-    publications: dict[StreamId, Publication] = attrs.Factory(dict)
+    publications: dict[StreamId, MediaPublication] = attrs.Factory(dict)
     # RouteMedia's table: source stream -> destination -> options. Kept for destinations not
     # connected yet; a subscription is made from it when they connect.
     routes: dict[StreamId, dict[ParticipantId, RouteOptions]] = attrs.Factory(dict)
 
-    def add_publication(self, publication: Publication) -> None:
+    def add_publication(self, publication: MediaPublication) -> None:
         self.publications[publication.stream_id] = publication
         publication.publisher.publications[publication.stream_id] = publication
         if publication.layers:
@@ -219,7 +226,7 @@ class Room:
             key = parse_stream_id(publication.stream_id)
             self.layers[key] = PublishedLayer(publication, publication.stream_id, key, False)
 
-    def remove_publication(self, publication: Publication) -> list[Subscription]:
+    def remove_publication(self, publication: MediaPublication) -> list[MediaSubscription]:
         """Forget a stream; return its subscriptions, whose tasks the caller cancels. Its
         layers are marked removed (a QUIC stream still bound to one routes nothing more)."""
         self.publications.pop(publication.stream_id, None)
@@ -235,12 +242,12 @@ class Room:
         publication.subscriptions.clear()
         return subs
 
-    def remove_member(self, member: Member) -> list[Subscription]:
+    def remove_member(self, member: MediaMember) -> list[MediaSubscription]:
         """Forget a member, its streams and every route to or from it; return the
         subscriptions (of others) whose tasks the caller cancels."""
         if self.members.get(member.id) is member:
             del self.members[member.id]
-        orphans: list[Subscription] = []
+        orphans: list[MediaSubscription] = []
         for publication in list(member.publications.values()):
             orphans.extend(self.remove_publication(publication))
         for publication in self.publications.values():
@@ -249,10 +256,16 @@ class Room:
             destinations.pop(member.id, None)
         return orphans
 
+    def forget_key_frames(self, publication: MediaPublication) -> None:
+        """Bounds the key frame requester to live streams."""
+        self.key_frames.forget(publication.stream_id)
+        for layer in publication.layers:
+            self.key_frames.forget(layer.layer_id)
+
     def stream_count(self) -> int:
         return len(self.layers)
 
 
-def frame_kind_matches(publication: Publication, frame_type: FrameType) -> bool:
+def frame_kind_matches(publication: MediaPublication, frame_type: FrameType) -> bool:
     """Audio frames only on audio streams, video frames only on video streams."""
     return (frame_type == FrameType.AUDIO) == (publication.stream_type == StreamType.AUDIO)

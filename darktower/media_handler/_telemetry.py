@@ -1,4 +1,4 @@
-"""The Telemetry stream to the MCs and the MH's Prometheus metrics.
+"""The Telemetry stream to the MCs (the Prometheus metrics are ``_metrics.py``).
 
 :class:`TelemetryHub` fans events out to every open ``Telemetry`` call. Each call has its own
 bounded queue that drops its oldest event when full (and counts it): the router and the
@@ -7,7 +7,7 @@ reporter publish synchronously and never wait for an MC.
 :class:`TelemetryReporter` builds one ``MediaTelemetry`` per stream per report; its
 ``packet_loss`` is the QUIC loss of the publisher's connection since the previous report, in
 both directions (:class:`ConnectionLoss`, from ``WebTransportSession.transport_stats()``),
-and the same packet counts go to /metrics.
+and the same packet counts go to /metrics (:class:`MediaMetrics`).
 """
 
 from __future__ import annotations
@@ -19,18 +19,17 @@ from typing import TYPE_CHECKING
 import trio
 
 from darktower.errors import CapacityExceeded
-from darktower.metrics import Registry
 from darktower.model import MeetingId
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 
 from ._limits import MAX_TELEMETRY_SUBSCRIBERS, TELEMETRY_QUEUE_SIZE
-from ._queue import DropReason
+from ._metrics import MediaMetrics
 from ._stats import TelemetrySnapshot
 
 if TYPE_CHECKING:
     from darktower.transport import TransportStats, WebTransportSession
 
-    from ._room import Room
+    from ._room import MediaRoom
 
 
 class _Listener:
@@ -94,75 +93,6 @@ class TelemetryHub:
             self._listeners.discard(listener)
 
 
-class MediaMetrics:
-    """The MH's counters and gauges in one Registry (rendered on /metrics)."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self.frames_received = registry.counter(
-            "darktower_mh_frames_received_total", "frames received from publishers"
-        )
-        self.bytes_received = registry.counter(
-            "darktower_mh_bytes_received_total", "bytes received from publishers (headers incl.)"
-        )
-        self.frames_forwarded = registry.counter(
-            "darktower_mh_frames_forwarded_total", "frames written to subscribers"
-        )
-        self.bytes_forwarded = registry.counter(
-            "darktower_mh_bytes_forwarded_total", "bytes written to subscribers (headers incl.)"
-        )
-        self.frames_dropped = registry.counter(
-            "darktower_mh_frames_dropped_total", "frames not delivered, by reason", ("reason",)
-        )
-        for reason in DropReason:
-            self.frames_dropped.inc(0, reason.value)
-        self.stream_errors = registry.counter(
-            "darktower_mh_stream_errors_total",
-            "publisher streams reset with STREAM_ERROR, by cause",
-            ("cause",),
-        )
-        self.sessions_refused = registry.counter(
-            "darktower_mh_sessions_refused_total", "media CONNECTs refused, by status", ("status",)
-        )
-        self.key_frame_requests = registry.counter(
-            "darktower_mh_key_frame_requests_total", "key frame requests sent to the MC"
-        )
-        self.telemetry_dropped = registry.counter(
-            "darktower_mh_telemetry_dropped_total", "telemetry events dropped (MC too slow)"
-        )
-        self.rooms = registry.gauge("darktower_mh_rooms", "rooms on this MH")
-        self.participants = registry.gauge("darktower_mh_participants", "registered participants")
-        self.connected = registry.gauge(
-            "darktower_mh_participants_connected", "participants with a media connection"
-        )
-        self.streams = registry.gauge("darktower_mh_streams", "registered streams (layers)")
-        self.subscriptions = registry.gauge("darktower_mh_subscriptions", "live subscriptions")
-        self.publish_buffered = registry.gauge(
-            "darktower_mh_publish_buffered_bytes",
-            "bytes of partial frames the publish streams hold (capped per participant)",
-        )
-        # QUIC packets of the participants' connections, counted between telemetry reports:
-        # "out" = ours (lost: declared lost by QUIC's loss detection), "in" = the peers'
-        # (lost: missing from the packet numbers received).
-        self.quic_packets = registry.counter(
-            "darktower_mh_quic_packets_total",
-            "QUIC packets of media connections, by direction",
-            ("direction",),
-        )
-        self.quic_packets_lost = registry.counter(
-            "darktower_mh_quic_packets_lost_total",
-            "QUIC packets of media connections lost, by direction",
-            ("direction",),
-        )
-        for direction in ("in", "out"):
-            self.quic_packets.inc(0, direction)
-            self.quic_packets_lost.inc(0, direction)
-        self.quic_loss = registry.gauge(
-            "darktower_mh_quic_packet_loss_ratio",
-            "fraction of media connections' QUIC packets lost since the previous report",
-        )
-
-
 class ConnectionLoss:
     """QUIC loss of each media connection between one :meth:`measure` and the next."""
 
@@ -211,7 +141,7 @@ class TelemetryReporter:
         self.hub = hub
         self.loss = ConnectionLoss(metrics)
 
-    def report(self, rooms: Iterable[Room], now: float, stamp: int) -> None:
+    def report(self, rooms: Iterable[MediaRoom], now: float, stamp: int) -> None:
         """Publish every stream's figures at ``now`` (trio clock); ``stamp`` is the wall clock
         in µs since the epoch. The loss is measured even with no listener (/metrics)."""
         rooms = list(rooms)

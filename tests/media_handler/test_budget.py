@@ -7,13 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from darktower.frames import FrameFlags, FrameType
-from darktower.media_handler._budget import (
-    DEFAULT_BURST_S,
-    RESERVE,
-    ByteBudget,
-    Priority,
-    priority_of,
-)
+from darktower.media_handler import ByteBudget, Priority, priority_of
+from darktower.media_handler._budget import DEFAULT_BURST_S, RESERVE
 
 DISC = int(FrameFlags.DISCARDABLE)
 EOF = int(FrameFlags.END_OF_FRAME)

@@ -19,6 +19,7 @@ from darktower.model import LeaveReason
 from darktower.nurseries import TaskTree
 from darktower.nurseries.testing import Journal, cancel_at_every_checkpoint
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
+from darktower.transport import SessionEnd
 
 from ._harness import video
 
@@ -76,7 +77,7 @@ class FakeSession:
     def __init__(self) -> None:
         self._send, self._recv = trio.open_memory_channel[FakeStream](16)
         self.uni: list[FakeStream] = []
-        self.peer_close_code: int | None = None
+        self.end: SessionEnd | None = None  # why it ended, as the transport says
         self.close_code: int | None = None
 
     async def accept_stream(self) -> FakeStream:

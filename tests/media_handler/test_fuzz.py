@@ -11,7 +11,7 @@ import uuid
 import pytest
 import trio
 
-from darktower.client._media import MediaPublisher
+from darktower.client import MediaPublisher
 from darktower.errors import ErrorCode
 from darktower.frames import FrameFlags, FrameHeader, FrameType, encode_frame
 from darktower.transport import StreamReset

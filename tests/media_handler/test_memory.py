@@ -9,7 +9,7 @@ import uuid
 
 import trio
 
-from darktower.client._media import MediaPublisher
+from darktower.client import MediaPublisher
 from darktower.errors import ErrorCode
 from darktower.frames import FrameType
 from darktower.transport import StreamReset

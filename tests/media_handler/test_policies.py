@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from darktower.client._media import MediaClient
+from darktower.client import MediaClient
 from darktower.frames import Frame, FrameFlags, FrameType
 from darktower.media_handler import DropReason
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb

@@ -10,17 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from darktower.frames import Frame, FrameFlags, FrameHeader, FrameType
+from darktower.media_handler import (
+    DropReason,
+    KeyFrameRequester,
+    MediaKind,
+    QueuedFrame,
+    SubscriptionQueue,
+)
 from darktower.media_handler._queue import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_FRAMES,
     KEY_FRAME_REQUEST_INTERVAL_S,
     Dropped,
-    DropReason,
     KeyFrameGate,
-    KeyFrameRequester,
-    MediaKind,
-    QueuedFrame,
-    SubscriptionQueue,
 )
 from darktower.model import StreamId, StreamType
 

@@ -15,7 +15,8 @@ import pytest
 import trio
 
 from darktower.frames import FrameType
-from darktower.media_handler._telemetry import ConnectionLoss, MediaMetrics
+from darktower.media_handler import MediaMetrics
+from darktower.media_handler._telemetry import ConnectionLoss
 from darktower.metrics import Registry
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.transport import (

@@ -7,8 +7,8 @@ import trio
 import trio.lowlevel
 
 from darktower.frames import FrameType
-from darktower.media_handler import close_code
 from darktower.model import LeaveReason
+from darktower.protocol import close_code_for
 from darktower.transport import SessionClosed
 
 from ._harness import WAIT_S, new_id, open_harness, receive_n, video
@@ -46,7 +46,7 @@ async def test_removed_publisher_delivers_nothing_after_the_call_returns() -> No
                         await trio.lowlevel.checkpoint()
             with trio.fail_after(WAIT_S):
                 await p1.session.wait_closed()
-            assert p1.session.peer_close_code == close_code(LeaveReason.KICKED)
+            assert p1.session.peer_close_code == close_code_for(LeaveReason.KICKED)
             assert p1.session.peer_close_reason == "KICKED"
             # A marker from the other publisher, sent after: everything before it has arrived.
             await pub2.send_frame(FrameType.VIDEO_KEY, b"marker")
@@ -82,7 +82,7 @@ async def test_removed_subscriber_gets_nothing_after_the_call_returns() -> None:
             with trio.fail_after(WAIT_S):
                 rest = [f async for f in s]
             assert all(f.sequence < AFTER for f in rest)
-            assert s.session.peer_close_code == close_code(LeaveReason.MEETING_ENDED)
+            assert s.session.peer_close_code == close_code_for(LeaveReason.MEETING_ENDED)
 
 
 async def test_remove_unknown_or_pending_participant() -> None:

@@ -9,8 +9,8 @@ import sys
 import trio
 
 from darktower.errors import NotFound
-from darktower.media_handler import close_code
 from darktower.model import LeaveReason
+from darktower.protocol import close_code_for
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase
 from darktower.transport.rpc import rpc_service, serve_rpc
@@ -123,7 +123,7 @@ async def test_shutdown_drains_rooms_with_meeting_ended() -> None:
             h.shutdown.set()
             with trio.fail_after(WAIT_S):
                 await media.session.wait_closed()
-            assert media.session.peer_close_code == close_code(LeaveReason.MEETING_ENDED)
+            assert media.session.peer_close_code == close_code_for(LeaveReason.MEETING_ENDED)
         with trio.fail_after(WAIT_S):
             await h.handler.tree.wait_closed()
         assert h.handler.rooms == {}

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from darktower.frames import FrameType
-from darktower.media_handler._simulcast import Layer, LayerSwitcher, choose_layer
+from darktower.media_handler import Layer, LayerSwitcher, choose_layer
 from darktower.model import StreamId
 
 K, D = FrameType.VIDEO_KEY, FrameType.VIDEO_DELTA

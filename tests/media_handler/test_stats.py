@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 
 from darktower.frames import FrameFlags, FrameType
-from darktower.media_handler._queue import (
-    Dropped,
+from darktower.media_handler import (
     DropReason,
     MediaKind,
     QueuedFrame,
+    StreamStats,
     SubscriptionQueue,
 )
-from darktower.media_handler._stats import Jitter, RateWindow, StreamStats
+from darktower.media_handler._queue import Dropped
+from darktower.media_handler._stats import Jitter, RateWindow
 from darktower.model import StreamId
 
 STREAM = StreamId("0b7e0c1e-2a6c-4c3e-9d0e-6f1d2b3c4d5e")

@@ -1,0 +1,77 @@
+"""The Media Handler's Prometheus metrics: counters and gauges in one Registry, rendered on
+/metrics by the ops listener (the Telemetry stream to the MCs is ``_telemetry.py``)."""
+
+from __future__ import annotations
+
+from darktower.metrics import Registry
+
+from ._queue import DropReason
+
+
+class MediaMetrics:
+    """The MH's counters and gauges in one Registry (rendered on /metrics)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.frames_received = registry.counter(
+            "darktower_mh_frames_received_total", "frames received from publishers"
+        )
+        self.bytes_received = registry.counter(
+            "darktower_mh_bytes_received_total", "bytes received from publishers (headers incl.)"
+        )
+        self.frames_forwarded = registry.counter(
+            "darktower_mh_frames_forwarded_total", "frames written to subscribers"
+        )
+        self.bytes_forwarded = registry.counter(
+            "darktower_mh_bytes_forwarded_total", "bytes written to subscribers (headers incl.)"
+        )
+        self.frames_dropped = registry.counter(
+            "darktower_mh_frames_dropped_total", "frames not delivered, by reason", ("reason",)
+        )
+        for reason in DropReason:
+            self.frames_dropped.inc(0, reason.value)
+        self.stream_errors = registry.counter(
+            "darktower_mh_stream_errors_total",
+            "publisher streams reset with STREAM_ERROR, by cause",
+            ("cause",),
+        )
+        self.sessions_refused = registry.counter(
+            "darktower_mh_sessions_refused_total", "media CONNECTs refused, by status", ("status",)
+        )
+        self.key_frame_requests = registry.counter(
+            "darktower_mh_key_frame_requests_total", "key frame requests sent to the MC"
+        )
+        self.telemetry_dropped = registry.counter(
+            "darktower_mh_telemetry_dropped_total", "telemetry events dropped (MC too slow)"
+        )
+        self.rooms = registry.gauge("darktower_mh_rooms", "rooms on this MH")
+        self.participants = registry.gauge("darktower_mh_participants", "registered participants")
+        self.connected = registry.gauge(
+            "darktower_mh_participants_connected", "participants with a media connection"
+        )
+        self.streams = registry.gauge("darktower_mh_streams", "registered streams (layers)")
+        self.subscriptions = registry.gauge("darktower_mh_subscriptions", "live subscriptions")
+        self.publish_buffered = registry.gauge(
+            "darktower_mh_publish_buffered_bytes",
+            "bytes of partial frames the publish streams hold (capped per participant)",
+        )
+        # QUIC packets of the participants' connections, counted between telemetry reports:
+        # "out" = ours (lost: declared lost by QUIC's loss detection), "in" = the peers'
+        # (lost: missing from the packet numbers received).
+        self.quic_packets = registry.counter(
+            "darktower_mh_quic_packets_total",
+            "QUIC packets of media connections, by direction",
+            ("direction",),
+        )
+        self.quic_packets_lost = registry.counter(
+            "darktower_mh_quic_packets_lost_total",
+            "QUIC packets of media connections lost, by direction",
+            ("direction",),
+        )
+        for direction in ("in", "out"):
+            self.quic_packets.inc(0, direction)
+            self.quic_packets_lost.inc(0, direction)
+        self.quic_loss = registry.gauge(
+            "darktower_mh_quic_packet_loss_ratio",
+            "fraction of media connections' QUIC packets lost since the previous report",
+        )

@@ -1,0 +1,131 @@
+"""The rooms of one MH process: made at a meeting's first registration, each a meeting scope of
+the task tree (docs/architecture.md §4.3), ended when its last member is forgotten.
+
+:class:`RoomRegistry` is the one owner of ``rooms``: the RPCs (``_handler.py``) and the media
+plane (``_plane.py``) are given it and go through it to make, find and forget rooms and
+members.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import trio
+
+from darktower.errors import CapacityExceeded, NotFound
+from darktower.model import LeaveReason, MeetingId, ParticipantId, StreamId
+from darktower.nurseries import Meeting, TaskTree
+
+from ._limits import REGISTRATION_SWEEP_S
+from ._room import MediaMember, MediaRoom, parse_stream_id
+from ._settings import Settings
+
+
+class RoomRegistry:
+    """Rooms by meeting id, on a running :class:`TaskTree`.
+
+    Each room's meeting scope is started here; its body expires registrations never followed
+    by a connection, and its cleanup forgets it. Bounded by ``settings.max_rooms``.
+    """
+
+    def __init__(self, tree: TaskTree, settings: Settings) -> None:
+        self.tree = tree
+        self.settings = settings
+        self.rooms: dict[MeetingId, MediaRoom] = {}
+        self._lock = trio.Lock()
+
+    def get(self, meeting_id: MeetingId) -> MediaRoom | None:
+        return self.rooms.get(meeting_id)
+
+    def member(self, meeting_id: MeetingId, participant_id: ParticipantId) -> MediaMember | None:
+        room = self.rooms.get(meeting_id)
+        return None if room is None else room.members.get(participant_id)
+
+    def load(self) -> tuple[int, int, int]:
+        """(rooms, registered participants, registered streams) on this MH now."""
+        rooms = self.rooms.values()
+        return (
+            len(self.rooms),
+            sum(len(r.members) for r in rooms),
+            sum(r.stream_count() for r in rooms),
+        )
+
+    async def room_for(self, meeting_id: MeetingId) -> MediaRoom:
+        """The meeting's room, started in the task tree if it has none. Raises
+        CapacityExceeded past ``max_rooms``, ScopeClosed while draining."""
+        async with self._lock:
+            room = self.rooms.get(meeting_id)
+            if room is not None:
+                return room
+            if len(self.rooms) >= self.settings.max_rooms:
+                raise CapacityExceeded(f"this media handler has {len(self.rooms)} rooms")
+            old = self.tree.meeting(meeting_id)
+            if old is not None:  # an ended room still cleaning up
+                await old.wait_closed()
+            meeting = await self.tree.start_meeting(
+                meeting_id,
+                self._room_body,
+                cleanup=functools.partial(self._room_closed, meeting_id),
+                max_participants=self.settings.max_participants_per_room,
+            )
+            room = MediaRoom(meeting_id, meeting)
+            self.rooms[meeting_id] = room
+            return room
+
+    def end_if_empty(self, room: MediaRoom) -> None:
+        """Forget ``room`` and end its scope if it has no member (and is still the one)."""
+        if not room.members and self.rooms.get(room.id) is room:
+            del self.rooms[room.id]
+            room.scope.end()
+
+    def forget_member(self, member: MediaMember) -> None:
+        """Drop a member's state; end its room if it was the last one."""
+        room = member.room
+        for publication in member.publications.values():
+            room.forget_key_frames(publication)
+        for sub in room.remove_member(member):
+            if sub.task is not None:
+                sub.task.cancel()
+        self.end_if_empty(room)
+
+    def room_of_stream(self, meeting_id: MeetingId, source: StreamId) -> MediaRoom:
+        """The room a RouteMedia names (``meeting_id``), or else the one publishing ``source``.
+        Raises InvalidRequest for a source that is not a UUID, NotFound if there is none."""
+        parse_stream_id(source, "source_stream_id")
+        if meeting_id:
+            room = self.rooms.get(meeting_id)
+            if room is None:
+                raise NotFound(f"no room {meeting_id} on this media handler")
+            return room
+        for room in self.rooms.values():
+            if source in room.publications:
+                return room
+        raise NotFound(
+            f"stream {source} is in no room here (give meeting_id to route it ahead)",
+            details={"field": "source_stream_id"},
+        )
+
+    async def _room_body(self, meeting: Meeting) -> None:
+        """Expire registrations never followed by a connection; end the room when empty."""
+        ttl = self.settings.registration_ttl_s
+        while True:
+            await trio.sleep(min(REGISTRATION_SWEEP_S, ttl))
+            room = self.rooms.get(meeting.id)
+            if room is None or room.scope is not meeting:
+                return
+            now = trio.current_time()
+            for member in list(room.members.values()):
+                if (
+                    member.scope is None
+                    and not member.connecting
+                    and now - member.registered_at > ttl
+                ):
+                    self.forget_member(member)
+
+    async def _room_closed(self, meeting_id: MeetingId, reason: LeaveReason) -> None:
+        """The room's scope ended (last member gone, drain): forget whatever it still held,
+        e.g. registrations that never connected."""
+        room = self.rooms.get(meeting_id)
+        if room is not None and room.scope.ending:
+            del self.rooms[meeting_id]
+        await trio.lowlevel.checkpoint()

@@ -1,0 +1,141 @@
+"""Subscriptions: one task per (subscriber, routed stream) that writes its queue to a uni
+stream of its own, and the key frame requests and drop counts of the routing hot path.
+
+Who owns which task: docs/architecture.md §4.3 (a subscription is a stream task of its
+subscriber's participant scope).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import trio
+
+from darktower.model import StreamId
+from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
+from darktower.transport import WebTransportSendStream, WebTransportSession
+
+from ._limits import SEND_BATCH_BYTES
+from ._metrics import MediaMetrics
+from ._queue import Dropped, SubscriptionQueue
+from ._room import (
+    MediaMember,
+    MediaPublication,
+    MediaRoom,
+    MediaSubscription,
+    RouteOptions,
+    request_key_frame,
+)
+from ._settings import Settings
+from ._simulcast import LayerSwitcher
+from ._telemetry import TelemetryHub
+
+
+class MediaRouter:
+    """Starts and retargets subscriptions; asks the MC for key frames (via telemetry) and
+    counts what the queues drop. Every publication's ``on_drops`` is :meth:`count_drops`."""
+
+    def __init__(self, settings: Settings, metrics: MediaMetrics, telemetry: TelemetryHub) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.telemetry = telemetry
+
+    async def subscribe(
+        self, publication: MediaPublication, member: MediaMember, options: RouteOptions
+    ) -> None:
+        """Start (or retarget) the subscription of ``member`` (connected) to ``publication``;
+        returns once its task runs."""
+        available = int(member.budget_out.rate * 8)
+        sub = publication.subscriptions.get(member.id)
+        if sub is not None:
+            sub.options = options
+            target = publication.choose(options, available)
+            if sub.switcher is not None and target is not None:
+                sub.switcher.set_target(target)
+                self._request(sub)
+            return
+        target = publication.choose(options, available)
+        queue: SubscriptionQueue[memoryview] = SubscriptionQueue(
+            publication.kind,
+            max_frames=self.settings.queue_max_frames,
+            max_bytes=self.settings.queue_max_bytes,
+        )
+        switcher = LayerSwitcher(target) if target is not None else None
+        sub = MediaSubscription(member, publication, options, queue, switcher)
+        scope, session = member.scope, member.session
+        assert scope is not None and session is not None
+        name = f"sub:{publication.stream_id}"
+        old = scope.stream(name)
+        if old is not None:  # unrouted a moment ago and still exiting: a route again waits
+            old.cancel()
+            await old.wait_closed()
+        publication.subscriptions[member.id] = sub
+        try:
+            sub.task = await scope.start_stream(name, self._run, sub, session)
+        except BaseException:
+            if publication.subscriptions.get(member.id) is sub:
+                del publication.subscriptions[member.id]
+            raise
+        self._request(sub)
+
+    def _request(self, sub: MediaSubscription) -> None:
+        room = sub.subscriber.room
+        request_key_frame(sub, trio.current_time(), functools.partial(self.key_frame, room))
+
+    def key_frame(self, room: MediaRoom, stream_id: StreamId, now: float) -> None:
+        """Ask the MC (telemetry) for a key frame of ``stream_id``, at most once per interval."""
+        if room.key_frames.should_request(stream_id, now):
+            self.metrics.key_frame_requests.inc()
+            self.telemetry.publish(
+                mc_pb.TelemetryEvent(
+                    meeting_id=room.id,
+                    key_frame_request=common_pb2.KeyFrameRequest(stream_id=stream_id),
+                )
+            )
+
+    def count_drops(
+        self, publication: MediaPublication, drops: Sequence[Dropped[memoryview]]
+    ) -> None:
+        publication.stats.on_drops(drops)
+        for dropped in drops:
+            self.metrics.frames_dropped.inc(1, dropped.reason.value)
+
+    async def _run(self, sub: MediaSubscription, session: WebTransportSession) -> None:
+        """Write the subscription's queued frames, unchanged, to a uni stream of its own."""
+        stream: WebTransportSendStream | None = None
+        publication = sub.publication
+        stats = publication.stats
+        metrics = self.metrics
+        queue = sub.queue
+        try:
+            stream = await session.open_unidirectional_stream()
+            while True:
+                # Frames leave in batches: one write per wake-up costs far less than one per
+                # frame. Popped frames are committed (beyond the drop policy's reach), so the
+                # batch is bounded by SEND_BATCH_BYTES.
+                batch = []
+                size = 0
+                while size < SEND_BATCH_BYTES and (item := queue.pop()) is not None:
+                    batch.append(item.payload)
+                    size += item.size
+                if not batch:
+                    await sub.wake.park()
+                    continue
+                await stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
+                now = trio.current_time()
+                for payload in batch:
+                    stats.on_sent(payload.nbytes, now)
+                metrics.frames_forwarded.inc(len(batch))
+                metrics.bytes_forwarded.inc(size)
+        except trio.BrokenResourceError:
+            return  # the subscriber stopped the stream or its session is gone
+        finally:
+            if publication.subscriptions.get(sub.subscriber.id) is sub:
+                del publication.subscriptions[sub.subscriber.id]
+            if stream is not None:
+                try:
+                    stream.reset(0)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    pass
