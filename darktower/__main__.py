@@ -25,6 +25,7 @@ from darktower.config import option
 from darktower.global_controller import clients
 from darktower.global_controller.keys import DEV_CERT_FILE, DEV_KEY_FILE
 from darktower.launch import run_service
+from darktower.protocol.addresses import netloc
 from darktower.protocol.ratelimit import GC_REQUESTS_PER_MIN
 from darktower.transport import write_private_file
 
@@ -175,7 +176,7 @@ async def serve(
                     port=settings.media_port,
                     grpc_port=settings.mh_grpc_port,
                     ops_port=settings.mh_ops_port,
-                    mc_grpc=f"{mc.grpc_address[0]}:{mc.grpc_address[1]}",
+                    mc_grpc=netloc(*mc.grpc_address),
                     allowed_origins=origins,
                     drain_grace_s=settings.drain_grace_s,
                     certfile=certfile,

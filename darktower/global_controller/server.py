@@ -31,6 +31,7 @@ from darktower.global_controller.settings import Settings
 from darktower.global_controller.store import SqlStore, open_store
 from darktower.logs import fields
 from darktower.metrics import Registry, count_refusals
+from darktower.protocol.addresses import netloc
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryBase
 from darktower.protocol.ratelimit import KeyedRateLimiter
 from darktower.protocol.tokens import (
@@ -233,20 +234,20 @@ async def serve(
                 )
             )
             nursery.start_soon(_housekeeping, gc, metrics, settings.heartbeat_interval_s)
-            host = f"[{settings.host}]" if ":" in settings.host else settings.host
-            url = f"https://{host}:{port}"
+            url = f"https://{netloc(settings.host, port)}"
+            grpc_endpoint = netloc(settings.host, grpc_port)
             gc.public_url = (settings.public_url or url).rstrip("/")
             serving.set()
             log.info(
                 "global controller serving",
-                extra=fields(url=url, grpc=f"{host}:{grpc_port}", store=_safe(settings)),
+                extra=fields(url=url, grpc=grpc_endpoint, store=_safe(settings)),
             )
             task_status.started(
                 Running(
                     url=url,
                     port=port,
                     grpc_port=grpc_port,
-                    grpc_endpoint=f"{host}:{grpc_port}",
+                    grpc_endpoint=grpc_endpoint,
                     certificate_sha256=tls.credentials.sha256,
                     dev_certificate=tls.generated,
                     controller=gc,

@@ -17,7 +17,7 @@ from aioquic.buffer import encode_uint_var
 from darktower.client import (
     SignalingClient,
 )
-from darktower.errors import DarkTowerError
+from darktower.errors import DarkTowerError, sole_error
 from darktower.protocol.pb.v1 import common_pb2 as common
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.transport import SessionRefused
@@ -253,12 +253,6 @@ def signaling_cases() -> list[tuple[str, Case]]:
 REFUSALS = (DarkTowerError, SessionRefused, trio.BrokenResourceError)
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 async def abuse_signaling(
     meeting: Meeting, rng: random.Random, tally: Tally, *, cases: int, seconds: float
 ) -> None:
@@ -276,7 +270,7 @@ async def abuse_signaling(
                 with trio.fail_after(CASE_S):
                     outcome = await case(meeting, rng)
             except Exception as group:
-                exc = _unwrap(group)
+                exc = sole_error(group)
                 if not isinstance(exc, REFUSALS):  # could not connect or join: not delivered
                     tally.failed(kind, f"{type(exc).__name__}: {str(exc)[:80]}")
                     return

@@ -36,6 +36,8 @@ from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import QuicFrameType, QuicPacketType, pull_quic_header
 from aioquic.quic.packet_builder import QuicPacketBuilder
 
+from darktower.protocol.addresses import split_host_port
+
 from ._loopback import ensure_loopback, spoofed_sources
 
 # Real ClientHellos the forge rotates through (each costs one QuicConnection to make).
@@ -244,8 +246,8 @@ def flood(
 
 
 def _target(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return ensure_loopback(host), int(port)
+    host, port = split_host_port(text)  # ValueError: argparse reports a bad --target
+    return ensure_loopback(host), port
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ ends every room (MEETING_ENDED) with a deadline of ``drain_grace_s``, then cance
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -19,22 +20,21 @@ from darktower.errors import NotFound
 from darktower.logs import fields
 from darktower.metrics import Registry, count_refusals
 from darktower.nurseries import TaskTree
+from darktower.protocol.addresses import netloc, split_host_port
 from darktower.protocol.heartbeats import MH_HEARTBEAT_INTERVAL_S
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1.media_control_grpc import MediaControlBase
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
+from darktower.servicekit import KeepRegistered, serve_ops, tls_credentials
 from darktower.transport import (
     Route,
     ServerConfig,
-    TlsCredentials,
     TransportLimits,
     WebTransportServer,
-    generate_dev_certificate,
     parse_origins,
 )
-from darktower.transport.ops_http import serve_ops
 from darktower.transport.rpc import (
     RpcError,
     call,
@@ -50,8 +50,8 @@ from ._limits import (
     REGISTER_BACKOFF_MAX_S,
     REGISTER_BACKOFF_S,
 )
+from ._metrics import MediaMetrics
 from ._settings import Settings
-from ._telemetry import MediaMetrics
 
 logger = logging.getLogger("darktower.media_handler")
 
@@ -101,12 +101,51 @@ class MediaControl:
             yield event
 
 
-def _credentials(settings: Settings) -> TlsCredentials:
-    if settings.certfile and settings.keyfile:
-        return TlsCredentials.from_files(settings.certfile, settings.keyfile)
-    creds = generate_dev_certificate()
-    logger.info("generated a dev certificate", extra=fields(sha256=creds.sha256.hex()))
-    return creds
+class MeetingControllerPeer:
+    """The MC this MH stays registered with (the :class:`~darktower.servicekit.Peer` of its
+    :class:`~darktower.servicekit.KeepRegistered` loop): registration, then our load."""
+
+    def __init__(
+        self, stub: MeetingControlStub, handler: MediaHandler, handler_id: str, endpoint: str
+    ) -> None:
+        self._stub = stub
+        self._handler = handler
+        self._handler_id = handler_id
+        self._endpoint = endpoint
+        settings = handler.settings
+        self._capacity = mtg_pb.MediaHandlerLoad(
+            rooms=settings.max_rooms,
+            participants=settings.max_rooms * settings.max_participants_per_room,
+            streams=0,
+        )
+
+    async def register(self) -> float:
+        reply = await call(
+            self._stub.RegisterMediaHandler,
+            mtg_pb.RegisterMediaHandler(
+                handler_id=self._handler_id,
+                endpoint=self._endpoint,
+                media_url=self._handler.media_url,
+                capacity=self._capacity,
+            ),
+            deadline_s=MC_CALL_DEADLINE_S,
+        )
+        return reply.heartbeat_interval_ms / 1000
+
+    async def heartbeat(self) -> None:
+        """Our load; NotFound when the MC forgot us (it restarted): we register again."""
+        rooms, participants, streams = self._handler.load()
+        await call(
+            self._stub.MediaHandlerHeartbeat,
+            mtg_pb.MediaHandlerHeartbeat(
+                handler_id=self._handler_id,
+                load=mtg_pb.MediaHandlerLoad(
+                    rooms=rooms, participants=participants, streams=streams
+                ),
+                health=common_pb2.HEALTHY,
+            ),
+            deadline_s=MC_CALL_DEADLINE_S,
+        )
 
 
 async def serve(
@@ -119,14 +158,23 @@ async def serve(
 
     Reports :class:`Running` once every listener is bound. Owns every task and socket it
     starts. Cancelled from outside, the tree still ends its rooms (bounded cleanups). Raises
-    OSError if a port cannot be bound.
+    OSError if a port cannot be bound, ValueError for a bad MC address.
     """
+    mc_address = split_host_port(settings.mc_grpc) if settings.mc_grpc else None
     registry = Registry()
     metrics = MediaMetrics(registry)
-    tls = _credentials(settings)
+    tls = tls_credentials(settings.certfile, settings.keyfile, log=logger)
     public_host = settings.public_host or settings.host
     handler_id = settings.handler_id or f"mh-{secrets.token_hex(4)}"
-    ready = trio.Event() if settings.mc_grpc else None
+    registration = KeepRegistered(
+        peer_name="MC",
+        address=settings.mc_grpc,
+        default_interval_s=MH_HEARTBEAT_INTERVAL_S,
+        backoff_s=REGISTER_BACKOFF_S,
+        backoff_max_s=REGISTER_BACKOFF_MAX_S,
+        retry_on=(NotFound, RpcError),
+        log=logger,
+    )
     async with open_rpc_loop(), trio.open_nursery() as nursery:
         tree = TaskTree(registry=registry)
         await nursery.start(tree.run)
@@ -146,7 +194,7 @@ async def serve(
         )
         count_refusals(registry, server.counters)
         host, port = await nursery.start(server.run)
-        handler.media_url = f"https://{_netloc(public_host, port)}{MEDIA_PATH}"
+        handler.media_url = f"https://{netloc(public_host, port)}{MEDIA_PATH}"
         grpc_port = await nursery.start(
             serve_rpc,
             [rpc_service(MediaControlBase, MediaControl(handler))],
@@ -158,28 +206,28 @@ async def serve(
             handler.refresh_gauges()
             return registry.render()
 
-        ops_port = await nursery.start(
-            lambda task_status: serve_ops(
-                "127.0.0.1",
+        ops_url = await nursery.start(
+            functools.partial(
+                serve_ops,
                 settings.ops_port,
                 metrics=render,
-                ready=lambda: ready is None or ready.is_set(),
+                # Ready once the MC has taken a registration (or when there is no MC).
+                ready=lambda: mc_address is None or registration.registered,
                 tree=tree.snapshot,
-                task_status=task_status,
             )
         )
         nursery.start_soon(handler.report_telemetry)
-        grpc_endpoint = f"{_netloc(public_host, grpc_port)}"
-        if settings.mc_grpc and ready is not None:
+        grpc_endpoint = netloc(public_host, grpc_port)
+        if mc_address is not None:
             nursery.start_soon(
-                _register_with_mc, settings.mc_grpc, handler, handler_id, grpc_endpoint, ready
+                _stay_registered, registration, mc_address, handler, handler_id, grpc_endpoint
             )
         running = Running(
             handler_id=handler_id,
             media_url=handler.media_url,
             media_address=(host, port),
             grpc_address=(settings.host, grpc_port),
-            ops_url=f"http://127.0.0.1:{ops_port}",
+            ops_url=ops_url,
             certificate_sha256=tls.sha256,
             handler=handler,
             server=server,
@@ -196,60 +244,14 @@ async def serve(
         nursery.cancel_scope.cancel(reason="media handler shut down")
 
 
-def _netloc(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _load(handler: MediaHandler) -> mtg_pb.MediaHandlerLoad:
-    rooms, participants, streams = handler.load()
-    return mtg_pb.MediaHandlerLoad(rooms=rooms, participants=participants, streams=streams)
-
-
-async def _register_with_mc(
-    mc: str, handler: MediaHandler, handler_id: str, endpoint: str, ready: trio.Event
+async def _stay_registered(
+    registration: KeepRegistered,
+    mc: tuple[str, int],
+    handler: MediaHandler,
+    handler_id: str,
+    endpoint: str,
 ) -> None:
-    """Register with the MC, then heartbeat our load; register again when the MC forgets us
-    (NOT_FOUND), retry with backoff while it is unreachable. Runs until cancelled."""
-    host, _, port = mc.rpartition(":")
-    settings = handler.settings
-    capacity = mtg_pb.MediaHandlerLoad(
-        rooms=settings.max_rooms,
-        participants=settings.max_rooms * settings.max_participants_per_room,
-        streams=0,
-    )
-    backoff = REGISTER_BACKOFF_S
-    async with open_rpc_channel(host.strip("[]"), int(port)) as channel:
+    """Keep this MH registered with the MC at ``mc`` until cancelled; owns the channel."""
+    async with open_rpc_channel(*mc) as channel:
         stub = MeetingControlStub(channel)
-        while True:
-            try:
-                reply = await call(
-                    stub.RegisterMediaHandler,
-                    mtg_pb.RegisterMediaHandler(
-                        handler_id=handler_id,
-                        endpoint=endpoint,
-                        media_url=handler.media_url,
-                        capacity=capacity,
-                    ),
-                    deadline_s=MC_CALL_DEADLINE_S,
-                )
-                ready.set()
-                backoff = REGISTER_BACKOFF_S
-                interval = (reply.heartbeat_interval_ms / 1000) or MH_HEARTBEAT_INTERVAL_S
-                while True:
-                    await trio.sleep(interval)
-                    await call(
-                        stub.MediaHandlerHeartbeat,
-                        mtg_pb.MediaHandlerHeartbeat(
-                            handler_id=handler_id,
-                            load=_load(handler),
-                            health=common_pb2.HEALTHY,
-                        ),
-                        deadline_s=MC_CALL_DEADLINE_S,
-                    )
-            except (NotFound, RpcError) as exc:
-                logger.warning(
-                    "registration with the MC failed; retrying",
-                    extra=fields(mc=mc, error=str(exc), retry_s=backoff),
-                )
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, REGISTER_BACKOFF_MAX_S)
+        await registration.run(MeetingControllerPeer(stub, handler, handler_id, endpoint))

@@ -14,6 +14,7 @@ import trio
 
 from darktower.errors import DarkTowerError
 from darktower.logs import fields
+from darktower.protocol.addresses import split_host_port
 from darktower.protocol.heartbeats import MH_HEARTBEAT_TIMEOUT_S
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
@@ -48,11 +49,8 @@ class MediaLink(Protocol):
     async def remove_stream(self, request: mh_pb.RemoveStreamRequest) -> None: ...
 
 
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"not HOST:PORT: {address!r}")
-    return host.strip("[]"), int(port)
+# The package's older name for darktower.protocol.addresses.split_host_port.
+split_address = split_host_port
 
 
 @attrs.define(eq=False)
@@ -177,7 +175,7 @@ class MediaHandlers:
 
     async def register(self, request: mtg_pb.RegisterMediaHandler, now: float) -> None:
         link = self.links.get(request.handler_id)
-        address = split_address(request.endpoint)
+        address = split_host_port(request.endpoint)
         if isinstance(link, GrpcMediaLink) and link.address == address:
             link.media_url, link.last_seen = request.media_url, now
             link.capacity.CopyFrom(request.capacity)

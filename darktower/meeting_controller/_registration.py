@@ -15,7 +15,8 @@ import trio
 
 from darktower.errors import DarkTowerError
 from darktower.logs import fields
-from darktower.protocol.heartbeats import HEARTBEAT_MISSES, MC_HEARTBEAT_INTERVAL_S
+from darktower.protocol.addresses import netloc
+from darktower.protocol.heartbeats import MC_HEARTBEAT_INTERVAL_S
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import registry_pb2 as pb
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryStub
@@ -26,6 +27,7 @@ from darktower.protocol.tokens import (
     JoinTokenVerifier,
     load_public_key_pem,
 )
+from darktower.servicekit import KeepRegistered
 from darktower.transport.rpc import call, open_rpc_channel
 
 from ._controller import MeetingController
@@ -36,12 +38,8 @@ from ._limits import (
     REGISTER_BACKOFF_MAX_S,
     REGISTER_BACKOFF_S,
 )
-from ._mh import split_address
 
 logger = logging.getLogger("darktower.meeting_controller.registration")
-
-# Shortest staleness window for /readyz, seconds.
-READY_FLOOR_S = 2.0
 
 
 def join_keys_from_pb(keys: Sequence[pb.JoinTokenKey]) -> tuple[JoinKey, ...]:
@@ -56,7 +54,9 @@ def join_keys_from_pb(keys: Sequence[pb.JoinTokenKey]) -> tuple[JoinKey, ...]:
 
 
 class Registration:
-    """What the MC tells the GC, and whether the GC heard it recently (for /readyz)."""
+    """What the MC tells the GC, the keys it learns back, and whether the GC heard it
+    recently (for /readyz). As the :class:`~darktower.servicekit.Peer` of its
+    :class:`~darktower.servicekit.KeepRegistered` loop it makes the two registry calls."""
 
     def __init__(
         self,
@@ -70,7 +70,9 @@ class Registration:
         max_participants: int,
         issuer: str,
         leeway_s: float = DEFAULT_LEEWAY_S,
+        gc: tuple[str, int] | None = None,
     ) -> None:
+        """``gc``: the host and port of the GC's registry, which :meth:`run` needs."""
         self.controller = controller
         self.controller_id = controller_id
         self.region = region
@@ -81,13 +83,24 @@ class Registration:
         self.issuer = issuer
         self.leeway_s = leeway_s
         self.draining = False
+        self._gc = gc
+        self.keeper = KeepRegistered(
+            peer_name="GC",
+            address=netloc(*gc) if gc else "",
+            default_interval_s=MC_HEARTBEAT_INTERVAL_S,  # until the GC says
+            backoff_s=REGISTER_BACKOFF_S,
+            backoff_max_s=REGISTER_BACKOFF_MAX_S,
+            retry_on=(DarkTowerError, ValueError),
+            log=logger,
+        )
+        self._stub: ControllerRegistryStub | None = None  # while run() runs
+        # What the last registration reply said, used with each heartbeat's keys.
+        self._legacy_pem = b""
+        self._audience = controller.token_audience
         # What the current verifier was built from, so an unchanged heartbeat reply is cheap.
         self._keys_seen: tuple[tuple[str, bytes, int], ...] = ()
-        self.last_ok = -float("inf")
-        self.interval_s = MC_HEARTBEAT_INTERVAL_S  # until the GC says
         # refresh_keys() wakes the heartbeat loop and waits until the keys of a reply to a
         # call sent after it asked are in use; callers meanwhile share that one refresh.
-        self._beat_now = trio.Event()
         self._refresh: trio.Event | None = None
         self._refreshed_at = -float("inf")
 
@@ -102,7 +115,7 @@ class Registration:
             if trio.current_time() - self._refreshed_at < KEY_REFRESH_MIN_INTERVAL_S:
                 return
             done = self._refresh = trio.Event()
-            self._beat_now.set()
+            self.keeper.beat_now()
         with trio.move_on_after(GC_CALL_DEADLINE_S):
             await done.wait()
 
@@ -115,9 +128,8 @@ class Registration:
             self._refreshed_at = trio.current_time()
 
     def fresh(self, now: float) -> bool:
-        # Three missed beats, but never under READY_FLOOR_S: readiness must not flap on
-        # scheduling jitter when the GC asks for very short intervals.
-        return now - self.last_ok <= max(HEARTBEAT_MISSES * self.interval_s, READY_FLOOR_S)
+        """The GC answered within its last few heartbeat intervals (see KeepRegistered)."""
+        return self.keeper.fresh(now)
 
     def capacity(self) -> pb.ControllerCapacity:
         return pb.ControllerCapacity(
@@ -138,7 +150,7 @@ class Registration:
             return common_pb2.DEGRADED
         return common_pb2.HEALTHY
 
-    def heartbeat(self) -> pb.Heartbeat:
+    def heartbeat_message(self) -> pb.Heartbeat:
         ctl = self.controller
         return pb.Heartbeat(
             controller_id=self.controller_id,
@@ -175,57 +187,59 @@ class Registration:
         self.controller.verifier = verifier
         self._keys_seen = seen
 
-    async def run(self, gc_address: str) -> None:
-        """Register, take the join-token key, heartbeat; re-register after failures.
+    async def run(self) -> None:
+        """Register, take the join-token keys, heartbeat; register again after failures
+        (:class:`~darktower.servicekit.KeepRegistered`).
 
         Runs until cancelled; owns its gRPC channel. Never raises for an unreachable GC (it
-        retries with backoff and the MC is not ready meanwhile).
+        retries with backoff and the MC is not ready meanwhile). ``RuntimeError`` without a
+        GC address.
         """
-        backoff = REGISTER_BACKOFF_S
-        async with open_rpc_channel(*split_address(gc_address)) as channel:
-            stub = ControllerRegistryStub(channel)
-            while True:
-                try:
-                    asked = self._refresh
-                    reply = await call(
-                        stub.RegisterMeetingController,
-                        pb.RegisterMeetingController(
-                            controller_id=self.controller_id,
-                            region=self.region,
-                            endpoint=self.endpoint,
-                            capacity=self.capacity(),
-                            signaling_url=self.signaling_url,
-                        ),
-                        deadline_s=GC_CALL_DEADLINE_S,
-                    )
-                    audience = reply.token_audience or self.controller.token_audience
-                    self.use_keys(reply.join_token_keys, reply.join_token_public_key_pem, audience)
-                    self.interval_s = (reply.heartbeat_interval_ms / 1000) or self.interval_s
-                    self.last_ok = trio.current_time()
-                    backoff = REGISTER_BACKOFF_S
-                    logger.info("registered with the GC", extra=fields(gc=gc_address))
-                    self._keys_in_use(asked)
-                    while True:
-                        with trio.move_on_after(self.interval_s):
-                            await self._beat_now.wait()
-                        self._beat_now = trio.Event()
-                        asked = self._refresh
-                        beat = self.heartbeat()
-                        answer = await call(stub.Heartbeat, beat, deadline_s=GC_CALL_DEADLINE_S)
-                        self.last_ok = trio.current_time()
-                        if answer.join_token_keys:  # an older GC sends none: keep ours
-                            self.use_keys(
-                                answer.join_token_keys, reply.join_token_public_key_pem, audience
-                            )
-                        self._keys_in_use(asked)
-                        # Reported ends are dropped only once the GC has them.
-                        reported = set(beat.ended_meeting_ids)
-                        ended = self.controller.ended
-                        ended[:] = [m for m in ended if m not in reported]
-                except (DarkTowerError, ValueError) as exc:
-                    logger.warning(
-                        "registration with the GC failed; retrying",
-                        extra=fields(gc=gc_address, error=str(exc), retry_s=backoff),
-                    )
-                    await trio.sleep(backoff)
-                    backoff = min(backoff * 2, REGISTER_BACKOFF_MAX_S)
+        if self._gc is None:
+            raise RuntimeError("no GC address to register with")
+        async with open_rpc_channel(*self._gc) as channel:
+            self._stub = ControllerRegistryStub(channel)
+            try:
+                await self.keeper.run(self)
+            finally:
+                self._stub = None
+
+    async def register(self) -> float:
+        """``RegisterMeetingController``; its join keys are in use on return. Returns the
+        heartbeat interval the GC asks for (0: unsaid)."""
+        asked = self._refresh
+        reply = await call(
+            self._registry().RegisterMeetingController,
+            pb.RegisterMeetingController(
+                controller_id=self.controller_id,
+                region=self.region,
+                endpoint=self.endpoint,
+                capacity=self.capacity(),
+                signaling_url=self.signaling_url,
+            ),
+            deadline_s=GC_CALL_DEADLINE_S,
+        )
+        self._audience = reply.token_audience or self.controller.token_audience
+        self._legacy_pem = reply.join_token_public_key_pem
+        self.use_keys(reply.join_token_keys, self._legacy_pem, self._audience)
+        self._keys_in_use(asked)
+        return reply.heartbeat_interval_ms / 1000
+
+    async def heartbeat(self) -> None:
+        """One ``Heartbeat``: our load and the meetings that ended; the reply's join keys
+        are in use on return."""
+        asked = self._refresh
+        beat = self.heartbeat_message()
+        answer = await call(self._registry().Heartbeat, beat, deadline_s=GC_CALL_DEADLINE_S)
+        if answer.join_token_keys:  # an older GC sends none: keep ours
+            self.use_keys(answer.join_token_keys, self._legacy_pem, self._audience)
+        self._keys_in_use(asked)
+        # Reported ends are dropped only once the GC has them.
+        reported = set(beat.ended_meeting_ids)
+        ended = self.controller.ended
+        ended[:] = [m for m in ended if m not in reported]
+
+    def _registry(self) -> ControllerRegistryStub:
+        if self._stub is None:
+            raise RuntimeError("the registration is not running")
+        return self._stub

@@ -9,6 +9,7 @@ cancels the rest.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 
@@ -18,25 +19,24 @@ import trio
 from darktower.logs import fields
 from darktower.metrics import Registry, count_refusals
 from darktower.nurseries import TaskTree
+from darktower.protocol.addresses import netloc, split_host_port
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase
 from darktower.protocol.tokens import JoinTokenVerifier, load_public_key_pem
+from darktower.servicekit import serve_ops, tls_credentials
 from darktower.transport import (
     Route,
     ServerConfig,
-    TlsCredentials,
     TransportLimits,
     WebTransportServer,
     WebTransportSession,
     WebTransportStream,
-    generate_dev_certificate,
     parse_origins,
 )
-from darktower.transport.ops_http import serve_ops
 from darktower.transport.rpc import open_rpc_loop, rpc_service, serve_rpc
 
 from ._controller import MeetingController
 from ._limits import KEEPALIVE_INTERVAL_S
-from ._mh import GrpcMediaLink, MediaHandlers, split_address
+from ._mh import GrpcMediaLink, MediaHandlers
 from ._port import webtransport_port
 from ._registration import Registration
 from ._rpc import MeetingControl
@@ -61,18 +61,6 @@ class Running:
     server: WebTransportServer = attrs.field(eq=False, repr=False)
 
 
-def _credentials(settings: Settings) -> TlsCredentials:
-    if settings.certfile and settings.keyfile:
-        return TlsCredentials.from_files(settings.certfile, settings.keyfile)
-    creds = generate_dev_certificate()
-    logger.info("generated a dev certificate", extra=fields(sha256=creds.sha256.hex()))
-    return creds
-
-
-def _netloc(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 async def serve(
     settings: Settings,
     *,
@@ -86,7 +74,10 @@ async def serve(
     Raises OSError if a port cannot be bound, ValueError for a bad address or key file.
     """
     registry = Registry()
-    tls = _credentials(settings)
+    # A bad address fails the start here, before anything is bound.
+    gc = split_host_port(settings.gc_grpc) if settings.gc_grpc else None
+    static_mh = split_host_port(settings.media_handler) if settings.media_handler else None
+    tls = tls_credentials(settings.certfile, settings.keyfile, log=logger)
     public_host = settings.public_host or settings.host
     controller_id = settings.controller_id or f"mc-{secrets.token_hex(4)}"
     verifier = None
@@ -114,10 +105,8 @@ async def serve(
             empty_meeting_timeout_s=settings.empty_meeting_timeout_s,
         )
         await nursery.start(mhs.run)
-        if settings.media_handler:
-            await mhs.add(
-                GrpcMediaLink("static", split_address(settings.media_handler), static=True)
-            )
+        if static_mh is not None:
+            await mhs.add(GrpcMediaLink("static", static_mh, static=True))
 
         async def handle(session: WebTransportSession, context: object) -> None:
             with trio.move_on_after(settings.handshake_timeout_s) as scope:
@@ -150,7 +139,7 @@ async def serve(
         )
         count_refusals(registry, server.counters)
         host, port = await nursery.start(server.run)
-        signal_url = f"https://{_netloc(public_host, port)}{SIGNAL_PATH}"
+        signal_url = f"https://{netloc(public_host, port)}{SIGNAL_PATH}"
         grpc_port = await nursery.start(
             serve_rpc,
             [rpc_service(MeetingControlBase, MeetingControl(controller))],
@@ -161,38 +150,38 @@ async def serve(
             controller,
             controller_id=controller_id,
             region=settings.region,
-            endpoint=_netloc(public_host, grpc_port),
+            endpoint=netloc(public_host, grpc_port),
             signaling_url=signal_url,
             max_meetings=settings.max_meetings,
             max_participants=settings.max_participants,
             issuer=settings.token_issuer,
             leeway_s=settings.token_leeway_s,
+            gc=gc,
         )
 
         def ready() -> bool:
             if registration.draining or controller.verifier is None:
                 return False
-            return not settings.gc_grpc or registration.fresh(trio.current_time())
+            return gc is None or registration.fresh(trio.current_time())
 
-        ops_port = await nursery.start(
-            lambda task_status: serve_ops(
-                "127.0.0.1",
+        ops_url = await nursery.start(
+            functools.partial(
+                serve_ops,
                 settings.ops_port,
                 metrics=registry.render,
                 ready=ready,
                 tree=tree.snapshot,
-                task_status=task_status,
             )
         )
-        if settings.gc_grpc:
+        if gc is not None:
             controller.refresh_keys = registration.refresh_keys
-            nursery.start_soon(registration.run, settings.gc_grpc)
+            nursery.start_soon(registration.run)
         running = Running(
             controller_id=controller_id,
             signal_url=signal_url,
             signal_address=(host, port),
             grpc_address=(settings.host, grpc_port),
-            ops_url=f"http://127.0.0.1:{ops_port}",
+            ops_url=ops_url,
             certificate_sha256=tls.sha256,
             controller=controller,
             server=server,

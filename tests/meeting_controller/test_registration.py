@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from darktower.client import open_signaling
-from darktower.errors import Unauthorized
+from darktower.errors import NotFound, Unauthorized
 from darktower.meeting_controller import Running, Settings, serve
 from darktower.model import MeetingId, Role
 from darktower.protocol.pb.v1 import common_pb2
@@ -173,7 +173,7 @@ def test_health_follows_load_and_drain() -> None:
     assert registration.health() == common_pb2.DEGRADED  # 90 % of the meetings
     ctl.rooms.clear()
     ctl.ended.append("gone")
-    beat = registration.heartbeat()
+    beat = registration.heartbeat_message()
     assert list(beat.ended_meeting_ids) == ["gone"] and beat.capacity.max_participants == 100
     registration.draining = True
     assert registration.health() == common_pb2.UNHEALTHY
@@ -356,3 +356,37 @@ def test_a_bad_key_set_from_the_gc_keeps_the_keys_in_use() -> None:
     with pytest.raises(ValueError, match="at most"):
         registration.use_keys(too_many, b"", "aud")
     assert ctl.verifier is verifier
+
+
+async def test_registers_again_when_the_gc_forgets_it(tmp_path: pathlib.Path) -> None:
+    """A GC that lost its registry (restarted) answers a heartbeat NOT_FOUND: the MC registers
+    again after the first backoff step, and stays ready meanwhile."""
+
+    class ForgetfulRegistry(FakeRegistry):
+        forget = True
+
+        async def Heartbeat(self, request: reg_pb.Heartbeat) -> reg_pb.HeartbeatResponse:
+            if self.forget:
+                self.forget = False
+                self.heartbeats.append(request)
+                raise NotFound(f"controller {request.controller_id} is not registered")
+            return await super().Heartbeat(request)
+
+    issuer = JoinTokenIssuer(generate_signing_key(), audience="mc-audience-from-gc")
+    gc = ForgetfulRegistry(issuer)
+    async with _mc_registered_with(gc, controller_id="mc-forgotten") as running:
+        await gc.wait_for(lambda: len(gc.registrations) >= 2 and len(gc.heartbeats) >= 2)
+        assert [r.controller_id for r in gc.registrations[:2]] == ["mc-forgotten"] * 2
+        async with httpx.AsyncClient(base_url=running.ops_url) as http:
+            assert (await http.get("/readyz")).status_code == 200
+
+
+@pytest.mark.parametrize("setting", ["gc_grpc", "media_handler"])
+async def test_a_bad_address_setting_fails_the_start(setting: str) -> None:
+    settings = Settings(port=0, grpc_port=0, ops_port=0, **{setting: "::1:50051"})
+    async with open_rpc_loop():
+        with (
+            pytest.raises(ValueError, match=r"IPv6 address takes brackets"),
+            trio.fail_after(WAIT_S),
+        ):
+            await serve(settings, shutdown=trio.Event())  # before anything is bound

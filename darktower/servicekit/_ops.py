@@ -1,7 +1,7 @@
 """The operations listener: /metrics, /healthz, /readyz, /debug/tree over plain HTTP/1.0.
 
-Deliberately minimal (one request per connection, GET only) and bound to 127.0.0.1 by the
-caller: it serves operators and Prometheus, not clients.
+Deliberately minimal (one request per connection, GET only) and bound to 127.0.0.1: it serves
+operators and Prometheus, not clients.
 """
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ from collections.abc import Callable
 
 import trio
 
+from darktower.protocol.addresses import netloc
+
 logger = logging.getLogger("darktower.ops")
+
+# Where the listener binds: operators and Prometheus reach it on the machine itself.
+OPS_HOST = "127.0.0.1"
 
 # Limit: bytes of request head read; a longer head gets 431 and the connection closes.
 MAX_REQUEST_HEAD = 8 * 1024
@@ -64,18 +69,20 @@ async def _handle(stream: trio.SocketStream, pages: dict[str, Page]) -> None:
 
 
 async def serve_ops(
-    host: str,
     port: int,
     *,
     metrics: Callable[[], str],
     ready: Callable[[], bool],
     tree: Callable[[], object],
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    host: str = OPS_HOST,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the ops pages on ``host:port`` until cancelled; ``task_status.started(port)``.
+    """Serve the ops pages on ``host:port`` (0: any free port) until cancelled; reports the
+    listener's URL (``http://127.0.0.1:PORT``) with ``task_status.started``.
 
-    Owns its listener and one task per connection (each bounded by REQUEST_TIMEOUT_S).
-    Raises OSError if it cannot bind.
+    ``/metrics`` is ``metrics()``, ``/readyz`` 200 while ``ready()`` (else 503), ``/debug/tree``
+    ``tree()`` as JSON, ``/healthz`` always 200. Owns its listener and one task per connection
+    (each bounded by REQUEST_TIMEOUT_S). Raises OSError if it cannot bind.
     """
     pages: dict[str, Page] = {
         "/metrics": lambda: (200, "text/plain; version=0.0.4", metrics()),
@@ -89,4 +96,4 @@ async def serve_ops(
     bound = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, lambda s: _handle(s, pages), listeners)
-        task_status.started(bound)
+        task_status.started(f"http://{netloc(host, bound)}")
