@@ -16,7 +16,8 @@ from darktower.protocol import MAX_MESSAGE_SIZE
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
 # Room left in each message for what the size estimate below does not count: the envelope's
-# length varint growing with the body, participant_batches and final.
+# length varint growing with the body, participant_batches, final and protocol_version (stamped
+# when the message is written).
 ENVELOPE_SLACK: Final = 32
 MESSAGE_BUDGET: Final = MAX_MESSAGE_SIZE - ENVELOPE_SLACK
 

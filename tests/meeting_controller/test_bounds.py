@@ -12,7 +12,7 @@ import trio
 from darktower.errors import InvalidRequest
 from darktower.meeting_controller import MAX_PUBLISHED_STREAMS
 from darktower.model import MeetingId, Role
-from darktower.protocol import MAX_MESSAGE_SIZE
+from darktower.protocol import MAX_MESSAGE_SIZE, PROTOCOL_VERSION
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
@@ -114,13 +114,19 @@ async def test_key_share_sized_to_overflow_at_its_recipient_is_refused(
             stack.join("m", e2ee_public_key=b"v" * 32) as victim,
             stack.join("m", e2ee_public_key=b"a" * 32) as attacker,
         ):
-            # the largest ciphertext the sender's message allows: the relayed copy gains the
-            # sender's id, and would no longer fit the victim's 64 KiB limit
+            # the largest ciphertext the sender's message allows (stamped with its version, as
+            # the client sends it): the relayed copy gains the sender's id, and would no longer
+            # fit the victim's 64 KiB limit
             share = sig.E2EEKeyShare(to_participant_id=victim.participant_id)
             share.ciphertext = b"c" * MAX_MESSAGE_SIZE
-            while sig.ClientMessage(request_id=1, key_share=share).ByteSize() > MAX_MESSAGE_SIZE:
+            while (
+                sig.ClientMessage(
+                    request_id=1, key_share=share, protocol_version=PROTOCOL_VERSION
+                ).ByteSize()
+                > MAX_MESSAGE_SIZE
+            ):
                 share.ciphertext = share.ciphertext[:-1]
-            relayed = sig.ServerMessage(key_share=share)
+            relayed = sig.ServerMessage(key_share=share, protocol_version=PROTOCOL_VERSION)
             relayed.key_share.from_participant_id = attacker.participant_id
             assert relayed.ByteSize() > MAX_MESSAGE_SIZE
             with pytest.raises(InvalidRequest) as refused:
