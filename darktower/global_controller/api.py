@@ -10,42 +10,36 @@ token, else the peer address); over the limit: 429 RATE_LIMITED with ``Retry-Aft
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import attrs
-import trio
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from darktower.errors import (
     DarkTowerError,
-    Forbidden,
     InternalError,
     InvalidRequest,
     NotFound,
     RateLimited,
-    Unauthorized,
 )
-from darktower.global_controller import schemas
-from darktower.global_controller.gc_metrics import GcMetrics
+from darktower.global_controller._handlers import ApiRequest, DevCertificate, Reply, RestHandlers
+from darktower.global_controller._limits import MAX_BODY_BYTES
+from darktower.global_controller._metrics import GcMetrics
 from darktower.global_controller.service import GlobalController
 from darktower.global_controller.web import load_web_files
-from darktower.model import MeetingId, ParticipantId
 from darktower.protocol import error_body, http_status
 from darktower.protocol.ratelimit import KeyedRateLimiter, RateLimitDecision, client_key
 from darktower.protocol.tokens import AccessClaims
 
+__all__ = ["SECURITY_HEADERS", "DevCertificate", "create_app", "on_page_listener"]
+
 log = logging.getLogger("darktower.gc.api")
 
-# /readyz reports the store unavailable when a trivial query takes longer than this.
-READY_STORE_TIMEOUT_S = 2.0
-# Path parameters longer than this cannot name anything (ids are UUIDs): 404 without a lookup.
-MAX_ID_LENGTH = 128
 # On every response (pages and API alike). The browser page loads its module scripts and its
 # style sheet from /static (no inline script or style, no eval), fetches the API from its own
 # origin and opens WebTransport to the MC and MH at https:// URLs (https://127.0.0.1:PORT in
@@ -73,16 +67,6 @@ SECURITY_HEADERS = {
 LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
-@attrs.frozen
-class DevCertificate:
-    """What ``GET /api/v1/dev/certificate`` reports: the SHA-256 of the served certificate,
-    for ``serverCertificateHashes``; ``generated`` says whether it is a dev certificate (the
-    only case where pinning it is meaningful)."""
-
-    sha256: bytes
-    generated: bool
-
-
 def _json(body: dict[str, Any], status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, content_type="application/json")
 
@@ -91,20 +75,34 @@ def _error(error: DarkTowerError, status: int | None = None) -> Response:
     return _json(error_body(error), status or http_status(error.code))
 
 
-def _id(value: str, what: str) -> str:
-    # Ids are UUIDs: anything long, non-ASCII or with control characters (NUL, which
-    # PostgreSQL refuses in text) names nothing and is never sent to the store.
-    if len(value) > MAX_ID_LENGTH or not (value.isascii() and value.isprintable()):
-        shown = value[:MAX_ID_LENGTH].encode("ascii", "backslashreplace").decode("ascii")
-        raise NotFound(f"{what} {shown!r} does not exist")
-    return value
-
-
 def on_page_listener() -> bool:
     """Whether this request came in on the development page listener: plain HTTP (the public
     listener speaks only TLS, and the scheme is the connection's, never a forwarded header's)
     from a loopback address (the page listener binds 127.0.0.1 only)."""
     return request.scope.get("scheme") == "http" and request.remote_addr in LOOPBACK_ADDRESSES
+
+
+def _reply(reply: Reply) -> Response:
+    if reply.body is None:
+        return Response("", status=reply.status)
+    return _json(reply.body, reply.status)
+
+
+async def _body() -> bytes:
+    data = await request.get_data(as_text=False)
+    assert isinstance(data, bytes)
+    return data
+
+
+def _api_request() -> ApiRequest:
+    """What the handlers read of the current request (the body only when one asks)."""
+    return ApiRequest(
+        body=_body,
+        args=request.args.to_dict(),
+        caller=g.get("claims"),
+        remote_addr=request.remote_addr or "",
+        page_listener=on_page_listener(),
+    )
 
 
 def create_app(
@@ -116,37 +114,32 @@ def create_app(
     dev_credentials: dict[str, str] | None = None,
     is_ready: Any = None,
 ) -> QuartTrio:
-    """The app. ``is_ready()`` (default: always) answers ``/readyz``. The app owns no task."""
+    """The app: :class:`RestHandlers` on their routes, with the access check, rate limit,
+    security headers, metrics and error bodies around them. ``is_ready()`` (default: always)
+    answers ``/readyz``. The app owns no task."""
     app = QuartTrio("darktower.global_controller")
-    app.config["MAX_CONTENT_LENGTH"] = schemas.MAX_BODY_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["PROPAGATE_EXCEPTIONS"] = False
-
-    async def _authenticate() -> None:
-        # Once per request, before the rate limit (which counts a client by its id).
-        header = request.headers.get("Authorization")
-        if header:
-            try:
-                g.claims = await gc.authenticate(header)
-            except DarkTowerError as exc:
-                g.claims = exc
-
-    def _claims() -> AccessClaims:
-        cached: AccessClaims | DarkTowerError | None = g.get("claims")
-        if cached is None:
-            raise Unauthorized("missing Authorization: Bearer <access token>")
-        if isinstance(cached, DarkTowerError):
-            raise cached
-        return cached
-
-    def _optional_claims() -> AccessClaims | None:
-        return _claims() if request.headers.get("Authorization") else None
+    handlers = RestHandlers(
+        gc,
+        metrics=metrics,
+        certificate=certificate,
+        dev_credentials=dev_credentials,
+        is_ready=is_ready,
+    )
 
     @app.before_request
     async def _start() -> None:
         g.started = time.perf_counter()
         if not request.path.startswith("/api/"):
             return
-        await _authenticate()
+        # Once per request, before the rate limit (which counts a client by its id).
+        header = request.headers.get("Authorization")
+        if header:
+            try:
+                g.claims = await gc.access.authenticate(header)
+            except DarkTowerError as exc:
+                g.claims = exc
         claims = g.get("claims")
         # A bad token is counted per address; the handler reports it.
         client_id = claims.client_id if isinstance(claims, AccessClaims) else None
@@ -191,7 +184,7 @@ def create_app(
                 details={"allowed": ", ".join(allowed)},
             )
         elif status == 413:
-            err = InvalidRequest(f"request body is larger than {schemas.MAX_BODY_BYTES} bytes")
+            err = InvalidRequest(f"request body is larger than {MAX_BODY_BYTES} bytes")
         elif status < 500:
             err = InvalidRequest(f"{error.name}: {error.description}")
         else:
@@ -203,89 +196,30 @@ def create_app(
         log.error("unhandled error in %s %s", request.method, request.path, exc_info=error)
         return _error(InternalError("internal error"))
 
-    async def _body() -> bytes:
-        data = await request.get_data(as_text=False)
-        assert isinstance(data, bytes)
-        return data
+    def route(
+        method: str, rule: str, handler: Callable[..., Awaitable[Reply]], endpoint: str
+    ) -> None:
+        async def view(**params: str) -> Response:
+            return _reply(await handler(_api_request(), **params))
 
-    @app.post("/api/v1/auth/token")
-    async def token() -> Response:
-        return _json(await gc.issue_access_token(schemas.token_request(await _body())))
+        app.add_url_rule(rule, endpoint, view, methods=[method])
 
-    @app.post("/api/v1/meetings")
-    async def create_meeting() -> Response:
-        claims = _claims()
-        body = schemas.create_meeting(await _body())
-        created = await gc.create_meeting(claims.client_id, body)
-        metrics.meetings_created.inc()
-        return _json(created, 201)
-
-    @app.get("/api/v1/meetings")
-    async def list_meetings() -> Response:
-        claims = _claims()
-        user_id = request.args.get("user_id", claims.client_id)
-        if user_id != claims.client_id:
-            raise Forbidden("you may list only your own meetings (user_id is your client id)")
-        active_arg = request.args.get("active")
-        if active_arg not in (None, "true", "false"):
-            raise InvalidRequest("query parameter 'active' must be 'true' or 'false'")
-        active = None if active_arg is None else active_arg == "true"
-        return _json(await gc.list_meetings(claims.client_id, active))
-
-    @app.get("/api/v1/meetings/<meeting_id>")
-    async def get_meeting(meeting_id: str) -> Response:
-        return _json(await gc.meeting_info(MeetingId(_id(meeting_id, "meeting"))))
-
-    @app.post("/api/v1/meetings/<meeting_id>/join")
-    async def join_meeting(meeting_id: str) -> Response:
-        caller = _optional_claims()
-        body = schemas.join_meeting(await _body())
-        return _json(
-            await gc.join_meeting(
-                MeetingId(_id(meeting_id, "meeting")), body, caller, request.remote_addr or ""
-            )
-        )
-
-    @app.delete("/api/v1/meetings/<meeting_id>")
-    async def end_meeting(meeting_id: str) -> Response:
-        claims = _claims()
-        await gc.end_meeting(MeetingId(_id(meeting_id, "meeting")), claims)
-        return Response("", status=204)
-
-    @app.delete("/api/v1/meetings/<meeting_id>/participants/<participant_id>")
-    async def kick(meeting_id: str, participant_id: str) -> Response:
-        claims = _claims()
-        # Our addition: ?ban=true|SECONDS keeps the kicked identity out (docs/decisions.md).
-        ban_s = schemas.kick_ban(request.args.get("ban"), gc.kick_ban_s)
-        await gc.kick(
-            MeetingId(_id(meeting_id, "meeting")),
-            ParticipantId(_id(participant_id, "participant")),
-            claims,
-            ban_s,
-        )
-        return Response("", status=204)
-
-    @app.get("/api/v1/dev/certificate")
-    async def dev_certificate() -> Response:
-        if certificate is None:
-            raise NotFound("this GC does not report its certificate")
-        return _json(
-            {
-                "sha256": certificate.sha256.hex(),  # what the browser client reads
-                "sha256_hex": certificate.sha256.hex(),
-                "sha256_base64": base64.b64encode(certificate.sha256).decode("ascii"),
-                "generated": certificate.generated,
-            }
-        )
-
-    @app.get("/api/v1/dev/credentials")
-    async def dev_client() -> Response:
-        # Only the development stack (python -m darktower) hands out a credential, so the
-        # browser page can create meetings; a deployment never configures one. Only on the
-        # loopback page listener: the public API port never tells anyone a secret.
-        if dev_credentials is None or not on_page_listener():
-            raise NotFound("this GC has no development credential")
-        return _json(dev_credentials)
+    route("POST", "/api/v1/auth/token", handlers.token, "token")
+    route("POST", "/api/v1/meetings", handlers.create_meeting, "create_meeting")
+    route("GET", "/api/v1/meetings", handlers.list_meetings, "list_meetings")
+    route("GET", "/api/v1/meetings/<meeting_id>", handlers.get_meeting, "get_meeting")
+    route("POST", "/api/v1/meetings/<meeting_id>/join", handlers.join_meeting, "join_meeting")
+    route("DELETE", "/api/v1/meetings/<meeting_id>", handlers.end_meeting, "end_meeting")
+    route(
+        "DELETE",
+        "/api/v1/meetings/<meeting_id>/participants/<participant_id>",
+        handlers.kick,
+        "kick",
+    )
+    route("GET", "/api/v1/dev/certificate", handlers.dev_certificate, "dev_certificate")
+    route("GET", "/api/v1/dev/credentials", handlers.dev_client, "dev_client")
+    route("GET", "/healthz", handlers.healthz, "healthz")
+    route("GET", "/readyz", handlers.readyz, "readyz")
 
     web_files = load_web_files()
 
@@ -313,23 +247,5 @@ def create_app(
         return Response(
             metrics.registry.render(), content_type="text/plain; version=0.0.4; charset=utf-8"
         )
-
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return _json({"status": "alive"})
-
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        if is_ready is not None and not is_ready():
-            return _json({"status": "not ready"}, 503)
-        # Ready means the store answers (a replica whose database is gone takes no traffic).
-        with trio.move_on_after(READY_STORE_TIMEOUT_S) as scope:
-            try:
-                await gc.store.schema_version()
-            except Exception as exc:  # the store's driver errors, whatever the backend
-                return _json({"status": "store unavailable", "error": type(exc).__name__}, 503)
-        if scope.cancelled_caught:
-            return _json({"status": "store unavailable", "error": "timeout"}, 503)
-        return _json({"status": "ready"})
 
     return app

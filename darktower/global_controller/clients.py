@@ -18,20 +18,19 @@ import trio
 from darktower import config
 from darktower.errors import DarkTowerError
 from darktower.global_controller import credentials
+from darktower.global_controller._limits import MAX_CLIENT_NAME_LENGTH
 from darktower.global_controller.server import open_gc_store
 from darktower.global_controller.settings import Settings
 from darktower.global_controller.store import ClientRecord
 from darktower.model import ClientId
-
-MAX_NAME_LENGTH = 100
 
 
 async def add_client(settings: Settings, name: str) -> tuple[ClientId, str]:
     """Register a client named ``name``; returns its id and its secret (shown only now).
     Raises ``Conflict`` if the name is taken, ``ValueError`` for a bad name."""
     name = name.strip()
-    if not 1 <= len(name) <= MAX_NAME_LENGTH:
-        raise ValueError(f"a client name has 1 to {MAX_NAME_LENGTH} characters")
+    if not 1 <= len(name) <= MAX_CLIENT_NAME_LENGTH:
+        raise ValueError(f"a client name has 1 to {MAX_CLIENT_NAME_LENGTH} characters")
     client_id, secret = credentials.new_client_id(), credentials.new_client_secret()
     record = ClientRecord(
         client_id=client_id,

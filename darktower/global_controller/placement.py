@@ -26,7 +26,7 @@ from collections.abc import Iterable
 import attrs
 
 from darktower.errors import CapacityExceeded
-from darktower.global_controller.store import HealthStatus
+from darktower.global_controller.store import ControllerRecord, HealthStatus
 from darktower.model import ControllerId
 from darktower.protocol.heartbeats import MC_HEARTBEAT_TIMEOUT_S
 
@@ -47,6 +47,20 @@ class ControllerView:
     max_participants: int
     current_participants: int
     last_heartbeat: float  # on the same clock as ``now``
+
+
+def to_view(record: ControllerRecord) -> ControllerView:
+    """A store record as placement sees it (``last_heartbeat`` in unix seconds)."""
+    return ControllerView(
+        controller_id=record.controller_id,
+        region=record.region,
+        health=record.health,
+        max_meetings=record.capacity.max_meetings,
+        current_meetings=record.capacity.current_meetings,
+        max_participants=record.capacity.max_participants,
+        current_participants=record.capacity.current_participants,
+        last_heartbeat=record.last_heartbeat.timestamp(),
+    )
 
 
 def is_alive(

@@ -13,19 +13,19 @@ import logging
 from datetime import UTC, datetime
 
 from darktower.errors import InvalidRequest, NotFound
-from darktower.global_controller.service import GlobalController, pack_endpoint
+from darktower.global_controller._controllers import pack_endpoint
+from darktower.global_controller._limits import (
+    MAX_CONTROLLER_ID_LENGTH,
+    MAX_ENDPOINT_LENGTH,
+    MAX_MEETINGS_PER_HEARTBEAT,
+)
+from darktower.global_controller.service import GlobalController
 from darktower.global_controller.store import ControllerCapacity, EndReason, HealthStatus
 from darktower.logs import fields
 from darktower.model import ControllerId, MeetingId
 from darktower.protocol.pb.v1 import registry_pb2 as pb
 
 log = logging.getLogger("darktower.gc.registry")
-
-MAX_ID_LENGTH = 128
-MAX_ENDPOINT_LENGTH = 512
-# A heartbeat listing more meetings than this is refused: no MC holds that many, and the
-# store updates one row per listed meeting.
-MAX_MEETINGS_PER_HEARTBEAT = 10_000
 
 
 def _capacity(msg: pb.ControllerCapacity) -> ControllerCapacity:
@@ -38,8 +38,8 @@ def _capacity(msg: pb.ControllerCapacity) -> ControllerCapacity:
 
 
 def _check_id(controller_id: str) -> ControllerId:
-    if not controller_id or len(controller_id) > MAX_ID_LENGTH:
-        raise InvalidRequest(f"controller_id must be 1 to {MAX_ID_LENGTH} characters")
+    if not controller_id or len(controller_id) > MAX_CONTROLLER_ID_LENGTH:
+        raise InvalidRequest(f"controller_id must be 1 to {MAX_CONTROLLER_ID_LENGTH} characters")
     return ControllerId(controller_id)
 
 
@@ -75,7 +75,7 @@ class ControllerRegistry:
             pack_endpoint(request.endpoint, request.signaling_url),
             _capacity(request.capacity),
         )
-        self._gc.controllers_changed()
+        self._gc.directory.changed()
         log.info(
             "meeting controller registered",
             extra=fields(
@@ -134,7 +134,7 @@ async def sweep_once(gc: GlobalController) -> list[ControllerId]:
     cutoff = datetime.fromtimestamp(gc.now() - gc.heartbeat_timeout_s, UTC)
     expired = await gc.store.expire_controllers(cutoff)
     if expired:
-        gc.controllers_changed()
+        gc.directory.changed()
     for controller_id in expired:
         log.warning(
             "meeting controller missed its heartbeats; its meetings are CONTROLLER_LOST",

@@ -1,7 +1,7 @@
 """Request bodies of the GC's REST API, validated by hand into attrs classes.
 
 Each check says exactly what is wrong (``InvalidRequest`` naming the field), unknown fields
-are refused, and sizes are bounded. No I/O here. ``MeetingSettings`` is the store's (one
+are refused, and sizes are bounded (``_limits.py``). No I/O here. ``MeetingSettings`` is the store's (one
 definition), re-exported here.
 """
 
@@ -15,18 +15,17 @@ from typing import Any
 import attrs
 
 from darktower.errors import InvalidRequest
+from darktower.global_controller._limits import (
+    MAX_BAN_S,
+    MAX_BODY_BYTES,
+    MAX_CREDENTIAL_FIELD,
+    MAX_DISPLAY_NAME,
+    MAX_PARTICIPANT_NAME,
+    MAX_PARTICIPANTS_LIMIT,
+    MAX_REGION,
+)
 from darktower.global_controller.store import MeetingSettings as MeetingSettings
 from darktower.model import DEFAULT_MAX_PARTICIPANTS
-
-# Bodies larger than this are refused before parsing (HTTP 413, INVALID_REQUEST).
-MAX_BODY_BYTES = 16 * 1024
-MAX_DISPLAY_NAME = 200
-MAX_PARTICIPANT_NAME = 100
-MAX_PARTICIPANTS_LIMIT = 1000
-MAX_CREDENTIAL_FIELD = 256
-MAX_REGION = 64
-# The longest ban a kick may ask for (``?ban=SECONDS``): a week.
-MAX_BAN_S = 7 * 24 * 3600
 
 
 @attrs.frozen

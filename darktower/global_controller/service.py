@@ -1,150 +1,65 @@
-"""What the Global Controller does, independent of HTTP and gRPC.
+"""What the Global Controller does with meetings, independent of HTTP and gRPC.
 
 The REST handlers (``api.py``) and the registry service (``registry.py``) call into
-:class:`GlobalController`; it talks to the store, mints tokens, places meetings and tells
+:class:`GlobalController`; it talks to the store, mints join tokens, places meetings and tells
 Meeting Controllers through the :class:`MeetingControllers` seam (``mc_client.py`` over gRPC,
-a fake or a stand-in server in tests).
+a fake or a stand-in server in tests). Access tokens are its :class:`AccessGate`'s
+(``_tokens.py``); the registered controllers its :class:`ControllerDirectory`'s
+(``_controllers.py``).
 """
 
 from __future__ import annotations
 
-import base64
-import collections
-import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
-
-import attrs
-import trio
+from typing import Any
 
 from darktower.errors import (
     CapacityExceeded,
     Conflict,
     DarkTowerError,
     Forbidden,
-    InternalError,
     NotFound,
     Unauthorized,
 )
-from darktower.global_controller import credentials, placement, schemas
+from darktower.global_controller import placement, schemas
+from darktower.global_controller._controllers import (
+    ControllerDirectory,
+    MeetingControllers,
+    signaling_url,
+    tell_meetings_ended,
+)
+from darktower.global_controller._limits import (
+    END_EMPTY_NOTIFY_S,
+    KICK_BAN_S,
+    MAX_PLACEMENT_ATTEMPTS,
+    MAX_REVOKED_TOKENS,
+)
+from darktower.global_controller._tokens import AccessGate, Tokens, token_id
 from darktower.global_controller.store import (
     ControllerRecord,
     EndReason,
-    IssuedJoinToken,
-    Meeting,
+    MeetingRecord,
     MeetingStatus,
     NewMeeting,
     Store,
 )
 from darktower.logs import fields
-from darktower.model import ClientId, MeetingId, ParticipantId, Role
+from darktower.model import ClientId, ControllerId, MeetingId, ParticipantId, Role
 from darktower.protocol.addresses import address_key
-from darktower.protocol.tokens import (
-    AccessClaims,
-    AccessTokenIssuer,
-    AccessTokenVerifier,
-    JoinTokenIssuer,
-)
+from darktower.protocol.tokens import AccessClaims
+
+__all__ = ["Clock", "GlobalController", "MeetingControllers", "Tokens", "iso", "join_identity"]
 
 log = logging.getLogger("darktower.gc")
 
-API_SCOPES = ("meetings",)
-# How many controllers one create request tries before answering 503: each refusal or
-# unreachable MC costs up to one gRPC deadline, so a request stays bounded in time.
-MAX_PLACEMENT_ATTEMPTS = 3
-
 Clock = Callable[[], float]  # unix seconds
-# The controller list is read from the store at most this often (monotonic seconds) per GC
-# process; registrations and expiries made by this process invalidate it. Heartbeats and
-# another replica's changes are seen within this delay.
-CONTROLLER_CACHE_S = 1.0
-# Access tokens already verified, remembered (least recently used evicted when full) so a
-# client's every request does not pay for signature checking again; an entry is used only
-# until the token's expiry.
-MAX_VERIFIED_TOKENS = 10_000
-# A removed client (``clients remove``, possibly run by another process or on another replica)
-# loses its access tokens within this many seconds of the GC's clock: a client is read from
-# the store again at most this often, whether it was found present or removed (so a removed
-# client's still-valid tokens cost one read per this time, whatever the requests; at most
-# MAX_VERIFIED_TOKENS clients remembered).
-CLIENT_RECHECK_S = 5.0
-# A kick with ban revokes at most this many of the banned identity's other join tokens for
-# the meeting at its MC, the newest (the MC takes no more per kick; docs/protocol.md). Older
-# ones stay usable until they expire: the rate limit bounds how many one identity can hold.
-MAX_REVOKED_TOKENS = 100
-# Telling MCs about the meetings housekeeping ended as empty: their controllers are told
-# concurrently, at most this many at once, each one's meetings in turn; a controller that
-# fails a call is not asked again this round; and the whole round of calls stops after
-# END_EMPTY_NOTIFY_S. So a slow or unreachable MC delays the rest of housekeeping (controller
-# expiry, purges, gauges) by at most that long. An MC not told ends the meeting itself (its
-# own empty timer, docs/decisions.md "A kick can ban; GC quotas").
-MAX_CONCURRENT_END_CALLS = 8
-END_EMPTY_NOTIFY_S = 10.0
-
-
-def pack_endpoint(grpc_endpoint: str, signaling_url: str) -> str:
-    """The store's ``endpoint`` column holds both addresses an MC registers (host:port of its
-    gRPC service, then its signaling URL, space-separated: neither contains a space)."""
-    return f"{grpc_endpoint} {signaling_url}".strip()
-
-
-def unpack_endpoint(stored: str) -> tuple[str, str]:
-    """``(grpc_endpoint, signaling_url)``; an old record without a URL gives ``""`` for it."""
-    grpc_endpoint, _, url = stored.partition(" ")
-    return grpc_endpoint, url
-
-
-def signaling_url(controller: ControllerRecord) -> str:
-    return unpack_endpoint(controller.endpoint)[1]
-
-
-def grpc_endpoint(controller: ControllerRecord) -> str:
-    return unpack_endpoint(controller.endpoint)[0]
-
-
-class MeetingControllers(Protocol):
-    """How the GC reaches a Meeting Controller (gRPC ``MeetingControl`` in production).
-
-    Each method raises a :class:`DarkTowerError` when the MC refuses (its wire error) or
-    cannot be reached (``RpcUnavailable``, an ``InternalError``).
-    """
-
-    async def assign_meeting(self, controller: ControllerRecord, meeting: Meeting) -> None: ...
-
-    async def end_meeting(self, controller: ControllerRecord, meeting_id: MeetingId) -> None: ...
-
-    async def kick(
-        self,
-        controller: ControllerRecord,
-        meeting_id: MeetingId,
-        participant_id: ParticipantId,
-        revoked: Sequence[IssuedJoinToken] = (),
-    ) -> str:
-        """Returns the join-token id (``jti``) the kicked session joined with, "" if the MC
-        does not say. The MC refuses the ``revoked`` join tokens from now on (and ends a
-        session using one), also when the participant has already left (then ``NotFound``)."""
-        ...
-
-
-@attrs.frozen
-class Tokens:
-    join: JoinTokenIssuer
-    access: AccessTokenIssuer
-    access_verifier: AccessTokenVerifier
-
-
-def token_id(token: str) -> str:
-    """The ``jti`` of a JWT this GC has just signed (its payload read without verifying)."""
-    payload = token.split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return str(claims["jti"])
 
 
 def join_identity(
-    meeting: Meeting, caller: AccessClaims | None, address: str, participant_name: str
+    meeting: MeetingRecord, caller: AccessClaims | None, address: str, participant_name: str
 ) -> str:
     """Who asks for a join token, as a kick's ban sees it (docs/decisions.md, "A kick can
     ban"): "" for the meeting's owner (its host is never banned); an API client vouches for
@@ -161,22 +76,12 @@ def iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def to_view(record: ControllerRecord) -> placement.ControllerView:
-    """A store record as placement sees it (``last_heartbeat`` in unix seconds)."""
-    return placement.ControllerView(
-        controller_id=record.controller_id,
-        region=record.region,
-        health=record.health,
-        max_meetings=record.capacity.max_meetings,
-        current_meetings=record.capacity.current_meetings,
-        max_participants=record.capacity.max_participants,
-        current_participants=record.capacity.current_participants,
-        last_heartbeat=record.last_heartbeat.timestamp(),
-    )
-
-
 class GlobalController:
-    """The GC's operations. Owns no task; every method is one request's work."""
+    """The GC's operations on meetings. Owns no task; every method is one request's work.
+
+    ``access`` checks access tokens and hands them out; ``directory`` is the registered
+    controllers (call ``directory.changed()`` after storing a registration or an expiry).
+    """
 
     def __init__(
         self,
@@ -190,7 +95,7 @@ class GlobalController:
         clock: Clock = time.time,
         max_active_meetings_per_client: int = 0,
         empty_meeting_timeout_s: float = 0.0,
-        kick_ban_s: float = 3600.0,
+        kick_ban_s: float = KICK_BAN_S,
     ) -> None:
         self.store = store
         self.tokens = tokens
@@ -202,94 +107,11 @@ class GlobalController:
         self.max_active_meetings_per_client = max_active_meetings_per_client  # 0: no cap
         self.empty_meeting_timeout_s = empty_meeting_timeout_s  # 0: never
         self.kick_ban_s = kick_ban_s  # what ?ban=true means
-        self._verified: collections.OrderedDict[str, AccessClaims] = collections.OrderedDict()
-        # client id -> (GC time it was last read from the store, whether it was there)
-        self._clients_seen: collections.OrderedDict[str, tuple[float, bool]] = (
-            collections.OrderedDict()
-        )
-        self._controllers: dict[str, ControllerRecord] = {}
-        self._controllers_read_at = -float("inf")
-
-    def controllers_changed(self) -> None:
-        """Forget the cached controller list (a registration or an expiry was stored)."""
-        self._controllers_read_at = -float("inf")
-
-    async def _controller_records(self) -> dict[str, ControllerRecord]:
-        if trio.current_time() - self._controllers_read_at > CONTROLLER_CACHE_S:
-            read_at = trio.current_time()
-            records = await self.store.list_controllers()
-            self._controllers = {r.controller_id: r for r in records}
-            self._controllers_read_at = read_at
-        return self._controllers
+        self.access = AccessGate(store, tokens, self.now)
+        self.directory = ControllerDirectory(store)
 
     def now(self) -> float:
         return self.clock()
-
-    # -- auth ---------------------------------------------------------------------------------
-    async def issue_access_token(self, request: schemas.TokenRequest) -> dict[str, Any]:
-        """Client credentials → access token. ``Unauthorized`` for an unknown client or a
-        wrong secret (same answer and about the same time for both)."""
-        try:
-            client = await self.store.get_client(ClientId(request.client_id))
-        except NotFound:
-            client = None
-        # Verify even for unknown clients, so timing does not reveal which ids exist.
-        encoded = client.secret_hash if client is not None else credentials.DUMMY_HASH
-        try:
-            ok = await credentials.verify_secret_async(request.client_secret, encoded)
-        except ValueError:
-            log.error("corrupt secret hash", extra=fields(client=request.client_id))
-            ok = False
-        if client is None or not ok:
-            raise Unauthorized("unknown client or wrong secret")
-        token = self.tokens.access.issue(client.client_id, API_SCOPES, self.now())
-        return {
-            "access_token": token,
-            "token_type": "Bearer",
-            "expires_in": int(self.tokens.access.ttl_s),
-        }
-
-    async def authenticate(self, authorization: str | None) -> AccessClaims:
-        """The claims of an ``Authorization: Bearer`` header whose client still exists;
-        ``Unauthorized`` otherwise (a removed client's tokens within ``CLIENT_RECHECK_S``)."""
-        claims = self.verify_access_token(authorization)
-        now = self.now()
-        seen = self._clients_seen.get(claims.client_id)
-        if seen is None or not 0 <= now - seen[0] < CLIENT_RECHECK_S:
-            try:
-                await self.store.get_client(claims.client_id)
-            except NotFound:
-                seen = (now, False)
-            else:
-                seen = (now, True)
-            self._clients_seen[claims.client_id] = seen
-            self._clients_seen.move_to_end(claims.client_id)
-            if len(self._clients_seen) > MAX_VERIFIED_TOKENS:
-                self._clients_seen.popitem(last=False)
-        if not seen[1]:
-            raise Unauthorized("the client of this access token has been removed")
-        return claims
-
-    def verify_access_token(self, authorization: str | None) -> AccessClaims:
-        """The claims of an ``Authorization: Bearer`` header (signature, expiry); the client's
-        existence is :meth:`authenticate`'s. ``Unauthorized`` otherwise."""
-        if not authorization:
-            raise Unauthorized("missing Authorization: Bearer <access token>")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("Authorization must be 'Bearer <access token>'")
-        token = token.strip()
-        now = self.now()
-        claims = self._verified.get(token)
-        if claims is not None and now < claims.expires_at:
-            self._verified.move_to_end(token)
-            return claims
-        self._verified.pop(token, None)
-        claims = self.tokens.access_verifier.verify(token, now=now)  # raises Unauthorized
-        self._verified[token] = claims
-        if len(self._verified) > MAX_VERIFIED_TOKENS:
-            self._verified.popitem(last=False)
-        return claims
 
     # -- meetings -----------------------------------------------------------------------------
     async def create_meeting(
@@ -300,12 +122,12 @@ class GlobalController:
         An MC that refuses or cannot be reached is skipped (its meeting row ended) and the next
         one tried, at most :data:`MAX_PLACEMENT_ATTEMPTS`; then ``CapacityExceeded`` (503).
         """
-        views = await self._controller_records()
+        views = await self.directory.records()
         records = list(views.values())
         tried: set[str] = set()
         errors: list[str] = []
         while True:
-            candidates = [to_view(r) for r in records if r.controller_id not in tried]
+            candidates = [placement.to_view(r) for r in records if r.controller_id not in tried]
             try:
                 if len(tried) >= MAX_PLACEMENT_ATTEMPTS:
                     raise CapacityExceeded("placement attempts exhausted")
@@ -359,14 +181,6 @@ class GlobalController:
             "created_at": iso(meeting.created_at),
         }
 
-    async def _controller_of(self, meeting: Meeting) -> ControllerRecord:
-        if meeting.controller_id is None:
-            raise InternalError(f"meeting {meeting.meeting_id} has no meeting controller")
-        cached = (await self._controller_records()).get(meeting.controller_id)
-        if cached is not None:
-            return cached
-        return await self.store.get_controller(meeting.controller_id)
-
     async def meeting_info(self, meeting_id: MeetingId) -> dict[str, Any]:
         """Contract §1.2 plus ``status`` (active, ended, controller_lost). ``NotFound``."""
         meeting = await self.store.get_meeting(meeting_id)
@@ -384,7 +198,7 @@ class GlobalController:
             info["end_reason"] = meeting.end_reason.value  # our addition: why it ended
         if meeting.controller_id is not None:
             try:
-                controller = await self._controller_of(meeting)
+                controller = await self.directory.controller_of(meeting)
             except NotFound:
                 pass
             else:
@@ -428,7 +242,7 @@ class GlobalController:
                 f"the meeting controller of meeting {meeting_id} is not responding",
                 details={"status": meeting.status.value},
             )
-        controller = await self._controller_of(meeting)
+        controller = await self.directory.controller_of(meeting)
         role = Role.HOST if caller is not None and caller.client_id == meeting.owner else Role.GUEST
         now = self.now()
         token = self.tokens.join.issue(
@@ -452,7 +266,7 @@ class GlobalController:
             "meeting_controller_url": signaling_url(controller),
         }
 
-    async def _owned(self, meeting_id: MeetingId, caller: AccessClaims) -> Meeting:
+    async def _owned(self, meeting_id: MeetingId, caller: AccessClaims) -> MeetingRecord:
         meeting = await self.store.get_meeting(meeting_id)
         if meeting.owner != caller.client_id:
             raise Forbidden(f"only the owner of meeting {meeting_id} may do this")
@@ -466,7 +280,7 @@ class GlobalController:
         if not meeting.is_active:
             return
         try:
-            controller = await self._controller_of(meeting)
+            controller = await self.directory.controller_of(meeting)
             await self.controllers.end_meeting(controller, meeting_id)
         except DarkTowerError as exc:
             log.warning(
@@ -478,14 +292,14 @@ class GlobalController:
     async def end_empty_meetings(self) -> list[MeetingId]:
         """End every meeting nobody has been in for ``empty_meeting_timeout_s`` (reason
         ``empty``: not joined since its creation or its last join token, or reported empty by
-        its controller since), and tell each one's controller. Returns the meetings ended.
-        Safe with several replicas (each meeting is ended by one of them)."""
+        its controller since), and tell each one's controller (``tell_meetings_ended``: a slow
+        or unreachable one delays this by at most ``END_EMPTY_NOTIFY_S``). Returns the
+        meetings ended. Safe with several replicas (each meeting is ended by one of them)."""
         if self.empty_meeting_timeout_s <= 0:
             return []
         cutoff = datetime.fromtimestamp(self.now() - self.empty_meeting_timeout_s, UTC)
         ended = await self.store.end_empty_meetings(cutoff)
-        by_controller: dict[str, list[MeetingId]] = collections.defaultdict(list)
-        controllers: dict[str, ControllerRecord] = {}
+        by_controller: dict[ControllerId, tuple[ControllerRecord, list[MeetingId]]] = {}
         for meeting in ended:
             log.info(
                 "meeting ended: nobody in it",
@@ -496,52 +310,21 @@ class GlobalController:
                 ),
             )
             try:
-                controller = await self._controller_of(meeting)
+                controller = await self.directory.controller_of(meeting)
             except DarkTowerError as exc:
                 log.warning(
                     "could not tell the meeting controller to end an empty meeting",
                     extra=fields(meeting=meeting.meeting_id, error=exc.message),
                 )
                 continue
-            controllers[controller.controller_id] = controller
-            by_controller[controller.controller_id].append(meeting.meeting_id)
-        limiter = trio.CapacityLimiter(MAX_CONCURRENT_END_CALLS)
-        with trio.move_on_after(END_EMPTY_NOTIFY_S) as scope:
-            async with trio.open_nursery() as nursery:
-                for controller_id, meeting_ids in by_controller.items():
-                    nursery.start_soon(
-                        self._tell_ended, controllers[controller_id], meeting_ids, limiter
-                    )
-        if scope.cancelled_caught:
+            _, meeting_ids = by_controller.setdefault(controller.controller_id, (controller, []))
+            meeting_ids.append(meeting.meeting_id)
+        if not await tell_meetings_ended(self.controllers, by_controller):
             log.warning(
                 "meeting controllers not all told of the empty meetings ended",
                 extra=fields(meetings=len(ended), deadline_s=END_EMPTY_NOTIFY_S),
             )
         return [m.meeting_id for m in ended]
-
-    async def _tell_ended(
-        self,
-        controller: ControllerRecord,
-        meeting_ids: list[MeetingId],
-        limiter: trio.CapacityLimiter,
-    ) -> None:
-        """Tell one controller its meetings ended, one call at a time; stop at its first
-        failure (the rest would likely wait as long for nothing)."""
-        async with limiter:
-            for told, meeting_id in enumerate(meeting_ids):
-                try:
-                    await self.controllers.end_meeting(controller, meeting_id)
-                except DarkTowerError as exc:
-                    log.warning(
-                        "could not tell the meeting controller to end an empty meeting",
-                        extra=fields(
-                            controller=controller.controller_id,
-                            meeting=meeting_id,
-                            untold=len(meeting_ids) - told,
-                            error=exc.message,
-                        ),
-                    )
-                    return
 
     async def kick(
         self,
@@ -564,7 +347,7 @@ class GlobalController:
         meeting = await self._owned(meeting_id, caller)
         if not meeting.is_active:
             raise Conflict(f"meeting {meeting_id} has ended", details={"status": "ended"})
-        controller = await self._controller_of(meeting)
+        controller = await self.directory.controller_of(meeting)
         kicked_token = await self.controllers.kick(controller, meeting_id, participant_id)
         if ban_s <= 0:
             return

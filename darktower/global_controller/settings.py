@@ -7,6 +7,13 @@ import pathlib
 import attrs
 
 from darktower.config import option
+from darktower.global_controller._limits import (
+    DRAIN_GRACE_S,
+    EMPTY_MEETING_TIMEOUT_S,
+    KICK_BAN_S,
+    MAX_ACTIVE_MEETINGS_PER_CLIENT,
+    MC_CALL_TIMEOUT_S,
+)
 from darktower.protocol.heartbeats import HEARTBEAT_MISSES, MC_HEARTBEAT_INTERVAL_S
 from darktower.protocol.ratelimit import GC_REQUESTS_PER_MIN
 from darktower.protocol.tokens import DEFAULT_LEEWAY_S, JOIN_TOKEN_TTL_S, MC_AUDIENCE
@@ -16,16 +23,6 @@ from darktower.transport.http_server import (
     TCP_MAX_CONNECTIONS_PER_ADDRESS,
     TLS_HANDSHAKE_TIMEOUT_S,
 )
-
-# Quotas (docs/decisions.md, "GC quotas"). A client is an application, not a person: 100
-# meetings at once is far above a person's use and keeps one leaked credential from filling
-# the controllers (1,000 meetings each).
-MAX_ACTIVE_MEETINGS_PER_CLIENT = 100
-# Nobody joined, or everyone left, this long ago: the meeting ends and its slot is freed.
-EMPTY_MEETING_TIMEOUT_S = 600.0
-# A kick with ``?ban=true`` keeps the kicked identity out of the meeting this long: longer than
-# most meetings last.
-KICK_BAN_S = 3600.0
 
 
 @attrs.frozen
@@ -65,7 +62,9 @@ class Settings:
     heartbeat_misses: int = option(
         HEARTBEAT_MISSES, "missed heartbeats after which a controller is unhealthy"
     )
-    mc_call_timeout_s: float = option(5.0, "deadline of each gRPC call to a meeting controller")
+    mc_call_timeout_s: float = option(
+        MC_CALL_TIMEOUT_S, "deadline of each gRPC call to a meeting controller"
+    )
     max_active_meetings_per_client: int = option(
         MAX_ACTIVE_MEETINGS_PER_CLIENT,
         "meetings one API client may have active at once; more are refused (429); 0: no cap",
@@ -84,7 +83,9 @@ class Settings:
     dev_credentials_file: str = option(
         "", "development: JSON {client_id, client_secret} handed to the browser page"
     )
-    drain_grace_s: float = option(10.0, "on SIGTERM: seconds to finish requests before exit")
+    drain_grace_s: float = option(
+        DRAIN_GRACE_S, "on SIGTERM: seconds to finish requests before exit"
+    )
     http_max_connections_per_address: int = option(
         TCP_MAX_CONNECTIONS_PER_ADDRESS,
         "HTTPS listener: connections per address (IPv6: per /64), TCP and QUIC each",

@@ -10,9 +10,9 @@ import trio
 from quart_trio import QuartTrio
 
 from darktower.errors import CapacityExceeded
+from darktower.global_controller import GcMetrics
 from darktower.global_controller.api import create_app
 from darktower.global_controller.clients import add_client
-from darktower.global_controller.gc_metrics import GcMetrics
 from darktower.metrics import Registry
 from darktower.protocol.ratelimit import KeyedRateLimiter
 from tests.gc_api._harness import Api, Stack, register_mc

@@ -13,10 +13,9 @@ import pytest
 import trio
 
 from darktower.errors import NotFound
-from darktower.global_controller import Running, serve, service
+from darktower.global_controller import Running, serve, service, token_id
 from darktower.global_controller.clients import add_client
-from darktower.global_controller.service import token_id
-from darktower.global_controller.store import ControllerRecord, IssuedJoinToken, Meeting
+from darktower.global_controller.store import ControllerRecord, IssuedJoinToken, MeetingRecord
 from darktower.model import MeetingId, ParticipantId
 from tests.gc_api._harness import ManualClock, gc_settings, open_api, register_mc
 
@@ -28,7 +27,7 @@ class JoinedControllers:
         self.sessions: dict[str, str] = {}  # participant id -> join token id
         self.revoked: list[list[str]] = []  # the token ids of each kick that revoked some
 
-    async def assign_meeting(self, controller: ControllerRecord, meeting: Meeting) -> None:
+    async def assign_meeting(self, controller: ControllerRecord, meeting: MeetingRecord) -> None:
         pass
 
     async def end_meeting(self, controller: ControllerRecord, meeting_id: MeetingId) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from darktower.errors import InvalidRequest, NotFound
-from darktower.global_controller.gc_metrics import refresh_gauges
+from darktower.global_controller import refresh_gauges
 from darktower.global_controller.registry import sweep_once
 from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryStub

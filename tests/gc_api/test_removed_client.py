@@ -3,8 +3,8 @@ another process on the same store), within ``CLIENT_RECHECK_S``."""
 
 from __future__ import annotations
 
+from darktower.global_controller import CLIENT_RECHECK_S
 from darktower.global_controller.clients import remove_client
-from darktower.global_controller.service import CLIENT_RECHECK_S
 from tests.gc_api._harness import Api, Stack
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from darktower.errors import InvalidRequest
-from darktower.global_controller import schemas
+from darktower.global_controller import MAX_BODY_BYTES, schemas
 
 
 def _b(obj: object) -> bytes:
@@ -47,7 +47,7 @@ def test_create_meeting_defaults_and_full() -> None:
         (_b({"display_name": "x", "settings": []}), "'settings' must be a JSON object"),
         (_b({"display_name": "x", "settings": {"require_auth": 1}}), "true or false"),
         (_b({"display_name": "x", "settings": {"mute": True}}), "unknown field.*mute"),
-        (b" " * (schemas.MAX_BODY_BYTES + 1), "larger than"),
+        (b" " * (MAX_BODY_BYTES + 1), "larger than"),
     ],
 )
 def test_create_meeting_errors_say_what_is_wrong(body: bytes, needle: str) -> None:

@@ -13,14 +13,19 @@ import trio.testing
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from darktower.errors import CapacityExceeded, NotFound, Unauthorized
-from darktower.global_controller import service
-from darktower.global_controller.service import GlobalController, Tokens
+from darktower.global_controller import (
+    CLIENT_RECHECK_S,
+    END_EMPTY_NOTIFY_S,
+    MAX_CONCURRENT_END_CALLS,
+    GlobalController,
+    Tokens,
+)
 from darktower.global_controller.store import (
     ClientRecord,
     ControllerCapacity,
     ControllerRecord,
     HealthStatus,
-    Meeting,
+    MeetingRecord,
     MeetingSettings,
     MeetingStatus,
 )
@@ -43,8 +48,8 @@ def _controller(n: int) -> ControllerRecord:
     )
 
 
-def _meeting(n: int, controller: ControllerRecord) -> Meeting:
-    return Meeting(
+def _meeting(n: int, controller: ControllerRecord) -> MeetingRecord:
+    return MeetingRecord(
         meeting_id=MeetingId(f"m-{n}"),
         display_name="m",
         max_participants=10,
@@ -61,13 +66,13 @@ def _meeting(n: int, controller: ControllerRecord) -> Meeting:
 class FakeStore:
     """What these paths of the GC read: ended meetings, controllers, clients (counted)."""
 
-    def __init__(self, ended: list[Meeting], controllers: list[ControllerRecord]) -> None:
+    def __init__(self, ended: list[MeetingRecord], controllers: list[ControllerRecord]) -> None:
         self.ended = ended
         self.controllers = controllers
         self.clients: dict[str, ClientRecord] = {}
         self.client_reads = 0
 
-    async def end_empty_meetings(self, cutoff: datetime) -> list[Meeting]:
+    async def end_empty_meetings(self, cutoff: datetime) -> list[MeetingRecord]:
         await trio.lowlevel.checkpoint()
         ended, self.ended = self.ended, []
         return ended
@@ -132,7 +137,7 @@ def _gc(store: FakeStore, controllers: Any, clock: Any = None) -> GlobalControll
     )
 
 
-def _spread(controllers: list[ControllerRecord], per_controller: int) -> list[Meeting]:
+def _spread(controllers: list[ControllerRecord], per_controller: int) -> list[MeetingRecord]:
     return [
         _meeting(i * per_controller + j, c)
         for i, c in enumerate(controllers)
@@ -166,7 +171,7 @@ async def test_a_blackholed_mc_stops_the_round_at_its_deadline(
     started = trio.current_time()
     with trio.fail_after(60):  # virtual seconds
         assert len(await gc.end_empty_meetings()) == 6
-    assert trio.current_time() - started == pytest.approx(service.END_EMPTY_NOTIFY_S)
+    assert trio.current_time() - started == pytest.approx(END_EMPTY_NOTIFY_S)
     assert len(controllers.told) == 4  # the other two controllers' meetings, told at once
 
 
@@ -181,7 +186,7 @@ async def test_controllers_are_told_concurrently_with_a_bound(
     with trio.fail_after(60):  # virtual seconds
         await gc.end_empty_meetings()
     assert len(controllers.told) == 60
-    assert controllers.most_in_flight == service.MAX_CONCURRENT_END_CALLS
+    assert controllers.most_in_flight == MAX_CONCURRENT_END_CALLS
     # 20 controllers, 8 at a time, 3 calls of 10 ms each: three waves of 30 ms.
     assert trio.current_time() - started == pytest.approx(0.09)
 
@@ -194,22 +199,22 @@ async def test_a_removed_clients_token_costs_one_store_read_per_recheck(
     store.clients[alice] = ClientRecord(alice, "alice", "hash", EPOCH)
     gc = _gc(store, SlowControllers())
     header = "Bearer " + gc.tokens.access.issue(alice, ("meetings",), gc.now())
-    assert (await gc.authenticate(header)).client_id == alice
+    assert (await gc.access.authenticate(header)).client_id == alice
     assert store.client_reads == 1
     del store.clients[alice]  # `clients remove`
-    await trio.sleep(service.CLIENT_RECHECK_S)
+    await trio.sleep(CLIENT_RECHECK_S)
     for _ in range(100):
         with pytest.raises(Unauthorized, match="removed"):
-            await gc.authenticate(header)
+            await gc.access.authenticate(header)
     assert store.client_reads == 2  # one read found it gone; the other 99 remembered that
-    await trio.sleep(service.CLIENT_RECHECK_S)
+    await trio.sleep(CLIENT_RECHECK_S)
     with pytest.raises(Unauthorized, match="removed"):
-        await gc.authenticate(header)
+        await gc.access.authenticate(header)
     assert store.client_reads == 3
     # Back (the same id registered again): seen within CLIENT_RECHECK_S.
     store.clients[alice] = ClientRecord(alice, "alice", "hash", EPOCH)
-    await trio.sleep(service.CLIENT_RECHECK_S)
-    assert (await gc.authenticate(header)).client_id == alice
+    await trio.sleep(CLIENT_RECHECK_S)
+    assert (await gc.access.authenticate(header)).client_id == alice
     assert store.client_reads == 4
 
 

@@ -11,7 +11,7 @@ from darktower.errors import Conflict, ErrorCode, NotFound
 from darktower.global_controller.store import (
     MAX_LIST_ROWS,
     ControllerCapacity,
-    Meeting,
+    MeetingRecord,
     MeetingSettings,
     MeetingStatus,
     NewMeeting,
@@ -108,7 +108,7 @@ async def test_list_meetings_filters_and_orders_newest_first(
     await store.end_meeting(a2.meeting_id)
     a2 = await store.get_meeting(a2.meeting_id)
 
-    def ids(meetings: list[Meeting]) -> list[MeetingId]:
+    def ids(meetings: list[MeetingRecord]) -> list[MeetingId]:
         return [m.meeting_id for m in meetings]
 
     assert ids(await store.list_meetings()) == ids([a2, b1, a1])

@@ -7,8 +7,7 @@ from datetime import timedelta
 import pytest
 
 from darktower.errors import Conflict, NotFound
-from darktower.global_controller.placement import effective_health
-from darktower.global_controller.service import to_view
+from darktower.global_controller.placement import effective_health, to_view
 from darktower.global_controller.store import (
     ClientRecord,
     ControllerCapacity,

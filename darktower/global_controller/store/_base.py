@@ -11,7 +11,14 @@ from typing import Any, Self, TypeVar
 from darktower.errors import Conflict
 from darktower.model import ClientId, ControllerId, MeetingId
 
-from . import _migrations, _queries
+from . import (
+    _client_queries,
+    _controller_queries,
+    _join_queries,
+    _meeting_queries,
+    _migrations,
+    _rows,
+)
 from ._dialect import Dialect, Tx
 from ._models import (
     ClientRecord,
@@ -20,7 +27,7 @@ from ._models import (
     EndReason,
     HealthStatus,
     IssuedJoinToken,
-    Meeting,
+    MeetingRecord,
     NewMeeting,
 )
 from ._protocol import MAX_LIST_ROWS
@@ -82,17 +89,17 @@ class SqlStore(abc.ABC):
     # -- meetings ---------------------------------------------------------------------------
     async def create_meeting(
         self, new: NewMeeting, *, max_active_per_owner: int | None = None
-    ) -> Meeting:
+    ) -> MeetingRecord:
         return await self._call(
-            _queries.create_meeting,
+            _meeting_queries.create_meeting,
             new,
             self._clock(),
             max_active_per_owner,
             conflict=f"meeting {new.meeting_id} already exists",
         )
 
-    async def get_meeting(self, meeting_id: MeetingId) -> Meeting:
-        return await self._call(_queries.get_meeting, meeting_id, single_read=True)
+    async def get_meeting(self, meeting_id: MeetingId) -> MeetingRecord:
+        return await self._call(_rows.get_meeting, meeting_id, single_read=True)
 
     async def list_meetings(
         self,
@@ -102,49 +109,64 @@ class SqlStore(abc.ABC):
         controller_id: ControllerId | None = None,
         before: datetime | None = None,
         limit: int = MAX_LIST_ROWS,
-    ) -> list[Meeting]:
+    ) -> list[MeetingRecord]:
         return await self._call(
-            _queries.list_meetings, owner, active, controller_id, before, limit, single_read=True
+            _meeting_queries.list_meetings,
+            owner,
+            active,
+            controller_id,
+            before,
+            limit,
+            single_read=True,
         )
 
-    async def assign_meeting(self, meeting_id: MeetingId, controller_id: ControllerId) -> Meeting:
-        return await self._call(_queries.assign_meeting, meeting_id, controller_id)
+    async def assign_meeting(
+        self, meeting_id: MeetingId, controller_id: ControllerId
+    ) -> MeetingRecord:
+        return await self._call(_meeting_queries.assign_meeting, meeting_id, controller_id)
 
     async def end_meeting(
         self, meeting_id: MeetingId, reason: EndReason = EndReason.OWNER
-    ) -> Meeting:
-        return await self._call(_queries.end_meeting, meeting_id, self._clock(), reason)
+    ) -> MeetingRecord:
+        return await self._call(_meeting_queries.end_meeting, meeting_id, self._clock(), reason)
 
-    async def end_empty_meetings(self, empty_before: datetime) -> list[Meeting]:
-        return await self._call(_queries.end_empty_meetings, empty_before, self._clock())
+    async def end_empty_meetings(self, empty_before: datetime) -> list[MeetingRecord]:
+        return await self._call(_meeting_queries.end_empty_meetings, empty_before, self._clock())
 
     async def touch_meeting(self, meeting_id: MeetingId) -> None:
-        await self._call(_queries.touch_meeting, meeting_id, self._clock())
+        await self._call(_meeting_queries.touch_meeting, meeting_id, self._clock())
 
     async def record_join(
         self, meeting_id: MeetingId, token_id: str, identity: str, expires_at: datetime
     ) -> None:
         await self._call(
-            _queries.record_join, meeting_id, token_id, identity, expires_at, self._clock()
+            _join_queries.record_join, meeting_id, token_id, identity, expires_at, self._clock()
         )
 
     async def ban_token_holder(
         self, meeting_id: MeetingId, token_id: str, until: datetime
     ) -> str | None:
-        return await self._call(_queries.ban_token_holder, meeting_id, token_id, until)
+        return await self._call(_join_queries.ban_token_holder, meeting_id, token_id, until)
 
     async def join_tokens_of(
         self, meeting_id: MeetingId, identity: str, *, limit: int
     ) -> list[IssuedJoinToken]:
         return await self._call(
-            _queries.join_tokens_of, meeting_id, identity, self._clock(), limit, single_read=True
+            _join_queries.join_tokens_of,
+            meeting_id,
+            identity,
+            self._clock(),
+            limit,
+            single_read=True,
         )
 
     async def purge_expired(self) -> int:
-        return await self._call(_queries.purge_expired, self._clock())
+        return await self._call(_join_queries.purge_expired, self._clock())
 
     async def update_participant_counts(self, counts: Mapping[MeetingId, int]) -> int:
-        return await self._call(_queries.update_participant_counts, dict(counts), self._clock())
+        return await self._call(
+            _meeting_queries.update_participant_counts, dict(counts), self._clock()
+        )
 
     # -- controllers ------------------------------------------------------------------------
     async def register_controller(
@@ -155,7 +177,7 @@ class SqlStore(abc.ABC):
         capacity: ControllerCapacity,
     ) -> ControllerRecord:
         return await self._call(
-            _queries.register_controller,
+            _controller_queries.register_controller,
             controller_id,
             region,
             endpoint,
@@ -171,7 +193,7 @@ class SqlStore(abc.ABC):
         participant_counts: Mapping[MeetingId, int] | None = None,
     ) -> ControllerRecord:
         return await self._call(
-            _queries.record_heartbeat,
+            _controller_queries.record_heartbeat,
             controller_id,
             capacity,
             health,
@@ -180,30 +202,30 @@ class SqlStore(abc.ABC):
         )
 
     async def get_controller(self, controller_id: ControllerId) -> ControllerRecord:
-        return await self._call(_queries.get_controller, controller_id, single_read=True)
+        return await self._call(_rows.get_controller, controller_id, single_read=True)
 
     async def list_controllers(self, *, region: str | None = None) -> list[ControllerRecord]:
-        return await self._call(_queries.list_controllers, region, single_read=True)
+        return await self._call(_controller_queries.list_controllers, region, single_read=True)
 
     async def expire_controllers(self, older_than: datetime) -> list[ControllerId]:
-        return await self._call(_queries.expire_controllers, older_than, self._clock())
+        return await self._call(_controller_queries.expire_controllers, older_than, self._clock())
 
     # -- clients ----------------------------------------------------------------------------
     async def add_client(self, client: ClientRecord) -> None:
         await self._call(
-            _queries.add_client,
+            _client_queries.add_client,
             client,
             conflict=f"a client with id {client.client_id} or name {client.name!r} exists",
         )
 
     async def get_client(self, client_id: ClientId) -> ClientRecord:
-        return await self._call(_queries.get_client, client_id, single_read=True)
+        return await self._call(_rows.get_client, client_id, single_read=True)
 
     async def list_clients(self) -> list[ClientRecord]:
-        return await self._call(_queries.list_clients, single_read=True)
+        return await self._call(_client_queries.list_clients, single_read=True)
 
     async def remove_client(self, client_id: ClientId) -> None:
-        await self._call(_queries.remove_client, client_id)
+        await self._call(_client_queries.remove_client, client_id)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def schema_version(self) -> int:

@@ -73,7 +73,7 @@ class NewMeeting:
 
 
 @attrs.frozen
-class Meeting:
+class MeetingRecord:
     meeting_id: MeetingId
     display_name: str
     max_participants: int

@@ -15,7 +15,7 @@ from ._models import (
     EndReason,
     HealthStatus,
     IssuedJoinToken,
-    Meeting,
+    MeetingRecord,
     NewMeeting,
 )
 
@@ -40,13 +40,13 @@ class Store(Protocol):
     # -- meetings --------------------------------------------------------------------------
     async def create_meeting(
         self, new: NewMeeting, *, max_active_per_owner: int | None = None
-    ) -> Meeting:
+    ) -> MeetingRecord:
         """Insert an ACTIVE (and empty) meeting created now; Conflict if its id exists.
         ``RateLimited`` if its owner already has ``max_active_per_owner`` meetings not ended
         (checked atomically: concurrent creates on any replica never overshoot)."""
         ...
 
-    async def get_meeting(self, meeting_id: MeetingId) -> Meeting:
+    async def get_meeting(self, meeting_id: MeetingId) -> MeetingRecord:
         """NotFound if there is no such meeting (ended meetings are still found)."""
         ...
 
@@ -58,25 +58,27 @@ class Store(Protocol):
         controller_id: ControllerId | None = None,
         before: datetime | None = None,
         limit: int = MAX_LIST_ROWS,
-    ) -> list[Meeting]:
+    ) -> list[MeetingRecord]:
         """Meetings matching every given filter, newest first, at most ``limit`` (capped at
         :data:`MAX_LIST_ROWS`). ``active=True`` means not ENDED; ``before`` pages by
         ``created_at``."""
         ...
 
-    async def assign_meeting(self, meeting_id: MeetingId, controller_id: ControllerId) -> Meeting:
+    async def assign_meeting(
+        self, meeting_id: MeetingId, controller_id: ControllerId
+    ) -> MeetingRecord:
         """Place (or move) a not-ended meeting on a controller; it becomes ACTIVE.
         NotFound if the meeting or the controller is missing, Conflict if it has ended."""
         ...
 
     async def end_meeting(
         self, meeting_id: MeetingId, reason: EndReason = EndReason.OWNER
-    ) -> Meeting:
+    ) -> MeetingRecord:
         """Mark ENDED now, for ``reason``. Idempotent: ending an ended meeting returns it
         unchanged (the first end's time and reason). NotFound if missing."""
         ...
 
-    async def end_empty_meetings(self, empty_before: datetime) -> list[Meeting]:
+    async def end_empty_meetings(self, empty_before: datetime) -> list[MeetingRecord]:
         """End (reason EMPTY) the ACTIVE meetings empty since before ``empty_before``, at most
         :data:`MAX_LIST_ROWS` per call; returns those this call ended (each meeting is ended
         by one call only, whatever the replicas)."""

@@ -1,0 +1,97 @@
+"""Every bound of the Global Controller, each with its policy (docs/architecture.md §5.2).
+
+Settings default to these where an operator may tune them (``settings.py``). Kept beside
+their code: the store's bounds (``store/_protocol.py`` MAX_LIST_ROWS, ``store/_worker.py``,
+``store/_base.py`` DEFAULT_POOL_SIZE), the HTTP listeners' (``transport/_http_limits.py``),
+the request rate limit (``protocol/ratelimit.py``) and the heartbeat timing
+(``protocol/heartbeats.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# -- requests -------------------------------------------------------------------------------
+# Bodies larger than this are refused before parsing (HTTP 413, INVALID_REQUEST).
+MAX_BODY_BYTES: Final = 16 * 1024
+# Fields of a request body, in characters; longer is refused with INVALID_REQUEST naming the
+# field (the store and the protobuf messages to MCs carry them whole).
+MAX_DISPLAY_NAME: Final = 200
+MAX_PARTICIPANT_NAME: Final = 100
+MAX_CREDENTIAL_FIELD: Final = 256
+MAX_REGION: Final = 64
+# The largest ``max_participants`` a meeting may ask for (an MH room holds as many); more is
+# refused with INVALID_REQUEST.
+MAX_PARTICIPANTS_LIMIT: Final = 1000
+# The longest ban a kick may ask for (``?ban=SECONDS``): a week. Longer: INVALID_REQUEST.
+MAX_BAN_S: Final = 7 * 24 * 3600
+# Path parameters longer than this cannot name anything (ids are UUIDs): 404 without a lookup.
+MAX_ID_LENGTH: Final = 128
+# /readyz reports the store unavailable when a trivial query takes longer than this.
+READY_STORE_TIMEOUT_S: Final = 2.0
+
+# -- the controller registry (gRPC from MCs) -------------------------------------------------
+# A controller id longer than this, or empty, is refused with INVALID_REQUEST.
+MAX_CONTROLLER_ID_LENGTH: Final = 128
+# An endpoint or signaling URL longer than this is refused with INVALID_REQUEST.
+MAX_ENDPOINT_LENGTH: Final = 512
+# A heartbeat listing more meetings than this is refused (INVALID_REQUEST): no MC holds that
+# many, and the store updates one row per listed meeting.
+MAX_MEETINGS_PER_HEARTBEAT: Final = 10_000
+
+# -- quotas (docs/decisions.md, "GC quotas") -------------------------------------------------
+# A client is an application, not a person: 100 meetings at once is far above a person's use
+# and keeps one leaked credential from filling the controllers (1,000 meetings each). One
+# more create is refused with RATE_LIMITED (429), checked atomically by the store.
+MAX_ACTIVE_MEETINGS_PER_CLIENT: Final = 100
+# A client over that cap is told to retry after this long: a meeting has to end first, and a
+# client retrying blindly is kept to one attempt a minute.
+ACTIVE_CAP_RETRY_AFTER_S: Final = 60.0
+# Nobody joined, or everyone left, this long ago: the meeting ends and its slot is freed.
+EMPTY_MEETING_TIMEOUT_S: Final = 600.0
+# A kick with ``?ban=true`` keeps the kicked identity out of the meeting this long: longer
+# than most meetings last.
+KICK_BAN_S: Final = 3600.0
+# A kick with ban revokes at most this many of the banned identity's other join tokens for
+# the meeting at its MC, the newest (the MC takes no more per kick; docs/protocol.md). Older
+# ones stay usable until they expire: the rate limit bounds how many one identity can hold.
+MAX_REVOKED_TOKENS: Final = 100
+
+# -- placement and calls to MCs --------------------------------------------------------------
+# How many controllers one create request tries before answering 503: each refusal or
+# unreachable MC costs up to one gRPC deadline, so a request stays bounded in time.
+MAX_PLACEMENT_ATTEMPTS: Final = 3
+# Deadline of each gRPC call to a Meeting Controller (then CAPACITY_EXCEEDED, 503).
+MC_CALL_TIMEOUT_S: Final = 5.0
+# The controller list is read from the store at most this often (monotonic seconds) per GC
+# process; registrations and expiries made by this process invalidate it. Heartbeats and
+# another replica's changes are seen within this delay.
+CONTROLLER_CACHE_S: Final = 1.0
+
+# -- access tokens ---------------------------------------------------------------------------
+# Access tokens already verified, remembered (least recently used evicted when full) so a
+# client's every request does not pay for signature checking again; an entry is used only
+# until the token's expiry.
+MAX_VERIFIED_TOKENS: Final = 10_000
+# A removed client (``clients remove``, possibly run by another process or on another replica)
+# loses its access tokens within this many seconds of the GC's clock: a client is read from
+# the store again at most this often, whether it was found present or removed (so a removed
+# client's still-valid tokens cost one read per this time, whatever the requests; at most
+# MAX_VERIFIED_TOKENS clients remembered).
+CLIENT_RECHECK_S: Final = 5.0
+
+# -- housekeeping ----------------------------------------------------------------------------
+# Telling MCs about the meetings housekeeping ended as empty: their controllers are told
+# concurrently, at most this many at once, each one's meetings in turn; a controller that
+# fails a call is not asked again this round; and the whole round of calls stops after
+# END_EMPTY_NOTIFY_S. So a slow or unreachable MC delays the rest of housekeeping (controller
+# expiry, purges, gauges) by at most that long. An MC not told ends the meeting itself (its
+# own empty timer, docs/decisions.md "A kick can ban; GC quotas").
+MAX_CONCURRENT_END_CALLS: Final = 8
+END_EMPTY_NOTIFY_S: Final = 10.0
+
+# -- operators -------------------------------------------------------------------------------
+# ``clients add NAME``: a longer name is refused.
+MAX_CLIENT_NAME_LENGTH: Final = 100
+# On SIGTERM: requests in flight get this long, then everything left is cancelled.
+DRAIN_GRACE_S: Final = 10.0

@@ -1,0 +1,87 @@
+"""The store's SQL for join tokens on record and bans (docs/decisions.md, "A kick can ban"):
+who got which join token, who is banned from a meeting until when (see ``_rows.py`` for how
+queries run)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from darktower.errors import Forbidden
+from darktower.model import MeetingId
+
+from ._dialect import Tx
+from ._meeting_queries import touch_meeting
+from ._models import IssuedJoinToken
+
+
+def record_join(
+    tx: Tx,
+    meeting_id: MeetingId,
+    token_id: str,
+    identity: str,
+    expires_at: datetime,
+    now: datetime,
+) -> None:
+    """A join token for ``identity`` is about to be handed out: ``Forbidden`` while that
+    identity is banned from the meeting; else remember who got the token and restart the
+    meeting's emptiness."""
+    if identity:
+        row = tx.one(
+            "SELECT until FROM meeting_bans WHERE meeting_id = ? AND identity = ? AND until > ?",
+            (meeting_id, identity, tx.dialect.ts_in(now)),
+        )
+        if row is not None:
+            until = tx.dialect.ts_out(row[0])
+            raise Forbidden(
+                f"you were removed from meeting {meeting_id} and may not join it again before "
+                f"{until.isoformat(timespec='seconds')}",
+                details={"banned_until": until.isoformat(timespec="seconds")},
+            )
+        tx.run(
+            "INSERT INTO join_tokens (token_id, meeting_id, identity, expires_at) "
+            "VALUES (?, ?, ?, ?)",
+            (token_id, meeting_id, identity, tx.dialect.ts_in(expires_at)),
+        )
+    touch_meeting(tx, meeting_id, now)
+
+
+def ban_token_holder(tx: Tx, meeting_id: MeetingId, token_id: str, until: datetime) -> str | None:
+    """Ban the identity that got join token ``token_id`` from the meeting until ``until`` (a
+    longer ban already there is kept). Returns that identity; None for a token this store
+    has no record of (another deployment's, expired and purged, or the host's)."""
+    row = tx.one(
+        "SELECT identity FROM join_tokens WHERE token_id = ? AND meeting_id = ?",
+        (token_id, meeting_id),
+    )
+    if row is None:
+        return None
+    identity = str(row[0])
+    stamp = tx.dialect.ts_in(until)
+    tx.run(
+        "INSERT INTO meeting_bans (meeting_id, identity, until) VALUES (?, ?, ?) "
+        "ON CONFLICT (meeting_id, identity) DO UPDATE SET until = excluded.until "
+        "WHERE meeting_bans.until < excluded.until",
+        (meeting_id, identity, stamp),
+    )
+    return identity
+
+
+def join_tokens_of(
+    tx: Tx, meeting_id: MeetingId, identity: str, now: datetime, limit: int
+) -> list[IssuedJoinToken]:
+    """The unexpired join tokens ``identity`` got for the meeting, newest first, at most
+    ``limit``."""
+    rows = tx.all(
+        "SELECT token_id, expires_at FROM join_tokens "
+        "WHERE meeting_id = ? AND identity = ? AND expires_at > ? "
+        "ORDER BY expires_at DESC, token_id LIMIT ?",
+        (meeting_id, identity, tx.dialect.ts_in(now), limit),
+    )
+    return [IssuedJoinToken(str(r[0]), tx.dialect.ts_out(r[1])) for r in rows]
+
+
+def purge_expired(tx: Tx, now: datetime) -> int:
+    """Forget join tokens and bans that have expired; returns the rows removed."""
+    stamp = tx.dialect.ts_in(now)
+    removed = tx.run("DELETE FROM join_tokens WHERE expires_at < ?", (stamp,))
+    return removed + tx.run("DELETE FROM meeting_bans WHERE until < ?", (stamp,))
