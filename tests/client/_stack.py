@@ -20,7 +20,7 @@ from darktower.client import (
     join_meeting_session,
     open_gc_client,
 )
-from tests._devstack import dev_stack
+from tests._stack import dev_stack
 
 WAIT_S = 20  # a generous bound on each wait: these run on real time over real QUIC
 

@@ -11,6 +11,7 @@ from darktower.client import MediaClient, SignalingClient
 from darktower.frames import FrameType
 from darktower.protocol.pb import common_pb2 as common
 from darktower.protocol.pb import signaling_pb2 as sig
+from tests._stack import next_message
 
 WAIT_S = 20  # a bound on each wait: real QUIC on real time, on a possibly busy machine
 FRAMES = 12
@@ -18,11 +19,7 @@ FRAMES = 12
 
 async def next_event(client: SignalingClient, kind: str) -> sig.ServerMessage:
     """The next server message of ``kind`` (others are skipped)."""
-    with trio.fail_after(WAIT_S):
-        async for event in client.events:
-            if event.WhichOneof("message") == kind:
-                return event
-    raise AssertionError(f"no {kind}")
+    return await next_message(client, kind, wait_s=WAIT_S)
 
 
 async def receive_frames(media: MediaClient, n: int) -> list[bytes]:

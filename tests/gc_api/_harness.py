@@ -1,4 +1,4 @@
-"""A real GC (``serve``) on 127.0.0.1 with a stand-in MC gRPC server, and one client API over
+"""A real GC (tests/_stack.py) with a stand-in MC gRPC server, and one client API over
 HTTP/1.1 (httpx) or HTTP/3 (the project's client) so every test can run on both."""
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import trio
 
 from darktower.errors import DarkTowerError, NotFound
 from darktower.global_controller import Running, Settings, serve
-from darktower.global_controller.clients import add_client
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mc_pb
 from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryStub
 from darktower.transport import HTTP3Client, open_http3_client
-from darktower.transport.rpc import call, open_rpc_channel, rpc_service, serve_rpc
+from darktower.transport.rpc import call, open_rpc_channel
+from tests._stack import StandIn, open_services, running_service, running_stand_in
+from tests._stack import gc_settings as gc_settings  # the GC tests import these from here
+from tests._stack import register_mc as register_mc
 
 
 class ManualClock:
@@ -190,45 +192,6 @@ class Stack:
         return open_api(kind, self.running.url, self.running.certificate_sha256)
 
 
-def gc_settings(data_dir: pathlib.Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "data_dir": str(data_dir),
-        "port": 0,
-        "grpc_port": 0,
-        "drain_grace_s": 2.0,
-        "heartbeat_interval_s": 5.0,
-        "log_json": False,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-async def register_mc(
-    grpc_port: int,
-    controller_id: str,
-    mc_endpoint: str,
-    *,
-    region: str = "local",
-    max_meetings: int = 100,
-) -> reg_pb.RegisterMeetingControllerResponse:
-    async with open_rpc_channel("127.0.0.1", grpc_port) as channel:
-        stub = ControllerRegistryStub(channel)
-        reply: reg_pb.RegisterMeetingControllerResponse = await call(
-            stub.RegisterMeetingController,
-            reg_pb.RegisterMeetingController(
-                controller_id=controller_id,
-                region=region,
-                endpoint=mc_endpoint,
-                capacity=reg_pb.ControllerCapacity(
-                    max_meetings=max_meetings, max_participants=1000
-                ),
-                signaling_url=f"https://127.0.0.1:4433/v1/signal?mc={controller_id}",
-            ),
-            deadline_s=5,
-        )
-        return reply
-
-
 async def heartbeat(
     grpc_port: int,
     controller_id: str,
@@ -266,10 +229,8 @@ async def heartbeat(
 @asynccontextmanager
 async def running_stand_in_mc(mc: StandInMC) -> AsyncIterator[str]:
     """Serve ``mc`` on 127.0.0.1; yields its ``host:port``."""
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_rpc, [rpc_service(MeetingControlBase, mc)], "127.0.0.1", 0)
-        yield f"127.0.0.1:{port}"
-        nursery.cancel_scope.cancel()
+    async with running_stand_in(MeetingControlBase, mc) as endpoint:
+        yield endpoint
 
 
 @asynccontextmanager
@@ -277,32 +238,24 @@ async def running_gc(
     settings: Settings, clock: ManualClock | None = None
 ) -> AsyncIterator[tuple[Running, trio.Event]]:
     """``serve`` in a nursery; on exit sets shutdown and waits for the drain."""
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        running: Running = await nursery.start(
-            lambda task_status: serve(
-                settings, shutdown=shutdown, task_status=task_status, clock=clock or time.time
-            )
-        )
-        try:
-            yield running, shutdown
-        finally:
-            shutdown.set()
+    async with running_service(serve, settings, clock=clock or time.time) as (running, shutdown):
+        yield running, shutdown
 
 
 @asynccontextmanager
 async def gc_stack(data_dir: pathlib.Path, **overrides: Any) -> AsyncIterator[Stack]:
     """GC + one registered stand-in MC ("mc-1") + one API client ("alice")."""
-    settings = gc_settings(data_dir, **overrides)
     clock = ManualClock()
     mc = StandInMC()
-    client_id, secret = await add_client(settings, "alice")
-    async with (
-        running_stand_in_mc(mc) as endpoint,
-        running_gc(settings, clock) as (
-            running,
-            shutdown,
-        ),
-    ):
-        await register_mc(running.grpc_port, "mc-1", endpoint)
-        yield Stack(running, settings, mc, endpoint, clock, client_id, secret, shutdown)
+    async with open_services(data_dir, gc=overrides, mc=StandIn(mc), gc_clock=clock) as stack:
+        assert stack.gc is not None and stack.gc_settings is not None
+        yield Stack(
+            stack.gc,
+            stack.gc_settings,
+            mc,
+            stack.stand_ins["mc"],
+            clock,
+            stack.client_id,
+            stack.client_secret,
+            stack.shutdown,
+        )

@@ -1,6 +1,6 @@
-"""A running Media Handler on 127.0.0.1 (port 0 everywhere) with a real gRPC client: the
-tests play the Meeting Controller's role through MediaControl, and the clients' through
-``darktower.client._media``."""
+"""A running Media Handler (tests/_stack.py, the MH alone) with a real gRPC client: the tests
+play the Meeting Controller's role through MediaControl, and the clients' through
+``darktower.client``'s media client."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from typing import Any
 import attrs
 import trio
 
-from darktower.client._media import MediaClient, open_media_client
+from darktower.client import MediaClient, open_media_client
 from darktower.frames import Frame, FrameType
-from darktower.media_handler import MediaHandler, Running, Settings, serve
+from darktower.media_handler import MediaHandler, Running
 from darktower.model import LeaveReason
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.protocol.pb.v1.media_control_grpc import MediaControlStub
-from darktower.transport.rpc import call, open_rpc_channel, open_rpc_loop
+from darktower.transport.rpc import call
+from tests._stack import open_services
 
 # Real sockets, real time: a bound on every wait so that a regression fails instead of hanging.
 WAIT_S = 15.0
@@ -130,17 +131,10 @@ class Harness:
 
 @asynccontextmanager
 async def open_harness(**overrides: Any) -> AsyncIterator[Harness]:
-    settings = Settings(
-        **{"host": "127.0.0.1", "port": 0, "grpc_port": 0, "ops_port": 0, **overrides}
-    )
-    shutdown = trio.Event()
-    async with open_rpc_loop(), trio.open_nursery() as nursery:
-        running: Running = await nursery.start(
-            lambda task_status: serve(settings, shutdown=shutdown, task_status=task_status)
-        )
-        async with open_rpc_channel(*running.grpc_address) as channel:
-            yield Harness(running, MediaControlStub(channel), shutdown)
-        shutdown.set()
+    """The MH with these ``Settings`` overrides; drains on exit (or at ``h.shutdown``)."""
+    async with open_services(mh=overrides) as stack:
+        assert stack.mh is not None and stack.mh_control is not None
+        yield Harness(stack.mh, stack.mh_control, stack.shutdown)
 
 
 async def receive_n(media: MediaClient, n: int) -> list[Frame]:

@@ -1,11 +1,9 @@
-"""A Meeting Controller on 127.0.0.1 with a Media Handler stand-in speaking the real
-MediaControl gRPC, join tokens minted here, and helpers to connect clients."""
+"""A Meeting Controller (tests/_stack.py) with a Media Handler stand-in speaking the real
+MediaControl gRPC, join tokens minted by the stack, and helpers to connect clients."""
 
 from __future__ import annotations
 
-import functools
 import pathlib
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,16 +11,14 @@ from typing import Any
 import attrs
 import trio
 
-from darktower.client._signaling import SignalingClient, open_signaling
-from darktower.meeting_controller import Running, Settings, serve
-from darktower.model import MeetingId, Role
+from darktower.client import SignalingClient, open_signaling
+from darktower.meeting_controller import Running
+from darktower.model import Role
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
-from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
-from darktower.protocol.pb.v1.media_control_grpc import MediaControlBase
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
-from darktower.protocol.tokens import JoinTokenIssuer, generate_signing_key, public_key_pem
-from darktower.transport.rpc import call, open_rpc_channel, open_rpc_loop, rpc_service, serve_rpc
+from darktower.protocol.tokens import JoinTokenIssuer
+from tests._stack import Services, StandIn, next_message, open_services
 
 WAIT_S = 10.0  # real-time bound on every wait below: a hang fails instead of blocking the run
 
@@ -96,15 +92,13 @@ class Stack:
     mh: FakeMediaControl
     mc: MeetingControlStub
     keyfile: pathlib.Path
+    services: Services
 
     def token(self, meeting_id: str, role: Role = Role.GUEST, **kw: Any) -> str:
-        return self.issuer.issue(MeetingId(meeting_id), role, time.time(), **kw)
+        return self.services.token(meeting_id, role, **kw)
 
     async def assign(self, meeting_id: str, **config: Any) -> None:
-        await call(
-            self.mc.AssignMeeting,
-            mtg_pb.AssignMeeting(meeting_id=meeting_id, config=mtg_pb.MeetingConfig(**config)),
-        )
+        await self.services.assign(meeting_id, **config)
 
     def join(self, meeting_id: str, role: Role = Role.GUEST, name: str = "", **kw: Any) -> Any:
         return open_signaling(
@@ -121,11 +115,7 @@ class Stack:
 
 async def next_event(client: SignalingClient, kind: str) -> sig.ServerMessage:
     """The next event of ``kind`` (others of other kinds are skipped)."""
-    with trio.fail_after(WAIT_S):
-        async for event in client.events:
-            if event.WhichOneof("message") == kind:
-                return event
-    raise AssertionError(f"events ended before a {kind}")
+    return await next_message(client, kind, wait_s=WAIT_S)
 
 
 async def wait_ended(client: SignalingClient) -> sig.SessionEnded:
@@ -137,33 +127,20 @@ async def wait_ended(client: SignalingClient) -> sig.SessionEnded:
 
 @asynccontextmanager
 async def open_stack(tmp_path: pathlib.Path, **overrides: Any) -> AsyncIterator[Stack]:
-    key = generate_signing_key()
-    keyfile = tmp_path / "join-key.pem"
-    keyfile.write_bytes(public_key_pem(key))
+    """The MC with these ``Settings`` overrides and a :class:`FakeMediaControl` as its static
+    Media Handler; drains on exit."""
     fake = FakeMediaControl()
-    async with open_rpc_loop(), trio.open_nursery() as nursery:
-        mh_port = await nursery.start(
-            serve_rpc, [rpc_service(MediaControlBase, fake)], "127.0.0.1", 0
+    async with open_services(tmp_path, mc=overrides, mh=StandIn(fake)) as services:
+        assert services.mc is not None and services.mc_control is not None
+        assert services.issuer is not None and services.join_key_file is not None
+        yield Stack(
+            services.mc,
+            services.issuer,
+            fake,
+            services.mc_control,
+            services.join_key_file,
+            services,
         )
-        options: dict[str, Any] = {
-            "port": 0,
-            "grpc_port": 0,
-            "ops_port": 0,
-            "media_handler": f"127.0.0.1:{mh_port}",
-            "join_public_key_file": str(keyfile),
-            "drain_grace_s": 2.0,
-        }
-        options.update(overrides)
-        shutdown = trio.Event()
-        running: Running = await nursery.start(
-            functools.partial(serve, Settings(**options), shutdown=shutdown)
-        )
-        async with open_rpc_channel(*running.grpc_address) as channel:
-            yield Stack(running, JoinTokenIssuer(key), fake, MeetingControlStub(channel), keyfile)
-        shutdown.set()
-        with trio.fail_after(WAIT_S):
-            await running.controller.tree.wait_closed()
-        nursery.cancel_scope.cancel()
 
 
 async def read_until_end(stream: Any) -> list[sig.ServerMessage]:

@@ -1,0 +1,439 @@
+"""The one in-process stack harness: any subset of the real services (GC, MC, MH) on
+127.0.0.1 with ports 0, started through their public ``serve(settings, shutdown=...,
+task_status=...)``, wired to each other, and drained in the order ``python -m darktower``
+drains (the MC, then the MH, then the GC).
+
+Each role is absent (``None``), the real service (a mapping of its ``Settings`` overrides) or
+a :class:`StandIn` (a test double served over the real gRPC in that role). Wiring follows
+the roles present, and an explicit override always wins:
+
+* a real MC registers with the GC's registry (``gc_grpc``); a stand-in MC is registered
+  there by the harness as ``STAND_IN_MC_ID``;
+* a real MH registers with the MC (``mc_grpc``); a stand-in MH is the MC's static
+  ``media_handler``; the stack is ready once a real MH is registered with a real MC;
+* without a GC the MC verifies join tokens with a key made here (:attr:`Services.issuer`
+  mints them); with a real GC the MC learns the GC's keys and an API client is registered
+  (:attr:`Services.client_id`), and the MC and MH serve the GC's certificate (one pin).
+
+:func:`dev_stack` runs ``python -m darktower``'s own composition (``darktower.__main__``)
+instead, for the tests of that launcher and of what it serves (the page, the dev credential).
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from darktower import __main__ as dev
+from darktower import global_controller, media_handler, meeting_controller
+from darktower.client import (
+    CreatedMeeting,
+    GlobalControllerClient,
+    SignalingClient,
+    open_gc_client,
+)
+from darktower.global_controller.clients import add_client
+from darktower.global_controller.keys import DEV_CERT_FILE, DEV_KEY_FILE
+from darktower.model import MeetingId, Role
+from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
+from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
+from darktower.protocol.pb.v1 import signaling_pb2 as sig
+from darktower.protocol.pb.v1.media_control_grpc import MediaControlBase, MediaControlStub
+from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase, MeetingControlStub
+from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryBase, ControllerRegistryStub
+from darktower.protocol.tokens import JoinTokenIssuer, generate_signing_key, public_key_pem
+from darktower.transport.rpc import call, open_rpc_channel, open_rpc_loop, rpc_service, serve_rpc
+
+HOST = "127.0.0.1"
+# Generous: the machine may be shared; a start takes well under a second, and so does a drain
+# (each service's own drain is bounded by its drain_grace_s).
+START_S = 60.0
+STOP_S = 60.0
+WAIT_S = 20.0  # a bound on each wait of the helpers below: real QUIC on real time
+DRAIN_GRACE_S = 2.0
+STAND_IN_MC_ID = "mc-1"
+API_CLIENT_NAME = "alice"
+JOIN_KEY_FILE = "join-key.pem"  # the MC's join-token public key when there is no GC
+
+Serve = Callable[..., Awaitable[None]]
+Overrides = Mapping[str, Any]
+
+
+# --- settings ---------------------------------------------------------------------------------
+def gc_settings(data_dir: pathlib.Path, **overrides: Any) -> global_controller.Settings:
+    """The GC's settings for tests: ports 0, its store and keys in ``data_dir``."""
+    values: dict[str, Any] = {
+        "host": HOST,
+        "data_dir": str(data_dir),
+        "port": 0,
+        "grpc_port": 0,
+        "drain_grace_s": DRAIN_GRACE_S,
+        "heartbeat_interval_s": 5.0,
+        "log_json": False,
+    }
+    return global_controller.Settings(**{**values, **overrides})
+
+
+def mc_settings(**overrides: Any) -> meeting_controller.Settings:
+    values = {"host": HOST, "port": 0, "grpc_port": 0, "ops_port": 0}
+    return meeting_controller.Settings(**{**values, "drain_grace_s": DRAIN_GRACE_S, **overrides})
+
+
+def mh_settings(**overrides: Any) -> media_handler.Settings:
+    values = {"host": HOST, "port": 0, "grpc_port": 0, "ops_port": 0}
+    return media_handler.Settings(**{**values, "drain_grace_s": DRAIN_GRACE_S, **overrides})
+
+
+# --- one service ------------------------------------------------------------------------------
+async def _serve_until_done(
+    serve: Serve,
+    settings: Any,
+    stop: trio.Event,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    **serve_kwargs: Any,
+) -> None:
+    """``serve(settings, shutdown=stop, ...)``; ``done`` is set once it has returned."""
+    try:
+        await serve(settings, shutdown=stop, task_status=task_status, **serve_kwargs)
+    finally:
+        done.set()
+
+
+async def _stand_in_until_done(
+    base: type,
+    servicer: object,
+    stop: trio.Event,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``servicer`` as ``base`` over gRPC until ``stop``; reports its ``host:port``."""
+    try:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_rpc, [rpc_service(base, servicer)], HOST, 0)
+            task_status.started(f"{HOST}:{port}")
+            await stop.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        done.set()
+
+
+@asynccontextmanager
+async def running_service(
+    serve: Serve, settings: Any, **serve_kwargs: Any
+) -> AsyncIterator[tuple[Any, trio.Event]]:
+    """One service: yields its ``Running`` and its shutdown event; on exit sets the event and
+    waits until ``serve`` has drained and returned."""
+    stop, done = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(START_S):
+            running = await nursery.start(
+                functools.partial(_serve_until_done, serve, settings, stop, done, **serve_kwargs)
+            )
+        try:
+            yield running, stop
+        finally:
+            stop.set()
+
+
+@asynccontextmanager
+async def running_stand_in(base: type, servicer: object) -> AsyncIterator[str]:
+    """``servicer`` served as ``base`` (e.g. ``MeetingControlBase``); yields its ``host:port``."""
+    stop, done = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        endpoint: str = await nursery.start(_stand_in_until_done, base, servicer, stop, done)
+        try:
+            yield endpoint
+        finally:
+            stop.set()
+
+
+async def register_mc(
+    grpc_port: int,
+    controller_id: str,
+    mc_endpoint: str,
+    *,
+    region: str = "local",
+    max_meetings: int = 100,
+) -> reg_pb.RegisterMeetingControllerResponse:
+    """Register an MC (a stand-in: a real one registers itself) with the GC on ``grpc_port``."""
+    async with open_rpc_channel(HOST, grpc_port) as channel:
+        stub = ControllerRegistryStub(channel)
+        reply: reg_pb.RegisterMeetingControllerResponse = await call(
+            stub.RegisterMeetingController,
+            reg_pb.RegisterMeetingController(
+                controller_id=controller_id,
+                region=region,
+                endpoint=mc_endpoint,
+                capacity=reg_pb.ControllerCapacity(
+                    max_meetings=max_meetings, max_participants=1000
+                ),
+                signaling_url=f"https://{HOST}:4433/v1/signal?mc={controller_id}",
+            ),
+            deadline_s=5,
+        )
+        return reply
+
+
+# --- the stack --------------------------------------------------------------------------------
+@attrs.frozen
+class StandIn:
+    """A test double for one role, served over the real gRPC (the role's ``*Base``)."""
+
+    servicer: object
+
+
+Slot = Overrides | StandIn | None
+
+
+@attrs.define(eq=False)
+class Services:
+    """A started stack: each role's ``Running`` (None when absent or a stand-in), the
+    stand-ins' ``host:port``, and what tests need to reach it."""
+
+    data_dir: pathlib.Path
+    shutdown: trio.Event  # set it to drain every service (also done when the block exits)
+    gc: global_controller.Running | None = None
+    mc: meeting_controller.Running | None = None
+    mh: media_handler.Running | None = None
+    gc_settings: global_controller.Settings | None = None
+    stand_ins: dict[str, str] = attrs.Factory(dict)  # "gc" | "mc" | "mh" -> host:port
+    client_id: str = ""  # an API client of the GC ("" without a GC)
+    client_secret: str = ""
+    issuer: JoinTokenIssuer | None = None  # join tokens the MC accepts (without a GC)
+    join_key_file: pathlib.Path | None = None
+    mc_control: MeetingControlStub | None = None  # set by open_services for a real MC
+    mh_control: MediaControlStub | None = None  # set by open_services for a real MH
+
+    @property
+    def api_url(self) -> str:
+        assert self.gc is not None, "no GC in this stack"
+        return self.gc.url
+
+    @property
+    def signal_url(self) -> str:
+        assert self.mc is not None, "no MC in this stack"
+        return self.mc.signal_url
+
+    @property
+    def media_url(self) -> str:
+        assert self.mh is not None, "no MH in this stack"
+        return self.mh.media_url
+
+    @property
+    def pins(self) -> list[bytes]:
+        """The certificate hashes the stack serves (one when a GC shares its certificate)."""
+        hashes = (r.certificate_sha256 for r in (self.gc, self.mc, self.mh) if r is not None)
+        return list(dict.fromkeys(hashes))
+
+    @property
+    def certificate_sha256(self) -> bytes:
+        return self.pins[0]
+
+    def token(self, meeting_id: str, role: Role = Role.GUEST, **claims: Any) -> str:
+        """A join token the MC accepts (stacks without a GC)."""
+        assert self.issuer is not None, "with a GC, tokens come from its API"
+        return self.issuer.issue(MeetingId(meeting_id), role, time.time(), **claims)
+
+    async def assign(self, meeting_id: str, **config: Any) -> None:
+        """Assign a meeting to the real MC, as the GC does."""
+        assert self.mc_control is not None, "no real MC in this stack"
+        await call(
+            self.mc_control.AssignMeeting,
+            mtg_pb.AssignMeeting(meeting_id=meeting_id, config=mtg_pb.MeetingConfig(**config)),
+        )
+
+    @asynccontextmanager
+    async def gc_client(self) -> AsyncIterator[GlobalControllerClient]:
+        """The client library's GC client, authenticated as the stack's API client."""
+        async with open_gc_client(self.api_url, server_certificate_hashes=self.pins) as client:
+            await client.authenticate(self.client_id, self.client_secret)
+            yield client
+
+    async def create_meeting(self, display_name: str = "test", **options: Any) -> CreatedMeeting:
+        """Create a meeting through the GC's REST API (the host's join token is in it)."""
+        async with self.gc_client() as client:
+            return await client.create_meeting(display_name, **options)
+
+
+def _wired(overrides: Overrides, **wiring: Any) -> dict[str, Any]:
+    return {**{k: v for k, v in wiring.items() if v is not None}, **overrides}
+
+
+async def serve_services(
+    data_dir: pathlib.Path,
+    *,
+    gc: Slot = None,
+    mc: Slot = None,
+    mh: Slot = None,
+    gc_clock: Callable[[], float] | None = None,
+    shutdown: trio.Event,
+    task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Start the roles given (see the module's docstring) and report :class:`Services`; when
+    ``shutdown`` is set, drain the MC, then the MH, then the GC, then stop the stand-ins.
+    Owns every service it starts; for ``nursery.start``, as each service's own ``serve``."""
+    stops = {name: (trio.Event(), trio.Event()) for name in ("mc", "mh", "gc")}
+    services = Services(data_dir=data_dir, shutdown=shutdown)
+    bases = {"gc": ControllerRegistryBase, "mc": MeetingControlBase, "mh": MediaControlBase}
+
+    async def drain_in_order() -> None:
+        await shutdown.wait()
+        with trio.fail_after(STOP_S):
+            for real in (True, False):  # stand-ins last: the real services call them
+                for name in ("mc", "mh", "gc"):
+                    if (not isinstance(roles[name], StandIn)) is real:
+                        stop, done = stops[name]
+                        stop.set()
+                        await done.wait()
+
+    roles: dict[str, Slot] = {"gc": gc, "mc": mc, "mh": mh}
+    for name in [n for n, r in roles.items() if r is None]:
+        stops[name][1].set()  # nothing to drain
+    async with open_rpc_loop(), trio.open_nursery() as nursery:
+        nursery.start_soon(drain_in_order)
+        with trio.fail_after(START_S):
+            for name, role in roles.items():
+                if isinstance(role, StandIn):
+                    services.stand_ins[name] = await nursery.start(
+                        _stand_in_until_done, bases[name], role.servicer, *stops[name]
+                    )
+            await _start_real(nursery, services, roles, stops, gc_clock)
+        task_status.started(services)
+
+
+async def _start_real(
+    nursery: trio.Nursery,
+    services: Services,
+    roles: dict[str, Slot],
+    stops: dict[str, tuple[trio.Event, trio.Event]],
+    gc_clock: Callable[[], float] | None,
+) -> None:
+    """Start the real services among ``roles``: the GC, then the MC, then the MH."""
+    data_dir, stand_ins = services.data_dir, services.stand_ins
+    tls: dict[str, str] = {}
+    if isinstance(gc := roles["gc"], Mapping):
+        settings = services.gc_settings = gc_settings(data_dir, **gc)
+        services.client_id, services.client_secret = await add_client(settings, API_CLIENT_NAME)
+        clock = {"clock": gc_clock} if gc_clock is not None else {}
+        services.gc = await nursery.start(
+            functools.partial(
+                _serve_until_done, global_controller.serve, settings, *stops["gc"], **clock
+            )
+        )
+        if services.gc.dev_certificate:  # the MC and MH serve it too: one pin for the stack
+            data = settings.data_path
+            tls = {"certfile": str(data / DEV_CERT_FILE), "keyfile": str(data / DEV_KEY_FILE)}
+        if "mc" in stand_ins:
+            await register_mc(services.gc.grpc_port, STAND_IN_MC_ID, stand_ins["mc"])
+    if isinstance(mc := roles["mc"], Mapping):
+        key_file = None
+        if roles["gc"] is None:
+            key = generate_signing_key()
+            services.issuer = JoinTokenIssuer(key)
+            key_file = services.join_key_file = data_dir / JOIN_KEY_FILE
+            await trio.Path(data_dir).mkdir(parents=True, exist_ok=True)
+            await trio.Path(key_file).write_bytes(public_key_pem(key))
+        gc_grpc = services.gc.grpc_endpoint if services.gc is not None else stand_ins.get("gc")
+        settings = mc_settings(
+            **_wired(
+                mc,
+                gc_grpc=gc_grpc,
+                media_handler=stand_ins.get("mh"),
+                join_public_key_file=key_file and str(key_file),
+                **tls,
+            )
+        )
+        services.mc = await nursery.start(
+            _serve_until_done, meeting_controller.serve, settings, *stops["mc"]
+        )
+    if isinstance(mh := roles["mh"], Mapping):
+        mc_grpc = stand_ins.get("mc")
+        if services.mc is not None:
+            mc_grpc = "{}:{}".format(*services.mc.grpc_address)
+        settings = mh_settings(**_wired(mh, mc_grpc=mc_grpc, **tls))
+        services.mh = await nursery.start(
+            _serve_until_done, media_handler.serve, settings, *stops["mh"]
+        )
+        if services.mc is not None and settings.mc_grpc == mc_grpc:
+            # Rooms are placed only once the MH has registered with the MC.
+            await services.mc.controller.mhs.wait_for(services.mh.handler_id)
+
+
+@asynccontextmanager
+async def open_services(
+    data_dir: pathlib.Path | None = None,
+    *,
+    gc: Slot = None,
+    mc: Slot = None,
+    mh: Slot = None,
+    gc_clock: Callable[[], float] | None = None,
+) -> AsyncIterator[Services]:
+    """:func:`serve_services` for the block (its data in ``data_dir``, else a temporary
+    directory), with gRPC stubs to the real MC and MH; drains on exit (or when the test sets
+    ``services.shutdown``). The block runs in the trio-asyncio loop the services use."""
+    async with AsyncExitStack() as exits:
+        if data_dir is None:
+            data_dir = pathlib.Path(exits.enter_context(tempfile.TemporaryDirectory()))
+        await exits.enter_async_context(open_rpc_loop())
+        nursery = await exits.enter_async_context(trio.open_nursery())
+        shutdown = trio.Event()
+        exits.callback(shutdown.set)
+        services: Services = await nursery.start(
+            functools.partial(
+                serve_services, data_dir, gc=gc, mc=mc, mh=mh, gc_clock=gc_clock, shutdown=shutdown
+            )
+        )
+        if services.mc is not None:
+            channel = await exits.enter_async_context(open_rpc_channel(*services.mc.grpc_address))
+            services.mc_control = MeetingControlStub(channel)
+        if services.mh is not None:
+            channel = await exits.enter_async_context(open_rpc_channel(*services.mh.grpc_address))
+            services.mh_control = MediaControlStub(channel)
+        yield services
+
+
+# --- python -m darktower ----------------------------------------------------------------------
+@asynccontextmanager
+async def dev_stack(
+    data_dir: pathlib.Path, shutdown: trio.Event | None = None, **overrides: Any
+) -> AsyncIterator[dev.Running]:
+    """``python -m darktower``'s stack with its data in ``data_dir``, ready once the MH has
+    registered with the MC; drains on exit (or when ``shutdown`` is set by the test).
+    ``overrides`` are :class:`darktower.__main__.Settings` fields."""
+    ports = ("api", "page", "signal", "media", "gc_grpc", "mc_grpc", "mh_grpc", "mc_ops", "mh_ops")
+    options: dict[str, Any] = {f"{name}_port": 0 for name in ports}
+    options.update(data_dir=str(data_dir), drain_grace_s=DRAIN_GRACE_S, **overrides)
+    stop = shutdown if shutdown is not None else trio.Event()
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(START_S):
+            running: dev.Running = await nursery.start(
+                functools.partial(dev.serve, dev.Settings(**options), shutdown=stop)
+            )
+            await running.mc.controller.mhs.wait_for(running.mh.handler_id)
+        try:
+            yield running
+        finally:
+            stop.set()
+
+
+# --- clients ----------------------------------------------------------------------------------
+async def next_message(
+    client: SignalingClient, kind: str, *, wait_s: float = WAIT_S
+) -> sig.ServerMessage:
+    """The next server message of ``kind`` on a signaling client (others are skipped)."""
+    with trio.fail_after(wait_s):
+        async for event in client.events:
+            if event.WhichOneof("message") == kind:
+                return event
+    raise AssertionError(f"events ended before a {kind}")
