@@ -11,10 +11,11 @@ from typing import Any
 import trio
 
 from darktower.errors import CapacityExceeded
-from darktower.global_controller.service import grpc_endpoint
-from darktower.global_controller.store import ControllerRecord, IssuedJoinToken, Meeting
+from darktower.global_controller._controllers import grpc_endpoint
+from darktower.global_controller.store import ControllerRecord, IssuedJoinToken, MeetingRecord
 from darktower.logs import fields
 from darktower.model import MeetingId, ParticipantId
+from darktower.protocol.addresses import split_host_port
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mc_pb
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
 from darktower.transport.rpc import RpcError, call, open_rpc_channel
@@ -29,10 +30,10 @@ KICK_MESSAGE = "You were removed from the meeting by its host."
 
 
 def _split(endpoint: str) -> tuple[str, int]:
-    host, _, port = endpoint.rpartition(":")
-    if not host or not port.isdigit():
-        raise CapacityExceeded(f"meeting controller endpoint {endpoint!r} is not host:port")
-    return host.strip("[]"), int(port)
+    try:
+        return split_host_port(endpoint)
+    except ValueError as exc:  # the MC registered an endpoint we cannot call: as unreachable
+        raise CapacityExceeded(f"meeting controller endpoint: {exc}") from None
 
 
 class GrpcMeetingControllers:
@@ -97,7 +98,7 @@ class GrpcMeetingControllers:
                 details={"controller_id": str(controller.controller_id)},
             ) from exc
 
-    async def assign_meeting(self, controller: ControllerRecord, meeting: Meeting) -> None:
+    async def assign_meeting(self, controller: ControllerRecord, meeting: MeetingRecord) -> None:
         await self._call(
             controller,
             "AssignMeeting",

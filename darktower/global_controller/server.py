@@ -17,16 +17,13 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from darktower.global_controller import keys
+from darktower.global_controller._controllers import MeetingControllers
+from darktower.global_controller._metrics import GcMetrics, refresh_gauges
+from darktower.global_controller._tokens import Tokens
 from darktower.global_controller.api import DevCertificate, create_app
-from darktower.global_controller.gc_metrics import GcMetrics, refresh_gauges
 from darktower.global_controller.mc_client import GrpcMeetingControllers
 from darktower.global_controller.registry import ControllerRegistry, sweep_once
-from darktower.global_controller.service import (
-    Clock,
-    GlobalController,
-    MeetingControllers,
-    Tokens,
-)
+from darktower.global_controller.service import Clock, GlobalController
 from darktower.global_controller.settings import Settings
 from darktower.global_controller.store import SqlStore, open_store
 from darktower.logs import fields
