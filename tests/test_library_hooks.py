@@ -92,7 +92,7 @@ HOOKS = [
     Hook(
         "aioquic",
         "module aioquic._buffer (Buffer, BufferReadError)",
-        "transport/ (_wire, _connection, _endpoint, _quic, _http_quic), loadtest/_flood.py",
+        "transport/ (_wire, _routing, _endpoint, _quic, _http_quic), loadtest/_flood.py",
         lambda: _has(importlib.import_module("aioquic._buffer"), "BufferReadError"),
     ),
     Hook(

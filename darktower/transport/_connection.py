@@ -5,25 +5,24 @@ each touched connection once per batch; application calls (stream writes, datagr
 only mark the connection for a flush and wake its task, so writes made in one scheduling tick
 leave in one batch of packets.
 
-WebTransport data never goes through ``H3Connection``: stream prefixes are parsed here and
-WebTransport streams and datagrams are routed around it (docs/decisions.md, "aioquic internals
-touched"); HTTP/3 only sees control, QPACK and request streams (the CONNECT stream included).
+WebTransport data never goes through ``H3Connection``: stream prefixes are parsed and
+WebTransport streams and datagrams are routed around it by ``_routing.py`` (docs/decisions.md,
+"aioquic internals touched"); HTTP/3 only sees control, QPACK and request streams (the CONNECT
+stream included). The task's own deadlines (handshake, keepalive, no session) are kept by
+``_deadlines.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import trio
-from aioquic._buffer import Buffer, BufferReadError
 from aioquic.buffer import size_uint_var
 from aioquic.h3 import events as h3e
 from aioquic.h3.connection import H3Connection
 from aioquic.h3.connection import ProtocolError as H3ProtocolError
-from aioquic.quic import events as qe
 from aioquic.quic.connection import (
     NetworkAddress,
     stream_is_unidirectional,
@@ -31,10 +30,11 @@ from aioquic.quic.connection import (
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ._config import TransportLimits
+from ._deadlines import ConnectionDeadlines
 from ._end import ConnectionLost, IdleTimeout, SessionEnd
 from ._errors import SessionClosed
 from ._quic import CreditedQuicConnection
-from ._routing import route_h3, route_stream_data
+from ._routing import QUIC_EVENT_HANDLERS
 from ._session import WebTransportSession
 from ._stats import TransportStats, count_losses, read_stats
 from ._streams import StreamState
@@ -62,10 +62,6 @@ H3Handler = Callable[[h3e.H3Event | None], None]
 
 class Connection:
     """Per-connection state. Its ``run`` task owns the timer and the sessions' tasks."""
-
-    # The QUIC event handlers, shared by all connections (a per-connection table of bound
-    # methods costs ~1.7 KB per connection); filled in below the class.
-    _DISPATCH: ClassVar[dict[type, Callable[[Connection, Any], None]]] = {}
 
     def __init__(
         self,
@@ -103,14 +99,7 @@ class Connection:
         self._wake_scope: trio.CancelScope | None = None
         self._flush_scheduled = False
         self._timer_at: float | None = None
-        now = trio.current_time()
-        self._last_rx = now
-        self._last_ping = now
-        self._handshake_deadline = now + limits.handshake_timeout_s
-        # Server side: when a connection with no live WebTransport session is closed (armed
-        # at the handshake and whenever the last session ends; keepalives do not move it).
-        self._no_session_deadline = math.inf
-        self.live_sessions = 0
+        self.deadlines = ConnectionDeadlines(trio.current_time(), limits, is_client=self.is_client)
         self._failed = False  # the error boundary closed it (see fail)
         # Server side: the admission that holds this connection's per-address slots.
         self.admit: Admit | None = None
@@ -138,7 +127,7 @@ class Connection:
             if not self.terminated.is_set():
                 self.quic.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase="shutdown")
                 self.flush()
-                self._terminate(QuicErrorCode.NO_ERROR, "shutdown")
+                self.on_terminated(QuicErrorCode.NO_ERROR, "shutdown")
             self.endpoint.forget(self)
 
     def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -150,7 +139,7 @@ class Connection:
 
     async def _timer_loop(self) -> None:
         while not self.terminated.is_set():
-            with trio.CancelScope(deadline=self._deadline()) as scope:
+            with trio.CancelScope(deadline=self.deadlines.next(self._timer_at)) as scope:
                 self._wake_scope = scope
                 if self._flush_scheduled:
                     await trio.lowlevel.checkpoint()
@@ -166,22 +155,18 @@ class Connection:
         timer = self._timer_at
         if timer is not None and now >= timer:
             self.quic.handle_timer(now=now)
-        if not self.handshake_complete.is_set():
-            if now >= self._handshake_deadline:
-                self.quic.close(
-                    error_code=QuicErrorCode.CONNECTION_REFUSED,
-                    frame_type=QuicFrameType.PADDING,  # a transport close, as aioquic's own
-                    reason_phrase="handshake timeout",
-                )
-                self._handshake_deadline = math.inf
-        else:
-            if now >= self._no_session_deadline:
-                self._no_session_deadline = math.inf
-                self.endpoint.counters["no_session_timeout"] += 1
-                self.quic.close(error_code=H3_NO_ERROR, reason_phrase="no WebTransport session")
-            if self._keepalive_at() <= now:
-                self._last_ping = now
-                self.quic.send_ping(0)
+        deadlines = self.deadlines
+        if deadlines.handshake_expired(now):
+            self.quic.close(
+                error_code=QuicErrorCode.CONNECTION_REFUSED,
+                frame_type=QuicFrameType.PADDING,  # a transport close, as aioquic's own
+                reason_phrase="handshake timeout",
+            )
+        if deadlines.no_session_expired(now):
+            self.endpoint.counters["no_session_timeout"] += 1
+            self.quic.close(error_code=H3_NO_ERROR, reason_phrase="no WebTransport session")
+        if deadlines.ping_due(now):
+            self.quic.send_ping(0)
         self.process_events()
         self.flush()
 
@@ -209,50 +194,30 @@ class Connection:
             except Exception:  # the state is unusable: dropped below
                 pass
         # A second error, or the close itself failed: drop the connection without a word.
-        self._terminate(H3_GENERAL_PROTOCOL_ERROR, "error")
+        self.on_terminated(H3_GENERAL_PROTOCOL_ERROR, "error")
 
-    def _keepalive_at(self) -> float:
-        interval = self.limits.keepalive_interval_s
-        if interval is None:
-            return math.inf
-        return max(self._last_rx, self._last_ping) + interval
-
-    def _deadline(self) -> float:
-        timer = self._timer_at
-        deadline = math.inf if timer is None else timer
-        if not self.handshake_complete.is_set():
-            return min(deadline, self._handshake_deadline)
-        return min(deadline, self._keepalive_at(), self._no_session_deadline)
+    def _rearm(self) -> None:
+        if self._wake_scope is not None:
+            self._wake_scope.deadline = self.deadlines.next(self._timer_at)
 
     # --- sessions alive on this connection (the no-session timeout) -----------------------
     def session_started(self) -> None:
-        self.live_sessions += 1
-        self._set_no_session_deadline(math.inf)
+        self.deadlines.session_started()
+        self._rearm()
 
     def session_ended(self) -> None:
-        self.live_sessions -= 1
-        if self.live_sessions == 0 and self.handshake_complete.is_set():
-            self._arm_no_session_timeout()
-
-    def _arm_no_session_timeout(self) -> None:
-        timeout = self.limits.no_session_timeout_s
-        if not self.is_client and timeout is not None and not self.live_sessions:
-            self._set_no_session_deadline(trio.current_time() + timeout)
-
-    def _set_no_session_deadline(self, deadline: float) -> None:
-        self._no_session_deadline = deadline
-        if self._wake_scope is not None:
-            self._wake_scope.deadline = self._deadline()
+        self.deadlines.session_ended(trio.current_time())
+        self._rearm()
 
     # --- I/O, called by the endpoint and the application ----------------------------------
     def receive(self, data: bytes, addr: NetworkAddress, now: float) -> None:
-        self._last_rx = now
+        self.deadlines.received(now)
         self.datagrams_received += 1
         self.quic.receive_datagram(data, addr, now=now)
 
     def process_events(self) -> None:
         next_event = self.quic.next_event
-        dispatch = self._DISPATCH
+        dispatch = QUIC_EVENT_HANDLERS
         event = next_event()
         while event is not None:
             handler = dispatch.get(type(event))
@@ -284,8 +249,7 @@ class Connection:
         # Every change of aioquic's timer (receive, handle_timer, API calls) is followed by a
         # flush, so computing it here once is enough (get_timer is not cheap).
         self._timer_at = self.quic.get_timer()
-        if self._wake_scope is not None:
-            self._wake_scope.deadline = self._deadline()
+        self._rearm()
 
     def schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -422,61 +386,17 @@ class Connection:
         if self.sessions.get(session.session_id) is session:
             del self.sessions[session.session_id]
 
-    # --- QUIC event handlers --------------------------------------------------------------
-    def _on_stream_data(self, event: qe.StreamDataReceived) -> None:
-        route_stream_data(self, event)
-
-    def _on_stream_reset(self, event: qe.StreamReset) -> None:
-        stream_id = event.stream_id
-        state = self.streams.get(stream_id)
-        if state is not None:
-            state.on_reset(event.error_code)
-        elif stream_id in self.rejected:
-            return
-        elif self.pending_prefix.pop(stream_id, None) is not None:
-            self.reject_peer_stream(stream_id, fin=True)
-        else:
-            self._to_h3(event)
-            session = self.sessions.get(stream_id)
-            if session is not None:
-                session.on_connect_stream_gone()
-
-    def _on_stop_sending(self, event: qe.StopSendingReceived) -> None:
-        state = self.streams.get(event.stream_id)
-        if state is not None:
-            state.on_stop_sending(event.error_code)
-        elif event.stream_id not in self.rejected:
-            self._to_h3(event)
-            session = self.sessions.get(event.stream_id)
-            if session is not None:
-                session.on_connect_stream_gone()
-
-    def _on_datagram(self, event: qe.DatagramFrameReceived) -> None:
-        buf = Buffer(data=event.data)
-        try:
-            quarter = buf.pull_uint_var()
-        except BufferReadError:
-            return  # malformed: dropped
-        session = self.sessions.get(quarter * 4)
-        if session is not None:
-            session.on_datagram(event.data[buf.tell() :])
-
-    def _on_handshake_completed(self, event: qe.HandshakeCompleted) -> None:
+    # --- what the connection's QUIC events mean for it (dispatched in _routing.py) --------
+    def on_handshake_completed(self) -> None:
         self.handshake_complete.set()
         self.settled.set()
         self.endpoint.handshake_done(self)
-        self._arm_no_session_timeout()
+        self.deadlines.handshake_completed(trio.current_time())
+        self._rearm()
 
-    def _on_cid_issued(self, event: qe.ConnectionIdIssued) -> None:
-        self.endpoint.add_cid(event.connection_id, self)
-
-    def _on_cid_retired(self, event: qe.ConnectionIdRetired) -> None:
-        self.endpoint.remove_cid(event.connection_id, self)
-
-    def _on_terminated(self, event: qe.ConnectionTerminated) -> None:
-        self._terminate(event.error_code, event.reason_phrase)
-
-    def _terminate(self, error_code: int, reason: str) -> None:
+    def on_terminated(self, error_code: int, reason: str) -> None:
+        """The connection is over (aioquic says so, or it is dropped): record why, end its
+        sessions (:class:`SessionEnd` says why) and pending requests. Idempotent."""
         if self.terminated.is_set():
             return
         self.close_error_code = error_code
@@ -499,20 +419,3 @@ class Connection:
         self.endpoint.forget(self)
         if self._wake_scope is not None:
             self._wake_scope.cancel()
-
-    def _to_h3(self, event: qe.QuicEvent) -> None:
-        route_h3(self, event)
-
-
-Connection._DISPATCH.update(
-    {
-        qe.StreamDataReceived: Connection._on_stream_data,
-        qe.DatagramFrameReceived: Connection._on_datagram,
-        qe.StreamReset: Connection._on_stream_reset,
-        qe.StopSendingReceived: Connection._on_stop_sending,
-        qe.HandshakeCompleted: Connection._on_handshake_completed,
-        qe.ConnectionIdIssued: Connection._on_cid_issued,
-        qe.ConnectionIdRetired: Connection._on_cid_retired,
-        qe.ConnectionTerminated: Connection._on_terminated,
-    }
-)

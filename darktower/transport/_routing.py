@@ -1,6 +1,9 @@
-"""Routing of stream data around and through H3Connection.
+"""Where each QUIC event of a connection goes: to a stream, a session, H3Connection or the
+connection itself (:data:`QUIC_EVENT_HANDLERS`, shared by every connection: a per-connection
+table of bound methods costs ~1.7 KB per connection).
 
-Why: docs/decisions.md, "aioquic internals touched".
+Stream data is routed around and through H3Connection. Why: docs/decisions.md, "aioquic
+internals touched".
 
 Peer streams are classified by their first bytes: WebTransport streams (uni type 0x54, bidi
 frame 0x41, then the session ID) go to our stream objects and are never parsed as HTTP/3;
@@ -10,8 +13,10 @@ the CONNECT streams and plain requests are dispatched here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from aioquic._buffer import Buffer, BufferReadError
 from aioquic.h3 import events as h3e
 from aioquic.quic import events as qe
 from aioquic.quic.connection import stream_is_client_initiated, stream_is_unidirectional
@@ -102,3 +107,69 @@ def _on_request(conn: Connection, event: h3e.HeadersReceived) -> None:
         session.reject(404)
     else:
         conn.on_session_request(session)
+
+
+def _on_stream_reset(conn: Connection, event: qe.StreamReset) -> None:
+    stream_id = event.stream_id
+    state = conn.streams.get(stream_id)
+    if state is not None:
+        state.on_reset(event.error_code)
+    elif stream_id in conn.rejected:
+        return
+    elif conn.pending_prefix.pop(stream_id, None) is not None:
+        conn.reject_peer_stream(stream_id, fin=True)
+    else:
+        route_h3(conn, event)
+        session = conn.sessions.get(stream_id)
+        if session is not None:
+            session.on_connect_stream_gone()
+
+
+def _on_stop_sending(conn: Connection, event: qe.StopSendingReceived) -> None:
+    state = conn.streams.get(event.stream_id)
+    if state is not None:
+        state.on_stop_sending(event.error_code)
+    elif event.stream_id not in conn.rejected:
+        route_h3(conn, event)
+        session = conn.sessions.get(event.stream_id)
+        if session is not None:
+            session.on_connect_stream_gone()
+
+
+def _on_datagram(conn: Connection, event: qe.DatagramFrameReceived) -> None:
+    buf = Buffer(data=event.data)
+    try:
+        quarter = buf.pull_uint_var()
+    except BufferReadError:
+        return  # malformed: dropped
+    session = conn.sessions.get(quarter * 4)
+    if session is not None:
+        session.on_datagram(event.data[buf.tell() :])
+
+
+def _on_handshake_completed(conn: Connection, event: qe.HandshakeCompleted) -> None:
+    conn.on_handshake_completed()
+
+
+def _on_cid_issued(conn: Connection, event: qe.ConnectionIdIssued) -> None:
+    conn.endpoint.add_cid(event.connection_id, conn)
+
+
+def _on_cid_retired(conn: Connection, event: qe.ConnectionIdRetired) -> None:
+    conn.endpoint.remove_cid(event.connection_id, conn)
+
+
+def _on_terminated(conn: Connection, event: qe.ConnectionTerminated) -> None:
+    conn.on_terminated(event.error_code, event.reason_phrase)
+
+
+QUIC_EVENT_HANDLERS: dict[type, Callable[[Connection, Any], None]] = {
+    qe.StreamDataReceived: route_stream_data,
+    qe.DatagramFrameReceived: _on_datagram,
+    qe.StreamReset: _on_stream_reset,
+    qe.StopSendingReceived: _on_stop_sending,
+    qe.HandshakeCompleted: _on_handshake_completed,
+    qe.ConnectionIdIssued: _on_cid_issued,
+    qe.ConnectionIdRetired: _on_cid_retired,
+    qe.ConnectionTerminated: _on_terminated,
+}

@@ -227,8 +227,8 @@ async def test_timeout_waits_while_a_session_lives_and_rearms_after(
 
             session = await open_session(conn, f"127.0.0.1:{_port(base)}", "/echo")
             server_conn = _server_conn(server)
-            assert server_conn.live_sessions == 1
-            assert server_conn._no_session_deadline == math.inf  # nothing closes it meanwhile
+            assert server_conn.deadlines.live_sessions == 1
+            assert server_conn.deadlines.no_session_at == math.inf  # nothing closes it meanwhile
             await session.close()
             with trio.fail_after(5):
                 await conn.terminated.wait()  # re-armed when the session ended

@@ -1,0 +1,103 @@
+"""When one QUIC connection's task must wake besides aioquic's own timer, and what is due then.
+
+Three deadlines of our own: the handshake timeout, the keepalive PING and, on the server, the
+no-session timeout (a connection that carries no live WebTransport session is closed; armed
+at the handshake and whenever the last session ends, keepalives do not move it). Sans-IO:
+every time is a parameter; the connection's task sleeps until :meth:`next` and asks what is
+due (the limits: docs/architecture.md §5.1).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ._config import TransportLimits
+
+
+class ConnectionDeadlines:
+    """The handshake, keepalive and no-session deadlines of one connection."""
+
+    __slots__ = (
+        "_handshake_at",
+        "_keepalive_s",
+        "_last_ping",
+        "_last_rx",
+        "_no_session_at",
+        "_no_session_timeout_s",
+        "handshake_done",
+        "live_sessions",
+    )
+
+    def __init__(self, now: float, limits: TransportLimits, *, is_client: bool) -> None:
+        self._keepalive_s = limits.keepalive_interval_s
+        # Only a server closes a connection for carrying no session.
+        self._no_session_timeout_s = None if is_client else limits.no_session_timeout_s
+        self._last_rx = now
+        self._last_ping = now
+        self._handshake_at = now + limits.handshake_timeout_s
+        self._no_session_at = math.inf
+        self.handshake_done = False
+        self.live_sessions = 0
+
+    @property
+    def no_session_at(self) -> float:
+        """When the connection is closed for carrying no session (``inf``: not armed)."""
+        return self._no_session_at
+
+    def next(self, quic_timer: float | None) -> float:
+        """The earliest of aioquic's timer and ours."""
+        deadline = math.inf if quic_timer is None else quic_timer
+        if not self.handshake_done:
+            return min(deadline, self._handshake_at)
+        return min(deadline, self._keepalive_at(), self._no_session_at)
+
+    # --- inputs ---------------------------------------------------------------------------
+    def received(self, now: float) -> None:
+        """A datagram arrived: the keepalive counts from here."""
+        self._last_rx = now
+
+    def handshake_completed(self, now: float) -> None:
+        self.handshake_done = True
+        self._arm_no_session(now)
+
+    def session_started(self) -> None:
+        self.live_sessions += 1
+        self._no_session_at = math.inf
+
+    def session_ended(self, now: float) -> None:
+        self.live_sessions -= 1
+        if self.live_sessions == 0 and self.handshake_done:
+            self._arm_no_session(now)
+
+    # --- what is due (each is reported once) ----------------------------------------------
+    def handshake_expired(self, now: float) -> bool:
+        """The handshake did not complete in time: close the connection."""
+        if self.handshake_done or now < self._handshake_at:
+            return False
+        self._handshake_at = math.inf
+        return True
+
+    def no_session_expired(self, now: float) -> bool:
+        """No session for ``no_session_timeout_s``: close the connection."""
+        if not self.handshake_done or now < self._no_session_at:
+            return False
+        self._no_session_at = math.inf
+        return True
+
+    def ping_due(self, now: float) -> bool:
+        """Nothing received or pinged for ``keepalive_interval_s``: send a PING (counted as
+        sent from ``now``)."""
+        if not self.handshake_done or self._keepalive_at() > now:
+            return False
+        self._last_ping = now
+        return True
+
+    def _keepalive_at(self) -> float:
+        if self._keepalive_s is None:
+            return math.inf
+        return max(self._last_rx, self._last_ping) + self._keepalive_s
+
+    def _arm_no_session(self, now: float) -> None:
+        timeout = self._no_session_timeout_s
+        if timeout is not None and not self.live_sessions:
+            self._no_session_at = now + timeout

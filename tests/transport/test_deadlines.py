@@ -1,0 +1,74 @@
+"""A connection's own deadlines on explicit times (a private sans-IO unit, tested on purpose):
+handshake timeout, keepalive PING, and the server's no-session timeout."""
+
+from __future__ import annotations
+
+import math
+
+from darktower.transport import TransportLimits
+from darktower.transport._deadlines import ConnectionDeadlines
+
+LIMITS = TransportLimits(
+    handshake_timeout_s=10.0, no_session_timeout_s=5.0, keepalive_interval_s=2.0
+)
+
+
+def test_the_handshake_deadline_is_due_once_and_only_before_the_handshake() -> None:
+    d = ConnectionDeadlines(100.0, LIMITS, is_client=False)
+    assert d.next(None) == 110.0
+    assert d.next(104.0) == 104.0  # aioquic's timer comes first
+    assert not d.handshake_expired(109.9)
+    assert not d.ping_due(109.9)  # no keepalive before the handshake
+    assert d.handshake_expired(110.0)
+    assert not d.handshake_expired(111.0)  # reported once
+    assert d.next(None) == math.inf
+
+    done = ConnectionDeadlines(100.0, LIMITS, is_client=False)
+    done.handshake_completed(101.0)
+    assert not done.handshake_expired(200.0)
+
+
+def test_a_server_without_a_session_is_due_to_close_despite_keepalives() -> None:
+    d = ConnectionDeadlines(0.0, LIMITS, is_client=False)
+    d.handshake_completed(1.0)
+    assert d.no_session_at == 6.0
+    assert d.next(None) == 2.0  # the keepalive (from the last datagram, at 0) comes first
+    assert d.ping_due(2.0)
+    assert not d.ping_due(2.5)
+    d.received(3.0)
+    assert d.next(None) == 5.0  # keepalive from the datagram at 3
+    assert not d.no_session_expired(5.9)
+    assert d.no_session_expired(6.0)  # keepalives did not move it
+    assert not d.no_session_expired(7.0)  # reported once
+
+
+def test_a_live_session_disarms_the_timeout_and_the_last_one_ending_rearms_it() -> None:
+    d = ConnectionDeadlines(0.0, LIMITS, is_client=False)
+    d.handshake_completed(1.0)
+    d.session_started()
+    d.session_started()
+    assert d.live_sessions == 2
+    assert d.no_session_at == math.inf
+    d.session_ended(20.0)
+    assert d.no_session_at == math.inf  # one session still lives
+    d.session_ended(30.0)
+    assert d.no_session_at == 35.0
+    assert d.no_session_expired(35.0)
+
+
+def test_a_client_never_closes_for_want_of_a_session() -> None:
+    d = ConnectionDeadlines(0.0, LIMITS, is_client=True)
+    d.handshake_completed(1.0)
+    d.session_started()
+    d.session_ended(2.0)
+    assert d.no_session_at == math.inf
+    assert not d.no_session_expired(1e9)
+
+
+def test_no_keepalive_when_the_interval_is_none() -> None:
+    d = ConnectionDeadlines(
+        0.0, TransportLimits(keepalive_interval_s=None, no_session_timeout_s=None), is_client=False
+    )
+    d.handshake_completed(1.0)
+    assert d.next(None) == math.inf
+    assert not d.ping_due(1e9)
