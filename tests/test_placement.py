@@ -9,24 +9,24 @@ import pytest
 from darktower.errors import CapacityExceeded, ErrorCode
 from darktower.global_controller.placement import (
     ControllerView,
-    Health,
     effective_health,
     is_alive,
     load,
     place_meeting,
     region_distance,
 )
+from darktower.global_controller.store import HealthStatus
 from darktower.model import ControllerId
 from darktower.protocol.heartbeats import MC_HEARTBEAT_TIMEOUT_S as HEARTBEAT_EXPIRY_S
 
 NOW = 1000.0
-H, D, U = Health.HEALTHY, Health.DEGRADED, Health.UNHEALTHY
+H, D, U = HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY
 
 
 def mc(
     cid: str,
     region: str = "us-west-1",
-    health: Health = H,
+    health: HealthStatus = H,
     meetings: tuple[int, int] = (0, 10),
     participants: tuple[int, int] = (0, 100),
     age: float = 0.0,

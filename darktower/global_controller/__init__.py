@@ -30,7 +30,7 @@ from ._metrics import GcMetrics, refresh_gauges
 from ._tokens import AccessGate, Tokens, token_id
 from .server import Running, serve
 from .service import GlobalController
-from .settings import GlobalSettings, Settings
+from .settings import Settings
 
 __all__ = [
     "CLIENT_RECHECK_S",
@@ -44,7 +44,6 @@ __all__ = [
     "DevCertificate",
     "GcMetrics",
     "GlobalController",
-    "GlobalSettings",
     "MeetingControllers",
     "Reply",
     "RestHandlers",

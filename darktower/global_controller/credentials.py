@@ -159,10 +159,3 @@ async def verify_secret_async(secret: str, encoded: str) -> bool:
     """:func:`verify_secret` in a worker thread (at most :data:`KDF_CONCURRENCY` at once).
     Raises ``ValueError`` for a malformed ``encoded``."""
     return await trio.to_thread.run_sync(verify_secret, secret, encoded, limiter=_limiter())
-
-
-def needs_rehash(encoded: str, params: ScryptParams = DEFAULT_PARAMS) -> bool:
-    """Whether ``encoded`` was made with other parameters than ``params`` (e.g. older, cheaper
-    ones), so the caller can store a fresh hash after the next successful verification."""
-    parts = encoded.split("$")
-    return len(parts) != 4 or parts[0] != SCHEME or ScryptParams.decode(parts[1]) != params

@@ -30,10 +30,6 @@ from darktower.global_controller.store import ControllerRecord, HealthStatus
 from darktower.model import ControllerId
 from darktower.protocol.heartbeats import MC_HEARTBEAT_TIMEOUT_S
 
-# The contract's ``HealthStatus`` (values equal the protobuf enum's; lower is better). One
-# definition, the store's: placement reads it from the records the store returns.
-Health = HealthStatus
-
 
 @attrs.frozen
 class ControllerView:
@@ -41,7 +37,7 @@ class ControllerView:
 
     controller_id: ControllerId
     region: str
-    health: Health
+    health: HealthStatus  # the contract's (lower is better), as the store keeps it
     max_meetings: int
     current_meetings: int
     max_participants: int
@@ -72,9 +68,9 @@ def is_alive(
 
 def effective_health(
     view: ControllerView, now: float, heartbeat_expiry_s: float = MC_HEARTBEAT_TIMEOUT_S
-) -> Health:
+) -> HealthStatus:
     """The reported health, or ``UNHEALTHY`` once the heartbeat has expired."""
-    return view.health if is_alive(view, now, heartbeat_expiry_s) else Health.UNHEALTHY
+    return view.health if is_alive(view, now, heartbeat_expiry_s) else HealthStatus.UNHEALTHY
 
 
 def has_room(view: ControllerView) -> bool:
@@ -122,10 +118,13 @@ def place_meeting(
     eligible = [
         v
         for v in views
-        if effective_health(v, now, heartbeat_expiry_s) is not Health.UNHEALTHY and has_room(v)
+        if effective_health(v, now, heartbeat_expiry_s) is not HealthStatus.UNHEALTHY
+        and has_room(v)
     ]
     if not eligible:
-        down = sum(effective_health(v, now, heartbeat_expiry_s) is Health.UNHEALTHY for v in views)
+        down = sum(
+            effective_health(v, now, heartbeat_expiry_s) is HealthStatus.UNHEALTHY for v in views
+        )
         raise CapacityExceeded(
             f"no healthy meeting controller with spare capacity "
             f"({len(views)} registered, {down} unhealthy or silent, {len(views) - down} full)",

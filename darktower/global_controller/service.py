@@ -182,7 +182,8 @@ class GlobalController:
         }
 
     async def meeting_info(self, meeting_id: MeetingId) -> dict[str, Any]:
-        """Contract §1.2 plus ``status`` (active, ended, controller_lost). ``NotFound``."""
+        """``GET /api/v1/meetings/{id}`` (docs/protocol.md §1.1), with ``status`` (active, ended,
+        controller_lost). ``NotFound``."""
         meeting = await self.store.get_meeting(meeting_id)
         info: dict[str, Any] = {
             "meeting_id": meeting.meeting_id,

@@ -114,7 +114,3 @@ class Settings:
     @property
     def store_url(self) -> str:
         return self.database or str(self.data_path / "gc.db")
-
-
-# The name the lead's first draft used.
-GlobalSettings = Settings

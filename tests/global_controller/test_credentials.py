@@ -18,7 +18,6 @@ from darktower.global_controller.credentials import (
     ScryptParams,
     hash_secret,
     hash_secret_async,
-    needs_rehash,
     new_client_id,
     new_client_secret,
     verify_secret,
@@ -109,12 +108,6 @@ def test_bad_parameters_are_refused() -> None:
             ScryptParams(**kwargs)
 
 
-def test_needs_rehash() -> None:
-    cheap = hash_secret("s", CHEAP)
-    assert needs_rehash(cheap)
-    assert not needs_rehash(cheap, CHEAP)
-
-
 def test_new_ids_and_secrets_are_unique_and_strong() -> None:
     secrets = {new_client_secret() for _ in range(100)}
     assert len(secrets) == 100
@@ -125,7 +118,6 @@ def test_new_ids_and_secrets_are_unique_and_strong() -> None:
 
 def test_dummy_hash_costs_a_real_verification_and_matches_nothing() -> None:
     assert DUMMY_HASH.startswith(f"scrypt${DEFAULT_PARAMS.encode()}$")
-    assert not needs_rehash(DUMMY_HASH)
     assert not verify_secret("", DUMMY_HASH)
     assert not verify_secret(new_client_secret(), DUMMY_HASH)
 

@@ -11,6 +11,7 @@ from darktower.errors import Conflict, ErrorCode, NotFound
 from darktower.global_controller.store import (
     MAX_LIST_ROWS,
     ControllerCapacity,
+    HealthStatus,
     MeetingRecord,
     MeetingSettings,
     MeetingStatus,
@@ -83,8 +84,6 @@ async def test_missing_meeting_is_not_found(store: SqlStore) -> None:
     assert info.value.details == {"meeting_id": missing}
     with pytest.raises(NotFound):
         await store.end_meeting(missing)
-    with pytest.raises(NotFound):
-        await store.assign_meeting(missing, MC1)
 
 
 async def test_create_on_unknown_controller_is_not_found(store: SqlStore) -> None:
@@ -142,38 +141,27 @@ async def test_end_meeting_is_idempotent_and_keeps_first_end(
     clock.advance(60)
     again = await store.end_meeting(meeting.meeting_id)
     assert again == ended
+
+
+async def test_heartbeat_participant_counts(store: SqlStore) -> None:
     await store.register_controller(MC1, "eu", "https://mc1", CAP)
-    with pytest.raises(Conflict):
-        await store.assign_meeting(meeting.meeting_id, MC1)
-
-
-async def test_assign_meeting(store: SqlStore) -> None:
-    meeting = await store.create_meeting(_new())
-    with pytest.raises(NotFound):
-        await store.assign_meeting(meeting.meeting_id, MC1)
-    await store.register_controller(MC1, "eu", "https://mc1", CAP)
-    assigned = await store.assign_meeting(meeting.meeting_id, MC1)
-    assert assigned.controller_id == MC1
-    assert assigned.status is MeetingStatus.ACTIVE
-
-
-async def test_update_participant_counts(store: SqlStore) -> None:
     # Ids fixed so that m1 is updated before m2 fails below.
-    m1 = await store.create_meeting(_new(meeting_id=MeetingId("a-meeting")))
-    m2 = await store.create_meeting(_new(meeting_id=MeetingId("b-meeting")))
-    ended = await store.create_meeting(_new())
+    m1 = await store.create_meeting(_new(meeting_id=MeetingId("a-meeting"), controller_id=MC1))
+    m2 = await store.create_meeting(_new(meeting_id=MeetingId("b-meeting"), controller_id=MC1))
+    ended = await store.create_meeting(_new(controller_id=MC1))
     await store.end_meeting(ended.meeting_id)
-    changed = await store.update_participant_counts(
-        {m1.meeting_id: 5, m2.meeting_id: 0, ended.meeting_id: 9, MeetingId("unknown"): 3}
-    )
-    assert changed == 2
+    counts = {m1.meeting_id: 5, m2.meeting_id: 0, ended.meeting_id: 9, MeetingId("unknown"): 3}
+    await store.record_heartbeat(MC1, CAP, HealthStatus.HEALTHY, counts)
     assert (await store.get_meeting(m1.meeting_id)).participant_count == 5
     assert (await store.get_meeting(m2.meeting_id)).participant_count == 0
     assert (await store.get_meeting(ended.meeting_id)).participant_count == 0
     with pytest.raises(ValueError):
-        await store.update_participant_counts({m1.meeting_id: 7, m2.meeting_id: -1})
+        await store.record_heartbeat(
+            MC1, CAP, HealthStatus.DEGRADED, {m1.meeting_id: 7, m2.meeting_id: -1}
+        )
     # The failed call rolled back as a whole.
     assert (await store.get_meeting(m1.meeting_id)).participant_count == 5
+    assert (await store.get_controller(MC1)).health is HealthStatus.HEALTHY
 
 
 async def test_sqlite_file_is_owner_only(tmp_path: pathlib.Path) -> None:

@@ -120,11 +120,6 @@ class SqlStore(abc.ABC):
             single_read=True,
         )
 
-    async def assign_meeting(
-        self, meeting_id: MeetingId, controller_id: ControllerId
-    ) -> MeetingRecord:
-        return await self._call(_meeting_queries.assign_meeting, meeting_id, controller_id)
-
     async def end_meeting(
         self, meeting_id: MeetingId, reason: EndReason = EndReason.OWNER
     ) -> MeetingRecord:
@@ -132,9 +127,6 @@ class SqlStore(abc.ABC):
 
     async def end_empty_meetings(self, empty_before: datetime) -> list[MeetingRecord]:
         return await self._call(_meeting_queries.end_empty_meetings, empty_before, self._clock())
-
-    async def touch_meeting(self, meeting_id: MeetingId) -> None:
-        await self._call(_meeting_queries.touch_meeting, meeting_id, self._clock())
 
     async def record_join(
         self, meeting_id: MeetingId, token_id: str, identity: str, expires_at: datetime
@@ -162,11 +154,6 @@ class SqlStore(abc.ABC):
 
     async def purge_expired(self) -> int:
         return await self._call(_join_queries.purge_expired, self._clock())
-
-    async def update_participant_counts(self, counts: Mapping[MeetingId, int]) -> int:
-        return await self._call(
-            _meeting_queries.update_participant_counts, dict(counts), self._clock()
-        )
 
     # -- controllers ------------------------------------------------------------------------
     async def register_controller(

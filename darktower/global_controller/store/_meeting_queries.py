@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from darktower.errors import Conflict, RateLimited
+from darktower.errors import RateLimited
 from darktower.global_controller._limits import ACTIVE_CAP_RETRY_AFTER_S
 from darktower.model import ClientId, ControllerId, MeetingId
 
@@ -97,18 +97,6 @@ def list_meetings(
     return [meeting_record(tx, row) for row in rows]
 
 
-def assign_meeting(tx: Tx, meeting_id: MeetingId, controller_id: ControllerId) -> MeetingRecord:
-    meeting = get_meeting(tx, meeting_id)
-    get_controller(tx, controller_id)
-    if not meeting.is_active:
-        raise Conflict(f"meeting {meeting_id} has ended", details={"meeting_id": meeting_id})
-    tx.run(
-        "UPDATE meetings SET controller_id = ?, status = ? WHERE meeting_id = ?",
-        (controller_id, MeetingStatus.ACTIVE.value, meeting_id),
-    )
-    return get_meeting(tx, meeting_id)
-
-
 def end_meeting(tx: Tx, meeting_id: MeetingId, now: datetime, reason: EndReason) -> MeetingRecord:
     get_meeting(tx, meeting_id)
     # The status guard keeps the first ending's time when two replicas end it at once.
@@ -171,37 +159,29 @@ _EMPTY_SINCE = "empty_since = CASE WHEN ? > 0 THEN NULL ELSE COALESCE(empty_sinc
 def set_counts(
     tx: Tx,
     counts: Mapping[MeetingId, int],
-    controller_id: ControllerId | None,
+    controller_id: ControllerId,
     now: datetime,
 ) -> int:
+    """The participant counts ``controller_id`` reports for its meetings (and their emptiness:
+    a count of zero starts it, above zero clears it); meetings placed elsewhere, ended or
+    unknown are left alone. Returns the rows updated."""
     changed = 0
     stamp = tx.dialect.ts_in(now)
     for meeting_id, count in sorted(counts.items()):  # sorted: same lock order on every replica
         if count < 0:
             raise ValueError(f"negative participant count {count} for meeting {meeting_id}")
-        if controller_id is None:
-            changed += tx.run(
-                f"UPDATE meetings SET participant_count = ?, {_EMPTY_SINCE} "
-                "WHERE meeting_id = ? AND status <> ?",
-                (count, count, stamp, meeting_id, MeetingStatus.ENDED.value),
-            )
-        else:
-            # Still listed by its controller: a meeting reported lost is alive after all.
-            changed += tx.run(
-                f"UPDATE meetings SET participant_count = ?, status = ?, {_EMPTY_SINCE} "
-                "WHERE meeting_id = ? AND controller_id = ? AND status <> ?",
-                (
-                    count,
-                    MeetingStatus.ACTIVE.value,
-                    count,
-                    stamp,
-                    meeting_id,
-                    controller_id,
-                    MeetingStatus.ENDED.value,
-                ),
-            )
+        # Still listed by its controller: a meeting reported lost is alive after all.
+        changed += tx.run(
+            f"UPDATE meetings SET participant_count = ?, status = ?, {_EMPTY_SINCE} "
+            "WHERE meeting_id = ? AND controller_id = ? AND status <> ?",
+            (
+                count,
+                MeetingStatus.ACTIVE.value,
+                count,
+                stamp,
+                meeting_id,
+                controller_id,
+                MeetingStatus.ENDED.value,
+            ),
+        )
     return changed
-
-
-def update_participant_counts(tx: Tx, counts: Mapping[MeetingId, int], now: datetime) -> int:
-    return set_counts(tx, counts, None, now)

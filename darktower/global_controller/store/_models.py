@@ -21,7 +21,8 @@ def new_meeting_id() -> MeetingId:
 
 
 class HealthStatus(enum.IntEnum):
-    """Contract §5.2 ``HealthStatus``; the values equal the protobuf enum's."""
+    """A controller's health: ``HealthStatus`` of proto/darktower/v1/common.proto (the values
+    are equal)."""
 
     HEALTHY = 0
     DEGRADED = 1
@@ -49,7 +50,7 @@ class EndReason(enum.StrEnum):
 
 @attrs.frozen
 class MeetingSettings:
-    """Contract §1.1 ``settings``."""
+    """A meeting's ``settings`` (``POST /api/v1/meetings``, docs/protocol.md §1.1)."""
 
     enable_e2e_encryption: bool = False
     require_auth: bool = False
@@ -105,7 +106,8 @@ class IssuedJoinToken:
 
 @attrs.frozen
 class ControllerCapacity:
-    """Contract §5.1 ``ControllerCapacity``."""
+    """What a controller holds and can hold: ``ControllerCapacity`` of
+    proto/darktower/v1/registry.proto."""
 
     max_meetings: int = 0
     current_meetings: int = 0

@@ -64,13 +64,6 @@ class Store(Protocol):
         ``created_at``."""
         ...
 
-    async def assign_meeting(
-        self, meeting_id: MeetingId, controller_id: ControllerId
-    ) -> MeetingRecord:
-        """Place (or move) a not-ended meeting on a controller; it becomes ACTIVE.
-        NotFound if the meeting or the controller is missing, Conflict if it has ended."""
-        ...
-
     async def end_meeting(
         self, meeting_id: MeetingId, reason: EndReason = EndReason.OWNER
     ) -> MeetingRecord:
@@ -82,10 +75,6 @@ class Store(Protocol):
         """End (reason EMPTY) the ACTIVE meetings empty since before ``empty_before``, at most
         :data:`MAX_LIST_ROWS` per call; returns those this call ended (each meeting is ended
         by one call only, whatever the replicas)."""
-        ...
-
-    async def touch_meeting(self, meeting_id: MeetingId) -> None:
-        """A join token was issued: an empty meeting counts as empty from now."""
         ...
 
     async def record_join(
@@ -113,11 +102,6 @@ class Store(Protocol):
 
     async def purge_expired(self) -> int:
         """Forget expired join-token records and bans."""
-        ...
-
-    async def update_participant_counts(self, counts: Mapping[MeetingId, int]) -> int:
-        """Record participant counts (and emptiness: a count of zero starts it, above zero
-        clears it); unknown ids are ignored. Returns rows updated."""
         ...
 
     # -- controller registry --------------------------------------------------------------
