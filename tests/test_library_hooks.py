@@ -32,7 +32,7 @@ from hypercorn.protocol.quic import QuicProtocol
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 
-from darktower.transport._certs import generate_dev_certificate
+from darktower.transport import generate_dev_certificate
 
 
 @attrs.frozen

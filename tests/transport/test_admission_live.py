@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from darktower.transport import (
+    RETRY_ALWAYS,
     ConnectFailed,
     Connection,
     Endpoint,
@@ -22,7 +23,6 @@ from darktower.transport import (
     connect_webtransport,
     open_quic_connection,
 )
-from darktower.transport._config import RETRY_ALWAYS
 from darktower.transport._endpoint import make_udp_socket
 from darktower.transport._tls import quic_configuration
 from darktower.transport._wire import H3_NO_ERROR

@@ -14,13 +14,14 @@ from aioquic.h3 import events as h3e
 from aioquic.quic.events import StreamDataReceived
 
 from darktower.transport import (
+    RETRY_ALWAYS,
+    RETRY_THRESHOLD,
     Route,
     TlsCredentials,
     TransportLimits,
     WebTransportSession,
     WebTransportStream,
 )
-from darktower.transport._config import RETRY_ALWAYS, RETRY_THRESHOLD
 from tests._aioquic_peer import EVENT_TIMEOUT_S, AioquicPeer, peer_configuration
 
 from .conftest import start_server

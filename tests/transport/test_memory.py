@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from darktower.transport import (
+    Endpoint,
     Route,
     TlsCredentials,
     TransportLimits,
@@ -18,7 +19,7 @@ from darktower.transport import (
     _endpoint,
     connect_webtransport,
 )
-from darktower.transport._endpoint import HEAP_TRIM_INTERVAL_S, Endpoint, make_udp_socket
+from darktower.transport._endpoint import HEAP_TRIM_INTERVAL_S, make_udp_socket
 from darktower.transport._quic import CreditedQuicConnection
 
 from .conftest import start_server

@@ -11,6 +11,7 @@ import trio
 
 from darktower.transport import (
     CLOSE_CODE_CANCELLED,
+    ConnectRequest,
     DatagramTooLarge,
     RejectSession,
     Route,
@@ -23,7 +24,6 @@ from darktower.transport import (
     WebTransportStream,
     connect_webtransport,
 )
-from darktower.transport._session import ConnectRequest
 
 from .conftest import start_server, wait_until
 
