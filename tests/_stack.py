@@ -7,8 +7,7 @@ Each role is absent (``None``), the real service (a mapping of its ``Settings`` 
 a :class:`StandIn` (a test double served over the real gRPC in that role). Wiring follows
 the roles present, and an explicit override always wins:
 
-* a real MC registers with the GC's registry (``gc_grpc``); a stand-in MC is registered
-  there by the harness as ``STAND_IN_MC_ID``;
+* a real MC registers with the GC's registry (``gc_grpc``) (a stand-in's test registers it);
 * a real MH registers with the MC (``mc_grpc``); a stand-in MH is the MC's static
   ``media_handler``; the stack is ready once a real MH is registered with a real MC;
 * without a GC the MC verifies join tokens with a key made here (:attr:`Services.issuer`
@@ -44,11 +43,10 @@ from darktower.global_controller.clients import add_client
 from darktower.global_controller.keys import DEV_CERT_FILE, DEV_KEY_FILE
 from darktower.model import MeetingId, Role
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
-from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.protocol.pb.v1.media_control_grpc import MediaControlBase, MediaControlStub
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase, MeetingControlStub
-from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryBase, ControllerRegistryStub
+from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryBase
 from darktower.protocol.tokens import JoinTokenIssuer, generate_signing_key, public_key_pem
 from darktower.transport.rpc import call, open_rpc_channel, open_rpc_loop, rpc_service, serve_rpc
 
@@ -59,7 +57,6 @@ START_S = 60.0
 STOP_S = 60.0
 WAIT_S = 20.0  # a bound on each wait of the helpers below: real QUIC on real time
 DRAIN_GRACE_S = 2.0
-STAND_IN_MC_ID = "mc-1"
 API_CLIENT_NAME = "alice"
 JOIN_KEY_FILE = "join-key.pem"  # the MC's join-token public key when there is no GC
 
@@ -93,39 +90,46 @@ def mh_settings(**overrides: Any) -> media_handler.Settings:
 
 
 # --- one service ------------------------------------------------------------------------------
-async def _serve_until_done(
-    serve: Serve,
-    settings: Any,
-    stop: trio.Event,
-    done: trio.Event,
-    *,
-    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
-    **serve_kwargs: Any,
-) -> None:
-    """``serve(settings, shutdown=stop, ...)``; ``done`` is set once it has returned."""
-    try:
-        await serve(settings, shutdown=stop, task_status=task_status, **serve_kwargs)
-    finally:
-        done.set()
+@attrs.define(eq=False)
+class _Task:
+    """One role's task: ``stop`` asks it to drain, ``done`` is set once it has returned."""
 
+    stop: trio.Event = attrs.Factory(trio.Event)
+    done: trio.Event = attrs.Factory(trio.Event)
 
-async def _stand_in_until_done(
-    base: type,
-    servicer: object,
-    stop: trio.Event,
-    done: trio.Event,
-    *,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``servicer`` as ``base`` over gRPC until ``stop``; reports its ``host:port``."""
-    try:
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_rpc, [rpc_service(base, servicer)], HOST, 0)
-            task_status.started(f"{HOST}:{port}")
-            await stop.wait()
-            nursery.cancel_scope.cancel()
-    finally:
-        done.set()
+    async def serve(
+        self,
+        serve: Serve,
+        settings: Any,
+        *,
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+        **serve_kwargs: Any,
+    ) -> None:
+        try:
+            await serve(settings, shutdown=self.stop, task_status=task_status, **serve_kwargs)
+        finally:
+            self.done.set()
+
+    async def stand_in(
+        self,
+        base: type,
+        servicer: object,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve ``servicer`` as ``base`` over gRPC until ``stop``; reports its ``host:port``."""
+        try:
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(serve_rpc, [rpc_service(base, servicer)], HOST, 0)
+                task_status.started(f"{HOST}:{port}")
+                await self.stop.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.done.set()
+
+    async def drain(self) -> None:
+        self.stop.set()
+        await self.done.wait()
 
 
 @asynccontextmanager
@@ -134,55 +138,28 @@ async def running_service(
 ) -> AsyncIterator[tuple[Any, trio.Event]]:
     """One service: yields its ``Running`` and its shutdown event; on exit sets the event and
     waits until ``serve`` has drained and returned."""
-    stop, done = trio.Event(), trio.Event()
+    task = _Task()
     async with trio.open_nursery() as nursery:
         with trio.fail_after(START_S):
             running = await nursery.start(
-                functools.partial(_serve_until_done, serve, settings, stop, done, **serve_kwargs)
+                functools.partial(task.serve, serve, settings, **serve_kwargs)
             )
         try:
-            yield running, stop
+            yield running, task.stop
         finally:
-            stop.set()
+            task.stop.set()
 
 
 @asynccontextmanager
 async def running_stand_in(base: type, servicer: object) -> AsyncIterator[str]:
     """``servicer`` served as ``base`` (e.g. ``MeetingControlBase``); yields its ``host:port``."""
-    stop, done = trio.Event(), trio.Event()
+    task = _Task()
     async with trio.open_nursery() as nursery:
-        endpoint: str = await nursery.start(_stand_in_until_done, base, servicer, stop, done)
+        endpoint: str = await nursery.start(task.stand_in, base, servicer)
         try:
             yield endpoint
         finally:
-            stop.set()
-
-
-async def register_mc(
-    grpc_port: int,
-    controller_id: str,
-    mc_endpoint: str,
-    *,
-    region: str = "local",
-    max_meetings: int = 100,
-) -> reg_pb.RegisterMeetingControllerResponse:
-    """Register an MC (a stand-in: a real one registers itself) with the GC on ``grpc_port``."""
-    async with open_rpc_channel(HOST, grpc_port) as channel:
-        stub = ControllerRegistryStub(channel)
-        reply: reg_pb.RegisterMeetingControllerResponse = await call(
-            stub.RegisterMeetingController,
-            reg_pb.RegisterMeetingController(
-                controller_id=controller_id,
-                region=region,
-                endpoint=mc_endpoint,
-                capacity=reg_pb.ControllerCapacity(
-                    max_meetings=max_meetings, max_participants=1000
-                ),
-                signaling_url=f"https://{HOST}:4433/v1/signal?mc={controller_id}",
-            ),
-            deadline_s=5,
-        )
-        return reply
+            task.stop.set()
 
 
 # --- the stack --------------------------------------------------------------------------------
@@ -194,6 +171,8 @@ class StandIn:
 
 
 Slot = Overrides | StandIn | None
+STAND_IN_BASES = {"gc": ControllerRegistryBase, "mc": MeetingControlBase, "mh": MediaControlBase}
+DRAIN_ORDER = ("mc", "mh", "gc")
 
 
 @attrs.define(eq=False)
@@ -266,7 +245,8 @@ class Services:
             return await client.create_meeting(display_name, **options)
 
 
-def _wired(overrides: Overrides, **wiring: Any) -> dict[str, Any]:
+def _wired(wiring: Mapping[str, str | None], overrides: Overrides) -> dict[str, Any]:
+    """The settings that connect a service to the others present; an override wins."""
     return {**{k: v for k, v in wiring.items() if v is not None}, **overrides}
 
 
@@ -283,32 +263,28 @@ async def serve_services(
     """Start the roles given (see the module's docstring) and report :class:`Services`; when
     ``shutdown`` is set, drain the MC, then the MH, then the GC, then stop the stand-ins.
     Owns every service it starts; for ``nursery.start``, as each service's own ``serve``."""
-    stops = {name: (trio.Event(), trio.Event()) for name in ("mc", "mh", "gc")}
+    roles: dict[str, Slot] = {"gc": gc, "mc": mc, "mh": mh}
+    tasks = {name: _Task() for name, role in roles.items() if role is not None}
+    # Stand-ins last (the real services call them); the MC first: its meetings end while the
+    # MH can still remove participants and the GC still hears of it.
+    order = sorted(tasks, key=lambda n: (isinstance(roles[n], StandIn), DRAIN_ORDER.index(n)))
     services = Services(data_dir=data_dir, shutdown=shutdown)
-    bases = {"gc": ControllerRegistryBase, "mc": MeetingControlBase, "mh": MediaControlBase}
 
     async def drain_in_order() -> None:
         await shutdown.wait()
         with trio.fail_after(STOP_S):
-            for real in (True, False):  # stand-ins last: the real services call them
-                for name in ("mc", "mh", "gc"):
-                    if (not isinstance(roles[name], StandIn)) is real:
-                        stop, done = stops[name]
-                        stop.set()
-                        await done.wait()
+            for name in order:
+                await tasks[name].drain()
 
-    roles: dict[str, Slot] = {"gc": gc, "mc": mc, "mh": mh}
-    for name in [n for n, r in roles.items() if r is None]:
-        stops[name][1].set()  # nothing to drain
     async with open_rpc_loop(), trio.open_nursery() as nursery:
         nursery.start_soon(drain_in_order)
         with trio.fail_after(START_S):
             for name, role in roles.items():
                 if isinstance(role, StandIn):
                     services.stand_ins[name] = await nursery.start(
-                        _stand_in_until_done, bases[name], role.servicer, *stops[name]
+                        tasks[name].stand_in, STAND_IN_BASES[name], role.servicer
                     )
-            await _start_real(nursery, services, roles, stops, gc_clock)
+            await _start_real(nursery, services, roles, tasks, gc_clock)
         task_status.started(services)
 
 
@@ -316,56 +292,45 @@ async def _start_real(
     nursery: trio.Nursery,
     services: Services,
     roles: dict[str, Slot],
-    stops: dict[str, tuple[trio.Event, trio.Event]],
+    tasks: dict[str, _Task],
     gc_clock: Callable[[], float] | None,
 ) -> None:
     """Start the real services among ``roles``: the GC, then the MC, then the MH."""
     data_dir, stand_ins = services.data_dir, services.stand_ins
     tls: dict[str, str] = {}
     if isinstance(gc := roles["gc"], Mapping):
-        settings = services.gc_settings = gc_settings(data_dir, **gc)
-        services.client_id, services.client_secret = await add_client(settings, API_CLIENT_NAME)
-        clock = {"clock": gc_clock} if gc_clock is not None else {}
+        gc_set = services.gc_settings = gc_settings(data_dir, **gc)
+        services.client_id, services.client_secret = await add_client(gc_set, API_CLIENT_NAME)
+        kwargs: dict[str, Any] = {"clock": gc_clock} if gc_clock is not None else {}
         services.gc = await nursery.start(
-            functools.partial(
-                _serve_until_done, global_controller.serve, settings, *stops["gc"], **clock
-            )
+            functools.partial(tasks["gc"].serve, global_controller.serve, gc_set, **kwargs)
         )
         if services.gc.dev_certificate:  # the MC and MH serve it too: one pin for the stack
-            data = settings.data_path
+            data = gc_set.data_path
             tls = {"certfile": str(data / DEV_CERT_FILE), "keyfile": str(data / DEV_KEY_FILE)}
-        if "mc" in stand_ins:
-            await register_mc(services.gc.grpc_port, STAND_IN_MC_ID, stand_ins["mc"])
     if isinstance(mc := roles["mc"], Mapping):
-        key_file = None
-        if roles["gc"] is None:
+        key_file: pathlib.Path | None = None
+        if gc is None:
             key = generate_signing_key()
             services.issuer = JoinTokenIssuer(key)
             key_file = services.join_key_file = data_dir / JOIN_KEY_FILE
             await trio.Path(data_dir).mkdir(parents=True, exist_ok=True)
             await trio.Path(key_file).write_bytes(public_key_pem(key))
-        gc_grpc = services.gc.grpc_endpoint if services.gc is not None else stand_ins.get("gc")
-        settings = mc_settings(
-            **_wired(
-                mc,
-                gc_grpc=gc_grpc,
-                media_handler=stand_ins.get("mh"),
-                join_public_key_file=key_file and str(key_file),
-                **tls,
-            )
-        )
-        services.mc = await nursery.start(
-            _serve_until_done, meeting_controller.serve, settings, *stops["mc"]
-        )
+        wiring: dict[str, str | None] = {
+            "gc_grpc": services.gc.grpc_endpoint if services.gc else stand_ins.get("gc"),
+            "media_handler": stand_ins.get("mh"),
+            "join_public_key_file": str(key_file) if key_file else None,
+            **tls,
+        }
+        mc_set = mc_settings(**_wired(wiring, mc))
+        services.mc = await nursery.start(tasks["mc"].serve, meeting_controller.serve, mc_set)
     if isinstance(mh := roles["mh"], Mapping):
         mc_grpc = stand_ins.get("mc")
         if services.mc is not None:
             mc_grpc = "{}:{}".format(*services.mc.grpc_address)
-        settings = mh_settings(**_wired(mh, mc_grpc=mc_grpc, **tls))
-        services.mh = await nursery.start(
-            _serve_until_done, media_handler.serve, settings, *stops["mh"]
-        )
-        if services.mc is not None and settings.mc_grpc == mc_grpc:
+        mh_set = mh_settings(**_wired({"mc_grpc": mc_grpc, **tls}, mh))
+        services.mh = await nursery.start(tasks["mh"].serve, media_handler.serve, mh_set)
+        if services.mc is not None and mh_set.mc_grpc == mc_grpc:
             # Rooms are placed only once the MH has registered with the MC.
             await services.mc.controller.mhs.wait_for(services.mh.handler_id)
 

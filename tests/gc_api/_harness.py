@@ -23,8 +23,7 @@ from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryStub
 from darktower.transport import HTTP3Client, open_http3_client
 from darktower.transport.rpc import call, open_rpc_channel
 from tests._stack import StandIn, open_services, running_service, running_stand_in
-from tests._stack import gc_settings as gc_settings  # the GC tests import these from here
-from tests._stack import register_mc as register_mc
+from tests._stack import gc_settings as gc_settings  # the GC tests import it from here
 
 
 class ManualClock:
@@ -192,6 +191,32 @@ class Stack:
         return open_api(kind, self.running.url, self.running.certificate_sha256)
 
 
+async def register_mc(
+    grpc_port: int,
+    controller_id: str,
+    mc_endpoint: str,
+    *,
+    region: str = "local",
+    max_meetings: int = 100,
+) -> reg_pb.RegisterMeetingControllerResponse:
+    async with open_rpc_channel("127.0.0.1", grpc_port) as channel:
+        stub = ControllerRegistryStub(channel)
+        reply: reg_pb.RegisterMeetingControllerResponse = await call(
+            stub.RegisterMeetingController,
+            reg_pb.RegisterMeetingController(
+                controller_id=controller_id,
+                region=region,
+                endpoint=mc_endpoint,
+                capacity=reg_pb.ControllerCapacity(
+                    max_meetings=max_meetings, max_participants=1000
+                ),
+                signaling_url=f"https://127.0.0.1:4433/v1/signal?mc={controller_id}",
+            ),
+            deadline_s=5,
+        )
+        return reply
+
+
 async def heartbeat(
     grpc_port: int,
     controller_id: str,
@@ -249,6 +274,7 @@ async def gc_stack(data_dir: pathlib.Path, **overrides: Any) -> AsyncIterator[St
     mc = StandInMC()
     async with open_services(data_dir, gc=overrides, mc=StandIn(mc), gc_clock=clock) as stack:
         assert stack.gc is not None and stack.gc_settings is not None
+        await register_mc(stack.gc.grpc_port, "mc-1", stack.stand_ins["mc"])
         yield Stack(
             stack.gc,
             stack.gc_settings,
