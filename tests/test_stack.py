@@ -10,8 +10,10 @@ import trio
 from darktower.client import open_media_client, open_signaling
 from darktower.model import Role
 from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
+from darktower.protocol.tokens import JoinTokenIssuer, generate_signing_key
 
-from ._stack import WAIT_S, open_services
+from ._stack import WAIT_S, StandIn, open_services
 
 
 async def test_gc_mc_and_mh_place_a_meeting_and_serve_one_certificate(
@@ -54,3 +56,36 @@ async def test_a_meeting_controller_with_the_real_media_handler_ends_meetings_on
                 await host.closed.wait()
             assert host.session_ended is not None
             assert host.session_ended.reason == common_pb2.MEETING_ENDED
+
+
+class Registry:
+    """A GC stand-in: records the MC's registration and hands it a join key."""
+
+    def __init__(self) -> None:
+        self.registered: list[reg_pb.RegisterMeetingController] = []
+        self.changed = trio.Event()
+        self.issuer = JoinTokenIssuer(generate_signing_key())
+
+    async def RegisterMeetingController(
+        self, request: reg_pb.RegisterMeetingController
+    ) -> reg_pb.RegisterMeetingControllerResponse:
+        self.registered.append(request)
+        self.changed.set()
+        return reg_pb.RegisterMeetingControllerResponse(
+            join_token_public_key_pem=self.issuer.public_key_pem
+        )
+
+    async def Heartbeat(self, request: reg_pb.Heartbeat) -> reg_pb.HeartbeatResponse:
+        return reg_pb.HeartbeatResponse()
+
+
+async def test_a_meeting_controller_registers_with_a_stand_in_registry(
+    tmp_path: pathlib.Path,
+) -> None:
+    registry = Registry()
+    async with open_services(tmp_path, gc=StandIn(registry), mc={}) as stack:
+        assert stack.issuer is None  # the join keys come from the registry
+        with trio.fail_after(WAIT_S):
+            await registry.changed.wait()
+        (registration,) = registry.registered
+        assert registration.signaling_url == stack.signal_url
