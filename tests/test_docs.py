@@ -13,15 +13,15 @@ import pytest
 
 ROOT = pathlib.Path(__file__).parent.parent
 DOCS = ROOT / "docs"
-SCANNED = ("darktower", "tests", "benchmarks", "examples")
-SUFFIXES = {".py", ".pyi", ".js", ".html", ".css", ".md", ".txt", ".toml", ".cfg", ".sh"}
+SCANNED = ("darktower", "tests", "benchmarks", "examples", "proto", "scripts")
+SUFFIXES = {".proto", ".py", ".pyi", ".js", ".html", ".css", ".md", ".txt", ".toml", ".cfg", ".sh"}
 # Generated from proto/ by scripts/gen_proto.py: its text is the .proto files' comments.
 GENERATED = ("darktower/protocol/pb/",)
 THIS = pathlib.Path(__file__).resolve()
 
 # Documents that are not in the repository, by the ways code has cited them.
 OUTSIDE = re.compile(
-    r"STYLE \d|DESIGN|contract §|contract \d|contract section|api-contracts|/work/shared"
+    r"STYLE \d|DESIGN|(?i:contract §|contract \d|contract section|api-contracts)|/work/shared"
     r"|shared/(?:STYLE|DESIGN)"
 )
 CITATION = re.compile(r"docs/(\w+)\.md §(\d+(?:\.\d+)*)")
