@@ -179,14 +179,18 @@ async def test_a_client_attempting_1000_idle_connections_does_not_keep_another_o
             conns.append(hoarder.connect(("127.0.0.1", _port(base)), config))
             if i % 50 == 49:
                 await trio.lowlevel.checkpoint()  # let the server read as the client sends
+        admission = endpoint.admission
+        # The server refuses the hoarder once it holds its share. (Comparing the client's count
+        # of finished handshakes with the server's count races on a loaded machine: a handshake
+        # the server expires or the client aborts frees a place between the two reads.)
         await wait_until(
-            lambda: sum(c.handshake_complete.is_set() for c in conns) >= cap,
-            f"the hoarder holds {cap} connections",
+            lambda: server.counters["refused_per_address"] > 0,
+            "the server refuses the hoarder's connections past its share",
             timeout_s=60,
         )
-        assert endpoint.admission.connections["127.0.0.2"] == cap
+        assert 0 < admission.connections["127.0.0.2"] <= cap
         await _echo_session(base, dev_cert, TransportLimits(handshake_timeout_s=10.0))
-        assert server.counters["refused_per_address"] > 0
+        assert admission.connections["127.0.0.2"] <= cap
         nursery.cancel_scope.cancel()
 
 
