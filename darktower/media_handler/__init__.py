@@ -17,7 +17,7 @@ The pure routing core: :class:`SubscriptionQueue` (bounded, the drop policy),
 from ._budget import ByteBudget, Priority, priority_of
 from ._handler import MediaHandler
 from ._metrics import MediaMetrics
-from ._plane import MediaPlane, leave_reason_of
+from ._plane import MediaPlane
 from ._queue import (
     DropReason,
     KeyFrameRequester,
@@ -61,7 +61,6 @@ __all__ = [
     "TelemetryHub",
     "TelemetrySnapshot",
     "choose_layer",
-    "leave_reason_of",
     "priority_of",
     "serve",
 ]

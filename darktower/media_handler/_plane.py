@@ -35,11 +35,10 @@ from darktower.nurseries import Participant, ScopeClosed
 from darktower.protocol import close_code_for
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.protocol.tokens import ConnectionTokenAuthority
+from darktower.servicekit import leave_reason_of
 from darktower.transport import (
-    ClosedByPeer,
     ConnectRequest,
     RejectSession,
-    SessionEnd,
     WebTransportReceiveStream,
     WebTransportSession,
     WebTransportStream,
@@ -70,12 +69,6 @@ CAPACITY_EXCEEDED = int(CapacityExceeded.code)
 class PublishBufferFull(CapacityExceeded):
     """A publish stream's partial frame would take its participant over the buffer cap (the
     policy is in _limits.py; the class name is the stream_errors label)."""
-
-
-def leave_reason_of(end: SessionEnd | None) -> LeaveReason:
-    """Why a participant left when its media session ended ``end`` (None: not ended yet, its
-    streams failed): closed by the client is VOLUNTARY, any other end CONNECTION_LOST."""
-    return LeaveReason.VOLUNTARY if isinstance(end, ClosedByPeer) else LeaveReason.CONNECTION_LOST
 
 
 class MediaPlane:

@@ -12,9 +12,8 @@ import attrs
 import trio
 
 from darktower.model import LeaveReason
+from darktower.servicekit import leave_reason_of as session_leave_reason
 from darktower.transport import (
-    ClosedByPeer,
-    ConnectionLost,
     SessionEnd,
     StreamReset,
     WebTransportSession,
@@ -41,15 +40,11 @@ class SignalPort:
 
 def leave_reason_of(end: SessionEnd | None, exc: BaseException | None) -> LeaveReason:
     """The LeaveReason of a session that ended ``end`` (None: still open), given the error a
-    read or write saw: the client closing (or resetting the stream) on purpose is VOLUNTARY,
-    anything else (idle timeout, network gone, connection dropped) CONNECTION_LOST."""
-    if isinstance(end, ClosedByPeer) or isinstance(exc, StreamReset):
+    read or write saw: the client resetting its signaling stream on purpose is VOLUNTARY too;
+    otherwise as every service reads a session's end (``servicekit.leave_reason_of``)."""
+    if isinstance(exc, StreamReset):
         return LeaveReason.VOLUNTARY
-    # A client that closes its QUIC connection right after the session may never get the
-    # close capsule to us: its CONNECTION_CLOSE with NO_ERROR is a clean leave too.
-    if isinstance(end, ConnectionLost) and end.by_peer and end.code == 0:
-        return LeaveReason.VOLUNTARY
-    return LeaveReason.CONNECTION_LOST
+    return session_leave_reason(end)
 
 
 def webtransport_port(session: WebTransportSession, stream: WebTransportStream) -> SignalPort:

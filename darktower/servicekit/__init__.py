@@ -7,14 +7,25 @@
 * :class:`KeepRegistered`: register with a peer (the MC with the GC, the MH with the MC),
   heartbeat at the interval the peer asks for, register again when the peer forgets us, back
   off on failure; ``fresh(now)`` says whether the peer heard from us recently (readiness).
+* :func:`leave_reason_of`: the ``LeaveReason`` of a participant whose WebTransport session
+  ended the way ``WebTransportSession.end`` says (the MC and the MH read it alike).
 
 ``HOST:PORT`` text is written and read by ``darktower.protocol.addresses`` (``netloc``,
 ``split_host_port``); heartbeat timing is ``darktower.protocol.heartbeats``. The layer sits
 beside the task tree (docs/architecture.md §2): it uses the transport, never a service.
 """
 
+from ._leave import leave_reason_of
 from ._ops import OPS_HOST, serve_ops
 from ._registration import READY_FLOOR_S, KeepRegistered, Peer
 from ._tls import tls_credentials
 
-__all__ = ["OPS_HOST", "READY_FLOOR_S", "KeepRegistered", "Peer", "serve_ops", "tls_credentials"]
+__all__ = [
+    "OPS_HOST",
+    "READY_FLOOR_S",
+    "KeepRegistered",
+    "Peer",
+    "leave_reason_of",
+    "serve_ops",
+    "tls_credentials",
+]

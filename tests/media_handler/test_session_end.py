@@ -57,6 +57,8 @@ class EndingSession:
         (ClosedByPeer(0, ""), LeaveReason.VOLUNTARY),
         (ClosedByPeer(7, "bye"), LeaveReason.VOLUNTARY),
         (ConnectionLost(0, "", by_peer=False), LeaveReason.CONNECTION_LOST),
+        # The client closed its QUIC connection cleanly before its session capsule arrived.
+        (ConnectionLost(0, "", by_peer=True), LeaveReason.VOLUNTARY),
         (ConnectionLost(0x0A, "protocol violation", by_peer=True), LeaveReason.CONNECTION_LOST),
         (IdleTimeout(), LeaveReason.CONNECTION_LOST),
         (ClosedLocally(0, ""), LeaveReason.CONNECTION_LOST),
