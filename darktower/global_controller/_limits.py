@@ -90,8 +90,15 @@ CLIENT_RECHECK_S: Final = 5.0
 MAX_CONCURRENT_END_CALLS: Final = 8
 END_EMPTY_NOTIFY_S: Final = 10.0
 
+# -- calls to MCs -----------------------------------------------------------------------------
+# Open gRPC channels kept, one per MC endpoint. Full: the least recently used one is closed (its
+# next call reconnects), so a GC that has seen many MCs come and go holds a bounded number.
+MAX_MC_CHANNELS: Final = 64
+
 # -- operators -------------------------------------------------------------------------------
 # ``clients add NAME``: a longer name is refused.
 MAX_CLIENT_NAME_LENGTH: Final = 100
 # On SIGTERM: requests in flight get this long, then everything left is cancelled.
 DRAIN_GRACE_S: Final = 10.0
+# gRPC handlers still running at shutdown get this long (shielded) once the drain is over.
+RPC_STOP_GRACE_S: Final = 1.0

@@ -12,6 +12,7 @@ import trio
 
 from darktower.errors import CapacityExceeded
 from darktower.global_controller._controllers import grpc_endpoint
+from darktower.global_controller._limits import MAX_MC_CHANNELS
 from darktower.global_controller.store import ControllerRecord, IssuedJoinToken, MeetingRecord
 from darktower.logs import fields
 from darktower.model import MeetingId, ParticipantId
@@ -22,9 +23,6 @@ from darktower.transport.rpc import RpcError, call, open_rpc_channel
 
 log = logging.getLogger("darktower.gc.mc")
 
-# Open channels kept, one per MC endpoint. Full: the least recently used one is closed (its
-# next call reconnects), so a GC that has seen many MCs come and go holds a bounded number.
-MAX_CHANNELS = 64
 END_MESSAGE = "The meeting was ended by its host."
 KICK_MESSAGE = "You were removed from the meeting by its host."
 
@@ -37,7 +35,7 @@ def _split(endpoint: str) -> tuple[str, int]:
 
 
 class GrpcMeetingControllers:
-    """Channels to MCs, cached per endpoint (at most :data:`MAX_CHANNELS`).
+    """Channels to MCs, cached per endpoint (at most ``_limits.MAX_MC_CHANNELS``).
 
     Construct with :meth:`open`, which owns the channels and closes them all on exit. An MC
     that cannot be reached raises ``CapacityExceeded`` (503: the caller may retry); an MC's
@@ -77,7 +75,7 @@ class GrpcMeetingControllers:
             channel_cm = open_rpc_channel(host, port)
             channel = await channel_cm.__aenter__()
             self._channels[endpoint] = (MeetingControlStub(channel), channel_cm)
-            if len(self._channels) > MAX_CHANNELS:
+            if len(self._channels) > MAX_MC_CHANNELS:
                 _, (_, old_cm) = self._channels.popitem(last=False)
                 with trio.CancelScope(shield=True):
                     await old_cm.__aexit__(None, None, None)

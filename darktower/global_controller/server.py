@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from darktower.global_controller import keys
 from darktower.global_controller._controllers import MeetingControllers
+from darktower.global_controller._limits import RPC_STOP_GRACE_S
 from darktower.global_controller._metrics import GcMetrics, refresh_gauges
 from darktower.global_controller._tokens import Tokens
 from darktower.global_controller.api import DevCertificate, create_app
@@ -43,9 +44,6 @@ from darktower.transport.http_server import HttpLimits, bind_plain_http, serve_h
 from darktower.transport.rpc import open_rpc_loop, rpc_service, serve_rpc
 
 log = logging.getLogger("darktower.gc")
-
-# gRPC handlers still running at shutdown get this long (shielded) once the drain is over.
-RPC_STOP_GRACE_S = 1.0
 
 
 @attrs.frozen

@@ -7,15 +7,16 @@ reports a :class:`Running`; :class:`Settings` are its options (``python -m darkt
 ``LeaveReason``), :class:`SignalingSession` (one per participant, a :class:`RoomMember`: the
 body of its participant scope reads, a stream task writes, the scope's cleanup says goodbye),
 :class:`MediaHandlers` (registered and static MHs, least-loaded placement, a telemetry stream
-per MH), the ``MeetingControl`` gRPC service and the GC registration. :class:`SignalPort` is the seam between a session and its
-transport (WebTransport, or a memory stream in tests).
+per MH), the ``MeetingControl`` gRPC service and the GC registration (:class:`Registration`;
+:func:`join_keys_from_pb` reads the join-token keys the GC sends). :class:`SignalPort` is the
+seam between a session and its transport (WebTransport, or a memory stream in tests).
 """
 
 from ._controller import MeetingController
 from ._limits import HANDSHAKE_TIMEOUT_S, MAX_PUBLISHED_STREAMS, OUTBOUND_QUEUE_SIZE
-from ._mh import GrpcMediaLink, MediaHandlers, MediaLink, split_address
+from ._mh import GrpcMediaLink, MediaHandlers, MediaLink
 from ._port import SignalPort, webtransport_port
-from ._registration import Registration
+from ._registration import Registration, join_keys_from_pb
 from ._room import RoomMember, RoomState
 from ._rpc import MeetingControl
 from ._service import SIGNAL_PATH, Running, serve
@@ -42,7 +43,7 @@ __all__ = [
     "SignalPort",
     "SignalingSession",
     "error_reply",
+    "join_keys_from_pb",
     "serve",
-    "split_address",
     "webtransport_port",
 ]

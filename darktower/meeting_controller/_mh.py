@@ -49,10 +49,6 @@ class MediaLink(Protocol):
     async def remove_stream(self, request: mh_pb.RemoveStreamRequest) -> None: ...
 
 
-# The package's older name for darktower.protocol.addresses.split_host_port.
-split_address = split_host_port
-
-
 @attrs.define(eq=False)
 class GrpcMediaLink:
     """A Media Handler reached over gRPC; ``run`` owns its channel and telemetry stream."""

@@ -12,7 +12,7 @@ import pytest
 
 from darktower.errors import Unauthorized
 from darktower.global_controller import keys
-from darktower.meeting_controller._registration import join_keys_from_pb
+from darktower.meeting_controller import join_keys_from_pb
 from darktower.model import MeetingId, Role
 from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryStub

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from darktower.errors import InvalidRequest
+from darktower.meeting_controller import MAX_PUBLISHED_STREAMS
 from darktower.meeting_controller._batches import MESSAGE_BUDGET, join_messages
-from darktower.meeting_controller._limits import MAX_PUBLISHED_STREAMS
 from darktower.protocol import (
     CLIENT_FIELD_BOUNDS,
     MAX_MESSAGE_SIZE,
