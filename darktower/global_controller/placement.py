@@ -1,6 +1,6 @@
 """Which Meeting Controller gets a new meeting: a pure function over the registry's views.
 
-Rules, in order (each decided here and covered by ``tests/test_placement.py``):
+Rules, in order (each decided here and covered by ``tests/global_controller/test_placement.py``):
 
 1. **Eligible** controllers are alive (a heartbeat within ``heartbeat_expiry_s`` of ``now``;
    an older one counts as ``UNHEALTHY`` whatever it last reported), not ``UNHEALTHY``, and have

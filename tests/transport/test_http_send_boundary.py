@@ -21,7 +21,7 @@ from hypercorn.config import Config
 from darktower.transport import generate_dev_certificate
 from darktower.transport._http_streams import BoundedTaskGroup
 from darktower.transport.http_server import HttpLimits, serve_http
-from tests.transport_http._quic_peer import WAIT_S, Http3Peer
+from tests.transport._http3_peer import WAIT_S, Http3Peer
 
 H3_REQUEST_CANCELLED = 0x10C
 

@@ -20,7 +20,7 @@ from darktower.transport import _http_quic, generate_dev_certificate, open_http3
 from darktower.transport._admission import CAUSES
 from darktower.transport._http_quic import COUNTER_NAMES
 from darktower.transport.http_server import HttpLimits, serve_http
-from tests.transport_http._quic_peer import (
+from tests.transport._http3_peer import (
     WAIT_S,
     Http3Peer,
     initial_datagram,
