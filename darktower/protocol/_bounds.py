@@ -36,6 +36,8 @@ MAX_ID_CHARS: Final = 128
 MAX_MEETING_ID_CHARS: Final = 128
 # The join token, as darktower.protocol.tokens.MAX_TOKEN_LENGTH bounds it before parsing.
 MAX_JOIN_TOKEN_CHARS: Final = 4096
+# A resume token (the MC makes them: 43 characters of URL-safe base64; docs/protocol.md §13).
+MAX_RESUME_TOKEN_CHARS: Final = 128
 # A display name (the name shown to others comes from the join token, bounded the same).
 MAX_NAME_CHARS: Final = 256
 # A codec name ("VP8", "opus", "H264" ...).
@@ -72,6 +74,7 @@ CLIENT_FIELD_BOUNDS: Final[dict[str, Bound]] = {
     _P + "JoinRequest.join_token": Bound(MAX_JOIN_TOKEN_CHARS),
     _P + "JoinRequest.participant_name": Bound(MAX_NAME_CHARS),
     _P + "JoinRequest.e2ee_public_key": Bound(MAX_E2EE_PUBLIC_KEY_BYTES),
+    _P + "JoinRequest.resume_token": Bound(MAX_RESUME_TOKEN_CHARS),
     _P + "ParticipantCapabilities.video_codecs": Bound(MAX_CODEC_CHARS, MAX_CAPABILITY_CODECS),
     _P + "ParticipantCapabilities.audio_codecs": Bound(MAX_CODEC_CHARS, MAX_CAPABILITY_CODECS),
     _P + "PublishStream.stream_id": Bound(MAX_ID_CHARS),

@@ -9,6 +9,7 @@ export const LeaveReason = Object.freeze({
   CONNECTION_LOST: 2,
   MEETING_ENDED: 3,
 });
+export const ConnectionState = Object.freeze({ CONNECTED: 0, RECONNECTING: 1 });
 export const ErrorCode = Object.freeze({
   UNKNOWN: 0,
   INVALID_REQUEST: 1,
@@ -67,6 +68,7 @@ export const SCHEMA = {
     [11, "ping", "Ping", "oneof"],
     [12, "keyShare", "E2EEKeyShare", "oneof"],
     [15, "protocolVersion", "uint32"],
+    [16, "mediaReconnectRequest", "MediaReconnectRequest", "oneof"],
   ],
   ServerMessage: [
     [1, "requestId", "uint64"],
@@ -84,6 +86,8 @@ export const SCHEMA = {
     [13, "sessionEnded", "SessionEnded", "oneof"],
     [14, "participantsBatch", "ParticipantsBatch", "oneof"],
     [15, "protocolVersion", "uint32"],
+    [16, "participantUpdated", "ParticipantUpdated", "oneof"],
+    [17, "mediaReconnect", "MediaReconnect", "oneof"],
   ],
   JoinRequest: [
     [1, "meetingId", "string"],
@@ -91,6 +95,7 @@ export const SCHEMA = {
     [3, "participantName", "string"],
     [4, "capabilities", "ParticipantCapabilities"],
     [5, "e2eePublicKey", "bytes"],
+    [6, "resumeToken", "string"],
   ],
   ParticipantCapabilities: [
     [1, "videoCodecs", "string", "repeated"],
@@ -104,6 +109,8 @@ export const SCHEMA = {
     [3, "mediaServer", "MediaServerInfo"],
     [4, "encryptionKeys", "EncryptionKeys"],
     [5, "participantBatches", "uint32"],
+    [6, "resumeToken", "string"],
+    [7, "resumed", "bool"],
   ],
   ParticipantsBatch: [
     [1, "participants", "Participant", "repeated"],
@@ -121,6 +128,12 @@ export const SCHEMA = {
     [1, "mediaHandlerUrl", "string"],
     [2, "connectionToken", "string"],
   ],
+  ParticipantUpdated: [
+    [1, "participantId", "string"],
+    [2, "connection", "enum"],
+  ],
+  MediaReconnectRequest: [],
+  MediaReconnect: [[1, "mediaServer", "MediaServerInfo"]],
   EncryptionKeys: [
     [1, "publicKey", "bytes"],
     [2, "keyId", "string"],

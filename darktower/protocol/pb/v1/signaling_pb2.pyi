@@ -14,6 +14,7 @@ from darktower.protocol.pb.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -24,6 +25,24 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ConnectionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConnectionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConnectionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONNECTED: _ConnectionState.ValueType  # 0
+    RECONNECTING: _ConnectionState.ValueType  # 1
+    """Its signaling connection was lost; it keeps its place for the grace window."""
+
+class ConnectionState(_ConnectionState, metaclass=_ConnectionStateEnumTypeWrapper):
+    """Addition to the contract: a participant's connection state, for ParticipantUpdated."""
+
+CONNECTED: ConnectionState.ValueType  # 0
+RECONNECTING: ConnectionState.ValueType  # 1
+"""Its signaling connection was lost; it keeps its place for the grace window."""
+Global___ConnectionState: _TypeAlias = ConnectionState  # noqa: Y015
 
 @_typing.final
 class ClientMessage(_message.Message):
@@ -45,6 +64,7 @@ class ClientMessage(_message.Message):
     END_MEETING_FIELD_NUMBER: _builtins.int
     PING_FIELD_NUMBER: _builtins.int
     KEY_SHARE_FIELD_NUMBER: _builtins.int
+    MEDIA_RECONNECT_REQUEST_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     protocol_version: _builtins.int
@@ -73,6 +93,10 @@ class ClientMessage(_message.Message):
     def ping(self) -> Global___Ping: ...
     @_builtins.property
     def key_share(self) -> Global___E2EEKeyShare: ...
+    @_builtins.property
+    def media_reconnect_request(self) -> Global___MediaReconnectRequest:
+        """Addition to the contract: ask for a fresh media connection token (docs/protocol.md §13)."""
+
     def __init__(
         self,
         *,
@@ -88,13 +112,14 @@ class ClientMessage(_message.Message):
         end_meeting: Global___EndMeeting | None = ...,
         ping: Global___Ping | None = ...,
         key_share: Global___E2EEKeyShare | None = ...,
+        media_reconnect_request: Global___MediaReconnectRequest | None = ...,
         protocol_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_meeting", b"end_meeting", "join", b"join", "key_share", b"key_share", "kick", b"kick", "leave", b"leave", "message", b"message", "ping", b"ping", "publish", b"publish", "quality", b"quality", "subscribe", b"subscribe", "unpublish", b"unpublish", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_meeting", b"end_meeting", "join", b"join", "key_share", b"key_share", "kick", b"kick", "leave", b"leave", "media_reconnect_request", b"media_reconnect_request", "message", b"message", "ping", b"ping", "publish", b"publish", "quality", b"quality", "subscribe", b"subscribe", "unpublish", b"unpublish", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_meeting", b"end_meeting", "join", b"join", "key_share", b"key_share", "kick", b"kick", "leave", b"leave", "message", b"message", "ping", b"ping", "protocol_version", b"protocol_version", "publish", b"publish", "quality", b"quality", "request_id", b"request_id", "subscribe", b"subscribe", "unpublish", b"unpublish", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_meeting", b"end_meeting", "join", b"join", "key_share", b"key_share", "kick", b"kick", "leave", b"leave", "media_reconnect_request", b"media_reconnect_request", "message", b"message", "ping", b"ping", "protocol_version", b"protocol_version", "publish", b"publish", "quality", b"quality", "request_id", b"request_id", "subscribe", b"subscribe", "unpublish", b"unpublish", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["join", "publish", "unpublish", "subscribe", "unsubscribe", "quality", "leave", "kick", "end_meeting", "ping", "key_share"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["join", "publish", "unpublish", "subscribe", "unsubscribe", "quality", "leave", "kick", "end_meeting", "ping", "key_share", "media_reconnect_request"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -122,6 +147,8 @@ class ServerMessage(_message.Message):
     KEY_SHARE_FIELD_NUMBER: _builtins.int
     SESSION_ENDED_FIELD_NUMBER: _builtins.int
     PARTICIPANTS_BATCH_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_UPDATED_FIELD_NUMBER: _builtins.int
+    MEDIA_RECONNECT_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     protocol_version: _builtins.int
@@ -156,6 +183,16 @@ class ServerMessage(_message.Message):
     def participants_batch(self) -> Global___ParticipantsBatch:
         """Addition to the contract: the rest of a JoinResponse's existing participants."""
 
+    @_builtins.property
+    def participant_updated(self) -> Global___ParticipantUpdated:
+        """Addition to the contract: a participant's connection state changed (docs/protocol.md §13)."""
+
+    @_builtins.property
+    def media_reconnect(self) -> Global___MediaReconnect:
+        """Addition to the contract: connect the media session again, with this token, to this
+        MH (docs/protocol.md §13).
+        """
+
     def __init__(
         self,
         *,
@@ -173,13 +210,15 @@ class ServerMessage(_message.Message):
         key_share: Global___E2EEKeyShare | None = ...,
         session_ended: Global___SessionEnded | None = ...,
         participants_batch: Global___ParticipantsBatch | None = ...,
+        participant_updated: Global___ParticipantUpdated | None = ...,
+        media_reconnect: Global___MediaReconnect | None = ...,
         protocol_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participants_batch", b"participants_batch", "pong", b"pong", "quality", b"quality", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "media_reconnect", b"media_reconnect", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_updated", b"participant_updated", "participants_batch", b"participants_batch", "pong", b"pong", "quality", b"quality", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participants_batch", b"participants_batch", "pong", b"pong", "protocol_version", b"protocol_version", "quality", b"quality", "request_id", b"request_id", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "media_reconnect", b"media_reconnect", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_updated", b"participant_updated", "participants_batch", b"participants_batch", "pong", b"pong", "protocol_version", b"protocol_version", "quality", b"quality", "request_id", b"request_id", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["join_response", "participant_joined", "participant_left", "stream_published", "stream_unpublished", "ack", "quality", "key_frame_request", "pong", "error", "key_share", "session_ended", "participants_batch"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["join_response", "participant_joined", "participant_left", "stream_published", "stream_unpublished", "ack", "quality", "key_frame_request", "pong", "error", "key_share", "session_ended", "participants_batch", "participant_updated", "media_reconnect"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -196,12 +235,18 @@ class JoinRequest(_message.Message):
     PARTICIPANT_NAME_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     E2EE_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     meeting_id: _builtins.str
     join_token: _builtins.str
     participant_name: _builtins.str
     e2ee_public_key: _builtins.bytes
     """Addition to the contract: the client's X25519 public key for this session (32 bytes),
     required when the meeting has end-to-end encryption (docs/protocol.md §2).
+    """
+    resume_token: _builtins.str
+    """Addition to the contract: resume the participant whose JoinResponse carried this token,
+    within its grace window, instead of joining anew (docs/protocol.md §13). join_token may
+    then be empty.
     """
     @_builtins.property
     def capabilities(self) -> Global___ParticipantCapabilities: ...
@@ -213,10 +258,11 @@ class JoinRequest(_message.Message):
         participant_name: _builtins.str = ...,
         capabilities: Global___ParticipantCapabilities | None = ...,
         e2ee_public_key: _builtins.bytes = ...,
+        resume_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "e2ee_public_key", b"e2ee_public_key", "join_token", b"join_token", "meeting_id", b"meeting_id", "participant_name", b"participant_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "e2ee_public_key", b"e2ee_public_key", "join_token", b"join_token", "meeting_id", b"meeting_id", "participant_name", b"participant_name", "resume_token", b"resume_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -269,11 +315,22 @@ class JoinResponse(_message.Message):
     MEDIA_SERVER_FIELD_NUMBER: _builtins.int
     ENCRYPTION_KEYS_FIELD_NUMBER: _builtins.int
     PARTICIPANT_BATCHES_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    RESUMED_FIELD_NUMBER: _builtins.int
     participant_id: _builtins.str
     participant_batches: _builtins.int
     """Addition to the contract: how many ParticipantsBatch messages follow this JoinResponse to
     complete existing_participants (0: the list is complete). A meeting's participant list
     does not fit in one 64 KiB message (docs/protocol.md, "Signaling limits").
+    """
+    resume_token: _builtins.str
+    """Addition to the contract: single-use; a later JoinRequest presenting it resumes this
+    participant if its signaling connection is lost (docs/protocol.md §13).
+    """
+    resumed: _builtins.bool
+    """Addition to the contract: this join resumed an existing participant: the same
+    participant_id, its publications and subscriptions kept; existing_participants is the
+    room as it is now (the client derives the joins, leaves and stream changes it missed).
     """
     @_builtins.property
     def existing_participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Participant]: ...
@@ -289,10 +346,12 @@ class JoinResponse(_message.Message):
         media_server: Global___MediaServerInfo | None = ...,
         encryption_keys: Global___EncryptionKeys | None = ...,
         participant_batches: _builtins.int = ...,
+        resume_token: _builtins.str = ...,
+        resumed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["encryption_keys", b"encryption_keys", "media_server", b"media_server"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encryption_keys", b"encryption_keys", "existing_participants", b"existing_participants", "media_server", b"media_server", "participant_batches", b"participant_batches", "participant_id", b"participant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encryption_keys", b"encryption_keys", "existing_participants", b"existing_participants", "media_server", b"media_server", "participant_batches", b"participant_batches", "participant_id", b"participant_id", "resume_token", b"resume_token", "resumed", b"resumed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -846,3 +905,75 @@ class E2EEKeyShare(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___E2EEKeyShare: _TypeAlias = E2EEKeyShare  # noqa: Y015
+
+@_typing.final
+class ParticipantUpdated(_message.Message):
+    """Addition to the contract: a participant of the meeting changed its connection state
+    (docs/protocol.md §13). Sent to the others; a RECONNECTING participant's streams pause.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    CONNECTION_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    connection: Global___ConnectionState.ValueType
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        connection: Global___ConnectionState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "participant_id", b"participant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantUpdated: _TypeAlias = ParticipantUpdated  # noqa: Y015
+
+@_typing.final
+class MediaReconnectRequest(_message.Message):
+    """Addition to the contract: the client asks for a fresh media connection token because its
+    media connection was lost. Answered with MediaReconnect (same request_id).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MediaReconnectRequest: _TypeAlias = MediaReconnectRequest  # noqa: Y015
+
+@_typing.final
+class MediaReconnect(_message.Message):
+    """Addition to the contract: connect the media session again (to media_server, which may be
+    another MH) with a fresh connection token; publications and subscriptions are restored by
+    the MH without a rejoin (docs/protocol.md §13). Sent as the reply to a
+    MediaReconnectRequest, or unsolicited (request_id 0) when the MC learns the media
+    connection was lost or moves the room.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEDIA_SERVER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def media_server(self) -> Global___MediaServerInfo: ...
+    def __init__(
+        self,
+        *,
+        media_server: Global___MediaServerInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["media_server", b"media_server"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["media_server", b"media_server"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MediaReconnect: _TypeAlias = MediaReconnect  # noqa: Y015
