@@ -18,7 +18,7 @@ from aioquic.buffer import encode_uint_var
 
 from darktower.transport import open_http3_client
 from tests._fuzz import fuzz_cases, fuzz_rng
-from tests.gc_api._harness import Stack, gc_stack
+from tests.global_controller._harness import Stack, gc_stack
 from tests.transport._http3_peer import WAIT_S, Http3Peer, initial_datagram, udp_socket
 
 pytestmark = pytest.mark.fuzz

@@ -17,7 +17,7 @@ import trio
 
 from darktower.global_controller import Settings
 from darktower.global_controller import clients as clients_cli
-from tests.gc_api._harness import open_api
+from tests.global_controller._harness import open_api
 
 LAUNCH = [sys.executable, "-m", "darktower.global"]
 START_TIMEOUT_S = 30

@@ -17,7 +17,7 @@ from darktower.global_controller import Running, serve, service, token_id
 from darktower.global_controller.clients import add_client
 from darktower.global_controller.store import ControllerRecord, IssuedJoinToken, MeetingRecord
 from darktower.model import MeetingId, ParticipantId
-from tests.gc_api._harness import ManualClock, gc_settings, open_api, register_mc
+from tests.global_controller._harness import ManualClock, gc_settings, open_api, register_mc
 
 
 class JoinedControllers:

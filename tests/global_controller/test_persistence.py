@@ -10,7 +10,7 @@ import pytest
 
 from darktower.global_controller import keys
 from darktower.global_controller.clients import add_client
-from tests.gc_api._harness import (
+from tests.global_controller._harness import (
     ManualClock,
     StandInMC,
     gc_settings,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests._fuzz import fuzz_cases, fuzz_rng
-from tests.gc_api._harness import Api, Stack, gc_stack
+from tests.global_controller._harness import Api, Stack, gc_stack
 
 pytestmark = pytest.mark.fuzz
 

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from tests.gc_api._harness import Api, Stack, gc_stack
+from tests.global_controller._harness import Api, Stack, gc_stack
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 

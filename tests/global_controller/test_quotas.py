@@ -8,7 +8,7 @@ import pathlib
 
 import trio
 
-from tests.gc_api._harness import gc_stack, heartbeat
+from tests.global_controller._harness import gc_stack, heartbeat
 
 
 async def test_active_meetings_per_client_are_capped(tmp_path: pathlib.Path) -> None:

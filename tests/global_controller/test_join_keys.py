@@ -18,7 +18,7 @@ from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryStub
 from darktower.protocol.tokens import JoinTokenVerifier, key_id, load_private_key_file
 from darktower.transport.rpc import call, open_rpc_channel
-from tests.gc_api._harness import (
+from tests.global_controller._harness import (
     ManualClock,
     Stack,
     StandInMC,

@@ -19,7 +19,7 @@ from darktower.protocol.tokens import (
     load_private_key_file,
     public_key_pem,
 )
-from tests.gc_api._harness import Api, Stack
+from tests.global_controller._harness import Api, Stack
 
 
 def _b64(data: bytes) -> str:
@@ -117,7 +117,7 @@ async def test_access_token_expires_with_the_clock(h1: Api, stack: Stack, advanc
 async def test_join_token_of_one_meeting_is_not_valid_for_another(h1: Api, stack: Stack) -> None:
     from darktower.errors import Forbidden
     from darktower.protocol.tokens import JoinTokenVerifier, load_public_key_pem
-    from tests.gc_api._harness import register_mc
+    from tests.global_controller._harness import register_mc
 
     token = await h1.token(stack.client_id, stack.client_secret)
     a = await h1.request("POST", "/api/v1/meetings", token=token, json_body={"display_name": "a"})

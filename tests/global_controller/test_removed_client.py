@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from darktower.global_controller import CLIENT_RECHECK_S
 from darktower.global_controller.clients import remove_client
-from tests.gc_api._harness import Api, Stack
+from tests.global_controller._harness import Api, Stack
 
 
 async def test_tokens_of_a_removed_client_are_refused(api: Api, stack: Stack) -> None:

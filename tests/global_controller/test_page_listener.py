@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.gc_api._harness import Stack, gc_stack
+from tests.global_controller._harness import Stack, gc_stack
 
 CREDENTIALS = {"client_id": "dev-id", "client_secret": "dev-secret"}
 

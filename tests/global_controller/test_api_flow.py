@@ -10,7 +10,7 @@ import pytest
 
 from darktower.model import MeetingId, Role
 from darktower.protocol.tokens import JoinTokenVerifier, load_public_key_pem
-from tests.gc_api._harness import Api, Stack, gc_stack, heartbeat, register_mc
+from tests.global_controller._harness import Api, Stack, gc_stack, heartbeat, register_mc
 
 CONTRACT_CREATE_FIELDS = {
     "meeting_id",

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from tests.gc_api._harness import gc_stack
+from tests.global_controller._harness import gc_stack
 
 LIMIT = 5
 

@@ -12,7 +12,7 @@ from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryStub
 from darktower.protocol.tokens import MC_AUDIENCE, load_public_key_pem, public_key_pem
 from darktower.protocol.tokens import load_private_key_file as load_key
 from darktower.transport.rpc import call, open_rpc_channel
-from tests.gc_api._harness import Api, Stack, heartbeat, register_mc
+from tests.global_controller._harness import Api, Stack, heartbeat, register_mc
 
 
 async def test_registration_returns_the_join_key_interval_and_audience(stack: Stack) -> None:

@@ -15,7 +15,7 @@ from darktower.global_controller.api import create_app
 from darktower.global_controller.clients import add_client
 from darktower.metrics import Registry
 from darktower.protocol.ratelimit import KeyedRateLimiter
-from tests.gc_api._harness import Api, Stack, register_mc
+from tests.global_controller._harness import Api, Stack, register_mc
 
 MISSING = "00000000-0000-4000-8000-000000000000"
 
