@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
-from .._devstack import dev_stack
+from tests._stack import dev_stack
+
 from ._pages import POLL_MS, run_in_browser, snapshot, wait_for_frames, wait_for_hooks
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from darktower.client import DevAccess, DevStackError, fetch_dev_access, open_gc_client
-from tests._devstack import dev_stack
+from tests._stack import dev_stack
 
 
 async def test_reads_the_stacks_credential_and_pin(tmp_path: pathlib.Path) -> None:

@@ -24,7 +24,7 @@ from darktower.client import (
 from darktower.model import LeaveReason
 from darktower.protocol.pb import common_pb2 as common
 from darktower.transport import SessionRefused, connect_webtransport
-from tests._devstack import dev_stack
+from tests._stack import dev_stack
 
 from ._flow import WAIT_S, next_event, publish_to
 

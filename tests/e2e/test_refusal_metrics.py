@@ -11,7 +11,7 @@ import httpx
 import trio
 
 from darktower.transport import open_quic_connection
-from tests._devstack import dev_stack
+from tests._stack import dev_stack
 from tests.transport.test_bad_connect import connect_headers, raw_request
 
 WAIT_S = 20

@@ -23,7 +23,7 @@ from darktower.__main__ import DEV_CLIENT_FILE, Running
 from darktower.client import open_gc_client
 from darktower.errors import Unauthorized
 from darktower.loadtest import LoadTestSettings, Stats, run_loadtest
-from tests._devstack import dev_stack
+from tests._stack import dev_stack
 
 WAIT_S = 60  # generous: the machine is shared; a healthy run takes a few seconds
 

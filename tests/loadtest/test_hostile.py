@@ -19,8 +19,8 @@ from darktower.loadtest._flood import InitialForge, check_targets
 from darktower.loadtest._loopback import NotLoopback, ensure_loopback, spoofed_sources
 from darktower.loadtest.hostile import Options, Targets, parse_args, run_hostile
 from darktower.transport import generate_dev_certificate
-from tests._devstack import dev_stack
 from tests._fuzz import fuzz_cases, fuzz_rng
+from tests._stack import dev_stack
 
 # The checker's phases get this long in all; its final checks come on top (PROBE_S each).
 BUDGET_S = 8.0
