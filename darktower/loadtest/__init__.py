@@ -28,16 +28,21 @@ from ._stats import Reservoir, Stats
 from ._summary import Summary
 from ._target import Target, TargetError, resolve_target
 from ._workers import run_workers
+from .netfault import DirectionStats, ProxyStats, UdpProxy, open_udp_proxy
 
 __all__ = [
+    "DirectionStats",
     "LoadTestSettings",
+    "ProxyStats",
     "Reservoir",
     "Stats",
     "Summary",
     "Target",
     "TargetError",
+    "UdpProxy",
     "VideoPlan",
     "make_payload",
+    "open_udp_proxy",
     "parse_args",
     "read_stamp",
     "resolve_target",
