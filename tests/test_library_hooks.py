@@ -195,6 +195,16 @@ HOOKS = [
     ),
     Hook(
         "aioquic",
+        "QuicConnection.receive_datagram(data, addr, now) / _ack_eliciting_sent_since_receipt "
+        "(the idle timer restarts only on receipt)",
+        "transport/_quic.py (overridden)",
+        lambda: (
+            _positional(QuicConnection.receive_datagram, "data", "addr", "now")
+            and isinstance(_quic()._ack_eliciting_sent_since_receipt, bool)
+        ),
+    ),
+    Hook(
+        "aioquic",
         "QuicConnection._handle_connection_close_frame(context, frame_type, buf)",
         "transport/_quic.py (overridden)",
         lambda: _positional(

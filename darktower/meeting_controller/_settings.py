@@ -14,6 +14,7 @@ from ._limits import (
     MAX_MEETINGS,
     MAX_PARTICIPANTS,
     OUTBOUND_QUEUE_SIZE,
+    RESUME_GRACE_S,
 )
 
 
@@ -51,7 +52,7 @@ class Settings:
     max_meetings: int = option(MAX_MEETINGS, "meetings this MC accepts")
     max_participants: int = option(MAX_PARTICIPANTS, "participants over all meetings")
     handshake_timeout_s: float = option(HANDSHAKE_TIMEOUT_S, "seconds to wait for the JoinRequest")
-    idle_timeout_s: float = option(60.0, "QUIC idle timeout: a vanished client leaves after it")
+    idle_timeout_s: float = option(15.0, "QUIC idle timeout: a vanished client leaves after it")
     quic_retry_threshold: int = option(
         RETRY_THRESHOLD,
         "QUIC handshakes in progress beyond which new clients get a stateless Retry (0: always)",
@@ -66,6 +67,11 @@ class Settings:
         EMPTY_MEETING_TIMEOUT_S,
         "seconds a meeting with nobody in it lives (from its assignment, its last leave or "
         "join); 0: never",
+    )
+    resume_grace_s: float = option(
+        RESUME_GRACE_S,
+        "seconds a participant whose signaling connection is lost stays in its meeting, "
+        "reconnecting, and may resume with its resume token; 0: it leaves at once",
     )
     drain_grace_s: float = option(10.0, "on SIGTERM: seconds to end meetings before exit")
     log_level: str = option("info", "log level: debug, info, warning, error")

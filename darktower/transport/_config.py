@@ -44,10 +44,14 @@ RECEIVE_BATCH = 64
 MAX_UDP_PAYLOAD = 65_535
 
 # --- Connection -----------------------------------------------------------------------------
-IDLE_TIMEOUT_S = 60.0
-# A PING is sent when nothing was received for this long, so that browsers (30 s idle) and
-# NATs keep the connection.
-KEEPALIVE_INTERVAL_S = 15.0
+# A peer from which nothing arrives for this long is gone: the connection is closed and its
+# sessions end with IdleTimeout (docs/protocol.md §13, Liveness). Only packets received from
+# the peer restart the timer, never our own (_quic.py), so our PINGs cannot keep a dead peer.
+IDLE_TIMEOUT_S = 15.0
+# A PING is sent when nothing was received for this long: a third of the idle timeout, so a
+# live peer answers two before the timer runs out, and at most 10 s, so browsers (which idle
+# out after 30 s without traffic) and NATs keep the connection.
+KEEPALIVE_INTERVAL_S = IDLE_TIMEOUT_S / 3
 # QUIC packet size; 1,200 is safe on every path, 1,452 saves CPU where the path allows.
 PACKET_SIZE = 1200
 # Advertised max_datagram_frame_size; the browser drops datagrams silently without it.

@@ -17,7 +17,11 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from aioquic._buffer import Buffer
-from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
+from aioquic.quic.connection import (
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    NetworkAddress,
+    QuicConnection,
+)
 from aioquic.quic.packet import QuicFrameType
 
 # Capacity of each TLS output buffer once the handshake is confirmed (nothing is written then).
@@ -69,6 +73,15 @@ class CreditedQuicConnection(QuicConnection):
             table = {t: (bound.__func__, epochs) for t, (bound, epochs) in own.items()}
             cls._dt_frame_table = table
         setattr(self, _FRAME_TABLE_ATTR, _FrameHandlers(self, table))
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        super().receive_datagram(data, addr, now)
+        # Liveness (docs/protocol.md §13): the idle timer restarts only when a packet from the
+        # peer is processed. aioquic also restarts it on the first ack-eliciting packet we
+        # send after a receipt (RFC 9000 §10.1 allows it), so a keepalive PING to a dead peer
+        # would push its end a keepalive interval later; marking that packet as already sent
+        # keeps the deadline at the last receipt + the idle timeout.
+        self._ack_eliciting_sent_since_receipt = True
 
     def handle_timer(self, now: float) -> None:
         # aioquic's own test: its close timer firing with no close under way is the idle timeout.

@@ -1,0 +1,150 @@
+"""Liveness (docs/protocol.md §13): a peer that stops answering is noticed within the idle
+timeout on both sides, our own keepalive PINGs do not keep it alive, and a live idle peer
+stays connected.
+
+The virtual-time tests run real QUIC on 127.0.0.1 with trio's MockClock and the default
+limits (15 s, keepalive every 5 s), so the times are exact; a real-time test goes through the
+network-fault proxy with a 1 s idle timeout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from darktower.transport import (
+    Endpoint,
+    IdleTimeout,
+    Route,
+    TlsCredentials,
+    TransportLimits,
+    WebTransportSession,
+    connect_webtransport,
+)
+
+from .conftest import start_server
+
+IDLE_S = 15.0
+# How late after the idle timeout a silent peer may be noticed on virtual time (the timer
+# fires at the exact instant; this covers the probe timeout's floor on loopback).
+SLACK_S = 0.5
+
+
+class Peer:
+    """A server handler that records a datagram's arrival, answers ``b"ask"`` with one of its
+    own, and records when its session ends."""
+
+    def __init__(self) -> None:
+        self.session: WebTransportSession | None = None
+        self.started = trio.Event()
+        self.received = trio.Event()
+        self.ended_at: float | None = None
+        self.ended = trio.Event()
+
+    async def __call__(self, session: WebTransportSession, context: object) -> None:
+        self.session = session
+        self.started.set()
+        try:
+            while True:
+                data = await session.receive_datagram()
+                self.received.set()
+                if data == b"ask":
+                    session.send_datagram(b"answer")
+        finally:
+            self.ended_at = trio.current_time()
+            self.ended.set()
+
+
+def blackhole(endpoint: Endpoint) -> None:
+    """The endpoint's host goes silent: nothing it sends leaves, what arrives is never read
+    (a pulled cable; its own timers keep running)."""
+    endpoint.send = lambda data, addr: None  # type: ignore[method-assign]
+    endpoint._dispatch = lambda data, addr, now: None  # type: ignore[method-assign]
+
+
+def the_connection_endpoint(session: WebTransportSession) -> Endpoint:
+    return session._conn.endpoint
+
+
+async def test_defaults_are_15_s_with_a_keepalive_every_third() -> None:
+    limits = TransportLimits()
+    assert limits.idle_timeout_s == IDLE_S
+    assert limits.keepalive_interval_s == IDLE_S / 3
+    # Chromium's WebTransport idles out after 30 s without traffic.
+    assert limits.keepalive_interval_s <= 10.0
+
+
+async def test_server_notices_a_silent_client_despite_its_own_pings(
+    dev_cert: TlsCredentials, autojump_clock: Any
+) -> None:
+    peer = Peer()
+    async with trio.open_nursery() as nursery:
+        _server, base = await start_server(nursery, dev_cert, {"/s": Route(peer)})
+        async with connect_webtransport(
+            base + "/s", server_certificate_hashes=[dev_cert.sha256]
+        ) as session:
+            await peer.started.wait()
+            await trio.sleep(1.0)  # the handshake's stragglers are acknowledged
+            # The client's last word: a datagram the server does not answer (it only ACKs),
+            # so the server's next ack-eliciting packet is its keepalive PING, 5 s later.
+            session.send_datagram(b"last")
+            await peer.received.wait()
+            silent_at = trio.current_time()
+            blackhole(the_connection_endpoint(session))
+            with trio.fail_after(IDLE_S * 3):
+                await peer.ended.wait()
+            assert peer.ended_at is not None
+            noticed_after = peer.ended_at - silent_at
+            assert peer.session is not None and peer.session.end == IdleTimeout()
+            # Before the fix the PING restarted the timer: 5 + 15 = 20 s.
+            assert IDLE_S - 0.1 <= noticed_after <= IDLE_S + SLACK_S, noticed_after
+        nursery.cancel_scope.cancel()
+
+
+async def test_client_notices_a_silent_server_despite_its_own_pings(
+    dev_cert: TlsCredentials, autojump_clock: Any
+) -> None:
+    peer = Peer()
+    async with trio.open_nursery() as nursery:
+        server, base = await start_server(nursery, dev_cert, {"/s": Route(peer)})
+        async with connect_webtransport(
+            base + "/s", server_certificate_hashes=[dev_cert.sha256]
+        ) as session:
+            await peer.started.wait()
+            await trio.sleep(1.0)
+            # The server's last word: a datagram the client only ACKs (nothing of the
+            # client's is unacknowledged), so its next ack-eliciting packet is its PING.
+            assert peer.session is not None
+            peer.session.send_datagram(b"last")
+            assert await session.receive_datagram() == b"last"
+            silent_at = trio.current_time()
+            assert server.endpoint is not None
+            blackhole(server.endpoint)
+            with trio.fail_after(IDLE_S * 3):
+                await session.wait_closed()
+            noticed_after = trio.current_time() - silent_at
+            assert session.end == IdleTimeout()
+            # Before the fix the PING restarted the timer: 5 + 15 = 20 s.
+            assert IDLE_S - 0.1 <= noticed_after <= IDLE_S + SLACK_S, noticed_after
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_live_idle_peer_stays_connected(
+    dev_cert: TlsCredentials, autojump_clock: Any
+) -> None:
+    # Two minutes of virtual silence at the defaults: the keepalives hold both ends.
+    peer = Peer()
+    async with trio.open_nursery() as nursery:
+        _server, base = await start_server(nursery, dev_cert, {"/s": Route(peer)})
+        async with connect_webtransport(
+            base + "/s", server_certificate_hashes=[dev_cert.sha256]
+        ) as session:
+            await peer.started.wait()
+            await trio.sleep(120)
+            assert session.end is None
+            assert peer.session is not None and peer.session.end is None
+            session.send_datagram(b"ask")
+            with trio.fail_after(1):
+                assert await session.receive_datagram() == b"answer"
+        nursery.cancel_scope.cancel()
