@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
@@ -36,17 +37,20 @@ def current_participant() -> Participant:
 class StreamTask(Scope):
     """One task inside a participant (signaling reader/writer, a published or subscribed stream).
 
-    ``cancel()`` stops this stream alone; the participant carries on. An exception escaping the
-    stream's function ends the whole participant with ``CONNECTION_LOST``.
+    ``cancel()`` stops this stream alone; the participant carries on. So does reaching its
+    ``deadline`` (a window the clock closes, e.g. a participant reconnecting): the stream's
+    function is cancelled and the stream ends normally. An exception escaping the stream's
+    function ends the whole participant with ``CONNECTION_LOST``.
     """
 
-    __slots__ = ("_participant", "_scope", "name")
+    __slots__ = ("_participant", "_scope", "deadline", "name")
     level = Level.STREAM
 
-    def __init__(self, participant: Participant, name: str) -> None:
+    def __init__(self, participant: Participant, name: str, deadline: float = math.inf) -> None:
         super().__init__(participant._tree, f"{participant.path}/stream:{name}")
         self._participant = participant
         self.name = name
+        self.deadline = deadline
         self._scope: trio.CancelScope | None = None
 
     @property
@@ -76,7 +80,7 @@ class StreamTask(Scope):
         current_participant_var.set(participant)
         self._state = ScopeState.RUNNING
         try:
-            with trio.CancelScope() as self._scope:
+            with trio.CancelScope(deadline=self.deadline) as self._scope:
                 self._tree._emit(EventKind.STARTED, self)
                 task_status.started(self)
                 try:
@@ -90,22 +94,27 @@ class StreamTask(Scope):
         finally:
             self._scope = None  # exited: nothing left to cancel (and no cycle through it)
             self._state = ScopeState.CLOSING
+            if math.isnan(self._cancel_at) and trio.current_time() >= self.deadline:
+                self._cancel_at = self.deadline  # its own deadline ended it, not its owner
             if math.isnan(self._cancel_at):
                 self._cancel_at = participant._cancel_at
                 latency = False  # ended with its participant: measured at that level
             else:
-                latency = True  # cancelled alone (unpublish, unsubscribe)
+                latency = True  # cancelled alone (unpublish, unsubscribe, its deadline)
             await self._cleanup(cleanup, participant._reason, grace)
             participant._stream_closed(self)
             self._finish(latency)
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "path": self.path,
             "state": self._state.value,
             "age_s": now - self.started_at,
         }
+        if self.deadline != math.inf:
+            out["deadline_in_s"] = self.deadline - now
+        return out
 
 
 class Participant(Scope):
@@ -170,23 +179,19 @@ class Participant(Scope):
         *args: Any,
         cleanup: StreamCleanup | None = None,
         grace: float = STREAM_CLEANUP_GRACE_S,
+        deadline: float = math.inf,
     ) -> StreamTask:
         """Start ``fn(*args)`` as a stream task of this participant; return once it runs.
 
-        The participant owns the task. ``cleanup(reason)`` runs shielded after ``fn`` ends,
-        bounded by ``grace``. Raises :class:`ScopeClosed` once the participant is leaving,
-        ``Conflict`` for a live stream of the same name, ``CapacityExceeded`` past
+        The participant owns the task. At ``deadline`` (trio time) ``fn`` is cancelled and the
+        stream ends; the participant carries on. ``cleanup(reason)`` runs shielded after
+        ``fn`` ends, bounded by ``grace``. Raises :class:`ScopeClosed` once the participant is
+        leaving, ``Conflict`` for a live stream of the same name, ``CapacityExceeded`` past
         ``MAX_STREAMS_PER_PARTICIPANT``. If the caller is cancelled while starting, the task is
         cancelled too and the call raises ``Cancelled``.
         """
-        nursery = self._nursery
-        if self._state is not ScopeState.RUNNING or self._reason is not None or nursery is None:
-            raise ScopeClosed(f"{self.path} is {self._state.value}: cannot start stream {name}")
-        if name in self._streams:
-            raise Conflict(f"stream {name} already runs in {self.path}")
-        if len(self._streams) >= MAX_STREAMS_PER_PARTICIPANT:
-            raise CapacityExceeded(f"{self.path} has {len(self._streams)} streams")
-        stream = StreamTask(self, name)
+        nursery = self._nursery_for(name)
+        stream = StreamTask(self, name, deadline)
         return await start_scope(
             nursery,
             self._streams,
@@ -199,6 +204,37 @@ class Participant(Scope):
             grace,
             unregister=self._stream_closed,
         )
+
+    def start_stream_soon(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[object]],
+        *args: Any,
+        cleanup: StreamCleanup | None = None,
+        grace: float = STREAM_CLEANUP_GRACE_S,
+        deadline: float = math.inf,
+    ) -> StreamTask:
+        """Like :meth:`start_stream`, from synchronous code (e.g. an event handler): the stream
+        is registered at once (a second of the same name is a ``Conflict`` until it ended) and
+        its task runs from the next scheduling round. Raises as :meth:`start_stream`."""
+        nursery = self._nursery_for(name)
+        stream = StreamTask(self, name, deadline)
+        self._streams[name] = stream
+        self._tree._live[Level.STREAM] += 1
+        run = functools.partial(stream._run, task_status=trio.TASK_STATUS_IGNORED)
+        nursery.start_soon(run, fn, args, cleanup, grace, name=stream.path)
+        return stream
+
+    def _nursery_for(self, name: str) -> trio.Nursery:
+        """The nursery a new stream ``name`` starts in; raises as :meth:`start_stream`."""
+        nursery = self._nursery
+        if self._state is not ScopeState.RUNNING or self._reason is not None or nursery is None:
+            raise ScopeClosed(f"{self.path} is {self._state.value}: cannot start stream {name}")
+        if name in self._streams:
+            raise Conflict(f"stream {name} already runs in {self.path}")
+        if len(self._streams) >= MAX_STREAMS_PER_PARTICIPANT:
+            raise CapacityExceeded(f"{self.path} has {len(self._streams)} streams")
+        return nursery
 
     def _stream_closed(self, stream: StreamTask) -> None:
         if self._streams.get(stream.name) is stream:
