@@ -19,16 +19,23 @@ For a WebTransport URL, dial ``https://{host}:{port}/path`` with the service's c
 pinned (``server_certificate_hashes``): hash pinning does not check the host.
 
 Each client address is a *flow* with its own service-side socket, like a NAT: several clients
-may share one proxy (up to ``max_flows``, default ``MAX_FLOWS``; datagrams from further addresses are dropped and
-counted in ``stats.refused``), and a client whose own port changes appears to the service as a
-rebinding. Faults apply to every flow; delay and the rate cap model one link per flow and
-direction: a datagram leaves the link at ``max(arrival, link free) + size / rate`` and arrives
-``delay_s`` later, in order. A setting changed mid-run applies to datagrams arriving after the
-change; a pause also drops what is queued when its turn comes. Each link's queue is bounded
-(``queue_datagrams``, ``queue_bytes``): a datagram arriving at a full queue is dropped and
-counted (``dropped_full``), as a router's tail drop. Drops from a full kernel buffer or a
-send error are counted too (``dropped_error``): nothing waits, so a slow side never stalls the
-proxy. Only loopback targets (127.0.0.0/8, ::1) are accepted.
+may share one proxy (up to ``max_flows``; datagrams from further addresses are dropped and
+counted in ``stats.refused``), a flow lasts as long as the proxy, and a client whose own port
+changes appears to the service as a rebinding. Faults apply to every flow.
+
+Delay and the rate cap model one link per flow and direction: a datagram leaves the link at
+``max(arrival, link free) + size / rate`` and arrives ``delay_s`` later, in order. A setting
+changed mid-run applies to datagrams arriving after the change; a pause also drops what is
+queued when its turn comes. Each link's queue is bounded (``queue_datagrams``,
+``queue_bytes``): a datagram arriving at a full queue is dropped and counted (``dropped_full``),
+as a router's tail drop. Drops from a full kernel buffer or a send error are counted too
+(``dropped_error``): nothing waits, so a slow side never stalls the proxy. Time is
+``trio.current_time()``, so a ``MockClock`` drives delay and rate (give it an
+``autojump_threshold`` of a few milliseconds so datagrams cross loopback before it jumps).
+
+Tests wait on the counters, not on time: ``await proxy.wait_until(lambda s: ...)``. Cost: about
+35 µs of CPU per datagram forwarded, so a few thousand datagrams per second take a fraction of
+one core. Only loopback targets (127.0.0.0/8, ::1) are accepted.
 """
 
 from __future__ import annotations
@@ -89,7 +96,7 @@ class ProxyStats:
     to_service: DirectionStats = attrs.Factory(DirectionStats)
     to_client: DirectionStats = attrs.Factory(DirectionStats)
     flows: int = 0
-    # Datagrams from a client address beyond MAX_FLOWS.
+    # Datagrams from a client address beyond max_flows (or when no socket could be opened).
     refused: int = 0
     rebinds: int = 0
 
@@ -190,14 +197,17 @@ class _Link:
             if not queue:
                 await self._wake.park()
                 continue
-            due, data = queue[0]
-            await trio.sleep_until(due)
-            queue.popleft()
-            self._queued_bytes -= len(data)
-            if self._proxy.paused:
-                self._stats.dropped_paused += 1
-            else:
-                self._forward(data)
+            await trio.sleep_until(queue[0][0])
+            # Everything due goes in one wake-up: at a few thousand datagrams per second one
+            # sleep each would cost more than the sending.
+            now = trio.current_time()
+            while queue and queue[0][0] <= now:
+                _due, data = queue.popleft()
+                self._queued_bytes -= len(data)
+                if self._proxy.paused:
+                    self._stats.dropped_paused += 1
+                else:
+                    self._forward(data)
             self._proxy._counted()
 
 
@@ -340,7 +350,12 @@ class UdpProxy:
             self.stats.refused += 1
             return None
         assert self._nursery is not None
-        flow = _Flow(self, client, self._open_upstream())
+        try:
+            upstream = self._open_upstream()
+        except OSError:  # out of descriptors or ports: this client is not served
+            self.stats.refused += 1
+            return None
+        flow = _Flow(self, client, upstream)
         self._flows[client] = flow
         self.stats.flows += 1
         self._nursery.start_soon(flow.to_service.run)

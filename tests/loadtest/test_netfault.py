@@ -3,6 +3,7 @@ and a real WebTransport session that survives a short blackout through it."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -134,6 +135,62 @@ async def test_pause_drops_both_ways_and_resume_restores() -> None:
             assert service.payloads == [b"hello", b"up again"]
             assert proxy.stats.to_service.received == 3
             assert proxy.stats.to_service.forwarded == 2
+
+
+async def test_pause_drops_what_is_queued(mock_clock: trio.testing.MockClock) -> None:
+    mock_clock.autojump_threshold = AUTOJUMP_THRESHOLD_S
+    async with udp_service(echo=False) as service:
+        async with open_udp_proxy(service.address, delay_s=1.0) as proxy, udp_client() as client:
+            await client.sendto(b"in flight", proxy.address)
+            await _wait(proxy, lambda s: s.to_service.received == 1)
+            proxy.pause()
+            await _wait(proxy, lambda s: s.to_service.dropped_paused == 1)
+            proxy.resume()
+            await client.sendto(b"after", proxy.address)
+            with trio.fail_after(5):
+                await service.wait_count(1)
+            assert service.payloads == [b"after"]
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+async def test_forwards_over_ipv6_loopback() -> None:
+    with trio.socket.socket(trio.socket.AF_INET6, trio.socket.SOCK_DGRAM) as server:
+        await server.bind(("::1", 0))
+        async with open_udp_proxy(("::1", server.getsockname()[1])) as proxy:
+            assert proxy.address[0] == "::1"
+            with trio.socket.socket(trio.socket.AF_INET6, trio.socket.SOCK_DGRAM) as client:
+                await client.bind(("::1", 0))
+                await client.sendto(b"v6", proxy.address)
+                with trio.fail_after(5):
+                    data, source = await server.recvfrom(100)
+                assert data == b"v6"
+                await server.sendto(b"v6 back", source)
+                assert await _receive(client) == b"v6 back"
+
+
+async def test_a_client_without_a_socket_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with udp_service(echo=True) as service, open_udp_proxy(service.address) as proxy:
+
+        def no_socket() -> None:
+            raise OSError(24, "Too many open files")
+
+        monkeypatch.setattr(proxy, "_open_upstream", no_socket)
+        async with udp_client() as client:
+            await client.sendto(b"x", proxy.address)
+            await _wait(proxy, lambda s: s.refused == 1)
+        monkeypatch.undo()
+        async with udp_client() as client:  # the proxy goes on serving
+            await client.sendto(b"y", proxy.address)
+            assert await _receive(client) == b"y"
 
 
 async def _send_numbered(proxy: UdpProxy, count: int, *, batch: int = 100) -> None:
