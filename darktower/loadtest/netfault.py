@@ -15,8 +15,9 @@ a NAT rebinding of the client)::
         await proxy.rebind()                # new service-side UDP port, same client
         proxy.stats.to_service.forwarded    # counters per direction (DirectionStats)
 
-For a WebTransport URL, dial ``https://{host}:{port}/path`` with the service's certificate hash
-pinned (``server_certificate_hashes``): hash pinning does not check the host.
+For WebTransport, dial ``proxy.via(service_url)`` (the same URL, the proxy's host and port) with
+the service's certificate hash pinned (``server_certificate_hashes``): hash pinning does not
+check the host.
 
 Each client address is a *flow* with its own service-side socket, like a NAT: several clients
 may share one proxy (up to ``max_flows``; datagrams from further addresses are dropped and
@@ -44,6 +45,7 @@ import ipaddress
 import math
 import random
 import socket
+import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -313,6 +315,14 @@ class UdpProxy:
             _close(old)
         self.stats.rebinds += 1
         await trio.lowlevel.checkpoint()
+
+    def via(self, url: str) -> str:
+        """``url`` (``https://service:port/path?query``) with the proxy's host and port instead,
+        for a client that must dial through the proxy (pin the certificate hash: see above)."""
+        split = urllib.parse.urlsplit(url)
+        host, port = self.address
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return urllib.parse.urlunsplit(split._replace(netloc=netloc))
 
     @property
     def upstream_addresses(self) -> list[Address]:

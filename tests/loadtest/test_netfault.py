@@ -167,6 +167,9 @@ async def test_forwards_over_ipv6_loopback() -> None:
         await server.bind(("::1", 0))
         async with open_udp_proxy(("::1", server.getsockname()[1])) as proxy:
             assert proxy.address[0] == "::1"
+            assert proxy.via("https://[::1]:4434/v1/media?token=t") == (
+                f"https://[::1]:{proxy.address[1]}/v1/media?token=t"
+            )
             with trio.socket.socket(trio.socket.AF_INET6, trio.socket.SOCK_DGRAM) as client:
                 await client.bind(("::1", 0))
                 await client.sendto(b"v6", proxy.address)
@@ -395,7 +398,8 @@ async def test_webtransport_session_survives_a_short_blackout(dev_cert: TlsCrede
         )
         port = int(base.rsplit(":", 1)[1])
         async with open_udp_proxy(("127.0.0.1", port)) as proxy:
-            url = f"https://127.0.0.1:{proxy.address[1]}/echo"
+            url = proxy.via(base + "/echo")
+            assert url == f"https://127.0.0.1:{proxy.address[1]}/echo"
             async with connect_webtransport(
                 url, server_certificate_hashes=[dev_cert.sha256], limits=limits
             ) as session:
