@@ -103,9 +103,19 @@ class Connection:
         self._failed = False  # the error boundary closed it (see fail)
         # Server side: the admission that holds this connection's per-address slots.
         self.admit: Admit | None = None
-        self.peer_host = "?"
         quic._dt_consumed = self._consumed_offset
+        quic._dt_cid_issued = self._cid_issued
         count_losses(quic)
+
+    @property
+    def peer_address(self) -> NetworkAddress | None:
+        """Where the peer is now (it changes when a client migrates); None before any packet."""
+        return self.quic.get_peer_address()
+
+    @property
+    def peer_host(self) -> str:
+        addr = self.quic.get_peer_address()
+        return "?" if addr is None else str(addr[0])
 
     # --- the connection task --------------------------------------------------------------
     async def run(self) -> None:
@@ -208,6 +218,31 @@ class Connection:
     def session_ended(self) -> None:
         self.deadlines.session_ended(trio.current_time())
         self._rearm()
+
+    # --- migration (docs/protocol.md §13) -------------------------------------------------
+    def migrate(self, *, new_connection_id: bool = True) -> tuple[str, int]:
+        """Client side: move to a new local UDP socket (a new port), as after a network change,
+        and return its address. The connection, its sessions and streams carry on: the next
+        packet (a PING, sent at once) reaches the server from the new address, and the server
+        validates that path. ``new_connection_id`` switches to a connection ID the server
+        issued, so the two paths cannot be linked by an observer (as a client should when it
+        migrates on purpose); without it the server sees a NAT rebinding. Only a connection
+        alone on its endpoint should migrate (the endpoint's socket moves). Raises
+        RuntimeError on a server connection."""
+        if not self.is_client:
+            raise RuntimeError("only a client migrates (RFC 9000 section 9)")
+        address = self.endpoint.rebind()
+        if new_connection_id:
+            self.quic.change_connection_id()  # a no-op while the server issued no spare one
+        self.quic.send_ping(0)  # not a probing frame: the server moves to the new path now
+        self.schedule_flush()
+        return address
+
+    def _cid_issued(self, cid: bytes) -> None:
+        # aioquic reports a connection ID it issues with an event that is handled after the
+        # datagram carrying it has left; routing it from here means the peer's first packet
+        # using it never arrives before the endpoint knows it.
+        self.endpoint.add_cid(cid, self)
 
     # --- I/O, called by the endpoint and the application ----------------------------------
     def receive(self, data: bytes, addr: NetworkAddress, now: float) -> None:

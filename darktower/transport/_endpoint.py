@@ -1,10 +1,14 @@
 """One UDP socket, many QUIC connections: batch reads, dispatch by connection ID, limits.
 
 The reader task reads up to RECEIVE_BATCH datagrams per wake-up, hands each to its connection
-(found by destination connection ID; issued and retired IDs are tracked), then processes the
-touched connections' events and flushes each of them once. A server endpoint decides what a
-datagram for no known connection gets with its ``Admission`` (_admission.py: caps, Retry,
-Version Negotiation); a client endpoint uses the same code with connections it creates.
+(found by destination connection ID, never by address: issued IDs are routed from the moment
+they are sent, retired ones forgotten), then processes the touched connections' events and
+flushes each of them once; each datagram goes to the address aioquic names for it. So a
+client whose address changes keeps its connection (QUIC migration, docs/protocol.md §13):
+aioquic validates the new path and limits what is sent to it until then. A server endpoint
+decides what a datagram for no known connection gets with its ``Admission`` (_admission.py:
+caps, Retry, Version Negotiation); a client endpoint uses the same code with connections it
+creates, and can move to a new socket (``rebind``).
 
 Error boundary: an exception while one connection handles its datagrams or events closes that
 connection (``Connection.fail``); the reader goes on with the others. Every refusal and close
@@ -148,7 +152,6 @@ class Endpoint:
             window=self.limits.stream_receive_window,
         )
         conn = self._adopt(quic)
-        conn.peer_host = str(addr[0])
         quic.connect(addr, now=trio.current_time())
         conn.flush()
         return conn
@@ -173,8 +176,9 @@ class Endpoint:
         return conn
 
     def add_cid(self, cid: bytes, conn: Connection) -> None:
-        self.by_cid[cid] = conn
-        conn.cids.add(cid)
+        if conn in self.connections:  # not after the connection was forgotten
+            self.by_cid[cid] = conn
+            conn.cids.add(cid)
 
     def remove_cid(self, cid: bytes, conn: Connection) -> None:
         if self.by_cid.get(cid) is conn:
@@ -213,6 +217,19 @@ class Endpoint:
                 self.admission.connection_ended(conn.admit)
 
     # --- I/O ------------------------------------------------------------------------------
+    def rebind(self) -> tuple[str, int]:
+        """Move to a new UDP socket on the same host and a new port, as after a network
+        change; return its address. The old socket is closed (what was queued on it is lost,
+        as in flight). Client side: the server sees the client's connections arrive from the
+        new address (``Connection.migrate`` also makes them say so at once)."""
+        if self._closed:
+            raise trio.ClosedResourceError("the endpoint is closed")
+        old = self._sock
+        self._sock = make_udp_socket(self.local_address[0], 0)
+        trio.lowlevel.notify_closing(old)  # the reader waiting on it moves to the new one
+        old.close()
+        return self.local_address
+
     def send(self, data: bytes, addr: NetworkAddress) -> None:
         if self._closed:
             return
@@ -225,10 +242,15 @@ class Endpoint:
             self.send_errors += 1  # unreachable peer etc.: the connection will time out
 
     async def _read_loop(self) -> None:
-        sock = self._sock
-        recvfrom = sock.recvfrom
         while True:
-            await trio.lowlevel.wait_readable(sock)
+            sock = self._sock
+            recvfrom = sock.recvfrom
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:
+                if sock is self._sock:
+                    raise
+                continue  # rebound: read the new socket
             now = trio.current_time()
             touched: dict[Connection, None] = {}
             for _ in range(RECEIVE_BATCH):
@@ -306,7 +328,6 @@ class Endpoint:
         except Exception as exc:  # _adopt forgot the connection, which released its slots
             self._drop(exc, addr)
             return None
-        conn.peer_host = str(addr[0])
         return conn
 
     def _drop(self, exc: Exception, addr: NetworkAddress) -> None:

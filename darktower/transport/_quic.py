@@ -5,6 +5,10 @@ that never reads would buffer without bound. Here, for the streams the driver ow
 is ``consumed + window``: it is raised only as the application consumes data. Other streams
 (HTTP/3 control, QPACK, request streams) keep aioquic's policy.
 
+Liveness (docs/protocol.md §13): the idle timer restarts only on packets received from the
+peer, never on our own. Migration: each connection ID this side issues is reported as it is
+written (``_dt_cid_issued``), so the endpoint routes it before the peer can use it.
+
 Two savings of memory per connection (an idle connection is otherwise ~60 KB of aioquic state):
 the handshake's TLS output buffers are freed once the handshake is confirmed (aioquic keeps
 three 16 KiB buffers for the connection's lifetime), and the frame-handler table is shared by
@@ -29,6 +33,8 @@ POST_HANDSHAKE_CRYPTO_BUFFER = 0
 
 # Returns the offset the application has consumed up to, or None for streams we do not manage.
 ConsumedLookup = Callable[[int], int | None]
+# Called with each connection ID this side issues (NEW_CONNECTION_ID), as it is written.
+CidIssued = Callable[[bytes], None]
 
 
 # aioquic's per-connection frame table: {frame type: (bound handler, allowed epochs)}.
@@ -50,6 +56,10 @@ class _FrameHandlers:
         return handler.__get__(self._conn), epochs
 
 
+def _ignore_cid(cid: bytes) -> None:
+    pass
+
+
 class CreditedQuicConnection(QuicConnection):
     # The frame table with unbound handlers, built from the first connection of each class.
     _dt_frame_table: ClassVar[dict[int, tuple[Any, frozenset[Any]]] | None] = None
@@ -62,6 +72,7 @@ class CreditedQuicConnection(QuicConnection):
         self.dt_idle_timeout = False
         self._dt_consumed = consumed
         self._dt_window = window
+        self._dt_cid_issued: CidIssued = _ignore_cid
         self._dt_share_frame_table()
 
     def _dt_share_frame_table(self) -> None:
@@ -107,6 +118,10 @@ class CreditedQuicConnection(QuicConnection):
         self._crypto_buffers = {
             epoch: Buffer(capacity=POST_HANDSHAKE_CRYPTO_BUFFER) for epoch in self._crypto_buffers
         }
+
+    def _write_new_connection_id_frame(self, builder: Any, connection_id: Any) -> None:
+        super()._write_new_connection_id_frame(builder, connection_id)
+        self._dt_cid_issued(connection_id.cid)
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
         if not stream.max_stream_data_local:

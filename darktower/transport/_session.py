@@ -175,6 +175,23 @@ class WebTransportSession:
     def open_stream_count(self) -> int:
         return len(self._streams)
 
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """The local UDP socket's address (it changes when the client migrates)."""
+        return self._conn.endpoint.local_address
+
+    @property
+    def peer_address(self) -> tuple[str, int] | None:
+        """The peer's address now (on a server: the client's, which migration changes)."""
+        addr = self._conn.peer_address
+        return None if addr is None else (str(addr[0]), int(addr[1]))
+
+    def migrate(self, *, new_connection_id: bool = True) -> tuple[str, int]:
+        """Client side: move the session's QUIC connection to a new local UDP socket, as after
+        a network change; return its address. The session and its streams carry on
+        (``Connection.migrate``). Raises RuntimeError on a server session."""
+        return self._conn.migrate(new_connection_id=new_connection_id)
+
     def transport_stats(self) -> TransportStats:
         """Packet counts (sent, lost, received) of the QUIC connection under this session."""
         return self._conn.transport_stats()

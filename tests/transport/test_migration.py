@@ -1,0 +1,225 @@
+"""QUIC connection migration (docs/protocol.md §13): a client whose address or port changes
+keeps its connection, its WebTransport session and its streams; the server routes by
+connection id and validates the new path before sending more than three times what it
+received on it.
+
+Real QUIC on 127.0.0.1: the client rebinds its UDP socket mid-session (``session.migrate()``,
+as a network switch: a new port and a new connection id) or keeps its connection id (a NAT
+rebinding).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+import trio
+
+from darktower.transport import (
+    Connection,
+    Endpoint,
+    Route,
+    TlsCredentials,
+    WebTransportServer,
+    WebTransportSession,
+    WebTransportStream,
+    connect_webtransport,
+)
+
+from .conftest import start_server, wait_until
+
+MESSAGES = 60
+MIGRATE_AT = 30
+# Pause between two messages: traffic keeps flowing while the client migrates.
+PACE_S = 0.01
+
+
+async def echo(session: WebTransportSession, context: object) -> None:
+    """Echoes the first bidirectional stream byte for byte and every datagram."""
+
+    async def datagrams() -> None:
+        while True:
+            session.send_datagram(await session.receive_datagram())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(datagrams)
+        stream = await session.accept_stream()
+        assert isinstance(stream, WebTransportStream)
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+        await stream.send_eof()
+
+
+class PathWatch:
+    """Counts, on the server, bytes received from and sent to each address while the
+    server's path to it is not validated (its anti-amplification budget)."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.received: Counter[Any] = Counter()
+        self.sent_unvalidated: Counter[Any] = Counter()
+        self.received_unvalidated: Counter[Any] = Counter()
+        send, dispatch = endpoint.send, endpoint._dispatch
+
+        def watched_send(data: bytes, addr: Any) -> None:
+            if not self._validated(endpoint, addr):
+                self.sent_unvalidated[addr] += len(data)
+            send(data, addr)
+
+        def watched_dispatch(data: bytes, addr: Any, now: float) -> Connection | None:
+            self.received[addr] += len(data)
+            if not self._validated(endpoint, addr):
+                self.received_unvalidated[addr] += len(data)
+            return dispatch(data, addr, now)
+
+        endpoint.send = watched_send  # type: ignore[method-assign]
+        endpoint._dispatch = watched_dispatch  # type: ignore[method-assign]
+
+    @staticmethod
+    def _validated(endpoint: Endpoint, addr: Any) -> bool:
+        for conn in endpoint.connections:
+            for path in conn.quic._network_paths:
+                if path.addr == addr:
+                    return path.is_validated
+        return False
+
+
+async def _run_traffic(session: WebTransportSession, migrate: Any) -> tuple[bytes, set[int], int]:
+    """Send MESSAGES numbered messages on a bidi stream and as datagrams, one every PACE_S,
+    calling ``migrate()`` before message MIGRATE_AT. Returns what the stream echoed, the
+    datagram numbers echoed, and how many datagrams were unanswered when it migrated."""
+    stream = await session.open_bidirectional_stream()
+    echoed = bytearray()
+    datagrams: set[int] = set()
+    expected = b"".join(b"msg %03d;" % i for i in range(MESSAGES))
+    in_flight_at_migration = 0
+
+    async def read_stream() -> None:
+        while len(echoed) < len(expected):
+            data = await stream.receive_some()
+            assert data, "the stream ended early"
+            echoed.extend(data)
+
+    last_datagram = trio.Event()
+
+    async def read_datagrams() -> None:
+        while True:
+            number = int(await session.receive_datagram())
+            datagrams.add(number)
+            if number == MESSAGES - 1:
+                last_datagram.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_datagrams)
+            async with trio.open_nursery() as writer:
+                writer.start_soon(read_stream)  # returns once every message is back
+                for i in range(MESSAGES):
+                    if i == MIGRATE_AT:
+                        in_flight_at_migration = i - len(datagrams)
+                        migrate()
+                    await stream.send_all(b"msg %03d;" % i)
+                    session.send_datagram(b"%d" % i)
+                    await trio.sleep(PACE_S)
+            # The last echoes: bounded, a lost datagram must not hang the test.
+            with trio.move_on_after(1):
+                await last_datagram.wait()
+            nursery.cancel_scope.cancel()
+    await stream.send_eof()
+    return bytes(echoed), datagrams, in_flight_at_migration
+
+
+def _server_connection(server: WebTransportServer) -> Connection:
+    assert server.endpoint is not None
+    (conn,) = server.endpoint.connections
+    return conn
+
+
+@pytest.mark.parametrize("new_connection_id", [True, False], ids=["network-switch", "nat"])
+async def test_client_rebinds_its_socket_mid_session(
+    dev_cert: TlsCredentials, new_connection_id: bool
+) -> None:
+    async with trio.open_nursery() as nursery:
+        server, base = await start_server(nursery, dev_cert, {"/echo": Route(echo)})
+        assert server.endpoint is not None
+        watch = PathWatch(server.endpoint)
+        async with connect_webtransport(
+            base + "/echo", server_certificate_hashes=[dev_cert.sha256]
+        ) as session:
+            conn = _server_connection(server)
+            old_port = session.local_address[1]
+            assert conn.peer_address == ("127.0.0.1", old_port)
+            old_cid = conn.quic.host_cid  # the connection id the client sends to
+            new_address: tuple[str, int] | None = None
+
+            def migrate() -> None:
+                nonlocal new_address
+                new_address = session.migrate(new_connection_id=new_connection_id)
+
+            echoed, datagrams, in_flight = await _run_traffic(session, migrate)
+
+            assert new_address is not None and new_address[1] != old_port
+            assert session.local_address == new_address
+            new_peer = ("127.0.0.1", new_address[1])  # as the server sees the client
+            # The same connection and session carried on, on the new path.
+            assert _server_connection(server) is conn
+            assert server.counters["dropped_unknown_connection"] == 0
+            assert session.end is None
+            assert echoed == b"".join(b"msg %03d;" % i for i in range(MESSAGES))
+            # Datagrams lost: at most those in flight when the socket changed.
+            lost = set(range(MESSAGES)) - datagrams
+            assert len(lost) <= in_flight, (lost, in_flight)
+            assert conn.peer_address == new_peer
+            assert conn.quic._network_paths[0].is_validated
+            # Anti-amplification: never more than 3x what the new path sent before it was
+            # validated (RFC 9000 section 8).
+            assert watch.received[new_peer] > 0
+            assert watch.sent_unvalidated[new_peer] <= 3 * watch.received_unvalidated[new_peer]
+            if new_connection_id:
+                # The client moved to a connection id the server issued after the handshake
+                # and retired the one it used: the server forgets it.
+                assert conn.quic.host_cid != old_cid
+                assert server.endpoint.by_cid[conn.quic.host_cid] is conn
+                await wait_until(lambda: old_cid not in conn.cids, "the old connection id retired")
+                assert old_cid not in server.endpoint.by_cid
+            else:
+                assert conn.quic.host_cid == old_cid
+        nursery.cancel_scope.cancel()
+
+
+async def test_migrating_twice_keeps_the_session(dev_cert: TlsCredentials) -> None:
+    async with trio.open_nursery() as nursery:
+        server, base = await start_server(nursery, dev_cert, {"/echo": Route(echo)})
+        async with connect_webtransport(
+            base + "/echo", server_certificate_hashes=[dev_cert.sha256]
+        ) as session:
+            stream = await session.open_bidirectional_stream()
+            for i in range(3):
+                await stream.send_all(b"round %d" % i)
+                assert await stream.receive_some() == b"round %d" % i
+                address = session.migrate()
+                await stream.send_all(b"after %d" % i)
+                assert await stream.receive_some() == b"after %d" % i
+                assert _server_connection(server).peer_address == ("127.0.0.1", address[1])
+            assert session.end is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_server_session_cannot_migrate(dev_cert: TlsCredentials) -> None:
+    started = trio.Event()
+    server_session: WebTransportSession | None = None
+
+    async def handler(session: WebTransportSession, context: object) -> None:
+        nonlocal server_session
+        server_session = session
+        started.set()
+        await session.wait_closed()
+
+    async with trio.open_nursery() as nursery:
+        _server, base = await start_server(nursery, dev_cert, {"/s": Route(handler)})
+        async with connect_webtransport(base + "/s", server_certificate_hashes=[dev_cert.sha256]):
+            await started.wait()
+            assert server_session is not None
+            with pytest.raises(RuntimeError):
+                server_session.migrate()
+        nursery.cancel_scope.cancel()
