@@ -205,6 +205,14 @@ HOOKS = [
     ),
     Hook(
         "aioquic",
+        "QuicConnection._write_new_connection_id_frame(builder, connection_id)",
+        "transport/_quic.py (overridden: the endpoint routes an issued id at once)",
+        lambda: _positional(
+            QuicConnection._write_new_connection_id_frame, "builder", "connection_id"
+        ),
+    ),
+    Hook(
+        "aioquic",
         "QuicConnection._handle_connection_close_frame(context, frame_type, buf)",
         "transport/_quic.py (overridden)",
         lambda: _positional(

@@ -25,7 +25,11 @@ The rules, in order:
    counted apart from unvalidated ones, so Initials spoofed with a victim's address cannot use
    up the victim's slots.
 
-Peers are counted by ``darktower.protocol.addresses.address_key`` (IPv6 by /64).
+Peers are counted by ``darktower.protocol.addresses.address_key`` (IPv6 by /64). A connection
+stays counted under the address it was admitted from for its whole life, also after its client
+migrates (docs/protocol.md §13): the caps bound what one address can *create*, and a migration
+creates nothing; moving the count would let a migration be refused only by dropping a live
+connection's packets, and would let slots be pushed onto an address that never asked for them.
 
 One policy for every QUIC listener: the MC's and MH's WebTransport endpoint (numbers from
 ``TransportLimits``) and the GC's HTTP/3 listener (``HttpLimits.quic_admission``), which also

@@ -213,6 +213,7 @@ class Endpoint:
         self._end_handshake(conn)
         if conn in self.connections:
             self.connections.discard(conn)
+            # Released under the address it was admitted from, even after a migration.
             if conn.admit is not None and self.admission is not None:
                 self.admission.connection_ended(conn.admit)
 
