@@ -33,6 +33,27 @@ MAX_STREAMS_PER_PARTICIPANT: Final = 32
 # window (transport/_config.py) this bounds what one participant makes the MH hold to
 # MAX_STREAMS_PER_PARTICIPANT * (STREAM_RECEIVE_WINDOW + RECEIVE_CHUNK) + this.
 MAX_BUFFERED_BYTES_PER_PARTICIPANT: Final = 4 * 1024 * 1024
+# Age bound of a queued frame: from when the MH received it (its own clock, read once per
+# received chunk; the frame header's sender timestamp is never trusted) to when the
+# subscription would hand it to the transport. A subscriber that could not read for a while
+# gets live media, not a replay (docs/protocol.md §13). Policy: an older frame is dropped at
+# the subscription's queue and counted as "stale"; a video stream that lost one resumes at a
+# key frame (deltas up to the next queued key frame go as "waiting_for_keyframe", and a key
+# frame is requested from the publisher if none is queued). A send to the subscriber that
+# blocks longer than the bound (it does not read) is abandoned: its uni stream is reset, which
+# discards what the transport still held of it, and the subscription goes on over a new uni
+# stream, video from a key frame.
+MAX_VIDEO_AGE_S: Final = 0.5
+MAX_AUDIO_AGE_S: Final = 0.2
+# A participant whose media connection was lost (not removed by the MC, not kicked) keeps its
+# registration and routes this long, so a new media connection with a fresh connection token
+# re-attaches it (docs/protocol.md §13). Policy: after it, the participant is forgotten as if
+# it had left (its room ends if it was the last); 0 forgets it at once.
+MEDIA_GRACE_S: Final = 15.0
+# Connection tokens one participant has used within their lifetime (a token opens one media
+# connection only). Policy: a media CONNECT beyond it is refused with 409 until the oldest
+# used token expires; a client that reconnects this often in a token's lifetime is broken.
+MAX_USED_TOKENS_PER_PARTICIPANT: Final = 64
 # Rooms per MH. Policy: the first RegisterParticipant of one more room gets CAPACITY_EXCEEDED.
 MAX_ROOMS: Final = 1000
 # A registration not followed by a media connection within this long is forgotten: its token

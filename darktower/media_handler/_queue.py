@@ -16,6 +16,7 @@ frame, so once one of those is lost no delta is delivered until the next key fra
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Final, Generic, TypeVar
@@ -55,6 +56,7 @@ class DropReason(enum.StrEnum):
     QUEUE_FULL_AUDIO_OLDEST = "queue_full_audio_oldest"  # oldest audio dropped to make room
     OVERSIZE = "oversize"  # larger than the queue's whole byte bound
     BUDGET = "budget"  # over the participant's byte-rate budget
+    STALE = "stale"  # older than its age bound when it would be sent (_limits.py)
 
 
 class MediaKind(enum.Enum):
@@ -77,19 +79,22 @@ class QueuedFrame(Generic[P]):
     """One outgoing frame: what the drop policy reads, and ``payload``, forwarded unchanged.
 
     Immutable, so the router builds one per published frame and pushes the same object to every
-    subscriber's queue. ``size`` is the frame's size on the wire (header included).
+    subscriber's queue. ``size`` is the frame's size on the wire (header included);
+    ``received_at`` is when the MH received it (the router's clock, the age bound's origin;
+    infinity: never stale).
     """
 
     frame_type: FrameType
     flags: int
     size: int
     payload: P
+    received_at: float = math.inf
 
     @classmethod
-    def of(cls, frame: Frame) -> QueuedFrame[memoryview]:
+    def of(cls, frame: Frame, received_at: float = math.inf) -> QueuedFrame[memoryview]:
         """The queue item for a decoded frame; its payload is the frame's raw wire bytes."""
         raw = frame.raw
-        return QueuedFrame(frame.frame_type, int(frame.flags), raw.nbytes, raw)
+        return QueuedFrame(frame.frame_type, int(frame.flags), raw.nbytes, raw, received_at)
 
     @property
     def discardable(self) -> bool:
@@ -237,6 +242,54 @@ class SubscriptionQueue(Generic[P]):
         if frame.frame_type != _AUDIO:
             self._gate.lost(frame.frame_type, frame.flags)
         return [Dropped(frame, reason)]
+
+    def drop_stale(self, cutoff: float) -> Sequence[Dropped[P]]:
+        """Drop the frames received before ``cutoff`` (now minus the age bound), oldest first,
+        as STALE; return them.
+
+        Frames are queued in the order received, so the stale ones are a prefix: with none, one
+        comparison. A video stream that lost a frame others depend on resumes at the next
+        queued key frame (the deltas before it go as WAITING_FOR_KEYFRAME); with none queued,
+        it waits for one and raises a key frame request.
+        """
+        frames = self._frames
+        if not frames or frames[0].received_at >= cutoff:
+            return ()
+        drops: list[Dropped[P]] = []
+        lost = False
+        while frames and frames[0].received_at < cutoff:
+            queued = frames.popleft()
+            self._bytes -= queued.size
+            drops.append(Dropped(queued, DropReason.STALE))
+            if queued.frame_type != _AUDIO and not queued.flags & _DISCARDABLE:
+                lost = True
+        if lost:
+            self._resume_at_key_frame(drops)
+        return drops
+
+    def lose_sent(self) -> Sequence[Dropped[P]]:
+        """Frames popped for a send never reached the receiver (the send was abandoned): video
+        resumes at the next queued key frame, as in :meth:`drop_stale`. Returns the queued
+        deltas dropped for it."""
+        drops: list[Dropped[P]] = []
+        if self.kind is MediaKind.VIDEO:
+            self._resume_at_key_frame(drops)
+        return drops
+
+    def lose_incoming(self) -> None:
+        """Frames that would follow the queued ones were lost before reaching the queue (the
+        publisher's connection went): video waits for the next key frame and asks for one."""
+        if self.kind is MediaKind.VIDEO:
+            self._gate.lost(_DELTA, 0)
+
+    def _resume_at_key_frame(self, drops: list[Dropped[P]]) -> None:
+        frames = self._frames
+        while frames and frames[0].frame_type != _KEY:
+            queued = frames.popleft()
+            self._bytes -= queued.size
+            drops.append(Dropped(queued, DropReason.WAITING_FOR_KEYFRAME))
+        if not frames:
+            self._gate.lost(_DELTA, 0)
 
     def _push_full(self, frame: QueuedFrame[P]) -> list[Dropped[P]]:
         drops: list[Dropped[P]] = []

@@ -128,7 +128,9 @@ class MediaPublication:
         subscription: layer choice, the subscriber's budget, its queue. Never blocks."""
         frame_type = frame.frame_type
         raw = frame.raw
-        item: QueuedFrame[memoryview] = QueuedFrame(frame_type, int(frame.flags), raw.nbytes, raw)
+        item: QueuedFrame[memoryview] = QueuedFrame(
+            frame_type, int(frame.flags), raw.nbytes, raw, now
+        )
         on_drops = self.on_drops
         layer_id = layer.layer_id
         priority = priority_of(frame_type, item.flags, top_layer=layer.top)
@@ -150,11 +152,17 @@ class MediaPublication:
         each), and video subscribers wait for the next key frame."""
         raw = frame.raw
         item: QueuedFrame[memoryview] = QueuedFrame(
-            frame.frame_type, int(frame.flags), raw.nbytes, raw
+            frame.frame_type, int(frame.flags), raw.nbytes, raw, now
         )
         for sub in self.subscriptions.values():
             self.on_drops(self, sub.queue.drop(item, DropReason.BUDGET))
             request_key_frame(sub, now, on_key_frame)
+
+    def publisher_lost(self) -> None:
+        """The publisher's connection went (lost or replaced): frames in flight are gone, so
+        every subscriber's video resumes at a key frame, asked for at the next frame routed."""
+        for sub in self.subscriptions.values():
+            sub.queue.lose_incoming()
 
 
 def request_key_frame(sub: MediaSubscription, now: float, on_key_frame: KeyFrameCallback) -> None:
@@ -189,6 +197,12 @@ class MediaMember:
     connecting: bool = False  # a session is being accepted for it
     settled: trio.Event = attrs.Factory(trio.Event)  # set once a connection attempt settled
     removed: bool = False  # the MC removed it (no ParticipantDisconnected back to the MC)
+    # When its media connection was lost; it is kept with its routes for the media grace
+    # (_limits.py), None while connected or never connected.
+    lost_at: float | None = None
+    replacing: bool = False  # a newer media connection is replacing the live one
+    # Connection tokens it used (token id -> expiry, epoch seconds): each opens one connection.
+    used_tokens: dict[str, float] = attrs.Factory(dict)
 
     @property
     def connected(self) -> bool:
@@ -213,6 +227,9 @@ class MediaRoom:
     # RouteMedia's table: source stream -> destination -> options. Kept for destinations not
     # connected yet; a subscription is made from it when they connect.
     routes: dict[StreamId, dict[ParticipantId, RouteOptions]] = attrs.Factory(dict)
+    # Unparked when a member's expiry changes (registered, lost): the room's body recomputes
+    # when to forget the next one.
+    expiry_changed: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
 
     def add_publication(self, publication: MediaPublication) -> None:
         self.publications[publication.stream_id] = publication

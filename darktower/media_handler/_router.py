@@ -19,7 +19,7 @@ from darktower.transport import WebTransportSendStream, WebTransportSession
 
 from ._limits import SEND_BATCH_BYTES
 from ._metrics import MediaMetrics
-from ._queue import Dropped, SubscriptionQueue
+from ._queue import Dropped, DropReason, MediaKind, QueuedFrame, SubscriptionQueue
 from ._room import (
     MediaMember,
     MediaPublication,
@@ -103,30 +103,55 @@ class MediaRouter:
             self.metrics.frames_dropped.inc(1, dropped.reason.value)
 
     async def _run(self, sub: MediaSubscription, session: WebTransportSession) -> None:
-        """Write the subscription's queued frames, unchanged, to a uni stream of its own."""
+        """Write the subscription's queued frames, unchanged, to a uni stream of its own.
+
+        Frames older than their age bound when they would be sent are dropped (``stale``),
+        and a send the subscriber does not take within the bound is abandoned: the uni stream
+        is reset (what the transport held of it goes too) and a new one carries on, video from
+        a key frame (_limits.py)."""
         stream: WebTransportSendStream | None = None
         publication = sub.publication
         stats = publication.stats
         metrics = self.metrics
         queue = sub.queue
+        settings = self.settings
+        if publication.kind is MediaKind.AUDIO:
+            max_age = settings.max_audio_age_s
+        else:
+            max_age = settings.max_video_age_s
         try:
             stream = await session.open_unidirectional_stream()
+            now = trio.current_time()  # one clock read per batch (and per wake-up)
             while True:
+                stale = queue.drop_stale(now - max_age)
+                if stale:
+                    self._lost(sub, stale, now)
                 # Frames leave in batches: one write per wake-up costs far less than one per
                 # frame. Popped frames are committed (beyond the drop policy's reach), so the
                 # batch is bounded by SEND_BATCH_BYTES.
-                batch = []
+                batch: list[QueuedFrame[memoryview]] = []
                 size = 0
                 while size < SEND_BATCH_BYTES and (item := queue.pop()) is not None:
-                    batch.append(item.payload)
+                    batch.append(item)
                     size += item.size
                 if not batch:
                     await sub.wake.park()
+                    now = trio.current_time()
                     continue
-                await stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
+                data = batch[0].payload if len(batch) == 1 else b"".join([i.payload for i in batch])
+                with trio.move_on_at(now + max_age) as sending:
+                    await stream.send_all(data)
                 now = trio.current_time()
-                for payload in batch:
-                    stats.on_sent(payload.nbytes, now)
+                if sending.cancelled_caught:  # the subscriber does not read: start afresh
+                    _reset(stream)
+                    stream = None
+                    lost = [Dropped(i, DropReason.STALE) for i in batch]
+                    lost.extend(queue.lose_sent())
+                    self._lost(sub, lost, now)
+                    stream = await session.open_unidirectional_stream()
+                    continue
+                for item in batch:
+                    stats.on_sent(item.size, now)
                 metrics.frames_forwarded.inc(len(batch))
                 metrics.bytes_forwarded.inc(size)
         except trio.BrokenResourceError:
@@ -135,7 +160,18 @@ class MediaRouter:
             if publication.subscriptions.get(sub.subscriber.id) is sub:
                 del publication.subscriptions[sub.subscriber.id]
             if stream is not None:
-                try:
-                    stream.reset(0)
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    pass
+                _reset(stream)
+
+    def _lost(
+        self, sub: MediaSubscription, drops: Sequence[Dropped[memoryview]], now: float
+    ) -> None:
+        """Count frames a subscription lost and ask for the key frame its video now waits for."""
+        self.count_drops(sub.publication, drops)
+        request_key_frame(sub, now, functools.partial(self.key_frame, sub.subscriber.room))
+
+
+def _reset(stream: WebTransportSendStream) -> None:
+    try:
+        stream.reset(0)
+    except (trio.ClosedResourceError, trio.BrokenResourceError):
+        pass

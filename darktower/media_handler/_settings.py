@@ -11,11 +11,14 @@ from darktower.transport import MAX_CONNECTIONS_PER_ADDRESS, RETRY_THRESHOLD
 from ._limits import (
     DEFAULT_BUDGET_IN_BYTES_PER_S,
     DEFAULT_BUDGET_OUT_BYTES_PER_S,
+    MAX_AUDIO_AGE_S,
     MAX_BUFFERED_BYTES_PER_PARTICIPANT,
     MAX_FRAME_PAYLOAD,
     MAX_PARTICIPANTS_PER_ROOM,
     MAX_ROOMS,
     MAX_STREAMS_PER_PARTICIPANT,
+    MAX_VIDEO_AGE_S,
+    MEDIA_GRACE_S,
     REGISTRATION_TTL_S,
     TELEMETRY_INTERVAL_S,
 )
@@ -66,6 +69,17 @@ class Settings:
         REGISTRATION_TTL_S,
         "seconds a registration waits for its media connection (keep it above the connection "
         "token's 60 s plus --token-leeway-s: a late connection is refused after it)",
+    )
+    media_grace_s: float = option(
+        MEDIA_GRACE_S,
+        "seconds a participant whose media connection was lost keeps its routes, for a new "
+        "media connection with a fresh token to re-attach it (0: forget it at once)",
+    )
+    max_video_age_s: float = option(
+        MAX_VIDEO_AGE_S, "seconds a video frame may wait for its subscriber before it is stale"
+    )
+    max_audio_age_s: float = option(
+        MAX_AUDIO_AGE_S, "seconds an audio frame may wait for its subscriber before it is stale"
     )
     telemetry_interval_s: float = option(TELEMETRY_INTERVAL_S, "seconds between stream reports")
     token_leeway_s: float = option(

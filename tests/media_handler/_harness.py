@@ -24,6 +24,10 @@ from tests._stack import open_services
 
 # Real sockets, real time: a bound on every wait so that a regression fails instead of hanging.
 WAIT_S = 15.0
+# Settings for tests whose subscribers read only after the publisher is done (or read slowly
+# on purpose) and check other policies: no frame becomes stale (tests/media_handler/test_stale.py
+# covers the age bounds).
+NO_AGE_BOUND: dict[str, Any] = {"max_video_age_s": 3600.0, "max_audio_age_s": 3600.0}
 
 
 def new_id() -> str:

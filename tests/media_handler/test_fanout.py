@@ -8,7 +8,16 @@ import trio
 from darktower.frames import FrameType
 from darktower.transport import StreamReset
 
-from ._harness import WAIT_S, audio, frame_type_for, new_id, open_harness, receive_n, video
+from ._harness import (
+    NO_AGE_BOUND,
+    WAIT_S,
+    audio,
+    frame_type_for,
+    new_id,
+    open_harness,
+    receive_n,
+    video,
+)
 
 SUBSCRIBERS = 4
 FRAMES = 120
@@ -16,7 +25,8 @@ FRAMES = 120
 
 async def test_one_publisher_many_subscribers_byte_identical_in_order() -> None:
     meeting, cam, mic = new_id(), new_id(), new_id()
-    async with open_harness() as h:
+    # The subscribers read only once everything was published.
+    async with open_harness(**NO_AGE_BOUND) as h:
         pub_url = await h.register(meeting, "pub", [video(cam), audio(mic)])
         sub_urls = [await h.register(meeting, f"sub{i}") for i in range(SUBSCRIBERS)]
         async with h.client(pub_url) as publisher, trio.open_nursery() as nursery:

@@ -10,7 +10,16 @@ from darktower.media_handler import DropReason
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.transport.rpc import open_stream_call
 
-from ._harness import WAIT_S, audio, frame_type_for, new_id, open_harness, receive_n, video
+from ._harness import (
+    NO_AGE_BOUND,
+    WAIT_S,
+    audio,
+    frame_type_for,
+    new_id,
+    open_harness,
+    receive_n,
+    video,
+)
 
 FRAMES = 600
 PAYLOAD = 4000
@@ -30,7 +39,8 @@ def _decodable(frames: list[Frame]) -> bool:
 
 async def test_slow_subscriber_drops_by_policy_while_others_get_everything() -> None:
     meeting, cam = new_id(), new_id()
-    async with open_harness(queue_max_frames=32) as h:
+    # The slow one reads at a tenth of the rate: the full-queue policy, not the age bound.
+    async with open_harness(queue_max_frames=32, **NO_AGE_BOUND) as h:
         url_p = await h.register(meeting, "p", [video(cam)])
         urls = {name: await h.register(meeting, name) for name in ("fast1", "fast2", "slow")}
         received: dict[str, list[Frame]] = {name: [] for name in urls}
