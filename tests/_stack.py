@@ -378,7 +378,8 @@ async def dev_stack(
     ``overrides`` are :class:`darktower.__main__.Settings` fields."""
     ports = ("api", "page", "signal", "media", "gc_grpc", "mc_grpc", "mh_grpc", "mc_ops", "mh_ops")
     options: dict[str, Any] = {f"{name}_port": 0 for name in ports}
-    options.update(data_dir=str(data_dir), drain_grace_s=DRAIN_GRACE_S, **overrides)
+    options.update(data_dir=str(data_dir), drain_grace_s=DRAIN_GRACE_S)
+    options.update(overrides)
     stop = shutdown if shutdown is not None else trio.Event()
     async with trio.open_nursery() as nursery:
         with trio.fail_after(START_S):

@@ -124,7 +124,20 @@ async def open_rpc_loop() -> AsyncIterator[asyncio.AbstractEventLoop]:
         yield loop
         return
     async with trio_asyncio.open_loop() as new_loop:
+        new_loop.set_exception_handler(_connection_errors_stay_there)
         yield new_loop
+
+
+def _connection_errors_stay_there(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: an error asyncio reports for one connection (its context
+    names the transport) closes that connection and is logged; anything else goes to
+    trio-asyncio's handler, which raises it into the service (docs/architecture.md §6.1)."""
+    transport = context.get("transport")
+    if transport is None:
+        loop.default_exception_handler(context)
+        return
+    asyncio.BaseEventLoop.default_exception_handler(loop, context)  # type: ignore[arg-type]
+    transport.abort()
 
 
 # --- error mapping -----------------------------------------------------------------------------
@@ -407,7 +420,8 @@ class _TrackingServer(Server):
     def _protocol_factory(self) -> Any:
         protocol: Any = super()._protocol_factory()
         self.protocols.add(protocol)
-        made = protocol.connection_made
+        made, received = protocol.connection_made, protocol.data_received
+        transports: list[Any] = []
 
         def connection_made(transport: Any) -> None:
             # Connections accepted on our own listening socket arrive here without TCP_NODELAY;
@@ -415,9 +429,23 @@ class _TrackingServer(Server):
             sock = transport.get_extra_info("socket")
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            transports.append(transport)
             made(transport)
 
+        def data_received(data: bytes) -> None:
+            # An error boundary per connection (docs/architecture.md §6.1): bytes h2 or grpclib
+            # cannot handle (e.g. a header value that is not ASCII) raise here, and asyncio
+            # would hand the error to the loop, which trio-asyncio raises into the service.
+            # The connection is dropped instead; the others go on.
+            try:
+                received(data)
+            except Exception as exc:
+                log.warning("gRPC connection dropped: malformed input (%s)", type(exc).__name__)
+                if transports:
+                    transports[0].abort()
+
         protocol.connection_made = connection_made
+        protocol.data_received = data_received
         return protocol
 
     async def wait_handlers(self) -> None:

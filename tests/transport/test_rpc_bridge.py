@@ -15,6 +15,8 @@ from typing import Any
 
 import grpclib.const
 import grpclib.server
+import h2.config
+import h2.connection
 import pytest
 import sniffio
 import trio
@@ -478,3 +480,63 @@ async def test_requests_carry_the_protocol_version_and_others_are_refused(
                 )
     # The stamped request reached the method as version 1; the refused one never did.
     assert impl.seen == [PROTOCOL_VERSION]
+
+
+# --- hostile input: every connection is an error boundary (docs/architecture.md §6.1) ----------
+def _h2_request_bytes(header_value: bytes) -> bytes:
+    """An HTTP/2 connection preface and a HEADERS frame whose header value is not ASCII."""
+    config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
+    conn = h2.connection.H2Connection(config=config)
+    conn.initiate_connection()
+    conn.send_headers(
+        1,
+        [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", b"/test.Echo/Echo"),
+            (b":authority", b"127.0.0.1"),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+            (b"x-hostile", header_value),
+        ],
+    )
+    return conn.data_to_send()
+
+
+@pytest.mark.parametrize("payload", ["bad_header", "garbage"])
+async def test_a_malformed_connection_is_closed_and_the_server_goes_on(
+    echo_server: tuple[Echo, int], stub: EchoStub, payload: str
+) -> None:
+    _, port = echo_server
+    data = _h2_request_bytes(b"\xad\xa4[\xba") if payload == "bad_header" else b"\x00" * 64
+    with trio.fail_after(WAIT_S):
+        bad = await trio.open_tcp_stream("127.0.0.1", port)
+        await bad.send_all(data)
+        # The server drops the connection (no reply can be made to it) ...
+        with pytest.raises(trio.BrokenResourceError):
+            while await bad.receive_some(65536):
+                pass
+            raise trio.BrokenResourceError  # a clean close is fine too
+        await bad.aclose()
+        # ... and every other connection, old and new, is served.
+        assert (await rpc.call(stub.Echo, StringValue(value="still"))).value == "STILL"
+        async with rpc.open_rpc_channel("127.0.0.1", port) as channel:
+            fresh = EchoStub(channel)
+            assert (await rpc.call(fresh.Echo, StringValue(value="new"))).value == "NEW"
+
+
+async def test_an_asyncio_error_of_one_connection_closes_only_that_connection() -> None:
+    """The loop's exception handler is the backstop behind the data_received boundary."""
+
+    class Transport:
+        aborted = False
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    async with rpc.open_rpc_loop() as loop:
+        transport = Transport()
+        context = {"message": "boom", "exception": ValueError("x"), "transport": transport}
+        loop.call_exception_handler(context)
+        assert transport.aborted
+        await trio.testing.wait_all_tasks_blocked()  # nothing was raised into the loop
