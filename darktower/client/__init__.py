@@ -3,7 +3,8 @@ Controller and media to the Media Handler (WebTransport).
 
 Most applications need only :func:`join_meeting_session` (or :func:`join_meeting_via_gc`),
 which yields a :class:`MeetingSession`: participants, events, ``publish()``, ``subscribe()``,
-``leave()`` and the reason the session ended. The lower layers stay available:
+``leave()`` and the reason the session ended; it reconnects lost connections by itself
+(events ``Reconnecting``, ``Resumed``, ``Lost``). The lower layers stay available:
 :func:`open_gc_client`, :func:`open_signaling`, :func:`open_media_client`.
 :func:`fetch_dev_access` reads the credential and certificate pin ``python -m darktower``
 serves on its page.
@@ -20,12 +21,22 @@ from ._events import (
     CLOSE_GRACE_S,
     EVENT_BUFFER,
     LEAVE_GRACE_S,
+    RECONNECT_ATTEMPT_S,
+    RECONNECT_FIRST_DELAY_S,
+    RECONNECT_MAX_DELAY_S,
+    RECONNECT_SEND_WAIT_S,
+    RESUME_GRACE_S,
     SUBSCRIPTION_BUFFER,
+    ConnectionState,
     KeyFrameRequest,
+    Lost,
     ParticipantInfo,
     ParticipantJoined,
     ParticipantLeft,
+    ParticipantUpdated,
     QualityUpdate,
+    Reconnecting,
+    Resumed,
     SessionEnded,
     SessionEvent,
     SimulcastLayer,
@@ -33,10 +44,11 @@ from ._events import (
     StreamPublished,
     StreamUnpublished,
 )
-from ._join import join_meeting_session, join_meeting_via_gc, media_url
+from ._join import Dialer, join_meeting_session, join_meeting_via_gc, media_url
+from ._link import Connector, MediaLink, SignalingLink
 from ._media import MediaClient, MediaPublisher, open_media_client
 from ._rest import CreatedMeeting, GlobalControllerClient, JoinTicket, open_gc_client
-from ._session import MeetingSession
+from ._session import MeetingSession, RequestInterrupted
 from ._signaling import SignalingClient, SignalingEnded, open_signaling
 from ._streams import EventStream, Publication, Subscription
 
@@ -44,26 +56,41 @@ __all__ = [
     "CLOSE_GRACE_S",
     "EVENT_BUFFER",
     "LEAVE_GRACE_S",
+    "RECONNECT_ATTEMPT_S",
+    "RECONNECT_FIRST_DELAY_S",
+    "RECONNECT_MAX_DELAY_S",
+    "RECONNECT_SEND_WAIT_S",
+    "RESUME_GRACE_S",
     "SUBSCRIPTION_BUFFER",
+    "ConnectionState",
+    "Connector",
     "CreatedMeeting",
     "DevAccess",
     "DevStackError",
+    "Dialer",
     "EventStream",
     "GlobalControllerClient",
     "JoinTicket",
     "KeyFrameRequest",
+    "Lost",
     "MediaClient",
+    "MediaLink",
     "MediaPublisher",
     "MeetingSession",
     "ParticipantInfo",
     "ParticipantJoined",
     "ParticipantLeft",
+    "ParticipantUpdated",
     "Publication",
     "QualityUpdate",
+    "Reconnecting",
+    "RequestInterrupted",
+    "Resumed",
     "SessionEnded",
     "SessionEvent",
     "SignalingClient",
     "SignalingEnded",
+    "SignalingLink",
     "SimulcastLayer",
     "StreamInfo",
     "StreamPublished",

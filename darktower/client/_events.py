@@ -7,6 +7,7 @@ does I/O.
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Sequence
 from typing import Final
@@ -40,6 +41,25 @@ CLOSE_GRACE_S: Final = 2.0
 # After the media connection or a request broke: how long to wait for the signaling session to
 # say why (SessionEnded) before calling it CONNECTION_LOST.
 SETTLE_S: Final = 2.0
+# Reconnection (docs/protocol.md §13). How long the session tries to get a lost connection back
+# before it ends with CONNECTION_LOST: the MC's resume grace window (its default), counted from
+# the moment the loss was noticed. Configurable per join (``resume_grace_s``; 0 turns
+# reconnection off).
+RESUME_GRACE_S: Final = 15.0
+# Delays between attempts: exponential backoff with full jitter (a uniform draw in
+# [0, min(RECONNECT_MAX_DELAY_S, RECONNECT_FIRST_DELAY_S * 2**n)] before retry n), so that
+# many clients cut off together do not come back in lockstep. The first attempt is immediate.
+RECONNECT_FIRST_DELAY_S: Final = 0.25
+RECONNECT_MAX_DELAY_S: Final = 5.0
+# Bound on one attempt to open a connection while reconnecting: a QUIC handshake sent into a
+# dead path backs off its own retransmissions, so a fresh attempt comes back sooner once the
+# path returns than one left to wait.
+RECONNECT_ATTEMPT_S: Final = 2.0
+# Publication.send_frame while the media connection is being re-established: waits at most
+# this long for it, then drops the frame (counted in ``Publication.dropped``). Bounded so that
+# a real-time sender is never held longer than about one frame interval; after the connection is
+# back, video deltas are dropped until the next key frame (see Publication.send_frame).
+RECONNECT_SEND_WAIT_S: Final = 0.05
 
 
 class SessionEnded(SignalingEnded):
@@ -103,6 +123,15 @@ class StreamInfo:
         )
 
 
+class ConnectionState(enum.Enum):
+    """A participant's connection as the MC reports it (docs/protocol.md §13), or this session's
+    own (:attr:`MeetingSession.connection`)."""
+
+    CONNECTED = "connected"
+    # Its connection was lost; it keeps its place in the meeting while it tries to come back.
+    RECONNECTING = "reconnecting"
+
+
 @attrs.frozen
 class ParticipantInfo:
     """Another participant as this session last heard of it. The wire does not say others'
@@ -112,6 +141,7 @@ class ParticipantInfo:
     name: str
     streams: tuple[StreamInfo, ...] = ()
     joined_at_us: int = 0
+    connection: ConnectionState = ConnectionState.CONNECTED
 
     @classmethod
     def from_pb(cls, p: sig.Participant) -> ParticipantInfo:
@@ -136,6 +166,43 @@ class ParticipantJoined:
 class ParticipantLeft:
     participant: ParticipantInfo  # as last known (name only if it was known)
     reason: LeaveReason
+
+
+@attrs.frozen
+class ParticipantUpdated:
+    """Another participant's connection state changed (``participant.connection``): RECONNECTING
+    while the MC waits for it to come back (its streams pause), CONNECTED once it did."""
+
+    participant: ParticipantInfo
+
+
+@attrs.frozen
+class Reconnecting:
+    """This session lost a connection and is getting it back (docs/protocol.md §13): the
+    signaling connection (a resume: ``media_only`` False) or the media connection alone.
+    Exactly one :class:`Resumed` or :class:`Lost` follows."""
+
+    media_only: bool
+
+
+@attrs.frozen
+class Resumed:
+    """This session is connected again (signaling and media): the same participant id,
+    publications and subscriptions. ``outage_s`` runs from the :class:`Reconnecting` event;
+    ``media_only`` is False if the signaling session had to be resumed."""
+
+    media_only: bool
+    outage_s: float
+
+
+@attrs.frozen
+class Lost:
+    """Reconnecting failed and the session ended with ``reason``: CONNECTION_LOST (the grace
+    window passed or the resume was refused), KICKED or MEETING_ENDED (the resume was refused
+    with that reason). The last event: the stream then raises SessionEnded."""
+
+    reason: LeaveReason
+    message: str = ""
 
 
 @attrs.frozen
@@ -169,6 +236,10 @@ class KeyFrameRequest:
 SessionEvent = (
     ParticipantJoined
     | ParticipantLeft
+    | ParticipantUpdated
+    | Reconnecting
+    | Resumed
+    | Lost
     | StreamPublished
     | StreamUnpublished
     | QualityUpdate

@@ -2,7 +2,8 @@
 
 The ``async with`` block owns a nursery; one task in it owns the signaling session and the media
 connection and runs the session (:meth:`MeetingSession.run`, which owns the session's two
-readers); once the session ended, that task closes both connections.
+readers and the connections it opens to reconnect, through a :class:`Dialer`); once the session
+ended, that task closes both connections.
 """
 
 from __future__ import annotations
@@ -11,19 +12,22 @@ import base64
 import json
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import attrs
 import trio
 
 from darktower.errors import sole_error
 from darktower.model import Role
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
+from darktower.transport import TransportLimits
 
-from ._events import EVENT_BUFFER, LEAVE_GRACE_S, SUBSCRIPTION_BUFFER, SessionEnded
-from ._media import open_media_client
+from ._events import EVENT_BUFFER, LEAVE_GRACE_S, RESUME_GRACE_S, SUBSCRIPTION_BUFFER, SessionEnded
+from ._link import MediaLink, SignalingLink
+from ._media import MediaClient, open_media_client
 from ._rest import GlobalControllerClient
 from ._session import MeetingSession
-from ._signaling import open_signaling
+from ._signaling import SignalingClient, open_signaling
 
 
 def _role_of(join_token: str) -> Role | None:
@@ -38,44 +42,80 @@ def _role_of(join_token: str) -> Role | None:
 
 def media_url(join: sig.JoinResponse) -> str:
     """The MH URL with the connection token, from a JoinResponse (docs/protocol.md §5.1)."""
-    info = join.media_server
+    return server_url(join.media_server)
+
+
+def server_url(info: sig.MediaServerInfo) -> str:
+    """The MH URL with the connection token, from a MediaServerInfo."""
     return f"{info.media_handler_url}?{urllib.parse.urlencode({'token': info.connection_token})}"
 
 
+@attrs.frozen
+class Dialer:
+    """Opens the connections of one participant's session over the network: the join's (with
+    the join token) and a reconnection's (with a resume token, docs/protocol.md §13)."""
+
+    signal_url: str
+    meeting_id: str
+    participant_name: str = ""
+    pins: Sequence[bytes] | None = None
+    origin: str | None = None
+    limits: TransportLimits | None = None
+
+    def join(self, join_token: str) -> AbstractAsyncContextManager[SignalingClient]:
+        return open_signaling(
+            self.signal_url,
+            meeting_id=self.meeting_id,
+            join_token=join_token,
+            participant_name=self.participant_name,
+            server_certificate_hashes=self.pins,
+            origin=self.origin,
+            limits=self.limits,
+        )
+
+    def signaling(self, resume_token: str) -> AbstractAsyncContextManager[SignalingLink]:
+        return open_signaling(
+            self.signal_url,
+            meeting_id=self.meeting_id,
+            join_token="",
+            participant_name=self.participant_name,
+            server_certificate_hashes=self.pins,
+            origin=self.origin,
+            limits=self.limits,
+            resume_token=resume_token,
+        )
+
+    def media(self, server: sig.MediaServerInfo) -> AbstractAsyncContextManager[MediaLink]:
+        return self.media_at(server_url(server))
+
+    def media_at(self, url: str) -> AbstractAsyncContextManager[MediaClient]:
+        return open_media_client(
+            url, server_certificate_hashes=self.pins, origin=self.origin, limits=self.limits
+        )
+
+
 async def _run(
-    signal_url: str,
-    meeting_id: str,
+    dialer: Dialer,
     join_token: str,
-    participant_name: str,
-    pins: Sequence[bytes] | None,
     event_buffer: int,
     subscription_buffer: int,
-    origin: str | None,
+    resume_grace_s: float,
     *,
     task_status: trio.TaskStatus[MeetingSession],
 ) -> None:
-    async with open_signaling(
-        signal_url,
-        meeting_id=meeting_id,
-        join_token=join_token,
-        participant_name=participant_name,
-        server_certificate_hashes=pins,
-        origin=origin,
-    ) as signaling:
+    async with dialer.join(join_token) as signaling:
         session: MeetingSession | None = None
         try:
-            async with open_media_client(
-                media_url(signaling.join_response),
-                server_certificate_hashes=pins,
-                origin=origin,
-            ) as media:
+            async with dialer.media_at(media_url(signaling.join_response)) as media:
                 session = MeetingSession(
                     signaling,
                     media,
-                    meeting_id=meeting_id,
+                    meeting_id=dialer.meeting_id,
                     role=_role_of(join_token),
                     event_buffer=event_buffer,
                     subscription_buffer=subscription_buffer,
+                    connector=dialer,
+                    resume_grace_s=resume_grace_s,
                 )
                 await session.run(task_status=task_status)
         except BaseException:
@@ -104,12 +144,19 @@ async def join_meeting_session(
     event_buffer: int = EVENT_BUFFER,
     subscription_buffer: int = SUBSCRIPTION_BUFFER,
     origin: str | None = None,
+    resume_grace_s: float = RESUME_GRACE_S,
+    transport_limits: TransportLimits | None = None,
 ) -> AsyncIterator[MeetingSession]:
     """Join the meeting at the MC's ``signal_url``, connect media, yield the session.
 
     ``origin`` goes in both CONNECTs' ``origin`` header: services with a list of allowed
     origins refuse a CONNECT without one (docs/protocol.md). :func:`join_meeting_via_gc` sends
     the GC's origin.
+
+    A lost connection is brought back by the session itself (docs/protocol.md §13): it tries
+    for ``resume_grace_s`` (the MC's grace window; 0: no reconnection) and says so with the
+    Reconnecting, Resumed and Lost events. ``transport_limits`` are both QUIC connections'
+    (e.g. a shorter idle timeout notices a dead path sooner).
 
     Owns both connections and their readers. Leaving the block (normally, by an exception or
     by cancellation) leaves the meeting: LeaveRequest, shielded and bounded by
@@ -123,16 +170,16 @@ async def join_meeting_session(
     session: MeetingSession | None = None
     async with trio.open_nursery() as nursery:
         try:
-            session = await nursery.start(
-                _run,
+            dialer = Dialer(
                 signal_url,
                 meeting_id,
-                join_token,
                 participant_name,
                 server_certificate_hashes,
-                event_buffer,
-                subscription_buffer,
                 origin,
+                transport_limits,
+            )
+            session = await nursery.start(
+                _run, dialer, join_token, event_buffer, subscription_buffer, resume_grace_s
             )
         except Exception as exc:  # re-raised below the nursery so it is not wrapped in a group
             # open_signaling's nursery wraps a failed media connection in groups of one: the
@@ -163,6 +210,8 @@ async def join_meeting_via_gc(
     event_buffer: int = EVENT_BUFFER,
     subscription_buffer: int = SUBSCRIPTION_BUFFER,
     origin: str | None = None,
+    resume_grace_s: float = RESUME_GRACE_S,
+    transport_limits: TransportLimits | None = None,
 ) -> AsyncIterator[MeetingSession]:
     """Ask the GC for a join ticket (as the GC client's access token allows: the meeting's
     owner gets a host's) and join with :func:`join_meeting_session`. With ``join_token``
@@ -183,11 +232,14 @@ async def join_meeting_via_gc(
         event_buffer=event_buffer,
         subscription_buffer=subscription_buffer,
         origin=gc.origin if origin is None else origin,
+        resume_grace_s=resume_grace_s,
+        transport_limits=transport_limits,
     ) as session:
         yield session
 
 
 __all__ = [
+    "Dialer",
     "join_meeting_session",
     "join_meeting_via_gc",
     "media_url",

@@ -23,8 +23,13 @@ from contextlib import asynccontextmanager
 import trio
 
 from darktower.frames import Frame, FrameDecoder, FrameError, FrameFlags, FrameHeader, FrameType
+from darktower.model import LeaveReason
+from darktower.protocol import reason_from_close_code
 from darktower.transport import (
+    ClosedByPeer,
+    ClosedLocally,
     Connection,
+    TransportLimits,
     WebTransportReceiveStream,
     WebTransportSession,
     WebTransportStream,
@@ -108,6 +113,22 @@ class MediaClient:
         self._frames = frames
         self.stream_errors = 0  # subscribed streams that carried a malformed frame
 
+    @property
+    def removed_reason(self) -> LeaveReason | None:
+        """Why the MH removed this participant, read from its close code (docs/protocol.md
+        §9), or None (the session lives, or it ended otherwise)."""
+        end = self.session.end
+        return reason_from_close_code(end.code if isinstance(end, ClosedByPeer) else None)
+
+    @property
+    def lost(self) -> bool:
+        """The session ended without this side closing it or the MH removing the participant
+        (a lost connection, or a refusal): a fresh connection may bring the media back."""
+        end = self.session.end
+        return (
+            end is not None and not isinstance(end, ClosedLocally) and self.removed_reason is None
+        )
+
     async def publish(self, stream_id: str | uuid.UUID) -> MediaPublisher:
         """Open the bidirectional stream for ``stream_id`` (registered with the MC first)."""
         sid = stream_id if isinstance(stream_id, uuid.UUID) else uuid.UUID(stream_id)
@@ -172,10 +193,12 @@ async def open_media_client(
     connection: Connection | None = None,
     max_buffered_frames: int = MAX_BUFFERED_FRAMES,
     origin: str | None = None,
+    limits: TransportLimits | None = None,
 ) -> AsyncIterator[MediaClient]:
     """Connect to ``url`` (the MH's media URL with ``?token=``) and yield the client.
 
-    ``origin`` is sent as the CONNECT's ``origin`` header (see ``open_signaling``).
+    ``origin`` is sent as the CONNECT's ``origin`` header (see ``open_signaling``); ``limits``
+    are the QUIC connection's (not used with ``connection``).
 
     Owns the session (and its own QUIC connection unless ``connection`` is given, to share one
     among several sessions) and the reader tasks; on exit the session is closed and the readers
@@ -184,7 +207,7 @@ async def open_media_client(
     send, receive = trio.open_memory_channel[Frame](max_buffered_frames)
     if connection is None:
         async with connect_webtransport(
-            url, server_certificate_hashes=server_certificate_hashes, origin=origin
+            url, server_certificate_hashes=server_certificate_hashes, origin=origin, limits=limits
         ) as session:
             async with _run(session, send, receive) as client:
                 yield client

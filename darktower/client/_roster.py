@@ -2,7 +2,8 @@
 
 A :class:`Roster` starts from the JoinResponse's participant list and applies the MC's
 participant and stream events (docs/protocol.md §4), turning each into the
-:data:`~darktower.client.SessionEvent` the application sees. Nothing here does I/O.
+:data:`~darktower.client.SessionEvent` the application sees. After a resume it derives what it
+missed from the room as the MC sends it then (docs/protocol.md §13). Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
+import attrs
+
 from darktower.errors import InvalidRequest
 from darktower.model import LeaveReason
 from darktower.protocol import leave_reason_from_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
 from ._events import (
+    ConnectionState,
     ParticipantInfo,
     ParticipantJoined,
     ParticipantLeft,
+    ParticipantUpdated,
     StreamInfo,
     StreamPublished,
     StreamUnpublished,
@@ -92,5 +97,50 @@ class Roster:
         )
         return StreamUnpublished(stream)
 
+    def updated(self, update: sig.ParticipantUpdated) -> ParticipantUpdated | None:
+        """None for an unknown participant, a state this version does not know, or no change."""
+        info = self._participants.get(update.participant_id)
+        state = _CONNECTION_STATES.get(update.connection)
+        if info is None or state is None or info.connection is state:
+            return None
+        info = attrs.evolve(info, connection=state)
+        self._participants[info.participant_id] = info
+        return ParticipantUpdated(info)
 
-__all__ = ["Roster"]
+    def resync(self, existing: Iterable[sig.Participant]) -> list[ResyncEvent]:
+        """Adopt the room as a resumed JoinResponse lists it and return what changed since, as
+        the events that would have said so: first the leaves (the reason is not known then:
+        VOLUNTARY), then in the list's order a join followed by its streams' StreamPublished,
+        or the stream changes of one who stayed (whose connection state stays as last heard:
+        the list does not carry it)."""
+        now = {
+            p.participant_id: ParticipantInfo.from_pb(p)
+            for p in existing
+            if p.participant_id != self.own_id
+        }
+        events: list[ResyncEvent] = []
+        for pid in [pid for pid in self._participants if pid not in now]:
+            events.append(ParticipantLeft(self._participants.pop(pid), LeaveReason.VOLUNTARY))
+        for pid, info in now.items():
+            before = self._participants.get(pid)
+            if before is None:
+                self._participants[pid] = info
+                events.append(ParticipantJoined(info))
+                events.extend(StreamPublished(s) for s in info.streams)
+                continue
+            kept = {s.stream_id for s in info.streams}
+            had = {s.stream_id for s in before.streams}
+            events.extend(StreamUnpublished(s) for s in before.streams if s.stream_id not in kept)
+            self._participants[pid] = attrs.evolve(info, connection=before.connection)
+            events.extend(StreamPublished(s) for s in info.streams if s.stream_id not in had)
+        return events
+
+
+ResyncEvent = ParticipantJoined | ParticipantLeft | StreamPublished | StreamUnpublished
+_CONNECTION_STATES = {
+    sig.CONNECTED: ConnectionState.CONNECTED,
+    sig.RECONNECTING: ConnectionState.RECONNECTING,
+}
+
+
+__all__ = ["ResyncEvent", "Roster"]

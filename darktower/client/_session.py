@@ -17,11 +17,14 @@
 
 Task tree: the block owns a nursery; one task in it owns the signaling session and the media
 connection and runs :meth:`MeetingSession.run`, whose own nursery holds the session's two readers
-(signaling events → participants and events, through a table of handlers, docs/architecture.md
-§7; media frames → the subscription of their stream id, a dictionary lookup: frames of no live
-subscription are counted and dropped). The session ends when the MC says so (SessionEnded),
-when either connection is lost, or on :meth:`MeetingSession.leave`; then every waiting call and
-iterator raises :class:`SessionEnded` with the reason (iterators just stop after a voluntary leave).
+(a :class:`~darktower.client._link.Link`: signaling events → participants and events, through a
+table of handlers, docs/architecture.md §7; media frames → the subscription of their stream id,
+a dictionary lookup: frames of no live subscription are counted and dropped). A lost connection
+is brought back by the link (docs/protocol.md §13: a resume, or a new media connection) within
+the grace window, with the events Reconnecting, then Resumed or Lost. The session ends when the
+MC says so (SessionEnded), when a lost connection does not come back, or on
+:meth:`MeetingSession.leave`; then every waiting call and iterator raises :class:`SessionEnded`
+with the reason (iterators just stop after a voluntary leave).
 
 A server-side end is a normal outcome, not an error: the ``async with`` block swallows a
 SessionEnded of its own session and exits cleanly, and the caller reads ``end_reason``.
@@ -31,73 +34,91 @@ Anything else raised in the block propagates unchanged (never wrapped in an Exce
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 import trio
 
-from darktower.errors import Conflict, InvalidRequest
+from darktower.errors import Conflict
+from darktower.frames import Frame
 from darktower.model import LeaveReason, Role, StreamType
-from darktower.protocol import reason_from_close_code, stream_type_to_pb
+from darktower.protocol import stream_type_to_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
-from darktower.transport import ClosedByPeer
 
 from ._events import (
     CLOSE_GRACE_S,
     EVENT_BUFFER,
     LEAVE_GRACE_S,
+    RESUME_GRACE_S,
     SETTLE_S,
     SUBSCRIPTION_BUFFER,
+    ConnectionState,
     KeyFrameRequest,
+    Lost,
     ParticipantInfo,
+    ParticipantLeft,
     QualityUpdate,
     SessionEnded,
+    SessionEvent,
     SimulcastLayer,
+    StreamUnpublished,
     stream_metadata,
     wire_keys,
 )
-from ._media import MediaClient
+from ._link import Connector, Link, MediaLink, SignalingLink
+from ._publishing import Publishing
 from ._roster import Roster
-from ._signaling import SignalingClient
-from ._streams import EventStream, Publication, Subscription
+from ._streams import EventStream, Publication, Subscription, first_of
 
 Broken = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class RequestInterrupted(trio.BrokenResourceError):
+    """The signaling connection was lost while a request waited for its reply, and the session
+    is reconnecting: the MC may or may not have applied the request (it is not repeated;
+    ``participants`` and the events say what is true once the session resumed)."""
 
 
 class MeetingSession:
     """A joined meeting: made by :func:`join_meeting_session` (see the module docstring), or
     from a joined :class:`SignalingClient` and its :class:`MediaClient` and run with
-    :meth:`run` by an owner that closes both once ``run`` returns.
+    :meth:`run` by an owner that closes both once ``run`` returns. With a ``connector`` (and
+    ``resume_grace_s`` > 0) it reconnects lost connections by itself (docs/protocol.md §13);
+    without one a lost connection ends it with CONNECTION_LOST.
 
     Attributes: ``meeting_id``, ``participant_id`` (this session's), ``role`` (from the join
     token; None if unreadable), ``participants`` (the *other* participants' ids →
     :class:`ParticipantInfo`, always up to date: it starts from the JoinResponse and the
     events say what changed since), ``events`` (:class:`EventStream`), ``publications``,
-    ``end_reason`` / ``end_message`` / ``ended`` (a trio.Event) once the session is over.
+    ``connection`` (CONNECTED, or RECONNECTING while a lost connection is being brought back),
+    ``reconnects`` (outages recovered), ``end_reason`` / ``end_message`` / ``ended`` (a
+    trio.Event) once the session is over.
     """
 
     def __init__(
         self,
-        signaling: SignalingClient,
-        media: MediaClient,
+        signaling: SignalingLink,
+        media: MediaLink,
         *,
         meeting_id: str,
         role: Role | None = None,
         event_buffer: int = EVENT_BUFFER,
         subscription_buffer: int = SUBSCRIPTION_BUFFER,
+        connector: Connector | None = None,
+        resume_grace_s: float = RESUME_GRACE_S,
     ) -> None:
-        self._signaling = signaling
-        self._media = media
         self.meeting_id = meeting_id
-        self.participant_id: str = signaling.participant_id
+        self.participant_id: str = signaling.join_response.participant_id
         self.role = role
+        self._link = Link(self, signaling, media, connector=connector, grace_s=resume_grace_s)
+        self._publishing = Publishing()
         self._roster = Roster(self.participant_id, signaling.join_response.existing_participants)
         self.participants: Mapping[str, ParticipantInfo] = self._roster.participants
         self.events = EventStream(self, max(1, event_buffer))
         self.subscription_buffer = subscription_buffer
         self._routes: dict[bytes, Subscription] = {}  # 16-byte wire id → subscription
         self._subscriptions: dict[str, Subscription] = {}
-        self.publications: dict[str, Publication] = {}
+        self.publications: dict[str, Publication] = self._publishing.publications
         self.end_reason: LeaveReason | None = None
         self.end_message = ""
         self.ended = trio.Event()
@@ -110,9 +131,30 @@ class MeetingSession:
             "stream_unpublished": self._on_unpublished,
             "quality": self._on_quality,
             "key_frame_request": self._on_key_frame_request,
+            "participant_updated": self._on_updated,
             "session_ended": self._on_session_ended,
             "error": self._on_error,
         }
+
+    @property
+    def _signaling(self) -> SignalingLink:
+        return self._link.signaling
+
+    @property
+    def _media(self) -> MediaLink:
+        return self._link.media
+
+    @property
+    def connection(self) -> ConnectionState:
+        """RECONNECTING while a lost connection is being brought back, else CONNECTED."""
+        return (
+            ConnectionState.RECONNECTING if self._link.reconnecting else ConnectionState.CONNECTED
+        )
+
+    @property
+    def reconnects(self) -> int:
+        """Outages this session recovered from (each a Resumed event)."""
+        return self._link.reconnects
 
     def ended_error(self) -> SessionEnded:
         """The exception that says why the session ended (call once it has)."""
@@ -126,6 +168,8 @@ class MeetingSession:
             return
         self.end_reason = reason
         self.end_message = message or self.end_message
+        if self._link.reconnecting and reason is not LeaveReason.VOLUNTARY:
+            self.events._put(Lost(reason, self.end_message))
         self.events._close()
         for subscription in list(self._subscriptions.values()):
             subscription._end()
@@ -140,6 +184,46 @@ class MeetingSession:
             with trio.move_on_after(SETTLE_S):
                 await self.ended.wait()
 
+    # -- what the link tells the session (LinkOwner) -----------------------------------------
+    def finish(self, reason: LeaveReason, message: str = "") -> None:
+        self._finish(reason, message)
+
+    async def settle(self) -> None:
+        await self._settle()
+
+    def put_event(self, event: SessionEvent) -> None:
+        self.events._put(event)
+
+    def on_message(self, message: sig.ServerMessage) -> None:
+        handler = self._handlers.get(message.WhichOneof("message") or "")
+        if handler is not None:  # key shares: end-to-end encryption is not here yet
+            handler(message)
+
+    def on_frame(self, frame: Frame) -> None:
+        subscription = self._routes.get(frame.stream_id_bytes)
+        if subscription is None:
+            self.unrouted_frames += 1
+        else:
+            subscription._deliver(frame)
+
+    def on_resumed(self, join: sig.JoinResponse) -> None:
+        """Catch up with what happened while the signaling connection was lost."""
+        for event in self._roster.resync(join.existing_participants):
+            if isinstance(event, ParticipantLeft):
+                self._drop_streams(s.stream_id for s in event.participant.streams)
+            elif isinstance(event, StreamUnpublished):
+                self._drop_streams([event.stream.stream_id])
+            self.events._put(event)
+
+    def on_media_down(self) -> None:
+        self._publishing.pause()
+
+    async def on_media(self, media: MediaLink) -> None:
+        """Give every publication its streams on the new media connection; a video one then
+        needs a key frame (a KeyFrameRequest event for the application)."""
+        for stream_id in await self._publishing.rebind(media):
+            self.events._put(KeyFrameRequest(stream_id))
+
     def _drop(self, subscription: Subscription) -> None:
         subscription._end()
         if self._subscriptions.get(subscription.stream_id) is subscription:
@@ -148,34 +232,43 @@ class MeetingSession:
             if self._routes.get(key) is subscription:
                 del self._routes[key]
 
+    def _drop_streams(self, stream_ids: Iterable[str]) -> None:
+        for stream_id in stream_ids:
+            if (subscription := self._subscriptions.get(stream_id)) is not None:
+                self._drop(subscription)
+
     async def run(
         self, *, task_status: trio.TaskStatus[MeetingSession] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run the session's two readers in a nursery of its own until the session ends;
-        ``task_status.started(self)`` once they run.
+        ``task_status.started(self)`` once they run. The connections the session opens to
+        reconnect are owned by these tasks and closed before ``run`` returns.
 
         Returns once the session ended (:meth:`leave`, the MC's or the MH's end, a lost
-        connection); its owner then closes the two connections. Cancelling it stops the readers
-        without choosing a reason (call :meth:`leave` for that). Raises nothing of its own.
+        connection that did not come back); its owner then closes the two connections it gave.
+        Cancelling it stops the readers without choosing a reason (call :meth:`leave` for
+        that). Raises nothing of its own.
         """
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read_signaling)
-            nursery.start_soon(self._read_media)
+            nursery.start_soon(self._link.run_signaling)
+            nursery.start_soon(self._link.run_media)
             task_status.started(self)
             await self.ended.wait()
             nursery.cancel_scope.cancel()
 
-    # -- the readers ---------------------------------------------------------------------
+    # -- the server's messages -----------------------------------------------------------
     def _on_joined(self, m: sig.ServerMessage) -> None:
         if (event := self._roster.joined(m.participant_joined)) is not None:
             self.events._put(event)
 
     def _on_left(self, m: sig.ServerMessage) -> None:
         event = self._roster.left(m.participant_left)
-        for stream in event.participant.streams:
-            if (subscription := self._subscriptions.get(stream.stream_id)) is not None:
-                self._drop(subscription)
+        self._drop_streams(s.stream_id for s in event.participant.streams)
         self.events._put(event)
+
+    def _on_updated(self, m: sig.ServerMessage) -> None:
+        if (event := self._roster.updated(m.participant_updated)) is not None:
+            self.events._put(event)
 
     def _on_published(self, m: sig.ServerMessage) -> None:
         if (event := self._roster.published(m.stream_published)) is not None:
@@ -203,51 +296,30 @@ class MeetingSession:
         # An unsolicited error precedes the SessionEnded of a session the MC fails.
         self.end_message = m.error.message
 
-    async def _read_signaling(self) -> None:
-        try:
-            async for message in self._signaling.events:
-                handler = self._handlers.get(message.WhichOneof("message") or "")
-                if handler is not None:  # key shares: end-to-end encryption is not here yet
-                    handler(message)
-        except Broken:
-            pass
-        try:
-            reason = self._signaling.end_reason
-        except InvalidRequest:
-            reason = None
-        self._finish(LeaveReason.CONNECTION_LOST if reason is None else reason)
-
-    async def _read_media(self) -> None:
-        routes = self._routes
-        try:
-            async for frame in self._media:
-                subscription = routes.get(frame.stream_id_bytes)
-                if subscription is None:
-                    self.unrouted_frames += 1
-                else:
-                    subscription._deliver(frame)
-        except Broken:
-            pass
-        end = self._media.session.end  # the MH closes with the reason's code (docs/protocol.md §9)
-        reason = reason_from_close_code(end.code if isinstance(end, ClosedByPeer) else None)
-        if reason in (LeaveReason.KICKED, LeaveReason.MEETING_ENDED):
-            self._finish(reason)  # the MH said why before the MC did
-        await self._settle()
-        self._finish(LeaveReason.CONNECTION_LOST, "media connection lost")
-
     async def _request(self, message: sig.ClientMessage) -> sig.ServerMessage:
-        """A request that raises SessionEnded once the session is over, also while waiting."""
+        """A request that raises SessionEnded once the session is over, also while waiting.
+        While the session reconnects it waits to be sent on the resumed connection; one whose
+        connection was lost under it raises RequestInterrupted."""
         if self.end_reason is not None:
             raise self.ended_error()
         call = trio.CancelScope()
         self._calls.add(call)
         try:
             with call:
-                return await self._signaling.request(message)
-        except Broken as exc:  # SignalingEnded included
-            await self._settle()
-            self._finish(LeaveReason.CONNECTION_LOST, "signaling connection lost")
-            raise self.ended_error() from exc
+                await self._link.signaling_up.wait()
+                signaling = self._link.signaling
+                try:
+                    return await signaling.request(message)
+                except Broken as exc:  # SignalingEnded included
+                    if self._link.signaling is signaling:  # the link may not know yet
+                        with trio.move_on_after(SETTLE_S):
+                            await first_of(self.ended, self._link.signaling_down)
+                    if self.end_reason is None and (
+                        self._link.signaling is not signaling or self._link.reconnecting
+                    ):
+                        raise RequestInterrupted("connection lost; reconnecting") from exc
+                    self._finish(LeaveReason.CONNECTION_LOST, "signaling connection lost")
+                    raise self.ended_error() from exc
         finally:
             self._calls.discard(call)
         raise self.ended_error()  # _finish cancelled the call
@@ -305,21 +377,22 @@ class MeetingSession:
                 )
             )
         )
+        wires = [la.layer_id for la in layers] or [sid]
+        publication = Publication(self, sid, stream_type, {}, close=self._unpublish, wires=wires)
+        self._publishing.add(publication)
         try:
-            publishers = {
-                wire: await self._media.publish(wire)
-                for wire in [la.layer_id for la in layers] or [sid]
-            }
-        except Broken as exc:
+            await self._publishing.attach(publication, self._media)
+        except Broken:
+            # The media connection went: the link gives the publication its streams on the
+            # next one (send_frame follows the reconnection policy meanwhile) or the session
+            # ends.
             await self._settle()
-            self._finish(LeaveReason.CONNECTION_LOST, "media connection lost")
-            raise self.ended_error() from exc
-        publication = Publication(self, sid, stream_type, publishers, close=self._unpublish)
-        self.publications[sid] = publication
+            if self.end_reason is not None and self.end_reason is not LeaveReason.VOLUNTARY:
+                raise self.ended_error() from None
         return publication
 
     async def _unpublish(self, publication: Publication) -> None:
-        self.publications.pop(publication.stream_id, None)
+        self._publishing.remove(publication)
         with trio.move_on_after(CLOSE_GRACE_S, shield=True):
             for publisher in publication.publishers.values():
                 await publisher.aclose()
@@ -416,4 +489,4 @@ class MeetingSession:
         await self._settle()  # the reader ends the session on the SessionEnded that answered
 
 
-__all__ = ["MeetingSession"]
+__all__ = ["MeetingSession", "RequestInterrupted"]

@@ -33,6 +33,8 @@ from darktower.protocol import (
 )
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.transport import (
+    ConnectionLost,
+    IdleTimeout,
     SessionClosed,
     TransportLimits,
     WebTransportSession,
@@ -44,6 +46,10 @@ from darktower.transport import (
 # drops a client that stops reading for too long, as its policy says).
 EVENT_QUEUE_SIZE = 1024
 READ_SIZE = 64 * 1024
+# A refused join: how long to look for the SessionEnded that may follow the ErrorMessage (a
+# refused resume says KICKED or MEETING_ENDED there, docs/protocol.md §13). The MC finishes the
+# stream right after, so this bounds only a peer that does not.
+REFUSAL_READ_S = 1.0
 
 
 class SignalingEnded(trio.BrokenResourceError):
@@ -82,6 +88,14 @@ class SignalingClient:
     def end_reason(self) -> LeaveReason | None:
         ended = self.session_ended
         return None if ended is None else leave_reason_from_pb(ended.reason)
+
+    @property
+    def lost(self) -> bool:
+        """The QUIC connection under the session went away (idle timeout, connection closed)
+        without the MC ending the session: worth a resume (docs/protocol.md §13)."""
+        return self.session_ended is None and isinstance(
+            self.session.end, (IdleTimeout, ConnectionLost)
+        )
 
     async def send(self, message: sig.ClientMessage) -> None:
         """Send without waiting for a reply (the caller sets ``request_id`` if it wants one).
@@ -198,6 +212,24 @@ async def _receive_batches(
             break
 
 
+def _ended_by(ended: sig.SessionEnded) -> SignalingEnded:
+    return SignalingEnded(leave_reason_from_pb(ended.reason), ended.message)
+
+
+async def _refusal_end(
+    stream: WebTransportStream, decoder: MessageDecoder[sig.ServerMessage]
+) -> SignalingEnded | None:
+    """The SessionEnded after a join's ErrorMessage, if one follows within REFUSAL_READ_S."""
+    with trio.move_on_after(REFUSAL_READ_S):
+        try:
+            message = await _receive_join(stream, decoder)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        if message.WhichOneof("message") == "session_ended":
+            return _ended_by(message.session_ended)
+    return None
+
+
 @asynccontextmanager
 async def open_signaling(
     url: str,
@@ -209,15 +241,19 @@ async def open_signaling(
     server_certificate_hashes: Sequence[bytes] | None = None,
     limits: TransportLimits | None = None,
     origin: str | None = None,
+    resume_token: str = "",
 ) -> AsyncIterator[SignalingClient]:
     """Connect to the MC at ``url``, join, and yield the joined :class:`SignalingClient`.
 
     ``origin`` is sent as the CONNECT's ``origin`` header: an MC with a list of allowed origins
-    refuses a CONNECT without one (403), as it would a foreign web page's.
+    refuses a CONNECT without one (403), as it would a foreign web page's. With
+    ``resume_token`` (and an empty ``join_token``) the join resumes the participant that token
+    was issued to (docs/protocol.md §13): check ``join_response.resumed``.
 
     Owns the WebTransport session and the reader task; leaving the block closes the session
     (without a LeaveRequest: call :meth:`SignalingClient.leave` for a clean leave). Raises
-    ConnectFailed/SessionRefused, the ``DarkTowerError`` of a refused join, SignalingEnded.
+    ConnectFailed/SessionRefused, the ``DarkTowerError`` of a refused join, SignalingEnded
+    (with ``reason`` set if the MC refused it with a SessionEnded, e.g. KICKED for a resume).
     """
     async with connect_webtransport(
         url, server_certificate_hashes=server_certificate_hashes, limits=limits, origin=origin
@@ -229,6 +265,7 @@ async def open_signaling(
             join_token=join_token,
             participant_name=participant_name,
             e2ee_public_key=e2ee_public_key,
+            resume_token=resume_token,
         )
         try:
             await client.send(sig.ClientMessage(request_id=next(client._ids), join=join))
@@ -236,7 +273,13 @@ async def open_signaling(
         except SessionClosed:
             raise SignalingEnded(None, "session closed during join") from None
         if first.WhichOneof("message") == "error":
-            raise error_from_message(first.error)
+            error = error_from_message(first.error)
+            ended = await _refusal_end(stream, client._decoder)
+            if ended is not None:
+                raise ended from error
+            raise error
+        if first.WhichOneof("message") == "session_ended":
+            raise _ended_by(first.session_ended)
         if first.WhichOneof("message") != "join_response":
             raise SignalingEnded(
                 None, f"unexpected {first.WhichOneof('message')} before JoinResponse"

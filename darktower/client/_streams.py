@@ -8,7 +8,7 @@ Each reads whether and why its session ended through :class:`SessionState` and i
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol
 
@@ -17,7 +17,7 @@ import trio
 from darktower.frames import Frame, FrameFlags, FrameType
 from darktower.model import LeaveReason, StreamType
 
-from ._events import SETTLE_S, SessionEnded, SessionEvent
+from ._events import RECONNECT_SEND_WAIT_S, SETTLE_S, SessionEnded, SessionEvent
 from ._media import MediaPublisher
 
 
@@ -32,6 +32,18 @@ class SessionState(Protocol):
     def ended(self) -> trio.Event: ...
 
     def ended_error(self) -> SessionEnded: ...
+
+
+async def first_of(*events: trio.Event) -> None:
+    """Return once any of ``events`` is set."""
+
+    async def wait(event: trio.Event, done: trio.CancelScope) -> None:
+        await event.wait()
+        done.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for event in events:
+            nursery.start_soon(wait, event, nursery.cancel_scope)
 
 
 class _Ending:
@@ -191,7 +203,12 @@ class Subscription(_Ending):
 
 class Publication:
     """A published local stream, made by :meth:`MeetingSession.publish`: write frames with
-    :meth:`send_frame`, withdraw it with :meth:`aclose`."""
+    :meth:`send_frame`, withdraw it with :meth:`aclose`.
+
+    It outlives a reconnection: the session gives it new media streams (:meth:`_rebind`) once
+    the media connection is back, and :meth:`send_frame` follows the reconnection policy
+    meanwhile. ``dropped`` counts the frames that policy dropped.
+    """
 
     def __init__(
         self,
@@ -201,14 +218,47 @@ class Publication:
         publishers: Mapping[str, MediaPublisher],
         *,
         close: Callable[[Publication], Awaitable[None]],
+        wires: Sequence[str] = (),
     ) -> None:
         self._session = session
         self._close = close  # finishes the media streams and unpublishes at the MC
         self.stream_id = stream_id
         self.stream_type = stream_type
-        self.publishers = dict(publishers)  # wire stream id (the stream's or a layer's) → stream
-        self.layer_ids = tuple(k for k in publishers if k != stream_id)
+        # Wire stream ids: the stream's, or one per simulcast layer.
+        self.wires = tuple(wires) or tuple(publishers) or (stream_id,)
+        self.publishers = dict(publishers)  # wire stream id → its media stream, while connected
+        self.layer_ids = tuple(k for k in self.wires if k != stream_id)
         self.closed = False
+        self.dropped = 0  # frames dropped by the reconnection policy
+        self._live = trio.Event()  # set while every wire has a media stream
+        self._paused = trio.Event()  # set while it has none
+        self._await_key: set[str] = set()  # video wires that send nothing before a key frame
+        if set(self.publishers) >= set(self.wires):
+            self._live.set()
+        else:
+            self._paused.set()
+
+    def _pause(self) -> None:
+        """The media connection is gone: frames follow the reconnection policy until
+        :meth:`_rebind` (called by the session)."""
+        if self._live.is_set():
+            self._live = trio.Event()
+            self._paused.set()
+
+    def _rebind(self, publishers: Mapping[str, MediaPublisher]) -> None:
+        """Media streams on a new media connection: numbering goes on where it stopped, and a
+        video wire sends its next frame only once it is a key frame (the subscribers missed
+        what the lost connection carried)."""
+        for wire, publisher in publishers.items():
+            before = self.publishers.get(wire)
+            if before is not None:
+                publisher.sequence = max(publisher.sequence, before.sequence)
+                if self.stream_type is not StreamType.AUDIO:
+                    self._await_key.add(wire)
+        self.publishers.update(publishers)
+        if set(self.publishers) >= set(self.wires):
+            self._paused = trio.Event()
+            self._live.set()
 
     async def send_frame(
         self,
@@ -221,28 +271,56 @@ class Publication:
         sequence: int | None = None,
     ) -> bytes:
         """Send one frame (on simulcast layer ``layer_id``, if the stream has layers); return
-        its wire bytes. Waits while QUIC flow control is full. Raises SessionEnded once the
-        session is over, ValueError for a layer the stream does not have (``layer_id`` is
-        required on a simulcast stream), trio.ClosedResourceError after aclose(), the transport's
-        BrokenResourceError (StreamReset) if the MH refused the stream while the session lives.
+        its wire bytes, or ``b""`` if the reconnection policy dropped it. Waits while QUIC flow
+        control is full.
+
+        Reconnection policy (bounded): while the media connection is being re-established the
+        call waits at most ``RECONNECT_SEND_WAIT_S`` (50 ms) for it, then drops the frame; a
+        frame whose connection broke under it is dropped too. Once the connection is back, a
+        video stream drops its delta frames until the application sends a key frame (the
+        session also puts a KeyFrameRequest event for it); audio flows again at once. Every
+        drop is counted in ``dropped``.
+
+        Raises SessionEnded once the session is over, ValueError for a layer the stream does
+        not have (``layer_id`` is required on a simulcast stream), trio.ClosedResourceError
+        after aclose(), the transport's BrokenResourceError (StreamReset) if the MH refused the
+        stream while the session lives.
         """
         if self._session.end_reason is not None:
             raise self._session.ended_error()  # the connection may not be closed yet
         if self.closed:
             raise trio.ClosedResourceError("publication closed")
-        publisher = self.publishers.get(self.stream_id if layer_id is None else layer_id)
-        if publisher is None:
+        wire = self.stream_id if layer_id is None else layer_id
+        if wire not in self.wires:
             raise ValueError(f"stream {self.stream_id} has no layer {layer_id!r}")
+        if not self._live.is_set():
+            with trio.move_on_after(RECONNECT_SEND_WAIT_S):
+                await self._live.wait()
+            if self._session.end_reason is not None:
+                raise self._session.ended_error()
+            if not self._live.is_set():
+                self.dropped += 1
+                return b""
+        if wire in self._await_key:
+            if frame_type is FrameType.VIDEO_DELTA:
+                self.dropped += 1
+                return b""
+            self._await_key.discard(wire)
+        publisher = self.publishers[wire]
         try:
             return await publisher.send_frame(
                 frame_type, payload, flags=flags, timestamp_us=timestamp_us, sequence=sequence
             )
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            if self._session.end_reason is None:  # give the session SETTLE_S to learn why
-                with trio.move_on_after(SETTLE_S):
-                    await self._session.ended.wait()
+            # Give the session SETTLE_S to learn why: ended, or reconnecting (then the frame
+            # went with the connection).
+            with trio.move_on_after(SETTLE_S):
+                await first_of(self._session.ended, self._paused)
             if self._session.end_reason is not None:
                 raise self._session.ended_error() from exc
+            if self._paused.is_set() or self.publishers.get(wire) is not publisher:
+                self.dropped += 1
+                return b""
             raise
 
     async def aclose(self) -> None:
@@ -265,4 +343,4 @@ class Publication:
         await self.aclose()
 
 
-__all__ = ["EventStream", "Publication", "SessionState", "Subscription"]
+__all__ = ["EventStream", "Publication", "SessionState", "Subscription", "first_of"]
