@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from darktower.loadtest import open_udp_proxy
 from darktower.transport import (
     Endpoint,
     IdleTimeout,
@@ -147,4 +148,44 @@ async def test_a_live_idle_peer_stays_connected(
             session.send_datagram(b"ask")
             with trio.fail_after(1):
                 assert await session.receive_datagram() == b"answer"
+        nursery.cancel_scope.cancel()
+
+
+async def test_through_the_proxy_an_idle_peer_stays_and_a_blackout_is_noticed_on_both_sides(
+    dev_cert: TlsCredentials,
+) -> None:
+    # Real time, a 1 s idle timeout (keepalive every third): three timeouts of silence keep
+    # the session; a blackout at the proxy ends it on both sides about one timeout later.
+    idle_s = 1.0
+    limits = TransportLimits(idle_timeout_s=idle_s, keepalive_interval_s=idle_s / 3)
+    peer = Peer()
+    async with trio.open_nursery() as nursery:
+        _server, base = await start_server(nursery, dev_cert, {"/s": Route(peer)}, limits=limits)
+        host, port = base.removeprefix("https://").split(":")
+        async with open_udp_proxy((host, int(port))) as proxy:
+            async with connect_webtransport(
+                proxy.via(base + "/s"), server_certificate_hashes=[dev_cert.sha256], limits=limits
+            ) as session:
+                await peer.started.wait()
+                with trio.move_on_after(3 * idle_s):
+                    await session.wait_closed()
+                assert session.end is None
+                assert peer.session is not None and peer.session.end is None
+
+                proxy.pause()
+                paused_at = trio.current_time()
+                with trio.fail_after(5 * idle_s):
+                    await session.wait_closed()
+                    client_after = trio.current_time() - paused_at
+                    await peer.ended.wait()
+                assert peer.ended_at is not None
+                server_after = peer.ended_at - paused_at
+                assert session.end == IdleTimeout()
+                assert peer.session.end == IdleTimeout()
+                # The last packet arrived at most a keepalive interval before the blackout.
+                for noticed_after in (client_after, server_after):
+                    assert idle_s - idle_s / 3 - 0.1 <= noticed_after <= idle_s + 0.5, (
+                        client_after,
+                        server_after,
+                    )
         nursery.cancel_scope.cancel()

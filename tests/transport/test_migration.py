@@ -5,17 +5,20 @@ received on it.
 
 Real QUIC on 127.0.0.1: the client rebinds its UDP socket mid-session (``session.migrate()``,
 as a network switch: a new port and a new connection id) or keeps its connection id (a NAT
-rebinding).
+rebinding); or the network-fault proxy between them moves to a new port (``proxy.rebind()``:
+the client does not know).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import trio
 
+from darktower.loadtest import open_udp_proxy
 from darktower.transport import (
     Connection,
     Endpoint,
@@ -84,7 +87,9 @@ class PathWatch:
         return False
 
 
-async def _run_traffic(session: WebTransportSession, migrate: Any) -> tuple[bytes, set[int], int]:
+async def _run_traffic(
+    session: WebTransportSession, migrate: Callable[[], Awaitable[None]]
+) -> tuple[bytes, set[int], int]:
     """Send MESSAGES numbered messages on a bidi stream and as datagrams, one every PACE_S,
     calling ``migrate()`` before message MIGRATE_AT. Returns what the stream echoed, the
     datagram numbers echoed, and how many datagrams were unanswered when it migrated."""
@@ -117,7 +122,7 @@ async def _run_traffic(session: WebTransportSession, migrate: Any) -> tuple[byte
                 for i in range(MESSAGES):
                     if i == MIGRATE_AT:
                         in_flight_at_migration = i - len(datagrams)
-                        migrate()
+                        await migrate()
                     await stream.send_all(b"msg %03d;" % i)
                     session.send_datagram(b"%d" % i)
                     await trio.sleep(PACE_S)
@@ -152,7 +157,7 @@ async def test_client_rebinds_its_socket_mid_session(
             old_cid = conn.quic.host_cid  # the connection id the client sends to
             new_address: tuple[str, int] | None = None
 
-            def migrate() -> None:
+            async def migrate() -> None:
                 nonlocal new_address
                 new_address = session.migrate(new_connection_id=new_connection_id)
 
@@ -222,4 +227,39 @@ async def test_a_server_session_cannot_migrate(dev_cert: TlsCredentials) -> None
             assert server_session is not None
             with pytest.raises(RuntimeError):
                 server_session.migrate()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_nat_rebinding_through_the_proxy_keeps_the_session(
+    dev_cert: TlsCredentials,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        server, base = await start_server(nursery, dev_cert, {"/echo": Route(echo)})
+        assert server.endpoint is not None
+        watch = PathWatch(server.endpoint)
+        host, port = base.removeprefix("https://").split(":")
+        async with open_udp_proxy((host, int(port))) as proxy:
+            async with connect_webtransport(
+                proxy.via(base + "/echo"), server_certificate_hashes=[dev_cert.sha256]
+            ) as session:
+                conn = _server_connection(server)
+                (old_peer,) = proxy.upstream_addresses
+                assert conn.peer_address == old_peer
+
+                async def migrate() -> None:
+                    await proxy.rebind()
+
+                echoed, datagrams, in_flight = await _run_traffic(session, migrate)
+
+                (new_peer,) = proxy.upstream_addresses
+                assert new_peer != old_peer
+                assert _server_connection(server) is conn
+                assert session.end is None
+                assert echoed == b"".join(b"msg %03d;" % i for i in range(MESSAGES))
+                lost = set(range(MESSAGES)) - datagrams
+                # What the server sent to the old port after the rebinding is lost too.
+                assert len(lost) <= in_flight + 2, (lost, in_flight)
+                assert conn.peer_address == new_peer
+                assert conn.quic._network_paths[0].is_validated
+                assert watch.sent_unvalidated[new_peer] <= 3 * watch.received_unvalidated[new_peer]
         nursery.cancel_scope.cancel()
