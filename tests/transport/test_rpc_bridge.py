@@ -41,6 +41,7 @@ from darktower.protocol import PROTOCOL_VERSION, grpc_status, wire_details
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase, MeetingControlStub
 from darktower.transport import rpc
+from tests._fuzz import fuzz_cases, fuzz_rng
 
 # Real sockets, real time: a bound on every wait so a regression fails instead of hanging.
 WAIT_S = 10.0
@@ -540,3 +541,32 @@ async def test_an_asyncio_error_of_one_connection_closes_only_that_connection() 
         loop.call_exception_handler(context)
         assert transport.aborted
         await trio.testing.wait_all_tasks_blocked()  # nothing was raised into the loop
+
+
+@pytest.mark.fuzz
+async def test_fuzz_grpc_listener_with_hostile_connections(
+    echo_server: tuple[Echo, int], stub: EchoStub
+) -> None:
+    """Random HTTP/2 requests (header names and values of random bytes) and random bytes after
+    a valid preface, one connection each: the server answers a real call after every batch."""
+    _, port = echo_server
+    rng = fuzz_rng("grpc listener")
+    for case in range(fuzz_cases(60)):
+        if rng.random() < 0.5:
+            data = _h2_request_bytes(rng.randbytes(rng.randrange(1, 64)))
+        else:
+            config = h2.config.H2Configuration(client_side=True)
+            conn = h2.connection.H2Connection(config=config)
+            conn.initiate_connection()
+            data = conn.data_to_send() + rng.randbytes(rng.randrange(1, 512))
+        with trio.fail_after(WAIT_S):
+            bad = await trio.open_tcp_stream("127.0.0.1", port)
+            try:
+                await bad.send_all(data)
+            except trio.BrokenResourceError:
+                pass  # the server already dropped it
+            finally:
+                await bad.aclose()
+            if case % 10 == 9:
+                assert (await rpc.call(stub.Echo, StringValue(value="ok"))).value == "OK"
+    assert (await rpc.call(stub.Echo, StringValue(value="ok"))).value == "OK"
