@@ -25,7 +25,11 @@ Sessions: ``open_bidirectional_stream()``, ``open_unidirectional_stream()``, ``a
 ``end`` (why it ended, None while open: ``ClosedByPeer(code, reason)``, ``ClosedLocally(code,
 reason)``, ``ConnectionLost(code, reason, by_peer)``, ``IdleTimeout()``; ``_end.py``),
 ``path``, ``query``, ``headers``, ``origin``, ``cancel_scope``, ``transport_stats()`` (the
-connection's packets sent, lost and received: :class:`TransportStats`, ``_stats.py``).
+connection's packets sent, lost and received: :class:`TransportStats`, ``_stats.py``),
+``local_address``, ``peer_address``, and on a client ``migrate()`` (move to a new UDP socket,
+as after a network change: the connection, session and streams carry on; docs/protocol.md
+§13). A peer from which nothing arrives for ``idle_timeout_s`` (15 s) is gone: the session
+ends with ``IdleTimeout()``; keepalive PINGs every third of it hold a live one.
 
 Streams are trio streams: ``send_all`` (waits while unacknowledged bytes are over the
 high-water mark), ``receive_some`` (b"" at end), ``send_eof``, ``reset(code)``,
