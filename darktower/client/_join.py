@@ -24,7 +24,7 @@ from darktower.transport import TransportLimits
 
 from ._events import EVENT_BUFFER, LEAVE_GRACE_S, RESUME_GRACE_S, SUBSCRIPTION_BUFFER, SessionEnded
 from ._link import MediaLink, SignalingLink
-from ._media import MediaClient, open_media_client
+from ._media import MAX_BUFFERED_FRAMES, MediaClient, open_media_client
 from ._rest import GlobalControllerClient
 from ._session import MeetingSession
 from ._signaling import SignalingClient, open_signaling
@@ -61,6 +61,7 @@ class Dialer:
     pins: Sequence[bytes] | None = None
     origin: str | None = None
     limits: TransportLimits | None = None
+    max_buffered_frames: int = MAX_BUFFERED_FRAMES
 
     def join(self, join_token: str) -> AbstractAsyncContextManager[SignalingClient]:
         return open_signaling(
@@ -90,7 +91,11 @@ class Dialer:
 
     def media_at(self, url: str) -> AbstractAsyncContextManager[MediaClient]:
         return open_media_client(
-            url, server_certificate_hashes=self.pins, origin=self.origin, limits=self.limits
+            url,
+            server_certificate_hashes=self.pins,
+            origin=self.origin,
+            limits=self.limits,
+            max_buffered_frames=self.max_buffered_frames,
         )
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
+from darktower.client import RESUME_GRACE_S
 from darktower.config import ConfigError, load, option
 
 from ._limits import MAX_PARTICIPANTS_PER_MEETING, MAX_PROCESSES, MAX_TOTAL_PARTICIPANTS
@@ -60,6 +61,11 @@ class LoadTestSettings:
         120.0, "seconds allowed for creating meetings, joining and subscribing"
     )
     connect_timeout: float = option(10.0, "seconds to reach the target before giving up")
+    resume_grace: float = option(
+        RESUME_GRACE_S,
+        "seconds a participant tries to get a lost connection back before it counts as failed "
+        "(0: never; reconnections and their time to recover are in the summary)",
+    )
     progress: bool = option(True, "live progress line on stderr (one line per second if no TTY)")
     processes: int = option(
         1, "load tester processes; the meetings are shared out among them (one per core)"
@@ -112,6 +118,8 @@ def validate(settings: LoadTestSettings) -> LoadTestSettings:
         raise ConfigError("--join-concurrency must be at least 1")
     if not s.setup_timeout > 0 or not s.connect_timeout > 0:
         raise ConfigError("--setup-timeout and --connect-timeout must be positive")
+    if not s.resume_grace >= 0:
+        raise ConfigError("--resume-grace must be 0 or more")
     if bool(s.client_id) != bool(s.client_secret):
         raise ConfigError("--client-id and --client-secret go together")
     for name, url, schemes in (("--url", s.url, ("http", "https")), ("--api", s.api, ("https",))):

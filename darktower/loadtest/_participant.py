@@ -1,11 +1,14 @@
 """One synthetic participant: join, publish, subscribe to every other stream of the run,
-count what arrives, leave.
+count what arrives, leave. It is a :class:`~darktower.client.MeetingSession`, so it reconnects
+as the client library does (docs/protocol.md §13); reconnections and the time each took are
+counted.
 
 Its task tree (owned by :meth:`Participant.run`, itself owned by the run's nursery)::
 
-    participant: signaling session ⊃ media session
-    ├── events      StreamPublished -> subscribe, KeyFrameRequest -> next video frame is a key
-    ├── receive     every frame: stamp -> gaps, latency (Stats.received)
+    participant: signaling session ⊃ media session ⊃ MeetingSession.run (its readers)
+    ├── events      StreamPublished -> subscribe, KeyFrameRequest -> next video frame is a key,
+    │               Resumed -> a reconnection and its outage, the session's end -> an error
+    ├── receive     one task per subscription: stamp -> gaps, latency (Stats.received)
     └── sending     (go .. stop_sending) one task per published stream, paced by the clock
 
 A failure of one participant is counted in :class:`Stats` under ``phase:KIND`` and ends only
@@ -14,34 +17,30 @@ that participant; the others go on.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import time
-import urllib.parse
 import uuid
 
 import trio
 
 from darktower.client import (
-    MediaClient,
-    MediaPublisher,
-    SignalingClient,
-    open_media_client,
-    open_signaling,
+    Dialer,
+    KeyFrameRequest,
+    MeetingSession,
+    Publication,
+    Resumed,
+    SessionEnded,
+    StreamPublished,
+    media_url,
 )
+from darktower.client import Subscription as SessionSubscription
 from darktower.frames import FrameType
-from darktower.protocol.pb import common_pb2 as common
-from darktower.protocol.pb import signaling_pb2 as sig
+from darktower.model import StreamType
 
 from ._context import MeetingPlan, RunContext, error_kind, leaves
 from ._limits import LEAVE_GRACE_S, MEDIA_BUFFERED_FRAMES
 from ._payload import AUDIO_BYTES, AUDIO_FPS, KEY_EVERY, VIDEO_FPS, make_payload, read_stamp
 from ._stats import PublishedStream, Subscription
-
-
-def media_url(join: sig.JoinResponse) -> str:
-    info = join.media_server
-    return f"{info.media_handler_url}?{urllib.parse.urlencode({'token': info.connection_token})}"
 
 
 class Participant:
@@ -62,6 +61,7 @@ class Participant:
         ctx.on_publisher_lost.setdefault(meeting.index, []).append(self.check_ready)
         self._subscribing: set[str] = set()
         self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
         self._published = not self.publishes
 
     # -- life --------------------------------------------------------------------------------
@@ -112,6 +112,14 @@ class Participant:
                 lambda: ctx.guest_gc.join_meeting(self.meeting.meeting_id, self.name)
             )
             token, signal_url = ticket.join_token, ticket.meeting_controller_url
+        dialer = Dialer(
+            signal_url,
+            self.meeting.meeting_id,
+            self.name,
+            ctx.pins,
+            ctx.guest_gc.origin,
+            max_buffered_frames=MEDIA_BUFFERED_FRAMES,
+        )
         # A join slot is held from connect to media connected, not for the whole session.
         await ctx.join_slots.acquire()
         holding = True
@@ -120,52 +128,50 @@ class Participant:
                 return  # the run stopped before our turn
             self.phase = "join"
             start = trio.current_time()
-            async with open_signaling(
-                signal_url,
-                meeting_id=self.meeting.meeting_id,
-                join_token=token,
-                participant_name=self.name,
-                server_certificate_hashes=ctx.pins,
-                origin=ctx.guest_gc.origin,
-            ) as signaling:
+            async with dialer.join(token) as signaling:
                 stats.join_s.add(trio.current_time() - start)
                 self.phase = "media"
-                async with open_media_client(
-                    media_url(signaling.join_response),
-                    server_certificate_hashes=ctx.pins,
-                    max_buffered_frames=MEDIA_BUFFERED_FRAMES,
-                    origin=ctx.guest_gc.origin,
-                ) as media:
+                async with dialer.media_at(media_url(signaling.join_response)) as media:
                     stats.join_e2e_s.add(trio.current_time() - start)
                     stats.joins_ok += 1
                     self.phase = "session"
                     ctx.join_slots.release()
                     holding = False
-                    await self._session(signaling, media)
+                    session = MeetingSession(
+                        signaling,
+                        media,
+                        meeting_id=self.meeting.meeting_id,
+                        connector=dialer,
+                        resume_grace_s=ctx.settings.resume_grace,
+                    )
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(session.run)
+                        await self._session(session)
+                    stats.unexpected += session.unrouted_frames
                     if media.stream_errors:
                         stats.error("media:MALFORMED_FRAMES", f"{media.stream_errors} bad streams")
         finally:
             if holding:
                 ctx.join_slots.release()
 
-    async def _session(self, signaling: SignalingClient, media: MediaClient) -> None:
+    async def _session(self, session: MeetingSession) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
-                nursery.start_soon(self._receive, media)
-                publishers: list[tuple[MediaPublisher, PublishedStream]] = []
+                self._nursery = nursery
+                publications: list[tuple[Publication, PublishedStream]] = []
                 if self.publishes:
-                    publishers = await self._publish_all(signaling, media)
+                    publications = await self._publish_all(session)
                 self._published = True
-                for other in signaling.join_response.existing_participants:
+                for other in list(session.participants.values()):
                     for stream in other.streams:
-                        await self._subscribe(signaling, stream.stream_id)
+                        await self._subscribe(session, stream.stream_id)
                 self.check_ready()
-                nursery.start_soon(self._events, signaling)
+                nursery.start_soon(self._events, session)
                 await self.ctx.go.wait()
                 async with trio.open_nursery() as sending:
-                    for publisher, counter in publishers:
-                        sending.start_soon(self._send, publisher, counter)
+                    for publication, counter in publications:
+                        sending.start_soon(self._send, publication, counter)
                     await self.ctx.stop_sending.wait()
                     sending.cancel_scope.cancel()
                 await self.ctx.leave.wait()
@@ -177,16 +183,14 @@ class Participant:
             self.leaving = True
             self.phase = "leave"
             with trio.move_on_after(LEAVE_GRACE_S, shield=True):
-                try:
-                    await signaling.leave()
+                if session.end_reason is None:
+                    await session.leave()
                     self.ctx.stats.left += 1
-                except Exception as exc:
-                    self.ctx.stats.error(f"leave:{error_kind(exc)}", exc)
 
     # -- signaling ---------------------------------------------------------------------------
     async def _publish_all(
-        self, signaling: SignalingClient, media: MediaClient
-    ) -> list[tuple[MediaPublisher, PublishedStream]]:
+        self, session: MeetingSession
+    ) -> list[tuple[Publication, PublishedStream]]:
         kinds = (["video"] if self.ctx.settings.video_kbps > 0 else []) + (
             ["audio"] if self.ctx.settings.audio else []
         )
@@ -196,21 +200,30 @@ class Participant:
             counter = PublishedStream(kind)
             # Registered before it is announced, so every subscriber finds it.
             self.ctx.streams[stream_id] = counter
-            stream_type = common.VIDEO_CAMERA if kind == "video" else common.AUDIO
-            message = sig.PublishStream(stream_id=stream_id, stream_type=stream_type)
-            request = sig.ClientMessage(publish=message)
-            await self.ctx.retrying(functools.partial(signaling.request, request))
-            out.append((await media.publish(stream_id), counter))
+            stream_type = StreamType.VIDEO_CAMERA if kind == "video" else StreamType.AUDIO
+
+            async def publish(
+                stream_type: StreamType = stream_type, sid: str = stream_id
+            ) -> Publication:
+                return await session.publish(stream_type, stream_id=sid)
+
+            out.append((await self.ctx.retrying(publish), counter))
         return out
 
-    async def _subscribe(self, signaling: SignalingClient, stream_id: str) -> None:
+    async def _subscribe(self, session: MeetingSession, stream_id: str) -> None:
         stream = self.ctx.streams.get(stream_id)
         if stream is None or stream_id in self._subscribing:
             return  # not a stream of this run (a person in the meeting?), or done already
         self._subscribing.add(stream_id)
-        request = sig.ClientMessage(subscribe=sig.SubscribeStream(stream_id=stream_id))
-        await self.ctx.retrying(functools.partial(signaling.request, request))
-        self.subscriptions[uuid.UUID(stream_id).bytes] = self.ctx.stats.subscribe(stream)
+
+        async def subscribe() -> SessionSubscription:
+            return await session.subscribe(stream_id, buffer=MEDIA_BUFFERED_FRAMES)
+
+        frames = await self.ctx.retrying(subscribe)
+        sub = self.ctx.stats.subscribe(stream)
+        self.subscriptions[uuid.UUID(stream_id).bytes] = sub
+        assert self._nursery is not None
+        self._nursery.start_soon(self._receive, frames, sub)
         self.check_ready()
 
     def check_ready(self) -> None:
@@ -226,33 +239,39 @@ class Participant:
             self.ctx.stats.ready += 1
             self._settle()
 
-    async def _events(self, signaling: SignalingClient) -> None:
+    async def _events(self, session: MeetingSession) -> None:
+        stats = self.ctx.stats
         try:
-            async for message in signaling.events:
-                kind = message.WhichOneof("message")
-                if kind == "stream_published":
-                    await self._subscribe(signaling, message.stream_published.stream.stream_id)
-                elif kind == "key_frame_request":
+            async for event in session.events:
+                if isinstance(event, StreamPublished):
+                    await self._subscribe(session, event.stream.stream_id)
+                elif isinstance(event, KeyFrameRequest):
                     self.key_frame_wanted = True
-                    self.ctx.stats.key_frame_requests += 1
+                    stats.key_frame_requests += 1
+                elif isinstance(event, Resumed):
+                    stats.reconnected(event.outage_s)
+        except SessionEnded as exc:
+            self._fail(
+                f"ENDED_{exc.reason.name}",
+                f"the meeting controller ended the session ({exc.reason.name} {exc.message})",
+            )
         except Exception as exc:
             for leaf in leaves(exc):
                 self._fail(error_kind(leaf), leaf)
             return
-        reason = signaling.end_reason
-        self._fail(
-            f"ENDED_{reason.name}" if reason is not None else "SIGNALING_CLOSED",
-            f"the meeting controller ended the session ({signaling.session_ended})",
-        )
+        self._fail("SIGNALING_CLOSED", "the session ended")
 
     # -- media -------------------------------------------------------------------------------
-    async def _send(self, publisher: MediaPublisher, counter: PublishedStream) -> None:
+    async def _send(self, publication: Publication, counter: PublishedStream) -> None:
         """Send frames at the stream's rate until cancelled. A sender that falls behind skips
-        the frames it missed (as a real encoder does) rather than bursting to catch up."""
+        the frames it missed (as a real encoder does) rather than bursting to catch up. Frames
+        the reconnection policy drops are not sent (nor expected) and take no sequence
+        number."""
         stats, video = self.ctx.stats, counter.kind == "video"
         fps = VIDEO_FPS if video else AUDIO_FPS
         start = trio.current_time()
         slot = 0
+        sequence = 0
         try:
             for _ in itertools.count():
                 await trio.sleep_until(start + slot / fps)
@@ -267,9 +286,11 @@ class Participant:
                     )
                 else:
                     size, kind = AUDIO_BYTES, FrameType.AUDIO
-                payload = make_payload(size, publisher.sequence, time.monotonic_ns())
-                data = await publisher.send_frame(kind, payload)
-                stats.sent(counter, len(data))
+                payload = make_payload(size, sequence, time.monotonic_ns())
+                data = await publication.send_frame(kind, payload, sequence=sequence)
+                if data:
+                    sequence += 1
+                    stats.sent(counter, len(data))
                 due = int((trio.current_time() - start) * fps)
                 if due > slot + 1:
                     stats.send_skipped += due - slot - 1  # this process is too slow
@@ -278,17 +299,15 @@ class Participant:
             for leaf in leaves(exc):
                 self._fail(error_kind(leaf), leaf)
 
-    async def _receive(self, media: MediaClient) -> None:
-        stats, subs = self.ctx.stats, self.subscriptions
-        async for frame in media:
-            sub = subs.get(frame.stream_id_bytes)
-            stamp = read_stamp(frame.payload)
-            if sub is None:
-                stats.unexpected += 1
-                continue
-            if stamp is None or stamp[0] != frame.sequence:
-                self._fail("CORRUPT_FRAME", f"frame {frame.sequence} of {frame.stream_id}")
-                continue
-            latency = (time.monotonic_ns() - stamp[1]) / 1e9
-            stats.received(sub, stamp[0], frame.raw.nbytes, latency)
-        self._fail("MEDIA_CLOSED", "the media handler closed the media session")
+    async def _receive(self, frames: SessionSubscription, sub: Subscription) -> None:
+        stats = self.ctx.stats
+        try:
+            async for frame in frames:
+                stamp = read_stamp(frame.payload)
+                if stamp is None or stamp[0] != frame.sequence:
+                    self._fail("CORRUPT_FRAME", f"frame {frame.sequence} of {frame.stream_id}")
+                    continue
+                latency = (time.monotonic_ns() - stamp[1]) / 1e9
+                stats.received(sub, stamp[0], frame.raw.nbytes, latency)
+        except SessionEnded:
+            pass  # said by the events task

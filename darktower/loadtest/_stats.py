@@ -91,6 +91,10 @@ class Stats:
         self.reordered = 0
         self.unexpected = 0  # frames of streams not (yet) counted, or without our stamp
         self.retries = 0  # calls repeated after RATE_LIMITED
+        # Outages participants recovered from (the client library's Resumed events), and how
+        # long each took (Reconnecting -> Resumed: both connections back).
+        self.reconnects = 0
+        self.recover_s = Reservoir(seed=seed)
         self.key_frame_requests = 0
         # Frames a publisher could not send on time (its task was late: this process is short
         # of CPU); its CPU seconds over the media phase say the same from the other side.
@@ -120,6 +124,11 @@ class Stats:
     @property
     def error_count(self) -> int:
         return sum(self.errors.values())
+
+    def reconnected(self, outage_s: float) -> None:
+        """A participant got its connections back after ``outage_s``."""
+        self.reconnects += 1
+        self.recover_s.add(outage_s)
 
     # -- media -------------------------------------------------------------------------------
     def subscribe(self, stream: PublishedStream) -> Subscription:
@@ -228,8 +237,9 @@ _SUMMED = (
     "reordered",
     "unexpected",
     "retries",
+    "reconnects",
     "key_frame_requests",
     "send_skipped",
     "meetings_created",
 )
-_SAMPLED = ("join_s", "join_e2e_s", "latency_s")
+_SAMPLED = ("join_s", "join_e2e_s", "latency_s", "recover_s")

@@ -57,6 +57,9 @@ class Summary:
     latency: dict[str, float | None]
     latency_samples: int
     rate_limited_retries: int
+    reconnects: int
+    recover_p50_ms: float | None
+    recover_p99_ms: float | None
     key_frame_requests: int
     send_skipped: int
     loadtester_cpu_share: float | None
@@ -88,6 +91,7 @@ class Summary:
         else:
             media_s = (stopped if stopped is not None else trio.current_time()) - started
         per_s = stats.delivered / media_s if media_s > 0 else 0.0
+        recover = sorted(stats.recover_s.samples)
         cpu_share = None
         if stats.cpu_at_start is not None and stats.cpu_at_stop is not None and media_s > 0:
             cpu_share = round((stats.cpu_at_stop - stats.cpu_at_start) / media_s, 3)
@@ -118,6 +122,9 @@ class Summary:
             latency=_quantiles(stats.latency_s, LATENCY_QUANTILES),
             latency_samples=stats.latency_s.count,
             rate_limited_retries=stats.retries,
+            reconnects=stats.reconnects,
+            recover_p50_ms=_ms(percentile(recover, 50)),
+            recover_p99_ms=_ms(percentile(recover, 99)),
             key_frame_requests=stats.key_frame_requests,
             send_skipped=stats.send_skipped,
             loadtester_cpu_share=cpu_share,
@@ -157,6 +164,8 @@ class Summary:
             f"  delivery        {q(self.latency, *lat_names)}   ({self.latency_samples} frames)",
             f"  retries         {self.rate_limited_retries} after RATE_LIMITED; "
             f"{self.key_frame_requests} key frame requests answered",
+            f"  reconnects      {self.reconnects}   recovered in p50 "
+            f"{_fmt_ms(self.recover_p50_ms)}  p99 {_fmt_ms(self.recover_p99_ms)}",
         ]
         if self.loadtester_cpu_share is not None:
             lines.append(

@@ -48,6 +48,7 @@ def worker_argv(settings: LoadTestSettings, target: Target, meetings: int) -> li
         "--join-concurrency", str(settings.join_concurrency),
         "--setup-timeout", repr(settings.setup_timeout),
         "--connect-timeout", repr(settings.connect_timeout),
+        "--resume-grace", repr(settings.resume_grace),
         "--api", target.api_url, "--client-id", target.client_id,
     ]  # fmt: skip
     if target.certificate_hashes:

@@ -189,7 +189,7 @@ async def test_refused_joins_are_counted_and_the_run_ends(
         raise Unauthorized("join token expired")
         yield  # pragma: no cover
 
-    monkeypatch.setattr("darktower.loadtest._participant.open_signaling", refused)
+    monkeypatch.setattr("darktower.client._join.open_signaling", refused)  # Dialer.join
     async with dev_stack(tmp_path / "data") as stack:
         with trio.fail_after(WAIT_S):
             summary = await run_loadtest(

@@ -188,3 +188,24 @@ async def test_progress_reports_carry_counts_only() -> None:
     stats.latency_s.add(0.5)
     raw = stats.to_raw(samples=False)
     assert raw["latency_s"] == {"count": 1, "samples": []}
+
+
+async def test_reconnects_and_time_to_recover_are_in_the_summary() -> None:
+    stats = Stats()
+    data = json.loads(_summary(stats).json_line())
+    assert (data["reconnects"], data["recover_p50_ms"], data["recover_p99_ms"]) == (0, None, None)
+    workers = []
+    for outages in ((0.2, 0.4), (1.0,)):
+        part = Stats(seed=1)
+        for outage in outages:
+            part.reconnected(outage)
+        workers.append(json.loads(json.dumps(part.to_raw())))
+    merged = Stats()
+    for raw in workers:
+        merged.merge_raw(raw)
+    summary = _summary(merged)
+    data = json.loads(summary.json_line())
+    assert data["reconnects"] == 3
+    assert data["recover_p50_ms"] == pytest.approx(400)
+    assert data["recover_p99_ms"] == pytest.approx(1000)
+    assert "reconnects      3" in summary.text()
