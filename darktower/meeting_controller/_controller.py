@@ -34,6 +34,7 @@ from darktower.protocol.ratelimit import MessageRateLimiter
 from darktower.protocol.tokens import MC_AUDIENCE, JoinClaims, JoinTokenVerifier, UnknownKeyId
 
 from . import _wire
+from ._connection import Connection
 from ._handshake import read_first, refuse
 from ._limits import (
     EMPTY_MEETING_TIMEOUT_S,
@@ -42,10 +43,12 @@ from ._limits import (
     MAX_NAME_CHARS,
     MAX_REVOKED_TOKENS,
     OUTBOUND_QUEUE_SIZE,
+    RESUME_GRACE_S,
 )
 from ._metrics import ControllerMetrics
 from ._mh import MediaHandlers
 from ._port import SignalPort
+from ._resume import ResumeRefused, ResumeTokens
 from ._room import Outgoing, RoomMember, RoomState
 from ._session import SignalingSession
 
@@ -71,6 +74,7 @@ class MeetingController:
         outbound_queue_size: int = OUTBOUND_QUEUE_SIZE,
         token_audience: str = MC_AUDIENCE,
         empty_meeting_timeout_s: float = EMPTY_MEETING_TIMEOUT_S,
+        resume_grace_s: float = RESUME_GRACE_S,
     ) -> None:
         self.tree = tree
         self.mhs = mhs
@@ -85,6 +89,7 @@ class MeetingController:
         self.outbound_queue_size = outbound_queue_size
         self.token_audience = token_audience
         self.empty_meeting_timeout_s = empty_meeting_timeout_s
+        self.tokens: ResumeTokens[SignalingSession] = ResumeTokens(resume_grace_s)
         self.metrics = ControllerMetrics(
             registry if registry is not None else Registry(),
             meetings=lambda: len(self.rooms),
@@ -224,29 +229,34 @@ class MeetingController:
             for member in list(room.subscribers_of(report.stream_id)):
                 room.deliver(member, update)
         elif kind == "key_frame_request":
+            # (RoomState.deliver drops these for a reconnecting publisher: its streams pause.)
             publisher = room.publisher_of(event.key_frame_request.stream_id)
             if publisher is not None:
                 room.deliver(
                     publisher, sig.ServerMessage(key_frame_request=event.key_frame_request)
                 )
         elif kind == "participant_disconnected":
-            # Media gone is not signaling gone: the client may reconnect its media session.
+            # Media gone is not signaling gone: the client gets a fresh token to reconnect its
+            # media session with (docs/protocol.md §13).
+            participant_id = ParticipantId(event.participant_disconnected.participant_id)
             logger.info(
                 "media connection lost",
-                extra=fields(
-                    meeting_id=event.meeting_id,
-                    participant_id=event.participant_disconnected.participant_id,
-                ),
+                extra=fields(meeting_id=event.meeting_id, participant_id=participant_id),
             )
+            lost = room.members.get(participant_id)
+            if lost is not None and lost.session is not None:
+                lost.session.media.lost()
 
     # -- sessions ----------------------------------------------------------------------------
 
     async def serve_session(self, port: SignalPort) -> None:
-        """Run one signaling session: handshake, join, then wait for its participant scope.
+        """Run one signaling session: handshake, join (or resume), then hold the connection
+        while its participant uses it.
 
         The participant scope is owned by the meeting, not by the caller; if the caller is
         cancelled (the session closed under it), the participant leaves VOLUNTARY when the
-        peer closed cleanly, CONNECTION_LOST otherwise. Errors go to the client as
+        peer closed cleanly; otherwise its connection is lost (CONNECTION_LOST): it stays,
+        reconnecting, for the resume window (docs/protocol.md §13). Errors go to the client as
         ``ErrorMessage`` and close the session with their code; nothing is raised.
         """
         started = trio.current_time()
@@ -265,7 +275,13 @@ class MeetingController:
             # Only request_id is needed after admission: the request (join token, public key)
             # would otherwise stay referenced by this frame for the whole session.
             del first
-            room, member, recv = await self._admit(join)
+            conn = Connection(port, decoder, request_id, started)
+            if join.resume_token:
+                session = self._resume(join, conn)
+                del join
+                await self._hold(session, conn)
+                return
+            room, member, conn.outgoing = await self._admit(join)
             del join
         except trio.TooSlowError:
             await self._refuse(
@@ -276,21 +292,10 @@ class MeetingController:
             await self._refuse(port, request_id, exc)
             return
         session = SignalingSession(
-            room,
-            member,
-            port,
-            MessageRateLimiter(),
-            self.metrics,
-            self,
-            decoder=decoder,
-            outgoing=recv,
-            join_request_id=request_id,
-            started_at=started,
+            room, member, conn, MessageRateLimiter(), self.metrics, self, self.tokens
         )
         try:
-            participant = await room.scope.start_participant(
-                member.id, session.run, cleanup=session.ended
-            )
+            await room.scope.start_participant(member.id, session.run, cleanup=session.ended)
         except BaseException as exc:
             room.release_token(member.token_id)
             with trio.CancelScope(shield=True):
@@ -301,15 +306,39 @@ class MeetingController:
                 await self._refuse(port, request_id, exc)
                 return
             raise
+        await self._hold(session, conn)
+
+    async def _hold(self, session: SignalingSession, conn: Connection) -> None:
+        """Wait while ``session`` uses ``conn``; cancelled, tell it why the connection went."""
         try:
-            await participant.wait_closed()
+            await conn.finished.wait()
         except trio.Cancelled:
-            participant.leave(port.leave_reason(None))
+            session.lost(conn, conn.port.leave_reason(None))
             raise
+
+    def _resume(self, join: sig.JoinRequest, conn: Connection) -> SignalingSession:
+        """Hand ``conn`` to the participant whose resume token ``join`` presents (its token is
+        used up). Raises NotFound (unknown, used or expired token), ResumeRefused (the
+        participant was kicked or its meeting ended meanwhile). Synchronous: of two resumes
+        with one token, one wins."""
+        try:
+            session = self.tokens.find(
+                MeetingId(join.meeting_id), join.resume_token, trio.current_time()
+            )
+            session.offer(conn)
+        except ResumeRefused as exc:
+            self.metrics.resumes.inc(1, exc.reason.name.lower())
+            raise
+        except NotFound:
+            self.metrics.resumes.inc(1, "not_found")
+            raise
+        self.tokens.revoke(session)
+        return session
 
     async def _refuse(self, port: SignalPort, request_id: int, exc: DarkTowerError) -> None:
         self.metrics.errors.inc(1, exc.code.name)
-        await refuse(port, request_id, exc)
+        ended = exc.reason if isinstance(exc, ResumeRefused) else None
+        await refuse(port, request_id, exc, ended=ended)
 
     async def _admit(
         self, join: sig.JoinRequest

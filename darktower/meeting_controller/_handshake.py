@@ -9,7 +9,8 @@ from __future__ import annotations
 import trio
 
 from darktower.errors import DarkTowerError
-from darktower.protocol import MessageDecoder
+from darktower.model import LeaveReason
+from darktower.protocol import MessageDecoder, leave_reason_to_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
 from . import _wire
@@ -33,12 +34,24 @@ async def read_first(
         decoder.receive_data(data)
 
 
-async def refuse(port: SignalPort, request_id: int, exc: DarkTowerError) -> None:
-    """Reply ``exc`` to the request ``request_id``, finish the stream and close the session
-    with the error's code: shielded, and at most ``SESSION_END_GRACE_S`` before the close."""
+async def refuse(
+    port: SignalPort,
+    request_id: int,
+    exc: DarkTowerError,
+    *,
+    ended: LeaveReason | None = None,
+) -> None:
+    """Reply ``exc`` to the request ``request_id`` (then ``SessionEnded{ended}`` if given: a
+    resume of a participant kicked or ended with its meeting), finish the stream and close
+    the session with the error's code: shielded, and at most ``SESSION_END_GRACE_S``."""
+    data = _wire.encode(_wire.error_reply(request_id, exc))
+    if ended is not None:
+        data += _wire.encode(
+            sig.ServerMessage(session_ended=sig.SessionEnded(reason=leave_reason_to_pb(ended)))
+        )
     with trio.move_on_after(SESSION_END_GRACE_S, shield=True):
         try:
-            await port.stream.send_all(_wire.encode(_wire.error_reply(request_id, exc)))
+            await port.stream.send_all(data)
             await port.stream.send_eof()
             await port.wait_closed()
         except (trio.BrokenResourceError, trio.ClosedResourceError):

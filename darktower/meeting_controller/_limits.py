@@ -40,6 +40,14 @@ MAX_REVOKED_TOKENS = 100
 # (a heartbeat now), at most once per this many seconds: tokens with made-up key ids cannot
 # make the MC call the GC more often. A join waits for that refresh at most GC_CALL_DEADLINE_S.
 KEY_REFRESH_MIN_INTERVAL_S = 1.0
+# A participant whose signaling connection is lost stays in its meeting, reconnecting, this
+# long (docs/protocol.md §13); a resume presenting its token within it keeps the participant;
+# after it the participant leaves with CONNECTION_LOST. 0: no window (and no resume tokens).
+RESUME_GRACE_S = 15.0
+# Resume tokens of participants kicked or ended by the meeting's end are remembered (a digest
+# and the reason) for RESUME_GRACE_S after the end, so a resume is refused with that reason
+# rather than NOT_FOUND; beyond this many the oldest are forgotten (then: NOT_FOUND).
+MAX_ENDED_RESUME_TOKENS = 10_000
 # Writing SessionEnded to a leaving client (and its final error) is bounded by this.
 SESSION_END_GRACE_S = 1.0
 # Read size of the signaling stream (the decoder bounds a message at 64 KiB).

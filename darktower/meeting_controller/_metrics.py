@@ -40,6 +40,12 @@ class ControllerMetrics:
             "server messages dropped for one recipient because they cannot be encoded, by type",
             ["type"],
         )
+        self.resumes: Counter = registry.counter(
+            "darktower_mc_resumes_total",
+            "resume attempts (docs/protocol.md §13), by result: resumed, not_found, kicked, "
+            "meeting_ended",
+            ["result"],
+        )
         self.join_latency: Histogram = registry.histogram(
             "darktower_mc_join_seconds", "session start to JoinResponse queued"
         )

@@ -19,6 +19,7 @@ from darktower.protocol.pb.v1 import common_pb2, meeting_control_pb2, signaling_
 
 if TYPE_CHECKING:
     from ._mh import MediaLink
+    from ._session import SignalingSession
 
 # One outbox entry: a message, or messages written back to back with nothing in between (a
 # JoinResponse and its ParticipantsBatch messages), which take one slot of the queue.
@@ -47,6 +48,10 @@ class RoomMember:
     streams: dict[str, common_pb2.MediaStream] = attrs.field(factory=dict)
     subscriptions: dict[str, signaling_pb2.SubscriptionOptions] = attrs.field(factory=dict)
     handle: Participant | None = None
+    session: SignalingSession | None = None
+    # Its signaling connection is lost and it may resume (docs/protocol.md §13): events for it
+    # are dropped (a resume gets the room as it is then), its streams pause.
+    reconnecting: bool = False
     # What the session's end writes before SessionEnded: a final error (abuse, bad input).
     final_error: signaling_pb2.ServerMessage | None = None
     end_request_id: int = 0  # the LeaveRequest / EndMeeting that ended the session, if any
@@ -120,7 +125,10 @@ class RoomState:
         self.membership_changed = trio.Event()
 
     def deliver(self, member: RoomMember, message: Outgoing) -> None:
-        """Queue ``message`` for ``member`` without waiting; a full queue drops the member."""
+        """Queue ``message`` for ``member`` without waiting; a full queue drops the member.
+        Nothing is queued for a reconnecting member."""
+        if member.reconnecting:
+            return
         try:
             member.outbox.send_nowait(message)
         except trio.WouldBlock:

@@ -103,6 +103,7 @@ async def serve(
             outbound_queue_size=settings.outbound_queue_size,
             token_audience=settings.token_audience,
             empty_meeting_timeout_s=settings.empty_meeting_timeout_s,
+            resume_grace_s=settings.resume_grace_s,
         )
         await nursery.start(mhs.run)
         if static_mh is not None:

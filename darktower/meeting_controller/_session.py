@@ -1,32 +1,40 @@
 """One participant's signaling on the MC, as an object that owns its work: the join announced,
-a writer task, the reader and its dispatch to the handlers (``_signaling``), and the cleanup
-that tells the others, the Media Handler and the leaving client (docs/architecture.md §3.2).
+a writer task, the reader and its dispatch to the handlers (``_signaling``), the reconnecting
+window and the resume (docs/protocol.md §13), and the cleanup that tells the others, the Media
+Handler and the leaving client (docs/architecture.md §3.2).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Protocol
 
 import trio
 
-from darktower.errors import DarkTowerError, InternalError, InvalidRequest, RateLimited
+from darktower.errors import DarkTowerError, InternalError, InvalidRequest, NotFound, RateLimited
 from darktower.logs import fields
 from darktower.model import LeaveReason, MeetingId, ParticipantId
 from darktower.nurseries import Participant
-from darktower.protocol import MessageDecoder, leave_reason_to_pb
+from darktower.protocol import leave_reason_to_pb
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.protocol.ratelimit import MessageRateLimiter, Verdict
 
 from . import _signaling, _wire
 from ._batches import join_messages
+from ._connection import Connection
 from ._limits import MH_CALL_DEADLINE_S, READ_SIZE, SESSION_END_GRACE_S
+from ._media_reconnect import MediaReconnection
 from ._metrics import ControllerMetrics
 from ._port import SignalPort
+from ._resume import ResumeTokens, refusal_for
 from ._room import Outgoing, RoomMember, RoomState
 
 logger = logging.getLogger("darktower.meeting_controller")
+
+# The stream task of a participant scope that is its reconnecting window (its deadline ends it).
+RECONNECTING = "reconnecting"
 
 
 class SessionControls(Protocol):
@@ -43,90 +51,214 @@ class SessionControls(Protocol):
 
 
 class SignalingSession:
-    """The signaling of ``member``, admitted to ``room``, over ``port``.
+    """The signaling of ``member``, admitted to ``room``, over ``conn`` (its current
+    connection; a resume hands it the next one, see :meth:`offer`).
 
     ``run`` is the body of the member's participant scope and ``ended`` its cleanup: the scope
-    owns both (leave, kick, connection loss and end are its cancellations). ``outgoing`` is the
-    reading end of ``member.outbox``, written by the session's writer task only.
+    owns both (leave, kick, the window's end and the meeting's end are its cancellations).
     """
 
     __slots__ = (
-        "_decoder",
-        "_join_request_id",
-        "_outgoing",
-        "_started_at",
+        "_announced",
+        "_resumed",
+        "_window_deadline",
+        "conn",
         "controls",
         "limiter",
+        "media",
         "member",
         "metrics",
-        "port",
+        "resume_key",
         "room",
+        "tokens",
     )
 
     def __init__(
         self,
         room: RoomState,
         member: RoomMember,
-        port: SignalPort,
+        conn: Connection,
         limiter: MessageRateLimiter,
         metrics: ControllerMetrics,
         controls: SessionControls,
-        *,
-        decoder: MessageDecoder[sig.ClientMessage],
-        outgoing: trio.MemoryReceiveChannel[Outgoing],
-        join_request_id: int,
-        started_at: float,
+        tokens: ResumeTokens[SignalingSession],
     ) -> None:
         self.room = room
         self.member = member
-        self.port = port
-        self.limiter = limiter
+        self.conn = conn
+        self.limiter = limiter  # one for all its connections: a resume does not refill it
         self.metrics = metrics
         self.controls = controls
-        self._decoder = decoder  # holds what the client sent after its JoinRequest
-        self._outgoing = outgoing
-        self._join_request_id = join_request_id
-        self._started_at = started_at  # when the session began, for the join latency
+        self.tokens = tokens
+        self.resume_key = b""  # the digest of its live resume token (see ResumeTokens)
+        self._window_deadline = -math.inf
+        self._resumed: trio.Event | None = None  # set when a resume hands over a connection
+        self._announced = False  # the others were told it is reconnecting
+        self.media = MediaReconnection(room, member, metrics)
+
+    @property
+    def port(self) -> SignalPort:
+        return self.conn.port
 
     async def run(self, participant: Participant) -> None:
-        """Join the room, then write (a stream task of ``participant``) and read until the
-        client finishes its stream (a voluntary leave), the session breaks or is abusive (it
-        then asks ``participant`` to leave), or the scope is cancelled."""
-        room, member = self.room, self.member
-        member.handle = participant
-        # Reply and announce without a checkpoint in between, so no event falls in the gap.
-        response = sig.JoinResponse(
-            participant_id=member.id,
-            media_server=sig.MediaServerInfo(
+        """Join the room, then serve the connection: write (a stream task of
+        ``participant``) and read until the client finishes its stream (a voluntary leave),
+        the session is abusive (it then asks ``participant`` to leave) or the scope is
+        cancelled. A connection lost (CONNECTION_LOST) opens the reconnecting window, a stream
+        task whose deadline ends it; a resume within it serves the new connection likewise;
+        otherwise the participant leaves CONNECTION_LOST."""
+        member = self.member
+        member.handle, member.session = participant, self
+        self._welcome(
+            self.conn,
+            sig.MediaServerInfo(
                 media_handler_url=member.media_handler_url,
                 connection_token=member.connection_token,
             ),
+            resumed=False,
+        )
+        self.metrics.join_latency.observe(trio.current_time() - self.conn.started_at)
+        conn = self.conn
+        while True:
+            await self._serve(participant, conn)
+            while True:
+                if not member.reconnecting:
+                    return  # leaving: the reason is recorded, the scope cancelled
+                self._detach(conn)
+                if not await self._window(participant, conn):
+                    participant.leave(LeaveReason.CONNECTION_LOST)
+                    return
+                conn = self.conn
+                if await self._resume(conn):
+                    break
+
+    def _welcome(self, conn: Connection, media: sig.MediaServerInfo, *, resumed: bool) -> None:
+        """Queue the JoinResponse (with a fresh resume token) and its batches; a new member
+        enters the room and is announced. Without a checkpoint, so no event falls in a gap."""
+        room, member = self.room, self.member
+        response = sig.JoinResponse(
+            participant_id=member.id,
+            media_server=media,
+            resume_token=self.tokens.issue(room.id, self),
+            resumed=resumed,
         )
         if room.e2ee:
             response.encryption_keys.public_key = member.public_key
             response.encryption_keys.key_id = member.key_id
-        existing = [m.to_pb(e2ee=room.e2ee) for m in room.members.values()]
-        room.members[member.id] = member
-        room.membership_change()
+        existing = [m.to_pb(e2ee=room.e2ee) for m in room.members.values() if m is not member]
+        if not resumed:
+            room.members[member.id] = member
+            room.membership_change()
         # One outbox slot: the JoinResponse and its batches go out back to back.
-        room.deliver(member, join_messages(self._join_request_id, response, existing))
+        room.deliver(member, join_messages(conn.request_id, response, existing))
         # The outbox holds them until written; this frame lives as long as the session.
         del response, existing
-        room.broadcast(
-            sig.ServerMessage(
-                participant_joined=sig.ParticipantJoined(participant=member.to_pb(e2ee=room.e2ee))
-            ),
-            skip=member.id,
-        )
-        self.metrics.join_latency.observe(trio.current_time() - self._started_at)
-        await participant.start_stream("signaling-writer", self._write)
-        await self._read()
+        for other in list(room.members.values()):
+            if other.reconnecting and other is not member:
+                room.deliver(member, _updated(other, sig.RECONNECTING))
+        if not resumed:
+            room.broadcast(
+                sig.ServerMessage(
+                    participant_joined=sig.ParticipantJoined(
+                        participant=member.to_pb(e2ee=room.e2ee)
+                    )
+                ),
+                skip=member.id,
+            )
 
-    async def _write(self) -> None:
+    async def _serve(self, participant: Participant, conn: Connection) -> None:
+        """Write and read ``conn`` until it is lost or the participant leaves."""
+        writer = await participant.start_stream("signaling-writer", self._write, conn)
+        with conn.scope:
+            await self._read(conn)
+        writer.cancel()
+        await writer.wait_closed()
+
+    def lost(self, conn: Connection, reason: LeaveReason) -> None:
+        """``conn`` went away with ``reason`` (the reader, the writer or its session task saw
+        it). A lost connection (CONNECTION_LOST) of a participant that has not left opens the
+        reconnecting window; any other reason is the participant's leave. Once per
+        connection; a connection no longer in use is ignored."""
+        if conn is not self.conn or conn.lost:
+            return
+        conn.lost = True
+        conn.scope.cancel()
+        member, participant = self.member, self.member.handle
+        if (
+            reason is LeaveReason.CONNECTION_LOST
+            and self.tokens.enabled
+            and participant is not None
+            and participant.reason is None
+            and not member.overflowed
+        ):
+            member.reconnecting = True
+            member.outbox.close()  # what was queued for the lost connection is dropped
+            self._window_deadline = trio.current_time() + self.tokens.grace_s
+            self._resumed = trio.Event()
+        else:
+            member.leave(reason)
+
+    def offer(self, conn: Connection) -> None:
+        """Hand the participant ``conn``, a resume that presented its token: at once if it is
+        reconnecting within its window; a connected participant's connection is taken over
+        (its client lost it before we noticed). Synchronous, so a resume either wins or is
+        refused: NotFound once the participant is leaving or its window has passed."""
+        participant = self.member.handle
+        if participant is None or participant.reason is not None:
+            raise NotFound("the participant has left the meeting")
+        if not self.conn.lost:
+            self.lost(self.conn, LeaveReason.CONNECTION_LOST)
+        elif trio.current_time() >= self._window_deadline:
+            raise NotFound("the resume window has passed")
+        if not self.member.reconnecting:
+            raise NotFound("the participant has left the meeting")
+        self.conn = conn
+        if self._resumed is not None:
+            self._resumed.set()
+
+    def _detach(self, conn: Connection) -> None:
+        """``conn`` is lost: close its session (a connection taken over is still open), and
+        let its session task return."""
+        conn.port.close(0, LeaveReason.CONNECTION_LOST.name)
+        conn.finished.set()
+
+    async def _window(self, participant: Participant, old: Connection) -> bool:
+        """Wait, reconnecting, until a resume replaces ``old`` (True) or the window passes."""
+        if self.conn is old and participant.reason is None:
+            if not self._announced:
+                self._announced = True
+                self.room.broadcast(_updated(self.member, sig.RECONNECTING), skip=self.member.id)
+            assert self._resumed is not None
+            window = await participant.start_stream(
+                RECONNECTING, self._resumed.wait, deadline=self._window_deadline
+            )
+            await window.wait_closed()
+        return self.conn is not old
+
+    async def _resume(self, conn: Connection) -> bool:
+        """Answer the resume on ``conn`` (a fresh media token first); False if ``conn`` was
+        lost or replaced meanwhile."""
+        media = await self.media.for_resume()
+        if self.conn is not conn or conn.lost:
+            return False
+        member = self.member
+        member.reconnecting = False
+        size = member.outbox.statistics().max_buffer_size
+        member.outbox, conn.outgoing = trio.open_memory_channel[Outgoing](size)
+        self._welcome(conn, media, resumed=True)
+        if self._announced:
+            self._announced = False
+            self.room.broadcast(_updated(member, sig.CONNECTED), skip=member.id)
+        self.metrics.resumes.inc(1, "resumed")
+        return True
+
+    async def _write(self, conn: Connection) -> None:
+        assert conn.outgoing is not None
+        outgoing = conn.outgoing
         try:
             while True:
                 try:
-                    item = await self._outgoing.receive()
+                    item = await outgoing.receive()
                 except trio.EndOfChannel:
                     return
                 data = self._encode(item)
@@ -134,10 +266,10 @@ class SignalingSession:
                 # idle session would keep its last message, e.g. a whole JoinResponse).
                 del item
                 if data:
-                    await self.port.stream.send_all(data)
+                    await conn.port.stream.send_all(data)
                 del data
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.member.leave(self.port.leave_reason(exc))
+            self.lost(conn, conn.port.leave_reason(exc))
 
     def _encode(self, item: Outgoing) -> bytes:
         """The item's messages framed; one that cannot be encoded (over the 64 KiB limit) is
@@ -156,8 +288,8 @@ class SignalingSession:
                 )
         return bytes(out)
 
-    async def _read(self) -> None:
-        decoder, limiter = self._decoder, self.limiter
+    async def _read(self, conn: Connection) -> None:
+        decoder, limiter = conn.decoder, self.limiter
         try:
             while True:
                 for message in decoder:
@@ -174,19 +306,22 @@ class SignalingSession:
                         await self._reply(_wire.error_reply(message.request_id, exc))
                         continue
                     await self._dispatch(message)
-                data = await self.port.stream.receive_some(READ_SIZE)
+                data = await conn.port.stream.receive_some(READ_SIZE)
                 if not data:
                     decoder.end_of_stream()
-                    return  # the client finished its stream: a voluntary leave
+                    # the client finished its stream: a voluntary leave
+                    self.lost(conn, LeaveReason.VOLUNTARY)
+                    return
                 decoder.receive_data(data)
                 del data  # not held while the reader waits for the next chunk
         except InvalidRequest as exc:
             self._fail(0, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.member.leave(self.port.leave_reason(exc))
+            self.lost(conn, conn.port.leave_reason(exc))
 
     def _fail(self, request_id: int, exc: DarkTowerError) -> None:
-        """End the session for abuse or bad input: the error goes out first, then SessionEnded."""
+        """End the session for abuse or bad input: the error goes out first, then SessionEnded
+        (no reconnecting window: the participant leaves)."""
         member = self.member
         self.metrics.errors.inc(1, exc.code.name)
         member.final_error = _wire.error_reply(request_id, exc)
@@ -221,49 +356,63 @@ class SignalingSession:
         try:
             await self.member.outbox.send(reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the member is leaving
+            pass  # the member is leaving, or its connection was lost
 
     async def ended(self, reason: LeaveReason) -> None:
         """The participant scope's cleanup, which the scope runs shielded and bounded: leave
         the room, tell the others (unless the meeting ends), and at once release the member at
         the Media Handler (at most ``MH_CALL_DEADLINE_S``) and write the error that ended the
-        session, if any, and ``SessionEnded`` (at most ``SESSION_END_GRACE_S``); then close
-        the port. Never raises for a broken session or an unreachable Media Handler."""
+        session, if any, and ``SessionEnded`` (at most ``SESSION_END_GRACE_S``) to its
+        connection, if it has one; then close the port. Its resume token stops working (a
+        kick or the meeting's end is remembered for a late resume). Never raises for a broken
+        session or an unreachable Media Handler."""
         room, member = self.room, self.member
-        if room.members.get(member.id) is member:
-            del room.members[member.id]
-            room.membership_change()
-        room.release_token(member.token_id)
-        for stream_id in member.streams:
-            for other in list(room.subscribers_of(stream_id)):
-                del other.subscriptions[stream_id]
-        member.outbox.close()
-        if reason is not LeaveReason.MEETING_ENDED:
-            room.broadcast(
-                sig.ServerMessage(
-                    participant_left=sig.ParticipantLeft(
-                        participant_id=member.id, reason=leave_reason_to_pb(reason)
+        try:
+            self.tokens.ended(self, reason, trio.current_time())
+            if room.members.get(member.id) is member:
+                del room.members[member.id]
+                room.membership_change()
+            room.release_token(member.token_id)
+            for stream_id in member.streams:
+                for other in list(room.subscribers_of(stream_id)):
+                    del other.subscriptions[stream_id]
+            member.outbox.close()
+            if reason is not LeaveReason.MEETING_ENDED:
+                room.broadcast(
+                    sig.ServerMessage(
+                        participant_left=sig.ParticipantLeft(
+                            participant_id=member.id, reason=leave_reason_to_pb(reason)
+                        )
                     )
                 )
+            if member.overflowed:
+                self.metrics.errors.inc(1, "OUTBOUND_OVERFLOW")
+            message = member.end_message or (
+                room.end_message if reason is LeaveReason.MEETING_ENDED else ""
             )
-        if member.overflowed:
-            self.metrics.errors.inc(1, "OUTBOUND_OVERFLOW")
-        message = member.end_message or (
-            room.end_message if reason is LeaveReason.MEETING_ENDED else ""
-        )
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.release_media, reason)
-            await self._say_goodbye(reason, message)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.release_media, reason)
+                await self._say_goodbye(reason, message)
+        finally:
+            self.conn.finished.set()
 
     async def _say_goodbye(self, reason: LeaveReason, message: str) -> None:
-        member, port = self.member, self.port
+        member, conn = self.member, self.conn
+        port = conn.port
+        if conn.lost:  # reconnecting: nobody to tell
+            port.close(member.close_code, reason.name)
+            return
         ended = sig.ServerMessage(
             request_id=member.end_request_id,
             session_ended=sig.SessionEnded(reason=leave_reason_to_pb(reason), message=message),
         )
         data = self._encode(ended)
-        if member.final_error is not None:
-            data = self._encode(member.final_error) + data
+        final_error = member.final_error
+        if final_error is None and conn.outgoing is None:
+            # A resume not answered yet: its JoinRequest is refused with the reason.
+            final_error = _wire.error_reply(conn.request_id, refusal_for(reason))
+        if final_error is not None:
+            data = self._encode(final_error) + data
         with trio.move_on_after(SESSION_END_GRACE_S):
             try:
                 if not member.overflowed:  # a stuck reader would only hold us to the deadline
@@ -299,3 +448,9 @@ class SignalingSession:
                     "could not remove participant at the media handler",
                     extra=fields(meeting_id=room.id, participant_id=member.id, error=str(exc)),
                 )
+
+
+def _updated(member: RoomMember, state: sig.ConnectionState.ValueType) -> sig.ServerMessage:
+    return sig.ServerMessage(
+        participant_updated=sig.ParticipantUpdated(participant_id=member.id, connection=state)
+    )

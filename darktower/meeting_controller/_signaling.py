@@ -227,6 +227,13 @@ async def key_share(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     return _ack()
 
 
+async def media_reconnect(session: SignalingSession, m: sig.ClientMessage) -> Reply:
+    """A fresh media connection token (docs/protocol.md §13); CAPACITY_EXCEEDED or
+    INTERNAL_ERROR when the Media Handler refuses or is gone (the client may ask again)."""
+    media = await session.media.fresh()
+    return sig.ServerMessage(media_reconnect=sig.MediaReconnect(media_server=media))
+
+
 HANDLERS: dict[str, Handler] = {
     "publish": publish,
     "unpublish": unpublish,
@@ -238,6 +245,7 @@ HANDLERS: dict[str, Handler] = {
     "end_meeting": end_meeting,
     "ping": ping,
     "key_share": key_share,
+    "media_reconnect_request": media_reconnect,
 }
 
 __all__ = ["HANDLERS"]

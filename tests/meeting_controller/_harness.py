@@ -36,6 +36,8 @@ class FakeMediaControl:
             100
         )
         self.telemetry_subscribed = trio.Event()
+        # When set, RegisterParticipant raises it (an MH that refuses, or is gone).
+        self.refuse_register: Exception | None = None
 
     def _touch(self) -> None:
         self._changed.set()
@@ -52,8 +54,13 @@ class FakeMediaControl:
         self.registered.append(request)
         self._touch()
         await trio.lowlevel.checkpoint()
+        if self.refuse_register is not None:
+            raise self.refuse_register
+        # A fresh token at each later call for one participant, as the real MH issues.
+        pid = request.participant_id
+        calls = sum(1 for r in self.registered if r.participant_id == pid)
         return mh_pb.RegisterParticipantResponse(
-            connection_token=f"token-{request.participant_id}",
+            connection_token=f"token-{pid}" + (f"-{calls}" if calls > 1 else ""),
             media_handler_url="https://127.0.0.1:4434/v1/media",
         )
 

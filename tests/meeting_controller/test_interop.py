@@ -1,6 +1,7 @@
 """An independent peer: aioquic's asyncio client with only the generated protobuf classes joins,
-publishes, then vanishes without a close; the MC drops it with CONNECTION_LOST at the idle
-timeout (short here, on real time; the test waits on events, not sleeps)."""
+publishes, then vanishes without a close; the MC notices at the idle timeout, keeps it
+reconnecting for the resume window, then drops it with CONNECTION_LOST (both short here, on
+real time; the test waits on events, not sleeps)."""
 
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ async def _independent_peer(port: int, meeting_id: str, token: str) -> dict[str,
 
 
 async def test_independent_aioquic_peer_joins_and_vanishes(tmp_path: pathlib.Path) -> None:
-    async with open_stack(tmp_path, idle_timeout_s=1.0) as stack:
+    async with open_stack(tmp_path, idle_timeout_s=1.0, resume_grace_s=0.5) as stack:
         await stack.assign("m")
         async with stack.join("m", Role.HOST) as host:
             port = stack.running.signal_address[1]
@@ -103,7 +104,11 @@ async def test_independent_aioquic_peer_joins_and_vanishes(tmp_path: pathlib.Pat
             assert (
                 await next_event(host, "stream_published")
             ).stream_published.stream.stream_id == "mic"
-            # no close was ever sent: the idle timeout ends the session
+            # no close was ever sent: the idle timeout ends the connection, the resume window
+            # (docs/protocol.md §13) the participant
+            updated = await next_event(host, "participant_updated")
+            assert updated.participant_updated.participant_id == peer
+            assert updated.participant_updated.connection == signaling_pb2.RECONNECTING
             left = await next_event(host, "participant_left")
             assert left.participant_left.participant_id == peer
             assert left.participant_left.reason == common_pb2.CONNECTION_LOST
