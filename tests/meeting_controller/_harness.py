@@ -51,11 +51,12 @@ class FakeMediaControl:
     async def RegisterParticipant(
         self, request: mh_pb.RegisterParticipant
     ) -> mh_pb.RegisterParticipantResponse:
+        refusal = self.refuse_register
         self.registered.append(request)
         self._touch()
         await trio.lowlevel.checkpoint()
-        if self.refuse_register is not None:
-            raise self.refuse_register
+        if refusal is not None:
+            raise refusal
         # A fresh token at each later call for one participant, as the real MH issues.
         pid = request.participant_id
         calls = sum(1 for r in self.registered if r.participant_id == pid)

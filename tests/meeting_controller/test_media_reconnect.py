@@ -1,0 +1,159 @@
+"""Media reconnection, the MC's side (docs/protocol.md §13): MediaReconnectRequest is answered
+with a fresh connection token; the MH's ParticipantDisconnected sends one unsolicited, once per
+loss; an MH that refuses or is gone leaves a resume in place without media."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import trio
+
+from darktower.errors import CapacityExceeded, InternalError
+from darktower.loadtest import open_udp_proxy
+from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
+from darktower.protocol.pb.v1 import signaling_pb2 as sig
+
+from ._harness import next_event, open_stack
+from .test_resume import _events_until, _resume, _stack, _subject
+
+
+def _disconnected(meeting_id: str, pid: str) -> mh_pb.TelemetryEvent:
+    return mh_pb.TelemetryEvent(
+        meeting_id=meeting_id,
+        participant_disconnected=mh_pb.ParticipantDisconnected(participant_id=pid),
+    )
+
+
+async def test_media_reconnect_request_is_answered_with_a_fresh_token(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with open_stack(tmp_path) as stack:
+        await stack.assign("m")
+        async with stack.join("m") as client:
+            pid = client.participant_id
+            assert client.join_response.media_server.connection_token == f"token-{pid}"
+            reply = await client.request(
+                sig.ClientMessage(media_reconnect_request=sig.MediaReconnectRequest())
+            )
+            assert reply.WhichOneof("message") == "media_reconnect" and reply.request_id
+            media = reply.media_reconnect.media_server
+            assert media.connection_token == f"token-{pid}-2"
+            assert media.media_handler_url == client.join_response.media_server.media_handler_url
+            # RegisterParticipant again for the same participant, at the same MH
+            assert [r.participant_id for r in stack.mh.registered] == [pid, pid]
+            assert not stack.mh.registered[-1].streams
+            # an MH that refuses: the client is told, and may ask again
+            stack.mh.refuse_register = CapacityExceeded("room full")
+            with pytest.raises(CapacityExceeded):
+                await client.request(
+                    sig.ClientMessage(media_reconnect_request=sig.MediaReconnectRequest())
+                )
+            stack.mh.refuse_register = InternalError("down")
+            with pytest.raises(InternalError):
+                await client.request(
+                    sig.ClientMessage(media_reconnect_request=sig.MediaReconnectRequest())
+                )
+            stack.mh.refuse_register = None
+            reply = await client.request(
+                sig.ClientMessage(media_reconnect_request=sig.MediaReconnectRequest())
+            )
+            assert reply.media_reconnect.media_server.connection_token
+
+
+async def test_participant_disconnected_sends_one_unsolicited_media_reconnect(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with open_stack(tmp_path) as stack:
+        await stack.assign("m")
+        with trio.fail_after(10):
+            await stack.mh.telemetry_subscribed.wait()
+        async with stack.join("m") as client, stack.join("m") as other:
+            pid = client.participant_id
+            await stack.mh.telemetry_send.send(_disconnected("m", pid))
+            pushed = await next_event(client, "media_reconnect")
+            assert pushed.request_id == 0
+            assert pushed.media_reconnect.media_server.connection_token == f"token-{pid}-2"
+            # once per loss: nothing more until the next loss (a marker event follows)
+            await other.request(sig.ClientMessage(publish=sig.PublishStream(stream_id="s")))
+            seen = await _events_until(client, "stream_published")
+            assert [e.WhichOneof("message") for e in seen] == ["stream_published"]
+            assert [r.participant_id for r in stack.mh.registered].count(pid) == 2
+            # a second loss, a second message; unknown participants and meetings: nothing
+            await stack.mh.telemetry_send.send(_disconnected("m", "nobody"))
+            await stack.mh.telemetry_send.send(_disconnected("elsewhere", pid))
+            await stack.mh.telemetry_send.send(_disconnected("m", pid))
+            pushed = await next_event(client, "media_reconnect")
+            assert pushed.media_reconnect.media_server.connection_token == f"token-{pid}-3"
+            # the other participant got none of it
+            pong = await other.request(sig.ClientMessage(ping=sig.Ping(timestamp=1)))
+            assert pong.pong.timestamp == 1
+            await client.request(sig.ClientMessage(publish=sig.PublishStream(stream_id="t")))
+            seen = await _events_until(other, "stream_published")
+            assert [e.WhichOneof("message") for e in seen] == ["stream_published"]
+            # an MH that refuses: no message (the client may ask), the session carries on
+            stack.mh.refuse_register = InternalError("down")
+            registered = len(stack.mh.registered)
+            await stack.mh.telemetry_send.send(_disconnected("m", pid))
+            await stack.mh.wait_for(lambda: len(stack.mh.registered) == registered + 1)
+            stack.mh.refuse_register = None
+            await other.request(sig.ClientMessage(publish=sig.PublishStream(stream_id="u")))
+            seen = await _events_until(client, "stream_published")
+            assert [e.WhichOneof("message") for e in seen] == ["stream_published"]
+
+
+async def test_no_unsolicited_media_reconnect_while_reconnecting(tmp_path: pathlib.Path) -> None:
+    """Signaling down too: the resume's JoinResponse brings the fresh token."""
+    async with _stack(tmp_path) as stack:
+        await stack.assign("m")
+        with trio.fail_after(10):
+            await stack.mh.telemetry_subscribed.wait()
+        async with (
+            stack.join("m") as witness,
+            open_udp_proxy(stack.running.signal_address) as proxy,
+        ):
+            async with _subject(stack, proxy, "m") as subject:
+                pid, token = subject.participant_id, subject.join_response.resume_token
+                await next_event(witness, "participant_joined")
+                proxy.pause()
+                await next_event(witness, "participant_updated")
+                registered = len(stack.mh.registered)
+                await stack.mh.telemetry_send.send(_disconnected("m", pid))
+                # the MC read it (the witness's own loss, sent after, reaches the witness)
+                await stack.mh.telemetry_send.send(_disconnected("m", witness.participant_id))
+                await next_event(witness, "media_reconnect")
+                assert len(stack.mh.registered) == registered + 1
+                proxy.resume()
+            async with _resume(stack, proxy.via(stack.running.signal_url), "m", token) as back:
+                assert back.join_response.media_server.connection_token
+                await witness.request(sig.ClientMessage(publish=sig.PublishStream(stream_id="s")))
+                seen = await _events_until(back, "stream_published")
+                assert [e.WhichOneof("message") for e in seen] == ["stream_published"]
+
+
+async def test_a_resume_with_the_media_handler_gone_succeeds_without_media(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The participant keeps its place; the media server is empty and its client asks again
+    with MediaReconnectRequest (docs/protocol.md §13)."""
+    async with _stack(tmp_path) as stack:
+        await stack.assign("m")
+        url = stack.running.signal_url
+        async with stack.join("m") as subject:
+            pid = subject.participant_id
+            stack.mh.refuse_register = InternalError("gone")
+            async with _resume(stack, url, "m", subject.join_response.resume_token) as back:
+                response = back.join_response
+                assert response.resumed and response.participant_id == pid
+                assert not response.media_server.connection_token
+                assert not response.media_server.media_handler_url
+                with pytest.raises(InternalError):
+                    await back.request(
+                        sig.ClientMessage(media_reconnect_request=sig.MediaReconnectRequest())
+                    )
+                stack.mh.refuse_register = None
+                reply = await back.request(
+                    sig.ClientMessage(media_reconnect_request=sig.MediaReconnectRequest())
+                )
+                assert reply.media_reconnect.media_server.connection_token
+                await back.leave()
