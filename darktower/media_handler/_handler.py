@@ -123,7 +123,9 @@ class MediaHandler:
     async def register_participant(
         self, request: mc_pb.RegisterParticipant
     ) -> mc_pb.RegisterParticipantResponse:
-        """Register (or add streams to) a participant; return its connection token and URL.
+        """Register (or add streams to) a participant; return a fresh connection token (each
+        call; a registered participant keeps its routes, so the token re-attaches it after a
+        lost media connection) and the URL.
 
         Creates the room at its first participant. Raises InvalidRequest (bad ids, types),
         Conflict (a stream id another participant registered), CapacityExceeded (rooms,
@@ -166,7 +168,9 @@ class MediaHandler:
                 )
                 room.members[pid] = member
             else:
-                member.registered_at = trio.current_time()  # a fresh token: a fresh wait
+                # A fresh token: a fresh wait (a member in its media grace keeps that deadline).
+                member.registered_at = trio.current_time()
+            self.registry.expiry_changed(room)
             for stream_id, stream_type, layers in new:
                 room.add_publication(
                     MediaPublication(

@@ -7,9 +7,13 @@ accepts a participant's media connection into its room's scope and runs one task
 QUIC stream (decode, budget, route). It is given the rooms (:class:`RoomRegistry`, shared with
 the RPCs in ``_handler.py``) and the :class:`MediaRouter` that runs the subscriptions.
 
-A participant may hold one media connection: a second CONNECT with a valid token while the
-first is open is refused with 409 (reconnecting after a loss works, because a lost connection
-ends the participant on the MH; the MC registers it again and gets a fresh token).
+A participant holds one media connection at a time, and each connection token opens one
+(a used token gets 409). A participant whose connection was lost (not removed by the MC, not
+kicked) is kept with its routes for the media grace (_limits.py); a connection with a fresh
+token (the MC's RegisterParticipant again) re-attaches it: its publish streams are accepted
+again and its subscriptions start over at a key frame. A connection with a fresh token while
+the first is still open replaces it: the old session is closed with CONFLICT ("replaced by a
+newer media connection") and the MC is not told of a loss (docs/protocol.md §13).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from darktower.transport import (
 )
 
 from ._budget import priority_of
-from ._limits import RECEIVE_CHUNK
+from ._limits import MAX_USED_TOKENS_PER_PARTICIPANT, RECEIVE_CHUNK
 from ._metrics import MediaMetrics
 from ._registry import RoomRegistry
 from ._room import (
@@ -103,24 +107,49 @@ class MediaPlane:
         if member is None:
             self.metrics.sessions_refused.inc(1, "401")
             raise RejectSession(401, "registration expired or removed")
-        if member.scope is not None or member.connecting:
+        refusal = self._use_token(member, claims.token_id, claims.expires_at)
+        if refusal:
             self.metrics.sessions_refused.inc(1, "409")
-            raise RejectSession(409, "participant already has a media connection")
+            raise RejectSession(409, refusal)
         await trio.lowlevel.checkpoint()
         return member
+
+    def _use_token(self, member: MediaMember, token_id: str, expires_at: float) -> str:
+        """Record that ``token_id`` opens a connection of ``member``; why not, if it may not."""
+        if member.connecting:
+            return "participant is connecting already"
+        used = member.used_tokens
+        if token_id in used:
+            return "this connection token was used already"
+        now = time.time()
+        for old, expiry in list(used.items()):
+            if expiry + self.settings.token_leeway_s < now:
+                del used[old]
+        if len(used) >= MAX_USED_TOKENS_PER_PARTICIPANT:
+            return "too many media connections for this participant"
+        used[token_id] = expires_at
+        return ""
 
     async def handle_session(self, session: WebTransportSession, member: MediaMember) -> None:
         """Run one participant's media connection in its room; returns when it ended."""
         room = member.room
-        if (
-            member.scope is not None
-            or member.connecting
-            or room.members.get(member.id) is not member
-        ):
-            session.close_nowait(int(Conflict.code), "participant already connected or gone")
+        if member.connecting or room.members.get(member.id) is not member:
+            session.close_nowait(int(Conflict.code), "participant connecting already or gone")
             return
         member.connecting = True
+        if member.settled.is_set():
+            member.settled = trio.Event()
         try:
+            old = member.scope
+            if old is not None:  # a newer connection replaces the live one
+                member.replacing = True
+                try:
+                    old.leave(LeaveReason.CONNECTION_LOST)
+                    await old.wait_closed()
+                finally:
+                    member.replacing = False
+                if room.members.get(member.id) is not member:
+                    raise Conflict("participant removed while reconnecting")
             member.session = session
             participant = await room.scope.start_participant(
                 member.id,
@@ -128,6 +157,7 @@ class MediaPlane:
                 cleanup=functools.partial(self._member_left, member, session),
             )
             member.scope = participant
+            member.lost_at = None
         except (ScopeClosed, Conflict, CapacityExceeded) as exc:
             member.session = None
             code = exc.code if isinstance(exc, DarkTowerError) else ErrorCode.CONFLICT
@@ -191,10 +221,18 @@ class MediaPlane:
     async def _member_left(
         self, member: MediaMember, session: WebTransportSession, reason: LeaveReason
     ) -> None:
-        session.close_nowait(close_code_for(reason), reason.name)
+        """A media connection ended: a replaced one quietly, a lost one keeps the member for
+        the media grace (the MC is told), a removal or kick forgets it."""
         member.scope = None
         member.session = None
         room = member.room
+        if member.replacing:
+            session.close_nowait(int(Conflict.code), "replaced by a newer media connection")
+            for publication in member.publications.values():
+                publication.publisher_lost()
+            await trio.lowlevel.checkpoint()
+            return
+        session.close_nowait(close_code_for(reason), reason.name)
         if not member.removed and reason in (LeaveReason.VOLUNTARY, LeaveReason.CONNECTION_LOST):
             self.telemetry.publish(
                 mc_pb.TelemetryEvent(
@@ -204,6 +242,17 @@ class MediaPlane:
                     ),
                 )
             )
+            if (
+                self.settings.media_grace_s > 0
+                and not room.scope.ending
+                and room.members.get(member.id) is member
+            ):
+                member.lost_at = trio.current_time()
+                for publication in member.publications.values():
+                    publication.publisher_lost()
+                self.rooms.expiry_changed(room)
+                await trio.lowlevel.checkpoint()
+                return
         self.rooms.forget_member(member)
         await trio.lowlevel.checkpoint()
 

@@ -144,6 +144,10 @@ class KeyFrameGate:
         request, self._request = self._request, False
         return request
 
+    def ask_again(self) -> None:
+        """A request taken could not be sent yet (throttled): raise it again while closed."""
+        self._request = self.waiting
+
 
 class SubscriptionQueue(Generic[P]):
     """The bounded outgoing queue of one (subscriber, routed stream).
@@ -201,6 +205,11 @@ class SubscriptionQueue(Generic[P]):
         The caller asks the publisher for one, through a shared :class:`KeyFrameRequester`.
         """
         return self.kind is MediaKind.VIDEO and self._gate.take_key_frame_request()
+
+    def ask_again(self) -> None:
+        """The request taken was throttled: :meth:`take_key_frame_request` gives it again
+        while the queue still waits for a key frame."""
+        self._gate.ask_again()
 
     def pop(self) -> QueuedFrame[P] | None:
         """The oldest queued frame, or None if the queue is empty."""

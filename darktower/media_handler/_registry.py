@@ -62,13 +62,14 @@ class RoomRegistry:
             old = self.tree.meeting(meeting_id)
             if old is not None:  # an ended room still cleaning up
                 await old.wait_closed()
+            changed = trio.Event()  # the room's first expiry_changed, for its body
             meeting = await self.tree.start_meeting(
                 meeting_id,
-                self._room_body,
+                functools.partial(self._room_body, changed),
                 cleanup=functools.partial(self._room_closed, meeting_id),
                 max_participants=self.settings.max_participants_per_room,
             )
-            room = MediaRoom(meeting_id, meeting)
+            room = MediaRoom(meeting_id, meeting, expiry_changed=changed)
             self.rooms[meeting_id] = room
             return room
 
@@ -105,22 +106,39 @@ class RoomRegistry:
             details={"field": "source_stream_id"},
         )
 
-    async def _room_body(self, meeting: Meeting) -> None:
-        """Expire registrations never followed by a connection; end the room when empty."""
-        ttl = self.settings.registration_ttl_s
+    def expiry_changed(self, room: MediaRoom) -> None:
+        """A member of ``room`` was registered or lost: its body recomputes the next expiry."""
+        room.expiry_changed.set()
+
+    def _expires_at(self, member: MediaMember) -> float:
+        """When a member without a media connection is forgotten: the media grace after its
+        connection was lost, else the registration's life after its last registration."""
+        if member.lost_at is not None:
+            return member.lost_at + self.settings.media_grace_s
+        return member.registered_at + self.settings.registration_ttl_s
+
+    async def _room_body(self, changed: trio.Event, meeting: Meeting) -> None:
+        """Forget members whose registration or media grace expired (_limits.py), each at its
+        time; the room ends when its last member is forgotten. ``changed`` is the room's first
+        ``expiry_changed`` (the room is filed in ``rooms`` only once this scope runs)."""
+        wake_at = trio.current_time() + REGISTRATION_SWEEP_S
         while True:
-            await trio.sleep(min(REGISTRATION_SWEEP_S, ttl))
+            with trio.move_on_at(wake_at):
+                await changed.wait()
             room = self.rooms.get(meeting.id)
             if room is None or room.scope is not meeting:
                 return
+            changed = room.expiry_changed = trio.Event()
             now = trio.current_time()
+            wake_at = now + REGISTRATION_SWEEP_S
             for member in list(room.members.values()):
-                if (
-                    member.scope is None
-                    and not member.connecting
-                    and now - member.registered_at > ttl
-                ):
+                if member.scope is not None or member.connecting:
+                    continue
+                expires_at = self._expires_at(member)
+                if expires_at <= now:
                     self.forget_member(member)
+                else:
+                    wake_at = min(wake_at, expires_at)
 
     async def _room_closed(self, meeting_id: MeetingId, reason: LeaveReason) -> None:
         """The room's scope ended (last member gone, drain): forget whatever it still held,

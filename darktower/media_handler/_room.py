@@ -50,8 +50,9 @@ if TYPE_CHECKING:
     from darktower.nurseries import Meeting, Participant, StreamTask
     from darktower.transport import WebTransportSession, WebTransportStream
 
-# Called with (stream id to ask a key frame of, now) when a subscriber waits for one.
-KeyFrameCallback = Callable[[StreamId, float], None]
+# Called with (stream id to ask a key frame of, now) when a subscriber waits for one; False
+# when the request was throttled (asked again at a later frame).
+KeyFrameCallback = Callable[[StreamId, float], bool]
 # Called with what a queue dropped (counted in the stream's stats by the callee, and /metrics).
 DropSink = Callable[["MediaPublication", Sequence[Dropped[memoryview]]], None]
 
@@ -166,17 +167,24 @@ class MediaPublication:
 
 
 def request_key_frame(sub: MediaSubscription, now: float, on_key_frame: KeyFrameCallback) -> None:
-    """Ask for a key frame if ``sub`` just started waiting for one (join, loss, layer switch)."""
+    """Ask for a key frame if ``sub`` just started waiting for one (join, loss, layer switch).
+
+    A request the throttle held back is raised again, so the next frame routed asks anew: the
+    key frame that answered an earlier request may have passed before ``sub`` waited."""
     switcher = sub.switcher
+    queue = sub.queue
     if switcher is not None:
         layer = switcher.take_key_frame_request()
-        waiting = sub.queue.take_key_frame_request()
+        waiting = queue.take_key_frame_request()
         if layer is not None:
-            on_key_frame(layer, now)
+            if not on_key_frame(layer, now):
+                switcher.ask_again(layer)
         elif waiting and switcher.current is not None:
-            on_key_frame(switcher.current, now)
-    elif sub.queue.take_key_frame_request():
-        on_key_frame(sub.publication.stream_id, now)
+            if not on_key_frame(switcher.current, now):
+                queue.ask_again()
+    elif queue.take_key_frame_request():
+        if not on_key_frame(sub.publication.stream_id, now):
+            queue.ask_again()
 
 
 @attrs.define(eq=False)
@@ -227,9 +235,9 @@ class MediaRoom:
     # RouteMedia's table: source stream -> destination -> options. Kept for destinations not
     # connected yet; a subscription is made from it when they connect.
     routes: dict[StreamId, dict[ParticipantId, RouteOptions]] = attrs.Factory(dict)
-    # Unparked when a member's expiry changes (registered, lost): the room's body recomputes
-    # when to forget the next one.
-    expiry_changed: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
+    # Set when a member's expiry changes (registered, lost): the room's body recomputes when
+    # to forget the next one, and replaces it.
+    expiry_changed: trio.Event = attrs.Factory(trio.Event)
 
     def add_publication(self, publication: MediaPublication) -> None:
         self.publications[publication.stream_id] = publication

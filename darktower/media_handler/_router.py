@@ -84,16 +84,19 @@ class MediaRouter:
         room = sub.subscriber.room
         request_key_frame(sub, trio.current_time(), functools.partial(self.key_frame, room))
 
-    def key_frame(self, room: MediaRoom, stream_id: StreamId, now: float) -> None:
-        """Ask the MC (telemetry) for a key frame of ``stream_id``, at most once per interval."""
-        if room.key_frames.should_request(stream_id, now):
-            self.metrics.key_frame_requests.inc()
-            self.telemetry.publish(
-                mc_pb.TelemetryEvent(
-                    meeting_id=room.id,
-                    key_frame_request=common_pb2.KeyFrameRequest(stream_id=stream_id),
-                )
+    def key_frame(self, room: MediaRoom, stream_id: StreamId, now: float) -> bool:
+        """Ask the MC (telemetry) for a key frame of ``stream_id``, at most once per interval;
+        False if the interval held it back."""
+        if not room.key_frames.should_request(stream_id, now):
+            return False
+        self.metrics.key_frame_requests.inc()
+        self.telemetry.publish(
+            mc_pb.TelemetryEvent(
+                meeting_id=room.id,
+                key_frame_request=common_pb2.KeyFrameRequest(stream_id=stream_id),
             )
+        )
+        return True
 
     def count_drops(
         self, publication: MediaPublication, drops: Sequence[Dropped[memoryview]]

@@ -106,3 +106,8 @@ class LayerSwitcher:
         """The layer a key frame is needed from, once per target; then None."""
         request, self._request = self._request, None
         return request if request is not None and request != self.current else None
+
+    def ask_again(self, layer: StreamId) -> None:
+        """A request taken could not be sent yet (throttled): raise it again, if still due."""
+        if layer == self.target and layer != self.current:
+            self._request = layer

@@ -42,6 +42,8 @@ async def test_second_connection_is_refused_with_409() -> None:
         url = await h.register(meeting, "p")
         async with h.client(url):
             await h.connected(meeting, "p")
+            # A token opens one connection (a fresh one would replace this connection:
+            # tests/media_handler/test_media_reconnect.py).
             with pytest.raises(SessionRefused) as info:
                 async with h.client(url):
                     pass

@@ -94,5 +94,10 @@ async def test_the_leave_reason_comes_from_the_sessions_typed_end(
 
         assert session.close_code == close_code_for(expected)
         assert [e.participant_disconnected.participant_id for e in events] == ["p"]
+        # Kept for the media grace, for a new connection to re-attach it; then forgotten.
+        assert handler.rooms["m"].members["p"] is member  # type: ignore[index]
+        assert not member.connected and member.lost_at == trio.current_time()
+        await trio.sleep(Settings().media_grace_s)
+        await trio.testing.wait_all_tasks_blocked()
         assert handler.rooms == {}
         nursery.cancel_scope.cancel()
