@@ -13,16 +13,27 @@
 //   darktower.kick(participantId)           host only; resolves on the MC's Ack
 //   darktower.endMeeting()                  host only; resolves on the MC's Ack
 //   darktower.leave()                       resolves once the session has ended
-//   darktower.state                         "idle" | "joining" | "joined" | "ended"
+//   darktower.connectVia({"host:port": "host:port"})   sessions started from now on (and the
+//                                           current one's reconnections) open their
+//                                           WebTransport sessions there instead: a test puts
+//                                           a fault-injecting proxy between page and service
+//   darktower.state                         "idle" | "joining" | "joined" | "reconnecting" |
+//                                           "ended" (reconnecting: signaling is being resumed)
+//   darktower.reconnecting                  signaling or media is being reconnected ("Reconnecting…"
+//                                           on the own tile and in the status bar)
 //   darktower.participantId, .role ("host" | "guest"), .meetingId
 //   darktower.participants                  [{participantId, name}] of the others
 //   darktower.stats.decodedFrames           {participantId: decoded video frames}
 //   darktower.stats.decodedAudio            {participantId: decoded audio chunks}
+//   darktower.stats.reconnects              {signaling, media}: reconnections completed
 //   darktower.endReason                     null, or {code, name: "KICKED" | "MEETING_ENDED" |
 //                                           "CONNECTION_LOST" | "VOLUNTARY", text, detail}
-//   darktower.snapshot()                    all of the above as one JSON-able object
+//   darktower.snapshot()                    all of the above as one JSON-able object, plus
+//                                           reconnectingParticipants: ids whose tile shows
+//                                           "Reconnecting…" (ParticipantUpdated)
 // E.g. `await page.wait_for_function("darktower.stats.decodedFrames[pid] >= 30", arg=...)`;
-// the grid to screenshot is `#grid`, the reason shown to the person is `#end-reason`.
+// the grid to screenshot is `#grid`, the reason shown to the person is `#end-reason`, a tile's
+// reconnecting marker is `.tile .reconnecting` (hidden unless reconnecting).
 
 import * as api from "./api.js";
 import { MeetingSession } from "./session.js";
@@ -30,6 +41,7 @@ import { MeetingSession } from "./session.js";
 const $ = (id) => document.getElementById(id);
 // Limit: notices kept on screen; the oldest goes first.
 const MAX_NOTICES = 5;
+const RECONNECTING_TEXT = "Reconnecting…";
 
 export function meetingIdFromLocation(loc = window.location) {
   const m = loc.pathname.match(/^\/m\/([^/]+)/);
@@ -59,6 +71,10 @@ class PageView {
       media.width = 640;
       media.height = 480;
     }
+    const marker = document.createElement("span");
+    marker.className = "reconnecting";
+    marker.textContent = RECONNECTING_TEXT;
+    marker.hidden = true;
     const caption = document.createElement("figcaption");
     const label = document.createElement("span");
     label.className = "name";
@@ -78,7 +94,7 @@ class PageView {
       });
       caption.append(kick);
     }
-    tile.append(media, caption);
+    tile.append(media, marker, caption);
     $("grid").append(tile);
     this.tiles.set(participantId, tile);
     return { canvas: self ? null : media };
@@ -105,17 +121,27 @@ class PageView {
   update(session) {
     document.body.dataset.state = session.state;
     $("lobby").hidden = session.state !== "idle" && session.state !== "joining";
-    $("meeting").hidden = session.state !== "joined";
+    $("meeting").hidden = session.state !== "joined" && session.state !== "reconnecting";
     $("ended").hidden = session.state !== "ended";
     $("end-meeting").hidden = session.role !== "host";
     $("meeting-label").textContent = session.meetingId ?? "";
     const link = new URL(`/m/${encodeURIComponent(session.meetingId ?? "")}`, location.href);
     $("share-link").href = link.href;
     $("share-link").textContent = link.href;
-    $("status").textContent =
-      session.state === "joined"
-        ? `${session.participants.size + 1} in the meeting · you are ${session.role}`
-        : session.state;
+    let status = session.state;
+    if (session.reconnecting) status = RECONNECTING_TEXT;
+    else if (session.state === "joined") {
+      status = `${session.participants.size + 1} in the meeting · you are ${session.role}`;
+    }
+    $("status").textContent = status;
+    for (const [participantId, tile] of this.tiles) {
+      const reconnecting =
+        participantId === session.participantId
+          ? session.reconnecting
+          : Boolean(session.participants.get(participantId)?.reconnecting);
+      tile.classList.toggle("is-reconnecting", reconnecting);
+      tile.querySelector(".reconnecting").hidden = !reconnecting;
+    }
     for (const button of document.querySelectorAll("#lobby button")) {
       button.disabled = session.state === "joining";
     }
@@ -134,13 +160,14 @@ class PageView {
 const view = new PageView();
 let session = null;
 let audioContext = null;
+let via = null; // connectVia()
 
 function newSession(certHash) {
   // Created on the person's click when there is one; without a gesture it stays suspended and
   // audio is decoded but not played.
   audioContext ??= typeof AudioContext === "undefined" ? null : new AudioContext();
   audioContext?.resume().catch(() => {});
-  session = new MeetingSession(view, { certHash, audioContext });
+  session = new MeetingSession(view, { certHash, audioContext, via });
   return session;
 }
 
@@ -168,7 +195,13 @@ function current() {
   return session;
 }
 
-const EMPTY = { decodedFrames: {}, decodedAudio: {}, unknownFrames: 0, sent: { video: 0, audio: 0 } };
+const EMPTY = {
+  decodedFrames: {},
+  decodedAudio: {},
+  unknownFrames: 0,
+  sent: { video: 0, audio: 0 },
+  reconnects: { signaling: 0, media: 0 },
+};
 
 const hooks = {
   create,
@@ -176,9 +209,19 @@ const hooks = {
   kick: async (participantId) => current().kick(participantId).then(() => undefined),
   endMeeting: async () => current().endMeeting().then(() => undefined),
   leave: async () => session?.leave(),
+  connectVia: (map) => {
+    via = map ? { ...map } : null;
+    if (session) {
+      session.via = via;
+      session.media.via = via;
+    }
+  },
   snapshot: () => session?.snapshot() ?? { state: "idle", endReason: null, stats: EMPTY },
   get state() {
     return session?.state ?? "idle";
+  },
+  get reconnecting() {
+    return session?.reconnecting ?? false;
   },
   get participantId() {
     return session?.participantId ?? null;

@@ -281,6 +281,11 @@ export class VideoReceiver {
     );
   }
 
+  // The stream had a gap (a media reconnection): decode again from the next key frame.
+  resync() {
+    this.needKey = true;
+  }
+
   stop() {
     this.stopped = true;
     if (this.decoder.state !== "closed") this.decoder.close();

@@ -18,16 +18,47 @@ export function webTransportUrl(url) {
 
 // An open WebTransport session. `certHash` (32 bytes or null) pins the dev stack's self-signed
 // certificate (ECDSA P-256, valid at most 14 days: what serverCertificateHashes accepts). Throws
-// when the session cannot be established.
-export async function openWebTransport(url, certHash) {
+// when the session cannot be established, or is not within `timeoutMs` (then it is closed).
+export async function openWebTransport(url, certHash, { timeoutMs = null } = {}) {
   const options = {};
   if (certHash) options.serverCertificateHashes = [{ algorithm: "sha-256", value: certHash }];
   const wt = new WebTransport(webTransportUrl(url), options);
   // Observed before awaiting `ready`, so that a failed session never reports an unhandled
   // rejection; callers read the outcome from `ready` and `closed`.
   wt.closed.catch(() => {});
-  await wt.ready;
+  if (timeoutMs === null) {
+    await wt.ready;
+    return wt;
+  }
+  let timer;
+  const expired = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no session within ${timeoutMs} ms`)), timeoutMs);
+  });
+  try {
+    await Promise.race([wt.ready, expired]);
+  } catch (e) {
+    try {
+      wt.close();
+    } catch {
+      // Never established.
+    }
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
   return wt;
+}
+
+// `url` with its host:port replaced as `via` says ({"host:port": "host:port"}), else unchanged.
+// A test puts a fault-injecting proxy between the page and a service this way; the certificate
+// pin does not name the host, so it still holds.
+export function routedUrl(url, via) {
+  if (!via) return url;
+  const u = new URL(webTransportUrl(url));
+  const target = via[u.host];
+  if (!target) return url;
+  u.host = target;
+  return u.toString();
 }
 
 // One published stream: frames of `streamId` on its own bidirectional QUIC stream.
@@ -106,10 +137,11 @@ export class MediaConnection {
   }
 
   // Opens the session at `url` with the connection token as `?token=` (docs/protocol.md §5.1).
-  static async open(url, token, certHash, handlers) {
+  static async open(url, token, certHash, handlers, { timeoutMs = null } = {}) {
     const u = new URL(webTransportUrl(url));
     u.searchParams.set("token", token);
-    return new MediaConnection(await openWebTransport(u.toString(), certHash), handlers);
+    const wt = await openWebTransport(u.toString(), certHash, { timeoutMs });
+    return new MediaConnection(wt, handlers);
   }
 
   async acceptStreams() {

@@ -15,9 +15,9 @@
 // with both key and value: the same bytes as Python's SerializeToString(deterministic=True).
 
 import { ByteQueue, concatBytes, readChunks } from "./bytes.js";
-import { ErrorCode, LeaveReason, SCHEMA, StreamType } from "./schema.js";
+import { ConnectionState, ErrorCode, LeaveReason, SCHEMA, StreamType } from "./schema.js";
 
-export { ErrorCode, LeaveReason, StreamType };
+export { ConnectionState, ErrorCode, LeaveReason, StreamType };
 
 // Limit: the largest signaling message either side accepts (docs/protocol.md §3.1). Policy: a
 // larger declared length fails the stream reader at once (the body is never buffered) and an

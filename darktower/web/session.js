@@ -5,22 +5,31 @@
 //   view.removeTile(participantId)
 //   view.setPreview(mediaStream | null)
 //   view.notice(text)
-//   view.update(session)          state, participants or role changed
+//   view.update(session)          state, participants, role or a connection state changed
+//                                 (session.reconnecting; participants' `reconnecting`)
 //   view.ended(text)              the session is over; `text` is for the person
 // The session owns everything it starts; end() releases all of it and is idempotent.
+//
+// Reconnection (docs/protocol.md §13): a signaling session lost without SessionEnded is resumed
+// (state "reconnecting"): new sessions with JoinRequest{meeting_id, resume_token}, backing off
+// with jitter (retry.js), until one is answered with `resumed`; the participant, its tiles and
+// its streams stay, the participant list is reconciled with the MC's, and media reconnects with
+// the fresh connection token. A media session lost alone is reconnected with the token of a
+// MediaReconnect (asked for with MediaReconnectRequest, or sent by the MC unprompted).
 
 import * as api from "./api.js";
+import { AudioSender, VIDEO_BITRATE, VIDEO_FRAMERATE, VideoSender } from "./codecs.js";
+import { routedUrl } from "./media.js";
+import { MediaLink } from "./medialink.js";
+import { ErrorCode, LeaveReason, StreamType } from "./proto.js";
 import {
-  AudioReceiver,
-  AudioSender,
-  VIDEO_BITRATE,
-  VIDEO_FRAMERATE,
-  VideoReceiver,
-  VideoSender,
-} from "./codecs.js";
-import { MediaConnection } from "./media.js";
-import { LeaveReason, StreamType } from "./proto.js";
-import { Signaling } from "./signaling.js";
+  RECONNECT_ATTEMPT_TIMEOUT_MS,
+  RECONNECT_WINDOW_MS,
+  backoffDelayMs,
+  sleep,
+} from "./retry.js";
+import { Roster } from "./roster.js";
+import { SignalingError, SignalingLink } from "./signaling.js";
 
 // What the person is told when the session ends, by LeaveReason.
 export const END_TEXT = Object.freeze({
@@ -53,17 +62,34 @@ const CAPABILITIES = {
 };
 
 export class MeetingSession {
-  constructor(view, { certHash = null, audioContext = null } = {}) {
+  // `via` ({"host:port": "host:port"}, or null) reroutes the WebTransport sessions (media.js's
+  // routedUrl); `reconnectWindowMs` bounds each reconnection (retry.js).
+  constructor(
+    view,
+    { certHash = null, audioContext = null, via = null, reconnectWindowMs = RECONNECT_WINDOW_MS } = {},
+  ) {
     this.view = view;
     this.certHash = certHash;
     this.audioContext = audioContext;
-    this.state = "idle"; // idle -> joining -> joined -> ended
+    this.via = via;
+    this.reconnectWindowMs = reconnectWindowMs;
+    this.state = "idle"; // idle -> joining -> joined <-> reconnecting -> ended
     this.meetingId = null;
     this.participantId = null;
     this.role = null;
     this.name = "";
-    this.participants = new Map(); // participant id -> {name, streams: Set of stream ids}
-    this.remote = new Map(); // stream or simulcast layer id -> {participantId, kind, receiver}
+    this.signalingUrl = null;
+    this.resumeToken = null; // the latest JoinResponse's: single-use
+    this.link = null; // the current SignalingLink (this.signaling is its Signaling)
+    this.media = new MediaLink({
+      certHash,
+      via,
+      timeoutMs: RECONNECT_ATTEMPT_TIMEOUT_MS,
+      onFrame: (frame) => this.roster.push(frame),
+      onClosed: (info, error) => this.onMediaClosed(info, error),
+    });
+    this.mediaRecovery = 0; // each media reconnection supersedes the one before
+    this.mediaReconnecting = false;
     this.local = { stream: null, video: null, audio: null, videoId: null, audioId: null };
     this.endReason = null; // {code, name, text} once ended
     this.endedPromise = new Promise((resolve) => {
@@ -75,7 +101,28 @@ export class MeetingSession {
       decodedAudio: {}, // participant id -> decoded audio chunks
       unknownFrames: 0, // frames of a stream id we never subscribed to
       sent: { video: 0, audio: 0 },
+      reconnects: { signaling: 0, media: 0 }, // completed reconnections
     };
+    this.roster = new Roster(view, {
+      stats: this.stats,
+      audioContext,
+      subscribe: (streamId) => this.signaling.request("subscribe", { streamId }),
+      onChange: () => this.view.update(this),
+      onLeft: (participantId) => {
+        for (const [id, resolve] of this.leftWaiters) if (id === participantId) resolve();
+        this.leftWaiters = this.leftWaiters.filter(([id]) => id !== participantId);
+      },
+    });
+  }
+
+  // participant id -> {name, streams, tile, reconnecting} of the others (roster.js).
+  get participants() {
+    return this.roster.participants;
+  }
+
+  // Signaling or media is being reconnected.
+  get reconnecting() {
+    return this.state === "reconnecting" || this.mediaReconnecting;
   }
 
   // Camera and microphone (fake devices in tests). A person without them still joins, receive-only.
@@ -106,11 +153,11 @@ export class MeetingSession {
       await this.startLocalMedia();
       const ticket = await api.joinMeeting(meetingId, name, accessToken);
       this.role = api.jwtPayload(ticket.join_token).role ?? ticket.role ?? "guest";
-      this.signaling = await Signaling.open(ticket.meeting_controller_url, this.certHash, {
-        onEvent: (kind, body) => this.onEvent(kind, body),
-        onClose: (info) => this.onSignalingClosed(info),
-      });
-      const reply = await this.signaling.request("join", {
+      this.roster.kickable = this.role === "host";
+      this.signalingUrl = ticket.meeting_controller_url;
+      const link = await this.openSignaling();
+      this.link = link;
+      const reply = await link.signaling.request("join", {
         meetingId,
         joinToken: ticket.join_token,
         participantName: name,
@@ -118,27 +165,21 @@ export class MeetingSession {
       });
       const joined = reply.joinResponse;
       if (!joined) throw new Error("the meeting controller did not answer with JoinResponse");
-      this.participantId = joined.participantId;
+      this.participantId = this.roster.selfId = joined.participantId;
+      this.resumeToken = joined.resumeToken || null;
       this.view.addTile(this.participantId, `${name} (you)`, { self: true, kickable: false });
-      for (const p of joined.existingParticipants) this.addParticipant(p);
-      const server = joined.mediaServer;
-      if (!server?.mediaHandlerUrl) throw new Error("the meeting controller named no media server");
-      this.media = await MediaConnection.open(
-        server.mediaHandlerUrl,
-        server.connectionToken,
-        this.certHash,
-        { onFrame: (frame) => this.onFrame(frame) },
-      );
-      this.media.closed.then(
-        (info) => this.onMediaClosed(info),
-        (e) => this.onMediaClosed(null, e),
-      );
+      this.goLive(link, () => {
+        for (const p of joined.existingParticipants) this.roster.add(p);
+      });
+      await this.media.connect(joined.mediaServer);
       if (this.state === "ended") {
         this.media.close(); // ended while connecting: end() ran before there was media
         return;
       }
       await this.publishLocal();
       if (this.state !== "ended") this.setState("joined");
+      // Lost while publishing: reconnect it now that the session is joined.
+      if (this.state === "joined" && !this.media.connected) this.recoverMedia(null);
     } catch (e) {
       if (this.state !== "ended") this.end(LeaveReason.CONNECTION_LOST, e.message);
       throw e;
@@ -163,14 +204,14 @@ export class MeetingSession {
           video: { width, height, framerate: VIDEO_FRAMERATE },
         },
       });
-      const publisher = await this.media.publish(streamId, {
+      await this.media.publish(streamId, {
         onNeedKeyFrame: () => this.local.video?.requestKeyFrame(),
         onError: (e) => this.reportStreamLoss("Video", e),
       });
       if (this.state === "ended") return;
       this.local.videoId = streamId;
       this.local.video = new VideoSender(videoTrack, (type, payload, ts) => {
-        if (publisher.send(type, payload, ts)) this.stats.sent.video++;
+        if (this.media.send(streamId, type, payload, ts)) this.stats.sent.video++;
       });
     }
     if (audioTrack) {
@@ -180,109 +221,28 @@ export class MeetingSession {
         streamType: StreamType.AUDIO,
         metadata: { codec: "Opus", maxBitrate: 64_000 },
       });
-      const publisher = await this.media.publish(streamId, {
+      await this.media.publish(streamId, {
         onError: (e) => this.reportStreamLoss("Audio", e),
       });
       if (this.state === "ended") return;
       this.local.audioId = streamId;
       this.local.audio = new AudioSender(audioTrack, (type, payload, ts) => {
-        if (publisher.send(type, payload, ts)) this.stats.sent.audio++;
+        if (this.media.send(streamId, type, payload, ts)) this.stats.sent.audio++;
       });
     }
   }
 
-  // A publish stream failed: tell the person, unless the session ends within the grace (then the
-  // end reason says it all).
+  // A publish stream of the current media session failed: tell the person, unless the session
+  // ends or reconnects within the grace (then the end reason or the reconnection says it all).
   reportStreamLoss(what, error) {
     if (this.state === "ended") return;
     const grace = new Promise((resolve) => setTimeout(resolve, STREAM_LOSS_GRACE_MS));
+    const recoveries = this.stats.reconnects.media + this.stats.reconnects.signaling;
     Promise.race([grace, this.endedPromise]).then(() => {
-      if (this.state !== "ended") this.view.notice(`${what} stopped: ${error?.message ?? error}`);
+      const reconnected = this.stats.reconnects.media + this.stats.reconnects.signaling;
+      if (this.state === "ended" || this.reconnecting || reconnected !== recoveries) return;
+      this.view.notice(`${what} stopped: ${error?.message ?? error}`);
     });
-  }
-
-  // --- participants and their streams -----------------------------------------------------------
-
-  addParticipant(p) {
-    if (p.participantId === this.participantId || this.participants.has(p.participantId)) return;
-    const kickable = this.role === "host";
-    const tile = this.view.addTile(p.participantId, p.name || "Guest", { self: false, kickable });
-    this.participants.set(p.participantId, { name: p.name, streams: new Set(), tile });
-    this.stats.decodedFrames[p.participantId] ??= 0;
-    for (const stream of p.streams) this.addRemoteStream(p.participantId, stream);
-    this.view.update(this);
-  }
-
-  removeParticipant(participantId) {
-    for (const [id, resolve] of this.leftWaiters) if (id === participantId) resolve();
-    this.leftWaiters = this.leftWaiters.filter(([id]) => id !== participantId);
-    const p = this.participants.get(participantId);
-    if (!p) return;
-    for (const streamId of p.streams) this.removeRemoteStream(streamId);
-    this.participants.delete(participantId);
-    this.view.removeTile(participantId);
-    this.view.update(this);
-  }
-
-  addRemoteStream(participantId, stream) {
-    const p = this.participants.get(participantId);
-    if (!p || this.remote.has(stream.streamId)) return;
-    const codec = stream.metadata?.codec || (stream.streamType === StreamType.AUDIO ? "Opus" : "VP8");
-    let record;
-    try {
-      if (stream.streamType === StreamType.AUDIO) {
-        record = {
-          participantId,
-          kind: "audio",
-          receiver: new AudioReceiver(codec, {
-            audioContext: this.audioContext,
-            onDecoded: () => {
-              this.stats.decodedAudio[participantId] =
-                (this.stats.decodedAudio[participantId] ?? 0) + 1;
-            },
-          }),
-        };
-      } else {
-        record = {
-          participantId,
-          kind: "video",
-          receiver: new VideoReceiver(codec, p.tile.canvas, {
-            onDecoded: () => {
-              this.stats.decodedFrames[participantId] =
-                (this.stats.decodedFrames[participantId] ?? 0) + 1;
-            },
-          }),
-        };
-      }
-    } catch (e) {
-      this.view.notice(`Cannot play ${p.name}'s stream: ${e.message}`);
-      return;
-    }
-    // Each simulcast layer's frames carry the layer's UUID (docs/protocol.md §7): all land here.
-    const ids = [stream.streamId, ...(stream.metadata?.video?.simulcastLayers ?? []).map((l) => l.layerId)];
-    for (const id of ids) this.remote.set(id, record);
-    record.ids = ids;
-    p.streams.add(stream.streamId);
-    this.signaling.request("subscribe", { streamId: stream.streamId }).catch((e) => {
-      this.view.notice(`Could not subscribe to ${p.name}: ${e.message}`);
-    });
-  }
-
-  removeRemoteStream(streamId) {
-    const record = this.remote.get(streamId);
-    if (!record) return;
-    record.receiver.stop();
-    for (const id of record.ids) this.remote.delete(id);
-    this.participants.get(record.participantId)?.streams.delete(streamId);
-  }
-
-  onFrame(frame) {
-    const record = this.remote.get(frame.streamId);
-    if (!record) {
-      this.stats.unknownFrames++;
-      return;
-    }
-    record.receiver.push(frame);
   }
 
   // --- signaling events -------------------------------------------------------------------------
@@ -291,18 +251,18 @@ export class MeetingSession {
     if (this.state === "ended") return;
     switch (kind) {
       case "participantJoined":
-        if (body.participant) this.addParticipant(body.participant);
+        if (body.participant) this.roster.add(body.participant);
         break;
       case "participantLeft":
-        this.removeParticipant(body.participantId);
+        this.roster.remove(body.participantId);
         break;
       case "streamPublished":
         if (body.participantId !== this.participantId && body.stream) {
-          this.addRemoteStream(body.participantId, body.stream);
+          this.roster.addStream(body.participantId, body.stream);
         }
         break;
       case "streamUnpublished":
-        this.removeRemoteStream(body.streamId);
+        this.roster.removeStream(body.streamId);
         break;
       case "keyFrameRequest":
         if (body.streamId === this.local.videoId) this.local.video?.requestKeyFrame();
@@ -315,6 +275,13 @@ export class MeetingSession {
         break;
       case "error":
         this.view.notice(`Server error: ${body.message}`);
+        break;
+      case "participantUpdated":
+        this.roster.setConnection(body.participantId, body.connection);
+        break;
+      case "mediaReconnect":
+        // Unprompted (request id 0): the MC saw our media session go, or moves us to another MH.
+        this.recoverMedia(body.mediaServer);
         break;
       default:
         // keyShare and anything newer: end-to-end encryption is not in this page yet.
@@ -333,17 +300,145 @@ export class MeetingSession {
 
   onSignalingClosed({ error, closeInfo }) {
     // A session that ends without SessionEnded was lost (or never established), unless its close
-    // code tells why.
+    // code tells why. Lost after the join, it is resumed when the MC gave a resume token.
     if (this.state === "ended") return;
-    this.end(reasonFromClose(closeInfo) ?? LeaveReason.CONNECTION_LOST, error?.message);
+    const reason = reasonFromClose(closeInfo);
+    if (reason === null && this.state === "joined" && this.resumeToken) {
+      this.resume();
+      return;
+    }
+    this.end(reason ?? LeaveReason.CONNECTION_LOST, error?.message);
   }
 
   onMediaClosed(closeInfo, error) {
     if (this.state === "ended") return;
     const reason = reasonFromClose(closeInfo);
     // Kicked or ended: the MC says so too, but whichever arrives first ends the session.
-    if (reason === LeaveReason.KICKED || reason === LeaveReason.MEETING_ENDED) this.end(reason);
-    else this.view.notice(`Media connection lost${error ? `: ${error.message}` : ""}`);
+    if (reason === LeaveReason.KICKED || reason === LeaveReason.MEETING_ENDED) {
+      this.end(reason);
+      return;
+    }
+    // While signaling resumes, the resume brings a media token of its own.
+    if (this.state === "joined") this.recoverMedia(null);
+  }
+
+  // --- reconnection (docs/protocol.md §13) -------------------------------------------------------
+
+  // A signaling session at the MC's URL (signaling.js's SignalingLink).
+  openSignaling(timeoutMs = null) {
+    const handlers = {
+      onEvent: (kind, body) => this.onEvent(kind, body),
+      onClose: (info) => this.onSignalingClosed(info),
+    };
+    const url = routedUrl(this.signalingUrl, this.via);
+    return SignalingLink.open(url, this.certHash, handlers, { timeoutMs });
+  }
+
+  // Makes `link` the session's signaling (the one before it is retired): `apply()` first (its
+  // JoinResponse), then the events that came after it.
+  goLive(link, apply) {
+    if (this.link && this.link !== link) this.link.retire();
+    this.link = link;
+    this.signaling = link.signaling;
+    link.goLive(apply);
+  }
+
+  // The signaling session was lost: new sessions presenting the resume token, backing off with
+  // jitter, until one resumes, the MC refuses (the session ends with its reason) or the window
+  // closes (CONNECTION_LOST).
+  async resume() {
+    this.setState("reconnecting");
+    this.link.retire();
+    const deadline = performance.now() + this.reconnectWindowMs;
+    let failure = "";
+    for (let attempt = 0; this.state === "reconnecting"; attempt++) {
+      await sleep(backoffDelayMs(attempt));
+      if (this.state !== "reconnecting") return;
+      if (performance.now() > deadline) break;
+      let link = null;
+      try {
+        link = await this.openSignaling(RECONNECT_ATTEMPT_TIMEOUT_MS);
+        const reply = await link.signaling.request(
+          "join",
+          {
+            meetingId: this.meetingId,
+            resumeToken: this.resumeToken,
+            participantName: this.name,
+            capabilities: CAPABILITIES,
+          },
+          RECONNECT_ATTEMPT_TIMEOUT_MS,
+        );
+        if (this.state !== "reconnecting") {
+          link.retire();
+          return;
+        }
+        this.resumed(link, reply.joinResponse);
+        return;
+      } catch (e) {
+        if (link) link.retire();
+        failure = e.message;
+        if (e instanceof SignalingError) {
+          // Refused: a kick or the meeting's end says why in the SessionEnded that follows.
+          await Promise.race([sleep(STREAM_LOSS_GRACE_MS), this.endedPromise]);
+          const gone = e.code === ErrorCode.NOT_FOUND ? "this session has expired" : e.message;
+          this.end(LeaveReason.CONNECTION_LOST, gone);
+          return;
+        }
+      }
+    }
+    this.end(LeaveReason.CONNECTION_LOST, failure || "could not reconnect");
+  }
+
+  // The MC answered the resume: same participant, the room as it is now, a fresh media token.
+  resumed(link, joined) {
+    if (!joined?.resumed || joined.participantId !== this.participantId) {
+      link.retire();
+      this.end(LeaveReason.CONNECTION_LOST, "the meeting controller did not resume the session");
+      return;
+    }
+    this.resumeToken = joined.resumeToken || null;
+    this.goLive(link, () => this.roster.reconcile(joined.existingParticipants));
+    if (this.state !== "reconnecting") return; // the new session ended already
+    this.stats.reconnects.signaling++;
+    this.setState("joined");
+    this.recoverMedia(joined.mediaServer);
+  }
+
+  // Reconnects media with `server`'s token, or with one asked of the MC (MediaReconnectRequest)
+  // when `server` is null or its token fails; backs off between attempts. A newer call, a lost
+  // signaling session (its resume brings a token) or the end of the session stops it.
+  async recoverMedia(server) {
+    if (this.state !== "joined") return;
+    const recovery = ++this.mediaRecovery;
+    this.mediaReconnecting = true;
+    this.view.update(this);
+    const deadline = performance.now() + this.reconnectWindowMs;
+    const current = () => recovery === this.mediaRecovery && this.state === "joined";
+    for (let attempt = 0; current(); attempt++) {
+      if (attempt > 0) await sleep(backoffDelayMs(attempt - 1));
+      if (!current()) return;
+      if (performance.now() > deadline) break;
+      try {
+        if (!server) {
+          const reply = await this.signaling.request("mediaReconnectRequest", {});
+          server = reply.mediaReconnect?.mediaServer;
+          if (!current()) return;
+        }
+        await this.media.connect(server);
+        if (!current()) return;
+        this.roster.resync();
+        this.mediaReconnecting = false;
+        this.stats.reconnects.media++;
+        this.view.update(this);
+        return;
+      } catch {
+        server = null; // the next attempt asks for a fresh token
+      }
+    }
+    if (recovery !== this.mediaRecovery || this.state !== "joined") return;
+    this.mediaReconnecting = false;
+    this.view.update(this);
+    this.view.notice("Media connection lost");
   }
 
   // --- actions ----------------------------------------------------------------------------------
@@ -394,13 +489,13 @@ export class MeetingSession {
       text: END_TEXT[code] ?? "The session ended",
       detail: detail || "",
     };
+    this.mediaReconnecting = false;
     this.setState("ended");
     this.local.video?.stop();
     this.local.audio?.stop();
-    for (const record of new Set(this.remote.values())) record.receiver.stop();
-    this.remote.clear();
-    this.media?.close();
-    this.signaling?.close();
+    this.roster.stop();
+    this.media.close();
+    if (this.link) this.link.retire();
     for (const track of this.local.stream?.getTracks() ?? []) track.stop();
     this.view.setPreview(null);
     this.view.ended(this.endReason.text);
@@ -416,6 +511,10 @@ export class MeetingSession {
       participantId: this.participantId,
       role: this.role,
       participants: [...this.participants].map(([id, p]) => ({ participantId: id, name: p.name })),
+      reconnecting: this.reconnecting,
+      reconnectingParticipants: [...this.participants]
+        .filter(([, p]) => p.reconnecting)
+        .map(([id]) => id),
       endReason: this.endReason,
       stats: JSON.parse(JSON.stringify(this.stats)),
     };

@@ -60,9 +60,10 @@ export class Signaling {
     this.reading = this.readLoop(stream.readable);
   }
 
-  // Opens the session at `url` (the meeting_controller_url) and its signaling stream.
-  static async open(url, certHash, handlers) {
-    const wt = await openWebTransport(url, certHash);
+  // Opens the session at `url` (the meeting_controller_url) and its signaling stream; throws
+  // when the session is not established within `timeoutMs` (null: the browser's own timeout).
+  static async open(url, certHash, handlers, { timeoutMs = null } = {}) {
+    const wt = await openWebTransport(url, certHash, { timeoutMs });
     try {
       const stream = await wt.createBidirectionalStream();
       return new Signaling(wt, stream, handlers);
@@ -198,5 +199,53 @@ export class Signaling {
     } catch {
       // Already closed.
     }
+  }
+}
+
+// A signaling session of a meeting session: the first, or one that resumes it (docs/protocol.md
+// §13). Its events are held until goLive() (its JoinResponse is applied first, so that the events
+// after it are relative to the participant list it carries), except SessionEnded, passed on at
+// once; its end is reported only once live; a retired link (replaced or abandoned) reports
+// nothing more.
+export class SignalingLink {
+  // Opens the Signaling at `url`; `onEvent(kind, body)` and `onClose(info)` as for Signaling.
+  static async open(url, certHash, { onEvent, onClose }, { timeoutMs = null } = {}) {
+    const link = new SignalingLink(onEvent, onClose);
+    const handlers = {
+      onEvent: (kind, body) => link.event(kind, body),
+      onClose: (info) => {
+        if (link.live && !link.retired) onClose(info);
+      },
+    };
+    link.signaling = await Signaling.open(url, certHash, handlers, { timeoutMs });
+    return link;
+  }
+
+  constructor(onEvent, onClose) {
+    this.onEvent = onEvent;
+    this.onClose = onClose;
+    this.signaling = null;
+    this.held = [];
+    this.live = false;
+    this.retired = false;
+  }
+
+  event(kind, body) {
+    if (this.retired) return;
+    if (this.live || kind === "sessionEnded") this.onEvent(kind, body);
+    else this.held.push([kind, body]);
+  }
+
+  // `apply()`, then the events held since the link opened, then its end if it came already.
+  goLive(apply) {
+    apply();
+    this.live = true;
+    for (const [kind, body] of this.held.splice(0)) this.event(kind, body);
+    if (this.signaling.closedInfo && !this.retired) this.onClose(this.signaling.closedInfo);
+  }
+
+  retire() {
+    this.retired = true;
+    this.signaling?.close();
   }
 }
