@@ -48,19 +48,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import socket
-import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import aclosing, asynccontextmanager
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Generic, TypeVar
 
 import trio
 import trio_asyncio
 from grpclib.client import Channel, Stream, UnaryStreamMethod, UnaryUnaryMethod
-from grpclib.const import Cardinality, Handler, Status
+from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from grpclib.server import Server
 
 from darktower.errors import DarkTowerError, ErrorCode, InternalError
 from darktower.protocol import (
@@ -68,22 +64,36 @@ from darktower.protocol import (
     code_from_grpc_status,
     code_from_name,
     error_name,
-    grpc_status,
     make_error,
-    wire_details,
 )
-from darktower.protocol.versions import PROTOCOL_VERSION, check_version, has_version_field
+from darktower.protocol.versions import PROTOCOL_VERSION, has_version_field
+from darktower.transport._rpc_loop import open_rpc_loop
+from darktower.transport._rpc_server import (
+    ERROR_CODE_KEY,
+    ERROR_DETAILS_KEY,
+    RPC_SHUTDOWN_GRACE_S,
+    RpcService,
+    rpc_service,
+    serve_rpc,
+)
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "ERROR_CODE_KEY",
+    "ERROR_DETAILS_KEY",
+    "RPC_SHUTDOWN_GRACE_S",
+    "RpcDeadlineExceeded",
+    "RpcError",
+    "RpcReplies",
+    "RpcService",
+    "RpcUnavailable",
+    "call",
+    "open_rpc_channel",
+    "open_rpc_loop",
+    "open_stream_call",
+    "rpc_service",
+    "serve_rpc",
+]
 
-# Closing a server: handlers get this long to finish after cancellation, then the remaining
-# connections are closed under them. Handlers that ignore cancellation cannot be bounded.
-RPC_SHUTDOWN_GRACE_S = 5.0
-
-# Trailing-metadata keys carrying a DarkTowerError across the wire; the gRPC status itself is
-# the project's error table's (``darktower.protocol.grpc_status``), for generic gRPC tooling.
-ERROR_CODE_KEY = "darktower-error-code"  # the contract's name, e.g. "UNAUTHORIZED"
-ERROR_DETAILS_KEY = "darktower-error-details"  # JSON object str -> str (ASCII-escaped)
 
 RequestT = TypeVar("RequestT")
 ReplyT = TypeVar("ReplyT")
@@ -111,44 +121,7 @@ class RpcDeadlineExceeded(RpcError):
     """The call's ``deadline_s`` elapsed (the server saw the same deadline)."""
 
 
-# --- the asyncio loop --------------------------------------------------------------------------
-@asynccontextmanager
-async def open_rpc_loop() -> AsyncIterator[asyncio.AbstractEventLoop]:
-    """Enter the trio-asyncio loop of this task: the enclosing one if any, else a new one.
-
-    Owns the loop only when it opened it; on exit that loop is closed and any asyncio work
-    still running on it is cancelled.
-    """
-    loop = trio_asyncio.current_loop.get()
-    if loop is not None and not loop.is_closed():
-        yield loop
-        return
-    async with trio_asyncio.open_loop() as new_loop:
-        new_loop.set_exception_handler(_connection_errors_stay_there)
-        yield new_loop
-
-
-def _connection_errors_stay_there(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """The loop's exception handler: an error asyncio reports for one connection (its context
-    names the transport) closes that connection and is logged; anything else goes to
-    trio-asyncio's handler, which raises it into the service (docs/architecture.md §6.1)."""
-    transport = context.get("transport")
-    if transport is None:
-        loop.default_exception_handler(context)
-        return
-    asyncio.BaseEventLoop.default_exception_handler(loop, context)  # type: ignore[arg-type]
-    transport.abort()
-
-
 # --- error mapping -----------------------------------------------------------------------------
-def _error_metadata(exc: DarkTowerError) -> dict[str, str]:
-    return {
-        ERROR_CODE_KEY: error_name(exc.code),
-        # wire_details adds RateLimited.retry_after_s, so make_error can restore it.
-        ERROR_DETAILS_KEY: json.dumps(wire_details(exc), ensure_ascii=True),
-    }
-
-
 def _details(text: str | None) -> dict[str, str]:
     try:
         raw = json.loads(text or "{}")
@@ -325,191 +298,3 @@ async def _close_client_stream(stream: Stream[Any, Any], finished: bool) -> None
     # its handler) and release it without waiting for trailers; the exception is not re-raised.
     abandoned = asyncio.CancelledError("stream call abandoned by its owner")
     await stream.__aexit__(type(abandoned), abandoned, None)
-
-
-# --- server ------------------------------------------------------------------------------------
-def _check_version(request: Any) -> None:
-    """Refuse a request that speaks a protocol version we do not (docs/protocol.md §12)."""
-    if has_version_field(request):
-        check_version(request)
-
-
-async def _send_error(stream: Any, exc: DarkTowerError) -> None:
-    await stream.send_trailing_metadata(
-        status=Status(int(grpc_status(exc.code))),
-        status_message=exc.message,
-        metadata=_error_metadata(exc),
-    )
-
-
-def _unary_handler(fn: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[None]]:
-    async def handle(stream: Any) -> None:  # asyncio, called by grpclib
-        request = await stream.recv_message()
-        try:
-            _check_version(request)
-            reply = await trio_asyncio.trio_as_aio(fn)(request)
-        except DarkTowerError as exc:
-            await _send_error(stream, exc)
-            return
-        await stream.send_message(reply)
-
-    return handle
-
-
-def _stream_handler(fn: Callable[[Any], AsyncGenerator[Any, None]]) -> Callable[[Any], Any]:
-    async def serve(stream: Any, request: Any) -> None:  # trio: one task owns the generator
-        async with aclosing(fn(request)) as replies:
-            async for reply in replies:
-                await trio_asyncio.aio_as_trio(stream.send_message)(reply)
-
-    async def handle(stream: Any) -> None:  # asyncio, called by grpclib
-        request = await stream.recv_message()
-        try:
-            _check_version(request)
-            await trio_asyncio.trio_as_aio(serve)(stream, request)
-        except DarkTowerError as exc:
-            await _send_error(stream, exc)
-
-    return handle
-
-
-class _Routes:
-    """Stands in for ``self`` when calling a generated ``Base.__mapping__``: records names."""
-
-    def __getattr__(self, name: str) -> str:
-        return name
-
-
-class RpcService:
-    """A trio implementation bound to a generated grpclib ``Base``; give it to :func:`serve_rpc`."""
-
-    def __init__(self, base: type, impl: object) -> None:
-        routes: dict[str, Handler] = base.__mapping__(_Routes())  # type: ignore[attr-defined]
-        missing = [h.func for h in routes.values() if not callable(getattr(impl, h.func, None))]
-        if missing:
-            raise TypeError(f"{type(impl).__name__} lacks RPC methods: {', '.join(missing)}")
-        self._mapping: dict[str, Handler] = {}
-        for path, route in routes.items():
-            fn = getattr(impl, route.func)
-            if route.cardinality is Cardinality.UNARY_UNARY:
-                handle = _unary_handler(fn)
-            elif route.cardinality is Cardinality.UNARY_STREAM:
-                handle = _stream_handler(fn)
-            else:
-                raise TypeError(f"{path}: {route.cardinality.name} is not supported by the bridge")
-            self._mapping[path] = Handler(
-                handle, route.cardinality, route.request_type, route.reply_type
-            )
-
-    def __mapping__(self) -> dict[str, Handler]:
-        return dict(self._mapping)
-
-
-def rpc_service(base: type, impl: object) -> RpcService:
-    """Bind ``impl`` (trio methods named after the RPCs of ``base``) for :func:`serve_rpc`."""
-    return RpcService(base, impl)
-
-
-class _TrackingServer(Server):
-    """A grpclib Server that remembers its connections, so shutdown can close them."""
-
-    def __init__(self, handlers: Sequence[object]) -> None:
-        super().__init__(cast(Any, handlers))
-        self.protocols: weakref.WeakSet[Any] = weakref.WeakSet()
-
-    def _protocol_factory(self) -> Any:
-        protocol: Any = super()._protocol_factory()
-        self.protocols.add(protocol)
-        made, received = protocol.connection_made, protocol.data_received
-        transports: list[Any] = []
-
-        def connection_made(transport: Any) -> None:
-            # Connections accepted on our own listening socket arrive here without TCP_NODELAY;
-            # Nagle's algorithm and the peer's delayed ACK then add ~40 ms to every reply.
-            sock = transport.get_extra_info("socket")
-            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            transports.append(transport)
-            made(transport)
-
-        def data_received(data: bytes) -> None:
-            # An error boundary per connection (docs/architecture.md §6.1): bytes h2 or grpclib
-            # cannot handle (e.g. a header value that is not ASCII) raise here, and asyncio
-            # would hand the error to the loop, which trio-asyncio raises into the service.
-            # The connection is dropped instead; the others go on.
-            try:
-                received(data)
-            except Exception as exc:
-                log.warning("gRPC connection dropped: malformed input (%s)", type(exc).__name__)
-                if transports:
-                    transports[0].abort()
-
-        protocol.connection_made = connection_made
-        protocol.data_received = data_received
-        return protocol
-
-    async def wait_handlers(self) -> None:
-        """Wait until the cancelled request handlers have exited (asyncio side).
-
-        ``Server.wait_closed`` would do on Python 3.11, but from 3.12 on it also waits for
-        every client to hang up, which is what :meth:`close_connections` is for.
-        """
-        for handler in list(self._handlers):
-            await handler.wait_closed()
-
-    def close_connections(self) -> None:
-        for protocol in list(self.protocols):
-            # Closes the transport and terminates the connection's remaining streams.
-            processor = getattr(protocol, "processor", None)
-            if processor is not None:
-                processor.close("server shut down")
-
-
-async def _bound_socket(host: str, port: int) -> socket.socket:
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    family, _type, _proto, _name, address = infos[0]
-    sock = socket.create_server(address[:2], family=family)
-    sock.setblocking(False)
-    return sock
-
-
-async def _start_server(services: Sequence[object], sock: socket.socket) -> _TrackingServer:
-    server = _TrackingServer(services)  # inside asyncio: grpclib looks up the running loop
-    await server.start(sock=sock)
-    return server
-
-
-async def serve_rpc(
-    services: Sequence[object],
-    host: str,
-    port: int,
-    *,
-    shutdown_grace_s: float = RPC_SHUTDOWN_GRACE_S,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``services`` (from :func:`rpc_service`, or any grpclib handler) until cancelled.
-
-    Binds ``host:port`` (0 picks a free port) and reports the bound port through
-    ``task_status.started(port)``. Owns the grpclib server, its connections and their request
-    handlers (and the asyncio loop if none was running). On cancellation it stops accepting,
-    cancels running handlers, gives them ``shutdown_grace_s`` (shielded) to finish, then closes
-    the remaining connections, whose clients see :class:`RpcUnavailable`. The trio methods of
-    cancelled handlers run in the asyncio loop's nursery: their cleanup is awaited by whoever
-    owns that loop (:func:`open_rpc_loop`). Raises ``OSError`` if the address cannot be bound.
-    """
-    async with open_rpc_loop():
-        sock = await _bound_socket(host, port)
-        bound_port: int = sock.getsockname()[1]
-        try:
-            server = await trio_asyncio.aio_as_trio(_start_server)(services, sock)
-        except BaseException:
-            sock.close()
-            raise
-        try:
-            task_status.started(bound_port)
-            await trio.sleep_forever()
-        finally:
-            server.close()  # stops accepting and cancels the running handlers
-            with trio.move_on_after(shutdown_grace_s, shield=True):
-                await trio_asyncio.aio_as_trio(server.wait_handlers)()
-            server.close_connections()
