@@ -378,7 +378,7 @@ HOOKS = [
     Hook(
         "grpclib",
         "Server._protocol_factory()",
-        "transport/rpc.py (overridden)",
+        "transport/_rpc_server.py (overridden)",
         lambda: _positional(Server._protocol_factory),
     ),
 ]
