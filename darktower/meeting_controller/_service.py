@@ -121,7 +121,7 @@ async def serve(
             await controller.serve_session(webtransport_port(session, stream))
 
         # Our keepalives hold live clients (a browser idles out after 30 s); a vanished one
-        # stops answering and is dropped within idle_timeout_s + one keepalive interval.
+        # stops answering and is dropped idle_timeout_s after its last packet (docs/protocol.md §13).
         limits = TransportLimits(
             idle_timeout_s=settings.idle_timeout_s,
             keepalive_interval_s=min(KEEPALIVE_INTERVAL_S, settings.idle_timeout_s / 3),
