@@ -22,6 +22,7 @@ meanwhile.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import uuid
@@ -271,7 +272,9 @@ class Link:
         self.signaling = signaling
         self.resume_token = join.resume_token
         self._owner.on_resumed(join)
-        self._retarget(join.media_server)  # a fresh token: the media connection follows
+        # A fresh token: the media connection follows. None if the MH failed meanwhile: the
+        # media task asks for one (docs/protocol.md §13).
+        self._retarget(join.media_server)
         self.signaling_down = trio.Event()
         self.signaling_up.set()
         self._came_up(SIGNALING)
@@ -279,7 +282,10 @@ class Link:
 
     # -- media -------------------------------------------------------------------------------
     def _retarget(self, server: sig.MediaServerInfo) -> None:
-        """Connect media to ``server`` next (the current connection, if any, is replaced)."""
+        """Connect media to ``server`` next (the current connection, if any, is replaced).
+        An empty ``server`` names nothing: ignored."""
+        if not server.media_handler_url or not server.connection_token:
+            return
         self._target = server
         self._target_set.set()
         if self._reading_media is not None:
@@ -323,8 +329,9 @@ class Link:
                         self._came_up(MEDIA)
                         deadline, retry = None, 0
                         again = await self._follow_media(media)
-            except (ConnectFailed, SessionRefused, *Broken):
-                again = self._owner.end_reason is None  # not connected, or lost at once
+            except (ConnectFailed, SessionRefused, ValueError, *Broken):
+                # Not connected (ValueError: a URL that is not one), or lost at once.
+                again = self._owner.end_reason is None
 
     async def _follow_media(self, media: MediaLink) -> bool:
         """Hand frames to the session until the connection ends or is replaced; True to
@@ -370,21 +377,28 @@ class Link:
         return None
 
     async def _ask_for_media(self) -> None:
-        """Ask the MC for a fresh media connection token, once the signaling is up. If the
-        signaling connection is lost meanwhile, its resume names the media server instead."""
-        await self.signaling_up.wait()
+        """Ask the MC for a fresh media connection token, once the signaling is up, again
+        (with backoff) while the MC cannot give one (its MH is failing) or the signaling
+        connection broke under the request (then once it is resumed, unless the resume named
+        the media server: the caller cancels this once a server is named, and bounds it)."""
         request = sig.ClientMessage(media_reconnect_request=sig.MediaReconnectRequest())
-        try:
-            reply = await self.signaling.request(request)
-        except Broken:
-            return
-        except DarkTowerError as exc:  # an MC without media reconnection
-            self._owner.finish(LeaveReason.CONNECTION_LOST, f"media connection lost: {exc}")
-            return
-        if reply.WhichOneof("message") != "media_reconnect":
-            self._owner.finish(LeaveReason.CONNECTION_LOST, "media connection lost")
-            return
-        self._retarget(reply.media_reconnect.media_server)
+        for retry in itertools.count():
+            if retry:
+                await trio.sleep(backoff_delay(retry, self._random))
+            await self.signaling_up.wait()
+            try:
+                reply = await self.signaling.request(request)
+            except Broken:
+                continue
+            except InvalidRequest as exc:  # an MC without media reconnection
+                self._owner.finish(LeaveReason.CONNECTION_LOST, f"media connection lost: {exc}")
+                return
+            except DarkTowerError:  # CAPACITY_EXCEEDED, INTERNAL_ERROR: no token for now
+                continue
+            server = reply.media_reconnect.media_server
+            if reply.WhichOneof("message") == "media_reconnect" and server.connection_token:
+                self._retarget(server)
+                return
 
 
 __all__ = [

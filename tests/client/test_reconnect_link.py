@@ -35,7 +35,7 @@ from darktower.client import (
     StreamUnpublished,
 )
 from darktower.client._link import backoff_delay
-from darktower.errors import NotFound
+from darktower.errors import CapacityExceeded, NotFound
 from darktower.frames import Frame, FrameHeader, FrameType
 from darktower.model import LeaveReason, StreamType
 from darktower.protocol import leave_reason_to_pb
@@ -115,6 +115,9 @@ class FakeSignaling:
             await self.gone.wait()
             raise trio.BrokenResourceError("gone")
         if message.WhichOneof("message") == "media_reconnect_request":
+            if self._net.mh_failing:
+                self._net.mh_failing -= 1
+                raise CapacityExceeded("no media handler")
             self._net.tokens_issued += 1
             server = sig.MediaServerInfo(
                 media_handler_url="https://mh", connection_token=f"asked{self._net.tokens_issued}"
@@ -174,6 +177,8 @@ class FakeNetwork:
         self.medias: list[FakeMedia] = []
         self.tokens_issued = 0
         self.attempts_at: list[float] = []
+        self.mh_failing = 0  # MediaReconnectRequests answered CAPACITY_EXCEEDED, then tokens
+        self.resumed_media = True  # False: a resume's JoinResponse names no MH (it failed)
 
     @asynccontextmanager
     async def signaling(self, resume_token: str) -> AsyncIterator[FakeSignaling]:
@@ -191,7 +196,9 @@ class FakeNetwork:
             resumed=True,
             media_server=sig.MediaServerInfo(
                 media_handler_url="https://mh", connection_token=f"joined{n}"
-            ),
+            )
+            if self.resumed_media
+            else None,
             existing_participants=self.existing,
         )
         signaling = FakeSignaling(join, self)
@@ -514,3 +521,20 @@ async def test_without_a_connector_a_lost_connection_ends_the_session(
             await until(session, Lost)
         assert ended.value.reason is LeaveReason.CONNECTION_LOST
         assert net.resume_tokens == []
+
+
+async def test_a_resume_without_a_media_server_asks_for_one_until_the_mc_can_give_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = FakeNetwork()
+    net.resumed_media = False  # the MH failed during the resume
+    net.mh_failing = 2  # and the MC cannot give a token twice
+    async with running(net) as (session, signaling, media):
+        signaling.lose()
+        media.lose()
+        events = await until(session, Resumed)
+        assert isinstance(events[-1], Resumed) and not events[-1].media_only
+        resumed = net.signalings[-1]
+        asked = [r.WhichOneof("message") for r in resumed.requests]
+        assert asked == ["media_reconnect_request"] * 3
+        assert net.media_tokens == ["asked1"]
