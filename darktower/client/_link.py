@@ -171,7 +171,10 @@ class Link:
         self._outage_since = 0.0
         self._media_only = True
         self._target: sig.MediaServerInfo | None = None
+        self._target_unsolicited = False
         self._target_set = trio.Event()
+        # The MH of the current media connection (the first one: the join's).
+        self._media_url = signaling.join_response.media_server.media_handler_url
         self._reading_media: trio.CancelScope | None = None
 
     @property
@@ -213,7 +216,7 @@ class Link:
         try:
             async for message in signaling.events:
                 if message.WhichOneof("message") == "media_reconnect":
-                    self._retarget(message.media_reconnect.media_server)
+                    self._retarget(message.media_reconnect.media_server, unsolicited=True)
                 else:
                     self._owner.on_message(message)
         except Broken:
@@ -281,16 +284,24 @@ class Link:
         return await self._follow_signaling(signaling)
 
     # -- media -------------------------------------------------------------------------------
-    def _retarget(self, server: sig.MediaServerInfo) -> None:
+    def _retarget(self, server: sig.MediaServerInfo, *, unsolicited: bool = False) -> None:
         """Connect media to ``server`` next (the current connection, if any, is replaced).
-        An empty ``server`` names nothing: ignored."""
+        An empty ``server`` names nothing: ignored. An unsolicited one (the MC heard from the
+        MH that a media connection was lost) naming the MH this session is connected to is
+        ignored too: it is about the connection already replaced, or the reader notices the
+        loss itself and asks (docs/protocol.md §13)."""
         if not server.media_handler_url or not server.connection_token:
             return
-        self._target = server
+        if unsolicited and self._reading_media is not None and self._same_mh(server):
+            return
+        self._target, self._target_unsolicited = server, unsolicited
         self._target_set.set()
         if self._reading_media is not None:
             self._went_down(MEDIA)
             self._reading_media.cancel()
+
+    def _same_mh(self, server: sig.MediaServerInfo) -> bool:
+        return server.media_handler_url == self._media_url
 
     def _take_target(self) -> sig.MediaServerInfo:
         assert self._target is not None
@@ -324,7 +335,7 @@ class Link:
                 with trio.CancelScope(deadline=attempt_end) as attempt:
                     async with self._connector.media(server) as media:
                         attempt.deadline = math.inf
-                        self.media = media
+                        self.media, self._media_url = media, server.media_handler_url
                         await self._owner.on_media(media)
                         self._came_up(MEDIA)
                         deadline, retry = None, 0
@@ -339,7 +350,11 @@ class Link:
         with trio.CancelScope() as reading:
             self._reading_media = reading
             if self._target_set.is_set():  # named while this one was being opened
-                reading.cancel()
+                assert self._target is not None
+                if self._target_unsolicited and self._same_mh(self._target):
+                    self._take_target()  # about the connection this one replaced
+                else:
+                    reading.cancel()
             try:
                 async for frame in media:
                     self._owner.on_frame(frame)

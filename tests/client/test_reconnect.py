@@ -259,6 +259,8 @@ async def test_media_only_loss_brings_media_back_without_a_rejoin(
             await flows(*to_bob)
             await flows(*from_bob)
             assert pid in h.participants
+            # The MC's own MediaReconnect about that loss did not cause a second one.
+            assert b.reconnects == 1
 
 
 async def test_a_kick_during_the_window_ends_the_session_kicked(tmp_path: pathlib.Path) -> None:

@@ -221,7 +221,10 @@ async def running(
     net: FakeNetwork, *existing: sig.Participant, grace_s: float = GRACE_S
 ) -> AsyncIterator[tuple[MeetingSession, FakeSignaling, FakeMedia]]:
     join = sig.JoinResponse(
-        participant_id=PID, resume_token="resume1", existing_participants=existing
+        participant_id=PID,
+        resume_token="resume1",
+        existing_participants=existing,
+        media_server=sig.MediaServerInfo(media_handler_url="https://mh", connection_token="first"),
     )
     signaling, media = FakeSignaling(join, net), FakeMedia("first")
     session = MeetingSession(
@@ -538,3 +541,21 @@ async def test_a_resume_without_a_media_server_asks_for_one_until_the_mc_can_giv
         asked = [r.WhichOneof("message") for r in resumed.requests]
         assert asked == ["media_reconnect_request"] * 3
         assert net.media_tokens == ["asked1"]
+
+
+async def test_an_unsolicited_media_reconnect_for_the_mh_in_use_changes_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = FakeNetwork()
+    async with running(net) as (session, signaling, media):
+        same = sig.MediaServerInfo(media_handler_url="https://mh", connection_token="late")
+        unsolicited = sig.ServerMessage(media_reconnect=sig.MediaReconnect(media_server=same))
+        signaling.push(unsolicited)  # about a connection lost earlier: ours is live
+        await trio.sleep(1)
+        assert net.media_tokens == [] and not media.closed
+        # Lost now: the client asks, and the MC's own message about that loss races it.
+        media.lose()
+        signaling.push(unsolicited)
+        await until(session, Resumed)
+        await trio.sleep(1)
+        assert session.reconnects == 1 and len(net.medias) == 1
