@@ -18,11 +18,11 @@ from darktower.client import (
 from darktower.frames import FrameHeader, FrameType
 from darktower.frames._header import HEADER_STRUCT
 
-from ._abuse_meeting import REACTION_S, Case, Meeting
+from ._abuse_meeting import REACTION_S, Case, TargetMeeting
 
 
 def _media(make: Callable[[MediaClient, random.Random], Awaitable[None]]) -> Case:
-    async def case(meeting: Meeting, rng: random.Random) -> str:
+    async def case(meeting: TargetMeeting, rng: random.Random) -> str:
         async with meeting.joined("media-abuser") as client:
             async with open_media_client(
                 media_url(client.join_response),
@@ -83,7 +83,7 @@ async def _media_uni(media: MediaClient, rng: random.Random) -> None:
 
 
 def _media_token(token: Callable[[str], str]) -> Case:
-    async def case(meeting: Meeting, rng: random.Random) -> str:
+    async def case(meeting: TargetMeeting, rng: random.Random) -> str:
         async with meeting.joined("token-abuser") as client:
             url = media_url(client.join_response)
             split = urllib.parse.urlsplit(url)
@@ -99,7 +99,7 @@ def _media_token(token: Callable[[str], str]) -> Case:
     return case
 
 
-async def _media_twice(meeting: Meeting, rng: random.Random) -> str:
+async def _media_twice(meeting: TargetMeeting, rng: random.Random) -> str:
     async with meeting.joined("twice") as client:
         url = media_url(client.join_response)
         async with open_media_client(

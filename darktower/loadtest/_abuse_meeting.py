@@ -106,7 +106,7 @@ async def client_reaction(client: SignalingClient, wait_s: float = REACTION_S) -
     return "silent"
 
 
-class Meeting:
+class TargetMeeting:
     """A meeting of the checker's own, a GC client for tickets, and the bystander."""
 
     def __init__(self, gc: GlobalControllerClient, access: Access, meeting_id: str) -> None:
@@ -154,14 +154,14 @@ class Meeting:
 
 
 @asynccontextmanager
-async def open_meeting(access: Access) -> AsyncIterator[Meeting]:
+async def open_meeting(access: Access) -> AsyncIterator[TargetMeeting]:
     """Create a meeting, join the bystander (signaling and media); end the meeting on exit."""
     async with open_gc_client(access.api_url, server_certificate_hashes=list(access.pins)) as gc:
         owner = await gc.authenticate(access.client_id, access.client_secret)
         created = await gc.create_meeting("hostile-checker", max_participants=1000)
         # Everyone joins as a guest (the owner's access token would make each a host).
         gc.access_token = None
-        meeting = Meeting(gc, access, created.meeting_id)
+        meeting = TargetMeeting(gc, access, created.meeting_id)
         try:
             async with AsyncExitStack() as stack:
                 bystander = await stack.enter_async_context(meeting.joined("bystander"))
@@ -183,7 +183,7 @@ async def open_meeting(access: Access) -> AsyncIterator[Meeting]:
                     pass
 
 
-async def bystander_alive(meeting: Meeting) -> tuple[bool, str]:
+async def bystander_alive(meeting: TargetMeeting) -> tuple[bool, str]:
     client = meeting.bystander
     if client is None:
         return False, "never joined"
@@ -198,4 +198,4 @@ async def bystander_alive(meeting: Meeting) -> tuple[bool, str]:
     return True, "still in the meeting, answers Ping"
 
 
-Case = Callable[[Meeting, random.Random], Awaitable[str]]
+Case = Callable[[TargetMeeting, random.Random], Awaitable[str]]

@@ -27,7 +27,7 @@ from ._abuse_meeting import (
     CASE_S,
     REACTION_S,
     Case,
-    Meeting,
+    TargetMeeting,
     client_reaction,
     frame,
     reaction,
@@ -41,7 +41,7 @@ CONCURRENCY = 4
 
 
 def _raw_join(make: Callable[[str, str, random.Random], bytes], *, uni: bool = False) -> Case:
-    async def case(meeting: Meeting, rng: random.Random) -> str:
+    async def case(meeting: TargetMeeting, rng: random.Random) -> str:
         async with meeting.raw() as (session, token):
             if uni:
                 send = await session.open_unidirectional_stream()
@@ -64,8 +64,10 @@ def _join(mid: str, token: str, **fields: object) -> sig.ClientMessage:
     return sig.ClientMessage(request_id=1, join=join)
 
 
-def _after_join(send: Callable[[SignalingClient, Meeting, random.Random], Awaitable[None]]) -> Case:
-    async def case(meeting: Meeting, rng: random.Random) -> str:
+def _after_join(
+    send: Callable[[SignalingClient, TargetMeeting, random.Random], Awaitable[None]],
+) -> Case:
+    async def case(meeting: TargetMeeting, rng: random.Random) -> str:
         async with meeting.joined("abuser") as client:
             await send(client, meeting, rng)
             return await client_reaction(client)
@@ -73,8 +75,8 @@ def _after_join(send: Callable[[SignalingClient, Meeting, random.Random], Awaita
     return case
 
 
-def _raw_after_join(make: Callable[[SignalingClient, Meeting, random.Random], bytes]) -> Case:
-    async def send(client: SignalingClient, meeting: Meeting, rng: random.Random) -> None:
+def _raw_after_join(make: Callable[[SignalingClient, TargetMeeting, random.Random], bytes]) -> Case:
+    async def send(client: SignalingClient, meeting: TargetMeeting, rng: random.Random) -> None:
         await client.stream.send_all(make(client, meeting, rng))
 
     return _after_join(send)
@@ -91,7 +93,7 @@ def _publish(stream_id: str, **metadata: object) -> sig.ClientMessage:
     )
 
 
-def _bystander_id(meeting: Meeting) -> str:
+def _bystander_id(meeting: TargetMeeting) -> str:
     return meeting.bystander.participant_id if meeting.bystander is not None else ""
 
 
@@ -254,7 +256,7 @@ REFUSALS = (DarkTowerError, SessionRefused, trio.BrokenResourceError)
 
 
 async def abuse_signaling(
-    meeting: Meeting, rng: random.Random, tally: Tally, *, cases: int, seconds: float
+    meeting: TargetMeeting, rng: random.Random, tally: Tally, *, cases: int, seconds: float
 ) -> None:
     """Every signaling and media case once (random order), then random repeats, up to
     ``cases`` within ``seconds``, CONCURRENCY at a time (each joins: a real session)."""

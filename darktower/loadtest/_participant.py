@@ -3,7 +3,7 @@ count what arrives, leave. It is a :class:`~darktower.client.MeetingSession`, so
 as the client library does (docs/protocol.md §13); reconnections and the time each took are
 counted.
 
-Its task tree (owned by :meth:`Participant.run`, itself owned by the run's nursery)::
+Its task tree (owned by :meth:`SimulatedParticipant.run`, itself owned by the run's nursery)::
 
     participant: signaling session ⊃ media session ⊃ MeetingSession.run (its readers)
     ├── events      StreamPublished -> subscribe, KeyFrameRequest -> next video frame is a key,
@@ -40,10 +40,10 @@ from darktower.model import StreamType
 from ._context import MeetingPlan, RunContext, error_kind, leaves
 from ._limits import LEAVE_GRACE_S, MEDIA_BUFFERED_FRAMES
 from ._payload import AUDIO_BYTES, AUDIO_FPS, KEY_EVERY, VIDEO_FPS, make_payload, read_stamp
-from ._stats import PublishedStream, Subscription
+from ._stats import PublishedStream, SubscriptionStats
 
 
-class Participant:
+class SimulatedParticipant:
     """Participant ``index`` of ``meeting`` (see the module docstring)."""
 
     def __init__(self, ctx: RunContext, meeting: MeetingPlan, index: int) -> None:
@@ -57,7 +57,7 @@ class Participant:
         self.ready = False
         self.settled = False
         self.key_frame_wanted = False
-        self.subscriptions: dict[bytes, Subscription] = {}  # by stream id, wire form
+        self.subscriptions: dict[bytes, SubscriptionStats] = {}  # by stream id, wire form
         ctx.on_publisher_lost.setdefault(meeting.index, []).append(self.check_ready)
         self._subscribing: set[str] = set()
         self._scope: trio.CancelScope | None = None
@@ -299,7 +299,7 @@ class Participant:
             for leaf in leaves(exc):
                 self._fail(error_kind(leaf), leaf)
 
-    async def _receive(self, frames: SessionSubscription, sub: Subscription) -> None:
+    async def _receive(self, frames: SessionSubscription, sub: SubscriptionStats) -> None:
         stats = self.ctx.stats
         try:
             async for frame in frames:

@@ -23,7 +23,7 @@ from darktower.transport import open_http3_client
 from ._context import MeetingPlan, RunContext, error_kind, leaves
 from ._limits import DRAIN_S, END_MEETINGS_GRACE_S, PROGRESS_INTERVAL_S
 from ._options import LoadTestSettings
-from ._participant import Participant
+from ._participant import SimulatedParticipant
 from ._payload import VideoPlan
 from ._stats import Stats
 from ._summary import Summary, progress_line
@@ -110,7 +110,7 @@ async def _run(
         async with trio.open_nursery() as participants:
             for plan in plans:
                 for index in range(settings.participants):
-                    participants.start_soon(Participant(ctx, plan, index).run)
+                    participants.start_soon(SimulatedParticipant(ctx, plan, index).run)
             with trio.move_on_after(settings.setup_timeout) as setup:
                 await _wait_any(ctx.all_settled, stop)
             if setup.cancelled_caught:

@@ -55,7 +55,7 @@ class PublishedStream:
         self.subscribers = 0
 
 
-class Subscription:
+class SubscriptionStats:
     """One participant's subscription to one stream: what it received, by sequence."""
 
     __slots__ = ("base", "delivered", "gaps", "next_sequence", "reordered", "stream")
@@ -131,12 +131,12 @@ class Stats:
         self.recover_s.add(outage_s)
 
     # -- media -------------------------------------------------------------------------------
-    def subscribe(self, stream: PublishedStream) -> Subscription:
+    def subscribe(self, stream: PublishedStream) -> SubscriptionStats:
         """A subscription acknowledged now: frames sent from here on are expected."""
         stream.subscribers += 1
-        return Subscription(stream)
+        return SubscriptionStats(stream)
 
-    def unsubscribe(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub: SubscriptionStats) -> None:
         """``sub`` stops counting (its subscriber left): later frames are not expected of it."""
         sub.stream.subscribers -= 1
 
@@ -146,7 +146,7 @@ class Stats:
         self.bytes_sent += size
         self.expected += stream.subscribers
 
-    def received(self, sub: Subscription, sequence: int, size: int, latency_s: float) -> None:
+    def received(self, sub: SubscriptionStats, sequence: int, size: int, latency_s: float) -> None:
         self.latency_s.add(latency_s)
         if sequence < sub.base:
             self.unexpected += 1  # routed before the subscription's acknowledgement reached us
