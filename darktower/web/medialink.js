@@ -18,6 +18,7 @@ export class MediaLink {
     this.onFrame = onFrame;
     this.onClosed = onClosed;
     this.connection = null;
+    this.url = null; // the current session's media handler URL, as the MC named it
     this.generation = 0; // each connect() and close() starts a new one; older ones give up
     this.local = new Map(); // stream id -> {handlers, publisher}
     this.stats = { connects: 0, dropped: 0 };
@@ -27,14 +28,20 @@ export class MediaLink {
     return this.connection !== null;
   }
 
-  // Opens a media session at `server` ({mediaHandlerUrl, connectionToken}) in place of the
-  // current one (closed first: the MH takes one media session per participant) and publishes
-  // every local stream on it, each asked for a key frame. Throws when the session or a publish
-  // stream cannot be opened, or when a newer connect() or close() came first.
+  // Whether the current session is at the media handler `url` names.
+  connectedTo(url) {
+    return this.connection !== null && this.url === url;
+  }
+
+  // Opens a media session at `server` ({mediaHandlerUrl, connectionToken}) and publishes every
+  // local stream on it, each asked for a key frame; then it replaces the current session, which
+  // is closed. The old one is kept until then: the MH replaces a participant's media session
+  // by a newer one quietly, while a session the page closes first counts as lost media (the MC
+  // would answer with another MediaReconnect). Throws when the session or a publish stream
+  // cannot be opened, or when a newer connect() or close() came first.
   async connect(server) {
     if (!server?.mediaHandlerUrl) throw new Error("the meeting controller named no media server");
     const generation = ++this.generation;
-    this.drop();
     const connection = await MediaConnection.open(
       routedUrl(server.mediaHandlerUrl, this.via),
       server.connectionToken,
@@ -42,24 +49,23 @@ export class MediaLink {
       { onFrame: (frame) => this.onFrame(frame) },
       { timeoutMs: this.timeoutMs },
     );
-    const superseded = () => {
-      if (generation === this.generation) return false;
-      connection.close();
-      return true;
-    };
-    if (superseded()) throw new Error("media reconnection superseded");
+    const publishers = new Map();
     try {
       for (const [streamId, entry] of this.local) {
-        entry.publisher = await this.openPublisher(connection, streamId, entry);
-        if (superseded()) throw new Error("media reconnection superseded");
-        entry.handlers.onNeedKeyFrame?.();
+        if (generation !== this.generation) break;
+        publishers.set(streamId, await this.openPublisher(connection, streamId, entry));
       }
+      if (generation !== this.generation) throw new Error("media reconnection superseded");
     } catch (e) {
       connection.close();
-      for (const entry of this.local.values()) entry.publisher = null;
       throw e;
     }
+    const old = this.connection;
     this.connection = connection;
+    this.url = server.mediaHandlerUrl;
+    for (const [streamId, entry] of this.local) entry.publisher = publishers.get(streamId) ?? null;
+    old?.close();
+    for (const entry of this.local.values()) entry.handlers.onNeedKeyFrame?.();
     this.stats.connects++;
     connection.closed.then(
       (info) => this.lost(generation, info, null),
@@ -115,6 +121,7 @@ export class MediaLink {
   drop() {
     const connection = this.connection;
     this.connection = null;
+    this.url = null;
     for (const entry of this.local.values()) entry.publisher = null;
     connection?.close();
   }

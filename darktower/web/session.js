@@ -280,7 +280,13 @@ export class MeetingSession {
         this.roster.setConnection(body.participantId, body.connection);
         break;
       case "mediaReconnect":
-        // Unprompted (request id 0): the MC saw our media session go, or moves us to another MH.
+        // Unprompted (request id 0): the MC moves us to another MH, or heard from the MH that a
+        // media session of ours was lost. While one to that MH is up and not being replaced, the
+        // lost one is an older one (the MH replaces a session quietly) or this one, whose loss
+        // the page notices itself: as the Python client does, that is ignored.
+        if (this.media.connectedTo(body.mediaServer?.mediaHandlerUrl) && !this.mediaReconnecting) {
+          break;
+        }
         this.recoverMedia(body.mediaServer);
         break;
       default:
@@ -397,11 +403,14 @@ export class MeetingSession {
       return;
     }
     this.resumeToken = joined.resumeToken || null;
-    this.goLive(link, () => this.roster.reconcile(joined.existingParticipants));
-    if (this.state !== "reconnecting") return; // the new session ended already
     this.stats.reconnects.signaling++;
-    this.setState("joined");
-    this.recoverMedia(joined.mediaServer);
+    // Joined again before the events held since the JoinResponse (and the new session's end,
+    // if it came already: that is a new loss, resumed in turn).
+    this.goLive(link, () => {
+      this.roster.reconcile(joined.existingParticipants);
+      this.setState("joined");
+    });
+    if (this.state === "joined") this.recoverMedia(joined.mediaServer);
   }
 
   // Reconnects media with `server`'s token, or with one asked of the MC (MediaReconnectRequest)
