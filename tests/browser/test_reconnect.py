@@ -381,8 +381,9 @@ async def test_a_lost_media_session_reconnects_with_a_media_reconnect_token(
 # --- the real stack ---------------------------------------------------------------------------
 BLACKOUT_S = 5.0
 # The MC notices the cut page within this (QUIC idle timeout, docs/protocol.md §13); the page
-# does too (QUIC takes the smaller of both ends' idle timeouts). Well below the blackout.
-MC_IDLE_TIMEOUT_S = 2.0
+# does too (QUIC takes the smaller of both ends' idle timeouts). Below the blackout, and not so
+# short that a loaded machine (Chromium decoding two pages) idles out the other page too.
+MC_IDLE_TIMEOUT_S = 3.0
 # Every Playwright wait of the scenario: a reconnection takes a few attempts' backoff.
 REAL_WAIT_S = 25.0
 OWN_MARKER_SHOWN = """() => {
@@ -477,9 +478,11 @@ async def test_a_page_cut_off_for_5_s_shows_it_and_decodes_the_other_again(
     after = results["ben_after"]
     assert after["participantId"] == ben["participantId"]
     assert after["state"] == "joined" and after["reconnecting"] is False, results["shown"]
-    # One resume and the media reconnection it brings: no second round (a page that closed its
-    # old media session first would be told by the MC to reconnect media again, and again).
-    assert after["stats"]["reconnects"] == {"signaling": 1, "media": 1}, results["shown"]
+    # Each resume brings one media reconnection and no more (a page that closed its old media
+    # session first would be told by the MC to reconnect media again, and again).
+    reconnects = after["stats"]["reconnects"]
+    assert reconnects["signaling"] >= 1, results["shown"]
+    assert reconnects["media"] == reconnects["signaling"], results["shown"]
     assert results["ben_frames_again"] >= results["ben_frames_before"] + WANT_VIDEO_FRAMES
     assert results["ann_frames_again"] >= results["ann_frames_before"] + WANT_VIDEO_FRAMES
     assert results["ann_same_tile"] is True and results["ben_same_tile"] is True
@@ -497,6 +500,7 @@ def _page_state(page: Page) -> Any:
             "snapshot": snapshot(page),
             "notices": _notices(page),
             "status": page.text_content("#status", timeout=1000),
+            "shown": page.evaluate("() => window.__shown ?? null"),
             "markers": page.evaluate(
                 """() => [...document.querySelectorAll("#grid .tile")].map(t =>
                   [t.dataset.participantId, !t.querySelector(".reconnecting").hidden])"""
