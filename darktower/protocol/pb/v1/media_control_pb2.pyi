@@ -67,17 +67,25 @@ class RegisterParticipantResponse(_message.Message):
 
     CONNECTION_TOKEN_FIELD_NUMBER: _builtins.int
     MEDIA_HANDLER_URL_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
     connection_token: _builtins.str
     media_handler_url: _builtins.str
+    created: _builtins.bool
+    """Addition to the contract: true when the MH had no registration for this participant (a
+    new one, or one it forgot after its media grace): it has no streams and no routes, and
+    the MC replays them (docs/protocol.md §13). False: the registration and its routes were
+    kept and only the connection token is new.
+    """
     def __init__(
         self,
         *,
         connection_token: _builtins.str = ...,
         media_handler_url: _builtins.str = ...,
+        created: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_token", b"connection_token", "media_handler_url", b"media_handler_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_token", b"connection_token", "created", b"created", "media_handler_url", b"media_handler_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
