@@ -125,7 +125,9 @@ class MediaHandler:
     ) -> mc_pb.RegisterParticipantResponse:
         """Register (or add streams to) a participant; return a fresh connection token (each
         call; a registered participant keeps its routes, so the token re-attaches it after a
-        lost media connection) and the URL.
+        lost media connection), the URL, and ``created``: True when this MH had no registration
+        of it (its first, or it was forgotten after its media grace: its streams and routes
+        must be given again, docs/protocol.md §13), False when it kept it.
 
         Creates the room at its first participant. Raises InvalidRequest (bad ids, types),
         Conflict (a stream id another participant registered), CapacityExceeded (rooms,
@@ -139,6 +141,7 @@ class MediaHandler:
         room = await self.registry.room_for(mid)
         try:
             member = room.members.get(pid)
+            created = member is None
             new = [s for s in streams if member is None or s[0] not in member.publications]
             wire_ids = [w for s in new for w in _wire_ids(s)]
             if len(set(wire_ids)) != len(wire_ids):
@@ -187,7 +190,7 @@ class MediaHandler:
             raise
         token = self.authority.issue(pid, mid, time.time())
         return mc_pb.RegisterParticipantResponse(
-            connection_token=token, media_handler_url=self.media_url
+            connection_token=token, media_handler_url=self.media_url, created=created
         )
 
     # -- RouteMedia ----------------------------------------------------------------------------

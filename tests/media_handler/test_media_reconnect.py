@@ -18,7 +18,9 @@ from aioquic.quic.packet import QuicErrorCode
 from darktower.client import MediaClient, MediaPublisher, open_media_client
 from darktower.errors import ErrorCode
 from darktower.frames import Frame, FrameType
+from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.transport import SessionRefused, open_quic_connection
+from darktower.transport.rpc import call
 
 from ._harness import WAIT_S, Harness, new_id, open_harness, video
 
@@ -45,6 +47,16 @@ async def droppable_client(h: Harness, url: str) -> AsyncIterator[tuple[MediaCli
             n.start_soon(dropper)
             yield media, drop
             n.cancel_scope.cancel()
+
+
+async def register_reply(
+    h: Harness, meeting: str, participant: str
+) -> mc_pb.RegisterParticipantResponse:
+    """RegisterParticipant (no streams): the MH's whole answer, ``created`` included."""
+    return await call(
+        h.stub.RegisterParticipant,
+        mc_pb.RegisterParticipant(participant_id=participant, meeting_id=meeting),
+    )
 
 
 @attrs.define
@@ -134,8 +146,11 @@ async def test_a_lost_subscriber_reattaches_with_a_fresh_token_at_a_key_frame() 
             # Kept, not connected, with its routes.
             assert member.scope is None and member.lost_at is not None
             assert "s" in room.routes[cam]  # type: ignore[index]
-            # The old token opened a connection already; a fresh one re-attaches.
-            fresh = await h.register(meeting, "s")
+            # The old token opened a connection already; a fresh one re-attaches, and the MH
+            # says it kept the registration and its routes.
+            reply = await register_reply(h, meeting, "s")
+            assert not reply.created
+            fresh = f"{reply.media_handler_url}?token={reply.connection_token}"
             assert fresh != url_s
             with pytest.raises(SessionRefused) as info:
                 async with h.client(url_s):
@@ -226,7 +241,10 @@ async def test_after_the_grace_a_lost_participant_is_forgotten() -> None:
     async with open_harness(media_grace_s=0.5) as h, trio.open_nursery() as nursery:
         telemetry = Telemetry()
         await nursery.start(telemetry.run, h, meeting)
-        url = await h.register(meeting, "s")
+        first = await register_reply(h, meeting, "s")
+        assert first.created  # a first registration
+        assert not (await register_reply(h, meeting, "s")).created  # kept: only a new token
+        url = f"{first.media_handler_url}?token={first.connection_token}"
         room = h.handler.rooms[meeting]  # type: ignore[index]
         async with droppable_client(h, url) as (_, drop):
             await h.connected(meeting, "s")
@@ -242,7 +260,8 @@ async def test_after_the_grace_a_lost_participant_is_forgotten() -> None:
             "participants": 0,
             "streams": 0,
         }
-        # A fresh registration starts anew (the MC routes it again).
-        await h.register(meeting, "s")
+        # A fresh registration starts anew, and says so (the MC registers its streams and
+        # routes it again).
+        assert (await register_reply(h, meeting, "s")).created
         assert h.handler.rooms[meeting].members["s"].lost_at is None  # type: ignore[index]
         nursery.cancel_scope.cancel()
