@@ -32,7 +32,7 @@ from typing import Protocol
 
 import trio
 
-from darktower.errors import DarkTowerError, InvalidRequest
+from darktower.errors import DarkTowerError, InvalidRequest, RateLimited
 from darktower.frames import Frame
 from darktower.model import LeaveReason
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
@@ -261,6 +261,10 @@ class Link:
             except (ConnectFailed, SessionRefused, *Broken):
                 if opened:
                     raise
+            except RateLimited as exc:  # resumed too recently: the token is still good
+                if trio.current_time() + exc.retry_after_s >= deadline:
+                    break
+                await trio.sleep(exc.retry_after_s)
             except DarkTowerError as exc:  # refused: NOT_FOUND (expired or used) and the like
                 self._owner.finish(LeaveReason.CONNECTION_LOST, f"resume refused: {exc}")
                 return False

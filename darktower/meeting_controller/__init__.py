@@ -13,7 +13,12 @@ seam between a session and its transport (WebTransport, or a memory stream in te
 """
 
 from ._controller import MeetingController
-from ._limits import HANDSHAKE_TIMEOUT_S, MAX_PUBLISHED_STREAMS, OUTBOUND_QUEUE_SIZE
+from ._limits import (
+    HANDSHAKE_TIMEOUT_S,
+    MAX_PUBLISHED_STREAMS,
+    MIN_RESUME_INTERVAL_S,
+    OUTBOUND_QUEUE_SIZE,
+)
 from ._mh import GrpcMediaLink, MediaHandlers, MediaLink
 from ._port import SignalPort, webtransport_port
 from ._registration import Registration, join_keys_from_pb
@@ -27,6 +32,7 @@ from ._wire import error_reply
 __all__ = [
     "HANDSHAKE_TIMEOUT_S",
     "MAX_PUBLISHED_STREAMS",
+    "MIN_RESUME_INTERVAL_S",
     "OUTBOUND_QUEUE_SIZE",
     "SIGNAL_PATH",
     "GrpcMediaLink",

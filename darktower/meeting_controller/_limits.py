@@ -44,6 +44,11 @@ KEY_REFRESH_MIN_INTERVAL_S = 1.0
 # long (docs/protocol.md §13); a resume presenting its token within it keeps the participant;
 # after it the participant leaves with CONNECTION_LOST. 0: no window (and no resume tokens).
 RESUME_GRACE_S = 15.0
+# Resumes of one participant at most this often; a faster one is refused RATE_LIMITED (its token
+# stays good). A real client resumes once per network change; a looping one would make the MC
+# build the whole room's list and call the MH each time. Each resume also spends one message of
+# the participant's signaling budget (docs/architecture.md §5.3).
+MIN_RESUME_INTERVAL_S = 1.0
 # Resume tokens of participants kicked or ended by the meeting's end are remembered (a digest
 # and the reason) for RESUME_GRACE_S after the end, so a resume is refused with that reason
 # rather than NOT_FOUND; beyond this many the oldest are forgotten (then: NOT_FOUND).

@@ -24,7 +24,7 @@ from darktower.protocol.ratelimit import MessageRateLimiter, Verdict
 from . import _signaling, _wire
 from ._batches import join_messages
 from ._connection import Connection
-from ._limits import MH_CALL_DEADLINE_S, READ_SIZE, SESSION_END_GRACE_S
+from ._limits import MH_CALL_DEADLINE_S, MIN_RESUME_INTERVAL_S, READ_SIZE, SESSION_END_GRACE_S
 from ._media_reconnect import MediaReconnection
 from ._metrics import ControllerMetrics
 from ._port import SignalPort
@@ -60,6 +60,7 @@ class SignalingSession:
 
     __slots__ = (
         "_announced",
+        "_last_resume_at",
         "_resumed",
         "_window_deadline",
         "conn",
@@ -94,6 +95,7 @@ class SignalingSession:
         self._window_deadline = -math.inf
         self._resumed: trio.Event | None = None  # set when a resume hands over a connection
         self._announced = False  # the others were told it is reconnecting
+        self._last_resume_at = -math.inf
         self.media = MediaReconnection(room, member, metrics)
 
     @property
@@ -184,6 +186,12 @@ class SignalingSession:
         conn.lost = True
         conn.scope.cancel()
         member, participant = self.member, self.member.handle
+        if member.reconnecting and conn.outgoing is None:
+            # A resume lost before it was answered: its token was spent and no new one was
+            # given, so nothing can resume the participant any more. It leaves now rather
+            # than after a second window.
+            member.leave(reason)
+            return
         if (
             reason is LeaveReason.CONNECTION_LOST
             and self.tokens.enabled
@@ -206,6 +214,16 @@ class SignalingSession:
         participant = self.member.handle
         if participant is None or participant.reason is not None:
             raise NotFound("the participant has left the meeting")
+        # A resume costs a media registration and the whole room's list: it is charged to the
+        # participant's message budget, and one may follow another only after an interval
+        # (refused RATE_LIMITED, its token still good), so a client cannot loop on resumes.
+        now = trio.current_time()
+        wait_s = self._last_resume_at + MIN_RESUME_INTERVAL_S - now
+        if wait_s > 0 or self.limiter.check(now) is not Verdict.ALLOW:
+            raise RateLimited(
+                "too many resumes",
+                retry_after_s=max(wait_s, self.limiter.retry_after(now), 0.0),
+            )
         if not self.conn.lost:
             self.lost(self.conn, LeaveReason.CONNECTION_LOST)
         elif trio.current_time() >= self._window_deadline:
@@ -213,6 +231,7 @@ class SignalingSession:
         if not self.member.reconnecting:
             raise NotFound("the participant has left the meeting")
         self.conn = conn
+        self._last_resume_at = now
         if self._resumed is not None:
             self._resumed.set()
 

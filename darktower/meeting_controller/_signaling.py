@@ -107,9 +107,14 @@ async def unpublish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
                     meeting_id=room.id, participant_id=member.id, stream_id=stream_id
                 )
             )
-        except RpcError as exc:
-            member.streams[stream_id] = stream  # still published: the client may try again
-            raise InternalError(f"media handler unreachable: {exc}") from exc
+        except BaseException as exc:
+            # Still published: the client may try again. So too when the call is cancelled
+            # (the connection was lost mid-call and the participant may resume): the MH's
+            # RemoveStream of a stream it no longer has is a success, so a retry completes.
+            member.streams[stream_id] = stream
+            if isinstance(exc, RpcError):
+                raise InternalError(f"media handler unreachable: {exc}") from exc
+            raise
     for other in list(room.subscribers_of(stream_id)):
         del other.subscriptions[stream_id]
     room.broadcast(

@@ -35,7 +35,7 @@ from darktower.client import (
     StreamUnpublished,
 )
 from darktower.client._link import backoff_delay
-from darktower.errors import CapacityExceeded, NotFound
+from darktower.errors import CapacityExceeded, NotFound, RateLimited
 from darktower.frames import Frame, FrameHeader, FrameType
 from darktower.model import LeaveReason, StreamType
 from darktower.protocol import leave_reason_to_pb
@@ -559,3 +559,22 @@ async def test_an_unsolicited_media_reconnect_for_the_mh_in_use_changes_nothing(
         await until(session, Resumed)
         await trio.sleep(1)
         assert session.reconnects == 1 and len(net.medias) == 1
+
+
+async def test_a_resume_refused_as_too_soon_is_tried_again_after_the_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The MC refuses a resume that follows another too closely with RATE_LIMITED (its token
+    still good, docs/protocol.md §13): the client waits what it is told and resumes."""
+    net = FakeNetwork()
+    net.refusal = RateLimited("too many resumes", retry_after_s=0.8)
+    async with running(net) as (session, signaling, _):
+        signaling.lose()
+        await trio.sleep(0.1)  # virtual time: the first attempt (at once) has been refused
+        assert len(net.resume_tokens) == 1
+        net.refusal = None
+        await until(session, Resumed)
+        assert len(net.resume_tokens) == 2
+        assert net.resume_tokens[0] == net.resume_tokens[1]  # the same, still good token
+        assert net.attempts_at[1] - net.attempts_at[0] >= 0.8
+        assert session.end_reason is None

@@ -16,8 +16,9 @@ import pytest
 import trio
 
 from darktower.client import SignalingClient, SignalingEnded, open_signaling
-from darktower.errors import NotFound
+from darktower.errors import NotFound, RateLimited
 from darktower.loadtest import UdpProxy, open_udp_proxy
+from darktower.meeting_controller import MIN_RESUME_INTERVAL_S
 from darktower.model import LeaveReason, MeetingId, ParticipantId, Role
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
@@ -256,7 +257,13 @@ async def test_a_token_is_single_use_and_a_resume_takes_over_a_live_connection(
                         raise AssertionError("a used token resumed")
                 pong = await back.request(sig.ClientMessage(ping=sig.Ping(timestamp=3)))
                 assert pong.pong.timestamp == 3
-                # the new token works (once more a takeover)
+                # a second resume this soon is refused RATE_LIMITED, its token still good ...
+                with pytest.raises(RateLimited) as limited:
+                    async with _resume(stack, url, "m", second):
+                        raise AssertionError("resumed twice within the interval")
+                assert 0 < limited.value.retry_after_s <= MIN_RESUME_INTERVAL_S
+                await trio.sleep(limited.value.retry_after_s)  # the interval is the subject
+                # ... and works once the interval has passed (once more a takeover)
                 async with _resume(stack, url, "m", second) as again:
                     assert again.participant_id == pid
                     await again.leave()
