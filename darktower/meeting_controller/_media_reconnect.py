@@ -1,12 +1,17 @@
 """Fresh media connection tokens for one participant (docs/protocol.md §13): on its request
 (MediaReconnectRequest), on a resume, and unsolicited when its Media Handler reports its media
-connection lost while its signaling is up."""
+connection lost while its signaling is up.
+
+When the Media Handler answers that it had no registration of the participant any more
+(``created``: it forgot it after its media grace), the participant's media state is replayed
+there before the token is handed out: its published streams, its subscriptions and the others'
+subscriptions to its streams (docs/protocol.md §13)."""
 
 from __future__ import annotations
 
 import logging
 
-from darktower.errors import CapacityExceeded, DarkTowerError, InternalError
+from darktower.errors import CapacityExceeded, DarkTowerError, InternalError, NotFound
 from darktower.logs import fields
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
@@ -23,19 +28,24 @@ MEDIA_RECONNECT = "media-reconnect"
 class MediaReconnection:
     """The media side of ``member``'s reconnection, at ``room``'s Media Handler."""
 
-    __slots__ = ("_due", "member", "metrics", "room")
+    __slots__ = ("_due", "_replay_due", "member", "metrics", "room")
 
     def __init__(self, room: RoomState, member: RoomMember, metrics: ControllerMetrics) -> None:
         self.room = room
         self.member = member
         self.metrics = metrics
         self._due = False  # a loss was reported and no MediaReconnect went out for it yet
+        # The MH lost the member's registration and the replay did not complete yet: the next
+        # token waits for it (the MH now answers created = false).
+        self._replay_due = False
 
     async def fresh(self) -> sig.MediaServerInfo:
         """A fresh connection token at the room's Media Handler: RegisterParticipant again,
         which keeps the participant's routes there (docs/protocol.md §13); at most the MH call
-        deadline. Raises CapacityExceeded if the MH refuses for room, InternalError if none is
-        assigned or it cannot be reached."""
+        deadline. If the MH had forgotten the participant, its media state is replayed first
+        (see :meth:`_replay`; one MH call deadline per call). Raises CapacityExceeded if the MH
+        refuses for room, InternalError if none is assigned or it cannot be reached (then no
+        token: the client asks again)."""
         room = self.room
         if room.mh is None:
             raise InternalError("no media handler is assigned to this meeting")
@@ -43,6 +53,10 @@ class MediaReconnection:
             reply = await room.mh.register_participant(
                 mh_pb.RegisterParticipant(participant_id=self.member.id, meeting_id=room.id)
             )
+            if reply.created or self._replay_due:
+                self._replay_due = True
+                await self._replay()
+                self._replay_due = False
         except CapacityExceeded as exc:
             raise CapacityExceeded(f"the media handler's room is full: {exc}") from exc
         except DarkTowerError as exc:
@@ -50,6 +64,45 @@ class MediaReconnection:
         return sig.MediaServerInfo(
             media_handler_url=reply.media_handler_url, connection_token=reply.connection_token
         )
+
+    async def _replay(self) -> None:
+        """Give the room's MH the member's media state again, as the signaling handlers built
+        it (docs/protocol.md §13): RegisterParticipant with its published streams (simulcast
+        layers included), then RouteMedia for each of its subscriptions (publisher's stream →
+        it) and for the others' subscriptions to its streams (its stream → them, one command
+        per stream and options). Sequential, each call within the MH call deadline; at most
+        1 + MAX_PUBLISHED_STREAMS subscriptions of its own + one per stream and options of
+        others (one per subscriber at worst: bounded by the room's members). A subscriber the
+        MH does not know (forgotten too) is skipped: its own replay routes it."""
+        room, member = self.room, self.member
+        mh = room.mh
+        if mh is None:
+            raise InternalError("no media handler is assigned to this meeting")
+        streams = list(member.streams.values())
+        if streams:
+            await mh.register_participant(
+                mh_pb.RegisterParticipant(
+                    participant_id=member.id, meeting_id=room.id, streams=streams
+                )
+            )
+        for stream_id, options in list(member.subscriptions.items()):
+            await mh.route_media(_route(room.id, stream_id, [member.id], options))
+        for stream_id in [s.stream_id for s in streams]:
+            groups: dict[tuple[str, int], list[str]] = {}
+            for other in list(room.subscribers_of(stream_id)):
+                options = other.subscriptions[stream_id]
+                key = (options.preferred_layer, options.max_bitrate)
+                groups.setdefault(key, []).append(other.id)
+            for (layer, bitrate), ids in groups.items():
+                options = sig.SubscriptionOptions(preferred_layer=layer, max_bitrate=bitrate)
+                try:
+                    await mh.route_media(_route(room.id, stream_id, ids, options))
+                except NotFound:  # one of them is not registered there: each on its own
+                    for one in ids:
+                        try:
+                            await mh.route_media(_route(room.id, stream_id, [one], options))
+                        except NotFound:
+                            pass
 
     async def for_resume(self) -> sig.MediaServerInfo:
         """A fresh token for a resume; empty when the Media Handler is gone or refuses: the
@@ -90,3 +143,17 @@ class MediaReconnection:
                 continue
             message = sig.ServerMessage(media_reconnect=sig.MediaReconnect(media_server=media))
             self.room.deliver(self.member, message)
+
+
+def _route(
+    meeting_id: str, stream_id: str, destinations: list[str], options: sig.SubscriptionOptions
+) -> mh_pb.RouteMediaCommand:
+    """The RouteMedia the subscribe handler sends (``_signaling.py``), for ``destinations``."""
+    return mh_pb.RouteMediaCommand(
+        meeting_id=meeting_id,
+        source_stream_id=stream_id,
+        destination_participant_ids=destinations,
+        options=mh_pb.RoutingOptions(
+            preferred_layer=options.preferred_layer, target_bitrate=options.max_bitrate
+        ),
+    )

@@ -38,6 +38,11 @@ class FakeMediaControl:
         self.telemetry_subscribed = trio.Event()
         # When set, RegisterParticipant raises it (an MH that refuses, or is gone).
         self.refuse_register: Exception | None = None
+        # When set, RouteMedia raises it.
+        self.refuse_route: Exception | None = None
+        # Participants the MH forgot (after their media grace): the next RegisterParticipant
+        # of each answers created = true (docs/protocol.md §13).
+        self.forgotten: set[str] = set()
 
     def _touch(self) -> None:
         self._changed.set()
@@ -60,15 +65,21 @@ class FakeMediaControl:
         # A fresh token at each later call for one participant, as the real MH issues.
         pid = request.participant_id
         calls = sum(1 for r in self.registered if r.participant_id == pid)
+        created = pid in self.forgotten
+        self.forgotten.discard(pid)
         return mh_pb.RegisterParticipantResponse(
             connection_token=f"token-{pid}" + (f"-{calls}" if calls > 1 else ""),
             media_handler_url="https://127.0.0.1:4434/v1/media",
+            created=created,
         )
 
     async def RouteMedia(self, request: mh_pb.RouteMediaCommand) -> mh_pb.RouteMediaResponse:
+        refusal = self.refuse_route
         self.routes.append(request)
         self._touch()
         await trio.lowlevel.checkpoint()
+        if refusal is not None:
+            raise refusal
         return mh_pb.RouteMediaResponse()
 
     async def RemoveParticipant(

@@ -1,20 +1,23 @@
 """Media reconnection, the MC's side (docs/protocol.md §13): MediaReconnectRequest is answered
 with a fresh connection token; the MH's ParticipantDisconnected sends one unsolicited, once per
-loss; an MH that refuses or is gone leaves a resume in place without media."""
+loss; an MH that refuses or is gone leaves a resume in place without media; an MH that forgot
+the participant (``created``) gets its streams and routes again before the token goes out."""
 
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 
 import pytest
 import trio
 
 from darktower.errors import CapacityExceeded, InternalError
 from darktower.loadtest import open_udp_proxy
+from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
-from ._harness import next_event, open_stack
+from ._harness import Stack, next_event, open_stack
 from .test_resume import _events_until, _resume, _stack, _subject
 
 
@@ -157,3 +160,166 @@ async def test_a_resume_with_the_media_handler_gone_succeeds_without_media(
                 )
                 assert reply.media_reconnect.media_server.connection_token
                 await back.leave()
+
+
+def _reconnect_request() -> sig.ClientMessage:
+    return sig.ClientMessage(media_reconnect_request=sig.MediaReconnectRequest())
+
+
+def _route(stream: str, destinations: list[str], layer: str = "", bitrate: int = 0) -> Any:
+    return mh_pb.RouteMediaCommand(
+        meeting_id="m",
+        source_stream_id=stream,
+        destination_participant_ids=destinations,
+        options=mh_pb.RoutingOptions(preferred_layer=layer, target_bitrate=bitrate),
+    )
+
+
+async def _subscribe(client: Any, stream: str, layer: str = "", bitrate: int = 0) -> None:
+    options = sig.SubscriptionOptions(preferred_layer=layer, max_bitrate=bitrate)
+    await client.request(
+        sig.ClientMessage(subscribe=sig.SubscribeStream(stream_id=stream, options=options))
+    )
+
+
+def _calls(stack: Stack, registered: int, routes: int) -> tuple[list[Any], list[Any]]:
+    """The RegisterParticipant and RouteMedia requests the MH saw since, as the MC built them
+    (the transport's protocol_version left out)."""
+    seen: tuple[list[Any], list[Any]] = ([], [])
+    for calls, since, out in (
+        (stack.mh.registered, registered, seen[0]),
+        (stack.mh.routes, routes, seen[1]),
+    ):
+        for request in calls[since:]:
+            copy = type(request)()
+            copy.CopyFrom(request)
+            copy.ClearField("protocol_version")
+            out.append(copy)
+    return seen
+
+
+def _plain(stream_id: str) -> common_pb2.MediaStream:
+    """A stream published with no type nor metadata, as the MC keeps it."""
+    return common_pb2.MediaStream(stream_id=stream_id, metadata=common_pb2.StreamMetadata())
+
+
+async def test_a_forgotten_participant_gets_its_streams_and_routes_again_before_its_token(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The MH answers created = true (it forgot the participant after its media grace): the MC
+    registers its streams (simulcast layers included) and routes its subscriptions and the
+    others' subscriptions to its streams again, then hands out the token; if that fails, no
+    token, and the next request replays again (docs/protocol.md §13)."""
+    layers = [
+        common_pb2.SimulcastLayer(layer_id="cam-lo", width=320, height=180, max_bitrate=150_000),
+        common_pb2.SimulcastLayer(layer_id="cam-hi", width=1280, height=720, max_bitrate=1_500_000),
+    ]
+    cam = common_pb2.MediaStream(
+        stream_id="cam",
+        stream_type=common_pb2.VIDEO_CAMERA,
+        metadata=common_pb2.StreamMetadata(
+            codec="VP8", video=common_pb2.VideoMetadata(width=1280, simulcast_layers=layers)
+        ),
+    )
+    mic = common_pb2.MediaStream(
+        stream_id="mic", stream_type=common_pb2.AUDIO, metadata=common_pb2.StreamMetadata()
+    )
+    async with open_stack(tmp_path) as stack:
+        await stack.assign("m")
+        async with stack.join("m") as a, stack.join("m") as b, stack.join("m") as c:
+            for stream in (cam, mic):
+                await a.request(
+                    sig.ClientMessage(
+                        publish=sig.PublishStream(
+                            stream_id=stream.stream_id,
+                            stream_type=stream.stream_type,
+                            metadata=stream.metadata,
+                        )
+                    )
+                )
+            await b.request(sig.ClientMessage(publish=sig.PublishStream(stream_id="b-cam")))
+            await a.request(sig.ClientMessage(publish=sig.PublishStream(stream_id="a-screen")))
+            await _subscribe(a, "b-cam", "", 800_000)
+            await _subscribe(b, "cam", "cam-lo", 300_000)
+            await _subscribe(c, "cam", "cam-lo", 300_000)
+            await _subscribe(b, "mic")
+            pid = a.participant_id
+            a_streams = [cam, mic, _plain("a-screen")]
+            registered, routes = len(stack.mh.registered), len(stack.mh.routes)
+
+            # kept by the MH (created = false): only a fresh token, nothing replayed
+            reply = await a.request(_reconnect_request())
+            assert reply.media_reconnect.media_server.connection_token
+            assert _calls(stack, registered, routes) == (
+                [mh_pb.RegisterParticipant(participant_id=pid, meeting_id="m")],
+                [],
+            )
+
+            # forgotten (created = true): streams, its subscriptions, the others' to its streams
+            stack.mh.forgotten.add(pid)
+            registered, routes = len(stack.mh.registered), len(stack.mh.routes)
+            reply = await a.request(_reconnect_request())
+            # the token of the first call (the stand-in numbers each call's token)
+            first = len([r for r in stack.mh.registered if r.participant_id == pid]) - 1
+            assert reply.media_reconnect.media_server.connection_token == f"token-{pid}-{first}"
+            replay = (
+                [
+                    mh_pb.RegisterParticipant(participant_id=pid, meeting_id="m"),
+                    mh_pb.RegisterParticipant(
+                        participant_id=pid, meeting_id="m", streams=a_streams
+                    ),
+                ],
+                [
+                    _route("b-cam", [pid], "", 800_000),
+                    _route("cam", [b.participant_id, c.participant_id], "cam-lo", 300_000),
+                    _route("mic", [b.participant_id]),
+                ],
+            )
+            assert _calls(stack, registered, routes) == replay
+
+            # a replay that fails: no token; the next request replays again (the MH now
+            # answers created = false: it has the bare registration)
+            stack.mh.forgotten.add(pid)
+            stack.mh.refuse_route = InternalError("down")
+            registered, routes = len(stack.mh.registered), len(stack.mh.routes)
+            with pytest.raises(InternalError):
+                await a.request(_reconnect_request())
+            assert _calls(stack, registered, routes) == (replay[0], replay[1][:1])
+            stack.mh.refuse_route = None
+            registered, routes = len(stack.mh.registered), len(stack.mh.routes)
+            reply = await a.request(_reconnect_request())
+            assert reply.media_reconnect.media_server.connection_token
+            assert _calls(stack, registered, routes) == replay
+            # and then it is done: the next token is only a token
+            registered, routes = len(stack.mh.registered), len(stack.mh.routes)
+            await a.request(_reconnect_request())
+            assert _calls(stack, registered, routes) == (replay[0][:1], [])
+
+
+async def test_a_forgotten_participant_is_replayed_on_the_unsolicited_media_reconnect(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with open_stack(tmp_path) as stack:
+        await stack.assign("m")
+        with trio.fail_after(10):
+            await stack.mh.telemetry_subscribed.wait()
+        async with stack.join("m") as a, stack.join("m") as b:
+            await a.request(sig.ClientMessage(publish=sig.PublishStream(stream_id="s")))
+            await _subscribe(b, "s")
+            pid = a.participant_id
+            stack.mh.forgotten.add(pid)
+            registered, routes = len(stack.mh.registered), len(stack.mh.routes)
+            await stack.mh.telemetry_send.send(_disconnected("m", pid))
+            pushed = await next_event(a, "media_reconnect")
+            assert pushed.media_reconnect.media_server.connection_token
+            assert _calls(stack, registered, routes) == (
+                [
+                    mh_pb.RegisterParticipant(participant_id=pid, meeting_id="m"),
+                    mh_pb.RegisterParticipant(
+                        participant_id=pid,
+                        meeting_id="m",
+                        streams=[_plain("s")],
+                    ),
+                ],
+                [_route("s", [b.participant_id])],
+            )
