@@ -185,17 +185,17 @@ async def _subscribe(client: Any, stream: str, layer: str = "", bitrate: int = 0
 def _calls(stack: Stack, registered: int, routes: int) -> tuple[list[Any], list[Any]]:
     """The RegisterParticipant and RouteMedia requests the MH saw since, as the MC built them
     (the transport's protocol_version left out)."""
-    seen: tuple[list[Any], list[Any]] = ([], [])
-    for calls, since, out in (
-        (stack.mh.registered, registered, seen[0]),
-        (stack.mh.routes, routes, seen[1]),
-    ):
-        for request in calls[since:]:
-            copy = type(request)()
-            copy.CopyFrom(request)
-            copy.ClearField("protocol_version")
-            out.append(copy)
-    return seen
+
+    def plain(request: Any) -> Any:
+        copy = type(request)()
+        copy.CopyFrom(request)
+        copy.ClearField("protocol_version")
+        return copy
+
+    return (
+        [plain(r) for r in stack.mh.registered[registered:]],
+        [plain(r) for r in stack.mh.routes[routes:]],
+    )
 
 
 def _plain(stream_id: str) -> common_pb2.MediaStream:
