@@ -323,3 +323,51 @@ async def test_a_forgotten_participant_is_replayed_on_the_unsolicited_media_reco
                 ],
                 [_route("s", [b.participant_id])],
             )
+
+
+async def test_media_back_after_the_media_handler_forgot_the_participant(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The real MC and MH: a participant's media path is cut longer than the MH's media grace
+    (the MH forgets it); when the path returns, its media reconnection brings its streams and
+    subscriptions back both ways, without a rejoin."""
+    from darktower.client import Reconnecting, Resumed
+    from tests._stack import open_services
+    from tests.client.test_reconnect import (
+        IDLE_S,
+        MEETING,
+        behind_proxies,
+        expect,
+        flows,
+        host,
+        talking,
+    )
+
+    async with open_services(
+        tmp_path,
+        mc={"idle_timeout_s": IDLE_S},
+        mh={"media_grace_s": 0.2},
+    ) as services:
+        await services.assign(MEETING)
+        assert services.mh is not None
+        async with host(services) as h, behind_proxies(services, "bob") as bob:
+            b = bob.session
+            to_bob = await talking(h, b)
+            from_bob = await talking(b, h)
+            await flows(*to_bob)
+            await flows(*from_bob)
+            pid = b.participant_id
+            room = services.mh.handler.rooms[MEETING]  # type: ignore[index]
+            # The host's subscription to bob's stream at the MH: forgetting bob ends it.
+            sub = room.publications[from_bob[0].stream_id].subscriptions[h.participant_id]
+            assert sub.task is not None
+            bob.media_proxy.pause()
+            assert await expect(b, Reconnecting) == Reconnecting(media_only=True)
+            with trio.fail_after(30):
+                await sub.task.wait_closed()  # the grace passed: the MH forgot bob
+            bob.media_proxy.resume()
+            resumed = await expect(b, Resumed)
+            assert resumed.media_only and b.participant_id == pid
+            await flows(*to_bob)
+            await flows(*from_bob)
+            assert pid in h.participants
