@@ -8,16 +8,18 @@ subscriber's participant scope).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import trio
 
+from darktower.errors import CapacityExceeded
 from darktower.model import StreamId
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.transport import WebTransportSendStream, WebTransportSession
 
-from ._limits import SEND_BATCH_BYTES
+from ._limits import MAX_ABANDONED_SENDS, SEND_BATCH_BYTES, STALLED_RETRY_MAX_S
 from ._metrics import MediaMetrics
 from ._queue import Dropped, DropReason, MediaKind, QueuedFrame, SubscriptionQueue
 from ._room import (
@@ -111,7 +113,8 @@ class MediaRouter:
         Frames older than their age bound when they would be sent are dropped (``stale``),
         and a send the subscriber does not take within the bound is abandoned: the uni stream
         is reset (what the transport held of it goes too) and a new one carries on, video from
-        a key frame (_limits.py)."""
+        a key frame. Past MAX_ABANDONED_SENDS abandoned sends in a row, without uni-stream
+        credit, or at the session's stream limit, the next stream waits (_limits.py)."""
         stream: WebTransportSendStream | None = None
         publication = sub.publication
         stats = publication.stats
@@ -122,10 +125,24 @@ class MediaRouter:
             max_age = settings.max_audio_age_s
         else:
             max_age = settings.max_video_age_s
+        abandoned = 0  # sends abandoned in a row (a completed send restarts it)
+        retry_at = -math.inf  # no new stream before this
         try:
-            stream = await session.open_unidirectional_stream()
+            stream = await _open(session)
             now = trio.current_time()  # one clock read per batch (and per wake-up)
             while True:
+                if stream is None:
+                    # Held off (see MAX_ABANDONED_SENDS): frames age out of the bounded
+                    # queue meanwhile and the stream opens at retry_at, if it can.
+                    if now < retry_at:
+                        await trio.sleep_until(retry_at)
+                        now = trio.current_time()
+                    if session.unidirectional_stream_credit > 0:
+                        stream = await _open(session)
+                        now = trio.current_time()
+                    if stream is None:
+                        retry_at = now + max(max_age, _hold_off(abandoned, max_age))
+                        continue
                 stale = queue.drop_stale(now - max_age)
                 if stale:
                     self._lost(sub, stale, now)
@@ -151,13 +168,15 @@ class MediaRouter:
                     lost = [Dropped(i, DropReason.STALE) for i in batch]
                     lost.extend(queue.lose_sent())
                     self._lost(sub, lost, now)
-                    stream = await session.open_unidirectional_stream()
+                    abandoned += 1
+                    retry_at = now + _hold_off(abandoned, max_age)
                     continue
+                abandoned = 0
                 for item in batch:
                     stats.on_sent(item.size, now)
                 metrics.frames_forwarded.inc(len(batch))
                 metrics.bytes_forwarded.inc(size)
-        except trio.BrokenResourceError:
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the subscriber stopped the stream or its session is gone
         finally:
             if publication.subscriptions.get(sub.subscriber.id) is sub:
@@ -171,6 +190,26 @@ class MediaRouter:
         """Count frames a subscription lost and ask for the key frame its video now waits for."""
         self.count_drops(sub.publication, drops)
         request_key_frame(sub, now, functools.partial(self.key_frame, sub.subscriber.room))
+
+
+def _hold_off(abandoned: int, max_age: float) -> float:
+    """How long a subscription waits before its next stream after ``abandoned`` abandoned
+    sends in a row: nothing up to MAX_ABANDONED_SENDS, then the age bound doubling up to
+    STALLED_RETRY_MAX_S (_limits.py)."""
+    past = abandoned - MAX_ABANDONED_SENDS
+    if past < 0:
+        return 0.0
+    return min(max_age * 2.0 ** min(past, 32), max(STALLED_RETRY_MAX_S, max_age))
+
+
+async def _open(session: WebTransportSession) -> WebTransportSendStream | None:
+    """A new uni stream, or None when the session is at its stream limit (the subscription
+    waits and tries again); a closed session ends the subscription (ClosedResourceError,
+    SessionClosed), never its participant."""
+    try:
+        return await session.open_unidirectional_stream()
+    except CapacityExceeded:
+        return None
 
 
 def _reset(stream: WebTransportSendStream) -> None:

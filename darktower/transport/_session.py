@@ -176,6 +176,14 @@ class WebTransportSession:
         return len(self._streams)
 
     @property
+    def unidirectional_stream_credit(self) -> int:
+        """Uni streams the peer's MAX_STREAMS still lets this side open; at 0 a new one waits,
+        blocked, for credit, holding what is written to it."""
+        return (
+            self._conn.quic._remote_max_streams_uni - self._conn.quic._local_next_stream_id_uni // 4
+        )
+
+    @property
     def local_address(self) -> tuple[str, int]:
         """The local UDP socket's address (it changes when the client migrates)."""
         return self._conn.endpoint.local_address

@@ -182,6 +182,11 @@ class Session:
         self.end: SessionEnd | None = None
         self.close_code: int | None = None
         self.uni: list[UniStream] = []
+        self.credit = 1 << 30  # uni streams the subscriber lets the MH open
+
+    @property
+    def unidirectional_stream_credit(self) -> int:
+        return self.credit
 
     def publish(self) -> PublishStream:
         stream = PublishStream()

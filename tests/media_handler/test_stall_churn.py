@@ -1,0 +1,284 @@
+"""A subscriber that stops taking sends does not make the MH churn uni streams without bound
+(docs/protocol.md §13, docs/architecture.md §5.4): past MAX_ABANDONED_SENDS consecutive
+abandoned sends a subscription opens its next stream only after a pause (up to
+STALLED_RETRY_MAX_S), never while the peer grants no uni-stream credit, and a refused open
+ends or delays that subscription only, never its participant.
+
+In-memory sessions on virtual time (autojump_clock), as in test_stale.py."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from darktower.frames import FrameType
+from darktower.media_handler import MediaHandler, MediaMetrics, Settings
+from darktower.media_handler._limits import (
+    MAX_ABANDONED_SENDS,
+    MAX_AUDIO_AGE_S,
+    MAX_VIDEO_AGE_S,
+    STALLED_RETRY_MAX_S,
+)
+from darktower.metrics import Registry
+from darktower.model import ParticipantId
+from darktower.nurseries import TaskTree
+from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
+from darktower.transport import (
+    Route,
+    StreamLimitExceeded,
+    TlsCredentials,
+    WebTransportSession,
+    connect_webtransport,
+    generate_dev_certificate,
+)
+
+from ..transport.conftest import start_server
+from ._harness import audio, video
+from .test_stale import CAM, MEETING, MIC, Reader, Session, UniStream, _encode
+
+K, D, A = FrameType.VIDEO_KEY, FrameType.VIDEO_DELTA, FrameType.AUDIO
+
+
+class ChurnSession(Session):
+    """A subscriber's session whose uni-stream credit the test grants, and whose opens may be
+    refused (``refusals``: the n-th open raises the given error)."""
+
+    def __init__(self, credit: int = 1 << 30) -> None:
+        super().__init__(Reader())
+        self.credit = credit
+        self.opens = 0
+        self.refusals: dict[int, BaseException] = {}
+        self.opened_without_credit = 0
+
+    async def open_unidirectional_stream(self) -> UniStream:
+        await trio.lowlevel.checkpoint()
+        self.opens += 1
+        refusal = self.refusals.get(self.opens)
+        if refusal is not None:
+            raise refusal
+        if self.credit <= 0:
+            self.opened_without_credit += 1
+        self.credit -= 1
+        stream = UniStream(self.reader)
+        self.uni.append(stream)
+        return stream
+
+
+@attrs.define(eq=False)
+class Meeting:
+    handler: MediaHandler
+    subscriber: ChurnSession
+    ended: set[str] = attrs.Factory(set)  # participants whose handle_session returned
+
+    def frames(self, stream: str, since: float) -> list[tuple[float, FrameType, int]]:
+        return [
+            (t, ft, seq)
+            for t, s, ft, seq in self.subscriber.reader.got
+            if s == stream and t >= since
+        ]
+
+
+@asynccontextmanager
+async def meeting(subscriber: ChurnSession) -> AsyncIterator[Meeting]:
+    """A publisher "p" sending video (30 fps, a key frame every 2 s or when asked) and audio
+    (50 fps), both routed to the subscriber "s"; runs until the block ends."""
+    async with trio.open_nursery() as nursery:
+        tree = TaskTree()
+        await nursery.start(tree.run)
+        handler = MediaHandler(tree, Settings(), MediaMetrics(Registry()))
+        for pid, streams in (("p", [video(CAM), audio(MIC)]), ("s", [])):
+            await handler.register_participant(
+                mc_pb.RegisterParticipant(participant_id=pid, meeting_id=MEETING, streams=streams)
+            )
+        m = Meeting(handler, subscriber)
+        want_key = trio.Event()
+        listening = trio.Event()
+
+        async def key_frames_asked() -> None:
+            nonlocal want_key
+            async for event in handler.telemetry_hub.subscribe(MEETING, ready=listening):
+                if event.key_frame_request.stream_id == CAM:
+                    want_key.set()
+
+        nursery.start_soon(key_frames_asked)
+        await listening.wait()
+        room = handler.rooms[MEETING]  # type: ignore[index]
+        pub = Session()
+
+        async def serve(pid: str, session: Session) -> None:
+            await handler.handle_session(session, room.members[ParticipantId(pid)])  # type: ignore[arg-type]
+            m.ended.add(pid)
+
+        for pid, session in (("p", pub), ("s", subscriber)):
+            nursery.start_soon(serve, pid, session)
+        await trio.testing.wait_all_tasks_blocked()
+        for source in (CAM, MIC):
+            await handler.route_media(
+                mc_pb.RouteMediaCommand(
+                    meeting_id=MEETING, source_stream_id=source, destination_participant_ids=["s"]
+                )
+            )
+        cam, mic = pub.publish(), pub.publish()
+
+        async def send_video() -> None:
+            nonlocal want_key
+            seq = 0
+            while True:
+                key = seq % 60 == 0 or want_key.is_set()
+                if want_key.is_set():
+                    want_key = trio.Event()
+                cam.feed(_encode(CAM, K if key else D, seq))
+                seq += 1
+                await trio.sleep(1 / 30)
+
+        async def send_audio() -> None:
+            seq = 0
+            while True:
+                mic.feed(_encode(MIC, A, seq))
+                seq += 1
+                await trio.sleep(1 / 50)
+
+        nursery.start_soon(send_video)
+        nursery.start_soon(send_audio)
+        await trio.sleep(0.5)  # media flowing
+        yield m
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_subscriber_that_never_reads_opens_a_bounded_number_of_streams(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    subscriber = ChurnSession()
+    async with meeting(subscriber) as m:
+        before = len(subscriber.uni)
+        subscriber.reader.stall()
+        await trio.sleep(60.0)
+        opened = len(subscriber.uni) - before
+        # Per subscription: MAX_ABANDONED_SENDS replacements at once, then one per pause (the
+        # pause doubles from the age bound up to STALLED_RETRY_MAX_S) plus the bound the probe
+        # send is given. Measured: 101; without the bound 414 (60 / 0.5 + 60 / 0.2).
+        bound = 0
+        for age in (MAX_VIDEO_AGE_S, MAX_AUDIO_AGE_S):
+            bound += MAX_ABANDONED_SENDS + math.ceil(60.0 / (STALLED_RETRY_MAX_S + age)) + 1
+        assert opened <= bound, (opened, bound)
+        # Memory: at most one unreset stream per subscription is open at any time.
+        assert sum(1 for u in subscriber.uni if u.reset_code is None) <= 2
+        assert not m.ended
+        # The stalled subscriber reads again: media is back within the longest pause.
+        subscriber.reader.resume()
+        back = trio.current_time()
+        await trio.sleep(STALLED_RETRY_MAX_S + MAX_VIDEO_AGE_S + 0.5)
+        video_after = m.frames(CAM, back)
+        assert video_after and video_after[0][1] == K
+        assert m.frames(MIC, back)
+
+
+async def _recovers_after(stall_s: float, m: Meeting) -> None:
+    subscriber = m.subscriber
+    subscriber.reader.stall()
+    await trio.sleep(stall_s)
+    subscriber.reader.resume()
+    back = trio.current_time()
+    await trio.sleep(2.0)
+    video_after = m.frames(CAM, back)
+    audio_after = m.frames(MIC, back)
+    assert video_after and audio_after
+    assert video_after[0][1] == K  # live video restarts at a key frame
+    # Within a second of the subscriber reading again (docs/protocol.md §13).
+    assert video_after[0][0] - back <= 1.0, video_after[0][0] - back
+    assert audio_after[0][0] - back <= 1.0, audio_after[0][0] - back
+    assert not m.ended
+
+
+async def test_a_subscriber_back_after_3_s_gets_live_media_at_a_key_frame(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with meeting(ChurnSession()) as m:
+        await _recovers_after(3.0, m)
+
+
+async def test_a_subscriber_back_after_5_s_gets_live_media_at_a_key_frame(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with meeting(ChurnSession()) as m:
+        await _recovers_after(5.0, m)
+
+
+async def test_no_replacement_stream_is_opened_without_uni_stream_credit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    subscriber = ChurnSession(credit=2)  # the two subscriptions' first streams
+    async with meeting(subscriber) as m:
+        subscriber.reader.stall()
+        await trio.sleep(10.0)
+        assert subscriber.opened_without_credit == 0
+        assert len(subscriber.uni) == 2
+        # The peer grants credit again (as it does once it forgot the reset streams).
+        subscriber.credit = 1 << 30
+        subscriber.reader.resume()
+        back = trio.current_time()
+        await trio.sleep(2.0)
+        assert m.frames(CAM, back) and m.frames(MIC, back)
+        assert not m.ended
+
+
+async def test_a_stream_limit_on_open_delays_the_subscription_not_the_participant(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    subscriber = ChurnSession()
+    for n in range(3, 8):  # the first replacements of both subscriptions are refused
+        subscriber.refusals[n] = StreamLimitExceeded("session has 256 open streams")
+    async with meeting(subscriber) as m:
+        await _recovers_after(1.5, m)
+        assert subscriber.opens >= 8
+
+
+async def test_a_closed_session_on_open_ends_that_subscription_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    subscriber = ChurnSession()
+    subscriber.refusals[3] = trio.ClosedResourceError("session closed")
+    async with meeting(subscriber) as m:
+        subscriber.reader.stall()
+        await trio.sleep(1.0)
+        subscriber.reader.resume()
+        back = trio.current_time()
+        await trio.sleep(2.0)
+        assert not m.ended and subscriber.close_code is None
+        # One subscription ended; the other one carries media again.
+        assert bool(m.frames(CAM, back)) != bool(m.frames(MIC, back))
+
+
+@pytest.fixture(scope="module")
+def dev_cert() -> TlsCredentials:
+    return generate_dev_certificate()
+
+
+async def test_the_uni_stream_credit_is_what_the_peer_still_allows(
+    dev_cert: TlsCredentials,
+) -> None:
+    """The credit the router reads, over real QUIC on 127.0.0.1: the peer's MAX_STREAMS less
+    the uni streams opened (the HTTP/3 control and QPACK streams count too); each open takes
+    one."""
+
+    async def handler(session: WebTransportSession, context: object) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        _, base = await start_server(nursery, dev_cert, {"/s": Route(handler)})
+        async with connect_webtransport(
+            base + "/s", server_certificate_hashes=[dev_cert.sha256]
+        ) as session:
+            credit = session.unidirectional_stream_credit
+            assert credit > 0
+            stream = await session.open_unidirectional_stream()
+            # One stream of a window the peer raises only once half of it is used.
+            assert session.unidirectional_stream_credit == credit - 1
+            stream.reset(0)
+        nursery.cancel_scope.cancel()
