@@ -189,8 +189,8 @@ class SignalingSession:
         if member.reconnecting and conn.outgoing is None:
             # A resume lost before it was answered: its token was spent and no new one was
             # given, so nothing can resume the participant any more. It leaves now rather
-            # than after a second window.
-            member.leave(reason)
+            # than after a second window, as a lost connection whatever closed this one.
+            member.leave(LeaveReason.CONNECTION_LOST)
             return
         if (
             reason is LeaveReason.CONNECTION_LOST

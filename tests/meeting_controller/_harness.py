@@ -38,6 +38,8 @@ class FakeMediaControl:
         self.telemetry_subscribed = trio.Event()
         # When set, RegisterParticipant raises it (an MH that refuses, or is gone).
         self.refuse_register: Exception | None = None
+        # When set, RegisterParticipant waits for it (an MH that is slow to answer).
+        self.hold_register: trio.Event | None = None
         # When set, RouteMedia raises it.
         self.refuse_route: Exception | None = None
         # Participants the MH forgot (after their media grace): the next RegisterParticipant
@@ -56,10 +58,12 @@ class FakeMediaControl:
     async def RegisterParticipant(
         self, request: mh_pb.RegisterParticipant
     ) -> mh_pb.RegisterParticipantResponse:
-        refusal = self.refuse_register
+        refusal, hold = self.refuse_register, self.hold_register
         self.registered.append(request)
         self._touch()
         await trio.lowlevel.checkpoint()
+        if hold is not None:
+            await hold.wait()
         if refusal is not None:
             raise refusal
         # A fresh token at each later call for one participant, as the real MH issues.

@@ -33,7 +33,8 @@ CLIENT_LIMITS = TransportLimits(idle_timeout_s=IDLE_S, keepalive_interval_s=IDLE
 
 
 def _stack(tmp_path: pathlib.Path, **overrides: Any) -> Any:
-    return open_stack(tmp_path, idle_timeout_s=IDLE_S, resume_grace_s=GRACE_S, **overrides)
+    settings: dict[str, Any] = {"idle_timeout_s": IDLE_S, "resume_grace_s": GRACE_S}
+    return open_stack(tmp_path, **(settings | overrides))
 
 
 def _connect(stack: Stack, url: str, meeting_id: str, **kw: Any) -> Any:
@@ -291,3 +292,36 @@ async def test_a_token_is_useless_for_another_meeting_and_a_made_up_one_too(
             assert pong.pong.timestamp == 9
         metrics = stack.running.controller.metrics
         assert metrics.resumes.value("not_found") == 3
+
+
+async def test_a_resume_lost_before_its_answer_ends_the_participant_at_once(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The resume's token is spent when it is presented; if that connection goes before the
+    MC answers (here: while the MH is slow to give the media token), nothing can resume the
+    participant any more, so it leaves CONNECTION_LOST at once, not after a second window."""
+    async with _stack(tmp_path, resume_grace_s=60.0) as stack:
+        await stack.assign("m")
+        async with (
+            stack.join("m", Role.HOST) as witness,
+            open_udp_proxy(stack.running.signal_address) as proxy,
+        ):
+            async with _subject(stack, proxy, "m") as subject:
+                pid, token = subject.participant_id, subject.join_response.resume_token
+                await next_event(witness, "participant_joined")
+                await _blackout_noticed(proxy, witness, pid)
+            registrations = len(stack.mh.registered)
+            stack.mh.hold_register = trio.Event()
+            async with trio.open_nursery() as nursery:
+
+                async def resume() -> None:
+                    async with _resume(stack, stack.running.signal_url, "m", token):
+                        raise AssertionError("answered although the MH never did")
+
+                nursery.start_soon(resume)
+                await stack.mh.wait_for(lambda: len(stack.mh.registered) > registrations)
+                nursery.cancel_scope.cancel()  # the client gives up: its connection closes
+            left = await next_event(witness, "participant_left")  # well within the 60 s window
+            assert left.participant_left.participant_id == pid
+            assert left.participant_left.reason == common_pb2.CONNECTION_LOST
+            stack.mh.hold_register.set()
