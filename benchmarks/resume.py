@@ -91,6 +91,7 @@ VIDEO_FPS, AUDIO_FPS, KEY_EVERY = 30, 50, 30
 KEY_BYTES, DELTA_BYTES, AUDIO_BYTES = 1200, 300, 80
 VIDEO_AGE_S, AUDIO_AGE_S = 0.5, 0.2  # the MH's default age bounds (--max-video-age-s ...)
 SHORT_IDLE = TransportLimits(idle_timeout_s=1.0, keepalive_interval_s=1.0 / 3)
+BLACKOUTS = {True: (8, 4), False: (50, 50)}  # --quick: (at the defaults, reconnections)
 REBIND_BEFORE_S, REBIND_AFTER_S = 0.5, 1.5  # the window of a migration gap
 STALL_S, STALL_WARM_S, STALL_READ_S = 20.0, 2.0, 3.0
 STALL_WINDOW = 8 * 1024  # the stalled subscriber's stream receive window
@@ -102,6 +103,15 @@ LOSS_WAIT_S = 45.0  # a loss not noticed by then is a miss
 WAIT_S = 30.0  # bound on each wait (a resume grace window and then some)
 LEAVE_S = 1.0  # bound on a subject's goodbye (its path may be paused)
 MAX_FLOWS = 1024  # a subject's reconnections and migrations each open proxy flows
+
+
+VERBOSE = False  # --verbose: one line per sample
+
+
+def detail(label: str, sample: dict[str, Any]) -> None:
+    if VERBOSE:
+        shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in sample.items()}
+        print(f"    {label}: {shown}", flush=True)
 
 
 # --- the server process -------------------------------------------------------------------
@@ -259,6 +269,16 @@ class Peer:
         for proxy in self.proxies:
             proxy.resume()
 
+    def state(self) -> str:
+        """For a failure's message: the session's state, its last events, the last frame."""
+        now, s = time.monotonic(), self.session
+        last = f"{now - self.rx.at[-1]:.1f} s ago" if self.rx.at else "never"
+        events = [f"{type(e).__name__} {now - t:.1f} s ago" for t, e in self.events[-4:]]
+        return (
+            f"end {s.end_reason} {s.end_message!r}, {s.connection.value}, {s.reconnects} "
+            f"reconnects, last frame {last}, last events {events}"
+        )
+
     def first_event(self, kind: type, after: float) -> float | None:
         return next((t for t, e in self.events if t > after and isinstance(e, kind)), None)
 
@@ -408,7 +428,7 @@ async def hold(
 async def blackout(peer: Peer, duration: float) -> dict[str, Any]:
     """One blackout of both of ``peer``'s paths; what came back, and when."""
     if not await peer.steady():
-        return {"ok": False, "why": "no steady media before"}
+        return {"ok": False, "reconnected": False, "why": f"no steady media before: {peer.state()}"}
     reconnects = peer.session.reconnects
     peer.pause()
     await trio.sleep(duration)
@@ -419,7 +439,7 @@ async def blackout(peer: Peer, duration: float) -> dict[str, Any]:
     ok = first is not None and peer.session.end_reason is None
     out: dict[str, Any] = {"ok": ok, "reconnected": False}
     if not ok:
-        out["why"] = f"no media in {WAIT_S:.0f} s; session end {peer.session.end_reason}"
+        out["why"] = f"no media in {WAIT_S:.0f} s: {peer.state()}"
         return out
     assert first is not None
     video = await rx.first_after(back, is_video(rx))
@@ -448,7 +468,7 @@ async def blackouts_phase(
     figures: dict[str, Any],
 ) -> None:
     rng = random.Random(SEED)
-    n_default, n_reconnect = (8, 4) if quick else (50, 50)
+    n_default, n_reconnect = BLACKOUTS[quick]
     span = (1.0, 2.0) if quick else (2.0, 5.0)
     variants: dict[str, Any] = {
         "default": {"limits": None, "span": span, "n": n_default, "runs": []},
@@ -465,8 +485,11 @@ async def blackouts_phase(
                     open_subject, stack, f"subject-{name}", streams, limits=v["limits"]
                 )
                 peers[name] = await nursery.start(hold, opener)
-            run = await blackout(peers[name], rng.uniform(*v["span"]))
+            duration = rng.uniform(*v["span"])
+            run = await blackout(peers[name], duration)
+            run["blackout_s"] = duration
             v["runs"].append(run)
+            detail(f"blackout ({name})", run)
             if not run["ok"]:
                 print(f"  {name} blackout {i}: FAILED ({run.get('why', 'did not reconnect')})")
                 peers.pop(name).release.set()
@@ -474,9 +497,11 @@ async def blackouts_phase(
     for peer in peers.values():
         peer.release.set()
     runs = variants["default"]["runs"] + variants["reconnect"]["runs"]
-    figures["resume_success_ratio"] = sum(r["ok"] for r in runs) / len(runs)
+    figures["resume_success_ratio"] = sum(r["ok"] for r in runs) / max(1, len(runs))
     for name, prefix in (("default", "resume"), ("reconnect", "reconnect")):
         rs = variants[name]["runs"]
+        if not rs:
+            continue
         good = [r for r in rs if r["ok"]]
         figures[f"{prefix}_blackouts"] = len(rs)
         figures[f"{prefix}_ok_ratio"] = len(good) / len(rs)
@@ -541,6 +566,7 @@ async def rebinds(
                 break
             run["how"] = how
             out.append(run)
+            detail(name, run)
             await trio.sleep(SETTLE_S)
     return out
 
@@ -801,7 +827,10 @@ async def run(stack: Stack, quick: bool) -> dict[str, Any]:
 def main() -> None:
     p = parser(__doc__.splitlines()[0] if __doc__ else "")
     p.add_argument("--serve", nargs=3, help=argparse_hidden())
+    p.add_argument("--verbose", action="store_true", help="print every sample")
     args = p.parse_args()
+    global VERBOSE
+    VERBOSE = args.verbose
     if args.serve:
         serve(*args.serve)
         return
