@@ -66,6 +66,10 @@ def serve(certfile: str, keyfile: str, pubkey: str) -> None:
             await trio.lowlevel.checkpoint()
             return mh_pb.RemoveParticipantResponse()
 
+        async def RemoveStream(self, request: Any) -> Any:
+            await trio.lowlevel.checkpoint()
+            return mh_pb.RemoveStreamResponse()
+
         async def Telemetry(self, request: Any) -> Any:
             await trio.sleep_forever()
             yield mh_pb.TelemetryEvent()
