@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Sequence
-
 import pytest
 from google.protobuf.message import DecodeError, Message
 from hypothesis import given
@@ -25,202 +22,18 @@ from darktower.protocol import (
     pb,
 )
 
+from ._framing_cases import (
+    client_messages,
+    feed_chunks,
+    reason_of,
+    same_messages,
+    server_messages,
+    split_at,
+    uint64s,
+    wire_of,
+)
+
 common, signaling = pb.common_pb2, pb.signaling_pb2
-
-# --- strategies --------------------------------------------------------------------------------
-uint32s = st.integers(0, 2**32 - 1)
-uint64s = st.integers(0, 2**64 - 1)
-texts = st.text(max_size=20)
-blobs = st.binary(max_size=64)
-floats32 = st.floats(width=32, allow_nan=False)
-stream_types = st.sampled_from(list(common.StreamType.values()))
-leave_reasons = st.sampled_from(list(common.LeaveReason.values()))
-
-simulcast_layers = st.builds(
-    common.SimulcastLayer, layer_id=texts, width=uint32s, height=uint32s, max_bitrate=uint32s
-)
-metadata = st.builds(
-    common.StreamMetadata,
-    codec=texts,
-    max_bitrate=uint32s,
-    video=st.builds(
-        common.VideoMetadata,
-        width=uint32s,
-        height=uint32s,
-        framerate=uint32s,
-        simulcast_layers=st.lists(simulcast_layers, max_size=3),
-    ),
-)
-media_streams = st.builds(
-    common.MediaStream, stream_id=texts, stream_type=stream_types, metadata=metadata
-)
-participants = st.builds(
-    signaling.Participant,
-    participant_id=texts,
-    name=texts,
-    streams=st.lists(media_streams, max_size=2),
-    joined_at=uint64s,
-    public_key=blobs,
-    key_id=texts,
-)
-key_shares = st.builds(
-    signaling.E2EEKeyShare,
-    from_participant_id=texts,
-    to_participant_id=texts,
-    key_id=texts,
-    ciphertext=blobs,
-)
-quality = st.builds(
-    signaling.StreamQualityUpdate,
-    stream_id=texts,
-    available_bitrate=uint32s,
-    packet_loss=floats32,
-    rtt_ms=uint32s,
-)
-
-
-def _envelope(
-    cls: type[Message], field: str, inner: st.SearchStrategy[Message]
-) -> st.SearchStrategy[Message]:
-    return st.builds(lambda rid, m: cls(request_id=rid, **{field: m}), uint64s, inner)
-
-
-client_messages: st.SearchStrategy[Message] = st.one_of(
-    st.builds(ClientMessage, request_id=uint64s),  # no message set: still a valid envelope
-    _envelope(
-        ClientMessage,
-        "join",
-        st.builds(
-            signaling.JoinRequest,
-            meeting_id=texts,
-            join_token=texts,
-            participant_name=texts,
-            capabilities=st.builds(
-                signaling.ParticipantCapabilities,
-                video_codecs=st.lists(texts, max_size=3),
-                audio_codecs=st.lists(texts, max_size=3),
-                supports_simulcast=st.booleans(),
-                max_video_streams=uint32s,
-            ),
-            e2ee_public_key=blobs,
-        ),
-    ),
-    _envelope(
-        ClientMessage,
-        "publish",
-        st.builds(
-            signaling.PublishStream, stream_id=texts, stream_type=stream_types, metadata=metadata
-        ),
-    ),
-    _envelope(
-        ClientMessage,
-        "subscribe",
-        st.builds(
-            signaling.SubscribeStream,
-            stream_id=texts,
-            options=st.builds(
-                signaling.SubscriptionOptions, preferred_layer=texts, max_bitrate=uint32s
-            ),
-        ),
-    ),
-    _envelope(
-        ClientMessage, "unsubscribe", st.builds(signaling.UnsubscribeStream, stream_id=texts)
-    ),
-    _envelope(ClientMessage, "unpublish", st.builds(signaling.UnpublishStream, stream_id=texts)),
-    _envelope(ClientMessage, "quality", quality),
-    _envelope(ClientMessage, "leave", st.builds(signaling.LeaveRequest)),
-    _envelope(ClientMessage, "kick", st.builds(signaling.KickParticipant, participant_id=texts)),
-    _envelope(ClientMessage, "end_meeting", st.builds(signaling.EndMeeting)),
-    _envelope(ClientMessage, "ping", st.builds(signaling.Ping, timestamp=uint64s)),
-    _envelope(ClientMessage, "key_share", key_shares),
-)
-
-server_messages: st.SearchStrategy[Message] = st.one_of(
-    _envelope(
-        ServerMessage,
-        "join_response",
-        st.builds(
-            signaling.JoinResponse,
-            participant_id=texts,
-            existing_participants=st.lists(participants, max_size=3),
-            media_server=st.builds(
-                signaling.MediaServerInfo, media_handler_url=texts, connection_token=texts
-            ),
-            encryption_keys=st.builds(signaling.EncryptionKeys, public_key=blobs, key_id=texts),
-        ),
-    ),
-    _envelope(
-        ServerMessage,
-        "participant_joined",
-        st.builds(signaling.ParticipantJoined, participant=participants),
-    ),
-    _envelope(
-        ServerMessage,
-        "participant_left",
-        st.builds(signaling.ParticipantLeft, participant_id=texts, reason=leave_reasons),
-    ),
-    _envelope(
-        ServerMessage,
-        "stream_published",
-        st.builds(signaling.StreamPublished, participant_id=texts, stream=media_streams),
-    ),
-    _envelope(
-        ServerMessage,
-        "stream_unpublished",
-        st.builds(signaling.StreamUnpublished, participant_id=texts, stream_id=texts),
-    ),
-    _envelope(ServerMessage, "ack", st.builds(signaling.Ack, stream_id=texts)),
-    _envelope(ServerMessage, "quality", quality),
-    _envelope(
-        ServerMessage, "key_frame_request", st.builds(common.KeyFrameRequest, stream_id=texts)
-    ),
-    _envelope(ServerMessage, "pong", st.builds(signaling.Pong, timestamp=uint64s)),
-    _envelope(
-        ServerMessage,
-        "error",
-        st.builds(
-            common.ErrorMessage,
-            code=st.sampled_from(list(common.ErrorCode.values())),
-            message=texts,
-            details=st.dictionaries(texts, texts, max_size=3),
-        ),
-    ),
-    _envelope(ServerMessage, "key_share", key_shares),
-    _envelope(
-        ServerMessage,
-        "session_ended",
-        st.builds(signaling.SessionEnded, reason=leave_reasons, message=texts),
-    ),
-)
-
-
-# --- helpers -----------------------------------------------------------------------------------
-def _feed(decoder: MessageDecoder[Message], chunks: Iterable[bytes]) -> list[Message]:
-    """The single-reader pattern: feed a chunk, drain, repeat."""
-    out: list[Message] = []
-    for chunk in chunks:
-        decoder.receive_data(chunk)
-        out.extend(decoder)
-    return out
-
-
-def _split(data: bytes, cuts: Sequence[int]) -> list[bytes]:
-    points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
-    return [data[a:b] for a, b in itertools.pairwise(points)]
-
-
-def _wire(messages: Sequence[Message]) -> bytes:
-    return b"".join(encode_message(m) for m in messages)
-
-
-def _same(a: Sequence[Message], b: Sequence[Message]) -> bool:
-    return [m.SerializeToString(deterministic=True) for m in a] == [
-        m.SerializeToString(deterministic=True) for m in b
-    ]
-
-
-def _reason(excinfo: pytest.ExceptionInfo[InvalidRequest]) -> str:
-    return excinfo.value.details["reason"]
 
 
 # --- round trips -------------------------------------------------------------------------------
@@ -229,7 +42,7 @@ def test_client_messages_round_trip_in_random_chunks(
     messages: list[Message], cuts: list[int]
 ) -> None:
     decoder = MessageDecoder(ClientMessage)
-    decoded = _feed(decoder, _split(_wire(messages), cuts))
+    decoded = feed_chunks(decoder, split_at(wire_of(messages), cuts))
     decoder.end_of_stream()
     assert decoded == messages
     assert decoder.buffered == 0
@@ -240,23 +53,23 @@ def test_server_messages_round_trip_in_random_chunks(
     messages: list[Message], cuts: list[int]
 ) -> None:
     decoder = MessageDecoder(ServerMessage)
-    decoded = _feed(decoder, _split(_wire(messages), cuts))
+    decoded = feed_chunks(decoder, split_at(wire_of(messages), cuts))
     decoder.end_of_stream()
     assert decoded == messages
 
 
 @given(st.lists(st.one_of(client_messages), min_size=1, max_size=4))
 def test_round_trip_split_at_every_byte(messages: list[Message]) -> None:
-    data = _wire(messages)
+    data = wire_of(messages)
     for cut in range(len(data) + 1):
         decoder = MessageDecoder(ClientMessage)
-        assert _feed(decoder, [data[:cut], data[cut:]]) == messages
+        assert feed_chunks(decoder, [data[:cut], data[cut:]]) == messages
         decoder.end_of_stream()
 
 
 @given(st.lists(server_messages, min_size=1, max_size=4))
 def test_round_trip_one_byte_at_a_time(messages: list[Message]) -> None:
-    data = _wire(messages)
+    data = wire_of(messages)
     decoder = MessageDecoder(ServerMessage)
     seen: list[Message] = []
     for i in range(len(data)):
@@ -326,7 +139,7 @@ def _fails_after_good(
     tail: bytes, reason: str, *, max_message_size: int = MAX_MESSAGE_SIZE
 ) -> None:
     """GOOD then ``tail``, fed whole and byte by byte: GOOD comes out, then the fault."""
-    data = _wire(GOOD) + tail
+    data = wire_of(GOOD) + tail
     for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
         decoder = MessageDecoder(ClientMessage, max_message_size=max_message_size)
         seen: list[Message] = []
@@ -337,7 +150,7 @@ def _fails_after_good(
                     seen.append(m)
             decoder.end_of_stream()
         assert seen == GOOD
-        assert _reason(excinfo) == reason
+        assert reason_of(excinfo) == reason
         _assert_terminal(decoder, reason)
 
 
@@ -345,13 +158,13 @@ def _assert_terminal(decoder: MessageDecoder[Message], reason: str) -> None:
     assert decoder.failed
     assert decoder.buffered == 0
     for call in (
-        lambda: decoder.receive_data(_wire(GOOD)),
+        lambda: decoder.receive_data(wire_of(GOOD)),
         decoder.next_message,
         decoder.end_of_stream,
     ):
         with pytest.raises(InvalidRequest) as again:
             call()
-        assert _reason(again) == reason
+        assert reason_of(again) == reason
 
 
 def test_declared_length_over_the_limit() -> None:
@@ -364,7 +177,7 @@ def test_oversize_is_refused_from_the_varint_alone() -> None:
     decoder.receive_data(encode_varint(11))
     with pytest.raises(InvalidRequest) as excinfo:
         decoder.next_message()
-    assert _reason(excinfo) == REASON_TOO_LARGE
+    assert reason_of(excinfo) == REASON_TOO_LARGE
     assert excinfo.value.details["limit"] == "10"
     assert decoder.buffered == 0
 
@@ -422,7 +235,7 @@ def test_truncated_inside_the_length_prefix() -> None:
 
 def test_end_of_stream_between_messages_is_clean() -> None:
     decoder = MessageDecoder(ClientMessage)
-    decoder.receive_data(_wire(GOOD))
+    decoder.receive_data(wire_of(GOOD))
     assert list(decoder) == GOOD
     decoder.end_of_stream()
     assert not decoder.failed
@@ -433,14 +246,14 @@ def test_end_of_stream_between_messages_is_clean() -> None:
 def test_messages_before_a_fault_are_pulled_before_it_is_raised() -> None:
     decoder = MessageDecoder(ClientMessage)
     # After GOOD: an empty (valid) envelope, then a length of 15 whose body comes later.
-    decoder.receive_data(_wire(GOOD) + b"\x00\x0f")
+    decoder.receive_data(wire_of(GOOD) + b"\x00\x0f")
     assert decoder.next_message() == GOOD[0]
     decoder.receive_data(b"\xff" * 15)  # a tag varint of 15 bytes: not a ClientMessage
     assert decoder.next_message() == GOOD[1]
     assert decoder.next_message() == ClientMessage()
     with pytest.raises(InvalidRequest) as excinfo:
         decoder.next_message()
-    assert _reason(excinfo) == REASON_UNDECODABLE
+    assert reason_of(excinfo) == REASON_UNDECODABLE
 
 
 def _reference_decode(data: bytes, limit: int) -> tuple[list[bytes], bool]:
@@ -476,7 +289,7 @@ def test_garbage_never_yields_a_wrong_message(data: bytes, cuts: list[int], limi
     decoder = MessageDecoder(ClientMessage, max_message_size=limit)
     seen: list[Message] = []
     try:
-        for chunk in _split(data, cuts):
+        for chunk in split_at(data, cuts):
             decoder.receive_data(chunk)
             seen.extend(decoder)
         decoder.end_of_stream()
@@ -484,7 +297,7 @@ def test_garbage_never_yields_a_wrong_message(data: bytes, cuts: list[int], limi
         assert not clean
     else:
         assert clean
-    assert _same(seen, [ClientMessage.FromString(b) for b in expected])
+    assert same_messages(seen, [ClientMessage.FromString(b) for b in expected])
 
 
 def test_decoder_rejects_a_negative_limit() -> None:
