@@ -1,15 +1,13 @@
-"""The grpclib-in-trio bridge over real 127.0.0.1 TCP.
+"""The grpclib-in-trio bridge over real 127.0.0.1 TCP: calls, errors across the wire, cancellation
+and hostile connections (startup, shutdown and versions: test_rpc_bridge_wiring.py).
 
-The service below is written exactly as grpclib's code generator writes ``*_grpc.py`` files (an
-abstract ``Base`` with ``__mapping__`` and a ``Stub`` of method objects), with well-known protobuf
-types, so the bridge is tested on the shape the real generated services have.
+The service (tests/transport/_echo_service.py) is written exactly as grpclib's code generator
+writes ``*_grpc.py`` files, so the bridge is tested on the shape the real generated services have.
 """
 
 from __future__ import annotations
 
-import abc
 import socket
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,122 +16,22 @@ import grpclib.server
 import h2.config
 import h2.connection
 import pytest
-import sniffio
 import trio
 import trio_asyncio
 from google.protobuf.wrappers_pb2 import Int32Value, StringValue
-from grpclib.client import Channel, UnaryStreamMethod, UnaryUnaryMethod
+from grpclib.client import UnaryUnaryMethod
 from grpclib.exceptions import GRPCError
 
 from darktower.errors import (
-    CapacityExceeded,
-    Conflict,
     DarkTowerError,
-    Forbidden,
-    InternalError,
-    InvalidRequest,
     NotFound,
     RateLimited,
-    StreamError,
-    Unauthorized,
 )
-from darktower.protocol import PROTOCOL_VERSION, grpc_status, wire_details
-from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
-from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase, MeetingControlStub
+from darktower.protocol import grpc_status, wire_details
 from darktower.transport import rpc
 from tests._fuzz import fuzz_cases, fuzz_rng
 
-# Real sockets, real time: a bound on every wait so a regression fails instead of hanging.
-WAIT_S = 10.0
-
-
-# --- a service in the generated shape ---------------------------------------------------------
-class EchoBase(abc.ABC):
-    @abc.abstractmethod
-    async def Echo(self, stream: grpclib.server.Stream[StringValue, StringValue]) -> None: ...
-
-    @abc.abstractmethod
-    async def Count(self, stream: grpclib.server.Stream[Int32Value, Int32Value]) -> None: ...
-
-    @abc.abstractmethod
-    async def Hang(self, stream: grpclib.server.Stream[StringValue, StringValue]) -> None: ...
-
-    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        return {
-            "/test.Echo/Echo": grpclib.const.Handler(
-                self.Echo, grpclib.const.Cardinality.UNARY_UNARY, StringValue, StringValue
-            ),
-            "/test.Echo/Count": grpclib.const.Handler(
-                self.Count, grpclib.const.Cardinality.UNARY_STREAM, Int32Value, Int32Value
-            ),
-            "/test.Echo/Hang": grpclib.const.Handler(
-                self.Hang, grpclib.const.Cardinality.UNARY_UNARY, StringValue, StringValue
-            ),
-        }
-
-
-class EchoStub:
-    def __init__(self, channel: Channel) -> None:
-        self.Echo = UnaryUnaryMethod(channel, "/test.Echo/Echo", StringValue, StringValue)
-        self.Count = UnaryStreamMethod(channel, "/test.Echo/Count", Int32Value, Int32Value)
-        self.Hang = UnaryUnaryMethod(channel, "/test.Echo/Hang", StringValue, StringValue)
-
-
-ERRORS: dict[str, DarkTowerError] = {
-    "invalid": InvalidRequest("bad field", details={"field": "name"}),
-    "unauthorized": Unauthorized("token expired"),
-    "forbidden": Forbidden("not your meeting"),
-    "not_found": NotFound("no such meeting", details={"meeting_id": "m-1"}),
-    "conflict": Conflict("already registered"),
-    "internal": InternalError("boom"),
-    "capacity": CapacityExceeded("no healthy meeting controller"),
-    "stream": StreamError("stream reset"),
-    "rate": RateLimited("slow down", retry_after_s=2.5, details={"limit": "100"}),
-    "unicode": NotFound("réunion introuvable ✓", details={"nom": "café"}),
-}
-
-
-class Echo:
-    """The trio implementation: plain ``request -> reply`` methods, no grpclib in sight."""
-
-    def __init__(self) -> None:
-        self.hang_started = trio.Event()
-        self.hang_cancelled = trio.Event()
-        self.count_cancelled = trio.Event()
-        self.in_trio: list[bool] = []
-
-    async def Echo(self, request: StringValue) -> StringValue:
-        # Proves the method runs as trio code: trio checkpoints work here.
-        await trio.lowlevel.checkpoint()
-        self.in_trio.append(sniffio.current_async_library() == "trio")
-        if request.value in ERRORS:
-            raise ERRORS[request.value]
-        if request.value == "crash":
-            raise RuntimeError("secret traceback detail")
-        return StringValue(value=request.value.upper())
-
-    async def Count(self, request: Int32Value) -> AsyncIterator[Int32Value]:
-        try:
-            for i in range(abs(request.value)):
-                yield Int32Value(value=i)
-                await trio.lowlevel.checkpoint()
-            if request.value < 0:
-                raise NotFound("counted too far", details={"n": str(request.value)})
-            if request.value == 0:  # one reply, then wait until cancelled
-                yield Int32Value(value=0)
-                await trio.sleep_forever()
-        except trio.Cancelled:
-            self.count_cancelled.set()
-            raise
-
-    async def Hang(self, request: StringValue) -> StringValue:
-        self.hang_started.set()
-        try:
-            await trio.sleep_forever()
-        except trio.Cancelled:
-            self.hang_cancelled.set()
-            raise
-        raise AssertionError("unreachable")
+from ._echo_service import ERRORS, WAIT_S, Echo, EchoBase, EchoStub
 
 
 @pytest.fixture
@@ -147,13 +45,6 @@ async def echo_server(nursery: trio.Nursery) -> tuple[Echo, int]:
 async def stub(echo_server: tuple[Echo, int]) -> AsyncIterator[EchoStub]:
     async with rpc.open_rpc_channel("127.0.0.1", echo_server[1]) as channel:
         yield EchoStub(channel)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # --- calls ------------------------------------------------------------------------------------
@@ -338,149 +229,6 @@ async def test_deadline_is_enforced_on_both_sides(
         await rpc.call(stub.Hang, StringValue(value="x"), deadline_s=0.2)
     with trio.fail_after(WAIT_S):
         await echo_server[0].hang_cancelled.wait()
-
-
-# --- unreachable peers and shutdown -----------------------------------------------------------
-async def test_unreachable_port_is_rpc_unavailable() -> None:
-    port = _free_port()
-    async with rpc.open_rpc_channel("127.0.0.1", port) as channel:
-        with trio.fail_after(WAIT_S), pytest.raises(rpc.RpcUnavailable, match=str(port)):
-            await rpc.call(EchoStub(channel).Echo, StringValue(value="x"))
-        with trio.fail_after(WAIT_S), pytest.raises(rpc.RpcUnavailable):
-            async with rpc.open_stream_call(EchoStub(channel).Count, Int32Value(value=1)):
-                pass  # pragma: no cover
-    assert issubclass(rpc.RpcUnavailable, InternalError)
-
-
-async def test_server_shutdown_is_bounded_and_cancels_handlers() -> None:
-    impl = Echo()
-    outcome: list[BaseException] = []
-    server_scope = trio.CancelScope()
-
-    async def server(task_status: trio.TaskStatus[int]) -> None:
-        with server_scope:
-            await rpc.serve_rpc(
-                [rpc.rpc_service(EchoBase, impl)],
-                "127.0.0.1",
-                0,
-                shutdown_grace_s=1.0,
-                task_status=task_status,
-            )
-
-    with trio.fail_after(WAIT_S):
-        async with rpc.open_rpc_loop(), trio.open_nursery() as nursery:
-            port = await nursery.start(server)
-            async with rpc.open_rpc_channel("127.0.0.1", port) as channel:
-                caller_done = trio.Event()
-
-                async def caller() -> None:
-                    try:
-                        await rpc.call(EchoStub(channel).Hang, StringValue(value="x"))
-                    except DarkTowerError as exc:
-                        outcome.append(exc)
-                    finally:
-                        caller_done.set()
-
-                nursery.start_soon(caller)
-                await impl.hang_started.wait()
-                started = time.monotonic()
-                server_scope.cancel()
-                await impl.hang_cancelled.wait()
-                # The server, not our channel's closing, ends the call: wait inside the block.
-                await caller_done.wait()
-                elapsed = time.monotonic() - started
-    assert elapsed < 3.0
-    # The in-flight call failed clearly instead of hanging.
-    assert len(outcome) == 1
-    assert isinstance(outcome[0], rpc.RpcUnavailable)
-    # And nothing listens any more.
-    with socket.socket() as s, pytest.raises(OSError):
-        s.connect(("127.0.0.1", port))
-
-
-async def test_one_loop_is_shared(monkeypatch: pytest.MonkeyPatch) -> None:
-    async with rpc.open_rpc_loop() as outer:
-        async with rpc.open_rpc_loop() as inner:
-            assert inner is outer
-
-        def no_second_loop() -> Any:
-            raise AssertionError("a second asyncio loop was opened")
-
-        # Server and channel started under the service's loop reuse it, in child tasks too.
-        monkeypatch.setattr(rpc.trio_asyncio, "open_loop", no_second_loop)
-        impl = Echo()
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(
-                rpc.serve_rpc, [rpc.rpc_service(EchoBase, impl)], "127.0.0.1", 0
-            )
-            async with rpc.open_rpc_channel("127.0.0.1", port) as channel:
-                with trio.fail_after(WAIT_S):
-                    reply = await rpc.call(EchoStub(channel).Echo, StringValue(value="a"))
-            assert reply.value == "A"
-            nursery.cancel_scope.cancel()
-
-
-# --- wiring errors at startup -----------------------------------------------------------------
-def test_missing_method_fails_at_binding() -> None:
-    class Partial:
-        async def Echo(self, request: Any) -> Any:
-            return request
-
-    with pytest.raises(TypeError, match="Count, Hang"):
-        rpc.rpc_service(EchoBase, Partial())
-
-
-def test_client_streaming_is_refused_at_binding() -> None:
-    class Upload:
-        def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-            return {
-                "/test.Up/Up": grpclib.const.Handler(
-                    self.Up, grpclib.const.Cardinality.STREAM_UNARY, StringValue, StringValue
-                )
-            }
-
-        async def Up(self, stream: Any) -> None: ...
-
-    with pytest.raises(TypeError, match="STREAM_UNARY"):
-        rpc.rpc_service(Upload, Upload())
-
-
-# --- protocol version (docs/protocol.md §12) --------------------------------------------------
-class _Versions:
-    """A real generated service (MeetingControl) whose methods record the version they saw."""
-
-    def __init__(self) -> None:
-        self.seen: list[int] = []
-
-    async def EndMeeting(self, request: mtg_pb.EndMeetingRequest) -> mtg_pb.EndMeetingResponse:
-        self.seen.append(request.protocol_version)
-        return mtg_pb.EndMeetingResponse()
-
-    async def AssignMeeting(self, request: Any) -> Any:
-        raise NotImplementedError
-
-    KickParticipant = RegisterMediaHandler = MediaHandlerHeartbeat = AssignMeeting
-
-
-async def test_requests_carry_the_protocol_version_and_others_are_refused(
-    nursery: trio.Nursery,
-) -> None:
-    impl = _Versions()
-    port = await nursery.start(
-        rpc.serve_rpc, [rpc.rpc_service(MeetingControlBase, impl)], "127.0.0.1", 0
-    )
-    async with rpc.open_rpc_channel("127.0.0.1", port) as channel:
-        control = MeetingControlStub(channel)
-        with trio.fail_after(WAIT_S):
-            await rpc.call(control.EndMeeting, mtg_pb.EndMeetingRequest(meeting_id="m"))
-            with pytest.raises(
-                InvalidRequest, match=r"unsupported protocol version 9.*supported: 1"
-            ):
-                await rpc.call(
-                    control.EndMeeting, mtg_pb.EndMeetingRequest(meeting_id="m", protocol_version=9)
-                )
-    # The stamped request reached the method as version 1; the refused one never did.
-    assert impl.seen == [PROTOCOL_VERSION]
 
 
 # --- hostile input: every connection is an error boundary (docs/architecture.md §6.1) ----------
