@@ -42,7 +42,11 @@ MAX_BUFFERED_BYTES_PER_PARTICIPANT: Final = 4 * 1024 * 1024
 # frame is requested from the publisher if none is queued). A send to the subscriber that
 # blocks longer than the bound (it does not read) is abandoned: its uni stream is reset, which
 # discards what the transport still held of it, and the subscription goes on over a new uni
-# stream, video from a key frame.
+# stream, video from a key frame. The bound holds for frames already handed to the transport
+# too: a stream whose oldest frame the subscriber has not acknowledged within it (QUIC flow or
+# congestion control holds the bytes back) is abandoned the same way; the check costs one
+# read of the stream's unacknowledged bytes per batch, and the subscription wakes for it when
+# that frame comes due.
 MAX_VIDEO_AGE_S: Final = 0.5
 MAX_AUDIO_AGE_S: Final = 0.2
 # Consecutive abandoned sends (each one a send the subscriber did not take within the age

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import deque
 from collections.abc import Sequence
 
 import trio
@@ -111,9 +112,10 @@ class MediaRouter:
         """Write the subscription's queued frames, unchanged, to a uni stream of its own.
 
         Frames older than their age bound when they would be sent are dropped (``stale``),
-        and a send the subscriber does not take within the bound is abandoned: the uni stream
-        is reset (what the transport held of it goes too) and a new one carries on, video from
-        a key frame. Past MAX_ABANDONED_SENDS abandoned sends in a row, without uni-stream
+        and so is a stream whose oldest frame the subscriber has not acknowledged within the
+        bound, whether the send blocks or the transport holds the bytes back (flow or
+        congestion control): the uni stream is reset (what the transport held of it goes too)
+        and a new one carries on, video from a key frame. Past MAX_ABANDONED_SENDS abandoned sends in a row, without uni-stream
         credit, or at the session's stream limit, the next stream waits (_limits.py)."""
         stream: WebTransportSendStream | None = None
         publication = sub.publication
@@ -127,6 +129,11 @@ class MediaRouter:
             max_age = settings.max_video_age_s
         abandoned = 0  # sends abandoned in a row (a completed send restarts it)
         retry_at = -math.inf  # no new stream before this
+        # Batches written to the stream and not yet acknowledged by the subscriber, oldest
+        # first: (stream offset where the batch ends, the batch); bytes written so far.
+        unacked: deque[tuple[int, list[QueuedFrame[memoryview]]]] = deque()
+        written = 0
+        due = math.inf  # when the oldest unacknowledged frame passes the age bound
         try:
             stream = await _open(session)
             now = trio.current_time()  # one clock read per batch (and per wake-up)
@@ -143,6 +150,22 @@ class MediaRouter:
                     if stream is None:
                         retry_at = now + max(max_age, _hold_off(abandoned, max_age))
                         continue
+                    written = 0
+                if unacked:
+                    # Frames handed to the transport keep their age bound until acknowledged.
+                    acked = written - stream.unacknowledged
+                    while unacked and unacked[0][0] <= acked:
+                        unacked.popleft()
+                    due = unacked[0][1][0].received_at + max_age if unacked else math.inf
+                    if due <= now:  # the subscriber does not take them: start afresh
+                        lost = [Dropped(i, DropReason.STALE) for _, b in unacked for i in b]
+                        unacked.clear()
+                        due = math.inf
+                        self._abandon(sub, stream, lost, now)
+                        stream = None
+                        abandoned += 1
+                        retry_at = now + _hold_off(abandoned, max_age)
+                        continue
                 stale = queue.drop_stale(now - max_age)
                 if stale:
                     self._lost(sub, stale, now)
@@ -155,22 +178,28 @@ class MediaRouter:
                     batch.append(item)
                     size += item.size
                 if not batch:
-                    await sub.wake.park()
+                    with trio.move_on_at(due):  # wakes to check what is still unacknowledged
+                        await sub.wake.park()
                     now = trio.current_time()
                     continue
                 data = batch[0].payload if len(batch) == 1 else b"".join([i.payload for i in batch])
-                with trio.move_on_at(now + max_age) as sending:
+                with trio.move_on_at(min(now + max_age, due)) as sending:
                     await stream.send_all(data)
                 now = trio.current_time()
                 if sending.cancelled_caught:  # the subscriber does not read: start afresh
-                    _reset(stream)
+                    lost = [Dropped(i, DropReason.STALE) for _, b in unacked for i in b]
+                    lost.extend(Dropped(i, DropReason.STALE) for i in batch)
+                    unacked.clear()
+                    due = math.inf
+                    self._abandon(sub, stream, lost, now)
                     stream = None
-                    lost = [Dropped(i, DropReason.STALE) for i in batch]
-                    lost.extend(queue.lose_sent())
-                    self._lost(sub, lost, now)
                     abandoned += 1
                     retry_at = now + _hold_off(abandoned, max_age)
                     continue
+                written += size
+                unacked.append((written, batch))
+                if due == math.inf:
+                    due = batch[0].received_at + max_age
                 abandoned = 0
                 for item in batch:
                     stats.on_sent(item.size, now)
@@ -183,6 +212,20 @@ class MediaRouter:
                 del publication.subscriptions[sub.subscriber.id]
             if stream is not None:
                 _reset(stream)
+
+    def _abandon(
+        self,
+        sub: MediaSubscription,
+        stream: WebTransportSendStream,
+        lost: list[Dropped[memoryview]],
+        now: float,
+    ) -> None:
+        """Reset a stream the subscriber does not take within the age bound (what the
+        transport held of it goes too) and count what it held as lost; the subscription goes
+        on over a new stream, video from the next key frame."""
+        _reset(stream)
+        lost.extend(sub.queue.lose_sent())
+        self._lost(sub, lost, now)
 
     def _lost(
         self, sub: MediaSubscription, drops: Sequence[Dropped[memoryview]], now: float

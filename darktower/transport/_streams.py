@@ -332,6 +332,13 @@ class WebTransportSendStream(_Base, trio.abc.SendStream):
     def reset(self, code: int = 0) -> None:
         self._state.reset(code)
 
+    @property
+    def unacknowledged(self) -> int:
+        """Bytes written to this stream (``send_all`` returned) that the peer has not yet
+        acknowledged in order: held back by flow or congestion control, in flight or lost.
+        Read-only; 0 once the stream is gone (reset or done)."""
+        return self._state.conn.unacked(self._state.stream_id)
+
     async def aclose(self) -> None:
         self._state.finish_sending()
         await trio.lowlevel.checkpoint()

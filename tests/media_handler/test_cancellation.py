@@ -40,6 +40,8 @@ def _frame(frame_type: FrameType, seq: int, payload: bytes) -> bytes:
 class FakeStream:
     """An in-memory WebTransport stream: what the peer sends is fed with ``feed``."""
 
+    unacknowledged = 0  # what a send handed over is taken at once
+
     def __init__(self) -> None:
         self._send, self._recv = trio.open_memory_channel[bytes](16)
         self.sent: list[bytes] = []

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import attrs
+import pytest
 import trio
 import trio.testing
 
@@ -140,6 +141,8 @@ class Reader:
     resumed: trio.Event = attrs.Factory(trio.Event)
     # (time read, stream id, frame type, sequence) of every frame the subscriber got
     got: list[tuple[float, str, FrameType, int]] = attrs.Factory(list)
+    # Streams whose transport holds what was sent while the reader stalled: read on resume.
+    held: list[BufferingUniStream] = attrs.Factory(list)
 
     def stall(self) -> None:
         self.reading = False
@@ -148,11 +151,23 @@ class Reader:
     def resume(self) -> None:
         self.reading = True
         self.resumed.set()
+        for stream in self.held:
+            stream.deliver()
+
+    def take(self, decoder: FrameDecoder, data: bytes) -> None:
+        decoder.receive_data(data)
+        now = trio.current_time()
+        for frame in decoder:
+            seq = int.from_bytes(bytes(frame.payload[:8]), "big")
+            self.got.append((now, str(frame.stream_id), frame.frame_type, seq))
 
 
 class UniStream:
     """A uni stream to a subscriber: a send completes only while its reader reads (a stalled
     reader grants no credit); a reset drops what it held, as QUIC's RESET_STREAM does."""
+
+    # What a send handed over is taken at once (the transport's unacknowledged bytes).
+    unacknowledged = 0
 
     def __init__(self, reader: Reader) -> None:
         self.reader = reader
@@ -165,23 +180,54 @@ class UniStream:
             await self.reader.resumed.wait()
         if self.reset_code is not None:
             raise trio.ClosedResourceError("reset")
-        self.decoder.receive_data(bytes(data))
-        now = trio.current_time()
-        for frame in self.decoder:
-            seq = int.from_bytes(bytes(frame.payload[:8]), "big")
-            self.reader.got.append((now, str(frame.stream_id), frame.frame_type, seq))
+        self.reader.take(self.decoder, bytes(data))
 
     def reset(self, code: int = 0) -> None:
         self.reset_code = code
 
 
+class BufferingUniStream:
+    """A uni stream as real QUIC has it below its send high-water mark: a send returns at once,
+    and what a stalled reader does not take stays in the transport, unacknowledged, until it
+    reads again; a reset drops it."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+        self.decoder = FrameDecoder()
+        self.reset_code: int | None = None
+        self.pending = bytearray()
+        reader.held.append(self)
+
+    @property
+    def unacknowledged(self) -> int:
+        return len(self.pending)
+
+    async def send_all(self, data: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.reset_code is not None:
+            raise trio.ClosedResourceError("reset")
+        self.pending += data
+        if self.reader.reading:
+            self.deliver()
+
+    def deliver(self) -> None:
+        if self.reset_code is None and self.pending:
+            self.reader.take(self.decoder, bytes(self.pending))
+        self.pending.clear()
+
+    def reset(self, code: int = 0) -> None:
+        self.reset_code = code
+        self.pending.clear()
+
+
 class Session:
-    def __init__(self, reader: Reader | None = None) -> None:
+    def __init__(self, reader: Reader | None = None, *, buffering: bool = False) -> None:
         self.reader = reader or Reader()
+        self.buffering = buffering
         self._send, self._recv = trio.open_memory_channel[PublishStream](16)
         self.end: SessionEnd | None = None
         self.close_code: int | None = None
-        self.uni: list[UniStream] = []
+        self.uni: list[UniStream | BufferingUniStream] = []
         self.credit = 1 << 30  # uni streams the subscriber lets the MH open
 
     @property
@@ -199,9 +245,9 @@ class Session:
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise trio.ClosedResourceError("session closed") from None
 
-    async def open_unidirectional_stream(self) -> UniStream:
+    async def open_unidirectional_stream(self) -> UniStream | BufferingUniStream:
         await trio.lowlevel.checkpoint()
-        stream = UniStream(self.reader)
+        stream = (BufferingUniStream if self.buffering else UniStream)(self.reader)
         self.uni.append(stream)
         return stream
 
@@ -211,8 +257,16 @@ class Session:
         self._recv.close()
 
 
+@pytest.mark.parametrize(
+    "buffering",
+    [
+        pytest.param(False, id="sends-block"),
+        # The frames handed to the transport keep their age bound until acknowledged.
+        pytest.param(True, id="transport-holds-the-bytes"),
+    ],
+)
 async def test_a_subscriber_stalled_for_20_s_gets_live_media_and_video_restarts_at_a_key_frame(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, buffering: bool
 ) -> None:
     video_fps, audio_fps, key_every = 30, 50, 60
     stall_at, stall_s, end_at = 2.0, 20.0, 25.0
@@ -238,7 +292,7 @@ async def test_a_subscriber_stalled_for_20_s_gets_live_media_and_video_restarts_
         nursery.start_soon(publisher_side_of_the_mc)
         await listening.wait()
         room = handler.rooms[MEETING]  # type: ignore[index]
-        pub, stalled, steady = Session(), Session(), Session()
+        pub, stalled, steady = Session(), Session(buffering=buffering), Session(buffering=buffering)
         for pid, session in (("p", pub), ("s", stalled), ("t", steady)):
             nursery.start_soon(handler.handle_session, session, room.members[pid])
         await trio.testing.wait_all_tasks_blocked()
