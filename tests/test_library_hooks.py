@@ -69,6 +69,24 @@ def _quic() -> QuicConnection:
     return quic
 
 
+def _pto_backoff_is_pto_times_2_to_the_count() -> bool:
+    """A client's Initial in flight arms the probe timer at PTO x 2**_pto_count after it was
+    sent, and a fired timer raises the count by one."""
+    quic = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=["h3"]))
+    quic.connect(("127.0.0.1", 4433), now=0.0)
+    quic.datagrams_to_send(now=0.0)
+    recovery = quic._loss
+    pto = recovery.get_probe_timeout(include_max_ack_delay=recovery.handshake_confirmed)
+    armed = []
+    for count in (0, 3):
+        recovery._pto_count = count
+        armed.append(quic.get_timer())
+    recovery._pto_count = 0
+    quic.get_timer()
+    quic.handle_timer(now=pto)
+    return armed == [pto, pto * 8] and recovery._pto_count == 1
+
+
 def _quic_protocol(directory: str) -> QuicProtocol:
     certfile, keyfile = generate_dev_certificate().write(directory)
     config = Config()
@@ -258,6 +276,17 @@ HOOKS = [
         lambda: (
             tls.Epoch.ONE_RTT in _quic()._spaces
             and _has(QuicPacketSpace(), "largest_received_packet")
+        ),
+    ),
+    Hook(
+        "aioquic",
+        "QuicPacketRecovery._pto_count (the PTO is get_probe_timeout(include_max_ack_delay=) "
+        "x 2**_pto_count, raised in handle_timer) / handshake_confirmed",
+        "transport/_quic.py (capped in handle_timer)",
+        lambda: (
+            _params(type(_quic()._loss).get_probe_timeout, "include_max_ack_delay")
+            and isinstance(_quic()._loss.handshake_confirmed, bool)
+            and _pto_backoff_is_pto_times_2_to_the_count()
         ),
     ),
     # --- hypercorn ---------------------------------------------------------------------------

@@ -52,6 +52,16 @@ IDLE_TIMEOUT_S = 15.0
 # live peer answers two before the timer runs out, and at most 10 s, so browsers (which idle
 # out after 30 s without traffic) and NATs keep the connection.
 KEEPALIVE_INTERVAL_S = IDLE_TIMEOUT_S / 3
+# The probe timeout's backoff stops here (docs/protocol.md §13, Liveness). aioquic doubles the
+# PTO after each unanswered probe without bound (RFC 9002 §6.2.1), so a path back after a
+# blackout of a few seconds was probed again only seconds later. The doubling stops before the
+# backed-off PTO would exceed this cap (_quic.py), so a silent path is probed at least once
+# per cap (and at most about twice) and a path that returns carries data again within the cap
+# plus a round trip. A PTO already above the cap (a slow path) is kept, never shortened. A dead
+# peer costs a probe per period until the idle timeout above ends the connection; persistent
+# congestion (measured with the PTO without backoff) and the anti-amplification limit (a
+# blocked server arms no PTO) are unchanged.
+PTO_BACKOFF_CAP_S = 0.5
 # QUIC packet size; 1,200 is safe on every path, 1,452 saves CPU where the path allows.
 PACKET_SIZE = 1200
 # Advertised max_datagram_frame_size; the browser drops datagrams silently without it.

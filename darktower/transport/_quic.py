@@ -6,7 +6,8 @@ is ``consumed + window``: it is raised only as the application consumes data. Ot
 (HTTP/3 control, QPACK, request streams) keep aioquic's policy.
 
 Liveness (docs/protocol.md §13): the idle timer restarts only on packets received from the
-peer, never on our own. Migration: each connection ID this side issues is reported as it is
+peer, never on our own, and the probe timeout's backoff stops doubling at PTO_BACKOFF_CAP_S,
+so a path back from a blackout is probed within that time. Migration: each connection ID this side issues is reported as it is
 written (``_dt_cid_issued``), so the endpoint routes it before the peer can use it.
 
 Two savings of memory per connection (an idle connection is otherwise ~60 KB of aioquic state):
@@ -27,6 +28,8 @@ from aioquic.quic.connection import (
     QuicConnection,
 )
 from aioquic.quic.packet import QuicFrameType
+
+from ._config import PTO_BACKOFF_CAP_S
 
 # Capacity of each TLS output buffer once the handshake is confirmed (nothing is written then).
 POST_HANDSHAKE_CRYPTO_BUFFER = 0
@@ -73,6 +76,7 @@ class CreditedQuicConnection(QuicConnection):
         self._dt_consumed = consumed
         self._dt_window = window
         self._dt_cid_issued: CidIssued = _ignore_cid
+        self.dt_pto_backoff_cap_s = PTO_BACKOFF_CAP_S
         self._dt_share_frame_table()
 
     def _dt_share_frame_table(self) -> None:
@@ -100,6 +104,22 @@ class CreditedQuicConnection(QuicConnection):
         if close_at is not None and now >= close_at and self._close_event is None:
             self.dt_idle_timeout = True
         super().handle_timer(now)
+        self._dt_cap_pto_backoff()
+
+    def _dt_cap_pto_backoff(self) -> None:
+        # aioquic arms the probe timer at PTO x 2**_pto_count after the last ack-eliciting
+        # packet, and raises the count only when that timer fires (in handle_timer), with no
+        # bound. The count is held at the largest value whose backoff stays within the cap
+        # (docs/protocol.md §13); the PTO itself (RTT based) is never shortened, and an ACK
+        # still resets the count to 0 as before.
+        recovery = self._loss
+        if recovery._pto_count == 0:
+            return
+        pto = recovery.get_probe_timeout(include_max_ack_delay=recovery.handshake_confirmed)
+        count = 0
+        while pto * 2 ** (count + 1) <= self.dt_pto_backoff_cap_s:
+            count += 1
+        recovery._pto_count = min(recovery._pto_count, count)
 
     def _handle_connection_close_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
         if self._close_event is None:  # not already closing on our side
