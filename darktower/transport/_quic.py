@@ -7,8 +7,9 @@ is ``consumed + window``: it is raised only as the application consumes data. Ot
 
 Liveness (docs/protocol.md §13): the idle timer restarts only on packets received from the
 peer, never on our own, and the probe timeout's backoff stops doubling at PTO_BACKOFF_CAP_S,
-so a path back from a blackout is probed within that time. Migration: each connection ID this side issues is reported as it is
-written (``_dt_cid_issued``), so the endpoint routes it before the peer can use it.
+so a path back from a blackout is probed within that time. Migration: each connection ID this
+side issues is reported as it is written (``_dt_cid_issued``), so the endpoint routes it before
+the peer can use it.
 
 Two savings of memory per connection (an idle connection is otherwise ~60 KB of aioquic state):
 the handshake's TLS output buffers are freed once the handshake is confirmed (aioquic keeps
