@@ -49,13 +49,13 @@ MAX_BUFFERED_BYTES_PER_PARTICIPANT: Final = 4 * 1024 * 1024
 # that frame comes due.
 MAX_VIDEO_AGE_S: Final = 0.5
 MAX_AUDIO_AGE_S: Final = 0.2
-# Consecutive abandoned sends (each one a send the subscriber did not take within the age
-# bound, with no completed send between) after which a subscription stops replacing its uni
-# stream at once: 8 is 4 s of video, 1.6 s of audio, so a short blip costs nothing more.
-# Policy past it: the subscription holds no stream and opens the next one only after a pause
-# that doubles from the age bound up to STALLED_RETRY_MAX_S; that stream's first send is the
-# probe: taken within the bound, the count restarts (the subscriber is back: live media, video
-# from a key frame); abandoned, the pause grows. Frames meanwhile age out of the bounded queue
+# Consecutive abandoned sends (each one a send, or frames sent, the subscriber did not take
+# within the age bound, with no frame acknowledged between) after which a subscription stops
+# replacing its uni stream at once: 8 is 4 s of video, 1.6 s of audio, so a short blip costs
+# nothing more. Policy past it: the subscription holds no stream and opens the next one only
+# after a pause that doubles from the age bound up to STALLED_RETRY_MAX_S; that stream's first
+# send is the probe: acknowledged within the bound, the count restarts (the subscriber is
+# back: live media, video from a key frame); abandoned, the pause grows. Frames meanwhile age out of the bounded queue
 # (counted "stale"). The subscription and its participant go on: a client stalled for good
 # costs at most one stream (and its send window) per subscription at a time, opened at most
 # once per STALLED_RETRY_MAX_S + the age bound, and never more than docs/architecture.md §5.4

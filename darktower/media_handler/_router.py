@@ -127,7 +127,7 @@ class MediaRouter:
             max_age = settings.max_audio_age_s
         else:
             max_age = settings.max_video_age_s
-        abandoned = 0  # sends abandoned in a row (a completed send restarts it)
+        abandoned = 0  # streams abandoned in a row (a frame acknowledged restarts it)
         retry_at = -math.inf  # no new stream before this
         # Batches written to the stream and not yet acknowledged by the subscriber, oldest
         # first: (stream offset where the batch ends, the batch); bytes written so far.
@@ -156,6 +156,7 @@ class MediaRouter:
                     acked = written - stream.unacknowledged
                     while unacked and unacked[0][0] <= acked:
                         unacked.popleft()
+                        abandoned = 0  # the subscriber takes what is sent
                     due = unacked[0][1][0].received_at + max_age if unacked else math.inf
                     if due <= now:  # the subscriber does not take them: start afresh
                         lost = [Dropped(i, DropReason.STALE) for _, b in unacked for i in b]
@@ -200,7 +201,6 @@ class MediaRouter:
                 unacked.append((written, batch))
                 if due == math.inf:
                     due = batch[0].received_at + max_age
-                abandoned = 0
                 for item in batch:
                     stats.on_sent(item.size, now)
                 metrics.frames_forwarded.inc(len(batch))
