@@ -55,8 +55,8 @@ MAX_AUDIO_AGE_S: Final = 0.2
 # nothing more. Policy past it: the subscription holds no stream and opens the next one only
 # after a pause that doubles from the age bound up to STALLED_RETRY_MAX_S; that stream's first
 # send is the probe: acknowledged within the bound, the count restarts (the subscriber is
-# back: live media, video from a key frame); abandoned, the pause grows. Frames meanwhile age out of the bounded queue
-# (counted "stale"). The subscription and its participant go on: a client stalled for good
+# back: live media, video from a key frame); abandoned, the pause grows. Frames meanwhile age
+# out of the bounded queue (counted "stale"). The subscription and its participant go on: a client stalled for good
 # costs at most one stream (and its send window) per subscription at a time, opened at most
 # once per STALLED_RETRY_MAX_S + the age bound, and never more than docs/architecture.md §5.4
 # allows; a blip of a few seconds gets media back within STALLED_RETRY_MAX_S of its end.

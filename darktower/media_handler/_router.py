@@ -115,8 +115,9 @@ class MediaRouter:
         and so is a stream whose oldest frame the subscriber has not acknowledged within the
         bound, whether the send blocks or the transport holds the bytes back (flow or
         congestion control): the uni stream is reset (what the transport held of it goes too)
-        and a new one carries on, video from a key frame. Past MAX_ABANDONED_SENDS abandoned sends in a row, without uni-stream
-        credit, or at the session's stream limit, the next stream waits (_limits.py)."""
+        and a new one carries on, video from a key frame. Past MAX_ABANDONED_SENDS abandoned
+        sends in a row, without uni-stream credit, or at the session's stream limit, the next
+        stream waits (_limits.py)."""
         stream: WebTransportSendStream | None = None
         publication = sub.publication
         stats = publication.stats
