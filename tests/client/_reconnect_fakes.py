@@ -10,11 +10,7 @@ from contextlib import asynccontextmanager
 import trio
 import trio.testing
 
-from darktower.client import (
-    MediaPublisher,
-    MeetingSession,
-    SessionEvent,
-)
+from darktower.client import MediaPublisher, MeetingSession, SessionEvent
 from darktower.errors import CapacityExceeded
 from darktower.frames import Frame, FrameHeader, FrameType
 from darktower.model import LeaveReason

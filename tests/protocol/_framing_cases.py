@@ -11,13 +11,7 @@ from google.protobuf.message import Message
 from hypothesis import strategies as st
 
 from darktower.errors import InvalidRequest
-from darktower.protocol import (
-    ClientMessage,
-    MessageDecoder,
-    ServerMessage,
-    encode_message,
-    pb,
-)
+from darktower.protocol import ClientMessage, MessageDecoder, ServerMessage, encode_message, pb
 
 common, signaling = pb.common_pb2, pb.signaling_pb2
 

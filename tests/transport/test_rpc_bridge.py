@@ -22,11 +22,7 @@ from google.protobuf.wrappers_pb2 import Int32Value, StringValue
 from grpclib.client import UnaryUnaryMethod
 from grpclib.exceptions import GRPCError
 
-from darktower.errors import (
-    DarkTowerError,
-    NotFound,
-    RateLimited,
-)
+from darktower.errors import DarkTowerError, NotFound, RateLimited
 from darktower.protocol import grpc_status, wire_details
 from darktower.transport import rpc
 from tests._fuzz import fuzz_cases, fuzz_rng

@@ -14,11 +14,7 @@ import pytest
 import trio
 from google.protobuf.wrappers_pb2 import Int32Value, StringValue
 
-from darktower.errors import (
-    DarkTowerError,
-    InternalError,
-    InvalidRequest,
-)
+from darktower.errors import DarkTowerError, InternalError, InvalidRequest
 from darktower.protocol import PROTOCOL_VERSION
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase, MeetingControlStub
