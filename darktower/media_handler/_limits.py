@@ -50,18 +50,19 @@ MAX_BUFFERED_BYTES_PER_PARTICIPANT: Final = 4 * 1024 * 1024
 MAX_VIDEO_AGE_S: Final = 0.5
 MAX_AUDIO_AGE_S: Final = 0.2
 # Consecutive abandoned sends (each one a send, or frames sent, the subscriber did not take within
-# the age bound, with no frame acknowledged between) after which a subscription stops replacing its
-# uni stream at once: 8 is 4 s of video, 1.6 s of audio, so a short blip costs nothing more. Policy
-# past it: the subscription holds no stream and opens the next one only after a pause that doubles
-# from the age bound up to STALLED_RETRY_MAX_S; that stream's first send is the probe: acknowledged
-# within the bound, the count restarts (the subscriber is back: live media, video from a key frame);
-# abandoned, the pause grows. Frames meanwhile age out of the bounded queue (counted "stale"). The
-# subscription and its participant go on: a client stalled for good costs at most one stream (and
-# its send window) per subscription at a time, opened at most once per STALLED_RETRY_MAX_S + the age
-# bound, and never more than docs/architecture.md §5.4 allows; a blip of a few seconds gets media
-# back within STALLED_RETRY_MAX_S of its end. Independently of it, no replacement stream is opened
-# while the peer grants no uni-stream credit (MAX_STREAMS), nor while the session is at its
-# open-stream limit: the subscription waits as above (at least the age bound) and tries again.
+# the age bound, with no frame acknowledged between) after which a subscription stops replacing
+# its uni stream at once: 8 is 4 s of video, 1.6 s of audio, so a short blip costs nothing more.
+# Policy past it: the subscription holds no stream and opens the next one only after a pause that
+# doubles from the age bound up to STALLED_RETRY_MAX_S; that stream's first send is the probe:
+# acknowledged within the bound, the count restarts (the subscriber is back: live media, video
+# from a key frame); abandoned, the pause grows. Frames meanwhile age out of the bounded queue
+# (counted "stale"). The subscription and its participant go on: a client stalled for good costs
+# at most one stream (and its send window) per subscription at a time, opened at most once per
+# STALLED_RETRY_MAX_S plus what its probe had (up to the age bound), and never more than
+# docs/architecture.md §5.4 allows; a blip of a few seconds gets media back within
+# STALLED_RETRY_MAX_S of its end. Independently of it, no replacement stream is opened while the
+# peer grants no uni-stream credit (MAX_STREAMS), nor while the session is at its open-stream
+# limit: the subscription waits as above (at least the age bound) and tries again.
 MAX_ABANDONED_SENDS: Final = 8
 STALLED_RETRY_MAX_S: Final = 1.0
 # A participant whose media connection was lost (not removed by the MC, not kicked) keeps its
