@@ -1,6 +1,6 @@
 // One person's meeting session: the signaling session with the MC, the media session with the
-// MH, the local encoders and one decoder per subscribed remote stream. DOM-free apart from the
-// `view` it is given (see app.js for the one the page uses):
+// MH, the local encoders (localmedia.js) and one decoder per subscribed remote stream. DOM-free
+// apart from the `view` it is given (see app.js for the one the page uses):
 //   view.addTile(participantId, name, {self, kickable}) -> {canvas}
 //   view.removeTile(participantId)
 //   view.setPreview(mediaStream | null)
@@ -18,10 +18,10 @@
 // MediaReconnect (asked for with MediaReconnectRequest, or sent by the MC unprompted).
 
 import * as api from "./api.js";
-import { AudioSender, VIDEO_BITRATE, VIDEO_FRAMERATE, VideoSender } from "./codecs.js";
+import { LocalMedia } from "./localmedia.js";
 import { routedUrl } from "./media.js";
 import { MediaLink } from "./medialink.js";
-import { ErrorCode, LeaveReason, StreamType } from "./proto.js";
+import { ErrorCode, LeaveReason } from "./proto.js";
 import {
   RECONNECT_ATTEMPT_TIMEOUT_MS,
   RECONNECT_WINDOW_MS,
@@ -52,8 +52,6 @@ export function reasonFromClose(closeInfo) {
 // before its session close and the MC's SessionEnded say why: a publish stream's loss is shown
 // only if the session is still going this long after it.
 export const STREAM_LOSS_GRACE_MS = 1000;
-// Quality updates below this relative change do not reconfigure the encoder.
-const BITRATE_HYSTERESIS = 0.2;
 const CAPABILITIES = {
   videoCodecs: ["VP8", "VP9"],
   audioCodecs: ["Opus"],
@@ -90,7 +88,6 @@ export class MeetingSession {
     });
     this.mediaRecovery = 0; // each media reconnection supersedes the one before
     this.mediaReconnecting = false;
-    this.local = { stream: null, video: null, audio: null, videoId: null, audioId: null };
     this.endReason = null; // {code, name, text} once ended
     this.endedPromise = new Promise((resolve) => {
       this.resolveEnded = resolve;
@@ -103,6 +100,7 @@ export class MeetingSession {
       sent: { video: 0, audio: 0 },
       reconnects: { signaling: 0, media: 0 }, // completed reconnections
     };
+    this.local = new LocalMedia(view, this.stats); // camera, microphone, encoders (localmedia.js)
     this.roster = new Roster(view, {
       stats: this.stats,
       audioContext,
@@ -127,18 +125,7 @@ export class MeetingSession {
 
   // Camera and microphone (fake devices in tests). A person without them still joins, receive-only.
   async startLocalMedia() {
-    if (this.local.stream) return this.local.stream;
-    try {
-      this.local.stream = await navigator.mediaDevices.getUserMedia({
-        video: { width: 640, height: 480, frameRate: VIDEO_FRAMERATE },
-        audio: true,
-      });
-    } catch (e) {
-      this.view.notice(`No camera or microphone (${e.message}): joining without them`);
-      this.local.stream = null;
-    }
-    this.view.setPreview(this.local.stream);
-    return this.local.stream;
+    return this.local.start();
   }
 
   // Joins `meetingId` as `name`: a join token from the GC (a host's when `accessToken` is the
@@ -188,48 +175,10 @@ export class MeetingSession {
 
   // Each await may see the session end (kick, close): nothing is started after that.
   async publishLocal() {
-    const tracks = this.local.stream;
-    if (!tracks) return;
-    const [videoTrack] = tracks.getVideoTracks();
-    const [audioTrack] = tracks.getAudioTracks();
-    if (videoTrack) {
-      const { width = 640, height = 480 } = videoTrack.getSettings();
-      const streamId = crypto.randomUUID();
-      await this.signaling.request("publish", {
-        streamId,
-        streamType: StreamType.VIDEO_CAMERA,
-        metadata: {
-          codec: "VP8",
-          maxBitrate: VIDEO_BITRATE,
-          video: { width, height, framerate: VIDEO_FRAMERATE },
-        },
-      });
-      await this.media.publish(streamId, {
-        onNeedKeyFrame: () => this.local.video?.requestKeyFrame(),
-        onError: (e) => this.reportStreamLoss("Video", e),
-      });
-      if (this.state === "ended") return;
-      this.local.videoId = streamId;
-      this.local.video = new VideoSender(videoTrack, (type, payload, ts) => {
-        if (this.media.send(streamId, type, payload, ts)) this.stats.sent.video++;
-      });
-    }
-    if (audioTrack) {
-      const streamId = crypto.randomUUID();
-      await this.signaling.request("publish", {
-        streamId,
-        streamType: StreamType.AUDIO,
-        metadata: { codec: "Opus", maxBitrate: 64_000 },
-      });
-      await this.media.publish(streamId, {
-        onError: (e) => this.reportStreamLoss("Audio", e),
-      });
-      if (this.state === "ended") return;
-      this.local.audioId = streamId;
-      this.local.audio = new AudioSender(audioTrack, (type, payload, ts) => {
-        if (this.media.send(streamId, type, payload, ts)) this.stats.sent.audio++;
-      });
-    }
+    await this.local.publish(this.signaling, this.media, {
+      isEnded: () => this.state === "ended",
+      onLoss: (what, error) => this.reportStreamLoss(what, error),
+    });
   }
 
   // A publish stream of the current media session failed: tell the person, unless the session
@@ -265,10 +214,10 @@ export class MeetingSession {
         this.roster.removeStream(body.streamId);
         break;
       case "keyFrameRequest":
-        if (body.streamId === this.local.videoId) this.local.video?.requestKeyFrame();
+        this.local.requestKeyFrame(body.streamId);
         break;
       case "quality":
-        this.onQuality(body);
+        this.local.onQuality(body);
         break;
       case "sessionEnded":
         this.end(body.reason, body.message);
@@ -292,15 +241,6 @@ export class MeetingSession {
       default:
         // keyShare and anything newer: end-to-end encryption is not in this page yet.
         break;
-    }
-  }
-
-  onQuality(update) {
-    const sender = this.local.video;
-    if (update.streamId !== this.local.videoId || !sender || !update.availableBitrate) return;
-    const target = Math.min(VIDEO_BITRATE, update.availableBitrate);
-    if (Math.abs(target - sender.bitrate) / sender.bitrate > BITRATE_HYSTERESIS) {
-      sender.setBitrate(target);
     }
   }
 
@@ -500,13 +440,11 @@ export class MeetingSession {
     };
     this.mediaReconnecting = false;
     this.setState("ended");
-    this.local.video?.stop();
-    this.local.audio?.stop();
+    this.local.stopEncoders();
     this.roster.stop();
     this.media.close();
     if (this.link) this.link.retire();
-    for (const track of this.local.stream?.getTracks() ?? []) track.stop();
-    this.view.setPreview(null);
+    this.local.release();
     this.view.ended(this.endReason.text);
     this.leftWaiters = [];
     this.resolveEnded(this.endReason);
