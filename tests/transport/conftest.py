@@ -10,9 +10,11 @@ import trio
 from darktower.transport import (
     Route,
     ServerConfig,
+    SessionEnd,
     TlsCredentials,
     TransportLimits,
     WebTransportServer,
+    WebTransportSession,
     generate_dev_certificate,
 )
 
@@ -55,3 +57,24 @@ async def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float 
         while not predicate():  # noqa: ASYNC110 - no event exists for these conditions
             await trio.sleep(0.005)
     assert predicate(), f"timed out waiting for: {what}"
+
+
+class EndRecorder:
+    """A handler that waits for its session to end and records why."""
+
+    def __init__(self) -> None:
+        self.session: WebTransportSession | None = None
+        self.started = trio.Event()
+        self.end: SessionEnd | None = None
+        self.ended_at: float | None = None
+        self.ended = trio.Event()
+
+    async def __call__(self, session: WebTransportSession, context: object) -> None:
+        self.session = session
+        self.started.set()
+        try:
+            await session.wait_closed()
+        finally:
+            self.end = session.end
+            self.ended_at = trio.current_time()
+            self.ended.set()

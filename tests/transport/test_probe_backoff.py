@@ -31,7 +31,7 @@ from darktower.transport import (
 from darktower.transport._config import IDLE_TIMEOUT_S, PTO_BACKOFF_CAP_S
 from darktower.transport._quic import CreditedQuicConnection
 
-from .conftest import start_server
+from .conftest import EndRecorder, start_server
 
 # A blackout well past the uncapped backoff's reach (probes ~2, ~4, ~8 s in) and shorter than
 # the idle timeout, so the connection survives it.
@@ -64,23 +64,6 @@ class Blackout:
         endpoint._dispatch = dark_dispatch  # type: ignore[method-assign]
 
 
-class Server:
-    def __init__(self) -> None:
-        self.session: WebTransportSession | None = None
-        self.started = trio.Event()
-        self.ended_at: float | None = None
-        self.ended = trio.Event()
-
-    async def __call__(self, session: WebTransportSession, context: object) -> None:
-        self.session = session
-        self.started.set()
-        try:
-            await session.wait_closed()
-        finally:
-            self.ended_at = trio.current_time()
-            self.ended.set()
-
-
 async def _open_pair(
     sender: WebTransportSession, receiver: WebTransportSession
 ) -> tuple[WebTransportSendStream, WebTransportStream | WebTransportReceiveStream]:
@@ -100,7 +83,7 @@ def _gaps(times: list[float]) -> list[float]:
 async def test_a_blackout_is_probed_once_per_cap_and_data_resumes_within_cap_plus_rtt(
     dev_cert: TlsCredentials, autojump_clock: Any, prober: str
 ) -> None:
-    peer = Server()
+    peer = EndRecorder()
     async with trio.open_nursery() as nursery:
         server, base = await start_server(nursery, dev_cert, {"/s": Route(peer)})
         async with connect_webtransport(
@@ -139,7 +122,7 @@ async def test_a_blackout_is_probed_once_per_cap_and_data_resumes_within_cap_plu
 async def test_a_dead_peer_still_ends_at_the_idle_timeout_without_a_probe_storm(
     dev_cert: TlsCredentials, autojump_clock: Any
 ) -> None:
-    peer = Server()
+    peer = EndRecorder()
     async with trio.open_nursery() as nursery:
         server, base = await start_server(nursery, dev_cert, {"/s": Route(peer)})
         async with connect_webtransport(

@@ -21,26 +21,7 @@ from darktower.transport import (
     open_session,
 )
 
-from .conftest import start_server
-
-
-class EndRecorder:
-    """A handler that waits for its session to end and records why."""
-
-    def __init__(self) -> None:
-        self.session: WebTransportSession | None = None
-        self.started = trio.Event()
-        self.end: SessionEnd | None = None
-        self.ended = trio.Event()
-
-    async def __call__(self, session: WebTransportSession, context: object) -> None:
-        self.session = session
-        self.started.set()
-        try:
-            await session.wait_closed()
-        finally:
-            self.end = session.end
-            self.ended.set()
+from .conftest import EndRecorder, start_server
 
 
 async def test_peer_closes_with_code_and_reason(dev_cert: TlsCredentials) -> None:
