@@ -70,6 +70,18 @@ class GuardedH3Protocol(H3Protocol):
         self._on_stream_error = on_stream_error
         self._failed_streams: set[int] = set()
 
+    async def _create_stream(self, request: Any) -> None:
+        # hypercorn decodes the request's method and path as ASCII, its host as UTF-8, and
+        # raises on a WebTransport CONNECT's unknown header: any of these ended the whole
+        # connection. Now such a request resets its own stream and nothing else.
+        try:
+            await super()._create_stream(request)
+        except Exception as exc:
+            # Its later events go to the stream table's discard (no app was started: each
+            # failure happens while hypercorn builds the request's scope).
+            self.streams.pop(request.stream_id, None)
+            await self._on_stream_error(request.stream_id, exc)
+
     async def stream_send(self, event: StreamEvent) -> None:
         stream_id = event.stream_id
         if stream_id in self._failed_streams:

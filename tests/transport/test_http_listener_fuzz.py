@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.lowlevel
 from aioquic.buffer import encode_uint_var
+from aioquic.quic.events import StreamReset
 
 from darktower.transport import open_http3_client
 from tests._fuzz import fuzz_cases, fuzz_rng
@@ -129,6 +130,43 @@ async def test_random_http3_frames_and_headers_on_a_real_connection(stack: Stack
     print(f"connections stalled by fuzzed input: {stalled}")
     await _still_answers(stack)
     counters = stack.running.listener_counters
+    assert not [k for k in counters if k.startswith("quic_error")], counters
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [(b":method", b"\xff"), (b":path", b"/healthz")],  # hypercorn decodes it as ASCII
+        [(b":method", b"GET"), (b":path", b"/\xffhealthz")],
+    ],
+    ids=["method", "path"],
+)
+async def test_a_request_hypercorn_cannot_read_resets_its_stream_only(
+    stack: Stack, bad: list[tuple[bytes, bytes]]
+) -> None:
+    # Found by the fuzz test above (seed 1887033835): a non-ASCII :method closed the whole
+    # connection. Now that request's stream is reset and the connection goes on.
+    peer = Http3Peer("127.0.0.2", stack.running.port)
+    try:
+        assert await peer.connect()
+        stream_id = peer.quic.get_next_available_stream_id()
+        authority = (b":authority", f"127.0.0.1:{stack.running.port}".encode())
+        headers = [bad[0], (b":scheme", b"https"), authority, *bad[1:]]
+        peer.h3.send_headers(stream_id, headers, end_stream=True)
+        resets: list[int] = []
+
+        def on_event(event: object) -> None:
+            if isinstance(event, StreamReset):
+                resets.append(event.stream_id)
+
+        await peer.run_until(lambda: resets, on_event)
+        assert resets == [stream_id]
+        assert await peer.get("/healthz") == 200
+        assert peer.terminated is None
+    finally:
+        peer.close()
+    counters = stack.running.listener_counters
+    assert counters["quic_stream_error:UnicodeDecodeError"] == 1, counters
     assert not [k for k in counters if k.startswith("quic_error")], counters
 
 
