@@ -52,6 +52,14 @@ IDLE_TIMEOUT_S = 15.0
 # live peer answers two before the timer runs out, and at most 10 s, so browsers (which idle
 # out after 30 s without traffic) and NATs keep the connection.
 KEEPALIVE_INTERVAL_S = IDLE_TIMEOUT_S / 3
+# Client side: a PING goes out when a flow of received packets (two within this interval)
+# stops for this long, then after doubling pauses up to the keepalive interval while the
+# silence lasts (docs/protocol.md §13, Liveness). A receive-only client sends nothing else, so
+# after a NAT rebinding the server would keep sending to the old address until the next
+# keepalive; the PING from the new address moves it within this interval plus a round trip.
+# An idle connection costs a few PINGs after each burst, never more than one per interval.
+# None: keepalives only (and no probe when keepalives are off).
+SILENCE_PROBE_S = 0.15
 # The probe timeout's backoff stops here (docs/protocol.md §13, Liveness). aioquic doubles the
 # PTO after each unanswered probe without bound (RFC 9002 §6.2.1), so a path back after a
 # blackout of a few seconds was probed again only seconds later. The doubling stops before the
@@ -115,6 +123,7 @@ class TransportLimits:
     no_session_timeout_s: float | None = NO_SESSION_TIMEOUT_S
     idle_timeout_s: float = IDLE_TIMEOUT_S
     keepalive_interval_s: float | None = KEEPALIVE_INTERVAL_S
+    silence_probe_s: float | None = SILENCE_PROBE_S
     packet_size: int = PACKET_SIZE
     max_datagram_frame_size: int = MAX_DATAGRAM_FRAME_SIZE
     max_sessions_per_connection: int = MAX_SESSIONS_PER_CONNECTION

@@ -1,7 +1,8 @@
 """When one QUIC connection's task must wake besides aioquic's own timer, and what is due then.
 
-Three deadlines of our own: the handshake timeout, the keepalive PING and, on the server, the
-no-session timeout (a connection that carries no live WebTransport session is closed; armed
+Four deadlines of our own: the handshake timeout, the keepalive PING, on a client the silence
+probe (a PING soon after a flow of received packets stops, then backing off to the keepalive)
+and, on the server, the no-session timeout (a connection that carries no live WebTransport session is closed; armed
 at the handshake and whenever the last session ends, keepalives do not move it). Sans-IO:
 every time is a parameter; the connection's task sleeps until :meth:`next` and asks what is
 due (the limits: docs/architecture.md §5.1).
@@ -24,12 +25,18 @@ class ConnectionDeadlines:
         "_last_rx",
         "_no_session_at",
         "_no_session_timeout_s",
+        "_probe_base_s",
+        "_probe_s",
         "handshake_done",
         "live_sessions",
     )
 
     def __init__(self, now: float, limits: TransportLimits, *, is_client: bool) -> None:
         self._keepalive_s = limits.keepalive_interval_s
+        # Only a client probes a silence (a server's packets go to the address the client's
+        # last packet came from: it cannot fix a path by probing).
+        self._probe_base_s = limits.silence_probe_s if is_client else None
+        self._probe_s = math.inf  # armed by a flow of received packets
         # Only a server closes a connection for carrying no session.
         self._no_session_timeout_s = None if is_client else limits.no_session_timeout_s
         self._last_rx = now
@@ -53,7 +60,11 @@ class ConnectionDeadlines:
 
     # --- inputs ---------------------------------------------------------------------------
     def received(self, now: float) -> None:
-        """A datagram arrived: the keepalive counts from here."""
+        """A datagram arrived: the keepalive counts from here; two within the silence probe's
+        interval are a flow, whose stop is probed after that interval."""
+        base = self._probe_base_s
+        if base is not None and now - self._last_rx < base:
+            self._probe_s = base
         self._last_rx = now
 
     def handshake_completed(self, now: float) -> None:
@@ -85,17 +96,22 @@ class ConnectionDeadlines:
         return True
 
     def ping_due(self, now: float) -> bool:
-        """Nothing received or pinged for ``keepalive_interval_s``: send a PING (counted as
-        sent from ``now``)."""
+        """Nothing received or pinged for ``keepalive_interval_s``, or a flow stopped for the
+        silence probe's interval: send a PING (counted as sent from ``now``; the next silence
+        probe waits twice as long, until a flow arms it again)."""
         if not self.handshake_done or self._keepalive_at() > now:
             return False
         self._last_ping = now
+        if self._probe_s != math.inf:
+            self._probe_s *= 2
+            if self._keepalive_s is None or self._probe_s >= self._keepalive_s:
+                self._probe_s = math.inf  # the keepalive takes over
         return True
 
     def _keepalive_at(self) -> float:
         if self._keepalive_s is None:
-            return math.inf
-        return max(self._last_rx, self._last_ping) + self._keepalive_s
+            return math.inf  # no keepalive, no silence probe either
+        return max(self._last_rx, self._last_ping) + min(self._keepalive_s, self._probe_s)
 
     def _arm_no_session(self, now: float) -> None:
         timeout = self._no_session_timeout_s

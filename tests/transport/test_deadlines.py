@@ -1,9 +1,12 @@
 """A connection's own deadlines on explicit times (a private sans-IO unit, tested on purpose):
-handshake timeout, keepalive PING, and the server's no-session timeout."""
+handshake timeout, keepalive PING, a client's silence probe, and the server's no-session
+timeout."""
 
 from __future__ import annotations
 
 import math
+
+import pytest
 
 from darktower.transport import TransportLimits
 from darktower.transport._deadlines import ConnectionDeadlines
@@ -70,5 +73,53 @@ def test_no_keepalive_when_the_interval_is_none() -> None:
         0.0, TransportLimits(keepalive_interval_s=None, no_session_timeout_s=None), is_client=False
     )
     d.handshake_completed(1.0)
+    assert d.next(None) == math.inf
+    assert not d.ping_due(1e9)
+
+
+def test_a_client_probes_a_stopped_flow_soon_then_backs_off_to_the_keepalive() -> None:
+    d = ConnectionDeadlines(0.0, LIMITS, is_client=True)
+    d.handshake_completed(0.0)
+    for t in (1.0, 1.05, 1.1):  # a flow: packets closer together than the probe interval
+        d.received(t)
+    assert d.next(None) == 1.25  # 0.15 s of silence
+    assert not d.ping_due(1.24)
+    assert d.ping_due(1.25)
+    d.received(1.26)  # the PING's acknowledgement alone is not a flow
+    at = 1.26
+    for pause in (0.3, 0.6, 1.2, 2.0):  # doubling; 2.4 would pass the keepalive, which takes over
+        assert d.next(None) == pytest.approx(at + pause)
+        at = d.next(None)
+        assert d.ping_due(at)
+    assert d.next(None) == pytest.approx(at + 2.0)
+    d.received(8.0)
+    d.received(8.1)  # a flow again: probed 0.15 s after it stops
+    assert d.next(None) == 8.25
+
+
+def test_an_idle_client_and_any_server_only_keep_alive() -> None:
+    idle = ConnectionDeadlines(0.0, LIMITS, is_client=True)
+    idle.handshake_completed(0.0)
+    idle.received(1.0)
+    idle.received(3.0)  # further apart than the probe interval: no flow
+    assert idle.next(None) == 5.0
+    server = ConnectionDeadlines(0.0, LIMITS, is_client=False)
+    server.handshake_completed(0.0)
+    server.session_started()
+    server.received(1.0)
+    server.received(1.01)  # a server never probes a silence
+    assert server.next(None) == 3.01
+    off = ConnectionDeadlines(0.0, TransportLimits(silence_probe_s=None), is_client=True)
+    off.handshake_completed(0.0)
+    off.received(1.0)
+    off.received(1.01)
+    assert off.next(None) == 1.01 + 5.0  # the default keepalive only
+
+
+def test_no_silence_probe_without_keepalives() -> None:
+    d = ConnectionDeadlines(0.0, TransportLimits(keepalive_interval_s=None), is_client=True)
+    d.handshake_completed(0.0)
+    d.received(1.0)
+    d.received(1.01)
     assert d.next(None) == math.inf
     assert not d.ping_due(1e9)

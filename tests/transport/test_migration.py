@@ -24,6 +24,7 @@ from darktower.transport import (
     Endpoint,
     Route,
     TlsCredentials,
+    TransportLimits,
     WebTransportServer,
     WebTransportSession,
     WebTransportStream,
@@ -262,4 +263,59 @@ async def test_a_nat_rebinding_through_the_proxy_keeps_the_session(
                 assert conn.peer_address == new_peer
                 assert conn.quic._network_paths[0].is_validated
                 assert watch.sent_unvalidated[new_peer] <= 3 * watch.received_unvalidated[new_peer]
+        nursery.cancel_scope.cancel()
+
+
+class Pusher:
+    """A handler that sends a numbered datagram every PACE_S while ``on`` and never reads: the
+    client only receives."""
+
+    def __init__(self) -> None:
+        self.on = True
+
+    async def __call__(self, session: WebTransportSession, context: object) -> None:
+        number = 0
+        while True:
+            if self.on:
+                session.send_datagram(b"%d" % number)
+                number += 1
+            await trio.sleep(PACE_S)
+
+
+async def test_a_receive_only_client_moves_the_server_after_a_nat_rebinding(
+    dev_cert: TlsCredentials,
+) -> None:
+    # The client sends nothing but acknowledgements, and no keepalive for a minute: once
+    # everything it received is acknowledged, after the proxy's rebinding only its silence
+    # probe (TransportLimits.silence_probe_s) tells the server the new address
+    # (docs/protocol.md §13, Liveness).
+    limits = TransportLimits(keepalive_interval_s=60.0, idle_timeout_s=120.0)
+    pusher = Pusher()
+    async with trio.open_nursery() as nursery:
+        server, base = await start_server(nursery, dev_cert, {"/push": Route(pusher)})
+        host, port = base.removeprefix("https://").split(":")
+        async with open_udp_proxy((host, int(port))) as proxy:
+            async with connect_webtransport(
+                proxy.via(base + "/push"),
+                server_certificate_hashes=[dev_cert.sha256],
+                limits=limits,
+            ) as session:
+                conn = _server_connection(server)
+                with trio.fail_after(10):
+                    for _ in range(5):
+                        await session.receive_datagram()
+                    pusher.on = False
+                    await wait_until(
+                        lambda: conn.quic._loss.bytes_in_flight == 0, "every packet acknowledged"
+                    )
+                    (old_peer,) = proxy.upstream_addresses
+                    await proxy.rebind()
+                    (new_peer,) = proxy.upstream_addresses
+                    pusher.on = True
+                    while conn.peer_address != new_peer:
+                        await session.receive_datagram()
+                    received_after = [int(await session.receive_datagram()) for _ in range(5)]
+                assert received_after == sorted(received_after)
+                assert new_peer != old_peer
+                assert session.end is None
         nursery.cancel_scope.cancel()
