@@ -3,6 +3,11 @@
 :func:`serve_rpc` serves them. Each request's protocol version is checked before the method
 runs (docs/protocol.md §12); a ``DarkTowerError`` leaves as the error table's gRPC status plus
 trailing metadata; every connection is an error boundary (docs/architecture.md §6.1).
+
+Over TLS (``serve_rpc(..., tls=context)``) the peer's verified certificate is the caller's
+identity: ``authorize(method_name, certificate)`` given to :func:`rpc_service` runs before
+every method (raising a ``DarkTowerError`` refuses the call), and the method itself reads the
+certificate with :func:`rpc_peer_certificate` (docs/architecture.md §8).
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
+from contextvars import ContextVar
 from typing import Any, cast
 
 import trio
@@ -35,6 +42,28 @@ RPC_SHUTDOWN_GRACE_S = 5.0
 # the project's error table's (``darktower.protocol.grpc_status``), for generic gRPC tooling.
 ERROR_CODE_KEY = "darktower-error-code"  # the contract's name, e.g. "UNAUTHORIZED"
 ERROR_DETAILS_KEY = "darktower-error-details"  # JSON object str -> str (ASCII-escaped)
+
+
+# The peer certificate as ``ssl.SSLSocket.getpeercert()`` gives it (verified), None in plaintext.
+PeerCertificate = Mapping[str, Any]
+# ``authorize(method_name, certificate)``: raises a DarkTowerError to refuse the call.
+Authorize = Callable[[str, PeerCertificate | None], None]
+
+_peer_certificate: ContextVar[PeerCertificate | None] = ContextVar(
+    "darktower_rpc_peer_certificate", default=None
+)
+
+
+def rpc_peer_certificate() -> PeerCertificate | None:
+    """The verified certificate of the peer whose call the current trio method serves (None
+    over plaintext, or outside a served call)."""
+    return _peer_certificate.get()
+
+
+def _certificate_of(stream: Any) -> PeerCertificate | None:
+    peer = getattr(stream, "peer", None)
+    cert = peer.cert() if peer is not None else None
+    return cert or None
 
 
 def _error_metadata(exc: DarkTowerError) -> dict[str, str]:
@@ -60,12 +89,20 @@ async def _send_error(stream: Any, exc: DarkTowerError) -> None:
     )
 
 
-def _unary_handler(fn: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[None]]:
+def _unary_handler(
+    name: str, fn: Callable[[Any], Awaitable[Any]], authorize: Authorize | None
+) -> Callable[[Any], Awaitable[None]]:
+    async def run(request: Any, cert: PeerCertificate | None) -> Any:  # trio
+        _peer_certificate.set(cert)  # this call's own task: nothing else sees it
+        if authorize is not None:
+            authorize(name, cert)
+        return await fn(request)
+
     async def handle(stream: Any) -> None:  # asyncio, called by grpclib
         request = await stream.recv_message()
         try:
             _check_version(request)
-            reply = await trio_asyncio.trio_as_aio(fn)(request)
+            reply = await trio_asyncio.trio_as_aio(run)(request, _certificate_of(stream))
         except DarkTowerError as exc:
             await _send_error(stream, exc)
             return
@@ -74,8 +111,14 @@ def _unary_handler(fn: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Await
     return handle
 
 
-def _stream_handler(fn: Callable[[Any], AsyncGenerator[Any, None]]) -> Callable[[Any], Any]:
-    async def serve(stream: Any, request: Any) -> None:  # trio: one task owns the generator
+def _stream_handler(
+    name: str, fn: Callable[[Any], AsyncGenerator[Any, None]], authorize: Authorize | None
+) -> Callable[[Any], Any]:
+    async def serve(stream: Any, request: Any, cert: PeerCertificate | None) -> None:
+        # trio: one task owns the generator
+        _peer_certificate.set(cert)
+        if authorize is not None:
+            authorize(name, cert)
         async with aclosing(fn(request)) as replies:
             async for reply in replies:
                 await trio_asyncio.aio_as_trio(stream.send_message)(reply)
@@ -84,7 +127,7 @@ def _stream_handler(fn: Callable[[Any], AsyncGenerator[Any, None]]) -> Callable[
         request = await stream.recv_message()
         try:
             _check_version(request)
-            await trio_asyncio.trio_as_aio(serve)(stream, request)
+            await trio_asyncio.trio_as_aio(serve)(stream, request, _certificate_of(stream))
         except DarkTowerError as exc:
             await _send_error(stream, exc)
 
@@ -101,7 +144,7 @@ class _Routes:
 class RpcService:
     """A trio implementation bound to a generated grpclib ``Base``; give it to :func:`serve_rpc`."""
 
-    def __init__(self, base: type, impl: object) -> None:
+    def __init__(self, base: type, impl: object, *, authorize: Authorize | None = None) -> None:
         routes: dict[str, Handler] = base.__mapping__(_Routes())  # type: ignore[attr-defined]
         missing = [h.func for h in routes.values() if not callable(getattr(impl, h.func, None))]
         if missing:
@@ -110,9 +153,9 @@ class RpcService:
         for path, route in routes.items():
             fn = getattr(impl, route.func)
             if route.cardinality is Cardinality.UNARY_UNARY:
-                handle = _unary_handler(fn)
+                handle = _unary_handler(route.func, fn, authorize)
             elif route.cardinality is Cardinality.UNARY_STREAM:
-                handle = _stream_handler(fn)
+                handle = _stream_handler(route.func, fn, authorize)
             else:
                 raise TypeError(f"{path}: {route.cardinality.name} is not supported by the bridge")
             self._mapping[path] = Handler(
@@ -123,9 +166,11 @@ class RpcService:
         return dict(self._mapping)
 
 
-def rpc_service(base: type, impl: object) -> RpcService:
-    """Bind ``impl`` (trio methods named after the RPCs of ``base``) for :func:`serve_rpc`."""
-    return RpcService(base, impl)
+def rpc_service(base: type, impl: object, *, authorize: Authorize | None = None) -> RpcService:
+    """Bind ``impl`` (trio methods named after the RPCs of ``base``) for :func:`serve_rpc`;
+    ``authorize(method_name, peer_certificate)`` runs before each call and refuses it by
+    raising a ``DarkTowerError``."""
+    return RpcService(base, impl, authorize=authorize)
 
 
 class _TrackingServer(Server):
@@ -191,9 +236,11 @@ async def _bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _start_server(services: Sequence[object], sock: socket.socket) -> _TrackingServer:
+async def _start_server(
+    services: Sequence[object], sock: socket.socket, context: ssl.SSLContext | None
+) -> _TrackingServer:
     server = _TrackingServer(services)  # inside asyncio: grpclib looks up the running loop
-    await server.start(sock=sock)
+    await server.start(sock=sock, ssl=context)
     return server
 
 
@@ -202,24 +249,28 @@ async def serve_rpc(
     host: str,
     port: int,
     *,
+    tls: ssl.SSLContext | None = None,
     shutdown_grace_s: float = RPC_SHUTDOWN_GRACE_S,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``services`` (from :func:`rpc_service`, or any grpclib handler) until cancelled.
 
     Binds ``host:port`` (0 picks a free port) and reports the bound port through
-    ``task_status.started(port)``. Owns the grpclib server, its connections and their request
-    handlers (and the asyncio loop if none was running). On cancellation it stops accepting,
-    cancels running handlers, gives them ``shutdown_grace_s`` (shielded) to finish, then closes
-    the remaining connections, whose clients see :class:`RpcUnavailable`. The trio methods of
-    cancelled handlers run in the asyncio loop's nursery: their cleanup is awaited by whoever
-    owns that loop (:func:`open_rpc_loop`). Raises ``OSError`` if the address cannot be bound.
+    ``task_status.started(port)``. With ``tls`` every connection is TLS (a context that
+    requires client certificates makes it mutual TLS: a plaintext or unverified client's
+    connection is closed in the handshake, before any HTTP/2). Owns the grpclib server, its
+    connections and their request handlers (and the asyncio loop if none was running). On
+    cancellation it stops accepting, cancels running handlers, gives them ``shutdown_grace_s``
+    (shielded) to finish, then closes the remaining connections, whose clients see
+    :class:`RpcUnavailable`. The trio methods of cancelled handlers run in the asyncio loop's
+    nursery: their cleanup is awaited by whoever owns that loop (:func:`open_rpc_loop`).
+    Raises ``OSError`` if the address cannot be bound.
     """
     async with open_rpc_loop():
         sock = await _bound_socket(host, port)
         bound_port: int = sock.getsockname()[1]
         try:
-            server = await trio_asyncio.aio_as_trio(_start_server)(services, sock)
+            server = await trio_asyncio.aio_as_trio(_start_server)(services, sock, tls)
         except BaseException:
             sock.close()
             raise

@@ -34,6 +34,14 @@ subclass with the same message and details; transport failures are :class:`RpcUn
 (peer unreachable or connection lost), :class:`RpcDeadlineExceeded` (``deadline_s``, which
 is also sent to the server as the gRPC deadline) or :class:`RpcError`.
 
+**Trust.** ``serve_rpc(..., tls=server_context)`` and ``open_rpc_channel(host, port,
+tls=client_context, check_peer=check)`` run every connection over (mutual) TLS; the contexts
+come from ``darktower.servicekit`` (the cluster CA, docs/architecture.md §8). A served method
+reads its caller's verified certificate with :func:`rpc_peer_certificate`; ``rpc_service(...,
+authorize=...)`` refuses calls before the method runs. On the client, ``check(certificate)``
+runs on the server's certificate before each request's message is sent; a ``ValueError`` from
+it fails the call with :class:`RpcWrongPeer` (the request's message never leaves).
+
 **Cancellation.** Cancelling the trio caller cancels the asyncio task of the call; grpclib then
 resets the HTTP/2 stream, the server cancels the request's asyncio task and trio-asyncio cancels
 the trio method, which sees ``trio.Cancelled`` at its current checkpoint.
@@ -48,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
@@ -72,7 +81,10 @@ from darktower.transport._rpc_server import (
     ERROR_CODE_KEY,
     ERROR_DETAILS_KEY,
     RPC_SHUTDOWN_GRACE_S,
+    Authorize,
+    PeerCertificate,
     RpcService,
+    rpc_peer_certificate,
     rpc_service,
     serve_rpc,
 )
@@ -81,18 +93,26 @@ __all__ = [
     "ERROR_CODE_KEY",
     "ERROR_DETAILS_KEY",
     "RPC_SHUTDOWN_GRACE_S",
+    "Authorize",
+    "PeerCertificate",
+    "PeerCheck",
     "RpcDeadlineExceeded",
     "RpcError",
     "RpcReplies",
     "RpcService",
     "RpcUnavailable",
+    "RpcWrongPeer",
     "call",
     "open_rpc_channel",
     "open_rpc_loop",
     "open_stream_call",
+    "rpc_peer_certificate",
     "rpc_service",
     "serve_rpc",
 ]
+
+# ``check(certificate)`` of a channel's server (None over plaintext): ValueError refuses it.
+PeerCheck = Callable[[PeerCertificate | None], None]
 
 
 RequestT = TypeVar("RequestT")
@@ -119,6 +139,12 @@ class RpcUnavailable(RpcError):
 
 class RpcDeadlineExceeded(RpcError):
     """The call's ``deadline_s`` elapsed (the server saw the same deadline)."""
+
+
+class RpcWrongPeer(RpcUnavailable):
+    """The server's certificate is not the one the channel's ``check_peer`` expects: the
+    service we meant to reach is not at that address (nothing of the request was sent but
+    its method name)."""
 
 
 # --- error mapping -----------------------------------------------------------------------------
@@ -177,24 +203,61 @@ async def _client_step(
 
 
 # --- client ------------------------------------------------------------------------------------
+class _Channel(Channel):
+    """A grpclib ``Channel`` that knows which server it must reach (``check_peer``)."""
+
+    def __init__(
+        self, host: str, port: int, tls: ssl.SSLContext | None, check_peer: PeerCheck | None
+    ) -> None:
+        super().__init__(host, port, ssl=tls)
+        self.check_peer = check_peer
+
+
 @asynccontextmanager
-async def open_rpc_channel(host: str, port: int) -> AsyncIterator[Channel]:
+async def open_rpc_channel(
+    host: str,
+    port: int,
+    *,
+    tls: ssl.SSLContext | None = None,
+    check_peer: PeerCheck | None = None,
+) -> AsyncIterator[Channel]:
     """A grpclib ``Channel`` to ``host:port``, usable from trio with :func:`call`.
 
     Owns the channel (and the asyncio loop if none was running, see :func:`open_rpc_loop`); it
     connects lazily on the first call and is closed on exit, also when cancelled. Nothing here
-    raises for an unreachable peer: the first call does, with :class:`RpcUnavailable`.
+    raises for an unreachable peer: the first call does, with :class:`RpcUnavailable` (also
+    when the TLS handshake fails). With ``check_peer`` every call first checks the server's
+    certificate (:class:`RpcWrongPeer`).
     """
     async with open_rpc_loop():
-        channel = await trio_asyncio.aio_as_trio(_make_channel)(host, port)
+        channel = await trio_asyncio.aio_as_trio(_make_channel)(host, port, tls, check_peer)
         try:
             yield channel
         finally:
             channel.close()
 
 
-async def _make_channel(host: str, port: int) -> Channel:
-    return Channel(host, port)  # inside asyncio: grpclib looks up the running loop
+async def _make_channel(
+    host: str, port: int, tls: ssl.SSLContext | None, check_peer: PeerCheck | None
+) -> Channel:
+    return _Channel(host, port, tls, check_peer)  # inside asyncio: grpclib needs the loop
+
+
+def _peer_check(method: Any) -> PeerCheck | None:
+    check: PeerCheck | None = getattr(method.channel, "check_peer", None)
+    return check
+
+
+def _verify_peer(method: Any, stream: Stream[Any, Any]) -> None:
+    """Run the channel's ``check_peer`` on the server of ``stream`` (its request is sent)."""
+    check = _peer_check(method)
+    if check is None:
+        return
+    peer = stream.peer
+    try:
+        check((peer.cert() or None) if peer is not None else None)
+    except ValueError as exc:
+        raise RpcWrongPeer(f"{_describe(method)}: {exc}", status=Status.UNAUTHENTICATED) from None
 
 
 def _stamp_version(request: Any) -> None:
@@ -224,6 +287,9 @@ async def call(
 
         async def run() -> ReplyT | None:
             async with stream:
+                if _peer_check(method) is not None:
+                    await stream.send_request()  # connects: the server's certificate is known
+                    _verify_peer(method, stream)
                 await stream.send_message(request, end=True)
                 return await stream.recv_message()
 
@@ -281,6 +347,9 @@ async def open_stream_call(
     await step(method, stream, stream.__aenter__)
     replies: RpcReplies[ReplyT] = RpcReplies(method, stream)
     try:
+        if _peer_check(method) is not None:
+            await step(method, stream, stream.send_request)
+            _verify_peer(method, stream)
         await step(method, stream, lambda: stream.send_message(request, end=True))
         yield replies
     finally:
