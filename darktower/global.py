@@ -7,7 +7,9 @@ Settings come from flags, ``DARKTOWER_*`` environment variables and ``--config F
 Operator commands: ``python -m darktower.global clients add NAME`` (prints the client id and
 secret once), ``clients list``, ``clients remove ID``; ``keys rotate`` (a new join-token key,
 used from the GC's next start; the previous one keeps verifying for ``--join-key-overlap-s``),
-``keys list``; they take the same settings flags.
+``keys list``; they take the same settings flags. ``ca init --ca-dir DIR`` creates the
+cluster CA, ``ca issue --ca-dir DIR --role gc|mc|mh --id ID`` a service certificate for mutual
+TLS between the services (docs/architecture.md §8).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 
 from darktower.global_controller import Settings, serve
 from darktower.global_controller import clients as clients_cli
+from darktower.global_controller import cluster_ca as ca_cli
 from darktower.global_controller import keys as keys_cli
 from darktower.launch import run_service
 
@@ -24,7 +27,8 @@ DESCRIPTION = (
     "Dark Tower Global Controller: the meeting REST API (HTTPS + HTTP/3 on one port), the "
     "ControllerRegistry gRPC service and placement. "
     f"Operator commands: '{PROG} clients add NAME | list | remove ID', "
-    f"'{PROG} keys rotate | list'."
+    f"'{PROG} keys rotate | list', "
+    f"'{PROG} ca init | issue --role gc|mc|mh --id ID' (the cluster CA for internal gRPC)."
 )
 
 
@@ -34,6 +38,8 @@ def main() -> None:
         sys.exit(clients_cli.main(argv[1:], prog=PROG))
     if argv[:1] == ["keys"]:
         sys.exit(keys_cli.main(argv[1:], prog=PROG))
+    if argv[:1] == ["ca"]:
+        sys.exit(ca_cli.main(argv[1:], prog=PROG))
     run_service(Settings, serve, prog=PROG, description=DESCRIPTION, argv=argv)
 
 
