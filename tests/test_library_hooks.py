@@ -173,6 +173,12 @@ HOOKS = [
     ),
     Hook(
         "aioquic",
+        "QuicStream.max_stream_data_remote",
+        _QUIC,
+        lambda: _has(QuicStream(0), "max_stream_data_remote"),
+    ),
+    Hook(
+        "aioquic",
         "QuicStreamSender._buffer_start / _buffer_stop",
         _QUIC,
         lambda: (

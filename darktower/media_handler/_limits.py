@@ -50,12 +50,12 @@ MAX_BUFFERED_BYTES_PER_PARTICIPANT: Final = 4 * 1024 * 1024
 MAX_VIDEO_AGE_S: Final = 0.5
 MAX_AUDIO_AGE_S: Final = 0.2
 # Consecutive abandoned sends (each one a send, or frames sent, the subscriber did not take within
-# the age bound, with no frame acknowledged between) after which a subscription stops replacing
+# the age bound, with no evidence of reading between: see READ_EVIDENCE_S) after which a subscription stops replacing
 # its uni stream at once: 8 is 4 s of video, 1.6 s of audio, so a short blip costs nothing more.
 # Policy past it: the subscription holds no stream and opens the next one only after a pause that
 # doubles from the age bound up to STALLED_RETRY_MAX_S; that stream's first send is the probe:
-# acknowledged within the bound, the count restarts (the subscriber is back: live media, video
-# from a key frame); abandoned, the pause grows. Frames meanwhile age out of the bounded queue
+# acknowledged within the bound, the subscriber gets live media again (video from a key
+# frame) and the count restarts once it shows it reads; abandoned, the pause grows. Frames meanwhile age out of the bounded queue
 # (counted "stale"). The subscription and its participant go on: a client stalled for good costs
 # at most one stream (and its send window) per subscription at a time, opened at most once per
 # STALLED_RETRY_MAX_S plus what its probe had (up to the age bound), and never more than
@@ -65,6 +65,14 @@ MAX_AUDIO_AGE_S: Final = 0.2
 # limit: the subscription waits as above (at least the age bound) and tries again.
 MAX_ABANDONED_SENDS: Final = 8
 STALLED_RETRY_MAX_S: Final = 1.0
+# Evidence that a subscriber reads, which restarts the count above: the peer raised its credit
+# on the stream (only its application's reads do that), or frames spanning this much media
+# time were acknowledged on one stream. Acknowledgements alone are not: a client's QUIC stack
+# acknowledges a whole stream window its application never reads, and restarting the count on
+# them had a client stalled for good cycle a new stream every age bound. With this rule such a
+# client costs one window per stream and reaches the pauses above, unless its windows hold this
+# much media each (then it costs what a reading subscriber does).
+READ_EVIDENCE_S: Final = 1.0
 # A participant whose media connection was lost (not removed by the MC, not kicked) keeps its
 # registration and routes this long, so a new media connection with a fresh connection token
 # re-attaches it (docs/protocol.md §13). Policy: after it, the participant is forgotten as if

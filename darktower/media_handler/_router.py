@@ -20,7 +20,12 @@ from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.transport import WebTransportSendStream, WebTransportSession
 
-from ._limits import MAX_ABANDONED_SENDS, SEND_BATCH_BYTES, STALLED_RETRY_MAX_S
+from ._limits import (
+    MAX_ABANDONED_SENDS,
+    READ_EVIDENCE_S,
+    SEND_BATCH_BYTES,
+    STALLED_RETRY_MAX_S,
+)
 from ._metrics import MediaMetrics
 from ._queue import Dropped, DropReason, MediaKind, QueuedFrame, SubscriptionQueue
 from ._room import (
@@ -117,7 +122,8 @@ class MediaRouter:
         congestion control): the uni stream is reset (what the transport held of it goes too)
         and a new one carries on, video from a key frame. Past MAX_ABANDONED_SENDS abandoned
         sends in a row, without uni-stream credit, or at the session's stream limit, the next
-        stream waits (_limits.py)."""
+        stream waits; the count restarts only on evidence that the subscriber reads
+        (_limits.py)."""
         stream: WebTransportSendStream | None = None
         publication = sub.publication
         stats = publication.stats
@@ -128,12 +134,14 @@ class MediaRouter:
             max_age = settings.max_audio_age_s
         else:
             max_age = settings.max_video_age_s
-        abandoned = 0  # streams abandoned in a row (a frame acknowledged restarts it)
+        abandoned = 0  # streams abandoned in a row (evidence of reading restarts it)
         retry_at = -math.inf  # no new stream before this
         # Batches written to the stream and not yet acknowledged by the subscriber, oldest
         # first: (stream offset where the batch ends, the batch); bytes written so far.
         unacked: deque[tuple[int, list[QueuedFrame[memoryview]]]] = deque()
         written = 0
+        credit = -1  # the peer's credit on the stream after its first write (-1: none yet)
+        first_at = 0.0  # when the stream's first frame was received from the publisher
         due = math.inf  # when the oldest unacknowledged frame passes the age bound
         try:
             stream = await _open(session)
@@ -156,8 +164,12 @@ class MediaRouter:
                     # Frames handed to the transport keep their age bound until acknowledged.
                     acked = written - stream.unacknowledged
                     while unacked and unacked[0][0] <= acked:
-                        unacked.popleft()
-                        abandoned = 0  # the subscriber takes what is sent
+                        _, done = unacked.popleft()
+                        if abandoned and (
+                            stream.send_credit > credit
+                            or done[-1].received_at - first_at >= READ_EVIDENCE_S
+                        ):
+                            abandoned = 0  # the subscriber reads what is sent
                     due = unacked[0][1][0].received_at + max_age if unacked else math.inf
                     if due <= now:  # the subscriber does not take them: start afresh
                         lost = [Dropped(i, DropReason.STALE) for _, b in unacked for i in b]
@@ -198,6 +210,9 @@ class MediaRouter:
                     abandoned += 1
                     retry_at = now + _hold_off(abandoned, max_age)
                     continue
+                if not written:
+                    credit = stream.send_credit
+                    first_at = batch[0].received_at
                 written += size
                 unacked.append((written, batch))
                 if due == math.inf:

@@ -331,6 +331,10 @@ class Connection:
         sender = stream.sender
         return int(sender._buffer_stop - sender._buffer_start)
 
+    def send_credit(self, stream_id: int) -> int:
+        stream = self.quic._streams.get(stream_id)
+        return 0 if stream is None else int(stream.max_stream_data_remote)
+
     def on_consumed(self, stream_id: int, consumed: int) -> None:
         stream = self.quic._streams.get(stream_id)
         window = self.limits.stream_receive_window

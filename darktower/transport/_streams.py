@@ -339,6 +339,13 @@ class WebTransportSendStream(_Base, trio.abc.SendStream):
         Read-only; 0 once the stream is gone (reset or done)."""
         return self._state.conn.unacked(self._state.stream_id)
 
+    @property
+    def send_credit(self) -> int:
+        """The stream offset up to which the peer lets us send (its flow-control limit). It
+        grows only as the peer's application reads, so a raise is the evidence that it reads:
+        acknowledgements alone come from its QUIC stack. Read-only; 0 once the stream is gone."""
+        return self._state.conn.send_credit(self._state.stream_id)
+
     async def aclose(self) -> None:
         self._state.finish_sending()
         await trio.lowlevel.checkpoint()

@@ -41,6 +41,7 @@ class FakeStream:
     """An in-memory WebTransport stream: what the peer sends is fed with ``feed``."""
 
     unacknowledged = 0  # what a send handed over is taken at once
+    send_credit = 0  # no flow control: the credit never moves
 
     def __init__(self) -> None:
         self._send, self._recv = trio.open_memory_channel[bytes](16)

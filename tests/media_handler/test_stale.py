@@ -162,6 +162,11 @@ class Reader:
             self.got.append((now, str(frame.stream_id), frame.frame_type, seq))
 
 
+# A uni stream's flow-control window in these fakes: the peer's credit is what its reader
+# took plus this (``send_credit``).
+WINDOW = 256 * 1024
+
+
 class UniStream:
     """A uni stream to a subscriber: a send completes only while its reader reads (a stalled
     reader grants no credit); a reset drops what it held, as QUIC's RESET_STREAM does."""
@@ -173,6 +178,11 @@ class UniStream:
         self.reader = reader
         self.decoder = FrameDecoder()
         self.reset_code: int | None = None
+        self.taken = 0
+
+    @property
+    def send_credit(self) -> int:
+        return self.taken + WINDOW  # credit grows as the reader reads
 
     async def send_all(self, data: Any) -> None:
         await trio.lowlevel.checkpoint()
@@ -181,6 +191,7 @@ class UniStream:
         if self.reset_code is not None:
             raise trio.ClosedResourceError("reset")
         self.reader.take(self.decoder, bytes(data))
+        self.taken += len(data)
 
     def reset(self, code: int = 0) -> None:
         self.reset_code = code
@@ -196,11 +207,16 @@ class BufferingUniStream:
         self.decoder = FrameDecoder()
         self.reset_code: int | None = None
         self.pending = bytearray()
+        self.taken = 0
         reader.held.append(self)
 
     @property
     def unacknowledged(self) -> int:
         return len(self.pending)
+
+    @property
+    def send_credit(self) -> int:
+        return self.taken + WINDOW
 
     async def send_all(self, data: Any) -> None:
         await trio.lowlevel.checkpoint()
@@ -213,6 +229,7 @@ class BufferingUniStream:
     def deliver(self) -> None:
         if self.reset_code is None and self.pending:
             self.reader.take(self.decoder, bytes(self.pending))
+            self.taken += len(self.pending)
         self.pending.clear()
 
     def reset(self, code: int = 0) -> None:
