@@ -233,7 +233,10 @@ class StallReader:
     stall, each with whether its own stream windows could have held it."""
 
     reading: trio.Event = attrs.Factory(trio.Event)
+    stalled_at: float = float("inf")
     resumed_at: float = float("inf")
+    # For each video stream the MH opened after the stall began: whether it starts at a key frame.
+    new_streams_start_at_key: list[bool] = attrs.Factory(list)
     # (arrival, kind, age, held: within its stream's window when reading stopped)
     after: list[tuple[float, FrameType, float, bool]] = attrs.Factory(list)
 
@@ -249,6 +252,8 @@ class StallReader:
     async def read(self, stream: WebTransportReceiveStream) -> None:
         decoder = FrameDecoder()
         offset = ends = 0
+        opened_after_stall = time.monotonic() >= self.stalled_at
+        first = True
         held_to: float | None = None  # where the stream's window ended when reading stopped
         try:
             while True:
@@ -263,6 +268,11 @@ class StallReader:
                 now, wall = time.monotonic(), time.time()
                 for frame in decoder:
                     ends += frame.raw.nbytes
+                    if first and opened_after_stall and frame.frame_type is not FrameType.AUDIO:
+                        self.new_streams_start_at_key.append(
+                            frame.frame_type is FrameType.VIDEO_KEY
+                        )
+                    first = False
                     if now >= self.resumed_at:
                         held = held_to is not None and ends <= held_to
                         age = wall - frame.timestamp_us / 1e6
@@ -306,6 +316,7 @@ async def stall_phase(stack: Stack, streams: tuple[str, ...], figures: dict[str,
                 )
             await trio.sleep(STALL_WARM_S)
             before = await mh_drops(stack)
+            reader.stalled_at = time.monotonic()
             reader.reading = trio.Event()  # the readers stop at their next read
             await trio.sleep(STALL_S)
             reader.resumed_at = time.monotonic()
@@ -317,15 +328,15 @@ async def stall_phase(stack: Stack, streams: tuple[str, ...], figures: dict[str,
             await signaling.leave()
     sent = [f for f in reader.after if not f[3]]
     held = [f for f in reader.after if f[3]]
-    first_video = next((f for f in sent if f[1] is not FrameType.AUDIO), None)
+    starts = reader.new_streams_start_at_key
     figures.update(
         stall_stale_frames=sum(age > bound(kind) for _, kind, age, _ in sent),
         stall_buffered_stale_frames=sum(age > bound(kind) for _, kind, age, _ in held),
         stall_frames_after=len(sent),
         stall_max_age_ms=max((f[2] for f in sent), default=float("nan")) * 1000,
-        stall_video_restarts_at_key=int(
-            first_video is not None and first_video[1] is FrameType.VIDEO_KEY
-        ),
+        # Every video stream the MH opened after the stall began starts at a key frame.
+        stall_video_restarts_at_key=int(bool(starts) and all(starts)),
+        stall_new_video_streams=len(starts),
         stall_resume_ms=(min((f[0] for f in sent), default=float("nan")) - reader.resumed_at)
         * 1000,
         stall_published_frames=int(STALL_S * (VIDEO_FPS + AUDIO_FPS)),
