@@ -4,7 +4,9 @@ one trio process, on embedded defaults, for a first look.
 Everything lives in ``--data-dir`` (default ``./data``): the SQLite store, the signing keys, a
 generated development certificate (ECDSA P-256, ≤ 14 days, shared by all three services so the
 browser pins one hash) and a development client credential. The browser page is served over
-plain HTTP on 127.0.0.1 (a secure context), so nothing has to be trusted by hand.
+plain HTTP on 127.0.0.1 (a secure context), so nothing has to be trusted by hand. The internal
+gRPC between the three is mutual TLS with a cluster CA made in memory at each start (its key
+is never written anywhere), on ``--grpc-host`` (docs/architecture.md §8).
 Ctrl-C (or SIGTERM) drains every service within ``--drain-grace-s``; a second one interrupts.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import secrets
 import sys
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -27,6 +30,7 @@ from darktower.global_controller.keys import DEV_CERT_FILE, DEV_KEY_FILE
 from darktower.launch import run_service
 from darktower.protocol.addresses import netloc
 from darktower.protocol.ratelimit import GC_REQUESTS_PER_MIN
+from darktower.servicekit import ClusterCa, ClusterTls, ServiceIdentity, ServiceRole
 from darktower.transport import write_private_file
 
 DEV_CLIENT_FILE = "dev-client.json"
@@ -35,7 +39,8 @@ DEV_CLIENT_NAME = "development"
 
 @attrs.frozen
 class Settings:
-    host: str = option("127.0.0.1", "address every service binds to")
+    host: str = option("127.0.0.1", "address the public listeners (API, signaling, media) bind to")
+    grpc_host: str = option("127.0.0.1", "address the internal gRPC listeners bind to")
     data_dir: str = option("./data", "directory for the store, keys, certificate, dev credential")
     api_port: int = option(8443, "Global Controller HTTPS port (TCP and UDP/HTTP3)")
     page_port: int = option(8080, "plain-HTTP port on 127.0.0.1 for the browser page")
@@ -81,6 +86,18 @@ async def _dev_client(gc_settings: global_controller.Settings, path: trio.Path) 
     return str(client_id)
 
 
+def dev_cluster() -> dict[ServiceRole, ClusterTls]:
+    """A cluster CA made in memory and one certificate per service (ids ``gc``, ``mc-*``,
+    ``mh-*``): nothing of it outlives the process."""
+    ca = ClusterCa.create("Dark Tower development cluster CA")
+    ids = {
+        ServiceRole.GC: "gc",
+        ServiceRole.MC: f"mc-{secrets.token_hex(4)}",
+        ServiceRole.MH: f"mh-{secrets.token_hex(4)}",
+    }
+    return {role: ca.issue(ServiceIdentity(role, ident)) for role, ident in ids.items()}
+
+
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 
 
@@ -115,9 +132,11 @@ async def serve(
     URLs; on ``shutdown`` every service drains and this returns."""
     data = await trio.Path(settings.data_dir).resolve()
     await data.mkdir(parents=True, exist_ok=True)
+    cluster = dev_cluster()
     gc_settings = global_controller.Settings(
         host=settings.host,
         port=settings.api_port,
+        grpc_host=settings.grpc_host,
         grpc_port=settings.gc_grpc_port,
         data_dir=str(data),
         dev_http_port=settings.page_port,
@@ -143,7 +162,10 @@ async def serve(
         nursery.start_soon(drain_in_order)
         gc = await nursery.start(
             lambda task_status: global_controller.serve(
-                gc_settings, shutdown=stop_gc, task_status=task_status
+                gc_settings,
+                shutdown=stop_gc,
+                task_status=task_status,
+                cluster=cluster[ServiceRole.GC],
             )
         )
         certfile, keyfile = str(data / DEV_CERT_FILE), str(data / DEV_KEY_FILE)
@@ -155,6 +177,7 @@ async def serve(
                 meeting_controller.Settings(
                     host=settings.host,
                     port=settings.signal_port,
+                    grpc_host=settings.grpc_host,
                     grpc_port=settings.mc_grpc_port,
                     ops_port=settings.mc_ops_port,
                     gc_grpc=gc.grpc_endpoint,
@@ -165,6 +188,7 @@ async def serve(
                 ),
                 shutdown=stop_mc,
                 task_status=task_status,
+                cluster=cluster[ServiceRole.MC],
             ),
         )
         mh = await nursery.start(
@@ -174,6 +198,7 @@ async def serve(
                 media_handler.Settings(
                     host=settings.host,
                     port=settings.media_port,
+                    grpc_host=settings.grpc_host,
                     grpc_port=settings.mh_grpc_port,
                     ops_port=settings.mh_ops_port,
                     mc_grpc=netloc(*mc.grpc_address),
@@ -184,6 +209,7 @@ async def serve(
                 ),
                 shutdown=stop_mh,
                 task_status=task_status,
+                cluster=cluster[ServiceRole.MH],
             ),
         )
         task_status.started(

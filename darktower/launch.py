@@ -77,4 +77,12 @@ def run_service(
     level = getattr(settings, "log_level", "info")
     json_lines = getattr(settings, "log_json", True)
     logs.configure(level, json_lines=json_lines)
-    trio.run(functools.partial(run_until_signal, serve, settings, on_started=on_started))
+    try:
+        trio.run(functools.partial(run_until_signal, serve, settings, on_started=on_started))
+    except* config.ConfigError as group:
+        # A setting only the service can check (e.g. the cluster certificate): as above.
+        first = group.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        print(f"{prog}: error: {first}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -12,7 +12,10 @@ the roles present, and an explicit override always wins:
   ``media_handler``; the stack is ready once a real MH is registered with a real MC;
 * without a GC the MC verifies join tokens with a key made here (:attr:`Services.issuer`
   mints them); with a real GC the MC learns the GC's keys and an API client is registered
-  (:attr:`Services.client_id`), and the MC and MH serve the GC's certificate (one pin).
+  (:attr:`Services.client_id`), and the MC and MH serve the GC's certificate (one pin);
+* every service and stand-in speaks mutual TLS with the test cluster (:func:`stack_cluster`:
+  one CA per test process, a certificate per role and id on demand); the settings helpers
+  below put a service's certificate files in its settings.
 
 :func:`dev_stack` runs ``python -m darktower``'s own composition (``darktower.__main__``)
 instead, for the tests of that launcher and of what it serves (the page, the dev credential).
@@ -24,6 +27,7 @@ import functools
 import pathlib
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -48,7 +52,8 @@ from darktower.protocol.pb.v1.media_control_grpc import MediaControlBase, MediaC
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase, MeetingControlStub
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryBase
 from darktower.protocol.tokens import JoinTokenIssuer, generate_signing_key, public_key_pem
-from darktower.transport.rpc import call, open_rpc_channel, open_rpc_loop, rpc_service, serve_rpc
+from darktower.transport.rpc import call, open_rpc_loop, rpc_service, serve_rpc
+from tests._cluster import GC_ID, open_cluster_channel, stack_cluster
 
 HOST = "127.0.0.1"
 # Generous: the machine may be shared; a start takes well under a second, and so does a drain
@@ -65,6 +70,15 @@ Overrides = Mapping[str, Any]
 
 
 # --- settings ---------------------------------------------------------------------------------
+def _with_cluster(role: str, id_setting: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` plus the certificate files of the service's id (``id_setting``, else a
+    new random one), unless the test gives its own."""
+    if "cluster_cert" in overrides:
+        return overrides
+    ident = overrides.get(id_setting) or f"{role}-{uuid.uuid4().hex[:8]}"
+    return {id_setting: ident, **stack_cluster().options(role, ident), **overrides}
+
+
 def gc_settings(data_dir: pathlib.Path, **overrides: Any) -> global_controller.Settings:
     """The GC's settings for tests: ports 0, its store and keys in ``data_dir``."""
     values: dict[str, Any] = {
@@ -75,17 +89,20 @@ def gc_settings(data_dir: pathlib.Path, **overrides: Any) -> global_controller.S
         "drain_grace_s": DRAIN_GRACE_S,
         "heartbeat_interval_s": 5.0,
         "log_json": False,
+        **stack_cluster().options("gc", GC_ID),
     }
     return global_controller.Settings(**{**values, **overrides})
 
 
 def mc_settings(**overrides: Any) -> meeting_controller.Settings:
     values = {"host": HOST, "port": 0, "grpc_port": 0, "ops_port": 0}
+    overrides = _with_cluster("mc", "controller_id", overrides)
     return meeting_controller.Settings(**{**values, "drain_grace_s": DRAIN_GRACE_S, **overrides})
 
 
 def mh_settings(**overrides: Any) -> media_handler.Settings:
     values = {"host": HOST, "port": 0, "grpc_port": 0, "ops_port": 0}
+    overrides = _with_cluster("mh", "handler_id", overrides)
     return media_handler.Settings(**{**values, "drain_grace_s": DRAIN_GRACE_S, **overrides})
 
 
@@ -114,13 +131,20 @@ class _Task:
         self,
         base: type,
         servicer: object,
+        ident: str = "",
         *,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve ``servicer`` as ``base`` over gRPC until ``stop``; reports its ``host:port``."""
+        """Serve ``servicer`` as ``base`` over gRPC until ``stop``, with the test cluster's
+        certificate of that role and ``ident`` (default: the role's); reports its
+        ``host:port``."""
+        role = STAND_IN_ROLES[base]
+        tls = stack_cluster().tls(role, ident or STAND_IN_IDS[role]).server_context()
         try:
             async with trio.open_nursery() as nursery:
-                port = await nursery.start(serve_rpc, [rpc_service(base, servicer)], HOST, 0)
+                port = await nursery.start(
+                    functools.partial(serve_rpc, [rpc_service(base, servicer)], HOST, 0, tls=tls)
+                )
                 task_status.started(f"{HOST}:{port}")
                 await self.stop.wait()
                 nursery.cancel_scope.cancel()
@@ -151,11 +175,12 @@ async def running_service(
 
 
 @asynccontextmanager
-async def running_stand_in(base: type, servicer: object) -> AsyncIterator[str]:
-    """``servicer`` served as ``base`` (e.g. ``MeetingControlBase``); yields its ``host:port``."""
+async def running_stand_in(base: type, servicer: object, ident: str = "") -> AsyncIterator[str]:
+    """``servicer`` served as ``base`` (e.g. ``MeetingControlBase``) with the certificate of
+    ``ident`` (default: the role's stand-in id); yields its ``host:port``."""
     task = _Task()
     async with trio.open_nursery() as nursery:
-        endpoint: str = await nursery.start(task.stand_in, base, servicer)
+        endpoint: str = await nursery.start(task.stand_in, base, servicer, ident)
         try:
             yield endpoint
         finally:
@@ -165,13 +190,17 @@ async def running_stand_in(base: type, servicer: object) -> AsyncIterator[str]:
 # --- the stack --------------------------------------------------------------------------------
 @attrs.frozen
 class StandIn:
-    """A test double for one role, served over the real gRPC (the role's ``*Base``)."""
+    """A test double for one role, served over the real gRPC (the role's ``*Base``) with the
+    test cluster's certificate of ``ident`` (default: :data:`STAND_IN_IDS`)."""
 
     servicer: object
+    ident: str = ""
 
 
 Slot = Overrides | StandIn | None
 STAND_IN_BASES = {"gc": ControllerRegistryBase, "mc": MeetingControlBase, "mh": MediaControlBase}
+STAND_IN_ROLES = {base: role for role, base in STAND_IN_BASES.items()}
+STAND_IN_IDS = {"gc": GC_ID, "mc": "mc-1", "mh": "mh-stand-in"}
 DRAIN_ORDER = ("mc", "mh", "gc")
 
 
@@ -282,7 +311,7 @@ async def serve_services(
             for name, role in roles.items():
                 if isinstance(role, StandIn):
                     services.stand_ins[name] = await nursery.start(
-                        tasks[name].stand_in, STAND_IN_BASES[name], role.servicer
+                        tasks[name].stand_in, STAND_IN_BASES[name], role.servicer, role.ident
                     )
             await _start_real(nursery, services, roles, tasks, gc_clock)
         task_status.started(services)
@@ -359,11 +388,15 @@ async def open_services(
                 serve_services, data_dir, gc=gc, mc=mc, mh=mh, gc_clock=gc_clock, shutdown=shutdown
             )
         )
-        if services.mc is not None:
-            channel = await exits.enter_async_context(open_rpc_channel(*services.mc.grpc_address))
+        if services.mc is not None:  # as the GC
+            channel = await exits.enter_async_context(
+                open_cluster_channel(services.mc.grpc_address, "gc", GC_ID, server="mc")
+            )
             services.mc_control = MeetingControlStub(channel)
-        if services.mh is not None:
-            channel = await exits.enter_async_context(open_rpc_channel(*services.mh.grpc_address))
+        if services.mh is not None:  # as an MC
+            channel = await exits.enter_async_context(
+                open_cluster_channel(services.mh.grpc_address, "mc", "mc-1", server="mh")
+            )
             services.mh_control = MediaControlStub(channel)
         yield services
 

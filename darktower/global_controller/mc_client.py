@@ -1,10 +1,13 @@
-"""``MeetingControllers`` over gRPC: the GC calling each MC's ``MeetingControl`` service."""
+"""``MeetingControllers`` over gRPC: the GC calling each MC's ``MeetingControl`` service, over
+mutual TLS, each channel checking that the MC it reaches holds the certificate of the controller
+id it registered with (docs/architecture.md §8)."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
 import logging
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +22,7 @@ from darktower.model import MeetingId, ParticipantId
 from darktower.protocol.addresses import split_host_port
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mc_pb
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
+from darktower.servicekit import ClusterTls, ServiceRole, expect_peer
 from darktower.transport.rpc import RpcError, call, open_rpc_channel
 
 log = logging.getLogger("darktower.gc.mc")
@@ -35,25 +39,29 @@ def _split(endpoint: str) -> tuple[str, int]:
 
 
 class GrpcMeetingControllers:
-    """Channels to MCs, cached per endpoint (at most ``_limits.MAX_MC_CHANNELS``).
+    """Channels to MCs, cached per controller and endpoint (at most
+    ``_limits.MAX_MC_CHANNELS``), over mutual TLS with the GC's cluster certificate ``tls``.
 
     Construct with :meth:`open`, which owns the channels and closes them all on exit. An MC
-    that cannot be reached raises ``CapacityExceeded`` (503: the caller may retry); an MC's
-    own refusal comes back as its ``DarkTowerError`` subclass.
+    that cannot be reached, or whose certificate is not the controller's, raises
+    ``CapacityExceeded`` (503: the caller may retry); an MC's own refusal comes back as its
+    ``DarkTowerError`` subclass.
     """
 
-    def __init__(self, *, timeout_s: float) -> None:
+    def __init__(self, *, timeout_s: float, tls: ClusterTls | None) -> None:
         self._timeout_s = timeout_s
-        self._channels: collections.OrderedDict[str, tuple[MeetingControlStub, Any]] = (
+        self._context: ssl.SSLContext | None = tls.client_context() if tls else None
+        self._channels: collections.OrderedDict[tuple[str, str], tuple[MeetingControlStub, Any]] = (
             collections.OrderedDict()
         )
         self._lock = trio.Lock()  # one task opens or evicts channels at a time
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, *, timeout_s: float = 5.0) -> Any:
-        """Yield the client; on exit (also when cancelled) close every channel."""
-        client = cls(timeout_s=timeout_s)
+    async def open(cls, *, timeout_s: float = 5.0, tls: ClusterTls | None = None) -> Any:
+        """Yield the client; on exit (also when cancelled) close every channel. Without
+        ``tls`` the channels are plaintext (tests of the client alone)."""
+        client = cls(timeout_s=timeout_s, tls=tls)
         try:
             yield client
         finally:
@@ -65,25 +73,27 @@ class GrpcMeetingControllers:
             _, (_, channel_cm) = self._channels.popitem(last=False)
             await channel_cm.__aexit__(None, None, None)
 
-    async def _stub(self, endpoint: str) -> MeetingControlStub:
+    async def _stub(self, controller_id: str, endpoint: str) -> MeetingControlStub:
+        key = (controller_id, endpoint)
         async with self._lock:
-            entry = self._channels.get(endpoint)
+            entry = self._channels.get(key)
             if entry is not None:
-                self._channels.move_to_end(endpoint)
+                self._channels.move_to_end(key)
                 return entry[0]
             host, port = _split(endpoint)
-            channel_cm = open_rpc_channel(host, port)
+            check = expect_peer(ServiceRole.MC, controller_id) if self._context else None
+            channel_cm = open_rpc_channel(host, port, tls=self._context, check_peer=check)
             channel = await channel_cm.__aenter__()
-            self._channels[endpoint] = (MeetingControlStub(channel), channel_cm)
+            self._channels[key] = (MeetingControlStub(channel), channel_cm)
             if len(self._channels) > MAX_MC_CHANNELS:
                 _, (_, old_cm) = self._channels.popitem(last=False)
                 with trio.CancelScope(shield=True):
                     await old_cm.__aexit__(None, None, None)
-            return self._channels[endpoint][0]
+            return self._channels[key][0]
 
     async def _call(self, controller: ControllerRecord, name: str, request: Any) -> Any:
         endpoint = grpc_endpoint(controller)
-        stub = await self._stub(endpoint)
+        stub = await self._stub(controller.controller_id, endpoint)
         try:
             return await call(getattr(stub, name), request, deadline_s=self._timeout_s)
         except RpcError as exc:

@@ -3,7 +3,8 @@ sweeper.
 
 MCs register (getting the join-token public key, the heartbeat interval and the token
 audience) and heartbeat (capacity, health, per-meeting participant counts, meetings that ended
-on them). The sweeper marks controllers that stopped heartbeating UNHEALTHY and their meetings
+on them), each only as the controller id its cluster certificate names: a controller id cannot
+be taken over by another certificate (docs/architecture.md §8). The sweeper marks controllers that stopped heartbeating UNHEALTHY and their meetings
 CONTROLLER_LOST, so a dead MC's meetings are reported as such, never silently lost.
 """
 
@@ -24,6 +25,7 @@ from darktower.global_controller.store import ControllerCapacity, EndReason, Hea
 from darktower.logs import fields
 from darktower.model import ControllerId, MeetingId
 from darktower.protocol.pb.v1 import registry_pb2 as pb
+from darktower.servicekit import ServiceRole, require_peer
 
 log = logging.getLogger("darktower.gc.registry")
 
@@ -38,8 +40,10 @@ def _capacity(msg: pb.ControllerCapacity) -> ControllerCapacity:
 
 
 def _check_id(controller_id: str) -> ControllerId:
+    """The id, if well formed and the caller's own (Forbidden for another certificate's)."""
     if not controller_id or len(controller_id) > MAX_CONTROLLER_ID_LENGTH:
         raise InvalidRequest(f"controller_id must be 1 to {MAX_CONTROLLER_ID_LENGTH} characters")
+    require_peer(ServiceRole.MC, controller_id)
     return ControllerId(controller_id)
 
 

@@ -40,6 +40,7 @@ from darktower.protocol.tokens import (
     JoinTokenIssuer,
     load_private_key_file,
 )
+from darktower.servicekit import ClusterTls, ServiceRole, callers, load_cluster_tls
 from darktower.transport.http_server import HttpLimits, bind_plain_http, serve_http
 from darktower.transport.rpc import open_rpc_loop, rpc_service, serve_rpc
 
@@ -137,15 +138,25 @@ async def serve(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
     clock: Clock = time.time,
     controllers: MeetingControllers | None = None,
+    cluster: ClusterTls | None = None,
 ) -> None:
     """Run the GC: store, keys, HTTPS + HTTP/3 API, ``ControllerRegistry`` gRPC, sweeper.
 
     Owns every task and socket it starts; reports :class:`Running` once both listeners are
     bound. When ``shutdown`` is set it stops accepting, lets requests in flight finish within
     ``settings.drain_grace_s`` (a deadline on the whole service), then cancels what is left
-    and returns. ``clock`` (unix seconds) and ``controllers`` (the MC seam) are for tests.
-    Raises ``OSError`` when a port cannot be bound, the store's errors when it cannot open.
+    and returns. gRPC, both ways, is mutual TLS with ``cluster`` (default: the settings'
+    ``--cluster-*`` files; docs/architecture.md §8). ``clock`` (unix seconds) and
+    ``controllers`` (the MC seam) are for tests. Raises ``OSError`` when a port cannot be
+    bound, the store's errors when it cannot open, ``ConfigError`` without cluster credentials.
     """
+    cluster = load_cluster_tls(
+        settings.cluster_ca,
+        settings.cluster_cert,
+        settings.cluster_key,
+        role=ServiceRole.GC,
+        given=cluster,
+    )
     signing = load_signing_keys(settings)
     # A replaced join key retires the previous one now, with an overlap (keys.py).
     previous_join_keys = keys.previous_join_keys(
@@ -163,7 +174,7 @@ async def serve(
     async with (
         open_rpc_loop(),
         open_gc_store(settings, clock) as store,
-        GrpcMeetingControllers.open(timeout_s=settings.mc_call_timeout_s) as grpc_mcs,
+        GrpcMeetingControllers.open(timeout_s=settings.mc_call_timeout_s, tls=cluster) as grpc_mcs,
     ):
         gc = GlobalController(
             store,
@@ -219,18 +230,23 @@ async def serve(
                 nursery.cancel_scope.cancel()  # drained: stop gRPC and housekeeping
 
             port: int = await nursery.start(http)
+            # Only MCs call the registry, each as the controller its certificate names.
+            mcs_only = callers(
+                {"RegisterMeetingController": ServiceRole.MC, "Heartbeat": ServiceRole.MC}
+            )
             grpc_port: int = await nursery.start(
                 partial(
                     serve_rpc,
-                    [rpc_service(ControllerRegistryBase, registry_service)],
-                    settings.host,
+                    [rpc_service(ControllerRegistryBase, registry_service, authorize=mcs_only)],
+                    settings.grpc_host,
                     settings.grpc_port,
+                    tls=cluster.server_context(),
                     shutdown_grace_s=RPC_STOP_GRACE_S,
                 )
             )
             nursery.start_soon(_housekeeping, gc, metrics, settings.heartbeat_interval_s)
             url = f"https://{netloc(settings.host, port)}"
-            grpc_endpoint = netloc(settings.host, grpc_port)
+            grpc_endpoint = netloc(settings.grpc_host, grpc_port)
             gc.public_url = (settings.public_url or url).rstrip("/")
             serving.set()
             log.info(

@@ -27,9 +27,19 @@ from darktower.transport.http_server import (
 
 @attrs.frozen
 class Settings:
-    host: str = option("127.0.0.1", "address to bind the HTTPS/HTTP3 and gRPC listeners to")
+    host: str = option("127.0.0.1", "address to bind the HTTPS/HTTP3 listener to")
     port: int = option(8443, "HTTPS port: TCP (HTTP/1.1, HTTP/2) and UDP (HTTP/3); 0 = any")
+    grpc_host: str = option(
+        "127.0.0.1", "address to bind the gRPC listener (controller registry, for MCs) to"
+    )
     grpc_port: int = option(50051, "gRPC port of the controller registry; 0 = any")
+    cluster_ca: str = option(
+        "", "cluster CA certificate (PEM) every internal gRPC peer is verified against; required"
+    )
+    cluster_cert: str = option(
+        "", "the GC's cluster certificate (PEM, 'python -m darktower.global ca issue --role gc')"
+    )
+    cluster_key: str = option("", "the private key (PEM) of --cluster-cert")
     public_url: str = option("", "base URL clients use to reach this GC; empty: https://HOST:PORT")
     data_dir: str = option("./data", "directory for the SQLite file, keys and dev certificate")
     database: str = option(

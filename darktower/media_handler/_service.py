@@ -2,21 +2,22 @@
 
 Owns, in one nursery: the task tree (rooms ⊃ participants ⊃ streams), the WebTransport server
 (``/v1/media``), the MediaControl gRPC server, the ops listener, the telemetry reporter and the
-registration with the MC. On ``shutdown`` it drains (docs/architecture.md §3.5): stops accepting,
-ends every room (MEETING_ENDED) with a deadline of ``drain_grace_s``, then cancels the rest.
+registration with the MC. Its gRPC, both ways, is mutual TLS with the cluster CA: only an MC
+calls it, and it registers as the handler id its certificate names (docs/architecture.md §8).
+On ``shutdown`` it drains (docs/architecture.md §3.5): stops accepting, ends every room
+(MEETING_ENDED) with a deadline of ``drain_grace_s``, then cancels the rest.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import secrets
 from collections.abc import AsyncIterator
 
 import attrs
 import trio
 
-from darktower.errors import NotFound
+from darktower.errors import Forbidden, NotFound
 from darktower.logs import fields
 from darktower.metrics import Registry, count_refusals
 from darktower.nurseries import TaskTree
@@ -27,7 +28,18 @@ from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1.media_control_grpc import MediaControlBase
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
-from darktower.servicekit import KeepRegistered, serve_ops, tls_credentials
+from darktower.servicekit import (
+    ClusterTls,
+    KeepRegistered,
+    ServiceRole,
+    callers,
+    dialable_host,
+    expect_peer,
+    load_cluster_tls,
+    own_id,
+    serve_ops,
+    tls_credentials,
+)
 from darktower.transport import (
     Route,
     ServerConfig,
@@ -73,7 +85,8 @@ class Running:
 
 
 class MediaControl:
-    """The MediaControl gRPC methods (trio), delegating to the :class:`MediaHandler`."""
+    """The MediaControl gRPC methods (trio), delegating to the :class:`MediaHandler`; only an
+    MC may call them (:data:`CALLERS`)."""
 
     def __init__(self, handler: MediaHandler) -> None:
         self._handler = handler
@@ -99,6 +112,19 @@ class MediaControl:
     ) -> AsyncIterator[mc_pb.TelemetryEvent]:
         async for event in self._handler.telemetry(request):
             yield event
+
+
+# Who may call each method (``servicekit.callers``): the MC, for everything.
+CALLERS = {
+    name: ServiceRole.MC
+    for name in (
+        "RegisterParticipant",
+        "RouteMedia",
+        "RemoveParticipant",
+        "RemoveStream",
+        "Telemetry",
+    )
+}
 
 
 class MeetingControllerPeer:
@@ -153,26 +179,36 @@ async def serve(
     *,
     shutdown: trio.Event,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+    cluster: ClusterTls | None = None,
 ) -> None:
     """Run the Media Handler until ``shutdown`` is set, then drain and return.
 
     Reports :class:`Running` once every listener is bound. Owns every task and socket it
-    starts. Cancelled from outside, the tree still ends its rooms (bounded cleanups). Raises
-    OSError if a port cannot be bound, ValueError for a bad MC address.
+    starts. Cancelled from outside, the tree still ends its rooms (bounded cleanups).
+    ``cluster``: its credentials for gRPC (default: the ``--cluster-*`` files); its handler id
+    is the one its certificate names. Raises OSError if a port cannot be bound, ValueError for
+    a bad MC address, ConfigError without usable cluster credentials.
     """
+    cluster = load_cluster_tls(
+        settings.cluster_ca,
+        settings.cluster_cert,
+        settings.cluster_key,
+        role=ServiceRole.MH,
+        given=cluster,
+    )
+    handler_id = own_id(cluster, settings.handler_id, "--handler-id")
     mc_address = split_host_port(settings.mc_grpc) if settings.mc_grpc else None
     registry = Registry()
     metrics = MediaMetrics(registry)
     tls = tls_credentials(settings.certfile, settings.keyfile, log=logger)
     public_host = settings.public_host or settings.host
-    handler_id = settings.handler_id or f"mh-{secrets.token_hex(4)}"
     registration = KeepRegistered(
         peer_name="MC",
         address=settings.mc_grpc,
         default_interval_s=MH_HEARTBEAT_INTERVAL_S,
         backoff_s=REGISTER_BACKOFF_S,
         backoff_max_s=REGISTER_BACKOFF_MAX_S,
-        retry_on=(NotFound, RpcError),
+        retry_on=(NotFound, Forbidden, RpcError),
         log=logger,
     )
     async with open_rpc_loop(), trio.open_nursery() as nursery:
@@ -196,10 +232,13 @@ async def serve(
         host, port = await nursery.start(server.run)
         handler.media_url = f"https://{netloc(public_host, port)}{MEDIA_PATH}"
         grpc_port = await nursery.start(
-            serve_rpc,
-            [rpc_service(MediaControlBase, MediaControl(handler))],
-            settings.host,
-            settings.grpc_port,
+            functools.partial(
+                serve_rpc,
+                [rpc_service(MediaControlBase, MediaControl(handler), authorize=callers(CALLERS))],
+                settings.grpc_host,
+                settings.grpc_port,
+                tls=cluster.server_context(),
+            )
         )
 
         def render() -> str:
@@ -217,16 +256,22 @@ async def serve(
             )
         )
         nursery.start_soon(handler.report_telemetry)
-        grpc_endpoint = netloc(public_host, grpc_port)
+        grpc_endpoint = netloc(dialable_host(settings.grpc_host, public_host), grpc_port)
         if mc_address is not None:
             nursery.start_soon(
-                _stay_registered, registration, mc_address, handler, handler_id, grpc_endpoint
+                _stay_registered,
+                registration,
+                mc_address,
+                cluster,
+                handler,
+                handler_id,
+                grpc_endpoint,
             )
         running = Running(
             handler_id=handler_id,
             media_url=handler.media_url,
             media_address=(host, port),
-            grpc_address=(settings.host, grpc_port),
+            grpc_address=(settings.grpc_host, grpc_port),
             ops_url=ops_url,
             certificate_sha256=tls.sha256,
             handler=handler,
@@ -247,11 +292,15 @@ async def serve(
 async def _stay_registered(
     registration: KeepRegistered,
     mc: tuple[str, int],
+    cluster: ClusterTls,
     handler: MediaHandler,
     handler_id: str,
     endpoint: str,
 ) -> None:
-    """Keep this MH registered with the MC at ``mc`` until cancelled; owns the channel."""
-    async with open_rpc_channel(*mc) as channel:
+    """Keep this MH registered with the MC at ``mc`` until cancelled; owns the channel (mutual
+    TLS, to an MC's certificate)."""
+    async with open_rpc_channel(
+        *mc, tls=cluster.client_context(), check_peer=expect_peer(ServiceRole.MC)
+    ) as channel:
         stub = MeetingControlStub(channel)
         await registration.run(MeetingControllerPeer(stub, handler, handler_id, endpoint))

@@ -27,8 +27,13 @@ from ._queue import DEFAULT_MAX_BYTES, DEFAULT_MAX_FRAMES
 
 @attrs.frozen
 class Settings:
-    host: str = option("127.0.0.1", "address to bind the WebTransport, gRPC and ops listeners to")
+    host: str = option("127.0.0.1", "address to bind the WebTransport listener to")
     port: int = option(4434, "UDP port of the WebTransport media endpoint (0: any free port)")
+    grpc_host: str = option(
+        "127.0.0.1",
+        "address to bind the MediaControl gRPC listener (for the MC) to; also the address the "
+        "MC is told, unless it is a wildcard (then PUBLIC_HOST)",
+    )
     grpc_port: int = option(50053, "TCP port of the MediaControl gRPC service (0: any)")
     ops_port: int = option(9103, "plain-HTTP port on 127.0.0.1 for /metrics, /healthz (0: any)")
     public_host: str = option("", "host name put in media URLs handed to clients (default: HOST)")
@@ -46,7 +51,16 @@ class Settings:
         MAX_CONNECTIONS_PER_ADDRESS, "QUIC connections per client address (IPv6: per /64)"
     )
     mc_grpc: str = option("", "HOST:PORT of the Meeting Controller to register with (empty: none)")
-    handler_id: str = option("", "this MH's id when registering (default: a random one)")
+    cluster_ca: str = option(
+        "", "cluster CA certificate (PEM) every internal gRPC peer is verified against; required"
+    )
+    cluster_cert: str = option(
+        "", "this MH's cluster certificate (PEM, 'ca issue --role mh --id ID')"
+    )
+    cluster_key: str = option("", "the private key (PEM) of --cluster-cert")
+    handler_id: str = option(
+        "", "this MH's id when registering (default and only value: its certificate's id)"
+    )
     max_rooms: int = option(MAX_ROOMS, "rooms (meetings) on this MH")
     max_participants_per_room: int = option(MAX_PARTICIPANTS_PER_ROOM, "participants per room")
     max_streams_per_participant: int = option(

@@ -20,6 +20,7 @@ from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1.media_control_grpc import MediaControlStub
+from darktower.servicekit import ClusterTls, ServiceRole, expect_peer
 from darktower.transport.rpc import call, open_rpc_channel, open_stream_call
 
 from ._limits import (
@@ -51,7 +52,11 @@ class MediaLink(Protocol):
 
 @attrs.define(eq=False)
 class GrpcMediaLink:
-    """A Media Handler reached over gRPC; ``run`` owns its channel and telemetry stream."""
+    """A Media Handler reached over gRPC; ``run`` owns its channel and telemetry stream.
+
+    With ``cluster`` the channel is mutual TLS and the MH must hold the certificate of
+    ``handler_id`` (of any MH for a static one; docs/architecture.md §8).
+    """
 
     handler_id: str
     address: tuple[str, int]
@@ -64,6 +69,7 @@ class GrpcMediaLink:
     rooms: int = 0  # rooms this MC placed here
     stub: MediaControlStub | None = None
     cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    cluster: ClusterTls | None = None
 
     def usable(self, now: float) -> bool:
         if self.stub is None or self.health == common_pb2.UNHEALTHY:
@@ -108,8 +114,12 @@ class GrpcMediaLink:
         Reports started once calls can be made (the channel connects at the first call).
         """
         backoff = TELEMETRY_BACKOFF_S
+        tls = self.cluster.client_context() if self.cluster is not None else None
+        check = expect_peer(ServiceRole.MH, None if self.static else self.handler_id)
         with self.cancel_scope:
-            async with open_rpc_channel(*self.address) as channel:
+            async with open_rpc_channel(
+                *self.address, tls=tls, check_peer=check if tls is not None else None
+            ) as channel:
                 self.stub = MediaControlStub(channel)
                 task_status.started()
                 while True:
@@ -132,7 +142,8 @@ class GrpcMediaLink:
 class MediaHandlers:
     """The MH links; ``run`` owns every link's task."""
 
-    def __init__(self, on_event: OnTelemetry) -> None:
+    def __init__(self, on_event: OnTelemetry, *, cluster: ClusterTls | None = None) -> None:
+        self.cluster = cluster  # the MC's credentials for the links it makes
         self.links: dict[str, MediaLink] = {}
         self._on_event = on_event
         self._nursery: trio.Nursery | None = None
@@ -177,7 +188,9 @@ class MediaHandlers:
             link.capacity.CopyFrom(request.capacity)
             await trio.lowlevel.checkpoint()
             return
-        new = GrpcMediaLink(request.handler_id, address, request.media_url, last_seen=now)
+        new = GrpcMediaLink(
+            request.handler_id, address, request.media_url, last_seen=now, cluster=self.cluster
+        )
         new.capacity.CopyFrom(request.capacity)
         await self.add(new)
         logger.info("media handler registered", extra=fields(handler_id=request.handler_id))

@@ -3,7 +3,9 @@
 The MC learns the keys verifying join tokens from the GC: at registration, and again from every
 heartbeat reply, so a rotated GC join key reaches it within one heartbeat interval while the
 previous key keeps verifying until its ``not_after`` (docs/decisions.md, "Join keys rotate
-with an overlap").
+with an overlap"). An MC configured with a join key (``--join-public-key-file``) keeps it: a
+reply never replaces it (docs/decisions.md, "A configured join key is pinned"). The channel
+to the GC is mutual TLS and must reach a GC's certificate (docs/architecture.md §8).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from darktower.protocol.tokens import (
     MAX_JOIN_KEYS,
     JoinKey,
     JoinTokenVerifier,
+    key_id,
     load_public_key_pem,
 )
-from darktower.servicekit import KeepRegistered
+from darktower.servicekit import ClusterTls, KeepRegistered, ServiceRole, expect_peer
 from darktower.transport.rpc import call, open_rpc_channel
 
 from ._controller import MeetingController
@@ -71,8 +74,12 @@ class Registration:
         issuer: str,
         leeway_s: float = DEFAULT_LEEWAY_S,
         gc: tuple[str, int] | None = None,
+        cluster: ClusterTls | None = None,
+        pinned: bool = False,
     ) -> None:
-        """``gc``: the host and port of the GC's registry, which :meth:`run` needs."""
+        """``gc``: the host and port of the GC's registry, which :meth:`run` needs;
+        ``cluster``: the MC's credentials for it (None: plaintext, for tests of the loop);
+        ``pinned``: the controller's verifier is the configured key, never replaced."""
         self.controller = controller
         self.controller_id = controller_id
         self.region = region
@@ -84,6 +91,9 @@ class Registration:
         self.leeway_s = leeway_s
         self.draining = False
         self._gc = gc
+        self._cluster = cluster
+        self.pinned = pinned
+        self._pinned_warned: frozenset[str] = frozenset()  # the GC's signing kids, last told
         self.keeper = KeepRegistered(
             peer_name="GC",
             address=netloc(*gc) if gc else "",
@@ -170,6 +180,9 @@ class Registration:
         seen = tuple((k.kid, k.public_key_pem, k.not_after) for k in keys)
         if seen and seen == self._keys_seen and self.controller.verifier is not None:
             return
+        if self.pinned:
+            self._keep_pinned(keys, legacy_pem)
+            return
         verifier = JoinTokenVerifier(
             # The single key only when the GC sends no set: it is the set's current key
             # anyway, and it must not outlive its retirement.
@@ -187,6 +200,23 @@ class Registration:
         self.controller.verifier = verifier
         self._keys_seen = seen
 
+    def _keep_pinned(self, keys: Sequence[pb.JoinTokenKey], legacy_pem: bytes) -> None:
+        """The configured key stays the only one; a GC signing with another is logged once
+        per key it signs with (its tokens are refused here)."""
+        verifier = self.controller.verifier
+        pinned = {k.kid for k in verifier.keys} if verifier is not None else set()
+        if keys:
+            signing = frozenset(k.kid for k in keys if not k.not_after)
+        else:
+            signing = frozenset({key_id(load_public_key_pem(legacy_pem))} if legacy_pem else ())
+        if signing != self._pinned_warned and not signing <= pinned:
+            logger.warning(
+                "the GC signs join tokens with a key other than the configured one; keeping "
+                "the configured key (--join-public-key-file)",
+                extra=fields(gc_kids=",".join(sorted(signing)), kids=",".join(sorted(pinned))),
+            )
+        self._pinned_warned = signing
+
     async def run(self) -> None:
         """Register, take the join-token keys, heartbeat; register again after failures
         (:class:`~darktower.servicekit.KeepRegistered`).
@@ -197,7 +227,12 @@ class Registration:
         """
         if self._gc is None:
             raise RuntimeError("no GC address to register with")
-        async with open_rpc_channel(*self._gc) as channel:
+        cluster = self._cluster
+        async with open_rpc_channel(
+            *self._gc,
+            tls=cluster.client_context() if cluster is not None else None,
+            check_peer=expect_peer(ServiceRole.GC) if cluster is not None else None,
+        ) as channel:
             self._stub = ControllerRegistryStub(channel)
             try:
                 await self.keeper.run(self)

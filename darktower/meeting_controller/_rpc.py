@@ -1,4 +1,6 @@
-"""The MeetingControl gRPC methods (trio), called by the GC and by Media Handlers."""
+"""The MeetingControl gRPC methods (trio), called by the GC and by Media Handlers, each only by
+the role :data:`CALLERS` names; an MH registers and heartbeats only as the handler id its
+certificate names (docs/architecture.md §8)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,19 @@ from darktower.errors import NotFound
 from darktower.model import MeetingId, ParticipantId
 from darktower.protocol.heartbeats import MH_HEARTBEAT_INTERVAL_S
 from darktower.protocol.pb.v1 import meeting_control_pb2 as pb
+from darktower.servicekit import ServiceRole, require_peer
 
 from ._controller import MeetingController
+
+# Who may call each method (``servicekit.callers``): meetings are the GC's to assign, end and
+# kick from; registrations are the MHs'.
+CALLERS = {
+    "AssignMeeting": ServiceRole.GC,
+    "EndMeeting": ServiceRole.GC,
+    "KickParticipant": ServiceRole.GC,
+    "RegisterMediaHandler": ServiceRole.MH,
+    "MediaHandlerHeartbeat": ServiceRole.MH,
+}
 
 
 class MeetingControl:
@@ -40,6 +53,7 @@ class MeetingControl:
     async def RegisterMediaHandler(
         self, request: pb.RegisterMediaHandler
     ) -> pb.RegisterMediaHandlerResponse:
+        require_peer(ServiceRole.MH, request.handler_id)
         await self._ctl.mhs.register(request, trio.current_time())
         return pb.RegisterMediaHandlerResponse(
             heartbeat_interval_ms=round(MH_HEARTBEAT_INTERVAL_S * 1000)
@@ -48,6 +62,7 @@ class MeetingControl:
     async def MediaHandlerHeartbeat(
         self, request: pb.MediaHandlerHeartbeat
     ) -> pb.MediaHandlerHeartbeatResponse:
+        require_peer(ServiceRole.MH, request.handler_id)
         await trio.lowlevel.checkpoint()
         if not self._ctl.mhs.heartbeat(request, trio.current_time()):
             # The MH registers again on NOT_FOUND (e.g. after this MC restarted).

@@ -2,7 +2,8 @@
 
 Owns, in one nursery: the task tree (meetings ⊃ sessions ⊃ reader/writer), the WebTransport
 server (``/v1/signal``), the MeetingControl gRPC server, the Media Handler links, the ops
-listener and the registration with the GC. On ``shutdown`` it drains (docs/architecture.md §3.5):
+listener and the registration with the GC. Its gRPC, both ways, is mutual TLS with the cluster
+CA (docs/architecture.md §8), on its own ``--grpc-host``. On ``shutdown`` it drains (docs/architecture.md §3.5):
 stops accepting, ends every meeting (MEETING_ENDED) with a deadline of ``drain_grace_s``, then
 cancels the rest.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import secrets
 
 import attrs
 import trio
@@ -22,7 +22,16 @@ from darktower.nurseries import TaskTree
 from darktower.protocol.addresses import netloc, split_host_port
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase
 from darktower.protocol.tokens import JoinTokenVerifier, load_public_key_pem
-from darktower.servicekit import serve_ops, tls_credentials
+from darktower.servicekit import (
+    ClusterTls,
+    ServiceRole,
+    callers,
+    dialable_host,
+    load_cluster_tls,
+    own_id,
+    serve_ops,
+    tls_credentials,
+)
 from darktower.transport import (
     Route,
     ServerConfig,
@@ -39,7 +48,7 @@ from ._limits import KEEPALIVE_INTERVAL_S
 from ._mh import GrpcMediaLink, MediaHandlers
 from ._port import webtransport_port
 from ._registration import Registration
-from ._rpc import MeetingControl
+from ._rpc import CALLERS, MeetingControl
 from ._settings import Settings
 
 logger = logging.getLogger("darktower.meeting_controller")
@@ -66,20 +75,30 @@ async def serve(
     *,
     shutdown: trio.Event,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+    cluster: ClusterTls | None = None,
 ) -> None:
     """Run the Meeting Controller until ``shutdown`` is set, then drain and return.
 
     Reports :class:`Running` once every listener is bound. Owns every task and socket it
     starts. Cancelled from outside, the tree still ends its meetings (bounded cleanups).
-    Raises OSError if a port cannot be bound, ValueError for a bad address or key file.
+    ``cluster``: its credentials for gRPC (default: the ``--cluster-*`` files); its controller
+    id is the one its certificate names. Raises OSError if a port cannot be bound, ValueError
+    for a bad address or key file, ConfigError without usable cluster credentials.
     """
+    cluster = load_cluster_tls(
+        settings.cluster_ca,
+        settings.cluster_cert,
+        settings.cluster_key,
+        role=ServiceRole.MC,
+        given=cluster,
+    )
+    controller_id = own_id(cluster, settings.controller_id, "--controller-id")
     registry = Registry()
     # A bad address fails the start here, before anything is bound.
     gc = split_host_port(settings.gc_grpc) if settings.gc_grpc else None
     static_mh = split_host_port(settings.media_handler) if settings.media_handler else None
     tls = tls_credentials(settings.certfile, settings.keyfile, log=logger)
     public_host = settings.public_host or settings.host
-    controller_id = settings.controller_id or f"mc-{secrets.token_hex(4)}"
     verifier = None
     if settings.join_public_key_file:
         key = load_public_key_pem(await trio.Path(settings.join_public_key_file).read_bytes())
@@ -92,7 +111,7 @@ async def serve(
     async with open_rpc_loop(), trio.open_nursery() as nursery:
         tree = TaskTree(registry=registry)
         await nursery.start(tree.run)
-        mhs = MediaHandlers(lambda event: controller.on_telemetry(event))
+        mhs = MediaHandlers(lambda event: controller.on_telemetry(event), cluster=cluster)
         controller = MeetingController(
             tree,
             mhs,
@@ -107,7 +126,7 @@ async def serve(
         )
         await nursery.start(mhs.run)
         if static_mh is not None:
-            await mhs.add(GrpcMediaLink("static", static_mh, static=True))
+            await mhs.add(GrpcMediaLink("static", static_mh, static=True, cluster=cluster))
 
         async def handle(session: WebTransportSession, context: object) -> None:
             with trio.move_on_after(settings.handshake_timeout_s) as scope:
@@ -142,22 +161,33 @@ async def serve(
         host, port = await nursery.start(server.run)
         signal_url = f"https://{netloc(public_host, port)}{SIGNAL_PATH}"
         grpc_port = await nursery.start(
-            serve_rpc,
-            [rpc_service(MeetingControlBase, MeetingControl(controller))],
-            settings.host,
-            settings.grpc_port,
+            functools.partial(
+                serve_rpc,
+                [
+                    rpc_service(
+                        MeetingControlBase,
+                        MeetingControl(controller),
+                        authorize=callers(CALLERS),
+                    )
+                ],
+                settings.grpc_host,
+                settings.grpc_port,
+                tls=cluster.server_context(),
+            )
         )
         registration = Registration(
             controller,
             controller_id=controller_id,
             region=settings.region,
-            endpoint=netloc(public_host, grpc_port),
+            endpoint=netloc(dialable_host(settings.grpc_host, public_host), grpc_port),
             signaling_url=signal_url,
             max_meetings=settings.max_meetings,
             max_participants=settings.max_participants,
             issuer=settings.token_issuer,
             leeway_s=settings.token_leeway_s,
             gc=gc,
+            cluster=cluster,
+            pinned=verifier is not None,
         )
 
         def ready() -> bool:
@@ -181,7 +211,7 @@ async def serve(
             controller_id=controller_id,
             signal_url=signal_url,
             signal_address=(host, port),
-            grpc_address=(settings.host, grpc_port),
+            grpc_address=(settings.grpc_host, grpc_port),
             ops_url=ops_url,
             certificate_sha256=tls.sha256,
             controller=controller,

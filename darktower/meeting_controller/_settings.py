@@ -20,8 +20,13 @@ from ._limits import (
 
 @attrs.frozen
 class Settings:
-    host: str = option("127.0.0.1", "address to bind the WebTransport and gRPC listeners to")
+    host: str = option("127.0.0.1", "address to bind the WebTransport listener to")
     port: int = option(4433, "UDP port of the WebTransport signaling endpoint (0: any free port)")
+    grpc_host: str = option(
+        "127.0.0.1",
+        "address to bind the MeetingControl gRPC listener (for the GC and MHs) to; also the "
+        "address the GC is told, unless it is a wildcard (then PUBLIC_HOST)",
+    )
     grpc_port: int = option(50052, "TCP port of the MeetingControl gRPC service (0: any)")
     ops_port: int = option(9102, "plain-HTTP port on 127.0.0.1 for /metrics, /healthz (0: any)")
     public_host: str = option(
@@ -34,10 +39,21 @@ class Settings:
     certfile: str = option("", "TLS certificate (PEM); empty: a generated dev certificate")
     keyfile: str = option("", "TLS private key (PEM); empty: a generated dev key")
     gc_grpc: str = option("", "HOST:PORT of the Global Controller registry (empty: none)")
-    controller_id: str = option("", "this MC's id when registering (default: a random one)")
+    cluster_ca: str = option(
+        "", "cluster CA certificate (PEM) every internal gRPC peer is verified against; required"
+    )
+    cluster_cert: str = option(
+        "", "this MC's cluster certificate (PEM, 'ca issue --role mc --id ID')"
+    )
+    cluster_key: str = option("", "the private key (PEM) of --cluster-cert")
+    controller_id: str = option(
+        "", "this MC's id when registering (default and only value: its certificate's id)"
+    )
     region: str = option("local", "region reported to the GC")
     join_public_key_file: str = option(
-        "", "PEM Ed25519 key verifying join tokens when no GC is configured"
+        "",
+        "PEM Ed25519 key verifying join tokens; when set, it is the only one (keys the GC "
+        "sends are not taken); empty: the GC's keys",
     )
     token_issuer: str = option(DEFAULT_ISSUER, "expected issuer of join tokens")
     token_audience: str = option(

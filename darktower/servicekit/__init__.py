@@ -33,6 +33,7 @@ from ._registration import READY_FLOOR_S, KeepRegistered, Peer
 from ._tls import tls_credentials
 from ._trust import (
     callers,
+    dialable_host,
     expect_peer,
     load_cluster_tls,
     own_id,
@@ -50,6 +51,7 @@ __all__ = [
     "ServiceIdentity",
     "ServiceRole",
     "callers",
+    "dialable_host",
     "expect_peer",
     "identity_of_certificate",
     "leave_reason_of",

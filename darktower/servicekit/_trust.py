@@ -64,21 +64,27 @@ def expect_peer(role: ServiceRole, ident: str | None = None) -> PeerCheck:
     return check
 
 
-def load_cluster_tls(ca: str, cert: str, key: str, *, role: ServiceRole) -> ClusterTls:
-    """A service's cluster credentials from its ``--cluster-ca``, ``--cluster-cert`` and
+def load_cluster_tls(
+    ca: str, cert: str, key: str, *, role: ServiceRole, given: ClusterTls | None = None
+) -> ClusterTls:
+    """A service's cluster credentials: ``given`` (made in memory, e.g. by ``python -m
+    darktower``), else read from its ``--cluster-ca``, ``--cluster-cert`` and
     ``--cluster-key`` settings. ``ConfigError`` (naming the options) when one is missing,
     unreadable, not the cluster CA's, or names another role: internal gRPC is mutual TLS
     only, there is no plaintext fallback."""
-    if not (ca and cert and key):
+    if given is not None:
+        tls = given
+    elif not (ca and cert and key):
         raise ConfigError(
             "--cluster-ca, --cluster-cert and --cluster-key are required: internal gRPC is "
             "mutual TLS (make them with 'python -m darktower.global ca init' and "
             f"'ca issue --role {role} --id ID')"
         )
-    try:
-        tls = ClusterTls.from_files(ca, cert, key)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--cluster-ca/--cluster-cert/--cluster-key: {exc}") from exc
+    else:
+        try:
+            tls = ClusterTls.from_files(ca, cert, key)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--cluster-ca/--cluster-cert/--cluster-key: {exc}") from exc
     if tls.identity.role is not role:
         raise ConfigError(f"--cluster-cert names {tls.identity}, but this service is a {role.name}")
     return tls
@@ -90,3 +96,12 @@ def own_id(tls: ClusterTls, configured: str, option: str) -> str:
     if configured and configured != tls.identity.id:
         raise ConfigError(f"{option} {configured!r} differs from the certificate's {tls.identity}")
     return tls.identity.id
+
+
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+def dialable_host(grpc_host: str, public_host: str) -> str:
+    """The host a peer is told to dial for our gRPC listener bound to ``grpc_host``: that
+    address, or ``public_host`` when it is a wildcard."""
+    return public_host if grpc_host in WILDCARD_HOSTS else grpc_host

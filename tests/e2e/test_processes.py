@@ -48,6 +48,7 @@ from darktower.global_controller.keys import (
 from darktower.model import LeaveReason
 from darktower.protocol.pb import common_pb2 as common
 from darktower.transport import TlsCredentials
+from tests._cluster import stack_cluster
 
 from ._flow import next_event, publish_to
 from ._processes import (
@@ -112,6 +113,32 @@ def _port(netloc_or_url: str) -> int:
     return int(netloc_or_url.rpartition(":")[2])
 
 
+async def _cluster_ca(cluster: pathlib.Path, cwd: pathlib.Path) -> dict[str, list[str]]:
+    """The cluster CA and one certificate per service, made as an operator does (docs/
+    architecture.md §8): ``ca init``, then ``ca issue`` per role; each role's launcher flags."""
+    ca = ["--ca-dir", str(cluster)]
+    commands = [["init", *ca]] + [
+        ["issue", *ca, "--role", role, "--id", f"{role}-e2e"] for role in ("gc", "mc", "mh")
+    ]
+    for command in commands:
+        done = await trio.run_process(
+            [sys.executable, "-m", "darktower.global", "ca", *command],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=str(cwd),
+        )
+        assert done.returncode == 0, done.stderr.decode()
+    return {
+        role: [
+            f"--cluster-ca={cluster / 'ca.pem'}",
+            f"--cluster-cert={cluster / f'{role}-{role}-e2e.pem'}",
+            f"--cluster-key={cluster / f'{role}-{role}-e2e-key.pem'}",
+        ]
+        for role in ("gc", "mc", "mh")
+    }
+
+
 async def _add_client(data: pathlib.Path, cwd: pathlib.Path) -> tuple[str, str]:
     """``python -m darktower.global clients add`` → (client id, secret) as it prints them."""
     done = await trio.run_process(
@@ -145,6 +172,7 @@ async def three_processes(tmp_path: pathlib.Path) -> AsyncIterator[Stack]:
     its /readyz; every port is 0 and read back from the launcher's ready log line."""
     data = tmp_path / "data"
     client_id, client_secret = await _add_client(data, tmp_path)
+    cluster = await _cluster_ca(tmp_path / "cluster", tmp_path)
     cwd = str(tmp_path)  # a service writing outside the data dir would show up here
     drain = ["--drain-grace-s", str(DRAIN_GRACE_S)]
     async with AsyncExitStack() as processes:
@@ -152,7 +180,16 @@ async def three_processes(tmp_path: pathlib.Path) -> AsyncIterator[Stack]:
             open_service(
                 "gc",
                 "darktower.global",
-                ["--data-dir", str(data), "--port", "0", "--grpc-port", "0", *drain],
+                [
+                    "--data-dir",
+                    str(data),
+                    "--port",
+                    "0",
+                    "--grpc-port",
+                    "0",
+                    *drain,
+                    *cluster["gc"],
+                ],
                 ready_message="global controller serving",
                 cwd=cwd,
             )
@@ -164,7 +201,7 @@ async def three_processes(tmp_path: pathlib.Path) -> AsyncIterator[Stack]:
             open_service(
                 "mc",
                 "darktower.meeting",
-                [*ports, *tls, "--gc-grpc", gc.ready["grpc"], *drain],
+                [*ports, *tls, "--gc-grpc", gc.ready["grpc"], *drain, *cluster["mc"]],
                 ready_message="meeting controller running",
                 cwd=cwd,
             )
@@ -173,7 +210,7 @@ async def three_processes(tmp_path: pathlib.Path) -> AsyncIterator[Stack]:
             open_service(
                 "mh",
                 "darktower.media",
-                [*ports, *tls, "--mc-grpc", mc.ready["grpc"], *drain],
+                [*ports, *tls, "--mc-grpc", mc.ready["grpc"], *drain, *cluster["mh"]],
                 ready_message="media handler running",
                 cwd=cwd,
             )
@@ -316,8 +353,10 @@ async def _stop(service: ServiceProcess, ports: list[tuple[int, int]]) -> None:
 
 
 def _assert_nothing_left(tmp_path: pathlib.Path) -> None:
-    # Only the data dir, holding only what the GC keeps (no SQLite journal, no temp key file).
-    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+    # Only the data dir, holding only what the GC keeps (no SQLite journal, no temp key file),
+    # and the cluster CA's directory.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster", "data"]
+    assert all(p.suffix == ".pem" for p in (tmp_path / "cluster").iterdir())
     assert {p.name for p in (tmp_path / "data").iterdir()} == EXPECTED_DATA_FILES
     for private in (JOIN_KEY_FILE, ACCESS_KEY_FILE, DEV_KEY_FILE):
         assert (tmp_path / "data" / private).stat().st_mode & 0o077 == 0, private
@@ -421,6 +460,7 @@ async def test_open_service_kills_the_process_group_when_the_test_fails(
     tmp_path: pathlib.Path,
 ) -> None:
     ports = ["--port", "0", "--grpc-port", "0", "--ops-port", "0"]
+    ports += stack_cluster().argv("mh", "mh-e2e")
     with pytest.raises(RuntimeError, match="test failed"):
         async with open_service(
             "mh", "darktower.media", ports, ready_message="media handler running", cwd=str(tmp_path)

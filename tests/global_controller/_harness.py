@@ -21,8 +21,9 @@ from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryStub
 from darktower.transport import HTTP3Client, open_http3_client
-from darktower.transport.rpc import call, open_rpc_channel
-from tests._stack import StandIn, open_services, running_service, running_stand_in
+from darktower.transport.rpc import call
+from tests._cluster import open_cluster_channel
+from tests._stack import HOST, StandIn, open_services, running_service, running_stand_in
 from tests._stack import gc_settings as gc_settings  # the GC tests import it from here
 
 
@@ -191,6 +192,11 @@ class Stack:
         return open_api(kind, self.running.url, self.running.certificate_sha256)
 
 
+def mc_channel(grpc_port: int, controller_id: str) -> Any:
+    """A channel to the GC's registry as the MC ``controller_id`` of the test cluster."""
+    return open_cluster_channel((HOST, grpc_port), "mc", controller_id, server="gc")
+
+
 async def register_mc(
     grpc_port: int,
     controller_id: str,
@@ -199,7 +205,8 @@ async def register_mc(
     region: str = "local",
     max_meetings: int = 100,
 ) -> reg_pb.RegisterMeetingControllerResponse:
-    async with open_rpc_channel("127.0.0.1", grpc_port) as channel:
+    """Register as ``controller_id``, with the test cluster's certificate of that MC."""
+    async with mc_channel(grpc_port, controller_id) as channel:
         stub = ControllerRegistryStub(channel)
         reply: reg_pb.RegisterMeetingControllerResponse = await call(
             stub.RegisterMeetingController,
@@ -228,7 +235,7 @@ async def heartbeat(
     # The error is re-raised outside the channel's (possibly own) asyncio loop, whose nursery
     # would wrap it in an ExceptionGroup.
     error: DarkTowerError | None = None
-    async with open_rpc_channel("127.0.0.1", grpc_port) as channel:
+    async with mc_channel(grpc_port, controller_id) as channel:
         stub = ControllerRegistryStub(channel)
         try:
             await call(
@@ -252,9 +259,9 @@ async def heartbeat(
 
 
 @asynccontextmanager
-async def running_stand_in_mc(mc: StandInMC) -> AsyncIterator[str]:
-    """Serve ``mc`` on 127.0.0.1; yields its ``host:port``."""
-    async with running_stand_in(MeetingControlBase, mc) as endpoint:
+async def running_stand_in_mc(mc: StandInMC, controller_id: str = "mc-1") -> AsyncIterator[str]:
+    """Serve ``mc`` on 127.0.0.1 as ``controller_id``; yields its ``host:port``."""
+    async with running_stand_in(MeetingControlBase, mc, controller_id) as endpoint:
         yield endpoint
 
 

@@ -15,7 +15,13 @@ from darktower.global_controller.api import create_app
 from darktower.global_controller.clients import add_client
 from darktower.metrics import Registry
 from darktower.protocol.ratelimit import KeyedRateLimiter
-from tests.global_controller._harness import Api, Stack, register_mc
+from tests.global_controller._harness import (
+    Api,
+    Stack,
+    StandInMC,
+    register_mc,
+    running_stand_in_mc,
+)
 
 MISSING = "00000000-0000-4000-8000-000000000000"
 
@@ -394,7 +400,12 @@ async def test_readyz_is_503_when_the_store_fails() -> None:
 
 
 async def test_requested_region_places_the_meeting_there(h1: Api, stack: Stack) -> None:
-    await register_mc(stack.running.grpc_port, "mc-eu", stack.mc_endpoint, region="eu-west-1")
+    async with running_stand_in_mc(StandInMC(), "mc-eu") as eu_endpoint:
+        await _placed_by_region(h1, stack, eu_endpoint)
+
+
+async def _placed_by_region(h1: Api, stack: Stack, eu_endpoint: str) -> None:
+    await register_mc(stack.running.grpc_port, "mc-eu", eu_endpoint, region="eu-west-1")
     token = await h1.token(stack.client_id, stack.client_secret)
 
     async def placed(body: dict[str, Any]) -> str:

@@ -17,12 +17,13 @@ from darktower.model import MeetingId, Role
 from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryStub
 from darktower.protocol.tokens import JoinTokenVerifier, key_id, load_private_key_file
-from darktower.transport.rpc import call, open_rpc_channel
+from darktower.transport.rpc import call
 from tests.global_controller._harness import (
     ManualClock,
     Stack,
     StandInMC,
     gc_settings,
+    mc_channel,
     register_mc,
     running_gc,
     running_stand_in_mc,
@@ -32,7 +33,7 @@ OVERLAP_S = 600.0
 
 
 async def _heartbeat(grpc_port: int, controller_id: str) -> reg_pb.HeartbeatResponse:
-    async with open_rpc_channel("127.0.0.1", grpc_port) as channel:
+    async with mc_channel(grpc_port, controller_id) as channel:
         reply: reg_pb.HeartbeatResponse = await call(
             ControllerRegistryStub(channel).Heartbeat,
             reg_pb.Heartbeat(controller_id=controller_id),

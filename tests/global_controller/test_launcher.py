@@ -17,6 +17,7 @@ import trio
 
 from darktower.global_controller import Settings
 from darktower.global_controller import clients as clients_cli
+from tests._cluster import GC_ID, stack_cluster
 from tests.global_controller._harness import open_api
 
 LAUNCH = [sys.executable, "-m", "darktower.global"]
@@ -70,8 +71,18 @@ def _free(kind: int, port: int) -> bool:
 
 async def test_sigterm_drains_promptly_and_releases_the_ports(tmp_path: pathlib.Path) -> None:
     env = {**os.environ, "DARKTOWER_DRAIN_GRACE_S": str(DRAIN_GRACE_S)}
+    cluster = stack_cluster().argv("gc", GC_ID)
     process = await trio.lowlevel.open_process(
-        [*LAUNCH, "--port", "0", "--grpc-port", "0", "--data-dir", str(tmp_path / "data")],
+        [
+            *LAUNCH,
+            "--port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "data"),
+            *cluster,
+        ],
         stderr=subprocess.PIPE,
         env=env,
     )

@@ -11,8 +11,8 @@ from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryStub
 from darktower.protocol.tokens import MC_AUDIENCE, load_public_key_pem, public_key_pem
 from darktower.protocol.tokens import load_private_key_file as load_key
-from darktower.transport.rpc import call, open_rpc_channel
-from tests.global_controller._harness import Api, Stack, heartbeat, register_mc
+from darktower.transport.rpc import call
+from tests.global_controller._harness import Api, Stack, heartbeat, mc_channel, register_mc
 
 
 async def test_registration_returns_the_join_key_interval_and_audience(stack: Stack) -> None:
@@ -27,7 +27,7 @@ async def test_registration_returns_the_join_key_interval_and_audience(stack: St
 
 
 async def test_bad_registration_and_unknown_heartbeat(stack: Stack) -> None:
-    async with open_rpc_channel("127.0.0.1", stack.running.grpc_port) as channel:
+    async with mc_channel(stack.running.grpc_port, "x") as channel:
         stub = ControllerRegistryStub(channel)
         with pytest.raises(InvalidRequest, match="endpoint"):
             await call(

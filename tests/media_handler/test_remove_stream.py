@@ -14,6 +14,7 @@ from darktower.frames import FrameType
 from darktower.meeting_controller import GrpcMediaLink
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.transport import StreamReset
+from tests._cluster import stack_cluster
 
 from ._harness import WAIT_S, audio, new_id, open_harness, receive_n, video
 
@@ -115,7 +116,8 @@ async def test_the_meeting_controller_link_removes_a_stream() -> None:
     meeting, cam = new_id(), new_id()
     async with open_harness() as h, trio.open_nursery() as nursery:
         await h.register(meeting, "p", [video(cam)])
-        link = GrpcMediaLink("mh", h.running.grpc_address, static=True)
+        mc = stack_cluster().tls("mc", "mc-1")
+        link = GrpcMediaLink("mh", h.running.grpc_address, static=True, cluster=mc)
         await nursery.start(link.run, lambda event: None)
         await link.remove_stream(
             mc_pb.RemoveStreamRequest(meeting_id=meeting, participant_id="p", stream_id=cam)

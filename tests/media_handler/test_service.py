@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 
 import trio
 
@@ -14,6 +15,7 @@ from darktower.protocol import close_code_for
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase
 from darktower.transport.rpc import rpc_service, serve_rpc
+from tests._cluster import stack_cluster
 
 from ._harness import WAIT_S, new_id, open_harness
 
@@ -93,7 +95,10 @@ async def test_registers_with_the_mc_heartbeats_and_registers_again() -> None:
     mc = FakeMC()
     meeting = new_id()
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_rpc, [rpc_service(MeetingControlBase, mc)], "127.0.0.1", 0)
+        tls = stack_cluster().tls("mc", "mc-1").server_context()
+        port = await nursery.start(
+            partial(serve_rpc, [rpc_service(MeetingControlBase, mc)], "127.0.0.1", 0, tls=tls)
+        )
         async with open_harness(mc_grpc=f"127.0.0.1:{port}", handler_id="mh-test") as h:
             await h.register(meeting, "p")
             with trio.fail_after(WAIT_S):
@@ -141,6 +146,8 @@ def test_launcher_help_lists_every_option() -> None:
         "--grpc-port",
         "--ops-port",
         "--mc-grpc",
+        "--grpc-host",
+        "--cluster-cert",
         "--budget-in-bytes-per-s",
         "--drain-grace-s",
     ):
@@ -159,6 +166,7 @@ def test_launcher_runs_and_stops_gracefully_on_sigterm() -> None:
             "--grpc-port=0",
             "--ops-port=0",
             "--drain-grace-s=1",
+            *stack_cluster().argv("mh", "mh-launcher"),
         ],
         stderr=subprocess.PIPE,
         text=True,

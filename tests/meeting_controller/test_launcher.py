@@ -8,6 +8,8 @@ import sys
 
 import trio
 
+from tests._cluster import stack_cluster
+
 
 def test_help_lists_every_option() -> None:
     out = subprocess.run(
@@ -24,6 +26,10 @@ def test_help_lists_every_option() -> None:
         "--gc-grpc",
         "--media-handler",
         "--join-public-key-file",
+        "--grpc-host",
+        "--cluster-ca",
+        "--cluster-cert",
+        "--cluster-key",
         "--handshake-timeout-s",
         "--drain-grace-s",
     ):
@@ -44,6 +50,7 @@ async def test_sigterm_drains_and_exits() -> None:
             "0",
             "--drain-grace-s",
             "1",
+            *stack_cluster().argv("mc", "mc-launcher"),
         ],
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -11,12 +11,12 @@ import trio
 
 from darktower.errors import CapacityExceeded
 from darktower.media_handler import Running as MhRunning
-from darktower.media_handler import Settings as MhSettings
 from darktower.media_handler import serve as serve_mh
 from darktower.model import Role
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.transport import SessionRefused, connect_webtransport
+from tests._stack import mh_settings
 
 from ._harness import WAIT_S, open_stack, wait_ended
 
@@ -24,9 +24,7 @@ from ._harness import WAIT_S, open_stack, wait_ended
 async def test_join_and_kick_with_the_real_media_handler(tmp_path: pathlib.Path) -> None:
     async with open_stack(tmp_path, media_handler="") as stack, trio.open_nursery() as nursery:
         mc_grpc = f"127.0.0.1:{stack.running.grpc_address[1]}"
-        settings = MhSettings(
-            port=0, grpc_port=0, ops_port=0, mc_grpc=mc_grpc, handler_id="mh-real"
-        )
+        settings = mh_settings(drain_grace_s=10.0, mc_grpc=mc_grpc, handler_id="mh-real")
         shutdown = trio.Event()
         mh: MhRunning = await nursery.start(
             functools.partial(serve_mh, settings, shutdown=shutdown)
@@ -64,10 +62,8 @@ async def test_a_full_media_handler_room_refuses_the_join_as_capacity_exceeded(
     an internal error."""
     async with open_stack(tmp_path, media_handler="") as stack, trio.open_nursery() as nursery:
         mc_grpc = f"127.0.0.1:{stack.running.grpc_address[1]}"
-        settings = MhSettings(
-            port=0,
-            grpc_port=0,
-            ops_port=0,
+        settings = mh_settings(
+            drain_grace_s=10.0,
             mc_grpc=mc_grpc,
             handler_id="mh-small",
             max_participants_per_room=1,

@@ -16,7 +16,7 @@ import trio
 
 from darktower.client import open_signaling
 from darktower.errors import NotFound, Unauthorized
-from darktower.meeting_controller import Running, Settings, serve
+from darktower.meeting_controller import Running, serve
 from darktower.model import MeetingId, Role
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
@@ -25,9 +25,17 @@ from darktower.protocol.pb.v1.media_control_grpc import MediaControlBase
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryBase
 from darktower.protocol.tokens import JoinKey, JoinTokenIssuer, generate_signing_key
-from darktower.transport.rpc import call, open_rpc_channel, open_rpc_loop, rpc_service, serve_rpc
+from darktower.transport.rpc import call, open_rpc_loop, rpc_service, serve_rpc
+from tests._cluster import GC_ID, open_cluster_channel, stack_cluster
+from tests._stack import mc_settings
 
 from ._harness import WAIT_S, FakeMediaControl
+
+
+def _served(base: type, impl: object, role: str, ident: str) -> Any:
+    """``serve_rpc`` of ``impl`` as the test cluster's ``role``/``ident``, for nursery.start."""
+    tls = stack_cluster().tls(role, ident).server_context()
+    return functools.partial(serve_rpc, [rpc_service(base, impl)], "127.0.0.1", 0, tls=tls)
 
 
 class FakeRegistry:
@@ -73,16 +81,10 @@ async def test_registers_heartbeats_places_on_registered_mh_and_serves_ops(
     gc = FakeRegistry(issuer)
     mh = FakeMediaControl()
     async with open_rpc_loop(), trio.open_nursery() as nursery:
-        gc_port = await nursery.start(
-            serve_rpc, [rpc_service(ControllerRegistryBase, gc)], "127.0.0.1", 0
-        )
-        mh_port = await nursery.start(
-            serve_rpc, [rpc_service(MediaControlBase, mh)], "127.0.0.1", 0
-        )
-        settings = Settings(
-            port=0,
-            grpc_port=0,
-            ops_port=0,
+        gc_port = await nursery.start(_served(ControllerRegistryBase, gc, "gc", GC_ID))
+        mh_port = await nursery.start(_served(MediaControlBase, mh, "mh", "mh-1"))
+        settings = mc_settings(
+            drain_grace_s=10.0,
             gc_grpc=f"127.0.0.1:{gc_port}",
             region="eu-1",
             controller_id="mc-test",
@@ -99,8 +101,11 @@ async def test_registers_heartbeats_places_on_registered_mh_and_serves_ops(
         assert registration.endpoint.endswith(f":{running.grpc_address[1]}")
         assert registration.capacity.max_meetings == 10
 
-        async with open_rpc_channel(*running.grpc_address) as channel:
-            stub = MeetingControlStub(channel)
+        async with (
+            open_cluster_channel(running.grpc_address, "mh", "mh-1") as as_mh,
+            open_cluster_channel(running.grpc_address, "gc", GC_ID) as as_gc,
+        ):
+            stub = MeetingControlStub(as_mh)
             # an MH registers itself with the MC; rooms go to it
             reply = await call(
                 stub.RegisterMediaHandler,
@@ -119,7 +124,7 @@ async def test_registers_heartbeats_places_on_registered_mh_and_serves_ops(
                 ),
             )
             await call(
-                stub.AssignMeeting,
+                MeetingControlStub(as_gc).AssignMeeting,
                 mtg_pb.AssignMeeting(meeting_id="m", config=mtg_pb.MeetingConfig()),
             )
             token = issuer.issue(MeetingId("m"), Role.GUEST, time.time())
@@ -189,20 +194,14 @@ async def _mc_registered_with(gc: FakeRegistry, **settings: Any) -> AsyncIterato
     """An MC registered with ``gc`` (a fake GC) and a fake MH, meeting "m" assigned; it drains
     on exit."""
     async with open_rpc_loop(), trio.open_nursery() as nursery:
-        gc_port = await nursery.start(
-            serve_rpc, [rpc_service(ControllerRegistryBase, gc)], "127.0.0.1", 0
-        )
-        mh_port = await nursery.start(
-            serve_rpc, [rpc_service(MediaControlBase, FakeMediaControl())], "127.0.0.1", 0
-        )
+        gc_port = await nursery.start(_served(ControllerRegistryBase, gc, "gc", GC_ID))
+        mh_port = await nursery.start(_served(MediaControlBase, FakeMediaControl(), "mh", "mh-1"))
         shutdown = trio.Event()
         running: Running = await nursery.start(
             functools.partial(
                 serve,
-                Settings(
-                    port=0,
-                    grpc_port=0,
-                    ops_port=0,
+                mc_settings(
+                    drain_grace_s=10.0,
                     gc_grpc=f"127.0.0.1:{gc_port}",
                     media_handler=f"127.0.0.1:{mh_port}",
                     **settings,
@@ -211,7 +210,7 @@ async def _mc_registered_with(gc: FakeRegistry, **settings: Any) -> AsyncIterato
             )
         )
         await gc.wait_for(lambda: bool(gc.registrations))
-        async with open_rpc_channel(*running.grpc_address) as channel:
+        async with open_cluster_channel(running.grpc_address, "gc", GC_ID) as channel:
             await call(
                 MeetingControlStub(channel).AssignMeeting,
                 mtg_pb.AssignMeeting(meeting_id="m", config=mtg_pb.MeetingConfig()),
@@ -383,7 +382,7 @@ async def test_registers_again_when_the_gc_forgets_it(tmp_path: pathlib.Path) ->
 
 @pytest.mark.parametrize("setting", ["gc_grpc", "media_handler"])
 async def test_a_bad_address_setting_fails_the_start(setting: str) -> None:
-    settings = Settings(port=0, grpc_port=0, ops_port=0, **{setting: "::1:50051"})
+    settings = mc_settings(**{setting: "::1:50051"})
     async with open_rpc_loop():
         with (
             pytest.raises(ValueError, match=r"IPv6 address takes brackets"),
