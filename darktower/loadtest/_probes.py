@@ -2,7 +2,8 @@
 
 GC: ``GET /healthz`` over HTTPS (TCP) and over HTTP/3; MC: a real join (a GC join ticket, then
 signaling); MH: a media connection with the token from that join; page: ``GET /``; gRPC: a
-call to an unknown method (a live server answers with a grpc-status); ops: ``GET /healthz``.
+TLS handshake (mutual TLS: a live server then asks for a client certificate); ops:
+``GET /healthz``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ from __future__ import annotations
 import time
 
 import attrs
-import h2.config
-import h2.connection
-import h2.events
 import trio
 
 from darktower.client import media_url, open_gc_client, open_media_client, open_signaling
@@ -110,42 +108,24 @@ async def check_http3(name: str, url: str, pins: list[bytes], seconds: float = P
 
 
 async def check_grpc(name: str, host: str, port: int, seconds: float = PROBE_S) -> Check:
+    """Internal gRPC is mutual TLS (docs/architecture.md §8) and the checker holds no cluster
+    certificate: a live server completes the TLS handshake (its side of it), then closes the
+    connection for want of one; a dead or stuck one fails the connect or the handshake."""
+
     async def probe() -> str:
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        conn.initiate_connection()
-        conn.send_headers(
-            1,
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", "/darktower.hostile.v1.Probe/Alive"),
-                (":authority", f"{host}:{port}"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-            ],
-        )
-        conn.send_data(1, b"\0\0\0\0\0", end_stream=True)
-        stream = await trio.open_tcp_stream(host, port)
-        async with stream:
-            await stream.send_all(conn.data_to_send())
-            while True:
+        tcp = await trio.open_tcp_stream(host, port)
+        stream = trio.SSLStream(tcp, tls_context("h2"), server_hostname="localhost")
+        try:
+            await stream.do_handshake()
+            try:
                 data = await stream.receive_some(65536)
-                if not data:
-                    raise ValueError("connection closed before an answer")
-                for event in conn.receive_data(data):
-                    if isinstance(event, h2.events.ResponseReceived):
-                        headers = {
-                            (k.decode() if isinstance(k, bytes) else k): (
-                                v.decode() if isinstance(v, bytes) else v
-                            )
-                            for k, v in event.headers
-                        }
-                        return f"unknown method answered grpc-status {headers.get('grpc-status', '(in trailers)')}"
-                    if isinstance(event, h2.events.ConnectionTerminated):
-                        raise ValueError(f"GOAWAY {event.error_code!r}")
-                pending = conn.data_to_send()
-                if pending:
-                    await stream.send_all(pending)
+            except trio.BrokenResourceError:
+                data = b""
+        finally:
+            await trio.aclose_forcefully(stream)
+        if data:
+            raise ValueError("answered a client without a certificate")
+        return "TLS handshake, then closed: no client certificate"
 
     return await _check(name, seconds, probe)
 
