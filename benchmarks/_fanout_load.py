@@ -5,6 +5,7 @@ the processes it runs on 127.0.0.1: the MH server, the saturation load generator
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import uuid
@@ -43,7 +44,9 @@ def serve_mh(certfile: str, keyfile: str) -> None:
 
     import trio
 
+    from benchmarks._cluster import cluster_options
     from darktower.media_handler import Settings, serve
+    from darktower.servicekit import ServiceRole
     from darktower.transport.rpc import open_rpc_loop
 
     settings = Settings(
@@ -52,6 +55,7 @@ def serve_mh(certfile: str, keyfile: str) -> None:
         ops_port=0,
         certfile=certfile,
         keyfile=keyfile,
+        **cluster_options(os.path.dirname(certfile), ServiceRole.MH),
         budget_in_bytes_per_s=1 << 30,
         budget_out_bytes_per_s=1 << 30,
         max_participants_per_room=1000,
@@ -70,21 +74,25 @@ def serve_mh(certfile: str, keyfile: str) -> None:
 
 
 def _register(
-    grpc_port: int, meeting: str, plan: dict[str, list[dict[str, Any]]]
+    grpc_port: int, meeting: str, plan: dict[str, list[dict[str, Any]]], cluster: str
 ) -> dict[str, str]:
     """Register every participant of ``plan`` ({pid: [streams]}) and route every stream to
-    every other participant; return {pid: URL with token}."""
+    every other participant, as the MC of the run's cluster (files in ``cluster``); return
+    {pid: URL with token}."""
     import trio
 
+    from benchmarks._cluster import cluster_tls
     from darktower.protocol.pb.v1 import common_pb2
     from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
     from darktower.protocol.pb.v1.media_control_grpc import MediaControlStub
+    from darktower.servicekit import ServiceRole
     from darktower.transport.rpc import call, open_rpc_channel
 
     urls: dict[str, str] = {}
+    tls = cluster_tls(cluster, ServiceRole.MC).client_context()
 
     async def main() -> None:
-        async with open_rpc_channel("127.0.0.1", grpc_port) as channel:
+        async with open_rpc_channel("127.0.0.1", grpc_port, tls=tls) as channel:
             stub = MediaControlStub(channel)
             for pid, streams in plan.items():
                 reply = await call(

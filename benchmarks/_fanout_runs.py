@@ -5,6 +5,7 @@ interleaving of rounds. Child processes run benchmarks/media_fanout.py with a ro
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -46,6 +47,7 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
 class MH:
     def __init__(self, certfile: str, keyfile: str) -> None:
         self.proc = _spawn("--serve", certfile, keyfile)
+        self.cluster = os.path.dirname(certfile)  # its cluster CA and certificates
         assert self.proc.stdout is not None
         info = json.loads(self.proc.stdout.readline())
         self.grpc, self.ops = int(info["grpc"]), info["ops"]
@@ -93,7 +95,7 @@ def mh_saturation(mh: MH, cert_hash: str, warm: float, win: float) -> dict[str, 
     stream = str(uuid.uuid4())
     plan: dict[str, list[dict[str, Any]]] = {"s": [{"stream_id": stream, "stream_type": 1}]}
     plan.update({f"r{i}": [] for i in range(SAT_RECEIVERS)})
-    urls = _register(mh.grpc, str(uuid.uuid4()), plan)
+    urls = _register(mh.grpc, str(uuid.uuid4()), plan, mh.cluster)
     spec = {
         "sender": urls["s"],
         "stream": stream,
@@ -136,7 +138,7 @@ def load_point(
     results, server CPU seconds per second and drops by reason, over the window."""
     procs: list[subprocess.Popen[str]] = []
     try:
-        urls = _register(mh.grpc, str(uuid.uuid4()), plan)
+        urls = _register(mh.grpc, str(uuid.uuid4()), plan, mh.cluster)
         for group in groups:
             for spec in group:
                 spec["url"] = urls[spec["pid"]]

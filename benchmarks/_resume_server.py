@@ -16,6 +16,7 @@ from benchmarks._resume_peers import MEETING
 # --- the server process -------------------------------------------------------------------
 def serve(certfile: str, keyfile: str, pubkey: str) -> None:
     from darktower import media_handler, meeting_controller
+    from darktower.__main__ import dev_cluster
     from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
     from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
     from darktower.transport.rpc import call, open_rpc_channel, open_rpc_loop
@@ -25,6 +26,8 @@ def serve(certfile: str, keyfile: str, pubkey: str) -> None:
     )
     common.update(log_level="warning", log_json=False, drain_grace_s=2.0)
     mc_settings = meeting_controller.Settings(**common, join_public_key_file=pubkey)
+    # Internal gRPC is mutual TLS: a cluster made in memory, as python -m darktower makes it.
+    cluster = {str(role): tls for role, tls in dev_cluster().items()}
 
     async def main() -> None:
         async with open_rpc_loop(), trio.open_nursery() as nursery:
@@ -34,7 +37,10 @@ def serve(certfile: str, keyfile: str, pubkey: str) -> None:
             async def run_mc(task_status: trio.TaskStatus[Any]) -> None:
                 try:
                     await meeting_controller.serve(
-                        mc_settings, shutdown=stop_mc, task_status=task_status
+                        mc_settings,
+                        shutdown=stop_mc,
+                        task_status=task_status,
+                        cluster=cluster["mc"],
                     )
                 finally:
                     mc_done.set()
@@ -45,11 +51,12 @@ def serve(certfile: str, keyfile: str, pubkey: str) -> None:
             )
             mh = await nursery.start(
                 lambda task_status: media_handler.serve(
-                    mh_settings, shutdown=stop_mh, task_status=task_status
+                    mh_settings, shutdown=stop_mh, task_status=task_status, cluster=cluster["mh"]
                 )
             )
             await mc.controller.mhs.wait_for(mh.handler_id)
-            async with open_rpc_channel(*mc.grpc_address) as channel:
+            gc_tls = cluster["gc"].client_context()  # AssignMeeting is the GC's call
+            async with open_rpc_channel(*mc.grpc_address, tls=gc_tls) as channel:
                 await call(
                     MeetingControlStub(channel).AssignMeeting,
                     mtg_pb.AssignMeeting(

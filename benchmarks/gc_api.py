@@ -64,8 +64,13 @@ def run_server(data_dir: str, database: str) -> None:
         log_level="warning",
     )
 
+    from darktower.__main__ import dev_cluster
+    from darktower.servicekit import ServiceRole
+
+    cluster = dev_cluster()[ServiceRole.GC]  # its gRPC is mutual TLS, unused here
+
     async def serve_with_mc(*args: Any, **kwargs: Any) -> None:
-        await serve(*args, controllers=_NoopControllers(), **kwargs)
+        await serve(*args, controllers=_NoopControllers(), cluster=cluster, **kwargs)
 
     def started(running: Any) -> None:
         print(json.dumps({"url": running.url, "sha": running.certificate_sha256.hex()}))

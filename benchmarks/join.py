@@ -22,6 +22,7 @@ own process; the clients run in this one, all on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from benchmarks._bench import emit, parser, percentiles, ratio_summary
+from benchmarks._cluster import write_cluster
 
 SEQUENTIAL = 100
 CONCURRENT = 200
@@ -46,10 +48,12 @@ SETTLE_S = 2.5
 def serve(certfile: str, keyfile: str, pubkey: str) -> None:
     import trio
 
+    from benchmarks._cluster import cluster_options, cluster_tls
     from darktower.meeting_controller import Settings
     from darktower.meeting_controller import serve as serve_mc
     from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
     from darktower.protocol.pb.v1.media_control_grpc import MediaControlBase
+    from darktower.servicekit import ServiceRole
     from darktower.transport import Route, ServerConfig, TlsCredentials, WebTransportServer
     from darktower.transport.rpc import open_rpc_loop, rpc_service, serve_rpc
 
@@ -81,8 +85,16 @@ def serve(certfile: str, keyfile: str, pubkey: str) -> None:
 
     async def main() -> None:
         async with open_rpc_loop(), trio.open_nursery() as nursery:
+            cluster = os.path.dirname(certfile)  # internal gRPC is mutual TLS
+            mh_tls = cluster_tls(cluster, ServiceRole.MH).server_context()
             mh_port = await nursery.start(
-                serve_rpc, [rpc_service(MediaControlBase, StandInMH())], "127.0.0.1", 0
+                lambda task_status: serve_rpc(
+                    [rpc_service(MediaControlBase, StandInMH())],
+                    "127.0.0.1",
+                    0,
+                    tls=mh_tls,
+                    task_status=task_status,
+                )
             )
             settings = Settings(
                 port=0,
@@ -90,6 +102,7 @@ def serve(certfile: str, keyfile: str, pubkey: str) -> None:
                 ops_port=0,
                 certfile=certfile,
                 keyfile=keyfile,
+                **cluster_options(cluster, ServiceRole.MC),
                 join_public_key_file=pubkey,
                 media_handler=f"127.0.0.1:{mh_port}",
                 log_level="warning",
@@ -134,15 +147,23 @@ def _cpu_s(pid: int) -> float:
 
 # --- the clients --------------------------------------------------------------------------
 async def run(
-    info: dict[str, Any], pid: int, sha: bytes, key_pem: bytes, quick: bool, rounds: int
+    info: dict[str, Any],
+    pid: int,
+    sha: bytes,
+    key_pem: bytes,
+    quick: bool,
+    rounds: int,
+    cluster: str,
 ) -> dict[str, Any]:
     import trio
 
+    from benchmarks._cluster import cluster_tls
     from darktower.client._signaling import open_signaling
     from darktower.model import MeetingId, Role
     from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
     from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
     from darktower.protocol.tokens import JoinTokenIssuer, load_private_key_pem
+    from darktower.servicekit import ServiceRole
     from darktower.transport import connect_webtransport
     from darktower.transport.rpc import call, open_rpc_channel, open_rpc_loop
 
@@ -175,7 +196,8 @@ async def run(
                 nursery.start_soon(fn, i, out)
         return out
 
-    async with open_rpc_loop(), open_rpc_channel("127.0.0.1", info["grpc"]) as channel:
+    gc_tls = cluster_tls(cluster, ServiceRole.GC).client_context()  # AssignMeeting: the GC's
+    async with open_rpc_loop(), open_rpc_channel("127.0.0.1", info["grpc"], tls=gc_tls) as channel:
         stub = MeetingControlStub(channel)
         for i in range(MEETINGS):
             await call(
@@ -392,6 +414,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="dt-join-bench-")
     cert = generate_dev_certificate()
     certfile, keyfile = cert.write(tmp)
+    write_cluster(tmp)  # the server process and this one share it
     key = generate_signing_key()
     pubkey = pathlib.Path(tmp) / "join.pub.pem"
     pubkey.write_bytes(public_key_pem(key))
@@ -415,7 +438,7 @@ def main() -> None:
         info = json.loads(server.stdout.readline())
         started = time.monotonic()
         figures = trio.run(
-            run, info, server.pid, cert.sha256, private_key_pem(key), args.quick, rounds
+            run, info, server.pid, cert.sha256, private_key_pem(key), args.quick, rounds, tmp
         )
         figures["elapsed_s"] = time.monotonic() - started
         figures["goal_concurrent_p50_ms"] = 30

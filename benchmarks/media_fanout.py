@@ -43,6 +43,7 @@ from typing import Any
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from benchmarks._bench import emit, parser, percentiles, ratio_summary, summary
+from benchmarks._cluster import write_cluster
 from benchmarks._fanout_load import (
     LOAD_SHARE,
     MEETING,
@@ -260,6 +261,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="dt-bench-")
     cert = generate_dev_certificate()
     certfile, keyfile = cert.write(tmp)
+    write_cluster(tmp)  # internal gRPC is mutual TLS: the MH process and _register share it
     files = (str(certfile), str(keyfile), cert.sha256.hex())
     figures: dict[str, Any] = {}
     t0 = time.monotonic()
