@@ -67,6 +67,9 @@ class GrpcMediaLink:
     health: int = common_pb2.HEALTHY
     last_seen: float = -math.inf
     rooms: int = 0  # rooms this MC placed here
+    # Participants this MC registered here since the MH's last load report: a burst of joins
+    # between two heartbeats counts at once (docs/architecture.md §4.6).
+    placed: int = 0
     stub: MediaControlStub | None = None
     cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     cluster: ClusterTls | None = None
@@ -78,13 +81,15 @@ class GrpcMediaLink:
 
     def load_key(self) -> tuple[float, ...]:
         cap = self.capacity.participants or 0
-        share = self.load.participants / cap if cap else 0.0
+        share = (self.load.participants + self.placed) / cap if cap else 0.0
         return (float(self.health), share, float(max(self.rooms, self.load.rooms)))
 
     async def register_participant(
         self, request: mh_pb.RegisterParticipant
     ) -> mh_pb.RegisterParticipantResponse:
-        return await call(self._stub().RegisterParticipant, request, deadline_s=MH_CALL_DEADLINE_S)
+        reply = await call(self._stub().RegisterParticipant, request, deadline_s=MH_CALL_DEADLINE_S)
+        self.placed += 1
+        return reply
 
     async def route_media(self, request: mh_pb.RouteMediaCommand) -> None:
         await call(self._stub().RouteMedia, request, deadline_s=MH_CALL_DEADLINE_S)
@@ -200,6 +205,7 @@ class MediaHandlers:
         if not isinstance(link, GrpcMediaLink):
             return False
         link.load.CopyFrom(request.load)
+        link.placed = 0  # counted in this report
         link.health = request.health
         link.last_seen = now
         return True
