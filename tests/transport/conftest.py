@@ -78,3 +78,9 @@ class EndRecorder:
             self.end = session.end
             self.ended_at = trio.current_time()
             self.ended.set()
+
+
+@pytest.fixture(scope="session")
+def cert_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    certfile, keyfile = generate_dev_certificate().write(tmp_path_factory.mktemp("tls"))
+    return str(certfile), str(keyfile)

@@ -34,7 +34,7 @@ async def _echo(session: WebTransportSession, context: object) -> None:
     await session.wait_closed()
 
 
-async def raw_request(conn: Connection, headers: Headers) -> int:
+async def raw_request(conn: Connection, headers: Headers, *, end_stream: bool = False) -> int:
     """Send ``headers`` as a request on a new stream of ``conn``; return the answer's status
     (0 if the connection ended first)."""
     stream_id = conn.quic.get_next_available_stream_id()
@@ -50,7 +50,7 @@ async def raw_request(conn: Connection, headers: Headers) -> int:
             answered.set()
 
     conn.request_handlers[stream_id] = on_event
-    conn.send_headers(stream_id, headers, False)
+    conn.send_headers(stream_id, headers, end_stream)
     with trio.fail_after(5):
         await answered.wait()
     conn.request_handlers.pop(stream_id, None)

@@ -1,27 +1,23 @@
 """The GC's HTTP listeners under hostile traffic, over real sockets on 127.0.0.x: QUIC admission
 (caps per peer, in total and on handshakes; stateless Retry under a flood), TCP caps and
-timeouts, and the error boundary of one connection."""
+timeouts (the error boundaries: test_http_listener_boundaries.py)."""
 
 from __future__ import annotations
 
 import ssl
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 import trio
 import trio.lowlevel
-from aioquic.quic.events import StreamDataReceived
-from quart_trio import QuartTrio
 
-from darktower.transport import _http_quic, generate_dev_certificate, open_http3_client
+from darktower.transport import _http_quic
 from darktower.transport._admission import CAUSES
 from darktower.transport._http_quic import COUNTER_NAMES
-from darktower.transport._http_streams import GuardedH3Protocol
-from darktower.transport.http_server import HttpLimits, serve_http
+from darktower.transport.http_server import HttpLimits
 from tests.transport._http3_peer import (
     WAIT_S,
     Http3Peer,
@@ -29,61 +25,7 @@ from tests.transport._http3_peer import (
     server_connections,
     udp_socket,
 )
-
-
-@pytest.fixture(scope="module")
-def cert_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    certfile, keyfile = generate_dev_certificate().write(tmp_path_factory.mktemp("tls"))
-    return str(certfile), str(keyfile)
-
-
-def _app() -> QuartTrio:
-    app = QuartTrio(__name__)
-
-    @app.get("/healthz")
-    async def healthz() -> str:
-        return "ok"
-
-    @app.post("/echo")
-    async def echo() -> str:
-        from quart import request
-
-        return str(len(await request.get_data()))
-
-    return app
-
-
-@asynccontextmanager
-async def serving(
-    cert_files: tuple[str, str], limits: HttpLimits, counters: Counter[str]
-) -> AsyncIterator[int]:
-    certfile, keyfile = cert_files
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        port: int = await nursery.start(
-            lambda task_status: serve_http(
-                _app(),
-                host="127.0.0.1",
-                port=0,
-                certfile=certfile,
-                keyfile=keyfile,
-                shutdown=shutdown,
-                graceful_timeout_s=2,
-                limits=limits,
-                counters=counters,
-                task_status=task_status,
-            )
-        )
-        try:
-            yield port
-        finally:
-            shutdown.set()
-
-
-async def _h3_get(port: int, path: str = "/healthz") -> int:
-    with trio.fail_after(WAIT_S):
-        async with open_http3_client(f"https://127.0.0.1:{port}", verify=False) as h3:
-            return (await h3.request("GET", path)).status
+from tests.transport._http_listener import h3_get, serving
 
 
 def _long_header(version: bytes, source_cid: bytes = b"s" * 8) -> bytes:
@@ -167,7 +109,7 @@ async def test_an_initial_flood_from_several_addresses_leaves_a_client_able_to_g
         answered = await _flood(port, [f"127.0.0.{i}" for i in range(2, 6)], per_host=30)
         assert sum(len(cids) for cids in answered) <= 8  # before: one connection per Initial
         assert counters["quic_retry"] == 4 * 30 - 8
-        assert await _h3_get(port) == 200
+        assert await h3_get(port) == 200
 
 
 async def test_quic_connections_are_capped_per_address_and_in_total(
@@ -221,7 +163,7 @@ async def test_handshakes_are_capped_or_retried(
         assert len(answered) == admitted
         assert counters[cause] == 8 - admitted
         if cause == "quic_retry":  # (all slots full, a new client waits for a timeout)
-            assert await _h3_get(port) == 200  # another address is not affected
+            assert await h3_get(port) == 200  # another address is not affected
 
 
 async def test_an_initial_with_a_token_not_ours_is_dropped(cert_files: tuple[str, str]) -> None:
@@ -253,7 +195,7 @@ async def test_a_stalled_handshake_is_closed_at_its_timeout(cert_files: tuple[st
             assert stalled.quic._close_event.error_code == 0x2  # CONNECTION_REFUSED
             assert stalled.quic._close_event.reason_phrase == "handshake timeout"
             assert counters["quic_handshake_timeout"] == 1
-            assert await _h3_get(port) == 200
+            assert await h3_get(port) == 200
         finally:
             stalled.close()
 
@@ -270,58 +212,6 @@ async def test_version_negotiation_only_for_full_size_datagrams(
             await sock.sendto(short, ("127.0.0.1", port))
             await sock.sendto(_long_header(b"\0\0\0\0").ljust(1200, b"\0"), ("127.0.0.1", port))
             assert await _answers(sock, port) == []
-
-
-async def test_a_connect_without_a_path_resets_only_its_stream(
-    cert_files: tuple[str, str],
-) -> None:
-    """hypercorn reads ``:path`` of every request it accepts: a CONNECT without ``:protocol``
-    (valid HTTP/3, no ``:path``) raised UnboundLocalError on the read loop and ended the QUIC
-    listener. Now that request's stream is reset and its connection goes on."""
-    counters: Counter[str] = Counter()
-    async with serving(cert_files, HttpLimits(), counters) as port:
-        peer = Http3Peer("127.0.0.2", port)
-        try:
-            assert await peer.connect()
-            connect = [(b":method", b"CONNECT"), (b":authority", f"127.0.0.1:{port}".encode())]
-            assert await peer.request(connect, wait_s=0.5) is None
-            assert counters["quic_stream_error:UnboundLocalError"] == 1
-            assert await peer.get("/healthz") == 200
-            assert peer.terminated is None
-        finally:
-            peer.close()
-
-
-async def test_an_error_in_one_connections_events_closes_only_that_connection(
-    cert_files: tuple[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Whatever hypercorn's HTTP/3 protocol raises while handling one connection's events
-    (here: injected for the connections from 127.0.0.2) closes that connection with
-    H3_GENERAL_PROTOCOL_ERROR; the listener and every other connection go on."""
-    handle = GuardedH3Protocol.handle
-
-    async def failing_handle(self: GuardedH3Protocol, event: Any) -> None:
-        if self.client[0] == "127.0.0.2" and isinstance(event, StreamDataReceived):
-            raise RuntimeError("injected")
-        await handle(self, event)
-
-    monkeypatch.setattr(GuardedH3Protocol, "handle", failing_handle)
-    counters: Counter[str] = Counter()
-    async with serving(cert_files, HttpLimits(), counters) as port:
-        bystander = Http3Peer("127.0.0.1", port)
-        attacker = Http3Peer("127.0.0.2", port)
-        try:
-            assert await bystander.connect()
-            assert await attacker.connect()
-            assert await attacker.get("/healthz") is None
-            assert attacker.terminated is not None
-            assert attacker.terminated.error_code == 0x101  # H3_GENERAL_PROTOCOL_ERROR
-            assert counters["quic_error:RuntimeError"] == 1
-            assert await bystander.get("/healthz") == 200
-            assert await _h3_get(port) == 200
-        finally:
-            bystander.close()
-            attacker.close()
 
 
 # --- TCP -------------------------------------------------------------------------------------
@@ -421,7 +311,7 @@ async def test_idle_tcp_connections_from_one_address_do_not_keep_another_out(
         assert counters["tcp_refused_address"] == 5
         # 127.0.0.1 still gets in (3 places left in total), over TLS and HTTP/3.
         assert await trio.to_thread.run_sync(_h1_get, port) == 200
-        assert await _h3_get(port) == 200
+        assert await h3_get(port) == 200
         for stream in admitted:
             await stream.aclose()
 
@@ -482,7 +372,7 @@ async def test_timed_out_handshakes_of_a_flood_release_every_slot(
         await _until(lambda: protocol.live_connections == 0)
         assert counters["quic_handshake_timeout"] == 12
         assert _slots_held(protocol) == (0, 0, 0, 0, 0)
-        assert await _h3_get(port) == 200
+        assert await h3_get(port) == 200
 
 
 async def test_a_connection_that_cannot_be_built_releases_its_slots(
@@ -507,4 +397,4 @@ async def test_a_connection_that_cannot_be_built_releases_its_slots(
         assert answered == set()  # dropped
         assert counters["quic_error:ValueError"] == 1
         assert _slots_held(protocol) == (0, 0, 0, 0, 0)
-        assert await _h3_get(port) == 200
+        assert await h3_get(port) == 200
