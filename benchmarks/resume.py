@@ -2,7 +2,7 @@
 frames after a stall, and how soon a lost peer is noticed.
 
 The Meeting Controller and the Media Handler run in a child process at their default settings
-(15 s idle timeout with a PING every 5 s, 15 s resume and media grace, age bounds 500 ms video
+(14 s idle timeout with a PING every third of it, 15 s resume and media grace, age bounds 500 ms video
 and 200 ms audio); the clients run in this one, all on 127.0.0.1. A host publishes video (30 fps,
 a key frame every second and whenever the MH asks for one) and audio (50 fps), small payloads.
 A witness subscribes to both on a direct path: the baseline. Each *subject* subscribes to both
@@ -26,7 +26,7 @@ MH's media port, and publishes audio of its own (a participant with its micropho
    could not have held (so the MH sent them after it read again) and that are older than their
    age bound, by the header timestamp the host set (one machine, one clock). Old frames its own
    windows held are counted apart (``stall_buffered_stale_frames``).
-4. **Loss detection**, during 3: subjects whose paths are paused for good, at the default 15 s
+4. **Loss detection**, during 3: subjects whose paths are paused for good, at the default 14 s
    idle timeout. ``loss_detect_*``: from the pause to the host's ParticipantUpdated RECONNECTING
    (the MC noticed); ``loss_detect_client_*``: to the subject's own Reconnecting event. Also
    during 3, the receive-only rebinds of 2.

@@ -6,7 +6,7 @@ import attrs
 
 from darktower.config import option
 from darktower.protocol.tokens import DEFAULT_ISSUER, DEFAULT_LEEWAY_S, MC_AUDIENCE
-from darktower.transport import MAX_CONNECTIONS_PER_ADDRESS, RETRY_THRESHOLD
+from darktower.transport import IDLE_TIMEOUT_S, MAX_CONNECTIONS_PER_ADDRESS, RETRY_THRESHOLD
 
 from ._limits import (
     EMPTY_MEETING_TIMEOUT_S,
@@ -68,7 +68,7 @@ class Settings:
     max_meetings: int = option(MAX_MEETINGS, "meetings this MC accepts")
     max_participants: int = option(MAX_PARTICIPANTS, "participants over all meetings")
     handshake_timeout_s: float = option(HANDSHAKE_TIMEOUT_S, "seconds to wait for the JoinRequest")
-    idle_timeout_s: float = option(15.0, "QUIC idle timeout: a vanished client leaves after it")
+    idle_timeout_s: float = option(IDLE_TIMEOUT_S, "QUIC idle timeout: a vanished client leaves after it")
     quic_retry_threshold: int = option(
         RETRY_THRESHOLD,
         "QUIC handshakes in progress beyond which new clients get a stateless Retry (0: always)",

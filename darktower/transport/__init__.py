@@ -28,7 +28,7 @@ reason)``, ``ConnectionLost(code, reason, by_peer)``, ``IdleTimeout()``; ``_end.
 connection's packets sent, lost and received: :class:`TransportStats`, ``_stats.py``),
 ``local_address``, ``peer_address``, and on a client ``migrate()`` (move to a new UDP socket,
 as after a network change: the connection, session and streams carry on; docs/protocol.md
-§13). A peer from which nothing arrives for ``idle_timeout_s`` (15 s) is gone: the session
+§13). A peer from which nothing arrives for ``idle_timeout_s`` (14 s) is gone: the session
 ends with ``IdleTimeout()``; keepalive PINGs every third of it hold a live one.
 
 Streams are trio streams: ``send_all`` (waits while unacknowledged bytes are over the
@@ -47,6 +47,7 @@ from ._certs import (
 )
 from ._client import connect_webtransport, open_quic_connection, open_session
 from ._config import (
+    IDLE_TIMEOUT_S,
     MAX_CONNECTIONS_PER_ADDRESS,
     RETRY_ALWAYS,
     RETRY_THRESHOLD,
@@ -82,6 +83,7 @@ from ._wire import code_from_h3, code_to_h3
 __all__ = [
     "CLOSE_CODE_CANCELLED",
     "CLOSE_CODE_HANDLER_ERROR",
+    "IDLE_TIMEOUT_S",
     "MAX_CONNECTIONS_PER_ADDRESS",
     "RETRY_ALWAYS",
     "RETRY_THRESHOLD",

@@ -3,7 +3,7 @@ timeout on both sides, our own keepalive PINGs do not keep it alive, and a live 
 stays connected.
 
 The virtual-time tests run real QUIC on 127.0.0.1 with trio's MockClock and the default
-limits (15 s, keepalive every 5 s), so the times are exact; a real-time test goes through the
+limits (14 s, keepalive every third of it), so the times are exact; a real-time test goes through the
 network-fault proxy with a 1 s idle timeout.
 """
 
@@ -26,7 +26,7 @@ from darktower.transport import (
 
 from .conftest import start_server
 
-IDLE_S = 15.0
+IDLE_S = 14.0
 # How late after the idle timeout a silent peer may be noticed on virtual time (the timer
 # fires at the exact instant; this covers the probe timeout's floor on loopback).
 SLACK_S = 0.5
@@ -68,7 +68,7 @@ def the_connection_endpoint(session: WebTransportSession) -> Endpoint:
     return session._conn.endpoint
 
 
-async def test_defaults_are_15_s_with_a_keepalive_every_third() -> None:
+async def test_defaults_are_14_s_with_a_keepalive_every_third() -> None:
     limits = TransportLimits()
     assert limits.idle_timeout_s == IDLE_S
     assert limits.keepalive_interval_s == IDLE_S / 3
@@ -98,7 +98,7 @@ async def test_server_notices_a_silent_client_despite_its_own_pings(
             assert peer.ended_at is not None
             noticed_after = peer.ended_at - silent_at
             assert peer.session is not None and peer.session.end == IdleTimeout()
-            # Before the fix the PING restarted the timer: 5 + 15 = 20 s.
+            # Before the fix the PING restarted the timer: 4.7 + 14 = 18.7 s.
             assert IDLE_S - 0.1 <= noticed_after <= IDLE_S + SLACK_S, noticed_after
         nursery.cancel_scope.cancel()
 
@@ -126,7 +126,7 @@ async def test_client_notices_a_silent_server_despite_its_own_pings(
                 await session.wait_closed()
             noticed_after = trio.current_time() - silent_at
             assert session.end == IdleTimeout()
-            # Before the fix the PING restarted the timer: 5 + 15 = 20 s.
+            # Before the fix the PING restarted the timer: 4.7 + 14 = 18.7 s.
             assert IDLE_S - 0.1 <= noticed_after <= IDLE_S + SLACK_S, noticed_after
         nursery.cancel_scope.cancel()
 

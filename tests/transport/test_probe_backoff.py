@@ -4,7 +4,7 @@ client's side, so data sent during it arrives within the cap (plus a round trip)
 coming back; a dead peer is still ended by the idle timeout, with one probe per period, not a
 storm.
 
-Real QUIC on 127.0.0.1 with trio's MockClock and the default limits (15 s idle timeout), so
+Real QUIC on 127.0.0.1 with trio's MockClock and the default limits (14 s idle timeout), so
 the times are exact: a loopback round trip takes no virtual time.
 """
 
