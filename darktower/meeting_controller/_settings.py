@@ -68,7 +68,9 @@ class Settings:
     max_meetings: int = option(MAX_MEETINGS, "meetings this MC accepts")
     max_participants: int = option(MAX_PARTICIPANTS, "participants over all meetings")
     handshake_timeout_s: float = option(HANDSHAKE_TIMEOUT_S, "seconds to wait for the JoinRequest")
-    idle_timeout_s: float = option(IDLE_TIMEOUT_S, "QUIC idle timeout: a vanished client leaves after it")
+    idle_timeout_s: float = option(
+        IDLE_TIMEOUT_S, "QUIC idle timeout: a vanished client leaves after it"
+    )
     quic_retry_threshold: int = option(
         RETRY_THRESHOLD,
         "QUIC handshakes in progress beyond which new clients get a stateless Retry (0: always)",
