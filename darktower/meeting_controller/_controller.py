@@ -46,7 +46,7 @@ from ._limits import (
     RESUME_GRACE_S,
 )
 from ._metrics import ControllerMetrics
-from ._mh import MediaHandlers
+from ._mh import MediaHandlers, MediaLink
 from ._port import SignalPort
 from ._resume import ResumeRefused, ResumeTokens
 from ._room import Outgoing, RoomMember, RoomState
@@ -95,6 +95,9 @@ class MeetingController:
             meetings=lambda: len(self.rooms),
             participants=lambda: self.participant_count,
         )
+        mhs.on_lost = self.media_handler_lost
+        mhs.on_usable = self.media_handler_usable
+        mhs.counts = self._telemetry_counts
 
     # -- GC side -----------------------------------------------------------------------------
 
@@ -206,6 +209,58 @@ class MeetingController:
         room.ban_token(member.token_id, member.token_valid_until, now)
         member.leave(LeaveReason.KICKED)
         return member.token_id
+
+    # -- Media Handlers ----------------------------------------------------------------------
+
+    def media_handler_lost(self, link: MediaLink) -> None:
+        """``link``'s MH is gone: each of its rooms moves to another MH (nobody leaves)."""
+        for room in list(self.rooms.values()):
+            if room.mh is link:
+                self._move_room(room)
+
+    def media_handler_usable(self, link: MediaLink) -> None:
+        """An MH can take rooms: rooms left without one (no MH was usable when theirs was
+        lost) move there."""
+        for room in list(self.rooms.values()):
+            if room.mh is None and room.members:
+                self._move_room(room)
+
+    def _telemetry_counts(self, link: MediaLink, meeting_id: str) -> bool:
+        # An MH a room has moved away from may still report on it (its old connections end).
+        room = self.rooms.get(MeetingId(meeting_id))
+        return room is None or room.mh is link
+
+    def _move_room(self, room: RoomState) -> None:
+        """Place ``room`` on the least-loaded usable MH, the whole room at once: each member
+        gets a fresh connection token there in a MediaReconnect, after its media state was
+        replayed there (registration, streams, routes: ``MediaReconnection``), from a task of
+        its own participant scope; a reconnecting member gets it with its resume. No usable
+        MH: the room waits without one (joins are refused) until one can take it
+        (docs/protocol.md §13)."""
+        old, new = room.mh, self.mhs.choose(trio.current_time())
+        if old is not None:
+            old.rooms -= 1
+        room.mh = new
+        if new is None:
+            if room.members:
+                logger.warning("no media handler for a room", extra=fields(meeting_id=room.id))
+            return
+        new.rooms += 1
+        if old is None and not room.members:
+            return  # a first placement
+        self.metrics.rooms_moved.inc()
+        logger.info(
+            "room moved",
+            extra=fields(
+                meeting_id=room.id,
+                from_handler=old.handler_id if old is not None else "",
+                to_handler=new.handler_id,
+                participants=len(room.members),
+            ),
+        )
+        for member in list(room.members.values()):
+            if member.session is not None:
+                member.session.media.moved()
 
     # -- MH telemetry ------------------------------------------------------------------------
 
@@ -374,12 +429,9 @@ class MeetingController:
         meeting_id = room.id
         now = trio.current_time()
         if room.mh is None or not room.mh.usable(now):
-            link = self.mhs.choose(now)
-            if link is None:
+            self._move_room(room)  # never split: the members present follow
+            if room.mh is None:
                 raise InternalError("no media handler is available")
-            if room.mh is not None:
-                room.mh.rooms -= 1
-            room.mh, link.rooms = link, link.rooms + 1
         participant_id = ParticipantId(str(uuid.uuid4()))
         try:
             reply = await room.mh.register_participant(

@@ -24,7 +24,10 @@ DEGRADED_LOAD = 0.9
 # Calls to a Media Handler (RegisterParticipant, RouteMedia, RemoveParticipant) give up after.
 MH_CALL_DEADLINE_S = 5.0
 # (An MH that has not heartbeated for MH_HEARTBEAT_TIMEOUT_S, darktower/protocol/heartbeats.py,
-# gets no new rooms.)
+# gets no new rooms; after two heartbeat intervals, or at once when its telemetry stream's
+# connection breaks, it is declared lost and its rooms move: _mh.py.)
+# How often the MC looks for MHs that missed their heartbeats.
+MH_LOSS_CHECK_S = 0.5
 
 # Telemetry stream to an MH: reconnect after a failure, backing off up to the maximum.
 TELEMETRY_BACKOFF_S = 0.5

@@ -1,6 +1,6 @@
 """Fresh media connection tokens for one participant (docs/protocol.md §13): on its request
 (MediaReconnectRequest), on a resume, and unsolicited when its Media Handler reports its media
-connection lost while its signaling is up.
+connection lost while its signaling is up, or when its room moved to another Media Handler.
 
 When the Media Handler answers that it had no registration of the participant any more
 (``created``: it forgot it after its media grace), the participant's media state is replayed
@@ -129,6 +129,12 @@ class MediaReconnection:
         self._due = True
         if participant.stream(MEDIA_RECONNECT) is None:
             participant.start_stream_soon(MEDIA_RECONNECT, self._send)
+
+    def moved(self) -> None:
+        """The member's room moved to another Media Handler (``room.mh`` is the new one): send
+        it a fresh token there unsolicited, as for a loss; :meth:`fresh` finds the member
+        unknown there and replays its media state first."""
+        self.lost()
 
     async def _send(self) -> None:
         while self._due:

@@ -46,6 +46,10 @@ class ControllerMetrics:
             "meeting_ended",
             ["result"],
         )
+        self.rooms_moved: Counter = registry.counter(
+            "darktower_mc_rooms_moved_total",
+            "rooms moved to another Media Handler (theirs was lost or drains)",
+        )
         self.join_latency: Histogram = registry.histogram(
             "darktower_mc_join_seconds", "session start to JoinResponse queued"
         )

@@ -1,9 +1,14 @@
 """The Media Handlers this MC uses: registered ones (RegisterMediaHandler + heartbeats) and an
 optional static one; placement of rooms on the least-loaded live MH; one telemetry stream each.
+
+An MH is declared lost when its telemetry stream's connection breaks or it misses two
+heartbeats (docs/architecture.md §4.6): it takes no rooms until it registers again, its
+telemetry no longer counts, and the pool's ``on_lost`` (the controller) moves its rooms.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -15,16 +20,17 @@ import trio
 from darktower.errors import DarkTowerError
 from darktower.logs import fields
 from darktower.protocol.addresses import split_host_port
-from darktower.protocol.heartbeats import MH_HEARTBEAT_TIMEOUT_S
+from darktower.protocol.heartbeats import MH_HEARTBEAT_INTERVAL_S, MH_HEARTBEAT_TIMEOUT_S
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1.media_control_grpc import MediaControlStub
 from darktower.servicekit import ClusterTls, ServiceRole, expect_peer
-from darktower.transport.rpc import call, open_rpc_channel, open_stream_call
+from darktower.transport.rpc import RpcUnavailable, call, open_rpc_channel, open_stream_call
 
 from ._limits import (
     MH_CALL_DEADLINE_S,
+    MH_LOSS_CHECK_S,
     TELEMETRY_BACKOFF_MAX_S,
     TELEMETRY_BACKOFF_S,
 )
@@ -32,6 +38,8 @@ from ._limits import (
 logger = logging.getLogger("darktower.meeting_controller.mh")
 
 OnTelemetry = Callable[[mh_pb.TelemetryEvent], None]
+# An MH that has not heartbeated for this long is declared lost (two heartbeat intervals).
+MH_LOST_AFTER_S = 2 * MH_HEARTBEAT_INTERVAL_S
 
 
 class MediaLink(Protocol):
@@ -73,9 +81,11 @@ class GrpcMediaLink:
     stub: MediaControlStub | None = None
     cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     cluster: ClusterTls | None = None
+    # Declared gone (its rooms were moved): no rooms until it registers again.
+    lost: bool = False
 
     def usable(self, now: float) -> bool:
-        if self.stub is None or self.health == common_pb2.UNHEALTHY:
+        if self.lost or self.stub is None or self.health == common_pb2.UNHEALTHY:
             return False
         return self.static or now - self.last_seen <= MH_HEARTBEAT_TIMEOUT_S
 
@@ -111,10 +121,12 @@ class GrpcMediaLink:
     async def run(
         self,
         on_event: OnTelemetry,
+        on_lost: Callable[[GrpcMediaLink], None] = lambda link: None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Own the channel and the Telemetry stream until cancelled (re-opened on failure).
+        """Own the channel and the Telemetry stream until cancelled (re-opened on failure; a
+        failure to reach the MH at all, the connection refused or broken, calls ``on_lost``).
 
         Reports started once calls can be made (the channel connects at the first call).
         """
@@ -140,6 +152,8 @@ class GrpcMediaLink:
                             "telemetry stream from MH ended",
                             extra=fields(handler_id=self.handler_id, error=str(exc)),
                         )
+                        if isinstance(exc, RpcUnavailable):
+                            on_lost(self)
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, TELEMETRY_BACKOFF_MAX_S)
 
@@ -153,13 +167,41 @@ class MediaHandlers:
         self._on_event = on_event
         self._nursery: trio.Nursery | None = None
         self._added = trio.Event()
+        # Set by the controller: an MH was declared lost (move its rooms); an MH can take rooms
+        # (again); does telemetry from this MH about this meeting count (its room is there)?
+        self.on_lost: Callable[[MediaLink], None] = lambda link: None
+        self.on_usable: Callable[[MediaLink], None] = lambda link: None
+        self.counts: Callable[[MediaLink, str], bool] = lambda link, meeting_id: True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the links' tasks until cancelled."""
+        """Own the links' tasks until cancelled, and declare lost every registered MH that
+        missed two heartbeats (checked every MH_LOSS_CHECK_S)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            await trio.sleep_forever()
+            while True:
+                await trio.sleep(MH_LOSS_CHECK_S)
+                now = trio.current_time()
+                for link in list(self.links.values()):
+                    if (
+                        isinstance(link, GrpcMediaLink)
+                        and not link.static
+                        and now - link.last_seen > MH_LOST_AFTER_S
+                    ):
+                        self.declare_lost(link)
+
+    def declare_lost(self, link: MediaLink) -> None:
+        """``link``'s MH is gone: no rooms until it registers again; ``on_lost`` moves its
+        rooms. Once per loss."""
+        if not isinstance(link, GrpcMediaLink) or link.lost or link.static:
+            return  # (a static MH never registers again: it stays, as before)
+        link.lost = True
+        logger.warning("media handler lost", extra=fields(handler_id=link.handler_id))
+        self.on_lost(link)
+
+    def _telemetry_of(self, link: MediaLink, event: mh_pb.TelemetryEvent) -> None:
+        if self.counts(link, event.meeting_id):
+            self._on_event(event)
 
     async def add(self, link: MediaLink) -> None:
         """Use ``link`` (a fake or a gRPC link, whose task this pool then owns); returns once
@@ -167,15 +209,18 @@ class MediaHandlers:
         old = self.links.pop(link.handler_id, None)
         if isinstance(old, GrpcMediaLink):
             old.cancel_scope.cancel()
+            self.declare_lost(old)  # replaced (a new address): its rooms move
         self.links[link.handler_id] = link
         if isinstance(link, GrpcMediaLink):
             if self._nursery is None:
                 raise RuntimeError("MediaHandlers is not running")
-            await self._nursery.start(link.run, self._on_event)
+            on_event = functools.partial(self._telemetry_of, link)
+            await self._nursery.start(link.run, on_event, self.declare_lost)
         else:
             await trio.lowlevel.checkpoint()
         self._added.set()
         self._added = trio.Event()
+        self.on_usable(link)
 
     async def wait_for(self, handler_id: str) -> MediaLink:
         """Wait until the MH ``handler_id`` is linked and callable (launchers, tests)."""
@@ -188,11 +233,13 @@ class MediaHandlers:
     async def register(self, request: mtg_pb.RegisterMediaHandler, now: float) -> None:
         link = self.links.get(request.handler_id)
         address = split_host_port(request.endpoint)
-        if isinstance(link, GrpcMediaLink) and link.address == address:
+        if isinstance(link, GrpcMediaLink) and link.address == address and not link.lost:
             link.media_url, link.last_seen = request.media_url, now
             link.capacity.CopyFrom(request.capacity)
             await trio.lowlevel.checkpoint()
             return
+        # New, moved, or back after it was declared lost (restarted: it knows no room): a new
+        # link, with a fresh channel and telemetry stream.
         new = GrpcMediaLink(
             request.handler_id, address, request.media_url, last_seen=now, cluster=self.cluster
         )
@@ -202,8 +249,8 @@ class MediaHandlers:
 
     def heartbeat(self, request: mtg_pb.MediaHandlerHeartbeat, now: float) -> bool:
         link = self.links.get(request.handler_id)
-        if not isinstance(link, GrpcMediaLink):
-            return False
+        if not isinstance(link, GrpcMediaLink) or link.lost:
+            return False  # unknown or declared lost: it registers again
         link.load.CopyFrom(request.load)
         link.placed = 0  # counted in this report
         link.health = request.health

@@ -1,0 +1,126 @@
+"""A Media Handler killed during a live meeting (docs/architecture.md §4.6, docs/protocol.md
+§13): ``python -m darktower.media --workers 2`` as a real process behind a real MC (in this
+test's process); two participants talk through the client library; SIGKILL of the worker that
+hosts their room moves the room to the other worker (its participants registered there, their
+routes restored) and each client reconnects its media there from the MC's MediaReconnect.
+Nobody leaves; media flows again. The killed worker comes back under the same id and the room
+stays where it moved."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from darktower.client import MeetingSession, ParticipantJoined, join_meeting_session
+from darktower.model import MeetingId, Role
+from darktower.transport import generate_dev_certificate
+from tests._cluster import stack_cluster
+from tests.client.test_reconnect import expect, flows, talking
+from tests.meeting_controller._harness import Stack, open_stack
+
+from ._processes import ServiceProcess, open_service
+from .test_media_workers import WAIT_S, WORKERS, _free_bases, _started
+
+MEETING = "failover"
+
+
+@asynccontextmanager
+async def _workers(
+    tmp_path: pathlib.Path, stack: Stack, base_id: str, tls: tuple[pathlib.Path, pathlib.Path]
+) -> AsyncIterator[ServiceProcess]:
+    """The supervisor of WORKERS MHs serving media with ``tls``, registered with ``stack``'s
+    MC, once every worker is linked."""
+    cluster = stack_cluster()
+    for i in range(WORKERS):
+        cluster.options("mh", f"{base_id}-{i}")
+    bases = _free_bases(3)
+    args = [
+        f"--workers={WORKERS}",
+        f"--handler-id={base_id}",
+        *(f"--{n}={b}" for n, b in zip(("port", "grpc-port", "ops-port"), bases, strict=True)),
+        f"--mc-grpc=127.0.0.1:{stack.running.grpc_address[1]}",
+        "--drain-grace-s=1",
+        f"--certfile={tls[0]}",
+        f"--keyfile={tls[1]}",
+        f"--cluster-ca={cluster.ca_file}",
+        f"--cluster-cert={cluster.directory}/mh-{{id}}.pem",
+        f"--cluster-key={cluster.directory}/mh-{{id}}-key.pem",
+    ]
+    async with open_service(
+        "mh-workers",
+        "darktower.media",
+        args,
+        ready_message="media workers started",
+        cwd=str(tmp_path),
+    ) as supervisor:
+        with trio.fail_after(WAIT_S):
+            for i in range(WORKERS):
+                await stack.running.controller.mhs.wait_for(f"{base_id}-{i}")
+        yield supervisor
+
+
+def _join(stack: Stack, name: str, role: Role, pin: bytes) -> AsyncIterator[MeetingSession]:
+    return join_meeting_session(  # type: ignore[return-value]
+        stack.running.signal_url,
+        meeting_id=MEETING,
+        join_token=stack.token(MEETING, role, participant_name=name),
+        participant_name=name,
+        server_certificate_hashes=[pin],
+    )
+
+
+@pytest.mark.slow
+async def test_a_killed_mhs_room_moves_and_media_comes_back_with_nobody_leaving(
+    tmp_path: pathlib.Path,
+) -> None:
+    creds = generate_dev_certificate()
+    tls = creds.write(tmp_path)
+    async with (
+        open_stack(tmp_path, media_handler="", certfile=str(tls[0]), keyfile=str(tls[1])) as stack,
+        _workers(tmp_path, stack, "mh-f", tls) as supervisor,
+    ):
+        await stack.assign(MEETING)
+        controller = stack.running.controller
+        async with (
+            _join(stack, "host", Role.HOST, creds.sha256) as host,  # type: ignore[attr-defined]
+            _join(stack, "guest", Role.GUEST, creds.sha256) as guest,  # type: ignore[attr-defined]
+        ):
+            await expect(host, ParticipantJoined)
+            to_guest = await talking(host, guest)
+            to_host = await talking(guest, host)
+            await flows(*to_guest)
+            await flows(*to_host)
+            room = controller.rooms[MeetingId(MEETING)]
+            assert room.mh is not None
+            doomed = room.mh.handler_id
+            [pid] = _started(supervisor, doomed)
+            ids = (host.participant_id, guest.participant_id)
+
+            os.kill(pid, signal.SIGKILL)
+            killed_at = trio.current_time()
+            await flows(*to_guest)
+            await flows(*to_host)
+            print(f"media back {trio.current_time() - killed_at:.2f} s after the SIGKILL")
+            assert room.mh is not None and room.mh.handler_id != doomed
+            assert controller.metrics.rooms_moved.value() == 1
+            assert (host.participant_id, guest.participant_id) == ids
+            assert guest.participant_id in host.participants
+            assert host.participant_id in guest.participants
+
+            # The killed worker comes back under its id; the room stays where it moved.
+            moved_to = room.mh
+            with trio.fail_after(WAIT_S):
+                back = await controller.mhs.wait_for(doomed)
+            assert back.usable(trio.current_time())
+            assert room.mh is moved_to
+            await flows(*to_guest)
+            # Nobody left: each still lists the other under the same id (a leave removes it,
+            # a rejoin would bring a new id).
+            assert guest.participant_id in host.participants
+            assert set(room.members) == set(ids)
