@@ -42,7 +42,15 @@ class Meeting(Scope):
     task of it is ever cancelled without a reason it can read.
     """
 
-    __slots__ = ("_ending", "_nursery", "_participants", "_shield", "id", "max_participants")
+    __slots__ = (
+        "_end_reason",
+        "_ending",
+        "_nursery",
+        "_participants",
+        "_shield",
+        "id",
+        "max_participants",
+    )
     level = Level.MEETING
 
     def __init__(self, tree: TaskTree, meeting_id: MeetingId, max_participants: int) -> None:
@@ -50,6 +58,7 @@ class Meeting(Scope):
         self.id = meeting_id
         self.max_participants = max_participants
         self._ending = False
+        self._end_reason = LeaveReason.MEETING_ENDED
         self._nursery: trio.Nursery | None = None
         self._shield: trio.CancelScope | None = None  # against the tree nursery (see class doc)
         self._participants: dict[ParticipantId, Participant] = {}
@@ -70,8 +79,9 @@ class Meeting(Scope):
     def participant(self, participant_id: ParticipantId) -> Participant | None:
         return self._participants.get(participant_id)
 
-    def end(self) -> bool:
-        """End the meeting: ``MEETING_ENDED`` to every participant without a reason yet.
+    def end(self, reason: LeaveReason = LeaveReason.MEETING_ENDED) -> bool:
+        """End the meeting: ``reason`` (``MEETING_ENDED`` unless the meeting goes on elsewhere,
+        e.g. a server that drains) to every participant without a reason yet.
 
         Synchronous; await :meth:`wait_closed` for the end of every task and cleanup (the
         participants' first, then the meeting's). Returns whether this call ended it.
@@ -79,19 +89,20 @@ class Meeting(Scope):
         if self._ending:
             return False
         self._ending = True
+        self._end_reason = reason
         self._mark_cancel()
-        self._tree._emit(EventKind.ENDING, self, reason=LeaveReason.MEETING_ENDED)
+        self._tree._emit(EventKind.ENDING, self, reason=reason)
         for participant in self._participants.values():
             if participant._reason is None:
-                participant._set_reason(LeaveReason.MEETING_ENDED)
+                participant._set_reason(reason)
         if self._nursery is not None:
             # One cancel reaches every participant; a participant already kicked keeps its own
             # scope's reason (KICKED), the others inherit this one.
-            self._nursery.cancel_scope.cancel(reason=LeaveReason.MEETING_ENDED.name)
+            self._nursery.cancel_scope.cancel(reason=reason.name)
         return True
 
     def _leave_reason(self) -> LeaveReason | None:
-        return LeaveReason.MEETING_ENDED if self._ending else None
+        return self._end_reason if self._ending else None
 
     async def start_participant(
         self,
@@ -177,7 +188,7 @@ class Meeting(Scope):
                     self.end()
                     self._nursery = None  # exited (and no cycle through its task's context)
                     self._state = ScopeState.CLOSING
-                    await self._cleanup(cleanup, LeaveReason.MEETING_ENDED, grace)
+                    await self._cleanup(cleanup, self._end_reason, grace)
         finally:
             tree._meeting_closed(self)
             self._finish()

@@ -115,8 +115,9 @@ class TaskTree:
                 for meeting in list(self._meetings.values()):
                     meeting.end()
 
-    def drain(self, grace: float) -> None:
-        """Stop accepting, end every meeting with ``MEETING_ENDED``, and set a deadline.
+    def drain(self, grace: float, reason: LeaveReason = LeaveReason.MEETING_ENDED) -> None:
+        """Stop accepting, end every meeting with ``reason`` (``MEETING_ENDED`` unless the
+        meetings go on elsewhere), and set a deadline.
 
         Cleanups (already running or not) are cut off at ``now + grace``; at the deadline
         anything still alive is cancelled and :meth:`run` returns. A second drain may only
@@ -128,7 +129,7 @@ class TaskTree:
         for scope in self._walk():
             scope._cap_cleanup(self._force_at)
         for meeting in list(self._meetings.values()):
-            meeting.end()
+            meeting.end(reason)
         if not self._meetings:
             self._empty.set()
         self._drain_requested.set()

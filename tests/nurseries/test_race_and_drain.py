@@ -147,3 +147,20 @@ async def test_tree_runs_once(autojump_clock: MockClock) -> None:
     async with open_task_tree() as tree:
         with pytest.raises(RuntimeError):
             await tree.run()
+
+
+async def test_a_drain_for_meetings_that_go_on_elsewhere_carries_its_own_reason(
+    autojump_clock: MockClock, tree: TaskTree, journal: Journal, seen: Seen
+) -> None:
+    # A server that hands its meetings over (an MH whose rooms move) must not say
+    # MEETING_ENDED: the reason reaches every stream, cleanup and event.
+    meeting = await tree.start_meeting(M, cleanup=seen.cleanup("m"))
+    p = await meeting.start_participant(ParticipantId("p"), cleanup=seen.cleanup("p"))
+    await p.start_stream("s", seen.forever, "s")
+    tree.drain(5.0, LeaveReason.CONNECTION_LOST)
+    await meeting.wait_closed()
+    assert p.reason is LeaveReason.CONNECTION_LOST
+    assert seen.reason == {"s": LeaveReason.CONNECTION_LOST}
+    assert seen.cleanups == [("p", LeaveReason.CONNECTION_LOST), ("m", LeaveReason.CONNECTION_LOST)]
+    [ending] = journal.of(EventKind.ENDING)
+    assert ending.reason is LeaveReason.CONNECTION_LOST
