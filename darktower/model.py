@@ -23,6 +23,23 @@ class LeaveReason(enum.IntEnum):
     KICKED = 1
     CONNECTION_LOST = 2
     MEETING_ENDED = 3
+    # Our addition: the participant's Meeting Controller is shutting down (a drain); the meeting
+    # goes on and the client rejoins it through the Global Controller (docs/protocol.md §13).
+    SERVER_SHUTDOWN = 4
+
+
+# What a SessionEnded says when nothing more particular is known (a kick's or the end's own
+# message wins): every end of a session carries a message (docs/protocol.md §9).
+LEAVE_MESSAGES: Final[dict[LeaveReason, str]] = {
+    LeaveReason.VOLUNTARY: "you left the meeting",
+    LeaveReason.KICKED: "removed from the meeting",
+    LeaveReason.CONNECTION_LOST: "the connection was lost",
+    LeaveReason.MEETING_ENDED: "the meeting has ended",
+    LeaveReason.SERVER_SHUTDOWN: (
+        "the meeting controller is shutting down: the meeting goes on, rejoin it through the "
+        "Global Controller"
+    ),
+}
 
 
 class StreamType(enum.IntEnum):

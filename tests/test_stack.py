@@ -37,7 +37,7 @@ async def test_gc_mc_and_mh_place_a_meeting_and_serve_one_certificate(
                 pass
 
 
-async def test_a_meeting_controller_with_the_real_media_handler_ends_meetings_on_drain(
+async def test_a_meeting_controller_with_the_real_media_handler_hands_over_on_drain(
     tmp_path: pathlib.Path,
 ) -> None:
     async with open_services(tmp_path, mc={}, mh={}) as stack:
@@ -51,11 +51,11 @@ async def test_a_meeting_controller_with_the_real_media_handler_ends_meetings_on
         ) as host:
             media = host.join_response.media_server
             assert media.media_handler_url == stack.media_url
-            stack.shutdown.set()  # the MC drains first: its meeting ends while the MH is up
+            stack.shutdown.set()  # the MC drains first: its participants go while the MH is up
             with trio.fail_after(WAIT_S):
                 await host.closed.wait()
             assert host.session_ended is not None
-            assert host.session_ended.reason == common_pb2.MEETING_ENDED
+            assert host.session_ended.reason == common_pb2.SERVER_SHUTDOWN
 
 
 class Registry:

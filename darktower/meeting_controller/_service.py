@@ -4,8 +4,9 @@ Owns, in one nursery: the task tree (meetings ⊃ sessions ⊃ reader/writer), t
 server (``/v1/signal``), the MeetingControl gRPC server, the Media Handler links, the ops
 listener and the registration with the GC. Its gRPC, both ways, is mutual TLS with the cluster
 CA (docs/architecture.md §8), on its own ``--grpc-host``. On ``shutdown`` it drains (docs/architecture.md §3.5):
-stops accepting, ends every meeting (MEETING_ENDED) with a deadline of ``drain_grace_s``, then
-cancels the rest.
+stops accepting and hands its participants over — each session ends with SERVER_SHUTDOWN and a
+message saying to rejoin, so that the client rejoins the meeting, which goes on, through the GC
+(docs/protocol.md §13) — with a deadline of ``drain_grace_s``, then cancels the rest.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import trio
 
 from darktower.logs import fields
 from darktower.metrics import Registry, count_refusals
+from darktower.model import LEAVE_MESSAGES, LeaveReason
 from darktower.nurseries import TaskTree
 from darktower.protocol.addresses import netloc, split_host_port
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase
@@ -54,6 +56,24 @@ from ._settings import Settings
 logger = logging.getLogger("darktower.meeting_controller")
 
 SIGNAL_PATH = "/v1/signal"
+
+
+# What a participant of a draining MC is told with SERVER_SHUTDOWN (docs/protocol.md §13).
+SHUTDOWN_MESSAGE = LEAVE_MESSAGES[LeaveReason.SERVER_SHUTDOWN]
+
+
+def hand_over(controller: MeetingController, message: str = SHUTDOWN_MESSAGE) -> int:
+    """Every participant of every meeting leaves with SERVER_SHUTDOWN and ``message`` (the first
+    reason wins: one already leaving keeps its own); returns how many were asked. Synchronous,
+    so no join slips in before the tree stops accepting; each session's cleanup says goodbye
+    and removes the participant at its MH with that reason."""
+    count = 0
+    for room in list(controller.rooms.values()):
+        for member in list(room.members.values()):
+            member.end_message = member.end_message or message
+            member.leave(LeaveReason.SERVER_SHUTDOWN)
+            count += 1
+    return count
 
 
 @attrs.frozen
@@ -225,6 +245,10 @@ async def serve(
         await shutdown.wait()
         logger.info("meeting controller draining", extra=fields(grace_s=settings.drain_grace_s))
         registration.draining = True
+        registration.keeper.beat_now()  # the GC hears at once that we take no more meetings
+        handed = hand_over(controller)
+        logger.info("participants handed over", extra=fields(participants=handed))
+        # Every participant has its reason now: the meetings' end below gives none MEETING_ENDED.
         tree.drain(settings.drain_grace_s)
         await tree.wait_closed()
         nursery.cancel_scope.cancel(reason="meeting controller shut down")

@@ -14,7 +14,7 @@ import trio
 
 from darktower.errors import DarkTowerError, InternalError, InvalidRequest, NotFound, RateLimited
 from darktower.logs import fields
-from darktower.model import LeaveReason, MeetingId, ParticipantId
+from darktower.model import LEAVE_MESSAGES, LeaveReason, MeetingId, ParticipantId
 from darktower.nurseries import Participant
 from darktower.protocol import leave_reason_to_pb
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
@@ -396,7 +396,8 @@ class SignalingSession:
                 for other in list(room.subscribers_of(stream_id)):
                     del other.subscriptions[stream_id]
             member.outbox.close()
-            if reason is not LeaveReason.MEETING_ENDED:
+            # The meeting's end and the MC's drain end everyone at once: nobody to tell.
+            if reason not in (LeaveReason.MEETING_ENDED, LeaveReason.SERVER_SHUTDOWN):
                 room.broadcast(
                     sig.ServerMessage(
                         participant_left=sig.ParticipantLeft(
@@ -406,8 +407,10 @@ class SignalingSession:
                 )
             if member.overflowed:
                 self.metrics.errors.inc(1, "OUTBOUND_OVERFLOW")
-            message = member.end_message or (
-                room.end_message if reason is LeaveReason.MEETING_ENDED else ""
+            message = (
+                member.end_message
+                or (room.end_message if reason is LeaveReason.MEETING_ENDED else "")
+                or LEAVE_MESSAGES[reason]
             )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.release_media, reason)

@@ -8,6 +8,7 @@ export const LeaveReason = Object.freeze({
   KICKED: 1,
   CONNECTION_LOST: 2,
   MEETING_ENDED: 3,
+  SERVER_SHUTDOWN: 4, // an addition: the MC is shutting down, the meeting goes on (rejoin)
 });
 export const ConnectionState = Object.freeze({ CONNECTED: 0, RECONNECTING: 1 });
 export const ErrorCode = Object.freeze({

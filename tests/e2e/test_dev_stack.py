@@ -136,7 +136,7 @@ async def test_only_the_pages_origins_may_open_sessions(tmp_path: pathlib.Path) 
 async def test_shutdown_with_a_live_meeting_drains_in_order(
     tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Ctrl-C with people in a meeting: they get MEETING_ENDED, and the MC's cleanup still
+    """Ctrl-C with people in a meeting: they get SERVER_SHUTDOWN, and the MC's cleanup still
     reaches the MH and the GC (drained after it), so nothing is cut off or retried."""
     caplog.set_level(logging.WARNING, logger="darktower")
     shutdown = trio.Event()
@@ -166,6 +166,6 @@ async def test_shutdown_with_a_live_meeting_drains_in_order(
         shutdown.set()  # as Ctrl-C does, with the host still in the meeting
         with trio.fail_after(WAIT_S):
             await host.closed.wait()
-        assert host.end_reason == LeaveReason.MEETING_ENDED
+        assert host.end_reason == LeaveReason.SERVER_SHUTDOWN
     # (leaving the block waits for every service to stop)
     assert [r.getMessage() for r in caplog.records if r.name.startswith("darktower")] == []

@@ -378,8 +378,8 @@ async def test_three_processes_meeting_then_sigterm(tmp_path: pathlib.Path) -> N
 
 @pytest.mark.slow
 async def test_sigterm_drains_a_live_meeting(tmp_path: pathlib.Path) -> None:
-    """SIGTERM while a meeting runs: the MC's drain ends it (MEETING_ENDED reaches both
-    clients), then the MH and the GC, still holding live client connections, drain too; each
+    """SIGTERM while a meeting runs: the MC's drain hands both clients over (SERVER_SHUTDOWN
+    reaches both), then the MH and the GC, still holding live client connections, drain too; each
     exits 0 within its deadline."""
     with trio.fail_after(TEST_DEADLINE_S):
         async with three_processes(tmp_path) as stack, AsyncExitStack() as clients:
@@ -395,7 +395,7 @@ async def test_sigterm_drains_a_live_meeting(tmp_path: pathlib.Path) -> None:
             for signaling, _ in (host, guest):
                 with trio.fail_after(WAIT_S):
                     await signaling.closed.wait()
-                assert signaling.end_reason == LeaveReason.MEETING_ENDED
+                assert signaling.end_reason == LeaveReason.SERVER_SHUTDOWN
             async with trio.open_nursery() as nursery:  # a host shutdown: both at once
                 for service in (stack.mh, stack.gc):
                     nursery.start_soon(_stop, service, stack.ports[service.name])

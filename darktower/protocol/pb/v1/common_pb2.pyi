@@ -52,6 +52,11 @@ class _LeaveReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeaveReas
     KICKED: _LeaveReason.ValueType  # 1
     CONNECTION_LOST: _LeaveReason.ValueType  # 2
     MEETING_ENDED: _LeaveReason.ValueType  # 3
+    SERVER_SHUTDOWN: _LeaveReason.ValueType  # 4
+    """Addition to the contract: the participant's Meeting Controller is shutting down (a drain);
+    the meeting goes on elsewhere and the client rejoins it through the Global Controller
+    (docs/protocol.md §13).
+    """
 
 class LeaveReason(_LeaveReason, metaclass=_LeaveReasonEnumTypeWrapper):
     """Contract message (ParticipantLeft)."""
@@ -60,6 +65,11 @@ VOLUNTARY: LeaveReason.ValueType  # 0
 KICKED: LeaveReason.ValueType  # 1
 CONNECTION_LOST: LeaveReason.ValueType  # 2
 MEETING_ENDED: LeaveReason.ValueType  # 3
+SERVER_SHUTDOWN: LeaveReason.ValueType  # 4
+"""Addition to the contract: the participant's Meeting Controller is shutting down (a drain);
+the meeting goes on elsewhere and the client rejoins it through the Global Controller
+(docs/protocol.md §13).
+"""
 Global___LeaveReason: _TypeAlias = LeaveReason  # noqa: Y015
 
 class _HealthStatus:
