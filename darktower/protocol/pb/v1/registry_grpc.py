@@ -10,6 +10,7 @@ if typing.TYPE_CHECKING:
     import grpclib.server
 
 import darktower.protocol.pb.v1.common_pb2
+import darktower.protocol.pb.v1.meeting_control_pb2
 import darktower.protocol.pb.v1.registry_pb2
 
 

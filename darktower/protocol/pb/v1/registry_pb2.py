@@ -23,29 +23,34 @@ _sym_db = _symbol_database.Default()
 
 
 from darktower.protocol.pb.v1 import common_pb2 as darktower_dot_v1_dot_common__pb2
+from darktower.protocol.pb.v1 import meeting_control_pb2 as darktower_dot_v1_dot_meeting__control__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x61rktower/v1/registry.proto\x12\x0c\x64\x61rktower.v1\x1a\x19\x64\x61rktower/v1/common.proto\"\xb9\x01\n\x19RegisterMeetingController\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x32\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32 .darktower.v1.ControllerCapacity\x12\x15\n\rsignaling_url\x18\x05 \x01(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"|\n\x12\x43ontrollerCapacity\x12\x14\n\x0cmax_meetings\x18\x01 \x01(\r\x12\x18\n\x10\x63urrent_meetings\x18\x02 \x01(\r\x12\x18\n\x10max_participants\x18\x03 \x01(\r\x12\x1c\n\x14\x63urrent_participants\x18\x04 \x01(\r\"\xb2\x01\n!RegisterMeetingControllerResponse\x12!\n\x19join_token_public_key_pem\x18\x01 \x01(\x0c\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x16\n\x0etoken_audience\x18\x03 \x01(\t\x12\x33\n\x0fjoin_token_keys\x18\x04 \x03(\x0b\x32\x1a.darktower.v1.JoinTokenKey\"F\n\x0cJoinTokenKey\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x02 \x01(\x0c\x12\x11\n\tnot_after\x18\x03 \x01(\x03\"\xe4\x01\n\tHeartbeat\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x32\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32 .darktower.v1.ControllerCapacity\x12*\n\x06health\x18\x03 \x01(\x0e\x32\x1a.darktower.v1.HealthStatus\x12+\n\x08meetings\x18\x04 \x03(\x0b\x32\x19.darktower.v1.MeetingLoad\x12\x19\n\x11\x65nded_meeting_ids\x18\x05 \x03(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"<\n\x0bMeetingLoad\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x19\n\x11participant_count\x18\x02 \x01(\r\"H\n\x11HeartbeatResponse\x12\x33\n\x0fjoin_token_keys\x18\x01 \x03(\x0b\x32\x1a.darktower.v1.JoinTokenKey2\xd2\x01\n\x12\x43ontrollerRegistry\x12u\n\x19RegisterMeetingController\x12\'.darktower.v1.RegisterMeetingController\x1a/.darktower.v1.RegisterMeetingControllerResponse\x12\x45\n\tHeartbeat\x12\x17.darktower.v1.Heartbeat\x1a\x1f.darktower.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x61rktower/v1/registry.proto\x12\x0c\x64\x61rktower.v1\x1a\x19\x64\x61rktower/v1/common.proto\x1a\"darktower/v1/meeting_control.proto\"\xb9\x01\n\x19RegisterMeetingController\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x32\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32 .darktower.v1.ControllerCapacity\x12\x15\n\rsignaling_url\x18\x05 \x01(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"|\n\x12\x43ontrollerCapacity\x12\x14\n\x0cmax_meetings\x18\x01 \x01(\r\x12\x18\n\x10\x63urrent_meetings\x18\x02 \x01(\r\x12\x18\n\x10max_participants\x18\x03 \x01(\r\x12\x1c\n\x14\x63urrent_participants\x18\x04 \x01(\r\"\xb2\x01\n!RegisterMeetingControllerResponse\x12!\n\x19join_token_public_key_pem\x18\x01 \x01(\x0c\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12\x16\n\x0etoken_audience\x18\x03 \x01(\t\x12\x33\n\x0fjoin_token_keys\x18\x04 \x03(\x0b\x32\x1a.darktower.v1.JoinTokenKey\"F\n\x0cJoinTokenKey\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x02 \x01(\x0c\x12\x11\n\tnot_after\x18\x03 \x01(\x03\"\x92\x02\n\tHeartbeat\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x32\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32 .darktower.v1.ControllerCapacity\x12*\n\x06health\x18\x03 \x01(\x0e\x32\x1a.darktower.v1.HealthStatus\x12+\n\x08meetings\x18\x04 \x03(\x0b\x32\x19.darktower.v1.MeetingLoad\x12\x19\n\x11\x65nded_meeting_ids\x18\x05 \x03(\t\x12\x1a\n\x12lists_all_meetings\x18\x06 \x01(\x08\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"<\n\x0bMeetingLoad\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x19\n\x11participant_count\x18\x02 \x01(\r\"\xca\x01\n\x11HeartbeatResponse\x12\x33\n\x0fjoin_token_keys\x18\x01 \x03(\x0b\x32\x1a.darktower.v1.JoinTokenKey\x12\x32\n\x0e\x65nded_meetings\x18\x02 \x03(\x0b\x32\x1a.darktower.v1.EndedMeeting\x12\x12\n\nreconciled\x18\x03 \x01(\x08\x12\x38\n\x11unlisted_meetings\x18\x04 \x03(\x0b\x32\x1d.darktower.v1.AssignedMeeting\"C\n\x0c\x45ndedMeeting\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"R\n\x0f\x41ssignedMeeting\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1b.darktower.v1.MeetingConfig2\xd2\x01\n\x12\x43ontrollerRegistry\x12u\n\x19RegisterMeetingController\x12\'.darktower.v1.RegisterMeetingController\x1a/.darktower.v1.RegisterMeetingControllerResponse\x12\x45\n\tHeartbeat\x12\x17.darktower.v1.Heartbeat\x1a\x1f.darktower.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'darktower.protocol.pb.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REGISTERMEETINGCONTROLLER']._serialized_start=73
-  _globals['_REGISTERMEETINGCONTROLLER']._serialized_end=258
-  _globals['_CONTROLLERCAPACITY']._serialized_start=260
-  _globals['_CONTROLLERCAPACITY']._serialized_end=384
-  _globals['_REGISTERMEETINGCONTROLLERRESPONSE']._serialized_start=387
-  _globals['_REGISTERMEETINGCONTROLLERRESPONSE']._serialized_end=565
-  _globals['_JOINTOKENKEY']._serialized_start=567
-  _globals['_JOINTOKENKEY']._serialized_end=637
-  _globals['_HEARTBEAT']._serialized_start=640
-  _globals['_HEARTBEAT']._serialized_end=868
-  _globals['_MEETINGLOAD']._serialized_start=870
-  _globals['_MEETINGLOAD']._serialized_end=930
-  _globals['_HEARTBEATRESPONSE']._serialized_start=932
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1004
-  _globals['_CONTROLLERREGISTRY']._serialized_start=1007
-  _globals['_CONTROLLERREGISTRY']._serialized_end=1217
+  _globals['_REGISTERMEETINGCONTROLLER']._serialized_start=109
+  _globals['_REGISTERMEETINGCONTROLLER']._serialized_end=294
+  _globals['_CONTROLLERCAPACITY']._serialized_start=296
+  _globals['_CONTROLLERCAPACITY']._serialized_end=420
+  _globals['_REGISTERMEETINGCONTROLLERRESPONSE']._serialized_start=423
+  _globals['_REGISTERMEETINGCONTROLLERRESPONSE']._serialized_end=601
+  _globals['_JOINTOKENKEY']._serialized_start=603
+  _globals['_JOINTOKENKEY']._serialized_end=673
+  _globals['_HEARTBEAT']._serialized_start=676
+  _globals['_HEARTBEAT']._serialized_end=950
+  _globals['_MEETINGLOAD']._serialized_start=952
+  _globals['_MEETINGLOAD']._serialized_end=1012
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1015
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1217
+  _globals['_ENDEDMEETING']._serialized_start=1219
+  _globals['_ENDEDMEETING']._serialized_end=1286
+  _globals['_ASSIGNEDMEETING']._serialized_start=1288
+  _globals['_ASSIGNEDMEETING']._serialized_end=1370
+  _globals['_CONTROLLERREGISTRY']._serialized_start=1373
+  _globals['_CONTROLLERREGISTRY']._serialized_end=1583
 # @@protoc_insertion_point(module_scope)

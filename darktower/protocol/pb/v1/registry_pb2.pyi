@@ -11,6 +11,7 @@ additive and each is marked "Addition to the contract".
 
 from collections import abc as _abc
 from darktower.protocol.pb.v1 import common_pb2 as _common_pb2
+from darktower.protocol.pb.v1 import meeting_control_pb2 as _meeting_control_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -184,9 +185,22 @@ class Heartbeat(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     MEETINGS_FIELD_NUMBER: _builtins.int
     ENDED_MEETING_IDS_FIELD_NUMBER: _builtins.int
+    LISTS_ALL_MEETINGS_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     controller_id: _builtins.str
     health: _common_pb2.HealthStatus.ValueType
+    lists_all_meetings: _builtins.bool
+    """Addition to the contract: `meetings` lists every meeting live on this MC, so the GC
+    reconciles (docs/protocol.md §14): its reply names the listed meetings the GC has ended
+    or placed on another MC, and the GC's active meetings on this MC that the list lacks
+    (their participant counts become 0 at the GC).
+    """
+    draining: _builtins.bool
+    """Addition to the contract: this MC is draining (SIGTERM). The GC places no new meeting on
+    it, moves its meetings to another MC at their next join, and does not end the meetings
+    it reports ended while draining (docs/protocol.md §14).
+    """
     protocol_version: _builtins.int
     """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
     A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
@@ -211,11 +225,13 @@ class Heartbeat(_message.Message):
         health: _common_pb2.HealthStatus.ValueType = ...,
         meetings: _abc.Iterable[Global___MeetingLoad] | None = ...,
         ended_meeting_ids: _abc.Iterable[_builtins.str] | None = ...,
+        lists_all_meetings: _builtins.bool = ...,
+        draining: _builtins.bool = ...,
         protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "controller_id", b"controller_id", "ended_meeting_ids", b"ended_meeting_ids", "health", b"health", "meetings", b"meetings", "protocol_version", b"protocol_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "controller_id", b"controller_id", "draining", b"draining", "ended_meeting_ids", b"ended_meeting_ids", "health", b"health", "lists_all_meetings", b"lists_all_meetings", "meetings", b"meetings", "protocol_version", b"protocol_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -254,21 +270,101 @@ class HeartbeatResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOIN_TOKEN_KEYS_FIELD_NUMBER: _builtins.int
+    ENDED_MEETINGS_FIELD_NUMBER: _builtins.int
+    RECONCILED_FIELD_NUMBER: _builtins.int
+    UNLISTED_MEETINGS_FIELD_NUMBER: _builtins.int
+    reconciled: _builtins.bool
+    """Addition to the contract: true when this reply carries the GC's view (the heartbeat set
+    lists_all_meetings); then unlisted_meetings is complete (at most 1,000 meetings).
+    """
     @_builtins.property
     def join_token_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___JoinTokenKey]:
         """Addition to the contract: the GC's join-token keys as at registration, sent with every
         heartbeat so an MC learns a rotated key within one heartbeat interval. Empty: unchanged.
         """
 
+    @_builtins.property
+    def ended_meetings(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndedMeeting]:
+        """Addition to the contract (answering lists_all_meetings; docs/protocol.md §14): meetings
+        the heartbeat listed that the GC has ended or placed on another MC. The MC ends each.
+        """
+
+    @_builtins.property
+    def unlisted_meetings(self) -> _containers.RepeatedCompositeFieldContainer[Global___AssignedMeeting]:
+        """Addition to the contract: the GC's active meetings on this MC that the heartbeat did not
+        list (the MC restarted). The MC re-creates one when a join asks for it.
+        """
+
     def __init__(
         self,
         *,
         join_token_keys: _abc.Iterable[Global___JoinTokenKey] | None = ...,
+        ended_meetings: _abc.Iterable[Global___EndedMeeting] | None = ...,
+        reconciled: _builtins.bool = ...,
+        unlisted_meetings: _abc.Iterable[Global___AssignedMeeting] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["join_token_keys", b"join_token_keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_meetings", b"ended_meetings", "join_token_keys", b"join_token_keys", "reconciled", b"reconciled", "unlisted_meetings", b"unlisted_meetings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeartbeatResponse: _TypeAlias = HeartbeatResponse  # noqa: Y015
+
+@_typing.final
+class EndedMeeting(_message.Message):
+    """Addition to the contract: a meeting an MC holds that the GC has ended, or moved."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEETING_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    meeting_id: _builtins.str
+    reason: _builtins.str
+    """Why: the GC's end_reason (owner, empty, controller, not_placed; docs/protocol.md §1.1),
+    "moved" (the GC placed it on another MC: it goes on there) or "unknown" (no such meeting).
+    """
+    message: _builtins.str
+    """for the participants, as their SessionEnded message"""
+    def __init__(
+        self,
+        *,
+        meeting_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndedMeeting: _TypeAlias = EndedMeeting  # noqa: Y015
+
+@_typing.final
+class AssignedMeeting(_message.Message):
+    """Addition to the contract: a meeting the GC has active on an MC, with what AssignMeeting
+    would carry.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEETING_ID_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    meeting_id: _builtins.str
+    @_builtins.property
+    def config(self) -> _meeting_control_pb2.MeetingConfig: ...
+    def __init__(
+        self,
+        *,
+        meeting_id: _builtins.str = ...,
+        config: _meeting_control_pb2.MeetingConfig | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "meeting_id", b"meeting_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssignedMeeting: _TypeAlias = AssignedMeeting  # noqa: Y015
