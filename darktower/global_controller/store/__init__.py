@@ -20,6 +20,8 @@ from ._models import (
     MeetingSettings,
     MeetingStatus,
     NewMeeting,
+    RateBucket,
+    Reconciliation,
     new_meeting_id,
 )
 from ._open import open_store, sqlite_path
@@ -57,6 +59,8 @@ __all__ = [
     "Migration",
     "NewMeeting",
     "PostgresStore",
+    "RateBucket",
+    "Reconciliation",
     "SchemaTooNewError",
     "SqlStore",
     "SqliteStore",

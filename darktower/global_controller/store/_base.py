@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -15,6 +15,7 @@ from . import (
     _client_queries,
     _controller_queries,
     _join_queries,
+    _limit_queries,
     _meeting_queries,
     _migrations,
     _rows,
@@ -28,7 +29,10 @@ from ._models import (
     HealthStatus,
     IssuedJoinToken,
     MeetingRecord,
+    MeetingStatus,
     NewMeeting,
+    RateBucket,
+    Reconciliation,
 )
 from ._protocol import MAX_LIST_ROWS
 
@@ -55,9 +59,11 @@ class SqlStore(abc.ABC):
     @abc.abstractmethod
     async def _transact(self, fn: Callable[[Tx], T], *, single_read: bool = False) -> T:
         """Run ``fn`` in a worker thread inside one transaction: commit on return, roll
-        back on error. ``single_read``: ``fn`` runs exactly one SELECT, which is atomic on its
-        own, so the backend may skip BEGIN/COMMIT (two round trips on PostgreSQL, the write
-        lock on SQLite). Raises ``trio.ClosedResourceError`` once the store is closed."""
+        back on error. ``single_read``: ``fn`` runs exactly one statement, which is atomic on
+        its own, so the backend may skip BEGIN/COMMIT (two round trips on PostgreSQL, the
+        write lock on SQLite for a SELECT): a SELECT, or a write that may run again harmlessly
+        when the connection broke under it (PostgreSQL then retries it on a fresh one).
+        Raises ``trio.ClosedResourceError`` once the store is closed."""
 
     @abc.abstractmethod
     def _is_unique_violation(self, exc: BaseException) -> bool: ...
@@ -155,6 +161,29 @@ class SqlStore(abc.ABC):
     async def purge_expired(self) -> int:
         return await self._call(_join_queries.purge_expired, self._clock())
 
+    async def move_meeting(
+        self,
+        meeting_id: MeetingId,
+        expected: tuple[ControllerId | None, MeetingStatus],
+        to: tuple[ControllerId, MeetingStatus],
+    ) -> MeetingRecord | None:
+        return await self._call(
+            _meeting_queries.move_meeting, meeting_id, expected, to, self._clock()
+        )
+
+    # -- the shared request rate limit -------------------------------------------------------
+    async def spend_request_token(
+        self, key: str, *, now: float, rate_per_s: float, burst: float
+    ) -> RateBucket:
+        # One statement: on PostgreSQL one round trip, no BEGIN/COMMIT. Run again after a
+        # broken connection, it counts the request twice at worst.
+        return await self._call(
+            _limit_queries.spend_token, key, now, rate_per_s, burst, single_read=True
+        )
+
+    async def purge_rate_limits(self, unused_since: float) -> int:
+        return await self._call(_limit_queries.purge_rate_limits, unused_since)
+
     # -- controllers ------------------------------------------------------------------------
     async def register_controller(
         self,
@@ -178,6 +207,8 @@ class SqlStore(abc.ABC):
         capacity: ControllerCapacity,
         health: HealthStatus,
         participant_counts: Mapping[MeetingId, int] | None = None,
+        *,
+        draining: bool = False,
     ) -> ControllerRecord:
         return await self._call(
             _controller_queries.record_heartbeat,
@@ -185,7 +216,15 @@ class SqlStore(abc.ABC):
             capacity,
             health,
             dict(participant_counts or {}),
+            draining,
             self._clock(),
+        )
+
+    async def reconcile_controller(
+        self, controller_id: ControllerId, listed: Collection[MeetingId]
+    ) -> Reconciliation:
+        return await self._call(
+            _controller_queries.reconcile_controller, controller_id, listed, self._clock()
         )
 
     async def get_controller(self, controller_id: ControllerId) -> ControllerRecord:

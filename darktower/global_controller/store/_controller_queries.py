@@ -1,18 +1,26 @@
 """The store's SQL for the controller registry: registrations, heartbeats (with the counts
-of their meetings) and expiry of silent controllers (see ``_rows.py`` for how queries run)."""
+of their meetings and whether they drain), reconciliation of the meetings a controller lists
+with the store's, and expiry of silent controllers (see ``_rows.py`` for how queries run)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 
 from darktower.model import ControllerId, MeetingId
 
 from ._dialect import Tx
 from ._meeting_queries import set_counts
-from ._models import ControllerCapacity, ControllerRecord, HealthStatus, MeetingStatus
+from ._models import (
+    ControllerCapacity,
+    ControllerRecord,
+    HealthStatus,
+    MeetingRecord,
+    MeetingStatus,
+    Reconciliation,
+)
 from ._protocol import MAX_LIST_ROWS
-from ._rows import CONTROLLER_COLS, controller_record, get_controller
+from ._rows import CONTROLLER_COLS, MEETING_COLS, controller_record, get_controller, meeting_record
 
 
 def register_controller(
@@ -26,14 +34,14 @@ def register_controller(
     stamp = tx.dialect.ts_in(now)
     tx.run(
         f"INSERT INTO controllers ({CONTROLLER_COLS}, expired_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE, NULL) "
         "ON CONFLICT (controller_id) DO UPDATE SET region = excluded.region, "
         "endpoint = excluded.endpoint, max_meetings = excluded.max_meetings, "
         "current_meetings = excluded.current_meetings, "
         "max_participants = excluded.max_participants, "
         "current_participants = excluded.current_participants, health = excluded.health, "
         "last_heartbeat = excluded.last_heartbeat, registered_at = excluded.registered_at, "
-        "expired_at = NULL",
+        "draining = FALSE, expired_at = NULL",
         (
             controller_id,
             region,
@@ -56,12 +64,13 @@ def record_heartbeat(
     capacity: ControllerCapacity,
     health: HealthStatus,
     counts: Mapping[MeetingId, int],
+    draining: bool,
     now: datetime,
 ) -> ControllerRecord:
     changed = tx.run(
         "UPDATE controllers SET max_meetings = ?, current_meetings = ?, max_participants = ?, "
-        "current_participants = ?, health = ?, last_heartbeat = ?, expired_at = NULL "
-        "WHERE controller_id = ?",
+        "current_participants = ?, health = ?, last_heartbeat = ?, draining = ?, "
+        "expired_at = NULL WHERE controller_id = ?",
         (
             capacity.max_meetings,
             capacity.current_meetings,
@@ -69,6 +78,7 @@ def record_heartbeat(
             capacity.current_participants,
             int(health),
             tx.dialect.ts_in(now),
+            draining,
             controller_id,
         ),
     )
@@ -102,3 +112,54 @@ def expire_controllers(tx: Tx, older_than: datetime, now: datetime) -> list[Cont
             (MeetingStatus.CONTROLLER_LOST.value, controller_id, MeetingStatus.ACTIVE.value),
         )
     return expired
+
+
+# Listed meeting ids are looked up this many at a time (one IN list each): SQLite allows
+# 32,766 parameters per statement, and a heartbeat lists at most 10,000 meetings.
+_LOOKUP_CHUNK = 500
+
+
+def reconcile_controller(
+    tx: Tx, controller_id: ControllerId, listed: Collection[MeetingId], now: datetime
+) -> Reconciliation:
+    """Compare the meetings ``controller_id`` listed as every meeting live on it with the
+    store (docs/protocol.md §14). Its ACTIVE meetings that the list lacks get a participant
+    count of 0 (their emptiness starts now unless it had started): nobody is in a meeting its
+    controller does not hold."""
+    wanted = sorted(set(listed))
+    found: dict[str, MeetingRecord] = {}
+    for start in range(0, len(wanted), _LOOKUP_CHUNK):
+        chunk = wanted[start : start + _LOOKUP_CHUNK]
+        marks = ", ".join("?" for _ in chunk)
+        for row in tx.all(
+            f"SELECT {MEETING_COLS} FROM meetings WHERE meeting_id IN ({marks})", chunk
+        ):
+            record = meeting_record(tx, row)
+            found[record.meeting_id] = record
+    ended = [found[m] for m in wanted if m in found and not found[m].is_active]
+    elsewhere = [
+        found[m]
+        for m in wanted
+        if m in found and found[m].is_active and found[m].controller_id != controller_id
+    ]
+    rows = tx.all(
+        f"SELECT {MEETING_COLS} FROM meetings WHERE controller_id = ? AND status = ? "
+        "ORDER BY created_at DESC, meeting_id DESC LIMIT ?",
+        (controller_id, MeetingStatus.ACTIVE.value, MAX_LIST_ROWS),
+    )
+    present = set(wanted)
+    unlisted = [r for r in (meeting_record(tx, row) for row in rows) if r.meeting_id not in present]
+    stamp = tx.dialect.ts_in(now)
+    for record in unlisted:  # in the SELECT's order, the same on every replica
+        tx.run(
+            "UPDATE meetings SET participant_count = 0, empty_since = COALESCE(empty_since, ?) "
+            "WHERE meeting_id = ? AND controller_id = ? AND status = ? "
+            "AND (participant_count <> 0 OR empty_since IS NULL)",
+            (stamp, record.meeting_id, controller_id, MeetingStatus.ACTIVE.value),
+        )
+    return Reconciliation(
+        ended=ended,
+        elsewhere=elsewhere,
+        unknown=[MeetingId(m) for m in wanted if m not in found],
+        unlisted=unlisted,
+    )

@@ -1,4 +1,4 @@
-"""The store's SQL for meetings: create (with the owner's cap), read, list, place, end, and
+"""The store's SQL for meetings: create (with the owner's cap), read, list, place, move, end, and
 their participant counts and emptiness (see ``_rows.py`` for how queries run)."""
 
 from __future__ import annotations
@@ -185,3 +185,33 @@ def set_counts(
             ),
         )
     return changed
+
+
+def move_meeting(
+    tx: Tx,
+    meeting_id: MeetingId,
+    expected: tuple[ControllerId | None, MeetingStatus],
+    to: tuple[ControllerId, MeetingStatus],
+    now: datetime,
+) -> MeetingRecord | None:
+    """Place the meeting on controller ``to[0]`` with status ``to[1]`` if it is still on
+    ``expected[0]`` with status ``expected[1]`` (a compare-and-set: of two replicas moving it
+    at once, one wins). Nobody is in it there yet: its count is 0 and its emptiness starts
+    unless it had. Returns the meeting moved, None if it had changed meanwhile."""
+    (old_controller, old_status), (new_controller, new_status) = expected, to
+    if MeetingStatus.ENDED in (old_status, new_status):
+        raise ValueError("an ended meeting is not moved")
+    changed = tx.run(
+        "UPDATE meetings SET controller_id = ?, status = ?, participant_count = 0, "
+        "empty_since = COALESCE(empty_since, ?) "
+        "WHERE meeting_id = ? AND COALESCE(controller_id, '') = ? AND status = ?",
+        (
+            new_controller,
+            new_status.value,
+            tx.dialect.ts_in(now),
+            meeting_id,
+            old_controller or "",
+            old_status.value,
+        ),
+    )
+    return get_meeting(tx, meeting_id) if changed else None

@@ -124,6 +124,26 @@ MIGRATIONS: tuple[Migration, ...] = (
         # A kick with ban revokes the banned identity's other join tokens for the meeting.
         ("CREATE INDEX join_tokens_holder ON join_tokens (meeting_id, identity, expires_at)",),
     ),
+    Migration(
+        7,
+        "draining controllers, shared request rate limits",
+        (
+            # A draining MC gets no new meeting; its meetings move at their next join.
+            "ALTER TABLE controllers ADD COLUMN draining BOOLEAN NOT NULL DEFAULT FALSE",
+            # One token bucket per API client (or address), shared by every GC replica
+            # (docs/protocol.md §1.3). Times are unix seconds of the GC's clock; a row unused
+            # for a minute is a full bucket and is purged.
+            """CREATE TABLE rate_limits (
+                bucket_key TEXT PRIMARY KEY,
+                tokens DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                rate_per_s DOUBLE PRECISION NOT NULL,
+                burst DOUBLE PRECISION NOT NULL,
+                allowed BOOLEAN NOT NULL
+            )""",
+            "CREATE INDEX rate_limits_updated ON rate_limits (updated_at)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -124,6 +124,28 @@ class ControllerRecord:
     health: HealthStatus  # as last reported (or UNHEALTHY once expired by the store)
     last_heartbeat: datetime
     registered_at: datetime
+    # Its last heartbeat said it is draining: no new meeting, its meetings move at their next
+    # join (docs/protocol.md §14). A registration clears it.
+    draining: bool = False
+
+
+@attrs.frozen
+class Reconciliation:
+    """What the GC has of the meetings a controller listed as live on it, and of its active
+    meetings that the list lacks (docs/protocol.md §14)."""
+
+    ended: list[MeetingRecord]  # listed, and ended here
+    elsewhere: list[MeetingRecord]  # listed, and placed on another controller
+    unknown: list[MeetingId]  # listed, and never heard of
+    unlisted: list[MeetingRecord]  # ACTIVE on this controller and not listed
+
+
+@attrs.frozen
+class RateBucket:
+    """A shared request budget after one request was counted (docs/protocol.md §1.3)."""
+
+    allowed: bool  # a token was taken for the request
+    tokens: float  # left after it
 
 
 @attrs.frozen

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Protocol
 
@@ -16,7 +16,10 @@ from ._models import (
     HealthStatus,
     IssuedJoinToken,
     MeetingRecord,
+    MeetingStatus,
     NewMeeting,
+    RateBucket,
+    Reconciliation,
 )
 
 # A list call returns at most this many rows (bounded result, newest first); callers that need
@@ -104,6 +107,32 @@ class Store(Protocol):
         """Forget expired join-token records and bans."""
         ...
 
+    async def move_meeting(
+        self,
+        meeting_id: MeetingId,
+        expected: tuple[ControllerId | None, MeetingStatus],
+        to: tuple[ControllerId, MeetingStatus],
+    ) -> MeetingRecord | None:
+        """Place a meeting on another controller (``to``: the controller and the status,
+        ACTIVE or CONTROLLER_LOST) if it is still as ``expected`` (its controller and
+        status): a compare-and-set, so of two replicas moving it at once one wins. Its
+        participant count becomes 0. Returns the meeting moved, None if it had changed
+        (read it again); ``ValueError`` for ENDED on either side."""
+        ...
+
+    # -- the request rate limit shared by replicas -------------------------------------------
+    async def spend_request_token(
+        self, key: str, *, now: float, rate_per_s: float, burst: float
+    ) -> RateBucket:
+        """Count one request of ``key`` at ``now`` (unix seconds, the GC's clock) against its
+        token bucket (``burst`` tokens, refilled at ``rate_per_s``; a new key starts full),
+        atomically whatever the replicas. Returns whether a token was taken and what is left."""
+        ...
+
+    async def purge_rate_limits(self, unused_since: float) -> int:
+        """Forget the buckets not counted since ``unused_since`` (unix seconds)."""
+        ...
+
     # -- controller registry --------------------------------------------------------------
     async def register_controller(
         self,
@@ -122,11 +151,23 @@ class Store(Protocol):
         capacity: ControllerCapacity,
         health: HealthStatus,
         participant_counts: Mapping[MeetingId, int] | None = None,
+        *,
+        draining: bool = False,
     ) -> ControllerRecord:
-        """Store a heartbeat: capacity, health, ``last_heartbeat = now``, and the participant
-        counts of meetings placed on this controller (ids placed elsewhere are ignored, so a
-        stale controller cannot overwrite another's counts). A CONTROLLER_LOST meeting that
-        the controller still reports becomes ACTIVE again. NotFound if not registered."""
+        """Store a heartbeat: capacity, health, whether it drains, ``last_heartbeat = now``,
+        and the participant counts of meetings placed on this controller (ids placed
+        elsewhere are ignored, so a stale controller cannot overwrite another's counts). A
+        CONTROLLER_LOST meeting that the controller still reports becomes ACTIVE again.
+        NotFound if not registered."""
+        ...
+
+    async def reconcile_controller(
+        self, controller_id: ControllerId, listed: Collection[MeetingId]
+    ) -> Reconciliation:
+        """Compare ``listed``, every meeting live on the controller by its own account, with
+        the store: those ended here, placed elsewhere or unknown, and the controller's ACTIVE
+        meetings (at most :data:`MAX_LIST_ROWS`, newest first) missing from the list, whose
+        participant counts become 0 (docs/protocol.md §14)."""
         ...
 
     async def get_controller(self, controller_id: ControllerId) -> ControllerRecord:

@@ -33,7 +33,7 @@ MEETING_COLS = (
 )
 CONTROLLER_COLS = (
     "controller_id, region, endpoint, max_meetings, current_meetings, max_participants, "
-    "current_participants, health, last_heartbeat, registered_at"
+    "current_participants, health, last_heartbeat, registered_at, draining"
 )
 CLIENT_COLS = "client_id, name, secret_hash, created_at"
 
@@ -73,6 +73,7 @@ def controller_record(tx: Tx, row: Row) -> ControllerRecord:
         health=HealthStatus(int(row[7])),
         last_heartbeat=tx.dialect.ts_out(row[8]),
         registered_at=tx.dialect.ts_out(row[9]),
+        draining=bool(row[10]),
     )
 
 
