@@ -104,13 +104,30 @@ class MediaHandler:
         """(rooms, registered participants, registered streams) on this MH now."""
         return self.registry.load()
 
+    def connected(self) -> int:
+        """Participants with a live media connection here now."""
+        return sum(1 for r in self.rooms.values() for x in r.members.values() if x.scope)
+
+    @property
+    def draining(self) -> bool:
+        """Draining: no new room; the MC moves the rooms away (docs/architecture.md §4.6)."""
+        return self.registry.draining
+
+    def start_draining(self) -> None:
+        self.registry.draining = True
+
+    async def wait_nobody_connected(self) -> None:
+        """Return once no participant has a live media connection here."""
+        while self.connected():
+            await self.plane.next_disconnect()
+
     def refresh_gauges(self) -> None:
         rooms, participants, streams = self.load()
         m = self.metrics
         m.rooms.set(rooms)
         m.participants.set(participants)
         m.streams.set(streams)
-        m.connected.set(sum(1 for r in self.rooms.values() for x in r.members.values() if x.scope))
+        m.connected.set(self.connected())
         m.subscriptions.set(
             sum(len(p.subscriptions) for r in self.rooms.values() for p in r.publications.values())
         )

@@ -117,3 +117,7 @@ REGISTER_BACKOFF_S: Final = 0.5
 REGISTER_BACKOFF_MAX_S: Final = 10.0
 # Deadline of each call to the MC.
 MC_CALL_DEADLINE_S: Final = 5.0
+
+# Drain (docs/architecture.md §4.6): the share of --drain-grace-s kept for closing what is
+# still connected once the wait for participants to move to another MH is over.
+DRAIN_CLOSE_SHARE: Final = 0.2

@@ -93,6 +93,11 @@ class MediaPlane:
         self.rooms = rooms
         self.router = router
         self.telemetry = telemetry
+        self._disconnected = trio.Event()  # set and replaced whenever a media connection ends
+
+    async def next_disconnect(self) -> None:
+        """Return when the next media connection ends."""
+        await self._disconnected.wait()
 
     async def authorize(self, request: ConnectRequest) -> MediaMember:
         """Verify ``?token=`` before the session is accepted: 401 unless valid and registered,
@@ -225,6 +230,8 @@ class MediaPlane:
         the media grace (the MC is told), a removal or kick forgets it."""
         member.scope = None
         member.session = None
+        self._disconnected.set()
+        self._disconnected = trio.Event()
         room = member.room
         if member.replacing:
             session.close_nowait(int(Conflict.code), "replaced by a newer media connection")

@@ -33,6 +33,8 @@ class RoomRegistry:
         self.settings = settings
         self.rooms: dict[MeetingId, MediaRoom] = {}
         self._lock = trio.Lock()
+        # Set when the MH starts draining: no new room (its MC moves the rooms away).
+        self.draining = False
 
     def get(self, meeting_id: MeetingId) -> MediaRoom | None:
         return self.rooms.get(meeting_id)
@@ -52,11 +54,14 @@ class RoomRegistry:
 
     async def room_for(self, meeting_id: MeetingId) -> MediaRoom:
         """The meeting's room, started in the task tree if it has none. Raises
-        CapacityExceeded past ``max_rooms``, ScopeClosed while draining."""
+        CapacityExceeded past ``max_rooms`` or while the MH drains, ScopeClosed once its tree
+        drains."""
         async with self._lock:
             room = self.rooms.get(meeting_id)
             if room is not None:
                 return room
+            if self.draining:
+                raise CapacityExceeded("this media handler is draining")
             if len(self.rooms) >= self.settings.max_rooms:
                 raise CapacityExceeded(f"this media handler has {len(self.rooms)} rooms")
             old = self.tree.meeting(meeting_id)

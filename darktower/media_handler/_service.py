@@ -4,8 +4,9 @@ Owns, in one nursery: the task tree (rooms ⊃ participants ⊃ streams), the We
 (``/v1/media``), the MediaControl gRPC server, the ops listener, the telemetry reporter and the
 registration with the MC. Its gRPC, both ways, is mutual TLS with the cluster CA: only an MC
 calls it, and it registers as the handler id its certificate names (docs/architecture.md §8).
-On ``shutdown`` it drains (docs/architecture.md §3.5): stops accepting, ends every room
-(MEETING_ENDED) with a deadline of ``drain_grace_s``, then cancels the rest.
+On ``shutdown`` it drains without ending a meeting (docs/architecture.md §3.5, §4.6): takes no
+new room, tells its MC (which moves the rooms to another MH), waits for its participants to
+leave for their new MH, then closes what is left (CONNECTION_LOST) within ``drain_grace_s``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import trio
 from darktower.errors import Forbidden, NotFound
 from darktower.logs import fields
 from darktower.metrics import Registry, count_refusals
+from darktower.model import LeaveReason
 from darktower.nurseries import TaskTree
 from darktower.protocol.addresses import netloc, split_host_port
 from darktower.protocol.heartbeats import MH_HEARTBEAT_INTERVAL_S
@@ -58,6 +60,7 @@ from darktower.transport.rpc import (
 
 from ._handler import MediaHandler
 from ._limits import (
+    DRAIN_CLOSE_SHARE,
     MC_CALL_DEADLINE_S,
     REGISTER_BACKOFF_MAX_S,
     REGISTER_BACKOFF_S,
@@ -169,6 +172,7 @@ class MeetingControllerPeer:
                     rooms=rooms, participants=participants, streams=streams
                 ),
                 health=common_pb2.HEALTHY,
+                draining=self._handler.draining,
             ),
             deadline_s=MC_CALL_DEADLINE_S,
         )
@@ -283,10 +287,37 @@ async def serve(
         )
         task_status.started(running)
         await shutdown.wait()
-        logger.info("media handler draining", extra=fields(grace_s=settings.drain_grace_s))
-        tree.drain(settings.drain_grace_s)
-        await tree.wait_closed()
+        await _drain(handler, registration, tree, settings.drain_grace_s, mc_address is not None)
         nursery.cancel_scope.cancel(reason="media handler shut down")
+
+
+async def _drain(
+    handler: MediaHandler,
+    registration: KeepRegistered,
+    tree: TaskTree,
+    grace_s: float,
+    has_mc: bool,
+) -> None:
+    """Drain without ending any meeting (docs/architecture.md §4.6): take no new room, tell
+    the MC at once (its next heartbeat says ``draining``: the MC moves the rooms to another MH
+    and the clients reconnect their media there), wait until no participant is connected here
+    or ``grace_s`` is spent, then close what is left with CONNECTION_LOST (a client asks its MC
+    for media again: never MEETING_ENDED, the meeting goes on) within the rest of the grace."""
+    deadline = trio.current_time() + grace_s
+    handler.start_draining()
+    logger.info(
+        "media handler draining",
+        extra=fields(grace_s=grace_s, connected=handler.connected()),
+    )
+    if has_mc and handler.connected():
+        registration.beat_now()
+        with trio.move_on_at(deadline - DRAIN_CLOSE_SHARE * grace_s):
+            await handler.wait_nobody_connected()
+    left = handler.connected()
+    if left:
+        logger.warning("drain: participants still connected", extra=fields(connected=left))
+    tree.drain(max(0.0, deadline - trio.current_time()), LeaveReason.CONNECTION_LOST)
+    await tree.wait_closed()
 
 
 async def _stay_registered(

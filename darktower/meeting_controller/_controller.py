@@ -213,16 +213,17 @@ class MeetingController:
     # -- Media Handlers ----------------------------------------------------------------------
 
     def media_handler_lost(self, link: MediaLink) -> None:
-        """``link``'s MH is gone: each of its rooms moves to another MH (nobody leaves)."""
+        """``link``'s MH is gone or drains: each of its rooms moves to another MH (nobody
+        leaves)."""
         for room in list(self.rooms.values()):
             if room.mh is link:
                 self._move_room(room)
 
     def media_handler_usable(self, link: MediaLink) -> None:
         """An MH can take rooms: rooms left without one (no MH was usable when theirs was
-        lost) move there."""
+        lost) or still on a draining one move there."""
         for room in list(self.rooms.values()):
-            if room.mh is None and room.members:
+            if room.members and (room.mh is None or self.mhs.serving(room.mh)):
                 self._move_room(room)
 
     def _telemetry_counts(self, link: MediaLink, meeting_id: str) -> bool:
@@ -235,15 +236,18 @@ class MeetingController:
         gets a fresh connection token there in a MediaReconnect, after its media state was
         replayed there (registration, streams, routes: ``MediaReconnection``), from a task of
         its own participant scope; a reconnecting member gets it with its resume. No usable
-        MH: the room waits without one (joins are refused) until one can take it
-        (docs/protocol.md §13)."""
+        MH: the room stays on a draining MH while it serves, else waits without one (joins are
+        refused), until one can take it (docs/protocol.md §13)."""
         old, new = room.mh, self.mhs.choose(trio.current_time())
+        if new is None:
+            if room.members:
+                logger.warning("no media handler for a room", extra=fields(meeting_id=room.id))
+            if old is not None and self.mhs.serving(old):
+                return
         if old is not None:
             old.rooms -= 1
         room.mh = new
         if new is None:
-            if room.members:
-                logger.warning("no media handler for a room", extra=fields(meeting_id=room.id))
             return
         new.rooms += 1
         if old is None and not room.members:

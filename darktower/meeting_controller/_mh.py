@@ -83,9 +83,13 @@ class GrpcMediaLink:
     cluster: ClusterTls | None = None
     # Declared gone (its rooms were moved): no rooms until it registers again.
     lost: bool = False
+    # Its heartbeat said it drains: no rooms; its rooms move while it still serves them.
+    draining: bool = False
 
     def usable(self, now: float) -> bool:
-        if self.lost or self.stub is None or self.health == common_pb2.UNHEALTHY:
+        if self.lost or self.draining or self.stub is None:
+            return False
+        if self.health == common_pb2.UNHEALTHY:
             return False
         return self.static or now - self.last_seen <= MH_HEARTBEAT_TIMEOUT_S
 
@@ -167,8 +171,9 @@ class MediaHandlers:
         self._on_event = on_event
         self._nursery: trio.Nursery | None = None
         self._added = trio.Event()
-        # Set by the controller: an MH was declared lost (move its rooms); an MH can take rooms
-        # (again); does telemetry from this MH about this meeting count (its room is there)?
+        # Set by the controller: an MH was declared lost or drains (move its rooms); an MH can
+        # take rooms (again); does telemetry from this MH about this meeting count (its room is
+        # there)?
         self.on_lost: Callable[[MediaLink], None] = lambda link: None
         self.on_usable: Callable[[MediaLink], None] = lambda link: None
         self.counts: Callable[[MediaLink, str], bool] = lambda link, meeting_id: True
@@ -255,7 +260,16 @@ class MediaHandlers:
         link.placed = 0  # counted in this report
         link.health = request.health
         link.last_seen = now
+        if request.draining and not link.draining:
+            link.draining = True
+            logger.info("media handler draining", extra=fields(handler_id=link.handler_id))
+            self.on_lost(link)  # its rooms move
         return True
+
+    def serving(self, link: MediaLink) -> bool:
+        """Whether ``link``'s MH drains but still serves its rooms (they may stay until
+        another MH can take them)."""
+        return isinstance(link, GrpcMediaLink) and link.draining and not link.lost
 
     def choose(self, now: float) -> MediaLink | None:
         """The least-loaded usable MH, or None."""

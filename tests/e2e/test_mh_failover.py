@@ -1,7 +1,7 @@
-"""A Media Handler killed during a live meeting (docs/architecture.md §4.6, docs/protocol.md
+"""A Media Handler killed, or drained, during a live meeting (docs/architecture.md §4.6, docs/protocol.md
 §13): ``python -m darktower.media --workers 2`` as a real process behind a real MC (in this
 test's process); two participants talk through the client library; SIGKILL of the worker that
-hosts their room moves the room to the other worker (its participants registered there, their
+hosts their room (or SIGTERM: it drains) moves the room to the other worker (its participants registered there, their
 routes restored) and each client reconnects its media there from the MC's MediaReconnect.
 Nobody leaves; media flows again. The killed worker comes back under the same id and the room
 stays where it moved."""
@@ -25,7 +25,7 @@ from tests.client.test_reconnect import expect, flows, talking
 from tests.meeting_controller._harness import Stack, open_stack
 
 from ._processes import ServiceProcess, open_service
-from .test_media_workers import WAIT_S, WORKERS, _free_bases, _started
+from .test_media_workers import WAIT_S, WORKERS, _free_bases, _started, _until
 
 MEETING = "failover"
 
@@ -76,8 +76,9 @@ def _join(stack: Stack, name: str, role: Role, pin: bytes) -> AsyncIterator[Meet
 
 
 @pytest.mark.slow
-async def test_a_killed_mhs_room_moves_and_media_comes_back_with_nobody_leaving(
-    tmp_path: pathlib.Path,
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "drained"])
+async def test_a_killed_or_draining_mhs_room_moves_and_media_comes_back_with_nobody_leaving(
+    tmp_path: pathlib.Path, sig: signal.Signals
 ) -> None:
     creds = generate_dev_certificate()
     tls = creds.write(tmp_path)
@@ -88,8 +89,8 @@ async def test_a_killed_mhs_room_moves_and_media_comes_back_with_nobody_leaving(
         await stack.assign(MEETING)
         controller = stack.running.controller
         async with (
-            _join(stack, "host", Role.HOST, creds.sha256) as host,  # type: ignore[attr-defined]
-            _join(stack, "guest", Role.GUEST, creds.sha256) as guest,  # type: ignore[attr-defined]
+            _join(stack, "host", Role.HOST, creds.sha256) as host,
+            _join(stack, "guest", Role.GUEST, creds.sha256) as guest,
         ):
             await expect(host, ParticipantJoined)
             to_guest = await talking(host, guest)
@@ -102,18 +103,24 @@ async def test_a_killed_mhs_room_moves_and_media_comes_back_with_nobody_leaving(
             [pid] = _started(supervisor, doomed)
             ids = (host.participant_id, guest.participant_id)
 
-            os.kill(pid, signal.SIGKILL)
-            killed_at = trio.current_time()
+            os.kill(pid, sig)
+            signalled_at = trio.current_time()
             await flows(*to_guest)
             await flows(*to_host)
-            print(f"media back {trio.current_time() - killed_at:.2f} s after the SIGKILL")
+            print(f"media back {trio.current_time() - signalled_at:.2f} s after {sig.name}")
             assert room.mh is not None and room.mh.handler_id != doomed
             assert controller.metrics.rooms_moved.value() == 1
             assert (host.participant_id, guest.participant_id) == ids
             assert guest.participant_id in host.participants
             assert host.participant_id in guest.participants
+            if sig is signal.SIGTERM:  # drained: it exits 0 once its participants moved
+                await _until(
+                    lambda: [r.get("status") for r in _exits(supervisor)] == [0],
+                    "the drained worker exited 0",
+                )
 
-            # The killed worker comes back under its id; the room stays where it moved.
+            # The worker comes back under its id (the supervisor restarts it); the room stays
+            # where it moved.
             moved_to = room.mh
             with trio.fail_after(WAIT_S):
                 back = await controller.mhs.wait_for(doomed)
@@ -124,3 +131,7 @@ async def test_a_killed_mhs_room_moves_and_media_comes_back_with_nobody_leaving(
             # a rejoin would bring a new id).
             assert guest.participant_id in host.participants
             assert set(room.members) == set(ids)
+
+
+def _exits(supervisor: ServiceProcess) -> list[dict[str, object]]:
+    return [r for r in supervisor.log_records() if r.get("msg") == "media worker exited"]

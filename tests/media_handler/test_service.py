@@ -7,9 +7,11 @@ import subprocess
 import sys
 from functools import partial
 
+import pytest
 import trio
 
-from darktower.errors import NotFound
+from darktower.errors import CapacityExceeded, NotFound
+from darktower.media_handler._limits import DRAIN_CLOSE_SHARE
 from darktower.model import LeaveReason
 from darktower.protocol import close_code_for
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
@@ -119,7 +121,7 @@ async def _ops(h) -> tuple[int, str]:  # type: ignore[no-untyped-def]
     return await _get(h.running.ops_url + "/readyz")
 
 
-async def test_shutdown_drains_rooms_with_meeting_ended() -> None:
+async def test_shutdown_without_an_mc_closes_what_is_left_and_ends_no_meeting() -> None:
     meeting = new_id()
     async with open_harness(drain_grace_s=2.0) as h:
         url = await h.register(meeting, "p")
@@ -128,10 +130,43 @@ async def test_shutdown_drains_rooms_with_meeting_ended() -> None:
             h.shutdown.set()
             with trio.fail_after(WAIT_S):
                 await media.session.wait_closed()
-            assert media.session.peer_close_code == close_code_for(LeaveReason.MEETING_ENDED)
+            # The meeting goes on elsewhere: the client asks its MC for media again.
+            assert media.session.peer_close_code == close_code_for(LeaveReason.CONNECTION_LOST)
         with trio.fail_after(WAIT_S):
             await h.handler.tree.wait_closed()
         assert h.handler.rooms == {}
+
+
+async def test_a_draining_mh_tells_its_mc_takes_no_room_and_exits_once_nobody_is_left() -> None:
+    mc = FakeMC()
+    mc.forget_once = False
+    meeting = new_id()
+    async with trio.open_nursery() as nursery:
+        tls = stack_cluster().tls("mc", "mc-1").server_context()
+        port = await nursery.start(
+            partial(serve_rpc, [rpc_service(MeetingControlBase, mc)], "127.0.0.1", 0, tls=tls)
+        )
+        # A long grace: the MH must exit because its participant left, not at the deadline.
+        grace_s = 60.0
+        async with open_harness(
+            mc_grpc=f"127.0.0.1:{port}", handler_id="mh-test", drain_grace_s=grace_s
+        ) as h:
+            url = await h.register(meeting, "p")
+            async with h.client(url) as media:
+                await h.connected(meeting, "p")
+                beats = len(mc.heartbeats)
+                h.shutdown.set()
+                with trio.fail_after(WAIT_S):  # at once, not at the next interval
+                    while not [b for b in mc.heartbeats[beats:] if b.draining]:
+                        await mc.changed.wait()
+                with pytest.raises(CapacityExceeded):
+                    await h.register(new_id(), "q")  # no new room
+                assert media.session.end is None  # served until the client moves
+            started = trio.current_time()
+            with trio.fail_after(WAIT_S):
+                await h.handler.tree.wait_closed()
+            assert trio.current_time() - started < grace_s * (1 - DRAIN_CLOSE_SHARE)
+        nursery.cancel_scope.cancel()
 
 
 def test_launcher_help_lists_every_option() -> None:

@@ -322,9 +322,14 @@ class MediaHandlerHeartbeat(_message.Message):
     HANDLER_ID_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     handler_id: _builtins.str
     health: _common_pb2.HealthStatus.ValueType
+    draining: _builtins.bool
+    """Addition to the contract: the MH drains (SIGTERM): the MC places no room on it and moves
+    its rooms to another MH (docs/architecture.md §4.6).
+    """
     protocol_version: _builtins.int
     """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
     A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
@@ -337,11 +342,12 @@ class MediaHandlerHeartbeat(_message.Message):
         handler_id: _builtins.str = ...,
         load: Global___MediaHandlerLoad | None = ...,
         health: _common_pb2.HealthStatus.ValueType = ...,
+        draining: _builtins.bool = ...,
         protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["load", b"load"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["handler_id", b"handler_id", "health", b"health", "load", b"load", "protocol_version", b"protocol_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "handler_id", b"handler_id", "health", b"health", "load", b"load", "protocol_version", b"protocol_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
