@@ -211,9 +211,12 @@ async def serve(
         )
 
         def ready() -> bool:
+            now = trio.current_time()
             if registration.draining or controller.verifier is None:
                 return False
-            return gc is None or registration.fresh(trio.current_time())
+            if controller.mhs.choose(now) is None:
+                return False  # no usable Media Handler: a join would be refused
+            return gc is None or registration.fresh(now)
 
         ops_url = await nursery.start(
             functools.partial(
