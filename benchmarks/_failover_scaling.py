@@ -24,6 +24,7 @@ same CPU, which bounds the ratio well below 2 whatever the MHs do. ``mh_cpu_per_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -253,7 +254,7 @@ def run_load(rooms_json: str, cert_hash: str, warm: float, window: float) -> Non
     import trio
 
     from darktower.frames import HEADER_SIZE, FrameFlags, FrameHeader, FrameType
-    from darktower.transport import TransportLimits, connect_webtransport
+    from darktower.transport import StreamReset, TransportLimits, connect_webtransport
 
     rooms = json.loads(rooms_json)
     pinned = [bytes.fromhex(cert_hash)]
@@ -271,13 +272,20 @@ def run_load(rooms_json: str, cert_hash: str, warm: float, window: float) -> Non
         )
         return header.encode() + fill * SAT_PAYLOAD
 
-    async def receiver(url: str, *, task_status: trio.TaskStatus[None]) -> None:
-        async with connect_webtransport(url, server_certificate_hashes=pinned) as session:
-            task_status.started()
-            stream = await session.accept_stream()
-            while data := await stream.receive_some(1 << 20):  # type: ignore[union-attr]
+    async def read(stream: Any) -> None:
+        with contextlib.suppress(StreamReset):  # an abandoned send (the MH goes on anew)
+            while data := await stream.receive_some(1 << 20):
                 if counting:
                     counted[0] += len(data)
+
+    async def receiver(url: str, *, task_status: trio.TaskStatus[None]) -> None:
+        """Every uni stream the MH opens: under saturation it resets a stream whose sends the
+        receiver did not take in time and carries on on a new one."""
+        async with connect_webtransport(url, server_certificate_hashes=pinned) as session:
+            task_status.started()
+            async with trio.open_nursery() as streams:
+                while True:
+                    streams.start_soon(read, await session.accept_stream())
 
     async def sender(room: dict[str, Any], go: trio.Event, *, task_status: Any) -> None:
         limits = TransportLimits(stream_send_high_water=64 * 1024)
