@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from darktower import global_controller, media_handler, meeting_controller
-from darktower.config import option
+from darktower.config import ConfigError, option
 from darktower.global_controller import clients
 from darktower.global_controller.keys import DEV_CERT_FILE, DEV_KEY_FILE
 from darktower.launch import run_service
@@ -51,6 +51,11 @@ class Settings:
     mh_grpc_port: int = option(50053, "Media Handler gRPC port")
     mc_ops_port: int = option(9102, "Meeting Controller /metrics port on 127.0.0.1")
     mh_ops_port: int = option(9103, "Media Handler /metrics port on 127.0.0.1")
+    media_workers: int = option(
+        1,
+        "Media Handlers: 1 runs in this process; N runs N worker processes (one per core) "
+        "on the media, MH gRPC and MH ops ports + 0..N-1",
+    )
     drain_grace_s: float = option(5.0, "on Ctrl-C/SIGTERM: seconds to drain before exit")
     rate_limit_per_min: int = option(
         GC_REQUESTS_PER_MIN, "REST requests per minute per API client (or address) at the GC"
@@ -86,10 +91,10 @@ async def _dev_client(gc_settings: global_controller.Settings, path: trio.Path) 
     return str(client_id)
 
 
-def dev_cluster() -> dict[ServiceRole, ClusterTls]:
-    """A cluster CA made in memory and one certificate per service (ids ``gc``, ``mc-*``,
-    ``mh-*``): nothing of it outlives the process."""
-    ca = ClusterCa.create("Dark Tower development cluster CA")
+def dev_cluster(ca: ClusterCa | None = None) -> dict[ServiceRole, ClusterTls]:
+    """A cluster CA made in memory (or ``ca``) and one certificate per service (ids ``gc``,
+    ``mc-*``, ``mh-*``): nothing of it outlives the process."""
+    ca = ca or ClusterCa.create("Dark Tower development cluster CA")
     ids = {
         ServiceRole.GC: "gc",
         ServiceRole.MC: f"mc-{secrets.token_hex(4)}",
@@ -132,7 +137,10 @@ async def serve(
     URLs; on ``shutdown`` every service drains and this returns."""
     data = await trio.Path(settings.data_dir).resolve()
     await data.mkdir(parents=True, exist_ok=True)
-    cluster = dev_cluster()
+    if settings.media_workers < 1:
+        raise ConfigError(f"--media-workers {settings.media_workers}: at least 1")
+    ca = ClusterCa.create("Dark Tower development cluster CA")
+    cluster = dev_cluster(ca)
     gc_settings = global_controller.Settings(
         host=settings.host,
         port=settings.api_port,
@@ -191,33 +199,51 @@ async def serve(
                 cluster=cluster[ServiceRole.MC],
             ),
         )
-        mh = await nursery.start(
-            _until_done,
-            mh_done,
-            lambda task_status: media_handler.serve(
-                media_handler.Settings(
-                    host=settings.host,
-                    port=settings.media_port,
-                    grpc_host=settings.grpc_host,
-                    grpc_port=settings.mh_grpc_port,
-                    ops_port=settings.mh_ops_port,
-                    mc_grpc=netloc(*mc.grpc_address),
-                    allowed_origins=origins,
-                    drain_grace_s=settings.drain_grace_s,
-                    certfile=certfile,
-                    keyfile=keyfile,
-                ),
-                shutdown=stop_mh,
-                task_status=task_status,
-                cluster=cluster[ServiceRole.MH],
-            ),
+        mh_settings = media_handler.Settings(
+            host=settings.host,
+            port=settings.media_port,
+            grpc_host=settings.grpc_host,
+            grpc_port=settings.mh_grpc_port,
+            ops_port=settings.mh_ops_port,
+            mc_grpc=netloc(*mc.grpc_address),
+            allowed_origins=origins,
+            drain_grace_s=settings.drain_grace_s,
+            certfile=certfile,
+            keyfile=keyfile,
         )
+        if settings.media_workers == 1:
+            mh = await nursery.start(
+                _until_done,
+                mh_done,
+                lambda task_status: media_handler.serve(
+                    mh_settings,
+                    shutdown=stop_mh,
+                    task_status=task_status,
+                    cluster=cluster[ServiceRole.MH],
+                ),
+            )
+            media_url = mh.media_url
+        else:  # worker processes (docs/architecture.md §4.6), certificates from our CA
+            workers = attrs.evolve(
+                mh_settings,
+                handler_id=f"mh-{secrets.token_hex(4)}",
+                log_level=settings.log_level,
+                log_json=settings.log_json,
+            )
+            mh = await nursery.start(
+                _until_done,
+                mh_done,
+                lambda task_status: media_handler.serve_workers(
+                    workers, settings.media_workers, ca, shutdown=stop_mh, task_status=task_status
+                ),
+            )
+            media_url = f"{settings.media_workers} worker processes, {mh[0]} ..."
         task_status.started(
             Running(
                 page_url=gc.page_url,
                 api_url=gc.url,
                 signal_url=mc.signal_url,
-                media_url=mh.media_url,
+                media_url=media_url,
                 certificate_sha256=gc.certificate_sha256,
                 client_id=client_id,
                 gc=gc,

@@ -67,6 +67,27 @@ def _from_text(tp: Any, text: str) -> Any:
     return text
 
 
+def to_argv(settings: Any) -> list[str]:
+    """The command-line flags that give ``settings`` (an attrs settings class) again: one per
+    field that differs from its default (a launcher starting a copy of itself in a child
+    process, e.g. the MH workers of ``python -m darktower --media-workers``)."""
+    argv: list[str] = []
+    for field in attrs.fields(type(settings)):
+        value = getattr(settings, field.name)
+        default: Any = field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        if value == default:
+            continue
+        if isinstance(value, bool):
+            argv.append(_flag(field.name) if value else "--no-" + _flag(field.name)[2:])
+        elif isinstance(value, list):
+            argv.append(f"{_flag(field.name)}={','.join(str(v) for v in value)}")
+        else:
+            argv.append(f"{_flag(field.name)}={value}")
+    return argv
+
+
 def build_parser(cls: type[Any], prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,

@@ -5,7 +5,7 @@ import pathlib
 import attrs
 import pytest
 
-from darktower.config import ConfigError, build_parser, load, option
+from darktower.config import ConfigError, build_parser, load, option, to_argv
 
 
 @attrs.frozen
@@ -62,3 +62,14 @@ def test_help_documents_every_option() -> None:
     for flag in ("--host", "--port", "--debug", "--origins", "--config"):
         assert flag in text
     assert "UDP port" in text
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        Settings(),
+        Settings(host="10.0.0.1", port=1, debug=True, origins=["https://a", "https://b"]),
+    ],
+)
+def test_to_argv_gives_the_same_settings_back(settings: Settings) -> None:
+    assert load(Settings, to_argv(settings), environ={}) == settings

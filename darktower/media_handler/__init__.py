@@ -32,6 +32,7 @@ from ._service import MEDIA_PATH, MediaControl, Running, serve
 from ._settings import Settings
 from ._simulcast import Layer, LayerSwitcher, choose_layer
 from ._stats import StreamStats, TelemetrySnapshot
+from ._supervisor import serve_workers
 from ._telemetry import TelemetryHub
 
 __all__ = [
@@ -63,4 +64,5 @@ __all__ = [
     "choose_layer",
     "priority_of",
     "serve",
+    "serve_workers",
 ]

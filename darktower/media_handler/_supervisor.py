@@ -17,6 +17,7 @@ and every worker drains by itself (:func:`serve_supervised`): no orphan outlives
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pathlib
@@ -33,7 +34,7 @@ import attrs
 import trio
 
 from darktower import logs
-from darktower.config import ConfigError
+from darktower.config import ConfigError, to_argv
 from darktower.logs import fields
 from darktower.servicekit import ClusterCa
 
@@ -305,3 +306,35 @@ async def serve_supervised(
         nursery.start_soon(drain_when_orphaned)
         await serve(settings, shutdown=shutdown, task_status=task_status)
         nursery.cancel_scope.cancel()
+
+
+async def serve_workers(
+    settings: Settings,
+    count: int,
+    ca: ClusterCa,
+    *,
+    shutdown: trio.Event,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """``count`` MH worker processes for ``settings`` (as ``python -m darktower.media
+    --workers``: ``settings.handler_id``-i, each base port + i), each worker's cluster
+    certificate issued from ``ca`` into
+    a private directory removed when this returns. Reports the workers' handler ids once every
+    process has started (registering with the MC comes after); on ``shutdown`` they drain and
+    this returns when they are gone. ``ConfigError`` for settings that cannot work."""
+    directory = pathlib.Path(await trio.to_thread.run_sync(tempfile.mkdtemp))  # 0700
+    try:
+        workers = plan_workers(settings, WorkerOptions(), count, IssuingCa(ca, directory))
+        command = [sys.executable, "-m", MODULE, *to_argv(settings)]
+        supervisor = Supervisor(
+            command, workers, stop_after_s=settings.drain_grace_s + STOP_MARGIN_S
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            task_status.started([w.handler_id for w in workers])
+            await shutdown.wait()
+            supervisor.stop()
+    finally:
+        await trio.to_thread.run_sync(
+            functools.partial(shutil.rmtree, directory, ignore_errors=True)
+        )
