@@ -4,7 +4,8 @@ Controller and media to the Media Handler (WebTransport).
 Most applications need only :func:`join_meeting_session` (or :func:`join_meeting_via_gc`),
 which yields a :class:`MeetingSession`: participants, events, ``publish()``, ``subscribe()``,
 ``leave()`` and the reason the session ended; it reconnects lost connections by itself
-(events ``Reconnecting``, ``Resumed``, ``Lost``). The lower layers stay available:
+(events ``Reconnecting``, ``Resumed``, ``Lost``) and, joined through the GC, rejoins the meeting
+when its Meeting Controller is gone or shuts down (``Rejoining``, ``Rejoined``). The lower layers stay available:
 :func:`open_gc_client`, :func:`open_signaling`, :func:`open_media_client`.
 :func:`fetch_dev_access` reads the credential and certificate pin ``python -m darktower``
 serves on its page.
@@ -25,6 +26,9 @@ from ._events import (
     RECONNECT_FIRST_DELAY_S,
     RECONNECT_MAX_DELAY_S,
     RECONNECT_SEND_WAIT_S,
+    REJOIN_ATTEMPT_S,
+    REJOIN_WINDOW_S,
+    RESUBSCRIBE_WAIT_S,
     RESUME_GRACE_S,
     SUBSCRIPTION_BUFFER,
     ConnectionState,
@@ -36,6 +40,9 @@ from ._events import (
     ParticipantUpdated,
     QualityUpdate,
     Reconnecting,
+    Rejoined,
+    Rejoining,
+    RequestInterrupted,
     Resumed,
     SessionEnded,
     SessionEvent,
@@ -45,10 +52,11 @@ from ._events import (
     StreamUnpublished,
 )
 from ._join import Dialer, join_meeting_session, join_meeting_via_gc, media_url
-from ._link import Connector, MediaLink, SignalingLink
 from ._media import MediaClient, MediaPublisher, open_media_client
+from ._rejoin import GcRejoiner, RejoinRefused
 from ._rest import CreatedMeeting, GlobalControllerClient, JoinTicket, open_gc_client
-from ._session import MeetingSession, RequestInterrupted
+from ._seams import Connector, MediaLink, RejoinConnector, Rejoiner, SignalingLink
+from ._session import MeetingSession
 from ._signaling import SignalingClient, SignalingEnded, open_signaling
 from ._streams import EventStream, Publication, Subscription
 
@@ -60,6 +68,9 @@ __all__ = [
     "RECONNECT_FIRST_DELAY_S",
     "RECONNECT_MAX_DELAY_S",
     "RECONNECT_SEND_WAIT_S",
+    "REJOIN_ATTEMPT_S",
+    "REJOIN_WINDOW_S",
+    "RESUBSCRIBE_WAIT_S",
     "RESUME_GRACE_S",
     "SUBSCRIPTION_BUFFER",
     "ConnectionState",
@@ -69,6 +80,7 @@ __all__ = [
     "DevStackError",
     "Dialer",
     "EventStream",
+    "GcRejoiner",
     "GlobalControllerClient",
     "JoinTicket",
     "KeyFrameRequest",
@@ -84,6 +96,11 @@ __all__ = [
     "Publication",
     "QualityUpdate",
     "Reconnecting",
+    "RejoinConnector",
+    "RejoinRefused",
+    "Rejoined",
+    "Rejoiner",
+    "Rejoining",
     "RequestInterrupted",
     "Resumed",
     "SessionEnded",

@@ -7,15 +7,18 @@ does I/O.
 
 from __future__ import annotations
 
+import base64
 import enum
+import json
 import uuid
 from collections.abc import Sequence
 from typing import Final
 
 import attrs
+import trio
 
 from darktower.errors import InvalidRequest
-from darktower.model import LeaveReason, StreamType
+from darktower.model import LeaveReason, Role, StreamType
 from darktower.protocol import stream_type_from_pb
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
@@ -55,6 +58,24 @@ RECONNECT_MAX_DELAY_S: Final = 5.0
 # dead path backs off its own retransmissions, so a fresh attempt comes back sooner once the
 # path returns than one left to wait.
 RECONNECT_ATTEMPT_S: Final = 2.0
+# Rejoin (docs/protocol.md §13). When a resume cannot succeed — the MC said SERVER_SHUTDOWN,
+# refused the resume token (it restarted and lost its state), or is gone (the GC names another
+# MC, or says it lost this one; or the resume grace passed) — a session joined through the GC
+# asks it for a new join and joins the meeting at the MC it names, for at most this long,
+# counted from the moment the loss was noticed; then it ends (Lost). Long enough for the GC to
+# notice a lost MC (its heartbeat timeout, 15 s) after the client noticed (its idle timeout, up
+# to 15 s) and the resume grace. Configurable per join (``rejoin_window_s``; 0 turns it off).
+REJOIN_WINDOW_S: Final = 60.0
+# Bound on one attempt to rejoin: the GC's ticket (a fresh HTTP/3 connection if the client's is
+# gone) and the join at the MC it names. Attempts are spaced by the backoff above.
+REJOIN_ATTEMPT_S: Final = 5.0
+# Bound on the GC's answer to "where is the meeting now", asked after a resume attempt failed.
+LOCATE_S: Final = 2.0
+# After a rejoin, a subscription whose stream is not in the meeting (yet) waits this long for a
+# stream of that id to be published again (its publisher rejoins too, within the same window),
+# then ends as an unpublished stream's does. Bounded so that an iteration never waits forever
+# for a publisher that did not come back.
+RESUBSCRIBE_WAIT_S: Final = REJOIN_WINDOW_S
 # Publication.send_frame while the media connection is being re-established: waits at most
 # this long for it, then drops the frame (counted in ``Publication.dropped``). Bounded so that
 # a real-time sender is never held longer than about one frame interval; after the connection is
@@ -65,8 +86,8 @@ RECONNECT_SEND_WAIT_S: Final = 0.05
 class SessionEnded(SignalingEnded):
     """The meeting session is over; ``reason`` says why (a :class:`LeaveReason`, never None).
 
-    Raised by the session's waiting calls and iterators once it ended: KICKED, MEETING_ENDED
-    or CONNECTION_LOST from the server side, VOLUNTARY after :meth:`MeetingSession.leave` for
+    Raised by the session's waiting calls and iterators once it ended: KICKED, MEETING_ENDED,
+    CONNECTION_LOST or SERVER_SHUTDOWN from the server side, VOLUNTARY after :meth:`MeetingSession.leave` for
     calls (iterators simply stop then). The ``async with`` block that made the session
     swallows a SessionEnded of its own session, so a server-side end exits it cleanly.
     """
@@ -76,6 +97,12 @@ class SessionEnded(SignalingEnded):
     def __init__(self, reason: LeaveReason, message: str, *, session: object = None) -> None:
         super().__init__(reason, message)
         self.session = session
+
+
+class RequestInterrupted(trio.BrokenResourceError):
+    """The signaling connection was lost while a request waited for its reply, and the session
+    is reconnecting: the MC may or may not have applied the request (it is not repeated;
+    ``participants`` and the events say what is true once the session resumed)."""
 
 
 @attrs.frozen
@@ -179,8 +206,9 @@ class ParticipantUpdated:
 @attrs.frozen
 class Reconnecting:
     """This session lost a connection and is getting it back (docs/protocol.md §13): the
-    signaling connection (a resume: ``media_only`` False) or the media connection alone.
-    Exactly one :class:`Resumed` or :class:`Lost` follows."""
+    signaling connection (a resume: ``media_only`` False; also when its MC shuts down) or the
+    media connection alone. Exactly one :class:`Resumed`, :class:`Rejoined` or :class:`Lost`
+    follows (a :class:`Rejoining` may come between)."""
 
     media_only: bool
 
@@ -196,10 +224,41 @@ class Resumed:
 
 
 @attrs.frozen
+class Rejoining:
+    """Resuming is impossible and the session joins the meeting again through the GC (docs/
+    protocol.md §13): ``reason`` SERVER_SHUTDOWN (the MC is shutting down; ``message`` is
+    its), or CONNECTION_LOST (the MC refused the resume token, is gone, or did not come back
+    within the grace window). Follows a :class:`Reconnecting`; :class:`Rejoined` or
+    :class:`Lost` follows. Only a session joined with :func:`join_meeting_via_gc` rejoins."""
+
+    reason: LeaveReason
+    message: str = ""
+
+
+@attrs.frozen
+class Rejoined:
+    """The session joined the meeting again through the GC, with the same display name, as a
+    new participant (``old_participant_id`` → ``new_participant_id``, now
+    :attr:`MeetingSession.participant_id`), at the MC the GC named. Its publications were
+    published there again with their stream ids (video restarts at a key frame: a
+    KeyFrameRequest each) and its subscriptions restored by stream id; a stream not in the
+    meeting yet is subscribed again when it is published again (for ``RESUBSCRIBE_WAIT_S``).
+    The room as the new MC has it was told just before as events: ParticipantLeft (``reason``
+    of the Rejoining) for the participants of the old room, ParticipantJoined and
+    StreamPublished for those of the new one. ``outage_s`` runs from the Reconnecting event."""
+
+    old_participant_id: str
+    new_participant_id: str
+    outage_s: float
+
+
+@attrs.frozen
 class Lost:
     """Reconnecting failed and the session ended with ``reason``: CONNECTION_LOST (the grace
-    window passed or the resume was refused), KICKED or MEETING_ENDED (the resume was refused
-    with that reason). The last event: the stream then raises SessionEnded."""
+    window passed or the resume was refused; or, rejoining, the rejoin window passed or the GC
+    refused it), KICKED or MEETING_ENDED (the resume or the GC's rejoin was refused with that
+    reason), SERVER_SHUTDOWN (the MC shut down and no rejoin succeeded, or none was possible).
+    ``message`` says why. The last event: the stream then raises SessionEnded."""
 
     reason: LeaveReason
     message: str = ""
@@ -239,12 +298,24 @@ SessionEvent = (
     | ParticipantUpdated
     | Reconnecting
     | Resumed
+    | Rejoining
+    | Rejoined
     | Lost
     | StreamPublished
     | StreamUnpublished
     | QualityUpdate
     | KeyFrameRequest
 )
+
+
+def role_of(join_token: str) -> Role | None:
+    """The role claim of a join token, unverified: informational only (the MC enforces it)."""
+    try:
+        payload = join_token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return Role(claims["role"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
 
 
 def stream_metadata(

@@ -8,8 +8,6 @@ ended, that task closes both connections.
 
 from __future__ import annotations
 
-import base64
-import json
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -18,26 +16,24 @@ import attrs
 import trio
 
 from darktower.errors import sole_error
-from darktower.model import Role
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.transport import TransportLimits
 
-from ._events import EVENT_BUFFER, LEAVE_GRACE_S, RESUME_GRACE_S, SUBSCRIPTION_BUFFER, SessionEnded
-from ._link import MediaLink, SignalingLink
+from ._events import (
+    EVENT_BUFFER,
+    LEAVE_GRACE_S,
+    REJOIN_WINDOW_S,
+    RESUME_GRACE_S,
+    SUBSCRIPTION_BUFFER,
+    SessionEnded,
+    role_of,
+)
 from ._media import MAX_BUFFERED_FRAMES, MediaClient, open_media_client
+from ._rejoin import GcRejoiner
 from ._rest import GlobalControllerClient
+from ._seams import MediaLink, Rejoiner, SignalingLink
 from ._session import MeetingSession
 from ._signaling import SignalingClient, open_signaling
-
-
-def _role_of(join_token: str) -> Role | None:
-    """The role claim of a join token, unverified: informational only (the MC enforces it)."""
-    try:
-        payload = join_token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return Role(claims["role"])
-    except (IndexError, ValueError, KeyError, TypeError):
-        return None
 
 
 def media_url(join: sig.JoinResponse) -> str:
@@ -99,12 +95,21 @@ class Dialer:
         )
 
 
+@attrs.frozen
+class _Options:
+    """How a session runs (the join functions' keyword arguments)."""
+
+    event_buffer: int = EVENT_BUFFER
+    subscription_buffer: int = SUBSCRIPTION_BUFFER
+    resume_grace_s: float = RESUME_GRACE_S
+    rejoiner: Rejoiner | None = None
+    rejoin_window_s: float = REJOIN_WINDOW_S
+
+
 async def _run(
     dialer: Dialer,
     join_token: str,
-    event_buffer: int,
-    subscription_buffer: int,
-    resume_grace_s: float,
+    options: _Options,
     *,
     task_status: trio.TaskStatus[MeetingSession],
 ) -> None:
@@ -116,11 +121,13 @@ async def _run(
                     signaling,
                     media,
                     meeting_id=dialer.meeting_id,
-                    role=_role_of(join_token),
-                    event_buffer=event_buffer,
-                    subscription_buffer=subscription_buffer,
+                    role=role_of(join_token),
+                    event_buffer=options.event_buffer,
+                    subscription_buffer=options.subscription_buffer,
                     connector=dialer,
-                    resume_grace_s=resume_grace_s,
+                    resume_grace_s=options.resume_grace_s,
+                    rejoiner=options.rejoiner,
+                    rejoin_window_s=options.rejoin_window_s,
                 )
                 await session.run(task_status=task_status)
         except BaseException:
@@ -161,7 +168,9 @@ async def join_meeting_session(
     A lost connection is brought back by the session itself (docs/protocol.md §13): it tries
     for ``resume_grace_s`` (the MC's grace window; 0: no reconnection) and says so with the
     Reconnecting, Resumed and Lost events. ``transport_limits`` are both QUIC connections'
-    (e.g. a shorter idle timeout notices a dead path sooner).
+    (e.g. a shorter idle timeout notices a dead path sooner). Without a GC to ask, a session
+    whose MC is gone, or shuts down (SERVER_SHUTDOWN), ends: :func:`join_meeting_via_gc`
+    rejoins instead.
 
     Owns both connections and their readers. Leaving the block (normally, by an exception or
     by cancellation) leaves the meeting: LeaveRequest, shielded and bounded by
@@ -171,21 +180,29 @@ async def join_meeting_session(
     join (Unauthorized, NotFound, CapacityExceeded ...), SignalingEnded if the MC hangs up
     during the join; anything the block raises propagates as it is.
     """
+    dialer = Dialer(
+        signal_url,
+        meeting_id,
+        participant_name,
+        server_certificate_hashes,
+        origin,
+        transport_limits,
+    )
+    options = _Options(event_buffer, subscription_buffer, resume_grace_s)
+    async with _session(dialer, join_token, options) as session:
+        yield session
+
+
+@asynccontextmanager
+async def _session(
+    dialer: Dialer, join_token: str, options: _Options
+) -> AsyncIterator[MeetingSession]:
+    """:func:`join_meeting_session`'s block, with the ``dialer`` and ``options`` given."""
     error: BaseException | None = None
     session: MeetingSession | None = None
     async with trio.open_nursery() as nursery:
         try:
-            dialer = Dialer(
-                signal_url,
-                meeting_id,
-                participant_name,
-                server_certificate_hashes,
-                origin,
-                transport_limits,
-            )
-            session = await nursery.start(
-                _run, dialer, join_token, event_buffer, subscription_buffer, resume_grace_s
-            )
+            session = await nursery.start(_run, dialer, join_token, options)
         except Exception as exc:  # re-raised below the nursery so it is not wrapped in a group
             # open_signaling's nursery wraps a failed media connection in groups of one: the
             # caller expects the ConnectFailed/SessionRefused itself.
@@ -216,30 +233,46 @@ async def join_meeting_via_gc(
     subscription_buffer: int = SUBSCRIPTION_BUFFER,
     origin: str | None = None,
     resume_grace_s: float = RESUME_GRACE_S,
+    rejoin_window_s: float = REJOIN_WINDOW_S,
     transport_limits: TransportLimits | None = None,
 ) -> AsyncIterator[MeetingSession]:
     """Ask the GC for a join ticket (as the GC client's access token allows: the meeting's
     owner gets a host's) and join with :func:`join_meeting_session`. With ``join_token``
     (e.g. a :class:`CreatedMeeting`'s), the GC is asked only for the MC's URL. Raises what
     they raise (NotFound for an unknown meeting). The CONNECTs carry ``origin``, by default the
-    GC's own (``https://host:port``), which the services of one deployment allow."""
+    GC's own (``https://host:port``), which the services of one deployment allow.
+
+    When resuming cannot succeed — the MC shuts down (SERVER_SHUTDOWN), restarted without
+    the session, or is gone — the session rejoins the meeting through ``gc`` by itself (docs/
+    protocol.md §13): a new join ticket with the access token the client had when it joined
+    and the same ``participant_name``, at the MC the GC names (a fresh connection to the GC
+    if the client's is gone), as a new participant whose publications and subscriptions are
+    restored by stream id; events Rejoining, then Rejoined or Lost. It tries for
+    ``rejoin_window_s`` from the loss (0: never; then the session ends as
+    :func:`join_meeting_session`'s does). ``gc`` must stay usable for as long as the session
+    runs (its connection may close: another is opened)."""
     if join_token is None:
         ticket = await gc.join_meeting(meeting_id, participant_name)
         url, token = ticket.meeting_controller_url, ticket.join_token
     else:
         url, token = str((await gc.get_meeting(meeting_id))["meeting_controller_url"]), join_token
-    async with join_meeting_session(
+    dialer = Dialer(
         url,
-        meeting_id=meeting_id,
-        join_token=token,
-        participant_name=participant_name,
-        server_certificate_hashes=server_certificate_hashes,
-        event_buffer=event_buffer,
-        subscription_buffer=subscription_buffer,
-        origin=gc.origin if origin is None else origin,
-        resume_grace_s=resume_grace_s,
-        transport_limits=transport_limits,
-    ) as session:
+        meeting_id,
+        participant_name,
+        server_certificate_hashes,
+        gc.origin if origin is None else origin,
+        transport_limits,
+    )
+    rejoiner = GcRejoiner(
+        gc.as_caller(gc.access_token),
+        meeting_id,
+        participant_name,
+        signal_url=url,
+        dial_at=lambda signal_url: attrs.evolve(dialer, signal_url=signal_url),
+    )
+    options = _Options(event_buffer, subscription_buffer, resume_grace_s, rejoiner, rejoin_window_s)
+    async with _session(dialer, token, options) as session:
         yield session
 
 

@@ -8,142 +8,73 @@ opens is closed when ``run`` returns):
 - the signaling task hands each server message to the session until the connection ends. A
   connection the MC ended (SessionEnded: KICKED, MEETING_ENDED ...) ends the session; a *lost*
   one (the QUIC connection went away) is resumed: new signaling sessions presenting the latest
-  resume token, with backoff and full jitter, for at most the grace window;
+  resume token, with backoff and full jitter, for at most the grace window. With a
+  ``rejoiner`` (a session joined through the GC) a session whose resume cannot succeed — its
+  MC said SERVER_SHUTDOWN, refused the token (NOT_FOUND), is gone (the GC places the meeting
+  elsewhere or lost the MC), or the grace window passed — rejoins: a new join from the GC, at
+  the MC it names, with the same display name, as a new participant whose publications and
+  subscriptions the session restores; attempts back off with full jitter within the rejoin
+  window, counted from the loss;
 - the media task hands each frame to the session until the connection ends or the MC names a
-  new one (the resumed JoinResponse's ``media_server``, or a ``MediaReconnect`` sent by the MC
-  or asked for with a ``MediaReconnectRequest``), then opens the new one and gives the
-  session's publications their streams on it. The MH's KICKED / MEETING_ENDED close codes end
-  the session.
+  new one (the resumed or rejoined JoinResponse's ``media_server``, or a ``MediaReconnect`` sent
+  by the MC or asked for with a ``MediaReconnectRequest``), then opens the new one and gives
+  the session's publications their streams on it. The MH's KICKED / MEETING_ENDED close codes
+  end the session; its SERVER_SHUTDOWN one starts the rejoin (or ends it without a rejoiner).
+  While the signaling connection is being brought back, media waits for it.
 
 The session's own connection state follows: :class:`Reconnecting` when the first of the two
-is lost, :class:`Resumed` once both are back; the session puts :class:`Lost` if it ends
-meanwhile.
+is lost, :class:`Rejoining` when a rejoin starts, :class:`Resumed` (or :class:`Rejoined`) once
+both are back; the session puts :class:`Lost` if it ends meanwhile.
 """
 
 from __future__ import annotations
 
+import enum
 import itertools
 import math
 import random
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
-from typing import Protocol
 
 import trio
 
-from darktower.errors import DarkTowerError, InvalidRequest, RateLimited
-from darktower.frames import Frame
-from darktower.model import LeaveReason
+from darktower.errors import DarkTowerError, InvalidRequest, NotFound, RateLimited
+from darktower.model import LEAVE_MESSAGES, LeaveReason
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.transport import ConnectFailed, SessionRefused
 
 from ._events import (
     CLOSE_GRACE_S,
+    LOCATE_S,
     RECONNECT_ATTEMPT_S,
-    RECONNECT_FIRST_DELAY_S,
-    RECONNECT_MAX_DELAY_S,
-    Reconnecting,
-    Resumed,
-    SessionEvent,
+    REJOIN_WINDOW_S,
+    SETTLE_S,
 )
-from ._media import MediaPublisher
+from ._outage import MEDIA, SIGNALING, Outage, backoff_delay
+from ._rejoin import RejoinFailed, RejoinRefused, join_again
+from ._rest import JoinTicket
+from ._seams import Connector, LinkOwner, MediaLink, RejoinConnector, Rejoiner, SignalingLink
 from ._signaling import SignalingEnded
 
 Broken = (trio.BrokenResourceError, trio.ClosedResourceError)
-SIGNALING = "signaling"
-MEDIA = "media"
+_SHUTDOWN = LeaveReason.SERVER_SHUTDOWN
 
 
-class SignalingLink(Protocol):
-    """What the session uses of a joined signaling connection (a :class:`SignalingClient`)."""
+class Next(enum.Enum):
+    """What the signaling task does after a connection ended."""
 
-    @property
-    def join_response(self) -> sig.JoinResponse: ...
-
-    @property
-    def events(self) -> trio.MemoryReceiveChannel[sig.ServerMessage]: ...
-
-    @property
-    def end_reason(self) -> LeaveReason | None: ...
-
-    @property
-    def lost(self) -> bool: ...
-
-    async def request(self, message: sig.ClientMessage) -> sig.ServerMessage: ...
-
-    async def leave(self) -> sig.SessionEnded | None: ...
-
-
-class MediaLink(Protocol):
-    """What the session uses of a media connection (a :class:`MediaClient`)."""
-
-    @property
-    def removed_reason(self) -> LeaveReason | None: ...
-
-    @property
-    def lost(self) -> bool: ...
-
-    def __aiter__(self) -> AsyncIterator[Frame]: ...
-
-    async def publish(self, stream_id: str | uuid.UUID) -> MediaPublisher: ...
-
-    async def aclose(self, code: int = 0, reason: str = "") -> None: ...
-
-
-class Connector(Protocol):
-    """Opens the connections of a reconnection (``_join.Dialer`` over the network)."""
-
-    def signaling(self, resume_token: str) -> AbstractAsyncContextManager[SignalingLink]:
-        """A signaling session whose JoinRequest resumes with ``resume_token``."""
-        ...
-
-    def media(self, server: sig.MediaServerInfo) -> AbstractAsyncContextManager[MediaLink]:
-        """A media session at ``server`` with its connection token."""
-        ...
-
-
-class LinkOwner(Protocol):
-    """What the link tells its session (a :class:`MeetingSession`)."""
-
-    @property
-    def participant_id(self) -> str: ...
-
-    @property
-    def end_reason(self) -> LeaveReason | None: ...
-
-    def on_message(self, message: sig.ServerMessage) -> None: ...
-
-    def on_frame(self, frame: Frame) -> None: ...
-
-    def on_resumed(self, join: sig.JoinResponse) -> None: ...
-
-    def on_media_down(self) -> None: ...
-
-    async def on_media(self, media: MediaLink) -> None: ...
-
-    def put_event(self, event: SessionEvent) -> None: ...
-
-    def finish(self, reason: LeaveReason, message: str = "") -> None: ...
-
-    async def settle(self) -> None: ...
-
-
-def backoff_delay(retry: int, rng: random.Random) -> float:
-    """The wait before retry ``retry`` (1, 2, ...): full jitter, a uniform draw in
-    [0, min(RECONNECT_MAX_DELAY_S, RECONNECT_FIRST_DELAY_S * 2**(retry - 1))]."""
-    ceiling = RECONNECT_FIRST_DELAY_S * 2.0 ** min(retry - 1, 32)
-    return rng.uniform(0.0, min(RECONNECT_MAX_DELAY_S, ceiling))
+    RESUME = "resume"
+    REJOIN = "rejoin"
+    END = "end"
 
 
 class Link:
     """The session's connections (see the module docstring). ``connector`` None or
-    ``grace_s`` 0: a lost connection ends the session with CONNECTION_LOST (no reconnection).
+    ``grace_s`` 0: a lost connection ends the session with CONNECTION_LOST (no reconnection,
+    no rejoin). ``rejoiner`` None or ``rejoin_window_s`` 0: no rejoin.
 
     Attributes: ``signaling`` and ``media`` (the current connections), ``resume_token`` (the
-    latest), ``reconnects`` (outages recovered), ``signaling_up`` (set while the signaling
-    connection is usable), ``signaling_down`` (set once it was lost; a new event after a
-    resume).
+    latest), ``reconnects`` (outages recovered), ``rejoins`` (of them, by a rejoin),
+    ``signaling_up`` (set while the signaling connection is usable), ``signaling_down`` (set
+    once it was lost; a new event after a resume).
     """
 
     def __init__(
@@ -154,6 +85,8 @@ class Link:
         *,
         connector: Connector | None,
         grace_s: float,
+        rejoiner: Rejoiner | None = None,
+        rejoin_window_s: float = REJOIN_WINDOW_S,
         rng: random.Random | None = None,
     ) -> None:
         self._owner = owner
@@ -162,85 +95,122 @@ class Link:
         self.resume_token = signaling.join_response.resume_token
         self._connector = connector if grace_s > 0 else None
         self.grace_s = grace_s
+        self._rejoiner = rejoiner if self._connector and rejoin_window_s > 0 else None
+        self.rejoin_window_s = rejoin_window_s
         self._random = rng or random.Random()
-        self.reconnects = 0
+        self._outage = Outage(owner)
         self.signaling_up = trio.Event()
         self.signaling_up.set()
         self.signaling_down = trio.Event()
-        self._down: set[str] = set()
-        self._outage_since = 0.0
-        self._media_only = True
         self._target: sig.MediaServerInfo | None = None
         self._target_unsolicited = False
         self._target_set = trio.Event()
         # The MH of the current media connection (the first one: the join's).
         self._media_url = signaling.join_response.media_server.media_handler_url
         self._reading_media: trio.CancelScope | None = None
+        self._following: trio.CancelScope | None = None  # the signaling being followed
+        self._cause: tuple[LeaveReason, str] | None = None  # why the next rejoin
+        self._restore_pending = False  # a rejoin's restore broke off: finish it after a resume
 
     @property
     def reconnecting(self) -> bool:
         """A connection is lost and being brought back."""
-        return bool(self._down)
+        return bool(self._outage.down)
 
-    def _went_down(self, which: str) -> None:
-        if which in self._down:
+    @property
+    def reconnects(self) -> int:
+        return self._outage.reconnects
+
+    @property
+    def rejoins(self) -> int:
+        return self._outage.rejoins
+
+    def _signaling_lost(self) -> None:
+        """The signaling connection is gone (once per outage): requests wait for the next."""
+        if SIGNALING in self._outage.down:
             return
-        first = not self._down
-        self._down.add(which)
-        if which == MEDIA:
-            self._owner.on_media_down()
-        else:
-            self._media_only = False
-        if first:
-            self._outage_since = trio.current_time()
-            self._media_only = which == MEDIA
-            self._owner.put_event(Reconnecting(media_only=self._media_only))
-
-    def _came_up(self, which: str) -> None:
-        self._down.discard(which)
-        if not self._down:
-            self.reconnects += 1
-            outage = trio.current_time() - self._outage_since
-            self._owner.put_event(Resumed(media_only=self._media_only, outage_s=outage))
+        self.signaling_up = trio.Event()
+        self.signaling_down.set()
+        self._outage.went_down(SIGNALING)
 
     # -- signaling ---------------------------------------------------------------------------
     async def run_signaling(self) -> None:
-        """Follow the signaling connection, resuming it when it is lost, until the session
-        ends (it ends it when the MC did or a resume failed). Cancel-safe."""
-        again = await self._follow_signaling(self.signaling)
-        while again:
-            again = await self._resume()
+        """Follow the signaling connection, resuming or rejoining when it is lost, until the
+        session ends (it ends it when the MC did or no resume or rejoin succeeded).
+        Cancel-safe."""
+        step = await self._follow_signaling(self.signaling)
+        while step is not Next.END:
+            step = await (self._resume() if step is Next.RESUME else self._rejoin())
 
-    async def _follow_signaling(self, signaling: SignalingLink) -> bool:
-        """Hand messages to the session until the connection ends; True to resume it."""
-        try:
-            async for message in signaling.events:
-                if message.WhichOneof("message") == "media_reconnect":
-                    self._retarget(message.media_reconnect.media_server, unsolicited=True)
-                else:
+    async def _follow_signaling(self, signaling: SignalingLink) -> Next:
+        """Hand messages to the session until the connection ends; then say what next."""
+        ended_message = ""
+        with trio.CancelScope() as following:
+            self._following = following
+            try:
+                async for message in signaling.events:
+                    kind = message.WhichOneof("message")
+                    if kind == "media_reconnect":
+                        self._retarget(message.media_reconnect.media_server, unsolicited=True)
+                        continue
+                    if kind == "session_ended":
+                        ended_message = message.session_ended.message
+                        if message.session_ended.reason == int(_SHUTDOWN) and self._rejoiner:
+                            continue  # not the session's end: it rejoins
                     self._owner.on_message(message)
-        except Broken:
-            pass
+            except Broken:
+                pass
+        self._following = None
+        if self._owner.end_reason is not None:
+            return Next.END
+        if following.cancelled_caught:  # the MH said SERVER_SHUTDOWN first (see _follow_media)
+            return Next.REJOIN
         try:
             reason = signaling.end_reason
         except InvalidRequest:  # a newer MC's reason: over all the same
             reason = LeaveReason.CONNECTION_LOST
+        if reason is _SHUTDOWN and self._rejoiner is not None:
+            self._cause = (_SHUTDOWN, ended_message or LEAVE_MESSAGES[_SHUTDOWN])
+            return Next.REJOIN
         if reason is None and self._connector is not None and signaling.lost:
-            return self._owner.end_reason is None
+            return Next.RESUME
         self._owner.finish(LeaveReason.CONNECTION_LOST if reason is None else reason)
-        return False
+        return Next.END
 
-    async def _resume(self) -> bool:
-        """Resume the lost signaling session within the grace window; True when the resumed
-        one was lost in turn, False once the session ended (here or while it ran)."""
+    def _rejoin_instead(self, message: str) -> Next:
+        """Resuming cannot succeed: rejoin when there is a rejoiner, else end with ``message``."""
+        if self._rejoiner is None:
+            self._owner.finish(LeaveReason.CONNECTION_LOST, message)
+            return Next.END
+        self._cause = (LeaveReason.CONNECTION_LOST, message)
+        return Next.REJOIN
+
+    async def _moved(self) -> Next | None:
+        """After a failed resume attempt: REJOIN if the GC says the meeting left this MC, END if
+        it refuses (the session ended), None to go on resuming."""
+        if self._rejoiner is None:
+            return None
+        try:
+            with trio.move_on_after(LOCATE_S):
+                if await self._rejoiner.moved():
+                    return self._rejoin_instead("the meeting controller is gone")
+        except RejoinRefused as exc:
+            self._owner.finish(exc.reason or LeaveReason.CONNECTION_LOST, exc.message)
+            return Next.END
+        return None
+
+    async def _resume(self) -> Next:
+        """Resume the lost signaling session within the grace window; RESUME again when the
+        resumed one was lost in turn, REJOIN when resuming cannot succeed (see the module
+        docstring), END once the session ended (here or while it ran)."""
         assert self._connector is not None
-        self.signaling_up = trio.Event()
-        self.signaling_down.set()
-        self._went_down(SIGNALING)
+        self._signaling_lost()
         deadline = trio.current_time() + self.grace_s
         retry = 0
         while True:
             if retry:
+                if (moved := await self._moved()) is not None:
+                    return moved
                 delay = backoff_delay(retry, self._random)
                 if trio.current_time() + delay >= deadline:
                     break
@@ -255,9 +225,12 @@ class Link:
                         attempt.deadline = math.inf
                         return await self._resumed(signaling)
             except SignalingEnded as exc:  # refused with SessionEnded: KICKED, MEETING_ENDED
+                if exc.reason is _SHUTDOWN and not opened and self._rejoiner is not None:
+                    self._cause = (_SHUTDOWN, exc.message or LEAVE_MESSAGES[_SHUTDOWN])
+                    return Next.REJOIN
                 if opened or exc.reason is not None:
                     self._owner.finish(exc.reason or LeaveReason.CONNECTION_LOST, exc.message)
-                    return False
+                    return Next.END
             except (ConnectFailed, SessionRefused, *Broken):
                 if opened:
                     raise
@@ -265,43 +238,101 @@ class Link:
                 if trio.current_time() + exc.retry_after_s >= deadline:
                     break
                 await trio.sleep(exc.retry_after_s)
-            except DarkTowerError as exc:  # refused: NOT_FOUND (expired or used) and the like
+            except NotFound as exc:  # the token is unknown: expired, used, or the MC restarted
+                return self._rejoin_instead(f"resume refused: {exc}")
+            except DarkTowerError as exc:  # refused otherwise
                 self._owner.finish(LeaveReason.CONNECTION_LOST, f"resume refused: {exc}")
-                return False
-        self._owner.finish(LeaveReason.CONNECTION_LOST, "not reconnected within the grace window")
-        return False
+                return Next.END
+        return self._rejoin_instead("not reconnected within the grace window")
 
-    async def _resumed(self, signaling: SignalingLink) -> bool:
+    async def _resumed(self, signaling: SignalingLink) -> Next:
         join = signaling.join_response
         if not join.resumed or join.participant_id != self._owner.participant_id:
             self._owner.finish(LeaveReason.CONNECTION_LOST, "the MC did not resume the session")
-            return False
+            return Next.END
         self.signaling = signaling
         self.resume_token = join.resume_token
         self._owner.on_resumed(join)
+        if self._restore_pending:
+            await self._restore(signaling)
         # A fresh token: the media connection follows. None if the MH failed meanwhile: the
         # media task asks for one (docs/protocol.md §13).
         self._retarget(join.media_server)
+        self._signaling_back()
+        return await self._follow_signaling(signaling)
+
+    def _signaling_back(self) -> None:
         self.signaling_down = trio.Event()
         self.signaling_up.set()
-        self._came_up(SIGNALING)
+        self._outage.came_up(SIGNALING)
+
+    async def _restore(self, signaling: SignalingLink) -> None:
+        """The session publishes and subscribes again on ``signaling``; if that connection
+        breaks meanwhile, the rest follows its resume."""
+        self._restore_pending = True
+        try:
+            await self._owner.restore(signaling)
+        except Broken:
+            return
+        self._restore_pending = False
+
+    async def _rejoin(self) -> Next:
+        """Join the meeting again through the GC (see the module docstring) until joined,
+        refused or the rejoin window passed; then follow the new connection (RESUME, REJOIN,
+        END as :meth:`_follow_signaling` says), or END."""
+        assert self._rejoiner is not None and self._cause is not None
+        self._signaling_lost()
+        reason, message = self._cause
+        self._outage.rejoining(reason, message)
+        deadline = self._outage.since + self.rejoin_window_s
+        try:
+            return await join_again(self._rejoiner, deadline, self._random, self._rejoined)
+        except RejoinRefused as exc:
+            self._owner.finish(exc.reason or reason, exc.message)
+        except RejoinFailed as exc:
+            self._owner.finish(reason, f"{message}; not rejoined in time ({exc})")
+        return Next.END
+
+    async def _rejoined(
+        self, signaling: SignalingLink, connector: RejoinConnector, ticket: JoinTicket
+    ) -> Next:
+        """Joined at the ticket's MC: the session takes the new participant and restores what
+        it published and subscribed to, then the new media connection follows."""
+        assert self._rejoiner is not None and self._cause is not None
+        join = signaling.join_response
+        self._rejoiner.joined(ticket)
+        self._connector = connector
+        self.signaling = signaling
+        self.resume_token = join.resume_token
+        self._outage.rejoined(self._owner.participant_id)
+        self._owner.on_rejoined(join, ticket.join_token, self._cause[0])
+        self._cause = None
+        await self._restore(signaling)
+        self._retarget(join.media_server, moved=True)
+        self._signaling_back()
         return await self._follow_signaling(signaling)
 
     # -- media -------------------------------------------------------------------------------
-    def _retarget(self, server: sig.MediaServerInfo, *, unsolicited: bool = False) -> None:
+    def _retarget(
+        self, server: sig.MediaServerInfo, *, unsolicited: bool = False, moved: bool = False
+    ) -> None:
         """Connect media to ``server`` next (the current connection, if any, is replaced).
-        An empty ``server`` names nothing: ignored. An unsolicited one (the MC heard from the
-        MH that a media connection was lost) naming the MH this session is connected to is
-        ignored too: it is about the connection already replaced, or the reader notices the
-        loss itself and asks (docs/protocol.md §13)."""
-        if not server.media_handler_url or not server.connection_token:
+        An empty ``server`` names nothing: ignored, unless the participant ``moved`` (a
+        rejoin: its media connection is the old participant's, replaced by one asked for). An
+        unsolicited one (the MC heard from the MH that a media connection was lost) naming
+        the MH this session is connected to is ignored too: it is about the connection
+        already replaced, or the reader notices the loss itself and asks (docs/protocol.md
+        §13)."""
+        named = bool(server.media_handler_url and server.connection_token)
+        if not named and not moved:
             return
         if unsolicited and self._reading_media is not None and self._same_mh(server):
             return
-        self._target, self._target_unsolicited = server, unsolicited
-        self._target_set.set()
+        if named:
+            self._target, self._target_unsolicited = server, unsolicited
+            self._target_set.set()
         if self._reading_media is not None:
-            self._went_down(MEDIA)
+            self._outage.went_down(MEDIA)
             self._reading_media.cancel()
 
     def _same_mh(self, server: sig.MediaServerInfo) -> bool:
@@ -325,13 +356,14 @@ class Link:
         deadline: float | None = None
         retry = 0
         while again:
-            self._went_down(MEDIA)
+            self._outage.went_down(MEDIA)
             if deadline is None:
                 deadline = trio.current_time() + self.grace_s
             delay = backoff_delay(retry, self._random) if retry else 0.0
-            server = await self._next_target(deadline, delay)
-            if server is None:
+            target = await self._next_target(deadline, delay)
+            if target is None:
                 return
+            server, deadline = target
             retry += 1
             assert self._connector is not None
             try:
@@ -341,7 +373,7 @@ class Link:
                         attempt.deadline = math.inf
                         self.media, self._media_url = media, server.media_handler_url
                         await self._owner.on_media(media)
-                        self._came_up(MEDIA)
+                        self._outage.came_up(MEDIA)
                         deadline, retry = None, 0
                         again = await self._follow_media(media)
             except (ConnectFailed, SessionRefused, ValueError, *Broken):
@@ -370,7 +402,10 @@ class Link:
         if reading.cancelled_caught:
             return True
         removed = media.removed_reason
-        if removed in (LeaveReason.KICKED, LeaveReason.MEETING_ENDED):
+        if removed is _SHUTDOWN and self._rejoiner is not None:
+            await self._shutdown_heard()
+            return True
+        if removed in (LeaveReason.KICKED, LeaveReason.MEETING_ENDED, _SHUTDOWN):
             self._owner.finish(removed)  # the MH said why before the MC did
             return False
         if self._connector is not None and media.lost:
@@ -379,19 +414,38 @@ class Link:
         self._owner.finish(LeaveReason.CONNECTION_LOST, "media connection lost")
         return False
 
-    async def _next_target(self, deadline: float, delay: float) -> sig.MediaServerInfo | None:
-        """The media server to connect to next: one the MC named, else one asked for with a
-        MediaReconnectRequest after ``delay``. None once the session ended (ended here when
-        ``deadline`` passed)."""
-        with trio.move_on_at(deadline):
-            with trio.move_on_after(delay):
-                await self._target_set.wait()
-            async with trio.open_nursery() as nursery:
-                if not self._target_set.is_set():
-                    nursery.start_soon(self._ask_for_media)
-                await self._target_set.wait()
-                nursery.cancel_scope.cancel()
-            return self._take_target()
+    async def _shutdown_heard(self) -> None:
+        """The MH removed the participant with SERVER_SHUTDOWN: the MC's SessionEnded (with
+        its message) is on its way and starts the rejoin; if it does not come within
+        SETTLE_S, the signaling connection is left and the rejoin starts now."""
+        with trio.move_on_after(SETTLE_S):
+            await self.signaling_down.wait()
+        if SIGNALING not in self._outage.down and self._following is not None:
+            self._cause = (_SHUTDOWN, LEAVE_MESSAGES[_SHUTDOWN])
+            self._following.cancel()
+
+    async def _next_target(
+        self, deadline: float, delay: float
+    ) -> tuple[sig.MediaServerInfo, float] | None:
+        """The media server to connect to next (and the deadline of the window it is in): one
+        the MC named, else one asked for with a MediaReconnectRequest after ``delay``. Past
+        ``deadline`` while the signaling connection is being brought back, wait for it (a
+        resume or a rejoin names the server, or ends the session), then for a new window. None
+        once the session ended (ended here when ``deadline`` passed)."""
+        while True:
+            with trio.move_on_at(deadline):
+                with trio.move_on_after(delay):
+                    await self._target_set.wait()
+                async with trio.open_nursery() as nursery:
+                    if not self._target_set.is_set():
+                        nursery.start_soon(self._ask_for_media)
+                    await self._target_set.wait()
+                    nursery.cancel_scope.cancel()
+                return self._take_target(), deadline
+            if SIGNALING not in self._outage.down:
+                break
+            await self.signaling_up.wait()
+            deadline, delay = trio.current_time() + self.grace_s, 0.0
         self._owner.finish(LeaveReason.CONNECTION_LOST, "media connection lost")
         return None
 
@@ -425,6 +479,7 @@ __all__ = [
     "Link",
     "LinkOwner",
     "MediaLink",
+    "Next",
     "SignalingLink",
     "backoff_delay",
 ]

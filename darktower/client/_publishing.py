@@ -3,16 +3,22 @@
 A :class:`Publishing` keeps the publications of one session and which media connection their
 streams are on: a new publication gets its streams on the current connection, and every
 publication gets new ones when the media connection is replaced. Streams are opened one
-publication at a time, so a publication is never given two sets on one connection.
+publication at a time, so a publication is never given two sets on one connection. After a
+rejoin every publication is published again at the new MC (docs/protocol.md §13).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 
+from darktower.errors import Conflict, DarkTowerError
 from darktower.model import StreamType
+from darktower.protocol import stream_type_to_pb
+from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
-from ._link import MediaLink
+from ._seams import MediaLink
 from ._streams import Publication
 
 
@@ -22,6 +28,7 @@ class Publishing:
     def __init__(self) -> None:
         self.publications: dict[str, Publication] = {}
         self._bound: dict[str, MediaLink] = {}  # stream id → the connection of its streams
+        self._unannounced: set[str] = set()  # not published at the MC of a rejoin yet
         self._lock = trio.Lock()
 
     def add(self, publication: Publication) -> None:
@@ -45,6 +52,33 @@ class Publishing:
         for publication in self.publications.values():
             publication._pause()
 
+    def rejoined(self) -> None:
+        """A rejoin: every publication is to be published again at the new MC."""
+        self._unannounced = set(self.publications)
+
+    async def republish(
+        self, request: Callable[[sig.ClientMessage], Awaitable[sig.ServerMessage]]
+    ) -> None:
+        """After a rejoin, with ``request`` (its signaling connection's): publish every
+        publication again, with its stream id and metadata; one the new MC refuses is closed
+        (its send_frame raises ClosedResourceError). Raises the transport's Broken errors (the
+        rest is published again on the next call)."""
+        for stream_id in sorted(self._unannounced):
+            publication = self.publications.get(stream_id)
+            self._unannounced.discard(stream_id)
+            if publication is None:
+                continue
+            try:
+                await request(announcement(publication))
+            except Conflict:
+                pass  # published already: a request the MC took before its connection broke
+            except DarkTowerError:
+                publication.closed = True
+                self.remove(publication)
+            except BaseException:
+                self._unannounced.add(stream_id)
+                raise
+
     async def rebind(self, media: MediaLink) -> list[str]:
         """Give every publication its streams on the new connection ``media``; returns the
         video publications that had streams before (each needs a key frame now)."""
@@ -57,4 +91,15 @@ class Publishing:
         return needs_key
 
 
-__all__ = ["Publishing"]
+def announcement(publication: Publication) -> sig.ClientMessage:
+    """The PublishStream that announces ``publication`` to the MC."""
+    return sig.ClientMessage(
+        publish=sig.PublishStream(
+            stream_id=publication.stream_id,
+            stream_type=stream_type_to_pb(publication.stream_type),
+            metadata=publication.metadata,
+        )
+    )
+
+
+__all__ = ["Publishing", "announcement"]

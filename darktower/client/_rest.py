@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -31,13 +32,42 @@ class JoinTicket:
     role: str
 
 
+Reopen = Callable[[], AbstractAsyncContextManager[HTTP3Client]]
+
+
 class GlobalControllerClient:
     """REST calls to one GC over one HTTP/3 connection. Errors raise the contract's
-    :class:`~darktower.errors.DarkTowerError` subclass named by the response body."""
+    :class:`~darktower.errors.DarkTowerError` subclass named by the response body.
 
-    def __init__(self, http: HTTP3Client) -> None:
+    ``reopen`` (set by :func:`open_gc_client`) opens another connection to the same GC, for
+    :meth:`reconnected`."""
+
+    def __init__(
+        self, http: HTTP3Client, *, access_token: str | None = None, reopen: Reopen | None = None
+    ) -> None:
         self._http = http
-        self.access_token: str | None = None
+        self._reopen = reopen
+        self.access_token = access_token
+
+    def as_caller(self, access_token: str | None) -> GlobalControllerClient:
+        """A client on the same connection that calls with ``access_token`` (None: as a guest),
+        whatever this one's becomes later."""
+        return GlobalControllerClient(self._http, access_token=access_token, reopen=self._reopen)
+
+    @property
+    def can_reconnect(self) -> bool:
+        return self._reopen is not None
+
+    @asynccontextmanager
+    async def reconnected(self) -> AsyncIterator[GlobalControllerClient]:
+        """The same GC and access token over a fresh HTTP/3 connection, owned by the block
+        (this client's own may be gone: the GC restarted, or a network change broke it).
+        Raises RuntimeError for a client not made by :func:`open_gc_client`, what
+        :func:`open_gc_client` raises."""
+        if self._reopen is None:
+            raise RuntimeError("this GC client cannot open another connection")
+        async with self._reopen() as http:
+            yield GlobalControllerClient(http, access_token=self.access_token, reopen=self._reopen)
 
     @property
     def origin(self) -> str:
@@ -137,7 +167,8 @@ async def open_gc_client(
     url: str, *, server_certificate_hashes: Sequence[bytes] | None = None, verify: bool = True
 ) -> AsyncIterator[GlobalControllerClient]:
     """A :class:`GlobalControllerClient` on one HTTP/3 connection, closed on exit."""
-    async with open_http3_client(
-        url, server_certificate_hashes=server_certificate_hashes, verify=verify
-    ) as http:
-        yield GlobalControllerClient(http)
+    reopen = functools.partial(
+        open_http3_client, url, server_certificate_hashes=server_certificate_hashes, verify=verify
+    )
+    async with reopen() as http:
+        yield GlobalControllerClient(http, reopen=reopen)

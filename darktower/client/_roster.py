@@ -107,10 +107,15 @@ class Roster:
         self._participants[info.participant_id] = info
         return ParticipantUpdated(info)
 
-    def resync(self, existing: Iterable[sig.Participant]) -> list[ResyncEvent]:
-        """Adopt the room as a resumed JoinResponse lists it and return what changed since, as
-        the events that would have said so: first the leaves (the reason is not known then:
-        VOLUNTARY), then in the list's order a join followed by its streams' StreamPublished,
+    def resync(
+        self,
+        existing: Iterable[sig.Participant],
+        left_reason: LeaveReason = LeaveReason.VOLUNTARY,
+    ) -> list[ResyncEvent]:
+        """Adopt the room as a resumed (or rejoined) JoinResponse lists it and return what
+        changed since, as the events that would have said so: first the leaves (with
+        ``left_reason``: after a resume the reason is not known, VOLUNTARY; after a rejoin,
+        the rejoin's), then in the list's order a join followed by its streams' StreamPublished,
         or the stream changes of one who stayed (whose connection state stays as last heard:
         the list does not carry it)."""
         now = {
@@ -120,7 +125,7 @@ class Roster:
         }
         events: list[ResyncEvent] = []
         for pid in [pid for pid in self._participants if pid not in now]:
-            events.append(ParticipantLeft(self._participants.pop(pid), LeaveReason.VOLUNTARY))
+            events.append(ParticipantLeft(self._participants.pop(pid), left_reason))
         for pid, info in now.items():
             before = self._participants.get(pid)
             if before is None:

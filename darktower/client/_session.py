@@ -19,11 +19,11 @@ Task tree: the block owns a nursery; one task in it owns the signaling session a
 connection and runs :meth:`MeetingSession.run`, whose own nursery holds the session's two readers
 (a :class:`~darktower.client._link.Link`: signaling events → participants and events, through a
 table of handlers, docs/architecture.md §7; media frames → the subscription of their stream id,
-a dictionary lookup: frames of no live subscription are counted and dropped). A lost connection
-is brought back by the link (docs/protocol.md §13: a resume, or a new media connection) within
-the grace window, with the events Reconnecting, then Resumed or Lost. The session ends when the
-MC says so (SessionEnded), when a lost connection does not come back, or on
-:meth:`MeetingSession.leave`; then every waiting call and iterator raises :class:`SessionEnded`
+a dictionary lookup: frames of no live subscription are counted and dropped) and the task that
+subscribes again after a rejoin. A lost connection is brought back by the link (docs/protocol.md
+§13: a resume, a new media connection, or a rejoin through the GC) with the events
+Reconnecting, then Resumed, Rejoined or Lost. The session ends when the MC says so
+(SessionEnded), when a lost connection does not come back, or on :meth:`MeetingSession.leave`; then every waiting call and iterator raises :class:`SessionEnded`
 with the reason (iterators just stop after a voluntary leave).
 
 A server-side end is a normal outcome, not an error: the ``async with`` block swallows a
@@ -34,7 +34,7 @@ Anything else raised in the block propagates unchanged (never wrapped in an Exce
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 import trio
@@ -42,13 +42,13 @@ import trio
 from darktower.errors import Conflict
 from darktower.frames import Frame
 from darktower.model import LeaveReason, Role, StreamType
-from darktower.protocol import stream_type_to_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
 from ._events import (
     CLOSE_GRACE_S,
     EVENT_BUFFER,
     LEAVE_GRACE_S,
+    REJOIN_WINDOW_S,
     RESUME_GRACE_S,
     SETTLE_S,
     SUBSCRIPTION_BUFFER,
@@ -58,25 +58,23 @@ from ._events import (
     ParticipantInfo,
     ParticipantLeft,
     QualityUpdate,
+    RequestInterrupted,
     SessionEnded,
     SessionEvent,
     SimulcastLayer,
     StreamUnpublished,
+    role_of,
     stream_metadata,
     wire_keys,
 )
-from ._link import Connector, Link, MediaLink, SignalingLink
-from ._publishing import Publishing
+from ._link import Link
+from ._publishing import Publishing, announcement
 from ._roster import Roster
+from ._seams import Connector, MediaLink, Rejoiner, SignalingLink
 from ._streams import EventStream, Publication, Subscription, first_of
+from ._subscribing import Subscribing
 
 Broken = (trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-class RequestInterrupted(trio.BrokenResourceError):
-    """The signaling connection was lost while a request waited for its reply, and the session
-    is reconnecting: the MC may or may not have applied the request (it is not repeated;
-    ``participants`` and the events say what is true once the session resumed)."""
 
 
 class MeetingSession:
@@ -84,15 +82,16 @@ class MeetingSession:
     from a joined :class:`SignalingClient` and its :class:`MediaClient` and run with
     :meth:`run` by an owner that closes both once ``run`` returns. With a ``connector`` (and
     ``resume_grace_s`` > 0) it reconnects lost connections by itself (docs/protocol.md §13);
-    without one a lost connection ends it with CONNECTION_LOST.
+    without one a lost connection ends it with CONNECTION_LOST. With a ``rejoiner`` too (and
+    ``rejoin_window_s`` > 0) it rejoins through the GC when resuming cannot succeed.
 
     Attributes: ``meeting_id``, ``participant_id`` (this session's), ``role`` (from the join
     token; None if unreadable), ``participants`` (the *other* participants' ids →
     :class:`ParticipantInfo`, always up to date: it starts from the JoinResponse and the
     events say what changed since), ``events`` (:class:`EventStream`), ``publications``,
     ``connection`` (CONNECTED, or RECONNECTING while a lost connection is being brought back),
-    ``reconnects`` (outages recovered), ``end_reason`` / ``end_message`` / ``ended`` (a
-    trio.Event) once the session is over.
+    ``reconnects`` (outages recovered), ``rejoins`` (of them, by a rejoin: a new
+    ``participant_id``), ``end_reason`` / ``end_message`` / ``ended`` (a trio.Event).
     """
 
     def __init__(
@@ -106,23 +105,31 @@ class MeetingSession:
         subscription_buffer: int = SUBSCRIPTION_BUFFER,
         connector: Connector | None = None,
         resume_grace_s: float = RESUME_GRACE_S,
+        rejoiner: Rejoiner | None = None,
+        rejoin_window_s: float = REJOIN_WINDOW_S,
     ) -> None:
         self.meeting_id = meeting_id
         self.participant_id: str = signaling.join_response.participant_id
         self.role = role
-        self._link = Link(self, signaling, media, connector=connector, grace_s=resume_grace_s)
+        self._link = Link(
+            self,
+            signaling,
+            media,
+            connector=connector,
+            grace_s=resume_grace_s,
+            rejoiner=rejoiner,
+            rejoin_window_s=rejoin_window_s,
+        )
         self._publishing = Publishing()
         self._roster = Roster(self.participant_id, signaling.join_response.existing_participants)
+        self._subscribing = Subscribing()
         self.participants: Mapping[str, ParticipantInfo] = self._roster.participants
         self.events = EventStream(self, max(1, event_buffer))
         self.subscription_buffer = subscription_buffer
-        self._routes: dict[bytes, Subscription] = {}  # 16-byte wire id → subscription
-        self._subscriptions: dict[str, Subscription] = {}
         self.publications: dict[str, Publication] = self._publishing.publications
         self.end_reason: LeaveReason | None = None
         self.end_message = ""
         self.ended = trio.Event()
-        self.unrouted_frames = 0  # frames of no live subscription (late, after unsubscribe)
         self._calls: set[trio.CancelScope] = set()  # requests waiting for their reply
         self._handlers: dict[str, Callable[[sig.ServerMessage], None]] = {
             "participant_joined": self._on_joined,
@@ -138,7 +145,7 @@ class MeetingSession:
 
     @property
     def _signaling(self) -> SignalingLink:
-        return self._link.signaling
+        return self._link.signaling  # the current one
 
     @property
     def _media(self) -> MediaLink:
@@ -153,15 +160,25 @@ class MeetingSession:
 
     @property
     def reconnects(self) -> int:
-        """Outages this session recovered from (each a Resumed event)."""
+        """Outages this session recovered from (each a Resumed or Rejoined event)."""
         return self._link.reconnects
+
+    @property
+    def rejoins(self) -> int:
+        """Outages this session recovered from by a rejoin (each a Rejoined event)."""
+        return self._link.rejoins
+
+    @property
+    def unrouted_frames(self) -> int:
+        """Frames of no live subscription (late, after an unsubscribe), dropped."""
+        return self._subscribing.unrouted
 
     def ended_error(self) -> SessionEnded:
         """The exception that says why the session ended (call once it has)."""
         reason = self.end_reason if self.end_reason is not None else LeaveReason.CONNECTION_LOST
         return SessionEnded(reason, self.end_message, session=self)
 
-    def _finish(self, reason: LeaveReason, message: str = "") -> None:
+    def finish(self, reason: LeaveReason, message: str = "") -> None:
         """End the session (idempotent: the first reason wins): every waiting call and
         iterator learns it, and :meth:`run` returns so that its owner closes the connections."""
         if self.end_reason is not None:
@@ -171,26 +188,18 @@ class MeetingSession:
         if self._link.reconnecting and reason is not LeaveReason.VOLUNTARY:
             self.events._put(Lost(reason, self.end_message))
         self.events._close()
-        for subscription in list(self._subscriptions.values()):
-            subscription._end()
-        self._routes.clear()
+        self._subscribing.end_all()
         for call in self._calls:
             call.cancel()
         self.ended.set()
 
-    async def _settle(self) -> None:
+    async def settle(self) -> None:
         """A connection broke under a call: give the readers SETTLE_S to learn why."""
         if self.end_reason is None:
             with trio.move_on_after(SETTLE_S):
                 await self.ended.wait()
 
     # -- what the link tells the session (LinkOwner) -----------------------------------------
-    def finish(self, reason: LeaveReason, message: str = "") -> None:
-        self._finish(reason, message)
-
-    async def settle(self) -> None:
-        await self._settle()
-
     def put_event(self, event: SessionEvent) -> None:
         self.events._put(event)
 
@@ -200,20 +209,38 @@ class MeetingSession:
             handler(message)
 
     def on_frame(self, frame: Frame) -> None:
-        subscription = self._routes.get(frame.stream_id_bytes)
-        if subscription is None:
-            self.unrouted_frames += 1
-        else:
-            subscription._deliver(frame)
+        self._subscribing.deliver(frame)
 
     def on_resumed(self, join: sig.JoinResponse) -> None:
         """Catch up with what happened while the signaling connection was lost."""
         for event in self._roster.resync(join.existing_participants):
             if isinstance(event, ParticipantLeft):
-                self._drop_streams(s.stream_id for s in event.participant.streams)
+                self._subscribing.drop_streams(s.stream_id for s in event.participant.streams)
             elif isinstance(event, StreamUnpublished):
-                self._drop_streams([event.stream.stream_id])
+                self._subscribing.drop_streams([event.stream.stream_id])
             self.events._put(event)
+        self._subscribing.changed()
+
+    def on_rejoined(self, join: sig.JoinResponse, join_token: str, reason: LeaveReason) -> None:
+        """Joined again as a new participant (docs/protocol.md §13): its id, its role and the
+        room as the new MC has it (the old room's participants left with ``reason``)."""
+        old = self.participant_id
+        self.participant_id = self._roster.own_id = join.participant_id
+        self.role = role_of(join_token) or self.role
+        room = [p for p in join.existing_participants if p.participant_id != old]
+        for event in self._roster.resync(room, left_reason=reason):
+            self.events._put(event)  # the subscriptions stay: their streams may come back
+        self._publishing.rejoined()
+        self._subscribing.rejoined()
+
+    async def restore(self, signaling: SignalingLink) -> None:
+        """After a rejoin, on its signaling connection: publish again, then subscribe again to
+        the streams already back (the others as they come). Raises the Broken errors."""
+        await self._publishing.republish(signaling.request)
+        await self._subscribing.restore(self._present, signaling.request)
+
+    def _present(self, stream_id: str) -> bool:
+        return self._roster.stream(stream_id) is not None
 
     def on_media_down(self) -> None:
         self._publishing.pause()
@@ -223,19 +250,6 @@ class MeetingSession:
         needs a key frame (a KeyFrameRequest event for the application)."""
         for stream_id in await self._publishing.rebind(media):
             self.events._put(KeyFrameRequest(stream_id))
-
-    def _drop(self, subscription: Subscription) -> None:
-        subscription._end()
-        if self._subscriptions.get(subscription.stream_id) is subscription:
-            del self._subscriptions[subscription.stream_id]
-        for key in subscription.keys:
-            if self._routes.get(key) is subscription:
-                del self._routes[key]
-
-    def _drop_streams(self, stream_ids: Iterable[str]) -> None:
-        for stream_id in stream_ids:
-            if (subscription := self._subscriptions.get(stream_id)) is not None:
-                self._drop(subscription)
 
     async def run(
         self, *, task_status: trio.TaskStatus[MeetingSession] = trio.TASK_STATUS_IGNORED
@@ -252,6 +266,7 @@ class MeetingSession:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._link.run_signaling)
             nursery.start_soon(self._link.run_media)
+            nursery.start_soon(self._subscribing.run_restores, self._present, self._request)
             task_status.started(self)
             await self.ended.wait()
             nursery.cancel_scope.cancel()
@@ -263,7 +278,7 @@ class MeetingSession:
 
     def _on_left(self, m: sig.ServerMessage) -> None:
         event = self._roster.left(m.participant_left)
-        self._drop_streams(s.stream_id for s in event.participant.streams)
+        self._subscribing.drop_streams(s.stream_id for s in event.participant.streams)
         self.events._put(event)
 
     def _on_updated(self, m: sig.ServerMessage) -> None:
@@ -273,13 +288,13 @@ class MeetingSession:
     def _on_published(self, m: sig.ServerMessage) -> None:
         if (event := self._roster.published(m.stream_published)) is not None:
             self.events._put(event)
+            self._subscribing.changed()
 
     def _on_unpublished(self, m: sig.ServerMessage) -> None:
         event = self._roster.unpublished(m.stream_unpublished)
         if event is None:
             return
-        if (subscription := self._subscriptions.get(event.stream.stream_id)) is not None:
-            self._drop(subscription)
+        self._subscribing.drop_streams([event.stream.stream_id])
         self.events._put(event)
 
     def _on_quality(self, m: sig.ServerMessage) -> None:
@@ -318,7 +333,7 @@ class MeetingSession:
                         self._link.signaling is not signaling or self._link.reconnecting
                     ):
                         raise RequestInterrupted("connection lost; reconnecting") from exc
-                    self._finish(LeaveReason.CONNECTION_LOST, "signaling connection lost")
+                    self.finish(LeaveReason.CONNECTION_LOST, "signaling connection lost")
                     raise self.ended_error() from exc
         finally:
             self._calls.discard(call)
@@ -332,9 +347,9 @@ class MeetingSession:
         if self.end_reason is None:
             try:
                 with trio.move_on_after(LEAVE_GRACE_S):
-                    await self._signaling.leave()
+                    await self._link.signaling.leave()
             finally:
-                self._finish(LeaveReason.VOLUNTARY)
+                self.finish(LeaveReason.VOLUNTARY)
         assert self.end_reason is not None
         return self.end_reason
 
@@ -370,23 +385,19 @@ class MeetingSession:
             framerate=framerate,
             layers=layers,
         )
-        await self._request(
-            sig.ClientMessage(
-                publish=sig.PublishStream(
-                    stream_id=sid, stream_type=stream_type_to_pb(stream_type), metadata=metadata
-                )
-            )
-        )
         wires = [la.layer_id for la in layers] or [sid]
-        publication = Publication(self, sid, stream_type, {}, close=self._unpublish, wires=wires)
+        publication = Publication(
+            self, sid, stream_type, {}, close=self._unpublish, wires=wires, metadata=metadata
+        )
+        await self._request(announcement(publication))
         self._publishing.add(publication)
         try:
-            await self._publishing.attach(publication, self._media)
+            await self._publishing.attach(publication, self._link.media)
         except Broken:
             # The media connection went: the link gives the publication its streams on the
             # next one (send_frame follows the reconnection policy meanwhile) or the session
             # ends.
-            await self._settle()
+            await self.settle()
             if self.end_reason is not None and self.end_reason is not LeaveReason.VOLUNTARY:
                 raise self.ended_error() from None
         return publication
@@ -412,33 +423,30 @@ class MeetingSession:
         layers) go to the returned :class:`Subscription` only. Frames that arrive before the
         MC's acknowledgement are kept. Raises Conflict if already subscribed, the MC's
         ``DarkTowerError`` (NotFound, InvalidRequest), SessionEnded once the session is over."""
-        if stream_id in self._subscriptions:
+        if stream_id in self._subscribing.subscriptions:
             raise Conflict(f"already subscribed to {stream_id}")
         known = self._roster.stream(stream_id)
         keys = wire_keys(stream_id, known.layer_ids if known else ())
         size = buffer if buffer is not None else self.subscription_buffer
-        subscription = Subscription(self, stream_id, keys, max(1, size), close=self._unsubscribe)
+        options = sig.SubscriptionOptions(preferred_layer=preferred_layer, max_bitrate=max_bitrate)
+        subscription = Subscription(
+            self, stream_id, keys, max(1, size), close=self._unsubscribe, options=options
+        )
         # Registered first: the MH may send frames before the MC's Ack reaches us.
-        self._subscriptions[stream_id] = subscription
-        self._routes.update(dict.fromkeys(keys, subscription))
+        self._subscribing.add(subscription)
         try:
             await self._request(
                 sig.ClientMessage(
-                    subscribe=sig.SubscribeStream(
-                        stream_id=stream_id,
-                        options=sig.SubscriptionOptions(
-                            preferred_layer=preferred_layer, max_bitrate=max_bitrate
-                        ),
-                    )
+                    subscribe=sig.SubscribeStream(stream_id=stream_id, options=options)
                 )
             )
         except BaseException:
-            self._drop(subscription)
+            self._subscribing.drop(subscription)
             raise
         return subscription
 
     async def _unsubscribe(self, subscription: Subscription) -> None:
-        self._drop(subscription)
+        self._subscribing.drop(subscription)
         with trio.move_on_after(CLOSE_GRACE_S, shield=True):
             await self._quietly(
                 sig.ClientMessage(
@@ -451,7 +459,7 @@ class MeetingSession:
         if self.end_reason is not None:
             return
         try:
-            await self._signaling.request(message)
+            await self._link.signaling.request(message)
         except Exception:
             pass
 
@@ -486,7 +494,7 @@ class MeetingSession:
         except SessionEnded as exc:
             if exc.reason is not LeaveReason.MEETING_ENDED:
                 raise
-        await self._settle()  # the reader ends the session on the SessionEnded that answered
+        await self.settle()  # the reader ends the session on the SessionEnded that answered
 
 
 __all__ = ["MeetingSession", "RequestInterrupted"]

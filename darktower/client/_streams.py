@@ -16,6 +16,8 @@ import trio
 
 from darktower.frames import Frame, FrameFlags, FrameType
 from darktower.model import LeaveReason, StreamType
+from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
 from ._events import RECONNECT_SEND_WAIT_S, SETTLE_S, SessionEnded, SessionEvent
 from ._media import MediaPublisher
@@ -122,10 +124,12 @@ class Subscription(_Ending):
         size: int,
         *,
         close: Callable[[Subscription], Awaitable[None]],
+        options: sig.SubscriptionOptions | None = None,
     ) -> None:
         self._session = session
         self._close = close  # unsubscribes at the MC
         self.stream_id = stream_id
+        self.options = options or sig.SubscriptionOptions()  # as asked (made again so)
         self.keys = tuple(keys)
         self._send, self._receive = trio.open_memory_channel[Frame](size)
         self._await_key = False  # video frames were dropped: skip deltas until a key frame
@@ -219,11 +223,13 @@ class Publication:
         *,
         close: Callable[[Publication], Awaitable[None]],
         wires: Sequence[str] = (),
+        metadata: common_pb2.StreamMetadata | None = None,
     ) -> None:
         self._session = session
         self._close = close  # finishes the media streams and unpublishes at the MC
         self.stream_id = stream_id
         self.stream_type = stream_type
+        self.metadata = metadata or common_pb2.StreamMetadata()  # as published (again so)
         # Wire stream ids: the stream's, or one per simulcast layer.
         self.wires = tuple(wires) or tuple(publishers) or (stream_id,)
         self.publishers = dict(publishers)  # wire stream id → its media stream, while connected

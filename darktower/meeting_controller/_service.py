@@ -251,7 +251,7 @@ async def serve(
         registration.keeper.beat_now()  # the GC hears at once that we take no more meetings
         handed = hand_over(controller)
         logger.info("participants handed over", extra=fields(participants=handed))
-        # Every participant has its reason now: the meetings' end below gives none MEETING_ENDED.
-        tree.drain(settings.drain_grace_s)
+        # The meetings close here with the same reason: they go on elsewhere, nothing ended.
+        tree.drain(settings.drain_grace_s, LeaveReason.SERVER_SHUTDOWN)
         await tree.wait_closed()
         nursery.cancel_scope.cancel(reason="meeting controller shut down")
