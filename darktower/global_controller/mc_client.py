@@ -31,6 +31,17 @@ END_MESSAGE = "The meeting was ended by its host."
 KICK_MESSAGE = "You were removed from the meeting by its host."
 
 
+def meeting_config(meeting: MeetingRecord) -> mc_pb.MeetingConfig:
+    """What an MC needs to hold ``meeting`` (``AssignMeeting``, a heartbeat reply's
+    ``unlisted_meetings``)."""
+    return mc_pb.MeetingConfig(
+        display_name=meeting.display_name,
+        max_participants=meeting.max_participants,
+        enable_e2e_encryption=meeting.settings.enable_e2e_encryption,
+        recording_enabled=meeting.settings.recording_enabled,
+    )
+
+
 def _split(endpoint: str) -> tuple[str, int]:
     try:
         return split_host_port(endpoint)
@@ -110,15 +121,7 @@ class GrpcMeetingControllers:
         await self._call(
             controller,
             "AssignMeeting",
-            mc_pb.AssignMeeting(
-                meeting_id=meeting.meeting_id,
-                config=mc_pb.MeetingConfig(
-                    display_name=meeting.display_name,
-                    max_participants=meeting.max_participants,
-                    enable_e2e_encryption=meeting.settings.enable_e2e_encryption,
-                    recording_enabled=meeting.settings.recording_enabled,
-                ),
-            ),
+            mc_pb.AssignMeeting(meeting_id=meeting.meeting_id, config=meeting_config(meeting)),
         )
 
     async def end_meeting(self, controller: ControllerRecord, meeting_id: MeetingId) -> None:

@@ -3,8 +3,8 @@
 Rules, in order (each decided here and covered by ``tests/global_controller/test_placement.py``):
 
 1. **Eligible** controllers are alive (a heartbeat within ``heartbeat_expiry_s`` of ``now``;
-   an older one counts as ``UNHEALTHY`` whatever it last reported), not ``UNHEALTHY``, and have
-   room: ``current_meetings < max_meetings`` and ``current_participants < max_participants``
+   an older one counts as ``UNHEALTHY`` whatever it last reported), not ``UNHEALTHY``, not
+   draining (docs/protocol.md §14), and have room: ``current_meetings < max_meetings`` and ``current_participants < max_participants``
    (a zero maximum means no room: such a controller is misconfigured, not unlimited).
    No eligible controller raises :class:`~darktower.errors.CapacityExceeded` (the GC answers 503).
 2. **Health**: a ``DEGRADED`` controller is used only when no ``HEALTHY`` one has room, in any
@@ -43,6 +43,7 @@ class ControllerView:
     max_participants: int
     current_participants: int
     last_heartbeat: float  # on the same clock as ``now``
+    draining: bool = False  # it said it drains: nothing new goes there
 
 
 def to_view(record: ControllerRecord) -> ControllerView:
@@ -56,6 +57,7 @@ def to_view(record: ControllerRecord) -> ControllerView:
         max_participants=record.capacity.max_participants,
         current_participants=record.capacity.current_participants,
         last_heartbeat=record.last_heartbeat.timestamp(),
+        draining=record.draining,
     )
 
 
@@ -119,15 +121,17 @@ def place_meeting(
         v
         for v in views
         if effective_health(v, now, heartbeat_expiry_s) is not HealthStatus.UNHEALTHY
+        and not v.draining
         and has_room(v)
     ]
     if not eligible:
         down = sum(
-            effective_health(v, now, heartbeat_expiry_s) is HealthStatus.UNHEALTHY for v in views
+            effective_health(v, now, heartbeat_expiry_s) is HealthStatus.UNHEALTHY or v.draining
+            for v in views
         )
         raise CapacityExceeded(
-            f"no healthy meeting controller with spare capacity "
-            f"({len(views)} registered, {down} unhealthy or silent, {len(views) - down} full)",
+            f"no healthy meeting controller with spare capacity ({len(views)} registered, "
+            f"{down} unhealthy, silent or draining, {len(views) - down} full)",
             details={"registered": str(len(views)), "unhealthy": str(down)},
         )
     return min(

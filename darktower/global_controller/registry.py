@@ -3,9 +3,13 @@ sweeper.
 
 MCs register (getting the join-token public key, the heartbeat interval and the token
 audience) and heartbeat (capacity, health, per-meeting participant counts, meetings that ended
-on them), each only as the controller id its cluster certificate names: a controller id cannot
-be taken over by another certificate (docs/architecture.md §8). The sweeper marks controllers that stopped heartbeating UNHEALTHY and their meetings
-CONTROLLER_LOST, so a dead MC's meetings are reported as such, never silently lost.
+on them, whether they drain), each only as the controller id its cluster certificate names: a
+controller id cannot be taken over by another certificate (docs/architecture.md §8). A
+heartbeat that lists every meeting live on its MC is reconciled with the store: the reply
+names the listed meetings the GC has ended or moved, and the GC's active meetings on that MC
+that it lacks (docs/protocol.md §14). The sweeper marks controllers that stopped heartbeating
+UNHEALTHY and their meetings CONTROLLER_LOST (moved to a live MC at their next join), never
+within one heartbeat timeout of the GC's own start.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from darktower.global_controller._limits import (
     MAX_ENDPOINT_LENGTH,
     MAX_MEETINGS_PER_HEARTBEAT,
 )
+from darktower.global_controller.mc_client import END_MESSAGE, meeting_config
 from darktower.global_controller.service import GlobalController
 from darktower.global_controller.store import ControllerCapacity, EndReason, HealthStatus
 from darktower.logs import fields
@@ -28,6 +33,19 @@ from darktower.protocol.pb.v1 import registry_pb2 as pb
 from darktower.servicekit import ServiceRole, require_peer
 
 log = logging.getLogger("darktower.gc.registry")
+
+# Why a heartbeat reply tells an MC to end a meeting it listed (``EndedMeeting.reason``):
+# the store's end reason, or one of these two; and what its participants are told.
+MOVED = "moved"  # the GC placed it on another MC (its own was lost or drained): it goes on
+UNKNOWN = "unknown"  # the GC has no such meeting
+END_MESSAGES = {
+    EndReason.OWNER.value: END_MESSAGE,
+    EndReason.EMPTY.value: "the meeting stayed empty",
+    EndReason.CONTROLLER.value: "the meeting has ended",
+    EndReason.NOT_PLACED.value: "the meeting could not be placed",
+    MOVED: "the meeting moved to another meeting controller: join it again",
+    UNKNOWN: "the meeting does not exist",
+}
 
 
 def _capacity(msg: pb.ControllerCapacity) -> ControllerCapacity:
@@ -114,14 +132,56 @@ class ControllerRegistry:
         except ValueError:
             raise InvalidRequest(f"unknown health status {request.health}") from None
         counts = {MeetingId(m.meeting_id): m.participant_count for m in request.meetings}
+        cached = (await self._gc.directory.records()).get(controller_id)
         await self._gc.store.record_heartbeat(
-            controller_id, _capacity(request.capacity), health, counts
+            controller_id, _capacity(request.capacity), health, counts, draining=request.draining
         )
-        # The GC's controller cache is not invalidated here: heartbeats come all the time, and
-        # placement on figures up to CONTROLLER_CACHE_S old is good enough.
-        for meeting_id in request.ended_meeting_ids:
-            await self._end_reported(controller_id, MeetingId(meeting_id))
-        return pb.HeartbeatResponse(join_token_keys=self._join_keys())
+        # The GC's controller cache is not invalidated for every heartbeat: they come all the
+        # time, and placement on figures up to CONTROLLER_CACHE_S old is good enough. A
+        # controller that starts draining must get nothing new from now on, though.
+        if cached is None or cached.draining != request.draining:
+            self._gc.directory.changed()
+            if request.draining:
+                log.info("meeting controller draining", extra=fields(controller=controller_id))
+        # A draining MC's meetings go on elsewhere: what it ends while draining, it ends for
+        # itself (its participants rejoin through us).
+        if not request.draining:
+            for meeting_id in request.ended_meeting_ids:
+                await self._end_reported(controller_id, MeetingId(meeting_id))
+        reply = pb.HeartbeatResponse(join_token_keys=self._join_keys())
+        if request.lists_all_meetings:
+            await self._reconcile(controller_id, list(counts), reply)
+        return reply
+
+    async def _reconcile(
+        self, controller_id: ControllerId, listed: list[MeetingId], reply: pb.HeartbeatResponse
+    ) -> None:
+        view = await self._gc.store.reconcile_controller(controller_id, listed)
+        ends = [(m.meeting_id, (m.end_reason or EndReason.OWNER).value) for m in view.ended]
+        ends += [(m.meeting_id, MOVED) for m in view.elsewhere]
+        ends += [(meeting_id, UNKNOWN) for meeting_id in view.unknown]
+        reply.reconciled = True
+        reply.ended_meetings.extend(
+            pb.EndedMeeting(
+                meeting_id=meeting_id,
+                reason=reason,
+                message=END_MESSAGES.get(reason, END_MESSAGES[EndReason.CONTROLLER.value]),
+            )
+            for meeting_id, reason in ends
+        )
+        reply.unlisted_meetings.extend(
+            pb.AssignedMeeting(meeting_id=m.meeting_id, config=meeting_config(m))
+            for m in view.unlisted
+        )
+        if ends or view.unlisted:
+            log.info(
+                "meeting controller reconciled",
+                extra=fields(
+                    controller=controller_id,
+                    ended=",".join(f"{m}:{r}" for m, r in ends),
+                    unlisted=len(view.unlisted),
+                ),
+            )
 
     async def _end_reported(self, controller_id: ControllerId, meeting_id: MeetingId) -> None:
         # Only the meeting's own controller may end it this way.
@@ -134,8 +194,13 @@ class ControllerRegistry:
 
 
 async def sweep_once(gc: GlobalController) -> list[ControllerId]:
-    """One sweep; returns the controllers newly expired."""
-    cutoff = datetime.fromtimestamp(gc.now() - gc.heartbeat_timeout_s, UTC)
+    """One sweep; returns the controllers newly expired. Within one heartbeat timeout of the
+    GC's start it expires nothing: an MC heard before a restart of the GC has that long to be
+    heard again (docs/protocol.md §14)."""
+    now = gc.now()
+    if now < gc.started_at + gc.heartbeat_timeout_s:
+        return []
+    cutoff = datetime.fromtimestamp(now - gc.heartbeat_timeout_s, UTC)
     expired = await gc.store.expire_controllers(cutoff)
     if expired:
         gc.directory.changed()

@@ -37,12 +37,12 @@ from darktower.global_controller._limits import (
     MAX_PLACEMENT_ATTEMPTS,
     MAX_REVOKED_TOKENS,
 )
+from darktower.global_controller._moves import controller_for_join, ended
 from darktower.global_controller._tokens import AccessGate, Tokens, token_id
 from darktower.global_controller.store import (
     ControllerRecord,
     EndReason,
     MeetingRecord,
-    MeetingStatus,
     NewMeeting,
     Store,
 )
@@ -80,7 +80,8 @@ class GlobalController:
     """The GC's operations on meetings. Owns no task; every method is one request's work.
 
     ``access`` checks access tokens and hands them out; ``directory`` is the registered
-    controllers (call ``directory.changed()`` after storing a registration or an expiry).
+    controllers (call ``directory.changed()`` after storing a registration or an expiry);
+    ``started_at`` is when it was made (the clock's seconds).
     """
 
     def __init__(
@@ -109,6 +110,10 @@ class GlobalController:
         self.kick_ban_s = kick_ban_s  # what ?ban=true means
         self.access = AccessGate(store, tokens, self.now)
         self.directory = ControllerDirectory(store)
+        # No controller is declared lost before one heartbeat timeout from here: an MC that
+        # heartbeated while this GC was down (restarting) gets the time to do it again
+        # (``registry.sweep_once``; docs/protocol.md §14).
+        self.started_at = self.now()
 
     def now(self) -> float:
         return self.clock()
@@ -231,19 +236,15 @@ class GlobalController:
         address: str = "",
     ) -> dict[str, Any]:
         """A join token: host for the owner, else guest. ``require_auth`` meetings need an
-        access token (``Unauthorized``); an ended meeting is ``Conflict``; a meeting whose
-        controller is lost is ``CapacityExceeded`` (503: try again later)."""
+        access token (``Unauthorized``); an ended meeting is ``Conflict``. A meeting whose
+        controller is lost, draining or gone is first moved to a live one (``_moves.py``;
+        ``CapacityExceeded``, 503, when none takes it: try again later)."""
         meeting = await self.store.get_meeting(meeting_id)
         if not meeting.is_active:
-            raise Conflict(f"meeting {meeting_id} has ended", details={"status": "ended"})
+            raise ended(meeting)
         if meeting.settings.require_auth and caller is None:
             raise Unauthorized(f"meeting {meeting_id} requires an access token to join")
-        if meeting.status is MeetingStatus.CONTROLLER_LOST:
-            raise CapacityExceeded(
-                f"the meeting controller of meeting {meeting_id} is not responding",
-                details={"status": meeting.status.value},
-            )
-        controller = await self.directory.controller_of(meeting)
+        meeting, controller = await controller_for_join(self, meeting)
         role = Role.HOST if caller is not None and caller.client_id == meeting.owner else Role.GUEST
         now = self.now()
         token = self.tokens.join.issue(
