@@ -3,7 +3,8 @@
 Settings default to these where an operator may tune them (``settings.py``). Kept beside
 their code: the store's bounds (``store/_protocol.py`` MAX_LIST_ROWS, ``store/_worker.py``,
 ``store/_base.py`` DEFAULT_POOL_SIZE), the HTTP listeners' (``transport/_http_limits.py``),
-the request rate limit (``protocol/ratelimit.py``) and the heartbeat timing
+the request rate limit (``protocol/ratelimit.py``; its buckets in the store, shared by
+replicas: ``_rate_limit.py``), a meeting's moves (``_moves.py``) and the heartbeat timing
 (``protocol/heartbeats.py``).
 """
 

@@ -5,7 +5,8 @@ with the status of the project's error table -- also unknown routes (404 NOT_FOU
 methods (405 INVALID_REQUEST), too large bodies (413 INVALID_REQUEST) and malformed JSON
 (400 INVALID_REQUEST); nothing else (no traceback, no HTML) is ever sent. Every ``/api/``
 response carries the ``X-RateLimit-*`` headers of its client (the client id of a valid access
-token, else the peer address); over the limit: 429 RATE_LIMITED with ``Retry-After``.
+token, else the peer address), counted in the store so the limit holds across replicas; over
+the limit: 429 RATE_LIMITED with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from darktower.errors import (
 from darktower.global_controller._handlers import ApiRequest, DevCertificate, Reply, RestHandlers
 from darktower.global_controller._limits import MAX_BODY_BYTES
 from darktower.global_controller._metrics import GcMetrics
+from darktower.global_controller._rate_limit import LocalRateLimiter, RequestLimiter
 from darktower.global_controller.service import GlobalController
 from darktower.global_controller.web import load_web_files
 from darktower.protocol import error_body, http_status
@@ -108,15 +110,17 @@ def _api_request() -> ApiRequest:
 def create_app(
     gc: GlobalController,
     *,
-    limiter: KeyedRateLimiter,
+    limiter: RequestLimiter | KeyedRateLimiter,
     metrics: GcMetrics,
     certificate: DevCertificate | None = None,
     dev_credentials: dict[str, str] | None = None,
     is_ready: Any = None,
 ) -> QuartTrio:
     """The app: :class:`RestHandlers` on their routes, with the access check, rate limit,
-    security headers, metrics and error bodies around them. ``is_ready()`` (default: always)
-    answers ``/readyz``. The app owns no task."""
+    security headers, metrics and error bodies around them. ``limiter`` is the GC's shared
+    one (``_rate_limit.SharedRateLimiter``) or a process's own. ``is_ready()`` (default:
+    always) answers ``/readyz``. The app owns no task."""
+    rate_limiter = LocalRateLimiter(limiter) if isinstance(limiter, KeyedRateLimiter) else limiter
     app = QuartTrio("darktower.global_controller")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["PROPAGATE_EXCEPTIONS"] = False
@@ -143,12 +147,14 @@ def create_app(
         claims = g.get("claims")
         # A bad token is counted per address; the handler reports it.
         client_id = claims.client_id if isinstance(claims, AccessClaims) else None
-        decision = limiter.hit(client_key(client_id, request.remote_addr or "?"), gc.now())
+        decision = await rate_limiter.hit(
+            client_key(client_id, request.remote_addr or "?"), gc.now()
+        )
         g.rate = decision
         if not decision.allowed:
             raise RateLimited(
                 "too many requests: at most "
-                f"{limiter.limit} per minute; retry in {decision.retry_after_s} s",
+                f"{rate_limiter.limit} per minute; retry in {decision.retry_after_s} s",
                 retry_after_s=decision.retry_after_s,
             )
 

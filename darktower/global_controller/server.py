@@ -20,6 +20,7 @@ from darktower.global_controller import keys
 from darktower.global_controller._controllers import MeetingControllers
 from darktower.global_controller._limits import RPC_STOP_GRACE_S
 from darktower.global_controller._metrics import GcMetrics, refresh_gauges
+from darktower.global_controller._rate_limit import SharedRateLimiter
 from darktower.global_controller._tokens import Tokens
 from darktower.global_controller.api import DevCertificate, create_app
 from darktower.global_controller.mc_client import GrpcMeetingControllers
@@ -31,7 +32,6 @@ from darktower.logs import fields
 from darktower.metrics import Registry, count_refusals
 from darktower.protocol.addresses import netloc
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryBase
-from darktower.protocol.ratelimit import KeyedRateLimiter
 from darktower.protocol.tokens import (
     AccessTokenIssuer,
     AccessTokenVerifier,
@@ -115,14 +115,18 @@ async def open_gc_store(settings: Settings, clock: Clock = time.time) -> AsyncIt
         yield store
 
 
-async def _housekeeping(gc: GlobalController, metrics: GcMetrics, interval_s: float) -> None:
-    # Expire silent controllers, end empty meetings and refresh the gauges, forever; a failing database is
-    # logged and retried at the next round rather than taking the GC down.
+async def _housekeeping(
+    gc: GlobalController, metrics: GcMetrics, limiter: SharedRateLimiter, interval_s: float
+) -> None:
+    # Expire silent controllers, end empty meetings, purge expired rows and full rate-limit
+    # buckets and refresh the gauges, forever; a failing database is logged and retried at
+    # the next round rather than taking the GC down.
     while True:
         try:
             await sweep_once(gc)
             await gc.end_empty_meetings()
             await gc.store.purge_expired()
+            await limiter.purge(gc.now())
             await refresh_gauges(
                 metrics, gc.store, now=gc.now(), heartbeat_timeout_s=gc.heartbeat_timeout_s
             )
@@ -188,9 +192,11 @@ async def serve(
             empty_meeting_timeout_s=settings.empty_meeting_timeout_s,
             kick_ban_s=settings.kick_ban_s,
         )
+        # Shared through the store: the limit holds across replicas (docs/protocol.md §1.3).
+        limiter = SharedRateLimiter(store, settings.rate_limit_per_min)
         app = create_app(
             gc,
-            limiter=KeyedRateLimiter(settings.rate_limit_per_min),
+            limiter=limiter,
             metrics=metrics,
             certificate=DevCertificate(tls.credentials.sha256, tls.generated),
             dev_credentials=_dev_credentials(settings),
@@ -244,7 +250,7 @@ async def serve(
                     shutdown_grace_s=RPC_STOP_GRACE_S,
                 )
             )
-            nursery.start_soon(_housekeeping, gc, metrics, settings.heartbeat_interval_s)
+            nursery.start_soon(_housekeeping, gc, metrics, limiter, settings.heartbeat_interval_s)
             url = f"https://{netloc(settings.host, port)}"
             grpc_endpoint = netloc(settings.grpc_host, grpc_port)
             gc.public_url = (settings.public_url or url).rstrip("/")
