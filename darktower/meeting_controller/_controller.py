@@ -416,7 +416,7 @@ class MeetingController:
                 raise
             await self.refresh_keys()  # the GC may have rotated its key since our last beat
             claims = self.verifier.verify(join.join_token, meeting_id=meeting_id, now=time.time())
-        room = self.room(meeting_id)
+        room = await self._room_to_join(meeting_id)
         if len(room.members) >= room.scope.max_participants:
             raise CapacityExceeded(f"meeting {meeting_id} is full")
         room.claim_token(claims.token_id, time.time())
@@ -469,3 +469,17 @@ class MeetingController:
         )
         room.next_key_id += 1
         return room, member, recv
+
+    # -- reconciliation with the GC (docs/protocol.md §14) -----------------------------------
+    # Set by the Registration while it runs: the config of a meeting the GC has active here
+    # that this MC does not hold (it restarted), else None.
+    meeting_from_gc: Callable[[MeetingId], Awaitable[mtg_pb.MeetingConfig | None]] | None = None
+
+    async def _room_to_join(self, meeting_id: MeetingId) -> RoomState:
+        """The meeting's room, re-created first if the GC has it active here. NotFound."""
+        if meeting_id not in self.rooms and self.meeting_from_gc is not None:
+            config = await self.meeting_from_gc(meeting_id)
+            if config is not None:
+                await self.assign(meeting_id, config)
+                logger.info("meeting re-created for a join", extra=fields(meeting_id=meeting_id))
+        return self.room(meeting_id)

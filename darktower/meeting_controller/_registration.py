@@ -6,6 +6,13 @@ previous key keeps verifying until its ``not_after`` (docs/decisions.md, "Join k
 with an overlap"). An MC configured with a join key (``--join-public-key-file``) keeps it: a
 reply never replaces it (docs/decisions.md, "A configured join key is pinned"). The channel
 to the GC is mutual TLS and must reach a GC's certificate (docs/architecture.md §8).
+
+Each heartbeat lists every meeting live here and says whether the MC drains; the GC's reply is
+its view (docs/protocol.md §14): the MC ends the listed meetings the GC has ended (with the
+GC's reason and message) or moved to another MC (SERVER_SHUTDOWN: the meeting goes on there),
+and keeps the GC's active meetings it does not hold, so that a join for one re-creates it.
+The first heartbeat follows a registration at once (an MC restarted with its id reconciles at
+once).
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ import trio
 
 from darktower.errors import DarkTowerError
 from darktower.logs import fields
+from darktower.model import LEAVE_MESSAGES, LeaveReason, MeetingId
 from darktower.protocol.addresses import netloc
 from darktower.protocol.heartbeats import MC_HEARTBEAT_INTERVAL_S
 from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1 import registry_pb2 as pb
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryStub
 from darktower.protocol.tokens import (
@@ -43,6 +52,15 @@ from ._limits import (
 )
 
 logger = logging.getLogger("darktower.meeting_controller.registration")
+
+# A heartbeat reply's EndedMeeting.reason for a meeting the GC placed on another MC.
+MOVED = "moved"
+# Of a heartbeat reply, at most this many ended and unlisted meetings each are read (the GC
+# sends at most 1,000 unlisted; an MC holds at most MAX_MEETINGS); the rest is ignored.
+MAX_RECONCILED = 10_000
+# Longer ids name no meeting (the GC's are UUIDs); longer messages are cut.
+MAX_MEETING_ID = 128
+MAX_END_MESSAGE = 200
 
 
 def join_keys_from_pb(keys: Sequence[pb.JoinTokenKey]) -> tuple[JoinKey, ...]:
@@ -89,7 +107,10 @@ class Registration:
         self.max_participants = max_participants
         self.issuer = issuer
         self.leeway_s = leeway_s
-        self.draining = False
+        self.draining = False  # every heartbeat says so once set (the service's drain sets it)
+        self._drain_told = trio.Event()  # the GC answered a heartbeat that said so
+        # The GC's active meetings on this MC that the MC did not hold, as of its last reply.
+        self._unlisted: dict[MeetingId, mtg_pb.MeetingConfig] = {}
         self._gc = gc
         self._cluster = cluster
         self.pinned = pinned
@@ -171,6 +192,8 @@ class Registration:
                 for room in ctl.rooms.values()
             ],
             ended_meeting_ids=list(ctl.ended),
+            lists_all_meetings=True,
+            draining=self.draining,
         )
 
     def use_keys(self, keys: Sequence[pb.JoinTokenKey], legacy_pem: bytes, audience: str) -> None:
@@ -234,15 +257,17 @@ class Registration:
             check_peer=expect_peer(ServiceRole.GC) if cluster is not None else None,
         ) as channel:
             self._stub = ControllerRegistryStub(channel)
+            self.controller.meeting_from_gc = self.meeting_to_recreate
             try:
                 await self.keeper.run(self)
             finally:
                 self._stub = None
+                self.controller.meeting_from_gc = None
 
     async def register(self) -> float:
         """``RegisterMeetingController``; its join keys are in use on return. Returns the
-        heartbeat interval the GC asks for (0: unsaid)."""
-        asked = self._refresh
+        heartbeat interval the GC asks for (0: unsaid). The first heartbeat follows at once:
+        its reply, with the GC's view, ends a pending :meth:`refresh_keys`."""
         reply = await call(
             self._registry().RegisterMeetingController,
             pb.RegisterMeetingController(
@@ -257,7 +282,7 @@ class Registration:
         self._audience = reply.token_audience or self.controller.token_audience
         self._legacy_pem = reply.join_token_public_key_pem
         self.use_keys(reply.join_token_keys, self._legacy_pem, self._audience)
-        self._keys_in_use(asked)
+        self.keeper.beat_now()  # reconcile at once (docs/protocol.md §14)
         return reply.heartbeat_interval_ms / 1000
 
     async def heartbeat(self) -> None:
@@ -268,11 +293,66 @@ class Registration:
         answer = await call(self._registry().Heartbeat, beat, deadline_s=GC_CALL_DEADLINE_S)
         if answer.join_token_keys:  # an older GC sends none: keep ours
             self.use_keys(answer.join_token_keys, self._legacy_pem, self._audience)
-        self._keys_in_use(asked)
         # Reported ends are dropped only once the GC has them.
         reported = set(beat.ended_meeting_ids)
         ended = self.controller.ended
         ended[:] = [m for m in ended if m not in reported]
+        if answer.reconciled:  # an older GC sends no view
+            self.reconcile(answer)
+        self._keys_in_use(asked)  # (and the view: a join waiting for it goes on)
+        if beat.draining:
+            self._drain_told.set()
+
+    def reconcile(self, answer: pb.HeartbeatResponse) -> None:
+        """Apply the GC's view (docs/protocol.md §14): end the meetings it has ended or moved,
+        and remember its active meetings this MC does not hold."""
+        ctl = self.controller
+        for gone in answer.ended_meetings[:MAX_RECONCILED]:
+            room = ctl.rooms.get(MeetingId(gone.meeting_id))
+            if room is None or room.scope.ending:
+                continue
+            moved = gone.reason == MOVED
+            reason = LeaveReason.SERVER_SHUTDOWN if moved else LeaveReason.MEETING_ENDED
+            message = gone.message[:MAX_END_MESSAGE] or LEAVE_MESSAGES[reason]
+            logger.info(
+                "meeting ended: the GC has it ended or elsewhere",
+                extra=fields(
+                    meeting_id=room.id, reason=gone.reason, participants=len(room.members)
+                ),
+            )
+            room.end_message = message
+            if moved:  # it goes on at another MC: everyone rejoins it through the GC
+                for member in list(room.members.values()):
+                    member.end_message = member.end_message or message
+            room.scope.end(reason)
+        self._unlisted = {
+            MeetingId(m.meeting_id): m.config
+            for m in answer.unlisted_meetings[:MAX_RECONCILED]
+            if 0 < len(m.meeting_id) <= MAX_MEETING_ID
+        }
+
+    async def meeting_to_recreate(self, meeting_id: MeetingId) -> mtg_pb.MeetingConfig | None:
+        """The config of a meeting this MC does not hold that the GC has active here (it
+        restarted), for a join to re-create it; None if the GC says no such thing. Not in the
+        GC's last reply: asks again first (a heartbeat now, as :meth:`refresh_keys`: at most
+        one a second, waited for at most ``GC_CALL_DEADLINE_S``). A meeting that ended here
+        and that the GC has not heard of yet is not re-created."""
+        if meeting_id in self.controller.ended:
+            return None
+        if meeting_id not in self._unlisted:
+            await self.refresh_keys()
+        return self._unlisted.pop(meeting_id, None)
+
+    async def tell_draining(self) -> bool:
+        """Say in every heartbeat from now on that this MC drains, send one at once and wait
+        (at most ``GC_CALL_DEADLINE_S``) until the GC has answered one; returns whether it
+        did. The GC then places nothing new here and moves our meetings at their next join
+        (docs/protocol.md §14)."""
+        self.draining = True
+        self.keeper.beat_now()
+        with trio.move_on_after(GC_CALL_DEADLINE_S):
+            await self._drain_told.wait()
+        return self._drain_told.is_set()
 
     def _registry(self) -> ControllerRegistryStub:
         if self._stub is None:
