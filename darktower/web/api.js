@@ -20,7 +20,8 @@ export function setApiBase(base) {
   apiBase = base.replace(/\/$/, "");
 }
 
-async function call(method, path, { body, accessToken } = {}) {
+// `timeoutMs` (null: the browser's own) bounds the whole request: it then throws a TimeoutError.
+async function call(method, path, { body, accessToken, timeoutMs = null } = {}) {
   const headers = { accept: "application/json" };
   if (body !== undefined) headers["content-type"] = "application/json";
   if (accessToken) headers.authorization = `Bearer ${accessToken}`;
@@ -28,6 +29,7 @@ async function call(method, path, { body, accessToken } = {}) {
     method,
     headers,
     body: body === undefined ? undefined : JSON.stringify(body),
+    signal: timeoutMs === null ? undefined : AbortSignal.timeout(timeoutMs),
   });
   const text = await response.text();
   let data = null;
@@ -111,15 +113,24 @@ export async function createMeeting(accessToken, displayName, settings = {}) {
 }
 
 // docs/protocol.md §1.1 (GET /api/v1/meetings/{id}).
-export async function getMeeting(meetingId, accessToken) {
-  return call("GET", `/api/v1/meetings/${encodeURIComponent(meetingId)}`, { accessToken });
+export async function getMeeting(meetingId, accessToken, { timeoutMs = null } = {}) {
+  return call("GET", `/api/v1/meetings/${encodeURIComponent(meetingId)}`, {
+    accessToken,
+    timeoutMs,
+  });
 }
 
 // -> {meeting_id, join_token, role, meeting_controller_url}. With the owner's access token the
 // join token is a host's; without one, a guest's.
-export async function joinMeeting(meetingId, participantName, accessToken) {
+export async function joinMeeting(
+  meetingId,
+  participantName,
+  accessToken,
+  { timeoutMs = null } = {},
+) {
   return call("POST", `/api/v1/meetings/${encodeURIComponent(meetingId)}/join`, {
     accessToken,
+    timeoutMs,
     body: participantName ? { participant_name: participantName } : {},
   });
 }

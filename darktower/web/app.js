@@ -18,7 +18,8 @@
 //                                           WebTransport sessions there instead: a test puts
 //                                           a fault-injecting proxy between page and service
 //   darktower.state                         "idle" | "joining" | "joined" | "reconnecting" |
-//                                           "ended" (reconnecting: signaling is being resumed)
+//                                           "ended" (reconnecting: signaling is being resumed,
+//                                           or the meeting rejoined through the GC)
 //   darktower.reconnecting                  signaling or media is being reconnected ("Reconnecting…"
 //                                           on the own tile and in the status bar)
 //   darktower.participantId, .role ("host" | "guest"), .meetingId
@@ -26,8 +27,11 @@
 //   darktower.stats.decodedFrames           {participantId: decoded video frames}
 //   darktower.stats.decodedAudio            {participantId: decoded audio chunks}
 //   darktower.stats.reconnects              {signaling, media}: reconnections completed
+//   darktower.stats.rejoins                 rejoins through the GC completed (the MC shut down
+//                                           or was lost: a new participantId, same name)
 //   darktower.endReason                     null, or {code, name: "KICKED" | "MEETING_ENDED" |
-//                                           "CONNECTION_LOST" | "VOLUNTARY", text, detail}
+//                                           "CONNECTION_LOST" | "VOLUNTARY" | "SERVER_SHUTDOWN",
+//                                           text, detail}
 //   darktower.snapshot()                    all of the above as one JSON-able object, plus
 //                                           reconnectingParticipants: ids whose tile shows
 //                                           "Reconnecting…" (ParticipantUpdated)
@@ -103,6 +107,15 @@ class PageView {
   removeTile(participantId) {
     this.tiles.get(participantId)?.remove();
     this.tiles.delete(participantId);
+  }
+
+  // The own tile after a rejoin: the same element under the new participant id.
+  renameTile(oldId, newId) {
+    const tile = this.tiles.get(oldId);
+    if (!tile) return;
+    this.tiles.delete(oldId);
+    tile.dataset.participantId = newId;
+    this.tiles.set(newId, tile);
   }
 
   setPreview(stream) {
@@ -201,6 +214,7 @@ const EMPTY = {
   unknownFrames: 0,
   sent: { video: 0, audio: 0 },
   reconnects: { signaling: 0, media: 0 },
+  rejoins: 0,
 };
 
 const hooks = {

@@ -18,6 +18,7 @@ export class LocalMedia {
     this.audio = null;
     this.videoId = null;
     this.audioId = null;
+    this.announced = new Map(); // stream id -> its PublishStream body, to publish it again
   }
 
   // Camera and microphone (fake devices in tests). A person without them still joins, receive-only.
@@ -47,7 +48,7 @@ export class LocalMedia {
     if (videoTrack) {
       const { width = 640, height = 480 } = videoTrack.getSettings();
       const streamId = crypto.randomUUID();
-      await signaling.request("publish", {
+      await this.announce(signaling, {
         streamId,
         streamType: StreamType.VIDEO_CAMERA,
         metadata: {
@@ -68,7 +69,7 @@ export class LocalMedia {
     }
     if (audioTrack) {
       const streamId = crypto.randomUUID();
-      await signaling.request("publish", {
+      await this.announce(signaling, {
         streamId,
         streamType: StreamType.AUDIO,
         metadata: { codec: "Opus", maxBitrate: 64_000 },
@@ -82,6 +83,19 @@ export class LocalMedia {
         if (media.send(streamId, type, payload, ts)) this.stats.sent.audio++;
       });
     }
+  }
+
+  // PublishStream, remembered for republish().
+  async announce(signaling, body) {
+    await signaling.request("publish", body);
+    this.announced.set(body.streamId, body);
+  }
+
+  // After a rejoin (docs/protocol.md §13): every stream is published again at the new MC with its
+  // stream id and metadata (its encoder keeps running; medialink.js opens its streams on the new
+  // media session).
+  async republish(signaling) {
+    for (const body of this.announced.values()) await signaling.request("publish", body);
   }
 
   // A KeyFrameRequest for `streamId`: the video encoder's next frame is a key frame.

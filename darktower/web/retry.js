@@ -5,10 +5,16 @@
 // The first retry waits about this long; each further one twice as long, up to the maximum.
 export const RECONNECT_BASE_DELAY_MS = 250;
 export const RECONNECT_MAX_DELAY_MS = 2000;
-// Limit: how long the page tries to get a lost session back. Policy when over: the session ends
-// with CONNECTION_LOST. Longer than the MC's default resume grace (15 s): past the grace the MC
-// refuses the resume itself, so this bound only matters when the MC cannot be reached at all.
+// Limit: how long the page tries to get a lost session back. Policy when over: the session
+// rejoins through the GC (or ends with CONNECTION_LOST). Longer than the MC's default resume
+// grace (15 s): past the grace the MC refuses the resume itself, so this bound only matters when
+// the MC cannot be reached at all.
 export const RECONNECT_WINDOW_MS = 30_000;
+// Limit: how long the page tries to rejoin the meeting through the GC once resuming cannot
+// succeed (its MC shut down, restarted or is gone; docs/protocol.md §13), counted from the loss.
+// Policy when over: the session ends with the reason it was rejoining for. Long enough for the GC
+// to notice a lost MC (its heartbeat timeout) after the page noticed.
+export const REJOIN_WINDOW_MS = 60_000;
 // Limit: one attempt (a WebTransport session, then its first reply). Policy when over: the
 // attempt is abandoned and the next one starts after its backoff.
 export const RECONNECT_ATTEMPT_TIMEOUT_MS = 5000;

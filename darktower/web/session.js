@@ -3,6 +3,7 @@
 // apart from the `view` it is given (see app.js for the one the page uses):
 //   view.addTile(participantId, name, {self, kickable}) -> {canvas}
 //   view.removeTile(participantId)
+//   view.renameTile(oldId, newId)  optional: the own tile after a rejoin (a new participant id)
 //   view.setPreview(mediaStream | null)
 //   view.notice(text)
 //   view.update(session)          state, participants, role or a connection state changed
@@ -16,6 +17,15 @@
 // its streams stay, the participant list is reconciled with the MC's, and media reconnects with
 // the fresh connection token. A media session lost alone is reconnected with the token of a
 // MediaReconnect (asked for with MediaReconnectRequest, or sent by the MC unprompted).
+//
+// Rejoin (docs/protocol.md §13): when resuming cannot succeed — the MC says SERVER_SHUTDOWN (or
+// the MH's close code does), refuses the resume token (NOT_FOUND: it restarted), the GC places
+// the meeting at another MC or reports its MC lost (asked after each failed resume attempt), or
+// the reconnect window passed — the page joins the meeting again through the GC's REST API, with
+// the same name and access token, as a new participant, in state "reconnecting"
+// ("Reconnecting…"), backing off with jitter within REJOIN_WINDOW_MS: its streams are published again with their
+// stream ids, media goes to the new MH, the others' tiles follow the new room, and every stream
+// in it is subscribed to. A GC that refuses for good ends the session with a reason that says so.
 
 import * as api from "./api.js";
 import { LocalMedia } from "./localmedia.js";
@@ -25,6 +35,7 @@ import { ErrorCode, LeaveReason } from "./proto.js";
 import {
   RECONNECT_ATTEMPT_TIMEOUT_MS,
   RECONNECT_WINDOW_MS,
+  REJOIN_WINDOW_MS,
   backoffDelayMs,
   sleep,
 } from "./retry.js";
@@ -37,6 +48,19 @@ export const END_TEXT = Object.freeze({
   [LeaveReason.KICKED]: "You were removed from the meeting",
   [LeaveReason.CONNECTION_LOST]: "Connection lost",
   [LeaveReason.MEETING_ENDED]: "The meeting has ended",
+  [LeaveReason.SERVER_SHUTDOWN]: "The server shut down and the meeting could not be rejoined",
+});
+// Why the page rejoins when the MC said nothing more (the MH's SERVER_SHUTDOWN close code alone).
+const SHUTDOWN_DETAIL = "the meeting controller is shutting down";
+// The GC's refusals of a rejoin that no retry changes (HTTP status -> the reason the session ends
+// with; null: the reason it was rejoining for). Anything else (503 while the GC places the
+// meeting again, 429, no answer) is tried again within the window.
+const REJOIN_REFUSALS = Object.freeze({
+  400: null,
+  401: null,
+  403: LeaveReason.KICKED,
+  404: null,
+  409: LeaveReason.MEETING_ENDED,
 });
 const REASON_NAME = Object.fromEntries(Object.entries(LeaveReason).map(([k, v]) => [v, k]));
 // A server that closes a WebTransport session for a reason uses the close code BASE + LeaveReason
@@ -76,6 +100,8 @@ export class MeetingSession {
     this.participantId = null;
     this.role = null;
     this.name = "";
+    this.accessToken = null; // the join's: a rejoin asks the GC with it (the host stays a host)
+    this.rejoining = false; // a rejoin through the GC is under way
     this.signalingUrl = null;
     this.resumeToken = null; // the latest JoinResponse's: single-use
     this.link = null; // the current SignalingLink (this.signaling is its Signaling)
@@ -99,6 +125,7 @@ export class MeetingSession {
       unknownFrames: 0, // frames of a stream id we never subscribed to
       sent: { video: 0, audio: 0 },
       reconnects: { signaling: 0, media: 0 }, // completed reconnections
+      rejoins: 0, // completed rejoins through the GC
     };
     this.local = new LocalMedia(view, this.stats); // camera, microphone, encoders (localmedia.js)
     this.roster = new Roster(view, {
@@ -136,6 +163,7 @@ export class MeetingSession {
     this.setState("joining");
     this.meetingId = meetingId;
     this.name = name;
+    this.accessToken = accessToken;
     try {
       await this.startLocalMedia();
       const ticket = await api.joinMeeting(meetingId, name, accessToken);
@@ -220,7 +248,12 @@ export class MeetingSession {
         this.local.onQuality(body);
         break;
       case "sessionEnded":
-        this.end(body.reason, body.message);
+        // The MC shuts down while the meeting goes on: rejoin it (not an end).
+        if (Number(body.reason) === LeaveReason.SERVER_SHUTDOWN) {
+          this.rejoin(LeaveReason.SERVER_SHUTDOWN, body.message || SHUTDOWN_DETAIL);
+        } else {
+          this.end(body.reason, body.message);
+        }
         break;
       case "error":
         this.view.notice(`Server error: ${body.message}`);
@@ -247,8 +280,12 @@ export class MeetingSession {
   onSignalingClosed({ error, closeInfo }) {
     // A session that ends without SessionEnded was lost (or never established), unless its close
     // code tells why. Lost after the join, it is resumed when the MC gave a resume token.
-    if (this.state === "ended") return;
+    if (this.state === "ended" || this.rejoining) return; // a rejoin handles its own failures
     const reason = reasonFromClose(closeInfo);
+    if (reason === LeaveReason.SERVER_SHUTDOWN) {
+      this.rejoin(reason, SHUTDOWN_DETAIL);
+      return;
+    }
     if (reason === null && this.state === "joined" && this.resumeToken) {
       this.resume();
       return;
@@ -262,6 +299,17 @@ export class MeetingSession {
     // Kicked or ended: the MC says so too, but whichever arrives first ends the session.
     if (reason === LeaveReason.KICKED || reason === LeaveReason.MEETING_ENDED) {
       this.end(reason);
+      return;
+    }
+    // The MC's SessionEnded (with its message) is on its way and starts the rejoin; without it
+    // the page rejoins all the same.
+    if (reason === LeaveReason.SERVER_SHUTDOWN) {
+      const rejoins = this.stats.rejoins;
+      sleep(STREAM_LOSS_GRACE_MS).then(() => {
+        if (this.state === "joined" && this.stats.rejoins === rejoins) {
+          this.rejoin(reason, SHUTDOWN_DETAIL);
+        }
+      });
       return;
     }
     // While signaling resumes, the resume brings a media token of its own.
@@ -296,10 +344,13 @@ export class MeetingSession {
     this.setState("reconnecting");
     this.link.retire();
     const deadline = performance.now() + this.reconnectWindowMs;
+    const resuming = () => this.state === "reconnecting" && !this.rejoining;
     let failure = "";
-    for (let attempt = 0; this.state === "reconnecting"; attempt++) {
+    for (let attempt = 0; resuming(); attempt++) {
       await sleep(backoffDelayMs(attempt));
-      if (this.state !== "reconnecting") return;
+      if (!resuming()) return;
+      if (attempt > 0 && (await this.meetingMoved())) return;
+      if (!resuming()) return;
       if (performance.now() > deadline) break;
       let link = null;
       try {
@@ -314,7 +365,7 @@ export class MeetingSession {
           },
           RECONNECT_ATTEMPT_TIMEOUT_MS,
         );
-        if (this.state !== "reconnecting") {
+        if (!resuming()) {
           link.retire();
           return;
         }
@@ -323,16 +374,118 @@ export class MeetingSession {
       } catch (e) {
         if (link) link.retire();
         failure = e.message;
+        if (e instanceof SignalingError && e.code === ErrorCode.NOT_FOUND) {
+          // The MC does not know the token: it restarted, or the grace passed. Join again.
+          this.rejoin(LeaveReason.CONNECTION_LOST, "this session has expired");
+          return;
+        }
         if (e instanceof SignalingError) {
           // Refused: a kick or the meeting's end says why in the SessionEnded that follows.
           await Promise.race([sleep(STREAM_LOSS_GRACE_MS), this.endedPromise]);
-          const gone = e.code === ErrorCode.NOT_FOUND ? "this session has expired" : e.message;
-          this.end(LeaveReason.CONNECTION_LOST, gone);
+          this.end(LeaveReason.CONNECTION_LOST, e.message);
           return;
         }
       }
     }
-    this.end(LeaveReason.CONNECTION_LOST, failure || "could not reconnect");
+    if (resuming()) this.rejoin(LeaveReason.CONNECTION_LOST, failure || "could not reconnect");
+  }
+
+  // After a failed resume attempt: whether the GC has the meeting elsewhere (another MC, or its
+  // MC lost), and the page rejoins it there; it ends the session when the GC says it has ended.
+  // A GC that cannot say (no answer) leaves the resume going.
+  async meetingMoved() {
+    let info;
+    try {
+      const timeoutMs = RECONNECT_ATTEMPT_TIMEOUT_MS;
+      info = await api.getMeeting(this.meetingId, null, { timeoutMs });
+    } catch {
+      return false;
+    }
+    if (this.state !== "reconnecting" || this.rejoining) return true;
+    if (info?.status === "ended") {
+      this.end(LeaveReason.MEETING_ENDED, "the meeting has ended");
+      return true;
+    }
+    const url = info?.meeting_controller_url;
+    if (info?.status !== "controller_lost" && (!url || url === this.signalingUrl)) return false;
+    this.rejoin(LeaveReason.CONNECTION_LOST, "the meeting controller is gone");
+    return true;
+  }
+
+  // Joins the meeting again through the GC as a new participant (see the top of this file):
+  // attempts back off with jitter within REJOIN_WINDOW_MS; `reason` and `detail` say why (the end
+  // reason if no attempt succeeds). Idempotent while one is under way.
+  async rejoin(reason, detail) {
+    if (this.state === "ended" || this.rejoining) return;
+    this.rejoining = true;
+    this.mediaRecovery++; // a media reconnection under way stops: the rejoin brings media
+    this.mediaReconnecting = false;
+    this.setState("reconnecting");
+    this.link?.retire();
+    const deadline = performance.now() + REJOIN_WINDOW_MS;
+    const timeoutMs = RECONNECT_ATTEMPT_TIMEOUT_MS;
+    let failure = "no attempt in time";
+    for (let attempt = 0; this.state === "reconnecting"; attempt++) {
+      if (attempt > 0) await sleep(backoffDelayMs(attempt - 1));
+      if (this.state !== "reconnecting") return;
+      if (performance.now() > deadline) break;
+      let link = null;
+      try {
+        const ticket = await api.joinMeeting(this.meetingId, this.name, this.accessToken, {
+          timeoutMs,
+        });
+        if (this.state !== "reconnecting") return;
+        this.signalingUrl = ticket.meeting_controller_url;
+        link = await this.openSignaling(timeoutMs);
+        const join = {
+          meetingId: this.meetingId,
+          joinToken: ticket.join_token,
+          participantName: this.name,
+          capabilities: CAPABILITIES,
+        };
+        const reply = await link.signaling.request("join", join, timeoutMs);
+        if (this.state !== "reconnecting") {
+          link.retire();
+          return;
+        }
+        await this.rejoined(link, reply.joinResponse, ticket);
+        return;
+      } catch (e) {
+        if (link) link.retire();
+        if (e instanceof api.ApiError && e.status in REJOIN_REFUSALS) {
+          const refused = "the Global Controller refused to rejoin the meeting";
+          this.end(REJOIN_REFUSALS[e.status] ?? reason, `${refused} (${e.code}): ${e.message}`);
+          return;
+        }
+        failure = e.message;
+      }
+    }
+    this.end(reason, `${detail}; not rejoined in time (${failure})`);
+  }
+
+  // Joined at the MC the GC named (`ticket`): a new participant id, the room as that MC has it,
+  // the streams published again, media at its MH.
+  async rejoined(link, joined, ticket) {
+    if (!joined) throw new Error("the meeting controller did not answer with JoinResponse");
+    const old = this.participantId;
+    this.participantId = this.roster.selfId = joined.participantId;
+    this.role = api.jwtPayload(ticket.join_token).role ?? ticket.role ?? this.role;
+    this.roster.kickable = this.role === "host";
+    this.resumeToken = joined.resumeToken || null;
+    this.view.renameTile?.(old, this.participantId);
+    this.goLive(link, () => this.roster.reconcile(joined.existingParticipants));
+    await this.local.republish(link.signaling);
+    let media = true;
+    try {
+      await this.media.connect(joined.mediaServer);
+    } catch {
+      media = false; // the MC gives another token: recoverMedia below
+    }
+    if (this.state !== "reconnecting") return;
+    this.rejoining = false;
+    this.stats.rejoins++;
+    this.setState("joined");
+    if (!media) this.recoverMedia(null);
   }
 
   // The MC answered the resume: same participant, the room as it is now, a fresh media token.
