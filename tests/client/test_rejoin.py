@@ -144,7 +144,8 @@ async def test_a_gc_that_cannot_place_the_meeting_ends_the_session_after_the_win
         stack.stop_mc1.set()
         started = trio.current_time()
         lost = await expect(ann, Lost)
-        assert 2.0 <= trio.current_time() - started <= 10.0
+        # Within the window (the last attempt is the last whose backoff still fits in it).
+        assert trio.current_time() - started <= 3.0 + 2.0
         assert lost.reason is SHUTDOWN
         assert lost.message.startswith(LEAVE_MESSAGES[SHUTDOWN] + "; not rejoined in time")
         assert "CAPACITY_EXCEEDED" in lost.message
