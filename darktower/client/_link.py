@@ -95,7 +95,7 @@ class Link:
         self.resume_token = signaling.join_response.resume_token
         self._connector = connector if grace_s > 0 else None
         self.grace_s = grace_s
-        self._rejoiner = rejoiner if self._connector and rejoin_window_s > 0 else None
+        self._rejoiner = rejoiner if self._connector is not None and rejoin_window_s > 0 else None
         self.rejoin_window_s = rejoin_window_s
         self._random = rng or random.Random()
         self._outage = Outage(owner)
