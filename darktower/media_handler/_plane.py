@@ -239,7 +239,10 @@ class MediaPlane:
                 publication.publisher_lost()
             await trio.lowlevel.checkpoint()
             return
-        session.close_nowait(close_code_for(reason), reason.name)
+        # CONNECTION_LOST (a drain's leftovers) carries no reason: the client asks its MC for
+        # media again instead of ending its session (docs/protocol.md §9).
+        code = 0 if reason is LeaveReason.CONNECTION_LOST else close_code_for(reason)
+        session.close_nowait(code, reason.name)
         if not member.removed and reason in (LeaveReason.VOLUNTARY, LeaveReason.CONNECTION_LOST):
             self.telemetry.publish(
                 mc_pb.TelemetryEvent(

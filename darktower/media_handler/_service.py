@@ -301,16 +301,18 @@ async def _drain(
     """Drain without ending any meeting (docs/architecture.md §4.6): take no new room, tell
     the MC at once (its next heartbeat says ``draining``: the MC moves the rooms to another MH
     and the clients reconnect their media there), wait until no participant is connected here
-    or ``grace_s`` is spent, then close what is left with CONNECTION_LOST (a client asks its MC
-    for media again: never MEETING_ENDED, the meeting goes on) within the rest of the grace."""
+    or ``grace_s`` is spent, then close what is left with CONNECTION_LOST, whose close carries
+    no reason (a client asks its MC for media again: never MEETING_ENDED, the meeting goes on)
+    within the rest of the grace."""
     deadline = trio.current_time() + grace_s
     handler.start_draining()
     logger.info(
         "media handler draining",
         extra=fields(grace_s=grace_s, connected=handler.connected()),
     )
-    if has_mc and handler.connected():
+    if has_mc:
         registration.beat_now()
+    if has_mc and handler.connected():
         with trio.move_on_at(deadline - DRAIN_CLOSE_SHARE * grace_s):
             await handler.wait_nobody_connected()
     left = handler.connected()

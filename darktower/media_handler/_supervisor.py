@@ -17,7 +17,6 @@ and every worker drains by itself (:func:`serve_supervised`): no orphan outlives
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import pathlib
@@ -27,14 +26,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import trio
 
 from darktower import logs
-from darktower.config import ConfigError, to_argv
+from darktower.config import ENV_PREFIX, ConfigError, to_argv
 from darktower.logs import fields
 from darktower.servicekit import ClusterCa
 
@@ -78,8 +77,10 @@ class Supervisor:
         stop_after_s: float,
         rng: random.Random | None = None,
         backoff: Callable[[], RestartBackoff] = RestartBackoff,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self._command = list(command)
+        self._env = env  # the workers' environment (None: ours)
         self._workers = list(workers)
         self._stop_after_s = stop_after_s
         self._rng = rng or random.Random()
@@ -186,6 +187,7 @@ class Supervisor:
             command,
             stdin=subprocess.DEVNULL,
             pass_fds=(read_fd,),
+            env=self._env,
             process_group=0,  # its own group: a terminal's Ctrl-C reaches the supervisor only
         )
         self._live[worker.index] = process
@@ -318,23 +320,23 @@ async def serve_workers(
 ) -> None:
     """``count`` MH worker processes for ``settings`` (as ``python -m darktower.media
     --workers``: ``settings.handler_id``-i, each base port + i), each worker's cluster
-    certificate issued from ``ca`` into
-    a private directory removed when this returns. Reports the workers' handler ids once every
-    process has started (registering with the MC comes after); on ``shutdown`` they drain and
-    this returns when they are gone. ``ConfigError`` for settings that cannot work."""
-    directory = pathlib.Path(await trio.to_thread.run_sync(tempfile.mkdtemp))  # 0700
+    certificate issued from ``ca`` into a private directory removed when this returns. Reports
+    the workers' handler ids once their processes are being started (registering with the MC
+    comes after); on ``shutdown`` they drain and this returns when they are gone.
+    ``ConfigError`` for settings that cannot work."""
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="darktower-workers-"))  # 0700
     try:
         workers = plan_workers(settings, WorkerOptions(), count, IssuingCa(ca, directory))
         command = [sys.executable, "-m", MODULE, *to_argv(settings)]
-        supervisor = Supervisor(
-            command, workers, stop_after_s=settings.drain_grace_s + STOP_MARGIN_S
-        )
+        # Our DARKTOWER_* variables are the caller's settings, not the workers': they get
+        # theirs from the command line only.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        stop_after_s = settings.drain_grace_s + STOP_MARGIN_S
+        supervisor = Supervisor(command, workers, stop_after_s=stop_after_s, env=env)
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
             task_status.started([w.handler_id for w in workers])
             await shutdown.wait()
             supervisor.stop()
     finally:
-        await trio.to_thread.run_sync(
-            functools.partial(shutil.rmtree, directory, ignore_errors=True)
-        )
+        shutil.rmtree(directory, ignore_errors=True)  # a few small files; also when cancelled

@@ -32,6 +32,7 @@ from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.protocol.ratelimit import MessageRateLimiter
 from darktower.protocol.tokens import MC_AUDIENCE, JoinClaims, JoinTokenVerifier, UnknownKeyId
+from darktower.transport.rpc import RpcUnavailable
 
 from . import _wire
 from ._connection import Connection
@@ -162,6 +163,7 @@ class MeetingController:
         room = self.rooms.pop(meeting_id, None)
         if room is not None and room.mh is not None:
             room.mh.rooms -= 1
+            room.mh = None  # counted once: a join still registering must not count it again
         self.ended.append(meeting_id)
         del self.ended[:-MAX_ENDED_REPORTED]
         await trio.lowlevel.checkpoint()
@@ -431,24 +433,29 @@ class MeetingController:
         self, room: RoomState, join: sig.JoinRequest, claims: JoinClaims
     ) -> tuple[RoomState, RoomMember, trio.MemoryReceiveChannel[Outgoing]]:
         meeting_id = room.id
-        now = trio.current_time()
-        if room.mh is None or not room.mh.usable(now):
-            self._move_room(room)  # never split: the members present follow
-            if room.mh is None:
-                raise InternalError("no media handler is available")
         participant_id = ParticipantId(str(uuid.uuid4()))
-        try:
-            reply = await room.mh.register_participant(
-                mh_pb.RegisterParticipant(participant_id=participant_id, meeting_id=meeting_id)
-            )
-        except DarkTowerError as exc:
-            if not room.members and room.mh is not None:
-                # Nobody uses this placement yet: let the next join choose again.
-                room.mh.rooms -= 1
-                room.mh = None
-            if isinstance(exc, CapacityExceeded):  # the joiner is told the meeting is full
-                raise CapacityExceeded(f"the media handler's room is full: {exc}") from exc
-            raise InternalError(f"media handler unavailable: {exc}") from exc
+        register = mh_pb.RegisterParticipant(participant_id=participant_id, meeting_id=meeting_id)
+        for attempt in range(2):  # once more where the room went if it moved meanwhile
+            if room.mh is None or not room.mh.usable(trio.current_time()):
+                self._move_room(room)  # never split: the members present follow
+                if room.mh is None:
+                    raise InternalError("no media handler is available")
+            mh = room.mh
+            try:
+                reply = await mh.register_participant(register)
+            except DarkTowerError as exc:
+                if isinstance(exc, RpcUnavailable):
+                    self.mhs.declare_lost(mh)  # its rooms move (this one too)
+                if attempt == 0 and room.mh is not mh and self.rooms.get(room.id) is room:
+                    continue
+                if room.mh is mh and not room.members and self.rooms.get(room.id) is room:
+                    # Nobody uses this placement yet: let the next join choose again.
+                    mh.rooms -= 1
+                    room.mh = None
+                if isinstance(exc, CapacityExceeded):  # the joiner is told the meeting is full
+                    raise CapacityExceeded(f"the media handler's room is full: {exc}") from exc
+                raise InternalError(f"media handler unavailable: {exc}") from exc
+            break
         outbox, recv = trio.open_memory_channel[Outgoing](self.outbound_queue_size)
         # The name others see is the signed one (a token without a name: its role), never
         # the JoinRequest's: a client cannot pose as somebody else (docs/protocol.md).
@@ -464,6 +471,7 @@ class MeetingController:
             outbox=outbox,
             media_handler_url=reply.media_handler_url,
             connection_token=reply.connection_token,
+            mh=mh,
             token_id=claims.token_id,
             token_valid_until=claims.expires_at + self.verifier.leeway_s,
         )

@@ -28,6 +28,16 @@ MH_CALL_DEADLINE_S = 5.0
 # connection breaks, it is declared lost and its rooms move: _mh.py.)
 # How often the MC looks for MHs that missed their heartbeats.
 MH_LOSS_CHECK_S = 0.5
+# A publish, subscribe or unpublish is sent to the room's MH, and again to the MH the room
+# moved to meanwhile, at most this many times in all (a room that keeps moving: the last MH
+# gets the member's state from the replay that follows each move).
+MAX_MH_CALLS = 3
+# A member whose room moved gets its MediaReconnect from the new MH; if that MH cannot be
+# reached, it is asked again after a pause doubling from the first value up to the second,
+# this many times, while the member stays and the room stays there.
+MOVE_RETRY_S = 0.5
+MOVE_RETRY_MAX_S = 4.0
+MOVE_RETRIES = 5
 
 # Telemetry stream to an MH: reconnect after a failure, backing off up to the maximum.
 TELEMETRY_BACKOFF_S = 0.5

@@ -10,14 +10,21 @@ subscriptions to its streams (docs/protocol.md §13)."""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
+
+import trio
 
 from darktower.errors import CapacityExceeded, DarkTowerError, InternalError, NotFound
 from darktower.logs import fields
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
+from ._limits import MAX_MH_CALLS, MOVE_RETRIES, MOVE_RETRY_MAX_S, MOVE_RETRY_S
 from ._metrics import ControllerMetrics
 from ._room import RoomMember, RoomState
+
+if TYPE_CHECKING:
+    from ._mh import MediaLink
 
 logger = logging.getLogger("darktower.meeting_controller")
 
@@ -47,25 +54,31 @@ class MediaReconnection:
         refuses for room, InternalError if none is assigned or it cannot be reached (then no
         token: the client asks again)."""
         room = self.room
-        if room.mh is None:
-            raise InternalError("no media handler is assigned to this meeting")
-        try:
-            reply = await room.mh.register_participant(
-                mh_pb.RegisterParticipant(participant_id=self.member.id, meeting_id=room.id)
-            )
-            if reply.created or self._replay_due:
-                self._replay_due = True
-                await self._replay()
-                self._replay_due = False
-        except CapacityExceeded as exc:
-            raise CapacityExceeded(f"the media handler's room is full: {exc}") from exc
-        except DarkTowerError as exc:
-            raise InternalError(f"media handler unavailable: {exc}") from exc
+        for _ in range(MAX_MH_CALLS):  # again where the room went if it moved meanwhile
+            mh = room.mh
+            if mh is None:
+                raise InternalError("no media handler is assigned to this meeting")
+            try:
+                reply = await mh.register_participant(
+                    mh_pb.RegisterParticipant(participant_id=self.member.id, meeting_id=room.id)
+                )
+                if reply.created or self._replay_due:
+                    self._replay_due = True
+                    await self._replay(mh)
+                    self._replay_due = False
+            except CapacityExceeded as exc:
+                raise CapacityExceeded(f"the media handler's room is full: {exc}") from exc
+            except DarkTowerError as exc:
+                raise InternalError(f"media handler unavailable: {exc}") from exc
+            if room.mh is mh:
+                break
+            self._replay_due = True
+        self.member.mh = mh
         return sig.MediaServerInfo(
             media_handler_url=reply.media_handler_url, connection_token=reply.connection_token
         )
 
-    async def _replay(self) -> None:
+    async def _replay(self, mh: MediaLink) -> None:
         """Give the room's MH the member's media state again, as the signaling handlers built
         it (docs/protocol.md §13): RegisterParticipant with its published streams (simulcast
         layers included), then RouteMedia for each of its subscriptions (publisher's stream →
@@ -75,9 +88,6 @@ class MediaReconnection:
         others (one per subscriber at worst: bounded by the room's members). A subscriber the
         MH does not know (forgotten too) is skipped: its own replay routes it."""
         room, member = self.room, self.member
-        mh = room.mh
-        if mh is None:
-            raise InternalError("no media handler is assigned to this meeting")
         streams = list(member.streams.values())
         if streams:
             await mh.register_participant(
@@ -132,11 +142,13 @@ class MediaReconnection:
 
     def moved(self) -> None:
         """The member's room moved to another Media Handler (``room.mh`` is the new one): send
-        it a fresh token there unsolicited, as for a loss; :meth:`fresh` finds the member
-        unknown there and replays its media state first."""
+        it a fresh token there unsolicited, as for a loss, after its media state was replayed
+        there (also when that MH still knew the member: the room was there before)."""
+        self._replay_due = True
         self.lost()
 
     async def _send(self) -> None:
+        retries, pause = MOVE_RETRIES, MOVE_RETRY_S
         while self._due:
             self._due = False
             try:
@@ -146,6 +158,12 @@ class MediaReconnection:
                     "no media token for a lost media connection",
                     extra=fields(participant_id=self.member.id, error=str(exc)),
                 )
+                if self.member.mh is not self.room.mh and retries:
+                    # Moved: its client does not know where to go; ask again after a pause.
+                    retries -= 1
+                    self._due = True
+                    await trio.sleep(pause)
+                    pause = min(pause * 2, MOVE_RETRY_MAX_S)
                 continue
             message = sig.ServerMessage(media_reconnect=sig.MediaReconnect(media_server=media))
             self.room.deliver(self.member, message)

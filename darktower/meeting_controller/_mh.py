@@ -38,8 +38,9 @@ from ._limits import (
 logger = logging.getLogger("darktower.meeting_controller.mh")
 
 OnTelemetry = Callable[[mh_pb.TelemetryEvent], None]
-# An MH that has not heartbeated for this long is declared lost (two heartbeat intervals).
-MH_LOST_AFTER_S = 2 * MH_HEARTBEAT_INTERVAL_S
+# An MH that has not heartbeated for this long is declared lost: two heartbeat intervals, plus
+# one check period for a beat that is merely late.
+MH_LOST_AFTER_S = 2 * MH_HEARTBEAT_INTERVAL_S + MH_LOSS_CHECK_S
 
 
 class MediaLink(Protocol):
@@ -202,6 +203,11 @@ class MediaHandlers:
             return  # (a static MH never registers again: it stays, as before)
         link.lost = True
         logger.warning("media handler lost", extra=fields(handler_id=link.handler_id))
+        # Forgotten with its task: if it lives, its next heartbeat gets NOT_FOUND and it
+        # registers again as a new link; ids that never come back leave nothing behind.
+        link.cancel_scope.cancel()
+        if self.links.get(link.handler_id) is link:
+            del self.links[link.handler_id]
         self.on_lost(link)
 
     def _telemetry_of(self, link: MediaLink, event: mh_pb.TelemetryEvent) -> None:
@@ -260,10 +266,13 @@ class MediaHandlers:
         link.placed = 0  # counted in this report
         link.health = request.health
         link.last_seen = now
-        if request.draining and not link.draining:
-            link.draining = True
-            logger.info("media handler draining", extra=fields(handler_id=link.handler_id))
-            self.on_lost(link)  # its rooms move
+        if request.draining != link.draining:
+            link.draining = request.draining
+            if link.draining:
+                logger.info("media handler draining", extra=fields(handler_id=link.handler_id))
+                self.on_lost(link)  # its rooms move
+            else:
+                self.on_usable(link)
         return True
 
     def serving(self, link: MediaLink) -> bool:

@@ -42,6 +42,8 @@ class RoomMember:
     # protobuf message costs about 0.5 KB per member).
     media_handler_url: str
     connection_token: str
+    # The Media Handler its last connection token was for (the room's, unless it moved since).
+    mh: MediaLink | None = None
     # The join token's ``jti`` and until when (wall clock, leeway included) it is valid.
     token_id: str = ""
     token_valid_until: float = 0.0

@@ -151,6 +151,8 @@ class SignalingSession:
         if not resumed:
             room.members[member.id] = member
             room.membership_change()
+            if member.mh is not room.mh:  # the room moved while it was being admitted
+                self.media.moved()
         # One outbox slot: the JoinResponse and its batches go out back to back.
         room.deliver(member, join_messages(conn.request_id, response, existing))
         # The outbox holds them until written; this frame lives as long as the session.

@@ -31,10 +31,11 @@ from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.transport.rpc import RpcError
 
-from ._limits import MAX_PUBLISHED_STREAMS
+from ._limits import MAX_MH_CALLS, MAX_PUBLISHED_STREAMS
 from ._room import RoomMember, RoomState
 
 if TYPE_CHECKING:
+    from ._mh import MediaLink
     from ._session import SignalingSession
 
 Reply = sig.ServerMessage | None
@@ -52,12 +53,25 @@ def _stream_id(value: str) -> str:
     return value
 
 
+async def at_room_mh(room: RoomState, call: Callable[[MediaLink], Awaitable[object]]) -> None:
+    """``call`` the room's Media Handler; if the room moved to another MH meanwhile, call that
+    one too (the moved members' state may have been replayed there before this change:
+    docs/architecture.md §4.6), at most MAX_MH_CALLS times. InternalError without an MH."""
+    done: MediaLink | None = None
+    for _ in range(MAX_MH_CALLS):
+        mh = room.mh
+        if mh is None:
+            raise InternalError("no media handler is assigned to this meeting")
+        if mh is done:
+            return
+        await call(mh)
+        done = mh
+
+
 async def _route(room: RoomState, command: mh_pb.RouteMediaCommand) -> None:
-    if room.mh is None:
-        raise InternalError("no media handler is assigned to this meeting")
     command.meeting_id = room.id
     try:
-        await room.mh.route_media(command)
+        await at_room_mh(room, lambda mh: mh.route_media(command))
     except RpcError as exc:
         raise InternalError(f"media handler unreachable: {exc}") from exc
 
@@ -74,11 +88,10 @@ async def publish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     )
     # The MH learns the stream, and its simulcast layers, before anyone hears of it: its
     # frames are then accepted from this participant only, each layer as its own wire id.
-    if room.mh is None:
-        raise InternalError("no media handler is assigned to this meeting")
-    await room.mh.register_participant(
-        mh_pb.RegisterParticipant(participant_id=member.id, meeting_id=room.id, streams=[stream])
+    register = mh_pb.RegisterParticipant(
+        participant_id=member.id, meeting_id=room.id, streams=[stream]
     )
+    await at_room_mh(room, lambda mh: mh.register_participant(register))
     if room.publisher_of(stream_id) is not None:  # published by another meanwhile
         raise Conflict(f"stream {stream_id} is already published")
     member.streams[stream_id] = stream
@@ -101,12 +114,11 @@ async def unpublish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     # stops routing it (and ends its QUIC streams) before anyone hears it is gone: a publisher
     # that unpublishes and keeps writing frames reaches nobody.
     if room.mh is not None:
+        remove = mh_pb.RemoveStreamRequest(
+            meeting_id=room.id, participant_id=member.id, stream_id=stream_id
+        )
         try:
-            await room.mh.remove_stream(
-                mh_pb.RemoveStreamRequest(
-                    meeting_id=room.id, participant_id=member.id, stream_id=stream_id
-                )
-            )
+            await at_room_mh(room, lambda mh: mh.remove_stream(remove))
         except BaseException as exc:
             # Still published: the client may try again. So too when the call is cancelled
             # (the connection was lost mid-call and the participant may resume): the MH's

@@ -282,9 +282,7 @@ class Participant(Scope):
             if self._reason is None:
                 # Only an aborted start (the caller of start_participant was cancelled) gets
                 # here without a reason: the session never really began.
-                self._set_reason(
-                    LeaveReason.MEETING_ENDED if meeting.ending else LeaveReason.CONNECTION_LOST
-                )
+                self._set_reason(meeting._leave_reason() or LeaveReason.CONNECTION_LOST)
             self._state = ScopeState.CLOSING
             await self._cleanup(cleanup, self._reason, grace)
             meeting._participant_closed(self)
