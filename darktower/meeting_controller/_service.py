@@ -247,8 +247,13 @@ async def serve(
         task_status.started(running)
         await shutdown.wait()
         logger.info("meeting controller draining", extra=fields(grace_s=settings.drain_grace_s))
-        registration.draining = True
-        registration.keeper.beat_now()  # the GC hears at once that we take no more meetings
+        if gc is None:
+            registration.draining = True
+        else:
+            # The GC hears that we take no more meetings before anyone is told to rejoin
+            # through it (else it would send them back here); bounded by half the grace.
+            with trio.move_on_after(settings.drain_grace_s / 2):
+                await registration.tell_draining()
         handed = hand_over(controller)
         logger.info("participants handed over", extra=fields(participants=handed))
         # The meetings close here with the same reason: they go on elsewhere, nothing ended.
