@@ -11,7 +11,9 @@ each other (benchmarks/_failover_peers.py), everything at the defaults.
 Each kill: SIGKILL of the MC that hosts the meeting (as the GC names it) at t0; per participant
 ``mc_failover_rejoin_*``: t0 to its session's Rejoined event (back in the meeting, at the other
 MC); beside it ``mc_failover_detect_*`` (t0 to its Reconnecting: the client noticed) and
-``mc_failover_media_*`` (t0 to the first frame it received that was sent after its Rejoined).
+``mc_failover_media_*`` (t0 to the first frame it received that was sent after its Rejoined),
+and from the GC's log, once per kill, when it declared the MC lost (``mc_failover_gc_noticed_*``)
+and moved the meeting to the other MC (``mc_failover_gc_moved_*``).
 Then the killed MC is started again with the same id and ports and the next kill waits until it
 is ready (registered with the GC, its MH registered with it again): the meeting is on the other
 MC then, so the two take turns.

@@ -13,10 +13,11 @@ the worker whose media port the participants' media URL names. SIGKILL (``kills`
 on a media connection opened after t0 (the MC's MediaReconnect named the other worker); a
 drain's figure is the longest gap between frames a participant received from BEFORE_S before
 t0 to AFTER_S after that first frame, with the same participant's longest gap over a window as
-long just before it as a baseline. Then the supervisor restarts the worker (with its backoff)
-and the next failure waits until the worker is registered again (its /readyz): the room is on
-the other worker then, so the two workers take turns. Each phase has its own services (a fresh
-supervisor starts with a fresh backoff).
+long just before it as a baseline. From the MC's log, once per failure: when it noticed (the
+MH lost, or draining: ``*_mc_noticed_*``) and moved the room (``*_room_moved_*``). Then the
+supervisor restarts the worker (with its backoff) and the next failure waits until the worker
+is registered again (its /readyz): the room is on the other worker then, so the two workers
+take turns. Each phase has its own services (a fresh supervisor starts with a fresh backoff).
 """
 
 from __future__ import annotations
