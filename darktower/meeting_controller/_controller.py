@@ -46,8 +46,9 @@ from ._limits import (
     OUTBOUND_QUEUE_SIZE,
     RESUME_GRACE_S,
 )
+from ._media_rooms import MediaRooms
 from ._metrics import ControllerMetrics
-from ._mh import MediaHandlers, MediaLink
+from ._mh import MediaHandlers
 from ._port import SignalPort
 from ._resume import ResumeRefused, ResumeTokens
 from ._room import Outgoing, RoomMember, RoomState
@@ -96,9 +97,7 @@ class MeetingController:
             meetings=lambda: len(self.rooms),
             participants=lambda: self.participant_count,
         )
-        mhs.on_lost = self.media_handler_lost
-        mhs.on_usable = self.media_handler_usable
-        mhs.counts = self._telemetry_counts
+        self.media = MediaRooms(self.rooms, mhs, self.metrics)
 
     # -- GC side -----------------------------------------------------------------------------
 
@@ -212,101 +211,10 @@ class MeetingController:
         member.leave(LeaveReason.KICKED)
         return member.token_id
 
-    # -- Media Handlers ----------------------------------------------------------------------
-
-    def media_handler_lost(self, link: MediaLink) -> None:
-        """``link``'s MH is gone or drains: each of its rooms moves to another MH (nobody
-        leaves)."""
-        for room in list(self.rooms.values()):
-            if room.mh is link:
-                self._move_room(room)
-
-    def media_handler_usable(self, link: MediaLink) -> None:
-        """An MH can take rooms: rooms left without one (no MH was usable when theirs was
-        lost) or still on a draining one move there."""
-        for room in list(self.rooms.values()):
-            if room.members and (room.mh is None or self.mhs.serving(room.mh)):
-                self._move_room(room)
-
-    def _telemetry_counts(self, link: MediaLink, meeting_id: str) -> bool:
-        # An MH a room has moved away from may still report on it (its old connections end).
-        room = self.rooms.get(MeetingId(meeting_id))
-        return room is None or room.mh is link
-
-    def _move_room(self, room: RoomState) -> None:
-        """Place ``room`` on the least-loaded usable MH, the whole room at once: each member
-        gets a fresh connection token there in a MediaReconnect, after its media state was
-        replayed there (registration, streams, routes: ``MediaReconnection``), from a task of
-        its own participant scope; a reconnecting member gets it with its resume. No usable
-        MH: the room stays on a draining MH while it serves, else waits without one (joins are
-        refused), until one can take it (docs/protocol.md §13)."""
-        old, new = room.mh, self.mhs.choose(trio.current_time())
-        if new is None:
-            if room.members:
-                logger.warning("no media handler for a room", extra=fields(meeting_id=room.id))
-            if old is not None and self.mhs.serving(old):
-                return
-        if old is not None:
-            old.rooms -= 1
-        room.mh = new
-        if new is None:
-            return
-        new.rooms += 1
-        if old is None and not room.members:
-            return  # a first placement
-        self.metrics.rooms_moved.inc()
-        logger.info(
-            "room moved",
-            extra=fields(
-                meeting_id=room.id,
-                from_handler=old.handler_id if old is not None else "",
-                to_handler=new.handler_id,
-                participants=len(room.members),
-            ),
-        )
-        for member in list(room.members.values()):
-            if member.session is not None:
-                member.session.media.moved()
-
     # -- MH telemetry ------------------------------------------------------------------------
 
     def on_telemetry(self, event: mh_pb.TelemetryEvent) -> None:
-        room = self.rooms.get(MeetingId(event.meeting_id))
-        if room is None:
-            return
-        kind = event.WhichOneof("event")
-        if kind == "telemetry":
-            report = event.telemetry
-            update = sig.ServerMessage(
-                quality=sig.StreamQualityUpdate(
-                    stream_id=report.stream_id,
-                    available_bitrate=report.bitrate,
-                    packet_loss=report.packet_loss,
-                )
-            )
-            publisher = room.publisher_of(report.stream_id)
-            if publisher is not None:
-                room.deliver(publisher, update)
-            for member in list(room.subscribers_of(report.stream_id)):
-                room.deliver(member, update)
-        elif kind == "key_frame_request":
-            # (RoomState.deliver drops these for a reconnecting publisher: its streams pause.)
-            publisher = room.publisher_of(event.key_frame_request.stream_id)
-            if publisher is not None:
-                room.deliver(
-                    publisher, sig.ServerMessage(key_frame_request=event.key_frame_request)
-                )
-        elif kind == "participant_disconnected":
-            # Media gone is not signaling gone: the client gets a fresh token to reconnect its
-            # media session with (docs/protocol.md §13).
-            participant_id = ParticipantId(event.participant_disconnected.participant_id)
-            logger.info(
-                "media connection lost",
-                extra=fields(meeting_id=event.meeting_id, participant_id=participant_id),
-            )
-            lost = room.members.get(participant_id)
-            if lost is not None and lost.session is not None:
-                lost.session.media.lost()
+        self.media.on_telemetry(event)
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -437,7 +345,7 @@ class MeetingController:
         register = mh_pb.RegisterParticipant(participant_id=participant_id, meeting_id=meeting_id)
         for attempt in range(2):  # once more where the room went if it moved meanwhile
             if room.mh is None or not room.mh.usable(trio.current_time()):
-                self._move_room(room)  # never split: the members present follow
+                self.media.move(room)  # never split: the members present follow
                 if room.mh is None:
                     raise InternalError("no media handler is available")
             mh = room.mh
