@@ -62,6 +62,12 @@ KEEPALIVE_INTERVAL_S = IDLE_TIMEOUT_S / 3
 # An idle connection costs a few PINGs after each burst, never more than one per interval.
 # None: keepalives only (and no probe when keepalives are off).
 SILENCE_PROBE_S = 0.15
+# Client side: the kernel reports an ICMP port unreachable from the server (nobody listens on
+# its port any more: the process is gone) on the client's connected socket; the connection
+# then ends (ConnectionLost, "peer unreachable") unless a packet from the server arrives within
+# this long. Far sooner than the idle timeout; an unauthenticated ICMP message alone cannot
+# end a connection whose server still answers (docs/protocol.md §13, Liveness).
+UNREACHABLE_CONFIRM_S = 1.0
 # The probe timeout's backoff stops here (docs/protocol.md §13, Liveness). aioquic doubles the
 # PTO after each unanswered probe without bound (RFC 9002 §6.2.1), so a path back after a
 # blackout of a few seconds was probed again only seconds later. The doubling stops before the

@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 # Bytes of a QUIC packet that a DATAGRAM frame's payload cannot use: first byte, the longest
 # connection ID (20), packet number (4), AEAD tag (16), frame type (1), length varint (2).
 DATAGRAM_PACKET_OVERHEAD = 44
+# The reason phrase of a client connection whose server stopped listening (ICMP port
+# unreachable, unanswered: ConnectionDeadlines.unreachable).
+UNREACHABLE = "peer unreachable"
 
 # Called with each HTTP/3 event of a request stream, and with None if the connection is lost.
 H3Handler = Callable[[h3e.H3Event | None], None]
@@ -177,6 +180,11 @@ class Connection:
             self.quic.close(error_code=H3_NO_ERROR, reason_phrase="no WebTransport session")
         if deadlines.ping_due(now):
             self.quic.send_ping(0)
+        if deadlines.unreachable_expired(now) and not self.terminated.is_set():
+            self.quic.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase=UNREACHABLE)
+            self.flush()
+            self.on_terminated(QuicErrorCode.NO_ERROR, UNREACHABLE)
+            return
         self.process_events()
         self.flush()
 
@@ -426,6 +434,12 @@ class Connection:
             del self.sessions[session.session_id]
 
     # --- what the connection's QUIC events mean for it (dispatched in _routing.py) --------
+    def peer_unreachable(self, now: float) -> None:
+        """The kernel says nobody listens on the peer's port (a client's server is gone):
+        see ``ConnectionDeadlines.unreachable``."""
+        self.deadlines.unreachable(now)
+        self._rearm()
+
     def on_handshake_completed(self) -> None:
         self.handshake_complete.set()
         self.settled.set()

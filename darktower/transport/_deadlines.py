@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from ._config import TransportLimits
+from ._config import UNREACHABLE_CONFIRM_S, TransportLimits
 
 
 class ConnectionDeadlines:
@@ -27,6 +27,7 @@ class ConnectionDeadlines:
         "_no_session_timeout_s",
         "_probe_base_s",
         "_probe_s",
+        "_unreachable_at",
         "handshake_done",
         "live_sessions",
     )
@@ -37,6 +38,7 @@ class ConnectionDeadlines:
         # last packet came from: it cannot fix a path by probing).
         self._probe_base_s = limits.silence_probe_s if is_client else None
         self._probe_s = math.inf  # armed by a flow of received packets
+        self._unreachable_at = math.inf  # armed by an ICMP port unreachable (a client's)
         # Only a server closes a connection for carrying no session.
         self._no_session_timeout_s = None if is_client else limits.no_session_timeout_s
         self._last_rx = now
@@ -55,8 +57,8 @@ class ConnectionDeadlines:
         """The earliest of aioquic's timer and ours."""
         deadline = math.inf if quic_timer is None else quic_timer
         if not self.handshake_done:
-            return min(deadline, self._handshake_at)
-        return min(deadline, self._keepalive_at(), self._no_session_at)
+            return min(deadline, self._handshake_at, self._unreachable_at)
+        return min(deadline, self._keepalive_at(), self._no_session_at, self._unreachable_at)
 
     # --- inputs ---------------------------------------------------------------------------
     def received(self, now: float) -> None:
@@ -66,6 +68,7 @@ class ConnectionDeadlines:
         if base is not None and now - self._last_rx < base:
             self._probe_s = base
         self._last_rx = now
+        self._unreachable_at = math.inf  # the peer answers after all
 
     def handshake_completed(self, now: float) -> None:
         self.handshake_done = True
@@ -86,6 +89,19 @@ class ConnectionDeadlines:
         if self.handshake_done or now < self._handshake_at:
             return False
         self._handshake_at = math.inf
+        return True
+
+    def unreachable(self, now: float) -> None:
+        """The kernel reported the peer's port unreachable (nobody listens there): the
+        connection is over unless a packet from the peer arrives within UNREACHABLE_CONFIRM_S
+        (an ICMP message is not authenticated; a stray one costs nothing)."""
+        self._unreachable_at = min(self._unreachable_at, now + UNREACHABLE_CONFIRM_S)
+
+    def unreachable_expired(self, now: float) -> bool:
+        """The peer stayed unreachable: close the connection (reported once)."""
+        if now < self._unreachable_at:
+            return False
+        self._unreachable_at = math.inf
         return True
 
     def no_session_expired(self, now: float) -> bool:

@@ -20,6 +20,7 @@ A server endpoint also gives the heap back after handshakes (see ``HEAP_TRIM_INT
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import socket
 from collections import Counter
@@ -91,6 +92,9 @@ class Endpoint:
         counters: Counter[str] | None = None,
     ) -> None:
         self._sock = sock
+        # A client's server: its socket is connected to it, so that the kernel reports an ICMP
+        # port unreachable (nobody listens there any more) as ECONNREFUSED.
+        self._peer: NetworkAddress | None = None
         self.limits = limits
         self._server_configuration = server_configuration
         self._on_connection = on_connection
@@ -151,6 +155,8 @@ class Endpoint:
             consumed=lambda _sid: None,
             window=self.limits.stream_receive_window,
         )
+        self._peer = addr
+        self._sock.connect(addr)
         conn = self._adopt(quic)
         quic.connect(addr, now=trio.current_time())
         conn.flush()
@@ -227,6 +233,8 @@ class Endpoint:
             raise trio.ClosedResourceError("the endpoint is closed")
         old = self._sock
         self._sock = make_udp_socket(self.local_address[0], 0)
+        if self._peer is not None:
+            self._sock.connect(self._peer)
         trio.lowlevel.notify_closing(old)  # the reader waiting on it moves to the new one
         old.close()
         return self.local_address
@@ -239,8 +247,10 @@ class Endpoint:
         except (BlockingIOError, InterruptedError):
             # The kernel's buffer is full: dropped like a lost packet, QUIC retransmits.
             self.send_errors += 1
-        except OSError:
+        except OSError as exc:
             self.send_errors += 1  # unreachable peer etc.: the connection will time out
+            if exc.errno == errno.ECONNREFUSED:
+                self._peer_unreachable()
 
     async def _read_loop(self) -> None:
         while True:
@@ -259,8 +269,10 @@ class Endpoint:
                     data, addr = recvfrom(MAX_UDP_PAYLOAD)
                 except (BlockingIOError, InterruptedError):
                     break
-                except OSError:
-                    continue  # e.g. ICMP port unreachable reported on the socket
+                except OSError as exc:
+                    if exc.errno == errno.ECONNREFUSED:
+                        self._peer_unreachable()  # ICMP port unreachable, on a client
+                    continue
                 conn = self._dispatch(data, addr, now)
                 if conn is not None:
                     touched[conn] = None
@@ -270,6 +282,13 @@ class Endpoint:
                     conn.flush()
                 except Exception as exc:
                     conn.fail(exc)
+
+    def _peer_unreachable(self) -> None:
+        """A client's server answered with ICMP port unreachable: its connection ends unless
+        a packet from the server arrives soon after (``Connection.peer_unreachable``)."""
+        if self._peer is not None:
+            for conn in list(self.connections):
+                conn.peer_unreachable(trio.current_time())
 
     def _dispatch(self, data: bytes, addr: NetworkAddress, now: float) -> Connection | None:
         try:

@@ -9,6 +9,7 @@ import math
 import pytest
 
 from darktower.transport import TransportLimits
+from darktower.transport._config import UNREACHABLE_CONFIRM_S
 from darktower.transport._deadlines import ConnectionDeadlines
 
 LIMITS = TransportLimits(
@@ -123,3 +124,19 @@ def test_no_silence_probe_without_keepalives() -> None:
     d.received(1.01)
     assert d.next(None) == math.inf
     assert not d.ping_due(1e9)
+
+
+def test_an_unreachable_peer_ends_unless_it_answers_within_the_confirmation() -> None:
+    d = ConnectionDeadlines(0.0, LIMITS, is_client=True)
+    d.handshake_completed(0.0)
+    d.unreachable(1.0)
+    d.unreachable(1.5)  # a second report does not move the deadline
+    assert d.next(None) == 1.0 + UNREACHABLE_CONFIRM_S
+    assert not d.unreachable_expired(1.9)
+    assert d.unreachable_expired(1.0 + UNREACHABLE_CONFIRM_S)
+    assert not d.unreachable_expired(5.0)  # reported once
+    answered = ConnectionDeadlines(0.0, LIMITS, is_client=True)
+    answered.handshake_completed(0.0)
+    answered.unreachable(1.0)
+    answered.received(1.2)  # a packet from the peer: it is there after all
+    assert not answered.unreachable_expired(10.0)

@@ -13,8 +13,9 @@ from typing import Any
 
 import trio
 
-from darktower.loadtest import open_udp_proxy
+from darktower.loadtest import UdpProxy, netfault, open_udp_proxy
 from darktower.transport import (
+    ConnectionLost,
     Endpoint,
     IdleTimeout,
     Route,
@@ -23,6 +24,7 @@ from darktower.transport import (
     WebTransportSession,
     connect_webtransport,
 )
+from darktower.transport._config import UNREACHABLE_CONFIRM_S
 
 from .conftest import start_server
 
@@ -188,4 +190,61 @@ async def test_through_the_proxy_an_idle_peer_stays_and_a_blackout_is_noticed_on
                         client_after,
                         server_after,
                     )
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_whose_server_stops_listening_ends_within_a_second_not_the_idle_timeout(
+    dev_cert: TlsCredentials,
+) -> None:
+    # The proxy between them closes its socket, as a killed server process would: the
+    # client's next packets get ICMP port unreachable, which its connected socket reports;
+    # with no packet from the server within UNREACHABLE_CONFIRM_S the session ends.
+    limits = TransportLimits(idle_timeout_s=60.0, keepalive_interval_s=0.3)
+    peer = Peer()
+    async with trio.open_nursery() as nursery:
+        _server, base = await start_server(nursery, dev_cert, {"/s": Route(peer)}, limits=limits)
+        host, port = base.removeprefix("https://").split(":")
+        proxy = UdpProxy(
+            (host, int(port)),
+            seed=None,
+            queue_datagrams=netfault.QUEUE_DATAGRAMS,
+            queue_bytes=netfault.QUEUE_BYTES,
+            max_flows=netfault.MAX_FLOWS,
+        )
+        proxying = trio.CancelScope()
+
+        async def run_proxy(task_status: trio.TaskStatus[object]) -> None:
+            with proxying:
+                await proxy.run(task_status=task_status)
+
+        await nursery.start(run_proxy)
+        async with connect_webtransport(
+            proxy.via(base + "/s"), server_certificate_hashes=[dev_cert.sha256], limits=limits
+        ) as session:
+            await peer.started.wait()
+            proxying.cancel()  # its sockets close: nobody listens on the client's server port
+            gone_at = trio.current_time()
+            with trio.fail_after(10):  # far below the 60 s idle timeout
+                await session.wait_closed()
+            noticed_after = trio.current_time() - gone_at
+            assert isinstance(session.end, ConnectionLost)
+            assert session.end.reason == "peer unreachable" and not session.end.by_peer
+            assert noticed_after >= UNREACHABLE_CONFIRM_S
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stray_port_unreachable_does_not_end_a_connection_whose_server_answers(
+    dev_cert: TlsCredentials, autojump_clock: Any
+) -> None:
+    limits = TransportLimits(idle_timeout_s=60.0, keepalive_interval_s=0.3)
+    peer = Peer()
+    async with trio.open_nursery() as nursery:
+        _server, base = await start_server(nursery, dev_cert, {"/s": Route(peer)}, limits=limits)
+        async with connect_webtransport(
+            base + "/s", server_certificate_hashes=[dev_cert.sha256], limits=limits
+        ) as session:
+            await peer.started.wait()
+            session._conn.peer_unreachable(trio.current_time())  # as if an ICMP came
+            await trio.sleep(10 * UNREACHABLE_CONFIRM_S)  # keepalives are answered meanwhile
+            assert session.end is None
         nursery.cancel_scope.cancel()
