@@ -46,6 +46,13 @@ def server_url(info: sig.MediaServerInfo) -> str:
     return f"{info.media_handler_url}?{urllib.parse.urlencode({'token': info.connection_token})}"
 
 
+# The signaling connection PINGs its MC at least this often (not only every third of the idle
+# timeout): a client learns that its MC is gone from the ICMP port unreachable its next packet
+# gets (docs/protocol.md §13, Liveness), and an idle signaling connection sends nothing else.
+# About one small packet a second each way per participant.
+SIGNALING_KEEPALIVE_S = 1.5
+
+
 @attrs.frozen
 class Dialer:
     """Opens the connections of one participant's session over the network: the join's (with
@@ -59,6 +66,14 @@ class Dialer:
     limits: TransportLimits | None = None
     max_buffered_frames: int = MAX_BUFFERED_FRAMES
 
+    @property
+    def signaling_limits(self) -> TransportLimits:
+        limits = self.limits or TransportLimits()
+        keepalive = limits.keepalive_interval_s
+        if keepalive is None or keepalive <= SIGNALING_KEEPALIVE_S:
+            return limits
+        return attrs.evolve(limits, keepalive_interval_s=SIGNALING_KEEPALIVE_S)
+
     def join(self, join_token: str) -> AbstractAsyncContextManager[SignalingClient]:
         return open_signaling(
             self.signal_url,
@@ -67,7 +82,7 @@ class Dialer:
             participant_name=self.participant_name,
             server_certificate_hashes=self.pins,
             origin=self.origin,
-            limits=self.limits,
+            limits=self.signaling_limits,
         )
 
     def signaling(self, resume_token: str) -> AbstractAsyncContextManager[SignalingLink]:
@@ -78,7 +93,7 @@ class Dialer:
             participant_name=self.participant_name,
             server_certificate_hashes=self.pins,
             origin=self.origin,
-            limits=self.limits,
+            limits=self.signaling_limits,
             resume_token=resume_token,
         )
 
