@@ -436,7 +436,11 @@ class Connection:
     # --- what the connection's QUIC events mean for it (dispatched in _routing.py) --------
     def peer_unreachable(self, now: float) -> None:
         """The kernel says nobody listens on the peer's port (a client's server is gone):
-        see ``ConnectionDeadlines.unreachable``."""
+        see ``ConnectionDeadlines.unreachable``. A PING goes out at once, so a server that
+        does listen answers within the confirmation window even on an idle connection."""
+        if not self.deadlines.unreachable_armed and not self.terminated.is_set():
+            self.quic.send_ping(0)
+            self.flush()
         self.deadlines.unreachable(now)
         self._rearm()
 

@@ -97,6 +97,10 @@ class ConnectionDeadlines:
         (an ICMP message is not authenticated; a stray one costs nothing)."""
         self._unreachable_at = min(self._unreachable_at, now + UNREACHABLE_CONFIRM_S)
 
+    @property
+    def unreachable_armed(self) -> bool:
+        return self._unreachable_at != math.inf
+
     def unreachable_expired(self, now: float) -> bool:
         """The peer stayed unreachable: close the connection (reported once)."""
         if now < self._unreachable_at:
