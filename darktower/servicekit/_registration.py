@@ -2,8 +2,11 @@
 
 Register, then heartbeat at the interval the peer asks for; a failed call (the peer is
 unreachable, or answers that it does not know us, e.g. after it restarted) means register
-again, after a backoff that doubles up to a maximum and starts over once registered. The
-heartbeat timing is docs/architecture.md §4 and ``darktower.protocol.heartbeats``.
+again, after a backoff that doubles up to a maximum and starts over once registered. Once the
+peer has said its heartbeat interval, no wait between attempts is longer than that interval: a
+peer that restarts hears from us within one interval, which its startup grace counts on
+(docs/protocol.md §14). The heartbeat timing is docs/architecture.md §4 and
+``darktower.protocol.heartbeats``.
 """
 
 from __future__ import annotations
@@ -102,11 +105,14 @@ class KeepRegistered:
                     await peer.heartbeat()
                     self._answered()
             except self.retry_on as exc:
+                delay = backoff
+                if self.registered:  # within the interval the peer asked for (its grace)
+                    delay = min(backoff, max(self.interval_s, self.backoff_s))
                 self.log.warning(
                     f"registration with the {self.peer_name} failed; retrying",
-                    extra=fields(**where, error=str(exc), retry_s=backoff),
+                    extra=fields(**where, error=str(exc), retry_s=delay),
                 )
-                await trio.sleep(backoff)
+                await trio.sleep(delay)
                 backoff = min(backoff * 2, self.backoff_max_s)
 
     def _answered(self) -> None:
