@@ -236,6 +236,11 @@ class SqlStore(abc.ABC):
     async def expire_controllers(self, older_than: datetime) -> list[ControllerId]:
         return await self._call(_controller_queries.expire_controllers, older_than, self._clock())
 
+    async def expire_controller(self, controller_id: ControllerId, silent_since: datetime) -> bool:
+        return await self._call(
+            _controller_queries.expire_controller, controller_id, silent_since, self._clock()
+        )
+
     # -- clients ----------------------------------------------------------------------------
     async def add_client(self, client: ClientRecord) -> None:
         await self._call(

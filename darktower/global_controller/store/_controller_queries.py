@@ -1,6 +1,6 @@
 """The store's SQL for the controller registry: registrations, heartbeats (with the counts
 of their meetings and whether they drain), reconciliation of the meetings a controller lists
-with the store's, and expiry of silent controllers (see ``_rows.py`` for how queries run)."""
+with the store's, and expiry of silent or unreachable controllers (see ``_rows.py`` for how queries run)."""
 
 from __future__ import annotations
 
@@ -107,11 +107,35 @@ def expire_controllers(tx: Tx, older_than: datetime, now: datetime) -> list[Cont
     )
     expired = sorted(ControllerId(row[0]) for row in rows)
     for controller_id in expired:
-        tx.run(
-            "UPDATE meetings SET status = ? WHERE controller_id = ? AND status = ?",
-            (MeetingStatus.CONTROLLER_LOST.value, controller_id, MeetingStatus.ACTIVE.value),
-        )
+        _lose_meetings(tx, controller_id)
     return expired
+
+
+def expire_controller(
+    tx: Tx, controller_id: ControllerId, silent_since: datetime, now: datetime
+) -> bool:
+    # The same state as ``expire_controllers``, for one controller found unreachable, unless it
+    # was heard from after ``silent_since`` (a heartbeat or a registration: it is back).
+    changed = tx.run(
+        "UPDATE controllers SET health = ?, expired_at = ? "
+        "WHERE controller_id = ? AND last_heartbeat <= ? AND expired_at IS NULL",
+        (
+            int(HealthStatus.UNHEALTHY),
+            tx.dialect.ts_in(now),
+            controller_id,
+            tx.dialect.ts_in(silent_since),
+        ),
+    )
+    if changed:
+        _lose_meetings(tx, controller_id)
+    return changed > 0
+
+
+def _lose_meetings(tx: Tx, controller_id: ControllerId) -> None:
+    tx.run(
+        "UPDATE meetings SET status = ? WHERE controller_id = ? AND status = ?",
+        (MeetingStatus.CONTROLLER_LOST.value, controller_id, MeetingStatus.ACTIVE.value),
+    )
 
 
 # Listed meeting ids are looked up this many at a time (one IN list each): SQLite allows

@@ -185,6 +185,13 @@ class Store(Protocol):
         newly expired. Safe to run from several GC replicas at once."""
         ...
 
+    async def expire_controller(self, controller_id: ControllerId, silent_since: datetime) -> bool:
+        """Mark one controller as :meth:`expire_controllers` does (UNHEALTHY, its ACTIVE
+        meetings CONTROLLER_LOST) now, if it is not so yet and was not heard from (heartbeat or
+        registration) after ``silent_since``: the GC found it unreachable (docs/protocol.md
+        §14). Returns whether it was marked; False also for an unknown controller."""
+        ...
+
     # -- API clients ----------------------------------------------------------------------
     async def add_client(self, client: ClientRecord) -> None:
         """Conflict if the id or the name is taken."""
