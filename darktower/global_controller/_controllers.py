@@ -55,6 +55,16 @@ class MeetingControllers(Protocol):
         session using one), also when the participant has already left (then ``NotFound``)."""
         ...
 
+    async def probe(
+        self, controller: ControllerRecord, meeting: MeetingRecord, *, deadline_s: float
+    ) -> bool:
+        """Whether the MC answers at all within ``deadline_s``: it is asked to hold ``meeting``
+        (``AssignMeeting``, idempotent: an MC that holds it does nothing), and any answer, a
+        refusal too, counts. False when it cannot be reached (connection refused or lost, a
+        certificate that is not the controller's, no answer in time). Raises nothing for the
+        MC's sake."""
+        ...
+
 
 def pack_endpoint(grpc_endpoint: str, signaling_url: str) -> str:
     """The store's ``endpoint`` column holds both addresses an MC registers (host:port of its

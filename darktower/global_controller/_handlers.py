@@ -124,7 +124,10 @@ class RestHandlers:
         return Reply(200, await self.gc.list_meetings(claims.client_id, active))
 
     async def get_meeting(self, request: ApiRequest, meeting_id: str) -> Reply:
-        return Reply(200, await self.gc.meeting_info(MeetingId(checked_id(meeting_id, "meeting"))))
+        # Our addition: ?unreachable_controller= (docs/protocol.md §14).
+        hint = schemas.unreachable_controller(request.args.get("unreachable_controller"))
+        info = await self.gc.meeting_info(MeetingId(checked_id(meeting_id, "meeting")), hint)
+        return Reply(200, info)
 
     async def join_meeting(self, request: ApiRequest, meeting_id: str) -> Reply:
         caller = request.optional_claims()

@@ -69,6 +69,18 @@ MC_CALL_TIMEOUT_S: Final = 5.0
 # another replica's changes are seen within this delay.
 CONTROLLER_CACHE_S: Final = 1.0
 
+# A caller's word that the MC it used does not answer (``unreachable_controller``, docs/protocol.md
+# §14) is checked by calling that MC (``_probes.py``): no answer within PROBE_TIMEOUT_S and it
+# is lost now. A live MC answers in milliseconds; the caller (a join, or the client asking
+# where its meeting is, bounded at 2 s) waits for the probe. One probe per controller at a
+# time, its result shared by every request that waits for it and reused for PROBE_CACHE_S
+# (monotonic seconds): a flood of such requests costs one call to that MC a second.
+PROBE_TIMEOUT_S: Final = 1.0
+PROBE_CACHE_S: Final = 1.0
+# A hint longer than this (a signaling URL, at most MAX_ENDPOINT_LENGTH, or a controller id)
+# names no controller: INVALID_REQUEST.
+MAX_HINT_LENGTH: Final = MAX_ENDPOINT_LENGTH
+
 # -- access tokens ---------------------------------------------------------------------------
 # Access tokens already verified, remembered (least recently used evicted when full) so a
 # client's every request does not pay for signature checking again; an entry is used only

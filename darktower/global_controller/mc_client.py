@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from darktower.errors import CapacityExceeded
+from darktower.errors import CapacityExceeded, DarkTowerError
 from darktower.global_controller._controllers import grpc_endpoint
 from darktower.global_controller._limits import MAX_MC_CHANNELS
 from darktower.global_controller.store import ControllerRecord, IssuedJoinToken, MeetingRecord
@@ -23,12 +23,21 @@ from darktower.protocol.addresses import split_host_port
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mc_pb
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
 from darktower.servicekit import ClusterTls, ServiceRole, expect_peer
-from darktower.transport.rpc import RpcError, call, open_rpc_channel
+from darktower.transport.rpc import (
+    RpcDeadlineExceeded,
+    RpcError,
+    RpcUnavailable,
+    call,
+    open_rpc_channel,
+)
 
 log = logging.getLogger("darktower.gc.mc")
 
 END_MESSAGE = "The meeting was ended by its host."
 KICK_MESSAGE = "You were removed from the meeting by its host."
+# A probe's own deadline beyond its call's: getting the channel, and the call's reply crossing
+# back from the asyncio loop.
+PROBE_SLACK_S = 0.25
 
 
 def meeting_config(meeting: MeetingRecord) -> mc_pb.MeetingConfig:
@@ -123,6 +132,33 @@ class GrpcMeetingControllers:
             "AssignMeeting",
             mc_pb.AssignMeeting(meeting_id=meeting.meeting_id, config=meeting_config(meeting)),
         )
+
+    async def probe(
+        self, controller: ControllerRecord, meeting: MeetingRecord, *, deadline_s: float
+    ) -> bool:
+        """See ``MeetingControllers.probe``. A trio deadline a little past the call's bounds the
+        whole probe (getting the channel too)."""
+        request = mc_pb.AssignMeeting(meeting_id=meeting.meeting_id, config=meeting_config(meeting))
+        why = f"no answer within {deadline_s} s"
+        with trio.move_on_after(deadline_s + PROBE_SLACK_S):
+            try:
+                stub = await self._stub(controller.controller_id, grpc_endpoint(controller))
+            except CapacityExceeded as exc:  # it registered an endpoint we cannot call
+                why = exc.message
+            else:
+                try:
+                    await call(stub.AssignMeeting, request, deadline_s=deadline_s)
+                except (RpcUnavailable, RpcDeadlineExceeded) as exc:
+                    why = exc.message
+                except DarkTowerError:
+                    return True  # its refusal (full, draining) or another status: it answered
+                else:
+                    return True
+        log.warning(
+            "meeting controller does not answer",
+            extra=fields(controller=controller.controller_id, rpc="AssignMeeting", error=why),
+        )
+        return False
 
     async def end_meeting(self, controller: ControllerRecord, meeting_id: MeetingId) -> None:
         await self._call(

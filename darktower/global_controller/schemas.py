@@ -20,6 +20,7 @@ from darktower.global_controller._limits import (
     MAX_BODY_BYTES,
     MAX_CREDENTIAL_FIELD,
     MAX_DISPLAY_NAME,
+    MAX_HINT_LENGTH,
     MAX_PARTICIPANT_NAME,
     MAX_PARTICIPANTS_LIMIT,
     MAX_REGION,
@@ -46,6 +47,9 @@ class TokenRequest:
 @attrs.frozen
 class JoinMeeting:
     participant_name: str = ""
+    # Our addition: the MC the caller could not reach (its signaling URL or controller id; ""
+    # for none), checked by the GC (docs/protocol.md §14).
+    unreachable_controller: str = ""
 
 
 def parse_json(body: bytes) -> Any:
@@ -154,11 +158,26 @@ def token_request(body: bytes) -> TokenRequest:
 def join_meeting(body: bytes) -> JoinMeeting:
     if not body.strip():
         return JoinMeeting()
-    obj = _object(parse_json(body), "the body", {"participant_name"})
+    obj = _object(parse_json(body), "the body", {"participant_name", "unreachable_controller"})
     return JoinMeeting(
         participant_name=_string(
             obj, "participant_name", max_len=MAX_PARTICIPANT_NAME, required=False
-        )
+        ),
+        unreachable_controller=_string(
+            obj, "unreachable_controller", max_len=MAX_HINT_LENGTH, required=False
+        ),
+    )
+
+
+def unreachable_controller(value: str | None) -> str:
+    """The ``unreachable_controller`` query parameter of a meeting lookup ("" when absent)."""
+    if value is None:
+        return ""
+    return _string(
+        {"unreachable_controller": value},
+        "unreachable_controller",
+        max_len=MAX_HINT_LENGTH,
+        required=False,
     )
 
 

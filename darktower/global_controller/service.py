@@ -38,6 +38,7 @@ from darktower.global_controller._limits import (
     MAX_REVOKED_TOKENS,
 )
 from darktower.global_controller._moves import controller_for_join, ended
+from darktower.global_controller._probes import ControllerProbes, check_unreachable
 from darktower.global_controller._tokens import AccessGate, Tokens, token_id
 from darktower.global_controller.store import (
     ControllerRecord,
@@ -110,6 +111,7 @@ class GlobalController:
         self.kick_ban_s = kick_ban_s  # what ?ban=true means
         self.access = AccessGate(store, tokens, self.now)
         self.directory = ControllerDirectory(store)
+        self.probes = ControllerProbes(self)  # a caller's word that an MC is gone, checked
         # No controller is declared lost before one heartbeat timeout from here: an MC that
         # heartbeated while this GC was down (restarting) gets the time to do it again
         # (``registry.sweep_once``; docs/protocol.md §14).
@@ -186,10 +188,14 @@ class GlobalController:
             "created_at": iso(meeting.created_at),
         }
 
-    async def meeting_info(self, meeting_id: MeetingId) -> dict[str, Any]:
+    async def meeting_info(
+        self, meeting_id: MeetingId, unreachable_controller: str = ""
+    ) -> dict[str, Any]:
         """``GET /api/v1/meetings/{id}`` (docs/protocol.md §1.1), with ``status`` (active, ended,
-        controller_lost). ``NotFound``."""
+        controller_lost). ``unreachable_controller``: the caller could not reach that MC
+        (``_probes.py``; it may be lost, never moved, by this). ``NotFound``."""
         meeting = await self.store.get_meeting(meeting_id)
+        meeting = await check_unreachable(self, meeting, unreachable_controller)
         info: dict[str, Any] = {
             "meeting_id": meeting.meeting_id,
             "display_name": meeting.display_name,
@@ -238,12 +244,15 @@ class GlobalController:
         """A join token: host for the owner, else guest. ``require_auth`` meetings need an
         access token (``Unauthorized``); an ended meeting is ``Conflict``. A meeting whose
         controller is lost, draining or gone is first moved to a live one (``_moves.py``;
-        ``CapacityExceeded``, 503, when none takes it: try again later)."""
+        ``CapacityExceeded``, 503, when none takes it: try again later); so is one whose
+        controller the request says it could not reach, if the GC cannot reach it either
+        (``request.unreachable_controller``, ``_probes.py``)."""
         meeting = await self.store.get_meeting(meeting_id)
         if not meeting.is_active:
             raise ended(meeting)
         if meeting.settings.require_auth and caller is None:
             raise Unauthorized(f"meeting {meeting_id} requires an access token to join")
+        meeting = await check_unreachable(self, meeting, request.unreachable_controller)
         meeting, controller = await controller_for_join(self, meeting)
         role = Role.HOST if caller is not None and caller.client_id == meeting.owner else Role.GUEST
         now = self.now()
