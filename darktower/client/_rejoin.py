@@ -11,6 +11,13 @@ meeting and the display name. The session's link asks it two things:
 - :meth:`~GcRejoiner.ticket`: a new join (``POST /api/v1/meetings/{id}/join``), whose MC
   :meth:`~GcRejoiner.connector` dials.
 
+Both tell the GC which MC did not answer (``unreachable_controller``, its signaling URL;
+docs/protocol.md §14): the lookup names the session's MC, whose resume attempt just failed; a
+join names an MC the GC has not been told of yet — the session's, when the lookup did not reach
+the GC, or the MC of a ticket that got no answer to its join. The GC probes that MC and, only if
+it does not answer either, places the meeting elsewhere at once rather than after its heartbeat
+timeout; a word that was wrong costs a probe and changes nothing.
+
 A refusal that no retry can change (the meeting ended, is unknown, the caller is banned or no
 longer authorised) is :class:`RejoinRefused`, with the reason the session ends with; anything
 else (the GC unreachable or busy, 503 while it re-places the meeting) is retried by
@@ -21,9 +28,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
+import attrs
 import trio
 
 from darktower.errors import (
@@ -36,11 +45,13 @@ from darktower.errors import (
     Unauthorized,
 )
 from darktower.model import LeaveReason
+from darktower.protocol.pb.v1 import signaling_pb2 as sig
+from darktower.transport import ConnectFailed
 
 from ._events import REJOIN_ATTEMPT_S
 from ._outage import backoff_delay
 from ._rest import GlobalControllerClient, JoinTicket
-from ._seams import RejoinConnector, Rejoiner, SignalingLink
+from ._seams import MediaLink, RejoinConnector, Rejoiner, SignalingLink
 from ._signaling import SignalingEnded
 
 T = TypeVar("T")
@@ -136,6 +147,9 @@ class GcRejoiner:
         self.participant_name = participant_name
         self.signal_url = signal_url
         self._dial_at = dial_at
+        # The signaling URL of an MC that did not answer and that the GC has not been told of
+        # ("": none): said with the next join.
+        self.unanswered = ""
 
     async def _call(self, call: Callable[[GlobalControllerClient], Awaitable[T]]) -> T:
         """``call`` on the GC client's connection, or on a fresh one when that is gone."""
@@ -148,12 +162,18 @@ class GcRejoiner:
             return await call(gc)
 
     async def moved(self) -> bool:
+        # Asked after a resume attempt at the session's MC failed: it did not answer (or, rarely,
+        # answered with a refusal that a retry may change; the GC's probe then finds it alive).
+        unanswered = self.unanswered = self.signal_url
         try:
-            info: dict[str, Any] = await self._call(lambda gc: gc.get_meeting(self.meeting_id))
+            info: dict[str, Any] = await self._call(
+                lambda gc: gc.get_meeting(self.meeting_id, unreachable_controller=unanswered)
+            )
         except NotFound as exc:
             raise RejoinRefused(None, _refused(exc)) from exc
         except Exception:  # unreachable, busy, an odd answer: it cannot say
             return False
+        self.unanswered = ""  # the GC has heard it and judged
         status = info.get("status")
         if status == ENDED:
             raise RejoinRefused(
@@ -165,9 +185,12 @@ class GcRejoiner:
         return status == CONTROLLER_LOST or (bool(url) and url != self.signal_url)
 
     async def ticket(self) -> JoinTicket:
+        unanswered = self.unanswered
         try:
-            return await self._call(
-                lambda gc: gc.join_meeting(self.meeting_id, self.participant_name)
+            ticket = await self._call(
+                lambda gc: gc.join_meeting(
+                    self.meeting_id, self.participant_name, unreachable_controller=unanswered
+                )
             )
         except Conflict as exc:  # 409: the meeting has ended
             raise RejoinRefused(LeaveReason.MEETING_ENDED, _refused(exc)) from exc
@@ -175,12 +198,47 @@ class GcRejoiner:
             raise RejoinRefused(LeaveReason.KICKED, _refused(exc)) from exc
         except (NotFound, Unauthorized, InvalidRequest) as exc:
             raise RejoinRefused(None, _refused(exc)) from exc
+        self.unanswered = ""  # the GC has heard it and judged
+        return ticket
 
     def connector(self, ticket: JoinTicket) -> RejoinConnector:
-        return self._dial_at(ticket.meeting_controller_url)
+        url = ticket.meeting_controller_url
+        return _Watched(self._dial_at(url), url, self)
 
     def joined(self, ticket: JoinTicket) -> None:
         self.signal_url = ticket.meeting_controller_url
+        self.unanswered = ""
+
+
+@attrs.frozen
+class _Watched:
+    """A ticket's connector that tells its rejoiner when the ticket's MC does not answer the
+    join: no QUIC connection, or none opened within the attempt's time (``join_again``
+    cancels it). A refusal is an answer."""
+
+    connector: RejoinConnector
+    url: str
+    rejoiner: GcRejoiner
+
+    def signaling(self, resume_token: str) -> AbstractAsyncContextManager[SignalingLink]:
+        return self.connector.signaling(resume_token)
+
+    def media(self, server: sig.MediaServerInfo) -> AbstractAsyncContextManager[MediaLink]:
+        return self.connector.media(server)
+
+    @asynccontextmanager
+    async def join(self, join_token: str) -> AsyncIterator[SignalingLink]:
+        opened = False
+        try:
+            async with self.connector.join(join_token) as signaling:
+                opened = True
+                yield signaling
+        except SignalingEnded:  # the MC ended the session: an answer
+            raise
+        except (ConnectFailed, OSError, trio.Cancelled, *Broken):
+            if not opened:
+                self.rejoiner.unanswered = self.url
+            raise
 
 
 def _refused(exc: DarkTowerError) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -129,8 +130,16 @@ class GlobalControllerClient:
         )
         return CreatedMeeting(**{f.name: str(reply[f.name]) for f in attrs.fields(CreatedMeeting)})
 
-    async def get_meeting(self, meeting_id: str) -> dict[str, Any]:
-        reply: dict[str, Any] = await self._call("GET", f"/api/v1/meetings/{meeting_id}")
+    async def get_meeting(
+        self, meeting_id: str, *, unreachable_controller: str = ""
+    ) -> dict[str, Any]:
+        """The meeting's info. ``unreachable_controller`` (an addition, docs/protocol.md §14):
+        the signaling URL of an MC this client could not reach; the GC checks it, and reports
+        the meeting ``controller_lost`` if it cannot reach that MC either."""
+        path = f"/api/v1/meetings/{meeting_id}"
+        if unreachable_controller:
+            path += "?" + urllib.parse.urlencode({"unreachable_controller": unreachable_controller})
+        reply: dict[str, Any] = await self._call("GET", path)
         return reply
 
     async def list_meetings(self, *, active: bool | None = None) -> dict[str, Any]:
@@ -138,8 +147,15 @@ class GlobalControllerClient:
         reply: dict[str, Any] = await self._call("GET", f"/api/v1/meetings{query}")
         return reply
 
-    async def join_meeting(self, meeting_id: str, participant_name: str = "") -> JoinTicket:
+    async def join_meeting(
+        self, meeting_id: str, participant_name: str = "", *, unreachable_controller: str = ""
+    ) -> JoinTicket:
+        """A join ticket. ``unreachable_controller`` (an addition, docs/protocol.md §14): the
+        signaling URL of an MC this client could not reach; if the GC cannot reach it either,
+        it moves the meeting to a live MC before answering."""
         body = {"participant_name": participant_name} if participant_name else {}
+        if unreachable_controller:
+            body["unreachable_controller"] = unreachable_controller
         reply = await self._call("POST", f"/api/v1/meetings/{meeting_id}/join", body)
         return JoinTicket(
             meeting_id=str(reply["meeting_id"]),
