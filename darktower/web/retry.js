@@ -29,3 +29,8 @@ export function backoffDelayMs(attempt, random = Math.random) {
 export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+// When the MH removes a participant (kick, meeting end) it resets the publish streams a moment
+// before its session close and the MC's SessionEnded say why: a publish stream's loss is shown
+// only if the session is still going this long after it.
+export const STREAM_LOSS_GRACE_MS = 1000;

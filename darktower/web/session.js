@@ -11,36 +11,23 @@
 //   view.ended(text)              the session is over; `text` is for the person
 // The session owns everything it starts; end() releases all of it and is idempotent.
 //
-// Reconnection (docs/protocol.md §13): a signaling session lost without SessionEnded is resumed
-// (state "reconnecting"): new sessions with JoinRequest{meeting_id, resume_token}, backing off
-// with jitter (retry.js), until one is answered with `resumed`; the participant, its tiles and
-// its streams stay, the participant list is reconciled with the MC's, and media reconnects with
-// the fresh connection token. A media session lost alone is reconnected with the token of a
-// MediaReconnect (asked for with MediaReconnectRequest, or sent by the MC unprompted).
-//
-// Rejoin (docs/protocol.md §13): when resuming cannot succeed — the MC says SERVER_SHUTDOWN (or
-// the MH's close code does), refuses the resume token (NOT_FOUND: it restarted), the GC places
-// the meeting at another MC or reports its MC lost (asked after each failed resume attempt), or
-// the reconnect window passed — the page joins the meeting again through the GC's REST API, with
-// the same name and access token, as a new participant, in state "reconnecting"
-// ("Reconnecting…"), backing off with jitter within REJOIN_WINDOW_MS: its streams are published again with their
-// stream ids, media goes to the new MH, the others' tiles follow the new room, and every stream
-// in it is subscribed to. A GC that refuses for good ends the session with a reason that says so.
+// Reconnection (docs/protocol.md §13): resume, media reconnection and the rejoin through the GC
+// are recovery.js's (a Recovery of the session).
 
 import * as api from "./api.js";
 import { LocalMedia } from "./localmedia.js";
 import { routedUrl } from "./media.js";
 import { MediaLink } from "./medialink.js";
-import { ErrorCode, LeaveReason } from "./proto.js";
+import { LeaveReason } from "./proto.js";
+import { Recovery } from "./recovery.js";
 import {
   RECONNECT_ATTEMPT_TIMEOUT_MS,
   RECONNECT_WINDOW_MS,
-  REJOIN_WINDOW_MS,
-  backoffDelayMs,
+  STREAM_LOSS_GRACE_MS,
   sleep,
 } from "./retry.js";
 import { Roster } from "./roster.js";
-import { SignalingError, SignalingLink } from "./signaling.js";
+import { CAPABILITIES, SignalingLink } from "./signaling.js";
 
 // What the person is told when the session ends, by LeaveReason.
 export const END_TEXT = Object.freeze({
@@ -52,16 +39,6 @@ export const END_TEXT = Object.freeze({
 });
 // Why the page rejoins when the MC said nothing more (the MH's SERVER_SHUTDOWN close code alone).
 const SHUTDOWN_DETAIL = "the meeting controller is shutting down";
-// The GC's refusals of a rejoin that no retry changes (HTTP status -> the reason the session ends
-// with; null: the reason it was rejoining for). Anything else (503 while the GC places the
-// meeting again, 429, no answer) is tried again within the window.
-const REJOIN_REFUSALS = Object.freeze({
-  400: null,
-  401: null,
-  403: LeaveReason.KICKED,
-  404: null,
-  409: LeaveReason.MEETING_ENDED,
-});
 const REASON_NAME = Object.fromEntries(Object.entries(LeaveReason).map(([k, v]) => [v, k]));
 // A server that closes a WebTransport session for a reason uses the close code BASE + LeaveReason
 // (the MH does; docs/protocol.md §9), so a reason survives a lost SessionEnded. The one copy of
@@ -72,16 +49,6 @@ export function reasonFromClose(closeInfo) {
   const reason = (closeInfo?.closeCode ?? -1) - SESSION_CLOSE_CODE_BASE;
   return REASON_NAME[reason] !== undefined ? reason : null;
 }
-// When the MH removes a participant (kick, meeting end) it resets the publish streams a moment
-// before its session close and the MC's SessionEnded say why: a publish stream's loss is shown
-// only if the session is still going this long after it.
-export const STREAM_LOSS_GRACE_MS = 1000;
-const CAPABILITIES = {
-  videoCodecs: ["VP8", "VP9"],
-  audioCodecs: ["Opus"],
-  supportsSimulcast: false,
-  maxVideoStreams: 16,
-};
 
 export class MeetingSession {
   // `via` ({"host:port": "host:port"}, or null) reroutes the WebTransport sessions (media.js's
@@ -101,7 +68,6 @@ export class MeetingSession {
     this.role = null;
     this.name = "";
     this.accessToken = null; // the join's: a rejoin asks the GC with it (the host stays a host)
-    this.rejoining = false; // a rejoin through the GC is under way
     this.signalingUrl = null;
     this.resumeToken = null; // the latest JoinResponse's: single-use
     this.link = null; // the current SignalingLink (this.signaling is its Signaling)
@@ -112,8 +78,6 @@ export class MeetingSession {
       onFrame: (frame) => this.roster.push(frame),
       onClosed: (info, error) => this.onMediaClosed(info, error),
     });
-    this.mediaRecovery = 0; // each media reconnection supersedes the one before
-    this.mediaReconnecting = false;
     this.endReason = null; // {code, name, text} once ended
     this.endedPromise = new Promise((resolve) => {
       this.resolveEnded = resolve;
@@ -127,6 +91,7 @@ export class MeetingSession {
       reconnects: { signaling: 0, media: 0 }, // completed reconnections
       rejoins: 0, // completed rejoins through the GC
     };
+    this.recovery = new Recovery(this); // resume, media reconnection, rejoin (recovery.js)
     this.local = new LocalMedia(view, this.stats); // camera, microphone, encoders (localmedia.js)
     this.roster = new Roster(view, {
       stats: this.stats,
@@ -147,7 +112,7 @@ export class MeetingSession {
 
   // Signaling or media is being reconnected.
   get reconnecting() {
-    return this.state === "reconnecting" || this.mediaReconnecting;
+    return this.state === "reconnecting" || this.recovery.mediaReconnecting;
   }
 
   // Camera and microphone (fake devices in tests). A person without them still joins, receive-only.
@@ -194,7 +159,7 @@ export class MeetingSession {
       await this.publishLocal();
       if (this.state !== "ended") this.setState("joined");
       // Lost while publishing: reconnect it now that the session is joined.
-      if (this.state === "joined" && !this.media.connected) this.recoverMedia(null);
+      if (this.state === "joined" && !this.media.connected) this.recovery.recoverMedia(null);
     } catch (e) {
       if (this.state !== "ended") this.end(LeaveReason.CONNECTION_LOST, e.message);
       throw e;
@@ -250,7 +215,7 @@ export class MeetingSession {
       case "sessionEnded":
         // The MC shuts down while the meeting goes on: rejoin it (not an end).
         if (Number(body.reason) === LeaveReason.SERVER_SHUTDOWN) {
-          this.rejoin(LeaveReason.SERVER_SHUTDOWN, body.message || SHUTDOWN_DETAIL);
+          this.recovery.rejoin(LeaveReason.SERVER_SHUTDOWN, body.message || SHUTDOWN_DETAIL);
         } else {
           this.end(body.reason, body.message);
         }
@@ -266,10 +231,13 @@ export class MeetingSession {
         // media session of ours was lost. While one to that MH is up and not being replaced, the
         // lost one is an older one (the MH replaces a session quietly) or this one, whose loss
         // the page notices itself: as the Python client does, that is ignored.
-        if (this.media.connectedTo(body.mediaServer?.mediaHandlerUrl) && !this.mediaReconnecting) {
+        if (
+          this.media.connectedTo(body.mediaServer?.mediaHandlerUrl) &&
+          !this.recovery.mediaReconnecting
+        ) {
           break;
         }
-        this.recoverMedia(body.mediaServer);
+        this.recovery.recoverMedia(body.mediaServer);
         break;
       default:
         // keyShare and anything newer: end-to-end encryption is not in this page yet.
@@ -280,14 +248,15 @@ export class MeetingSession {
   onSignalingClosed({ error, closeInfo }) {
     // A session that ends without SessionEnded was lost (or never established), unless its close
     // code tells why. Lost after the join, it is resumed when the MC gave a resume token.
-    if (this.state === "ended" || this.rejoining) return; // a rejoin handles its own failures
+    // (A rejoin handles its own failures.)
+    if (this.state === "ended" || this.recovery.rejoining) return;
     const reason = reasonFromClose(closeInfo);
     if (reason === LeaveReason.SERVER_SHUTDOWN) {
-      this.rejoin(reason, SHUTDOWN_DETAIL);
+      this.recovery.rejoin(reason, SHUTDOWN_DETAIL);
       return;
     }
     if (reason === null && this.state === "joined" && this.resumeToken) {
-      this.resume();
+      this.recovery.resume();
       return;
     }
     this.end(reason ?? LeaveReason.CONNECTION_LOST, error?.message);
@@ -307,13 +276,13 @@ export class MeetingSession {
       const rejoins = this.stats.rejoins;
       sleep(STREAM_LOSS_GRACE_MS).then(() => {
         if (this.state === "joined" && this.stats.rejoins === rejoins) {
-          this.rejoin(reason, SHUTDOWN_DETAIL);
+          this.recovery.rejoin(reason, SHUTDOWN_DETAIL);
         }
       });
       return;
     }
     // While signaling resumes, the resume brings a media token of its own.
-    if (this.state === "joined") this.recoverMedia(null);
+    if (this.state === "joined") this.recovery.recoverMedia(null);
   }
 
   // --- reconnection (docs/protocol.md §13) -------------------------------------------------------
@@ -335,212 +304,6 @@ export class MeetingSession {
     this.link = link;
     this.signaling = link.signaling;
     link.goLive(apply);
-  }
-
-  // The signaling session was lost: new sessions presenting the resume token, backing off with
-  // jitter, until one resumes, the MC refuses (the session ends with its reason) or the window
-  // closes (CONNECTION_LOST).
-  async resume() {
-    this.setState("reconnecting");
-    this.link.retire();
-    const deadline = performance.now() + this.reconnectWindowMs;
-    const resuming = () => this.state === "reconnecting" && !this.rejoining;
-    let failure = "";
-    for (let attempt = 0; resuming(); attempt++) {
-      await sleep(backoffDelayMs(attempt));
-      if (!resuming()) return;
-      if (attempt > 0 && (await this.meetingMoved())) return;
-      if (!resuming()) return;
-      if (performance.now() > deadline) break;
-      let link = null;
-      try {
-        link = await this.openSignaling(RECONNECT_ATTEMPT_TIMEOUT_MS);
-        const reply = await link.signaling.request(
-          "join",
-          {
-            meetingId: this.meetingId,
-            resumeToken: this.resumeToken,
-            participantName: this.name,
-            capabilities: CAPABILITIES,
-          },
-          RECONNECT_ATTEMPT_TIMEOUT_MS,
-        );
-        if (!resuming()) {
-          link.retire();
-          return;
-        }
-        this.resumed(link, reply.joinResponse);
-        return;
-      } catch (e) {
-        if (link) link.retire();
-        failure = e.message;
-        if (e instanceof SignalingError && e.code === ErrorCode.NOT_FOUND) {
-          // The MC does not know the token: it restarted, or the grace passed. Join again.
-          this.rejoin(LeaveReason.CONNECTION_LOST, "this session has expired");
-          return;
-        }
-        if (e instanceof SignalingError) {
-          // Refused: a kick or the meeting's end says why in the SessionEnded that follows.
-          await Promise.race([sleep(STREAM_LOSS_GRACE_MS), this.endedPromise]);
-          this.end(LeaveReason.CONNECTION_LOST, e.message);
-          return;
-        }
-      }
-    }
-    if (resuming()) this.rejoin(LeaveReason.CONNECTION_LOST, failure || "could not reconnect");
-  }
-
-  // After a failed resume attempt: whether the GC has the meeting elsewhere (another MC, or its
-  // MC lost), and the page rejoins it there; it ends the session when the GC says it has ended.
-  // A GC that cannot say (no answer) leaves the resume going.
-  async meetingMoved() {
-    let info;
-    try {
-      const timeoutMs = RECONNECT_ATTEMPT_TIMEOUT_MS;
-      info = await api.getMeeting(this.meetingId, null, { timeoutMs });
-    } catch {
-      return false;
-    }
-    if (this.state !== "reconnecting" || this.rejoining) return true;
-    if (info?.status === "ended") {
-      this.end(LeaveReason.MEETING_ENDED, "the meeting has ended");
-      return true;
-    }
-    const url = info?.meeting_controller_url;
-    if (info?.status !== "controller_lost" && (!url || url === this.signalingUrl)) return false;
-    this.rejoin(LeaveReason.CONNECTION_LOST, "the meeting controller is gone");
-    return true;
-  }
-
-  // Joins the meeting again through the GC as a new participant (see the top of this file):
-  // attempts back off with jitter within REJOIN_WINDOW_MS; `reason` and `detail` say why (the end
-  // reason if no attempt succeeds). Idempotent while one is under way.
-  async rejoin(reason, detail) {
-    if (this.state === "ended" || this.rejoining) return;
-    this.rejoining = true;
-    this.mediaRecovery++; // a media reconnection under way stops: the rejoin brings media
-    this.mediaReconnecting = false;
-    this.setState("reconnecting");
-    this.link?.retire();
-    const deadline = performance.now() + REJOIN_WINDOW_MS;
-    const timeoutMs = RECONNECT_ATTEMPT_TIMEOUT_MS;
-    let failure = "no attempt in time";
-    for (let attempt = 0; this.state === "reconnecting"; attempt++) {
-      if (attempt > 0) await sleep(backoffDelayMs(attempt - 1));
-      if (this.state !== "reconnecting") return;
-      if (performance.now() > deadline) break;
-      let link = null;
-      try {
-        const ticket = await api.joinMeeting(this.meetingId, this.name, this.accessToken, {
-          timeoutMs,
-        });
-        if (this.state !== "reconnecting") return;
-        this.signalingUrl = ticket.meeting_controller_url;
-        link = await this.openSignaling(timeoutMs);
-        const join = {
-          meetingId: this.meetingId,
-          joinToken: ticket.join_token,
-          participantName: this.name,
-          capabilities: CAPABILITIES,
-        };
-        const reply = await link.signaling.request("join", join, timeoutMs);
-        if (this.state !== "reconnecting") {
-          link.retire();
-          return;
-        }
-        await this.rejoined(link, reply.joinResponse, ticket);
-        return;
-      } catch (e) {
-        if (link) link.retire();
-        if (e instanceof api.ApiError && e.status in REJOIN_REFUSALS) {
-          const refused = "the Global Controller refused to rejoin the meeting";
-          this.end(REJOIN_REFUSALS[e.status] ?? reason, `${refused} (${e.code}): ${e.message}`);
-          return;
-        }
-        failure = e.message;
-      }
-    }
-    this.end(reason, `${detail}; not rejoined in time (${failure})`);
-  }
-
-  // Joined at the MC the GC named (`ticket`): a new participant id, the room as that MC has it,
-  // the streams published again, media at its MH.
-  async rejoined(link, joined, ticket) {
-    if (!joined) throw new Error("the meeting controller did not answer with JoinResponse");
-    const old = this.participantId;
-    this.participantId = this.roster.selfId = joined.participantId;
-    this.role = api.jwtPayload(ticket.join_token).role ?? ticket.role ?? this.role;
-    this.roster.kickable = this.role === "host";
-    this.resumeToken = joined.resumeToken || null;
-    this.view.renameTile?.(old, this.participantId);
-    this.goLive(link, () => this.roster.reconcile(joined.existingParticipants));
-    await this.local.republish(link.signaling);
-    let media = true;
-    try {
-      await this.media.connect(joined.mediaServer);
-    } catch {
-      media = false; // the MC gives another token: recoverMedia below
-    }
-    if (this.state !== "reconnecting") return;
-    this.rejoining = false;
-    this.stats.rejoins++;
-    this.setState("joined");
-    if (!media) this.recoverMedia(null);
-  }
-
-  // The MC answered the resume: same participant, the room as it is now, a fresh media token.
-  resumed(link, joined) {
-    if (!joined?.resumed || joined.participantId !== this.participantId) {
-      link.retire();
-      this.end(LeaveReason.CONNECTION_LOST, "the meeting controller did not resume the session");
-      return;
-    }
-    this.resumeToken = joined.resumeToken || null;
-    this.stats.reconnects.signaling++;
-    // Joined again before the events held since the JoinResponse (and the new session's end,
-    // if it came already: that is a new loss, resumed in turn).
-    this.goLive(link, () => {
-      this.roster.reconcile(joined.existingParticipants);
-      this.setState("joined");
-    });
-    if (this.state === "joined") this.recoverMedia(joined.mediaServer);
-  }
-
-  // Reconnects media with `server`'s token, or with one asked of the MC (MediaReconnectRequest)
-  // when `server` is null or its token fails; backs off between attempts. A newer call, a lost
-  // signaling session (its resume brings a token) or the end of the session stops it.
-  async recoverMedia(server) {
-    if (this.state !== "joined") return;
-    const recovery = ++this.mediaRecovery;
-    this.mediaReconnecting = true;
-    this.view.update(this);
-    const deadline = performance.now() + this.reconnectWindowMs;
-    const current = () => recovery === this.mediaRecovery && this.state === "joined";
-    for (let attempt = 0; current(); attempt++) {
-      if (attempt > 0) await sleep(backoffDelayMs(attempt - 1));
-      if (!current()) return;
-      if (performance.now() > deadline) break;
-      try {
-        if (!server) {
-          const reply = await this.signaling.request("mediaReconnectRequest", {});
-          server = reply.mediaReconnect?.mediaServer;
-          if (!current()) return;
-        }
-        await this.media.connect(server);
-        if (!current()) return;
-        this.roster.resync();
-        this.mediaReconnecting = false;
-        this.stats.reconnects.media++;
-        this.view.update(this);
-        return;
-      } catch {
-        server = null; // the next attempt asks for a fresh token
-      }
-    }
-    if (recovery !== this.mediaRecovery || this.state !== "joined") return;
-    this.mediaReconnecting = false;
-    this.view.update(this);
-    this.view.notice("Media connection lost");
   }
 
   // --- actions ----------------------------------------------------------------------------------
@@ -591,7 +354,7 @@ export class MeetingSession {
       text: END_TEXT[code] ?? "The session ended",
       detail: detail || "",
     };
-    this.mediaReconnecting = false;
+    this.recovery.mediaReconnecting = false;
     this.setState("ended");
     this.local.stopEncoders();
     this.roster.stop();

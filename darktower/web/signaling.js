@@ -10,6 +10,13 @@
 import { openWebTransport } from "./media.js";
 import { ErrorCode, PROTOCOL_VERSION, encodeDelimited, kindOf, readMessages } from "./proto.js";
 
+// What the page says it can receive, in every JoinRequest (a join, a resume, a rejoin).
+export const CAPABILITIES = {
+  videoCodecs: ["VP8", "VP9"],
+  audioCodecs: ["Opus"],
+  supportsSimulcast: false,
+  maxVideoStreams: 16,
+};
 // A request not answered within this long fails (the session is still usable).
 export const REQUEST_TIMEOUT_MS = 10_000;
 // Pings keep the QUIC connection alive from the page's side too: browsers idle out after 30 s

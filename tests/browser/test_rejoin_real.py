@@ -30,6 +30,8 @@ pytestmark = pytest.mark.browser
 
 WANT_VIDEO_FRAMES = 10
 REAL_WAIT_S = 25.0  # every Playwright wait of the scenario
+# Not so short that a loaded machine (Chromium decoding two pages) idles a page out.
+MC_IDLE_TIMEOUT_S = 5.0
 JOIN = re.compile(r"/api/v1/meetings/([^/?]+)/join")
 INFO = re.compile(r"/api/v1/meetings/([^/?]+)")
 # What the page shows over time: [ms since the call, body's data-state, status bar text].
@@ -76,7 +78,7 @@ async def test_pages_whose_mc_drains_rejoin_at_another_and_decode_each_other_aga
     tmp_path: pathlib.Path,
 ) -> None:
     results: dict[str, Any] = {}
-    async with rejoin_stack(tmp_path) as stack:
+    async with rejoin_stack(tmp_path, mc_idle_timeout_s=MC_IDLE_TIMEOUT_S) as stack:
         stack.gc.at = stack.mc1_url
         for url in (stack.mc1_via_proxy, stack.mc2_url):  # placed on both: a join goes anywhere
             await stack.gc.assign(url)

@@ -162,12 +162,14 @@ async def _assign_at(
 
 
 @asynccontextmanager
-async def rejoin_stack(tmp_path: pathlib.Path) -> AsyncIterator[Stack]:
+async def rejoin_stack(
+    tmp_path: pathlib.Path, *, mc_idle_timeout_s: float = IDLE_S
+) -> AsyncIterator[Stack]:
     """The stack of the module docstring, the meeting placed at mc1 (through the proxy)."""
     tls = generate_dev_certificate()
     certfile, keyfile = tls.write(tmp_path)
     files = {"certfile": str(certfile), "keyfile": str(keyfile)}
-    mc = {"resume_grace_s": GRACE_S, "idle_timeout_s": IDLE_S, **files}
+    mc = {"resume_grace_s": GRACE_S, "idle_timeout_s": mc_idle_timeout_s, **files}
     async with open_services(tmp_path / "data", mc=mc, mh=files) as services:
         assert services.issuer is not None and services.join_key_file is not None
         mc1_set = mc_settings(join_public_key_file=str(services.join_key_file), **mc)
