@@ -1,4 +1,4 @@
-"""Sessions: tests (the whole suite), lint, proto (regenerate protobuf code), bench, fuzz.
+"""Sessions: tests (the whole suite), lint, proto (regenerate protobuf code), bench, fuzz, chaos.
 
 Environments are reused between runs; the project is (re)installed only when pyproject.toml
 changes, so a second ``nox -s tests`` starts in seconds.
@@ -100,3 +100,20 @@ def fuzz(session: nox.Session) -> None:
         )
         rounds += 1
     session.log(f"fuzz: {rounds} rounds in {minutes:g} minutes, no failure")
+
+
+@nox.session(python=PYTHON)
+def chaos(session: nox.Session) -> None:
+    """The fault-injection schedule (tests/chaos, marked ``chaos``; ``tests`` skips them): the
+    services as separate processes, a random one killed with SIGKILL and started again every few
+    seconds while client-library participants talk, then checks that no meeting was lost, every
+    participant is in or was told why, and nothing is left behind (docs/architecture.md §9).
+
+    ``nox -s chaos`` kills for 2 minutes; ``nox -s chaos -- 10`` for 10. The run prints its seed;
+    ``DARKTOWER_CHAOS_SEED=N nox -s chaos`` replays that schedule.
+    """
+    _install(session)
+    minutes = float(session.posargs[0]) if session.posargs else 2.0
+    env = {"DARKTOWER_CHAOS": "1", "DARKTOWER_CHAOS_S": str(minutes * 60)}
+    pytest = ["-m", "pytest", "-m", "chaos", "-q", "-p", "no:randomly", "tests/chaos"]
+    session.run("python", *pytest, env=env)
