@@ -115,5 +115,5 @@ def chaos(session: nox.Session) -> None:
     _install(session)
     minutes = float(session.posargs[0]) if session.posargs else 2.0
     env = {"DARKTOWER_CHAOS": "1", "DARKTOWER_CHAOS_S": str(minutes * 60)}
-    pytest = ["-m", "pytest", "-m", "chaos", "-q", "-p", "no:randomly", "tests/chaos"]
+    pytest = ["-m", "pytest", "-m", "chaos", "-q", "tests/chaos"]
     session.run("python", *pytest, env=env)
