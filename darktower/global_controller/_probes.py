@@ -94,7 +94,7 @@ class ControllerProbes:
         if await gc.store.expire_controller(controller.controller_id, began):
             gc.directory.changed()
             log.warning(
-                "meeting controller does not answer a client's MC; its meetings are "
+                "meeting controller unreachable, as a client said; its meetings are "
                 "CONTROLLER_LOST",
                 extra=fields(controller=controller.controller_id, meeting=meeting.meeting_id),
             )
