@@ -146,16 +146,17 @@ class MediaHandler:
         of it (its first, or it was forgotten after its media grace: its streams and routes
         must be given again, docs/protocol.md §13), False when it kept it.
 
-        Creates the room at its first participant. Raises InvalidRequest (bad ids, types),
-        Conflict (a stream id another participant registered), CapacityExceeded (rooms,
-        participants, streams), ScopeClosed while draining.
+        Creates the room at its first participant, or anew for a newer ``room_epoch``. Raises
+        InvalidRequest (bad ids, types), Conflict (a stream id another participant registered,
+        an older room epoch), CapacityExceeded (rooms, participants, streams), ScopeClosed
+        while draining.
         """
         pid = ParticipantId(request.participant_id)
         mid = MeetingId(request.meeting_id)
         if not pid or not mid:
             raise InvalidRequest("participant_id and meeting_id are required")
         streams = [_parse_stream(s) for s in request.streams]
-        room = await self.registry.room_for(mid)
+        room = await self.registry.room_for(mid, request.room_epoch)
         try:
             member = room.members.get(pid)
             created = member is None

@@ -12,7 +12,7 @@ import functools
 
 import trio
 
-from darktower.errors import CapacityExceeded, NotFound
+from darktower.errors import CapacityExceeded, Conflict, NotFound
 from darktower.model import LeaveReason, MeetingId, ParticipantId, StreamId
 from darktower.nurseries import Meeting, TaskTree
 
@@ -52,13 +52,23 @@ class RoomRegistry:
             sum(r.stream_count() for r in rooms),
         )
 
-    async def room_for(self, meeting_id: MeetingId) -> MediaRoom:
-        """The meeting's room, started in the task tree if it has none. Raises
-        CapacityExceeded past ``max_rooms`` or while the MH drains, ScopeClosed once its tree
-        drains."""
+    async def room_for(self, meeting_id: MeetingId, epoch: int = 0) -> MediaRoom:
+        """The meeting's room, started in the task tree if it has none. ``epoch``: the room's
+        incarnation at the MC (0: none said); a room of an older one (an MC that is gone left
+        it in its media grace) is ended first and a new one started, with its members' media
+        connections closed without a reason (docs/architecture.md §4.6). Raises Conflict for
+        an epoch older than the room's, CapacityExceeded past ``max_rooms`` or while the MH
+        drains, ScopeClosed once its tree drains."""
         async with self._lock:
             room = self.rooms.get(meeting_id)
+            if room is not None and epoch and room.epoch and epoch != room.epoch:
+                if epoch < room.epoch:
+                    raise Conflict(f"a newer room of meeting {meeting_id} is here")
+                del self.rooms[meeting_id]
+                room.scope.end(LeaveReason.CONNECTION_LOST)
+                room = None
             if room is not None:
+                room.epoch = room.epoch or epoch
                 return room
             if self.draining:
                 raise CapacityExceeded("this media handler is draining")
@@ -74,7 +84,7 @@ class RoomRegistry:
                 cleanup=functools.partial(self._room_closed, meeting_id),
                 max_participants=self.settings.max_participants_per_room,
             )
-            room = MediaRoom(meeting_id, meeting, expiry_changed=changed)
+            room = MediaRoom(meeting_id, meeting, expiry_changed=changed, epoch=epoch)
             self.rooms[meeting_id] = room
             return room
 

@@ -238,6 +238,9 @@ class MediaRoom:
     # Set when a member's expiry changes (registered, lost): the room's body recomputes when
     # to forget the next one, and replaces it.
     expiry_changed: trio.Event = attrs.Factory(trio.Event)
+    # The incarnation of the meeting's room at its MC (RegisterParticipant.room_epoch; 0: none
+    # said): a registration of a newer one replaces this room (_registry.py).
+    epoch: int = 0
 
     def add_publication(self, publication: MediaPublication) -> None:
         self.publications[publication.stream_id] = publication

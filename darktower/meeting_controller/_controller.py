@@ -342,7 +342,9 @@ class MeetingController:
     ) -> tuple[RoomState, RoomMember, trio.MemoryReceiveChannel[Outgoing]]:
         meeting_id = room.id
         participant_id = ParticipantId(str(uuid.uuid4()))
-        register = mh_pb.RegisterParticipant(participant_id=participant_id, meeting_id=meeting_id)
+        register = mh_pb.RegisterParticipant(
+            participant_id=participant_id, meeting_id=meeting_id, room_epoch=room.epoch
+        )
         for attempt in range(2):  # once more where the room went if it moved meanwhile
             if room.mh is None or not room.mh.usable(trio.current_time()):
                 self.media.move(room)  # never split: the members present follow

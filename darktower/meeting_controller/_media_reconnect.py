@@ -60,7 +60,9 @@ class MediaReconnection:
                 raise InternalError("no media handler is assigned to this meeting")
             try:
                 reply = await mh.register_participant(
-                    mh_pb.RegisterParticipant(participant_id=self.member.id, meeting_id=room.id)
+                    mh_pb.RegisterParticipant(
+                        participant_id=self.member.id, meeting_id=room.id, room_epoch=room.epoch
+                    )
                 )
                 if reply.created or self._replay_due:
                     self._replay_due = True
@@ -92,7 +94,10 @@ class MediaReconnection:
         if streams:
             await mh.register_participant(
                 mh_pb.RegisterParticipant(
-                    participant_id=member.id, meeting_id=room.id, streams=streams
+                    participant_id=member.id,
+                    meeting_id=room.id,
+                    streams=streams,
+                    room_epoch=room.epoch,
                 )
             )
         for stream_id, options in list(member.subscriptions.items()):

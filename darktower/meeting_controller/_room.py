@@ -6,6 +6,7 @@ write that depends on it, so it needs no lock (trio is cooperative).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -98,6 +99,10 @@ class RoomState:
     banned_tokens: dict[str, float] = attrs.field(factory=dict)
     # Set and replaced whenever a member joins or leaves (the empty-meeting timer waits on it).
     membership_changed: trio.Event = attrs.field(factory=trio.Event)
+    # This incarnation of the meeting's room (creation time, ns): sent in every
+    # RegisterParticipant, so an MH still holding a room of an older one (this MC restarted,
+    # or another MC held the meeting) starts afresh (docs/architecture.md §4.6).
+    epoch: int = attrs.field(factory=time.time_ns)
 
     @property
     def e2ee(self) -> bool:

@@ -89,7 +89,7 @@ async def publish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     # The MH learns the stream, and its simulcast layers, before anyone hears of it: its
     # frames are then accepted from this participant only, each layer as its own wire id.
     register = mh_pb.RegisterParticipant(
-        participant_id=member.id, meeting_id=room.id, streams=[stream]
+        participant_id=member.id, meeting_id=room.id, streams=[stream], room_epoch=room.epoch
     )
     await at_room_mh(room, lambda mh: mh.register_participant(register))
     if room.publisher_of(stream_id) is not None:  # published by another meanwhile

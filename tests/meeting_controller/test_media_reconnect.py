@@ -13,6 +13,7 @@ import trio
 
 from darktower.errors import CapacityExceeded, InternalError
 from darktower.loadtest import open_udp_proxy
+from darktower.model import MeetingId
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
@@ -184,12 +185,17 @@ async def _subscribe(client: Any, stream: str, layer: str = "", bitrate: int = 0
 
 def _calls(stack: Stack, registered: int, routes: int) -> tuple[list[Any], list[Any]]:
     """The RegisterParticipant and RouteMedia requests the MH saw since, as the MC built them
-    (the transport's protocol_version left out)."""
+    (the transport's protocol_version and the room's epoch left out: every registration carries
+    the room's)."""
+    room = stack.running.controller.rooms[MeetingId("m")]
 
     def plain(request: Any) -> Any:
         copy = type(request)()
         copy.CopyFrom(request)
         copy.ClearField("protocol_version")
+        if isinstance(request, mh_pb.RegisterParticipant):
+            assert request.room_epoch == room.epoch
+            copy.ClearField("room_epoch")
         return copy
 
     return (

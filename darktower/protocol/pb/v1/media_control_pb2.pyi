@@ -34,9 +34,17 @@ class RegisterParticipant(_message.Message):
     PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
     MEETING_ID_FIELD_NUMBER: _builtins.int
     STREAMS_FIELD_NUMBER: _builtins.int
+    ROOM_EPOCH_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     participant_id: _builtins.str
     meeting_id: _builtins.str
+    room_epoch: _builtins.int
+    """Addition to the contract: which incarnation of the meeting's room at its MC this is (the
+    MC's creation time of its room state, in ns; 0: none said). An MH holding a room of this
+    meeting from an older incarnation (an MC that is gone, the room left in its media grace)
+    ends it and starts a new one; a registration from an older incarnation than the room's is
+    refused with CONFLICT (docs/architecture.md §4.6).
+    """
     protocol_version: _builtins.int
     """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
     A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
@@ -49,11 +57,12 @@ class RegisterParticipant(_message.Message):
         participant_id: _builtins.str = ...,
         meeting_id: _builtins.str = ...,
         streams: _abc.Iterable[_common_pb2.MediaStream] | None = ...,
+        room_epoch: _builtins.int = ...,
         protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "participant_id", b"participant_id", "protocol_version", b"protocol_version", "streams", b"streams"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "participant_id", b"participant_id", "protocol_version", b"protocol_version", "room_epoch", b"room_epoch", "streams", b"streams"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
