@@ -62,7 +62,12 @@ CONTROLLERS = ("mc-a", "mc-b")
 WAIT_S = 30.0  # bound on media flowing, on a restarted MC being ready
 REJOIN_S = 90.0  # bound on a rejoin (the client's rejoin window is 60 s from the loss)
 SETTLE_S = 2.0  # media flowing this long before each kill (a pace)
+# The GC learns an MC is lost by its heartbeat timeout or, sooner, by probing it when a client
+# names it unreachable (docs/protocol.md §14): whichever it logged first.
 GC_LOST = "meeting controller missed its heartbeats; its meetings are CONTROLLER_LOST"
+GC_PROBED_LOST = (
+    "meeting controller unreachable, as a client said; its meetings are CONTROLLER_LOST"
+)
 GC_MOVED = "meeting moved to another meeting controller"
 NOT_USABLE = "the client library has no rejoin through the GC (darktower.client.Rejoined)"
 
@@ -237,7 +242,13 @@ async def _kill(
     }
     # The GC's side, from its log: it declared the MC lost, it moved the meeting.
     for key, at in (
-        ("gc_noticed_ms", stack.gc.logged_at(GC_LOST, gc_mark, controller=ident)),
+        (
+            "gc_noticed_ms",
+            _first(
+                stack.gc.logged_at(GC_LOST, gc_mark, controller=ident),
+                stack.gc.logged_at(GC_PROBED_LOST, gc_mark, controller=ident),
+            ),
+        ),
         ("gc_moved_ms", stack.gc.logged_at(GC_MOVED, gc_mark, from_controller=ident)),
     ):
         result[key] = [] if at is None else [(at - wall0) * 1e3]
@@ -306,3 +317,8 @@ def mc_figures(
         for state in run["lost"]:
             log(f"  lost: {state}")
     return figures
+
+
+def _first(*stamps: float | None) -> float | None:
+    known = [s for s in stamps if s is not None]
+    return min(known) if known else None
