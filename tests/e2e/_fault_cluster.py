@@ -19,7 +19,7 @@ import pathlib
 import signal
 import socket
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -70,7 +70,7 @@ class Spec:
     module: str
     argv: list[str]
     readyz: str
-    ports: list[tuple[int, int]]  # (port, socket kind) it binds
+    ports: Sequence[tuple[int, int]]  # (port, socket kind) it binds
 
     @property
     def role(self) -> str:
@@ -90,18 +90,32 @@ class Topology:
         return self.heartbeat_interval_s * self.heartbeat_misses
 
 
+def _served(
+    name: str, module: str, make: Callable[..., Any], ports: Iterator[int], **fixed: Any
+) -> Spec:
+    """An MC or MH (``make``: its settings from tests/_stack.py, with ``fixed``) on the next
+    three ports: public (UDP), gRPC, ops."""
+    public, grpc, ops = next(ports), next(ports), next(ports)
+    settings = make(port=public, grpc_port=grpc, ops_port=ops, **fixed)
+    ports_of = [(public, UDP), (grpc, TCP), (ops, TCP)]
+    return Spec(name, module, to_argv(settings), f"http://127.0.0.1:{ops}/readyz", ports_of)
+
+
 def _specs(topology: Topology, data: pathlib.Path) -> dict[str, Spec]:
     """Every service's flags, on ports fixed for the run (below the ephemeral range)."""
-    tls = {"certfile": str(data / DEV_CERT_FILE), "keyfile": str(data / DEV_KEY_FILE)}
-    common = {"drain_grace_s": DRAIN_GRACE_S, "log_json": True}
-    names = [GC, *topology.mhs]
-    names += [f"mh-{mc[3:]}{i + 1}" for mc, n in topology.mhs.items() for i in range(n)]
-    ports = iter(_free_bases(3 * len(names)))
-    specs: dict[str, Spec] = {}
+    common: dict[str, Any] = {
+        "drain_grace_s": DRAIN_GRACE_S,
+        "log_json": True,
+        "certfile": str(data / DEV_CERT_FILE),
+        "keyfile": str(data / DEV_KEY_FILE),
+    }
+    mhs = {mc: [f"mh-{mc[3:]}{i + 1}" for i in range(n)] for mc, n in topology.mhs.items()}
+    ports = iter(_free_bases(3 * (1 + len(mhs) + sum(map(len, mhs.values())))))
     web, grpc = next(ports), next(ports)
     gc = gc_settings(
         data,
-        **common,
+        drain_grace_s=DRAIN_GRACE_S,
+        log_json=True,
         port=web,
         grpc_port=grpc,
         heartbeat_interval_s=topology.heartbeat_interval_s,
@@ -110,49 +124,30 @@ def _specs(topology: Topology, data: pathlib.Path) -> dict[str, Spec]:
         rate_limit_per_min=100_000,
         max_active_meetings_per_client=0,
     )
-    specs[GC] = Spec(
-        GC,
-        "darktower.global",
-        to_argv(gc),
-        f"https://127.0.0.1:{web}/readyz",
-        [(web, TCP), (web, UDP), (grpc, TCP)],
-    )
-    for mc, count in topology.mhs.items():
-        signal_port, mc_grpc, ops = next(ports), next(ports), next(ports)
-        settings: Any = mc_settings(
-            controller_id=mc,
-            port=signal_port,
-            grpc_port=mc_grpc,
-            ops_port=ops,
-            gc_grpc=f"127.0.0.1:{grpc}",
-            **tls,
-            **common,
-        )
-        specs[mc] = Spec(
+    web_ports = [(web, TCP), (web, UDP), (grpc, TCP)]
+    specs = {
+        GC: Spec(GC, "darktower.global", to_argv(gc), f"https://127.0.0.1:{web}/readyz", web_ports)
+    }
+    for mc, handlers in mhs.items():
+        specs[mc] = _served(
             mc,
             "darktower.meeting",
-            to_argv(settings),
-            f"http://127.0.0.1:{ops}/readyz",
-            [(signal_port, UDP), (mc_grpc, TCP), (ops, TCP)],
+            mc_settings,
+            ports,
+            controller_id=mc,
+            gc_grpc=f"127.0.0.1:{grpc}",
+            **common,
         )
-        for i in range(count):
-            mh = f"mh-{mc[3:]}{i + 1}"
-            media, mh_grpc, mh_ops = next(ports), next(ports), next(ports)
-            settings = mh_settings(
-                handler_id=mh,
-                port=media,
-                grpc_port=mh_grpc,
-                ops_port=mh_ops,
-                mc_grpc=f"127.0.0.1:{mc_grpc}",
-                **tls,
-                **common,
-            )
-            specs[mh] = Spec(
+        mc_grpc = specs[mc].ports[1][0]
+        for mh in handlers:
+            specs[mh] = _served(
                 mh,
                 "darktower.media",
-                to_argv(settings),
-                f"http://127.0.0.1:{mh_ops}/readyz",
-                [(media, UDP), (mh_grpc, TCP), (mh_ops, TCP)],
+                mh_settings,
+                ports,
+                handler_id=mh,
+                mc_grpc=f"127.0.0.1:{mc_grpc}",
+                **common,
             )
     return specs
 

@@ -122,10 +122,12 @@ class Peer:
         end = self.session.end_reason
         how = f"ended {end.name}: {self.session.end_message!r}" if end else "in"
         dropped = self.publication.dropped if self.publication is not None else 0
+        streams = sum(len(p.streams) for p in self.session.participants.values())
         return (
-            f"{self.name} ({self.session.participant_id}) {how}, sees {self.others()}, "
+            f"{self.name} ({self.session.participant_id}) {how}, sees {self.others()} "
+            f"publishing {streams} streams, subscribed to {len(self.subscriptions)}, "
             f"{self.session.rejoins} rejoins / {self.session.reconnects} reconnects, "
-            f"{len(self.subscriptions)} subscriptions, {dropped} frames not sent"
+            f"{dropped} frames not sent"
         )
 
     def _wake(self) -> None:
