@@ -31,11 +31,10 @@ from darktower.client import open_gc_client
 from tests.e2e._fault_cluster import FaultCluster, Topology, fault_cluster
 from tests.e2e._fault_peers import Peer, everyone_sees_everyone, joined, media_back
 
-CHAOS = [  # the marks of every test in tests/chaos
+pytestmark = [
     pytest.mark.chaos,
     pytest.mark.skipif(os.environ.get("DARKTOWER_CHAOS") != "1", reason="a long run: nox -s chaos"),
 ]
-pytestmark = CHAOS
 
 MEETINGS = 2
 PER_MEETING = 3

@@ -16,6 +16,13 @@ through the GC, each publishing audio and subscribed to the others.
 
 Each killed service is started again before the next kill; at the end everyone leaves and every
 service drains on SIGTERM, leaving no process, port or file behind.
+
+And a fault the chaos schedule found (tests/chaos): an MC killed and started again at once with
+its id while its MH lives. Its participants' resumes are refused (it lost its state), they
+rejoin through the GC at the same MC, which re-creates the meeting on the same MH; that MH
+still held the previous incarnation's room, whose registrations (in their media grace) kept the
+participants' stream ids, so no restored publication got media through again (the room's
+incarnation now replaces it, docs/architecture.md §4.6).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from darktower.client import (
 )
 from darktower.model import LeaveReason
 
-from ._fault_cluster import GC, FaultCluster, fault_cluster
+from ._fault_cluster import GC, FaultCluster, Topology, fault_cluster
 from ._fault_peers import Peer, all_rejoined, everyone_sees_everyone, joined, media_back
 from ._processes import get_json
 
@@ -222,3 +229,34 @@ async def test_each_role_killed_during_a_live_meeting(tmp_path: pathlib.Path) ->
             assert cluster.tracebacks() == []
     cluster.assert_nothing_left()
     print(f"whole test {trio.current_time() - began:.1f} s")
+
+
+@pytest.mark.slow
+async def test_an_mc_killed_and_started_again_at_once_gets_its_participants_media_back(
+    tmp_path: pathlib.Path,
+) -> None:
+    with trio.fail_after(TEST_DEADLINE_S):
+        async with (
+            fault_cluster(tmp_path, Topology(mhs={"mc-a": 1})) as cluster,
+            AsyncExitStack() as clients,
+        ):
+            owner = await clients.enter_async_context(
+                open_gc_client(cluster.gc_url, server_certificate_hashes=cluster.pins)
+            )
+            await owner.authenticate(cluster.client_id, cluster.client_secret)
+            meeting_id = (await owner.create_meeting("restarted MC")).meeting_id
+            peers = [
+                await clients.enter_async_context(joined(gc, meeting_id, name, cluster.pins))
+                for gc, name in ((owner, "ann"), (owner.as_caller(None), "bob"))
+            ]
+            await everyone_sees_everyone(peers, WAIT_S)
+            await media_back(peers, trio.current_time(), MEDIA_BOUND_S)
+            killed_at = await cluster.kill("mc-a")
+            await cluster.start("mc-a")  # its MH, mh-a1, lives on with the old room
+            await all_rejoined(peers, killed_at, MC_REJOIN_BOUND_S)
+            await everyone_sees_everyone(peers, WAIT_S)
+            delays = await media_back(peers, trio.current_time(), MEDIA_BOUND_S)
+            print(f"MC mc-a restarted at once: media again {_summary(delays)}")
+            assert all(p.session.rejoins == 1 for p in peers)
+            info = await _meeting(cluster, meeting_id)
+            assert info["meeting_controller_url"] == cluster.signal_url("mc-a")
