@@ -25,8 +25,8 @@ HOSTILE = [
 ]
 
 
-def _record(msg: str = "participant joined", **values: object) -> logging.LogRecord:
-    record = logging.LogRecord("darktower.mc", logging.INFO, __file__, 1, msg, None, None)
+def _record(msg_: str = "participant joined", /, **values: object) -> logging.LogRecord:
+    record = logging.LogRecord("darktower.mc", logging.INFO, __file__, 1, msg_, None, None)
     record.fields = fields(**values)["fields"]
     return record
 

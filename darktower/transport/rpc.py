@@ -255,7 +255,11 @@ def _verify_peer(method: Any, stream: Stream[Any, Any]) -> None:
         return
     peer = stream.peer
     try:
-        check((peer.cert() or None) if peer is not None else None)
+        cert = (peer.cert() or None) if peer is not None else None
+    except Exception as exc:  # the connection went meanwhile: its SSL object is gone
+        raise RpcUnavailable(f"{_describe(method)}: connection lost ({exc!r})") from None
+    try:
+        check(cert)
     except ValueError as exc:
         raise RpcWrongPeer(f"{_describe(method)}: {exc}", status=Status.UNAUTHENTICATED) from None
 
