@@ -151,7 +151,10 @@ class GrpcMediaLink:
                         ) as events:
                             async for event in events:
                                 backoff = TELEMETRY_BACKOFF_S
-                                on_event(event)
+                                try:
+                                    on_event(event)
+                                except Exception:  # one event's handling, not the stream's
+                                    logger.exception("an MH telemetry event failed")
                     except DarkTowerError as exc:
                         logger.info(
                             "telemetry stream from MH ended",
@@ -159,6 +162,14 @@ class GrpcMediaLink:
                         )
                         if isinstance(exc, RpcUnavailable):
                             on_lost(self)
+                    except Exception:
+                        # The link is an error boundary: whatever the RPC machinery raises
+                        # ends this stream (the MH counts as lost), never the MC.
+                        logger.exception(
+                            "telemetry stream from MH failed",
+                            extra=fields(handler_id=self.handler_id),
+                        )
+                        on_lost(self)
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, TELEMETRY_BACKOFF_MAX_S)
 
