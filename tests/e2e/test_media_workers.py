@@ -74,10 +74,10 @@ async def _until(predicate: Callable[[], bool], what: str) -> None:
 
 @asynccontextmanager
 async def _workers(
-    tmp_path: pathlib.Path, stack: Stack, base_id: str
+    tmp_path: pathlib.Path, stack: Stack, base_id: str, *extra: str
 ) -> AsyncIterator[tuple[ServiceProcess, list[int]]]:
-    """The supervisor of WORKERS MHs registered with ``stack``'s MC, once every worker is
-    linked; yields it and its base ports (media, gRPC, ops)."""
+    """The supervisor of WORKERS MHs registered with ``stack``'s MC (``extra``: more options
+    for them), once every worker is linked; yields it and its base ports (media, gRPC, ops)."""
     cluster = stack_cluster()
     for i in range(WORKERS):
         cluster.options("mh", f"{base_id}-{i}")  # 'ca issue --role mh --id ID-i', per worker
@@ -96,6 +96,7 @@ async def _workers(
         f"--cluster-ca={cluster.ca_file}",
         f"--cluster-cert={cluster.directory}/mh-{{id}}.pem",
         f"--cluster-key={cluster.directory}/mh-{{id}}-key.pem",
+        *extra,
     ]
     async with open_service(
         "mh-workers",

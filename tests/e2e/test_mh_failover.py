@@ -12,7 +12,7 @@ import os
 import pathlib
 import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 import trio
@@ -20,49 +20,22 @@ import trio
 from darktower.client import MeetingSession, ParticipantJoined, join_meeting_session
 from darktower.model import MeetingId, Role
 from darktower.transport import generate_dev_certificate
-from tests._cluster import stack_cluster
 from tests.client.test_reconnect import expect, flows, talking
 from tests.meeting_controller._harness import Stack, open_stack
 
-from ._processes import ServiceProcess, open_service
-from .test_media_workers import WAIT_S, WORKERS, _free_bases, _started, _until
+from ._processes import ServiceProcess
+from .test_media_workers import WAIT_S, _started, _until
+from .test_media_workers import _workers as media_workers
 
 MEETING = "failover"
 
 
-@asynccontextmanager
-async def _workers(
+def _workers(
     tmp_path: pathlib.Path, stack: Stack, base_id: str, tls: tuple[pathlib.Path, pathlib.Path]
-) -> AsyncIterator[ServiceProcess]:
-    """The supervisor of WORKERS MHs serving media with ``tls``, registered with ``stack``'s
-    MC, once every worker is linked."""
-    cluster = stack_cluster()
-    for i in range(WORKERS):
-        cluster.options("mh", f"{base_id}-{i}")
-    bases = _free_bases(3)
-    args = [
-        f"--workers={WORKERS}",
-        f"--handler-id={base_id}",
-        *(f"--{n}={b}" for n, b in zip(("port", "grpc-port", "ops-port"), bases, strict=True)),
-        f"--mc-grpc=127.0.0.1:{stack.running.grpc_address[1]}",
-        "--drain-grace-s=1",
-        f"--certfile={tls[0]}",
-        f"--keyfile={tls[1]}",
-        f"--cluster-ca={cluster.ca_file}",
-        f"--cluster-cert={cluster.directory}/mh-{{id}}.pem",
-        f"--cluster-key={cluster.directory}/mh-{{id}}-key.pem",
-    ]
-    async with open_service(
-        "mh-workers",
-        "darktower.media",
-        args,
-        ready_message="media workers started",
-        cwd=str(tmp_path),
-    ) as supervisor:
-        with trio.fail_after(WAIT_S):
-            for i in range(WORKERS):
-                await stack.running.controller.mhs.wait_for(f"{base_id}-{i}")
-        yield supervisor
+) -> AbstractAsyncContextManager[tuple[ServiceProcess, list[int]]]:
+    """test_media_workers's supervisor of WORKERS MHs, serving media with ``tls`` (the
+    clients pin one certificate for every worker)."""
+    return media_workers(tmp_path, stack, base_id, f"--certfile={tls[0]}", f"--keyfile={tls[1]}")
 
 
 def _join(stack: Stack, name: str, role: Role, pin: bytes) -> AsyncIterator[MeetingSession]:
@@ -84,7 +57,7 @@ async def test_a_killed_or_draining_mhs_room_moves_and_media_comes_back_with_nob
     tls = creds.write(tmp_path)
     async with (
         open_stack(tmp_path, media_handler="", certfile=str(tls[0]), keyfile=str(tls[1])) as stack,
-        _workers(tmp_path, stack, "mh-f", tls) as supervisor,
+        _workers(tmp_path, stack, "mh-f", tls) as (supervisor, _),
     ):
         await stack.assign(MEETING)
         controller = stack.running.controller
