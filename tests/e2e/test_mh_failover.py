@@ -78,10 +78,14 @@ async def test_a_killed_or_draining_mhs_room_moves_and_media_comes_back_with_nob
 
             os.kill(pid, sig)
             signalled_at = trio.current_time()
+            # A draining worker still carries media until the room has moved: wait for the
+            # move first, or the check below would see the old path's frames.
+            await _until(
+                lambda: room.mh is not None and room.mh.handler_id != doomed, "the room moved"
+            )
             await flows(*to_guest)
             await flows(*to_host)
             print(f"media back {trio.current_time() - signalled_at:.2f} s after {sig.name}")
-            assert room.mh is not None and room.mh.handler_id != doomed
             assert controller.metrics.rooms_moved.value() == 1
             assert (host.participant_id, guest.participant_id) == ids
             assert guest.participant_id in host.participants
