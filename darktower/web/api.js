@@ -112,9 +112,17 @@ export async function createMeeting(accessToken, displayName, settings = {}) {
   });
 }
 
-// docs/protocol.md §1.1 (GET /api/v1/meetings/{id}).
-export async function getMeeting(meetingId, accessToken, { timeoutMs = null } = {}) {
-  return call("GET", `/api/v1/meetings/${encodeURIComponent(meetingId)}`, {
+// docs/protocol.md §1.1 (GET /api/v1/meetings/{id}). `unreachableController` (an addition,
+// docs/protocol.md §14): the signaling URL of an MC this page could not reach; the GC checks it.
+export async function getMeeting(
+  meetingId,
+  accessToken,
+  { timeoutMs = null, unreachableController = "" } = {},
+) {
+  const hint = unreachableController
+    ? `?unreachable_controller=${encodeURIComponent(unreachableController)}`
+    : "";
+  return call("GET", `/api/v1/meetings/${encodeURIComponent(meetingId)}${hint}`, {
     accessToken,
     timeoutMs,
   });
@@ -122,16 +130,19 @@ export async function getMeeting(meetingId, accessToken, { timeoutMs = null } = 
 
 // -> {meeting_id, join_token, role, meeting_controller_url}. With the owner's access token the
 // join token is a host's; without one, a guest's.
+// `unreachableController`: as for getMeeting.
 export async function joinMeeting(
   meetingId,
   participantName,
   accessToken,
-  { timeoutMs = null } = {},
+  { timeoutMs = null, unreachableController = "" } = {},
 ) {
+  const body = participantName ? { participant_name: participantName } : {};
+  if (unreachableController) body.unreachable_controller = unreachableController;
   return call("POST", `/api/v1/meetings/${encodeURIComponent(meetingId)}/join`, {
     accessToken,
     timeoutMs,
-    body: participantName ? { participant_name: participantName } : {},
+    body,
   });
 }
 

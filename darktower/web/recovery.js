@@ -46,6 +46,7 @@ export class Recovery {
     this.mediaRecovery = 0; // each media reconnection supersedes the one before
     this.mediaReconnecting = false;
     this.rejoining = false; // a rejoin through the GC is under way
+    this.unanswered = ""; // the URL of an MC that did not answer, not yet named to the GC
   }
 
   // The signaling session was lost: new sessions presenting the resume token, backing off with
@@ -97,6 +98,7 @@ export class Recovery {
           s.end(LeaveReason.CONNECTION_LOST, e.message);
           return;
         }
+        this.unanswered = s.signalingUrl; // no answer: the next lookup names it
       }
     }
     if (resuming()) this.rejoin(LeaveReason.CONNECTION_LOST, failure || "could not reconnect");
@@ -110,7 +112,11 @@ export class Recovery {
     let info;
     try {
       const timeoutMs = RECONNECT_ATTEMPT_TIMEOUT_MS;
-      info = await api.getMeeting(s.meetingId, null, { timeoutMs });
+      // The resume attempt just failed: name the MC that did not answer, so that the GC
+      // checks it now rather than after its heartbeat timeout (docs/protocol.md §14).
+      const unreachableController = this.unanswered;
+      info = await api.getMeeting(s.meetingId, null, { timeoutMs, unreachableController });
+      this.unanswered = ""; // the GC has heard it and judged
     } catch {
       return false;
     }
@@ -148,12 +154,16 @@ export class Recovery {
       if (s.state !== "reconnecting") return;
       if (performance.now() > deadline) break;
       let link = null;
+      let named = null; // the MC of this attempt's ticket
       try {
+        const unreachableController = this.unanswered;
         const ticket = await api.joinMeeting(s.meetingId, s.name, s.accessToken, {
           timeoutMs,
+          unreachableController,
         });
+        this.unanswered = "";
         if (s.state !== "reconnecting") return;
-        s.signalingUrl = ticket.meeting_controller_url;
+        s.signalingUrl = named = ticket.meeting_controller_url;
         link = await s.openSignaling(timeoutMs);
         const join = {
           meetingId: s.meetingId,
@@ -175,6 +185,8 @@ export class Recovery {
           s.end(REJOIN_REFUSALS[e.status] ?? reason, `${refused} (${e.code}): ${e.message}`);
           return;
         }
+        // The MC the GC named did not answer: the next join names it (a refusal is an answer).
+        if (named && !(e instanceof SignalingError)) this.unanswered = named;
         failure = e.message;
       }
     }

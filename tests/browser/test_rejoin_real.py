@@ -12,6 +12,7 @@ from __future__ import annotations
 import pathlib
 import re
 import time
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -49,10 +50,23 @@ WATCH_STATES = """() => {
 }"""
 
 
-def _api(stack: Stack) -> Any:
-    """The GC's REST API as the page uses it, answering from the test's placement."""
+def _api(stack: Stack, hints: list[tuple[str, str]] | None = None) -> Any:
+    """The GC's REST API as the page uses it, answering from the test's placement. Each
+    ``unreachable_controller`` the page sends is recorded in ``hints`` (route, URL); naming mc1
+    (through its proxy) places the meeting at mc2, as the GC does when its probe of mc1 gets
+    no answer (docs/protocol.md §14)."""
+
+    def heard(route: str, hint: str) -> None:
+        if hints is not None and hint:
+            hints.append((route, hint))
+            if hint == stack.mc1_via_proxy:
+                stack.gc.at = stack.mc2_url
 
     def api(method: str, path: str, headers: Any, body: Any) -> tuple[int, Any] | None:
+        path, _, query = path.partition("?")
+        heard("lookup", urllib.parse.parse_qs(query).get("unreachable_controller", [""])[0])
+        if method == "POST" and isinstance(body, dict):
+            heard("join", str(body.get("unreachable_controller", "")))
         if method == "GET" and path == "/api/v1/dev/certificate":
             return 200, {"sha256": stack.pins[0].hex()}
         if method == "POST" and (m := JOIN.fullmatch(path)):
@@ -118,6 +132,39 @@ async def test_pages_whose_mc_drains_rejoin_at_another_and_decode_each_other_aga
         assert results[f"{name}_frames_again"] >= WANT_VIDEO_FRAMES
         assert results[f"{name}_no_reload"] is True
     assert results["at_mc2"] == ["Ann", "Ben"]
+
+
+async def test_pages_whose_mc_stops_answering_name_it_to_the_gc_and_rejoin_at_another(
+    tmp_path: pathlib.Path,
+) -> None:
+    """mc1 goes silent (its proxy drops everything: no goodbye, as after SIGKILL). The pages'
+    resume gets no answer, so their next lookup names mc1 to the GC, which (the stand-in, as
+    the real GC after its probe) places the meeting at mc2 only then: the pages rejoin there."""
+    results: dict[str, Any] = {}
+    hints: list[tuple[str, str]] = []
+    async with rejoin_stack(tmp_path, mc_idle_timeout_s=MC_IDLE_TIMEOUT_S) as stack:
+        stack.gc.at = stack.mc1_via_proxy
+        for url in (stack.mc1_via_proxy, stack.mc2_url):
+            await stack.gc.assign(url)
+
+        def steps(context: BrowserContext) -> None:
+            try:
+                _scenario(context, page_url, stack.proxy.pause, results)
+            except Exception as exc:
+                for page in context.pages:
+                    exc.add_note(f"{page.url}: {_state(page)}")
+                exc.add_note(f"hints: {hints}")
+                raise
+
+        with serve_web(api=_api(stack, hints)) as page_url:
+            await trio.to_thread.run_sync(lambda: run_in_browser(steps, timeout_s=REAL_WAIT_S))
+
+    assert hints and {url for _, url in hints} == {stack.mc1_via_proxy}, hints
+    assert hints[0][0] == "lookup", hints  # named by the lookup after a failed resume
+    for name in ("ann", "ben"):
+        after = results[f"{name}_after"]
+        assert after["state"] == "joined" and after["stats"]["rejoins"] == 1, after
+        assert results[f"{name}_frames_again"] >= WANT_VIDEO_FRAMES
 
 
 def _scenario(
