@@ -20,6 +20,8 @@ RANK = {
     "darktower.model": 0,
     "darktower.frames": 1,
     "darktower.protocol": 2,
+    # Codecs, muxers and mixing over PyAV (docs/architecture.md §10): sans-IO, no trio.
+    "darktower.processing": 2,
     "darktower.transport": 3,
     "darktower.nurseries": 4,
     # What the three services share (TLS, addresses, ops listener, staying registered).
@@ -28,12 +30,13 @@ RANK = {
     "darktower.meeting_controller": 5,
     "darktower.media_handler": 5,
     "darktower.client": 5,
+    "darktower.media_processor": 5,
     # Tools built on the client: nothing below imports them.
     "darktower.loadtest": 6,
 }
 # Sans-IO layers never touch these.
 IO_MODULES = {"trio", "trio_asyncio", "asyncio", "socket", "ssl", "selectors", "aioquic", "grpclib"}
-SANS_IO = ("darktower.frames", "darktower.protocol")
+SANS_IO = ("darktower.frames", "darktower.protocol", "darktower.processing")
 # Generated grpclib service stubs live beside the messages they serve, but only the transport
 # layer imports them; darktower.protocol itself never loads them (see the test below).
 GRPC_STUB_SUFFIX = "_grpc"
