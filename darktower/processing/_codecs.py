@@ -1,0 +1,126 @@
+"""The contract's codec names and what this build of FFmpeg (through PyAV) does with them.
+
+A ``StreamMetadata.codec`` or ``target_codec`` is free text on the wire ("VP8", "vp8",
+"opus"...); :func:`normalize_codec` maps it to one of :data:`CODECS` or None. Which of them
+this build can encode and decode is found by opening each codec once
+(:func:`capabilities`), so a build without one says so at start-up instead of failing a job
+later (docs/architecture.md §10).
+"""
+
+from __future__ import annotations
+
+import fractions
+import functools
+from typing import Final, Literal
+
+import attrs
+import av
+
+Codec = Literal["VP8", "VP9", "H264", "AV1", "Opus"]
+CODECS: Final[tuple[Codec, ...]] = ("VP8", "VP9", "H264", "AV1", "Opus")
+VIDEO_CODECS: Final[frozenset[Codec]] = frozenset({"VP8", "VP9", "H264", "AV1"})
+AUDIO_CODECS: Final[frozenset[Codec]] = frozenset({"Opus"})
+
+# Spellings a peer may use, lower-cased, beyond the names themselves.
+_ALIASES: Final[dict[str, Codec]] = {
+    "vp8": "VP8",
+    "vp9": "VP9",
+    "h264": "H264",
+    "h.264": "H264",
+    "avc": "H264",
+    "avc1": "H264",
+    "av1": "AV1",
+    "av01": "AV1",
+    "opus": "Opus",
+}
+# FFmpeg's encoders, best first. The first one that opens is used.
+_ENCODERS: Final[dict[Codec, tuple[str, ...]]] = {
+    "VP8": ("libvpx",),
+    "VP9": ("libvpx-vp9",),
+    "H264": ("libx264",),
+    "AV1": ("libsvtav1", "libaom-av1"),
+    "Opus": ("libopus",),
+}
+# FFmpeg's decoders, best first. FFmpeg's own "av1" decoder is left out: it opens, but decodes
+# only through a hardware accelerator.
+_DECODERS: Final[dict[Codec, tuple[str, ...]]] = {
+    "VP8": ("vp8", "libvpx"),
+    "VP9": ("vp9", "libvpx-vp9"),
+    "H264": ("h264",),
+    "AV1": ("libdav1d", "libaom-av1"),
+    "Opus": ("opus", "libopus"),
+}
+# The size an encoder is opened at to prove it works (every encoder here accepts it).
+_PROBE_SIZE = 64
+_OPUS_RATE = 48_000
+
+
+def normalize_codec(name: str) -> Codec | None:
+    """The contract codec ``name`` stands for (case-insensitive), None if unknown."""
+    return _ALIASES.get(name.strip().lower())
+
+
+def is_video(codec: Codec) -> bool:
+    return codec in VIDEO_CODECS
+
+
+def _opens(name: str, mode: Literal["r", "w"]) -> bool:
+    """Whether FFmpeg codec ``name`` exists in this build and opens in ``mode``."""
+    try:
+        context = av.CodecContext.create(name, mode)
+        if mode == "w" and isinstance(context, av.VideoCodecContext):
+            context.width = context.height = _PROBE_SIZE
+            context.pix_fmt = "yuv420p"
+            context.time_base = fractions.Fraction(1, 30)
+            context.framerate = fractions.Fraction(30, 1)
+        elif mode == "w" and isinstance(context, av.AudioCodecContext):
+            context.sample_rate = _OPUS_RATE
+            context.layout = "mono"
+            context.format = "s16"
+            context.time_base = fractions.Fraction(1, _OPUS_RATE)
+        context.open()
+    except (av.FFmpegError, ValueError, TypeError):
+        # UnknownCodecError is a ValueError; a codec without the probe's format, a TypeError.
+        return False
+    return True
+
+
+@functools.cache
+def encoder_name(codec: Codec) -> str | None:
+    """The FFmpeg encoder this build uses for ``codec``, None if it has none that opens."""
+    return next((name for name in _ENCODERS[codec] if _opens(name, "w")), None)
+
+
+@functools.cache
+def decoder_name(codec: Codec) -> str | None:
+    """The FFmpeg decoder this build uses for ``codec``, None if it has none that opens."""
+    return next((name for name in _DECODERS[codec] if _opens(name, "r")), None)
+
+
+@attrs.frozen
+class Capabilities:
+    """The contract codecs this build encodes and decodes."""
+
+    encoders: frozenset[Codec]
+    decoders: frozenset[Codec]
+
+    def describe(self) -> str:
+        """One line for the start-up log."""
+
+        def names(found: frozenset[Codec]) -> str:
+            return ", ".join(c for c in CODECS if c in found) or "none"
+
+        missing = [c for c in CODECS if c not in self.encoders or c not in self.decoders]
+        line = (
+            f"PyAV {av.__version__}: encodes {names(self.encoders)}; decodes {names(self.decoders)}"
+        )
+        return line + (f" (missing: {', '.join(missing)})" if missing else "")
+
+
+@functools.cache
+def capabilities() -> Capabilities:
+    """What this build can do, found once per process by opening every codec."""
+    return Capabilities(
+        encoders=frozenset(c for c in CODECS if encoder_name(c) is not None),
+        decoders=frozenset(c for c in CODECS if decoder_name(c) is not None),
+    )
