@@ -123,3 +123,92 @@ def band_energy(
     freqs = np.fft.rfftfreq(len(samples), 1 / rate)
     band = spectrum[(freqs > frequency - width) & (freqs < frequency + width)].sum()
     return float(band / max(spectrum.sum(), 1e-12))
+
+
+def textured(index: int, width: int, height: int, *, seed: int = 7) -> av.VideoFrame:
+    """Frame ``index`` of a busy test pattern, made to use an encoder's bitrate: a noise
+    texture scrolling 4 pixels a frame under a moving bar, with fresh grain on every frame."""
+    texture = _texture(width, height, seed)
+    x = (index * 4) % width
+    luma = texture[:, x : x + width].astype(np.int16)
+    grain = np.random.default_rng(seed + index).integers(-6, 7, (height, width), dtype=np.int16)
+    luma = luma + grain
+    bar = (index * 7) % width
+    luma[:, bar : bar + 40] = 235
+    planes = np.empty((height * 3 // 2, width), np.uint8)
+    planes[:height] = np.clip(luma, 16, 235)
+    planes[height:] = 128
+    return av.VideoFrame.from_ndarray(planes, format="yuv420p")
+
+
+_TEXTURES: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _texture(width: int, height: int, seed: int) -> np.ndarray:
+    """Twice ``width`` of smooth noise (8x8 blocks, bilinear-ish by repetition and averaging)."""
+    key = (width, height, seed)
+    if key not in _TEXTURES:
+        rng = np.random.default_rng(seed)
+        coarse = rng.integers(40, 216, (height // 8 + 1, width * 2 // 8 + 1)).astype(np.float64)
+        fine = np.repeat(np.repeat(coarse, 8, axis=0), 8, axis=1)[:height, : width * 2]
+        smooth = (fine + np.roll(fine, 4, axis=0) + np.roll(fine, 4, axis=1)) / 3
+        _TEXTURES[key] = np.concatenate([smooth, smooth[:, :width]], axis=1).astype(np.uint8)
+    return _TEXTURES[key]
+
+
+def textured_video_frames(
+    seconds: float,
+    *,
+    fps: int = 30,
+    width: int = 640,
+    height: int = 480,
+    bitrate: int = 2_000_000,
+    codec: str = "libvpx",
+    key_every: int = 60,
+    start_us: int = START_US,
+) -> list[Encoded]:
+    """Like :func:`video_frames`, with the busy :func:`textured` pattern."""
+    encoder = av.CodecContext.create(codec, "w")
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+    encoder.time_base = fractions.Fraction(1, fps)
+    encoder.framerate = fractions.Fraction(fps, 1)
+    encoder.bit_rate = bitrate
+    encoder.gop_size = key_every
+    if codec.startswith("libvpx"):
+        # The fastest real-time setting: making 10 s of 640x480 takes a test about a second.
+        encoder.options = {"deadline": "realtime", "cpu-used": "16", "lag-in-frames": "0"}
+    out: list[Encoded] = []
+
+    def take(packets: list[av.Packet]) -> None:
+        for p in packets:
+            assert p.pts is not None
+            out.append(Encoded(p.is_keyframe, start_us + p.pts * 1_000_000 // fps, bytes(p)))
+
+    for i in range(round(seconds * fps)):
+        frame = textured(i, width, height)
+        frame.pts = i
+        take(encoder.encode(frame))
+    take(encoder.encode(None))
+    return out
+
+
+def decode_opus(packets: list[bytes]) -> np.ndarray:
+    """Opus packets decoded with PyAV to 48 kHz mono int16, one after the other."""
+    decoder = av.CodecContext.create("libopus", "r")
+    assert isinstance(decoder, av.AudioCodecContext)
+    decoder.sample_rate, decoder.layout = OPUS_RATE, "mono"
+    chunks = [
+        frame.to_ndarray().reshape(-1) for p in packets for frame in decoder.decode(av.Packet(p))
+    ]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+
+
+def decode_video(codec: str, payloads: list[bytes]) -> list[av.VideoFrame]:
+    """Encoded video frames decoded with PyAV's ``codec`` decoder (an error fails the test)."""
+    decoder = av.CodecContext.create(codec, "r")
+    assert isinstance(decoder, av.VideoCodecContext)
+    frames: list[av.VideoFrame] = []
+    for payload in payloads:
+        frames.extend(decoder.decode(av.Packet(payload)))
+    frames.extend(decoder.decode(None))
+    return frames
