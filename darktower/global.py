@@ -8,7 +8,7 @@ Operator commands: ``python -m darktower.global clients add NAME`` (prints the c
 secret once), ``clients list``, ``clients remove ID``; ``keys rotate`` (a new join-token key,
 used from the GC's next start; the previous one keeps verifying for ``--join-key-overlap-s``),
 ``keys list``; they take the same settings flags. ``ca init --ca-dir DIR`` creates the
-cluster CA, ``ca issue --ca-dir DIR --role gc|mc|mh --id ID`` a service certificate for mutual
+cluster CA, ``ca issue --ca-dir DIR --role gc|mc|mh|mp --id ID`` a service certificate for mutual
 TLS between the services (docs/architecture.md §8).
 """
 
@@ -28,7 +28,7 @@ DESCRIPTION = (
     "ControllerRegistry gRPC service and placement. "
     f"Operator commands: '{PROG} clients add NAME | list | remove ID', "
     f"'{PROG} keys rotate | list', "
-    f"'{PROG} ca init | issue --role gc|mc|mh --id ID' (the cluster CA for internal gRPC)."
+    f"'{PROG} ca init | issue --role gc|mc|mh|mp --id ID' (the cluster CA for internal gRPC)."
 )
 
 

@@ -3,7 +3,7 @@ mutual TLS between services (docs/architecture.md §8).
 
 ``ca init --ca-dir DIR`` writes ``DIR/ca.pem`` (the CA certificate every service trusts) and
 ``DIR/ca-key.pem`` (its private key, mode 0600; keep it off the service machines). ``ca issue
---ca-dir DIR --role gc|mc|mh --id ID [--out OUT] [--days N]`` writes ``OUT/ROLE-ID.pem`` and
+--ca-dir DIR --role gc|mc|mh|mp --id ID [--out OUT] [--days N]`` writes ``OUT/ROLE-ID.pem`` and
 ``OUT/ROLE-ID-key.pem`` (0600): a certificate naming ``darktower://ROLE/ID``, which the service
 is started with (``--cluster-ca DIR/ca.pem --cluster-cert ... --cluster-key ...``). An MC's id
 is its controller id, an MH's its handler id: each registers only under the id it holds.

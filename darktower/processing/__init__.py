@@ -1,8 +1,9 @@
 """Media processing: work on encoded media away from the SFU (docs/architecture.md §10).
 
 Recording muxes a participant's streams, as sent, into Matroska/WebM files
-(:class:`ParticipantRecorder`); :func:`capabilities` says which codecs this build of FFmpeg
-encodes and decodes. Nothing here is asynchronous or touches the network: the jobs that use it
+(:class:`ParticipantRecorder`); a :class:`Transcoder` re-encodes a video stream; a
+:class:`Mixer` mixes Opus sources into one stream per listener without its own (mix-minus);
+:func:`capabilities` says which codecs this build of FFmpeg encodes and decodes. Nothing here is asynchronous or touches the network: the jobs that use it
 run it away from the event loop's thread.
 """
 
@@ -17,6 +18,7 @@ from ._codecs import (
     encoder_name,
     normalize_codec,
 )
+from ._mixer import MixCounters, Mixer
 from ._recorder import (
     DROP_BEFORE_KEY_FRAME,
     DROP_INVALID,
@@ -26,6 +28,15 @@ from ._recorder import (
     RecordingSummary,
 )
 from ._segment import CLUSTER_MS, RecordedFile, RecordingError
+from ._transcode import (
+    EncodedFrame,
+    TranscodeCounters,
+    TranscodeError,
+    Transcoder,
+    UnknownCodec,
+    decodable_codecs,
+    encodable_codecs,
+)
 
 __all__ = [
     "AUDIO_CODECS",
@@ -37,13 +48,22 @@ __all__ = [
     "VIDEO_CODECS",
     "Capabilities",
     "Codec",
+    "EncodedFrame",
     "MediaKind",
+    "MixCounters",
+    "Mixer",
     "ParticipantRecorder",
     "RecordedFile",
     "RecordingError",
     "RecordingSummary",
+    "TranscodeCounters",
+    "TranscodeError",
+    "Transcoder",
+    "UnknownCodec",
     "capabilities",
+    "decodable_codecs",
     "decoder_name",
+    "encodable_codecs",
     "encoder_name",
     "normalize_codec",
 ]

@@ -46,6 +46,7 @@ class ServiceRole(enum.StrEnum):
     GC = "gc"
     MC = "mc"
     MH = "mh"
+    MP = "mp"  # a media processor (docs/architecture.md §10)
 
 
 @attrs.frozen

@@ -1,0 +1,233 @@
+"""The processor's jobs as scopes of its task tree (docs/architecture.md §10): a meeting scope
+per room, in it one participant scope per job (its id the job id), in that the job's tasks
+(``media-reader``, ``codec``, ...). StopJob, the MH closing the job's media session (meeting
+end, a kick, the MH's drain) and the processor's own drain all end the scope with a reason,
+which the job's cleanup reads: files are finalized and encoders flushed there, shielded and
+bounded by JOB_CLEANUP_GRACE_S.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import attrs
+
+from darktower.client import MediaClient, open_media_client
+from darktower.errors import CapacityExceeded, Conflict, InvalidRequest, NotFound
+from darktower.logs import fields
+from darktower.model import LeaveReason, MeetingId, ParticipantId
+from darktower.nurseries import Meeting, Participant, ScopeClosed, TaskTree
+from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol.pb.v1 import processing_pb2 as pb
+
+from ._limits import JOB_CLEANUP_GRACE_S, MEDIA_BUFFERED_FRAMES
+from ._pipeline import CodecThread, Drops, Progress
+
+logger = logging.getLogger("darktower.media_processor")
+
+KINDS = ("recording", "transcode", "mix")
+
+
+class Job(Protocol):
+    """What each kind of job provides to :class:`Jobs`."""
+
+    kind: str
+    drops: Drops
+    codec: CodecThread
+    frames_in: int
+    frames_out: int
+    progress: Progress
+
+    async def run(self, media: MediaClient, participant: Participant) -> None:
+        """The job's work, inside its scope, with its media session open; returns (or is
+        cancelled) when the job ends."""
+
+    async def finish(self, reason: LeaveReason) -> None:
+        """The cleanup: shielded, bounded; ``reason`` is why the job ended."""
+
+    async def update(self, request: pb.UpdateJobRequest) -> None: ...
+
+    def key_frame(self, output_stream_id: str) -> None: ...
+
+
+JobFactory = Callable[[pb.StartJobRequest], Job]
+
+
+@attrs.define(eq=False)
+class _Entry:
+    job_id: str
+    meeting_id: str
+    job: Job
+    state: str = "starting"
+    reason: LeaveReason | None = None
+    participant: Participant | None = None
+
+
+class Jobs:
+    """The jobs of one processor, bounded per kind (``limits``: kind -> maximum)."""
+
+    def __init__(
+        self,
+        tree: TaskTree,
+        factories: Mapping[str, JobFactory],
+        limits: Mapping[str, int],
+        *,
+        media_buffered_frames: int = MEDIA_BUFFERED_FRAMES,
+    ) -> None:
+        self._tree = tree
+        self._factories = factories
+        self._limits = limits
+        self._buffered = media_buffered_frames
+        self._live: dict[str, _Entry] = {}
+        self._ended: dict[str, _Entry] = {}  # the last few, for ListJobs
+        self.started = 0
+        # Notified when a job starts running, writes a batch, ends.
+        self.progress = Progress()
+
+    def running(self, kind: str) -> int:
+        return sum(1 for e in self._live.values() if e.job.kind == kind)
+
+    async def start(self, request: pb.StartJobRequest) -> None:
+        """Start the job of ``request``; returns once its scope runs (its media session is
+        opened inside it). Raises InvalidRequest (no job, a bad codec...), Conflict (a live job
+        id), CapacityExceeded (the kind's bound)."""
+        kind = request.WhichOneof("job")
+        if kind is None or not request.job_id or not request.meeting_id or not request.media_url:
+            raise InvalidRequest("StartJob needs job_id, meeting_id, media_url and a job")
+        if request.job_id in self._live:
+            raise Conflict(f"job {request.job_id} is already running")
+        if self.running(kind) >= self._limits[kind]:
+            raise CapacityExceeded(f"this processor runs {self._limits[kind]} {kind} jobs at most")
+        job = self._factories[kind](request)  # raises InvalidRequest for what it cannot do
+        job.progress = self.progress
+        entry = _Entry(request.job_id, request.meeting_id, job)
+        self._live[request.job_id] = entry
+        try:
+            meeting = await self._meeting(MeetingId(request.meeting_id))
+            entry.participant = await meeting.start_participant(
+                ParticipantId(request.job_id),
+                lambda participant: self._body(entry, request, participant),
+                cleanup=lambda reason: self._cleanup(entry, reason),
+                grace=JOB_CLEANUP_GRACE_S,
+            )
+        except BaseException:
+            if entry.participant is None:
+                self._live.pop(request.job_id, None)
+            raise
+        self.started += 1
+
+    async def _meeting(self, meeting_id: MeetingId) -> Meeting:
+        meeting = self._tree.meeting(meeting_id)
+        if meeting is not None and meeting.ending:
+            await meeting.wait_closed()
+            meeting = None
+        if meeting is None:
+            try:
+                meeting = await self._tree.start_meeting(meeting_id)
+            except ScopeClosed as exc:
+                raise CapacityExceeded(f"this processor takes no job now: {exc}") from exc
+        return meeting
+
+    async def _body(
+        self, entry: _Entry, request: pb.StartJobRequest, participant: Participant
+    ) -> None:
+        pins = [request.media_certificate_sha256] if request.media_certificate_sha256 else None
+        async with _media(request.media_url, pins, self._buffered) as media:
+            entry.state = "running"
+            self.progress.notify()
+            logger.info(
+                "job running",
+                extra=fields(job=entry.job_id, kind=entry.job.kind, meeting=entry.meeting_id),
+            )
+            try:
+                await entry.job.run(media, participant)
+            finally:
+                # The MH closed the session: its close code says why (meeting end, a kick).
+                removed = media.removed_reason
+                if removed is not None:
+                    participant.leave(removed)
+                elif media.lost:
+                    participant.leave(LeaveReason.CONNECTION_LOST)
+
+    async def _cleanup(self, entry: _Entry, reason: LeaveReason) -> None:
+        entry.reason = reason
+        try:
+            await entry.job.finish(reason)
+        finally:
+            entry.state = "ended"
+            self.progress.notify()
+            self._live.pop(entry.job_id, None)
+            self._ended[entry.job_id] = entry
+            while len(self._ended) > 64:
+                del self._ended[next(iter(self._ended))]
+            logger.info(
+                "job ended",
+                extra=fields(job=entry.job_id, kind=entry.job.kind, reason=reason.name),
+            )
+            meeting = self._tree.meeting(MeetingId(entry.meeting_id))
+            if meeting is not None and not any(
+                e.meeting_id == entry.meeting_id for e in self._live.values()
+            ):
+                meeting.end(reason)
+
+    def _entry(self, job_id: str) -> _Entry:
+        entry = self._live.get(job_id)
+        if entry is None:
+            raise NotFound(f"no running job {job_id}")
+        return entry
+
+    def state(self, job_id: str) -> str | None:
+        """A job's state ("starting", "running", "ended"), None if unknown."""
+        entry = self._live.get(job_id) or self._ended.get(job_id)
+        return entry.state if entry is not None else None
+
+    def job(self, job_id: str) -> Job | None:
+        entry = self._live.get(job_id) or self._ended.get(job_id)
+        return entry.job if entry is not None else None
+
+    def stop(self, job_id: str, reason: LeaveReason) -> None:
+        """End a job with ``reason`` (an unknown or ended job: nothing to do)."""
+        entry = self._live.get(job_id)
+        if entry is not None and entry.participant is not None:
+            entry.participant.leave(reason)
+
+    async def update(self, request: pb.UpdateJobRequest) -> None:
+        await self._entry(request.job_id).job.update(request)
+
+    def key_frame(self, request: pb.JobKeyFrameRequest) -> None:
+        self._entry(request.job_id).job.key_frame(request.output_stream_id)
+
+    def statuses(self) -> list[pb.JobStatus]:
+        out = []
+        for entry in (*self._live.values(), *self._ended.values()):
+            job = entry.job
+            out.append(
+                pb.JobStatus(
+                    job_id=entry.job_id,
+                    meeting_id=entry.meeting_id,
+                    kind=job.kind,
+                    state=entry.state,
+                    reason=common_pb2.LeaveReason.Value(entry.reason.name)
+                    if entry.reason is not None
+                    else common_pb2.VOLUNTARY,
+                    frames_in=job.frames_in,
+                    frames_out=job.frames_out,
+                    dropped=dict(job.drops.counts),
+                    cpu_s=job.codec.cpu_s,
+                )
+            )
+        return out
+
+    def live(self) -> list[Job]:
+        return [e.job for e in self._live.values()]
+
+
+@asynccontextmanager
+async def _media(url: str, pins: list[bytes] | None, buffered: int) -> AsyncIterator[MediaClient]:
+    async with open_media_client(
+        url, server_certificate_hashes=pins, max_buffered_frames=buffered
+    ) as media:
+        yield media

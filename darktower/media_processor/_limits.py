@@ -1,0 +1,30 @@
+"""Bounds of the media processor (docs/architecture.md §10; ``--help`` lists the settable ones)."""
+
+from __future__ import annotations
+
+# Jobs one processor runs at once, by kind; one more is refused with CAPACITY_EXCEEDED, never
+# queued. A transcode of 640x480 at 30 fps takes a fair share of a core; a recording almost
+# nothing (no codec work: frames are muxed as sent).
+MAX_RECORDINGS = 32
+MAX_TRANSCODES = 4
+MAX_MIXES = 4
+# Frames waiting for a job's codec thread. Policy when full: the frame is dropped (counted
+# ``queue_full``); a video stream then drops its frames up to its next key frame (a decoder
+# cannot use deltas after a gap), audio frames are independent.
+JOB_QUEUE_FRAMES = 64
+# One encoded frame reassembled from wire frames (docs/protocol.md §7: a frame may span several
+# wire frames, the last with END_OF_FRAME). Policy when exceeded: the frame is dropped
+# (``oversize``) and the stream waits for its next key frame.
+MAX_ASSEMBLED_BYTES = 4 * 1024 * 1024
+# Bytes of frames a recording holds before its file's header is written (it waits for every
+# stream's first frame, at most RECORDING_HEADER_WAIT_S of media time).
+RECORDING_BUFFER_BYTES = 8 * 1024 * 1024
+RECORDING_HEADER_WAIT_S = 2.0
+# A job's cleanup (finalizing a file, flushing an encoder) is shielded and bounded by this.
+JOB_CLEANUP_GRACE_S = 5.0
+# Received frames buffered between the media session and a job's reader.
+MEDIA_BUFFERED_FRAMES = 256
+# The mix's frame: Opus at 48 kHz, 20 ms.
+MIX_TICK_S = 0.020
+# The processor drains in this long: every job ends SERVER_SHUTDOWN and finalizes.
+DRAIN_GRACE_S = 10.0

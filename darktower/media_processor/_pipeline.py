@@ -1,0 +1,178 @@
+"""What every job's pipeline shares (docs/architecture.md §10): encoded frames reassembled from
+wire frames, a bounded queue in front of the codec thread with the media drop policy, and the
+codec thread itself (PyAV never runs on the trio thread).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import attrs
+import trio
+
+from darktower.frames import Frame, FrameFlags, FrameType
+
+from ._limits import JOB_QUEUE_FRAMES, MAX_ASSEMBLED_BYTES
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Encoded:
+    """One whole encoded frame of a source stream."""
+
+    stream_id: str
+    key: bool
+    audio: bool
+    timestamp_us: int
+    payload: bytes
+
+
+@attrs.define
+class Drops:
+    """Frames a job dropped, by reason (shown in ListJobs and /metrics)."""
+
+    counts: collections.Counter[str] = attrs.field(factory=collections.Counter)
+
+    def add(self, reason: str, count: int = 1) -> None:
+        self.counts[reason] += count
+
+
+@attrs.define
+class _Partial:
+    frame_type: FrameType
+    timestamp_us: int
+    parts: list[bytes] = attrs.field(factory=list)
+    size: int = 0
+
+
+class Assembler:
+    """Wire frames in (any streams, interleaved per stream only by QUIC stream), whole encoded
+    frames out: a frame is complete at its END_OF_FRAME flag. A frame over ``max_bytes`` is
+    dropped (``oversize``) and its stream resumes at its next key frame."""
+
+    def __init__(self, drops: Drops, max_bytes: int = MAX_ASSEMBLED_BYTES) -> None:
+        self._drops = drops
+        self._max = max_bytes
+        self._partial: dict[str, _Partial] = {}
+        self._skipping: set[str] = set()  # streams waiting for a key frame
+
+    def push(self, frame: Frame) -> Encoded | None:
+        header = frame.header
+        sid = str(header.stream_id)
+        partial = self._partial.get(sid)
+        if partial is None:
+            partial = self._partial[sid] = _Partial(header.frame_type, header.timestamp_us)
+        partial.parts.append(bytes(frame.payload))
+        partial.size += len(frame.payload)
+        if partial.size > self._max:
+            del self._partial[sid]
+            self._drops.add("oversize")
+            if partial.frame_type is not FrameType.AUDIO:
+                self._skipping.add(sid)
+            return None
+        if not header.flags & FrameFlags.END_OF_FRAME:
+            return None
+        del self._partial[sid]
+        audio = partial.frame_type is FrameType.AUDIO
+        key = audio or partial.frame_type is FrameType.VIDEO_KEY
+        if sid in self._skipping:
+            if not key:
+                self._drops.add("awaiting_key")
+                return None
+            self._skipping.discard(sid)
+        return Encoded(sid, key, audio, partial.timestamp_us, b"".join(partial.parts))
+
+    def forget(self, stream_id: str) -> None:
+        self._partial.pop(stream_id, None)
+        self._skipping.discard(stream_id)
+
+
+class FrameQueue:
+    """The bounded queue between a job's reader and its codec thread (JOB_QUEUE_FRAMES).
+    :meth:`offer` (real-time jobs: a transcode, a mix) never waits: full, the frame is dropped
+    (``queue_full``) and a video stream drops up to its next key frame, so the codec never sees
+    a delta after a gap, and a slow codec costs only this job's frames. :meth:`put` (a
+    recording) waits instead."""
+
+    def __init__(self, drops: Drops, max_frames: int = JOB_QUEUE_FRAMES) -> None:
+        self._drops = drops
+        self._send, self.receive = trio.open_memory_channel[Encoded](max_frames)
+        self._skipping: set[str] = set()
+
+    def offer(self, frame: Encoded) -> bool:
+        """Queue ``frame`` unless the policy drops it; True when queued."""
+        if frame.stream_id in self._skipping:
+            if not frame.key:
+                self._drops.add("awaiting_key")
+                return False
+            self._skipping.discard(frame.stream_id)
+        try:
+            self._send.send_nowait(frame)
+        except trio.WouldBlock:
+            self._drops.add("queue_full")
+            if not frame.audio:
+                self._skipping.add(frame.stream_id)
+            return False
+        return True
+
+    async def put(self, frame: Encoded) -> None:
+        """Queue ``frame``, waiting while the queue is full: for a job that must keep every
+        frame (a recording), the wait reaches the MH through QUIC flow control, and only the
+        MH's own queue for this subscriber drops, by its policy, if the job stays behind."""
+        await self._send.send(frame)
+
+    def take_ready(self, first: Encoded) -> list[Encoded]:
+        """``first`` and every frame already queued behind it (one codec call for a batch)."""
+        batch = [first]
+        while True:
+            try:
+                batch.append(self.receive.receive_nowait())
+            except trio.WouldBlock:
+                return batch
+
+    def close(self) -> None:
+        self._send.close()
+
+
+class Progress:
+    """Something that changes (a job's state, its frames out), for tasks and tests to wait on
+    without polling: :meth:`notify` after each change, :meth:`until` a predicate holds."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            await self._event.wait()
+
+
+class CodecThread:
+    """One worker thread at a time for a job's codec objects (they are not thread-safe): each
+    call runs off the trio thread, in order. Cancelled, the caller returns at once while the
+    call finishes in its thread; the next call waits for it (the limiter is held until then).
+    ``cpu_s`` adds up the thread time the calls took."""
+
+    def __init__(self) -> None:
+        self._limiter = trio.CapacityLimiter(1)
+        self.cpu_s = 0.0
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(
+            functools.partial(self._timed, fn, *args), limiter=self._limiter, abandon_on_cancel=True
+        )
+
+    def _timed(self, fn: Callable[..., T], *args: object) -> T:
+        start = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.cpu_s += time.thread_time() - start

@@ -1,0 +1,155 @@
+"""A recording job (docs/architecture.md §10): one participant's streams, as sent, into the
+recordings store. The reader task reassembles frames into the job's queue; the ``writer`` task
+hands them in batches to the recorder on the job's codec thread; the cleanup finishes the file
+and writes the manifest with the reason the job ended.
+"""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+
+from darktower.client import MediaClient
+from darktower.errors import InvalidRequest
+from darktower.model import LeaveReason
+from darktower.nurseries import Participant
+from darktower.processing import ParticipantRecorder, RecordingError, normalize_codec
+from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol.pb.v1 import processing_pb2 as pb
+
+from ._limits import RECORDING_BUFFER_BYTES, RECORDING_HEADER_WAIT_S
+from ._pipeline import Assembler, CodecThread, Drops, Encoded, FrameQueue, Progress
+from ._store import RecordingStore, manifest, safe_name
+
+
+def source_kind(source: pb.JobSource) -> str:
+    return "audio" if source.stream_type == common_pb2.AUDIO else "video"
+
+
+class RecordingJob:
+    kind = "recording"
+
+    def __init__(self, request: pb.StartJobRequest, store: RecordingStore) -> None:
+        spec = request.recording
+        try:
+            self.recording_id = safe_name(spec.recording_id or request.job_id, "recording id")
+            self.directory = store.directory(request.meeting_id)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        for source in spec.sources:
+            if normalize_codec(source.codec) is None:
+                raise InvalidRequest(
+                    f"cannot record stream {source.stream_id} in codec {source.codec!r}"
+                )
+        self._request = request
+        self._store = store
+        self._sources = {s.stream_id: s for s in spec.sources}
+        self.drops = Drops()
+        self.codec = CodecThread()
+        self.frames_in = 0
+        self.frames_out = 0
+        self.progress = Progress()  # replaced by the Jobs that run it
+        self._queue = FrameQueue(self.drops)
+        self._assembler = Assembler(self.drops)
+        self._recorder: ParticipantRecorder | None = None
+        self._started_at = datetime.datetime.now(datetime.UTC)
+        self.error: str = ""
+
+    def _manifest(self, status: str, reason: str = "") -> dict[str, object]:
+        spec = self._request.recording
+        return manifest(
+            recording_id=self.recording_id,
+            meeting_id=self._request.meeting_id,
+            participant_id=spec.participant_id,
+            participant_name=spec.participant_name,
+            streams=[
+                {"stream_id": s.stream_id, "kind": source_kind(s), "codec": s.codec}
+                for s in self._sources.values()
+            ],
+            started_at=self._started_at,
+            status=status,
+            reason=reason,
+            summary=self._recorder.summary() if self._recorder is not None else None,
+        )
+
+    def _open(self) -> ParticipantRecorder:
+        directory = pathlib.Path(self.directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        recorder = ParticipantRecorder(
+            directory,
+            self.recording_id,
+            max_buffered_bytes=RECORDING_BUFFER_BYTES,
+            header_wait_s=RECORDING_HEADER_WAIT_S,
+        )
+        for source in self._sources.values():
+            recorder.add_stream(source.stream_id, source_kind(source), source.codec)  # type: ignore[arg-type]
+        self._recorder = recorder
+        self._store.write_manifest(
+            self._request.meeting_id, self.recording_id, self._manifest("recording")
+        )
+        return recorder
+
+    async def run(self, media: MediaClient, participant: Participant) -> None:
+        try:
+            await self.codec.run(self._open)
+        except (OSError, ValueError, RecordingError) as exc:
+            self.error = str(exc)
+            raise
+        await participant.start_stream("writer", self._write_loop)
+        async for frame in media:
+            self.frames_in += 1
+            encoded = self._assembler.push(frame)
+            if encoded is not None and encoded.stream_id in self._sources:
+                await self._queue.put(encoded)  # a recording keeps every frame it gets
+
+    async def _write_loop(self) -> None:
+        async for first in self._queue.receive:
+            batch = self._queue.take_ready(first)
+            await self.codec.run(self._write, batch)
+            self.progress.notify()
+
+    def _write(self, batch: list[Encoded]) -> None:
+        recorder = self._recorder
+        assert recorder is not None
+        for frame in batch:
+            recorder.write(frame.stream_id, frame.key, frame.timestamp_us, frame.payload)
+            self.frames_out += 1
+
+    async def finish(self, reason: LeaveReason) -> None:
+        self._queue.close()
+        if self._recorder is None:
+            return
+        await self.codec.run(self._close, reason)
+
+    def _close(self, reason: LeaveReason) -> None:
+        recorder = self._recorder
+        assert recorder is not None
+        status = "complete"
+        try:
+            recorder.close()
+        except RecordingError as exc:
+            self.error, status = str(exc), "interrupted"
+        self._store.write_manifest(
+            self._request.meeting_id, self.recording_id, self._manifest(status, reason.name)
+        )
+
+    async def update(self, request: pb.UpdateJobRequest) -> None:
+        """New streams of the participant are recorded too (a new segment when the file's
+        header is written already); removed ones are no longer read."""
+        for source in request.add_sources:
+            if normalize_codec(source.codec) is None:
+                raise InvalidRequest(f"cannot record codec {source.codec!r}")
+        for source in request.add_sources:
+            self._sources[source.stream_id] = source
+            if self._recorder is not None:
+                await self.codec.run(self._add, source)
+        for stream_id in request.remove_stream_ids:
+            self._sources.pop(stream_id, None)
+            self._assembler.forget(stream_id)
+
+    def _add(self, source: pb.JobSource) -> None:
+        assert self._recorder is not None
+        self._recorder.add_stream(source.stream_id, source_kind(source), source.codec)  # type: ignore[arg-type]
+
+    def key_frame(self, output_stream_id: str) -> None:
+        raise InvalidRequest("a recording publishes no stream")

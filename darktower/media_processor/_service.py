@@ -1,0 +1,202 @@
+"""``serve``: the media processor process (docs/architecture.md §10).
+
+Owns, in one nursery: the task tree (rooms ⊃ jobs ⊃ their tasks), the MediaProcessing gRPC
+server (mutual TLS; only an MH calls it) and the ops listener. Its jobs reach the MHs as
+WebTransport clients, with the connection tokens the MHs give them. On ``shutdown`` it takes
+no new job and ends every job with SERVER_SHUTDOWN within ``drain_grace_s`` (their files
+finalized).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import pathlib
+
+import attrs
+import trio
+
+from darktower.logs import fields
+from darktower.metrics import Registry
+from darktower.model import LeaveReason
+from darktower.nurseries import TaskTree
+from darktower.processing import capabilities
+from darktower.protocol.pb.v1 import processing_pb2 as pb
+from darktower.protocol.pb.v1.processing_grpc import MediaProcessingBase
+from darktower.servicekit import (
+    ClusterTls,
+    ServiceRole,
+    callers,
+    load_cluster_tls,
+    own_id,
+    serve_ops,
+)
+from darktower.transport.rpc import open_rpc_loop, rpc_service, serve_rpc
+
+from ._jobs import Jobs
+from ._mixing import MixJob
+from ._recording import RecordingJob
+from ._settings import Settings
+from ._store import RecordingStore
+from ._transcoding import TranscodeJob
+
+logger = logging.getLogger("darktower.media_processor")
+
+
+@attrs.frozen
+class Running:
+    """What a started processor listens on."""
+
+    processor_id: str
+    grpc_address: tuple[str, int]
+    ops_url: str
+    jobs: Jobs = attrs.field(eq=False, repr=False)  # for tests and the launcher
+    store: RecordingStore = attrs.field(eq=False, repr=False)
+
+
+class MediaProcessing:
+    """The MediaProcessing gRPC methods (trio), delegating to :class:`Jobs`."""
+
+    def __init__(self, jobs: Jobs, metrics: _Metrics) -> None:
+        self._jobs = jobs
+        self._metrics = metrics
+
+    async def StartJob(self, request: pb.StartJobRequest) -> pb.StartJobResponse:
+        try:
+            await self._jobs.start(request)
+        except Exception as exc:
+            self._metrics.refused.inc(1.0, type(exc).__name__)
+            raise
+        return pb.StartJobResponse()
+
+    async def UpdateJob(self, request: pb.UpdateJobRequest) -> pb.UpdateJobResponse:
+        await self._jobs.update(request)
+        return pb.UpdateJobResponse()
+
+    async def StopJob(self, request: pb.StopJobRequest) -> pb.StopJobResponse:
+        self._jobs.stop(request.job_id, LeaveReason(request.reason))
+        return pb.StopJobResponse()
+
+    async def RequestKeyFrame(self, request: pb.JobKeyFrameRequest) -> pb.JobKeyFrameResponse:
+        self._jobs.key_frame(request)
+        return pb.JobKeyFrameResponse()
+
+    async def ListJobs(self, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
+        return pb.ListJobsResponse(jobs=self._jobs.statuses())
+
+
+CALLERS = {
+    name: ServiceRole.MH
+    for name in ("StartJob", "UpdateJob", "StopJob", "RequestKeyFrame", "ListJobs")
+}
+
+
+class _Metrics:
+    """``/metrics``: jobs running by kind, jobs refused, codec CPU and frames dropped by
+    reason (summed over the jobs running and those that ended)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.running = registry.gauge("dt_mp_jobs", "Jobs running, by kind.", ("kind",))
+        self.started = registry.gauge("dt_mp_jobs_started", "Jobs started since the start.")
+        self.refused = registry.counter(
+            "dt_mp_jobs_refused_total", "StartJob calls refused, by error.", ("error",)
+        )
+        self.cpu = registry.gauge(
+            "dt_mp_job_cpu_seconds", "Codec CPU seconds of the jobs running, by kind.", ("kind",)
+        )
+        self.dropped = registry.gauge(
+            "dt_mp_job_frames_dropped",
+            "Frames the jobs running dropped, by kind and reason.",
+            ("kind", "reason"),
+        )
+
+    def refresh(self, jobs: Jobs) -> None:
+        self.started.set(float(jobs.started))
+        live = jobs.live()
+        for kind in ("recording", "transcode", "mix"):
+            of_kind = [j for j in live if j.kind == kind]
+            self.running.set(float(len(of_kind)), kind)
+            self.cpu.set(sum(j.codec.cpu_s for j in of_kind), kind)
+            reasons: dict[str, int] = {}
+            for job in of_kind:
+                for reason, count in job.drops.counts.items():
+                    reasons[reason] = reasons.get(reason, 0) + count
+            for reason, count in reasons.items():
+                self.dropped.set(float(count), kind, reason)
+
+
+async def serve(
+    settings: Settings,
+    *,
+    shutdown: trio.Event,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+    cluster: ClusterTls | None = None,
+) -> None:
+    """Run the processor until ``shutdown`` is set, then drain and return. Reports
+    :class:`Running` once its listeners are bound. Raises OSError if a port cannot be bound,
+    ConfigError without usable cluster credentials."""
+    cluster = load_cluster_tls(
+        settings.cluster_ca,
+        settings.cluster_cert,
+        settings.cluster_key,
+        role=ServiceRole.MP,
+        given=cluster,
+    )
+    processor_id = own_id(cluster, settings.processor_id, "--processor-id")
+    found = capabilities()
+    logger.info("media processor codecs", extra=fields(codecs=found.describe()))
+    store = RecordingStore(pathlib.Path(settings.recordings_dir))
+    registry = Registry()
+    metrics = _Metrics(registry)
+    async with open_rpc_loop(), trio.open_nursery() as nursery:
+        tree = TaskTree(registry=registry)
+        await nursery.start(tree.run)
+        jobs = Jobs(
+            tree,
+            {
+                "recording": functools.partial(RecordingJob, store=store),
+                "transcode": TranscodeJob,
+                "mix": MixJob,
+            },
+            {
+                "recording": settings.max_recordings,
+                "transcode": settings.max_transcodes,
+                "mix": settings.max_mixes,
+            },
+        )
+        grpc_port = await nursery.start(
+            functools.partial(
+                serve_rpc,
+                [
+                    rpc_service(
+                        MediaProcessingBase,
+                        MediaProcessing(jobs, metrics),
+                        authorize=callers(CALLERS),
+                    )
+                ],
+                settings.grpc_host,
+                settings.grpc_port,
+                tls=cluster.server_context(),
+            )
+        )
+
+        def render() -> str:
+            metrics.refresh(jobs)
+            return registry.render()
+
+        ops_url = await nursery.start(
+            functools.partial(
+                serve_ops, settings.ops_port, metrics=render, ready=lambda: True, tree=tree.snapshot
+            )
+        )
+        running = Running(processor_id, (settings.grpc_host, grpc_port), ops_url, jobs, store)
+        logger.info(
+            "media processor running",
+            extra=fields(grpc=f"{settings.grpc_host}:{grpc_port}", ops=ops_url),
+        )
+        task_status.started(running)
+        await shutdown.wait()
+        logger.info("media processor draining", extra=fields(grace_s=settings.drain_grace_s))
+        tree.drain(settings.drain_grace_s, LeaveReason.SERVER_SHUTDOWN)
+        await tree.wait_closed()
+        nursery.cancel_scope.cancel(reason="media processor shut down")
