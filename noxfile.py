@@ -60,9 +60,11 @@ def proto(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Run every benchmark; each prints one JSON line of figures as its last line.
 
-    ``nox -s bench -- --quick`` shortens every benchmark.
+    ``nox -s bench -- --quick`` shortens every benchmark. Chromium (some loads run in it) is
+    installed as for the tests.
     """
     _install(session)
+    session.run("bash", "scripts/setup-test-system.sh", external=True)
     for script in sorted((ROOT / "benchmarks").glob("*.py")):
         if script.name.startswith("_"):
             continue

@@ -4,20 +4,23 @@ also runnable alone).
 
 The load is media_fanout's saturation shape, in ROOMS rooms: in each, one publisher writes
 1,046-byte frames as fast as the MH takes them to SAT_RECEIVERS subscribers, which count bytes
-without decoding (the cheapest client there is, so the MHs rather than the load are measured).
-Rooms are placed round-robin over the supervisor's workers by this driver, registering the
-participants as an MC would (gRPC, an MC certificate of the run's cluster CA): the MHs' own
-work, not the MC's, is what scales here. Both supervisors (``--workers 1`` and ``--workers 2``,
-each worker certificate issued by the supervisor from ``--worker-ca-dir``) stay up for the
-whole run; each round is one point of each, alternating A B / B A, with new rooms and new load
-processes (LOAD_PROCESSES, all started together on a line on their stdin) per point.
+without decoding. By default every publisher and subscriber is a WebTransport session of one
+headless Chromium page (benchmarks/_scaling_browser.py): Chromium's native QUIC stack is the
+cheapest client on this machine (``--load python``: LOAD_PROCESSES processes of the project's
+own client, which cost about as much CPU per frame as the MH). Rooms are placed round-robin
+over the supervisor's workers by this driver, registering the participants as an MC would
+(gRPC, an MC certificate of the run's cluster CA): the MHs' own work, not the MC's, is what
+scales here. Both supervisors (``--workers 1`` and ``--workers 2``, each worker certificate
+issued by the supervisor from ``--worker-ca-dir``) stay up for the whole run; each round is
+one point of each, alternating A B / B A, with new rooms and a new load per point.
 
 Figures beside the ratio: each side's delivered frames/s, the MH workers' CPU per delivered
-frame (µs, from /proc) and cores used, and the load processes' cores over the same window.
-The load shares the machine with the MHs and costs about as much CPU per delivered frame as an
-MH (a QUIC receive against a QUIC send): on two cores, two MHs and their load compete for the
-same CPU, which bounds the ratio well below 2 whatever the MHs do. ``mh_cpu_per_frame_ratio``
-(2 workers over 1) near 1 says the workers share no bottleneck of their own.
+frame (µs, from /proc) and cores used, and the load's (its whole process tree) over the same
+window. The load shares the two cores with the MHs: with one worker the MH is bound by its one
+core, with two by what the load leaves of two. ``media_workers_scaling_cpu_bound`` is the
+ratio those CPU costs allow at best (cores x MH CPU per frame / (MH + load CPU per frame),
+at most the worker count); ``mh_cpu_per_frame_ratio`` (2 workers over 1) near 1 says the
+workers share no bottleneck of their own (docs/decisions.md, "Media workers on two cores").
 
     python benchmarks/_failover_scaling.py [--quick] [--rounds N]
 """
@@ -131,21 +134,56 @@ def _room(workers: Workers, index: int) -> dict[str, Any]:
     return {"sender": urls["s"], "stream": stream, "receivers": receivers}
 
 
-def point(workers: Workers, cert_hash: str, warm: float, window: float) -> dict[str, float]:
-    """ROOMS new rooms over ``workers``, LOAD_PROCESSES load processes started together; the
-    delivered frames/s over ``window`` after ``warm`` s, the MHs' CPU and the load's."""
-    rooms = [_room(workers, i) for i in range(ROOMS)]
-    groups = [rooms[i::LOAD_PROCESSES] for i in range(LOAD_PROCESSES)]
-    script = str(pathlib.Path(__file__).resolve())
-    procs = [
+def _tree_cpu_s(root: int) -> float:
+    """CPU seconds of ``root`` and every process below it (Chromium's browser, renderer and
+    network processes under the load process); processes that exited are not counted."""
+    parents: dict[int, int] = {}
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(fields[1])
+    total = 0.0
+    for pid in parents:
+        up = pid
+        while up not in (0, 1, root) and up in parents:
+            up = parents[up]
+        if up == root:
+            with contextlib.suppress(OSError):
+                total += _cpu_s(pid)
+    return total
+
+
+def _load_processes(
+    rooms: list[dict[str, Any]], cert_hash: str, warm: float, window: float, load: str
+) -> list[subprocess.Popen[str]]:
+    """The load: one headless Chromium for every room (``browser``), or LOAD_PROCESSES
+    Python processes (``python``), all waiting for a line on stdin."""
+    here = pathlib.Path(__file__).resolve()
+    if load == "browser":
+        script, groups = str(here.parent / "_scaling_browser.py"), [rooms]
+        argv = [[sys.executable, script, json.dumps(rooms)]]
+    else:
+        groups = [rooms[i::LOAD_PROCESSES] for i in range(LOAD_PROCESSES)]
+        argv = [[sys.executable, str(here), "--load-process", json.dumps(g)] for g in groups]
+    return [
         subprocess.Popen(
-            [sys.executable, script, "--load", json.dumps(g), cert_hash, str(warm), str(window)],
+            [*a, cert_hash, str(warm), str(window)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        for g in groups
+        for a in argv
     ]
+
+
+def point(
+    workers: Workers, cert_hash: str, warm: float, window: float, load: str = "browser"
+) -> dict[str, float]:
+    """ROOMS new rooms over ``workers`` and their load, started together; the delivered
+    frames/s over ``window`` after ``warm`` s, the MHs' CPU and the load's."""
+    rooms = [_room(workers, i) for i in range(ROOMS)]
+    procs = _load_processes(rooms, cert_hash, warm, window, load)
     try:
         for p in procs:
             assert p.stdout is not None and p.stdout.readline().strip() == "READY"
@@ -154,9 +192,9 @@ def point(workers: Workers, cert_hash: str, warm: float, window: float) -> dict[
             p.stdin.write("go\n")
             p.stdin.flush()
         time.sleep(warm)  # the load processes count from here: CPU is read alike
-        cpu0, load0 = workers.cpu_s(), sum(_cpu_s(p.pid) for p in procs)
+        cpu0, load0 = workers.cpu_s(), sum(_tree_cpu_s(p.pid) for p in procs)
         time.sleep(window)
-        cpu1, load1 = workers.cpu_s(), sum(_cpu_s(p.pid) for p in procs)
+        cpu1, load1 = workers.cpu_s(), sum(_tree_cpu_s(p.pid) for p in procs)
         results = []
         for p in procs:
             assert p.stdout is not None
@@ -177,11 +215,16 @@ def point(workers: Workers, cert_hash: str, warm: float, window: float) -> dict[
         "mh_cpu_us": (cpu1 - cpu0) * 1e6 / max(1.0, frames),
         "mh_cores": (cpu1 - cpu0) / window,
         "load_cores": (load1 - load0) / window,
+        "load_cpu_us": (load1 - load0) * 1e6 / max(1.0, frames),
     }
 
 
 def measure_workers_scaling(
-    *, quick: bool = False, rounds: int | None = None, log: Callable[[str], None] = print
+    *,
+    quick: bool = False,
+    rounds: int | None = None,
+    load: str = "browser",
+    log: Callable[[str], None] = print,
 ) -> dict[str, float]:
     """Run the measurement (module docstring) and return its figures: ``media_workers_scaling``
     (the median of the per-round ratios) and the figures behind it. Starts and stops its own
@@ -205,7 +248,9 @@ def measure_workers_scaling(
             for r in range(max(1, rounds)):
                 order = supervisors if r % 2 == 0 else supervisors[::-1]
                 for workers in order:
-                    sides[workers.count].append(point(workers, cert.sha256.hex(), warm, window))
+                    sides[workers.count].append(
+                        point(workers, cert.sha256.hex(), warm, window, load)
+                    )
         finally:
             for workers in supervisors:
                 workers.close()
@@ -229,8 +274,14 @@ def measure_workers_scaling(
                 f"workers{n}_load_cores_ratio": summary([p["load_cores"] for p in points])[
                     "median"
                 ],
+                f"workers{n}_load_cpu_us": summary([p["load_cpu_us"] for p in points])["median"],
             }
         )
+    # What the two cores allow at best: one worker is bound by its core; two by the machine's
+    # cores shared with the load, at the CPU per frame each side was measured to cost.
+    mh_us, load_us = figures["workers2_mh_cpu_us"], figures["workers2_load_cpu_us"]
+    cores = figures["machine_cores"]
+    figures[f"{KEY}_cpu_bound"] = round(min(2.0, cores * mh_us / (mh_us + load_us)), 3)
     for n in WORKER_COUNTS:
         log(
             f"--workers {n}: {figures[f'workers{n}_delivered_per_s']:8.0f} frames/s delivered, "
@@ -241,7 +292,8 @@ def measure_workers_scaling(
     log(
         f"{KEY} {figures[KEY]:.2f} (min {figures[f'{KEY}_min']:.2f} max "
         f"{figures[f'{KEY}_max']:.2f}, {len(one)} rounds; goal >= 1.6 on two cores); MH CPU per "
-        f"frame, 2 workers over 1: {figures['mh_cpu_per_frame_ratio']:.2f}"
+        f"frame, 2 workers over 1: {figures['mh_cpu_per_frame_ratio']:.2f}; at best with this "
+        f"load on {cores:.0f} cores: {figures[f'{KEY}_cpu_bound']:.2f}"
     )
     return figures
 
@@ -325,13 +377,15 @@ def run_load(rooms_json: str, cert_hash: str, warm: float, window: float) -> Non
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    figures = measure_workers_scaling(quick=args.quick, rounds=args.rounds)
+    cli = parser(__doc__.splitlines()[0])
+    cli.add_argument("--load", choices=("browser", "python"), default="browser")
+    args = cli.parse_args()
+    figures = measure_workers_scaling(quick=args.quick, rounds=args.rounds, load=args.load)
     emit("failover_scaling", figures)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--load":
+    if len(sys.argv) > 1 and sys.argv[1] == "--load-process":
         run_load(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
     else:
         main()

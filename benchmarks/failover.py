@@ -20,7 +20,9 @@ audio at 50 fps (one also video at 30 fps) and receiving everyone else's.
    MC started again before the next. ``mc_failover_rejoin_*``: from the kill to each
    participant's Rejoined (back in the meeting at the other MC).
 4. **Workers** (benchmarks/_failover_scaling.py): ``media_workers_scaling``, delivered frames/s
-   with ``--workers 2`` over ``--workers 1``, same load, interleaved rounds.
+   with ``--workers 2`` over ``--workers 1``, same load (headless Chromium's WebTransport
+   sessions, the cheapest client on the machine), interleaved rounds, with the bound the two
+   cores allow (docs/decisions.md, "Media workers on two cores").
 
 A miss (media not back within 30 s) counts as 30 s in the percentiles and is counted apart.
 Progress lines go to stderr, the JSON line to stdout.
