@@ -6,9 +6,10 @@ publishes what it derives like any publisher. Every job is a scope of the proces
 tree; the codec work (PyAV, :mod:`darktower.processing`) runs on a worker thread per job.
 """
 
+from darktower.processing import RecordingStore
+
 from ._jobs import Jobs
 from ._service import Running, serve
 from ._settings import Settings
-from ._store import RecordingStore
 
 __all__ = ["Jobs", "RecordingStore", "Running", "Settings", "serve"]

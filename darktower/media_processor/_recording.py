@@ -13,13 +13,19 @@ from darktower.client import MediaClient
 from darktower.errors import InvalidRequest
 from darktower.model import LeaveReason
 from darktower.nurseries import Participant
-from darktower.processing import ParticipantRecorder, RecordingError, normalize_codec
+from darktower.processing import (
+    ParticipantRecorder,
+    RecordingError,
+    RecordingStore,
+    manifest,
+    normalize_codec,
+    safe_name,
+)
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import processing_pb2 as pb
 
 from ._limits import RECORDING_BUFFER_BYTES, RECORDING_HEADER_WAIT_S
 from ._pipeline import Assembler, CodecThread, Drops, Encoded, FrameQueue, Progress
-from ._store import RecordingStore, manifest, safe_name
 
 
 def source_kind(source: pb.JobSource) -> str:

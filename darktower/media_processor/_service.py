@@ -20,7 +20,7 @@ from darktower.logs import fields
 from darktower.metrics import Registry
 from darktower.model import LeaveReason
 from darktower.nurseries import TaskTree
-from darktower.processing import capabilities
+from darktower.processing import RecordingStore, capabilities
 from darktower.protocol.pb.v1 import processing_pb2 as pb
 from darktower.protocol.pb.v1.processing_grpc import MediaProcessingBase
 from darktower.servicekit import (
@@ -37,7 +37,6 @@ from ._jobs import Jobs
 from ._mixing import MixJob
 from ._recording import RecordingJob
 from ._settings import Settings
-from ._store import RecordingStore
 from ._transcoding import TranscodeJob
 
 logger = logging.getLogger("darktower.media_processor")

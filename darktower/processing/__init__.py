@@ -28,6 +28,7 @@ from ._recorder import (
     RecordingSummary,
 )
 from ._segment import CLUSTER_MS, RecordedFile, RecordingError
+from ._store import RecordingStore, manifest, safe_name
 from ._transcode import (
     EncodedFrame,
     TranscodeCounters,
@@ -55,6 +56,7 @@ __all__ = [
     "ParticipantRecorder",
     "RecordedFile",
     "RecordingError",
+    "RecordingStore",
     "RecordingSummary",
     "TranscodeCounters",
     "TranscodeError",
@@ -65,5 +67,7 @@ __all__ = [
     "decoder_name",
     "encodable_codecs",
     "encoder_name",
+    "manifest",
     "normalize_codec",
+    "safe_name",
 ]

@@ -14,7 +14,7 @@ import pathlib
 import re
 from typing import Any
 
-from darktower.processing import RecordingSummary
+from ._recorder import RecordingSummary
 
 # Meeting and recording ids as path components: nothing that climbs out of the store.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
