@@ -74,6 +74,14 @@ def serve(certfile: str, keyfile: str, pubkey: str) -> None:
             await trio.lowlevel.checkpoint()
             return mh_pb.RemoveStreamResponse()
 
+        async def StartRecording(self, request: Any) -> Any:
+            await trio.lowlevel.checkpoint()
+            return mh_pb.StartRecordingResponse(recording_id=request.recording_id)
+
+        async def StopRecording(self, request: Any) -> Any:
+            await trio.lowlevel.checkpoint()
+            return mh_pb.StopRecordingResponse()
+
         async def Telemetry(self, request: Any) -> Any:
             await trio.sleep_forever()
             yield mh_pb.TelemetryEvent()

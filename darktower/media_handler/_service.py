@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import attrs
 import trio
 
-from darktower.errors import Forbidden, NotFound
+from darktower.errors import CapacityExceeded, Forbidden, NotFound
 from darktower.logs import fields
 from darktower.metrics import Registry, count_refusals
 from darktower.model import LeaveReason
@@ -116,6 +116,16 @@ class MediaControl:
         async for event in self._handler.telemetry(request):
             yield event
 
+    async def StartRecording(
+        self, request: mc_pb.StartRecordingRequest
+    ) -> mc_pb.StartRecordingResponse:
+        raise CapacityExceeded("this media handler has no media processor")
+
+    async def StopRecording(
+        self, request: mc_pb.StopRecordingRequest
+    ) -> mc_pb.StopRecordingResponse:
+        raise NotFound(f"no recording of {request.participant_id} here")
+
 
 # Who may call each method (``servicekit.callers``): the MC, for everything.
 CALLERS = {
@@ -126,6 +136,8 @@ CALLERS = {
         "RemoveParticipant",
         "RemoveStream",
         "Telemetry",
+        "StartRecording",
+        "StopRecording",
     )
 }
 

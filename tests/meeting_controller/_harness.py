@@ -31,6 +31,8 @@ class FakeMediaControl:
         self.routes: list[mh_pb.RouteMediaCommand] = []
         self.removed: list[mh_pb.RemoveParticipantRequest] = []
         self.streams_removed: list[Any] = []
+        self.recordings_started: list[Any] = []
+        self.recordings_stopped: list[Any] = []
         self._changed = trio.Event()
         self.telemetry_send, self._telemetry_recv = trio.open_memory_channel[mh_pb.TelemetryEvent](
             100
@@ -99,6 +101,18 @@ class FakeMediaControl:
         self._touch()
         await trio.lowlevel.checkpoint()
         return mh_pb.RemoveStreamResponse()  # type: ignore[attr-defined,unused-ignore]
+
+    async def StartRecording(self, request: Any) -> Any:
+        self.recordings_started.append(request)
+        self._touch()
+        await trio.lowlevel.checkpoint()
+        return mh_pb.StartRecordingResponse(recording_id=request.recording_id)
+
+    async def StopRecording(self, request: Any) -> Any:
+        self.recordings_stopped.append(request)
+        self._touch()
+        await trio.lowlevel.checkpoint()
+        return mh_pb.StopRecordingResponse()
 
     async def Telemetry(
         self, request: mh_pb.TelemetryRequest

@@ -63,6 +63,17 @@ def test_stubs_cover_every_service() -> None:
         "RemoveParticipant",
         "RemoveStream",
         "Telemetry",
+        "StartRecording",
+        "StopRecording",
+    }
+    from darktower.protocol.pb.v1 import processing_grpc
+
+    assert set(processing_grpc.MediaProcessingBase.__abstractmethods__) == {
+        "StartJob",
+        "UpdateJob",
+        "StopJob",
+        "RequestKeyFrame",
+        "ListJobs",
     }
 
 

@@ -35,6 +35,14 @@ class MediaControlBase(abc.ABC):
     async def Telemetry(self, stream: 'grpclib.server.Stream[darktower.protocol.pb.v1.media_control_pb2.TelemetryRequest, darktower.protocol.pb.v1.media_control_pb2.TelemetryEvent]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def StartRecording(self, stream: 'grpclib.server.Stream[darktower.protocol.pb.v1.media_control_pb2.StartRecordingRequest, darktower.protocol.pb.v1.media_control_pb2.StartRecordingResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def StopRecording(self, stream: 'grpclib.server.Stream[darktower.protocol.pb.v1.media_control_pb2.StopRecordingRequest, darktower.protocol.pb.v1.media_control_pb2.StopRecordingResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/darktower.v1.MediaControl/RegisterParticipant': grpclib.const.Handler(
@@ -66,6 +74,18 @@ class MediaControlBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 darktower.protocol.pb.v1.media_control_pb2.TelemetryRequest,
                 darktower.protocol.pb.v1.media_control_pb2.TelemetryEvent,
+            ),
+            '/darktower.v1.MediaControl/StartRecording': grpclib.const.Handler(
+                self.StartRecording,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                darktower.protocol.pb.v1.media_control_pb2.StartRecordingRequest,
+                darktower.protocol.pb.v1.media_control_pb2.StartRecordingResponse,
+            ),
+            '/darktower.v1.MediaControl/StopRecording': grpclib.const.Handler(
+                self.StopRecording,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                darktower.protocol.pb.v1.media_control_pb2.StopRecordingRequest,
+                darktower.protocol.pb.v1.media_control_pb2.StopRecordingResponse,
             ),
         }
 
@@ -102,4 +122,16 @@ class MediaControlStub:
             '/darktower.v1.MediaControl/Telemetry',
             darktower.protocol.pb.v1.media_control_pb2.TelemetryRequest,
             darktower.protocol.pb.v1.media_control_pb2.TelemetryEvent,
+        )
+        self.StartRecording = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/darktower.v1.MediaControl/StartRecording',
+            darktower.protocol.pb.v1.media_control_pb2.StartRecordingRequest,
+            darktower.protocol.pb.v1.media_control_pb2.StartRecordingResponse,
+        )
+        self.StopRecording = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/darktower.v1.MediaControl/StopRecording',
+            darktower.protocol.pb.v1.media_control_pb2.StopRecordingRequest,
+            darktower.protocol.pb.v1.media_control_pb2.StopRecordingResponse,
         )

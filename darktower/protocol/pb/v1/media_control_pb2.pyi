@@ -188,6 +188,125 @@ class RouteMediaResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    DERIVED_STREAM_ID_FIELD_NUMBER: _builtins.int
+    derived_stream_id: _builtins.str
+    """Addition to the contract: with options.transcode or options.mix_audio, the id of the
+    derived stream the destinations receive instead of the source (a transcode's output, the
+    destination's mix); the MC tells the subscriber so. Empty otherwise.
+    """
+    def __init__(
+        self,
+        *,
+        derived_stream_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["derived_stream_id", b"derived_stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteMediaResponse: _TypeAlias = RouteMediaResponse  # noqa: Y015
+
+@_typing.final
+class StartRecordingRequest(_message.Message):
+    """Addition to the contract: record one participant's streams (those registered now and those
+    it registers later), each as sent, into the recordings store under recording_id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEETING_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_NAME_FIELD_NUMBER: _builtins.int
+    RECORDING_ID_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    meeting_id: _builtins.str
+    participant_id: _builtins.str
+    participant_name: _builtins.str
+    recording_id: _builtins.str
+    protocol_version: _builtins.int
+    """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
+    A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
+    """
+    def __init__(
+        self,
+        *,
+        meeting_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        participant_name: _builtins.str = ...,
+        recording_id: _builtins.str = ...,
+        protocol_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "participant_id", b"participant_id", "participant_name", b"participant_name", "protocol_version", b"protocol_version", "recording_id", b"recording_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartRecordingRequest: _TypeAlias = StartRecordingRequest  # noqa: Y015
+
+@_typing.final
+class StartRecordingResponse(_message.Message):
+    """Addition to the contract."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDING_ID_FIELD_NUMBER: _builtins.int
+    recording_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        recording_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recording_id", b"recording_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartRecordingResponse: _TypeAlias = StartRecordingResponse  # noqa: Y015
+
+@_typing.final
+class StopRecordingRequest(_message.Message):
+    """Addition to the contract: stop a participant's recording, its file finalized; the reason is
+    written in its manifest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEETING_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    meeting_id: _builtins.str
+    participant_id: _builtins.str
+    reason: _common_pb2.LeaveReason.ValueType
+    protocol_version: _builtins.int
+    """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
+    A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
+    """
+    def __init__(
+        self,
+        *,
+        meeting_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        reason: _common_pb2.LeaveReason.ValueType = ...,
+        protocol_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "participant_id", b"participant_id", "protocol_version", b"protocol_version", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopRecordingRequest: _TypeAlias = StopRecordingRequest  # noqa: Y015
+
+@_typing.final
+class StopRecordingResponse(_message.Message):
+    """Addition to the contract."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
     def __init__(
         self,
     ) -> None: ...
@@ -197,7 +316,7 @@ class RouteMediaResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RouteMediaResponse: _TypeAlias = RouteMediaResponse  # noqa: Y015
+Global___StopRecordingResponse: _TypeAlias = StopRecordingResponse  # noqa: Y015
 
 @_typing.final
 class RemoveParticipantRequest(_message.Message):
