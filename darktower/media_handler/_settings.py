@@ -51,6 +51,11 @@ class Settings:
         MAX_CONNECTIONS_PER_ADDRESS, "QUIC connections per client address (IPv6: per /64)"
     )
     mc_grpc: str = option("", "HOST:PORT of the Meeting Controller to register with (empty: none)")
+    processors: str = option(
+        "",
+        "comma-separated HOST:PORT of media processors (MediaProcessing gRPC, role mp) for "
+        "recordings, transcodes and mixes (empty: none; such requests are CAPACITY_EXCEEDED)",
+    )
     cluster_ca: str = option(
         "", "cluster CA certificate (PEM) every internal gRPC peer is verified against; required"
     )
