@@ -45,6 +45,11 @@ class Settings:
     database: str = option(
         "", "store: sqlite:///PATH, a path or postgresql://...; empty: DATA_DIR/gc.db"
     )
+    recordings_dir: str = option(
+        "recordings",
+        "directory the media processors write recordings to (one directory per meeting); "
+        "the GC lists and serves them from here",
+    )
     certfile: str = option("", "TLS certificate (PEM); empty: a dev certificate in DATA_DIR")
     keyfile: str = option("", "TLS private key (PEM); empty: the dev certificate's key")
     join_key_file: str = option(
