@@ -99,9 +99,10 @@ class Jobs:
             raise InvalidRequest("StartJob needs job_id, meeting_id, media_url and a job")
         if request.job_id in self._live:
             raise Conflict(f"job {request.job_id} is already running")
-        if self.running(kind) >= self._limits[kind]:
-            raise CapacityExceeded(f"this processor runs {self._limits[kind]} {kind} jobs at most")
         job = self._factories[kind](request)  # raises InvalidRequest for what it cannot do
+        if self.running(kind) >= self._limits[kind]:
+            limit = self._limits[kind]
+            raise CapacityExceeded(f"this processor runs at most {limit} {kind} jobs at once")
         job.progress = self.progress
         entry = _Entry(request.job_id, request.meeting_id, job)
         self._live[request.job_id] = entry
