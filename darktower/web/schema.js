@@ -89,6 +89,8 @@ export const SCHEMA = {
     [15, "protocolVersion", "uint32"],
     [16, "participantUpdated", "ParticipantUpdated", "oneof"],
     [17, "mediaReconnect", "MediaReconnect", "oneof"],
+    [18, "recordingStatus", "RecordingStatus", "oneof"],
+    [19, "subscriptionUpdated", "SubscriptionUpdated", "oneof"],
   ],
   JoinRequest: [
     [1, "meetingId", "string"],
@@ -112,6 +114,7 @@ export const SCHEMA = {
     [5, "participantBatches", "uint32"],
     [6, "resumeToken", "string"],
     [7, "resumed", "bool"],
+    [8, "recording", "bool"],
   ],
   ParticipantsBatch: [
     [1, "participants", "Participant", "repeated"],
@@ -156,6 +159,7 @@ export const SCHEMA = {
   SubscribeStream: [
     [1, "streamId", "string"],
     [2, "options", "SubscriptionOptions"],
+    [3, "mixAudio", "bool"],
   ],
   SubscriptionOptions: [
     [1, "preferredLayer", "string"],
@@ -178,7 +182,21 @@ export const SCHEMA = {
   EndMeeting: [],
   Ping: [[1, "timestamp", "uint64"]],
   Pong: [[1, "timestamp", "uint64"]],
-  Ack: [[1, "streamId", "string"]],
+  Ack: [
+    [1, "streamId", "string"],
+    [2, "derived", "DerivedStream"],
+  ],
+  DerivedStream: [
+    [1, "streamId", "string"],
+    [2, "codec", "string"],
+    [3, "bitrate", "uint32"],
+    [4, "mix", "bool"],
+  ],
+  RecordingStatus: [[1, "recording", "bool"]],
+  SubscriptionUpdated: [
+    [1, "streamId", "string"],
+    [2, "derived", "DerivedStream"],
+  ],
   SessionEnded: [
     [1, "reason", "enum"],
     [2, "message", "string"],

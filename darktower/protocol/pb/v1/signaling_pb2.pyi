@@ -149,6 +149,8 @@ class ServerMessage(_message.Message):
     PARTICIPANTS_BATCH_FIELD_NUMBER: _builtins.int
     PARTICIPANT_UPDATED_FIELD_NUMBER: _builtins.int
     MEDIA_RECONNECT_FIELD_NUMBER: _builtins.int
+    RECORDING_STATUS_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_UPDATED_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     protocol_version: _builtins.int
@@ -193,6 +195,18 @@ class ServerMessage(_message.Message):
         MH (docs/protocol.md §13).
         """
 
+    @_builtins.property
+    def recording_status(self) -> Global___RecordingStatus:
+        """Addition to the contract: the meeting's recording started or stopped (docs/protocol.md
+        §2.1).
+        """
+
+    @_builtins.property
+    def subscription_updated(self) -> Global___SubscriptionUpdated:
+        """Addition to the contract: the stream that carries one of the participant's subscriptions
+        changed (docs/protocol.md §2.2).
+        """
+
     def __init__(
         self,
         *,
@@ -212,13 +226,15 @@ class ServerMessage(_message.Message):
         participants_batch: Global___ParticipantsBatch | None = ...,
         participant_updated: Global___ParticipantUpdated | None = ...,
         media_reconnect: Global___MediaReconnect | None = ...,
+        recording_status: Global___RecordingStatus | None = ...,
+        subscription_updated: Global___SubscriptionUpdated | None = ...,
         protocol_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "media_reconnect", b"media_reconnect", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_updated", b"participant_updated", "participants_batch", b"participants_batch", "pong", b"pong", "quality", b"quality", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "media_reconnect", b"media_reconnect", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_updated", b"participant_updated", "participants_batch", b"participants_batch", "pong", b"pong", "quality", b"quality", "recording_status", b"recording_status", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished", "subscription_updated", b"subscription_updated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "media_reconnect", b"media_reconnect", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_updated", b"participant_updated", "participants_batch", b"participants_batch", "pong", b"pong", "protocol_version", b"protocol_version", "quality", b"quality", "request_id", b"request_id", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "media_reconnect", b"media_reconnect", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_updated", b"participant_updated", "participants_batch", b"participants_batch", "pong", b"pong", "protocol_version", b"protocol_version", "quality", b"quality", "recording_status", b"recording_status", "request_id", b"request_id", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished", "subscription_updated", b"subscription_updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["join_response", "participant_joined", "participant_left", "stream_published", "stream_unpublished", "ack", "quality", "key_frame_request", "pong", "error", "key_share", "session_ended", "participants_batch", "participant_updated", "media_reconnect"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["join_response", "participant_joined", "participant_left", "stream_published", "stream_unpublished", "ack", "quality", "key_frame_request", "pong", "error", "key_share", "session_ended", "participants_batch", "participant_updated", "media_reconnect", "recording_status", "subscription_updated"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -317,6 +333,7 @@ class JoinResponse(_message.Message):
     PARTICIPANT_BATCHES_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     RESUMED_FIELD_NUMBER: _builtins.int
+    RECORDING_FIELD_NUMBER: _builtins.int
     participant_id: _builtins.str
     participant_batches: _builtins.int
     """Addition to the contract: how many ParticipantsBatch messages follow this JoinResponse to
@@ -331,6 +348,10 @@ class JoinResponse(_message.Message):
     """Addition to the contract: this join resumed an existing participant: the same
     participant_id, its publications and subscriptions kept; existing_participants is the
     room as it is now (the client derives the joins, leaves and stream changes it missed).
+    """
+    recording: _builtins.bool
+    """Addition to the contract: the meeting is being recorded now (at least one participant's
+    recording runs); RecordingStatus says when that changes (docs/protocol.md §2.1).
     """
     @_builtins.property
     def existing_participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Participant]: ...
@@ -348,10 +369,11 @@ class JoinResponse(_message.Message):
         participant_batches: _builtins.int = ...,
         resume_token: _builtins.str = ...,
         resumed: _builtins.bool = ...,
+        recording: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["encryption_keys", b"encryption_keys", "media_server", b"media_server"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encryption_keys", b"encryption_keys", "existing_participants", b"existing_participants", "media_server", b"media_server", "participant_batches", b"participant_batches", "participant_id", b"participant_id", "resume_token", b"resume_token", "resumed", b"resumed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encryption_keys", b"encryption_keys", "existing_participants", b"existing_participants", "media_server", b"media_server", "participant_batches", b"participant_batches", "participant_id", b"participant_id", "recording", b"recording", "resume_token", b"resume_token", "resumed", b"resumed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -580,7 +602,13 @@ class SubscribeStream(_message.Message):
 
     STREAM_ID_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
+    MIX_AUDIO_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
+    mix_audio: _builtins.bool
+    """Addition to the contract: subscribe to this participant's audio mix (every other
+    participant's audio as one Opus stream) instead of a stream; stream_id is then empty. The
+    Ack's derived names the mix (docs/protocol.md §2.2).
+    """
     @_builtins.property
     def options(self) -> Global___SubscriptionOptions: ...
     def __init__(
@@ -588,10 +616,11 @@ class SubscribeStream(_message.Message):
         *,
         stream_id: _builtins.str = ...,
         options: Global___SubscriptionOptions | None = ...,
+        mix_audio: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mix_audio", b"mix_audio", "options", b"options", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -832,20 +861,120 @@ class Ack(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STREAM_ID_FIELD_NUMBER: _builtins.int
+    DERIVED_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
     """the stream the acknowledged request named"""
+    @_builtins.property
+    def derived(self) -> Global___DerivedStream:
+        """Addition to the contract: for a SubscribeStream, the stream whose frames the subscriber
+        receives for it when that is not stream_id itself (a transcode, the mix); unset otherwise
+        (docs/protocol.md §2.2).
+        """
+
     def __init__(
         self,
         *,
         stream_id: _builtins.str = ...,
+        derived: Global___DerivedStream | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["derived", b"derived"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["derived", b"derived", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Ack: _TypeAlias = Ack  # noqa: Y015
+
+@_typing.final
+class DerivedStream(_message.Message):
+    """Addition to the contract: a stream the server makes for one subscription (a transcode of
+    the source, or the subscriber's audio mix), which the subscriber receives instead of the
+    source (docs/protocol.md §2.2).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    CODEC_FIELD_NUMBER: _builtins.int
+    BITRATE_FIELD_NUMBER: _builtins.int
+    MIX_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    """the id its media frames carry (docs/protocol.md §7)"""
+    codec: _builtins.str
+    """its codec: "VP8", "VP9", "H264", "AV1" (a transcode), "Opus" (a mix)"""
+    bitrate: _builtins.int
+    """a transcode's target bitrate, bits per second; 0 for a mix"""
+    mix: _builtins.bool
+    """the subscriber's audio mix (mix-minus: everyone's audio but its own)"""
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        codec: _builtins.str = ...,
+        bitrate: _builtins.int = ...,
+        mix: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitrate", b"bitrate", "codec", b"codec", "mix", b"mix", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DerivedStream: _TypeAlias = DerivedStream  # noqa: Y015
+
+@_typing.final
+class RecordingStatus(_message.Message):
+    """Addition to the contract: the meeting's recording started (recording) or stopped (server ->
+    client, to every participant; docs/protocol.md §2.1).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDING_FIELD_NUMBER: _builtins.int
+    recording: _builtins.bool
+    def __init__(
+        self,
+        *,
+        recording: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recording", b"recording"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordingStatus: _TypeAlias = RecordingStatus  # noqa: Y015
+
+@_typing.final
+class SubscriptionUpdated(_message.Message):
+    """Addition to the contract: the stream that carries a subscription's frames changed (its room
+    moved to another Media Handler, which made the transcode or the mix again), or is repeated
+    after a resume (server -> client; docs/protocol.md §2.2).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    DERIVED_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    """the subscription's stream; empty: the mix asked for with mix_audio"""
+    @_builtins.property
+    def derived(self) -> Global___DerivedStream:
+        """unset: the source itself"""
+
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        derived: Global___DerivedStream | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["derived", b"derived"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["derived", b"derived", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscriptionUpdated: _TypeAlias = SubscriptionUpdated  # noqa: Y015
 
 @_typing.final
 class SessionEnded(_message.Message):
