@@ -130,14 +130,22 @@ def create_meeting(body: bytes) -> CreateMeeting:
     settings = _object(
         raw_settings, "'settings'", {"enable_e2e_encryption", "require_auth", "recording_enabled"}
     )
+    meeting_settings = MeetingSettings(
+        enable_e2e_encryption=_bool(settings, "enable_e2e_encryption"),
+        require_auth=_bool(settings, "require_auth"),
+        recording_enabled=_bool(settings, "recording_enabled"),
+    )
+    if meeting_settings.enable_e2e_encryption and meeting_settings.recording_enabled:
+        # The servers never hold an E2EE meeting's media keys (docs/decisions.md, "An
+        # end-to-end encrypted meeting is not recorded").
+        raise InvalidRequest(
+            "settings.recording_enabled cannot be true with settings.enable_e2e_encryption: "
+            "the servers cannot record media they cannot decrypt"
+        )
     return CreateMeeting(
         display_name=name,
         max_participants=maxp,
-        settings=MeetingSettings(
-            enable_e2e_encryption=_bool(settings, "enable_e2e_encryption"),
-            require_auth=_bool(settings, "require_auth"),
-            recording_enabled=_bool(settings, "recording_enabled"),
-        ),
+        settings=meeting_settings,
         region=_string(obj, "region", max_len=MAX_REGION, required=False),
     )
 

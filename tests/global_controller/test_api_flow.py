@@ -32,7 +32,7 @@ async def _walk_every_endpoint(api: Api, stack: Stack) -> None:
         json_body={
             "display_name": "Team Standup",
             "max_participants": 7,
-            "settings": {"enable_e2e_encryption": True, "recording_enabled": True},
+            "settings": {"enable_e2e_encryption": False, "recording_enabled": True},
         },
     )
     assert created.status == 201, created.body
@@ -47,7 +47,7 @@ async def _walk_every_endpoint(api: Api, stack: Stack) -> None:
     assert assigned.meeting_id == meeting_id
     assert assigned.config.display_name == "Team Standup"
     assert assigned.config.max_participants == 7
-    assert assigned.config.enable_e2e_encryption and assigned.config.recording_enabled
+    assert not assigned.config.enable_e2e_encryption and assigned.config.recording_enabled
 
     # the host token verifies with the key MCs receive at registration
     reg = await register_mc(stack.running.grpc_port, "mc-1", stack.mc_endpoint)
