@@ -1,12 +1,14 @@
 """``python -m darktower``: the Global Controller, a Meeting Controller and a Media Handler in
-one trio process, on embedded defaults, for a first look.
+one trio process, on embedded defaults, for a first look, and a media processor (recordings,
+transcodes, mixes) in a child process of its own (``darktower/stack_processor.py``).
 
 Everything lives in ``--data-dir`` (default ``./data``): the SQLite store, the signing keys, a
 generated development certificate (ECDSA P-256, ≤ 14 days, shared by all three services so the
 browser pins one hash) and a development client credential. The browser page is served over
 plain HTTP on 127.0.0.1 (a secure context), so nothing has to be trusted by hand. The internal
-gRPC between the three is mutual TLS with a cluster CA made in memory at each start (its key
+gRPC between them is mutual TLS with a cluster CA made in memory at each start (its key
 is never written anywhere), on ``--grpc-host`` (docs/architecture.md §8).
+Recordings go to ``<data-dir>/recordings``, where the GC serves them from.
 Ctrl-C (or SIGTERM) drains every service within ``--drain-grace-s``; a second one interrupts.
 """
 
@@ -23,7 +25,7 @@ from typing import Any
 import attrs
 import trio
 
-from darktower import global_controller, media_handler, meeting_controller
+from darktower import global_controller, media_handler, media_processor, meeting_controller
 from darktower.config import ConfigError, option
 from darktower.global_controller import clients
 from darktower.global_controller.keys import DEV_CERT_FILE, DEV_KEY_FILE
@@ -31,10 +33,12 @@ from darktower.launch import run_service
 from darktower.protocol.addresses import netloc
 from darktower.protocol.ratelimit import GC_REQUESTS_PER_MIN
 from darktower.servicekit import ClusterCa, ClusterTls, ServiceIdentity, ServiceRole
+from darktower.stack_processor import ProcessorChild
 from darktower.transport import write_private_file
 
 DEV_CLIENT_FILE = "dev-client.json"
 DEV_CLIENT_NAME = "development"
+RECORDINGS_DIR = "recordings"  # in the data directory
 
 
 @attrs.frozen
@@ -51,6 +55,11 @@ class Settings:
     mh_grpc_port: int = option(50053, "Media Handler gRPC port")
     mc_ops_port: int = option(9102, "Meeting Controller /metrics port on 127.0.0.1")
     mh_ops_port: int = option(9103, "Media Handler /metrics port on 127.0.0.1")
+    processor: bool = option(
+        True, "run a media processor (recordings, transcodes, mixes) in a child process"
+    )
+    mp_grpc_port: int = option(50054, "media processor gRPC port")
+    mp_ops_port: int = option(9104, "media processor /metrics port on 127.0.0.1")
     media_workers: int = option(
         1,
         "Media Handlers: 1 runs in this process; N runs N worker processes (one per core) "
@@ -75,6 +84,9 @@ class Running:
     gc: Any = attrs.field(repr=False, eq=False)
     mc: Any = attrs.field(repr=False, eq=False)
     mh: Any = attrs.field(repr=False, eq=False)
+    processor: ProcessorChild | None = attrs.field(repr=False, eq=False)
+    # The in-memory cluster's certificates (tests speak to the services with them).
+    cluster: dict[ServiceRole, ClusterTls] = attrs.field(repr=False, eq=False)
 
 
 def _write_private(path: pathlib.Path, data: dict[str, str]) -> None:
@@ -93,12 +105,14 @@ async def _dev_client(gc_settings: global_controller.Settings, path: trio.Path) 
 
 def dev_cluster(ca: ClusterCa | None = None) -> dict[ServiceRole, ClusterTls]:
     """A cluster CA made in memory (or ``ca``) and one certificate per service (ids ``gc``,
-    ``mc-*``, ``mh-*``): nothing of it outlives the process."""
+    ``mc-*``, ``mh-*``, ``mp-*``): nothing of it outlives the process (the processor's files
+    live as long as it runs)."""
     ca = ca or ClusterCa.create("Dark Tower development cluster CA")
     ids = {
         ServiceRole.GC: "gc",
         ServiceRole.MC: f"mc-{secrets.token_hex(4)}",
         ServiceRole.MH: f"mh-{secrets.token_hex(4)}",
+        ServiceRole.MP: f"mp-{secrets.token_hex(4)}",
     }
     return {role: ca.issue(ServiceIdentity(role, ident)) for role, ident in ids.items()}
 
@@ -133,7 +147,8 @@ async def _until_done(
 async def serve(
     settings: Settings, *, shutdown: trio.Event, task_status: trio.TaskStatus[Running]
 ) -> None:
-    """Start GC, then MC (registers with the GC), then MH (registers with the MC); report the
+    """Start the media processor's child process, then GC, MC (registers with the GC) and MH
+    (registers with the MC; its processor is the child, once the child listens); report the
     URLs; on ``shutdown`` every service drains and this returns."""
     data = await trio.Path(settings.data_dir).resolve()
     await data.mkdir(parents=True, exist_ok=True)
@@ -151,10 +166,13 @@ async def serve(
         dev_credentials_file=str(data / DEV_CLIENT_FILE),
         drain_grace_s=settings.drain_grace_s,
         rate_limit_per_min=settings.rate_limit_per_min,
+        recordings_dir=str(data / RECORDINGS_DIR),
     )
     client_id = await _dev_client(gc_settings, data / DEV_CLIENT_FILE)
+    processor = _processor(settings, data, cluster[ServiceRole.MP]) if settings.processor else None
     # Drain in dependency order: the MC first (its meetings end while the MH can still remove
-    # participants and the GC still hears of it), then the MH, then the GC.
+    # participants and the GC still hears of it), then the MH (it stops its processor jobs:
+    # their files are finalized with the meetings' reasons), then the GC and the processor.
     stop_gc, stop_mh, stop_mc = trio.Event(), trio.Event(), trio.Event()
     mc_done, mh_done = trio.Event(), trio.Event()
 
@@ -168,6 +186,8 @@ async def serve(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(drain_in_order)
+        if processor is not None:  # its interpreter starts while the GC and the MC do
+            nursery.start_soon(processor.run, stop_gc)
         gc = await nursery.start(
             lambda task_status: global_controller.serve(
                 gc_settings,
@@ -211,6 +231,8 @@ async def serve(
             certfile=certfile,
             keyfile=keyfile,
         )
+        if processor is not None:
+            mh_settings = attrs.evolve(mh_settings, processors=netloc(*await processor.ready()))
         if settings.media_workers == 1:
             mh = await nursery.start(
                 _until_done,
@@ -249,8 +271,27 @@ async def serve(
                 gc=gc,
                 mc=mc,
                 mh=mh,
+                processor=processor,
+                cluster=cluster,
             )
         )
+
+
+def _processor(settings: Settings, data: trio.Path, tls: ClusterTls) -> ProcessorChild:
+    """The media processor child of the stack: its recordings in the data directory, where
+    the GC serves them from."""
+    return ProcessorChild(
+        media_processor.Settings(
+            grpc_host=settings.grpc_host,
+            grpc_port=settings.mp_grpc_port,
+            ops_port=settings.mp_ops_port,
+            processor_id=tls.identity.id,
+            recordings_dir=str(data / RECORDINGS_DIR),
+            drain_grace_s=settings.drain_grace_s,
+            log_level=settings.log_level,
+        ),
+        tls,
+    )
 
 
 def _print_urls(running: Running) -> None:
@@ -260,10 +301,18 @@ def _print_urls(running: Running) -> None:
         f"  API (HTTP/1-3)    {running.api_url}/api/v1\n"
         f"  signaling (MC)    {running.signal_url}\n"
         f"  media (MH)        {running.media_url}\n"
+        f"  processor (MP)    {_describe(running.processor)}\n"
         f"  certificate sha256 {running.certificate_sha256.hex()}\n"
         f"  dev client id     {running.client_id} (secret in the data dir's {DEV_CLIENT_FILE})",
         flush=True,
     )
+
+
+def _describe(processor: ProcessorChild | None) -> str:
+    if processor is None or processor.address is None:
+        return "none (--no-processor)"
+    recordings = processor.settings.recordings_dir
+    return f"gRPC {netloc(*processor.address)}, pid {processor.pid}, recordings in {recordings}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         serve,
         prog="python -m darktower",
         description="Dark Tower: Global Controller, Meeting Controller and Media Handler in one "
-        "process on embedded defaults.",
+        "process on embedded defaults, and a media processor in a child process.",
         argv=argv if argv is not None else sys.argv[1:],
         on_started=_print_urls,
     )

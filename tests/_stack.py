@@ -410,6 +410,7 @@ async def dev_stack(
     registered with the MC; drains on exit (or when ``shutdown`` is set by the test).
     ``overrides`` are :class:`darktower.__main__.Settings` fields."""
     ports = ("api", "page", "signal", "media", "gc_grpc", "mc_grpc", "mh_grpc", "mc_ops", "mh_ops")
+    ports += ("mp_grpc", "mp_ops")  # the media processor's child process
     options: dict[str, Any] = {f"{name}_port": 0 for name in ports}
     options.update(data_dir=str(data_dir), drain_grace_s=DRAIN_GRACE_S)
     options.update(overrides)

@@ -39,6 +39,7 @@ def _children() -> list[int]:
 
 async def test_the_all_in_one_runs_two_media_workers(tmp_path: pathlib.Path) -> None:
     ports = ("api", "page", "signal", "media", "gc_grpc", "mc_grpc", "mh_grpc", "mc_ops", "mh_ops")
+    ports += ("mp_grpc", "mp_ops")  # the media processor's child process
     options: dict[str, Any] = {f"{name}_port": 0 for name in ports}
     settings = dev.Settings(
         **options, data_dir=str(tmp_path / "data"), drain_grace_s=1.0, media_workers=2
@@ -54,7 +55,7 @@ async def test_the_all_in_one_runs_two_media_workers(tmp_path: pathlib.Path) -> 
             controller = running.mc.controller
             for handler_id in workers:
                 await controller.mhs.wait_for(handler_id)
-        assert len(_children()) == 2
+        assert len(_children()) == 3  # the two workers and the media processor
         pins = [running.certificate_sha256]
         async with httpx.AsyncClient(base_url=running.page_url) as page:
             creds = (await page.get("/api/v1/dev/credentials")).json()
