@@ -18,8 +18,10 @@ from darktower.errors import DarkTowerError, Forbidden, InvalidRequest, NotFound
 from darktower.global_controller import schemas
 from darktower.global_controller._limits import MAX_ID_LENGTH, READY_STORE_TIMEOUT_S
 from darktower.global_controller._metrics import GcMetrics
+from darktower.global_controller._recordings import Download, Recordings, UnsatisfiableRange
 from darktower.global_controller.service import GlobalController
 from darktower.model import MeetingId, ParticipantId
+from darktower.protocol import error_body
 from darktower.protocol.tokens import AccessClaims
 
 
@@ -40,6 +42,7 @@ class ApiRequest:
     # The body, or how to read it (the app reads it only for a handler that asks).
     body: bytes | Callable[[], Awaitable[bytes]] = b""
     args: Mapping[str, str] = attrs.field(factory=dict)  # the query parameters
+    headers: Mapping[str, str] = attrs.field(factory=dict)  # the request's, names lowercase
     # Who calls: the claims of its access token, the error its Authorization header got, or
     # None when it sent none.
     caller: AccessClaims | DarkTowerError | None = None
@@ -67,6 +70,7 @@ class ApiRequest:
 class Reply:
     status: int
     body: dict[str, Any] | None  # sent as JSON; None: no body
+    headers: Mapping[str, str] = attrs.field(factory=dict)  # besides the app's own
 
 
 def checked_id(value: str, what: str) -> str:
@@ -83,7 +87,8 @@ class RestHandlers:
     """The GC's REST API over a :class:`GlobalController`. Owns no task.
 
     ``is_ready()`` (default: always) is the service's own readiness for ``/readyz``;
-    ``certificate`` and ``dev_credentials`` are reported only when given.
+    ``certificate`` and ``dev_credentials`` are reported only when given; ``recordings``
+    is the recordings store (none: every meeting has none).
     """
 
     def __init__(
@@ -94,8 +99,10 @@ class RestHandlers:
         certificate: DevCertificate | None = None,
         dev_credentials: Mapping[str, str] | None = None,
         is_ready: Callable[[], bool] | None = None,
+        recordings: Recordings | None = None,
     ) -> None:
         self.gc = gc
+        self.recordings = recordings
         self.metrics = metrics
         self.certificate = certificate
         self.dev_credentials = dev_credentials
@@ -153,6 +160,37 @@ class RestHandlers:
             ban_s,
         )
         return Reply(204, None)
+
+    async def list_recordings(self, request: ApiRequest, meeting_id: str) -> Reply:
+        claims = request.claims()
+        meeting = await self.gc.owned(MeetingId(checked_id(meeting_id, "meeting")), claims)
+        if self.recordings is None:
+            return Reply(200, {"recordings": [], "truncated": False})
+        url = f"{self.gc.public_url}/api/v1/meetings/{meeting.meeting_id}/recordings"
+        return Reply(200, await self.recordings.listing(meeting.meeting_id, url))
+
+    async def download_recording(
+        self, request: ApiRequest, meeting_id: str, recording_id: str
+    ) -> Reply | Download:
+        """The file, whole or the one byte range asked (docs/protocol.md §1.4); a range
+        past its end is 416 with ``Content-Range: bytes */SIZE``."""
+        claims = request.claims()
+        meeting = await self.gc.owned(MeetingId(checked_id(meeting_id, "meeting")), claims)
+        if self.recordings is None:
+            raise NotFound(f"recording {checked_id(recording_id, 'recording')!r} does not exist")
+        try:
+            return await self.recordings.download(
+                meeting.meeting_id,
+                recording_id,
+                request.args.get("part"),
+                request.headers.get("range"),
+            )
+        except UnsatisfiableRange as exc:
+            refused = InvalidRequest(
+                f"the range asked starts at or after the file's end ({exc.size} bytes)",
+                details={"size": str(exc.size)},
+            )
+            return Reply(416, error_body(refused), {"Content-Range": f"bytes */{exc.size}"})
 
     async def dev_certificate(self, request: ApiRequest) -> Reply:
         if self.certificate is None:

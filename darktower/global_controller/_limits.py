@@ -31,6 +31,18 @@ MAX_ID_LENGTH: Final = 128
 # /readyz reports the store unavailable when a trivial query takes longer than this.
 READY_STORE_TIMEOUT_S: Final = 2.0
 
+# -- recordings (docs/protocol.md §1.4) -------------------------------------------------------
+# Entries of a meeting's recordings directory one listing or download looks at (a recording is
+# its manifest and a file or a few): beyond, the listing says ``truncated`` and a download
+# may not find its file (404). Bounds the time and memory of one request over the store.
+MAX_RECORDING_ENTRIES: Final = 20_000
+# A download is read from its file and handed to the transport this much at a time: the app
+# holds one chunk per download, never the file.
+RECORDING_CHUNK_BYTES: Final = 64 * 1024
+# A download still running after this long is cut (the client resumes with a Range request):
+# no request holds its file and its task for ever.
+RECORDING_DOWNLOAD_TIMEOUT_S: Final = 3600.0
+
 # -- the controller registry (gRPC from MCs) -------------------------------------------------
 # A controller id longer than this, or empty, is refused with INVALID_REQUEST.
 MAX_CONTROLLER_ID_LENGTH: Final = 128

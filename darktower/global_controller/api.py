@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from quart import Response, g, request
@@ -29,9 +29,10 @@ from darktower.errors import (
     RateLimited,
 )
 from darktower.global_controller._handlers import ApiRequest, DevCertificate, Reply, RestHandlers
-from darktower.global_controller._limits import MAX_BODY_BYTES
+from darktower.global_controller._limits import MAX_BODY_BYTES, RECORDING_DOWNLOAD_TIMEOUT_S
 from darktower.global_controller._metrics import GcMetrics
 from darktower.global_controller._rate_limit import LocalRateLimiter, RequestLimiter
+from darktower.global_controller._recordings import Download, Recordings
 from darktower.global_controller.service import GlobalController
 from darktower.global_controller.web import load_web_files
 from darktower.protocol import error_body, http_status
@@ -84,10 +85,28 @@ def on_page_listener() -> bool:
     return request.scope.get("scheme") == "http" and request.remote_addr in LOOPBACK_ADDRESSES
 
 
-def _reply(reply: Reply) -> Response:
-    if reply.body is None:
-        return Response("", status=reply.status)
-    return _json(reply.body, reply.status)
+def _reply(reply: Reply | Download) -> Response:
+    if isinstance(reply, Download):
+        return _download(reply)
+    response = (
+        Response("", status=reply.status) if reply.body is None else _json(reply.body, reply.status)
+    )
+    response.headers.update(reply.headers)
+    return response
+
+
+async def _no_body() -> AsyncIterator[bytes]:
+    # An async iterable: quart-trio cannot iterate a plain one (it would use asyncio).
+    return
+    yield
+
+
+def _download(download: Download) -> Response:
+    """A file streamed in chunks; only its headers for HEAD."""
+    body = _no_body() if request.method == "HEAD" else download.chunks()
+    response = Response(body, status=download.status, headers=dict(download.headers))
+    response.timeout = RECORDING_DOWNLOAD_TIMEOUT_S
+    return response
 
 
 async def _body() -> bytes:
@@ -101,6 +120,7 @@ def _api_request() -> ApiRequest:
     return ApiRequest(
         body=_body,
         args=request.args.to_dict(),
+        headers={name.lower(): value for name, value in request.headers.items()},
         caller=g.get("claims"),
         remote_addr=request.remote_addr or "",
         page_listener=on_page_listener(),
@@ -115,11 +135,13 @@ def create_app(
     certificate: DevCertificate | None = None,
     dev_credentials: dict[str, str] | None = None,
     is_ready: Any = None,
+    recordings: Recordings | None = None,
 ) -> QuartTrio:
     """The app: :class:`RestHandlers` on their routes, with the access check, rate limit,
     security headers, metrics and error bodies around them. ``limiter`` is the GC's shared
     one (``_rate_limit.SharedRateLimiter``) or a process's own. ``is_ready()`` (default:
-    always) answers ``/readyz``. The app owns no task."""
+    always) answers ``/readyz``; ``recordings`` is the recordings store served. The app owns
+    no task."""
     rate_limiter = LocalRateLimiter(limiter) if isinstance(limiter, KeyedRateLimiter) else limiter
     app = QuartTrio("darktower.global_controller")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -130,6 +152,7 @@ def create_app(
         certificate=certificate,
         dev_credentials=dev_credentials,
         is_ready=is_ready,
+        recordings=recordings,
     )
 
     @app.before_request
@@ -203,7 +226,7 @@ def create_app(
         return _error(InternalError("internal error"))
 
     def route(
-        method: str, rule: str, handler: Callable[..., Awaitable[Reply]], endpoint: str
+        method: str, rule: str, handler: Callable[..., Awaitable[Reply | Download]], endpoint: str
     ) -> None:
         async def view(**params: str) -> Response:
             return _reply(await handler(_api_request(), **params))
@@ -221,6 +244,18 @@ def create_app(
         "/api/v1/meetings/<meeting_id>/participants/<participant_id>",
         handlers.kick,
         "kick",
+    )
+    route(
+        "GET",
+        "/api/v1/meetings/<meeting_id>/recordings",
+        handlers.list_recordings,
+        "list_recordings",
+    )
+    route(
+        "GET",
+        "/api/v1/meetings/<meeting_id>/recordings/<recording_id>",
+        handlers.download_recording,
+        "download_recording",
     )
     route("GET", "/api/v1/dev/certificate", handlers.dev_certificate, "dev_certificate")
     route("GET", "/api/v1/dev/credentials", handlers.dev_client, "dev_client")

@@ -21,6 +21,7 @@ from darktower.global_controller._controllers import MeetingControllers
 from darktower.global_controller._limits import RPC_STOP_GRACE_S
 from darktower.global_controller._metrics import GcMetrics, refresh_gauges
 from darktower.global_controller._rate_limit import SharedRateLimiter
+from darktower.global_controller._recordings import Recordings
 from darktower.global_controller._tokens import Tokens
 from darktower.global_controller.api import DevCertificate, create_app
 from darktower.global_controller.mc_client import GrpcMeetingControllers
@@ -201,6 +202,7 @@ async def serve(
             certificate=DevCertificate(tls.credentials.sha256, tls.generated),
             dev_credentials=_dev_credentials(settings),
             is_ready=lambda: serving.is_set() and not shutdown.is_set(),
+            recordings=Recordings(pathlib.Path(settings.recordings_dir)),
         )
         registry_service = ControllerRegistry(
             gc,

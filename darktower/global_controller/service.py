@@ -277,7 +277,9 @@ class GlobalController:
             "meeting_controller_url": signaling_url(controller),
         }
 
-    async def _owned(self, meeting_id: MeetingId, caller: AccessClaims) -> MeetingRecord:
+    async def owned(self, meeting_id: MeetingId, caller: AccessClaims) -> MeetingRecord:
+        """The meeting if ``caller`` created it; ``NotFound``, or ``Forbidden`` for anyone
+        else."""
         meeting = await self.store.get_meeting(meeting_id)
         if meeting.owner != caller.client_id:
             raise Forbidden(f"only the owner of meeting {meeting_id} may do this")
@@ -287,7 +289,7 @@ class GlobalController:
         """Owner only (``Forbidden``). Tells the MC, then records the end; idempotent. If the
         MC is unreachable the meeting is still recorded as ended (the MC learns of it when it
         comes back: its heartbeat lists a meeting the GC no longer has active)."""
-        meeting = await self._owned(meeting_id, caller)
+        meeting = await self.owned(meeting_id, caller)
         if not meeting.is_active:
             return
         try:
@@ -355,7 +357,7 @@ class GlobalController:
         before the ban, newest first, at most :data:`MAX_REVOKED_TOKENS`) go to the MC in a
         second ``KickParticipant`` for the same participant, which revokes them whether or not
         the participant is still there."""
-        meeting = await self._owned(meeting_id, caller)
+        meeting = await self.owned(meeting_id, caller)
         if not meeting.is_active:
             raise Conflict(f"meeting {meeting_id} has ended", details={"status": "ended"})
         controller = await self.directory.controller_of(meeting)

@@ -28,7 +28,7 @@ from ._recorder import (
     RecordingSummary,
 )
 from ._segment import CLUSTER_MS, RecordedFile, RecordingError
-from ._store import RecordingStore, manifest, safe_name
+from ._store import RecordingStore, StoredFile, StoredRecordings, manifest, safe_name
 from ._transcode import (
     EncodedFrame,
     TranscodeCounters,
@@ -58,6 +58,8 @@ __all__ = [
     "RecordingError",
     "RecordingStore",
     "RecordingSummary",
+    "StoredFile",
+    "StoredRecordings",
     "TranscodeCounters",
     "TranscodeError",
     "Transcoder",

@@ -14,17 +14,44 @@ import pathlib
 import re
 from typing import Any
 
+import attrs
+
 from ._recorder import RecordingSummary
 
 # Meeting and recording ids as path components: nothing that climbs out of the store.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MANIFEST_SUFFIX = ".json"
+# A recording's files, as the recorder names them (``_segment.claim``): ``{id}-{n}.{ext}``.
+# The id is the longest match, so ``a-1-0.webm`` is part 0 of ``a-1``, never one of ``a``.
+SEGMENT_FILE = re.compile(r"(?P<recording>.+)-(?P<part>[0-9]{1,9})\.(?P<extension>webm|mkv)")
+# The readers skip a manifest larger than this (a manifest is a few KiB): it is not ours.
+MAX_MANIFEST_BYTES = 1024 * 1024
 
 
 def safe_name(value: str, what: str) -> str:
     if not SAFE_NAME.fullmatch(value) or ".." in value:
         raise ValueError(f"{what} {value!r} cannot name a file")
     return value
+
+
+@attrs.frozen
+class StoredFile:
+    """One file of a recording as it is on disk now (a file being written grows)."""
+
+    recording_id: str
+    part: int  # the ``n`` of its name
+    path: pathlib.Path
+    bytes: int
+
+
+@attrs.frozen
+class StoredRecordings:
+    """What a meeting's directory holds: its manifests' recording ids and every recording's
+    files, in part order. ``truncated``: the directory had more entries than were looked at."""
+
+    recording_ids: tuple[str, ...]
+    files: dict[str, list[StoredFile]]
+    truncated: bool
 
 
 class RecordingStore:
@@ -62,6 +89,87 @@ class RecordingStore:
             except (OSError, ValueError):
                 continue
         return sorted(found, key=lambda m: (str(m.get("started_at", "")), str(m.get("id", ""))))
+
+    # -- readers (the GC serves the store: docs/protocol.md §1.4) ---------------------------
+
+    def read_manifest(self, meeting_id: str, recording_id: str) -> dict[str, Any] | None:
+        """One recording's manifest; None when it has none, or none that is a JSON object of
+        at most :data:`MAX_MANIFEST_BYTES`. ``ValueError`` for an id that cannot name a file."""
+        path = self.manifest_path(meeting_id, recording_id)
+        try:  # never through a link: nothing outside the store is read
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with open(fd, "rb") as f:
+                data = f.read(MAX_MANIFEST_BYTES + 1)
+        except OSError:
+            return None
+        if len(data) > MAX_MANIFEST_BYTES:
+            return None
+        try:
+            found = json.loads(data)
+        except ValueError:
+            return None
+        return found if isinstance(found, dict) else None
+
+    def scan(self, meeting_id: str, *, max_entries: int) -> StoredRecordings:
+        """One pass over a meeting's directory, at most ``max_entries`` entries looked at:
+        the recordings that have a manifest, sorted by id, and the files of every recording.
+        A file's size is the one it has now."""
+        ids: list[str] = []
+        files: dict[str, list[StoredFile]] = {}
+        truncated = False
+        try:
+            entries = os.scandir(self.directory(meeting_id))
+        except (FileNotFoundError, NotADirectoryError):
+            return StoredRecordings((), {}, False)
+        with entries:
+            for count, entry in enumerate(entries):
+                if count >= max_entries:
+                    truncated = True
+                    break
+                name = entry.name
+                if name.endswith(MANIFEST_SUFFIX):
+                    stem = name[: -len(MANIFEST_SUFFIX)]
+                    if SAFE_NAME.fullmatch(stem) and ".." not in stem:
+                        ids.append(stem)
+                elif stored := self._stored_file(entry):
+                    files.setdefault(stored.recording_id, []).append(stored)
+        for found in files.values():
+            found.sort(key=lambda f: f.part)
+        return StoredRecordings(tuple(sorted(ids)), files, truncated)
+
+    def segment_files(
+        self, meeting_id: str, recording_id: str, *, max_entries: int
+    ) -> list[StoredFile]:
+        """The files of one recording, in part order, with their sizes now (at most
+        ``max_entries`` entries of the meeting's directory looked at)."""
+        name = safe_name(recording_id, "recording id")
+        found = []
+        try:
+            entries = os.scandir(self.directory(meeting_id))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        with entries:
+            for count, entry in enumerate(entries):
+                if count >= max_entries:
+                    break
+                if entry.name.startswith(f"{name}-"):
+                    stored = self._stored_file(entry)
+                    if stored is not None and stored.recording_id == name:
+                        found.append(stored)
+        return sorted(found, key=lambda f: f.part)
+
+    @staticmethod
+    def _stored_file(entry: os.DirEntry[str]) -> StoredFile | None:
+        match = SEGMENT_FILE.fullmatch(entry.name)
+        if match is None:
+            return None
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                return None
+            size = entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            return None
+        return StoredFile(match["recording"], int(match["part"]), pathlib.Path(entry.path), size)
 
 
 def manifest(
