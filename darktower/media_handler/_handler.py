@@ -9,8 +9,9 @@ Task ownership (docs/architecture.md §4.3)::
             └── "sub:<stream id>"    one per subscription: queue → a uni stream to the client
 
 The handler composes its parts: the rooms (:class:`RoomRegistry`), the subscriptions
-(:class:`MediaRouter`), the media connections and publish streams (:class:`MediaPlane`) and the
-telemetry to the MCs.
+(:class:`MediaRouter`), the media connections and publish streams (:class:`MediaPlane`), the
+telemetry to the MCs and the jobs on media processors (:class:`Processing`, whose hidden
+participants are members of the rooms like any other, docs/architecture.md §10).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ._budget import ByteBudget
 from ._ingress import IngressBuffer
 from ._metrics import MediaMetrics
 from ._plane import MediaPlane
+from ._processing import Processing
 from ._registry import RoomRegistry
 from ._room import (
     MediaMember,
@@ -82,6 +84,9 @@ class MediaHandler:
         self.plane = MediaPlane(
             settings, metrics, self.authority, self.registry, self.router, self.telemetry_hub
         )
+        self.processing = Processing(self)
+        self.registry.forgetting = self.processing.forgetting
+        self.router.derived_key_frame = self.processing.key_frame
 
     @property
     def rooms(self) -> dict[MeetingId, MediaRoom]:
@@ -134,6 +139,7 @@ class MediaHandler:
         m.publish_buffered.set(
             sum(x.ingress.held for r in self.rooms.values() for x in r.members.values())
         )
+        self.processing.refresh_gauges()
 
     # -- RegisterParticipant -------------------------------------------------------------------
 
@@ -176,66 +182,115 @@ class MediaHandler:
                     f"(limit {self.settings.max_streams_per_participant})"
                 )
             if member is None:
-                if len(room.members) >= self.settings.max_participants_per_room:
-                    raise CapacityExceeded(f"room {mid} is full")
-                now = trio.current_time()
-                member = MediaMember(
-                    pid,
-                    room,
-                    now,
-                    ByteBudget(self.settings.budget_in_bytes_per_s, now=now),
-                    ByteBudget(self.settings.budget_out_bytes_per_s, now=now),
-                    IngressBuffer(self.settings.max_buffered_bytes_per_participant),
-                )
-                room.members[pid] = member
+                member = self._add_member(room, pid)
             else:
                 # A fresh token: a fresh wait (a member in its media grace keeps that deadline).
                 member.registered_at = trio.current_time()
             self.registry.expiry_changed(room)
-            for stream_id, stream_type, layers in new:
-                room.add_publication(
-                    MediaPublication(
-                        stream_id,
-                        stream_type,
-                        member,
-                        layers,
-                        StreamStats(stream_id),
-                        self.router.count_drops,
-                    )
+            added = []
+            for stream_id, stream_type, layers, codec in new:
+                publication = MediaPublication(
+                    stream_id,
+                    stream_type,
+                    member,
+                    layers,
+                    StreamStats(stream_id),
+                    self.router.count_drops,
+                    codec=codec,
                 )
+                room.add_publication(publication)
+                added.append(publication)
         except BaseException:
             self.registry.end_if_empty(room)  # a room made for nothing
             raise
+        self.processing.streams_added(member, added)
         token = self.authority.issue(pid, mid, time.time())
         return mc_pb.RegisterParticipantResponse(
             connection_token=token, media_handler_url=self.media_url, created=created
         )
+
+    def _add_member(self, room: MediaRoom, pid: ParticipantId) -> MediaMember:
+        if len(room.members) >= self.settings.max_participants_per_room:
+            raise CapacityExceeded(f"room {room.id} is full")
+        now = trio.current_time()
+        member = MediaMember(
+            pid,
+            room,
+            now,
+            ByteBudget(self.settings.budget_in_bytes_per_s, now=now),
+            ByteBudget(self.settings.budget_out_bytes_per_s, now=now),
+            IngressBuffer(self.settings.max_buffered_bytes_per_participant),
+        )
+        room.members[pid] = member
+        return member
+
+    def add_job_member(self, room: MediaRoom, pid: ParticipantId) -> tuple[MediaMember, str]:
+        """A participant of the MH's own in ``room``: a media processor's job, and its
+        connection token (docs/architecture.md §10). The MC never hears of it: it counts as
+        removed, so the end of its media connection tells the MC nothing and forgets it at
+        once (no media grace). Raises NotFound for a room that ended, Conflict for a taken id,
+        CapacityExceeded for a full room."""
+        if self.rooms.get(room.id) is not room:
+            raise NotFound(f"room {room.id} ended")
+        if pid in room.members:
+            raise Conflict(f"participant {pid} exists in {room.id}")
+        member = self._add_member(room, pid)
+        member.removed = True
+        self.registry.expiry_changed(room)
+        return member, self.authority.issue(pid, room.id, time.time())
+
+    def add_stream(
+        self, member: MediaMember, stream_id: StreamId, stream_type: StreamType, codec: str
+    ) -> MediaPublication:
+        """Register a stream a job's participant publishes (a derived stream; no limit of a
+        participant's streams applies, the job's own bounds do)."""
+        publication = MediaPublication(
+            stream_id,
+            stream_type,
+            member,
+            (),
+            StreamStats(stream_id),
+            self.router.count_drops,
+            codec=codec,
+        )
+        member.room.add_publication(publication)
+        return publication
 
     # -- RouteMedia ----------------------------------------------------------------------------
 
     async def route_media(self, command: mc_pb.RouteMediaCommand) -> mc_pb.RouteMediaResponse:
         """Route (or with ``unroute`` stop routing) a stream to destination participants.
 
-        Returns once every new subscription's task runs. Raises InvalidRequest for
-        ``transcode``/``mix_audio`` (unsupported) and bad fields, NotFound for an unknown room,
-        stream or destination.
+        Returns once every new subscription's task runs. With ``transcode`` or ``mix_audio``
+        the destinations get a derived stream instead, made by a media processor
+        (:class:`Processing`; its id is ``derived_stream_id``). Raises InvalidRequest for bad
+        fields, NotFound for an unknown room, stream or destination, CapacityExceeded (no
+        media processor, too many routes) and a processor's refusal as it is.
         """
         options = command.options
-        if options.transcode:
-            raise InvalidRequest(
-                "RoutingOptions.transcode is not supported by this media handler",
-                details={"field": "options.transcode"},
-            )
-        if options.mix_audio:
-            raise InvalidRequest(
-                "RoutingOptions.mix_audio is not supported by this media handler",
-                details={"field": "options.mix_audio"},
-            )
+        if options.transcode or options.mix_audio:
+            return await self.processing.route(command)
         source = StreamId(command.source_stream_id)
         room = self.registry.room_of_stream(MeetingId(command.meeting_id), source)
+        job = self.processing.output_job(room.id, source)
+        if job is not None:
+            return await self.processing.route_output(job, command)
         # A stream nobody registered yet is routed ahead: its subscriptions start when its
         # publisher's first frame claims it (see _room.py).
         publication = room.publications.get(source)
+        destinations = self.destinations(room, command, publication)
+        wanted = RouteOptions(options.preferred_layer, options.target_bitrate)
+        await self.route_stream(room, source, destinations, wanted, unroute=command.unroute)
+        return mc_pb.RouteMediaResponse()
+
+    def destinations(
+        self,
+        room: MediaRoom,
+        command: mc_pb.RouteMediaCommand,
+        publication: MediaPublication | None,
+    ) -> list[ParticipantId]:
+        """A RouteMedia's destinations: members of ``room``, none the publisher (NotFound,
+        InvalidRequest)."""
         destinations = [ParticipantId(d) for d in command.destination_participant_ids]
         for dest in destinations:
             if dest not in room.members:
@@ -245,27 +300,44 @@ class MediaHandler:
                 )
             if publication is not None and dest == publication.publisher.id:
                 raise InvalidRequest(
-                    f"{dest} publishes {source}: cannot route it to itself",
+                    f"{dest} publishes {command.source_stream_id}: cannot route it to itself",
                     details={"field": "destination_participant_ids"},
                 )
+        return destinations
+
+    async def route_stream(
+        self,
+        room: MediaRoom,
+        source: StreamId,
+        destinations: list[ParticipantId],
+        wanted: RouteOptions,
+        *,
+        unroute: bool = False,
+    ) -> None:
+        """Route ``source`` to ``destinations`` (members of ``room``) or stop; returns once
+        every new subscription's task runs. CapacityExceeded past the room's routed streams."""
+        publication = room.publications.get(source)
         if source not in room.routes and len(room.routes) >= self._max_routed_streams():
             raise CapacityExceeded(f"room {room.id} routes {len(room.routes)} streams")
         table = room.routes.setdefault(source, {})
-        wanted = RouteOptions(options.preferred_layer, options.target_bitrate)
         for dest in destinations:
-            if command.unroute:
+            if unroute:
                 table.pop(dest, None)
                 sub = None if publication is None else publication.subscriptions.pop(dest, None)
                 if sub is not None and sub.task is not None:
                     sub.task.cancel()
                 continue
             table[dest] = wanted
-            member = room.members[dest]
-            if publication is not None and member.scope is not None and member.session:
+            member = room.members.get(dest)
+            if (
+                publication is not None
+                and member is not None
+                and member.scope is not None
+                and member.session
+            ):
                 await self.router.subscribe(publication, member, wanted)
         if not table:
             room.routes.pop(source, None)
-        return mc_pb.RouteMediaResponse()
 
     def _max_routed_streams(self) -> int:
         # Bounds RouteMedia's table per room, including streams routed before they exist.
@@ -287,6 +359,16 @@ class MediaHandler:
         if member is None:
             return mc_pb.RemoveParticipantResponse()
         reason = LeaveReason(request.reason)
+        self.processing.participant_removed(member, reason)
+        await self.end_member(member, reason)
+        return mc_pb.RemoveParticipantResponse()
+
+    async def end_member(self, member: MediaMember, reason: LeaveReason) -> None:
+        """End a member with ``reason``; returns once its scope closed (or it was forgotten,
+        never connected). A member forgotten already: nothing to do."""
+        if member.room.members.get(member.id) is not member:
+            await trio.lowlevel.checkpoint()
+            return
         if member.connecting:
             await member.settled.wait()
         member.removed = True
@@ -294,9 +376,8 @@ class MediaHandler:
         if scope is not None:
             scope.leave(reason)
             await scope.wait_closed()
-        else:
+        elif member.room.members.get(member.id) is member:
             self.registry.forget_member(member)
-        return mc_pb.RemoveParticipantResponse()
 
     # -- RemoveStream ----------------------------------------------------------------------------
 
@@ -324,6 +405,13 @@ class MediaHandler:
                 f"{request.participant_id} does not publish {stream_id} in {room.id}",
                 details={"field": "participant_id"},
             )
+        self.processing.stream_removed(room, publication)
+        await self.drop_publication(room, publication)
+        return mc_pb.RemoveStreamResponse()
+
+    async def drop_publication(self, room: MediaRoom, publication: MediaPublication) -> None:
+        """Forget a stream: returns once every subscription task of it exited and the
+        publisher's QUIC streams carrying it are reset and stopped."""
         layers = [
             layer
             for layer in room.layers.values()
@@ -346,7 +434,6 @@ class MediaHandler:
             if sub.task is not None:
                 await sub.task.wait_closed()
         await trio.lowlevel.checkpoint()
-        return mc_pb.RemoveStreamResponse()
 
     # -- Telemetry -------------------------------------------------------------------------------
 
@@ -370,7 +457,7 @@ class MediaHandler:
         self.reporter.report(self.rooms.values(), trio.current_time(), int(time.time() * 1e6))
 
 
-def _parse_stream(stream: Any) -> tuple[StreamId, StreamType, tuple[Layer, ...]]:
+def _parse_stream(stream: Any) -> tuple[StreamId, StreamType, tuple[Layer, ...], str]:
     stream_id = StreamId(stream.stream_id)
     parse_stream_id(stream_id)
     try:
@@ -387,11 +474,11 @@ def _parse_stream(stream: Any) -> tuple[StreamId, StreamType, tuple[Layer, ...]]
         raise InvalidRequest(f"stream {stream_id}: audio has no simulcast layers")
     for la in layers:
         parse_stream_id(la.layer_id, "layer_id")
-    return stream_id, stream_type, layers
+    return stream_id, stream_type, layers, stream.metadata.codec
 
 
-def _wire_ids(stream: tuple[StreamId, StreamType, tuple[Layer, ...]]) -> list[bytes]:
-    stream_id, _, layers = stream
+def _wire_ids(stream: tuple[StreamId, StreamType, tuple[Layer, ...], str]) -> list[bytes]:
+    stream_id, _, layers, _ = stream
     if layers:
         return [parse_stream_id(la.layer_id, "layer_id") for la in layers]
     return [parse_stream_id(stream_id)]

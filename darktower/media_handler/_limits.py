@@ -121,3 +121,21 @@ MC_CALL_DEADLINE_S: Final = 5.0
 # Drain (docs/architecture.md §4.6): the share of --drain-grace-s kept for closing what is
 # still connected once the wait for participants to move to another MH is over.
 DRAIN_CLOSE_SHARE: Final = 0.2
+
+# Media processing (docs/architecture.md §10): the MH's jobs on its media processors.
+# Jobs (recordings, transcodes, mixes) this MH runs at once on all its processors together.
+# Policy: one more is refused with CAPACITY_EXCEEDED, nothing is started.
+MAX_PROCESSING_JOBS: Final = 256
+# Deadline of each call to a processor (StartJob, UpdateJob, StopJob, RequestKeyFrame).
+PROCESSOR_CALL_DEADLINE_S: Final = 5.0
+# A processor whose call failed (unreachable, deadline) is tried after the others for this
+# long; when every one has failed, they are all tried anyway (one may be back).
+PROCESSOR_RETRY_S: Final = 5.0
+# Key frame requests waiting for one processor. Policy when full: the request is dropped and
+# counted; the subscriber's next frame asks again once the throttle allows it.
+PROCESSOR_KEY_FRAME_QUEUE: Final = 64
+# A job's hidden participant must open its media connection this long after StartJob
+# succeeded; otherwise the job counts as lost (its processor died or cannot reach us).
+JOB_CONNECT_S: Final = 20.0
+# The end of a job (StopJob, then closing its participant) is shielded and bounded by this.
+JOB_STOP_GRACE_S: Final = 5.0

@@ -75,3 +75,25 @@ class MediaMetrics:
             "darktower_mh_quic_packet_loss_ratio",
             "fraction of media connections' QUIC packets lost since the previous report",
         )
+        # Media processing (docs/architecture.md §10).
+        self.processing_jobs = registry.gauge(
+            "darktower_mh_processing_jobs",
+            "jobs running on media processors, by kind and processor",
+            ("kind", "processor"),
+        )
+        self.processing_refused = registry.counter(
+            "darktower_mh_processing_refused_total",
+            "recordings, transcodes and mixes refused, by error",
+            ("error",),
+        )
+        self.processing_failures = registry.counter(
+            "darktower_mh_processing_failures_total",
+            "processor calls that failed (unavailable, deadline) and jobs lost (their "
+            "processor died or dropped their media connection), by processor and what",
+            ("processor", "what"),
+        )
+        self.processing_key_frames = registry.counter(
+            "darktower_mh_processing_key_frame_requests_total",
+            "key frame requests for a job's output sent to its processor, or dropped",
+            ("outcome",),
+        )

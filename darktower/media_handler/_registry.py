@@ -9,6 +9,7 @@ members.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import trio
 
@@ -35,6 +36,9 @@ class RoomRegistry:
         self._lock = trio.Lock()
         # Set when the MH starts draining: no new room (its MC moves the rooms away).
         self.draining = False
+        # Told of each member about to be forgotten (its streams and routes still there):
+        # media processing ends or changes the jobs that use them (docs/architecture.md §10).
+        self.forgetting: Callable[[MediaMember], None] = _nothing
 
     def get(self, meeting_id: MeetingId) -> MediaRoom | None:
         return self.rooms.get(meeting_id)
@@ -96,6 +100,7 @@ class RoomRegistry:
 
     def forget_member(self, member: MediaMember) -> None:
         """Drop a member's state; end its room if it was the last one."""
+        self.forgetting(member)
         room = member.room
         for publication in member.publications.values():
             room.forget_key_frames(publication)
@@ -162,3 +167,7 @@ class RoomRegistry:
         if room is not None and room.scope.ending:
             del self.rooms[meeting_id]
         await trio.lowlevel.checkpoint()
+
+
+def _nothing(member: MediaMember) -> None:
+    pass

@@ -110,6 +110,7 @@ class MediaPublication:
     stats: StreamStats
     on_drops: DropSink
     subscriptions: dict[ParticipantId, MediaSubscription] = attrs.Factory(dict)
+    codec: str = ""  # StreamMetadata.codec as registered ("": not said, or claimed by a frame)
 
     @property
     def kind(self) -> MediaKind:

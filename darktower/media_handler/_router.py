@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -49,6 +49,9 @@ class MediaRouter:
         self.settings = settings
         self.metrics = metrics
         self.telemetry = telemetry
+        # Asks the media processor whose job publishes ``stream_id`` (a transcode's output)
+        # for a key frame; False for a participant's stream (docs/architecture.md §10).
+        self.derived_key_frame: Callable[[MediaRoom, StreamId], bool] = _not_derived
 
     async def subscribe(
         self, publication: MediaPublication, member: MediaMember, options: RouteOptions
@@ -97,6 +100,8 @@ class MediaRouter:
         False if the interval held it back."""
         if not room.key_frames.should_request(stream_id, now):
             return False
+        if self.derived_key_frame(room, stream_id):
+            return True
         self.metrics.key_frame_requests.inc()
         self.telemetry.publish(
             mc_pb.TelemetryEvent(
@@ -276,3 +281,7 @@ def _reset(stream: WebTransportSendStream) -> None:
         stream.reset(0)
     except (trio.ClosedResourceError, trio.BrokenResourceError):
         pass
+
+
+def _not_derived(room: MediaRoom, stream_id: StreamId) -> bool:
+    return False

@@ -1,8 +1,9 @@
 """``serve``: the Media Handler process (or part of ``python -m darktower``).
 
 Owns, in one nursery: the task tree (rooms ⊃ participants ⊃ streams), the WebTransport server
-(``/v1/media``), the MediaControl gRPC server, the ops listener, the telemetry reporter and the
-registration with the MC. Its gRPC, both ways, is mutual TLS with the cluster CA: only an MC
+(``/v1/media``), the MediaControl gRPC server, the ops listener, the telemetry reporter, the
+registration with the MC and the links to the media processors with their jobs' tasks
+(docs/architecture.md §10). Its gRPC, both ways, is mutual TLS with the cluster CA: only an MC
 calls it, and it registers as the handler id its certificate names (docs/architecture.md §8).
 On ``shutdown`` it drains without ending a meeting (docs/architecture.md §3.5, §4.6): takes no
 new room, tells its MC (which moves the rooms to another MH), waits for its participants to
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterator
 import attrs
 import trio
 
-from darktower.errors import CapacityExceeded, Forbidden, NotFound
+from darktower.errors import Forbidden, NotFound
 from darktower.logs import fields
 from darktower.metrics import Registry, count_refusals
 from darktower.model import LeaveReason
@@ -66,6 +67,7 @@ from ._limits import (
     REGISTER_BACKOFF_S,
 )
 from ._metrics import MediaMetrics
+from ._processing_links import parse_processors
 from ._settings import Settings
 
 logger = logging.getLogger("darktower.media_handler")
@@ -119,12 +121,12 @@ class MediaControl:
     async def StartRecording(
         self, request: mc_pb.StartRecordingRequest
     ) -> mc_pb.StartRecordingResponse:
-        raise CapacityExceeded("this media handler has no media processor")
+        return await self._handler.processing.start_recording(request)
 
     async def StopRecording(
         self, request: mc_pb.StopRecordingRequest
     ) -> mc_pb.StopRecordingResponse:
-        raise NotFound(f"no recording of {request.participant_id} here")
+        return await self._handler.processing.stop_recording(request)
 
 
 # Who may call each method (``servicekit.callers``): the MC, for everything.
@@ -203,7 +205,7 @@ async def serve(
     starts. Cancelled from outside, the tree still ends its rooms (bounded cleanups).
     ``cluster``: its credentials for gRPC (default: the ``--cluster-*`` files); its handler id
     is the one its certificate names. Raises OSError if a port cannot be bound, ValueError for
-    a bad MC address, ConfigError without usable cluster credentials.
+    a bad MC or processor address, ConfigError without usable cluster credentials.
     """
     cluster = load_cluster_tls(
         settings.cluster_ca,
@@ -214,6 +216,7 @@ async def serve(
     )
     handler_id = own_id(cluster, settings.handler_id, "--handler-id")
     mc_address = split_host_port(settings.mc_grpc) if settings.mc_grpc else None
+    parse_processors(settings.processors)  # a bad address fails here, not in the nursery
     registry = Registry()
     metrics = MediaMetrics(registry)
     tls = tls_credentials(settings.certfile, settings.keyfile, log=logger)
@@ -247,6 +250,7 @@ async def serve(
         count_refusals(registry, server.counters)
         host, port = await nursery.start(server.run)
         handler.media_url = f"https://{netloc(public_host, port)}{MEDIA_PATH}"
+        await nursery.start(handler.processing.run, cluster, tls.sha256)
         grpc_port = await nursery.start(
             functools.partial(
                 serve_rpc,

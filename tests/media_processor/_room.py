@@ -8,13 +8,15 @@ from __future__ import annotations
 import pathlib
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import attrs
 import trio
+import trio.testing
 
 from darktower import media_handler, media_processor
+from darktower.client import MediaClient, open_media_client
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.protocol.pb.v1 import processing_pb2 as pb
@@ -100,3 +102,120 @@ async def open_room(tmp_path: pathlib.Path, **mp: Any) -> AsyncIterator[Room]:
         open_cluster_channel(proc.grpc_address, "mh", mh.handler_id, server="mp") as to_mp,
     ):
         yield Room(mh, proc, MediaControlStub(to_mh), MediaProcessingStub(to_mp), tls, recordings)
+
+
+# --- an MH that uses its processors itself (docs/protocol.md §15) ------------------------------
+def video_stream(stream_id: str, codec: str = "VP8") -> common_pb2.MediaStream:
+    return common_pb2.MediaStream(
+        stream_id=stream_id,
+        stream_type=common_pb2.VIDEO_CAMERA,
+        metadata=common_pb2.StreamMetadata(codec=codec),
+    )
+
+
+def audio_stream(stream_id: str) -> common_pb2.MediaStream:
+    return common_pb2.MediaStream(
+        stream_id=stream_id,
+        stream_type=common_pb2.AUDIO,
+        metadata=common_pb2.StreamMetadata(codec="opus"),
+    )
+
+
+@attrs.define(eq=False)
+class ProcessedRoom:
+    """A real MH configured with its processors (``--processors``), the test as its MC."""
+
+    mh: media_handler.Running
+    mp: media_processor.Running | None  # None: the processor is another process, or none
+    media: MediaControlStub
+    tls: TlsCredentials
+    recordings: pathlib.Path
+
+    async def register(self, pid: str, *streams: common_pb2.MediaStream) -> str:
+        """Register ``pid`` in the room; its media URL with its token."""
+        reply = await call(
+            self.media.RegisterParticipant,
+            mc_pb.RegisterParticipant(
+                participant_id=pid, meeting_id=MEETING, streams=list(streams)
+            ),
+        )
+        return f"{reply.media_handler_url}?token={reply.connection_token}"
+
+    async def route(
+        self, source: str, *to: str, unroute: bool = False, **options: Any
+    ) -> mc_pb.RouteMediaResponse:
+        return await call(
+            self.media.RouteMedia,
+            mc_pb.RouteMediaCommand(
+                source_stream_id=source,
+                destination_participant_ids=list(to),
+                meeting_id=MEETING,
+                unroute=unroute,
+                options=mc_pb.RoutingOptions(**options),
+            ),
+        )
+
+    async def remove(self, pid: str, reason: int) -> None:
+        await call(
+            self.media.RemoveParticipant,
+            mc_pb.RemoveParticipantRequest(
+                meeting_id=MEETING,
+                participant_id=pid,
+                reason=reason,  # type: ignore[arg-type]
+            ),
+        )
+
+    def client(self, url: str) -> AbstractAsyncContextManager[MediaClient]:
+        return open_media_client(url, server_certificate_hashes=[self.tls.sha256])
+
+    def job_ids(self, kind: str) -> list[str]:
+        """The MH's jobs of ``kind`` (their hidden participants' ids)."""
+        processing = self.mh.handler.processing
+        return [j.job_id for j in processing.jobs.values() if j.kind == kind]
+
+    async def wait_ready(self, job_id: str, *sources: str) -> None:
+        """Wait until the job ``job_id`` has its media connection to the MH and receives
+        ``sources`` there (the processor runs in this process, or another)."""
+        room = self.mh.handler.rooms[MEETING]  # type: ignore[index]
+        member = room.members[job_id]  # type: ignore[index]
+        with trio.fail_after(WAIT_S):
+            await member.settled.wait()
+        # The MH subscribes the job as its connection starts: nothing of ours waits on I/O then.
+        await trio.testing.wait_all_tasks_blocked(0.05)
+        for source in sources:
+            assert job_id in room.publications[source].subscriptions  # type: ignore[index]
+
+    async def wait_job(self, job_id: str, state: str) -> None:
+        """Wait until the in-process processor's job ``job_id`` is in ``state``."""
+        assert self.mp is not None
+        jobs = self.mp.jobs
+        with trio.fail_after(WAIT_S):
+            await jobs.progress.until(lambda: jobs.state(job_id) == state)
+
+
+@asynccontextmanager
+async def open_processed_room(
+    tmp_path: pathlib.Path, *, processors: str | None = None, **mp: Any
+) -> AsyncIterator[ProcessedRoom]:
+    """A processor in this process (``processors`` None) or the given ones ("" for none),
+    and an MH that uses them; yields once both run."""
+    tls = generate_dev_certificate()
+    certfile, keyfile = tls.write(tmp_path)
+    recordings = tmp_path / "recordings"
+    async with AsyncExitStack() as stack:
+        proc: media_processor.Running | None = None
+        if processors is None:
+            proc, _ = await stack.enter_async_context(
+                running_service(media_processor.serve, mp_settings(recordings, **mp))
+            )
+            processors = "{}:{}".format(*proc.grpc_address)
+        mh, _ = await stack.enter_async_context(
+            running_service(
+                media_handler.serve,
+                mh_settings(certfile=str(certfile), keyfile=str(keyfile), processors=processors),
+            )
+        )
+        to_mh = await stack.enter_async_context(
+            open_cluster_channel(mh.grpc_address, "mc", "mc-test", server="mh")
+        )
+        yield ProcessedRoom(mh, proc, MediaControlStub(to_mh), tls, recordings)

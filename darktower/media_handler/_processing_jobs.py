@@ -1,0 +1,273 @@
+"""One job on a media processor as the MH sees it (docs/architecture.md §10): its hidden
+participant, the sources and outputs it should have (changed synchronously by RouteMedia,
+registrations and removals) and one task, :meth:`ProcessingJob.run`, that starts it on a
+processor and then brings the processor in line (UpdateJob) until the job is stopped or lost,
+when it stops it there (StopJob with the reason) and removes its participant.
+
+The wanted state is a few dictionaries, not a queue of changes: however often it changes
+while a call is in flight, the next UpdateJob carries the difference once (bounded by the
+room's streams and members).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+import trio
+
+from darktower.errors import DarkTowerError
+from darktower.logs import fields
+from darktower.model import LeaveReason, ParticipantId, StreamId, StreamType
+from darktower.protocol.pb.v1 import processing_pb2 as pb
+from darktower.transport.rpc import RpcError
+
+from ._limits import JOB_CONNECT_S, JOB_STOP_GRACE_S
+from ._room import MediaRoom, RouteOptions
+
+if TYPE_CHECKING:
+    from ._processing_links import ProcessorLink, ProcessorPool
+    from ._room import MediaMember, MediaPublication
+
+logger = logging.getLogger("darktower.media_handler")
+
+KINDS = ("recording", "transcode", "mix")
+
+
+@attrs.frozen
+class Source:
+    """A stream a job reads: the publication (RouteMedia's source) and the stream id its
+    frames carry, which for a simulcast video is its highest layer's."""
+
+    stream_id: StreamId
+    wire_id: str
+    participant_id: ParticipantId
+    stream_type: StreamType
+    codec: str
+
+    @property
+    def options(self) -> RouteOptions:
+        """How it is routed to the job: the layer it names, whatever the bitrate."""
+        return RouteOptions(preferred_layer=self.wire_id if self.wire_id != self.stream_id else "")
+
+    def proto(self) -> pb.JobSource:
+        return pb.JobSource(
+            stream_id=self.wire_id,
+            participant_id=self.participant_id,
+            stream_type=int(self.stream_type),  # type: ignore[arg-type]
+            codec=self.codec,
+        )
+
+
+def source_of(publication: MediaPublication) -> Source | None:
+    """``publication`` as a job's source; None when its codec is unknown (a video registered
+    without ``metadata.codec``: an audio stream is Opus)."""
+    audio = publication.stream_type == StreamType.AUDIO
+    codec = publication.codec or ("Opus" if audio else "")
+    if not codec:
+        return None
+    wire = publication.stream_id
+    if publication.layers:  # the highest layer, ranked as the room ranks them (_room.py)
+        top = max(publication.layers, key=lambda la: (la.width * la.height, la.max_bitrate))
+        wire = top.layer_id
+    return Source(
+        publication.stream_id, wire, publication.publisher.id, publication.stream_type, codec
+    )
+
+
+class JobHost(Protocol):
+    """What a job needs of the MH (``_processing.Processing``)."""
+
+    pool: ProcessorPool
+
+    async def route_to_job(self, job: ProcessingJob, source: Source) -> None: ...
+
+    async def drop_output(self, job: ProcessingJob, output_id: StreamId) -> None: ...
+
+    async def end_member(self, member: MediaMember, reason: LeaveReason) -> None: ...
+
+    def job_lost(self, job: ProcessingJob, what: str) -> None: ...
+
+    def job_ended(self, job: ProcessingJob) -> None: ...
+
+
+class ProcessingJob:
+    """A recording, a transcode or a mix of one room. Its id is its hidden participant's."""
+
+    def __init__(self, kind: str, room: MediaRoom, sources: list[Source]) -> None:
+        self.kind = kind
+        self.job_id = ParticipantId(f"proc-{uuid.uuid4()}")
+        self.room = room
+        self.sources: dict[str, Source] = {s.wire_id: s for s in sources}  # by wire id
+        # A transcode: its output, target and destinations.
+        self.output_id = StreamId("")
+        self.target_codec = ""
+        self.target_bitrate = 0
+        self.destinations: set[ParticipantId] = set()
+        # A mix: each listener's output.
+        self.outputs: dict[ParticipantId, StreamId] = {}
+        # A recording: whose, and its name in the store.
+        self.participant_id = ParticipantId("")
+        self.participant_name = ""
+        self.recording_id = ""
+        self.member: MediaMember | None = None  # its hidden participant, once registered
+        self.link: ProcessorLink | None = None  # its processor, once started
+        self.running = False  # StartJob succeeded
+        self.stop_reason: LeaveReason | None = None  # set once: the job is ending
+        self.lost = False  # its processor died or dropped its media connection
+        self.settled = trio.Event()  # StartJob answered (running or failed)
+        self.ended = trio.Event()  # stopped there and its participant removed
+        self._changed = trio.Event()
+        self._sent_sources: set[str] = set()
+        self._sent_outputs: dict[ParticipantId, StreamId] = {}
+
+    def output_streams(self) -> list[tuple[StreamId, StreamType, str]]:
+        """The streams its participant publishes: (id, type, codec)."""
+        if self.kind == "transcode":
+            [source] = self.sources.values()
+            return [(self.output_id, source.stream_type, self.target_codec)]
+        return [(o, StreamType.AUDIO, "Opus") for o in self.outputs.values()]
+
+    def changed(self) -> None:
+        """The wanted state changed: the job's task brings the processor in line."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def start_request(self, media_url: str, certificate_sha256: bytes) -> pb.StartJobRequest:
+        sources = [s.proto() for s in self.sources.values()]
+        self._sent_sources = set(self.sources)
+        self._sent_outputs = dict(self.outputs)
+        request = pb.StartJobRequest(
+            job_id=self.job_id,
+            meeting_id=self.room.id,
+            media_url=media_url,
+            media_certificate_sha256=certificate_sha256,
+        )
+        if self.kind == "recording":
+            request.recording.CopyFrom(
+                pb.RecordingJob(
+                    participant_id=self.participant_id,
+                    participant_name=self.participant_name,
+                    sources=sources,
+                    recording_id=self.recording_id,
+                )
+            )
+        elif self.kind == "transcode":
+            request.transcode.CopyFrom(
+                pb.TranscodeJob(
+                    source=sources[0],
+                    target_codec=self.target_codec,
+                    target_bitrate=self.target_bitrate,
+                    output_stream_id=self.output_id,
+                )
+            )
+        else:
+            request.mix.CopyFrom(
+                pb.MixJob(
+                    sources=sources,
+                    outputs=[
+                        pb.MixOutput(listener_participant_id=listener, output_stream_id=output)
+                        for listener, output in self.outputs.items()
+                    ],
+                )
+            )
+        return request
+
+    async def run(
+        self,
+        host: JobHost,
+        media_url: str,
+        certificate_sha256: bytes,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The job's task (in the processing nursery): StartJob on a processor, reported
+        started once it runs there (its refusal is raised to the starter instead); then
+        UpdateJob as the wanted state changes, until stopped or lost; then, shielded and
+        bounded by JOB_STOP_GRACE_S, StopJob with the reason and its participant removed."""
+        link = await host.pool.start(self.start_request(media_url, certificate_sha256))
+        self.link = link
+        self.running = True
+        task_status.started()
+        try:
+            await self._follow(host)
+        finally:
+            with trio.move_on_after(JOB_STOP_GRACE_S, shield=True):
+                await self._end(host, link)
+            host.pool.release(link)
+            host.job_ended(self)
+            self.ended.set()
+
+    async def _follow(self, host: JobHost) -> None:
+        connect_by = trio.current_time() + JOB_CONNECT_S
+        connected = False
+        while self.stop_reason is None:
+            if self._pending():
+                await self._update(host)
+                continue
+            changed = self._changed
+            if not connected:
+                member = self.member
+                connected = member is not None and (member.scope is not None or member.connecting)
+                if not connected and trio.current_time() >= connect_by:
+                    host.job_lost(self, "not_connected")
+                    continue
+            with trio.move_on_at(math.inf if connected else connect_by):
+                await changed.wait()
+
+    def _pending(self) -> bool:
+        return set(self.sources) != self._sent_sources or self.outputs != self._sent_outputs
+
+    async def _update(self, host: JobHost) -> None:
+        assert self.link is not None
+        added = [s for w, s in self.sources.items() if w not in self._sent_sources]
+        removed = [w for w in self._sent_sources if w not in self.sources]
+        new_outputs = {k: o for k, o in self.outputs.items() if self._sent_outputs.get(k) != o}
+        gone = {k: o for k, o in self._sent_outputs.items() if self.outputs.get(k) != o}
+        self._sent_sources = set(self.sources)
+        self._sent_outputs = dict(self.outputs)
+        request = pb.UpdateJobRequest(
+            job_id=self.job_id,
+            add_sources=[s.proto() for s in added],
+            remove_stream_ids=removed,
+            add_outputs=[
+                pb.MixOutput(listener_participant_id=k, output_stream_id=o)
+                for k, o in new_outputs.items()
+            ],
+            remove_listener_participant_ids=list(gone),
+        )
+        try:
+            await host.pool.call(self.link, "UpdateJob", request)
+        except RpcError:
+            host.job_lost(self, "update_failed")
+            return
+        except DarkTowerError as exc:  # e.g. a codec it cannot record: the rest goes on
+            logger.warning(
+                "media processor refused a job update: %s",
+                exc,
+                extra=fields(job=self.job_id, meeting=self.room.id),
+            )
+        # Routed once the processor knows them, so that their first frames are not dropped.
+        for source in added:
+            if source.wire_id in self.sources:
+                await host.route_to_job(self, source)
+        for output in gone.values():
+            await host.drop_output(self, output)
+
+    async def _end(self, host: JobHost, link: ProcessorLink) -> None:
+        reason = self.stop_reason
+        if reason is None:  # cancelled: the MH is shutting down
+            reason = LeaveReason.SERVER_SHUTDOWN
+        try:
+            await host.pool.call(
+                link,
+                "StopJob",
+                pb.StopJobRequest(job_id=self.job_id, reason=int(reason)),  # type: ignore[arg-type]
+            )
+        except DarkTowerError:
+            pass  # gone already (counted when the processor was unreachable)
+        if self.member is not None:
+            await host.end_member(self.member, reason)

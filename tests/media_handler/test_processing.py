@@ -1,0 +1,162 @@
+"""The MH's side of media processing (docs/architecture.md §10, docs/protocol.md §15): a real
+MH with a real media processor in this process, over real QUIC and gRPC, the test acting as
+the MC. What is refused, and how a transcode is shared by the destinations asking for the same
+(codec, bitrate)."""
+
+from __future__ import annotations
+
+import pathlib
+import uuid
+
+import pytest
+import trio
+
+from darktower.client import MediaClient
+from darktower.errors import CapacityExceeded, InvalidRequest, NotFound
+from darktower.frames import FrameType
+from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
+from darktower.protocol.pb.v1 import processing_pb2 as pb
+from darktower.protocol.pb.v1.processing_grpc import MediaProcessingStub
+from darktower.transport.rpc import call
+from tests._cluster import open_cluster_channel
+from tests._stack import WAIT_S
+from tests.media_processor._room import (
+    MEETING,
+    ProcessedRoom,
+    audio_stream,
+    open_processed_room,
+    video_stream,
+)
+from tests.processing._media import Encoded, decode_video, video_frames
+
+
+async def test_without_a_processor_every_job_is_capacity_exceeded(tmp_path: pathlib.Path) -> None:
+    cam, mic = str(uuid.uuid4()), str(uuid.uuid4())
+    async with open_processed_room(tmp_path, processors="") as room:
+        await room.register("ann", video_stream(cam), audio_stream(mic))
+        await room.register("bob")
+        with pytest.raises(CapacityExceeded, match="no media processor"):
+            await room.route(cam, "bob", transcode=True, target_codec="VP9", target_bitrate=1)
+        with pytest.raises(CapacityExceeded, match="no media processor"):
+            await room.route("", "bob", mix_audio=True)
+        with pytest.raises(CapacityExceeded, match="no media processor"):
+            await call(
+                room.media.StartRecording,
+                mc_pb.StartRecordingRequest(meeting_id=MEETING, participant_id="ann"),
+            )
+        with pytest.raises(NotFound):
+            await call(
+                room.media.StopRecording,
+                mc_pb.StopRecordingRequest(meeting_id=MEETING, participant_id="ann"),
+            )
+        # Nothing is left of the attempts: no job, no hidden participant.
+        assert set(room.mh.handler.rooms[MEETING].members) == {"ann", "bob"}  # type: ignore[index]
+        assert not room.mh.handler.processing.jobs
+        refused = room.mh.handler.metrics.processing_refused
+        assert refused.value("CapacityExceeded") == 3
+
+
+async def test_bad_transcodes_are_refused_and_leave_nothing(tmp_path: pathlib.Path) -> None:
+    cam, mic, plain = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    async with open_processed_room(tmp_path) as room:
+        await room.register("ann", video_stream(cam), audio_stream(mic))
+        await room.register(
+            "bob", common_pb2.MediaStream(stream_id=plain, stream_type=common_pb2.VIDEO_SCREEN)
+        )
+        # The processor's own answer, unchanged: the codecs this build encodes.
+        with pytest.raises(InvalidRequest, match="VP9") as refused:
+            await room.route(cam, "bob", transcode=True, target_codec="MPEG2", target_bitrate=1000)
+        assert "MPEG2" in str(refused.value)
+        with pytest.raises(InvalidRequest, match="target_bitrate"):
+            await room.route(cam, "bob", transcode=True, target_codec="VP9")
+        with pytest.raises(InvalidRequest, match="audio"):
+            await room.route(mic, "bob", transcode=True, target_codec="VP9", target_bitrate=1000)
+        with pytest.raises(InvalidRequest, match="codec"):  # registered without a codec
+            await room.route(plain, "ann", transcode=True, target_codec="VP9", target_bitrate=1)
+        with pytest.raises(InvalidRequest, match="itself"):
+            await room.route(cam, "ann", transcode=True, target_codec="VP9", target_bitrate=1)
+        with pytest.raises(NotFound):
+            await room.route(cam, "nobody", transcode=True, target_codec="VP9", target_bitrate=1)
+        with pytest.raises(InvalidRequest, match="one listener"):
+            await room.route("", "ann", "bob", mix_audio=True)
+        assert set(room.mh.handler.rooms[MEETING].members) == {"ann", "bob"}  # type: ignore[index]
+        assert not room.mh.handler.processing.jobs
+        assert room.mp is not None and not room.mp.jobs.live()
+
+
+async def _receive(media: MediaClient, stream_id: str, into: list[bytes], count: int) -> None:
+    async for frame in media:
+        if str(frame.stream_id) == stream_id:
+            into.append(bytes(frame.payload))
+            if len(into) == count:
+                return
+
+
+async def _publish(media: MediaClient, stream_id: str, frames: list[Encoded]) -> None:
+    publisher = await media.publish(stream_id)
+    for frame in frames:
+        kind = FrameType.VIDEO_KEY if frame.key else FrameType.VIDEO_DELTA
+        await publisher.send_frame(kind, frame.payload, timestamp_us=frame.timestamp_us)
+
+
+async def _list_jobs(room: ProcessedRoom) -> list[pb.JobStatus]:
+    assert room.mp is not None
+    async with open_cluster_channel(room.mp.grpc_address, "mh", "mh-test", server="mp") as ch:
+        reply = await call(MediaProcessingStub(ch).ListJobs, pb.ListJobsRequest())
+    return list(reply.jobs)
+
+
+async def test_destinations_asking_for_the_same_transcode_share_one_job(
+    tmp_path: pathlib.Path,
+) -> None:
+    cam = str(uuid.uuid4())
+    frames = video_frames(1, width=320, height=240, bitrate=300_000, key_every=30)
+    target = {"transcode": True, "target_codec": "VP9", "target_bitrate": 200_000}
+    async with open_processed_room(tmp_path) as room:
+        processing = room.mh.handler.processing
+        ann = await room.register("ann", video_stream(cam))
+        bob, carl = await room.register("bob"), await room.register("carl")
+        async with room.client(bob) as b, room.client(carl) as c:
+            first = await room.route(cam, "bob", **target)
+            second = await room.route(cam, "carl", **target)
+            output = first.derived_stream_id
+            assert output and second.derived_stream_id == output
+            # Another bitrate is another job.
+            other = await room.route(cam, "carl", **{**target, "target_bitrate": 100_000})
+            assert other.derived_stream_id not in ("", output)
+            job = processing.output_job(MEETING, output)  # type: ignore[arg-type]
+            other_job = processing.output_job(MEETING, other.derived_stream_id)  # type: ignore[arg-type]
+            assert job is not None and other_job is not None
+            listed = {s.job_id: s.kind for s in await _list_jobs(room)}
+            assert listed == {job.job_id: "transcode", other_job.job_id: "transcode"}
+            # Its last destination unroutes the output's id: that job ends.
+            await room.route(other.derived_stream_id, "carl", unroute=True)
+            with trio.fail_after(WAIT_S):
+                await other_job.ended.wait()
+            await room.wait_job(other_job.job_id, "ended")
+            await room.wait_ready(job.job_id, cam)
+            got_b: list[bytes] = []
+            got_c: list[bytes] = []
+            async with room.client(ann) as a:
+                with trio.fail_after(WAIT_S):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_receive, b, output, got_b, len(frames))
+                        nursery.start_soon(_receive, c, output, got_c, len(frames))
+                        await _publish(a, cam, frames)
+            assert len(decode_video("vp9", got_b)) == len(decode_video("vp9", got_c)) == 30
+            # The hidden participant is the MH's own: the job's id, never the MC's.
+            members = set(room.mh.handler.rooms[MEETING].members)  # type: ignore[index]
+            assert members == {"ann", "bob", "carl", job.job_id}
+            assert [j.kind for j in processing.jobs.values()] == ["transcode"]
+            await room.route(cam, "bob", unroute=True, **target)
+            assert job.stop_reason is None  # carl still gets it
+            await room.route(cam, "carl", unroute=True, **target)
+            with trio.fail_after(WAIT_S):
+                await job.ended.wait()
+            await room.wait_job(job.job_id, "ended")
+            assert set(room.mh.handler.rooms[MEETING].members) == {"ann", "bob", "carl"}  # type: ignore[index]
+            assert not processing.jobs
+        room.mh.handler.refresh_gauges()
+        gauge = room.mh.handler.metrics.processing_jobs
+        assert gauge.value("transcode", "{}:{}".format(*room.mp.grpc_address)) == 0  # type: ignore[union-attr]
