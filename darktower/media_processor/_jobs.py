@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Protocol
 
 import attrs
+import trio
 
 from darktower.client import MediaClient, open_media_client
 from darktower.errors import CapacityExceeded, Conflict, InvalidRequest, NotFound
@@ -64,6 +65,13 @@ class _Entry:
     state: str = "starting"
     reason: LeaveReason | None = None
     participant: Participant | None = None
+    stop_reason: LeaveReason | None = None  # a StopJob that came while it was starting
+
+    @property
+    def ending(self) -> bool:
+        return self.stop_reason is not None or (
+            self.participant is not None and self.participant.reason is not None
+        )
 
 
 class Jobs:
@@ -86,6 +94,10 @@ class Jobs:
         self.started = 0
         # Notified when a job starts running, writes a batch, ends.
         self.progress = Progress()
+        self._starting = trio.Lock()  # one meeting scope started at a time
+        # What the jobs that ended dropped and spent, by kind (for /metrics).
+        self.ended_totals: dict[str, Drops] = {}
+        self.ended_cpu_s: dict[str, float] = {}
 
     def running(self, kind: str) -> int:
         return sum(1 for e in self._live.values() if e.job.kind == kind)
@@ -93,13 +105,19 @@ class Jobs:
     async def start(self, request: pb.StartJobRequest) -> None:
         """Start the job of ``request``; returns once its scope runs (its media session is
         opened inside it). Raises InvalidRequest (no job, a bad codec...), Conflict (a live job
-        id), CapacityExceeded (the kind's bound)."""
+        id, or recording id), CapacityExceeded (the kind's bound, or a draining processor)."""
         kind = request.WhichOneof("job")
         if kind is None or not request.job_id or not request.meeting_id or not request.media_url:
             raise InvalidRequest("StartJob needs job_id, meeting_id, media_url and a job")
         if request.job_id in self._live:
             raise Conflict(f"job {request.job_id} is already running")
         job = self._factories[kind](request)  # raises InvalidRequest for what it cannot do
+        name = getattr(job, "recording_id", None)
+        if name is not None and any(
+            getattr(e.job, "recording_id", None) == name and e.meeting_id == request.meeting_id
+            for e in self._live.values()
+        ):
+            raise Conflict(f"recording {name} of meeting {request.meeting_id} is being written")
         if self.running(kind) >= self._limits[kind]:
             limit = self._limits[kind]
             raise CapacityExceeded(f"this processor runs at most {limit} {kind} jobs at once")
@@ -108,33 +126,51 @@ class Jobs:
         self._live[request.job_id] = entry
         try:
             meeting = await self._meeting(MeetingId(request.meeting_id))
-            entry.participant = await meeting.start_participant(
+            await meeting.start_participant(
                 ParticipantId(request.job_id),
                 lambda participant: self._body(entry, request, participant),
                 cleanup=lambda reason: self._cleanup(entry, reason),
                 grace=JOB_CLEANUP_GRACE_S,
             )
+        except ScopeClosed as exc:
+            self._forget(entry)
+            raise CapacityExceeded(f"this processor takes no job now: {exc}") from exc
         except BaseException:
-            if entry.participant is None:
-                self._live.pop(request.job_id, None)
+            # Cancelled after the scope started (the body has set entry.participant): the job
+            # ends, its cleanup forgets it; before: it never ran.
+            if entry.participant is not None:
+                entry.participant.leave(LeaveReason.CONNECTION_LOST)
+            else:
+                self._forget(entry)
             raise
         self.started += 1
 
+    def _forget(self, entry: _Entry) -> None:
+        """A job that never ran: it leaves nothing, not even an empty meeting scope."""
+        self._live.pop(entry.job_id, None)
+        self._end_meeting_if_idle(entry.meeting_id, LeaveReason.VOLUNTARY)
+
     async def _meeting(self, meeting_id: MeetingId) -> Meeting:
-        meeting = self._tree.meeting(meeting_id)
-        if meeting is not None and meeting.ending:
-            await meeting.wait_closed()
-            meeting = None
-        if meeting is None:
-            try:
-                meeting = await self._tree.start_meeting(meeting_id)
-            except ScopeClosed as exc:
-                raise CapacityExceeded(f"this processor takes no job now: {exc}") from exc
-        return meeting
+        """The room's meeting scope, started if need be. One start at a time (a second caller
+        finds it running); a meeting that is ending is waited for, outside the lock."""
+        while True:
+            meeting = self._tree.meeting(meeting_id)
+            if meeting is not None and meeting.ending:
+                await meeting.wait_closed()
+                continue
+            if meeting is not None:
+                return meeting
+            async with self._starting:
+                if self._tree.meeting(meeting_id) is None:
+                    return await self._tree.start_meeting(meeting_id)
 
     async def _body(
         self, entry: _Entry, request: pb.StartJobRequest, participant: Participant
     ) -> None:
+        entry.participant = participant
+        if entry.stop_reason is not None:
+            participant.leave(entry.stop_reason)
+            return
         pins = [request.media_certificate_sha256] if request.media_certificate_sha256 else None
         async with _media(request.media_url, pins, self._buffered) as media:
             entry.state = "running"
@@ -164,19 +200,26 @@ class Jobs:
             self._ended[entry.job_id] = entry
             while len(self._ended) > 64:
                 del self._ended[next(iter(self._ended))]
+            totals = self.ended_totals.setdefault(entry.job.kind, Drops())
+            totals.counts.update(entry.job.drops.counts)
+            self.ended_cpu_s[entry.job.kind] = (
+                self.ended_cpu_s.get(entry.job.kind, 0.0) + entry.job.codec.cpu_s
+            )
             logger.info(
                 "job ended",
                 extra=fields(job=entry.job_id, kind=entry.job.kind, reason=reason.name),
             )
-            meeting = self._tree.meeting(MeetingId(entry.meeting_id))
-            if meeting is not None and not any(
-                e.meeting_id == entry.meeting_id for e in self._live.values()
-            ):
-                meeting.end(reason)
+            self._end_meeting_if_idle(entry.meeting_id, reason)
+
+    def _end_meeting_if_idle(self, meeting_id: str, reason: LeaveReason) -> None:
+        meeting = self._tree.meeting(MeetingId(meeting_id))
+        if meeting is not None and not any(e.meeting_id == meeting_id for e in self._live.values()):
+            meeting.end(reason)
 
     def _entry(self, job_id: str) -> _Entry:
+        """A job that runs and is not ending (what UpdateJob and key frames may touch)."""
         entry = self._live.get(job_id)
-        if entry is None:
+        if entry is None or entry.state != "running" or entry.ending:
             raise NotFound(f"no running job {job_id}")
         return entry
 
@@ -192,7 +235,11 @@ class Jobs:
     def stop(self, job_id: str, reason: LeaveReason) -> None:
         """End a job with ``reason`` (an unknown or ended job: nothing to do)."""
         entry = self._live.get(job_id)
-        if entry is not None and entry.participant is not None:
+        if entry is None:
+            return
+        if entry.participant is None:  # still starting: its body leaves at once
+            entry.stop_reason = entry.stop_reason or reason
+        else:
             entry.participant.leave(reason)
 
     async def update(self, request: pb.UpdateJobRequest) -> None:

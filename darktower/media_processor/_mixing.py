@@ -21,6 +21,7 @@ from darktower.nurseries import Participant
 from darktower.processing import Mixer, normalize_codec
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import processing_pb2 as pb
+from darktower.transport import StreamReset
 
 from ._limits import MIX_TICK_S
 from ._pipeline import Assembler, CodecThread, Drops, Encoded, FrameQueue, Progress
@@ -44,11 +45,12 @@ def _check_output(output: pb.MixOutput) -> None:
 
 
 class _Output:
-    def __init__(self, output: pb.MixOutput) -> None:
+    def __init__(self, output: pb.MixOutput, serial: int) -> None:
         self.listener = output.listener_participant_id
         self.stream_id = output.output_stream_id
+        self.serial = serial  # names its send task (a listener may come back)
         self.send, self.receive = trio.open_memory_channel[tuple[int, bytes]](OUTPUT_QUEUE)
-        self.publisher: MediaPublisher | None = None
+        self.started = False
         self.scope = trio.CancelScope()
 
 
@@ -66,32 +68,44 @@ class MixJob:
         self.frames_in = 0
         self.frames_out = 0
         self.progress = Progress()  # replaced by the Jobs that run it
+        self._serial = 0
         self._sources = {s.stream_id: s for s in spec.sources}
-        self._outputs = {o.listener_participant_id: _Output(o) for o in spec.outputs}
+        self._outputs = {o.listener_participant_id: self._output(o) for o in spec.outputs}
         self._queue = FrameQueue(self.drops)
         self._assembler = Assembler(self.drops)
         self._mixer: Mixer[str, str] | None = None
-        self._changes: list[tuple[str, object]] = []  # applied on the codec thread, in order
+        # Changes made on the trio thread, applied to the mixer on the codec thread at the
+        # next tick, in order; the values are snapshots (the codec thread reads no shared dict).
+        self._changes: list[tuple[str, str, tuple[str, ...]]] = []
         self._media: MediaClient | None = None
         self._participant: Participant | None = None
-        self._nursery: trio.Nursery | None = None
+        self._ready = False  # the outputs known at the start are running
 
-    def _open(self) -> Mixer[str, str]:
+    def _output(self, spec: pb.MixOutput) -> _Output:
+        self._serial += 1
+        return _Output(spec, self._serial)
+
+    def _own(self, listener: str) -> tuple[str, ...]:
+        return tuple(s.stream_id for s in self._sources.values() if s.participant_id == listener)
+
+    @staticmethod
+    def _open(
+        sources: tuple[str, ...], listeners: tuple[tuple[str, tuple[str, ...]], ...]
+    ) -> Mixer[str, str]:
         mixer: Mixer[str, str] = Mixer()
-        for stream_id in self._sources:
+        for stream_id in sources:
             mixer.add_source(stream_id)
-        for listener in self._outputs:
-            mixer.add_listener(listener, own=self._own(listener))
+        for listener, own in listeners:
+            mixer.add_listener(listener, own=own)
         return mixer
-
-    def _own(self, listener: str) -> list[str]:
-        return [s.stream_id for s in self._sources.values() if s.participant_id == listener]
 
     async def run(self, media: MediaClient, participant: Participant) -> None:
         self._media, self._participant = media, participant
-        self._mixer = await self.codec.run(self._open)
+        listeners = tuple((listener, self._own(listener)) for listener in self._outputs)
+        self._mixer = await self.codec.run(self._open, tuple(self._sources), listeners)
         for output in list(self._outputs.values()):
             await self._start_output(output)
+        self._ready = True
         await participant.start_stream("mix", self._mix_loop)
         async for frame in media:
             self.frames_in += 1
@@ -100,19 +114,30 @@ class MixJob:
                 self._queue.offer(encoded)
 
     async def _start_output(self, output: _Output) -> None:
+        """Publish ``output``'s stream and start its send task (once)."""
         assert self._media is not None and self._participant is not None
-        output.publisher = await self._media.publish(output.stream_id)
-        await self._participant.start_stream(f"send:{output.listener}", self._send_loop, output)
+        if output.started:
+            return
+        output.started = True
+        publisher = await self._media.publish(output.stream_id)
+        await self._participant.start_stream(
+            f"send:{output.serial}", self._send_loop, output, publisher
+        )
 
-    async def _send_loop(self, output: _Output) -> None:
-        assert output.publisher is not None
-        with output.scope:
-            async for timestamp_us, packet in output.receive:
-                await output.publisher.send_frame(
-                    FrameType.AUDIO, packet, timestamp_us=timestamp_us
-                )
-                self.frames_out += 1
-        await output.publisher.aclose()
+    async def _send_loop(self, output: _Output, publisher: MediaPublisher) -> None:
+        """One listener's packets to its stream. Its stream reset by the MH ends this output
+        only (counted); a closed session is the job body's to read."""
+        try:
+            with output.scope:
+                async for timestamp_us, packet in output.receive:
+                    await publisher.send_frame(FrameType.AUDIO, packet, timestamp_us=timestamp_us)
+                    self.frames_out += 1
+                    self.progress.notify()
+            await publisher.aclose()
+        except StreamReset:
+            self.drops.add("output_reset")
+        except trio.BrokenResourceError:
+            pass
 
     async def _mix_loop(self) -> None:
         tick = trio.current_time()
@@ -140,18 +165,20 @@ class MixJob:
                 self.drops.add("late_tick")
                 tick = trio.current_time()
 
-    def _tick(self, batch: list[Encoded], changes: list[tuple[str, object]]) -> dict[str, bytes]:
+    def _tick(
+        self, batch: list[Encoded], changes: list[tuple[str, str, tuple[str, ...]]]
+    ) -> dict[str, bytes]:
         mixer = self._mixer
         assert mixer is not None
-        for change, value in changes:
+        for change, value, own in changes:
             if change == "add_source":
-                mixer.add_source(str(value))
+                mixer.add_source(value)
             elif change == "remove_source":
-                mixer.remove_source(str(value))
-            elif change == "add_listener":
-                mixer.add_listener(str(value), own=self._own(str(value)))
+                mixer.remove_source(value)
+            elif change == "listener":
+                mixer.add_listener(value, own=own)  # new, or its own sources changed
             elif change == "remove_listener":
-                mixer.remove_listener(str(value))
+                mixer.remove_listener(value)
         for frame in batch:
             mixer.push(frame.stream_id, frame.timestamp_us, frame.payload)
         return mixer.tick()
@@ -164,28 +191,34 @@ class MixJob:
             _check_source(source)
         for output in request.add_outputs:
             _check_output(output)
+        touched: set[str] = set()  # listeners whose own sources changed
         for source in request.add_sources:
             self._sources[source.stream_id] = source
-            self._changes.append(("add_source", source.stream_id))
-            # A new source of a listener is that listener's own: its exclusions change.
-            if source.participant_id in self._outputs:
-                self._changes.append(("add_listener", source.participant_id))
+            self._changes.append(("add_source", source.stream_id, ()))
+            touched.add(source.participant_id)
         for stream_id in request.remove_stream_ids:
-            self._sources.pop(stream_id, None)
+            gone_source = self._sources.pop(stream_id, None)
+            if gone_source is not None:
+                touched.add(gone_source.participant_id)
             self._assembler.forget(stream_id)
-            self._changes.append(("remove_source", stream_id))
+            self._changes.append(("remove_source", stream_id, ()))
         for listener in request.remove_listener_participant_ids:
             gone = self._outputs.pop(listener, None)
             if gone is not None:
                 gone.send.close()
-                self._changes.append(("remove_listener", listener))
+                gone.scope.cancel()
+                self._changes.append(("remove_listener", listener, ()))
+        added: list[_Output] = []
         for spec in request.add_outputs:
-            if spec.listener_participant_id in self._outputs:
-                continue
-            added = self._outputs[spec.listener_participant_id] = _Output(spec)
-            self._changes.append(("add_listener", added.listener))
-            if self._media is not None:
-                await self._start_output(added)
+            if spec.listener_participant_id not in self._outputs:
+                new = self._outputs[spec.listener_participant_id] = self._output(spec)
+                added.append(new)
+                touched.add(new.listener)
+        for listener in touched & set(self._outputs):
+            self._changes.append(("listener", listener, self._own(listener)))
+        if self._ready:
+            for new in added:
+                await self._start_output(new)
 
     def key_frame(self, output_stream_id: str) -> None:
         pass  # every Opus frame stands alone

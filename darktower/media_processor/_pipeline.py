@@ -51,20 +51,51 @@ class _Partial:
 
 
 class Assembler:
-    """Wire frames in (any streams, interleaved per stream only by QUIC stream), whole encoded
-    frames out: a frame is complete at its END_OF_FRAME flag. A frame over ``max_bytes`` is
-    dropped (``oversize``) and its stream resumes at its next key frame."""
+    """Wire frames in (any streams), whole encoded frames out: a frame is complete at its
+    END_OF_FRAME flag (docs/protocol.md §7). Parts go missing when the MH drops for a slow
+    subscriber (§5.4 of docs/architecture.md) or resets its stream, so a partial frame is
+    dropped (``incomplete``) when the next part does not continue it (another type or
+    timestamp, or a jump in sequence numbers), and a video stream then resumes at its next key
+    frame (a decoder cannot use a delta after a gap). A frame over ``max_bytes`` is dropped
+    (``oversize``) with the rest of its parts."""
 
     def __init__(self, drops: Drops, max_bytes: int = MAX_ASSEMBLED_BYTES) -> None:
         self._drops = drops
         self._max = max_bytes
         self._partial: dict[str, _Partial] = {}
-        self._skipping: set[str] = set()  # streams waiting for a key frame
+        self._last_sequence: dict[str, int] = {}
+        self._skipping: set[str] = set()  # video streams waiting for a key frame
+        self._discarding: set[str] = set()  # streams dropping the rest of an oversize frame
 
     def push(self, frame: Frame) -> Encoded | None:
         header = frame.header
         sid = str(header.stream_id)
+        video = header.frame_type is not FrameType.AUDIO
+        last = self._last_sequence.get(sid)
+        self._last_sequence[sid] = header.sequence
+        # A forward jump means parts were lost (a publisher that does not number its frames,
+        # all zero, never jumps). A part after the jump that does not end its frame may be the
+        # middle of one whose start was lost: its frame is dropped up to its END_OF_FRAME. One
+        # that ends its frame is taken whole (frames are one part each unless over the MH's
+        # payload limit).
+        if last is not None and header.sequence > last + 1:
+            self._discarding.discard(sid)
+            self._lost(sid, video)
+            if not header.flags & FrameFlags.END_OF_FRAME:
+                self._drops.add("incomplete")
+                self._discarding.add(sid)
+                return None
+        if sid in self._discarding:
+            if header.flags & FrameFlags.END_OF_FRAME:
+                self._discarding.discard(sid)
+            return None
         partial = self._partial.get(sid)
+        if partial is not None and (
+            partial.frame_type is not header.frame_type
+            or partial.timestamp_us != header.timestamp_us
+        ):
+            self._lost(sid, video)
+            partial = None
         if partial is None:
             partial = self._partial[sid] = _Partial(header.frame_type, header.timestamp_us)
         partial.parts.append(bytes(frame.payload))
@@ -72,24 +103,33 @@ class Assembler:
         if partial.size > self._max:
             del self._partial[sid]
             self._drops.add("oversize")
-            if partial.frame_type is not FrameType.AUDIO:
+            if video:
                 self._skipping.add(sid)
+            if not header.flags & FrameFlags.END_OF_FRAME:
+                self._discarding.add(sid)
             return None
         if not header.flags & FrameFlags.END_OF_FRAME:
             return None
         del self._partial[sid]
-        audio = partial.frame_type is FrameType.AUDIO
-        key = audio or partial.frame_type is FrameType.VIDEO_KEY
+        key = not video or partial.frame_type is FrameType.VIDEO_KEY
         if sid in self._skipping:
             if not key:
                 self._drops.add("awaiting_key")
                 return None
             self._skipping.discard(sid)
-        return Encoded(sid, key, audio, partial.timestamp_us, b"".join(partial.parts))
+        return Encoded(sid, key, not video, partial.timestamp_us, b"".join(partial.parts))
+
+    def _lost(self, sid: str, video: bool) -> None:
+        if self._partial.pop(sid, None) is not None:
+            self._drops.add("incomplete")
+        if video:
+            self._skipping.add(sid)
 
     def forget(self, stream_id: str) -> None:
-        self._partial.pop(stream_id, None)
+        for held in (self._partial, self._last_sequence):
+            held.pop(stream_id, None)
         self._skipping.discard(stream_id)
+        self._discarding.discard(stream_id)
 
 
 class FrameQueue:
@@ -135,8 +175,15 @@ class FrameQueue:
             except trio.WouldBlock:
                 return batch
 
-    def close(self) -> None:
+    def close(self) -> list[Encoded]:
+        """Take no more frames; return those still queued (a recording writes them)."""
         self._send.close()
+        left: list[Encoded] = []
+        while True:
+            try:
+                left.append(self.receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return left
 
 
 class Progress:

@@ -1,7 +1,9 @@
 """A recording job (docs/architecture.md §10): one participant's streams, as sent, into the
 recordings store. The reader task reassembles frames into the job's queue; the ``writer`` task
-hands them in batches to the recorder on the job's codec thread; the cleanup finishes the file
-and writes the manifest with the reason the job ended.
+hands them in batches to the recorder on the job's codec thread; the cleanup writes what is
+still queued, finishes the files and rewrites the manifest with the reason the job ended.
+The recorder and the manifest are only touched on the codec thread, with snapshots of what
+the trio side holds.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from darktower.errors import InvalidRequest
 from darktower.model import LeaveReason
 from darktower.nurseries import Participant
 from darktower.processing import (
+    VIDEO_CODECS,
     ParticipantRecorder,
     RecordingError,
     RecordingStore,
+    decoder_name,
     manifest,
     normalize_codec,
     safe_name,
@@ -32,6 +36,21 @@ def source_kind(source: pb.JobSource) -> str:
     return "audio" if source.stream_type == common_pb2.AUDIO else "video"
 
 
+def check_source(source: pb.JobSource) -> None:
+    """What the recorder would refuse later, refused now (INVALID_REQUEST): a codec it does not
+    know, one unlike the stream's kind, a video codec this build cannot decode (the first key
+    frame of a file is decoded for its picture size)."""
+    codec = normalize_codec(source.codec)
+    video = source_kind(source) == "video"
+    if codec is None or (codec in VIDEO_CODECS) != video:
+        raise InvalidRequest(
+            f"cannot record {source_kind(source)} stream {source.stream_id} in codec "
+            f"{source.codec!r}"
+        )
+    if video and decoder_name(codec) is None:
+        raise InvalidRequest(f"cannot record {codec}: this build has no decoder for it")
+
+
 class RecordingJob:
     kind = "recording"
 
@@ -43,10 +62,7 @@ class RecordingJob:
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from exc
         for source in spec.sources:
-            if normalize_codec(source.codec) is None:
-                raise InvalidRequest(
-                    f"cannot record stream {source.stream_id} in codec {source.codec!r}"
-                )
+            check_source(source)
         self._request = request
         self._store = store
         self._sources = {s.stream_id: s for s in spec.sources}
@@ -59,26 +75,33 @@ class RecordingJob:
         self._assembler = Assembler(self.drops)
         self._recorder: ParticipantRecorder | None = None
         self._started_at = datetime.datetime.now(datetime.UTC)
-        self.error: str = ""
+        self.error = ""
 
-    def _manifest(self, status: str, reason: str = "") -> dict[str, object]:
+    def _streams(self) -> list[dict[str, str]]:
+        return [
+            {"stream_id": s.stream_id, "kind": source_kind(s), "codec": s.codec}
+            for s in self._sources.values()
+        ]
+
+    def _write_manifest(self, streams: list[dict[str, str]], status: str, reason: str) -> None:
         spec = self._request.recording
-        return manifest(
-            recording_id=self.recording_id,
-            meeting_id=self._request.meeting_id,
-            participant_id=spec.participant_id,
-            participant_name=spec.participant_name,
-            streams=[
-                {"stream_id": s.stream_id, "kind": source_kind(s), "codec": s.codec}
-                for s in self._sources.values()
-            ],
-            started_at=self._started_at,
-            status=status,
-            reason=reason,
-            summary=self._recorder.summary() if self._recorder is not None else None,
+        self._store.write_manifest(
+            self._request.meeting_id,
+            self.recording_id,
+            manifest(
+                recording_id=self.recording_id,
+                meeting_id=self._request.meeting_id,
+                participant_id=spec.participant_id,
+                participant_name=spec.participant_name,
+                streams=streams,
+                started_at=self._started_at,
+                status=status,
+                reason=reason,
+                summary=self._recorder.summary() if self._recorder is not None else None,
+            ),
         )
 
-    def _open(self) -> ParticipantRecorder:
+    def _open(self, sources: list[pb.JobSource], streams: list[dict[str, str]]) -> None:
         directory = pathlib.Path(self.directory)
         directory.mkdir(parents=True, exist_ok=True)
         recorder = ParticipantRecorder(
@@ -87,17 +110,14 @@ class RecordingJob:
             max_buffered_bytes=RECORDING_BUFFER_BYTES,
             header_wait_s=RECORDING_HEADER_WAIT_S,
         )
-        for source in self._sources.values():
+        for source in sources:
             recorder.add_stream(source.stream_id, source_kind(source), source.codec)  # type: ignore[arg-type]
         self._recorder = recorder
-        self._store.write_manifest(
-            self._request.meeting_id, self.recording_id, self._manifest("recording")
-        )
-        return recorder
+        self._write_manifest(streams, "recording", "")
 
     async def run(self, media: MediaClient, participant: Participant) -> None:
         try:
-            await self.codec.run(self._open)
+            await self.codec.run(self._open, list(self._sources.values()), self._streams())
         except (OSError, ValueError, RecordingError) as exc:
             self.error = str(exc)
             raise
@@ -116,46 +136,57 @@ class RecordingJob:
 
     def _write(self, batch: list[Encoded]) -> None:
         recorder = self._recorder
-        assert recorder is not None
+        if recorder is None or self.error:
+            self.drops.add("recorder_failed", len(batch))
+            return
         for frame in batch:
-            recorder.write(frame.stream_id, frame.key, frame.timestamp_us, frame.payload)
+            try:
+                recorder.write(frame.stream_id, frame.key, frame.timestamp_us, frame.payload)
+            except RecordingError as exc:
+                # The recorder closed itself (a full disk...): what it wrote plays. The job
+                # goes on dropping (counted) until it is stopped; the manifest says interrupted.
+                self.error = str(exc)
+                self.drops.add("recorder_failed")
+                return
             self.frames_out += 1
 
     async def finish(self, reason: LeaveReason) -> None:
-        self._queue.close()
-        if self._recorder is None:
-            return
-        await self.codec.run(self._close, reason)
+        left = self._queue.close()
+        # On the codec thread, after any write still running there (and after _open, if the
+        # job was stopped while it opened the file).
+        await self.codec.run(self._close, left, self._streams(), reason)
 
-    def _close(self, reason: LeaveReason) -> None:
+    def _close(
+        self, left: list[Encoded], streams: list[dict[str, str]], reason: LeaveReason
+    ) -> None:
         recorder = self._recorder
-        assert recorder is not None
-        status = "complete"
+        if recorder is None:
+            return
+        if left:
+            self._write(left)
         try:
             recorder.close()
         except RecordingError as exc:
-            self.error, status = str(exc), "interrupted"
-        self._store.write_manifest(
-            self._request.meeting_id, self.recording_id, self._manifest(status, reason.name)
-        )
+            self.error = self.error or str(exc)
+        files = recorder.summary().files
+        status = "interrupted" if self.error or not all(f.finished for f in files) else "complete"
+        self._write_manifest(streams, status, reason.name)
 
     async def update(self, request: pb.UpdateJobRequest) -> None:
         """New streams of the participant are recorded too (a new segment when the file's
         header is written already); removed ones are no longer read."""
         for source in request.add_sources:
-            if normalize_codec(source.codec) is None:
-                raise InvalidRequest(f"cannot record codec {source.codec!r}")
+            check_source(source)
         for source in request.add_sources:
             self._sources[source.stream_id] = source
-            if self._recorder is not None:
-                await self.codec.run(self._add, source)
+            await self.codec.run(self._add, source)
         for stream_id in request.remove_stream_ids:
             self._sources.pop(stream_id, None)
             self._assembler.forget(stream_id)
 
     def _add(self, source: pb.JobSource) -> None:
-        assert self._recorder is not None
-        self._recorder.add_stream(source.stream_id, source_kind(source), source.codec)  # type: ignore[arg-type]
+        if self._recorder is not None and not self.error:
+            self._recorder.add_stream(source.stream_id, source_kind(source), source.codec)  # type: ignore[arg-type]
 
     def key_frame(self, output_stream_id: str) -> None:
         raise InvalidRequest("a recording publishes no stream")

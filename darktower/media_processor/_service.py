@@ -16,6 +16,7 @@ import pathlib
 import attrs
 import trio
 
+from darktower.errors import InvalidRequest
 from darktower.logs import fields
 from darktower.metrics import Registry
 from darktower.model import LeaveReason
@@ -73,7 +74,11 @@ class MediaProcessing:
         return pb.UpdateJobResponse()
 
     async def StopJob(self, request: pb.StopJobRequest) -> pb.StopJobResponse:
-        self._jobs.stop(request.job_id, LeaveReason(request.reason))
+        try:
+            reason = LeaveReason(request.reason)
+        except ValueError:
+            raise InvalidRequest(f"unknown leave reason {request.reason}") from None
+        self._jobs.stop(request.job_id, reason)
         return pb.StopJobResponse()
 
     async def RequestKeyFrame(self, request: pb.JobKeyFrameRequest) -> pb.JobKeyFrameResponse:
@@ -92,7 +97,7 @@ CALLERS = {
 
 class _Metrics:
     """``/metrics``: jobs running by kind, jobs refused, codec CPU and frames dropped by
-    reason (summed over the jobs running and those that ended)."""
+    reason (the jobs running and those that ended, since the start)."""
 
     def __init__(self, registry: Registry) -> None:
         self.running = registry.gauge("dt_mp_jobs", "Jobs running, by kind.", ("kind",))
@@ -101,11 +106,13 @@ class _Metrics:
             "dt_mp_jobs_refused_total", "StartJob calls refused, by error.", ("error",)
         )
         self.cpu = registry.gauge(
-            "dt_mp_job_cpu_seconds", "Codec CPU seconds of the jobs running, by kind.", ("kind",)
+            "dt_mp_job_cpu_seconds",
+            "Codec CPU seconds of the jobs since the start, by kind.",
+            ("kind",),
         )
         self.dropped = registry.gauge(
             "dt_mp_job_frames_dropped",
-            "Frames the jobs running dropped, by kind and reason.",
+            "Frames the jobs dropped since the start, by kind and reason.",
             ("kind", "reason"),
         )
 
@@ -115,8 +122,10 @@ class _Metrics:
         for kind in ("recording", "transcode", "mix"):
             of_kind = [j for j in live if j.kind == kind]
             self.running.set(float(len(of_kind)), kind)
-            self.cpu.set(sum(j.codec.cpu_s for j in of_kind), kind)
-            reasons: dict[str, int] = {}
+            cpu = jobs.ended_cpu_s.get(kind, 0.0) + sum(j.codec.cpu_s for j in of_kind)
+            self.cpu.set(cpu, kind)
+            ended = jobs.ended_totals.get(kind)
+            reasons: dict[str, int] = dict(ended.counts) if ended is not None else {}
             for job in of_kind:
                 for reason, count in job.drops.counts.items():
                     reasons[reason] = reasons.get(reason, 0) + count

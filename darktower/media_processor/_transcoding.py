@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import uuid
 
+import trio
+
 from darktower.client import MediaClient, MediaPublisher
 from darktower.errors import InvalidRequest
 from darktower.frames import FrameType
@@ -16,6 +18,7 @@ from darktower.model import LeaveReason
 from darktower.nurseries import Participant
 from darktower.processing import EncodedFrame, TranscodeError, Transcoder
 from darktower.protocol.pb.v1 import processing_pb2 as pb
+from darktower.transport import StreamReset
 
 from ._pipeline import Assembler, CodecThread, Drops, Encoded, FrameQueue, Progress
 
@@ -58,7 +61,7 @@ class TranscodeJob:
     async def run(self, media: MediaClient, participant: Participant) -> None:
         self._transcoder = await self.codec.run(self._open)
         self._publisher = await media.publish(self.output_stream_id)
-        await participant.start_stream("codec", self._codec_loop)
+        await participant.start_stream("codec", self._codec_loop, participant)
         source = self._spec.source.stream_id
         async for frame in media:
             self.frames_in += 1
@@ -66,11 +69,18 @@ class TranscodeJob:
             if encoded is not None and encoded.stream_id == source:
                 self._queue.offer(encoded)
 
-    async def _codec_loop(self) -> None:
-        async for first in self._queue.receive:
-            out = await self.codec.run(self._push, self._queue.take_ready(first))
-            await self._send(out)
-            self.progress.notify()
+    async def _codec_loop(self, participant: Participant) -> None:
+        try:
+            async for first in self._queue.receive:
+                out = await self.codec.run(self._push, self._queue.take_ready(first))
+                await self._send(out)
+                self.progress.notify()
+        except StreamReset:
+            # The MH reset the output (its stream was removed): nothing left to do. A closed
+            # session is the job body's to read (its close code carries the reason).
+            participant.leave(LeaveReason.VOLUNTARY)
+        except trio.BrokenResourceError:
+            pass
 
     def _push(self, batch: list[Encoded]) -> list[EncodedFrame]:
         transcoder = self._transcoder
