@@ -145,9 +145,9 @@ def _tree_cpu_s(root: int) -> float:
                 parents[int(entry.name)] = int(fields[1])
     total = 0.0
     for pid in parents:
-        up = pid
-        while up not in (0, 1, root) and up in parents:
-            up = parents[up]
+        up, hops = pid, 0
+        while up not in (0, 1, root) and up in parents and hops < 64:  # a pid reused mid-scan
+            up, hops = parents[up], hops + 1
         if up == root:
             with contextlib.suppress(OSError):
                 total += _cpu_s(pid)
@@ -186,7 +186,9 @@ def point(
     procs = _load_processes(rooms, cert_hash, warm, window, load)
     try:
         for p in procs:
-            assert p.stdout is not None and p.stdout.readline().strip() == "READY"
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != "READY":
+                raise RuntimeError(f"a load process did not get ready ({p.wait()})")
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("go\n")
@@ -208,6 +210,8 @@ def point(
             if p.returncode is None:
                 p.kill()
                 p.wait()
+    if errors := sum(r.get("errors", 0) for r in results):
+        print(f"  ({errors} load sessions failed during the point)", flush=True)
     frames = sum(r["frames"] for r in results)
     rate = sum(r["frames"] / r["elapsed"] for r in results)
     return {

@@ -84,10 +84,16 @@ async ({rooms, hash, keyEvery}) => {
       }
     })().catch(() => { state.errors += 1; });
   }
-  for (const room of rooms) {
-    for (const url of room.receivers) await receive(url);
-    await send(room);
-  }
+  const connect = async () => {
+    for (const room of rooms) {
+      for (const url of room.receivers) await receive(url);
+      await send(room);
+    }
+  };
+  // A session that never becomes ready fails the point instead of hanging the driver.
+  const late = new Promise((_, reject) =>
+    setTimeout(() => reject(new Error("sessions not ready within 60 s")), 60000));
+  await Promise.race([connect(), late]);
   return "READY";
 }
 """

@@ -66,6 +66,7 @@ export class Recovery {
       if (!resuming()) return;
       if (performance.now() > deadline) break;
       let link = null;
+      const attempted = s.signalingUrl; // the MC this attempt dials
       try {
         link = await s.openSignaling(RECONNECT_ATTEMPT_TIMEOUT_MS);
         const reply = await link.signaling.request(
@@ -98,7 +99,7 @@ export class Recovery {
           s.end(LeaveReason.CONNECTION_LOST, e.message);
           return;
         }
-        this.unanswered = s.signalingUrl; // no answer: the next lookup names it
+        if (resuming()) this.unanswered = attempted; // no answer: the next lookup names it
       }
     }
     if (resuming()) this.rejoin(LeaveReason.CONNECTION_LOST, failure || "could not reconnect");
@@ -116,7 +117,8 @@ export class Recovery {
       // checks it now rather than after its heartbeat timeout (docs/protocol.md §14).
       const unreachableController = this.unanswered;
       info = await api.getMeeting(s.meetingId, null, { timeoutMs, unreachableController });
-      this.unanswered = ""; // the GC has heard it and judged
+      // The GC has heard it and judged (unless another MC went unanswered meanwhile).
+      if (this.unanswered === unreachableController) this.unanswered = "";
     } catch {
       return false;
     }
@@ -161,7 +163,7 @@ export class Recovery {
           timeoutMs,
           unreachableController,
         });
-        this.unanswered = "";
+        if (this.unanswered === unreachableController) this.unanswered = "";
         if (s.state !== "reconnecting") return;
         s.signalingUrl = named = ticket.meeting_controller_url;
         link = await s.openSignaling(timeoutMs);
