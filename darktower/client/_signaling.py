@@ -242,13 +242,16 @@ async def open_signaling(
     limits: TransportLimits | None = None,
     origin: str | None = None,
     resume_token: str = "",
+    capabilities: sig.ParticipantCapabilities | None = None,
 ) -> AsyncIterator[SignalingClient]:
     """Connect to the MC at ``url``, join, and yield the joined :class:`SignalingClient`.
 
     ``origin`` is sent as the CONNECT's ``origin`` header: an MC with a list of allowed origins
     refuses a CONNECT without one (403), as it would a foreign web page's. With
     ``resume_token`` (and an empty ``join_token``) the join resumes the participant that token
-    was issued to (docs/protocol.md §13): check ``join_response.resumed``.
+    was issued to (docs/protocol.md §13): check ``join_response.resumed``. ``capabilities``
+    (the video codecs this client decodes, how many video streams it takes at once) make the MC
+    transcode for it and hold it to its ``max_video_streams`` (docs/protocol.md §2.2).
 
     Owns the WebTransport session and the reader task; leaving the block closes the session
     (without a LeaveRequest: call :meth:`SignalingClient.leave` for a clean leave). Raises
@@ -266,6 +269,7 @@ async def open_signaling(
             participant_name=participant_name,
             e2ee_public_key=e2ee_public_key,
             resume_token=resume_token,
+            capabilities=capabilities,
         )
         try:
             await client.send(sig.ClientMessage(request_id=next(client._ids), join=join))

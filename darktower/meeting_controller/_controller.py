@@ -43,6 +43,7 @@ from ._limits import (
     MAX_MEETINGS,
     MAX_NAME_CHARS,
     MAX_REVOKED_TOKENS,
+    MIX_ABOVE_AUDIO_PUBLISHERS,
     OUTBOUND_QUEUE_SIZE,
     RESUME_GRACE_S,
 )
@@ -77,6 +78,7 @@ class MeetingController:
         token_audience: str = MC_AUDIENCE,
         empty_meeting_timeout_s: float = EMPTY_MEETING_TIMEOUT_S,
         resume_grace_s: float = RESUME_GRACE_S,
+        mix_above_audio_publishers: int = MIX_ABOVE_AUDIO_PUBLISHERS,
     ) -> None:
         self.tree = tree
         self.mhs = mhs
@@ -91,6 +93,7 @@ class MeetingController:
         self.outbound_queue_size = outbound_queue_size
         self.token_audience = token_audience
         self.empty_meeting_timeout_s = empty_meeting_timeout_s
+        self.mix_above_audio_publishers = mix_above_audio_publishers
         self.tokens: ResumeTokens[SignalingSession] = ResumeTokens(resume_grace_s)
         self.metrics = ControllerMetrics(
             registry if registry is not None else Registry(),
@@ -124,7 +127,9 @@ class MeetingController:
             )
         except ScopeClosed:
             raise CapacityExceeded("this meeting controller is draining") from None
-        self.rooms[meeting_id] = RoomState(meeting_id, config, scope)
+        self.rooms[meeting_id] = RoomState(
+            meeting_id, config, scope, mix_above=self.mix_above_audio_publishers
+        )
         created.set()
         logger.info("meeting assigned", extra=fields(meeting_id=meeting_id))
 
@@ -384,6 +389,8 @@ class MeetingController:
             mh=mh,
             token_id=claims.token_id,
             token_valid_until=claims.expires_at + self.verifier.leeway_s,
+            video_codecs=tuple(join.capabilities.video_codecs),
+            max_video_streams=join.capabilities.max_video_streams,
         )
         room.next_key_id += 1
         return room, member, recv

@@ -23,6 +23,16 @@ MAX_PARTICIPANTS = 10_000
 DEGRADED_LOAD = 0.9
 # Calls to a Media Handler (RegisterParticipant, RouteMedia, RemoveParticipant) give up after.
 MH_CALL_DEADLINE_S = 5.0
+# A leave's StopRecording waits at most this long, so that the RemoveParticipant after it
+# still fits the participant's cleanup grace (the MH ends a removed participant's recording
+# anyway, with the reason of the removal).
+RECORDING_STOP_DEADLINE_S = 1.0
+# A transcode's target bitrate when the publisher declared no max_bitrate, bits per second
+# (a subscriber's own max_bitrate, when lower, wins: docs/protocol.md §2.2).
+DEFAULT_TRANSCODE_BITRATE = 1_000_000
+# A subscriber of an audio stream gets its audio mix instead when the meeting has more audio
+# publishers than this (docs/protocol.md §2.2); 0: never. --mix-above-audio-publishers.
+MIX_ABOVE_AUDIO_PUBLISHERS = 10
 # (An MH that has not heartbeated for MH_HEARTBEAT_TIMEOUT_S, darktower/protocol/heartbeats.py,
 # gets no new rooms; after two heartbeat intervals, or at once when its telemetry stream's
 # connection breaks, it is declared lost and its rooms move: _mh.py.)

@@ -5,7 +5,9 @@ connection lost while its signaling is up, or when its room moved to another Med
 When the Media Handler answers that it had no registration of the participant any more
 (``created``: it forgot it after its media grace), the participant's media state is replayed
 there before the token is handed out: its published streams, its subscriptions and the others'
-subscriptions to its streams (docs/protocol.md §13)."""
+subscriptions to its streams (docs/protocol.md §13), the transcodes and the mix that carry
+subscriptions (whose new stream ids the subscribers are told: docs/protocol.md §2.2) and its
+recording (a new one)."""
 
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from darktower.logs import fields
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
+from . import _recording
 from ._limits import MAX_MH_CALLS, MOVE_RETRIES, MOVE_RETRY_MAX_S, MOVE_RETRY_S
 from ._metrics import ControllerMetrics
+from ._processing import MIX, mix_command, routed_again, routing
 from ._room import RoomMember, RoomState
 
 if TYPE_CHECKING:
@@ -101,11 +105,27 @@ class MediaReconnection:
                 )
             )
         for stream_id, options in list(member.subscriptions.items()):
-            await mh.route_media(_route(room.id, stream_id, [member.id], options))
+            derived = member.derived.get(stream_id)
+            command = _route(room.id, stream_id, [member.id], options, derived)
+            if derived is None:
+                await mh.route_media(command)
+            elif not derived.mix:  # (the mix is routed once, below)
+                await routed_again(mh, room, member, stream_id, command)
+        if member.mix is not None:
+            await routed_again(mh, room, member, MIX, mix_command(member))
         for stream_id in [s.stream_id for s in streams]:
             groups: dict[tuple[str, int], list[str]] = {}
             for other in list(room.subscribers_of(stream_id)):
                 options = other.subscriptions[stream_id]
+                derived = other.derived.get(stream_id)
+                if derived is not None:
+                    if not derived.mix:  # a transcode for it alone (its mix is its own)
+                        command = _route(room.id, stream_id, [other.id], options, derived)
+                        try:
+                            await routed_again(mh, room, other, stream_id, command)
+                        except NotFound:
+                            pass
+                    continue
                 key = (options.preferred_layer, options.max_bitrate)
                 groups.setdefault(key, []).append(other.id)
             for (layer, bitrate), ids in groups.items():
@@ -118,6 +138,8 @@ class MediaReconnection:
                             await mh.route_media(_route(room.id, stream_id, [one], options))
                         except NotFound:
                             pass
+        if member.recording_id and room.records:
+            await _recording.start(room, member, self.metrics, mh)
 
     async def for_resume(self) -> sig.MediaServerInfo:
         """A fresh token for a resume; empty when the Media Handler is gone or refuses: the
@@ -175,14 +197,16 @@ class MediaReconnection:
 
 
 def _route(
-    meeting_id: str, stream_id: str, destinations: list[str], options: sig.SubscriptionOptions
+    meeting_id: str,
+    stream_id: str,
+    destinations: list[str],
+    options: sig.SubscriptionOptions,
+    derived: sig.DerivedStream | None = None,
 ) -> mh_pb.RouteMediaCommand:
     """The RouteMedia the subscribe handler sends (``_signaling.py``), for ``destinations``."""
     return mh_pb.RouteMediaCommand(
         meeting_id=meeting_id,
         source_stream_id=stream_id,
         destination_participant_ids=destinations,
-        options=mh_pb.RoutingOptions(
-            preferred_layer=options.preferred_layer, target_bitrate=options.max_bitrate
-        ),
+        options=routing(options, derived),
     )

@@ -54,9 +54,11 @@ class MediaLink(Protocol):
     async def register_participant(
         self, request: mh_pb.RegisterParticipant
     ) -> mh_pb.RegisterParticipantResponse: ...
-    async def route_media(self, request: mh_pb.RouteMediaCommand) -> None: ...
+    async def route_media(self, request: mh_pb.RouteMediaCommand) -> mh_pb.RouteMediaResponse: ...
     async def remove_participant(self, request: mh_pb.RemoveParticipantRequest) -> None: ...
     async def remove_stream(self, request: mh_pb.RemoveStreamRequest) -> None: ...
+    async def start_recording(self, request: mh_pb.StartRecordingRequest) -> None: ...
+    async def stop_recording(self, request: mh_pb.StopRecordingRequest) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -106,8 +108,10 @@ class GrpcMediaLink:
         self.placed += 1
         return reply
 
-    async def route_media(self, request: mh_pb.RouteMediaCommand) -> None:
-        await call(self._stub().RouteMedia, request, deadline_s=MH_CALL_DEADLINE_S)
+    async def route_media(self, request: mh_pb.RouteMediaCommand) -> mh_pb.RouteMediaResponse:
+        """Route (or stop routing) a stream; with a transcode or a mix, the reply names the
+        stream the destinations receive instead (``derived_stream_id``)."""
+        return await call(self._stub().RouteMedia, request, deadline_s=MH_CALL_DEADLINE_S)
 
     async def remove_participant(self, request: mh_pb.RemoveParticipantRequest) -> None:
         await call(self._stub().RemoveParticipant, request, deadline_s=MH_CALL_DEADLINE_S)
@@ -117,6 +121,14 @@ class GrpcMediaLink:
         its subscribers' streams before this returns. Idempotent; raises NotFound if another
         participant publishes that stream id, RpcError if the MH is unreachable."""
         await call(self._stub().RemoveStream, request, deadline_s=MH_CALL_DEADLINE_S)
+
+    async def start_recording(self, request: mh_pb.StartRecordingRequest) -> None:
+        """Record a participant through a media processor; CapacityExceeded when the MH has
+        none free (docs/architecture.md §10)."""
+        await call(self._stub().StartRecording, request, deadline_s=MH_CALL_DEADLINE_S)
+
+    async def stop_recording(self, request: mh_pb.StopRecordingRequest) -> None:
+        await call(self._stub().StopRecording, request, deadline_s=MH_CALL_DEADLINE_S)
 
     def _stub(self) -> MediaControlStub:
         if self.stub is None:

@@ -7,16 +7,18 @@ write that depends on it, so it needs no lock (trio is cooperative).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, TypeAlias
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import attrs
 import trio
 
-from darktower.errors import Conflict, Forbidden
+from darktower.errors import Conflict, Forbidden, InternalError
 from darktower.model import LeaveReason, MeetingId, ParticipantId, Role
 from darktower.nurseries import Meeting, Participant
 from darktower.protocol.pb.v1 import common_pb2, meeting_control_pb2, signaling_pb2
+
+from ._limits import MAX_MH_CALLS
 
 if TYPE_CHECKING:
     from ._mh import MediaLink
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 # One outbox entry: a message, or messages written back to back with nothing in between (a
 # JoinResponse and its ParticipantsBatch messages), which take one slot of the queue.
 Outgoing: TypeAlias = signaling_pb2.ServerMessage | tuple[signaling_pb2.ServerMessage, ...]
+T = TypeVar("T")
 
 
 @attrs.define(eq=False)
@@ -50,6 +53,23 @@ class RoomMember:
     token_valid_until: float = 0.0
     streams: dict[str, common_pb2.MediaStream] = attrs.field(factory=dict)
     subscriptions: dict[str, signaling_pb2.SubscriptionOptions] = attrs.field(factory=dict)
+    # What its JoinRequest's capabilities said (docs/protocol.md §2.2): the video codecs it
+    # decodes (empty: any) and how many video streams it receives at once (0: no limit).
+    video_codecs: tuple[str, ...] = ()
+    max_video_streams: int = 0
+    # Its video subscriptions (counted against max_video_streams).
+    video_subscriptions: set[str] = attrs.field(factory=set)
+    # Subscriptions answered with a stream the server makes (a transcode, its mix): the
+    # subscription's stream id (or "" for the mix asked for with mix_audio) -> that stream.
+    derived: dict[str, signaling_pb2.DerivedStream] = attrs.field(factory=dict)
+    # Its audio mix while one is routed to it (the same object as its entries in ``derived``).
+    mix: signaling_pb2.DerivedStream | None = None
+    mix_refused: bool = False  # the MH refused an automatic mix: not asked again for it
+    # Its recording at the MH (docs/protocol.md §2.1): the id of the one running ("" none),
+    # how many it started (names the next) and whether a StartRecording is under way.
+    recording_id: str = ""
+    recordings: int = 0
+    recording_pending: bool = False
     handle: Participant | None = None
     session: SignalingSession | None = None
     # Its signaling connection is lost and it may resume (docs/protocol.md §13): events for it
@@ -79,6 +99,13 @@ class RoomMember:
         if self.handle is not None:
             self.handle.leave(reason)
 
+    def drop_subscription(self, stream_id: str) -> signaling_pb2.DerivedStream | None:
+        """Forget the subscription to ``stream_id`` (if any); return the stream that carried
+        it when it was not the source itself."""
+        self.subscriptions.pop(stream_id, None)
+        self.video_subscriptions.discard(stream_id)
+        return self.derived.pop(stream_id, None)
+
 
 @attrs.define(eq=False)
 class RoomState:
@@ -103,6 +130,27 @@ class RoomState:
     # RegisterParticipant, so an MH still holding a room of an older one (this MC restarted,
     # or another MC held the meeting) starts afresh (docs/architecture.md §4.6).
     epoch: int = attrs.field(factory=time.time_ns)
+    # A subscriber of an audio stream gets its mix instead when the meeting has more audio
+    # publishers than this (0: never; docs/protocol.md §2.2).
+    mix_above: int = 0
+    # Members whose recording runs (docs/protocol.md §2.1): the meeting is being recorded.
+    recorded: set[ParticipantId] = attrs.field(factory=set)
+
+    @property
+    def records(self) -> bool:
+        """Whether its participants are recorded: the meeting's setting, never with end-to-end
+        encryption (the server cannot read its media)."""
+        return self.config.recording_enabled and not self.e2ee
+
+    def audio_publishers_above(self, count: int) -> bool:
+        """Whether more than ``count`` members publish audio (stops counting there)."""
+        seen = 0
+        for member in self.members.values():
+            if any(s.stream_type == common_pb2.AUDIO for s in member.streams.values()):
+                seen += 1
+                if seen > count:
+                    return True
+        return False
 
     @property
     def e2ee(self) -> bool:
@@ -160,3 +208,25 @@ class RoomState:
 
     def subscribers_of(self, stream_id: str) -> Iterator[RoomMember]:
         return (m for m in self.members.values() if stream_id in m.subscriptions)
+
+
+async def at_room_mh(room: RoomState, call: Callable[[MediaLink], Awaitable[T]]) -> T:
+    """``call`` the room's Media Handler and return its answer; if the room moved to another
+    MH meanwhile, call that one too (the moved members' state may have been replayed there
+    before this change: docs/architecture.md §4.6) and return the last answer, at most
+    MAX_MH_CALLS times. InternalError without an MH."""
+    mh = _assigned(room)
+    answer = await call(mh)
+    for _ in range(MAX_MH_CALLS - 1):
+        moved = _assigned(room)
+        if moved is mh:
+            break
+        answer = await call(moved)
+        mh = moved
+    return answer
+
+
+def _assigned(room: RoomState) -> MediaLink:
+    if room.mh is None:
+        raise InternalError("no media handler is assigned to this meeting")
+    return room.mh

@@ -143,6 +143,7 @@ async def serve(
             token_audience=settings.token_audience,
             empty_meeting_timeout_s=settings.empty_meeting_timeout_s,
             resume_grace_s=settings.resume_grace_s,
+            mix_above_audio_publishers=settings.mix_above_audio_publishers,
         )
         await nursery.start(mhs.run)
         if static_mh is not None:

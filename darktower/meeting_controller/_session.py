@@ -21,13 +21,14 @@ from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.protocol.ratelimit import MessageRateLimiter, Verdict
 
-from . import _signaling, _wire
+from . import _recording, _signaling, _wire
 from ._batches import join_messages
 from ._connection import Connection
 from ._limits import MH_CALL_DEADLINE_S, MIN_RESUME_INTERVAL_S, READ_SIZE, SESSION_END_GRACE_S
 from ._media_reconnect import MediaReconnection
 from ._metrics import ControllerMetrics
 from ._port import SignalPort
+from ._processing import repeat_derived
 from ._resume import ResumeTokens, refusal_for
 from ._room import Outgoing, RoomMember, RoomState
 
@@ -143,6 +144,7 @@ class SignalingSession:
             media_server=media,
             resume_token=self.tokens.issue(room.id, self),
             resumed=resumed,
+            recording=bool(room.recorded),
         )
         if room.e2ee:
             response.encryption_keys.public_key = member.public_key
@@ -267,6 +269,7 @@ class SignalingSession:
         size = member.outbox.statistics().max_buffer_size
         member.outbox, conn.outgoing = trio.open_memory_channel[Outgoing](size)
         self._welcome(conn, media, resumed=True)
+        repeat_derived(self.room, member)
         if self._announced:
             self._announced = False
             self.room.broadcast(_updated(member, sig.CONNECTED), skip=member.id)
@@ -396,7 +399,7 @@ class SignalingSession:
             room.release_token(member.token_id)
             for stream_id in member.streams:
                 for other in list(room.subscribers_of(stream_id)):
-                    del other.subscriptions[stream_id]
+                    other.drop_subscription(stream_id)
             member.outbox.close()
             # The meeting's end and the MC's drain end everyone at once: nobody to tell.
             if reason not in (LeaveReason.MEETING_ENDED, LeaveReason.SERVER_SHUTDOWN):
@@ -407,6 +410,7 @@ class SignalingSession:
                         )
                     )
                 )
+            _recording.left(room, member, reason)
             if member.overflowed:
                 self.metrics.errors.inc(1, "OUTBOUND_OVERFLOW")
             message = (
@@ -449,18 +453,21 @@ class SignalingSession:
         port.close(member.close_code, reason.name)
 
     async def release_media(self, reason: LeaveReason) -> None:
-        """Remove the member at the room's Media Handler (once; at most MH_CALL_DEADLINE_S).
+        """Stop the member's recording (if any, with ``reason``), then remove the member at
+        the room's Media Handler (once; at most MH_CALL_DEADLINE_S).
 
         Also called for a session whose participant scope never started."""
         room, member = self.room, self.member
         # Once per member: a start cancelled half-way can reach here from both the session's
         # cleanup and the failed start.
-        if room.mh is None or member.media_released:
+        mh = room.mh
+        if mh is None or member.media_released:
             return
         member.media_released = True
+        await _recording.stop(room, member, mh, reason)
         with trio.move_on_after(MH_CALL_DEADLINE_S):
             try:
-                await room.mh.remove_participant(
+                await mh.remove_participant(
                     mh_pb.RemoveParticipantRequest(
                         meeting_id=room.id,
                         participant_id=member.id,

@@ -13,6 +13,7 @@ from ._limits import (
     HANDSHAKE_TIMEOUT_S,
     MAX_MEETINGS,
     MAX_PARTICIPANTS,
+    MIX_ABOVE_AUDIO_PUBLISHERS,
     OUTBOUND_QUEUE_SIZE,
     RESUME_GRACE_S,
 )
@@ -90,6 +91,11 @@ class Settings:
         RESUME_GRACE_S,
         "seconds a participant whose signaling connection is lost stays in its meeting, "
         "reconnecting, and may resume with its resume token; 0: it leaves at once",
+    )
+    mix_above_audio_publishers: int = option(
+        MIX_ABOVE_AUDIO_PUBLISHERS,
+        "in a meeting with more audio publishers than this, a subscriber of an audio stream "
+        "gets its audio mix (everyone's audio but its own, one stream) instead; 0: never",
     )
     drain_grace_s: float = option(10.0, "on SIGTERM: seconds to end meetings before exit")
     log_level: str = option("info", "log level: debug, info, warning, error")

@@ -9,7 +9,12 @@ the session's ``SessionEnded``; a ``DarkTowerError`` becomes the ``ErrorMessage`
 Quality reports from clients: a report on a stream the client *receives* becomes a
 ``RouteMedia`` options update for that subscription (``target_bitrate`` = the reported
 available bitrate, the preferred layer kept), so the MH's layer choice follows the client's
-downlink; a report on a stream the client *publishes* is relayed to that stream's subscribers.
+downlink (not for a subscription carried by a derived stream: a transcode keeps its bitrate);
+a report on a stream the client *publishes* is relayed to that stream's subscribers.
+
+Subscriptions may be carried by a stream the server makes (a transcode, an audio mix), and a
+participant's first publish starts its recording in a meeting that records: ``_processing``
+and ``_recording`` (docs/protocol.md §2.1, §2.2).
 """
 
 from __future__ import annotations
@@ -31,11 +36,22 @@ from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.transport.rpc import RpcError
 
-from ._limits import MAX_MH_CALLS, MAX_PUBLISHED_STREAMS
-from ._room import RoomMember, RoomState
+from . import _recording
+from ._limits import MAX_PUBLISHED_STREAMS
+from ._processing import (
+    E2EE_REFUSAL,
+    MIX,
+    auto_mixed,
+    mixed,
+    plan_transcode,
+    release_mix,
+    route,
+    routing,
+    transcoded,
+)
+from ._room import RoomMember, RoomState, at_room_mh
 
 if TYPE_CHECKING:
-    from ._mh import MediaLink
     from ._session import SignalingSession
 
 Reply = sig.ServerMessage | None
@@ -43,8 +59,8 @@ Handler = Callable[["SignalingSession", sig.ClientMessage], Awaitable[Reply]]
 MAX_STREAM_ID_CHARS = 128
 
 
-def _ack(stream_id: str = "") -> sig.ServerMessage:
-    return sig.ServerMessage(ack=sig.Ack(stream_id=stream_id))
+def _ack(stream_id: str = "", derived: sig.DerivedStream | None = None) -> sig.ServerMessage:
+    return sig.ServerMessage(ack=sig.Ack(stream_id=stream_id, derived=derived))
 
 
 def _stream_id(value: str) -> str:
@@ -53,27 +69,8 @@ def _stream_id(value: str) -> str:
     return value
 
 
-async def at_room_mh(room: RoomState, call: Callable[[MediaLink], Awaitable[object]]) -> None:
-    """``call`` the room's Media Handler; if the room moved to another MH meanwhile, call that
-    one too (the moved members' state may have been replayed there before this change:
-    docs/architecture.md §4.6), at most MAX_MH_CALLS times. InternalError without an MH."""
-    done: MediaLink | None = None
-    for _ in range(MAX_MH_CALLS):
-        mh = room.mh
-        if mh is None:
-            raise InternalError("no media handler is assigned to this meeting")
-        if mh is done:
-            return
-        await call(mh)
-        done = mh
-
-
 async def _route(room: RoomState, command: mh_pb.RouteMediaCommand) -> None:
-    command.meeting_id = room.id
-    try:
-        await at_room_mh(room, lambda mh: mh.route_media(command))
-    except RpcError as exc:
-        raise InternalError(f"media handler unreachable: {exc}") from exc
+    await route(room, command)
 
 
 async def publish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
@@ -101,6 +98,7 @@ async def publish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
         ),
         skip=member.id,
     )
+    _recording.start_soon(room, member, session.metrics)
     return _ack(stream_id)
 
 
@@ -128,7 +126,7 @@ async def unpublish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
                 raise InternalError(f"media handler unreachable: {exc}") from exc
             raise
     for other in list(room.subscribers_of(stream_id)):
-        del other.subscriptions[stream_id]
+        other.drop_subscription(stream_id)
     room.broadcast(
         sig.ServerMessage(
             stream_unpublished=sig.StreamUnpublished(participant_id=member.id, stream_id=stream_id)
@@ -140,37 +138,88 @@ async def unpublish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
 
 async def subscribe(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     room, member = session.room, session.member
+    if m.subscribe.mix_audio:
+        return await _subscribe_mix(session, m.subscribe)
     stream_id = _stream_id(m.subscribe.stream_id)
     publisher = room.publisher_of(stream_id)
     if publisher is None:
         raise NotFound(f"stream {stream_id} is not published in this meeting")
     if publisher is member:
         raise InvalidRequest("cannot subscribe to your own stream")
+    stream = publisher.streams[stream_id]
+    video = stream.stream_type != common_pb2.AUDIO
+    limit = member.max_video_streams
+    if video and limit and stream_id not in member.video_subscriptions:
+        if len(member.video_subscriptions) >= limit:
+            raise CapacityExceeded(
+                f"at most {limit} video streams at once (your max_video_streams)",
+                details={"field": "capabilities.max_video_streams", "limit": str(limit)},
+            )
     options = m.subscribe.options
+    plan = plan_transcode(member, stream, options)
+    if plan is not None and room.e2ee:
+        if plan.required:
+            raise InvalidRequest(E2EE_REFUSAL.format("transcode"))
+        plan = None  # for its bitrate only: the lowest layer instead
+    derived = await auto_mixed(room, member, stream)
+    if derived is None and plan is not None:
+        derived = await transcoded(room, member, stream_id, options, plan)
+    if derived is None:
+        await _route(
+            room,
+            mh_pb.RouteMediaCommand(
+                source_stream_id=stream_id,
+                destination_participant_ids=[member.id],
+                options=routing(options, None),
+            ),
+        )
+    if room.publisher_of(stream_id) is publisher:  # still there after the call
+        member.subscriptions[stream_id] = options
+        if video:
+            member.video_subscriptions.add(stream_id)
+        if derived is None:
+            member.derived.pop(stream_id, None)
+        else:
+            member.derived[stream_id] = derived
+    return _ack(stream_id, derived)
+
+
+async def _subscribe_mix(session: SignalingSession, request: sig.SubscribeStream) -> Reply:
+    """SubscribeStream{mix_audio}: the participant's mix (idempotent)."""
+    room, member = session.room, session.member
+    if request.stream_id:
+        raise InvalidRequest("a mix_audio subscription names no stream_id")
+    if room.e2ee:
+        raise InvalidRequest(E2EE_REFUSAL.format("mix"))
+    derived = await mixed(room, member)
+    member.derived[MIX] = derived
+    return _ack(MIX, derived)
+
+
+async def unsubscribe(session: SignalingSession, m: sig.ClientMessage) -> Reply:
+    """UnsubscribeStream of a subscription (by its stream id), or of the mix asked for with
+    mix_audio (by the mix's stream id)."""
+    room, member = session.room, session.member
+    stream_id = m.unsubscribe.stream_id
+    options = member.subscriptions.get(stream_id)
+    if options is None:
+        mix = member.derived.get(MIX)
+        if mix is None or mix.stream_id != stream_id:
+            raise NotFound(f"you are not subscribed to stream {stream_id}")
+        del member.derived[MIX]
+        await release_mix(room, member)
+        return _ack(stream_id)
+    derived = member.drop_subscription(stream_id)
+    if derived is not None and derived.mix:
+        await release_mix(room, member)
+        return _ack(stream_id)
     await _route(
         room,
         mh_pb.RouteMediaCommand(
             source_stream_id=stream_id,
             destination_participant_ids=[member.id],
-            options=mh_pb.RoutingOptions(
-                preferred_layer=options.preferred_layer, target_bitrate=options.max_bitrate
-            ),
-        ),
-    )
-    if room.publisher_of(stream_id) is publisher:  # still there after the call
-        member.subscriptions[stream_id] = options
-    return _ack(stream_id)
-
-
-async def unsubscribe(session: SignalingSession, m: sig.ClientMessage) -> Reply:
-    room, member = session.room, session.member
-    stream_id = m.unsubscribe.stream_id
-    if member.subscriptions.pop(stream_id, None) is None:
-        raise NotFound(f"you are not subscribed to stream {stream_id}")
-    await _route(
-        room,
-        mh_pb.RouteMediaCommand(
-            source_stream_id=stream_id, destination_participant_ids=[member.id], unroute=True
+            options=None if derived is None else routing(options, derived),
+            unroute=True,
         ),
     )
     return _ack(stream_id)
@@ -180,7 +229,9 @@ async def quality(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     room, member = session.room, session.member
     report = m.quality
     options = member.subscriptions.get(report.stream_id)
-    if options is not None:
+    if options is not None and report.stream_id in member.derived:
+        pass  # carried by a transcode or the mix: its bitrate is the server's
+    elif options is not None:
         await _route(
             room,
             mh_pb.RouteMediaCommand(

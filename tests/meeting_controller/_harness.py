@@ -4,6 +4,7 @@ MediaControl gRPC, join tokens minted by the stack, and helpers to connect clien
 from __future__ import annotations
 
 import pathlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -44,6 +45,14 @@ class FakeMediaControl:
         self.hold_register: trio.Event | None = None
         # When set, RouteMedia raises it.
         self.refuse_route: Exception | None = None
+        # When set, RouteMedia with a transcode or a mix raises it (an MH without a free media
+        # processor: CapacityExceeded); StartRecording likewise with refuse_recording.
+        self.refuse_processing: Exception | None = None
+        self.refuse_recording: Exception | None = None
+        # The derived streams it made, as the real MH does: one per (source, codec, bitrate)
+        # for a transcode, one per listener for a mix.
+        self.transcodes: dict[tuple[str, str, int], str] = {}
+        self.mixes: dict[str, str] = {}
         # Participants the MH forgot (after their media grace): the next RegisterParticipant
         # of each answers created = true (docs/protocol.md §13).
         self.forgotten: set[str] = set()
@@ -86,7 +95,17 @@ class FakeMediaControl:
         await trio.lowlevel.checkpoint()
         if refusal is not None:
             raise refusal
-        return mh_pb.RouteMediaResponse()
+        options = request.options
+        if not (options.transcode or options.mix_audio):
+            return mh_pb.RouteMediaResponse()
+        if self.refuse_processing is not None:
+            raise self.refuse_processing
+        made: dict[Any, str] = self.mixes if options.mix_audio else self.transcodes
+        key: Any = request.destination_participant_ids[0]
+        if options.transcode:
+            key = (request.source_stream_id, options.target_codec, options.target_bitrate)
+        derived = made.pop(key, "") if request.unroute else made.setdefault(key, str(uuid.uuid4()))
+        return mh_pb.RouteMediaResponse(derived_stream_id=derived)
 
     async def RemoveParticipant(
         self, request: mh_pb.RemoveParticipantRequest
@@ -106,6 +125,8 @@ class FakeMediaControl:
         self.recordings_started.append(request)
         self._touch()
         await trio.lowlevel.checkpoint()
+        if self.refuse_recording is not None:
+            raise self.refuse_recording
         return mh_pb.StartRecordingResponse(recording_id=request.recording_id)
 
     async def StopRecording(self, request: Any) -> Any:
