@@ -8,7 +8,12 @@ import pathlib
 
 from darktower.servicekit import ClusterCa, ClusterTls, ServiceIdentity, ServiceRole
 
-IDS = {ServiceRole.GC: "gc-bench", ServiceRole.MC: "mc-bench", ServiceRole.MH: "mh-bench"}
+IDS = {
+    ServiceRole.GC: "gc-bench",
+    ServiceRole.MC: "mc-bench",
+    ServiceRole.MH: "mh-bench",
+    ServiceRole.MP: "mp-bench",
+}
 
 
 def _files(directory: str | pathlib.Path, role: ServiceRole) -> tuple[pathlib.Path, ...]:
