@@ -292,6 +292,34 @@ class KeyFrameRequest:
     stream_id: str
 
 
+@attrs.frozen
+class RecordingChanged:
+    """The meeting's recording started (``recording``) or stopped (docs/protocol.md §2.1);
+    ``MeetingSession.recording`` is always current."""
+
+    recording: bool
+
+
+@attrs.frozen
+class DerivedStream:
+    """A stream the server makes for one subscription, received instead of its source
+    (docs/protocol.md §2.2): a transcode (``codec`` at ``bitrate`` bits/s) or the session's
+    audio mix (``mix``: every other participant's audio, Opus). ``stream_id`` is the id its
+    frames carry."""
+
+    stream_id: str
+    codec: str = ""
+    bitrate: int = 0
+    mix: bool = False
+
+    @classmethod
+    def from_pb(cls, derived: sig.DerivedStream) -> DerivedStream | None:
+        """None for an unset one (the subscription is carried by its source)."""
+        if not derived.stream_id:
+            return None
+        return cls(derived.stream_id, derived.codec, derived.bitrate, derived.mix)
+
+
 SessionEvent = (
     ParticipantJoined
     | ParticipantLeft
@@ -305,6 +333,7 @@ SessionEvent = (
     | StreamUnpublished
     | QualityUpdate
     | KeyFrameRequest
+    | RecordingChanged
 )
 
 

@@ -65,6 +65,8 @@ class Dialer:
     origin: str | None = None
     limits: TransportLimits | None = None
     max_buffered_frames: int = MAX_BUFFERED_FRAMES
+    # What the JoinRequest says this client decodes and takes (docs/protocol.md §2.2).
+    capabilities: sig.ParticipantCapabilities | None = attrs.field(default=None, eq=False)
 
     @property
     def signaling_limits(self) -> TransportLimits:
@@ -83,6 +85,7 @@ class Dialer:
             server_certificate_hashes=self.pins,
             origin=self.origin,
             limits=self.signaling_limits,
+            capabilities=self.capabilities,
         )
 
     def signaling(self, resume_token: str) -> AbstractAsyncContextManager[SignalingLink]:
@@ -173,8 +176,13 @@ async def join_meeting_session(
     origin: str | None = None,
     resume_grace_s: float = RESUME_GRACE_S,
     transport_limits: TransportLimits | None = None,
+    capabilities: sig.ParticipantCapabilities | None = None,
 ) -> AsyncIterator[MeetingSession]:
     """Join the meeting at the MC's ``signal_url``, connect media, yield the session.
+
+    ``capabilities`` go in the JoinRequest: a subscription to a video stream in a codec
+    they do not list is transcoded to one they do (``Subscription.derived``), and the MC
+    refuses video subscriptions past ``max_video_streams`` (docs/protocol.md §2.2).
 
     ``origin`` goes in both CONNECTs' ``origin`` header: services with a list of allowed
     origins refuse a CONNECT without one (docs/protocol.md). :func:`join_meeting_via_gc` sends
@@ -202,6 +210,7 @@ async def join_meeting_session(
         server_certificate_hashes,
         origin,
         transport_limits,
+        capabilities=capabilities,
     )
     options = _Options(event_buffer, subscription_buffer, resume_grace_s)
     async with _session(dialer, join_token, options) as session:
@@ -250,6 +259,7 @@ async def join_meeting_via_gc(
     resume_grace_s: float = RESUME_GRACE_S,
     rejoin_window_s: float = REJOIN_WINDOW_S,
     transport_limits: TransportLimits | None = None,
+    capabilities: sig.ParticipantCapabilities | None = None,
 ) -> AsyncIterator[MeetingSession]:
     """Ask the GC for a join ticket (as the GC client's access token allows: the meeting's
     owner gets a host's) and join with :func:`join_meeting_session`. With ``join_token``
@@ -278,6 +288,7 @@ async def join_meeting_via_gc(
         server_certificate_hashes,
         gc.origin if origin is None else origin,
         transport_limits,
+        capabilities=capabilities,
     )
     rejoiner = GcRejoiner(
         gc.as_caller(gc.access_token),

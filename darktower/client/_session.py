@@ -39,7 +39,6 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 import trio
 
-from darktower.errors import Conflict
 from darktower.frames import Frame
 from darktower.model import LeaveReason, Role, StreamType
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
@@ -58,6 +57,7 @@ from ._events import (
     ParticipantInfo,
     ParticipantLeft,
     QualityUpdate,
+    RecordingChanged,
     RequestInterrupted,
     SessionEnded,
     SessionEvent,
@@ -65,7 +65,6 @@ from ._events import (
     StreamUnpublished,
     role_of,
     stream_metadata,
-    wire_keys,
 )
 from ._link import Link
 from ._publishing import Publishing, announcement
@@ -91,7 +90,9 @@ class MeetingSession:
     events say what changed since), ``events`` (:class:`EventStream`), ``publications``,
     ``connection`` (CONNECTED, or RECONNECTING while a lost connection is being brought back),
     ``reconnects`` (outages recovered), ``rejoins`` (of them, by a rejoin: a new
-    ``participant_id``), ``end_reason`` / ``end_message`` / ``ended`` (a trio.Event).
+    ``participant_id``), ``recording`` (the meeting is being recorded: a RecordingChanged event
+    says when that changes, docs/protocol.md §2.1), ``end_reason`` / ``end_message`` /
+    ``ended`` (a trio.Event).
     """
 
     def __init__(
@@ -122,7 +123,8 @@ class MeetingSession:
         )
         self._publishing = Publishing()
         self._roster = Roster(self.participant_id, signaling.join_response.existing_participants)
-        self._subscribing = Subscribing()
+        self._subscribing = Subscribing(self, self._request, self._quietly)
+        self.recording = signaling.join_response.recording
         self.participants: Mapping[str, ParticipantInfo] = self._roster.participants
         self.events = EventStream(self, max(1, event_buffer))
         self.subscription_buffer = subscription_buffer
@@ -139,6 +141,8 @@ class MeetingSession:
             "quality": self._on_quality,
             "key_frame_request": self._on_key_frame_request,
             "participant_updated": self._on_updated,
+            "recording_status": lambda m: self._recording(m.recording_status.recording),
+            "subscription_updated": lambda m: self._subscribing.updated(m.subscription_updated),
             "session_ended": self._on_session_ended,
             "error": self._on_error,
         }
@@ -219,6 +223,7 @@ class MeetingSession:
             elif isinstance(event, StreamUnpublished):
                 self._subscribing.drop_streams([event.stream.stream_id])
             self.events._put(event)
+        self._recording(join.recording)
         self._subscribing.changed()
 
     def on_rejoined(self, join: sig.JoinResponse, join_token: str, reason: LeaveReason) -> None:
@@ -232,6 +237,7 @@ class MeetingSession:
             self.events._put(event)  # the subscriptions stay: their streams may come back
         self._publishing.rejoined()
         self._subscribing.rejoined()
+        self._recording(join.recording)
 
     async def restore(self, signaling: SignalingLink) -> None:
         """After a rejoin, on its signaling connection: publish again, then subscribe again to
@@ -303,6 +309,11 @@ class MeetingSession:
 
     def _on_key_frame_request(self, m: sig.ServerMessage) -> None:
         self.events._put(KeyFrameRequest(m.key_frame_request.stream_id))
+
+    def _recording(self, recording: bool) -> None:
+        if recording != self.recording:
+            self.recording = recording
+            self.events._put(RecordingChanged(recording))
 
     def _on_session_ended(self, m: sig.ServerMessage) -> None:
         self.end_message = m.session_ended.message or self.end_message
@@ -420,39 +431,25 @@ class MeetingSession:
         buffer: int | None = None,
     ) -> Subscription:
         """Subscribe to another participant's stream; frames of it (of all its simulcast
-        layers) go to the returned :class:`Subscription` only. Frames that arrive before the
-        MC's acknowledgement are kept. Raises Conflict if already subscribed, the MC's
-        ``DarkTowerError`` (NotFound, InvalidRequest), SessionEnded once the session is over."""
-        if stream_id in self._subscribing.subscriptions:
-            raise Conflict(f"already subscribed to {stream_id}")
+        layers, or of the stream made for it instead: ``Subscription.derived``) go to the
+        returned :class:`Subscription` only (the source's from before the MC's Ack too). Raises
+        Conflict if already subscribed, the MC's ``DarkTowerError`` (NotFound, InvalidRequest,
+        CapacityExceeded past ``max_video_streams``), SessionEnded once the session is over."""
         known = self._roster.stream(stream_id)
-        keys = wire_keys(stream_id, known.layer_ids if known else ())
-        size = buffer if buffer is not None else self.subscription_buffer
         options = sig.SubscriptionOptions(preferred_layer=preferred_layer, max_bitrate=max_bitrate)
-        subscription = Subscription(
-            self, stream_id, keys, max(1, size), close=self._unsubscribe, options=options
+        return await self._subscribing.subscribe(
+            stream_id, known.layer_ids if known else (), options, self._buffer(buffer)
         )
-        # Registered first: the MH may send frames before the MC's Ack reaches us.
-        self._subscribing.add(subscription)
-        try:
-            await self._request(
-                sig.ClientMessage(
-                    subscribe=sig.SubscribeStream(stream_id=stream_id, options=options)
-                )
-            )
-        except BaseException:
-            self._subscribing.drop(subscription)
-            raise
-        return subscription
 
-    async def _unsubscribe(self, subscription: Subscription) -> None:
-        self._subscribing.drop(subscription)
-        with trio.move_on_after(CLOSE_GRACE_S, shield=True):
-            await self._quietly(
-                sig.ClientMessage(
-                    unsubscribe=sig.UnsubscribeStream(stream_id=subscription.stream_id)
-                )
-            )
+    async def subscribe_mix(self, *, buffer: int | None = None) -> Subscription:
+        """Subscribe to this session's audio mix: every other participant's audio as one Opus
+        stream (docs/protocol.md §2.2), its id in ``Subscription.derived``. Raises Conflict if
+        subscribed already, the MC's ``DarkTowerError`` (InvalidRequest with end-to-end
+        encryption, CapacityExceeded: no mixer free), SessionEnded once the session is over."""
+        return await self._subscribing.subscribe_mix(self._buffer(buffer))
+
+    def _buffer(self, buffer: int | None) -> int:
+        return max(1, buffer if buffer is not None else self.subscription_buffer)
 
     async def _quietly(self, message: sig.ClientMessage) -> None:
         """A request whose failure changes nothing for the caller (cleanup)."""

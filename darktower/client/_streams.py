@@ -19,7 +19,7 @@ from darktower.model import LeaveReason, StreamType
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
-from ._events import RECONNECT_SEND_WAIT_S, SETTLE_S, SessionEnded, SessionEvent
+from ._events import RECONNECT_SEND_WAIT_S, SETTLE_S, DerivedStream, SessionEnded, SessionEvent
 from ._media import MediaPublisher
 
 
@@ -107,7 +107,14 @@ class EventStream(_Ending):
 
 class Subscription(_Ending):
     """Frames of one remote stream (of all its simulcast layers), made by
-    :meth:`MeetingSession.subscribe`.
+    :meth:`MeetingSession.subscribe`, or of the session's audio mix, made by
+    :meth:`MeetingSession.subscribe_mix` (``mix``; its ``stream_id`` is empty).
+
+    ``derived`` says when the frames come from a stream the server makes for this subscription
+    instead of the source (docs/protocol.md §2.2): a transcode to a codec this session listed,
+    or the audio mix (the MC mixes by itself in a meeting with many audio publishers; the mix
+    is then delivered to one of the audio subscriptions it answers, the oldest live one, and
+    the others yield nothing). None: the source's own frames.
 
     ``async for frame in subscription`` yields :class:`~darktower.frames.Frame` objects whose
     ``raw`` bytes are exactly what the publisher sent. Iteration stops when the stream is
@@ -125,12 +132,15 @@ class Subscription(_Ending):
         *,
         close: Callable[[Subscription], Awaitable[None]],
         options: sig.SubscriptionOptions | None = None,
+        mix: bool = False,
     ) -> None:
         self._session = session
         self._close = close  # unsubscribes at the MC
         self.stream_id = stream_id
         self.options = options or sig.SubscriptionOptions()  # as asked (made again so)
         self.keys = tuple(keys)
+        self.mix = mix
+        self.derived: DerivedStream | None = None
         self._send, self._receive = trio.open_memory_channel[Frame](size)
         self._await_key = False  # video frames were dropped: skip deltas until a key frame
         self.dropped = 0
