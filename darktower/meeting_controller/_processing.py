@@ -201,6 +201,40 @@ async def release_mix(room: RoomState, member: RoomMember) -> None:
     await route(room, mix_command(member, unroute=True))
 
 
+async def replaced(
+    room: RoomState,
+    member: RoomMember,
+    stream_id: str,
+    before: sig.SubscriptionOptions,
+    old: sig.DerivedStream | None,
+    new: sig.DerivedStream | None,
+) -> None:
+    """``member`` subscribed to ``stream_id`` again (options changed), now carried by ``new``
+    (None: the source): stop what carried it before, ``old`` with options ``before``, unless
+    it still does (the same derived stream; or the source, whose route the MH updated). A
+    failure is logged: the subscription as it is now works."""
+    if (old is None and new is None) or (old is not None and new is not None and old == new):
+        return
+    try:
+        if old is not None and old.mix:
+            await release_mix(room, member)
+            return
+        await route(
+            room,
+            mh_pb.RouteMediaCommand(
+                source_stream_id=stream_id,
+                destination_participant_ids=[member.id],
+                options=None if old is None else routing(before, old),
+                unroute=True,
+            ),
+        )
+    except DarkTowerError as exc:
+        logger.warning(
+            "what carried a subscription before could not be stopped",
+            extra=fields(meeting_id=room.id, participant_id=member.id, error=str(exc)),
+        )
+
+
 async def routed_again(
     mh: MediaLink, room: RoomState, member: RoomMember, key: str, command: mh_pb.RouteMediaCommand
 ) -> None:
@@ -241,6 +275,7 @@ __all__ = [
     "plan_transcode",
     "release_mix",
     "repeat_derived",
+    "replaced",
     "route",
     "routed_again",
     "routing",

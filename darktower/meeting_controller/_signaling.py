@@ -45,6 +45,7 @@ from ._processing import (
     mixed,
     plan_transcode,
     release_mix,
+    replaced,
     route,
     routing,
     transcoded,
@@ -156,12 +157,14 @@ async def subscribe(session: SignalingSession, m: sig.ClientMessage) -> Reply:
                 details={"field": "capabilities.max_video_streams", "limit": str(limit)},
             )
     options = m.subscribe.options
+    before, old = member.subscriptions.get(stream_id), member.derived.get(stream_id)
     plan = plan_transcode(member, stream, options)
     if plan is not None and room.e2ee:
         if plan.required:
             raise InvalidRequest(E2EE_REFUSAL.format("transcode"))
         plan = None  # for its bitrate only: the lowest layer instead
-    derived = await auto_mixed(room, member, stream)
+    # A route of its own made before the meeting passed the threshold stays one.
+    derived = None if before is not None and old is None else await auto_mixed(room, member, stream)
     if derived is None and plan is not None:
         derived = await transcoded(room, member, stream_id, options, plan)
     if derived is None:
@@ -181,6 +184,8 @@ async def subscribe(session: SignalingSession, m: sig.ClientMessage) -> Reply:
             member.derived.pop(stream_id, None)
         else:
             member.derived[stream_id] = derived
+        if before is not None:
+            await replaced(room, member, stream_id, before, old, derived)
     return _ack(stream_id, derived)
 
 

@@ -98,7 +98,7 @@ class FakeMediaControl:
         options = request.options
         if not (options.transcode or options.mix_audio):
             return mh_pb.RouteMediaResponse()
-        if self.refuse_processing is not None:
+        if self.refuse_processing is not None and not request.unroute:
             raise self.refuse_processing
         made: dict[Any, str] = self.mixes if options.mix_audio else self.transcodes
         key: Any = request.destination_participant_ids[0]

@@ -154,12 +154,24 @@ async def test_a_subscriber_below_the_lowest_layer_gets_a_transcode_to_its_bitra
             assert (route.options.target_codec, route.options.target_bitrate) == ("VP9", 100_000)
             assert ack.derived.stream_id == stack.mh.transcodes[("cam", "VP9", 100_000)]
 
-            # at or above the lowest layer: the MH's layer choice, no transcode
+            # at or above the lowest layer: the MH's layer choice, no transcode; the
+            # transcode that carried the subscription before is stopped for it
+            routes = len(stack.mh.routes)
             ack = await subscribe(bob, "cam", max_bitrate=150_000)
-            assert not ack.HasField("derived") and not last_route(stack).options.transcode
+            assert not ack.HasField("derived")
+            plain, withdrawn = stack.mh.routes[routes:]
+            assert not plain.options.transcode and not plain.unroute
+            assert plain.options.target_bitrate == 150_000
+            assert withdrawn.unroute and withdrawn.options.transcode
+            assert withdrawn.options.target_bitrate == 100_000
 
-            # a quality report on a transcoded subscription changes nothing at the MH
+            # a quality report on a transcoded subscription changes nothing at the MH; the
+            # plain route that carried it before is stopped for it
+            routes = len(stack.mh.routes)
             await subscribe(bob, "cam", max_bitrate=100_000)
+            transcode, withdrawn = stack.mh.routes[routes:]
+            assert transcode.options.transcode and not transcode.unroute
+            assert withdrawn.unroute and not withdrawn.options.transcode
             routes = len(stack.mh.routes)
             await bob.request(
                 sig.ClientMessage(
@@ -170,10 +182,13 @@ async def test_a_subscriber_below_the_lowest_layer_gets_a_transcode_to_its_bitra
 
             # refused by the MH, a transcode for the bitrate only is the plain route instead
             stack.mh.refuse_processing = CapacityExceeded("no media processor")
+            routes = len(stack.mh.routes)
             ack = await subscribe(bob, "cam", max_bitrate=50_000)
             assert not ack.HasField("derived")
-            route = last_route(stack)
-            assert not route.options.transcode and route.options.target_bitrate == 50_000
+            plain = stack.mh.routes[-2]
+            assert not plain.options.transcode and plain.options.target_bitrate == 50_000
+            withdrawn = stack.mh.routes[-1]  # the transcode at 100 kbit/s
+            assert withdrawn.unroute and withdrawn.options.target_bitrate == 100_000
 
 
 async def test_video_subscriptions_past_max_video_streams_are_refused(
