@@ -22,7 +22,7 @@ import pytest
 from aioquic import tls
 from aioquic.h3.connection import H3Connection
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
+from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 from grpclib.server import Server
@@ -184,6 +184,20 @@ HOOKS = [
         lambda: (
             _has(QuicStream(0).sender, "_buffer_start")
             and _has(QuicStream(0).sender, "_buffer_stop")
+        ),
+    ),
+    Hook(
+        "aioquic",
+        "H3Connection._quic / QuicConnection._streams / _state (QuicConnectionState) / "
+        "QuicStreamSender._buffer_start, _buffer_stop, _reset_error_code",
+        f"{_HTTP_STREAMS} (an HTTP/3 body waits for room in its stream's send buffer)",
+        lambda: (
+            H3Connection(_quic())._quic is _quic()
+            and isinstance(_quic()._streams, dict)
+            and isinstance(_quic()._state, QuicConnectionState)
+            and _has(QuicStream(0).sender, "_buffer_start")
+            and _has(QuicStream(0).sender, "_buffer_stop")
+            and QuicStream(0).sender._reset_error_code is None
         ),
     ),
     Hook(
@@ -396,6 +410,16 @@ HOOKS = [
         "trio TCPServer._read_data()",
         "transport/_http_tcp.py (overridden)",
         lambda: _positional(TCPServer._read_data),
+    ),
+    Hook(
+        "hypercorn",
+        "trio TCPServer.protocol_send(event) / send_lock / stream, tcp_server.MAX_RECV",
+        "transport/_http_tcp.py (overridden)",
+        lambda: (
+            _positional(TCPServer.protocol_send, "event")
+            and _has(TCPServer(None, Config(), None, None, None), "send_lock")  # type: ignore[arg-type]
+            and isinstance(importlib.import_module("hypercorn.trio.tcp_server").MAX_RECV, int)
+        ),
     ),
     Hook(
         "hypercorn",

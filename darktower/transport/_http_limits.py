@@ -34,6 +34,11 @@ QUIC_RETRY_THRESHOLD = 20
 # (``quic_handshake_timeout``), which frees its slots.
 QUIC_HANDSHAKE_TIMEOUT_S = 10.0
 
+# An HTTP/3 response body waits while its stream holds more than this in the QUIC send buffer
+# (sent and not yet acknowledged, or not sent yet): a long body (a recording's download) costs
+# the server this much per stream at most, as the socket buffer bounds it over TCP.
+H3_STREAM_SEND_BUFFER = 1024 * 1024
+
 # --- TCP (HTTP/1.1, HTTP/2 over TLS) ---------------------------------------------------------
 # TCP connections at once. A connection beyond it is closed as soon as it is accepted, counted
 # under ``tcp_refused_total``.
@@ -42,9 +47,12 @@ TCP_MAX_CONNECTIONS = 1000
 TCP_MAX_CONNECTIONS_PER_ADDRESS = 64
 # A TLS handshake not completed by then closes the connection (``tcp_tls_handshake_timeout``).
 TLS_HANDSHAKE_TIMEOUT_S = 5.0
-# A connection that sends nothing for this long while a request is incomplete (half a request
-# line, headers or body) or in flight is closed (hypercorn's ``read_timeout``). GC requests take
-# at most a few seconds (one gRPC call to an MC, ≤ 5 s), so this never ends a legitimate one.
+# A connection on which nothing moves for this long while a request is incomplete (half a
+# request line, headers or body) or in flight is closed (hypercorn's ``read_timeout``, counted
+# from the last byte received or the last send the peer took: ``_http_tcp._TcpConnection``).
+# GC requests take at most a few seconds (one gRPC call to an MC, ≤ 5 s), and a long response
+# (a recording's download) keeps moving, so this never ends a legitimate one; a client that
+# stops reading a response is closed after it.
 READ_TIMEOUT_S = 30.0
 # An idle keep-alive connection (no request in progress) is closed after this long (hypercorn's
 # ``keep_alive_timeout``); this also bounds the wait for the first request's headers.

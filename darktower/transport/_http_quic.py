@@ -222,6 +222,8 @@ class _TrackingQuicProtocol(QuicProtocol):
             "closing an HTTP/3 connection after an error",
             extra={"fields": {"error": repr(exc)[:200]}},
         )
+        if isinstance(connection.h3, GuardedH3Protocol):
+            connection.h3.progress()  # senders waiting on it see it closing
         connection.h3 = None  # its state is unknown: deliver nothing more to it
         try:
             connection.quic.close(
@@ -286,6 +288,8 @@ class _TrackingQuicProtocol(QuicProtocol):
                 await self._deliver_events(connection, client)
             except Exception as exc:
                 await self._fail(connection, exc)
+        if isinstance(connection.h3, GuardedH3Protocol):
+            connection.h3.progress()  # acknowledgements in: room in the send buffers
         if self.idle:
             self.idle_event.set()
         elif self.idle_event.is_set():

@@ -13,11 +13,15 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import trio
+from aioquic.quic.connection import QuicConnectionState
 from hypercorn.config import Config
+from hypercorn.protocol.events import Body, Data, StreamClosed
 from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h3 import H3Protocol
 from hypercorn.trio.task_group import TaskGroup
+
+from ._http_limits import H3_STREAM_SEND_BUFFER
 
 logger = logging.getLogger("darktower.http")
 
@@ -61,6 +65,12 @@ class GuardedH3Protocol(H3Protocol):
     on a stream is handed to ``on_stream_error`` (which resets the stream) and every later
     send on that stream is dropped, as hypercorn's HTTP/2 protocol drops sends on a closed
     stream; the app is not told (its next sends succeed and go nowhere).
+
+    A body is sent with backpressure: hypercorn hands every chunk to aioquic at once, whose
+    send buffer then held a whole long body (a recording's download) in memory. A send of
+    body data now returns once its stream holds at most :data:`H3_STREAM_SEND_BUFFER` bytes
+    not yet acknowledged, or once the stream or the connection is gone; the listener calls
+    :meth:`progress` whenever the connection has moved (packets in, a timer, its end).
     """
 
     def __init__(
@@ -69,6 +79,25 @@ class GuardedH3Protocol(H3Protocol):
         super().__init__(*args)
         self._on_stream_error = on_stream_error
         self._failed_streams: set[int] = set()
+        self._progress = trio.Event()
+
+    def progress(self) -> None:
+        """The connection has moved: body sends waiting for room look again."""
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def _buffered(self, stream_id: int) -> int:
+        """Bytes of ``stream_id`` in the QUIC send buffer; 0 once nothing more can leave."""
+        quic = self.connection._quic
+        stream = quic._streams.get(stream_id)
+        if (
+            stream is None
+            or stream_id in self._failed_streams
+            or stream.sender._reset_error_code is not None
+            or quic._state is not QuicConnectionState.CONNECTED
+        ):
+            return 0
+        return stream.sender._buffer_stop - stream.sender._buffer_start
 
     async def _create_stream(self, request: Any) -> None:
         # hypercorn decodes the request's method and path as ASCII, its host as UTF-8, and
@@ -91,6 +120,9 @@ class GuardedH3Protocol(H3Protocol):
             return
         try:
             await super().stream_send(event)
+            if isinstance(event, Body | Data):
+                while self._buffered(stream_id) > H3_STREAM_SEND_BUFFER:
+                    await self._progress.wait()
         except Exception as exc:
             self._failed_streams.add(stream_id)
             await self._on_stream_error(stream_id, exc)

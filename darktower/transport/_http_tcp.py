@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import ssl
 from collections import Counter
 from typing import Any
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.events import Closed, Event, RawData
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
@@ -69,16 +71,60 @@ def apply_limits(config: Config, limits: HttpLimits) -> None:
 
 
 class _TcpConnection(TCPServer):
-    """hypercorn's ``TCPServer``, which ends once reading has ended.
+    """hypercorn's ``TCPServer``, which ends once reading has ended, and whose read timeout
+    counts from the last byte that moved either way.
 
     When reading ends (EOF, a reset or the read timeout) while the connection is idle, hypercorn
     still waits for its keep-alive timer before closing: a client that sent half a request
     line was closed after ``keep_alive_timeout`` instead of ``read_timeout``. Nothing more can
     arrive, so the keep-alive timer is stopped; requests in flight still finish.
+
+    hypercorn's read timeout runs from the last byte received, so a response that took longer
+    than it to send (a recording's download, during which an HTTP/1.1 client sends nothing)
+    was cut. Each send the peer takes now restarts it too. A send the peer does not take
+    within the read timeout (it stopped reading) closes the connection, where hypercorn's
+    shielded send held the response's task for as long as the peer kept the connection open.
     """
 
+    _reading: trio.CancelScope | None = None
+
+    async def protocol_send(self, event: Event) -> None:
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        timeout = self.config.read_timeout or math.inf
+        sent = False
+        async with self.send_lock:
+            # Shielded as hypercorn's: a cancelled TLS write leaves the stream unusable.
+            with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+                try:
+                    await self.stream.send_all(event.data)
+                    sent = True
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+        if sent:
+            if self._reading is not None:
+                self._reading.deadline = trio.current_time() + timeout
+            return
+        await trio.aclose_forcefully(self.stream)  # ends the read loop
+        await self.protocol.handle(Closed())
+
     async def _read_data(self) -> None:
-        await super()._read_data()
+        # hypercorn's, with a deadline that protocol_send moves.
+        timeout = self.config.read_timeout or math.inf
+        while True:
+            with trio.CancelScope(deadline=trio.current_time() + timeout) as self._reading:
+                try:
+                    data = await self.stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
+            if self._reading.cancelled_caught:
+                break
+            await self.protocol.handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        self._reading = None
+        await self.protocol.handle(Closed())
         await self.idle_task.stop()
 
 
