@@ -3,8 +3,11 @@
 Recording muxes a participant's streams, as sent, into Matroska/WebM files
 (:class:`ParticipantRecorder`); a :class:`Transcoder` re-encodes a video stream; a
 :class:`Mixer` mixes Opus sources into one stream per listener without its own (mix-minus);
-:func:`capabilities` says which codecs this build of FFmpeg encodes and decodes. Nothing here is asynchronous or touches the network: the jobs that use it
-run it away from the event loop's thread.
+:func:`capabilities` says which codecs this build of FFmpeg encodes and decodes; the
+recordings store is a directory (:class:`RecordingStore`) or an S3-compatible bucket
+(:class:`S3Store`). Nothing here is asynchronous; only the bucket touches the network (boto3,
+loaded when one is made): the jobs and services that use it run it away from the event
+loop's thread.
 """
 
 from ._codecs import (
@@ -27,8 +30,18 @@ from ._recorder import (
     ParticipantRecorder,
     RecordingSummary,
 )
+from ._s3 import S3Store
 from ._segment import CLUSTER_MS, RecordedFile, RecordingError
-from ._store import RecordingStore, StoredFile, StoredRecordings, manifest, safe_name
+from ._store import (
+    ByteReader,
+    RecordingReader,
+    RecordingStore,
+    StoredFile,
+    StoredRecordings,
+    StoreUnavailable,
+    manifest,
+    safe_name,
+)
 from ._transcode import (
     EncodedFrame,
     TranscodeCounters,
@@ -47,6 +60,7 @@ __all__ = [
     "DROP_INVALID",
     "DROP_UNKNOWN_STREAM",
     "VIDEO_CODECS",
+    "ByteReader",
     "Capabilities",
     "Codec",
     "EncodedFrame",
@@ -56,8 +70,11 @@ __all__ = [
     "ParticipantRecorder",
     "RecordedFile",
     "RecordingError",
+    "RecordingReader",
     "RecordingStore",
     "RecordingSummary",
+    "S3Store",
+    "StoreUnavailable",
     "StoredFile",
     "StoredRecordings",
     "TranscodeCounters",

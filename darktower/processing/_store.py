@@ -3,6 +3,10 @@ segment plus a manifest ``{recording_id}.json`` (docs/architecture.md §10). A m
 written when the recording starts (``recording``) and rewritten, atomically, when it ends
 (``complete``, or ``interrupted`` when its files could not all be finished); a processor
 that crashed leaves ``recording``, and its files play up to their last complete cluster.
+
+:class:`RecordingReader` is what serving recordings reads of a store, this directory or an
+S3-compatible bucket (``_s3.py``); every method blocks (file system or network): callers run
+them off the event loop's thread.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 import os
 import pathlib
 import re
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -34,14 +38,24 @@ def safe_name(value: str, what: str) -> str:
     return value
 
 
+class StoreUnavailable(Exception):
+    """The store did not answer, or refused (a bucket that is unreachable, missing, or whose
+    credentials are refused). The message says which store and what failed, never a secret."""
+
+
 @attrs.frozen
 class StoredFile:
-    """One file of a recording as it is on disk now (a file being written grows)."""
+    """One file of a recording as it is in the store now (a file being written grows)."""
 
     recording_id: str
     part: int  # the ``n`` of its name
-    path: pathlib.Path
+    name: str  # a name of SEGMENT_FILE, found by listing the store (never built from a request)
     bytes: int
+
+    @property
+    def extension(self) -> str:
+        """``.webm`` or ``.mkv``."""
+        return self.name[self.name.rindex(".") :]
 
 
 @attrs.frozen
@@ -54,9 +68,45 @@ class StoredRecordings:
     truncated: bool
 
 
+class ByteReader(Protocol):
+    """Bytes of one stored file from a position (``RecordingReader.open_range``)."""
+
+    def read(self, size: int) -> bytes:
+        """At most ``size`` bytes; empty at the end."""
+
+    def close(self) -> None: ...
+
+
+class RecordingReader(Protocol):
+    """What serving recordings reads of a store (docs/protocol.md §1.4). Every method blocks;
+    ``ValueError`` for an id that cannot name a file of the store; :class:`StoreUnavailable`
+    when the store does not answer."""
+
+    def describe(self) -> str:
+        """Which store this is, for logs (no secret)."""
+
+    def read_manifest(self, meeting_id: str, recording_id: str) -> dict[str, Any] | None: ...
+
+    def scan(self, meeting_id: str, *, max_entries: int) -> StoredRecordings: ...
+
+    def segment_files(
+        self, meeting_id: str, recording_id: str, *, max_entries: int
+    ) -> list[StoredFile]: ...
+
+    def open_range(
+        self, meeting_id: str, stored: StoredFile, start: int, length: int
+    ) -> ByteReader:
+        """``length`` bytes of ``stored`` from ``start`` (fewer if it is shorter now)."""
+
+
 class RecordingStore:
+    """The recordings directory (a :class:`RecordingReader`, and what a processor writes)."""
+
     def __init__(self, root: pathlib.Path) -> None:
         self.root = root
+
+    def describe(self) -> str:
+        return f"directory {str(self.root)!r}"
 
     def directory(self, meeting_id: str) -> pathlib.Path:
         return self.root / safe_name(meeting_id, "meeting id")
@@ -169,7 +219,55 @@ class RecordingStore:
             size = entry.stat(follow_symlinks=False).st_size
         except OSError:
             return None
-        return StoredFile(match["recording"], int(match["part"]), pathlib.Path(entry.path), size)
+        return StoredFile(match["recording"], int(match["part"]), entry.name, size)
+
+    def open_range(
+        self, meeting_id: str, stored: StoredFile, start: int, length: int
+    ) -> ByteReader:
+        """The file at ``start`` (the caller reads at most ``length``), never through a link;
+        ``OSError`` when it is gone."""
+        if not SEGMENT_FILE.fullmatch(stored.name):
+            raise ValueError(f"{stored.name!r} is not a recording's file")
+        path = self.directory(meeting_id) / stored.name
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        f = open(fd, "rb")  # the caller closes it
+        try:
+            f.seek(start)
+        except OSError:
+            f.close()
+            raise
+        return f
+
+    # -- what the processor's uploads to a bucket need (media_processor/_uploads.py) --------
+
+    def meeting_ids(self, *, max_entries: int) -> list[str]:
+        """The meetings that have a directory here (at most ``max_entries`` looked at)."""
+        found = []
+        try:
+            entries = os.scandir(self.root)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        with entries:
+            for count, entry in enumerate(entries):
+                if count >= max_entries:
+                    break
+                if SAFE_NAME.fullmatch(entry.name) and ".." not in entry.name:
+                    if entry.is_dir(follow_symlinks=False):
+                        found.append(entry.name)
+        return sorted(found)
+
+    def remove(self, meeting_id: str, recording_id: str, *, max_entries: int) -> None:
+        """Delete a recording's files, then its manifest, then the meeting's directory if
+        that left it empty. ``OSError`` when one cannot be deleted (the manifest is kept
+        then: what is left is still a recording)."""
+        directory = self.directory(meeting_id)
+        for stored in self.segment_files(meeting_id, recording_id, max_entries=max_entries):
+            (directory / stored.name).unlink(missing_ok=True)
+        self.manifest_path(meeting_id, recording_id).unlink(missing_ok=True)
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # not empty: another recording of the meeting
 
 
 def manifest(
