@@ -8,21 +8,52 @@ them to routes and turns either into a response (errors as the contract's JSON b
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
 import trio
 
-from darktower.errors import DarkTowerError, Forbidden, InvalidRequest, NotFound, Unauthorized
+from darktower.errors import (
+    DarkTowerError,
+    Forbidden,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+)
 from darktower.global_controller import schemas
-from darktower.global_controller._limits import MAX_ID_LENGTH, READY_STORE_TIMEOUT_S
+from darktower.global_controller._limits import (
+    MAX_ID_LENGTH,
+    READY_STORE_TIMEOUT_S,
+    RECORDING_STORE_RETRY_AFTER_S,
+)
 from darktower.global_controller._metrics import GcMetrics
-from darktower.global_controller._recordings import Download, Recordings, UnsatisfiableRange
+from darktower.global_controller._recordings import (
+    Download,
+    Recordings,
+    StoreUnavailable,
+    UnsatisfiableRange,
+)
 from darktower.global_controller.service import GlobalController
+from darktower.logs import fields
 from darktower.model import MeetingId, ParticipantId
 from darktower.protocol import error_body
 from darktower.protocol.tokens import AccessClaims
+
+log = logging.getLogger("darktower.global_controller")
+
+
+def _store_unavailable(exc: StoreUnavailable) -> Reply:
+    """503 for a recordings store that does not answer (docs/protocol.md §1.4): retry later.
+    The log says which store and what failed; the client learns nothing of it."""
+    log.warning("recordings store unavailable", extra=fields(error=str(exc)))
+    error = InternalError(
+        "the recordings store is unavailable; try again later",
+        details={"retry_after_s": str(RECORDING_STORE_RETRY_AFTER_S)},
+    )
+    return Reply(503, error_body(error), {"Retry-After": str(RECORDING_STORE_RETRY_AFTER_S)})
 
 
 @attrs.frozen
@@ -167,13 +198,17 @@ class RestHandlers:
         if self.recordings is None:
             return Reply(200, {"recordings": [], "truncated": False})
         url = f"{self.gc.public_url}/api/v1/meetings/{meeting.meeting_id}/recordings"
-        return Reply(200, await self.recordings.listing(meeting.meeting_id, url))
+        try:
+            return Reply(200, await self.recordings.listing(meeting.meeting_id, url))
+        except StoreUnavailable as exc:
+            return _store_unavailable(exc)
 
     async def download_recording(
         self, request: ApiRequest, meeting_id: str, recording_id: str
     ) -> Reply | Download:
         """The file, whole or the one byte range asked (docs/protocol.md §1.4); a range
-        past its end is 416 with ``Content-Range: bytes */SIZE``."""
+        past its end is 416 with ``Content-Range: bytes */SIZE``; a store that does not
+        answer, 503."""
         claims = request.claims()
         meeting = await self.gc.owned(MeetingId(checked_id(meeting_id, "meeting")), claims)
         if self.recordings is None:
@@ -191,6 +226,8 @@ class RestHandlers:
                 details={"size": str(exc.size)},
             )
             return Reply(416, error_body(refused), {"Content-Range": f"bytes */{exc.size}"})
+        except StoreUnavailable as exc:
+            return _store_unavailable(exc)
 
     async def dev_certificate(self, request: ApiRequest) -> Reply:
         if self.certificate is None:

@@ -39,6 +39,13 @@ MAX_RECORDING_ENTRIES: Final = 20_000
 # A download is read from its file and handed to the transport this much at a time: the app
 # holds one chunk per download, never the file.
 RECORDING_CHUNK_BYTES: Final = 64 * 1024
+# Reads of the recordings store (a directory, or a bucket through boto3, which blocks) run on
+# at most this many worker threads at once; more wait for one. Each is given up after
+# RECORDING_STORE_TIMEOUT_S: 503 (its thread, left to finish, still holds its place).
+RECORDING_STORE_THREADS: Final = 8
+RECORDING_STORE_TIMEOUT_S: Final = 30.0
+# A 503 for a store that does not answer asks the client to retry after this long.
+RECORDING_STORE_RETRY_AFTER_S: Final = 5
 # A download still running after this long is cut (the client resumes with a Range request):
 # no request holds its file and its task for ever.
 RECORDING_DOWNLOAD_TIMEOUT_S: Final = 3600.0

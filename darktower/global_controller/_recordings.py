@@ -1,31 +1,61 @@
 """A meeting's recordings as the REST API serves them (docs/protocol.md §1.4), read from the
-recordings store the media processors write (``darktower.processing.RecordingStore``: the
-directory both are given as ``--recordings-dir``).
+recordings store the media processors write: the directory both are given as
+``--recordings-dir`` (``darktower.processing.RecordingStore``), or, with
+``--recordings-s3-endpoint``, an S3-compatible bucket (``darktower.processing.S3Store``).
 
-The store is a file system: every read of it runs on a worker thread, and a download is sent
-a chunk at a time (:data:`RECORDING_CHUNK_BYTES`) from a file opened when the body is sent.
-Ids from a URL reach the file system only once they are safe file names of the store
-(``safe_name``); files are found by listing the meeting's directory, never by a path built
-from the request, and never through a link.
+Every read of the store blocks (a file system, or boto3 on the network): it runs on a worker
+thread, at most :data:`RECORDING_STORE_THREADS` at once, each bounded by
+:data:`RECORDING_STORE_TIMEOUT_S`; a store that does not answer is :class:`StoreUnavailable`
+(the handlers answer 503). A download is sent a chunk at a time
+(:data:`RECORDING_CHUNK_BYTES`) from a reader opened when the body is sent (a file, or ranged
+GetObjects). Ids from a URL reach the store only once they are safe file names of the store
+(``safe_name``); files are found by listing the meeting's directory (or keys), never by a
+name built from the request, and never through a link.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
+import functools
+import logging
 import pathlib
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, Final
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Final, TypeVar
 
 import attrs
 import trio
 
+from darktower.config import ConfigError
 from darktower.errors import InvalidRequest, NotFound
-from darktower.global_controller._limits import MAX_RECORDING_ENTRIES, RECORDING_CHUNK_BYTES
+from darktower.global_controller._limits import (
+    MAX_RECORDING_ENTRIES,
+    RECORDING_CHUNK_BYTES,
+    RECORDING_STORE_THREADS,
+    RECORDING_STORE_TIMEOUT_S,
+)
+from darktower.logs import fields
 from darktower.model import MeetingId
-from darktower.processing import RecordingStore, StoredFile
+from darktower.processing import (
+    ByteReader,
+    RecordingReader,
+    RecordingStore,
+    S3Store,
+    StoredFile,
+    StoreUnavailable,
+)
 
-__all__ = ["CONTENT_TYPES", "Download", "Recordings", "UnsatisfiableRange", "byte_range"]
+__all__ = [
+    "CONTENT_TYPES",
+    "Download",
+    "Recordings",
+    "StoreUnavailable",
+    "UnsatisfiableRange",
+    "byte_range",
+    "open_recordings_store",
+]
+
+log = logging.getLogger("darktower.global_controller")
+T = TypeVar("T")
 
 CONTENT_TYPES: Final = {".webm": "video/webm", ".mkv": "video/x-matroska"}
 # A range's numbers longer than this are larger than any file: read as this value.
@@ -77,12 +107,31 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, size - 1 if last is None else min(last, size - 1)
 
 
+class _Runner:
+    """Blocking calls to the store on worker threads: at most RECORDING_STORE_THREADS at
+    once, each given up after RECORDING_STORE_TIMEOUT_S (StoreUnavailable; its thread is
+    left to finish, still counted)."""
+
+    def __init__(self, describe: str) -> None:
+        self.limiter = trio.CapacityLimiter(RECORDING_STORE_THREADS)
+        self.describe = describe
+
+    async def __call__(self, fn: Callable[..., T], *args: object) -> T:
+        with trio.move_on_after(RECORDING_STORE_TIMEOUT_S) as scope:
+            return await trio.to_thread.run_sync(
+                functools.partial(fn, *args), limiter=self.limiter, abandon_on_cancel=True
+            )
+        assert scope.cancelled_caught
+        raise StoreUnavailable(f"{self.describe}: no answer in {RECORDING_STORE_TIMEOUT_S:g} s")
+
+
 @attrs.frozen
 class Download:
     """A file's bytes to send: ``length`` of them from ``start``, with ``status`` (200, or
-    206 for a range) and ``headers``."""
+    206 for a range) and ``headers``; ``opener`` opens them in the store."""
 
-    path: pathlib.Path
+    opener: Callable[[], ByteReader]
+    run: _Runner
     status: int
     start: int
     length: int
@@ -90,19 +139,45 @@ class Download:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The bytes, :data:`RECORDING_CHUNK_BYTES` at a time (fewer if the file is shorter
-        than it was when looked at). The file is open only while this runs."""
-        fd = await trio.to_thread.run_sync(
-            os.open, self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-        )
-        async with trio.wrap_file(os.fdopen(fd, "rb")) as f:
-            await f.seek(self.start)
+        than it was when looked at, or the store stops answering: logged). The file (or the
+        bucket's response) is open only while this runs."""
+        try:
+            reader = await self.run(self.opener)
+        except (OSError, StoreUnavailable) as exc:
+            log.warning("recording download failed", extra=fields(error=str(exc)))
+            return
+        try:
             left = self.length
             while left > 0:
-                chunk = await f.read(min(RECORDING_CHUNK_BYTES, left))
+                chunk = await self.run(reader.read, min(RECORDING_CHUNK_BYTES, left))
                 if not chunk:
                     return
                 left -= len(chunk)
                 yield chunk
+        except (OSError, StoreUnavailable) as exc:
+            log.warning("recording download cut", extra=fields(error=str(exc)))
+        finally:
+            reader.close()
+
+
+def open_recordings_store(
+    directory: str, s3_endpoint: str = "", s3_bucket: str = "", s3_prefix: str = ""
+) -> RecordingReader:
+    """The recordings store the settings name: the bucket when ``s3_endpoint`` is set, else
+    the directory. ``ConfigError`` naming the setting that is wrong, or when boto3 is not
+    installed (the ``s3`` extra)."""
+    if not s3_endpoint:
+        return RecordingStore(pathlib.Path(directory))
+    if not s3_bucket:
+        raise ConfigError("--recordings-s3-endpoint needs --recordings-s3-bucket")
+    try:
+        return S3Store.connect(s3_endpoint, s3_bucket, s3_prefix)
+    except ValueError as exc:
+        raise ConfigError(f"--recordings-s3-*: {exc}") from None
+    except ImportError:
+        raise ConfigError(
+            "--recordings-s3-endpoint needs boto3: pip install 'darktower[s3]'"
+        ) from None
 
 
 def _iso(value: object) -> str:
@@ -137,42 +212,50 @@ def _streams(value: object) -> list[dict[str, str]]:
 
 
 class Recordings:
-    """The recordings store under ``root``, read for the REST API. Owns no task."""
+    """The recordings store, read for the REST API. Owns no task; its reads run on worker
+    threads (:class:`_Runner`)."""
 
-    def __init__(self, root: pathlib.Path, *, max_entries: int = MAX_RECORDING_ENTRIES) -> None:
-        self.store = RecordingStore(root)
+    def __init__(self, store: RecordingReader, *, max_entries: int = MAX_RECORDING_ENTRIES) -> None:
+        self.store = store
         self.max_entries = max_entries
+        self._run = _Runner(store.describe())
 
     async def listing(self, meeting_id: MeetingId, url: str) -> dict[str, Any]:
         """``{"recordings": [...], "truncated"}`` for ``GET .../recordings``, oldest first;
-        ``url`` is the listing's own URL (each file's download URL is under it)."""
-        return await trio.to_thread.run_sync(self._listing, meeting_id, url)
+        ``url`` is the listing's own URL (each file's download URL is under it).
+        :class:`StoreUnavailable` when the store does not answer."""
+        return await self._run(self._listing, meeting_id, url)
 
     async def download(
         self, meeting_id: MeetingId, recording_id: str, part: str | None, range_header: str | None
     ) -> Download:
         """The file ``part`` of a recording (its first without one), whole or the range
         asked. ``NotFound`` for an unknown recording or part, ``InvalidRequest`` for a part
-        that is not a number, :class:`UnsatisfiableRange` with the file's size."""
+        that is not a number, :class:`UnsatisfiableRange` with the file's size,
+        :class:`StoreUnavailable` when the store does not answer."""
         if part is not None and not (part.isascii() and part.isdigit() and len(part) <= 9):
             raise InvalidRequest("query parameter 'part' must be a file's part number")
-        stored = await trio.to_thread.run_sync(self._find, meeting_id, recording_id, part)
+        stored = await self._run(self._find, meeting_id, recording_id, part)
         size = stored.bytes
         headers = {
             "Accept-Ranges": "bytes",
-            "Content-Type": CONTENT_TYPES[stored.path.suffix],
-            "Content-Disposition": f'attachment; filename="{stored.path.name}"',
+            "Content-Type": CONTENT_TYPES[stored.extension],
+            "Content-Disposition": f'attachment; filename="{stored.name}"',
         }
         try:
             asked = byte_range(range_header, size)
         except UnsatisfiableRange:
             raise UnsatisfiableRange(size) from None
+        first, last = (0, size - 1) if asked is None else asked
+        length = last - first + 1
+        opener = functools.partial(self.store.open_range, meeting_id, stored, first, length)
         if asked is None:
-            return Download(stored.path, 200, 0, size, {**headers, "Content-Length": str(size)})
-        first, last = asked
+            return Download(
+                opener, self._run, 200, 0, size, {**headers, "Content-Length": str(size)}
+            )
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-        headers["Content-Length"] = str(last - first + 1)
-        return Download(stored.path, 206, first, last - first + 1, headers)
+        headers["Content-Length"] = str(length)
+        return Download(opener, self._run, 206, first, length, headers)
 
     # -- on a worker thread -----------------------------------------------------------------
 
@@ -214,13 +297,13 @@ class Recordings:
         }
         entries = []
         for stored in files:
-            about = described.get(stored.path.name, {})
+            about = described.get(stored.name, {})
             streams = about.get("streams")
             entries.append(
                 {
                     "part": stored.part,
-                    "name": stored.path.name,
-                    "content_type": CONTENT_TYPES[stored.path.suffix],
+                    "name": stored.name,
+                    "content_type": CONTENT_TYPES[stored.extension],
                     "bytes": stored.bytes,
                     "duration_ms": _int(about, "duration_ms"),
                     "streams": [s for s in streams if isinstance(s, str)]

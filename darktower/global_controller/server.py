@@ -21,7 +21,7 @@ from darktower.global_controller._controllers import MeetingControllers
 from darktower.global_controller._limits import RPC_STOP_GRACE_S
 from darktower.global_controller._metrics import GcMetrics, refresh_gauges
 from darktower.global_controller._rate_limit import SharedRateLimiter
-from darktower.global_controller._recordings import Recordings
+from darktower.global_controller._recordings import Recordings, open_recordings_store
 from darktower.global_controller._tokens import Tokens
 from darktower.global_controller.api import DevCertificate, create_app
 from darktower.global_controller.mc_client import GrpcMeetingControllers
@@ -202,7 +202,14 @@ async def serve(
             certificate=DevCertificate(tls.credentials.sha256, tls.generated),
             dev_credentials=_dev_credentials(settings),
             is_ready=lambda: serving.is_set() and not shutdown.is_set(),
-            recordings=Recordings(pathlib.Path(settings.recordings_dir)),
+            recordings=Recordings(
+                open_recordings_store(
+                    settings.recordings_dir,
+                    settings.recordings_s3_endpoint,
+                    settings.recordings_s3_bucket,
+                    settings.recordings_s3_prefix,
+                )
+            ),
         )
         registry_service = ControllerRegistry(
             gc,

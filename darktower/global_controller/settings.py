@@ -50,6 +50,16 @@ class Settings:
         "directory the media processors write recordings to (one directory per meeting); "
         "the GC lists and serves them from here",
     )
+    recordings_s3_endpoint: str = option(
+        "",
+        "URL of an S3-compatible endpoint whose bucket holds the recordings (the processors "
+        "upload them there); empty: the recordings directory. Credentials: boto3's chain "
+        "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role)",
+    )
+    recordings_s3_bucket: str = option("", "the recordings bucket (with the S3 endpoint)")
+    recordings_s3_prefix: str = option(
+        "", "prefix of the recordings' object keys: PREFIX<meeting_id>/<file name>"
+    )
     certfile: str = option("", "TLS certificate (PEM); empty: a dev certificate in DATA_DIR")
     keyfile: str = option("", "TLS private key (PEM); empty: the dev certificate's key")
     join_key_file: str = option(
