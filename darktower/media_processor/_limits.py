@@ -28,3 +28,15 @@ MEDIA_BUFFERED_FRAMES = 256
 MIX_TICK_S = 0.020
 # The processor drains in this long: every job ends SERVER_SHUTDOWN and finalizes.
 DRAIN_GRACE_S = 10.0
+# -- uploads to a recordings bucket (--recordings-s3-endpoint; _uploads.py) ------------------
+# Recordings uploaded at once (one file at a time each; boto3 blocks a worker thread per call).
+UPLOAD_WORKERS = 2
+# Ended recordings waiting for an upload. Policy when full: the recording stays in the local
+# directory (logged) and is uploaded at the processor's next start.
+UPLOAD_QUEUE = 256
+# Started recordings waiting for their start manifest to be put in the bucket. Policy when
+# full: that recording is not announced (logged); the bucket gets it when it has ended.
+UPLOAD_ANNOUNCE_QUEUE = 64
+# Entries of the recordings directory (and of each meeting's) looked at for the recordings
+# left to upload at a start, and for a recording's files.
+UPLOAD_LEFTOVER_ENTRIES = 20_000

@@ -3,7 +3,8 @@ recordings store. The reader task reassembles frames into the job's queue; the `
 hands them in batches to the recorder on the job's codec thread; the cleanup writes what is
 still queued, finishes the files and rewrites the manifest with the reason the job ended.
 The recorder and the manifest are only touched on the codec thread, with snapshots of what
-the trio side holds.
+the trio side holds. With a bucket (``_uploads.py``) the job announces the recording once its
+manifest is written and submits it once it has ended.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from darktower.protocol.pb.v1 import processing_pb2 as pb
 
 from ._limits import RECORDING_BUFFER_BYTES, RECORDING_HEADER_WAIT_S
 from ._pipeline import Assembler, CodecThread, Drops, Encoded, FrameQueue, Progress
+from ._uploads import Uploads
 
 
 def source_kind(source: pb.JobSource) -> str:
@@ -54,7 +56,9 @@ def check_source(source: pb.JobSource) -> None:
 class RecordingJob:
     kind = "recording"
 
-    def __init__(self, request: pb.StartJobRequest, store: RecordingStore) -> None:
+    def __init__(
+        self, request: pb.StartJobRequest, store: RecordingStore, uploads: Uploads | None = None
+    ) -> None:
         spec = request.recording
         try:
             self.recording_id = safe_name(spec.recording_id or request.job_id, "recording id")
@@ -65,6 +69,7 @@ class RecordingJob:
             check_source(source)
         self._request = request
         self._store = store
+        self._uploads = uploads
         self._sources = {s.stream_id: s for s in spec.sources}
         self.drops = Drops()
         self.codec = CodecThread()
@@ -121,6 +126,8 @@ class RecordingJob:
         except (OSError, ValueError, RecordingError) as exc:
             self.error = str(exc)
             raise
+        if self._uploads is not None:
+            self._uploads.announce(self._request.meeting_id, self.recording_id)
         await participant.start_stream("writer", self._write_loop)
         async for frame in media:
             self.frames_in += 1
@@ -155,6 +162,10 @@ class RecordingJob:
         # On the codec thread, after any write still running there (and after _open, if the
         # job was stopped while it opened the file).
         await self.codec.run(self._close, left, self._streams(), reason)
+        # Only once the files and the manifest are final; a cleanup cut short before leaves
+        # the recording in the directory for the next start's uploads.
+        if self._uploads is not None and self._recorder is not None:
+            self._uploads.submit(self._request.meeting_id, self.recording_id)
 
     def _close(
         self, left: list[Encoded], streams: list[dict[str, str]], reason: LeaveReason

@@ -4,7 +4,8 @@ Owns, in one nursery: the task tree (rooms ⊃ jobs ⊃ their tasks), the MediaP
 server (mutual TLS; only an MH calls it) and the ops listener. Its jobs reach the MHs as
 WebTransport clients, with the connection tokens the MHs give them. On ``shutdown`` it takes
 no new job and ends every job with SERVER_SHUTDOWN within ``drain_grace_s`` (their files
-finalized).
+finalized). With a recordings bucket it also owns the uploads to it (``_uploads.py``), which a
+drain gives ``drain_grace_s`` more to finish.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import pathlib
 import attrs
 import trio
 
+from darktower.config import ConfigError
 from darktower.errors import InvalidRequest
 from darktower.logs import fields
 from darktower.metrics import Registry
 from darktower.model import LeaveReason
 from darktower.nurseries import TaskTree
-from darktower.processing import RecordingStore, capabilities
+from darktower.processing import RecordingStore, S3Store, capabilities
 from darktower.protocol.pb.v1 import processing_pb2 as pb
 from darktower.protocol.pb.v1.processing_grpc import MediaProcessingBase
 from darktower.servicekit import (
@@ -39,6 +41,7 @@ from ._mixing import MixJob
 from ._recording import RecordingJob
 from ._settings import Settings
 from ._transcoding import TranscodeJob
+from ._uploads import Uploads
 
 logger = logging.getLogger("darktower.media_processor")
 
@@ -52,6 +55,7 @@ class Running:
     ops_url: str
     jobs: Jobs = attrs.field(eq=False, repr=False)  # for tests and the launcher
     store: RecordingStore = attrs.field(eq=False, repr=False)
+    uploads: Uploads | None = attrs.field(default=None, eq=False, repr=False)
 
 
 class MediaProcessing:
@@ -115,8 +119,16 @@ class _Metrics:
             "Frames the jobs dropped since the start, by kind and reason.",
             ("kind", "reason"),
         )
+        self.uploads = registry.gauge(
+            "dt_mp_recording_uploads",
+            "Recordings uploaded to the bucket since the start, by result (uploaded, failed).",
+            ("result",),
+        )
 
-    def refresh(self, jobs: Jobs) -> None:
+    def refresh(self, jobs: Jobs, uploads: Uploads | None) -> None:
+        if uploads is not None:
+            self.uploads.set(float(uploads.uploaded), "uploaded")
+            self.uploads.set(float(uploads.failed), "failed")
         self.started.set(float(jobs.started))
         live = jobs.live()
         for kind in ("recording", "transcode", "mix"):
@@ -154,15 +166,25 @@ async def serve(
     found = capabilities()
     logger.info("media processor codecs", extra=fields(codecs=found.describe()))
     store = RecordingStore(pathlib.Path(settings.recordings_dir))
+    bucket = _bucket(settings)
+    uploads = (
+        Uploads(store, bucket, keep_local=settings.recordings_s3_keep_local)
+        if bucket is not None
+        else None
+    )
     registry = Registry()
     metrics = _Metrics(registry)
     async with open_rpc_loop(), trio.open_nursery() as nursery:
+        if uploads is not None:
+            # Before any job: what an earlier run left to upload is found first.
+            await nursery.start(uploads.run)
+            logger.info("recordings bucket", extra=fields(bucket=uploads.bucket.describe()))
         tree = TaskTree(registry=registry)
         await nursery.start(tree.run)
         jobs = Jobs(
             tree,
             {
-                "recording": functools.partial(RecordingJob, store=store),
+                "recording": functools.partial(RecordingJob, store=store, uploads=uploads),
                 "transcode": TranscodeJob,
                 "mix": MixJob,
             },
@@ -189,7 +211,7 @@ async def serve(
         )
 
         def render() -> str:
-            metrics.refresh(jobs)
+            metrics.refresh(jobs, uploads)
             return registry.render()
 
         ops_url = await nursery.start(
@@ -197,7 +219,9 @@ async def serve(
                 serve_ops, settings.ops_port, metrics=render, ready=lambda: True, tree=tree.snapshot
             )
         )
-        running = Running(processor_id, (settings.grpc_host, grpc_port), ops_url, jobs, store)
+        running = Running(
+            processor_id, (settings.grpc_host, grpc_port), ops_url, jobs, store, uploads
+        )
         logger.info(
             "media processor running",
             extra=fields(grpc=f"{settings.grpc_host}:{grpc_port}", ops=ops_url),
@@ -207,4 +231,30 @@ async def serve(
         logger.info("media processor draining", extra=fields(grace_s=settings.drain_grace_s))
         tree.drain(settings.drain_grace_s, LeaveReason.SERVER_SHUTDOWN)
         await tree.wait_closed()
+        if uploads is not None:
+            # The recordings the drain ended are uploaded, within a grace of their own; what
+            # is cut stays in the directory for the next start.
+            uploads.close()
+            with trio.move_on_after(settings.drain_grace_s):
+                await uploads.done.wait()
         nursery.cancel_scope.cancel(reason="media processor shut down")
+
+
+def _bucket(settings: Settings) -> S3Store | None:
+    """The recordings bucket the settings name, if any; ConfigError naming what is wrong."""
+    if not settings.recordings_s3_endpoint:
+        return None
+    if not settings.recordings_s3_bucket:
+        raise ConfigError("--recordings-s3-endpoint needs --recordings-s3-bucket")
+    try:
+        return S3Store.connect(
+            settings.recordings_s3_endpoint,
+            settings.recordings_s3_bucket,
+            settings.recordings_s3_prefix,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--recordings-s3-*: {exc}") from None
+    except ImportError:
+        raise ConfigError(
+            "--recordings-s3-endpoint needs boto3: pip install 'darktower[s3]'"
+        ) from None

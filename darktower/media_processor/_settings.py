@@ -27,6 +27,19 @@ class Settings:
     recordings_dir: str = option(
         "recordings", "directory recordings are written to (one directory per meeting)"
     )
+    recordings_s3_endpoint: str = option(
+        "",
+        "URL of an S3-compatible endpoint to upload each recording to when it ends (written "
+        "to --recordings-dir meanwhile); empty: the directory only. Credentials: boto3's chain "
+        "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role)",
+    )
+    recordings_s3_bucket: str = option("", "the recordings bucket (with the S3 endpoint)")
+    recordings_s3_prefix: str = option(
+        "", "prefix of the recordings' object keys: PREFIX<meeting_id>/<file name>"
+    )
+    recordings_s3_keep_local: bool = option(
+        False, "with the S3 endpoint: keep each recording in --recordings-dir once uploaded"
+    )
     max_recordings: int = option(MAX_RECORDINGS, "recordings run at once")
     max_transcodes: int = option(MAX_TRANSCODES, "transcodes run at once")
     max_mixes: int = option(MAX_MIXES, "audio mixes run at once")
