@@ -9,8 +9,11 @@ later (docs/architecture.md §10).
 
 from __future__ import annotations
 
+import contextlib
 import fractions
 import functools
+import os
+from collections.abc import Iterator
 from typing import Final, Literal
 
 import attrs
@@ -64,6 +67,23 @@ def is_video(codec: Codec) -> bool:
     return codec in VIDEO_CODECS
 
 
+@contextlib.contextmanager
+def same_scheduling() -> Iterator[None]:
+    """Restore the calling thread's scheduling policy and priority after the block: SVT-AV1
+    makes the thread that opens it SCHED_FIFO at priority 99 when it may (as root), and every
+    thread or process it starts later inherits it, so a busy codec would starve the machine,
+    the SFU's processes included (docs/architecture.md §10)."""
+    if not hasattr(os, "sched_getscheduler"):  # not Linux
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != policy or os.sched_getparam(0) != param:
+            os.sched_setscheduler(0, policy, param)
+
+
 def _opens(name: str, mode: Literal["r", "w"]) -> bool:
     """Whether FFmpeg codec ``name`` exists in this build and opens in ``mode``."""
     try:
@@ -78,7 +98,8 @@ def _opens(name: str, mode: Literal["r", "w"]) -> bool:
             context.layout = "mono"
             context.format = "s16"
             context.time_base = fractions.Fraction(1, _OPUS_RATE)
-        context.open()
+        with same_scheduling():
+            context.open()
     except (av.FFmpegError, ValueError, TypeError):
         # UnknownCodecError is a ValueError; a codec without the probe's format, a TypeError.
         return False

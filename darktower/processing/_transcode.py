@@ -31,6 +31,7 @@ from ._codecs import (
     decoder_name,
     encoder_name,
     normalize_codec,
+    same_scheduling,
 )
 
 # The decoder refuses a frame over this many pixels (a decode error, counted): a publisher
@@ -295,7 +296,8 @@ class Transcoder:
         encoder.thread_count = 1
         encoder.options = _realtime_options(self._encoder_name, self.target_bitrate)
         try:
-            encoder.open()
+            with same_scheduling():
+                encoder.open()
         except av.FFmpegError as exc:
             raise TranscodeError(
                 f"cannot open the {self.target_codec} encoder ({self._encoder_name}) "

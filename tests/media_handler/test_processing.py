@@ -5,7 +5,9 @@ the MC. What is refused, and how a transcode is shared by the destinations askin
 
 from __future__ import annotations
 
+import os
 import pathlib
+import threading
 import uuid
 
 import pytest
@@ -160,3 +162,23 @@ async def test_destinations_asking_for_the_same_transcode_share_one_job(
         room.mh.handler.refresh_gauges()
         gauge = room.mh.handler.metrics.processing_jobs
         assert gauge.value("transcode", "{}:{}".format(*room.mp.grpc_address)) == 0  # type: ignore[union-attr]
+
+
+def test_opening_the_codecs_leaves_the_thread_scheduling_alone() -> None:
+    """SVT-AV1 makes the thread that opens it SCHED_FIFO 99 when it may (root): the processor,
+    which runs in this process in these tests, must not hand that to every thread after it
+    (a busy codec thread would starve the machine, the MH's routing included)."""
+    from darktower.processing._codecs import _opens
+
+    seen: list[tuple[int, int]] = []
+
+    def probe() -> None:
+        before = os.sched_getscheduler(0)
+        _opens("libsvtav1", "w")
+        seen.append((before, os.sched_getscheduler(0)))
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    [(before, after)] = seen
+    assert after == before
