@@ -69,19 +69,33 @@ def is_video(codec: Codec) -> bool:
 
 @contextlib.contextmanager
 def same_scheduling() -> Iterator[None]:
-    """Restore the calling thread's scheduling policy and priority after the block: SVT-AV1
-    makes the thread that opens it SCHED_FIFO at priority 99 when it may (as root), and every
-    thread or process it starts later inherits it, so a busy codec would starve the machine,
-    the SFU's processes included (docs/architecture.md §10)."""
+    """Restore the scheduling policy and priority of the calling thread, and give them to the
+    threads started in the block: SVT-AV1 makes the thread that opens it SCHED_FIFO at
+    priority 99 when it may (as root), and so its own encoding threads and every thread or
+    process started later, so a busy codec would starve the machine, the SFU's processes
+    included (docs/architecture.md §10)."""
     if not hasattr(os, "sched_getscheduler"):  # not Linux
         yield
         return
     policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    before = _threads()
     try:
         yield
     finally:
-        if os.sched_getscheduler(0) != policy or os.sched_getparam(0) != param:
-            os.sched_setscheduler(0, policy, param)
+        for tid in {0} | (_threads() - before):
+            try:
+                if os.sched_getscheduler(tid) != policy or os.sched_getparam(tid) != param:
+                    os.sched_setscheduler(tid, policy, param)
+            except ProcessLookupError:
+                pass  # a thread that ended meanwhile
+
+
+def _threads() -> set[int]:
+    """This process's threads (Linux: /proc/self/task)."""
+    try:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
 
 
 def _opens(name: str, mode: Literal["r", "w"]) -> bool:
