@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -31,7 +31,7 @@ from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.servicekit import ClusterTls
 
 from ._limits import JOB_STOP_GRACE_S, MAX_PROCESSING_JOBS
-from ._processing_jobs import KINDS, ProcessingJob, Source, source_of
+from ._processing_jobs import KINDS, JobBook, ProcessingJob, Source, source_of
 from ._processing_links import NO_PROCESSOR, ProcessorPool, parse_processors
 from ._room import MediaMember, MediaPublication, MediaRoom, RouteOptions
 
@@ -48,11 +48,7 @@ class Processing:
         self.handler = handler
         self.metrics = handler.metrics
         self.pool = ProcessorPool(parse_processors(handler.settings.processors), handler.metrics)
-        self.jobs: dict[ParticipantId, ProcessingJob] = {}  # live, by id
-        # kind -> what it is for -> the job: transcode (room, source, CODEC, bitrate), mix
-        # room, recording (room, participant). A stopped job is out of these at once.
-        self._index: dict[str, dict[Any, ProcessingJob]] = {kind: {} for kind in KINDS}
-        self._outputs: dict[tuple[MeetingId, StreamId], ProcessingJob] = {}
+        self.book = JobBook()
         self._nursery: trio.Nursery | None = None
         self._certificate = b""
 
@@ -92,7 +88,7 @@ class Processing:
 
     def output_job(self, meeting_id: MeetingId, stream_id: StreamId) -> ProcessingJob | None:
         """The job that publishes ``stream_id`` (a derived stream), if any."""
-        return self._outputs.get((meeting_id, stream_id))
+        return self.book.output_job(meeting_id, stream_id)
 
     async def route_output(
         self, job: ProcessingJob, command: mc_pb.RouteMediaCommand
@@ -135,7 +131,7 @@ class Processing:
         publication = room.publications.get(source)
         destinations = self.handler.destinations(room, command, publication)
         if command.unroute:
-            job = self._index["transcode"].get(key)
+            job = self.book.transcodes.get(key)
             if job is None:
                 await trio.lowlevel.checkpoint()
                 return mc_pb.RouteMediaResponse()
@@ -146,7 +142,7 @@ class Processing:
                 f"stream {source} is not published in {room.id}: a transcode needs its source",
                 details={"field": "source_stream_id"},
             )
-        if self._job_of(publication.publisher) is not None:
+        if self.book.job_of(publication.publisher) is not None:
             raise InvalidRequest(f"{source} is a derived stream: transcode its source")
         if publication.stream_type == StreamType.AUDIO:
             raise InvalidRequest(f"{source} is audio: only video is transcoded")
@@ -190,9 +186,9 @@ class Processing:
                 details={"field": "destination_participant_ids"},
             )
         [listener] = destinations
-        if self._job_of(room.members[listener]) is not None:
+        if self.book.job_of(room.members[listener]) is not None:
             raise InvalidRequest(f"{listener} is not a participant")
-        job = self._index["mix"].get(room.id)
+        job = self.book.mixes.get(room.id)
         if command.unroute:
             output = job.outputs.get(listener) if job is not None else None
             if job is None or output is None:
@@ -207,7 +203,7 @@ class Processing:
                 sources = [
                     s
                     for p in room.publications.values()
-                    if p.stream_type == StreamType.AUDIO and self._job_of(p.publisher) is None
+                    if p.stream_type == StreamType.AUDIO and self.book.job_of(p.publisher) is None
                     if (s := source_of(p)) is not None
                 ]
                 made = ProcessingJob("mix", room, sources)
@@ -219,7 +215,7 @@ class Processing:
                 assert job.member is not None
                 self.handler.add_stream(job.member, wanted, StreamType.AUDIO, "Opus")
                 job.outputs[listener] = wanted
-                self._outputs[(room.id, wanted)] = job
+                self.book.add_output(job, wanted)
                 job.changed()
         output = job.outputs[listener]
         await self.handler.route_stream(room, output, [listener], RouteOptions())
@@ -227,7 +223,7 @@ class Processing:
 
     async def _end_mix_output(self, job: ProcessingJob, listener: ParticipantId) -> None:
         output = job.outputs.pop(listener)
-        self._outputs.pop((job.room.id, output), None)
+        self.book.drop_output(job, output)
         await self.handler.route_stream(job.room, output, [listener], RouteOptions(), unroute=True)
         if job.outputs:
             job.changed()  # its task drops the output once the processor stopped it
@@ -245,10 +241,10 @@ class Processing:
         room = self._room(MeetingId(request.meeting_id))
         pid = ParticipantId(request.participant_id)
         member = room.members.get(pid)
-        if member is None or self._job_of(member) is not None:
+        if member is None or self.book.job_of(member) is not None:
             raise NotFound(f"participant {pid} is not registered in {room.id}")
         key = (room.id, pid)
-        job = self._index["recording"].get(key)
+        job = self.book.recordings.get(key)
         recording_id = request.recording_id
         if job is not None and recording_id and job.recording_id != recording_id:
             raise Conflict(f"{pid} is recorded already ({job.recording_id})")
@@ -269,7 +265,7 @@ class Processing:
         """End a participant's recording with the request's reason; returns once its processor
         was told (bounded). NotFound if it is not recorded."""
         key = (MeetingId(request.meeting_id), ParticipantId(request.participant_id))
-        job = self._index["recording"].get(key)
+        job = self.book.recordings.get(key)
         if job is None:
             raise NotFound(f"no recording of {request.participant_id} here")
         self.stop(job, LeaveReason(request.reason))
@@ -283,10 +279,10 @@ class Processing:
         """A participant registered streams: the room's mix hears its audio, its recording
         records them."""
         room = member.room
-        if self._job_of(member) is not None:
+        if self.book.job_of(member) is not None:
             return
-        mix = self._index["mix"].get(room.id)
-        recording = self._index["recording"].get((room.id, member.id))
+        mix = self.book.mixes.get(room.id)
+        recording = self.book.recordings.get((room.id, member.id))
         for publication in publications:
             source = source_of(publication)
             if source is None:
@@ -301,12 +297,12 @@ class Processing:
     def stream_removed(self, room: MediaRoom, publication: MediaPublication) -> None:
         """A stream was unpublished: its transcodes end, the mix and its recording drop it."""
         gone = {publication.stream_id}
-        for key, job in list(self._index["transcode"].items()):
+        for key, job in list(self.book.transcodes.items()):
             if key[0] == room.id and key[1] in gone:
                 self.stop(job, LeaveReason.VOLUNTARY)
         readers = [
-            self._index["mix"].get(room.id),
-            self._index["recording"].get((room.id, publication.publisher.id)),
+            self.book.mixes.get(room.id),
+            self.book.recordings.get((room.id, publication.publisher.id)),
         ]
         for reader in readers:
             if reader is None:
@@ -319,7 +315,7 @@ class Processing:
     def participant_removed(self, member: MediaMember, reason: LeaveReason) -> None:
         """The MC removes a participant (a kick, the meeting's end...): its recording ends
         with that reason (written in its manifest)."""
-        job = self._index["recording"].get((member.room.id, member.id))
+        job = self.book.recordings.get((member.room.id, member.id))
         if job is not None:
             self.stop(job, reason)
 
@@ -328,7 +324,7 @@ class Processing:
         a job's participant gone unasked means its processor is lost; a participant's streams
         leave every job, its transcodes and recording end, its mix output goes."""
         room = member.room
-        job = self._job_of(member)
+        job = self.book.job_of(member)
         if job is not None:
             if job.stop_reason is None:
                 if room.scope.ending or self.handler.draining:
@@ -338,26 +334,26 @@ class Processing:
             return
         for publication in list(member.publications.values()):
             self.stream_removed(room, publication)
-        for key, transcode in list(self._index["transcode"].items()):
+        for key, transcode in list(self.book.transcodes.items()):
             if key[0] == room.id and member.id in transcode.destinations:
                 transcode.destinations.discard(member.id)
                 if not transcode.destinations:
                     self.stop(transcode, LeaveReason.VOLUNTARY)
-        mix = self._index["mix"].get(room.id)
+        mix = self.book.mixes.get(room.id)
         if mix is not None and member.id in mix.outputs:
-            self._outputs.pop((room.id, mix.outputs.pop(member.id)), None)
+            self.book.drop_output(mix, mix.outputs.pop(member.id))
             if mix.outputs:
                 mix.changed()
             else:
                 self.stop(mix, LeaveReason.VOLUNTARY)
-        recording = self._index["recording"].get((room.id, member.id))
+        recording = self.book.recordings.get((room.id, member.id))
         if recording is not None:
             self.stop(recording, LeaveReason.CONNECTION_LOST)
 
     def key_frame(self, room: MediaRoom, stream_id: StreamId) -> bool:
         """The router's hook: a subscriber of a transcode's output needs a key frame (already
         throttled as any request); its processor is asked. False for other streams."""
-        job = self._outputs.get((room.id, stream_id))
+        job = self.book.output_job(room.id, stream_id)
         if job is None:
             return False
         if job.kind == "transcode" and job.link is not None and job.stop_reason is None:
@@ -372,11 +368,7 @@ class Processing:
         if job.stop_reason is not None:
             return
         job.stop_reason = reason
-        index = self._index[job.kind]
-        for key in [k for k, v in index.items() if v is job]:
-            del index[key]
-        for key in [k for k, v in self._outputs.items() if v is job]:
-            del self._outputs[key]
+        self.book.unindex(job)
         job.changed()
 
     def job_lost(self, job: ProcessingJob, what: str) -> None:
@@ -393,9 +385,7 @@ class Processing:
         self.stop(job, LeaveReason.CONNECTION_LOST)
 
     def job_ended(self, job: ProcessingJob) -> None:
-        self.stop(job, LeaveReason.CONNECTION_LOST)  # cancelled: out of the indexes too
-        if self.jobs.get(job.job_id) is job:
-            del self.jobs[job.job_id]
+        self.book.forget(job)
 
     async def route_to_job(self, job: ProcessingJob, source: Source) -> None:
         try:
@@ -413,9 +403,10 @@ class Processing:
     async def end_member(self, member: MediaMember, reason: LeaveReason) -> None:
         await self.handler.end_member(member, reason)
 
-    def _job_of(self, member: MediaMember) -> ProcessingJob | None:
-        job = self.jobs.get(member.id)
-        return job if job is not None and job.member is member else None
+    @property
+    def jobs(self) -> dict[ParticipantId, ProcessingJob]:
+        """The live jobs by id (their hidden participants')."""
+        return self.book.jobs
 
     def _room(self, meeting_id: MeetingId) -> MediaRoom:
         room = self.handler.rooms.get(meeting_id)
@@ -428,7 +419,7 @@ class Processing:
     ) -> ProcessingJob:
         """The running job for ``key``, started now (``make``) if there is none; a job being
         started is waited for (if it fails, the next caller tries again)."""
-        index = self._index[kind]
+        index = self.book.table(kind)
         while True:
             job = index.get(key)
             if job is None:
@@ -449,19 +440,19 @@ class Processing:
             nursery = self._nursery
             if nursery is None or not self.pool.links:
                 raise CapacityExceeded(NO_PROCESSOR)
-            if len(self.jobs) >= MAX_PROCESSING_JOBS:
-                raise CapacityExceeded(f"this media handler runs {len(self.jobs)} media jobs")
+            if len(self.book.jobs) >= MAX_PROCESSING_JOBS:
+                raise CapacityExceeded(f"this media handler runs {MAX_PROCESSING_JOBS} jobs")
             room = job.room
             member, token = self.handler.add_job_member(room, job.job_id)
         except BaseException as exc:
             self._refused(job, exc)
             raise
         job.member = member
-        self.jobs[job.job_id] = job
+        self.book.jobs[job.job_id] = job
         try:
             for stream_id, stream_type, codec in job.output_streams():
                 self.handler.add_stream(member, stream_id, stream_type, codec)
-                self._outputs[(room.id, stream_id)] = job
+                self.book.add_output(job, stream_id)
             for source in job.sources.values():
                 await self.handler.route_stream(
                     room, source.stream_id, [job.job_id], source.options
@@ -472,8 +463,7 @@ class Processing:
             self._refused(job, exc)
             with trio.move_on_after(JOB_STOP_GRACE_S, shield=True):
                 await self.handler.end_member(member, LeaveReason.VOLUNTARY)
-            if self.jobs.get(job.job_id) is job:
-                del self.jobs[job.job_id]
+            self.book.forget(job)
             raise
         finally:
             job.settled.set()
@@ -488,5 +478,5 @@ class Processing:
     def refresh_gauges(self) -> None:
         for link in self.pool.links:
             for kind in KINDS:
-                count = sum(1 for j in self.jobs.values() if j.link is link and j.kind == kind)
+                count = self.book.running(link, kind)
                 self.metrics.processing_jobs.set(float(count), kind, link.endpoint)

@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
 
 from darktower.errors import DarkTowerError
 from darktower.logs import fields
-from darktower.model import LeaveReason, ParticipantId, StreamId, StreamType
+from darktower.model import LeaveReason, MeetingId, ParticipantId, StreamId, StreamType
 from darktower.protocol.pb.v1 import processing_pb2 as pb
 from darktower.transport.rpc import RpcError
 
@@ -187,16 +187,22 @@ class ProcessingJob:
         """The job's task (in the processing nursery): StartJob on a processor, reported
         started once it runs there (its refusal is raised to the starter instead); then
         UpdateJob as the wanted state changes, until stopped or lost; then, shielded and
-        bounded by JOB_STOP_GRACE_S, StopJob with the reason and its participant removed."""
+        bounded by JOB_STOP_GRACE_S, StopJob with the reason and its participant removed. An
+        unexpected error of the job after its start is logged and ends it, not the MH."""
         link = await host.pool.start(self.start_request(media_url, certificate_sha256))
         self.link = link
         self.running = True
         task_status.started()
         try:
             await self._follow(host)
+        except Exception:  # an error boundary: one job's failure is not the MH's
+            logger.exception("media processing job failed", extra=fields(job=self.job_id))
         finally:
             with trio.move_on_after(JOB_STOP_GRACE_S, shield=True):
-                await self._end(host, link)
+                try:
+                    await self._end(host, link)
+                except Exception:
+                    logger.exception("media processing job: its end failed")
             host.pool.release(link)
             host.job_ended(self)
             self.ended.set()
@@ -271,3 +277,56 @@ class ProcessingJob:
             pass  # gone already (counted when the processor was unreachable)
         if self.member is not None:
             await host.end_member(self.member, reason)
+
+
+class JobBook:
+    """The MH's live jobs, and what each is for: a transcode by (room, source, CODEC,
+    bitrate), a mix by room, a recording by (room, participant), a derived stream by (room,
+    stream id). A job that is stopping is out of these at once (a new request starts
+    another), and in ``jobs`` until its task ended. Bounded by MAX_PROCESSING_JOBS."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[ParticipantId, ProcessingJob] = {}
+        self.transcodes: dict[tuple[MeetingId, StreamId, str, int], ProcessingJob] = {}
+        self.mixes: dict[MeetingId, ProcessingJob] = {}
+        self.recordings: dict[tuple[MeetingId, ParticipantId], ProcessingJob] = {}
+        self.outputs: dict[tuple[MeetingId, StreamId], ProcessingJob] = {}
+
+    def table(self, kind: str) -> dict[Any, ProcessingJob]:
+        tables: dict[str, dict[Any, ProcessingJob]] = {
+            "transcode": self.transcodes,
+            "mix": self.mixes,
+            "recording": self.recordings,
+        }
+        return tables[kind]
+
+    def job_of(self, member: MediaMember) -> ProcessingJob | None:
+        """The job whose hidden participant ``member`` is, if it is one."""
+        job = self.jobs.get(member.id)
+        return job if job is not None and job.member is member else None
+
+    def output_job(self, meeting_id: MeetingId, stream_id: StreamId) -> ProcessingJob | None:
+        return self.outputs.get((meeting_id, stream_id))
+
+    def add_output(self, job: ProcessingJob, stream_id: StreamId) -> None:
+        self.outputs[(job.room.id, stream_id)] = job
+
+    def drop_output(self, job: ProcessingJob, stream_id: StreamId) -> None:
+        if self.outputs.get((job.room.id, stream_id)) is job:
+            del self.outputs[(job.room.id, stream_id)]
+
+    def unindex(self, job: ProcessingJob) -> None:
+        """Out of the tables and the derived streams (``jobs`` keeps it until it ended)."""
+        table = self.table(job.kind)
+        for key in [k for k, v in table.items() if v is job]:
+            del table[key]
+        for key in [k for k, v in self.outputs.items() if v is job]:
+            del self.outputs[key]
+
+    def forget(self, job: ProcessingJob) -> None:
+        self.unindex(job)
+        if self.jobs.get(job.job_id) is job:
+            del self.jobs[job.job_id]
+
+    def running(self, link: ProcessorLink, kind: str) -> int:
+        return sum(1 for j in self.jobs.values() if j.link is link and j.kind == kind)

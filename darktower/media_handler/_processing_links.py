@@ -162,3 +162,5 @@ class ProcessorPool:
                         exc,
                         extra=fields(processor=link.endpoint, job=request.job_id),
                     )
+                except Exception:  # an error boundary: the next request goes on
+                    logger.exception("key frame request failed", extra=fields(job=request.job_id))

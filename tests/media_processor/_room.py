@@ -180,8 +180,9 @@ class ProcessedRoom:
         member = room.members[job_id]  # type: ignore[index]
         with trio.fail_after(WAIT_S):
             await member.settled.wait()
-        # The MH subscribes the job as its connection starts: nothing of ours waits on I/O then.
-        await trio.testing.wait_all_tasks_blocked(0.05)
+            # The MH subscribes the job as its connection starts, without waiting for I/O.
+            # (No cushion: a mix's clock wakes every 20 ms.)
+            await trio.testing.wait_all_tasks_blocked()
         for source in sources:
             assert job_id in room.publications[source].subscriptions  # type: ignore[index]
 
