@@ -148,14 +148,16 @@ class Uploads:
     # -- on a worker thread -----------------------------------------------------------------
 
     def _leftovers(self) -> list[Recording]:
-        found = []
+        found: list[Recording] = []
         for meeting_id in self.local.meeting_ids(max_entries=UPLOAD_LEFTOVER_ENTRIES):
             scanned = self.local.scan(meeting_id, max_entries=UPLOAD_LEFTOVER_ENTRIES)
             for recording_id in scanned.recording_ids:
                 manifest = self.local.read_manifest(meeting_id, recording_id)
                 if manifest is not None and manifest.get("uploaded") is not True:
                     found.append((meeting_id, recording_id))
-        return found[:UPLOAD_QUEUE]
+                if len(found) >= UPLOAD_QUEUE:  # the rest at a later start
+                    return found
+        return found
 
     def _announce_one(self, meeting_id: str, recording_id: str) -> bool:
         manifest = self.local.read_manifest(meeting_id, recording_id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import pathlib
 import re
 import urllib.parse
@@ -118,6 +119,13 @@ class S3Store:
         check_bucket(bucket, prefix)
         import boto3
         from botocore.config import Config
+
+        # boto3's debug logs carry request headers (a session token among them): whatever the
+        # service's level, they stay quiet below warnings.
+        for name in ("boto3", "botocore", "s3transfer"):
+            quiet = logging.getLogger(name)
+            if quiet.getEffectiveLevel() < logging.WARNING:
+                quiet.setLevel(logging.WARNING)
 
         config = Config(
             connect_timeout=S3_CONNECT_TIMEOUT_S,

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import pathlib
 import uuid
 from typing import Any
 
 import av
 import httpx
+import pytest
 import trio
 
 from darktower import media_processor
@@ -26,7 +28,15 @@ from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.protocol.pb.v1 import processing_pb2 as pb
 from darktower.transport.rpc import call
-from tests._s3 import closed_endpoint, objects, s3_bucket, s3_endpoint, s3_server
+from tests._s3 import (
+    ACCESS_KEY,
+    SECRET_KEY,
+    closed_endpoint,
+    objects,
+    s3_bucket,
+    s3_endpoint,
+    s3_server,
+)
 from tests._stack import WAIT_S, running_service
 from tests.global_controller._recordings import Recording, between, media
 from tests.processing._media import opus_frames, video_frames
@@ -148,8 +158,10 @@ async def test_a_recording_ends_in_the_bucket(
 
 async def test_a_bucket_that_does_not_answer_leaves_the_recording_local(
     tmp_path: pathlib.Path,
-    s3_endpoint: str,  # s3_endpoint: the credentials, as deployed
+    s3_endpoint: str,  # the credentials, as deployed
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     async with open_room(tmp_path, **_options(closed_endpoint(), "recordings")) as room:
         uploads = room.mp.uploads
         assert uploads is not None
@@ -167,6 +179,8 @@ async def test_a_bucket_that_does_not_answer_leaves_the_recording_local(
         assert entry["finished"] and path.stat().st_size == entry["bytes"]
         metrics = await _metrics(room.mp.ops_url)
         assert 'dt_mp_recording_uploads{result="failed"} 1' in metrics
+    assert "recording upload failed" in caplog.text
+    assert SECRET_KEY not in caplog.text and ACCESS_KEY not in caplog.text  # even at debug
 
 
 async def _metrics(ops_url: str) -> str:
