@@ -9,13 +9,15 @@ import os
 import pathlib
 import threading
 import uuid
+from collections.abc import Callable
 
 import pytest
 import trio
 
 from darktower.client import MediaClient
 from darktower.errors import CapacityExceeded, InvalidRequest, NotFound
-from darktower.frames import FrameType
+from darktower.frames import Frame, FrameType
+from darktower.model import LeaveReason
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.protocol.pb.v1 import processing_pb2 as pb
@@ -162,6 +164,82 @@ async def test_destinations_asking_for_the_same_transcode_share_one_job(
         room.mh.handler.refresh_gauges()
         gauge = room.mh.handler.metrics.processing_jobs
         assert gauge.value("transcode", "{}:{}".format(*room.mp.grpc_address)) == 0  # type: ignore[union-attr]
+
+
+async def test_a_late_subscriber_of_a_transcode_gets_a_key_frame_from_its_processor(
+    tmp_path: pathlib.Path,
+) -> None:
+    cam = str(uuid.uuid4())
+    # One key frame at the start: any later one in the output was asked for.
+    frames = video_frames(3, width=320, height=240, bitrate=300_000, key_every=1000)
+    target = {"transcode": True, "target_codec": "VP8", "target_bitrate": 200_000}
+    async with open_processed_room(tmp_path) as room:
+        ann = await room.register("ann", video_stream(cam))
+        bob, carl = await room.register("bob"), await room.register("carl")
+        # No throttle between the first subscriber's request and the late one's.
+        room.mh.handler.rooms[MEETING].key_frames.interval_s = 0.0  # type: ignore[index]
+        async with room.client(bob) as b, room.client(carl) as c, room.client(ann) as a:
+            output = (await room.route(cam, "bob", **target)).derived_stream_id
+            [job_id] = room.job_ids("transcode")
+            await room.wait_ready(job_id, cam)
+            camera = await a.publish(cam)
+            got_b: list[Frame] = []
+            got_c: list[Frame] = []
+            changed = Changed()
+            with trio.fail_after(WAIT_S):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_collect, b, output, got_b, changed)
+                    nursery.start_soon(_collect, c, output, got_c, changed)
+                    for index, frame in enumerate(frames):
+                        if index == 30:
+                            await room.route(cam, "carl", **target)
+                        await changed.until(lambda i=index: len(got_b) >= i - 4)
+                        kind = FrameType.VIDEO_KEY if frame.key else FrameType.VIDEO_DELTA
+                        await camera.send_frame(
+                            kind, frame.payload, timestamp_us=frame.timestamp_us
+                        )
+                    await changed.until(lambda: len(got_b) == len(frames) and bool(got_c))
+                    nursery.cancel_scope.cancel()
+            assert got_c[0].frame_type == FrameType.VIDEO_KEY
+            # (a few frames were on their way when carl came)
+            assert got_c[0].timestamp_us >= frames[30 - 5].timestamp_us
+            assert [f.frame_type for f in got_b].count(FrameType.VIDEO_KEY) >= 2
+            assert len(decode_video("vp8", [bytes(f.payload) for f in got_c])) == len(got_c)
+            kf = room.mh.handler.metrics.processing_key_frames
+            assert kf.value("queued") >= 1
+            # Its source unpublished, the transcode ends: its job and hidden participant go.
+            job = room.mh.handler.processing.jobs[job_id]  # type: ignore[index]
+            await call(
+                room.media.RemoveStream,
+                mc_pb.RemoveStreamRequest(meeting_id=MEETING, participant_id="ann", stream_id=cam),
+            )
+            with trio.fail_after(WAIT_S):
+                await job.ended.wait()
+            assert job.stop_reason == LeaveReason.VOLUNTARY and not job.lost
+            assert set(room.mh.handler.rooms[MEETING].members) == {"ann", "bob", "carl"}  # type: ignore[index]
+            assert output not in room.mh.handler.rooms[MEETING].publications  # type: ignore[index]
+
+
+class Changed:
+    """Something the test waits on without polling: :meth:`notify` after each change."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            await self._event.wait()
+
+
+async def _collect(media: MediaClient, stream_id: str, into: list[Frame], changed: Changed) -> None:
+    async for frame in media:
+        if str(frame.stream_id) == stream_id:
+            into.append(frame)
+            changed.notify()
 
 
 def test_opening_the_codecs_leaves_the_thread_scheduling_alone() -> None:

@@ -14,9 +14,12 @@ import uuid
 
 import numpy as np
 import trio
+import trio.testing
 
 from darktower.client import MediaClient
 from darktower.frames import FrameType
+from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
+from darktower.transport.rpc import call
 from tests._stack import WAIT_S
 from tests.media_processor._room import MEETING, audio_stream, open_processed_room
 from tests.processing._media import OPUS_RATE, band_energy, decode_opus, opus_frames
@@ -84,9 +87,25 @@ async def test_a_mix_has_every_other_participant_and_not_the_listener(
             assert band_energy(ann_hears, 880.0) > 0.5, band_energy(ann_hears, 880.0)
             assert band_energy(ann_hears, 440.0) < 0.01, band_energy(ann_hears, 440.0)
 
-            # One job for the room; a listener unrouted loses its output, the last ends it.
+            # One job for the room; an audio stream registered later is one more source
+            # (routed to the job once the processor has it), one unpublished leaves it.
             job = room.mh.handler.processing.output_job(MEETING, for_carl)  # type: ignore[arg-type]
             assert job is not None and job.job_id == job_id
+            d_mic = str(uuid.uuid4())
+            await room.register("dan", audio_stream(d_mic))
+            assert set(job.sources) == {a_mic, b_mic, d_mic}
+            publications = room.mh.handler.rooms[MEETING].publications  # type: ignore[index]
+            with trio.fail_after(WAIT_S):
+                await trio.testing.wait_all_tasks_blocked()
+            assert job_id in publications[d_mic].subscriptions
+            await call(
+                room.media.RemoveStream,
+                mc_pb.RemoveStreamRequest(
+                    meeting_id=MEETING, participant_id="dan", stream_id=d_mic
+                ),
+            )
+            assert set(job.sources) == {a_mic, b_mic}
+            # A listener unrouted loses its output, the last one ends the job.
             assert job.outputs == {"carl": for_carl, "ann": for_ann}
             await room.route("", "carl", mix_audio=True, unroute=True)
             assert job.outputs == {"ann": for_ann} and job.stop_reason is None
@@ -94,4 +113,4 @@ async def test_a_mix_has_every_other_participant_and_not_the_listener(
             with trio.fail_after(WAIT_S):
                 await job.ended.wait()
             await room.wait_job(job_id, "ended")
-            assert set(room.mh.handler.rooms[MEETING].members) == {"ann", "bob", "carl"}  # type: ignore[index]
+            assert set(room.mh.handler.rooms[MEETING].members) == {"ann", "bob", "carl", "dan"}  # type: ignore[index]
