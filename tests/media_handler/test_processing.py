@@ -61,6 +61,26 @@ async def test_without_a_processor_every_job_is_capacity_exceeded(tmp_path: path
         assert refused.value("CapacityExceeded") == 3
 
 
+async def test_a_processor_that_cannot_be_reached_gives_way_to_the_next(
+    tmp_path: pathlib.Path,
+) -> None:
+    cam = str(uuid.uuid4())
+    with trio.socket.socket() as probe:  # a port nothing listens on
+        await probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    async with open_processed_room(tmp_path, before=dead) as room:
+        await room.register("ann", video_stream(cam))
+        await room.register("bob")
+        pool = room.mh.handler.processing.pool
+        assert pool.candidates()[0].endpoint == dead
+        reply = await room.route(cam, "bob", transcode=True, target_codec="VP9", target_bitrate=1)
+        job = room.mh.handler.processing.output_job(MEETING, reply.derived_stream_id)  # type: ignore[arg-type]
+        assert job is not None and job.link is not None and job.link.endpoint != dead
+        assert room.mh.handler.metrics.processing_failures.value(dead, "call") == 1
+        # Tried after the others for a while: the next job goes to the live one at once.
+        assert pool.candidates()[-1].endpoint == dead
+
+
 async def test_bad_transcodes_are_refused_and_leave_nothing(tmp_path: pathlib.Path) -> None:
     cam, mic, plain = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     async with open_processed_room(tmp_path) as room:

@@ -196,10 +196,10 @@ class ProcessedRoom:
 
 @asynccontextmanager
 async def open_processed_room(
-    tmp_path: pathlib.Path, *, processors: str | None = None, **mp: Any
+    tmp_path: pathlib.Path, *, processors: str | None = None, before: str = "", **mp: Any
 ) -> AsyncIterator[ProcessedRoom]:
     """A processor in this process (``processors`` None) or the given ones ("" for none),
-    and an MH that uses them; yields once both run."""
+    and an MH that uses them (``before`` listed first); yields once both run."""
     tls = generate_dev_certificate()
     certfile, keyfile = tls.write(tmp_path)
     recordings = tmp_path / "recordings"
@@ -210,6 +210,7 @@ async def open_processed_room(
                 running_service(media_processor.serve, mp_settings(recordings, **mp))
             )
             processors = "{}:{}".format(*proc.grpc_address)
+        processors = ",".join(p for p in (before, processors) if p)
         mh, _ = await stack.enter_async_context(
             running_service(
                 media_handler.serve,
