@@ -158,3 +158,58 @@ async def test_a_processor_killed_mid_recording_leaves_a_file_that_plays(
     assert manifest["status"] == "recording"
     [path] = (recordings / MEETING).glob("r2*.webm")
     assert SECONDS * 30 - 45 <= _pictures(path) <= SECONDS * 30
+
+
+async def test_a_simulcast_video_is_recorded_from_its_highest_layer(tmp_path: pathlib.Path) -> None:
+    video_id, low, high = (str(uuid.uuid4()) for _ in range(3))
+    layers = [
+        common_pb2.SimulcastLayer(layer_id=low, width=160, height=120, max_bitrate=100_000),
+        common_pb2.SimulcastLayer(layer_id=high, width=320, height=240, max_bitrate=300_000),
+    ]
+    camera = common_pb2.MediaStream(
+        stream_id=video_id,
+        stream_type=common_pb2.VIDEO_CAMERA,
+        metadata=common_pb2.StreamMetadata(
+            codec="VP8", video=common_pb2.VideoMetadata(simulcast_layers=layers)
+        ),
+    )
+    small = video_frames(2, width=160, height=120, bitrate=100_000, key_every=30)
+    large = video_frames(2, width=320, height=240, bitrate=300_000, key_every=30)
+    async with open_processed_room(tmp_path) as room:
+        ann = await room.register("ann", camera)
+        await call(
+            room.media.StartRecording,
+            mc_pb.StartRecordingRequest(
+                meeting_id=MEETING, participant_id="ann", recording_id="r3"
+            ),
+        )
+        [job_id] = room.job_ids("recording")
+        await room.wait_ready(job_id, video_id)
+        assert room.mp is not None
+        job = room.mp.jobs.job(job_id)
+        assert job is not None
+        async with room.client(ann) as media:
+            to_low, to_high = await media.publish(low), await media.publish(high)
+            for a, b in zip(small, large, strict=True):
+                for publisher, frame in ((to_low, a), (to_high, b)):
+                    kind = FrameType.VIDEO_KEY if frame.key else FrameType.VIDEO_DELTA
+                    await publisher.send_frame(kind, frame.payload, timestamp_us=frame.timestamp_us)
+            with trio.fail_after(WAIT_S):
+                await room.mp.jobs.progress.until(lambda: job.frames_out >= len(large))
+            await call(
+                room.media.StopRecording,
+                mc_pb.StopRecordingRequest(
+                    meeting_id=MEETING, participant_id="ann", reason=common_pb2.VOLUNTARY
+                ),
+            )
+        await room.wait_job(job_id, "ended")
+    manifest = json.loads((room.recordings / MEETING / "r3.json").read_text())
+    assert manifest["status"] == "complete" and manifest["reason"] == "VOLUNTARY", manifest
+    [entry] = manifest["files"]
+    assert entry["streams"] == [high]  # the highest layer's frames, by the id they carry
+    path = room.recordings / MEETING / entry["name"]
+    with av.open(str(path)) as container:
+        [video] = container.streams.video
+        sizes = {(p.width, p.height) for p in container.decode(video)}
+    assert sizes == {(320, 240)}
+    assert _pictures(path) == len(large)
