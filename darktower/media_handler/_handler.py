@@ -110,8 +110,15 @@ class MediaHandler:
         return self.registry.load()
 
     def connected(self) -> int:
-        """Participants with a live media connection here now."""
-        return sum(1 for r in self.rooms.values() for x in r.members.values() if x.scope)
+        """Participants with a live media connection here now (a media processor's jobs are
+        not participants: they end with the rooms)."""
+        job_of = self.processing.book.job_of
+        return sum(
+            1
+            for r in self.rooms.values()
+            for x in r.members.values()
+            if x.scope and job_of(x) is None
+        )
 
     @property
     def draining(self) -> bool:

@@ -371,6 +371,16 @@ class Processing:
         self.book.unindex(job)
         job.changed()
 
+    async def stop_all(self, reason: LeaveReason) -> None:
+        """End every job with ``reason`` (the MH's drain: SERVER_SHUTDOWN); returns once each
+        one's task ended (the caller bounds the wait)."""
+        jobs = list(self.book.jobs.values())
+        for job in jobs:
+            self.stop(job, reason)
+        for job in jobs:
+            await job.ended.wait()
+        await trio.lowlevel.checkpoint()
+
     def job_lost(self, job: ProcessingJob, what: str) -> None:
         """Its processor died or cannot reach us: counted, and the job ends."""
         if job.stop_reason is not None:

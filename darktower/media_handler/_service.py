@@ -317,9 +317,9 @@ async def _drain(
     """Drain without ending any meeting (docs/architecture.md §4.6): take no new room, tell
     the MC at once (its next heartbeat says ``draining``: the MC moves the rooms to another MH
     and the clients reconnect their media there), wait until no participant is connected here
-    or ``grace_s`` is spent, then close what is left with CONNECTION_LOST, whose close carries
-    no reason (a client asks its MC for media again: never MEETING_ENDED, the meeting goes on)
-    within the rest of the grace."""
+    or ``grace_s`` is spent, end the jobs on media processors (SERVER_SHUTDOWN), then close what
+    is left with CONNECTION_LOST, whose close carries no reason (a client asks its MC for media
+    again: never MEETING_ENDED, the meeting goes on) within the rest of the grace."""
     deadline = trio.current_time() + grace_s
     handler.start_draining()
     logger.info(
@@ -334,6 +334,10 @@ async def _drain(
     left = handler.connected()
     if left:
         logger.warning("drain: participants still connected", extra=fields(connected=left))
+    # The jobs on media processors end with the reason the meeting goes on elsewhere, before
+    # the rooms close their sessions (docs/architecture.md §10).
+    with trio.move_on_at(deadline):
+        await handler.processing.stop_all(LeaveReason.SERVER_SHUTDOWN)
     tree.drain(max(0.0, deadline - trio.current_time()), LeaveReason.CONNECTION_LOST)
     await tree.wait_closed()
 

@@ -91,6 +91,38 @@ async def test_a_kick_ends_the_recording_with_its_reason(tmp_path: pathlib.Path)
     assert _pictures(room.recordings / MEETING / entry["name"]) == SECONDS * 30
 
 
+async def test_the_mh_draining_ends_its_recordings_with_server_shutdown(
+    tmp_path: pathlib.Path,
+) -> None:
+    video_id, audio_id = str(uuid.uuid4()), str(uuid.uuid4())
+    async with open_processed_room(tmp_path) as room:
+        ann = await room.register("ann", video_stream(video_id), audio_stream(audio_id))
+        await call(
+            room.media.StartRecording,
+            mc_pb.StartRecordingRequest(
+                meeting_id=MEETING, participant_id="ann", recording_id="r4"
+            ),
+        )
+        [job_id] = room.job_ids("recording")
+        await room.wait_ready(job_id, video_id, audio_id)
+        assert room.mp is not None
+        job = room.mp.jobs.job(job_id)
+        assert job is not None
+        async with room.client(ann) as media:
+            sent = await _send(media, video_id, audio_id)
+            with trio.fail_after(WAIT_S):
+                await room.mp.jobs.progress.until(lambda: job.frames_out >= sent)
+            # The MH shuts down first (the processor after it): its drain ends the job.
+            ours = room.mh.handler.processing.jobs[job_id]  # type: ignore[index]
+            room.mh_shutdown.set()
+            with trio.fail_after(WAIT_S):
+                await ours.ended.wait()
+            await room.wait_job(job_id, "ended")
+    manifest = json.loads((room.recordings / MEETING / "r4.json").read_text())
+    assert manifest["status"] == "complete", manifest
+    assert manifest["reason"] == "SERVER_SHUTDOWN"
+
+
 async def _frames_out(stub: MediaProcessingStub, job_id: str) -> int:
     reply = await call(stub.ListJobs, pb.ListJobsRequest())
     return sum(j.frames_out for j in reply.jobs if j.job_id == job_id)

@@ -130,6 +130,7 @@ class ProcessedRoom:
     media: MediaControlStub
     tls: TlsCredentials
     recordings: pathlib.Path
+    mh_shutdown: trio.Event  # set: the MH drains
 
     async def register(self, pid: str, *streams: common_pb2.MediaStream) -> str:
         """Register ``pid`` in the room; its media URL with its token."""
@@ -211,7 +212,7 @@ async def open_processed_room(
             )
             processors = "{}:{}".format(*proc.grpc_address)
         processors = ",".join(p for p in (before, processors) if p)
-        mh, _ = await stack.enter_async_context(
+        mh, mh_shutdown = await stack.enter_async_context(
             running_service(
                 media_handler.serve,
                 mh_settings(certfile=str(certfile), keyfile=str(keyfile), processors=processors),
@@ -220,4 +221,4 @@ async def open_processed_room(
         to_mh = await stack.enter_async_context(
             open_cluster_channel(mh.grpc_address, "mc", "mc-test", server="mh")
         )
-        yield ProcessedRoom(mh, proc, MediaControlStub(to_mh), tls, recordings)
+        yield ProcessedRoom(mh, proc, MediaControlStub(to_mh), tls, recordings, mh_shutdown)
