@@ -22,19 +22,31 @@ const MAX_DECODE_QUEUE = 30;
 // Audio scheduled ahead of the playback clock beyond this is dropped rather than delayed.
 const MAX_AUDIO_AHEAD_S = 0.3;
 
-// Signaling codec names (StreamMetadata.codec) -> WebCodecs codec strings.
+// Signaling codec names (StreamMetadata.codec, DerivedStream.codec; read case-insensitively,
+// docs/protocol.md §2.2) -> WebCodecs codec strings. H.264 is Annex B (no `description`): the
+// parameter sets come in band, before each key frame, as the media processor's transcodes send
+// them (docs/architecture.md §10).
+const H264 = "avc1.42E01F"; // Constrained Baseline, level 3.1
 const CODECS = {
   vp8: "vp8",
   vp9: "vp09.00.10.08",
   av1: "av01.0.04M.08",
-  h264: "avc1.42001f",
+  h264: H264,
+  "h.264": H264,
+  avc1: H264,
   opus: "opus",
 };
+// The video codecs the page can be sent, in its order of preference: the MC transcodes a
+// publisher's codec the page did not list to the first of those it listed (docs/protocol.md §2.2).
+export const VIDEO_CODEC_NAMES = Object.freeze(["VP8", "VP9", "H264", "AV1"]);
 
 // VP8 has no colour space in its bitstream and the spec fixes it to BT.601 limited range, but
 // Chromium's decoder labels its frames BT.709: drawn as such, the picture comes out much darker
 // (the fake camera's green 135 became 78). The decoder is told the spec's colour space.
-// Codecs whose bitstream says it (VP9, AV1, H.264) are left to the bitstream.
+// Codecs whose bitstream says it (VP9, AV1, H.264) are left to the bitstream. A transcode's
+// pictures keep its source's colours (docs/architecture.md §10), whatever its bitstream says:
+// one made from VP8 is decoded in VP8's colour space (the media processor's H.264 says none,
+// which Chromium takes for BT.709: 135 -> 76 again).
 const DECODER_COLOR_SPACE = {
   vp8: { primaries: "smpte170m", transfer: "smpte170m", matrix: "smpte170m", fullRange: false },
 };
@@ -43,6 +55,22 @@ export function webCodec(name) {
   const codec = CODECS[String(name).toLowerCase()];
   if (!codec) throw new Error(`unsupported codec ${name}`);
   return codec;
+}
+
+// Those of `names` (signaling codec names, in the caller's order) this browser's VideoDecoder
+// takes: what the page's JoinRequest lists in `capabilities.video_codecs`.
+export async function decodableVideoCodecs(names = VIDEO_CODEC_NAMES) {
+  if (typeof VideoDecoder === "undefined") return [];
+  const found = [];
+  for (const name of names) {
+    try {
+      const { supported } = await VideoDecoder.isConfigSupported({ codec: webCodec(name) });
+      if (supported) found.push(name);
+    } catch {
+      // A name the page does not know, or a codec string the browser rejects: not decodable.
+    }
+  }
+  return found;
 }
 
 function nowUs() {
@@ -212,6 +240,7 @@ export class AudioSender {
 export class VideoReceiver {
   constructor(codec, canvas, { onDecoded } = {}) {
     this.codec = webCodec(codec);
+    this.colorCodec = this.codec; // the codec whose colour space the pictures are in
     this.canvas = canvas;
     this.onDecoded = onDecoded ?? (() => {});
     this.stats = { decoded: 0, dropped: 0, errors: 0 };
@@ -264,7 +293,7 @@ export class VideoReceiver {
       if (this.decoder.state === "closed") this.decoder = this.makeDecoder();
       // Whatever is queued is stale behind this key frame: discard it.
       if (this.decoder.state === "configured") this.decoder.reset();
-      const colorSpace = DECODER_COLOR_SPACE[this.codec];
+      const colorSpace = DECODER_COLOR_SPACE[this.colorCodec];
       this.decoder.configure({
         codec: this.codec,
         optimizeForLatency: true,
@@ -283,6 +312,15 @@ export class VideoReceiver {
 
   // The stream had a gap (a media reconnection): decode again from the next key frame.
   resync() {
+    this.needKey = true;
+  }
+
+  // The frames come from another stream now (a transcode, or the source again: docs/protocol.md
+  // §2.2), in `codec`, its pictures made from `source` (the source's codec): the decoder is
+  // configured for them at that stream's first key frame.
+  setCodec(codec, source = codec) {
+    this.codec = webCodec(codec);
+    this.colorCodec = webCodec(source);
     this.needKey = true;
   }
 
