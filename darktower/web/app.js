@@ -6,10 +6,16 @@
 //
 // Test hooks (window.darktower), for Playwright and the browser tests. Everything is plain data
 // or returns a promise that settles when the action is done:
-//   darktower.create({name, displayName})   dev stack only: creates a meeting with the dev
-//                                           credential, joins it as its host; -> snapshot()
-//   darktower.join({meetingId, name, accessToken?})   joins (as host when accessToken is the
-//                                           owner's); resolves once published; -> snapshot()
+//   darktower.create({name, displayName, settings?})   dev stack only: creates a meeting with
+//                                           the dev credential (settings: api.js's
+//                                           createMeeting, e.g. {recordingEnabled: true}), joins
+//                                           it as its host (join's options too); -> snapshot()
+//   darktower.join({meetingId, name, accessToken?, videoCodecs?, mixAudio?})   joins (as host
+//                                           when accessToken is the owner's); resolves once
+//                                           published; -> snapshot(). videoCodecs (e.g.
+//                                           ["H264"]) restricts the codecs the page says it
+//                                           decodes (the MC transcodes the others); mixAudio
+//                                           takes the audio mix instead of each one's audio
 //   darktower.kick(participantId)           host only; resolves on the MC's Ack
 //   darktower.endMeeting()                  host only; resolves on the MC's Ack
 //   darktower.leave()                       resolves once the session has ended
@@ -24,8 +30,10 @@
 //                                           on the own tile and in the status bar)
 //   darktower.participantId, .role ("host" | "guest"), .meetingId
 //   darktower.participants                  [{participantId, name}] of the others
+//   darktower.recording                     the meeting is being recorded (#rec shows "REC")
 //   darktower.stats.decodedFrames           {participantId: decoded video frames}
 //   darktower.stats.decodedAudio            {participantId: decoded audio chunks}
+//   darktower.stats.decodedMix              decoded audio chunks of the audio mix
 //   darktower.stats.reconnects              {signaling, media}: reconnections completed
 //   darktower.stats.rejoins                 rejoins through the GC completed (the MC shut down
 //                                           or was lost: a new participantId, same name)
@@ -34,7 +42,12 @@
 //                                           text, detail}
 //   darktower.snapshot()                    all of the above as one JSON-able object, plus
 //                                           reconnectingParticipants: ids whose tile shows
-//                                           "Reconnecting…" (ParticipantUpdated)
+//                                           "Reconnecting…" (ParticipantUpdated);
+//                                           capabilities: the JoinRequest's; subscriptions:
+//                                           [{streamId, participantId, kind ("video" | "audio"
+//                                           | "mix": the one asked for), derived (null, or
+//                                           {streamId, codec, bitrate, mix}: what carries it),
+//                                           frames {source, derived, other: dropped}, decoded}]
 // E.g. `await page.wait_for_function("darktower.stats.decodedFrames[pid] >= 30", arg=...)`;
 // the grid to screenshot is `#grid`, the reason shown to the person is `#end-reason`, a tile's
 // reconnecting marker is `.tile .reconnecting` (hidden unless reconnecting).
@@ -137,6 +150,7 @@ class PageView {
     $("meeting").hidden = session.state !== "joined" && session.state !== "reconnecting";
     $("ended").hidden = session.state !== "ended";
     $("end-meeting").hidden = session.role !== "host";
+    $("rec").hidden = !session.recording;
     $("meeting-label").textContent = session.meetingId ?? "";
     const link = new URL(`/m/${encodeURIComponent(session.meetingId ?? "")}`, location.href);
     $("share-link").href = link.href;
@@ -165,6 +179,7 @@ class PageView {
     $("lobby").hidden = true;
     $("ended").hidden = false;
     $("end-reason").textContent = text;
+    $("rec").hidden = true;
     $("grid").replaceChildren();
     this.tiles.clear();
   }
@@ -184,23 +199,24 @@ function newSession(certHash) {
   return session;
 }
 
-async function join({ meetingId, name, accessToken = null }) {
+async function join({ meetingId, name, accessToken = null, videoCodecs = null, mixAudio = false }) {
   if (!meetingId) throw new Error("a meeting id is needed to join");
   if (session && session.state !== "ended") throw new Error(`already ${session.state}`);
   const token = accessToken ?? sessionStorage.getItem(hostTokenKey(meetingId));
   const certHash = await api.certificateHash();
   const s = newSession(certHash);
-  await s.join({ meetingId, name: name || "Guest", accessToken: token });
+  await s.join({ meetingId, name: name || "Guest", accessToken: token, videoCodecs, mixAudio });
   history.replaceState(null, "", `/m/${encodeURIComponent(meetingId)}`);
   return s.snapshot();
 }
 
 // Dev stack only: the development credential makes this page a meeting owner.
-async function create({ name, displayName } = {}) {
+async function create({ name, displayName, settings = {}, ...options } = {}) {
   const accessToken = await api.devAccessToken();
-  const meeting = await api.createMeeting(accessToken, displayName || `${name || "Guest"}'s meeting`);
+  const title = displayName || `${name || "Guest"}'s meeting`;
+  const meeting = await api.createMeeting(accessToken, title, settings);
   sessionStorage.setItem(hostTokenKey(meeting.meeting_id), accessToken);
-  return join({ meetingId: meeting.meeting_id, name, accessToken });
+  return join({ ...options, meetingId: meeting.meeting_id, name, accessToken });
 }
 
 function current() {
@@ -211,6 +227,7 @@ function current() {
 const EMPTY = {
   decodedFrames: {},
   decodedAudio: {},
+  decodedMix: 0,
   unknownFrames: 0,
   sent: { video: 0, audio: 0 },
   reconnects: { signaling: 0, media: 0 },
@@ -248,6 +265,9 @@ const hooks = {
   },
   get participants() {
     return session?.snapshot().participants ?? [];
+  },
+  get recording() {
+    return session?.recording ?? false;
   },
   get stats() {
     return session?.stats ?? EMPTY;

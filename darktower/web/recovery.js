@@ -27,7 +27,7 @@ import {
   backoffDelayMs,
   sleep,
 } from "./retry.js";
-import { CAPABILITIES, SignalingError } from "./signaling.js";
+import { SignalingError } from "./signaling.js";
 
 // The GC's refusals of a rejoin that no retry changes (HTTP status -> the reason the session ends
 // with; null: the reason it was rejoining for). Anything else (503 while the GC places the
@@ -75,7 +75,7 @@ export class Recovery {
             meetingId: s.meetingId,
             resumeToken: s.resumeToken,
             participantName: s.name,
-            capabilities: CAPABILITIES,
+            capabilities: s.capabilities,
           },
           RECONNECT_ATTEMPT_TIMEOUT_MS,
         );
@@ -171,7 +171,7 @@ export class Recovery {
           meetingId: s.meetingId,
           joinToken: ticket.join_token,
           participantName: s.name,
-          capabilities: CAPABILITIES,
+          capabilities: s.capabilities,
         };
         const reply = await link.signaling.request("join", join, timeoutMs);
         if (s.state !== "reconnecting") {
@@ -205,8 +205,10 @@ export class Recovery {
     s.role = api.jwtPayload(ticket.join_token).role ?? ticket.role ?? s.role;
     s.roster.kickable = s.role === "host";
     s.resumeToken = joined.resumeToken || null;
+    s.recording = Boolean(joined.recording);
     s.view.renameTile?.(old, s.participantId);
     s.goLive(link, () => s.roster.reconcile(joined.existingParticipants));
+    s.roster.subscribeMix(); // a new MC: the mix is asked for again (if the page takes it)
     await s.local.republish(link.signaling);
     let media = true;
     try {
@@ -230,6 +232,7 @@ export class Recovery {
       return;
     }
     s.resumeToken = joined.resumeToken || null;
+    s.recording = Boolean(joined.recording);
     s.stats.reconnects.signaling++;
     // Joined again before the events held since the JoinResponse (and the new session's end,
     // if it came already: that is a new loss, resumed in turn).

@@ -1,14 +1,22 @@
 // The other participants of a meeting session as the page shows them: a tile each, a decoder per
 // subscribed stream (frames are demultiplexed here by stream id), and whether each is
 // reconnecting (ParticipantUpdated, docs/protocol.md §13).
+//
+// Derived streams (docs/protocol.md §2.2): a subscription the MC answers with `Ack.derived` gets
+// its frames from that stream (a transcode: decoded into the source's tile with the derived
+// codec; the audio mix: played by one receiver per mix stream id, shared by every subscription
+// it carries), moved by SubscriptionUpdated; while a derived stream carries it, frames of the
+// source are not decoded (they would feed another encoder's frames to the same decoder). With
+// `mixAudio` the page takes the mix asked for with SubscribeStream{mix_audio} and subscribes to
+// no participant's audio (the mix carries it).
 
 import { AudioReceiver, VideoReceiver } from "./codecs.js";
 import { ConnectionState, StreamType } from "./proto.js";
 
 export class Roster {
-  // `subscribe(streamId)` -> promise (SubscribeStream); `onChange()` after a participant came,
-  // went or changed state; `onLeft(participantId)` when one is removed; `stats` is the session's
-  // (decodedFrames, decodedAudio, unknownFrames are counted in it).
+  // `subscribe(body)` -> promise of the reply (SubscribeStream); `onChange()` after a participant
+  // came, went or changed state; `onLeft(participantId)` when one is removed; `stats` is the
+  // session's (decodedFrames, decodedAudio, decodedMix, unknownFrames are counted in it).
   constructor(view, { stats, audioContext = null, subscribe, onChange, onLeft }) {
     this.view = view;
     this.stats = stats;
@@ -20,7 +28,13 @@ export class Roster {
     this.kickable = false; // tiles get a Remove button (the session is a host's)
     // participant id -> {name, streams: Set of stream ids, tile, reconnecting}
     this.participants = new Map();
-    this.remote = new Map(); // stream or simulcast layer id -> {participantId, kind, receiver}
+    // stream, simulcast layer or derived stream id -> a subscription's record {participantId,
+    // kind, receiver, streamId, ids, codec, derived, frames} or a mix's {kind: "mix", receiver,
+    // users}
+    this.remote = new Map();
+    this.mixAudio = false; // the page takes the audio mix instead of each participant's audio
+    // The subscription made with SubscribeStream{mix_audio}: a record without a receiver.
+    this.mixSubscription = null;
   }
 
   add(p) {
@@ -53,6 +67,7 @@ export class Roster {
   addStream(participantId, stream) {
     const p = this.participants.get(participantId);
     if (!p || this.remote.has(stream.streamId)) return;
+    if (this.mixAudio && stream.streamType === StreamType.AUDIO) return; // the mix carries it
     const codec = stream.metadata?.codec || (stream.streamType === StreamType.AUDIO ? "Opus" : "VP8");
     let record;
     try {
@@ -87,16 +102,21 @@ export class Roster {
     // Each simulcast layer's frames carry the layer's UUID (docs/protocol.md §7): all land here.
     const ids = [stream.streamId, ...(stream.metadata?.video?.simulcastLayers ?? []).map((l) => l.layerId)];
     for (const id of ids) this.remote.set(id, record);
-    record.ids = ids;
+    Object.assign(record, { streamId: stream.streamId, ids, codec, derived: null });
+    record.frames = { source: 0, derived: 0, other: 0 };
     p.streams.add(stream.streamId);
-    this.subscribe(stream.streamId).catch((e) => {
-      this.view.notice(`Could not subscribe to ${p.name}: ${e.message}`);
-    });
+    this.subscribe({ streamId: stream.streamId }).then(
+      (reply) => {
+        if (this.remote.get(stream.streamId) === record) this.derive(record, reply.ack?.derived);
+      },
+      (e) => this.view.notice(`Could not subscribe to ${p.name}: ${e.message}`),
+    );
   }
 
   removeStream(streamId) {
     const record = this.remote.get(streamId);
-    if (!record) return;
+    if (!record || record.kind === "mix") return;
+    this.underive(record);
     record.receiver.stop();
     for (const id of record.ids) this.remote.delete(id);
     this.participants.get(record.participantId)?.streams.delete(streamId);
@@ -108,7 +128,113 @@ export class Roster {
       this.stats.unknownFrames++;
       return;
     }
+    if (record.kind !== "mix") {
+      // A subscription decodes the stream that carries it now, and nothing else.
+      const from = record.derived ? record.derived.streamId : null;
+      if (frame.streamId === from) record.frames.derived++;
+      else if (from === null) record.frames.source++;
+      else {
+        record.frames.other++;
+        return;
+      }
+    }
     record.receiver.push(frame);
+  }
+
+  // --- derived streams (docs/protocol.md §2.2) --------------------------------------------------
+
+  // SubscribeStream{mix_audio} when the page takes the mix (at the join, and again after a
+  // rejoin: a new MC). The Ack names the mix.
+  subscribeMix() {
+    if (!this.mixAudio) return;
+    if (this.mixSubscription) this.underive(this.mixSubscription);
+    const record = { kind: "mixSubscription", streamId: "", derived: null };
+    this.mixSubscription = record;
+    this.subscribe({ mixAudio: true }).then(
+      (reply) => {
+        if (this.mixSubscription === record) this.derive(record, reply.ack?.derived);
+      },
+      (e) => this.view.notice(`Could not subscribe to the audio mix: ${e.message}`),
+    );
+  }
+
+  // SubscriptionUpdated: the stream that carries the subscription of `streamId` (empty: the mix
+  // asked for) is `derived` now (unset: the source itself).
+  updated(streamId, derived) {
+    const record = streamId ? this.remote.get(streamId) : this.mixSubscription;
+    if (!record || record.kind === "mix" || record.streamId !== (streamId ?? "")) return;
+    this.derive(record, derived);
+  }
+
+  // `record`'s frames come from `derived` (Ack.derived, SubscriptionUpdated.derived) now; unset
+  // or without a stream id: from its source.
+  derive(record, derived) {
+    const id = derived?.streamId ? String(derived.streamId).toLowerCase() : null;
+    const mix = Boolean(derived?.mix) || record.kind === "mixSubscription";
+    const { codec = "", bitrate = 0 } = derived ?? {};
+    const now = id ? { streamId: id, codec, bitrate, mix } : null;
+    const was = record.derived;
+    if (was?.streamId === now?.streamId && was?.codec === now?.codec && was?.mix === now?.mix) {
+      return;
+    }
+    this.underive(record);
+    record.derived = now;
+    if (now?.mix) this.useMix(record, id);
+    else if (now) this.remote.set(id, record);
+    if (record.kind !== "video") return;
+    try {
+      record.receiver.setCodec(now?.codec || record.codec, record.codec);
+    } catch (e) {
+      this.view.notice(`Cannot play a stream: ${e.message}`);
+    }
+  }
+
+  // `record` is no longer carried by its derived stream (if it had one).
+  underive(record) {
+    const was = record.derived;
+    record.derived = null;
+    if (!was) return;
+    const holder = this.remote.get(was.streamId);
+    if (holder?.kind === "mix") {
+      holder.users.delete(record);
+      if (holder.users.size > 0) return;
+      holder.receiver.stop();
+      this.remote.delete(was.streamId);
+    } else if (holder === record) {
+      this.remote.delete(was.streamId);
+    }
+  }
+
+  // The mix of stream id `id` plays for `record` too: one receiver per mix, however many
+  // subscriptions it carries.
+  useMix(record, id) {
+    let mix = this.remote.get(id);
+    if (mix?.kind !== "mix") {
+      const receiver = new AudioReceiver("Opus", {
+        audioContext: this.audioContext,
+        onDecoded: () => {
+          this.stats.decodedMix++;
+        },
+      });
+      mix = { kind: "mix", streamId: id, receiver, users: new Set() };
+      this.remote.set(id, mix);
+    }
+    mix.users.add(record);
+  }
+
+  // The subscriptions as tests read them (snapshot()): each one's source, what carries it and
+  // what it decoded.
+  subscriptions() {
+    const records = new Set([...this.remote.values()].filter((r) => r.kind !== "mix"));
+    if (this.mixSubscription) records.add(this.mixSubscription);
+    return [...records].map((r) => ({
+      streamId: r.streamId,
+      participantId: r.participantId ?? null,
+      kind: r.kind === "mixSubscription" ? "mix" : r.kind,
+      derived: r.derived ? { ...r.derived } : null,
+      frames: r.frames ? { ...r.frames } : null,
+      decoded: r.receiver?.stats.decoded ?? 0,
+    }));
   }
 
   // A participant's connection state (ParticipantUpdated): its tile shows "Reconnecting…".
@@ -148,5 +274,6 @@ export class Roster {
   stop() {
     for (const record of new Set(this.remote.values())) record.receiver.stop();
     this.remote.clear();
+    this.mixSubscription = null;
   }
 }

@@ -6,8 +6,9 @@
 //   view.renameTile(oldId, newId)  optional: the own tile after a rejoin (a new participant id)
 //   view.setPreview(mediaStream | null)
 //   view.notice(text)
-//   view.update(session)          state, participants, role or a connection state changed
-//                                 (session.reconnecting; participants' `reconnecting`)
+//   view.update(session)          state, participants, role, a connection state or the
+//                                 recording changed (session.reconnecting; participants'
+//                                 `reconnecting`; session.recording)
 //   view.ended(text)              the session is over; `text` is for the person
 // The session owns everything it starts; end() releases all of it and is idempotent.
 //
@@ -15,6 +16,7 @@
 // are recovery.js's (a Recovery of the session).
 
 import * as api from "./api.js";
+import { VIDEO_CODEC_NAMES, decodableVideoCodecs } from "./codecs.js";
 import { LocalMedia } from "./localmedia.js";
 import { routedUrl } from "./media.js";
 import { MediaLink } from "./medialink.js";
@@ -71,6 +73,8 @@ export class MeetingSession {
     this.signalingUrl = null;
     this.resumeToken = null; // the latest JoinResponse's: single-use
     this.link = null; // the current SignalingLink (this.signaling is its Signaling)
+    this.capabilities = CAPABILITIES; // every JoinRequest's; join() lists the decodable codecs
+    this.recording = false; // the meeting is being recorded (docs/protocol.md §2.1)
     this.media = new MediaLink({
       certHash,
       via,
@@ -86,6 +90,7 @@ export class MeetingSession {
     this.stats = {
       decodedFrames: {}, // participant id -> decoded video frames
       decodedAudio: {}, // participant id -> decoded audio chunks
+      decodedMix: 0, // decoded audio chunks of the audio mix (docs/protocol.md §2.2)
       unknownFrames: 0, // frames of a stream id we never subscribed to
       sent: { video: 0, audio: 0 },
       reconnects: { signaling: 0, media: 0 }, // completed reconnections
@@ -96,7 +101,7 @@ export class MeetingSession {
     this.roster = new Roster(view, {
       stats: this.stats,
       audioContext,
-      subscribe: (streamId) => this.signaling.request("subscribe", { streamId }),
+      subscribe: (body) => this.signaling.request("subscribe", body),
       onChange: () => this.view.update(this),
       onLeft: (participantId) => {
         for (const [id, resolve] of this.leftWaiters) if (id === participantId) resolve();
@@ -122,14 +127,19 @@ export class MeetingSession {
 
   // Joins `meetingId` as `name`: a join token from the GC (a host's when `accessToken` is the
   // owner's), then signaling, media, publishing and subscribing. Resolves once joined; rejects
-  // (and ends the session) when any step fails.
-  async join({ meetingId, name, accessToken = null }) {
+  // (and ends the session) when any step fails. `videoCodecs` (signaling names) restricts the
+  // video codecs the page says it decodes, in that order (the MC transcodes the others);
+  // `mixAudio` subscribes to the audio mix instead of each participant's audio
+  // (docs/protocol.md §2.2).
+  async join({ meetingId, name, accessToken = null, videoCodecs = null, mixAudio = false }) {
     if (this.state !== "idle") throw new Error(`cannot join in state ${this.state}`);
     this.setState("joining");
     this.meetingId = meetingId;
     this.name = name;
     this.accessToken = accessToken;
+    this.roster.mixAudio = Boolean(mixAudio);
     try {
+      await this.listCapabilities(videoCodecs);
       await this.startLocalMedia();
       const ticket = await api.joinMeeting(meetingId, name, accessToken);
       this.role = api.jwtPayload(ticket.join_token).role ?? ticket.role ?? "guest";
@@ -141,16 +151,18 @@ export class MeetingSession {
         meetingId,
         joinToken: ticket.join_token,
         participantName: name,
-        capabilities: CAPABILITIES,
+        capabilities: this.capabilities,
       });
       const joined = reply.joinResponse;
       if (!joined) throw new Error("the meeting controller did not answer with JoinResponse");
       this.participantId = this.roster.selfId = joined.participantId;
       this.resumeToken = joined.resumeToken || null;
+      this.recording = Boolean(joined.recording);
       this.view.addTile(this.participantId, `${name} (you)`, { self: true, kickable: false });
       this.goLive(link, () => {
         for (const p of joined.existingParticipants) this.roster.add(p);
       });
+      this.roster.subscribeMix();
       await this.media.connect(joined.mediaServer);
       if (this.state === "ended") {
         this.media.close(); // ended while connecting: end() ran before there was media
@@ -164,6 +176,18 @@ export class MeetingSession {
       if (this.state !== "ended") this.end(LeaveReason.CONNECTION_LOST, e.message);
       throw e;
     }
+  }
+
+  // The capabilities of every JoinRequest: the video codecs this browser decodes, of
+  // `restrict` when given (in its order). Throws when none is left (an empty list would mean
+  // any codec to the MC).
+  async listCapabilities(restrict = null) {
+    const videoCodecs = await decodableVideoCodecs(restrict ?? VIDEO_CODEC_NAMES);
+    if (videoCodecs.length === 0) {
+      const asked = (restrict ?? VIDEO_CODEC_NAMES).join(", ");
+      throw new Error(`this browser decodes none of the video codecs ${asked}`);
+    }
+    this.capabilities = { ...CAPABILITIES, videoCodecs };
   }
 
   // Each await may see the session end (kick, close): nothing is started after that.
@@ -225,6 +249,13 @@ export class MeetingSession {
         break;
       case "participantUpdated":
         this.roster.setConnection(body.participantId, body.connection);
+        break;
+      case "recordingStatus":
+        this.recording = Boolean(body.recording);
+        this.view.update(this);
+        break;
+      case "subscriptionUpdated":
+        this.roster.updated(body.streamId, body.derived);
         break;
       case "mediaReconnect":
         // Unprompted (request id 0): the MC moves us to another MH, or heard from the MH that a
@@ -355,6 +386,7 @@ export class MeetingSession {
       detail: detail || "",
     };
     this.recovery.mediaReconnecting = false;
+    this.recording = false;
     this.setState("ended");
     this.local.stopEncoders();
     this.roster.stop();
@@ -375,6 +407,9 @@ export class MeetingSession {
       role: this.role,
       participants: [...this.participants].map(([id, p]) => ({ participantId: id, name: p.name })),
       reconnecting: this.reconnecting,
+      recording: this.recording,
+      capabilities: this.capabilities,
+      subscriptions: this.roster.subscriptions(),
       reconnectingParticipants: [...this.participants]
         .filter(([, p]) => p.reconnecting)
         .map(([id]) => id),

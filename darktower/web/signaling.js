@@ -10,7 +10,9 @@
 import { openWebTransport } from "./media.js";
 import { ErrorCode, PROTOCOL_VERSION, encodeDelimited, kindOf, readMessages } from "./proto.js";
 
-// What the page says it can receive, in every JoinRequest (a join, a resume, a rejoin).
+// What the page says it can receive, in every JoinRequest (a join, a resume, a rejoin). A
+// session lists the video codecs this browser decodes instead (codecs.js's
+// decodableVideoCodecs): the MC transcodes the others for it (docs/protocol.md §2.2).
 export const CAPABILITIES = {
   videoCodecs: ["VP8", "VP9"],
   audioCodecs: ["Opus"],

@@ -161,7 +161,8 @@ def _check_published(stack: FakeStack, name: str) -> None:
     assert kinds[0] == "join"
     join = stack.received[0].join
     assert (join.meeting_id, join.participant_name) == (MEETING_ID, name)
-    assert list(join.capabilities.video_codecs) == ["VP8", "VP9"]
+    # What this browser decodes, in the page's order of preference (Chromium: all four).
+    assert list(join.capabilities.video_codecs) == ["VP8", "VP9", "H264", "AV1"]
     assert list(join.capabilities.audio_codecs) == ["Opus"]
     ids = [m.request_id for m in stack.received if m.request_id]
     assert len(ids) == len(set(ids))  # every request has its own id
