@@ -8,6 +8,7 @@ import pathlib
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks._bench import percentiles, ratio_summary, summary
@@ -205,7 +206,7 @@ def meeting(mh: MH, cert_hash: str, size: int, warm: float, win: float) -> dict[
 class BusySide:
     """A processor on ``cpus`` at ``nice`` whose transcode jobs (VP8 640x480@30 → VP9 at
     TARGET_BITRATE, ``transcodes`` of them) read one publisher's video through an MH of their
-    own; the publisher and that MH also run on ``cpus`` (at the default priority)."""
+    own; the publisher and that MH run there too, at the same priority."""
 
     def __init__(
         self,
@@ -225,7 +226,7 @@ class BusySide:
         self.publishers: list[subprocess.Popen[str]] = []
         self.processor: Processor | None = None
         try:
-            place_process(self.mh.proc.pid, cpus, 0)
+            place_process(self.mh.proc.pid, cpus, nice)
             self.processor = Processor(
                 self.cluster, recordings, cpus=cpus, nice=nice, max_transcodes=transcodes
             )
@@ -233,7 +234,9 @@ class BusySide:
             plan = {"src": [media_stream(self.video, "VIDEO_CAMERA", "VP8")]}
             urls = register(self.mh.grpc, self.cluster, self.meeting, plan, {})
             spec = [{"url": urls["src"], "video": self.video, "audio": ""}]
-            self.publishers = start_publishers([spec], media_path, self.cert_hash, cpus=cpus)
+            self.publishers = start_publishers(
+                [spec], media_path, self.cert_hash, cpus=cpus, nice=nice
+            )
         except BaseException:
             self.close()
             raise
@@ -244,6 +247,7 @@ class BusySide:
         if not on:
             if self.running:
                 self.processor.stop(self.running)
+                self._wait(lambda status: all(status[j].state == "ended" for j in self.running))
                 self.running = []
             return
         if self.running:
@@ -270,13 +274,18 @@ class BusySide:
             ]
         )
         self.running = list(jobs)
+        self._wait(lambda status: all(status[j].frames_out > 0 for j in jobs))
+
+    def _wait(self, done: Callable[[dict[str, Any]], bool]) -> None:
+        """Until ``done`` holds of the jobs' statuses (bounded)."""
+        assert self.processor is not None
         deadline = time.monotonic() + START_S
         while True:
             status = self.processor.jobs() or {}
-            if all(j in status and status[j].frames_out > 0 for j in jobs):
+            if all(j in status for j in self.running) and done(status):
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError("the transcodes sent nothing")
+                raise RuntimeError(f"the transcodes: {[status.get(j) for j in self.running]}")
             time.sleep(WAIT_POLL_S)
 
     def close(self) -> None:

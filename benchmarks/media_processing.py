@@ -21,9 +21,9 @@ whether a busy processor slows the SFU.
    by its sender, latency read at the subscribers, two client processes), the MH and the
    clients held to the first CPU, measured A/B, interleaved A B / B A, ≥ 3 rounds each: A with
    a processor idle, B with it running TRANSCODES VP8 640x480 → VP9 transcodes, more than one
-   core's worth, on the last CPU (the processor, at ``--processor-nice``, 10 by default as
-   ``python -m darktower`` runs it, and the MH feeding it and that MH's publisher, which are
-   there in A too). The figure: the median of the per-round ratios of the subscribers' p99
+   core's worth, on the last CPU (the processor, the MH feeding it and that MH's publisher,
+   which run in A too, all at ``--processor-nice``, 10 by default as ``python -m darktower``
+   runs its processor). The figure: the median of the per-round ratios of the subscribers' p99
    latency, B / A. Goal: ≤ 1.1. How busy each CPU was is printed beside it.
 
     python benchmarks/media_processing.py [--quick] [--rounds N] [--processor-nice N]
@@ -51,7 +51,7 @@ GOALS = {
 }
 PARTICIPANTS = 4  # recorded participants
 PUBLISHER_PROCESSES = 2
-MEETING_SIZE = 4  # the meeting and its MH fit on one core with room to spare
+MEETING_SIZE = 3  # the meeting's MH and clients fit on one core with room to spare
 TRANSCODES = 8  # VP9 transcodes of the busy processor: more than a core's worth
 
 
