@@ -108,11 +108,8 @@ async def test_a_processor_that_dies_is_started_again_on_its_port(tmp_path: path
     assert processor.pid is None and processor.clean
 
 
-# A known fault, kept as a strict xfail until it is fixed: the stack's MH admits only the page's
-# origins (and the GC's), and a processor's job opens its WebTransport session to the MH with no
-# Origin header, so the MH refuses it (403) and nothing is recorded. With the MH's origins open
-# the whole test passes (the recording complete, ended MEETING_ENDED, in <data>/recordings).
-@pytest.mark.xfail(strict=True, reason="the stack's MH refuses the processor's session (Origin)")
+# The stack's MH admits only the page's origins (and the GC's): a processor's job sends one of
+# them (StartJobRequest.origin), or the MH would refuse its session (403) and record nothing.
 async def test_a_recorded_meeting_is_written_where_the_gc_serves_it(tmp_path: pathlib.Path) -> None:
     data = tmp_path / "data"
     # A key frame every 10: the job may join after the first one.

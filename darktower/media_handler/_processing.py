@@ -29,6 +29,7 @@ from darktower.logs import fields
 from darktower.model import LeaveReason, MeetingId, ParticipantId, StreamId, StreamType
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.servicekit import ClusterTls
+from darktower.transport import parse_origins
 
 from ._limits import JOB_STOP_GRACE_S, MAX_PROCESSING_JOBS
 from ._processing_jobs import KINDS, JobBook, ProcessingJob, Source, source_of
@@ -51,6 +52,10 @@ class Processing:
         self.book = JobBook()
         self._nursery: trio.Nursery | None = None
         self._certificate = b""
+        # A job's media session is refused like any other without an allowed Origin: it
+        # sends one of the MH's own (docs/protocol.md §15).
+        allowed = parse_origins(handler.settings.allowed_origins)
+        self.origin = min(allowed) if allowed else ""
 
     async def run(
         self,

@@ -82,6 +82,7 @@ class JobHost(Protocol):
     """What a job needs of the MH (``_processing.Processing``)."""
 
     pool: ProcessorPool
+    origin: str  # what the job's media session sends as its Origin ("" : none)
 
     async def route_to_job(self, job: ProcessingJob, source: Source) -> None: ...
 
@@ -189,7 +190,9 @@ class ProcessingJob:
         UpdateJob as the wanted state changes, until stopped or lost; then, shielded and
         bounded by JOB_STOP_GRACE_S, StopJob with the reason and its participant removed. An
         unexpected error of the job after its start is logged and ends it, not the MH."""
-        link = await host.pool.start(self.start_request(media_url, certificate_sha256))
+        request = self.start_request(media_url, certificate_sha256)
+        request.origin = host.origin
+        link = await host.pool.start(request)
         self.link = link
         self.running = True
         task_status.started()

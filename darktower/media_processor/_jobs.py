@@ -172,7 +172,7 @@ class Jobs:
             participant.leave(entry.stop_reason)
             return
         pins = [request.media_certificate_sha256] if request.media_certificate_sha256 else None
-        async with _media(request.media_url, pins, self._buffered) as media:
+        async with _media(request.media_url, pins, self._buffered, request.origin) as media:
             entry.state = "running"
             self.progress.notify()
             logger.info(
@@ -274,8 +274,10 @@ class Jobs:
 
 
 @asynccontextmanager
-async def _media(url: str, pins: list[bytes] | None, buffered: int) -> AsyncIterator[MediaClient]:
+async def _media(
+    url: str, pins: list[bytes] | None, buffered: int, origin: str
+) -> AsyncIterator[MediaClient]:
     async with open_media_client(
-        url, server_certificate_hashes=pins, max_buffered_frames=buffered
+        url, server_certificate_hashes=pins, max_buffered_frames=buffered, origin=origin or None
     ) as media:
         yield media

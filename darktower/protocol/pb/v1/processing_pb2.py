@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from darktower.protocol.pb.v1 import common_pb2 as darktower_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64\x61rktower/v1/processing.proto\x12\x0c\x64\x61rktower.v1\x1a\x19\x64\x61rktower/v1/common.proto\"t\n\tJobSource\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12-\n\x0bstream_type\x18\x03 \x01(\x0e\x32\x18.darktower.v1.StreamType\x12\r\n\x05\x63odec\x18\x04 \x01(\t\"\x80\x01\n\x0cRecordingJob\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x18\n\x10participant_name\x18\x02 \x01(\t\x12(\n\x07sources\x18\x03 \x03(\x0b\x32\x17.darktower.v1.JobSource\x12\x14\n\x0crecording_id\x18\x04 \x01(\t\"\x7f\n\x0cTranscodeJob\x12\'\n\x06source\x18\x01 \x01(\x0b\x32\x17.darktower.v1.JobSource\x12\x14\n\x0ctarget_codec\x18\x02 \x01(\t\x12\x16\n\x0etarget_bitrate\x18\x03 \x01(\r\x12\x18\n\x10output_stream_id\x18\x04 \x01(\t\"F\n\tMixOutput\x12\x1f\n\x17listener_participant_id\x18\x01 \x01(\t\x12\x18\n\x10output_stream_id\x18\x02 \x01(\t\"\\\n\x06MixJob\x12(\n\x07sources\x18\x01 \x03(\x0b\x32\x17.darktower.v1.JobSource\x12(\n\x07outputs\x18\x02 \x03(\x0b\x32\x17.darktower.v1.MixOutput\"\x92\x02\n\x0fStartJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nmeeting_id\x18\x02 \x01(\t\x12\x11\n\tmedia_url\x18\x03 \x01(\t\x12 \n\x18media_certificate_sha256\x18\x04 \x01(\x0c\x12/\n\trecording\x18\n \x01(\x0b\x32\x1a.darktower.v1.RecordingJobH\x00\x12/\n\ttranscode\x18\x0b \x01(\x0b\x32\x1a.darktower.v1.TranscodeJobH\x00\x12#\n\x03mix\x18\x0c \x01(\x0b\x32\x14.darktower.v1.MixJobH\x00\x12\x18\n\x10protocol_version\x18\x0f \x01(\rB\x05\n\x03job\"\x12\n\x10StartJobResponse\"\xdc\x01\n\x10UpdateJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12,\n\x0b\x61\x64\x64_sources\x18\x02 \x03(\x0b\x32\x17.darktower.v1.JobSource\x12\x19\n\x11remove_stream_ids\x18\x03 \x03(\t\x12,\n\x0b\x61\x64\x64_outputs\x18\x04 \x03(\x0b\x32\x17.darktower.v1.MixOutput\x12\'\n\x1fremove_listener_participant_ids\x18\x05 \x03(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\x13\n\x11UpdateJobResponse\"e\n\x0eStopJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12)\n\x06reason\x18\x02 \x01(\x0e\x32\x19.darktower.v1.LeaveReason\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\x11\n\x0fStopJobResponse\"X\n\x12JobKeyFrameRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x18\n\x10output_stream_id\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\x15\n\x13JobKeyFrameResponse\"+\n\x0fListJobsRequest\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\x94\x02\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nmeeting_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12)\n\x06reason\x18\x05 \x01(\x0e\x32\x19.darktower.v1.LeaveReason\x12\x11\n\tframes_in\x18\x06 \x01(\x04\x12\x12\n\nframes_out\x18\x07 \x01(\x04\x12\x35\n\x07\x64ropped\x18\x08 \x03(\x0b\x32$.darktower.v1.JobStatus.DroppedEntry\x12\r\n\x05\x63pu_s\x18\t \x01(\x01\x1a.\n\x0c\x44roppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"K\n\x10ListJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.darktower.v1.JobStatus\x12\x10\n\x08max_jobs\x18\x02 \x01(\r2\x95\x03\n\x0fMediaProcessing\x12I\n\x08StartJob\x12\x1d.darktower.v1.StartJobRequest\x1a\x1e.darktower.v1.StartJobResponse\x12L\n\tUpdateJob\x12\x1e.darktower.v1.UpdateJobRequest\x1a\x1f.darktower.v1.UpdateJobResponse\x12\x46\n\x07StopJob\x12\x1c.darktower.v1.StopJobRequest\x1a\x1d.darktower.v1.StopJobResponse\x12V\n\x0fRequestKeyFrame\x12 .darktower.v1.JobKeyFrameRequest\x1a!.darktower.v1.JobKeyFrameResponse\x12I\n\x08ListJobs\x12\x1d.darktower.v1.ListJobsRequest\x1a\x1e.darktower.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64\x61rktower/v1/processing.proto\x12\x0c\x64\x61rktower.v1\x1a\x19\x64\x61rktower/v1/common.proto\"t\n\tJobSource\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12-\n\x0bstream_type\x18\x03 \x01(\x0e\x32\x18.darktower.v1.StreamType\x12\r\n\x05\x63odec\x18\x04 \x01(\t\"\x80\x01\n\x0cRecordingJob\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x18\n\x10participant_name\x18\x02 \x01(\t\x12(\n\x07sources\x18\x03 \x03(\x0b\x32\x17.darktower.v1.JobSource\x12\x14\n\x0crecording_id\x18\x04 \x01(\t\"\x7f\n\x0cTranscodeJob\x12\'\n\x06source\x18\x01 \x01(\x0b\x32\x17.darktower.v1.JobSource\x12\x14\n\x0ctarget_codec\x18\x02 \x01(\t\x12\x16\n\x0etarget_bitrate\x18\x03 \x01(\r\x12\x18\n\x10output_stream_id\x18\x04 \x01(\t\"F\n\tMixOutput\x12\x1f\n\x17listener_participant_id\x18\x01 \x01(\t\x12\x18\n\x10output_stream_id\x18\x02 \x01(\t\"\\\n\x06MixJob\x12(\n\x07sources\x18\x01 \x03(\x0b\x32\x17.darktower.v1.JobSource\x12(\n\x07outputs\x18\x02 \x03(\x0b\x32\x17.darktower.v1.MixOutput\"\xa2\x02\n\x0fStartJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nmeeting_id\x18\x02 \x01(\t\x12\x11\n\tmedia_url\x18\x03 \x01(\t\x12 \n\x18media_certificate_sha256\x18\x04 \x01(\x0c\x12\x0e\n\x06origin\x18\x05 \x01(\t\x12/\n\trecording\x18\n \x01(\x0b\x32\x1a.darktower.v1.RecordingJobH\x00\x12/\n\ttranscode\x18\x0b \x01(\x0b\x32\x1a.darktower.v1.TranscodeJobH\x00\x12#\n\x03mix\x18\x0c \x01(\x0b\x32\x14.darktower.v1.MixJobH\x00\x12\x18\n\x10protocol_version\x18\x0f \x01(\rB\x05\n\x03job\"\x12\n\x10StartJobResponse\"\xdc\x01\n\x10UpdateJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12,\n\x0b\x61\x64\x64_sources\x18\x02 \x03(\x0b\x32\x17.darktower.v1.JobSource\x12\x19\n\x11remove_stream_ids\x18\x03 \x03(\t\x12,\n\x0b\x61\x64\x64_outputs\x18\x04 \x03(\x0b\x32\x17.darktower.v1.MixOutput\x12\'\n\x1fremove_listener_participant_ids\x18\x05 \x03(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\x13\n\x11UpdateJobResponse\"e\n\x0eStopJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12)\n\x06reason\x18\x02 \x01(\x0e\x32\x19.darktower.v1.LeaveReason\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\x11\n\x0fStopJobResponse\"X\n\x12JobKeyFrameRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x18\n\x10output_stream_id\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\x15\n\x13JobKeyFrameResponse\"+\n\x0fListJobsRequest\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\x94\x02\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nmeeting_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12)\n\x06reason\x18\x05 \x01(\x0e\x32\x19.darktower.v1.LeaveReason\x12\x11\n\tframes_in\x18\x06 \x01(\x04\x12\x12\n\nframes_out\x18\x07 \x01(\x04\x12\x35\n\x07\x64ropped\x18\x08 \x03(\x0b\x32$.darktower.v1.JobStatus.DroppedEntry\x12\r\n\x05\x63pu_s\x18\t \x01(\x01\x1a.\n\x0c\x44roppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"K\n\x10ListJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.darktower.v1.JobStatus\x12\x10\n\x08max_jobs\x18\x02 \x01(\r2\x95\x03\n\x0fMediaProcessing\x12I\n\x08StartJob\x12\x1d.darktower.v1.StartJobRequest\x1a\x1e.darktower.v1.StartJobResponse\x12L\n\tUpdateJob\x12\x1e.darktower.v1.UpdateJobRequest\x1a\x1f.darktower.v1.UpdateJobResponse\x12\x46\n\x07StopJob\x12\x1c.darktower.v1.StopJobRequest\x1a\x1d.darktower.v1.StopJobResponse\x12V\n\x0fRequestKeyFrame\x12 .darktower.v1.JobKeyFrameRequest\x1a!.darktower.v1.JobKeyFrameResponse\x12I\n\x08ListJobs\x12\x1d.darktower.v1.ListJobsRequest\x1a\x1e.darktower.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,29 +45,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MIXJOB']._serialized_start=524
   _globals['_MIXJOB']._serialized_end=616
   _globals['_STARTJOBREQUEST']._serialized_start=619
-  _globals['_STARTJOBREQUEST']._serialized_end=893
-  _globals['_STARTJOBRESPONSE']._serialized_start=895
-  _globals['_STARTJOBRESPONSE']._serialized_end=913
-  _globals['_UPDATEJOBREQUEST']._serialized_start=916
-  _globals['_UPDATEJOBREQUEST']._serialized_end=1136
-  _globals['_UPDATEJOBRESPONSE']._serialized_start=1138
-  _globals['_UPDATEJOBRESPONSE']._serialized_end=1157
-  _globals['_STOPJOBREQUEST']._serialized_start=1159
-  _globals['_STOPJOBREQUEST']._serialized_end=1260
-  _globals['_STOPJOBRESPONSE']._serialized_start=1262
-  _globals['_STOPJOBRESPONSE']._serialized_end=1279
-  _globals['_JOBKEYFRAMEREQUEST']._serialized_start=1281
-  _globals['_JOBKEYFRAMEREQUEST']._serialized_end=1369
-  _globals['_JOBKEYFRAMERESPONSE']._serialized_start=1371
-  _globals['_JOBKEYFRAMERESPONSE']._serialized_end=1392
-  _globals['_LISTJOBSREQUEST']._serialized_start=1394
-  _globals['_LISTJOBSREQUEST']._serialized_end=1437
-  _globals['_JOBSTATUS']._serialized_start=1440
-  _globals['_JOBSTATUS']._serialized_end=1716
-  _globals['_JOBSTATUS_DROPPEDENTRY']._serialized_start=1670
-  _globals['_JOBSTATUS_DROPPEDENTRY']._serialized_end=1716
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1718
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1793
-  _globals['_MEDIAPROCESSING']._serialized_start=1796
-  _globals['_MEDIAPROCESSING']._serialized_end=2201
+  _globals['_STARTJOBREQUEST']._serialized_end=909
+  _globals['_STARTJOBRESPONSE']._serialized_start=911
+  _globals['_STARTJOBRESPONSE']._serialized_end=929
+  _globals['_UPDATEJOBREQUEST']._serialized_start=932
+  _globals['_UPDATEJOBREQUEST']._serialized_end=1152
+  _globals['_UPDATEJOBRESPONSE']._serialized_start=1154
+  _globals['_UPDATEJOBRESPONSE']._serialized_end=1173
+  _globals['_STOPJOBREQUEST']._serialized_start=1175
+  _globals['_STOPJOBREQUEST']._serialized_end=1276
+  _globals['_STOPJOBRESPONSE']._serialized_start=1278
+  _globals['_STOPJOBRESPONSE']._serialized_end=1295
+  _globals['_JOBKEYFRAMEREQUEST']._serialized_start=1297
+  _globals['_JOBKEYFRAMEREQUEST']._serialized_end=1385
+  _globals['_JOBKEYFRAMERESPONSE']._serialized_start=1387
+  _globals['_JOBKEYFRAMERESPONSE']._serialized_end=1408
+  _globals['_LISTJOBSREQUEST']._serialized_start=1410
+  _globals['_LISTJOBSREQUEST']._serialized_end=1453
+  _globals['_JOBSTATUS']._serialized_start=1456
+  _globals['_JOBSTATUS']._serialized_end=1732
+  _globals['_JOBSTATUS_DROPPEDENTRY']._serialized_start=1686
+  _globals['_JOBSTATUS_DROPPEDENTRY']._serialized_end=1732
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1734
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1809
+  _globals['_MEDIAPROCESSING']._serialized_start=1812
+  _globals['_MEDIAPROCESSING']._serialized_end=2217
 # @@protoc_insertion_point(module_scope)

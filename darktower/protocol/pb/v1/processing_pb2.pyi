@@ -192,6 +192,7 @@ class StartJobRequest(_message.Message):
     MEETING_ID_FIELD_NUMBER: _builtins.int
     MEDIA_URL_FIELD_NUMBER: _builtins.int
     MEDIA_CERTIFICATE_SHA256_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
     RECORDING_FIELD_NUMBER: _builtins.int
     TRANSCODE_FIELD_NUMBER: _builtins.int
     MIX_FIELD_NUMBER: _builtins.int
@@ -204,6 +205,10 @@ class StartJobRequest(_message.Message):
     its certificate when it is self-signed (empty: the system's trust store).
     """
     media_certificate_sha256: _builtins.bytes
+    origin: _builtins.str
+    """The Origin header the job's media session sends: an MH that admits only some origins
+    (its allowed_origins) names one of them; empty: none is sent.
+    """
     protocol_version: _builtins.int
     @_builtins.property
     def recording(self) -> Global___RecordingJob: ...
@@ -218,6 +223,7 @@ class StartJobRequest(_message.Message):
         meeting_id: _builtins.str = ...,
         media_url: _builtins.str = ...,
         media_certificate_sha256: _builtins.bytes = ...,
+        origin: _builtins.str = ...,
         recording: Global___RecordingJob | None = ...,
         transcode: Global___TranscodeJob | None = ...,
         mix: Global___MixJob | None = ...,
@@ -225,7 +231,7 @@ class StartJobRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "mix", b"mix", "recording", b"recording", "transcode", b"transcode"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "job_id", b"job_id", "media_certificate_sha256", b"media_certificate_sha256", "media_url", b"media_url", "meeting_id", b"meeting_id", "mix", b"mix", "protocol_version", b"protocol_version", "recording", b"recording", "transcode", b"transcode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "job_id", b"job_id", "media_certificate_sha256", b"media_certificate_sha256", "media_url", b"media_url", "meeting_id", b"meeting_id", "mix", b"mix", "origin", b"origin", "protocol_version", b"protocol_version", "recording", b"recording", "transcode", b"transcode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_job: _TypeAlias = _typing.Literal["recording", "transcode", "mix"]  # noqa: Y015
     _WhichOneofArgType_job: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
