@@ -13,6 +13,16 @@
 import { AudioReceiver, VideoReceiver } from "./codecs.js";
 import { ConnectionState, StreamType } from "./proto.js";
 
+// Limit: frames of stream ids no subscription has, held for the derived stream of an Ack still
+// on its way (the MH may route a transcode's or the mix's first frames before the MC's Ack
+// reaches the page; a transcode's first key frame lost so would stall its picture until the
+// next one, seconds later). Policy: the oldest go first beyond MAX_UNCLAIMED_FRAMES or
+// MAX_UNCLAIMED_BYTES, and any older than UNCLAIMED_MAX_AGE_MS; every such frame counts in
+// stats.unknownFrames unless a subscription claims it.
+const MAX_UNCLAIMED_FRAMES = 64;
+const MAX_UNCLAIMED_BYTES = 1024 * 1024;
+const UNCLAIMED_MAX_AGE_MS = 1000;
+
 export class Roster {
   // `subscribe(body)` -> promise of the reply (SubscribeStream); `onChange()` after a participant
   // came, went or changed state; `onLeft(participantId)` when one is removed; `stats` is the
@@ -35,6 +45,7 @@ export class Roster {
     this.mixAudio = false; // the page takes the audio mix instead of each participant's audio
     // The subscription made with SubscribeStream{mix_audio}: a record without a receiver.
     this.mixSubscription = null;
+    this.unclaimed = { frames: [], bytes: 0 }; // see MAX_UNCLAIMED_FRAMES
   }
 
   add(p) {
@@ -125,7 +136,7 @@ export class Roster {
   push(frame) {
     const record = this.remote.get(frame.streamId);
     if (!record) {
-      this.stats.unknownFrames++;
+      this.hold(frame);
       return;
     }
     if (record.kind !== "mix") {
@@ -181,11 +192,45 @@ export class Roster {
     record.derived = now;
     if (now?.mix) this.useMix(record, id);
     else if (now) this.remote.set(id, record);
-    if (record.kind !== "video") return;
-    try {
-      record.receiver.setCodec(now?.codec || record.codec, record.codec);
-    } catch (e) {
-      this.view.notice(`Cannot play a stream: ${e.message}`);
+    if (record.kind === "video") {
+      try {
+        record.receiver.setCodec(now?.codec || record.codec, record.codec);
+      } catch (e) {
+        this.view.notice(`Cannot play a stream: ${e.message}`);
+      }
+    }
+    if (id) this.claim(id);
+  }
+
+  // A frame of a stream id no subscription has: held a while, for the derived stream of an Ack
+  // still on its way (see MAX_UNCLAIMED_FRAMES).
+  hold(frame) {
+    this.stats.unknownFrames++;
+    const now = performance.now();
+    const held = this.unclaimed;
+    held.frames.push({ frame, at: now });
+    held.bytes += frame.payload.byteLength;
+    while (
+      held.frames.length > MAX_UNCLAIMED_FRAMES ||
+      held.bytes > MAX_UNCLAIMED_BYTES ||
+      (held.frames.length > 0 && now - held.frames[0].at > UNCLAIMED_MAX_AGE_MS)
+    ) {
+      held.bytes -= held.frames.shift().frame.payload.byteLength;
+    }
+  }
+
+  // The held frames of stream `id`, which a subscription has now, are delivered to it.
+  claim(id) {
+    const held = this.unclaimed;
+    const now = performance.now();
+    const mine = held.frames.filter((h) => h.frame.streamId === id);
+    if (mine.length === 0) return;
+    held.frames = held.frames.filter((h) => h.frame.streamId !== id);
+    for (const { frame, at } of mine) {
+      held.bytes -= frame.payload.byteLength;
+      if (now - at > UNCLAIMED_MAX_AGE_MS) continue;
+      this.stats.unknownFrames--;
+      this.push(frame);
     }
   }
 
@@ -275,5 +320,6 @@ export class Roster {
     for (const record of new Set(this.remote.values())) record.receiver.stop();
     this.remote.clear();
     this.mixSubscription = null;
+    this.unclaimed = { frames: [], bytes: 0 };
   }
 }

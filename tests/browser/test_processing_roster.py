@@ -2,7 +2,8 @@
 Chromium, with real media made by the tests (VP8, its H.264 transcode by the media processor's
 Transcoder, Opus) and a stand-in for the MC's replies: a subscription whose Ack names a
 transcode decodes that stream's frames into the source's tile, with its codec, and no frame of
-the source; SubscriptionUpdated moves it to the source again, or to another transcode; audio
+the source; frames of a transcode that arrive before the Ack naming it are held and decoded once
+it comes; SubscriptionUpdated moves it to the source again, or to another transcode; audio
 subscriptions answered with the mix share one player, which stops with the last of them; with
 ``mixAudio`` the page subscribes to the mix instead of anyone's audio, and follows the mix's
 SubscriptionUpdated (empty stream id)."""
@@ -36,11 +37,12 @@ async ({vp8, h264, opus, ids}) => {
   const view = {addTile: () => ({canvas: document.createElement("canvas")}), removeTile() {},
                 notice: (text) => notices.push(text)};
   // The MC's stand-in: each SubscribeStream is answered with the derived stream of `answers`.
-  const answers = {}, asked = [];
+  // A subscription of a stream in `gates` is answered once the test opens its gate.
+  const answers = {}, asked = [], gates = {};
   let replies = 0;
   const subscribe = async (body) => {
     asked.push(body);
-    await null;
+    await (gates[body.streamId]?.promise ?? null);
     replies++;
     return {ack: {streamId: body.streamId ?? "", derived: answers[body.streamId ?? ""]}};
   };
@@ -87,6 +89,18 @@ async ({vp8, h264, opus, ids}) => {
   await until("the second transcode", () => stats.decodedFrames.P >= 2 * h264.length + vp8.length);
   out.transcoded2 = sub(roster, ids.video);
 
+  // The transcode's frames before the Ack that names it: held, then decoded.
+  let open;
+  gates[ids.video2] = {promise: new Promise((resolve) => { open = resolve; })};
+  answers[ids.video2] = {streamId: ids.transcode3, codec: "H264", bitrate: 200000};
+  roster.add({participantId: "S", name: "S", streams: [video(ids.video2, "VP8")]});
+  const unknownBefore = stats.unknownFrames;
+  push(roster, h264, ids.transcode3, true);
+  out.held = {unknown: stats.unknownFrames - unknownBefore, decoded: stats.decodedFrames.S};
+  open();
+  await until("the held frames", () => stats.decodedFrames.S >= h264.length);
+  out.claimed = {unknown: stats.unknownFrames - unknownBefore, sub: sub(roster, ids.video2)};
+
   // The mix: one player for both audio subscriptions; their own streams are not played.
   push(roster, opus, ids.audioP, false);
   push(roster, opus, ids.mix, false);
@@ -106,7 +120,7 @@ async ({vp8, h264, opus, ids}) => {
   // The mix asked for: no participant's audio is subscribed to.
   const taker = new Roster(view, {stats, subscribe, onChange() {}, onLeft() {}});
   taker.mixAudio = true;
-  answers[""] = {streamId: ids.mix, codec: "Opus", mix: true};
+  answers[""] = {streamId: ids.mix3, codec: "Opus", mix: true};
   asked.length = 0;
   taker.add({participantId: "R", name: "R", streams: [audio(ids.audioR)]});
   taker.subscribeMix();
@@ -134,7 +148,8 @@ async def test_derived_streams_are_decoded_in_place_of_their_source() -> None:
     h264 = [out for f in vp8 for out in transcoder.push(f.key, f.timestamp_us, f.payload)]
     assert h264 and h264[0].key
     opus = opus_frames(0.2)
-    names = ("video", "transcode", "transcode2", "audioP", "audioQ", "audioR", "mix", "mix2")
+    names = ("video", "video2", "transcode", "transcode2", "transcode3", "audioP", "audioQ")
+    names += ("audioR", "mix", "mix2", "mix3")
     ids = {name: str(uuid.uuid4()) for name in names}
     arg = {"vp8": _hex(vp8), "h264": _hex(h264), "opus": _hex(opus), "ids": ids}
     with serve_web({"/blank": BLANK_PAGE}) as base:
@@ -158,6 +173,10 @@ async def test_derived_streams_are_decoded_in_place_of_their_source() -> None:
     assert out["source"]["decoded"] == len(h264) + len(vp8)
     assert out["transcoded2"]["derived"]["streamId"] == ids["transcode2"]
     assert out["transcoded2"]["decoded"] == 2 * len(h264) + len(vp8)
+    assert out["held"] == {"unknown": len(h264), "decoded": 0}
+    assert out["claimed"]["unknown"] == 0
+    assert out["claimed"]["sub"]["frames"]["derived"] == len(h264)
+    assert out["claimed"]["sub"]["decoded"] == len(h264)
 
     mix = out["mix"]
     for key in ("p", "q"):
