@@ -88,6 +88,12 @@ def _realtime_options(encoder: str, bitrate: int) -> dict[str, str]:
     return {"usage": "realtime", "cpu-used": "10", "lag-in-frames": "0", "end-usage": "cbr"}
 
 
+# FFmpeg's numbers for SMPTE 170M (BT.601 525) colour space, primaries and transfer, and for
+# limited ("MPEG") range.
+_BT601 = 6
+_LIMITED_RANGE = 1
+
+
 class TranscodeError(Exception):
     """A codec cannot be opened; the message names it."""
 
@@ -262,7 +268,7 @@ class Transcoder:
             or self._rate_changed(timestamp_us)
         ):
             out.extend(self._close_encoder())
-            self._encoder = self._open_encoder(width, height)
+            self._encoder = self._open_encoder(width, height, frame)
             self._size = (width, height)
             self._base_us, self._last_pts = timestamp_us, -1
             self._window_start_us, self._window_frames = timestamp_us, 0
@@ -285,10 +291,21 @@ class Transcoder:
         out.extend(self._take(packets))
         return out
 
-    def _open_encoder(self, width: int, height: int) -> av.VideoCodecContext:
+    def _open_encoder(self, width: int, height: int, frame: av.VideoFrame) -> av.VideoCodecContext:
         encoder = av.CodecContext.create(self._encoder_name, "w")
         assert isinstance(encoder, av.VideoCodecContext)
         encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+        # Say which colours the pixels are in: a decoder that is not told guesses (Chromium
+        # takes an H.264 stream without them for BT.709, and a VP8 source's BT.601 picture
+        # comes out darker). The source's own, else BT.601 limited range (VP8's, and what
+        # the decoders give when a stream says nothing).
+        unspecified = 2
+        encoder.colorspace = frame.colorspace if frame.colorspace != unspecified else _BT601
+        encoder.color_primaries = (
+            frame.color_primaries if frame.color_primaries != unspecified else _BT601
+        )
+        encoder.color_trc = frame.color_trc if frame.color_trc != unspecified else _BT601
+        encoder.color_range = frame.color_range or _LIMITED_RANGE
         encoder.time_base = _MICROSECONDS
         encoder.framerate = self._fps
         encoder.bit_rate = self.target_bitrate

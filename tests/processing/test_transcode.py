@@ -3,6 +3,7 @@ VP8 by the tests goes through a Transcoder, and what comes out is decoded with P
 
 from __future__ import annotations
 
+import av
 import pytest
 
 from darktower.processing._transcode import (
@@ -204,3 +205,18 @@ def test_push_after_flush_is_an_error(two_seconds: list[Encoded]) -> None:
     assert transcoder.flush() == []
     with pytest.raises(TranscodeError):
         transcoder.push(True, two_seconds[0].timestamp_us, two_seconds[0].payload)
+
+
+def test_the_output_says_which_colours_its_pixels_are_in() -> None:
+    """A decoder that is not told guesses (Chromium takes an H.264 stream without colour
+    information for BT.709): the VP8 source's BT.601 is written into the H.264 output."""
+    transcoder = Transcoder("VP8", "H264", 300_000)
+    out = []
+    for frame in video_frames(0.3, width=160, height=120):
+        out += transcoder.push(frame.key, frame.timestamp_us, frame.payload)
+    out += transcoder.flush()
+    decoder = av.CodecContext.create("h264", "r")
+    pictures = [p for o in out for p in decoder.decode(av.Packet(o.payload))]
+    unspecified = 2
+    assert pictures and all(p.colorspace != unspecified for p in pictures)
+    assert all(p.color_primaries != unspecified for p in pictures)
