@@ -77,9 +77,15 @@ async def test_internal_grpc_refuses_plaintext(tmp_path: pathlib.Path) -> None:
 def test_a_service_without_cluster_credentials_does_not_start(
     role: ServiceRole, tmp_path: pathlib.Path
 ) -> None:
-    module = {"gc": "darktower.global", "mc": "darktower.meeting", "mh": "darktower.media"}[role]
+    module = {
+        "gc": "darktower.global",
+        "mc": "darktower.meeting",
+        "mh": "darktower.media",
+        "mp": "darktower.processor",
+    }[role]
+    ports = ["--grpc-port", "0"] if role is ServiceRole.MP else ["--port", "0", "--grpc-port", "0"]
     done = subprocess.run(
-        [sys.executable, "-m", module, "--port", "0", "--grpc-port", "0"],
+        [sys.executable, "-m", module, *ports],
         capture_output=True,
         text=True,
         timeout=60,
