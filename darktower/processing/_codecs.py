@@ -19,6 +19,11 @@ from typing import Final, Literal
 import attrs
 import av
 
+# SVT-AV1 prints a banner of some twenty lines to stderr at every encoder it opens (the
+# capability check opens one at start-up); its own variable keeps it to errors. A value the
+# operator set wins.
+os.environ.setdefault("SVT_LOG", "1")
+
 Codec = Literal["VP8", "VP9", "H264", "AV1", "Opus"]
 CODECS: Final[tuple[Codec, ...]] = ("VP8", "VP9", "H264", "AV1", "Opus")
 VIDEO_CODECS: Final[frozenset[Codec]] = frozenset({"VP8", "VP9", "H264", "AV1"})
