@@ -19,28 +19,21 @@ from typing import Final, Literal
 import attrs
 import av
 
+from darktower.protocol.codecs import CODECS as CODECS
+from darktower.protocol.codecs import VIDEO_CODECS as PROTOCOL_VIDEO_CODECS
+from darktower.protocol.codecs import Codec as Codec
+from darktower.protocol.codecs import normalize_codec as normalize_codec
+
 # SVT-AV1 prints a banner of some twenty lines to stderr at every encoder it opens (the
 # capability check opens one at start-up); its own variable keeps it to errors. A value the
 # operator set wins.
 os.environ.setdefault("SVT_LOG", "1")
 
-Codec = Literal["VP8", "VP9", "H264", "AV1", "Opus"]
-CODECS: Final[tuple[Codec, ...]] = ("VP8", "VP9", "H264", "AV1", "Opus")
-VIDEO_CODECS: Final[frozenset[Codec]] = frozenset({"VP8", "VP9", "H264", "AV1"})
-AUDIO_CODECS: Final[frozenset[Codec]] = frozenset({"Opus"})
+# The names, their aliases and normalize_codec are the protocol's (the MC reads them too,
+# without loading PyAV).
+VIDEO_CODECS: Final[frozenset[Codec]] = frozenset(PROTOCOL_VIDEO_CODECS)
+AUDIO_CODECS: Final[frozenset[Codec]] = frozenset(set(CODECS) - VIDEO_CODECS)
 
-# Spellings a peer may use, lower-cased, beyond the names themselves.
-_ALIASES: Final[dict[str, Codec]] = {
-    "vp8": "VP8",
-    "vp9": "VP9",
-    "h264": "H264",
-    "h.264": "H264",
-    "avc": "H264",
-    "avc1": "H264",
-    "av1": "AV1",
-    "av01": "AV1",
-    "opus": "Opus",
-}
 # FFmpeg's encoders, best first. The first one that opens is used.
 _ENCODERS: Final[dict[Codec, tuple[str, ...]]] = {
     "VP8": ("libvpx",),
@@ -61,11 +54,6 @@ _DECODERS: Final[dict[Codec, tuple[str, ...]]] = {
 # The size an encoder is opened at to prove it works (every encoder here accepts it).
 _PROBE_SIZE = 64
 _OPUS_RATE = 48_000
-
-
-def normalize_codec(name: str) -> Codec | None:
-    """The contract codec ``name`` stands for (case-insensitive), None if unknown."""
-    return _ALIASES.get(name.strip().lower())
 
 
 def is_video(codec: Codec) -> bool:
