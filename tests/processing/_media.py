@@ -5,6 +5,7 @@ video codec) and a sine tone encoded to Opus, with PyAV. Timestamps are microsec
 from __future__ import annotations
 
 import fractions
+from collections.abc import Callable
 from typing import NamedTuple
 
 import av
@@ -41,9 +42,12 @@ def video_frames(
     codec: str = "libvpx",
     key_every: int = 60,
     start_us: int = START_US,
+    picture: Callable[[int, int, int], av.VideoFrame] = pattern,
+    cpu_used: int = 8,
 ) -> list[Encoded]:
-    """``seconds`` of the test pattern encoded with ``codec`` (VP8 by default), one encoded
-    frame per entry, a key frame first and every ``key_every`` frames."""
+    """``seconds`` of ``picture`` (the test pattern) encoded with ``codec`` (VP8 by default),
+    one encoded frame per entry, a key frame first and every ``key_every`` frames; libvpx at
+    its real-time ``cpu_used`` speed."""
     encoder = av.CodecContext.create(codec, "w")
     encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
     encoder.time_base = fractions.Fraction(1, fps)
@@ -51,7 +55,11 @@ def video_frames(
     encoder.bit_rate = bitrate
     encoder.gop_size = key_every
     if codec.startswith("libvpx"):
-        encoder.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+        encoder.options = {
+            "deadline": "realtime",
+            "cpu-used": str(cpu_used),
+            "lag-in-frames": "0",
+        }
     out: list[Encoded] = []
 
     def take(packets: list[av.Packet]) -> None:
@@ -60,7 +68,7 @@ def video_frames(
             out.append(Encoded(p.is_keyframe, start_us + p.pts * 1_000_000 // fps, bytes(p)))
 
     for i in range(round(seconds * fps)):
-        frame = pattern(i, width, height)
+        frame = picture(i, width, height)
         frame.pts = i
         take(encoder.encode(frame))
     take(encoder.encode(None))
@@ -167,29 +175,20 @@ def textured_video_frames(
     key_every: int = 60,
     start_us: int = START_US,
 ) -> list[Encoded]:
-    """Like :func:`video_frames`, with the busy :func:`textured` pattern."""
-    encoder = av.CodecContext.create(codec, "w")
-    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
-    encoder.time_base = fractions.Fraction(1, fps)
-    encoder.framerate = fractions.Fraction(fps, 1)
-    encoder.bit_rate = bitrate
-    encoder.gop_size = key_every
-    if codec.startswith("libvpx"):
-        # The fastest real-time setting: making 10 s of 640x480 takes a test about a second.
-        encoder.options = {"deadline": "realtime", "cpu-used": "16", "lag-in-frames": "0"}
-    out: list[Encoded] = []
-
-    def take(packets: list[av.Packet]) -> None:
-        for p in packets:
-            assert p.pts is not None
-            out.append(Encoded(p.is_keyframe, start_us + p.pts * 1_000_000 // fps, bytes(p)))
-
-    for i in range(round(seconds * fps)):
-        frame = textured(i, width, height)
-        frame.pts = i
-        take(encoder.encode(frame))
-    take(encoder.encode(None))
-    return out
+    """Like :func:`video_frames`, with the busy :func:`textured` pattern, at libvpx's fastest
+    real-time setting (making 10 s of 640x480 takes a test about a second)."""
+    return video_frames(
+        seconds,
+        fps=fps,
+        width=width,
+        height=height,
+        bitrate=bitrate,
+        codec=codec,
+        key_every=key_every,
+        start_us=start_us,
+        picture=textured,
+        cpu_used=16,
+    )
 
 
 def decode_opus(packets: list[bytes]) -> np.ndarray:
