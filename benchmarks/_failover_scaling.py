@@ -309,24 +309,14 @@ def run_load(rooms_json: str, cert_hash: str, warm: float, window: float) -> Non
     from ``warm`` s later, print {"frames", "elapsed"}."""
     import trio
 
-    from darktower.frames import HEADER_SIZE, FrameFlags, FrameHeader, FrameType
+    from benchmarks._scaling_browser import encoded_frames
+    from darktower.frames import HEADER_SIZE
     from darktower.transport import StreamReset, TransportLimits, connect_webtransport
 
     rooms = json.loads(rooms_json)
     pinned = [bytes.fromhex(cert_hash)]
     counted = [0]
     counting = False
-
-    def encoded(stream: str, frame_type: FrameType, fill: bytes) -> bytes:
-        header = FrameHeader(
-            frame_type=frame_type,
-            stream_id=uuid.UUID(stream),
-            timestamp_us=0,
-            sequence=0,
-            payload_length=SAT_PAYLOAD,
-            flags=FrameFlags.END_OF_FRAME,
-        )
-        return header.encode() + fill * SAT_PAYLOAD
 
     async def read(stream: Any) -> None:
         with contextlib.suppress(StreamReset):  # an abandoned send (the MH goes on anew)
@@ -350,8 +340,7 @@ def run_load(rooms_json: str, cert_hash: str, warm: float, window: float) -> Non
         ) as session:
             stream = await session.open_bidirectional_stream()
             task_status.started()
-            key = encoded(room["stream"], FrameType.VIDEO_KEY, b"k")
-            delta = encoded(room["stream"], FrameType.VIDEO_DELTA, b"d")
+            key, delta = encoded_frames(room["stream"])
             await go.wait()
             for i in range(10**12):
                 await stream.send_all(key if i % SAT_KEY_EVERY == 0 else delta)
