@@ -72,7 +72,8 @@ class RejoinRefused(Exception):
 
 
 class RejoinFailed(Exception):
-    """No rejoin succeeded within the window; the message says what the last attempt met."""
+    """No rejoin succeeded within the window; the message says what the last attempt met
+    (the one before it when the window's end cut the last one short)."""
 
 
 async def join_again(
@@ -110,7 +111,10 @@ async def join_again(
                     opened = True
                     attempt.deadline = math.inf
                     return await then(signaling, connector, ticket)
-            failure = "an attempt timed out"
+            if attempt_end < deadline or retry == 1:
+                failure = "an attempt timed out"
+            # else the window's end cut the attempt short: the failure before it says why
+            # the rejoin did not happen (this one tells nothing).
         except RateLimited as exc:  # the GC's: wait as it says
             failure = f"{exc.code.name}: {exc}"
             if trio.current_time() + exc.retry_after_s >= deadline:
