@@ -22,6 +22,8 @@ RANK = {
     "darktower.protocol": 2,
     # Codecs, muxers and mixing over PyAV (docs/architecture.md §10): sans-IO, no trio.
     "darktower.processing": 2,
+    # End-to-end encryption of frames and key shares: sans-IO.
+    "darktower.e2ee": 2,
     "darktower.transport": 3,
     "darktower.nurseries": 4,
     # What the three services share (TLS, addresses, ops listener, staying registered).
@@ -36,7 +38,7 @@ RANK = {
 }
 # Sans-IO layers never touch these.
 IO_MODULES = {"trio", "trio_asyncio", "asyncio", "socket", "ssl", "selectors", "aioquic", "grpclib"}
-SANS_IO = ("darktower.frames", "darktower.protocol", "darktower.processing")
+SANS_IO = ("darktower.frames", "darktower.protocol", "darktower.processing", "darktower.e2ee")
 # Generated grpclib service stubs live beside the messages they serve, but only the transport
 # layer imports them; darktower.protocol itself never loads them (see the test below).
 GRPC_STUB_SUFFIX = "_grpc"
