@@ -107,9 +107,13 @@ class SenderKey:
 
     __slots__ = ("_counter", "_keys")
 
-    def __init__(self, secret: bytes, generation: int = 0) -> None:
+    def __init__(self, secret: bytes, generation: int = 0, *, counter: int = 0) -> None:
+        """A sender key of ``secret`` at ``generation``; ``counter`` (the next frame's) is for
+        test vectors: a real sender starts every generation at 0."""
         self._keys = GenerationKeys(secret, generation)
-        self._counter = 0
+        if not 0 <= counter <= MAX_COUNTER:
+            raise E2EEError(f"counter {counter} is not a uint64")
+        self._counter = counter
 
     @classmethod
     def new(cls) -> SenderKey:
