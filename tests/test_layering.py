@@ -22,7 +22,7 @@ RANK = {
     "darktower.protocol": 2,
     # Codecs, muxers and mixing over PyAV (docs/architecture.md §10): sans-IO, no trio.
     "darktower.processing": 2,
-    # End-to-end encryption of frames and key shares: sans-IO.
+    # End-to-end encryption of frames and key shares (docs/protocol.md §16): sans-IO.
     "darktower.e2ee": 2,
     "darktower.transport": 3,
     "darktower.nurseries": 4,

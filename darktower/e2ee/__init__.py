@@ -1,4 +1,4 @@
-"""End-to-end encryption of media frames. Sans-IO: no I/O, no clock.
+"""End-to-end encryption of media frames (docs/protocol.md §16). Sans-IO: no I/O, no clock.
 
 A publisher encrypts each frame's payload under its :class:`SenderKey` (the 46-byte header
 stays in clear and is authenticated) and gives its sender secret to each participant in a key
