@@ -245,6 +245,8 @@ class Keyring:
             if plaintext is None:
                 return None  # a fresh key not shared yet, or a forged frame
             state.adopt(generation)
+            if state.pending:
+                self._purge(state)
         else:
             plaintext = keys.open(frame.raw, counter)
             if plaintext is None:
@@ -274,6 +276,16 @@ class Keyring:
         _, _, old = state.pending.popleft()
         state.pending_bytes -= len(old.raw)
         self.drops[NO_KEY] += 1
+
+    def _purge(self, state: _Sender) -> None:
+        """After a ratchet verified: the frames that waited for a generation it reached had
+        failed that very ratchet, so they are forged or damaged."""
+        kept = collections.deque(entry for entry in state.pending if entry[1] > state.newest)
+        if len(kept) < len(state.pending):
+            self.drops[AUTH_FAILED] += len(state.pending) - len(kept)
+            state.pending = kept
+            state.pending_bytes = sum(len(frame.raw) for _, _, frame in kept)
+            state.refresh_deadline()
 
     def _release(self, sender: str, state: _Sender, now: float) -> list[Frame]:
         """Try every waiting frame again, in order, after a new key: decrypted ones are
