@@ -57,6 +57,8 @@ from ._session import SignalingSession
 
 logger = logging.getLogger("darktower.meeting_controller")
 
+# JoinRequest.e2ee_public_key in an end-to-end encrypted meeting: an X25519 public key.
+E2EE_PUBLIC_KEY_BYTES = 32
 # ended_meeting_ids reported with the next heartbeat; bounded: older ones are dropped (the GC
 # also learns of ends through EndMeeting replies and the meeting's absence in heartbeats).
 MAX_ENDED_REPORTED = 1000
@@ -332,6 +334,14 @@ class MeetingController:
             await self.refresh_keys()  # the GC may have rotated its key since our last beat
             claims = self.verifier.verify(join.join_token, meeting_id=meeting_id, now=time.time())
         room = await self._room_to_join(meeting_id)
+        if room.e2ee and len(join.e2ee_public_key) != E2EE_PUBLIC_KEY_BYTES:
+            # Nobody could give it a key: it would receive media it cannot decrypt
+            # (docs/protocol.md §16).
+            raise InvalidRequest(
+                "the meeting is end-to-end encrypted: the JoinRequest needs e2ee_public_key, "
+                f"a {E2EE_PUBLIC_KEY_BYTES}-byte X25519 public key "
+                f"(got {len(join.e2ee_public_key)} bytes)"
+            )
         if len(room.members) >= room.scope.max_participants:
             raise CapacityExceeded(f"meeting {meeting_id} is full")
         room.claim_token(claims.token_id, time.time())
