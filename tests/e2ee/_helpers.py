@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from darktower.e2ee import SenderKey
 from darktower.frames import Frame, FrameFlags, FrameHeader, FrameType
@@ -27,9 +28,9 @@ def header(
     )
 
 
-def send(key: SenderKey, payload: bytes, sequence: int = 0, **kwargs: object) -> Frame:
+def send(key: SenderKey, payload: bytes, sequence: int = 0, **kwargs: Any) -> Frame:
     """``payload`` encrypted by ``key`` as the frame a receiver decodes."""
-    return Frame.from_wire(key.encrypt(header(sequence, **kwargs), payload))  # type: ignore[arg-type]
+    return Frame.from_wire(key.encrypt(header(sequence, **kwargs), payload))
 
 
 def flip(frame: Frame, offset: int, mask: int = 0x01) -> Frame:

@@ -38,7 +38,7 @@ def test_a_frame_round_trips(length: int) -> None:
     sent = header(7, stream_id=VIDEO, frame_type=FrameType.VIDEO_KEY)
     frame = send(key, payload, 7, stream_id=VIDEO, frame_type=FrameType.VIDEO_KEY)
     assert frame.payload_length == length + OVERHEAD == len(frame.payload)
-    assert frame.payload[:1] == b"\x01"
+    assert frame.payload[0] == 1
     assert payload not in bytes(frame.payload) or length < 8
     plain = _keyring(key).decrypt("alice", frame, 0.0)
     assert plain is not None
