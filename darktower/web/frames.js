@@ -13,7 +13,9 @@
 //
 // All integers big-endian; reserved bits and bytes are zero on send and ignored on receive.
 // A decoded frame is {version, frameType, streamId (UUID string), timestampUs (BigInt),
-// sequence (BigInt), flags, payload (Uint8Array)}; encodeFrame takes Numbers or BigInts.
+// sequence (BigInt), flags, payload (Uint8Array), headerBytes (the 46 bytes as received: an
+// encrypted frame's associated data, docs/protocol.md §16)}; encodeFrame takes Numbers or
+// BigInts.
 
 import { ByteQueue, bytesToUuid, readChunks, uuidToBytes } from "./bytes.js";
 
@@ -100,7 +102,11 @@ export function decodeFrame(bytes, maxPayload = DEFAULT_MAX_PAYLOAD) {
   if (bytes.byteLength !== HEADER_SIZE + header.payloadLength) {
     throw new FrameError("frame length does not match its header", "truncated");
   }
-  return { ...header, payload: bytes.subarray(HEADER_SIZE) };
+  return {
+    ...header,
+    payload: bytes.subarray(HEADER_SIZE),
+    headerBytes: bytes.subarray(0, HEADER_SIZE),
+  };
 }
 
 // Incremental frame decoder: push chunks of any size, pull frames. Holds at most one unfinished
@@ -119,7 +125,8 @@ export class FrameDecoder {
   next() {
     if (this.header === null) {
       if (this.queue.length < HEADER_SIZE) return undefined;
-      this.header = decodeHeader(this.queue.take(HEADER_SIZE), this.maxPayload);
+      const headerBytes = this.queue.take(HEADER_SIZE);
+      this.header = { ...decodeHeader(headerBytes, this.maxPayload), headerBytes };
     }
     if (this.queue.length < this.header.payloadLength) return undefined;
     // A payload within one chunk is a view of it; the chunk is never written again.
