@@ -31,12 +31,23 @@
 //   darktower.participantId, .role ("host" | "guest"), .meetingId
 //   darktower.participants                  [{participantId, name}] of the others
 //   darktower.recording                     the meeting is being recorded (#rec shows "REC")
+//   darktower.encrypted                     the meeting is end-to-end encrypted (#e2ee shows
+//                                           the lock)
+//   darktower.safetyNumbers                 {participantId: "01234 56789 01234 56789"} of
+//                                           everyone in an encrypted meeting, the own one too
+//                                           (each tile's `.safety`)
 //   darktower.stats.decodedFrames           {participantId: decoded video frames}
 //   darktower.stats.decodedAudio            {participantId: decoded audio chunks}
 //   darktower.stats.decodedMix              decoded audio chunks of the audio mix
 //   darktower.stats.reconnects              {signaling, media}: reconnections completed
 //   darktower.stats.rejoins                 rejoins through the GC completed (the MC shut down
 //                                           or was lost: a new participantId, same name)
+//   darktower.stats.e2ee                    {encrypted, generation (the own sender key's),
+//                                           decrypted, drops: {auth_failed, no_key,
+//                                           stale_key, malformed, bad_share}, sealed,
+//                                           sealFailures, sharesSent, sharesOpened,
+//                                           unknownStream}: frames that did not decrypt are
+//                                           dropped and counted by reason, never decoded
 //   darktower.endReason                     null, or {code, name: "KICKED" | "MEETING_ENDED" |
 //                                           "CONNECTION_LOST" | "VOLUNTARY" | "SERVER_SHUTDOWN",
 //                                           text, detail}
@@ -96,7 +107,12 @@ class PageView {
     const label = document.createElement("span");
     label.className = "name";
     label.textContent = name;
-    caption.append(label);
+    // The safety number of its key (an encrypted meeting): compared out of band.
+    const safety = document.createElement("span");
+    safety.className = "safety";
+    safety.title = "Safety number: the same on every page for this person";
+    safety.hidden = true;
+    caption.append(label, safety);
     if (kickable) {
       const kick = document.createElement("button");
       kick.className = "kick";
@@ -151,6 +167,7 @@ class PageView {
     $("ended").hidden = session.state !== "ended";
     $("end-meeting").hidden = session.role !== "host";
     $("rec").hidden = !session.recording;
+    $("e2ee").hidden = !session.encrypted;
     $("meeting-label").textContent = session.meetingId ?? "";
     const link = new URL(`/m/${encodeURIComponent(session.meetingId ?? "")}`, location.href);
     $("share-link").href = link.href;
@@ -161,7 +178,11 @@ class PageView {
       status = `${session.participants.size + 1} in the meeting · you are ${session.role}`;
     }
     $("status").textContent = status;
+    const safetyNumbers = session.safetyNumbers();
     for (const [participantId, tile] of this.tiles) {
+      const safety = tile.querySelector(".safety");
+      safety.textContent = safetyNumbers[participantId] ?? "";
+      safety.hidden = !safety.textContent;
       const reconnecting =
         participantId === session.participantId
           ? session.reconnecting
@@ -180,6 +201,7 @@ class PageView {
     $("ended").hidden = false;
     $("end-reason").textContent = text;
     $("rec").hidden = true;
+    $("e2ee").hidden = true;
     $("grid").replaceChildren();
     this.tiles.clear();
   }
@@ -268,6 +290,12 @@ const hooks = {
   },
   get recording() {
     return session?.recording ?? false;
+  },
+  get encrypted() {
+    return session?.encrypted ?? false;
+  },
+  get safetyNumbers() {
+    return session?.safetyNumbers() ?? {};
   },
   get stats() {
     return session?.stats ?? EMPTY;

@@ -2,7 +2,7 @@
 // published stream carrying its frames, and the MH's unidirectional streams (one per routed
 // stream) read and demultiplexed by the stream id in each frame header.
 
-import { FrameType, encodeFrame, readFrames } from "./frames.js";
+import { FrameType, HEADER_SIZE, encodeFrame, readFrames } from "./frames.js";
 
 // Limit: bytes of frames written to one publish stream and not yet taken by the transport.
 // Policy when over: audio frames are dropped; video delta frames are dropped from then on until
@@ -73,12 +73,15 @@ export class Publisher {
     this.waitForKey = false;
     this.error = null;
     this.stats = { sent: 0, bytes: 0, dropped: 0 };
+    this.sealing = Promise.resolve(); // the last frame being sealed (an encrypted meeting)
     // The MH writes nothing back on a publish stream; reading it tells us when it resets it.
     stream.readable.getReader().closed.catch((e) => this.fail(e));
   }
 
   // Queues one frame. Never waits: see MAX_PENDING_BYTES for what happens under congestion.
-  send(frameType, payload, timestampUs) {
+  // `seal(header, payload)` (an encrypted meeting) -> promise of the wire frame: frames are
+  // written in the order they were sent, each once it is sealed; one that fails is dropped.
+  send(frameType, payload, timestampUs, seal = null) {
     if (this.error) return false;
     const key = frameType === FrameType.VIDEO_KEY;
     if (frameType === FrameType.VIDEO_DELTA && this.waitForKey) {
@@ -94,12 +97,35 @@ export class Publisher {
       return false;
     }
     if (key) this.waitForKey = false;
-    const bytes = encodeFrame(
-      { frameType, streamId: this.streamId, timestampUs, sequence: this.sequence++ },
-      payload,
-    );
-    this.pendingBytes += bytes.byteLength;
+    const header = { frameType, streamId: this.streamId, timestampUs, sequence: this.sequence++ };
     this.stats.sent++;
+    if (!seal) {
+      this.write(encodeFrame(header, payload));
+      return true;
+    }
+    // Counted as pending while it is sealed, so that congestion sees it.
+    const reserved = HEADER_SIZE + payload.byteLength;
+    this.pendingBytes += reserved;
+    const sealed = seal(header, payload);
+    sealed.catch(() => {}); // handled below, in turn
+    this.sealing = this.sealing
+      .then(() => sealed)
+      .then(
+        (bytes) => {
+          this.pendingBytes -= reserved;
+          if (!this.error) this.write(bytes);
+        },
+        () => {
+          this.pendingBytes -= reserved;
+          this.stats.sent--;
+          this.stats.dropped++;
+        },
+      );
+    return true;
+  }
+
+  write(bytes) {
+    this.pendingBytes += bytes.byteLength;
     this.stats.bytes += bytes.byteLength;
     this.writer.write(bytes).then(
       () => {
@@ -107,7 +133,6 @@ export class Publisher {
       },
       (e) => this.fail(e),
     );
-    return true;
   }
 
   fail(error) {

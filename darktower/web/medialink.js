@@ -22,6 +22,9 @@ export class MediaLink {
     this.generation = 0; // each connect() and close() starts a new one; older ones give up
     this.local = new Map(); // stream id -> {handlers, publisher}
     this.stats = { connects: 0, dropped: 0 };
+    // In an end-to-end encrypted meeting: (header, payload) -> promise of the encrypted wire
+    // frame (encryption.js), applied to every frame sent; null: frames go in clear.
+    this.seal = null;
   }
 
   get connected() {
@@ -114,7 +117,7 @@ export class MediaLink {
       this.stats.dropped++;
       return false;
     }
-    return publisher.send(frameType, payload, timestampUs);
+    return publisher.send(frameType, payload, timestampUs, this.seal);
   }
 
   // Closes the current session (if any); the published streams wait for the next connect().

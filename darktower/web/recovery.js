@@ -76,6 +76,7 @@ export class Recovery {
             resumeToken: s.resumeToken,
             participantName: s.name,
             capabilities: s.capabilities,
+            e2eePublicKey: s.e2ee.publicKey, // a resume keeps the key pair
           },
           RECONNECT_ATTEMPT_TIMEOUT_MS,
         );
@@ -166,12 +167,14 @@ export class Recovery {
         if (this.unanswered === unreachableController) this.unanswered = "";
         if (s.state !== "reconnecting") return;
         s.signalingUrl = named = ticket.meeting_controller_url;
+        await s.e2ee.newKeyPair(); // a new participant: a new key pair
         link = await s.openSignaling(timeoutMs);
         const join = {
           meetingId: s.meetingId,
           joinToken: ticket.join_token,
           participantName: s.name,
           capabilities: s.capabilities,
+          e2eePublicKey: s.e2ee.publicKey,
         };
         const reply = await link.signaling.request("join", join, timeoutMs);
         if (s.state !== "reconnecting") {
@@ -207,9 +210,13 @@ export class Recovery {
     s.resumeToken = joined.resumeToken || null;
     s.recording = Boolean(joined.recording);
     s.view.renameTile?.(old, s.participantId);
-    s.goLive(link, () => s.roster.reconcile(joined.existingParticipants));
+    s.goLive(link, () => {
+      s.startEncryption(joined);
+      s.roster.reconcile(joined.existingParticipants);
+    });
     s.roster.subscribeMix(); // a new MC: the mix is asked for again (if the page takes it)
     await s.local.republish(link.signaling);
+    await s.e2ee.ready;
     let media = true;
     try {
       await s.media.connect(joined.mediaServer);
@@ -238,6 +245,7 @@ export class Recovery {
     // if it came already: that is a new loss, resumed in turn).
     s.goLive(link, () => {
       s.roster.reconcile(joined.existingParticipants);
+      s.e2ee.resumed(joined.existingParticipants);
       s.setState("joined");
     });
     if (s.state === "joined") this.recoverMedia(joined.mediaServer);

@@ -133,6 +133,12 @@ export class Roster {
     this.participants.get(record.participantId)?.streams.delete(streamId);
   }
 
+  // The participant whose stream (or simulcast layer) `streamId` is, or undefined.
+  publisherOf(streamId) {
+    const record = this.remote.get(streamId);
+    return record?.kind === "audio" || record?.kind === "video" ? record.participantId : undefined;
+  }
+
   push(frame) {
     const record = this.remote.get(frame.streamId);
     if (!record) {

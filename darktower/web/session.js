@@ -13,14 +13,17 @@
 // The session owns everything it starts; end() releases all of it and is idempotent.
 //
 // Reconnection (docs/protocol.md §13): resume, media reconnection and the rejoin through the GC
-// are recovery.js's (a Recovery of the session).
+// are recovery.js's (a Recovery of the session). End-to-end encryption (docs/protocol.md §16) is
+// encryption.js's: every JoinRequest offers its public key; in an encrypted meeting every frame
+// sent is encrypted and every frame received decrypted before it is decoded.
 
 import * as api from "./api.js";
 import { VIDEO_CODEC_NAMES, decodableVideoCodecs } from "./codecs.js";
+import { MeetingEncryption } from "./encryption.js";
 import { LocalMedia } from "./localmedia.js";
 import { routedUrl } from "./media.js";
 import { MediaLink } from "./medialink.js";
-import { LeaveReason } from "./proto.js";
+import { ConnectionState, LeaveReason } from "./proto.js";
 import { Recovery } from "./recovery.js";
 import {
   RECONNECT_ATTEMPT_TIMEOUT_MS,
@@ -79,7 +82,7 @@ export class MeetingSession {
       certHash,
       via,
       timeoutMs: RECONNECT_ATTEMPT_TIMEOUT_MS,
-      onFrame: (frame) => this.roster.push(frame),
+      onFrame: (frame) => this.onMediaFrame(frame),
       onClosed: (info, error) => this.onMediaClosed(info, error),
     });
     this.endReason = null; // {code, name, text} once ended
@@ -97,6 +100,19 @@ export class MeetingSession {
       rejoins: 0, // completed rejoins through the GC
     };
     this.recovery = new Recovery(this); // resume, media reconnection, rejoin (recovery.js)
+    // Keys, shares, frames' encryption (encryption.js); counts in stats.e2ee.
+    this.e2ee = new MeetingEncryption({
+      stats: this.stats,
+      send: (body) => this.signaling.request("keyShare", body),
+      publisherOf: (streamId) => this.roster.publisherOf(streamId),
+      deliver: (frame) => this.roster.push(frame),
+      onChange: () => this.view.update(this),
+      onFatal: (e) => {
+        this.view.notice(`End-to-end encryption stopped: ${e.message}`);
+        this.leave();
+      },
+    });
+    this.sealFrame = (header, payload) => this.e2ee.seal(header, payload);
     this.local = new LocalMedia(view, this.stats); // camera, microphone, encoders (localmedia.js)
     this.roster = new Roster(view, {
       stats: this.stats,
@@ -113,6 +129,16 @@ export class MeetingSession {
   // participant id -> {name, streams, tile, reconnecting} of the others (roster.js).
   get participants() {
     return this.roster.participants;
+  }
+
+  // The meeting is end-to-end encrypted (its JoinResponse said so).
+  get encrypted() {
+    return this.e2ee.encrypted;
+  }
+
+  // participant id -> safety number of everyone in an encrypted meeting, the own one included.
+  safetyNumbers() {
+    return this.e2ee.safetyNumbers();
   }
 
   // Signaling or media is being reconnected.
@@ -145,6 +171,7 @@ export class MeetingSession {
       this.role = api.jwtPayload(ticket.join_token).role ?? ticket.role ?? "guest";
       this.roster.kickable = this.role === "host";
       this.signalingUrl = ticket.meeting_controller_url;
+      await this.e2ee.newKeyPair();
       const link = await this.openSignaling();
       this.link = link;
       const reply = await link.signaling.request("join", {
@@ -152,6 +179,7 @@ export class MeetingSession {
         joinToken: ticket.join_token,
         participantName: name,
         capabilities: this.capabilities,
+        e2eePublicKey: this.e2ee.publicKey,
       });
       const joined = reply.joinResponse;
       if (!joined) throw new Error("the meeting controller did not answer with JoinResponse");
@@ -160,9 +188,11 @@ export class MeetingSession {
       this.recording = Boolean(joined.recording);
       this.view.addTile(this.participantId, `${name} (you)`, { self: true, kickable: false });
       this.goLive(link, () => {
+        this.startEncryption(joined);
         for (const p of joined.existingParticipants) this.roster.add(p);
       });
       this.roster.subscribeMix();
+      await this.e2ee.ready; // no frame is sent before there is a key for it
       await this.media.connect(joined.mediaServer);
       if (this.state === "ended") {
         this.media.close(); // ended while connecting: end() ran before there was media
@@ -188,6 +218,19 @@ export class MeetingSession {
       throw new Error(`this browser decodes none of the video codecs ${asked}`);
     }
     this.capabilities = { ...CAPABILITIES, videoCodecs };
+  }
+
+  // After a JoinResponse (a join or a rejoin): the meeting's encryption, and whether frames sent
+  // are sealed.
+  startEncryption(joined) {
+    this.e2ee.start(joined, this.participantId);
+    this.media.seal = this.e2ee.encrypted ? this.sealFrame : null;
+  }
+
+  // A frame of a subscribed stream: decrypted first in an encrypted meeting.
+  onMediaFrame(frame) {
+    if (this.e2ee.encrypted) this.e2ee.receive(frame);
+    else this.roster.push(frame);
   }
 
   // Each await may see the session end (kick, close): nothing is started after that.
@@ -217,9 +260,13 @@ export class MeetingSession {
     if (this.state === "ended") return;
     switch (kind) {
       case "participantJoined":
-        if (body.participant) this.roster.add(body.participant);
+        if (body.participant) {
+          this.e2ee.joined(body.participant);
+          this.roster.add(body.participant);
+        }
         break;
       case "participantLeft":
+        this.e2ee.left(body.participantId);
         this.roster.remove(body.participantId);
         break;
       case "streamPublished":
@@ -249,6 +296,10 @@ export class MeetingSession {
         break;
       case "participantUpdated":
         this.roster.setConnection(body.participantId, body.connection);
+        if (body.connection === ConnectionState.CONNECTED) this.e2ee.connected(body.participantId);
+        break;
+      case "keyShare":
+        this.e2ee.keyShare(body);
         break;
       case "recordingStatus":
         this.recording = Boolean(body.recording);
@@ -271,7 +322,7 @@ export class MeetingSession {
         this.recovery.recoverMedia(body.mediaServer);
         break;
       default:
-        // keyShare and anything newer: end-to-end encryption is not in this page yet.
+        // Anything newer than this page.
         break;
     }
   }
@@ -389,6 +440,7 @@ export class MeetingSession {
     this.recording = false;
     this.setState("ended");
     this.local.stopEncoders();
+    this.e2ee.stop();
     this.roster.stop();
     this.media.close();
     if (this.link) this.link.retire();
@@ -408,6 +460,8 @@ export class MeetingSession {
       participants: [...this.participants].map(([id, p]) => ({ participantId: id, name: p.name })),
       reconnecting: this.reconnecting,
       recording: this.recording,
+      encrypted: this.encrypted,
+      safetyNumbers: this.safetyNumbers(),
       capabilities: this.capabilities,
       subscriptions: this.roster.subscriptions(),
       reconnectingParticipants: [...this.participants]
