@@ -52,6 +52,9 @@ class MediaRouter:
         # Asks the media processor whose job publishes ``stream_id`` (a transcode's output)
         # for a key frame; False for a participant's stream (docs/architecture.md §10).
         self.derived_key_frame: Callable[[MediaRoom, StreamId], bool] = _not_derived
+        # Tests only: called with each published frame's wire bytes as it is routed (a view
+        # valid during the call: copy it to keep it). None, the default, costs one check.
+        self.tap: Callable[[memoryview], None] | None = None
 
     async def subscribe(
         self, publication: MediaPublication, member: MediaMember, options: RouteOptions
