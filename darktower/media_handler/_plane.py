@@ -391,6 +391,8 @@ class MediaPlane:
         publication.stats.on_received(size, frame.timestamp_us, now)
         priority = priority_of(frame_type, int(frame.flags), top_layer=layer.top)
         if member.budget_in.admit(priority, size, now):
+            if (tap := self.router.tap) is not None:
+                tap(frame.raw)
             publication.route(layer, frame, now, on_key)
         else:
             publication.drop_at_ingress(frame, now, on_key)
