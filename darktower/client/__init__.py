@@ -9,6 +9,12 @@ when its Meeting Controller is gone or shuts down (``Rejoining``, ``Rejoined``).
 :func:`open_gc_client`, :func:`open_signaling`, :func:`open_media_client`.
 :func:`fetch_dev_access` reads the credential and certificate pin ``python -m darktower``
 serves on its page.
+
+In a meeting created with ``enable_e2e_encryption`` the session encrypts what it publishes and
+decrypts what it receives by itself (docs/protocol.md §16): ``session.e2ee`` (:class:`Encryption`)
+says whether the meeting is encrypted, gives this session's safety number (``fingerprint``) and
+counts the frames that did not decrypt (``drops``); each participant's safety number is
+``ParticipantInfo.fingerprint``, to compare out of band.
 """
 
 from ._dev import (
@@ -18,6 +24,7 @@ from ._dev import (
     fetch_dev_certificate,
     fetch_dev_credentials,
 )
+from ._e2ee import SHARE_QUEUE, UNKNOWN_SENDER, Encryption, KeyPairs
 from ._events import (
     CLOSE_GRACE_S,
     EVENT_BUFFER,
@@ -74,7 +81,9 @@ __all__ = [
     "REJOIN_WINDOW_S",
     "RESUBSCRIBE_WAIT_S",
     "RESUME_GRACE_S",
+    "SHARE_QUEUE",
     "SUBSCRIPTION_BUFFER",
+    "UNKNOWN_SENDER",
     "ConnectionState",
     "Connector",
     "CreatedMeeting",
@@ -82,11 +91,13 @@ __all__ = [
     "DevAccess",
     "DevStackError",
     "Dialer",
+    "Encryption",
     "EventStream",
     "GcRejoiner",
     "GlobalControllerClient",
     "JoinTicket",
     "KeyFrameRequest",
+    "KeyPairs",
     "Lost",
     "MediaClient",
     "MediaLink",

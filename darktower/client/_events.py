@@ -17,6 +17,7 @@ from typing import Final
 import attrs
 import trio
 
+from darktower.e2ee import fingerprint
 from darktower.errors import InvalidRequest
 from darktower.model import LeaveReason, Role, StreamType
 from darktower.protocol import stream_type_from_pb
@@ -81,6 +82,8 @@ RESUBSCRIBE_WAIT_S: Final = REJOIN_WINDOW_S
 # a real-time sender is never held longer than about one frame interval; after the connection is
 # back, video deltas are dropped until the next key frame (see Publication.send_frame).
 RECONNECT_SEND_WAIT_S: Final = 0.05
+# An X25519 public key (docs/protocol.md §16).
+PUBLIC_KEY_BYTES: Final = 32
 
 
 class SessionEnded(SignalingEnded):
@@ -162,13 +165,16 @@ class ConnectionState(enum.Enum):
 @attrs.frozen
 class ParticipantInfo:
     """Another participant as this session last heard of it. The wire does not say others'
-    roles; the session's own role is :attr:`MeetingSession.role`."""
+    roles; the session's own role is :attr:`MeetingSession.role`. In an end-to-end encrypted
+    meeting ``public_key`` is its X25519 key for this meeting (empty otherwise) and
+    :attr:`fingerprint` the safety number to compare out of band (docs/protocol.md §16)."""
 
     participant_id: str
     name: str
     streams: tuple[StreamInfo, ...] = ()
     joined_at_us: int = 0
     connection: ConnectionState = ConnectionState.CONNECTED
+    public_key: bytes = b""
 
     @classmethod
     def from_pb(cls, p: sig.Participant) -> ParticipantInfo:
@@ -178,7 +184,15 @@ class ParticipantInfo:
             name=p.name,
             streams=tuple(s for s in streams if s is not None),
             joined_at_us=p.joined_at,
+            public_key=p.public_key,
         )
+
+    @property
+    def fingerprint(self) -> str:
+        """The safety number of ``public_key`` ("01234 56789 01234 56789"); "" without one."""
+        if len(self.public_key) != PUBLIC_KEY_BYTES:
+            return ""
+        return fingerprint(self.public_key)
 
     def stream(self, stream_id: str) -> StreamInfo | None:
         return next((s for s in self.streams if s.stream_id == stream_id), None)
@@ -283,6 +297,10 @@ class QualityUpdate:
     available_bitrate: int
     packet_loss: float
     rtt_ms: int
+
+    @classmethod
+    def from_pb(cls, q: sig.StreamQualityUpdate) -> QualityUpdate:
+        return cls(q.stream_id, q.available_bitrate, q.packet_loss, q.rtt_ms)
 
 
 @attrs.frozen

@@ -19,6 +19,7 @@ from darktower.errors import sole_error
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.transport import TransportLimits
 
+from ._e2ee import KeyPairs
 from ._events import (
     EVENT_BUFFER,
     LEAVE_GRACE_S,
@@ -56,7 +57,10 @@ SIGNALING_KEEPALIVE_S = 1.5
 @attrs.frozen
 class Dialer:
     """Opens the connections of one participant's session over the network: the join's (with
-    the join token) and a reconnection's (with a resume token, docs/protocol.md §13)."""
+    the join token) and a reconnection's (with a resume token, docs/protocol.md §13). Each
+    join offers a fresh X25519 key pair (``keys``), a resume the same one again (docs/
+    protocol.md §16): one dialer (and the dialers made from it with ``attrs.evolve``) per
+    session."""
 
     signal_url: str
     meeting_id: str
@@ -67,6 +71,7 @@ class Dialer:
     max_buffered_frames: int = MAX_BUFFERED_FRAMES
     # What the JoinRequest says this client decodes and takes (docs/protocol.md §2.2).
     capabilities: sig.ParticipantCapabilities | None = attrs.field(default=None, eq=False)
+    keys: KeyPairs = attrs.field(factory=KeyPairs, eq=False)
 
     @property
     def signaling_limits(self) -> TransportLimits:
@@ -82,6 +87,7 @@ class Dialer:
             meeting_id=self.meeting_id,
             join_token=join_token,
             participant_name=self.participant_name,
+            e2ee_key_pair=self.keys.fresh(),
             server_certificate_hashes=self.pins,
             origin=self.origin,
             limits=self.signaling_limits,
@@ -94,6 +100,7 @@ class Dialer:
             meeting_id=self.meeting_id,
             join_token="",
             participant_name=self.participant_name,
+            e2ee_key_pair=self.keys.current,
             server_certificate_hashes=self.pins,
             origin=self.origin,
             limits=self.signaling_limits,

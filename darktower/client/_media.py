@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -44,17 +44,28 @@ MAX_BUFFERED_FRAMES = 1024
 # Bytes read per receive on a subscribed stream.
 RECEIVE_CHUNK = 64 * 1024
 
+# Makes a frame's wire bytes of its header and payload (end-to-end encryption's hook).
+Encryptor = Callable[[FrameHeader, bytes], bytes]
+
 
 class MediaPublisher:
     """One published stream: a bidirectional QUIC stream that carries frames of one stream id.
 
-    Numbers frames from 0 and stamps them with the wall clock unless told otherwise.
+    Numbers frames from 0 and stamps them with the wall clock unless told otherwise. With an
+    ``encryptor`` (end-to-end encryption, docs/protocol.md §16) each frame is what it makes of
+    the header and the payload: the header in clear, the payload encrypted.
     """
 
-    def __init__(self, stream: WebTransportStream, stream_id: uuid.UUID) -> None:
+    def __init__(
+        self,
+        stream: WebTransportStream,
+        stream_id: uuid.UUID,
+        encryptor: Encryptor | None = None,
+    ) -> None:
         self.stream = stream
         self.stream_id = stream_id
         self.sequence = 0
+        self.encryptor = encryptor
 
     async def send_frame(
         self,
@@ -65,8 +76,9 @@ class MediaPublisher:
         timestamp_us: int | None = None,
         sequence: int | None = None,
     ) -> bytes:
-        """Encode and send one frame; return its wire bytes. Waits while flow control is
-        full. Raises StreamReset if the MH reset the stream, SessionClosed once it is gone."""
+        """Encode (and encrypt, with an encryptor) and send one frame; return its wire bytes.
+        Waits while flow control is full. Raises StreamReset if the MH reset the stream,
+        SessionClosed once it is gone; the encryptor's ValueError for a payload too long."""
         seq = self.sequence if sequence is None else sequence
         self.sequence = seq + 1
         header = FrameHeader(
@@ -77,7 +89,8 @@ class MediaPublisher:
             payload_length=len(payload),
             flags=flags,
         )
-        data = header.encode() + payload
+        encryptor = self.encryptor
+        data = header.encode() + payload if encryptor is None else encryptor(header, payload)
         await self.stream.send_all(data)
         return data
 

@@ -9,8 +9,11 @@ rejoin every publication is published again at the new MC (docs/protocol.md §13
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
+import attrs
 import trio
 
 from darktower.errors import Conflict, DarkTowerError
@@ -18,18 +21,44 @@ from darktower.model import StreamType
 from darktower.protocol import stream_type_to_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
+from ._e2ee import Encryption
+from ._events import SimulcastLayer, stream_metadata
 from ._seams import MediaLink
-from ._streams import Publication
+from ._streams import Publication, SessionState
 
 
 class Publishing:
     """``publications``: stream id → :class:`Publication` (the session's public mapping)."""
 
-    def __init__(self) -> None:
+    def __init__(self, e2ee: Encryption) -> None:
+        self._e2ee = e2ee  # gives the media publishers their encryptor (docs/protocol.md §16)
         self.publications: dict[str, Publication] = {}
         self._bound: dict[str, MediaLink] = {}  # stream id → the connection of its streams
         self._unannounced: set[str] = set()  # not published at the MC of a rejoin yet
         self._lock = trio.Lock()
+
+    def new(
+        self,
+        session: SessionState,
+        close: Callable[[Publication], Awaitable[None]],
+        stream_type: StreamType,
+        stream_id: str | None,
+        simulcast_layers: Sequence[SimulcastLayer],
+        described: Mapping[str, Any],
+    ) -> Publication:
+        """A publication as :meth:`MeetingSession.publish` describes it (not published yet):
+        ``stream_id`` a fresh UUID if None, a layer without an id given one; ``described``
+        the rest of its ``stream_metadata``."""
+        sid = stream_id or str(uuid.uuid4())
+        layers = [
+            layer if layer.layer_id else attrs.evolve(layer, layer_id=str(uuid.uuid4()))
+            for layer in simulcast_layers
+        ]
+        metadata = stream_metadata(stream_type, layers=layers, **described)
+        wires = [la.layer_id for la in layers] or [sid]
+        return Publication(
+            session, sid, stream_type, {}, close=close, wires=wires, metadata=metadata
+        )
 
     def add(self, publication: Publication) -> None:
         self.publications[publication.stream_id] = publication
@@ -44,7 +73,10 @@ class Publishing:
         async with self._lock:
             if publication.closed or self._bound.get(publication.stream_id) is media:
                 return
-            publication._rebind({wire: await media.publish(wire) for wire in publication.wires})
+            publishers = {wire: await media.publish(wire) for wire in publication.wires}
+            for publisher in publishers.values():
+                publisher.encryptor = self._e2ee.encryptor
+            publication._rebind(publishers)
             self._bound[publication.stream_id] = media
 
     def pause(self) -> None:

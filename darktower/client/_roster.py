@@ -78,8 +78,8 @@ class Roster:
         info = self._participants.get(published.participant_id)
         if stream is None or info is None:
             return None
-        self._participants[info.participant_id] = ParticipantInfo(
-            info.participant_id, info.name, (*info.streams, stream), info.joined_at_us
+        self._participants[info.participant_id] = attrs.evolve(
+            info, streams=(*info.streams, stream)
         )
         return StreamPublished(stream)
 
@@ -89,11 +89,8 @@ class Roster:
         stream = info.stream(gone.stream_id) if info else None
         if info is None or stream is None:
             return None
-        self._participants[info.participant_id] = ParticipantInfo(
-            info.participant_id,
-            info.name,
-            tuple(s for s in info.streams if s is not stream),
-            info.joined_at_us,
+        self._participants[info.participant_id] = attrs.evolve(
+            info, streams=tuple(s for s in info.streams if s is not stream)
         )
         return StreamUnpublished(stream)
 

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import trio
 
+from darktower.e2ee import KeyPair
 from darktower.frames import Frame
 from darktower.model import LeaveReason
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
@@ -36,6 +37,11 @@ class SignalingLink(Protocol):
 
     @property
     def lost(self) -> bool: ...
+
+    @property
+    def key_pair(self) -> KeyPair | None:
+        """The key pair whose public key the JoinRequest offered (docs/protocol.md §16)."""
+        ...
 
     async def request(self, message: sig.ClientMessage) -> sig.ServerMessage: ...
 

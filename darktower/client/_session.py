@@ -20,8 +20,11 @@ connection and runs :meth:`MeetingSession.run`, whose own nursery holds the sess
 (a :class:`~darktower.client._link.Link`: signaling events → participants and events, through a
 table of handlers, docs/architecture.md §7; media frames → the subscription of their stream id,
 a dictionary lookup: frames of no live subscription are counted and dropped) and the task that
-subscribes again after a rejoin. A lost connection is brought back by the link (docs/protocol.md
-§13: a resume, a new media connection, or a rejoin through the GC) with the events
+subscribes again after a rejoin, and the one that sends key shares and expires keys in an
+end-to-end encrypted meeting (:class:`~darktower.client.Encryption`: received frames are
+decrypted before the subscriptions see them, docs/protocol.md §16). A lost connection is
+brought back by the link (docs/protocol.md §13: a resume, a new media connection, or a rejoin
+through the GC) with the events
 Reconnecting, then Resumed, Rejoined or Lost. The session ends when the MC says so
 (SessionEnded), when a lost connection does not come back, or on :meth:`MeetingSession.leave`; then every waiting call and iterator raises :class:`SessionEnded`
 with the reason (iterators just stop after a voluntary leave).
@@ -33,16 +36,16 @@ Anything else raised in the block propagates unchanged (never wrapped in an Exce
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-import attrs
 import trio
 
 from darktower.frames import Frame
 from darktower.model import LeaveReason, Role, StreamType
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
+from ._e2ee import Encryption
 from ._events import (
     CLOSE_GRACE_S,
     EVENT_BUFFER,
@@ -64,7 +67,6 @@ from ._events import (
     SimulcastLayer,
     StreamUnpublished,
     role_of,
-    stream_metadata,
 )
 from ._link import Link
 from ._publishing import Publishing, announcement
@@ -91,8 +93,9 @@ class MeetingSession:
     ``connection`` (CONNECTED, or RECONNECTING while a lost connection is being brought back),
     ``reconnects`` (outages recovered), ``rejoins`` (of them, by a rejoin: a new
     ``participant_id``), ``recording`` (the meeting is being recorded: a RecordingChanged event
-    says when that changes, docs/protocol.md §2.1), ``end_reason`` / ``end_message`` /
-    ``ended`` (a trio.Event).
+    says when that changes, docs/protocol.md §2.1), ``e2ee`` (:class:`Encryption`: whether
+    the meeting is end-to-end encrypted, this session's fingerprint, the frames that did not
+    decrypt; docs/protocol.md §16), ``end_reason`` / ``end_message`` / ``ended`` (a trio.Event).
     """
 
     def __init__(
@@ -121,9 +124,11 @@ class MeetingSession:
             rejoiner=rejoiner,
             rejoin_window_s=rejoin_window_s,
         )
-        self._publishing = Publishing()
         self._roster = Roster(self.participant_id, signaling.join_response.existing_participants)
         self._subscribing = Subscribing(self, self._request, self._quietly)
+        self.e2ee = Encryption(self._roster, self._subscribing.deliver, self._request, self.finish)
+        self.e2ee.joined(signaling)
+        self._publishing = Publishing(self.e2ee)
         self.recording = signaling.join_response.recording
         self.participants: Mapping[str, ParticipantInfo] = self._roster.participants
         self.events = EventStream(self, max(1, event_buffer))
@@ -138,12 +143,13 @@ class MeetingSession:
             "participant_left": self._on_left,
             "stream_published": self._on_published,
             "stream_unpublished": self._on_unpublished,
-            "quality": self._on_quality,
+            "quality": lambda m: self.events._put(QualityUpdate.from_pb(m.quality)),
             "key_frame_request": self._on_key_frame_request,
             "participant_updated": self._on_updated,
             "recording_status": lambda m: self._recording(m.recording_status.recording),
             "subscription_updated": lambda m: self._subscribing.updated(m.subscription_updated),
             "session_ended": self._on_session_ended,
+            "key_share": self.e2ee.on_share,
             "error": self._on_error,
         }
 
@@ -209,11 +215,19 @@ class MeetingSession:
 
     def on_message(self, message: sig.ServerMessage) -> None:
         handler = self._handlers.get(message.WhichOneof("message") or "")
-        if handler is not None:  # key shares: end-to-end encryption is not here yet
+        if handler is not None:
             handler(message)
 
     def on_frame(self, frame: Frame) -> None:
-        self._subscribing.deliver(frame)
+        if not self.e2ee.enabled:
+            self._subscribing.deliver(frame)
+        elif (opened := self.e2ee.open(frame)) is not None:  # else it waits, or was dropped
+            self._subscribing.deliver(opened)
+
+    def _tell(self, event: SessionEvent) -> None:
+        """A change of the room: the keys follow it, and the application hears of it."""
+        self.e2ee.on_event(event)
+        self.events._put(event)
 
     def on_resumed(self, join: sig.JoinResponse) -> None:
         """Catch up with what happened while the signaling connection was lost."""
@@ -222,7 +236,7 @@ class MeetingSession:
                 self._subscribing.drop_streams(s.stream_id for s in event.participant.streams)
             elif isinstance(event, StreamUnpublished):
                 self._subscribing.drop_streams([event.stream.stream_id])
-            self.events._put(event)
+            self._tell(event)
         self._recording(join.recording)
         self._subscribing.changed()
 
@@ -235,6 +249,7 @@ class MeetingSession:
         room = [p for p in join.existing_participants if p.participant_id != old]
         for event in self._roster.resync(room, left_reason=reason):
             self.events._put(event)  # the subscriptions stay: their streams may come back
+        self.e2ee.joined(self._link.signaling)  # new keys, shared with the room as it is
         self._publishing.rejoined()
         self._subscribing.rejoined()
         self._recording(join.recording)
@@ -273,6 +288,7 @@ class MeetingSession:
             nursery.start_soon(self._link.run_signaling)
             nursery.start_soon(self._link.run_media)
             nursery.start_soon(self._subscribing.run_restores, self._present, self._request)
+            nursery.start_soon(self.e2ee.run)
             task_status.started(self)
             await self.ended.wait()
             nursery.cancel_scope.cancel()
@@ -280,20 +296,20 @@ class MeetingSession:
     # -- the server's messages -----------------------------------------------------------
     def _on_joined(self, m: sig.ServerMessage) -> None:
         if (event := self._roster.joined(m.participant_joined)) is not None:
-            self.events._put(event)
+            self._tell(event)
 
     def _on_left(self, m: sig.ServerMessage) -> None:
         event = self._roster.left(m.participant_left)
         self._subscribing.drop_streams(s.stream_id for s in event.participant.streams)
-        self.events._put(event)
+        self._tell(event)
 
     def _on_updated(self, m: sig.ServerMessage) -> None:
         if (event := self._roster.updated(m.participant_updated)) is not None:
-            self.events._put(event)
+            self._tell(event)
 
     def _on_published(self, m: sig.ServerMessage) -> None:
         if (event := self._roster.published(m.stream_published)) is not None:
-            self.events._put(event)
+            self._tell(event)
             self._subscribing.changed()
 
     def _on_unpublished(self, m: sig.ServerMessage) -> None:
@@ -301,11 +317,7 @@ class MeetingSession:
         if event is None:
             return
         self._subscribing.drop_streams([event.stream.stream_id])
-        self.events._put(event)
-
-    def _on_quality(self, m: sig.ServerMessage) -> None:
-        q = m.quality
-        self.events._put(QualityUpdate(q.stream_id, q.available_bitrate, q.packet_loss, q.rtt_ms))
+        self._tell(event)
 
     def _on_key_frame_request(self, m: sig.ServerMessage) -> None:
         self.events._put(KeyFrameRequest(m.key_frame_request.stream_id))
@@ -382,23 +394,10 @@ class MeetingSession:
         fresh UUID. Raises the MC's ``DarkTowerError`` (Conflict, CapacityExceeded ...),
         SessionEnded once the session is over. If cancelled after the MC acknowledged, the
         stream stays published until the session ends."""
-        sid = stream_id or str(uuid.uuid4())
-        layers = [
-            layer if layer.layer_id else attrs.evolve(layer, layer_id=str(uuid.uuid4()))
-            for layer in simulcast_layers
-        ]
-        metadata = stream_metadata(
-            stream_type,
-            codec=codec,
-            max_bitrate=max_bitrate,
-            width=width,
-            height=height,
-            framerate=framerate,
-            layers=layers,
-        )
-        wires = [la.layer_id for la in layers] or [sid]
-        publication = Publication(
-            self, sid, stream_type, {}, close=self._unpublish, wires=wires, metadata=metadata
+        described: dict[str, Any] = {"codec": codec, "max_bitrate": max_bitrate}
+        described.update(width=width, height=height, framerate=framerate)
+        publication = self._publishing.new(
+            self, self._unpublish, stream_type, stream_id, simulcast_layers, described
         )
         await self._request(announcement(publication))
         self._publishing.add(publication)

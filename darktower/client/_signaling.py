@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from darktower.e2ee import KeyPair
 from darktower.model import LeaveReason
 from darktower.protocol import (
     PROTOCOL_VERSION,
@@ -66,9 +67,16 @@ class SignalingEnded(trio.BrokenResourceError):
 class SignalingClient:
     """A joined signaling session (see the module docstring)."""
 
-    def __init__(self, session: WebTransportSession, stream: WebTransportStream) -> None:
+    def __init__(
+        self,
+        session: WebTransportSession,
+        stream: WebTransportStream,
+        key_pair: KeyPair | None = None,
+    ) -> None:
         self.session = session
         self.stream = stream
+        # Whose public key the JoinRequest offered (docs/protocol.md §16).
+        self.key_pair = key_pair
         self.join_response = sig.JoinResponse()
         self.session_ended: sig.SessionEnded | None = None
         self._ids = itertools.count(1)
@@ -238,6 +246,7 @@ async def open_signaling(
     join_token: str,
     participant_name: str = "",
     e2ee_public_key: bytes = b"",
+    e2ee_key_pair: KeyPair | None = None,
     server_certificate_hashes: Sequence[bytes] | None = None,
     limits: TransportLimits | None = None,
     origin: str | None = None,
@@ -252,6 +261,9 @@ async def open_signaling(
     was issued to (docs/protocol.md §13): check ``join_response.resumed``. ``capabilities``
     (the video codecs this client decodes, how many video streams it takes at once) make the MC
     transcode for it and hold it to its ``max_video_streams`` (docs/protocol.md §2.2).
+    ``e2ee_key_pair`` (or its raw ``e2ee_public_key``) is the participant's X25519 key for
+    end-to-end encryption, required by an encrypted meeting (docs/protocol.md §16): the
+    client's ``key_pair``; a :class:`MeetingSession` on this client uses it.
 
     Owns the WebTransport session and the reader task; leaving the block closes the session
     (without a LeaveRequest: call :meth:`SignalingClient.leave` for a clean leave). Raises
@@ -262,12 +274,12 @@ async def open_signaling(
         url, server_certificate_hashes=server_certificate_hashes, limits=limits, origin=origin
     ) as session:
         stream = await session.open_bidirectional_stream()
-        client = SignalingClient(session, stream)
+        client = SignalingClient(session, stream, e2ee_key_pair)
         join = sig.JoinRequest(
             meeting_id=meeting_id,
             join_token=join_token,
             participant_name=participant_name,
-            e2ee_public_key=e2ee_public_key,
+            e2ee_public_key=e2ee_key_pair.public if e2ee_key_pair else e2ee_public_key,
             resume_token=resume_token,
             capabilities=capabilities,
         )

@@ -117,7 +117,9 @@ class Subscription(_Ending):
     the others yield nothing). None: the source's own frames.
 
     ``async for frame in subscription`` yields :class:`~darktower.frames.Frame` objects whose
-    ``raw`` bytes are exactly what the publisher sent. Iteration stops when the stream is
+    ``raw`` bytes are exactly what the publisher sent (in an end-to-end encrypted meeting: its
+    frame decrypted, the same header with the plaintext's ``payload_length``; frames that do not
+    decrypt never reach it, they are counted in ``session.e2ee.drops``). Iteration stops when the stream is
     unpublished, its publisher leaves, the subscription is closed or the session is left; it
     raises SessionEnded after a server-side end (after the buffered frames). Bounded: see
     ``SUBSCRIPTION_BUFFER`` for the drop policy when full; ``dropped`` counts the drops.
@@ -288,7 +290,9 @@ class Publication:
     ) -> bytes:
         """Send one frame (on simulcast layer ``layer_id``, if the stream has layers); return
         its wire bytes, or ``b""`` if the reconnection policy dropped it. Waits while QUIC flow
-        control is full.
+        control is full. In an end-to-end encrypted meeting the payload is encrypted under the
+        session's sender key (the header stays in clear; the wire bytes are the encrypted
+        frame, one part: END_OF_FRAME set; docs/protocol.md §16).
 
         Reconnection policy (bounded): while the media connection is being re-established the
         call waits at most ``RECONNECT_SEND_WAIT_S`` (50 ms) for it, then drops the frame; a
@@ -298,7 +302,8 @@ class Publication:
         drop is counted in ``dropped``.
 
         Raises SessionEnded once the session is over, ValueError for a layer the stream does
-        not have (``layer_id`` is required on a simulcast stream), trio.ClosedResourceError
+        not have (``layer_id`` is required on a simulcast stream) or, encrypted, for a payload
+        over ``darktower.e2ee.MAX_PLAINTEXT``, trio.ClosedResourceError
         after aclose(), the transport's BrokenResourceError (StreamReset) if the MH refused the
         stream while the session lives.
         """

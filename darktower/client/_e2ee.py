@@ -1,0 +1,346 @@
+"""End-to-end encryption of a meeting session (docs/protocol.md §16).
+
+Every session offers an X25519 public key in its JoinRequest: a fresh :class:`KeyPairs`
+draw per join (a rejoin is a join), the same key for a resume. In a meeting created with
+``enable_e2e_encryption`` (its JoinResponse carries ``encryption_keys``) the session's
+:class:`Encryption`:
+
+- encrypts every frame the session publishes, on every simulcast layer, under the session's
+  own sender key (:meth:`Encryption.encrypt`, the media publishers' hook): the 46-byte header
+  stays in clear and is authenticated, the payload is ciphertext;
+- gives that key to the other participants, each in an ``E2EEKeyShare`` sealed to its public
+  key: to everyone after the join (the JoinResponse's and its ParticipantsBatch's participants,
+  and again as a new participant after a rejoin); ratcheted forward and shared with the joiner
+  only when somebody joins (the others derive it); rotated to a fresh key shared with everyone
+  left when somebody leaves or is kicked (the departed never gets it); shared again with a
+  participant whose connection came back (ParticipantUpdated to CONNECTED). Shares go out in
+  order, one request at a time, by a task of the session; one whose connection broke under it
+  is sent again once the session is reconnected;
+- opens the shares it receives into its :class:`~darktower.e2ee.Keyring` and decrypts every
+  received frame with the key of the stream's publisher before any subscription sees it.
+  A frame that does not decrypt is dropped and counted by reason in :attr:`Encryption.drops`
+  (never an exception, never garbled output); frames that waited for a rotated key are
+  delivered once its share arrives; the keyring's bounds are enforced at its deadlines.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
+
+import attrs
+import trio
+
+from darktower.e2ee import (
+    BAD_SHARE,
+    E2EEError,
+    KeyPair,
+    Keyring,
+    SenderKey,
+    key_id,
+    open_share,
+    parse_key_id,
+    seal_share,
+)
+from darktower.errors import DarkTowerError, InvalidRequest, RateLimited
+from darktower.frames import Frame, FrameHeader
+from darktower.model import LeaveReason
+from darktower.protocol.pb.v1 import signaling_pb2 as sig
+
+from ._events import (
+    ConnectionState,
+    ParticipantInfo,
+    ParticipantJoined,
+    ParticipantLeft,
+    ParticipantUpdated,
+    RequestInterrupted,
+    SessionEnded,
+    SessionEvent,
+    wire_keys,
+)
+from ._media import Encryptor
+from ._roster import Roster
+from ._seams import SignalingLink
+
+# Limit: key shares not yet sent. A rotation queues one per other participant; they leave one
+# request at a time (the MC's message budget paces them). Policy when full: the oldest queued
+# share is dropped and counted in ``Encryption.shares_dropped`` (its recipient holds the
+# frames of that key until the next share to it, or drops them as ``no_key``).
+SHARE_QUEUE: Final = 4096
+# Drop reason of a frame whose stream no participant of the session publishes (as far as
+# the session knows): there is no key to pick.
+UNKNOWN_SENDER: Final = "unknown_sender"
+
+Request = Callable[[sig.ClientMessage], Awaitable[sig.ServerMessage]]
+
+
+@attrs.define(eq=False)
+class KeyPairs:
+    """The X25519 key pair a session's joins offer: :meth:`fresh` makes the one of a new join
+    (a rejoin too), :attr:`current` is the one a resume offers again. One per session."""
+
+    _current: KeyPair | None = None
+
+    @property
+    def current(self) -> KeyPair:
+        if self._current is None:
+            self._current = KeyPair.generate()
+        return self._current
+
+    def fresh(self) -> KeyPair:
+        self._current = KeyPair.generate()
+        return self._current
+
+
+@attrs.frozen
+class _Share:
+    to: str
+    message: sig.ClientMessage = attrs.field(eq=False)
+
+
+class Encryption:
+    """A session's end-to-end encryption (see the module docstring); ``session.e2ee``.
+
+    Attributes: ``enabled`` (the meeting is end-to-end encrypted), ``fingerprint`` (this
+    session's safety number, "" without encryption; each participant's is
+    ``ParticipantInfo.fingerprint``), ``generation`` (of this session's sender key),
+    ``keyring`` (the keys received: ``keyring.generations(participant_id)``), ``drops`` (frames
+    that did not decrypt, by reason: auth_failed, no_key, stale_key, malformed, bad_share
+    (key shares), unknown_sender), ``shares_sent``, ``shares_failed`` (refused by the MC, e.g.
+    the recipient had left), ``shares_dropped`` (see ``SHARE_QUEUE``).
+    """
+
+    def __init__(
+        self,
+        roster: Roster,
+        deliver: Callable[[Frame], None],
+        request: Request,
+        fail: Callable[[LeaveReason, str], None],
+    ) -> None:
+        self._participants = roster.participants
+        self._deliver = deliver
+        self._request = request
+        self._fail = fail
+        self.enabled = False
+        self.own_id = ""
+        self._key_pair: KeyPair | None = None
+        self.sender_key = SenderKey.new()
+        self.keyring = Keyring()
+        self._earlier: collections.Counter[str] = collections.Counter()  # before a rejoin
+        self._unknown = 0
+        self._senders: dict[bytes, str] = {}  # wire stream id → its publisher's id
+        self._senders_stale = True
+        self._generations: dict[str, int] = {}  # sender → generation of its last frame
+        self._shares: collections.deque[_Share] = collections.deque()
+        self._queued = trio.Event()
+        self._wake = trio.Event()  # the keyring's next deadline may be sooner
+        self.shares_sent = 0
+        self.shares_failed = 0
+        self.shares_dropped = 0
+
+    @property
+    def fingerprint(self) -> str:
+        return self._key_pair.fingerprint if self.enabled and self._key_pair else ""
+
+    @property
+    def generation(self) -> int:
+        return self.sender_key.generation
+
+    @property
+    def drops(self) -> collections.Counter[str]:
+        total = self._earlier + self.keyring.drops
+        if self._unknown:
+            total[UNKNOWN_SENDER] += self._unknown
+        return total
+
+    @property
+    def encryptor(self) -> Encryptor | None:
+        """What the session's media publishers encrypt with (None: no encryption)."""
+        return self.encrypt if self.enabled else None
+
+    def joined(self, signaling: SignalingLink) -> None:
+        """The session joined (again, after a rejoin: a new participant) on ``signaling``: a
+        new sender key at generation 0 and a new keyring, the key shared with everyone in
+        the room (the roster is the join's). Raises ValueError in an encrypted meeting when
+        the MC did not take the key pair ``signaling`` offered (another key, or none)."""
+        join = signaling.join_response
+        self.enabled = join.HasField("encryption_keys")
+        key_pair = signaling.key_pair if self.enabled else None
+        if self.enabled and (
+            key_pair is None or join.encryption_keys.public_key != key_pair.public
+        ):
+            raise ValueError("the meeting is end-to-end encrypted: join with the session's key")
+        self.own_id = join.participant_id
+        self._key_pair = key_pair
+        self.sender_key = SenderKey.new()
+        self._earlier += self.keyring.drops
+        self.keyring = Keyring()
+        self._generations.clear()
+        self._shares.clear()
+        self._senders_stale = True
+        self._share_with(self._participants)
+
+    # -- the room ----------------------------------------------------------------------------
+    def on_event(self, event: SessionEvent) -> None:
+        """A change of the room (the session's own events): keys follow it."""
+        if isinstance(event, ParticipantJoined | ParticipantLeft):
+            self._senders_stale = True
+        elif not isinstance(event, ParticipantUpdated):
+            self._senders_stale = True  # StreamPublished, StreamUnpublished
+            return
+        if not self.enabled:
+            return
+        pid = event.participant.participant_id
+        if isinstance(event, ParticipantJoined):
+            if self._step(self.sender_key.ratchet):
+                self._share_with({pid: event.participant})
+        elif isinstance(event, ParticipantLeft):
+            self.keyring.forget(pid)
+            self._generations.pop(pid, None)
+            if self._step(self.sender_key.rotate):
+                self._share_with(self._participants)
+        elif event.participant.connection is ConnectionState.CONNECTED:
+            self._share_with({pid: event.participant})
+
+    def _step(self, move: Callable[[], None]) -> bool:
+        try:
+            move()
+        except E2EEError as exc:  # the last generation: nothing more can be sent safely
+            self._fail(LeaveReason.CONNECTION_LOST, f"end-to-end encryption: {exc}")
+            return False
+        return True
+
+    def _share_with(self, participants: Mapping[str, ParticipantInfo]) -> None:
+        """Queue a share of the current sender key for each of ``participants``."""
+        if not self.enabled or self._key_pair is None:
+            return
+        own, own_id = self._key_pair, self.own_id
+        generation, secret = self.sender_key.generation, self.sender_key.secret
+        for pid, info in participants.items():
+            try:
+                ciphertext = seal_share(own, own_id, info.public_key, pid, generation, secret)
+            except E2EEError:  # no key, or one that makes no shared secret
+                self.shares_failed += 1
+                continue
+            share = sig.E2EEKeyShare(
+                from_participant_id=own_id,
+                to_participant_id=pid,
+                key_id=key_id(generation),
+                ciphertext=ciphertext,
+            )
+            if len(self._shares) >= SHARE_QUEUE:
+                self._shares.popleft()
+                self.shares_dropped += 1
+            self._shares.append(_Share(pid, sig.ClientMessage(key_share=share)))
+        if self._shares:
+            self._queued.set()
+
+    def on_share(self, message: sig.ServerMessage) -> None:
+        """An ``E2EEKeyShare`` for this session: its secret goes into the keyring, and the
+        frames that waited for it to their subscriptions. One that does not open (or of a
+        sender the session does not know) is ignored and counted ``bad_share``."""
+        share = message.key_share
+        sender = share.from_participant_id
+        peer = self._participants.get(sender)
+        if not self.enabled or self._key_pair is None or peer is None:
+            self.keyring.drops[BAD_SHARE] += 1
+            return
+        try:
+            generation = parse_key_id(share.key_id)
+            secret = open_share(
+                self._key_pair, self.own_id, peer.public_key, sender, generation, share.ciphertext
+            )
+        except E2EEError:
+            self.keyring.drops[BAD_SHARE] += 1
+            return
+        self._wake.set()
+        for frame in self.keyring.add(sender, generation, secret, trio.current_time()):
+            self._deliver(frame)
+
+    # -- frames ------------------------------------------------------------------------------
+    def encrypt(self, header: FrameHeader, payload: bytes | bytearray | memoryview) -> bytes:
+        """The wire frame of ``payload`` encrypted under the current sender key (the media
+        publishers' hook). Raises ValueError for a payload over ``MAX_PLAINTEXT``."""
+        return self.sender_key.encrypt(header, payload)
+
+    def open(self, frame: Frame) -> Frame | None:
+        """The decrypted frame, or None: it waits for its key (delivered later) or is dropped
+        and counted. Never raises."""
+        sender = self._sender_of(frame.stream_id_bytes)
+        if sender is None:
+            self._unknown += 1
+            return None
+        plain = self.keyring.decrypt(sender, frame, trio.current_time())
+        if plain is None:
+            self._wake.set()  # waiting: a deadline, perhaps the next one
+        else:
+            # A sender's new generation starts the grace of its older ones (a deadline).
+            generation = int.from_bytes(frame.payload[1:5], "big")
+            if self._generations.get(sender) != generation:
+                self._generations[sender] = generation
+                self._wake.set()
+        return plain
+
+    def _sender_of(self, key: bytes) -> str | None:
+        sender = self._senders.get(key)
+        if sender is None and self._senders_stale:
+            self._senders_stale = False
+            self._senders = {
+                wire: p.participant_id
+                for p in self._participants.values()
+                for s in p.streams
+                for wire in _wire_keys(s.stream_id, s.layer_ids)
+            }
+            sender = self._senders.get(key)
+        return sender
+
+    # -- the task ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Send the queued shares and enforce the keyring's bounds at its deadlines, until
+        cancelled (the session's run owns it) or the session is over."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._expire)
+            await self._send_shares()
+            nursery.cancel_scope.cancel()
+
+    async def _expire(self) -> None:
+        while True:
+            deadline = self.keyring.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            self.keyring.expire(trio.current_time())
+
+    async def _send_shares(self) -> None:
+        """Returns once the session ended."""
+        while True:
+            await self._queued.wait()
+            self._queued = trio.Event()
+            while self._shares:
+                share = self._shares[0]
+                try:
+                    await self._request(share.message)
+                    self.shares_sent += 1
+                except SessionEnded:
+                    return
+                except RequestInterrupted:
+                    continue  # maybe not delivered: again once the session is reconnected
+                except RateLimited as exc:
+                    await trio.sleep(exc.retry_after_s)
+                    continue
+                except (DarkTowerError, trio.BrokenResourceError):
+                    self.shares_failed += 1  # the recipient left meanwhile
+                if self._shares and self._shares[0] is share:  # not cleared by a rejoin
+                    self._shares.popleft()
+
+
+def _wire_keys(stream_id: str, layer_ids: tuple[str, ...]) -> list[bytes]:
+    try:
+        return wire_keys(stream_id, layer_ids)
+    except InvalidRequest:  # not a UUID: no frame carries it
+        return []
+
+
+__all__ = ["SHARE_QUEUE", "UNKNOWN_SENDER", "Encryption", "KeyPairs"]
