@@ -23,7 +23,7 @@ import trio
 from tests._stack import dev_stack
 
 from ._pages import POLL_MS, run_in_browser, snapshot, wait_for_frames, wait_for_hooks
-from .test_real_stack import BACKGROUND_POINT, COLOURS_JS, COLOUR_TOLERANCE, _diagnosed
+from .test_real_stack import BACKGROUND_POINT, COLOUR_TOLERANCE, COLOURS_JS, _diagnosed
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page
