@@ -28,6 +28,7 @@ from darktower.e2ee import (
 from darktower.frames import Frame, FrameDecoder, FrameHeader, FrameType
 from darktower.model import LeaveReason, StreamType
 from darktower.protocol import leave_reason_to_pb
+from darktower.protocol.pb.v1 import common_pb2 as common
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
 from ._reconnect_fakes import (
@@ -317,3 +318,27 @@ async def test_a_rejoin_makes_new_keys_and_shares_them_with_the_new_room(
         [to_bob] = shares(new)
         assert (to_bob.from_participant_id, to_bob.to_participant_id) == (new.participant_id, "bob")
         assert secret_in(to_bob, bob, fresh) == session.e2ee.sender_key.secret
+
+
+async def test_frames_of_a_simulcast_layer_decrypt_with_their_publishers_key(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ann, layer = Peer("ann"), str(uuid.uuid4())
+    video = ann.pb()
+    video.streams.append(
+        common.MediaStream(
+            stream_id=STREAM_A,
+            stream_type=common.VIDEO_CAMERA,
+            metadata=common.StreamMetadata(
+                video=common.VideoMetadata(
+                    simulcast_layers=[common.SimulcastLayer(layer_id=layer, width=320, height=180)]
+                )
+            ),
+        )
+    )
+    async with encrypted(FakeNetwork(), video) as (session, signaling, media, own):
+        seen = await session.subscribe(STREAM_A)
+        signaling.push(ann.share(PID, own))
+        media.deliver(ann.frame(layer, b"small picture"))
+        frame = await seen.receive()
+        assert bytes(frame.payload) == b"small picture" and frame.stream_id == uuid.UUID(layer)
