@@ -94,18 +94,12 @@ class KeyPairs:
         return self._current
 
 
-@attrs.frozen
-class _Share:
-    to: str
-    message: sig.ClientMessage = attrs.field(eq=False)
-
-
 class Encryption:
     """A session's end-to-end encryption (see the module docstring); ``session.e2ee``.
 
     Attributes: ``enabled`` (the meeting is end-to-end encrypted), ``fingerprint`` (this
     session's safety number, "" without encryption; each participant's is
-    ``ParticipantInfo.fingerprint``), ``generation`` (of this session's sender key),
+    ``ParticipantInfo.fingerprint``), ``generation`` (of this session's ``sender_key``),
     ``keyring`` (the keys received: ``keyring.generations(participant_id)``), ``drops`` (frames
     that did not decrypt, by reason: auth_failed, no_key, stale_key, malformed, bad_share
     (key shares), unknown_sender), ``shares_sent``, ``shares_failed`` (refused by the MC, e.g.
@@ -133,7 +127,7 @@ class Encryption:
         self._senders: dict[bytes, str] = {}  # wire stream id → its publisher's id
         self._senders_stale = True
         self._generations: dict[str, int] = {}  # sender → generation of its last frame
-        self._shares: collections.deque[_Share] = collections.deque()
+        self._shares: collections.deque[sig.ClientMessage] = collections.deque()
         self._queued = trio.Event()
         self._wake = trio.Event()  # the keyring's next deadline may be sooner
         self.shares_sent = 0
@@ -233,7 +227,7 @@ class Encryption:
             if len(self._shares) >= SHARE_QUEUE:
                 self._shares.popleft()
                 self.shares_dropped += 1
-            self._shares.append(_Share(pid, sig.ClientMessage(key_share=share)))
+            self._shares.append(sig.ClientMessage(key_share=share))
         if self._shares:
             self._queued.set()
 
@@ -321,7 +315,7 @@ class Encryption:
             while self._shares:
                 share = self._shares[0]
                 try:
-                    await self._request(share.message)
+                    await self._request(share)
                     self.shares_sent += 1
                 except SessionEnded:
                     return
