@@ -184,7 +184,7 @@ export function plainFrame(frame, plaintext) {
   return plain;
 }
 
-// --- the sender side ------------------------------------------------------------------------------
+// --- the sender side -----------------------------------------------------------------------------
 
 // The own sender key: secret, generation and the counter of its frames. Changes (rotate,
 // ratchet) are serialised and take effect at once for every frame encrypted after them; a
@@ -246,7 +246,7 @@ export class SenderKey {
   }
 }
 
-// --- key agreement and shares ---------------------------------------------------------------------
+// --- key agreement and shares --------------------------------------------------------------------
 
 // An X25519 key pair: `privateKey` (a CryptoKey for deriveBits), `publicKey` (32 raw bytes),
 // `fingerprint` (the safety number of the public key).

@@ -12,7 +12,15 @@
 // frame is decrypted by its publisher's keys and reaches `deliver` in order; one that fails is
 // dropped and counted in `stats.e2ee`, never decoded.
 
-import { E2EEError, KeyPair, SenderKey, fingerprint, openShare, parseKeyId, sealShare } from "./e2ee.js";
+import {
+  E2EEError,
+  KeyPair,
+  SenderKey,
+  fingerprint,
+  openShare,
+  parseKeyId,
+  sealShare,
+} from "./e2ee.js";
 import { Keyring, keyringCounts } from "./keyring.js";
 
 // How often frames waiting for a key are timed out while none arrives (keyring.js's bounds).
@@ -188,7 +196,9 @@ export class MeetingEncryption {
       try {
         if (!peer || share.toParticipantId !== this.selfId) throw new E2EEError("not for us");
         generation = parseKeyId(share.keyId);
-        secret = await openShare(this.keyPair, this.selfId, peer.publicKey, from, generation, share.ciphertext);
+        const { keyPair, selfId } = this;
+        const { ciphertext } = share;
+        secret = await openShare(keyPair, selfId, peer.publicKey, from, generation, ciphertext);
       } catch {
         keyring.drop("bad_share");
         return;
@@ -223,7 +233,9 @@ export class MeetingEncryption {
     if (!peer) return;
     let ciphertext;
     try {
-      ciphertext = await sealShare(this.keyPair, this.selfId, peer.publicKey, participantId, generation, secret);
+      const { keyPair, selfId } = this;
+      const to = peer.publicKey;
+      ciphertext = await sealShare(keyPair, selfId, to, participantId, generation, secret);
     } catch {
       return; // a public key that gives no agreement: that participant gets no key
     }
@@ -235,7 +247,9 @@ export class MeetingEncryption {
       ciphertext,
     };
     // Not awaited: the MC's Ack is of no interest, and a lost session re-shares on resume.
-    this.send(body).catch(() => {});
+    Promise.resolve()
+      .then(() => this.send(body))
+      .catch(() => {});
   }
 
   addPeer(p) {

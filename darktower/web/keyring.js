@@ -102,8 +102,9 @@ class Sender {
   markUsed(generation, now) {
     if (generation <= this.used) return;
     this.used = generation;
+    const at = now + OLD_GENERATION_TTL_MS;
     for (const g of this.generations.keys()) {
-      if (g < generation && !this.retireAt.has(g)) this.retireAt.set(g, now + OLD_GENERATION_TTL_MS);
+      if (g < generation && !this.retireAt.has(g)) this.retireAt.set(g, at);
     }
   }
 }
