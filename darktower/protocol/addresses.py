@@ -37,6 +37,18 @@ def address_key(host: str) -> str:
     return str(ip)
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ``::1``, or an IPv4-mapped loopback address (a dual-stack socket's view);
+    False for anything that is not an IP address."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
 def netloc(host: str, port: int) -> str:
     """``("127.0.0.1", 4433)`` → ``"127.0.0.1:4433"``; ``("::1", 4433)`` → ``"[::1]:4433"``
     (an already bracketed host is kept as it is)."""

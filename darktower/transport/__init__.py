@@ -48,6 +48,7 @@ from ._certs import (
 from ._client import connect_webtransport, open_quic_connection, open_session
 from ._config import (
     IDLE_TIMEOUT_S,
+    LOOPBACK_PACKET_SIZE,
     MAX_CONNECTIONS_PER_ADDRESS,
     RETRY_ALWAYS,
     RETRY_THRESHOLD,
@@ -84,6 +85,7 @@ __all__ = [
     "CLOSE_CODE_CANCELLED",
     "CLOSE_CODE_HANDLER_ERROR",
     "IDLE_TIMEOUT_S",
+    "LOOPBACK_PACKET_SIZE",
     "MAX_CONNECTIONS_PER_ADDRESS",
     "RETRY_ALWAYS",
     "RETRY_THRESHOLD",

@@ -80,6 +80,21 @@ UNREACHABLE_CONFIRM_S = 1.0
 PTO_BACKOFF_CAP_S = 0.5
 # QUIC packet size; 1,200 is safe on every path, 1,452 saves CPU where the path allows.
 PACKET_SIZE = 1200
+# Kernel receive buffer asked for each UDP socket (the default, ~208 KiB, overflows in bursts
+# of media: a datagram dropped there is a QUIC loss, a retransmission and a smaller window).
+UDP_RECEIVE_BUFFER = 2 * 1024 * 1024
+# How long this side may hold an ACK (None: aioquic's 1 ms). A connection that mostly receives
+# bulk media (a media processor's) acks once per max_ack_delay (25 ms, what QUIC advertises)
+# instead of once per burst of packets: fewer packets both ways for the same data.
+ACK_DELAY_S: float | None = None
+# The longest send delay a connection takes (``delay_sends``): below the MH's age bound for
+# audio (docs/protocol.md §13).
+MAX_SEND_DELAY_S = 0.15
+# Packet size a server uses towards a peer on the loopback interface (its MTU is 64 KiB and
+# nothing on the path fragments or drops by size) that advertised a max_udp_payload_size at
+# least this large (``receive_packet_size``): a media processor on the MH's machine then
+# receives a video frame in one packet instead of five or six. Other peers get PACKET_SIZE.
+LOOPBACK_PACKET_SIZE = 16_384
 # Advertised max_datagram_frame_size; the browser drops datagrams silently without it.
 MAX_DATAGRAM_FRAME_SIZE = 65_536
 # WebTransport sessions per QUIC connection; a CONNECT beyond it is answered 429.
@@ -133,6 +148,8 @@ class TransportLimits:
     keepalive_interval_s: float | None = KEEPALIVE_INTERVAL_S
     silence_probe_s: float | None = SILENCE_PROBE_S
     packet_size: int = PACKET_SIZE
+    ack_delay_s: float | None = ACK_DELAY_S
+    receive_packet_size: int | None = None  # advertised max_udp_payload_size (None: none)
     max_datagram_frame_size: int = MAX_DATAGRAM_FRAME_SIZE
     max_sessions_per_connection: int = MAX_SESSIONS_PER_CONNECTION
     max_streams_per_session: int = MAX_STREAMS_PER_SESSION

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
-from aioquic.buffer import size_uint_var
 from aioquic.h3 import events as h3e
 from aioquic.h3.connection import H3Connection
 from aioquic.h3.connection import ProtocolError as H3ProtocolError
@@ -29,7 +28,7 @@ from aioquic.quic.connection import (
 )
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
-from ._config import TransportLimits
+from ._config import MAX_SEND_DELAY_S, TransportLimits
 from ._deadlines import ConnectionDeadlines
 from ._end import ConnectionLost, IdleTimeout, SessionEnd
 from ._errors import SessionClosed
@@ -52,12 +51,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Bytes of a QUIC packet that a DATAGRAM frame's payload cannot use: first byte, the longest
-# connection ID (20), packet number (4), AEAD tag (16), frame type (1), length varint (2).
-DATAGRAM_PACKET_OVERHEAD = 44
 # The reason phrase of a client connection whose server stopped listening (ICMP port
 # unreachable, unanswered: ConnectionDeadlines.unreachable).
 UNREACHABLE = "peer unreachable"
+
 
 # Called with each HTTP/3 event of a request stream, and with None if the connection is lost.
 H3Handler = Callable[[h3e.H3Event | None], None]
@@ -101,6 +98,8 @@ class Connection:
         self._spawn_queue: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._wake_scope: trio.CancelScope | None = None
         self._flush_scheduled = False
+        self.send_delay_s = 0.0  # see delay_sends
+        self._flush_due: float | None = None
         self._timer_at: float | None = None
         self.deadlines = ConnectionDeadlines(trio.current_time(), limits, is_client=self.is_client)
         self._failed = False  # the error boundary closed it (see fail)
@@ -108,6 +107,7 @@ class Connection:
         self.admit: Admit | None = None
         quic._dt_consumed = self._consumed_offset
         quic._dt_cid_issued = self._cid_issued
+        quic.dt_apply_limits(limits)
         count_losses(quic)
 
     @property
@@ -154,9 +154,11 @@ class Connection:
         while not self.terminated.is_set():
             with trio.CancelScope(deadline=self.deadlines.next(self._timer_at)) as scope:
                 self._wake_scope = scope
-                if self._flush_scheduled:
+                if self._flush_scheduled and self._flush_due is None:
                     await trio.lowlevel.checkpoint()
                 else:
+                    if self._flush_due is not None:
+                        scope.deadline = min(scope.deadline, self._flush_due)
                     await trio.sleep_forever()
             self._wake_scope = None
             try:
@@ -278,6 +280,7 @@ class Connection:
     def flush(self) -> None:
         """Send what aioquic has to send; re-arm the timer; forget streams QUIC discarded."""
         self._flush_scheduled = False
+        self._flush_due = None
         send = self.endpoint.send
         for data, addr in self.quic.datagrams_to_send(now=trio.current_time()):
             send(data, addr)
@@ -297,8 +300,25 @@ class Connection:
     def schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            if self._wake_scope is not None:
+            if self.send_delay_s:
+                due = self._flush_due = trio.current_time() + self.send_delay_s
+                if self._wake_scope is not None and due < self._wake_scope.deadline:
+                    self._wake_scope.deadline = due
+            elif self._wake_scope is not None:
                 self._wake_scope.cancel()
+
+    def after_receive(self) -> None:
+        """Datagrams were handed in: their events, then a flush (or the delayed one)."""
+        self.process_events()
+        if self.send_delay_s:
+            self.schedule_flush()
+        else:
+            self.flush()
+
+    def delay_sends(self, seconds: float) -> None:
+        """What this side sends waits up to ``seconds`` (≤ MAX_SEND_DELAY_S; the largest
+        asked for holds), to leave in fewer, fuller packets (docs/protocol.md §7)."""
+        self.send_delay_s = min(max(self.send_delay_s, seconds), MAX_SEND_DELAY_S)
 
     def close(self, error_code: int = QuicErrorCode.NO_ERROR, reason: str = "") -> None:
         """Close the QUIC connection (CONNECTION_CLOSE); ``run`` returns once it is drained."""
@@ -372,14 +392,6 @@ class Connection:
         self.schedule_flush()
         return state
 
-    def max_datagram_payload(self, session_id: int) -> int:
-        remote = self.quic._remote_max_datagram_frame_size
-        if remote is None:
-            return 0
-        by_packet = self.limits.packet_size - DATAGRAM_PACKET_OVERHEAD
-        by_peer = remote - 1 - 8  # frame type and the longest length varint
-        return max(0, min(by_packet, by_peer) - size_uint_var(session_id // 4))
-
     def queue_datagram(self, payload: bytes) -> None:
         # aioquic's queue is unbounded: keep it at most datagram_queue_size, dropping oldest.
         pending = self.quic._datagrams_pending
@@ -445,6 +457,8 @@ class Connection:
         self._rearm()
 
     def on_handshake_completed(self) -> None:
+        if not self.is_client:
+            self.quic.dt_loopback_packets()
         self.handshake_complete.set()
         self.settled.set()
         self.endpoint.handshake_done(self)

@@ -33,7 +33,7 @@ from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.packet import QuicHeader, pull_quic_header
 
 from ._admission import Admission, Admit
-from ._config import MAX_UDP_PAYLOAD, RECEIVE_BATCH, TransportLimits
+from ._config import MAX_UDP_PAYLOAD, RECEIVE_BATCH, UDP_RECEIVE_BUFFER, TransportLimits
 from ._connection import Connection
 from ._quic import CreditedQuicConnection
 
@@ -72,6 +72,8 @@ def make_udp_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
+        # Best effort: the kernel caps it at net.core.rmem_max.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
         sock.bind((host, port))
     except BaseException:
         sock.close()
@@ -278,8 +280,7 @@ class Endpoint:
                     touched[conn] = None
             for conn in touched:
                 try:
-                    conn.process_events()
-                    conn.flush()
+                    conn.after_receive()
                 except Exception as exc:
                     conn.fail(exc)
 

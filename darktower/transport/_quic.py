@@ -28,10 +28,18 @@ from aioquic.quic.connection import (
     NetworkAddress,
     QuicConnection,
 )
-from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.packet import (
+    QuicFrameType,
+    pull_quic_transport_parameters,
+    push_quic_transport_parameters,
+)
 
-from ._config import PTO_BACKOFF_CAP_S
+from darktower.protocol.addresses import is_loopback
 
+from ._config import LOOPBACK_PACKET_SIZE, PTO_BACKOFF_CAP_S, TransportLimits
+
+# The max_ack_delay aioquic advertises (25 ms): a local ACK delay never goes beyond it.
+MAX_ACK_DELAY_S = 0.025
 # Capacity of each TLS output buffer once the handshake is confirmed (nothing is written then).
 POST_HANDSHAKE_CRYPTO_BUFFER = 0
 
@@ -78,7 +86,44 @@ class CreditedQuicConnection(QuicConnection):
         self._dt_window = window
         self._dt_cid_issued: CidIssued = _ignore_cid
         self.dt_pto_backoff_cap_s = PTO_BACKOFF_CAP_S
+        # max_udp_payload_size: what this side advertises (None: nothing, RFC 9000's default),
+        # and what the peer advertised, if anything (aioquic checks it and drops it).
+        self.dt_advertised_max_udp_payload: int | None = None
+        self.dt_peer_max_udp_payload: int | None = None
         self._dt_share_frame_table()
+
+    def _serialize_transport_parameters(self) -> bytes:
+        data = super()._serialize_transport_parameters()
+        if self.dt_advertised_max_udp_payload is None:
+            return data
+        params = pull_quic_transport_parameters(Buffer(data=data))
+        params.max_udp_payload_size = self.dt_advertised_max_udp_payload
+        buf = Buffer(capacity=len(data) + 16)
+        push_quic_transport_parameters(buf, params)
+        return buf.data
+
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
+        super()._parse_transport_parameters(data, from_session_ticket)
+        if not from_session_ticket:
+            params = pull_quic_transport_parameters(Buffer(data=data))
+            self.dt_peer_max_udp_payload = params.max_udp_payload_size
+
+    def dt_apply_limits(self, limits: TransportLimits) -> None:
+        """Before the handshake: the ACK delay (never beyond the max_ack_delay advertised) and
+        the max_udp_payload_size to advertise."""
+        if limits.ack_delay_s is not None:
+            self._ack_delay = min(limits.ack_delay_s, MAX_ACK_DELAY_S)
+        self.dt_advertised_max_udp_payload = limits.receive_packet_size
+
+    def dt_loopback_packets(self) -> None:
+        """Server side, once the handshake is done: a peer on this machine that advertised
+        large packets (a co-located media processor, docs/architecture.md §10) gets packets
+        of up to LOOPBACK_PACKET_SIZE, so the same media takes fewer packets. The congestion
+        controller goes on counting bytes."""
+        advertised = self.dt_peer_max_udp_payload or 0
+        addr = self.get_peer_address()
+        if advertised >= LOOPBACK_PACKET_SIZE and addr is not None and is_loopback(str(addr[0])):
+            self._max_datagram_size = max(self._max_datagram_size, LOOPBACK_PACKET_SIZE)
 
     def _dt_share_frame_table(self) -> None:
         cls = type(self)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 import trio
-from aioquic.buffer import encode_uint_var
+from aioquic.buffer import encode_uint_var, size_uint_var
 
 from ._config import MAX_CONNECT_AUTHORITY, MAX_CONNECT_PATH
 from ._end import ClosedByPeer, ClosedLocally, SessionEnd
@@ -51,6 +51,9 @@ class BadConnect(ValueError):
     """An extended CONNECT that fails a check (see ``parse_connect``); answered 400."""
 
 
+# Bytes of a QUIC packet that a DATAGRAM frame's payload cannot use: first byte, the longest
+# connection ID (20), packet number (4), AEAD tag (16), frame type (1), length varint (2).
+DATAGRAM_PACKET_OVERHEAD = 44
 # Pseudo-headers an extended CONNECT carries (RFC 9220, RFC 9114 section 4.3.1).
 _CONNECT_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path", b":protocol"))
 # :path is origin-form (RFC 3986): the path of pchars and "/", then an optional query of
@@ -194,6 +197,12 @@ class WebTransportSession:
         addr = self._conn.peer_address
         return None if addr is None else (str(addr[0]), int(addr[1]))
 
+    def delay_sends(self, seconds: float) -> None:
+        """Let what this side sends on the session's connection wait up to ``seconds``
+        (bounded by the transport) to leave in fewer, fuller packets: for a peer that takes
+        bulk media and does not need it at once (a recording, docs/protocol.md §7)."""
+        self._conn.delay_sends(seconds)
+
     def migrate(self, *, new_connection_id: bool = True) -> tuple[str, int]:
         """Client side: move the session's QUIC connection to a new local UDP socket, as after
         a network change; return its address. The session and its streams carry on
@@ -255,7 +264,12 @@ class WebTransportSession:
     @property
     def max_datagram_size(self) -> int:
         """The largest datagram payload that fits in one QUIC packet to this peer."""
-        return self._conn.max_datagram_payload(self.session_id)
+        remote = self._conn.quic._remote_max_datagram_frame_size
+        if remote is None:
+            return 0
+        by_packet = self._conn.limits.packet_size - DATAGRAM_PACKET_OVERHEAD
+        by_peer = remote - 1 - 8  # frame type and the longest length varint
+        return max(0, min(by_packet, by_peer) - size_uint_var(self.session_id // 4))
 
     def send_datagram(self, data: bytes) -> None:
         """Queue a datagram; never blocks. When the send queue is full the oldest queued datagram
