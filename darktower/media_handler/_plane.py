@@ -156,6 +156,9 @@ class MediaPlane:
                 if room.members.get(member.id) is not member:
                     raise Conflict("participant removed while reconnecting")
             member.session = session
+            delay_ms = session.request.query.get("send_delay_ms", "")
+            if delay_ms.isdecimal() and len(delay_ms) <= 3:  # docs/protocol.md §7
+                session.delay_sends(int(delay_ms) / 1000)
             participant = await room.scope.start_participant(
                 member.id,
                 functools.partial(self._serve_member, member, session),

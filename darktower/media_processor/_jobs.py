@@ -23,13 +23,26 @@ from darktower.model import LeaveReason, MeetingId, ParticipantId
 from darktower.nurseries import Meeting, Participant, ScopeClosed, TaskTree
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import processing_pb2 as pb
+from darktower.transport import LOOPBACK_PACKET_SIZE, TransportLimits
 
-from ._limits import JOB_CLEANUP_GRACE_S, MEDIA_BUFFERED_FRAMES
+from ._limits import (
+    JOB_ACK_DELAY_S,
+    JOB_CLEANUP_GRACE_S,
+    MEDIA_BUFFERED_FRAMES,
+    RECORDING_SEND_DELAY_MS,
+)
 from ._pipeline import CodecThread, Drops, Progress
 
 logger = logging.getLogger("darktower.media_processor")
 
 KINDS = ("recording", "transcode", "mix")
+# A job's media connection (docs/architecture.md §10) takes large packets from an MH on its
+# machine. A live job acks at QUIC's max_ack_delay, not per burst of packets; a recording, whose
+# MH holds what it sends for RECORDING_SEND_DELAY_MS, acks each burst at once (no timer wakes).
+LIVE_JOB_TRANSPORT = TransportLimits(
+    ack_delay_s=JOB_ACK_DELAY_S, receive_packet_size=LOOPBACK_PACKET_SIZE
+)
+RECORDING_TRANSPORT = TransportLimits(ack_delay_s=0.0, receive_packet_size=LOOPBACK_PACKET_SIZE)
 
 
 class Job(Protocol):
@@ -172,7 +185,11 @@ class Jobs:
             participant.leave(entry.stop_reason)
             return
         pins = [request.media_certificate_sha256] if request.media_certificate_sha256 else None
-        async with _media(request.media_url, pins, self._buffered, request.origin) as media:
+        url, limits = request.media_url, LIVE_JOB_TRANSPORT
+        if entry.job.kind == "recording":  # not live: the MH may send it in fuller packets
+            url += ("&" if "?" in url else "?") + f"send_delay_ms={RECORDING_SEND_DELAY_MS}"
+            limits = RECORDING_TRANSPORT
+        async with _media(url, pins, self._buffered, request.origin, limits) as media:
             entry.state = "running"
             self.progress.notify()
             logger.info(
@@ -275,9 +292,13 @@ class Jobs:
 
 @asynccontextmanager
 async def _media(
-    url: str, pins: list[bytes] | None, buffered: int, origin: str
+    url: str, pins: list[bytes] | None, buffered: int, origin: str, limits: TransportLimits
 ) -> AsyncIterator[MediaClient]:
     async with open_media_client(
-        url, server_certificate_hashes=pins, max_buffered_frames=buffered, origin=origin or None
+        url,
+        server_certificate_hashes=pins,
+        max_buffered_frames=buffered,
+        origin=origin or None,
+        limits=limits,
     ) as media:
         yield media

@@ -16,12 +16,25 @@ JOB_QUEUE_FRAMES = 64
 # wire frames, the last with END_OF_FRAME). Policy when exceeded: the frame is dropped
 # (``oversize``) and the stream waits for its next key frame.
 MAX_ASSEMBLED_BYTES = 4 * 1024 * 1024
+# Stream ids whose text form a job's reassembly keeps (a cache). Policy when full: emptied.
+MAX_STREAM_NAMES = 256
 # Bytes of frames a recording holds before its file's header is written (it waits for every
 # stream's first frame, at most RECORDING_HEADER_WAIT_S of media time).
 RECORDING_BUFFER_BYTES = 8 * 1024 * 1024
 RECORDING_HEADER_WAIT_S = 2.0
+# A recording writes what it received every this long (docs/architecture.md §10): at 80 frames
+# a second of a participant's audio and video, a batch is ~20 frames, well inside
+# JOB_QUEUE_FRAMES. A crash loses at most this much beyond the file's last cluster.
+RECORDING_WRITE_INTERVAL_S = 0.25
 # A job's cleanup (finalizing a file, flushing an encoder) is shielded and bounded by this.
 JOB_CLEANUP_GRACE_S = 5.0
+# How long a live job's media connection holds an ACK (QUIC's max_ack_delay): a job receives
+# bulk media and sends little, so it acks once per this long instead of once per packet burst.
+JOB_ACK_DELAY_S = 0.025
+# A recording's media connection asks the MH to hold what it sends up to this long
+# (``send_delay_ms``, docs/protocol.md §7): the frames of that time leave in a few full packets,
+# not one or more per frame, which is most of what a recording costs the processor.
+RECORDING_SEND_DELAY_MS = 100
 # Received frames buffered between the media session and a job's reader.
 MEDIA_BUFFERED_FRAMES = 256
 # The mix's frame: Opus at 48 kHz, 20 ms.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import functools
 import time
+import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -16,7 +17,7 @@ import trio
 
 from darktower.frames import Frame, FrameFlags, FrameType
 
-from ._limits import JOB_QUEUE_FRAMES, MAX_ASSEMBLED_BYTES
+from ._limits import JOB_QUEUE_FRAMES, MAX_ASSEMBLED_BYTES, MAX_STREAM_NAMES
 
 T = TypeVar("T")
 
@@ -66,38 +67,51 @@ class Assembler:
         self._last_sequence: dict[str, int] = {}
         self._skipping: set[str] = set()  # video streams waiting for a key frame
         self._discarding: set[str] = set()  # streams dropping the rest of an oversize frame
+        # The text form of each stream id seen (the frame's cheap fields, not its typed header:
+        # this runs for every frame a job receives).
+        self._names: dict[bytes, str] = {}
+
+    def _name(self, raw: bytes) -> str:
+        name = self._names.get(raw)
+        if name is None:
+            if len(self._names) >= MAX_STREAM_NAMES:
+                self._names.clear()
+            name = self._names[raw] = str(uuid.UUID(bytes=raw))
+        return name
 
     def push(self, frame: Frame) -> Encoded | None:
-        header = frame.header
-        sid = str(header.stream_id)
-        video = header.frame_type is not FrameType.AUDIO
+        sid = self._name(frame.stream_id_bytes)
+        frame_type = frame.frame_type
+        flags = frame.flags
+        timestamp_us = frame.timestamp_us
+        sequence = frame.sequence
+        video = frame_type is not FrameType.AUDIO
         last = self._last_sequence.get(sid)
-        self._last_sequence[sid] = header.sequence
+        self._last_sequence[sid] = sequence
         # A forward jump means parts were lost (a publisher that does not number its frames,
         # all zero, never jumps). A part after the jump that does not end its frame may be the
         # middle of one whose start was lost: its frame is dropped up to its END_OF_FRAME. One
         # that ends its frame is taken whole (frames are one part each unless over the MH's
         # payload limit).
-        if last is not None and header.sequence > last + 1:
+        if last is not None and sequence > last + 1:
             self._discarding.discard(sid)
             self._lost(sid, video)
-            if not header.flags & FrameFlags.END_OF_FRAME:
+            if not flags & FrameFlags.END_OF_FRAME:
                 self._drops.add("incomplete")
                 self._discarding.add(sid)
                 return None
         if sid in self._discarding:
-            if header.flags & FrameFlags.END_OF_FRAME:
+            if flags & FrameFlags.END_OF_FRAME:
                 self._discarding.discard(sid)
             return None
         partial = self._partial.get(sid)
         if partial is not None and (
-            partial.frame_type is not header.frame_type
-            or partial.timestamp_us != header.timestamp_us
+            partial.frame_type is not frame_type or partial.timestamp_us != timestamp_us
         ):
             self._lost(sid, video)
             partial = None
         if partial is None:
-            partial = self._partial[sid] = _Partial(header.frame_type, header.timestamp_us)
+            partial = self._partial[sid] = _Partial(frame_type, timestamp_us)
         partial.parts.append(bytes(frame.payload))
         partial.size += len(frame.payload)
         if partial.size > self._max:
@@ -105,10 +119,10 @@ class Assembler:
             self._drops.add("oversize")
             if video:
                 self._skipping.add(sid)
-            if not header.flags & FrameFlags.END_OF_FRAME:
+            if not flags & FrameFlags.END_OF_FRAME:
                 self._discarding.add(sid)
             return None
-        if not header.flags & FrameFlags.END_OF_FRAME:
+        if not flags & FrameFlags.END_OF_FRAME:
             return None
         del self._partial[sid]
         key = not video or partial.frame_type is FrameType.VIDEO_KEY

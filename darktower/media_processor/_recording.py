@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime
 import pathlib
 
+import trio
+
 from darktower.client import MediaClient
 from darktower.errors import InvalidRequest
 from darktower.model import LeaveReason
@@ -29,7 +31,7 @@ from darktower.processing import (
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import processing_pb2 as pb
 
-from ._limits import RECORDING_BUFFER_BYTES, RECORDING_HEADER_WAIT_S
+from ._limits import RECORDING_BUFFER_BYTES, RECORDING_HEADER_WAIT_S, RECORDING_WRITE_INTERVAL_S
 from ._pipeline import Assembler, CodecThread, Drops, Encoded, FrameQueue, Progress
 from ._uploads import Uploads
 
@@ -137,6 +139,11 @@ class RecordingJob:
 
     async def _write_loop(self) -> None:
         async for first in self._queue.receive:
+            # A recording is not live: frames are handed to the codec thread in batches of
+            # RECORDING_WRITE_INTERVAL_S (one thread hand-off per batch, not per frame, which
+            # cost more than the muxing itself). The queue (JOB_QUEUE_FRAMES) holds the
+            # interval's frames; when it is full the reader waits (flow control, as always).
+            await trio.sleep(RECORDING_WRITE_INTERVAL_S)
             batch = self._queue.take_ready(first)
             await self.codec.run(self._write, batch)
             self.progress.notify()
