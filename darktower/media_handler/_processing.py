@@ -27,6 +27,7 @@ import trio
 from darktower.errors import CapacityExceeded, Conflict, DarkTowerError, InvalidRequest, NotFound
 from darktower.logs import fields
 from darktower.model import LeaveReason, MeetingId, ParticipantId, StreamId, StreamType
+from darktower.protocol.codecs import normalize_codec
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.servicekit import ClusterTls
 from darktower.transport import parse_origins
@@ -132,6 +133,7 @@ class Processing:
                 "a transcode needs a target_bitrate (bits/s)",
                 details={"field": "options.target_bitrate"},
             )
+        codec = normalize_codec(codec) or codec  # "h.264" and "H264" are one transcode
         key = (room.id, source, codec.upper(), options.target_bitrate)
         publication = room.publications.get(source)
         destinations = self.handler.destinations(room, command, publication)
