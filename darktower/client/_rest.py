@@ -13,7 +13,7 @@ import attrs
 
 from darktower.errors import DarkTowerError
 from darktower.protocol import error_from_body
-from darktower.transport import HTTP3Client, open_http3_client
+from darktower.transport import HTTP3Client, Response, open_http3_client
 
 
 @attrs.frozen
@@ -34,6 +34,9 @@ class JoinTicket:
 
 
 Reopen = Callable[[], AbstractAsyncContextManager[HTTP3Client]]
+# Bytes of a recording's file asked for per request by download_recording (a range request;
+# an HTTP/3 response is read whole, so a file is never held whole).
+RECORDING_CHUNK_BYTES = 4 * 1024 * 1024
 
 
 class GlobalControllerClient:
@@ -82,13 +85,7 @@ class GlobalControllerClient:
             headers.append(("authorization", f"Bearer {self.access_token}"))
         data = b"" if body is None else json.dumps(body).encode()
         response = await self._http.request(method, path, headers, data)
-        if response.status >= 400:
-            try:
-                raise error_from_body(json.loads(response.body))
-            except (ValueError, TypeError, KeyError):
-                raise DarkTowerError(
-                    f"HTTP {response.status} from {path}: {response.body[:200]!r}"
-                ) from None
+        _raise_for(response, path)
         return json.loads(response.body) if response.body else None
 
     async def authenticate(self, client_id: str, client_secret: str) -> str:
@@ -164,6 +161,48 @@ class GlobalControllerClient:
             role=str(reply.get("role", "guest")),
         )
 
+    async def list_recordings(self, meeting_id: str) -> list[dict[str, Any]]:
+        """The meeting's recordings, oldest first, as docs/protocol.md §1.4 lists them (the
+        meeting's owner only: another caller gets ForbiddenError)."""
+        reply = await self._call("GET", f"/api/v1/meetings/{_quote(meeting_id)}/recordings")
+        return list(reply["recordings"])
+
+    async def download_recording(
+        self,
+        meeting_id: str,
+        recording_id: str,
+        write: Callable[[bytes], object],
+        *,
+        part: int = 0,
+        offset: int = 0,
+    ) -> int:
+        """Part ``part`` of a recording from byte ``offset`` on, handed to ``write`` in
+        chunks of RECORDING_CHUNK_BYTES (one range request each), as the file is now (a
+        recording still running grows: call again from the returned size). Returns the
+        file's size; NotFoundError for an unknown recording or part."""
+        path = (
+            f"/api/v1/meetings/{_quote(meeting_id)}/recordings/{_quote(recording_id)}"
+            f"?part={int(part)}"
+        )
+        auth = [("authorization", f"Bearer {self.access_token}")] if self.access_token else []
+        while True:
+            last = offset + RECORDING_CHUNK_BYTES - 1
+            response = await self._http.request(
+                "GET", path, [*auth, ("range", f"bytes={offset}-{last}")]
+            )
+            if response.status == 416:  # at or past the end: the file has this size
+                total = (response.header("content-range") or "*/").rpartition("/")[2]
+                return int(total) if total.isdecimal() else offset
+            _raise_for(response, path)
+            if response.status != 206:  # the whole file: what is before offset is had
+                write(response.body[offset:])
+                return len(response.body)
+            write(response.body)
+            offset += len(response.body)
+            total = (response.header("content-range") or "").rpartition("/")[2]
+            if not total.isdecimal() or offset >= int(total):
+                return offset
+
     async def end_meeting(self, meeting_id: str) -> None:
         await self._call("DELETE", f"/api/v1/meetings/{meeting_id}")
 
@@ -176,6 +215,22 @@ class GlobalControllerClient:
         elif ban:
             path += f"?ban={int(ban)}"
         await self._call("DELETE", path)
+
+
+def _quote(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+def _raise_for(response: Response, path: str) -> None:
+    """The contract's error a 4xx/5xx answer names (a DarkTowerError if its body names none)."""
+    if response.status < 400:
+        return
+    try:
+        raise error_from_body(json.loads(response.body))
+    except (ValueError, TypeError, KeyError):
+        raise DarkTowerError(
+            f"HTTP {response.status} from {path}: {response.body[:200]!r}"
+        ) from None
 
 
 @asynccontextmanager
