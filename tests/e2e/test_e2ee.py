@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import pathlib
 import re
+import time
 import uuid
 from collections.abc import Callable
 
@@ -166,7 +167,7 @@ async def test_a_tampered_frame_is_dropped_and_counted_and_the_stream_goes_on(
                 header = FrameHeader(
                     frame_type=FrameType.AUDIO,
                     stream_id=uuid.UUID(mic.stream_id),
-                    timestamp_us=1_000_000,
+                    timestamp_us=int(time.time() * 1_000_000),
                     sequence=publisher.sequence,
                     flags=FrameFlags.END_OF_FRAME,
                 )
@@ -176,7 +177,7 @@ async def test_a_tampered_frame_is_dropped_and_counted_and_the_stream_goes_on(
                 return bytes(wire)
 
             flipped = forged(HEADER_SIZE + 13 + 3)  # a bit of the ciphertext
-            changed = forged(20)  # a byte of the header's timestamp (the MH routes it)
+            changed = forged(33)  # a byte of the header's sequence number (the MH routes it)
             await publisher.send_raw(flipped)
             await publisher.send_raw(changed)
             await mic.send_frame(FrameType.AUDIO, b"after")
