@@ -152,6 +152,17 @@ class MediaClient:
         ended and every buffered frame was taken."""
         return await self._frames.receive()
 
+    async def receive_frames(self, max_frames: int = 64) -> list[Frame]:
+        """The next frame and those already buffered behind it, at most ``max_frames``: one
+        wake for a burst of frames. Raises trio.EndOfChannel as :meth:`receive_frame`."""
+        frames = [await self._frames.receive()]
+        while len(frames) < max_frames:
+            try:
+                frames.append(self._frames.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        return frames
+
     def __aiter__(self) -> AsyncIterator[Frame]:
         return self._frames.__aiter__()
 
@@ -175,7 +186,12 @@ async def _read_stream(
                     return
                 decoder.receive_data(data)
                 for frame in decoder:
-                    await out.send(frame)
+                    # The chunk's frames are queued together (no task switch per frame while
+                    # there is room), so a reader may take them together (receive_frames).
+                    try:
+                        out.send_nowait(frame)
+                    except trio.WouldBlock:
+                        await out.send(frame)
         except FrameError:
             client.stream_errors += 1
             stream.stop_sending(int(FrameError.code))

@@ -25,6 +25,7 @@ from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import processing_pb2 as pb
 from darktower.transport import LOOPBACK_PACKET_SIZE, TransportLimits
 
+from ._connections import SharedConnections
 from ._limits import (
     JOB_ACK_DELAY_S,
     JOB_CLEANUP_GRACE_S,
@@ -97,8 +98,10 @@ class Jobs:
         limits: Mapping[str, int],
         *,
         media_buffered_frames: int = MEDIA_BUFFERED_FRAMES,
+        shared: SharedConnections | None = None,
     ) -> None:
         self._tree = tree
+        self.shared = shared  # the recordings' connections (none: one each)
         self._factories = factories
         self._limits = limits
         self._buffered = media_buffered_frames
@@ -185,11 +188,12 @@ class Jobs:
             participant.leave(entry.stop_reason)
             return
         pins = [request.media_certificate_sha256] if request.media_certificate_sha256 else None
-        url, limits = request.media_url, LIVE_JOB_TRANSPORT
+        url, limits, shared = request.media_url, LIVE_JOB_TRANSPORT, None
         if entry.job.kind == "recording":  # not live: the MH may send it in fuller packets
             url += ("&" if "?" in url else "?") + f"send_delay_ms={RECORDING_SEND_DELAY_MS}"
-            limits = RECORDING_TRANSPORT
-        async with _media(url, pins, self._buffered, request.origin, limits) as media:
+            limits, shared = RECORDING_TRANSPORT, self.shared
+        media_session = _media(url, pins, self._buffered, request.origin, limits, shared)
+        async with media_session as media:
             entry.state = "running"
             self.progress.notify()
             logger.info(
@@ -292,8 +296,22 @@ class Jobs:
 
 @asynccontextmanager
 async def _media(
-    url: str, pins: list[bytes] | None, buffered: int, origin: str, limits: TransportLimits
+    url: str,
+    pins: list[bytes] | None,
+    buffered: int,
+    origin: str,
+    limits: TransportLimits,
+    shared: SharedConnections | None,
 ) -> AsyncIterator[MediaClient]:
+    if shared is not None:
+        async with (
+            shared.connection(url, pins) as conn,
+            open_media_client(
+                url, connection=conn, max_buffered_frames=buffered, origin=origin or None
+            ) as media,
+        ):
+            yield media
+        return
     async with open_media_client(
         url,
         server_certificate_hashes=pins,

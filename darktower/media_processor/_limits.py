@@ -35,6 +35,9 @@ JOB_ACK_DELAY_S = 0.025
 # (``send_delay_ms``, docs/protocol.md §7): the frames of that time leave in a few full packets,
 # not one or more per frame, which is most of what a recording costs the processor.
 RECORDING_SEND_DELAY_MS = 100
+# Recordings on one MH that share a QUIC connection (_connections.py): the MH's WebTransport
+# sessions per connection (16); one more opens another connection.
+RECORDINGS_PER_CONNECTION = 16
 # Received frames buffered between the media session and a job's reader.
 MEDIA_BUFFERED_FRAMES = 256
 # The mix's frame: Opus at 48 kHz, 20 ms.

@@ -178,7 +178,10 @@ class FrameQueue:
         """Queue ``frame``, waiting while the queue is full: for a job that must keep every
         frame (a recording), the wait reaches the MH through QUIC flow control, and only the
         MH's own queue for this subscriber drops, by its policy, if the job stays behind."""
-        await self._send.send(frame)
+        try:
+            self._send.send_nowait(frame)  # no task switch while there is room
+        except trio.WouldBlock:
+            await self._send.send(frame)
 
     def take_ready(self, first: Encoded) -> list[Encoded]:
         """``first`` and every frame already queued behind it (one codec call for a batch)."""

@@ -131,11 +131,16 @@ class RecordingJob:
         if self._uploads is not None:
             self._uploads.announce(self._request.meeting_id, self.recording_id)
         await participant.start_stream("writer", self._write_loop)
-        async for frame in media:
-            self.frames_in += 1
-            encoded = self._assembler.push(frame)
-            if encoded is not None and encoded.stream_id in self._sources:
-                await self._queue.put(encoded)  # a recording keeps every frame it gets
+        while True:
+            try:
+                frames = await media.receive_frames()
+            except trio.EndOfChannel:
+                return
+            self.frames_in += len(frames)
+            for frame in frames:
+                encoded = self._assembler.push(frame)
+                if encoded is not None and encoded.stream_id in self._sources:
+                    await self._queue.put(encoded)  # a recording keeps every frame it gets
 
     async def _write_loop(self) -> None:
         async for first in self._queue.receive:

@@ -36,7 +36,8 @@ from darktower.servicekit import (
 )
 from darktower.transport.rpc import open_rpc_loop, rpc_service, serve_rpc
 
-from ._jobs import Jobs
+from ._connections import SharedConnections
+from ._jobs import RECORDING_TRANSPORT, Jobs
 from ._mixing import MixJob
 from ._recording import RecordingJob
 from ._settings import Settings
@@ -179,6 +180,8 @@ async def serve(
             # Before any job: what an earlier run left to upload is found first.
             await nursery.start(uploads.run)
             logger.info("recordings bucket", extra=fields(bucket=uploads.bucket.describe()))
+        shared = SharedConnections(RECORDING_TRANSPORT)
+        await nursery.start(shared.run)
         tree = TaskTree(registry=registry)
         await nursery.start(tree.run)
         jobs = Jobs(
@@ -193,6 +196,7 @@ async def serve(
                 "transcode": settings.max_transcodes,
                 "mix": settings.max_mixes,
             },
+            shared=shared,
         )
         grpc_port = await nursery.start(
             functools.partial(

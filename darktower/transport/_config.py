@@ -94,6 +94,8 @@ MAX_SEND_DELAY_S = 0.15
 # nothing on the path fragments or drops by size) that advertised a max_udp_payload_size at
 # least this large (``receive_packet_size``): a media processor on the MH's machine then
 # receives a video frame in one packet instead of five or six. Other peers get PACKET_SIZE.
+# Not more: aioquic writes a STREAM frame's length as a two-byte varint (< 16,384), so a larger
+# packet would carry frames it cannot encode (tried: nothing gets through at 32 KiB).
 LOOPBACK_PACKET_SIZE = 16_384
 # Advertised max_datagram_frame_size; the browser drops datagrams silently without it.
 MAX_DATAGRAM_FRAME_SIZE = 65_536

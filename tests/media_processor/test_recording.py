@@ -137,3 +137,34 @@ async def test_a_recording_of_an_unknown_codec_is_refused(
                 "https://127.0.0.1:1/v1/media?token=x",
                 recording=pb.RecordingJob(sources=[source]),
             )
+
+
+async def test_recordings_on_one_mh_share_a_quic_connection(tmp_path: pathlib.Path) -> None:
+    """Two recordings of a room are two sessions on one connection to the MH (its sends held
+    for send_delay_ms, docs/architecture.md §10); it closes when both have ended."""
+    async with open_room(tmp_path) as room:
+        jobs = room.mp.jobs
+        assert jobs.shared is not None
+        for name in ("ann", "bob"):
+            url = await room.register(f"rec-{name}")
+            await room.start_job(
+                f"rec-{name}",
+                url,
+                recording=pb.RecordingJob(participant_id=name, recording_id=f"{name}-1"),
+            )
+            await room.wait_job(f"rec-{name}", "running")
+        assert jobs.shared.count() == 1
+        # At the MH: both sessions on one connection, which holds its sends.
+        members = room.mh.handler.rooms[MEETING].members  # type: ignore[index]
+        ann, bob = (members[f"rec-{n}"].session for n in ("ann", "bob"))  # type: ignore[index]
+        assert ann is not None and bob is not None
+        assert ann._conn is bob._conn and ann._conn.send_delay_s == 0.1
+        for name in ("ann", "bob"):
+            await call(
+                room.media.RemoveParticipant,
+                mc_pb.RemoveParticipantRequest(
+                    meeting_id=MEETING, participant_id=f"rec-{name}", reason=common_pb2.KICKED
+                ),
+            )
+            await room.wait_job(f"rec-{name}")
+        assert jobs.shared.count() == 0
