@@ -13,12 +13,14 @@ and the same packet counts go to /metrics (:class:`MediaMetrics`).
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
 import trio
 
 from darktower.errors import CapacityExceeded
+from darktower.logs import fields
 from darktower.model import MeetingId
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from darktower.transport import TransportStats, WebTransportSession
 
     from ._room import MediaRoom
+
+logger = logging.getLogger("darktower.media_handler")
 
 
 class _Listener:
@@ -158,7 +162,15 @@ class TelemetryReporter:
                 session = publication.publisher.session
                 loss = 0.0 if session is None else losses.get(session, 0.0)
                 snap = publication.stats.snapshot(now, timestamp=stamp, packet_loss=loss)
-                self.hub.publish(telemetry_event(room.id, snap))
+                try:
+                    event = telemetry_event(room.id, snap)
+                except ValueError:  # a figure out of its field's range: this report only
+                    logger.warning("telemetry figure out of range", extra=fields(snap=str(snap)))
+                    continue
+                self.hub.publish(event)
+
+
+UINT32_MAX = 0xFFFF_FFFF
 
 
 def telemetry_event(meeting_id: str, snap: TelemetrySnapshot) -> mc_pb.TelemetryEvent:
@@ -170,8 +182,10 @@ def telemetry_event(meeting_id: str, snap: TelemetrySnapshot) -> mc_pb.Telemetry
             bytes_sent=snap.bytes_sent,
             bytes_received=snap.bytes_received,
             packet_loss=snap.packet_loss,
-            bitrate=min(snap.bitrate, 0xFFFF_FFFF),
-            jitter_ms=snap.jitter_ms,
+            bitrate=min(snap.bitrate, UINT32_MAX),
+            # A publisher's timestamps are its own (hostile) numbers: a jump of hours makes a
+            # jitter no uint32 holds, which is then reported as the most it can say.
+            jitter_ms=min(snap.jitter_ms, UINT32_MAX),
             timestamp=snap.timestamp,
             frames_dropped=sum(snap.frames_dropped.values()),
         ),
