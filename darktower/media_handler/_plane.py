@@ -116,6 +116,10 @@ class MediaPlane:
         if refusal:
             self.metrics.sessions_refused.inc(1, "409")
             raise RejectSession(409, refusal)
+        delay_ms = request.query.get("send_delay_ms", "")  # docs/protocol.md §7
+        member.send_delay_s = (
+            int(delay_ms) / 1000 if delay_ms.isdecimal() and len(delay_ms) <= 3 else 0.0
+        )
         await trio.lowlevel.checkpoint()
         return member
 
@@ -156,9 +160,8 @@ class MediaPlane:
                 if room.members.get(member.id) is not member:
                     raise Conflict("participant removed while reconnecting")
             member.session = session
-            delay_ms = session.request.query.get("send_delay_ms", "")
-            if delay_ms.isdecimal() and len(delay_ms) <= 3:  # docs/protocol.md §7
-                session.delay_sends(int(delay_ms) / 1000)
+            if member.send_delay_s:
+                session.delay_sends(member.send_delay_s)
             participant = await room.scope.start_participant(
                 member.id,
                 functools.partial(self._serve_member, member, session),

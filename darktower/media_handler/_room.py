@@ -210,6 +210,8 @@ class MediaMember:
     # (_limits.py), None while connected or never connected.
     lost_at: float | None = None
     replacing: bool = False  # a newer media connection is replacing the live one
+    # How long its connection may hold what the MH sends (the CONNECT's send_delay_ms).
+    send_delay_s: float = 0.0
     # Connection tokens it used (token id -> expiry, epoch seconds): each opens one connection.
     used_tokens: dict[str, float] = attrs.Factory(dict)
 
