@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -275,6 +276,7 @@ def main() -> None:
         if server.poll() is None:
             server.kill()
             server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
     figures.update(
         load_avg_1m_start=load_start,
         load_avg_1m_end=os.getloadavg()[0],
