@@ -278,8 +278,10 @@ class Encryption:
         return plain
 
     def _sender_of(self, key: bytes) -> str | None:
-        sender = self._senders.get(key)
-        if sender is None and self._senders_stale:
+        """The publisher of the stream whose wire id is ``key``. The map is rebuilt from the
+        roster whenever the room changed: a stream id published again by another participant
+        (after a leave and a rejoin) maps to its new publisher, never to the old one."""
+        if self._senders_stale:
             self._senders_stale = False
             self._senders = {
                 wire: p.participant_id
@@ -287,8 +289,7 @@ class Encryption:
                 for s in p.streams
                 for wire in _wire_keys(s.stream_id, s.layer_ids)
             }
-            sender = self._senders.get(key)
-        return sender
+        return self._senders.get(key)
 
     # -- the task ----------------------------------------------------------------------------
     async def run(self) -> None:

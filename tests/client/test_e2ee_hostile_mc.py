@@ -1,0 +1,75 @@
+"""A session's end-to-end encryption against what a hostile or failing MC may send
+(docs/protocol.md §16): streams published again by another participant, on virtual time with
+fakes."""
+
+from __future__ import annotations
+
+import uuid
+
+from darktower.client._e2ee import Encryption
+from darktower.client._roster import Roster
+from darktower.e2ee import KeyPair, SenderKey, seal_share
+from darktower.frames import Frame, FrameHeader, FrameType
+from darktower.protocol.pb.v1 import signaling_pb2 as sig
+
+from ._reconnect_fakes import participant
+
+ME = "me"
+
+
+class Joined:
+    """A SignalingLink stand-in: the join of ``ME`` that offered ``key_pair``."""
+
+    def __init__(self, key_pair: KeyPair, *, encrypted: bool = True) -> None:
+        self.key_pair = key_pair
+        self.join_response = sig.JoinResponse(participant_id=ME)
+        if encrypted:
+            self.join_response.encryption_keys.public_key = key_pair.public
+
+
+def keyed(pid: str, key_pair: KeyPair, *streams: str) -> sig.Participant:
+    p = participant(pid, *streams)
+    p.public_key = key_pair.public
+    return p
+
+
+def share(pid: str, key_pair: KeyPair, own: KeyPair, sender: SenderKey) -> sig.ServerMessage:
+    g = sender.generation
+    ciphertext = seal_share(key_pair, pid, own.public, ME, g, sender.secret)
+    return sig.ServerMessage(
+        key_share=sig.E2EEKeyShare(
+            from_participant_id=pid, to_participant_id=ME, key_id=str(g), ciphertext=ciphertext
+        )
+    )
+
+
+def frame(sender: SenderKey, stream_id: str, payload: bytes, seq: int = 0) -> Frame:
+    header = FrameHeader(
+        frame_type=FrameType.AUDIO, stream_id=uuid.UUID(stream_id), timestamp_us=0, sequence=seq
+    )
+    return Frame.from_wire(sender.encrypt(header, payload))
+
+
+async def test_a_stream_published_again_by_a_rejoined_participant_decrypts_with_its_key() -> None:
+    """A publisher rejoins after an MC failover with a new id and publishes the same stream id
+    again: its frames decrypt with the new participant's key, not looked up under the old."""
+    stream = str(uuid.uuid4())
+    own, first, second = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    roster = Roster(ME, [keyed("a1", first, stream)])
+    got: list[Frame] = []
+    e2ee = Encryption(roster, got.append, None, lambda *a: None)  # type: ignore[arg-type]
+    e2ee.joined(Joined(own))  # type: ignore[arg-type]
+    a1 = SenderKey.new()
+    e2ee.on_share(share("a1", first, own, a1))
+    assert e2ee.open(frame(a1, stream, b"before")) is not None
+
+    e2ee.on_event(roster.left(sig.ParticipantLeft(participant_id="a1")))
+    joined = roster.joined(sig.ParticipantJoined(participant=keyed("a2", second, stream)))
+    assert joined is not None
+    e2ee.on_event(joined)
+    a2 = SenderKey.new()
+    e2ee.on_share(share("a2", second, own, a2))
+    for seq in range(3):
+        plain = e2ee.open(frame(a2, stream, b"after", seq))
+        assert plain is not None and bytes(plain.payload) == b"after"
+    assert not e2ee.drops
