@@ -14,7 +14,9 @@ In a meeting created with ``enable_e2e_encryption`` the session encrypts what it
 decrypts what it receives by itself (docs/protocol.md §16): ``session.e2ee`` (:class:`Encryption`)
 says whether the meeting is encrypted, gives this session's safety number (``fingerprint``) and
 counts the frames that did not decrypt (``drops``); each participant's safety number is
-``ParticipantInfo.fingerprint``, to compare out of band.
+``ParticipantInfo.fingerprint``, to compare out of band. Once encrypted, a session stays so:
+a resume or rejoin without encryption ends it; ``require_e2ee=True`` refuses a meeting without
+it at the join (:class:`EncryptionRequired`).
 """
 
 from ._dev import (
@@ -24,7 +26,7 @@ from ._dev import (
     fetch_dev_certificate,
     fetch_dev_credentials,
 )
-from ._e2ee import SHARE_QUEUE, UNKNOWN_SENDER, Encryption, KeyPairs
+from ._e2ee import SHARE_QUEUE, UNKNOWN_SENDER, Encryption, EncryptionRequired, KeyPairs
 from ._events import (
     CLOSE_GRACE_S,
     EVENT_BUFFER,
@@ -92,6 +94,7 @@ __all__ = [
     "DevStackError",
     "Dialer",
     "Encryption",
+    "EncryptionRequired",
     "EventStream",
     "GcRejoiner",
     "GlobalControllerClient",

@@ -21,6 +21,11 @@ draw per join (a rejoin is a join), the same key for a resume. In a meeting crea
   A frame that does not decrypt is dropped and counted by reason in :attr:`Encryption.drops`
   (never an exception, never garbled output); frames that waited for a rotated key are
   delivered once its share arrives; the keyring's bounds are enforced at its deadlines.
+
+Once a session has been in an encrypted meeting it stays encrypted for life: a later
+JoinResponse (a resume, or a rejoin after the MC failed) without ``encryption_keys`` ends the
+session with :class:`EncryptionRequired` as its message; it never publishes in clear. A session
+joined with ``require_e2ee`` refuses a meeting without encryption from the first JoinResponse.
 """
 
 from __future__ import annotations
@@ -76,6 +81,12 @@ UNKNOWN_SENDER: Final = "unknown_sender"
 Request = Callable[[sig.ClientMessage], Awaitable[sig.ServerMessage]]
 
 
+class EncryptionRequired(Exception):
+    """A JoinResponse without ``encryption_keys`` where end-to-end encryption is required: the
+    join was made with ``require_e2ee``, or the session was already in an encrypted meeting
+    (the MC may not turn encryption off: a resume or a rejoin that does ends the session)."""
+
+
 @attrs.define(eq=False)
 class KeyPairs:
     """The X25519 key pair a session's joins offer: :meth:`fresh` makes the one of a new join
@@ -117,7 +128,7 @@ class Encryption:
         self._deliver = deliver
         self._request = request
         self._fail = fail
-        self.enabled = False
+        self.enabled = False  # once True, never turned off (the module docstring)
         self.own_id = ""
         self._key_pair: KeyPair | None = None
         self.sender_key = SenderKey.new()
@@ -154,12 +165,35 @@ class Encryption:
         """What the session's media publishers encrypt with (None: no encryption)."""
         return self.encrypt if self.enabled else None
 
-    def joined(self, signaling: SignalingLink) -> None:
+    def check(self, join: sig.JoinResponse) -> None:
+        """Raises :class:`EncryptionRequired` when ``join`` (the first, a resume's or a
+        rejoin's) does not make an encrypted meeting and the session must stay encrypted."""
+        if self.enabled and not join.HasField("encryption_keys"):
+            raise EncryptionRequired(
+                "end-to-end encryption required, but the MC's JoinResponse has no "
+                "encryption_keys: the session ends rather than send media in clear"
+            )
+
+    def kept(self, join: sig.JoinResponse) -> bool:
+        """False, the session ended, when ``join`` (a resume's or a rejoin's) turns encryption
+        off (see :meth:`check`): never publish in clear."""
+        try:
+            self.check(join)
+        except EncryptionRequired as exc:
+            self._fail(LeaveReason.CONNECTION_LOST, str(exc))
+            return False
+        return True
+
+    def joined(self, signaling: SignalingLink, *, required: bool = False) -> None:
         """The session joined (again, after a rejoin: a new participant) on ``signaling``: a
         new sender key at generation 0 and a new keyring, the key shared with everyone in
         the room (the roster is the join's). Raises ValueError in an encrypted meeting when
-        the MC did not take the key pair ``signaling`` offered (another key, or none)."""
+        the MC did not take the key pair ``signaling`` offered (another key, or none), and
+        :class:`EncryptionRequired` (see :meth:`check`; ``required``: encryption is required
+        from now on), changing nothing else."""
         join = signaling.join_response
+        self.enabled |= required
+        self.check(join)
         self.enabled = join.HasField("encryption_keys")
         key_pair = signaling.key_pair if self.enabled else None
         if self.enabled and (
@@ -338,4 +372,4 @@ def _wire_keys(stream_id: str, layer_ids: tuple[str, ...]) -> list[bytes]:
         return []
 
 
-__all__ = ["SHARE_QUEUE", "UNKNOWN_SENDER", "Encryption", "KeyPairs"]
+__all__ = ["SHARE_QUEUE", "UNKNOWN_SENDER", "Encryption", "EncryptionRequired", "KeyPairs"]

@@ -129,6 +129,7 @@ class _Options:
     resume_grace_s: float = RESUME_GRACE_S
     rejoiner: Rejoiner | None = None
     rejoin_window_s: float = REJOIN_WINDOW_S
+    require_e2ee: bool = False
 
 
 async def _run(
@@ -153,6 +154,7 @@ async def _run(
                     resume_grace_s=options.resume_grace_s,
                     rejoiner=options.rejoiner,
                     rejoin_window_s=options.rejoin_window_s,
+                    require_e2ee=options.require_e2ee,
                 )
                 await session.run(task_status=task_status)
         except BaseException:
@@ -184,6 +186,7 @@ async def join_meeting_session(
     resume_grace_s: float = RESUME_GRACE_S,
     transport_limits: TransportLimits | None = None,
     capabilities: sig.ParticipantCapabilities | None = None,
+    require_e2ee: bool = False,
 ) -> AsyncIterator[MeetingSession]:
     """Join the meeting at the MC's ``signal_url``, connect media, yield the session.
 
@@ -209,6 +212,13 @@ async def join_meeting_session(
     ``end_reason``. Raises ConnectFailed/SessionRefused, the ``DarkTowerError`` of a refused
     join (Unauthorized, NotFound, CapacityExceeded ...), SignalingEnded if the MC hangs up
     during the join; anything the block raises propagates as it is.
+
+    End-to-end encryption (docs/protocol.md §16): with ``require_e2ee`` a meeting that is not
+    end-to-end encrypted (a JoinResponse without ``encryption_keys``) is refused: the session
+    leaves at once and :class:`EncryptionRequired` is raised. Without it, the meeting's
+    setting decides; either way, once the session has been in an encrypted meeting a resume
+    or rejoin that would turn encryption off ends it (``end_reason`` CONNECTION_LOST, the
+    ``end_message`` saying why): it never publishes in clear.
     """
     dialer = Dialer(
         signal_url,
@@ -219,7 +229,9 @@ async def join_meeting_session(
         transport_limits,
         capabilities=capabilities,
     )
-    options = _Options(event_buffer, subscription_buffer, resume_grace_s)
+    options = _Options(
+        event_buffer, subscription_buffer, resume_grace_s, None, REJOIN_WINDOW_S, require_e2ee
+    )
     async with _session(dialer, join_token, options) as session:
         yield session
 
@@ -267,6 +279,7 @@ async def join_meeting_via_gc(
     rejoin_window_s: float = REJOIN_WINDOW_S,
     transport_limits: TransportLimits | None = None,
     capabilities: sig.ParticipantCapabilities | None = None,
+    require_e2ee: bool = False,
 ) -> AsyncIterator[MeetingSession]:
     """Ask the GC for a join ticket (as the GC client's access token allows: the meeting's
     owner gets a host's) and join with :func:`join_meeting_session`. With ``join_token``
@@ -282,7 +295,8 @@ async def join_meeting_via_gc(
     restored by stream id; events Rejoining, then Rejoined or Lost. It tries for
     ``rejoin_window_s`` from the loss (0: never; then the session ends as
     :func:`join_meeting_session`'s does). ``gc`` must stay usable for as long as the session
-    runs (its connection may close: another is opened)."""
+    runs (its connection may close: another is opened). ``require_e2ee``: as
+    :func:`join_meeting_session`'s."""
     if join_token is None:
         ticket = await gc.join_meeting(meeting_id, participant_name)
         url, token = ticket.meeting_controller_url, ticket.join_token
@@ -304,7 +318,9 @@ async def join_meeting_via_gc(
         signal_url=url,
         dial_at=lambda signal_url: attrs.evolve(dialer, signal_url=signal_url),
     )
-    options = _Options(event_buffer, subscription_buffer, resume_grace_s, rejoiner, rejoin_window_s)
+    options = _Options(
+        event_buffer, subscription_buffer, resume_grace_s, rejoiner, rejoin_window_s, require_e2ee
+    )
     async with _session(dialer, token, options) as session:
         yield session
 

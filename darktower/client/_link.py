@@ -253,6 +253,8 @@ class Link:
         self.signaling = signaling
         self.resume_token = join.resume_token
         self._owner.on_resumed(join)
+        if self._owner.end_reason is not None:  # e.g. it turned end-to-end encryption off
+            return Next.END
         if self._restore_pending:
             await self._restore(signaling)
         # A fresh token: the media connection follows. None if the MH failed meanwhile: the
@@ -306,6 +308,8 @@ class Link:
         self.resume_token = join.resume_token
         self._outage.rejoined(self._owner.participant_id)
         self._owner.on_rejoined(join, ticket.join_token, self._cause[0])
+        if self._owner.end_reason is not None:  # e.g. it turned end-to-end encryption off
+            return Next.END
         self._cause = None
         await self._restore(signaling)
         self._retarget(join.media_server, moved=True)

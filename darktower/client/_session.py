@@ -24,10 +24,10 @@ subscribes again after a rejoin, and the one that sends key shares and expires k
 end-to-end encrypted meeting (:class:`~darktower.client.Encryption`: received frames are
 decrypted before the subscriptions see them, docs/protocol.md §16). A lost connection is
 brought back by the link (docs/protocol.md §13: a resume, a new media connection, or a rejoin
-through the GC) with the events
-Reconnecting, then Resumed, Rejoined or Lost. The session ends when the MC says so
-(SessionEnded), when a lost connection does not come back, or on :meth:`MeetingSession.leave`; then every waiting call and iterator raises :class:`SessionEnded`
-with the reason (iterators just stop after a voluntary leave).
+through the GC) with the events Reconnecting, then Resumed, Rejoined or Lost. The session ends
+when the MC says so (SessionEnded), when a lost connection does not come back (or without
+encryption), or on :meth:`MeetingSession.leave`; then every waiting call and iterator raises
+:class:`SessionEnded` with the reason (iterators just stop after a voluntary leave).
 
 A server-side end is a normal outcome, not an error: the ``async with`` block swallows a
 SessionEnded of its own session and exits cleanly, and the caller reads ``end_reason``.
@@ -111,6 +111,7 @@ class MeetingSession:
         resume_grace_s: float = RESUME_GRACE_S,
         rejoiner: Rejoiner | None = None,
         rejoin_window_s: float = REJOIN_WINDOW_S,
+        require_e2ee: bool = False,
     ) -> None:
         self.meeting_id = meeting_id
         self.participant_id: str = signaling.join_response.participant_id
@@ -127,7 +128,7 @@ class MeetingSession:
         self._roster = Roster(self.participant_id, signaling.join_response.existing_participants)
         self._subscribing = Subscribing(self, self._request, self._quietly)
         self.e2ee = Encryption(self._roster, self._subscribing.deliver, self._request, self.finish)
-        self.e2ee.joined(signaling)
+        self.e2ee.joined(signaling, required=require_e2ee)  # may raise EncryptionRequired
         self._publishing = Publishing(self.e2ee)
         self.recording = signaling.join_response.recording
         self.participants: Mapping[str, ParticipantInfo] = self._roster.participants
@@ -144,7 +145,9 @@ class MeetingSession:
             "stream_published": self._on_published,
             "stream_unpublished": self._on_unpublished,
             "quality": lambda m: self.events._put(QualityUpdate.from_pb(m.quality)),
-            "key_frame_request": self._on_key_frame_request,
+            "key_frame_request": lambda m: self.events._put(
+                KeyFrameRequest(m.key_frame_request.stream_id)
+            ),
             "participant_updated": self._on_updated,
             "recording_status": lambda m: self._recording(m.recording_status.recording),
             "subscription_updated": lambda m: self._subscribing.updated(m.subscription_updated),
@@ -231,6 +234,8 @@ class MeetingSession:
 
     def on_resumed(self, join: sig.JoinResponse) -> None:
         """Catch up with what happened while the signaling connection was lost."""
+        if not self.e2ee.kept(join):
+            return
         for event in self._roster.resync(join.existing_participants):
             if isinstance(event, ParticipantLeft):
                 self._subscribing.drop_streams(s.stream_id for s in event.participant.streams)
@@ -243,6 +248,8 @@ class MeetingSession:
     def on_rejoined(self, join: sig.JoinResponse, join_token: str, reason: LeaveReason) -> None:
         """Joined again as a new participant (docs/protocol.md §13): its id, its role and the
         room as the new MC has it (the old room's participants left with ``reason``)."""
+        if not self.e2ee.kept(join):
+            return
         old = self.participant_id
         self.participant_id = self._roster.own_id = join.participant_id
         self.role = role_of(join_token) or self.role
@@ -318,9 +325,6 @@ class MeetingSession:
             return
         self._subscribing.drop_streams([event.stream.stream_id])
         self._tell(event)
-
-    def _on_key_frame_request(self, m: sig.ServerMessage) -> None:
-        self.events._put(KeyFrameRequest(m.key_frame_request.stream_id))
 
     def _recording(self, recording: bool) -> None:
         if recording != self.recording:

@@ -86,11 +86,25 @@ def keyed(signaling: FakeSignaling, key_pair: KeyPair) -> FakeSignaling:
     return signaling
 
 
+class KeyedNetwork(FakeNetwork):
+    """Resumes in an encrypted meeting: their JoinResponses carry ``encryption_keys``, as the
+    MC's do (the key pair the session offered, which :func:`encrypted` sets)."""
+
+    key_pair: KeyPair | None = None
+
+    @asynccontextmanager
+    async def signaling(self, resume_token: str) -> AsyncIterator[FakeSignaling]:
+        async with FakeNetwork.signaling(self, resume_token) as signaling:
+            yield keyed(signaling, self.key_pair) if self.key_pair else signaling
+
+
 @asynccontextmanager
 async def encrypted(
     net: FakeNetwork, *existing: sig.Participant, **options: Any
 ) -> AsyncIterator[tuple[MeetingSession, FakeSignaling, FakeMedia, KeyPair]]:
     key_pair = KeyPair.generate()
+    if isinstance(net, KeyedNetwork):
+        net.key_pair = key_pair
     join = sig.JoinResponse(
         participant_id=PID,
         resume_token="resume1",
@@ -263,7 +277,7 @@ async def test_received_frames_decrypt_wait_for_their_key_or_are_dropped_and_cou
 
 async def test_a_resume_keeps_the_keys(autojump_clock: trio.testing.MockClock) -> None:
     ann = Peer("ann")
-    net = FakeNetwork()
+    net = KeyedNetwork()
     net.existing = [ann.pb(STREAM_A)]
     async with encrypted(net, ann.pb(STREAM_A)) as (session, signaling, media, own):
         heard = await session.subscribe(STREAM_A)

@@ -1,18 +1,28 @@
 """A session's end-to-end encryption against what a hostile or failing MC may send
-(docs/protocol.md §16): streams published again by another participant, on virtual time with
+(docs/protocol.md §16): streams published again by another participant, a resume or rejoin
+that turns encryption off, a meeting without it where it is required; on virtual time with
 fakes."""
 
 from __future__ import annotations
 
 import uuid
 
+import pytest
+import trio
+import trio.testing
+
+from darktower.client import EncryptionRequired, MeetingSession
 from darktower.client._e2ee import Encryption
 from darktower.client._roster import Roster
 from darktower.e2ee import KeyPair, SenderKey, seal_share
 from darktower.frames import Frame, FrameHeader, FrameType
+from darktower.model import LeaveReason, StreamType
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
-from ._reconnect_fakes import participant
+from ._reconnect_fakes import FakeMedia, FakeNetwork, FakeSignaling, participant
+from ._rejoin_fakes import FakeRejoiner
+from .test_e2ee import Peer, encrypted
+from .test_e2ee import keyed as keyed_join
 
 ME = "me"
 
@@ -73,3 +83,60 @@ async def test_a_stream_published_again_by_a_rejoined_participant_decrypts_with_
         plain = e2ee.open(frame(a2, stream, b"after", seq))
         assert plain is not None and bytes(plain.payload) == b"after"
     assert not e2ee.drops
+
+
+async def test_a_resume_without_encryption_ends_the_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The MC's resumed JoinResponse has no encryption_keys: the session ends, saying why, and
+    what it publishes stays encrypted (the publishers' encryptor is never taken away)."""
+    net = FakeNetwork()  # its resumes carry no encryption_keys
+    async with encrypted(net, Peer("ann").pb()) as (session, signaling, media, _):
+        camera = await session.publish(StreamType.AUDIO)
+        signaling.lose()
+        media.lose()
+        with trio.fail_after(60):
+            await session.ended.wait()
+        assert session.end_reason is LeaveReason.CONNECTION_LOST
+        assert "encryption" in session.end_message
+        assert session.e2ee.enabled and session.e2ee.encryptor is not None
+        assert all(p.encryptor is not None for p in camera.publishers.values())
+        assert not net.medias  # no media connection after the resume: nothing sent
+
+
+async def test_a_rejoin_without_encryption_ends_the_session_before_publishing_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rejoiner = FakeRejoiner(FakeNetwork())  # the new MC's JoinResponse: no encryption_keys
+    async with encrypted(FakeNetwork(), rejoiner=rejoiner) as (session, signaling, _, __):
+        await session.publish(StreamType.AUDIO)
+        signaling.end(LeaveReason.SERVER_SHUTDOWN)  # its MC drains: the session rejoins
+        with trio.fail_after(60):
+            await session.ended.wait()
+        assert session.end_reason is LeaveReason.CONNECTION_LOST
+        assert "encryption" in session.end_message
+        assert session.e2ee.enabled and session.rejoins == 0
+        [new] = rejoiner.signalings
+        assert not new.requests  # nothing published at the new MC
+
+
+async def test_require_e2ee_refuses_a_meeting_without_encryption() -> None:
+    join = sig.JoinResponse(participant_id=ME, resume_token="r")
+    net = FakeNetwork()
+    with pytest.raises(EncryptionRequired, match="encryption_keys"):
+        MeetingSession(
+            FakeSignaling(join, net),  # type: ignore[arg-type]
+            FakeMedia("first"),  # type: ignore[arg-type]
+            meeting_id="m",
+            require_e2ee=True,
+        )
+    # In an encrypted meeting it joins, and encrypts.
+    own = KeyPair.generate()
+    encrypted_join = keyed_join(FakeSignaling(sig.JoinResponse(participant_id=ME), net), own)
+    session = MeetingSession(
+        encrypted_join,  # type: ignore[arg-type]
+        FakeMedia("first"),  # type: ignore[arg-type]
+        meeting_id="m",
+        require_e2ee=True,
+    )
+    assert session.e2ee.enabled and session.e2ee.fingerprint == own.fingerprint
