@@ -161,11 +161,14 @@ class GlobalControllerClient:
             role=str(reply.get("role", "guest")),
         )
 
-    async def list_recordings(self, meeting_id: str) -> list[dict[str, Any]]:
-        """The meeting's recordings, oldest first, as docs/protocol.md §1.4 lists them (the
-        meeting's owner only: another caller gets ForbiddenError)."""
-        reply = await self._call("GET", f"/api/v1/meetings/{_quote(meeting_id)}/recordings")
-        return list(reply["recordings"])
+    async def list_recordings(self, meeting_id: str) -> dict[str, Any]:
+        """``{"recordings": [...], "truncated": bool}``: the meeting's recordings, oldest
+        first, as docs/protocol.md §1.4 lists them; ``truncated`` says the list misses some
+        (the meeting's owner only: another caller gets Forbidden)."""
+        reply: dict[str, Any] = await self._call(
+            "GET", f"/api/v1/meetings/{_quote(meeting_id)}/recordings"
+        )
+        return reply
 
     async def download_recording(
         self,
@@ -197,6 +200,11 @@ class GlobalControllerClient:
             if response.status != 206:  # the whole file: what is before offset is had
                 write(response.body[offset:])
                 return len(response.body)
+            start = (response.header("content-range") or "").removeprefix("bytes ")
+            if not response.body or not start.startswith(f"{offset}-"):
+                # The GC could not read the file (an empty answer) or answered another range:
+                # asking again would loop.
+                raise DarkTowerError(f"recording download of {path} stopped at byte {offset}")
             write(response.body)
             offset += len(response.body)
             total = (response.header("content-range") or "").rpartition("/")[2]

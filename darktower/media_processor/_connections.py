@@ -47,7 +47,8 @@ class SharedConnections:
         self._limits = limits
         self._max = max_sessions
         self._open: dict[Key, list[_Shared]] = {}
-        self._lock = trio.Lock()  # one connection opened at a time
+        # One connection opened at a time per MH (a dead MH holds up only its own jobs).
+        self._locks: dict[Key, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
 
     def count(self) -> int:
@@ -68,7 +69,8 @@ class SharedConnections:
         split = urllib.parse.urlsplit(url)
         host, port = split.hostname or "", split.port or 443
         key = (host, port, tuple(pins or ()))
-        async with self._lock:
+        lock = self._locks.setdefault(key, trio.Lock())
+        async with lock:
             shared = next(
                 (
                     s
@@ -93,6 +95,8 @@ class SharedConnections:
                     held.remove(shared)
                 if not held:
                     self._open.pop(key, None)
+                    if not lock.locked() and not lock.statistics().tasks_waiting:
+                        self._locks.pop(key, None)
                 shared.done.set()
 
     async def _hold(

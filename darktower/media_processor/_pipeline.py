@@ -157,6 +157,8 @@ class FrameQueue:
         self._drops = drops
         self._send, self.receive = trio.open_memory_channel[Encoded](max_frames)
         self._skipping: set[str] = set()
+        self._half = max(1, max_frames // 2)
+        self._half_full = trio.Event()  # set once half the queue is taken (see filled)
 
     def offer(self, frame: Encoded) -> bool:
         """Queue ``frame`` unless the policy drops it; True when queued."""
@@ -182,6 +184,14 @@ class FrameQueue:
             self._send.send_nowait(frame)  # no task switch while there is room
         except trio.WouldBlock:
             await self._send.send(frame)
+        if self._send.statistics().current_buffer_used >= self._half:
+            self._half_full.set()
+
+    async def filled(self, timeout_s: float) -> None:
+        """Return after ``timeout_s``, or sooner once the queue is half full (a batching
+        writer then writes before the reader has to wait)."""
+        with trio.move_on_after(timeout_s):
+            await self._half_full.wait()
 
     def take_ready(self, first: Encoded) -> list[Encoded]:
         """``first`` and every frame already queued behind it (one codec call for a batch)."""
@@ -190,6 +200,17 @@ class FrameQueue:
             try:
                 batch.append(self.receive.receive_nowait())
             except trio.WouldBlock:
+                return batch
+
+    def take_all(self) -> list[Encoded]:
+        """Every frame queued now (none: an empty list), without waiting."""
+        if self._half_full.is_set():
+            self._half_full = trio.Event()
+        batch: list[Encoded] = []
+        while True:
+            try:
+                batch.append(self.receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
                 return batch
 
     def close(self) -> list[Encoded]:

@@ -143,15 +143,17 @@ class RecordingJob:
                     await self._queue.put(encoded)  # a recording keeps every frame it gets
 
     async def _write_loop(self) -> None:
-        async for first in self._queue.receive:
-            # A recording is not live: frames are handed to the codec thread in batches of
-            # RECORDING_WRITE_INTERVAL_S (one thread hand-off per batch, not per frame, which
-            # cost more than the muxing itself). The queue (JOB_QUEUE_FRAMES) holds the
-            # interval's frames; when it is full the reader waits (flow control, as always).
-            await trio.sleep(RECORDING_WRITE_INTERVAL_S)
-            batch = self._queue.take_ready(first)
-            await self.codec.run(self._write, batch)
-            self.progress.notify()
+        # A recording is not live: frames are handed to the codec thread in batches, every
+        # RECORDING_WRITE_INTERVAL_S or sooner when the queue (JOB_QUEUE_FRAMES) is half full
+        # (one thread hand-off per batch, not per frame, which cost more than the muxing
+        # itself); when it is full the reader waits (flow control, as always). Frames are
+        # taken only after the wait, so a cancelled writer holds none: the cleanup writes them.
+        while True:
+            await self._queue.filled(RECORDING_WRITE_INTERVAL_S)
+            batch = self._queue.take_all()
+            if batch:
+                await self.codec.run(self._write, batch)
+                self.progress.notify()
 
     def _write(self, batch: list[Encoded]) -> None:
         recorder = self._recorder

@@ -168,6 +168,10 @@ class Connection:
 
     def _on_wake(self, now: float) -> None:
         timer = self._timer_at
+        if timer is not None and now >= timer and self.send_delay_s:
+            # Receipts since the last flush (held: send delay) may have moved aioquic's timers
+            # (an ACK cancels a loss timeout): a stale one must not fire and probe.
+            timer = self._timer_at = self.quic.get_timer()
         if timer is not None and now >= timer:
             self.quic.handle_timer(now=now)
         deadlines = self.deadlines
@@ -218,7 +222,9 @@ class Connection:
 
     def _rearm(self) -> None:
         if self._wake_scope is not None:
-            self._wake_scope.deadline = self.deadlines.next(self._timer_at)
+            deadline = self.deadlines.next(self._timer_at)
+            due = self._flush_due  # a held flush is never pushed back
+            self._wake_scope.deadline = deadline if due is None else min(deadline, due)
 
     # --- sessions alive on this connection (the no-session timeout) -----------------------
     def session_started(self) -> None:

@@ -19,6 +19,7 @@ A server endpoint also gives the heap back after handshakes (see ``HEAP_TRIM_INT
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -72,8 +73,8 @@ def make_udp_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
-        # Best effort: the kernel caps it at net.core.rmem_max.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+        with contextlib.suppress(OSError):  # best effort: Linux caps it at net.core.rmem_max
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
         sock.bind((host, port))
     except BaseException:
         sock.close()

@@ -51,7 +51,9 @@ async def test_the_owner_lists_and_downloads_a_recording_in_ranges(
     pins = [stack.running.certificate_sha256]
     async with open_gc_client(stack.url, server_certificate_hashes=pins) as gc:
         gc.access_token = token
-        [listed] = await gc.list_recordings(meeting)
+        listing = await gc.list_recordings(meeting)
+        assert listing["truncated"] is False
+        [listed] = listing["recordings"]
         assert listed["recording_id"] == "rec-alice" and listed["status"] == "complete"
         chunks: list[bytes] = []
         size = await gc.download_recording(meeting, "rec-alice", chunks.append)

@@ -108,3 +108,31 @@ async def test_a_send_delay_sends_the_same_bytes_in_fewer_packets(
         nursery.cancel_scope.cancel()
     assert at_once >= 30  # about one packet per message
     assert delayed <= 10  # about one per 100 ms of messages
+
+
+async def test_an_idle_connection_with_a_send_delay_sends_nothing(dev_cert: TlsCredentials) -> None:
+    """The held flush re-reads QUIC's timers after each receipt: a stale loss timeout would
+    otherwise fire and probe again and again (some 16 packets a second) on an idle link."""
+
+    async def once(session: WebTransportSession, context: object) -> None:
+        session.delay_sends(0.1)
+        stream = await session.open_unidirectional_stream()
+        await stream.send_all(b"hello")
+        await stream.aclose()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        _server, base = await start_server(nursery, dev_cert, {"/once": Route(once)})
+        async with connect_webtransport(
+            base + "/once", server_certificate_hashes=[dev_cert.sha256]
+        ) as session:
+            stream = await session.accept_stream()
+            assert isinstance(stream, WebTransportReceiveStream)
+            while await stream.receive_some():
+                pass
+            await trio.sleep(0.3)  # the last ACKs settle
+            before = session.transport_stats().datagrams_received
+            await trio.sleep(1.0)  # a window in which an idle link sends nothing
+            # The client's own silence probes (docs/protocol.md §13) get an ACK each: a few.
+            assert session.transport_stats().datagrams_received - before <= 4
+        nursery.cancel_scope.cancel()
