@@ -45,9 +45,14 @@
 //   darktower.stats.e2ee                    {encrypted, generation (the own sender key's),
 //                                           decrypted, drops: {auth_failed, no_key,
 //                                           stale_key, malformed, bad_share}, sealed,
-//                                           sealFailures, sharesSent, sharesOpened,
-//                                           unknownStream}: frames that did not decrypt are
-//                                           dropped and counted by reason, never decoded
+//                                           sealFailures, held, heldDropped (own frames that
+//                                           waited for a rotation's key; dropped waiting),
+//                                           sharesSent (the MC took them), sharesFailed,
+//                                           sharesDropped (superseded, recipient gone),
+//                                           sharesRetried, sharesQueued, sharesOpened,
+//                                           unknownStream, deliverFailures}: frames that did
+//                                           not decrypt are dropped and counted by reason,
+//                                           never decoded
 //   darktower.endReason                     null, or {code, name: "KICKED" | "MEETING_ENDED" |
 //                                           "CONNECTION_LOST" | "VOLUNTARY" | "SERVER_SHUTDOWN",
 //                                           text, detail}
