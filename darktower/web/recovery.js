@@ -203,6 +203,7 @@ export class Recovery {
   async rejoined(link, joined, ticket) {
     const s = this.session;
     if (!joined) throw new Error("the meeting controller did not answer with JoinResponse");
+    if (s.refusesDowngrade(joined, link)) return;
     const old = s.participantId;
     s.participantId = s.roster.selfId = joined.participantId;
     s.role = api.jwtPayload(ticket.join_token).role ?? ticket.role ?? s.role;
@@ -214,6 +215,7 @@ export class Recovery {
       s.startEncryption(joined);
       s.roster.reconcile(joined.existingParticipants);
     });
+    if (s.state !== "reconnecting") return;
     s.roster.subscribeMix(); // a new MC: the mix is asked for again (if the page takes it)
     await s.local.republish(link.signaling);
     await s.e2ee.ready;
@@ -238,6 +240,7 @@ export class Recovery {
       s.end(LeaveReason.CONNECTION_LOST, "the meeting controller did not resume the session");
       return;
     }
+    if (s.refusesDowngrade(joined, link)) return;
     s.resumeToken = joined.resumeToken || null;
     s.recording = Boolean(joined.recording);
     s.stats.reconnects.signaling++;

@@ -44,6 +44,10 @@ export const END_TEXT = Object.freeze({
 });
 // Why the page rejoins when the MC said nothing more (the MH's SERVER_SHUTDOWN close code alone).
 const SHUTDOWN_DETAIL = "the meeting controller is shutting down";
+// What the person is told when a JoinResponse after an encrypted one is not encrypted.
+export const UNENCRYPTED_TEXT =
+  "The meeting is no longer end-to-end encrypted: you were disconnected so that nothing " +
+  "is sent unencrypted";
 const REASON_NAME = Object.fromEntries(Object.entries(LeaveReason).map(([k, v]) => [v, k]));
 // A server that closes a WebTransport session for a reason uses the close code BASE + LeaveReason
 // (the MH does; docs/protocol.md §9), so a reason survives a lost SessionEnded. The one copy of
@@ -221,10 +225,29 @@ export class MeetingSession {
   }
 
   // After a JoinResponse (a join or a rejoin): the meeting's encryption, and whether frames sent
-  // are sealed.
+  // are sealed. Once sealed, always: a later JoinResponse without encryption ends the session
+  // (refusesDowngrade) before it is applied, and frames are never sent in clear again.
   startEncryption(joined) {
-    this.e2ee.start(joined, this.participantId);
-    this.media.seal = this.e2ee.encrypted ? this.sealFrame : null;
+    if (!this.e2ee.start(joined, this.participantId)) {
+      this.endUnencrypted();
+      return;
+    }
+    if (this.e2ee.encrypted) this.media.seal = this.sealFrame;
+  }
+
+  // A JoinResponse (a resume's or a rejoin's, on `link`) without encryption_keys after an
+  // encrypted one (docs/protocol.md §16): the MC cannot turn the encryption off, so the session
+  // ends, and says why. True when it did.
+  refusesDowngrade(joined, link) {
+    if (this.e2ee.accepts(joined)) return false;
+    link?.retire();
+    this.endUnencrypted();
+    return true;
+  }
+
+  endUnencrypted() {
+    const detail = "a JoinResponse without encryption_keys in an end-to-end encrypted meeting";
+    this.end(LeaveReason.CONNECTION_LOST, detail, UNENCRYPTED_TEXT);
   }
 
   // A frame of a subscribed stream: decrypted first in an encrypted meeting.
@@ -426,14 +449,15 @@ export class MeetingSession {
     this.view.update(this);
   }
 
-  // Releases everything and tells the person why. Idempotent: the first reason wins.
-  end(reason, detail = "") {
+  // Releases everything and tells the person why (`text`, else the reason's). Idempotent: the
+  // first reason wins.
+  end(reason, detail = "", text = null) {
     if (this.state === "ended") return;
     const code = Number(reason);
     this.endReason = {
       code,
       name: REASON_NAME[code] ?? String(code),
-      text: END_TEXT[code] ?? "The session ended",
+      text: text ?? END_TEXT[code] ?? "The session ended",
       detail: detail || "",
     };
     this.recovery.mediaReconnecting = false;
