@@ -206,6 +206,18 @@ class RoomState:
                 return member
         return None
 
+    def id_in_use(self, ids: set[str]) -> str | None:
+        """One of ``ids`` a published stream of the room uses already, as its stream id or a
+        simulcast layer's, else None: stream and layer ids are one id space per room, so no
+        participant can publish under an id another's media is known by (clients map wire ids
+        to publishers by them, docs/protocol.md §16)."""
+        for member in self.members.values():
+            for stream in member.streams.values():
+                taken = ids & stream_ids(stream)
+                if taken:
+                    return next(iter(taken))
+        return None
+
     def subscribers_of(self, stream_id: str) -> Iterator[RoomMember]:
         return (m for m in self.members.values() if stream_id in m.subscriptions)
 
@@ -230,3 +242,8 @@ def _assigned(room: RoomState) -> MediaLink:
     if room.mh is None:
         raise InternalError("no media handler is assigned to this meeting")
     return room.mh
+
+
+def stream_ids(stream: common_pb2.MediaStream) -> set[str]:
+    """A stream's id and its simulcast layers' ids."""
+    return {stream.stream_id, *(la.layer_id for la in stream.metadata.video.simulcast_layers)}

@@ -74,11 +74,17 @@ async def _route(room: RoomState, command: mh_pb.RouteMediaCommand) -> None:
     await route(room, command)
 
 
+def _check_ids_free(room: RoomState, ids: set[str]) -> None:
+    taken = room.id_in_use(ids)
+    if taken is not None:
+        raise Conflict(f"stream id {taken} is already published in this meeting")
+
+
 async def publish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     room, member = session.room, session.member
     stream_id = _stream_id(m.publish.stream_id)
-    if room.publisher_of(stream_id) is not None:
-        raise Conflict(f"stream {stream_id} is already published")
+    ids = {stream_id, *(la.layer_id for la in m.publish.metadata.video.simulcast_layers)}
+    _check_ids_free(room, ids)
     if len(member.streams) >= MAX_PUBLISHED_STREAMS:
         raise CapacityExceeded(f"at most {MAX_PUBLISHED_STREAMS} published streams")
     stream = common_pb2.MediaStream(
@@ -90,8 +96,7 @@ async def publish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
         participant_id=member.id, meeting_id=room.id, streams=[stream], room_epoch=room.epoch
     )
     await at_room_mh(room, lambda mh: mh.register_participant(register))
-    if room.publisher_of(stream_id) is not None:  # published by another meanwhile
-        raise Conflict(f"stream {stream_id} is already published")
+    _check_ids_free(room, ids)  # published by another meanwhile
     member.streams[stream_id] = stream
     room.broadcast(
         sig.ServerMessage(
