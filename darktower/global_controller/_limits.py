@@ -24,6 +24,10 @@ MAX_REGION: Final = 64
 # The largest ``max_participants`` a meeting may ask for (an MH room holds as many); more is
 # refused with INVALID_REQUEST.
 MAX_PARTICIPANTS_LIMIT: Final = 1000
+# An end-to-end encrypted meeting's limit: each leave makes every sender share a new key with
+# every participant left (N² key shares through the MC, docs/protocol.md §16.3), which the
+# MC's per-participant message budget and outbox hold at this size, not at 1,000.
+MAX_E2EE_PARTICIPANTS: Final = 200
 # The longest ban a kick may ask for (``?ban=SECONDS``): a week. Longer: INVALID_REQUEST.
 MAX_BAN_S: Final = 7 * 24 * 3600
 # Path parameters longer than this cannot name anything (ids are UUIDs): 404 without a lookup.

@@ -20,6 +20,7 @@ from darktower.global_controller._limits import (
     MAX_BODY_BYTES,
     MAX_CREDENTIAL_FIELD,
     MAX_DISPLAY_NAME,
+    MAX_E2EE_PARTICIPANTS,
     MAX_HINT_LENGTH,
     MAX_PARTICIPANT_NAME,
     MAX_PARTICIPANTS_LIMIT,
@@ -141,6 +142,11 @@ def create_meeting(body: bytes) -> CreateMeeting:
         raise InvalidRequest(
             "settings.recording_enabled cannot be true with settings.enable_e2e_encryption: "
             "the servers cannot record media they cannot decrypt"
+        )
+    if meeting_settings.enable_e2e_encryption and maxp > MAX_E2EE_PARTICIPANTS:
+        raise InvalidRequest(
+            f"field 'max_participants' must be at most {MAX_E2EE_PARTICIPANTS} with "
+            "settings.enable_e2e_encryption (every leave re-keys every sender for everyone)"
         )
     return CreateMeeting(
         display_name=name,

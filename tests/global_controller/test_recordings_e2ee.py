@@ -34,3 +34,24 @@ async def test_an_e2ee_meeting_with_recording_is_refused(api: Api, stack: Stack)
         )
         assert created.status == 201, created.body
     assert len(stack.mc.assigned) == 2
+
+
+async def test_an_e2ee_meeting_holds_at_most_200(api: Api, stack: Stack) -> None:
+    token = await api.token(stack.client_id, stack.client_secret)
+    body = {"display_name": "big", "settings": {"enable_e2e_encryption": True}}
+    refused = await api.request(
+        "POST", "/api/v1/meetings", token=token, json_body={**body, "max_participants": 201}
+    )
+    assert (refused.status, refused.error_code) == (400, "INVALID_REQUEST")
+    assert "200" in refused.json()["error"]["message"]
+    created = await api.request(
+        "POST", "/api/v1/meetings", token=token, json_body={**body, "max_participants": 200}
+    )
+    assert created.status == 201, created.body
+    plain = await api.request(
+        "POST",
+        "/api/v1/meetings",
+        token=token,
+        json_body={"display_name": "big", "max_participants": 1000},
+    )
+    assert plain.status == 201, plain.body
