@@ -291,8 +291,8 @@ export class MeetingEncryption {
   // --- the own sender key ------------------------------------------------------------------------
 
   // Runs `step()` (-> the participant ids to share the key with) after the earlier changes,
-  // then queues the key's share for each of them. An exhausted key is fatal: nothing more is
-  // encrypted.
+  // then queues the key's share for each of them. A change that fails (an exhausted key) is
+  // fatal: nothing more is encrypted.
   change(step) {
     const epoch = this.epoch;
     const done = this.changes.then(async () => {
@@ -307,7 +307,7 @@ export class MeetingEncryption {
       if (epoch !== this.epoch) return;
       this.failed = true;
       this.release(false);
-      if (e instanceof E2EEError) this.onFatal(e);
+      this.onFatal(e instanceof E2EEError ? e : new E2EEError(`the sender key failed: ${e}`));
     });
     return this.changes;
   }
