@@ -16,7 +16,9 @@ says whether the meeting is encrypted, gives this session's safety number (``fin
 counts the frames that did not decrypt (``drops``); each participant's safety number is
 ``ParticipantInfo.fingerprint``, to compare out of band. Once encrypted, a session stays so:
 a resume or rejoin without encryption ends it; ``require_e2ee=True`` refuses a meeting without
-it at the join (:class:`EncryptionRequired`).
+it at the join (:class:`EncryptionRequired`). The first public key seen for a participant is
+the one keys are sealed to: another one later for the same id is refused, with an
+:class:`E2EEKeyChanged` event.
 """
 
 from ._dev import (
@@ -42,6 +44,7 @@ from ._events import (
     SUBSCRIPTION_BUFFER,
     ConnectionState,
     DerivedStream,
+    E2EEKeyChanged,
     KeyFrameRequest,
     Lost,
     ParticipantInfo,
@@ -93,6 +96,7 @@ __all__ = [
     "DevAccess",
     "DevStackError",
     "Dialer",
+    "E2EEKeyChanged",
     "Encryption",
     "EncryptionRequired",
     "EventStream",

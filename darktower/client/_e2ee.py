@@ -22,6 +22,11 @@ draw per join (a rejoin is a join), the same key for a resume. In a meeting crea
   (never an exception, never garbled output); frames that waited for a rotated key are
   delivered once its share arrives; the keyring's bounds are enforced at its deadlines.
 
+Each participant's public key is the first one the session saw for its id (pinned, for the
+session's life): a different one named later by the MC (a ParticipantJoined of a known id, a
+resume's or a rejoin's participant list) is never sealed to, and never opens a share; it is
+counted (``drops["key_changed"]``) and said by an :class:`E2EEKeyChanged` event.
+
 Once a session has been in an encrypted meeting it stays encrypted for life: a later
 JoinResponse (a resume, or a rejoin after the MC failed) without ``encryption_keys`` ends the
 session with :class:`EncryptionRequired` as its message; it never publishes in clear. A session
@@ -33,7 +38,7 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 import trio
@@ -44,6 +49,7 @@ from darktower.e2ee import (
     KeyPair,
     Keyring,
     SenderKey,
+    fingerprint,
     key_id,
     open_share,
     parse_key_id,
@@ -56,6 +62,7 @@ from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
 from ._events import (
     ConnectionState,
+    E2EEKeyChanged,
     ParticipantInfo,
     ParticipantJoined,
     ParticipantLeft,
@@ -77,8 +84,21 @@ SHARE_QUEUE: Final = 4096
 # Drop reason of a frame whose stream no participant of the session publishes (as far as
 # the session knows): there is no key to pick.
 UNKNOWN_SENDER: Final = "unknown_sender"
+# Count of public keys refused: another key named for a participant id after its first.
+KEY_CHANGED: Final = "key_changed"
+# Limit: participant ids whose first public key is kept. Policy when full: the pin of the
+# longest-known participant no longer in the room is forgotten.
+PINS: Final = 16384
 
 Request = Callable[[sig.ClientMessage], Awaitable[sig.ServerMessage]]
+
+
+class Owner(Protocol):
+    """What the session's encryption tells its session."""
+
+    def finish(self, reason: LeaveReason, message: str = "") -> None: ...
+
+    def put_event(self, event: SessionEvent) -> None: ...
 
 
 class EncryptionRequired(Exception):
@@ -122,12 +142,15 @@ class Encryption:
         roster: Roster,
         deliver: Callable[[Frame], None],
         request: Request,
-        fail: Callable[[LeaveReason, str], None],
+        owner: Owner,
     ) -> None:
         self._participants = roster.participants
         self._deliver = deliver
         self._request = request
-        self._fail = fail
+        self._owner = owner
+        self._pins: dict[str, bytes] = {}  # participant id → the first public key seen
+        self._refused: dict[str, bytes] = {}  # participant id → the last other key reported
+        self._key_changed = 0
         self.enabled = False  # once True, never turned off (the module docstring)
         self.own_id = ""
         self._key_pair: KeyPair | None = None
@@ -158,7 +181,33 @@ class Encryption:
         total = self._earlier + self.keyring.drops
         if self._unknown:
             total[UNKNOWN_SENDER] += self._unknown
+        if self._key_changed:
+            total[KEY_CHANGED] += self._key_changed
         return total
+
+    def public_key(self, pid: str, named: bytes) -> bytes:
+        """The public key of participant ``pid`` that the session uses: the first one seen for
+        the id (pinned now if ``named`` is the first). ``named`` (the key the MC names now)
+        if different is refused: counted and reported once (:class:`E2EEKeyChanged`)."""
+        pinned = self._pins.get(pid)
+        if pinned is None:
+            if named:
+                if len(self._pins) >= PINS:
+                    self._unpin()
+                self._pins[pid] = named
+            return named
+        if named and named != pinned and self._refused.get(pid) != named:
+            self._refused[pid] = named
+            self._key_changed += 1
+            self._owner.put_event(E2EEKeyChanged(pid, fingerprint(pinned), fingerprint(named)))
+        return pinned
+
+    def _unpin(self) -> None:
+        gone = next((pid for pid in self._pins if pid not in self._participants), None)
+        if gone is None:  # everyone pinned is in the room: the oldest goes
+            gone = next(iter(self._pins))
+        del self._pins[gone]
+        self._refused.pop(gone, None)
 
     @property
     def encryptor(self) -> Encryptor | None:
@@ -176,12 +225,16 @@ class Encryption:
 
     def kept(self, join: sig.JoinResponse) -> bool:
         """False, the session ended, when ``join`` (a resume's or a rejoin's) turns encryption
-        off (see :meth:`check`): never publish in clear."""
+        off (see :meth:`check`): never publish in clear. The public keys it names are checked
+        against the first ones seen (:meth:`public_key`)."""
         try:
             self.check(join)
         except EncryptionRequired as exc:
-            self._fail(LeaveReason.CONNECTION_LOST, str(exc))
+            self._owner.finish(LeaveReason.CONNECTION_LOST, str(exc))
             return False
+        for p in join.existing_participants:
+            if p.participant_id != self.own_id and p.participant_id in self._pins:
+                self.public_key(p.participant_id, p.public_key)
         return True
 
     def joined(self, signaling: SignalingLink, *, required: bool = False) -> None:
@@ -236,7 +289,7 @@ class Encryption:
         try:
             move()
         except E2EEError as exc:  # the last generation: nothing more can be sent safely
-            self._fail(LeaveReason.CONNECTION_LOST, f"end-to-end encryption: {exc}")
+            self._owner.finish(LeaveReason.CONNECTION_LOST, f"end-to-end encryption: {exc}")
             return False
         return True
 
@@ -247,8 +300,9 @@ class Encryption:
         own, own_id = self._key_pair, self.own_id
         generation, secret = self.sender_key.generation, self.sender_key.secret
         for pid, info in participants.items():
+            public = self.public_key(pid, info.public_key)
             try:
-                ciphertext = seal_share(own, own_id, info.public_key, pid, generation, secret)
+                ciphertext = seal_share(own, own_id, public, pid, generation, secret)
             except E2EEError:  # no key, or one that makes no shared secret
                 self.shares_failed += 1
                 continue
@@ -277,8 +331,9 @@ class Encryption:
             return
         try:
             generation = parse_key_id(share.key_id)
+            public = self.public_key(sender, peer.public_key)
             secret = open_share(
-                self._key_pair, self.own_id, peer.public_key, sender, generation, share.ciphertext
+                self._key_pair, self.own_id, public, sender, generation, share.ciphertext
             )
         except E2EEError:
             self.keyring.drops[BAD_SHARE] += 1
@@ -372,4 +427,12 @@ def _wire_keys(stream_id: str, layer_ids: tuple[str, ...]) -> list[bytes]:
         return []
 
 
-__all__ = ["SHARE_QUEUE", "UNKNOWN_SENDER", "Encryption", "EncryptionRequired", "KeyPairs"]
+__all__ = [
+    "KEY_CHANGED",
+    "PINS",
+    "SHARE_QUEUE",
+    "UNKNOWN_SENDER",
+    "Encryption",
+    "EncryptionRequired",
+    "KeyPairs",
+]

@@ -338,6 +338,20 @@ class DerivedStream:
         return cls(derived.stream_id, derived.codec, derived.bitrate, derived.mix)
 
 
+@attrs.frozen
+class E2EEKeyChanged:
+    """The MC named another public key for a participant than the one this session first saw
+    for its id (docs/protocol.md §16): the session goes on sealing its keys to the first one
+    only (never to ``new_fingerprint``'s key) and opens that participant's shares with it;
+    ``fingerprint`` is the first key's safety number, ``new_fingerprint`` the refused one's.
+    Counted in ``session.e2ee.drops["key_changed"]``. A participant's own key never changes
+    while its id lasts (a rejoin is a new id): show it, it may be an attack."""
+
+    participant_id: str
+    fingerprint: str
+    new_fingerprint: str
+
+
 SessionEvent = (
     ParticipantJoined
     | ParticipantLeft
@@ -352,6 +366,7 @@ SessionEvent = (
     | QualityUpdate
     | KeyFrameRequest
     | RecordingChanged
+    | E2EEKeyChanged
 )
 
 

@@ -127,7 +127,7 @@ class MeetingSession:
         )
         self._roster = Roster(self.participant_id, signaling.join_response.existing_participants)
         self._subscribing = Subscribing(self, self._request, self._quietly)
-        self.e2ee = Encryption(self._roster, self._subscribing.deliver, self._request, self.finish)
+        self.e2ee = Encryption(self._roster, self._subscribing.deliver, self._request, self)
         self.e2ee.joined(signaling, required=require_e2ee)  # may raise EncryptionRequired
         self._publishing = Publishing(self.e2ee)
         self.recording = signaling.join_response.recording
