@@ -28,7 +28,14 @@ from ._dev import (
     fetch_dev_certificate,
     fetch_dev_credentials,
 )
-from ._e2ee import SHARE_QUEUE, UNKNOWN_SENDER, Encryption, EncryptionRequired, KeyPairs
+from ._e2ee import (
+    SHARE_QUEUE,
+    SHARES_IN_FLIGHT,
+    UNKNOWN_SENDER,
+    Encryption,
+    EncryptionRequired,
+    KeyPairs,
+)
 from ._events import (
     CLOSE_GRACE_S,
     EVENT_BUFFER,
@@ -86,6 +93,7 @@ __all__ = [
     "REJOIN_WINDOW_S",
     "RESUBSCRIBE_WAIT_S",
     "RESUME_GRACE_S",
+    "SHARES_IN_FLIGHT",
     "SHARE_QUEUE",
     "SUBSCRIPTION_BUFFER",
     "UNKNOWN_SENDER",

@@ -13,9 +13,9 @@ draw per join (a rejoin is a join), the same key for a resume. In a meeting crea
   and again as a new participant after a rejoin); ratcheted forward and shared with the joiner
   only when somebody joins (the others derive it); rotated to a fresh key shared with everyone
   left when somebody leaves or is kicked (the departed never gets it); shared again with a
-  participant whose connection came back (ParticipantUpdated to CONNECTED). Shares go out in
-  order, one request at a time, by a task of the session; one whose connection broke under it
-  is sent again once the session is reconnected;
+  participant whose connection came back (ParticipantUpdated to CONNECTED). Shares go out
+  ``SHARES_IN_FLIGHT`` requests at a time from a bounded queue that keeps one share per
+  recipient, the newest, and none for a recipient that left (:class:`ShareSender`);
 - opens the shares it receives into its :class:`~darktower.e2ee.Keyring` and decrypts every
   received frame with the key of the stream's publisher before any subscription sees it.
   A frame that does not decrypt is dropped and counted by reason in :attr:`Encryption.drops`
@@ -55,7 +55,7 @@ from darktower.e2ee import (
     parse_key_id,
     seal_share,
 )
-from darktower.errors import DarkTowerError, InvalidRequest, RateLimited
+from darktower.errors import InvalidRequest
 from darktower.frames import Frame, FrameHeader
 from darktower.model import LeaveReason
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
@@ -67,20 +67,14 @@ from ._events import (
     ParticipantJoined,
     ParticipantLeft,
     ParticipantUpdated,
-    RequestInterrupted,
-    SessionEnded,
     SessionEvent,
     wire_keys,
 )
 from ._media import Encryptor
 from ._roster import Roster
 from ._seams import SignalingLink
+from ._shares import SHARE_QUEUE, SHARES_IN_FLIGHT, ShareSender
 
-# Limit: key shares not yet sent. A rotation queues one per other participant; they leave one
-# request at a time (the MC's message budget paces them). Policy when full: the oldest queued
-# share is dropped and counted in ``Encryption.shares_dropped`` (its recipient holds the
-# frames of that key until the next share to it, or drops them as ``no_key``).
-SHARE_QUEUE: Final = 4096
 # Drop reason of a frame whose stream no participant of the session publishes (as far as
 # the session knows): there is no key to pick.
 UNKNOWN_SENDER: Final = "unknown_sender"
@@ -133,8 +127,9 @@ class Encryption:
     ``ParticipantInfo.fingerprint``), ``generation`` (of this session's ``sender_key``),
     ``keyring`` (the keys received: ``keyring.generations(participant_id)``), ``drops`` (frames
     that did not decrypt, by reason: auth_failed, no_key, stale_key, malformed, bad_share
-    (key shares), unknown_sender), ``shares_sent``, ``shares_failed`` (refused by the MC, e.g.
-    the recipient had left), ``shares_dropped`` (see ``SHARE_QUEUE``).
+    (key shares), unknown_sender, key_changed (public keys refused)), ``shares_sent``,
+    ``shares_failed`` (refused by the MC, e.g. the recipient had left, or not sealable),
+    ``shares_dropped`` (never sent: superseded, recipient gone, a rejoin, ``SHARE_QUEUE``).
     """
 
     def __init__(
@@ -161,16 +156,25 @@ class Encryption:
         self._senders: dict[bytes, str] = {}  # wire stream id → its publisher's id
         self._senders_stale = True
         self._generations: dict[str, int] = {}  # sender → generation of its last frame
-        self._shares: collections.deque[sig.ClientMessage] = collections.deque()
-        self._queued = trio.Event()
+        self._shares = ShareSender(request, lambda pid: pid in self._participants)
         self._wake = trio.Event()  # the keyring's next deadline may be sooner
-        self.shares_sent = 0
-        self.shares_failed = 0
-        self.shares_dropped = 0
+        self._unsealed = 0  # shares not made: no public key, or one without a shared secret
 
     @property
     def fingerprint(self) -> str:
         return self._key_pair.fingerprint if self.enabled and self._key_pair else ""
+
+    @property
+    def shares_sent(self) -> int:
+        return self._shares.sent
+
+    @property
+    def shares_failed(self) -> int:
+        return self._shares.failed + self._unsealed
+
+    @property
+    def shares_dropped(self) -> int:
+        return self._shares.dropped
 
     @property
     def generation(self) -> int:
@@ -279,6 +283,7 @@ class Encryption:
                 self._share_with({pid: event.participant})
         elif isinstance(event, ParticipantLeft):
             self.keyring.forget(pid)
+            self._shares.forget(pid)
             self._generations.pop(pid, None)
             if self._step(self.sender_key.rotate):
                 self._share_with(self._participants)
@@ -304,7 +309,7 @@ class Encryption:
             try:
                 ciphertext = seal_share(own, own_id, public, pid, generation, secret)
             except E2EEError:  # no key, or one that makes no shared secret
-                self.shares_failed += 1
+                self._unsealed += 1
                 continue
             share = sig.E2EEKeyShare(
                 from_participant_id=own_id,
@@ -312,12 +317,7 @@ class Encryption:
                 key_id=key_id(generation),
                 ciphertext=ciphertext,
             )
-            if len(self._shares) >= SHARE_QUEUE:
-                self._shares.popleft()
-                self.shares_dropped += 1
-            self._shares.append(sig.ClientMessage(key_share=share))
-        if self._shares:
-            self._queued.set()
+            self._shares.put(pid, sig.ClientMessage(key_share=share))
 
     def on_share(self, message: sig.ServerMessage) -> None:
         """An ``E2EEKeyShare`` for this session: its secret goes into the keyring, and the
@@ -386,7 +386,7 @@ class Encryption:
         cancelled (the session's run owns it) or the session is over."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._expire)
-            await self._send_shares()
+            await self._shares.run()  # returns once the session is over
             nursery.cancel_scope.cancel()
 
     async def _expire(self) -> None:
@@ -396,28 +396,6 @@ class Encryption:
                 await self._wake.wait()
             self._wake = trio.Event()
             self.keyring.expire(trio.current_time())
-
-    async def _send_shares(self) -> None:
-        """Returns once the session ended."""
-        while True:
-            await self._queued.wait()
-            self._queued = trio.Event()
-            while self._shares:
-                share = self._shares[0]
-                try:
-                    await self._request(share)
-                    self.shares_sent += 1
-                except SessionEnded:
-                    return
-                except RequestInterrupted:
-                    continue  # maybe not delivered: again once the session is reconnected
-                except RateLimited as exc:
-                    await trio.sleep(exc.retry_after_s)
-                    continue
-                except (DarkTowerError, trio.BrokenResourceError):
-                    self.shares_failed += 1  # the recipient left meanwhile
-                if self._shares and self._shares[0] is share:  # not cleared by a rejoin
-                    self._shares.popleft()
 
 
 def _wire_keys(stream_id: str, layer_ids: tuple[str, ...]) -> list[bytes]:
@@ -430,6 +408,7 @@ def _wire_keys(stream_id: str, layer_ids: tuple[str, ...]) -> list[bytes]:
 __all__ = [
     "KEY_CHANGED",
     "PINS",
+    "SHARES_IN_FLIGHT",
     "SHARE_QUEUE",
     "UNKNOWN_SENDER",
     "Encryption",

@@ -127,10 +127,11 @@ async def encrypted(
 
 
 def shares(signaling: FakeSignaling) -> list[sig.E2EEKeyShare]:
-    """The key shares sent on ``signaling`` so far (and forgotten there)."""
+    """The key shares sent on ``signaling`` so far (and forgotten there), by recipient (several
+    are sent at once: their order is not the queue's)."""
     found = [m.key_share for m in signaling.requests if m.WhichOneof("message") == "key_share"]
     signaling.requests.clear()
-    return found
+    return sorted(found, key=lambda share: share.to_participant_id)
 
 
 def secret_in(share: sig.E2EEKeyShare, peer: Peer, sender: KeyPair) -> bytes:
