@@ -136,7 +136,7 @@ async def test_require_e2ee_refuses_a_meeting_without_encryption() -> None:
     with pytest.raises(EncryptionRequired, match="encryption_keys"):
         MeetingSession(
             FakeSignaling(join, net),  # type: ignore[arg-type]
-            FakeMedia("first"),  # type: ignore[arg-type]
+            FakeMedia("first"),
             meeting_id="m",
             require_e2ee=True,
         )
@@ -145,7 +145,7 @@ async def test_require_e2ee_refuses_a_meeting_without_encryption() -> None:
     encrypted_join = keyed_join(FakeSignaling(sig.JoinResponse(participant_id=ME), net), own)
     session = MeetingSession(
         encrypted_join,  # type: ignore[arg-type]
-        FakeMedia("first"),  # type: ignore[arg-type]
+        FakeMedia("first"),
         meeting_id="m",
         require_e2ee=True,
     )
