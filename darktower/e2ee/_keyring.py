@@ -20,7 +20,35 @@ from darktower.e2ee._primitives import (
     OVERHEAD,
     SECRET_SIZE,
 )
+from darktower.e2ee._sender import (
+    MAX_OLD_GENERATIONS,
+    OLD_KEY_GRACE_S,
+    PENDING_MAX_AGE_S,
+    PENDING_MAX_BYTES,
+    PENDING_MAX_FRAMES,
+    REPLAY_WINDOW,
+    Sender,
+)
 from darktower.frames import HEADER_SIZE, Frame, FrameError
+
+__all__ = [
+    "AUTH_FAILED",
+    "BAD_SHARE",
+    "DROP_REASONS",
+    "KEYRING_PENDING_MAX_BYTES",
+    "KEYRING_PENDING_MAX_FRAMES",
+    "MALFORMED",
+    "MAX_OLD_GENERATIONS",
+    "NO_KEY",
+    "OLD_KEY_GRACE_S",
+    "PENDING_MAX_AGE_S",
+    "PENDING_MAX_BYTES",
+    "PENDING_MAX_FRAMES",
+    "REPLAYED",
+    "REPLAY_WINDOW",
+    "STALE_KEY",
+    "Keyring",
+]
 
 # Drop reasons, the keys of Keyring.drops.
 AUTH_FAILED: Final = "auth_failed"  # a known key, a tag that does not verify
@@ -28,19 +56,13 @@ NO_KEY: Final = "no_key"  # waited for its key and did not get it in time or roo
 STALE_KEY: Final = "stale_key"  # a generation older than the newest, no longer (or never) held
 MALFORMED: Final = "malformed"  # shorter than the overhead, or an unknown format version
 BAD_SHARE: Final = "bad_share"  # a share that did not open, or names an old generation
-DROP_REASONS: Final = (AUTH_FAILED, NO_KEY, STALE_KEY, MALFORMED, BAD_SHARE)
+REPLAYED: Final = "replayed"  # a (generation, counter) already decrypted, or too old to tell
+DROP_REASONS: Final = (AUTH_FAILED, NO_KEY, STALE_KEY, MALFORMED, BAD_SHARE, REPLAYED)
 
-# Limits per sender. Frames of a generation not yet known wait for its key share (a rotation's
-# fresh key travels through the MC while the sender already uses it). Policy when full: the
-# oldest waiting frame is dropped and counted NO_KEY.
-PENDING_MAX_AGE_S: Final = 2.0
-PENDING_MAX_FRAMES: Final = 64
-PENDING_MAX_BYTES: Final = 4 * 1024 * 1024
-# Older generations stay usable this long after a newer one first decrypts a frame (frames in
-# flight across a rotation), and at most this many besides the newest. Policy: the oldest is
-# erased first; its frames are then dropped and counted STALE_KEY.
-OLD_KEY_GRACE_S: Final = 5.0
-MAX_OLD_GENERATIONS: Final = 4
+# Limits across all senders of a keyring, besides each sender's (_sender.py). Policy when full:
+# the oldest waiting frame of any sender is dropped and counted NO_KEY.
+KEYRING_PENDING_MAX_FRAMES: Final = 512
+KEYRING_PENDING_MAX_BYTES: Final = 16 * 1024 * 1024
 
 _LENGTH_OFFSET: Final = 34  # the payload length in the frame header
 _LENGTH_END: Final = 38
@@ -61,84 +83,6 @@ def _plain_frame(frame: Frame, plaintext: bytes) -> Frame:
     return Frame(view, view[HEADER_SIZE:], (*fields[:5], length, fields[6]))
 
 
-class _Sender:
-    """One sender's keys, the keys a ratchet would give, and the frames waiting for a key."""
-
-    __slots__ = (
-        "candidates",
-        "deadline",
-        "keys",
-        "newest",
-        "pending",
-        "pending_bytes",
-        "retire_at",
-        "used",
-    )
-
-    def __init__(self) -> None:
-        self.keys: dict[int, GenerationKeys] = {}
-        self.newest = -1  # the newest generation held, -1 for none
-        self.used = -1  # the newest generation a frame decrypted with
-        self.retire_at: dict[int, float] = {}  # older generation -> when it is erased
-        # Generations newest+1 .. newest+MAX_GENERATION_STEP derived by ratchet, not yet
-        # confirmed by a frame (kept so that later frames of a generation cost no derivation).
-        self.candidates: dict[int, GenerationKeys] = {}
-        self.pending: collections.deque[tuple[float, int, Frame]] = collections.deque()
-        self.pending_bytes = 0
-        self.deadline = math.inf
-
-    def refresh_deadline(self) -> None:
-        first = self.pending[0][0] + PENDING_MAX_AGE_S if self.pending else math.inf
-        self.deadline = min(first, *self.retire_at.values()) if self.retire_at else first
-
-    def candidate(self, generation: int) -> GenerationKeys:
-        """The keys ``generation`` (newer than the newest, within the step) would have if the
-        sender ratcheted to it."""
-        keys = self.candidates.get(generation)
-        if keys is None:
-            step = generation - 1
-            while step not in self.candidates and step > self.newest:
-                step -= 1
-            keys = self.candidates[step] if step > self.newest else self.keys[self.newest]
-            while keys.generation < generation:
-                keys = keys.ratchet()
-                self.candidates[keys.generation] = keys
-        return keys
-
-    def adopt(self, generation: int) -> None:
-        """A ratchet to ``generation`` verified: it and the generations before it are held."""
-        for step in range(self.newest + 1, generation + 1):
-            self.keys[step] = self.candidates.pop(step)
-        self.newest = generation
-        self.trim()
-
-    def hold(self, keys: GenerationKeys) -> None:
-        """A shared key newer than the newest."""
-        self.keys[keys.generation] = keys
-        self.newest = keys.generation
-        self.candidates.clear()
-        self.trim()
-
-    def trim(self) -> None:
-        older = sorted(g for g in self.keys if g < self.newest)
-        for generation in older[: max(0, len(older) - MAX_OLD_GENERATIONS)]:
-            self.erase(generation)
-
-    def erase(self, generation: int) -> None:
-        del self.keys[generation]
-        self.retire_at.pop(generation, None)
-
-    def mark_used(self, generation: int, now: float) -> None:
-        if generation <= self.used:
-            return
-        self.used = generation
-        deadline = now + OLD_KEY_GRACE_S
-        for older in self.keys:
-            if older < generation and older not in self.retire_at:
-                self.retire_at[older] = deadline
-        self.refresh_deadline()
-
-
 class Keyring:
     """Every sender's frame keys on one client, for one meeting.
 
@@ -149,7 +93,8 @@ class Keyring:
     """
 
     def __init__(self) -> None:
-        self._senders: dict[str, _Sender] = {}
+        self._senders: dict[str, Sender] = {}
+        self._arrivals = 0  # orders waiting frames across senders
         self.drops: collections.Counter[str] = collections.Counter()
 
     def generations(self, sender: str) -> list[int]:
@@ -167,21 +112,28 @@ class Keyring:
         the frames that waited for it, decrypted, in the order they arrived.
 
         The same secret again (a share repeated after a resume) changes nothing. A generation
-        older than the newest held, another secret for a generation held, or a secret of the
-        wrong size is ignored and counted ``bad_share``.
+        older than the newest shared, another secret for a shared generation, or a secret of
+        the wrong size is ignored and counted ``bad_share``. A share overrides the keys a
+        ratchet derived: one that contradicts them erases them (counted ``auth_failed``: a
+        frame forged under a ratchet of an old key verified them).
         """
         if len(secret) != SECRET_SIZE or not 0 <= generation <= MAX_GENERATION:
             self.drops[BAD_SHARE] += 1
             return []
+        secret = bytes(secret)
         state = self._state(sender, now)
         held = state.keys.get(generation)
-        if held is not None:
-            if held.secret != bytes(secret):
-                self.drops[BAD_SHARE] += 1
+        if held is not None and held.secret == secret:
+            if generation in state.derived and generation > state.shared:
+                state.derived.discard(generation)  # confirmed
+                state.shared = generation
             return []
-        if generation < state.newest:
+        if generation <= state.shared or (held is not None and generation not in state.derived):
             self.drops[BAD_SHARE] += 1
             return []
+        if state.conflicts(generation, secret):
+            state.discard_derived(generation)
+            self.drops[AUTH_FAILED] += 1
         state.hold(GenerationKeys(secret, generation))
         return self._release(sender, state, now)
 
@@ -196,7 +148,7 @@ class Keyring:
         state = self._state(sender, now)
         _, generation, counter = PREFIX.unpack_from(payload)
         plain = self._open(state, frame, generation, counter, now)
-        if plain is None and generation > state.newest:
+        if plain is None and state.waits(generation):
             self._hold(state, generation, frame, now)
         return plain
 
@@ -218,42 +170,58 @@ class Keyring:
         if state is not None and state.pending:
             self.drops[NO_KEY] += len(state.pending)
 
-    def _state(self, sender: str, now: float) -> _Sender:
+    def _state(self, sender: str, now: float) -> Sender:
         state = self._senders.get(sender)
         if state is None:
-            state = self._senders[sender] = _Sender()
+            state = self._senders[sender] = Sender()
         elif now >= state.deadline:
             self._expire(state, now)
         return state
 
     def _open(
-        self, state: _Sender, frame: Frame, generation: int, counter: int, now: float
+        self, state: Sender, frame: Frame, generation: int, counter: int, now: float
     ) -> Frame | None:
-        """Decrypt with a held key or a ratchet of the newest; None when it is not decrypted
-        (dropped and counted, unless it is newer than the newest: then the caller decides)."""
+        """Decrypt with a held key, a skipped generation's candidate or a ratchet of the
+        newest; None when it is not decrypted: dropped and counted, unless it waits for a share
+        (``state.waits``: then the caller holds it)."""
         keys = state.keys.get(generation)
-        if keys is None:
-            if generation < state.newest:
+        if keys is not None:
+            # A derived key's window may hold a forged frame's counter: a frame under another
+            # key (a share to come) waits whatever its counter, so its tag is checked first.
+            window = state.windows[generation]
+            derived = state.waits(generation)
+            if not derived and window.replayed(counter):
+                self.drops[REPLAYED] += 1
+                return None
+            plaintext = keys.open(frame.raw, counter)
+            if plaintext is None:
+                if not derived:
+                    self.drops[AUTH_FAILED] += 1
+                return None
+            if derived and window.replayed(counter):
+                self.drops[REPLAYED] += 1
+                return None
+        elif generation in state.gaps:
+            keys = state.gaps[generation]
+            plaintext = keys.open(frame.raw, counter)
+            if plaintext is None:
                 self.drops[STALE_KEY] += 1
                 return None
-            if state.newest < 0 or generation - state.newest > MAX_GENERATION_STEP:
-                return None
-            keys = state.candidate(generation)
-            plaintext = keys.open(frame.raw, counter)
+            state.adopt_gap(generation)
+        elif 0 <= state.newest < generation <= state.newest + MAX_GENERATION_STEP:
+            plaintext = state.candidate(generation).open(frame.raw, counter)
             if plaintext is None:
-                return None  # a fresh key not shared yet, or a forged frame
+                return None  # a fresh key not shared yet, or a forged frame: it waits
             state.adopt(generation)
-            if state.pending:
-                self._purge(state)
         else:
-            plaintext = keys.open(frame.raw, counter)
-            if plaintext is None:
-                self.drops[AUTH_FAILED] += 1
-                return None
+            if not state.waits(generation):
+                self.drops[STALE_KEY] += 1
+            return None
+        state.windows[generation].mark(counter)
         state.mark_used(generation, now)
         return _plain_frame(frame, plaintext)
 
-    def _hold(self, state: _Sender, generation: int, frame: Frame, now: float) -> None:
+    def _hold(self, state: Sender, generation: int, frame: Frame, now: float) -> None:
         # A copy: the frame's view may pin a whole received chunk for the time it waits.
         try:
             kept = Frame.from_wire(bytes(frame.raw))
@@ -261,46 +229,45 @@ class Keyring:
             self.drops[MALFORMED] += 1
             return
         size = len(kept.raw)
-        state.pending.append((now, generation, kept))
+        self._arrivals += 1
+        state.pending.append((now, self._arrivals, generation, kept))
         state.pending_bytes += size
         while len(state.pending) > PENDING_MAX_FRAMES or state.pending_bytes > PENDING_MAX_BYTES:
             self._drop_oldest(state)
-        state.refresh_deadline()
+        senders = self._senders.values()
+        while (
+            sum(len(s.pending) for s in senders) > KEYRING_PENDING_MAX_FRAMES
+            or sum(s.pending_bytes for s in senders) > KEYRING_PENDING_MAX_BYTES
+        ):
+            self._drop_oldest(min((s for s in senders if s.pending), key=lambda s: s.pending[0][1]))
+        for other in senders:
+            other.refresh_deadline()
 
-    def _drop_oldest(self, state: _Sender) -> None:
-        _, _, old = state.pending.popleft()
+    def _drop_oldest(self, state: Sender) -> None:
+        old = state.pending.popleft()[3]
         state.pending_bytes -= len(old.raw)
         self.drops[NO_KEY] += 1
 
-    def _purge(self, state: _Sender) -> None:
-        """After a ratchet verified: the frames that waited for a generation it reached had
-        failed that very ratchet, so they are forged or damaged."""
-        kept = collections.deque(entry for entry in state.pending if entry[1] > state.newest)
-        if len(kept) < len(state.pending):
-            self.drops[AUTH_FAILED] += len(state.pending) - len(kept)
-            state.pending = kept
-            state.pending_bytes = sum(len(frame.raw) for _, _, frame in kept)
-            state.refresh_deadline()
-
-    def _release(self, sender: str, state: _Sender, now: float) -> list[Frame]:
+    def _release(self, sender: str, state: Sender, now: float) -> list[Frame]:
         """Try every waiting frame again, in order, after a new key: decrypted ones are
-        released, those still newer than every key wait on, the rest are dropped."""
+        released, those that still wait for a share wait on, the rest are dropped."""
         waiting = state.pending
         state.pending = collections.deque()
         state.pending_bytes = 0
         released: list[Frame] = []
-        for arrived, generation, frame in waiting:
+        for entry in waiting:
+            _, _, generation, frame = entry
             _, _, counter = PREFIX.unpack_from(frame.payload)
             plain = self._open(state, frame, generation, counter, now)
             if plain is not None:
                 released.append(plain)
-            elif generation > state.newest:
-                state.pending.append((arrived, generation, frame))
+            elif state.waits(generation):
+                state.pending.append(entry)
                 state.pending_bytes += len(frame.raw)
         state.refresh_deadline()
         return released
 
-    def _expire(self, state: _Sender, now: float) -> None:
+    def _expire(self, state: Sender, now: float) -> None:
         while state.pending and now >= state.pending[0][0] + PENDING_MAX_AGE_S:
             self._drop_oldest(state)
         for generation, deadline in list(state.retire_at.items()):

@@ -29,8 +29,8 @@ OVERHEAD: Final = PREFIX_SIZE + TAG_SIZE
 MAX_GENERATION: Final = 0xFFFF_FFFF
 MAX_COUNTER: Final = 0xFFFF_FFFF_FFFF_FFFF
 # How far a receiver ratchets a sender's newest secret forward by itself to meet a frame of a
-# newer generation (a join it has not seen the frames of yet).
-MAX_GENERATION_STEP: Final = 16
+# newer generation (joins it has not seen the frames of yet; each join ratchets the sender).
+MAX_GENERATION_STEP: Final = 256
 
 _ZERO_SALT: Final = bytes(32)
 _HASH_LEN: Final = 32

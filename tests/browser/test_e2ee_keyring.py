@@ -7,10 +7,12 @@ The scenario: frames of a held key; a flipped ciphertext bit and a changed heade
 frame dropped, the stream goes on); malformed payloads; a ratchet (a join) decrypted without a
 share; a rotation (a leave) whose frames wait for the share and are released in order, while
 frames of the older key in flight still decrypt for 5 s and then no more; a forged first frame
-of a ratcheted generation (it waits, and is dropped once a real one verifies); shares that are
+of a ratcheted generation (it waits, and is dropped with the share's release); shares that are
 refused; the pending bounds (64 frames, 2 s); a sender whose frames arrive before any key; a
-forgotten sender; a generation too far ahead to ratchet; the older generations kept (at most
-4). Bursts are given to the page all at once (WebCrypto is asynchronous): what it releases
+forgotten sender; a generation too far ahead to ratchet (257) and one just in reach (256); the
+older generations kept (at most 4); a kicked participant's forged ratchet overridden by the
+share (and the sender's real frames released); a join then a leave whose share arrives before
+the joined generation's frames; replays; the pending bound across senders (512 frames). Bursts are given to the page all at once (WebCrypto is asynchronous): what it releases
 still comes in arrival order.
 """
 
@@ -23,7 +25,7 @@ from typing import Any
 import pytest
 import trio
 
-from darktower.e2ee import Keyring, SenderKey
+from darktower.e2ee import DROP_REASONS, MAX_GENERATION_STEP, Keyring, SenderKey
 from darktower.frames import Frame, FrameFlags, FrameHeader, FrameType
 
 from .._browser import run_page_script
@@ -178,18 +180,104 @@ def _build() -> list[dict[str, Any]]:
         s.op("decrypt", "C", s.frame(c))
         c.rotate()
     s.op("state", "C")
-    # 17 generations ahead is too far to ratchet: it waits; 16 is not.
+    # 257 generations ahead is too far to ratchet: it waits; 256 is not.
     far = SenderKey(c.secret, c.generation)
     s.op("add", "C", c.generation, c.secret)
-    for _ in range(17):
+    for _ in range(MAX_GENERATION_STEP + 1):
         far.ratchet()
     s.op("decrypt", "C", s.frame(far))
     near = SenderKey(c.secret, c.generation)
-    for _ in range(16):
+    for _ in range(MAX_GENERATION_STEP):
         near.ratchet()
     s.op("decrypt", "C", s.frame(near))
     s.op("state", "C")
+    _review(s)
     return s.ops
+
+
+def _review(s: _Scenario) -> None:
+    """A kicked participant's forgery overridden by the share; a generation a share skipped;
+    replays; the pending bound across senders."""
+    # D: X held g0 and is kicked; X ratchets g0 to 16 and the MH injects a frame under it (it
+    # decrypts); D's real fresh g1 frames wait, and D's share overrides the forged generation.
+    s.t = 20.0
+    d = SenderKey(_secret("d"), 0)
+    s.op("add", "D", 0, d.secret)
+    s.op("decrypt", "D", s.frame(d))
+    forger = SenderKey(d.secret, 0)
+    for _ in range(16):
+        forger.ratchet()
+    s.op("decrypt", "D", s.frame(forger))
+    s.op("state", "D")
+    d.rotate()
+    real = [s.frame(d) for _ in range(2)]
+    for wire in real:
+        s.op("decrypt", "D", wire)
+    s.op("state", "D")
+    s.op("add", "D", 1, d.secret)
+    s.op("state", "D")
+    s.op("decrypt", "D", real[0])  # replayed
+    s.op("decrypt", "D", s.frame(forger))  # the forged key is gone: it waits, then goes
+    # Forged at the very generation of the share: the same, in a burst.
+    forged_1 = SenderKey(d.secret, 1)
+    forged_1.ratchet()
+    d.rotate()
+    burst: list[dict[str, Any]] = []
+    s.op("decrypt", "D", s.frame(forged_1), burst=burst)
+    s.op("decrypt", "D", s.frame(d), burst=burst)
+    s.op("add", "D", 2, d.secret, burst=burst)
+    s.op("decrypt", "D", s.frame(d), burst=burst)
+    s.op("burst", burst)
+    s.op("state", "D")
+
+    # F: a forged g2 overridden by the real g1's share: the older g0 retires 5 s after g1 is
+    # first used, not after the forged frame.
+    s.t = 25.0
+    f = SenderKey(_secret("f"), 0)
+    s.op("add", "F", 0, f.secret)
+    f_old = [s.frame(f) for _ in range(2)]
+    forger = SenderKey(f.secret, 0)
+    forger.ratchet()
+    forger.ratchet()
+    s.op("decrypt", "F", s.frame(forger))
+    f.rotate()
+    s.t = 26.0
+    s.op("add", "F", 1, f.secret)
+    s.op("state", "F")
+    s.t = 27.0
+    s.op("decrypt", "F", s.frame(f))
+    s.t = 31.99
+    s.op("decrypt", "F", f_old[0])
+    s.t = 32.0
+    s.op("decrypt", "F", f_old[1])  # stale
+    s.op("state", "F")
+
+    # E: a join (g1, derived) then a leave (g2, shared); g2's share comes before g1's frames.
+    s.t = 33.0
+    e = SenderKey(_secret("e"), 0)
+    s.op("add", "E", 0, e.secret)
+    e.ratchet()
+    in_flight = [s.frame(e) for _ in range(3)]
+    e.rotate()
+    s.op("add", "E", 2, e.secret)
+    burst = []
+    s.op("decrypt", "E", in_flight[0], burst=burst)
+    s.op("decrypt", "E", s.frame(e), burst=burst)
+    s.op("decrypt", "E", in_flight[0], burst=burst)  # replayed
+    s.op("decrypt", "E", in_flight[1], burst=burst)
+    s.op("burst", burst)
+    s.op("state", "E")
+    s.t = 38.0
+    s.op("decrypt", "E", in_flight[2])  # its window is over: stale
+
+    # The pending bound across senders: 9 senders of 64 waiting frames, the oldest 64 go.
+    s.t = 45.0
+    for n in range(9):
+        key = SenderKey(_secret(f"p{n}"), 0)
+        for _ in range(64):
+            s.op("decrypt", f"P{n}", s.frame(key, b"p"))
+    for n in range(9):
+        s.op("state", f"P{n}")
 
 
 def _python(ops: list[dict[str, Any]]) -> list[Any]:
@@ -222,7 +310,7 @@ def _python(ops: list[dict[str, Any]]) -> list[Any]:
     return out
 
 
-_REASONS = ("auth_failed", "no_key", "stale_key", "malformed", "bad_share")
+_REASONS = DROP_REASONS
 
 PAGE_SCRIPT = """
 async (ops) => {
@@ -274,9 +362,10 @@ async def test_the_page_keyring_follows_the_core_step_by_step() -> None:
     # The scenario exercised every rule it names.
     final = expected[-1]["drops"]
     assert final == {
-        "auth_failed": 3,
-        "no_key": 70 + 2,
-        "stale_key": 2,
+        "auth_failed": 3 + 3,  # the three forged generations a share overrode
+        "no_key": 70 + 2 + 64 + 2,
+        "stale_key": 3 + 1,
         "malformed": 2,
         "bad_share": 3,
+        "replayed": 2,
     }, final

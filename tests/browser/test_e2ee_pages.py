@@ -47,7 +47,14 @@ VIEW_JS = """() => ({
   })),
 })"""
 SAFETY_NUMBER = r"^\d{5} \d{5} \d{5} \d{5}$"
-NO_DROPS = {"auth_failed": 0, "no_key": 0, "stale_key": 0, "malformed": 0, "bad_share": 0}
+NO_DROPS = {
+    "auth_failed": 0,
+    "no_key": 0,
+    "stale_key": 0,
+    "malformed": 0,
+    "bad_share": 0,
+    "replayed": 0,
+}
 
 
 def _join(page: Page, page_url: str, meeting_id: str, name: str) -> dict[str, Any]:

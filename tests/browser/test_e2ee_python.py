@@ -49,7 +49,14 @@ KEEP_AUDIO = 50
 PAGE_WAIT_S = 25.0
 WIDTH, HEIGHT = 320, 240  # the client's video
 WAIT_S = 30.0  # real-time bound on the client's side: real QUIC and a browser on a shared machine
-NO_DROPS = {"auth_failed": 0, "no_key": 0, "stale_key": 0, "malformed": 0, "bad_share": 0}
+NO_DROPS = {
+    "auth_failed": 0,
+    "no_key": 0,
+    "stale_key": 0,
+    "malformed": 0,
+    "bad_share": 0,
+    "replayed": 0,
+}
 # The failures a receiver must never count for frames sent to it.
 FAILURES = ("auth_failed", "malformed", "bad_share", "unknown_sender")
 

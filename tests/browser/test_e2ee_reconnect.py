@@ -31,7 +31,14 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.browser
 
-NO_DROPS = {"auth_failed": 0, "no_key": 0, "stale_key": 0, "malformed": 0, "bad_share": 0}
+NO_DROPS = {
+    "auth_failed": 0,
+    "no_key": 0,
+    "stale_key": 0,
+    "malformed": 0,
+    "bad_share": 0,
+    "replayed": 0,
+}
 
 
 async def test_a_page_cut_off_in_an_encrypted_meeting_resumes_and_decrypts_again(

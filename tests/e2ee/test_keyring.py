@@ -40,34 +40,38 @@ def test_a_receiver_ratchets_forward_by_itself_after_a_join() -> None:
     assert keyring.drops == {}
 
 
-def test_the_ratchet_reaches_sixteen_generations_and_keeps_those_between() -> None:
+def test_the_ratchet_reaches_256_generations_and_keeps_those_just_before() -> None:
     key = SenderKey.new()
     keyring = _joined(key)
     late = []
     for _ in range(MAX_GENERATION_STEP):
         key.ratchet()
         late.append(send(key, b"g%d" % key.generation, stream_id=VIDEO))
-    # The newest frame first (another stream overtook the others): 16 steps in one go.
+    # The newest frame first (another stream overtook the others): 256 steps in one go.
     plain = keyring.decrypt("alice", late[-1], 0.0)
-    assert plain is not None and bytes(plain.payload) == b"g16"
-    # The generations between are held too (as many as the old generations' bound allows).
+    assert plain is not None and bytes(plain.payload) == b"g256"
+    # The generations just before are held too (as many as the old generations' bound allows).
     held = keyring.generations("alice")
-    assert held == list(range(16 - MAX_OLD_GENERATIONS, 17))
+    assert held == list(range(256 - MAX_OLD_GENERATIONS, 257))
     assert keyring.decrypt("alice", late[-2], 0.0) is not None
+    # An erased generation derived by ratchet: its frame waits (a share would override the
+    # ratchet, docs/protocol.md §16.4) and is dropped when its time is over.
     assert keyring.decrypt("alice", late[0], 0.0) is None
-    assert keyring.drops == {"stale_key": 1}
+    assert keyring.pending("alice") == 1
+    keyring.expire(PENDING_MAX_AGE_S)
+    assert keyring.drops == {"no_key": 1}
 
 
-def test_the_ratchet_goes_no_further_than_sixteen_generations() -> None:
+def test_the_ratchet_goes_no_further_than_256_generations() -> None:
     key = SenderKey.new()
     keyring = _joined(key)
     for _ in range(MAX_GENERATION_STEP + 1):
         key.ratchet()
-    assert keyring.decrypt("alice", send(key, b"g17"), 0.0) is None
+    assert keyring.decrypt("alice", send(key, b"g257"), 0.0) is None
     assert keyring.generations("alice") == [0]
     assert keyring.pending("alice") == 1  # it waits for a share
     released = keyring.add("alice", key.generation, key.secret, 1.0)
-    assert _payloads(released) == [b"g17"]
+    assert _payloads(released) == [b"g257"]
 
 
 def test_a_fresh_key_after_a_leave_waits_and_is_released_in_order() -> None:
@@ -96,8 +100,12 @@ def test_a_forged_first_frame_of_a_generation_does_not_keep_its_real_frames_out(
     assert keyring.decrypt("alice", forged, 0.0) is None  # could be a fresh key: it waits
     plain = keyring.decrypt("alice", send(key, b"second"), 0.1)
     assert plain is not None and bytes(plain.payload) == b"second"
+    # The forged frame waits on: a share would override the ratchet (docs/protocol.md §16.4);
+    # none comes, and it is dropped when its time is over.
+    assert keyring.pending("alice") == 1
+    keyring.expire(PENDING_MAX_AGE_S)
     assert keyring.pending("alice") == 0
-    assert keyring.drops == {"auth_failed": 1}
+    assert keyring.drops == {"no_key": 1}
 
 
 def test_waiting_frames_are_dropped_after_two_seconds() -> None:
