@@ -2,7 +2,7 @@
 
 Each recording is a WebTransport session of its own (its hidden participant's token), but the
 recordings on one MH share a QUIC connection, up to RECORDINGS_PER_CONNECTION sessions each:
-the MH then sends a tenth of a second of every one of them in one burst of full packets
+the MH then sends 75 ms of every one of them in one burst of full packets
 (``send_delay_ms``), and the processor wakes, reads and acknowledges once per burst instead of
 once per recording. Live jobs (transcodes, mixes) keep a connection each.
 

@@ -33,8 +33,10 @@ JOB_CLEANUP_GRACE_S = 5.0
 JOB_ACK_DELAY_S = 0.025
 # A recording's media connection asks the MH to hold what it sends up to this long
 # (``send_delay_ms``, docs/protocol.md §7): the frames of that time leave in a few full packets,
-# not one or more per frame, which is most of what a recording costs the processor.
-RECORDING_SEND_DELAY_MS = 100
+# not one or more per frame, which is most of what a recording costs the processor. Not more:
+# what waits at the MH ages, and its age bound (docs/protocol.md §13) drops frames older than
+# 200 ms (audio) that a recording then misses in a burst (100 ms did, in a test).
+RECORDING_SEND_DELAY_MS = 75
 # Recordings on one MH that share a QUIC connection (_connections.py): the MH's WebTransport
 # sessions per connection (16); one more opens another connection.
 RECORDINGS_PER_CONNECTION = 16

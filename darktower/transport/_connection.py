@@ -1,15 +1,10 @@
 """One QUIC connection: aioquic's sans-IO core driven by one trio task that owns its timer.
 
-The endpoint's reader feeds datagrams in (``receive`` then ``process_events``) and flushes
-each touched connection once per batch; application calls (stream writes, datagrams, closes)
-only mark the connection for a flush and wake its task, so writes made in one scheduling tick
-leave in one batch of packets.
-
-WebTransport data never goes through ``H3Connection``: stream prefixes are parsed and
-WebTransport streams and datagrams are routed around it by ``_routing.py`` (docs/decisions.md,
-"aioquic internals touched"); HTTP/3 only sees control, QPACK and request streams (the CONNECT
-stream included). The task's own deadlines (handshake, keepalive, no session) are kept by
-``_deadlines.py``.
+The endpoint's reader feeds datagrams in and flushes each touched connection once per batch
+(``after_receive``); application calls only mark the connection for a flush and wake its task,
+so writes made in one tick leave in one batch of packets (or, with ``delay_sends``, at its
+time). WebTransport data never goes through ``H3Connection``: ``_routing.py`` routes it around
+(docs/decisions.md, "aioquic internals touched"). Deadlines are kept by ``_deadlines.py``.
 """
 
 from __future__ import annotations
@@ -76,8 +71,7 @@ class Connection:
         self.h3 = H3Connection(quic, enable_webtransport=True)
         self.streams: dict[int, StreamState] = {}
         self.sessions: dict[int, WebTransportSession] = {}
-        # Peer streams whose first bytes do not yet say what they are (<= 16 bytes each;
-        # their number is bounded by QUIC's stream limit).
+        # Peer streams whose first bytes do not yet say what they are (<= 16 bytes each).
         self.pending_prefix: dict[int, bytes] = {}
         # Peer streams we refused: their late events are swallowed until QUIC forgets them.
         self.rejected: set[int] = set()
@@ -103,8 +97,7 @@ class Connection:
         self._timer_at: float | None = None
         self.deadlines = ConnectionDeadlines(trio.current_time(), limits, is_client=self.is_client)
         self._failed = False  # the error boundary closed it (see fail)
-        # Server side: the admission that holds this connection's per-address slots.
-        self.admit: Admit | None = None
+        self.admit: Admit | None = None  # server side: what holds its per-address slots
         quic._dt_consumed = self._consumed_offset
         quic._dt_cid_issued = self._cid_issued
         quic.dt_apply_limits(limits)
@@ -168,12 +161,15 @@ class Connection:
 
     def _on_wake(self, now: float) -> None:
         timer = self._timer_at
+        # With a send delay, what is held leaves at its time unless something here is due;
+        # receipts since the last flush may have moved aioquic's timers (an ACK cancels a loss
+        # timeout): a stale one must neither fire and probe nor send what is held.
+        held = self._flush_due is not None and now < self._flush_due
         if timer is not None and now >= timer and self.send_delay_s:
-            # Receipts since the last flush (held: send delay) may have moved aioquic's timers
-            # (an ACK cancels a loss timeout): a stale one must not fire and probe.
             timer = self._timer_at = self.quic.get_timer()
         if timer is not None and now >= timer:
             self.quic.handle_timer(now=now)
+            held = False
         deadlines = self.deadlines
         if deadlines.handshake_expired(now):
             self.quic.close(
@@ -186,13 +182,17 @@ class Connection:
             self.quic.close(error_code=H3_NO_ERROR, reason_phrase="no WebTransport session")
         if deadlines.ping_due(now):
             self.quic.send_ping(0)
+            held = False
         if deadlines.unreachable_expired(now) and not self.terminated.is_set():
             self.quic.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase=UNREACHABLE)
             self.flush()
             self.on_terminated(QuicErrorCode.NO_ERROR, UNREACHABLE)
             return
         self.process_events()
-        self.flush()
+        if held and self.quic._close_event is None:
+            self._timer_at = self.quic.get_timer()
+        else:
+            self.flush()
 
     def fail(self, exc: Exception) -> None:
         """The error boundary: handling this connection's events raised ``exc``. Close this
@@ -226,7 +226,6 @@ class Connection:
             due = self._flush_due  # a held flush is never pushed back
             self._wake_scope.deadline = deadline if due is None else min(deadline, due)
 
-    # --- sessions alive on this connection (the no-session timeout) -----------------------
     def session_started(self) -> None:
         self.deadlines.session_started()
         self._rearm()
@@ -316,14 +315,17 @@ class Connection:
     def after_receive(self) -> None:
         """Datagrams were handed in: their events, then a flush (or the delayed one)."""
         self.process_events()
-        if self.send_delay_s:
-            self.schedule_flush()
-        else:
+        if not self.send_delay_s:
             self.flush()
+            return
+        self.schedule_flush()
+        ack_at = self.quic.dt_ack_due()  # an ACK the peer's loss timer waits for is not held
+        if ack_at is not None and self._flush_due is not None and ack_at < self._flush_due:
+            self._flush_due = ack_at
+            self._rearm()
 
     def delay_sends(self, seconds: float) -> None:
-        """What this side sends waits up to ``seconds`` (≤ MAX_SEND_DELAY_S; the largest
-        asked for holds), to leave in fewer, fuller packets (docs/protocol.md §7)."""
+        """Hold what this side sends up to ``seconds`` (the largest asked, docs/protocol.md §7)."""
         self.send_delay_s = min(max(self.send_delay_s, seconds), MAX_SEND_DELAY_S)
 
     def close(self, error_code: int = QuicErrorCode.NO_ERROR, reason: str = "") -> None:

@@ -108,6 +108,11 @@ class CreditedQuicConnection(QuicConnection):
             params = pull_quic_transport_parameters(Buffer(data=data))
             self.dt_peer_max_udp_payload = params.max_udp_payload_size
 
+    def dt_ack_due(self) -> float | None:
+        """When the earliest ACK the peer is owed is due (None: none is owed)."""
+        due = [space.ack_at for space in self._spaces.values() if space.ack_at is not None]
+        return min(due) if due else None
+
     def dt_apply_limits(self, limits: TransportLimits) -> None:
         """Before the handshake: the ACK delay (never beyond the max_ack_delay advertised) and
         the max_udp_payload_size to advertise."""

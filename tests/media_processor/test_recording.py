@@ -17,6 +17,7 @@ import trio
 from darktower.client import open_media_client
 from darktower.errors import InvalidRequest
 from darktower.frames import FrameType
+from darktower.media_processor._limits import RECORDING_SEND_DELAY_MS
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.protocol.pb.v1 import processing_pb2 as pb
@@ -158,7 +159,8 @@ async def test_recordings_on_one_mh_share_a_quic_connection(tmp_path: pathlib.Pa
         members = room.mh.handler.rooms[MEETING].members  # type: ignore[index]
         ann, bob = (members[f"rec-{n}"].session for n in ("ann", "bob"))  # type: ignore[index]
         assert ann is not None and bob is not None
-        assert ann._conn is bob._conn and ann._conn.send_delay_s == 0.1
+        assert ann._conn is bob._conn
+        assert ann._conn.send_delay_s == RECORDING_SEND_DELAY_MS / 1000
         for name in ("ann", "bob"):
             await call(
                 room.media.RemoveParticipant,
