@@ -139,3 +139,7 @@ PROCESSOR_KEY_FRAME_QUEUE: Final = 64
 JOB_CONNECT_S: Final = 20.0
 # The end of a job (StopJob, then closing its participant) is shielded and bounded by this.
 JOB_STOP_GRACE_S: Final = 5.0
+# The age bound of a subscriber that asked for held sends (``send_delay_ms``, docs/protocol.md
+# §7): it is not live (a media processor's recording), so a frame late by the live bounds is
+# still worth sending; older than this it is dropped all the same (the queue stays bounded).
+NOT_LIVE_MAX_AGE_S = 5.0

@@ -22,6 +22,7 @@ from darktower.transport import WebTransportSendStream, WebTransportSession
 
 from ._limits import (
     MAX_ABANDONED_SENDS,
+    NOT_LIVE_MAX_AGE_S,
     READ_EVIDENCE_S,
     SEND_BATCH_BYTES,
     STALLED_RETRY_MAX_S,
@@ -142,6 +143,8 @@ class MediaRouter:
             max_age = settings.max_audio_age_s
         else:
             max_age = settings.max_video_age_s
+        if sub.subscriber.send_delay_s:  # not live (a recording): it keeps late frames
+            max_age = max(max_age, NOT_LIVE_MAX_AGE_S)
         abandoned = 0  # streams abandoned in a row (evidence of reading restarts it)
         retry_at = -math.inf  # no new stream before this
         # Batches written to the stream and not yet acknowledged by the subscriber, oldest

@@ -216,12 +216,7 @@ class FrameQueue:
     def close(self) -> list[Encoded]:
         """Take no more frames; return those still queued (a recording writes them)."""
         self._send.close()
-        left: list[Encoded] = []
-        while True:
-            try:
-                left.append(self.receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return left
+        return self.take_all()
 
 
 class Progress:

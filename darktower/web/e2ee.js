@@ -13,6 +13,7 @@
 // CryptoKeys are imported once per generation: a frame costs one AES-GCM call. The receive side
 // (Keyring) is keyring.js's.
 
+import { concatBytes } from "./bytes.js";
 import { FrameFlags, HEADER_SIZE, encodeHeader } from "./frames.js";
 
 export const FORMAT_VERSION = 1;
@@ -53,17 +54,7 @@ export class E2EEError extends Error {
 
 const subtle = () => globalThis.crypto.subtle;
 
-function concat(...parts) {
-  let total = 0;
-  for (const p of parts) total += p.byteLength;
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
-  return out;
-}
+const concat = (...parts) => concatBytes(parts);
 
 // HKDF-SHA256 of `ikm` with the all-zero salt: `length` bytes.
 export async function hkdf(ikm, info, length) {
