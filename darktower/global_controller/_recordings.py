@@ -39,9 +39,9 @@ from darktower.processing import (
     ByteReader,
     RecordingReader,
     RecordingStore,
-    S3Store,
     StoredFile,
     StoreUnavailable,
+    open_bucket,
 )
 
 __all__ = [
@@ -168,16 +168,10 @@ def open_recordings_store(
     installed (the ``s3`` extra)."""
     if not s3_endpoint:
         return RecordingStore(pathlib.Path(directory))
-    if not s3_bucket:
-        raise ConfigError("--recordings-s3-endpoint needs --recordings-s3-bucket")
     try:
-        return S3Store.connect(s3_endpoint, s3_bucket, s3_prefix)
+        return open_bucket(s3_endpoint, s3_bucket, s3_prefix)
     except ValueError as exc:
-        raise ConfigError(f"--recordings-s3-*: {exc}") from None
-    except ImportError:
-        raise ConfigError(
-            "--recordings-s3-endpoint needs boto3: pip install 'darktower[s3]'"
-        ) from None
+        raise ConfigError(str(exc)) from None
 
 
 def _iso(value: object) -> str:

@@ -23,7 +23,7 @@ from darktower.logs import fields
 from darktower.metrics import Registry
 from darktower.model import LeaveReason
 from darktower.nurseries import TaskTree
-from darktower.processing import RecordingStore, S3Store, capabilities
+from darktower.processing import RecordingStore, S3Store, capabilities, open_bucket
 from darktower.protocol.pb.v1 import processing_pb2 as pb
 from darktower.protocol.pb.v1.processing_grpc import MediaProcessingBase
 from darktower.servicekit import (
@@ -248,17 +248,11 @@ def _bucket(settings: Settings) -> S3Store | None:
     """The recordings bucket the settings name, if any; ConfigError naming what is wrong."""
     if not settings.recordings_s3_endpoint:
         return None
-    if not settings.recordings_s3_bucket:
-        raise ConfigError("--recordings-s3-endpoint needs --recordings-s3-bucket")
     try:
-        return S3Store.connect(
+        return open_bucket(
             settings.recordings_s3_endpoint,
             settings.recordings_s3_bucket,
             settings.recordings_s3_prefix,
         )
     except ValueError as exc:
-        raise ConfigError(f"--recordings-s3-*: {exc}") from None
-    except ImportError:
-        raise ConfigError(
-            "--recordings-s3-endpoint needs boto3: pip install 'darktower[s3]'"
-        ) from None
+        raise ConfigError(str(exc)) from None

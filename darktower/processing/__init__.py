@@ -30,7 +30,7 @@ from ._recorder import (
     ParticipantRecorder,
     RecordingSummary,
 )
-from ._s3 import S3Store
+from ._s3 import S3Store, open_bucket
 from ._segment import CLUSTER_MS, RecordedFile, RecordingError
 from ._store import (
     ByteReader,
@@ -88,5 +88,6 @@ __all__ = [
     "encoder_name",
     "manifest",
     "normalize_codec",
+    "open_bucket",
     "safe_name",
 ]

@@ -32,6 +32,7 @@ from ._store import (
     StoredFile,
     StoredRecordings,
     StoreUnavailable,
+    parse_manifest,
     safe_name,
 )
 
@@ -250,13 +251,7 @@ class S3Store:
                 data = body.read(MAX_MANIFEST_BYTES + 1)
             finally:
                 body.close()
-        if len(data) > MAX_MANIFEST_BYTES:
-            return None
-        try:
-            parsed = json.loads(data)
-        except ValueError:
-            return None
-        return parsed if isinstance(parsed, dict) else None
+        return parse_manifest(data)
 
     def scan(self, meeting_id: str, *, max_entries: int) -> StoredRecordings:
         """One listing of the meeting's keys, at most ``max_entries`` looked at: the
@@ -373,3 +368,18 @@ class _ObjectRange:
     def close(self) -> None:
         self._close_body()
         self._end = self._next
+
+
+def open_bucket(endpoint: str, bucket: str, prefix: str) -> S3Store:
+    """The bucket the ``--recordings-s3-*`` settings name (the GC's and the processors').
+    ``ValueError`` naming the setting that is wrong, or boto3's absence (the ``s3`` extra)."""
+    if not bucket:
+        raise ValueError("--recordings-s3-endpoint needs --recordings-s3-bucket")
+    try:
+        return S3Store.connect(endpoint, bucket, prefix)
+    except ValueError as exc:
+        raise ValueError(f"--recordings-s3-*: {exc}") from None
+    except ImportError:
+        raise ValueError(
+            "--recordings-s3-endpoint needs boto3: pip install 'darktower[s3]'"
+        ) from None

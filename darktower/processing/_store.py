@@ -152,13 +152,7 @@ class RecordingStore:
                 data = f.read(MAX_MANIFEST_BYTES + 1)
         except OSError:
             return None
-        if len(data) > MAX_MANIFEST_BYTES:
-            return None
-        try:
-            found = json.loads(data)
-        except ValueError:
-            return None
-        return found if isinstance(found, dict) else None
+        return parse_manifest(data)
 
     def scan(self, meeting_id: str, *, max_entries: int) -> StoredRecordings:
         """One pass over a meeting's directory, at most ``max_entries`` entries looked at:
@@ -307,3 +301,15 @@ def manifest(
         "bytes": sum(f["bytes"] for f in files),
         "dropped": dict(summary.dropped) if summary is not None else {},
     }
+
+
+def parse_manifest(data: bytes) -> dict[str, Any] | None:
+    """A manifest's bytes as read (at most MAX_MANIFEST_BYTES + 1), or None: too large, not
+    JSON, or not an object."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        return None
+    try:
+        found = json.loads(data)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
