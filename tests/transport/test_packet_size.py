@@ -66,12 +66,26 @@ async def test_a_loopback_client_that_asks_receives_large_packets(
 
 
 async def test_a_client_with_an_ack_delay_sends_fewer_acks(dev_cert: TlsCredentials) -> None:
+    """Forty messages 5 ms apart (_paced): acked one by one at once, a few at a time with a
+    25 ms ACK delay."""
+
+    async def acks(limits: TransportLimits) -> int:
+        async with connect_webtransport(
+            f"{base}/paced?delay_ms=0", server_certificate_hashes=[dev_cert.sha256], limits=limits
+        ) as session:
+            before = session.transport_stats().packets_sent
+            stream = await session.accept_stream()
+            assert isinstance(stream, WebTransportReceiveStream)
+            while await stream.receive_some():
+                pass
+            return session.transport_stats().packets_sent - before
+
     async with trio.open_nursery() as nursery:
-        _server, base = await start_server(nursery, dev_cert, {"/send": Route(send_payload)})
-        _d, eager = await _receive(base, dev_cert, TransportLimits())
-        _d, delayed = await _receive(base, dev_cert, TransportLimits(ack_delay_s=0.025))
+        _server, base = await start_server(nursery, dev_cert, {"/paced": Route(_paced)})
+        eager = await acks(TransportLimits())
+        delayed = await acks(TransportLimits(ack_delay_s=0.025))
         nursery.cancel_scope.cancel()
-    assert delayed < eager
+    assert delayed * 2 < eager, (delayed, eager)
 
 
 async def _paced(session: WebTransportSession, context: object) -> None:
@@ -130,9 +144,9 @@ async def test_an_idle_connection_with_a_send_delay_sends_nothing(dev_cert: TlsC
             assert isinstance(stream, WebTransportReceiveStream)
             while await stream.receive_some():
                 pass
-            await trio.sleep(0.3)  # the last ACKs settle
             before = session.transport_stats().datagrams_received
-            await trio.sleep(1.0)  # a window in which an idle link sends nothing
-            # The client's own silence probes (docs/protocol.md §13) get an ACK each: a few.
-            assert session.transport_stats().datagrams_received - before <= 4
+            await trio.sleep(1.0)  # a window of idle link, measured (no event can say "none")
+            # The last ACKs, and one per silence probe of the client (docs/protocol.md §13):
+            # a few. A stale loss timer firing made some 16.
+            assert session.transport_stats().datagrams_received - before <= 6
         nursery.cancel_scope.cancel()
