@@ -11,6 +11,8 @@ import os
 import pathlib
 import signal
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import av
 import trio
@@ -34,8 +36,16 @@ SECONDS = 3.0
 POLL_S = 0.05
 
 
-async def _send(media: MediaClient, video_id: str, audio_id: str) -> int:
-    """SECONDS of VP8 video and Opus audio, interleaved by timestamp; the frames sent."""
+async def _send(
+    media: MediaClient,
+    video_id: str,
+    audio_id: str,
+    started: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """SECONDS of VP8 video and Opus audio, interleaved by timestamp; the frames sent. The
+    frames go out at once, not in real time: ``started``, awaited after each stream's first
+    frame, lets the recording see both streams begin before seconds of one arrive (as they
+    would in real time; otherwise the later stream starts a file of its own)."""
     video = video_frames(SECONDS, width=320, height=240, bitrate=300_000, key_every=30)
     audio = opus_frames(SECONDS)
     camera, microphone = await media.publish(video_id), await media.publish(audio_id)
@@ -43,13 +53,23 @@ async def _send(media: MediaClient, video_id: str, audio_id: str) -> int:
         [(f.timestamp_us, 0, f) for f in video] + [(f.timestamp_us, 1, f) for f in audio],
         key=lambda t: (t[0], t[1]),
     )
-    for timestamp_us, is_audio, frame in sends:
+    for n, (timestamp_us, is_audio, frame) in enumerate(sends):
+        if n == 2 and started is not None:
+            await started()
         if is_audio:
             await microphone.send_frame(FrameType.AUDIO, frame.payload, timestamp_us=timestamp_us)
         else:
             kind = FrameType.VIDEO_KEY if frame.key else FrameType.VIDEO_DELTA
             await camera.send_frame(kind, frame.payload, timestamp_us=timestamp_us)
     return len(sends)
+
+
+def _begun(room: Any, job: Any) -> Callable[[], Awaitable[None]]:
+    async def begun() -> None:  # the job wrote both streams' first frames
+        with trio.fail_after(WAIT_S):
+            await room.mp.jobs.progress.until(lambda: job.frames_out >= 2)
+
+    return begun
 
 
 def _pictures(path: pathlib.Path) -> int:
@@ -75,7 +95,7 @@ async def test_a_kick_ends_the_recording_with_its_reason(tmp_path: pathlib.Path)
         job = room.mp.jobs.job(job_id)
         assert job is not None
         async with room.client(ann) as media:
-            sent = await _send(media, video_id, audio_id)
+            sent = await _send(media, video_id, audio_id, _begun(room, job))
             with trio.fail_after(WAIT_S):
                 await room.mp.jobs.progress.until(lambda: job.frames_out >= sent)
             await room.remove("ann", common_pb2.KICKED)
@@ -109,7 +129,7 @@ async def test_the_mh_draining_ends_its_recordings_with_server_shutdown(
         job = room.mp.jobs.job(job_id)
         assert job is not None
         async with room.client(ann) as media:
-            sent = await _send(media, video_id, audio_id)
+            sent = await _send(media, video_id, audio_id, _begun(room, job))
             with trio.fail_after(WAIT_S):
                 await room.mp.jobs.progress.until(lambda: job.frames_out >= sent)
             # The MH shuts down first (the processor after it): its drain ends the job.
