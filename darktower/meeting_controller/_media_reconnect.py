@@ -114,7 +114,7 @@ class MediaReconnection:
         if member.mix is not None:
             await routed_again(mh, room, member, MIX, mix_command(member))
         for stream_id in [s.stream_id for s in streams]:
-            groups: dict[tuple[str, int], list[str]] = {}
+            groups: dict[tuple[str, int, bool], list[str]] = {}
             for other in list(room.subscribers_of(stream_id)):
                 options = other.subscriptions[stream_id]
                 derived = other.derived.get(stream_id)
@@ -126,10 +126,12 @@ class MediaReconnection:
                         except NotFound:
                             pass
                     continue
-                key = (options.preferred_layer, options.max_bitrate)
+                key = (options.preferred_layer, options.max_bitrate, options.pinned)
                 groups.setdefault(key, []).append(other.id)
-            for (layer, bitrate), ids in groups.items():
-                options = sig.SubscriptionOptions(preferred_layer=layer, max_bitrate=bitrate)
+            for (layer, bitrate, pinned), ids in groups.items():
+                options = sig.SubscriptionOptions(
+                    preferred_layer=layer, max_bitrate=bitrate, pinned=pinned
+                )
                 try:
                     await mh.route_media(_route(room.id, stream_id, ids, options))
                 except NotFound:  # one of them is not registered there: each on its own

@@ -94,19 +94,51 @@ class MediaRooms:
             return
         kind = event.WhichOneof("event")
         if kind == "telemetry":
-            report = event.telemetry
-            update = sig.ServerMessage(
-                quality=sig.StreamQualityUpdate(
-                    stream_id=report.stream_id,
-                    available_bitrate=report.bitrate,
-                    packet_loss=report.packet_loss,
+            # The MH's per-stream figures (bitrate it measures, loss): what a path can take is
+            # the estimate in subscriber_quality and publisher_feedback (docs/protocol.md §17).
+            return
+        if kind == "subscriber_quality":
+            # The MH's estimate for one subscriber, about one stream it receives
+            # (docs/protocol.md §17).
+            q = event.subscriber_quality
+            member = room.members.get(ParticipantId(q.participant_id))
+            if member is not None:
+                room.deliver(
+                    member,
+                    sig.ServerMessage(
+                        quality=sig.StreamQualityUpdate(
+                            stream_id=q.stream_id,
+                            available_bitrate=q.available_bitrate,
+                            packet_loss=q.packet_loss,
+                            rtt_ms=q.rtt_ms,
+                            layer_id=q.layer_id,
+                            paused=q.paused,
+                        )
+                    ),
                 )
-            )
-            publisher = room.publisher_of(report.stream_id)
+        elif kind == "publisher_feedback":
+            # What the subscribers of one stream can take, each layer's too (dynacast).
+            f = event.publisher_feedback
+            publisher = room.publisher_of(f.stream_id)
             if publisher is not None:
-                room.deliver(publisher, update)
-            for member in list(room.subscribers_of(report.stream_id)):
-                room.deliver(member, update)
+                room.deliver(
+                    publisher,
+                    sig.ServerMessage(
+                        quality=sig.StreamQualityUpdate(
+                            stream_id=f.stream_id,
+                            available_bitrate=f.available_bitrate,
+                            packet_loss=f.packet_loss,
+                            rtt_ms=f.rtt_ms,
+                            layers=f.layers,
+                        )
+                    ),
+                )
+        elif kind == "active_speakers":
+            # At most 2 a second from the MH's speaker detector; members only.
+            ids = [p for p in event.active_speakers.participant_ids if p in room.members]
+            room.broadcast(
+                sig.ServerMessage(active_speakers=sig.ActiveSpeakers(participant_ids=ids))
+            )
         elif kind == "key_frame_request":
             # (RoomState.deliver drops these for a reconnecting publisher: its streams pause.)
             publisher = room.publisher_of(event.key_frame_request.stream_id)

@@ -95,7 +95,9 @@ def routing(
     """The RoutingOptions of a subscription with ``options``, carried by ``derived`` (a
     transcode's codec and bitrate, the mix) or by the source itself."""
     routed = mh_pb.RoutingOptions(
-        preferred_layer=options.preferred_layer, target_bitrate=options.max_bitrate
+        preferred_layer=options.preferred_layer,
+        target_bitrate=options.max_bitrate,
+        pinned=options.pinned,
     )
     if derived is not None and derived.mix:
         return mh_pb.RoutingOptions(mix_audio=True)

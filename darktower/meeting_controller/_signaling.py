@@ -250,11 +250,21 @@ async def quality(session: SignalingSession, m: sig.ClientMessage) -> Reply:
                 options=mh_pb.RoutingOptions(
                     preferred_layer=options.preferred_layer,
                     target_bitrate=report.available_bitrate,
+                    pinned=options.pinned,
                 ),
             ),
         )
     elif report.stream_id in member.streams:
-        update = sig.ServerMessage(quality=report)
+        # The contract's fields only: layers, layer_id and paused are the MH's to say
+        # (docs/protocol.md §17).
+        update = sig.ServerMessage(
+            quality=sig.StreamQualityUpdate(
+                stream_id=report.stream_id,
+                available_bitrate=report.available_bitrate,
+                packet_loss=report.packet_loss,
+                rtt_ms=report.rtt_ms,
+            )
+        )
         for subscriber in list(room.subscribers_of(report.stream_id)):
             room.deliver(subscriber, update)
     else:

@@ -91,6 +91,7 @@ export const SCHEMA = {
     [17, "mediaReconnect", "MediaReconnect", "oneof"],
     [18, "recordingStatus", "RecordingStatus", "oneof"],
     [19, "subscriptionUpdated", "SubscriptionUpdated", "oneof"],
+    [20, "activeSpeakers", "ActiveSpeakers", "oneof"],
   ],
   JoinRequest: [
     [1, "meetingId", "string"],
@@ -164,6 +165,7 @@ export const SCHEMA = {
   SubscriptionOptions: [
     [1, "preferredLayer", "string"],
     [2, "maxBitrate", "uint32"],
+    [3, "pinned", "bool"],
   ],
   UnsubscribeStream: [[1, "streamId", "string"]],
   StreamQualityUpdate: [
@@ -171,7 +173,17 @@ export const SCHEMA = {
     [2, "availableBitrate", "uint32"],
     [3, "packetLoss", "float"],
     [4, "rttMs", "uint32"],
+    [5, "layerId", "string"],
+    [6, "layers", "LayerFeedback", "repeated"],
+    [7, "paused", "bool"],
   ],
+  LayerFeedback: [
+    [1, "layerId", "string"],
+    [2, "active", "bool"],
+    [3, "subscribers", "uint32"],
+    [4, "availableBitrate", "uint32"],
+  ],
+  ActiveSpeakers: [[1, "participantIds", "string", "repeated"]],
   UnpublishStream: [[1, "streamId", "string"]],
   StreamUnpublished: [
     [1, "participantId", "string"],

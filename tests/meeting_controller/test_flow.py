@@ -74,21 +74,54 @@ async def test_join_publish_subscribe_quality_leave(tmp_path: pathlib.Path) -> N
                 assert stack.mh.routes[-1].options.target_bitrate == 150_000
                 assert stack.mh.routes[-1].options.preferred_layer == "L-low"
 
-                # MH telemetry -> quality updates to the publisher and the subscriber
+                # MH estimates -> quality updates: a subscriber's to it, a stream's feedback
+                # to its publisher, the speakers to everyone (docs/protocol.md §17)
                 with trio.fail_after(10):
                     await stack.mh.telemetry_subscribed.wait()
                 await stack.mh.telemetry_send.send(
                     mh_pb.TelemetryEvent(
                         meeting_id="m1",
-                        telemetry=mh_pb.MediaTelemetry(
-                            stream_id="cam", bitrate=123_000, packet_loss=0.25
+                        subscriber_quality=mh_pb.SubscriberQuality(
+                            participant_id=bob.participant_id,
+                            stream_id="cam",
+                            available_bitrate=123_000,
+                            rtt_ms=40,
+                            packet_loss=0.25,
+                            layer_id="L-low",
+                        ),
+                    )
+                )
+                update = await next_event(bob, "quality")
+                assert update.quality == sig.StreamQualityUpdate(
+                    stream_id="cam",
+                    available_bitrate=123_000,
+                    rtt_ms=40,
+                    packet_loss=0.25,
+                    layer_id="L-low",
+                )
+                layers = [common_pb2.LayerFeedback(layer_id="L-low", active=True, subscribers=1)]
+                await stack.mh.telemetry_send.send(
+                    mh_pb.TelemetryEvent(
+                        meeting_id="m1",
+                        publisher_feedback=mh_pb.PublisherFeedback(
+                            stream_id="cam", available_bitrate=123_000, layers=layers
+                        ),
+                    )
+                )
+                update = await next_event(host, "quality")
+                assert update.quality.stream_id == "cam"
+                assert list(update.quality.layers) == layers
+                await stack.mh.telemetry_send.send(
+                    mh_pb.TelemetryEvent(
+                        meeting_id="m1",
+                        active_speakers=mh_pb.SpeakerList(
+                            participant_ids=[host.participant_id, "not-a-member"]
                         ),
                     )
                 )
                 for client in (host, bob):
-                    update = await next_event(client, "quality")
-                    assert update.quality.stream_id == "cam"
-                    assert update.quality.available_bitrate == 123_000
+                    update = await next_event(client, "active_speakers")
+                    assert list(update.active_speakers.participant_ids) == [host.participant_id]
                 # key-frame requests from the MH reach the publisher
                 await stack.mh.telemetry_send.send(
                     mh_pb.TelemetryEvent(

@@ -319,3 +319,40 @@ class KeyFrameRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KeyFrameRequest: _TypeAlias = KeyFrameRequest  # noqa: Y015
+
+@_typing.final
+class LayerFeedback(_message.Message):
+    """Addition to the contract: one simulcast layer of a publisher's video, as its subscribers take
+    it (in StreamQualityUpdate.layers to the publisher, docs/protocol.md §17).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAYER_ID_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    SUBSCRIBERS_FIELD_NUMBER: _builtins.int
+    AVAILABLE_BITRATE_FIELD_NUMBER: _builtins.int
+    layer_id: _builtins.str
+    active: _builtins.bool
+    """Someone receives this layer. False: nobody does, and the publisher pauses encoding it
+    until a later update says true (it then starts with a key frame).
+    """
+    subscribers: _builtins.int
+    """How many subscribers receive this layer."""
+    available_bitrate: _builtins.int
+    """The most any of those subscribers can take, in bits per second (0: not known)."""
+    def __init__(
+        self,
+        *,
+        layer_id: _builtins.str = ...,
+        active: _builtins.bool = ...,
+        subscribers: _builtins.int = ...,
+        available_bitrate: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "available_bitrate", b"available_bitrate", "layer_id", b"layer_id", "subscribers", b"subscribers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LayerFeedback: _TypeAlias = LayerFeedback  # noqa: Y015

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from darktower.protocol.pb.v1 import common_pb2 as darktower_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n darktower/v1/media_control.proto\x12\x0c\x64\x61rktower.v1\x1a\x19\x64\x61rktower/v1/common.proto\"\x9b\x01\n\x13RegisterParticipant\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x12\n\nmeeting_id\x18\x02 \x01(\t\x12*\n\x07streams\x18\x03 \x03(\x0b\x32\x19.darktower.v1.MediaStream\x12\x12\n\nroom_epoch\x18\x04 \x01(\x04\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"c\n\x1bRegisterParticipantResponse\x12\x18\n\x10\x63onnection_token\x18\x01 \x01(\t\x12\x19\n\x11media_handler_url\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"\xc0\x01\n\x11RouteMediaCommand\x12\x18\n\x10source_stream_id\x18\x01 \x01(\t\x12#\n\x1b\x64\x65stination_participant_ids\x18\x02 \x03(\t\x12-\n\x07options\x18\x03 \x01(\x0b\x32\x1c.darktower.v1.RoutingOptions\x12\x12\n\nmeeting_id\x18\x04 \x01(\t\x12\x0f\n\x07unroute\x18\x05 \x01(\x08\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"}\n\x0eRoutingOptions\x12\x11\n\ttranscode\x18\x01 \x01(\x08\x12\x14\n\x0ctarget_codec\x18\x02 \x01(\t\x12\x16\n\x0etarget_bitrate\x18\x03 \x01(\r\x12\x11\n\tmix_audio\x18\x04 \x01(\x08\x12\x17\n\x0fpreferred_layer\x18\x05 \x01(\t\"/\n\x12RouteMediaResponse\x12\x19\n\x11\x64\x65rived_stream_id\x18\x01 \x01(\t\"\x8d\x01\n\x15StartRecordingRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x18\n\x10participant_name\x18\x03 \x01(\t\x12\x14\n\x0crecording_id\x18\x04 \x01(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\".\n\x16StartRecordingResponse\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\"\x87\x01\n\x14StopRecordingRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.darktower.v1.LeaveReason\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\x17\n\x15StopRecordingResponse\"\x8b\x01\n\x18RemoveParticipantRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.darktower.v1.LeaveReason\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\x1b\n\x19RemoveParticipantResponse\"n\n\x13RemoveStreamRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x11\n\tstream_id\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\x16\n\x14RemoveStreamResponse\"@\n\x10TelemetryRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\xb3\x01\n\x0eMediaTelemetry\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\nbytes_sent\x18\x02 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\x12\x13\n\x0bpacket_loss\x18\x04 \x01(\x02\x12\x0f\n\x07\x62itrate\x18\x05 \x01(\r\x12\x11\n\tjitter_ms\x18\x06 \x01(\r\x12\x11\n\ttimestamp\x18\x07 \x01(\x04\x12\x16\n\x0e\x66rames_dropped\x18\x08 \x01(\x04\"1\n\x17ParticipantDisconnected\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\"\xe7\x01\n\x0eTelemetryEvent\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x31\n\ttelemetry\x18\x02 \x01(\x0b\x32\x1c.darktower.v1.MediaTelemetryH\x00\x12:\n\x11key_frame_request\x18\x03 \x01(\x0b\x32\x1d.darktower.v1.KeyFrameRequestH\x00\x12I\n\x18participant_disconnected\x18\x04 \x01(\x0b\x32%.darktower.v1.ParticipantDisconnectedH\x00\x42\x07\n\x05\x65vent2\x85\x05\n\x0cMediaControl\x12\x63\n\x13RegisterParticipant\x12!.darktower.v1.RegisterParticipant\x1a).darktower.v1.RegisterParticipantResponse\x12O\n\nRouteMedia\x12\x1f.darktower.v1.RouteMediaCommand\x1a .darktower.v1.RouteMediaResponse\x12\x64\n\x11RemoveParticipant\x12&.darktower.v1.RemoveParticipantRequest\x1a\'.darktower.v1.RemoveParticipantResponse\x12U\n\x0cRemoveStream\x12!.darktower.v1.RemoveStreamRequest\x1a\".darktower.v1.RemoveStreamResponse\x12K\n\tTelemetry\x12\x1e.darktower.v1.TelemetryRequest\x1a\x1c.darktower.v1.TelemetryEvent0\x01\x12[\n\x0eStartRecording\x12#.darktower.v1.StartRecordingRequest\x1a$.darktower.v1.StartRecordingResponse\x12X\n\rStopRecording\x12\".darktower.v1.StopRecordingRequest\x1a#.darktower.v1.StopRecordingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n darktower/v1/media_control.proto\x12\x0c\x64\x61rktower.v1\x1a\x19\x64\x61rktower/v1/common.proto\"\x9b\x01\n\x13RegisterParticipant\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x12\n\nmeeting_id\x18\x02 \x01(\t\x12*\n\x07streams\x18\x03 \x03(\x0b\x32\x19.darktower.v1.MediaStream\x12\x12\n\nroom_epoch\x18\x04 \x01(\x04\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"c\n\x1bRegisterParticipantResponse\x12\x18\n\x10\x63onnection_token\x18\x01 \x01(\t\x12\x19\n\x11media_handler_url\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"\xc0\x01\n\x11RouteMediaCommand\x12\x18\n\x10source_stream_id\x18\x01 \x01(\t\x12#\n\x1b\x64\x65stination_participant_ids\x18\x02 \x03(\t\x12-\n\x07options\x18\x03 \x01(\x0b\x32\x1c.darktower.v1.RoutingOptions\x12\x12\n\nmeeting_id\x18\x04 \x01(\t\x12\x0f\n\x07unroute\x18\x05 \x01(\x08\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\x8d\x01\n\x0eRoutingOptions\x12\x11\n\ttranscode\x18\x01 \x01(\x08\x12\x14\n\x0ctarget_codec\x18\x02 \x01(\t\x12\x16\n\x0etarget_bitrate\x18\x03 \x01(\r\x12\x11\n\tmix_audio\x18\x04 \x01(\x08\x12\x17\n\x0fpreferred_layer\x18\x05 \x01(\t\x12\x0e\n\x06pinned\x18\x06 \x01(\x08\"/\n\x12RouteMediaResponse\x12\x19\n\x11\x64\x65rived_stream_id\x18\x01 \x01(\t\"\x8d\x01\n\x15StartRecordingRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x18\n\x10participant_name\x18\x03 \x01(\t\x12\x14\n\x0crecording_id\x18\x04 \x01(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\".\n\x16StartRecordingResponse\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\"\x87\x01\n\x14StopRecordingRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.darktower.v1.LeaveReason\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\x17\n\x15StopRecordingResponse\"\x8b\x01\n\x18RemoveParticipantRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.darktower.v1.LeaveReason\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\x1b\n\x19RemoveParticipantResponse\"n\n\x13RemoveStreamRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x11\n\tstream_id\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\x16\n\x14RemoveStreamResponse\"@\n\x10TelemetryRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"\xb3\x01\n\x0eMediaTelemetry\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x12\n\nbytes_sent\x18\x02 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\x12\x13\n\x0bpacket_loss\x18\x04 \x01(\x02\x12\x0f\n\x07\x62itrate\x18\x05 \x01(\r\x12\x11\n\tjitter_ms\x18\x06 \x01(\r\x12\x11\n\ttimestamp\x18\x07 \x01(\x04\x12\x16\n\x0e\x66rames_dropped\x18\x08 \x01(\x04\"1\n\x17ParticipantDisconnected\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\"\x9b\x03\n\x0eTelemetryEvent\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x31\n\ttelemetry\x18\x02 \x01(\x0b\x32\x1c.darktower.v1.MediaTelemetryH\x00\x12:\n\x11key_frame_request\x18\x03 \x01(\x0b\x32\x1d.darktower.v1.KeyFrameRequestH\x00\x12I\n\x18participant_disconnected\x18\x04 \x01(\x0b\x32%.darktower.v1.ParticipantDisconnectedH\x00\x12=\n\x12subscriber_quality\x18\x05 \x01(\x0b\x32\x1f.darktower.v1.SubscriberQualityH\x00\x12=\n\x12publisher_feedback\x18\x06 \x01(\x0b\x32\x1f.darktower.v1.PublisherFeedbackH\x00\x12\x34\n\x0f\x61\x63tive_speakers\x18\x07 \x01(\x0b\x32\x19.darktower.v1.SpeakerListH\x00\x42\x07\n\x05\x65vent\"\xa0\x01\n\x11SubscriberQuality\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x11\n\tstream_id\x18\x02 \x01(\t\x12\x19\n\x11\x61vailable_bitrate\x18\x03 \x01(\r\x12\x0e\n\x06rtt_ms\x18\x04 \x01(\r\x12\x13\n\x0bpacket_loss\x18\x05 \x01(\x02\x12\x10\n\x08layer_id\x18\x06 \x01(\t\x12\x0e\n\x06paused\x18\x07 \x01(\x08\"\x93\x01\n\x11PublisherFeedback\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x19\n\x11\x61vailable_bitrate\x18\x02 \x01(\r\x12\x13\n\x0bpacket_loss\x18\x03 \x01(\x02\x12\x0e\n\x06rtt_ms\x18\x04 \x01(\r\x12+\n\x06layers\x18\x05 \x03(\x0b\x32\x1b.darktower.v1.LayerFeedback\"&\n\x0bSpeakerList\x12\x17\n\x0fparticipant_ids\x18\x01 \x03(\t2\x85\x05\n\x0cMediaControl\x12\x63\n\x13RegisterParticipant\x12!.darktower.v1.RegisterParticipant\x1a).darktower.v1.RegisterParticipantResponse\x12O\n\nRouteMedia\x12\x1f.darktower.v1.RouteMediaCommand\x1a .darktower.v1.RouteMediaResponse\x12\x64\n\x11RemoveParticipant\x12&.darktower.v1.RemoveParticipantRequest\x1a\'.darktower.v1.RemoveParticipantResponse\x12U\n\x0cRemoveStream\x12!.darktower.v1.RemoveStreamRequest\x1a\".darktower.v1.RemoveStreamResponse\x12K\n\tTelemetry\x12\x1e.darktower.v1.TelemetryRequest\x1a\x1c.darktower.v1.TelemetryEvent0\x01\x12[\n\x0eStartRecording\x12#.darktower.v1.StartRecordingRequest\x1a$.darktower.v1.StartRecordingResponse\x12X\n\rStopRecording\x12\".darktower.v1.StopRecordingRequest\x1a#.darktower.v1.StopRecordingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,34 +38,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERPARTICIPANTRESPONSE']._serialized_end=334
   _globals['_ROUTEMEDIACOMMAND']._serialized_start=337
   _globals['_ROUTEMEDIACOMMAND']._serialized_end=529
-  _globals['_ROUTINGOPTIONS']._serialized_start=531
-  _globals['_ROUTINGOPTIONS']._serialized_end=656
-  _globals['_ROUTEMEDIARESPONSE']._serialized_start=658
-  _globals['_ROUTEMEDIARESPONSE']._serialized_end=705
-  _globals['_STARTRECORDINGREQUEST']._serialized_start=708
-  _globals['_STARTRECORDINGREQUEST']._serialized_end=849
-  _globals['_STARTRECORDINGRESPONSE']._serialized_start=851
-  _globals['_STARTRECORDINGRESPONSE']._serialized_end=897
-  _globals['_STOPRECORDINGREQUEST']._serialized_start=900
-  _globals['_STOPRECORDINGREQUEST']._serialized_end=1035
-  _globals['_STOPRECORDINGRESPONSE']._serialized_start=1037
-  _globals['_STOPRECORDINGRESPONSE']._serialized_end=1060
-  _globals['_REMOVEPARTICIPANTREQUEST']._serialized_start=1063
-  _globals['_REMOVEPARTICIPANTREQUEST']._serialized_end=1202
-  _globals['_REMOVEPARTICIPANTRESPONSE']._serialized_start=1204
-  _globals['_REMOVEPARTICIPANTRESPONSE']._serialized_end=1231
-  _globals['_REMOVESTREAMREQUEST']._serialized_start=1233
-  _globals['_REMOVESTREAMREQUEST']._serialized_end=1343
-  _globals['_REMOVESTREAMRESPONSE']._serialized_start=1345
-  _globals['_REMOVESTREAMRESPONSE']._serialized_end=1367
-  _globals['_TELEMETRYREQUEST']._serialized_start=1369
-  _globals['_TELEMETRYREQUEST']._serialized_end=1433
-  _globals['_MEDIATELEMETRY']._serialized_start=1436
-  _globals['_MEDIATELEMETRY']._serialized_end=1615
-  _globals['_PARTICIPANTDISCONNECTED']._serialized_start=1617
-  _globals['_PARTICIPANTDISCONNECTED']._serialized_end=1666
-  _globals['_TELEMETRYEVENT']._serialized_start=1669
-  _globals['_TELEMETRYEVENT']._serialized_end=1900
-  _globals['_MEDIACONTROL']._serialized_start=1903
-  _globals['_MEDIACONTROL']._serialized_end=2548
+  _globals['_ROUTINGOPTIONS']._serialized_start=532
+  _globals['_ROUTINGOPTIONS']._serialized_end=673
+  _globals['_ROUTEMEDIARESPONSE']._serialized_start=675
+  _globals['_ROUTEMEDIARESPONSE']._serialized_end=722
+  _globals['_STARTRECORDINGREQUEST']._serialized_start=725
+  _globals['_STARTRECORDINGREQUEST']._serialized_end=866
+  _globals['_STARTRECORDINGRESPONSE']._serialized_start=868
+  _globals['_STARTRECORDINGRESPONSE']._serialized_end=914
+  _globals['_STOPRECORDINGREQUEST']._serialized_start=917
+  _globals['_STOPRECORDINGREQUEST']._serialized_end=1052
+  _globals['_STOPRECORDINGRESPONSE']._serialized_start=1054
+  _globals['_STOPRECORDINGRESPONSE']._serialized_end=1077
+  _globals['_REMOVEPARTICIPANTREQUEST']._serialized_start=1080
+  _globals['_REMOVEPARTICIPANTREQUEST']._serialized_end=1219
+  _globals['_REMOVEPARTICIPANTRESPONSE']._serialized_start=1221
+  _globals['_REMOVEPARTICIPANTRESPONSE']._serialized_end=1248
+  _globals['_REMOVESTREAMREQUEST']._serialized_start=1250
+  _globals['_REMOVESTREAMREQUEST']._serialized_end=1360
+  _globals['_REMOVESTREAMRESPONSE']._serialized_start=1362
+  _globals['_REMOVESTREAMRESPONSE']._serialized_end=1384
+  _globals['_TELEMETRYREQUEST']._serialized_start=1386
+  _globals['_TELEMETRYREQUEST']._serialized_end=1450
+  _globals['_MEDIATELEMETRY']._serialized_start=1453
+  _globals['_MEDIATELEMETRY']._serialized_end=1632
+  _globals['_PARTICIPANTDISCONNECTED']._serialized_start=1634
+  _globals['_PARTICIPANTDISCONNECTED']._serialized_end=1683
+  _globals['_TELEMETRYEVENT']._serialized_start=1686
+  _globals['_TELEMETRYEVENT']._serialized_end=2097
+  _globals['_SUBSCRIBERQUALITY']._serialized_start=2100
+  _globals['_SUBSCRIBERQUALITY']._serialized_end=2260
+  _globals['_PUBLISHERFEEDBACK']._serialized_start=2263
+  _globals['_PUBLISHERFEEDBACK']._serialized_end=2410
+  _globals['_SPEAKERLIST']._serialized_start=2412
+  _globals['_SPEAKERLIST']._serialized_end=2450
+  _globals['_MEDIACONTROL']._serialized_start=2453
+  _globals['_MEDIACONTROL']._serialized_end=3098
 # @@protoc_insertion_point(module_scope)

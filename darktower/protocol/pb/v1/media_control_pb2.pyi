@@ -156,6 +156,7 @@ class RoutingOptions(_message.Message):
     TARGET_BITRATE_FIELD_NUMBER: _builtins.int
     MIX_AUDIO_FIELD_NUMBER: _builtins.int
     PREFERRED_LAYER_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
     transcode: _builtins.bool
     target_codec: _builtins.str
     target_bitrate: _builtins.int
@@ -165,6 +166,10 @@ class RoutingOptions(_message.Message):
     """Addition to the contract: the simulcast layer_id the destinations prefer (empty: the
     router chooses from the available bitrate).
     """
+    pinned: _builtins.bool
+    """Addition to the contract: LastN never holds this video back from the destinations
+    (SubscriptionOptions.pinned, docs/protocol.md §17).
+    """
     def __init__(
         self,
         *,
@@ -173,10 +178,11 @@ class RoutingOptions(_message.Message):
         target_bitrate: _builtins.int = ...,
         mix_audio: _builtins.bool = ...,
         preferred_layer: _builtins.str = ...,
+        pinned: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mix_audio", b"mix_audio", "preferred_layer", b"preferred_layer", "target_bitrate", b"target_bitrate", "target_codec", b"target_codec", "transcode", b"transcode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mix_audio", b"mix_audio", "pinned", b"pinned", "preferred_layer", b"preferred_layer", "target_bitrate", b"target_bitrate", "target_codec", b"target_codec", "transcode", b"transcode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -527,6 +533,9 @@ class TelemetryEvent(_message.Message):
     TELEMETRY_FIELD_NUMBER: _builtins.int
     KEY_FRAME_REQUEST_FIELD_NUMBER: _builtins.int
     PARTICIPANT_DISCONNECTED_FIELD_NUMBER: _builtins.int
+    SUBSCRIBER_QUALITY_FIELD_NUMBER: _builtins.int
+    PUBLISHER_FEEDBACK_FIELD_NUMBER: _builtins.int
+    ACTIVE_SPEAKERS_FIELD_NUMBER: _builtins.int
     meeting_id: _builtins.str
     @_builtins.property
     def telemetry(self) -> Global___MediaTelemetry: ...
@@ -536,6 +545,17 @@ class TelemetryEvent(_message.Message):
 
     @_builtins.property
     def participant_disconnected(self) -> Global___ParticipantDisconnected: ...
+    @_builtins.property
+    def subscriber_quality(self) -> Global___SubscriberQuality:
+        """Additions to the contract (docs/protocol.md §17): for the MC to forward as a
+        StreamQualityUpdate to the subscriber, as one to the publisher, and as ActiveSpeakers to
+        every member of the meeting.
+        """
+
+    @_builtins.property
+    def publisher_feedback(self) -> Global___PublisherFeedback: ...
+    @_builtins.property
+    def active_speakers(self) -> Global___SpeakerList: ...
     def __init__(
         self,
         *,
@@ -543,13 +563,126 @@ class TelemetryEvent(_message.Message):
         telemetry: Global___MediaTelemetry | None = ...,
         key_frame_request: _common_pb2.KeyFrameRequest | None = ...,
         participant_disconnected: Global___ParticipantDisconnected | None = ...,
+        subscriber_quality: Global___SubscriberQuality | None = ...,
+        publisher_feedback: Global___PublisherFeedback | None = ...,
+        active_speakers: Global___SpeakerList | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "key_frame_request", b"key_frame_request", "participant_disconnected", b"participant_disconnected", "telemetry", b"telemetry"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["active_speakers", b"active_speakers", "event", b"event", "key_frame_request", b"key_frame_request", "participant_disconnected", b"participant_disconnected", "publisher_feedback", b"publisher_feedback", "subscriber_quality", b"subscriber_quality", "telemetry", b"telemetry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "key_frame_request", b"key_frame_request", "meeting_id", b"meeting_id", "participant_disconnected", b"participant_disconnected", "telemetry", b"telemetry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_speakers", b"active_speakers", "event", b"event", "key_frame_request", b"key_frame_request", "meeting_id", b"meeting_id", "participant_disconnected", b"participant_disconnected", "publisher_feedback", b"publisher_feedback", "subscriber_quality", b"subscriber_quality", "telemetry", b"telemetry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["telemetry", "key_frame_request", "participant_disconnected"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["telemetry", "key_frame_request", "participant_disconnected", "subscriber_quality", "publisher_feedback", "active_speakers"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___TelemetryEvent: _TypeAlias = TelemetryEvent  # noqa: Y015
+
+@_typing.final
+class SubscriberQuality(_message.Message):
+    """Addition to the contract: the MH's estimate of what one subscriber's connection can take,
+    for one stream it receives.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    AVAILABLE_BITRATE_FIELD_NUMBER: _builtins.int
+    RTT_MS_FIELD_NUMBER: _builtins.int
+    PACKET_LOSS_FIELD_NUMBER: _builtins.int
+    LAYER_ID_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    """the subscriber"""
+    stream_id: _builtins.str
+    """the stream as subscribed (a simulcast video's stream id)"""
+    available_bitrate: _builtins.int
+    """bits per second, from QUIC's state"""
+    rtt_ms: _builtins.int
+    packet_loss: _builtins.float
+    """0..1 since the previous estimate"""
+    layer_id: _builtins.str
+    """the layer it receives (empty: not simulcast)"""
+    paused: _builtins.bool
+    """held back by LastN"""
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        stream_id: _builtins.str = ...,
+        available_bitrate: _builtins.int = ...,
+        rtt_ms: _builtins.int = ...,
+        packet_loss: _builtins.float = ...,
+        layer_id: _builtins.str = ...,
+        paused: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_bitrate", b"available_bitrate", "layer_id", b"layer_id", "packet_loss", b"packet_loss", "participant_id", b"participant_id", "paused", b"paused", "rtt_ms", b"rtt_ms", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscriberQuality: _TypeAlias = SubscriberQuality  # noqa: Y015
+
+@_typing.final
+class PublisherFeedback(_message.Message):
+    """Addition to the contract: what the subscribers of one published stream can take."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    AVAILABLE_BITRATE_FIELD_NUMBER: _builtins.int
+    PACKET_LOSS_FIELD_NUMBER: _builtins.int
+    RTT_MS_FIELD_NUMBER: _builtins.int
+    LAYERS_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    available_bitrate: _builtins.int
+    """The most any subscriber of this stream (of its top active layer, for simulcast) can take;
+    0: nobody subscribes or nothing is known.
+    """
+    packet_loss: _builtins.float
+    """the publisher's own connection"""
+    rtt_ms: _builtins.int
+    """the publisher's own connection"""
+    @_builtins.property
+    def layers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.LayerFeedback]:
+        """simulcast only"""
+
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        available_bitrate: _builtins.int = ...,
+        packet_loss: _builtins.float = ...,
+        rtt_ms: _builtins.int = ...,
+        layers: _abc.Iterable[_common_pb2.LayerFeedback] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_bitrate", b"available_bitrate", "layers", b"layers", "packet_loss", b"packet_loss", "rtt_ms", b"rtt_ms", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublisherFeedback: _TypeAlias = PublisherFeedback  # noqa: Y015
+
+@_typing.final
+class SpeakerList(_message.Message):
+    """Addition to the contract: the dominant speaker first, then the other recent speakers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def participant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        participant_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["participant_ids", b"participant_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpeakerList: _TypeAlias = SpeakerList  # noqa: Y015

@@ -151,6 +151,7 @@ class ServerMessage(_message.Message):
     MEDIA_RECONNECT_FIELD_NUMBER: _builtins.int
     RECORDING_STATUS_FIELD_NUMBER: _builtins.int
     SUBSCRIPTION_UPDATED_FIELD_NUMBER: _builtins.int
+    ACTIVE_SPEAKERS_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     protocol_version: _builtins.int
@@ -207,6 +208,10 @@ class ServerMessage(_message.Message):
         changed (docs/protocol.md §2.2).
         """
 
+    @_builtins.property
+    def active_speakers(self) -> Global___ActiveSpeakers:
+        """Addition to the contract: who speaks in the meeting (docs/protocol.md §17)."""
+
     def __init__(
         self,
         *,
@@ -228,13 +233,14 @@ class ServerMessage(_message.Message):
         media_reconnect: Global___MediaReconnect | None = ...,
         recording_status: Global___RecordingStatus | None = ...,
         subscription_updated: Global___SubscriptionUpdated | None = ...,
+        active_speakers: Global___ActiveSpeakers | None = ...,
         protocol_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "media_reconnect", b"media_reconnect", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_updated", b"participant_updated", "participants_batch", b"participants_batch", "pong", b"pong", "quality", b"quality", "recording_status", b"recording_status", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished", "subscription_updated", b"subscription_updated"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "active_speakers", b"active_speakers", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "media_reconnect", b"media_reconnect", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_updated", b"participant_updated", "participants_batch", b"participants_batch", "pong", b"pong", "quality", b"quality", "recording_status", b"recording_status", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished", "subscription_updated", b"subscription_updated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "media_reconnect", b"media_reconnect", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_updated", b"participant_updated", "participants_batch", b"participants_batch", "pong", b"pong", "protocol_version", b"protocol_version", "quality", b"quality", "recording_status", b"recording_status", "request_id", b"request_id", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished", "subscription_updated", b"subscription_updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "active_speakers", b"active_speakers", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "media_reconnect", b"media_reconnect", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_updated", b"participant_updated", "participants_batch", b"participants_batch", "pong", b"pong", "protocol_version", b"protocol_version", "quality", b"quality", "recording_status", b"recording_status", "request_id", b"request_id", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished", "subscription_updated", b"subscription_updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["join_response", "participant_joined", "participant_left", "stream_published", "stream_unpublished", "ack", "quality", "key_frame_request", "pong", "error", "key_share", "session_ended", "participants_batch", "participant_updated", "media_reconnect", "recording_status", "subscription_updated"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["join_response", "participant_joined", "participant_left", "stream_published", "stream_unpublished", "ack", "quality", "key_frame_request", "pong", "error", "key_share", "session_ended", "participants_batch", "participant_updated", "media_reconnect", "recording_status", "subscription_updated", "active_speakers"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -634,18 +640,24 @@ class SubscriptionOptions(_message.Message):
 
     PREFERRED_LAYER_FIELD_NUMBER: _builtins.int
     MAX_BITRATE_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
     preferred_layer: _builtins.str
     """For simulcast"""
     max_bitrate: _builtins.int
+    pinned: _builtins.bool
+    """Addition to the contract: keep this video whoever speaks (LastN does not hold a pinned
+    video back, docs/protocol.md §17).
+    """
     def __init__(
         self,
         *,
         preferred_layer: _builtins.str = ...,
         max_bitrate: _builtins.int = ...,
+        pinned: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_bitrate", b"max_bitrate", "preferred_layer", b"preferred_layer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_bitrate", b"max_bitrate", "pinned", b"pinned", "preferred_layer", b"preferred_layer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -682,10 +694,27 @@ class StreamQualityUpdate(_message.Message):
     AVAILABLE_BITRATE_FIELD_NUMBER: _builtins.int
     PACKET_LOSS_FIELD_NUMBER: _builtins.int
     RTT_MS_FIELD_NUMBER: _builtins.int
+    LAYER_ID_FIELD_NUMBER: _builtins.int
+    LAYERS_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.str
     available_bitrate: _builtins.int
     packet_loss: _builtins.float
     rtt_ms: _builtins.int
+    layer_id: _builtins.str
+    """Addition to the contract, to a subscriber: the simulcast layer it receives of stream_id
+    (empty: not simulcast), docs/protocol.md §17.
+    """
+    paused: _builtins.bool
+    """Addition to the contract, to a subscriber: the MH holds this video back (LastN: its
+    publisher is not among the recent speakers, and the subscriber did not pin it).
+    """
+    @_builtins.property
+    def layers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.LayerFeedback]:
+        """Addition to the contract, to a publisher of a simulcast video: each layer, whether anyone
+        receives it and what they can take; a layer not active is to be paused (dynacast).
+        """
+
     def __init__(
         self,
         *,
@@ -693,14 +722,41 @@ class StreamQualityUpdate(_message.Message):
         available_bitrate: _builtins.int = ...,
         packet_loss: _builtins.float = ...,
         rtt_ms: _builtins.int = ...,
+        layer_id: _builtins.str = ...,
+        layers: _abc.Iterable[_common_pb2.LayerFeedback] | None = ...,
+        paused: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_bitrate", b"available_bitrate", "packet_loss", b"packet_loss", "rtt_ms", b"rtt_ms", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_bitrate", b"available_bitrate", "layer_id", b"layer_id", "layers", b"layers", "packet_loss", b"packet_loss", "paused", b"paused", "rtt_ms", b"rtt_ms", "stream_id", b"stream_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamQualityUpdate: _TypeAlias = StreamQualityUpdate  # noqa: Y015
+
+@_typing.final
+class ActiveSpeakers(_message.Message):
+    """Addition to the contract: the participants who speak, the dominant speaker first, then the
+    other recent speakers, most recent first (at most 2 updates a second, docs/protocol.md §17).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def participant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        participant_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["participant_ids", b"participant_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActiveSpeakers: _TypeAlias = ActiveSpeakers  # noqa: Y015
 
 @_typing.final
 class UnpublishStream(_message.Message):
