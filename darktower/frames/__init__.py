@@ -2,7 +2,8 @@
 
 ``FrameHeader`` encodes and decodes the header; ``encode_frame`` joins a header and a payload;
 ``FrameDecoder`` turns a stream's bytes, in chunks of any size, into ``Frame`` objects whose
-``raw`` bytes a router forwards unchanged. Malformed input raises a ``FrameError`` (a
+``raw`` bytes a router forwards unchanged; ``audio_level_of`` reads an audio frame's level
+(docs/protocol.md §17.1) from those bytes. Malformed input raises a ``FrameError`` (a
 ``StreamError``, so ``ErrorCode.STREAM_ERROR``).
 """
 
@@ -16,18 +17,23 @@ from darktower.frames._errors import (
 )
 from darktower.frames._frame import Frame, encode_frame
 from darktower.frames._header import (
+    AUDIO_LEVEL_OFFSET,
     DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
+    MAX_AUDIO_LEVEL,
     MAX_PAYLOAD_LENGTH,
     VERSION,
     FrameFlags,
     FrameHeader,
     FrameType,
+    audio_level_of,
 )
 
 __all__ = [
+    "AUDIO_LEVEL_OFFSET",
     "DEFAULT_MAX_PAYLOAD",
     "HEADER_SIZE",
+    "MAX_AUDIO_LEVEL",
     "MAX_PAYLOAD_LENGTH",
     "VERSION",
     "Frame",
@@ -40,5 +46,6 @@ __all__ = [
     "TruncatedFrame",
     "UnknownFrameType",
     "UnsupportedFrameVersion",
+    "audio_level_of",
     "encode_frame",
 ]

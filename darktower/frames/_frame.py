@@ -8,6 +8,7 @@ import attrs
 
 from darktower.frames._errors import TruncatedFrame
 from darktower.frames._header import (
+    AUDIO_LEVEL_OFFSET,
     FLAGS,
     FLAGS_MASK,
     FRAME_TYPES,
@@ -17,6 +18,7 @@ from darktower.frames._header import (
     FrameHeader,
     FrameType,
     HeaderFields,
+    audio_level_of,
     header_from_fields,
 )
 
@@ -28,7 +30,8 @@ class Frame:
     the bytes after the header; both are read-only views, never copies.
 
     A router forwards ``raw`` unchanged; the SFU never re-encodes. The routing fields
-    (``frame_type``, ``flags``, ``stream_id_bytes``, ``sequence``, ``timestamp_us``) are cheap;
+    (``frame_type``, ``flags``, ``stream_id_bytes``, ``sequence``, ``timestamp_us``,
+    ``audio_level``) are cheap;
     ``header`` builds the typed :class:`FrameHeader` (with its ``uuid.UUID``) on first use.
 
     Equal frames have the same typed header and payload (reserved bits and bytes do not count).
@@ -86,7 +89,7 @@ class Frame:
         try:
             return self._header
         except AttributeError:
-            header = self._header = header_from_fields(self._fields)
+            header = self._header = header_from_fields(self._fields, self.raw[AUDIO_LEVEL_OFFSET])
             return header
 
     @property
@@ -117,6 +120,11 @@ class Frame:
     @property
     def flags(self) -> FrameFlags:
         return FLAGS[self._fields[6] & FLAGS_MASK]
+
+    @property
+    def audio_level(self) -> int | None:
+        """0..127 in -dBov, None if not given or not audio (docs/protocol.md §17.1)."""
+        return audio_level_of(self.raw)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Frame):

@@ -10,10 +10,13 @@ Layout, all integers big-endian::
         26    8 sequence number
         34    4 payload length
         38    2 flags              (bit 0 end of frame, bit 1 discardable, bits 2-15 reserved)
-        40    6 reserved
+        40    1 audio level        (audio frames: bit 7 present, bits 0-6 the level in -dBov)
+        41    5 reserved
         46      payload
 
-Reserved bits and bytes are written as zero and ignored on receive.
+Reserved bits and bytes are written as zero and ignored on receive. The audio level
+(docs/protocol.md §17.1) is an addition: 0 (the byte unset) means none; on a video frame the byte
+is ignored.
 """
 
 from __future__ import annotations
@@ -35,10 +38,20 @@ from darktower.frames._errors import (
 VERSION: Final = 1
 HEADER_SIZE: Final = 46
 
-# The one description of the layout; the decoder's hot path uses it too. The six reserved bytes
-# are pad bytes ("6x"): packed as zero, skipped on unpack.
+# The layout as every reader unpacks it; the decoder's hot path uses it too. The audio level byte
+# and the five reserved bytes are pad bytes ("6x"), skipped on unpack: the level is read from the
+# wire bytes only by who wants it (AUDIO_LEVEL_OFFSET, audio_level_of), so the tuple unpacked for
+# every frame does not grow. ENCODE_STRUCT is the same layout with the level byte spelled out
+# ("B5x"), for writing.
 HEADER_STRUCT: Final = struct.Struct(">BB16sQQIH6x")
-assert HEADER_STRUCT.size == HEADER_SIZE
+ENCODE_STRUCT: Final = struct.Struct(">BB16sQQIHB5x")
+assert HEADER_STRUCT.size == ENCODE_STRUCT.size == HEADER_SIZE
+
+# The audio level byte (docs/protocol.md §17.1), in the manner of RFC 6464: bit 7 says a level
+# is given, bits 0-6 are the level in -dBov (0 the loudest, 127 silence); 0 means no level.
+AUDIO_LEVEL_OFFSET: Final = 40
+AUDIO_LEVEL_PRESENT: Final = 0x80
+MAX_AUDIO_LEVEL: Final = 0x7F  # also the mask of the level bits
 
 # Limit: the largest payload a decoder accepts by default. Policy when exceeded: the stream is
 # reset with STREAM_ERROR (FramePayloadTooLarge), decided from the header before any of the
@@ -91,6 +104,28 @@ def _to_flags(value: int) -> FrameFlags:
     return value if type(value) is FrameFlags else FrameFlags(value)
 
 
+def _valid_audio_level(
+    instance: FrameHeader, attribute: attrs.Attribute[int | None], value: int | None
+) -> None:
+    if value is None:
+        return
+    if type(value) is not int or not 0 <= value <= MAX_AUDIO_LEVEL:
+        raise ValueError(f"audio_level must be None or in [0, {MAX_AUDIO_LEVEL}], got {value!r}")
+    if instance.frame_type != FrameType.AUDIO:
+        raise ValueError("audio_level is for audio frames only")
+
+
+def audio_level_of(raw: bytes | bytearray | memoryview) -> int | None:
+    """The audio level of one frame's wire bytes (at least its header; the decoder's
+    ``Frame.raw`` is): 0..127 in -dBov, or None when the frame gives none or is not audio
+    (docs/protocol.md §17.1). Two byte reads, for the Media Handler's per-frame path; never
+    raises on a whole header, whatever its bytes."""
+    level = raw[AUDIO_LEVEL_OFFSET]
+    if level & AUDIO_LEVEL_PRESENT and raw[1] == 0:  # 0: FrameType.AUDIO
+        return level & MAX_AUDIO_LEVEL
+    return None
+
+
 def _no_reserved_flags(
     instance: object, attribute: attrs.Attribute[FrameFlags], value: int
 ) -> None:
@@ -103,7 +138,8 @@ class FrameHeader:
     """One media frame header. Build it with keywords; ``version`` defaults to 1.
 
     ``version`` may be any byte so that tests can produce frames a peer must reject; ``decode``
-    only accepts version 1.
+    only accepts version 1. ``audio_level`` (0..127 in -dBov, None: not given) is allowed on
+    audio frames only; decoding ignores the level byte of a video frame.
     """
 
     version: int = attrs.field(default=VERSION, validator=_in_range(0, 0xFF))
@@ -115,12 +151,14 @@ class FrameHeader:
     flags: FrameFlags = attrs.field(
         default=FrameFlags(0), converter=_to_flags, validator=_no_reserved_flags
     )
+    audio_level: int | None = attrs.field(default=None, validator=_valid_audio_level)
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> FrameHeader:
         """Decode the first :data:`HEADER_SIZE` bytes of ``data``; the rest is ignored.
 
-        Reserved flag bits and reserved bytes are ignored. Raises :class:`TruncatedFrame` if
+        Reserved flag bits and reserved bytes are ignored, and so is the audio level byte of a
+        video frame. Raises :class:`TruncatedFrame` if
         ``data`` is shorter than a header, :class:`UnsupportedFrameVersion` or
         :class:`UnknownFrameType` for bytes this version cannot read. The payload length is not
         checked against any limit here; :class:`FrameDecoder` does that.
@@ -130,11 +168,12 @@ class FrameHeader:
                 f"a frame header is {HEADER_SIZE} bytes, got {len(data)}",
                 details={"length": str(len(data))},
             )
-        return header_from_fields(HEADER_STRUCT.unpack_from(data))
+        return header_from_fields(HEADER_STRUCT.unpack_from(data), data[AUDIO_LEVEL_OFFSET])
 
     def encode(self) -> bytes:
-        """The 46 header bytes, reserved bits and bytes zero."""
-        return HEADER_STRUCT.pack(
+        """The 46 header bytes, reserved bits and bytes zero (the level byte too if no level)."""
+        level = self.audio_level
+        return ENCODE_STRUCT.pack(
             self.version,
             self.frame_type,
             self.stream_id.bytes,
@@ -142,6 +181,7 @@ class FrameHeader:
             self.sequence,
             self.payload_length,
             self.flags,
+            0 if level is None else AUDIO_LEVEL_PRESENT | level,
         )
 
 
@@ -169,8 +209,9 @@ def check_fields(fields: HeaderFields, max_payload: int = MAX_PAYLOAD_LENGTH) ->
 _set = object.__setattr__
 
 
-def header_from_fields(fields: HeaderFields) -> FrameHeader:
-    """A typed header from unpacked fields, after :func:`check_fields`; reserved flags masked."""
+def header_from_fields(fields: HeaderFields, level_byte: int = 0) -> FrameHeader:
+    """A typed header from unpacked fields, after :func:`check_fields`; reserved flags masked.
+    ``level_byte`` is the wire byte at :data:`AUDIO_LEVEL_OFFSET` (ignored unless audio)."""
     check_fields(fields)
     version, frame_type, stream_id, timestamp_us, sequence, length, flags = fields
     # Skips attrs' validators and converters (they cost more than the rest of decoding): the
@@ -183,4 +224,6 @@ def header_from_fields(fields: HeaderFields) -> FrameHeader:
     _set(header, "sequence", sequence)
     _set(header, "payload_length", length)
     _set(header, "flags", FLAGS[flags & FLAGS_MASK])
+    present = level_byte & AUDIO_LEVEL_PRESENT and frame_type == 0  # 0: FrameType.AUDIO
+    _set(header, "audio_level", level_byte & MAX_AUDIO_LEVEL if present else None)
     return header

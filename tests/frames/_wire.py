@@ -17,6 +17,7 @@ def make(
     payload: bytes,
     frame_type: FrameType = FrameType.AUDIO,
     flags: FrameFlags = FrameFlags.END_OF_FRAME,
+    audio_level: int | None = None,
 ) -> tuple[Expected, bytes]:
     header = FrameHeader(
         frame_type=frame_type,
@@ -25,15 +26,18 @@ def make(
         sequence=sequence,
         payload_length=len(payload),
         flags=flags,
+        audio_level=audio_level,
     )
     return (header, payload), encode_frame(header, payload)
 
 
 def stream_of(*payloads: bytes) -> tuple[list[Expected], bytes]:
+    """Frames of each type in turn; every other audio frame carries an audio level."""
     types = [FrameType.AUDIO, FrameType.VIDEO_KEY, FrameType.VIDEO_DELTA]
     expected, wire = [], b""
     for i, payload in enumerate(payloads):
-        e, w = make(i, payload, types[i % 3], FrameFlags(i % 4))
+        level = (i * 37) % 128 if i % 6 == 3 else None  # i % 3 == 0: audio
+        e, w = make(i, payload, types[i % 3], FrameFlags(i % 4), level)
         expected.append(e)
         wire += w
     return expected, wire

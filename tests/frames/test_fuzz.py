@@ -15,6 +15,8 @@ from darktower.frames import (
     FrameDecoder,
     FrameError,
     FrameHeader,
+    FrameType,
+    audio_level_of,
 )
 from tests._fuzz import fuzz_settings
 
@@ -70,6 +72,49 @@ def test_header_parser_raises_only_frame_errors(data: bytes) -> None:
         return
     assert header.encode()[:2] == data[:2]  # version 1 and a known type round-trip
     assert header.payload_length == int.from_bytes(data[34:38], "big")
+    _check_level(data, header)
+
+
+def _check_level(data: bytes, header: FrameHeader) -> None:
+    """The audio level byte (docs/protocol.md §17.1) reads the same every way, within range."""
+    level = audio_level_of(data)
+    assert level == header.audio_level
+    assert level is None or 0 <= level <= 127
+    assert (level is not None) == bool(data[40] & 0x80 and data[1] == FrameType.AUDIO)
+    assert FrameHeader.decode(header.encode()) == header
+
+
+@fuzz_settings()
+@given(
+    st.integers(min_value=0, max_value=255),
+    st.sampled_from(FrameType),
+    st.binary(min_size=HEADER_SIZE - 2, max_size=HEADER_SIZE - 2),
+    st.binary(max_size=64),
+)
+def test_level_byte_any_value_is_safe(
+    byte: int, frame_type: FrameType, rest: bytes, payload: bytes
+) -> None:
+    """Any value of the level byte, on any frame type, through every parser."""
+    head = bytearray(bytes([1, frame_type]) + rest)
+    head[34:38] = len(payload).to_bytes(4, "big")
+    head[40] = byte
+    wire = bytes(head) + payload
+    header = FrameHeader.decode(wire)
+    _check_level(wire, header)
+    decoder = FrameDecoder(MAX_PAYLOAD)
+    decoder.receive_data(wire)
+    (frame,) = list(decoder)
+    assert frame.audio_level == header.audio_level == frame.header.audio_level
+    assert frame.header == header
+
+
+def test_level_byte_every_value_exhaustively() -> None:
+    _, wire = stream_of(b"xyz")
+    for frame_type in FrameType:
+        for byte in range(256):
+            data = wire[:1] + bytes([frame_type]) + wire[2:40] + bytes([byte]) + wire[41:]
+            _check_level(data, FrameHeader.decode(data))
+            assert Frame.from_wire(data).audio_level == audio_level_of(data)
 
 
 @fuzz_settings()

@@ -19,6 +19,7 @@ from darktower.frames import (
     TruncatedFrame,
     UnknownFrameType,
     UnsupportedFrameVersion,
+    audio_level_of,
     encode_frame,
 )
 
@@ -124,10 +125,11 @@ def test_golden_decode(header: FrameHeader, payload: bytes, wire: str) -> None:
 
 
 # The same audio frame as the first vector, but with every reserved flag bit and every reserved
-# byte set, as a careless or future peer might send it.
+# byte set, as a careless or future peer might send it, and the level bits set without the
+# "present" bit 7 (docs/protocol.md §17.1: no level).
 RESERVED_SET = hexbytes(
     "01 00 00112233445566778899aabbccddeeff 0102030405060708 1112131415161718"
-    " 00000003 fffc ffffffffffff 616263"
+    " 00000003 fffc 7fffffffffff 616263"
 )
 CANONICAL = hexbytes(
     "01 00 00112233445566778899aabbccddeeff 0102030405060708 1112131415161718"
@@ -287,23 +289,31 @@ def test_frame_from_wire_copies_mutable_input() -> None:
     assert bytes(frame.payload) == b"abc"
 
 
-headers = st.builds(
-    FrameHeader,
-    frame_type=st.sampled_from(FrameType),
-    stream_id=st.uuids(),
-    timestamp_us=st.integers(0, U64_MAX),
-    sequence=st.integers(0, U64_MAX),
-    payload_length=st.integers(0, 2**32 - 1),
-    flags=st.integers(0, 3).map(FrameFlags),
-)
+@st.composite
+def headers(draw: st.DrawFn) -> FrameHeader:
+    frame_type = draw(st.sampled_from(FrameType))
+    levels = st.none() | st.integers(0, 127) if frame_type == FrameType.AUDIO else st.none()
+    return FrameHeader(
+        frame_type=frame_type,
+        stream_id=draw(st.uuids()),
+        timestamp_us=draw(st.integers(0, U64_MAX)),
+        sequence=draw(st.integers(0, U64_MAX)),
+        payload_length=draw(st.integers(0, 2**32 - 1)),
+        flags=FrameFlags(draw(st.integers(0, 3))),
+        audio_level=draw(levels),
+    )
 
 
-@given(headers)
+@given(headers())
 def test_header_round_trip(header: FrameHeader) -> None:
     wire = header.encode()
     assert len(wire) == HEADER_SIZE
-    assert wire[40:46] == bytes(6)
+    level = header.audio_level
+    assert wire[40] == (0 if level is None else 0x80 | level)
+    assert wire[41:46] == bytes(5)
     assert FrameHeader.decode(wire) == header
+    frame = Frame.build(header, b"")
+    assert frame.audio_level == level == audio_level_of(frame.raw) == frame.header.audio_level
 
 
 @given(
@@ -314,7 +324,75 @@ def test_any_readable_header_reencodes_canonically(frame_type: FrameType, rest: 
     wire = bytes([1, frame_type]) + rest
     header = FrameHeader.decode(wire)
     again = header.encode()
-    # Everything but the reserved bits and bytes survives; those come back as zero.
+    # Everything but the reserved bits and bytes survives; those come back as zero, and so does
+    # a level byte without its bit 7 or on a video frame.
     assert again[:38] == wire[:38]
     assert again[38:40] == bytes([0, wire[39] & 3])
-    assert again[40:] == bytes(6)
+    level = wire[40] if wire[40] & 0x80 and frame_type == FrameType.AUDIO else 0
+    assert again[40:] == bytes([level]) + bytes(5)
+    assert header.audio_level == (level & 0x7F if level else None) == audio_level_of(wire)
+
+
+# The audio level byte (docs/protocol.md §17.1): bit 7 present, bits 0-6 the level in -dBov.
+@pytest.mark.parametrize(
+    ("byte", "level"),
+    [(0x00, None), (0x80, 0), (0x81, 1), (0xBF, 63), (0xFF, 127), (0x7F, None), (0x01, None)],
+)
+def test_audio_level_byte(byte: int, level: int | None) -> None:
+    wire = CANONICAL[:40] + bytes([byte]) + CANONICAL[41:]
+    header = FrameHeader.decode(wire)
+    assert header.audio_level == level
+    assert audio_level_of(wire) == level
+    assert audio_level_of(memoryview(wire)) == level
+    frame = Frame.from_wire(wire)
+    assert frame.audio_level == level and frame.header.audio_level == level
+    assert bytes(frame.raw) == wire  # forwarded byte-identical
+    # Written back canonically: the byte if it says a level, else zero.
+    assert header.encode()[40] == (byte if level is not None else 0)
+
+
+def test_audio_level_golden_encode() -> None:
+    header = FrameHeader(
+        frame_type=FrameType.AUDIO,
+        stream_id=SID,
+        timestamp_us=0x0102030405060708,
+        sequence=0x1112131415161718,
+        payload_length=3,
+        audio_level=42,
+    )
+    assert encode_frame(header, b"abc") == hexbytes(
+        "01 00 00112233445566778899aabbccddeeff 0102030405060708 1112131415161718"
+        " 00000003 0000 aa0000000000 616263"
+    )
+
+
+@pytest.mark.parametrize("frame_type", [FrameType.VIDEO_KEY, FrameType.VIDEO_DELTA])
+def test_audio_level_on_a_video_frame_is_ignored(frame_type: FrameType) -> None:
+    wire = bytearray(CANONICAL)
+    wire[1] = frame_type
+    wire[40] = 0x8A
+    header = FrameHeader.decode(wire)
+    assert header.audio_level is None
+    assert audio_level_of(wire) is None
+    assert Frame.from_wire(wire).audio_level is None
+    assert header.encode()[40] == 0
+    # ...and a video header cannot be given one.
+    with pytest.raises(ValueError, match="audio frames only"):
+        FrameHeader(frame_type=frame_type, stream_id=SID, timestamp_us=0, sequence=0, audio_level=3)
+
+
+@pytest.mark.parametrize("level", [-1, 128, 255, True, 1.0])
+def test_audio_level_out_of_range(level: object) -> None:
+    with pytest.raises(ValueError, match="audio_level"):
+        FrameHeader(
+            frame_type=FrameType.AUDIO,
+            stream_id=SID,
+            timestamp_us=0,
+            sequence=0,
+            audio_level=level,  # type: ignore[arg-type]
+        )
+
+
+def test_frames_differing_only_in_level_differ() -> None:
+    loud = CANONICAL[:40] + b"\x80" + CANONICAL[41:]
+    assert Frame.from_wire(loud) != Frame.from_wire(CANONICAL)
