@@ -24,6 +24,10 @@ from typing import Any, NoReturn
 import pytest
 
 CHROMIUM = os.environ.get("DARKTOWER_CHROMIUM", "/usr/bin/chromium")
+# Playwright's driver copies Chromium's stderr to its own, which pytest captures per test and
+# shows with a failure: a renderer that crashes ("Target crashed") leaves its signal and stack
+# there.
+os.environ.setdefault("DEBUG", "pw:browser")
 # Headless Chromium, kept off the network. Playwright adds --headless, its own user data dir and
 # debugging pipe.
 CHROMIUM_ARGS = [
