@@ -10,6 +10,11 @@ aioquic 1.7.2 keeps no counters, so two of its internals are used, both cheap:
   Only losses found by the RFC 9002 packet and time thresholds (``congestion_event=True``) are
   counted; a probe timeout that retransmits early is counted apart, as it implies no loss.
 
+For the MH's bandwidth estimate (docs/architecture.md §5.5) the same subclass counts the bytes
+of in-flight packets sent, acknowledged and declared lost (``on_packet_sent``,
+``on_ack_received``), and a sample reads the RTT figures, the congestion window and the bytes
+in flight that aioquic keeps, and the stream bytes written but never sent yet.
+
 Incoming loss is estimated as RTP receivers do (RFC 3550 §6.4.1): the peer's packets expected
 (from the largest 1-RTT packet number received) against the datagrams the connection received.
 Once the handshake is done a datagram carries exactly one 1-RTT packet, so over an interval
@@ -18,6 +23,7 @@ the difference of the two is what went missing; see :meth:`TransportStats.loss_s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Final
 
@@ -25,6 +31,7 @@ import attrs
 from aioquic import tls
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
 
 _ONE_RTT: Final = tls.Epoch.ONE_RTT
@@ -36,6 +43,26 @@ class CountingRecovery(QuicPacketRecovery):
 
     dt_lost = 0  # packets declared lost by the packet or time threshold
     dt_probed = 0  # packets retransmitted early on a probe timeout (not a loss)
+    dt_bytes_sent = 0  # bytes of in-flight packets sent
+    dt_bytes_acked = 0  # bytes of in-flight packets acknowledged
+    dt_bytes_lost = 0  # bytes of in-flight packets declared lost (or probed)
+
+    def on_packet_sent(self, *, packet: QuicSentPacket, space: QuicPacketSpace) -> None:
+        if packet.in_flight:
+            self.dt_bytes_sent += packet.sent_bytes
+        super().on_packet_sent(packet=packet, space=space)
+
+    def on_ack_received(
+        self, *, ack_rangeset: RangeSet, ack_delay: float, now: float, space: QuicPacketSpace
+    ) -> None:
+        # What left the flight here was acknowledged, or declared lost (counted apart).
+        before, lost = self._cc.bytes_in_flight, self.dt_bytes_lost
+        super().on_ack_received(
+            ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space
+        )
+        gone = before - self._cc.bytes_in_flight - (self.dt_bytes_lost - lost)
+        if gone > 0:
+            self.dt_bytes_acked += gone
 
     def _on_packets_lost(
         self,
@@ -48,6 +75,7 @@ class CountingRecovery(QuicPacketRecovery):
     ) -> None:
         if not isinstance(packets, list | tuple):
             packets = list(packets)
+        self.dt_bytes_lost += sum(p.sent_bytes for p in packets if p.in_flight)
         if congestion_event:
             self.dt_lost += len(packets)
         else:
@@ -86,6 +114,14 @@ class TransportStats:
     datagrams_received: int = 0
     peer_packets_expected: int = 0
     rtt_ms: float = 0.0
+    rtt_latest_ms: float = 0.0
+    rtt_min_ms: float = 0.0
+    congestion_window: int = 0
+    bytes_in_flight: int = 0
+    bytes_sent: int = 0
+    bytes_acked: int = 0
+    bytes_lost: int = 0
+    bytes_unsent: int = 0
 
     def loss_since(self, earlier: TransportStats) -> float:
         """The fraction (0..1) of the packets of both directions lost between ``earlier`` and
@@ -114,4 +150,14 @@ def read_stats(quic: QuicConnection, datagrams_received: int) -> TransportStats:
         datagrams_received=datagrams_received,
         peer_packets_expected=largest + 1,
         rtt_ms=recovery._rtt_smoothed * 1000,
+        rtt_latest_ms=recovery._rtt_latest * 1000,
+        rtt_min_ms=0.0 if recovery._rtt_min == math.inf else recovery._rtt_min * 1000,
+        congestion_window=recovery.congestion_window,
+        bytes_in_flight=recovery.bytes_in_flight,
+        bytes_sent=getattr(recovery, "dt_bytes_sent", 0),
+        bytes_acked=getattr(recovery, "dt_bytes_acked", 0),
+        bytes_lost=getattr(recovery, "dt_bytes_lost", 0),
+        bytes_unsent=sum(
+            max(0, s.sender._buffer_stop - s.sender.highest_offset) for s in quic._streams.values()
+        ),
     )

@@ -1,0 +1,293 @@
+"""What one subscriber connection can take: a delay- and loss-based bandwidth estimate.
+
+Sans-IO: no trio, time is a parameter (docs/architecture.md §4.3 says who feeds it). QUIC's
+congestion window alone overestimates a path that is not saturated (it grows while the sender
+is application-limited), so the estimate follows the path's signals, in the manner of GCC:
+
+* **Congestion** is queuing delay (the latest RTT above the smallest of the last
+  ``BASE_WINDOW_S``, by more than ``DELAY_THRESHOLD_S``, for two samples in a row), a backlog
+  at this end that keeps more than ``BACKLOG_S`` of the estimate and does not shrink, or heavy
+  loss (above ``LOSS_THRESHOLD`` of the packets of the last ``LOSS_WINDOW_S``; random loss
+  below it, as on a lossy radio link, is not congestion). On delay or backlog the estimate
+  becomes at most ``DECREASE`` times the rate actually delivered (acknowledged) over the last
+  ``DELIVERED_WINDOW_S``; on heavy loss alone it shrinks by half the loss, at most every
+  ``LOSS_DECREASE_S`` (as GCC's loss controller).
+* **Without congestion** it grows by ``GROWTH_PER_S`` (multiplicative), never above
+  ``APP_LIMITED_RATIO`` times the rate actually sent: a path that is not filled proves nothing
+  beyond what it carries.
+* **Probing** proves more: when the caller :meth:`wants <BandwidthEstimator.plan>` more than
+  the estimate and nothing was congested for the probe backoff, the caller sends padding at
+  the missing rate for up to ``PROBE_S``; the first sign of queuing delay ends the probe (a
+  failed probe doubles the backoff up to ``MAX_BACKOFF_S``), a clean probe that delivered what
+  it sent makes its rate the estimate.
+
+The estimate stays between ``MIN_BPS`` and the connection's ``max_bps`` (its byte budget).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final
+
+import attrs
+
+# The estimate before anything is known, bits/s.
+INITIAL_BPS: Final = 1_000_000
+# The estimate never goes below this (audio and the lowest video layer still flow), bits/s.
+MIN_BPS: Final = 50_000
+# Queuing delay (latest RTT above the base) that means congestion, seconds.
+DELAY_THRESHOLD_S: Final = 0.04
+# The base RTT is the smallest sample of this long (a path that changes is learnt in as long).
+BASE_WINDOW_S: Final = 10.0
+# A backlog at this end (queued and unsent bytes) above this long at the estimate, not
+# shrinking, for two samples in a row, is congestion too (a peer or a window that holds back).
+BACKLOG_S: Final = 0.25
+# Loss above this fraction of the packets sent over LOSS_WINDOW_S is congestion, counted only
+# once LOSS_MIN_PACKETS were sent in that window.
+LOSS_THRESHOLD: Final = 0.1
+LOSS_WINDOW_S: Final = 2.0
+LOSS_MIN_PACKETS: Final = 40
+LOSS_DECREASE_S: Final = 0.5
+# On congestion: the estimate becomes at most this times the rate delivered over the window.
+DECREASE: Final = 0.85
+DELIVERED_WINDOW_S: Final = 0.5
+# Without congestion: multiplicative growth per second, up to this times the rate sent (over
+# SENT_WINDOW_S).
+GROWTH_PER_S: Final = 1.08
+APP_LIMITED_RATIO: Final = 1.5
+SENT_WINDOW_S: Final = 1.0
+# Probing: after this long without congestion (doubled after each failed probe, up to
+# MAX_BACKOFF_S; a clean probe restarts it), at most PROBE_S, aiming this much above what is
+# wanted. A probe succeeds if the path delivered PROBE_DELIVERED of its rate meanwhile.
+PROBE_BACKOFF_S: Final = 1.5
+MAX_BACKOFF_S: Final = 3.0
+PROBE_S: Final = 0.6
+PROBE_HEADROOM: Final = 1.1
+PROBE_DELIVERED: Final = 0.8
+# A probe starts only for a want above the estimate by this ratio.
+PROBE_MIN_GAIN: Final = 1.05
+# Samples kept (time-bounded; this bounds them in count too, at ticks of ~0.1 s).
+HISTORY: Final = 64
+RTT_SAMPLES: Final = 256
+
+
+@attrs.frozen(slots=True)
+class LinkSample:
+    """One reading of a connection: cumulative QUIC counters and what waits at this end.
+
+    ``rtt_s`` is QUIC's latest RTT sample (0: none yet); the byte counts are whole UDP
+    payloads of in-flight packets; ``backlog`` is the bytes queued for the peer and not sent
+    yet (the subscriber's queues, the streams' unsent bytes)."""
+
+    now: float
+    rtt_s: float = 0.0
+    bytes_sent: int = 0
+    bytes_acked: int = 0
+    packets_sent: int = 0
+    packets_lost: int = 0
+    backlog: int = 0
+
+
+@attrs.define(slots=True)
+class _Probe:
+    target: float  # bits/s the connection carries during the probe
+    padding_bps: float  # the padding's share of it
+    start: float
+    until: float
+    acked_at_start: int
+    paid_at: float  # padding is owed from here on
+
+
+class BandwidthEstimator:
+    """The estimate of one connection (bits/s): :meth:`update` with each :class:`LinkSample`
+    (every ~0.1 s), then :meth:`plan` with what the caller would like to send, which returns
+    the bytes of padding to send now (0 but while probing)."""
+
+    def __init__(self, *, now: float, max_bps: float, initial_bps: float = INITIAL_BPS) -> None:
+        self.max_bps = float(max_bps)
+        self.estimate = _clamp(float(initial_bps), self.max_bps)
+        self.congested = False  # the last update found congestion
+        self.loss = 0.0  # the packet loss of the last LOSS_WINDOW_S
+        self.queuing_delay_s = 0.0
+        self.last_congested_at = -1e9
+        self.probe_succeeded_at = -1e9  # when a probe last made its rate the estimate
+        self.backoff_s = PROBE_BACKOFF_S
+        self._next_probe_at = now + PROBE_BACKOFF_S
+        self._probe: _Probe | None = None
+        self._history: deque[LinkSample] = deque(maxlen=HISTORY)
+        # (time, rtt) increasing in rtt: the front is the base (a monotonic queue).
+        self._rtts: deque[tuple[float, float]] = deque(maxlen=RTT_SAMPLES)
+        self._delay_high = 0  # samples in a row above the delay threshold
+        self._backlog_high = 0
+        self._last_backlog = 0
+        self._last: LinkSample | None = None
+        self._loss_decreased_at = -1e9
+
+    @property
+    def probing(self) -> bool:
+        return self._probe is not None
+
+    def delivered_bps(self, now: float) -> float | None:
+        """Acknowledged bits/s over the last DELIVERED_WINDOW_S (None: too short a history)."""
+        return self._rate(now, DELIVERED_WINDOW_S, acked=True)
+
+    def sent_bps(self, now: float) -> float | None:
+        return self._rate(now, SENT_WINDOW_S, acked=False)
+
+    def update(self, sample: LinkSample) -> None:
+        """Take one reading; move the estimate (see the module doc)."""
+        now = sample.now
+        last = self._last
+        self._last = sample
+        self._history.append(sample)
+        while len(self._history) > 2 and self._history[1].now <= now - max(
+            LOSS_WINDOW_S, SENT_WINDOW_S, DELIVERED_WINDOW_S
+        ):
+            self._history.popleft()
+        self._delay(sample)
+        self.loss = self._loss(sample)
+        backlog_high = self._backlog(sample)
+        heavy_loss = self.loss > LOSS_THRESHOLD
+        probe = self._probe
+        congested = (
+            self._delay_high >= (1 if probe is not None else 2) or backlog_high or heavy_loss
+        )
+        self.congested = congested
+        dt = 0.0 if last is None else max(0.0, now - last.now)
+        if congested:
+            self.last_congested_at = now
+            delivered = self.delivered_bps(now)
+            if delivered is not None:
+                self.estimate = _clamp(min(self.estimate, DECREASE * delivered), self.max_bps)
+            if probe is not None:
+                self._probe = None
+                self.backoff_s = min(self.backoff_s * 2, MAX_BACKOFF_S)
+            self._next_probe_at = now + self.backoff_s
+            return
+        if probe is not None and now >= probe.until:
+            self._end_probe(probe, now)
+        sent = self.sent_bps(now)
+        if dt and sent is not None:
+            ceiling = max(self.estimate, APP_LIMITED_RATIO * sent)
+            grown = self.estimate * GROWTH_PER_S**dt
+            self.estimate = _clamp(min(grown, ceiling), self.max_bps)
+
+    def plan(self, wanted_bps: float, now: float) -> int:
+        """What the caller would like to send now (bits/s, all of it); returns the bytes of
+        padding to send now: 0 unless a probe runs (one may start here)."""
+        probe = self._probe
+        if probe is None:
+            if (
+                wanted_bps > self.estimate * PROBE_MIN_GAIN
+                and self.estimate < self.max_bps
+                and now >= self._next_probe_at
+                and now - self.last_congested_at >= self.backoff_s
+                and not self._backlog_high
+                and self._last is not None
+            ):
+                probe = self._start_probe(wanted_bps, now)
+            else:
+                return 0
+        owed = probe.padding_bps * max(0.0, now - probe.paid_at) / 8
+        probe.paid_at = now
+        return int(owed)
+
+    def _start_probe(self, wanted_bps: float, now: float) -> _Probe:
+        target = min(wanted_bps * PROBE_HEADROOM, self.max_bps)
+        sent = self.sent_bps(now) or 0.0
+        assert self._last is not None
+        # The first tick's padding covers one tick ahead: from now on, it is paid as it goes.
+        probe = _Probe(
+            target,
+            max(0.0, target - sent),
+            now,
+            now + PROBE_S,
+            self._last.bytes_acked,
+            now - 0.1,
+        )
+        self._probe = probe
+        return probe
+
+    def _end_probe(self, probe: _Probe, now: float) -> None:
+        self._probe = None
+        last = self._last
+        assert last is not None
+        span = now - probe.start
+        delivered = (last.bytes_acked - probe.acked_at_start) * 8 / span if span > 0 else 0.0
+        if delivered >= PROBE_DELIVERED * probe.target:
+            self.estimate = _clamp(max(self.estimate, probe.target), self.max_bps)
+            self.probe_succeeded_at = now
+            self.backoff_s = PROBE_BACKOFF_S
+        else:  # the padding did not get out (a full window): as good as failed
+            self.estimate = _clamp(max(self.estimate, min(delivered, probe.target)), self.max_bps)
+            self.backoff_s = min(self.backoff_s * 2, MAX_BACKOFF_S)
+        self._next_probe_at = now + self.backoff_s
+
+    def _delay(self, sample: LinkSample) -> None:
+        rtt = sample.rtt_s
+        if rtt <= 0:
+            self._delay_high = 0
+            self.queuing_delay_s = 0.0
+            return
+        now = sample.now
+        rtts = self._rtts
+        while rtts and rtts[-1][1] >= rtt:
+            rtts.pop()
+        rtts.append((now, rtt))
+        while rtts[0][0] < now - BASE_WINDOW_S:
+            rtts.popleft()
+        self.queuing_delay_s = rtt - rtts[0][1]
+        high = self.queuing_delay_s > DELAY_THRESHOLD_S
+        self._delay_high = self._delay_high + 1 if high else 0
+
+    def _loss(self, sample: LinkSample) -> float:
+        first = self._first(sample.now - LOSS_WINDOW_S)
+        if first is None:
+            return 0.0
+        sent = sample.packets_sent - first.packets_sent
+        lost = sample.packets_lost - first.packets_lost
+        if sent < LOSS_MIN_PACKETS or lost <= 0:
+            return 0.0
+        return min(1.0, lost / sent)
+
+    def _backlog(self, sample: LinkSample) -> bool:
+        backlog = sample.backlog
+        limit = self.estimate / 8 * BACKLOG_S
+        if backlog > limit and backlog >= self._last_backlog:
+            self._backlog_high += 1
+        else:
+            self._backlog_high = 0
+        self._last_backlog = backlog
+        return self._backlog_high >= 2
+
+    def _first(self, since: float) -> LinkSample | None:
+        """The sample a window from ``since`` starts at: the newest not later than ``since``,
+        else the oldest kept (None: fewer than two samples)."""
+        history = self._history
+        if len(history) < 2:
+            return None
+        first = history[0]
+        for s in history:
+            if s.now > since:
+                break
+            first = s
+        return first if first is not history[-1] else None
+
+    def _rate(self, now: float, window: float, *, acked: bool) -> float | None:
+        first = self._first(now - window)
+        last = self._last
+        if first is None or last is None:
+            return None
+        span = last.now - first.now
+        if span < min(window, 0.2) * 0.9:
+            return None
+        delta = (
+            (last.bytes_acked - first.bytes_acked)
+            if acked
+            else (last.bytes_sent - first.bytes_sent)
+        )
+        return max(0, delta) * 8 / span
+
+
+def _clamp(bps: float, max_bps: float) -> float:
+    return max(MIN_BPS, min(bps, max_bps))

@@ -1,0 +1,139 @@
+"""The bandwidth estimator with plain numbers: a fluid model of a rate-capped link with a
+queue, random loss and a sender that sends what the layer choice gives it plus the padding the
+estimator asks for."""
+
+from __future__ import annotations
+
+import random
+
+from darktower.media_handler._estimate import (
+    MAX_BACKOFF_S,
+    MIN_BPS,
+    BandwidthEstimator,
+    LinkSample,
+)
+
+TICK = 0.1
+PACKET = 1200
+
+
+class Link:
+    """A link of ``cap`` bits/s (None: unlimited) behind a queue, ``base`` RTT, random loss."""
+
+    def __init__(self, cap: float | None, base: float = 0.01, loss: float = 0.0) -> None:
+        self.cap = cap
+        self.base = base
+        self.loss = loss
+        self.queue = 0.0  # bytes
+        self.sent = 0
+        self.acked = 0
+        self.packets = 0
+        self.lost = 0
+        self.rng = random.Random(7)
+        self.now = 0.0
+        self.padding = 0  # bytes the estimator asked for at the last tick
+
+    def step(self, send_bps: float) -> LinkSample:
+        self.now += TICK
+        data = send_bps * TICK / 8
+        packets = int(data // PACKET)
+        lost = sum(1 for _ in range(packets) if self.rng.random() < self.loss)
+        self.sent += int(data)
+        self.packets += packets
+        self.lost += lost
+        self.queue += data - lost * PACKET
+        out = self.queue if self.cap is None else min(self.queue, self.cap * TICK / 8)
+        self.queue -= out
+        self.acked += int(out)
+        rtt = self.base + (0.0 if self.cap is None else self.queue * 8 / self.cap)
+        return LinkSample(
+            now=self.now,
+            rtt_s=rtt,
+            bytes_sent=self.sent,
+            bytes_acked=self.acked,
+            packets_sent=self.packets,
+            packets_lost=self.lost,
+        )
+
+
+def run(
+    est: BandwidthEstimator,
+    link: Link,
+    seconds: float,
+    media: float | None = None,
+    want: float = 0.0,
+    trace: list[tuple[float, float, float]] | None = None,
+) -> None:
+    """Send ``media`` bits/s (None: what the estimate allows, as a layer choice would, up to
+    ``want``) and the estimator's padding for ``seconds``."""
+    for _ in range(round(seconds / TICK)):
+        rate = media if media is not None else min(want, est.estimate * 0.9)
+        sample = link.step(rate + link.padding * 8 / TICK)
+        est.update(sample)
+        link.padding = est.plan(want, link.now)
+        if trace is not None:
+            trace.append((link.now, est.estimate, link.queue * 8 / link.cap if link.cap else 0))
+
+
+def test_congestion_brings_the_estimate_to_the_cap() -> None:
+    link = Link(cap=300_000)
+    est = BandwidthEstimator(now=0.0, max_bps=100e6, initial_bps=1_000_000)
+    run(est, link, 0.5, media=550_000)
+    # The queue grows at 250 kbit/s: congestion within a few ticks, the estimate near the cap.
+    assert est.congested or est.last_congested_at > 0
+    assert 0.7 * 300_000 <= est.estimate <= 300_000
+
+
+def test_an_application_limited_sender_does_not_raise_the_estimate_past_its_rate() -> None:
+    link = Link(cap=None)
+    est = BandwidthEstimator(now=0.0, max_bps=100e6, initial_bps=200_000)
+    run(est, link, 10.0, media=200_000)
+    assert 200_000 <= est.estimate <= 1.5 * 200_000 * 1.01
+    assert not est.probing  # nothing more wanted: no probe
+
+
+def test_random_loss_below_the_threshold_keeps_the_estimate() -> None:
+    link = Link(cap=None, loss=0.05)
+    est = BandwidthEstimator(now=0.0, max_bps=100e6, initial_bps=600_000)
+    run(est, link, 10.0, media=550_000)
+    assert 0.04 < est.loss < 0.1
+    assert est.estimate >= 600_000
+    assert est.last_congested_at < 0
+
+
+def test_heavy_loss_is_congestion() -> None:
+    link = Link(cap=None, loss=0.2)
+    est = BandwidthEstimator(now=0.0, max_bps=100e6, initial_bps=2_000_000)
+    run(est, link, 4.0, media=550_000)
+    assert est.last_congested_at > 0
+    assert est.estimate < 0.8 * 2_000_000
+    assert not est.probing
+
+
+def test_a_probe_climbs_back_once_the_cap_lifts() -> None:
+    link = Link(cap=300_000)
+    est = BandwidthEstimator(now=0.0, max_bps=100e6, initial_bps=1_000_000)
+    trace: list[tuple[float, float, float]] = []
+    run(est, link, 6.0, want=550_000, trace=trace)
+    capped = est.estimate
+    assert 0.7 * 300_000 <= capped <= 1.3 * 300_000
+    # Failed probes on the capped link each cost little queue: the estimator stops them at the
+    # first sign of queuing delay.
+    worst_queue = max(q for t, _, q in trace if t > 3.0)
+    assert worst_queue < 0.25
+    assert est.backoff_s == MAX_BACKOFF_S
+    link.cap = None
+    lifted = link.now
+    while est.estimate < 550_000 and link.now < lifted + 10:
+        run(est, link, TICK, want=550_000)
+    assert est.estimate >= 550_000
+    assert link.now - lifted <= MAX_BACKOFF_S + 1.0
+    assert est.probe_succeeded_at > lifted
+
+
+def test_the_estimate_stays_within_its_bounds() -> None:
+    link = Link(cap=10_000)
+    est = BandwidthEstimator(now=0.0, max_bps=400_000, initial_bps=1_000_000)
+    assert est.estimate == 400_000
+    run(est, link, 3.0, media=300_000)
+    assert est.estimate == MIN_BPS
