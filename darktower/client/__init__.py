@@ -19,8 +19,19 @@ a resume or rejoin without encryption ends it; ``require_e2ee=True`` refuses a m
 it at the join (:class:`EncryptionRequired`). The first public key seen for a participant is
 the one keys are sealed to: another one later for the same id is refused, with an
 :class:`E2EEKeyChanged` event.
+
+Adaptive media (docs/protocol.md §17): ``QualityUpdate`` events carry the MH's estimates (to a
+subscriber: its layer and whether LastN holds the video back; to a publisher: ``layers``, each
+a :class:`LayerFeedback`); a simulcast publication pauses the layers nobody receives
+(``Publication.paused_layers``, frames sent on them dropped and counted) and asks for a key
+frame (a ``KeyFrameRequest`` with the layer id) when one is needed again; ``ActiveSpeakers``
+events name who speaks, and ``Publication.send_frame(..., audio_level=...)`` says how loud an
+audio frame is (:func:`audio_level` reads it back); ``subscribe(..., pinned=True)`` keeps a
+video whoever speaks; ``session.adaptation`` (:class:`Adaptation`) sends quality reports from
+what the session received, on demand (``report()``) or periodically (``start_reports()``).
 """
 
+from ._adaptive import REPORT_INTERVAL_S, Adaptation, Report
 from ._dev import (
     DevAccess,
     DevStackError,
@@ -49,10 +60,12 @@ from ._events import (
     RESUBSCRIBE_WAIT_S,
     RESUME_GRACE_S,
     SUBSCRIPTION_BUFFER,
+    ActiveSpeakers,
     ConnectionState,
     DerivedStream,
     E2EEKeyChanged,
     KeyFrameRequest,
+    LayerFeedback,
     Lost,
     ParticipantInfo,
     ParticipantJoined,
@@ -73,7 +86,9 @@ from ._events import (
     StreamUnpublished,
 )
 from ._join import Dialer, join_meeting_session, join_meeting_via_gc, media_url
+from ._levels import audio_level
 from ._media import MediaClient, MediaPublisher, open_media_client
+from ._reception import Reception, ReceptionSample
 from ._rejoin import GcRejoiner, RejoinRefused
 from ._rest import CreatedMeeting, GlobalControllerClient, JoinTicket, open_gc_client
 from ._seams import Connector, MediaLink, RejoinConnector, Rejoiner, SignalingLink
@@ -91,12 +106,15 @@ __all__ = [
     "RECONNECT_SEND_WAIT_S",
     "REJOIN_ATTEMPT_S",
     "REJOIN_WINDOW_S",
+    "REPORT_INTERVAL_S",
     "RESUBSCRIBE_WAIT_S",
     "RESUME_GRACE_S",
     "SHARES_IN_FLIGHT",
     "SHARE_QUEUE",
     "SUBSCRIPTION_BUFFER",
     "UNKNOWN_SENDER",
+    "ActiveSpeakers",
+    "Adaptation",
     "ConnectionState",
     "Connector",
     "CreatedMeeting",
@@ -113,6 +131,7 @@ __all__ = [
     "JoinTicket",
     "KeyFrameRequest",
     "KeyPairs",
+    "LayerFeedback",
     "Lost",
     "MediaClient",
     "MediaLink",
@@ -124,6 +143,8 @@ __all__ = [
     "ParticipantUpdated",
     "Publication",
     "QualityUpdate",
+    "Reception",
+    "ReceptionSample",
     "Reconnecting",
     "RecordingChanged",
     "RejoinConnector",
@@ -131,6 +152,7 @@ __all__ = [
     "Rejoined",
     "Rejoiner",
     "Rejoining",
+    "Report",
     "RequestInterrupted",
     "Resumed",
     "SessionEnded",
@@ -143,6 +165,7 @@ __all__ = [
     "StreamPublished",
     "StreamUnpublished",
     "Subscription",
+    "audio_level",
     "fetch_dev_access",
     "fetch_dev_certificate",
     "fetch_dev_credentials",

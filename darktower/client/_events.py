@@ -84,6 +84,11 @@ RESUBSCRIBE_WAIT_S: Final = REJOIN_WINDOW_S
 RECONNECT_SEND_WAIT_S: Final = 0.05
 # An X25519 public key (docs/protocol.md §16).
 PUBLIC_KEY_BYTES: Final = 32
+# Limits on what one StreamQualityUpdate or ActiveSpeakers from the MC is taken for: the first
+# layers (a publication has at most 4, docs/protocol.md §3.2) and the first speakers (the
+# dominant one first); the rest is ignored.
+MAX_LAYER_FEEDBACK: Final = 16
+MAX_SPEAKERS: Final = 64
 
 
 class SessionEnded(SignalingEnded):
@@ -289,18 +294,61 @@ class StreamUnpublished:
 
 
 @attrs.frozen
+class LayerFeedback:
+    """One simulcast layer of a video this session publishes, as its subscribers take it
+    (docs/protocol.md §17.3): ``active`` is False when nobody receives it (the session then
+    pauses it: dynacast), ``subscribers`` how many do, ``available_bitrate`` the most one of
+    them can take (bits/s, 0: not known)."""
+
+    layer_id: str
+    active: bool
+    subscribers: int = 0
+    available_bitrate: int = 0
+
+
+@attrs.frozen
 class QualityUpdate:
-    """Contract ``StreamQualityUpdate``, from the MH's telemetry (via the MC) or relayed from a
-    publisher to its subscribers. ``available_bitrate`` in bits/s."""
+    """Contract ``StreamQualityUpdate``, from the MH's estimates (via the MC) or relayed from a
+    publisher to its subscribers. ``available_bitrate`` in bits/s.
+
+    About a stream this session receives (docs/protocol.md §17.2): ``available_bitrate`` is
+    the MH's estimate for this session's connection, ``layer_id`` the simulcast layer it gets
+    ("" for a plain stream), ``paused`` that the MH holds the video back (LastN). About a
+    stream it publishes (§17.3): ``available_bitrate`` is the most one of its subscribers can
+    take (0: nobody subscribes) and, for a simulcast video, ``layers`` says which layers
+    anyone receives (a layer not ``active`` is paused: see ``Publication.paused_layers``)."""
 
     stream_id: str
     available_bitrate: int
     packet_loss: float
     rtt_ms: int
+    layer_id: str = ""
+    paused: bool = False
+    layers: tuple[LayerFeedback, ...] = ()
 
     @classmethod
     def from_pb(cls, q: sig.StreamQualityUpdate) -> QualityUpdate:
-        return cls(q.stream_id, q.available_bitrate, q.packet_loss, q.rtt_ms)
+        layers = tuple(
+            LayerFeedback(f.layer_id, f.active, f.subscribers, f.available_bitrate)
+            for f in q.layers[:MAX_LAYER_FEEDBACK]
+        )
+        return cls(
+            q.stream_id, q.available_bitrate, q.packet_loss, q.rtt_ms, q.layer_id, q.paused, layers
+        )
+
+
+@attrs.frozen
+class ActiveSpeakers:
+    """Who speaks in the meeting (docs/protocol.md §17.4): the dominant speaker first, then
+    the other recent speakers, most recent first (this session's own id among them when it
+    speaks); empty when nobody does. ``MeetingSession.adaptation.speakers`` is always the
+    last one."""
+
+    participant_ids: tuple[str, ...]
+
+    @classmethod
+    def from_pb(cls, m: sig.ActiveSpeakers) -> ActiveSpeakers:
+        return cls(tuple(m.participant_ids[:MAX_SPEAKERS]))
 
 
 @attrs.frozen
@@ -367,6 +415,7 @@ SessionEvent = (
     | KeyFrameRequest
     | RecordingChanged
     | E2EEKeyChanged
+    | ActiveSpeakers
 )
 
 

@@ -45,6 +45,7 @@ from darktower.frames import Frame
 from darktower.model import LeaveReason, Role, StreamType
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
+from ._adaptive import Adaptation, quality_message
 from ._e2ee import Encryption
 from ._events import (
     CLOSE_GRACE_S,
@@ -59,7 +60,6 @@ from ._events import (
     Lost,
     ParticipantInfo,
     ParticipantLeft,
-    QualityUpdate,
     RecordingChanged,
     RequestInterrupted,
     SessionEnded,
@@ -95,7 +95,9 @@ class MeetingSession:
     ``participant_id``), ``recording`` (the meeting is being recorded: a RecordingChanged event
     says when that changes, docs/protocol.md §2.1), ``e2ee`` (:class:`Encryption`: whether
     the meeting is end-to-end encrypted, this session's fingerprint, the frames that did not
-    decrypt; docs/protocol.md §16), ``end_reason`` / ``end_message`` / ``ended`` (a trio.Event).
+    decrypt; docs/protocol.md §16), ``adaptation`` (:class:`Adaptation`: active speakers and
+    this session's quality reports, docs/protocol.md §17), ``end_reason`` / ``end_message`` /
+    ``ended`` (a trio.Event).
     """
 
     def __init__(
@@ -139,15 +141,13 @@ class MeetingSession:
         self.end_message = ""
         self.ended = trio.Event()
         self._calls: set[trio.CancelScope] = set()  # requests waiting for their reply
+        self.adaptation = Adaptation(self, self._subscribing.subscriptions, self._roster.stream)
         self._handlers: dict[str, Callable[[sig.ServerMessage], None]] = {
+            **self.adaptation.handlers(),  # quality, key frame requests, active speakers
             "participant_joined": self._on_joined,
             "participant_left": self._on_left,
             "stream_published": self._on_published,
             "stream_unpublished": self._on_unpublished,
-            "quality": lambda m: self.events._put(QualityUpdate.from_pb(m.quality)),
-            "key_frame_request": lambda m: self.events._put(
-                KeyFrameRequest(m.key_frame_request.stream_id)
-            ),
             "participant_updated": self._on_updated,
             "recording_status": lambda m: self._recording(m.recording_status.recording),
             "subscription_updated": lambda m: self._subscribing.updated(m.subscription_updated),
@@ -296,6 +296,7 @@ class MeetingSession:
             nursery.start_soon(self._link.run_media)
             nursery.start_soon(self._subscribing.run_restores, self._present, self._request)
             nursery.start_soon(self.e2ee.run)
+            nursery.start_soon(self.adaptation.run)  # quality reports, once started
             task_status.started(self)
             await self.ended.wait()
             nursery.cancel_scope.cancel()
@@ -431,15 +432,19 @@ class MeetingSession:
         *,
         preferred_layer: str = "",
         max_bitrate: int = 0,
+        pinned: bool = False,
         buffer: int | None = None,
     ) -> Subscription:
         """Subscribe to another participant's stream; frames of it (of all its simulcast
         layers, or of the stream made for it instead: ``Subscription.derived``) go to the
         returned :class:`Subscription` only (the source's from before the MC's Ack too). Raises
         Conflict if already subscribed, the MC's ``DarkTowerError`` (NotFound, InvalidRequest,
-        CapacityExceeded past ``max_video_streams``), SessionEnded once the session is over."""
+        CapacityExceeded past ``max_video_streams``), SessionEnded once the session is over.
+        ``pinned``: the MH never holds this video back for LastN (docs/protocol.md §17.4)."""
         known = self._roster.stream(stream_id)
-        options = sig.SubscriptionOptions(preferred_layer=preferred_layer, max_bitrate=max_bitrate)
+        options = sig.SubscriptionOptions(
+            preferred_layer=preferred_layer, max_bitrate=max_bitrate, pinned=pinned
+        )
         return await self._subscribing.subscribe(
             stream_id, known.layer_ids if known else (), options, self._buffer(buffer)
         )
@@ -468,17 +473,9 @@ class MeetingSession:
     ) -> None:
         """Report quality: on a subscribed stream it steers the MH's layer choice for this
         session; on a published one it is relayed to that stream's subscribers. Raises
-        NotFound for any other stream, SessionEnded once the session is over."""
-        await self._request(
-            sig.ClientMessage(
-                quality=sig.StreamQualityUpdate(
-                    stream_id=stream_id,
-                    available_bitrate=available_bitrate,
-                    packet_loss=packet_loss,
-                    rtt_ms=rtt_ms,
-                )
-            )
-        )
+        NotFound for any other stream, SessionEnded once the session is over.
+        ``session.adaptation`` sends such reports from what the session measured."""
+        await self._request(quality_message(stream_id, available_bitrate, packet_loss, rtt_ms))
 
     async def kick(self, participant_id: str) -> None:
         """Host only: remove a participant (Forbidden for a guest, NotFound if absent)."""

@@ -19,8 +19,18 @@ from darktower.model import LeaveReason, StreamType
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
-from ._events import RECONNECT_SEND_WAIT_S, SETTLE_S, DerivedStream, SessionEnded, SessionEvent
+from ._dynacast import LayerStates
+from ._events import (
+    RECONNECT_SEND_WAIT_S,
+    SETTLE_S,
+    DerivedStream,
+    LayerFeedback,
+    SessionEnded,
+    SessionEvent,
+)
+from ._levels import check_level
 from ._media import MediaPublisher
+from ._reception import Reception
 
 
 class SessionState(Protocol):
@@ -148,9 +158,12 @@ class Subscription(_Ending):
         self.dropped = 0
         self.received = 0  # frames delivered into the buffer
         self.closed = False  # aclose() was called
+        # What arrived, before the buffer's policy: the session's quality reports use it.
+        self.reception = Reception()
 
     def _deliver(self, frame: Frame) -> None:
         """Buffer one frame by the drop policy (called by the session's media reader)."""
+        self.reception.on_frame(frame.stream_id_bytes, frame.sequence, frame.raw.nbytes)
         kind = frame.frame_type
         if self._await_key and kind is FrameType.VIDEO_DELTA:
             self.dropped += 1
@@ -224,6 +237,15 @@ class Publication:
     It outlives a reconnection: the session gives it new media streams (:meth:`_rebind`) once
     the media connection is back, and :meth:`send_frame` follows the reconnection policy
     meanwhile. ``dropped`` counts the frames that policy dropped.
+
+    Dynacast (docs/protocol.md §17.3): a simulcast layer that no subscriber receives is
+    paused (:attr:`paused_layers`, :meth:`layer_active`; a ``QualityUpdate`` with ``layers``
+    says so, and :meth:`wait_layers_changed` wakes): what the application sends on it is
+    dropped here, counted in ``paused_dropped``, so an application that keeps encoding it
+    costs no uplink (better: it stops encoding it). When the layer is active again the
+    session puts a ``KeyFrameRequest`` for that layer id, and the layer sends nothing before
+    its key frame. A new media connection makes every layer active again (that MH says anew
+    what it needs).
     """
 
     def __init__(
@@ -248,6 +270,8 @@ class Publication:
         self.layer_ids = tuple(k for k in self.wires if k != stream_id)
         self.closed = False
         self.dropped = 0  # frames dropped by the reconnection policy
+        self.paused_dropped = 0  # frames of paused simulcast layers, dropped (dynacast)
+        self._layers = LayerStates(self.layer_ids)
         self._live = trio.Event()  # set while every wire has a media stream
         self._paused = trio.Event()  # set while it has none
         self._await_key: set[str] = set()  # video wires that send nothing before a key frame
@@ -273,10 +297,44 @@ class Publication:
                 publisher.sequence = max(publisher.sequence, before.sequence)
                 if self.stream_type is not StreamType.AUDIO:
                     self._await_key.add(wire)
+                self._layers.reset()
         self.publishers.update(publishers)
         if set(self.publishers) >= set(self.wires):
             self._paused = trio.Event()
             self._live.set()
+
+    @property
+    def paused_layers(self) -> frozenset[str]:
+        """The simulcast layers nobody receives now (dynacast; see the class docstring)."""
+        return self._layers.paused
+
+    def layer_active(self, layer_id: str) -> bool:
+        """Whether anyone may receive ``layer_id`` (False: paused, frames sent on it are
+        dropped). Raises ValueError for a layer the stream does not have."""
+        if layer_id not in self._layers.layer_ids:
+            raise ValueError(f"stream {self.stream_id} has no layer {layer_id!r}")
+        return layer_id not in self._layers.paused
+
+    @property
+    def layer_changes(self) -> int:
+        """How often :attr:`paused_layers` changed (to tell a missed change)."""
+        return self._layers.changes
+
+    async def wait_layers_changed(self) -> frozenset[str]:
+        """Wait until :attr:`paused_layers` changes next; returns it then. A change before
+        the call is not waited for: compare :attr:`layer_changes`, or read the
+        ``QualityUpdate`` events."""
+        if self.closed:
+            raise trio.ClosedResourceError("publication closed")
+        return await self._layers.wait_changed()
+
+    def _feedback(self, layers: Sequence[LayerFeedback]) -> list[str]:
+        """A publisher's ``StreamQualityUpdate.layers`` (called by the session): returns the
+        layers active again, each of which starts at a key frame."""
+        resumed = self._layers.apply(layers)
+        if self.stream_type is not StreamType.AUDIO:
+            self._await_key.update(resumed)
+        return resumed
 
     async def send_frame(
         self,
@@ -287,9 +345,13 @@ class Publication:
         flags: FrameFlags = FrameFlags.END_OF_FRAME,
         timestamp_us: int | None = None,
         sequence: int | None = None,
+        audio_level: int | None = None,
     ) -> bytes:
         """Send one frame (on simulcast layer ``layer_id``, if the stream has layers); return
-        its wire bytes, or ``b""`` if the reconnection policy dropped it. Waits while QUIC flow
+        its wire bytes, or ``b""`` if the reconnection policy dropped it or its layer is
+        paused (dynacast, counted in ``paused_dropped``). An audio frame may carry its
+        ``audio_level`` (0..127 in -dBov, 0 the loudest; None: not said) for the MH's active
+        speaker (docs/protocol.md §17.1). Waits while QUIC flow
         control is full. In an end-to-end encrypted meeting the payload is encrypted under the
         session's sender key (the header stays in clear; the wire bytes are the encrypted
         frame, one part: END_OF_FRAME set; docs/protocol.md §16).
@@ -303,7 +365,8 @@ class Publication:
 
         Raises SessionEnded once the session is over, ValueError for a layer the stream does
         not have (``layer_id`` is required on a simulcast stream) or, encrypted, for a payload
-        over ``darktower.e2ee.MAX_PLAINTEXT``, trio.ClosedResourceError
+        over ``darktower.e2ee.MAX_PLAINTEXT``, or for an ``audio_level`` out of range or on a
+        frame that is not audio, trio.ClosedResourceError
         after aclose(), the transport's BrokenResourceError (StreamReset) if the MH refused the
         stream while the session lives.
         """
@@ -314,6 +377,13 @@ class Publication:
         wire = self.stream_id if layer_id is None else layer_id
         if wire not in self.wires:
             raise ValueError(f"stream {self.stream_id} has no layer {layer_id!r}")
+        if audio_level is not None:
+            if frame_type != FrameType.AUDIO:
+                raise ValueError("only an audio frame carries an audio level")
+            check_level(audio_level)
+        if wire in self._layers.paused:
+            self.paused_dropped += 1
+            return b""
         if not self._live.is_set():
             with trio.move_on_after(RECONNECT_SEND_WAIT_S):
                 await self._live.wait()
@@ -330,7 +400,12 @@ class Publication:
         publisher = self.publishers[wire]
         try:
             return await publisher.send_frame(
-                frame_type, payload, flags=flags, timestamp_us=timestamp_us, sequence=sequence
+                frame_type,
+                payload,
+                flags=flags,
+                timestamp_us=timestamp_us,
+                sequence=sequence,
+                audio_level=audio_level,
             )
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             # Give the session SETTLE_S to learn why: ended, or reconnecting (then the frame
