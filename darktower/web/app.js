@@ -53,6 +53,19 @@
 //                                           unknownStream, deliverFailures}: frames that did
 //                                           not decrypt are dropped and counted by reason,
 //                                           never decoded
+//   darktower.stats.publishedLayers         {layerId: {width, height, maxBitrate, bitrate (the
+//                                           encoder's now), paused (dynacast), encoded,
+//                                           keyFrames, dropped, resumes, sent, keyFramesSent}}
+//                                           of the own camera's simulcast layers
+//   darktower.stats.layers                  {streamId: {participantId, kind, layerId (the
+//                                           simulcast layer arriving), width, height, frames,
+//                                           keyFrames, bytes, lost, switches, bitrate, loss,
+//                                           server: {layerId, paused, availableBitrate, rttMs,
+//                                           packetLoss} or null}} per subscription (adaptive.js)
+//   darktower.stats.reports                 {sent, failed}: the page's own quality reports
+//   darktower.activeSpeakers                participant ids of the last ActiveSpeakers, the
+//                                           dominant speaker first (its tile has the class
+//                                           `speaking`); in snapshot() too
 //   darktower.endReason                     null, or {code, name: "KICKED" | "MEETING_ENDED" |
 //                                           "CONNECTION_LOST" | "VOLUNTARY" | "SERVER_SHUTDOWN",
 //                                           text, detail}
@@ -66,7 +79,8 @@
 //                                           frames {source, derived, other: dropped}, decoded}]
 // E.g. `await page.wait_for_function("darktower.stats.decodedFrames[pid] >= 30", arg=...)`;
 // the grid to screenshot is `#grid`, the reason shown to the person is `#end-reason`, a tile's
-// reconnecting marker is `.tile .reconnecting` (hidden unless reconnecting).
+// reconnecting marker is `.tile .reconnecting` (hidden unless reconnecting), its stats overlay
+// `.tile .stats` (layer, bitrate, RTT, loss).
 
 import * as api from "./api.js";
 import { MeetingSession } from "./session.js";
@@ -108,6 +122,9 @@ class PageView {
     marker.className = "reconnecting";
     marker.textContent = RECONNECTING_TEXT;
     marker.hidden = true;
+    const stats = document.createElement("span");
+    stats.className = "stats";
+    stats.hidden = true;
     const caption = document.createElement("figcaption");
     const label = document.createElement("span");
     label.className = "name";
@@ -132,7 +149,7 @@ class PageView {
       });
       caption.append(kick);
     }
-    tile.append(media, marker, caption);
+    tile.append(media, marker, stats, caption);
     $("grid").append(tile);
     this.tiles.set(participantId, tile);
     return { canvas: self ? null : media };
@@ -150,6 +167,14 @@ class PageView {
     this.tiles.delete(oldId);
     tile.dataset.participantId = newId;
     this.tiles.set(newId, tile);
+  }
+
+  // The stats overlay of a tile (adaptive.js).
+  tileStats(participantId, text) {
+    const overlay = this.tiles.get(participantId)?.querySelector(".stats");
+    if (!overlay) return;
+    overlay.textContent = text;
+    overlay.hidden = !text;
   }
 
   setPreview(stream) {
@@ -184,6 +209,7 @@ class PageView {
     }
     $("status").textContent = status;
     const safetyNumbers = session.safetyNumbers();
+    const dominant = session.adaptive?.speakers[0] ?? null;
     for (const [participantId, tile] of this.tiles) {
       const safety = tile.querySelector(".safety");
       safety.textContent = safetyNumbers[participantId] ?? "";
@@ -193,6 +219,7 @@ class PageView {
           ? session.reconnecting
           : Boolean(session.participants.get(participantId)?.reconnecting);
       tile.classList.toggle("is-reconnecting", reconnecting);
+      tile.classList.toggle("speaking", participantId === dominant);
       tile.querySelector(".reconnecting").hidden = !reconnecting;
     }
     for (const button of document.querySelectorAll("#lobby button")) {
@@ -259,6 +286,9 @@ const EMPTY = {
   sent: { video: 0, audio: 0 },
   reconnects: { signaling: 0, media: 0 },
   rejoins: 0,
+  layers: {},
+  publishedLayers: {},
+  reports: { sent: 0, failed: 0 },
 };
 
 const hooks = {
@@ -304,6 +334,9 @@ const hooks = {
   },
   get stats() {
     return session?.stats ?? EMPTY;
+  },
+  get activeSpeakers() {
+    return session?.adaptive.speakers ?? [];
   },
   get endReason() {
     return session?.endReason ?? null;

@@ -2,6 +2,7 @@
 // on a canvas and sound. No transport here: encoders hand chunks to a callback, decoders take
 // media frames as frames.js decodes them.
 
+import { AudioLevelMeter } from "./audiolevel.js";
 import { FrameType } from "./frames.js";
 
 // Key frames: at least every KEY_FRAME_INTERVAL_MS, and on request (KeyFrameRequest, a dropped
@@ -73,18 +74,18 @@ export async function decodableVideoCodecs(names = VIDEO_CODEC_NAMES) {
   return found;
 }
 
-function nowUs() {
+export function nowUs() {
   return Math.round((performance.timeOrigin + performance.now()) * 1000);
 }
 
-function chunkBytes(chunk) {
+export function chunkBytes(chunk) {
   const out = new Uint8Array(chunk.byteLength);
   chunk.copyTo(out);
   return out;
 }
 
 // Reads a MediaStreamTrack's frames (VideoFrame or AudioData) until stopped.
-async function pumpTrack(track, onItem, signal) {
+export async function pumpTrack(track, onItem, signal) {
   if (typeof MediaStreamTrackProcessor === "undefined") {
     throw new Error("this browser lacks MediaStreamTrackProcessor (use Chromium)");
   }
@@ -186,17 +187,20 @@ export class VideoSender {
   }
 }
 
-// Microphone track -> Opus chunks: onChunk(FrameType.AUDIO, payload, timestampUs).
+// Microphone track -> Opus chunks: onChunk(FrameType.AUDIO, payload, timestampUs, level), the
+// level (0..127 in -dBov, docs/protocol.md §17.1) measured on the chunk's PCM (audiolevel.js).
 export class AudioSender {
   constructor(track, onChunk, { bitrate = AUDIO_BITRATE } = {}) {
     this.onChunk = onChunk;
     this.bitrate = bitrate;
     this.stats = { encoded: 0, dropped: 0 };
+    this.meter = new AudioLevelMeter();
     this.abort = new AbortController();
     this.encoder = new AudioEncoder({
       output: (chunk) => {
         this.stats.encoded++;
-        this.onChunk(FrameType.AUDIO, chunkBytes(chunk), nowUs());
+        const level = this.meter.take(chunk.timestamp, chunk.duration);
+        this.onChunk(FrameType.AUDIO, chunkBytes(chunk), nowUs(), level);
       },
       error: (e) => this.fail(e),
     });
@@ -218,6 +222,7 @@ export class AudioSender {
         this.stats.dropped++;
         return;
       }
+      this.meter.add(data);
       this.encoder.encode(data);
     } finally {
       data.close();

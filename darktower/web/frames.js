@@ -8,14 +8,15 @@
 //       26    8 sequence number
 //       34    4 payload length
 //       38    2 flags              (bit 0 end of frame, bit 1 discardable, bits 2-15 reserved)
-//       40    6 reserved
+//       40    1 audio level        (bit 7: present, bits 0-6: -dBov; docs/protocol.md §17.1)
+//       41    5 reserved
 //       46      payload
 //
 // All integers big-endian; reserved bits and bytes are zero on send and ignored on receive.
 // A decoded frame is {version, frameType, streamId (UUID string), timestampUs (BigInt),
-// sequence (BigInt), flags, payload (Uint8Array), headerBytes (the 46 bytes as received: an
-// encrypted frame's associated data, docs/protocol.md §16)}; encodeFrame takes Numbers or
-// BigInts.
+// sequence (BigInt), flags, audioLevel (0..127, or null when not given), payload (Uint8Array),
+// headerBytes (the 46 bytes as received: an encrypted frame's associated data,
+// docs/protocol.md §16)}; encodeFrame takes Numbers or BigInts.
 
 import { ByteQueue, bytesToUuid, readChunks, uuidToBytes } from "./bytes.js";
 
@@ -25,6 +26,11 @@ export const FrameType = Object.freeze({ AUDIO: 0, VIDEO_KEY: 1, VIDEO_DELTA: 2 
 export const FrameFlags = Object.freeze({ END_OF_FRAME: 0x0001, DISCARDABLE: 0x0002 });
 const FLAGS_MASK = FrameFlags.END_OF_FRAME | FrameFlags.DISCARDABLE;
 const MAX_FRAME_TYPE = FrameType.VIDEO_DELTA;
+// Header byte 40 (docs/protocol.md §17.1): bit 7 says a level is given, bits 0-6 are the level
+// in -dBov, 0 the loudest and 127 silence.
+const AUDIO_LEVEL_OFFSET = 40;
+const AUDIO_LEVEL_PRESENT = 0x80;
+export const SILENCE_DBOV = 127;
 
 // Limit: the largest payload the reader accepts, as the server's decoder (4 MiB, far above any
 // real key frame). Policy when exceeded: the reader throws from the header, before buffering
@@ -40,7 +46,8 @@ export class FrameError extends Error {
 }
 
 // The 46 header bytes for `header` = {frameType, streamId (UUID string or 16 bytes),
-// timestampUs, sequence, payloadLength, flags = END_OF_FRAME, version = 1}.
+// timestampUs, sequence, payloadLength, flags = END_OF_FRAME, version = 1, audioLevel (0..127
+// in -dBov, or null/undefined: none)}.
 export function encodeHeader(header) {
   const out = new Uint8Array(HEADER_SIZE);
   const view = new DataView(out.buffer);
@@ -55,6 +62,13 @@ export function encodeHeader(header) {
   view.setBigUint64(26, BigInt(header.sequence));
   view.setUint32(34, header.payloadLength);
   view.setUint16(38, flags);
+  const level = header.audioLevel;
+  if (level !== null && level !== undefined) {
+    if (!Number.isInteger(level) || level < 0 || level > SILENCE_DBOV) {
+      throw new RangeError(`an audio level is 0..127, not ${level}`);
+    }
+    view.setUint8(AUDIO_LEVEL_OFFSET, AUDIO_LEVEL_PRESENT | level);
+  }
   return out;
 }
 
@@ -82,6 +96,7 @@ export function decodeHeader(bytes, maxPayload = DEFAULT_MAX_PAYLOAD) {
     throw new FrameError(`unknown media frame type ${frameType}`, "frame_type");
   }
   const payloadLength = view.getUint32(34);
+  const level = view.getUint8(AUDIO_LEVEL_OFFSET);
   if (payloadLength > maxPayload) {
     throw new FrameError(`payload of ${payloadLength} bytes over ${maxPayload}`, "too_large");
   }
@@ -93,6 +108,7 @@ export function decodeHeader(bytes, maxPayload = DEFAULT_MAX_PAYLOAD) {
     sequence: view.getBigUint64(26),
     payloadLength,
     flags: view.getUint16(38) & FLAGS_MASK,
+    audioLevel: level & AUDIO_LEVEL_PRESENT ? level & SILENCE_DBOV : null,
   };
 }
 

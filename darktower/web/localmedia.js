@@ -1,18 +1,22 @@
-// The person's own camera and microphone in a meeting session: captured once, one encoder per
-// track, each published as a stream on the session's MediaLink (medialink.js), the video's
-// bitrate following the MC's StreamQualityUpdate. `view.setPreview` shows what is captured and
-// `view.notice` says when there is nothing to capture; `stats.sent` counts the frames sent.
+// The person's own camera and microphone in a meeting session: captured once, published on the
+// session's MediaLink (medialink.js). The camera is published as simulcast (simulcast.js: up to
+// three layers, each its own stream id; one plain stream when the browser encodes only one),
+// its encoders paused, resumed and capped by the MH's StreamQualityUpdate (docs/protocol.md
+// §17.3); each audio frame carries its level (docs/protocol.md §17.1). `view.setPreview` shows
+// what is captured and `view.notice` says when there is nothing to capture; `stats.sent` counts
+// the frames sent, `stats.publishedLayers` each video layer's (layer id -> {width, height,
+// maxBitrate, bitrate, paused, encoded, keyFrames, dropped, resumes, sent, keyFramesSent}).
 
-import { AudioSender, VIDEO_BITRATE, VIDEO_FRAMERATE, VideoSender } from "./codecs.js";
+import { AudioSender, VIDEO_FRAMERATE } from "./codecs.js";
+import { FrameType } from "./frames.js";
 import { StreamType } from "./proto.js";
-
-// Quality updates below this relative change do not reconfigure the encoder.
-const BITRATE_HYSTERESIS = 0.2;
+import { SimulcastSender, planLayers } from "./simulcast.js";
 
 export class LocalMedia {
   constructor(view, stats) {
     this.view = view;
     this.stats = stats;
+    stats.publishedLayers ??= {};
     this.stream = null;
     this.video = null;
     this.audio = null;
@@ -45,28 +49,8 @@ export class LocalMedia {
     if (!tracks) return;
     const [videoTrack] = tracks.getVideoTracks();
     const [audioTrack] = tracks.getAudioTracks();
-    if (videoTrack) {
-      const { width = 640, height = 480 } = videoTrack.getSettings();
-      const streamId = crypto.randomUUID();
-      await this.announce(signaling, {
-        streamId,
-        streamType: StreamType.VIDEO_CAMERA,
-        metadata: {
-          codec: "VP8",
-          maxBitrate: VIDEO_BITRATE,
-          video: { width, height, framerate: VIDEO_FRAMERATE },
-        },
-      });
-      await media.publish(streamId, {
-        onNeedKeyFrame: () => this.video?.requestKeyFrame(),
-        onError: (e) => onLoss("Video", e),
-      });
-      if (isEnded()) return;
-      this.videoId = streamId;
-      this.video = new VideoSender(videoTrack, (type, payload, ts) => {
-        if (media.send(streamId, type, payload, ts)) this.stats.sent.video++;
-      });
-    }
+    if (videoTrack) await this.publishVideo(videoTrack, signaling, media, { isEnded, onLoss });
+    if (isEnded()) return;
     if (audioTrack) {
       const streamId = crypto.randomUUID();
       await this.announce(signaling, {
@@ -79,10 +63,62 @@ export class LocalMedia {
       });
       if (isEnded()) return;
       this.audioId = streamId;
-      this.audio = new AudioSender(audioTrack, (type, payload, ts) => {
-        if (media.send(streamId, type, payload, ts)) this.stats.sent.audio++;
+      this.audio = new AudioSender(audioTrack, (type, payload, ts, level) => {
+        if (media.send(streamId, type, payload, ts, level)) this.stats.sent.audio++;
       });
     }
+  }
+
+  // The camera: PublishStream with its simulcast layers (docs/protocol.md §7), a publish stream
+  // per layer, then the encoders.
+  async publishVideo(videoTrack, signaling, media, { isEnded, onLoss }) {
+    const { width = 640, height = 480 } = videoTrack.getSettings();
+    const layers = await planLayers(width, height);
+    if (layers.length === 0) {
+      this.view.notice("This browser cannot encode the camera: joining without video");
+      return;
+    }
+    const streamId = crypto.randomUUID();
+    const simulcast = layers.length > 1;
+    if (!simulcast) layers[0].layerId = streamId; // a plain stream: its own id on the wire
+    const simulcastLayers = simulcast
+      ? layers.map(({ layerId, width: w, height: h, maxBitrate }) => ({
+          layerId,
+          width: w,
+          height: h,
+          maxBitrate,
+        }))
+      : [];
+    await this.announce(signaling, {
+      streamId,
+      streamType: StreamType.VIDEO_CAMERA,
+      metadata: {
+        codec: "VP8",
+        maxBitrate: layers.reduce((sum, layer) => sum + layer.maxBitrate, 0),
+        video: { width, height, framerate: VIDEO_FRAMERATE, simulcastLayers },
+      },
+    });
+    for (const { layerId } of layers) {
+      await media.publish(layerId, {
+        onNeedKeyFrame: () => this.video?.requestKeyFrame(layerId),
+        onError: (e) => onLoss("Video", e),
+      });
+      if (isEnded()) return;
+    }
+    this.videoId = streamId;
+    const published = this.stats.publishedLayers;
+    for (const { layerId } of layers) published[layerId] = { sent: 0, keyFramesSent: 0 };
+    this.video = new SimulcastSender(
+      videoTrack,
+      layers,
+      (layerId, type, payload, ts) => {
+        if (!media.send(layerId, type, payload, ts)) return;
+        this.stats.sent.video++;
+        published[layerId].sent++;
+        if (type === FrameType.VIDEO_KEY) published[layerId].keyFramesSent++;
+      },
+      { stats: published },
+    );
   }
 
   // PublishStream, remembered for republish().
@@ -98,18 +134,22 @@ export class LocalMedia {
     for (const body of this.announced.values()) await signaling.request("publish", body);
   }
 
-  // A KeyFrameRequest for `streamId`: the video encoder's next frame is a key frame.
+  // A KeyFrameRequest for `streamId`: the next frame of that simulcast layer (of every layer for
+  // the stream's own id) is a key frame.
   requestKeyFrame(streamId) {
     if (streamId === this.videoId) this.video?.requestKeyFrame();
+    else if (this.video?.has(streamId)) this.video.requestKeyFrame(streamId);
   }
 
+  // Whether `streamId` is one this page publishes (its quality updates are feedback to it).
+  publishes(streamId) {
+    return this.announced.has(streamId);
+  }
+
+  // A StreamQualityUpdate for a stream this page publishes (docs/protocol.md §17.3): the video's
+  // layers paused, resumed and capped (simulcast.js).
   onQuality(update) {
-    const sender = this.video;
-    if (update.streamId !== this.videoId || !sender || !update.availableBitrate) return;
-    const target = Math.min(VIDEO_BITRATE, update.availableBitrate);
-    if (Math.abs(target - sender.bitrate) / sender.bitrate > BITRATE_HYSTERESIS) {
-      sender.setBitrate(target);
-    }
+    if (update.streamId === this.videoId) this.video?.onFeedback(update);
   }
 
   // The encoders stop.

@@ -81,7 +81,8 @@ export class Publisher {
   // Queues one frame. Never waits: see MAX_PENDING_BYTES for what happens under congestion.
   // `seal(header, payload)` (an encrypted meeting) -> promise of the wire frame: frames are
   // written in the order they were sent, each once it is sealed; one that fails is dropped.
-  send(frameType, payload, timestampUs, seal = null) {
+  // `audioLevel` (0..127 in -dBov, docs/protocol.md §17.1) goes in the header of an audio frame.
+  send(frameType, payload, timestampUs, seal = null, audioLevel = null) {
     if (this.error) return false;
     const key = frameType === FrameType.VIDEO_KEY;
     if (frameType === FrameType.VIDEO_DELTA && this.waitForKey) {
@@ -97,7 +98,13 @@ export class Publisher {
       return false;
     }
     if (key) this.waitForKey = false;
-    const header = { frameType, streamId: this.streamId, timestampUs, sequence: this.sequence++ };
+    const header = {
+      frameType,
+      streamId: this.streamId,
+      timestampUs,
+      sequence: this.sequence++,
+      audioLevel,
+    };
     this.stats.sent++;
     if (!seal) {
       this.write(encodeFrame(header, payload));

@@ -110,14 +110,14 @@ export class MediaLink {
   }
 
   // One frame of a local stream to the MH; false when it was not queued (no session, or the
-  // Publisher's congestion policy dropped it).
-  send(streamId, frameType, payload, timestampUs) {
+  // Publisher's congestion policy dropped it). `audioLevel`: see Publisher.send.
+  send(streamId, frameType, payload, timestampUs, audioLevel = null) {
     const publisher = this.local.get(streamId)?.publisher;
     if (!publisher) {
       this.stats.dropped++;
       return false;
     }
-    return publisher.send(frameType, payload, timestampUs, this.seal);
+    return publisher.send(frameType, payload, timestampUs, this.seal, audioLevel);
   }
 
   // Closes the current session (if any); the published streams wait for the next connect().

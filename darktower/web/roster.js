@@ -39,8 +39,8 @@ export class Roster {
     // participant id -> {name, streams: Set of stream ids, tile, reconnecting}
     this.participants = new Map();
     // stream, simulcast layer or derived stream id -> a subscription's record {participantId,
-    // kind, receiver, streamId, ids, codec, derived, frames} or a mix's {kind: "mix", receiver,
-    // users}
+    // kind, receiver, streamId, ids, codec, derived, frames, layers (SimulcastLayer)} or a
+    // mix's {kind: "mix", receiver, users}
     this.remote = new Map();
     this.mixAudio = false; // the page takes the audio mix instead of each participant's audio
     // The subscription made with SubscribeStream{mix_audio}: a record without a receiver.
@@ -111,9 +111,10 @@ export class Roster {
       return;
     }
     // Each simulcast layer's frames carry the layer's UUID (docs/protocol.md §7): all land here.
-    const ids = [stream.streamId, ...(stream.metadata?.video?.simulcastLayers ?? []).map((l) => l.layerId)];
+    const layers = stream.metadata?.video?.simulcastLayers ?? [];
+    const ids = [stream.streamId, ...layers.map((l) => l.layerId)];
     for (const id of ids) this.remote.set(id, record);
-    Object.assign(record, { streamId: stream.streamId, ids, codec, derived: null });
+    Object.assign(record, { streamId: stream.streamId, ids, codec, derived: null, layers });
     record.frames = { source: 0, derived: 0, other: 0 };
     p.streams.add(stream.streamId);
     this.subscribe({ streamId: stream.streamId }).then(

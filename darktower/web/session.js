@@ -10,6 +10,7 @@
 //                                 recording changed (session.reconnecting; participants'
 //                                 `reconnecting`; session.recording)
 //   view.ended(text)              the session is over; `text` is for the person
+//   view.tileStats(participantId, text)  optional: a tile's stats overlay (adaptive.js)
 // The session owns everything it starts; end() releases all of it and is idempotent.
 //
 // Reconnection (docs/protocol.md §13): resume, media reconnection and the rejoin through the GC
@@ -17,6 +18,7 @@
 // encryption.js's: every JoinRequest offers its public key; in an encrypted meeting every frame
 // sent is encrypted and every frame received decrypted before it is decoded.
 
+import { Adaptive } from "./adaptive.js";
 import * as api from "./api.js";
 import { VIDEO_CODEC_NAMES, decodableVideoCodecs } from "./codecs.js";
 import { MeetingEncryption } from "./encryption.js";
@@ -128,6 +130,7 @@ export class MeetingSession {
         this.leftWaiters = this.leftWaiters.filter(([id]) => id !== participantId);
       },
     });
+    this.adaptive = new Adaptive(this); // layers, quality, reports, speakers (adaptive.js)
   }
 
   // participant id -> {name, streams, tile, reconnecting} of the others (roster.js).
@@ -150,11 +153,6 @@ export class MeetingSession {
     return this.state === "reconnecting" || this.recovery.mediaReconnecting;
   }
 
-  // Camera and microphone (fake devices in tests). A person without them still joins, receive-only.
-  async startLocalMedia() {
-    return this.local.start();
-  }
-
   // Joins `meetingId` as `name`: a join token from the GC (a host's when `accessToken` is the
   // owner's), then signaling, media, publishing and subscribing. Resolves once joined; rejects
   // (and ends the session) when any step fails. `videoCodecs` (signaling names) restricts the
@@ -170,7 +168,7 @@ export class MeetingSession {
     this.roster.mixAudio = Boolean(mixAudio);
     try {
       await this.listCapabilities(videoCodecs);
-      await this.startLocalMedia();
+      await this.local.start(); // camera and microphone; without them, receive-only
       const ticket = await api.joinMeeting(meetingId, name, accessToken);
       this.role = api.jwtPayload(ticket.join_token).role ?? ticket.role ?? "guest";
       this.roster.kickable = this.role === "host";
@@ -252,6 +250,7 @@ export class MeetingSession {
 
   // A frame of a subscribed stream: decrypted first in an encrypted meeting.
   onMediaFrame(frame) {
+    this.adaptive.onFrame(frame);
     if (this.e2ee.encrypted) this.e2ee.receive(frame);
     else this.roster.push(frame);
   }
@@ -303,9 +302,6 @@ export class MeetingSession {
       case "keyFrameRequest":
         this.local.requestKeyFrame(body.streamId);
         break;
-      case "quality":
-        this.local.onQuality(body);
-        break;
       case "sessionEnded":
         // The MC shuts down while the meeting goes on: rejoin it (not an end).
         if (Number(body.reason) === LeaveReason.SERVER_SHUTDOWN) {
@@ -345,7 +341,8 @@ export class MeetingSession {
         this.recovery.recoverMedia(body.mediaServer);
         break;
       default:
-        // Anything newer than this page.
+        // Quality updates and active speakers (adaptive.js); anything newer than this page.
+        this.adaptive.onEvent(kind, body);
         break;
     }
   }
@@ -464,6 +461,7 @@ export class MeetingSession {
     this.recording = false;
     this.setState("ended");
     this.local.stopEncoders();
+    this.adaptive.stop();
     this.e2ee.stop();
     this.roster.stop();
     this.media.close();
@@ -488,6 +486,7 @@ export class MeetingSession {
       safetyNumbers: this.safetyNumbers(),
       capabilities: this.capabilities,
       subscriptions: this.roster.subscriptions(),
+      activeSpeakers: this.adaptive.speakers, // the dominant speaker first (ActiveSpeakers)
       reconnectingParticipants: [...this.participants]
         .filter(([, p]) => p.reconnecting)
         .map(([id]) => id),

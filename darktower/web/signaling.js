@@ -16,7 +16,7 @@ import { ErrorCode, PROTOCOL_VERSION, encodeDelimited, kindOf, readMessages } fr
 export const CAPABILITIES = {
   videoCodecs: ["VP8", "VP9"],
   audioCodecs: ["Opus"],
-  supportsSimulcast: false,
+  supportsSimulcast: true,
   maxVideoStreams: 16,
 };
 // A request not answered within this long fails (the session is still usable).

@@ -231,7 +231,10 @@ class FakeStack:
             )
         elif kind == "publish":
             target = BOT_AUDIO if message.publish.stream_type == common.AUDIO else BOT_VIDEO
-            self.routes[uuid.UUID(message.publish.stream_id).bytes] = target
+            # A simulcast video's frames carry its layers' ids: the top layer's are the bot's.
+            layers = message.publish.metadata.video.simulcast_layers
+            wire = layers[0].layer_id if layers else message.publish.stream_id
+            self.routes[uuid.UUID(wire).bytes] = target
             await send(
                 sig.ServerMessage(request_id=rid, ack=sig.Ack(stream_id=message.publish.stream_id))
             )
