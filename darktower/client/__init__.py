@@ -26,7 +26,7 @@ a :class:`LayerFeedback`); a simulcast publication pauses the layers nobody rece
 (``Publication.paused_layers``, frames sent on them dropped and counted) and asks for a key
 frame (a ``KeyFrameRequest`` with the layer id) when one is needed again; ``ActiveSpeakers``
 events name who speaks, and ``Publication.send_frame(..., audio_level=...)`` says how loud an
-audio frame is (:func:`audio_level` reads it back); ``subscribe(..., pinned=True)`` keeps a
+audio frame is (``Frame.audio_level`` reads it back); ``subscribe(..., pinned=True)`` keeps a
 video whoever speaks; ``session.adaptation`` (:class:`Adaptation`) sends quality reports from
 what the session received, on demand (``report()``) or periodically (``start_reports()``).
 """
@@ -86,7 +86,6 @@ from ._events import (
     StreamUnpublished,
 )
 from ._join import Dialer, join_meeting_session, join_meeting_via_gc, media_url
-from ._levels import audio_level
 from ._media import MediaClient, MediaPublisher, open_media_client
 from ._reception import Reception, ReceptionSample
 from ._rejoin import GcRejoiner, RejoinRefused
@@ -165,7 +164,6 @@ __all__ = [
     "StreamPublished",
     "StreamUnpublished",
     "Subscription",
-    "audio_level",
     "fetch_dev_access",
     "fetch_dev_certificate",
     "fetch_dev_credentials",

@@ -7,7 +7,11 @@ reports on the streams it receives.
 :class:`QualityUpdate` event; one about a simulcast publication with ``layers`` pauses and
 resumes its layers (``Publication.paused_layers``), and a resumed layer is asked for a key
 frame as the MH asks: a :class:`KeyFrameRequest` event with the layer id, after the
-QualityUpdate. ``ActiveSpeakers`` becomes an event and :attr:`Adaptation.speakers`.
+QualityUpdate. The MH's own key frame request for a paused layer resumes it too (someone needs
+it: its feedback may follow, or have been lost), and one for a layer that waits for its key
+frame since a request of the last ``KEY_FRAME_REPEAT_S`` is not told twice, so that a resumed
+layer costs one key frame. ``ActiveSpeakers`` becomes an event and
+:attr:`Adaptation.speakers`.
 
 Reports. What a subscription received (``Subscription.reception``: bitrate, loss from sequence
 gaps) steers, through a ``StreamQualityUpdate`` on that stream, the cap of what the MH sends
@@ -63,6 +67,12 @@ MIN_SAMPLE_FRAMES: Final = 10
 CAP_STEP: Final = 0.2
 # Bound on one report's request (the session may be reconnecting meanwhile).
 REPORT_SEND_S: Final = 5.0
+# A key frame request for a layer that waits for its key frame already (it was resumed, or
+# asked for) is not told again within this long (counted in ``key_frames_merged``): the next
+# frame of that layer is a key frame anyway. Beyond it, it is (the application may have missed
+# the first). Remembered for at most KEY_FRAME_ASKS stream ids (the oldest forgotten first).
+KEY_FRAME_REPEAT_S: Final = 1.0
+KEY_FRAME_ASKS: Final = 64
 
 
 class AdaptationOwner(Protocol):
@@ -134,7 +144,7 @@ def _moved(cap: int, current: int) -> bool:
 class Adaptation:
     """See the module docstring. ``speakers``: the last :class:`ActiveSpeakers` (dominant
     first); ``reports``: reports sent; ``report_errors``: reports the MC refused or that a
-    reconnection interrupted."""
+    reconnection interrupted; ``key_frames_merged``: key frame requests not told again."""
 
     def __init__(
         self,
@@ -148,6 +158,8 @@ class Adaptation:
         self.speakers: tuple[str, ...] = ()
         self.reports = 0
         self.report_errors = 0
+        self.key_frames_merged = 0
+        self._asked: dict[str, float] = {}  # stream id -> when a key frame was asked for
         self._reported: dict[str, _Reported] = {}  # bounded by the subscriptions (pruned)
         self.report_interval_s: float | None = None  # None: no periodic reports
         self._toggled = trio.Event()
@@ -156,9 +168,7 @@ class Adaptation:
         """The session's handlers of the server messages this part takes."""
         return {
             "quality": self.on_quality,
-            "key_frame_request": lambda m: self._owner.put_event(
-                KeyFrameRequest(m.key_frame_request.stream_id)
-            ),
+            "key_frame_request": self.on_key_frame_request,
             "active_speakers": self.on_speakers,
         }
 
@@ -168,7 +178,27 @@ class Adaptation:
         publication = self._owner.publications.get(update.stream_id)
         if publication is not None and update.layers and not publication.closed:
             for layer_id in publication._feedback(update.layers):
-                self._owner.put_event(KeyFrameRequest(layer_id))
+                self._ask_key_frame(layer_id)
+
+    def on_key_frame_request(self, m: sig.ServerMessage) -> None:
+        """The MH needs a key frame of one stream id (a layer's, for simulcast). One of a
+        paused layer resumes it (someone needs it); one of a layer that waits for a key frame
+        since a request of the last KEY_FRAME_REPEAT_S is merged with it."""
+        wire = m.key_frame_request.stream_id
+        publication = next((p for p in self._owner.publications.values() if wire in p.wires), None)
+        asked = self._asked.get(wire)
+        if publication is not None and publication._key_frame_asked(wire):
+            if asked is not None and trio.current_time() - asked < KEY_FRAME_REPEAT_S:
+                self.key_frames_merged += 1
+                return
+        self._ask_key_frame(wire)
+
+    def _ask_key_frame(self, wire: str) -> None:
+        self._asked.pop(wire, None)
+        self._asked[wire] = trio.current_time()
+        if len(self._asked) > KEY_FRAME_ASKS:
+            del self._asked[next(iter(self._asked))]
+        self._owner.put_event(KeyFrameRequest(wire))
 
     def on_speakers(self, m: sig.ServerMessage) -> None:
         event = ActiveSpeakers.from_pb(m.active_speakers)
@@ -200,8 +230,11 @@ class Adaptation:
                 continue
             with trio.move_on_after(self.report_interval_s):
                 await toggled.wait()
-            if not toggled.is_set() and not await self._round():
-                return
+            if not toggled.is_set():
+                try:
+                    await self._round([])
+                except SessionEnded:
+                    return
 
     async def report(self) -> list[Report]:
         """One round: measure each video subscription since the previous round and send the
@@ -209,11 +242,11 @@ class Adaptation:
         SessionEnded once the session is over; a report the MC refused (the stream went) or
         that a reconnection interrupted is counted in ``report_errors``."""
         sent: list[Report] = []
-        await self._round(sent, raise_end=True)
+        await self._round(sent)
         return sent
 
-    async def _round(self, sent: list[Report] | None = None, *, raise_end: bool = False) -> bool:
-        """One report round; False once the session is over (raised with ``raise_end``)."""
+    async def _round(self, sent: list[Report]) -> None:
+        """One report round, the reports sent added to ``sent``. Raises SessionEnded."""
         now = trio.current_time()
         due = []
         for stream_id in [s for s in self._reported if s not in self._subscriptions]:
@@ -235,16 +268,15 @@ class Adaptation:
             if state.due is not None and now - state.at >= REPORT_MIN_GAP_S:
                 loss, bitrate = (sample.loss, sample.bitrate) if sample else (0.0, 0)
                 due.append((state, Report(stream_id, cap, loss, bitrate)))
+        due.sort(key=lambda d: d[0].at)  # the longest unreported first: every stream gets its turn
         for state, report in due[:REPORTS_PER_ROUND]:
             state.at = now
-            if not await self._send(report, raise_end=raise_end):
-                return False
-            state.cap, state.due = report.available_bitrate, None
-            if sent is not None:
+            if await self._send(report):
+                state.cap, state.due = report.available_bitrate, None
                 sent.append(report)
-        return True
 
-    async def _send(self, report: Report, *, raise_end: bool) -> bool:
+    async def _send(self, report: Report) -> bool:
+        """Whether ``report`` was taken by the MC. Raises SessionEnded."""
         try:
             with trio.fail_after(REPORT_SEND_S):
                 await self._owner.send_quality(
@@ -253,12 +285,10 @@ class Adaptation:
                     packet_loss=report.packet_loss,
                 )
         except SessionEnded:
-            if raise_end:
-                raise
-            return False
+            raise
         except (DarkTowerError, trio.TooSlowError, trio.BrokenResourceError):
             self.report_errors += 1  # NotFound (the stream went), RequestInterrupted ...
-            return True
+            return False
         self.reports += 1
         return True
 

@@ -44,6 +44,14 @@ class LayerStates:
         self._set(frozenset(paused))
         return resumed
 
+    def resume(self, layer_id: str) -> bool:
+        """``layer_id`` is active again (the MH asked for its key frame: someone needs it);
+        False if it was not paused."""
+        if layer_id not in self.paused:
+            return False
+        self._set(self.paused - {layer_id})
+        return True
+
     def reset(self) -> list[str]:
         """Every layer active again (a new media connection: that MH says anew what it needs);
         returns those that were paused."""

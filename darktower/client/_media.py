@@ -37,8 +37,6 @@ from darktower.transport import (
     open_session,
 )
 
-from ._levels import with_audio_level
-
 # Limit: received frames buffered for the application. Policy when full: the stream readers
 # wait, so QUIC flow control pushes back on the MH, whose per-subscription queue then drops by
 # its policy (a slow application costs only its own frames).
@@ -80,10 +78,11 @@ class MediaPublisher:
         audio_level: int | None = None,
     ) -> bytes:
         """Encode (and encrypt, with an encryptor) and send one frame; return its wire bytes.
-        ``audio_level`` (0..127, -dBov; None: not said) goes in the header (docs/protocol.md
-        §17.1). Waits while flow control is full. Raises StreamReset if the MH reset the
-        stream, SessionClosed once it is gone; the encryptor's ValueError for a payload too
-        long, ValueError for a level out of range."""
+        ``audio_level`` (0..127, -dBov; None: not said) goes in the header, before it is
+        encrypted (docs/protocol.md §17.1). Waits while flow control is full. Raises
+        StreamReset if the MH reset the stream, SessionClosed once it is gone; the
+        encryptor's ValueError for a payload too long, ValueError for a level out of range or
+        on a frame that is not audio."""
         seq = self.sequence if sequence is None else sequence
         self.sequence = seq + 1
         header = FrameHeader(
@@ -93,9 +92,8 @@ class MediaPublisher:
             sequence=seq,
             payload_length=len(payload),
             flags=flags,
+            audio_level=audio_level,
         )
-        if audio_level is not None:
-            header = with_audio_level(header, audio_level)
         encryptor = self.encryptor
         data = header.encode() + payload if encryptor is None else encryptor(header, payload)
         await self.stream.send_all(data)

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import trio
 
-from darktower.frames import Frame, FrameFlags, FrameType
+from darktower.frames import MAX_AUDIO_LEVEL, Frame, FrameFlags, FrameType
 from darktower.model import LeaveReason, StreamType
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
@@ -28,7 +28,6 @@ from ._events import (
     SessionEnded,
     SessionEvent,
 )
-from ._levels import check_level
 from ._media import MediaPublisher
 from ._reception import Reception
 
@@ -242,10 +241,11 @@ class Publication:
     paused (:attr:`paused_layers`, :meth:`layer_active`; a ``QualityUpdate`` with ``layers``
     says so, and :meth:`wait_layers_changed` wakes): what the application sends on it is
     dropped here, counted in ``paused_dropped``, so an application that keeps encoding it
-    costs no uplink (better: it stops encoding it). When the layer is active again the
+    costs no uplink (better: it stops encoding it); with ``dynacast`` set to False they are
+    sent all the same (the MH routes them to nobody) and a resumed layer sends what comes. When the layer is active again the
     session puts a ``KeyFrameRequest`` for that layer id, and the layer sends nothing before
-    its key frame. A new media connection makes every layer active again (that MH says anew
-    what it needs).
+    its key frame (a key frame request of the MH for a paused layer resumes it as well). A
+    new media connection makes every layer active again (that MH says anew what it needs).
     """
 
     def __init__(
@@ -271,6 +271,7 @@ class Publication:
         self.closed = False
         self.dropped = 0  # frames dropped by the reconnection policy
         self.paused_dropped = 0  # frames of paused simulcast layers, dropped (dynacast)
+        self.dynacast = True  # False: frames of paused layers are sent all the same
         self._layers = LayerStates(self.layer_ids)
         self._live = trio.Event()  # set while every wire has a media stream
         self._paused = trio.Event()  # set while it has none
@@ -332,9 +333,18 @@ class Publication:
         """A publisher's ``StreamQualityUpdate.layers`` (called by the session): returns the
         layers active again, each of which starts at a key frame."""
         resumed = self._layers.apply(layers)
-        if self.stream_type is not StreamType.AUDIO:
+        if self.dynacast and self.stream_type is not StreamType.AUDIO:
             self._await_key.update(resumed)
         return resumed
+
+    def _key_frame_asked(self, wire: str) -> bool:
+        """The MH asked for a key frame of ``wire`` (called by the session): a paused layer
+        is active again (someone needs it; its feedback may follow, or have been lost), and
+        starts at a key frame. Returns whether ``wire`` waits for a key frame now."""
+        resumed = self._layers.resume(wire)
+        if resumed and self.dynacast and self.stream_type is not StreamType.AUDIO:
+            self._await_key.add(wire)
+        return wire in self._await_key
 
     async def send_frame(
         self,
@@ -377,11 +387,11 @@ class Publication:
         wire = self.stream_id if layer_id is None else layer_id
         if wire not in self.wires:
             raise ValueError(f"stream {self.stream_id} has no layer {layer_id!r}")
-        if audio_level is not None:
-            if frame_type != FrameType.AUDIO:
-                raise ValueError("only an audio frame carries an audio level")
-            check_level(audio_level)
-        if wire in self._layers.paused:
+        if audio_level is not None and (
+            frame_type != FrameType.AUDIO or not 0 <= audio_level <= MAX_AUDIO_LEVEL
+        ):
+            raise ValueError(f"audio level {audio_level!r}: 0..127 on an audio frame only")
+        if wire in self._layers.paused and self.dynacast:
             self.paused_dropped += 1
             return b""
         if not self._live.is_set():

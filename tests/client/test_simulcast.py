@@ -27,6 +27,7 @@ async def test_each_subscriber_gets_its_preferred_layer_only(tmp_path: pathlib.P
             simulcast_layers=[SimulcastLayer(320, 180, 150_000), SimulcastLayer(1280, 720)],
         )
         low, high = video.layer_ids
+        video.dynacast = False  # sends every layer whatever the MH's feedback says
         for viewer in (low_viewer, high_viewer):
             await next_event(
                 viewer, StreamPublished, lambda e: e.stream.stream_id == video.stream_id
