@@ -18,6 +18,8 @@
 // budget, docs/protocol.md §3.1): each stream at most once in REPORT_INTERVAL_MS, and the page
 // at most one report per REPORT_TICK_MS whatever the room's size.
 
+import { FrameType } from "./frames.js";
+
 export const REPORT_INTERVAL_MS = 5000;
 export const REPORT_TICK_MS = 1000;
 // A sequence number further ahead than this is a new start (a media reconnection), not a loss.
@@ -91,7 +93,7 @@ export class Adaptive {
     s.bytes += bytes;
     c.bytes += bytes;
     c.frames++;
-    if (frame.frameType === 1) s.keyFrames++;
+    if (frame.frameType === FrameType.VIDEO_KEY) s.keyFrames++;
     if (c.lastId === frame.streamId) {
       const gap = frame.sequence - c.lastSeq - 1n;
       if (gap > 0n && gap < MAX_GAP) {
@@ -158,6 +160,7 @@ export class Adaptive {
       c.bytes = 0;
     }
     for (const participantId of this.roster.participants.keys()) this.show(participantId);
+    this.showOwn();
     this.measureRtt();
     this.sendReport(now);
   }
@@ -198,6 +201,16 @@ export class Adaptive {
         this.stats.reports.failed++;
       },
     );
+  }
+
+  // The own tile's overlay: each published layer's height and bitrate, or "paused".
+  showOwn() {
+    const layers = Object.values(this.stats.publishedLayers ?? {}).filter((l) => l.height);
+    if (!this.view.tileStats || !this.session.participantId || layers.length === 0) return;
+    const text = layers
+      .map((l) => `${l.height}p ${l.paused ? "paused" : `${Math.round(l.bitrate / 1000)}k`}`)
+      .join(" · ");
+    this.view.tileStats(this.session.participantId, text);
   }
 
   // The stats overlay of a participant's tile: its video's layer, bitrate, RTT and loss.

@@ -101,6 +101,8 @@ export class LocalMedia {
     for (const { layerId } of layers) {
       await media.publish(layerId, {
         onNeedKeyFrame: () => this.video?.requestKeyFrame(layerId),
+        // A new media session: every layer runs until its MH says otherwise (dynacast).
+        onReconnected: () => this.video?.resume(layerId),
         onError: (e) => onLoss("Video", e),
       });
       if (isEnded()) return;

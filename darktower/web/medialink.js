@@ -68,7 +68,10 @@ export class MediaLink {
     this.url = server.mediaHandlerUrl;
     for (const [streamId, entry] of this.local) entry.publisher = publishers.get(streamId) ?? null;
     old?.close();
-    for (const entry of this.local.values()) entry.handlers.onNeedKeyFrame?.();
+    for (const entry of this.local.values()) {
+      entry.handlers.onReconnected?.();
+      entry.handlers.onNeedKeyFrame?.();
+    }
     this.stats.connects++;
     connection.closed.then(
       (info) => this.lost(generation, info, null),
@@ -84,7 +87,8 @@ export class MediaLink {
 
   // Publishes `streamId` (announced with PublishStream and acknowledged first: the MH refuses
   // frames of a stream it does not know) on the current session and on every later one.
-  // `handlers`: onNeedKeyFrame(), onError(error) as for a Publisher.
+  // `handlers`: onNeedKeyFrame(), onError(error) as for a Publisher; onReconnected() when a
+  // later connect() opened it on a new media session.
   async publish(streamId, handlers) {
     const entry = { handlers, publisher: null };
     this.local.set(streamId, entry);

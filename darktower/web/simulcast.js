@@ -192,6 +192,11 @@ export class SimulcastSender {
     else this.layers.get(layerId)?.requestKeyFrame();
   }
 
+  // Layer `layerId` is encoded again (from a key frame) if it was paused.
+  resume(layerId) {
+    this.layers.get(layerId)?.setPaused(false);
+  }
+
   // A StreamQualityUpdate for the published stream (docs/protocol.md §17.3): each layer that
   // `layers` names is paused or resumed as its `active` says (one it does not name stays as it
   // is), and capped by the smaller of its own and the stream's `availableBitrate` (0: no cap).

@@ -273,6 +273,13 @@ async def test_three_layers_paused_resumed_with_a_key_frame_and_capped(
         _say(stack, key_frame_request=common.KeyFrameRequest(stream_id=low))
         _wait_sent(page, low, _sent(page, low) + IN_FLIGHT + 1)
         out["snapshot"] = snapshot(page)
+        # The own tile's overlay shows each layer, a paused one as such.
+        _feedback(stack, [True, True, False])
+        page.wait_for_function(
+            f"""() => document.querySelector('#grid .tile[data-participant-id="{PAGE_ID}"] .stats')
+              .textContent === '480p 500k · 240p 150k · 120p paused'""",
+            polling=POLL_MS,
+        )
         return out
 
     result, stack = await _run(dev_cert, scenario)
