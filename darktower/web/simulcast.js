@@ -4,8 +4,8 @@
 // hears back, in StreamQualityUpdate, what its subscribers can take:
 //   - `layers[i].active` false: nobody receives that layer, so it is not encoded (no frames)
 //     until an update says active again, and then it starts with a key frame (dynacast);
-//   - `available_bitrate` (the stream's, and each layer's; 0: not known) caps the encoders'
-//     bitrates, never above the layer's own maximum. Only these caps lower an encoder's rate:
+//   - `available_bitrate` (each layer's own, else the stream's; 0: not known) caps the
+//     encoders' bitrates, never above the layer's own maximum. Only these caps lower a rate:
 //     what it produced last is never taken for what the path can take, so a cap that lifts
 //     brings the layer back to its maximum.
 
@@ -199,15 +199,15 @@ export class SimulcastSender {
 
   // A StreamQualityUpdate for the published stream (docs/protocol.md §17.3): each layer that
   // `layers` names is paused or resumed as its `active` says (one it does not name stays as it
-  // is), and capped by the smaller of its own and the stream's `availableBitrate` (0: no cap).
+  // is), and capped by what its own subscribers can take (LayerFeedback.availableBitrate), else
+  // by the stream's `availableBitrate` (a plain stream's; 0 in both: no cap).
   onFeedback(update) {
     const streamCap = update.availableBitrate || 0;
     const feedback = new Map((update.layers ?? []).map((f) => [f.layerId, f]));
     for (const [layerId, layer] of this.layers) {
       const f = feedback.get(layerId);
       if (f) layer.setPaused(!f.active);
-      const caps = [streamCap, f?.availableBitrate || 0].filter((c) => c > 0);
-      layer.setCap(caps.length ? Math.min(...caps) : 0);
+      layer.setCap(f?.availableBitrate || streamCap);
     }
   }
 

@@ -208,11 +208,15 @@ def _sent(page: Page, layer_id: str) -> int:
     return int(page.evaluate("(id) => darktower.stats.publishedLayers[id].sent", layer_id))
 
 
-def _feedback(stack: AdaptiveStack, active: list[bool], available: int = 0) -> None:
+def _feedback(
+    stack: AdaptiveStack, active: list[bool], available: int = 0, caps: tuple[int, ...] = (0, 0, 0)
+) -> None:
     video = stack.video()
     layers = [
-        common.LayerFeedback(layer_id=la.layer_id, active=on, subscribers=int(on))
-        for la, on in zip(video.metadata.video.simulcast_layers, active, strict=True)
+        common.LayerFeedback(
+            layer_id=la.layer_id, active=on, subscribers=int(on), available_bitrate=cap
+        )
+        for la, on, cap in zip(video.metadata.video.simulcast_layers, active, caps, strict=True)
     ]
     update = sig.StreamQualityUpdate(
         stream_id=video.stream_id, available_bitrate=available, layers=layers
@@ -262,6 +266,13 @@ async def test_three_layers_paused_resumed_with_a_key_frame_and_capped(
             polling=POLL_MS,
         )
         out["capped"] = snapshot(page)["stats"]["publishedLayers"]
+        # A layer's own figure comes before the stream's.
+        _feedback(stack, [True, True, True], available=200_000, caps=(260_000, 0, 0))
+        page.wait_for_function(
+            "(id) => darktower.stats.publishedLayers[id].bitrate === 260000",
+            arg=top,
+            polling=POLL_MS,
+        )
         _feedback(stack, [True, True, True], available=0)
         page.wait_for_function(
             "(id) => darktower.stats.publishedLayers[id].bitrate === 500000",
