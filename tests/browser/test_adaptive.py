@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
-from darktower.frames import FrameDecoder
+from darktower.frames import Frame, FrameDecoder
 from darktower.protocol.pb.v1 import common_pb2 as common
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.transport import (
@@ -439,7 +439,22 @@ LEVELS_SCRIPT = """
 async ({amplitudes, buffers}) => {
   const C = await import("/static/codecs.js");
   const L = await import("/static/audiolevel.js");
+  const E = await import("/static/e2ee.js");
+  const F = await import("/static/frames.js");
+  const B = await import("/static/bytes.js");
   const out = {bounds: [L.levelOf(1), L.levelOf(0), L.levelOf(1e-20), L.levelOf(0.5)]};
+  // An encrypted frame keeps its level in clear, authenticated with the rest of the header.
+  const keys = await E.generationKeys(0, E.randomSecret());
+  const header = {frameType: F.FrameType.AUDIO, streamId: crypto.randomUUID(), timestampUs: 1,
+    sequence: 0, audioLevel: 33};
+  const wire = await E.encryptFrame(keys, 0n, header, new Uint8Array(10));
+  const sealed = F.decodeFrame(wire);
+  const plain = await E.decryptPayload(keys, sealed);
+  wire[40] = 0x80 | 34;
+  let forged = "accepted";
+  try { await E.decryptPayload(keys, F.decodeFrame(wire)); } catch (e) { forged = e.name; }
+  out.sealed = {level: sealed.audioLevel, plain: plain.byteLength, forged,
+    wire: B.toHex(F.encodeFrame(header, new Uint8Array(3)))};
   for (const amplitude of amplitudes) {
     const track = new MediaStreamTrackGenerator({kind: "audio"});
     const writer = track.writable.getWriter();
@@ -475,6 +490,10 @@ async def test_the_level_is_measured_on_the_pcm_before_it_is_encoded() -> None:
     with serve_web({"/blank": BLANK_PAGE}) as base:
         result = await trio.to_thread.run_sync(run_page_script, base + "/blank", LEVELS_SCRIPT, arg)
     assert result["bounds"] == [0, 127, 127, 3]
+    sealed = result["sealed"]
+    assert sealed["level"] == 33 and sealed["plain"] == 10
+    assert sealed["forged"] == "OperationError"  # the level byte is authenticated
+    assert Frame.from_wire(bytes.fromhex(sealed["wire"])).audio_level == 33  # as Python reads it
     silent, loud = result["0"], result["0.5"]
     assert len(silent) >= 20 and len(loud) >= 20
     assert set(silent) == {127}
