@@ -1,7 +1,7 @@
 // Adaptive media on the page (docs/protocol.md §17): what it measures of each stream it receives,
 // the MH's StreamQualityUpdates (for a stream it publishes: feedback to its encoders,
 // localmedia.js; for one it receives: the layer, paused, the estimate), the page's own sparse
-// reports, the stats overlay of each tile and the active speakers.
+// reports, the stats overlay of each tile, the active speakers and pinned videos.
 //
 // stats.layers: subscribed stream id -> {participantId, kind ("video" | "audio"), layerId (the
 // simulcast layer whose frames arrive, "" for a plain stream), width, height (that layer's, 0
@@ -40,6 +40,7 @@ export class Adaptive {
     this.local = session.local;
     this.view = session.view;
     this.speakers = []; // ActiveSpeakers: the dominant speaker first
+    this.pinned = new Set(); // participant ids whose video the person pinned
     this.rttMs = 0; // the media session's smoothed RTT, when the browser tells it
     // stream id -> {lastId, lastSeq (of the last frame), bytes (this tick), lost, frames (since
     // the last report), reportedAt, tickAt}
@@ -141,6 +142,25 @@ export class Adaptive {
   onSpeakers(body) {
     this.speakers = [...(body.participantIds ?? [])];
     this.view.update(this.session);
+  }
+
+  // Pins (or unpins) the video of `participantId` (docs/protocol.md §17.2): SubscribeStream
+  // again with SubscriptionOptions.pinned, so that LastN never holds it back. Resolves once the
+  // MC acknowledged each of its video streams.
+  async pin(participantId, pinned = true) {
+    const p = this.roster.participants.get(participantId);
+    if (!p) throw new Error(`no participant ${participantId}`);
+    if (pinned) this.pinned.add(participantId);
+    else this.pinned.delete(participantId);
+    this.view.update(this.session);
+    for (const streamId of p.streams) {
+      if (this.roster.remote.get(streamId)?.kind !== "video") continue;
+      const reply = await this.session.signaling.request("subscribe", {
+        streamId,
+        options: { pinned },
+      });
+      this.roster.updated(streamId, reply.ack?.derived);
+    }
   }
 
   // Once a REPORT_TICK_MS: bitrates, the overlay, the RTT, and at most one report.

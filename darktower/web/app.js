@@ -66,6 +66,10 @@
 //   darktower.activeSpeakers                participant ids of the last ActiveSpeakers, the
 //                                           dominant speaker first (its tile has the class
 //                                           `speaking`); in snapshot() too
+//   darktower.pin(participantId, pinned = true)  pins (unpins) a participant's video: LastN
+//                                           never holds it back; its tile has the class
+//                                           `pinned` (the tile's Pin button does the same)
+//   darktower.pinned                        participant ids pinned
 //   darktower.endReason                     null, or {code, name: "KICKED" | "MEETING_ENDED" |
 //                                           "CONNECTION_LOST" | "VOLUNTARY" | "SERVER_SHUTDOWN",
 //                                           text, detail}
@@ -135,6 +139,17 @@ class PageView {
     safety.title = "Safety number: the same on every page for this person";
     safety.hidden = true;
     caption.append(label, safety);
+    if (!self) {
+      const pin = document.createElement("button");
+      pin.className = "pin";
+      pin.textContent = "Pin";
+      pin.title = `Keep ${name}'s video whoever speaks`;
+      pin.addEventListener("click", () => {
+        const pinned = !tile.classList.contains("pinned");
+        hooks.pin(participantId, pinned).catch((e) => this.notice(`Could not pin: ${e.message}`));
+      });
+      caption.append(pin);
+    }
     if (kickable) {
       const kick = document.createElement("button");
       kick.className = "kick";
@@ -220,6 +235,10 @@ class PageView {
           : Boolean(session.participants.get(participantId)?.reconnecting);
       tile.classList.toggle("is-reconnecting", reconnecting);
       tile.classList.toggle("speaking", participantId === dominant);
+      const pinned = Boolean(session.adaptive?.pinned.has(participantId));
+      tile.classList.toggle("pinned", pinned);
+      const pin = tile.querySelector(".pin");
+      if (pin) pin.textContent = pinned ? "Unpin" : "Pin";
       tile.querySelector(".reconnecting").hidden = !reconnecting;
     }
     for (const button of document.querySelectorAll("#lobby button")) {
@@ -295,6 +314,7 @@ const hooks = {
   create,
   join,
   kick: async (participantId) => current().kick(participantId).then(() => undefined),
+  pin: async (participantId, pinned = true) => current().adaptive.pin(participantId, pinned),
   endMeeting: async () => current().endMeeting().then(() => undefined),
   leave: async () => session?.leave(),
   connectVia: (map) => {
@@ -334,6 +354,9 @@ const hooks = {
   },
   get stats() {
     return session?.stats ?? EMPTY;
+  },
+  get pinned() {
+    return [...(session?.adaptive.pinned ?? [])];
   },
   get activeSpeakers() {
     return session?.adaptive.speakers ?? [];

@@ -375,6 +375,8 @@ async def test_active_speakers_highlight_the_tile_and_a_received_stream_shows_it
     overlay = f"""() => document.querySelector(
       '#grid .tile[data-participant-id="{BOT_ID}"] .stats').textContent"""
     layer_of = f"() => darktower.stats.layers['{BOT_VIDEO}']?.layerId"
+    pinned_tiles = """() => [...document.querySelectorAll("#grid .tile.pinned")].map(
+      t => t.dataset.participantId)"""
 
     def scenario(context: BrowserContext, base: str, stack: AdaptiveStack) -> dict[str, Any]:
         page = _join(context, base)
@@ -405,6 +407,12 @@ async def test_active_speakers_highlight_the_tile_and_a_received_stream_shows_it
         frames = int(page.evaluate(f"darktower.stats.decodedFrames['{BOT_ID}']"))
         wait_for_frames(page, BOT_ID, frames + WANT_FRAMES)
         out["low"] = page.evaluate(f"() => darktower.stats.layers['{BOT_VIDEO}']")
+        # The person pins the bot's video, then unpins it with the tile's button.
+        page.evaluate("(pid) => darktower.pin(pid)", BOT_ID)
+        out["pinned"] = (page.evaluate("darktower.pinned"), page.evaluate(pinned_tiles))
+        page.click(f'#grid .tile[data-participant-id="{BOT_ID}"] .pin')
+        page.wait_for_function(f"({pinned_tiles})().length === 0", polling=POLL_MS)
+        page.wait_for_function("darktower.pinned.length === 0", polling=POLL_MS)
         # The page's own reports, one stream at a time, a few seconds apart.
         page.wait_for_function("darktower.stats.reports.sent >= 2", timeout=15_000)
         out["snapshot"] = snapshot(page)
@@ -425,6 +433,13 @@ async def test_active_speakers_highlight_the_tile_and_a_received_stream_shows_it
         "packetLoss": pytest.approx(0.05),
     }
     assert "paused" in result["overlay"] and "loss 5.0 %" in result["overlay"]
+    assert result["pinned"] == ([BOT_ID], [BOT_ID])
+    pins = [
+        (m.subscribe.stream_id, m.subscribe.options.pinned)
+        for m in stack.received
+        if m.HasField("subscribe") and m.subscribe.HasField("options")
+    ]
+    assert pins == [(str(BOT_VIDEO), True), (str(BOT_VIDEO), False)]
     reports = [m for m in stack.received if m.HasField("quality")]
     assert len(reports) >= 2
     assert {r.quality.stream_id for r in reports} <= {str(BOT_VIDEO), str(BOT_AUDIO)}
