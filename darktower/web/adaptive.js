@@ -163,6 +163,14 @@ export class Adaptive {
     }
   }
 
+  // A SubscribeStream `body` of the roster's (a new stream, a rejoin's subscriptions): pinned
+  // when it is the video of a pinned participant.
+  pinning(body) {
+    const record = this.roster.remote.get(body.streamId);
+    if (record?.kind !== "video" || !this.pinned.has(record.participantId)) return body;
+    return { ...body, options: { ...body.options, pinned: true } };
+  }
+
   // Once a REPORT_TICK_MS: bitrates, the overlay, the RTT, and at most one report.
   tick() {
     const now = performance.now();

@@ -123,7 +123,7 @@ export class MeetingSession {
     this.roster = new Roster(view, {
       stats: this.stats,
       audioContext,
-      subscribe: (body) => this.signaling.request("subscribe", body),
+      subscribe: (body) => this.signaling.request("subscribe", this.adaptive.pinning(body)),
       onChange: () => this.view.update(this),
       onLeft: (participantId) => {
         for (const [id, resolve] of this.leftWaiters) if (id === participantId) resolve();

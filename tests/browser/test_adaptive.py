@@ -46,6 +46,7 @@ pytestmark = pytest.mark.browser
 # The bot's simulcast layers: the page's top layer arrives as BOT_HIGH, its low one as BOT_LOW.
 BOT_HIGH = uuid.UUID("00000000-0000-4000-8000-00000000b0c1")
 BOT_LOW = uuid.UUID("00000000-0000-4000-8000-00000000b0c3")
+BOT_SCREEN = uuid.UUID("00000000-0000-4000-8000-00000000b0d1")
 LAYER_SIZES = [(640, 480), (320, 240), (160, 120)]
 LAYER_BITRATES = [500_000, 150_000, 50_000]
 WANT_FRAMES = 20
@@ -410,6 +411,18 @@ async def test_active_speakers_highlight_the_tile_and_a_received_stream_shows_it
         # The person pins the bot's video, then unpins it with the tile's button.
         page.evaluate("(pid) => darktower.pin(pid)", BOT_ID)
         out["pinned"] = (page.evaluate("darktower.pinned"), page.evaluate(pinned_tiles))
+        # A video the bot publishes now is subscribed pinned.
+        screen = common.MediaStream(
+            stream_id=str(BOT_SCREEN),
+            stream_type=common.VIDEO_SCREEN,
+            metadata=common.StreamMetadata(codec="VP8"),
+        )
+        _say(stack, stream_published=sig.StreamPublished(participant_id=BOT_ID, stream=screen))
+        page.wait_for_function(
+            "(id) => darktower.snapshot().subscriptions.some(s => s.streamId === id)",
+            arg=str(BOT_SCREEN),
+            polling=POLL_MS,
+        )
         page.click(f'#grid .tile[data-participant-id="{BOT_ID}"] .pin')
         page.wait_for_function(f"({pinned_tiles})().length === 0", polling=POLL_MS)
         page.wait_for_function("darktower.pinned.length === 0", polling=POLL_MS)
@@ -439,7 +452,8 @@ async def test_active_speakers_highlight_the_tile_and_a_received_stream_shows_it
         for m in stack.received
         if m.HasField("subscribe") and m.subscribe.HasField("options")
     ]
-    assert pins == [(str(BOT_VIDEO), True), (str(BOT_VIDEO), False)]
+    video, screen = str(BOT_VIDEO), str(BOT_SCREEN)
+    assert pins == [(video, True), (screen, True), (video, False), (screen, False)]
     reports = [m for m in stack.received if m.HasField("quality")]
     assert len(reports) >= 2
     assert {r.quality.stream_id for r in reports} <= {str(BOT_VIDEO), str(BOT_AUDIO)}
