@@ -25,6 +25,9 @@ export const REPORT_TICK_MS = 1000;
 // A sequence number further ahead than this is a new start (a media reconnection), not a loss.
 const MAX_GAP = 1000n;
 const HEADER_BYTES = 46;
+// Limit: participant ids kept of an ActiveSpeakers (the MH sends the recent ones, a few). Policy
+// when over: the rest are ignored (only the first, the dominant speaker, is shown).
+const MAX_SPEAKERS = 32;
 
 export class Adaptive {
   // The adaptive media of `session` (session.js): its stats, roster (roster.js), local media
@@ -140,7 +143,7 @@ export class Adaptive {
   }
 
   onSpeakers(body) {
-    this.speakers = [...(body.participantIds ?? [])];
+    this.speakers = (body.participantIds ?? []).slice(0, MAX_SPEAKERS);
     this.view.update(this.session);
   }
 
