@@ -175,10 +175,14 @@ class Adaptation:
     def on_quality(self, m: sig.ServerMessage) -> None:
         update = QualityUpdate.from_pb(m.quality)
         self._owner.put_event(update)
+        if (subscription := self._subscriptions.get(update.stream_id)) is not None:
+            subscription.quality = update
         publication = self._owner.publications.get(update.stream_id)
-        if publication is not None and update.layers and not publication.closed:
-            for layer_id in publication._feedback(update.layers):
-                self._ask_key_frame(layer_id)
+        if publication is not None:
+            publication.quality = update
+            if update.layers and not publication.closed:
+                for layer_id in publication._feedback(update.layers):
+                    self._ask_key_frame(layer_id)
 
     def on_key_frame_request(self, m: sig.ServerMessage) -> None:
         """The MH needs a key frame of one stream id (a layer's, for simulcast). One of a

@@ -25,6 +25,7 @@ from ._events import (
     SETTLE_S,
     DerivedStream,
     LayerFeedback,
+    QualityUpdate,
     SessionEnded,
     SessionEvent,
 )
@@ -159,6 +160,9 @@ class Subscription(_Ending):
         self.closed = False  # aclose() was called
         # What arrived, before the buffer's policy: the session's quality reports use it.
         self.reception = Reception()
+        # The last QualityUpdate about this stream (the MH's estimate, the layer this session
+        # gets, whether LastN holds it back: docs/protocol.md §17.2), None before the first.
+        self.quality: QualityUpdate | None = None
 
     def _deliver(self, frame: Frame) -> None:
         """Buffer one frame by the drop policy (called by the session's media reader)."""
@@ -272,6 +276,9 @@ class Publication:
         self.dropped = 0  # frames dropped by the reconnection policy
         self.paused_dropped = 0  # frames of paused simulcast layers, dropped (dynacast)
         self.dynacast = True  # False: frames of paused layers are sent all the same
+        # The last QualityUpdate about this stream (what its subscribers can take, each
+        # layer's feedback: docs/protocol.md §17.3), None before the first.
+        self.quality: QualityUpdate | None = None
         self._layers = LayerStates(self.layer_ids)
         self._live = trio.Event()  # set while every wire has a media stream
         self._paused = trio.Event()  # set while it has none

