@@ -66,10 +66,15 @@ class LayerStates:
             self._changed.set()
             self._changed = trio.Event()
 
-    async def wait_changed(self) -> frozenset[str]:
-        """Wait for the next change; returns the paused layers then."""
-        await self._changed.wait()
-        return self.paused
+    @property
+    def changed(self) -> trio.Event:
+        """Set at the next change (or :meth:`wake`)."""
+        return self._changed
+
+    def wake(self) -> None:
+        """Wake those who wait for a change (their publication is closed)."""
+        self._changed.set()
+        self._changed = trio.Event()
 
 
 __all__ = ["LayerStates"]

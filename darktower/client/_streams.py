@@ -331,10 +331,18 @@ class Publication:
     async def wait_layers_changed(self) -> frozenset[str]:
         """Wait until :attr:`paused_layers` changes next; returns it then. A change before
         the call is not waited for: compare :attr:`layer_changes`, or read the
-        ``QualityUpdate`` events."""
+        ``QualityUpdate`` events. Raises trio.ClosedResourceError once the publication is
+        closed (also while waiting), SessionEnded once the session is over. Cancel-safe."""
+        self._check_open()
+        await first_of(self._layers.changed, self._session.ended)
+        self._check_open()
+        return self._layers.paused
+
+    def _check_open(self) -> None:
+        if self._session.end_reason is not None:
+            raise self._session.ended_error()
         if self.closed:
             raise trio.ClosedResourceError("publication closed")
-        return await self._layers.wait_changed()
 
     def _feedback(self, layers: Sequence[LayerFeedback]) -> list[str]:
         """A publisher's ``StreamQualityUpdate.layers`` (called by the session): returns the
@@ -442,6 +450,7 @@ class Publication:
         if self.closed:
             return
         self.closed = True
+        self._layers.wake()
         await self._close(self)
 
     async def __aenter__(self) -> Publication:

@@ -109,3 +109,36 @@ async def test_a_paused_layer_sends_nothing_and_starts_at_a_key_frame(autojump_c
         await trio.testing.wait_all_tasks_blocked()
         adaptation.on_quality(_feedback(pub, **{low: True}))
     assert changed == [frozenset()] and pub.layer_active(low)
+
+
+async def test_a_wait_for_a_change_ends_with_the_publication_or_the_session() -> None:
+    import pytest
+
+    from darktower.client import SessionEnded
+    from darktower.model import LeaveReason
+
+    owner = Owner()
+    pub = _publication(owner)
+    async with trio.open_nursery() as nursery:
+
+        async def closed() -> None:
+            with pytest.raises(trio.ClosedResourceError):
+                await pub.wait_layers_changed()
+
+        nursery.start_soon(closed)
+        await trio.testing.wait_all_tasks_blocked()
+        await pub.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await pub.wait_layers_changed()
+
+    other = _publication(owner)
+    async with trio.open_nursery() as nursery:
+
+        async def ended() -> None:
+            with pytest.raises(SessionEnded):
+                await other.wait_layers_changed()
+
+        nursery.start_soon(ended)
+        await trio.testing.wait_all_tasks_blocked()
+        owner.end_reason = LeaveReason.KICKED
+        owner.ended.set()
