@@ -142,3 +142,14 @@ async def test_a_wait_for_a_change_ends_with_the_publication_or_the_session() ->
         await trio.testing.wait_all_tasks_blocked()
         owner.end_reason = LeaveReason.KICKED
         owner.ended.set()
+
+
+def test_what_one_message_is_taken_for_is_bounded() -> None:
+    from darktower.client import ActiveSpeakers
+    from darktower.client._events import MAX_LAYER_FEEDBACK, MAX_SPEAKERS
+
+    many = [common_pb2.LayerFeedback(layer_id=str(i), active=True) for i in range(100)]
+    update = QualityUpdate.from_pb(sig.StreamQualityUpdate(stream_id="s", layers=many))
+    assert len(update.layers) == MAX_LAYER_FEEDBACK and update.layers[0].layer_id == "0"
+    speakers = ActiveSpeakers.from_pb(sig.ActiveSpeakers(participant_ids=map(str, range(500))))
+    assert len(speakers.participant_ids) == MAX_SPEAKERS and speakers.participant_ids[0] == "0"
