@@ -4,12 +4,14 @@ Sans-IO: no trio, time is a parameter (docs/architecture.md §4.3 says who feeds
 congestion window alone overestimates a path that is not saturated (it grows while the sender
 is application-limited), so the estimate follows the path's signals, in the manner of GCC:
 
-* **Congestion** is queuing delay (the latest RTT above the smallest of the last
-  ``BASE_WINDOW_S``, by more than ``DELAY_THRESHOLD_S``, for two samples in a row), a backlog
-  at this end that keeps more than ``BACKLOG_S`` of the estimate and does not shrink, or heavy
-  loss (above ``LOSS_THRESHOLD`` of the packets of the last ``LOSS_WINDOW_S``; random loss
-  below it, as on a lossy radio link, is not congestion). On delay or backlog the estimate
-  becomes at most ``DECREASE`` times the rate actually delivered (acknowledged) over the last
+* **Congestion** is queuing delay (the recent RTT above the smallest of the last
+  ``BASE_WINDOW_S`` by more than ``DELAY_THRESHOLD_S``, for ``PERSIST`` samples in a row: a
+  key frame's burst passes in fewer), a backlog at this end that keeps more than
+  ``BACKLOG_S`` of the estimate and does not shrink, or heavy loss (above ``LOSS_THRESHOLD``
+  of the packets of the last ``LOSS_WINDOW_S``, beyond chance; random loss below it, as on a
+  lossy radio link, is not congestion). On a delay that still grows, or a backlog, the
+  estimate becomes at most
+  ``DECREASE`` times the rate actually delivered (acknowledged) over the last
   ``DELIVERED_WINDOW_S``; on heavy loss alone it shrinks by half the loss, at most every
   ``LOSS_DECREASE_S`` (as GCC's loss controller).
 * **Without congestion** it grows by ``GROWTH_PER_S`` (multiplicative), never above
@@ -17,30 +19,37 @@ is application-limited), so the estimate follows the path's signals, in the mann
   beyond what it carries.
 * **Probing** proves more: when the caller :meth:`wants <BandwidthEstimator.plan>` more than
   the estimate and nothing was congested for the probe backoff, the caller sends padding at
-  the missing rate for up to ``PROBE_S``; the first sign of queuing delay ends the probe (a
-  failed probe doubles the backoff up to ``MAX_BACKOFF_S``), a clean probe that delivered what
-  it sent makes its rate the estimate.
+  the missing rate (ramped up over ``PROBE_RAMP_S``) for up to ``PROBE_S``; the first sign of
+  queuing delay ends the probe (a failed probe doubles the backoff up to ``MAX_BACKOFF_S``
+  and lowers nothing while its queue drains); a clean probe, one that delivered what it sent
+  without the queuing delay growing, makes its rate the estimate. A probe during which this
+  end stalled is void.
 
-The estimate stays between ``MIN_BPS`` and the connection's ``max_bps`` (its byte budget).
+The estimate stays between ``MIN_BPS`` and the connection's ``max_bps`` (its byte budget),
+and starts at the latter: until the path shows congestion, nothing limits what is sent but
+the budget (a subscriber starts at the layer it asks for and comes down within a fraction of
+a second if its path cannot take it).
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Final
 
 import attrs
 
-# The estimate before anything is known, bits/s.
-INITIAL_BPS: Final = 1_000_000
 # The estimate never goes below this (audio and the lowest video layer still flow), bits/s.
 MIN_BPS: Final = 50_000
-# Queuing delay (latest RTT above the base) that means congestion, seconds.
+# Queuing delay (the recent RTT above the base) that means congestion, seconds, once it held
+# for PERSIST samples in a row (a probe: one).
 DELAY_THRESHOLD_S: Final = 0.04
+PERSIST: Final = 3
 # The base RTT is the smallest sample of this long (a path that changes is learnt in as long).
 BASE_WINDOW_S: Final = 10.0
 # A backlog at this end (queued and unsent bytes) above this long at the estimate, not
-# shrinking, for two samples in a row, is congestion too (a peer or a window that holds back).
+# shrinking, for PERSIST samples in a row, is congestion too (a peer or a window that holds
+# back).
 BACKLOG_S: Final = 0.25
 # Loss above this fraction of the packets sent over LOSS_WINDOW_S is congestion, counted only
 # once LOSS_MIN_PACKETS were sent in that window.
@@ -48,6 +57,8 @@ LOSS_THRESHOLD: Final = 0.1
 LOSS_WINDOW_S: Final = 2.0
 LOSS_MIN_PACKETS: Final = 40
 LOSS_DECREASE_S: Final = 0.5
+# How sure "above LOSS_THRESHOLD" must be (standard deviations of the loss over the window).
+LOSS_Z: Final = 1.64
 # On congestion: the estimate becomes at most this times the rate delivered over the window.
 DECREASE: Final = 0.85
 DELIVERED_WINDOW_S: Final = 0.5
@@ -62,10 +73,22 @@ SENT_WINDOW_S: Final = 1.0
 PROBE_BACKOFF_S: Final = 1.5
 MAX_BACKOFF_S: Final = 3.0
 PROBE_S: Final = 0.6
+# The padding ramps up over this long (the overshoot on a capped path stays small), paid
+# from one tick (PROBE_TICK_S) before the probe starts.
+PROBE_RAMP_S: Final = 0.4
+PROBE_TICK_S: Final = 0.1
+# After a failed probe: congestion lowers nothing for this long, or until the queue it made
+# drained (the probe's padding made it, not the media).
+DRAIN_S: Final = 1.0
 PROBE_HEADROOM: Final = 1.1
 PROBE_DELIVERED: Final = 0.8
-# A probe starts only for a want above the estimate by this ratio.
+# ... and if the queuing delay grew by no more than this meanwhile, seconds.
+PROBE_DELAY_S: Final = 0.015
+# A probe starts only for a target (the want with PROBE_HEADROOM) above the estimate by this
+# ratio.
 PROBE_MIN_GAIN: Final = 1.05
+# A sample taken this soon after this end stalled has no RTT worth reading, seconds.
+STALL_SAMPLE_S: Final = 0.15
 # Samples kept (time-bounded; this bounds them in count too, at ticks of ~0.1 s).
 HISTORY: Final = 64
 RTT_SAMPLES: Final = 256
@@ -75,9 +98,13 @@ RTT_SAMPLES: Final = 256
 class LinkSample:
     """One reading of a connection: cumulative QUIC counters and what waits at this end.
 
-    ``rtt_s`` is QUIC's latest RTT sample (0: none yet); the byte counts are whole UDP
-    payloads of in-flight packets; ``backlog`` is the bytes queued for the peer and not sent
-    yet (the subscriber's queues, the streams' unsent bytes)."""
+    ``rtt_s`` is the smallest of QUIC's recent RTT samples (0: none yet: a stall of this end
+    or a burst inflates some samples, a queue on the path all of them); ``stalled_at`` is
+    when this end's event loop last stalled (its acknowledgements waited: the RTT samples of
+    the next tick and the delivered rate of the next DELIVERED_WINDOW_S mean nothing); the
+    byte counts are whole UDP payloads of in-flight packets; ``backlog`` is the bytes queued
+    for the peer and not sent yet.
+    """
 
     now: float
     rtt_s: float = 0.0
@@ -86,16 +113,21 @@ class LinkSample:
     packets_sent: int = 0
     packets_lost: int = 0
     backlog: int = 0
+    stalled_at: float = -1e9
 
 
 @attrs.define(slots=True)
 class _Probe:
     target: float  # bits/s the connection carries during the probe
-    padding_bps: float  # the padding's share of it
+    padding_bps: float  # the padding's share of it, once ramped up (unless told each tick)
+    estimate: float  # the estimate when it started
     start: float
     until: float
     acked_at_start: int
     paid_at: float  # padding is owed from here on
+    delay_at_start: float  # the queuing delay when it started (a capped path has some)
+    sent_at_start: float  # what the caller sent before it, bits/s
+    delay_max: float = 0.0  # the most queuing delay seen since
 
 
 class BandwidthEstimator:
@@ -103,9 +135,10 @@ class BandwidthEstimator:
     (every ~0.1 s), then :meth:`plan` with what the caller would like to send, which returns
     the bytes of padding to send now (0 but while probing)."""
 
-    def __init__(self, *, now: float, max_bps: float, initial_bps: float = INITIAL_BPS) -> None:
+    def __init__(self, *, now: float, max_bps: float, initial_bps: float | None = None) -> None:
         self.max_bps = float(max_bps)
-        self.estimate = _clamp(float(initial_bps), self.max_bps)
+        # Before the path shows congestion nothing limits it but the budget (by default).
+        self.estimate = _clamp(float(initial_bps or max_bps), self.max_bps)
         self.congested = False  # the last update found congestion
         self.loss = 0.0  # the packet loss of the last LOSS_WINDOW_S
         self.queuing_delay_s = 0.0
@@ -122,13 +155,22 @@ class BandwidthEstimator:
         self._last_backlog = 0
         self._last: LinkSample | None = None
         self._loss_decreased_at = -1e9
+        self._loss_packets = 0  # packets sent over the loss window
+        self._rising = False  # the queuing delay did not fall since the previous sample
+        # A failed probe's queue drains until then: congestion meanwhile lowers nothing.
+        self._draining_until = -1e9
+        # The last decrease of the congestion under way (-1e9: none), and the delay then.
+        self._decreased_at = -1e9
+        self._decreased_delay = 0.0
 
     @property
     def probing(self) -> bool:
         return self._probe is not None
 
     def delivered_bps(self, now: float) -> float | None:
-        """Acknowledged bits/s over the last DELIVERED_WINDOW_S (None: too short a history)."""
+        """Acknowledged bits/s over the last DELIVERED_WINDOW_S (None: too short a history).
+        At the start of a congestion it may still count a time before: a delay that keeps
+        growing decreases again (see _decrease)."""
         return self._rate(now, DELIVERED_WINDOW_S, acked=True)
 
     def sent_bps(self, now: float) -> float | None:
@@ -144,26 +186,47 @@ class BandwidthEstimator:
             LOSS_WINDOW_S, SENT_WINDOW_S, DELIVERED_WINDOW_S
         ):
             self._history.popleft()
-        self._delay(sample)
         self.loss = self._loss(sample)
-        backlog_high = self._backlog(sample)
-        heavy_loss = self.loss > LOSS_THRESHOLD
+        if now - sample.stalled_at < STALL_SAMPLE_S:  # RTT samples waited for this end
+            backlog_high = False
+        else:
+            self._delay(sample)
+            backlog_high = self._backlog(sample)
+        heavy_loss = self._heavy_loss()
         probe = self._probe
-        congested = (
-            self._delay_high >= (1 if probe is not None else 2) or backlog_high or heavy_loss
-        )
-        self.congested = congested
+        if probe is not None and sample.stalled_at > probe.start:
+            # This end stalled during the probe: what it sent and saw proves nothing either
+            # way. Void it; another may start at the next tick.
+            self._probe = probe = None
+        # A probe stops at the first sample of queuing delay; otherwise it takes PERSIST.
+        if probe is not None:
+            probe.delay_max = max(probe.delay_max, self.queuing_delay_s)
+            queuing = self._delay_high >= 1
+        else:  # a delay twice the threshold is no key frame's burst: it needs one sample less
+            high = self.queuing_delay_s > 2 * DELAY_THRESHOLD_S
+            queuing = self._delay_high >= PERSIST - high or backlog_high
+        # (A probe's padding takes the window that stream data waits for: its backlog is
+        # its own doing, judged by what it delivered.)
+        congested = self.congested = queuing or heavy_loss
         dt = 0.0 if last is None else max(0.0, now - last.now)
         if congested:
             self.last_congested_at = now
-            delivered = self.delivered_bps(now)
-            if delivered is not None:
-                self.estimate = _clamp(min(self.estimate, DECREASE * delivered), self.max_bps)
-            if probe is not None:
+            if probe is not None:  # its own padding made the queue: nothing to lower
                 self._probe = None
                 self.backoff_s = min(self.backoff_s * 2, MAX_BACKOFF_S)
+                self._draining_until = now + DRAIN_S
+                self.estimate = min(self.estimate, probe.estimate)
+            elif now < self._draining_until and not heavy_loss:
+                pass
+            elif queuing and now - sample.stalled_at >= DELIVERED_WINDOW_S:
+                if self._rising or backlog_high:  # a falling delay is a burst passing
+                    self._decrease(now)
+            elif now - self._loss_decreased_at >= LOSS_DECREASE_S:
+                self._loss_decreased_at = now
+                self.estimate = _clamp(self.estimate * (1 - self.loss / 2), self.max_bps)
             self._next_probe_at = now + self.backoff_s
             return
+        self._draining_until = self._decreased_at = -1e9  # the congestion is over
         if probe is not None and now >= probe.until:
             self._end_probe(probe, now)
         sent = self.sent_bps(now)
@@ -172,13 +235,29 @@ class BandwidthEstimator:
             grown = self.estimate * GROWTH_PER_S**dt
             self.estimate = _clamp(min(grown, ceiling), self.max_bps)
 
-    def plan(self, wanted_bps: float, now: float) -> int:
-        """What the caller would like to send now (bits/s, all of it); returns the bytes of
-        padding to send now: 0 unless a probe runs (one may start here)."""
+    def _decrease(self, now: float) -> None:
+        """To DECREASE x the rate delivered: at the start of a congestion, then at most every
+        DELIVERED_WINDOW_S while the queuing delay still grows (the rate delivered once the
+        sender slowed down says nothing of the path)."""
+        if self._decreased_at > -1e8 and (
+            now - self._decreased_at < DELIVERED_WINDOW_S
+            or self.queuing_delay_s <= self._decreased_delay
+        ):
+            return
+        delivered = self.delivered_bps(now)
+        if delivered is None:
+            return
+        self._decreased_at, self._decreased_delay = now, self.queuing_delay_s
+        self.estimate = _clamp(min(self.estimate, DECREASE * delivered), self.max_bps)
+
+    def plan(self, wanted_bps: float, now: float, sending_bps: float | None = None) -> int:
+        """What the caller would like to send now (bits/s, all of it) and what it sends now
+        (None: the rate sent of late); returns the bytes of padding to send now: 0 unless a
+        probe runs (one may start here)."""
         probe = self._probe
         if probe is None:
             if (
-                wanted_bps > self.estimate * PROBE_MIN_GAIN
+                wanted_bps * PROBE_HEADROOM > self.estimate * PROBE_MIN_GAIN
                 and self.estimate < self.max_bps
                 and now >= self._next_probe_at
                 and now - self.last_congested_at >= self.backoff_s
@@ -188,7 +267,12 @@ class BandwidthEstimator:
                 probe = self._start_probe(wanted_bps, now)
             else:
                 return 0
-        owed = probe.padding_bps * max(0.0, now - probe.paid_at) / 8
+        ramp = min(1.0, (now - probe.start + PROBE_TICK_S) / PROBE_RAMP_S)
+        sending = (
+            probe.sent_at_start if sending_bps is None else max(sending_bps, probe.sent_at_start)
+        )
+        gap = max(0.0, probe.target - sending)
+        owed = ramp * gap * max(0.0, now - probe.paid_at) / 8
         probe.paid_at = now
         return int(owed)
 
@@ -200,10 +284,13 @@ class BandwidthEstimator:
         probe = _Probe(
             target,
             max(0.0, target - sent),
+            self.estimate,
             now,
             now + PROBE_S,
             self._last.bytes_acked,
-            now - 0.1,
+            now - PROBE_TICK_S,
+            self.queuing_delay_s,
+            sent,
         )
         self._probe = probe
         return probe
@@ -214,11 +301,14 @@ class BandwidthEstimator:
         assert last is not None
         span = now - probe.start
         delivered = (last.bytes_acked - probe.acked_at_start) * 8 / span if span > 0 else 0.0
-        if delivered >= PROBE_DELIVERED * probe.target:
+        clean = probe.delay_max - probe.delay_at_start <= PROBE_DELAY_S
+        if clean and delivered >= PROBE_DELIVERED * probe.target:
             self.estimate = _clamp(max(self.estimate, probe.target), self.max_bps)
             self.probe_succeeded_at = now
             self.backoff_s = PROBE_BACKOFF_S
-        else:  # the padding did not get out (a full window): as good as failed
+            self._next_probe_at = now  # the next step may be probed at once
+            return
+        else:  # the padding did not get out, or the queue grew: as good as failed
             self.estimate = _clamp(max(self.estimate, min(delivered, probe.target)), self.max_bps)
             self.backoff_s = min(self.backoff_s * 2, MAX_BACKOFF_S)
         self._next_probe_at = now + self.backoff_s
@@ -236,7 +326,8 @@ class BandwidthEstimator:
         rtts.append((now, rtt))
         while rtts[0][0] < now - BASE_WINDOW_S:
             rtts.popleft()
-        self.queuing_delay_s = rtt - rtts[0][1]
+        before, self.queuing_delay_s = self.queuing_delay_s, rtt - rtts[0][1]
+        self._rising = self.queuing_delay_s >= before
         high = self.queuing_delay_s > DELAY_THRESHOLD_S
         self._delay_high = self._delay_high + 1 if high else 0
 
@@ -246,9 +337,17 @@ class BandwidthEstimator:
             return 0.0
         sent = sample.packets_sent - first.packets_sent
         lost = sample.packets_lost - first.packets_lost
+        self._loss_packets = sent
         if sent < LOSS_MIN_PACKETS or lost <= 0:
             return 0.0
         return min(1.0, lost / sent)
+
+    def _heavy_loss(self) -> bool:
+        """The loss is above LOSS_THRESHOLD beyond chance: over few packets, random loss
+        below it often looks above it (a one-sided test at about 95 %)."""
+        n = max(1, self._loss_packets)
+        margin = LOSS_Z * math.sqrt(LOSS_THRESHOLD * (1 - LOSS_THRESHOLD) / n)
+        return self.loss > LOSS_THRESHOLD + margin
 
     def _backlog(self, sample: LinkSample) -> bool:
         backlog = sample.backlog
@@ -258,7 +357,7 @@ class BandwidthEstimator:
         else:
             self._backlog_high = 0
         self._last_backlog = backlog
-        return self._backlog_high >= 2
+        return self._backlog_high >= PERSIST
 
     def _first(self, since: float) -> LinkSample | None:
         """The sample a window from ``since`` starts at: the newest not later than ``since``,

@@ -34,6 +34,7 @@ from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.protocol.tokens import ConnectionTokenAuthority
 from darktower.transport import ConnectRequest, WebTransportSession
 
+from ._adapt import Adaptation
 from ._budget import ByteBudget
 from ._ingress import IngressBuffer
 from ._metrics import MediaMetrics
@@ -85,6 +86,7 @@ class MediaHandler:
             settings, metrics, self.authority, self.registry, self.router, self.telemetry_hub
         )
         self.processing = Processing(self)
+        self.adaptation = Adaptation(self.router, self.telemetry_hub)  # docs/protocol.md §17
         self.registry.forgetting = self.processing.forgetting
         self.router.derived_key_frame = self.processing.key_frame
 

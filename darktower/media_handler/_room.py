@@ -34,6 +34,7 @@ from darktower.frames import Frame, FrameType
 from darktower.model import MeetingId, ParticipantId, StreamId, StreamType
 
 from ._budget import ByteBudget, priority_of
+from ._estimate import BandwidthEstimator
 from ._ingress import IngressBuffer
 from ._queue import (
     Dropped,
@@ -43,12 +44,12 @@ from ._queue import (
     QueuedFrame,
     SubscriptionQueue,
 )
-from ._simulcast import Layer, LayerSwitcher, choose_layer
+from ._simulcast import Layer, LayerChooser, LayerSwitcher, choose_layer
 from ._stats import StreamStats
 
 if TYPE_CHECKING:
     from darktower.nurseries import Meeting, Participant, StreamTask
-    from darktower.transport import WebTransportSession, WebTransportStream
+    from darktower.transport import TransportStats, WebTransportSession, WebTransportStream
 
 # Called with (stream id to ask a key frame of, now) when a subscriber waits for one; False
 # when the request was throttled (asked again at a later frame).
@@ -97,6 +98,29 @@ class MediaSubscription:
     switcher: LayerSwitcher | None
     wake: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
     task: StreamTask | None = None
+    # Held back (LastN, docs/protocol.md §17.4): a held video routes nothing to this
+    # subscriber, and restarts at a key frame when released (:meth:`hold`). Audio ignores it.
+    held: bool = False
+    # The layer choice's hysteresis (simulcast only) and what the last SubscriberQuality said
+    # (_adapt.py): (layer, paused, estimate), when, and the connection's counters then.
+    chooser: LayerChooser = attrs.Factory(LayerChooser)
+    share: int = 0  # its share of the subscriber's estimate, bits/s (audio: all of it)
+    reported: tuple[str, bool, int] | None = None
+    reported_at: float = -1e9
+    reported_stats: TransportStats | None = None
+
+    def hold(self, held: bool) -> None:
+        """Hold this subscriber's video back, or release it: the video then restarts at a key
+        frame, asked for at the next frame routed."""
+        if held == self.held:
+            return
+        self.held = held
+        if held or self.publication.kind is not MediaKind.VIDEO:
+            return
+        if self.switcher is not None:
+            self.switcher.restart()
+        else:
+            self.queue.lose_incoming()
 
 
 @attrs.define(eq=False)
@@ -111,6 +135,12 @@ class MediaPublication:
     on_drops: DropSink
     subscriptions: dict[ParticipantId, MediaSubscription] = attrs.Factory(dict)
     codec: str = ""  # StreamMetadata.codec as registered ("": not said, or claimed by a frame)
+    # What the last PublisherFeedback said (_adapt.py): the layers' active flags (all active
+    # until told otherwise), the figures, when; and the connection's counters then.
+    active: dict[StreamId, bool] = attrs.Factory(dict)
+    fed_back: tuple[int, tuple[tuple[int, int], ...]] | None = None
+    fed_back_at: float = -1e9
+    fed_back_stats: TransportStats | None = None
 
     @property
     def kind(self) -> MediaKind:
@@ -136,7 +166,10 @@ class MediaPublication:
         on_drops = self.on_drops
         layer_id = layer.layer_id
         priority = priority_of(frame_type, item.flags, top_layer=layer.top)
+        video = frame_type != FrameType.AUDIO
         for sub in self.subscriptions.values():
+            if video and sub.held:
+                continue
             switcher = sub.switcher
             if switcher is not None and not switcher.on_frame(layer_id, frame_type):
                 continue
@@ -214,6 +247,9 @@ class MediaMember:
     send_delay_s: float = 0.0
     # Connection tokens it used (token id -> expiry, epoch seconds): each opens one connection.
     used_tokens: dict[str, float] = attrs.Factory(dict)
+    # The bandwidth estimate of its media connection (_adapt.py), and that connection.
+    link: BandwidthEstimator | None = None
+    link_session: WebTransportSession | None = None
 
     @property
     def connected(self) -> bool:

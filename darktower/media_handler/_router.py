@@ -62,7 +62,9 @@ class MediaRouter:
     ) -> None:
         """Start (or retarget) the subscription of ``member`` (connected) to ``publication``;
         returns once its task runs."""
-        available = int(member.budget_out.rate * 8)
+        # What its connection can take (the adaptation refines the layer at its next tick).
+        link = member.link
+        available = int(member.budget_out.rate * 8 if link is None else link.estimate)
         sub = publication.subscriptions.get(member.id)
         if sub is not None:
             sub.options = options

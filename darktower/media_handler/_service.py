@@ -276,6 +276,7 @@ async def serve(
             )
         )
         nursery.start_soon(handler.report_telemetry)
+        nursery.start_soon(handler.adaptation.run, lambda: handler.rooms.values())
         grpc_endpoint = netloc(dialable_host(settings.grpc_host, public_host), grpc_port)
         if mc_address is not None:
             nursery.start_soon(

@@ -9,6 +9,7 @@ frames so that the subscriber's decoder never sees a delta without its reference
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 import attrs
 
@@ -27,7 +28,7 @@ class Layer:
     max_bitrate: int
 
 
-def _rank(layer: Layer) -> tuple[int, int, str]:
+def rank(layer: Layer) -> tuple[int, int, str]:
     # Higher resolution is the higher layer; bitrate, then id, break ties deterministically.
     return (layer.width * layer.height, layer.max_bitrate, layer.layer_id)
 
@@ -49,7 +50,7 @@ def choose_layer(
     layer if it exists and fits the budget, else the highest layer that fits, else the lowest.
     A layer without a ``max_bitrate`` always fits. Raises ``ValueError`` if there are no layers.
     """
-    ordered: Sequence[Layer] = sorted(layers, key=_rank)
+    ordered: Sequence[Layer] = sorted(layers, key=rank)
     if not ordered:
         raise ValueError("a simulcast video needs at least one layer")
     limits = [b for b in (max_bitrate or None, available_bitrate) if b is not None]
@@ -85,8 +86,12 @@ class LayerSwitcher:
     def switching(self) -> bool:
         return self.current != self.target
 
-    def set_target(self, layer_id: StreamId) -> None:
-        """Aim for ``layer_id``; setting the current layer back cancels a pending switch."""
+    def set_target(self, layer_id: StreamId, *, at_once: bool = False) -> None:
+        """Aim for ``layer_id``; setting the current layer back cancels a pending switch.
+        ``at_once`` stops forwarding the current layer now (nothing until the target's key
+        frame: the path is congested)."""
+        if at_once and layer_id != self.current:
+            self.current = None
         if layer_id == self.target:
             return
         self.target = layer_id
@@ -102,6 +107,12 @@ class LayerSwitcher:
             return True
         return layer_id == self.current
 
+    def restart(self) -> None:
+        """Frames stopped reaching the subscriber (held back): start again at a key frame of
+        the target, asked for once."""
+        self.current = None
+        self._request = self.target
+
     def take_key_frame_request(self) -> StreamId | None:
         """The layer a key frame is needed from, once per target; then None."""
         request, self._request = self._request, None
@@ -111,3 +122,73 @@ class LayerSwitcher:
         """A request taken could not be sent yet (throttled): raise it again, if still due."""
         if layer == self.target and layer != self.current:
             self._request = layer
+
+
+# Hysteresis: a subscriber moves up a layer only once the higher layer has fit its share of
+# the estimate, with UP_MARGIN to spare, this long without a break (or at once after a probe
+# proved the rate).
+UP_HOLD_S: Final = 2.0
+UP_MARGIN: Final = 1.1
+
+
+def layer_bitrate(layers: Iterable[Layer], layer_id: StreamId | None) -> int:
+    """The declared ``max_bitrate`` of ``layer_id`` among ``layers`` (0: unknown)."""
+    for layer in layers:
+        if layer.layer_id == layer_id:
+            return layer.max_bitrate
+    return 0
+
+
+def step_up(layers: Sequence[Layer], current: StreamId, best: StreamId) -> StreamId:
+    """The layer one above ``current``, up to ``best`` (``best`` if ``current`` is not a
+    layer or not below it)."""
+    ranks = {la.layer_id: rank(la) for la in layers}
+    if current not in ranks or best not in ranks or ranks[current] >= ranks[best]:
+        return best
+    above = [la for la in layers if ranks[current] < rank(la) <= ranks[best]]
+    return min(above, key=rank).layer_id
+
+
+class LayerChooser:
+    """The layer choice of one (subscriber, simulcast video) with hysteresis: down at once
+    (the estimate only falls on congestion), up only after the higher layer has fit with
+    UP_MARGIN for UP_HOLD_S, or at once when a probe just proved the rate (``proven``)."""
+
+    __slots__ = ("_up", "_up_since")
+
+    def __init__(self) -> None:
+        self._up: StreamId | None = None  # the higher layer that fits now
+        self._up_since = 0.0
+
+    def choose(
+        self,
+        layers: Sequence[Layer],
+        current: StreamId,
+        preferred: StreamId | str,
+        max_bitrate: int,
+        share: int,
+        now: float,
+        *,
+        proven: bool = False,
+    ) -> StreamId:
+        """The layer to aim for, given the subscriber's ``share`` of its estimate (bits/s) and
+        the layer it aims for now."""
+        fitting = choose_layer(layers, preferred, max_bitrate, share)
+        ranks = {la.layer_id: rank(la) for la in layers}
+        if current not in ranks or ranks[fitting] <= ranks[current]:
+            self._up = None
+            return fitting
+        if proven:
+            self._up = None
+            return fitting
+        fitting = choose_layer(layers, preferred, max_bitrate, int(share / UP_MARGIN))
+        if ranks[fitting] <= ranks[current]:
+            self._up = None
+            return current
+        if self._up != fitting:
+            self._up, self._up_since = fitting, now
+            return current
+        if now - self._up_since >= UP_HOLD_S:
+            self._up = None
+            return fitting
+        return current

@@ -24,6 +24,7 @@ the difference of the two is what went missing; see :meth:`TransportStats.loss_s
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 from typing import Final
 
@@ -35,6 +36,9 @@ from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
 
 _ONE_RTT: Final = tls.Epoch.ONE_RTT
+# The window of ``TransportStats.rtt_recent_ms``, and a bound on the samples it keeps.
+RECENT_RTT_S: Final = 0.1
+RECENT_RTT_SAMPLES: Final = 64
 
 
 class CountingRecovery(QuicPacketRecovery):
@@ -46,6 +50,8 @@ class CountingRecovery(QuicPacketRecovery):
     dt_bytes_sent = 0  # bytes of in-flight packets sent
     dt_bytes_acked = 0  # bytes of in-flight packets acknowledged
     dt_bytes_lost = 0  # bytes of in-flight packets declared lost (or probed)
+    # RTT samples of the last RECENT_RTT_S, (time, rtt) increasing in rtt (a monotonic queue).
+    dt_recent_rtts: deque[tuple[float, float]]
 
     def on_packet_sent(self, *, packet: QuicSentPacket, space: QuicPacketSpace) -> None:
         if packet.in_flight:
@@ -56,13 +62,23 @@ class CountingRecovery(QuicPacketRecovery):
         self, *, ack_rangeset: RangeSet, ack_delay: float, now: float, space: QuicPacketSpace
     ) -> None:
         # What left the flight here was acknowledged, or declared lost (counted apart).
-        before, lost = self._cc.bytes_in_flight, self.dt_bytes_lost
+        before, lost, rtt = self._cc.bytes_in_flight, self.dt_bytes_lost, self._rtt_latest
         super().on_ack_received(
             ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space
         )
         gone = before - self._cc.bytes_in_flight - (self.dt_bytes_lost - lost)
         if gone > 0:
             self.dt_bytes_acked += gone
+        if self._rtt_latest != rtt:  # a new RTT sample: keep the recent ones, smallest first
+            recent = self.__dict__.get("dt_recent_rtts")
+            if recent is None:
+                recent = self.dt_recent_rtts = deque(maxlen=RECENT_RTT_SAMPLES)
+            latest = self._rtt_latest
+            while recent and recent[-1][1] >= latest:
+                recent.pop()
+            recent.append((now, latest))
+            while recent[0][0] < now - RECENT_RTT_S:
+                recent.popleft()
 
     def _on_packets_lost(
         self,
@@ -93,7 +109,8 @@ def count_losses(quic: QuicConnection) -> None:
     """Make ``quic``'s loss recovery count lost packets (idempotent)."""
     recovery = quic._loss
     if not isinstance(recovery, CountingRecovery):
-        # Same layout (no __slots__, attributes only added with class defaults): a safe swap.
+        # Same layout (no __slots__, attributes only added with class defaults or, for
+        # dt_recent_rtts, at first use): a safe swap.
         recovery.__class__ = CountingRecovery
 
 
@@ -105,7 +122,14 @@ class TransportStats:
     lost (RFC 9002 thresholds). ``packets_probed``: packets retransmitted early on a probe
     timeout. ``datagrams_received``: datagrams the endpoint handed to this connection.
     ``peer_packets_expected``: one more than the largest 1-RTT packet number received from the
-    peer (0 before any). ``rtt_ms``: QUIC's smoothed round-trip time.
+    peer (0 before any). ``rtt_ms``: QUIC's smoothed round-trip time; ``rtt_latest_ms`` its
+    last sample (less the peer's ACK delay), ``rtt_recent_ms`` the smallest sample within
+    RECENT_RTT_S of the newest (a stall of this end's event loop inflates some samples, a
+    queue on the path all of them), ``rtt_min_ms`` the smallest over the connection (0.0
+    before any sample). ``congestion_window`` and ``bytes_in_flight``: the congestion
+    controller's. ``bytes_sent`` / ``bytes_acked`` / ``bytes_lost``: of in-flight packets
+    (whole UDP payloads). ``bytes_unsent``: stream bytes written and not sent yet (reset
+    streams left out).
     """
 
     packets_sent: int = 0
@@ -115,6 +139,7 @@ class TransportStats:
     peer_packets_expected: int = 0
     rtt_ms: float = 0.0
     rtt_latest_ms: float = 0.0
+    rtt_recent_ms: float = 0.0
     rtt_min_ms: float = 0.0
     congestion_window: int = 0
     bytes_in_flight: int = 0
@@ -141,6 +166,7 @@ class TransportStats:
 def read_stats(quic: QuicConnection, datagrams_received: int) -> TransportStats:
     """A sample of ``quic``'s counters (zeros for losses unless :func:`count_losses` ran)."""
     recovery = quic._loss
+    recent: Iterable[tuple[float, float]] = getattr(recovery, "dt_recent_rtts", ())
     space = getattr(quic, "_spaces", {}).get(_ONE_RTT)
     largest = -1 if space is None else space.largest_received_packet
     return TransportStats(
@@ -158,6 +184,9 @@ def read_stats(quic: QuicConnection, datagrams_received: int) -> TransportStats:
         bytes_acked=getattr(recovery, "dt_bytes_acked", 0),
         bytes_lost=getattr(recovery, "dt_bytes_lost", 0),
         bytes_unsent=sum(
-            max(0, s.sender._buffer_stop - s.sender.highest_offset) for s in quic._streams.values()
+            max(0, s.sender._buffer_stop - s.sender.highest_offset)
+            for s in quic._streams.values()
+            if s.sender._reset_error_code is None  # a reset stream sends nothing more
         ),
+        rtt_recent_ms=min((r for _, r in recent), default=0.0) * 1000,
     )

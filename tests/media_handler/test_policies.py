@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import trio
 
 from darktower.client import MediaClient
@@ -157,6 +159,14 @@ async def test_simulcast_switches_only_at_key_frames() -> None:
             assert all(sid == high for sid, _ in kinds[first_high:])
 
 
+async def _next_event(events: AsyncIterator[mc_pb.TelemetryEvent]) -> mc_pb.TelemetryEvent:
+    """The next event other than the adaptation's quality reports (docs/protocol.md §17)."""
+    async for event in events:
+        if event.WhichOneof("event") not in ("subscriber_quality", "publisher_feedback"):
+            return event
+    raise AssertionError("the telemetry stream ended")
+
+
 async def test_mid_stream_subscriber_waits_for_a_key_frame_and_one_is_requested() -> None:
     meeting, cam = new_id(), new_id()
     async with open_harness() as h:
@@ -178,7 +188,7 @@ async def test_mid_stream_subscriber_waits_for_a_key_frame_and_one_is_requested(
             await pub.send_frame(FrameType.VIDEO_DELTA, b"d1")
             await h.route(meeting, cam, ["s"])  # joins mid-stream
             with trio.fail_after(WAIT_S):
-                event = await events.__anext__()
+                event = await _next_event(events)
             assert event.meeting_id == meeting
             assert event.WhichOneof("event") == "key_frame_request"
             assert event.key_frame_request.stream_id == cam
@@ -192,7 +202,7 @@ async def test_mid_stream_subscriber_waits_for_a_key_frame_and_one_is_requested(
             # Telemetry: one MediaTelemetry per stream per report.
             h.handler.report_once()
             with trio.fail_after(WAIT_S):
-                event = await events.__anext__()
+                event = await _next_event(events)
             assert event.WhichOneof("event") == "telemetry"
             assert event.telemetry.stream_id == cam
             assert event.telemetry.bytes_received == stats.bytes_received > 0
