@@ -75,6 +75,11 @@ VIDEO_OVERHEAD: Final = 1.05
 # about that long instead of at the estimate's margin.
 DRAIN_S: Final = 1.0
 MAX_DRAIN: Final = 0.5
+# Quality events (SubscriberQuality, PublisherFeedback) published per tick at most, over all
+# rooms: what is due beyond goes at a later tick, so a room that connects at once does not
+# flood the MCs' telemetry queues (TELEMETRY_QUEUE_SIZE, shared with key frame requests).
+# A PublisherFeedback that turns a layer on or off is never held back.
+MAX_EVENTS_PER_TICK: Final = 256
 # Padding: datagram payload size, and at most this many datagrams per connection per tick
 # (the transport's datagram queue is 64 deep and drops the oldest).
 PADDING_DATAGRAM: Final = 1100
@@ -90,6 +95,7 @@ class Adaptation:
         self.router = router
         self.telemetry = telemetry
         self.stalled_at = -1e9  # when a tick last came late (see run)
+        self._events = MAX_EVENTS_PER_TICK  # quality events this tick may still publish
 
     async def run(self, rooms: Callable[[], Iterable[MediaRoom]]) -> None:
         """Tick every TICK_S until cancelled (owned by the service's nursery). A tick late
@@ -106,6 +112,7 @@ class Adaptation:
     def tick(self, rooms: Iterable[MediaRoom], now: float) -> None:
         """One tick over ``rooms``. An error in one room is logged and skips that room's
         tick only (an error boundary: the service goes on)."""
+        self._events = MAX_EVENTS_PER_TICK
         for room in list(rooms):
             try:
                 self._tick_room(room, now)
@@ -236,6 +243,9 @@ class Adaptation:
                 return
             if last[:2] == (layer, paused) and not _moved(estimate, last[2]):
                 return
+        if self._events <= 0:
+            return  # still due: at a later tick
+        self._events -= 1
         before = sub.reported_stats
         loss = 0.0 if before is None else stats.loss_since(before)
         sub.reported, sub.reported_at, sub.reported_stats = (layer, paused, estimate), now, stats
@@ -289,6 +299,9 @@ class Adaptation:
                 return
             if not _figures_moved(figures, last):
                 return
+            if self._events <= 0:
+                return  # still due: at a later tick (a layer turning on or off never waits)
+        self._events -= 1
         on_key_frame = functools.partial(self.router.key_frame, room)
         for layer_id in flipped:
             if active[layer_id]:  # it comes back: from a key frame

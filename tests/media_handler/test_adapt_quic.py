@@ -274,6 +274,12 @@ async def test_a_capped_subscriber_goes_down_tracks_the_cap_and_climbs_back() ->
             assert abs(e - CAP_BPS) <= 0.3 * CAP_BPS
         assert _p99(delays) <= 0.2 + stall
         assert up_s <= 5.0 + lost
+        # What the estimate was fed: QUIC's own figures of the connection.
+        member = room.handler.rooms[room.meeting].members["s"]  # type: ignore[index]
+        assert member.session is not None
+        stats = member.session.transport_stats()
+        assert 0 < stats.bytes_acked <= stats.bytes_sent
+        assert stats.rtt_recent_ms > 0 and stats.rtt_min_ms > 0 and stats.congestion_window > 0
         # The subscriber heard of it: SubscriberQuality with the layer it receives.
         quality = [e.subscriber_quality for e in room.events if e.HasField("subscriber_quality")]
         cam_layers = {q.layer_id for q in quality if q.stream_id == room.cam}
