@@ -19,13 +19,15 @@ import {
 } from "./codecs.js";
 import { FrameType } from "./frames.js";
 
-// The layers, highest first: each a fraction of the camera's size and a maximum bitrate (a
-// 640×480 camera: 640×480 at 500 kbit/s, 320×240 at 150 kbit/s, 160×120 at 50 kbit/s).
+// The layers, highest first: each a fraction of the camera's size (fitted within TOP_SIZE)
+// and a maximum bitrate (a 640×480 camera: 640×480 at 500 kbit/s, 320×240 at 150 kbit/s,
+// 160×120 at 50 kbit/s).
 export const LAYER_PLAN = Object.freeze([
   Object.freeze({ scale: 1, maxBitrate: 500_000 }),
   Object.freeze({ scale: 2, maxBitrate: 150_000 }),
   Object.freeze({ scale: 4, maxBitrate: 50_000 }),
 ]);
+export const TOP_SIZE = Object.freeze({ width: 640, height: 480 });
 // A cap never takes an encoder below this (or below its maximum, if that is lower).
 export const MIN_LAYER_BITRATE = 30_000;
 // A cap that moves the encoder's bitrate by less than this fraction does not reconfigure it
@@ -52,19 +54,19 @@ function encoderConfig(codec, width, height, bitrate) {
 // [{layerId (a new UUID), width, height, maxBitrate}]. A layer whose configuration
 // VideoEncoder.isConfigSupported refuses is left out, so there may be fewer than three, or none.
 export async function planLayers(width, height, { codec = "VP8", plan = LAYER_PLAN } = {}) {
+  const fit = Math.min(1, TOP_SIZE.width / width, TOP_SIZE.height / height);
   const layers = [];
   for (const { scale, maxBitrate } of plan) {
-    const config = encoderConfig(codec, even(width / scale), even(height / scale), maxBitrate);
+    const w = even((width * fit) / scale);
+    const h = even((height * fit) / scale);
+    const config = encoderConfig(codec, w, h, maxBitrate);
     let supported = false;
     try {
       ({ supported } = await VideoEncoder.isConfigSupported(config));
     } catch {
       // A configuration the browser rejects outright: not supported.
     }
-    if (supported) {
-      const { width: w, height: h } = config;
-      layers.push({ layerId: crypto.randomUUID(), width: w, height: h, maxBitrate });
-    }
+    if (supported) layers.push({ layerId: crypto.randomUUID(), width: w, height: h, maxBitrate });
   }
   return layers;
 }

@@ -32,10 +32,11 @@ from darktower.transport import (
     generate_dev_certificate,
 )
 
+from .._browser import run_page_script
 from . import _fakestack
 from ._fakestack import BOT_AUDIO, BOT_ID, BOT_VIDEO, MEETING_ID, PAGE_ID, FakeStack
 from ._pages import POLL_MS, run_in_browser, snapshot, wait_for_frames, wait_for_hooks
-from ._static import serve_web
+from ._static import BLANK_PAGE, serve_web
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page
@@ -461,3 +462,24 @@ async def test_active_speakers_highlight_the_tile_and_a_received_stream_shows_it
         assert r.quality.available_bitrate == 0
         assert 0 <= r.quality.packet_loss <= 1
     assert result["snapshot"]["stats"]["reports"]["failed"] == 0
+
+
+PLAN_SCRIPT = """
+async (sizes) => {
+  const S = await import("/static/simulcast.js");
+  const out = [];
+  for (const [w, h] of sizes) out.push((await S.planLayers(w, h)).map(l => [l.width, l.height]));
+  return out;
+}
+"""
+
+
+async def test_the_layers_fit_640_by_480_and_halve() -> None:
+    sizes = [[640, 480], [1280, 720], [320, 240]]
+    with serve_web({"/blank": BLANK_PAGE}) as base:
+        result = await trio.to_thread.run_sync(run_page_script, base + "/blank", PLAN_SCRIPT, sizes)
+    assert result == [
+        [[640, 480], [320, 240], [160, 120]],
+        [[640, 360], [320, 180], [160, 90]],
+        [[320, 240], [160, 120], [80, 60]],
+    ]
