@@ -11,9 +11,11 @@ settings (benchmarks/_resume_server.py); the clients run in this one, all on 127
   every layer (the client drops the paused ones, dynacast).
 * A viewer subscribes to it with no preferred layer, its media connection through a
   netfault ``UdpProxy``. Each trial: the viewer receives the top layer; the proxy caps the
-  path at 300 kbit/s (``--cap-bps``); ``downswitch_ms`` is the time to the first frame of a
-  lower layer; frames received in the capped window after it (4 s) give
-  ``capped_delivery_p99_ms`` (header timestamp to receipt, one host clock); the viewer's last
+  path at 300 kbit/s (``--cap-bps``; the proxy's default queue); ``downswitch_ms`` is the
+  time to the first frame of a lower layer; frames received in the 4 s capped window that
+  starts 1 s after it (the MH first drains what the path holds of the higher layer: those
+  frames are ``draining_delivery_p99_ms``) give ``capped_delivery_p99_ms`` (header timestamp
+  to receipt, one host clock); the viewer's last
   ``QualityUpdate.available_bitrate`` since the cap, at the window's end, against the cap gives
   ``estimate_error_ratio`` (median over trials; a trial without one is not counted); then the
   cap is lifted and ``upswitch_ms`` is the time to the first frame of the top layer again.
@@ -49,6 +51,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from benchmarks._adaptation_peers import (
     CAPPED_S,
     DOWN_BOUND_S,
+    SETTLE_S,
     SPEAKER_BOUND_S,
     UP_BOUND_S,
     Publisher,
@@ -72,6 +75,7 @@ async def video_trials(
     ups: list[float] = []
     errors: list[float] = []
     capped: list[float] = []
+    draining: list[float] = []
     counts = {"down_timeouts": 0, "up_timeouts": 0, "never_top": 0}
     for trial in range(trials):
         if not await viewer.wait_layer(lambda layer: layer == top, UP_BOUND_S):
@@ -83,10 +87,12 @@ async def video_trials(
             counts["down_timeouts"] += 1
         else:
             downs.append((down - t0) * 1000)
-        window_start = down if down is not None else t0
+        switched = down if down is not None else t0
+        window_start = switched + SETTLE_S
         await trio.sleep_until(window_start + CAPPED_S)
         window_end = trio.current_time()
         capped.extend(viewer.latencies(window_start, window_end))
+        draining.extend(viewer.latencies(switched, window_start))
         estimate = viewer.estimate(t0, window_end)
         if estimate is not None:
             errors.append(abs(estimate - cap_bps) / cap_bps)
@@ -109,6 +115,7 @@ async def video_trials(
         "capped_delivery_p99_ms": percentiles(capped)["p99"] if capped else None,
         "capped_delivery_p50_ms": percentiles(capped)["p50"] if capped else None,
         "capped_delivery_samples": len(capped),
+        "draining_delivery_p99_ms": percentiles(draining)["p99"] if draining else None,
         "estimate_samples": len(errors),
         **counts,
     }
