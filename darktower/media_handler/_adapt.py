@@ -182,7 +182,8 @@ class Adaptation:
         # A queue on the path must drain too: what it holds comes off for DRAIN_S.
         estimate = link.estimate * (1 - min(MAX_DRAIN, link.queuing_delay_s / DRAIN_S))
         audio = 0.0
-        videos: list[tuple[float, MediaSubscription]] = []  # (the most it would take, sub)
+        # (the most it would take, its best layer (None: a plain video), sub)
+        videos: list[tuple[float, StreamId | None, MediaSubscription]] = []
         for sub in subs:
             publication = sub.publication
             if publication.kind is MediaKind.AUDIO:
@@ -191,36 +192,41 @@ class Adaptation:
             elif sub.held:
                 sub.share = 0
             else:
-                videos.append((_demand(sub, now, step=False) * VIDEO_OVERHEAD, sub))
+                best, rate = _best(sub, now)
+                videos.append((rate * VIDEO_OVERHEAD, best, sub))
         wanted = sending = audio
         left = max(0.0, estimate - audio)
         videos.sort(key=lambda v: v[0])
         proven = link.probe_succeeded_at == now
         on_key_frame = functools.partial(self.router.key_frame, room)
-        for i, (demand, sub) in enumerate(videos):
+        for i, (demand, best, sub) in enumerate(videos):
             fair = left / (len(videos) - i)
             left -= fair if not demand else min(demand, fair)
             sub.share = int(fair)
             switcher = sub.switcher
             layers = sub.publication.layers
-            if switcher is not None and layers:
-                options = sub.options
-                target = sub.chooser.choose(
-                    layers,
-                    switcher.target,
-                    options.preferred_layer,
-                    options.target_bitrate,
-                    int(fair / VIDEO_OVERHEAD),
-                    now,
-                    proven=proven,
-                )
-                if target != switcher.target:
-                    # Down on congestion: the higher layer stops at once (the picture waits
-                    # for the lower layer's key frame), so the path's queue drains.
-                    switcher.set_target(target, at_once=link.congested)
-                    request_key_frame(sub, now, on_key_frame)
-            wanted += _demand(sub, now, step=True) * VIDEO_OVERHEAD
-            sending += _demand(sub, now, step=False, aimed=True) * VIDEO_OVERHEAD
+            if switcher is None or best is None:
+                wanted += demand
+                sending += demand
+                continue
+            options = sub.options
+            target = sub.chooser.choose(
+                layers,
+                switcher.target,
+                options.preferred_layer,
+                options.target_bitrate,
+                int(fair / VIDEO_OVERHEAD),
+                now,
+                proven=proven,
+            )
+            if target != switcher.target:
+                # Down on congestion: the higher layer stops at once (the picture waits
+                # for the lower layer's key frame), so the path's queue drains.
+                switcher.set_target(target, at_once=link.congested)
+                request_key_frame(sub, now, on_key_frame)
+            up = step_up(layers, switcher.target, best)
+            wanted += layer_bitrate(layers, up) * VIDEO_OVERHEAD
+            sending += layer_bitrate(layers, switcher.target) * VIDEO_OVERHEAD
         return wanted, sending
 
     def _report(
@@ -333,23 +339,17 @@ class Adaptation:
         )
 
 
-def _demand(sub: MediaSubscription, now: float, *, step: bool, aimed: bool = False) -> int:
-    """What a video subscription would take without the estimate's limit (bits/s; 0: not
-    known): its best layer's declared bitrate (with ``step``, the next layer up from the one
-    it aims for, up to the best; with ``aimed``, the one it aims for), or what a plain video
-    carries now."""
+def _best(sub: MediaSubscription, now: float) -> tuple[StreamId | None, int]:
+    """A video subscription's best layer without the estimate's limit (None: a plain video)
+    and what it takes (bits/s; 0: not known): that layer's declared bitrate, or what a plain
+    video carries now."""
     publication = sub.publication
     layers = publication.layers
     if not layers:
-        return publication.stats.bitrate(now)
+        return None, publication.stats.bitrate(now)
     options = sub.options
     best = choose_layer(layers, options.preferred_layer, options.target_bitrate, None)
-    switcher = sub.switcher
-    if aimed and switcher is not None:
-        best = switcher.target
-    elif step and switcher is not None:
-        best = step_up(layers, switcher.target, best)
-    return layer_bitrate(layers, best)
+    return best, layer_bitrate(layers, best)
 
 
 def _moved(value: int, before: int) -> bool:

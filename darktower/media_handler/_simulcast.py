@@ -8,7 +8,8 @@ frames so that the subscriber's decoder never sees a delta without its reference
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Iterable
 from typing import Final
 
 import attrs
@@ -17,7 +18,7 @@ from darktower.frames import FrameType
 from darktower.model import StreamId
 
 
-@attrs.frozen(slots=True)
+@attrs.frozen(slots=True, cache_hash=True)
 class Layer:
     """A simulcast layer, as the contract's ``SimulcastLayer``; ``max_bitrate`` in bits/s
     (0: not given)."""
@@ -31,6 +32,18 @@ class Layer:
 def rank(layer: Layer) -> tuple[int, int, str]:
     # Higher resolution is the higher layer; bitrate, then id, break ties deterministically.
     return (layer.width * layer.height, layer.max_bitrate, layer.layer_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def ranked(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
+    """``layers`` lowest first (cached: a publication's layers never change)."""
+    return tuple(sorted(layers, key=rank))
+
+
+@functools.lru_cache(maxsize=4096)
+def ranks(layers: tuple[Layer, ...]) -> dict[StreamId, int]:
+    """Each layer's place in ``ranked(layers)``, 0 the lowest (cached: do not modify)."""
+    return {la.layer_id: i for i, la in enumerate(ranked(layers))}
 
 
 def _fits(layer: Layer, budget: int | None) -> bool:
@@ -50,7 +63,7 @@ def choose_layer(
     layer if it exists and fits the budget, else the highest layer that fits, else the lowest.
     A layer without a ``max_bitrate`` always fits. Raises ``ValueError`` if there are no layers.
     """
-    ordered: Sequence[Layer] = sorted(layers, key=rank)
+    ordered = ranked(layers if isinstance(layers, tuple) else tuple(layers))
     if not ordered:
         raise ValueError("a simulcast video needs at least one layer")
     limits = [b for b in (max_bitrate or None, available_bitrate) if b is not None]
@@ -139,14 +152,14 @@ def layer_bitrate(layers: Iterable[Layer], layer_id: StreamId | None) -> int:
     return 0
 
 
-def step_up(layers: Sequence[Layer], current: StreamId, best: StreamId) -> StreamId:
+def step_up(layers: tuple[Layer, ...], current: StreamId, best: StreamId) -> StreamId:
     """The layer one above ``current``, up to ``best`` (``best`` if ``current`` is not a
     layer or not below it)."""
-    ranks = {la.layer_id: rank(la) for la in layers}
-    if current not in ranks or best not in ranks or ranks[current] >= ranks[best]:
+    places = ranks(layers)
+    at, top = places.get(current), places.get(best)
+    if at is None or top is None or at >= top:
         return best
-    above = [la for la in layers if ranks[current] < rank(la) <= ranks[best]]
-    return min(above, key=rank).layer_id
+    return ranked(layers)[at + 1].layer_id
 
 
 class LayerChooser:
@@ -162,7 +175,7 @@ class LayerChooser:
 
     def choose(
         self,
-        layers: Sequence[Layer],
+        layers: tuple[Layer, ...],
         current: StreamId,
         preferred: StreamId | str,
         max_bitrate: int,
@@ -174,15 +187,15 @@ class LayerChooser:
         """The layer to aim for, given the subscriber's ``share`` of its estimate (bits/s) and
         the layer it aims for now."""
         fitting = choose_layer(layers, preferred, max_bitrate, share)
-        ranks = {la.layer_id: rank(la) for la in layers}
-        if current not in ranks or ranks[fitting] <= ranks[current]:
+        places = ranks(layers)
+        if current not in places or places[fitting] <= places[current]:
             self._up = None
             return fitting
         if proven:
             self._up = None
             return fitting
         fitting = choose_layer(layers, preferred, max_bitrate, int(share / UP_MARGIN))
-        if ranks[fitting] <= ranks[current]:
+        if places[fitting] <= places[current]:
             self._up = None
             return current
         if self._up != fitting:

@@ -186,7 +186,9 @@ def read_stats(quic: QuicConnection, datagrams_received: int) -> TransportStats:
         bytes_unsent=sum(
             max(0, s.sender._buffer_stop - s.sender.highest_offset)
             for s in quic._streams.values()
-            if s.sender._reset_error_code is None  # a reset stream sends nothing more
+            # (aioquic's flag is True only once nothing is left to send; a reset stream
+            # sends nothing more)
+            if not s.sender.buffer_is_empty and s.sender._reset_error_code is None
         ),
         rtt_recent_ms=min((r for _, r in recent), default=0.0) * 1000,
     )

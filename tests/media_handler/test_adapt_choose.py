@@ -16,11 +16,11 @@ from darktower.media_handler._simulcast import (
 from darktower.model import StreamId
 
 LOW, MID, HIGH = StreamId("low"), StreamId("mid"), StreamId("high")
-LAYERS = [
+LAYERS = (
     Layer(LOW, 160, 120, 60_000),
     Layer(MID, 320, 240, 160_000),
     Layer(HIGH, 640, 480, 500_000),
-]
+)
 K, D = FrameType.VIDEO_KEY, FrameType.VIDEO_DELTA
 
 
