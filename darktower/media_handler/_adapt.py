@@ -73,8 +73,8 @@ VIDEO_OVERHEAD: Final = 1.05
 # The layers are chosen for the estimate less what the path's queue holds, spread over this
 # long (at most MAX_DRAIN of it): a queue built before the congestion was seen drains in
 # about that long instead of at the estimate's margin.
-DRAIN_S: Final = 1.0
-MAX_DRAIN: Final = 0.5
+DRAIN_S: Final = 0.5
+MAX_DRAIN: Final = 0.6
 # Quality events (SubscriberQuality, PublisherFeedback) published per tick at most, over all
 # rooms: what is due beyond goes at a later tick, so a room that connects at once does not
 # flood the MCs' telemetry queues (TELEMETRY_QUEUE_SIZE, shared with key frame requests).
@@ -162,10 +162,13 @@ class Adaptation:
                 packets_sent=stats.packets_sent,
                 packets_lost=stats.packets_lost,
                 backlog=stats.bytes_unsent,
+                in_flight=stats.bytes_in_flight,
                 stalled_at=self.stalled_at,
             )
         )
         wanted, sending = self._choose(room, link, subs, now)
+        if any(sub.switcher is not None and sub.switcher.switching for sub in subs):
+            wanted = 0.0  # no probe on top of a key frame on its way (a switch)
         padding = link.plan(wanted, now, sending)
         if padding:
             _pad(session, padding)
@@ -218,6 +221,7 @@ class Adaptation:
                 int(fair / VIDEO_OVERHEAD),
                 now,
                 proven=proven,
+                hold=not link.probing,
             )
             if target != switcher.target:
                 # Down on congestion: the higher layer stops at once (the picture waits

@@ -5,14 +5,15 @@ congestion window alone overestimates a path that is not saturated (it grows whi
 is application-limited), so the estimate follows the path's signals, in the manner of GCC:
 
 * **Congestion** is queuing delay (the recent RTT above the smallest of the last
-  ``BASE_WINDOW_S`` by more than ``DELAY_THRESHOLD_S``, for ``PERSIST`` samples in a row: a
-  key frame's burst passes in fewer), a backlog at this end that keeps more than
+  ``BASE_WINDOW_S``, or the bytes in flight beyond a recent RTT's worth at the delivered
+  rate, whichever is more, by more than ``DELAY_THRESHOLD_S``, for ``PERSIST`` samples in a row: a
+  key frame's burst passes in fewer; the bytes in flight, noisier, are not read during a
+  probe), a backlog at this end that keeps more than
   ``BACKLOG_S`` of the estimate and does not shrink, or heavy loss (above ``LOSS_THRESHOLD``
   of the packets of the last ``LOSS_WINDOW_S``, beyond chance; random loss below it, as on a
-  lossy radio link, is not congestion). On a delay that still grows, or a backlog, the
-  estimate becomes at most
-  ``DECREASE`` times the rate actually delivered (acknowledged) over the last
-  ``DELIVERED_WINDOW_S``; on heavy loss alone it shrinks by half the loss, at most every
+  lossy radio link, is not congestion). On a delay the estimate becomes at most ``DECREASE``
+  times the rate the path delivered (acknowledged) since the delay rose, on a backlog over
+  the last ``DELIVERED_WINDOW_S``; on heavy loss alone it shrinks by half the loss, at most every
   ``LOSS_DECREASE_S`` (as GCC's loss controller).
 * **Without congestion** it grows by ``GROWTH_PER_S`` (multiplicative), never above
   ``APP_LIMITED_RATIO`` times the rate actually sent: a path that is not filled proves nothing
@@ -62,6 +63,8 @@ LOSS_Z: Final = 1.64
 # On congestion: the estimate becomes at most this times the rate delivered over the window.
 DECREASE: Final = 0.85
 DELIVERED_WINDOW_S: Final = 0.5
+# On a congestion by delay: the rate delivered since the delay rose, once it is this long.
+CONGESTED_RATE_S: Final = 0.15
 # Without congestion: multiplicative growth per second, up to this times the rate sent (over
 # SENT_WINDOW_S).
 GROWTH_PER_S: Final = 1.08
@@ -83,10 +86,7 @@ DRAIN_S: Final = 1.0
 PROBE_HEADROOM: Final = 1.1
 PROBE_DELIVERED: Final = 0.8
 # ... and if the queuing delay grew by no more than this meanwhile, seconds.
-PROBE_DELAY_S: Final = 0.015
-# A probe starts only for a target (the want with PROBE_HEADROOM) above the estimate by this
-# ratio.
-PROBE_MIN_GAIN: Final = 1.05
+PROBE_DELAY_S: Final = 0.025
 # A sample taken this soon after this end stalled has no RTT worth reading, seconds.
 STALL_SAMPLE_S: Final = 0.15
 # Samples kept (time-bounded; this bounds them in count too, at ticks of ~0.1 s).
@@ -103,7 +103,7 @@ class LinkSample:
     when this end's event loop last stalled (its acknowledgements waited: the RTT samples of
     the next tick and the delivered rate of the next DELIVERED_WINDOW_S mean nothing); the
     byte counts are whole UDP payloads of in-flight packets; ``backlog`` is the bytes queued
-    for the peer and not sent yet.
+    for the peer and not sent yet, ``in_flight`` the bytes sent and not yet acknowledged.
     """
 
     now: float
@@ -113,6 +113,7 @@ class LinkSample:
     packets_sent: int = 0
     packets_lost: int = 0
     backlog: int = 0
+    in_flight: int = 0
     stalled_at: float = -1e9
 
 
@@ -156,12 +157,11 @@ class BandwidthEstimator:
         self._last: LinkSample | None = None
         self._loss_decreased_at = -1e9
         self._loss_packets = 0  # packets sent over the loss window
-        self._rising = False  # the queuing delay did not fall since the previous sample
         # A failed probe's queue drains until then: congestion meanwhile lowers nothing.
         self._draining_until = -1e9
-        # The last decrease of the congestion under way (-1e9: none), and the delay then.
-        self._decreased_at = -1e9
-        self._decreased_delay = 0.0
+        # When the delay rose above the threshold, and the bytes acknowledged then (None:
+        # it is below).
+        self._high_since: tuple[float, int] | None = None
 
     @property
     def probing(self) -> bool:
@@ -219,14 +219,13 @@ class BandwidthEstimator:
             elif now < self._draining_until and not heavy_loss:
                 pass
             elif queuing and now - sample.stalled_at >= DELIVERED_WINDOW_S:
-                if self._rising or backlog_high:  # a falling delay is a burst passing
-                    self._decrease(now)
+                self._decrease(sample)
             elif now - self._loss_decreased_at >= LOSS_DECREASE_S:
                 self._loss_decreased_at = now
                 self.estimate = _clamp(self.estimate * (1 - self.loss / 2), self.max_bps)
             self._next_probe_at = now + self.backoff_s
             return
-        self._draining_until = self._decreased_at = -1e9  # the congestion is over
+        self._draining_until = -1e9  # the congestion is over
         if probe is not None and now >= probe.until:
             self._end_probe(probe, now)
         sent = self.sent_bps(now)
@@ -235,20 +234,21 @@ class BandwidthEstimator:
             grown = self.estimate * GROWTH_PER_S**dt
             self.estimate = _clamp(min(grown, ceiling), self.max_bps)
 
-    def _decrease(self, now: float) -> None:
-        """To DECREASE x the rate delivered: at the start of a congestion, then at most every
-        DELIVERED_WINDOW_S while the queuing delay still grows (the rate delivered once the
-        sender slowed down says nothing of the path)."""
-        if self._decreased_at > -1e8 and (
-            now - self._decreased_at < DELIVERED_WINDOW_S
-            or self.queuing_delay_s <= self._decreased_delay
-        ):
-            return
-        delivered = self.delivered_bps(now)
-        if delivered is None:
-            return
-        self._decreased_at, self._decreased_delay = now, self.queuing_delay_s
-        self.estimate = _clamp(min(self.estimate, DECREASE * delivered), self.max_bps)
+    def _decrease(self, sample: LinkSample) -> None:
+        """To DECREASE x the rate the path delivered since the delay rose (once that is
+        CONGESTED_RATE_S long): its queue kept it busy all along, so that is what it carries.
+        The rate over a window before would count a time it carried more (before a cap) or
+        less (the sender had less to send: a key frame's burst then looks like a collapse)."""
+        anchor = self._high_since
+        if anchor is None:
+            delivered = self.delivered_bps(sample.now)  # a backlog, no delay
+        else:
+            span = sample.now - anchor[0]
+            if span < CONGESTED_RATE_S:
+                return
+            delivered = (sample.bytes_acked - anchor[1]) * 8 / span
+        if delivered is not None:
+            self.estimate = _clamp(min(self.estimate, DECREASE * delivered), self.max_bps)
 
     def plan(self, wanted_bps: float, now: float, sending_bps: float | None = None) -> int:
         """What the caller would like to send now (bits/s, all of it) and what it sends now
@@ -257,7 +257,7 @@ class BandwidthEstimator:
         probe = self._probe
         if probe is None:
             if (
-                wanted_bps * PROBE_HEADROOM > self.estimate * PROBE_MIN_GAIN
+                wanted_bps * PROBE_HEADROOM > self.estimate
                 and self.estimate < self.max_bps
                 and now >= self._next_probe_at
                 and now - self.last_congested_at >= self.backoff_s
@@ -326,9 +326,20 @@ class BandwidthEstimator:
         rtts.append((now, rtt))
         while rtts[0][0] < now - BASE_WINDOW_S:
             rtts.popleft()
-        before, self.queuing_delay_s = self.queuing_delay_s, rtt - rtts[0][1]
-        self._rising = self.queuing_delay_s >= before
-        high = self.queuing_delay_s > DELAY_THRESHOLD_S
+        base = rtts[0][1]
+        self.queuing_delay_s = rtt - base
+        ahead = 0.0
+        delivered = self.delivered_bps(now)
+        if delivered and sample.in_flight and self._probe is None:
+            # What is in flight beyond a recent RTT's worth waits in a queue on the path that
+            # the RTT samples do not show yet (they come back through it); noisy (a burst
+            # just sent), so it only helps see a congestion start.
+            ahead = sample.in_flight * 8 / max(delivered, MIN_BPS) - rtt
+        high = max(self.queuing_delay_s, ahead) > DELAY_THRESHOLD_S
+        if not high:
+            self._high_since = None
+        elif self._high_since is None:
+            self._high_since = (now, sample.bytes_acked)
         self._delay_high = self._delay_high + 1 if high else 0
 
     def _loss(self, sample: LinkSample) -> float:

@@ -183,9 +183,11 @@ class LayerChooser:
         now: float,
         *,
         proven: bool = False,
+        hold: bool = True,
     ) -> StreamId:
         """The layer to aim for, given the subscriber's ``share`` of its estimate (bits/s) and
-        the layer it aims for now."""
+        the layer it aims for now. Without ``hold`` (a probe runs: the path is being tried)
+        no layer goes up after its hold; it goes up at the first tick allowed."""
         fitting = choose_layer(layers, preferred, max_bitrate, share)
         places = ranks(layers)
         if current not in places or places[fitting] <= places[current]:
@@ -201,7 +203,7 @@ class LayerChooser:
         if self._up != fitting:
             self._up, self._up_since = fitting, now
             return current
-        if now - self._up_since >= UP_HOLD_S:
+        if now - self._up_since >= UP_HOLD_S and hold:
             self._up = None
             return fitting
         return current

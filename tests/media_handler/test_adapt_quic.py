@@ -68,7 +68,7 @@ class Room:
     sent_video_frames: int = 0
     # The subscriber's estimator every tick: (time, estimate, queuing delay, probing,
     # congested), printed by a failing test (pytest shows what it printed).
-    trace: list[tuple[float, int, int, bool, bool]] = attrs.Factory(list)
+    trace: list[tuple[float, int, int, bool, bool, str]] = attrs.Factory(list)
     # When this process stalled (a sampler's tick came late by more than 30 ms) and how long.
     stalls: list[tuple[float, float]] = attrs.Factory(list)
 
@@ -140,9 +140,14 @@ async def _subscribe(room: Room, s: MediaClient) -> None:
 
 async def _trace(room: Room) -> None:
     member = room.handler.rooms[room.meeting].members["s"]  # type: ignore[index]
+    publication = room.handler.rooms[room.meeting].publications[room.cam]  # type: ignore[index]
+    names = {room.layers.low: "L", room.layers.mid: "M", room.layers.high: "H", None: "-"}
     while True:
         before = trio.current_time()
         link = member.link
+        sub = publication.subscriptions.get("s")  # type: ignore[call-overload]
+        switcher = None if sub is None else sub.switcher
+        layers = "" if switcher is None else names[switcher.current] + names[switcher.target]
         if link is not None:
             room.trace.append(
                 (
@@ -151,6 +156,7 @@ async def _trace(room: Room) -> None:
                     round(link.queuing_delay_s * 1000),
                     link.probing,
                     link.congested,
+                    layers,
                 )
             )
         await trio.sleep(0.1)  # a sampler of the state, not a wait
@@ -160,8 +166,8 @@ async def _trace(room: Room) -> None:
 
 
 def _print_trace(room: Room, since: float) -> None:
-    for t, estimate, delay, probing, congested in room.trace:
-        flags = ("P" if probing else "-") + ("C" if congested else "-")
+    for t, estimate, delay, probing, congested, layers in room.trace:
+        flags = ("P" if probing else "-") + ("C" if congested else "-") + " " + layers
         print(f"{t - since:6.2f} {estimate:9d} {delay:4d} ms {flags}")
 
 
