@@ -54,6 +54,11 @@ class BadConnect(ValueError):
 # Bytes of a QUIC packet that a DATAGRAM frame's payload cannot use: first byte, the longest
 # connection ID (20), packet number (4), AEAD tag (16), frame type (1), length varint (2).
 DATAGRAM_PACKET_OVERHEAD = 44
+# A session we close sends its CLOSE_WEBTRANSPORT_SESSION capsule at once and the FIN of its
+# CONNECT stream this much later: Chromium tears a server-closed session down in a task of its
+# own, and a CONNECT stream already finished both ways by then crashes the page's renderer
+# (docs/decisions.md, "The FIN after a close capsule waits").
+CLOSE_FIN_DELAY_S = 0.25
 # Pseudo-headers an extended CONNECT carries (RFC 9220, RFC 9114 section 4.3.1).
 _CONNECT_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path", b":protocol"))
 # :path is origin-form (RFC 3986): the path of pchars and "/", then an optional query of
@@ -306,13 +311,19 @@ class WebTransportSession:
         if self.state is SessionState.CLOSED:
             return
         if self.state is SessionState.OPEN:
-            self._conn.send_data(self.session_id, encode_close(code, reason), True)
+            self._conn.send_data(self.session_id, encode_close(code, reason), False)
+            self._conn.spawn(self._fin_later)
         self.local_close_code = code
         # We closed it: further use is a ClosedResourceError, not a broken session.
         self._finish(
             trio.ClosedResourceError(f"session closed locally (code {code})"),
             ClosedLocally(code, reason),
         )
+
+    async def _fin_later(self) -> None:
+        # Owned by the connection's nursery: ends with it, or after the delay.
+        await trio.sleep(CLOSE_FIN_DELAY_S)
+        self._conn.send_data(self.session_id, b"", True)
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
