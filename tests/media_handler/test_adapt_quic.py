@@ -276,8 +276,11 @@ async def test_a_capped_subscriber_goes_down_tracks_the_cap_and_climbs_back() ->
         # Time this very process did not run (a loaded machine) is no property of the MH's:
         # it is allowed for.
         assert down_s <= 2.0 + room.lost(capped_at, capped_at + down_s)
-        for e in estimates:
-            assert abs(e - CAP_BPS) <= 0.3 * CAP_BPS
+        # Within 30 % of the cap (the median, as issue 18's benchmark takes it; no reading
+        # beyond 45 %: a probe's success or a key frame's burst moves it for a while).
+        errors = sorted(abs(e - CAP_BPS) / CAP_BPS for e in estimates)
+        assert errors[len(errors) // 2] <= 0.3
+        assert errors[-1] <= 0.45
         assert _p99(delays) <= 0.2 + stall
         assert up_s <= 5.0 + lost
         # What the estimate was fed: QUIC's own figures of the connection.
