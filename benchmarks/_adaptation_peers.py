@@ -143,7 +143,8 @@ class Viewer:
     async def subscribe(self, stream_id: str, layer_ids: Sequence[str]) -> None:
         self.stream_id = stream_id
         index = {uuid.UUID(layer).bytes: i for i, layer in enumerate(layer_ids)}
-        subscription = await self.session.subscribe(stream_id)
+        # Pinned: LastN never holds it back (its publisher does not speak, the speakers do).
+        subscription = await self.session.subscribe(stream_id, pinned=True)
         self.nursery.start_soon(self._read, subscription, index)
 
     def _change(self) -> None:

@@ -9,8 +9,9 @@ settings (benchmarks/_resume_server.py); the clients run in this one, all on 127
   640x480 at 500) at 30 fps with frames of those sizes (a key frame every 2 s, 4x a delta,
   and whenever asked: a ``KeyFrameRequest`` of a layer or of the stream); it keeps encoding
   every layer (the client drops the paused ones, dynacast).
-* A viewer subscribes to it with no preferred layer, its media connection through a
-  netfault ``UdpProxy``. Each trial: the viewer receives the top layer; the proxy caps the
+* A viewer subscribes to it with no preferred layer, pinned (LastN would hold back the video
+  of a host that does not speak), its media connection through a netfault ``UdpProxy``.
+  Each trial: the viewer receives the top layer; the proxy caps the
   path at 300 kbit/s (``--cap-bps``; the proxy's default queue); ``downswitch_ms`` is the
   time to the first frame of a lower layer; frames received in the 4 s capped window that
   starts 1 s after it (the MH first drains what the path holds of the higher layer: those
