@@ -312,7 +312,10 @@ class WebTransportSession:
             return
         if self.state is SessionState.OPEN:
             self._conn.send_data(self.session_id, encode_close(code, reason), False)
-            self._conn.spawn(self._fin_later)
+            try:
+                self._conn.spawn(self._fin_later)
+            except RuntimeError:  # the connection is ending: its CONNECTION_CLOSE ends all
+                self._conn.send_data(self.session_id, b"", True)
         self.local_close_code = code
         # We closed it: further use is a ClosedResourceError, not a broken session.
         self._finish(
