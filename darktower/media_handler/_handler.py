@@ -192,6 +192,7 @@ class MediaHandler:
                 )
             if member is None:
                 member = self._add_member(room, pid)
+                room.speakers.join(pid)  # a participant, not a job's (_speaking.py)
             else:
                 # A fresh token: a fresh wait (a member in its media grace keeps that deadline).
                 member.registered_at = trio.current_time()
@@ -288,7 +289,7 @@ class MediaHandler:
         # publisher's first frame claims it (see _room.py).
         publication = room.publications.get(source)
         destinations = self.destinations(room, command, publication)
-        wanted = RouteOptions(options.preferred_layer, options.target_bitrate)
+        wanted = RouteOptions(options.preferred_layer, options.target_bitrate, options.pinned)
         await self.route_stream(room, source, destinations, wanted, unroute=command.unroute)
         return mc_pb.RouteMediaResponse()
 

@@ -32,7 +32,7 @@ from darktower.errors import (
     StreamError,
     Unauthorized,
 )
-from darktower.frames import Frame, FrameDecoder, FrameError, FrameType
+from darktower.frames import Frame, FrameDecoder, FrameError, FrameType, audio_level_of
 from darktower.logs import fields
 from darktower.model import LeaveReason, StreamId, StreamType
 from darktower.nurseries import Participant, ScopeClosed
@@ -395,6 +395,8 @@ class MediaPlane:
             raise StreamError(f"{frame_type.name} frame on a {publication.stream_type.name} stream")
         size = frame.raw.nbytes
         publication.stats.on_received(size, frame.timestamp_us, now)
+        if frame_type is FrameType.AUDIO:  # its level, for the room's speakers (_speaking.py)
+            member.room.speakers.on_level(member.id, audio_level_of(frame.raw), now)
         priority = priority_of(frame_type, int(frame.flags), top_layer=layer.top)
         if member.budget_in.admit(priority, size, now):
             if (tap := self.router.tap) is not None:

@@ -45,6 +45,7 @@ from ._queue import (
     SubscriptionQueue,
 )
 from ._simulcast import Layer, LayerChooser, LayerSwitcher, choose_layer
+from ._speaker import SpeakerTracker
 from ._stats import StreamStats
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class RouteOptions:
 
     preferred_layer: str = ""
     target_bitrate: int = 0  # bits/s, 0: no cap
+    pinned: bool = False  # LastN never holds it back (docs/protocol.md §17.4)
 
 
 @attrs.define(eq=False)
@@ -280,6 +282,8 @@ class MediaRoom:
     # The incarnation of the meeting's room at its MC (RegisterParticipant.room_epoch; 0: none
     # said): a registration of a newer one replaces this room (_registry.py).
     epoch: int = 0
+    # Who speaks, from the audio levels its members publish (_speaking.py).
+    speakers: SpeakerTracker = attrs.Factory(SpeakerTracker)
 
     def add_publication(self, publication: MediaPublication) -> None:
         self.publications[publication.stream_id] = publication
@@ -314,6 +318,7 @@ class MediaRoom:
         subscriptions (of others) whose tasks the caller cancels."""
         if self.members.get(member.id) is member:
             del self.members[member.id]
+            self.speakers.forget(member.id)
         orphans: list[MediaSubscription] = []
         for publication in list(member.publications.values()):
             orphans.extend(self.remove_publication(publication))

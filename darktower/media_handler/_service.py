@@ -69,6 +69,7 @@ from ._limits import (
 from ._metrics import MediaMetrics
 from ._processing_links import parse_processors
 from ._settings import Settings
+from ._speaking import Speaking
 
 logger = logging.getLogger("darktower.media_handler")
 
@@ -277,6 +278,10 @@ async def serve(
         )
         nursery.start_soon(handler.report_telemetry)
         nursery.start_soon(handler.adaptation.run, lambda: handler.rooms.values())
+        speaking = Speaking(
+            handler.telemetry_hub, last_n=settings.last_n, room_size=settings.last_n_room_size
+        )
+        nursery.start_soon(speaking.run, lambda: handler.rooms.values())
         grpc_endpoint = netloc(dialable_host(settings.grpc_host, public_host), grpc_port)
         if mc_address is not None:
             nursery.start_soon(

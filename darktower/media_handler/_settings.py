@@ -101,6 +101,14 @@ class Settings:
         MAX_AUDIO_AGE_S, "seconds an audio frame may wait for its subscriber before it is stale"
     )
     telemetry_interval_s: float = option(TELEMETRY_INTERVAL_S, "seconds between stream reports")
+    last_n: int = option(
+        0,
+        "LastN: in rooms of more than --last-n-room-size members, each participant receives "
+        "camera video only from this many recent speakers and those it pinned (0: off)",
+    )
+    last_n_room_size: int = option(
+        16, "LastN applies in rooms of more than this many members (see --last-n)"
+    )
     token_leeway_s: float = option(
         DEFAULT_LEEWAY_S, "clock skew tolerated when verifying connection tokens, seconds"
     )

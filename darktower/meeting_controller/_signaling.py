@@ -8,9 +8,11 @@ the session's ``SessionEnded``; a ``DarkTowerError`` becomes the ``ErrorMessage`
 
 Quality reports from clients: a report on a stream the client *receives* becomes a
 ``RouteMedia`` options update for that subscription (``target_bitrate`` = the reported
-available bitrate, the preferred layer kept), so the MH's layer choice follows the client's
-downlink (not for a subscription carried by a derived stream: a transcode keeps its bitrate);
-a report on a stream the client *publishes* is relayed to that stream's subscribers.
+available bitrate within the subscription's ``max_bitrate``, the preferred layer and the pin
+kept; a report without a bitrate leaves only ``max_bitrate``), so the MH's layer choice
+follows the client's downlink (not for a subscription carried by a derived stream: a
+transcode keeps its bitrate); a report on a stream the client *publishes* is relayed to that
+stream's subscribers.
 
 Subscriptions may be carried by a stream the server makes (a transcode, an audio mix), and a
 participant's first publish starts its recording in a meeting that records: ``_processing``
@@ -242,6 +244,9 @@ async def quality(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     if options is not None and report.stream_id in member.derived:
         pass  # carried by a transcode or the mix: its bitrate is the server's
     elif options is not None:
+        # The report caps the route within the subscription's own max_bitrate; 0 says no figure
+        # (a report of loss and RTT only), which leaves that cap (docs/protocol.md §17.5).
+        caps = [b for b in (report.available_bitrate, options.max_bitrate) if b]
         await _route(
             room,
             mh_pb.RouteMediaCommand(
@@ -249,7 +254,7 @@ async def quality(session: SignalingSession, m: sig.ClientMessage) -> Reply:
                 destination_participant_ids=[member.id],
                 options=mh_pb.RoutingOptions(
                     preferred_layer=options.preferred_layer,
-                    target_bitrate=report.available_bitrate,
+                    target_bitrate=min(caps, default=0),
                     pinned=options.pinned,
                 ),
             ),

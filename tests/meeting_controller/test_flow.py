@@ -73,6 +73,17 @@ async def test_join_publish_subscribe_quality_leave(tmp_path: pathlib.Path) -> N
                 )
                 assert stack.mh.routes[-1].options.target_bitrate == 150_000
                 assert stack.mh.routes[-1].options.preferred_layer == "L-low"
+                # ... within the subscription's own max_bitrate; a report without a bitrate
+                # (loss and RTT only) leaves that cap
+                for reported in (900_000, 0):
+                    await bob.request(
+                        sig.ClientMessage(
+                            quality=sig.StreamQualityUpdate(
+                                stream_id="cam", available_bitrate=reported, rtt_ms=30
+                            )
+                        )
+                    )
+                    assert stack.mh.routes[-1].options.target_bitrate == 300_000
 
                 # MH estimates -> quality updates: a subscriber's to it, a stream's feedback
                 # to its publisher, the speakers to everyone (docs/protocol.md §17)

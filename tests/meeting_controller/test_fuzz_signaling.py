@@ -28,6 +28,9 @@ from ._harness import WAIT_S, Stack, join_message, open_stack
 PER_SESSION = 60
 
 
+_UNSOLICITED = frozenset({"quality", "active_speakers", "key_frame_request"})
+
+
 class Raw:
     """One raw signaling session: send bytes, read the replies in order. (The session is
     closed from our side once the MC ended it, as a client does; the MC waits for that.)"""
@@ -38,17 +41,21 @@ class Raw:
         self.decoder: MessageDecoder[sig.ServerMessage] = MessageDecoder(sig.ServerMessage)
 
     async def next(self) -> sig.ServerMessage | None:
-        """The next server message, None once the stream ends."""
+        """The next server message other than the MH's quality feedback and speaker lists
+        (unsolicited, request_id 0, docs/protocol.md §17: a fuzzed stream that was published
+        gets them), None once the stream ends."""
         with trio.fail_after(WAIT_S):
-            while (message := self.decoder.next_message()) is None:
-                try:
-                    data = await self.stream.receive_some()
-                except trio.BrokenResourceError:
-                    return None
-                if not data:
-                    return None
-                self.decoder.receive_data(data)
-        return message
+            while True:
+                while (message := self.decoder.next_message()) is None:
+                    try:
+                        data = await self.stream.receive_some()
+                    except trio.BrokenResourceError:
+                        return None
+                    if not data:
+                        return None
+                    self.decoder.receive_data(data)
+                if message.request_id or message.WhichOneof("message") not in _UNSOLICITED:
+                    return message
 
     async def expect_closed_with_invalid_request(self) -> None:
         error = await self.next()
