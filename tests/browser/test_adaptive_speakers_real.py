@@ -1,0 +1,102 @@
+"""The active speaker on the real stack (tests/_stack.py), in Chromium (docs/protocol.md §17.1,
+§17.4): Ann's page speaks (a generated steady tone, about -13 dBov), Ben's is silent (a
+generated track of zeros). Each audio frame carries its level; the MH
+picks Ann as the dominant speaker and the MC tells every member: on both pages Ann's tile is
+the one outlined and ``darktower.activeSpeakers`` starts with her.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+
+from tests._stack import open_services
+
+from ._pages import POLL_MS, run_in_browser, snapshot, wait_for_hooks
+
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext
+
+pytestmark = pytest.mark.browser
+
+REAL_WAIT_S = 30.0
+# Ben's microphone: 10 ms of zeros every 10 ms, from a generated track (his camera stays).
+# A page's microphone: 10 ms of a 440 Hz tone of `amplitude` (0: silence) every 10 ms, from a
+# generated track (its camera stays).
+GENERATED_MICROPHONE = """(amplitude) => {
+  const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  navigator.mediaDevices.getUserMedia = async (constraints) => {
+    const camera = await open({video: constraints.video});
+    const track = new MediaStreamTrackGenerator({kind: "audio"});
+    const writer = track.writable.getWriter();
+    let n = 0;
+    const timer = setInterval(() => {
+      if (track.readyState === "ended") { clearInterval(timer); return; }
+      const data = new Float32Array(480);
+      for (let i = 0; i < 480; i++) data[i] = amplitude * Math.sin(2 * Math.PI * 440 * (n + i) / 48000);
+      writer.write(new AudioData({format: "f32-planar", sampleRate: 48000, numberOfFrames: 480,
+        numberOfChannels: 1, timestamp: n * 1000000 / 48000, data})).catch(() => {});
+      n += 480;
+    }, 10);
+    return new MediaStream([...camera.getVideoTracks(), track]);
+  };
+}"""
+# A steady voice at about -13 dBov (a sine of amplitude 0.3). Chromium's own fake microphone
+# beeps for about 150 ms every 500 ms: to the MH, a cough (docs/protocol.md §17.4).
+LOUD = 0.3
+
+
+def _state(page: Any) -> Any:
+    try:
+        snap = snapshot(page)
+        return {"speakers": snap.get("activeSpeakers"), "sent": snap["stats"]["sent"]}
+    except Exception as exc:  # a page that is gone or stuck
+        return repr(exc)
+
+
+SPEAKING = """() => [...document.querySelectorAll("#grid .tile.speaking")].map(
+  t => t.dataset.participantId)"""
+
+
+async def test_the_loud_page_is_the_active_speaker_on_both_pages(tmp_path: pathlib.Path) -> None:
+    results: dict[str, Any] = {}
+    async with open_services(tmp_path / "data", gc={"dev_http_port": 0}, mc={}, mh={}) as services:
+        assert services.gc is not None
+        page_url = services.gc.page_url
+        meeting = await services.create_meeting("speakers")
+
+        def steps(context: BrowserContext) -> None:
+            try:
+                _scenario(context)
+            except Exception as exc:  # what each page saw
+                for page in context.pages:
+                    exc.add_note(f"{page.url}: {_state(page)}")
+                raise
+
+        def _scenario(context: BrowserContext) -> None:
+            ann, ben = context.new_page(), context.new_page()
+            for page in (ann, ben):
+                page.goto(page_url)
+                wait_for_hooks(page)
+            ann.evaluate(GENERATED_MICROPHONE, LOUD)
+            ben.evaluate(GENERATED_MICROPHONE, 0)
+            join = "([id, name]) => darktower.join({meetingId: id, name})"
+            results["ann"] = a = ann.evaluate(join, [meeting.meeting_id, "Ann"])
+            results["ben"] = ben.evaluate(join, [meeting.meeting_id, "Ben"])
+            for page in (ann, ben):
+                page.wait_for_function(
+                    "(pid) => darktower.activeSpeakers[0] === pid",
+                    arg=a["participantId"],
+                    polling=POLL_MS,
+                )
+            results["tiles"] = {"ann": ann.evaluate(SPEAKING), "ben": ben.evaluate(SPEAKING)}
+            results["speakers"] = snapshot(ben)["activeSpeakers"]
+
+        await trio.to_thread.run_sync(lambda: run_in_browser(steps, timeout_s=REAL_WAIT_S))
+
+    aid = results["ann"]["participantId"]
+    assert results["tiles"] == {"ann": [aid], "ben": [aid]}
+    assert results["speakers"][0] == aid
