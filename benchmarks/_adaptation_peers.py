@@ -52,6 +52,8 @@ CAPPED_S = 4.0
 # After the downswitch, the MH drains what the path holds of the higher layer first: capped
 # delivery is measured from this long after it (as the MH's own test does).
 SETTLE_S = 1.0
+# The baseline: delivery over this long before each cap, the viewer on the top layer.
+BASELINE_S = 2.0
 LEAVE_S = 5.0
 # Samples kept by the viewer (a bound on a long run).
 MAX_SAMPLES = 200_000

@@ -16,7 +16,8 @@ settings (benchmarks/_resume_server.py); the clients run in this one, all on 127
   time to the first frame of a lower layer; frames received in the 4 s capped window that
   starts 1 s after it (the MH first drains what the path holds of the higher layer: those
   frames are ``draining_delivery_p99_ms``) give ``capped_delivery_p99_ms`` (header timestamp
-  to receipt, one host clock); the viewer's last
+  to receipt, one host clock), against ``uncapped_delivery_p99_ms``, the same viewer's 2 s
+  before each cap (the same-run baseline; ``capped_delivery_p99_ratio``); the viewer's last
   ``QualityUpdate.available_bitrate`` since the cap, at the window's end, against the cap gives
   ``estimate_error_ratio`` (median over trials; a trial without one is not counted); then the
   cap is lifted and ``upswitch_ms`` is the time to the first frame of the top layer again.
@@ -50,6 +51,7 @@ import trio
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from benchmarks._adaptation_peers import (
+    BASELINE_S,
     CAPPED_S,
     DOWN_BOUND_S,
     SETTLE_S,
@@ -77,12 +79,14 @@ async def video_trials(
     errors: list[float] = []
     capped: list[float] = []
     draining: list[float] = []
+    uncapped: list[float] = []  # the baseline: the same viewer's last 2 s before each cap
     counts = {"down_timeouts": 0, "up_timeouts": 0, "never_top": 0}
     for trial in range(trials):
         if not await viewer.wait_layer(lambda layer: layer == top, UP_BOUND_S):
             counts["never_top"] += 1
-        viewer.proxy.rate_bps = cap_bps
         t0 = trio.current_time()
+        uncapped.extend(viewer.latencies(t0 - BASELINE_S, t0))
+        viewer.proxy.rate_bps = cap_bps
         down = await viewer.wait_layer(lambda layer: layer < top, DOWN_BOUND_S)
         if down is None:
             counts["down_timeouts"] += 1
@@ -117,6 +121,12 @@ async def video_trials(
         "capped_delivery_p50_ms": percentiles(capped)["p50"] if capped else None,
         "capped_delivery_samples": len(capped),
         "draining_delivery_p99_ms": percentiles(draining)["p99"] if draining else None,
+        "uncapped_delivery_p99_ms": percentiles(uncapped)["p99"] if uncapped else None,
+        "capped_delivery_p99_ratio": (
+            percentiles(capped)["p99"] / percentiles(uncapped)["p99"]
+            if capped and uncapped
+            else None
+        ),
         "estimate_samples": len(errors),
         **counts,
     }
