@@ -15,7 +15,7 @@ import trio
 
 from tests._stack import open_services
 
-from ._pages import POLL_MS, run_in_browser, snapshot, wait_for_hooks
+from ._pages import POLL_MS, run_in_browser, snapshot, wait_for_frames, wait_for_hooks
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext
@@ -84,8 +84,9 @@ async def test_the_loud_page_is_the_active_speaker_on_both_pages(tmp_path: pathl
             ann.evaluate(GENERATED_MICROPHONE, LOUD)
             ben.evaluate(GENERATED_MICROPHONE, 0)
             join = "([id, name]) => darktower.join({meetingId: id, name})"
-            results["ann"] = a = ann.evaluate(join, [meeting.meeting_id, "Ann"])
+            # Ben first: the MC sends ActiveSpeakers on a change only.
             results["ben"] = ben.evaluate(join, [meeting.meeting_id, "Ben"])
+            results["ann"] = a = ann.evaluate(join, [meeting.meeting_id, "Ann"])
             for page in (ann, ben):
                 page.wait_for_function(
                     "(pid) => darktower.activeSpeakers[0] === pid",
@@ -100,3 +101,64 @@ async def test_the_loud_page_is_the_active_speaker_on_both_pages(tmp_path: pathl
     aid = results["ann"]["participantId"]
     assert results["tiles"] == {"ann": [aid], "ben": [aid]}
     assert results["speakers"][0] == aid
+
+
+def _video_of(page: Any, pid: str) -> str:
+    (video,) = [
+        s["streamId"]
+        for s in snapshot(page)["subscriptions"]
+        if s["participantId"] == pid and s["kind"] == "video"
+    ]
+    return str(video)
+
+
+PAUSED = "(id) => darktower.stats.layers[id]?.server?.paused === true"
+RUNNING = "(id) => darktower.stats.layers[id]?.server?.paused === false"
+
+
+async def test_last_n_pauses_a_silent_video_until_it_is_pinned(tmp_path: pathlib.Path) -> None:
+    """LastN of 1 in a room of more than 2: once Ann speaks, Cat receives her video and Ben's is
+    held back (the tile's overlay says "paused") until Cat pins it."""
+    results: dict[str, Any] = {}
+    mh = {"last_n": 1, "last_n_room_size": 2}
+    async with open_services(tmp_path / "data", gc={"dev_http_port": 0}, mc={}, mh=mh) as services:
+        assert services.gc is not None
+        page_url = services.gc.page_url
+        meeting = await services.create_meeting("last-n")
+
+        def steps(context: BrowserContext) -> None:
+            pages = [context.new_page() for _ in range(3)]
+            for page, amplitude in zip(pages, (LOUD, 0, 0), strict=True):
+                page.goto(page_url)
+                wait_for_hooks(page)
+                page.evaluate(GENERATED_MICROPHONE, amplitude)
+            ann, ben, cat = pages
+            join = "([id, name]) => darktower.join({meetingId: id, name})"
+            # Ann last: the others are there when she starts speaking (the MC sends
+            # ActiveSpeakers on a change only, not to a member who joins later).
+            cat.evaluate(join, [meeting.meeting_id, "Cat"])
+            bid = ben.evaluate(join, [meeting.meeting_id, "Ben"])["participantId"]
+            aid = ann.evaluate(join, [meeting.meeting_id, "Ann"])["participantId"]
+            cat.wait_for_function(
+                "(pid) => darktower.activeSpeakers[0] === pid", arg=aid, polling=POLL_MS
+            )
+            wait_for_frames(cat, aid, 10)
+            ben_video = _video_of(cat, bid)
+            cat.wait_for_function(PAUSED, arg=ben_video, polling=POLL_MS)
+            results["overlay"] = cat.text_content(
+                f'#grid .tile[data-participant-id="{bid}"] .stats'
+            )
+            results["ann_paused"] = cat.evaluate(
+                "(id) => darktower.stats.layers[id]?.server?.paused ?? false", _video_of(cat, aid)
+            )
+            cat.evaluate("(pid) => darktower.pin(pid)", bid)
+            cat.wait_for_function(RUNNING, arg=ben_video, polling=POLL_MS)
+            frames = int(cat.evaluate("(pid) => darktower.stats.decodedFrames[pid]", bid))
+            results["frames"] = (frames, wait_for_frames(cat, bid, frames + 10))
+
+        await trio.to_thread.run_sync(lambda: run_in_browser(steps, timeout_s=REAL_WAIT_S))
+
+    assert "paused" in results["overlay"]
+    assert results["ann_paused"] is False
+    before, after = results["frames"]
+    assert after >= before + 10
