@@ -176,6 +176,10 @@ class Adaptation:
         update = QualityUpdate.from_pb(m.quality)
         self._owner.put_event(update)
         if (subscription := self._subscriptions.get(update.stream_id)) is not None:
+            if update.paused:
+                # LastN holds it back: the frames that do not come meanwhile are not loss, and
+                # the numbering after the release starts a count of its own.
+                subscription.reception.restart()
             subscription.quality = update
         publication = self._owner.publications.get(update.stream_id)
         if publication is not None:
@@ -265,6 +269,8 @@ class Adaptation:
             if state is None or state.subscription is not subscription:
                 state = self._reported[stream_id] = _Reported(subscription)
             sample = subscription.reception.sample(now)
+            if subscription.quality is not None and subscription.quality.paused:
+                continue  # held back by LastN: nothing to measure (docs/protocol.md §17.4)
             own = subscription.options.max_bitrate
             current = own if state.cap is None else state.cap
             cap = decide(sample, current if state.due is None else state.due, own)

@@ -56,6 +56,11 @@ class Reception:
             self.expected += 1
         self._key, self._seq = key, sequence
 
+    def restart(self) -> None:
+        """The next frame starts a count of its own (whatever its stream id and number): the
+        frames missing before it were held back, not lost."""
+        self._key = b""
+
     def sample(self, now: float) -> ReceptionSample | None:
         """What came since the previous sample (None at the first one, which starts the
         count)."""

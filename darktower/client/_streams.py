@@ -408,6 +408,7 @@ class Publication:
             raise ValueError(f"audio level {audio_level!r}: 0..127 on an audio frame only")
         if wire in self._layers.paused and self.dynacast:
             self.paused_dropped += 1
+            await trio.lowlevel.checkpoint()  # a loop that only sends still lets others run
             return b""
         if not self._live.is_set():
             with trio.move_on_after(RECONNECT_SEND_WAIT_S):

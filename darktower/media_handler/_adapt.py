@@ -227,7 +227,10 @@ class Adaptation:
                 # Down on congestion: the higher layer stops at once (the picture waits
                 # for the lower layer's key frame), so the path's queue drains.
                 switcher.set_target(target, at_once=link.congested)
-                request_key_frame(sub, now, on_key_frame)
+            # Every tick: a video restarted (LastN released it, a switch at once) passes no
+            # frame before its key frame, so route() would never ask; nor re-ask one the
+            # throttle held back. Nothing pending costs nothing.
+            request_key_frame(sub, now, on_key_frame)
             up = step_up(layers, switcher.target, best)
             wanted += layer_bitrate(layers, up) * VIDEO_OVERHEAD
             sending += layer_bitrate(layers, switcher.target) * VIDEO_OVERHEAD

@@ -84,6 +84,9 @@ PROBE_TICK_S: Final = 0.1
 # drained (the probe's padding made it, not the media).
 DRAIN_S: Final = 1.0
 PROBE_HEADROOM: Final = 1.1
+# A probe aims at most this times the estimate: a layer that claims an absurd max_bitrate (a
+# hostile publisher's) costs its subscribers a probe one step up, not a burst at the budget.
+PROBE_MAX_GAIN: Final = 2.5
 PROBE_DELIVERED: Final = 0.8
 # ... and if the queuing delay grew by no more than this meanwhile, seconds.
 PROBE_DELAY_S: Final = 0.025
@@ -277,7 +280,7 @@ class BandwidthEstimator:
         return int(owed)
 
     def _start_probe(self, wanted_bps: float, now: float) -> _Probe:
-        target = min(wanted_bps * PROBE_HEADROOM, self.max_bps)
+        target = min(wanted_bps * PROBE_HEADROOM, self.max_bps, self.estimate * PROBE_MAX_GAIN)
         sent = self.sent_bps(now) or 0.0
         assert self._last is not None
         # The first tick's padding covers one tick ahead: from now on, it is paid as it goes.

@@ -395,7 +395,7 @@ class MediaPlane:
             raise StreamError(f"{frame_type.name} frame on a {publication.stream_type.name} stream")
         size = frame.raw.nbytes
         publication.stats.on_received(size, frame.timestamp_us, now)
-        if frame_type is FrameType.AUDIO:  # its level, for the room's speakers (_speaking.py)
+        if frame_type is FrameType.AUDIO and not member.removed:  # a participant's, not a job's
             member.room.speakers.on_level(member.id, audio_level_of(frame.raw), now)
         priority = priority_of(frame_type, int(frame.flags), top_layer=layer.top)
         if member.budget_in.admit(priority, size, now):

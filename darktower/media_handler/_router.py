@@ -69,8 +69,16 @@ class MediaRouter:
         if sub is not None:
             sub.options = options
             target = publication.choose(options, available)
-            if sub.switcher is not None and target is not None:
-                sub.switcher.set_target(target)
+            switcher = sub.switcher
+            # New options may only lower the layer at once (a cap); going up is the
+            # adaptation's, with its hysteresis and the subscription's share, not the whole
+            # connection's estimate (a paused layer would be asked for and sent to nobody).
+            if (
+                switcher is not None
+                and target is not None
+                and publication.below(target, switcher.target)
+            ):
+                switcher.set_target(target)
                 self._request(sub)
             return
         target = publication.choose(options, available)

@@ -59,6 +59,18 @@ def test_loss_is_counted_from_gaps_within_one_wire_stream() -> None:
     assert (r.expected, r.lost) == (14, 4)
 
 
+def test_frames_held_back_by_lastn_are_not_loss() -> None:
+    """A subscription paused by LastN (docs/protocol.md §17.4) misses the publisher's frames
+    meanwhile; after restart() the numbering starts a count of its own."""
+    r = Reception()
+    for seq in range(10):
+        r.on_frame(b"cam", seq, 100)
+    r.restart()
+    for seq in range(150, 160):
+        r.on_frame(b"cam", seq, 100)
+    assert (r.expected, r.lost) == (20, 0)
+
+
 def test_a_sample_is_what_came_since_the_previous_one() -> None:
     r = Reception()
     assert r.sample(10.0) is None

@@ -137,3 +137,14 @@ def test_the_estimate_stays_within_its_bounds() -> None:
     assert est.estimate == 400_000
     run(est, link, 3.0, media=300_000)
     assert est.estimate == MIN_BPS
+
+
+def test_an_absurd_layer_is_probed_one_step_at_a_time() -> None:
+    """A publisher's layer of 4 Gbit/s (hostile) makes a subscriber want it: each probe aims at
+    most 2.5 times the estimate, never at the budget, so a capped path pays a small queue."""
+    link = Link(cap=300_000)
+    est = BandwidthEstimator(now=0.0, max_bps=100e6, initial_bps=1_000_000)
+    trace: list[tuple[float, float, float]] = []
+    run(est, link, 8.0, want=4e9, trace=trace)
+    assert max(q for t, _, q in trace if t > 3.0) < 0.25
+    assert est.estimate <= 1.3 * 300_000

@@ -416,3 +416,31 @@ async def test_a_held_video_is_paused_and_resumes_at_a_key_frame() -> None:
             await room.wait(lambda: _layer_of(room, released_at) == layers.high)
         first = room.video_since(released_at)[0]
         assert first[2] == FrameType.VIDEO_KEY
+
+
+async def test_a_video_released_while_another_receives_its_layer_asks_for_a_key_frame() -> None:
+    """The layer stays active (another subscriber receives it), so no dynacast change asks for
+    the key frame: the released subscription does, within a tick."""
+    async with open_room() as room:
+        layers, h = room.layers, room.h
+        url_t = await h.register(room.meeting, "t")
+        async with h.client(url_t):  # connected, never reading: its queue fills
+            await h.connected(room.meeting, "t")
+            await h.route(room.meeting, room.cam, ["t"])
+            with trio.fail_after(WAIT_S):
+                await room.wait(lambda: _layer_of(room, 0.0) == layers.high)
+            pub = room.handler.rooms[room.meeting].publications[room.cam]  # type: ignore[index]
+            sub = pub.subscriptions["s"]  # type: ignore[index]
+            other = pub.subscriptions["t"]  # type: ignore[index]
+            with trio.fail_after(WAIT_S):
+                await room.wait(lambda: other.switcher.current == layers.high)
+            sub.hold(True)
+            await _frames(room, 0.3)
+            asked = room.key_requested.get(layers.high, 0)
+            sub.hold(False)
+            released_at = trio.current_time()
+            with trio.fail_after(KEY_EVERY_S / 2):  # sooner than the periodic key frame
+                await room.wait(lambda: room.key_requested.get(layers.high, 0) > asked)
+            with trio.fail_after(WAIT_S):
+                await room.wait(lambda: _layer_of(room, released_at) == layers.high)
+            assert room.video_since(released_at)[0][2] == FrameType.VIDEO_KEY
