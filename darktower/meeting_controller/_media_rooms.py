@@ -136,6 +136,7 @@ class MediaRooms:
         elif kind == "active_speakers":
             # At most 2 a second from the MH's speaker detector; members only.
             ids = [p for p in event.active_speakers.participant_ids if p in room.members]
+            room.speakers = ids
             room.broadcast(
                 sig.ServerMessage(active_speakers=sig.ActiveSpeakers(participant_ids=ids))
             )

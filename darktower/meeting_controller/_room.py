@@ -135,6 +135,8 @@ class RoomState:
     mix_above: int = 0
     # Members whose recording runs (docs/protocol.md §2.1): the meeting is being recorded.
     recorded: set[ParticipantId] = attrs.field(factory=set)
+    # The MH's last speaker list (docs/protocol.md §17.4), for a member that joins after it.
+    speakers: list[str] = attrs.field(factory=list)
 
     @property
     def records(self) -> bool:

@@ -162,6 +162,13 @@ class SignalingSession:
         for other in list(room.members.values()):
             if other.reconnecting and other is not member:
                 room.deliver(member, _updated(other, sig.RECONNECTING))
+        # Who speaks now: the list is sent on a change only (docs/protocol.md §17.4).
+        speakers = [p for p in room.speakers if p in room.members]
+        if speakers:
+            room.deliver(
+                member,
+                sig.ServerMessage(active_speakers=sig.ActiveSpeakers(participant_ids=speakers)),
+            )
         if not resumed:
             room.broadcast(
                 sig.ServerMessage(

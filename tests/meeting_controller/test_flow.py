@@ -133,6 +133,11 @@ async def test_join_publish_subscribe_quality_leave(tmp_path: pathlib.Path) -> N
                 for client in (host, bob):
                     update = await next_event(client, "active_speakers")
                     assert list(update.active_speakers.participant_ids) == [host.participant_id]
+                # one who joins later is told who speaks now
+                async with stack.join("m1", name="Cy") as cy:
+                    cy_id = cy.participant_id
+                    update = await next_event(cy, "active_speakers")
+                    assert list(update.active_speakers.participant_ids) == [host.participant_id]
                 # key-frame requests from the MH reach the publisher
                 await stack.mh.telemetry_send.send(
                     mh_pb.TelemetryEvent(
@@ -177,6 +182,7 @@ async def test_join_publish_subscribe_quality_leave(tmp_path: pathlib.Path) -> N
             assert {r.participant_id for r in stack.mh.registered} == {
                 host.participant_id,
                 bob.participant_id,
+                cy_id,
             }
         # the server's drain at the end of the stack: nothing left in the tree
     assert stack.running.controller.tree.snapshot()["counts"]["participants"] == 0
