@@ -44,7 +44,7 @@ from ._queue import (
     QueuedFrame,
     SubscriptionQueue,
 )
-from ._simulcast import Layer, LayerChooser, LayerSwitcher, choose_layer, ranks
+from ._simulcast import Layer, LayerChooser, LayerSwitcher, choose_layer
 from ._speaker import SpeakerTracker
 from ._stats import StreamStats
 
@@ -154,11 +154,6 @@ class MediaPublication:
         return choose_layer(
             self.layers, options.preferred_layer, options.target_bitrate, available_bitrate
         )
-
-    def below(self, layer: StreamId, other: StreamId) -> bool:
-        """``layer`` is a lower simulcast layer of this video than ``other``."""
-        order = ranks(self.layers)
-        return order.get(layer, -1) < order.get(other, -1)
 
     def route(
         self, layer: PublishedLayer, frame: Frame, now: float, on_key_frame: KeyFrameCallback

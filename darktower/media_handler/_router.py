@@ -67,23 +67,10 @@ class MediaRouter:
         available = int(member.budget_out.rate * 8 if link is None else link.estimate)
         sub = publication.subscriptions.get(member.id)
         if sub is not None:
-            asked = options.preferred_layer != sub.options.preferred_layer
             sub.options = options
             target = publication.choose(options, available)
-            switcher = sub.switcher
-            # New options lower the layer at once (a cap), and move it to a layer newly
-            # preferred; any other rise is the adaptation's, with its hysteresis and the
-            # subscription's share, not the whole connection's estimate (a cap lifted or a
-            # pin would ask a paused layer for a key frame and send it to nobody).
-            if (
-                switcher is not None
-                and target is not None
-                and (
-                    publication.below(target, switcher.target)
-                    or (asked and target == options.preferred_layer)
-                )
-            ):
-                switcher.set_target(target)
+            if sub.switcher is not None and target is not None:
+                sub.switcher.set_target(target)
                 self._request(sub)
             return
         target = publication.choose(options, available)
