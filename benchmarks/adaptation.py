@@ -35,6 +35,7 @@ A figure whose every trial timed out is null. ``--trials`` (default 10, ``--quic
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pathlib
@@ -204,7 +205,7 @@ async def measure(
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0] if __doc__ else "")
-    p.add_argument("--serve", nargs=3, help=argparse_hidden())
+    p.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--trials", type=int, default=None, help="trials of each kind (≥ 10)")
     p.add_argument("--cap-bps", type=int, default=300_000, help="the proxy's cap, bits/s")
     args = p.parse_args()
@@ -255,12 +256,6 @@ def main() -> None:
         elapsed_s=time.monotonic() - started,
     )
     emit("adaptation", figures)
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
