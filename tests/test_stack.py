@@ -78,6 +78,11 @@ class Registry:
     async def Heartbeat(self, request: reg_pb.Heartbeat) -> reg_pb.HeartbeatResponse:
         return reg_pb.HeartbeatResponse()
 
+    async def ReportEvents(
+        self, request: reg_pb.MeetingEventBatch
+    ) -> reg_pb.MeetingEventBatchResponse:
+        return reg_pb.MeetingEventBatchResponse()
+
 
 async def test_a_meeting_controller_registers_with_a_stand_in_registry(
     tmp_path: pathlib.Path,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import trio
 
-from darktower.errors import NotFound
+from darktower.errors import InvalidRequest, NotFound
 from darktower.model import MeetingId, ParticipantId
 from darktower.protocol.heartbeats import MH_HEARTBEAT_INTERVAL_S
 from darktower.protocol.pb.v1 import meeting_control_pb2 as pb
@@ -37,6 +37,13 @@ class MeetingControl:
         await trio.lowlevel.checkpoint()
         count = self._ctl.end(MeetingId(request.meeting_id), request.message)
         return pb.EndMeetingResponse(participant_count=count)
+
+    async def ModerateParticipant(
+        self, request: pb.ModerateParticipantRequest
+    ) -> pb.ModerateParticipantResponse:
+        # Not served yet: moderation lands with docs/protocol.md §18.2.
+        await trio.lowlevel.checkpoint()
+        raise InvalidRequest("moderation is not served by this Meeting Controller")
 
     async def KickParticipant(
         self, request: pb.KickParticipantRequest

@@ -54,6 +54,11 @@ MAX_E2EE_PUBLIC_KEY_BYTES: Final = 32
 MAX_KEY_ID_CHARS: Final = 64
 # An encrypted media key for one peer: ours is ~100 bytes (ephemeral key, nonce, key, tag).
 MAX_KEY_SHARE_CIPHERTEXT_BYTES: Final = 1024
+# A host's moderation: its actions (one of each) and the message shown (docs/protocol.md §18.2).
+MAX_MODERATION_ACTIONS: Final = 6
+MAX_MODERATION_MESSAGE_CHARS: Final = 200
+# A chat message's text (docs/protocol.md §18.3).
+MAX_CHAT_TEXT_CHARS: Final = 2000
 
 
 @attrs.frozen
@@ -94,6 +99,11 @@ CLIENT_FIELD_BOUNDS: Final[dict[str, Bound]] = {
     _P + "E2EEKeyShare.to_participant_id": Bound(MAX_ID_CHARS),
     _P + "E2EEKeyShare.key_id": Bound(MAX_KEY_ID_CHARS),
     _P + "E2EEKeyShare.ciphertext": Bound(MAX_KEY_SHARE_CIPHERTEXT_BYTES),
+    _P + "ModerateParticipant.participant_id": Bound(MAX_ID_CHARS),
+    _P + "ModerateParticipant.actions": Bound(items=MAX_MODERATION_ACTIONS),
+    _P + "ModerateParticipant.message": Bound(MAX_MODERATION_MESSAGE_CHARS),
+    _P + "SendChat.text": Bound(MAX_CHAT_TEXT_CHARS),
+    _P + "SendChat.to_participant_id": Bound(MAX_ID_CHARS),
 }
 
 _STRING = FieldDescriptor.TYPE_STRING

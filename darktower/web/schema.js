@@ -11,6 +11,16 @@ export const LeaveReason = Object.freeze({
   SERVER_SHUTDOWN: 4, // an addition: the MC is shutting down, the meeting goes on (rejoin)
 });
 export const ConnectionState = Object.freeze({ CONNECTED: 0, RECONNECTING: 1 });
+// An addition (docs/protocol.md §18.2): what a host does to a participant's publications.
+export const ModerationAction = Object.freeze({
+  MODERATION_ACTION_UNSPECIFIED: 0,
+  MODERATION_MUTE_AUDIO: 1,
+  MODERATION_STOP_VIDEO: 2,
+  MODERATION_STOP_SCREEN: 3,
+  MODERATION_ALLOW_AUDIO: 4,
+  MODERATION_ALLOW_VIDEO: 5,
+  MODERATION_ALLOW_SCREEN: 6,
+});
 export const ErrorCode = Object.freeze({
   UNKNOWN: 0,
   INVALID_REQUEST: 1,
@@ -70,6 +80,9 @@ export const SCHEMA = {
     [12, "keyShare", "E2EEKeyShare", "oneof"],
     [15, "protocolVersion", "uint32"],
     [16, "mediaReconnectRequest", "MediaReconnectRequest", "oneof"],
+    [17, "setPublication", "SetPublicationState", "oneof"],
+    [18, "moderate", "ModerateParticipant", "oneof"],
+    [19, "sendChat", "SendChat", "oneof"],
   ],
   ServerMessage: [
     [1, "requestId", "uint64"],
@@ -92,6 +105,9 @@ export const SCHEMA = {
     [18, "recordingStatus", "RecordingStatus", "oneof"],
     [19, "subscriptionUpdated", "SubscriptionUpdated", "oneof"],
     [20, "activeSpeakers", "ActiveSpeakers", "oneof"],
+    [21, "moderated", "Moderated", "oneof"],
+    [22, "chat", "ChatMessage", "oneof"],
+    [23, "chatHistory", "ChatHistory", "oneof"],
   ],
   JoinRequest: [
     [1, "meetingId", "string"],
@@ -128,6 +144,17 @@ export const SCHEMA = {
     [4, "joinedAt", "uint64"],
     [5, "publicKey", "bytes"],
     [6, "keyId", "string"],
+    [7, "publication", "PublicationState"],
+    [8, "host", "bool"],
+    [9, "connection", "enum"],
+  ],
+  PublicationState: [
+    [1, "audioMuted", "bool"],
+    [2, "videoOff", "bool"],
+    [3, "sharing", "bool"],
+    [4, "audioBlocked", "bool"],
+    [5, "videoBlocked", "bool"],
+    [6, "screenBlocked", "bool"],
   ],
   MediaServerInfo: [
     [1, "mediaHandlerUrl", "string"],
@@ -136,6 +163,7 @@ export const SCHEMA = {
   ParticipantUpdated: [
     [1, "participantId", "string"],
     [2, "connection", "enum"],
+    [3, "publication", "PublicationState"],
   ],
   MediaReconnectRequest: [],
   MediaReconnect: [[1, "mediaServer", "MediaServerInfo"]],
@@ -219,6 +247,34 @@ export const SCHEMA = {
     [3, "keyId", "string"],
     [4, "ciphertext", "bytes"],
   ],
+  SetPublicationState: [
+    [1, "audioMuted", "bool"],
+    [2, "videoOff", "bool"],
+  ],
+  ModerateParticipant: [
+    [1, "participantId", "string"],
+    [2, "actions", "enum", "repeated"],
+    [3, "message", "string"],
+  ],
+  Moderated: [
+    [1, "byParticipantId", "string"],
+    [2, "actions", "enum", "repeated"],
+    [3, "message", "string"],
+    [4, "publication", "PublicationState"],
+  ],
+  SendChat: [
+    [1, "text", "string"],
+    [2, "toParticipantId", "string"],
+  ],
+  ChatMessage: [
+    [1, "messageId", "string"],
+    [2, "fromParticipantId", "string"],
+    [3, "fromName", "string"],
+    [4, "toParticipantId", "string"],
+    [5, "text", "string"],
+    [6, "sentAt", "uint64"],
+  ],
+  ChatHistory: [[1, "messages", "ChatMessage", "repeated"]],
   // Internal: one entry of a map<string, string> field (ErrorMessage.details).
   _MapEntry: [
     [1, "key", "string"],

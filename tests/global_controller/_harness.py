@@ -73,6 +73,9 @@ class StandInMC:
     async def RegisterMediaHandler(self, request: Any) -> Any:
         raise NotImplementedError
 
+    async def ModerateParticipant(self, request: Any) -> Any:
+        raise NotImplementedError
+
     async def MediaHandlerHeartbeat(self, request: Any) -> Any:
         raise NotImplementedError
 

@@ -90,6 +90,9 @@ class FakeMC:
     async def KickParticipant(self, request: object) -> object:
         raise NotImplementedError
 
+    async def ModerateParticipant(self, request: object) -> object:
+        raise NotImplementedError
+
 
 async def test_registers_with_the_mc_heartbeats_and_registers_again() -> None:
     mc = FakeMC()

@@ -67,6 +67,12 @@ class FakeRegistry:
         self.changed.set()
         return reg_pb.HeartbeatResponse(join_token_keys=self.keys)
 
+    async def ReportEvents(
+        self, request: reg_pb.MeetingEventBatch
+    ) -> reg_pb.MeetingEventBatchResponse:
+        await trio.lowlevel.checkpoint()
+        return reg_pb.MeetingEventBatchResponse()
+
     async def wait_for(self, predicate) -> None:  # type: ignore[no-untyped-def]
         with trio.fail_after(WAIT_S):
             while not predicate():

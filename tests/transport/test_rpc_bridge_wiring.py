@@ -143,6 +143,7 @@ class _Versions:
         raise NotImplementedError
 
     KickParticipant = RegisterMediaHandler = MediaHandlerHeartbeat = AssignMeeting
+    ModerateParticipant = AssignMeeting
 
 
 async def test_requests_carry_the_protocol_version_and_others_are_refused(

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x61rktower/v1/common.proto\x12\x0c\x64\x61rktower.v1\"\xb0\x01\n\x0c\x45rrorMessage\x12%\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x17.darktower.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x38\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\'.darktower.v1.ErrorMessage.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x7f\n\x0bMediaStream\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12-\n\x0bstream_type\x18\x02 \x01(\x0e\x32\x18.darktower.v1.StreamType\x12.\n\x08metadata\x18\x03 \x01(\x0b\x32\x1c.darktower.v1.StreamMetadata\"`\n\x0eStreamMetadata\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x13\n\x0bmax_bitrate\x18\x02 \x01(\r\x12*\n\x05video\x18\x03 \x01(\x0b\x32\x1b.darktower.v1.VideoMetadata\"y\n\rVideoMetadata\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x11\n\tframerate\x18\x03 \x01(\r\x12\x36\n\x10simulcast_layers\x18\x04 \x03(\x0b\x32\x1c.darktower.v1.SimulcastLayer\"V\n\x0eSimulcastLayer\x12\x10\n\x08layer_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x13\n\x0bmax_bitrate\x18\x04 \x01(\r\"$\n\x0fKeyFrameRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"a\n\rLayerFeedback\x12\x10\n\x08layer_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x13\n\x0bsubscribers\x18\x03 \x01(\r\x12\x19\n\x11\x61vailable_bitrate\x18\x04 \x01(\r*;\n\nStreamType\x12\t\n\x05\x41UDIO\x10\x00\x12\x10\n\x0cVIDEO_CAMERA\x10\x01\x12\x10\n\x0cVIDEO_SCREEN\x10\x02*e\n\x0bLeaveReason\x12\r\n\tVOLUNTARY\x10\x00\x12\n\n\x06KICKED\x10\x01\x12\x13\n\x0f\x43ONNECTION_LOST\x10\x02\x12\x11\n\rMEETING_ENDED\x10\x03\x12\x13\n\x0fSERVER_SHUTDOWN\x10\x04*8\n\x0cHealthStatus\x12\x0b\n\x07HEALTHY\x10\x00\x12\x0c\n\x08\x44\x45GRADED\x10\x01\x12\r\n\tUNHEALTHY\x10\x02*\xba\x01\n\tErrorCode\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x13\n\x0fINVALID_REQUEST\x10\x01\x12\x10\n\x0cUNAUTHORIZED\x10\x02\x12\r\n\tFORBIDDEN\x10\x03\x12\r\n\tNOT_FOUND\x10\x04\x12\x0c\n\x08\x43ONFLICT\x10\x05\x12\x12\n\x0eINTERNAL_ERROR\x10\x06\x12\x15\n\x11\x43\x41PACITY_EXCEEDED\x10\x07\x12\x10\n\x0cSTREAM_ERROR\x10\x08\x12\x10\n\x0cRATE_LIMITED\x10\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64\x61rktower/v1/common.proto\x12\x0c\x64\x61rktower.v1\"\xb0\x01\n\x0c\x45rrorMessage\x12%\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x17.darktower.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x38\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\'.darktower.v1.ErrorMessage.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x7f\n\x0bMediaStream\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12-\n\x0bstream_type\x18\x02 \x01(\x0e\x32\x18.darktower.v1.StreamType\x12.\n\x08metadata\x18\x03 \x01(\x0b\x32\x1c.darktower.v1.StreamMetadata\"`\n\x0eStreamMetadata\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x13\n\x0bmax_bitrate\x18\x02 \x01(\r\x12*\n\x05video\x18\x03 \x01(\x0b\x32\x1b.darktower.v1.VideoMetadata\"y\n\rVideoMetadata\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x11\n\tframerate\x18\x03 \x01(\r\x12\x36\n\x10simulcast_layers\x18\x04 \x03(\x0b\x32\x1c.darktower.v1.SimulcastLayer\"V\n\x0eSimulcastLayer\x12\x10\n\x08layer_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x13\n\x0bmax_bitrate\x18\x04 \x01(\r\"$\n\x0fKeyFrameRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\"a\n\rLayerFeedback\x12\x10\n\x08layer_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x13\n\x0bsubscribers\x18\x03 \x01(\r\x12\x19\n\x11\x61vailable_bitrate\x18\x04 \x01(\r\"\x91\x01\n\x10PublicationState\x12\x13\n\x0b\x61udio_muted\x18\x01 \x01(\x08\x12\x11\n\tvideo_off\x18\x02 \x01(\x08\x12\x0f\n\x07sharing\x18\x03 \x01(\x08\x12\x15\n\raudio_blocked\x18\x04 \x01(\x08\x12\x15\n\rvideo_blocked\x18\x05 \x01(\x08\x12\x16\n\x0escreen_blocked\x18\x06 \x01(\x08*;\n\nStreamType\x12\t\n\x05\x41UDIO\x10\x00\x12\x10\n\x0cVIDEO_CAMERA\x10\x01\x12\x10\n\x0cVIDEO_SCREEN\x10\x02*e\n\x0bLeaveReason\x12\r\n\tVOLUNTARY\x10\x00\x12\n\n\x06KICKED\x10\x01\x12\x13\n\x0f\x43ONNECTION_LOST\x10\x02\x12\x11\n\rMEETING_ENDED\x10\x03\x12\x13\n\x0fSERVER_SHUTDOWN\x10\x04*8\n\x0cHealthStatus\x12\x0b\n\x07HEALTHY\x10\x00\x12\x0c\n\x08\x44\x45GRADED\x10\x01\x12\r\n\tUNHEALTHY\x10\x02*\xba\x01\n\tErrorCode\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x13\n\x0fINVALID_REQUEST\x10\x01\x12\x10\n\x0cUNAUTHORIZED\x10\x02\x12\r\n\tFORBIDDEN\x10\x03\x12\r\n\tNOT_FOUND\x10\x04\x12\x0c\n\x08\x43ONFLICT\x10\x05\x12\x12\n\x0eINTERNAL_ERROR\x10\x06\x12\x15\n\x11\x43\x41PACITY_EXCEEDED\x10\x07\x12\x10\n\x0cSTREAM_ERROR\x10\x08\x12\x10\n\x0cRATE_LIMITED\x10\t*\xdc\x01\n\x10ModerationAction\x12!\n\x1dMODERATION_ACTION_UNSPECIFIED\x10\x00\x12\x19\n\x15MODERATION_MUTE_AUDIO\x10\x01\x12\x19\n\x15MODERATION_STOP_VIDEO\x10\x02\x12\x1a\n\x16MODERATION_STOP_SCREEN\x10\x03\x12\x1a\n\x16MODERATION_ALLOW_AUDIO\x10\x04\x12\x1a\n\x16MODERATION_ALLOW_VIDEO\x10\x05\x12\x1b\n\x17MODERATION_ALLOW_SCREEN\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORMESSAGE_DETAILSENTRY']._loaded_options = None
   _globals['_ERRORMESSAGE_DETAILSENTRY']._serialized_options = b'8\001'
-  _globals['_STREAMTYPE']._serialized_start=797
-  _globals['_STREAMTYPE']._serialized_end=856
-  _globals['_LEAVEREASON']._serialized_start=858
-  _globals['_LEAVEREASON']._serialized_end=959
-  _globals['_HEALTHSTATUS']._serialized_start=961
-  _globals['_HEALTHSTATUS']._serialized_end=1017
-  _globals['_ERRORCODE']._serialized_start=1020
-  _globals['_ERRORCODE']._serialized_end=1206
+  _globals['_STREAMTYPE']._serialized_start=945
+  _globals['_STREAMTYPE']._serialized_end=1004
+  _globals['_LEAVEREASON']._serialized_start=1006
+  _globals['_LEAVEREASON']._serialized_end=1107
+  _globals['_HEALTHSTATUS']._serialized_start=1109
+  _globals['_HEALTHSTATUS']._serialized_end=1165
+  _globals['_ERRORCODE']._serialized_start=1168
+  _globals['_ERRORCODE']._serialized_end=1354
+  _globals['_MODERATIONACTION']._serialized_start=1357
+  _globals['_MODERATIONACTION']._serialized_end=1577
   _globals['_ERRORMESSAGE']._serialized_start=44
   _globals['_ERRORMESSAGE']._serialized_end=220
   _globals['_ERRORMESSAGE_DETAILSENTRY']._serialized_start=174
@@ -57,4 +59,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KEYFRAMEREQUEST']._serialized_end=696
   _globals['_LAYERFEEDBACK']._serialized_start=698
   _globals['_LAYERFEEDBACK']._serialized_end=795
+  _globals['_PUBLICATIONSTATE']._serialized_start=798
+  _globals['_PUBLICATIONSTATE']._serialized_end=943
 # @@protoc_insertion_point(module_scope)

@@ -128,6 +128,35 @@ MC replies it on signaling too (docs/decisions.md).
 """
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
+class _ModerationAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModerationActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModerationAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODERATION_ACTION_UNSPECIFIED: _ModerationAction.ValueType  # 0
+    MODERATION_MUTE_AUDIO: _ModerationAction.ValueType  # 1
+    MODERATION_STOP_VIDEO: _ModerationAction.ValueType  # 2
+    MODERATION_STOP_SCREEN: _ModerationAction.ValueType  # 3
+    MODERATION_ALLOW_AUDIO: _ModerationAction.ValueType  # 4
+    MODERATION_ALLOW_VIDEO: _ModerationAction.ValueType  # 5
+    MODERATION_ALLOW_SCREEN: _ModerationAction.ValueType  # 6
+
+class ModerationAction(_ModerationAction, metaclass=_ModerationActionEnumTypeWrapper):
+    """Addition to the contract: what a host does to a participant's publications (docs/protocol.md
+    §18.2). A MODERATION_STOP_* action ends the participant's streams of that kind at the Media
+    Handler before the request is answered and blocks the kind; MODERATION_ALLOW_* lifts the block.
+    """
+
+MODERATION_ACTION_UNSPECIFIED: ModerationAction.ValueType  # 0
+MODERATION_MUTE_AUDIO: ModerationAction.ValueType  # 1
+MODERATION_STOP_VIDEO: ModerationAction.ValueType  # 2
+MODERATION_STOP_SCREEN: ModerationAction.ValueType  # 3
+MODERATION_ALLOW_AUDIO: ModerationAction.ValueType  # 4
+MODERATION_ALLOW_VIDEO: ModerationAction.ValueType  # 5
+MODERATION_ALLOW_SCREEN: ModerationAction.ValueType  # 6
+Global___ModerationAction: _TypeAlias = ModerationAction  # noqa: Y015
+
 @_typing.final
 class ErrorMessage(_message.Message):
     """Contract message (the error codes: docs/protocol.md §1.2)."""
@@ -356,3 +385,44 @@ class LayerFeedback(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LayerFeedback: _TypeAlias = LayerFeedback  # noqa: Y015
+
+@_typing.final
+class PublicationState(_message.Message):
+    """Addition to the contract: what a participant publishes and may publish, as the others see it
+    (docs/protocol.md §18.1). audio_muted and video_off are the participant's own switches
+    (SetPublicationState); a host's moderation sets them too. sharing and the *_blocked grants
+    are the MC's: sharing while the participant publishes a VIDEO_SCREEN stream; a blocked kind
+    is refused (FORBIDDEN) until the host allows it again.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIO_MUTED_FIELD_NUMBER: _builtins.int
+    VIDEO_OFF_FIELD_NUMBER: _builtins.int
+    SHARING_FIELD_NUMBER: _builtins.int
+    AUDIO_BLOCKED_FIELD_NUMBER: _builtins.int
+    VIDEO_BLOCKED_FIELD_NUMBER: _builtins.int
+    SCREEN_BLOCKED_FIELD_NUMBER: _builtins.int
+    audio_muted: _builtins.bool
+    video_off: _builtins.bool
+    sharing: _builtins.bool
+    audio_blocked: _builtins.bool
+    video_blocked: _builtins.bool
+    screen_blocked: _builtins.bool
+    def __init__(
+        self,
+        *,
+        audio_muted: _builtins.bool = ...,
+        video_off: _builtins.bool = ...,
+        sharing: _builtins.bool = ...,
+        audio_blocked: _builtins.bool = ...,
+        video_blocked: _builtins.bool = ...,
+        screen_blocked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_blocked", b"audio_blocked", "audio_muted", b"audio_muted", "screen_blocked", b"screen_blocked", "sharing", b"sharing", "video_blocked", b"video_blocked", "video_off", b"video_off"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublicationState: _TypeAlias = PublicationState  # noqa: Y015

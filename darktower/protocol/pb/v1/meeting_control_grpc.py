@@ -28,6 +28,10 @@ class MeetingControlBase(abc.ABC):
         pass
 
     @abc.abstractmethod
+    async def ModerateParticipant(self, stream: 'grpclib.server.Stream[darktower.protocol.pb.v1.meeting_control_pb2.ModerateParticipantRequest, darktower.protocol.pb.v1.meeting_control_pb2.ModerateParticipantResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
     async def RegisterMediaHandler(self, stream: 'grpclib.server.Stream[darktower.protocol.pb.v1.meeting_control_pb2.RegisterMediaHandler, darktower.protocol.pb.v1.meeting_control_pb2.RegisterMediaHandlerResponse]') -> None:
         pass
 
@@ -54,6 +58,12 @@ class MeetingControlBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 darktower.protocol.pb.v1.meeting_control_pb2.KickParticipantRequest,
                 darktower.protocol.pb.v1.meeting_control_pb2.KickParticipantResponse,
+            ),
+            '/darktower.v1.MeetingControl/ModerateParticipant': grpclib.const.Handler(
+                self.ModerateParticipant,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                darktower.protocol.pb.v1.meeting_control_pb2.ModerateParticipantRequest,
+                darktower.protocol.pb.v1.meeting_control_pb2.ModerateParticipantResponse,
             ),
             '/darktower.v1.MeetingControl/RegisterMediaHandler': grpclib.const.Handler(
                 self.RegisterMediaHandler,
@@ -90,6 +100,12 @@ class MeetingControlStub:
             '/darktower.v1.MeetingControl/KickParticipant',
             darktower.protocol.pb.v1.meeting_control_pb2.KickParticipantRequest,
             darktower.protocol.pb.v1.meeting_control_pb2.KickParticipantResponse,
+        )
+        self.ModerateParticipant = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/darktower.v1.MeetingControl/ModerateParticipant',
+            darktower.protocol.pb.v1.meeting_control_pb2.ModerateParticipantRequest,
+            darktower.protocol.pb.v1.meeting_control_pb2.ModerateParticipantResponse,
         )
         self.RegisterMediaHandler = grpclib.client.UnaryUnaryMethod(
             channel,

@@ -400,3 +400,67 @@ class MediaHandlerHeartbeatResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MediaHandlerHeartbeatResponse: _TypeAlias = MediaHandlerHeartbeatResponse  # noqa: Y015
+
+@_typing.final
+class ModerateParticipantRequest(_message.Message):
+    """Addition to the contract: a host action for one participant (docs/protocol.md §18.2); answered
+    once every stream it stops has ended at the Media Handler.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEETING_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    meeting_id: _builtins.str
+    participant_id: _builtins.str
+    message: _builtins.str
+    """shown to the participant"""
+    protocol_version: _builtins.int
+    """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
+    A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
+    """
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.ModerationAction.ValueType]: ...
+    def __init__(
+        self,
+        *,
+        meeting_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        actions: _abc.Iterable[_common_pb2.ModerationAction.ValueType] | None = ...,
+        message: _builtins.str = ...,
+        protocol_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "meeting_id", b"meeting_id", "message", b"message", "participant_id", b"participant_id", "protocol_version", b"protocol_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModerateParticipantRequest: _TypeAlias = ModerateParticipantRequest  # noqa: Y015
+
+@_typing.final
+class ModerateParticipantResponse(_message.Message):
+    """Addition to the contract."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLICATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def publication(self) -> _common_pb2.PublicationState:
+        """the participant's state after the actions"""
+
+    def __init__(
+        self,
+        *,
+        publication: _common_pb2.PublicationState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publication", b"publication"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["publication", b"publication"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModerateParticipantResponse: _TypeAlias = ModerateParticipantResponse  # noqa: Y015

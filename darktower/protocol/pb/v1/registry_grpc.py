@@ -24,6 +24,10 @@ class ControllerRegistryBase(abc.ABC):
     async def Heartbeat(self, stream: 'grpclib.server.Stream[darktower.protocol.pb.v1.registry_pb2.Heartbeat, darktower.protocol.pb.v1.registry_pb2.HeartbeatResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def ReportEvents(self, stream: 'grpclib.server.Stream[darktower.protocol.pb.v1.registry_pb2.MeetingEventBatch, darktower.protocol.pb.v1.registry_pb2.MeetingEventBatchResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/darktower.v1.ControllerRegistry/RegisterMeetingController': grpclib.const.Handler(
@@ -37,6 +41,12 @@ class ControllerRegistryBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 darktower.protocol.pb.v1.registry_pb2.Heartbeat,
                 darktower.protocol.pb.v1.registry_pb2.HeartbeatResponse,
+            ),
+            '/darktower.v1.ControllerRegistry/ReportEvents': grpclib.const.Handler(
+                self.ReportEvents,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                darktower.protocol.pb.v1.registry_pb2.MeetingEventBatch,
+                darktower.protocol.pb.v1.registry_pb2.MeetingEventBatchResponse,
             ),
         }
 
@@ -55,4 +65,10 @@ class ControllerRegistryStub:
             '/darktower.v1.ControllerRegistry/Heartbeat',
             darktower.protocol.pb.v1.registry_pb2.Heartbeat,
             darktower.protocol.pb.v1.registry_pb2.HeartbeatResponse,
+        )
+        self.ReportEvents = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/darktower.v1.ControllerRegistry/ReportEvents',
+            darktower.protocol.pb.v1.registry_pb2.MeetingEventBatch,
+            darktower.protocol.pb.v1.registry_pb2.MeetingEventBatchResponse,
         )

@@ -368,3 +368,233 @@ class AssignedMeeting(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AssignedMeeting: _TypeAlias = AssignedMeeting  # noqa: Y015
+
+@_typing.final
+class MeetingEventBatch(_message.Message):
+    """Addition to the contract: events of an MC's meetings, oldest first (docs/protocol.md §18.5)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTROLLER_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    controller_id: _builtins.str
+    protocol_version: _builtins.int
+    """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
+    A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeetingEvent]:
+        """at most 500"""
+
+    def __init__(
+        self,
+        *,
+        controller_id: _builtins.str = ...,
+        events: _abc.Iterable[Global___MeetingEvent] | None = ...,
+        protocol_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_id", b"controller_id", "events", b"events", "protocol_version", b"protocol_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeetingEventBatch: _TypeAlias = MeetingEventBatch  # noqa: Y015
+
+@_typing.final
+class MeetingEventBatchResponse(_message.Message):
+    """Addition to the contract: the batch is stored (every event in it, once, by event_id)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeetingEventBatchResponse: _TypeAlias = MeetingEventBatchResponse  # noqa: Y015
+
+@_typing.final
+class MeetingEvent(_message.Message):
+    """Addition to the contract: one event of a meeting."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    MEETING_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    MEETING_STARTED_FIELD_NUMBER: _builtins.int
+    MEETING_ENDED_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_JOINED_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_LEFT_FIELD_NUMBER: _builtins.int
+    STREAM_PUBLISHED_FIELD_NUMBER: _builtins.int
+    STREAM_UNPUBLISHED_FIELD_NUMBER: _builtins.int
+    RECORDING_FINISHED_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """unique; the GC keeps each event_id once"""
+    meeting_id: _builtins.str
+    occurred_at: _builtins.int
+    """microseconds since the Unix epoch"""
+    @_builtins.property
+    def meeting_started(self) -> Global___MeetingStartedEvent: ...
+    @_builtins.property
+    def meeting_ended(self) -> Global___MeetingEndedEvent: ...
+    @_builtins.property
+    def participant_joined(self) -> Global___ParticipantEvent: ...
+    @_builtins.property
+    def participant_left(self) -> Global___ParticipantEvent: ...
+    @_builtins.property
+    def stream_published(self) -> Global___StreamEvent: ...
+    @_builtins.property
+    def stream_unpublished(self) -> Global___StreamEvent: ...
+    @_builtins.property
+    def recording_finished(self) -> Global___RecordingFinishedEvent: ...
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        meeting_id: _builtins.str = ...,
+        occurred_at: _builtins.int = ...,
+        meeting_started: Global___MeetingStartedEvent | None = ...,
+        meeting_ended: Global___MeetingEndedEvent | None = ...,
+        participant_joined: Global___ParticipantEvent | None = ...,
+        participant_left: Global___ParticipantEvent | None = ...,
+        stream_published: Global___StreamEvent | None = ...,
+        stream_unpublished: Global___StreamEvent | None = ...,
+        recording_finished: Global___RecordingFinishedEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "meeting_ended", b"meeting_ended", "meeting_started", b"meeting_started", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "recording_finished", b"recording_finished", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "kind", b"kind", "meeting_ended", b"meeting_ended", "meeting_id", b"meeting_id", "meeting_started", b"meeting_started", "occurred_at", b"occurred_at", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "recording_finished", b"recording_finished", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["meeting_started", "meeting_ended", "participant_joined", "participant_left", "stream_published", "stream_unpublished", "recording_finished"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___MeetingEvent: _TypeAlias = MeetingEvent  # noqa: Y015
+
+@_typing.final
+class MeetingStartedEvent(_message.Message):
+    """Addition to the contract: the meeting's first participant joined."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeetingStartedEvent: _TypeAlias = MeetingStartedEvent  # noqa: Y015
+
+@_typing.final
+class MeetingEndedEvent(_message.Message):
+    """Addition to the contract: the meeting ended on its MC."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """"ended" (the host or the owner), "empty" (docs/protocol.md §6)"""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeetingEndedEvent: _TypeAlias = MeetingEndedEvent  # noqa: Y015
+
+@_typing.final
+class ParticipantEvent(_message.Message):
+    """Addition to the contract: a participant joined or left (reason: why it left)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    name: _builtins.str
+    host: _builtins.bool
+    reason: _common_pb2.LeaveReason.ValueType
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        host: _builtins.bool = ...,
+        reason: _common_pb2.LeaveReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "name", b"name", "participant_id", b"participant_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantEvent: _TypeAlias = ParticipantEvent  # noqa: Y015
+
+@_typing.final
+class StreamEvent(_message.Message):
+    """Addition to the contract: a stream was published or unpublished."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    @_builtins.property
+    def stream(self) -> _common_pb2.MediaStream: ...
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        stream: _common_pb2.MediaStream | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stream", b"stream"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["participant_id", b"participant_id", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEvent: _TypeAlias = StreamEvent  # noqa: Y015
+
+@_typing.final
+class RecordingFinishedEvent(_message.Message):
+    """Addition to the contract: a participant's recording ended (docs/protocol.md §1.4)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDING_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    recording_id: _builtins.str
+    participant_id: _builtins.str
+    reason: _common_pb2.LeaveReason.ValueType
+    def __init__(
+        self,
+        *,
+        recording_id: _builtins.str = ...,
+        participant_id: _builtins.str = ...,
+        reason: _common_pb2.LeaveReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["participant_id", b"participant_id", "reason", b"reason", "recording_id", b"recording_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordingFinishedEvent: _TypeAlias = RecordingFinishedEvent  # noqa: Y015

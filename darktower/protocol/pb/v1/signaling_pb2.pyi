@@ -65,6 +65,9 @@ class ClientMessage(_message.Message):
     PING_FIELD_NUMBER: _builtins.int
     KEY_SHARE_FIELD_NUMBER: _builtins.int
     MEDIA_RECONNECT_REQUEST_FIELD_NUMBER: _builtins.int
+    SET_PUBLICATION_FIELD_NUMBER: _builtins.int
+    MODERATE_FIELD_NUMBER: _builtins.int
+    SEND_CHAT_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     protocol_version: _builtins.int
@@ -97,6 +100,24 @@ class ClientMessage(_message.Message):
     def media_reconnect_request(self) -> Global___MediaReconnectRequest:
         """Addition to the contract: ask for a fresh media connection token (docs/protocol.md §13)."""
 
+    @_builtins.property
+    def set_publication(self) -> Global___SetPublicationState:
+        """Addition to the contract: the participant's own microphone and camera switches
+        (docs/protocol.md §18.1).
+        """
+
+    @_builtins.property
+    def moderate(self) -> Global___ModerateParticipant:
+        """Addition to the contract: host only: mute, stop or allow a participant's publications
+        (docs/protocol.md §18.2).
+        """
+
+    @_builtins.property
+    def send_chat(self) -> Global___SendChat:
+        """Addition to the contract: a chat message to everyone or to one participant
+        (docs/protocol.md §18.3).
+        """
+
     def __init__(
         self,
         *,
@@ -113,13 +134,16 @@ class ClientMessage(_message.Message):
         ping: Global___Ping | None = ...,
         key_share: Global___E2EEKeyShare | None = ...,
         media_reconnect_request: Global___MediaReconnectRequest | None = ...,
+        set_publication: Global___SetPublicationState | None = ...,
+        moderate: Global___ModerateParticipant | None = ...,
+        send_chat: Global___SendChat | None = ...,
         protocol_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_meeting", b"end_meeting", "join", b"join", "key_share", b"key_share", "kick", b"kick", "leave", b"leave", "media_reconnect_request", b"media_reconnect_request", "message", b"message", "ping", b"ping", "publish", b"publish", "quality", b"quality", "subscribe", b"subscribe", "unpublish", b"unpublish", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_meeting", b"end_meeting", "join", b"join", "key_share", b"key_share", "kick", b"kick", "leave", b"leave", "media_reconnect_request", b"media_reconnect_request", "message", b"message", "moderate", b"moderate", "ping", b"ping", "publish", b"publish", "quality", b"quality", "send_chat", b"send_chat", "set_publication", b"set_publication", "subscribe", b"subscribe", "unpublish", b"unpublish", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_meeting", b"end_meeting", "join", b"join", "key_share", b"key_share", "kick", b"kick", "leave", b"leave", "media_reconnect_request", b"media_reconnect_request", "message", b"message", "ping", b"ping", "protocol_version", b"protocol_version", "publish", b"publish", "quality", b"quality", "request_id", b"request_id", "subscribe", b"subscribe", "unpublish", b"unpublish", "unsubscribe", b"unsubscribe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_meeting", b"end_meeting", "join", b"join", "key_share", b"key_share", "kick", b"kick", "leave", b"leave", "media_reconnect_request", b"media_reconnect_request", "message", b"message", "moderate", b"moderate", "ping", b"ping", "protocol_version", b"protocol_version", "publish", b"publish", "quality", b"quality", "request_id", b"request_id", "send_chat", b"send_chat", "set_publication", b"set_publication", "subscribe", b"subscribe", "unpublish", b"unpublish", "unsubscribe", b"unsubscribe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["join", "publish", "unpublish", "subscribe", "unsubscribe", "quality", "leave", "kick", "end_meeting", "ping", "key_share", "media_reconnect_request"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["join", "publish", "unpublish", "subscribe", "unsubscribe", "quality", "leave", "kick", "end_meeting", "ping", "key_share", "media_reconnect_request", "set_publication", "moderate", "send_chat"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -152,6 +176,9 @@ class ServerMessage(_message.Message):
     RECORDING_STATUS_FIELD_NUMBER: _builtins.int
     SUBSCRIPTION_UPDATED_FIELD_NUMBER: _builtins.int
     ACTIVE_SPEAKERS_FIELD_NUMBER: _builtins.int
+    MODERATED_FIELD_NUMBER: _builtins.int
+    CHAT_FIELD_NUMBER: _builtins.int
+    CHAT_HISTORY_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     protocol_version: _builtins.int
@@ -212,6 +239,22 @@ class ServerMessage(_message.Message):
     def active_speakers(self) -> Global___ActiveSpeakers:
         """Addition to the contract: who speaks in the meeting (docs/protocol.md §17)."""
 
+    @_builtins.property
+    def moderated(self) -> Global___Moderated:
+        """Addition to the contract: a host changed what this participant may publish
+        (docs/protocol.md §18.2).
+        """
+
+    @_builtins.property
+    def chat(self) -> Global___ChatMessage:
+        """Addition to the contract: a chat message (docs/protocol.md §18.3)."""
+
+    @_builtins.property
+    def chat_history(self) -> Global___ChatHistory:
+        """Addition to the contract: the meeting's chat so far, after a JoinResponse and its
+        batches (docs/protocol.md §18.3).
+        """
+
     def __init__(
         self,
         *,
@@ -234,13 +277,16 @@ class ServerMessage(_message.Message):
         recording_status: Global___RecordingStatus | None = ...,
         subscription_updated: Global___SubscriptionUpdated | None = ...,
         active_speakers: Global___ActiveSpeakers | None = ...,
+        moderated: Global___Moderated | None = ...,
+        chat: Global___ChatMessage | None = ...,
+        chat_history: Global___ChatHistory | None = ...,
         protocol_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "active_speakers", b"active_speakers", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "media_reconnect", b"media_reconnect", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_updated", b"participant_updated", "participants_batch", b"participants_batch", "pong", b"pong", "quality", b"quality", "recording_status", b"recording_status", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished", "subscription_updated", b"subscription_updated"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "active_speakers", b"active_speakers", "chat", b"chat", "chat_history", b"chat_history", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "media_reconnect", b"media_reconnect", "message", b"message", "moderated", b"moderated", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_updated", b"participant_updated", "participants_batch", b"participants_batch", "pong", b"pong", "quality", b"quality", "recording_status", b"recording_status", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished", "subscription_updated", b"subscription_updated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "active_speakers", b"active_speakers", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "media_reconnect", b"media_reconnect", "message", b"message", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_updated", b"participant_updated", "participants_batch", b"participants_batch", "pong", b"pong", "protocol_version", b"protocol_version", "quality", b"quality", "recording_status", b"recording_status", "request_id", b"request_id", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished", "subscription_updated", b"subscription_updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "active_speakers", b"active_speakers", "chat", b"chat", "chat_history", b"chat_history", "error", b"error", "join_response", b"join_response", "key_frame_request", b"key_frame_request", "key_share", b"key_share", "media_reconnect", b"media_reconnect", "message", b"message", "moderated", b"moderated", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_updated", b"participant_updated", "participants_batch", b"participants_batch", "pong", b"pong", "protocol_version", b"protocol_version", "quality", b"quality", "recording_status", b"recording_status", "request_id", b"request_id", "session_ended", b"session_ended", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished", "subscription_updated", b"subscription_updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["join_response", "participant_joined", "participant_left", "stream_published", "stream_unpublished", "ack", "quality", "key_frame_request", "pong", "error", "key_share", "session_ended", "participants_batch", "participant_updated", "media_reconnect", "recording_status", "subscription_updated", "active_speakers"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["join_response", "participant_joined", "participant_left", "stream_published", "stream_unpublished", "ack", "quality", "key_frame_request", "pong", "error", "key_share", "session_ended", "participants_batch", "participant_updated", "media_reconnect", "recording_status", "subscription_updated", "active_speakers", "moderated", "chat", "chat_history"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -425,6 +471,9 @@ class Participant(_message.Message):
     JOINED_AT_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
+    PUBLICATION_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    CONNECTION_FIELD_NUMBER: _builtins.int
     participant_id: _builtins.str
     name: _builtins.str
     joined_at: _builtins.int
@@ -433,8 +482,16 @@ class Participant(_message.Message):
     """Addition to the contract: the participant's X25519 public key (empty without E2EE)."""
     key_id: _builtins.str
     """Addition to the contract: the sender key_id the MC assigned to the participant."""
+    host: _builtins.bool
+    """Addition to the contract: it joined with the host's role."""
+    connection: Global___ConnectionState.ValueType
+    """Addition to the contract: its connection state (docs/protocol.md §13)."""
     @_builtins.property
     def streams(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.MediaStream]: ...
+    @_builtins.property
+    def publication(self) -> _common_pb2.PublicationState:
+        """Addition to the contract: its publication state (docs/protocol.md §18.1)."""
+
     def __init__(
         self,
         *,
@@ -444,10 +501,13 @@ class Participant(_message.Message):
         joined_at: _builtins.int = ...,
         public_key: _builtins.bytes = ...,
         key_id: _builtins.str = ...,
+        publication: _common_pb2.PublicationState | None = ...,
+        host: _builtins.bool = ...,
+        connection: Global___ConnectionState.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publication", b"publication"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["joined_at", b"joined_at", "key_id", b"key_id", "name", b"name", "participant_id", b"participant_id", "public_key", b"public_key", "streams", b"streams"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "host", b"host", "joined_at", b"joined_at", "key_id", b"key_id", "name", b"name", "participant_id", b"participant_id", "public_key", b"public_key", "publication", b"publication", "streams", b"streams"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1101,17 +1161,25 @@ class ParticipantUpdated(_message.Message):
 
     PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
     CONNECTION_FIELD_NUMBER: _builtins.int
+    PUBLICATION_FIELD_NUMBER: _builtins.int
     participant_id: _builtins.str
     connection: Global___ConnectionState.ValueType
+    @_builtins.property
+    def publication(self) -> _common_pb2.PublicationState:
+        """Addition to the contract: its publication state (docs/protocol.md §18.1). Every
+        ParticipantUpdated carries the participant's whole current state, both fields.
+        """
+
     def __init__(
         self,
         *,
         participant_id: _builtins.str = ...,
         connection: Global___ConnectionState.ValueType = ...,
+        publication: _common_pb2.PublicationState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publication", b"publication"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "participant_id", b"participant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "participant_id", b"participant_id", "publication", b"publication"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1162,3 +1230,188 @@ class MediaReconnect(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MediaReconnect: _TypeAlias = MediaReconnect  # noqa: Y015
+
+@_typing.final
+class SetPublicationState(_message.Message):
+    """Addition to the contract: the sender's own switches (docs/protocol.md §18.1). A muted
+    microphone or a camera turned off keeps its stream published and sends no frames. Answered
+    with Ack; FORBIDDEN to unmute a kind the host blocked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIO_MUTED_FIELD_NUMBER: _builtins.int
+    VIDEO_OFF_FIELD_NUMBER: _builtins.int
+    audio_muted: _builtins.bool
+    video_off: _builtins.bool
+    def __init__(
+        self,
+        *,
+        audio_muted: _builtins.bool = ...,
+        video_off: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_muted", b"audio_muted", "video_off", b"video_off"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPublicationState: _TypeAlias = SetPublicationState  # noqa: Y015
+
+@_typing.final
+class ModerateParticipant(_message.Message):
+    """Addition to the contract: host only (docs/protocol.md §18.2). Answered with Ack once every
+    stream the actions stop has ended at the Media Handler.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    message: _builtins.str
+    """shown to the participant (at most 200 characters)"""
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.ModerationAction.ValueType]:
+        """Unpacked: the page's decoder (darktower/web/proto.js) reads no packed fields."""
+
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        actions: _abc.Iterable[_common_pb2.ModerationAction.ValueType] | None = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "message", b"message", "participant_id", b"participant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModerateParticipant: _TypeAlias = ModerateParticipant  # noqa: Y015
+
+@_typing.final
+class Moderated(_message.Message):
+    """Addition to the contract: to the moderated participant (docs/protocol.md §18.2)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BY_PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    PUBLICATION_FIELD_NUMBER: _builtins.int
+    by_participant_id: _builtins.str
+    """the host; empty when the meeting's owner used the REST API"""
+    message: _builtins.str
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.ModerationAction.ValueType]:
+        """Unpacked: the page's decoder (darktower/web/proto.js) reads no packed fields."""
+
+    @_builtins.property
+    def publication(self) -> _common_pb2.PublicationState:
+        """its state now"""
+
+    def __init__(
+        self,
+        *,
+        by_participant_id: _builtins.str = ...,
+        actions: _abc.Iterable[_common_pb2.ModerationAction.ValueType] | None = ...,
+        message: _builtins.str = ...,
+        publication: _common_pb2.PublicationState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publication", b"publication"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "by_participant_id", b"by_participant_id", "message", b"message", "publication", b"publication"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Moderated: _TypeAlias = Moderated  # noqa: Y015
+
+@_typing.final
+class SendChat(_message.Message):
+    """Addition to the contract: a chat message to send (docs/protocol.md §18.3). Answered with Ack."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    TO_PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """1 to 2,000 characters"""
+    to_participant_id: _builtins.str
+    """empty: everyone"""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        to_participant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "to_participant_id", b"to_participant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendChat: _TypeAlias = SendChat  # noqa: Y015
+
+@_typing.final
+class ChatMessage(_message.Message):
+    """Addition to the contract: a chat message as the MC relays and keeps it (docs/protocol.md §18.3)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    FROM_PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    FROM_NAME_FIELD_NUMBER: _builtins.int
+    TO_PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    from_participant_id: _builtins.str
+    from_name: _builtins.str
+    to_participant_id: _builtins.str
+    """empty: to everyone"""
+    text: _builtins.str
+    sent_at: _builtins.int
+    """microseconds since the Unix epoch"""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        from_participant_id: _builtins.str = ...,
+        from_name: _builtins.str = ...,
+        to_participant_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        sent_at: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_name", b"from_name", "from_participant_id", b"from_participant_id", "message_id", b"message_id", "sent_at", b"sent_at", "text", b"text", "to_participant_id", b"to_participant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class ChatHistory(_message.Message):
+    """Addition to the contract: the chat messages the meeting keeps that this participant may see,
+    oldest first (docs/protocol.md §18.3).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___ChatMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatHistory: _TypeAlias = ChatHistory  # noqa: Y015
