@@ -36,6 +36,7 @@ from darktower.transport.rpc import RpcUnavailable
 
 from . import _wire
 from ._connection import Connection
+from ._events import EventOutbox
 from ._handshake import read_first, refuse
 from ._limits import (
     EMPTY_MEETING_TIMEOUT_S,
@@ -103,6 +104,9 @@ class MeetingController:
             participants=lambda: self.participant_count,
         )
         self.media = MediaRooms(self.rooms, mhs, self.metrics)
+        # Events of the meetings, for the GC's webhooks (docs/protocol.md §18.5); the
+        # registration sends them.
+        self.events = EventOutbox()
 
     # -- GC side -----------------------------------------------------------------------------
 

@@ -259,7 +259,9 @@ class Registration:
             self._stub = ControllerRegistryStub(channel)
             self.controller.meeting_from_gc = self.meeting_to_recreate
             try:
-                await self.keeper.run(self)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.controller.events.run, self.report_events)
+                    await self.keeper.run(self)
             finally:
                 self._stub = None
                 self.controller.meeting_from_gc = None
@@ -302,6 +304,12 @@ class Registration:
         self._keys_in_use(asked)  # (and the view: a join waiting for it goes on)
         if beat.draining:
             self._drain_told.set()
+
+    async def report_events(self, events: list[pb.MeetingEvent]) -> None:
+        """One ``ReportEvents`` call: the GC keeps them for its webhooks (docs/protocol.md
+        §18.5). Raises a ``DarkTowerError`` when the GC did not take them."""
+        batch = pb.MeetingEventBatch(controller_id=self.controller_id, events=events)
+        await call(self._registry().ReportEvents, batch, deadline_s=GC_CALL_DEADLINE_S)
 
     def reconcile(self, answer: pb.HeartbeatResponse) -> None:
         """Apply the GC's view (docs/protocol.md §14): end the meetings it has ended or moved,
