@@ -31,7 +31,7 @@ imports no I/O module); this module re-exports their public names.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -135,6 +135,13 @@ class JoinClaims:
     issued_at: float
     expires_at: float
     participant_name: str | None = None
+    # The kinds the participant may publish (claim ``pub``, docs/protocol.md §18.2): a subset
+    # of PUBLISH_KINDS; None (no claim) means all of them.
+    may_publish: frozenset[str] | None = None
+
+
+# What a join token's ``pub`` claim may name (docs/protocol.md §18.2).
+PUBLISH_KINDS: Final = frozenset({"audio", "video", "screen"})
 
 
 @attrs.frozen
@@ -187,9 +194,14 @@ class JoinTokenIssuer:
         now: float,
         *,
         participant_name: str | None = None,
+        may_publish: frozenset[str] | None = None,
     ) -> str:
+        """``may_publish``: the kinds of PUBLISH_KINDS the participant may publish (None: all;
+        the token then carries no ``pub`` claim)."""
         if participant_name is not None and len(participant_name) > MAX_PARTICIPANT_NAME_LENGTH:
             raise ValueError(f"participant name longer than {MAX_PARTICIPANT_NAME_LENGTH}")
+        if may_publish is not None and not may_publish <= PUBLISH_KINDS:
+            raise ValueError(f"may_publish names kinds outside {sorted(PUBLISH_KINDS)}")
         payload: dict[str, Any] = {
             "iss": self.issuer,
             "aud": self.audience,
@@ -201,6 +213,8 @@ class JoinTokenIssuer:
         }
         if participant_name is not None:
             payload["name"] = participant_name
+        if may_publish is not None:
+            payload["pub"] = sorted(may_publish)
         return _jwt.encode(payload, self._key, ASYMMETRIC_ALGORITHM, headers={"kid": self.kid})
 
 
@@ -280,6 +294,13 @@ class JoinTokenVerifier:
         name = claims.get("name")
         if name is not None and not isinstance(name, str):
             raise Unauthorized("join token claim 'name' is not a string")
+        pub = claims.get("pub")
+        if pub is not None and (
+            not isinstance(pub, list)
+            or not all(isinstance(kind, str) for kind in pub)
+            or not set(pub) <= PUBLISH_KINDS
+        ):
+            raise Unauthorized("join token claim 'pub' is not a list of publish kinds")
         if token_meeting != meeting_id:
             raise Forbidden(
                 f"join token is for meeting {token_meeting}, not {meeting_id}",
@@ -292,6 +313,7 @@ class JoinTokenVerifier:
             issued_at=float(claims["iat"]),
             expires_at=float(claims["exp"]),
             participant_name=name,
+            may_publish=None if pub is None else frozenset(pub),
         )
 
 

@@ -463,3 +463,18 @@ def test_tokens_module_imports_no_io_module() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_a_join_token_carries_what_its_participant_may_publish(
+    issuer: t.JoinTokenIssuer, verifier: t.JoinTokenVerifier, keys: t.GcSigningKeys
+) -> None:
+    limited = issuer.issue(MEETING, Role.GUEST, NOW, may_publish=frozenset({"audio"}))
+    assert verifier.verify(limited, meeting_id=MEETING, now=NOW).may_publish == {"audio"}
+    unlimited = issuer.issue(MEETING, Role.GUEST, NOW)
+    assert verifier.verify(unlimited, meeting_id=MEETING, now=NOW).may_publish is None
+    with pytest.raises(ValueError):
+        issuer.issue(MEETING, Role.GUEST, NOW, may_publish=frozenset({"camera"}))
+    # a forged claim naming an unknown kind is refused, even well signed
+    forged = jwt.encode(_join_payload(pub=["audio", "camera"]), keys.join_key, algorithm="EdDSA")
+    with pytest.raises(Unauthorized):
+        verifier.verify(forged, meeting_id=MEETING, now=NOW)
