@@ -26,6 +26,7 @@ from darktower.global_controller.store import (
 )
 from darktower.logs import fields
 from darktower.model import ControllerId, MeetingId, ParticipantId
+from darktower.protocol.pb.v1 import common_pb2
 
 log = logging.getLogger("darktower.gc")
 
@@ -53,6 +54,19 @@ class MeetingControllers(Protocol):
         """Returns the join-token id (``jti``) the kicked session joined with, "" if the MC
         does not say. The MC refuses the ``revoked`` join tokens from now on (and ends a
         session using one), also when the participant has already left (then ``NotFound``)."""
+        ...
+
+    async def moderate(
+        self,
+        controller: ControllerRecord,
+        meeting_id: MeetingId,
+        participant_id: ParticipantId,
+        actions: Sequence[int],
+        message: str,
+    ) -> common_pb2.PublicationState:
+        """The owner's moderation (docs/protocol.md §18.2): ``actions`` are ModerationAction
+        values; returns the participant's state once the MC has applied them (``NotFound``
+        for a participant not in the meeting)."""
         ...
 
     async def probe(

@@ -23,7 +23,7 @@ from darktower.errors import (
     NotFound,
     Unauthorized,
 )
-from darktower.global_controller import schemas
+from darktower.global_controller import _moderation, schemas
 from darktower.global_controller._limits import (
     MAX_ID_LENGTH,
     READY_STORE_TIMEOUT_S,
@@ -191,6 +191,19 @@ class RestHandlers:
             ban_s,
         )
         return Reply(204, None)
+
+    async def moderate(self, request: ApiRequest, meeting_id: str, participant_id: str) -> Reply:
+        # Our addition (docs/protocol.md §18.2).
+        claims = request.claims()
+        body = schemas.moderate(await request.read_body())
+        moderated = await _moderation.moderate(
+            self.gc,
+            MeetingId(checked_id(meeting_id, "meeting")),
+            ParticipantId(checked_id(participant_id, "participant")),
+            claims,
+            body,
+        )
+        return Reply(200, moderated)
 
     async def list_recordings(self, request: ApiRequest, meeting_id: str) -> Reply:
         claims = request.claims()

@@ -246,6 +246,12 @@ def create_app(
         "kick",
     )
     route(
+        "POST",
+        "/api/v1/meetings/<meeting_id>/participants/<participant_id>/moderate",
+        handlers.moderate,
+        "moderate",
+    )
+    route(
         "GET",
         "/api/v1/meetings/<meeting_id>/recordings",
         handlers.list_recordings,

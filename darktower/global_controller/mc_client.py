@@ -20,6 +20,7 @@ from darktower.global_controller.store import ControllerRecord, IssuedJoinToken,
 from darktower.logs import fields
 from darktower.model import MeetingId, ParticipantId
 from darktower.protocol.addresses import split_host_port
+from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mc_pb
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
 from darktower.servicekit import ClusterTls, ServiceRole, expect_peer
@@ -192,3 +193,23 @@ class GrpcMeetingControllers:
         )
         # The kicked session's join-token id ("" from an MC that does not report it).
         return str(reply.token_id)
+
+    async def moderate(
+        self,
+        controller: ControllerRecord,
+        meeting_id: MeetingId,
+        participant_id: ParticipantId,
+        actions: Sequence[int],
+        message: str,
+    ) -> common_pb2.PublicationState:
+        reply: mc_pb.ModerateParticipantResponse = await self._call(
+            controller,
+            "ModerateParticipant",
+            mc_pb.ModerateParticipantRequest(
+                meeting_id=meeting_id,
+                participant_id=participant_id,
+                actions=[common_pb2.ModerationAction.ValueType(a) for a in actions],
+                message=message,
+            ),
+        )
+        return reply.publication

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 import attrs
 
@@ -27,7 +27,8 @@ from darktower.global_controller._limits import (
     MAX_REGION,
 )
 from darktower.global_controller.store import MeetingSettings as MeetingSettings
-from darktower.model import DEFAULT_MAX_PARTICIPANTS
+from darktower.model import DEFAULT_MAX_PARTICIPANTS, Role
+from darktower.protocol.tokens import PUBLISH_KINDS
 
 
 @attrs.frozen
@@ -51,6 +52,28 @@ class JoinMeeting:
     # Our addition: the MC the caller could not reach (its signaling URL or controller id; ""
     # for none), checked by the GC (docs/protocol.md §14).
     unreachable_controller: str = ""
+    # Our additions, the owner's only (docs/protocol.md §18.2): what the participant may
+    # publish (None: everything) and the role of the token ("": the caller's own).
+    may_publish: frozenset[str] | None = None
+    role: str = ""
+
+
+# The REST names of the moderation actions (docs/protocol.md §18.2).
+MODERATION_ACTIONS: Final = (
+    "mute_audio",
+    "stop_video",
+    "stop_screen",
+    "allow_audio",
+    "allow_video",
+    "allow_screen",
+)
+MAX_MODERATION_MESSAGE: Final = 200
+
+
+@attrs.frozen
+class Moderate:
+    actions: tuple[str, ...]
+    message: str = ""
 
 
 def parse_json(body: bytes) -> Any:
@@ -172,7 +195,19 @@ def token_request(body: bytes) -> TokenRequest:
 def join_meeting(body: bytes) -> JoinMeeting:
     if not body.strip():
         return JoinMeeting()
-    obj = _object(parse_json(body), "the body", {"participant_name", "unreachable_controller"})
+    obj = _object(
+        parse_json(body),
+        "the body",
+        {"participant_name", "unreachable_controller", "may_publish", "role"},
+    )
+    may_publish = None
+    if "may_publish" in obj:
+        may_publish = frozenset(
+            _names(obj["may_publish"], "may_publish", sorted(PUBLISH_KINDS), min_items=0)
+        )
+    role = _string(obj, "role", max_len=5, required=False)
+    if role not in ("", Role.HOST.value, Role.GUEST.value):
+        raise InvalidRequest("field 'role' must be 'host' or 'guest'")
     return JoinMeeting(
         participant_name=_string(
             obj, "participant_name", max_len=MAX_PARTICIPANT_NAME, required=False
@@ -180,6 +215,36 @@ def join_meeting(body: bytes) -> JoinMeeting:
         unreachable_controller=_string(
             obj, "unreachable_controller", max_len=MAX_HINT_LENGTH, required=False
         ),
+        may_publish=may_publish,
+        role=role,
+    )
+
+
+def _names(value: Any, name: str, allowed: Sequence[str], *, min_items: int) -> tuple[str, ...]:
+    """A JSON list of distinct strings out of ``allowed``, at least ``min_items``."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidRequest(f"field '{name}' must be a list of strings")
+    unknown = sorted({item for item in value if item not in allowed})
+    if unknown:
+        raise InvalidRequest(
+            f"field '{name}' names unknown values: {', '.join(unknown)[:200]}",
+            details={"allowed": ", ".join(allowed)},
+        )
+    if len(set(value)) != len(value):
+        raise InvalidRequest(f"field '{name}' repeats a value")
+    if len(value) < min_items:
+        raise InvalidRequest(f"field '{name}' must name at least {min_items}")
+    return tuple(value)
+
+
+def moderate(body: bytes) -> Moderate:
+    """The body of a moderation (docs/protocol.md §18.2)."""
+    obj = _object(parse_json(body), "the body", {"actions", "message"})
+    if "actions" not in obj:
+        raise InvalidRequest("field 'actions' is required")
+    return Moderate(
+        actions=_names(obj["actions"], "actions", MODERATION_ACTIONS, min_items=1),
+        message=_string(obj, "message", max_len=MAX_MODERATION_MESSAGE, required=False),
     )
 
 

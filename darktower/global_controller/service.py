@@ -253,21 +253,29 @@ class GlobalController:
         if meeting.settings.require_auth and caller is None:
             raise Unauthorized(f"meeting {meeting_id} requires an access token to join")
         meeting = await check_unreachable(self, meeting, request.unreachable_controller)
+        owner = caller is not None and caller.client_id == meeting.owner
+        if not owner and (request.may_publish is not None or request.role):
+            # The owner's grant at join (docs/protocol.md §18.2).
+            raise Forbidden("only the meeting's owner sets may_publish or role")
         meeting, controller = await controller_for_join(self, meeting)
-        role = Role.HOST if caller is not None and caller.client_id == meeting.owner else Role.GUEST
+        role = Role(request.role) if request.role else Role.HOST if owner else Role.GUEST
         now = self.now()
         token = self.tokens.join.issue(
             meeting.meeting_id,
             role,
             now,
             participant_name=request.participant_name or None,
+            may_publish=request.may_publish,
         )
         # Forbidden while this identity is banned; else its token is on record (and the
         # meeting's emptiness restarts: someone is on the way in).
         await self.store.record_join(
             meeting_id,
             token_id(token),
-            join_identity(meeting, caller, address, request.participant_name),
+            # A guest token the owner mints is an end user's: banned like any client's.
+            join_identity(meeting, caller, address, request.participant_name)
+            if role == Role.HOST or not owner or caller is None
+            else f"client:{caller.client_id}/name:{request.participant_name}",
             datetime.fromtimestamp(now + self.tokens.join.ttl_s, UTC),
         )
         return {

@@ -16,6 +16,7 @@ import trio
 
 from darktower.errors import DarkTowerError, NotFound
 from darktower.global_controller import Running, Settings, serve
+from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mc_pb
 from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlBase
@@ -47,6 +48,7 @@ class StandInMC:
         self.assigned: list[mc_pb.AssignMeeting] = []
         self.ended: list[str] = []
         self.kicked: list[tuple[str, str]] = []
+        self.moderated: list[mc_pb.ModerateParticipantRequest] = []
         self.participants: set[str] = {"p-1"}
         self.refuse: DarkTowerError | None = None
         self.ended_one = trio.Event()  # set at the first EndMeeting
@@ -73,8 +75,16 @@ class StandInMC:
     async def RegisterMediaHandler(self, request: Any) -> Any:
         raise NotImplementedError
 
-    async def ModerateParticipant(self, request: Any) -> Any:
-        raise NotImplementedError
+    async def ModerateParticipant(
+        self, request: mc_pb.ModerateParticipantRequest
+    ) -> mc_pb.ModerateParticipantResponse:
+        if request.participant_id not in self.participants:
+            raise NotFound(f"participant {request.participant_id} is not in the meeting")
+        self.moderated.append(request)
+        muted = common_pb2.MODERATION_MUTE_AUDIO in request.actions
+        return mc_pb.ModerateParticipantResponse(
+            publication=common_pb2.PublicationState(audio_muted=muted, audio_blocked=muted)
+        )
 
     async def MediaHandlerHeartbeat(self, request: Any) -> Any:
         raise NotImplementedError

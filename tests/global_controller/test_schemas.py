@@ -70,7 +70,13 @@ def test_join_meeting_body_is_optional() -> None:
     assert schemas.join_meeting(b"") == schemas.JoinMeeting()
     assert schemas.join_meeting(_b({"participant_name": "Ann"})).participant_name == "Ann"
     with pytest.raises(InvalidRequest, match="unknown"):
-        schemas.join_meeting(_b({"role": "host"}))
+        schemas.join_meeting(_b({"rank": "host"}))
+    # the owner's grant (docs/protocol.md §18.2); who may set it is the service's check
+    grant = schemas.join_meeting(_b({"role": "guest", "may_publish": ["audio", "screen"]}))
+    assert grant.role == "guest" and grant.may_publish == {"audio", "screen"}
+    for bad in ({"role": "admin"}, {"may_publish": ["audio", "audio"]}, {"may_publish": "audio"}):
+        with pytest.raises(InvalidRequest):
+            schemas.join_meeting(_b(bad))
 
 
 # --- hostile bodies (docs/decisions.md: REST input) -------------------------------------------
