@@ -10,9 +10,13 @@ from typing import TYPE_CHECKING, Any
 from ._base import DEFAULT_POOL_SIZE, Clock, SqlStore, utc_now
 from ._migrations import LATEST_VERSION, MIGRATIONS, Migration, SchemaTooNewError
 from ._models import (
+    ClaimedDelivery,
     ClientRecord,
     ControllerCapacity,
     ControllerRecord,
+    DeliveryAttempt,
+    DeliveryRecord,
+    DeliveryStatus,
     EndReason,
     HealthStatus,
     IssuedJoinToken,
@@ -22,11 +26,14 @@ from ._models import (
     NewMeeting,
     RateBucket,
     Reconciliation,
+    WebhookEvent,
+    WebhookRecord,
     new_meeting_id,
 )
 from ._open import open_store, sqlite_path
 from ._protocol import MAX_LIST_ROWS, Store
 from ._sqlite import SqliteStore
+from ._webhook_queries import Fanout, retry_delay_s
 
 if TYPE_CHECKING:
     from ._postgres import PostgresStore
@@ -46,11 +53,16 @@ __all__ = [
     "LATEST_VERSION",
     "MAX_LIST_ROWS",
     "MIGRATIONS",
+    "ClaimedDelivery",
     "ClientRecord",
     "Clock",
     "ControllerCapacity",
     "ControllerRecord",
+    "DeliveryAttempt",
+    "DeliveryRecord",
+    "DeliveryStatus",
     "EndReason",
+    "Fanout",
     "HealthStatus",
     "IssuedJoinToken",
     "MeetingRecord",
@@ -65,8 +77,11 @@ __all__ = [
     "SqlStore",
     "SqliteStore",
     "Store",
+    "WebhookEvent",
+    "WebhookRecord",
     "new_meeting_id",
     "open_store",
+    "retry_delay_s",
     "sqlite_path",
     "utc_now",
 ]

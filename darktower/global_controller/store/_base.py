@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -19,12 +19,17 @@ from . import (
     _meeting_queries,
     _migrations,
     _rows,
+    _webhook_queries,
 )
 from ._dialect import Dialect, Tx
 from ._models import (
+    ClaimedDelivery,
     ClientRecord,
     ControllerCapacity,
     ControllerRecord,
+    DeliveryAttempt,
+    DeliveryRecord,
+    DeliveryStatus,
     EndReason,
     HealthStatus,
     IssuedJoinToken,
@@ -33,8 +38,11 @@ from ._models import (
     NewMeeting,
     RateBucket,
     Reconciliation,
+    WebhookEvent,
+    WebhookRecord,
 )
 from ._protocol import MAX_LIST_ROWS
+from ._webhook_queries import Fanout
 
 T = TypeVar("T")
 # Connections (and worker threads) per PostgreSQL store. A call beyond this waits for a free
@@ -257,6 +265,73 @@ class SqlStore(abc.ABC):
 
     async def remove_client(self, client_id: ClientId) -> None:
         await self._call(_client_queries.remove_client, client_id)
+
+    # -- webhooks (docs/protocol.md §18.5) ---------------------------------------------------
+    async def create_webhook(
+        self,
+        client_id: ClientId,
+        url: str,
+        events: Sequence[str],
+        *,
+        new_secret: str,
+        max_per_client: int,
+    ) -> tuple[WebhookRecord, str]:
+        return await self._call(
+            _webhook_queries.create_webhook,
+            client_id,
+            url,
+            tuple(events),
+            new_secret,
+            self._clock(),
+            max_per_client,
+        )
+
+    async def list_webhooks(self, client_id: ClientId) -> list[WebhookRecord]:
+        return await self._call(_webhook_queries.list_webhooks, client_id, single_read=True)
+
+    async def delete_webhook(self, client_id: ClientId, webhook_id: str) -> None:
+        await self._call(_webhook_queries.delete_webhook, client_id, webhook_id)
+
+    async def record_events(
+        self, events: Sequence[WebhookEvent], *, max_pending: int, keep: int
+    ) -> Fanout:
+        return await self._call(
+            _webhook_queries.record_events, list(events), self._clock(), max_pending, keep
+        )
+
+    async def purge_webhook_events(self, received_before: datetime) -> int:
+        return await self._call(_webhook_queries.purge_webhook_events, received_before)
+
+    async def claim_deliveries(
+        self, owner: str, *, limit: int, lease_s: float
+    ) -> tuple[list[ClaimedDelivery], datetime | None]:
+        return await self._call(
+            _webhook_queries.claim_deliveries, owner, self._clock(), limit, lease_s
+        )
+
+    async def finish_delivery(
+        self,
+        claimed: ClaimedDelivery,
+        owner: str,
+        attempt: DeliveryAttempt,
+        *,
+        retry_base_s: float,
+        max_attempts: int,
+    ) -> DeliveryStatus | None:
+        return await self._call(
+            _webhook_queries.finish_delivery,
+            claimed,
+            owner,
+            attempt,
+            self._clock(),
+            retry_base_s,
+            max_attempts,
+        )
+
+    async def list_deliveries(
+        self, client_id: ClientId, webhook_id: str, *, limit: int
+    ) -> tuple[list[DeliveryRecord], bool]:
+        return await self._call(_webhook_queries.list_deliveries, client_id, webhook_id, limit)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def schema_version(self) -> int:

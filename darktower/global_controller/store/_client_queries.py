@@ -9,6 +9,7 @@ from ._dialect import Tx
 from ._models import ClientRecord
 from ._protocol import MAX_LIST_ROWS
 from ._rows import CLIENT_COLS, client_record
+from ._webhook_queries import remove_client_webhooks
 
 
 def add_client(tx: Tx, client: ClientRecord) -> None:
@@ -26,3 +27,4 @@ def list_clients(tx: Tx) -> list[ClientRecord]:
 def remove_client(tx: Tx, client_id: ClientId) -> None:
     if tx.run("DELETE FROM clients WHERE client_id = ?", (client_id,)) == 0:
         raise NotFound(f"client {client_id} not found", details={"client_id": client_id})
+    remove_client_webhooks(tx, client_id)

@@ -144,6 +144,60 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX rate_limits_updated ON rate_limits (updated_at)",
         ),
     ),
+    Migration(
+        8,
+        "webhooks: registrations, signing secrets, events received, deliveries",
+        (
+            # One signing secret per API client, made with its first webhook (docs/protocol.md
+            # §18.5).
+            """CREATE TABLE webhook_secrets (
+                client_id TEXT PRIMARY KEY,
+                secret TEXT NOT NULL,
+                created_at {timestamp} NOT NULL
+            )""",
+            # ``events``: the names it takes, comma-separated. ``next_seq`` numbers its
+            # deliveries (updating it locks the row: one fan-out to a webhook at a time).
+            # ``lease_until``/``lease_owner``: the replica sending its delivery in flight.
+            """CREATE TABLE webhooks (
+                webhook_id TEXT PRIMARY KEY,
+                client_id TEXT NOT NULL,
+                url TEXT NOT NULL,
+                events TEXT NOT NULL,
+                created_at {timestamp} NOT NULL,
+                next_seq BIGINT NOT NULL,
+                lease_until {timestamp},
+                lease_owner TEXT
+            )""",
+            "CREATE INDEX webhooks_client ON webhooks (client_id, created_at)",
+            # Every event id received, so an MC's repeated report is a no-op; purged after a
+            # day.
+            """CREATE TABLE webhook_events (
+                event_id TEXT PRIMARY KEY,
+                meeting_id TEXT NOT NULL,
+                received_at {timestamp} NOT NULL
+            )""",
+            "CREATE INDEX webhook_events_received ON webhook_events (received_at)",
+            """CREATE TABLE webhook_deliveries (
+                delivery_id TEXT PRIMARY KEY,
+                webhook_id TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                event_id TEXT NOT NULL,
+                event TEXT NOT NULL,
+                body TEXT NOT NULL,
+                status TEXT NOT NULL,
+                attempts INTEGER NOT NULL,
+                response_status INTEGER,
+                error TEXT NOT NULL,
+                created_at {timestamp} NOT NULL,
+                next_attempt_at {timestamp},
+                delivered_at {timestamp}
+            )""",
+            "CREATE UNIQUE INDEX webhook_deliveries_log ON webhook_deliveries (webhook_id, seq)",
+            "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at)",
+            "CREATE INDEX webhook_deliveries_pending "
+            "ON webhook_deliveries (webhook_id, status, next_attempt_at)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

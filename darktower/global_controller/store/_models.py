@@ -156,3 +156,75 @@ class ClientRecord:
     name: str
     secret_hash: str = attrs.field(repr=False)
     created_at: datetime
+
+
+# -- webhooks (docs/protocol.md §18.5) ---------------------------------------------------------
+class DeliveryStatus(enum.StrEnum):
+    """Where a webhook delivery stands. Stored by value, so values never change."""
+
+    PENDING = "pending"  # to be sent (again) at ``next_attempt_at``
+    DELIVERED = "delivered"  # answered 2xx
+    FAILED = "failed"  # every attempt failed
+    DROPPED = "dropped"  # never sent: the webhook's backlog was full
+
+
+@attrs.frozen
+class WebhookRecord:
+    webhook_id: str
+    client_id: ClientId
+    url: str
+    events: tuple[str, ...]  # the event names it gets, sorted
+    created_at: datetime
+
+
+@attrs.frozen
+class WebhookEvent:
+    """An event to fan out to the webhooks of its meeting's owner that take it."""
+
+    event_id: str  # kept once: the same id again is a no-op
+    meeting_id: MeetingId
+    event: str  # its name, e.g. ``participant_joined``
+    body: str  # the JSON body posted, exactly (ASCII)
+
+
+@attrs.frozen
+class DeliveryRecord:
+    """A line of a webhook's delivery log."""
+
+    delivery_id: str
+    webhook_id: str
+    event_id: str
+    event: str
+    status: DeliveryStatus
+    attempts: int
+    response_status: int | None  # of the last attempt that got an answer
+    error: str  # why the last attempt failed ("" when it did not)
+    created_at: datetime
+    next_attempt_at: datetime | None  # while pending
+    delivered_at: datetime | None
+
+
+@attrs.frozen
+class ClaimedDelivery:
+    """A due delivery the caller's replica now sends (its webhook is leased to it)."""
+
+    delivery_id: str
+    webhook_id: str
+    event: str
+    body: str
+    attempts: int  # made before this one
+    url: str
+    secret: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class DeliveryAttempt:
+    """What one attempt got: a 2xx ``response_status`` is delivered; anything else (another
+    status, or none with ``error``) is tried again or failed."""
+
+    response_status: int | None
+    error: str = ""
+
+    @property
+    def delivered(self) -> bool:
+        return self.response_status is not None and 200 <= self.response_status < 300

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from darktower.model import ClientId, ControllerId, MeetingId
 
 from ._models import (
+    ClaimedDelivery,
     ClientRecord,
     ControllerCapacity,
     ControllerRecord,
+    DeliveryAttempt,
+    DeliveryRecord,
+    DeliveryStatus,
     EndReason,
     HealthStatus,
     IssuedJoinToken,
@@ -20,7 +24,12 @@ from ._models import (
     NewMeeting,
     RateBucket,
     Reconciliation,
+    WebhookEvent,
+    WebhookRecord,
 )
+
+if TYPE_CHECKING:
+    from ._webhook_queries import Fanout
 
 # A list call returns at most this many rows (bounded result, newest first); callers that need
 # more page with ``before``.
@@ -207,6 +216,70 @@ class Store(Protocol):
 
     async def remove_client(self, client_id: ClientId) -> None:
         """NotFound if unknown."""
+        ...
+
+    # -- webhooks (docs/protocol.md §18.5) ---------------------------------------------------
+    async def create_webhook(
+        self,
+        client_id: ClientId,
+        url: str,
+        events: Sequence[str],
+        *,
+        new_secret: str,
+        max_per_client: int,
+    ) -> tuple[WebhookRecord, str]:
+        """Register a webhook of ``client_id``; returns it and the client's signing secret
+        (``new_secret`` when it has none yet). ``Conflict`` when it has ``max_per_client``
+        webhooks (checked atomically, whatever the replicas)."""
+        ...
+
+    async def list_webhooks(self, client_id: ClientId) -> list[WebhookRecord]:
+        """The client's webhooks, oldest first."""
+        ...
+
+    async def delete_webhook(self, client_id: ClientId, webhook_id: str) -> None:
+        """Remove the client's webhook and its deliveries; ``NotFound`` (also for another
+        client's)."""
+        ...
+
+    async def record_events(
+        self, events: Sequence[WebhookEvent], *, max_pending: int, keep: int
+    ) -> Fanout:
+        """In one transaction: keep each new event id and queue a delivery per webhook of the
+        meeting's owner that takes the event (``dropped`` beyond ``max_pending`` pending);
+        an id already kept, or an unknown meeting, does nothing. Each webhook keeps its
+        newest ``keep`` deliveries (and every pending one)."""
+        ...
+
+    async def purge_webhook_events(self, received_before: datetime) -> int:
+        """Forget event ids received before ``received_before``."""
+        ...
+
+    async def claim_deliveries(
+        self, owner: str, *, limit: int, lease_s: float
+    ) -> tuple[list[ClaimedDelivery], datetime | None]:
+        """Lease to ``owner`` up to ``limit`` webhooks with a due delivery (one delivery each,
+        the oldest due) for ``lease_s``; also when the next delivery not leased is due."""
+        ...
+
+    async def finish_delivery(
+        self,
+        claimed: ClaimedDelivery,
+        owner: str,
+        attempt: DeliveryAttempt,
+        *,
+        retry_base_s: float,
+        max_attempts: int,
+    ) -> DeliveryStatus | None:
+        """Record an attempt (delivered; pending again after the backoff; failed after
+        ``max_attempts``) and release the webhook's lease; None if the delivery is gone."""
+        ...
+
+    async def list_deliveries(
+        self, client_id: ClientId, webhook_id: str, *, limit: int
+    ) -> tuple[list[DeliveryRecord], bool]:
+        """The webhook's deliveries, newest first, at most ``limit``, and whether there are
+        more. ``NotFound`` for another client's webhook."""
         ...
 
     # -- lifecycle ------------------------------------------------------------------------
