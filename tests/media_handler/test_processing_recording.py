@@ -148,6 +148,20 @@ async def _frames_out(stub: MediaProcessingStub, job_id: str) -> int:
     return sum(j.frames_out for j in reply.jobs if j.job_id == job_id)
 
 
+async def _until_written(stub: MediaProcessingStub, job_id: str, frames: int) -> None:
+    """Until the processor in another process has written ``frames`` of the job's frames."""
+    with trio.fail_after(WAIT_S):
+        while await _frames_out(stub, job_id) < frames:  # noqa: ASYNC110 (see POLL_S)
+            await trio.sleep(POLL_S)
+
+
+def _written(stub: MediaProcessingStub, job_id: str) -> Callable[[], Awaitable[None]]:
+    async def begun() -> None:  # the job wrote both streams' first frames (see _begun)
+        await _until_written(stub, job_id, 2)
+
+    return begun
+
+
 async def test_a_processor_killed_mid_recording_leaves_a_file_that_plays(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -185,10 +199,8 @@ async def test_a_processor_killed_mid_recording_leaves_a_file_that_plays(
             [job_id] = room.job_ids("recording")
             await room.wait_ready(job_id, video_id, audio_id)
             async with room.client(ann) as media:
-                sent = await _send(media, video_id, audio_id)
-                with trio.fail_after(WAIT_S):
-                    while await _frames_out(stub, job_id) < sent:  # noqa: ASYNC110 (see POLL_S)
-                        await trio.sleep(POLL_S)
+                sent = await _send(media, video_id, audio_id, _written(stub, job_id))
+                await _until_written(stub, job_id, sent)
                 os.kill(processor.pid, signal.SIGKILL)
                 with trio.fail_after(WAIT_S):
                     await processor.finished.wait()
