@@ -68,8 +68,12 @@ function icon(key) {
   return wrap;
 }
 
+function show(node, shown) {
+  if (node.hidden === shown) node.hidden = !shown;
+}
+
 function setIcon(node, shown, label) {
-  node.hidden = !shown;
+  show(node, shown);
   if (shown && node.getAttribute("aria-label") !== label) {
     node.setAttribute("aria-label", label);
     node.title = label;
@@ -85,16 +89,11 @@ function reasonOf(error) {
   return (typeof error?.message === "string" && error.message) || "the server refused";
 }
 
+const STATE_KEYS = ["audioMuted", "videoOff", "sharing", "audioBlocked", "videoBlocked", "screenBlocked"];
+
 function publicationOf(p) {
   const s = p?.publication ?? {};
-  return {
-    audioMuted: Boolean(s.audioMuted),
-    videoOff: Boolean(s.videoOff),
-    sharing: Boolean(s.sharing),
-    audioBlocked: Boolean(s.audioBlocked),
-    videoBlocked: Boolean(s.videoBlocked),
-    screenBlocked: Boolean(s.screenBlocked),
-  };
+  return Object.fromEntries(STATE_KEYS.map((key) => [key, Boolean(s[key])]));
 }
 
 // One participant's row: its elements, built once, and the state last shown.
@@ -117,6 +116,7 @@ class PersonRow {
     this.icons = {};
     for (const key of Object.keys(ICONS)) {
       this.icons[key] = icon(key);
+      if (key === "screenBlocked") this.icons[key].classList.add("blocked");
       icons.append(this.icons[key]);
     }
     this.error = el("p", "person-error");
@@ -138,8 +138,8 @@ class PersonRow {
     }
     this.self = self;
     this.isHost = Boolean(p.host);
-    this.you.hidden = !self;
-    this.host.hidden = !this.isHost;
+    show(this.you, self);
+    show(this.host, this.isHost);
     const s = publicationOf(p);
     this.publication = s;
     const reconnecting = p.connection === "reconnecting";
@@ -163,12 +163,12 @@ class PersonRow {
     setIcon(this.icons.speaking, speaking, "Speaking");
     this.icons.audio.classList.toggle("blocked", s.audioBlocked);
     this.icons.video.classList.toggle("blocked", s.videoBlocked);
-    this.icons.screenBlocked.classList.add("blocked");
 
     const menu = hostView && !self;
     if (menu && !this.actions) this.buildActions();
     if (!menu && this.actions) {
       this.actions.wrap.remove();
+      this.actions.menu.remove();
       this.actions = null;
       this.confirming = false;
     }
@@ -189,8 +189,10 @@ class PersonRow {
     menu.id = this.menuId;
     menu.setAttribute("role", "menu");
     menu.hidden = true;
-    wrap.append(button, menu);
+    // The menu opens inside the row, below it (a scrolled list would clip a floating one).
+    wrap.append(button);
     this.item.insertBefore(wrap, this.error);
+    this.item.insertBefore(menu, this.error);
     this.actions = { wrap, button, menu, items: new Map(), keys: "" };
     this.labelActions();
   }
@@ -231,7 +233,7 @@ class PersonRow {
         node.tabIndex = -1;
         node.setAttribute("role", "menuitem");
         node.dataset.key = key;
-        if (key === "kick" || key === "kick-confirm") node.classList.add("danger");
+        if (key === "kick" || key === "kick-confirm") node.classList.add("destructive");
         a.items.set(key, node);
       }
       return node;
@@ -287,7 +289,8 @@ export class PeoplePanel {
     this.onClick = (e) => this.click(e);
     this.onKeyDown = (e) => this.keydown(e);
     this.onOutside = (e) => {
-      if (this.openRow && !this.openRow.actions?.wrap.contains(e.target)) this.close(false);
+      const a = this.openRow?.actions;
+      if (a && !a.wrap.contains(e.target) && !a.menu.contains(e.target)) this.close(false);
     };
     this.list.addEventListener("click", this.onClick);
     this.list.addEventListener("keydown", this.onKeyDown);
@@ -361,6 +364,7 @@ export class PeoplePanel {
     row.actions.menu.hidden = false;
     row.actions.button.setAttribute("aria-expanded", "true");
     this.openRow = row;
+    row.actions.menu.scrollIntoView?.({ block: "nearest" });
     const items = row.menuItems();
     items[focus === "last" ? items.length - 1 : 0]?.focus();
   }

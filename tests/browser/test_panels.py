@@ -4,7 +4,7 @@ test_panels_people.py with the same page and fixture.
 
 A minimal page imports the two components (and nothing else of the client but the
 SignalingError the session rejects with) and mounts them with recording fakes for send(),
-moderate() and kick(). One Chromium page serves every case of this module: each case mounts
+moderate() and kick(). One Chromium page serves every case of a module: each case mounts
 fresh components, so the module's wall time is one browser start.
 """
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from darktower.protocol.pb.v1 import common_pb2 as common
+
 from .test_panels import WAIT, _Browser, browser
 
 if TYPE_CHECKING:
@@ -115,7 +117,11 @@ def _menu(page: Page, pid: str) -> list[str]:
 
 
 def test_people_host_menu_by_keyboard(browser: _Browser) -> None:
-    a = {"mute": 1, "stop_video": 2, "stop_screen": 3, "allow_audio": 4, "allow_video": 5}
+    a = {
+        "stop_video": common.MODERATION_STOP_VIDEO,
+        "stop_screen": common.MODERATION_STOP_SCREEN,
+        "allow_audio": common.MODERATION_ALLOW_AUDIO,
+    }
 
     def case(page: Page) -> dict[str, Any]:
         page.evaluate("(list) => { h.mountPeople('me', true); h.people.update(list); }", MEETING)
@@ -307,3 +313,47 @@ def test_panels_fit_a_phone(browser: _Browser) -> None:
     assert len(got["boxes"]) > 5
     for name, left, right in got["boxes"]:
         assert left >= 0 and right <= 390, (name, left, right)
+
+
+def test_people_every_action_number_host_changes_and_destroy(browser: _Browser) -> None:
+    cases = [
+        ({}, "Mute microphone", common.MODERATION_MUTE_AUDIO),
+        ({}, "Stop camera", common.MODERATION_STOP_VIDEO),
+        ({"sharing": True}, "Stop screen share", common.MODERATION_STOP_SCREEN),
+        ({"audioBlocked": True}, "Allow microphone", common.MODERATION_ALLOW_AUDIO),
+        ({"videoBlocked": True}, "Allow camera", common.MODERATION_ALLOW_VIDEO),
+        ({"screenBlocked": True}, "Allow screen share", common.MODERATION_ALLOW_SCREEN),
+    ]
+
+    def case(page: Page) -> dict[str, Any]:
+        page.evaluate("() => h.mountPeople('me', true)")
+        me = _person("me", "Me", self=True, host=True)
+        row = page.locator('#people li[data-participant-id="x"]')
+        for state, label, _ in cases:
+            page.evaluate("(list) => h.people.update(list)", [me, _person("x", "X", **state)])
+            page.get_by_role("button", name="Actions for X").click()
+            row.get_by_role("menuitem", name=label).click()
+        out: dict[str, Any] = {"moderated": page.evaluate("() => h.moderated")}
+        # A click elsewhere closes an open menu.
+        button = page.get_by_role("button", name="Actions for X")
+        button.click()
+        page.locator("#people .people-count").click()
+        out["outside"] = button.get_attribute("aria-expanded")
+        # The viewer stops being a host: the menus go; and come back.
+        page.evaluate(
+            "(list) => { h.host = false; h.people.update(list); }", [me, _person("x", "X")]
+        )
+        out["guest"] = page.locator("#people [aria-haspopup]").count()
+        page.evaluate(
+            "(list) => { h.host = true; h.people.update(list); }", [me, _person("x", "X")]
+        )
+        out["host"] = page.locator("#people [aria-haspopup]").count()
+        page.evaluate("() => h.people.destroy()")
+        out["left"] = page.evaluate("() => document.getElementById('people').childElementCount")
+        return out
+
+    got = browser.run(case)
+    assert got["moderated"] == [["x", [number]] for _, _, number in cases]
+    assert got["outside"] == "false"
+    assert got["guest"] == 0 and got["host"] == 1
+    assert got["left"] == 0
