@@ -15,6 +15,9 @@ from typing import Final
 from darktower.protocol import MAX_MESSAGE_SIZE
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
+from ._publication import Publication, updated
+from ._room import RoomMember, RoomState
+
 # Room left in each message for what the size estimate below does not count: the envelope's
 # length varint growing with the body, participant_batches, final and protocol_version (stamped
 # when the message is written).
@@ -56,3 +59,24 @@ def join_messages(
             )
         )
     return tuple(messages)
+
+
+def catch_up(room: RoomState, member: RoomMember) -> None:
+    """Queue for ``member``, right after its JoinResponse and batches, what they do not say:
+    its own publication state unless it is the initial one (a kind blocked at join, or a
+    moderation while it was reconnecting: docs/protocol.md §18.1, §18.2; the server never
+    unmutes, and a block lifted leaves its kind muted, so a state that is the initial one now
+    was so when it left), each reconnecting member's ``ParticipantUpdated``
+    (docs/protocol.md §13) and who speaks now (the list is sent on a change only,
+    docs/protocol.md §17.4)."""
+    if member.publication != Publication():
+        room.deliver(member, updated(member))
+    for other in list(room.members.values()):
+        if other.reconnecting and other is not member:
+            room.deliver(member, updated(other))
+    speakers = [p for p in room.speakers if p in room.members]
+    if speakers:
+        room.deliver(
+            member,
+            sig.ServerMessage(active_speakers=sig.ActiveSpeakers(participant_ids=speakers)),
+        )

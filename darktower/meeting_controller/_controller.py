@@ -49,9 +49,11 @@ from ._limits import (
     RESUME_GRACE_S,
 )
 from ._media_rooms import MediaRooms
+from ._meeting_events import meeting_ended
 from ._metrics import ControllerMetrics
 from ._mh import MediaHandlers
 from ._port import SignalPort
+from ._publication import Publication
 from ._resume import ResumeRefused, ResumeTokens
 from ._room import Outgoing, RoomMember, RoomState
 from ._session import SignalingSession
@@ -134,7 +136,11 @@ class MeetingController:
         except ScopeClosed:
             raise CapacityExceeded("this meeting controller is draining") from None
         self.rooms[meeting_id] = RoomState(
-            meeting_id, config, scope, mix_above=self.mix_above_audio_publishers
+            meeting_id,
+            config,
+            scope,
+            mix_above=self.mix_above_audio_publishers,
+            events=self.events,
         )
         created.set()
         logger.info("meeting assigned", extra=fields(meeting_id=meeting_id))
@@ -164,6 +170,7 @@ class MeetingController:
                 continue
             break
         room.end_message = "the meeting stayed empty"
+        room.end_kind = room.end_kind or "empty"
         logger.info(
             "empty meeting ended",
             extra=fields(meeting_id=meeting_id, timeout_s=self.empty_meeting_timeout_s),
@@ -171,6 +178,8 @@ class MeetingController:
 
     async def _meeting_closed(self, meeting_id: MeetingId, reason: LeaveReason) -> None:
         room = self.rooms.pop(meeting_id, None)
+        if room is not None:
+            meeting_ended(room)
         if room is not None and room.mh is not None:
             room.mh.rooms -= 1
             room.mh = None  # counted once: a join still registering must not count it again
@@ -188,6 +197,9 @@ class MeetingController:
         """End the meeting with MEETING_ENDED for everyone; return how many were in it."""
         room = self.room(meeting_id)
         room.end_message = message or "the meeting has ended"
+        # The GC ends a meeting nobody is in for its own empty-meeting timeout the same way
+        # (docs/protocol.md §6): told so, nobody ended it.
+        room.end_kind = room.end_kind or ("ended" if room.members else "empty")
         count = len(room.members)
         room.scope.end()
         return count
@@ -405,6 +417,7 @@ class MeetingController:
             token_valid_until=claims.expires_at + self.verifier.leeway_s,
             video_codecs=tuple(join.capabilities.video_codecs),
             max_video_streams=join.capabilities.max_video_streams,
+            publication=Publication.allowing(claims.may_publish),
         )
         room.next_key_id += 1
         return room, member, recv

@@ -18,7 +18,9 @@ from darktower.model import LeaveReason, MeetingId, ParticipantId, Role
 from darktower.nurseries import Meeting, Participant
 from darktower.protocol.pb.v1 import common_pb2, meeting_control_pb2, signaling_pb2
 
+from ._events import EventOutbox
 from ._limits import MAX_MH_CALLS
+from ._publication import Publication
 
 if TYPE_CHECKING:
     from ._mh import MediaLink
@@ -82,6 +84,8 @@ class RoomMember:
     close_code: int = 0
     overflowed: bool = False
     media_released: bool = False
+    # What it publishes and may publish (docs/protocol.md §18.1).
+    publication: Publication = attrs.field(factory=Publication)
 
     def to_pb(self, *, e2ee: bool) -> signaling_pb2.Participant:
         info = signaling_pb2.Participant(
@@ -89,6 +93,11 @@ class RoomMember:
             name=self.name,
             streams=list(self.streams.values()),
             joined_at=self.joined_at_us,
+            publication=self.publication.to_pb(),
+            host=self.role is Role.HOST,
+            connection=(
+                signaling_pb2.RECONNECTING if self.reconnecting else signaling_pb2.CONNECTED
+            ),
         )
         if e2ee:
             info.public_key = self.public_key
@@ -137,6 +146,12 @@ class RoomState:
     recorded: set[ParticipantId] = attrs.field(factory=set)
     # The MH's last speaker list (docs/protocol.md §17.4), for a member that joins after it.
     speakers: list[str] = attrs.field(factory=list)
+    # Where its events for the GC's webhooks go (the controller's; docs/protocol.md §18.5).
+    events: EventOutbox = attrs.field(factory=EventOutbox)
+    # A participant has joined it here (meeting_started was reported), and how it ends:
+    # "ended" (the host or the owner), "empty" (docs/protocol.md §6), "" (moved, drained).
+    started: bool = False
+    end_kind: str = ""
 
     @property
     def records(self) -> bool:

@@ -22,13 +22,15 @@ from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.protocol.ratelimit import MessageRateLimiter, Verdict
 
 from . import _recording, _signaling, _wire
-from ._batches import join_messages
+from ._batches import catch_up, join_messages
 from ._connection import Connection
 from ._limits import MH_CALL_DEADLINE_S, MIN_RESUME_INTERVAL_S, READ_SIZE, SESSION_END_GRACE_S
 from ._media_reconnect import MediaReconnection
+from ._meeting_events import left_meeting, participant_joined
 from ._metrics import ControllerMetrics
 from ._port import SignalPort
 from ._processing import repeat_derived
+from ._publication import updated
 from ._resume import ResumeTokens, refusal_for
 from ._room import Outgoing, RoomMember, RoomState
 
@@ -159,16 +161,7 @@ class SignalingSession:
         room.deliver(member, join_messages(conn.request_id, response, existing))
         # The outbox holds them until written; this frame lives as long as the session.
         del response, existing
-        for other in list(room.members.values()):
-            if other.reconnecting and other is not member:
-                room.deliver(member, _updated(other, sig.RECONNECTING))
-        # Who speaks now: the list is sent on a change only (docs/protocol.md §17.4).
-        speakers = [p for p in room.speakers if p in room.members]
-        if speakers:
-            room.deliver(
-                member,
-                sig.ServerMessage(active_speakers=sig.ActiveSpeakers(participant_ids=speakers)),
-            )
+        catch_up(room, member)
         if not resumed:
             room.broadcast(
                 sig.ServerMessage(
@@ -178,6 +171,7 @@ class SignalingSession:
                 ),
                 skip=member.id,
             )
+            participant_joined(room, member)
 
     async def _serve(self, participant: Participant, conn: Connection) -> None:
         """Write and read ``conn`` until it is lost or the participant leaves."""
@@ -257,7 +251,7 @@ class SignalingSession:
         if self.conn is old and participant.reason is None:
             if not self._announced:
                 self._announced = True
-                self.room.broadcast(_updated(self.member, sig.RECONNECTING), skip=self.member.id)
+                self.room.broadcast(updated(self.member), skip=self.member.id)
             assert self._resumed is not None
             window = await participant.start_stream(
                 RECONNECTING, self._resumed.wait, deadline=self._window_deadline
@@ -279,7 +273,7 @@ class SignalingSession:
         repeat_derived(self.room, member)
         if self._announced:
             self._announced = False
-            self.room.broadcast(_updated(member, sig.CONNECTED), skip=member.id)
+            self.room.broadcast(updated(member), skip=member.id)
         self.metrics.resumes.inc(1, "resumed")
         return True
 
@@ -403,6 +397,7 @@ class SignalingSession:
             if room.members.get(member.id) is member:
                 del room.members[member.id]
                 room.membership_change()
+                left_meeting(room, member, reason)
             room.release_token(member.token_id)
             for stream_id in member.streams:
                 for other in list(room.subscribers_of(stream_id)):
@@ -486,9 +481,3 @@ class SignalingSession:
                     "could not remove participant at the media handler",
                     extra=fields(meeting_id=room.id, participant_id=member.id, error=str(exc)),
                 )
-
-
-def _updated(member: RoomMember, state: sig.ConnectionState.ValueType) -> sig.ServerMessage:
-    return sig.ServerMessage(
-        participant_updated=sig.ParticipantUpdated(participant_id=member.id, connection=state)
-    )

@@ -21,14 +21,17 @@ and ``_recording`` (docs/protocol.md §2.1, §2.2).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
+
+import trio
 
 from darktower.errors import (
     CapacityExceeded,
     Conflict,
+    DarkTowerError,
     Forbidden,
-    InternalError,
     InvalidRequest,
     NotFound,
 )
@@ -36,10 +39,9 @@ from darktower.model import LeaveReason, ParticipantId, Role
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
-from darktower.transport.rpc import RpcError
 
 from . import _recording
-from ._limits import MAX_PUBLISHED_STREAMS
+from ._limits import MAX_PUBLISHED_STREAMS, MH_CALL_DEADLINE_S
 from ._processing import (
     E2EE_REFUSAL,
     MIX,
@@ -52,7 +54,9 @@ from ._processing import (
     routing,
     transcoded,
 )
+from ._publication import announce, check_publish, set_own, streams_changed
 from ._room import RoomMember, RoomState, at_room_mh
+from ._streams import end_stream, published, unpublished
 
 if TYPE_CHECKING:
     from ._session import SignalingSession
@@ -85,6 +89,7 @@ def _check_ids_free(room: RoomState, ids: set[str]) -> None:
 async def publish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     room, member = session.room, session.member
     stream_id = _stream_id(m.publish.stream_id)
+    check_publish(member, m.publish.stream_type)
     ids = {stream_id, *(la.layer_id for la in m.publish.metadata.video.simulcast_layers)}
     _check_ids_free(room, ids)
     if len(member.streams) >= MAX_PUBLISHED_STREAMS:
@@ -99,13 +104,17 @@ async def publish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     )
     await at_room_mh(room, lambda mh: mh.register_participant(register))
     _check_ids_free(room, ids)  # published by another meanwhile
+    if member.publication.blocked(stream.stream_type):
+        # A host blocked the kind meanwhile: nobody heard of the stream, the MH forgets it.
+        member.streams[stream_id] = stream
+        with trio.move_on_after(MH_CALL_DEADLINE_S):
+            with contextlib.suppress(DarkTowerError):
+                await end_stream(room, member, stream_id)
+        member.streams.pop(stream_id, None)
+        check_publish(member, stream.stream_type)
     member.streams[stream_id] = stream
-    room.broadcast(
-        sig.ServerMessage(
-            stream_published=sig.StreamPublished(participant_id=member.id, stream=stream)
-        ),
-        skip=member.id,
-    )
+    published(room, member, stream)
+    streams_changed(room, member)
     _recording.start_soon(room, member, session.metrics)
     return _ack(stream_id)
 
@@ -113,35 +122,21 @@ async def publish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
 async def unpublish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     room, member = session.room, session.member
     stream_id = m.unpublish.stream_id
-    stream = member.streams.pop(stream_id, None)
-    if stream is None:
+    if stream_id not in member.streams:
         raise NotFound(f"stream {stream_id} is not published by you")
-    # Forgotten first, so a subscribe racing this one finds no stream to route. Then the MH
-    # stops routing it (and ends its QUIC streams) before anyone hears it is gone: a publisher
-    # that unpublishes and keeps writing frames reaches nobody.
-    if room.mh is not None:
-        remove = mh_pb.RemoveStreamRequest(
-            meeting_id=room.id, participant_id=member.id, stream_id=stream_id
-        )
-        try:
-            await at_room_mh(room, lambda mh: mh.remove_stream(remove))
-        except BaseException as exc:
-            # Still published: the client may try again. So too when the call is cancelled
-            # (the connection was lost mid-call and the participant may resume): the MH's
-            # RemoveStream of a stream it no longer has is a success, so a retry completes.
-            member.streams[stream_id] = stream
-            if isinstance(exc, RpcError):
-                raise InternalError(f"media handler unreachable: {exc}") from exc
-            raise
-    for other in list(room.subscribers_of(stream_id)):
-        other.drop_subscription(stream_id)
-    room.broadcast(
-        sig.ServerMessage(
-            stream_unpublished=sig.StreamUnpublished(participant_id=member.id, stream_id=stream_id)
-        ),
-        skip=member.id,
-    )
+    # The MH stops routing it (and ends its QUIC streams) before anyone hears it is gone: a
+    # publisher that unpublishes and keeps writing frames reaches nobody.
+    stream = await end_stream(room, member, stream_id)
+    unpublished(room, member, stream, tell_publisher=False)
+    streams_changed(room, member)
     return _ack(stream_id)
+
+
+async def set_publication(session: SignalingSession, m: sig.ClientMessage) -> Reply:
+    """The participant's own switches (docs/protocol.md §18.1): everyone hears of a change."""
+    if set_own(session.member, m.set_publication):
+        announce(session.room, session.member)
+    return _ack()
 
 
 async def subscribe(session: SignalingSession, m: sig.ClientMessage) -> Reply:
@@ -339,6 +334,7 @@ HANDLERS: dict[str, Handler] = {
     "ping": ping,
     "key_share": key_share,
     "media_reconnect_request": media_reconnect,
+    "set_publication": set_publication,
 }
 
 __all__ = ["HANDLERS"]
