@@ -140,6 +140,17 @@ export class ChatPanel {
     if (this.names.size > MAX_NAMES) this.names.delete(this.names.keys().next().value);
   }
 
+  // A participant's name: from people(), else the last one seen.
+  nameOf(participantId) {
+    try {
+      const p = Array.from(this.people() ?? []).find((x) => x?.participantId === participantId);
+      if (p && typeof p.name === "string") this.remember(participantId, p.name);
+    } catch {
+      // people() failing leaves the names seen so far
+    }
+    return this.names.get(participantId) || "someone";
+  }
+
   // The picker's options from people(), keeping the chosen recipient: one that left stays
   // chosen, marked "(left)", rather than turning a private message into one to everyone.
   refreshRecipients() {
@@ -252,7 +263,7 @@ export class ChatPanel {
     if (to) {
       let mark;
       if (to === this.selfId && !own) mark = "to you";
-      else mark = `to ${to === this.selfId ? "yourself" : (this.names.get(to) ?? "someone")}`;
+      else mark = `to ${to === this.selfId ? "yourself" : this.nameOf(to)}`;
       head.append(el("span", "chat-private", `${mark} (private)`));
     }
     const date = sentDate(message.sentAt);

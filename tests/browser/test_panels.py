@@ -206,9 +206,14 @@ def test_chat_shows_messages_in_order_once_with_their_marks(browser: _Browser) -
     def read(page: Page) -> Any:
         page.evaluate("() => h.chat.markRead()")
         page.evaluate("(m) => h.chat.add(m)", _message(6))
-        return page.evaluate("() => [h.chat.unread, h.unreadCalls.slice(-2)]")
+        # A participant who joined since the picker was last opened is named all the same.
+        page.evaluate("() => h.list.push({participantId: 'dee', name: 'Dee'})")
+        page.evaluate("(m) => h.chat.add(m)", _message(7, sender="me", name="Me", to="dee"))
+        return page.evaluate("() => [h.chat.unread, h.unreadCalls.slice(-2), h.metas().at(-1)]")
 
-    assert browser.run(read) == [1, [0, 1]]
+    unread, calls, meta = browser.run(read)
+    assert [unread, calls] == [1, [0, 1]]
+    assert meta.startswith("You") and "to Dee" in meta
 
 
 def test_chat_inserts_text_never_html(browser: _Browser) -> None:
