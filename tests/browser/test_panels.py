@@ -36,10 +36,10 @@ PAGE = """<!doctype html>
 <link rel=stylesheet href=/static/style.css>
 <link rel=stylesheet href=/static/panels.css>
 <style>
-  #side { display: grid; grid-template-rows: 24rem auto; width: 22rem; max-width: 100%; }
-  @media (max-width: 600px) { #side { width: 100%; } }
+  #t-side { display: grid; grid-template-rows: 24rem auto; width: 22rem; max-width: 100%; }
+  @media (max-width: 600px) { #t-side { width: 100%; } }
 </style>
-<aside id=side><div id=chat></div><div id=people></div></aside>
+<div id=t-side><div id=t-chat></div><div id=t-people></div></div>
 <script type=module>
 import { ChatPanel } from "/static/chat.js";
 import { PeoplePanel } from "/static/people.js";
@@ -54,7 +54,7 @@ const h = {
     this.chat?.destroy();
     this.sent = []; this.unreadCalls = []; this.list = list;
     this.sendImpl = async () => {};
-    this.chat = new ChatPanel(document.getElementById("chat"), {
+    this.chat = new ChatPanel(document.getElementById("t-chat"), {
       selfId,
       send: (text, to) => { this.sent.push([text, to]); return this.sendImpl(text, to); },
       people: () => this.list,
@@ -65,16 +65,16 @@ const h = {
     this.people?.destroy();
     this.moderated = []; this.kicked = []; this.host = host;
     this.moderateImpl = async () => {}; this.kickImpl = async () => {};
-    this.people = new PeoplePanel(document.getElementById("people"), {
+    this.people = new PeoplePanel(document.getElementById("t-people"), {
       selfId,
       isHost: () => this.host,
       moderate: (pid, actions) => { this.moderated.push([pid, actions]); return this.moderateImpl(pid, actions); },
       kick: (pid) => { this.kicked.push(pid); return this.kickImpl(pid); },
     });
   },
-  texts() { return [...document.querySelectorAll("#chat .chat-body")].map((n) => n.textContent); },
-  metas() { return [...document.querySelectorAll("#chat .chat-meta")].map((n) => n.textContent); },
-  names() { return [...document.querySelectorAll("#people .person-name")].map((n) => n.textContent); },
+  texts() { return [...document.querySelectorAll("#t-chat .chat-body")].map((n) => n.textContent); },
+  metas() { return [...document.querySelectorAll("#t-chat .chat-meta")].map((n) => n.textContent); },
+  names() { return [...document.querySelectorAll("#t-people .person-name")].map((n) => n.textContent); },
   focused() { const a = document.activeElement; return a ? (a.dataset.key ?? a.className) : null; },
 };
 window.h = h;
@@ -183,9 +183,9 @@ def test_chat_shows_messages_in_order_once_with_their_marks(browser: _Browser) -
         return page.evaluate(
             """() => ({texts: h.texts(), metas: h.metas(), unread: h.chat.unread,
                        calls: h.unreadCalls.slice(),
-                       times: [...document.querySelectorAll('#chat time')].map((t) => t.dateTime),
-                       log: [document.querySelector('#chat .chat-log').getAttribute('role'),
-                             document.querySelector('#chat .chat-log').getAttribute('aria-live')]})"""
+                       times: [...document.querySelectorAll('#t-chat time')].map((t) => t.dateTime),
+                       log: [document.querySelector('#t-chat .chat-log').getAttribute('role'),
+                             document.querySelector('#t-chat .chat-log').getAttribute('aria-live')]})"""
         )
 
     got = browser.run(case)
@@ -225,8 +225,8 @@ def test_chat_inserts_text_never_html(browser: _Browser) -> None:
             "([m, evil]) => h.chat.add({...m, text: evil, fromName: evil})", [_message(1), evil]
         )
         return page.evaluate(
-            """() => ({imgs: document.querySelectorAll('#chat img, #chat b').length,
-                       text: h.texts()[0], from: document.querySelector('#chat .chat-from').textContent,
+            """() => ({imgs: document.querySelectorAll('#t-chat img, #t-chat b').length,
+                       text: h.texts()[0], from: document.querySelector('#t-chat .chat-from').textContent,
                        pwned: window.pwned})"""
         )
 
@@ -237,7 +237,7 @@ def test_chat_inserts_text_never_html(browser: _Browser) -> None:
 def test_chat_enter_sends_shift_enter_breaks_the_line(browser: _Browser) -> None:
     def case(page: Page) -> dict[str, Any]:
         page.evaluate("() => h.mountChat('me', [{participantId: 'me', name: 'Me'}])")
-        box = page.locator("#chat textarea")
+        box = page.locator("#t-chat textarea")
         assert box.get_attribute("maxlength") == "2000"
         box.click()
         page.keyboard.type("hello")
@@ -249,7 +249,7 @@ def test_chat_enter_sends_shift_enter_breaks_the_line(browser: _Browser) -> None
         page.evaluate(
             "() => { h.list = [{participantId: 'me', name: 'Me'}, {participantId: 'bob', name: 'Bob'}]; }"
         )
-        picker = page.locator("#chat select")
+        picker = page.locator("#t-chat select")
         picker.focus()
         options = picker.locator("option").all_text_contents()
         picker.select_option(label="Bob")
@@ -259,7 +259,7 @@ def test_chat_enter_sends_shift_enter_breaks_the_line(browser: _Browser) -> None
         # Bob leaves: the private recipient stays chosen, marked as gone.
         page.evaluate("() => { h.list = [{participantId: 'me', name: 'Me'}]; }")
         picker.focus()
-        page.locator("#chat textarea").focus()
+        page.locator("#t-chat textarea").focus()
         picker.focus()
         return {
             "sent": page.evaluate("() => h.sent"),
@@ -282,11 +282,14 @@ def test_chat_rejected_send_keeps_the_text_and_says_why(browser: _Browser) -> No
                        h.sendImpl = async () => { throw new h.SignalingError(9, 'rate limited',
                                                           {retry_after_s: '1.2'}); }; }"""
         )
-        page.locator("#chat textarea").fill("too fast")
-        page.locator("#chat textarea").press("Enter")
+        page.locator("#t-chat textarea").fill("too fast")
+        page.locator("#t-chat textarea").press("Enter")
         error = page.get_by_role("alert")
         page.wait_for_function("() => !h.chat.error.hidden", **WAIT)
-        first = {"error": error.text_content(), "box": page.locator("#chat textarea").input_value()}
+        first = {
+            "error": error.text_content(),
+            "box": page.locator("#t-chat textarea").input_value(),
+        }
         page.evaluate(
             "() => { h.sendImpl = async () => { throw new h.SignalingError(4, 'gone'); }; }"
         )
@@ -326,7 +329,7 @@ def test_chat_keeps_the_last_500_messages(browser: _Browser) -> None:
 def test_chat_encryption_notice_self_and_destroy(browser: _Browser) -> None:
     def case(page: Page) -> dict[str, Any]:
         page.evaluate("() => h.mountChat('me', [])")
-        notice = page.locator("#chat .chat-notice")
+        notice = page.locator("#t-chat .chat-notice")
         hidden_at_first = notice.is_hidden()
         page.evaluate("() => h.chat.setEncrypted(true)")
         shown = notice.text_content() if notice.is_visible() else None
@@ -335,7 +338,7 @@ def test_chat_encryption_notice_self_and_destroy(browser: _Browser) -> None:
         page.evaluate("() => h.chat.setSelf('new')")
         after = page.evaluate("() => h.metas()[0]")
         page.evaluate("() => h.chat.destroy()")
-        left = page.evaluate("() => document.getElementById('chat').childElementCount")
+        left = page.evaluate("() => document.getElementById('t-chat').childElementCount")
         return {
             "hidden": hidden_at_first,
             "shown": shown,

@@ -63,7 +63,7 @@ MEETING = [
 
 
 def _icons(page: Page, pid: str) -> list[str]:
-    row = page.locator(f'#people li[data-participant-id="{pid}"]')
+    row = page.locator(f'#t-people li[data-participant-id="{pid}"]')
     return [
         str(icon.get_attribute("aria-label"))
         for icon in row.get_by_role("img").all()
@@ -76,15 +76,15 @@ def test_people_shows_names_state_and_icons(browser: _Browser) -> None:
         page.evaluate("(list) => { h.mountPeople('me', false); h.people.update(list); }", MEETING)
         return {
             "names": page.evaluate("() => h.names()"),
-            "count": page.locator("#people .people-count").text_content(),
+            "count": page.locator("#t-people .people-count").text_content(),
             "list": page.get_by_role("list", name="Participants").count(),
-            "you": page.locator("#people .person-you:visible").count(),
-            "hosts": page.locator("#people .person-host:visible").count(),
+            "you": page.locator("#t-people .person-you:visible").count(),
+            "hosts": page.locator("#t-people .person-host:visible").count(),
             "icons": {pid: _icons(page, pid) for pid in ("me", "ann", "bob", "zed")},
             "speaking": page.evaluate(
-                "() => [...document.querySelectorAll('#people li.speaking')].map((n) => n.dataset.participantId)"
+                "() => [...document.querySelectorAll('#t-people li.speaking')].map((n) => n.dataset.participantId)"
             ),
-            "menus": page.locator("#people [aria-haspopup]").count(),
+            "menus": page.locator("#t-people [aria-haspopup]").count(),
         }
 
     got = browser.run(case)
@@ -111,7 +111,9 @@ def test_people_shows_names_state_and_icons(browser: _Browser) -> None:
 def _menu(page: Page, pid: str) -> list[str]:
     return [
         str(item.text_content())
-        for item in page.locator(f'#people li[data-participant-id="{pid}"] [role="menuitem"]').all()
+        for item in page.locator(
+            f'#t-people li[data-participant-id="{pid}"] [role="menuitem"]'
+        ).all()
         if item.is_visible()
     ]
 
@@ -125,7 +127,7 @@ def test_people_host_menu_by_keyboard(browser: _Browser) -> None:
 
     def case(page: Page) -> dict[str, Any]:
         page.evaluate("(list) => { h.mountPeople('me', true); h.people.update(list); }", MEETING)
-        out: dict[str, Any] = {"menus": page.locator("#people [aria-haspopup='menu']").count()}
+        out: dict[str, Any] = {"menus": page.locator("#t-people [aria-haspopup='menu']").count()}
         zed = page.get_by_role("button", name="Actions for Zed")
         zed.focus()
         page.keyboard.press("Enter")
@@ -161,7 +163,7 @@ def test_people_host_menu_by_keyboard(browser: _Browser) -> None:
         page.keyboard.press("Enter")
         out["confirm"] = _menu(page, "zed")
         out["confirm_focus"] = page.evaluate("() => h.focused()")
-        out["prompt"] = page.locator("#people .person-menu-prompt").text_content()
+        out["prompt"] = page.locator("#t-people .person-menu-prompt").text_content()
         page.keyboard.press("Enter")  # Cancel
         out["cancelled"] = [
             _menu(page, "zed")[-1],
@@ -175,7 +177,7 @@ def test_people_host_menu_by_keyboard(browser: _Browser) -> None:
         out["moderated"] = page.evaluate("() => h.moderated")
         out["kicked"] = page.evaluate("() => h.kicked")
         # The own row has no menu.
-        out["own"] = page.locator('#people li[data-participant-id="me"] [aria-haspopup]').count()
+        out["own"] = page.locator('#t-people li[data-participant-id="me"] [aria-haspopup]').count()
         return out
 
     got = browser.run(case)
@@ -213,7 +215,7 @@ def test_people_rejected_action_shows_why(browser: _Browser) -> None:
                            h.kickImpl = async () => { throw new h.SignalingError(4, 'gone'); }; }""",
             MEETING,
         )
-        row = page.locator('#people li[data-participant-id="zed"]')
+        row = page.locator('#t-people li[data-participant-id="zed"]')
         page.get_by_role("button", name="Actions for Zed").click()
         row.get_by_role("menuitem", name="Mute microphone").click()
         alert = row.get_by_role("alert")
@@ -224,7 +226,7 @@ def test_people_rejected_action_shows_why(browser: _Browser) -> None:
         row.get_by_role("menuitem", name="Remove from meeting").click()
         row.get_by_role("menuitem", name="Remove", exact=True).click()
         page.wait_for_function(
-            "() => h.kicked.length === 1 && /remove/.test(document.querySelector('#people li[data-participant-id=zed] .person-error').textContent)",
+            "() => h.kicked.length === 1 && /remove/.test(document.querySelector('#t-people li[data-participant-id=zed] .person-error').textContent)",
             **WAIT,
         )
         return {"first": first, "second": alert.text_content()}
@@ -242,7 +244,7 @@ def test_people_updates_by_key_and_keep_an_open_menu(browser: _Browser) -> None:
     def case(page: Page) -> dict[str, Any]:
         page.evaluate("(list) => { h.mountPeople('me', true); h.people.update(list); }", crowd)
         page.evaluate(
-            "() => document.querySelectorAll('#people li.person').forEach((n) => { n.mark = n.dataset.participantId; })"
+            "() => document.querySelectorAll('#t-people li.person').forEach((n) => { n.mark = n.dataset.participantId; })"
         )
         page.get_by_role("button", name="Actions for Person 07").focus()
         page.keyboard.press("Enter")
@@ -261,9 +263,9 @@ def test_people_updates_by_key_and_keep_an_open_menu(browser: _Browser) -> None:
                 "aria-expanded"
             ),
             "same_rows": page.evaluate(
-                "() => [...document.querySelectorAll('#people li.person')].every((n) => n.mark === undefined ? n.dataset.participantId === 'newcomer' : n.mark === n.dataset.participantId)"
+                "() => [...document.querySelectorAll('#t-people li.person')].every((n) => n.mark === undefined ? n.dataset.participantId === 'newcomer' : n.mark === n.dataset.participantId)"
             ),
-            "count": page.locator("#people .people-count").text_content(),
+            "count": page.locator("#t-people .people-count").text_content(),
             "order": page.evaluate("() => h.names().slice(0, 3)"),
         }
         # The focused entry goes away (the share ended): the focus stays in the menu.
@@ -297,7 +299,7 @@ def test_panels_fit_a_phone(browser: _Browser) -> None:
             page.get_by_role("button", name="Actions for Bob", exact=False).first.click()
             boxes = page.evaluate(
                 """() => [...document.querySelectorAll(
-                      '#chat textarea, #chat select, #chat button, #people button, #people [role=menu]:not([hidden])')]
+                      '#t-chat textarea, #t-chat select, #t-chat button, #t-people button, #t-people [role=menu]:not([hidden])')]
                     .filter((n) => n.offsetParent !== null)
                     .map((n) => { const r = n.getBoundingClientRect();
                                   return [n.textContent.trim().slice(0, 20) || n.tagName, r.left, r.right]; })"""
@@ -328,7 +330,7 @@ def test_people_every_action_number_host_changes_and_destroy(browser: _Browser) 
     def case(page: Page) -> dict[str, Any]:
         page.evaluate("() => h.mountPeople('me', true)")
         me = _person("me", "Me", self=True, host=True)
-        row = page.locator('#people li[data-participant-id="x"]')
+        row = page.locator('#t-people li[data-participant-id="x"]')
         for state, label, _ in cases:
             page.evaluate("(list) => h.people.update(list)", [me, _person("x", "X", **state)])
             page.get_by_role("button", name="Actions for X").click()
@@ -337,19 +339,19 @@ def test_people_every_action_number_host_changes_and_destroy(browser: _Browser) 
         # A click elsewhere closes an open menu.
         button = page.get_by_role("button", name="Actions for X")
         button.click()
-        page.locator("#people .people-count").click()
+        page.locator("#t-people .people-count").click()
         out["outside"] = button.get_attribute("aria-expanded")
         # The viewer stops being a host: the menus go; and come back.
         page.evaluate(
             "(list) => { h.host = false; h.people.update(list); }", [me, _person("x", "X")]
         )
-        out["guest"] = page.locator("#people [aria-haspopup]").count()
+        out["guest"] = page.locator("#t-people [aria-haspopup]").count()
         page.evaluate(
             "(list) => { h.host = true; h.people.update(list); }", [me, _person("x", "X")]
         )
-        out["host"] = page.locator("#people [aria-haspopup]").count()
+        out["host"] = page.locator("#t-people [aria-haspopup]").count()
         page.evaluate("() => h.people.destroy()")
-        out["left"] = page.evaluate("() => document.getElementById('people').childElementCount")
+        out["left"] = page.evaluate("() => document.getElementById('t-people').childElementCount")
         return out
 
     got = browser.run(case)
