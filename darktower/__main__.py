@@ -167,6 +167,7 @@ async def serve(
         drain_grace_s=settings.drain_grace_s,
         rate_limit_per_min=settings.rate_limit_per_min,
         recordings_dir=str(data / RECORDINGS_DIR),
+        webhooks_allow_private=True,  # a development receiver is on this machine
     )
     client_id = await _dev_client(gc_settings, data / DEV_CLIENT_FILE)
     processor = _processor(settings, data, cluster[ServiceRole.MP]) if settings.processor else None

@@ -33,6 +33,7 @@ from darktower.global_controller._limits import MAX_BODY_BYTES, RECORDING_DOWNLO
 from darktower.global_controller._metrics import GcMetrics
 from darktower.global_controller._rate_limit import LocalRateLimiter, RequestLimiter
 from darktower.global_controller._recordings import Download, Recordings
+from darktower.global_controller._webhook_rest import WebhookHandlers
 from darktower.global_controller.service import GlobalController
 from darktower.global_controller.web import load_web_files
 from darktower.protocol import error_body, http_status
@@ -263,6 +264,11 @@ def create_app(
         handlers.download_recording,
         "download_recording",
     )
+    hooks = WebhookHandlers(gc)  # docs/protocol.md §18.5
+    route("POST", "/api/v1/webhooks", hooks.create, "create_webhook")
+    route("GET", "/api/v1/webhooks", hooks.listing, "list_webhooks")
+    route("DELETE", "/api/v1/webhooks/<webhook_id>", hooks.delete, "delete_webhook")
+    route("GET", "/api/v1/webhooks/<webhook_id>/deliveries", hooks.deliveries, "deliveries")
     route("GET", "/api/v1/dev/certificate", handlers.dev_certificate, "dev_certificate")
     route("GET", "/api/v1/dev/credentials", handlers.dev_client, "dev_client")
     route("GET", "/healthz", handlers.healthz, "healthz")

@@ -17,8 +17,6 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-import trio
-
 from darktower.errors import InvalidRequest, NotFound
 from darktower.global_controller._controllers import pack_endpoint
 from darktower.global_controller._limits import (
@@ -125,8 +123,17 @@ class ControllerRegistry:
         ]
 
     async def ReportEvents(self, request: pb.MeetingEventBatch) -> pb.MeetingEventBatchResponse:
-        # Events are not kept yet: webhooks land with docs/protocol.md §18.5.
-        await trio.lowlevel.checkpoint()
+        """The MC's events, kept for the webhooks once per ``event_id`` (docs/protocol.md
+        §18.5): answered once they are in the store, so a repeated batch is a no-op.
+        ``InvalidRequest`` beyond 500 events; a malformed event, or one of a meeting the GC
+        does not have, is skipped."""
+        controller_id = _check_id(request.controller_id)
+        fan = await self._gc.webhooks.report(controller_id, request.events, self._gc.now())
+        if fan.unknown_meeting:
+            log.info(
+                "reported events of unknown meetings skipped",
+                extra=fields(controller=controller_id, events=fan.unknown_meeting),
+            )
         return pb.MeetingEventBatchResponse()
 
     async def Heartbeat(self, request: pb.Heartbeat) -> pb.HeartbeatResponse:

@@ -16,6 +16,7 @@ import attrs
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from darktower.config import ConfigError
 from darktower.global_controller import keys
 from darktower.global_controller._controllers import MeetingControllers
 from darktower.global_controller._limits import RPC_STOP_GRACE_S
@@ -23,6 +24,8 @@ from darktower.global_controller._metrics import GcMetrics, refresh_gauges
 from darktower.global_controller._rate_limit import SharedRateLimiter
 from darktower.global_controller._recordings import Recordings, open_recordings_store
 from darktower.global_controller._tokens import Tokens
+from darktower.global_controller._webhook_delivery import DeliveryTask
+from darktower.global_controller._webhook_limits import EVENT_ID_KEEP_S
 from darktower.global_controller.api import DevCertificate, create_app
 from darktower.global_controller.mc_client import GrpcMeetingControllers
 from darktower.global_controller.registry import ControllerRegistry, sweep_once
@@ -128,6 +131,9 @@ async def _housekeeping(
             await gc.end_empty_meetings()
             await gc.store.purge_expired()
             await limiter.purge(gc.now())
+            await gc.store.purge_webhook_events(
+                datetime.fromtimestamp(gc.now() - EVENT_ID_KEEP_S, UTC)
+            )
             await refresh_gauges(
                 metrics, gc.store, now=gc.now(), heartbeat_timeout_s=gc.heartbeat_timeout_s
             )
@@ -155,6 +161,8 @@ async def serve(
     ``controllers`` (the MC seam) are for tests. Raises ``OSError`` when a port cannot be
     bound, the store's errors when it cannot open, ``ConfigError`` without cluster credentials.
     """
+    if settings.webhook_max_attempts < 1 or not settings.webhook_retry_base_s > 0:
+        raise ConfigError("--webhook-max-attempts must be at least 1, --webhook-retry-base-s > 0")
     cluster = load_cluster_tls(
         settings.cluster_ca,
         settings.cluster_cert,
@@ -247,7 +255,11 @@ async def serve(
             port: int = await nursery.start(http)
             # Only MCs call the registry, each as the controller its certificate names.
             mcs_only = callers(
-                {"RegisterMeetingController": ServiceRole.MC, "Heartbeat": ServiceRole.MC}
+                {
+                    "RegisterMeetingController": ServiceRole.MC,
+                    "Heartbeat": ServiceRole.MC,
+                    "ReportEvents": ServiceRole.MC,
+                }
             )
             grpc_port: int = await nursery.start(
                 partial(
@@ -260,6 +272,17 @@ async def serve(
                 )
             )
             nursery.start_soon(_housekeeping, gc, metrics, limiter, settings.heartbeat_interval_s)
+            # Webhook deliveries, sent from the store's queue (docs/protocol.md §18.5).
+            await nursery.start(
+                DeliveryTask(
+                    gc.webhooks,
+                    store,
+                    clock=clock,
+                    retry_base_s=settings.webhook_retry_base_s,
+                    max_attempts=settings.webhook_max_attempts,
+                    allow_private=settings.webhooks_allow_private,
+                ).run
+            )
             url = f"https://{netloc(settings.host, port)}"
             grpc_endpoint = netloc(settings.grpc_host, grpc_port)
             gc.public_url = (settings.public_url or url).rstrip("/")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +48,7 @@ from darktower.global_controller.store import (
     NewMeeting,
     Store,
 )
+from darktower.global_controller.webhooks import Webhooks
 from darktower.logs import fields
 from darktower.model import ClientId, ControllerId, MeetingId, ParticipantId, Role
 from darktower.protocol.addresses import address_key
@@ -112,6 +114,7 @@ class GlobalController:
         self.access = AccessGate(store, tokens, self.now)
         self.directory = ControllerDirectory(store)
         self.probes = ControllerProbes(self)  # a caller's word that an MC is gone, checked
+        self.webhooks = Webhooks(store)  # events to deliveries (docs/protocol.md §18.5)
         # No controller is declared lost before one heartbeat timeout from here: an MC that
         # heartbeated while this GC was down (restarting) gets the time to do it again
         # (``registry.sweep_once``; docs/protocol.md §14).
@@ -176,6 +179,13 @@ class GlobalController:
                 continue
             break
         token = self.tokens.join.issue(meeting.meeting_id, Role.HOST, self.now())
+        try:
+            await self.webhooks.meeting_created(meeting, str(uuid.uuid4()))
+        except Exception as exc:  # the meeting is placed: its creation stands without the event
+            log.error(
+                "meeting_created not queued for webhooks",
+                extra=fields(meeting=meeting.meeting_id, error=repr(exc)),
+            )
         log.info(
             "meeting created",
             extra=fields(meeting=meeting.meeting_id, controller=controller.controller_id),

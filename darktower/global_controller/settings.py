@@ -102,6 +102,18 @@ class Settings:
     kick_ban_s: float = option(
         KICK_BAN_S, "how long a kick with ?ban=true keeps that identity out of the meeting"
     )
+    webhook_retry_base_s: float = option(
+        1.0,
+        "webhooks: a failed delivery is tried again after this, doubled after each failure "
+        "(at most 300 s between tries)",
+    )
+    webhook_max_attempts: int = option(
+        10, "webhooks: tries of a delivery before it is recorded failed"
+    )
+    webhooks_allow_private: bool = option(
+        False,
+        "webhooks: also deliver to loopback, private and link-local addresses (development)",
+    )
     dev_http_port: int = option(
         -1, "development: also serve plain HTTP on 127.0.0.1 at this port (-1 off, 0 any)"
     )
