@@ -126,8 +126,18 @@ export class ChatPanel {
       }],
       [this.picker, "focus", () => this.refreshRecipients()],
       [this.picker, "pointerdown", () => this.refreshRecipients()],
+      [this.log, "scroll", () => {
+        this.stuck = this.atBottom();
+      }],
     ];
     for (const [target, type, fn] of this.listeners) target.addEventListener(type, fn);
+    // The log follows new messages while its view is at the bottom, also across its size
+    // changes (the panel shown again after messages came while it was hidden, the error line).
+    this.stuck = true;
+    this.resize = new ResizeObserver(() => {
+      if (this.stuck) this.log.scrollTop = this.log.scrollHeight;
+    });
+    this.resize.observe(this.log);
     this.panel = panel;
     this.root.append(panel);
     this.refreshRecipients();
@@ -224,7 +234,6 @@ export class ChatPanel {
       if (this.seen.size > MAX_SEEN_IDS) this.seen.delete(this.seen.values().next().value);
     }
     this.remember(message.fromParticipantId, message.fromName);
-    const stick = this.atBottom();
     const item = el("li", "chat-message");
     item.dataset.messageId = id;
     this.render(item, message);
@@ -237,7 +246,7 @@ export class ChatPanel {
       this.kept.delete(key);
     }
     this.empty.hidden = true;
-    if (stick) this.log.scrollTop = this.log.scrollHeight;
+    if (this.stuck) this.log.scrollTop = this.log.scrollHeight;
     if (message.fromParticipantId !== this.selfId) {
       this.unread += 1;
       this.notifyUnread();
@@ -311,6 +320,7 @@ export class ChatPanel {
     if (this.destroyed) return;
     this.destroyed = true;
     for (const [target, type, fn] of this.listeners) target.removeEventListener(type, fn);
+    this.resize.disconnect();
     this.panel.remove();
     this.kept.clear();
     this.seen.clear();

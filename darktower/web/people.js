@@ -30,13 +30,14 @@ const SLASH = "M2 2l12 12";
 const MIC = "M8 1.5a2 2 0 0 0-2 2V8a2 2 0 0 0 4 0V3.5a2 2 0 0 0-2-2zM4.5 7.5a3.5 3.5 0 0 0 7 0M8 11v3";
 const CAMERA = "M1.5 4.5h8.5v7H1.5zM10 7l4.5-2.5v7L10 9";
 const SCREEN = "M1.5 2.5h13v8.5h-13zM5 14h6M8 11v3";
+// The icons of a row by key, each an outline (its label is set by the state it shows).
 const ICONS = {
-  reconnecting: ["Reconnecting", "M13 8a5 5 0 1 1-1.5-3.6M13 1.5v3h-3"],
-  audio: [null, MIC + SLASH],
-  video: [null, CAMERA + SLASH],
-  sharing: ["Sharing screen", SCREEN],
-  screenBlocked: ["Screen share blocked by host", SCREEN + SLASH],
-  speaking: ["Speaking", "M2 6v4h2.5L8 13V3L4.5 6zM10.5 5.5a3.5 3.5 0 0 1 0 5M12.5 3.5a6 6 0 0 1 0 9"],
+  reconnecting: "M13 8a5 5 0 1 1-1.5-3.6M13 1.5v3h-3",
+  audio: MIC + SLASH,
+  video: CAMERA + SLASH,
+  sharing: SCREEN,
+  screenBlocked: SCREEN + SLASH,
+  speaking: "M2 6v4h2.5L8 13V3L4.5 6zM10.5 5.5a3.5 3.5 0 0 1 0 5M12.5 3.5a6 6 0 0 1 0 9",
 };
 const SVG_NS = "http://www.w3.org/2000/svg";
 
@@ -61,7 +62,7 @@ function icon(key) {
   svg.setAttribute("aria-hidden", "true");
   svg.setAttribute("focusable", "false");
   const path = document.createElementNS(SVG_NS, "path");
-  path.setAttribute("d", ICONS[key][1]);
+  path.setAttribute("d", ICONS[key]);
   svg.append(path);
   wrap.append(svg);
   wrap.hidden = true;

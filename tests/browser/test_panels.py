@@ -352,3 +352,27 @@ def test_chat_encryption_notice_self_and_destroy(browser: _Browser) -> None:
     assert got["shown"] is not None and "not end-to-end encrypted" in got["shown"]
     assert got["before"].startswith("Me") and got["after"].startswith("You")
     assert got["left"] == 0
+
+
+def test_chat_log_follows_new_messages_unless_scrolled_up(browser: _Browser) -> None:
+    many = "(from) => h.chat.history(Array.from({length: 40}, (_, i) => ({messageId: `${from}${i}`, fromParticipantId: 'bob', fromName: 'Bob', text: `line ${i}`})))"
+    bottom = (
+        "() => { const l = h.chat.log; return l.scrollHeight - l.scrollTop - l.clientHeight < 2; }"
+    )
+
+    def case(page: Page) -> dict[str, Any]:
+        page.evaluate("() => h.mountChat('me', [])")
+        # Messages that come while the panel is hidden: shown again, it is at the newest.
+        page.evaluate("() => { document.getElementById('t-chat').hidden = true; }")
+        page.evaluate(many, "a")
+        page.evaluate("() => { document.getElementById('t-chat').hidden = false; }")
+        page.wait_for_function(bottom, **WAIT)
+        page.evaluate(many, "b")
+        at_bottom = page.evaluate(bottom)
+        # Scrolled up to read: a new message does not move the view.
+        page.locator("#t-chat .chat-log").evaluate("(l) => l.scrollTo(0, 0)")
+        page.wait_for_function("() => h.chat.stuck === false", **WAIT)
+        page.evaluate(many, "c")
+        return {"at_bottom": at_bottom, "top": page.evaluate("() => h.chat.log.scrollTop")}
+
+    assert browser.run(case) == {"at_bottom": True, "top": 0}
