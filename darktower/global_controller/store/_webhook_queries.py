@@ -44,7 +44,7 @@ BACKLOG_FULL = "backlog full"
 class Fanout:
     """What :func:`record_events` did with a batch."""
 
-    stored: int = 0  # events new to the store
+    stored: int = 0  # events new to the store (and taken by a webhook)
     repeated: int = 0  # ids already received: nothing done
     unknown_meeting: int = 0  # of no meeting the store has: skipped
     enqueued: int = 0  # deliveries pending
@@ -222,7 +222,7 @@ def record_events(
     tx: Tx, events: Sequence[WebhookEvent], now: datetime, max_pending: int, keep: int
 ) -> Fanout:
     """Keep each new event's id and queue one delivery of it per webhook of its meeting's
-    owner that takes its name: pending, or dropped when that webhook already has
+    owner that takes its name (an event no webhook takes is not kept): pending, or dropped when that webhook already has
     ``max_pending`` pending. An id already received, or an event of a meeting the store does
     not have, does nothing. Then each webhook written to keeps its newest ``keep``
     deliveries and the pending ones."""
@@ -233,6 +233,9 @@ def record_events(
         if owner is None:
             unknown += 1
             continue
+        webhooks = fan.subscribed(owner, event.event)
+        if not webhooks:  # nobody takes it: its id need not be kept either
+            continue
         new = tx.run(
             "INSERT INTO webhook_events (event_id, meeting_id, received_at) VALUES (?, ?, ?) "
             "ON CONFLICT (event_id) DO NOTHING",
@@ -242,7 +245,7 @@ def record_events(
             repeated += 1
             continue
         stored += 1
-        for webhook in fan.subscribed(owner, event.event):
+        for webhook in webhooks:
             if fan.enqueue(webhook.webhook_id, event) is DeliveryStatus.PENDING:
                 enqueued += 1
             else:
