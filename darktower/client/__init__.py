@@ -29,9 +29,22 @@ events name who speaks, and ``Publication.send_frame(..., audio_level=...)`` say
 audio frame is (``Frame.audio_level`` reads it back); ``subscribe(..., pinned=True)`` keeps a
 video whoever speaks; ``session.adaptation`` (:class:`Adaptation`) sends quality reports from
 what the session received, on demand (``report()``) or periodically (``start_reports()``).
+
+The meeting as people use it (docs/protocol.md §18): every participant's
+:class:`PublicationState` (``ParticipantInfo.publication`` and ``.host``; this session's own is
+``session.publication``; a :class:`PublicationChanged` event says when anyone's changes);
+``session.set_publication(audio_muted=..., video_off=...)`` mutes the microphone or turns the
+camera off (the publication stays, its frames are dropped: ``Publication.silenced``,
+``muted_dropped``); a host's ``session.moderate(participant_id, [ModerationAction.MUTE_AUDIO],
+message)`` ends the participant's streams of that kind, which learns it from a
+:class:`Moderated` event (its publications of that kind are closed: ``ended_by_host``);
+``session.send_chat(text, to=None)`` and :class:`ChatMessage` events, ``session.chat`` (a
+:class:`ChatLog`: the history a join brings and every message since, without repeats);
+``GlobalControllerClient.moderate_participant`` is the owner's moderation over REST.
 """
 
 from ._adaptive import REPORT_INTERVAL_S, Adaptation, Report
+from ._chat import CHAT_LOG, ChatLog
 from ._dev import (
     DevAccess,
     DevStackError,
@@ -87,15 +100,24 @@ from ._events import (
 )
 from ._join import Dialer, join_meeting_session, join_meeting_via_gc, media_url
 from ._media import MediaClient, MediaPublisher, open_media_client
+from ._meeting_models import (
+    ChatMessage,
+    Moderated,
+    ModerationAction,
+    PublicationChanged,
+    PublicationState,
+)
+from ._publication import Publication
 from ._reception import Reception, ReceptionSample
 from ._rejoin import GcRejoiner, RejoinRefused
 from ._rest import CreatedMeeting, GlobalControllerClient, JoinTicket, open_gc_client
 from ._seams import Connector, MediaLink, RejoinConnector, Rejoiner, SignalingLink
 from ._session import MeetingSession
 from ._signaling import SignalingClient, SignalingEnded, open_signaling
-from ._streams import EventStream, Publication, Subscription
+from ._streams import EventStream, Subscription
 
 __all__ = [
+    "CHAT_LOG",
     "CLOSE_GRACE_S",
     "EVENT_BUFFER",
     "LEAVE_GRACE_S",
@@ -114,6 +136,8 @@ __all__ = [
     "UNKNOWN_SENDER",
     "ActiveSpeakers",
     "Adaptation",
+    "ChatLog",
+    "ChatMessage",
     "ConnectionState",
     "Connector",
     "CreatedMeeting",
@@ -136,11 +160,15 @@ __all__ = [
     "MediaLink",
     "MediaPublisher",
     "MeetingSession",
+    "Moderated",
+    "ModerationAction",
     "ParticipantInfo",
     "ParticipantJoined",
     "ParticipantLeft",
     "ParticipantUpdated",
     "Publication",
+    "PublicationChanged",
+    "PublicationState",
     "QualityUpdate",
     "Reception",
     "ReceptionSample",

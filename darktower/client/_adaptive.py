@@ -47,8 +47,9 @@ from ._events import (
     SessionEvent,
     StreamInfo,
 )
+from ._publication import Publication
 from ._reception import ReceptionSample
-from ._streams import Publication, Subscription
+from ._streams import Subscription
 
 # Reports (see the module docstring). Default and least interval of the periodic reports.
 REPORT_INTERVAL_S: Final = 2.0

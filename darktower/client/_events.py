@@ -24,6 +24,7 @@ from darktower.protocol import stream_type_from_pb
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
+from ._meeting_models import ChatMessage, Moderated, PublicationChanged, PublicationState
 from ._signaling import SignalingEnded
 
 # Limit: session events not yet taken by the application. Policy when full: the oldest event
@@ -167,10 +168,17 @@ class ConnectionState(enum.Enum):
     RECONNECTING = "reconnecting"
 
 
+CONNECTION_STATES: Final = {
+    sig.CONNECTED: ConnectionState.CONNECTED,
+    sig.RECONNECTING: ConnectionState.RECONNECTING,
+}
+
+
 @attrs.frozen
 class ParticipantInfo:
-    """Another participant as this session last heard of it. The wire does not say others'
-    roles; the session's own role is :attr:`MeetingSession.role`. In an end-to-end encrypted
+    """Another participant as this session last heard of it: ``host`` (it joined with the
+    host's role; the session's own role is :attr:`MeetingSession.role`), its connection and its
+    ``publication`` state (docs/protocol.md §18.1). In an end-to-end encrypted
     meeting ``public_key`` is its X25519 key for this meeting (empty otherwise) and
     :attr:`fingerprint` the safety number to compare out of band (docs/protocol.md §16)."""
 
@@ -180,6 +188,8 @@ class ParticipantInfo:
     joined_at_us: int = 0
     connection: ConnectionState = ConnectionState.CONNECTED
     public_key: bytes = b""
+    publication: PublicationState = PublicationState()
+    host: bool = False
 
     @classmethod
     def from_pb(cls, p: sig.Participant) -> ParticipantInfo:
@@ -189,7 +199,10 @@ class ParticipantInfo:
             name=p.name,
             streams=tuple(s for s in streams if s is not None),
             joined_at_us=p.joined_at,
+            connection=CONNECTION_STATES.get(p.connection, ConnectionState.CONNECTED),
             public_key=p.public_key,
+            publication=PublicationState.from_pb(p.publication),
+            host=p.host,
         )
 
     @property
@@ -416,6 +429,9 @@ SessionEvent = (
     | RecordingChanged
     | E2EEKeyChanged
     | ActiveSpeakers
+    | PublicationChanged
+    | Moderated
+    | ChatMessage
 )
 
 

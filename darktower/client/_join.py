@@ -30,6 +30,7 @@ from ._events import (
     role_of,
 )
 from ._media import MAX_BUFFERED_FRAMES, MediaClient, open_media_client
+from ._meeting_models import may_publish_of
 from ._rejoin import GcRejoiner
 from ._rest import GlobalControllerClient
 from ._seams import MediaLink, Rejoiner, SignalingLink
@@ -155,6 +156,7 @@ async def _run(
                     rejoiner=options.rejoiner,
                     rejoin_window_s=options.rejoin_window_s,
                     require_e2ee=options.require_e2ee,
+                    may_publish=may_publish_of(join_token),
                 )
                 await session.run(task_status=task_status)
         except BaseException:

@@ -110,6 +110,14 @@ class MediaPublisher:
         while await self.stream.receive_some():
             pass
 
+    def abort(self) -> None:
+        """Reset the stream: the MH ended it (a host's moderation, docs/protocol.md §18.2), so
+        nothing more is sent or finished on it. Idempotent."""
+        try:
+            self.stream.reset(0)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
     async def aclose(self) -> None:
         """Finish the stream (the MH ends its publish task). Idempotent."""
         try:

@@ -23,8 +23,9 @@ from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
 from ._e2ee import Encryption
 from ._events import SimulcastLayer, stream_metadata
+from ._publication import Publication
 from ._seams import MediaLink
-from ._streams import Publication, SessionState
+from ._streams import SessionState
 
 
 class Publishing:

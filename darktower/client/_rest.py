@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -14,6 +14,8 @@ import attrs
 from darktower.errors import DarkTowerError
 from darktower.protocol import error_from_body
 from darktower.transport import HTTP3Client, Response, open_http3_client
+
+from ._meeting_models import ModerationAction, PublicationState
 
 
 @attrs.frozen
@@ -145,14 +147,27 @@ class GlobalControllerClient:
         return reply
 
     async def join_meeting(
-        self, meeting_id: str, participant_name: str = "", *, unreachable_controller: str = ""
+        self,
+        meeting_id: str,
+        participant_name: str = "",
+        *,
+        unreachable_controller: str = "",
+        may_publish: Collection[str] | None = None,
+        role: str = "",
     ) -> JoinTicket:
         """A join ticket. ``unreachable_controller`` (an addition, docs/protocol.md §14): the
         signaling URL of an MC this client could not reach; if the GC cannot reach it either,
-        it moves the meeting to a live MC before answering."""
-        body = {"participant_name": participant_name} if participant_name else {}
+        it moves the meeting to a live MC before answering. The meeting's owner only
+        (docs/protocol.md §18.2): ``may_publish``, the kinds (``"audio"``, ``"video"``,
+        ``"screen"``) the participant may publish (None: all), and ``role`` (``"host"`` or
+        ``"guest"``; empty: the GC's default)."""
+        body: dict[str, Any] = {"participant_name": participant_name} if participant_name else {}
         if unreachable_controller:
             body["unreachable_controller"] = unreachable_controller
+        if may_publish is not None:
+            body["may_publish"] = sorted(may_publish)
+        if role:
+            body["role"] = role
         reply = await self._call("POST", f"/api/v1/meetings/{meeting_id}/join", body)
         return JoinTicket(
             meeting_id=str(reply["meeting_id"]),
@@ -223,6 +238,26 @@ class GlobalControllerClient:
         elif ban:
             path += f"?ban={int(ban)}"
         await self._call("DELETE", path)
+
+    async def moderate_participant(
+        self,
+        meeting_id: str,
+        participant_id: str,
+        actions: Sequence[ModerationAction | str],
+        message: str = "",
+    ) -> PublicationState:
+        """The meeting's owner mutes, stops or allows a participant's publications
+        (docs/protocol.md §18.2); returns the participant's state once its MC has ended every
+        stream the actions stop. Raises ValueError for an unknown action, NotFound (an unknown
+        participant), Conflict (the meeting ended), Forbidden (not the owner), InvalidRequest."""
+        body: dict[str, Any] = {"actions": [ModerationAction(a).value for a in actions]}
+        if message:
+            body["message"] = message
+        path = (
+            f"/api/v1/meetings/{_quote(meeting_id)}/participants/{_quote(participant_id)}/moderate"
+        )
+        reply = await self._call("POST", path, body)
+        return PublicationState.from_json(reply.get("publication") if reply else None)
 
 
 def _quote(segment: str) -> str:

@@ -19,7 +19,7 @@ from darktower.protocol import leave_reason_from_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
 from ._events import (
-    ConnectionState,
+    CONNECTION_STATES,
     ParticipantInfo,
     ParticipantJoined,
     ParticipantLeft,
@@ -28,6 +28,7 @@ from ._events import (
     StreamPublished,
     StreamUnpublished,
 )
+from ._meeting_models import PublicationChanged, PublicationState
 
 
 class Roster:
@@ -94,15 +95,36 @@ class Roster:
         )
         return StreamUnpublished(stream)
 
-    def updated(self, update: sig.ParticipantUpdated) -> ParticipantUpdated | None:
-        """None for an unknown participant, a state this version does not know, or no change."""
+    def updated(
+        self, update: sig.ParticipantUpdated
+    ) -> list[ParticipantUpdated | PublicationChanged]:
+        """What changed of another participant: its connection (ParticipantUpdated), its
+        publication (PublicationChanged, docs/protocol.md §18.1; an update without one, from an
+        MC before it, changes none). Nothing for an unknown participant (this session's own
+        included), a connection state this version does not know, or no change."""
         info = self._participants.get(update.participant_id)
-        state = _CONNECTION_STATES.get(update.connection)
-        if info is None or state is None or info.connection is state:
-            return None
-        info = attrs.evolve(info, connection=state)
-        self._participants[info.participant_id] = info
-        return ParticipantUpdated(info)
+        if info is None:
+            return []
+        connection = CONNECTION_STATES.get(update.connection, info.connection)
+        publication = info.publication
+        if update.HasField("publication"):
+            publication = PublicationState.from_pb(update.publication)
+        return self._adopt(info, attrs.evolve(info, connection=connection, publication=publication))
+
+    def _adopt(
+        self, before: ParticipantInfo, now: ParticipantInfo
+    ) -> list[ParticipantUpdated | PublicationChanged]:
+        """Keep ``now`` for a participant that was ``before``; the events that say what
+        changed of its connection and publication."""
+        self._participants[now.participant_id] = now
+        events: list[ParticipantUpdated | PublicationChanged] = []
+        if now.connection is not before.connection:
+            events.append(ParticipantUpdated(now))
+        if now.publication != before.publication:
+            events.append(
+                PublicationChanged(now.participant_id, now.publication, before.publication)
+            )
+        return events
 
     def resync(
         self,
@@ -113,8 +135,8 @@ class Roster:
         changed since, as the events that would have said so: first the leaves (with
         ``left_reason``: after a resume the reason is not known, VOLUNTARY; after a rejoin,
         the rejoin's), then in the list's order a join followed by its streams' StreamPublished,
-        or the stream changes of one who stayed (whose connection state stays as last heard:
-        the list does not carry it)."""
+        or the stream changes of one who stayed, then its connection and publication changes
+        (docs/protocol.md §18.1: the list carries both)."""
         now = {
             p.participant_id: ParticipantInfo.from_pb(p)
             for p in existing
@@ -133,16 +155,20 @@ class Roster:
             kept = {s.stream_id for s in info.streams}
             had = {s.stream_id for s in before.streams}
             events.extend(StreamUnpublished(s) for s in before.streams if s.stream_id not in kept)
-            self._participants[pid] = attrs.evolve(info, connection=before.connection)
+            self._participants[pid] = info
             events.extend(StreamPublished(s) for s in info.streams if s.stream_id not in had)
+            events.extend(self._adopt(before, info))
         return events
 
 
-ResyncEvent = ParticipantJoined | ParticipantLeft | StreamPublished | StreamUnpublished
-_CONNECTION_STATES = {
-    sig.CONNECTED: ConnectionState.CONNECTED,
-    sig.RECONNECTING: ConnectionState.RECONNECTING,
-}
+ResyncEvent = (
+    ParticipantJoined
+    | ParticipantLeft
+    | StreamPublished
+    | StreamUnpublished
+    | ParticipantUpdated
+    | PublicationChanged
+)
 
 
 __all__ = ["ResyncEvent", "Roster"]

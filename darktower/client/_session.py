@@ -36,7 +36,7 @@ Anything else raised in the block propagates unchanged (never wrapped in an Exce
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -46,6 +46,8 @@ from darktower.model import LeaveReason, Role, StreamType
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
 from ._adaptive import Adaptation, quality_message
+from ._chat import Chat, ChatLog
+from ._controls import Controls, moderation_message
 from ._e2ee import Encryption
 from ._events import (
     CLOSE_GRACE_S,
@@ -59,20 +61,22 @@ from ._events import (
     KeyFrameRequest,
     Lost,
     ParticipantInfo,
-    ParticipantLeft,
     RecordingChanged,
     RequestInterrupted,
     SessionEnded,
     SessionEvent,
     SimulcastLayer,
-    StreamUnpublished,
     role_of,
 )
 from ._link import Link
+from ._meeting_models import ModerationAction, PublicationState, may_publish_of
+from ._publication import Publication
 from ._publishing import Publishing, announcement
+from ._requests import Requests
+from ._room import Room
 from ._roster import Roster
 from ._seams import Connector, MediaLink, Rejoiner, SignalingLink
-from ._streams import EventStream, Publication, Subscription, first_of
+from ._streams import EventStream, Subscription
 from ._subscribing import Subscribing
 
 Broken = (trio.BrokenResourceError, trio.ClosedResourceError)
@@ -96,8 +100,10 @@ class MeetingSession:
     says when that changes, docs/protocol.md §2.1), ``e2ee`` (:class:`Encryption`: whether
     the meeting is end-to-end encrypted, this session's fingerprint, the frames that did not
     decrypt; docs/protocol.md §16), ``adaptation`` (:class:`Adaptation`: active speakers and
-    this session's quality reports, docs/protocol.md §17), ``end_reason`` / ``end_message`` /
-    ``ended`` (a trio.Event).
+    this session's quality reports, docs/protocol.md §17), ``publication`` (this session's
+    :class:`PublicationState`, docs/protocol.md §18.1; ``may_publish``: the join token's grant,
+    which :func:`join_meeting_session` reads), ``chat`` (:class:`ChatLog`, §18.3),
+    ``end_reason`` / ``end_message`` / ``ended`` (a trio.Event).
     """
 
     def __init__(
@@ -114,6 +120,7 @@ class MeetingSession:
         rejoiner: Rejoiner | None = None,
         rejoin_window_s: float = REJOIN_WINDOW_S,
         require_e2ee: bool = False,
+        may_publish: Iterable[str] | None = None,
     ) -> None:
         self.meeting_id = meeting_id
         self.participant_id: str = signaling.join_response.participant_id
@@ -128,7 +135,9 @@ class MeetingSession:
             rejoin_window_s=rejoin_window_s,
         )
         self._roster = Roster(self.participant_id, signaling.join_response.existing_participants)
-        self._subscribing = Subscribing(self, self._request, self._quietly)
+        self._requests = Requests(self, self._link)
+        self._request = self._requests.request
+        self._subscribing = Subscribing(self, self._request, self._requests.quietly)
         self.e2ee = Encryption(self._roster, self._subscribing.deliver, self._request, self)
         self.e2ee.joined(signaling, required=require_e2ee)  # may raise EncryptionRequired
         self._publishing = Publishing(self.e2ee)
@@ -140,15 +149,23 @@ class MeetingSession:
         self.end_reason: LeaveReason | None = None
         self.end_message = ""
         self.ended = trio.Event()
-        self._calls: set[trio.CancelScope] = set()  # requests waiting for their reply
+        self._controls = Controls(
+            lambda: self.participant_id,
+            self.publications,
+            self._publishing.remove,
+            self.events._put,
+            may_publish=may_publish,
+        )
+        self._chat = Chat(self.events._put)
+        self._room = Room(
+            self._roster, self._subscribing, self.e2ee, self._controls, self.events._put
+        )
         self.adaptation = Adaptation(self, self._subscribing.subscriptions, self._roster.stream)
         self._handlers: dict[str, Callable[[sig.ServerMessage], None]] = {
             **self.adaptation.handlers(),  # quality, key frame requests, active speakers
-            "participant_joined": self._on_joined,
-            "participant_left": self._on_left,
-            "stream_published": self._on_published,
-            "stream_unpublished": self._on_unpublished,
-            "participant_updated": self._on_updated,
+            **self._controls.handlers(),  # moderated
+            **self._chat.handlers(),  # chat, chat_history
+            **self._room.handlers(),  # participants and streams
             "recording_status": lambda m: self._recording(m.recording_status.recording),
             "subscription_updated": lambda m: self._subscribing.updated(m.subscription_updated),
             "session_ended": self._on_session_ended,
@@ -202,8 +219,7 @@ class MeetingSession:
             self.events._put(Lost(reason, self.end_message))
         self.events._close()
         self._subscribing.end_all()
-        for call in self._calls:
-            call.cancel()
+        self._requests.cancel_all()
         self.ended.set()
 
     async def settle(self) -> None:
@@ -227,23 +243,12 @@ class MeetingSession:
         elif (opened := self.e2ee.open(frame)) is not None:  # else it waits, or was dropped
             self._subscribing.deliver(opened)
 
-    def _tell(self, event: SessionEvent) -> None:
-        """A change of the room: the keys follow it, and the application hears of it."""
-        self.e2ee.on_event(event)
-        self.events._put(event)
-
     def on_resumed(self, join: sig.JoinResponse) -> None:
         """Catch up with what happened while the signaling connection was lost."""
         if not self.e2ee.kept(join):
             return
-        for event in self._roster.resync(join.existing_participants):
-            if isinstance(event, ParticipantLeft):
-                self._subscribing.drop_streams(s.stream_id for s in event.participant.streams)
-            elif isinstance(event, StreamUnpublished):
-                self._subscribing.drop_streams([event.stream.stream_id])
-            self._tell(event)
+        self._room.resumed(join)
         self._recording(join.recording)
-        self._subscribing.changed()
 
     def on_rejoined(self, join: sig.JoinResponse, join_token: str, reason: LeaveReason) -> None:
         """Joined again as a new participant (docs/protocol.md §13): its id, its role and the
@@ -253,10 +258,9 @@ class MeetingSession:
         old = self.participant_id
         self.participant_id = self._roster.own_id = join.participant_id
         self.role = role_of(join_token) or self.role
-        room = [p for p in join.existing_participants if p.participant_id != old]
-        for event in self._roster.resync(room, left_reason=reason):
-            self.events._put(event)  # the subscriptions stay: their streams may come back
+        self._room.rejoined(join, old, reason)
         self.e2ee.joined(self._link.signaling)  # new keys, shared with the room as it is
+        self._controls.rejoined(may_publish_of(join_token))
         self._publishing.rejoined()
         self._subscribing.rejoined()
         self._recording(join.recording)
@@ -265,6 +269,7 @@ class MeetingSession:
         """After a rejoin, on its signaling connection: publish again, then subscribe again to
         the streams already back (the others as they come). Raises the Broken errors."""
         await self._publishing.republish(signaling.request)
+        await self._controls.restore(signaling.request)
         await self._subscribing.restore(self._present, signaling.request)
 
     def _present(self, stream_id: str) -> bool:
@@ -302,31 +307,6 @@ class MeetingSession:
             nursery.cancel_scope.cancel()
 
     # -- the server's messages -----------------------------------------------------------
-    def _on_joined(self, m: sig.ServerMessage) -> None:
-        if (event := self._roster.joined(m.participant_joined)) is not None:
-            self._tell(event)
-
-    def _on_left(self, m: sig.ServerMessage) -> None:
-        event = self._roster.left(m.participant_left)
-        self._subscribing.drop_streams(s.stream_id for s in event.participant.streams)
-        self._tell(event)
-
-    def _on_updated(self, m: sig.ServerMessage) -> None:
-        if (event := self._roster.updated(m.participant_updated)) is not None:
-            self._tell(event)
-
-    def _on_published(self, m: sig.ServerMessage) -> None:
-        if (event := self._roster.published(m.stream_published)) is not None:
-            self._tell(event)
-            self._subscribing.changed()
-
-    def _on_unpublished(self, m: sig.ServerMessage) -> None:
-        event = self._roster.unpublished(m.stream_unpublished)
-        if event is None:
-            return
-        self._subscribing.drop_streams([event.stream.stream_id])
-        self._tell(event)
-
     def _recording(self, recording: bool) -> None:
         if recording != self.recording:
             self.recording = recording
@@ -338,34 +318,6 @@ class MeetingSession:
     def _on_error(self, m: sig.ServerMessage) -> None:
         # An unsolicited error precedes the SessionEnded of a session the MC fails.
         self.end_message = m.error.message
-
-    async def _request(self, message: sig.ClientMessage) -> sig.ServerMessage:
-        """A request that raises SessionEnded once the session is over, also while waiting.
-        While the session reconnects it waits to be sent on the resumed connection; one whose
-        connection was lost under it raises RequestInterrupted."""
-        if self.end_reason is not None:
-            raise self.ended_error()
-        call = trio.CancelScope()
-        self._calls.add(call)
-        try:
-            with call:
-                await self._link.signaling_up.wait()
-                signaling = self._link.signaling
-                try:
-                    return await signaling.request(message)
-                except Broken as exc:  # SignalingEnded included
-                    if self._link.signaling is signaling:  # the link may not know yet
-                        with trio.move_on_after(SETTLE_S):
-                            await first_of(self.ended, self._link.signaling_down)
-                    if self.end_reason is None and (
-                        self._link.signaling is not signaling or self._link.reconnecting
-                    ):
-                        raise RequestInterrupted("connection lost; reconnecting") from exc
-                    self.finish(LeaveReason.CONNECTION_LOST, "signaling connection lost")
-                    raise self.ended_error() from exc
-        finally:
-            self._calls.discard(call)
-        raise self.ended_error()  # _finish cancelled the call
 
     async def leave(self) -> LeaveReason:
         """Leave voluntarily and return ``end_reason`` (VOLUNTARY, or the reason the session
@@ -404,6 +356,7 @@ class MeetingSession:
         publication = self._publishing.new(
             self, self._unpublish, stream_type, stream_id, simulcast_layers, described
         )
+        self._controls.prepare(publication)  # a muted microphone sends nothing from the start
         await self._request(announcement(publication))
         self._publishing.add(publication)
         try:
@@ -422,7 +375,7 @@ class MeetingSession:
         with trio.move_on_after(CLOSE_GRACE_S, shield=True):
             for publisher in publication.publishers.values():
                 await publisher.aclose()
-            await self._quietly(
+            await self._requests.quietly(
                 sig.ClientMessage(unpublish=sig.UnpublishStream(stream_id=publication.stream_id))
             )
 
@@ -459,15 +412,6 @@ class MeetingSession:
     def _buffer(self, buffer: int | None) -> int:
         return max(1, buffer if buffer is not None else self.subscription_buffer)
 
-    async def _quietly(self, message: sig.ClientMessage) -> None:
-        """A request whose failure changes nothing for the caller (cleanup)."""
-        if self.end_reason is not None:
-            return
-        try:
-            await self._link.signaling.request(message)
-        except Exception:
-            pass
-
     async def send_quality(
         self, stream_id: str, *, available_bitrate: int, packet_loss: float = 0.0, rtt_ms: int = 0
     ) -> None:
@@ -476,6 +420,45 @@ class MeetingSession:
         NotFound for any other stream, SessionEnded once the session is over.
         ``session.adaptation`` sends such reports from what the session measured."""
         await self._request(quality_message(stream_id, available_bitrate, packet_loss, rtt_ms))
+
+    @property
+    def publication(self) -> PublicationState:
+        """This session's own publication state, as the MC has it (docs/protocol.md §18.1)."""
+        return self._controls.publication
+
+    @property
+    def chat(self) -> ChatLog:
+        """The chat messages this session received, oldest first (see :class:`ChatLog`)."""
+        return self._chat.log
+
+    async def set_publication(
+        self, *, audio_muted: bool | None = None, video_off: bool | None = None
+    ) -> PublicationState:
+        """Mute or unmute the microphone, turn the camera off or on (None: as it is); returns
+        :attr:`publication` once the MC acknowledged. A muted kind stays published and its
+        frames are dropped by ``Publication.send_frame`` from the moment of the call (an unmute
+        from the answer on). Raises the MC's ``DarkTowerError`` (Forbidden, ``details["reason"]
+        == "blocked_by_host"``, to unmute a kind a host blocked), SessionEnded."""
+        return await self._controls.set(self._request, audio_muted, video_off)
+
+    async def moderate(
+        self,
+        participant_id: str,
+        actions: Sequence[ModerationAction | str],
+        message: str = "",
+    ) -> None:
+        """Host only: mute, stop or allow a participant's publications (docs/protocol.md
+        §18.2); returns once every stream the actions stop has ended at the MH. Raises
+        ValueError for an unknown action, the MC's ``DarkTowerError`` (Forbidden for a guest,
+        NotFound, InvalidRequest: no or a repeated action, a message over 200 characters)."""
+        await self._request(moderation_message(participant_id, actions, message))
+
+    async def send_chat(self, text: str, to: str | None = None) -> None:
+        """Send a chat message to everyone, or to participant ``to`` only (docs/protocol.md
+        §18.3); it comes back as a ChatMessage event. Raises ValueError for an empty text or
+        one over 2,000 characters, the MC's ``DarkTowerError`` (RateLimited with
+        ``retry_after_s``, NotFound), SessionEnded."""
+        await self._chat.send(self._request, text, to)
 
     async def kick(self, participant_id: str) -> None:
         """Host only: remove a participant (Forbidden for a guest, NotFound if absent)."""
