@@ -145,7 +145,8 @@ async def post(
     except AttemptFailed as exc:
         return DeliveryAttempt(None, str(exc))
     except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
-        return DeliveryAttempt(None, f"connection failed: {exc}")
+        cause = exc.__cause__ or exc  # trio's SSLStream wraps the TLS error
+        return DeliveryAttempt(None, f"connection failed: {cause or type(cause).__name__}")
     finally:
         if stream is not None:
             await trio.aclose_forcefully(stream)

@@ -5,8 +5,10 @@ every request unanswered while ``hang`` is set."""
 from __future__ import annotations
 
 import math
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import attrs
 import h11
@@ -39,7 +41,7 @@ class Receiver:
         """The next request received (waits for it)."""
         return await self._received.receive()
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         conn = h11.Connection(h11.SERVER)
         target, headers, body = "", {}, b""
         try:
@@ -68,18 +70,22 @@ class Receiver:
             await stream.send_all(conn.send(head) or b"")
             await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
             self.answered += 1
-        except (trio.BrokenResourceError, h11.RemoteProtocolError):
+        except (trio.BrokenResourceError, h11.RemoteProtocolError, ssl.SSLError):
             pass
         finally:
             await trio.aclose_forcefully(stream)
 
 
 @asynccontextmanager
-async def running_receiver() -> AsyncIterator[Receiver]:
+async def running_receiver(tls: ssl.SSLContext | None = None) -> AsyncIterator[Receiver]:
+    """A receiver on 127.0.0.1 (HTTPS with ``tls``), stopped on exit."""
     receiver = Receiver()
     async with trio.open_nursery() as nursery:
-        listeners = await trio.open_tcp_listeners(0, host=HOST)
-        receiver.port = listeners[0].socket.getsockname()[1]
+        tcp = await trio.open_tcp_listeners(0, host=HOST)
+        receiver.port = tcp[0].socket.getsockname()[1]
+        listeners: list[trio.abc.Listener[Any]] = list(tcp)
+        if tls is not None:
+            listeners = [trio.SSLListener(t, tls, https_compatible=True) for t in tcp]
         nursery.start_soon(trio.serve_listeners, receiver._handle, listeners)
         try:
             yield receiver

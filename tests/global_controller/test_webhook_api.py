@@ -136,3 +136,30 @@ def test_urls_addresses_and_backoff() -> None:
         assert not address_allowed(refused), refused
     assert address_allowed("93.184.216.34") and address_allowed("2606:4700::1111")
     assert [retry_delay_s(n, 1.0) for n in (1, 2, 3, 9, 10, 1000)] == [1, 2, 4, 256, 300, 300]
+
+
+async def test_https_receivers_are_verified(tmp_path: pathlib.Path) -> None:
+    # A receiver serving the GC's own development certificate (localhost, 127.0.0.1): trusted
+    # when its certificate is the attempt's trust anchor, refused otherwise.
+    import ssl
+
+    import trio
+
+    from darktower.global_controller._webhook_http import post
+    from darktower.global_controller.keys import load_or_create_tls
+    from tests.global_controller._webhook_receiver import running_receiver
+
+    tls = load_or_create_tls("", "", tmp_path)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tls.certfile, tls.keyfile)
+    trusting = ssl.create_default_context(cafile=tls.certfile)
+    async with running_receiver(server) as receiver:
+        url = f"https://localhost:{receiver.port}/tls"
+        with trio.fail_after(10):
+            ok = await post(url, [("X-A", "1")], b"{}", allow_private=True, ssl_context=trusting)
+            refused = await post(url, [], b"{}", allow_private=True)
+        assert ok.delivered and ok.response_status == 200
+        assert refused.response_status is None and "CERTIFICATE_VERIFY_FAILED" in refused.error
+        assert [(r.target, r.headers["x-a"], r.body) for r in receiver.requests] == [
+            ("/tls", "1", b"{}")
+        ]

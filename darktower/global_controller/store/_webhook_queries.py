@@ -11,6 +11,7 @@ for its attempt, with a compare-and-set, and gives it back with the attempt's ou
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -137,18 +138,17 @@ def delete_webhook(tx: Tx, client_id: ClientId, webhook_id: str) -> None:
     """Remove the client's webhook and its deliveries (the pending ones are never sent; one in
     flight finishes, and its outcome is recorded nowhere). ``NotFound``."""
     _owned(tx, client_id, webhook_id)
-    tx.run("DELETE FROM webhook_deliveries WHERE webhook_id = ?", (webhook_id,))
+    # The webhook's row first: a fan-out locks it before its deliveries (no cycle of waits).
     tx.run("DELETE FROM webhooks WHERE webhook_id = ?", (webhook_id,))
+    tx.run("DELETE FROM webhook_deliveries WHERE webhook_id = ?", (webhook_id,))
 
 
 def remove_client_webhooks(tx: Tx, client_id: ClientId) -> None:
     """A client removed takes its webhooks, their deliveries and its secret with it."""
-    tx.run(
-        "DELETE FROM webhook_deliveries WHERE webhook_id IN "
-        "(SELECT webhook_id FROM webhooks WHERE client_id = ?)",
-        (client_id,),
-    )
+    rows = tx.all("SELECT webhook_id FROM webhooks WHERE client_id = ?", (client_id,))
     tx.run("DELETE FROM webhooks WHERE client_id = ?", (client_id,))
+    for (webhook_id,) in rows:
+        tx.run("DELETE FROM webhook_deliveries WHERE webhook_id = ?", (webhook_id,))
     tx.run("DELETE FROM webhook_secrets WHERE client_id = ?", (client_id,))
 
 
@@ -163,6 +163,7 @@ class _Fanning:
         self.owners: dict[MeetingId, ClientId | None] = {}
         self.webhooks: dict[ClientId, list[WebhookRecord]] = {}
         self.pending: dict[str, int] = {}
+        self.seq: dict[str, int] = {}  # the next delivery number reserved, per webhook
         self.touched: set[str] = set()
 
     def owner(self, meeting_id: MeetingId) -> ClientId | None:
@@ -178,16 +179,27 @@ class _Fanning:
             self.webhooks[owner] = list_webhooks(self.tx, owner)
         return [w for w in self.webhooks[owner] if event in w.events]
 
-    def enqueue(self, webhook_id: str, event: WebhookEvent) -> DeliveryStatus:
+    def lock(self, wanted: Counter[str]) -> None:
+        """Reserve ``wanted[w]`` delivery numbers of each webhook ``w``. Updating a row locks
+        it until the end of the transaction: one fan-out to a webhook at a time, so its
+        pending count stays true (PostgreSQL; SQLite holds the database's write lock). The
+        rows are locked in webhook id order, as :func:`claim_deliveries` does: two
+        transactions never wait for each other in a cycle."""
+        for webhook_id in sorted(wanted):
+            rows = self.tx.all(
+                "UPDATE webhooks SET next_seq = next_seq + ? WHERE webhook_id = ? "
+                "RETURNING next_seq",
+                (wanted[webhook_id], webhook_id),
+            )
+            if rows:  # else deleted meanwhile: nothing for it
+                self.seq[webhook_id] = int(rows[0][0]) - wanted[webhook_id] + 1
+
+    def enqueue(self, webhook_id: str, event: WebhookEvent) -> DeliveryStatus | None:
         tx = self.tx
-        # Updating the row locks it until the end of the transaction: one fan-out to this
-        # webhook at a time, so its pending count below stays true (PostgreSQL; SQLite holds
-        # the database's write lock anyway).
-        rows = tx.all(
-            "UPDATE webhooks SET next_seq = next_seq + 1 WHERE webhook_id = ? RETURNING next_seq",
-            (webhook_id,),
-        )
-        seq = int(rows[0][0])
+        if webhook_id not in self.seq:
+            return None
+        seq = self.seq[webhook_id]
+        self.seq[webhook_id] += 1
         if webhook_id not in self.pending:
             row = tx.one(
                 "SELECT COUNT(*) FROM webhook_deliveries WHERE webhook_id = ? AND status = ?",
@@ -222,20 +234,23 @@ def record_events(
     tx: Tx, events: Sequence[WebhookEvent], now: datetime, max_pending: int, keep: int
 ) -> Fanout:
     """Keep each new event's id and queue one delivery of it per webhook of its meeting's
-    owner that takes its name (an event no webhook takes is not kept): pending, or dropped when that webhook already has
-    ``max_pending`` pending. An id already received, or an event of a meeting the store does
+    owner that takes its name (an event no webhook takes is not kept): pending, or dropped
+    when that webhook already has ``max_pending`` pending. An id already received, or an event of a meeting the store does
     not have, does nothing. Then each webhook written to keeps its newest ``keep``
     deliveries and the pending ones."""
     fan = _Fanning(tx, now, max_pending)
     stored = repeated = unknown = enqueued = dropped = 0
+    planned: list[tuple[WebhookEvent, list[WebhookRecord]]] = []
     for event in events:
         owner = fan.owner(event.meeting_id)
         if owner is None:
             unknown += 1
             continue
         webhooks = fan.subscribed(owner, event.event)
-        if not webhooks:  # nobody takes it: its id need not be kept either
-            continue
+        if webhooks:  # else nobody takes it: its id need not be kept either
+            planned.append((event, webhooks))
+    fan.lock(Counter(w.webhook_id for _, webhooks in planned for w in webhooks))
+    for event, webhooks in planned:
         new = tx.run(
             "INSERT INTO webhook_events (event_id, meeting_id, received_at) VALUES (?, ?, ?) "
             "ON CONFLICT (event_id) DO NOTHING",
@@ -246,9 +261,10 @@ def record_events(
             continue
         stored += 1
         for webhook in webhooks:
-            if fan.enqueue(webhook.webhook_id, event) is DeliveryStatus.PENDING:
+            status = fan.enqueue(webhook.webhook_id, event)
+            if status is DeliveryStatus.PENDING:
                 enqueued += 1
-            else:
+            elif status is DeliveryStatus.DROPPED:
                 dropped += 1
     for webhook_id in sorted(fan.touched):
         _prune(tx, webhook_id, keep)
@@ -296,8 +312,9 @@ def claim_deliveries(
             (_PENDING, stamp, stamp, limit),
         )
         until = tx.dialect.ts_in(now + timedelta(seconds=lease_s))
-        for webhook_id, _ in candidates:
-            found = _claim_one(tx, str(webhook_id), owner, stamp, until)
+        # Leased in webhook id order, as a fan-out locks them (no cycle of waits).
+        for webhook_id in sorted(str(c[0]) for c in candidates):
+            found = _claim_one(tx, webhook_id, owner, stamp, until)
             if found is not None:
                 claimed.append(found)
     row = tx.one(
