@@ -27,6 +27,7 @@ from darktower.metrics import Registry
 from darktower.model import DEFAULT_MAX_PARTICIPANTS, LeaveReason, MeetingId, ParticipantId
 from darktower.nurseries import ScopeClosed, TaskTree
 from darktower.protocol import MessageDecoder
+from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
@@ -52,6 +53,7 @@ from ._media_rooms import MediaRooms
 from ._meeting_events import meeting_ended
 from ._metrics import ControllerMetrics
 from ._mh import MediaHandlers
+from ._moderation import check_request, moderate
 from ._port import SignalPort
 from ._publication import Publication
 from ._resume import ResumeRefused, ResumeTokens
@@ -233,6 +235,22 @@ class MeetingController:
         room.ban_token(member.token_id, member.token_valid_until, now)
         member.leave(LeaveReason.KICKED)
         return member.token_id
+
+    async def moderate(
+        self,
+        meeting_id: MeetingId,
+        participant_id: ParticipantId,
+        actions: Sequence[int],
+        message: str,
+    ) -> common_pb2.PublicationState:
+        """The meeting owner's moderation (docs/protocol.md §18.2, ``_moderation``); return the
+        participant's state after it. Raises InvalidRequest, NotFound."""
+        check_request(actions, message)
+        room = self.room(meeting_id)
+        target = room.members.get(participant_id)
+        if target is None:
+            raise NotFound(f"participant {participant_id} is not in meeting {meeting_id}")
+        return await moderate(room, target, actions, message)
 
     # -- MH telemetry ------------------------------------------------------------------------
 

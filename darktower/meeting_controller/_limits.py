@@ -42,6 +42,10 @@ MH_LOSS_CHECK_S = 0.5
 # moved to meanwhile, at most this many times in all (a room that keeps moving: the last MH
 # gets the member's state from the replay that follows each move).
 MAX_MH_CALLS = 3
+# A host's moderation waits this long at most for the Media Handler to remove the streams it
+# ends (each removal is an MH call, to the room's MH and where it moved: docs/protocol.md
+# §18.2); a stream not removed by then stays published and the moderation is INTERNAL_ERROR.
+MODERATION_DEADLINE_S = MH_CALL_DEADLINE_S * MAX_MH_CALLS
 # A member whose room moved gets its MediaReconnect from the new MH; if that MH cannot be
 # reached, it is asked again after a pause doubling from the first value up to the second,
 # this many times, while the member stays and the room stays there.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import trio
 
-from darktower.errors import InvalidRequest, NotFound
+from darktower.errors import NotFound
 from darktower.model import MeetingId, ParticipantId
 from darktower.protocol.heartbeats import MH_HEARTBEAT_INTERVAL_S
 from darktower.protocol.pb.v1 import meeting_control_pb2 as pb
@@ -20,6 +20,7 @@ CALLERS = {
     "AssignMeeting": ServiceRole.GC,
     "EndMeeting": ServiceRole.GC,
     "KickParticipant": ServiceRole.GC,
+    "ModerateParticipant": ServiceRole.GC,
     "RegisterMediaHandler": ServiceRole.MH,
     "MediaHandlerHeartbeat": ServiceRole.MH,
 }
@@ -41,9 +42,15 @@ class MeetingControl:
     async def ModerateParticipant(
         self, request: pb.ModerateParticipantRequest
     ) -> pb.ModerateParticipantResponse:
-        # Not served yet: moderation lands with docs/protocol.md §18.2.
-        await trio.lowlevel.checkpoint()
-        raise InvalidRequest("moderation is not served by this Meeting Controller")
+        """The owner's moderation through the REST API (docs/protocol.md §18.2): answered once
+        every stream it ends is removed at the Media Handler."""
+        publication = await self._ctl.moderate(
+            MeetingId(request.meeting_id),
+            ParticipantId(request.participant_id),
+            list(request.actions),
+            request.message,
+        )
+        return pb.ModerateParticipantResponse(publication=publication)
 
     async def KickParticipant(
         self, request: pb.KickParticipantRequest

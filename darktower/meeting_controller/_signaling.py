@@ -42,6 +42,8 @@ from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
 from . import _recording
 from ._limits import MAX_PUBLISHED_STREAMS, MH_CALL_DEADLINE_S
+from ._moderation import check_request
+from ._moderation import moderate as moderation
 from ._processing import (
     E2EE_REFUSAL,
     MIX,
@@ -299,6 +301,20 @@ async def end_meeting(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     return None
 
 
+async def moderate(session: SignalingSession, m: sig.ClientMessage) -> Reply:
+    """A host's ModerateParticipant (docs/protocol.md §18.2): answered once every stream it
+    ends is removed at the Media Handler (``_moderation``)."""
+    room, member = session.room, session.member
+    _host(member)
+    request = m.moderate
+    check_request(request.actions, request.message)
+    target = room.members.get(ParticipantId(request.participant_id))
+    if target is None:
+        raise NotFound(f"participant {request.participant_id} is not in this meeting")
+    await moderation(room, target, request.actions, request.message, member.id)
+    return _ack()
+
+
 async def ping(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     return sig.ServerMessage(pong=sig.Pong(timestamp=m.ping.timestamp))
 
@@ -335,6 +351,7 @@ HANDLERS: dict[str, Handler] = {
     "key_share": key_share,
     "media_reconnect_request": media_reconnect,
     "set_publication": set_publication,
+    "moderate": moderate,
 }
 
 __all__ = ["HANDLERS"]

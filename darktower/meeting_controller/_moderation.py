@@ -1,0 +1,140 @@
+"""A host's moderation (docs/protocol.md §18.2): mute, stop or allow a participant's
+publications, from a host over signaling (``ModerateParticipant``) or from the meeting's owner
+through the GC's REST API (``MeetingControl.ModerateParticipant``, no ``by_participant_id``).
+
+A mute or a stop is cancellation: the MC blocks the kind first (a publish of it racing the
+moderation is refused), then has the Media Handler remove each of the participant's streams of
+that kind (``MediaControl.RemoveStream``, as an unpublish does: ``_streams.end_stream``). At
+the MH a stream is a scope of the task tree (docs/architecture.md §3, §4.3: the publisher's
+``pub:<n>`` tasks and each subscriber's ``sub:<stream id>`` task), and RemoveStream cancels
+it: routing stops, its subscribers' streams end and the publisher's QUIC streams of it are
+reset, and the call returns once those tasks have exited. The moderation is answered only
+after that, so no frame of an ended stream reaches anyone after the answer. Then every member
+gets ``StreamUnpublished`` for each ended stream and ``ParticipantUpdated`` (when the state
+changed), and the participant ``Moderated``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+
+from darktower.errors import DarkTowerError, InternalError, InvalidRequest
+from darktower.protocol import _bounds
+from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol.pb.v1 import signaling_pb2 as sig
+
+from ._limits import MODERATION_DEADLINE_S
+from ._publication import Publication, announce
+from ._room import RoomMember, RoomState
+from ._streams import end_stream, unpublished
+
+# What each stopping action ends: the stream type of the streams it removes.
+STOPS: dict[int, int] = {
+    common_pb2.MODERATION_MUTE_AUDIO: common_pb2.AUDIO,
+    common_pb2.MODERATION_STOP_VIDEO: common_pb2.VIDEO_CAMERA,
+    common_pb2.MODERATION_STOP_SCREEN: common_pb2.VIDEO_SCREEN,
+}
+
+
+def check_request(actions: Sequence[int], message: str) -> None:
+    """INVALID_REQUEST unless ``actions`` are one to six distinct defined actions and
+    ``message`` at most 200 characters (the signaling bounds check these too; the RPC's
+    request is checked here)."""
+    if not actions:
+        raise InvalidRequest("name at least one moderation action", details={"field": "actions"})
+    if len(actions) > _bounds.MAX_MODERATION_ACTIONS or len(set(actions)) != len(actions):
+        raise InvalidRequest(
+            f"at most {_bounds.MAX_MODERATION_ACTIONS} distinct actions",
+            details={"field": "actions"},
+        )
+    for action in actions:
+        if action == common_pb2.MODERATION_ACTION_UNSPECIFIED or action not in (
+            common_pb2.ModerationAction.values()
+        ):
+            raise InvalidRequest(
+                f"{action} is not a moderation action", details={"field": "actions"}
+            )
+    if len(message) > _bounds.MAX_MODERATION_MESSAGE_CHARS:
+        raise InvalidRequest(
+            f"message exceeds {_bounds.MAX_MODERATION_MESSAGE_CHARS} characters",
+            details={"field": "message"},
+        )
+
+
+def _apply(state: Publication, action: int) -> None:
+    if action == common_pb2.MODERATION_MUTE_AUDIO:
+        state.audio_muted = state.audio_blocked = True
+    elif action == common_pb2.MODERATION_STOP_VIDEO:
+        state.video_off = state.video_blocked = True
+    elif action == common_pb2.MODERATION_STOP_SCREEN:
+        state.screen_blocked = True
+    elif action == common_pb2.MODERATION_ALLOW_AUDIO:
+        state.audio_blocked = False
+    elif action == common_pb2.MODERATION_ALLOW_VIDEO:
+        state.video_blocked = False
+    elif action == common_pb2.MODERATION_ALLOW_SCREEN:
+        state.screen_blocked = False
+
+
+async def moderate(
+    room: RoomState,
+    target: RoomMember,
+    actions: Sequence[int],
+    message: str,
+    by_participant_id: str = "",
+) -> common_pb2.PublicationState:
+    """Apply ``actions`` (checked: :func:`check_request`) to ``target``; return its state
+    after them. Returns once every stream they end is removed at the Media Handler (see the
+    module docstring). The removals are shielded from the caller's cancellation (the host's
+    connection lost mid-way) and bounded by ``MODERATION_DEADLINE_S``: a stream the MH did not
+    remove stays published, and the moderation is then INTERNAL_ERROR (the blocks stay; the
+    host may ask again)."""
+    before = target.publication.to_pb()
+    for action in actions:
+        _apply(target.publication, action)
+    types = {STOPS[a] for a in actions if a in STOPS}
+    doomed = [sid for sid, s in target.streams.items() if s.stream_type in types]
+    ended: list[common_pb2.MediaStream] = []
+    failures: list[str] = []
+
+    async def end(stream_id: str) -> None:
+        try:
+            if stream_id in target.streams:  # not unpublished meanwhile
+                ended.append(await end_stream(room, target, stream_id))
+        except DarkTowerError as exc:
+            failures.append(f"{stream_id}: {exc}")
+
+    with trio.move_on_after(MODERATION_DEADLINE_S, shield=True) as bounded:
+        async with trio.open_nursery() as nursery:
+            for stream_id in doomed:
+                nursery.start_soon(end, stream_id)
+    if bounded.cancelled_caught:
+        failures.append("the media handler did not answer in time")
+    for stream in ended:
+        unpublished(room, target, stream, tell_publisher=True)
+    state = target.publication
+    state.sharing = any(s.stream_type == common_pb2.VIDEO_SCREEN for s in target.streams.values())
+    after = state.to_pb()
+    if after != before:
+        announce(room, target)
+    room.deliver(
+        target,
+        sig.ServerMessage(
+            moderated=sig.Moderated(
+                by_participant_id=by_participant_id,
+                actions=list(actions),  # type: ignore[arg-type]
+                message=message,
+                publication=after,
+            )
+        ),
+    )
+    if failures:
+        raise InternalError(
+            "some streams could not be ended at the media handler: " + "; ".join(failures)
+        )
+    return after
+
+
+__all__ = ["check_request", "moderate"]
