@@ -143,3 +143,11 @@ JOB_STOP_GRACE_S: Final = 5.0
 # §7): it is not live (a media processor's recording), so a frame late by the live bounds is
 # still worth sending; older than this it is dropped all the same (the queue stays bounded).
 NOT_LIVE_MAX_AGE_S = 5.0
+
+# Data messages (docs/protocol.md §18.4): what one participant's media session may send, in
+# two token buckets per session, each holding DATA_BURST_S of its rate. Policy when either is
+# empty: the datagram is dropped and counted as "rate" (nothing waits: datagrams are lossy).
+# A datagram is at most 1,020 bytes, so the byte bucket bites only if the count's rate rises.
+MAX_DATA_MESSAGES_PER_S: Final = 30
+MAX_DATA_BYTES_PER_S: Final = 32 * 1024
+DATA_BURST_S: Final = 1.0

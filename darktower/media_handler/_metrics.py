@@ -41,6 +41,18 @@ class MediaMetrics:
         self.key_frame_requests = registry.counter(
             "darktower_mh_key_frame_requests_total", "key frame requests sent to the MC"
         )
+        # Data messages (docs/protocol.md §18.4, _data.py); the drop reasons are set there.
+        self.data_received = registry.counter(
+            "darktower_mh_data_received_total", "data message datagrams received (not padding)"
+        )
+        self.data_sent = registry.counter(
+            "darktower_mh_data_sent_total", "data message copies sent to recipients"
+        )
+        self.data_dropped = registry.counter(
+            "darktower_mh_data_dropped_total",
+            "data messages (or copies of one) not relayed, by reason",
+            ("reason",),
+        )
         self.telemetry_dropped = registry.counter(
             "darktower_mh_telemetry_dropped_total", "telemetry events dropped (MC too slow)"
         )

@@ -4,8 +4,9 @@ Who owns which task: docs/architecture.md §4.3.
 
 :class:`MediaPlane` moves the bytes of :class:`~darktower.media_handler.MediaHandler`: it
 accepts a participant's media connection into its room's scope and runs one task per published
-QUIC stream (decode, budget, route). It is given the rooms (:class:`RoomRegistry`, shared with
-the RPCs in ``_handler.py``) and the :class:`MediaRouter` that runs the subscriptions.
+QUIC stream (decode, budget, route) and one that relays the session's data messages
+(``_data.py``). It is given the rooms (:class:`RoomRegistry`, shared with the RPCs in
+``_handler.py``) and the :class:`MediaRouter` that runs the subscriptions.
 
 A participant holds one media connection at a time, and each connection token opens one
 (a used token gets 409). A participant whose connection was lost (not removed by the MC, not
@@ -49,6 +50,7 @@ from darktower.transport import (
 )
 
 from ._budget import priority_of
+from ._data import DataRelay
 from ._limits import MAX_USED_TOKENS_PER_PARTICIPANT, RECEIVE_CHUNK
 from ._metrics import MediaMetrics
 from ._registry import RoomRegistry
@@ -93,6 +95,7 @@ class MediaPlane:
         self.rooms = rooms
         self.router = router
         self.telemetry = telemetry
+        self.data = DataRelay(metrics)  # docs/protocol.md §18.4
         self._disconnected = trio.Event()  # set and replaced whenever a media connection ends
 
     async def next_disconnect(self) -> None:
@@ -195,6 +198,8 @@ class MediaPlane:
             publication = room.publications.get(source)
             if options is not None and publication is not None:
                 await self.router.subscribe(publication, member, options)
+        if not member.removed:  # a processor's job has no data messages (_data.py)
+            await participant.start_stream("data", self.data.serve, member, session)
         serial = 0
         try:
             while True:
