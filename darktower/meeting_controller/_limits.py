@@ -13,6 +13,17 @@ HANDSHAKE_TIMEOUT_S = 10.0
 MAX_NAME_CHARS = _bounds.MAX_NAME_CHARS
 # Streams one participant may publish; more are refused with CAPACITY_EXCEEDED.
 MAX_PUBLISHED_STREAMS = 16
+# Chat (docs/protocol.md §18.3): messages one participant may send, per second and at once
+# (RATE_LIMITED with retry_after_s beyond; a resume does not refill it).
+CHAT_PER_S = 5.0
+CHAT_BURST = 10
+# A meeting's chat history, kept for its life on this MC: its newest messages, at most this
+# many and this much text (UTF-8 bytes); the oldest are dropped.
+CHAT_HISTORY_MESSAGES = 200
+CHAT_HISTORY_BYTES = 256 * 1024
+# What a member that joins or resumes gets of it: the newest it may see that fit this much
+# text (and one message, 64 KiB), oldest first.
+CHAT_CATCH_UP_BYTES = 48 * 1024
 # Meetings one MC holds; AssignMeeting past it is refused with CAPACITY_EXCEEDED.
 MAX_MEETINGS = 1000
 # Participants over all meetings, reported to the GC as capacity.

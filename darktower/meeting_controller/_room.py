@@ -17,9 +17,11 @@ from darktower.errors import Conflict, Forbidden, InternalError
 from darktower.model import LeaveReason, MeetingId, ParticipantId, Role
 from darktower.nurseries import Meeting, Participant
 from darktower.protocol.pb.v1 import common_pb2, meeting_control_pb2, signaling_pb2
+from darktower.protocol.ratelimit import TokenBucket
 
+from ._chat import ChatHistory
 from ._events import EventOutbox
-from ._limits import MAX_MH_CALLS
+from ._limits import CHAT_BURST, CHAT_PER_S, MAX_MH_CALLS
 from ._publication import Publication
 
 if TYPE_CHECKING:
@@ -86,6 +88,8 @@ class RoomMember:
     media_released: bool = False
     # What it publishes and may publish (docs/protocol.md §18.1).
     publication: Publication = attrs.field(factory=Publication)
+    # Its chat budget (docs/protocol.md §18.3; a resume does not refill it).
+    chat_bucket: TokenBucket = attrs.field(factory=lambda: TokenBucket(CHAT_PER_S, CHAT_BURST))
 
     def to_pb(self, *, e2ee: bool) -> signaling_pb2.Participant:
         info = signaling_pb2.Participant(
@@ -152,6 +156,8 @@ class RoomState:
     # "ended" (the host or the owner), "empty" (docs/protocol.md §6), "" (moved, drained).
     started: bool = False
     end_kind: str = ""
+    # Its chat so far, bounded (docs/protocol.md §18.3).
+    chat: ChatHistory = attrs.field(factory=ChatHistory)
 
     @property
     def records(self) -> bool:

@@ -157,10 +157,12 @@ class SignalingSession:
             room.membership_change()
             if member.mh is not room.mh:  # the room moved while it was being admitted
                 self.media.moved()
-        # One outbox slot: the JoinResponse and its batches go out back to back.
-        room.deliver(member, join_messages(conn.request_id, response, existing))
+        # One outbox slot: the JoinResponse and its batches go out back to back, with the
+        # chat so far right after them (docs/protocol.md §18.3).
+        chat = room.chat.catch_up(member.id)
+        room.deliver(member, join_messages(conn.request_id, response, existing) + chat)
         # The outbox holds them until written; this frame lives as long as the session.
-        del response, existing
+        del response, existing, chat
         catch_up(room, member)
         if not resumed:
             room.broadcast(

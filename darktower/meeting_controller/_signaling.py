@@ -41,6 +41,7 @@ from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
 from . import _recording
+from ._chat import send_chat
 from ._limits import MAX_PUBLISHED_STREAMS, MH_CALL_DEADLINE_S
 from ._moderation import check_request
 from ._moderation import moderate as moderation
@@ -352,6 +353,7 @@ HANDLERS: dict[str, Handler] = {
     "media_reconnect_request": media_reconnect,
     "set_publication": set_publication,
     "moderate": moderate,
+    "send_chat": send_chat,
 }
 
 __all__ = ["HANDLERS"]

@@ -1,0 +1,200 @@
+"""Chat (docs/protocol.md §18.3): relayed to everyone or privately, checked, rate-limited, and
+kept in a bounded history that a member gets right after its join or its resume; over real
+QUIC, and the history's bounds on the object itself."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import trio
+
+from darktower.client import SignalingClient, open_signaling
+from darktower.errors import DarkTowerError, InvalidRequest, NotFound, RateLimited
+from darktower.loadtest import open_udp_proxy
+from darktower.meeting_controller._chat import ChatHistory
+from darktower.meeting_controller._limits import (
+    CHAT_BURST,
+    CHAT_CATCH_UP_BYTES,
+    CHAT_HISTORY_BYTES,
+    CHAT_HISTORY_MESSAGES,
+    CHAT_PER_S,
+)
+from darktower.protocol import MAX_MESSAGE_SIZE
+from darktower.protocol.pb.v1 import signaling_pb2 as sig
+from darktower.transport import TransportLimits
+
+from ._harness import next_event, open_stack
+
+
+def _chat(text: str, to: str = "") -> sig.ClientMessage:
+    return sig.ClientMessage(send_chat=sig.SendChat(text=text, to_participant_id=to))
+
+
+async def _said(client: SignalingClient) -> sig.ChatMessage:
+    return (await next_event(client, "chat")).chat
+
+
+async def _first_event(client: SignalingClient) -> sig.ServerMessage:
+    with trio.fail_after(10):
+        return await client.events.receive()
+
+
+async def test_messages_to_everyone_and_to_one(tmp_path: pathlib.Path) -> None:
+    async with open_stack(tmp_path) as stack:
+        await stack.assign("m")
+        async with (
+            stack.join("m", name="Ada") as ada,
+            stack.join("m", name="Bob") as bob,
+            stack.join("m", name="Cy") as cy,
+        ):
+            reply = await ada.request(_chat("hello all"))
+            assert reply.WhichOneof("message") == "ack"
+            seen = [await _said(client) for client in (ada, bob, cy)]
+            assert seen[0] == seen[1] == seen[2]
+            message = seen[0]
+            assert (message.from_participant_id, message.from_name) == (ada.participant_id, "Ada")
+            assert (message.to_participant_id, message.text) == ("", "hello all")
+            assert len(message.message_id) == 36 and message.sent_at > 0
+            # private: the sender and the recipient only (Cy's next message is a later one)
+            await ada.request(_chat("psst", to=bob.participant_id))
+            for client in (ada, bob):
+                private = await _said(client)
+                assert (private.text, private.to_participant_id) == ("psst", bob.participant_id)
+            await bob.request(_chat("back to all"))
+            assert (await _said(cy)).text == "back to all"
+            # refused: no text, too long, nobody there
+            for refused, error in (
+                (_chat(""), InvalidRequest),
+                (_chat("x" * 2001), InvalidRequest),
+                (_chat("hi", to="nobody"), NotFound),
+            ):
+                with pytest.raises(error):
+                    await cy.request(refused)
+            await cy.request(_chat("x" * 2000))  # the longest allowed
+
+            # a late joiner gets what it may see, right after its JoinResponse
+            async with stack.join("m", name="Dee") as dee:
+                first = await _first_event(dee)
+                assert first.WhichOneof("message") == "chat_history"
+                texts = [m.text for m in first.chat_history.messages]
+                assert texts == ["hello all", "back to all", "x" * 2000]
+            # nor others' private messages
+            async with stack.join("m", token=stack.token("m")) as late:
+                first = await _first_event(late)
+                assert "psst" not in [m.text for m in first.chat_history.messages]
+
+
+async def test_chat_is_rate_limited_per_participant(tmp_path: pathlib.Path) -> None:
+    async with open_stack(tmp_path) as stack:
+        await stack.assign("m")
+        async with stack.join("m") as talker, stack.join("m") as other:
+            outcomes: list[DarkTowerError | None] = []
+            started = trio.current_time()
+
+            async def send(i: int) -> None:
+                try:
+                    await talker.request(_chat(f"spam {i}"))
+                except RateLimited as exc:
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(None)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(CHAT_BURST + 5):
+                    nursery.start_soon(send, i)
+            elapsed = trio.current_time() - started
+            accepted = outcomes.count(None)
+            assert CHAT_BURST <= accepted <= CHAT_BURST + int(elapsed * CHAT_PER_S) + 1
+            refusals = [e for e in outcomes if e is not None]
+            assert refusals and all(float(e.details["retry_after_s"]) > 0 for e in refusals)
+            # another participant's budget is its own
+            await other.request(_chat("not me"))
+
+
+async def test_a_resume_gets_the_history_with_what_it_missed(tmp_path: pathlib.Path) -> None:
+    idle_s = 1.0
+    async with open_stack(tmp_path, idle_timeout_s=idle_s, resume_grace_s=5.0) as stack:
+        await stack.assign("m")
+        async with (
+            stack.join("m") as witness,
+            open_udp_proxy(stack.running.signal_address) as proxy,
+            open_signaling(
+                proxy.via(stack.running.signal_url),
+                meeting_id="m",
+                join_token=stack.token("m"),
+                server_certificate_hashes=[stack.running.certificate_sha256],
+                limits=TransportLimits(idle_timeout_s=idle_s, keepalive_interval_s=idle_s / 3),
+            ) as subject,
+        ):
+            pid, resume_token = subject.participant_id, subject.join_response.resume_token
+            await witness.request(_chat("before"))
+            await _said(subject)
+            proxy.pause()
+            updated = await next_event(witness, "participant_updated")
+            assert updated.participant_updated.connection == sig.RECONNECTING
+            # to it while it is away: kept for it, not queued
+            await witness.request(_chat("while away", to=pid))
+            proxy.resume()
+            with trio.fail_after(10):
+                await subject.closed.wait()
+            async with open_signaling(
+                stack.running.signal_url,
+                meeting_id="m",
+                join_token="",
+                resume_token=resume_token,
+                server_certificate_hashes=[stack.running.certificate_sha256],
+            ) as back:
+                assert back.join_response.resumed
+                first = await _first_event(back)
+                assert [m.text for m in first.chat_history.messages] == ["before", "while away"]
+
+
+def _message(i: int, text: str, sender: str = "a", to: str = "") -> sig.ChatMessage:
+    return sig.ChatMessage(
+        message_id=f"id-{i}",
+        from_participant_id=sender,
+        from_name="x" * 256,
+        to_participant_id=to,
+        text=text,
+        sent_at=i,
+    )
+
+
+def test_the_history_keeps_the_newest_within_its_bounds() -> None:
+    history = ChatHistory()
+    for i in range(CHAT_HISTORY_MESSAGES + 50):
+        history.add(_message(i, f"m{i}"))
+    assert len(history) == CHAT_HISTORY_MESSAGES
+    kept = history.visible_to("b")
+    assert [m.message_id for m in kept] == [
+        f"id-{i}" for i in range(50, CHAT_HISTORY_MESSAGES + 50)
+    ]
+    # text: 256 KiB at most (2,000 four-byte characters: 8,000 bytes each)
+    big = ChatHistory()
+    for i in range(60):
+        big.add(_message(i, "😀" * 2000))
+    assert big.text_bytes <= CHAT_HISTORY_BYTES
+    assert len(big) == CHAT_HISTORY_BYTES // 8000
+    # a catch-up: the newest that fit 48 KiB of text and one message, oldest first
+    catch_up = big.visible_to("b")
+    assert len(catch_up) == CHAT_CATCH_UP_BYTES // 8000
+    assert catch_up[-1].message_id == "id-59" and catch_up[0].message_id == "id-54"
+    [message] = big.catch_up("b")
+    assert message.ByteSize() < MAX_MESSAGE_SIZE
+    # many short messages with long names fit one message too
+    names = ChatHistory()
+    for i in range(CHAT_HISTORY_MESSAGES):
+        names.add(_message(i, "y" * 200))
+    [message] = names.catch_up("b")
+    assert message.ByteSize() <= MAX_MESSAGE_SIZE
+    assert 0 < len(message.chat_history.messages) < CHAT_HISTORY_MESSAGES
+    assert message.chat_history.messages[-1].message_id == f"id-{CHAT_HISTORY_MESSAGES - 1}"
+    # private messages: only to their sender and recipient
+    private = ChatHistory()
+    private.add(_message(1, "to c", sender="a", to="c"))
+    private.add(_message(2, "all"))
+    assert [m.text for m in private.visible_to("a")] == ["to c", "all"]
+    assert [m.text for m in private.visible_to("c")] == ["to c", "all"]
+    assert [m.text for m in private.visible_to("b")] == ["all"]
+    assert ChatHistory().catch_up("b") == ()
