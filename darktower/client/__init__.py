@@ -40,11 +40,15 @@ message)`` ends the participant's streams of that kind, which learns it from a
 :class:`Moderated` event (its publications of that kind are closed: ``ended_by_host``);
 ``session.send_chat(text, to=None)`` and :class:`ChatMessage` events, ``session.chat`` (a
 :class:`ChatLog`: the history a join brings and every message since, without repeats);
-``GlobalControllerClient.moderate_participant`` is the owner's moderation over REST.
+``GlobalControllerClient.moderate_participant`` is the owner's moderation over REST;
+``session.send_data(payload, to=None)`` sends a lossy data message (a datagram through the MH,
+at most 1,000 bytes) and ``async for message in session.data`` (:class:`DataMessages`, bounded,
+the oldest dropped) receives the others' as :class:`~darktower.frames.DataMessage`.
 """
 
 from ._adaptive import REPORT_INTERVAL_S, Adaptation, Report
 from ._chat import CHAT_LOG, ChatLog
+from ._data import DATA_BUFFER, DataMessages
 from ._dev import (
     DevAccess,
     DevStackError,
@@ -119,6 +123,7 @@ from ._streams import EventStream, Subscription
 __all__ = [
     "CHAT_LOG",
     "CLOSE_GRACE_S",
+    "DATA_BUFFER",
     "EVENT_BUFFER",
     "LEAVE_GRACE_S",
     "RECONNECT_ATTEMPT_S",
@@ -141,6 +146,7 @@ __all__ = [
     "ConnectionState",
     "Connector",
     "CreatedMeeting",
+    "DataMessages",
     "DerivedStream",
     "DevAccess",
     "DevStackError",

@@ -9,7 +9,9 @@
             ...                              # frame.stream_id
 
 The MH opens one unidirectional stream per routed stream; the client reads each with its own
-task and decoder into one bounded channel.
+task and decoder into one bounded channel. Datagrams (data messages and the MH's padding,
+docs/protocol.md §18.4) go to ``on_datagram`` when set, from a task of their own; without it
+they are dropped.
 """
 
 from __future__ import annotations
@@ -138,6 +140,8 @@ class MediaClient:
         self.session = session
         self._frames = frames
         self.stream_errors = 0  # subscribed streams that carried a malformed frame
+        # Takes every datagram received (it must not block); None: they are dropped.
+        self.on_datagram: Callable[[bytes], None] | None = None
 
     @property
     def removed_reason(self) -> LeaveReason | None:
@@ -179,6 +183,12 @@ class MediaClient:
     def __aiter__(self) -> AsyncIterator[Frame]:
         return self._frames.__aiter__()
 
+    def send_datagram(self, data: bytes) -> None:
+        """Queue one datagram (never blocks; the transport's queue drops its oldest when full).
+        Raises DatagramTooLarge (a ValueError) beyond what one packet carries, SessionClosed
+        or trio.ClosedResourceError once the session is gone."""
+        self.session.send_datagram(data)
+
     async def aclose(self, code: int = 0, reason: str = "") -> None:
         """Close the session (idempotent, completes when cancelled)."""
         await self.session.close(code, reason)
@@ -210,6 +220,16 @@ async def _read_stream(
             stream.stop_sending(int(FrameError.code))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
+
+
+async def _read_datagrams(client: MediaClient) -> None:
+    try:
+        while True:
+            data = await client.session.receive_datagram()
+            if client.on_datagram is not None:
+                client.on_datagram(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return
 
 
 async def _accept_streams(
@@ -273,6 +293,7 @@ async def _run(
     client = MediaClient(session, receive)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_accept_streams, client, nursery, send)
+        nursery.start_soon(_read_datagrams, client)
         try:
             yield client
         finally:

@@ -7,7 +7,7 @@ fakes.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -57,7 +57,12 @@ class MediaLink(Protocol):
     @property
     def lost(self) -> bool: ...
 
+    # Takes every datagram received (docs/protocol.md §18.4); set by the session.
+    on_datagram: Callable[[bytes], None] | None
+
     def __aiter__(self) -> AsyncIterator[Frame]: ...
+
+    def send_datagram(self, data: bytes) -> None: ...
 
     async def publish(self, stream_id: str | uuid.UUID) -> MediaPublisher: ...
 

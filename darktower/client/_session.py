@@ -48,6 +48,7 @@ from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from ._adaptive import Adaptation, quality_message
 from ._chat import Chat, ChatLog
 from ._controls import Controls, moderation_message
+from ._data import DataMessages
 from ._e2ee import Encryption
 from ._events import (
     CLOSE_GRACE_S,
@@ -103,7 +104,8 @@ class MeetingSession:
     this session's quality reports, docs/protocol.md §17), ``publication`` (this session's
     :class:`PublicationState`, docs/protocol.md §18.1; ``may_publish``: the join token's grant,
     which :func:`join_meeting_session` reads), ``chat`` (:class:`ChatLog`, §18.3),
-    ``end_reason`` / ``end_message`` / ``ended`` (a trio.Event).
+    ``data`` (:class:`DataMessages`: the data messages received, §18.4), ``end_reason`` /
+    ``end_message`` / ``ended`` (a trio.Event).
     """
 
     def __init__(
@@ -157,6 +159,8 @@ class MeetingSession:
             may_publish=may_publish,
         )
         self._chat = Chat(self.events._put)
+        self.data = DataMessages(self)
+        media.on_datagram = self.data.on_datagram
         self._room = Room(
             self._roster, self._subscribing, self.e2ee, self._controls, self.events._put
         )
@@ -218,6 +222,7 @@ class MeetingSession:
         if self._link.reconnecting and reason is not LeaveReason.VOLUNTARY:
             self.events._put(Lost(reason, self.end_message))
         self.events._close()
+        self.data._close()
         self._subscribing.end_all()
         self._requests.cancel_all()
         self.ended.set()
@@ -281,6 +286,7 @@ class MeetingSession:
     async def on_media(self, media: MediaLink) -> None:
         """Give every publication its streams on the new media connection; a video one then
         needs a key frame (a KeyFrameRequest event for the application)."""
+        media.on_datagram = self.data.on_datagram
         for stream_id in await self._publishing.rebind(media):
             self.events._put(KeyFrameRequest(stream_id))
 
@@ -459,6 +465,15 @@ class MeetingSession:
         one over 2,000 characters, the MC's ``DarkTowerError`` (RateLimited with
         ``retry_after_s``, NotFound), SessionEnded."""
         await self._chat.send(self._request, text, to)
+
+    def send_data(self, payload: bytes, to: str | None = None) -> bool:
+        """Send a data message to every other participant, or to participant ``to`` only
+        (docs/protocol.md §18.4; ``session.data`` receives theirs): one datagram, lossy, never
+        waits; False if it was dropped (see :class:`DataMessages`). Raises ValueError for a
+        payload over 1,000 bytes or a ``to`` that is not a participant id, SessionEnded."""
+        if self.end_reason is not None:
+            raise self.ended_error()
+        return self.data.send(self._link.media, payload, to)
 
     async def kick(self, participant_id: str) -> None:
         """Host only: remove a participant (Forbidden for a guest, NotFound if absent)."""

@@ -5,7 +5,7 @@ publication streams record what was sent and may be reset by "the MH"."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 import trio
@@ -53,11 +53,22 @@ class PeerStream:
 
 class ProductMedia(FakeMedia):
     """A media connection whose publications are :class:`PeerStream` objects (``streams``, by
-    wire stream id)."""
+    wire stream id); ``datagrams`` are those sent, ``receive`` hands one to the session."""
 
     def __init__(self, token: str) -> None:
         super().__init__(token)
         self.streams: dict[str, PeerStream] = {}
+        self.datagrams: list[bytes] = []
+        self.on_datagram: Callable[[bytes], None] | None = None
+
+    def send_datagram(self, data: bytes) -> None:
+        if self.lost or self.closed:
+            raise trio.BrokenResourceError("gone")
+        self.datagrams.append(data)
+
+    def receive(self, data: bytes) -> None:
+        assert self.on_datagram is not None
+        self.on_datagram(data)
 
     async def publish(self, stream_id: str | uuid.UUID) -> MediaPublisher:
         if self.lost:
