@@ -121,6 +121,12 @@ ACCEPT_QUEUE_SIZE = 32
 # Datagrams queued per direction. Full on receive: the oldest is dropped and counted (fresh
 # media matters more than old). Full on send: the oldest unsent is dropped and counted.
 DATAGRAM_QUEUE_SIZE = 64
+# Bytes of datagrams queued on receive per session (a DATAGRAM frame may be up to
+# MAX_DATAGRAM_FRAME_SIZE, so the count alone would let a peer park 64 x 64 KiB in a session
+# nobody reads). Full: the oldest are dropped (counted) until the new one fits; one larger than
+# the whole bound is dropped itself. Far above 64 data messages (docs/protocol.md §18.4) or
+# 64 packets of padding.
+DATAGRAM_QUEUE_BYTES = 256 * 1024
 
 # --- Stream ---------------------------------------------------------------------------------
 # send_all() waits while this many bytes of the stream are written but not yet acknowledged
@@ -157,6 +163,7 @@ class TransportLimits:
     max_streams_per_session: int = MAX_STREAMS_PER_SESSION
     accept_queue_size: int = ACCEPT_QUEUE_SIZE
     datagram_queue_size: int = DATAGRAM_QUEUE_SIZE
+    datagram_queue_bytes: int = DATAGRAM_QUEUE_BYTES
     stream_send_high_water: int = STREAM_SEND_HIGH_WATER
     stream_receive_window: int = STREAM_RECEIVE_WINDOW
 

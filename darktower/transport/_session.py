@@ -127,7 +127,8 @@ class WebTransportSession:
 
     Buffers are bounded: incoming streams wait in an accept queue of ``accept_queue_size``
     (a stream beyond it, or beyond ``max_streams_per_session`` open streams, is rejected with
-    a reset); incoming datagrams in a queue of ``datagram_queue_size`` that drops the oldest.
+    a reset); incoming datagrams in a queue of ``datagram_queue_size`` datagrams and
+    ``datagram_queue_bytes`` bytes that drops the oldest.
     """
 
     def __init__(self, conn: Connection, session_id: int, request: ConnectRequest) -> None:
@@ -142,6 +143,7 @@ class WebTransportSession:
         self._incoming: list[IncomingStream] = []
         self._incoming_wait: trio.Event | None = None
         self._datagrams: list[bytes] = []
+        self._datagram_bytes = 0  # of those queued (bounded by datagram_queue_bytes)
         self._datagram_wait: trio.Event | None = None
         self._datagram_prefix = encode_uint_var(session_id // 4)
         self._capsules = CapsuleParser()
@@ -297,6 +299,7 @@ class WebTransportSession:
             finally:
                 self._datagram_wait = None
         data = self._datagrams.pop(0)
+        self._datagram_bytes -= len(data)
         await trio.lowlevel.cancel_shielded_checkpoint()
         return data
 
@@ -389,10 +392,19 @@ class WebTransportSession:
     def on_datagram(self, data: bytes) -> None:
         if self.state is not SessionState.OPEN:
             return
-        if len(self._datagrams) >= self._limits.datagram_queue_size:
-            del self._datagrams[0]
+        limits = self._limits
+        if len(data) > limits.datagram_queue_bytes:
             self.datagrams_dropped += 1
-        self._datagrams.append(data)
+            return
+        queue = self._datagrams
+        while queue and (
+            len(queue) >= limits.datagram_queue_size
+            or self._datagram_bytes + len(data) > limits.datagram_queue_bytes
+        ):
+            self._datagram_bytes -= len(queue.pop(0))
+            self.datagrams_dropped += 1
+        queue.append(data)
+        self._datagram_bytes += len(data)
         if self._datagram_wait is not None:
             self._datagram_wait.set()
 
@@ -450,6 +462,7 @@ class WebTransportSession:
         # Streams never accepted are dropped with their session.
         self._incoming.clear()
         self._datagrams.clear()
+        self._datagram_bytes = 0
         if self._incoming_wait is not None:
             self._incoming_wait.set()
         if self._datagram_wait is not None:
