@@ -22,8 +22,10 @@ from darktower.logs import fields
 from darktower.model import LeaveReason
 from darktower.protocol import leave_reason_to_pb
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
+from darktower.protocol.pb.v1 import registry_pb2 as reg
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
+from ._events import new_event
 from ._limits import RECORDING_STOP_DEADLINE_S
 from ._metrics import ControllerMetrics
 from ._mh import MediaLink
@@ -101,7 +103,9 @@ async def start(
 async def stop(room: RoomState, member: RoomMember, mh: MediaLink, reason: LeaveReason) -> None:
     """StopRecording for a leaving ``member`` with ``reason`` if it is recorded (or being
     started), at most RECORDING_STOP_DEADLINE_S; never raises (the MH ends the recording of a
-    participant it removes anyway)."""
+    participant it removes anyway, with the same reason). Then a recording that ran is
+    reported ``recording_finished`` for the GC's webhooks (docs/protocol.md §18.5); one still
+    being started has no id yet and is not."""
     if not member.recording_id and not member.recording_pending:
         return
     with trio.move_on_after(RECORDING_STOP_DEADLINE_S):
@@ -118,6 +122,17 @@ async def stop(room: RoomState, member: RoomMember, mh: MediaLink, reason: Leave
                 "could not stop a recording at the media handler",
                 extra=fields(meeting_id=room.id, participant_id=member.id, error=str(exc)),
             )
+    if member.recording_id:
+        room.events.emit(
+            new_event(
+                room.id,
+                recording_finished=reg.RecordingFinishedEvent(
+                    recording_id=member.recording_id,
+                    participant_id=member.id,
+                    reason=leave_reason_to_pb(reason),
+                ),
+            )
+        )
 
 
 def left(room: RoomState, member: RoomMember, reason: LeaveReason) -> None:
