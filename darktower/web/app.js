@@ -1,5 +1,8 @@
 // The Dark Tower browser client: the page's DOM and its test hooks. The meeting logic is in
-// session.js; the wire codecs in proto.js and frames.js; the GC calls in api.js.
+// session.js; the wire codecs in proto.js and frames.js; the GC calls in api.js. The page's
+// parts: the pre-join screen (prejoin.js, devices.js), the tiles (tiles.js, grid.js), the
+// toolbar (controls.js), the side panels (panels.js: people.js, chat.js), the full screens
+// (screens.js).
 //
 // Served by the Global Controller: index.html at "/" and "/m/<meeting id>", this directory at
 // "/static/". The meeting id comes from the path "/m/<id>" or the query "?meeting=<id>".
@@ -73,6 +76,39 @@
 //   darktower.endReason                     null, or {code, name: "KICKED" | "MEETING_ENDED" |
 //                                           "CONNECTION_LOST" | "VOLUNTARY" | "SERVER_SHUTDOWN",
 //                                           text, detail}
+// The meeting product (docs/protocol.md §18):
+//   darktower.setMuted(kind, muted)         kind "audio" (microphone) | "video" (camera off);
+//                                           resolves once told to the MC; rejects with the
+//                                           reason while a host blocks it (name BlockedError)
+//   darktower.muted                         {audio, video}: the own switches
+//   darktower.shareScreen() / stopShare()   resolves once the VIDEO_SCREEN stream is published
+//                                           (getDisplayMedia) / unpublished
+//   darktower.sharing                       the own screen is shared
+//   darktower.publications                  {participantId: {audioMuted, videoOff, sharing,
+//                                           audioBlocked, videoBlocked, screenBlocked}} of
+//                                           everyone, the own one included (tile badges)
+//   darktower.moderate(pid, actions, message?)  host only: ModerationAction numbers (or names
+//                                           "MODERATION_MUTE_AUDIO", ...); resolves on the MC's Ack
+//   darktower.moderation                    {last: the text of the last Moderated shown (the
+//                                           #moderation banner) or null, all: [{byParticipantId,
+//                                           actions, message, text}]}
+//   darktower.sendChat(text, toParticipantId?)  resolves on the MC's Ack
+//   darktower.chat                          [ChatMessage] received, oldest first, once each
+//   darktower.switchDevice(kind, deviceId)  another camera ("video") or microphone ("audio")
+//                                           under the same publication; -> the deviceId now
+//   darktower.devices(kind)                 [{deviceId, label}] (enumerateDevices)
+//   darktower.deviceId(kind)                the captured device's id
+//   darktower.inviteLink / copyInvite()     the meeting's /m/<id> link / copied (the Invite
+//                                           button); darktower.copied: the last link copied
+//   darktower.openPanel(name | null)        "people" | "chat" | "devices": the side panel
+//   darktower.panel                         the open panel, or null
+//   darktower.screen                        the full screen shown (#ended's data-screen:
+//                                           "left", "kicked", "meeting-ended",
+//                                           "connection-lost", "full", "no-meeting",
+//                                           "unsupported", "other") or null
+//   darktower.prejoin                       {denied, previewing}: the pre-join screen's capture
+//   darktower.stats.decodedScreen           {participantId: decoded screen share frames}
+//   darktower.stats.sent.screen             own screen share frames sent
 //   darktower.snapshot()                    all of the above as one JSON-able object, plus
 //                                           reconnectingParticipants: ids whose tile shows
 //                                           "Reconnecting…" (ParticipantUpdated);
@@ -82,17 +118,23 @@
 //                                           {streamId, codec, bitrate, mix}: what carries it),
 //                                           frames {source, derived, other: dropped}, decoded}]
 // E.g. `await page.wait_for_function("darktower.stats.decodedFrames[pid] >= 30", arg=...)`;
-// the grid to screenshot is `#grid`, the reason shown to the person is `#end-reason`, a tile's
-// reconnecting marker is `.tile .reconnecting` (hidden unless reconnecting), its stats overlay
-// `.tile .stats` (layer, bitrate, RTT, loss).
+// the grid to screenshot is `#grid` (screen shares `#screens`), the reason shown to the person
+// is `#end-reason`, a tile's reconnecting marker is `.tile .reconnecting` (hidden unless
+// reconnecting), its stats overlay `.tile .stats` (layer, bitrate, RTT, loss), its badges
+// `.tile .badge.muted`, `.badge.video-off`, `.badge.sharing` (hidden unless so). The toolbar is
+// `#controls` (controls.js: buttons and keyboard shortcuts).
 
 import * as api from "./api.js";
+import { initControls, updateControls } from "./controls.js";
+import { fillPicker, listDevices } from "./devices.js";
+import { SidePanels } from "./panels.js";
+import { Prejoin } from "./prejoin.js";
+import { ModerationAction } from "./schema.js";
+import { missingFeatures, screenOfEnd, screenOfJoinError, showScreen } from "./screens.js";
 import { MeetingSession } from "./session.js";
+import { PageView, RECONNECTING_TEXT } from "./tiles.js";
 
 const $ = (id) => document.getElementById(id);
-// Limit: notices kept on screen; the oldest goes first.
-const MAX_NOTICES = 5;
-const RECONNECTING_TEXT = "Reconnecting…";
 
 export function meetingIdFromLocation(loc = window.location) {
   const m = loc.pathname.match(/^\/m\/([^/]+)/);
@@ -102,166 +144,65 @@ export function meetingIdFromLocation(loc = window.location) {
 
 const hostTokenKey = (meetingId) => `darktower.host.${meetingId}`;
 
-// The DOM side of a MeetingSession (its `view`).
-class PageView {
-  constructor() {
-    this.tiles = new Map();
-  }
-
-  addTile(participantId, name, { self, kickable }) {
-    const tile = document.createElement("figure");
-    tile.className = self ? "tile self" : "tile";
-    tile.dataset.participantId = participantId;
-    const media = document.createElement(self ? "video" : "canvas");
-    if (self) {
-      media.muted = true;
-      media.autoplay = true;
-      media.playsInline = true;
-      media.srcObject = this.preview ?? null;
-    } else {
-      media.width = 640;
-      media.height = 480;
-    }
-    const marker = document.createElement("span");
-    marker.className = "reconnecting";
-    marker.textContent = RECONNECTING_TEXT;
-    marker.hidden = true;
-    const stats = document.createElement("span");
-    stats.className = "stats";
-    stats.hidden = true;
-    const caption = document.createElement("figcaption");
-    const label = document.createElement("span");
-    label.className = "name";
-    label.textContent = name;
-    // The safety number of its key (an encrypted meeting): compared out of band.
-    const safety = document.createElement("span");
-    safety.className = "safety";
-    safety.title = "Safety number: the same on every page for this person";
-    safety.hidden = true;
-    caption.append(label, safety);
-    if (!self) {
-      const pin = document.createElement("button");
-      pin.className = "pin";
-      pin.textContent = "Pin";
-      pin.title = `Keep ${name}'s video whoever speaks`;
-      pin.addEventListener("click", () => {
-        const pinned = !tile.classList.contains("pinned");
-        hooks.pin(participantId, pinned).catch((e) => this.notice(`Could not pin: ${e.message}`));
-      });
-      caption.append(pin);
-    }
-    if (kickable) {
-      const kick = document.createElement("button");
-      kick.className = "kick";
-      kick.textContent = "Remove";
-      kick.title = `Remove ${name} from the meeting`;
-      kick.addEventListener("click", () => {
-        kick.disabled = true;
-        hooks.kick(participantId).catch((e) => {
-          kick.disabled = false;
-          this.notice(`Could not remove ${name}: ${e.message}`);
-        });
-      });
-      caption.append(kick);
-    }
-    tile.append(media, marker, stats, caption);
-    $("grid").append(tile);
-    this.tiles.set(participantId, tile);
-    return { canvas: self ? null : media };
-  }
-
-  removeTile(participantId) {
-    this.tiles.get(participantId)?.remove();
-    this.tiles.delete(participantId);
-  }
-
-  // The own tile after a rejoin: the same element under the new participant id.
-  renameTile(oldId, newId) {
-    const tile = this.tiles.get(oldId);
-    if (!tile) return;
-    this.tiles.delete(oldId);
-    tile.dataset.participantId = newId;
-    this.tiles.set(newId, tile);
-  }
-
-  // The stats overlay of a tile (adaptive.js).
-  tileStats(participantId, text) {
-    const overlay = this.tiles.get(participantId)?.querySelector(".stats");
-    if (!overlay) return;
-    overlay.textContent = text;
-    overlay.hidden = !text;
-  }
-
-  setPreview(stream) {
-    this.preview = stream;
-    for (const video of document.querySelectorAll(".tile.self video")) video.srcObject = stream;
-  }
-
-  notice(text) {
-    const list = $("notices");
-    const item = document.createElement("li");
-    item.textContent = text;
-    list.append(item);
-    while (list.children.length > MAX_NOTICES) list.firstElementChild.remove();
-  }
-
-  update(session) {
-    document.body.dataset.state = session.state;
-    $("lobby").hidden = session.state !== "idle" && session.state !== "joining";
-    $("meeting").hidden = session.state !== "joined" && session.state !== "reconnecting";
-    $("ended").hidden = session.state !== "ended";
-    $("end-meeting").hidden = session.role !== "host";
-    $("rec").hidden = !session.recording;
-    $("e2ee").hidden = !session.encrypted;
-    $("meeting-label").textContent = session.meetingId ?? "";
-    const link = new URL(`/m/${encodeURIComponent(session.meetingId ?? "")}`, location.href);
-    $("share-link").href = link.href;
-    $("share-link").textContent = link.href;
-    let status = session.state;
-    if (session.reconnecting) status = RECONNECTING_TEXT;
-    else if (session.state === "joined") {
-      status = `${session.participants.size + 1} in the meeting · you are ${session.role}`;
-    }
-    $("status").textContent = status;
-    const safetyNumbers = session.safetyNumbers();
-    const dominant = session.adaptive?.speakers[0] ?? null;
-    for (const [participantId, tile] of this.tiles) {
-      const safety = tile.querySelector(".safety");
-      safety.textContent = safetyNumbers[participantId] ?? "";
-      safety.hidden = !safety.textContent;
-      const reconnecting =
-        participantId === session.participantId
-          ? session.reconnecting
-          : Boolean(session.participants.get(participantId)?.reconnecting);
-      tile.classList.toggle("is-reconnecting", reconnecting);
-      tile.classList.toggle("speaking", participantId === dominant);
-      const pinned = Boolean(session.adaptive?.pinned.has(participantId));
-      tile.classList.toggle("pinned", pinned);
-      const pin = tile.querySelector(".pin");
-      if (pin) pin.textContent = pinned ? "Unpin" : "Pin";
-      tile.querySelector(".reconnecting").hidden = !reconnecting;
-    }
-    for (const button of document.querySelectorAll("#lobby button")) {
-      button.disabled = session.state === "joining";
-    }
-  }
-
-  ended(text) {
-    $("meeting").hidden = true;
-    $("lobby").hidden = true;
-    $("ended").hidden = false;
-    $("end-reason").textContent = text;
-    $("rec").hidden = true;
-    $("e2ee").hidden = true;
-    $("grid").replaceChildren();
-    this.tiles.clear();
-  }
-}
-
-const view = new PageView();
 let session = null;
 let audioContext = null;
 let via = null; // connectVia()
+let copied = null; // the last invite link copied
+const prejoin = new Prejoin();
+const panels = new SidePanels({
+  session: () => session,
+  notice: (text) => view.notice(text),
+  onChange: () => session && updateControls(session, panels.open),
+});
+
+function inviteLink(meetingId) {
+  return new URL(`/m/${encodeURIComponent(meetingId ?? "")}`, location.href).href;
+}
+
+// The page around the tiles, as `s` is now (PageView's update hook).
+function showSession(s) {
+  document.body.dataset.state = s.state;
+  $("lobby").hidden = s.state !== "idle" && s.state !== "joining";
+  $("meeting").hidden = s.state !== "joined" && s.state !== "reconnecting";
+  if (s.state !== "ended") $("ended").hidden = true;
+  $("rec").hidden = !s.recording;
+  $("e2ee").hidden = !s.encrypted;
+  $("meeting-label").textContent = s.meetingId ?? "";
+  const link = inviteLink(s.meetingId);
+  $("share-link").href = link;
+  $("share-link").textContent = link;
+  let status = s.state;
+  if (s.reconnecting) status = RECONNECTING_TEXT;
+  else if (s.state === "joined") {
+    status = `${s.participants.size + 1} in the meeting · you are ${s.role}`;
+  }
+  $("status").textContent = status;
+  for (const button of document.querySelectorAll("#lobby button")) {
+    button.disabled = s.state === "joining";
+  }
+  if (s.participantId) {
+    updateControls(s, panels.open);
+    panels.refresh();
+  }
+}
+
+const view = new PageView({
+  pin: (participantId, pinned) => hooks.pin(participantId, pinned),
+  kick: (participantId) => hooks.kick(participantId),
+  onUpdate: showSession,
+  onEnded: (text) => {
+    $("rec").hidden = true;
+    $("e2ee").hidden = true;
+    $("moderation").hidden = true;
+    panels.close();
+    showScreen(screenOfEnd(session?.endReason), text);
+  },
+  onModerated: (text) => {
+    $("moderation-text").textContent = text;
+    $("moderation").hidden = false;
+  },
+  onChat: (messages) => panels.addChat(messages),
+});
 
 function newSession(certHash) {
   // Created on the person's click when there is one; without a gesture it stays suspended and
@@ -278,8 +219,10 @@ async function join({ meetingId, name, accessToken = null, videoCodecs = null, m
   const token = accessToken ?? sessionStorage.getItem(hostTokenKey(meetingId));
   const certHash = await api.certificateHash();
   const s = newSession(certHash);
+  await s.local.start(await prejoin.take()); // what the pre-join screen previewed
   await s.join({ meetingId, name: name || "Guest", accessToken: token, videoCodecs, mixAudio });
   history.replaceState(null, "", `/m/${encodeURIComponent(meetingId)}`);
+  panels.load().then(() => panels.refresh());
   return s.snapshot();
 }
 
@@ -297,9 +240,30 @@ function current() {
   return session;
 }
 
+// Copies the invite link (the Clipboard API; a selected text field where it is refused).
+async function copyInvite() {
+  const link = inviteLink(current().meetingId);
+  try {
+    await navigator.clipboard.writeText(link);
+  } catch {
+    const field = document.createElement("textarea");
+    field.value = link;
+    document.body.append(field);
+    field.select();
+    document.execCommand("copy");
+    field.remove();
+  }
+  copied = link;
+  view.notice(`Invite link copied: ${link}`);
+  return link;
+}
+
+const actionOf = (a) => (typeof a === "string" ? ModerationAction[a] : a);
+
 const EMPTY = {
   decodedFrames: {},
   decodedAudio: {},
+  decodedScreen: {},
   decodedMix: 0,
   unknownFrames: 0,
   sent: { video: 0, audio: 0 },
@@ -317,6 +281,19 @@ const hooks = {
   pin: async (participantId, pinned = true) => current().adaptive.pin(participantId, pinned),
   endMeeting: async () => current().endMeeting().then(() => undefined),
   leave: async () => session?.leave(),
+  setMuted: async (kind, muted) => current().presence.setMuted(kind, muted),
+  shareScreen: async () => current().presence.shareScreen(),
+  stopShare: async () => current().presence.stopShare(),
+  moderate: async (participantId, actions, message = "") =>
+    current().presence.moderate(participantId, actions.map(actionOf), message),
+  sendChat: async (text, to = "") => current().presence.sendChat(text, to),
+  switchDevice: async (kind, deviceId) => current().local.switchDevice(kind, deviceId),
+  devices: async (kind) => listDevices(kind),
+  deviceId: (kind) => session?.local.deviceId(kind) ?? "",
+  copyInvite,
+  openPanel: (name) => {
+    if (name !== panels.open) panels.toggle(name ?? panels.open);
+  },
   connectVia: (map) => {
     via = map ? { ...map } : null;
     if (session) {
@@ -364,10 +341,41 @@ const hooks = {
   get endReason() {
     return session?.endReason ?? null;
   },
+  get muted() {
+    return { ...(session?.local.muted ?? { audio: false, video: false }) };
+  },
+  get sharing() {
+    return Boolean(session?.local.screen);
+  },
+  get publications() {
+    return session?.presence.publications() ?? {};
+  },
+  get moderation() {
+    const p = session?.presence;
+    return { last: p?.lastModerated ?? null, all: [...(p?.moderations ?? [])] };
+  },
+  get chat() {
+    return [...(session?.presence.chat ?? [])];
+  },
+  get inviteLink() {
+    return session?.meetingId ? inviteLink(session.meetingId) : null;
+  },
+  get copied() {
+    return copied;
+  },
+  get panel() {
+    return panels.open;
+  },
+  get screen() {
+    return $("ended").hidden ? null : ($("ended").dataset.screen ?? null);
+  },
+  get prejoin() {
+    return { denied: prejoin.denied, previewing: Boolean(prejoin.stream) };
+  },
 };
 window.darktower = hooks;
 
-// --- the lobby ------------------------------------------------------------------------------------
+// --- the lobby and the toolbar --------------------------------------------------------------
 
 function lobbyAction(action) {
   return async (event) => {
@@ -377,19 +385,50 @@ function lobbyAction(action) {
     try {
       await action(name);
     } catch (e) {
-      view.notice(e.message);
-      // A failed attempt leaves an ended session: let the person try again from the lobby.
+      // A failed attempt leaves an ended session: a screen that says why (a full or ended
+      // meeting), or the lobby again to try once more.
       if (session?.state === "ended" && !session.participantId) {
         session = null;
+        const kind = screenOfJoinError(e);
+        if (kind) {
+          showScreen(kind, e.message);
+          return;
+        }
         $("ended").hidden = true;
         $("lobby").hidden = false;
         for (const button of document.querySelectorAll("#lobby button")) button.disabled = false;
+        prejoin.taken = false;
+        prejoin.capture();
       }
+      view.notice(e.message);
     }
   };
 }
 
+const toggles = {
+  mic: () => current().presence.setMuted("audio", !current().local.muted.audio),
+  camera: () => current().presence.setMuted("video", !current().local.muted.video),
+  share: () => (current().local.screen ? hooks.stopShare() : hooks.shareScreen()),
+  invite: copyInvite,
+  leave: () => session?.leave(),
+  endMeeting: () => hooks.endMeeting(),
+  panel: (name) => {
+    panels.toggle(name);
+    if (name === "devices" && panels.open === "devices") fillSwitches();
+  },
+};
+
+function fillSwitches() {
+  fillPicker($("camera-switch"), "video", hooks.deviceId("video")).catch(() => {});
+  fillPicker($("mic-switch"), "audio", hooks.deviceId("audio")).catch(() => {});
+}
+
 function init() {
+  const missing = missingFeatures();
+  if (missing.length > 0) {
+    showScreen("unsupported", `This browser lacks ${missing.join(", ")}`);
+    return;
+  }
   $("name").value = localStorage.getItem("darktower.name") ?? "";
   $("meeting-id").value = meetingIdFromLocation();
   $("create").addEventListener(
@@ -400,11 +439,18 @@ function init() {
     "submit",
     lobbyAction((name) => join({ meetingId: $("meeting-id").value.trim(), name })),
   );
-  $("leave").addEventListener("click", () => session?.leave());
-  $("end-meeting").addEventListener("click", () => {
-    hooks.endMeeting().catch((e) => view.notice(`Could not end the meeting: ${e.message}`));
+  initControls(toggles, (text) => view.notice(text));
+  for (const [id, kind] of [["camera-switch", "video"], ["mic-switch", "audio"]]) {
+    $(id).addEventListener("change", () => {
+      hooks.switchDevice(kind, $(id).value).catch((e) => view.notice(`Could not switch: ${e.message}`));
+    });
+  }
+  $("side-close").addEventListener("click", () => panels.close());
+  $("moderation-close").addEventListener("click", () => {
+    $("moderation").hidden = true;
   });
   $("rejoin").addEventListener("click", () => location.reload());
+  prejoin.init();
 }
 
 init();

@@ -105,6 +105,14 @@ export async function pumpTrack(track, onItem, signal) {
   }
 }
 
+// A sender's track reader replaced by one of `track` (its encoder keeps running).
+function replacePump(sender, track) {
+  sender.abort.abort();
+  sender.abort = new AbortController();
+  const onItem = (item) => sender.encode(item);
+  sender.done = pumpTrack(track, onItem, sender.abort.signal);
+}
+
 // Camera track -> VP8 chunks: onChunk(frameType, payload, timestampUs). Owns its encoder and the
 // track reader; stop() ends both.
 export class VideoSender {
@@ -127,7 +135,20 @@ export class VideoSender {
       error: (e) => this.fail(e),
     });
     this.configured = null;
+    this.muted = false;
     this.done = pumpTrack(track, (frame) => this.encode(frame), this.abort.signal);
+  }
+
+  // Encodes `track` from now on (another device), from a key frame.
+  replaceTrack(track) {
+    replacePump(this, track);
+    this.wantKey = true;
+  }
+
+  // Muted: no frame is encoded; unmuted, from a key frame.
+  setMuted(muted) {
+    if (this.muted && !muted) this.wantKey = true;
+    this.muted = muted;
   }
 
   // The next frame is encoded as a key frame.
@@ -154,7 +175,7 @@ export class VideoSender {
 
   encode(frame) {
     try {
-      if (this.encoder.state === "closed") return;
+      if (this.encoder.state === "closed" || this.muted) return;
       const { displayWidth: w, displayHeight: h } = frame;
       if (!this.configured || this.configured.width !== w || this.configured.height !== h) {
         this.configure(w, h);
@@ -204,13 +225,27 @@ export class AudioSender {
       },
       error: (e) => this.fail(e),
     });
+    this.muted = false;
     this.done = pumpTrack(track, (data) => this.encode(data), this.abort.signal);
+  }
+
+  // Encodes `track` from now on (another microphone).
+  replaceTrack(track) {
+    replacePump(this, track);
+  }
+
+  // Muted: nothing is encoded, so nothing is sent (docs/protocol.md §18.1).
+  setMuted(muted) {
+    this.muted = muted;
   }
 
   encode(data) {
     try {
-      if (this.encoder.state === "closed") return;
-      if (this.encoder.state === "unconfigured") {
+      if (this.encoder.state === "closed" || this.muted) return;
+      const format = `${data.sampleRate}/${data.numberOfChannels}`;
+      if (this.encoder.state === "unconfigured" || this.format !== format) {
+        // The first data, or another microphone's format.
+        this.format = format;
         this.encoder.configure({
           codec: "opus",
           sampleRate: data.sampleRate,

@@ -6,10 +6,16 @@
 // what is captured and `view.notice` says when there is nothing to capture; `stats.sent` counts
 // the frames sent, `stats.publishedLayers` each video layer's (layer id -> {width, height,
 // maxBitrate, bitrate, paused, encoded, keyFrames, dropped, resumes, sent, keyFramesSent}).
+//
+// Mute and camera off (docs/protocol.md §18.1): the stream stays published and its encoder
+// encodes nothing, so no frame is sent; on again, the video starts from a key frame. A stream
+// the MC ends (a host's moderation, §18.2) is forgotten (dropped()) and published afresh when
+// the person turns it on again. Another camera or microphone (switchDevice()) replaces the
+// capture's track under the same publication. The screen share is screenshare.js's.
 
 import { AudioSender, VIDEO_FRAMERATE } from "./codecs.js";
 import { FrameType } from "./frames.js";
-import { StreamType } from "./proto.js";
+import { ErrorCode, StreamType } from "./proto.js";
 import { SimulcastSender, planLayers } from "./simulcast.js";
 
 export class LocalMedia {
@@ -23,20 +29,29 @@ export class LocalMedia {
     this.videoId = null;
     this.audioId = null;
     this.announced = new Map(); // stream id -> its PublishStream body, to publish it again
+    this.muted = { audio: false, video: false };
+    this.denied = null; // the error of a refused capture (NotAllowedError), or null
+    this.ctx = null; // publish()'s {signaling: () => Signaling, media, isEnded, onLoss}
+    this.screen = null; // the screen share (screenshare.js), while sharing
   }
 
   // Camera and microphone (fake devices in tests). A person without them still joins, receive-only.
-  async start() {
-    if (this.stream) return this.stream;
-    try {
-      this.stream = await navigator.mediaDevices.getUserMedia({
-        video: { width: 640, height: 480, frameRate: VIDEO_FRAMERATE },
-        audio: true,
-      });
-    } catch (e) {
-      this.view.notice(`No camera or microphone (${e.message}): joining without them`);
-      this.stream = null;
+  // `preview`: what the pre-join screen captured already (prejoin.js), taken over as it is.
+  async start(preview = undefined) {
+    if (this.started) return this.stream;
+    this.started = true;
+    if (preview !== undefined) {
+      this.stream = preview;
+    } else {
+      try {
+        this.stream = await navigator.mediaDevices.getUserMedia(captureConstraints());
+      } catch (e) {
+        if (e?.name === "NotAllowedError") this.denied = e;
+        this.view.notice(`No camera or microphone (${e.message}): joining without them`);
+        this.stream = null;
+      }
     }
+    this.applyMuted();
     this.view.setPreview(this.stream);
     return this.stream;
   }
@@ -44,34 +59,49 @@ export class LocalMedia {
   // Announces each track to the MC (`signaling`, PublishStream), opens its stream on `media` and
   // starts its encoder. Each await may see the session end (`isEnded()`: kick, close): nothing is
   // started after that. `onLoss(what, error)` is told when a publish stream fails.
+  // `signaling` is a function returning the session's current Signaling. A kind the host
+  // blocks (FORBIDDEN, docs/protocol.md §18.1) is not published, and the join goes on.
   async publish(signaling, media, { isEnded, onLoss }) {
-    const tracks = this.stream;
-    if (!tracks) return;
-    const [videoTrack] = tracks.getVideoTracks();
-    const [audioTrack] = tracks.getAudioTracks();
-    if (videoTrack) await this.publishVideo(videoTrack, signaling, media, { isEnded, onLoss });
-    if (isEnded()) return;
-    if (audioTrack) {
-      const streamId = crypto.randomUUID();
-      await this.announce(signaling, {
-        streamId,
-        streamType: StreamType.AUDIO,
-        metadata: { codec: "Opus", maxBitrate: 64_000 },
-      });
-      await media.publish(streamId, {
-        onError: (e) => onLoss("Audio", e),
-      });
-      if (isEnded()) return;
-      this.audioId = streamId;
-      this.audio = new AudioSender(audioTrack, (type, payload, ts, level) => {
-        if (media.send(streamId, type, payload, ts, level)) this.stats.sent.audio++;
-      });
+    this.ctx = { signaling, media, isEnded, onLoss };
+    if (!this.stream) return;
+    await this.publishKind("video");
+    if (!isEnded()) await this.publishKind("audio");
+  }
+
+  // Publishes the own `kind` ("audio" | "video") if it has a track and no stream.
+  async publishKind(kind) {
+    const track = this.track(kind);
+    if (!this.ctx || !track || (kind === "audio" ? this.audio : this.video)) return;
+    try {
+      if (kind === "video") await this.publishVideo(track, this.ctx);
+      else await this.publishAudio(track, this.ctx);
+    } catch (e) {
+      if (e?.code !== ErrorCode.FORBIDDEN) throw e;
+      this.view.notice(`The host does not allow your ${kind === "audio" ? "microphone" : "camera"}`);
     }
+  }
+
+  async publishAudio(audioTrack, { signaling, media, isEnded, onLoss }) {
+    const streamId = crypto.randomUUID();
+    await this.announce(signaling(), {
+      streamId,
+      streamType: StreamType.AUDIO,
+      metadata: { codec: "Opus", maxBitrate: 64_000 },
+    });
+    await media.publish(streamId, {
+      onError: (e) => onLoss("Audio", e, () => this.audioId === streamId),
+    });
+    if (isEnded()) return;
+    this.audioId = streamId;
+    this.audio = new AudioSender(audioTrack, (type, payload, ts, level) => {
+      if (media.send(streamId, type, payload, ts, level)) this.stats.sent.audio++;
+    });
+    this.audio.setMuted(this.muted.audio);
   }
 
   // The camera: PublishStream with its simulcast layers (docs/protocol.md §7), a publish stream
   // per layer, then the encoders.
-  async publishVideo(videoTrack, signaling, media, { isEnded, onLoss }) {
+  async publishVideo(videoTrack, { signaling, media, isEnded, onLoss }) {
     const { width = 640, height = 480 } = videoTrack.getSettings();
     const layers = await planLayers(width, height);
     if (layers.length === 0) {
@@ -89,7 +119,7 @@ export class LocalMedia {
           maxBitrate,
         }))
       : [];
-    await this.announce(signaling, {
+    await this.announce(signaling(), {
       streamId,
       streamType: StreamType.VIDEO_CAMERA,
       metadata: {
@@ -103,7 +133,7 @@ export class LocalMedia {
         onNeedKeyFrame: () => this.video?.requestKeyFrame(layerId),
         // A new media session: every layer runs until its MH says otherwise (dynacast).
         onReconnected: () => this.video?.resume(layerId),
-        onError: (e) => onLoss("Video", e),
+        onError: (e) => onLoss("Video", e, () => this.videoId === streamId),
       });
       if (isEnded()) return;
     }
@@ -121,6 +151,7 @@ export class LocalMedia {
       },
       { stats: published },
     );
+    this.video.setMuted(this.muted.video);
   }
 
   // PublishStream, remembered for republish().
@@ -139,7 +170,8 @@ export class LocalMedia {
   // A KeyFrameRequest for `streamId`: the next frame of that simulcast layer (of every layer for
   // the stream's own id) is a key frame.
   requestKeyFrame(streamId) {
-    if (streamId === this.videoId) this.video?.requestKeyFrame();
+    if (streamId === this.screen?.streamId) this.screen.requestKeyFrame();
+    else if (streamId === this.videoId) this.video?.requestKeyFrame();
     else if (this.video?.has(streamId)) this.video.requestKeyFrame(streamId);
   }
 
@@ -154,10 +186,80 @@ export class LocalMedia {
     if (update.streamId === this.videoId) this.video?.onFeedback(update);
   }
 
+  // The own track of `kind` ("audio" | "video"), or undefined.
+  track(kind) {
+    if (!this.stream) return undefined;
+    return kind === "audio" ? this.stream.getAudioTracks()[0] : this.stream.getVideoTracks()[0];
+  }
+
+  // The microphone muted or the camera turned off (`kind` "audio" | "video"): its encoder
+  // encodes nothing (and the track is disabled: the preview goes dark); on again, a stream the
+  // MC ended meanwhile is published afresh.
+  async setMuted(kind, muted) {
+    this.muted[kind] = muted;
+    this.applyMuted();
+    if (!muted) await this.publishKind(kind);
+  }
+
+  applyMuted() {
+    const audio = this.track("audio");
+    const video = this.track("video");
+    if (audio) audio.enabled = !this.muted.audio;
+    if (video) video.enabled = !this.muted.video;
+    this.audio?.setMuted(this.muted.audio);
+    this.video?.setMuted(this.muted.video);
+  }
+
+  // The MC ended an own stream (StreamUnpublished: a host's moderation, docs/protocol.md
+  // §18.2): its encoder stops and it is forgotten; turned on again, it is published afresh.
+  dropped(streamId) {
+    if (!this.announced.delete(streamId)) return;
+    if (streamId === this.audioId) {
+      this.audio?.stop();
+      this.audio = this.audioId = null;
+    } else if (streamId === this.videoId) {
+      this.video?.stop();
+      for (const layerId of this.video?.layers.keys() ?? []) this.ctx?.media.unpublish(layerId);
+      this.video = this.videoId = null;
+    } else if (streamId === this.screen?.streamId) {
+      this.screen.ended();
+    }
+    this.ctx?.media.unpublish(streamId);
+  }
+
+  // Another camera or microphone (`kind`, a deviceId from enumerateDevices): its track replaces
+  // the captured one under the same publication (the encoder reads the new track).
+  async switchDevice(kind, deviceId) {
+    const constraints = captureConstraints({ [kind]: deviceId });
+    const other = kind === "audio" ? "video" : "audio";
+    constraints[other] = false;
+    const fresh = await navigator.mediaDevices.getUserMedia(constraints);
+    const [track] = kind === "audio" ? fresh.getAudioTracks() : fresh.getVideoTracks();
+    const old = this.track(kind);
+    this.stream ??= new MediaStream();
+    if (old) {
+      this.stream.removeTrack(old);
+      old.stop();
+    }
+    this.stream.addTrack(track);
+    this.applyMuted();
+    const sender = kind === "audio" ? this.audio : this.video;
+    if (sender) sender.replaceTrack(track);
+    else await this.publishKind(kind);
+    this.view.setPreview(this.stream);
+    return track.getSettings().deviceId ?? deviceId;
+  }
+
+  // The deviceId of the captured `kind`, or "".
+  deviceId(kind) {
+    return this.track(kind)?.getSettings().deviceId ?? "";
+  }
+
   // The encoders stop.
   stopEncoders() {
     this.video?.stop();
     this.audio?.stop();
+    this.screen?.ended();
   }
 
   // The camera and microphone are released and the preview cleared.
@@ -165,4 +267,14 @@ export class LocalMedia {
     for (const track of this.stream?.getTracks() ?? []) track.stop();
     this.view.setPreview(null);
   }
+}
+
+// getUserMedia's constraints: the camera at 640×480, a device each when given
+// ({audio, video}: deviceIds).
+export function captureConstraints({ audio = "", video = "" } = {}) {
+  const camera = { width: 640, height: 480, frameRate: VIDEO_FRAMERATE };
+  return {
+    video: video ? { ...camera, deviceId: { exact: video } } : camera,
+    audio: audio ? { deviceId: { exact: audio } } : true,
+  };
 }

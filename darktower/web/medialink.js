@@ -113,6 +113,13 @@ export class MediaLink {
     return publisher;
   }
 
+  // `streamId` is published no more: its publish stream is closed and not opened again.
+  unpublish(streamId) {
+    const entry = this.local.get(streamId);
+    this.local.delete(streamId);
+    entry?.publisher?.close();
+  }
+
   // One frame of a local stream to the MH; false when it was not queued (no session, or the
   // Publisher's congestion policy dropped it). `audioLevel`: see Publisher.send.
   send(streamId, frameType, payload, timestampUs, audioLevel = null) {

@@ -9,8 +9,13 @@
 // source are not decoded (they would feed another encoder's frames to the same decoder). With
 // `mixAudio` the page takes the mix asked for with SubscribeStream{mix_audio} and subscribes to
 // no participant's audio (the mix carries it).
+//
+// The meeting product (docs/protocol.md §18.1): each participant's publication state and host
+// flag (the join catch-up's Participant, then ParticipantUpdated); a VIDEO_SCREEN stream gets
+// a tile of its own (view.addScreenTile), its frames counted in stats.decodedScreen.
 
 import { AudioReceiver, VideoReceiver } from "./codecs.js";
+import { publicationOf } from "./presence.js";
 import { ConnectionState, StreamType } from "./proto.js";
 
 // Limit: frames of stream ids no subscription has, held for the derived stream of an Ack still
@@ -58,7 +63,9 @@ export class Roster {
       name: p.name,
       streams: new Set(),
       tile,
-      reconnecting: false,
+      reconnecting: p.connection === ConnectionState.RECONNECTING,
+      host: Boolean(p.host),
+      publication: publicationOf(p.publication),
     });
     this.stats.decodedFrames[p.participantId] ??= 0;
     for (const stream of p.streams) this.addStream(p.participantId, stream);
@@ -91,6 +98,19 @@ export class Roster {
             onDecoded: () => {
               this.stats.decodedAudio[participantId] =
                 (this.stats.decodedAudio[participantId] ?? 0) + 1;
+            },
+          }),
+        };
+      } else if (stream.streamType === StreamType.VIDEO_SCREEN) {
+        const screen = this.view.addScreenTile(participantId, stream.streamId, p.name || "Guest");
+        const counts = (this.stats.decodedScreen ??= {});
+        record = {
+          participantId,
+          kind: "video",
+          screen: true,
+          receiver: new VideoReceiver(codec, screen.canvas, {
+            onDecoded: () => {
+              counts[participantId] = (counts[participantId] ?? 0) + 1;
             },
           }),
         };
@@ -130,6 +150,7 @@ export class Roster {
     if (!record || record.kind === "mix") return;
     this.underive(record);
     record.receiver.stop();
+    if (record.screen) this.view.removeScreenTile(streamId);
     for (const id of record.ids) this.remote.delete(id);
     this.participants.get(record.participantId)?.streams.delete(streamId);
   }
@@ -297,6 +318,14 @@ export class Roster {
     this.onChange();
   }
 
+  // A participant's publication state (ParticipantUpdated, docs/protocol.md §18.1).
+  setPublication(participantId, publication) {
+    const p = this.participants.get(participantId);
+    if (!p) return;
+    p.publication = publicationOf(publication);
+    this.onChange();
+  }
+
   // The participant list as the MC has it now: who left or joined and which streams changed
   // while we were away. Kept streams keep their subscriptions (the MC kept them).
   reconcile(list) {
@@ -308,8 +337,9 @@ export class Roster {
         this.add(p);
         continue;
       }
-      // What we knew of its connection state is stale: a resumed list says it is here.
-      known.reconnecting = false;
+      // What we knew of its states is stale: the resumed list has them now.
+      known.reconnecting = p.connection === ConnectionState.RECONNECTING;
+      known.publication = publicationOf(p.publication);
       const streams = new Set(p.streams.map((stream) => stream.streamId));
       for (const id of [...known.streams]) if (!streams.has(id)) this.removeStream(id);
       for (const stream of p.streams) this.addStream(p.participantId, stream);

@@ -1,22 +1,18 @@
 // One person's meeting session: the signaling session with the MC, the media session with the
 // MH, the local encoders (localmedia.js) and one decoder per subscribed remote stream. DOM-free
-// apart from the `view` it is given (see app.js for the one the page uses):
-//   view.addTile(participantId, name, {self, kickable}) -> {canvas}
-//   view.removeTile(participantId)
-//   view.renameTile(oldId, newId)  optional: the own tile after a rejoin (a new participant id)
-//   view.setPreview(mediaStream | null)
-//   view.notice(text)
-//   view.update(session)          state, participants, role, a connection state or the
-//                                 recording changed (session.reconnecting; participants'
-//                                 `reconnecting`; session.recording)
-//   view.ended(text)              the session is over; `text` is for the person
-//   view.tileStats(participantId, text)  optional: a tile's stats overlay (adaptive.js)
+// apart from the `view` it is given (app.js's, tiles.js):
+//   view.addTile(participantId, name, {self, kickable}) -> {canvas}; view.removeTile(id)
+//   view.setPreview(mediaStream | null); view.notice(text); view.ended(text) (over; for the person)
+//   view.update(session)  state, participants, role, connection, publication or recording changed
+//   optional: view.renameTile(oldId, newId) (the own tile after a rejoin), view.tileStats(id,
+//   text) (adaptive.js), view.addScreenTile(participantId, streamId, name) -> {canvas},
+//   view.removeScreenTile(streamId), view.setScreenPreview(stream | null), view.moderated(text),
+//   view.chatChanged(messages) (presence.js, screenshare.js)
 // The session owns everything it starts; end() releases all of it and is idempotent.
 //
-// Reconnection (docs/protocol.md §13): resume, media reconnection and the rejoin through the GC
-// are recovery.js's (a Recovery of the session). End-to-end encryption (docs/protocol.md §16) is
-// encryption.js's: every JoinRequest offers its public key; in an encrypted meeting every frame
-// sent is encrypted and every frame received decrypted before it is decoded.
+// Reconnection (docs/protocol.md §13) is recovery.js's (resume, media reconnection, rejoin);
+// end-to-end encryption (§16) encryption.js's (every JoinRequest offers a public key; frames
+// sealed and opened); publication state, moderation and chat (§18) presence.js's.
 
 import { Adaptive } from "./adaptive.js";
 import * as api from "./api.js";
@@ -25,6 +21,7 @@ import { MeetingEncryption } from "./encryption.js";
 import { LocalMedia } from "./localmedia.js";
 import { routedUrl } from "./media.js";
 import { MediaLink } from "./medialink.js";
+import { Presence } from "./presence.js";
 import { ConnectionState, LeaveReason } from "./proto.js";
 import { Recovery } from "./recovery.js";
 import {
@@ -131,6 +128,7 @@ export class MeetingSession {
       },
     });
     this.adaptive = new Adaptive(this); // layers, quality, reports, speakers (adaptive.js)
+    this.presence = new Presence(this); // publication state, moderation, chat (presence.js)
   }
 
   // participant id -> {name, streams, tile, reconnecting} of the others (roster.js).
@@ -191,6 +189,7 @@ export class MeetingSession {
       this.view.addTile(this.participantId, `${name} (you)`, { self: true, kickable: false });
       this.goLive(link, () => {
         this.startEncryption(joined);
+        this.presence.joined(joined);
         for (const p of joined.existingParticipants) this.roster.add(p);
       });
       this.roster.subscribeMix();
@@ -257,22 +256,23 @@ export class MeetingSession {
 
   // Each await may see the session end (kick, close): nothing is started after that.
   async publishLocal() {
-    await this.local.publish(this.signaling, this.media, {
+    await this.local.publish(() => this.signaling, this.media, {
       isEnded: () => this.state === "ended",
-      onLoss: (what, error) => this.reportStreamLoss(what, error),
+      onLoss: (...args) => this.reportStreamLoss(...args),
     });
   }
 
   // A publish stream of the current media session failed: tell the person, unless the session
-  // ends or reconnects within the grace (then the end reason or the reconnection says it all).
-  reportStreamLoss(what, error) {
+  // ends or reconnects within the grace (then the end reason or the reconnection says it all),
+  // or the stream is no longer published then (`alive()` false: the MC ended it, §18.2).
+  reportStreamLoss(what, error, alive = () => true) {
     if (this.state === "ended") return;
     const grace = new Promise((resolve) => setTimeout(resolve, STREAM_LOSS_GRACE_MS));
     const recoveries = this.stats.reconnects.media + this.stats.reconnects.signaling;
     Promise.race([grace, this.endedPromise]).then(() => {
       const reconnected = this.stats.reconnects.media + this.stats.reconnects.signaling;
       if (this.state === "ended" || this.reconnecting || reconnected !== recoveries) return;
-      this.view.notice(`${what} stopped: ${error?.message ?? error}`);
+      if (alive()) this.view.notice(`${what} stopped: ${error?.message ?? error}`);
     });
   }
 
@@ -297,7 +297,8 @@ export class MeetingSession {
         }
         break;
       case "streamUnpublished":
-        this.roster.removeStream(body.streamId);
+        if (this.local.publishes(body.streamId)) this.local.dropped(body.streamId);
+        else this.roster.removeStream(body.streamId);
         break;
       case "keyFrameRequest":
         this.local.requestKeyFrame(body.streamId);
@@ -316,6 +317,7 @@ export class MeetingSession {
       case "participantUpdated":
         this.roster.setConnection(body.participantId, body.connection);
         if (body.connection === ConnectionState.CONNECTED) this.e2ee.connected(body.participantId);
+        this.presence.updated(body);
         break;
       case "keyShare":
         this.e2ee.keyShare(body);
@@ -341,8 +343,8 @@ export class MeetingSession {
         this.recovery.recoverMedia(body.mediaServer);
         break;
       default:
-        // Quality updates and active speakers (adaptive.js); anything newer than this page.
-        this.adaptive.onEvent(kind, body);
+        // Moderation and chat; quality updates and active speakers (adaptive.js); anything newer.
+        if (!this.presence.onEvent(kind, body)) this.adaptive.onEvent(kind, body);
         break;
     }
   }
@@ -480,6 +482,7 @@ export class MeetingSession {
       participantId: this.participantId,
       role: this.role,
       participants: [...this.participants].map(([id, p]) => ({ participantId: id, name: p.name })),
+      publications: this.presence.publications(), // participant id -> PublicationState (§18.1)
       reconnecting: this.reconnecting,
       recording: this.recording,
       encrypted: this.encrypted,

@@ -172,8 +172,23 @@ export class SimulcastSender {
       const encoder = new LayerEncoder(layer, codec, onChunk, stats[layer.layerId]);
       this.layers.set(layer.layerId, encoder);
     }
+    this.muted = false;
+    this.replaceTrack(track);
+  }
+
+  // Encodes `track` from now on (another camera: docs/protocol.md §18.1 keeps the publication),
+  // from a key frame.
+  replaceTrack(track) {
+    this.abort?.abort();
     this.abort = new AbortController();
     this.done = pumpTrack(track, (frame) => this.encode(frame), this.abort.signal);
+    this.requestKeyFrame();
+  }
+
+  // Muted (the camera turned off): no frame is encoded; on again, from a key frame.
+  setMuted(muted) {
+    if (this.muted && !muted) this.requestKeyFrame();
+    this.muted = muted;
   }
 
   has(layerId) {
@@ -182,6 +197,7 @@ export class SimulcastSender {
 
   encode(frame) {
     try {
+      if (this.muted) return;
       for (const layer of this.layers.values()) layer.encode(frame);
     } finally {
       frame.close();

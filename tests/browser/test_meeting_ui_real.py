@@ -1,0 +1,374 @@
+"""The meeting as a person uses it (docs/protocol.md §18, issue 19), on the REAL stack
+(``python -m darktower``'s ``serve`` in-process) in one headless Chromium.
+
+The meeting: Hank creates it from the pre-join screen, Gina joins by its link.
+
+* Mute: Gina's Mute button (aria-pressed) -> Hank's page shows her muted badge and decodes no
+  more of her audio (counted while 30 more of her video frames arrive); camera off likewise
+  (her video stops, the badge shows); on again, both flow again.
+* Device switching: Gina's microphone switched in the meeting keeps its stream id and
+  Hank decodes it still.
+* Screen share: Gina shares (getDisplayMedia, Chromium's fake screen); Hank decodes it in a
+  tile of its own; the browser's own "stop" (the track's ended) ends it on both pages.
+* Host mute: Hank's moderate() resolves, and from then on Gina's audio reaches Hank no more;
+  Gina is told ("The host (Hank) muted your microphone"), her Mute button is blocked, an unmute
+  is refused with the reason; allowed again, she unmutes and is heard.
+* Chat both ways (the API on one side, the panel's text box on the other).
+* A narrow page (390x844) joins: every control's box is inside its viewport, the side panel
+  is a drawer there, and it is removed by the host (its screen says so).
+* Error screens: an unsupported browser (no WebTransport), a refused camera and microphone,
+  a full meeting, an ended meeting.
+
+Screenshots of each state go to ``test-results/screenshots/`` (not committed), and the meeting
+with its participant list open to ``docs/screenshots/meeting.png`` (committed, in the README).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+
+from tests._stack import dev_stack
+
+from ._pages import POLL_MS, run_in_browser, snapshot, wait_for_frames, wait_for_hooks
+
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext, ConsoleMessage, Page
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+SHOTS = REPO_ROOT / "test-results" / "screenshots"
+DOC_SHOT = REPO_ROOT / "docs" / "screenshots" / "meeting.png"
+PAGE_WAIT_S = 25.0
+NARROW = {"width": 390, "height": 844}
+# Frames of a stream that may still be decoded after its sender stopped: those on their way.
+IN_FLIGHT = 3
+# Frames received from another stream meanwhile: the clock of "no more of it arrives".
+CLOCK_FRAMES = 30
+
+MUTE_AUDIO, STOP_VIDEO, ALLOW_AUDIO = 1, 2, 4
+
+# Every visible control of the toolbar inside the viewport, as [id, inside].
+CONTROLS_INSIDE_JS = """() => [...document.querySelectorAll("#controls button")]
+  .filter((b) => !b.hidden && b.offsetParent !== null)
+  .map((b) => { const r = b.getBoundingClientRect();
+    return [b.id, r.left >= 0 && r.top >= 0 && r.right <= innerWidth && r.bottom <= innerHeight
+            && r.width > 0 && r.height > 0]; })"""
+
+BADGE_JS = """([pid, badge]) => {
+  const b = document.querySelector(`#grid .tile[data-participant-id="${pid}"] .badge.${badge}`);
+  return b !== null && !b.hidden; }"""
+
+
+def _shot(page: Page, name: str) -> None:
+    """A screenshot of the whole page (a clip: element screenshots wait for canvases that
+    redraw 30 times a second to be 'stable')."""
+    page.screenshot(path=SHOTS / f"{name}.png", animations="disabled", caret="initial")
+
+
+def _wait(page: Page, js: str, arg: Any = None) -> None:
+    page.wait_for_function(js, arg=arg, polling=POLL_MS)
+
+
+def _joined(page: Page) -> dict[str, Any]:
+    _wait(page, "() => ['joined', 'ended'].includes(darktower.state)")
+    state: dict[str, Any] = snapshot(page)
+    notices = page.locator("#notices li").all_text_contents()
+    assert state["state"] == "joined", (state, notices)
+    return state
+
+
+def _count(page: Page, what: str, pid: str) -> int:
+    return int(page.evaluate(f"(pid) => (darktower.stats.{what} ?? {{}})[pid] ?? 0", pid))
+
+
+def _grows(page: Page, what: str, pid: str, by: int) -> int:
+    """Waits until ``page``'s count ``what`` of ``pid`` grew by ``by``; the count then."""
+    start = _count(page, what, pid)
+    _wait(
+        page, f"([pid, n]) => ((darktower.stats.{what} ?? {{}})[pid] ?? 0) >= n", [pid, start + by]
+    )
+    return _count(page, what, pid)
+
+
+def _stays(page: Page, what: str, pid: str, clock: Callable[[], None]) -> tuple[int, int]:
+    """``page``'s count ``what`` of ``pid`` before and after ``clock()`` ran."""
+    before = _count(page, what, pid)
+    clock()
+    return before, _count(page, what, pid)
+
+
+def _watch_problems(page: Page, problems: list[str]) -> None:
+    def console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            problems.append(f"console.error: {message.text}")
+
+    page.on("pageerror", lambda error: problems.append(f"pageerror: {error}"))
+    page.on("console", console)
+
+
+def _diagnosed(
+    steps: Callable[[BrowserContext], None], results: dict[str, Any]
+) -> Callable[[BrowserContext], None]:
+    def scenario(context: BrowserContext) -> None:
+        problems: list[str] = results.setdefault("page_problems", [])
+        context.on("page", lambda page: _watch_problems(page, problems))
+        try:
+            steps(context)
+        except Exception as exc:
+            for page in context.pages:
+                try:
+                    state = {
+                        "snapshot": snapshot(page),
+                        "notices": page.locator("#notices li").all_text_contents(),
+                    }
+                except Exception as inner:  # a page gone or stuck
+                    state = {"error": repr(inner)}
+                exc.add_note(f"{page.url}: {state}")
+            exc.add_note(f"page problems: {problems}")
+            raise
+
+    return scenario
+
+
+# --- the meeting ----------------------------------------------------------------------------
+
+
+def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[BrowserContext], None]:
+    def steps(context: BrowserContext) -> None:
+        host = context.new_page()
+        host.goto(page_url + "/")
+        wait_for_hooks(host)
+        _wait(host, "() => darktower.prejoin.previewing")
+        host.fill("#name", "Hank")
+        _shot(host, "pre-join")
+        results["prejoin_pickers"] = host.evaluate(
+            "() => [document.getElementById('camera-select').options.length,"
+            " document.getElementById('mic-select').options.length]"
+        )
+        host.click("#create")
+        h = results["host"] = _joined(host)
+        hid = h["participantId"]
+
+        guest = context.new_page()
+        guest.goto(f"{page_url}/m/{h['meetingId']}")
+        wait_for_hooks(guest)
+        guest.fill("#name", "Gina")
+        guest.click("#join")
+        g = results["guest"] = _joined(guest)
+        gid = g["participantId"]
+        wait_for_frames(host, gid, CLOCK_FRAMES)
+        wait_for_frames(guest, hid, CLOCK_FRAMES)
+        _grows(host, "decodedAudio", gid, 10)
+
+        # The invite link, one click.
+        guest.click("#invite")
+        _wait(guest, "() => darktower.copied !== null")
+        results["invite"] = guest.evaluate("() => darktower.copied")
+
+        # Mute: the badge on Hank's page, and none of her audio after it.
+        guest.keyboard.press("m")  # the shortcut: the Mute button
+        _wait(guest, "() => document.getElementById('mic').ariaPressed === 'true'")
+        results["mute_pressed"] = guest.get_attribute("#mic", "aria-pressed")
+        _wait(host, BADGE_JS, [gid, "muted"])
+        results["muted_audio"] = _stays(
+            host, "decodedAudio", gid, lambda: _grows(host, "decodedFrames", gid, CLOCK_FRAMES)
+        )
+        results["host_sees_muted"] = host.evaluate(f"() => darktower.publications['{gid}']")
+        # Camera off: the badge, and no more of her video (Gina's page decoding Hank's is the
+        # clock).
+        guest.click("#camera")
+        _wait(guest, "() => darktower.muted.video")
+        _wait(host, BADGE_JS, [gid, "video-off"])
+        results["camera_off"] = _stays(
+            host, "decodedFrames", gid, lambda: _grows(guest, "decodedFrames", hid, CLOCK_FRAMES)
+        )
+        _shot(host, "muted-and-camera-off")
+        # On again: both flow again, the badges go.
+        guest.click("#mic")
+        guest.click("#camera")
+        _wait(guest, "() => !darktower.muted.audio && !darktower.muted.video")
+        _grows(host, "decodedAudio", gid, 10)
+        _grows(host, "decodedFrames", gid, 10)
+        _wait(host, f"() => !darktower.publications['{gid}'].audioMuted")
+
+        # Another microphone in the meeting: the same stream, still heard.
+        mics = guest.evaluate("() => darktower.devices('audio')")
+        results["mics"] = len(mics)
+        target = mics[-1]["deviceId"]
+        results["switched_to"] = guest.evaluate(
+            "(id) => darktower.switchDevice('audio', id)", target
+        )
+        results["audio_streams_after_switch"] = [
+            s["streamId"]
+            for s in snapshot(host)["subscriptions"]
+            if s["participantId"] == gid and s["kind"] == "audio"
+        ]
+        _grows(host, "decodedAudio", gid, 10)
+
+        # Screen share: decoded by Hank in a tile of its own; the browser's "stop" ends it.
+        guest.click("#share")
+        _wait(guest, "() => document.getElementById('share').ariaPressed === 'true'")
+        results["share_pressed"] = guest.get_attribute("#share", "aria-pressed")
+        results["screen_decoded"] = _grows(host, "decodedScreen", gid, 10)
+        _wait(host, f"() => darktower.publications['{gid}'].sharing")
+        results["screen_tiles"] = host.locator("#screens .tile").count()
+        _shot(host, "screen-share")
+        guest.evaluate(
+            "() => document.querySelector('#screens .tile.self video').srcObject"
+            ".getVideoTracks()[0].dispatchEvent(new Event('ended'))"
+        )
+        _wait(host, "() => document.querySelectorAll('#screens .tile').length === 0")
+        _wait(host, f"() => !darktower.publications['{gid}'].sharing")
+        results["sharing_after_stop"] = guest.evaluate("() => darktower.sharing")
+
+        # Host mute: no audio of Gina's reaches Hank after moderate() resolved.
+        _grows(host, "decodedAudio", gid, 5)
+        results["moderated_at"] = host.evaluate(
+            "async (pid) => { await darktower.moderate(pid, [1], 'Too loud');"
+            " return darktower.stats.decodedAudio[pid]; }",
+            gid,
+        )
+        _grows(host, "decodedFrames", gid, CLOCK_FRAMES)
+        results["audio_after_moderation"] = _count(host, "decodedAudio", gid)
+        _wait(guest, "() => darktower.moderation.last !== null")
+        results["moderation"] = guest.evaluate("() => darktower.moderation")
+        results["banner"] = guest.text_content("#moderation-text")
+        results["mic_blocked"] = guest.evaluate(
+            "() => [document.getElementById('mic').classList.contains('blocked'),"
+            " document.getElementById('mic').getAttribute('aria-disabled')]"
+        )
+        results["unmute_refused"] = guest.evaluate(
+            "() => darktower.setMuted('audio', false).then(() => null, (e) => [e.name, e.message])"
+        )
+        guest.keyboard.press("m")  # the blocked button still explains itself
+        _wait(guest, "() => document.querySelectorAll('#notices li').length > 1")
+        results["unmute_click_notice"] = guest.locator("#notices li").last.text_content()
+        _shot(guest, "muted-by-host")
+        host.evaluate("(pid) => darktower.moderate(pid, ['MODERATION_ALLOW_AUDIO'])", gid)
+        _wait(guest, "() => !darktower.publications[darktower.participantId].audioBlocked")
+        guest.click("#mic")
+        _wait(guest, "() => !darktower.muted.audio")
+        results["audio_after_allow"] = _grows(host, "decodedAudio", gid, 10)
+
+        # Chat both ways: Gina through the hook, Hank through the panel's text box.
+        guest.evaluate("() => darktower.sendChat('Hello Hank')")
+        _wait(host, "() => darktower.chat.some((m) => m.text === 'Hello Hank')")
+        host.click("#chat-toggle")
+        _wait(host, "() => document.querySelector('#chat-panel .chat-message') !== null")
+        host.fill("#chat-panel textarea", "Hi Gina")
+        host.press("#chat-panel textarea", "Enter")
+        _wait(guest, "() => darktower.chat.some((m) => m.text === 'Hi Gina')")
+        results["host_chat"] = [m["text"] for m in host.evaluate("() => darktower.chat")]
+        results["guest_chat"] = [m["text"] for m in guest.evaluate("() => darktower.chat")]
+        results["host_chat_shown"] = host.locator("#chat-panel .chat-message").count()
+        _shot(host, "chat")
+
+        # A third page, phone-sized: every control reachable, the panel a drawer.
+        phone = context.new_page()
+        phone.set_viewport_size(NARROW)
+        phone.goto(f"{page_url}/m/{h['meetingId']}")
+        wait_for_hooks(phone)
+        phone.fill("#name", "Pat")
+        _shot(phone, "pre-join-narrow")
+        phone.click("#join")
+        p = results["phone"] = _joined(phone)
+        pid = p["participantId"]
+        wait_for_frames(phone, gid, 10)
+        results["phone_controls"] = phone.evaluate(CONTROLS_INSIDE_JS)
+        _shot(phone, "narrow")
+        phone.click("#people-toggle")
+        _wait(phone, "() => document.querySelectorAll('#people-panel .person').length === 3")
+        results["phone_drawer"] = phone.evaluate(
+            "() => { const r = document.getElementById('side').getBoundingClientRect();"
+            " const c = document.getElementById('side-close').getBoundingClientRect();"
+            " return [r.width <= innerWidth, c.bottom <= innerHeight && c.top >= 0]; }"
+        )
+        results["phone_controls_with_drawer"] = phone.evaluate(CONTROLS_INSIDE_JS)
+        _shot(phone, "narrow-participants")
+        phone.click("#side-close")
+
+        # The grid with the participant list: 3 people.
+        wait_for_frames(host, pid, 10)
+        host.click("#people-toggle")
+        _wait(host, "() => document.querySelectorAll('#people-panel .person').length === 3")
+        results["people_rows"] = host.locator("#people-panel .person").count()
+        _shot(host, "participant-list")
+        DOC_SHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHOTS / "participant-list.png", DOC_SHOT)
+
+        # Removed: the host removes the phone; its screen says so.
+        host.evaluate("(pid) => darktower.kick(pid)", pid)
+        _wait(phone, "() => darktower.screen !== null")
+        results["kicked_screen"] = [
+            phone.evaluate("() => darktower.screen"),
+            phone.text_content("#end-title"),
+        ]
+        _shot(phone, "removed")
+        results["notices"] = {
+            "host": host.locator("#notices li").all_text_contents(),
+            "guest": guest.locator("#notices li").all_text_contents(),
+        }
+
+    return _diagnosed(steps, results)
+
+
+async def test_the_meeting_as_people_use_it(tmp_path: pathlib.Path) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    async with dev_stack(tmp_path / "data", drain_grace_s=1) as running:
+        scenario = _meeting_scenario(running.page_url.rstrip("/"), results)
+        await trio.to_thread.run_sync(lambda: run_in_browser(scenario, timeout_s=PAGE_WAIT_S))
+
+    gid = results["guest"]["participantId"]
+    assert results["prejoin_pickers"][0] >= 1 and results["prejoin_pickers"][1] >= 1
+    assert results["invite"].endswith(f"/m/{results['host']['meetingId']}")
+    # Muted: the button says so, Hank's page shows it and decodes none of her audio.
+    assert results["mute_pressed"] == "true"
+    assert results["host_sees_muted"]["audioMuted"] is True
+    before, after = results["muted_audio"]
+    assert after - before <= IN_FLIGHT, results["muted_audio"]
+    before, after = results["camera_off"]
+    assert after - before <= IN_FLIGHT, results["camera_off"]
+    # The microphone switched under the same publication.
+    assert len(results["audio_streams_after_switch"]) == 1
+    assert results["switched_to"]
+    # The screen share, decoded in its own tile, ended by the browser's stop.
+    assert results["share_pressed"] == "true"
+    assert results["screen_decoded"] >= 10
+    assert results["screen_tiles"] == 1
+    assert results["sharing_after_stop"] is False
+    # Host mute: nothing more of her audio after the answer; she is told and cannot unmute.
+    assert results["audio_after_moderation"] == results["moderated_at"], results
+    assert results["moderation"]["last"] == "The host (Hank) muted your microphone: “Too loud”"
+    assert results["banner"] == results["moderation"]["last"]
+    assert results["mic_blocked"] == [True, "true"]
+    assert results["unmute_refused"][0] == "BlockedError"
+    assert "muted your microphone" in results["unmute_refused"][1]
+    assert "muted your microphone" in results["unmute_click_notice"]
+    assert results["audio_after_allow"] > results["audio_after_moderation"]
+    # Chat both ways, shown in the panel.
+    assert results["host_chat"] == ["Hello Hank", "Hi Gina"]
+    assert results["guest_chat"] == ["Hello Hank", "Hi Gina"]
+    assert results["host_chat_shown"] == 2
+    # Narrow: every control inside the viewport, with the drawer open too.
+    assert results["phone_controls"] and all(inside for _, inside in results["phone_controls"])
+    assert all(inside for _, inside in results["phone_controls_with_drawer"])
+    assert results["phone_drawer"] == [True, True]
+    assert results["people_rows"] == 3
+    assert results["kicked_screen"] == ["kicked", "Removed"]
+    assert gid
+    # Nothing went wrong that the person was told of (Gina: her copied link and the blocked
+    # unmute, said twice: by the hook's attempt's caller here and by the key).
+    assert results["notices"]["host"] == [], results["notices"]
+    assert [n.split(":")[0] for n in results["notices"]["guest"]] == [
+        "Invite link copied",
+        "The host muted your microphone",
+    ], results["notices"]
+    assert results["page_problems"] == []
