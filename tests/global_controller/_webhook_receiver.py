@@ -48,7 +48,7 @@ class Receiver:
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
+                    conn.receive_data(bytes(await stream.receive_some(65536)))
                 elif isinstance(event, h11.Request):
                     target = event.target.decode()
                     headers = {k.decode().lower(): v.decode() for k, v in event.headers}

@@ -4,6 +4,8 @@ leases shared by replicas, retries with backoff."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from darktower.errors import Conflict, NotFound
@@ -125,7 +127,7 @@ async def test_claim_retry_backoff_and_failure(store: SqlStore, clock: FakeClock
     ]
     # One in flight per webhook, whichever replica asks.
     assert (await store.claim_deliveries("gc-b", limit=4, lease_s=60))[0] == []
-    kept = dict(retry_base_s=1.0, max_attempts=3)
+    kept: dict[str, Any] = {"retry_base_s": 1.0, "max_attempts": 3}
     failed = DeliveryAttempt(500, "HTTP 500")
     assert await store.finish_delivery(claimed[0], "gc-a", failed, **kept) is DeliveryStatus.PENDING
     # Released: the other pending one is due now, the retried one in 1 s.
