@@ -108,12 +108,14 @@ async def publish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     await at_room_mh(room, lambda mh: mh.register_participant(register))
     _check_ids_free(room, ids)  # published by another meanwhile
     if member.publication.blocked(stream.stream_type):
-        # A host blocked the kind meanwhile: nobody heard of the stream, the MH forgets it.
+        # A host blocked the kind meanwhile: nobody heard of the stream, the MH forgets it
+        # (a removal that fails leaves it registered there, routed to nobody).
         member.streams[stream_id] = stream
-        with trio.move_on_after(MH_CALL_DEADLINE_S):
-            with contextlib.suppress(DarkTowerError):
+        try:
+            with trio.move_on_after(MH_CALL_DEADLINE_S), contextlib.suppress(DarkTowerError):
                 await end_stream(room, member, stream_id)
-        member.streams.pop(stream_id, None)
+        finally:
+            member.streams.pop(stream_id, None)
         check_publish(member, stream.stream_type)
     member.streams[stream_id] = stream
     published(room, member, stream)
