@@ -391,7 +391,7 @@ function lobbyAction(action) {
         session = null;
         const kind = screenOfJoinError(e);
         if (kind) {
-          showScreen(kind, e.message);
+          showScreen(kind);
           return;
         }
         $("ended").hidden = true;

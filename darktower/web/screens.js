@@ -53,13 +53,14 @@ export function screenOfJoinError(error) {
   return null;
 }
 
-// Shows screen `kind`; `reason` replaces its title in `#end-reason` (a session's end text).
+// Shows screen `kind`: its title, `reason` (a session's end text) and what to do; without a
+// reason, what to do is the reason.
 export function showScreen(kind, reason = null) {
   const [title, help] = SCREENS[kind] ?? SCREENS.other;
   $("ended").dataset.screen = kind in SCREENS ? kind : "other";
   $("end-title").textContent = title;
-  $("end-reason").textContent = reason ?? title;
-  $("end-help").textContent = help;
+  $("end-reason").textContent = reason ?? help;
+  $("end-help").textContent = reason ? help : "";
   $("lobby").hidden = true;
   $("meeting").hidden = true;
   $("ended").hidden = false;

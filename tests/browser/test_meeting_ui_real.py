@@ -15,16 +15,19 @@ The meeting: Hank creates it from the pre-join screen, Gina joins by its link.
   is refused with the reason; allowed again, she unmutes and is heard.
 * Chat both ways (the API on one side, the panel's text box on the other).
 * A narrow page (390x844) joins: every control's box is inside its viewport, the side panel
-  is a drawer there, and it is removed by the host (its screen says so).
+  is a drawer there, and it is removed by the host (its screen says so). A fourth joins for
+  the grid of 4 with the participant list.
 * Error screens: an unsupported browser (no WebTransport), a refused camera and microphone,
   a full meeting, an ended meeting.
 
-Screenshots of each state go to ``test-results/screenshots/`` (not committed), and the meeting
-with its participant list open to ``docs/screenshots/meeting.png`` (committed, in the README).
+Screenshots of each state go to ``test-results/screenshots/`` (not committed); with
+``DARKTOWER_UPDATE_SCREENSHOT=1`` the grid of 4 with its participant list open is copied to
+``docs/screenshots/meeting.png`` (committed, shown in the README).
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 from collections.abc import Callable
@@ -294,14 +297,29 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
         _shot(phone, "narrow-participants")
         phone.click("#side-close")
 
-        # The grid with the participant list: 3 people.
+        # A fourth: the grid of 4, with the participant list.
+        quinn = context.new_page()
+        quinn.goto(f"{page_url}/m/{h['meetingId']}")
+        wait_for_hooks(quinn)
+        quinn.fill("#name", "Quinn")
+        quinn.click("#join")
+        q = _joined(quinn)
         wait_for_frames(host, pid, 10)
+        wait_for_frames(host, q["participantId"], 10)
+        host.click("#chat-toggle")  # closed
+        _shot(host, "grid-of-4")
         host.click("#people-toggle")
-        _wait(host, "() => document.querySelectorAll('#people-panel .person').length === 3")
+        _wait(host, "() => document.querySelectorAll('#people-panel .person').length === 4")
         results["people_rows"] = host.locator("#people-panel .person").count()
+        results["grid_shape"] = host.evaluate(
+            "() => [getComputedStyle(document.getElementById('grid')).gridTemplateColumns"
+            ".split(' ').length, document.querySelectorAll('#grid .tile').length]"
+        )
         _shot(host, "participant-list")
-        DOC_SHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(SHOTS / "participant-list.png", DOC_SHOT)
+        if os.environ.get("DARKTOWER_UPDATE_SCREENSHOT"):
+            shutil.copyfile(SHOTS / "participant-list.png", DOC_SHOT)
+        quinn.evaluate("() => darktower.leave()")
+        quinn.close()
 
         # Removed: the host removes the phone; its screen says so.
         host.evaluate("(pid) => darktower.kick(pid)", pid)
@@ -361,7 +379,8 @@ async def test_the_meeting_as_people_use_it(tmp_path: pathlib.Path) -> None:
     assert results["phone_controls"] and all(inside for _, inside in results["phone_controls"])
     assert all(inside for _, inside in results["phone_controls_with_drawer"])
     assert results["phone_drawer"] == [True, True]
-    assert results["people_rows"] == 3
+    assert results["people_rows"] == 4
+    assert results["grid_shape"] == [2, 4]
     assert results["kicked_screen"] == ["kicked", "Removed"]
     assert gid
     # Nothing went wrong that the person was told of (Gina: her copied link and the blocked
@@ -372,3 +391,77 @@ async def test_the_meeting_as_people_use_it(tmp_path: pathlib.Path) -> None:
         "The host muted your microphone",
     ], results["notices"]
     assert results["page_problems"] == []
+
+
+# --- the error screens ----------------------------------------------------------------------
+
+NO_WEBTRANSPORT_JS = "delete window.WebTransport;"
+DENY_DEVICES_JS = """navigator.mediaDevices.getUserMedia = () =>
+  Promise.reject(new DOMException("Permission denied", "NotAllowedError"));"""
+
+
+def _screens_scenario(page_url: str, results: dict[str, Any]) -> Callable[[BrowserContext], None]:
+    def steps(context: BrowserContext) -> None:
+        # A browser without WebTransport.
+        old = context.new_page()
+        old.add_init_script(NO_WEBTRANSPORT_JS)
+        old.goto(page_url + "/")
+        wait_for_hooks(old)
+        _wait(old, "() => darktower.screen !== null")
+        results["unsupported"] = [old.evaluate("() => darktower.screen"), old.is_visible("#lobby")]
+        _shot(old, "error-unsupported")
+        old.close()
+
+        # Camera and microphone refused: said on the pre-join screen; joins without them.
+        dee = context.new_page()
+        dee.add_init_script(DENY_DEVICES_JS)
+        dee.goto(page_url + "/")
+        wait_for_hooks(dee)
+        _wait(dee, "() => darktower.prejoin.denied")
+        results["denied_shown"] = dee.is_visible("#denied")
+        _shot(dee, "error-devices-denied")
+        dee.click("#skip-devices")
+        results["denied_after_skip"] = dee.is_visible("#denied")
+        d = dee.evaluate("() => darktower.create({name: 'Dee', settings: {maxParticipants: 1}})")
+        results["dee"] = d
+
+        # The meeting is full.
+        eve = context.new_page()
+        eve.goto(f"{page_url}/m/{d['meetingId']}")
+        wait_for_hooks(eve)
+        eve.fill("#name", "Eve")
+        eve.click("#join")
+        _wait(eve, "() => darktower.screen !== null")
+        results["full"] = [eve.evaluate("() => darktower.screen"), eve.text_content("#end-title")]
+        _shot(eve, "error-meeting-full")
+
+        # The host ends it: its screen says so, and a later join is told.
+        dee.click("#end-meeting")
+        _wait(dee, "() => darktower.screen !== null")
+        results["ended"] = [dee.evaluate("() => darktower.screen"), dee.text_content("#end-title")]
+        _shot(dee, "error-meeting-ended")
+        eve.click("#rejoin")
+        wait_for_hooks(eve)
+        eve.fill("#name", "Eve")
+        eve.click("#join")
+        _wait(eve, "() => darktower.screen !== null")
+        results["join_ended"] = eve.evaluate("() => darktower.screen")
+        _shot(eve, "error-join-ended")
+
+    return _diagnosed(steps, results)
+
+
+async def test_the_error_screens(tmp_path: pathlib.Path) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    async with dev_stack(tmp_path / "data", drain_grace_s=1) as running:
+        scenario = _screens_scenario(running.page_url.rstrip("/"), results)
+        await trio.to_thread.run_sync(lambda: run_in_browser(scenario, timeout_s=PAGE_WAIT_S))
+
+    assert results["unsupported"] == ["unsupported", False]
+    assert results["denied_shown"] is True
+    assert results["denied_after_skip"] is False
+    assert results["dee"]["state"] == "joined"
+    assert results["full"] == ["full", "This meeting is full"]
+    assert results["ended"] == ["meeting-ended", "Meeting ended"]
+    assert results["join_ended"] in ("meeting-ended", "no-meeting")
