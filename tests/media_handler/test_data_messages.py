@@ -10,7 +10,7 @@ from __future__ import annotations
 import pathlib
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 import trio
 
@@ -35,18 +35,17 @@ async def _joined(
     with a WebTransport session of its own."""
     ids = [new_id() for _ in range(count)]
     urls = [await h.register(meeting, pid) for pid in ids]
-    async with (
-        _session(h.running.certificate_sha256, urls[0]) as first,
-        _session(h.running.certificate_sha256, urls[1]) as second,
-        _session(h.running.certificate_sha256, urls[2]) as third,
-    ):
-        sessions = [first, second, third][:count]
+    async with AsyncExitStack() as stack:
+        sessions = [
+            await stack.enter_async_context(_session(h.running.certificate_sha256, url))
+            for url in urls
+        ]
         for pid in ids:
             await h.connected(meeting, pid)
         yield list(zip(ids, sessions, strict=True))
 
 
-def _session(certificate: bytes, url: str):  # type: ignore[no-untyped-def]
+def _session(certificate: bytes, url: str) -> AbstractAsyncContextManager[WebTransportSession]:
     return connect_webtransport(url, server_certificate_hashes=[certificate])
 
 
@@ -226,3 +225,26 @@ async def test_a_processors_job_gets_no_data_messages(tmp_path: pathlib.Path) ->
             assert job_id in handler.rooms[MEETING].members  # type: ignore[index]
             # One copy: bob's; none to the job, a member of the room too.
             assert handler.metrics.data_sent.value() == 1
+
+
+async def test_copies_beyond_a_recipients_budget_or_to_one_not_connected_are_dropped() -> None:
+    meeting = new_id()
+    # 5,000 bytes a second out: data may use the budget down to three quarters (the lowest
+    # priority's reserve), so one copy of 1,020 bytes fits and the next waits 0.16 s of refill.
+    async with open_harness(budget_out_bytes_per_s=5000) as h, _joined(h, meeting, 2) as joined:
+        (ann, a), (bob, b) = joined
+        absent = new_id()
+        await h.register(meeting, absent)  # registered, never connected
+        counts = _counts(h.handler)
+        metrics = h.handler.metrics
+        for n in range(5):
+            a.send_datagram(encode_data(bytes([n]) * MAX_DATA_PAYLOAD))
+        a.send_datagram(encode_data(b"where are you", absent))
+        await _handled(h.handler, 6)
+        received, sent = counts()[:2]
+        budget = metrics.data_dropped.value("budget")
+        assert received == 6 and budget >= 1 and sent + budget == 5
+        assert metrics.data_dropped.value("undeliverable") == 1
+        first = decode_data(await _receive(b))
+        assert (first.participant_id, first.payload) == (ann, bytes(MAX_DATA_PAYLOAD))
+        assert bob
