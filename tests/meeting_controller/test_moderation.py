@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 import trio
 
-from darktower.client import SignalingClient
+from darktower.client import SignalingClient, open_signaling
 from darktower.errors import DarkTowerError, Forbidden, InternalError, InvalidRequest, NotFound
+from darktower.loadtest import open_udp_proxy
 from darktower.model import Role
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
+from darktower.transport import TransportLimits
 from darktower.transport.rpc import call
 from tests._stack import StandIn, open_services
 
@@ -53,9 +55,9 @@ class HoldingMediaControl(FakeMediaControl):
 
 
 @asynccontextmanager
-async def _stack(tmp_path: pathlib.Path) -> AsyncIterator[Stack]:
+async def _stack(tmp_path: pathlib.Path, **overrides: Any) -> AsyncIterator[Stack]:
     fake = HoldingMediaControl()
-    async with open_services(tmp_path, mc={}, mh=StandIn(fake)) as services:
+    async with open_services(tmp_path, mc=overrides, mh=StandIn(fake)) as services:
         assert services.mc is not None and services.mc_control is not None
         assert services.issuer is not None and services.join_key_file is not None
         yield Stack(
@@ -322,3 +324,49 @@ async def test_a_stream_the_media_handler_does_not_remove_stays_published(
             assert not member.streams
             gone = await next_event(guest, "stream_unpublished")
             assert gone.stream_unpublished.stream_id == "mic"
+
+
+async def test_a_reconnecting_participant_is_moderated_and_learns_it_at_its_resume(
+    tmp_path: pathlib.Path,
+) -> None:
+    idle_s = 1.0
+    async with _stack(tmp_path, idle_timeout_s=idle_s, resume_grace_s=5.0) as stack:
+        await stack.assign("m")
+        async with (
+            stack.join("m", Role.HOST) as host,
+            open_udp_proxy(stack.running.signal_address) as proxy,
+            open_signaling(
+                proxy.via(stack.running.signal_url),
+                meeting_id="m",
+                join_token=stack.token("m"),
+                server_certificate_hashes=[stack.running.certificate_sha256],
+                limits=TransportLimits(idle_timeout_s=idle_s, keepalive_interval_s=idle_s / 3),
+            ) as subject,
+        ):
+            pid, resume_token = subject.participant_id, subject.join_response.resume_token
+            await subject.request(_publish("cam", common_pb2.VIDEO_CAMERA))
+            proxy.pause()
+            while True:
+                updated = (await next_event(host, "participant_updated")).participant_updated
+                if updated.connection == sig.RECONNECTING:
+                    break
+            await host.request(_moderate(pid, STOP_VIDEO))
+            assert [r.stream_id for r in stack.mh.streams_removed] == ["cam"]
+            proxy.resume()
+            with trio.fail_after(10):
+                await subject.closed.wait()
+            async with open_signaling(
+                stack.running.signal_url,
+                meeting_id="m",
+                join_token="",
+                resume_token=resume_token,
+                server_certificate_hashes=[stack.running.certificate_sha256],
+            ) as back:
+                assert back.join_response.resumed
+                state = (await next_event(back, "participant_updated")).participant_updated
+                assert state.participant_id == pid and state.connection == sig.CONNECTED
+                assert state.publication == common_pb2.PublicationState(
+                    video_off=True, video_blocked=True
+                )
+                with pytest.raises(Forbidden):
+                    await back.request(_publish("cam", common_pb2.VIDEO_CAMERA))
