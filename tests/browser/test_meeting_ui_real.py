@@ -321,6 +321,23 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
         quinn.evaluate("() => darktower.leave()")
         quinn.close()
 
+        # The host's menu in the participant list: stop Gina's camera, then allow it again.
+        row = f'#people-panel .person[data-participant-id="{gid}"]'
+        host.click(f"{row} .person-menu-button")
+        host.click(f"{row} .item-stop-video")
+        _wait(guest, "() => darktower.publications[darktower.participantId].videoBlocked")
+        _wait(host, BADGE_JS, [gid, "video-off"])
+        results["video_moderation"] = guest.evaluate("() => darktower.moderation.last")
+        results["camera_blocked"] = guest.evaluate(
+            "() => document.getElementById('camera').classList.contains('blocked')"
+        )
+        host.click(f"{row} .person-menu-button")
+        host.click(f"{row} .item-allow-video")
+        _wait(guest, "() => !darktower.publications[darktower.participantId].videoBlocked")
+        guest.keyboard.press("v")
+        _wait(guest, "() => !darktower.muted.video")
+        results["video_after_allow"] = _grows(host, "decodedFrames", gid, 10)
+
         # Removed: the host removes the phone; its screen says so.
         host.evaluate("(pid) => darktower.kick(pid)", pid)
         _wait(phone, "() => darktower.screen !== null")
@@ -380,6 +397,8 @@ async def test_the_meeting_as_people_use_it(tmp_path: pathlib.Path) -> None:
     assert all(inside for _, inside in results["phone_controls_with_drawer"])
     assert results["phone_drawer"] == [True, True]
     assert results["people_rows"] == 4
+    assert results["video_moderation"] == "The host (Hank) turned your camera off"
+    assert results["camera_blocked"] is True
     assert results["grid_shape"] == [2, 4]
     assert results["kicked_screen"] == ["kicked", "Removed"]
     assert gid
