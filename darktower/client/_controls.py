@@ -14,7 +14,9 @@ its encoder to be silent; a camera turned on again starts at a key frame (a
 the moment it is asked for), an unmute after it (the MC may refuse it: Forbidden, the kind is
 blocked by a host). A host's ``Moderated`` ends the publications of the kinds it stops: the MH
 has reset their media streams, and the session closes them (``Publication.ended_by_host``)
-without an UnpublishStream (the MC ended them).
+without an UnpublishStream (the MC ended them); so does any state of this session that says
+a kind is blocked (a blocked kind has no stream at the MC, docs/protocol.md §18.1), which
+covers a moderation while the session was reconnecting.
 """
 
 from __future__ import annotations
@@ -64,8 +66,14 @@ class Controls:
 
     def changed(self, state: PublicationState) -> None:
         """This session's state is ``state`` now (the MC said so): an event if it changed, and
-        the publications follow the switches."""
+        the publications follow the switches. A publication of a kind blocked now has been
+        ended by a host (a blocked kind has no stream at the MC, docs/protocol.md §18.1): also
+        when the Moderated that says so was missed (a host moderated the session while it was
+        reconnecting, and the MC tells its state after the resume)."""
         before, self.publication = self.publication, state
+        for publication in list(self._publications.values()):
+            if _blocked(state, publication.stream_type):
+                self._end(publication)
         self._silence()
         if state != before:
             self._put(PublicationChanged(self._own_id(), state, before, own=True))
@@ -132,17 +140,11 @@ class Controls:
         )
 
     def resumed(self, own: sig.Participant | None) -> None:
-        """A resume whose room lists this session (``own``; docs/protocol.md §18.2: a host may
-        have moderated it while it was away): its state, and its publications of a blocked kind
-        that the MC no longer lists are ended (by a host)."""
-        if own is None or not own.HasField("publication"):
-            return
-        state = PublicationState.from_pb(own.publication)
-        listed = {stream.stream_id for stream in own.streams}
-        for publication in list(self._publications.values()):
-            if publication.stream_id not in listed and _blocked(state, publication.stream_type):
-                self._end(publication)
-        self.changed(state)
+        """A resume whose room lists this session (``own``): its state then (a host may have
+        moderated it while it was away, docs/protocol.md §18.2). The MC may instead send a
+        ParticipantUpdated about this session after the JoinResponse: the same follows."""
+        if own is not None and own.HasField("publication"):
+            self.changed(PublicationState.from_pb(own.publication))
 
     def _end(self, publication: Publication) -> None:
         self._remove(publication)

@@ -14,8 +14,9 @@ from darktower.client import (
     ParticipantUpdated,
     PublicationChanged,
     PublicationState,
+    Rejoined,
 )
-from darktower.errors import Forbidden
+from darktower.errors import Forbidden, NotFound
 from darktower.frames import FrameType
 from darktower.model import StreamType
 from darktower.protocol.pb.v1 import common_pb2 as common
@@ -23,6 +24,7 @@ from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
 from ._product_fakes import pending, product_session, server
 from ._reconnect_fakes import PID, FakeNetwork, participant, running
+from ._rejoin_fakes import FakeRejoiner, rejoining
 
 
 def updated(pid: str, connection: int = sig.CONNECTED, **state: bool) -> sig.ServerMessage:
@@ -173,9 +175,13 @@ async def test_an_unmute_the_host_blocked_is_refused_and_changes_nothing(
 ) -> None:
     async with product_session() as (session, signaling, _):
         mic = await session.publish(StreamType.AUDIO)
+        camera = await session.publish(StreamType.VIDEO_CAMERA)
+        # Blocked: a host ended the kind's streams (here without a Moderated, as after a
+        # resume): the audio publication is ended, the camera goes on.
         signaling.push(updated(PID, audio_muted=True, audio_blocked=True))
         await trio.testing.wait_all_tasks_blocked()
-        assert mic.silenced
+        assert mic.ended_by_host and mic.stream_id not in session.publications
+        assert not camera.closed
         signaling.refuse["set_publication"] = Forbidden(
             "blocked by the host", details={"reason": "blocked_by_host"}
         )
@@ -183,11 +189,11 @@ async def test_an_unmute_the_host_blocked_is_refused_and_changes_nothing(
             await session.set_publication(audio_muted=False)
         assert refused.value.details["reason"] == "blocked_by_host"
         assert session.publication == PublicationState(audio_muted=True, audio_blocked=True)
-        assert mic.silenced
-        # A mute the MC did not take (the connection broke) is undone.
+        # A mute the MC did not take (refused, or the connection broke) is undone.
         signaling.refuse.clear()
         signaling.push(updated(PID))
         await trio.testing.wait_all_tasks_blocked()
+        mic = await session.publish(StreamType.AUDIO)
         assert not mic.silenced
         signaling.refuse["set_publication"] = Forbidden("no")
         with pytest.raises(Forbidden):
@@ -211,3 +217,25 @@ async def test_a_resume_takes_the_state_the_room_lists(
         assert event == PublicationChanged(
             "ann", PublicationState(audio_muted=True), PublicationState()
         )
+
+
+async def test_a_rejoin_tells_the_new_mc_the_switches_that_are_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = FakeNetwork()
+    gc = FakeRejoiner(net)
+    async with rejoining(net, gc) as (session, _, _):
+        mic = await session.publish(StreamType.AUDIO)
+        await session.set_publication(audio_muted=True)
+        net.refusal = NotFound("unknown resume token")  # the MC restarted
+        session._link.signaling.lose()  # type: ignore[attr-defined]
+        with trio.fail_after(60):
+            async for event in session.events:
+                if isinstance(event, Rejoined):
+                    break
+        new = gc.signalings[0]
+        kinds = [r.WhichOneof("message") for r in new.requests]
+        assert kinds == ["publish", "set_publication"]
+        assert new.requests[1].set_publication == sig.SetPublicationState(audio_muted=True)
+        assert session.publication.audio_muted and mic.silenced
+        assert await mic.send_frame(FrameType.AUDIO, b"a") == b""

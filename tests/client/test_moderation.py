@@ -112,6 +112,8 @@ async def test_a_resume_ends_what_a_host_stopped_meanwhile(
     async with product_session(net=net) as (session, signaling, _):
         mic = await session.publish(StreamType.AUDIO)
         camera = await session.publish(StreamType.VIDEO_CAMERA)
+        # The room of the resume lists this session (the MC may as well send its state as a
+        # ParticipantUpdated after the JoinResponse: test_meeting_product).
         own = sig.Participant(
             participant_id=PID,
             streams=[common.MediaStream(stream_id=camera.stream_id)],
