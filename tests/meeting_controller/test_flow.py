@@ -138,6 +138,9 @@ async def test_join_publish_subscribe_quality_leave(tmp_path: pathlib.Path) -> N
                     cy_id = cy.participant_id
                     update = await next_event(cy, "active_speakers")
                     assert list(update.active_speakers.participant_ids) == [host.participant_id]
+                # (Cy's leave reaches the host first, so that the leave awaited below is Bob's)
+                cy_left = await next_event(host, "participant_left")
+                assert cy_left.participant_left.participant_id == cy_id
                 # key-frame requests from the MH reach the publisher
                 await stack.mh.telemetry_send.send(
                     mh_pb.TelemetryEvent(
