@@ -4,7 +4,8 @@
 meeting's messages so far, after a join or a resume). Every message the session had not seen
 becomes a :class:`ChatMessage` event and goes into :class:`ChatLog` (``MeetingSession.chat``):
 de-duplicated by ``message_id`` (a resume's history repeats what the session has), kept in the
-order the MC stamped them (``sent_at_us``), bounded.
+order the MC stamped them (``sent_at_us``), bounded. Chat is relayed by the MC as text: in an
+end-to-end encrypted meeting (docs/protocol.md §16) it is not end-to-end encrypted.
 """
 
 from __future__ import annotations

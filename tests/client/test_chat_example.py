@@ -1,11 +1,15 @@
 """examples/chat.py, run in-process (its ``main`` with the arguments its header documents)
 against the real stack: it says what it was told to, answers ``!ping`` and ``!who`` (privately
-to a private one) and leaves after ``--messages N`` messages of others."""
+to a private one) and leaves after ``--messages N`` messages of others; it sends what is typed
+and leaves at the input's end."""
 
 from __future__ import annotations
 
+import io
 import pathlib
+import sys
 
+import pytest
 import trio
 
 from darktower.client import ChatMessage, ParticipantLeft
@@ -34,5 +38,24 @@ async def test_the_chat_bot_says_answers_and_leaves(tmp_path: pathlib.Path) -> N
             await host.send_chat("bye")
             with trio.fail_after(WAIT_S):
                 left = await next_event(host, ParticipantLeft)
+        assert left.participant.participant_id == bot.participant_id
+        assert left.reason is LeaveReason.VOLUNTARY
+
+
+async def test_the_chat_bot_sends_what_is_typed_and_leaves_at_its_end(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chat_example = load("chat")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("typed line\n@host for you\n@nobody x\n"))
+    async with meeting(tmp_path) as m:
+        host = await m.join("host", host=True)
+        async with trio.open_nursery() as nursery:
+            bot = await nursery.start(chat_example.main, argv(m, "--name", "typist"))
+            typed = await next_event(host, ChatMessage, lambda e: e.text == "typed line")
+            assert typed.from_name == "typist" and not typed.private
+            private = await next_event(host, ChatMessage, lambda e: e.text == "for you")
+            assert private.private and private.to_participant_id == host.participant_id
+            with trio.fail_after(WAIT_S):
+                left = await next_event(host, ParticipantLeft)  # the input's end
         assert left.participant.participant_id == bot.participant_id
         assert left.reason is LeaveReason.VOLUNTARY
