@@ -230,7 +230,8 @@ class ParticipantLeft:
 @attrs.frozen
 class ParticipantUpdated:
     """Another participant's connection state changed (``participant.connection``): RECONNECTING
-    while the MC waits for it to come back (its streams pause), CONNECTED once it did."""
+    while the MC waits for it to come back (its streams pause), CONNECTED once it did. A change
+    of its publication state is a ``PublicationChanged`` (docs/protocol.md §18.1)."""
 
     participant: ParticipantInfo
 
