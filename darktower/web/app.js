@@ -406,8 +406,8 @@ function lobbyAction(action) {
 }
 
 const toggles = {
-  mic: () => current().presence.setMuted("audio", !current().local.muted.audio),
-  camera: () => current().presence.setMuted("video", !current().local.muted.video),
+  mic: () => current().presence.setMuted("audio", !current().presence.isMuted("audio")),
+  camera: () => current().presence.setMuted("video", !current().presence.isMuted("video")),
   share: () => (current().local.screen ? hooks.stopShare() : hooks.shareScreen()),
   invite: copyInvite,
   leave: () => session?.leave(),

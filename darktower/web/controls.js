@@ -72,13 +72,13 @@ function setBlocked(id, blocked, why) {
 export function updateControls(session, panel) {
   const self = session.presence.self;
   const local = session.local;
-  setPressed("mic", local.muted.audio || self.audioMuted);
-  setPressed("camera", local.muted.video || self.videoOff);
+  const audioOff = session.presence.isMuted("audio");
+  const videoOff = session.presence.isMuted("video");
+  setPressed("mic", audioOff);
+  setPressed("camera", videoOff);
   setPressed("share", Boolean(local.screen));
-  $("mic").querySelector(".label").textContent =
-    local.muted.audio || self.audioMuted ? "Unmute" : "Mute";
-  $("camera").querySelector(".label").textContent =
-    local.muted.video || self.videoOff ? "Start video" : "Stop video";
+  $("mic").querySelector(".label").textContent = audioOff ? "Unmute" : "Mute";
+  $("camera").querySelector(".label").textContent = videoOff ? "Start video" : "Stop video";
   $("share").querySelector(".label").textContent = local.screen ? "Stop sharing" : "Share screen";
   setBlocked("mic", self.audioBlocked, "The host muted your microphone");
   setBlocked("camera", self.videoBlocked, "The host turned your camera off");

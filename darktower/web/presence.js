@@ -97,6 +97,7 @@ export class Presence {
     if (!body.publication) return;
     if (body.participantId === this.session.participantId) {
       this.self = publicationOf(body.publication);
+      this.follow();
     } else {
       this.session.roster.setPublication(body.participantId, body.publication);
     }
@@ -109,6 +110,23 @@ export class Presence {
       (p) => p.participantId === this.session.participantId,
     );
     if (own?.publication) this.self = publicationOf(own.publication);
+    this.follow();
+  }
+
+  // What the MC says is off (a kind blocked from the join on, a resumed state) is off here too;
+  // never the other way (the person turns things on, after the MC's Ack).
+  follow() {
+    const local = this.session.local;
+    if (this.self.audioMuted && !local.muted.audio) local.setMuted("audio", true);
+    if (this.self.videoOff && !local.muted.video) local.setMuted("video", true);
+  }
+
+  // Whether the own `kind` ("audio" | "video") is off, as the toolbar shows it.
+  isMuted(kind) {
+    const local = this.session.local;
+    return kind === "audio"
+      ? local.muted.audio || this.self.audioMuted
+      : local.muted.video || this.self.videoOff;
   }
 
   moderated(body) {

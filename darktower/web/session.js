@@ -7,9 +7,8 @@
 //   optional: view.renameTile(oldId, newId) (the own tile after a rejoin), view.tileStats(id,
 //   text) (adaptive.js), view.addScreenTile(participantId, streamId, name) -> {canvas},
 //   view.removeScreenTile(streamId), view.setScreenPreview(stream | null), view.moderated(text),
-//   view.chatChanged(messages) (presence.js, screenshare.js)
-// The session owns everything it starts; end() releases all of it and is idempotent.
-//
+//   view.chatChanged(messages) (presence.js, screenshare.js). The session owns everything it
+// starts; end() releases all of it and is idempotent.
 // Reconnection (docs/protocol.md §13) is recovery.js's (resume, media reconnection, rejoin);
 // end-to-end encryption (§16) encryption.js's (every JoinRequest offers a public key; frames
 // sealed and opened); publication state, moderation and chat (§18) presence.js's.

@@ -49,6 +49,7 @@ export class PageView {
     this.tiles = new Map();
     this.screens = new Map(); // stream id -> screen tile (another's), "self" -> the own share
     this.preview = null;
+    window.addEventListener("resize", () => this.layout()); // a phone turned, a window resized
   }
 
   addTile(participantId, name, { self, kickable }) {
