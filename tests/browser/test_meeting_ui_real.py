@@ -9,7 +9,8 @@ The meeting: Hank creates it from the pre-join screen, Gina joins by its link.
 * Device switching: Gina's microphone switched in the meeting keeps its stream id and
   Hank decodes it still.
 * Screen share: Gina shares (getDisplayMedia, Chromium's fake screen); Hank decodes it in a
-  tile of its own; the browser's own "stop" (the track's ended) ends it on both pages.
+  tile of its own; the browser's own "stop" (the track's ended) ends it on both pages, so do
+  her button and the host's "Stop screen share" (after which she may not share).
 * Host mute: Hank's moderate() resolves, and from then on Gina's audio reaches Hank no more;
   Gina is told ("The host (Hank) muted your microphone"), her Mute button is blocked, an unmute
   is refused with the reason; allowed again, she unmutes and is heard.
@@ -338,6 +339,24 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
         _wait(guest, "() => !darktower.muted.video")
         results["video_after_allow"] = _grows(host, "decodedFrames", gid, 10)
 
+        # Sharing stopped by the button, then by the host's menu (and then blocked).
+        for stop in ("button", "host"):
+            guest.click("#share")
+            _wait(host, "() => document.querySelectorAll('#screens .tile').length === 1")
+            _grows(host, "decodedScreen", gid, 5)
+            if stop == "button":
+                guest.click("#share")
+            else:
+                host.click(f"{row} .person-menu-button")
+                host.click(f"{row} .item-stop-screen")
+            _wait(host, "() => document.querySelectorAll('#screens .tile').length === 0")
+            _wait(host, f"() => !darktower.publications['{gid}'].sharing")
+            _wait(guest, "() => !darktower.sharing")
+        results["screen_moderation"] = guest.evaluate("() => darktower.moderation.last")
+        results["share_refused"] = guest.evaluate(
+            "() => darktower.shareScreen().then(() => null, (e) => e.name)"
+        )
+
         # Removed: the host removes the phone; its screen says so.
         host.evaluate("(pid) => darktower.kick(pid)", pid)
         _wait(phone, "() => darktower.screen !== null")
@@ -399,6 +418,8 @@ async def test_the_meeting_as_people_use_it(tmp_path: pathlib.Path) -> None:
     assert results["people_rows"] == 4
     assert results["video_moderation"] == "The host (Hank) turned your camera off"
     assert results["camera_blocked"] is True
+    assert results["screen_moderation"] == "The host (Hank) stopped your screen share"
+    assert results["share_refused"] == "BlockedError"
     assert results["grid_shape"] == [2, 4]
     assert results["kicked_screen"] == ["kicked", "Removed"]
     assert gid
