@@ -219,8 +219,10 @@ async function join({ meetingId, name, accessToken = null, videoCodecs = null, m
   const token = accessToken ?? sessionStorage.getItem(hostTokenKey(meetingId));
   const certHash = await api.certificateHash();
   const s = newSession(certHash);
+  s.local.muted = { ...prejoin.off }; // joined muted or with the camera off
   await s.local.start(await prejoin.take()); // what the pre-join screen previewed
   await s.join({ meetingId, name: name || "Guest", accessToken: token, videoCodecs, mixAudio });
+  await s.presence.joinedOff();
   history.replaceState(null, "", `/m/${encodeURIComponent(meetingId)}`);
   panels.load().then(() => panels.refresh());
   return s.snapshot();

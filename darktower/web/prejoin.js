@@ -2,7 +2,8 @@
 // microphone pickers (devices.js), the name and the meeting. What it captured is handed to the
 // session on join (take()), so the person is seen as previewed and asked only once. A refused
 // capture (NotAllowedError) shows `#denied`: how to allow it, "Try again", or joining without
-// camera and microphone.
+// camera and microphone. `#prejoin-mic` and `#prejoin-camera` (aria-pressed) join with the
+// microphone muted or the camera off (`off`).
 
 import { fillPicker } from "./devices.js";
 import { captureConstraints } from "./localmedia.js";
@@ -15,6 +16,7 @@ export class Prejoin {
     this.error = null; // the last capture's error, or null
     this.pending = null; // the capture under way (a promise)
     this.taken = false;
+    this.off = { audio: false, video: false }; // join muted / with the camera off
   }
 
   // Wires the pickers and starts the preview.
@@ -25,7 +27,29 @@ export class Prejoin {
     $("skip-devices").addEventListener("click", () => {
       $("denied").hidden = true;
     });
+    $("prejoin-mic").addEventListener("click", () => this.toggle("audio"));
+    $("prejoin-camera").addEventListener("click", () => this.toggle("video"));
     return this.capture();
+  }
+
+  // The microphone ("audio") or camera ("video") on or off for the join.
+  toggle(kind) {
+    this.off[kind] = !this.off[kind];
+    this.applyOff();
+  }
+
+  applyOff() {
+    const toggles = [
+      ["audio", "prejoin-mic", "Microphone"],
+      ["video", "prejoin-camera", "Camera"],
+    ];
+    for (const [kind, id, name] of toggles) {
+      const off = this.off[kind];
+      $(id).setAttribute("aria-pressed", off ? "true" : "false");
+      $(id).textContent = `${name} ${off ? "off" : "on"}`;
+      const tracks = kind === "audio" ? this.stream?.getAudioTracks() : this.stream?.getVideoTracks();
+      for (const track of tracks ?? []) track.enabled = !off;
+    }
   }
 
   get denied() {
@@ -55,6 +79,7 @@ export class Prejoin {
       this.release(); // joined while capturing: the session captured its own
       return;
     }
+    this.applyOff();
     $("preview").srcObject = this.stream;
     $("denied").hidden = !this.denied;
     $("preview-box").classList.toggle("empty", !this.stream);

@@ -200,6 +200,18 @@ export class Presence {
     this.view.update(s);
   }
 
+  // Joined with the microphone muted or the camera off (the pre-join screen's): told to the MC.
+  async joinedOff() {
+    const muted = this.session.local.muted;
+    if (!muted.audio && !muted.video) return;
+    await this.tell(muted).catch(() => {
+      this.errors.setPublication++;
+    });
+    this.self.audioMuted ||= muted.audio;
+    this.self.videoOff ||= muted.video;
+    this.view.update(this.session);
+  }
+
   // SetPublicationState with the switches `want` ({audio, video} muted).
   async tell(want) {
     const s = this.session;

@@ -303,8 +303,15 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
         quinn.goto(f"{page_url}/m/{h['meetingId']}")
         wait_for_hooks(quinn)
         quinn.fill("#name", "Quinn")
+        quinn.click("#prejoin-mic")  # joins muted
+        results["prejoin_mic"] = quinn.get_attribute("#prejoin-mic", "aria-pressed")
         quinn.click("#join")
         q = _joined(quinn)
+        _wait(host, BADGE_JS, [q["participantId"], "muted"])
+        results["quinn_muted"] = [
+            quinn.evaluate("() => darktower.muted"),
+            snapshot(quinn)["stats"]["sent"]["audio"],
+        ]
         wait_for_frames(host, pid, 10)
         wait_for_frames(host, q["participantId"], 10)
         host.click("#chat-toggle")  # closed
@@ -416,6 +423,9 @@ async def test_the_meeting_as_people_use_it(tmp_path: pathlib.Path) -> None:
     assert all(inside for _, inside in results["phone_controls_with_drawer"])
     assert results["phone_drawer"] == [True, True]
     assert results["people_rows"] == 4
+    # Quinn joined muted from the pre-join screen: nothing of her microphone was sent.
+    assert results["prejoin_mic"] == "true"
+    assert results["quinn_muted"] == [{"audio": True, "video": False}, 0]
     assert results["video_moderation"] == "The host (Hank) turned your camera off"
     assert results["camera_blocked"] is True
     assert results["screen_moderation"] == "The host (Hank) stopped your screen share"
