@@ -18,7 +18,9 @@
 //                                           published; -> snapshot(). videoCodecs (e.g.
 //                                           ["H264"]) restricts the codecs the page says it
 //                                           decodes (the MC transcodes the others); mixAudio
-//                                           takes the audio mix instead of each one's audio
+//                                           takes the audio mix instead of each one's audio;
+//                                           captures the camera afresh (the lobby's buttons
+//                                           take over the pre-join screen's preview)
 //   darktower.kick(participantId)           host only; resolves on the MC's Ack
 //   darktower.endMeeting()                  host only; resolves on the MC's Ack
 //   darktower.leave()                       resolves once the session has ended
@@ -107,6 +109,8 @@
 //                                           "connection-lost", "full", "no-meeting",
 //                                           "unsupported", "other") or null
 //   darktower.prejoin                       {denied, previewing}: the pre-join screen's capture
+//                                           (#prejoin-mic / #prejoin-camera: join muted / with
+//                                           the camera off)
 //   darktower.stats.decodedScreen           {participantId: decoded screen share frames}
 //   darktower.stats.sent.screen             own screen share frames sent
 //   darktower.snapshot()                    all of the above as one JSON-able object, plus
@@ -213,14 +217,21 @@ function newSession(certHash) {
   return session;
 }
 
-async function join({ meetingId, name, accessToken = null, videoCodecs = null, mixAudio = false }) {
+// `fromLobby`: the person's join takes over the pre-join screen's capture; a script's (the
+// test hooks) captures afresh (a test may have replaced getUserMedia after the page loaded).
+async function join(
+  { meetingId, name, accessToken = null, videoCodecs = null, mixAudio = false },
+  fromLobby = false,
+) {
   if (!meetingId) throw new Error("a meeting id is needed to join");
   if (session && session.state !== "ended") throw new Error(`already ${session.state}`);
   const token = accessToken ?? sessionStorage.getItem(hostTokenKey(meetingId));
   const certHash = await api.certificateHash();
   const s = newSession(certHash);
   s.local.muted = { ...prejoin.off }; // joined muted or with the camera off
-  await s.local.start(await prejoin.take()); // what the pre-join screen previewed
+  const preview = await prejoin.take(); // what the pre-join screen previewed
+  if (fromLobby) await s.local.start(preview);
+  else for (const track of preview?.getTracks() ?? []) track.stop();
   await s.join({ meetingId, name: name || "Guest", accessToken: token, videoCodecs, mixAudio });
   await s.presence.joinedOff();
   history.replaceState(null, "", `/m/${encodeURIComponent(meetingId)}`);
@@ -229,12 +240,12 @@ async function join({ meetingId, name, accessToken = null, videoCodecs = null, m
 }
 
 // Dev stack only: the development credential makes this page a meeting owner.
-async function create({ name, displayName, settings = {}, ...options } = {}) {
+async function create({ name, displayName, settings = {}, ...options } = {}, fromLobby = false) {
   const accessToken = await api.devAccessToken();
   const title = displayName || `${name || "Guest"}'s meeting`;
   const meeting = await api.createMeeting(accessToken, title, settings);
   sessionStorage.setItem(hostTokenKey(meeting.meeting_id), accessToken);
-  return join({ ...options, meetingId: meeting.meeting_id, name, accessToken });
+  return join({ ...options, meetingId: meeting.meeting_id, name, accessToken }, fromLobby);
 }
 
 function current() {
@@ -277,8 +288,8 @@ const EMPTY = {
 };
 
 const hooks = {
-  create,
-  join,
+  create: (options) => create(options),
+  join: (options) => join(options),
   kick: async (participantId) => current().kick(participantId).then(() => undefined),
   pin: async (participantId, pinned = true) => current().adaptive.pin(participantId, pinned),
   endMeeting: async () => current().endMeeting().then(() => undefined),
@@ -435,11 +446,11 @@ function init() {
   $("meeting-id").value = meetingIdFromLocation();
   $("create").addEventListener(
     "click",
-    lobbyAction((name) => create({ name })),
+    lobbyAction((name) => create({ name }, true)),
   );
   $("lobby").addEventListener(
     "submit",
-    lobbyAction((name) => join({ meetingId: $("meeting-id").value.trim(), name })),
+    lobbyAction((name) => join({ meetingId: $("meeting-id").value.trim(), name }, true)),
   );
   initControls(toggles, (text) => view.notice(text));
   for (const [id, kind] of [["camera-switch", "video"], ["mic-switch", "audio"]]) {
