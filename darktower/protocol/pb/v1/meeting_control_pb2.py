@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from darktower.protocol.pb.v1 import common_pb2 as darktower_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"darktower/v1/meeting_control.proto\x12\x0c\x64\x61rktower.v1\x1a\x19\x64\x61rktower/v1/common.proto\"j\n\rAssignMeeting\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1b.darktower.v1.MeetingConfig\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"y\n\rMeetingConfig\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x18\n\x10max_participants\x18\x02 \x01(\r\x12\x1d\n\x15\x65nable_e2e_encryption\x18\x03 \x01(\x08\x12\x19\n\x11recording_enabled\x18\x04 \x01(\x08\"\x17\n\x15\x41ssignMeetingResponse\"R\n\x11\x45ndMeetingRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"/\n\x12\x45ndMeetingResponse\x12\x19\n\x11participant_count\x18\x01 \x01(\r\"\xa3\x01\n\x16KickParticipantRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x32\n\x0erevoked_tokens\x18\x04 \x03(\x0b\x32\x1a.darktower.v1.RevokedToken\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"7\n\x0cRevokedToken\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x15\n\rexpires_at_us\x18\x02 \x01(\x03\"+\n\x17KickParticipantResponse\x12\x10\n\x08token_id\x18\x01 \x01(\t\"\x9b\x01\n\x14RegisterMediaHandler\x12\x12\n\nhandler_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x11\n\tmedia_url\x18\x03 \x01(\t\x12\x30\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x1e.darktower.v1.MediaHandlerLoad\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"=\n\x1cRegisterMediaHandlerResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\"\xb1\x01\n\x15MediaHandlerHeartbeat\x12\x12\n\nhandler_id\x18\x01 \x01(\t\x12,\n\x04load\x18\x02 \x01(\x0b\x32\x1e.darktower.v1.MediaHandlerLoad\x12*\n\x06health\x18\x03 \x01(\x0e\x32\x1a.darktower.v1.HealthStatus\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"H\n\x10MediaHandlerLoad\x12\r\n\x05rooms\x18\x01 \x01(\r\x12\x14\n\x0cparticipants\x18\x02 \x01(\r\x12\x0f\n\x07streams\x18\x03 \x01(\r\"\x1f\n\x1dMediaHandlerHeartbeatResponse\"\xa4\x01\n\x1aModerateParticipantRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12/\n\x07\x61\x63tions\x18\x03 \x03(\x0e\x32\x1e.darktower.v1.ModerationAction\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"R\n\x1bModerateParticipantResponse\x12\x33\n\x0bpublication\x18\x01 \x01(\x0b\x32\x1e.darktower.v1.PublicationState2\xd3\x04\n\x0eMeetingControl\x12Q\n\rAssignMeeting\x12\x1b.darktower.v1.AssignMeeting\x1a#.darktower.v1.AssignMeetingResponse\x12O\n\nEndMeeting\x12\x1f.darktower.v1.EndMeetingRequest\x1a .darktower.v1.EndMeetingResponse\x12^\n\x0fKickParticipant\x12$.darktower.v1.KickParticipantRequest\x1a%.darktower.v1.KickParticipantResponse\x12j\n\x13ModerateParticipant\x12(.darktower.v1.ModerateParticipantRequest\x1a).darktower.v1.ModerateParticipantResponse\x12\x66\n\x14RegisterMediaHandler\x12\".darktower.v1.RegisterMediaHandler\x1a*.darktower.v1.RegisterMediaHandlerResponse\x12i\n\x15MediaHandlerHeartbeat\x12#.darktower.v1.MediaHandlerHeartbeat\x1a+.darktower.v1.MediaHandlerHeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"darktower/v1/meeting_control.proto\x12\x0c\x64\x61rktower.v1\x1a\x19\x64\x61rktower/v1/common.proto\"j\n\rAssignMeeting\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12+\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1b.darktower.v1.MeetingConfig\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"y\n\rMeetingConfig\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x18\n\x10max_participants\x18\x02 \x01(\r\x12\x1d\n\x15\x65nable_e2e_encryption\x18\x03 \x01(\x08\x12\x19\n\x11recording_enabled\x18\x04 \x01(\x08\"\x17\n\x15\x41ssignMeetingResponse\"b\n\x11\x45ndMeetingRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"/\n\x12\x45ndMeetingResponse\x12\x19\n\x11participant_count\x18\x01 \x01(\r\"\xa3\x01\n\x16KickParticipantRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x32\n\x0erevoked_tokens\x18\x04 \x03(\x0b\x32\x1a.darktower.v1.RevokedToken\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"7\n\x0cRevokedToken\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\x15\n\rexpires_at_us\x18\x02 \x01(\x03\"+\n\x17KickParticipantResponse\x12\x10\n\x08token_id\x18\x01 \x01(\t\"\x9b\x01\n\x14RegisterMediaHandler\x12\x12\n\nhandler_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x11\n\tmedia_url\x18\x03 \x01(\t\x12\x30\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x1e.darktower.v1.MediaHandlerLoad\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"=\n\x1cRegisterMediaHandlerResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\"\xb1\x01\n\x15MediaHandlerHeartbeat\x12\x12\n\nhandler_id\x18\x01 \x01(\t\x12,\n\x04load\x18\x02 \x01(\x0b\x32\x1e.darktower.v1.MediaHandlerLoad\x12*\n\x06health\x18\x03 \x01(\x0e\x32\x1a.darktower.v1.HealthStatus\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"H\n\x10MediaHandlerLoad\x12\r\n\x05rooms\x18\x01 \x01(\r\x12\x14\n\x0cparticipants\x18\x02 \x01(\r\x12\x0f\n\x07streams\x18\x03 \x01(\r\"\x1f\n\x1dMediaHandlerHeartbeatResponse\"\xa4\x01\n\x1aModerateParticipantRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12/\n\x07\x61\x63tions\x18\x03 \x03(\x0e\x32\x1e.darktower.v1.ModerationAction\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x18\n\x10protocol_version\x18\x0f \x01(\r\"R\n\x1bModerateParticipantResponse\x12\x33\n\x0bpublication\x18\x01 \x01(\x0b\x32\x1e.darktower.v1.PublicationState2\xd3\x04\n\x0eMeetingControl\x12Q\n\rAssignMeeting\x12\x1b.darktower.v1.AssignMeeting\x1a#.darktower.v1.AssignMeetingResponse\x12O\n\nEndMeeting\x12\x1f.darktower.v1.EndMeetingRequest\x1a .darktower.v1.EndMeetingResponse\x12^\n\x0fKickParticipant\x12$.darktower.v1.KickParticipantRequest\x1a%.darktower.v1.KickParticipantResponse\x12j\n\x13ModerateParticipant\x12(.darktower.v1.ModerateParticipantRequest\x1a).darktower.v1.ModerateParticipantResponse\x12\x66\n\x14RegisterMediaHandler\x12\".darktower.v1.RegisterMediaHandler\x1a*.darktower.v1.RegisterMediaHandlerResponse\x12i\n\x15MediaHandlerHeartbeat\x12#.darktower.v1.MediaHandlerHeartbeat\x1a+.darktower.v1.MediaHandlerHeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,29 +39,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSIGNMEETINGRESPONSE']._serialized_start=310
   _globals['_ASSIGNMEETINGRESPONSE']._serialized_end=333
   _globals['_ENDMEETINGREQUEST']._serialized_start=335
-  _globals['_ENDMEETINGREQUEST']._serialized_end=417
-  _globals['_ENDMEETINGRESPONSE']._serialized_start=419
-  _globals['_ENDMEETINGRESPONSE']._serialized_end=466
-  _globals['_KICKPARTICIPANTREQUEST']._serialized_start=469
-  _globals['_KICKPARTICIPANTREQUEST']._serialized_end=632
-  _globals['_REVOKEDTOKEN']._serialized_start=634
-  _globals['_REVOKEDTOKEN']._serialized_end=689
-  _globals['_KICKPARTICIPANTRESPONSE']._serialized_start=691
-  _globals['_KICKPARTICIPANTRESPONSE']._serialized_end=734
-  _globals['_REGISTERMEDIAHANDLER']._serialized_start=737
-  _globals['_REGISTERMEDIAHANDLER']._serialized_end=892
-  _globals['_REGISTERMEDIAHANDLERRESPONSE']._serialized_start=894
-  _globals['_REGISTERMEDIAHANDLERRESPONSE']._serialized_end=955
-  _globals['_MEDIAHANDLERHEARTBEAT']._serialized_start=958
-  _globals['_MEDIAHANDLERHEARTBEAT']._serialized_end=1135
-  _globals['_MEDIAHANDLERLOAD']._serialized_start=1137
-  _globals['_MEDIAHANDLERLOAD']._serialized_end=1209
-  _globals['_MEDIAHANDLERHEARTBEATRESPONSE']._serialized_start=1211
-  _globals['_MEDIAHANDLERHEARTBEATRESPONSE']._serialized_end=1242
-  _globals['_MODERATEPARTICIPANTREQUEST']._serialized_start=1245
-  _globals['_MODERATEPARTICIPANTREQUEST']._serialized_end=1409
-  _globals['_MODERATEPARTICIPANTRESPONSE']._serialized_start=1411
-  _globals['_MODERATEPARTICIPANTRESPONSE']._serialized_end=1493
-  _globals['_MEETINGCONTROL']._serialized_start=1496
-  _globals['_MEETINGCONTROL']._serialized_end=2091
+  _globals['_ENDMEETINGREQUEST']._serialized_end=433
+  _globals['_ENDMEETINGRESPONSE']._serialized_start=435
+  _globals['_ENDMEETINGRESPONSE']._serialized_end=482
+  _globals['_KICKPARTICIPANTREQUEST']._serialized_start=485
+  _globals['_KICKPARTICIPANTREQUEST']._serialized_end=648
+  _globals['_REVOKEDTOKEN']._serialized_start=650
+  _globals['_REVOKEDTOKEN']._serialized_end=705
+  _globals['_KICKPARTICIPANTRESPONSE']._serialized_start=707
+  _globals['_KICKPARTICIPANTRESPONSE']._serialized_end=750
+  _globals['_REGISTERMEDIAHANDLER']._serialized_start=753
+  _globals['_REGISTERMEDIAHANDLER']._serialized_end=908
+  _globals['_REGISTERMEDIAHANDLERRESPONSE']._serialized_start=910
+  _globals['_REGISTERMEDIAHANDLERRESPONSE']._serialized_end=971
+  _globals['_MEDIAHANDLERHEARTBEAT']._serialized_start=974
+  _globals['_MEDIAHANDLERHEARTBEAT']._serialized_end=1151
+  _globals['_MEDIAHANDLERLOAD']._serialized_start=1153
+  _globals['_MEDIAHANDLERLOAD']._serialized_end=1225
+  _globals['_MEDIAHANDLERHEARTBEATRESPONSE']._serialized_start=1227
+  _globals['_MEDIAHANDLERHEARTBEATRESPONSE']._serialized_end=1258
+  _globals['_MODERATEPARTICIPANTREQUEST']._serialized_start=1261
+  _globals['_MODERATEPARTICIPANTREQUEST']._serialized_end=1425
+  _globals['_MODERATEPARTICIPANTRESPONSE']._serialized_start=1427
+  _globals['_MODERATEPARTICIPANTRESPONSE']._serialized_end=1509
+  _globals['_MEETINGCONTROL']._serialized_start=1512
+  _globals['_MEETINGCONTROL']._serialized_end=2107
 # @@protoc_insertion_point(module_scope)

@@ -113,10 +113,15 @@ class EndMeetingRequest(_message.Message):
 
     MEETING_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     meeting_id: _builtins.str
     message: _builtins.str
     """shown to the participants"""
+    reason: _builtins.str
+    """Addition to the contract: why, as the MC's meeting_ended event says it (docs/protocol.md
+    §18.5): "ended" (the owner), "empty" (the GC's empty-meeting timeout); "" is "ended".
+    """
     protocol_version: _builtins.int
     """Addition to the contract: the protocol version the sender speaks; 0 (absent) means 1.
     A receiver refuses a version it does not support with INVALID_REQUEST (docs/protocol.md §12).
@@ -126,11 +131,12 @@ class EndMeetingRequest(_message.Message):
         *,
         meeting_id: _builtins.str = ...,
         message: _builtins.str = ...,
+        reason: _builtins.str = ...,
         protocol_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "message", b"message", "protocol_version", b"protocol_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meeting_id", b"meeting_id", "message", b"message", "protocol_version", b"protocol_version", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -435,6 +435,7 @@ class MeetingEvent(_message.Message):
     STREAM_PUBLISHED_FIELD_NUMBER: _builtins.int
     STREAM_UNPUBLISHED_FIELD_NUMBER: _builtins.int
     RECORDING_FINISHED_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_MODERATED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """unique; the GC keeps each event_id once"""
     meeting_id: _builtins.str
@@ -454,6 +455,12 @@ class MeetingEvent(_message.Message):
     def stream_unpublished(self) -> Global___StreamEvent: ...
     @_builtins.property
     def recording_finished(self) -> Global___RecordingFinishedEvent: ...
+    @_builtins.property
+    def participant_moderated(self) -> Global___ParticipantModeratedEvent:
+        """Not a webhook event: the GC keeps a host's blocks for the participant's join identity,
+        so a rejoin does not lift them (docs/protocol.md §18.2).
+        """
+
     def __init__(
         self,
         *,
@@ -467,12 +474,13 @@ class MeetingEvent(_message.Message):
         stream_published: Global___StreamEvent | None = ...,
         stream_unpublished: Global___StreamEvent | None = ...,
         recording_finished: Global___RecordingFinishedEvent | None = ...,
+        participant_moderated: Global___ParticipantModeratedEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "meeting_ended", b"meeting_ended", "meeting_started", b"meeting_started", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "recording_finished", b"recording_finished", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "meeting_ended", b"meeting_ended", "meeting_started", b"meeting_started", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_moderated", b"participant_moderated", "recording_finished", b"recording_finished", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "kind", b"kind", "meeting_ended", b"meeting_ended", "meeting_id", b"meeting_id", "meeting_started", b"meeting_started", "occurred_at", b"occurred_at", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "recording_finished", b"recording_finished", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "kind", b"kind", "meeting_ended", b"meeting_ended", "meeting_id", b"meeting_id", "meeting_started", b"meeting_started", "occurred_at", b"occurred_at", "participant_joined", b"participant_joined", "participant_left", b"participant_left", "participant_moderated", b"participant_moderated", "recording_finished", b"recording_finished", "stream_published", b"stream_published", "stream_unpublished", b"stream_unpublished"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["meeting_started", "meeting_ended", "participant_joined", "participant_left", "stream_published", "stream_unpublished", "recording_finished"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["meeting_started", "meeting_ended", "participant_joined", "participant_left", "stream_published", "stream_unpublished", "recording_finished", "participant_moderated"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -598,3 +606,39 @@ class RecordingFinishedEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordingFinishedEvent: _TypeAlias = RecordingFinishedEvent  # noqa: Y015
+
+@_typing.final
+class ParticipantModeratedEvent(_message.Message):
+    """Addition to the contract: what a participant may not publish now, after a host's moderation
+    (docs/protocol.md §18.2), with the join token it joined with so the GC can find who that is.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    AUDIO_BLOCKED_FIELD_NUMBER: _builtins.int
+    VIDEO_BLOCKED_FIELD_NUMBER: _builtins.int
+    SCREEN_BLOCKED_FIELD_NUMBER: _builtins.int
+    participant_id: _builtins.str
+    token_id: _builtins.str
+    """the jti of the participant's join token"""
+    audio_blocked: _builtins.bool
+    video_blocked: _builtins.bool
+    screen_blocked: _builtins.bool
+    def __init__(
+        self,
+        *,
+        participant_id: _builtins.str = ...,
+        token_id: _builtins.str = ...,
+        audio_blocked: _builtins.bool = ...,
+        video_blocked: _builtins.bool = ...,
+        screen_blocked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_blocked", b"audio_blocked", "participant_id", b"participant_id", "screen_blocked", b"screen_blocked", "token_id", b"token_id", "video_blocked", b"video_blocked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParticipantModeratedEvent: _TypeAlias = ParticipantModeratedEvent  # noqa: Y015
