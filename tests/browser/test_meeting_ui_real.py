@@ -274,7 +274,10 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
         results["host_chat_shown"] = host.locator("#chat-panel .chat-message").count()
         _shot(host, "chat")
 
-        # A third page, phone-sized: every control reachable, the panel a drawer.
+        # A third page, phone-sized: every control reachable, the panel a drawer. Hank is
+        # muted as it joins: it learns so from the join's catch-up.
+        host.click("#mic")
+        _wait(host, f"() => darktower.publications['{hid}'].audioMuted")
         phone = context.new_page()
         phone.set_viewport_size(NARROW)
         phone.goto(f"{page_url}/m/{h['meetingId']}")
@@ -284,6 +287,9 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
         phone.click("#join")
         p = results["phone"] = _joined(phone)
         pid = p["participantId"]
+        _wait(phone, BADGE_JS, [hid, "muted"])
+        host.click("#mic")
+        _wait(phone, f"() => !darktower.publications['{hid}'].audioMuted")
         wait_for_frames(phone, gid, 10)
         results["phone_controls"] = phone.evaluate(CONTROLS_INSIDE_JS)
         _shot(phone, "narrow")
