@@ -39,14 +39,9 @@ export class Prejoin {
   }
 
   applyOff() {
-    const toggles = [
-      ["audio", "prejoin-mic", "Microphone"],
-      ["video", "prejoin-camera", "Camera"],
-    ];
-    for (const [kind, id, name] of toggles) {
+    for (const [kind, id] of [["audio", "prejoin-mic"], ["video", "prejoin-camera"]]) {
       const off = this.off[kind];
       $(id).setAttribute("aria-pressed", off ? "true" : "false");
-      $(id).textContent = `${name} ${off ? "off" : "on"}`;
       const tracks = kind === "audio" ? this.stream?.getAudioTracks() : this.stream?.getVideoTracks();
       for (const track of tracks ?? []) track.enabled = !off;
     }

@@ -382,6 +382,14 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
             "host": host.locator("#notices li").all_text_contents(),
             "guest": guest.locator("#notices li").all_text_contents(),
         }
+        # Gina leaves with the button.
+        guest.click("#leave")
+        _wait(guest, "() => darktower.screen !== null")
+        results["left_screen"] = [
+            guest.evaluate("() => darktower.screen"),
+            guest.text_content("#end-reason"),
+        ]
+        _wait(host, f"() => !darktower.participants.some((p) => p.participantId === '{gid}')")
 
     return _diagnosed(steps, results)
 
@@ -438,6 +446,7 @@ async def test_the_meeting_as_people_use_it(tmp_path: pathlib.Path) -> None:
     assert results["share_refused"] == "BlockedError"
     assert results["grid_shape"] == [2, 4]
     assert results["kicked_screen"] == ["kicked", "Removed"]
+    assert results["left_screen"] == ["left", "You left the meeting"]
     assert gid
     # Nothing went wrong that the person was told of (Gina: her copied link and the blocked
     # unmute, said twice: by the hook's attempt's caller here and by the key).
