@@ -195,13 +195,14 @@ class MeetingController:
             raise NotFound(f"meeting {meeting_id} is not assigned to this controller")
         return room
 
-    def end(self, meeting_id: MeetingId, message: str = "") -> int:
-        """End the meeting with MEETING_ENDED for everyone; return how many were in it."""
+    def end(self, meeting_id: MeetingId, message: str = "", reason: str = "ended") -> int:
+        """End the meeting with MEETING_ENDED for everyone; return how many were in it.
+        ``reason`` is what its ``meeting_ended`` event says (docs/protocol.md §18.5):
+        "ended" (the host or the owner) or "empty" (the GC's empty-meeting timeout,
+        docs/protocol.md §6); the first end asked for decides."""
         room = self.room(meeting_id)
         room.end_message = message or "the meeting has ended"
-        # The GC ends a meeting nobody is in for its own empty-meeting timeout the same way
-        # (docs/protocol.md §6): told so, nobody ended it.
-        room.end_kind = room.end_kind or ("ended" if room.members else "empty")
+        room.end_kind = room.end_kind or ("empty" if reason == "empty" else "ended")
         count = len(room.members)
         room.scope.end()
         return count

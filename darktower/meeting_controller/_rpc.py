@@ -36,7 +36,9 @@ class MeetingControl:
 
     async def EndMeeting(self, request: pb.EndMeetingRequest) -> pb.EndMeetingResponse:
         await trio.lowlevel.checkpoint()
-        count = self._ctl.end(MeetingId(request.meeting_id), request.message)
+        # The GC's empty-meeting timeout says "empty"; the owner's end "ended" or nothing.
+        reason = "empty" if request.reason == "empty" else "ended"
+        count = self._ctl.end(MeetingId(request.meeting_id), request.message, reason)
         return pb.EndMeetingResponse(participant_count=count)
 
     async def ModerateParticipant(

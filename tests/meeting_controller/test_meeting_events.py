@@ -143,7 +143,10 @@ async def test_empty_meetings_end_empty_and_a_drain_ends_nothing(tmp_path: pathl
             await stack.assign("gc-ended")
             async with stack.join("gc-ended") as client:
                 await client.leave()
-            await call(stack.mc.EndMeeting, mtg_pb.EndMeetingRequest(meeting_id="gc-ended"))
+            await call(
+                stack.mc.EndMeeting,
+                mtg_pb.EndMeetingRequest(meeting_id="gc-ended", reason="empty"),
+            )
             await _closed(stack.running, "gc-ended")
             assert _summary(events)[-1] == ("meeting_ended", "empty")
             # a meeting nobody joined here neither started nor ends here
@@ -162,6 +165,23 @@ async def test_empty_meetings_end_empty_and_a_drain_ends_nothing(tmp_path: pathl
                 "participant_joined",
                 "participant_left",
             ]
+
+
+async def test_the_owner_s_end_of_a_meeting_nobody_is_in_is_ended(tmp_path: pathlib.Path) -> None:
+    # No empty-meeting time of the MC's own: the meetings end only by the GC's EndMeeting.
+    async with open_stack(tmp_path, empty_meeting_timeout_s=0) as stack:
+        with _recorded(stack.running) as events:
+            for meeting_id, reason in (("owner", "ended"), ("older-gc", ""), ("gc", "empty")):
+                events.clear()
+                await stack.assign(meeting_id)
+                async with stack.join(meeting_id) as client:
+                    await client.leave()
+                await call(
+                    stack.mc.EndMeeting,
+                    mtg_pb.EndMeetingRequest(meeting_id=meeting_id, reason=reason),
+                )
+                await _closed(stack.running, meeting_id)
+                assert _summary(events)[-1] == ("meeting_ended", reason or "ended")
 
 
 async def test_a_resume_is_no_join_and_a_window_that_passes_is_a_leave(
