@@ -66,7 +66,8 @@ class DeliveryTask:
         self.retry_base_s = retry_base_s
         self.max_attempts = max_attempts
         self.allow_private = allow_private
-        self.ssl_context = ssl_context
+        # Built once: making a context loads the system's CAs (tens of ms, blocking the loop).
+        self.ssl_context = ssl_context or ssl.create_default_context()
         self._send = send
         self.owner = f"gc-{uuid.uuid4()}"  # this process, as the leases name it
         self.in_flight: set[str] = set()  # delivery ids
@@ -108,13 +109,20 @@ class DeliveryTask:
         try:
             attempt = DeliveryAttempt(None, f"timeout: no answer within {DELIVERY_TIMEOUT_S:g} s")
             with trio.move_on_after(DELIVERY_TIMEOUT_S):
-                attempt = await self._send(
-                    delivery.url,
-                    headers,
-                    body,
-                    allow_private=self.allow_private,
-                    ssl_context=self.ssl_context,
-                )
+                try:
+                    attempt = await self._send(
+                        delivery.url,
+                        headers,
+                        body,
+                        allow_private=self.allow_private,
+                        ssl_context=self.ssl_context,
+                    )
+                except Exception as exc:  # one delivery's failure never ends the task
+                    log.error(
+                        "webhook attempt failed unexpectedly",
+                        extra=fields(delivery=delivery.delivery_id, error=repr(exc)),
+                    )
+                    attempt = DeliveryAttempt(None, f"attempt failed: {type(exc).__name__}")
             try:
                 status = await self.store.finish_delivery(
                     delivery,

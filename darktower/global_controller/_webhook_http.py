@@ -35,8 +35,14 @@ def address_allowed(address: str) -> bool:
     """Whether a receiver may be at ``address`` without ``--webhooks-allow-private``: a global
     unicast address (not loopback, private, link-local, shared, reserved, multicast)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # An IPv4 address inside an IPv6 one (IPv4-mapped ::ffff:0:0/96, 6to4 2002::/16)
+        # reaches that IPv4 address: it is judged as it.
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is not None and not address_allowed(str(embedded)):
+            return False
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
     refused = (
         ip.is_loopback
         or ip.is_private
@@ -52,7 +58,7 @@ def address_allowed(address: str) -> bool:
 async def _resolve(host: str, port: int, allow_private: bool) -> list[str]:
     try:
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
         raise AttemptFailed(f"cannot resolve {host}: {exc}") from None
     addresses: list[str] = []
     for info in infos:

@@ -189,6 +189,13 @@ def check_url(url: object) -> str:
         raise InvalidRequest("url must be an http:// or https:// URL")
     if not parts.hostname:
         raise InvalidRequest("url must name a host")
+    try:  # a name the resolver cannot take (a label empty or over 63 characters) is refused
+        labels = parts.hostname.removesuffix(".").split(".")
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        labels = [""]
+    if not all(labels):
+        raise InvalidRequest("url's host is not a valid name (a label empty or too long)")
     if parts.username is not None or parts.password is not None:
         raise InvalidRequest("url must not carry credentials")
     if parts.fragment:
