@@ -31,6 +31,9 @@ MAX_BATCH = 500
 # After a failed call: wait this long, doubled after each failure up to the maximum.
 RETRY_S = 0.5
 RETRY_MAX_S = 5.0
+# At a drain: how long the MC waits for the GC to take the outbox's last events (the sessions'
+# SERVER_SHUTDOWN leaves) before it stops.
+DRAIN_FLUSH_S = 3.0
 
 
 def new_event(meeting_id: str, **kind: object) -> pb.MeetingEvent:
@@ -52,6 +55,7 @@ class EventOutbox:
         self._events: collections.deque[pb.MeetingEvent] = collections.deque()
         self._capacity = capacity
         self._waiting = trio.Event()
+        self._emptied = trio.Event()  # set (and replaced) whenever a send empties the outbox
         self.dropped = 0  # events lost because the outbox was full
         self.sent = 0  # events the GC has answered for
 
@@ -96,3 +100,12 @@ class EventOutbox:
             while self._events and self._events[0].event_id in sent:
                 self._events.popleft()
             self.sent += len(batch)
+            if not self._events:
+                self._emptied.set()
+                self._emptied = trio.Event()
+
+    async def wait_empty(self) -> None:
+        """Return once every event emitted so far has been sent (at once when there is none):
+        the GC has answered for them. Only :meth:`run` empties the outbox: bound the wait."""
+        while self._events:
+            await self._emptied.wait()

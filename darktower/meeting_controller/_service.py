@@ -46,6 +46,7 @@ from darktower.transport import (
 from darktower.transport.rpc import open_rpc_loop, rpc_service, serve_rpc
 
 from ._controller import MeetingController
+from ._events import DRAIN_FLUSH_S
 from ._limits import KEEPALIVE_INTERVAL_S
 from ._mh import GrpcMediaLink, MediaHandlers
 from ._port import webtransport_port
@@ -260,4 +261,9 @@ async def serve(
         # The meetings close here with the same reason: they go on elsewhere, nothing ended.
         tree.drain(settings.drain_grace_s, LeaveReason.SERVER_SHUTDOWN)
         await tree.wait_closed()
+        if gc is not None:
+            # The sessions' last events (their SERVER_SHUTDOWN leaves, their streams) go to
+            # the GC before the registration, which sends them, is cancelled; bounded.
+            with trio.move_on_after(DRAIN_FLUSH_S):
+                await controller.events.wait_empty()
         nursery.cancel_scope.cancel(reason="meeting controller shut down")

@@ -21,6 +21,7 @@ from darktower.model import MeetingId, Role
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
+from darktower.protocol.pb.v1 import signaling_pb2 as sig_pb
 from darktower.protocol.pb.v1.media_control_grpc import MediaControlBase
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
 from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryBase
@@ -45,6 +46,8 @@ class FakeRegistry:
         self.keys: list[reg_pb.JoinTokenKey] = []
         self.registrations: list[reg_pb.RegisterMeetingController] = []
         self.heartbeats: list[reg_pb.Heartbeat] = []
+        self.events: list[reg_pb.MeetingEvent] = []
+        self.hold_events: trio.Event | None = None  # ReportEvents waits for it when set
         self.changed = trio.Event()
         self.heartbeat_interval_ms = 50
 
@@ -71,6 +74,10 @@ class FakeRegistry:
         self, request: reg_pb.MeetingEventBatch
     ) -> reg_pb.MeetingEventBatchResponse:
         await trio.lowlevel.checkpoint()
+        if self.hold_events is not None:
+            await self.hold_events.wait()
+        self.events.extend(request.events)
+        self.changed.set()
         return reg_pb.MeetingEventBatchResponse()
 
     async def wait_for(self, predicate) -> None:  # type: ignore[no-untyped-def]
@@ -397,3 +404,56 @@ async def test_a_bad_address_setting_fails_the_start(setting: str) -> None:
             trio.fail_after(WAIT_S),
         ):
             await serve(settings, shutdown=trio.Event())  # before anything is bound
+
+
+async def test_a_drain_reports_its_last_events_before_it_stops(tmp_path: pathlib.Path) -> None:
+    """The sessions a drain ends leave SERVER_SHUTDOWN (their streams unpublished first), and
+    the GC has those events when the MC's serve returns."""
+    issuer = JoinTokenIssuer(generate_signing_key(), audience="mc-audience-from-gc")
+    gc = FakeRegistry(issuer)
+    stopped = trio.Event()
+    async with open_rpc_loop(), trio.open_nursery() as nursery:
+        gc_port = await nursery.start(_served(ControllerRegistryBase, gc, "gc", GC_ID))
+        mh_port = await nursery.start(_served(MediaControlBase, FakeMediaControl(), "mh", "mh-1"))
+        shutdown = trio.Event()
+        settings = mc_settings(
+            drain_grace_s=10.0, gc_grpc=f"127.0.0.1:{gc_port}", media_handler=f"127.0.0.1:{mh_port}"
+        )
+
+        async def run_mc(task_status: trio.TaskStatus[Running]) -> None:
+            await serve(settings, shutdown=shutdown, task_status=task_status)
+            stopped.set()
+
+        running: Running = await nursery.start(run_mc)
+        await gc.wait_for(lambda: bool(gc.registrations))
+        async with open_cluster_channel(running.grpc_address, "gc", GC_ID) as channel:
+            await call(
+                MeetingControlStub(channel).AssignMeeting,
+                mtg_pb.AssignMeeting(meeting_id="m", config=mtg_pb.MeetingConfig()),
+            )
+        token = issuer.issue(MeetingId("m"), Role.GUEST, time.time())
+        async with open_signaling(
+            running.signal_url,
+            meeting_id="m",
+            join_token=token,
+            server_certificate_hashes=[running.certificate_sha256],
+        ) as client:
+            await client.request(
+                sig_pb.ClientMessage(
+                    publish=sig_pb.PublishStream(stream_id="mic", stream_type=common_pb2.AUDIO)
+                )
+            )
+            await gc.wait_for(lambda: any(e.HasField("stream_published") for e in gc.events))
+            # The GC takes the drain's events only once every meeting has closed.
+            gc.hold_events = trio.Event()
+            shutdown.set()
+            with trio.fail_after(WAIT_S):
+                await running.controller.tree.wait_closed()
+                gc.hold_events.set()
+                await stopped.wait()
+        assert len(running.controller.events) == 0  # nothing left unsent
+        kinds = [e.WhichOneof("kind") for e in gc.events]
+        assert kinds[-2:] == ["stream_unpublished", "participant_left"], kinds
+        assert gc.events[-1].participant_left.reason == common_pb2.SERVER_SHUTDOWN
+        assert gc.events[-1].participant_left.participant_id == client.participant_id
+        nursery.cancel_scope.cancel()
