@@ -125,14 +125,19 @@ class ControllerRegistry:
     async def ReportEvents(self, request: pb.MeetingEventBatch) -> pb.MeetingEventBatchResponse:
         """The MC's events, kept for the webhooks once per ``event_id`` (docs/protocol.md
         §18.5): answered once they are in the store, so a repeated batch is a no-op.
-        ``InvalidRequest`` beyond 500 events; a malformed event, or one of a meeting the GC
-        does not have, is skipped."""
+        ``InvalidRequest`` beyond 500 events; a malformed event, one of a meeting the GC
+        does not have, or one of a meeting this MC never held, is skipped."""
         controller_id = _check_id(request.controller_id)
         fan = await self._gc.webhooks.report(controller_id, request.events, self._gc.now())
         if fan.unknown_meeting:
             log.info(
                 "reported events of unknown meetings skipped",
                 extra=fields(controller=controller_id, events=fan.unknown_meeting),
+            )
+        if fan.foreign:
+            log.warning(
+                "reported events of meetings never on this controller skipped",
+                extra=fields(controller=controller_id, events=fan.foreign),
             )
         return pb.MeetingEventBatchResponse()
 

@@ -257,10 +257,17 @@ class Webhooks:
         self._attempted = trio.Event()
 
     # -- events -----------------------------------------------------------------------------
-    async def record(self, events: Sequence[WebhookEvent]) -> Fanout:
-        """Keep the events and queue their deliveries (one transaction); wake the task."""
+    async def record(
+        self, events: Sequence[WebhookEvent], controller_id: str | None = None
+    ) -> Fanout:
+        """Keep the events and queue their deliveries (one transaction); wake the task.
+        ``controller_id``: the MC that reported them (its events count only for meetings it
+        holds or held); None for the GC's own."""
         fan = await self.store.record_events(
-            events, max_pending=MAX_PENDING_PER_WEBHOOK, keep=KEPT_DELIVERIES_PER_WEBHOOK
+            events,
+            max_pending=MAX_PENDING_PER_WEBHOOK,
+            keep=KEPT_DELIVERIES_PER_WEBHOOK,
+            controller_id=controller_id,
         )
         if fan.enqueued:
             self._work.set()
@@ -302,7 +309,7 @@ class Webhooks:
                 )
         if not kept:
             return Fanout()
-        return await self.record(kept)
+        return await self.record(kept, controller_id)
 
     async def wait_for_work(self) -> None:
         """Return once a delivery was queued by this process since the last call returned."""

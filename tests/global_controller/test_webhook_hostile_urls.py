@@ -2,7 +2,8 @@
 name the resolver cannot encode is refused at registration, and one that gets past it (the
 store written to directly) fails its delivery while the GC goes on serving; a send that raises
 anything is a failed attempt, never the delivery task's end; the task's TLS context is built
-once; an IPv6 address that embeds a non-global IPv4 address is not allowed."""
+once; an IPv6 address that embeds a non-global IPv4 address is not allowed; an MC cannot have
+events delivered for a meeting it does not hold."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from darktower.errors import InvalidRequest
 from darktower.global_controller._webhook_http import address_allowed
 from darktower.global_controller.webhooks import check_url, new_secret
 from darktower.model import ClientId
+from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
+from darktower.protocol.pb.v1.registry_grpc import ControllerRegistryStub
+from darktower.transport.rpc import call
+from tests.global_controller._harness import mc_channel, register_mc
+from tests.global_controller._webhook_receiver import running_receiver
 from tests.global_controller.test_webhook_delivery import FakeStore, _task
 from tests.global_controller.test_webhooks import WAIT_S, hooks_stack
 
@@ -99,3 +105,31 @@ async def test_a_send_that_raises_is_a_failed_attempt(
     ]
     # One TLS context for every attempt, made with the task (not per attempt).
     assert isinstance(contexts[0], ssl.SSLContext) and contexts[0] is contexts[1]
+
+
+async def test_an_mc_reporting_for_a_meeting_it_does_not_hold_delivers_nothing(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with running_receiver() as receiver, hooks_stack(tmp_path / "data") as hooks:
+        hook = await hooks.register(receiver.url, ["meeting_started"])
+        meeting_id = (await hooks.create_meeting())["meeting_id"]  # on mc-1, the only MC
+        await register_mc(hooks.gc.grpc_port, "mc-2", "127.0.0.1:9")
+        forged = reg_pb.MeetingEvent(
+            event_id="forged-1",
+            meeting_id=meeting_id,
+            meeting_started=reg_pb.MeetingStartedEvent(),
+        )
+        async with mc_channel(hooks.gc.grpc_port, "mc-2") as channel:
+            await call(
+                ControllerRegistryStub(channel).ReportEvents,
+                reg_pb.MeetingEventBatch(controller_id="mc-2", events=[forged]),
+                deadline_s=10,
+            )
+        assert (await hooks.log(hook["webhook_id"]))["deliveries"] == []
+        # The meeting's own MC reports the same: delivered.
+        await hooks.report([forged])
+        with trio.fail_after(WAIT_S):
+            got = await receiver.next()
+        assert got.headers["x-darktower-event"] == "meeting_started"
+        (delivery,) = (await hooks.log(hook["webhook_id"]))["deliveries"]
+        assert delivery["event_id"] == "forged-1" and delivery["status"] == "delivered"

@@ -203,3 +203,33 @@ async def test_removing_a_client_removes_its_webhooks(store: SqlStore) -> None:
         ALICE, "https://a", ALL, new_secret="t", max_per_client=1
     )
     assert secret == "t"
+
+
+async def test_a_controller_reports_only_for_meetings_it_holds_or_held(store: SqlStore) -> None:
+    from darktower.global_controller.store import MeetingStatus
+
+    meeting_id = await _meeting(store)
+    for mc in ("mc-2", "mc-3"):
+        await store.register_controller(
+            ControllerId(mc), "eu", mc, ControllerCapacity(10, 0, 100, 0)
+        )
+    await store.create_webhook(ALICE, "https://a/1", ALL, new_secret="s", max_per_client=10)
+
+    async def report(mc: str, n: int) -> Any:
+        return await store.record_events(
+            [_event(meeting_id, n)], max_pending=1000, keep=1000, controller_id=mc
+        )
+
+    assert (await report("mc-2", 1)).foreign == 1  # not its meeting
+    assert (await report("mc-1", 2)).enqueued == 1
+    moved = await store.move_meeting(
+        meeting_id,
+        (MC1, MeetingStatus.ACTIVE),
+        (ControllerId("mc-2"), MeetingStatus.ACTIVE),
+    )
+    assert moved is not None and moved.controller_id == "mc-2"
+    assert (await report("mc-2", 3)).enqueued == 1  # its meeting now
+    assert (await report("mc-1", 4)).enqueued == 1  # held it: its late events count
+    assert (await report("mc-3", 5)).foreign == 1
+    # The GC's own events (no controller) are anyone's meeting's.
+    assert (await _record(store, _event(meeting_id, 6))).enqueued == 1  # type: ignore[attr-defined]

@@ -293,10 +293,20 @@ class SqlStore(abc.ABC):
         await self._call(_webhook_queries.delete_webhook, client_id, webhook_id)
 
     async def record_events(
-        self, events: Sequence[WebhookEvent], *, max_pending: int, keep: int
+        self,
+        events: Sequence[WebhookEvent],
+        *,
+        max_pending: int,
+        keep: int,
+        controller_id: str | None = None,
     ) -> Fanout:
         return await self._call(
-            _webhook_queries.record_events, list(events), self._clock(), max_pending, keep
+            _webhook_queries.record_events,
+            list(events),
+            self._clock(),
+            max_pending,
+            keep,
+            controller_id,
         )
 
     async def purge_webhook_events(self, received_before: datetime) -> int:

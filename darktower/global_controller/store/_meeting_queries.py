@@ -60,6 +60,8 @@ def create_meeting(
         f"INSERT INTO meetings ({MEETING_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         row,
     )
+    if new.controller_id is not None:
+        _placed_on(tx, new.meeting_id, new.controller_id)
     # The row as stored, without reading it back (a query per create saved): both backends
     # keep every column exactly, timestamps to the microsecond.
     return meeting_record(tx, row)
@@ -214,4 +216,16 @@ def move_meeting(
             old_status.value,
         ),
     )
-    return get_meeting(tx, meeting_id) if changed else None
+    if not changed:
+        return None
+    _placed_on(tx, meeting_id, new_controller)
+    return get_meeting(tx, meeting_id)
+
+
+def _placed_on(tx: Tx, meeting_id: MeetingId, controller_id: ControllerId) -> None:
+    """Remember that the meeting was on ``controller_id`` (its reports count for it)."""
+    tx.run(
+        "INSERT INTO meeting_controllers (meeting_id, controller_id) VALUES (?, ?) "
+        "ON CONFLICT (meeting_id, controller_id) DO NOTHING",
+        (meeting_id, controller_id),
+    )

@@ -198,6 +198,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ON webhook_deliveries (webhook_id, status, next_attempt_at)",
         ),
     ),
+    Migration(
+        9,
+        "the controllers each meeting was on",
+        (
+            # Every controller a meeting was placed on (at its creation, at each move): an
+            # MC's reported events count only for meetings it holds or held (docs/protocol.md
+            # §18.5). Kept as long as the meeting's row.
+            """CREATE TABLE meeting_controllers (
+                meeting_id TEXT NOT NULL,
+                controller_id TEXT NOT NULL,
+                PRIMARY KEY (meeting_id, controller_id)
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

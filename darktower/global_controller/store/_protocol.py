@@ -243,12 +243,18 @@ class Store(Protocol):
         ...
 
     async def record_events(
-        self, events: Sequence[WebhookEvent], *, max_pending: int, keep: int
+        self,
+        events: Sequence[WebhookEvent],
+        *,
+        max_pending: int,
+        keep: int,
+        controller_id: str | None = None,
     ) -> Fanout:
         """In one transaction: keep each new event id and queue a delivery per webhook of the
         meeting's owner that takes the event (``dropped`` beyond ``max_pending`` pending);
-        an id already kept, or an unknown meeting, does nothing. Each webhook keeps its
-        newest ``keep`` deliveries (and every pending one)."""
+        an id already kept, an unknown meeting, or a meeting ``controller_id`` (the MC that
+        reports; None for the GC's own events) neither holds nor held, does nothing. Each
+        webhook keeps its newest ``keep`` deliveries (and every pending one)."""
         ...
 
     async def purge_webhook_events(self, received_before: datetime) -> int:

@@ -48,6 +48,7 @@ class Fanout:
     stored: int = 0  # events new to the store (and taken by a webhook)
     repeated: int = 0  # ids already received: nothing done
     unknown_meeting: int = 0  # of no meeting the store has: skipped
+    foreign: int = 0  # of a meeting the reporting controller never held: skipped
     enqueued: int = 0  # deliveries pending
     dropped: int = 0  # deliveries recorded dropped (a backlog was full)
 
@@ -161,6 +162,7 @@ class _Fanning:
         self.stamp = tx.dialect.ts_in(now)
         self.max_pending = max_pending
         self.owners: dict[MeetingId, ClientId | None] = {}
+        self.holders: dict[tuple[MeetingId, str], bool] = {}
         self.webhooks: dict[ClientId, list[WebhookRecord]] = {}
         self.pending: dict[str, int] = {}
         self.seq: dict[str, int] = {}  # the next delivery number reserved, per webhook
@@ -173,6 +175,20 @@ class _Fanning:
             )
             self.owners[meeting_id] = None if row is None else ClientId(row[0])
         return self.owners[meeting_id]
+
+    def held(self, meeting_id: MeetingId, controller_id: str) -> bool:
+        """Whether the meeting is or was on ``controller_id`` (its current controller, or
+        one it was placed on before a move)."""
+        key = (meeting_id, controller_id)
+        if key not in self.holders:
+            row = self.tx.one(
+                "SELECT 1 FROM meetings WHERE meeting_id = ? AND controller_id = ? "
+                "UNION ALL SELECT 1 FROM meeting_controllers "
+                "WHERE meeting_id = ? AND controller_id = ?",
+                (meeting_id, controller_id, meeting_id, controller_id),
+            )
+            self.holders[key] = row is not None
+        return self.holders[key]
 
     def subscribed(self, owner: ClientId, event: str) -> list[WebhookRecord]:
         if owner not in self.webhooks:
@@ -231,20 +247,29 @@ class _Fanning:
 
 
 def record_events(
-    tx: Tx, events: Sequence[WebhookEvent], now: datetime, max_pending: int, keep: int
+    tx: Tx,
+    events: Sequence[WebhookEvent],
+    now: datetime,
+    max_pending: int,
+    keep: int,
+    controller_id: str | None,
 ) -> Fanout:
     """Keep each new event's id and queue one delivery of it per webhook of its meeting's
     owner that takes its name (an event no webhook takes is not kept): pending, or dropped
-    when that webhook already has ``max_pending`` pending. An id already received, or an event of a meeting the store does
-    not have, does nothing. Then each webhook written to keeps its newest ``keep``
-    deliveries and the pending ones."""
+    when that webhook already has ``max_pending`` pending. An id already received, an event
+    of a meeting the store does not have, or one reported by a controller (``controller_id``;
+    None: the GC's own event) the meeting never was on, does nothing. Then each webhook
+    written to keeps its newest ``keep`` deliveries and the pending ones."""
     fan = _Fanning(tx, now, max_pending)
-    stored = repeated = unknown = enqueued = dropped = 0
+    stored = repeated = unknown = foreign = enqueued = dropped = 0
     planned: list[tuple[WebhookEvent, list[WebhookRecord]]] = []
     for event in events:
         owner = fan.owner(event.meeting_id)
         if owner is None:
             unknown += 1
+            continue
+        if controller_id is not None and not fan.held(event.meeting_id, controller_id):
+            foreign += 1
             continue
         webhooks = fan.subscribed(owner, event.event)
         if webhooks:  # else nobody takes it: its id need not be kept either
@@ -268,7 +293,7 @@ def record_events(
                 dropped += 1
     for webhook_id in sorted(fan.touched):
         _prune(tx, webhook_id, keep)
-    return Fanout(stored, repeated, unknown, enqueued, dropped)
+    return Fanout(stored, repeated, unknown, foreign, enqueued, dropped)
 
 
 def _prune(tx: Tx, webhook_id: str, keep: int) -> None:
