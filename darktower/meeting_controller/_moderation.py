@@ -11,7 +11,8 @@ it: routing stops, its subscribers' streams end and the publisher's QUIC streams
 reset, and the call returns once those tasks have exited. The moderation is answered only
 after that, so no frame of an ended stream reaches anyone after the answer. Then every member
 gets ``StreamUnpublished`` for each ended stream and ``ParticipantUpdated`` (when the state
-changed), and the participant ``Moderated``.
+changed), and the participant ``Moderated``. A guest's blocks that changed are reported to the
+GC (``participant_moderated``, not a webhook event), which keeps them across a rejoin.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from collections.abc import Sequence
 import trio
 
 from darktower.errors import DarkTowerError, InternalError, InvalidRequest
+from darktower.model import Role
 from darktower.protocol import _bounds
 from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol.pb.v1 import registry_pb2 as reg
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
+from ._events import new_event
 from ._limits import MODERATION_DEADLINE_S
 from ._publication import Publication, announce
 from ._room import RoomMember, RoomState
@@ -78,6 +82,34 @@ def _apply(state: Publication, action: int) -> None:
         state.screen_blocked = False
 
 
+def _blocks(state: common_pb2.PublicationState | Publication) -> tuple[bool, bool, bool]:
+    return (state.audio_blocked, state.video_blocked, state.screen_blocked)
+
+
+def _blocks_changed(
+    room: RoomState, target: RoomMember, before: common_pb2.PublicationState
+) -> None:
+    """Report a guest's blocks to the GC when they changed (``participant_moderated``, with
+    its join token's id): the GC keeps them for the token's join identity, so the next token it
+    mints for it grants no kind a host blocked (a rejoin keeps the blocks). Never for a host,
+    whose blocks a rejoin lifts."""
+    state = target.publication
+    if target.role is Role.HOST or not target.token_id or _blocks(state) == _blocks(before):
+        return
+    room.events.emit(
+        new_event(
+            room.id,
+            participant_moderated=reg.ParticipantModeratedEvent(
+                participant_id=target.id,
+                token_id=target.token_id,
+                audio_blocked=state.audio_blocked,
+                video_blocked=state.video_blocked,
+                screen_blocked=state.screen_blocked,
+            ),
+        )
+    )
+
+
 async def moderate(
     room: RoomState,
     target: RoomMember,
@@ -94,6 +126,7 @@ async def moderate(
     before = target.publication.to_pb()
     for action in actions:
         _apply(target.publication, action)
+    _blocks_changed(room, target, before)
     types = {STOPS[a] for a in actions if a in STOPS}
     doomed = [sid for sid, s in target.streams.items() if s.stream_type in types]
     ended: list[common_pb2.MediaStream] = []

@@ -370,3 +370,36 @@ async def test_a_reconnecting_participant_is_moderated_and_learns_it_at_its_resu
                 )
                 with pytest.raises(Forbidden):
                     await back.request(_publish("cam", common_pb2.VIDEO_CAMERA))
+
+
+async def test_a_guest_s_blocks_are_reported_to_the_gc_with_its_join_token(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with _stack(tmp_path) as stack:
+        await stack.assign("m")
+        outbox = stack.running.controller.events
+        reported: list[Any] = []
+        emit = outbox.emit
+
+        def record(event: Any) -> None:
+            if event.HasField("participant_moderated"):
+                reported.append(event.participant_moderated)
+            emit(event)
+
+        outbox.emit = record  # type: ignore[method-assign]
+        async with (
+            stack.join("m", Role.HOST) as host,
+            stack.join("m", Role.HOST) as cohost,
+            stack.join("m") as guest,
+        ):
+            pid = guest.participant_id
+            token_id = stack.running.controller.rooms["m"].members[pid].token_id
+            assert token_id
+            await host.request(_moderate(pid, MUTE, STOP_SCREEN))
+            await host.request(_moderate(pid, MUTE))  # no block changes: nothing
+            await host.request(_moderate(pid, ALLOW_AUDIO))
+            await host.request(_moderate(cohost.participant_id, MUTE))  # a host: never
+            assert [
+                (r.participant_id, r.token_id, r.audio_blocked, r.video_blocked, r.screen_blocked)
+                for r in reported
+            ] == [(pid, token_id, True, False, True), (pid, token_id, False, False, True)]
