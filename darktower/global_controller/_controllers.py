@@ -42,7 +42,12 @@ class MeetingControllers(Protocol):
         self, controller: ControllerRecord, meeting: MeetingRecord
     ) -> None: ...
 
-    async def end_meeting(self, controller: ControllerRecord, meeting_id: MeetingId) -> None: ...
+    async def end_meeting(
+        self, controller: ControllerRecord, meeting_id: MeetingId, reason: str = "ended"
+    ) -> None:
+        """``reason`` goes to the MC (``EndMeetingRequest.reason``): ``"ended"``, the
+        owner's end, or ``"empty"``, the GC's empty timeout (docs/protocol.md §6, §18.5)."""
+        ...
 
     async def kick(
         self,
@@ -137,7 +142,8 @@ async def tell_meetings_ended(
     seam: MeetingControllers,
     meetings: Mapping[ControllerId, tuple[ControllerRecord, Sequence[MeetingId]]],
 ) -> bool:
-    """Tell each controller its meetings ended: controllers concurrently (at most
+    """Tell each controller its meetings ended, being empty (``reason`` ``"empty"``,
+    docs/protocol.md §6): controllers concurrently (at most
     :data:`MAX_CONCURRENT_END_CALLS` at once), each one's meetings in turn, a controller
     dropped at its first failure, the whole round within :data:`END_EMPTY_NOTIFY_S`.
     Returns whether the round finished in time; failures are logged, never raised."""
@@ -160,7 +166,7 @@ async def _tell_one(
     async with limiter:
         for told, meeting_id in enumerate(meeting_ids):
             try:
-                await seam.end_meeting(controller, meeting_id)
+                await seam.end_meeting(controller, meeting_id, reason="empty")
             except DarkTowerError as exc:
                 log.warning(
                     "could not tell the meeting controller to end an empty meeting",

@@ -87,6 +87,14 @@ MAX_REVOKED_TOKENS: Final = 100
 MAX_PLACEMENT_ATTEMPTS: Final = 3
 # Deadline of each gRPC call to a Meeting Controller (then CAPACITY_EXCEEDED, 503).
 MC_CALL_TIMEOUT_S: Final = 5.0
+# A moderation waits at the MC up to its own deadline for the Media Handler to remove the
+# streams it ends (the MC's MODERATION_DEADLINE_S, 3 calls of 5 s: docs/protocol.md §18.2,
+# mirrored here, a test keeps them equal). The GC's call to ModerateParticipant waits that
+# and MODERATION_CALL_SLACK_S more (the MC's own work, the reply's way back), so the owner
+# gets the MC's answer, never a timeout of its own first.
+MC_MODERATION_DEADLINE_S: Final = 15.0
+MODERATION_CALL_SLACK_S: Final = 5.0
+MODERATION_CALL_TIMEOUT_S: Final = MC_MODERATION_DEADLINE_S + MODERATION_CALL_SLACK_S
 # The controller list is read from the store at most this often (monotonic seconds) per GC
 # process; registrations and expiries made by this process invalidate it. Heartbeats and
 # another replica's changes are seen within this delay.

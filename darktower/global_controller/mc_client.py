@@ -15,7 +15,7 @@ import trio
 
 from darktower.errors import CapacityExceeded, DarkTowerError
 from darktower.global_controller._controllers import grpc_endpoint
-from darktower.global_controller._limits import MAX_MC_CHANNELS
+from darktower.global_controller._limits import MAX_MC_CHANNELS, MODERATION_CALL_TIMEOUT_S
 from darktower.global_controller.store import ControllerRecord, IssuedJoinToken, MeetingRecord
 from darktower.logs import fields
 from darktower.model import MeetingId, ParticipantId
@@ -35,6 +35,11 @@ from darktower.transport.rpc import (
 log = logging.getLogger("darktower.gc.mc")
 
 END_MESSAGE = "The meeting was ended by its host."
+EMPTY_MESSAGE = "The meeting stayed empty."
+# EndMeetingRequest.reason (docs/protocol.md §18.5): the owner's end, or the GC's empty
+# timeout (docs/protocol.md §6).
+END_REASON_ENDED = "ended"
+END_REASON_EMPTY = "empty"
 KICK_MESSAGE = "You were removed from the meeting by its host."
 # A probe's own deadline beyond its call's: getting the channel, and the call's reply crossing
 # back from the asyncio loop.
@@ -112,11 +117,18 @@ class GrpcMeetingControllers:
                     await old_cm.__aexit__(None, None, None)
             return self._channels[key][0]
 
-    async def _call(self, controller: ControllerRecord, name: str, request: Any) -> Any:
+    async def _call(
+        self,
+        controller: ControllerRecord,
+        name: str,
+        request: Any,
+        deadline_s: float | None = None,
+    ) -> Any:
         endpoint = grpc_endpoint(controller)
         stub = await self._stub(controller.controller_id, endpoint)
+        deadline = self._timeout_s if deadline_s is None else deadline_s
         try:
-            return await call(getattr(stub, name), request, deadline_s=self._timeout_s)
+            return await call(getattr(stub, name), request, deadline_s=deadline)
         except RpcError as exc:
             log.warning(
                 "meeting controller unreachable",
@@ -161,11 +173,14 @@ class GrpcMeetingControllers:
         )
         return False
 
-    async def end_meeting(self, controller: ControllerRecord, meeting_id: MeetingId) -> None:
+    async def end_meeting(
+        self, controller: ControllerRecord, meeting_id: MeetingId, reason: str = END_REASON_ENDED
+    ) -> None:
+        message = EMPTY_MESSAGE if reason == END_REASON_EMPTY else END_MESSAGE
         await self._call(
             controller,
             "EndMeeting",
-            mc_pb.EndMeetingRequest(meeting_id=meeting_id, message=END_MESSAGE),
+            mc_pb.EndMeetingRequest(meeting_id=meeting_id, message=message, reason=reason),
         )
 
     async def kick(
@@ -211,5 +226,7 @@ class GrpcMeetingControllers:
                 actions=[common_pb2.ModerationAction.ValueType(a) for a in actions],
                 message=message,
             ),
+            # The MC may take its own moderation deadline: never cut before it answers.
+            deadline_s=max(self._timeout_s, MODERATION_CALL_TIMEOUT_S),
         )
         return reply.publication

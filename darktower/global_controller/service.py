@@ -312,7 +312,7 @@ class GlobalController:
             return
         try:
             controller = await self.directory.controller_of(meeting)
-            await self.controllers.end_meeting(controller, meeting_id)
+            await self.controllers.end_meeting(controller, meeting_id, reason="ended")
         except DarkTowerError as exc:
             log.warning(
                 "could not tell the meeting controller to end a meeting",

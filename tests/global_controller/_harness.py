@@ -47,6 +47,8 @@ class StandInMC:
     def __init__(self) -> None:
         self.assigned: list[mc_pb.AssignMeeting] = []
         self.ended: list[str] = []
+        self.end_requests: list[mc_pb.EndMeetingRequest] = []
+        self.moderate_delay_s = 0.0  # a slow MC: its moderation answers after this long
         self.kicked: list[tuple[str, str]] = []
         self.moderated: list[mc_pb.ModerateParticipantRequest] = []
         self.participants: set[str] = {"p-1"}
@@ -61,6 +63,7 @@ class StandInMC:
 
     async def EndMeeting(self, request: mc_pb.EndMeetingRequest) -> mc_pb.EndMeetingResponse:
         self.ended.append(request.meeting_id)
+        self.end_requests.append(request)
         self.ended_one.set()
         return mc_pb.EndMeetingResponse(participant_count=0)
 
@@ -80,6 +83,7 @@ class StandInMC:
     ) -> mc_pb.ModerateParticipantResponse:
         if request.participant_id not in self.participants:
             raise NotFound(f"participant {request.participant_id} is not in the meeting")
+        await trio.sleep(self.moderate_delay_s)  # the MC's work, as long as the test says
         self.moderated.append(request)
         muted = common_pb2.MODERATION_MUTE_AUDIO in request.actions
         return mc_pb.ModerateParticipantResponse(

@@ -49,7 +49,9 @@ class AcceptingControllers:
     async def assign_meeting(self, controller: ControllerRecord, meeting: MeetingRecord) -> None:
         self.assigned.append(meeting.meeting_id)
 
-    async def end_meeting(self, controller: ControllerRecord, meeting_id: MeetingId) -> None:
+    async def end_meeting(
+        self, controller: ControllerRecord, meeting_id: MeetingId, reason: str = "ended"
+    ) -> None:
         pass
 
     async def kick(

@@ -30,7 +30,9 @@ class JoinedControllers:
     async def assign_meeting(self, controller: ControllerRecord, meeting: MeetingRecord) -> None:
         pass
 
-    async def end_meeting(self, controller: ControllerRecord, meeting_id: MeetingId) -> None:
+    async def end_meeting(
+        self, controller: ControllerRecord, meeting_id: MeetingId, reason: str = "ended"
+    ) -> None:
         pass
 
     async def kick(

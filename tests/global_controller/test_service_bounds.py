@@ -102,7 +102,9 @@ class SlowControllers:
         self.calls: dict[str, int] = {}
         self.in_flight = self.most_in_flight = 0
 
-    async def end_meeting(self, controller: ControllerRecord, meeting_id: MeetingId) -> None:
+    async def end_meeting(
+        self, controller: ControllerRecord, meeting_id: MeetingId, reason: str = "ended"
+    ) -> None:
         cid = controller.controller_id
         self.calls[cid] = self.calls.get(cid, 0) + 1
         self.in_flight += 1
