@@ -369,8 +369,9 @@ class MediaHandler:
         if member is None:
             return mc_pb.RemoveParticipantResponse()
         reason = LeaveReason(request.reason)
-        self.processing.participant_removed(member, reason)
+        transcodes = self.processing.participant_removed(member, reason)
         await self.end_member(member, reason)
+        await self.processing.drop_outputs(transcodes)  # their subscribers' streams end too
         return mc_pb.RemoveParticipantResponse()
 
     async def end_member(self, member: MediaMember, reason: LeaveReason) -> None:
@@ -394,9 +395,10 @@ class MediaHandler:
     async def remove_stream(self, request: mc_pb.RemoveStreamRequest) -> mc_pb.RemoveStreamResponse:
         """Stop routing a stream its publisher unpublished, and forget it.
 
-        Returns once every subscription task of it exited (its subscribers' uni streams are
-        reset) and the publisher's QUIC streams carrying it (each simulcast layer's) are reset
-        and stopped; its layers and routes are forgotten, so the id can be registered again.
+        Returns once every subscription task of it and of its transcodes' outputs exited (its
+        subscribers' uni streams are reset) and the publisher's QUIC streams carrying it (each
+        simulcast layer's) are reset and stopped; its layers and routes are forgotten, so the
+        id can be registered again.
         An unknown room or stream is already gone: no error (routes made ahead for it are
         dropped). Raises InvalidRequest for a stream id that is not a UUID, NotFound if another
         participant publishes it.
@@ -415,8 +417,9 @@ class MediaHandler:
                 f"{request.participant_id} does not publish {stream_id} in {room.id}",
                 details={"field": "participant_id"},
             )
-        self.processing.stream_removed(room, publication)
+        transcodes = self.processing.stream_removed(room, publication)
         await self.drop_publication(room, publication)
+        await self.processing.drop_outputs(transcodes)  # docs/protocol.md §8
         return mc_pb.RemoveStreamResponse()
 
     async def drop_publication(self, room: MediaRoom, publication: MediaPublication) -> None:

@@ -1,18 +1,12 @@
 """The MH's side of media processing (docs/architecture.md §10, docs/protocol.md §15).
 
-Recordings (MediaControl ``StartRecording``/``StopRecording``), transcodes (``RouteMedia``
-with ``options.transcode``) and mixes (``options.mix_audio``) run on the media processors of
-``--processors``. Each job is a hidden participant of the room that the MH registers itself
-(``proc-<uuid>``; the MC never hears of it): the job's sources are routed to it like to any
-subscriber, and what it derives (a transcode's output, one mix per listener) is a stream it
-publishes, which the MH routes to the destinations. One transcode per (source, codec,
-bitrate) is shared by every destination asking for it; one mix per room, its sources every
-audio stream of the room, one output per listener.
-
+Recordings (``StartRecording``/``StopRecording``), transcodes (``RouteMedia`` with
+``options.transcode``) and mixes (``options.mix_audio``) run on the media processors of
+``--processors``, each job a hidden participant of the room (``proc-<uuid>``) that the MH
+registers itself: its sources are routed to it, what it derives is a stream it publishes.
 :class:`Processing` keeps the jobs in line with the room synchronously (registrations,
-removals, routes) and each job's task (``_processing_jobs.py``, in the processing nursery)
-tells its processor. A job whose processor dies is counted and forgotten: the streams it
-published are gone with its participant, and nobody is told anything new (the MC asks again).
+removals, routes); each job's task (``_processing_jobs.py``) tells its processor. The outputs
+of a transcode whose source is removed are dropped at once, not when its task has stopped it.
 """
 
 from __future__ import annotations
@@ -301,30 +295,36 @@ class Processing:
                 recording.sources[source.wire_id] = source
                 recording.changed()
 
-    def stream_removed(self, room: MediaRoom, publication: MediaPublication) -> None:
-        """A stream was unpublished: its transcodes end, the mix and its recording drop it."""
-        gone = {publication.stream_id}
-        for key, job in list(self.book.transcodes.items()):
-            if key[0] == room.id and key[1] in gone:
-                self.stop(job, LeaveReason.VOLUNTARY)
-        readers = [
-            self.book.mixes.get(room.id),
-            self.book.recordings.get((room.id, publication.publisher.id)),
-        ]
-        for reader in readers:
-            if reader is None:
-                continue
-            for wire, source in list(reader.sources.items()):
-                if source.stream_id in gone:
-                    del reader.sources[wire]
-                    reader.changed()
+    def stream_removed(self, room: MediaRoom, publication: MediaPublication) -> list[ProcessingJob]:
+        """A stream was unpublished: the mix and its recording drop it, its transcodes end
+        (returned: the caller drops their outputs at once, :meth:`drop_outputs`)."""
+        gone = publication.stream_id
+        ended = self.book.transcodes_of(room.id, gone)
+        for job in ended:
+            self.stop(job, LeaveReason.VOLUNTARY)
+        mix = self.book.mixes.get(room.id)
+        for reader in (mix, self.book.recordings.get((room.id, publication.publisher.id))):
+            if reader is not None:
+                reader.drop_source(gone)
+        return ended
 
-    def participant_removed(self, member: MediaMember, reason: LeaveReason) -> None:
+    def participant_removed(self, member: MediaMember, reason: LeaveReason) -> list[ProcessingJob]:
         """The MC removes a participant (a kick, the meeting's end...): its recording ends
-        with that reason (written in its manifest)."""
+        with that reason (written in its manifest), its streams leave the mix and their
+        transcodes end (returned, as by :meth:`stream_removed`)."""
         job = self.book.recordings.get((member.room.id, member.id))
         if job is not None:
             self.stop(job, reason)
+        ended: list[ProcessingJob] = []
+        for publication in list(member.publications.values()):
+            ended += self.stream_removed(member.room, publication)
+        return ended
+
+    async def drop_outputs(self, jobs: list[ProcessingJob]) -> None:
+        """Forget the outputs of transcodes ended with their source now, not once their tasks
+        stopped them on the processor: nothing derived reaches anyone (docs/protocol.md §8)."""
+        for job in jobs:
+            await self.drop_output(job, job.output_id)
 
     def forgetting(self, member: MediaMember) -> None:
         """A member is about to be forgotten (the registry's hook, its streams still there):

@@ -137,6 +137,13 @@ class ProcessingJob:
         self._changed.set()
         self._changed = trio.Event()
 
+    def drop_source(self, stream_id: StreamId) -> None:
+        """Stop reading ``stream_id`` (a publication's id: every wire id of it)."""
+        for wire, source in list(self.sources.items()):
+            if source.stream_id == stream_id:
+                del self.sources[wire]
+                self.changed()
+
     def start_request(self, media_url: str, certificate_sha256: bytes) -> pb.StartJobRequest:
         sources = [s.proto() for s in self.sources.values()]
         self._sent_sources = set(self.sources)
@@ -310,6 +317,10 @@ class JobBook:
 
     def output_job(self, meeting_id: MeetingId, stream_id: StreamId) -> ProcessingJob | None:
         return self.outputs.get((meeting_id, stream_id))
+
+    def transcodes_of(self, meeting_id: MeetingId, source: StreamId) -> list[ProcessingJob]:
+        """The live transcodes of ``source`` (every codec and bitrate)."""
+        return [j for k, j in self.transcodes.items() if k[0] == meeting_id and k[1] == source]
 
     def add_output(self, job: ProcessingJob, stream_id: StreamId) -> None:
         self.outputs[(job.room.id, stream_id)] = job
