@@ -31,8 +31,8 @@ from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from ._events import new_event
 from ._limits import MODERATION_DEADLINE_S
 from ._publication import Publication, announce
-from ._room import RoomMember, RoomState
-from ._streams import end_stream, unpublished
+from ._room import Removal, RoomMember, RoomState
+from ._streams import end_stream, removed_meanwhile, unpublished
 
 # What each stopping action ends: the stream type of the streams it removes.
 STOPS: dict[int, int] = {
@@ -129,6 +129,9 @@ async def moderate(
     _blocks_changed(room, target, before)
     types = {STOPS[a] for a in actions if a in STOPS}
     doomed = [sid for sid, s in target.streams.items() if s.stream_type in types]
+    # Streams of those kinds whose removal another request started (a second moderation, the
+    # participant's unpublish): answered only once they are removed too.
+    meanwhile = [(sid, r) for sid, r in target.removing.items() if r.stream.stream_type in types]
     ended: list[common_pb2.MediaStream] = []
     failures: list[str] = []
 
@@ -139,10 +142,18 @@ async def moderate(
         except DarkTowerError as exc:
             failures.append(f"{stream_id}: {exc}")
 
+    async def removed(stream_id: str, removal: Removal) -> None:
+        try:
+            await removed_meanwhile(target, removal, stream_id)
+        except DarkTowerError as exc:
+            failures.append(str(exc))
+
     with trio.move_on_after(MODERATION_DEADLINE_S, shield=True) as bounded:
         async with trio.open_nursery() as nursery:
             for stream_id in doomed:
                 nursery.start_soon(end, stream_id)
+            for stream_id, removal in meanwhile:
+                nursery.start_soon(removed, stream_id, removal)
     if bounded.cancelled_caught:
         failures.append("the media handler did not answer in time")
     for stream in ended:

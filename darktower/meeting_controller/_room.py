@@ -35,6 +35,16 @@ T = TypeVar("T")
 
 
 @attrs.define(eq=False)
+class Removal:
+    """A stream of a member being removed at the Media Handler (``_streams.end_stream``): out
+    of its ``streams`` meanwhile, back in them if the removal fails; ``done`` is set either
+    way."""
+
+    stream: common_pb2.MediaStream
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+@attrs.define(eq=False)
 class RoomMember:
     """One participant of a meeting: what the others are told about it, and its outbox."""
 
@@ -56,6 +66,9 @@ class RoomMember:
     token_id: str = ""
     token_valid_until: float = 0.0
     streams: dict[str, common_pb2.MediaStream] = attrs.field(factory=dict)
+    # Its streams being removed at the MH now, by stream id (a moderation or an unpublish of
+    # one waits for it: docs/protocol.md §18.2).
+    removing: dict[str, Removal] = attrs.field(factory=dict)
     subscriptions: dict[str, signaling_pb2.SubscriptionOptions] = attrs.field(factory=dict)
     # What its JoinRequest's capabilities said (docs/protocol.md §2.2): the video codecs it
     # decodes (empty: any) and how many video streams it receives at once (0: no limit).

@@ -59,7 +59,7 @@ from ._processing import (
 )
 from ._publication import announce, check_publish, set_own, streams_changed
 from ._room import RoomMember, RoomState, at_room_mh
-from ._streams import end_stream, published, unpublished
+from ._streams import end_stream, published, removed_meanwhile, unpublished
 
 if TYPE_CHECKING:
     from ._session import SignalingSession
@@ -127,6 +127,12 @@ async def publish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
 async def unpublish(session: SignalingSession, m: sig.ClientMessage) -> Reply:
     room, member = session.room, session.member
     stream_id = m.unpublish.stream_id
+    removal = member.removing.get(stream_id)
+    if removal is not None and stream_id not in member.streams:
+        # A host's moderation is removing it: answered once the MH no longer routes it (the
+        # moderation tells the members).
+        await removed_meanwhile(member, removal, stream_id)
+        return _ack(stream_id)
     if stream_id not in member.streams:
         raise NotFound(f"stream {stream_id} is not published by you")
     # The MH stops routing it (and ends its QUIC streams) before anyone hears it is gone: a

@@ -4,6 +4,8 @@ webhooks (docs/protocol.md §18.5)."""
 
 from __future__ import annotations
 
+import trio
+
 from darktower.errors import InternalError
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
@@ -12,7 +14,8 @@ from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.transport.rpc import RpcError
 
 from ._events import new_event
-from ._room import RoomMember, RoomState, at_room_mh
+from ._limits import MODERATION_DEADLINE_S
+from ._room import Removal, RoomMember, RoomState, at_room_mh
 
 
 async def end_stream(room: RoomState, member: RoomMember, stream_id: str) -> common_pb2.MediaStream:
@@ -30,6 +33,7 @@ async def end_stream(room: RoomState, member: RoomMember, stream_id: str) -> com
         remove = mh_pb.RemoveStreamRequest(
             meeting_id=room.id, participant_id=member.id, stream_id=stream_id
         )
+        removal = member.removing[stream_id] = Removal(stream)
         try:
             await at_room_mh(room, lambda mh: mh.remove_stream(remove))
         except BaseException as exc:
@@ -37,9 +41,27 @@ async def end_stream(room: RoomState, member: RoomMember, stream_id: str) -> com
             if isinstance(exc, RpcError):
                 raise InternalError(f"media handler unreachable: {exc}") from exc
             raise
+        finally:
+            if member.removing.get(stream_id) is removal:
+                del member.removing[stream_id]
+            removal.done.set()
     for other in list(room.subscribers_of(stream_id)):
         other.drop_subscription(stream_id)
     return stream
+
+
+async def removed_meanwhile(member: RoomMember, removal: Removal, stream_id: str) -> None:
+    """Wait (at most ``MODERATION_DEADLINE_S``) for ``removal``, a removal of ``member``'s
+    stream ``stream_id`` under way at the Media Handler, started by another request: a second
+    moderation, or the publisher's unpublish, is answered only once the MH no longer routes the
+    stream (docs/protocol.md §18.2). INTERNAL_ERROR if it is not done in time or failed (the
+    stream is published again)."""
+    with trio.move_on_after(MODERATION_DEADLINE_S):
+        await removal.done.wait()
+    if not removal.done.is_set():
+        raise InternalError(f"{stream_id}: the media handler did not remove it in time")
+    if stream_id in member.streams:
+        raise InternalError(f"{stream_id}: its removal at the media handler failed")
 
 
 def published(room: RoomState, member: RoomMember, stream: common_pb2.MediaStream) -> None:
@@ -79,4 +101,4 @@ def unpublished(
     )
 
 
-__all__ = ["end_stream", "published", "unpublished"]
+__all__ = ["end_stream", "published", "removed_meanwhile", "unpublished"]

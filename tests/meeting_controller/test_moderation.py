@@ -403,3 +403,88 @@ async def test_a_guest_s_blocks_are_reported_to_the_gc_with_its_join_token(
                 (r.participant_id, r.token_id, r.audio_blocked, r.video_blocked, r.screen_blocked)
                 for r in reported
             ] == [(pid, token_id, True, False, True), (pid, token_id, False, False, True)]
+
+
+class Entries:
+    """How many requests of a kind the MC's sessions have started to serve (:func:`_entered`)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.changed = trio.Event()
+
+    async def wait(self, n: int) -> None:
+        with trio.fail_after(10):
+            while self.count < n:
+                await self.changed.wait()
+
+
+def _entered(monkeypatch: pytest.MonkeyPatch, kind: str) -> Entries:
+    """Counts the requests of ``kind`` the MC's sessions serve from now on; a waiter runs once
+    the handler has gone as far as its first wait."""
+    from darktower.meeting_controller import _signaling
+
+    entries = Entries()
+    handler = _signaling.HANDLERS[kind]
+
+    async def entered(session: Any, m: sig.ClientMessage) -> Any:
+        entries.count += 1
+        entries.changed.set()
+        entries.changed = trio.Event()
+        return await handler(session, m)
+
+    monkeypatch.setitem(_signaling.HANDLERS, kind, entered)
+    return entries
+
+
+@pytest.mark.parametrize("removed", [True, False])
+async def test_a_second_moderation_and_an_unpublish_wait_for_the_removal_under_way(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, removed: bool
+) -> None:
+    """While a host's mute removes a stream at the MH, a co-host's mute of it and the
+    participant's own unpublish of it are answered only once it is removed; if the removal
+    fails (the stream is published again), they fail too, as the first does."""
+    async with _stack(tmp_path) as stack:
+        fake = stack.mh
+        assert isinstance(fake, HoldingMediaControl)
+        await stack.assign("m")
+        async with (
+            stack.join("m", Role.HOST) as host,
+            stack.join("m", Role.HOST) as cohost,
+            stack.join("m") as guest,
+        ):
+            pid = guest.participant_id
+            await guest.request(_publish("mic", common_pb2.AUDIO))
+            fake.hold_remove = trio.Event()
+            outcomes: dict[str, str] = {}
+
+            async def ask(name: str, client: SignalingClient, message: sig.ClientMessage) -> None:
+                try:
+                    reply = await client.request(message)
+                    outcomes[name] = reply.WhichOneof("message") or ""
+                except DarkTowerError as exc:
+                    outcomes[name] = exc.code.name
+
+            moderations = _entered(monkeypatch, "moderate")
+            unpublishes = _entered(monkeypatch, "unpublish")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask, "host", host, _moderate(pid, MUTE))
+                await fake.wait_for(lambda: len(fake.streams_removed) == 1)
+                nursery.start_soon(ask, "cohost", cohost, _moderate(pid, MUTE))
+                await moderations.wait(2)
+                nursery.start_soon(
+                    ask,
+                    "guest",
+                    guest,
+                    sig.ClientMessage(unpublish=sig.UnpublishStream(stream_id="mic")),
+                )
+                await unpublishes.wait(1)
+                assert outcomes == {}  # nobody is answered while the MH routes the stream
+                if not removed:
+                    fake.refuse_remove = InternalError("the media handler is broken")
+                fake.hold_remove.set()
+            expected = "ack" if removed else "INTERNAL_ERROR"
+            assert outcomes == {"host": expected, "cohost": expected, "guest": expected}
+            assert len(fake.streams_removed) == 1  # removed once, by the first
+            member = stack.running.controller.rooms["m"].members[pid]
+            assert set(member.streams) == (set() if removed else {"mic"})
+            assert not member.removing and member.publication.audio_blocked
