@@ -18,8 +18,7 @@ The meeting: Hank creates it from the pre-join screen, Gina joins by its link.
 * A narrow page (390x844) joins: every control's box is inside its viewport, the side panel
   is a drawer there, and it is removed by the host (its screen says so). A fourth joins for
   the grid of 4 with the participant list.
-* Error screens: an unsupported browser (no WebTransport), a refused camera and microphone,
-  a full meeting, an ended meeting.
+* Gina leaves with the button. (The error screens: test_meeting_ui_screens.py.)
 
 Screenshots of each state go to ``test-results/screenshots/`` (not committed); with
 ``DARKTOWER_UPDATE_SCREENSHOT=1`` the grid of 4 with its participant list open is copied to
@@ -39,24 +38,31 @@ import trio
 
 from tests._stack import dev_stack
 
-from ._pages import POLL_MS, run_in_browser, snapshot, wait_for_frames, wait_for_hooks
+from ._meeting_ui import (
+    PAGE_WAIT_S,
+    REPO_ROOT,
+    SHOTS,
+    count,
+    diagnosed,
+    grows,
+    joined,
+    shot,
+    stays,
+    wait,
+)
+from ._pages import run_in_browser, snapshot, wait_for_frames, wait_for_hooks
 
 if TYPE_CHECKING:
-    from playwright.sync_api import BrowserContext, ConsoleMessage, Page
+    from playwright.sync_api import BrowserContext
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-SHOTS = REPO_ROOT / "test-results" / "screenshots"
 DOC_SHOT = REPO_ROOT / "docs" / "screenshots" / "meeting.png"
-PAGE_WAIT_S = 25.0
 NARROW = {"width": 390, "height": 844}
 # Frames of a stream that may still be decoded after its sender stopped: those on their way.
 IN_FLIGHT = 3
 # Frames received from another stream meanwhile: the clock of "no more of it arrives".
 CLOCK_FRAMES = 30
-
-MUTE_AUDIO, STOP_VIDEO, ALLOW_AUDIO = 1, 2, 4
 
 # Every visible control of the toolbar inside the viewport, as [id, inside].
 CONTROLS_INSIDE_JS = """() => [...document.querySelectorAll("#controls button")]
@@ -70,77 +76,6 @@ BADGE_JS = """([pid, badge]) => {
   return b !== null && !b.hidden; }"""
 
 
-def _shot(page: Page, name: str) -> None:
-    """A screenshot of the whole page (a clip: element screenshots wait for canvases that
-    redraw 30 times a second to be 'stable')."""
-    page.screenshot(path=SHOTS / f"{name}.png", animations="disabled", caret="initial")
-
-
-def _wait(page: Page, js: str, arg: Any = None) -> None:
-    page.wait_for_function(js, arg=arg, polling=POLL_MS)
-
-
-def _joined(page: Page) -> dict[str, Any]:
-    _wait(page, "() => ['joined', 'ended'].includes(darktower.state)")
-    state: dict[str, Any] = snapshot(page)
-    notices = page.locator("#notices li").all_text_contents()
-    assert state["state"] == "joined", (state, notices)
-    return state
-
-
-def _count(page: Page, what: str, pid: str) -> int:
-    return int(page.evaluate(f"(pid) => (darktower.stats.{what} ?? {{}})[pid] ?? 0", pid))
-
-
-def _grows(page: Page, what: str, pid: str, by: int) -> int:
-    """Waits until ``page``'s count ``what`` of ``pid`` grew by ``by``; the count then."""
-    start = _count(page, what, pid)
-    _wait(
-        page, f"([pid, n]) => ((darktower.stats.{what} ?? {{}})[pid] ?? 0) >= n", [pid, start + by]
-    )
-    return _count(page, what, pid)
-
-
-def _stays(page: Page, what: str, pid: str, clock: Callable[[], None]) -> tuple[int, int]:
-    """``page``'s count ``what`` of ``pid`` before and after ``clock()`` ran."""
-    before = _count(page, what, pid)
-    clock()
-    return before, _count(page, what, pid)
-
-
-def _watch_problems(page: Page, problems: list[str]) -> None:
-    def console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            problems.append(f"console.error: {message.text}")
-
-    page.on("pageerror", lambda error: problems.append(f"pageerror: {error}"))
-    page.on("console", console)
-
-
-def _diagnosed(
-    steps: Callable[[BrowserContext], None], results: dict[str, Any]
-) -> Callable[[BrowserContext], None]:
-    def scenario(context: BrowserContext) -> None:
-        problems: list[str] = results.setdefault("page_problems", [])
-        context.on("page", lambda page: _watch_problems(page, problems))
-        try:
-            steps(context)
-        except Exception as exc:
-            for page in context.pages:
-                try:
-                    state = {
-                        "snapshot": snapshot(page),
-                        "notices": page.locator("#notices li").all_text_contents(),
-                    }
-                except Exception as inner:  # a page gone or stuck
-                    state = {"error": repr(inner)}
-                exc.add_note(f"{page.url}: {state}")
-            exc.add_note(f"page problems: {problems}")
-            raise
-
-    return scenario
-
-
 # --- the meeting ----------------------------------------------------------------------------
 
 
@@ -149,15 +84,15 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
         host = context.new_page()
         host.goto(page_url + "/")
         wait_for_hooks(host)
-        _wait(host, "() => darktower.prejoin.previewing")
+        wait(host, "() => darktower.prejoin.previewing")
         host.fill("#name", "Hank")
-        _shot(host, "pre-join")
+        shot(host, "pre-join")
         results["prejoin_pickers"] = host.evaluate(
             "() => [document.getElementById('camera-select').options.length,"
             " document.getElementById('mic-select').options.length]"
         )
         host.click("#create")
-        h = results["host"] = _joined(host)
+        h = results["host"] = joined(host)
         hid = h["participantId"]
 
         guest = context.new_page()
@@ -165,42 +100,42 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
         wait_for_hooks(guest)
         guest.fill("#name", "Gina")
         guest.click("#join")
-        g = results["guest"] = _joined(guest)
+        g = results["guest"] = joined(guest)
         gid = g["participantId"]
         wait_for_frames(host, gid, CLOCK_FRAMES)
         wait_for_frames(guest, hid, CLOCK_FRAMES)
-        _grows(host, "decodedAudio", gid, 10)
+        grows(host, "decodedAudio", gid, 10)
 
         # The invite link, one click.
         guest.click("#invite")
-        _wait(guest, "() => darktower.copied !== null")
+        wait(guest, "() => darktower.copied !== null")
         results["invite"] = guest.evaluate("() => darktower.copied")
 
         # Mute: the badge on Hank's page, and none of her audio after it.
         guest.keyboard.press("m")  # the shortcut: the Mute button
-        _wait(guest, "() => document.getElementById('mic').ariaPressed === 'true'")
+        wait(guest, "() => document.getElementById('mic').ariaPressed === 'true'")
         results["mute_pressed"] = guest.get_attribute("#mic", "aria-pressed")
-        _wait(host, BADGE_JS, [gid, "muted"])
-        results["muted_audio"] = _stays(
-            host, "decodedAudio", gid, lambda: _grows(host, "decodedFrames", gid, CLOCK_FRAMES)
+        wait(host, BADGE_JS, [gid, "muted"])
+        results["muted_audio"] = stays(
+            host, "decodedAudio", gid, lambda: grows(host, "decodedFrames", gid, CLOCK_FRAMES)
         )
         results["host_sees_muted"] = host.evaluate(f"() => darktower.publications['{gid}']")
         # Camera off: the badge, and no more of her video (Gina's page decoding Hank's is the
         # clock).
         guest.click("#camera")
-        _wait(guest, "() => darktower.muted.video")
-        _wait(host, BADGE_JS, [gid, "video-off"])
-        results["camera_off"] = _stays(
-            host, "decodedFrames", gid, lambda: _grows(guest, "decodedFrames", hid, CLOCK_FRAMES)
+        wait(guest, "() => darktower.muted.video")
+        wait(host, BADGE_JS, [gid, "video-off"])
+        results["camera_off"] = stays(
+            host, "decodedFrames", gid, lambda: grows(guest, "decodedFrames", hid, CLOCK_FRAMES)
         )
-        _shot(host, "muted-and-camera-off")
+        shot(host, "muted-and-camera-off")
         # On again: both flow again, the badges go.
         guest.click("#mic")
         guest.click("#camera")
-        _wait(guest, "() => !darktower.muted.audio && !darktower.muted.video")
-        _grows(host, "decodedAudio", gid, 10)
-        _grows(host, "decodedFrames", gid, 10)
-        _wait(host, f"() => !darktower.publications['{gid}'].audioMuted")
+        wait(guest, "() => !darktower.muted.audio && !darktower.muted.video")
+        grows(host, "decodedAudio", gid, 10)
+        grows(host, "decodedFrames", gid, 10)
+        wait(host, f"() => !darktower.publications['{gid}'].audioMuted")
 
         # Another microphone in the meeting: the same stream, still heard.
         mics = guest.evaluate("() => darktower.devices('audio')")
@@ -214,34 +149,34 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
             for s in snapshot(host)["subscriptions"]
             if s["participantId"] == gid and s["kind"] == "audio"
         ]
-        _grows(host, "decodedAudio", gid, 10)
+        grows(host, "decodedAudio", gid, 10)
 
         # Screen share: decoded by Hank in a tile of its own; the browser's "stop" ends it.
         guest.click("#share")
-        _wait(guest, "() => document.getElementById('share').ariaPressed === 'true'")
+        wait(guest, "() => document.getElementById('share').ariaPressed === 'true'")
         results["share_pressed"] = guest.get_attribute("#share", "aria-pressed")
-        results["screen_decoded"] = _grows(host, "decodedScreen", gid, 10)
-        _wait(host, f"() => darktower.publications['{gid}'].sharing")
+        results["screen_decoded"] = grows(host, "decodedScreen", gid, 10)
+        wait(host, f"() => darktower.publications['{gid}'].sharing")
         results["screen_tiles"] = host.locator("#screens .tile").count()
-        _shot(host, "screen-share")
+        shot(host, "screen-share")
         guest.evaluate(
             "() => document.querySelector('#screens .tile.self video').srcObject"
             ".getVideoTracks()[0].dispatchEvent(new Event('ended'))"
         )
-        _wait(host, "() => document.querySelectorAll('#screens .tile').length === 0")
-        _wait(host, f"() => !darktower.publications['{gid}'].sharing")
+        wait(host, "() => document.querySelectorAll('#screens .tile').length === 0")
+        wait(host, f"() => !darktower.publications['{gid}'].sharing")
         results["sharing_after_stop"] = guest.evaluate("() => darktower.sharing")
 
         # Host mute: no audio of Gina's reaches Hank after moderate() resolved.
-        _grows(host, "decodedAudio", gid, 5)
+        grows(host, "decodedAudio", gid, 5)
         results["moderated_at"] = host.evaluate(
             "async (pid) => { await darktower.moderate(pid, [1], 'Too loud');"
             " return darktower.stats.decodedAudio[pid]; }",
             gid,
         )
-        _grows(host, "decodedFrames", gid, CLOCK_FRAMES)
-        results["audio_after_moderation"] = _count(host, "decodedAudio", gid)
-        _wait(guest, "() => darktower.moderation.last !== null")
+        grows(host, "decodedFrames", gid, CLOCK_FRAMES)
+        results["audio_after_moderation"] = count(host, "decodedAudio", gid)
+        wait(guest, "() => darktower.moderation.last !== null")
         results["moderation"] = guest.evaluate("() => darktower.moderation")
         results["banner"] = guest.text_content("#moderation-text")
         results["mic_blocked"] = guest.evaluate(
@@ -252,56 +187,56 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
             "() => darktower.setMuted('audio', false).then(() => null, (e) => [e.name, e.message])"
         )
         guest.keyboard.press("m")  # the blocked button still explains itself
-        _wait(guest, "() => document.querySelectorAll('#notices li').length > 1")
+        wait(guest, "() => document.querySelectorAll('#notices li').length > 1")
         results["unmute_click_notice"] = guest.locator("#notices li").last.text_content()
-        _shot(guest, "muted-by-host")
+        shot(guest, "muted-by-host")
         host.evaluate("(pid) => darktower.moderate(pid, ['MODERATION_ALLOW_AUDIO'])", gid)
-        _wait(guest, "() => !darktower.publications[darktower.participantId].audioBlocked")
+        wait(guest, "() => !darktower.publications[darktower.participantId].audioBlocked")
         guest.click("#mic")
-        _wait(guest, "() => !darktower.muted.audio")
-        results["audio_after_allow"] = _grows(host, "decodedAudio", gid, 10)
+        wait(guest, "() => !darktower.muted.audio")
+        results["audio_after_allow"] = grows(host, "decodedAudio", gid, 10)
 
         # Chat both ways: Gina through the hook, Hank through the panel's text box.
         guest.evaluate("() => darktower.sendChat('Hello Hank')")
-        _wait(host, "() => darktower.chat.some((m) => m.text === 'Hello Hank')")
+        wait(host, "() => darktower.chat.some((m) => m.text === 'Hello Hank')")
         host.click("#chat-toggle")
-        _wait(host, "() => document.querySelector('#chat-panel .chat-message') !== null")
+        wait(host, "() => document.querySelector('#chat-panel .chat-message') !== null")
         host.fill("#chat-panel textarea", "Hi Gina")
         host.press("#chat-panel textarea", "Enter")
-        _wait(guest, "() => darktower.chat.some((m) => m.text === 'Hi Gina')")
+        wait(guest, "() => darktower.chat.some((m) => m.text === 'Hi Gina')")
         results["host_chat"] = [m["text"] for m in host.evaluate("() => darktower.chat")]
         results["guest_chat"] = [m["text"] for m in guest.evaluate("() => darktower.chat")]
         results["host_chat_shown"] = host.locator("#chat-panel .chat-message").count()
-        _shot(host, "chat")
+        shot(host, "chat")
 
         # A third page, phone-sized: every control reachable, the panel a drawer. Hank is
         # muted as it joins: it learns so from the join's catch-up.
         host.click("#mic")
-        _wait(host, f"() => darktower.publications['{hid}'].audioMuted")
+        wait(host, f"() => darktower.publications['{hid}'].audioMuted")
         phone = context.new_page()
         phone.set_viewport_size(NARROW)
         phone.goto(f"{page_url}/m/{h['meetingId']}")
         wait_for_hooks(phone)
         phone.fill("#name", "Pat")
-        _shot(phone, "pre-join-narrow")
+        shot(phone, "pre-join-narrow")
         phone.click("#join")
-        p = results["phone"] = _joined(phone)
+        p = results["phone"] = joined(phone)
         pid = p["participantId"]
-        _wait(phone, BADGE_JS, [hid, "muted"])
+        wait(phone, BADGE_JS, [hid, "muted"])
         host.click("#mic")
-        _wait(phone, f"() => !darktower.publications['{hid}'].audioMuted")
+        wait(phone, f"() => !darktower.publications['{hid}'].audioMuted")
         wait_for_frames(phone, gid, 10)
         results["phone_controls"] = phone.evaluate(CONTROLS_INSIDE_JS)
-        _shot(phone, "narrow")
+        shot(phone, "narrow")
         phone.click("#people-toggle")
-        _wait(phone, "() => document.querySelectorAll('#people-panel .person').length === 3")
+        wait(phone, "() => document.querySelectorAll('#people-panel .person').length === 3")
         results["phone_drawer"] = phone.evaluate(
             "() => { const r = document.getElementById('side').getBoundingClientRect();"
             " const c = document.getElementById('side-close').getBoundingClientRect();"
             " return [r.width <= innerWidth, c.bottom <= innerHeight && c.top >= 0]; }"
         )
         results["phone_controls_with_drawer"] = phone.evaluate(CONTROLS_INSIDE_JS)
-        _shot(phone, "narrow-participants")
+        shot(phone, "narrow-participants")
         phone.click("#side-close")
 
         # A fourth: the grid of 4, with the participant list.
@@ -312,8 +247,8 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
         quinn.click("#prejoin-mic")  # joins muted
         results["prejoin_mic"] = quinn.get_attribute("#prejoin-mic", "aria-pressed")
         quinn.click("#join")
-        q = _joined(quinn)
-        _wait(host, BADGE_JS, [q["participantId"], "muted"])
+        q = joined(quinn)
+        wait(host, BADGE_JS, [q["participantId"], "muted"])
         results["quinn_muted"] = [
             quinn.evaluate("() => darktower.muted"),
             snapshot(quinn)["stats"]["sent"]["audio"],
@@ -321,15 +256,15 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
         wait_for_frames(host, pid, 10)
         wait_for_frames(host, q["participantId"], 10)
         host.click("#chat-toggle")  # closed
-        _shot(host, "grid-of-4")
+        shot(host, "grid-of-4")
         host.click("#people-toggle")
-        _wait(host, "() => document.querySelectorAll('#people-panel .person').length === 4")
+        wait(host, "() => document.querySelectorAll('#people-panel .person').length === 4")
         results["people_rows"] = host.locator("#people-panel .person").count()
         results["grid_shape"] = host.evaluate(
             "() => [getComputedStyle(document.getElementById('grid')).gridTemplateColumns"
             ".split(' ').length, document.querySelectorAll('#grid .tile').length]"
         )
-        _shot(host, "participant-list")
+        shot(host, "participant-list")
         if os.environ.get("DARKTOWER_UPDATE_SCREENSHOT"):
             shutil.copyfile(SHOTS / "participant-list.png", DOC_SHOT)
         quinn.evaluate("() => darktower.leave()")
@@ -339,32 +274,32 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
         row = f'#people-panel .person[data-participant-id="{gid}"]'
         host.click(f"{row} .person-menu-button")
         host.click(f"{row} .item-stop-video")
-        _wait(guest, "() => darktower.publications[darktower.participantId].videoBlocked")
-        _wait(host, BADGE_JS, [gid, "video-off"])
+        wait(guest, "() => darktower.publications[darktower.participantId].videoBlocked")
+        wait(host, BADGE_JS, [gid, "video-off"])
         results["video_moderation"] = guest.evaluate("() => darktower.moderation.last")
         results["camera_blocked"] = guest.evaluate(
             "() => document.getElementById('camera').classList.contains('blocked')"
         )
         host.click(f"{row} .person-menu-button")
         host.click(f"{row} .item-allow-video")
-        _wait(guest, "() => !darktower.publications[darktower.participantId].videoBlocked")
+        wait(guest, "() => !darktower.publications[darktower.participantId].videoBlocked")
         guest.keyboard.press("v")
-        _wait(guest, "() => !darktower.muted.video")
-        results["video_after_allow"] = _grows(host, "decodedFrames", gid, 10)
+        wait(guest, "() => !darktower.muted.video")
+        results["video_after_allow"] = grows(host, "decodedFrames", gid, 10)
 
         # Sharing stopped by the button, then by the host's menu (and then blocked).
         for stop in ("button", "host"):
             guest.click("#share")
-            _wait(host, "() => document.querySelectorAll('#screens .tile').length === 1")
-            _grows(host, "decodedScreen", gid, 5)
+            wait(host, "() => document.querySelectorAll('#screens .tile').length === 1")
+            grows(host, "decodedScreen", gid, 5)
             if stop == "button":
                 guest.click("#share")
             else:
                 host.click(f"{row} .person-menu-button")
                 host.click(f"{row} .item-stop-screen")
-            _wait(host, "() => document.querySelectorAll('#screens .tile').length === 0")
-            _wait(host, f"() => !darktower.publications['{gid}'].sharing")
-            _wait(guest, "() => !darktower.sharing")
+            wait(host, "() => document.querySelectorAll('#screens .tile').length === 0")
+            wait(host, f"() => !darktower.publications['{gid}'].sharing")
+            wait(guest, "() => !darktower.sharing")
         results["screen_moderation"] = guest.evaluate("() => darktower.moderation.last")
         results["share_refused"] = guest.evaluate(
             "() => darktower.shareScreen().then(() => null, (e) => e.name)"
@@ -372,26 +307,26 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
 
         # Removed: the host removes the phone; its screen says so.
         host.evaluate("(pid) => darktower.kick(pid)", pid)
-        _wait(phone, "() => darktower.screen !== null")
+        wait(phone, "() => darktower.screen !== null")
         results["kicked_screen"] = [
             phone.evaluate("() => darktower.screen"),
             phone.text_content("#end-title"),
         ]
-        _shot(phone, "removed")
+        shot(phone, "removed")
         results["notices"] = {
             "host": host.locator("#notices li").all_text_contents(),
             "guest": guest.locator("#notices li").all_text_contents(),
         }
         # Gina leaves with the button.
         guest.click("#leave")
-        _wait(guest, "() => darktower.screen !== null")
+        wait(guest, "() => darktower.screen !== null")
         results["left_screen"] = [
             guest.evaluate("() => darktower.screen"),
             guest.text_content("#end-reason"),
         ]
-        _wait(host, f"() => !darktower.participants.some((p) => p.participantId === '{gid}')")
+        wait(host, f"() => !darktower.participants.some((p) => p.participantId === '{gid}')")
 
-    return _diagnosed(steps, results)
+    return diagnosed(steps, results)
 
 
 async def test_the_meeting_as_people_use_it(tmp_path: pathlib.Path) -> None:
@@ -456,77 +391,3 @@ async def test_the_meeting_as_people_use_it(tmp_path: pathlib.Path) -> None:
         "The host muted your microphone",
     ], results["notices"]
     assert results["page_problems"] == []
-
-
-# --- the error screens ----------------------------------------------------------------------
-
-NO_WEBTRANSPORT_JS = "delete window.WebTransport;"
-DENY_DEVICES_JS = """navigator.mediaDevices.getUserMedia = () =>
-  Promise.reject(new DOMException("Permission denied", "NotAllowedError"));"""
-
-
-def _screens_scenario(page_url: str, results: dict[str, Any]) -> Callable[[BrowserContext], None]:
-    def steps(context: BrowserContext) -> None:
-        # A browser without WebTransport.
-        old = context.new_page()
-        old.add_init_script(NO_WEBTRANSPORT_JS)
-        old.goto(page_url + "/")
-        wait_for_hooks(old)
-        _wait(old, "() => darktower.screen !== null")
-        results["unsupported"] = [old.evaluate("() => darktower.screen"), old.is_visible("#lobby")]
-        _shot(old, "error-unsupported")
-        old.close()
-
-        # Camera and microphone refused: said on the pre-join screen; joins without them.
-        dee = context.new_page()
-        dee.add_init_script(DENY_DEVICES_JS)
-        dee.goto(page_url + "/")
-        wait_for_hooks(dee)
-        _wait(dee, "() => darktower.prejoin.denied")
-        results["denied_shown"] = dee.is_visible("#denied")
-        _shot(dee, "error-devices-denied")
-        dee.click("#skip-devices")
-        results["denied_after_skip"] = dee.is_visible("#denied")
-        d = dee.evaluate("() => darktower.create({name: 'Dee', settings: {maxParticipants: 1}})")
-        results["dee"] = d
-
-        # The meeting is full.
-        eve = context.new_page()
-        eve.goto(f"{page_url}/m/{d['meetingId']}")
-        wait_for_hooks(eve)
-        eve.fill("#name", "Eve")
-        eve.click("#join")
-        _wait(eve, "() => darktower.screen !== null")
-        results["full"] = [eve.evaluate("() => darktower.screen"), eve.text_content("#end-title")]
-        _shot(eve, "error-meeting-full")
-
-        # The host ends it: its screen says so, and a later join is told.
-        dee.click("#end-meeting")
-        _wait(dee, "() => darktower.screen !== null")
-        results["ended"] = [dee.evaluate("() => darktower.screen"), dee.text_content("#end-title")]
-        _shot(dee, "error-meeting-ended")
-        eve.click("#rejoin")
-        wait_for_hooks(eve)
-        eve.fill("#name", "Eve")
-        eve.click("#join")
-        _wait(eve, "() => darktower.screen !== null")
-        results["join_ended"] = eve.evaluate("() => darktower.screen")
-        _shot(eve, "error-join-ended")
-
-    return _diagnosed(steps, results)
-
-
-async def test_the_error_screens(tmp_path: pathlib.Path) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {}
-    async with dev_stack(tmp_path / "data", drain_grace_s=1) as running:
-        scenario = _screens_scenario(running.page_url.rstrip("/"), results)
-        await trio.to_thread.run_sync(lambda: run_in_browser(scenario, timeout_s=PAGE_WAIT_S))
-
-    assert results["unsupported"] == ["unsupported", False]
-    assert results["denied_shown"] is True
-    assert results["denied_after_skip"] is False
-    assert results["dee"]["state"] == "joined"
-    assert results["full"] == ["full", "This meeting is full"]
-    assert results["ended"] == ["meeting-ended", "Meeting ended"]
-    assert results["join_ended"] in ("meeting-ended", "no-meeting")
