@@ -13,6 +13,8 @@ What is dropped, each drop counted in ``darktower_mh_data_dropped_total{reason}`
 
 * a malformed datagram: ``short``, ``version``, ``kind``, ``too_large`` (the codec's reasons);
 * beyond the sender's token buckets (_limits.py): ``rate``;
+* beyond the room's bucket of copies (``MediaRoom.data_copies``, MAX_ROOM_DATA_COPIES_PER_S):
+  ``room_rate``, once per datagram (none of its recipients gets it);
 * a recipient that is not a participant of the room: ``unknown_recipient``; one that is not
   connected, or whose connection cannot take the datagram: ``undeliverable``;
 * a copy beyond the recipient's outgoing byte budget, at the lowest priority so data never
@@ -50,6 +52,7 @@ DATA_DROP_REASONS = (
     "kind",
     "too_large",
     "rate",
+    "room_rate",
     "unknown_recipient",
     "undeliverable",
     "budget",
@@ -151,6 +154,10 @@ class DataRelay:
                 if m is not member and not m.removed and m.scope is not None
             ]
         if not targets:
+            return
+        # A room's copies, not only each sender's datagrams, are bounded (_limits.py).
+        if not room.data_copies.try_acquire(self.clock(), len(targets)):
+            self._drop("room_rate")
             return
         out = encode_data(message.payload, sender, private=message.private)
         for target in targets:

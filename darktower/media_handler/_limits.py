@@ -151,3 +151,10 @@ NOT_LIVE_MAX_AGE_S = 5.0
 MAX_DATA_MESSAGES_PER_S: Final = 30
 MAX_DATA_BYTES_PER_S: Final = 32 * 1024
 DATA_BURST_S: Final = 1.0
+# Copies of data messages one room relays (one per recipient of each datagram), in a token
+# bucket per room holding DATA_BURST_S of it: each sender's rate is fanned out to every other
+# member, so a room's copies grow with the square of its size (100 members at 30/s each ask
+# 300,000 copies a second, a core's worth). Policy when the bucket has fewer tokens than a
+# datagram has recipients: the datagram is dropped for all of them and counted as
+# "room_rate" (no recipient gets a partial fan-out, nothing waits).
+MAX_ROOM_DATA_COPIES_PER_S: Final = 20_000

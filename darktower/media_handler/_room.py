@@ -32,10 +32,12 @@ import trio
 from darktower.errors import InvalidRequest
 from darktower.frames import Frame, FrameType
 from darktower.model import MeetingId, ParticipantId, StreamId, StreamType
+from darktower.protocol.ratelimit import TokenBucket
 
 from ._budget import ByteBudget, priority_of
 from ._estimate import BandwidthEstimator
 from ._ingress import IngressBuffer
+from ._limits import DATA_BURST_S, MAX_ROOM_DATA_COPIES_PER_S
 from ._queue import (
     Dropped,
     DropReason,
@@ -284,6 +286,10 @@ class MediaRoom:
     epoch: int = 0
     # Who speaks, from the audio levels its members publish (_speaking.py).
     speakers: SpeakerTracker = attrs.Factory(SpeakerTracker)
+    # The data message copies it may still relay (_data.py, _limits.py).
+    data_copies: TokenBucket = attrs.Factory(
+        lambda: TokenBucket(MAX_ROOM_DATA_COPIES_PER_S, MAX_ROOM_DATA_COPIES_PER_S * DATA_BURST_S)
+    )
 
     def add_publication(self, publication: MediaPublication) -> None:
         self.publications[publication.stream_id] = publication

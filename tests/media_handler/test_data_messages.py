@@ -2,7 +2,7 @@
 test plays the MC over MediaControl and each participant is a raw WebTransport session that
 sends and receives datagrams. A message to everyone reaches the others with the sender's id in
 bytes 4-19, and not the sender; a private one only its recipient; a sender over its rate loses
-what is beyond it while another's go through; malformed ones are dropped and counted and the
+what is beyond it while another's go through; a room's copies are bounded too; malformed ones are dropped and counted and the
 session goes on; a processor's job gets none."""
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import trio
 from darktower.frames import DATA_HEADER_SIZE, MAX_DATA_PAYLOAD, decode_data, encode_data
 from darktower.media_handler import MediaHandler
 from darktower.media_handler._data import SenderLimit
+from darktower.media_handler._limits import MAX_ROOM_DATA_COPIES_PER_S
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
+from darktower.protocol.ratelimit import TokenBucket
 from darktower.transport import WebTransportSession, connect_webtransport
 from darktower.transport.rpc import call
 from tests.media_processor._room import MEETING, audio_stream, open_processed_room
@@ -60,7 +62,7 @@ async def _receive(session: WebTransportSession) -> bytes:
 
 def _counts(handler: MediaHandler) -> Callable[[], tuple[float, float, dict[str, float]]]:
     metrics = handler.metrics
-    reasons = ("short", "version", "kind", "too_large", "rate", "unknown_recipient")
+    reasons = ("short", "version", "kind", "too_large", "rate", "room_rate", "unknown_recipient")
 
     def read() -> tuple[float, float, dict[str, float]]:
         return (
@@ -154,6 +156,47 @@ async def test_over_rate_datagrams_are_dropped_and_counted_while_another_senders
         ]
         at_a = [decode_data(await _receive(a)) for _ in range(5)]
         assert [m.participant_id for m in at_a] == [bob] * 5
+
+
+async def test_a_rooms_copies_are_bounded_whatever_each_sender_sends() -> None:
+    meeting = new_id()
+    async with open_harness() as h, _joined(h, meeting, 4) as joined:
+        (_, a), (_, b), (cat, c), (dan, d) = joined
+        room = h.handler.rooms[meeting]  # type: ignore[index]
+        # A room's bucket: MAX_ROOM_DATA_COPIES_PER_S copies a second, holding one second.
+        assert MAX_ROOM_DATA_COPIES_PER_S == 20_000
+        assert room.data_copies.rate_per_s == room.data_copies.burst == 20_000
+        # A small one, so that four members reach it (the clock still: nothing refills).
+        still = trio.current_time()
+        h.handler.plane.data.clock = lambda: still
+        room.data_copies = TokenBucket(10, 10)
+        counts = _counts(h.handler)
+        for n in range(3):  # three recipients each: three datagrams (9 copies) fit, not four
+            a.send_datagram(encode_data(b"ann %d" % n))
+            b.send_datagram(encode_data(b"bob %d" % n))
+        await _handled(h.handler, 6)
+        received, sent, drops = counts()
+        assert (received, sent, drops["room_rate"], drops["rate"]) == (6, 9, 3, 0), drops
+        # The last copy: a private message goes, the next message to everyone does not.
+        c.send_datagram(encode_data(b"just you", dan))
+        await _handled(h.handler, 7)
+        d.send_datagram(encode_data(b"anyone?"))
+        await _handled(h.handler, 8)
+        received, sent, drops = counts()
+        assert (received, sent, drops["room_rate"]) == (8, 10, 4)
+        at_d = [decode_data(await _receive(d)) for _ in range(4)]
+        assert at_d[-1].participant_id == cat and at_d[-1].payload == b"just you"
+        # A second later the room has its copies again.
+        h.handler.plane.data.clock = lambda: still + 1.0
+        d.send_datagram(encode_data(b"anyone now?"))
+        await _handled(h.handler, 9)
+        assert counts()[1] == 13
+        for session in (a, b, c):  # what passed before, then dan's; never the dropped one
+            got = [decode_data(await _receive(session))]
+            while got[-1].payload != b"anyone now?":
+                got.append(decode_data(await _receive(session)))
+            assert got[-1].participant_id == dan
+            assert b"anyone?" not in [m.payload for m in got] and len(got) <= 5
 
 
 def test_a_senders_buckets_hold_one_second_of_count_and_bytes() -> None:
