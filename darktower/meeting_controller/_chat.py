@@ -1,6 +1,8 @@
 """Chat (docs/protocol.md §18.3): text messages to everyone or to one participant, relayed by
 the MC, bounded in size (the signaling bounds: 2,000 characters) and rate (per participant,
-``CHAT_PER_S``, ``CHAT_BURST``), and kept for the meeting's life on this MC in a bounded
+``CHAT_PER_S``, ``CHAT_BURST``, and per meeting, ``ROOM_CHAT_PER_S``, ``ROOM_CHAT_BURST``: each
+message takes a slot in every member's outbox; a member whose outbox is half full misses it
+rather than being dropped), and kept for the meeting's life on this MC in a bounded
 :class:`ChatHistory`, from which a member that joins or resumes gets a ``ChatHistory`` right
 after its JoinResponse and participant batches.
 
@@ -21,9 +23,15 @@ from darktower.model import ParticipantId
 from darktower.protocol import MAX_MESSAGE_SIZE
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 
-from ._limits import CHAT_CATCH_UP_BYTES, CHAT_HISTORY_BYTES, CHAT_HISTORY_MESSAGES
+from ._limits import (
+    CHAT_CATCH_UP_BYTES,
+    CHAT_HISTORY_BYTES,
+    CHAT_HISTORY_MESSAGES,
+    CHAT_OUTBOX_SHARE,
+)
 
 if TYPE_CHECKING:
+    from ._room import RoomMember, RoomState
     from ._session import SignalingSession
 
 # Room left in the ChatHistory message for its envelope (request id, protocol version).
@@ -104,6 +112,12 @@ async def send_chat(session: SignalingSession, m: sig.ClientMessage) -> sig.Serv
         raise RateLimited(
             "too many chat messages", retry_after_s=member.chat_bucket.retry_after(now)
         )
+    # The sender's budget first: one sender over its own never spends the meeting's.
+    if not room.chat_bucket.try_acquire(now):
+        raise RateLimited(
+            "too many chat messages in this meeting",
+            retry_after_s=room.chat_bucket.retry_after(now),
+        )
     message = sig.ChatMessage(
         message_id=str(uuid.uuid4()),
         from_participant_id=member.id,
@@ -115,12 +129,24 @@ async def send_chat(session: SignalingSession, m: sig.ClientMessage) -> sig.Serv
     room.chat.add(message)
     relayed = sig.ServerMessage(chat=message)
     if recipient is None:
-        room.broadcast(relayed)
+        for other in list(room.members.values()):
+            _relay(room, other, relayed)
     else:
-        room.deliver(member, relayed)
+        _relay(room, member, relayed)
         if recipient is not member:
-            room.deliver(recipient, relayed)
+            _relay(room, recipient, relayed)
     return sig.ServerMessage(ack=sig.Ack())
+
+
+def _relay(room: RoomState, member: RoomMember, message: sig.ServerMessage) -> None:
+    """Queue a chat message for ``member``, unless its outbox is ``CHAT_OUTBOX_SHARE`` full
+    or more: a slow reader then misses it (it gets it with the history at its resume) rather
+    than being dropped for a full outbox, and its outbox keeps room for what it must get."""
+    queued = member.outbox.statistics()
+    if queued.current_buffer_used >= queued.max_buffer_size * CHAT_OUTBOX_SHARE:
+        room.chat_skipped += 1
+        return
+    room.deliver(member, message)
 
 
 __all__ = ["ChatHistory", "send_chat"]

@@ -17,6 +17,14 @@ MAX_PUBLISHED_STREAMS = 16
 # (RATE_LIMITED with retry_after_s beyond; a resume does not refill it).
 CHAT_PER_S = 5.0
 CHAT_BURST = 10
+# ... and a whole meeting: each message takes a slot in every member's outbox
+# (settings.outbound_queue_size, 256), so the meeting's senders together are bounded too
+# (RATE_LIMITED with retry_after_s to the sender beyond).
+ROOM_CHAT_PER_S = 20.0
+ROOM_CHAT_BURST = 40
+# A chat message is not queued for a member whose outbox is this full or more (a slow
+# reader): it has the history at its resume, and its outbox keeps room for what it must get.
+CHAT_OUTBOX_SHARE = 0.5
 # A meeting's chat history, kept for its life on this MC: its newest messages, at most this
 # many and this much text (UTF-8 bytes); the oldest are dropped.
 CHAT_HISTORY_MESSAGES = 200

@@ -21,7 +21,7 @@ from darktower.protocol.ratelimit import TokenBucket
 
 from ._chat import ChatHistory
 from ._events import EventOutbox
-from ._limits import CHAT_BURST, CHAT_PER_S, MAX_MH_CALLS
+from ._limits import CHAT_BURST, CHAT_PER_S, MAX_MH_CALLS, ROOM_CHAT_BURST, ROOM_CHAT_PER_S
 from ._publication import Publication
 
 if TYPE_CHECKING:
@@ -169,8 +169,13 @@ class RoomState:
     # "ended" (the host or the owner), "empty" (docs/protocol.md §6), "" (moved, drained).
     started: bool = False
     end_kind: str = ""
-    # Its chat so far, bounded (docs/protocol.md §18.3).
+    # Its chat so far, bounded (docs/protocol.md §18.3), the meeting's chat budget (all its
+    # senders together), and the chat messages not queued for a member with a full outbox.
     chat: ChatHistory = attrs.field(factory=ChatHistory)
+    chat_bucket: TokenBucket = attrs.field(
+        factory=lambda: TokenBucket(ROOM_CHAT_PER_S, ROOM_CHAT_BURST)
+    )
+    chat_skipped: int = 0
 
     @property
     def records(self) -> bool:

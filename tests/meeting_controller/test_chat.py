@@ -5,6 +5,7 @@ QUIC, and the history's bounds on the object itself."""
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 
 import pytest
 import trio
@@ -19,6 +20,8 @@ from darktower.meeting_controller._limits import (
     CHAT_HISTORY_BYTES,
     CHAT_HISTORY_MESSAGES,
     CHAT_PER_S,
+    ROOM_CHAT_BURST,
+    ROOM_CHAT_PER_S,
 )
 from darktower.protocol import MAX_MESSAGE_SIZE
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
@@ -110,6 +113,76 @@ async def test_chat_is_rate_limited_per_participant(tmp_path: pathlib.Path) -> N
             assert refusals and all(float(e.details["retry_after_s"]) > 0 for e in refusals)
             # another participant's budget is its own
             await other.request(_chat("not me"))
+
+
+async def test_chat_is_rate_limited_per_meeting(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The meeting's senders together are bounded too (each message takes a slot in every
+    member's outbox): here a meeting budget of 12 (hardly refilled), two senders of 10."""
+    from darktower.meeting_controller import _room
+
+    assert (ROOM_CHAT_PER_S, ROOM_CHAT_BURST) == (20.0, 40)
+    monkeypatch.setattr(_room, "ROOM_CHAT_PER_S", 0.001)
+    monkeypatch.setattr(_room, "ROOM_CHAT_BURST", 12)
+    async with open_stack(tmp_path) as stack:
+        await stack.assign("m")
+        async with stack.join("m") as ada, stack.join("m") as bob:
+            outcomes: list[RateLimited | None] = []
+
+            async def send(client: SignalingClient, i: int) -> None:
+                try:
+                    await client.request(_chat(f"hello {i}"))
+                except RateLimited as exc:
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(None)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(CHAT_BURST):  # each within its own budget
+                    nursery.start_soon(send, ada, i)
+                    nursery.start_soon(send, bob, i)
+            assert outcomes.count(None) == 12
+            refusals = [e for e in outcomes if e is not None]
+            assert len(refusals) == 2 * CHAT_BURST - 12
+            assert all(float(e.details["retry_after_s"]) > 0 for e in refusals)
+            assert len(stack.running.controller.rooms["m"].chat) == 12
+
+
+async def test_a_member_with_a_half_full_outbox_misses_chat_and_stays(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Chat is not queued for a member whose outbox is half full (a slow reader: it gets the
+    history at its resume); other messages still are, and it is not dropped."""
+    async with open_stack(tmp_path) as stack:
+        await stack.assign("m")
+        async with stack.join("m") as ada, stack.join("m") as bob:
+            member = stack.running.controller.rooms["m"].members[bob.participant_id]
+            # Bob's outbox, 8 long, read by nobody (its writer keeps the real one).
+            real = member.outbox
+            slow, queued = trio.open_memory_channel[Any](8)
+            member.outbox = slow
+            try:
+                for i in range(CHAT_BURST - 1):  # Ada's own budget keeps one
+                    await ada.request(_chat(f"hello {i}"))
+                assert [m.chat.text for m in _queued(queued)] == [f"hello {i}" for i in range(4)]
+                assert not member.overflowed
+                assert bob.participant_id in stack.running.controller.rooms["m"].members
+                assert stack.running.controller.rooms["m"].chat_skipped == CHAT_BURST - 1 - 4
+            finally:
+                member.outbox = real
+            # what Bob's real outbox carries is unaffected
+            await ada.request(_chat("and now"))
+            assert (await _said(bob)).text == "and now"
+
+
+def _queued(channel: Any) -> list[sig.ServerMessage]:
+    out = []
+    while True:
+        try:
+            out.append(channel.receive_nowait())
+        except trio.WouldBlock:
+            return out
 
 
 async def test_a_resume_gets_the_history_with_what_it_missed(tmp_path: pathlib.Path) -> None:
