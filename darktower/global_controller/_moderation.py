@@ -5,13 +5,17 @@ Handler."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from darktower.errors import Conflict
 from darktower.global_controller import schemas
+from darktower.global_controller._webhook_limits import MAX_EVENT_ID_LENGTH
 from darktower.global_controller.service import GlobalController
+from darktower.global_controller.store import ReportedBlocks
 from darktower.model import MeetingId, ParticipantId
 from darktower.protocol.pb.v1 import common_pb2
+from darktower.protocol.pb.v1 import registry_pb2 as reg_pb
 from darktower.protocol.tokens import AccessClaims
 
 # REST name -> ModerationAction (docs/protocol.md §18.2).
@@ -58,3 +62,25 @@ async def moderate(
         request.message,
     )
     return {"participant_id": participant_id, "publication": publication_json(state)}
+
+
+def reported_blocks(events: Sequence[reg_pb.MeetingEvent]) -> list[ReportedBlocks]:
+    """The ``participant_moderated`` events of an MC's report, in order, as the store keeps
+    them (docs/protocol.md §18.2: a host's blocks stay with the participant's join identity
+    across a rejoin); one without a meeting or a token id, or with a longer one, is skipped."""
+    blocks: list[ReportedBlocks] = []
+    for event in events:
+        if event.WhichOneof("kind") != "participant_moderated":
+            continue
+        moderated = event.participant_moderated
+        ids = (event.meeting_id, moderated.token_id)
+        if not all(0 < len(i) <= MAX_EVENT_ID_LENGTH for i in ids):
+            continue
+        flags = (
+            ("audio", moderated.audio_blocked),
+            ("video", moderated.video_blocked),
+            ("screen", moderated.screen_blocked),
+        )
+        kinds = frozenset(kind for kind, blocked in flags if blocked)
+        blocks.append(ReportedBlocks(MeetingId(event.meeting_id), moderated.token_id, kinds))
+    return blocks

@@ -24,6 +24,7 @@ from darktower.global_controller._limits import (
     MAX_ENDPOINT_LENGTH,
     MAX_MEETINGS_PER_HEARTBEAT,
 )
+from darktower.global_controller._moderation import reported_blocks
 from darktower.global_controller.mc_client import END_MESSAGE, meeting_config
 from darktower.global_controller.service import GlobalController
 from darktower.global_controller.store import ControllerCapacity, EndReason, HealthStatus
@@ -126,7 +127,8 @@ class ControllerRegistry:
         """The MC's events, kept for the webhooks once per ``event_id`` (docs/protocol.md
         §18.5): answered once they are in the store, so a repeated batch is a no-op.
         ``InvalidRequest`` beyond 500 events; a malformed event, one of a meeting the GC
-        does not have, or one of a meeting this MC never held, is skipped."""
+        does not have, or one of a meeting this MC never held, is skipped. A
+        ``participant_moderated`` event is no webhook's: it keeps a host's blocks (§18.2)."""
         controller_id = _check_id(request.controller_id)
         fan = await self._gc.webhooks.report(controller_id, request.events, self._gc.now())
         if fan.unknown_meeting:
@@ -139,6 +141,16 @@ class ControllerRegistry:
                 "reported events of meetings never on this controller skipped",
                 extra=fields(controller=controller_id, events=fan.foreign),
             )
+        # A host's blocks, kept for the participant's join identity (docs/protocol.md §18.2).
+        blocks = reported_blocks(request.events)
+        if blocks:
+            kept = await self._gc.store.record_blocks(controller_id, blocks)
+            if kept < len(blocks):
+                log.info(
+                    "reported blocks skipped (a meeting not this controller's, a token not "
+                    "on record)",
+                    extra=fields(controller=controller_id, skipped=len(blocks) - kept),
+                )
         return pb.MeetingEventBatchResponse()
 
     async def Heartbeat(self, request: pb.Heartbeat) -> pb.HeartbeatResponse:

@@ -52,7 +52,7 @@ from darktower.global_controller.webhooks import Webhooks
 from darktower.logs import fields
 from darktower.model import ClientId, ControllerId, MeetingId, ParticipantId, Role
 from darktower.protocol.addresses import address_key
-from darktower.protocol.tokens import AccessClaims
+from darktower.protocol.tokens import PUBLISH_KINDS, AccessClaims
 
 __all__ = ["Clock", "GlobalController", "MeetingControllers", "Tokens", "iso", "join_identity"]
 
@@ -270,30 +270,47 @@ class GlobalController:
         meeting, controller = await controller_for_join(self, meeting)
         role = Role(request.role) if request.role else Role.HOST if owner else Role.GUEST
         now = self.now()
-        token = self.tokens.join.issue(
-            meeting.meeting_id,
-            role,
-            now,
-            participant_name=request.participant_name or None,
-            may_publish=request.may_publish,
-        )
-        # Forbidden while this identity is banned; else its token is on record (and the
-        # meeting's emptiness restarts: someone is on the way in).
-        await self.store.record_join(
-            meeting_id,
-            token_id(token),
-            # A guest token the owner mints is an end user's: banned like any client's.
+        # A guest token the owner mints is an end user's: banned (and blocked) like any
+        # client's.
+        identity = (
             join_identity(meeting, caller, address, request.participant_name)
             if role == Role.HOST or not owner or caller is None
-            else f"client:{caller.client_id}/name:{request.participant_name}",
-            datetime.fromtimestamp(now + self.tokens.join.ttl_s, UTC),
+            else f"client:{caller.client_id}/name:{request.participant_name}"
         )
+        expires = datetime.fromtimestamp(now + self.tokens.join.ttl_s, UTC)
+        may_publish = request.may_publish
+        token = self._join_token(meeting.meeting_id, role, now, request, may_publish)
+        # Forbidden while this identity is banned; else its token is on record (and the
+        # meeting's emptiness restarts: someone is on the way in). A host's blocks of this
+        # identity stay across its rejoins (docs/protocol.md §18.2): its token then grants
+        # the kinds asked for (or all) but those; the first token is never handed out.
+        blocked = await self.store.record_join(meeting_id, token_id(token), identity, expires)
+        granted = PUBLISH_KINDS if may_publish is None else may_publish
+        if blocked & granted:
+            token = self._join_token(meeting.meeting_id, role, now, request, granted - blocked)
+            await self.store.record_join(meeting_id, token_id(token), identity, expires)
         return {
             "meeting_id": meeting.meeting_id,
             "join_token": token,
             "role": role.value,
             "meeting_controller_url": signaling_url(controller),
         }
+
+    def _join_token(
+        self,
+        meeting_id: MeetingId,
+        role: Role,
+        now: float,
+        request: schemas.JoinMeeting,
+        may_publish: frozenset[str] | None,
+    ) -> str:
+        return self.tokens.join.issue(
+            meeting_id,
+            role,
+            now,
+            participant_name=request.participant_name or None,
+            may_publish=may_publish,
+        )
 
     async def owned(self, meeting_id: MeetingId, caller: AccessClaims) -> MeetingRecord:
         """The meeting if ``caller`` created it; ``NotFound``, or ``Forbidden`` for anyone

@@ -38,6 +38,7 @@ from ._models import (
     NewMeeting,
     RateBucket,
     Reconciliation,
+    ReportedBlocks,
     WebhookEvent,
     WebhookRecord,
 )
@@ -144,10 +145,13 @@ class SqlStore(abc.ABC):
 
     async def record_join(
         self, meeting_id: MeetingId, token_id: str, identity: str, expires_at: datetime
-    ) -> None:
-        await self._call(
+    ) -> frozenset[str]:
+        return await self._call(
             _join_queries.record_join, meeting_id, token_id, identity, expires_at, self._clock()
         )
+
+    async def record_blocks(self, controller_id: str, blocks: Sequence[ReportedBlocks]) -> int:
+        return await self._call(_join_queries.record_blocks, controller_id, list(blocks))
 
     async def ban_token_holder(
         self, meeting_id: MeetingId, token_id: str, until: datetime

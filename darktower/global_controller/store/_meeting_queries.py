@@ -222,6 +222,18 @@ def move_meeting(
     return get_meeting(tx, meeting_id)
 
 
+def held_by(tx: Tx, meeting_id: MeetingId, controller_id: str) -> bool:
+    """Whether the meeting is or was on ``controller_id`` (its current controller, or one it
+    was placed on before a move): what that MC reports of it counts."""
+    row = tx.one(
+        "SELECT 1 FROM meetings WHERE meeting_id = ? AND controller_id = ? "
+        "UNION ALL SELECT 1 FROM meeting_controllers "
+        "WHERE meeting_id = ? AND controller_id = ?",
+        (meeting_id, controller_id, meeting_id, controller_id),
+    )
+    return row is not None
+
+
 def _placed_on(tx: Tx, meeting_id: MeetingId, controller_id: ControllerId) -> None:
     """Remember that the meeting was on ``controller_id`` (its reports count for it)."""
     tx.run(

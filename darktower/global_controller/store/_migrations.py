@@ -212,6 +212,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        10,
+        "a host's blocks by join identity",
+        (
+            # The kinds a host blocked (``audio``, ``video``, ``screen``, comma-separated) for
+            # an identity of a meeting (as join_tokens names it): its next join tokens do not
+            # grant them (docs/protocol.md §18.2). Gone when the meeting ends.
+            """CREATE TABLE meeting_blocks (
+                meeting_id TEXT NOT NULL,
+                identity TEXT NOT NULL,
+                kinds TEXT NOT NULL,
+                PRIMARY KEY (meeting_id, identity)
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

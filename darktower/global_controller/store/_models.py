@@ -105,6 +105,16 @@ class IssuedJoinToken:
 
 
 @attrs.frozen
+class ReportedBlocks:
+    """What an MC reports a host blocked for a participant (docs/protocol.md §18.2): the
+    participant's join token and the kinds blocked now (empty: none)."""
+
+    meeting_id: MeetingId
+    token_id: str
+    kinds: frozenset[str]
+
+
+@attrs.frozen
 class ControllerCapacity:
     """What a controller holds and can hold: ``ControllerCapacity`` of
     proto/darktower/v1/registry.proto."""

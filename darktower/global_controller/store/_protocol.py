@@ -24,6 +24,7 @@ from ._models import (
     NewMeeting,
     RateBucket,
     Reconciliation,
+    ReportedBlocks,
     WebhookEvent,
     WebhookRecord,
 )
@@ -91,11 +92,19 @@ class Store(Protocol):
 
     async def record_join(
         self, meeting_id: MeetingId, token_id: str, identity: str, expires_at: datetime
-    ) -> None:
+    ) -> frozenset[str]:
         """A join token is about to be handed to ``identity`` (docs/decisions.md, "A kick
         can ban"): ``Forbidden`` while it is banned from the meeting; else the token's holder
-        is recorded until ``expires_at`` and the meeting's emptiness restarts. An empty
-        identity (the host) is never banned nor recorded."""
+        is recorded until ``expires_at`` and the meeting's emptiness restarts. Returns the
+        kinds a host blocked for the identity (:meth:`record_blocks`). An empty identity (the
+        host) is never banned, blocked nor recorded."""
+        ...
+
+    async def record_blocks(self, controller_id: str, blocks: Sequence[ReportedBlocks]) -> int:
+        """An MC's reports, in order, of what a host blocked for a participant: the identity
+        that got its join token keeps those blocks in the meeting (docs/protocol.md §18.2).
+        Skips a meeting ``controller_id`` neither holds nor held and a token not on record;
+        returns how many were kept."""
         ...
 
     async def ban_token_holder(

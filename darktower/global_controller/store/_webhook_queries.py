@@ -22,6 +22,7 @@ from darktower.global_controller._webhook_limits import MAX_DELIVERY_ERROR, MAX_
 from darktower.model import ClientId, MeetingId
 
 from ._dialect import Row, Tx
+from ._meeting_queries import held_by
 from ._models import (
     ClaimedDelivery,
     DeliveryAttempt,
@@ -181,13 +182,7 @@ class _Fanning:
         one it was placed on before a move)."""
         key = (meeting_id, controller_id)
         if key not in self.holders:
-            row = self.tx.one(
-                "SELECT 1 FROM meetings WHERE meeting_id = ? AND controller_id = ? "
-                "UNION ALL SELECT 1 FROM meeting_controllers "
-                "WHERE meeting_id = ? AND controller_id = ?",
-                (meeting_id, controller_id, meeting_id, controller_id),
-            )
-            self.holders[key] = row is not None
+            self.holders[key] = held_by(self.tx, meeting_id, controller_id)
         return self.holders[key]
 
     def subscribed(self, owner: ClientId, event: str) -> list[WebhookRecord]:
