@@ -63,13 +63,20 @@ def join_messages(
 
 def catch_up(room: RoomState, member: RoomMember) -> None:
     """Queue for ``member``, right after its JoinResponse and batches, what they do not say:
-    its own publication state unless it is the initial one (a kind blocked at join, or a
+    the moderations of it it missed while reconnecting (one ``Moderated``, its state now:
+    the client ends its publications of a kind stopped meanwhile, even if allowed again);
+    its own publication state unless it is the initial one and nothing moderated it (a kind blocked at join, or a
     moderation while it was reconnecting: docs/protocol.md §18.1, §18.2; the server never
     unmutes, and a block lifted leaves its kind muted, so a state that is the initial one now
     was so when it left), each reconnecting member's ``ParticipantUpdated``
     (docs/protocol.md §13) and who speaks now (the list is sent on a change only,
     docs/protocol.md §17.4)."""
-    if member.publication != Publication():
+    missed = member.missed_moderation
+    if missed is not None:
+        member.missed_moderation = None
+        missed.publication.CopyFrom(member.publication.to_pb())
+        room.deliver(member, sig.ServerMessage(moderated=missed))
+    if missed is not None or member.publication != Publication():
         room.deliver(member, updated(member))
     for other in list(room.members.values()):
         if other.reconnecting and other is not member:

@@ -110,6 +110,19 @@ def _blocks_changed(
     )
 
 
+def _missed(target: RoomMember, actions: Sequence[int], message: str, by: str) -> None:
+    """Keep a moderation of ``target`` while it is reconnecting, for its resume
+    (``_batches.catch_up``): merged with those before, each action once (at most six), so a
+    stop lifted again meanwhile still ends the client's publications of its kind."""
+    missed = target.missed_moderation
+    if missed is None:
+        missed = target.missed_moderation = sig.Moderated()
+    for action in actions:
+        if action not in missed.actions:
+            missed.actions.append(action)  # type: ignore[arg-type]
+    missed.by_participant_id, missed.message = by, message
+
+
 async def moderate(
     room: RoomState,
     target: RoomMember,
@@ -163,17 +176,20 @@ async def moderate(
     after = state.to_pb()
     if after != before:
         announce(room, target)
-    room.deliver(
-        target,
-        sig.ServerMessage(
-            moderated=sig.Moderated(
-                by_participant_id=by_participant_id,
-                actions=list(actions),  # type: ignore[arg-type]
-                message=message,
-                publication=after,
-            )
-        ),
-    )
+    if target.reconnecting:
+        _missed(target, actions, message, by_participant_id)
+    else:
+        room.deliver(
+            target,
+            sig.ServerMessage(
+                moderated=sig.Moderated(
+                    by_participant_id=by_participant_id,
+                    actions=list(actions),  # type: ignore[arg-type]
+                    message=message,
+                    publication=after,
+                )
+            ),
+        )
     if failures:
         raise InternalError(
             "some streams could not be ended at the media handler: " + "; ".join(failures)

@@ -101,6 +101,10 @@ class RoomMember:
     media_released: bool = False
     # What it publishes and may publish (docs/protocol.md §18.1).
     publication: Publication = attrs.field(factory=Publication)
+    # The moderations of it while it was reconnecting, merged into one Moderated (each action
+    # once, the last host and message), sent to it after its resumed JoinResponse: its
+    # streams a host ended meanwhile must end at the client too (docs/protocol.md §18.2).
+    missed_moderation: signaling_pb2.Moderated | None = None
     # Its chat budget (docs/protocol.md §18.3; a resume does not refill it).
     chat_bucket: TokenBucket = attrs.field(factory=lambda: TokenBucket(CHAT_PER_S, CHAT_BURST))
 

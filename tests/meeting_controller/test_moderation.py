@@ -488,3 +488,55 @@ async def test_a_second_moderation_and_an_unpublish_wait_for_the_removal_under_w
             member = stack.running.controller.rooms["m"].members[pid]
             assert set(member.streams) == (set() if removed else {"mic"})
             assert not member.removing and member.publication.audio_blocked
+
+
+async def test_a_stop_lifted_while_the_participant_was_reconnecting_is_told_at_its_resume(
+    tmp_path: pathlib.Path,
+) -> None:
+    """STOP_SCREEN then ALLOW_SCREEN while it is away leave its state as it was, but its
+    screen stream is gone: its resume gets the missed moderations as one Moderated (each
+    action once, its state now), then its own ParticipantUpdated."""
+    idle_s = 1.0
+    async with _stack(tmp_path, idle_timeout_s=idle_s, resume_grace_s=5.0) as stack:
+        await stack.assign("m")
+        async with (
+            stack.join("m", Role.HOST) as host,
+            open_udp_proxy(stack.running.signal_address) as proxy,
+            open_signaling(
+                proxy.via(stack.running.signal_url),
+                meeting_id="m",
+                join_token=stack.token("m"),
+                server_certificate_hashes=[stack.running.certificate_sha256],
+                limits=TransportLimits(idle_timeout_s=idle_s, keepalive_interval_s=idle_s / 3),
+            ) as subject,
+        ):
+            pid, resume_token = subject.participant_id, subject.join_response.resume_token
+            await subject.request(_publish("scr", common_pb2.VIDEO_SCREEN))
+            proxy.pause()
+            while True:
+                updated = (await next_event(host, "participant_updated")).participant_updated
+                if updated.connection == sig.RECONNECTING:
+                    break
+            await host.request(_moderate(pid, STOP_SCREEN, message="no"))
+            await host.request(_moderate(pid, common_pb2.MODERATION_ALLOW_SCREEN, message="ok"))
+            assert [r.stream_id for r in stack.mh.streams_removed] == ["scr"]
+            proxy.resume()
+            with trio.fail_after(10):
+                await subject.closed.wait()
+            async with open_signaling(
+                stack.running.signal_url,
+                meeting_id="m",
+                join_token="",
+                resume_token=resume_token,
+                server_certificate_hashes=[stack.running.certificate_sha256],
+            ) as back:
+                assert back.join_response.resumed
+                told = (await next_event(back, "moderated")).moderated
+                assert list(told.actions) == [STOP_SCREEN, common_pb2.MODERATION_ALLOW_SCREEN]
+                assert told.by_participant_id == host.participant_id and told.message == "ok"
+                assert told.publication == common_pb2.PublicationState()
+                state = (await next_event(back, "participant_updated")).participant_updated
+                assert state.participant_id == pid and state.connection == sig.CONNECTED
+                assert state.publication == common_pb2.PublicationState()
+                # told once: the next resume has nothing to say
+                assert stack.running.controller.rooms["m"].members[pid].missed_moderation is None
