@@ -114,7 +114,12 @@ async def test_the_store_keeps_blocks_by_identity(store: SqlStore, clock: FakeCl
     assert await store.record_join(mid, "jti-4", guest, later) == {"video", "screen"}
     assert await store.record_blocks(mc1, [ReportedBlocks(mid, "jti-1", frozenset())]) == 1
     assert await store.record_join(mid, "jti-5", guest, later) == frozenset()
-    await store.record_blocks(mc1, [audio])
+    # A block long after the blocked one's token expired: its record outlives it while the
+    # meeting goes on.
+    clock.advance(2 * 3600)
+    await store.purge_expired()
+    assert await store.record_blocks(mc1, [audio]) == 1
+    assert await store.record_join(mid, "jti-6", guest, clock.now + timedelta(hours=1)) == {"audio"}
     await store.end_meeting(mid)
     await store.purge_expired()  # an ended meeting's blocks go
-    assert await store.record_join(mid, "jti-6", guest, later) == frozenset()
+    assert await store.record_join(mid, "jti-7", guest, later) == frozenset()

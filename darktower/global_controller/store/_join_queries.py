@@ -122,10 +122,17 @@ def join_tokens_of(
 
 
 def purge_expired(tx: Tx, now: datetime) -> int:
-    """Forget join tokens and bans that have expired, and the blocks of ended meetings;
-    returns the rows removed."""
+    """Forget bans that have expired, the blocks of ended meetings and the expired join
+    tokens of meetings no longer active; returns the rows removed. A token's record outlives
+    the token while its meeting goes on: a host may ban or block its holder (who may still be
+    in the meeting) at any time (docs/protocol.md §11, §18.2)."""
     stamp = tx.dialect.ts_in(now)
-    removed = tx.run("DELETE FROM join_tokens WHERE expires_at < ?", (stamp,))
+    removed = tx.run(
+        "DELETE FROM join_tokens WHERE expires_at < ? AND NOT EXISTS ("
+        "SELECT 1 FROM meetings m WHERE m.meeting_id = join_tokens.meeting_id "
+        "AND m.status <> ?)",
+        (stamp, MeetingStatus.ENDED.value),
+    )
     removed += tx.run(
         "DELETE FROM meeting_blocks WHERE meeting_id IN "
         "(SELECT meeting_id FROM meetings WHERE status = ?)",

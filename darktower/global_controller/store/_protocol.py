@@ -122,7 +122,8 @@ class Store(Protocol):
         ...
 
     async def purge_expired(self) -> int:
-        """Forget expired join-token records and bans."""
+        """Forget expired bans, the blocks of ended meetings, and the expired join-token
+        records of meetings no longer active."""
         ...
 
     async def move_meeting(
