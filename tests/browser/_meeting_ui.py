@@ -52,7 +52,9 @@ def grows(page: Page, what: str, pid: str, by: int) -> int:
 
 
 def stays(page: Page, what: str, pid: str, clock: Callable[[], None]) -> tuple[int, int]:
-    """``page``'s count ``what`` of ``pid`` before and after ``clock()`` ran."""
+    """``page``'s count ``what`` of ``pid`` before and after ``clock()`` ran, once more after a
+    first ``clock()`` (what was on its way when the sender stopped has arrived by then)."""
+    clock()
     before = count(page, what, pid)
     clock()
     return before, count(page, what, pid)
