@@ -115,6 +115,7 @@ async def test_a_meeting_s_life_as_events(tmp_path: pathlib.Path) -> None:
             ("stream_published", "cam"),
             ("stream_published", "scr"),
             ("stream_unpublished", "cam"),
+            ("participant_moderated",),  # Bob's blocks, for the GC (not a webhook event)
             ("stream_unpublished", "mic"),  # by the host's mute
             ("stream_unpublished", "scr"),  # with its leave
             ("participant_left", "Bob", "VOLUNTARY"),
