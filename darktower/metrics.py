@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 LabelValues = tuple[str, ...]
@@ -242,12 +242,64 @@ class Registry:
         return "\n".join(lines) + "\n"
 
 
+# The transport's count, among its counters, of datagrams its UDP sockets' kernel receive
+# buffers dropped: not a refusal, a metric of its own.
+UDP_RECEIVE_OVERFLOWS = "udp_receive_overflows"
+
+
+class _Without(Mapping[str, float]):
+    """``counts`` without one key, read live."""
+
+    def __init__(self, counts: Mapping[str, float], key: str) -> None:
+        self._counts = counts
+        self._key = key
+
+    def __getitem__(self, key: str) -> float:
+        if key == self._key:
+            raise KeyError(key)
+        return self._counts[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k in self._counts if k != self._key)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _CountOf(_Metric):
+    """A counter without labels whose value a lower layer keeps under one key of a mapping."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, help_: str, counts: Mapping[str, float], key: str) -> None:
+        super().__init__(name, help_)
+        self._counts = counts
+        self._count_key = key
+
+    def value(self) -> float:
+        return float(self._counts.get(self._count_key, 0))
+
+    def render(self) -> Iterable[str]:
+        yield from super().render()
+        yield f"{self.name} {_fmt(self.value())}"
+
+
 def count_refusals(registry: Registry, counts: Mapping[str, float]) -> CountsView:
     """``darktower_transport_refusals_total{cause}`` of a service: what its listeners refused
-    or closed, by cause (the transport's counters; docs/protocol.md lists the causes)."""
+    or closed, by cause (the transport's counters; docs/protocol.md lists the causes); and
+    ``darktower_transport_udp_receive_overflows_total``: datagrams its UDP sockets' receive
+    buffers dropped, from the same counters."""
+    registry.register(
+        _CountOf(
+            "darktower_transport_udp_receive_overflows_total",
+            "datagrams the kernel dropped because a UDP socket's receive buffer was full",
+            counts,
+            UDP_RECEIVE_OVERFLOWS,
+        )
+    )
     return registry.counts(
         "darktower_transport_refusals_total",
         "connections, sessions and datagrams the listeners refused or closed, by cause",
         "cause",
-        counts,
+        _Without(counts, UDP_RECEIVE_OVERFLOWS),
     )

@@ -15,17 +15,21 @@ connection (``Connection.fail``); the reader goes on with the others. Every refu
 by cause is counted in ``Endpoint.counters``.
 
 A server endpoint also gives the heap back after handshakes (see ``HEAP_TRIM_INTERVAL_S``).
+
+The socket asks for larger kernel buffers (``TransportLimits.udp_receive_buffer`` and
+``udp_send_buffer``); datagrams its receive buffer dropped are counted as
+``udp_receive_overflows``; ``send_many`` sends several datagrams to one address in one system
+call where the kernel can (UDP GSO, see _udp.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import logging
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 import trio
 from aioquic._buffer import Buffer
@@ -33,10 +37,21 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.packet import QuicHeader, pull_quic_header
 
+from darktower.metrics import UDP_RECEIVE_OVERFLOWS
+
 from ._admission import Admission, Admit
-from ._config import MAX_UDP_PAYLOAD, RECEIVE_BATCH, UDP_RECEIVE_BUFFER, TransportLimits
+from ._config import MAX_UDP_PAYLOAD, RECEIVE_BATCH, TransportLimits
 from ._connection import Connection
 from ._quic import CreditedQuicConnection
+from ._udp import (
+    GSO_UNAVAILABLE,
+    OVERFLOW_ANCBUF,
+    gso_groups,
+    gso_supported,
+    overflow_count,
+    send_segments,
+    tune_socket,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +88,6 @@ def make_udp_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
-        with contextlib.suppress(OSError):  # best effort: Linux caps it at net.core.rmem_max
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
         sock.bind((host, port))
     except BaseException:
         sock.close()
@@ -95,10 +108,17 @@ class Endpoint:
         counters: Counter[str] | None = None,
     ) -> None:
         self._sock = sock
+        self.limits = limits
+        # The kernel's buffer sizes (as it reports them), and its receive buffer's drop count
+        # (cumulative per socket) as last read.
+        self.socket_buffers = tune_socket(sock, limits.udp_receive_buffer, limits.udp_send_buffer)
+        self._drops_seen = 0
+        # UDP GSO, until the kernel refuses it (then one sendto per datagram); GSO sends made.
+        self.gso = gso_supported(sock)
+        self.gso_sends = 0
         # A client's server: its socket is connected to it, so that the kernel reports an ICMP
         # port unreachable (nobody listens there any more) as ECONNREFUSED.
         self._peer: NetworkAddress | None = None
-        self.limits = limits
         self._server_configuration = server_configuration
         self._on_connection = on_connection
         self.by_cid: dict[bytes, Connection] = {}
@@ -122,6 +142,11 @@ class Endpoint:
     def refused_connections(self) -> int:
         """New connections refused by a cap (all causes)."""
         return sum(n for cause, n in self.counters.items() if cause.startswith("refused_"))
+
+    @property
+    def receive_overflows(self) -> int:
+        """Datagrams the socket's kernel receive buffer dropped (seen so far)."""
+        return self.counters[UDP_RECEIVE_OVERFLOWS]
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -236,6 +261,8 @@ class Endpoint:
             raise trio.ClosedResourceError("the endpoint is closed")
         old = self._sock
         self._sock = make_udp_socket(self.local_address[0], 0)
+        tune_socket(self._sock, self.limits.udp_receive_buffer, self.limits.udp_send_buffer)
+        self._drops_seen = 0  # the count is the new socket's
         if self._peer is not None:
             self._sock.connect(self._peer)
         trio.lowlevel.notify_closing(old)  # the reader waiting on it moves to the new one
@@ -255,10 +282,62 @@ class Endpoint:
             if exc.errno == errno.ECONNREFUSED:
                 self._peer_unreachable()
 
+    def send_many(self, datagrams: Sequence[bytes], addr: NetworkAddress) -> None:
+        """Send ``datagrams`` to ``addr`` in this order, as few system calls as the kernel
+        allows (UDP GSO: runs of equal sizes, each ended by at most one shorter datagram, go
+        in one call), else one ``sendto`` each. Errors are counted as ``send`` counts them."""
+        if self._closed:
+            return
+        if not self.gso or len(datagrams) < 2:
+            for data in datagrams:
+                self.send(data, addr)
+            return
+        for group in gso_groups(datagrams):
+            if len(group) == 1 or not self.gso:
+                for data in group:
+                    self.send(data, addr)
+                continue
+            try:
+                send_segments(self._sock, group, addr)
+                self.gso_sends += 1
+            except (BlockingIOError, InterruptedError):
+                self.send_errors += len(group)  # the kernel's buffer is full: lost packets
+            except OSError as exc:
+                if exc.errno in GSO_UNAVAILABLE:
+                    self.gso = False
+                    logger.info("UDP GSO unavailable (%s): one send per datagram", exc)
+                if exc.errno in GSO_UNAVAILABLE or exc.errno == errno.EMSGSIZE:
+                    for data in group:
+                        self.send(data, addr)
+                    continue
+                self.send_errors += len(group)
+                if exc.errno == errno.ECONNREFUSED:
+                    self._peer_unreachable()
+
+    def send_batch(self, datagrams: Iterable[tuple[bytes, NetworkAddress]]) -> None:
+        """Send (datagram, address) pairs in order: each run to one address by ``send_many``."""
+        run: list[bytes] = []
+        run_addr: NetworkAddress = ("", 0)
+        for data, addr in datagrams:
+            if run and addr != run_addr:
+                self.send_many(run, run_addr)
+                run = []
+            run_addr = addr
+            run.append(data)
+        if run:
+            self.send_many(run, run_addr)
+
+    def _count_overflows(self, ancdata: list[tuple[int, int, bytes]]) -> None:
+        drops = overflow_count(ancdata)
+        if drops is not None and drops != self._drops_seen:
+            # A 32-bit count: one below what was seen has wrapped around.
+            self.counters[UDP_RECEIVE_OVERFLOWS] += (drops - self._drops_seen) % (1 << 32)
+            self._drops_seen = drops
+
     async def _read_loop(self) -> None:
         while True:
             sock = self._sock
-            recvfrom = sock.recvfrom
+            recvmsg = sock.recvmsg
             try:
                 await trio.lowlevel.wait_readable(sock)
             except trio.ClosedResourceError:
@@ -269,13 +348,15 @@ class Endpoint:
             touched: dict[Connection, None] = {}
             for _ in range(RECEIVE_BATCH):
                 try:
-                    data, addr = recvfrom(MAX_UDP_PAYLOAD)
+                    data, ancdata, _flags, addr = recvmsg(MAX_UDP_PAYLOAD, OVERFLOW_ANCBUF)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
                     if exc.errno == errno.ECONNREFUSED:
                         self._peer_unreachable()  # ICMP port unreachable, on a client
                     continue
+                if ancdata:
+                    self._count_overflows(ancdata)
                 conn = self._dispatch(data, addr, now)
                 if conn is not None:
                     touched[conn] = None
