@@ -311,8 +311,10 @@ async def _meeting_flow(stack: Stack) -> None:
         left = await next_event(host, "participant_left")
         assert left.participant_left.participant_id == bob.participant_id
         assert left.participant_left.reason == common.KICKED
-        # The kick reached the MH too: bob's participant scope (and its stream) are gone.
-        await _wait_counts(stack.mh.ready["ops"], participants=2, streams=2)
+        # The kick reached the MH too: bob's participant scope (and its streams) are gone; left
+        # are the host's publication, ann's subscription and each one's "data" task
+        # (docs/architecture.md §4.3).
+        await _wait_counts(stack.mh.ready["ops"], participants=2, streams=4)
 
         await gc.end_meeting(meeting.meeting_id)
         for client in (host, guests[0][0]):
@@ -389,7 +391,8 @@ async def test_sigterm_drains_a_live_meeting(tmp_path: pathlib.Path) -> None:
             ticket = await gc.join_meeting(meeting.meeting_id, "ann")
             guest = await _member(clients, stack, meeting, ticket.join_token, "ann")
             await publish_to(*host, [guest])
-            await _wait_counts(stack.mh.ready["ops"], participants=2, streams=2)
+            # A publication, a subscription and each participant's "data" task.
+            await _wait_counts(stack.mh.ready["ops"], participants=2, streams=4)
 
             await _stop(stack.mc, stack.ports["mc"])
             for signaling, _ in (host, guest):

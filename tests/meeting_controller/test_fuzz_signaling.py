@@ -28,7 +28,12 @@ from ._harness import WAIT_S, Stack, join_message, open_stack
 PER_SESSION = 60
 
 
-_UNSOLICITED = frozenset({"quality", "active_speakers", "key_frame_request"})
+# Events, request_id 0: the MH's feedback (docs/protocol.md §17), and what the MC tells every
+# member, the sender included, before it answers: its own publication state (§18.1: a fuzzed
+# screen publish or mute) and its own chat message (§18.3).
+_UNSOLICITED = frozenset(
+    {"quality", "active_speakers", "key_frame_request", "participant_updated", "chat_message"}
+)
 
 
 class Raw:
@@ -41,9 +46,8 @@ class Raw:
         self.decoder: MessageDecoder[sig.ServerMessage] = MessageDecoder(sig.ServerMessage)
 
     async def next(self) -> sig.ServerMessage | None:
-        """The next server message other than the MH's quality feedback and speaker lists
-        (unsolicited, request_id 0, docs/protocol.md §17: a fuzzed stream that was published
-        gets them), None once the stream ends."""
+        """The next server message other than the events of ``_UNSOLICITED`` (a fuzzed stream
+        that was published gets the MH's), None once the stream ends."""
         with trio.fail_after(WAIT_S):
             while True:
                 while (message := self.decoder.next_message()) is None:
