@@ -13,12 +13,14 @@ import attrs
 import trio
 
 from darktower.client import SignalingClient, open_signaling
+from darktower.loadtest import UdpProxy
 from darktower.meeting_controller import Running
 from darktower.model import Role
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
 from darktower.protocol.tokens import JoinTokenIssuer
+from darktower.transport import TransportLimits
 from tests._stack import Services, StandIn, next_message, open_services
 
 WAIT_S = 10.0  # real-time bound on every wait below: a hang fails instead of blocking the run
@@ -169,6 +171,40 @@ class Stack:
             server_certificate_hashes=[self.running.certificate_sha256],
             **kw,
         )
+
+
+def join_via(stack: Stack, proxy: UdpProxy, meeting_id: str, idle_s: float = 1.0) -> Any:
+    """A guest whose signaling goes through ``proxy``, a network the test can pause: with an
+    idle timeout of ``idle_s``, a pause makes it RECONNECTING to the others (docs/protocol.md
+    §13)."""
+    return open_signaling(
+        proxy.via(stack.running.signal_url),
+        meeting_id=meeting_id,
+        join_token=stack.token(meeting_id),
+        server_certificate_hashes=[stack.running.certificate_sha256],
+        limits=TransportLimits(idle_timeout_s=idle_s, keepalive_interval_s=idle_s / 3),
+    )
+
+
+@asynccontextmanager
+async def resumed(
+    stack: Stack, subject: SignalingClient, proxy: UdpProxy, meeting_id: str
+) -> AsyncIterator[SignalingClient]:
+    """``subject``'s paused network back: its old connection closes (the MC ended it), and it
+    resumes its session on a new one (docs/protocol.md §13)."""
+    resume_token = subject.join_response.resume_token
+    proxy.resume()
+    with trio.fail_after(10):
+        await subject.closed.wait()
+    async with open_signaling(
+        stack.running.signal_url,
+        meeting_id=meeting_id,
+        join_token="",
+        resume_token=resume_token,
+        server_certificate_hashes=[stack.running.certificate_sha256],
+    ) as back:
+        assert back.join_response.resumed
+        yield back
 
 
 async def next_event(client: SignalingClient, kind: str) -> sig.ServerMessage:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from darktower.client import SignalingClient, open_signaling
+from darktower.client import SignalingClient
 from darktower.errors import DarkTowerError, InvalidRequest, NotFound, RateLimited
 from darktower.loadtest import open_udp_proxy
 from darktower.meeting_controller._chat import ChatHistory
@@ -25,9 +25,8 @@ from darktower.meeting_controller._limits import (
 )
 from darktower.protocol import MAX_MESSAGE_SIZE
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
-from darktower.transport import TransportLimits
 
-from ._harness import next_event, open_stack
+from ._harness import join_via, next_event, open_stack, resumed
 
 
 def _chat(text: str, to: str = "") -> sig.ClientMessage:
@@ -192,15 +191,9 @@ async def test_a_resume_gets_the_history_with_what_it_missed(tmp_path: pathlib.P
         async with (
             stack.join("m") as witness,
             open_udp_proxy(stack.running.signal_address) as proxy,
-            open_signaling(
-                proxy.via(stack.running.signal_url),
-                meeting_id="m",
-                join_token=stack.token("m"),
-                server_certificate_hashes=[stack.running.certificate_sha256],
-                limits=TransportLimits(idle_timeout_s=idle_s, keepalive_interval_s=idle_s / 3),
-            ) as subject,
+            join_via(stack, proxy, "m", idle_s) as subject,
         ):
-            pid, resume_token = subject.participant_id, subject.join_response.resume_token
+            pid = subject.participant_id
             await witness.request(_chat("before"))
             await _said(subject)
             proxy.pause()
@@ -208,17 +201,7 @@ async def test_a_resume_gets_the_history_with_what_it_missed(tmp_path: pathlib.P
             assert updated.participant_updated.connection == sig.RECONNECTING
             # to it while it is away: kept for it, not queued
             await witness.request(_chat("while away", to=pid))
-            proxy.resume()
-            with trio.fail_after(10):
-                await subject.closed.wait()
-            async with open_signaling(
-                stack.running.signal_url,
-                meeting_id="m",
-                join_token="",
-                resume_token=resume_token,
-                server_certificate_hashes=[stack.running.certificate_sha256],
-            ) as back:
-                assert back.join_response.resumed
+            async with resumed(stack, subject, proxy, "m") as back:
                 first = await _first_event(back)
                 assert [m.text for m in first.chat_history.messages] == ["before", "while away"]
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from darktower.client import SignalingClient, open_signaling
+from darktower.client import SignalingClient
 from darktower.errors import DarkTowerError, Forbidden, InternalError, InvalidRequest, NotFound
 from darktower.loadtest import open_udp_proxy
 from darktower.model import Role
@@ -21,11 +21,10 @@ from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
 from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
-from darktower.transport import TransportLimits
 from darktower.transport.rpc import call
 from tests._stack import StandIn, open_services
 
-from ._harness import FakeMediaControl, Stack, next_event
+from ._harness import FakeMediaControl, Stack, join_via, next_event, resumed
 
 MUTE = common_pb2.MODERATION_MUTE_AUDIO
 STOP_VIDEO = common_pb2.MODERATION_STOP_VIDEO
@@ -335,15 +334,9 @@ async def test_a_reconnecting_participant_is_moderated_and_learns_it_at_its_resu
         async with (
             stack.join("m", Role.HOST) as host,
             open_udp_proxy(stack.running.signal_address) as proxy,
-            open_signaling(
-                proxy.via(stack.running.signal_url),
-                meeting_id="m",
-                join_token=stack.token("m"),
-                server_certificate_hashes=[stack.running.certificate_sha256],
-                limits=TransportLimits(idle_timeout_s=idle_s, keepalive_interval_s=idle_s / 3),
-            ) as subject,
+            join_via(stack, proxy, "m", idle_s) as subject,
         ):
-            pid, resume_token = subject.participant_id, subject.join_response.resume_token
+            pid = subject.participant_id
             await subject.request(_publish("cam", common_pb2.VIDEO_CAMERA))
             proxy.pause()
             while True:
@@ -352,17 +345,7 @@ async def test_a_reconnecting_participant_is_moderated_and_learns_it_at_its_resu
                     break
             await host.request(_moderate(pid, STOP_VIDEO))
             assert [r.stream_id for r in stack.mh.streams_removed] == ["cam"]
-            proxy.resume()
-            with trio.fail_after(10):
-                await subject.closed.wait()
-            async with open_signaling(
-                stack.running.signal_url,
-                meeting_id="m",
-                join_token="",
-                resume_token=resume_token,
-                server_certificate_hashes=[stack.running.certificate_sha256],
-            ) as back:
-                assert back.join_response.resumed
+            async with resumed(stack, subject, proxy, "m") as back:
                 state = (await next_event(back, "participant_updated")).participant_updated
                 assert state.participant_id == pid and state.connection == sig.CONNECTED
                 assert state.publication == common_pb2.PublicationState(

@@ -11,15 +11,14 @@ from typing import Any
 import pytest
 import trio
 
-from darktower.client import SignalingClient, open_signaling
+from darktower.client import SignalingClient
 from darktower.errors import DarkTowerError, InternalError
 from darktower.loadtest import open_udp_proxy
 from darktower.model import Role
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
-from darktower.transport import TransportLimits
 
-from ._harness import next_event
+from ._harness import join_via, next_event, resumed
 from .test_moderation import MUTE, STOP_SCREEN, HoldingMediaControl, _moderate, _publish, _stack
 
 
@@ -120,15 +119,9 @@ async def test_a_stop_lifted_while_the_participant_was_reconnecting_is_told_at_i
         async with (
             stack.join("m", Role.HOST) as host,
             open_udp_proxy(stack.running.signal_address) as proxy,
-            open_signaling(
-                proxy.via(stack.running.signal_url),
-                meeting_id="m",
-                join_token=stack.token("m"),
-                server_certificate_hashes=[stack.running.certificate_sha256],
-                limits=TransportLimits(idle_timeout_s=idle_s, keepalive_interval_s=idle_s / 3),
-            ) as subject,
+            join_via(stack, proxy, "m", idle_s) as subject,
         ):
-            pid, resume_token = subject.participant_id, subject.join_response.resume_token
+            pid = subject.participant_id
             await subject.request(_publish("scr", common_pb2.VIDEO_SCREEN))
             proxy.pause()
             while True:
@@ -138,17 +131,7 @@ async def test_a_stop_lifted_while_the_participant_was_reconnecting_is_told_at_i
             await host.request(_moderate(pid, STOP_SCREEN, message="no"))
             await host.request(_moderate(pid, common_pb2.MODERATION_ALLOW_SCREEN, message="ok"))
             assert [r.stream_id for r in stack.mh.streams_removed] == ["scr"]
-            proxy.resume()
-            with trio.fail_after(10):
-                await subject.closed.wait()
-            async with open_signaling(
-                stack.running.signal_url,
-                meeting_id="m",
-                join_token="",
-                resume_token=resume_token,
-                server_certificate_hashes=[stack.running.certificate_sha256],
-            ) as back:
-                assert back.join_response.resumed
+            async with resumed(stack, subject, proxy, "m") as back:
                 told = (await next_event(back, "moderated")).moderated
                 assert list(told.actions) == [STOP_SCREEN, common_pb2.MODERATION_ALLOW_SCREEN]
                 assert told.by_participant_id == host.participant_id and told.message == "ok"

@@ -7,17 +7,15 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-import trio
 
-from darktower.client import SignalingClient, open_signaling
+from darktower.client import SignalingClient
 from darktower.errors import Forbidden
 from darktower.loadtest import open_udp_proxy
 from darktower.model import Role
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
-from darktower.transport import TransportLimits
 
-from ._harness import next_event, open_stack
+from ._harness import join_via, next_event, open_stack, resumed
 
 
 def _state(**kw: bool) -> common_pb2.PublicationState:
@@ -135,15 +133,9 @@ async def test_a_reconnecting_participant_shows_so_with_its_state(tmp_path: path
         async with (
             stack.join("m") as witness,
             open_udp_proxy(stack.running.signal_address) as proxy,
-            open_signaling(
-                proxy.via(stack.running.signal_url),
-                meeting_id="m",
-                join_token=stack.token("m"),
-                server_certificate_hashes=[stack.running.certificate_sha256],
-                limits=TransportLimits(idle_timeout_s=idle_s, keepalive_interval_s=idle_s / 3),
-            ) as subject,
+            join_via(stack, proxy, "m", idle_s) as subject,
         ):
-            pid, resume_token = subject.participant_id, subject.join_response.resume_token
+            pid = subject.participant_id
             await _set(subject, audio_muted=True, video_off=False)
             assert (await _updated(witness, pid)).publication == _state(audio_muted=True)
             proxy.pause()
@@ -156,17 +148,7 @@ async def test_a_reconnecting_participant_shows_so_with_its_state(tmp_path: path
                 ]
                 assert entry.connection == sig.RECONNECTING
                 assert entry.publication == _state(audio_muted=True)
-            proxy.resume()
-            with trio.fail_after(10):
-                await subject.closed.wait()
-            async with open_signaling(
-                stack.running.signal_url,
-                meeting_id="m",
-                join_token="",
-                resume_token=resume_token,
-                server_certificate_hashes=[stack.running.certificate_sha256],
-            ) as back:
-                assert back.join_response.resumed
+            async with resumed(stack, subject, proxy, "m") as back:
                 # the resumed participant is told its own state; the others see it connected
                 event = await _updated(back, pid)
                 assert (event.connection, event.publication) == (
