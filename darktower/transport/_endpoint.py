@@ -19,7 +19,8 @@ A server endpoint also gives the heap back after handshakes (see ``HEAP_TRIM_INT
 The socket asks for larger kernel buffers (``TransportLimits.udp_receive_buffer`` and
 ``udp_send_buffer``); datagrams its receive buffer dropped are counted as
 ``udp_receive_overflows``; ``send_many`` sends several datagrams to one address in one system
-call where the kernel can (UDP GSO, see _udp.py).
+call where the kernel can (UDP GSO), and one read may return several datagrams of one sender
+(UDP GRO), cut apart again (see _udp.py).
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ from ._connection import Connection
 from ._quic import CreditedQuicConnection
 from ._udp import (
     GSO_UNAVAILABLE,
-    OVERFLOW_ANCBUF,
+    RECEIVE_ANCBUF,
     gso_groups,
     gso_supported,
-    overflow_count,
+    read_ancillary,
     send_segments,
     tune_socket,
 )
@@ -116,6 +117,7 @@ class Endpoint:
         # UDP GSO, until the kernel refuses it (then one sendto per datagram); GSO sends made.
         self.gso = gso_supported(sock)
         self.gso_sends = 0
+        self.gro_reads = 0  # reads that held several datagrams (UDP GRO)
         # A client's server: its socket is connected to it, so that the kernel reports an ICMP
         # port unreachable (nobody listens there any more) as ECONNREFUSED.
         self._peer: NetworkAddress | None = None
@@ -327,9 +329,8 @@ class Endpoint:
         if run:
             self.send_many(run, run_addr)
 
-    def _count_overflows(self, ancdata: list[tuple[int, int, bytes]]) -> None:
-        drops = overflow_count(ancdata)
-        if drops is not None and drops != self._drops_seen:
+    def _count_overflows(self, drops: int) -> None:
+        if drops != self._drops_seen:
             # A 32-bit count: one below what was seen has wrapped around.
             self.counters[UDP_RECEIVE_OVERFLOWS] += (drops - self._drops_seen) % (1 << 32)
             self._drops_seen = drops
@@ -346,9 +347,11 @@ class Endpoint:
                 continue  # rebound: read the new socket
             now = trio.current_time()
             touched: dict[Connection, None] = {}
-            for _ in range(RECEIVE_BATCH):
+            received = 0
+            while received < RECEIVE_BATCH:
+                received += 1
                 try:
-                    data, ancdata, _flags, addr = recvmsg(MAX_UDP_PAYLOAD, OVERFLOW_ANCBUF)
+                    data, ancdata, _flags, addr = recvmsg(MAX_UDP_PAYLOAD, RECEIVE_ANCBUF)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
@@ -356,7 +359,17 @@ class Endpoint:
                         self._peer_unreachable()  # ICMP port unreachable, on a client
                     continue
                 if ancdata:
-                    self._count_overflows(ancdata)
+                    drops, segment = read_ancillary(ancdata)
+                    if drops is not None:
+                        self._count_overflows(drops)
+                    if 0 < segment < len(data):  # several datagrams in one read (GRO)
+                        self.gro_reads += 1
+                        received += (len(data) - 1) // segment
+                        for start in range(0, len(data), segment):
+                            conn = self._dispatch(data[start : start + segment], addr, now)
+                            if conn is not None:
+                                touched[conn] = None
+                        continue
                 conn = self._dispatch(data, addr, now)
                 if conn is not None:
                     touched[conn] = None

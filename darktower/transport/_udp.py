@@ -12,6 +12,9 @@
   UDP_SEGMENT control message: the kernel cuts the buffer into datagrams of that size, the
   last one may be smaller). Where GSO is missing (not Linux, or the kernel or the device
   refuses it at first use) the datagrams go one ``sendto`` each.
+- Batched receives. With UDP_GRO on (Linux), the kernel may hand several datagrams of one
+  sender in one read, their segment size in a UDP_GRO control message (datagrams a GSO send
+  made, or that the network device merged); the endpoint cuts them apart again.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ logger = logging.getLogger(__name__)
 LINUX = sys.platform.startswith("linux")
 SOL_UDP = 17
 UDP_SEGMENT = 103
+UDP_GRO = 104
 SO_RXQ_OVFL: int | None = getattr(socket, "SO_RXQ_OVFL", 40 if LINUX else None)
 # Segments one GSO send may carry: the kernel's UDP_MAX_SEGMENTS (64 since Linux 4.18).
 GSO_MAX_SEGMENTS = 64
@@ -38,8 +42,8 @@ GSO_MAX_BYTES = 65_507
 GSO_UNAVAILABLE = frozenset(
     {errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.ENOTSUP}
 )
-# Room for the overflow count's control message on a receive.
-OVERFLOW_ANCBUF = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
+# Room for the control messages of a receive: the overflow count and the GRO segment size.
+RECEIVE_ANCBUF = 2 * socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 
 _buffers_logged = False
 
@@ -67,6 +71,11 @@ def tune_socket(sock: socket.socket, receive_buffer: int, send_buffer: int) -> t
             sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         except OSError:
             pass
+    if gso_supported(sock):
+        try:
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        except OSError:
+            pass  # a kernel before 5.0: one datagram per read
     granted = (
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
@@ -94,12 +103,19 @@ def _log_once(receive_buffer: int, send_buffer: int, granted: tuple[int, int]) -
     )
 
 
-def overflow_count(ancdata: list[tuple[int, int, bytes]]) -> int | None:
-    """The socket's cumulative receive-buffer drop count in a datagram's control messages."""
+def read_ancillary(ancdata: list[tuple[int, int, bytes]]) -> tuple[int | None, int]:
+    """From a read's control messages: the socket's cumulative receive-buffer drop count (None
+    when absent) and the size of the datagrams the read holds (0: one datagram)."""
+    drops = None
+    segment = 0
     for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= 4:
-            return int.from_bytes(data[:4], sys.byteorder)
-    return None
+        if len(data) < 4:
+            continue
+        if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL:
+            drops = int.from_bytes(data[:4], sys.byteorder)
+        elif level == SOL_UDP and kind == UDP_GRO:
+            segment = int.from_bytes(data[:4], sys.byteorder, signed=True)
+    return drops, segment
 
 
 def gso_groups(datagrams: Sequence[bytes]) -> Iterator[list[bytes]]:

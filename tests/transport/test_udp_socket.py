@@ -261,3 +261,28 @@ def test_gso_groups_respect_the_kernel_caps() -> None:
     per_send = GSO_MAX_BYTES // 1200
     assert sizes([1200] * 100) == [[1200] * per_send, [1200] * (100 - per_send)]
     assert sizes([10] * 150) == [[10] * GSO_MAX_SEGMENTS] * 2 + [[10] * 22]
+
+
+@linux_only
+async def test_a_gro_read_is_cut_into_its_datagrams(monkeypatch: pytest.MonkeyPatch) -> None:
+    datagrams = _datagrams()
+    sock = make_udp_socket("127.0.0.1", 0)
+    endpoint = Endpoint(sock, TransportLimits())
+    gro = sock.getsockopt(_udp.SOL_UDP, _udp.UDP_GRO)  # 0 before Linux 5.0
+    dispatched: list[bytes] = []
+
+    def dispatch(data: bytes, addr: object, now: float) -> None:
+        dispatched.append(data)
+
+    monkeypatch.setattr(endpoint, "_dispatch", dispatch)
+    with make_udp_socket("127.0.0.1", 0) as out:
+        sender = Endpoint(out, TransportLimits())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(endpoint.run)
+            sender.send_many(datagrams, endpoint.local_address)  # GSO: 5 sends, 1 sendto
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert dispatched == datagrams
+    # Each GSO send arrives in one read on loopback, where the kernel supports UDP_GRO.
+    assert sender.gso_sends == 5
+    assert endpoint.gro_reads == (5 if gro else 0)
