@@ -99,6 +99,21 @@ RECEIVE_CHUNK: Final = 64 * 1024
 # Bytes of queued frames a subscription writes in one send: frames popped for a write are
 # committed (the drop policy no longer applies to them), so this bounds what escapes it.
 SEND_BATCH_BYTES: Final = 64 * 1024
+# A subscription writes no further than the subscriber's flow-control credit on its uni stream
+# (_credit.py): what is beyond waits in its queue, under the drop policy and the age bound.
+# Waiting, it looks at the credit after a pause doubling up to CREDIT_POLL_MAX_S (the transport
+# signals no credit raise), not at every frame routed to it. Policy when the credit does not
+# move while frames wait for three times the subscriber's last interval between two raises
+# (at least CREDIT_STALL_S, at most CREDIT_STALL_MAX_S; half of that before its first raise):
+# the stream is abandoned as a send the subscriber does not take (reset, counted against
+# MAX_ABANDONED_SENDS); what its window held goes with it. A subscriber that reads, however
+# slowly, keeps its stream and gets what it reads from a queue that drops the rest: a client
+# raises its credit each time it has read half its window (128 KiB for ours), so one that reads
+# 26 KB/s or more (its first 128 KiB within 5 s) keeps it. A video waiting for credit asks no
+# key frame of its publisher until it can take one.
+CREDIT_POLL_MAX_S: Final = 0.05
+CREDIT_STALL_S: Final = 2.0
+CREDIT_STALL_MAX_S: Final = 10.0
 # Telemetry events queued per Telemetry subscriber (an MC). Policy when full: drop the oldest
 # event and count it; the router never waits for an MC.
 TELEMETRY_QUEUE_SIZE: Final = 4096

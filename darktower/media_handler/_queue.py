@@ -211,6 +211,10 @@ class SubscriptionQueue(Generic[P]):
         while the queue still waits for a key frame."""
         self._gate.ask_again()
 
+    def peek(self) -> QueuedFrame[P] | None:
+        """The oldest queued frame, left queued, or None if the queue is empty."""
+        return self._frames[0] if self._frames else None
+
     def pop(self) -> QueuedFrame[P] | None:
         """The oldest queued frame, or None if the queue is empty."""
         if not self._frames:

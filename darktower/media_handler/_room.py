@@ -102,6 +102,9 @@ class MediaSubscription:
     switcher: LayerSwitcher | None
     wake: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
     task: StreamTask | None = None
+    # Its task waits for the subscriber's flow-control credit (_credit.py): routed frames
+    # neither wake it nor ask for the key frame its video may wait for (asked once it writes).
+    blocked: bool = False
     # Held back (LastN, docs/protocol.md §17.4): a held video routes nothing to this
     # subscriber, and restarts at a key frame when released (:meth:`hold`). Audio ignores it.
     held: bool = False
@@ -183,8 +186,9 @@ class MediaPublication:
                 drops = sub.queue.push(item)
                 if drops:
                     on_drops(self, drops)
-            request_key_frame(sub, now, on_key_frame)
-            sub.wake.unpark_all()
+            if not sub.blocked:
+                request_key_frame(sub, now, on_key_frame)
+                sub.wake.unpark_all()
 
     def drop_at_ingress(self, frame: Frame, now: float, on_key_frame: KeyFrameCallback) -> None:
         """The publisher's budget refused ``frame``: every subscriber loses it (counted once

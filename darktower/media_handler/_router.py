@@ -20,6 +20,7 @@ from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.transport import WebTransportSendStream, WebTransportSession
 
+from ._credit import SendWindow
 from ._limits import (
     MAX_ABANDONED_SENDS,
     NOT_LIVE_MAX_AGE_S,
@@ -131,7 +132,10 @@ class MediaRouter:
         and so is a stream whose oldest frame the subscriber has not acknowledged within the
         bound, whether the send blocks or the transport holds the bytes back (flow or
         congestion control): the uni stream is reset (what the transport held of it goes too)
-        and a new one carries on, video from a key frame. Past MAX_ABANDONED_SENDS abandoned
+        and a new one carries on, video from a key frame. Nothing is written beyond the
+        subscriber's flow-control credit (_credit.py): a slow subscriber's frames wait, and
+        are dropped, in its queue, and a stream whose credit stays still for long while
+        frames wait (CREDIT_STALL_S) is abandoned the same way. Past MAX_ABANDONED_SENDS abandoned
         sends in a row, without uni-stream credit, or at the session's stream limit, the next
         stream waits; the count restarts only on evidence that the subscriber reads
         (_limits.py)."""
@@ -156,9 +160,12 @@ class MediaRouter:
         credit = -1  # the peer's credit on the stream after its first write (-1: none yet)
         first_at = 0.0  # when the stream's first frame was received from the publisher
         due = math.inf  # when the oldest unacknowledged frame passes the age bound
+        window = SendWindow()  # what the subscriber's credit lets go now
         try:
             stream = await _open(session)
             now = trio.current_time()  # one clock read per batch (and per wake-up)
+            if stream is not None:
+                window.open(stream.send_credit, now)
             while True:
                 if stream is None:
                     # Held off (see MAX_ABANDONED_SENDS): frames age out of the bounded
@@ -173,6 +180,7 @@ class MediaRouter:
                         retry_at = now + max(max_age, _hold_off(abandoned, max_age))
                         continue
                     written = 0
+                    window.open(stream.send_credit, now)
                 if unacked:
                     # Frames handed to the transport keep their age bound until acknowledged.
                     acked = written - stream.unacknowledged
@@ -196,19 +204,50 @@ class MediaRouter:
                 stale = queue.drop_stale(now - max_age)
                 if stale:
                     self._lost(sub, stale, now)
-                # Frames leave in batches: one write per wake-up costs far less than one per
-                # frame. Popped frames are committed (beyond the drop policy's reach), so the
-                # batch is bounded by SEND_BATCH_BYTES.
-                batch: list[QueuedFrame[memoryview]] = []
-                size = 0
-                while size < SEND_BATCH_BYTES and (item := queue.pop()) is not None:
-                    batch.append(item)
-                    size += item.size
-                if not batch:
+                if queue.empty:
+                    sub.blocked = False  # parked: the next frame routed wakes it
                     with trio.move_on_at(due):  # wakes to check what is still unacknowledged
                         await sub.wake.park()
                     now = trio.current_time()
                     continue
+                raises = window.raises
+                room = window.room(stream.send_credit, written, now)
+                if abandoned and window.raises > raises:
+                    abandoned = 0  # the subscriber reads what is sent
+                # Frames leave in batches: one write per wake-up costs far less than one per
+                # frame. Popped frames are committed (beyond the drop policy's reach), so the
+                # batch is bounded by SEND_BATCH_BYTES, and by the credit: whole frames that
+                # fit (a frame larger than half the window alone, once that much is free).
+                batch: list[QueuedFrame[memoryview]] = []
+                size = 0
+                straddle = room >= window.straddle  # a frame larger than that may go
+                while size < SEND_BATCH_BYTES and (item := queue.peek()) is not None:
+                    if size + item.size > room and (
+                        batch or not straddle or item.size <= window.straddle
+                    ):
+                        break
+                    batch.append(item)
+                    size += item.size
+                    queue.pop()
+                if not batch:
+                    # Frames wait for credit in the queue (dropped there by the policy); the
+                    # subscription sleeps, routed frames do not wake it (it is not parked).
+                    if window.stalled(now):  # the subscriber does not read: start afresh
+                        lost = [Dropped(i, DropReason.STALE) for _, b in unacked for i in b]
+                        unacked.clear()
+                        due = math.inf
+                        self._abandon(sub, stream, lost, now)
+                        stream = None
+                        abandoned += 1
+                        retry_at = now + _hold_off(abandoned, max_age)
+                        continue
+                    sub.blocked = True
+                    await trio.sleep_until(min(due, window.block(now)))
+                    now = trio.current_time()
+                    continue
+                if sub.blocked:  # it writes again: the key frame its video may wait for
+                    sub.blocked = False
+                    self._lost(sub, (), now)
                 data = batch[0].payload if len(batch) == 1 else b"".join([i.payload for i in batch])
                 with trio.move_on_at(min(now + max_age, due)) as sending:
                     await stream.send_all(data)
@@ -223,6 +262,7 @@ class MediaRouter:
                     abandoned += 1
                     retry_at = now + _hold_off(abandoned, max_age)
                     continue
+                window.wrote()
                 if not written:
                     credit = stream.send_credit
                     first_at = batch[0].received_at
@@ -252,6 +292,7 @@ class MediaRouter:
         """Reset a stream the subscriber does not take within the age bound (what the
         transport held of it goes too) and count what it held as lost; the subscription goes
         on over a new stream, video from the next key frame."""
+        sub.blocked = False
         _reset(stream)
         lost.extend(sub.queue.lose_sent())
         self._lost(sub, lost, now)
@@ -259,9 +300,13 @@ class MediaRouter:
     def _lost(
         self, sub: MediaSubscription, drops: Sequence[Dropped[memoryview]], now: float
     ) -> None:
-        """Count frames a subscription lost and ask for the key frame its video now waits for."""
-        self.count_drops(sub.publication, drops)
-        request_key_frame(sub, now, functools.partial(self.key_frame, sub.subscriber.room))
+        """Count frames a subscription lost and ask for the key frame its video now waits for
+        (not while it waits for credit: a key frame it could not take would cost the publisher
+        and every other subscriber, and it is asked for once the subscription writes again)."""
+        if drops:
+            self.count_drops(sub.publication, drops)
+        if not sub.blocked:
+            request_key_frame(sub, now, functools.partial(self.key_frame, sub.subscriber.room))
 
 
 def _hold_off(abandoned: int, max_age: float) -> float:
