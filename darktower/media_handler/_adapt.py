@@ -229,8 +229,10 @@ class Adaptation:
                 switcher.set_target(target, at_once=link.congested)
             # Every tick: a video restarted (LastN released it, a switch at once) passes no
             # frame before its key frame, so route() would never ask; nor re-ask one the
-            # throttle held back. Nothing pending costs nothing.
-            request_key_frame(sub, now, on_key_frame)
+            # throttle held back. Nothing pending costs nothing; one waiting for credit
+            # asks once it writes again (_credit.py).
+            if not sub.blocked:
+                request_key_frame(sub, now, on_key_frame)
             up = step_up(layers, switcher.target, best)
             wanted += layer_bitrate(layers, up) * VIDEO_OVERHEAD
             sending += layer_bitrate(layers, switcher.target) * VIDEO_OVERHEAD

@@ -199,7 +199,8 @@ class MediaPublication:
         )
         for sub in self.subscriptions.values():
             self.on_drops(self, sub.queue.drop(item, DropReason.BUDGET))
-            request_key_frame(sub, now, on_key_frame)
+            if not sub.blocked:  # (one waiting for credit asks once it writes again)
+                request_key_frame(sub, now, on_key_frame)
 
     def publisher_lost(self) -> None:
         """The publisher's connection went (lost or replaced): frames in flight are gone, so

@@ -204,16 +204,21 @@ class MediaRouter:
                 stale = queue.drop_stale(now - max_age)
                 if stale:
                     self._lost(sub, stale, now)
-                if queue.empty:
-                    sub.blocked = False  # parked: the next frame routed wakes it
+                raises = window.raises
+                if queue.empty and not sub.blocked:
                     with trio.move_on_at(due):  # wakes to check what is still unacknowledged
-                        await sub.wake.park()
+                        await sub.wake.park()  # parked: the next frame routed wakes it
                     now = trio.current_time()
                     continue
-                raises = window.raises
-                room = window.room(stream.send_credit, written, now)
+                room = window.room(stream.send_credit, written + _UNI_PREFIX_MAX, now)
                 if abandoned and window.raises > raises:
                     abandoned = 0  # the subscriber reads what is sent
+                if queue.empty and room >= window.straddle:  # it waited for credit: there
+                    sub.blocked = False  # is some again, and the key frame its video may
+                    self._lost(sub, (), now)  # wait for is asked
+                    continue
+                # (An empty queue without credit stays blocked below: routed frames neither
+                # wake it nor ask for a key frame, and a stall still abandons the stream.)
                 # Frames leave in batches: one write per wake-up costs far less than one per
                 # frame. Popped frames are committed (beyond the drop policy's reach), so the
                 # batch is bounded by SEND_BATCH_BYTES, and by the credit: whole frames that
@@ -307,6 +312,11 @@ class MediaRouter:
             self.count_drops(sub.publication, drops)
         if not sub.blocked:
             request_key_frame(sub, now, functools.partial(self.key_frame, sub.subscriber.room))
+
+
+# The bytes a uni stream starts with before its frames (its type and session id, two
+# varints), which count against the subscriber's credit but not in ``written``.
+_UNI_PREFIX_MAX = 10
 
 
 def _hold_off(abandoned: int, max_age: float) -> float:

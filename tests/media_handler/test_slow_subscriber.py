@@ -218,6 +218,9 @@ async def test_a_slow_subscriber_drops_at_its_queue_and_the_others_get_every_fra
     assert stream.most_held <= run.largest, (stream.most_held, run.largest)
     metrics = run.handler.metrics
     assert metrics.frames_dropped.value(DropReason.STALE.value) > 0
+    # While it waits for credit its video asks the publisher for no key frame (one would cost
+    # every subscriber): only when it writes again (it asked about once a second before).
+    assert metrics.key_frame_requests.value() <= RUN_S / 4, metrics.key_frame_requests.value()
     # It gets what it reads, in order, from a video that stays decodable.
     got = [(ft, seq) for _, _, ft, seq in slow.reader.got]
     assert len(got) > RUN_S * FPS / 20
