@@ -287,12 +287,13 @@ class _CountOf(_Metric):
 def count_refusals(registry: Registry, counts: Mapping[str, float]) -> CountsView:
     """``darktower_transport_refusals_total{cause}`` of a service: what its listeners refused
     or closed, by cause (the transport's counters; docs/protocol.md lists the causes); and
-    ``darktower_transport_udp_receive_overflows_total``: datagrams its UDP sockets' receive
-    buffers dropped, from the same counters."""
+    ``darktower_transport_udp_receive_overflows_total``: datagrams its listeners' UDP sockets
+    dropped on receive, from the same counters (the kernel's count, mostly a full buffer; the
+    service's outgoing client connections are not counted)."""
     registry.register(
         _CountOf(
             "darktower_transport_udp_receive_overflows_total",
-            "datagrams the kernel dropped because a UDP socket's receive buffer was full",
+            "datagrams the kernel dropped on receive at the listeners' UDP sockets (mostly a full buffer)",
             counts,
             UDP_RECEIVE_OVERFLOWS,
         )

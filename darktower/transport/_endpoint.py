@@ -305,7 +305,10 @@ class Endpoint:
             except (BlockingIOError, InterruptedError):
                 self.send_errors += len(group)  # the kernel's buffer is full: lost packets
             except OSError as exc:
-                if exc.errno in GSO_UNAVAILABLE:
+                if exc.errno in GSO_UNAVAILABLE and not self.gso_sends:
+                    # Refused before any GSO send went: the kernel has none. Once one went,
+                    # a refusal is this destination's (a port 0, a small path MTU, IPsec):
+                    # that group goes one datagram at a time, GSO stays for the others.
                     self.gso = False
                     logger.info("UDP GSO unavailable (%s): one send per datagram", exc)
                 if exc.errno in GSO_UNAVAILABLE or exc.errno == errno.EMSGSIZE:
@@ -351,7 +354,7 @@ class Endpoint:
             while received < RECEIVE_BATCH:
                 received += 1
                 try:
-                    data, ancdata, _flags, addr = recvmsg(MAX_UDP_PAYLOAD, RECEIVE_ANCBUF)
+                    data, ancdata, flags, addr = recvmsg(MAX_UDP_PAYLOAD, RECEIVE_ANCBUF)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
@@ -365,7 +368,10 @@ class Endpoint:
                     if 0 < segment < len(data):  # several datagrams in one read (GRO)
                         self.gro_reads += 1
                         received += (len(data) - 1) // segment
-                        for start in range(0, len(data), segment):
+                        end = len(data)
+                        if flags & socket.MSG_TRUNC:  # a merged read over 64 KiB: its cut tail
+                            end -= end % segment  # is lost like a lost packet
+                        for start in range(0, end, segment):
                             conn = self._dispatch(data[start : start + segment], addr, now)
                             if conn is not None:
                                 touched[conn] = None

@@ -121,17 +121,32 @@ class CreditedQuicConnection(QuicConnection):
             space is not None
             and space.ack_at is not None
             and space.ack_at > now
-            and self._dt_data_queued()
             and self._cryptos[Epoch.ONE_RTT].send.is_valid()
+            and self._dt_data_leaves(now)
         ):
             space.ack_at = now - _DUE_NOW_S
         return super().datagrams_to_send(now)
 
-    def _dt_data_queued(self) -> bool:
+    def _dt_data_leaves(self, now: float) -> bool:
+        """Whether data leaves in this flush: queued, and neither the congestion window, the
+        pacer nor the peer's flow-control credit holds it back (held data would send the ACK
+        alone, and early)."""
+        loss = self._loss
+        if loss.bytes_in_flight >= loss.congestion_window:
+            return False
+        if loss._pacer.next_send_time(now) is not None:
+            return False
         if self._datagrams_pending:
             return True
+        connection_credit = self._remote_max_data > self._remote_max_data_used
         for stream in self._streams_queue:
-            if not stream.sender.buffer_is_empty and not stream.is_blocked:
+            sender = stream.sender
+            offset = sender.next_offset  # below _buffer_stop: data not yet sent, or lost
+            if stream.is_blocked or offset >= sender._buffer_stop:
+                continue
+            if offset < stream.max_stream_data_remote and (
+                offset < sender.highest_offset or connection_credit
+            ):
                 return True
         return False
 

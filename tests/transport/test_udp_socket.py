@@ -230,6 +230,27 @@ async def test_gso_refused_at_first_use_falls_back_for_good(
         assert calls == [13] and not endpoint.gso and endpoint.send_errors == 0
 
 
+async def test_a_refusal_after_gso_worked_is_that_destinations_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once a GSO send went, a refusal (a peer at port 0, a small path MTU) sends that group
+    one by one and leaves GSO on for everyone else."""
+    calls = []
+
+    def refuse(sock: socket.socket, group: list[bytes], addr: object) -> None:
+        calls.append(len(group))
+        raise OSError(errno.EINVAL, "invalid argument")
+
+    monkeypatch.setattr(_endpoint, "send_segments", refuse)
+    datagrams = _datagrams()
+    with make_udp_socket("127.0.0.1", 0) as sock:
+        endpoint = Endpoint(sock, TransportLimits())
+        endpoint.gso, endpoint.gso_sends = True, 1
+        got = await _send_many_and_receive(endpoint, datagrams)
+        assert got == datagrams
+        assert calls == [13, 4, 2, 54, 17] and endpoint.gso and endpoint.send_errors == 0
+
+
 @linux_only
 async def test_send_batch_keeps_order_across_addresses() -> None:
     a = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
