@@ -92,8 +92,8 @@ def _log_once(receive_buffer: int, send_buffer: int, granted: tuple[int, int]) -
     # Linux reports twice the size it keeps for data.
     data = tuple(g // 2 for g in granted) if LINUX else granted
     capped = data[0] < receive_buffer or data[1] < send_buffer
-    logger.log(
-        logging.WARNING if capped else logging.INFO,
+    # Info, not a warning: most kernels cap it by default; /metrics shows what overflows.
+    logger.info(
         "UDP socket buffers: receive %d bytes asked, %d granted; send %d asked, %d granted%s",
         receive_buffer,
         data[0],
