@@ -63,7 +63,7 @@ async def open_quic_connection(
                     reason = conn.close_reason or "timeout"
                     raise ConnectFailed(f"QUIC handshake with {host}:{port} failed: {reason}")
                 if pinned:
-                    check_pinned_certificate(conn.quic.tls._peer_certificate, pinned)
+                    check_pinned_certificate(conn.quic.dt_peer_certificate_sha256(), pinned)
                 yield conn
             finally:
                 conn.close()
@@ -108,7 +108,7 @@ async def open_session(
 
     def on_event(event: h3e.H3Event | None) -> None:
         nonlocal status
-        if isinstance(event, h3e.HeadersReceived):
+        if isinstance(event, conn.core.h3_events.HeadersReceived):
             status = int(dict(event.headers).get(b":status", b"0"))
             conn.request_handlers.pop(stream_id, None)
             if 200 <= status < 300:

@@ -146,6 +146,10 @@ STREAM_RECEIVE_WINDOW = 256 * 1024
 SEND_CHUNK = 64 * 1024
 # receive_some() without max_bytes returns at most this much.
 DEFAULT_RECEIVE_SIZE = 64 * 1024
+# The QUIC library under the trio driver (_core.py): "aioquic" (the project's core),
+# "qh3" (the optional extra, ``pip install darktower[qh3]``) or "auto" (qh3 when installed).
+QUIC_CORES = ("aioquic", "qh3", "auto")
+QUIC_CORE = "aioquic"
 
 
 @attrs.frozen
@@ -175,6 +179,7 @@ class TransportLimits:
     stream_receive_window: int = STREAM_RECEIVE_WINDOW
     udp_receive_buffer: int = UDP_RECEIVE_BUFFER
     udp_send_buffer: int = UDP_SEND_BUFFER
+    quic_core: str = attrs.field(default=QUIC_CORE, validator=attrs.validators.in_(QUIC_CORES))
 
 
 def _origins(value: Iterable[str] | None) -> frozenset[str] | None:

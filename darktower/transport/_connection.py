@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 from aioquic.h3 import events as h3e
-from aioquic.h3.connection import H3Connection
-from aioquic.h3.connection import ProtocolError as H3ProtocolError
 from aioquic.quic.connection import (
     NetworkAddress,
     stream_is_unidirectional,
@@ -24,13 +22,13 @@ from aioquic.quic.connection import (
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ._config import MAX_SEND_DELAY_S, TransportLimits
+from ._core import load_core
 from ._deadlines import ConnectionDeadlines
 from ._end import ConnectionLost, IdleTimeout, SessionEnd
 from ._errors import SessionClosed
 from ._quic import CreditedQuicConnection
-from ._routing import QUIC_EVENT_HANDLERS
 from ._session import WebTransportSession
-from ._stats import TransportStats, count_losses, read_stats
+from ._stats import TransportStats
 from ._streams import StreamState
 from ._wire import (
     H3_GENERAL_PROTOCOL_ERROR,
@@ -68,7 +66,8 @@ class Connection:
         self.quic = quic
         self.limits = limits
         self.is_client: bool = quic.configuration.is_client
-        self.h3 = H3Connection(quic, enable_webtransport=True)
+        self.core = core = load_core(limits.quic_core)  # aioquic or qh3 (_core.py)
+        self.h3 = core.h3_class(quic, enable_webtransport=True)
         self.streams: dict[int, StreamState] = {}
         self.sessions: dict[int, WebTransportSession] = {}
         # Peer streams whose first bytes do not yet say what they are (<= 16 bytes each).
@@ -101,7 +100,7 @@ class Connection:
         quic._dt_consumed = self._consumed_offset
         quic._dt_cid_issued = self._cid_issued
         quic.dt_apply_limits(limits)
-        count_losses(quic)
+        core.count_losses(quic)
 
     @property
     def peer_address(self) -> NetworkAddress | None:
@@ -267,7 +266,7 @@ class Connection:
 
     def process_events(self) -> None:
         next_event = self.quic.next_event
-        dispatch = QUIC_EVENT_HANDLERS
+        dispatch = self.core.event_handlers
         event = next_event()
         while event is not None:
             handler = dispatch.get(type(event))
@@ -280,7 +279,7 @@ class Connection:
 
     def transport_stats(self) -> TransportStats:
         """Packet counts of this connection so far (see ``_stats.py``)."""
-        return read_stats(self.quic, self.datagrams_received)
+        return self.core.read_stats(self.quic, self.datagrams_received)
 
     def flush(self) -> None:
         """Send what aioquic has to send; re-arm the timer; forget streams QUIC discarded."""
@@ -288,14 +287,14 @@ class Connection:
         self._flush_due = None
         # A burst to one address leaves in one system call (UDP GSO, docs/architecture.md §5.1).
         self.endpoint.send_batch(self.quic.datagrams_to_send(now=trio.current_time()))
+        gone = self.quic.dt_stream_gone
         if self.sweep:
-            quic_streams = self.quic._streams
-            for state in [s for s in self.sweep if s.stream_id not in quic_streams]:
+            for state in [s for s in self.sweep if gone(s.stream_id)]:
                 self.sweep.discard(state)
                 if self.streams.get(state.stream_id) is state:
                     del self.streams[state.stream_id]
         if self.rejected:
-            self.rejected.intersection_update(self.quic._streams)
+            self.rejected.difference_update([i for i in self.rejected if gone(i)])
         # Every change of aioquic's timer (receive, handle_timer, API calls) is followed by a
         # flush, so computing it here once is enough (get_timer is not cheap).
         self._timer_at = self.quic.get_timer()
@@ -337,43 +336,34 @@ class Connection:
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         try:
             self.quic.send_stream_data(stream_id, data, end_stream)
-        except ValueError:
-            return  # the stream finished and was discarded: nothing left to send on
-        except RuntimeError:
-            # aioquic: already reset (by us, or for the peer's STOP_SENDING) or finished. The
-            # stream's state learns why from the event; nothing can be sent on it any more.
+        except self.core.stream_errors:
+            # Already reset (by us, or for the peer's STOP_SENDING), finished or discarded.
+            # The stream's state learns why from the event; nothing can be sent on it any more.
             return
         self.schedule_flush()
 
     def reset_stream(self, stream_id: int, h3_code: int) -> None:
         try:
             self.quic.reset_stream(stream_id, h3_code)
-        except ValueError:
+        except self.core.stream_errors:
             return
         self.schedule_flush()
 
     def stop_stream(self, stream_id: int, h3_code: int) -> None:
         try:
             self.quic.stop_stream(stream_id, h3_code)
-        except ValueError:
+        except self.core.stream_errors:
             return  # unknown or already discarded
         self.schedule_flush()
 
     def unacked(self, stream_id: int) -> int:
-        stream = self.quic._streams.get(stream_id)
-        if stream is None:
-            return 0
-        sender = stream.sender
-        return int(sender._buffer_stop - sender._buffer_start)
+        return self.quic.dt_unacked(stream_id)
 
     def send_credit(self, stream_id: int) -> int:
-        stream = self.quic._streams.get(stream_id)
-        return 0 if stream is None else int(stream.max_stream_data_remote)
+        return self.quic.dt_send_credit(stream_id)
 
     def on_consumed(self, stream_id: int, consumed: int) -> None:
-        stream = self.quic._streams.get(stream_id)
-        window = self.limits.stream_receive_window
-        if stream is not None and consumed + window - stream.max_stream_data_local >= window // 2:
+        if self.quic.dt_credit_due(stream_id, consumed):
             self.schedule_flush()  # a MAX_STREAM_DATA is due (see _quic.py)
 
     def _consumed_offset(self, stream_id: int) -> int | None:
@@ -400,18 +390,16 @@ class Connection:
         return state
 
     def queue_datagram(self, payload: bytes) -> None:
-        # aioquic's queue is unbounded: keep it at most datagram_queue_size, dropping oldest.
-        pending = self.quic._datagrams_pending
-        while len(pending) >= self.limits.datagram_queue_size:
-            pending.popleft()
-            self.datagrams_dropped += 1
-        pending.append(payload)
+        # Bounded at datagram_queue_size, dropping the oldest (_quic.py).
+        self.datagrams_dropped += self.quic.dt_queue_datagram(
+            payload, self.limits.datagram_queue_size
+        )
         self.schedule_flush()
 
     def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], end: bool) -> None:
         try:
             self.h3.send_headers(stream_id, headers, end_stream=end)
-        except (H3ProtocolError, ValueError):
+        except self.core.h3_errors:
             return  # answered already, or the stream is gone: nothing to send on
         self.schedule_flush()
 
@@ -430,7 +418,7 @@ class Connection:
             return
         try:
             self.h3.send_data(stream_id, data, end_stream=end)
-        except (H3ProtocolError, ValueError):
+        except self.core.h3_errors:
             return  # our side already ended, or QUIC discarded the stream: nothing to send
         self.schedule_flush()
 

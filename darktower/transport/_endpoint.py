@@ -43,6 +43,7 @@ from darktower.metrics import UDP_RECEIVE_OVERFLOWS
 from ._admission import Admission, Admit
 from ._config import MAX_UDP_PAYLOAD, RECEIVE_BATCH, TransportLimits
 from ._connection import Connection
+from ._core import load_core
 from ._quic import CreditedQuicConnection
 from ._udp import (
     GSO_UNAVAILABLE,
@@ -110,6 +111,7 @@ class Endpoint:
     ) -> None:
         self._sock = sock
         self.limits = limits
+        self.core = load_core(limits.quic_core)  # aioquic or qh3 (_core.py)
         # The kernel's buffer sizes (as it reports them), and its receive buffer's drop count
         # (cumulative per socket) as last read.
         self.socket_buffers = tune_socket(sock, limits.udp_receive_buffer, limits.udp_send_buffer)
@@ -180,7 +182,7 @@ class Endpoint:
     def connect(self, addr: NetworkAddress, configuration: QuicConfiguration) -> Connection:
         """Start a client connection to ``addr``; its task runs in this endpoint's nursery."""
         assert self._nursery is not None, "the endpoint is not running"
-        quic = CreditedQuicConnection(
+        quic = self.core.connection_class(
             configuration=configuration,
             consumed=lambda _sid: None,
             window=self.limits.stream_receive_window,
@@ -433,7 +435,7 @@ class Endpoint:
             self.send(verdict, addr)  # Version Negotiation or Retry
             return None
         try:
-            quic = CreditedQuicConnection(
+            quic = self.core.connection_class(
                 configuration=config,
                 original_destination_connection_id=verdict.original_destination_cid,
                 retry_source_connection_id=verdict.retry_source_cid,

@@ -76,7 +76,7 @@ class HTTP3Client:
                 done.set()
                 return
             ended = False
-            if isinstance(event, h3e.HeadersReceived):
+            if isinstance(event, conn.core.h3_events.HeadersReceived):
                 if status == 0:
                     for k, v in event.headers:
                         if k == b":status":
@@ -84,7 +84,7 @@ class HTTP3Client:
                         elif not k.startswith(b":"):
                             response_headers.append((k.decode("latin-1"), v.decode("latin-1")))
                 ended = event.stream_ended
-            elif isinstance(event, h3e.DataReceived):
+            elif isinstance(event, conn.core.h3_events.DataReceived):
                 size += len(event.data)
                 if size > MAX_RESPONSE_BODY:
                     failure = ResponseTooLarge(f"response body over {MAX_RESPONSE_BODY} bytes")

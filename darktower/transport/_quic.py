@@ -37,6 +37,7 @@ from aioquic.tls import Epoch
 
 from darktower.protocol.addresses import is_loopback
 
+from ._certs import certificate_sha256
 from ._config import LOOPBACK_PACKET_SIZE, PTO_BACKOFF_CAP_S, TransportLimits
 
 # The max_ack_delay aioquic advertises (25 ms): a local ACK delay never goes beyond it.
@@ -154,6 +155,52 @@ class CreditedQuicConnection(QuicConnection):
         """When the earliest ACK the peer is owed is due (None: none is owed)."""
         due = [space.ack_at for space in self._spaces.values() if space.ack_at is not None]
         return min(due) if due else None
+
+    # --- what the driver reads, the same on every core (_core.py) ---------------------------
+    def dt_unacked(self, stream_id: int) -> int:
+        """Bytes written to the stream and not yet acknowledged (0 once QUIC discarded it)."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return 0
+        return int(stream.sender._buffer_stop - stream.sender._buffer_start)
+
+    def dt_send_credit(self, stream_id: int) -> int:
+        """The peer's MAX_STREAM_DATA for the stream (0 once QUIC discarded it)."""
+        stream = self._streams.get(stream_id)
+        return 0 if stream is None else int(stream.max_stream_data_remote)
+
+    def dt_credit_due(self, stream_id: int, consumed: int) -> bool:
+        """Whether reading up to ``consumed`` makes a MAX_STREAM_DATA due (see
+        _write_stream_limits)."""
+        stream = self._streams.get(stream_id)
+        window = self._dt_window
+        return (
+            stream is not None and consumed + window - stream.max_stream_data_local >= window // 2
+        )
+
+    def dt_stream_gone(self, stream_id: int) -> bool:
+        """Whether QUIC has discarded the stream (both sides done and acknowledged)."""
+        return stream_id not in self._streams
+
+    def dt_queue_datagram(self, payload: bytes, queue_size: int) -> int:
+        """Queue a DATAGRAM frame; aioquic's queue is unbounded, so it is kept at most
+        ``queue_size``, dropping the oldest. Returns how many were dropped."""
+        pending = self._datagrams_pending
+        dropped = 0
+        while len(pending) >= queue_size:
+            pending.popleft()
+            dropped += 1
+        pending.append(payload)
+        return dropped
+
+    def dt_uni_stream_credit(self) -> int:
+        """Unidirectional streams the peer's MAX_STREAMS still lets this side open."""
+        return int(self._remote_max_streams_uni - self._local_next_stream_id_uni // 4)
+
+    def dt_peer_certificate_sha256(self) -> bytes | None:
+        """SHA-256 of the peer's leaf certificate (DER), None without one."""
+        cert = self.tls._peer_certificate
+        return None if cert is None else certificate_sha256(cert)
 
     def dt_apply_limits(self, limits: TransportLimits) -> None:
         """Before the handshake: the ACK delay (never beyond the max_ack_delay advertised) and

@@ -1,6 +1,6 @@
 """Where each QUIC event of a connection goes: to a stream, a session, H3Connection or the
-connection itself (:data:`QUIC_EVENT_HANDLERS`, shared by every connection: a per-connection
-table of bound methods costs ~1.7 KB per connection).
+connection itself (:func:`event_handlers`, one table per QUIC core shared by every connection:
+a per-connection table of bound methods costs ~1.7 KB per connection).
 
 Stream data is routed around and through H3Connection. Why: docs/decisions.md, "aioquic
 internals touched".
@@ -14,6 +14,7 @@ the CONNECT streams and plain requests are dispatched here.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from aioquic._buffer import Buffer, BufferReadError
@@ -49,9 +50,8 @@ def route_stream_data(conn: Connection, event: qe.StreamDataReceived) -> None:
         else:
             conn.pending_prefix[stream_id] = data
     elif kind is PrefixKind.OTHER:
-        route_h3(
-            conn, qe.StreamDataReceived(data=data, end_stream=event.end_stream, stream_id=stream_id)
-        )
+        rebuilt = conn.core.quic_events.StreamDataReceived  # the core's class: H3 checks it
+        route_h3(conn, rebuilt(data=data, end_stream=event.end_stream, stream_id=stream_id))
     else:
         _new_peer_stream(conn, stream_id, session_id, length, data[length:], event.end_stream)
 
@@ -71,6 +71,7 @@ def _new_peer_stream(
 
 
 def route_h3(conn: Connection, event: qe.QuicEvent) -> None:
+    h3_events = conn.core.h3_events
     for h3_event in conn.h3.handle_event(event):
         stream_id = getattr(h3_event, "stream_id", None)
         if stream_id is None:
@@ -81,10 +82,10 @@ def route_h3(conn: Connection, event: qe.QuicEvent) -> None:
             continue
         session = conn.sessions.get(stream_id)
         if session is not None:
-            if isinstance(h3_event, h3e.DataReceived):
+            if isinstance(h3_event, h3_events.DataReceived):
                 session.on_connect_stream_data(h3_event.data, h3_event.stream_ended)
             continue
-        if isinstance(h3_event, h3e.HeadersReceived) and not conn.is_client:
+        if isinstance(h3_event, h3_events.HeadersReceived) and not conn.is_client:
             _on_request(conn, h3_event)
 
 
@@ -163,13 +164,20 @@ def _on_terminated(conn: Connection, event: qe.ConnectionTerminated) -> None:
     conn.on_terminated(event.error_code, event.reason_phrase)
 
 
-QUIC_EVENT_HANDLERS: dict[type, Callable[[Connection, Any], None]] = {
-    qe.StreamDataReceived: route_stream_data,
-    qe.DatagramFrameReceived: _on_datagram,
-    qe.StreamReset: _on_stream_reset,
-    qe.StopSendingReceived: _on_stop_sending,
-    qe.HandshakeCompleted: _on_handshake_completed,
-    qe.ConnectionIdIssued: _on_cid_issued,
-    qe.ConnectionIdRetired: _on_cid_retired,
-    qe.ConnectionTerminated: _on_terminated,
-}
+def event_handlers(events: ModuleType) -> dict[type, Callable[[Connection, Any], None]]:
+    """The handler table keyed by one QUIC library's event classes (``events``: its
+    ``quic.events`` module; _core.py builds one per core)."""
+    return {
+        events.StreamDataReceived: route_stream_data,
+        events.DatagramFrameReceived: _on_datagram,
+        events.StreamReset: _on_stream_reset,
+        events.StopSendingReceived: _on_stop_sending,
+        events.HandshakeCompleted: _on_handshake_completed,
+        events.ConnectionIdIssued: _on_cid_issued,
+        events.ConnectionIdRetired: _on_cid_retired,
+        events.ConnectionTerminated: _on_terminated,
+    }
+
+
+# aioquic's (the default core's) table.
+QUIC_EVENT_HANDLERS = event_handlers(qe)

@@ -189,9 +189,7 @@ class WebTransportSession:
     def unidirectional_stream_credit(self) -> int:
         """Uni streams the peer's MAX_STREAMS still lets this side open; at 0 a new one waits,
         blocked, for credit, holding what is written to it."""
-        return (
-            self._conn.quic._remote_max_streams_uni - self._conn.quic._local_next_stream_id_uni // 4
-        )
+        return self._conn.quic.dt_uni_stream_credit()
 
     @property
     def local_address(self) -> tuple[str, int]:

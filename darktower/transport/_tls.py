@@ -6,8 +6,9 @@ import ssl
 
 from aioquic.quic.configuration import QuicConfiguration
 
-from ._certs import TlsCredentials, certificate_sha256
+from ._certs import TlsCredentials
 from ._config import TransportLimits
+from ._core import load_core
 from ._errors import ConnectFailed
 
 # Initial connection-level credit, in stream windows. aioquic doubles it as it is used; what is
@@ -24,6 +25,16 @@ def quic_configuration(
     cafile: str | None = None,
     verify: bool = True,
 ) -> QuicConfiguration:
+    build = load_core(limits.quic_core).configuration
+    if build is not None:  # the optional core builds its own (_core.py)
+        return build(  # type: ignore[no-any-return]
+            limits,
+            is_client=is_client,
+            tls=tls,
+            server_name=server_name,
+            cafile=cafile,
+            verify=verify,
+        )
     config = QuicConfiguration(
         is_client=is_client,
         alpn_protocols=["h3"],
@@ -47,10 +58,10 @@ def quic_configuration(
     return config
 
 
-def check_pinned_certificate(peer_certificate: object, hashes: list[bytes]) -> None:
-    """Raise ConnectFailed unless the server's certificate has one of the pinned SHA-256s."""
-    if peer_certificate is None:
+def check_pinned_certificate(digest: bytes | None, hashes: list[bytes]) -> None:
+    """Raise ConnectFailed unless the server's certificate (its SHA-256 ``digest``, None when
+    it presented none) has one of the pinned SHA-256s."""
+    if digest is None:
         raise ConnectFailed("the server presented no certificate")
-    digest = certificate_sha256(peer_certificate)  # type: ignore[arg-type]
     if digest not in hashes:
         raise ConnectFailed("the server certificate matches none of the pinned hashes")
