@@ -1,0 +1,253 @@
+"""The qh3 flavour of the driver's QUIC connection: the same ``dt_*`` surface as _quic.py.
+
+qh3 2.1 keeps streams, flow control, loss recovery and congestion control in its native core
+(Rust), behind a Python facade: none of the aioquic internals _quic.py overrides exists, so
+this class reads the facade and a few read-only properties of the core instead. What it
+cannot do (docs/architecture.md §5.1 bounds that depend on it) is listed where it falls short:
+
+- Receive credit: qh3 raises MAX_STREAM_DATA by itself as data arrives; credit does not wait
+  for the application to read (``consumed``/``window`` are kept, unused).
+- Acknowledged bytes: ``dt_unacked`` counts bytes not yet sent; bytes in flight and not yet
+  acknowledged are invisible to it.
+- The peer's per-stream credit is not exposed (``dt_send_credit`` reads 0).
+- The ACK delay, ``max_udp_payload_size`` and loopback packet sizes are fixed by qh3; the
+  probe timeout's backoff cap (docs/protocol.md §13) cannot be applied.
+- DATAGRAM frames are not held by the congestion window and have no queue to bound.
+
+The handshake with an aioquic client: aioquic pads its Initial datagram with zero bytes after
+the packet; qh3's facade hands its core only the packet, so the core's anti-amplification
+budget counts the packet, not the datagram, and the server's second flight does not fit
+(its packet builder raises). Such a datagram is handed to the core whole (``receive_datagram``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import ssl
+from typing import Any
+
+import qh3.quic.connection as _qc
+from qh3.h3.connection import H3Connection as _H3Connection
+from qh3.h3.connection import Setting
+from qh3.quic.configuration import QuicConfiguration
+
+from ._certs import TlsCredentials
+from ._config import TransportLimits
+from ._stats import TransportStats
+from ._tls import CONNECTION_WINDOW_STREAMS
+
+NetworkAddress = Any
+# Peer streams qh3 reported finished and the driver has not yet asked about (see
+# _FinishedStreams); beyond this many the oldest are forgotten.
+MAX_FINISHED_REMEMBERED = 4096
+
+_real_pull = _qc._pull_quic_header
+
+
+def _padded_end(data: bytes, cid_length: int) -> bool:
+    """Whether ``data`` is one QUIC packet followed by zero bytes only (aioquic's Initial)."""
+    try:
+        end = _real_pull(data, 0, cid_length)[9]
+    except ValueError:
+        return False
+    return bool(0 < end < len(data) and data.count(0, end) == len(data) - end)
+
+
+class _FinishedStreams(set[int]):
+    """qh3's set of the local streams it has created. Its core's ``stream_finished`` event
+    discards the stream's id here for every stream, local or the peer's: the peer's are
+    remembered so the driver can tell when QUIC is done with them."""
+
+    def __init__(self, is_client: bool) -> None:
+        super().__init__()
+        self.peer_bit = 1 if is_client else 0  # the low bit of the peer's stream ids
+        self.finished_peer: dict[int, None] = {}
+
+    def discard(self, stream_id: int) -> None:
+        if stream_id & 1 == self.peer_bit:
+            finished = self.finished_peer
+            finished[stream_id] = None
+            if len(finished) > MAX_FINISHED_REMEMBERED:
+                del finished[next(iter(finished))]
+        super().discard(stream_id)
+
+
+def _ignore_cid(cid: bytes) -> None:
+    pass
+
+
+class Qh3Connection(_qc.QuicConnection):
+    def __init__(self, *, consumed: Any, window: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dt_closed_by_peer = False
+        self.dt_idle_timeout = False
+        self._dt_consumed = consumed
+        self._dt_window = window
+        self._dt_cid_issued = _ignore_cid  # qh3 reports issued IDs as events, in time
+        self._created_local_stream_ids = _FinishedStreams(self._is_client)
+        self.dt_packets_sent = 0
+        self.dt_bytes_sent = 0
+        self.dt_rtt_min = math.inf
+
+    # --- the calls the driver makes, as aioquic's ------------------------------------------
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        closing = self._close_event is not None
+        if (
+            not self._is_client
+            and not self._handshake_complete
+            and _padded_end(data, self._configuration.connection_id_length)
+        ):
+            _qc._pull_quic_header = _whole_first_packet(len(data))
+            try:
+                super().receive_datagram(data, addr, now)
+            finally:
+                _qc._pull_quic_header = _real_pull
+        else:
+            super().receive_datagram(data, addr, now)
+        core = self._core
+        if core is None:
+            return
+        if not closing and self._close_event is not None and core.local_error is None:
+            self.dt_closed_by_peer = True
+        rtt = core.latest_rtt
+        if rtt:
+            self.dt_rtt_min = min(self.dt_rtt_min, rtt)
+
+    def handle_timer(self, now: float) -> None:
+        timer = self._core.get_timer() if self._core is not None else None
+        if (
+            timer is not None
+            and timer[0] == "idle"
+            and now >= timer[1]
+            and self._close_event is None
+        ):
+            self.dt_idle_timeout = True
+        super().handle_timer(now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        out = super().datagrams_to_send(now)
+        self.dt_packets_sent += len(out)
+        self.dt_bytes_sent += sum(len(d) for d, _ in out)
+        return out
+
+    def send_ping(self, uid: int) -> None:
+        # aioquic ignores a PING on a closing connection; qh3's core raises.
+        if self._close_event is None:
+            try:
+                super().send_ping(uid)
+            except _qc.QuicConnectionError:
+                pass  # the core has closed: its next event says so
+
+    def get_peer_address(self) -> NetworkAddress | None:
+        # Absent in qh3, whose _remote_addr does not follow a migration: the core's path does.
+        return None if self._core is None else self._core.active_path[2]
+
+    # --- the dt_* surface (see _quic.py) ----------------------------------------------------
+    def dt_unacked(self, stream_id: int) -> int:
+        return 0 if self._core is None else self.get_send_buffer_size(stream_id)
+
+    def dt_send_credit(self, stream_id: int) -> int:
+        return 0  # the core's stream_credit events are dropped by qh3's facade
+
+    def dt_credit_due(self, stream_id: int, consumed: int) -> bool:
+        return False  # qh3 grants credit itself
+
+    def dt_stream_gone(self, stream_id: int) -> bool:
+        ids = self._created_local_stream_ids
+        assert isinstance(ids, _FinishedStreams)
+        if stream_id & 1 == ids.peer_bit:
+            return ids.finished_peer.pop(stream_id, 0) is None
+        return stream_id not in ids
+
+    def dt_queue_datagram(self, payload: bytes, queue_size: int) -> int:
+        self.send_datagram_frame(payload)  # qh3 keeps no queue: it leaves at the next flush
+        return 0
+
+    def dt_uni_stream_credit(self) -> int:
+        if self._core is None:
+            return 0
+        limits = self._core.stream_limits  # (peer bidi, peer uni, ours bidi, ours uni)
+        return int(limits[1] - limits[3])
+
+    def dt_peer_certificate_sha256(self) -> bytes | None:
+        cert = self.get_peercert()
+        return None if cert is None else hashlib.sha256(cert.public_bytes()).digest()
+
+    def dt_ack_due(self) -> float | None:
+        timer = self._core.get_timer() if self._core is not None else None
+        return timer[1] if timer is not None and timer[0].startswith("ack_") else None
+
+    def dt_apply_limits(self, limits: TransportLimits) -> None:
+        pass  # the ACK delay and max_udp_payload_size are fixed by qh3
+
+    def dt_loopback_packets(self) -> None:
+        pass  # qh3 fixes the packet size when its core is created
+
+
+def _whole_first_packet(length: int) -> Any:
+    def pull(data: bytes, offset: int, cid_length: int) -> Any:
+        header = _real_pull(data, offset, cid_length)
+        return (*header[:9], length, *header[10:]) if offset == 0 else header
+
+    return pull
+
+
+class Qh3H3Connection(_H3Connection):  # type: ignore[misc]
+    """qh3 never sends SETTINGS_ENABLE_CONNECT_PROTOCOL; a WebTransport server must (RFC 9220,
+    docs/protocol.md §2)."""
+
+    def _get_local_settings(self) -> dict[int, int]:
+        settings: dict[int, int] = super()._get_local_settings()
+        settings[Setting.ENABLE_CONNECT_PROTOCOL] = 1
+        return settings
+
+
+def qh3_configuration(
+    limits: TransportLimits,
+    *,
+    is_client: bool,
+    tls: TlsCredentials | None = None,
+    server_name: str | None = None,
+    cafile: str | None = None,
+    verify: bool = True,
+) -> QuicConfiguration:
+    config = QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=["h3"],
+        max_datagram_frame_size=limits.max_datagram_frame_size,
+        idle_timeout=limits.idle_timeout_s,
+        max_datagram_size=limits.packet_size,
+        max_stream_data=limits.stream_receive_window,
+        max_data=limits.stream_receive_window * CONNECTION_WINDOW_STREAMS,
+        server_name=server_name,
+    )
+    if tls is not None:  # qh3 takes PEM, not cryptography objects
+        config.load_cert_chain(tls.certificate_pem, tls.private_key_pem)
+    if is_client:
+        if cafile is not None:
+            config.load_verify_locations(cafile=cafile)
+        if not verify:
+            config.verify_mode = ssl.CERT_NONE
+    return config
+
+
+def read_qh3_stats(quic: Qh3Connection, datagrams_received: int) -> TransportStats:
+    """TransportStats from qh3's core. Not available there (left 0): the peer's largest packet
+    number (the incoming loss estimate), bytes acknowledged and lost, the recent-RTT window."""
+    core = quic._core
+    if core is None:
+        return TransportStats(datagrams_received=datagrams_received)
+    return TransportStats(
+        packets_sent=quic.dt_packets_sent,
+        packets_lost=core.loss_total,
+        packets_probed=core.pto_total,
+        datagrams_received=datagrams_received,
+        rtt_ms=(core.smoothed_rtt or 0.0) * 1000,
+        rtt_latest_ms=(core.latest_rtt or 0.0) * 1000,
+        rtt_min_ms=0.0 if quic.dt_rtt_min == math.inf else quic.dt_rtt_min * 1000,
+        congestion_window=core.congestion_window,
+        bytes_in_flight=core.bytes_in_flight,
+        bytes_sent=quic.dt_bytes_sent,
+        bytes_unsent=quic.get_send_buffer_size(),
+    )

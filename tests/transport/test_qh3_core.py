@@ -1,0 +1,92 @@
+"""The optional qh3 QUIC core behind the same trio driver, against the default aioquic core:
+every pairing opens a WebTransport session over 127.0.0.1 and echoes each stream kind and
+datagrams (skipped when qh3 is not installed)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from darktower.transport import (
+    Route,
+    TlsCredentials,
+    TransportLimits,
+    WebTransportReceiveStream,
+    WebTransportStream,
+    connect_webtransport,
+)
+from darktower.transport._core import load_core
+
+from .conftest import start_server
+from .test_echo import _read_all, echo_handler
+
+pytest.importorskip("qh3")
+
+ENABLE_CONNECT_PROTOCOL = 0x8
+PAIRINGS = [("qh3", "aioquic"), ("aioquic", "qh3"), ("qh3", "qh3")]
+
+
+@pytest.mark.parametrize(("server_core", "client_core"), PAIRINGS)
+async def test_session_across_cores(
+    dev_cert: TlsCredentials, server_core: str, client_core: str
+) -> None:
+    async with trio.open_nursery() as nursery:
+        server, base = await start_server(
+            nursery,
+            dev_cert,
+            {"/echo": Route(echo_handler)},
+            limits=TransportLimits(quic_core=server_core),
+        )
+        with trio.fail_after(10):
+            async with connect_webtransport(
+                base + "/echo",
+                server_certificate_hashes=[dev_cert.sha256],  # pinning on both cores
+                limits=TransportLimits(quic_core=client_core),
+            ) as session:
+                conn = session._conn
+                assert conn.core.name == client_core
+                # A WebTransport server announces extended CONNECT (qh3 alone would not).
+                assert conn.h3.received_settings[ENABLE_CONNECT_PROTOCOL] == 1
+
+                stream = await session.open_bidirectional_stream()
+                await stream.send_all(b"hello" * 1000)
+                await stream.send_eof()
+                assert await _read_all(stream) == b"hello" * 1000
+
+                uni = await session.open_unidirectional_stream()
+                await uni.send_all(b"uni hello")
+                await uni.aclose()
+                incoming = await session.accept_stream()
+                assert isinstance(incoming, WebTransportReceiveStream)
+                assert await _read_all(incoming) == b"echo:uni hello"
+
+                ask = await session.open_bidirectional_stream()
+                await ask.send_all(b"open-bidi")
+                await ask.send_eof()
+                server_bidi = await session.accept_stream()
+                assert isinstance(server_bidi, WebTransportStream)
+                assert await _read_all(server_bidi) == b"from server"
+                await server_bidi.send_all(b"pong")
+                await server_bidi.send_eof()
+                assert await _read_all(ask) == b"client said pong"
+
+                biggest = b"x" * session.max_datagram_size
+                session.send_datagram(biggest)
+                assert await session.receive_datagram() == biggest
+
+                stats = conn.transport_stats()
+                assert stats.packets_sent > 0
+                assert stats.rtt_ms > 0
+        # No connection ended in the error boundary (a handshake failure would land there).
+        assert not [k for k in server.counters if k.startswith("peer_error")]
+        nursery.cancel_scope.cancel()
+
+
+def test_core_selection() -> None:
+    assert load_core("aioquic").name == "aioquic"
+    assert load_core("qh3").name == "qh3"
+    assert load_core("auto").name == "qh3"  # installed here
+    with pytest.raises(ValueError, match="unknown QUIC core"):
+        load_core("quiche")
+    with pytest.raises(ValueError):
+        TransportLimits(quic_core="quiche")
