@@ -244,6 +244,7 @@ async def serve(
                 limits=TransportLimits(
                     retry_threshold=settings.quic_retry_threshold,
                     max_connections_per_address=settings.max_connections_per_address,
+                    quic_core=settings.quic_core,
                 ),
             ),
             {MEDIA_PATH: Route(handler.handle_session, authorize=handler.authorize)},

@@ -6,7 +6,11 @@ import attrs
 
 from darktower.config import option
 from darktower.protocol.tokens import DEFAULT_LEEWAY_S
-from darktower.transport import MAX_CONNECTIONS_PER_ADDRESS, RETRY_THRESHOLD
+from darktower.transport import (
+    MAX_CONNECTIONS_PER_ADDRESS,
+    QUIC_CORE,
+    RETRY_THRESHOLD,
+)
 
 from ._limits import (
     DEFAULT_BUDGET_IN_BYTES_PER_S,
@@ -49,6 +53,11 @@ class Settings:
     )
     max_connections_per_address: int = option(
         MAX_CONNECTIONS_PER_ADDRESS, "QUIC connections per client address (IPv6: per /64)"
+    )
+    quic_core: str = option(
+        QUIC_CORE,
+        "QUIC library of the WebTransport endpoint: aioquic, qh3 (pip install darktower[qh3]) "
+        "or auto (qh3 when installed)",
     )
     mc_grpc: str = option("", "HOST:PORT of the Meeting Controller to register with (empty: none)")
     processors: str = option(

@@ -168,6 +168,7 @@ async def serve(
             keepalive_interval_s=min(KEEPALIVE_INTERVAL_S, settings.idle_timeout_s / 3),
             retry_threshold=settings.quic_retry_threshold,
             max_connections_per_address=settings.max_connections_per_address,
+            quic_core=settings.quic_core,
         )
         server = WebTransportServer(
             ServerConfig(

@@ -6,7 +6,12 @@ import attrs
 
 from darktower.config import option
 from darktower.protocol.tokens import DEFAULT_ISSUER, DEFAULT_LEEWAY_S, MC_AUDIENCE
-from darktower.transport import IDLE_TIMEOUT_S, MAX_CONNECTIONS_PER_ADDRESS, RETRY_THRESHOLD
+from darktower.transport import (
+    IDLE_TIMEOUT_S,
+    MAX_CONNECTIONS_PER_ADDRESS,
+    QUIC_CORE,
+    RETRY_THRESHOLD,
+)
 
 from ._limits import (
     EMPTY_MEETING_TIMEOUT_S,
@@ -78,6 +83,11 @@ class Settings:
     )
     max_connections_per_address: int = option(
         MAX_CONNECTIONS_PER_ADDRESS, "QUIC connections per client address (IPv6: per /64)"
+    )
+    quic_core: str = option(
+        QUIC_CORE,
+        "QUIC library of the WebTransport endpoint: aioquic, qh3 (pip install darktower[qh3]) "
+        "or auto (qh3 when installed)",
     )
     outbound_queue_size: int = option(
         OUTBOUND_QUEUE_SIZE, "signaling messages queued per participant before it is dropped"
