@@ -3,7 +3,8 @@
 Send: ``send_all`` hands data to QUIC in chunks and waits while the stream's unacknowledged
 bytes are at or over the high-water mark, so a peer that does not read holds the sender back.
 Receive: the peer may send at most the receive window beyond what the application has read
-(credit is granted on read, see ``_quic.py``), so buffered data is bounded by the window.
+(credit is granted on read, see ``_quic.py``), so buffered data is bounded by the window. On a
+QUIC core that grants credit itself (qh3), a stream that overruns the window stops receiving.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import trio
 
 from . import _config
 from ._errors import StreamReset
-from ._wire import WT_SESSION_GONE, code_from_h3, code_to_h3
+from ._wire import WT_BUFFERED_STREAM_REJECTED, WT_SESSION_GONE, code_from_h3, code_to_h3
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -77,12 +78,28 @@ class StreamState:
         if self.recv_closed or self.recv_error is not None:
             data = b""  # we stopped reading: drop, grant no credit
         elif data:
+            if self.buffered + len(data) > self.conn.limits.stream_receive_window:
+                self._overrun()
+                return
             self._chunks.append(data)
             self.buffered += len(data)
         if fin:
             self.recv_eof = True
             self.recv_finished = True
             self._recv_done()
+        self._wake_receiver()
+
+    def _overrun(self) -> None:
+        # More than the receive window unread: only a QUIC core that grants credit as data
+        # arrives (qh3, _quic_qh3.py) lets a peer get here. The bound holds: receiving stops.
+        self.conn.endpoint.counters["receive_window_overrun"] += 1
+        self.recv_error = trio.BrokenResourceError("the peer sent beyond the receive window")
+        self.recv_closed = True
+        if not self.recv_finished:
+            self.conn.stop_stream(self.stream_id, WT_BUFFERED_STREAM_REJECTED)
+        self._chunks.clear()
+        self.buffered = 0
+        self._recv_done()
         self._wake_receiver()
 
     def on_reset(self, h3_code: int) -> None:

@@ -9,9 +9,11 @@ import trio
 
 from darktower.transport import (
     Route,
+    StreamReset,
     TlsCredentials,
     TransportLimits,
     WebTransportReceiveStream,
+    WebTransportSession,
     WebTransportStream,
     connect_webtransport,
 )
@@ -90,3 +92,36 @@ def test_core_selection() -> None:
         load_core("quiche")
     with pytest.raises(ValueError):
         TransportLimits(quic_core="quiche")
+
+
+async def test_unread_stream_is_bounded_on_qh3(dev_cert: TlsCredentials) -> None:
+    # qh3 grants stream credit as data arrives: a stream nobody reads stops receiving at the
+    # window (_streams.py) instead of buffering what the peer sends.
+    window = 64 * 1024
+    held = trio.Event()
+    done = trio.Event()
+
+    async def never_reads(session: WebTransportSession, context: object) -> None:
+        await session.accept_stream()
+        held.set()
+        await done.wait()
+
+    async with trio.open_nursery() as nursery:
+        server, base = await start_server(
+            nursery,
+            dev_cert,
+            {"/sink": Route(never_reads)},
+            limits=TransportLimits(quic_core="qh3", stream_receive_window=window),
+        )
+        with trio.fail_after(10):
+            async with connect_webtransport(
+                base + "/sink", server_certificate_hashes=[dev_cert.sha256]
+            ) as session:
+                stream = await session.open_unidirectional_stream()
+                with pytest.raises(StreamReset) as caught:
+                    for _ in range(64):
+                        await stream.send_all(b"x" * window)
+                assert caught.value.stop_sending
+                done.set()
+        assert server.counters["receive_window_overrun"] == 1
+        nursery.cancel_scope.cancel()
