@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 import ssl
+from collections import deque
 from typing import Any
 
 import qh3.quic.connection as _qc
@@ -34,7 +35,7 @@ from qh3.quic.configuration import QuicConfiguration
 
 from ._certs import TlsCredentials
 from ._config import TransportLimits
-from ._stats import TransportStats
+from ._stats import RECENT_RTT_S, RECENT_RTT_SAMPLES, TransportStats
 from ._tls import CONNECTION_WINDOW_STREAMS
 
 NetworkAddress = Any
@@ -89,6 +90,8 @@ class Qh3Connection(_qc.QuicConnection):
         self.dt_packets_sent = 0
         self.dt_bytes_sent = 0
         self.dt_rtt_min = math.inf
+        self._dt_rtt_last: float | None = None
+        self.dt_recent_rtts: deque[tuple[float, float]] = deque(maxlen=RECENT_RTT_SAMPLES)
 
     # --- the calls the driver makes, as aioquic's ------------------------------------------
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
@@ -111,8 +114,15 @@ class Qh3Connection(_qc.QuicConnection):
         if not closing and self._close_event is not None and core.local_error is None:
             self.dt_closed_by_peer = True
         rtt = core.latest_rtt
-        if rtt:
+        if rtt and rtt != self._dt_rtt_last:  # a new sample (an equal one is not told apart)
+            self._dt_rtt_last = rtt
             self.dt_rtt_min = min(self.dt_rtt_min, rtt)
+            recent = self.dt_recent_rtts  # as _stats.CountingRecovery keeps it
+            while recent and recent[-1][1] >= rtt:
+                recent.pop()
+            recent.append((now, rtt))
+            while recent[0][0] < now - RECENT_RTT_S:
+                recent.popleft()
 
     def handle_timer(self, now: float) -> None:
         timer = self._core.get_timer() if self._core is not None else None
@@ -233,11 +243,16 @@ def qh3_configuration(
 
 
 def read_qh3_stats(quic: Qh3Connection, datagrams_received: int) -> TransportStats:
-    """TransportStats from qh3's core. Not available there (left 0): the peer's largest packet
-    number (the incoming loss estimate), bytes acknowledged and lost, the recent-RTT window."""
+    """TransportStats from qh3's core. Not available there: the peer's largest packet number
+    (left 0: the incoming half of the loss estimate is 0). Estimated: bytes lost (packets lost
+    times the mean datagram sent) and bytes acknowledged (sent, less in flight and lost; ACK-only
+    packets, which are never in flight, count as acknowledged); the recent RTTs are sampled
+    once per datagram received, not per ACK."""
     core = quic._core
     if core is None:
         return TransportStats(datagrams_received=datagrams_received)
+    sent, packets = quic.dt_bytes_sent, quic.dt_packets_sent
+    lost = core.loss_total * sent // packets if packets else 0
     return TransportStats(
         packets_sent=quic.dt_packets_sent,
         packets_lost=core.loss_total,
@@ -248,6 +263,9 @@ def read_qh3_stats(quic: Qh3Connection, datagrams_received: int) -> TransportSta
         rtt_min_ms=0.0 if quic.dt_rtt_min == math.inf else quic.dt_rtt_min * 1000,
         congestion_window=core.congestion_window,
         bytes_in_flight=core.bytes_in_flight,
-        bytes_sent=quic.dt_bytes_sent,
+        bytes_sent=sent,
+        bytes_acked=max(0, sent - core.bytes_in_flight - lost),
+        bytes_lost=lost,
         bytes_unsent=quic.get_send_buffer_size(),
+        rtt_recent_ms=min((r for _, r in quic.dt_recent_rtts), default=0.0) * 1000,
     )
