@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 from aioquic.h3 import events as h3e
+from aioquic.h3.connection import H3Connection
 from aioquic.quic.connection import (
     NetworkAddress,
     stream_is_unidirectional,
@@ -67,7 +68,8 @@ class Connection:
         self.limits = limits
         self.is_client: bool = quic.configuration.is_client
         self.core = core = load_core(limits.quic_core)  # aioquic or qh3 (_core.py)
-        self.h3 = core.h3_class(quic, enable_webtransport=True)
+        # qh3's H3Connection has the same methods and _stream as aioquic's, the type named here.
+        self.h3: H3Connection = core.h3_class(quic, enable_webtransport=True)
         self.streams: dict[int, StreamState] = {}
         self.sessions: dict[int, WebTransportSession] = {}
         # Peer streams whose first bytes do not yet say what they are (<= 16 bytes each).

@@ -203,9 +203,9 @@ def _whole_first_packet(length: int) -> Any:
     return pull
 
 
-class Qh3H3Connection(_H3Connection):  # type: ignore[misc]
-    """qh3 never sends SETTINGS_ENABLE_CONNECT_PROTOCOL; a WebTransport server must (RFC 9220,
-    docs/protocol.md §2)."""
+class Qh3H3Connection(_H3Connection):
+    """qh3 never sends SETTINGS_ENABLE_CONNECT_PROTOCOL; a WebTransport server must announce
+    extended CONNECT (RFC 9220) before a client may use it."""
 
     def _get_local_settings(self) -> dict[int, int]:
         settings: dict[int, int] = super()._get_local_settings()
