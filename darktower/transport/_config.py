@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import attrs
@@ -148,8 +149,10 @@ SEND_CHUNK = 64 * 1024
 DEFAULT_RECEIVE_SIZE = 64 * 1024
 # The QUIC library under the trio driver (_core.py): "aioquic" (the project's core),
 # "qh3" (the optional extra, ``pip install darktower[qh3]``) or "auto" (qh3 when installed).
+# The default can be moved by DARKTOWER_QUIC_CORE (the MC's and MH's --quic-core reads the
+# same variable), so a test suite runs on either core unchanged.
 QUIC_CORES = ("aioquic", "qh3", "auto")
-QUIC_CORE = "aioquic"
+QUIC_CORE = os.environ.get("DARKTOWER_QUIC_CORE") or "aioquic"
 
 
 @attrs.frozen
