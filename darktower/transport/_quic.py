@@ -193,6 +193,11 @@ class CreditedQuicConnection(QuicConnection):
         pending.append(payload)
         return dropped
 
+    def dt_can_open(self, unidirectional: bool) -> bool:
+        """Whether a stream may be opened now: always (aioquic holds a stream beyond the
+        peer's MAX_STREAMS, and what is written to it, until credit comes)."""
+        return True
+
     def dt_uni_stream_credit(self) -> int:
         """Unidirectional streams the peer's MAX_STREAMS still lets this side open."""
         return int(self._remote_max_streams_uni - self._local_next_stream_id_uni // 4)

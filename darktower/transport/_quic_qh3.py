@@ -10,8 +10,8 @@ cannot do (docs/architecture.md §5.1 bounds that depend on it) is listed where 
 - Acknowledged bytes: ``dt_unacked`` counts bytes not yet sent; bytes in flight and not yet
   acknowledged are invisible to it.
 - The peer's per-stream credit is not exposed (``dt_send_credit`` reads 0).
-- The ACK delay, ``max_udp_payload_size`` and loopback packet sizes are fixed by qh3; the
-  probe timeout's backoff cap (docs/protocol.md §13) cannot be applied.
+- The ACK delay, ``max_udp_payload_size`` and loopback packet sizes are fixed by qh3. The
+  probe timeout's backoff cap (docs/protocol.md §13) is approximated with PINGs.
 - DATAGRAM frames are not held by the congestion window and have no queue to bound.
 
 The handshake with an aioquic client: aioquic pads its Initial datagram with zero bytes after
@@ -34,7 +34,7 @@ from qh3.h3.connection import Setting
 from qh3.quic.configuration import QuicConfiguration
 
 from ._certs import TlsCredentials
-from ._config import TransportLimits
+from ._config import PTO_BACKOFF_CAP_S, TransportLimits
 from ._stats import RECENT_RTT_S, RECENT_RTT_SAMPLES, TransportStats
 from ._tls import CONNECTION_WINDOW_STREAMS
 
@@ -90,6 +90,9 @@ class Qh3Connection(_qc.QuicConnection):
         self.dt_packets_sent = 0
         self.dt_bytes_sent = 0
         self.dt_rtt_min = math.inf
+        self.dt_pto_backoff_cap_s = PTO_BACKOFF_CAP_S
+        self.dt_probes = 0  # PINGs sent for the backoff cap
+        self._dt_probe_at: float | None = None
         self._dt_rtt_last: float | None = None
         self.dt_recent_rtts: deque[tuple[float, float]] = deque(maxlen=RECENT_RTT_SAMPLES)
 
@@ -124,8 +127,14 @@ class Qh3Connection(_qc.QuicConnection):
             while recent[0][0] < now - RECENT_RTT_S:
                 recent.popleft()
 
+    def get_timer(self) -> float | None:
+        timer = super().get_timer()
+        probe = self._dt_probe_at
+        return probe if probe is not None and (timer is None or probe < timer) else timer
+
     def handle_timer(self, now: float) -> None:
-        timer = self._core.get_timer() if self._core is not None else None
+        core = self._core
+        timer = core.get_timer() if core is not None else None
         if (
             timer is not None
             and timer[0] == "idle"
@@ -134,6 +143,22 @@ class Qh3Connection(_qc.QuicConnection):
         ):
             self.dt_idle_timeout = True
         super().handle_timer(now)
+        self._dt_cap_pto_backoff(now)
+
+    def _dt_cap_pto_backoff(self, now: float) -> None:
+        # qh3's probe-timeout count is read-only, and its backoff doubles without bound. While
+        # it backs off, a PING goes out every dt_pto_backoff_cap_s, so a path back from a
+        # blackout is probed within the cap (docs/protocol.md §13); an ACK ends it.
+        core = self._core
+        if core is None or core.pto_count == 0 or self._close_event is not None:
+            self._dt_probe_at = None
+            return
+        if self._dt_probe_at is not None and now >= self._dt_probe_at:
+            self.send_ping(0)
+            self.dt_probes += 1
+            self._dt_probe_at = None
+        if self._dt_probe_at is None:
+            self._dt_probe_at = now + self.dt_pto_backoff_cap_s
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         out = super().datagrams_to_send(now)
@@ -173,6 +198,14 @@ class Qh3Connection(_qc.QuicConnection):
     def dt_queue_datagram(self, payload: bytes, queue_size: int) -> int:
         self.send_datagram_frame(payload)  # qh3 keeps no queue: it leaves at the next flush
         return 0
+
+    def dt_can_open(self, unidirectional: bool) -> bool:
+        # qh3 refuses a stream beyond the peer's MAX_STREAMS (ValueError, after taking its id)
+        # where aioquic holds it: the session raises StreamLimitExceeded instead.
+        if self._core is None:
+            return False
+        limits = self._core.stream_limits  # (peer bidi, peer uni, ours bidi, ours uni)
+        return bool(limits[1] > limits[3] if unidirectional else limits[0] > limits[2])
 
     def dt_uni_stream_credit(self) -> int:
         if self._core is None:

@@ -233,6 +233,8 @@ class WebTransportSession:
             raise StreamLimitExceeded(
                 f"session has {len(self._streams)} open streams (limit reached)"
             )
+        if not self._conn.quic.dt_can_open(unidirectional):
+            raise StreamLimitExceeded("the peer's MAX_STREAMS lets no stream open yet (qh3)")
         state = self._conn.open_stream(self, unidirectional)
         self._streams.add(state)
         return state

@@ -4,11 +4,14 @@ datagrams (skipped when qh3 is not installed)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 
 from darktower.transport import (
     Route,
+    StreamLimitExceeded,
     StreamReset,
     TlsCredentials,
     TransportLimits,
@@ -17,10 +20,12 @@ from darktower.transport import (
     WebTransportStream,
     connect_webtransport,
 )
+from darktower.transport._config import PTO_BACKOFF_CAP_S
 from darktower.transport._core import load_core
 
-from .conftest import start_server
+from .conftest import EndRecorder, start_server, wait_until
 from .test_echo import _read_all, echo_handler
+from .test_probe_backoff import BLACKOUT_S, RTT_S, Blackout, _gaps, _open_pair
 
 pytest.importorskip("qh3")
 
@@ -124,4 +129,73 @@ async def test_unread_stream_is_bounded_on_qh3(dev_cert: TlsCredentials) -> None
                 assert caught.value.stop_sending
                 done.set()
         assert server.counters["receive_window_overrun"] == 1
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("prober", ["server", "client"])
+async def test_qh3_probes_a_blackout_within_the_backoff_cap(
+    dev_cert: TlsCredentials, autojump_clock: Any, prober: str
+) -> None:
+    # qh3's backoff doubles without bound; _quic_qh3.py PINGs once per cap while it backs off.
+    limits = TransportLimits(quic_core="qh3")
+    peer = EndRecorder()
+    async with trio.open_nursery() as nursery:
+        server, base = await start_server(nursery, dev_cert, {"/s": Route(peer)}, limits=limits)
+        async with connect_webtransport(
+            base + "/s", server_certificate_hashes=[dev_cert.sha256], limits=limits
+        ) as client:
+            await peer.started.wait()
+            assert peer.session is not None and server.endpoint is not None
+            if prober == "server":
+                sender, receiver, endpoint = peer.session, client, server.endpoint
+            else:
+                sender, receiver, endpoint = client, peer.session, client._conn.endpoint
+            out, incoming = await _open_pair(sender, receiver)
+            await trio.sleep(1.0)
+            blackout = Blackout(endpoint)
+            blackout.on = True
+            started_at = trio.current_time()
+            await out.send_all(b"during")
+            await trio.sleep(BLACKOUT_S)
+            blackout.on = False
+            back_at = trio.current_time()
+            with trio.fail_after(PTO_BACKOFF_CAP_S + RTT_S):
+                assert await incoming.receive_some() == b"during"
+            sent = [started_at, *blackout.sent_at, back_at]
+            assert max(_gaps(sent)) <= PTO_BACKOFF_CAP_S + 0.01, _gaps(sent)
+            assert len(blackout.sent_at) <= 2 * BLACKOUT_S / PTO_BACKOFF_CAP_S + 10
+        nursery.cancel_scope.cancel()
+
+
+async def test_qh3_refuses_a_stream_beyond_the_peers_limit_until_credit_comes(
+    dev_cert: TlsCredentials,
+) -> None:
+    # aioquic holds a stream beyond the peer's MAX_STREAMS until credit comes; qh3 cannot, so
+    # opening one raises StreamLimitExceeded (the MH retries later), never a raw ValueError.
+    accepted: list[object] = []
+
+    async def sink(session: WebTransportSession, context: object) -> None:
+        while True:
+            accepted.append(await session.accept_stream())
+
+    async with trio.open_nursery() as nursery:
+        _server, base = await start_server(nursery, dev_cert, {"/s": Route(sink)})
+        with trio.fail_after(10):
+            async with connect_webtransport(
+                base + "/s",
+                server_certificate_hashes=[dev_cert.sha256],
+                limits=TransportLimits(quic_core="qh3"),
+            ) as session:
+                opened = []
+                with pytest.raises(StreamLimitExceeded):
+                    for _ in range(200):
+                        stream = await session.open_unidirectional_stream()
+                        await stream.send_all(b"x")
+                        opened.append(stream)
+                assert len(opened) >= 100
+                assert session.unidirectional_stream_credit == 0
+                for stream in opened[:10]:
+                    await stream.aclose()
+                await wait_until(lambda: session.unidirectional_stream_credit > 0, "credit")
+                await (await session.open_unidirectional_stream()).aclose()
         nursery.cancel_scope.cancel()
