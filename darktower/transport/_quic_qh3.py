@@ -93,6 +93,7 @@ class Qh3Connection(_qc.QuicConnection):
         self.dt_pto_backoff_cap_s = PTO_BACKOFF_CAP_S
         self.dt_probes = 0  # PINGs sent for the backoff cap
         self._dt_probe_at: float | None = None
+        self._dt_last_sent = -math.inf
         self._dt_rtt_last: float | None = None
         self.dt_recent_rtts: deque[tuple[float, float]] = deque(maxlen=RECENT_RTT_SAMPLES)
 
@@ -153,15 +154,17 @@ class Qh3Connection(_qc.QuicConnection):
         if core is None or core.pto_count == 0 or self._close_event is not None:
             self._dt_probe_at = None
             return
-        if self._dt_probe_at is not None and now >= self._dt_probe_at:
+        if self._dt_probe_at is None:  # backing off since the last packet sent
+            self._dt_probe_at = max(now, self._dt_last_sent + self.dt_pto_backoff_cap_s)
+        if now >= self._dt_probe_at:
             self.send_ping(0)
             self.dt_probes += 1
-            self._dt_probe_at = None
-        if self._dt_probe_at is None:
             self._dt_probe_at = now + self.dt_pto_backoff_cap_s
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         out = super().datagrams_to_send(now)
+        if out:
+            self._dt_last_sent = now
         self.dt_packets_sent += len(out)
         self.dt_bytes_sent += sum(len(d) for d, _ in out)
         return out
