@@ -43,7 +43,9 @@ NetworkAddress = Any
 # _FinishedStreams); beyond this many the oldest are forgotten.
 MAX_FINISHED_REMEMBERED = 4096
 
-_real_pull = _qc._pull_quic_header
+# qh3's facade splits datagrams with this module global (swapped for one call below).
+_FACADE_GLOBALS = vars(_qc)
+_real_pull = _FACADE_GLOBALS["_pull_quic_header"]
 
 
 def _padded_end(data: bytes, cid_length: int) -> bool:
@@ -65,8 +67,8 @@ class _FinishedStreams(set[int]):
         self.peer_bit = 1 if is_client else 0  # the low bit of the peer's stream ids
         self.finished_peer: dict[int, None] = {}
 
-    def discard(self, stream_id: int) -> None:
-        if stream_id & 1 == self.peer_bit:
+    def discard(self, stream_id: object) -> None:
+        if isinstance(stream_id, int) and stream_id & 1 == self.peer_bit:
             finished = self.finished_peer
             finished[stream_id] = None
             if len(finished) > MAX_FINISHED_REMEMBERED:
@@ -105,11 +107,11 @@ class Qh3Connection(_qc.QuicConnection):
             and not self._handshake_complete
             and _padded_end(data, self._configuration.connection_id_length)
         ):
-            _qc._pull_quic_header = _whole_first_packet(len(data))
+            _FACADE_GLOBALS["_pull_quic_header"] = _whole_first_packet(len(data))
             try:
                 super().receive_datagram(data, addr, now)
             finally:
-                _qc._pull_quic_header = _real_pull
+                _FACADE_GLOBALS["_pull_quic_header"] = _real_pull
         else:
             super().receive_datagram(data, addr, now)
         core = self._core
