@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from darktower.metrics import Registry
 
-from ._queue import DropReason
+from ._queue import DropReason, QueuedFrame
+
+# A frame's time in the MH, arrival to its last byte sent (seconds): fine below 10 ms, the
+# latency goal of docs/architecture.md §5.1.
+RESIDENCE_BUCKETS_S = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075,
+    0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
 
 
 class MediaMetrics:
@@ -52,6 +59,12 @@ class MediaMetrics:
             "darktower_mh_data_dropped_total",
             "data messages (or copies of one) not relayed, by reason",
             ("reason",),
+        )
+        self.frame_residence = registry.histogram(
+            "darktower_mh_frame_residence_seconds",
+            "time from a frame's arrival at the MH to its last byte handed to the socket, for "
+            "each subscriber (on the qh3 core: to the end of the first flush after its write)",
+            buckets=RESIDENCE_BUCKETS_S,
         )
         self.telemetry_dropped = registry.counter(
             "darktower_mh_telemetry_dropped_total", "telemetry events dropped (MC too slow)"
@@ -109,3 +122,9 @@ class MediaMetrics:
             "key frame requests for a job's output sent to its processor, or dropped",
             ("outcome",),
         )
+
+    def sent(self, batch: list[QueuedFrame[memoryview]], now: float) -> None:
+        """A batch written to a subscriber has left (WebTransportSendStream.when_sent)."""
+        observe = self.frame_residence.observe
+        for item in batch:
+            observe(now - item.received_at)

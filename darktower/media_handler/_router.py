@@ -277,6 +277,7 @@ class MediaRouter:
                     due = batch[0].received_at + max_age
                 for item in batch:
                     stats.on_sent(item.size, now)
+                stream.when_sent(functools.partial(metrics.sent, batch))  # the residence
                 metrics.frames_forwarded.inc(len(batch))
                 metrics.bytes_forwarded.inc(size)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

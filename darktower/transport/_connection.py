@@ -28,6 +28,7 @@ from ._deadlines import ConnectionDeadlines
 from ._end import ConnectionLost, IdleTimeout, SessionEnd
 from ._errors import SessionClosed
 from ._quic import CreditedQuicConnection
+from ._sent import SentWatch
 from ._session import WebTransportSession
 from ._stats import TransportStats
 from ._streams import StreamState
@@ -79,6 +80,7 @@ class Connection:
         # Streams done on our side, dropped from ``streams`` once QUIC has discarded them.
         self.sweep: set[StreamState] = set()
         self.blocked_senders: set[StreamState] = set()
+        self.sent_watch = SentWatch()  # callbacks once written bytes leave (_sent.py)
         self.request_handlers: dict[int, H3Handler] = {}
         self.on_session_request: Callable[[WebTransportSession], None] | None = None
         self.cids: set[bytes] = set()
@@ -92,7 +94,7 @@ class Connection:
         self.nursery: trio.Nursery | None = None
         self._spawn_queue: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._wake_scope: trio.CancelScope | None = None
-        self._flush_scheduled = False
+        self.flush_pending = False  # a flush is scheduled (a write since the last one)
         self.send_delay_s = 0.0  # see delay_sends
         self._flush_due: float | None = None
         self._timer_at: float | None = None
@@ -151,7 +153,7 @@ class Connection:
         while not self.terminated.is_set():
             with trio.CancelScope(deadline=self.deadlines.next(self._timer_at)) as scope:
                 self._wake_scope = scope
-                if self._flush_scheduled and self._flush_due is None:
+                if self.flush_pending and self._flush_due is None:
                     await trio.lowlevel.checkpoint()
                 else:
                     if self._flush_due is not None:
@@ -288,10 +290,12 @@ class Connection:
 
     def flush(self) -> None:
         """Send what aioquic has to send; re-arm the timer; forget streams QUIC discarded."""
-        self._flush_scheduled = False
+        self.flush_pending = False  # a flush is scheduled (a write since the last one)
         self._flush_due = None
         # A burst to one address leaves in one system call (UDP GSO, docs/architecture.md §5.1).
         self.endpoint.send_batch(self.quic.datagrams_to_send(now=trio.current_time()))
+        if self.sent_watch:
+            self.sent_watch.resolve(self.quic, trio.current_time())
         gone = self.quic.dt_stream_gone
         if self.sweep:
             for state in [s for s in self.sweep if gone(s.stream_id)]:
@@ -306,8 +310,8 @@ class Connection:
         self._rearm()
 
     def schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        if not self.flush_pending:
+            self.flush_pending = True
             if self.send_delay_s:
                 due = self._flush_due = trio.current_time() + self.send_delay_s
                 if self._wake_scope is not None and due < self._wake_scope.deadline:

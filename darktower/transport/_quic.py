@@ -164,6 +164,19 @@ class CreditedQuicConnection(QuicConnection):
             return 0
         return int(stream.sender._buffer_stop - stream.sender._buffer_start)
 
+    def dt_write_offset(self, stream_id: int) -> int | None:
+        """The stream offset written up to (-1 once it is reset or QUIC discarded it; _sent.py)."""
+        stream = self._streams.get(stream_id)
+        sender = None if stream is None else stream.sender
+        return -1 if sender is None or sender._reset_error_code is not None else sender._buffer_stop
+
+    def dt_sent_offset(self, stream_id: int) -> int | None:
+        """The stream offset below which nothing waits to be sent (a lost range waits again,
+        for its retransmission; -1 once it is reset or QUIC discarded it; _sent.py)."""
+        stream = self._streams.get(stream_id)
+        sender = None if stream is None else stream.sender
+        return -1 if sender is None or sender._reset_error_code is not None else sender.next_offset
+
     def dt_send_credit(self, stream_id: int) -> int:
         """The peer's MAX_STREAM_DATA for the stream (0 once QUIC discarded it)."""
         stream = self._streams.get(stream_id)

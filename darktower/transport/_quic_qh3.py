@@ -184,6 +184,12 @@ class Qh3Connection(_qc.QuicConnection):
         return None if self._core is None else self._core.active_path[2]
 
     # --- the dt_* surface (see _quic.py) ----------------------------------------------------
+    def dt_write_offset(self, stream_id: int) -> int | None:
+        return None  # qh3 keeps its send buffers in Rust: a watch resolves at the next flush
+
+    def dt_sent_offset(self, stream_id: int) -> int | None:
+        return None
+
     def dt_unacked(self, stream_id: int) -> int:
         return 0 if self._core is None else self.get_send_buffer_size(stream_id)
 

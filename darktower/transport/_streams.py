@@ -10,6 +10,7 @@ QUIC core that grants credit itself (qh3), a stream that overruns the window sto
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -355,6 +356,15 @@ class WebTransportSendStream(_Base, trio.abc.SendStream):
         acknowledged in order: held back by flow or congestion control, in flight or lost.
         Read-only; 0 once the stream is gone (reset or done)."""
         return self._state.conn.unacked(self._state.stream_id)
+
+    def when_sent(self, callback: Callable[[float], None]) -> bool:
+        """Call ``callback(now)`` once every byte written so far has been handed to the
+        socket (at the end of the flush that sends the last of them); never if the stream is
+        reset or gone first. False: refused (too many waiting on the connection; _sent.py)."""
+        conn = self._state.conn
+        return conn.sent_watch.add(
+            conn.quic, self._state.stream_id, callback, trio.current_time(), conn.flush_pending
+        )
 
     @property
     def send_credit(self) -> int:

@@ -75,6 +75,9 @@ class FakeStream:
     def stop_sending(self, code: int = 0) -> None:
         self._recv.close()
 
+    def when_sent(self, callback: Any) -> bool:
+        return False  # no socket: the residence is not measured
+
 
 class FakeSession:
     def __init__(self) -> None:

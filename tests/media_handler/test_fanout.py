@@ -53,6 +53,10 @@ async def test_one_publisher_many_subscribers_byte_identical_in_order() -> None:
                 for frame in got:
                     by_stream[str(frame.stream_id)].append(bytes(frame.raw))
                 assert by_stream == sent
+            # Each frame's residence (arrival → last byte sent) was measured once for each
+            # subscriber (docs/architecture.md §5.1).
+            residence = h.handler.metrics.frame_residence
+            assert residence.count() == SUBSCRIBERS * 2 * FRAMES
             nursery.cancel_scope.cancel()
         with trio.fail_after(WAIT_S):
             await room.scope.wait_closed()  # everyone left: the room ended

@@ -133,6 +133,9 @@ class SlowStream:
         self.taken.clear()
         self.held.clear()
 
+    def when_sent(self, callback: Any) -> bool:
+        return False  # no socket: the residence is not measured
+
 
 class SlowSession(Session):
     def __init__(self) -> None:

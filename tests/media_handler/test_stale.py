@@ -196,6 +196,9 @@ class UniStream:
     def reset(self, code: int = 0) -> None:
         self.reset_code = code
 
+    def when_sent(self, callback: Any) -> bool:
+        return False  # no socket: the residence is not measured
+
 
 class BufferingUniStream:
     """A uni stream as real QUIC has it below its send high-water mark: a send returns at once,
@@ -235,6 +238,9 @@ class BufferingUniStream:
     def reset(self, code: int = 0) -> None:
         self.reset_code = code
         self.pending.clear()
+
+    def when_sent(self, callback: Any) -> bool:
+        return False  # no socket: the residence is not measured
 
 
 class Session:

@@ -102,6 +102,9 @@ class WindowedUniStream:
         self.buffered.clear()
         self.pending.clear()
 
+    def when_sent(self, callback: Any) -> bool:
+        return False  # no socket: the residence is not measured
+
 
 class ChurnSession(Session):
     """A subscriber's session whose uni-stream credit the test grants, and whose opens may be
