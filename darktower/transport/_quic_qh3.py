@@ -130,6 +130,21 @@ class Qh3Connection(_qc.QuicConnection):
             while recent[0][0] < now - RECENT_RTT_S:
                 recent.popleft()
 
+    def _learn_remote_source_cid(self, data: bytes) -> None:
+        # qh3 2.1 skips an empty Source Connection ID, so a client using zero-length IDs
+        # (Chromium does) fails its transport-parameter check: initial_source_connection_id
+        # "does not match" the None left in place. An empty ID is learnt as it is.
+        super()._learn_remote_source_cid(data)
+        tls = self._tls
+        if self._handshake_complete or tls is None or tls.remote_initial_source_connection_id:
+            return
+        try:
+            header = _real_pull(data, 0, self._configuration.connection_id_length)
+        except ValueError:
+            return
+        if header[0] and header[4] == b"":  # a long header (a version) with an empty source ID
+            tls.remote_initial_source_connection_id = b""
+
     def get_timer(self) -> float | None:
         timer = super().get_timer()
         probe = self._dt_probe_at

@@ -199,3 +199,42 @@ async def test_qh3_refuses_a_stream_beyond_the_peers_limit_until_credit_comes(
                 await wait_until(lambda: session.unidirectional_stream_credit > 0, "credit")
                 await (await session.open_unidirectional_stream()).aclose()
         nursery.cancel_scope.cancel()
+
+
+def test_qh3_server_accepts_a_client_with_an_empty_connection_id(dev_cert: TlsCredentials) -> None:
+    # Chromium's Source Connection ID is empty; qh3 2.1's facade does not learn an empty one,
+    # and its transport-parameter check then refused the handshake (_quic_qh3.py). An aioquic
+    # client with zero-length IDs, in memory. (qh3's core still addresses such a client by its
+    # original Destination Connection ID when that is not empty: docs/decisions.md, qh3.)
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    from darktower.transport._quic_qh3 import Qh3Connection, qh3_configuration
+
+    client = QuicConnection(
+        configuration=QuicConfiguration(
+            is_client=True, alpn_protocols=["h3"], connection_id_length=0, verify_mode=0
+        )
+    )
+    server_config = qh3_configuration(
+        TransportLimits(quic_core="qh3"), is_client=False, tls=dev_cert
+    )
+    server: Qh3Connection | None = None
+    client.connect(("127.0.0.1", 4433), now=0.0)
+    now = 0.0
+    for _ in range(4):
+        for data, _addr in client.datagrams_to_send(now):
+            if server is None:
+                server = Qh3Connection(
+                    configuration=server_config,
+                    original_destination_connection_id=data[6 : 6 + data[5]],
+                    consumed=lambda _sid: None,
+                    window=65536,
+                )
+            server.receive_datagram(data, ("127.0.0.1", 5555), now)
+        assert server is not None
+        for data, _addr in server.datagrams_to_send(now):
+            client.receive_datagram(data, ("127.0.0.1", 4433), now)
+        now += 0.001
+    assert server is not None and server._handshake_complete
+    assert client._handshake_complete

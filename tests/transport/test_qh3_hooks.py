@@ -27,6 +27,8 @@ FACADE = (
     "_created_local_stream_ids",
     "_remote_max_datagram_frame_size",
     "_local_next_stream_id_uni",
+    "_tls",
+    "_learn_remote_source_cid",
 )
 CORE = (
     "get_timer",
