@@ -8,7 +8,15 @@ N = 0 the messages the server consumed, which flow control ties to what the send
 server CPU µs per delivered message (utime+stime of the server process over the window).
 Then server memory per idle session with 1,000 sessions open, both implementations.
 
-    python benchmarks/transport_relay.py [--quick] [--rounds 3]
+``--quic-core {aioquic,qh3,both}`` (default: both when qh3 imports, else aioquic) chooses the
+QUIC core of our relay server; with both, each point runs our relay on each core and aioquic's
+asyncio server in the same rounds (A B C / C B A), and each core's ratios are against those
+asyncio rounds. The load generator stays on aioquic whatever the core: only the server changes.
+The default core's figures carry the names they always had; qh3's the same names prefixed
+``qh3_`` (``qh3_n10_throughput_ratio``, ...). The asyncio baseline's figures
+(``n{N}_asyncio_*``, ``idle_session_asyncio_kb``) are printed once, unprefixed.
+
+    python benchmarks/transport_relay.py [--quick] [--rounds 3] [--quic-core both]
 """
 
 from __future__ import annotations
@@ -25,7 +33,17 @@ from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from benchmarks._bench import emit, interleave, parser, ratio_summary, summary
+from benchmarks._bench import (
+    CLIENT_QUIC_CORE,
+    add_quic_core,
+    core_prefix,
+    emit,
+    parser,
+    quic_cores,
+    ratio_summary,
+    round_order,
+    summary,
+)
 
 MESSAGE = 1046
 RECEIVER_COUNTS = (0, 1, 5, 10)
@@ -35,7 +53,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # --- server processes --------------------------------------------------------------------
-def serve_ours(certfile: str, keyfile: str) -> None:
+def serve_ours(certfile: str, keyfile: str, core: str | None = None) -> None:
+    """Our relay; ``core``: its QUIC core (None: the transport's default)."""
     import trio
 
     from darktower.transport import (
@@ -69,10 +88,9 @@ def serve_ours(certfile: str, keyfile: str) -> None:
             await session.wait_closed()
 
     async def main() -> None:
-        config = ServerConfig(
-            tls=TlsCredentials.from_files(certfile, keyfile),
-            limits=TransportLimits(max_sessions_per_connection=1000),
-        )
+        core_limit = {} if core is None else {"quic_core": core}
+        limits = TransportLimits(max_sessions_per_connection=1000, **core_limit)
+        config = ServerConfig(tls=TlsCredentials.from_files(certfile, keyfile), limits=limits)
         server = WebTransportServer(config, {"/relay": Route(handler)})
         async with trio.open_nursery() as nursery:
             _, port = await nursery.start(server.run)
@@ -135,13 +153,16 @@ def load(port: int, cert_hash: str, receivers: int, warmup: float, window: float
     from darktower.transport import SessionClosed, TransportLimits, connect_webtransport
 
     pinned = [bytes.fromhex(cert_hash)]
+    client = TransportLimits(quic_core=CLIENT_QUIC_CORE)
     base = f"https://127.0.0.1:{port}/relay"
     counted = [0] * receivers
     counting = False
     sent = 0
 
     async def receiver(i: int, ready: trio.Event) -> None:
-        async with connect_webtransport(base + "?role=recv", server_certificate_hashes=pinned) as s:
+        async with connect_webtransport(
+            base + "?role=recv", server_certificate_hashes=pinned, limits=client
+        ) as s:
             stream = await s.accept_stream()
             ready.set()
             try:
@@ -156,7 +177,7 @@ def load(port: int, cert_hash: str, receivers: int, warmup: float, window: float
         async with connect_webtransport(
             base + "?role=send",
             server_certificate_hashes=pinned,
-            limits=TransportLimits(stream_send_high_water=64 * 1024),
+            limits=TransportLimits(stream_send_high_water=64 * 1024, quic_core=CLIENT_QUIC_CORE),
         ) as s:
             stream = await s.open_unidirectional_stream()
             message = b"m" * MESSAGE
@@ -194,13 +215,14 @@ def load(port: int, cert_hash: str, receivers: int, warmup: float, window: float
 def idle_sessions(port: int, cert_hash: str) -> None:
     import trio
 
-    from darktower.transport import open_quic_connection, open_session
+    from darktower.transport import TransportLimits, open_quic_connection, open_session
 
     pinned = [bytes.fromhex(cert_hash)]
+    client = TransportLimits(quic_core=CLIENT_QUIC_CORE)
 
     async def one_connection(done: trio.Event, hold: trio.Event) -> None:
         async with open_quic_connection(
-            "127.0.0.1", port, server_certificate_hashes=pinned
+            "127.0.0.1", port, server_certificate_hashes=pinned, limits=client
         ) as conn:
             for _ in range(IDLE_SESSIONS // IDLE_CONNECTIONS):
                 await open_session(conn, f"127.0.0.1:{port}", "/relay?role=idle")
@@ -245,8 +267,11 @@ def _rss_kb(pid: int) -> int:
 
 
 class Server:
-    def __init__(self, impl: str, certfile: str, keyfile: str) -> None:
-        self.proc = _spawn("--serve", impl, certfile, keyfile)
+    """A relay server process: ``impl`` "ours" (on QUIC core ``core``; None: the transport's
+    default) or "asyncio" (aioquic's asyncio API)."""
+
+    def __init__(self, impl: str, certfile: str, keyfile: str, core: str | None = None) -> None:
+        self.proc = _spawn("--serve", impl, certfile, keyfile, *([core] if core else []))
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
 
@@ -256,10 +281,15 @@ class Server:
 
 
 def run_point(
-    impl: str, receivers: int, files: tuple[str, str, str], warm: float, win: float
+    impl: str,
+    receivers: int,
+    files: tuple[str, str, str],
+    warm: float,
+    win: float,
+    core: str | None = None,
 ) -> tuple[float, float]:
     certfile, keyfile, cert_hash = files
-    server = Server(impl, certfile, keyfile)
+    server = Server(impl, certfile, keyfile, core)
     try:
         gen = _spawn("--load", str(server.port), cert_hash, str(receivers), str(warm), str(win))
         assert gen.stdout is not None
@@ -276,9 +306,9 @@ def run_point(
     return rate, cpu_us
 
 
-def idle_memory(impl: str, files: tuple[str, str, str]) -> float:
+def idle_memory(impl: str, files: tuple[str, str, str], core: str | None = None) -> float:
     certfile, keyfile, cert_hash = files
-    server = Server(impl, certfile, keyfile)
+    server = Server(impl, certfile, keyfile, core)
     try:
         time.sleep(0.3)
         before = _rss_kb(server.proc.pid)
@@ -296,7 +326,10 @@ def idle_memory(impl: str, files: tuple[str, str, str]) -> float:
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
+    p = parser(__doc__.splitlines()[0])
+    add_quic_core(p)
+    args = p.parse_args()
+    cores = quic_cores(args.quic_core)
     rounds = args.rounds or (1 if args.quick else 3)
     warm, win = (0.5, 0.7) if args.quick else (0.7, 1.5)
     from darktower.transport import generate_dev_certificate
@@ -306,42 +339,49 @@ def main() -> None:
     certfile, keyfile = cert.write(tmp)
     files = (str(certfile), str(keyfile), cert.sha256.hex())
     figures: dict[str, Any] = {}
+    # Sides: our relay on each core, then aioquic's asyncio server (core None).
+    sides: list[tuple[str, str | None]] = [("ours", c) for c in cores] + [("asyncio", None)]
     for n in RECEIVER_COUNTS:
-        ours: list[tuple[float, float]] = []
-        theirs: list[tuple[float, float]] = []
-
-        def a(n: int = n, ours: list[tuple[float, float]] = ours) -> float:
-            ours.append(run_point("ours", n, files, warm, win))
-            return ours[-1][0]
-
-        def b(n: int = n, theirs: list[tuple[float, float]] = theirs) -> float:
-            theirs.append(run_point("asyncio", n, files, warm, win))
-            return theirs[-1][0]
-
-        xs, ys = interleave(a, b, rounds) if rounds >= 3 else ([a()], [b()])
-        ratio = ratio_summary(xs, ys)
-        ours_cpu = summary([c for _, c in ours])
+        runs: dict[tuple[str, str | None], list[tuple[float, float]]] = {s: [] for s in sides}
+        for i in range(rounds if rounds >= 3 else 1):
+            for impl, core in round_order(sides, i):
+                runs[impl, core].append(run_point(impl, n, files, warm, win, core))
+        theirs = runs["asyncio", None]
+        ys = [r for r, _ in theirs]
         theirs_cpu = summary([c for _, c in theirs])
-        cpu_ratio = ratio_summary([c for _, c in theirs], [c for _, c in ours])
+        line = f"N={n:2d}"
+        for core in cores:
+            ours = runs["ours", core]
+            xs = [r for r, _ in ours]
+            ours_cpu = summary([c for _, c in ours])
+            ratio = ratio_summary(xs, ys)
+            cpu_ratio = ratio_summary([c for _, c in theirs], [c for _, c in ours])
+            line += (
+                f"  ours/{core} {summary(xs)['median']:8.0f} msg/s {ours_cpu['median']:6.1f} "
+                f"us/msg ratio {ratio['median']:.2f} (min {ratio['min']:.2f} max "
+                f"{ratio['max']:.2f}) cpu ratio {cpu_ratio['median']:.2f} |"
+            )
+            pre = f"{core_prefix(core)}n{n}"
+            figures[f"{pre}_ours_delivered_per_s"] = summary(xs)["median"]
+            figures[f"{pre}_ours_server_cpu_us"] = ours_cpu["median"]
+            figures[f"{pre}_throughput_ratio"] = ratio["median"]
+            figures[f"{pre}_throughput_ratio_min"] = ratio["min"]
+            figures[f"{pre}_throughput_ratio_max"] = ratio["max"]
+            figures[f"{pre}_cpu_ratio"] = cpu_ratio["median"]
         print(
-            f"N={n:2d}  ours {summary(xs)['median']:9.0f} msg/s {ours_cpu['median']:6.1f} us/msg"
-            f"   asyncio {summary(ys)['median']:9.0f} msg/s {theirs_cpu['median']:6.1f} us/msg"
-            f"   ratio {ratio['median']:.2f} (min {ratio['min']:.2f} max {ratio['max']:.2f})"
-            f"   cpu ratio {cpu_ratio['median']:.2f}",
+            f"{line}  asyncio {summary(ys)['median']:8.0f} msg/s "
+            f"{theirs_cpu['median']:6.1f} us/msg",
             flush=True,
         )
-        figures[f"n{n}_ours_delivered_per_s"] = summary(xs)["median"]
         figures[f"n{n}_asyncio_delivered_per_s"] = summary(ys)["median"]
-        figures[f"n{n}_ours_server_cpu_us"] = ours_cpu["median"]
         figures[f"n{n}_asyncio_server_cpu_us"] = theirs_cpu["median"]
-        figures[f"n{n}_throughput_ratio"] = ratio["median"]
-        figures[f"n{n}_throughput_ratio_min"] = ratio["min"]
-        figures[f"n{n}_throughput_ratio_max"] = ratio["max"]
-        figures[f"n{n}_cpu_ratio"] = cpu_ratio["median"]
-    mem_ours = idle_memory("ours", files)
+    mem_line = "idle session memory:"
+    for core in cores:
+        kb = idle_memory("ours", files, core)
+        figures[f"{core_prefix(core)}idle_session_ours_kb"] = kb
+        mem_line += f" ours/{core} {kb:.1f} KB,"
     mem_theirs = idle_memory("asyncio", files)
-    print(f"idle session memory: ours {mem_ours:.1f} KB, asyncio {mem_theirs:.1f} KB", flush=True)
-    figures["idle_session_ours_kb"] = mem_ours
+    print(f"{mem_line} asyncio {mem_theirs:.1f} KB", flush=True)
     figures["idle_session_asyncio_kb"] = mem_theirs
     emit("transport_relay", figures)
 
@@ -349,7 +389,10 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
         impl, certfile, keyfile = sys.argv[2:5]
-        (serve_ours if impl == "ours" else serve_asyncio)(certfile, keyfile)
+        if impl == "ours":
+            serve_ours(certfile, keyfile, *sys.argv[5:6])
+        else:
+            serve_asyncio(certfile, keyfile)
     elif len(sys.argv) > 1 and sys.argv[1] == "--load":
         port, cert_hash, receivers, warm, win = sys.argv[2:7]
         load(int(port), cert_hash, int(receivers), float(warm), float(win))
