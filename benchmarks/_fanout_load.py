@@ -1,6 +1,7 @@
 """The media fan-out benchmark's load (benchmarks/media_fanout.py): its shapes, and the code of
 the processes it runs on 127.0.0.1: the MH server, the saturation load generator and the clients
-(publishers and subscribers, or the raw relay's sender and receivers for the baseline)."""
+(publishers and subscribers, or the raw relay's sender and receivers for the baseline). The MH
+runs on the QUIC core it is given; the clients stay on aioquic (CLIENT_QUIC_CORE) whatever it is."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 import time
 import uuid
 from typing import Any
+
+from benchmarks._bench import CLIENT_QUIC_CORE
 
 SAT_RECEIVERS = 5
 SAT_PAYLOAD = 1000  # + 46-byte header = transport_relay's 1,046-byte message
@@ -39,7 +42,8 @@ STAMP = 8  # bytes of the monotonic write time at the start of every payload
 
 
 # --- the MH server process ----------------------------------------------------------------
-def serve_mh(certfile: str, keyfile: str) -> None:
+def serve_mh(certfile: str, keyfile: str, core: str | None = None) -> None:
+    """The MH on QUIC core ``core`` (None: the MH's default); prints its gRPC port and ops URL."""
     import logging
 
     import trio
@@ -60,6 +64,7 @@ def serve_mh(certfile: str, keyfile: str) -> None:
         budget_out_bytes_per_s=1 << 30,
         max_participants_per_room=1000,
         log_level="warning",
+        **({} if core is None else {"quic_core": core}),
     )
 
     async def main() -> None:
@@ -133,6 +138,7 @@ def saturation_load(urls_json: str, cert_hash: str, warm: float, window: float) 
 
     urls = json.loads(urls_json)
     pinned = [bytes.fromhex(cert_hash)]
+    client = TransportLimits(quic_core=CLIENT_QUIC_CORE)
     counted = [0] * len(urls["receivers"])
     counting = False
 
@@ -148,7 +154,9 @@ def saturation_load(urls_json: str, cert_hash: str, warm: float, window: float) 
         return header.encode() + fill * SAT_PAYLOAD
 
     async def receiver(i: int, url: str, ready: trio.Event) -> None:
-        async with connect_webtransport(url, server_certificate_hashes=pinned) as session:
+        async with connect_webtransport(
+            url, server_certificate_hashes=pinned, limits=client
+        ) as session:
             ready.set()
             stream = await session.accept_stream()
             while data := await stream.receive_some(1 << 20):  # type: ignore[union-attr]
@@ -159,7 +167,7 @@ def saturation_load(urls_json: str, cert_hash: str, warm: float, window: float) 
         async with connect_webtransport(
             url,
             server_certificate_hashes=pinned,
-            limits=TransportLimits(stream_send_high_water=64 * 1024),
+            limits=TransportLimits(stream_send_high_water=64 * 1024, quic_core=CLIENT_QUIC_CORE),
         ) as session:
             stream = await session.open_bidirectional_stream()
             key, delta = encoded(FrameType.VIDEO_KEY, b"k"), encoded(FrameType.VIDEO_DELTA, b"d")
@@ -207,6 +215,7 @@ def run_clients(specs_json: str, cert_hash: str, warm: float, window: float) -> 
 
     specs = json.loads(specs_json)
     pinned = [bytes.fromhex(cert_hash)]
+    client = TransportLimits(quic_core=CLIENT_QUIC_CORE)
     stats: dict[str, dict[str, Any]] = {
         s["pid"]: {"frames": 0, "bytes": 0, "lat_us": []} for s in specs
     }
@@ -256,7 +265,7 @@ def run_clients(specs_json: str, cert_hash: str, warm: float, window: float) -> 
         async with connect_webtransport(
             f"{spec['url']}?role={spec['relay']}",
             server_certificate_hashes=pinned,
-            limits=TransportLimits(stream_send_high_water=64 * 1024),
+            limits=TransportLimits(stream_send_high_water=64 * 1024, quic_core=CLIENT_QUIC_CORE),
         ) as session:
             if spec["relay"] == "send":
                 stream: Any = await session.open_unidirectional_stream()
@@ -291,7 +300,10 @@ def run_clients(specs_json: str, cert_hash: str, warm: float, window: float) -> 
             return
         async with (
             open_media_client(
-                spec["url"], server_certificate_hashes=pinned, max_buffered_frames=64
+                spec["url"],
+                server_certificate_hashes=pinned,
+                max_buffered_frames=64,
+                limits=client,
             ) as media,
             trio.open_nursery() as nursery,
         ):

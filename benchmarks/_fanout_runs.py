@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks._bench import percentiles
+from benchmarks._bench import histogram, histogram_delta, percentiles
 from benchmarks._fanout_load import (
     AUDIO_FPS,
     KEY_S,
@@ -32,6 +32,9 @@ from benchmarks.transport_relay import _spawn as relay_spawn
 
 # The script whose command line runs the child processes (--serve, --sat-load, --clients).
 SCRIPT = pathlib.Path(__file__).with_name("media_fanout.py")
+# The MH's histogram of a frame's time inside it: arrival -> last byte handed to the socket,
+# once per subscriber (absent from MHs that predate it: its quantiles are then NaN).
+RESIDENCE = "darktower_mh_frame_residence_seconds"
 
 
 # --- orchestration ----------------------------------------------------------------------------
@@ -45,8 +48,10 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
 
 
 class MH:
-    def __init__(self, certfile: str, keyfile: str) -> None:
-        self.proc = _spawn("--serve", certfile, keyfile)
+    """An MH process on QUIC core ``core`` (None: the MH's default)."""
+
+    def __init__(self, certfile: str, keyfile: str, core: str | None = None) -> None:
+        self.proc = _spawn("--serve", certfile, keyfile, *([core] if core else []))
         self.cluster = os.path.dirname(certfile)  # its cluster CA and certificates
         assert self.proc.stdout is not None
         info = json.loads(self.proc.stdout.readline())
@@ -54,13 +59,18 @@ class MH:
 
     def dropped(self) -> dict[str, float]:
         """Frames dropped so far, by reason (the MH's /metrics)."""
+        return self.scrape()[0]
+
+    def scrape(self) -> tuple[dict[str, float], dict[float, float]]:
+        """One read of /metrics: frames dropped so far by reason, and the residence histogram
+        ({upper bound in s: cumulative count}; empty if the MH has none)."""
         text = urllib.request.urlopen(self.ops + "/metrics", timeout=5).read().decode()
         out: dict[str, float] = {}
         for line in text.splitlines():
             if line.startswith("darktower_mh_frames_dropped_total{"):
                 reason = line.split('"')[1]
                 out[reason] = float(line.rsplit(" ", 1)[1])
-        return out
+        return out, histogram(text, RESIDENCE)
 
     def close(self) -> None:
         self.proc.kill()
@@ -135,7 +145,8 @@ def load_point(
     """A new meeting on the running ``mh``: the participants of ``plan`` registered (every
     stream routed to every other participant), ``groups`` of client specs (``url`` filled in
     here) one process each, which close their sessions when done. Returns per-participant
-    results, server CPU seconds per second and drops by reason, over the window."""
+    results, server CPU seconds per second, drops by reason and what the residence histogram
+    counted (cumulative buckets, {upper bound in s: count}), over the window."""
     procs: list[subprocess.Popen[str]] = []
     try:
         urls = _register(mh.grpc, str(uuid.uuid4()), plan, mh.cluster)
@@ -150,9 +161,9 @@ def load_point(
             p.stdin.write("GO\n")
             p.stdin.flush()
         time.sleep(warm)
-        cpu0, dropped0 = _cpu_s(mh.proc.pid), mh.dropped()
+        cpu0, (dropped0, res0) = _cpu_s(mh.proc.pid), mh.scrape()
         time.sleep(win)
-        cpu1, dropped1 = _cpu_s(mh.proc.pid), mh.dropped()
+        cpu1, (dropped1, res1) = _cpu_s(mh.proc.pid), mh.scrape()
         results: dict[str, dict[str, Any]] = {}
         for p in procs:
             assert p.stdout is not None
@@ -167,6 +178,7 @@ def load_point(
         "dropped": {
             k: v - dropped0.get(k, 0) for k, v in dropped1.items() if v > dropped0.get(k, 0)
         },
+        "residence": histogram_delta(res1, res0),
     }
 
 
@@ -209,7 +221,11 @@ def fanout_at(
     # Three processes: the slow subscriber's connection shares a process with neither the
     # publisher nor the subscribers measured.
     point = load_point(mh, cert_hash, plan, [publisher, others, [last]], warm, win)
-    return {**_figures(point, [o["pid"] for o in others], win), "by_reason": point["dropped"]}
+    return {
+        **_figures(point, [o["pid"] for o in others], win),
+        "by_reason": point["dropped"],
+        "residence": point["residence"],
+    }
 
 
 def relay_at(

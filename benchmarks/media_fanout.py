@@ -13,10 +13,16 @@ The MH server and the clients run in separate processes on 127.0.0.1. Four measu
    would reach on a core of its own, steadier than throughput on a shared machine).
 2. **Latency at 70 % of saturation.** The same fan-out, the publisher paced at 0.7 x the MH's
    saturation rate of step 1; the publisher, four subscribers and a fifth subscriber in three
-   processes; one MH for steps 2-4, a new meeting per point. Added latency p50/p99 = subscriber read - publisher write, both ``time.monotonic_ns`` (one
-   host clock), the write time carried in the payload's first 8 bytes. Goal: p99 ≤ 10 ms. The
-   baseline, in the same rounds: the raw relay carrying the same stamped 1,046-byte records at
-   the same rate to four receivers; "added by the MH" is the difference.
+   processes; one MH for steps 2-4, a new meeting per point. Added latency p50/p99 =
+   subscriber read - publisher write, both ``time.monotonic_ns`` (one host clock), the write
+   time carried in the payload's first 8 bytes. The baseline, in the same rounds: the raw
+   relay carrying the same stamped 1,046-byte records at the same rate to four receivers;
+   "added by the MH" is the difference. Inside the MH, where the clients' CPU does not enter:
+   ``mh_residence_p99_ms`` (goal ≤ 10 ms), a frame's arrival at the MH -> its last byte handed
+   to the socket, once per subscriber, from the MH's histogram
+   ``darktower_mh_frame_residence_seconds`` read at the start and the end of each point's
+   counted window (the points without the slow subscriber), the rounds' counts pooled, p99
+   interpolated linearly inside its bucket; NaN if the MH has no such histogram.
 3. **A slow subscriber.** Step 2 interleaved with the same load where the fifth subscriber reads
    at a tenth of the rate. The figure is the four others' p99, with and without it, and the
    change in % (goal: ≤ 10 %); the MH's drops (by policy, for the slow one) are printed.
@@ -27,22 +33,44 @@ The MH server and the clients run in separate processes on 127.0.0.1. Four measu
    by the share of the expected frames that were delivered, if the clients fell behind).
 
 After each step: the machine's UDP receive-buffer overflows (``/proc/net/snmp``), the usual
-cause of loss, and so of latency, when processes are starved of CPU.
+cause of loss, and so of latency, when processes are starved of CPU; ``udp_rcvbuf_overflows``
+counts those that happened during a core's points.
 
-    python benchmarks/media_fanout.py [--quick] [--rounds 5]
+**QUIC cores.** ``--quic-core {aioquic,qh3,both}`` (default: both when qh3 imports, else
+aioquic) is the core of the servers under test: the MH and, for the baselines, our relay. With
+both, the two cores run side by side in the same sitting: one MH and one relay per core stay up
+for all rounds, and every step interleaves the cores' points (A B / B A); each core's latency
+points run at 70 % of its own saturation rate. The clients (load generators) stay on aioquic
+whatever the core, so that only the server changes. The default core's figures carry their
+usual names; qh3's the same names prefixed ``qh3_`` (``qh3_participants_per_core``, ...).
+
+    python benchmarks/media_fanout.py [--quick] [--rounds 5] [--quic-core both]
 """
 
 from __future__ import annotations
 
+import math
 import pathlib
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from benchmarks._bench import emit, parser, percentiles, ratio_summary, summary
+from benchmarks._bench import (
+    add_quic_core,
+    core_prefix,
+    emit,
+    histogram_quantile,
+    parser,
+    percentiles,
+    quic_cores,
+    ratio_summary,
+    round_order,
+    summary,
+)
 from benchmarks._cluster import write_cluster
 from benchmarks._fanout_load import (
     LOAD_SHARE,
@@ -59,7 +87,6 @@ from benchmarks._fanout_load import (
 )
 from benchmarks._fanout_runs import (
     MH,
-    abba,
     fanout_at,
     meeting,
     mh_saturation,
@@ -70,29 +97,69 @@ from benchmarks._fanout_runs import (
 from benchmarks.transport_relay import Server as RelayServer
 
 
+class Overflows:
+    """UDP receive-buffer overflows on the machine during each core's points."""
+
+    def __init__(self) -> None:
+        self.by_core: dict[str, int] = {}
+
+    def run(self, core: str, point: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``point(*args, **kwargs)``, its overflows counted to ``core``."""
+        before = udp_rcvbuf_errors()
+        try:
+            return point(*args, **kwargs)
+        finally:
+            self.by_core[core] = self.by_core.get(core, 0) + udp_rcvbuf_errors() - before
+
+
+def _rounds(rounds: int) -> range:
+    """One round only if ``rounds`` < 3 (``--quick``)."""
+    return range(1 if rounds < 3 else rounds)
+
+
 def saturation_phase(
-    files: tuple[str, str, str], rounds: int, warm: float, win: float, figures: dict[str, Any]
-) -> float:
-    """Step 1; returns the MH's saturation rate (delivered frames/s, median). Both servers
-    run through all rounds (fresh clients and a new meeting each round), like for like."""
+    files: tuple[str, str, str],
+    cores: list[str],
+    rounds: int,
+    warm: float,
+    win: float,
+    overflows: Overflows,
+    figures: dict[str, Any],
+) -> dict[str, float]:
+    """Step 1; returns each core's MH saturation rate (delivered frames/s, median). The MH and
+    the relay of every core run through all rounds (fresh clients and a new meeting each
+    round), like for like; a round runs MH, relay per core, the next one in reverse."""
     certfile, keyfile, cert_hash = files
-    mh_runs: list[dict[str, float]] = []
-    relay_runs: list[dict[str, float]] = []
-    mh, relay = MH(certfile, keyfile), RelayServer("ours", certfile, keyfile)
+    servers: dict[str, tuple[MH, RelayServer]] = {}
+    mh_runs: dict[str, list[dict[str, float]]] = {c: [] for c in cores}
+    relay_runs: dict[str, list[dict[str, float]]] = {c: [] for c in cores}
     try:
-
-        def a() -> float:
-            mh_runs.append(mh_saturation(mh, cert_hash, warm, win))
-            return mh_runs[-1]["rate"]
-
-        def b() -> float:
-            relay_runs.append(relay_saturation(relay, cert_hash, warm, win))
-            return relay_runs[-1]["rate"]
-
-        xs, ys = abba(a, b, rounds)
+        for c in cores:
+            servers[c] = (MH(certfile, keyfile, c), RelayServer("ours", certfile, keyfile, c))
+        points = [(c, side) for c in cores for side in ("mh", "relay")]
+        for i in _rounds(rounds):
+            for core, side in round_order(points, i):
+                mh, relay = servers[core]
+                if side == "mh":
+                    run = overflows.run(core, mh_saturation, mh, cert_hash, warm, win)
+                    mh_runs[core].append(run)
+                else:
+                    run = overflows.run(core, relay_saturation, relay, cert_hash, warm, win)
+                    relay_runs[core].append(run)
     finally:
-        mh.close()
-        relay.close()
+        for mh, relay in servers.values():
+            mh.close()
+            relay.close()
+    return {c: _saturation_figures(c, mh_runs[c], relay_runs[c], figures) for c in cores}
+
+
+def _saturation_figures(
+    core: str,
+    mh_runs: list[dict[str, float]],
+    relay_runs: list[dict[str, float]],
+    figures: dict[str, Any],
+) -> float:
+    xs, ys = [r["rate"] for r in mh_runs], [r["rate"] for r in relay_runs]
     ratio = ratio_summary(xs, ys)
     mh_cpu = [r["cpu_us"] for r in mh_runs]
     relay_cpu = [r["cpu_us"] for r in relay_runs]
@@ -101,9 +168,9 @@ def saturation_phase(
     mb = summary([r["mb_per_s"] for r in mh_runs])["median"]
     drops = summary([r["dropped"] for r in mh_runs])["median"]
     print(
-        f"saturation N={SAT_RECEIVERS} ({len(xs)} rounds): MH {sat:8.0f} frames/s {mb:6.1f} MB/s "
-        f"{summary(mh_cpu)['median']:6.1f} us/frame | relay {summary(ys)['median']:8.0f} msg/s "
-        f"{summary(relay_cpu)['median']:6.1f} us/msg",
+        f"[{core}] saturation N={SAT_RECEIVERS} ({len(xs)} rounds): MH {sat:8.0f} frames/s "
+        f"{mb:6.1f} MB/s {summary(mh_cpu)['median']:6.1f} us/frame | relay "
+        f"{summary(ys)['median']:8.0f} msg/s {summary(relay_cpu)['median']:6.1f} us/msg",
         flush=True,
     )
     print(
@@ -112,7 +179,9 @@ def saturation_phase(
         f"(min {cpu_ratio['min']:.2f} max {cpu_ratio['max']:.2f}) | MH drops {drops:.0f}",
         flush=True,
     )
-    figures.update(
+    _put(
+        figures,
+        core,
         {
             "sat_mh_delivered_per_s": sat,
             "sat_mh_mb_per_s": mb,
@@ -126,47 +195,88 @@ def saturation_phase(
             "sat_cpu_ratio": cpu_ratio["median"],
             "sat_cpu_ratio_min": cpu_ratio["min"],
             "sat_cpu_ratio_max": cpu_ratio["max"],
-        }
+        },
     )
     return sat
 
 
+def _put(figures: dict[str, Any], core: str, mine: dict[str, Any]) -> None:
+    figures.update({core_prefix(core) + k: v for k, v in mine.items()})
+
+
 def latency_phase(
-    mh: MH,
-    relay: RelayServer,
+    servers: dict[str, tuple[MH, RelayServer]],
     cert_hash: str,
-    rate: float,
+    rates: dict[str, float],
+    warms: dict[str, float],
     rounds: int,
-    warm: float,
     win: float,
+    overflows: Overflows,
     figures: dict[str, Any],
 ) -> None:
-    """Steps 2 and 3 at ``rate`` published frames/s, and the relay's latency at the same rate
-    as the baseline; each round runs the three in a rotated order."""
-    plain: list[dict[str, Any]] = []
-    slowed: list[dict[str, Any]] = []
-    base: list[dict[str, Any]] = []
-    points = [
-        lambda: plain.append(fanout_at(mh, cert_hash, rate, warm, win, slow=False)),
-        lambda: slowed.append(fanout_at(mh, cert_hash, rate, warm, win, slow=True)),
-        lambda: base.append(relay_at(relay, cert_hash, rate, warm, win)),
-    ]
-    for i in range(1 if rounds < 3 else rounds):
-        for k in range(len(points)):
-            points[(i + k) % len(points)]()
+    """Steps 2 and 3 at ``rates[core]`` published frames/s, and the relay's latency at the same
+    rate as the baseline; each round runs the three kinds of point in a rotated order, each
+    kind on every core in turn (A B / B A)."""
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {
+        (c, k): [] for c in servers for k in ("plain", "slow", "relay")
+    }
+
+    def point(core: str, kind: str) -> dict[str, Any]:
+        (mh, relay), rate, warm = servers[core], rates[core], warms[core]
+        if kind == "relay":
+            return relay_at(relay, cert_hash, rate, warm, win)
+        return fanout_at(mh, cert_hash, rate, warm, win, slow=kind == "slow")
+
+    kinds = ["plain", "slow", "relay"]
+    for i in _rounds(rounds):
+        for k in range(len(kinds)):
+            kind = kinds[(i + k) % len(kinds)]
+            for core in round_order(list(servers), i):
+                runs[core, kind].append(overflows.run(core, point, core, kind))
+    for core in servers:
+        _latency_figures(
+            core, rates[core], runs[core, "plain"], runs[core, "slow"], runs[core, "relay"], figures
+        )
+
+
+def _latency_figures(
+    core: str,
+    rate: float,
+    plain: list[dict[str, Any]],
+    slowed: list[dict[str, Any]],
+    base: list[dict[str, Any]],
+    figures: dict[str, Any],
+) -> None:
     p99_plain = [float(m["p99"]) for m in plain]
     p99_slow = [float(m["p99"]) for m in slowed]
     pooled_base = percentiles([x for m in base for x in m["lat_ms"]])
     pooled = percentiles([x for m in plain for x in m["lat_ms"]])
     pooled_slow = percentiles([x for m in slowed for x in m["lat_ms"]])
     change = ratio_summary(p99_slow, p99_plain)
+    # The MH's residence histogram over the plain points' windows, pooled.
+    residence: dict[float, float] = {}
+    for m in plain:
+        for le, n in m["residence"].items():
+            residence[le] = residence.get(le, 0.0) + n
+    res_p50, res_p99 = (histogram_quantile(q, residence) * 1000 for q in (0.5, 0.99))
+    res_n = residence.get(math.inf, 0.0)
     print(
-        f"latency at {LOAD_SHARE:.0%} of saturation ({rate * SAT_RECEIVERS:.0f} frames/s "
-        f"delivered, {len(plain)} rounds): p50 {pooled['p50']:.2f} ms p99 {pooled['p99']:.2f} ms"
-        f" (goal p99 <= 10 ms; {sum(len(m['lat_ms']) for m in plain)} samples of 4 subscribers,"
-        f" per-round p99 median {summary(p99_plain)['median']:.2f} ms), "
+        f"[{core}] latency at {LOAD_SHARE:.0%} of saturation ({rate * SAT_RECEIVERS:.0f} "
+        f"frames/s delivered, {len(plain)} rounds): p50 {pooled['p50']:.2f} ms p99 "
+        f"{pooled['p99']:.2f} ms ({sum(len(m['lat_ms']) for m in plain)} samples of 4 "
+        f"subscribers, per-round p99 median {summary(p99_plain)['median']:.2f} ms), "
         f"{summary([m['cpu_us_per_frame'] for m in plain])['median']:.1f} us/frame, "
         f"drops {sum(m['dropped'] for m in plain):.0f}",
+        flush=True,
+    )
+    print(
+        "  inside the MH (arrival -> last byte to the socket, per subscriber): "
+        + (
+            f"p50 {res_p50:.2f} ms p99 {res_p99:.2f} ms ({res_n:.0f} observations; goal p99 "
+            f"<= 10 ms)"
+            if res_n
+            else "no residence histogram in the MH's /metrics (NaN)"
+        ),
         flush=True,
     )
     print(
@@ -178,7 +288,7 @@ def latency_phase(
         flush=True,
     )
     print(
-        f"slow subscriber (1/{SLOW_FACTOR} of the rate): the others' p99 "
+        f"[{core}] slow subscriber (1/{SLOW_FACTOR} of the rate): the others' p99 "
         f"{pooled_slow['p99']:.2f} ms with it vs {pooled['p99']:.2f} ms without, change "
         f"{(pooled_slow['p99'] / pooled['p99'] - 1) * 100:+.0f} % (per-round ratio median "
         f"{change['median']:.2f}, min {change['min']:.2f} max {change['max']:.2f}; goal <= +10 %)"
@@ -187,11 +297,15 @@ def latency_phase(
         f"; MH drops by reason, per round: {[m['by_reason'] for m in slowed]}",
         flush=True,
     )
-    figures.update(
+    _put(
+        figures,
+        core,
         {
             "load_delivered_per_s": summary([m["frames_per_s"] for m in plain])["median"],
             "load_latency_p50_ms": pooled["p50"],
             "load_latency_p99_ms": pooled["p99"],
+            "mh_residence_p50_ms": res_p50,
+            "mh_residence_p99_ms": res_p99,
             "relay_latency_p50_ms": pooled_base["p50"],
             "relay_latency_p99_ms": pooled_base["p99"],
             "added_latency_p50_ms": pooled["p50"] - pooled_base["p50"],
@@ -204,13 +318,29 @@ def latency_phase(
             "slow_p99_round_ratio_min": change["min"],
             "slow_p99_round_ratio_max": change["max"],
             "slow_drops": sum(m["dropped"] for m in slowed),
-        }
+        },
     )
 
 
-def meeting_phase(mh: MH, cert_hash: str, rounds: int, win: float, figures: dict[str, Any]) -> None:
-    """Step 4."""
-    meets = [meeting(mh, cert_hash, MEETING_WARM_S, win) for _ in range(rounds)]
+def meeting_phase(
+    mhs: dict[str, MH],
+    cert_hash: str,
+    rounds: int,
+    win: float,
+    overflows: Overflows,
+    figures: dict[str, Any],
+) -> None:
+    """Step 4, the cores' meetings interleaved (A B / B A)."""
+    meets: dict[str, list[dict[str, Any]]] = {c: [] for c in mhs}
+    for i in range(rounds):
+        for core in round_order(list(mhs), i):
+            run = overflows.run(core, meeting, mhs[core], cert_hash, MEETING_WARM_S, win)
+            meets[core].append(run)
+    for core, ms in meets.items():
+        _meeting_figures(core, ms, figures)
+
+
+def _meeting_figures(core: str, meets: list[dict[str, Any]], figures: dict[str, Any]) -> None:
     per_core = [
         MEETING * m["delivered_share"] / m["cpu_share"] if m["cpu_share"] else float("nan")
         for m in meets
@@ -218,7 +348,7 @@ def meeting_phase(mh: MH, cert_hash: str, rounds: int, win: float, figures: dict
     lat = percentiles([x for m in meets for x in m["lat_ms"]])
     fps = summary([m["frames_per_s"] for m in meets])["median"]
     print(
-        f"meeting P={MEETING} at {VIDEO_BITS_PER_S // 1000} kbit/s video + audio "
+        f"[{core}] meeting P={MEETING} at {VIDEO_BITS_PER_S // 1000} kbit/s video + audio "
         f"({len(meets)} rounds): {fps:.0f} frames/s "
         f"({summary([m['delivered_share'] for m in meets])['median']:.0%} of expected),"
         f" {summary([m['mb_per_s'] for m in meets])['median']:.2f} MB/s, "
@@ -229,12 +359,14 @@ def meeting_phase(mh: MH, cert_hash: str, rounds: int, win: float, figures: dict
         flush=True,
     )
     print(
-        f"participants per core (6-person meetings, 500 kbit/s video): "
+        f"[{core}] participants per core (6-person meetings, 500 kbit/s video): "
         f"{summary(per_core)['median']:.0f} (min {summary(per_core)['min']:.0f} "
         f"max {summary(per_core)['max']:.0f})",
         flush=True,
     )
-    figures.update(
+    _put(
+        figures,
+        core,
         {
             "meeting_delivered_per_s": fps,
             "meeting_mb_per_s": summary([m["mb_per_s"] for m in meets])["median"],
@@ -246,12 +378,15 @@ def meeting_phase(mh: MH, cert_hash: str, rounds: int, win: float, figures: dict
             "participants_per_core": summary(per_core)["median"],
             "participants_per_core_min": summary(per_core)["min"],
             "participants_per_core_max": summary(per_core)["max"],
-        }
+        },
     )
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
+    p = parser(__doc__.splitlines()[0])
+    add_quic_core(p)
+    args = p.parse_args()
+    cores = quic_cores(args.quic_core)
     rounds = args.rounds or (1 if args.quick else 5)
     lat_rounds = 1 if args.quick else max(3, (rounds + 1) // 2)
     warm, win = (0.5, 0.8) if args.quick else (0.7, 1.2)
@@ -264,46 +399,66 @@ def main() -> None:
     write_cluster(tmp)  # internal gRPC is mutual TLS: the MH process and _register share it
     files = (str(certfile), str(keyfile), cert.sha256.hex())
     figures: dict[str, Any] = {}
+    overflows = Overflows()
     t0 = time.monotonic()
+    print(f"QUIC cores of the servers under test: {', '.join(cores)} (clients: aioquic)")
 
-    overflows = udp_rcvbuf_errors()
+    step_start = sum(overflows.by_core.values())
 
     def step_done() -> None:
-        nonlocal overflows
-        now = udp_rcvbuf_errors()
+        nonlocal step_start
+        now = sum(overflows.by_core.values())
         print(
             f"  ({time.monotonic() - t0:.0f} s; UDP receive-buffer overflows on the machine "
-            f"during this step: {now - overflows})",
+            f"during this step's points: {now - step_start})",
             flush=True,
         )
-        figures["udp_rcvbuf_overflows"] = figures.get("udp_rcvbuf_overflows", 0) + now - overflows
-        overflows = now
+        step_start = now
 
-    sat = saturation_phase(files, rounds, warm, win, figures)
+    sats = saturation_phase(files, cores, rounds, warm, win, overflows, figures)
     step_done()
-    # Steps 2-4 share one MH process (a new meeting each point): starting one per point
-    # would cost more wall time than the points themselves.
-    mh, relay = MH(certfile, keyfile), RelayServer("ours", certfile, keyfile)
+    # Steps 2-4 share one MH process per core (a new meeting each point): starting one per
+    # point would cost more wall time than the points themselves.
+    servers: dict[str, tuple[MH, RelayServer]] = {}
     try:
-        rate = LOAD_SHARE * sat / SAT_RECEIVERS  # frames/s published; each is sent to 5
-        fill_s = SLOW_BACKLOG_FRAMES / (rate * (1 - 1 / SLOW_FACTOR))
-        lat_warm = min(SLOW_WARM_MAX_S / (2 if args.quick else 1), max(lat_warm, 1.2 * fill_s))
-        print(f"  (latency points warm up for {lat_warm:.1f} s: the slow backlog fills)")
-        latency_phase(mh, relay, files[2], rate, lat_rounds, lat_warm, lat_win, figures)
-        relay.close()
+        for core in cores:
+            servers[core] = (
+                MH(certfile, keyfile, core),
+                RelayServer("ours", certfile, keyfile, core),
+            )
+        rates = {c: LOAD_SHARE * sats[c] / SAT_RECEIVERS for c in cores}  # each sent to 5
+        warms = {
+            c: min(
+                SLOW_WARM_MAX_S / (2 if args.quick else 1),
+                max(lat_warm, 1.2 * SLOW_BACKLOG_FRAMES / (rates[c] * (1 - 1 / SLOW_FACTOR))),
+            )
+            for c in cores
+        }
+        print(
+            "  (latency points warm up while the slow backlog fills: "
+            + ", ".join(f"{c} {w:.1f} s" for c, w in warms.items())
+            + ")"
+        )
+        latency_phase(servers, files[2], rates, warms, lat_rounds, lat_win, overflows, figures)
+        for _, relay in servers.values():
+            relay.close()
         step_done()
-        meeting_phase(mh, files[2], lat_rounds, lat_win, figures)
+        mhs = {c: mh for c, (mh, _) in servers.items()}
+        meeting_phase(mhs, files[2], lat_rounds, lat_win, overflows, figures)
         step_done()
     finally:
-        mh.close()
-        relay.close()
+        for mh, relay in servers.values():
+            mh.close()
+            relay.close()
+    for core in cores:
+        figures[core_prefix(core) + "udp_rcvbuf_overflows"] = overflows.by_core.get(core, 0)
     print(f"total {time.monotonic() - t0:.0f} s", flush=True)
     emit("media_fanout", figures)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        serve_mh(sys.argv[2], sys.argv[3])
+        serve_mh(sys.argv[2], sys.argv[3], *sys.argv[4:5])
     elif len(sys.argv) > 1 and sys.argv[1] == "--sat-load":
         saturation_load(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--clients":
