@@ -2,12 +2,13 @@
 
 The MC (with an in-process Media Handler stand-in answering RegisterParticipant, and a bare
 WebTransport echo route on a second port of the same transport for the baseline) runs in its
-own process; the clients run in this one, all on 127.0.0.1.
+own process (benchmarks/_join_server.py); the clients run in this one, all on 127.0.0.1.
 
 1. **Sequential joins**: 100 joins one after the other (WebTransport connect -> JoinResponse),
    interleaved in rounds with the baseline: a bare WebTransport connect + one echo round trip.
 2. **Concurrent joins**: 200 clients join 20 meetings at once, interleaved with 200 concurrent
-   baseline connects; p50/p99 of each client's latency.
+   baseline connects; p50/p99 of each client's latency (``concurrent_join_p50_ms``), and the
+   server's CPU per join.
 3. **Fan-out**: 100 idle participants in one meeting; a new participant joins and the time from
    its JoinResponse to the last ParticipantJoined read by the 100 is measured (repeated).
 4. **Memory**: the server's RSS growth per idle participant session (QUIC connection included),
@@ -16,15 +17,20 @@ own process; the clients run in this one, all on 127.0.0.1.
    transport returns freed handshake memory to the system at most once a second); the figure
    right after the last session opened is reported too (``..._at_open_kb``).
 
-    python benchmarks/join.py [--quick] [--rounds 3]
+**QUIC cores.** ``--quic-core {aioquic,qh3,both}`` (default: both when qh3 imports, else
+aioquic) is the core of the server under test: its MC's WebTransport endpoint and its echo
+route. With both, one server per core stays up for the whole sitting: steps 3-4 run on each
+fresh server in turn, then the rounds of steps 1 and 2 alternate between the cores (A B / B A);
+the baseline memory is measured on a fresh server of each core. The clients stay on aioquic
+whatever the core, so that only the server changes. The default core's figures carry their
+usual names; qh3's the same names prefixed ``qh3_`` (``qh3_concurrent_join_p50_ms``, ...).
+
+    python benchmarks/join.py [--quick] [--rounds 3] [--quic-core both]
 """
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +38,19 @@ from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from benchmarks._bench import emit, parser, percentiles, ratio_summary
+from benchmarks._bench import (
+    CLIENT_QUIC_CORE,
+    add_quic_core,
+    core_prefix,
+    emit,
+    parser,
+    percentiles,
+    quic_cores,
+    ratio_summary,
+    round_order,
+)
 from benchmarks._cluster import write_cluster
+from benchmarks._join_server import Server, cpu_s, rss_kb, serve
 
 SEQUENTIAL = 100
 CONCURRENT = 200
@@ -44,324 +61,247 @@ FANOUT = 100
 SETTLE_S = 2.5
 
 
-# --- the server process -------------------------------------------------------------------
-def serve(certfile: str, keyfile: str, pubkey: str) -> None:
-    import trio
-
-    from benchmarks._cluster import cluster_options, cluster_tls
-    from darktower.meeting_controller import Settings
-    from darktower.meeting_controller import serve as serve_mc
-    from darktower.protocol.pb.v1 import media_control_pb2 as mh_pb
-    from darktower.protocol.pb.v1.media_control_grpc import MediaControlBase
-    from darktower.servicekit import ServiceRole
-    from darktower.transport import Route, ServerConfig, TlsCredentials, WebTransportServer
-    from darktower.transport.rpc import open_rpc_loop, rpc_service, serve_rpc
-
-    class StandInMH:
-        async def RegisterParticipant(self, request: Any) -> Any:
-            await trio.lowlevel.checkpoint()
-            return mh_pb.RegisterParticipantResponse(connection_token="t", media_handler_url="u")
-
-        async def RouteMedia(self, request: Any) -> Any:
-            await trio.lowlevel.checkpoint()
-            return mh_pb.RouteMediaResponse()
-
-        async def RemoveParticipant(self, request: Any) -> Any:
-            await trio.lowlevel.checkpoint()
-            return mh_pb.RemoveParticipantResponse()
-
-        async def RemoveStream(self, request: Any) -> Any:
-            await trio.lowlevel.checkpoint()
-            return mh_pb.RemoveStreamResponse()
-
-        async def StartRecording(self, request: Any) -> Any:
-            await trio.lowlevel.checkpoint()
-            return mh_pb.StartRecordingResponse(recording_id=request.recording_id)
-
-        async def StopRecording(self, request: Any) -> Any:
-            await trio.lowlevel.checkpoint()
-            return mh_pb.StopRecordingResponse()
-
-        async def Telemetry(self, request: Any) -> Any:
-            await trio.sleep_forever()
-            yield mh_pb.TelemetryEvent()
-
-    async def echo(session: Any, context: object) -> None:
-        stream = await session.accept_stream()
-        await stream.send_all(await stream.receive_some())
-        await session.wait_closed()
-
-    async def main() -> None:
-        async with open_rpc_loop(), trio.open_nursery() as nursery:
-            cluster = os.path.dirname(certfile)  # internal gRPC is mutual TLS
-            mh_tls = cluster_tls(cluster, ServiceRole.MH).server_context()
-            mh_port = await nursery.start(
-                lambda task_status: serve_rpc(
-                    [rpc_service(MediaControlBase, StandInMH())],
-                    "127.0.0.1",
-                    0,
-                    tls=mh_tls,
-                    task_status=task_status,
-                )
-            )
-            settings = Settings(
-                port=0,
-                grpc_port=0,
-                ops_port=0,
-                certfile=certfile,
-                keyfile=keyfile,
-                **cluster_options(cluster, ServiceRole.MC),
-                join_public_key_file=pubkey,
-                media_handler=f"127.0.0.1:{mh_port}",
-                log_level="warning",
-            )
-            running = await nursery.start(
-                lambda task_status: serve_mc(
-                    settings, shutdown=trio.Event(), task_status=task_status
-                )
-            )
-            tls = TlsCredentials.from_files(certfile, keyfile)
-            echo_server = WebTransportServer(ServerConfig(tls=tls), {"/echo": Route(echo)})
-            _, echo_port = await nursery.start(echo_server.run)
-            print(
-                json.dumps(
-                    {
-                        "signal": running.signal_url,
-                        "grpc": running.grpc_address[1],
-                        "echo": f"https://127.0.0.1:{echo_port}/echo",
-                    }
-                ),
-                flush=True,
-            )
-            await trio.to_thread.run_sync(sys.stdin.readline)
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
-
-
-def _rss_kb(pid: int) -> int:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _cpu_s(pid: int) -> float:
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    import os
-
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 # --- the clients --------------------------------------------------------------------------
-async def run(
-    info: dict[str, Any],
-    pid: int,
-    sha: bytes,
-    key_pem: bytes,
-    quick: bool,
-    rounds: int,
-    cluster: str,
-) -> dict[str, Any]:
-    import trio
+class Clients:
+    """Joins and baseline connects against one server, on aioquic."""
 
-    from benchmarks._cluster import cluster_tls
-    from darktower.client._signaling import open_signaling
-    from darktower.model import MeetingId, Role
-    from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
-    from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
-    from darktower.protocol.tokens import JoinTokenIssuer, load_private_key_pem
-    from darktower.servicekit import ServiceRole
-    from darktower.transport import connect_webtransport
-    from darktower.transport.rpc import call, open_rpc_channel, open_rpc_loop
+    def __init__(self, server: Server, sha: bytes, key_pem: bytes) -> None:
+        from darktower.protocol.tokens import JoinTokenIssuer, load_private_key_pem
+        from darktower.transport import TransportLimits
 
-    issuer = JoinTokenIssuer(load_private_key_pem(key_pem))
-    hashes = [sha]
-    figures: dict[str, Any] = {}
+        self.server, self.core, self.info, self.hashes = server, server.core, server.info, [sha]
+        self.issuer = JoinTokenIssuer(load_private_key_pem(key_pem))
+        self.limits = TransportLimits(quic_core=CLIENT_QUIC_CORE)
 
-    async def join_once(meeting: str, out: list[float], hold: trio.Event | None = None) -> None:
-        token = issuer.issue(MeetingId(meeting), Role.GUEST, time.time())
+    def signaling(self, meeting: str) -> Any:
+        from darktower.client._signaling import open_signaling
+        from darktower.model import MeetingId, Role
+
+        token = self.issuer.issue(MeetingId(meeting), Role.GUEST, time.time())
+        return open_signaling(
+            self.info["signal"],
+            meeting_id=meeting,
+            join_token=token,
+            server_certificate_hashes=self.hashes,
+            limits=self.limits,
+        )
+
+    async def join_once(self, meeting: str, out: list[float], hold: Any = None) -> None:
         start = time.perf_counter()
-        async with open_signaling(
-            info["signal"], meeting_id=meeting, join_token=token, server_certificate_hashes=hashes
-        ):
+        async with self.signaling(meeting):
             out.append(time.perf_counter() - start)
             if hold is not None:
                 await hold.wait()
 
-    async def echo_once(out: list[float]) -> None:
+    async def echo_once(self, out: list[float]) -> None:
+        from darktower.transport import connect_webtransport
+
         start = time.perf_counter()
-        async with connect_webtransport(info["echo"], server_certificate_hashes=hashes) as session:
+        async with connect_webtransport(
+            self.info["echo"], server_certificate_hashes=self.hashes, limits=self.limits
+        ) as session:
             stream = await session.open_bidirectional_stream()
             await stream.send_all(b"ping")
             await stream.receive_some()
             out.append(time.perf_counter() - start)
 
-    async def concurrently(n: int, fn: Any) -> list[float]:
+    async def concurrently(self, n: int, fn: Any) -> list[float]:
+        import trio
+
         out: list[float] = []
         async with trio.open_nursery() as nursery:
             for i in range(n):
                 nursery.start_soon(fn, i, out)
         return out
 
-    gc_tls = cluster_tls(cluster, ServiceRole.GC).client_context()  # AssignMeeting: the GC's
-    async with open_rpc_loop(), open_rpc_channel("127.0.0.1", info["grpc"], tls=gc_tls) as channel:
-        stub = MeetingControlStub(channel)
-        for i in range(MEETINGS):
-            await call(
-                stub.AssignMeeting,
-                mtg_pb.AssignMeeting(
-                    meeting_id=f"m{i}", config=mtg_pb.MeetingConfig(max_participants=1000)
-                ),
-            )
-        await call(
-            stub.AssignMeeting,
-            mtg_pb.AssignMeeting(
-                meeting_id="fanout", config=mtg_pb.MeetingConfig(max_participants=1000)
-            ),
-        )
-        # warm-up
+    async def assign(self, cluster: str) -> None:
+        """The meetings, assigned as the GC would; then a warm-up."""
+        from benchmarks._cluster import cluster_tls
+        from darktower.protocol.pb.v1 import meeting_control_pb2 as mtg_pb
+        from darktower.protocol.pb.v1.meeting_control_grpc import MeetingControlStub
+        from darktower.servicekit import ServiceRole
+        from darktower.transport.rpc import call, open_rpc_channel
+
+        gc_tls = cluster_tls(cluster, ServiceRole.GC).client_context()  # AssignMeeting: the GC's
+        async with open_rpc_channel("127.0.0.1", self.info["grpc"], tls=gc_tls) as channel:
+            stub = MeetingControlStub(channel)
+            for meeting in [f"m{i}" for i in range(MEETINGS)] + ["fanout"]:
+                await call(
+                    stub.AssignMeeting,
+                    mtg_pb.AssignMeeting(
+                        meeting_id=meeting, config=mtg_pb.MeetingConfig(max_participants=1000)
+                    ),
+                )
         for _ in range(3):
-            await join_once("m0", [])
-            await echo_once([])
+            await self.join_once("m0", [])
+            await self.echo_once([])
 
-        # 3 + 4 first, on a fresh server (freed memory of earlier joins would hide the growth)
-        size = FANOUT // 4 if quick else FANOUT
-        await trio.sleep(SETTLE_S)
-        rss_before = _rss_kb(pid)
-        hold = trio.Event()
-        clients: list[Any] = []
 
-        async def idle(i: int, ready: trio.Event) -> None:
-            token = issuer.issue(MeetingId("fanout"), Role.GUEST, time.time())
-            async with open_signaling(
-                info["signal"],
-                meeting_id="fanout",
-                join_token=token,
-                server_certificate_hashes=hashes,
-            ) as client:
-                clients.append(client)
-                if len(clients) == size:
-                    ready.set()
-                await hold.wait()
+async def fanout_and_memory(c: Clients, size: int, quick: bool, figures: dict[str, Any]) -> None:
+    """Steps 3 and 4, on a fresh server (freed memory of earlier joins would hide the growth)."""
+    import trio
 
-        fan: list[float] = []
-        async with trio.open_nursery() as nursery:
-            ready = trio.Event()
-            for i in range(size):
-                nursery.start_soon(idle, i, ready)
-            await ready.wait()
-            rss_at_open = _rss_kb(pid)
-            # drain the ParticipantJoined of each other
-            for client in clients:
-                while True:
-                    with trio.move_on_after(0.05):
-                        await client.events.receive()
-                        continue
-                    break
-            await trio.sleep(SETTLE_S)
-            rss_after = _rss_kb(pid)
-            figures["memory_per_idle_session_kb"] = (rss_after - rss_before) / size
-            figures["memory_per_idle_session_at_open_kb"] = (rss_at_open - rss_before) / size
-            for _ in range(5 if quick else 20):
-                token = issuer.issue(MeetingId("fanout"), Role.GUEST, time.time())
-                async with open_signaling(
-                    info["signal"],
-                    meeting_id="fanout",
-                    join_token=token,
-                    server_certificate_hashes=hashes,
-                ) as joiner:
-                    t0 = time.perf_counter()
-                    last = 0.0
-                    for client in clients:
-                        while True:
-                            event = await client.events.receive()
-                            if event.WhichOneof("message") == "participant_joined":
-                                break
-                        last = time.perf_counter()
-                    fan.append(last - t0)
-                    await joiner.leave()
-                for client in clients:  # the ParticipantLeft of the joiner
+    pid = c.server.pid
+    await trio.sleep(SETTLE_S)
+    rss_before = rss_kb(pid)
+    hold = trio.Event()
+    clients: list[Any] = []
+
+    async def idle(ready: trio.Event) -> None:
+        async with c.signaling("fanout") as client:
+            clients.append(client)
+            if len(clients) == size:
+                ready.set()
+            await hold.wait()
+
+    fan: list[float] = []
+    async with trio.open_nursery() as nursery:
+        ready = trio.Event()
+        for _ in range(size):
+            nursery.start_soon(idle, ready)
+        await ready.wait()
+        rss_at_open = rss_kb(pid)
+        # drain the ParticipantJoined of each other
+        for client in clients:
+            while True:
+                with trio.move_on_after(0.05):
                     await client.events.receive()
-            hold.set()
-        for q, v in percentiles(fan).items():
-            figures[f"fanout_{size}_{q}_ms"] = v * 1000
-        print(
-            f"fan-out to {size}: p50 {figures[f'fanout_{size}_p50_ms']:.1f} ms;"
-            f" memory per idle session {figures['memory_per_idle_session_kb']:.0f} KB"
-            f" ({figures['memory_per_idle_session_at_open_kb']:.0f} KB right after the last joined)"
-        )
-        # 1. sequential, interleaved in rounds
+                    continue
+                break
+        await trio.sleep(SETTLE_S)
+        rss_after = rss_kb(pid)
+        figures["memory_per_idle_session_kb"] = (rss_after - rss_before) / size
+        figures["memory_per_idle_session_at_open_kb"] = (rss_at_open - rss_before) / size
+        for _ in range(5 if quick else 20):
+            async with c.signaling("fanout") as joiner:
+                t0 = time.perf_counter()
+                last = 0.0
+                for client in clients:
+                    while True:
+                        event = await client.events.receive()
+                        if event.WhichOneof("message") == "participant_joined":
+                            break
+                    last = time.perf_counter()
+                fan.append(last - t0)
+                await joiner.leave()
+            for client in clients:  # the ParticipantLeft of the joiner
+                await client.events.receive()
+        hold.set()
+    for q, v in percentiles(fan).items():
+        figures[f"fanout_{size}_{q}_ms"] = v * 1000
+    print(
+        f"[{c.server.core}] fan-out to {size}: p50 {figures[f'fanout_{size}_p50_ms']:.1f} ms;"
+        f" memory per idle session {figures['memory_per_idle_session_kb']:.0f} KB"
+        f" ({figures['memory_per_idle_session_at_open_kb']:.0f} KB right after the last joined)"
+    )
+
+
+async def run(
+    servers: list[Server], sha: bytes, key_pem: bytes, quick: bool, rounds: int, cluster: str
+) -> dict[str, dict[str, Any]]:
+    """Every step on every server; {core: figures}."""
+    from darktower.transport.rpc import open_rpc_loop
+
+    every = [Clients(s, sha, key_pem) for s in servers]
+    figures: dict[str, dict[str, Any]] = {s.core: {} for s in servers}
+    async with open_rpc_loop():
+        for c in every:
+            await c.assign(cluster)
+        for c in every:
+            await fanout_and_memory(c, FANOUT // 4 if quick else FANOUT, quick, figures[c.core])
+
+        # 1. sequential, interleaved in rounds (and between the cores: A B / B A)
         per_round = (SEQUENTIAL // 4 if quick else SEQUENTIAL) // rounds
-        seq_join: list[float] = []
-        seq_echo: list[float] = []
-        join_medians, echo_medians = [], []
-        for _ in range(rounds):
-            j: list[float] = []
-            e: list[float] = []
-            for _ in range(per_round):
-                await join_once("m0", j)
-            for _ in range(per_round):
-                await echo_once(e)
-            seq_join += j
-            seq_echo += e
-            join_medians.append(percentiles(j)["p50"])
-            echo_medians.append(percentiles(e)["p50"])
-        for name, samples in (("seq_join", seq_join), ("seq_baseline", seq_echo)):
-            for q, v in percentiles(samples).items():
-                figures[f"{name}_{q}_ms"] = v * 1000
-        figures.update(
-            {f"seq_p50_ratio_{k}": v for k, v in ratio_summary(join_medians, echo_medians).items()}
-        )
-        print(
-            f"sequential joins: {len(seq_join)}  p50 {figures['seq_join_p50_ms']:.1f} ms"
-            f"  p99 {figures['seq_join_p99_ms']:.1f} ms  (baseline p50 {figures['seq_baseline_p50_ms']:.1f} ms)"
-        )
+        seq: dict[str, dict[str, list[Any]]] = {
+            c.core: {"join": [], "echo": [], "join_p50": [], "echo_p50": []} for c in every
+        }
+        for i in range(rounds):
+            for c in round_order(every, i):
+                j: list[float] = []
+                e: list[float] = []
+                for _ in range(per_round):
+                    await c.join_once("m0", j)
+                for _ in range(per_round):
+                    await c.echo_once(e)
+                mine = seq[c.core]
+                mine["join"] += j
+                mine["echo"] += e
+                mine["join_p50"].append(percentiles(j)["p50"])
+                mine["echo_p50"].append(percentiles(e)["p50"])
 
-        # 2. concurrent, interleaved in rounds
+        # 2. concurrent, interleaved in rounds likewise
         n = CONCURRENT // 4 if quick else CONCURRENT
-        con_join: list[float] = []
-        con_echo: list[float] = []
-        j99, e99 = [], []
-        cpu_join = 0.0
-        for _ in range(rounds):
-            before = _cpu_s(pid)
-            j = await concurrently(n, lambda i, out: join_once(f"m{i % MEETINGS}", out))
-            cpu_join += _cpu_s(pid) - before
-            e = await concurrently(n, lambda i, out: echo_once(out))
-            con_join += j
-            con_echo += e
-            j99.append(percentiles(j)["p99"])
-            e99.append(percentiles(e)["p99"])
-        for name, samples in (("concurrent_join", con_join), ("concurrent_baseline", con_echo)):
-            for q, v in percentiles(samples).items():
-                figures[f"{name}_{q}_ms"] = v * 1000
-        figures.update({f"concurrent_p99_ratio_{k}": v for k, v in ratio_summary(j99, e99).items()})
-        figures["concurrent_join_server_cpu_ms_per_join"] = cpu_join / len(con_join) * 1000
-        print(
-            f"concurrent joins: {n} x {rounds}  p50 {figures['concurrent_join_p50_ms']:.1f} ms"
-            f"  p99 {figures['concurrent_join_p99_ms']:.1f} ms  (baseline p50"
-            f" {figures['concurrent_baseline_p50_ms']:.1f}, p99 {figures['concurrent_baseline_p99_ms']:.1f} ms)"
-        )
-
+        con: dict[str, dict[str, list[Any]]] = {
+            c.core: {"join": [], "echo": [], "join_p99": [], "echo_p99": [], "cpu": []}
+            for c in every
+        }
+        for i in range(rounds):
+            for c in round_order(every, i):
+                before = cpu_s(c.server.pid)
+                j = await c.concurrently(
+                    n, lambda i, out, c=c: c.join_once(f"m{i % MEETINGS}", out)
+                )
+                cpu = cpu_s(c.server.pid) - before
+                e = await c.concurrently(n, lambda i, out, c=c: c.echo_once(out))
+                mine = con[c.core]
+                mine["join"] += j
+                mine["echo"] += e
+                mine["join_p99"].append(percentiles(j)["p99"])
+                mine["echo_p99"].append(percentiles(e)["p99"])
+                mine["cpu"].append(cpu)
+    for core, f in figures.items():
+        _sequential_figures(core, seq[core], f)
+        _concurrent_figures(core, con[core], n, rounds, f)
     return figures
 
 
-async def baseline_memory(
-    info: dict[str, Any], pid: int, sha: bytes, size: int
-) -> tuple[float, float]:
+def _sequential_figures(core: str, seq: dict[str, list[Any]], figures: dict[str, Any]) -> None:
+    for name, samples in (("seq_join", seq["join"]), ("seq_baseline", seq["echo"])):
+        for q, v in percentiles(samples).items():
+            figures[f"{name}_{q}_ms"] = v * 1000
+    ratio = ratio_summary(seq["join_p50"], seq["echo_p50"])
+    figures.update({f"seq_p50_ratio_{k}": v for k, v in ratio.items()})
+    print(
+        f"[{core}] sequential joins: {len(seq['join'])}  p50 {figures['seq_join_p50_ms']:.1f} ms"
+        f"  p99 {figures['seq_join_p99_ms']:.1f} ms"
+        f"  (baseline p50 {figures['seq_baseline_p50_ms']:.1f} ms)"
+    )
+
+
+def _concurrent_figures(
+    core: str, con: dict[str, list[Any]], n: int, rounds: int, figures: dict[str, Any]
+) -> None:
+    for name, samples in (("concurrent_join", con["join"]), ("concurrent_baseline", con["echo"])):
+        for q, v in percentiles(samples).items():
+            figures[f"{name}_{q}_ms"] = v * 1000
+    ratio = ratio_summary(con["join_p99"], con["echo_p99"])
+    figures.update({f"concurrent_p99_ratio_{k}": v for k, v in ratio.items()})
+    figures["concurrent_join_server_cpu_ms_per_join"] = sum(con["cpu"]) / len(con["join"]) * 1000
+    print(
+        f"[{core}] concurrent joins: {n} x {rounds}  p50 {figures['concurrent_join_p50_ms']:.1f}"
+        f" ms  p99 {figures['concurrent_join_p99_ms']:.1f} ms  (baseline p50"
+        f" {figures['concurrent_baseline_p50_ms']:.1f}, p99"
+        f" {figures['concurrent_baseline_p99_ms']:.1f} ms);"
+        f" {figures['concurrent_join_server_cpu_ms_per_join']:.1f} ms server CPU per join"
+    )
+
+
+async def baseline_memory(server: Server, sha: bytes, size: int) -> tuple[float, float]:
     """RSS growth per idle bare WebTransport session (one stream open) on a fresh server:
     settled, and right after the last session opened."""
     import trio
 
-    from darktower.transport import connect_webtransport
+    from darktower.transport import TransportLimits, connect_webtransport
 
     hold = trio.Event()
     opened: list[int] = []
     all_open = trio.Event()
+    limits = TransportLimits(quic_core=CLIENT_QUIC_CORE)
 
     async def idle() -> None:
-        async with connect_webtransport(info["echo"], server_certificate_hashes=[sha]) as session:
+        async with connect_webtransport(
+            server.info["echo"], server_certificate_hashes=[sha], limits=limits
+        ) as session:
             stream = await session.open_bidirectional_stream()
             await stream.send_all(b"ping")
             await stream.receive_some()
@@ -375,40 +315,22 @@ async def baseline_memory(
         await idle()
     hold = trio.Event()
     await trio.sleep(SETTLE_S)
-    before = _rss_kb(pid)
+    before = rss_kb(server.pid)
     async with trio.open_nursery() as nursery:
         for _ in range(size):
             nursery.start_soon(idle)
         await all_open.wait()
-        at_open = _rss_kb(pid)
+        at_open = rss_kb(server.pid)
         await trio.sleep(SETTLE_S)
-        after = _rss_kb(pid)
+        after = rss_kb(server.pid)
         hold.set()
     return (after - before) / size, (at_open - before) / size
 
 
-def _spawn(certfile: str, keyfile: str, pubkey: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, __file__, "--serve", certfile, keyfile, pubkey],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _stop(server: subprocess.Popen[str]) -> None:
-    if server.poll() is None and server.stdin is not None:
-        server.stdin.write("\n")
-        server.stdin.flush()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-
-
 def main() -> None:
     p = parser(__doc__ or "")
-    p.add_argument("--serve", nargs=3, help=argparse_hidden())
+    add_quic_core(p)
+    p.add_argument("--serve", nargs=4, help=argparse_hidden())
     args = p.parse_args()
     if args.serve:
         serve(*args.serve)
@@ -418,6 +340,7 @@ def main() -> None:
     from darktower.protocol.tokens import generate_signing_key, private_key_pem, public_key_pem
     from darktower.transport import generate_dev_certificate
 
+    cores = quic_cores(args.quic_core)
     rounds = max(3, args.rounds or 3)
     tmp = tempfile.mkdtemp(prefix="dt-join-bench-")
     cert = generate_dev_certificate()
@@ -426,41 +349,42 @@ def main() -> None:
     key = generate_signing_key()
     pubkey = pathlib.Path(tmp) / "join.pub.pem"
     pubkey.write_bytes(public_key_pem(key))
-    baseline = _spawn(str(certfile), str(keyfile), str(pubkey))
-    try:
-        assert baseline.stdout is not None
-        base_info = json.loads(baseline.stdout.readline())
-        size = FANOUT // 4 if args.quick else FANOUT
-        base_kb, base_at_open_kb = trio.run(
-            baseline_memory, base_info, baseline.pid, cert.sha256, size
+    spawn = (str(certfile), str(keyfile), str(pubkey))
+    print(f"QUIC cores of the server under test: {', '.join(cores)} (clients: aioquic)")
+    base: dict[str, tuple[float, float]] = {}
+    for core in cores:
+        baseline = Server(*spawn, core)
+        try:
+            size = FANOUT // 4 if args.quick else FANOUT
+            base[core] = trio.run(baseline_memory, baseline, cert.sha256, size)
+        finally:
+            baseline.stop()
+        print(
+            f"[{core}] baseline: memory per idle bare WebTransport session {base[core][0]:.0f} KB"
+            f" ({base[core][1]:.0f} KB right after the last opened)"
         )
-    finally:
-        _stop(baseline)
-    print(
-        f"baseline: memory per idle bare WebTransport session {base_kb:.0f} KB"
-        f" ({base_at_open_kb:.0f} KB right after the last opened)"
-    )
-    server = _spawn(str(certfile), str(keyfile), str(pubkey))
+    servers: list[Server] = []
     try:
-        assert server.stdout is not None and server.stdin is not None
-        info = json.loads(server.stdout.readline())
+        for core in cores:
+            servers.append(Server(*spawn, core))
         started = time.monotonic()
-        figures = trio.run(
-            run, info, server.pid, cert.sha256, private_key_pem(key), args.quick, rounds, tmp
-        )
-        figures["elapsed_s"] = time.monotonic() - started
-        figures["goal_concurrent_p50_ms"] = 30
-        figures["goal_concurrent_p99_ms"] = 100
-        figures["goal_memory_per_idle_session_kb"] = 150
-        figures["baseline_memory_per_idle_session_kb"] = base_kb
-        figures["baseline_memory_per_idle_session_at_open_kb"] = base_at_open_kb
-        figures["memory_per_idle_session_ratio"] = figures["memory_per_idle_session_kb"] / base_kb
-        server.stdin.write("\n")
-        server.stdin.flush()
-        server.wait(timeout=30)
+        by_core = trio.run(run, servers, cert.sha256, private_key_pem(key), args.quick, rounds, tmp)
+        elapsed = time.monotonic() - started
     finally:
-        if server.poll() is None:
-            server.kill()
+        for server in servers:
+            server.stop()
+    figures: dict[str, Any] = {
+        "elapsed_s": elapsed,
+        "goal_concurrent_p50_ms": 30,
+        "goal_concurrent_p99_ms": 100,
+        "goal_memory_per_idle_session_kb": 150,
+    }
+    for core, mine in by_core.items():
+        base_kb, base_at_open_kb = base[core]
+        mine["baseline_memory_per_idle_session_kb"] = base_kb
+        mine["baseline_memory_per_idle_session_at_open_kb"] = base_at_open_kb
+        mine["memory_per_idle_session_ratio"] = mine["memory_per_idle_session_kb"] / base_kb
+        figures.update({core_prefix(core) + k: v for k, v in mine.items()})
     emit("join", figures)
 
 
