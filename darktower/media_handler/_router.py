@@ -254,10 +254,14 @@ class MediaRouter:
                     sub.blocked = False
                     self._lost(sub, (), now)
                 data = batch[0].payload if len(batch) == 1 else b"".join([i.payload for i in batch])
-                with trio.move_on_at(min(now + max_age, due)) as sending:
-                    await stream.send_all(data)
-                now = trio.current_time()
-                if sending.cancelled_caught:  # the subscriber does not read: start afresh
+                if not stream.try_send(data):  # (no reschedule: the loop parks once done)
+                    with trio.move_on_at(min(now + max_age, due)) as sending:
+                        await stream.send_all(data)
+                    now = trio.current_time()
+                    timed_out = sending.cancelled_caught
+                else:
+                    timed_out = False
+                if timed_out:  # the subscriber does not read: start afresh
                     lost = [Dropped(i, DropReason.STALE) for _, b in unacked for i in b]
                     lost.extend(Dropped(i, DropReason.STALE) for i in batch)
                     unacked.clear()

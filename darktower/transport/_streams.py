@@ -185,6 +185,20 @@ class StreamState:
                 view = view[chunk.nbytes :]
             await trio.lowlevel.cancel_shielded_checkpoint()
 
+    def try_send(self, data: bytes | bytearray | memoryview) -> bool:
+        """Write all of ``data`` now if the stream is below its high-water mark: True. False:
+        nothing was written (``send_all`` would wait). Raises as ``send_all`` does."""
+        with self._send_guard:
+            self._check_send()
+            if self.conn.unacked(self.stream_id) >= self.conn.limits.stream_send_high_water:
+                return False
+            view = memoryview(data)
+            while view.nbytes:
+                chunk = view[: _config.SEND_CHUNK]
+                self.conn.send_stream_data(self.stream_id, bytes(chunk), False)
+                view = view[chunk.nbytes :]
+            return True
+
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_guard:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -339,6 +353,13 @@ class WebTransportSendStream(_Base, trio.abc.SendStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._state.send_all(data)
+
+    def try_send(self, data: bytes | bytearray | memoryview) -> bool:
+        """``send_all`` without waiting and without a checkpoint (a sender that writes once
+        per wake-up saves its reschedules): True if all of ``data`` was written; False if the
+        stream's unacknowledged bytes are at the high-water mark (nothing written: then
+        ``send_all`` waits). Raises as ``send_all`` does."""
+        return self._state.try_send(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._state.wait_send_all_might_not_block()

@@ -78,6 +78,9 @@ class FakeStream:
     def when_sent(self, callback: Any) -> bool:
         return False  # no socket: the residence is not measured
 
+    def try_send(self, data: Any) -> bool:
+        return False  # every write goes through send_all, as this fake behaves
+
 
 class FakeSession:
     def __init__(self) -> None:

@@ -136,6 +136,9 @@ class SlowStream:
     def when_sent(self, callback: Any) -> bool:
         return False  # no socket: the residence is not measured
 
+    def try_send(self, data: Any) -> bool:
+        return False  # every write goes through send_all, as this fake behaves
+
 
 class SlowSession(Session):
     def __init__(self) -> None:

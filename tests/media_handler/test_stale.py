@@ -199,6 +199,9 @@ class UniStream:
     def when_sent(self, callback: Any) -> bool:
         return False  # no socket: the residence is not measured
 
+    def try_send(self, data: Any) -> bool:
+        return False  # every write goes through send_all, as this fake behaves
+
 
 class BufferingUniStream:
     """A uni stream as real QUIC has it below its send high-water mark: a send returns at once,
@@ -241,6 +244,9 @@ class BufferingUniStream:
 
     def when_sent(self, callback: Any) -> bool:
         return False  # no socket: the residence is not measured
+
+    def try_send(self, data: Any) -> bool:
+        return False  # every write goes through send_all, as this fake behaves
 
 
 class Session:

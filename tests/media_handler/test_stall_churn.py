@@ -105,6 +105,9 @@ class WindowedUniStream:
     def when_sent(self, callback: Any) -> bool:
         return False  # no socket: the residence is not measured
 
+    def try_send(self, data: Any) -> bool:
+        return False  # every write goes through send_all, as this fake behaves
+
 
 class ChurnSession(Session):
     """A subscriber's session whose uni-stream credit the test grants, and whose opens may be
