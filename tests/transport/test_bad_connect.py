@@ -13,6 +13,7 @@ from darktower.transport import (
     Route,
     SessionRefused,
     TlsCredentials,
+    TransportLimits,
     WebTransportSession,
     connect_webtransport,
     open_quic_connection,
@@ -22,6 +23,9 @@ from darktower.transport import (
 from .conftest import start_server
 
 H3_MESSAGE_ERROR = 0x10E
+# The raw requests are written by aioquic whatever the server's core: qh3 2.1's QPACK encoder
+# refuses (panics on) some of them, and it is the server that is under test.
+RAW_CLIENT = TransportLimits(quic_core="aioquic")
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -41,9 +45,11 @@ async def raw_request(conn: Connection, headers: Headers, *, end_stream: bool = 
     answered = trio.Event()
     status = 0
 
+    headers_received = conn.core.h3_events.HeadersReceived  # the chosen core's class
+
     def on_event(event: h3e.H3Event | None) -> None:
         nonlocal status
-        if isinstance(event, h3e.HeadersReceived):
+        if isinstance(event, headers_received):
             status = int(dict(event.headers).get(b":status", b"0"))
             answered.set()
         elif event is None:
@@ -110,7 +116,7 @@ async def test_bad_connect_400_then_sessions_still_open(
         server, base = await start_server(nursery, dev_cert, {"/echo": Route(_echo)})
         port = int(base.rsplit(":", 1)[1])
         async with open_quic_connection(
-            "127.0.0.1", port, server_certificate_hashes=[dev_cert.sha256]
+            "127.0.0.1", port, server_certificate_hashes=[dev_cert.sha256], limits=RAW_CLIENT
         ) as conn:
             assert await raw_request(conn, connect_headers(port, **override)) == 400
             # the same connection goes on ...
@@ -150,7 +156,7 @@ async def test_many_bad_connects_on_one_connection(dev_cert: TlsCredentials) -> 
         server, base = await start_server(nursery, dev_cert, {"/echo": Route(_echo)})
         port = int(base.rsplit(":", 1)[1])
         async with open_quic_connection(
-            "127.0.0.1", port, server_certificate_hashes=[dev_cert.sha256]
+            "127.0.0.1", port, server_certificate_hashes=[dev_cert.sha256], limits=RAW_CLIENT
         ) as conn:
             for override in BAD_CONNECTS.values():
                 assert await raw_request(conn, connect_headers(port, **override)) == 400

@@ -8,6 +8,7 @@ import trio
 from darktower.transport import Route, TlsCredentials, WebTransportSession, WebTransportStream
 
 from .._browser import run_page_script, serve_pages
+from ._cores import aioquic_only
 from .conftest import start_server
 
 pytestmark = pytest.mark.browser
@@ -49,6 +50,10 @@ async ({url, hash}) => {
 """
 
 
+@aioquic_only(
+    "qh3 2.1's core addresses a client whose Source Connection ID is empty (Chromium's) by its "
+    "original Destination Connection ID: the browser never gets the server's Initial"
+)
 async def test_browser_webtransport_session(dev_cert: TlsCredentials) -> None:
     seen: dict[str, object] = {}
     ended = trio.Event()

@@ -130,8 +130,12 @@ async def test_datagram_receive_queue_drops_oldest(dev_cert: TlsCredentials) -> 
                 b"8",
                 b"9",
             ]
-            # The send queue is bounded the same way (oldest unsent dropped, counted).
+            # The send queue is bounded the same way (oldest unsent dropped, counted); qh3 2.1
+            # keeps no DATAGRAM queue (each leaves at the next flush), so nothing drops there.
             conn = session._conn
+            if conn.core.name == "qh3":
+                nursery.cancel_scope.cancel()
+                return
             for i in range(10):  # no checkpoint in between: nothing is flushed meanwhile
                 session.send_datagram(b"%d" % i)
             assert conn.datagrams_dropped == 6

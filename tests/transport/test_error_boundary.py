@@ -41,11 +41,12 @@ async def _echo_once(conn: Connection, port: int) -> None:
 
 
 def _server_side(server: WebTransportServer, client: Connection) -> Connection:
-    """The server's connection for ``client`` (matched by the client's connection IDs)."""
+    """The server's connection for ``client`` (matched by the client's original Destination
+    Connection ID, which either core keeps)."""
     assert server.endpoint is not None
-    for cid in [*client.quic._peer_cid_available, client.quic._peer_cid]:  # type: ignore[attr-defined]
-        conn = server.endpoint.by_cid.get(cid.cid)
-        if conn is not None:
+    odcid = client.quic._original_destination_connection_id
+    for conn in server.endpoint.connections:
+        if conn.quic._original_destination_connection_id == odcid:
             return conn
     raise AssertionError("no server connection for this client")
 

@@ -17,6 +17,7 @@ from darktower.transport import (
     Connection,
     Route,
     TlsCredentials,
+    TransportLimits,
     WebTransportServer,
     WebTransportSession,
     connect_webtransport,
@@ -190,14 +191,23 @@ async def test_fuzz_http3_on_real_connections(dev_cert: TlsCredentials) -> None:
         done = 0
         while done < cases:
             async with open_quic_connection(
-                "127.0.0.1", port, server_certificate_hashes=[dev_cert.sha256]
+                "127.0.0.1",
+                port,
+                server_certificate_hashes=[dev_cert.sha256],
+                # aioquic writes the garbage whatever the server's core: qh3 2.1's QPACK
+                # encoder panics on some of it, and it is the server that is under test.
+                limits=TransportLimits(quic_core="aioquic"),
             ) as conn:
                 while done < cases and not conn.terminated.is_set():
                     done += 1
                     try:
                         with trio.move_on_after(2):
                             await _fuzz_one(rng, conn, port)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+                    except (
+                        trio.BrokenResourceError,
+                        trio.ClosedResourceError,
+                        *conn.core.stream_errors,
+                    ):
                         pass  # the server refused or closed: expected for garbage
                     await trio.testing.wait_all_tasks_blocked(0.01)
                 reconnects += 1

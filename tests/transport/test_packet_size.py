@@ -18,6 +18,7 @@ from darktower.transport import (
     connect_webtransport,
 )
 
+from ._cores import aioquic_only
 from .conftest import start_server
 
 PAYLOAD = 256 * 1024
@@ -46,7 +47,15 @@ async def _receive(base: str, cert: TlsCredentials, limits: TransportLimits) -> 
         return session.transport_stats().datagrams_received
 
 
-@pytest.mark.parametrize("large", [True, False])
+@pytest.mark.parametrize(
+    "large",
+    [
+        pytest.param(
+            True, marks=aioquic_only("qh3 2.1 fixes the packet size when its core is created")
+        ),
+        False,
+    ],
+)
 async def test_a_loopback_client_that_asks_receives_large_packets(
     dev_cert: TlsCredentials, large: bool
 ) -> None:
@@ -62,6 +71,7 @@ async def test_a_loopback_client_that_asks_receives_large_packets(
         assert datagrams >= at_1200
 
 
+@aioquic_only("qh3 2.1 has no ACK delay setting")
 async def test_a_client_with_an_ack_delay_sends_fewer_acks(dev_cert: TlsCredentials) -> None:
     """Forty messages 5 ms apart (_paced): acked one by one at once, a few at a time with a
     25 ms ACK delay."""
