@@ -102,6 +102,7 @@ def _qh3_core() -> QuicCore:
 
     # qh3 logs every CONNECTION_CLOSE from a peer at WARNING: each client leaving would.
     logging.getLogger("quic").setLevel(logging.ERROR)
+    _quic_qh3.warm_up()
     return QuicCore(
         name="qh3",
         connection_class=_quic_qh3.Qh3Connection,

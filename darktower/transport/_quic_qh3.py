@@ -29,6 +29,7 @@ from collections import deque
 from typing import Any
 
 import qh3.quic.connection as _qc
+from qh3 import _hazmat
 from qh3.h3.connection import H3Connection as _H3Connection
 from qh3.h3.connection import Setting
 from qh3.quic.configuration import QuicConfiguration
@@ -270,6 +271,13 @@ class Qh3H3Connection(_H3Connection):
         settings: dict[int, int] = super()._get_local_settings()
         settings[Setting.ENABLE_CONNECT_PROTOCOL] = 1
         return settings
+
+
+def warm_up() -> None:
+    """qh3's native crypto initialises itself on the first key exchange of the process (about
+    40 ms on a two-core machine): done once when the core is loaded, not in the first
+    handshake a client waits for."""
+    _hazmat.X25519KeyExchange().public_key()
 
 
 def qh3_configuration(

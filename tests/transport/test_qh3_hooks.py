@@ -87,6 +87,13 @@ def test_h3_settings_hook() -> None:
     assert h3._get_local_settings()[Setting.ENABLE_CONNECT_PROTOCOL] == 1
 
 
+def test_native_crypto_warm_up() -> None:
+    # _quic_qh3.warm_up makes one key exchange when the qh3 core is loaded.
+    from darktower.transport._quic_qh3 import warm_up
+
+    warm_up()
+
+
 def test_pem_credentials_load() -> None:
     cert = generate_dev_certificate()
     config = QuicConfiguration(is_client=False)
