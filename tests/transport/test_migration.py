@@ -31,7 +31,7 @@ from darktower.transport import (
     connect_webtransport,
 )
 
-from ._cores import aioquic_only
+from ._cores import ON_QH3
 from .conftest import start_server, wait_until
 
 MESSAGES = 60
@@ -83,6 +83,8 @@ class PathWatch:
     @staticmethod
     def _validated(endpoint: Endpoint, addr: Any) -> bool:
         for conn in endpoint.connections:
+            if conn.core.name == "qh3":
+                return True  # qh3 2.1 exposes no path validation state: nothing is counted
             for path in conn.quic._network_paths:
                 if path.addr == addr:
                     return path.is_validated
@@ -142,7 +144,6 @@ def _server_connection(server: WebTransportServer) -> Connection:
     return conn
 
 
-@aioquic_only("qh3 2.1 exposes no per-path validation state (only its active path)")
 @pytest.mark.parametrize("new_connection_id", [True, False], ids=["network-switch", "nat"])
 async def test_client_rebinds_its_socket_mid_session(
     dev_cert: TlsCredentials, new_connection_id: bool
@@ -178,16 +179,18 @@ async def test_client_rebinds_its_socket_mid_session(
             lost = set(range(MESSAGES)) - datagrams
             assert len(lost) <= in_flight, (lost, in_flight)
             assert conn.peer_address == new_peer
-            assert conn.quic._network_paths[0].is_validated
-            # Anti-amplification: never more than 3x what the new path sent before it was
-            # validated (RFC 9000 section 8).
             assert watch.received[new_peer] > 0
-            assert watch.sent_unvalidated[new_peer] <= 3 * watch.received_unvalidated[new_peer]
+            if not ON_QH3:  # qh3 2.1 exposes no path validation state (docs/decisions.md)
+                assert conn.quic._network_paths[0].is_validated
+                # Anti-amplification: never more than 3x what the new path sent before it was
+                # validated (RFC 9000 section 8).
+                assert watch.sent_unvalidated[new_peer] <= 3 * watch.received_unvalidated[new_peer]
             if new_connection_id:
                 # The client moved to a connection id the server issued after the handshake
                 # and retired the one it used: the server forgets it.
-                assert conn.quic.host_cid != old_cid
-                assert server.endpoint.by_cid[conn.quic.host_cid] is conn
+                if not ON_QH3:  # qh3's facade keeps its first host_cid
+                    assert conn.quic.host_cid != old_cid
+                    assert server.endpoint.by_cid[conn.quic.host_cid] is conn
                 await wait_until(lambda: old_cid not in conn.cids, "the old connection id retired")
                 assert old_cid not in server.endpoint.by_cid
             else:
@@ -233,7 +236,6 @@ async def test_a_server_session_cannot_migrate(dev_cert: TlsCredentials) -> None
         nursery.cancel_scope.cancel()
 
 
-@aioquic_only("qh3 2.1 exposes no per-path validation state (only its active path)")
 async def test_a_nat_rebinding_through_the_proxy_keeps_the_session(
     dev_cert: TlsCredentials,
 ) -> None:
@@ -264,8 +266,10 @@ async def test_a_nat_rebinding_through_the_proxy_keeps_the_session(
                 # What the server sent to the old port after the rebinding is lost too.
                 assert len(lost) <= in_flight + 2, (lost, in_flight)
                 assert conn.peer_address == new_peer
-                assert conn.quic._network_paths[0].is_validated
-                assert watch.sent_unvalidated[new_peer] <= 3 * watch.received_unvalidated[new_peer]
+                if not ON_QH3:  # qh3 2.1 exposes no path validation state
+                    assert conn.quic._network_paths[0].is_validated
+                    sent = watch.sent_unvalidated[new_peer]
+                    assert sent <= 3 * watch.received_unvalidated[new_peer]
         nursery.cancel_scope.cancel()
 
 
@@ -285,9 +289,6 @@ class Pusher:
             await trio.sleep(PACE_S)
 
 
-@aioquic_only(
-    "qh3 2.1 exposes no per-path validation state (only its active path) and no bytes-in-flight on the facade"
-)
 async def test_a_receive_only_client_moves_the_server_after_a_nat_rebinding(
     dev_cert: TlsCredentials,
 ) -> None:
@@ -312,7 +313,8 @@ async def test_a_receive_only_client_moves_the_server_after_a_nat_rebinding(
                         await session.receive_datagram()
                     pusher.on = False
                     await wait_until(
-                        lambda: conn.quic._loss.bytes_in_flight == 0, "every packet acknowledged"
+                        lambda: conn.transport_stats().bytes_in_flight == 0,
+                        "every packet acknowledged",
                     )
                     (old_peer,) = proxy.upstream_addresses
                     await proxy.rebind()
