@@ -1,11 +1,10 @@
-"""One QUIC connection: aioquic's sans-IO core driven by one trio task that owns its timer.
+"""One QUIC connection: a sans-IO QUIC core driven by one trio task that owns its timer.
 
 The endpoint's reader feeds datagrams in and flushes each touched connection once per batch
-(``after_receive``); application calls only mark the connection for a flush and wake its task,
-so writes made in one tick leave in one batch of packets (or, with ``delay_sends``, at its
-time). WebTransport data never goes through ``H3Connection``: ``_routing.py`` routes it around
-(docs/decisions.md, "aioquic internals touched"). Deadlines are kept by ``_deadlines.py``.
-"""
+(``after_receive``); application calls only mark the connection for the endpoint's flusher
+(``_flusher.py``), so writes made in one tick leave in one batch of packets (or, with
+``delay_sends``, at its time). WebTransport data never goes through ``H3Connection``:
+``_routing.py`` routes it around (docs/decisions.md, "aioquic internals touched")."""
 
 from __future__ import annotations
 
@@ -16,10 +15,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from aioquic.h3 import events as h3e
 from aioquic.h3.connection import H3Connection
-from aioquic.quic.connection import (
-    NetworkAddress,
-    stream_is_unidirectional,
-)
+from aioquic.quic.connection import NetworkAddress, stream_is_unidirectional
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ._config import MAX_SEND_DELAY_S, TransportLimits
@@ -151,14 +147,12 @@ class Connection:
 
     async def _timer_loop(self) -> None:
         while not self.terminated.is_set():
+            # It wakes for timers only; writes are flushed by the endpoint's flusher.
             with trio.CancelScope(deadline=self.deadlines.next(self._timer_at)) as scope:
                 self._wake_scope = scope
-                if self.flush_pending and self._flush_due is None:
-                    await trio.lowlevel.checkpoint()
-                else:
-                    if self._flush_due is not None:
-                        scope.deadline = min(scope.deadline, self._flush_due)
-                    await trio.sleep_forever()
+                if self._flush_due is not None:  # a held flush (delay_sends)
+                    scope.deadline = min(scope.deadline, self._flush_due)
+                await trio.sleep_forever()
             self._wake_scope = None
             try:
                 self._on_wake(trio.current_time())
@@ -316,8 +310,17 @@ class Connection:
                 due = self._flush_due = trio.current_time() + self.send_delay_s
                 if self._wake_scope is not None and due < self._wake_scope.deadline:
                     self._wake_scope.deadline = due
-            elif self._wake_scope is not None:
-                self._wake_scope.cancel()
+            else:
+                self.endpoint.flusher.schedule(self)
+
+    def flush_scheduled(self) -> None:
+        """The flush schedule_flush asked for, from the endpoint's flusher (unless one ran
+        since, or the connection ended); an error closes this connection only (see fail)."""
+        if self.flush_pending and self._flush_due is None and not self.terminated.is_set():
+            try:  # (the timer task flushes a held one)
+                self.flush()
+            except Exception as exc:
+                self.fail(exc)
 
     def after_receive(self) -> None:
         """Datagrams were handed in: their events, then a flush (or the delayed one)."""

@@ -44,6 +44,7 @@ from ._admission import Admission, Admit
 from ._config import MAX_UDP_PAYLOAD, RECEIVE_BATCH, TransportLimits
 from ._connection import Connection
 from ._core import load_core
+from ._flusher import Flusher
 from ._quic import CreditedQuicConnection
 from ._udp import (
     GSO_UNAVAILABLE,
@@ -136,6 +137,7 @@ class Endpoint:
             else Admission(limits, server_configuration.supported_versions, self.counters)
         )
         self.send_errors = 0
+        self.flusher = Flusher()  # sends what the connections wrote, once per tick
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self.heap_trims = 0
@@ -168,6 +170,7 @@ class Endpoint:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self.flusher.run)
                 if self._server_configuration is not None:
                     nursery.start_soon(self._trim_heap_loop)
                 task_status.started(self.local_address)
