@@ -252,6 +252,7 @@ async def open_signaling(
     origin: str | None = None,
     resume_token: str = "",
     capabilities: sig.ParticipantCapabilities | None = None,
+    local_host: str | None = None,
 ) -> AsyncIterator[SignalingClient]:
     """Connect to the MC at ``url``, join, and yield the joined :class:`SignalingClient`.
 
@@ -263,7 +264,8 @@ async def open_signaling(
     transcode for it and hold it to its ``max_video_streams`` (docs/protocol.md §2.2).
     ``e2ee_key_pair`` (or its raw ``e2ee_public_key``) is the participant's X25519 key for
     end-to-end encryption, required by an encrypted meeting (docs/protocol.md §16): the
-    client's ``key_pair``; a :class:`MeetingSession` on this client uses it.
+    client's ``key_pair``; a :class:`MeetingSession` on this client uses it. ``local_host``
+    binds the client's socket to that address (a load test's clients as many hosts).
 
     Owns the WebTransport session and the reader task; leaving the block closes the session
     (without a LeaveRequest: call :meth:`SignalingClient.leave` for a clean leave). Raises
@@ -271,7 +273,11 @@ async def open_signaling(
     (with ``reason`` set if the MC refused it with a SessionEnded, e.g. KICKED for a resume).
     """
     async with connect_webtransport(
-        url, server_certificate_hashes=server_certificate_hashes, limits=limits, origin=origin
+        url,
+        server_certificate_hashes=server_certificate_hashes,
+        limits=limits,
+        origin=origin,
+        local_host=local_host,
     ) as session:
         stream = await session.open_bidirectional_stream()
         client = SignalingClient(session, stream, e2ee_key_pair)

@@ -32,12 +32,15 @@ async def open_quic_connection(
     cafile: str | None = None,
     verify: bool = True,
     limits: TransportLimits | None = None,
+    local_host: str | None = None,
 ) -> AsyncIterator[Connection]:
     """A client QUIC+HTTP/3 connection on its own UDP socket; closed on exit.
 
     Owns the socket, the reader and the connection task. ``server_certificate_hashes`` pins
     the server's certificate by SHA-256 (as the browser's ``serverCertificateHashes``) instead
-    of CA verification. Raises ConnectFailed when the handshake fails or times out.
+    of CA verification; ``local_host`` binds the socket to that address (a load test's clients
+    on many loopback addresses, as many hosts). Raises ConnectFailed when the handshake fails
+    or times out.
     """
     limits = limits or TransportLimits()
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
@@ -50,7 +53,8 @@ async def open_quic_connection(
         cafile=cafile,
         verify=verify and not pinned,
     )
-    sock = make_udp_socket("::" if family == socket.AF_INET6 else "0.0.0.0", 0)
+    any_host = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    sock = make_udp_socket(local_host or any_host, 0)
     endpoint = Endpoint(sock, limits)
     try:
         async with trio.open_nursery() as nursery:
@@ -158,6 +162,7 @@ async def connect_webtransport(
     origin: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
     limits: TransportLimits | None = None,
+    local_host: str | None = None,
 ) -> AsyncIterator[WebTransportSession]:
     """Open a WebTransport session at ``url`` (``https://host:port/path?query``).
 
@@ -165,6 +170,7 @@ async def connect_webtransport(
     (or ``ErrorCode.INTERNAL_ERROR`` if the body raised) and the connection is closed.
     Raises ConnectFailed, SessionRefused (status on ``.status``). If the peer closes the
     session the body is not cancelled: session and stream calls raise SessionClosed.
+    ``local_host``: as for ``open_quic_connection``.
     """
     split = urllib.parse.urlsplit(url)
     if split.scheme != "https" or split.hostname is None:
@@ -180,6 +186,7 @@ async def connect_webtransport(
         cafile=cafile,
         verify=verify,
         limits=limits,
+        local_host=local_host,
     ) as conn:
         session = await open_session(conn, split.netloc, target, origin=origin, headers=headers)
         code, reason = 0, ""
