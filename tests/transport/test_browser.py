@@ -8,7 +8,7 @@ import trio
 from darktower.transport import Route, TlsCredentials, WebTransportSession, WebTransportStream
 
 from .._browser import run_page_script, serve_pages
-from ._cores import aioquic_only
+from ._cores import ON_QH3
 from .conftest import start_server
 
 pytestmark = pytest.mark.browser
@@ -50,9 +50,14 @@ async ({url, hash}) => {
 """
 
 
-@aioquic_only(
-    "qh3 2.1's core addresses a client whose Source Connection ID is empty (Chromium's) by its "
-    "original Destination Connection ID: the browser never gets the server's Initial"
+# On qh3 it runs and must fail (strict): qh3 2.1's core addresses a client whose Source
+# Connection ID is empty (Chromium's) by its original Destination Connection ID, so the browser
+# never gets the server's Initial (docs/decisions.md, "qh3 is an optional QUIC core"). A qh3
+# that fixes it makes this test pass, and the suite says so.
+@pytest.mark.xfail(
+    ON_QH3,
+    strict=True,
+    reason="qh3 2.1: Chromium cannot finish a handshake with a qh3 server (empty client SCID)",
 )
 async def test_browser_webtransport_session(dev_cert: TlsCredentials) -> None:
     seen: dict[str, object] = {}
