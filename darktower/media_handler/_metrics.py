@@ -66,6 +66,11 @@ class MediaMetrics:
             "each subscriber (on the qh3 core: to the end of the first flush after its write)",
             buckets=RESIDENCE_BUCKETS_S,
         )
+        self.residence_unmeasured = registry.counter(
+            "darktower_mh_frame_residence_unmeasured_total",
+            "frames sent whose residence was not measured (their connection had 256 writes "
+            "waiting to leave: the slowest, missing from the histogram)",
+        )
         self.telemetry_dropped = registry.counter(
             "darktower_mh_telemetry_dropped_total", "telemetry events dropped (MC too slow)"
         )

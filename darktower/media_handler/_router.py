@@ -281,7 +281,8 @@ class MediaRouter:
                     due = batch[0].received_at + max_age
                 for item in batch:
                     stats.on_sent(item.size, now)
-                stream.when_sent(functools.partial(metrics.sent, batch))  # the residence
+                if not stream.when_sent(functools.partial(metrics.sent, batch)):  # residence
+                    metrics.residence_unmeasured.inc(len(batch))
                 metrics.frames_forwarded.inc(len(batch))
                 metrics.bytes_forwarded.inc(size)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

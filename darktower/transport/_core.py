@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import os
 from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -100,8 +101,9 @@ def _qh3_core() -> QuicCore:
     from . import _quic_qh3
     from ._routing import event_handlers
 
-    # qh3 logs every CONNECTION_CLOSE from a peer at WARNING: each client leaving would.
-    logging.getLogger("quic").setLevel(logging.ERROR)
+    # qh3 logs every CONNECTION_CLOSE from a peer at WARNING: each client leaving would. Its
+    # logger is aioquic's ("quic"): only qh3's own records below ERROR are dropped.
+    logging.getLogger("quic").addFilter(_quiet_qh3)
     _quic_qh3.warm_up()
     return QuicCore(
         name="qh3",
@@ -120,3 +122,8 @@ def _qh3_core() -> QuicCore:
 
 def _no_counters(quic: Any) -> None:
     """qh3 counts losses natively (read by read_qh3_stats)."""
+
+
+def _quiet_qh3(record: logging.LogRecord) -> bool:
+    """The "quic" logger's filter once qh3 is loaded: qh3's records below ERROR go."""
+    return record.levelno >= logging.ERROR or f"{os.sep}qh3{os.sep}" not in record.pathname

@@ -21,15 +21,20 @@ if TYPE_CHECKING:
 class Flusher:
     """Connections with a flush due, and the task that flushes them (``run``)."""
 
-    __slots__ = ("_due", "_task", "wakes")
+    __slots__ = ("_due", "_stopped", "_task", "wakes")
 
     def __init__(self) -> None:
-        self._due: list[Connection] = []  # each at most once: Connection.flush_pending
+        # Connections asked for (once per flush_pending; one flushed meanwhile may be asked
+        # again, and is flushed once: flush_scheduled checks).
+        self._due: list[Connection] = []
         self._task: trio.lowlevel.Task | None = None  # parked, waiting for a connection
+        self._stopped = False  # the endpoint stopped: connections send their last themselves
         self.wakes = 0
 
     def schedule(self, conn: Connection) -> None:
         """Flush ``conn`` in the next tick (called once per flush it asks for)."""
+        if self._stopped:
+            return
         self._due.append(conn)
         task = self._task
         if task is not None:
@@ -38,16 +43,22 @@ class Flusher:
             trio.lowlevel.reschedule(task)
 
     async def run(self) -> None:
-        """Owned by the endpoint's nursery; flushes until cancelled."""
-        while True:
-            if self._due:  # (asked while it flushed, or before it started): after the others
-                await trio.lowlevel.checkpoint()
-            else:
-                self._task = trio.lowlevel.current_task()
-                await trio.lowlevel.wait_task_rescheduled(self._abort)
-            due, self._due = self._due, []
-            for conn in due:
-                conn.flush_scheduled()
+        """Owned by the endpoint's nursery; flushes until cancelled (then each connection's
+        own task sends its last packets)."""
+        try:
+            while True:
+                if self._due:  # (asked while it flushed, or before it started): after the rest
+                    await trio.lowlevel.checkpoint()
+                else:
+                    self._task = trio.lowlevel.current_task()
+                    await trio.lowlevel.wait_task_rescheduled(self._abort)
+                due, self._due = self._due, []
+                for conn in due:
+                    conn.flush_scheduled()
+        finally:
+            self._stopped = True  # nothing keeps a connection once the endpoint stops
+            self._due = []
+            self._task = None
 
     def _abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
         self._task = None

@@ -70,6 +70,7 @@ class StreamState:
         self._recv_guard = _Guard("receiving on")
         # send side
         self.send_closed = not writable  # by us: FIN or reset
+        self.send_reset = False  # by us: reset (what was written will not all leave)
         self.send_error: BaseException | None = None
         self._send_wait: trio.Event | None = None
         self._send_guard = _Guard("sending on")
@@ -186,13 +187,17 @@ class StreamState:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     def try_send(self, data: bytes | bytearray | memoryview) -> bool:
-        """Write all of ``data`` now if the stream is below its high-water mark: True. False:
-        nothing was written (``send_all`` would wait). Raises as ``send_all`` does."""
+        """Write all of ``data`` now if the stream is below its high-water mark and stays
+        within a chunk of it: True. False: nothing was written (``send_all`` would wait).
+        Raises as ``send_all`` does."""
         with self._send_guard:
             self._check_send()
-            if self.conn.unacked(self.stream_id) >= self.conn.limits.stream_send_high_water:
-                return False
             view = memoryview(data)
+            # No further beyond the mark than send_all goes (its last chunk).
+            high_water = self.conn.limits.stream_send_high_water
+            unacked = self.conn.unacked(self.stream_id)
+            if unacked >= high_water or unacked + view.nbytes > high_water + _config.SEND_CHUNK:
+                return False
             while view.nbytes:
                 chunk = view[: _config.SEND_CHUNK]
                 self.conn.send_stream_data(self.stream_id, bytes(chunk), False)
@@ -215,7 +220,7 @@ class StreamState:
 
     def reset(self, code: int) -> None:
         if not self.send_closed:
-            self.send_closed = True
+            self.send_closed = self.send_reset = True
             self.conn.reset_stream(self.stream_id, code_to_h3(code))
             self._send_done()
             self._wake_sender()
@@ -357,8 +362,9 @@ class WebTransportSendStream(_Base, trio.abc.SendStream):
     def try_send(self, data: bytes | bytearray | memoryview) -> bool:
         """``send_all`` without waiting and without a checkpoint (a sender that writes once
         per wake-up saves its reschedules): True if all of ``data`` was written; False if the
-        stream's unacknowledged bytes are at the high-water mark (nothing written: then
-        ``send_all`` waits). Raises as ``send_all`` does."""
+        stream's unacknowledged bytes are at the high-water mark, or would pass it by more
+        than ``send_all`` lets them (nothing written: then ``send_all`` waits). Raises as
+        ``send_all`` does."""
         return self._state.try_send(data)
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -384,7 +390,7 @@ class WebTransportSendStream(_Base, trio.abc.SendStream):
         reset or gone first. False: refused (too many waiting on the connection; _sent.py)."""
         conn = self._state.conn
         return conn.sent_watch.add(
-            conn.quic, self._state.stream_id, callback, trio.current_time(), conn.flush_pending
+            conn.quic, self._state, callback, trio.current_time(), conn.flush_pending
         )
 
     @property

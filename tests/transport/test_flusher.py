@@ -8,6 +8,7 @@ import contextlib
 from typing import Any
 
 import trio
+import trio.testing
 
 from darktower.transport import (
     Route,
@@ -124,3 +125,17 @@ async def test_a_flush_that_raises_closes_its_connection_only(
     assert server.endpoint.counters["peer_error:RuntimeError"] == 1
     assert arrivals[0] is None
     assert arrivals[1:] == [writers.written_at] * (CLIENTS - 1)
+
+
+async def test_a_stopped_flusher_keeps_no_connection() -> None:
+    """Once the endpoint stops, what is asked is left to each connection's own last flush:
+    the flusher holds nothing (a stopped server object keeps no connection alive)."""
+    from darktower.transport._flusher import Flusher
+
+    flusher = Flusher()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flusher.run)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    flusher.schedule(object())  # type: ignore[arg-type]
+    assert flusher._due == []

@@ -1,7 +1,7 @@
 """WebTransportSendStream.try_send: a write that does not wait (the MH's subscriptions write
 once per wake-up with it, docs/architecture.md §5.1). It writes everything or nothing: below the
-stream's high-water mark all of it, at the mark nothing (then send_all would wait); it raises as
-send_all does. Real QUIC on 127.0.0.1, trio's autojump clock."""
+stream's high-water mark all of it (within a chunk of it), at the mark nothing (then send_all
+would wait); it raises as send_all does. Real QUIC on 127.0.0.1, trio's autojump clock."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from darktower.transport import (
     WebTransportSession,
     connect_webtransport,
 )
+from darktower.transport._config import SEND_CHUNK
 
 from .conftest import start_server
 
@@ -32,6 +33,8 @@ async def test_try_send_writes_all_below_the_mark_and_nothing_at_it(
 
     async def writer(session: WebTransportSession, context: object) -> None:
         stream = await session.open_unidirectional_stream()
+        # More than a chunk beyond the mark: nothing (send_all would stop there and wait).
+        results.append(stream.try_send(b"z" * (HIGH_WATER + SEND_CHUNK + 1)))
         results.append(stream.try_send(b"a" * 3000))  # below the mark: all of it
         results.append(stream.try_send(b"b" * (2 * HIGH_WATER)))  # crosses it: all of it
         results.append(stream.try_send(b"c"))  # at the mark, unacknowledged: nothing
@@ -55,5 +58,5 @@ async def test_try_send_writes_all_below_the_mark_and_nothing_at_it(
                 data += chunk
             await done.wait()
         nursery.cancel_scope.cancel()
-    assert results == [True, True, False]
+    assert results == [False, True, True, False]
     assert data == b"a" * 3000 + b"b" * (2 * HIGH_WATER) + b"d"

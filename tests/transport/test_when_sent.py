@@ -20,7 +20,7 @@ from darktower.transport import (
     WebTransportSession,
     connect_webtransport,
 )
-from darktower.transport._sent import MAX_WATCHES
+from darktower.transport._sent import MAX_WATCHES, SentWatch
 
 from .conftest import start_server
 
@@ -160,18 +160,73 @@ async def test_a_reset_stream_never_fires_and_forgets_its_watches(
     del server
 
 
-async def test_the_watches_of_a_connection_are_bounded() -> None:
-    from darktower.transport._sent import SentWatch
+class _Quic:
+    """A core whose stream 3 has 100 bytes written and 10 sent (then, once ``sent``, all)."""
 
-    class Quic:
-        def dt_write_offset(self, stream_id: int) -> int:
-            return 100
+    def __init__(self) -> None:
+        self.sent = 10
 
-        def dt_sent_offset(self, stream_id: int) -> int:
-            return 10
+    def dt_write_offset(self, stream_id: int) -> int:
+        return 100
+
+    def dt_sent_offset(self, stream_id: int) -> int:
+        return self.sent
+
+
+class _State:
+    stream_id = 3
+    send_reset = False
+    send_error: BaseException | None = None
+
+
+def test_the_watches_of_a_connection_are_bounded() -> None:
+    watch, calls = SentWatch(), []
+    quic, state = _Quic(), _State()
+    added = [watch.add(quic, state, calls.append, 0.0, False) for _ in range(MAX_WATCHES + 1)]  # type: ignore[arg-type]
+    assert added == [True] * MAX_WATCHES + [False]
+    watch.resolve(quic, 1.0)
+    assert calls == [] and watch
+
+
+def test_a_callback_that_raises_harms_nothing_and_one_added_waits() -> None:
+    """A callback's exception is logged, not raised into the flush (the connection's error
+    boundary would close it); each other watch fires once; one added by a callback waits
+    for the next flush."""
+    watch, calls = SentWatch(), []
+    quic, state = _Quic(), _State()
+
+    def boom(now: float) -> None:
+        raise ZeroDivisionError
+
+    def adds(now: float) -> None:
+        calls.append(("adds", now))
+        quic.sent = 10  # what the new watch covers has not left yet
+        watch.add(quic, state, lambda t: calls.append(("added", t)), now, False)  # type: ignore[arg-type]
+
+    for callback in (lambda t: calls.append(("first", t)), boom, adds):
+        assert watch.add(quic, state, callback, 0.0, False)  # type: ignore[arg-type]
+    quic.sent = 100
+    watch.resolve(quic, 1.0)
+    assert calls == [("first", 1.0), ("adds", 1.0)]
+    quic.sent = 100
+    watch.resolve(quic, 2.0)
+    assert calls == [("first", 1.0), ("adds", 1.0), ("added", 2.0)]
+    assert not watch
+
+
+def test_a_reset_streams_watch_is_dropped_on_either_core() -> None:
+    """qh3 does not say what of a stream left (None): the stream's own state does."""
+
+    class Qh3Like:
+        def dt_write_offset(self, stream_id: int) -> None:
+            return None
+
+        def dt_sent_offset(self, stream_id: int) -> None:
+            return None
 
     watch, calls = SentWatch(), []
-    added = [watch.add(Quic(), 3, calls.append, 0.0, False) for _ in range(MAX_WATCHES + 1)]
-    assert added == [True] * MAX_WATCHES + [False]
-    watch.resolve(Quic(), 1.0)
-    assert calls == [] and watch
+    state = _State()
+    assert watch.add(Qh3Like(), state, calls.append, 0.0, True)  # type: ignore[arg-type]
+    state.send_reset = True
+    watch.resolve(Qh3Like(), 1.0)
+    assert calls == [] and not watch
