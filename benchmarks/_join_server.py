@@ -94,11 +94,18 @@ def serve(certfile: str, keyfile: str, pubkey: str, core: str) -> None:
                 log_level="warning",
                 quic_core=core,
             )
-            running = await nursery.start(
-                lambda task_status: serve_mc(
-                    settings, shutdown=trio.Event(), task_status=task_status
-                )
-            )
+            # The MC in a scope of its own, cancelled first: its participants' removal at the
+            # stand-in MH still finds it (it logged a warning per participant otherwise).
+            mc_scope, mc_done = trio.CancelScope(), trio.Event()
+
+            async def mc(task_status: trio.TaskStatus[Any]) -> None:
+                try:
+                    with mc_scope:
+                        await serve_mc(settings, shutdown=trio.Event(), task_status=task_status)
+                finally:
+                    mc_done.set()
+
+            running = await nursery.start(mc)
             tls = TlsCredentials.from_files(certfile, keyfile)
             echo_server = WebTransportServer(
                 ServerConfig(tls=tls, limits=TransportLimits(quic_core=core)),
@@ -116,6 +123,8 @@ def serve(certfile: str, keyfile: str, pubkey: str, core: str) -> None:
                 flush=True,
             )
             await trio.to_thread.run_sync(sys.stdin.readline)
+            mc_scope.cancel()
+            await mc_done.wait()
             nursery.cancel_scope.cancel()
 
     trio.run(main)
