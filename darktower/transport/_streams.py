@@ -173,6 +173,9 @@ class StreamState:
             finally:
                 self.conn.blocked_senders.discard(self)
                 self._send_wait = None
+            # Woken in the tick its scope was cancelled (the connection's end woke it): the
+            # cancellation, not the error the end left, is what it sees.
+            await trio.lowlevel.checkpoint_if_cancelled()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         with self._send_guard:
@@ -259,6 +262,7 @@ class StreamState:
                     await event.wait()
                 finally:
                     self._recv_wait = None
+                await trio.lowlevel.checkpoint_if_cancelled()  # (as in wait_writable)
 
     def _take(self, max_bytes: int) -> bytes:
         first = self._chunks[0]
