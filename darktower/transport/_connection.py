@@ -283,8 +283,8 @@ class Connection:
         return self.core.read_stats(self.quic, self.datagrams_received)
 
     def flush(self) -> None:
-        """Send what aioquic has to send; re-arm the timer; forget streams QUIC discarded."""
-        self.flush_pending = False  # a flush is scheduled (a write since the last one)
+        """Send what the QUIC core has to send; re-arm the timer; forget streams QUIC discarded."""
+        self.flush_pending = False
         self._flush_due = None
         # A burst to one address leaves in one system call (UDP GSO, docs/architecture.md §5.1).
         self.endpoint.send_batch(self.quic.datagrams_to_send(now=trio.current_time()))
