@@ -270,10 +270,14 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
 
         # The host's menu in the participant list: stop Gina's camera, then allow it again.
         row = f'#people-panel .person[data-participant-id="{gid}"]'
+        before = guest.evaluate("() => darktower.moderation.last")
         host.click(f"{row} .person-menu-button")
         host.click(f"{row} .item-stop-video")
         wait(guest, "() => darktower.publications[darktower.participantId].videoBlocked")
         wait(host, BADGE_JS, [gid, "video-off"])
+        # The MC announces the new state to everyone (ParticipantUpdated) before it tells
+        # Gina why (Moderated): the notice may follow the blocked state.
+        wait(guest, "(before) => darktower.moderation.last !== before", before)
         results["video_moderation"] = guest.evaluate("() => darktower.moderation.last")
         results["camera_blocked"] = guest.evaluate(
             "() => document.getElementById('camera').classList.contains('blocked')"
@@ -293,11 +297,13 @@ def _meeting_scenario(page_url: str, results: dict[str, Any]) -> Callable[[Brows
             if stop == "button":
                 guest.click("#share")
             else:
+                before = guest.evaluate("() => darktower.moderation.last")
                 host.click(f"{row} .person-menu-button")
                 host.click(f"{row} .item-stop-screen")
             wait(host, "() => document.querySelectorAll('#screens .tile').length === 0")
             wait(host, f"() => !darktower.publications['{gid}'].sharing")
             wait(guest, "() => !darktower.sharing")
+        wait(guest, "(before) => darktower.moderation.last !== before", before)  # as above
         results["screen_moderation"] = guest.evaluate("() => darktower.moderation.last")
         results["share_refused"] = guest.evaluate(
             "() => darktower.shareScreen().then(() => null, (e) => e.name)"
