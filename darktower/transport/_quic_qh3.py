@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import ssl
 from collections import deque
 from typing import Any
 
@@ -37,7 +36,7 @@ from qh3.quic.configuration import QuicConfiguration
 from ._certs import TlsCredentials
 from ._config import PTO_BACKOFF_CAP_S, TransportLimits
 from ._stats import RECENT_RTT_S, RECENT_RTT_SAMPLES, TransportStats
-from ._tls import CONNECTION_WINDOW_STREAMS
+from ._tls import apply_client_trust, configuration_fields
 
 NetworkAddress = Any
 # Peer streams qh3 reported finished and the driver has not yet asked about (see
@@ -289,23 +288,10 @@ def qh3_configuration(
     cafile: str | None = None,
     verify: bool = True,
 ) -> QuicConfiguration:
-    config = QuicConfiguration(
-        is_client=is_client,
-        alpn_protocols=["h3"],
-        max_datagram_frame_size=limits.max_datagram_frame_size,
-        idle_timeout=limits.idle_timeout_s,
-        max_datagram_size=limits.packet_size,
-        max_stream_data=limits.stream_receive_window,
-        max_data=limits.stream_receive_window * CONNECTION_WINDOW_STREAMS,
-        server_name=server_name,
-    )
+    config = QuicConfiguration(**configuration_fields(limits, is_client, server_name))
     if tls is not None:  # qh3 takes PEM, not cryptography objects
         config.load_cert_chain(tls.certificate_pem, tls.private_key_pem)
-    if is_client:
-        if cafile is not None:
-            config.load_verify_locations(cafile=cafile)
-        if not verify:
-            config.verify_mode = ssl.CERT_NONE
+    apply_client_trust(config, is_client=is_client, cafile=cafile, verify=verify)
     return config
 
 
