@@ -168,7 +168,10 @@ class Adaptation:
         )
         wanted, sending = self._choose(room, link, subs, now)
         if any(sub.switcher is not None and sub.switcher.switching for sub in subs):
-            wanted = 0.0  # no probe on top of a key frame on its way (a switch)
+            # No probe on top of a key frame on its way (a switch), nor until the path showed
+            # how it takes the new layer.
+            wanted = 0.0
+            link.settle(now)
         padding = link.plan(wanted, now, sending)
         if padding:
             _pad(session, padding)

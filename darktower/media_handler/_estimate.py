@@ -19,7 +19,11 @@ is application-limited), so the estimate follows the path's signals, in the mann
   ``APP_LIMITED_RATIO`` times the rate actually sent: a path that is not filled proves nothing
   beyond what it carries.
 * **Probing** proves more: when the caller :meth:`wants <BandwidthEstimator.plan>` more than
-  the estimate and nothing was congested for the probe backoff, the caller sends padding at
+  the estimate, nothing was congested for the probe backoff and the queuing delay stayed
+  below ``PROBE_QUIET_DELAY_S`` for ``PROBE_QUIET_S`` since the caller last changed what it
+  sends (:meth:`settle <BandwidthEstimator.settle>`: a path with a standing queue is full,
+  padding on it only lengthens the queue; and a higher layer, with its key frame, shows first
+  whether it fits), the caller sends padding at
   the missing rate (ramped up over ``PROBE_RAMP_S``) for up to ``PROBE_S``; the first sign of
   queuing delay ends the probe (a failed probe doubles the backoff up to ``MAX_BACKOFF_S``
   and lowers nothing while its queue drains); a clean probe, one that delivered what it sent
@@ -72,7 +76,8 @@ APP_LIMITED_RATIO: Final = 1.5
 SENT_WINDOW_S: Final = 1.0
 # Probing: after this long without congestion (doubled after each failed probe, up to
 # MAX_BACKOFF_S; a clean probe restarts it), at most PROBE_S, aiming this much above what is
-# wanted. A probe succeeds if the path delivered PROBE_DELIVERED of its rate meanwhile.
+# wanted. A probe succeeds if PROBE_DELIVERED of what it asked for (the caller's media and
+# the padding, as ramped) was sent meanwhile and the path delivered as much of what was sent.
 PROBE_BACKOFF_S: Final = 1.5
 MAX_BACKOFF_S: Final = 3.0
 PROBE_S: Final = 0.6
@@ -88,10 +93,16 @@ PROBE_HEADROOM: Final = 1.1
 # hostile publisher's) costs its subscribers a probe one step up, not a burst at the budget.
 PROBE_MAX_GAIN: Final = 2.5
 PROBE_DELIVERED: Final = 0.8
+# A probe starts only once the queuing delay stayed at most this for this long, seconds,
+# and the caller changed nothing it sends meanwhile (settle()).
+PROBE_QUIET_DELAY_S: Final = 0.025
+PROBE_QUIET_S: Final = 0.5
 # ... and if the queuing delay grew by no more than this meanwhile, seconds.
 PROBE_DELAY_S: Final = 0.025
 # A sample taken this soon after this end stalled has no RTT worth reading, seconds.
 STALL_SAMPLE_S: Final = 0.15
+# A full QUIC packet (UDP payload) on a common path, bytes.
+PACKET_BYTES: Final = 1252
 # Samples kept (time-bounded; this bounds them in count too, at ticks of ~0.1 s).
 HISTORY: Final = 64
 RTT_SAMPLES: Final = 256
@@ -128,10 +139,12 @@ class _Probe:
     start: float
     until: float
     acked_at_start: int
+    sent_at_start_bytes: int
     paid_at: float  # padding is owed from here on
     delay_at_start: float  # the queuing delay when it started (a capped path has some)
     sent_at_start: float  # what the caller sent before it, bits/s
     delay_max: float = 0.0  # the most queuing delay seen since
+    asked: float = 0.0  # bits it had sent: the caller's media and its padding, as ramped
 
 
 class BandwidthEstimator:
@@ -151,6 +164,9 @@ class BandwidthEstimator:
         self.backoff_s = PROBE_BACKOFF_S
         self._next_probe_at = now + PROBE_BACKOFF_S
         self._probe: _Probe | None = None
+        # Since when the queuing delay stayed at most PROBE_QUIET_DELAY_S and the caller did
+        # not change what it sends (see settle()).
+        self._quiet_since = now
         self._history: deque[LinkSample] = deque(maxlen=HISTORY)
         # (time, rtt) increasing in rtt: the front is the base (a monotonic queue).
         self._rtts: deque[tuple[float, float]] = deque(maxlen=RTT_SAMPLES)
@@ -253,6 +269,11 @@ class BandwidthEstimator:
         if delivered is not None:
             self.estimate = _clamp(min(self.estimate, DECREASE * delivered), self.max_bps)
 
+    def settle(self, now: float) -> None:
+        """The caller changes what it sends (a layer switch): no probe starts before the
+        path showed for PROBE_QUIET_S how it takes the change."""
+        self._quiet_since = max(self._quiet_since, now)
+
     def plan(self, wanted_bps: float, now: float, sending_bps: float | None = None) -> int:
         """What the caller would like to send now (bits/s, all of it) and what it sends now
         (None: the rate sent of late); returns the bytes of padding to send now: 0 unless a
@@ -264,6 +285,7 @@ class BandwidthEstimator:
                 and self.estimate < self.max_bps
                 and now >= self._next_probe_at
                 and now - self.last_congested_at >= self.backoff_s
+                and now - self._quiet_since >= PROBE_QUIET_S
                 and not self._backlog_high
                 and self._last is not None
             ):
@@ -275,9 +297,11 @@ class BandwidthEstimator:
             probe.sent_at_start if sending_bps is None else max(sending_bps, probe.sent_at_start)
         )
         gap = max(0.0, probe.target - sending)
-        owed = ramp * gap * max(0.0, now - probe.paid_at) / 8
+        elapsed = max(0.0, now - probe.paid_at)
+        # (The first tick's media went before the probe: only its padding is sent now.)
+        probe.asked += sending * (now - max(probe.paid_at, probe.start)) + ramp * gap * elapsed
         probe.paid_at = now
-        return int(owed)
+        return int(ramp * gap * elapsed / 8)
 
     def _start_probe(self, wanted_bps: float, now: float) -> _Probe:
         target = min(wanted_bps * PROBE_HEADROOM, self.max_bps, self.estimate * PROBE_MAX_GAIN)
@@ -291,6 +315,7 @@ class BandwidthEstimator:
             now,
             now + PROBE_S,
             self._last.bytes_acked,
+            self._last.bytes_sent,
             now - PROBE_TICK_S,
             self.queuing_delay_s,
             sent,
@@ -303,9 +328,14 @@ class BandwidthEstimator:
         last = self._last
         assert last is not None
         span = now - probe.start
-        delivered = (last.bytes_acked - probe.acked_at_start) * 8 / span if span > 0 else 0.0
+        bits = (last.bytes_acked - probe.acked_at_start) * 8
+        sent = (last.bytes_sent - probe.sent_at_start_bytes) * 8
+        delivered = bits / span if span > 0 else 0.0
         clean = probe.delay_max - probe.delay_at_start <= PROBE_DELAY_S
-        if clean and delivered >= PROBE_DELIVERED * probe.target:
+        # What it asked for got out (not its target: the ramp asks for less at first) and
+        # the path carried what got out.
+        carried = sent >= PROBE_DELIVERED * probe.asked and bits >= PROBE_DELIVERED * sent
+        if clean and carried:
             self.estimate = _clamp(max(self.estimate, probe.target), self.max_bps)
             self.probe_succeeded_at = now
             self.backoff_s = PROBE_BACKOFF_S
@@ -331,13 +361,17 @@ class BandwidthEstimator:
             rtts.popleft()
         base = rtts[0][1]
         self.queuing_delay_s = rtt - base
+        if self.queuing_delay_s > PROBE_QUIET_DELAY_S:
+            self._quiet_since = now
         ahead = 0.0
         delivered = self.delivered_bps(now)
         if delivered and sample.in_flight and self._probe is None:
             # What is in flight beyond a recent RTT's worth waits in a queue on the path that
             # the RTT samples do not show yet (they come back through it); noisy (a burst
-            # just sent), so it only helps see a congestion start.
-            ahead = sample.in_flight * 8 / max(delivered, MIN_BPS) - rtt
+            # just sent), so it only helps see a congestion start. One packet is no queue:
+            # at a low rate the one just sent alone would take longer than an RTT.
+            queued = max(0, sample.in_flight - PACKET_BYTES)
+            ahead = queued * 8 / max(delivered, MIN_BPS) - rtt
         high = max(self.queuing_delay_s, ahead) > DELAY_THRESHOLD_S
         if not high:
             self._high_since = None

@@ -9,6 +9,8 @@ import random
 from darktower.media_handler._estimate import (
     MAX_BACKOFF_S,
     MIN_BPS,
+    PROBE_QUIET_DELAY_S,
+    PROBE_QUIET_S,
     BandwidthEstimator,
     LinkSample,
 )
@@ -148,3 +150,41 @@ def test_an_absurd_layer_is_probed_one_step_at_a_time() -> None:
     run(est, link, 8.0, want=4e9, trace=trace)
     assert max(q for t, _, q in trace if t > 3.0) < 0.25
     assert est.estimate <= 1.3 * 300_000
+
+
+def test_a_probe_under_random_loss_succeeds() -> None:
+    """8 % of the packets lost at random, no cap: a probe's padding ramps up, so the path
+    delivers less than the probe's target but what the probe sent; the probe succeeds at once
+    (judged against its target, it failed and the next waited MAX_BACKOFF_S)."""
+    link = Link(cap=None, loss=0.08)
+    est = BandwidthEstimator(now=0.0, max_bps=100e6, initial_bps=300_000)
+    run(est, link, 3.0, media=280_000, want=700_000)
+    assert est.probe_succeeded_at > 0
+    assert est.estimate >= 700_000
+
+
+def test_no_probe_on_a_standing_queue_nor_right_after_a_switch() -> None:
+    """A path that keeps a queue (its delay above the quiet threshold) is full: no probe.
+    Once it is quiet, a switch (settle()) holds the next probe for PROBE_QUIET_S."""
+    link = Link(cap=300_000)
+    est = BandwidthEstimator(now=0.0, max_bps=100e6, initial_bps=280_000)
+    run(est, link, 2.0, media=200_000)  # the base RTT
+    link.queue = 1_125  # 30 ms at the cap (below congestion), kept: the media fills the link
+    run(est, link, 5.0, media=300_000, want=600_000)
+    assert not est.probing and est.probe_succeeded_at < 0
+    assert est.queuing_delay_s > PROBE_QUIET_DELAY_S
+    link.queue = 0.0
+    drained = link.now
+    while not est.probing and link.now < drained + 2.0:
+        run(est, link, TICK, media=200_000, want=600_000)
+    assert est.probing  # quiet for long enough: a probe
+    assert PROBE_QUIET_S <= link.now - drained <= PROBE_QUIET_S + 2 * TICK
+    # A switch on a quiet path: the next probe waits as long.
+    est = BandwidthEstimator(now=0.0, max_bps=100e6, initial_bps=280_000)
+    link = Link(cap=None)
+    run(est, link, 3.0, media=200_000)
+    est.settle(link.now)
+    settled = link.now
+    while not est.probing and link.now < settled + 2.0:
+        run(est, link, TICK, media=200_000, want=600_000)
+    assert PROBE_QUIET_S <= link.now - settled <= PROBE_QUIET_S + 2 * TICK

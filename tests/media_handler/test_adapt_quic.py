@@ -67,8 +67,9 @@ class Room:
     changed: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
     sent_video_frames: int = 0
     # The subscriber's estimator every tick: (time, estimate, queuing delay, probing,
-    # congested), printed by a failing test (pytest shows what it printed).
-    trace: list[tuple[float, int, int, bool, bool, str]] = attrs.Factory(list)
+    # congested, layers now and aimed at, loss), printed by a failing test (pytest shows what
+    # it printed).
+    trace: list[tuple[float, int, int, bool, bool, str, float]] = attrs.Factory(list)
     # When this process stalled (a sampler's tick came late by more than 30 ms) and how long.
     stalls: list[tuple[float, float]] = attrs.Factory(list)
 
@@ -157,6 +158,7 @@ async def _trace(room: Room) -> None:
                     link.probing,
                     link.congested,
                     layers,
+                    link.loss,
                 )
             )
         await trio.sleep(0.1)  # a sampler of the state, not a wait
@@ -166,9 +168,9 @@ async def _trace(room: Room) -> None:
 
 
 def _print_trace(room: Room, since: float) -> None:
-    for t, estimate, delay, probing, congested, layers in room.trace:
+    for t, estimate, delay, probing, congested, layers, loss in room.trace:
         flags = ("P" if probing else "-") + ("C" if congested else "-") + " " + layers
-        print(f"{t - since:6.2f} {estimate:9d} {delay:4d} ms {flags}")
+        print(f"{t - since:6.2f} {estimate:9d} {delay:4d} ms {flags} loss {loss:.3f}")
 
 
 async def _listen(room: Room, events: AsyncIterator[mc_pb.TelemetryEvent]) -> None:
