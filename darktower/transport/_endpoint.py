@@ -49,6 +49,7 @@ from ._quic import CreditedQuicConnection
 from ._udp import (
     GSO_UNAVAILABLE,
     RECEIVE_ANCBUF,
+    drops_grown,
     gso_groups,
     gso_supported,
     read_ancillary,
@@ -340,7 +341,7 @@ class Endpoint:
     def _count_overflows(self, drops: int) -> None:
         if drops != self._drops_seen:
             # A 32-bit count: one below what was seen has wrapped around.
-            self.counters[UDP_RECEIVE_OVERFLOWS] += (drops - self._drops_seen) % (1 << 32)
+            self.counters[UDP_RECEIVE_OVERFLOWS] += drops_grown(drops, self._drops_seen)
             self._drops_seen = drops
 
     async def _read_loop(self) -> None:

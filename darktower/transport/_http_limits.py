@@ -34,6 +34,12 @@ QUIC_RETRY_THRESHOLD = 20
 # (``quic_handshake_timeout``), which frees its slots.
 QUIC_HANDSHAKE_TIMEOUT_S = 10.0
 
+# The HTTP/3 socket's kernel buffers, bytes (asked: Linux caps them at net.core.rmem_max /
+# wmem_max). The default (~208 KiB) drops datagrams in a burst of Initials or of request
+# bodies; what it drops is counted (``udp_receive_overflows``, on /metrics).
+QUIC_UDP_RECEIVE_BUFFER = 1024 * 1024
+QUIC_UDP_SEND_BUFFER = 1024 * 1024
+
 # An HTTP/3 response body waits while its stream holds more than this in the QUIC send buffer
 # (sent and not yet acknowledged, or not sent yet): a long body (a recording's download) costs
 # the server this much per stream at most, as the socket buffer bounds it over TCP.
@@ -77,6 +83,8 @@ class HttpLimits:
     quic_max_handshakes_per_address: int = QUIC_MAX_HANDSHAKES_PER_ADDRESS
     quic_retry_threshold: int = QUIC_RETRY_THRESHOLD
     quic_handshake_timeout_s: float = QUIC_HANDSHAKE_TIMEOUT_S
+    quic_udp_receive_buffer: int = QUIC_UDP_RECEIVE_BUFFER
+    quic_udp_send_buffer: int = QUIC_UDP_SEND_BUFFER
     tcp_max_connections: int = TCP_MAX_CONNECTIONS
     tcp_max_connections_per_address: int = TCP_MAX_CONNECTIONS_PER_ADDRESS
     tls_handshake_timeout_s: float = TLS_HANDSHAKE_TIMEOUT_S

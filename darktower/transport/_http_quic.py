@@ -5,7 +5,9 @@ socket, delivers one connection's events from two tasks at once, creates a conne
 every Initial with no cap, and lets any exception raised while handling one connection's
 events end the listener. :class:`_QuicServer` and :class:`_TrackingQuicProtocol` fix these
 (docs/decisions.md). New connections are admitted by the WebTransport endpoint's policy
-(``Admission``, _admission.py) with the GC's numbers (:mod:`._http_limits`).
+(``Admission``, _admission.py) with the GC's numbers (:mod:`._http_limits`). Its socket's
+receive-buffer overflows are counted as the endpoint's are (``udp_receive_overflows``,
+_udp.py).
 """
 
 from __future__ import annotations
@@ -35,9 +37,12 @@ from hypercorn.protocol.quic import QuicProtocol, _Connection
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
+from darktower.metrics import UDP_RECEIVE_OVERFLOWS
+
 from ._admission import CAUSES, Admission, Admit
 from ._http_limits import HttpLimits
 from ._http_streams import BoundedTaskGroup, GuardedH3Protocol, guard_streams, stream_cause
+from ._udp import RECEIVE_ANCBUF, drops_grown, read_ancillary
 
 logger = logging.getLogger("darktower.http")
 
@@ -384,9 +389,20 @@ class _QuicServer:
 
     async def _read_loop(self) -> None:
         assert self.protocol is not None
+        sock = self._socket
+        counted = RECEIVE_ANCBUF > 0 and hasattr(sock, "recvmsg")
+        seen = 0  # the socket's drop count so far (SO_RXQ_OVFL, on every read once not 0)
+        address: Any
         while True:
             try:
-                data, address = await self._socket.recvfrom(MAX_DATAGRAM)
+                if counted:
+                    data, ancdata, _, address = await sock.recvmsg(MAX_DATAGRAM, RECEIVE_ANCBUF)
+                    drops, _ = read_ancillary(ancdata) if ancdata else (None, 0)
+                    if drops is not None and drops != seen:
+                        self._counters[UDP_RECEIVE_OVERFLOWS] += drops_grown(drops, seen)
+                        seen = drops
+                else:
+                    data, address = await sock.recvfrom(MAX_DATAGRAM)
             except ConnectionError:
                 continue  # an ICMP error for an earlier send (Linux reports it here)
             await self.protocol.handle(RawData(data=data, address=address))

@@ -58,9 +58,12 @@ def gso_supported(sock: socket.socket) -> bool:
     )
 
 
-def tune_socket(sock: socket.socket, receive_buffer: int, send_buffer: int) -> tuple[int, int]:
-    """Ask for the buffer sizes (best effort: a kernel that refuses keeps its own) and the
-    overflow count; return the receive and send buffer sizes the kernel reports."""
+def tune_socket(
+    sock: socket.socket, receive_buffer: int, send_buffer: int, *, gro: bool = True
+) -> tuple[int, int]:
+    """Ask for the buffer sizes (best effort: a kernel that refuses keeps its own), the
+    overflow count and (``gro``: for a reader that cuts merged reads apart) UDP GRO; return
+    the receive and send buffer sizes the kernel reports."""
     for option, size in ((socket.SO_RCVBUF, receive_buffer), (socket.SO_SNDBUF, send_buffer)):
         try:
             sock.setsockopt(socket.SOL_SOCKET, option, size)
@@ -71,7 +74,7 @@ def tune_socket(sock: socket.socket, receive_buffer: int, send_buffer: int) -> t
             sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         except OSError:
             pass
-    if gso_supported(sock):
+    if gro and gso_supported(sock):
         try:
             sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         except OSError:
@@ -116,6 +119,12 @@ def read_ancillary(ancdata: list[tuple[int, int, bytes]]) -> tuple[int | None, i
         elif level == SOL_UDP and kind == UDP_GRO:
             segment = int.from_bytes(data[:4], sys.byteorder, signed=True)
     return drops, segment
+
+
+def drops_grown(drops: int, seen: int) -> int:
+    """What a socket's cumulative drop count (32 bits: it wraps around) grew by since
+    ``seen``."""
+    return (drops - seen) % (1 << 32)
 
 
 def gso_groups(datagrams: Sequence[bytes]) -> Iterator[list[bytes]]:

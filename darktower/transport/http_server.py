@@ -44,6 +44,7 @@ from ._http_quic import (
     _TrackingQuicProtocol,
 )
 from ._http_tcp import _TcpServer, apply_limits
+from ._udp import tune_socket
 
 __all__ = [
     "MAX_DATAGRAM",
@@ -138,6 +139,8 @@ async def serve_http(
     counters = counters if counters is not None else Counter()
     wrapped = ASGIWrapper(app)
     tcp, udp = bind_pair(host, port)
+    # Its reader takes one datagram a read (no GRO); what overflows is counted (_http_quic).
+    tune_socket(udp, limits.quic_udp_receive_buffer, limits.quic_udp_send_buffer, gro=False)
     bound_port: int = tcp.getsockname()[1]
     config = Config()
     config.certfile = certfile
