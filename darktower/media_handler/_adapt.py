@@ -42,7 +42,7 @@ from darktower.model import ParticipantId, StreamId
 from darktower.protocol.pb.v1 import common_pb2
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 
-from ._estimate import BandwidthEstimator, LinkSample
+from ._estimate import MIN_PACKET_BYTES, BandwidthEstimator, LinkSample
 from ._queue import MediaKind
 from ._room import MediaMember, MediaPublication, MediaRoom, MediaSubscription, request_key_frame
 from ._simulcast import choose_layer, layer_bitrate, rank, step_up
@@ -164,10 +164,13 @@ class Adaptation:
                 backlog=stats.bytes_unsent,
                 in_flight=stats.bytes_in_flight,
                 stalled_at=self.stalled_at,
+                packet_bytes=max(MIN_PACKET_BYTES, session.max_datagram_size),
             )
         )
         wanted, sending = self._choose(room, link, subs, now)
-        if any(sub.switcher is not None and sub.switcher.switching for sub in subs):
+        if any(
+            sub.switcher is not None and sub.switcher.switching and not sub.held for sub in subs
+        ):
             # No probe on top of a key frame on its way (a switch), nor until the path showed
             # how it takes the new layer.
             wanted = 0.0

@@ -5,8 +5,8 @@ congestion window alone overestimates a path that is not saturated (it grows whi
 is application-limited), so the estimate follows the path's signals, in the manner of GCC:
 
 * **Congestion** is queuing delay (the recent RTT above the smallest of the last
-  ``BASE_WINDOW_S``, or the bytes in flight beyond a recent RTT's worth at the delivered
-  rate, whichever is more, by more than ``DELAY_THRESHOLD_S``, for ``PERSIST`` samples in a row: a
+  ``BASE_WINDOW_S``, or the bytes in flight beyond a recent RTT's worth and one packet at
+  the delivered rate, whichever is more, by more than ``DELAY_THRESHOLD_S``, for ``PERSIST`` samples in a row: a
   key frame's burst passes in fewer; the bytes in flight, noisier, are not read during a
   probe), a backlog at this end that keeps more than
   ``BACKLOG_S`` of the estimate and does not shrink, or heavy loss (above ``LOSS_THRESHOLD``
@@ -76,8 +76,8 @@ APP_LIMITED_RATIO: Final = 1.5
 SENT_WINDOW_S: Final = 1.0
 # Probing: after this long without congestion (doubled after each failed probe, up to
 # MAX_BACKOFF_S; a clean probe restarts it), at most PROBE_S, aiming this much above what is
-# wanted. A probe succeeds if PROBE_DELIVERED of what it asked for (the caller's media and
-# the padding, as ramped) was sent meanwhile and the path delivered as much of what was sent.
+# wanted. A probe succeeds if PROBE_DELIVERED of the padding it asked for was sent beyond the
+# media and no more than 1 - PROBE_DELIVERED of the packets sent meanwhile were lost.
 PROBE_BACKOFF_S: Final = 1.5
 MAX_BACKOFF_S: Final = 3.0
 PROBE_S: Final = 0.6
@@ -97,12 +97,15 @@ PROBE_DELIVERED: Final = 0.8
 # and the caller changed nothing it sends meanwhile (settle()).
 PROBE_QUIET_DELAY_S: Final = 0.025
 PROBE_QUIET_S: Final = 0.5
+# The media's rate before a probe is measured over SENT_WINDOW_S, or since the last probe
+# ended if that is shorter, but at least this long.
+MEDIA_WINDOW_MIN_S: Final = 0.3
 # ... and if the queuing delay grew by no more than this meanwhile, seconds.
 PROBE_DELAY_S: Final = 0.025
 # A sample taken this soon after this end stalled has no RTT worth reading, seconds.
 STALL_SAMPLE_S: Final = 0.15
-# A full QUIC packet (UDP payload) on a common path, bytes.
-PACKET_BYTES: Final = 1252
+# The smallest full QUIC packet (RFC 9000 §14): a connection's own may be larger, bytes.
+MIN_PACKET_BYTES: Final = 1200
 # Samples kept (time-bounded; this bounds them in count too, at ticks of ~0.1 s).
 HISTORY: Final = 64
 RTT_SAMPLES: Final = 256
@@ -117,7 +120,8 @@ class LinkSample:
     when this end's event loop last stalled (its acknowledgements waited: the RTT samples of
     the next tick and the delivered rate of the next DELIVERED_WINDOW_S mean nothing); the
     byte counts are whole UDP payloads of in-flight packets; ``backlog`` is the bytes queued
-    for the peer and not sent yet, ``in_flight`` the bytes sent and not yet acknowledged.
+    for the peer and not sent yet, ``in_flight`` the bytes sent and not yet acknowledged;
+    ``packet_bytes`` the size of one full packet of the connection.
     """
 
     now: float
@@ -129,6 +133,7 @@ class LinkSample:
     backlog: int = 0
     in_flight: int = 0
     stalled_at: float = -1e9
+    packet_bytes: int = MIN_PACKET_BYTES
 
 
 @attrs.define(slots=True)
@@ -139,12 +144,17 @@ class _Probe:
     start: float
     until: float
     acked_at_start: int
-    sent_at_start_bytes: int
+    bytes_sent_at_start: int
+    packets_at_start: tuple[int, int]  # (sent, lost)
     paid_at: float  # padding is owed from here on
     delay_at_start: float  # the queuing delay when it started (a capped path has some)
     sent_at_start: float  # what the caller sent before it, bits/s
+    # The media's rate it is judged against: the smaller of that and what the caller said it
+    # sends (a key frame's burst inflates the former, an encoder below its layer's rate the
+    # latter), bits/s.
+    media_bps: float
     delay_max: float = 0.0  # the most queuing delay seen since
-    asked: float = 0.0  # bits it had sent: the caller's media and its padding, as ramped
+    padding: int = 0  # bytes of padding it asked for
 
 
 class BandwidthEstimator:
@@ -164,6 +174,7 @@ class BandwidthEstimator:
         self.backoff_s = PROBE_BACKOFF_S
         self._next_probe_at = now + PROBE_BACKOFF_S
         self._probe: _Probe | None = None
+        self._probe_ended_at = -math.inf
         # Since when the queuing delay stayed at most PROBE_QUIET_DELAY_S and the caller did
         # not change what it sends (see settle()).
         self._quiet_since = now
@@ -217,6 +228,7 @@ class BandwidthEstimator:
             # This end stalled during the probe: what it sent and saw proves nothing either
             # way. Void it; another may start at the next tick.
             self._probe = probe = None
+            self._probe_ended_at = now
         # A probe stops at the first sample of queuing delay; otherwise it takes PERSIST.
         if probe is not None:
             probe.delay_max = max(probe.delay_max, self.queuing_delay_s)
@@ -232,6 +244,7 @@ class BandwidthEstimator:
             self.last_congested_at = now
             if probe is not None:  # its own padding made the queue: nothing to lower
                 self._probe = None
+                self._probe_ended_at = now
                 self.backoff_s = min(self.backoff_s * 2, MAX_BACKOFF_S)
                 self._draining_until = now + DRAIN_S
                 self.estimate = min(self.estimate, probe.estimate)
@@ -289,7 +302,7 @@ class BandwidthEstimator:
                 and not self._backlog_high
                 and self._last is not None
             ):
-                probe = self._start_probe(wanted_bps, now)
+                probe = self._start_probe(wanted_bps, now, sending_bps)
             else:
                 return 0
         ramp = min(1.0, (now - probe.start + PROBE_TICK_S) / PROBE_RAMP_S)
@@ -297,15 +310,17 @@ class BandwidthEstimator:
             probe.sent_at_start if sending_bps is None else max(sending_bps, probe.sent_at_start)
         )
         gap = max(0.0, probe.target - sending)
-        elapsed = max(0.0, now - probe.paid_at)
-        # (The first tick's media went before the probe: only its padding is sent now.)
-        probe.asked += sending * (now - max(probe.paid_at, probe.start)) + ramp * gap * elapsed
+        owed = int(ramp * gap * max(0.0, now - probe.paid_at) / 8)
         probe.paid_at = now
-        return int(ramp * gap * elapsed / 8)
+        probe.padding += owed
+        return owed
 
-    def _start_probe(self, wanted_bps: float, now: float) -> _Probe:
+    def _start_probe(self, wanted_bps: float, now: float, sending_bps: float | None) -> _Probe:
         target = min(wanted_bps * PROBE_HEADROOM, self.max_bps, self.estimate * PROBE_MAX_GAIN)
-        sent = self.sent_bps(now) or 0.0
+        # The media's rate: what was sent since the last probe's padding, if that is long
+        # enough to measure (a probe right after a probe would count its padding as media).
+        window = min(SENT_WINDOW_S, max(MEDIA_WINDOW_MIN_S, now - self._probe_ended_at))
+        sent = self._rate(now, window, acked=False) or self.sent_bps(now) or 0.0
         assert self._last is not None
         # The first tick's padding covers one tick ahead: from now on, it is paid as it goes.
         probe = _Probe(
@@ -316,30 +331,37 @@ class BandwidthEstimator:
             now + PROBE_S,
             self._last.bytes_acked,
             self._last.bytes_sent,
+            (self._last.packets_sent, self._last.packets_lost),
             now - PROBE_TICK_S,
             self.queuing_delay_s,
             sent,
+            sent if sending_bps is None else min(sent, sending_bps),
         )
         self._probe = probe
         return probe
 
     def _end_probe(self, probe: _Probe, now: float) -> None:
         self._probe = None
+        self._probe_ended_at = now
         last = self._last
         assert last is not None
         span = now - probe.start
-        bits = (last.bytes_acked - probe.acked_at_start) * 8
-        sent = (last.bytes_sent - probe.sent_at_start_bytes) * 8
-        delivered = bits / span if span > 0 else 0.0
+        delivered = (last.bytes_acked - probe.acked_at_start) * 8 / span if span > 0 else 0.0
         clean = probe.delay_max - probe.delay_at_start <= PROBE_DELAY_S
-        # What it asked for got out (not its target: the ramp asks for less at first) and
-        # the path carried what got out.
-        carried = sent >= PROBE_DELIVERED * probe.asked and bits >= PROBE_DELIVERED * sent
+        # Its padding got out: what was sent beyond the media at its rate (the ramp asks for
+        # less than the target at first). And the path carried it: the packets sent meanwhile were not
+        # lost (acknowledgements, an RTT late, would judge a long path short).
+        beyond = (last.bytes_sent - probe.bytes_sent_at_start) - probe.media_bps * span / 8
+        sent = last.packets_sent - probe.packets_at_start[0]
+        lost = last.packets_lost - probe.packets_at_start[1]
+        carried = beyond >= PROBE_DELIVERED * probe.padding and lost <= (1 - PROBE_DELIVERED) * max(
+            sent, 1
+        )
         if clean and carried:
             self.estimate = _clamp(max(self.estimate, probe.target), self.max_bps)
             self.probe_succeeded_at = now
             self.backoff_s = PROBE_BACKOFF_S
-            self._next_probe_at = now  # the next step may be probed at once
+            self._next_probe_at = now  # the next step: once the path settled (PROBE_QUIET_S)
             return
         else:  # the padding did not get out, or the queue grew: as good as failed
             self.estimate = _clamp(max(self.estimate, min(delivered, probe.target)), self.max_bps)
@@ -370,7 +392,7 @@ class BandwidthEstimator:
             # the RTT samples do not show yet (they come back through it); noisy (a burst
             # just sent), so it only helps see a congestion start. One packet is no queue:
             # at a low rate the one just sent alone would take longer than an RTT.
-            queued = max(0, sample.in_flight - PACKET_BYTES)
+            queued = max(0, sample.in_flight - sample.packet_bytes)
             ahead = queued * 8 / max(delivered, MIN_BPS) - rtt
         high = max(self.queuing_delay_s, ahead) > DELAY_THRESHOLD_S
         if not high:

@@ -5,10 +5,12 @@ estimator asks for."""
 from __future__ import annotations
 
 import random
+from collections import deque
 
 from darktower.media_handler._estimate import (
     MAX_BACKOFF_S,
     MIN_BPS,
+    PROBE_BACKOFF_S,
     PROBE_QUIET_DELAY_S,
     PROBE_QUIET_S,
     BandwidthEstimator,
@@ -22,7 +24,9 @@ PACKET = 1200
 class Link:
     """A link of ``cap`` bits/s (None: unlimited) behind a queue, ``base`` RTT, random loss."""
 
-    def __init__(self, cap: float | None, base: float = 0.01, loss: float = 0.0) -> None:
+    def __init__(
+        self, cap: float | None, base: float = 0.01, loss: float = 0.0, ack_ticks: int = 0
+    ) -> None:
         self.cap = cap
         self.base = base
         self.loss = loss
@@ -34,6 +38,9 @@ class Link:
         self.rng = random.Random(7)
         self.now = 0.0
         self.padding = 0  # bytes the estimator asked for at the last tick
+        self.padding_out = True  # False: the padding asked for never leaves
+        # Acknowledgements come this many ticks late (a long path): (acked, lost) then.
+        self.late: deque[tuple[int, int]] = deque([(0, 0)] * ack_ticks)
 
     def step(self, send_bps: float) -> LinkSample:
         self.now += TICK
@@ -48,13 +55,15 @@ class Link:
         self.queue -= out
         self.acked += int(out)
         rtt = self.base + (0.0 if self.cap is None else self.queue * 8 / self.cap)
+        self.late.append((self.acked, self.lost))
+        acked, lost = self.late.popleft()
         return LinkSample(
             now=self.now,
             rtt_s=rtt,
             bytes_sent=self.sent,
-            bytes_acked=self.acked,
+            bytes_acked=acked,
             packets_sent=self.packets,
-            packets_lost=self.lost,
+            packets_lost=lost,
         )
 
 
@@ -70,7 +79,7 @@ def run(
     ``want``) and the estimator's padding for ``seconds``."""
     for _ in range(round(seconds / TICK)):
         rate = media if media is not None else min(want, est.estimate * 0.9)
-        sample = link.step(rate + link.padding * 8 / TICK)
+        sample = link.step(rate + (link.padding * 8 / TICK if link.padding_out else 0.0))
         est.update(sample)
         link.padding = est.plan(want, link.now)
         if trace is not None:
@@ -188,3 +197,30 @@ def test_no_probe_on_a_standing_queue_nor_right_after_a_switch() -> None:
     while not est.probing and link.now < settled + 2.0:
         run(est, link, TICK, media=200_000, want=600_000)
     assert PROBE_QUIET_S <= link.now - settled <= PROBE_QUIET_S + 2 * TICK
+
+
+def test_a_probe_on_a_long_path_succeeds() -> None:
+    """Acknowledgements and loss reports 200 ms late, no cap, no loss: the probe is judged by
+    what was sent and lost, not by what was acknowledged by its end (the ramp's last bytes
+    would still be in flight)."""
+    link = Link(cap=None, base=0.2, ack_ticks=2)
+    est = BandwidthEstimator(now=0.0, max_bps=100e6, initial_bps=300_000)
+    run(est, link, 3.0, media=280_000, want=700_000)
+    assert est.probe_succeeded_at > 0
+    assert est.estimate >= 700_000
+
+
+def test_a_probe_whose_padding_does_not_get_out_fails() -> None:
+    """The media goes, the padding never does: nothing proves the higher rate, however close
+    to the media rate the probe aims."""
+    link = Link(cap=None)
+    link.padding_out = False
+    est = BandwidthEstimator(now=0.0, max_bps=100e6, initial_bps=1_000_000)
+    while not est.probing and link.now < 5.0:
+        run(est, link, TICK, media=1_000_000, want=1_300_000)
+    assert est.probing
+    while est.probing:
+        run(est, link, TICK, media=1_000_000, want=1_300_000)
+    assert est.probe_succeeded_at < 0
+    assert est.estimate < 1_300_000
+    assert est.backoff_s > PROBE_BACKOFF_S  # failed: the next one waits longer
