@@ -164,6 +164,7 @@ class Adaptation:
                 backlog=stats.bytes_unsent,
                 in_flight=stats.bytes_in_flight,
                 stalled_at=self.stalled_at,
+                # About one full packet: the largest datagram that fits in one.
                 packet_bytes=max(MIN_PACKET_BYTES, session.max_datagram_size),
             )
         )
@@ -175,7 +176,7 @@ class Adaptation:
             # how it takes the new layer.
             wanted = 0.0
             link.settle(now)
-        padding = link.plan(wanted, now, sending)
+        padding = link.plan(wanted, now, sending, _padding_capacity(session))
         if padding:
             _pad(session, padding)
         if self.telemetry.listeners:
@@ -378,6 +379,11 @@ def _figures_moved(
     if _moved(figures[0], last[0]) or len(figures[1]) != len(last[1]):
         return True
     return any(a[0] != b[0] or _moved(a[1], b[1]) for a, b in zip(figures[1], last[1], strict=True))
+
+
+def _padding_capacity(session: WebTransportSession) -> int:
+    """The most padding one tick sends (_pad), bytes."""
+    return MAX_PADDING_DATAGRAMS * max(0, min(session.max_datagram_size, PADDING_DATAGRAM))
 
 
 def _pad(session: WebTransportSession, nbytes: int) -> None:

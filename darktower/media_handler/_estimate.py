@@ -23,12 +23,12 @@ is application-limited), so the estimate follows the path's signals, in the mann
   below ``PROBE_QUIET_DELAY_S`` for ``PROBE_QUIET_S`` since the caller last changed what it
   sends (:meth:`settle <BandwidthEstimator.settle>`: a path with a standing queue is full,
   padding on it only lengthens the queue; and a higher layer, with its key frame, shows first
-  whether it fits), the caller sends padding at
-  the missing rate (ramped up over ``PROBE_RAMP_S``) for up to ``PROBE_S``; the first sign of
-  queuing delay ends the probe (a failed probe doubles the backoff up to ``MAX_BACKOFF_S``
-  and lowers nothing while its queue drains); a clean probe, one that delivered what it sent
-  without the queuing delay growing, makes its rate the estimate. A probe during which this
-  end stalled is void.
+  whether it fits), the caller sends padding at the missing rate (ramped up over
+  ``PROBE_RAMP_S``) for up to ``PROBE_S``; the first sign of queuing delay ends the probe (a
+  failed probe doubles the backoff up to ``MAX_BACKOFF_S`` and lowers nothing while its
+  queue drains); a clean probe, one whose padding went out and was not lost without the
+  queuing delay growing, makes its rate the estimate. A probe during which this end stalled
+  is void.
 
 The estimate stays between ``MIN_BPS`` and the connection's ``max_bps`` (its byte budget),
 and starts at the latter: until the path shows congestion, nothing limits what is sent but
@@ -77,7 +77,7 @@ SENT_WINDOW_S: Final = 1.0
 # Probing: after this long without congestion (doubled after each failed probe, up to
 # MAX_BACKOFF_S; a clean probe restarts it), at most PROBE_S, aiming this much above what is
 # wanted. A probe succeeds if PROBE_DELIVERED of the padding it asked for was sent beyond the
-# media and no more than 1 - PROBE_DELIVERED of the packets sent meanwhile were lost.
+# media and no more than PROBE_MAX_LOSS of the packets sent meanwhile were lost.
 PROBE_BACKOFF_S: Final = 1.5
 MAX_BACKOFF_S: Final = 3.0
 PROBE_S: Final = 0.6
@@ -93,15 +93,17 @@ PROBE_HEADROOM: Final = 1.1
 # hostile publisher's) costs its subscribers a probe one step up, not a burst at the budget.
 PROBE_MAX_GAIN: Final = 2.5
 PROBE_DELIVERED: Final = 0.8
+PROBE_MAX_LOSS: Final = 0.2
+# ... and if the queuing delay grew by no more than this meanwhile, seconds.
+PROBE_DELAY_S: Final = 0.025
 # A probe starts only once the queuing delay stayed at most this for this long, seconds,
 # and the caller changed nothing it sends meanwhile (settle()).
 PROBE_QUIET_DELAY_S: Final = 0.025
 PROBE_QUIET_S: Final = 0.5
-# The media's rate before a probe is measured over SENT_WINDOW_S, or since the last probe
-# ended if that is shorter, but at least this long.
+# The media's rate a probe is judged against is the smaller of what the caller says it
+# sends and what was sent over SENT_WINDOW_S, or since the last probe ended if that is
+# shorter (its padding is no media), but at least this long.
 MEDIA_WINDOW_MIN_S: Final = 0.3
-# ... and if the queuing delay grew by no more than this meanwhile, seconds.
-PROBE_DELAY_S: Final = 0.025
 # A sample taken this soon after this end stalled has no RTT worth reading, seconds.
 STALL_SAMPLE_S: Final = 0.15
 # The smallest full QUIC packet (RFC 9000 §14): a connection's own may be larger, bytes.
@@ -121,7 +123,7 @@ class LinkSample:
     the next tick and the delivered rate of the next DELIVERED_WINDOW_S mean nothing); the
     byte counts are whole UDP payloads of in-flight packets; ``backlog`` is the bytes queued
     for the peer and not sent yet, ``in_flight`` the bytes sent and not yet acknowledged;
-    ``packet_bytes`` the size of one full packet of the connection.
+    ``packet_bytes`` about the size of one full packet of the connection.
     """
 
     now: float
@@ -139,7 +141,6 @@ class LinkSample:
 @attrs.define(slots=True)
 class _Probe:
     target: float  # bits/s the connection carries during the probe
-    padding_bps: float  # the padding's share of it, once ramped up (unless told each tick)
     estimate: float  # the estimate when it started
     start: float
     until: float
@@ -287,10 +288,17 @@ class BandwidthEstimator:
         path showed for PROBE_QUIET_S how it takes the change."""
         self._quiet_since = max(self._quiet_since, now)
 
-    def plan(self, wanted_bps: float, now: float, sending_bps: float | None = None) -> int:
+    def plan(
+        self,
+        wanted_bps: float,
+        now: float,
+        sending_bps: float | None = None,
+        max_padding: int = 1 << 62,
+    ) -> int:
         """What the caller would like to send now (bits/s, all of it) and what it sends now
-        (None: the rate sent of late); returns the bytes of padding to send now: 0 unless a
-        probe runs (one may start here)."""
+        (None: the rate sent of late); returns the bytes of padding to send now, at most
+        ``max_padding`` (what the caller can send at once): 0 unless a probe runs (one may
+        start here)."""
         probe = self._probe
         if probe is None:
             if (
@@ -302,30 +310,35 @@ class BandwidthEstimator:
                 and not self._backlog_high
                 and self._last is not None
             ):
-                probe = self._start_probe(wanted_bps, now, sending_bps)
+                probe = self._start_probe(wanted_bps, now, sending_bps, max_padding)
             else:
                 return 0
         ramp = min(1.0, (now - probe.start + PROBE_TICK_S) / PROBE_RAMP_S)
-        sending = (
-            probe.sent_at_start if sending_bps is None else max(sending_bps, probe.sent_at_start)
-        )
-        gap = max(0.0, probe.target - sending)
-        owed = int(ramp * gap * max(0.0, now - probe.paid_at) / 8)
+        # Sized against the media's rate it is judged against (_end_probe).
+        gap = max(0.0, probe.target - probe.media_bps)
+        owed = min(int(ramp * gap * max(0.0, now - probe.paid_at) / 8), max_padding)
         probe.paid_at = now
         probe.padding += owed
         return owed
 
-    def _start_probe(self, wanted_bps: float, now: float, sending_bps: float | None) -> _Probe:
+    def _start_probe(
+        self, wanted_bps: float, now: float, sending_bps: float | None, max_padding: int
+    ) -> _Probe:
         target = min(wanted_bps * PROBE_HEADROOM, self.max_bps, self.estimate * PROBE_MAX_GAIN)
         # The media's rate: what was sent since the last probe's padding, if that is long
         # enough to measure (a probe right after a probe would count its padding as media).
         window = min(SENT_WINDOW_S, max(MEDIA_WINDOW_MIN_S, now - self._probe_ended_at))
-        sent = self._rate(now, window, acked=False) or self.sent_bps(now) or 0.0
+        sent = self._rate(now, window, acked=False)
+        if sent is None:
+            sent = self.sent_bps(now)
+        sent = sent or 0.0
+        media = sent if sending_bps is None else min(sent, sending_bps)
+        # No higher than the caller can pad to (it sends at most max_padding a tick).
+        target = min(target, media + max_padding * 8 / PROBE_TICK_S)
         assert self._last is not None
         # The first tick's padding covers one tick ahead: from now on, it is paid as it goes.
         probe = _Probe(
             target,
-            max(0.0, target - sent),
             self.estimate,
             now,
             now + PROBE_S,
@@ -335,7 +348,7 @@ class BandwidthEstimator:
             now - PROBE_TICK_S,
             self.queuing_delay_s,
             sent,
-            sent if sending_bps is None else min(sent, sending_bps),
+            media,
         )
         self._probe = probe
         return probe
@@ -349,13 +362,13 @@ class BandwidthEstimator:
         delivered = (last.bytes_acked - probe.acked_at_start) * 8 / span if span > 0 else 0.0
         clean = probe.delay_max - probe.delay_at_start <= PROBE_DELAY_S
         # Its padding got out: what was sent beyond the media at its rate (the ramp asks for
-        # less than the target at first). And the path carried it: the packets sent meanwhile were not
-        # lost (acknowledgements, an RTT late, would judge a long path short).
+        # less than the target at first). And the path carried it: the packets sent meanwhile
+        # were not lost (acknowledgements, an RTT late, would judge a long path short).
         beyond = (last.bytes_sent - probe.bytes_sent_at_start) - probe.media_bps * span / 8
         sent = last.packets_sent - probe.packets_at_start[0]
         lost = last.packets_lost - probe.packets_at_start[1]
-        carried = beyond >= PROBE_DELIVERED * probe.padding and lost <= (1 - PROBE_DELIVERED) * max(
-            sent, 1
+        carried = (
+            beyond >= PROBE_DELIVERED * probe.padding and lost / max(sent, 1) <= PROBE_MAX_LOSS
         )
         if clean and carried:
             self.estimate = _clamp(max(self.estimate, probe.target), self.max_bps)

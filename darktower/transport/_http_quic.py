@@ -12,6 +12,7 @@ _udp.py).
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from collections import Counter
@@ -403,8 +404,10 @@ class _QuicServer:
                         seen = drops
                 else:
                     data, address = await sock.recvfrom(MAX_DATAGRAM)
-            except ConnectionError:
-                continue  # an ICMP error for an earlier send (Linux reports it here)
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    raise
+                continue  # an ICMP error for an earlier send (Linux reports it here), ENOMEM
             await self.protocol.handle(RawData(data=data, address=address))
 
     async def _close_connections(self) -> None:

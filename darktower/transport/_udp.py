@@ -4,7 +4,8 @@
   (~208 KiB on Linux, which overflows in bursts of media: a datagram dropped there is a QUIC
   loss). Linux caps what it grants at net.core.rmem_max / wmem_max and reports twice what it
   keeps for data (the other half is its bookkeeping); the sizes granted are logged once per
-  process.
+  process for each pair of sizes asked (the GC's HTTP/3 socket asks for less than the
+  endpoints).
 - Overflows. On Linux, SO_RXQ_OVFL makes every datagram read with recvmsg carry the number of
   datagrams the socket's receive buffer has dropped so far (a cumulative count, present once
   it is not zero); the endpoint adds what it grew by to its counters.
@@ -45,7 +46,8 @@ GSO_UNAVAILABLE = frozenset(
 # Room for the control messages of a receive: the overflow count and the GRO segment size.
 RECEIVE_ANCBUF = 2 * socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 
-_buffers_logged = False
+# The (receive, send) sizes asked whose grant was logged: once each per process.
+_buffers_logged: set[tuple[int, int]] = set()
 
 
 def gso_supported(sock: socket.socket) -> bool:
@@ -88,10 +90,9 @@ def tune_socket(
 
 
 def _log_once(receive_buffer: int, send_buffer: int, granted: tuple[int, int]) -> None:
-    global _buffers_logged
-    if _buffers_logged:
+    if (receive_buffer, send_buffer) in _buffers_logged:
         return
-    _buffers_logged = True
+    _buffers_logged.add((receive_buffer, send_buffer))
     # Linux reports twice the size it keeps for data.
     data = tuple(g // 2 for g in granted) if LINUX else granted
     capped = data[0] < receive_buffer or data[1] < send_buffer

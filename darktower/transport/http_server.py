@@ -139,8 +139,6 @@ async def serve_http(
     counters = counters if counters is not None else Counter()
     wrapped = ASGIWrapper(app)
     tcp, udp = bind_pair(host, port)
-    # Its reader takes one datagram a read (no GRO); what overflows is counted (_http_quic).
-    tune_socket(udp, limits.quic_udp_receive_buffer, limits.quic_udp_send_buffer, gro=False)
     bound_port: int = tcp.getsockname()[1]
     config = Config()
     config.certfile = certfile
@@ -156,6 +154,8 @@ async def serve_http(
         configure(config)
     plain = [plain_http_socket] if plain_http_socket is not None else []
     try:
+        # Its reader takes one datagram a read (no GRO); what overflows is counted (_http_quic).
+        tune_socket(udp, limits.quic_udp_receive_buffer, limits.quic_udp_send_buffer, gro=False)
         tcp.listen(config.backlog)
         for sock in plain:
             sock.listen(config.backlog)

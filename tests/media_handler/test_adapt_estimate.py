@@ -224,3 +224,16 @@ def test_a_probe_whose_padding_does_not_get_out_fails() -> None:
     assert est.probe_succeeded_at < 0
     assert est.estimate < 1_300_000
     assert est.backoff_s > PROBE_BACKOFF_S  # failed: the next one waits longer
+
+
+def test_a_probe_aims_no_higher_than_the_padding_the_caller_can_send() -> None:
+    """The caller sends at most 12.5 kB of padding a tick (1 Mbit/s): a probe from 1 Mbit/s
+    that wants 10 aims at 2, gets its padding out and proves 2, not 10 nor 2.5 x 1."""
+    link = Link(cap=None)
+    est = BandwidthEstimator(now=0.0, max_bps=100e6, initial_bps=1_000_000)
+    while est.probe_succeeded_at < 0 and link.now < 5.0:
+        est.update(link.step(1_000_000 + link.padding * 8 / TICK))
+        link.padding = est.plan(10e6, link.now, 1_000_000, max_padding=12_500)
+        assert link.padding <= 12_500
+    assert est.probe_succeeded_at > 0
+    assert 1_900_000 <= est.estimate <= 2_100_000

@@ -81,17 +81,23 @@ async def test_a_server_and_a_rebound_socket_ask_the_default_buffers(
         nursery.cancel_scope.cancel()
 
 
-def test_granted_sizes_are_logged_once(
+def test_granted_sizes_are_logged_once_for_each_size_asked(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(_udp, "_buffers_logged", False)
+    monkeypatch.setattr(_udp, "_buffers_logged", set())
     caplog.set_level(logging.INFO, logger=_udp.__name__)
-    with make_udp_socket("127.0.0.1", 0) as a, make_udp_socket("127.0.0.1", 0) as b:
+    with (
+        make_udp_socket("127.0.0.1", 0) as a,
+        make_udp_socket("127.0.0.1", 0) as b,
+        make_udp_socket("127.0.0.1", 0) as c,
+    ):
         Endpoint(a, TransportLimits(udp_receive_buffer=64 * 1024))
-        Endpoint(b, TransportLimits())
+        Endpoint(b, TransportLimits(udp_receive_buffer=64 * 1024))
+        Endpoint(c, TransportLimits())
     lines = [r.getMessage() for r in caplog.records if r.name == _udp.__name__]
-    assert len(lines) == 1
+    assert len(lines) == 2
     assert "receive 65536 bytes asked" in lines[0]
+    assert f"receive {UDP_RECEIVE_BUFFER} bytes asked" in lines[1]
 
 
 def _proc_drops(sock: socket.socket) -> int:
