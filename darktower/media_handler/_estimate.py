@@ -19,8 +19,8 @@ is application-limited), so the estimate follows the path's signals, in the mann
   ``APP_LIMITED_RATIO`` times the rate actually sent: a path that is not filled proves nothing
   beyond what it carries.
 * **Probing** proves more: when the caller :meth:`wants <BandwidthEstimator.plan>` more than
-  the estimate, nothing was congested for the probe backoff and the queuing delay stayed
-  below ``PROBE_QUIET_DELAY_S`` for ``PROBE_QUIET_S`` since the caller last changed what it
+  the estimate, nothing was congested for the probe backoff and the queuing delay stayed at
+  most ``PROBE_QUIET_DELAY_S`` for ``PROBE_QUIET_S`` since the caller last changed what it
   sends (:meth:`settle <BandwidthEstimator.settle>`: a path with a standing queue is full,
   padding on it only lengthens the queue; and a higher layer, with its key frame, shows first
   whether it fits), the caller sends padding at the missing rate (ramped up over
@@ -149,10 +149,9 @@ class _Probe:
     packets_at_start: tuple[int, int]  # (sent, lost)
     paid_at: float  # padding is owed from here on
     delay_at_start: float  # the queuing delay when it started (a capped path has some)
-    sent_at_start: float  # what the caller sent before it, bits/s
-    # The media's rate it is judged against: the smaller of that and what the caller said it
-    # sends (a key frame's burst inflates the former, an encoder below its layer's rate the
-    # latter), bits/s.
+    # The media's rate it is sized and judged against: the smaller of what was sent before it
+    # and what the caller said it sends (a key frame's burst inflates the former, an encoder
+    # below its layer's rate the latter), bits/s.
     media_bps: float
     delay_max: float = 0.0  # the most queuing delay seen since
     padding: int = 0  # bytes of padding it asked for
@@ -347,7 +346,6 @@ class BandwidthEstimator:
             (self._last.packets_sent, self._last.packets_lost),
             now - PROBE_TICK_S,
             self.queuing_delay_s,
-            sent,
             media,
         )
         self._probe = probe
