@@ -381,14 +381,19 @@ def _figures_moved(
     return any(a[0] != b[0] or _moved(a[1], b[1]) for a, b in zip(figures[1], last[1], strict=True))
 
 
+def _padding_size(session: WebTransportSession) -> int:
+    """The size of one padding datagram on ``session`` (0: it takes no datagrams)."""
+    return max(0, min(session.max_datagram_size, PADDING_DATAGRAM))
+
+
 def _padding_capacity(session: WebTransportSession) -> int:
     """The most padding one tick sends (_pad), bytes."""
-    return MAX_PADDING_DATAGRAMS * max(0, min(session.max_datagram_size, PADDING_DATAGRAM))
+    return MAX_PADDING_DATAGRAMS * _padding_size(session)
 
 
 def _pad(session: WebTransportSession, nbytes: int) -> None:
     """Send ``nbytes`` of padding as datagrams of zeros (bounded per tick)."""
-    size = min(session.max_datagram_size, PADDING_DATAGRAM)
+    size = _padding_size(session)
     if size <= 0:
         return
     count = min(math.ceil(nbytes / size), MAX_PADDING_DATAGRAMS)

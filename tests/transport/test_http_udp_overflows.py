@@ -15,6 +15,7 @@ import trio.testing
 
 from darktower.transport.http_server import HttpLimits
 from tests.transport._http_listener import h3_get, serving
+from tests.transport._proc_udp import udp_socket_line
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="SO_RXQ_OVFL and /proc/net/udp are Linux's"
@@ -22,12 +23,8 @@ pytestmark = pytest.mark.skipif(
 
 
 def _udp_socket_line(port: int) -> list[str]:
-    """The listener's line in /proc/net/udp (the kernel's own figures, to compare)."""
-    for line in pathlib.Path("/proc/net/udp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port:
-            return fields
-    raise AssertionError(f"no UDP socket on port {port}")
+    """The listener's line in /proc/net/udp."""
+    return udp_socket_line(lambda fields: int(fields[1].split(":")[1], 16) == port, f"port {port}")
 
 
 async def test_overflows_of_the_http3_socket_are_counted(cert_files: tuple[str, str]) -> None:

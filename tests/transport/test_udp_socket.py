@@ -27,6 +27,7 @@ from darktower.transport._config import UDP_RECEIVE_BUFFER, UDP_SEND_BUFFER
 from darktower.transport._endpoint import Endpoint, make_udp_socket
 from darktower.transport._udp import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, gso_groups
 
+from ._proc_udp import udp_socket_line
 from .conftest import start_server
 
 LINUX = sys.platform.startswith("linux")
@@ -103,11 +104,7 @@ def test_granted_sizes_are_logged_once_for_each_size_asked(
 def _proc_drops(sock: socket.socket) -> int:
     """The socket's drop count in /proc/net/udp (the kernel's own figure, to compare)."""
     inode = str(os.fstat(sock.fileno()).st_ino)
-    for line in pathlib.Path("/proc/net/udp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[9] == inode:
-            return int(fields[-1])
-    raise AssertionError("socket not in /proc/net/udp")
+    return int(udp_socket_line(lambda fields: fields[9] == inode, f"inode {inode}")[-1])
 
 
 @linux_only
