@@ -2,7 +2,8 @@
 (docs/protocol.md §16): media decrypts both ways and the safety numbers agree; the MH sees
 ciphertext only (its test tap); a kicked participant given the bytes anyway cannot decrypt
 what follows its removal, nor a joiner what came before its join; a tampered frame is dropped
-and counted while the stream goes on; keys rotating while frames flow lose no frame."""
+and counted while the stream goes on; keys rotating while frames flow lose no frame (the MH
+may still drop one by its own bounds, and counts it)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,13 @@ from darktower.client import (
 )
 from darktower.e2ee import OVERHEAD
 from darktower.frames import HEADER_SIZE, Frame, FrameFlags, FrameHeader, FrameType
-from darktower.model import LeaveReason, Role, StreamType
+from darktower.media_handler import DropReason
+from darktower.model import LeaveReason, Role, StreamId, StreamType
 
 from ._e2ee import (
+    MEETING,
     WAIT_S,
+    Room,
     encrypted_meeting,
     generation_moves,
     next_event,
@@ -50,6 +54,14 @@ def about(
 
 def payloads(frames: list[Frame]) -> list[bytes]:
     return [bytes(frame.payload) for frame in frames]
+
+
+def dropped_at_mh(room: Room, publication: Publication) -> int:
+    """The frames of ``publication`` the MH dropped, counted (any reason)."""
+    assert room.services.mh is not None
+    meeting = room.services.mh.handler.rooms[MEETING]
+    stats = meeting.publications[StreamId(publication.stream_id)].stats
+    return sum(stats.frames_dropped(reason) for reason in DropReason)
 
 
 async def test_two_clients_talk_encrypted_and_the_mh_sees_ciphertext_only(
@@ -188,12 +200,16 @@ async def test_a_tampered_frame_is_dropped_and_counted_and_the_stream_goes_on(
 
 async def test_rotation_under_load_loses_no_frame(tmp_path: pathlib.Path) -> None:
     """Both publish 100 frames/s while guests join and leave: every sender ratchets for each
-    join and rotates for each leave; every frame sent arrives, decrypted, in order."""
+    join and rotates for each leave; every frame sent arrives, decrypted, in order, but those
+    the MH dropped by its own bounds (counted there): it drops an audio frame older than 200 ms
+    when it would send it (docs/architecture.md §5.4), as one held up while the whole stack,
+    one process here, stalls on a loaded machine; the keys lose none."""
     async with encrypted_meeting(tmp_path) as room:
         async with room.join("ann", Role.HOST) as ann, room.join("bob") as bob:
             ann_mic, [bob_hears] = await subscribed(ann, StreamType.AUDIO, bob)
             bob_mic, [ann_hears] = await subscribed(bob, StreamType.AUDIO, ann)
             churned = trio.Event()
+            ended = {"ann": trio.Event(), "bob": trio.Event()}  # its listener had an "end"
             sent: dict[str, list[bytes]] = {"ann": [], "bob": []}
             got: dict[str, list[bytes]] = {"ann": [], "bob": []}
 
@@ -205,11 +221,15 @@ async def test_rotation_under_load_loses_no_frame(tmp_path: pathlib.Path) -> Non
                     sent[name].append(payload)
                     i += 1
                     await trio.sleep(PACE_S)
-                await mic.send_frame(FrameType.AUDIO, b"end")
+                while not ended[name].is_set():  # the MH may drop one "end" as any frame
+                    await mic.send_frame(FrameType.AUDIO, b"end")
+                    with trio.move_on_after(PACE_S):
+                        await ended[name].wait()
 
             async def listen(name: str, subscription: Subscription) -> None:
                 async for frame in subscription:
                     if frame.payload == b"end":
+                        ended[name].set()
                         return
                     got[name].append(bytes(frame.payload))
 
@@ -230,7 +250,12 @@ async def test_rotation_under_load_loses_no_frame(tmp_path: pathlib.Path) -> Non
                     nursery.start_soon(talk, "ann", ann_mic)
                     nursery.start_soon(talk, "bob", bob_mic)
                     nursery.start_soon(churn, (ann, bob))
-            assert got == sent and len(sent["ann"]) >= 10
+            for name, mic in (("ann", ann_mic), ("bob", bob_mic)):
+                # In order, each once, nothing else; a frame missing is one the MH dropped.
+                arrived = set(got[name])
+                assert got[name] == [p for p in sent[name] if p in arrived]
+                assert len(sent[name]) - len(got[name]) <= dropped_at_mh(room, mic)
+            assert len(sent["ann"]) >= 10 and len(got["ann"]) >= 10
             assert not any(b"ann " in raw or b"bob " in raw for raw in room.tapped)
             assert ann.e2ee.generation == generations[0] + 2 * CYCLES
             assert bob.e2ee.generation == generations[1] + 2 * CYCLES
