@@ -29,6 +29,11 @@ class MediaMetrics:
         self.frames_forwarded = registry.counter(
             "darktower_mh_frames_forwarded_total", "frames written to subscribers"
         )
+        self.frames_direct = registry.counter(
+            "darktower_mh_frames_direct_total",
+            "of the frames forwarded, those written from the publisher's task while their "
+            "subscription's task was parked (docs/architecture.md §4.3)",
+        )
         self.bytes_forwarded = registry.counter(
             "darktower_mh_bytes_forwarded_total", "bytes written to subscribers (headers incl.)"
         )

@@ -102,6 +102,9 @@ class MediaSubscription:
     switcher: LayerSwitcher | None
     wake: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
     task: StreamTask | None = None
+    # While its task is parked: writes a frame just queued from the publisher's task, True
+    # if it went (_direct.py); False or None: the task is woken.
+    direct: Callable[[float], bool] | None = None
     # Its task waits for the subscriber's flow-control credit (_credit.py): routed frames
     # neither wake it nor ask for the key frame its video may wait for (asked once it writes).
     blocked: bool = False
@@ -188,7 +191,9 @@ class MediaPublication:
                     on_drops(self, drops)
             if not sub.blocked:
                 request_key_frame(sub, now, on_key_frame)
-                sub.wake.unpark_all()
+                direct = sub.direct
+                if direct is None or not direct(now):
+                    sub.wake.unpark_all()
 
     def drop_at_ingress(self, frame: Frame, now: float, on_key_frame: KeyFrameCallback) -> None:
         """The publisher's budget refused ``frame``: every subscriber loses it (counted once

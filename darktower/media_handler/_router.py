@@ -21,6 +21,7 @@ from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.transport import WebTransportSendStream, WebTransportSession
 
 from ._credit import SendWindow
+from ._direct import UNI_PREFIX_MAX, DirectWriter
 from ._limits import (
     MAX_ABANDONED_SENDS,
     NOT_LIVE_MAX_AGE_S,
@@ -161,6 +162,8 @@ class MediaRouter:
         first_at = 0.0  # when the stream's first frame was received from the publisher
         due = math.inf  # when the oldest unacknowledged frame passes the age bound
         window = SendWindow()  # what the subscriber's credit lets go now
+        # Writes for the publisher's task while the subscription is parked (_direct.py).
+        direct = DirectWriter(queue, window, stats, metrics, max_age)
         try:
             stream = await _open(session)
             now = trio.current_time()  # one clock read per batch (and per wake-up)
@@ -217,12 +220,27 @@ class MediaRouter:
                             self._lost(sub, stale, now)
                         raises = window.raises
                         if queue.empty and not sub.blocked:
+                            _raise_failed(direct)
                             if due < parked.deadline:
                                 parked.deadline = due
-                            await sub.wake.park()  # parked: the next frame routed wakes it
+                            if not abandoned and written:  # (a stream's first write is here)
+                                direct.arm(stream, written, parked)
+                                sub.direct = direct.write
+                            try:
+                                await sub.wake.park()  # parked: the next frame routed wakes it
+                            finally:
+                                sub.direct = None
+                                direct.disarm()
+                                if direct.sent:  # written by the publisher's task meanwhile
+                                    if not unacked:
+                                        due = direct.sent[0][1][0].received_at + max_age
+                                    unacked.extend(direct.sent)
+                                    direct.sent.clear()
+                                    written = direct.written
+                            _raise_failed(direct)
                             now = trio.current_time()
                             continue
-                        room = window.room(stream.send_credit, written + _UNI_PREFIX_MAX, now)
+                        room = window.room(stream.send_credit, written + UNI_PREFIX_MAX, now)
                         if abandoned and window.raises > raises:
                             abandoned = 0  # the subscriber reads what is sent
                         if queue.empty and room >= window.straddle:  # it waited for credit:
@@ -343,9 +361,11 @@ class MediaRouter:
             request_key_frame(sub, now, functools.partial(self.key_frame, sub.subscriber.room))
 
 
-# The bytes a uni stream starts with before its frames (its type and session id, two
-# varints), which count against the subscriber's credit but not in ``written``.
-_UNI_PREFIX_MAX = 10
+def _raise_failed(direct: DirectWriter) -> None:
+    """What the transport raised to a write from the publisher's task is this task's."""
+    if direct.failed is not None:
+        failed, direct.failed = direct.failed, None
+        raise failed
 
 
 def _disarm(parked: trio.CancelScope) -> bool:
