@@ -3,8 +3,9 @@
 A subscription's task writes its queue to its uni stream and parks when the queue is empty;
 each frame routed to it would wake it again, one task switch per frame and subscriber. While
 it is parked, and only in the plain case, the publisher's task writes the frame itself, in
-the same call that routes it: the queue held that frame alone, it fits the subscriber's
-credit, and the transport takes it at once (``try_send``, all or nothing, no checkpoint).
+the same call that routes it: the task is still parked (not woken, nor cancelled, since),
+its queue holds that frame alone, it fits the subscriber's credit, and the transport takes it
+at once (``try_send``, all or nothing, no checkpoint).
 Anything else (a full send buffer, no credit, a stream being replaced) wakes the task, which
 does what it always did. What was written here is handed back to the task when it wakes,
 which keeps each frame's age bound until the subscriber acknowledges it: the park's deadline
@@ -35,11 +36,12 @@ Batches = list[tuple[int, list[QueuedFrame[memoryview]]]]
 class DirectWriter:
     """One subscription's writer for the publisher's task, armed by the subscription's task
     each time it parks (:meth:`arm`) and read back when it wakes (``sent``, ``written``,
-    ``failed``). Called as ``write(now)`` right after a frame was queued: True if the queued
-    frame went (the task stays parked), False if the task must be woken."""
+    ``failed``). Called as ``write(item, now)`` right after ``item`` was queued: True if it
+    went (the task stays parked), False if the task must be woken."""
 
     __slots__ = (
         "failed",
+        "lot",
         "max_age",
         "metrics",
         "parked",
@@ -54,12 +56,14 @@ class DirectWriter:
     def __init__(
         self,
         queue: SubscriptionQueue[memoryview],
+        lot: trio.lowlevel.ParkingLot,
         window: SendWindow,
         stats: StreamStats,
         metrics: MediaMetrics,
         max_age: float,
     ) -> None:
         self.queue = queue
+        self.lot = lot  # where the task parks: it is there only while parked
         self.window = window
         self.stats = stats
         self.metrics = metrics
@@ -76,12 +80,13 @@ class DirectWriter:
         self.written = written
         self.parked = parked
 
-    def write(self, now: float) -> bool:
+    def write(self, item: QueuedFrame[memoryview], now: float) -> bool:
+        """Write ``item``, just queued at ``now``, if the case is plain (the module's doc)."""
         queue, stream, parked = self.queue, self.stream, self.parked
-        if len(queue) != 1 or stream is None or parked is None or self.failed is not None:
+        if stream is None or parked is None or self.failed is not None or not self.lot:
             return False
-        item = queue.peek()
-        assert item is not None
+        if len(queue) != 1 or queue.peek() is not item:
+            return False
         window = self.window
         if item.size > window.room(stream.send_credit, self.written + UNI_PREFIX_MAX, now):
             return False

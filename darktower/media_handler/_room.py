@@ -104,7 +104,7 @@ class MediaSubscription:
     task: StreamTask | None = None
     # While its task is parked: writes a frame just queued from the publisher's task, True
     # if it went (_direct.py); False or None: the task is woken.
-    direct: Callable[[float], bool] | None = None
+    direct: Callable[[QueuedFrame[memoryview], float], bool] | None = None
     # Its task waits for the subscriber's flow-control credit (_credit.py): routed frames
     # neither wake it nor ask for the key frame its video may wait for (asked once it writes).
     blocked: bool = False
@@ -192,7 +192,7 @@ class MediaPublication:
             if not sub.blocked:
                 request_key_frame(sub, now, on_key_frame)
                 direct = sub.direct
-                if direct is None or not direct(now):
+                if direct is None or not direct(item, now):
                     sub.wake.unpark_all()
 
     def drop_at_ingress(self, frame: Frame, now: float, on_key_frame: KeyFrameCallback) -> None:

@@ -163,7 +163,8 @@ class MediaRouter:
         due = math.inf  # when the oldest unacknowledged frame passes the age bound
         window = SendWindow()  # what the subscriber's credit lets go now
         # Writes for the publisher's task while the subscription is parked (_direct.py).
-        direct = DirectWriter(queue, window, stats, metrics, max_age)
+        direct = DirectWriter(queue, sub.wake, window, stats, metrics, max_age)
+        direct_write = direct.write
         try:
             stream = await _open(session)
             now = trio.current_time()  # one clock read per batch (and per wake-up)
@@ -225,7 +226,7 @@ class MediaRouter:
                                 parked.deadline = due
                             if not abandoned and written:  # (a stream's first write is here)
                                 direct.arm(stream, written, parked)
-                                sub.direct = direct.write
+                                sub.direct = direct_write
                             try:
                                 await sub.wake.park()  # parked: the next frame routed wakes it
                             finally:
