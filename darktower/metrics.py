@@ -80,7 +80,8 @@ class Counter(_Metric):
         self._values: dict[LabelValues, float] = {}
 
     def inc(self, amount: float = 1.0, *labels: str) -> None:
-        key = self._key(labels)
+        # (Unlabelled: the media path counts each frame forwarded; no key to build.)
+        key = labels if not labels and not self.labelnames else self._key(labels)
         self._values[key] = self._values.get(key, 0.0) + amount
 
     def value(self, *labels: str) -> float:
