@@ -208,12 +208,8 @@ class MediaRouter:
                                     abandoned = 0  # the subscriber reads what is sent
                             due = unacked[0][1][0].received_at + max_age if unacked else math.inf
                             if due <= now:  # the subscriber does not take them: start afresh
-                                lost = [Dropped(i, DropReason.STALE) for _, b in unacked for i in b]
-                                unacked.clear()
-                                due = math.inf
-                                self._abandon(sub, stream, lost, now)
-                                stream = None
-                                abandoned += 1
+                                self._abandon(sub, stream, unacked, (), now)
+                                stream, due, abandoned = None, math.inf, abandoned + 1
                                 retry_at = now + _hold_off(abandoned, max_age)
                                 continue
                         stale = queue.drop_stale(now - max_age)
@@ -272,12 +268,8 @@ class MediaRouter:
                             # Frames wait for credit in the queue (dropped there by the policy):
                             # the subscription sleeps, routed frames do not wake it (not parked).
                             if window.stalled(now):  # the subscriber does not read: start afresh
-                                lost = [Dropped(i, DropReason.STALE) for _, b in unacked for i in b]
-                                unacked.clear()
-                                due = math.inf
-                                self._abandon(sub, stream, lost, now)
-                                stream = None
-                                abandoned += 1
+                                self._abandon(sub, stream, unacked, (), now)
+                                stream, due, abandoned = None, math.inf, abandoned + 1
                                 retry_at = now + _hold_off(abandoned, max_age)
                                 continue
                             sub.blocked = True
@@ -302,13 +294,8 @@ class MediaRouter:
                         else:
                             timed_out = False
                         if timed_out:  # the subscriber does not read: start afresh
-                            lost = [Dropped(i, DropReason.STALE) for _, b in unacked for i in b]
-                            lost.extend(Dropped(i, DropReason.STALE) for i in batch)
-                            unacked.clear()
-                            due = math.inf
-                            self._abandon(sub, stream, lost, now)
-                            stream = None
-                            abandoned += 1
+                            self._abandon(sub, stream, unacked, batch, now)
+                            stream, due, abandoned = None, math.inf, abandoned + 1
                             retry_at = now + _hold_off(abandoned, max_age)
                             continue
                         window.wrote()
@@ -339,12 +326,17 @@ class MediaRouter:
         self,
         sub: MediaSubscription,
         stream: WebTransportSendStream,
-        lost: list[Dropped[memoryview]],
+        unacked: deque[tuple[int, list[QueuedFrame[memoryview]]]],
+        unsent: Sequence[QueuedFrame[memoryview]],
         now: float,
     ) -> None:
         """Reset a stream the subscriber does not take within the age bound (what the
-        transport held of it goes too) and count what it held as lost; the subscription goes
-        on over a new stream, video from the next key frame."""
+        transport held of it goes too) and count as stale what it held (``unacked``, emptied
+        here, and ``unsent``, a batch whose write gave up); the subscription goes on over a
+        new stream, video from the next key frame."""
+        lost = [Dropped(i, DropReason.STALE) for _, batch in unacked for i in batch]
+        lost.extend(Dropped(i, DropReason.STALE) for i in unsent)
+        unacked.clear()
         sub.blocked = False
         _reset(stream)
         lost.extend(sub.queue.lose_sent())

@@ -8,7 +8,6 @@ in-memory sessions (virtual time); the whole path on real QUIC through the MH.""
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from darktower.frames import FrameHeader, FrameType
+from darktower.frames import FrameType
 from darktower.media_handler import (
     DropReason,
     MediaHandler,
@@ -35,6 +34,7 @@ from darktower.nurseries import TaskTree
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 
 from ._harness import audio, new_id, open_harness, receive_n
+from .test_stale import MEETING, MIC, PublishStream, _encode
 
 MAX_AGE = 0.2
 
@@ -147,42 +147,6 @@ def test_a_transport_error_is_kept_for_the_subscription_task() -> None:
 
 # -- the hand-back to the subscription's task (in-memory sessions, virtual time) ---------------
 
-MIC = "0c4f4d55-64d4-4a0e-9d3b-6f0b7c1e2d33"
-MEETING = "m"
-
-
-class PublishStream:
-    """A publisher's bidirectional stream: frames fed by the test."""
-
-    def __init__(self) -> None:
-        self._send, self._recv = trio.open_memory_channel[bytes](64)
-
-    def feed(self, seq: int) -> None:
-        payload = bytes(40)
-        header = FrameHeader(
-            frame_type=FrameType.AUDIO,
-            stream_id=uuid.UUID(MIC),
-            timestamp_us=0,
-            sequence=seq,
-            payload_length=len(payload),
-        )
-        self._send.send_nowait(header.encode() + payload)
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        try:
-            return await self._recv.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            return b""
-
-    async def send_eof(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    def reset(self, code: int = 0) -> None:
-        pass
-
-    def stop_sending(self, code: int = 0) -> None:
-        self._recv.close()
-
 
 class UnackedUniStream(FakeStream):
     """A uni stream whose peer acknowledges nothing: every write is taken and held."""
@@ -271,7 +235,7 @@ async def test_frames_written_directly_keep_their_age_bound_until_acknowledged(
     is abandoned and all ten count as stale, not only the task's own."""
     async with trio.open_nursery() as nursery, routed(nursery) as (handler, mic, sub):
         for seq in range(10):
-            mic.feed(seq)
+            mic.feed(_encode(MIC, FrameType.AUDIO, seq))
             await trio.sleep(0.02)
         metrics = handler.metrics
         assert metrics.frames_direct.value() == 9 and sub.uni[0].reset_code is None
@@ -286,13 +250,13 @@ async def test_an_error_on_a_direct_write_ends_the_subscription_not_the_publishe
 ) -> None:
     async with trio.open_nursery() as nursery, routed(nursery) as (handler, mic, sub):
         publication = handler.rooms[MEETING].publications[MIC]  # type: ignore[index]
-        mic.feed(0)  # the task's own write
+        mic.feed(_encode(MIC, FrameType.AUDIO, 0))  # the task's own write
         await trio.testing.wait_all_tasks_blocked()
         # Once: the task's own write would go; it raises what the direct write met.
         sub.uni[0].error = trio.ClosedResourceError("the subscriber stopped the stream")
-        mic.feed(1)
+        mic.feed(_encode(MIC, FrameType.AUDIO, 1))
         await trio.testing.wait_all_tasks_blocked()
-        mic.feed(2)
+        mic.feed(_encode(MIC, FrameType.AUDIO, 2))
         await trio.testing.wait_all_tasks_blocked()
         assert "s" not in publication.subscriptions
         assert publication.stats.frames_received == 3  # the publisher's stream goes on
