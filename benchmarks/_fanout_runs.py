@@ -19,6 +19,7 @@ from benchmarks._bench import histogram, histogram_delta, percentiles
 from benchmarks._fanout_load import (
     AUDIO_FPS,
     KEY_S,
+    LOAD_SHARE,
     MEETING,
     MEETING_FRAMES_PER_S,
     MEETING_PROCESSES,
@@ -35,6 +36,9 @@ SCRIPT = pathlib.Path(__file__).with_name("media_fanout.py")
 # The MH's histogram of a frame's time inside it: arrival -> last byte handed to the socket,
 # once per subscriber (absent from MHs that predate it: its quantiles are then NaN).
 RESIDENCE = "darktower_mh_frame_residence_seconds"
+# paced_rate: at most this many calibration points, and how far above the share one may be.
+CALIBRATE_STEPS = 4
+CALIBRATE_TOLERANCE = 0.05
 
 
 # --- orchestration ----------------------------------------------------------------------------
@@ -225,7 +229,65 @@ def fanout_at(
         **_figures(point, [o["pid"] for o in others], win),
         "by_reason": point["dropped"],
         "residence": point["residence"],
+        "cpu_share": point["cpu_share"],
     }
+
+
+def paced_rate(
+    mh: MH, cert_hash: str, rate: float, share: float, warm: float, win: float
+) -> tuple[float, list[tuple[float, float]]]:
+    """The publisher's rate (frames/s) at which the MH spends about ``share`` of a core on step
+    2's paced fan-out, at most ``rate`` (``share`` of the flood's saturation, step 1).
+
+    A flood's frames queue up while the MH is busy and leave several to a packet and a system
+    call; paced frames arrive one at a time and each costs more, so ``share`` of the flood's
+    rate can be more than the MH can carry paced (its queues then grow without bound, and so
+    does any latency read there). Plain points (no slow subscriber) read the MH's CPU share
+    ``u``; while ``u`` exceeds ``share`` by more than CALIBRATE_TOLERANCE, the rate is scaled
+    by ``share / u`` (a frame costs more at a lower rate, hence a few steps). Returns the rate
+    and the (rate, u) of every point tried."""
+    tried: list[tuple[float, float]] = []
+    for _ in range(CALIBRATE_STEPS):
+        u = fanout_at(mh, cert_hash, rate, warm, win, slow=False)["cpu_share"]
+        tried.append((rate, u))
+        if u <= share * (1 + CALIBRATE_TOLERANCE):
+            break
+        rate *= share / u
+    return rate, tried
+
+
+def paced_rates(
+    mhs: dict[str, MH],
+    cert_hash: str,
+    sats: dict[str, float],
+    warm: float,
+    win: float,
+    run: Callable[..., Any],
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Each core's publisher rate for steps 2-3 (paced_rate from LOAD_SHARE of the flood's
+    saturation ``sats[core]``, delivered frames/s), each point through ``run(core, point,
+    *args)``; and each core's figures of it."""
+    rates: dict[str, float] = {}
+    figures: dict[str, dict[str, float]] = {}
+    for core, mh in mhs.items():
+        flood = LOAD_SHARE * sats[core] / SAT_RECEIVERS  # each frame is sent to 5
+        rate, tried = run(core, paced_rate, mh, cert_hash, flood, LOAD_SHARE, warm, win)
+        rates[core] = rate
+        last_rate, last_share = tried[-1]
+        print(
+            f"[{core}] paced rate: {LOAD_SHARE:.0%} of the flood's saturation is "
+            f"{flood * SAT_RECEIVERS:.0f} frames/s delivered; the MH's CPU share at the points "
+            "tried: "
+            + ", ".join(f"{r * SAT_RECEIVERS:.0f}/s {u:.0%}" for r, u in tried)
+            + f"; steps 2-3 run at {rate * SAT_RECEIVERS:.0f}/s",
+            flush=True,
+        )
+        figures[core] = {
+            "flood_share_delivered_per_s": flood * SAT_RECEIVERS,
+            "paced_saturation_delivered_per_s": last_rate * SAT_RECEIVERS / last_share,
+            "load_rate_delivered_per_s": rate * SAT_RECEIVERS,
+        }
+    return rates, figures
 
 
 def relay_at(
