@@ -20,6 +20,8 @@ from darktower.frames import Frame, FrameFlags, FrameType
 from ._limits import JOB_QUEUE_FRAMES, MAX_ASSEMBLED_BYTES, MAX_STREAM_NAMES
 
 T = TypeVar("T")
+# As a plain int: IntFlag's Python-level __and__ costs 1.7 µs a test, four per frame part.
+_END_OF_FRAME = int(FrameFlags.END_OF_FRAME)
 
 
 @attrs.frozen
@@ -82,7 +84,7 @@ class Assembler:
     def push(self, frame: Frame) -> Encoded | None:
         sid = self._name(frame.stream_id_bytes)
         frame_type = frame.frame_type
-        flags = frame.flags
+        flags = int(frame.flags)
         timestamp_us = frame.timestamp_us
         sequence = frame.sequence
         video = frame_type is not FrameType.AUDIO
@@ -96,12 +98,12 @@ class Assembler:
         if last is not None and sequence > last + 1:
             self._discarding.discard(sid)
             self._lost(sid, video)
-            if not flags & FrameFlags.END_OF_FRAME:
+            if not flags & _END_OF_FRAME:
                 self._drops.add("incomplete")
                 self._discarding.add(sid)
                 return None
         if sid in self._discarding:
-            if flags & FrameFlags.END_OF_FRAME:
+            if flags & _END_OF_FRAME:
                 self._discarding.discard(sid)
             return None
         partial = self._partial.get(sid)
@@ -119,10 +121,10 @@ class Assembler:
             self._drops.add("oversize")
             if video:
                 self._skipping.add(sid)
-            if not flags & FrameFlags.END_OF_FRAME:
+            if not flags & _END_OF_FRAME:
                 self._discarding.add(sid)
             return None
-        if not flags & FrameFlags.END_OF_FRAME:
+        if not flags & _END_OF_FRAME:
             return None
         del self._partial[sid]
         key = not video or partial.frame_type is FrameType.VIDEO_KEY
