@@ -67,7 +67,7 @@ logger = logging.getLogger(__name__)
 # (malloc_trim), at most once per this many seconds (a trim walks the heap: milliseconds).
 HEAP_TRIM_INTERVAL_S = 1.0
 # As a plain int: ``flags & socket.MSG_TRUNC`` goes through IntFlag's Python-level __and__
-# (1.7 µs, once per read).
+# (1.7 µs, once per merged read).
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 
 
