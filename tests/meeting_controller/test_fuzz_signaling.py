@@ -31,8 +31,18 @@ PER_SESSION = 60
 # Events, request_id 0: the MH's feedback (docs/protocol.md §17), and what the MC tells every
 # member, the sender included, before it answers: its own publication state (§18.1: a fuzzed
 # screen publish or mute) and its own chat message (§18.3).
+# (participant_joined/left: the meeting's other sessions, an earlier example's among them,
+# come and go at their own time.)
 _UNSOLICITED = frozenset(
-    {"quality", "active_speakers", "key_frame_request", "participant_updated", "chat_message"}
+    {
+        "quality",
+        "active_speakers",
+        "key_frame_request",
+        "participant_updated",
+        "participant_joined",
+        "participant_left",
+        "chat_message",
+    }
 )
 
 
