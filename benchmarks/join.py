@@ -1,14 +1,16 @@
 """Join latency, ParticipantJoined fan-out and memory per idle session on the Meeting Controller.
 
-The MC (with an in-process Media Handler stand-in answering RegisterParticipant, and a bare
-WebTransport echo route on a second port of the same transport for the baseline) runs in its
-own process (benchmarks/_join_server.py); the clients run in this one, all on 127.0.0.1.
+The MC (with a bare WebTransport echo route on a second port of the same transport for the
+baseline) runs in its own process, and the Media Handler stand-in answering its
+RegisterParticipant / RemoveParticipant calls in another, as a real MH would
+(benchmarks/_join_server.py); the clients run in this one, all on 127.0.0.1.
 
 1. **Sequential joins**: 100 joins one after the other (WebTransport connect -> JoinResponse),
    interleaved in rounds with the baseline: a bare WebTransport connect + one echo round trip.
 2. **Concurrent joins**: 200 clients join 20 meetings at once, interleaved with 200 concurrent
    baseline connects; p50/p99 of each client's latency (``concurrent_join_p50_ms``), and the
-   server's CPU per join. Each client comes from its own loopback address (127.0.x.y), as from
+   MC's CPU per join (``concurrent_join_server_cpu_ms_per_join``: join and leave; the MH
+   stand-in's own, ``concurrent_join_mh_cpu_ms_per_join``, apart). Each client comes from its own loopback address (127.0.x.y), as from
    its own host: the server's per-address caps (10 handshakes at once) do not apply to them
    together; its global ones (Retry from 20 handshakes in progress, 100 at most) do.
 3. **Fan-out**: 100 idle participants in one meeting; a new participant joins and the time from
@@ -52,7 +54,7 @@ from benchmarks._bench import (
     round_order,
 )
 from benchmarks._cluster import write_cluster
-from benchmarks._join_server import Server, cpu_s, rss_kb, serve
+from benchmarks._join_server import Server, cpu_s, rss_kb, serve, serve_stand_in_mh
 
 SEQUENTIAL = 100
 CONCURRENT = 200
@@ -240,16 +242,17 @@ async def run(
         # 2. concurrent, interleaved in rounds likewise
         n = CONCURRENT // 4 if quick else CONCURRENT
         con: dict[str, dict[str, list[Any]]] = {
-            c.core: {"join": [], "echo": [], "join_p99": [], "echo_p99": [], "cpu": []}
+            c.core: {"join": [], "echo": [], "join_p99": [], "echo_p99": [], "cpu": [], "mh": []}
             for c in every
         }
         for i in range(rounds):
             for c in round_order(every, i):
-                before = cpu_s(c.server.pid)
+                before, mh_before = cpu_s(c.server.pid), cpu_s(c.server.info["mh_pid"])
                 j = await c.concurrently(
                     n, lambda i, out, c=c: c.join_once(f"m{i % MEETINGS}", out, None, host(i))
                 )
                 cpu = cpu_s(c.server.pid) - before
+                mh_cpu = cpu_s(c.server.info["mh_pid"]) - mh_before
                 e = await c.concurrently(n, lambda i, out, c=c: c.echo_once(out, host(i)))
                 mine = con[c.core]
                 mine["join"] += j
@@ -257,6 +260,7 @@ async def run(
                 mine["join_p99"].append(percentiles(j)["p99"])
                 mine["echo_p99"].append(percentiles(e)["p99"])
                 mine["cpu"].append(cpu)
+                mine["mh"].append(mh_cpu)
     for core, f in figures.items():
         _sequential_figures(core, seq[core], f)
         _concurrent_figures(core, con[core], n, rounds, f)
@@ -285,12 +289,14 @@ def _concurrent_figures(
     ratio = ratio_summary(con["join_p99"], con["echo_p99"])
     figures.update({f"concurrent_p99_ratio_{k}": v for k, v in ratio.items()})
     figures["concurrent_join_server_cpu_ms_per_join"] = sum(con["cpu"]) / len(con["join"]) * 1000
+    figures["concurrent_join_mh_cpu_ms_per_join"] = sum(con["mh"]) / len(con["join"]) * 1000
     print(
         f"[{core}] concurrent joins: {n} x {rounds}  p50 {figures['concurrent_join_p50_ms']:.1f}"
         f" ms  p99 {figures['concurrent_join_p99_ms']:.1f} ms  (baseline p50"
         f" {figures['concurrent_baseline_p50_ms']:.1f}, p99"
         f" {figures['concurrent_baseline_p99_ms']:.1f} ms);"
-        f" {figures['concurrent_join_server_cpu_ms_per_join']:.1f} ms server CPU per join"
+        f" {figures['concurrent_join_server_cpu_ms_per_join']:.1f} ms of the MC's CPU per join"
+        f" ({figures['concurrent_join_mh_cpu_ms_per_join']:.1f} ms of the MH stand-in's)"
     )
 
 
@@ -347,9 +353,13 @@ def main() -> None:
     p = parser(__doc__ or "")
     add_quic_core(p)
     p.add_argument("--serve", nargs=4, help=argparse_hidden())
+    p.add_argument("--serve-mh", nargs=1, help=argparse_hidden())
     args = p.parse_args()
     if args.serve:
         serve(*args.serve)
+        return
+    if args.serve_mh:
+        serve_stand_in_mh(*args.serve_mh)
         return
     import trio
 
