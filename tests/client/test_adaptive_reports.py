@@ -280,6 +280,9 @@ async def test_reports_cap_and_lift_the_route_at_the_mh(
         low = video.layer_ids[0]
         await next_event(viewer, StreamPublished, lambda e: e.stream.stream_id == video.stream_id)
         sub = await viewer.subscribe(video.stream_id, preferred_layer=low)
+        with trio.fail_after(WAIT_S):  # dynacast: the host drops the frames of a layer that is
+            while not video.layer_active(low):  # paused until the MH's resume reaches it
+                await video.wait_layers_changed()
         assert await viewer.adaptation.report() == []
 
         async def send(count: int, start: int, step: int) -> int:
