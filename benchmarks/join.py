@@ -10,9 +10,10 @@ RegisterParticipant / RemoveParticipant calls in another, as a real MH would
 2. **Concurrent joins**: 200 clients join 20 meetings at once, interleaved with 200 concurrent
    baseline connects; p50/p99 of each client's latency (``concurrent_join_p50_ms``), and the
    MC's CPU per join (``concurrent_join_server_cpu_ms_per_join``: join and leave; the MH
-   stand-in's own, ``concurrent_join_mh_cpu_ms_per_join``, apart). Each client comes from its own loopback address (127.0.x.y), as from
-   its own host: the server's per-address caps (10 handshakes at once) do not apply to them
-   together; its global ones (Retry from 20 handshakes in progress, 100 at most) do.
+   stand-in's own, ``concurrent_join_mh_cpu_ms_per_join``, apart). Each client comes from its
+   own loopback address (127.0.x.y), as from its own host: the server's per-address caps (10
+   handshakes at once) do not apply to them together; its global ones (Retry from 20
+   handshakes in progress, 100 at most) do.
 3. **Fan-out**: 100 idle participants in one meeting; a new participant joins and the time from
    its JoinResponse to the last ParticipantJoined read by the 100 is measured (repeated).
 4. **Memory**: the server's RSS growth per idle participant session (QUIC connection included),
