@@ -266,7 +266,7 @@ def run_clients(specs_json: str, cert_hash: str, warm: float, window: float) -> 
         async with connect_webtransport(
             f"{spec['url']}?role={spec['relay']}",
             server_certificate_hashes=pinned,
-            limits=limits.for_media(),  # its receivers ack as the MH's (open_media_client)
+            limits=limits.for_media(),  # a receiver acks as the MH's subscribers do
         ) as session:
             if spec["relay"] == "send":
                 stream: Any = await session.open_unidirectional_stream()

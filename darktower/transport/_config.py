@@ -99,7 +99,7 @@ ACK_DELAY_S: float | None = None
 # an ACK once MEDIA_ACK_THRESHOLD ack-eliciting packets are unacknowledged, at once for one
 # out of order or after a gap, else MEDIA_ACK_DELAY_S (the max_ack_delay advertised) after the
 # first. Most then ride on the receiver's own media instead of leaving alone every millisecond:
-# in a 6-person meeting the MH took about half the datagrams and 17 % less CPU per frame (qh3).
+# in a 6-person meeting the MH read about half the datagrams (docs/decisions.md).
 MEDIA_ACK_DELAY_S = 0.025
 MEDIA_ACK_THRESHOLD = 10
 # The longest send delay a connection takes (``delay_sends``): below the MH's age bound for
