@@ -167,6 +167,9 @@ class BandwidthEstimator:
         # Before the path shows congestion nothing limits it but the budget (by default).
         self.estimate = _clamp(float(initial_bps or max_bps), self.max_bps)
         self.congested = False  # the last update found congestion
+        # What the last update found: "delay" (the RTT's, or the bytes in flight's),
+        # "backlog" or "loss" ("": none), for a trace of the estimate to show.
+        self.cause = ""
         self.loss = 0.0  # the packet loss of the last LOSS_WINDOW_S
         self.queuing_delay_s = 0.0
         self.last_congested_at = -1e9
@@ -232,13 +235,15 @@ class BandwidthEstimator:
         # A probe stops at the first sample of queuing delay; otherwise it takes PERSIST.
         if probe is not None:
             probe.delay_max = max(probe.delay_max, self.queuing_delay_s)
-            queuing = self._delay_high >= 1
+            queuing = delayed = self._delay_high >= 1
         else:  # a delay twice the threshold is no key frame's burst: it needs one sample less
             high = self.queuing_delay_s > 2 * DELAY_THRESHOLD_S
-            queuing = self._delay_high >= PERSIST - high or backlog_high
+            delayed = self._delay_high >= PERSIST - high
+            queuing = delayed or backlog_high
         # (A probe's padding takes the window that stream data waits for: its backlog is
         # its own doing, judged by what it delivered.)
         congested = self.congested = queuing or heavy_loss
+        self.cause = ("delay" if delayed else "backlog") if queuing else "loss" if congested else ""
         dt = 0.0 if last is None else max(0.0, now - last.now)
         if congested:
             self.last_congested_at = now

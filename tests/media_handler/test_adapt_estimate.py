@@ -74,6 +74,7 @@ def run(
     media: float | None = None,
     want: float = 0.0,
     trace: list[tuple[float, float, float]] | None = None,
+    causes: set[str] | None = None,
 ) -> None:
     """Send ``media`` bits/s (None: what the estimate allows, as a layer choice would, up to
     ``want``) and the estimator's padding for ``seconds``."""
@@ -82,6 +83,8 @@ def run(
         sample = link.step(rate + (link.padding * 8 / TICK if link.padding_out else 0.0))
         est.update(sample)
         link.padding = est.plan(want, link.now)
+        if causes is not None:
+            causes.add(est.cause)
         if trace is not None:
             trace.append((link.now, est.estimate, link.queue * 8 / link.cap if link.cap else 0))
 
@@ -89,9 +92,11 @@ def run(
 def test_congestion_brings_the_estimate_to_the_cap() -> None:
     link = Link(cap=300_000)
     est = BandwidthEstimator(now=0.0, max_bps=100e6, initial_bps=1_000_000)
-    run(est, link, 0.5, media=550_000)
+    causes: set[str] = set()
+    run(est, link, 0.5, media=550_000, causes=causes)
     # The queue grows at 250 kbit/s: congestion within a few ticks, the estimate near the cap.
     assert est.congested or est.last_congested_at > 0
+    assert causes == {"", "delay"}
     assert 0.7 * 300_000 <= est.estimate <= 300_000
 
 
@@ -115,10 +120,23 @@ def test_random_loss_below_the_threshold_keeps_the_estimate() -> None:
 def test_heavy_loss_is_congestion() -> None:
     link = Link(cap=None, loss=0.2)
     est = BandwidthEstimator(now=0.0, max_bps=100e6, initial_bps=2_000_000)
-    run(est, link, 4.0, media=550_000)
+    causes: set[str] = set()
+    run(est, link, 4.0, media=550_000, causes=causes)
     assert est.last_congested_at > 0
     assert est.estimate < 0.8 * 2_000_000
     assert not est.probing
+    assert causes == {"", "loss"}
+
+
+def test_a_backlog_that_does_not_shrink_is_congestion() -> None:
+    # A quarter of a second at the estimate waits at this end, and grows: the peer or the
+    # window holds it back, whatever the RTT says.
+    est = BandwidthEstimator(now=0.0, max_bps=100e6, initial_bps=1_000_000)
+    causes = []
+    for i in range(1, 5):
+        est.update(LinkSample(now=i * TICK, rtt_s=0.01, backlog=40_000 + i * 1000))
+        causes.append(est.cause)
+    assert causes == ["", "", "backlog", "backlog"]
 
 
 def test_a_probe_climbs_back_once_the_cap_lifts() -> None:

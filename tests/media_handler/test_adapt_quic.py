@@ -67,9 +67,9 @@ class Room:
     changed: trio.lowlevel.ParkingLot = attrs.Factory(trio.lowlevel.ParkingLot)
     sent_video_frames: int = 0
     # The subscriber's estimator every tick: (time, estimate, queuing delay, probing,
-    # congested, layers now and aimed at, loss), printed by a failing test (pytest shows what
-    # it printed).
-    trace: list[tuple[float, int, int, bool, bool, str, float]] = attrs.Factory(list)
+    # congested, layers now and aimed at, loss, what it found congested), printed by a failing
+    # test (pytest shows what it printed).
+    trace: list[tuple[float, int, int, bool, bool, str, float, str]] = attrs.Factory(list)
     # When this process stalled (a sampler's tick came late by more than 30 ms) and how long.
     stalls: list[tuple[float, float]] = attrs.Factory(list)
 
@@ -159,6 +159,7 @@ async def _trace(room: Room) -> None:
                     link.congested,
                     layers,
                     link.loss,
+                    link.cause,
                 )
             )
         await trio.sleep(0.1)  # a sampler of the state, not a wait
@@ -168,9 +169,9 @@ async def _trace(room: Room) -> None:
 
 
 def _print_trace(room: Room, since: float) -> None:
-    for t, estimate, delay, probing, congested, layers, loss in room.trace:
+    for t, estimate, delay, probing, congested, layers, loss, cause in room.trace:
         flags = ("P" if probing else "-") + ("C" if congested else "-") + " " + layers
-        print(f"{t - since:6.2f} {estimate:9d} {delay:4d} ms {flags} loss {loss:.3f}")
+        print(f"{t - since:6.2f} {estimate:9d} {delay:4d} ms {flags} loss {loss:.3f} {cause}")
 
 
 async def _listen(room: Room, events: AsyncIterator[mc_pb.TelemetryEvent]) -> None:
