@@ -262,10 +262,11 @@ def run_clients(specs_json: str, cert_hash: str, warm: float, window: float) -> 
         """The baseline: transport_relay's server relays what its sender writes, byte for
         byte, to every receiver; records are the same 1,046 bytes, stamped at their start."""
         size = SAT_PAYLOAD + HEADER_SIZE
+        limits = TransportLimits(stream_send_high_water=64 * 1024, quic_core=CLIENT_QUIC_CORE)
         async with connect_webtransport(
             f"{spec['url']}?role={spec['relay']}",
             server_certificate_hashes=pinned,
-            limits=TransportLimits(stream_send_high_water=64 * 1024, quic_core=CLIENT_QUIC_CORE),
+            limits=limits.for_media(),  # a receiver acks as the MH's subscribers do
         ) as session:
             if spec["relay"] == "send":
                 stream: Any = await session.open_unidirectional_stream()

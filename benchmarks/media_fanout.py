@@ -49,8 +49,10 @@ aioquic) is the core of the servers under test: the MH and, for the baselines, o
 both, the two cores run side by side in the same sitting: one MH and one relay per core stay up
 for all rounds, and every step interleaves the cores' points (A B / B A); each core's latency
 points run at 70 % of its own saturation rate. The clients (load generators) stay on aioquic
-whatever the core, so that only the server changes. The default core's figures carry their
-usual names; qh3's the same names prefixed ``qh3_`` (``qh3_participants_per_core``, ...).
+whatever the core, so that only the server changes; those of steps 2-4, the relay's receivers
+among them, ack as the client library's media connections do (``TransportLimits.for_media``).
+The default core's figures carry their usual names; qh3's the same names prefixed ``qh3_``
+(``qh3_participants_per_core``, ...).
 
     python benchmarks/media_fanout.py [--quick] [--rounds N] [--quic-core both]
 

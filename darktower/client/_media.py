@@ -260,7 +260,8 @@ async def open_media_client(
     """Connect to ``url`` (the MH's media URL with ``?token=``) and yield the client.
 
     ``origin`` is sent as the CONNECT's ``origin`` header (see ``open_signaling``); ``limits``
-    are the QUIC connection's (not used with ``connection``).
+    are the QUIC connection's (not used with ``connection``), with a media receiver's ACK
+    policy unless they set one (``TransportLimits.for_media``).
 
     Owns the session (and its own QUIC connection unless ``connection`` is given, to share one
     among several sessions) and the reader tasks; on exit the session is closed and the readers
@@ -269,7 +270,10 @@ async def open_media_client(
     send, receive = trio.open_memory_channel[Frame](max_buffered_frames)
     if connection is None:
         async with connect_webtransport(
-            url, server_certificate_hashes=server_certificate_hashes, origin=origin, limits=limits
+            url,
+            server_certificate_hashes=server_certificate_hashes,
+            origin=origin,
+            limits=(limits or TransportLimits()).for_media(),
         ) as session:
             async with _run(session, send, receive) as client:
                 yield client

@@ -95,6 +95,14 @@ UDP_SEND_BUFFER = 4 * 1024 * 1024
 # bulk media (a media processor's) acks once per max_ack_delay (25 ms, what QUIC advertises)
 # instead of once per burst of packets: fewer packets both ways for the same data.
 ACK_DELAY_S: float | None = None
+# A media receiver's ACK policy (``TransportLimits.for_media``; docs/architecture.md §5.1):
+# an ACK once MEDIA_ACK_THRESHOLD ack-eliciting packets are unacknowledged, at once for one
+# out of order or after a gap, else MEDIA_ACK_DELAY_S after the first. Most then ride on the
+# receiver's own media instead of leaving alone every millisecond. Below the max_ack_delay
+# advertised (25 ms): the MH's estimate reads a lone packet's ACK delay as queuing on a
+# loopback path, and must still see a quiet one (docs/decisions.md).
+MEDIA_ACK_DELAY_S = 0.010
+MEDIA_ACK_THRESHOLD = 10
 # The longest send delay a connection takes (``delay_sends``): below the MH's age bound for
 # audio (docs/protocol.md §13).
 MAX_SEND_DELAY_S = 0.15
@@ -171,6 +179,9 @@ class TransportLimits:
     silence_probe_s: float | None = SILENCE_PROBE_S
     packet_size: int = PACKET_SIZE
     ack_delay_s: float | None = ACK_DELAY_S
+    # An ACK as soon as this many ack-eliciting packets are unacknowledged, or one arrives
+    # out of order (None: aioquic's one ACK per ack delay); aioquic core only.
+    ack_eliciting_threshold: int | None = None
     receive_packet_size: int | None = None  # advertised max_udp_payload_size (None: none)
     max_datagram_frame_size: int = MAX_DATAGRAM_FRAME_SIZE
     max_sessions_per_connection: int = MAX_SESSIONS_PER_CONNECTION
@@ -183,6 +194,15 @@ class TransportLimits:
     udp_receive_buffer: int = UDP_RECEIVE_BUFFER
     udp_send_buffer: int = UDP_SEND_BUFFER
     quic_core: str = attrs.field(default=QUIC_CORE, validator=attrs.validators.in_(QUIC_CORES))
+
+    def for_media(self) -> TransportLimits:
+        """These limits with a media receiver's ACK policy (MEDIA_ACK_DELAY_S,
+        MEDIA_ACK_THRESHOLD), unless an ACK policy is set already."""
+        if self.ack_delay_s is not None or self.ack_eliciting_threshold is not None:
+            return self
+        return attrs.evolve(
+            self, ack_delay_s=MEDIA_ACK_DELAY_S, ack_eliciting_threshold=MEDIA_ACK_THRESHOLD
+        )
 
 
 def _origins(value: Iterable[str] | None) -> frozenset[str] | None:

@@ -96,6 +96,12 @@ class CreditedQuicConnection(QuicConnection):
         # and what the peer advertised, if anything (aioquic checks it and drops it).
         self.dt_advertised_max_udp_payload: int | None = None
         self.dt_peer_max_udp_payload: int | None = None
+        # A media receiver's ACK policy (docs/architecture.md §5.1). None: aioquic's, an ACK
+        # one ACK delay after the first packet that asks for one. Else also an ACK at once
+        # when this many ack-eliciting 1-RTT packets are unacknowledged, or one arrives out
+        # of order or after a gap.
+        self._dt_ack_threshold: int | None = None
+        self._dt_eliciting = 0  # ack-eliciting 1-RTT packets received since our last ACK
         self._dt_share_frame_table()
 
     def _serialize_transport_parameters(self) -> bytes:
@@ -221,10 +227,11 @@ class CreditedQuicConnection(QuicConnection):
         return None if cert is None else certificate_sha256(cert)
 
     def dt_apply_limits(self, limits: TransportLimits) -> None:
-        """Before the handshake: the ACK delay (never beyond the max_ack_delay advertised) and
-        the max_udp_payload_size to advertise."""
+        """Before the handshake: the ACK delay (never beyond the max_ack_delay advertised), the
+        ACK threshold and the max_udp_payload_size to advertise."""
         if limits.ack_delay_s is not None:
             self._ack_delay = min(limits.ack_delay_s, MAX_ACK_DELAY_S)
+        self._dt_ack_threshold = limits.ack_eliciting_threshold
         self.dt_advertised_max_udp_payload = limits.receive_packet_size
 
     def dt_loopback_packets(self) -> None:
@@ -248,13 +255,51 @@ class CreditedQuicConnection(QuicConnection):
         setattr(self, _FRAME_TABLE_ATTR, _FrameHandlers(self, table))
 
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
-        super().receive_datagram(data, addr, now)
+        threshold = self._dt_ack_threshold
+        if threshold is None:
+            super().receive_datagram(data, addr, now)
+        else:
+            self._dt_receive_and_ack(data, addr, now, threshold)
         # Liveness (docs/protocol.md §13): the idle timer restarts only when a packet from the
         # peer is processed. aioquic also restarts it on the first ack-eliciting packet we
         # send after a receipt (RFC 9000 §10.1 allows it), so a keepalive PING to a dead peer
         # would push its end a keepalive interval later; marking that packet as already sent
         # keeps the deadline at the last receipt + the idle timeout.
         self._ack_eliciting_sent_since_receipt = True
+
+    def _dt_receive_and_ack(
+        self, data: bytes, addr: NetworkAddress, now: float, threshold: int
+    ) -> None:
+        # RFC 9000 §13.2.1-2: an ACK after every ``threshold`` ack-eliciting packets, and at
+        # once for one that arrives out of order or after a gap (the sender's loss detection
+        # waits for nothing); otherwise the ACK delay. A 1-RTT packet is always the last of
+        # its datagram, so a datagram brings at most one.
+        space = self._spaces.get(Epoch.ONE_RTT)
+        if space is None:
+            super().receive_datagram(data, addr, now)
+            return
+        largest, eliciting = space.largest_received_packet, self._dt_eliciting
+        super().receive_datagram(data, addr, now)
+        if self._dt_eliciting == eliciting or space.ack_at is None or space.ack_at <= now:
+            return
+        newest = space.largest_received_packet
+        if self._dt_eliciting >= threshold or newest == largest or newest > largest + 1 >= 1:
+            space.ack_at = now - _DUE_NOW_S
+
+    def _payload_received(
+        self, context: Any, plain: bytes, crypto_frame_required: bool = False
+    ) -> tuple[bool, bool]:
+        eliciting, probing = super()._payload_received(
+            context, plain, crypto_frame_required=crypto_frame_required
+        )
+        if eliciting and context.epoch == Epoch.ONE_RTT:
+            self._dt_eliciting += 1
+        return eliciting, probing
+
+    def _write_ack_frame(self, builder: Any, space: Any, now: float) -> None:
+        super()._write_ack_frame(builder, space, now)
+        if space is self._spaces.get(Epoch.ONE_RTT):
+            self._dt_eliciting = 0
 
     def handle_timer(self, now: float) -> None:
         # aioquic's own test: its close timer firing with no close under way is the idle timeout.

@@ -10,7 +10,7 @@ aioquic 1.7.2 keeps no counters, so two of its internals are used, both cheap:
   Only losses found by the RFC 9002 packet and time thresholds (``congestion_event=True``) are
   counted; a probe timeout that retransmits early is counted apart, as it implies no loss.
 
-For the MH's bandwidth estimate (docs/architecture.md §5.5) the same subclass counts the bytes
+For the MH's bandwidth estimate (docs/architecture.md §4.3) the same subclass counts the bytes
 of in-flight packets sent, acknowledged and declared lost (``on_packet_sent``,
 ``on_ack_received``), and a sample reads the RTT figures, the congestion window and the bytes
 in flight that aioquic keeps, and the stream bytes written but never sent yet.

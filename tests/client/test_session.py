@@ -30,6 +30,7 @@ from darktower.frames import FrameType
 from darktower.model import LeaveReason, Role, StreamType
 from darktower.protocol.pb.v1 import signaling_pb2 as sig
 from darktower.transport import SessionRefused, StreamReset
+from darktower.transport._config import MEDIA_ACK_THRESHOLD, QUIC_CORE
 
 from ._stack import WAIT_S, meeting, next_event
 
@@ -388,7 +389,8 @@ async def test_a_lost_connection_ends_the_session_with_connection_lost(
 
 async def test_a_session_runs_its_own_readers_until_it_ends(tmp_path: pathlib.Path) -> None:
     """MeetingSession.run owns the two readers: the session follows the meeting while it runs,
-    and run returns by itself once the session ended (here by a kick)."""
+    and run returns by itself once the session ended (here by a kick). Its media connection
+    acks as a media receiver."""
     async with meeting(tmp_path) as m:
         host = await m.join("host", host=True)
         token = await m.guest_token("bob")
@@ -405,6 +407,9 @@ async def test_a_session_runs_its_own_readers_until_it_ends(tmp_path: pathlib.Pa
                 server_certificate_hashes=m.pins,
                 origin=m.gc.origin,
             ) as media:
+                if QUIC_CORE == "aioquic":  # a media receiver's ACK policy (qh3 has its own)
+                    quic = media.session._conn.quic
+                    assert quic._dt_ack_threshold == MEDIA_ACK_THRESHOLD
                 bob = MeetingSession(signaling, media, meeting_id=m.created.meeting_id)
                 with trio.fail_after(WAIT_S):
                     async with trio.open_nursery() as nursery:

@@ -16,11 +16,13 @@ from aioquic.tls import Epoch
 from darktower.transport import (
     Route,
     TlsCredentials,
+    TransportLimits,
     WebTransportReceiveStream,
     WebTransportSendStream,
     WebTransportSession,
     connect_webtransport,
 )
+from darktower.transport._config import MEDIA_ACK_DELAY_S, MEDIA_ACK_THRESHOLD
 
 from ._cores import aioquic_only
 from .conftest import start_server
@@ -218,3 +220,133 @@ async def test_an_owed_ack_leaves_with_the_next_data_at_once(
     assert len(delays) == rounds, log.acks
     assert all(abs(d - PACE) <= EPSILON for d in delays[:-1]), delays
     assert abs(delays[-1] - AIOQUIC_ACK_DELAY_S) <= EPSILON, delays
+
+
+class PolicyLog:
+    """Wraps a client connection's QUIC state below everything else: the virtual time of each
+    1-RTT datagram it takes and of each 1-RTT ACK it writes, with the datagrams taken since the
+    ACK before. Datagram ``hold`` (counted from 0) is kept back and handed in after the one
+    two later."""
+
+    def __init__(self, session: WebTransportSession, hold: int | None) -> None:
+        quic = session._conn.quic
+        one_rtt = quic._spaces[Epoch.ONE_RTT]
+        self.arrivals: list[float] = []
+        self.acks: list[tuple[float, int]] = []  # (time, datagrams since the last ACK)
+        held: list[tuple[bytes, Any]] = []
+        seen = since = 0
+        receive, write_ack = quic.receive_datagram, quic._write_ack_frame
+
+        def take(data: bytes, addr: Any, now: float) -> None:
+            nonlocal since
+            self.arrivals.append(now)
+            since += 1
+            receive(data, addr, now)
+
+        def receive_datagram(data: bytes, addr: Any, now: float) -> None:
+            nonlocal seen
+            seen += 1
+            if seen - 1 == hold:
+                held.append((data, addr))
+                return
+            take(data, addr, now)
+            if hold is not None and seen - 1 == hold + 2:
+                take(*held.pop(), now)
+
+        def write_ack_frame(builder: Any, space: Any, now: float) -> None:
+            nonlocal since
+            write_ack(builder=builder, space=space, now=now)
+            if space is one_rtt:
+                self.acks.append((now, since))
+                since = 0
+
+        quic.receive_datagram = receive_datagram  # type: ignore[method-assign]
+        quic._write_ack_frame = write_ack_frame  # type: ignore[method-assign]
+
+
+async def _paced_messages(
+    dev_cert: TlsCredentials, pace: float, count: int, hold: int | None = None
+) -> PolicyLog:
+    """The server writes ``count`` messages, one per packet, ``pace`` apart, to a client with
+    a media receiver's ACK policy; what the client's QUIC took and acknowledged."""
+
+    async def paced(session: WebTransportSession, context: object) -> None:
+        stream = await session.open_unidirectional_stream()
+        await stream.send_all(b"o")
+        await trio.sleep(0.1)  # the opening's ACKs settle
+        for _ in range(count):
+            await stream.send_all(b"m" * MESSAGE)
+            await trio.sleep(pace)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        _server, base = await start_server(nursery, dev_cert, {"/p": Route(paced)})
+        async with connect_webtransport(
+            base + "/p",
+            server_certificate_hashes=[dev_cert.sha256],
+            limits=TransportLimits().for_media(),
+        ) as session:
+            stream = await session.accept_stream()
+            assert isinstance(stream, WebTransportReceiveStream)
+            assert await stream.receive_some(1) == b"o"
+            await trio.sleep(0.05)  # its ACK leaves; the server writes 0.1 s after it
+            log = PolicyLog(session, hold)
+            got = 0
+            while got < count * MESSAGE:
+                got += len(await stream.receive_some())
+            await trio.sleep(0.1)  # the last ACK leaves
+        nursery.cancel_scope.cancel()
+    return log
+
+
+def test_the_media_ack_policy_is_set_unless_limits_set_one() -> None:
+    media = TransportLimits().for_media()
+    assert (media.ack_delay_s, media.ack_eliciting_threshold) == (
+        MEDIA_ACK_DELAY_S,
+        MEDIA_ACK_THRESHOLD,
+    )
+    for own in (TransportLimits(ack_delay_s=0.0), TransportLimits(ack_eliciting_threshold=2)):
+        assert own.for_media() is own
+
+
+@aioquic_only("qh3 2.1 has no ACK policy to set: its ACK delay is its core's own")
+async def test_a_media_receiver_acks_every_tenth_packet_or_after_the_delay(
+    dev_cert: TlsCredentials, autojump_clock: Any
+) -> None:
+    """Packets 1 ms apart: one ACK per MEDIA_ACK_THRESHOLD of them, written as the last one
+    arrives; 0.4 x MEDIA_ACK_DELAY_S apart: one ACK MEDIA_ACK_DELAY_S after the first each
+    acknowledges (three of them)."""
+    fast = await _paced_messages(dev_cert, 0.001, 3 * MEDIA_ACK_THRESHOLD)
+    assert [n for _, n in fast.acks] == [MEDIA_ACK_THRESHOLD] * 3, fast.acks
+    tenths = fast.arrivals[MEDIA_ACK_THRESHOLD - 1 :: MEDIA_ACK_THRESHOLD]
+    assert [t for t, _ in fast.acks] == tenths
+
+    slow = await _paced_messages(dev_cert, 0.4 * MEDIA_ACK_DELAY_S, 9)
+    assert [n for _, n in slow.acks] == [3, 3, 3], slow.acks
+    firsts = slow.arrivals[::3]
+    assert all(
+        abs(t - (first + MEDIA_ACK_DELAY_S)) <= EPSILON
+        for (t, _), first in zip(slow.acks, firsts, strict=True)
+    ), (slow.acks, firsts)
+
+
+@aioquic_only("qh3 2.1 has no ACK policy to set: its ACK delay is its core's own")
+async def test_a_media_receiver_acks_a_gap_and_a_late_packet_at_once(
+    dev_cert: TlsCredentials, autojump_clock: Any
+) -> None:
+    """The second packet is held back and handed in after the fourth: the third (after a gap)
+    and the second (out of order) are each acknowledged as they arrive, so the sender's loss
+    detection waits for no ACK delay; the packets after them are acknowledged as before.
+    0.25 ms apart, so that the second is handed in before the sender's loss detection, told of
+    the gap, resends it (9/8 of the RTT, over a millisecond here)."""
+    log = await _paced_messages(dev_cert, 0.00025, 2 * MEDIA_ACK_THRESHOLD, hold=1)
+    # arrivals: the first, the third, the fourth, then the second with it (the same time).
+    _first, third, fourth, second = log.arrivals[:4]
+    assert second == fourth
+    assert log.acks[:2] == [(third, 2), (second, 2)], (log.acks, log.arrivals)
+    # Then every MEDIA_ACK_THRESHOLD packets again, and all were acknowledged.
+    assert all(n == MEDIA_ACK_THRESHOLD for _, n in log.acks[2:-1]), log.acks
+    assert sum(n for _, n in log.acks) == len(log.arrivals) == 2 * MEDIA_ACK_THRESHOLD, (
+        log.acks,
+        log.arrivals,
+    )
