@@ -162,7 +162,7 @@ class Adaptation:
                 packets_sent=stats.packets_sent,
                 packets_lost=stats.packets_lost,
                 backlog=stats.bytes_unsent,
-                in_flight=stats.bytes_in_flight,
+                in_flight=stats.bytes_in_flight_after_ack,
                 stalled_at=self.stalled_at,
                 # About one full packet: the largest datagram that fits in one.
                 packet_bytes=max(MIN_PACKET_BYTES, session.max_datagram_size),

@@ -122,7 +122,9 @@ class LinkSample:
     when this end's event loop last stalled (its acknowledgements waited: the RTT samples of
     the next tick and the delivered rate of the next DELIVERED_WINDOW_S mean nothing); the
     byte counts are whole UDP payloads of in-flight packets; ``backlog`` is the bytes queued
-    for the peer and not sent yet, ``in_flight`` the bytes sent and not yet acknowledged;
+    for the peer and not sent yet, ``in_flight`` the bytes sent and not yet acknowledged
+    (right after the last ACK: a queue on the path holds them all along, the frame sent since
+    is no queue);
     ``packet_bytes`` about the size of one full packet of the connection.
     """
 

@@ -280,7 +280,7 @@ class Connection:
 
     def transport_stats(self) -> TransportStats:
         """Packet counts of this connection so far (see ``_stats.py``)."""
-        return self.core.read_stats(self.quic, self.datagrams_received)
+        return self.core.read_stats(self.quic, self.datagrams_received, trio.current_time())
 
     def flush(self) -> None:
         """Send what the QUIC core has to send; re-arm the timer; forget streams QUIC discarded."""

@@ -47,7 +47,7 @@ class QuicCore:
     # None: _tls.quic_configuration builds aioquic's.
     configuration: Callable[..., Any] | None
     count_losses: Callable[[Any], None]
-    read_stats: Callable[[Any, int], TransportStats]
+    read_stats: Callable[[Any, int, float], TransportStats]
 
 
 def qh3_available() -> bool:

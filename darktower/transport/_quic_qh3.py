@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import deque
 from typing import Any
 
 import qh3.quic.connection as _qc
@@ -36,7 +35,7 @@ from qh3.quic.packet import QuicErrorCode
 
 from ._certs import TlsCredentials
 from ._config import PTO_BACKOFF_CAP_S, TransportLimits
-from ._stats import RECENT_RTT_S, RECENT_RTT_SAMPLES, TransportStats
+from ._stats import RecentMin, TransportStats, after_ack
 from ._tls import apply_client_trust, configuration_fields
 
 NetworkAddress = Any
@@ -98,7 +97,10 @@ class Qh3Connection(_qc.QuicConnection):
         self._dt_probe_at: float | None = None
         self._dt_last_sent = -math.inf
         self._dt_rtt_last: float | None = None
-        self.dt_recent_rtts: deque[tuple[float, float]] = deque(maxlen=RECENT_RTT_SAMPLES)
+        # As _stats.CountingRecovery keeps them: recent RTT samples, and the bytes in flight
+        # right after the last datagram that gave one.
+        self.dt_recent_rtts = RecentMin()
+        self.dt_acked_in_flight: tuple[float, int] | None = None
 
     # --- the calls the driver makes, as aioquic's ------------------------------------------
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
@@ -124,12 +126,8 @@ class Qh3Connection(_qc.QuicConnection):
         if rtt and rtt != self._dt_rtt_last:  # a new sample (an equal one is not told apart)
             self._dt_rtt_last = rtt
             self.dt_rtt_min = min(self.dt_rtt_min, rtt)
-            recent = self.dt_recent_rtts  # as _stats.CountingRecovery keeps it
-            while recent and recent[-1][1] >= rtt:
-                recent.pop()
-            recent.append((now, rtt))
-            while recent[0][0] < now - RECENT_RTT_S:
-                recent.popleft()
+            self.dt_recent_rtts.push(now, rtt)
+            self.dt_acked_in_flight = (now, core.bytes_in_flight)
 
     def _learn_remote_source_cid(self, data: bytes) -> None:
         # qh3 2.1 skips an empty Source Connection ID, so a client using zero-length IDs
@@ -306,12 +304,12 @@ def qh3_configuration(
     return config
 
 
-def read_qh3_stats(quic: Qh3Connection, datagrams_received: int) -> TransportStats:
+def read_qh3_stats(quic: Qh3Connection, datagrams_received: int, now: float) -> TransportStats:
     """TransportStats from qh3's core. Not available there: the peer's largest packet number
     (left 0: the incoming half of the loss estimate is 0). Estimated: bytes lost (packets lost
     times the mean datagram sent) and bytes acknowledged (sent, less in flight and lost; ACK-only
-    packets, which are never in flight, count as acknowledged); the recent RTTs are sampled
-    once per datagram received, not per ACK."""
+    packets, which are never in flight, count as acknowledged); the recent RTTs, and the bytes
+    in flight with them, are sampled once per datagram received, not per ACK."""
     core = quic._core
     if core is None:
         return TransportStats(datagrams_received=datagrams_received)
@@ -327,9 +325,10 @@ def read_qh3_stats(quic: Qh3Connection, datagrams_received: int) -> TransportSta
         rtt_min_ms=0.0 if quic.dt_rtt_min == math.inf else quic.dt_rtt_min * 1000,
         congestion_window=core.congestion_window,
         bytes_in_flight=core.bytes_in_flight,
+        bytes_in_flight_after_ack=after_ack(quic.dt_acked_in_flight, core.bytes_in_flight, now),
         bytes_sent=sent,
         bytes_acked=max(0, sent - core.bytes_in_flight - lost),
         bytes_lost=lost,
         bytes_unsent=quic.get_send_buffer_size(),
-        rtt_recent_ms=min((r for _, r in quic.dt_recent_rtts), default=0.0) * 1000,
+        rtt_recent_ms=quic.dt_recent_rtts.least(0.0) * 1000,
     )

@@ -12,8 +12,10 @@ aioquic 1.7.2 keeps no counters, so two of its internals are used, both cheap:
 
 For the MH's bandwidth estimate (docs/architecture.md §4.3) the same subclass counts the bytes
 of in-flight packets sent, acknowledged and declared lost (``on_packet_sent``,
-``on_ack_received``), and a sample reads the RTT figures, the congestion window and the bytes
-in flight that aioquic keeps, and the stream bytes written but never sent yet.
+``on_ack_received``), keeps the RTT samples of the last RECENT_RTT_S and the bytes in flight
+right after the last ACK that gave one; a sample reads those, the RTT figures, the congestion
+window and the bytes in flight that aioquic keeps, and the stream bytes written but never sent
+yet.
 
 Incoming loss is estimated as RTP receivers do (RFC 3550 §6.4.1): the peer's packets expected
 (from the largest 1-RTT packet number received) against the datagrams the connection received.
@@ -41,6 +43,27 @@ RECENT_RTT_S: Final = 0.1
 RECENT_RTT_SAMPLES: Final = 64
 
 
+class RecentMin:
+    """The smallest of the values pushed within RECENT_RTT_S of the newest: a monotonic queue
+    of (time, value), increasing in value, at most RECENT_RTT_SAMPLES long."""
+
+    __slots__ = ("_kept",)
+
+    def __init__(self) -> None:
+        self._kept: deque[tuple[float, float]] = deque(maxlen=RECENT_RTT_SAMPLES)
+
+    def push(self, now: float, value: float) -> None:
+        kept = self._kept
+        while kept and kept[-1][1] >= value:
+            kept.pop()
+        kept.append((now, value))
+        while kept[0][0] < now - RECENT_RTT_S:
+            kept.popleft()
+
+    def least(self, default: float) -> float:
+        return self._kept[0][1] if self._kept else default
+
+
 class CountingRecovery(QuicPacketRecovery):
     """aioquic's loss recovery, counting what it declares lost. Installed by
     :func:`count_losses` on an existing instance (aioquic builds its own in ``__init__``)."""
@@ -50,8 +73,11 @@ class CountingRecovery(QuicPacketRecovery):
     dt_bytes_sent = 0  # bytes of in-flight packets sent
     dt_bytes_acked = 0  # bytes of in-flight packets acknowledged
     dt_bytes_lost = 0  # bytes of in-flight packets declared lost (or probed)
-    # RTT samples of the last RECENT_RTT_S, (time, rtt) increasing in rtt (a monotonic queue).
-    dt_recent_rtts: deque[tuple[float, float]]
+    # The RTT samples of the last RECENT_RTT_S; when the last ACK that gave one came and the
+    # bytes in flight right after it (a queue on the path keeps them up, a burst just sent
+    # is not in them).
+    dt_recent_rtts: RecentMin
+    dt_acked_in_flight: tuple[float, int]
 
     def on_packet_sent(self, *, packet: QuicSentPacket, space: QuicPacketSpace) -> None:
         if packet.in_flight:
@@ -69,16 +95,12 @@ class CountingRecovery(QuicPacketRecovery):
         gone = before - self._cc.bytes_in_flight - (self.dt_bytes_lost - lost)
         if gone > 0:
             self.dt_bytes_acked += gone
-        if self._rtt_latest != rtt:  # a new RTT sample: keep the recent ones, smallest first
-            recent = self.__dict__.get("dt_recent_rtts")
-            if recent is None:
-                recent = self.dt_recent_rtts = deque(maxlen=RECENT_RTT_SAMPLES)
-            latest = self._rtt_latest
-            while recent and recent[-1][1] >= latest:
-                recent.pop()
-            recent.append((now, latest))
-            while recent[0][0] < now - RECENT_RTT_S:
-                recent.popleft()
+        if self._rtt_latest != rtt:  # a new RTT sample: keep the recent ones
+            rtts = self.__dict__.get("dt_recent_rtts")
+            if rtts is None:
+                rtts = self.dt_recent_rtts = RecentMin()
+            rtts.push(now, self._rtt_latest)
+            self.dt_acked_in_flight = (now, self._cc.bytes_in_flight)
 
     def _on_packets_lost(
         self,
@@ -127,7 +149,9 @@ class TransportStats:
     RECENT_RTT_S of the newest (a stall of this end's event loop inflates some samples, a
     queue on the path all of them), ``rtt_min_ms`` the smallest over the connection (0.0
     before any sample). ``congestion_window`` and ``bytes_in_flight``: the congestion
-    controller's. ``bytes_sent`` / ``bytes_acked`` / ``bytes_lost``: of in-flight packets
+    controller's; ``bytes_in_flight_after_ack`` those right after the last ACK that gave an RTT
+    sample, if it came within RECENT_RTT_S: what a queue on the path holds, without the burst
+    sent since (else ``bytes_in_flight``: nothing came back). ``bytes_sent`` / ``bytes_acked`` / ``bytes_lost``: of in-flight packets
     (whole UDP payloads). ``bytes_unsent``: stream bytes written and not sent yet (reset
     streams left out).
     """
@@ -143,6 +167,7 @@ class TransportStats:
     rtt_min_ms: float = 0.0
     congestion_window: int = 0
     bytes_in_flight: int = 0
+    bytes_in_flight_after_ack: int = 0
     bytes_sent: int = 0
     bytes_acked: int = 0
     bytes_lost: int = 0
@@ -163,10 +188,20 @@ class TransportStats:
         return min(1.0, (max(0, lost) + missing) / total)
 
 
-def read_stats(quic: QuicConnection, datagrams_received: int) -> TransportStats:
-    """A sample of ``quic``'s counters (zeros for losses unless :func:`count_losses` ran)."""
+def after_ack(acked: tuple[float, int] | None, in_flight: int, now: float) -> int:
+    """``TransportStats.bytes_in_flight_after_ack`` from the last (time, bytes in flight)
+    after an ACK."""
+    if acked is None or acked[0] < now - RECENT_RTT_S:
+        return in_flight
+    return acked[1]
+
+
+def read_stats(quic: QuicConnection, datagrams_received: int, now: float) -> TransportStats:
+    """A sample of ``quic``'s counters at ``now`` (zeros for losses unless
+    :func:`count_losses` ran)."""
     recovery = quic._loss
-    recent: Iterable[tuple[float, float]] = getattr(recovery, "dt_recent_rtts", ())
+    rtts: RecentMin | None = getattr(recovery, "dt_recent_rtts", None)
+    in_flight = recovery.bytes_in_flight
     space = getattr(quic, "_spaces", {}).get(_ONE_RTT)
     largest = -1 if space is None else space.largest_received_packet
     return TransportStats(
@@ -179,7 +214,10 @@ def read_stats(quic: QuicConnection, datagrams_received: int) -> TransportStats:
         rtt_latest_ms=recovery._rtt_latest * 1000,
         rtt_min_ms=0.0 if recovery._rtt_min == math.inf else recovery._rtt_min * 1000,
         congestion_window=recovery.congestion_window,
-        bytes_in_flight=recovery.bytes_in_flight,
+        bytes_in_flight=in_flight,
+        bytes_in_flight_after_ack=after_ack(
+            getattr(recovery, "dt_acked_in_flight", None), in_flight, now
+        ),
         bytes_sent=getattr(recovery, "dt_bytes_sent", 0),
         bytes_acked=getattr(recovery, "dt_bytes_acked", 0),
         bytes_lost=getattr(recovery, "dt_bytes_lost", 0),
@@ -190,5 +228,5 @@ def read_stats(quic: QuicConnection, datagrams_received: int) -> TransportStats:
             # sends nothing more)
             if not s.sender.buffer_is_empty and s.sender._reset_error_code is None
         ),
-        rtt_recent_ms=min((r for _, r in recent), default=0.0) * 1000,
+        rtt_recent_ms=0.0 if rtts is None else rtts.least(0.0) * 1000,
     )
