@@ -66,6 +66,11 @@ logger = logging.getLogger(__name__)
 # left in progress, a server endpoint asks malloc to return its free pages to the system
 # (malloc_trim), at most once per this many seconds (a trim walks the heap: milliseconds).
 HEAP_TRIM_INTERVAL_S = 1.0
+# Our connection IDs' length (the QUIC cores' default, 8 bytes), and the first byte of a short
+# header packet: the header form bit clear, the fixed bit set (RFC 9000 §17.3).
+CID_LENGTH = 8
+_FORM_AND_FIXED = 0xC0
+_SHORT_HEADER = 0x40
 # As a plain int: ``flags & socket.MSG_TRUNC`` goes through IntFlag's Python-level __and__
 # (1.7 µs, once per merged read).
 _MSG_TRUNC = int(socket.MSG_TRUNC)
@@ -402,15 +407,22 @@ class Endpoint:
                 conn.peer_unreachable(trio.current_time())
 
     def _dispatch(self, data: bytes, addr: NetworkAddress, now: float) -> Connection | None:
-        try:
-            header = pull_quic_header(Buffer(data=data), host_cid_length=8)
-        except ValueError:
-            return None
-        conn = self.by_cid.get(header.destination_cid)
+        # Nearly every datagram is a short header packet to a connection we have: its ID is
+        # bytes 1-8, read without aioquic's header parser (Python, about 3 µs a datagram).
+        # Anything else, or an ID we do not have, goes the whole way, as before.
+        conn = None
+        if len(data) > CID_LENGTH and data[0] & _FORM_AND_FIXED == _SHORT_HEADER:
+            conn = self.by_cid.get(data[1 : CID_LENGTH + 1])
         if conn is None:
-            conn = self._maybe_accept(data, header, addr, now)
-            if conn is None:
+            try:
+                header = pull_quic_header(Buffer(data=data), host_cid_length=CID_LENGTH)
+            except ValueError:
                 return None
+            conn = self.by_cid.get(header.destination_cid)
+            if conn is None:
+                conn = self._maybe_accept(data, header, addr, now)
+                if conn is None:
+                    return None
         try:
             conn.receive(data, addr, now)
         except Exception as exc:
