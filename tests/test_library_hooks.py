@@ -300,6 +300,30 @@ HOOKS = [
     ),
     Hook(
         "aioquic",
+        "QuicPacketRecovery._rtt_latest / _cc.bytes_in_flight (an RTT sample, what is in "
+        "flight after it)",
+        "transport/_stats.py",
+        lambda: (
+            isinstance(_quic()._loss._rtt_latest, float)
+            and isinstance(_quic()._loss._cc.bytes_in_flight, int)
+        ),
+    ),
+    Hook(
+        "aioquic",
+        "QuicConnection._payload_received(context, plain, crypto_frame_required) -> "
+        "(ack-eliciting, probing) / _write_ack_frame(builder, space, now) / "
+        "QuicPacketSpace.ack_at",
+        "transport/_quic.py (overridden: the media ACK policy)",
+        lambda: (
+            _positional(
+                QuicConnection._payload_received, "context", "plain", "crypto_frame_required"
+            )
+            and _positional(QuicConnection._write_ack_frame, "builder", "space", "now")
+            and _has(QuicPacketSpace(), "ack_at")
+        ),
+    ),
+    Hook(
+        "aioquic",
         "QuicPacketRecovery._pto_count (the PTO is get_probe_timeout(include_max_ack_delay=) "
         "x 2**_pto_count, raised in handle_timer) / handshake_confirmed",
         "transport/_quic.py (capped in handle_timer)",
