@@ -300,24 +300,13 @@ HOOKS = [
     ),
     Hook(
         "aioquic",
-        "QuicPacketRecovery._rtt_latest / _cc.bytes_in_flight (an RTT sample, what is in "
-        "flight after it)",
-        "transport/_stats.py",
+        "QuicPacketRecovery._rtt_latest, _cc.bytes_in_flight; QuicConnection._payload_received"
+        "(context, plain, ...), _write_ack_frame(builder, space, now); QuicPacketSpace.ack_at",
+        "transport/_stats.py; transport/_quic.py (overridden: the media ACK policy)",
         lambda: (
             isinstance(_quic()._loss._rtt_latest, float)
             and isinstance(_quic()._loss._cc.bytes_in_flight, int)
-        ),
-    ),
-    Hook(
-        "aioquic",
-        "QuicConnection._payload_received(context, plain, crypto_frame_required) -> "
-        "(ack-eliciting, probing) / _write_ack_frame(builder, space, now) / "
-        "QuicPacketSpace.ack_at",
-        "transport/_quic.py (overridden: the media ACK policy)",
-        lambda: (
-            _positional(
-                QuicConnection._payload_received, "context", "plain", "crypto_frame_required"
-            )
+            and _params(QuicConnection._payload_received, "context", "plain")
             and _positional(QuicConnection._write_ack_frame, "builder", "space", "now")
             and _has(QuicPacketSpace(), "ack_at")
         ),
@@ -495,17 +484,7 @@ def test_hypercorn_quic_protocol_has_the_attributes_the_listener_uses(
 ) -> None:
     # _TrackingQuicProtocol reads these on itself (set by hypercorn's __init__).
     protocol = _quic_protocol(str(tmp_path))
-    names = (
-        "app",
-        "config",
-        "context",
-        "connections",
-        "quic_config",
-        "send",
-        "server",
-        "state",
-        "task_group",
-    )
+    names = "app config context connections quic_config send server state task_group".split()
     missing = [name for name in names if not hasattr(protocol, name)]
     assert not missing, (
         f"hypercorn {importlib.metadata.version('hypercorn')}: QuicProtocol no longer sets "
