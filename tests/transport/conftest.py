@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import pytest
 import trio
@@ -45,6 +46,20 @@ async def start_server(
     server = WebTransportServer(config, routes)
     host, port = await nursery.start(server.run)
     return server, f"https://{host}:{port}"
+
+
+def record_sent(conn: Any) -> list[bytes]:
+    """From now on, each datagram ``conn``'s endpoint sends is also appended to the list
+    returned (a connection from ``open_quic_connection``)."""
+    sent: list[bytes] = []
+    send = conn.endpoint.send
+
+    def record(data: bytes, addr: Any) -> None:
+        sent.append(data)
+        send(data, addr)
+
+    conn.endpoint.send = record
+    return sent
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:

@@ -17,7 +17,7 @@ from darktower.transport import (
     open_session,
 )
 
-from .conftest import start_server
+from .conftest import record_sent, start_server
 
 
 async def test_a_short_header_reaches_its_connection_and_a_malformed_one_nothing(
@@ -35,14 +35,7 @@ async def test_a_short_header_reaches_its_connection_and_a_malformed_one_nothing
         async with open_quic_connection(
             host, int(port), server_certificate_hashes=[dev_cert.sha256]
         ) as client:
-            sent: list[bytes] = []
-            send = client.endpoint.send
-
-            def record(data: bytes, addr: object) -> None:
-                sent.append(data)
-                send(data, addr)  # type: ignore[arg-type]
-
-            client.endpoint.send = record  # type: ignore[method-assign]
+            sent = record_sent(client)
             session = await open_session(client, f"{host}:{port}", "/e")
             stream = await session.open_bidirectional_stream()
             await stream.send_all(b"x")

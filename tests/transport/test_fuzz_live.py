@@ -27,7 +27,7 @@ from darktower.transport import (
 from tests._fuzz import fuzz_cases, fuzz_rng
 
 from ._initials import client_initial, udp_socket
-from .conftest import start_server
+from .conftest import record_sent, start_server
 
 pytestmark = pytest.mark.fuzz
 
@@ -80,17 +80,10 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
 
 async def _recorded_packets(cert: TlsCredentials, port: int) -> list[bytes]:
     """Datagrams a real client sends during a session (Initial, Handshake, 1-RTT)."""
-    sent: list[bytes] = []
     async with open_quic_connection(
         "127.0.0.1", port, server_certificate_hashes=[cert.sha256]
     ) as conn:
-        original = conn.endpoint.send
-
-        def record(data: bytes, addr: object) -> None:
-            sent.append(data)
-            original(data, addr)  # type: ignore[arg-type]
-
-        conn.endpoint.send = record  # type: ignore[method-assign]
+        sent = record_sent(conn)
         session = await open_session(conn, f"127.0.0.1:{port}", "/echo")
         stream = await session.open_bidirectional_stream()
         await stream.send_all(b"x" * 3000)
