@@ -300,11 +300,14 @@ HOOKS = [
     ),
     Hook(
         "aioquic",
-        "QuicPacketRecovery._rtt_latest, _cc.bytes_in_flight; QuicConnection._payload_received"
-        "(context, plain, ...), _write_ack_frame(builder, space, now); QuicPacketSpace.ack_at",
-        "transport/_stats.py; transport/_quic.py (overridden: the media ACK policy)",
+        "QuicPacketRecovery._rtt_latest, _cc.bytes_in_flight, max_ack_delay; QuicPacketSpace"
+        ".sent_packets, ack_at; QuicConnection._payload_received(context, plain, ...),"
+        " _write_ack_frame(builder, space, now)",
+        "transport/_stats.py (RTT samples); transport/_quic.py (overridden: media ACK policy)",
         lambda: (
             isinstance(_quic()._loss._rtt_latest, float)
+            and isinstance(_quic()._loss.max_ack_delay, float)
+            and isinstance(QuicPacketSpace().sent_packets, dict)
             and isinstance(_quic()._loss._cc.bytes_in_flight, int)
             and _params(QuicConnection._payload_received, "context", "plain")
             and _positional(QuicConnection._write_ack_frame, "builder", "space", "now")

@@ -12,10 +12,12 @@ aioquic 1.7.2 keeps no counters, so two of its internals are used, both cheap:
 
 For the MH's bandwidth estimate (docs/architecture.md §4.3) the same subclass counts the bytes
 of in-flight packets sent, acknowledged and declared lost (``on_packet_sent``,
-``on_ack_received``), keeps the RTT samples of the last RECENT_RTT_S and the bytes in flight
-right after the last ACK that gave one; a sample reads those, the RTT figures, the congestion
-window and the bytes in flight that aioquic keeps, and the stream bytes written but never sent
-yet.
+``on_ack_received``) and takes its own RTT samples: the peer's reported ACK delay taken off
+down to the least sample, where aioquic takes off none on a path under 1 ms (it floors a
+sample at 1 ms first). It keeps those of the last RECENT_RTT_S, their smoothed mean and the
+bytes in flight right after the last ACK that gave one; a sample reads those, the RTT figures,
+the congestion window and the bytes in flight that aioquic keeps, and the stream bytes written
+but never sent yet.
 
 Incoming loss is estimated as RTP receivers do (RFC 3550 §6.4.1): the peer's packets expected
 (from the largest 1-RTT packet number received) against the datagrams the connection received.
@@ -73,6 +75,8 @@ class CountingRecovery(QuicPacketRecovery):
     dt_bytes_sent = 0  # bytes of in-flight packets sent
     dt_bytes_acked = 0  # bytes of in-flight packets acknowledged
     dt_bytes_lost = 0  # bytes of in-flight packets declared lost (or probed)
+    dt_raw_min = math.inf  # the least RTT sample, ACK delay included
+    dt_rtt_smoothed = 0.0  # RFC 9002's smoothed RTT of the samples below (0.0: none yet)
     # The RTT samples of the last RECENT_RTT_S; when the last ACK that gave one came and the
     # bytes in flight right after it (a queue on the path keeps them up, a burst just sent
     # is not in them).
@@ -88,19 +92,32 @@ class CountingRecovery(QuicPacketRecovery):
         self, *, ack_rangeset: RangeSet, ack_delay: float, now: float, space: QuicPacketSpace
     ) -> None:
         # What left the flight here was acknowledged, or declared lost (counted apart).
-        before, lost, rtt = self._cc.bytes_in_flight, self.dt_bytes_lost, self._rtt_latest
+        before, lost = self._cc.bytes_in_flight, self.dt_bytes_lost
+        # An RTT sample when the largest packet acknowledged is acknowledged for the first time
+        # (aioquic's rule, less its "any newly acknowledged packet is ack-eliciting").
+        largest = space.sent_packets.get(ack_rangeset.bounds().stop - 1)
         super().on_ack_received(
             ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space
         )
         gone = before - self._cc.bytes_in_flight - (self.dt_bytes_lost - lost)
         if gone > 0:
             self.dt_bytes_acked += gone
-        if self._rtt_latest != rtt:  # a new RTT sample: keep the recent ones
-            rtts = self.__dict__.get("dt_recent_rtts")
-            if rtts is None:
-                rtts = self.dt_recent_rtts = RecentMin()
-            rtts.push(now, self._rtt_latest)
-            self.dt_acked_in_flight = (now, self._cc.bytes_in_flight)
+        if largest is not None and largest.is_ack_eliciting and largest.sent_time is not None:
+            self._dt_sample(now - largest.sent_time, min(ack_delay, self.max_ack_delay), now)
+
+    def _dt_sample(self, raw: float, ack_delay: float, now: float) -> None:
+        """Keep an RTT sample, the peer's ACK delay taken off down to the least raw sample
+        (RFC 9002 §5.3, without aioquic's 1 ms floor: on a sub-millisecond path aioquic takes
+        off none, and a receiver that holds its ACKs (docs/decisions.md) reads as a queue)."""
+        floor = self.dt_raw_min = min(self.dt_raw_min, raw)
+        rtt = max(raw - ack_delay, floor)
+        srtt = self.dt_rtt_smoothed
+        self.dt_rtt_smoothed = rtt if srtt == 0.0 else srtt + (rtt - srtt) / 8
+        rtts = self.__dict__.get("dt_recent_rtts")
+        if rtts is None:
+            rtts = self.dt_recent_rtts = RecentMin()
+        rtts.push(now, rtt)
+        self.dt_acked_in_flight = (now, self._cc.bytes_in_flight)
 
     def _on_packets_lost(
         self,
@@ -144,16 +161,19 @@ class TransportStats:
     lost (RFC 9002 thresholds). ``packets_probed``: packets retransmitted early on a probe
     timeout. ``datagrams_received``: datagrams the endpoint handed to this connection.
     ``peer_packets_expected``: one more than the largest 1-RTT packet number received from the
-    peer (0 before any). ``rtt_ms``: QUIC's smoothed round-trip time; ``rtt_latest_ms`` its
-    last sample (less the peer's ACK delay), ``rtt_recent_ms`` the smallest sample within
-    RECENT_RTT_S of the newest (a stall of this end's event loop inflates some samples, a
-    queue on the path all of them), ``rtt_min_ms`` the smallest over the connection (0.0
-    before any sample). ``congestion_window`` and ``bytes_in_flight``: the congestion
-    controller's; ``bytes_in_flight_after_ack`` those right after the last ACK that gave an RTT
-    sample, if it came within RECENT_RTT_S: what a queue on the path holds, without the burst
-    sent since (else ``bytes_in_flight``: nothing came back). ``bytes_sent`` / ``bytes_acked`` / ``bytes_lost``: of in-flight packets
-    (whole UDP payloads). ``bytes_unsent``: stream bytes written and not sent yet (reset
-    streams left out).
+    peer (0 before any). ``rtt_ms``: the smoothed round-trip time; ``rtt_latest_ms`` QUIC's
+    last sample, ``rtt_recent_ms`` the smallest sample within RECENT_RTT_S of the newest (a
+    stall of this end's event loop inflates some samples, a queue on the path all of them),
+    ``rtt_min_ms`` the smallest over the connection (0.0 before any sample). On aioquic,
+    ``rtt_ms`` and ``rtt_recent_ms`` are the driver's samples, less the ACK delay the peer
+    reports (``CountingRecovery``); qh3 takes it off by aioquic's rule, so a receiver that
+    holds its ACKs still reads as a queue on a path under 1 ms (docs/decisions.md).
+    ``congestion_window`` and ``bytes_in_flight``: the congestion controller's;
+    ``bytes_in_flight_after_ack`` those right after the last ACK that gave an RTT sample, if it
+    came within RECENT_RTT_S: what a queue on the path holds, without the burst sent since
+    (else ``bytes_in_flight``: nothing came back). ``bytes_sent`` / ``bytes_acked`` /
+    ``bytes_lost``: of in-flight packets (whole UDP payloads). ``bytes_unsent``: stream bytes
+    written and not sent yet (reset streams left out).
     """
 
     packets_sent: int = 0
@@ -210,7 +230,7 @@ def read_stats(quic: QuicConnection, datagrams_received: int, now: float) -> Tra
         packets_probed=getattr(recovery, "dt_probed", 0),
         datagrams_received=datagrams_received,
         peer_packets_expected=largest + 1,
-        rtt_ms=recovery._rtt_smoothed * 1000,
+        rtt_ms=(getattr(recovery, "dt_rtt_smoothed", 0.0) or recovery._rtt_smoothed) * 1000,
         rtt_latest_ms=recovery._rtt_latest * 1000,
         rtt_min_ms=0.0 if recovery._rtt_min == math.inf else recovery._rtt_min * 1000,
         congestion_window=recovery.congestion_window,

@@ -1,0 +1,130 @@
+"""The RTT a connection reports leaves out the ACK delay its peer reports
+(``TransportStats.rtt_ms`` and ``rtt_recent_ms``, docs/architecture.md §4.3).
+
+A media receiver holds a lone packet's ACK for MEDIA_ACK_DELAY_S (docs/decisions.md). aioquic's
+own RTT sample keeps that delay on a path under 1 ms: it floors the sample at 1 ms and takes
+the delay off only above the least sample plus the delay. The MH's bandwidth estimate would
+read it as a queue. Real QUIC on 127.0.0.1, the server on the core under test, an aioquic
+client on the media ACK policy."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+
+import pytest
+import trio
+from aioquic import tls
+from aioquic.quic.packet import QuicPacketType
+from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.quic.rangeset import RangeSet
+from aioquic.quic.recovery import QuicPacketSpace
+
+from darktower.transport import (
+    Route,
+    TlsCredentials,
+    TransportLimits,
+    WebTransportReceiveStream,
+    WebTransportSession,
+    connect_webtransport,
+)
+from darktower.transport._config import MEDIA_ACK_DELAY_S
+from darktower.transport._stats import CountingRecovery
+
+from .conftest import start_server
+
+MESSAGES = 20
+
+
+async def test_rtt_leaves_out_the_receivers_ack_delay(dev_cert: TlsCredentials) -> None:
+    sessions: list[WebTransportSession] = []
+    opened = trio.Event()
+
+    async def handler(session: WebTransportSession, context: object) -> None:
+        sessions.append(session)
+        opened.set()
+        await session.wait_closed()
+
+    async def drain(stream: WebTransportReceiveStream) -> None:
+        with contextlib.suppress(trio.ClosedResourceError):  # the client closes at the end
+            while await stream.receive_some():
+                pass
+
+    async with trio.open_nursery() as nursery:
+        _server, base = await start_server(nursery, dev_cert, {"/r": Route(handler)})
+        async with connect_webtransport(
+            base + "/r",
+            server_certificate_hashes=[dev_cert.sha256],
+            limits=TransportLimits().for_media(),
+        ) as client:
+            with trio.fail_after(10):
+                await opened.wait()
+                (server,) = sessions
+                out = await server.open_unidirectional_stream()
+                await out.send_all(b"o")
+                incoming = await client.accept_stream()
+                assert isinstance(incoming, WebTransportReceiveStream)
+                nursery.start_soon(drain, incoming)
+
+                # Lone packets, each acknowledged MEDIA_ACK_DELAY_S after it arrives (the
+                # pause paces the sender: each ACK has come back before the next packet).
+                readings = []
+                for _ in range(MESSAGES):
+                    await out.send_all(b"m" * 200)
+                    await trio.sleep(2 * MEDIA_ACK_DELAY_S)
+                    readings.append(server.transport_stats())
+            half_delay_ms = MEDIA_ACK_DELAY_S * 1000 / 2
+            # (the smoothed RTT takes a few samples to forget the handshake's)
+            recent = [s.rtt_recent_ms for s in readings[MESSAGES // 2 :]]
+            assert 0 < statistics.median(recent) < half_delay_ms, recent
+            assert 0 < readings[-1].rtt_ms < half_delay_ms, readings[-1]
+        nursery.cancel_scope.cancel()
+
+
+def _acked(
+    recovery: CountingRecovery, space: QuicPacketSpace, rtt: float, ack_delay: float
+) -> None:
+    """Send a packet at a whole second and take its ACK ``rtt`` later, the peer's ACK delay
+    ``ack_delay``."""
+    number = recovery.dt_bytes_sent // 1200  # the packets sent so far
+    now = float(number)
+    packet = QuicSentPacket(
+        epoch=tls.Epoch.ONE_RTT,
+        in_flight=True,
+        is_ack_eliciting=True,
+        is_crypto_packet=False,
+        packet_number=number,
+        packet_type=QuicPacketType.ONE_RTT,
+        sent_time=now,
+        sent_bytes=1200,
+    )
+    recovery.on_packet_sent(packet=packet, space=space)
+    recovery.on_ack_received(
+        ack_rangeset=RangeSet([range(number, number + 1)]),
+        ack_delay=ack_delay,
+        now=now + rtt,
+        space=space,
+    )
+
+
+def test_a_held_ack_on_a_fast_path_is_not_a_queue() -> None:
+    """A 0.3 ms path: one ACK at once, then one held 25 ms. aioquic's own sample keeps the
+    25 ms (its least sample is floored at 1 ms); the recent and smoothed RTT do not."""
+    recovery = CountingRecovery(
+        congestion_control_algorithm="reno",
+        initial_rtt=0.1,
+        max_datagram_size=1200,
+        peer_completed_address_validation=True,
+        send_probe=lambda: None,
+    )
+    space = QuicPacketSpace(is_application_data=True)
+    _acked(recovery, space, 0.0003, 0.0)
+    _acked(recovery, space, 0.0253, 0.025)
+    assert recovery._rtt_latest > 0.025  # aioquic's own
+    assert recovery.dt_recent_rtts.least(0.0) == pytest.approx(0.0003)
+    assert recovery.dt_rtt_smoothed == pytest.approx(0.0003)
+    # Never below the least sample, nor more taken off than the peer's max_ack_delay (25 ms).
+    _acked(recovery, space, 0.0253, 0.030)
+    assert recovery.dt_recent_rtts.least(0.0) == pytest.approx(0.0003)
+    _acked(recovery, space, 0.080, 0.060)
+    assert recovery.dt_rtt_smoothed == pytest.approx(0.0003 + (0.055 - 0.0003) / 8)
