@@ -43,9 +43,10 @@ class Hook:
     check: Callable[[], object]  # raises (or returns False) when the hook is gone
 
 
-def _has(obj: object, attr: str) -> object:
-    if not hasattr(obj, attr):
-        raise AttributeError(attr)
+def _has(obj: object, *attrs: str) -> object:
+    for attr in attrs:
+        if not hasattr(obj, attr):
+            raise AttributeError(attr)
     return True
 
 
@@ -279,9 +280,13 @@ HOOKS = [
     ),
     Hook(
         "aioquic",
-        "QuicPacketRecovery._rtt_smoothed",
-        "transport/_stats.py",
-        lambda: _has(_quic()._loss, "_rtt_smoothed"),
+        "QuicPacketRecovery._rtt_smoothed, _variance, _initialized, _pacer (the RTT update)",
+        "transport/_stats.py; transport/_quic.py",
+        lambda: (
+            _has(_quic()._loss, "_rtt_smoothed", "_rtt_variance", "_rtt_initialized")
+            and _params(_quic()._loss._pacer.update_rate, "congestion_window", "smoothed_rtt")
+            and _params(_quic()._loss._pacer.next_send_time, "now")
+        ),
     ),
     Hook(
         "aioquic",

@@ -1,4 +1,5 @@
-"""Per-connection packet counters for loss telemetry, read from aioquic's loss recovery.
+"""Per-connection packet counters for loss telemetry, read from aioquic's loss recovery, and
+aioquic's RTT put right.
 
 aioquic 1.7.2 keeps no counters, so two of its internals are used, both cheap:
 
@@ -10,14 +11,19 @@ aioquic 1.7.2 keeps no counters, so two of its internals are used, both cheap:
   Only losses found by the RFC 9002 packet and time thresholds (``congestion_event=True``) are
   counted; a probe timeout that retransmits early is counted apart, as it implies no loss.
 
+The RTT: aioquic floors a sample at 1 ms and takes the ACK delay the peer reports off only
+above its least sample plus that delay, so on a path under 1 ms it takes none off. A receiver
+that holds its ACKs (the media ACK policy, docs/decisions.md) then reads as that much path, in
+aioquic's loss detection, probe timeout and pacer and in the MH's estimate. The subclass's
+``on_ack_received`` redoes aioquic's RTT update with the delay taken off, down to the least
+sample (RFC 9002 §5.3), whenever the largest packet acknowledged brings a sample.
+
 For the MH's bandwidth estimate (docs/architecture.md §4.3) the same subclass counts the bytes
 of in-flight packets sent, acknowledged and declared lost (``on_packet_sent``,
-``on_ack_received``) and takes its own RTT samples: the peer's reported ACK delay taken off
-down to the least sample, where aioquic takes off none on a path under 1 ms (it floors a
-sample at 1 ms first). It keeps those of the last RECENT_RTT_S, their smoothed mean and the
-bytes in flight right after the last ACK that gave one; a sample reads those, the RTT figures,
-the congestion window and the bytes in flight that aioquic keeps, and the stream bytes written
-but never sent yet.
+``on_ack_received``), keeps the RTT samples of the last RECENT_RTT_S and the bytes in flight
+right after the last ACK that gave one; a sample reads those, the RTT figures, the congestion
+window and the bytes in flight that aioquic keeps, and the stream bytes written but never sent
+yet.
 
 Incoming loss is estimated as RTP receivers do (RFC 3550 §6.4.1): the peer's packets expected
 (from the largest 1-RTT packet number received) against the datagrams the connection received.
@@ -76,7 +82,6 @@ class CountingRecovery(QuicPacketRecovery):
     dt_bytes_acked = 0  # bytes of in-flight packets acknowledged
     dt_bytes_lost = 0  # bytes of in-flight packets declared lost (or probed)
     dt_raw_min = math.inf  # the least RTT sample, ACK delay included
-    dt_rtt_smoothed = 0.0  # RFC 9002's smoothed RTT of the samples below (0.0: none yet)
     # The RTT samples of the last RECENT_RTT_S; when the last ACK that gave one came and the
     # bytes in flight right after it (a queue on the path keeps them up, a burst just sent
     # is not in them).
@@ -93,9 +98,11 @@ class CountingRecovery(QuicPacketRecovery):
     ) -> None:
         # What left the flight here was acknowledged, or declared lost (counted apart).
         before, lost = self._cc.bytes_in_flight, self.dt_bytes_lost
-        # An RTT sample when the largest packet acknowledged is acknowledged for the first time
-        # (aioquic's rule, less its "any newly acknowledged packet is ack-eliciting").
+        # aioquic takes an RTT sample when the largest packet acknowledged is newly so and any
+        # newly acknowledged is ack-eliciting; this redoes it when that largest one is (nearly
+        # always: ACK-only packets go mostly to peers that send more than they receive).
         largest = space.sent_packets.get(ack_rangeset.bounds().stop - 1)
+        rtt = (self._rtt_initialized, self._rtt_smoothed, self._rtt_variance)
         super().on_ack_received(
             ack_rangeset=ack_rangeset, ack_delay=ack_delay, now=now, space=space
         )
@@ -103,20 +110,30 @@ class CountingRecovery(QuicPacketRecovery):
         if gone > 0:
             self.dt_bytes_acked += gone
         if largest is not None and largest.is_ack_eliciting and largest.sent_time is not None:
-            self._dt_sample(now - largest.sent_time, min(ack_delay, self.max_ack_delay), now)
+            raw = now - largest.sent_time
+            self._dt_sample(raw, min(ack_delay, self.max_ack_delay), rtt, now)
 
-    def _dt_sample(self, raw: float, ack_delay: float, now: float) -> None:
-        """Keep an RTT sample, the peer's ACK delay taken off down to the least raw sample
-        (RFC 9002 §5.3, without aioquic's 1 ms floor: on a sub-millisecond path aioquic takes
-        off none, and a receiver that holds its ACKs (docs/decisions.md) reads as a queue)."""
+    def _dt_sample(
+        self, raw: float, ack_delay: float, rtt: tuple[bool, float, float], now: float
+    ) -> None:
+        """Redo aioquic's RTT update with the sample ``raw`` less the peer's ACK delay, down
+        to the least raw sample (RFC 9002 §5.3 without aioquic's 1 ms floor, under which it
+        takes off none: a receiver that holds its ACKs, docs/decisions.md, read as path);
+        ``rtt``: aioquic's (initialized, smoothed, variance) before the ACK."""
         floor = self.dt_raw_min = min(self.dt_raw_min, raw)
-        rtt = max(raw - ack_delay, floor)
-        srtt = self.dt_rtt_smoothed
-        self.dt_rtt_smoothed = rtt if srtt == 0.0 else srtt + (rtt - srtt) / 8
+        sample = self._rtt_latest = max(raw - ack_delay, floor)
+        initialized, smoothed, variance = rtt
+        if initialized:
+            variance += (abs(smoothed - sample) - variance) / 4
+            smoothed += (sample - smoothed) / 8
+        else:
+            smoothed, variance = sample, sample / 2
+        self._rtt_smoothed, self._rtt_variance = smoothed, variance
+        self._pacer.update_rate(congestion_window=self._cc.congestion_window, smoothed_rtt=smoothed)
         rtts = self.__dict__.get("dt_recent_rtts")
         if rtts is None:
             rtts = self.dt_recent_rtts = RecentMin()
-        rtts.push(now, rtt)
+        rtts.push(now, sample)
         self.dt_acked_in_flight = (now, self._cc.bytes_in_flight)
 
     def _on_packets_lost(
@@ -145,7 +162,8 @@ class CountingRecovery(QuicPacketRecovery):
 
 
 def count_losses(quic: QuicConnection) -> None:
-    """Make ``quic``'s loss recovery count lost packets (idempotent)."""
+    """Make ``quic``'s loss recovery count lost packets and take the peer's ACK delay off its
+    RTT samples (idempotent)."""
     recovery = quic._loss
     if not isinstance(recovery, CountingRecovery):
         # Same layout (no __slots__, attributes only added with class defaults or, for
@@ -164,10 +182,10 @@ class TransportStats:
     peer (0 before any). ``rtt_ms``: the smoothed round-trip time; ``rtt_latest_ms`` QUIC's
     last sample, ``rtt_recent_ms`` the smallest sample within RECENT_RTT_S of the newest (a
     stall of this end's event loop inflates some samples, a queue on the path all of them),
-    ``rtt_min_ms`` the smallest over the connection (0.0 before any sample). On aioquic,
-    ``rtt_ms`` and ``rtt_recent_ms`` are the driver's samples, less the ACK delay the peer
-    reports (``CountingRecovery``); qh3 takes it off by aioquic's rule, so a receiver that
-    holds its ACKs still reads as a queue on a path under 1 ms (docs/decisions.md).
+    ``rtt_min_ms`` the smallest over the connection (0.0 before any sample). The samples are
+    less the ACK delay the peer reports: on aioquic down to the least sample
+    (``CountingRecovery``); qh3 takes it off by aioquic's own rule, so a receiver that holds
+    its ACKs still reads as a queue on a path under 1 ms there (docs/decisions.md).
     ``congestion_window`` and ``bytes_in_flight``: the congestion controller's;
     ``bytes_in_flight_after_ack`` those right after the last ACK that gave an RTT sample, if it
     came within RECENT_RTT_S: what a queue on the path holds, without the burst sent since
@@ -230,7 +248,7 @@ def read_stats(quic: QuicConnection, datagrams_received: int, now: float) -> Tra
         packets_probed=getattr(recovery, "dt_probed", 0),
         datagrams_received=datagrams_received,
         peer_packets_expected=largest + 1,
-        rtt_ms=(getattr(recovery, "dt_rtt_smoothed", 0.0) or recovery._rtt_smoothed) * 1000,
+        rtt_ms=recovery._rtt_smoothed * 1000,
         rtt_latest_ms=recovery._rtt_latest * 1000,
         rtt_min_ms=0.0 if recovery._rtt_min == math.inf else recovery._rtt_min * 1000,
         congestion_window=recovery.congestion_window,

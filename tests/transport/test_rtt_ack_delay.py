@@ -18,7 +18,7 @@ from aioquic import tls
 from aioquic.quic.packet import QuicPacketType
 from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.rangeset import RangeSet
-from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.recovery import QuicPacketRecovery, QuicPacketSpace
 
 from darktower.transport import (
     Route,
@@ -81,12 +81,10 @@ async def test_rtt_leaves_out_the_receivers_ack_delay(dev_cert: TlsCredentials) 
         nursery.cancel_scope.cancel()
 
 
-def _acked(
-    recovery: CountingRecovery, space: QuicPacketSpace, rtt: float, ack_delay: float
-) -> None:
+def _acked(recovery: QuicPacketRecovery, space: QuicPacketSpace, rtt: float, delay: float) -> None:
     """Send a packet at a whole second and take its ACK ``rtt`` later, the peer's ACK delay
-    ``ack_delay``."""
-    number = recovery.dt_bytes_sent // 1200  # the packets sent so far
+    ``delay``."""
+    number = space.largest_acked_packet + 1  # (each packet is acknowledged before the next)
     now = float(number)
     packet = QuicSentPacket(
         epoch=tls.Epoch.ONE_RTT,
@@ -101,30 +99,51 @@ def _acked(
     recovery.on_packet_sent(packet=packet, space=space)
     recovery.on_ack_received(
         ack_rangeset=RangeSet([range(number, number + 1)]),
-        ack_delay=ack_delay,
+        ack_delay=delay,
         now=now + rtt,
         space=space,
     )
 
 
-def test_a_held_ack_on_a_fast_path_is_not_a_queue() -> None:
-    """A 0.3 ms path: one ACK at once, then one held 25 ms. aioquic's own sample keeps the
-    25 ms (its least sample is floored at 1 ms); the recent and smoothed RTT do not."""
-    recovery = CountingRecovery(
+def _recovery(kind: type[QuicPacketRecovery]) -> tuple[QuicPacketRecovery, QuicPacketSpace]:
+    recovery = kind(
         congestion_control_algorithm="reno",
         initial_rtt=0.1,
         max_datagram_size=1200,
         peer_completed_address_validation=True,
         send_probe=lambda: None,
     )
-    space = QuicPacketSpace(is_application_data=True)
+    return recovery, QuicPacketSpace(is_application_data=True)
+
+
+@pytest.mark.parametrize("kind", [QuicPacketRecovery, CountingRecovery])
+def test_a_held_ack_on_a_fast_path_is_not_a_queue(kind: type[QuicPacketRecovery]) -> None:
+    """A 0.3 ms path: one ACK at once, then one held 25 ms. aioquic's own recovery keeps the
+    25 ms in its sample (its least sample is floored at 1 ms); the driver's does not."""
+    recovery, space = _recovery(kind)
     _acked(recovery, space, 0.0003, 0.0)
     _acked(recovery, space, 0.0253, 0.025)
-    assert recovery._rtt_latest > 0.025  # aioquic's own
+    if kind is QuicPacketRecovery:
+        assert recovery._rtt_latest > 0.025
+        assert recovery._rtt_smoothed > 0.003
+        return
+    assert isinstance(recovery, CountingRecovery)
+    assert recovery._rtt_latest == pytest.approx(0.0003)
     assert recovery.dt_recent_rtts.least(0.0) == pytest.approx(0.0003)
-    assert recovery.dt_rtt_smoothed == pytest.approx(0.0003)
-    # Never below the least sample, nor more taken off than the peer's max_ack_delay (25 ms).
-    _acked(recovery, space, 0.0253, 0.030)
-    assert recovery.dt_recent_rtts.least(0.0) == pytest.approx(0.0003)
+    assert recovery._rtt_smoothed == pytest.approx(0.0003)
+    assert recovery._rtt_variance == pytest.approx(0.0003 / 2 * 3 / 4)
+    # The pacer paces at the congestion window per smoothed RTT.
+    assert recovery._pacer.packet_time == pytest.approx(
+        1200 / (recovery.congestion_window / 0.0003)
+    )
+
+
+def test_what_is_taken_off_is_bounded() -> None:
+    """Never below the least sample, nor more than the peer's max_ack_delay (25 ms)."""
+    recovery, space = _recovery(CountingRecovery)
+    _acked(recovery, space, 0.002, 0.0)
+    _acked(recovery, space, 0.010, 0.020)  # a delay longer than the sample
+    assert recovery._rtt_latest == pytest.approx(0.002)
     _acked(recovery, space, 0.080, 0.060)
-    assert recovery.dt_rtt_smoothed == pytest.approx(0.0003 + (0.055 - 0.0003) / 8)
+    assert recovery._rtt_latest == pytest.approx(0.055)
+    assert recovery._rtt_smoothed == pytest.approx(0.002 + (0.055 - 0.002) / 8)
