@@ -77,11 +77,13 @@ async def test_rtt_leaves_out_the_receivers_ack_delay(dev_cert: TlsCredentials) 
                     await out.send_all(b"m" * 200)
                     await trio.sleep(2 * MEDIA_ACK_DELAY_S)
                     readings.append(server.transport_stats())
-            half_delay_ms = MEDIA_ACK_DELAY_S * 1000 / 2
-            # (the smoothed RTT takes a few samples to forget the handshake's)
+            # A held ACK would read as the whole delay and more; a stall of this process (it
+            # runs both ends) may add some. (The smoothed RTT takes a few samples to forget
+            # the handshake's.)
+            bound_ms = 0.8 * MEDIA_ACK_DELAY_S * 1000
             recent = [s.rtt_recent_ms for s in readings[MESSAGES // 2 :]]
-            assert 0 < statistics.median(recent) < half_delay_ms, recent
-            assert 0 < readings[-1].rtt_ms < half_delay_ms, readings[-1]
+            assert 0 < statistics.median(recent) < bound_ms, recent
+            assert 0 < readings[-1].rtt_ms < bound_ms, readings[-1]
         nursery.cancel_scope.cancel()
 
 
