@@ -14,6 +14,8 @@ from darktower.transport import (
     SessionEnd,
     TlsCredentials,
     TransportLimits,
+    WebTransportReceiveStream,
+    WebTransportSendStream,
     WebTransportServer,
     WebTransportSession,
     generate_dev_certificate,
@@ -72,6 +74,18 @@ async def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float 
         while not predicate():  # noqa: ASYNC110 - no event exists for these conditions
             await trio.sleep(0.005)
     assert predicate(), f"timed out waiting for: {what}"
+
+
+async def open_downstream(
+    server: WebTransportSession, client: WebTransportSession
+) -> tuple[WebTransportSendStream, WebTransportReceiveStream]:
+    """A uni stream from ``server`` to ``client``, its first byte (b"o") sent and read."""
+    out = await server.open_unidirectional_stream()
+    await out.send_all(b"o")
+    incoming = await client.accept_stream()
+    assert isinstance(incoming, WebTransportReceiveStream)
+    assert await incoming.receive_some(1) == b"o"
+    return out, incoming
 
 
 class EndRecorder:

@@ -16,12 +16,11 @@ from darktower.transport import (
     Route,
     TlsCredentials,
     WebTransportReceiveStream,
-    WebTransportSession,
     connect_webtransport,
 )
 from darktower.transport._stats import RECENT_RTT_S, RecentMin, after_ack
 
-from .conftest import start_server
+from .conftest import EndRecorder, open_downstream, start_server
 
 CAP_BPS = 2_000_000
 QUEUED_BYTES = 200_000
@@ -60,16 +59,9 @@ async def _read(stream: WebTransportReceiveStream, count: int) -> int:
 
 
 async def test_a_queue_counts_and_a_burst_just_sent_does_not(dev_cert: TlsCredentials) -> None:
-    sessions: list[WebTransportSession] = []
-    opened = trio.Event()
-
-    async def handler(session: WebTransportSession, context: object) -> None:
-        sessions.append(session)
-        opened.set()
-        await session.wait_closed()
-
+    recorder = EndRecorder()
     async with trio.open_nursery() as nursery:
-        _server, base = await start_server(nursery, dev_cert, {"/q": Route(handler)})
+        _server, base = await start_server(nursery, dev_cert, {"/q": Route(recorder)})
         host, port = base.removeprefix("https://").split(":")
         async with (
             open_udp_proxy((host, int(port)), rate_bps=CAP_BPS) as proxy,
@@ -78,13 +70,10 @@ async def test_a_queue_counts_and_a_burst_just_sent_does_not(dev_cert: TlsCreden
             ) as client,
         ):
             with trio.fail_after(10):
-                await opened.wait()
-                (server,) = sessions
-                out = await server.open_unidirectional_stream()
-                await out.send_all(b"o")
-                incoming = await client.accept_stream()
-                assert isinstance(incoming, WebTransportReceiveStream)
-                await _read(incoming, 1)
+                await recorder.started.wait()
+                server = recorder.session
+                assert server is not None
+                out, incoming = await open_downstream(server, client)
 
                 # A queue: the cap holds what the window lets out, and what stays in flight
                 # after each ACK is that queue. Read as the data comes (a stall of this

@@ -27,27 +27,20 @@ from darktower.transport import (
     TlsCredentials,
     TransportLimits,
     WebTransportReceiveStream,
-    WebTransportSession,
     connect_webtransport,
 )
 from darktower.transport._config import MEDIA_ACK_DELAY_S
 from darktower.transport._stats import CountingRecovery
 
 from ._cores import aioquic_only
-from .conftest import start_server
+from .conftest import EndRecorder, open_downstream, start_server
 
 MESSAGES = 20
 
 
 @aioquic_only("qh3 2.1 takes the ACK delay off by aioquic's rule: none on a path under 1 ms")
 async def test_rtt_leaves_out_the_receivers_ack_delay(dev_cert: TlsCredentials) -> None:
-    sessions: list[WebTransportSession] = []
-    opened = trio.Event()
-
-    async def handler(session: WebTransportSession, context: object) -> None:
-        sessions.append(session)
-        opened.set()
-        await session.wait_closed()
+    recorder = EndRecorder()
 
     async def drain(stream: WebTransportReceiveStream) -> None:
         with contextlib.suppress(trio.ClosedResourceError):  # the client closes at the end
@@ -55,19 +48,17 @@ async def test_rtt_leaves_out_the_receivers_ack_delay(dev_cert: TlsCredentials) 
                 pass
 
     async with trio.open_nursery() as nursery:
-        _server, base = await start_server(nursery, dev_cert, {"/r": Route(handler)})
+        _server, base = await start_server(nursery, dev_cert, {"/r": Route(recorder)})
         async with connect_webtransport(
             base + "/r",
             server_certificate_hashes=[dev_cert.sha256],
             limits=TransportLimits().for_media(),
         ) as client:
             with trio.fail_after(10):
-                await opened.wait()
-                (server,) = sessions
-                out = await server.open_unidirectional_stream()
-                await out.send_all(b"o")
-                incoming = await client.accept_stream()
-                assert isinstance(incoming, WebTransportReceiveStream)
+                await recorder.started.wait()
+                server = recorder.session
+                assert server is not None
+                out, incoming = await open_downstream(server, client)
                 nursery.start_soon(drain, incoming)
 
                 # Lone packets, each acknowledged MEDIA_ACK_DELAY_S after it arrives (the
