@@ -101,8 +101,29 @@ export async function pumpTrack(track, onItem, signal) {
       onItem(value);
     }
   } finally {
-    reader.cancel().catch(() => {});
+    release(reader);
   }
+}
+
+const IDLE = Object.freeze({});
+
+// Cancels a track reader, closing the frames its stream still holds: cancel alone drops them
+// unclosed (Chromium warns of each, and the camera's frame pool may stall). Reads while a frame
+// is there at once; then a read still pending closes what it gets, and the reader is cancelled.
+function release(reader) {
+  const pending = reader.read();
+  Promise.race([pending, Promise.resolve(IDLE)]).then(
+    (got) => {
+      if (got === IDLE) {
+        pending.then(({ value }) => value?.close(), () => {});
+        reader.cancel().catch(() => {});
+      } else if (!got.done) {
+        got.value.close();
+        release(reader);
+      }
+    },
+    () => {},
+  );
 }
 
 // A sender's track reader replaced by one of `track` (its encoder keeps running).
