@@ -22,7 +22,7 @@ import pytest
 from aioquic import tls
 from aioquic.h3.connection import H3Connection
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection, QuicConnectionState
+from aioquic.quic.connection import QuicConnection, QuicConnectionState, QuicReceiveContext
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 from grpclib.server import Server
@@ -116,9 +116,15 @@ HOOKS = [
     ),
     Hook(
         "aioquic",
-        "QuicConnection._write_stream_limits(builder, space, stream)",
-        "transport/_quic.py (overridden)",
-        lambda: _positional(QuicConnection._write_stream_limits, "builder", "space", "stream"),
+        "QuicConnection._write_stream_limits(builder, space, stream), _write_connection_limits"
+        "(builder, space) (ACK_FREQUENCY rides there), _ack_delay; QuicReceiveContext.time",
+        "transport/_quic.py (overridden; the ACK-frequency extension)",
+        lambda: (
+            _positional(QuicConnection._write_stream_limits, "builder", "space", "stream")
+            and _positional(QuicConnection._write_connection_limits, "builder", "space")
+            and isinstance(_quic()._ack_delay, float)
+            and "time" in QuicReceiveContext.__dataclass_fields__
+        ),
     ),
     Hook(
         "aioquic",
@@ -138,10 +144,7 @@ HOOKS = [
         "aioquic",
         "QuicStream.max_stream_data_local / max_stream_data_local_sent",
         "transport/_quic.py",
-        lambda: (
-            _has(QuicStream(0), "max_stream_data_local")
-            and _has(QuicStream(0), "max_stream_data_local_sent")
-        ),
+        lambda: _has(QuicStream(0), "max_stream_data_local", "max_stream_data_local_sent"),
     ),
     Hook(
         "aioquic",
@@ -182,10 +185,7 @@ HOOKS = [
         "aioquic",
         "QuicStreamSender._buffer_start / _buffer_stop",
         _QUIC,
-        lambda: (
-            _has(QuicStream(0).sender, "_buffer_start")
-            and _has(QuicStream(0).sender, "_buffer_stop")
-        ),
+        lambda: _has(QuicStream(0).sender, "_buffer_start", "_buffer_stop"),
     ),
     Hook(
         "aioquic",
@@ -196,8 +196,7 @@ HOOKS = [
             H3Connection(_quic())._quic is _quic()
             and isinstance(_quic()._streams, dict)
             and isinstance(_quic()._state, QuicConnectionState)
-            and _has(QuicStream(0).sender, "_buffer_start")
-            and _has(QuicStream(0).sender, "_buffer_stop")
+            and _has(QuicStream(0).sender, "_buffer_start", "_buffer_stop")
             and QuicStream(0).sender._reset_error_code is None
         ),
     ),
@@ -230,7 +229,7 @@ HOOKS = [
         "aioquic",
         "QuicConnection._close_at / _close_event (the idle-timeout test in handle_timer)",
         "transport/_quic.py",
-        lambda: _has(_quic(), "_close_at") and _has(_quic(), "_close_event"),
+        lambda: _has(_quic(), "_close_at", "_close_event"),
     ),
     Hook(
         "aioquic",

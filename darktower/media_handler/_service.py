@@ -44,6 +44,7 @@ from darktower.servicekit import (
     tls_credentials,
 )
 from darktower.transport import (
+    MEDIA_PEER_ACK_DELAY_S,
     Route,
     ServerConfig,
     TransportLimits,
@@ -244,6 +245,7 @@ async def serve(
                 limits=TransportLimits(
                     retry_threshold=settings.quic_retry_threshold,
                     max_connections_per_address=settings.max_connections_per_address,
+                    peer_ack_delay_s=MEDIA_PEER_ACK_DELAY_S,
                     quic_core=settings.quic_core,
                 ),
             ),

@@ -103,6 +103,11 @@ ACK_DELAY_S: float | None = None
 # loopback path, and must still see a quiet one (docs/decisions.md).
 MEDIA_ACK_DELAY_S = 0.010
 MEDIA_ACK_THRESHOLD = 10
+# The ACK delay the MH asks of a media receiver that supports the ACK-frequency extension
+# (``TransportLimits.peer_ack_delay_s``, docs/architecture.md §5.1): the max_ack_delay it
+# advertises. The MH that asks knows the delay its estimate reads through; a qh3 MH does not
+# ask (its core cannot write the frame, and its RTT keeps the delay; docs/decisions.md).
+MEDIA_PEER_ACK_DELAY_S = 0.025
 # The longest send delay a connection takes (``delay_sends``): below the MH's age bound for
 # audio (docs/protocol.md §13).
 MAX_SEND_DELAY_S = 0.15
@@ -182,6 +187,9 @@ class TransportLimits:
     # An ACK as soon as this many ack-eliciting packets are unacknowledged, or one arrives
     # out of order (None: aioquic's one ACK per ack delay); aioquic core only.
     ack_eliciting_threshold: int | None = None
+    # The ACK delay asked of a peer that supports the ACK-frequency extension, with an ACK
+    # every MEDIA_ACK_THRESHOLD packets (None: nothing asked); aioquic core only.
+    peer_ack_delay_s: float | None = None
     receive_packet_size: int | None = None  # advertised max_udp_payload_size (None: none)
     max_datagram_frame_size: int = MAX_DATAGRAM_FRAME_SIZE
     max_sessions_per_connection: int = MAX_SESSIONS_PER_CONNECTION

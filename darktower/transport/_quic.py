@@ -27,21 +27,39 @@ from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
     NetworkAddress,
     QuicConnection,
+    QuicConnectionError,
 )
 from aioquic.quic.packet import (
+    QuicErrorCode,
     QuicFrameType,
     pull_quic_transport_parameters,
     push_quic_transport_parameters,
 )
+from aioquic.quic.packet_builder import QuicDeliveryState
 from aioquic.tls import Epoch
 
 from darktower.protocol.addresses import is_loopback
 
+from ._ack_frequency import (
+    ACK_FREQUENCY_CAPACITY,
+    ACK_FREQUENCY_FRAME,
+    IMMEDIATE_ACK_FRAME,
+    MIN_ACK_DELAY_US,
+    AckFrequency,
+    AckFrequencyError,
+    ack_request,
+    encode_min_ack_delay,
+    find_min_ack_delay,
+    pull_ack_frequency,
+    push_ack_frequency,
+)
 from ._certs import certificate_sha256
-from ._config import LOOPBACK_PACKET_SIZE, PTO_BACKOFF_CAP_S, TransportLimits
+from ._config import LOOPBACK_PACKET_SIZE, MEDIA_ACK_THRESHOLD, PTO_BACKOFF_CAP_S, TransportLimits
 
 # The max_ack_delay aioquic advertises (25 ms): a local ACK delay never goes beyond it.
 MAX_ACK_DELAY_S = 0.025
+# RFC 9000 §18.2: a peer that does not advertise max_ack_delay keeps 25 ms.
+DEFAULT_PEER_MAX_ACK_DELAY_MS = 25
 # An ACK owed leaves with the first data sent before it is due (docs/architecture.md §5.1).
 # Made due then, it is due a little before now: aioquic lets a due ACK past its pacer only
 # when strictly past due, and at exactly ``now`` its timer would fire again and again.
@@ -102,23 +120,49 @@ class CreditedQuicConnection(QuicConnection):
         # of order or after a gap.
         self._dt_ack_threshold: int | None = None
         self._dt_eliciting = 0  # ack-eliciting 1-RTT packets received since our last ACK
+        self._dt_ack_on_reorder = True  # an ACK at once for a packet out of order or a gap
+        # The ACK-frequency extension (_ack_frequency.py), receiver side: the largest
+        # ACK_FREQUENCY sequence number applied. Sender side: what limits.peer_ack_delay_s
+        # asks (delay, threshold), the peer's min_ack_delay (None: no support), and the
+        # frame to write (again when lost) and the last one written.
+        self._dt_ack_frequency_seen = -1
+        self._dt_ack_wanted: tuple[float, int] | None = None
+        self.dt_peer_min_ack_delay_us: int | None = None
+        self._dt_ack_frequency_pending: AckFrequency | None = None
+        self._dt_ack_frequency_sent: AckFrequency | None = None
         self._dt_share_frame_table()
 
     def _serialize_transport_parameters(self) -> bytes:
         data = super()._serialize_transport_parameters()
-        if self.dt_advertised_max_udp_payload is None:
-            return data
-        params = pull_quic_transport_parameters(Buffer(data=data))
-        params.max_udp_payload_size = self.dt_advertised_max_udp_payload
-        buf = Buffer(capacity=len(data) + 16)
-        push_quic_transport_parameters(buf, params)
-        return buf.data
+        if self.dt_advertised_max_udp_payload is not None:
+            params = pull_quic_transport_parameters(Buffer(data=data))
+            params.max_udp_payload_size = self.dt_advertised_max_udp_payload
+            buf = Buffer(capacity=len(data) + 16)
+            push_quic_transport_parameters(buf, params)
+            data = buf.data
+        return data + encode_min_ack_delay(MIN_ACK_DELAY_US)
 
     def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
         super()._parse_transport_parameters(data, from_session_ticket)
         if not from_session_ticket:
             params = pull_quic_transport_parameters(Buffer(data=data))
             self.dt_peer_max_udp_payload = params.max_udp_payload_size
+            max_ack_delay = params.max_ack_delay
+            if max_ack_delay is None:
+                max_ack_delay = DEFAULT_PEER_MAX_ACK_DELAY_MS
+            try:
+                peer_min = find_min_ack_delay(data, max_ack_delay)
+            except AckFrequencyError as exc:
+                raise QuicConnectionError(
+                    error_code=QuicErrorCode.TRANSPORT_PARAMETER_ERROR,
+                    frame_type=QuicFrameType.CRYPTO,
+                    reason_phrase=str(exc),
+                ) from None
+            self.dt_peer_min_ack_delay_us = peer_min
+            if peer_min is not None and self._dt_ack_wanted is not None:
+                delay_s, threshold = self._dt_ack_wanted
+                frame = ack_request(0, delay_s, threshold, peer_min, max_ack_delay)
+                self._dt_ack_frequency_pending = frame
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         # An ACK owed but not yet due leaves in the first packet of data going now rather
@@ -232,6 +276,8 @@ class CreditedQuicConnection(QuicConnection):
         if limits.ack_delay_s is not None:
             self._ack_delay = min(limits.ack_delay_s, MAX_ACK_DELAY_S)
         self._dt_ack_threshold = limits.ack_eliciting_threshold
+        if limits.peer_ack_delay_s is not None:
+            self._dt_ack_wanted = (limits.peer_ack_delay_s, MEDIA_ACK_THRESHOLD)
         self.dt_advertised_max_udp_payload = limits.receive_packet_size
 
     def dt_loopback_packets(self) -> None:
@@ -251,6 +297,9 @@ class CreditedQuicConnection(QuicConnection):
         if table is None:
             own = getattr(self, _FRAME_TABLE_ATTR)
             table = {t: (bound.__func__, epochs) for t, (bound, epochs) in own.items()}
+            one_rtt = frozenset({Epoch.ONE_RTT})  # not 0-RTT: support is per connection
+            table[ACK_FREQUENCY_FRAME] = (cls._dt_handle_ack_frequency, one_rtt)
+            table[IMMEDIATE_ACK_FRAME] = (cls._dt_handle_immediate_ack, one_rtt)
             cls._dt_frame_table = table
         setattr(self, _FRAME_TABLE_ATTR, _FrameHandlers(self, table))
 
@@ -283,8 +332,54 @@ class CreditedQuicConnection(QuicConnection):
         if self._dt_eliciting == eliciting or space.ack_at is None or space.ack_at <= now:
             return
         newest = space.largest_received_packet
-        if self._dt_eliciting >= threshold or newest == largest or newest > largest + 1 >= 1:
+        if self._dt_eliciting >= threshold or (
+            self._dt_ack_on_reorder and (newest == largest or newest > largest + 1 >= 1)
+        ):
             space.ack_at = now - _DUE_NOW_S
+
+    # --- the ACK-frequency extension (_ack_frequency.py; docs/architecture.md §5.1) ---------
+    def _dt_handle_ack_frequency(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        try:
+            frame = pull_ack_frequency(buf, MIN_ACK_DELAY_US)
+        except AckFrequencyError as exc:
+            raise QuicConnectionError(
+                error_code=QuicErrorCode.PROTOCOL_VIOLATION,
+                frame_type=frame_type,
+                reason_phrase=str(exc),
+            ) from None
+        if frame.sequence <= self._dt_ack_frequency_seen:
+            return  # an older request, reordered or repeated: ignored
+        self._dt_ack_frequency_seen = frame.sequence
+        self._ack_delay = frame.max_ack_delay_us / 1e6
+        # Sent when more than ``threshold`` are unacknowledged; a reordering threshold above
+        # 1 is kept as 1 (an ACK earlier than asked is always allowed).
+        self._dt_ack_threshold = frame.threshold + 1
+        self._dt_ack_on_reorder = frame.reordering != 0
+
+    def _dt_handle_immediate_ack(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        self._spaces[Epoch.ONE_RTT].ack_at = context.time - _DUE_NOW_S
+
+    def _write_connection_limits(self, builder: Any, space: Any) -> None:
+        super()._write_connection_limits(builder, space)
+        frame = self._dt_ack_frequency_pending
+        if frame is None:
+            return
+        buf = builder.start_frame(
+            ACK_FREQUENCY_FRAME,
+            capacity=ACK_FREQUENCY_CAPACITY,
+            handler=self._dt_on_ack_frequency_delivery,
+            handler_args=(frame,),
+        )
+        push_ack_frequency(buf, frame)
+        self._dt_ack_frequency_pending = None
+        self._dt_ack_frequency_sent = frame
+
+    def _dt_on_ack_frequency_delivery(
+        self, delivery: QuicDeliveryState, frame: AckFrequency
+    ) -> None:
+        # Lost: sent again, unless a later request went out since.
+        if delivery != QuicDeliveryState.ACKED and frame is self._dt_ack_frequency_sent:
+            self._dt_ack_frequency_pending = frame
 
     def _payload_received(
         self, context: Any, plain: bytes, crypto_frame_required: bool = False

@@ -20,10 +20,12 @@ from darktower.media_handler._telemetry import ConnectionLoss
 from darktower.metrics import Registry
 from darktower.protocol.pb.v1 import media_control_pb2 as mc_pb
 from darktower.transport import (
+    MEDIA_PEER_ACK_DELAY_S,
     Connection,
     Route,
     ServerConfig,
     TlsCredentials,
+    TransportLimits,
     TransportStats,
     WebTransportServer,
     WebTransportSession,
@@ -32,6 +34,7 @@ from darktower.transport import (
     open_quic_connection,
     open_session,
 )
+from darktower.transport._config import MEDIA_ACK_DELAY_S, MEDIA_ACK_THRESHOLD
 from darktower.transport.rpc import open_stream_call
 
 from ._harness import NO_AGE_BOUND, WAIT_S, audio, new_id, open_harness, receive_n, video
@@ -293,3 +296,21 @@ async def test_mh_telemetry_reports_the_publishers_quic_loss() -> None:
             rendered = metrics.registry.render()
             assert 'darktower_mh_quic_packets_lost_total{direction="in"}' in rendered
             out.active = inc.active = False
+
+
+# The MH's own choice of ACK policy for its receivers (docs/architecture.md §5.1): an aioquic
+# MH asks an aioquic media client, which speaks the ACK-frequency extension, for 25 ms; a qh3
+# MH asks nothing, and the client keeps its own media policy.
+@pytest.mark.parametrize("mh_core", ["aioquic", "qh3"])
+async def test_an_aioquic_mh_asks_its_media_receivers_for_their_ack_delay(mh_core: str) -> None:
+    if mh_core == "qh3":
+        pytest.importorskip("qh3")
+    meeting = new_id()
+    async with open_harness(quic_core=mh_core) as h:
+        url = await h.register(meeting, "s")
+        async with h.client(url, limits=TransportLimits(quic_core="aioquic")) as s:
+            await h.connected(meeting, "s")  # after the MH's first 1-RTT packet reached s
+            quic: Any = s.session._conn.quic  # type: ignore[attr-defined]
+            asked = mh_core == "aioquic"
+            assert quic._ack_delay == (MEDIA_PEER_ACK_DELAY_S if asked else MEDIA_ACK_DELAY_S)
+            assert quic._dt_ack_threshold == MEDIA_ACK_THRESHOLD
