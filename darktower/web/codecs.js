@@ -101,7 +101,7 @@ export async function pumpTrack(track, onItem, signal) {
       onItem(value);
     }
   } finally {
-    release(reader);
+    releaseReader(reader);
   }
 }
 
@@ -110,7 +110,7 @@ const IDLE = Object.freeze({});
 // Cancels a track reader, closing the frames its stream still holds: cancel alone drops them
 // unclosed (Chromium warns of each, and the camera's frame pool may stall). Reads while a frame
 // is there at once; then a read still pending closes what it gets, and the reader is cancelled.
-function release(reader) {
+export function releaseReader(reader) {
   const pending = reader.read();
   Promise.race([pending, Promise.resolve(IDLE)]).then(
     (got) => {
@@ -119,7 +119,7 @@ function release(reader) {
         reader.cancel().catch(() => {});
       } else if (!got.done) {
         got.value.close();
-        release(reader);
+        releaseReader(reader);
       }
     },
     () => {},

@@ -128,3 +128,44 @@ async def test_page_loads_with_its_hooks_and_reads_the_meeting_id(path: str) -> 
     assert result["meetingShown"] is False
     assert result["stylesheet"] == "none"  # style.css loaded and [hidden] wins
     assert result["grid"] is True
+
+
+RELEASE_SCRIPT = """
+async ({timeoutMs}) => {
+  const C = await import("/static/codecs.js");
+  const canvas = new OffscreenCanvas(16, 16);
+  canvas.getContext("2d").fillRect(0, 0, 16, 16);
+  let closed = 0;
+  const frame = (timestamp) => {
+    const f = new VideoFrame(canvas, {timestamp});
+    const close = f.close.bind(f);
+    f.close = () => { closed++; close(); };
+    return f;
+  };
+  // A track's stream as a page behind on its reads leaves it: frames queued, then released.
+  // Its source's cancel comes last (after every read), so the test waits on it.
+  const released = async (queued) => {
+    let cancelled;
+    const done = new Promise(r => cancelled = r);
+    const stream = new ReadableStream(
+        {start(c) { for (let i = 0; i < queued; i++) c.enqueue(frame(i)); }, cancel: cancelled},
+        {highWaterMark: 8});
+    C.releaseReader(stream.getReader());
+    const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error("timeout")), timeoutMs));
+    await Promise.race([done, timeout]);
+    return closed;
+  };
+  const afterQueued = await released(3);
+  const afterEmpty = await released(0) - afterQueued;
+  return {afterQueued, afterEmpty};
+}
+"""
+
+
+async def test_a_released_track_reader_closes_the_frames_its_stream_held() -> None:
+    # Cancel alone would drop them unclosed (Chromium logs each one it collects).
+    with serve_web({"/blank": BLANK_PAGE}) as base:
+        result = await trio.to_thread.run_sync(
+            run_page_script, base + "/blank", RELEASE_SCRIPT, {"timeoutMs": 10_000}
+        )
+    assert result == {"afterQueued": 3, "afterEmpty": 0}
