@@ -3,7 +3,7 @@
 See docs/architecture.md §4.3.
 
 State only, plus the synchronous hot path :meth:`MediaPublication.route`; the tasks that move
-bytes live in ``_plane.py`` (connections, publish streams) and ``_router.py`` (subscriptions).
+bytes live in ``_plane.py`` (connections, publish streams) and ``_writer.py`` (subscriptions).
 One :class:`MediaRoom` per meeting, one :class:`MediaMember` per registered participant
 (connected or not), one :class:`MediaPublication` per registered stream (its simulcast layers are
 :class:`PublishedLayer` entries, each its own stream id on the wire) and one
