@@ -56,7 +56,8 @@ from ._ack_frequency import (
 from ._certs import certificate_sha256
 from ._config import LOOPBACK_PACKET_SIZE, MEDIA_ACK_THRESHOLD, PTO_BACKOFF_CAP_S, TransportLimits
 
-# The max_ack_delay aioquic advertises (25 ms): a local ACK delay never goes beyond it.
+# The max_ack_delay aioquic advertises (25 ms): the limits' ACK delay never goes beyond it (a
+# peer's ACK_FREQUENCY may set another, as the extension says).
 MAX_ACK_DELAY_S = 0.025
 # RFC 9000 §18.2: a peer that does not advertise max_ack_delay keeps 25 ms.
 DEFAULT_PEER_MAX_ACK_DELAY_MS = 25
