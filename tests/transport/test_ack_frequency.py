@@ -4,6 +4,9 @@ real QUIC on 127.0.0.1 where an aioquic MH's limits ask a media receiver for its
 
 from __future__ import annotations
 
+import pathlib
+from typing import Any
+
 import pytest
 import trio
 from aioquic._buffer import Buffer, BufferReadError
@@ -15,7 +18,13 @@ from aioquic.tls import Epoch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from darktower.transport import Route, TlsCredentials, TransportLimits, connect_webtransport
+from darktower.transport import (
+    Route,
+    TlsCredentials,
+    TransportLimits,
+    connect_webtransport,
+    generate_dev_certificate,
+)
 from darktower.transport._ack_frequency import (
     MAX_REQUEST_US,
     MIN_ACK_DELAY_PARAM,
@@ -172,10 +181,63 @@ def test_a_lost_request_is_sent_again_unless_a_newer_one_went_out() -> None:
     assert quic._dt_ack_frequency_pending is None
 
 
+class _BadParams(CreditedQuicConnection):
+    """A client whose transport parameters end with ``extra`` (after its own min_ack_delay)."""
+
+    extra = b""
+
+    def _serialize_transport_parameters(self) -> bytes:
+        return super()._serialize_transport_parameters() + self.extra
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        (b"", None),  # the client's own parameters: the handshake completes
+        (encode_min_ack_delay(MIN_ACK_DELAY_US), QuicErrorCode.TRANSPORT_PARAMETER_ERROR),  # twice
+        (  # the value does not fill the parameter
+            _param(MIN_ACK_DELAY_PARAM, b"\x01\x02"),
+            QuicErrorCode.TRANSPORT_PARAMETER_ERROR,
+        ),
+    ],
+)
+def test_a_bad_min_ack_delay_fails_the_handshake(
+    tmp_path: pathlib.Path, extra: bytes, error: QuicErrorCode | None
+) -> None:
+    """Both ends in memory: the server closes with TRANSPORT_PARAMETER_ERROR."""
+    certfile, keyfile = generate_dev_certificate().write(str(tmp_path))
+    server_config = QuicConfiguration(is_client=False, alpn_protocols=["h3"])
+    server_config.load_cert_chain(str(certfile), str(keyfile))
+    client_config = QuicConfiguration(is_client=True, alpn_protocols=["h3"], verify_mode=0)
+    client = _BadParams(configuration=client_config, consumed=lambda _sid: None, window=1)
+    client.extra = extra
+    client.connect(("127.0.0.1", 4433), now=0.0)
+    server: CreditedQuicConnection | None = None
+    for _ in range(6):  # Initial, the server's flight, the client's Finished
+        for data, _addr in client.datagrams_to_send(now=0.0):
+            if server is None:
+                server = CreditedQuicConnection(
+                    configuration=server_config,
+                    original_destination_connection_id=client.original_destination_connection_id,
+                    consumed=lambda _sid: None,
+                    window=1,
+                )
+            server.receive_datagram(data, ("127.0.0.1", 50000), now=0.0)
+        assert server is not None
+        for data, _addr in server.datagrams_to_send(now=0.0):
+            client.receive_datagram(data, ("127.0.0.1", 4433), now=0.0)
+    assert server is not None
+    if error is None:
+        assert server._close_event is None and server._handshake_complete
+        assert server.dt_peer_min_ack_delay_us == MIN_ACK_DELAY_US
+    else:
+        assert server._close_event is not None and server._close_event.error_code == error
+
+
 # --- real QUIC on 127.0.0.1 -------------------------------------------------------------------
 async def _receiver_after_handshake(
     dev_cert: TlsCredentials, server_limits: TransportLimits, client_core: str = "aioquic"
-) -> tuple[object, object]:
+) -> tuple[Any, Any]:
     """Handshake, a round trip each way, then (server's QUIC, client's QUIC)."""
     recorder = EndRecorder()
     async with trio.open_nursery() as nursery:
@@ -208,12 +270,12 @@ ASKING = TransportLimits(quic_core="aioquic", peer_ack_delay_s=0.025)
 
 async def test_an_aioquic_server_asks_an_aioquic_media_receiver(dev_cert: TlsCredentials) -> None:
     server, client = await _receiver_after_handshake(dev_cert, ASKING)
-    assert server.dt_peer_min_ack_delay_us == MIN_ACK_DELAY_US  # type: ignore[attr-defined]
-    assert client.dt_peer_min_ack_delay_us == MIN_ACK_DELAY_US  # type: ignore[attr-defined]
-    assert client._dt_ack_frequency_seen == 0  # type: ignore[attr-defined]
-    assert client._ack_delay == 0.025  # type: ignore[attr-defined]
-    assert client._dt_ack_threshold == MEDIA_ACK_THRESHOLD  # type: ignore[attr-defined]
-    assert server._ack_delay != 0.025  # type: ignore[attr-defined]  # nothing asked of it
+    assert server.dt_peer_min_ack_delay_us == MIN_ACK_DELAY_US
+    assert client.dt_peer_min_ack_delay_us == MIN_ACK_DELAY_US
+    assert client._dt_ack_frequency_seen == 0
+    assert client._ack_delay == 0.025
+    assert client._dt_ack_threshold == MEDIA_ACK_THRESHOLD
+    assert server._ack_delay != 0.025  # nothing asked of it
 
 
 async def test_a_server_that_does_not_ask_leaves_the_receivers_policy(
@@ -222,12 +284,12 @@ async def test_a_server_that_does_not_ask_leaves_the_receivers_policy(
     _server, client = await _receiver_after_handshake(
         dev_cert, TransportLimits(quic_core="aioquic")
     )
-    assert client._dt_ack_frequency_seen == -1  # type: ignore[attr-defined]
-    assert client._ack_delay == MEDIA_ACK_DELAY_S  # type: ignore[attr-defined]
+    assert client._dt_ack_frequency_seen == -1
+    assert client._ack_delay == MEDIA_ACK_DELAY_S
 
 
 async def test_a_qh3_receiver_is_not_asked(dev_cert: TlsCredentials) -> None:
     pytest.importorskip("qh3")
     server, _client = await _receiver_after_handshake(dev_cert, ASKING, client_core="qh3")
-    assert server.dt_peer_min_ack_delay_us is None  # type: ignore[attr-defined]
-    assert server._dt_ack_frequency_sent is None  # type: ignore[attr-defined]
+    assert server.dt_peer_min_ack_delay_us is None
+    assert server._dt_ack_frequency_sent is None
