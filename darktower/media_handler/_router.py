@@ -62,7 +62,7 @@ class MediaRouter:
             target = publication.choose(options, available)
             if sub.switcher is not None and target is not None:
                 sub.switcher.set_target(target)
-                self._request(sub)
+                self.request_key_frame(sub)
             return
         target = publication.choose(options, available)
         queue: SubscriptionQueue[memoryview] = SubscriptionQueue(
@@ -86,11 +86,12 @@ class MediaRouter:
             if publication.subscriptions.get(member.id) is sub:
                 del publication.subscriptions[member.id]
             raise
-        self._request(sub)
+        self.request_key_frame(sub)
 
-    def _request(self, sub: MediaSubscription) -> None:
-        room = sub.subscriber.room
-        request_key_frame(sub, trio.current_time(), functools.partial(self.key_frame, room))
+    def request_key_frame(self, sub: MediaSubscription, now: float | None = None) -> None:
+        """The key frame ``sub`` waits for, if any, asked of its publisher (_room.py)."""
+        when = trio.current_time() if now is None else now
+        request_key_frame(sub, when, functools.partial(self.key_frame, sub.subscriber.room))
 
     def key_frame(self, room: MediaRoom, stream_id: StreamId, now: float) -> bool:
         """Ask the MC (telemetry) for a key frame of ``stream_id``, at most once per interval;

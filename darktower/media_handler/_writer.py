@@ -35,7 +35,7 @@ from ._limits import (
     STALLED_RETRY_MAX_S,
 )
 from ._queue import Dropped, DropReason, MediaKind, QueuedFrame, SubscriptionQueue
-from ._room import MediaSubscription, request_key_frame
+from ._room import MediaSubscription
 
 if TYPE_CHECKING:
     from ._router import MediaRouter
@@ -274,7 +274,7 @@ class SubscriptionWriter:
         if drops:
             router.count_drops(sub.publication, drops)
         if not sub.blocked:
-            request_key_frame(sub, now, functools.partial(router.key_frame, sub.subscriber.room))
+            router.request_key_frame(sub, now)
 
 
 def _take(
