@@ -148,15 +148,16 @@ HOOKS = [
     ),
     Hook(
         "aioquic",
-        "QuicConnection._confirm_handshake()",
-        "transport/_quic.py (overridden)",
-        lambda: _positional(QuicConnection._confirm_handshake),
-    ),
-    Hook(
-        "aioquic",
-        "QuicConnection._crypto_buffers",
-        "transport/_quic.py (replaced)",
-        lambda: isinstance(_quic()._crypto_buffers, dict),
+        "QuicConnection._confirm_handshake(), _crypto_buffers; _initialize(peer_cid) creating"
+        " tls, a client's (_is_client) key shares from tls.Context._supported_groups",
+        "transport/_quic.py (overridden, replaced; a client's two key shares)",
+        lambda: (
+            _positional(QuicConnection._confirm_handshake)
+            and isinstance(_quic()._crypto_buffers, dict)
+            and _positional(QuicConnection._initialize, "peer_cid")
+            and _quic()._is_client
+            and {tls.Group.SECP256R1, tls.Group.X25519} <= set(_quic().tls._supported_groups)
+        ),
     ),
     Hook(
         "aioquic",
