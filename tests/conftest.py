@@ -12,8 +12,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Every module, class and function collected moves to the collector's permanent
     generation, as a service freezes its start-up objects (darktower/launch.py). A full
     collection then scans only what the tests allocate: without it, each one stopped the test
-    process for 100-130 ms (150,000 objects, a quarter of the suite), and a test's in-process
-    stack lost real-time media to it when a frame's wait passed the MH's age bound (200 ms
-    for audio, docs/architecture.md §5.4) on a loaded machine."""
+    process for 100-130 ms (150,000 objects, a quarter of the suite), and on a loaded machine
+    such a pause can hold a frame in a test's in-process stack past the MH's age bound (200 ms
+    for audio, docs/architecture.md §5.4), which drops it."""
     gc.collect()
     gc.freeze()

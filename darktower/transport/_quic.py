@@ -11,10 +11,10 @@ so a path back from a blackout is probed within that time. Migration: each conne
 side issues is reported as it is written (``_dt_cid_issued``), so the endpoint routes it before
 the peer can use it.
 
-A client offers key shares for P-256 and X25519 only, the groups every server of Dark
-Tower's picks (P-256 first, as aioquic orders them): aioquic generates four, and P-384's and
-X448's were 450 µs of a client's CPU per ClientHello (twice after a Retry) for shares no server
-used.
+A client's ClientHello offers key shares for P-256 and X25519 only, the groups Dark Tower's
+servers (either core) pick from them, P-256 first as aioquic orders them: aioquic generates
+four, and P-384's and X448's were 450 µs of a client's CPU per ClientHello (twice after a
+Retry) for shares no server used.
 
 Two savings of memory per connection (an idle connection is otherwise ~60 KB of aioquic state):
 the handshake's TLS output buffers are freed once the handshake is confirmed (aioquic keeps
