@@ -247,7 +247,7 @@ async def serve(
                     max_connections_per_address=settings.max_connections_per_address,
                     peer_ack_delay_s=MEDIA_PEER_ACK_DELAY_S,
                     quic_core=settings.quic_core,
-                ),
+                ).for_media(),  # it receives media too (docs/decisions.md)
             ),
             {MEDIA_PATH: Route(handler.handle_session, authorize=handler.authorize)},
         )

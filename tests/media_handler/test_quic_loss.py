@@ -314,3 +314,18 @@ async def test_an_aioquic_mh_asks_its_media_receivers_for_their_ack_delay(mh_cor
             asked = mh_core == "aioquic"
             assert quic._ack_delay == (MEDIA_PEER_ACK_DELAY_S if asked else MEDIA_ACK_DELAY_S)
             assert quic._dt_ack_threshold == MEDIA_ACK_THRESHOLD
+
+
+async def test_an_aioquic_mh_acks_its_publishers_as_a_media_receiver() -> None:
+    """The MH's end of each media connection takes the media ACK policy (an ACK per 10
+    packets, else 10 ms after the first): most of its ACKs to a publisher ride on the media it
+    sends back (docs/decisions.md). qh3 2.1 has no ACK policy to set."""
+    meeting = new_id()
+    async with open_harness(quic_core="aioquic") as h:
+        url = await h.register(meeting, "p")
+        async with h.client(url, limits=TransportLimits(quic_core="aioquic")):
+            await h.connected(meeting, "p")
+            member = h.handler.rooms[meeting].members["p"]  # type: ignore[index]
+            quic: Any = member.session._conn.quic
+            assert quic._ack_delay == MEDIA_ACK_DELAY_S
+            assert quic._dt_ack_threshold == MEDIA_ACK_THRESHOLD
