@@ -172,7 +172,7 @@ HOOKS = [
     ),
     Hook(
         "aioquic",
-        "QuicConnection._streams (dict)",
+        "QuicConnection._streams (dict: _stream_table.py replaces it)",
         _QUIC,
         lambda: isinstance(_quic()._streams, dict),
     ),

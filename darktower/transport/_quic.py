@@ -60,6 +60,7 @@ from ._ack_frequency import (
 )
 from ._certs import certificate_sha256
 from ._config import LOOPBACK_PACKET_SIZE, MEDIA_ACK_THRESHOLD, PTO_BACKOFF_CAP_S, TransportLimits
+from ._stream_table import StreamTable
 
 # The max_ack_delay aioquic advertises (25 ms): the limits' ACK delay never goes beyond it (a
 # peer's ACK_FREQUENCY may set another, as the extension says).
@@ -111,6 +112,7 @@ class CreditedQuicConnection(QuicConnection):
 
     def __init__(self, *, consumed: ConsumedLookup, window: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._streams = StreamTable()  # values(): the streams we receive on (_stream_table.py)
         # How the connection ended when this side did not close it (for ``ConnectionLost``
         # and ``IdleTimeout``, _end.py): the peer's CONNECTION_CLOSE, or QUIC's idle timer.
         self.dt_closed_by_peer = False
