@@ -160,7 +160,8 @@ class Histogram(_Metric):
         self._sums: dict[LabelValues, float] = {}
 
     def observe(self, value: float, *labels: str) -> None:
-        key = self._key(labels)
+        # (Unlabelled: the MH observes each frame's residence; no key to build.)
+        key = labels if not labels and not self.labelnames else self._key(labels)
         counts = self._counts.get(key)
         if counts is None:
             counts = self._counts[key] = [0] * (len(self.buckets) + 1)

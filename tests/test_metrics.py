@@ -36,6 +36,11 @@ def test_label_arity_and_duplicates_are_errors() -> None:
         c.inc(1)
     with pytest.raises(ValueError):
         reg.counter("x_total", "again")
+    labelled = reg.histogram("h_seconds", "h", buckets=(1.0,), labelnames=["a"])
+    bare = reg.histogram("b_seconds", "b", buckets=(1.0,))
+    for observe in (lambda: labelled.observe(0.5), lambda: bare.observe(0.5, "extra")):
+        with pytest.raises(ValueError):
+            observe()
 
 
 def test_label_values_escaped() -> None:
