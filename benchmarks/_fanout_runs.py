@@ -36,8 +36,8 @@ SCRIPT = pathlib.Path(__file__).with_name("media_fanout.py")
 # The MH's histogram of a frame's time inside it: arrival -> last byte handed to the socket,
 # once per subscriber (absent from MHs that predate it: its quantiles are then NaN).
 RESIDENCE = "darktower_mh_frame_residence_seconds"
-# paced_rate: at most this many calibration points, and how far above the share one may be.
-CALIBRATE_STEPS = 4
+# paced_rate: at most this many calibration points, and how far from the share one may be.
+CALIBRATE_STEPS = 6
 CALIBRATE_TOLERANCE = 0.05
 
 
@@ -243,17 +243,34 @@ def paced_rate(
     call; paced frames arrive one at a time and each costs more, so ``share`` of the flood's
     rate can be more than the MH can carry paced (its queues then grow without bound, and so
     does any latency read there). Plain points (no slow subscriber) read the MH's CPU share
-    ``u``; while ``u`` exceeds ``share`` by more than CALIBRATE_TOLERANCE, the rate is scaled
-    by ``share / u`` (a frame costs more at a lower rate, hence a few steps). Returns the rate
-    and the (rate, u) of every point tried."""
+    ``u`` until it is within CALIBRATE_TOLERANCE of ``share`` (or below it at ``rate``), at
+    most CALIBRATE_STEPS points; each next rate comes from the last two points (next_rate).
+    Returns the rate of the point tried whose ``u`` came closest to ``share``, and the
+    (rate, u) of every point tried."""
+    top = rate
     tried: list[tuple[float, float]] = []
     for _ in range(CALIBRATE_STEPS):
         u = fanout_at(mh, cert_hash, rate, warm, win, slow=False)["cpu_share"]
         tried.append((rate, u))
-        if u <= share * (1 + CALIBRATE_TOLERANCE):
+        if abs(u - share) <= share * CALIBRATE_TOLERANCE or (u < share and rate >= top):
             break
-        rate *= share / u
-    return rate, tried
+        rate = next_rate(tried, share, top)
+    return min(tried, key=lambda point: abs(point[1] - share))[0], tried
+
+
+def next_rate(tried: list[tuple[float, float]], share: float, top: float) -> float:
+    """The rate to try after the points ``tried`` (rate, CPU share), aiming at ``share``: on
+    the line through the last two points when the share rose with the rate between them (a
+    frame costs more at a lower rate, so scaling the rate by ``share / u`` alone takes many
+    steps), else scaled by ``share / u``; within half and twice the last rate, at most
+    ``top``."""
+    rate, u = tried[-1]
+    guess = rate * share / u if u > 0 else 2 * rate
+    if len(tried) >= 2:
+        (r0, u0), (r1, u1) = tried[-2], tried[-1]
+        if r1 != r0 and (u1 - u0) / (r1 - r0) > 0:
+            guess = r1 + (share - u1) * (r1 - r0) / (u1 - u0)
+    return min(top, max(rate / 2, min(2 * rate, guess)))
 
 
 def paced_rates(
@@ -273,7 +290,7 @@ def paced_rates(
         flood = LOAD_SHARE * sats[core] / SAT_RECEIVERS  # each frame is sent to 5
         rate, tried = run(core, paced_rate, mh, cert_hash, flood, LOAD_SHARE, warm, win)
         rates[core] = rate
-        last_rate, last_share = tried[-1]
+        chosen_share = dict(tried)[rate]  # the point steps 2-3 run at
         print(
             f"[{core}] paced rate: {LOAD_SHARE:.0%} of the flood's saturation is "
             f"{flood * SAT_RECEIVERS:.0f} frames/s delivered; the MH's CPU share at the points "
@@ -284,7 +301,7 @@ def paced_rates(
         )
         figures[core] = {
             "flood_share_delivered_per_s": flood * SAT_RECEIVERS,
-            "paced_saturation_delivered_per_s": last_rate * SAT_RECEIVERS / last_share,
+            "paced_saturation_delivered_per_s": rate * SAT_RECEIVERS / chosen_share,
             "load_rate_delivered_per_s": rate * SAT_RECEIVERS,
         }
     return rates, figures

@@ -19,9 +19,10 @@ The MH server and the clients run in separate processes on 127.0.0.1. Four measu
    meeting per point. The rate is 70 % of the MH's saturation *for paced frames*: paced frames
    cost the MH more each than a flood's (which leave several to a packet), so 0.7 x step 1's
    rate can be more than it carries paced. Calibration points (no slow subscriber) start there
-   and lower the rate until the MH's CPU share is about 70 % (within 5 %); what they tried is
-   printed, with ``paced_saturation_delivered_per_s`` and the MH's CPU share during the plain
-   points (``load_mh_cpu_share``). Added latency p50/p99 =
+   and move the rate until the MH's CPU share is about 70 % (within 5 %, up to six points,
+   each next rate on the line through the last two); steps 2-3 run at the point that came
+   closest. What they tried is printed, with ``paced_saturation_delivered_per_s`` and the MH's
+   CPU share during the plain points (``load_mh_cpu_share``). Added latency p50/p99 =
    subscriber read - publisher write, both ``time.monotonic_ns`` (one host clock), the write
    time carried in the payload's first 8 bytes. The baseline, in the same rounds: the raw
    relay carrying the same stamped 1,046-byte records at the same rate to four receivers;
