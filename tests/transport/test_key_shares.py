@@ -19,8 +19,7 @@ from aioquic.tls import Group
 from darktower.transport import generate_dev_certificate
 from darktower.transport._quic import CreditedQuicConnection
 
-SERVER = ("127.0.0.1", 4433)
-CLIENT = ("127.0.0.1", 50000)
+from ._in_memory import SERVER, exchange
 
 
 @pytest.fixture
@@ -59,10 +58,7 @@ def _handshake(
         retry_source_connection_id=retry_cid,
     )
     for _ in range(4):  # Initial, the server's flight, the client's Finished
-        for data, _addr in client.datagrams_to_send(now=0.0):
-            server.receive_datagram(data, CLIENT, now=0.0)
-        for data, _addr in server.datagrams_to_send(now=0.0):
-            client.receive_datagram(data, SERVER, now=0.0)
+        exchange(client, server, now=0.0)
     return server
 
 

@@ -16,10 +16,9 @@ from darktower.transport import generate_dev_certificate
 from darktower.transport._quic import CreditedQuicConnection
 from darktower.transport._stream_table import StreamTable
 
-SERVER = ("127.0.0.1", 4433)
-CLIENT = ("127.0.0.1", 50000)
+from ._in_memory import SERVER, exchange
+
 WINDOW = 4000  # the server's receive window per stream, initial and kept
-_CLOCK = [0.0]
 
 
 def test_values_are_the_streams_this_side_receives_on() -> None:
@@ -44,7 +43,7 @@ def _pair(
     client = QuicConnection(
         configuration=QuicConfiguration(is_client=True, alpn_protocols=["h3"], verify_mode=0)
     )
-    client.connect(SERVER, now=_CLOCK[0])
+    client.connect(SERVER, now=0.0)
     config = QuicConfiguration(is_client=False, alpn_protocols=["h3"], max_stream_data=WINDOW)
     config.load_cert_chain(str(certfile), str(keyfile))
     server = CreditedQuicConnection(
@@ -53,19 +52,10 @@ def _pair(
         window=WINDOW,
         original_destination_connection_id=client.original_destination_connection_id,
     )
-    _pump(client, server, 4)
+    for now in (0.0, 0.05, 0.1, 0.15):
+        exchange(client, server, now)
     assert server._handshake_complete
     return client, server
-
-
-def _pump(client: QuicConnection, server: QuicConnection, rounds: int) -> None:
-    """``rounds`` exchanges, 50 ms apart (past either side's pacing)."""
-    for _ in range(rounds):
-        now = _CLOCK[0] = _CLOCK[0] + 0.05
-        for data, _addr in client.datagrams_to_send(now=now):
-            server.receive_datagram(data, CLIENT, now=now)
-        for data, _addr in server.datagrams_to_send(now=now):
-            client.receive_datagram(data, SERVER, now=now)
 
 
 def test_a_connection_offers_credit_only_on_streams_it_receives_on(
@@ -73,24 +63,25 @@ def test_a_connection_offers_credit_only_on_streams_it_receives_on(
 ) -> None:
     consumed: dict[int, int] = {}
     client, server = _pair(tmp_path, consumed)
-    sending = [server.get_next_available_stream_id(is_unidirectional=True) for _ in range(1)]
-    for _ in range(9):  # as an MH opens one per subscription
-        server.send_stream_data(sending[-1], b"frame")
+    sending = []
+    for _ in range(10):  # as an MH opens one per subscription
         sending.append(server.get_next_available_stream_id(is_unidirectional=True))
-    server.send_stream_data(sending[-1], b"frame")
+        server.send_stream_data(sending[-1], b"frame")
     bidi = client.get_next_available_stream_id()
     consumed[bidi] = 0  # the server's app reads this one (not yet): credit follows its reads
     client.send_stream_data(bidi, b"x" * (2 * WINDOW))  # twice what the window lets through
     incoming = client.get_next_available_stream_id(is_unidirectional=True)
     client.send_stream_data(incoming, b"control")
-    _pump(client, server, 2)
+    for now in (0.2, 0.25):  # 50 ms apart: past either side's pacing
+        exchange(client, server, now)
 
     assert set(server._streams) == {*sending, bidi, incoming}
     assert {s.stream_id for s in server._streams.values()} == {bidi, incoming}
     received = server._streams[bidi].receiver.highest_offset
     assert received == WINDOW  # held at the window until the server reads
     consumed[bidi] = received  # the app read it all: credit for another window is due
-    _pump(client, server, 3)
+    for now in (0.3, 0.35, 0.4):
+        exchange(client, server, now)
     assert server._streams[bidi].receiver.highest_offset == 2 * WINDOW
 
 
