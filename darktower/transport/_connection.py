@@ -1,14 +1,17 @@
-"""One QUIC connection: a sans-IO QUIC core driven by one trio task that owns its timer.
+"""One QUIC connection: a sans-IO QUIC core, driven by the endpoint's tasks, and one trio task
+that owns its sessions' tasks.
 
 The endpoint's reader feeds datagrams in and flushes each touched connection once per batch
 (``after_receive``); application calls only mark the connection for the endpoint's flusher
 (``_flusher.py``), so writes made in one tick leave in one batch of packets (or, with
-``delay_sends``, at its time). WebTransport data never goes through ``H3Connection``:
+``delay_sends``, at its time); the endpoint's timers (``_timers.py``) wake it when aioquic's
+timer or one of its own deadlines is due. WebTransport data never goes through ``H3Connection``:
 ``_routing.py`` routes it around (docs/decisions.md, "aioquic internals touched")."""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +55,7 @@ H3Handler = Callable[[h3e.H3Event | None], None]
 
 
 class Connection:
-    """Per-connection state. Its ``run`` task owns the timer and the sessions' tasks."""
+    """Per-connection state. Its ``run`` task owns the sessions' tasks."""
 
     def __init__(
         self,
@@ -89,7 +92,8 @@ class Connection:
         self.datagrams_received = 0  # for the incoming loss estimate (see _stats.py)
         self.nursery: trio.Nursery | None = None
         self._spawn_queue: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
-        self._wake_scope: trio.CancelScope | None = None
+        self.wake_at = math.inf  # when the endpoint's timers wake it (_timers.py)
+        self.entry_seq, self.entry_at = 0, math.inf  # its entry in their heap
         self.flush_pending = False  # a flush is scheduled (a write since the last one)
         self.send_delay_s = 0.0  # see delay_sends
         self._flush_due: float | None = None
@@ -114,7 +118,7 @@ class Connection:
 
     # --- the connection task --------------------------------------------------------------
     async def run(self) -> None:
-        """Own the connection: its timer, keepalive, handshake timeout and session tasks.
+        """Own the sessions' tasks (the endpoint's timers wake the connection: ``on_timer``).
 
         Returns when the connection has terminated. Cancelled (endpoint shutdown), it sends a
         CONNECTION_CLOSE best-effort and cancels the sessions' tasks.
@@ -125,7 +129,8 @@ class Connection:
                 for fn, args in self._spawn_queue:
                     nursery.start_soon(fn, *args)
                 self._spawn_queue.clear()
-                await self._timer_loop()
+                self._rearm()
+                await self.terminated.wait()  # the endpoint's timers wake it meanwhile
                 nursery.cancel_scope.cancel()
         finally:
             self.nursery = None
@@ -145,19 +150,15 @@ class Connection:
         elif not self.terminated.is_set():
             self._spawn_queue.append((fn, args))
 
-    async def _timer_loop(self) -> None:
-        while not self.terminated.is_set():
-            # It wakes for timers only; writes are flushed by the endpoint's flusher.
-            with trio.CancelScope(deadline=self.deadlines.next(self._timer_at)) as scope:
-                self._wake_scope = scope
-                if self._flush_due is not None:  # a held flush (delay_sends)
-                    scope.deadline = min(scope.deadline, self._flush_due)
-                await trio.sleep_forever()
-            self._wake_scope = None
-            try:
-                self._on_wake(trio.current_time())
-            except Exception as exc:
-                self.fail(exc)
+    def on_timer(self, now: float) -> None:
+        """Its wake time has come (from the endpoint's timers, _timers.py): what is due, then
+        the next wake; an error closes this connection only (see fail)."""
+        try:
+            self._on_wake(now)
+        except Exception as exc:
+            self.fail(exc)
+        if not self.terminated.is_set():
+            self._rearm()
 
     def _on_wake(self, now: float) -> None:
         timer = self._timer_at
@@ -197,7 +198,7 @@ class Connection:
     def fail(self, exc: Exception) -> None:
         """The error boundary: handling this connection's events raised ``exc``. Close this
         connection (H3_GENERAL_PROTOCOL_ERROR), count and log it once; nothing else is touched.
-        Called by the endpoint's reader and by this connection's timer loop."""
+        Called by the endpoint's reader, its flusher and its timers."""
         if self.terminated.is_set():
             return
         if not self._failed:
@@ -221,10 +222,11 @@ class Connection:
         self.on_terminated(H3_GENERAL_PROTOCOL_ERROR, "error")
 
     def _rearm(self) -> None:
-        if self._wake_scope is not None:
-            deadline = self.deadlines.next(self._timer_at)
-            due = self._flush_due  # a held flush is never pushed back
-            self._wake_scope.deadline = deadline if due is None else min(deadline, due)
+        at = self.deadlines.next(self._timer_at)
+        due = self._flush_due  # a held flush is never pushed back
+        if due is not None and due < at:
+            at = due
+        self.endpoint.timers.arm(self, at)
 
     def session_started(self) -> None:
         self.deadlines.session_started()
@@ -308,8 +310,8 @@ class Connection:
             self.flush_pending = True
             if self.send_delay_s:
                 due = self._flush_due = trio.current_time() + self.send_delay_s
-                if self._wake_scope is not None and due < self._wake_scope.deadline:
-                    self._wake_scope.deadline = due
+                if due < self.wake_at:
+                    self.endpoint.timers.arm(self, due)
             else:
                 self.endpoint.flusher.schedule(self)
 
@@ -317,7 +319,7 @@ class Connection:
         """The flush schedule_flush asked for, from the endpoint's flusher (unless one ran
         since, or the connection ended); an error closes this connection only (see fail)."""
         if self.flush_pending and self._flush_due is None and not self.terminated.is_set():
-            try:  # (the timer task flushes a held one)
+            try:  # (on_timer flushes a held one)
                 self.flush()
             except Exception as exc:
                 self.fail(exc)
@@ -495,5 +497,4 @@ class Connection:
         self.pending_prefix.clear()
         self.blocked_senders.clear()
         self.endpoint.forget(self)
-        if self._wake_scope is not None:
-            self._wake_scope.cancel()
+        self.endpoint.timers.disarm(self)

@@ -46,6 +46,7 @@ from ._connection import Connection
 from ._core import load_core
 from ._flusher import Flusher
 from ._quic import CreditedQuicConnection
+from ._timers import Timers
 from ._udp import (
     GSO_UNAVAILABLE,
     RECEIVE_ANCBUF,
@@ -147,6 +148,7 @@ class Endpoint:
         )
         self.send_errors = 0
         self.flusher = Flusher()  # sends what the connections wrote, once per tick
+        self.timers = Timers()  # wakes each connection at its time
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self.heap_trims = 0
@@ -171,7 +173,8 @@ class Endpoint:
     async def run(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Own the socket, the reader and every connection's task; report the bound address.
+        """Own the socket, the reader, the flusher, the timers and every connection's task;
+        report the bound address.
 
         Cancelled, every connection sends a CONNECTION_CLOSE best-effort and the socket is
         closed. Raises OSError from the socket.
@@ -180,6 +183,7 @@ class Endpoint:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self.flusher.run)
+                nursery.start_soon(self.timers.run)
                 if self._server_configuration is not None:
                     nursery.start_soon(self._trim_heap_loop)
                 task_status.started(self.local_address)

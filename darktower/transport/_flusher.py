@@ -4,8 +4,8 @@
 A write marks its connection and, once per tick, wakes this task, which flushes each marked
 connection in the next tick. Before it, each write woke its connection's own timer task by
 cancelling that task's timer scope: an MH frame routed to five subscribers cost five task
-wake-ups, each a raised and caught Cancelled; now it costs at most one. The connections' timer
-tasks wake only for their timers (ACK and loss timers, the pacer, pings, a held flush).
+wake-ups, each a raised and caught Cancelled; now it costs at most one. Timers (ACK and loss
+timers, the pacer, pings, a held flush) are the endpoint's timers' (``_timers.py``).
 """
 
 from __future__ import annotations
