@@ -13,7 +13,8 @@ moving the deadline later each time cost more (it moves after nearly every flush
 connection).
 
 The heap holds at most one live entry per connection; a superseded or disarmed one stays until
-it comes due or the heap is compacted (when stale entries outnumber the live ones by 64).
+it comes due or the heap is compacted (when stale entries outnumber the live ones by 64, or
+none is live).
 """
 
 from __future__ import annotations
@@ -92,7 +93,10 @@ class Timers:
         conn.entry_seq = 0
         conn.entry_at = -math.inf
         conn.wake_at = math.inf
-        self._maybe_compact()
+        if not self._live:
+            self._heap.clear()  # every entry is stale: an idle endpoint keeps no connection
+        else:
+            self._maybe_compact()
 
     def _maybe_compact(self) -> None:
         heap = self._heap

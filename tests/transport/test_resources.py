@@ -155,6 +155,7 @@ async def test_thousand_sessions_leave_nothing_behind(dev_cert: TlsCredentials) 
             finish.set()
         await wait_until(lambda: not endpoint.connections, "server connections gone")
         assert endpoint.by_cid == {} and endpoint.handshaking == set()
+        assert endpoint.timers._heap == []  # the timers keep no connection either
         await trio.testing.wait_all_tasks_blocked()
         assert _count_tasks() == tasks_serving
         nursery.cancel_scope.cancel()

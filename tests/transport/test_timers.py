@@ -144,3 +144,7 @@ async def test_a_disarmed_connection_is_never_woken_nor_kept(autojump_clock: Any
     await _run(timers, 100.0)
     assert all(conn.woken == [] for conn in gone)
     assert live.woken == [50.0]
+    _arm(timers, gone[0], 200.0)  # (disarmed: nothing)
+    _arm(timers, live, 200.0)
+    timers.disarm(live)  # type: ignore[arg-type]
+    assert timers._heap == []  # none live: nothing is kept
