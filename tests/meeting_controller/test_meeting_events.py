@@ -139,17 +139,6 @@ async def test_empty_meetings_end_empty_and_a_drain_ends_nothing(tmp_path: pathl
                 await client.leave()
             await _closed(stack.running, "timer")  # its own empty-meeting time passed
             assert _summary(events)[-1] == ("meeting_ended", "empty")
-            # the GC ends a meeting nobody is in (its own empty-meeting time): empty too
-            events.clear()
-            await stack.assign("gc-ended")
-            async with stack.join("gc-ended") as client:
-                await client.leave()
-            await call(
-                stack.mc.EndMeeting,
-                mtg_pb.EndMeetingRequest(meeting_id="gc-ended", reason="empty"),
-            )
-            await _closed(stack.running, "gc-ended")
-            assert _summary(events)[-1] == ("meeting_ended", "empty")
             # a meeting nobody joined here neither started nor ends here
             events.clear()
             await stack.assign("never")
@@ -166,6 +155,24 @@ async def test_empty_meetings_end_empty_and_a_drain_ends_nothing(tmp_path: pathl
                 "participant_joined",
                 "participant_left",
             ]
+
+
+async def test_the_gc_s_end_of_a_meeting_nobody_is_in_is_empty_before_the_mc_s_own_time(
+    tmp_path: pathlib.Path,
+) -> None:
+    # The GC ends a meeting nobody is in (its own empty-meeting time) before the MC's own
+    # time passes: empty too. (That time is long here, so the GC's call always comes first.)
+    async with open_stack(tmp_path, empty_meeting_timeout_s=60 * WAIT_S) as stack:
+        with _recorded(stack.running) as events:
+            await stack.assign("gc-ended")
+            async with stack.join("gc-ended") as client:
+                await client.leave()
+            await call(
+                stack.mc.EndMeeting,
+                mtg_pb.EndMeetingRequest(meeting_id="gc-ended", reason="empty"),
+            )
+            await _closed(stack.running, "gc-ended")
+            assert _summary(events)[-1] == ("meeting_ended", "empty")
 
 
 async def test_the_owner_s_end_of_a_meeting_nobody_is_in_is_ended(tmp_path: pathlib.Path) -> None:
