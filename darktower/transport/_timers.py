@@ -77,14 +77,18 @@ class Timers:
                 return
             elif conn.wake_at == math.inf:
                 heappop(heap)
-                conn.entry_seq = 0
-                conn.entry_at = math.inf
-                self._live -= 1
+                self._release(conn)
             else:
                 self._seq += 1
                 conn.entry_seq = self._seq
                 conn.entry_at = conn.wake_at
                 heapreplace(heap, (conn.wake_at, self._seq, conn))
+
+    def _release(self, conn: Connection) -> None:
+        """``conn``'s live entry has left the heap: it has none now."""
+        conn.entry_seq = 0
+        conn.entry_at = math.inf
+        self._live -= 1
 
     def disarm(self, conn: Connection) -> None:
         """Never wake ``conn`` again (it has terminated)."""
@@ -123,9 +127,7 @@ class Timers:
                 for seq, conn in due:
                     if seq != conn.entry_seq:
                         continue  # superseded by an earlier entry, or disarmed
-                    conn.entry_seq = 0
-                    conn.entry_at = math.inf
-                    self._live -= 1
+                    self._release(conn)
                     if conn.wake_at > now:
                         self.arm(conn, conn.wake_at)  # it moved later meanwhile
                     else:
