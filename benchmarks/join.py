@@ -10,31 +10,40 @@ RegisterParticipant / RemoveParticipant calls in another, as a real MH would
 2. **Concurrent joins**: 200 clients join 20 meetings at once, interleaved with 200 concurrent
    baseline connects; p50/p99 of each client's latency (``concurrent_join_p50_ms``), and the
    MC's CPU per join (``concurrent_join_server_cpu_ms_per_join``: join and leave; the MH
-   stand-in's own, ``concurrent_join_mh_cpu_ms_per_join``, apart). Each client comes from its
-   own loopback address (127.0.x.y), as from its own host: the server's per-address caps (10
-   handshakes at once) do not apply to them together; its global ones (Retry from 20
-   handshakes in progress, 100 at most) do.
+   stand-in's own, ``concurrent_join_mh_cpu_ms_per_join``, apart), against the MC's CPU per
+   baseline connect (``concurrent_baseline_server_cpu_ms_per_connect``). The clients' own CPU
+   is printed too (``concurrent_join_client_cpu_ms_per_join``, ``..._per_connect``): they
+   share the machine's cores with the servers, so what they spend delays every join. Each
+   client comes from its own loopback address (127.0.x.y), as from its own host: the server's
+   per-address caps (10 handshakes at once) do not apply to them together; its global ones
+   (Retry from 20 handshakes in progress, 100 at most) do.
 3. **Fan-out**: 100 idle participants in one meeting; a new participant joins and the time from
    its JoinResponse to the last ParticipantJoined read by the 100 is measured (repeated).
 4. **Memory**: the server's RSS growth per idle participant session (QUIC connection included),
    against the same for a bare WebTransport session (one stream open) on a fresh server. Both
    are read once the server has settled (``SETTLE_S`` after the last session opened: the
    transport returns freed handshake memory to the system at most once a second); the figure
-   right after the last session opened is reported too (``..._at_open_kb``).
+   right after the last session opened is reported too (``..._at_open_kb``). The idle
+   sessions of steps 3 and 4 come from their own addresses too, as the concurrent clients':
+   from one address, the per-address cap held 90 of the 100 handshakes back, and qh3 clients
+   (``--client-core qh3``) gave up waiting.
 
 **QUIC cores.** ``--quic-core {aioquic,qh3,both}`` (default: both when qh3 imports, else
 aioquic) is the core of the server under test: its MC's WebTransport endpoint and its echo
 route. With both, one server per core stays up for the whole sitting: steps 3-4 run on each
 fresh server in turn, then the rounds of steps 1 and 2 alternate between the cores (A B / B A);
 the baseline memory is measured on a fresh server of each core. The clients stay on aioquic
-whatever the core, so that only the server changes. The default core's figures carry their
+whatever the core, so that only the server changes (``--client-core qh3`` puts them on qh3, a
+cheaper load generator: the figures then say what a server's joins cost with less of the
+clients' CPU in the way; ``client_quic_core`` names it). The default core's figures carry their
 usual names; qh3's the same names prefixed ``qh3_`` (``qh3_concurrent_join_p50_ms``, ...).
 
-    python benchmarks/join.py [--quick] [--rounds 3] [--quic-core both]
+    python benchmarks/join.py [--quick] [--rounds 3] [--quic-core both] [--client-core aioquic]
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 import tempfile
@@ -64,19 +73,28 @@ FANOUT = 100
 # Both memory measurements wait this long before reading the server's RSS (before and after),
 # so that both see the heap trim that follows handshakes (HEAP_TRIM_INTERVAL_S = 1 s).
 SETTLE_S = 2.5
+# The CPU time measured over step 2's rounds: the MC's, the MH stand-in's and the clients'
+# (this process) over the joins; the server's and the clients' over the baseline connects.
+CPU_KEYS = (
+    "concurrent_join_server_cpu",
+    "concurrent_join_mh_cpu",
+    "concurrent_join_client_cpu",
+    "concurrent_baseline_server_cpu",
+    "concurrent_baseline_client_cpu",
+)
 
 
 # --- the clients --------------------------------------------------------------------------
 class Clients:
-    """Joins and baseline connects against one server, on aioquic."""
+    """Joins and baseline connects against one server, on the clients' QUIC core."""
 
-    def __init__(self, server: Server, sha: bytes, key_pem: bytes) -> None:
+    def __init__(self, server: Server, sha: bytes, key_pem: bytes, client_core: str) -> None:
         from darktower.protocol.tokens import JoinTokenIssuer, load_private_key_pem
         from darktower.transport import TransportLimits
 
         self.server, self.core, self.info, self.hashes = server, server.core, server.info, [sha]
         self.issuer = JoinTokenIssuer(load_private_key_pem(key_pem))
-        self.limits = TransportLimits(quic_core=CLIENT_QUIC_CORE)
+        self.limits = TransportLimits(quic_core=client_core)
 
     def signaling(self, meeting: str, host: str | None = None) -> Any:
         from darktower.client._signaling import open_signaling
@@ -158,8 +176,8 @@ async def fanout_and_memory(c: Clients, size: int, quick: bool, figures: dict[st
     hold = trio.Event()
     clients: list[Any] = []
 
-    async def idle(ready: trio.Event) -> None:
-        async with c.signaling("fanout") as client:
+    async def idle(ready: trio.Event, i: int) -> None:
+        async with c.signaling("fanout", host(i)) as client:
             clients.append(client)
             if len(clients) == size:
                 ready.set()
@@ -168,8 +186,8 @@ async def fanout_and_memory(c: Clients, size: int, quick: bool, figures: dict[st
     fan: list[float] = []
     async with trio.open_nursery() as nursery:
         ready = trio.Event()
-        for _ in range(size):
-            nursery.start_soon(idle, ready)
+        for i in range(size):
+            nursery.start_soon(idle, ready, i)
         await ready.wait()
         rss_at_open = rss_kb(pid)
         # drain the ParticipantJoined of each other
@@ -208,12 +226,18 @@ async def fanout_and_memory(c: Clients, size: int, quick: bool, figures: dict[st
 
 
 async def run(
-    servers: list[Server], sha: bytes, key_pem: bytes, quick: bool, rounds: int, cluster: str
+    servers: list[Server],
+    sha: bytes,
+    key_pem: bytes,
+    quick: bool,
+    rounds: int,
+    cluster: str,
+    client_core: str,
 ) -> dict[str, dict[str, Any]]:
     """Every step on every server; {core: figures}."""
     from darktower.transport.rpc import open_rpc_loop
 
-    every = [Clients(s, sha, key_pem) for s in servers]
+    every = [Clients(s, sha, key_pem, client_core) for s in servers]
     figures: dict[str, dict[str, Any]] = {s.core: {} for s in servers}
     async with open_rpc_loop():
         for c in every:
@@ -243,25 +267,27 @@ async def run(
         # 2. concurrent, interleaved in rounds likewise
         n = CONCURRENT // 4 if quick else CONCURRENT
         con: dict[str, dict[str, list[Any]]] = {
-            c.core: {"join": [], "echo": [], "join_p99": [], "echo_p99": [], "cpu": [], "mh": []}
+            c.core: {k: [] for k in ("join", "echo", "join_p99", "echo_p99", *CPU_KEYS)}
             for c in every
         }
+        me = os.getpid()
         for i in range(rounds):
             for c in round_order(every, i):
-                before, mh_before = cpu_s(c.server.pid), cpu_s(c.server.info["mh_pid"])
+                mine = con[c.core]
+                mc0, mh0, me0 = cpu_s(c.server.pid), cpu_s(c.server.info["mh_pid"]), cpu_s(me)
                 j = await c.concurrently(
                     n, lambda i, out, c=c: c.join_once(f"m{i % MEETINGS}", out, None, host(i))
                 )
-                cpu = cpu_s(c.server.pid) - before
-                mh_cpu = cpu_s(c.server.info["mh_pid"]) - mh_before
+                mc1, mh1, me1 = cpu_s(c.server.pid), cpu_s(c.server.info["mh_pid"]), cpu_s(me)
                 e = await c.concurrently(n, lambda i, out, c=c: c.echo_once(out, host(i)))
-                mine = con[c.core]
+                mc2, me2 = cpu_s(c.server.pid), cpu_s(me)
+                spent = (mc1 - mc0, mh1 - mh0, me1 - me0, mc2 - mc1, me2 - me1)
+                for key, seconds in zip(CPU_KEYS, spent, strict=True):
+                    mine[key].append(seconds)
                 mine["join"] += j
                 mine["echo"] += e
                 mine["join_p99"].append(percentiles(j)["p99"])
                 mine["echo_p99"].append(percentiles(e)["p99"])
-                mine["cpu"].append(cpu)
-                mine["mh"].append(mh_cpu)
     for core, f in figures.items():
         _sequential_figures(core, seq[core], f)
         _concurrent_figures(core, con[core], n, rounds, f)
@@ -289,19 +315,27 @@ def _concurrent_figures(
             figures[f"{name}_{q}_ms"] = v * 1000
     ratio = ratio_summary(con["join_p99"], con["echo_p99"])
     figures.update({f"concurrent_p99_ratio_{k}": v for k, v in ratio.items()})
-    figures["concurrent_join_server_cpu_ms_per_join"] = sum(con["cpu"]) / len(con["join"]) * 1000
-    figures["concurrent_join_mh_cpu_ms_per_join"] = sum(con["mh"]) / len(con["join"]) * 1000
+    for key in CPU_KEYS:
+        joins = key.startswith("concurrent_join")
+        count = len(con["join" if joins else "echo"])
+        figures[f"{key}_ms_per_{'join' if joins else 'connect'}"] = sum(con[key]) / count * 1000
     print(
         f"[{core}] concurrent joins: {n} x {rounds}  p50 {figures['concurrent_join_p50_ms']:.1f}"
         f" ms  p99 {figures['concurrent_join_p99_ms']:.1f} ms  (baseline p50"
         f" {figures['concurrent_baseline_p50_ms']:.1f}, p99"
         f" {figures['concurrent_baseline_p99_ms']:.1f} ms);"
         f" {figures['concurrent_join_server_cpu_ms_per_join']:.1f} ms of the MC's CPU per join"
-        f" ({figures['concurrent_join_mh_cpu_ms_per_join']:.1f} ms of the MH stand-in's)"
+        f" ({figures['concurrent_join_mh_cpu_ms_per_join']:.1f} ms of the MH stand-in's,"
+        f" {figures['concurrent_join_client_cpu_ms_per_join']:.1f} ms of the clients');"
+        f" per baseline connect {figures['concurrent_baseline_server_cpu_ms_per_connect']:.1f} ms"
+        f" of the server's, {figures['concurrent_baseline_client_cpu_ms_per_connect']:.1f} ms"
+        " of the clients'"
     )
 
 
-async def baseline_memory(server: Server, sha: bytes, size: int) -> tuple[float, float]:
+async def baseline_memory(
+    server: Server, sha: bytes, size: int, client_core: str
+) -> tuple[float, float]:
     """RSS growth per idle bare WebTransport session (one stream open) on a fresh server:
     settled, and right after the last session opened."""
     import trio
@@ -311,11 +345,11 @@ async def baseline_memory(server: Server, sha: bytes, size: int) -> tuple[float,
     hold = trio.Event()
     opened: list[int] = []
     all_open = trio.Event()
-    limits = TransportLimits(quic_core=CLIENT_QUIC_CORE)
+    limits = TransportLimits(quic_core=client_core)
 
-    async def idle() -> None:
+    async def idle(i: int = 0) -> None:
         async with connect_webtransport(
-            server.info["echo"], server_certificate_hashes=[sha], limits=limits
+            server.info["echo"], server_certificate_hashes=[sha], limits=limits, local_host=host(i)
         ) as session:
             stream = await session.open_bidirectional_stream()
             await stream.send_all(b"ping")
@@ -332,8 +366,8 @@ async def baseline_memory(server: Server, sha: bytes, size: int) -> tuple[float,
     await trio.sleep(SETTLE_S)
     before = rss_kb(server.pid)
     async with trio.open_nursery() as nursery:
-        for _ in range(size):
-            nursery.start_soon(idle)
+        for i in range(size):
+            nursery.start_soon(idle, i)
         await all_open.wait()
         at_open = rss_kb(server.pid)
         await trio.sleep(SETTLE_S)
@@ -353,6 +387,12 @@ def host(i: int) -> str:
 def main() -> None:
     p = parser(__doc__ or "")
     add_quic_core(p)
+    p.add_argument(
+        "--client-core",
+        choices=("aioquic", "qh3"),
+        default=CLIENT_QUIC_CORE,
+        help=f"QUIC core of the clients (default: {CLIENT_QUIC_CORE}, whatever the server's)",
+    )
     p.add_argument("--serve", nargs=4, help=argparse_hidden())
     p.add_argument("--serve-mh", nargs=1, help=argparse_hidden())
     args = p.parse_args()
@@ -377,13 +417,13 @@ def main() -> None:
     pubkey = pathlib.Path(tmp) / "join.pub.pem"
     pubkey.write_bytes(public_key_pem(key))
     spawn = (str(certfile), str(keyfile), str(pubkey))
-    print(f"QUIC cores of the server under test: {', '.join(cores)} (clients: aioquic)")
+    print(f"QUIC cores of the server under test: {', '.join(cores)} (clients: {args.client_core})")
     base: dict[str, tuple[float, float]] = {}
     for core in cores:
         baseline = Server(*spawn, core)
         try:
             size = FANOUT // 4 if args.quick else FANOUT
-            base[core] = trio.run(baseline_memory, baseline, cert.sha256, size)
+            base[core] = trio.run(baseline_memory, baseline, cert.sha256, size, args.client_core)
         finally:
             baseline.stop()
         print(
@@ -395,13 +435,23 @@ def main() -> None:
         for core in cores:
             servers.append(Server(*spawn, core))
         started = time.monotonic()
-        by_core = trio.run(run, servers, cert.sha256, private_key_pem(key), args.quick, rounds, tmp)
+        by_core = trio.run(
+            run,
+            servers,
+            cert.sha256,
+            private_key_pem(key),
+            args.quick,
+            rounds,
+            tmp,
+            args.client_core,
+        )
         elapsed = time.monotonic() - started
     finally:
         for server in servers:
             server.stop()
     figures: dict[str, Any] = {
         "elapsed_s": elapsed,
+        "client_quic_core": args.client_core,
         "goal_concurrent_p50_ms": 30,
         "goal_concurrent_p99_ms": 100,
         "goal_memory_per_idle_session_kb": 150,
