@@ -11,7 +11,8 @@ cannot do (docs/architecture.md §5.1 bounds that depend on it) is listed where 
   acknowledged are invisible to it.
 - The peer's per-stream credit is not exposed (``dt_send_credit`` reads 0).
 - The ACK delay, ``max_udp_payload_size`` and loopback packet sizes are fixed by qh3. The
-  probe timeout's backoff cap (docs/protocol.md §13) is approximated with PINGs.
+  probe timeout's backoff cap (docs/protocol.md §13) is approximated with PINGs, once the
+  handshake is complete: the handshake's retransmissions back off at qh3's own pace.
 - DATAGRAM frames are not held by the congestion window and have no queue to bound.
 
 The handshake with an aioquic client: aioquic pads its Initial datagram with zero bytes after
@@ -165,9 +166,15 @@ class Qh3Connection(_qc.QuicConnection):
     def _dt_cap_pto_backoff(self, now: float) -> None:
         # qh3's probe-timeout count is read-only, and its backoff doubles without bound. While
         # it backs off, a PING goes out every dt_pto_backoff_cap_s, so a path back from a
-        # blackout is probed within the cap (docs/protocol.md §13); an ACK ends it.
+        # blackout is probed within the cap (docs/protocol.md §13); an ACK ends it. qh3 sends
+        # a PING in 1-RTT packets only: during the handshake its own retransmissions pace it.
         core = self._core
-        if core is None or core.pto_count == 0 or self._close_event is not None:
+        if (
+            core is None
+            or core.pto_count == 0
+            or self._close_event is not None
+            or not self._handshake_complete
+        ):
             self._dt_probe_at = None
             return
         if self._dt_probe_at is None:  # backing off since the last packet sent

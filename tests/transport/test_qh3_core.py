@@ -167,6 +167,36 @@ async def test_qh3_probes_a_blackout_within_the_backoff_cap(
         nursery.cancel_scope.cancel()
 
 
+async def test_qh3_handshake_retransmits_at_its_own_pace_without_pings(
+    dev_cert: TlsCredentials, autojump_clock: Any
+) -> None:
+    # qh3 sends a PING in 1-RTT packets only, so before the handshake completes the backoff
+    # cap cannot be kept with PINGs and none is asked for (docs/decisions.md, qh3 item 3):
+    # the client's own retransmissions of its Initials, at qh3's doubling pace, finish the
+    # handshake once the server reads again.
+    limits = TransportLimits(quic_core="qh3")
+    async with trio.open_nursery() as nursery:
+        server, base = await start_server(
+            nursery, dev_cert, {"/s": Route(EndRecorder())}, limits=limits
+        )
+        assert server.endpoint is not None
+        blackout = Blackout(server.endpoint)
+        blackout.on = True
+
+        async def lift() -> None:
+            await trio.sleep(3.0)
+            blackout.on = False
+
+        nursery.start_soon(lift)
+        started_at = trio.current_time()
+        async with connect_webtransport(
+            base + "/s", server_certificate_hashes=[dev_cert.sha256], limits=limits
+        ) as client:
+            assert trio.current_time() - started_at > 3.0
+            assert client._conn.quic.dt_probes == 0
+        nursery.cancel_scope.cancel()
+
+
 async def test_qh3_refuses_a_stream_beyond_the_peers_limit_until_credit_comes(
     dev_cert: TlsCredentials,
 ) -> None:
