@@ -22,6 +22,7 @@ from darktower.global_controller.store import (
 )
 from darktower.model import ClientId, ControllerId
 
+from ..transport.conftest import wait_until
 from .conftest import FakeClock
 
 pytestmark = pytest.mark.postgres
@@ -120,11 +121,8 @@ async def test_pool_holds_at_most_pool_size_connections(postgres_dsn: str) -> No
         assert 1 <= _scalar(postgres_dsn, count_sql) <= 2
         assert len(await store.list_meetings()) == 20
     # aclose closed them. A backend leaves pg_stat_activity when its process exits, a moment
-    # after the client's Terminate message; no event says so, so this polls, bounded.
-    with trio.move_on_after(10):
-        while _scalar(postgres_dsn, count_sql):  # noqa: ASYNC110 - no event exists for it
-            await trio.sleep(0.01)
-    assert _scalar(postgres_dsn, count_sql) == 0
+    # after the client's Terminate message.
+    await wait_until(lambda: _scalar(postgres_dsn, count_sql) == 0, "the pool's backends gone")
 
 
 async def test_stale_pooled_connections_are_replaced_transparently(postgres_dsn: str) -> None:

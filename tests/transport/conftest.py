@@ -65,10 +65,12 @@ def record_sent(conn: Any) -> list[bytes]:
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    """Wait for state that changes when packets are acknowledged on real sockets.
+    """Wait for state that changes when packets are acknowledged on real sockets, or when
+    another process lets go of something.
 
-    There is no event for "QUIC discarded the stream" or "the peer's CONNECTION_CLOSE
-    arrived", so this polls, bounded; it is used only for such end-of-life checks.
+    There is no event for "QUIC discarded the stream", "the peer's CONNECTION_CLOSE arrived"
+    or "PostgreSQL's backend exited", so this polls, bounded; it is used only for such
+    end-of-life checks.
     """
     with trio.move_on_after(timeout_s):
         while not predicate():  # noqa: ASYNC110 - no event exists for these conditions
