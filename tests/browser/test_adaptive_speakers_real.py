@@ -148,9 +148,11 @@ async def test_last_n_pauses_a_silent_video_until_it_is_pinned(tmp_path: pathlib
             results["overlay"] = cat.text_content(
                 f'#grid .tile[data-participant-id="{bid}"] .stats'
             )
-            results["ann_paused"] = cat.evaluate(
-                "(id) => darktower.stats.layers[id]?.server?.paused ?? false", _video_of(cat, aid)
-            )
+            # Ann's video is not held: her frames flow as soon as she is the speaker, and the MH
+            # says so in its next update for that stream, at most one a second
+            # (docs/protocol.md §17.2): it may come after the one that said Ben's is paused. A
+            # video left held times this wait out.
+            cat.wait_for_function(RUNNING, arg=_video_of(cat, aid), polling=POLL_MS)
             cat.evaluate("(pid) => darktower.pin(pid)", bid)
             cat.wait_for_function(RUNNING, arg=ben_video, polling=POLL_MS)
             frames = int(cat.evaluate("(pid) => darktower.stats.decodedFrames[pid]", bid))
@@ -159,6 +161,5 @@ async def test_last_n_pauses_a_silent_video_until_it_is_pinned(tmp_path: pathlib
         await trio.to_thread.run_sync(lambda: run_in_browser(steps, timeout_s=REAL_WAIT_S))
 
     assert "paused" in results["overlay"]
-    assert results["ann_paused"] is False
     before, after = results["frames"]
     assert after >= before + 10
