@@ -41,6 +41,7 @@ from darktower.transport import (
     WebTransportServer,
     WebTransportSession,
     WebTransportStream,
+    keepalive_for,
     parse_origins,
 )
 from darktower.transport.rpc import open_rpc_loop, rpc_service, serve_rpc
@@ -165,7 +166,7 @@ async def serve(
         # stops answering and is dropped idle_timeout_s after its last packet (docs/protocol.md §13).
         limits = TransportLimits(
             idle_timeout_s=settings.idle_timeout_s,
-            keepalive_interval_s=min(KEEPALIVE_INTERVAL_S, settings.idle_timeout_s / 3),
+            keepalive_interval_s=min(KEEPALIVE_INTERVAL_S, keepalive_for(settings.idle_timeout_s)),
             retry_threshold=settings.quic_retry_threshold,
             max_connections_per_address=settings.max_connections_per_address,
             quic_core=settings.quic_core,

@@ -29,7 +29,8 @@ connection's packets sent, lost and received: :class:`TransportStats`, ``_stats.
 ``local_address``, ``peer_address``, and on a client ``migrate()`` (move to a new UDP socket,
 as after a network change: the connection, session and streams carry on; docs/protocol.md
 §13). A peer from which nothing arrives for ``idle_timeout_s`` (14 s) is gone: the session
-ends with ``IdleTimeout()``; keepalive PINGs every third of it hold a live one.
+ends with ``IdleTimeout()``; keepalive PINGs (``keepalive_for``: every third of what a browser
+waits, 1 s less) hold a live one.
 
 Streams are trio streams: ``send_all`` (waits while unacknowledged bytes are over the
 high-water mark), ``receive_some`` (b"" at end), ``send_eof``, ``reset(code)``,
@@ -57,6 +58,7 @@ from ._config import (
     RETRY_THRESHOLD,
     ServerConfig,
     TransportLimits,
+    keepalive_for,
     parse_origins,
 )
 from ._connection import Connection
@@ -129,6 +131,7 @@ __all__ = [
     "code_to_h3",
     "connect_webtransport",
     "generate_dev_certificate",
+    "keepalive_for",
     "open_http3_client",
     "open_quic_connection",
     "open_session",

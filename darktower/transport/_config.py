@@ -51,10 +51,24 @@ MAX_UDP_PAYLOAD = 65_535
 # 14 s, so that a peer gone is noticed within 15 s of its last packet with the timer's own
 # lateness (a loaded event loop wakes tens of milliseconds late) included (docs/decisions.md).
 IDLE_TIMEOUT_S = 14.0
-# A PING is sent when nothing was received for this long: a third of the idle timeout, so a
-# live peer answers two before the timer runs out, and at most 10 s, so browsers (which idle
-# out after 30 s without traffic) and NATs keep the connection.
-KEEPALIVE_INTERVAL_S = IDLE_TIMEOUT_S / 3
+# Chromium's QUIC stack, as a client, idles out this much before the negotiated idle timeout
+# (when that is over 1 s): a browser waits 13 s for our packets where we wait 14 s for its.
+BROWSER_IDLE_MARGIN_S = 1.0
+
+
+def keepalive_for(idle_timeout_s: float) -> float:
+    """The keepalive interval for ``idle_timeout_s``: a third of what a browser waits (it idles
+    out BROWSER_IDLE_MARGIN_S early), so that a live one receives two PINGs before it gives up
+    even when our timer wakes late (docs/protocol.md §13, Liveness)."""
+    if idle_timeout_s > BROWSER_IDLE_MARGIN_S:
+        return (idle_timeout_s - BROWSER_IDLE_MARGIN_S) / 3
+    return idle_timeout_s / 3
+
+
+# A PING is sent when nothing was received for this long: keepalive_for the idle timeout
+# (4.3 s), at most 10 s, so that browsers (which idle out after 29 s without traffic by
+# default) and NATs keep the connection.
+KEEPALIVE_INTERVAL_S = keepalive_for(IDLE_TIMEOUT_S)
 # Client side: a PING goes out when a flow of received packets (two within this interval)
 # stops for this long, then after doubling pauses up to the keepalive interval while the
 # silence lasts (docs/protocol.md §13, Liveness). A receive-only client sends nothing else, so

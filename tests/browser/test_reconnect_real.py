@@ -29,9 +29,11 @@ pytestmark = pytest.mark.browser
 WANT_VIDEO_FRAMES = 10
 BLACKOUT_S = 5.0
 # The MC notices the cut page within this (QUIC idle timeout, docs/protocol.md §13); the page
-# does too (QUIC takes the smaller of both ends' idle timeouts). Below the blackout, and not so
-# short that a loaded machine (Chromium decoding two pages) idles out the other page too.
-MC_IDLE_TIMEOUT_S = 3.0
+# does too, 1 s sooner (Chromium idles out 1 s before the negotiated timeout). Below the
+# blackout, and not so short that the other page idles out too: its MC PINGs it every second
+# (keepalive_for), so it gives up only if the machine stalls us for about 2 s (two pages of
+# Chromium on two cores stalled everything here for up to 1.4 s).
+MC_IDLE_TIMEOUT_S = 4.0
 # Every Playwright wait of the scenario: a reconnection takes a few attempts' backoff.
 REAL_WAIT_S = 25.0
 OWN_MARKER_SHOWN = """() => {

@@ -59,6 +59,11 @@ class EndingSession:
         (ConnectionLost(0, "", by_peer=False), LeaveReason.CONNECTION_LOST),
         # The client closed its QUIC connection cleanly before its session capsule arrived.
         (ConnectionLost(0, "", by_peer=True), LeaveReason.VOLUNTARY),
+        # A browser's QUIC stack gave up (its idle timeout): closed with NO_ERROR all the same.
+        (
+            ConnectionLost(0, "25:No recent network activity", by_peer=True),
+            LeaveReason.CONNECTION_LOST,
+        ),
         (ConnectionLost(0x0A, "protocol violation", by_peer=True), LeaveReason.CONNECTION_LOST),
         (IdleTimeout(), LeaveReason.CONNECTION_LOST),
         (ClosedLocally(0, ""), LeaveReason.CONNECTION_LOST),

@@ -325,3 +325,43 @@ async def test_a_resume_lost_before_its_answer_ends_the_participant_at_once(
             assert left.participant_left.participant_id == pid
             assert left.participant_left.reason == common_pb2.CONNECTION_LOST
             stack.mh.hold_register.set()
+
+
+# What Chromium's QUIC stack sends when it gives up on a connection (its idle timeout): NO_ERROR,
+# its own error code in front of the reason phrase.
+BROWSER_IDLE_CLOSE = "25:No recent network activity after 2002010us. Timeout:2s"
+
+
+@pytest.mark.parametrize(
+    ("reason", "resumable"),
+    [(BROWSER_IDLE_CLOSE, True), ("", False), ("0:closed by the page", False)],
+)
+async def test_a_browsers_idle_close_opens_the_window_and_a_plain_close_is_a_leave(
+    tmp_path: pathlib.Path, reason: str, resumable: bool
+) -> None:
+    """A client that closes its QUIC connection with NO_ERROR leaves (VOLUNTARY), unless the
+    reason phrase says its QUIC stack gave up (a browser whose MC was silent for a while):
+    then it is a lost connection, and the participant may resume (docs/protocol.md §13)."""
+    async with _stack(tmp_path) as stack:
+        await stack.assign("m")
+        async with stack.join("m", Role.HOST) as witness:
+            async with _connect(
+                stack, stack.running.signal_url, "m", join_token=stack.token("m")
+            ) as subject:
+                pid, token = subject.participant_id, subject.join_response.resume_token
+                await next_event(witness, "participant_joined")
+                conn = subject.session._conn
+                conn.quic.close(error_code=0, reason_phrase=reason)
+                conn.flush()
+                if not resumable:
+                    left = await next_event(witness, "participant_left")
+                    assert left.participant_left.participant_id == pid
+                    assert left.participant_left.reason == common_pb2.VOLUNTARY
+                    return
+                updated = await next_event(witness, "participant_updated")
+                assert updated.participant_updated.participant_id == pid
+                assert updated.participant_updated.connection == sig.RECONNECTING
+            async with _resume(stack, stack.running.signal_url, "m", token) as back:
+                assert back.join_response.resumed and back.join_response.participant_id == pid
+            back_again = await next_event(witness, "participant_updated")
+            assert back_again.participant_updated.connection == sig.CONNECTED

@@ -15,6 +15,22 @@ from darktower.transport import ClosedByPeer, ClosedLocally, ConnectionLost, Idl
         (ClosedByPeer(0, ""), LeaveReason.VOLUNTARY),
         (ClosedByPeer(0x4D01, "KICKED"), LeaveReason.VOLUNTARY),
         (ConnectionLost(0, "", by_peer=True), LeaveReason.VOLUNTARY),
+        (ConnectionLost(0, "0:closed", by_peer=True), LeaveReason.VOLUNTARY),
+        (ConnectionLost(0, "70:page gone", by_peer=True), LeaveReason.VOLUNTARY),
+        (ConnectionLost(0, "255:", by_peer=True), LeaveReason.VOLUNTARY),
+        (ConnectionLost(0, "25 no colon", by_peer=True), LeaveReason.VOLUNTARY),
+        # Chromium's own timeouts, closed with NO_ERROR: a lost connection (a browser's words)
+        (
+            ConnectionLost(
+                0,
+                "25:No recent network activity after 2002010us. Timeout:2s, num_active_streams: 2",
+                by_peer=True,
+            ),
+            LeaveReason.CONNECTION_LOST,
+        ),
+        (ConnectionLost(0, "67:handshake timeout", by_peer=True), LeaveReason.CONNECTION_LOST),
+        (ConnectionLost(0, "85:", by_peer=True), LeaveReason.CONNECTION_LOST),
+        (ConnectionLost(0, "168:silent", by_peer=True), LeaveReason.CONNECTION_LOST),
         (ConnectionLost(0x0A, "protocol violation", by_peer=True), LeaveReason.CONNECTION_LOST),
         (ConnectionLost(0, "", by_peer=False), LeaveReason.CONNECTION_LOST),
         (IdleTimeout(), LeaveReason.CONNECTION_LOST),

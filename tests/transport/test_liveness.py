@@ -23,6 +23,7 @@ from darktower.transport import (
     TransportLimits,
     WebTransportSession,
     connect_webtransport,
+    keepalive_for,
 )
 from darktower.transport._config import UNREACHABLE_CONFIRM_S
 
@@ -71,12 +72,22 @@ def the_connection_endpoint(session: WebTransportSession) -> Endpoint:
     return session._conn.endpoint
 
 
-async def test_defaults_are_14_s_with_a_keepalive_every_third() -> None:
+async def test_defaults_are_14_s_with_a_keepalive_every_third_of_what_a_browser_waits() -> None:
     limits = TransportLimits()
     assert limits.idle_timeout_s == IDLE_S
-    assert limits.keepalive_interval_s == IDLE_S / 3
-    # Chromium's WebTransport idles out after 30 s without traffic.
+    # Chromium's QUIC stack idles out 1 s before the negotiated timeout: it waits 13 s.
+    assert limits.keepalive_interval_s == (IDLE_S - 1.0) / 3 == keepalive_for(IDLE_S)
+    # Chromium's WebTransport idles out after 30 s (29 s) without traffic by default.
     assert limits.keepalive_interval_s <= 10.0
+
+
+def test_the_keepalive_is_a_third_of_what_a_browser_waits() -> None:
+    # the MC's browser tests run a 3 s idle timeout: the page gives up after 2 s
+    assert keepalive_for(3.0) == 2.0 / 3
+    assert keepalive_for(30.0) == 29.0 / 3
+    # at 1 s or less Chromium keeps the negotiated timeout
+    assert keepalive_for(0.9) == 0.9 / 3
+    assert keepalive_for(1.0) == 1.0 / 3
 
 
 @aioquic_only(
