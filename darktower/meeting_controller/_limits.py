@@ -103,7 +103,7 @@ MAX_ENDED_RESUME_TOKENS = 10_000
 SESSION_END_GRACE_S = 1.0
 # Read size of the signaling stream (the decoder bounds a message at 64 KiB).
 READ_SIZE = 64 * 1024
-# Server keepalive interval at most (else the transport's keepalive_for the idle timeout).
+# The MC's keepalive interval is the transport's keepalive_for its idle timeout, at most this.
 KEEPALIVE_INTERVAL_S = 15.0
 # A meeting with nobody in it (never joined, or everybody left) ends after this long, with
 # MEETING_ENDED ("the meeting stayed empty"); the GC learns it with the next heartbeat.

@@ -26,11 +26,8 @@ def leave_reason_of(end: SessionEnd | None) -> LeaveReason:
     CONNECTION_LOST."""
     if isinstance(end, ClosedByPeer):
         return LeaveReason.VOLUNTARY
-    if (
-        isinstance(end, ConnectionLost)
-        and end.by_peer
-        and end.code == 0
-        and end.reason.partition(":")[0] not in GAVE_UP_CODES
-    ):
-        return LeaveReason.VOLUNTARY
+    if isinstance(end, ConnectionLost) and end.by_peer and end.code == 0:
+        code, colon, _ = end.reason.partition(":")
+        if not (colon and code in GAVE_UP_CODES):
+            return LeaveReason.VOLUNTARY
     return LeaveReason.CONNECTION_LOST

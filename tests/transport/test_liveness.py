@@ -82,7 +82,7 @@ async def test_defaults_are_14_s_with_a_keepalive_every_third_of_what_a_browser_
 
 
 def test_the_keepalive_is_a_third_of_what_a_browser_waits() -> None:
-    # the MC's browser tests run a 3 s idle timeout: the page gives up after 2 s
+    # a 3 s idle timeout: the page gives up after 2 s
     assert keepalive_for(3.0) == 2.0 / 3
     assert keepalive_for(30.0) == 29.0 / 3
     # at 1 s or less Chromium keeps the negotiated timeout
