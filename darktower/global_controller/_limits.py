@@ -107,6 +107,10 @@ CONTROLLER_CACHE_S: Final = 1.0
 # time, its result shared by every request that waits for it and reused for PROBE_CACHE_S
 # (monotonic seconds): a flood of such requests costs one call to that MC a second.
 PROBE_TIMEOUT_S: Final = 1.0
+# A probe that went unanswered but took longer than this was cut short by a pause of this GC
+# (or of the whole machine), not by the MC's silence alone: it is made once more
+# (docs/decisions.md, "A listener's own pause is not the other's silence").
+PROBE_PAUSED_AFTER_S: Final = PROBE_TIMEOUT_S + 0.5
 PROBE_CACHE_S: Final = 1.0
 # A hint longer than this (a signaling URL, at most MAX_ENDPOINT_LENGTH, or a controller id)
 # names no controller: INVALID_REQUEST.

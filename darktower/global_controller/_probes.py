@@ -5,9 +5,11 @@ never obeyed").
 A join or a meeting lookup may name the MC the caller could not reach
 (``unreachable_controller``: its signaling URL, or its controller id). The word is never
 trusted: when it names the meeting's own MC (active there, not draining), the GC calls that MC
-(``MeetingControllers.probe``, at most ``PROBE_TIMEOUT_S``). Only an MC that does not answer is
-marked lost, as its heartbeat timeout would mark it (``Store.expire_controller``: unless it was
-heard from since the probe began), so that the join moves the meeting at once (``_moves.py``).
+(``MeetingControllers.probe``, at most ``PROBE_TIMEOUT_S``; once more when this GC was paused
+meanwhile, as a probe that took over ``PROBE_PAUSED_AFTER_S`` shows). Only an MC that does
+not answer is marked lost, as its heartbeat timeout would mark it (``Store.expire_controller``:
+unless it was heard from since the probe began), so that the join moves the meeting at once
+(``_moves.py``).
 An MC that answers keeps everything. One probe per controller at a time: every request that
 comes meanwhile waits for its result, which is reused for ``PROBE_CACHE_S``.
 """
@@ -23,7 +25,11 @@ import trio
 
 from darktower.errors import NotFound
 from darktower.global_controller._controllers import signaling_url
-from darktower.global_controller._limits import PROBE_CACHE_S, PROBE_TIMEOUT_S
+from darktower.global_controller._limits import (
+    PROBE_CACHE_S,
+    PROBE_PAUSED_AFTER_S,
+    PROBE_TIMEOUT_S,
+)
 from darktower.global_controller.store import ControllerRecord, MeetingRecord, MeetingStatus
 from darktower.logs import fields
 
@@ -89,8 +95,18 @@ class ControllerProbes:
     async def _probe(self, controller: ControllerRecord, meeting: MeetingRecord) -> bool:
         gc = self._gc
         began = datetime.fromtimestamp(gc.now(), UTC)
-        if await gc.controllers.probe(controller, meeting, deadline_s=PROBE_TIMEOUT_S):
-            return True
+        for attempt in (1, 2):
+            started = trio.current_time()
+            if await gc.controllers.probe(controller, meeting, deadline_s=PROBE_TIMEOUT_S):
+                return True
+            paused = trio.current_time() - started > PROBE_PAUSED_AFTER_S
+            if not paused or attempt == 2:
+                break
+            log.info(
+                "probe of a meeting controller outlasted its deadline (this GC was paused): "
+                "probed again",
+                extra=fields(controller=controller.controller_id),
+            )
         if await gc.store.expire_controller(controller.controller_id, began):
             gc.directory.changed()
             log.warning(

@@ -204,13 +204,26 @@ class MediaHandlers:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the links' tasks until cancelled, and declare lost every registered MH that
-        missed two heartbeats (checked every MH_LOSS_CHECK_S)."""
+        missed two heartbeats (checked every MH_LOSS_CHECK_S).
+
+        Silence is counted only while this MC runs: a check that wakes more than a check
+        period late (the MC, or the whole machine, was paused) moves every link's
+        ``last_seen`` on by the pause, since a heartbeat sent meanwhile may still be unread
+        (docs/architecture.md §4.6)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
+            due = trio.current_time() + MH_LOSS_CHECK_S
             while True:
-                await trio.sleep(MH_LOSS_CHECK_S)
+                await trio.sleep_until(due)
                 now = trio.current_time()
+                paused = now - due
+                due = now + MH_LOSS_CHECK_S
+                if paused > MH_LOSS_CHECK_S:
+                    logger.info("loss check paused", extra=fields(paused_s=round(paused, 3)))
+                    for link in self.links.values():
+                        if isinstance(link, GrpcMediaLink):
+                            link.last_seen += paused
                 for link in list(self.links.values()):
                     if (
                         isinstance(link, GrpcMediaLink)

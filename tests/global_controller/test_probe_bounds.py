@@ -1,7 +1,8 @@
 """The bounds on probing MCs (``_probes.ControllerProbes``, docs/protocol.md §14): one probe
 per controller at a time, its result shared with whoever waits and reused for
-``PROBE_CACHE_S``; a probe cancelled halfway teaches nothing and is not kept. Virtual time,
-hand-written fakes for the MC calls and the store."""
+``PROBE_CACHE_S``; a probe cancelled halfway teaches nothing and is not kept; a probe cut short
+by a pause of the GC itself is made again. Virtual time, hand-written fakes for the MC calls
+and the store."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ import pytest
 import trio
 import trio.testing
 
-from darktower.global_controller._limits import PROBE_CACHE_S, PROBE_TIMEOUT_S
+from darktower.global_controller._limits import (
+    PROBE_CACHE_S,
+    PROBE_PAUSED_AFTER_S,
+    PROBE_TIMEOUT_S,
+)
 from darktower.global_controller._probes import ControllerProbes
 from darktower.global_controller.store import (
     ControllerCapacity,
@@ -183,3 +188,51 @@ async def test_a_store_failure_reaches_the_prober_only(
     gc.store.fail = False
     assert not await probes.answers(controller("mc-1"), MEETING)  # not kept: probed again
     assert len(gc.controllers.probes) == 2
+
+
+@attrs.define
+class PausedControllers:
+    """Each probe goes unanswered after its deadline; the first ``pauses`` of them also see
+    the GC stop running (the clock jumps) before it notices."""
+
+    clock: trio.testing.MockClock
+    pauses: int
+    probes: int = 0
+
+    async def probe(
+        self, record: ControllerRecord, meeting: MeetingRecord, *, deadline_s: float
+    ) -> bool:
+        self.probes += 1
+        await trio.sleep(deadline_s)
+        if self.probes <= self.pauses:
+            self.clock.jump(PROBE_PAUSED_AFTER_S)
+        return False
+
+
+@pytest.mark.parametrize("pauses", [0, 1, 2])
+async def test_a_probe_cut_short_by_a_pause_of_the_gc_is_made_again_once(
+    autojump_clock: trio.testing.MockClock, pauses: int
+) -> None:
+    fake = PausedControllers(autojump_clock, pauses)
+    gc = FakeGc(fake)  # type: ignore[arg-type]
+    probes = probes_of(gc)
+    assert not await probes.answers(controller("mc-1"), MEETING)
+    # No pause: the MC's silence is enough. A pause: once more, and a second one is not
+    # excused (the MC stays silent while this GC runs, or this GC cannot tell).
+    assert fake.probes == {0: 1, 1: 2, 2: 2}[pauses]
+    assert gc.store.expired == [("mc-1", NOW)]
+
+
+async def test_an_mc_that_answers_the_probe_made_again_after_a_pause_is_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    @attrs.define
+    class AnswersSecond(PausedControllers):
+        async def probe(
+            self, record: ControllerRecord, meeting: MeetingRecord, *, deadline_s: float
+        ) -> bool:
+            return await super().probe(record, meeting, deadline_s=deadline_s) or (self.probes > 1)
+
+    gc = FakeGc(AnswersSecond(autojump_clock, pauses=1))  # type: ignore[arg-type]
+    assert await probes_of(gc).answers(controller("mc-1"), MEETING)
+    assert gc.store.expired == []

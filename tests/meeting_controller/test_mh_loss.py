@@ -1,7 +1,8 @@
-"""An MH is declared lost when it misses two heartbeats or its telemetry stream's connection
-breaks (docs/architecture.md §4.6): once per loss, it takes no rooms until it registers again,
-and it is forgotten: a heartbeat from it is answered NOT_FOUND (it registers again). The room move that follows,
-with real worker processes: tests/e2e/test_mh_failover.py."""
+"""An MH is declared lost when it misses two heartbeats (counted while the MC runs) or its
+telemetry stream's connection breaks (docs/architecture.md §4.6): once per loss, it takes no
+rooms until it registers again, and it is forgotten: a heartbeat from it is answered NOT_FOUND
+(it registers again). The room move that follows, with real worker processes:
+tests/e2e/test_mh_failover.py."""
 
 from __future__ import annotations
 
@@ -61,6 +62,37 @@ async def test_an_mh_that_misses_two_heartbeats_is_declared_lost_once(
         assert pool.links["beating"].usable(now)
         assert pool.choose(now) is pool.links["beating"]
         assert not _beat(pool, "quiet")  # answered NOT_FOUND: it registers again
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_pause_of_the_mc_itself_is_not_silence_of_its_mhs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A stalled machine pauses the MC's loss check and the heartbeats alike; the beat sent
+    during the pause is read after the check wakes. The pause does not count as the MH's
+    silence: only silence while the MC runs does."""
+    lost: list[str] = []
+    pool = _pool(lost, "mh")
+    lost_at: list[float] = []
+    pool.on_lost = lambda link: (lost.append(link.handler_id), lost_at.append(trio.current_time()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        for _ in range(3):
+            await trio.sleep(MH_HEARTBEAT_INTERVAL_S)
+            assert _beat(pool, "mh")
+        autojump_clock.jump(2 * MH_LOST_AFTER_S)  # nothing runs for this long
+        await trio.testing.wait_all_tasks_blocked()  # the loss check wakes first
+        assert lost == []
+        assert _beat(pool, "mh")  # the beat the pause held back
+        for _ in range(5):
+            await trio.sleep(MH_HEARTBEAT_INTERVAL_S)
+            assert _beat(pool, "mh")
+        assert lost == []
+        # Silence while the MC runs still counts, from the last beat.
+        last_beat = trio.current_time()
+        await trio.sleep(2 * MH_LOST_AFTER_S)
+        assert lost == ["mh"]
+        assert MH_LOST_AFTER_S < lost_at[0] - last_beat <= MH_LOST_AFTER_S + MH_LOSS_CHECK_S
         nursery.cancel_scope.cancel()
 
 
