@@ -220,7 +220,10 @@ class MediaHandlers:
                 paused = now - due
                 due = now + MH_LOSS_CHECK_S
                 if paused > MH_LOSS_CHECK_S:
-                    logger.info("loss check paused", extra=fields(paused_s=round(paused, 3)))
+                    logger.info(
+                        "this MC was paused; its MHs' silence meanwhile does not count",
+                        extra=fields(paused_s=round(paused, 3)),
+                    )
                     for link in self.links.values():
                         if isinstance(link, GrpcMediaLink):
                             link.last_seen += paused
