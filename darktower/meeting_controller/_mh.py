@@ -208,8 +208,8 @@ class MediaHandlers:
 
         Silence is counted only while this MC runs: a check that wakes more than a check
         period late (the MC, or the whole machine, was paused) moves every link's
-        ``last_seen`` on by the pause, since a heartbeat sent meanwhile may still be unread
-        (docs/architecture.md §4.6)."""
+        ``last_seen`` on by the pause, never past now, since a heartbeat sent meanwhile may
+        still be unread (docs/architecture.md §4.6)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
@@ -226,7 +226,7 @@ class MediaHandlers:
                     )
                     for link in self.links.values():
                         if isinstance(link, GrpcMediaLink):
-                            link.last_seen += paused
+                            link.last_seen = min(link.last_seen + paused, now)
                 for link in list(self.links.values()):
                     if (
                         isinstance(link, GrpcMediaLink)

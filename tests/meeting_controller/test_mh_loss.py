@@ -96,6 +96,26 @@ async def test_a_pause_of_the_mc_itself_is_not_silence_of_its_mhs(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_pause_is_no_credit_for_a_beat_read_after_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A beat read after the pause, before the check wakes, is not moved past its time: an MH
+    that then goes silent is lost within the usual bound of that beat."""
+    lost: list[str] = []
+    pool = _pool(lost, "mh")
+    lost_at: list[float] = []
+    pool.on_lost = lambda link: (lost.append(link.handler_id), lost_at.append(trio.current_time()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        autojump_clock.jump(2 * MH_LOST_AFTER_S)
+        assert _beat(pool, "mh")  # read first; the check wakes after it
+        last_beat = trio.current_time()
+        await trio.sleep(2 * MH_LOST_AFTER_S)
+        assert lost == ["mh"]
+        assert MH_LOST_AFTER_S < lost_at[0] - last_beat <= MH_LOST_AFTER_S + MH_LOSS_CHECK_S
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_lost_mh_that_registers_again_is_a_new_usable_link(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
