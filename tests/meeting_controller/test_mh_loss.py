@@ -38,6 +38,22 @@ def _beat(pool: MediaHandlers, ident: str) -> bool:
     return pool.heartbeat(beat, trio.current_time())
 
 
+def _timed_pool(*ids: str) -> tuple[MediaHandlers, list[tuple[str, float]]]:
+    """A pool whose losses are kept with the time each was declared."""
+    lost: list[tuple[str, float]] = []
+    pool = _pool([], *ids)
+    pool.on_lost = lambda link: lost.append((link.handler_id, trio.current_time()))
+    return pool, lost
+
+
+async def _silent_from(last_beat: float, lost: list[tuple[str, float]]) -> None:
+    """No beat after ``last_beat`` while the MC runs: the MH is lost once, within the bound
+    plus one check period of that beat."""
+    await trio.sleep(2 * MH_LOST_AFTER_S)
+    [(_, lost_at)] = lost
+    assert MH_LOST_AFTER_S < lost_at - last_beat <= MH_LOST_AFTER_S + MH_LOSS_CHECK_S
+
+
 async def test_an_mh_that_misses_two_heartbeats_is_declared_lost_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -71,10 +87,7 @@ async def test_a_pause_of_the_mc_itself_is_not_silence_of_its_mhs(
     """A stalled machine pauses the MC's loss check and the heartbeats alike; the beat sent
     during the pause is read after the check wakes. The pause does not count as the MH's
     silence: only silence while the MC runs does."""
-    lost: list[str] = []
-    pool = _pool(lost, "mh")
-    lost_at: list[float] = []
-    pool.on_lost = lambda link: (lost.append(link.handler_id), lost_at.append(trio.current_time()))
+    pool, lost = _timed_pool("mh")
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
         for _ in range(3):
@@ -88,11 +101,7 @@ async def test_a_pause_of_the_mc_itself_is_not_silence_of_its_mhs(
             await trio.sleep(MH_HEARTBEAT_INTERVAL_S)
             assert _beat(pool, "mh")
         assert lost == []
-        # Silence while the MC runs still counts, from the last beat.
-        last_beat = trio.current_time()
-        await trio.sleep(2 * MH_LOST_AFTER_S)
-        assert lost == ["mh"]
-        assert MH_LOST_AFTER_S < lost_at[0] - last_beat <= MH_LOST_AFTER_S + MH_LOSS_CHECK_S
+        await _silent_from(trio.current_time(), lost)  # silence while the MC runs counts
         nursery.cancel_scope.cancel()
 
 
@@ -101,18 +110,12 @@ async def test_a_pause_is_no_credit_for_a_beat_read_after_it(
 ) -> None:
     """A beat read after the pause, before the check wakes, is not moved past its time: an MH
     that then goes silent is lost within the usual bound of that beat."""
-    lost: list[str] = []
-    pool = _pool(lost, "mh")
-    lost_at: list[float] = []
-    pool.on_lost = lambda link: (lost.append(link.handler_id), lost_at.append(trio.current_time()))
+    pool, lost = _timed_pool("mh")
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
         autojump_clock.jump(2 * MH_LOST_AFTER_S)
         assert _beat(pool, "mh")  # read first; the check wakes after it
-        last_beat = trio.current_time()
-        await trio.sleep(2 * MH_LOST_AFTER_S)
-        assert lost == ["mh"]
-        assert MH_LOST_AFTER_S < lost_at[0] - last_beat <= MH_LOST_AFTER_S + MH_LOSS_CHECK_S
+        await _silent_from(trio.current_time(), lost)
         nursery.cancel_scope.cancel()
 
 
