@@ -47,7 +47,9 @@ async def test_overflows_of_the_http3_socket_are_counted(cert_files: tuple[str, 
             assert counters["udp_receive_overflows"] == dropped
         # The listener serves on: the garbage was dropped, a request is answered.
         assert await h3_get(port) == 200
-    assert counters["udp_receive_overflows"] == dropped
+        # The request's own datagrams may overflow the small buffer too: counted as the kernel
+        # counts them (once a later datagram is read), never more.
+        assert dropped <= counters["udp_receive_overflows"] <= int(_udp_socket_line(port)[-1])
 
 
 def _receive_buffer(port: int) -> tuple[int, int]:
