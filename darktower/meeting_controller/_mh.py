@@ -224,15 +224,14 @@ class MediaHandlers:
                         "this MC was paused; its MHs' silence meanwhile does not count",
                         extra=fields(paused_s=round(paused, 3)),
                     )
-                    for link in self.links.values():
-                        if isinstance(link, GrpcMediaLink):
-                            link.last_seen = min(link.last_seen + paused, now)
+                else:
+                    paused = 0.0  # late by less than a check period: on time
                 for link in list(self.links.values()):
-                    if (
-                        isinstance(link, GrpcMediaLink)
-                        and not link.static
-                        and now - link.last_seen > MH_LOST_AFTER_S
-                    ):
+                    if not isinstance(link, GrpcMediaLink):
+                        continue
+                    if paused:
+                        link.last_seen = min(link.last_seen + paused, now)
+                    if not link.static and now - link.last_seen > MH_LOST_AFTER_S:
                         self.declare_lost(link)
 
     def declare_lost(self, link: MediaLink) -> None:
